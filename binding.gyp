@@ -1,0 +1,17 @@
+{
+  "targets": [
+    {
+      "target_name": "tenc",
+      "sources": [
+        "native/addon.c",
+        "native/aead.c",
+        "native/tun.c",
+        "native/udp.c",
+        "native/raw.c",
+        "native/engine.c"
+      ],
+      "cflags": ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
+      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"]
+    }
+  ]
+}

@@ -1,0 +1,109 @@
+/**
+ * The contract between the control plane (TypeScript: handshakes, timers, peers,
+ * config) and a data plane that moves packets. Two implementations:
+ *  - native (src/dataplane/native.ts over native/engine.c): per-packet work in C
+ *    threads, batches, offloads; the production path.
+ *  - reference (src/dataplane/reference.ts): pure TypeScript over the fake TUN and
+ *    UDP interfaces of src/io/, used by the pair tests.
+ *
+ * The control plane calls these per flow / per handshake, never per packet. The
+ * data plane reports per-flow events in batches and exposes counters as typed
+ * arrays that are read without a native call.
+ */
+
+/** Small integer chosen by the control plane for each peer (0 .. 65535). */
+export type PeerId = number;
+
+export interface Endpoint {
+  /** IPv4 or IPv6 literal (no brackets, no zone). */
+  address: string;
+  port: number;
+}
+
+export interface PlaneKeypair {
+  localIndex: number;
+  remoteIndex: number;
+  sendKey: Uint8Array;
+  recvKey: Uint8Array;
+}
+
+/** Why a packet was dropped. Order is the index into the drop counter array. */
+export const DROP_REASONS = [
+  'bad_header', // too short, wrong type, wrong length for its type
+  'unknown_index', // transport data for a receiver index we do not have
+  'replay', // counter already seen or left of the window
+  'auth', // AEAD authentication failed
+  'spoofed_source', // authentic, but the inner source is not in the peer's allowed IPs
+  'bad_inner', // authentic, but the inner packet is not valid IPv4/IPv6
+  'no_session', // outgoing packet for a peer without keys, dropped from its queue
+  'no_route', // outgoing packet for a destination no peer claims
+  'queue_full', // outgoing packet while the peer's handshake queue was full
+  'counter_exhausted', // send counter reached REJECT_AFTER_MESSAGES
+  'handshake_queue_full', // too many handshake messages waiting for the control plane
+  'too_big', // packet larger than the MTU allows
+  'io', // a send or inject system call failed
+] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
+
+export type PlaneEvent =
+  /** A handshake message (type 1, 2 or 3) arrived; the control plane validates it. */
+  | { type: 'handshake'; data: Uint8Array; from: Endpoint }
+  /** A packet was queued for a peer that has no send keypair. */
+  | { type: 'need_handshake'; peer: PeerId }
+  /** First authentic transport message on a keypair (key confirmation for the responder). */
+  | { type: 'keypair_confirmed'; peer: PeerId; localIndex: number }
+  /** The send counter of the peer's send keypair passed REKEY_AFTER_MESSAGES. */
+  | { type: 'rekey_needed'; peer: PeerId; localIndex: number }
+  /** Authentic transport data arrived from a new outer address (roaming). */
+  | { type: 'endpoint'; peer: PeerId; endpoint: Endpoint };
+
+export interface PeerCounters {
+  txBytes: number;
+  rxBytes: number;
+  txPackets: number;
+  rxPackets: number;
+  /** Clock ms of the last transport message sent / authenticated-received, 0 if never. */
+  lastTxMs: number;
+  lastRxMs: number;
+  /** Of those, data (non-keepalive) messages. */
+  lastTxDataMs: number;
+  lastRxDataMs: number;
+}
+
+/** A service VIP this pod serves: traffic to vip:port arriving through the tunnel is DNATed to localAddress:port. */
+export interface LocalService {
+  vip: string;
+  localAddress: string;
+  /** Protocol and port pairs; an empty list means every port of tcp and udp. */
+  ports: { protocol: 'tcp' | 'udp'; port: number }[];
+}
+
+export interface DataPlane {
+  addPeer(peer: PeerId, endpoint: Endpoint | null): void;
+  /** Removes the peer's keypairs (zeroed), allowed IPs and queued packets. */
+  removePeer(peer: PeerId): void;
+  setEndpoint(peer: PeerId, endpoint: Endpoint): void;
+  /** CIDR like 10.1.0.5/32 or fd00::5/128; longest prefix wins across peers. */
+  addAllowedIp(peer: PeerId, cidr: string): void;
+  removeAllowedIp(peer: PeerId, cidr: string): void;
+  /** The keypair receives from now on; it sends only once made the send keypair. */
+  addKeypair(peer: PeerId, keypair: PlaneKeypair): void;
+  /** Makes the keypair (by local index) the one the peer's packets are sealed with; null stops sending. Flushes the peer's queue through it. */
+  setSendKeypair(peer: PeerId, localIndex: number | null): void;
+  /** Forgets a keypair and zeroes its keys. */
+  removeKeypair(localIndex: number): void;
+  /** Sends one handshake message as a UDP datagram. */
+  sendHandshake(to: Endpoint, data: Uint8Array): void;
+  /** Sends an empty transport message (keepalive) with the peer's send keypair. */
+  sendKeepalive(peer: PeerId): void;
+  /** Drops the packets queued for the peer, counting them as no_session. */
+  flushQueue(peer: PeerId): void;
+  setLocalServices(services: LocalService[]): void;
+  peerCounters(peer: PeerId): PeerCounters;
+  /** Drop counts by reason, summed over peers and unattributed drops. */
+  drops(): Record<DropReason, number>;
+  /** Per-peer drop counts (only the reasons that can be attributed to a peer). */
+  peerDrops(peer: PeerId): Record<DropReason, number>;
+  onEvents(handler: (events: PlaneEvent[]) => void): void;
+  close(): Promise<void>;
+}
