@@ -4,7 +4,7 @@
  *
  * The window is a ring of 8192 bits kept as 256 words of 32 bits. Of those, one word
  * (the one holding the greatest counter seen) is only partly in the past, so the
- * usable history is REPLAY_WINDOW_SIZE = 8192 - 64 = 8128 counters behind the
+ * usable history is REPLAY_WINDOW_SIZE (src/wire) = 8192 - 64 = 8128 counters behind the
  * greatest one, the same as the kernel (which uses 64-bit words). A counter c is
  * acceptable when it was never accepted before and c >= greatest - 8128.
  *
@@ -15,17 +15,10 @@
  *    be accepted).
  * Counters at or above REJECT_AFTER_MESSAGES are always refused.
  */
-// TODO(wire): import from src/wire once the constants land there.
-/** WireGuard whitepaper §6.1: 2^64 - 2^13 - 1. */
-export const REJECT_AFTER_MESSAGES = (1n << 64n) - (1n << 13n) - 1n;
-
-/** Bits in the ring. */
-export const REPLAY_BITS_TOTAL = 8192;
-/** Counters behind the greatest accepted one that are still accepted (if not seen). */
-export const REPLAY_WINDOW_SIZE = REPLAY_BITS_TOTAL - 64;
+import { REJECT_AFTER_MESSAGES, REPLAY_WINDOW_BITS, REPLAY_WINDOW_SIZE } from '../wire/constants.js';
 
 const WORD_BITS = 32;
-const WORDS = REPLAY_BITS_TOTAL / WORD_BITS;
+const WORDS = REPLAY_WINDOW_BITS / WORD_BITS;
 const WORD_SHIFT = 5n;
 const WORD_MASK = BigInt(WORDS - 1);
 const U64_MAX = (1n << 64n) - 1n;

@@ -4,7 +4,8 @@
  * then a randomized run against a plain set-based model of the same rule.
  */
 import { describe, expect, it } from 'vitest';
-import { REJECT_AFTER_MESSAGES, REPLAY_TABLE, REPLAY_WINDOW_SIZE, ReplayWindow } from '../../src/noise/replay.js';
+import { REPLAY_TABLE, ReplayWindow } from '../../src/noise/replay.js';
+import { REJECT_AFTER_MESSAGES, REPLAY_WINDOW_SIZE } from '../../src/wire/constants.js';
 
 describe('replay window: numbered table', () => {
   const w = new ReplayWindow();
