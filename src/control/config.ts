@@ -1,0 +1,530 @@
+/**
+ * The pod's JSON config file: parsing and validation at one gate. Everything past
+ * loadConfig() is trusted. Every problem is reported as `FILE: field: problem`
+ * (all problems of the file, not just the first), and unknown fields are errors so
+ * a typo is never silently ignored. The format is documented in README.md
+ * ("Config file").
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { Address4, Address6 } from 'ip-address';
+import { LOG_LEVELS, type LogLevel } from '../log.js';
+import type { Endpoint } from '../dataplane/plane.js';
+
+export const DEFAULT_INTERFACE = 'tenc0';
+export const DEFAULT_LISTEN_PORT = 51820;
+/** Marks tenc's own UDP datagrams (SO_MARK) so the policy rule skips them. */
+export const DEFAULT_FWMARK = 0xcb84; // 52100
+export const DEFAULT_TABLE = 52100;
+/** Between the local table (0) and main (32766). */
+export const DEFAULT_RULE_PRIORITY = 5210;
+export const DEFAULT_SOCKET_DIR = '/run/tenc';
+
+export type InjectMode = 'raw' | 'tun';
+
+export interface PeerConfig {
+  /** Base64 of the 32-byte Curve25519 public key, as `wg pubkey` prints it. */
+  publicKey: string;
+  endpoint: Endpoint | null;
+  /** Canonical CIDRs (network address, explicit prefix). */
+  allowedIps: string[];
+  /** Seconds; 0 = off. */
+  persistentKeepalive: number;
+}
+
+export interface ServicePort {
+  protocol: 'tcp' | 'udp';
+  port: number;
+}
+
+export interface ServiceConfig {
+  vip: string;
+  /** The pod's own address of the VIP's family, unless given. */
+  localAddress: string;
+  /** Empty = every tcp and udp port. */
+  ports: ServicePort[];
+}
+
+export interface DataPlaneOptions {
+  inject: InjectMode;
+  tunOffload: boolean;
+  udpGso: boolean;
+  udpGro: boolean;
+}
+
+export interface PodConfig {
+  /** The path the config was read from (for messages). */
+  file: string;
+  interface: string;
+  /** The pod's own addresses, at most one per family. */
+  addresses: { v4: string | null; v6: string | null };
+  listenPort: number;
+  fwmark: number;
+  table: number;
+  rulePriority: number;
+  /** Absolute path (relative paths are resolved against the config file's directory). */
+  pskFile: string;
+  peers: PeerConfig[];
+  services: ServiceConfig[];
+  dataPlane: DataPlaneOptions;
+  logLevel: LogLevel;
+  /** null: the default, /run/tenc/<interface>-<netns inode>.sock, chosen at start. */
+  controlSocket: string | null;
+}
+
+export interface ConfigProblem {
+  field: string;
+  problem: string;
+}
+
+/** Validation failed; `message` holds one `FILE: field: problem` line per problem. */
+export class ConfigError extends Error {
+  readonly code = 'ERR_TENC_CONFIG';
+  constructor(
+    readonly file: string,
+    readonly problems: ConfigProblem[],
+  ) {
+    super(problems.map((p) => `${file}: ${p.field}: ${p.problem}`).join('\n'));
+    this.name = 'ConfigError';
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Small parsers shared with the control socket and the CLI. Each returns the
+// canonical value or a problem string (never throws on bad input).
+
+type Parsed<T> = { ok: true; value: T } | { ok: false; problem: string };
+const ok = <T>(value: T): Parsed<T> => ({ ok: true, value });
+const bad = <T>(problem: string): Parsed<T> => ({ ok: false, problem });
+
+function show(v: unknown): string {
+  return JSON.stringify(v) ?? String(v);
+}
+
+export function addressFamily(address: string): 4 | 6 | null {
+  if (Address4.isValid(address)) return 4;
+  if (!address.includes('%') && !address.includes('/') && Address6.isValid(address)) return 6;
+  return null;
+}
+
+/** A plain IPv4/IPv6 address (no prefix, no zone), canonical form. */
+export function parseAddress(v: unknown): Parsed<string> {
+  if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
+  if (v.includes('/')) return bad(`${show(v)} is an address, write it without a prefix length`);
+  const fam = addressFamily(v);
+  if (fam === 4) return ok(new Address4(v).correctForm());
+  if (fam === 6) return ok(new Address6(v).correctForm());
+  return bad(`${show(v)} is not an IPv4/IPv6 address`);
+}
+
+/** ip:port or [v6]:port. */
+export function parseEndpoint(v: unknown): Parsed<Endpoint> {
+  if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
+  let host: string;
+  let portText: string;
+  const m6 = /^\[([^\]]*)\]:(\d*)$/.exec(v);
+  if (m6) {
+    host = m6[1];
+    portText = m6[2];
+    if (addressFamily(host) !== 6) return bad(`${show(v)} is not an IPv4/IPv6 address`);
+  } else {
+    const i = v.lastIndexOf(':');
+    if (i < 0) return bad(`${show(v)} has no port (write ip:port or [ipv6]:port)`);
+    host = v.slice(0, i);
+    portText = v.slice(i + 1);
+    if (host.includes(':')) return bad(`${show(v)}: put an IPv6 address in brackets, as [addr]:port`);
+    if (addressFamily(host) !== 4) return bad(`${show(v)} is not an IPv4/IPv6 address`);
+  }
+  if (!/^\d{1,5}$/.test(portText)) return bad(`${show(v)} has no valid port`);
+  const port = Number(portText);
+  if (port < 1 || port > 65535) return bad(`${show(v)}: port ${port} is out of range 1..65535`);
+  const address = addressFamily(host) === 4 ? new Address4(host).correctForm() : new Address6(host).correctForm();
+  return ok({ address, port });
+}
+
+export function formatEndpoint(e: Endpoint): string {
+  return e.address.includes(':') ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`;
+}
+
+/** A CIDR with explicit or implied (/32, /128) prefix; host bits must be zero. Canonical "net/len". */
+export function parseCidr(v: unknown): Parsed<string> {
+  if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
+  const slash = v.indexOf('/');
+  const addrText = slash < 0 ? v : v.slice(0, slash);
+  const lenText = slash < 0 ? null : v.slice(slash + 1);
+  const fam = addressFamily(addrText);
+  if (fam === null) return bad(`${show(v)} is not an IPv4/IPv6 CIDR`);
+  const max = fam === 4 ? 32 : 128;
+  let len = max;
+  if (lenText !== null) {
+    if (!/^\d{1,3}$/.test(lenText) || Number(lenText) > max) {
+      return bad(`${show(v)}: prefix length must be 0..${max}`);
+    }
+    len = Number(lenText);
+  }
+  const a = fam === 4 ? new Address4(`${addrText}/${len}`) : new Address6(`${addrText}/${len}`);
+  const net = a.startAddress().correctForm();
+  const host = (fam === 4 ? new Address4(addrText) : new Address6(addrText)).correctForm();
+  if (net !== host) return bad(`${show(v)} has host bits set (did you mean "${net}/${len}"?)`);
+  return ok(`${net}/${len}`);
+}
+
+/** Standard padded base64 of exactly 32 bytes, as wg genkey/pubkey/genpsk print. */
+export function parseKey32(v: unknown): Parsed<Uint8Array> {
+  if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
+  const t = v.trim();
+  if (!/^[A-Za-z0-9+/]{43}=$/.test(t)) return bad('is not a base64 32-byte key (44 characters ending in "=")');
+  const bytes = new Uint8Array(Buffer.from(t, 'base64'));
+  if (bytes.length !== 32) return bad('is not a base64 32-byte key (44 characters ending in "=")');
+  return ok(bytes);
+}
+
+/** The Linux rules for an interface name (IFNAMSIZ 16 with the NUL). */
+export function parseInterfaceName(v: unknown): Parsed<string> {
+  if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
+  if (v.length === 0 || v.length > 15) return bad(`${show(v)} must be 1..15 characters`);
+  if (v === '.' || v === '..' || /[\s/:%]/.test(v)) return bad(`${show(v)} is not a valid interface name`);
+  return ok(v);
+}
+
+function parseInteger(v: unknown, min: number, max: number): Parsed<number> {
+  if (typeof v !== 'number' || !Number.isInteger(v)) return bad(`${show(v)} is not an integer`);
+  if (v < min || v > max) return bad(`${v} is out of range ${min}..${max}`);
+  return ok(v);
+}
+
+function parseBool(v: unknown): Parsed<boolean> {
+  return typeof v === 'boolean' ? ok(v) : bad(`${show(v)} is not true or false`);
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+// ---------------------------------------------------------------------------
+
+/** Collects problems while walking one object. */
+class Checker {
+  readonly problems: ConfigProblem[] = [];
+  add(field: string, problem: string): void {
+    this.problems.push({ field, problem });
+  }
+  /** Reports fields not in `known`. */
+  unknown(obj: Record<string, unknown>, prefix: string, known: readonly string[]): void {
+    for (const k of Object.keys(obj)) {
+      if (!known.includes(k)) {
+        this.add(prefix + k, `unknown field (known: ${known.join(', ')})`);
+      }
+    }
+  }
+  take<T>(field: string, r: Parsed<T>, fallback: T): T {
+    if (r.ok) return r.value;
+    this.add(field, r.problem);
+    return fallback;
+  }
+}
+
+const TOP_FIELDS = [
+  'interface',
+  'addresses',
+  'listenPort',
+  'fwmark',
+  'table',
+  'rulePriority',
+  'pskFile',
+  'peers',
+  'services',
+  'dataPlane',
+  'logLevel',
+  'controlSocket',
+] as const;
+export const PEER_FIELDS = ['publicKey', 'endpoint', 'allowedIps', 'persistentKeepalive'] as const;
+const SERVICE_FIELDS = ['vip', 'localAddress', 'ports'] as const;
+const PORT_FIELDS = ['protocol', 'port'] as const;
+const DATAPLANE_FIELDS = ['inject', 'tunOffload', 'udpGso', 'udpGro'] as const;
+
+/**
+ * Validates one peer object (config file entry or control-socket request).
+ * `prefix` is the field path, e.g. "peers[1]." or "".
+ */
+function checkPeer(c: Checker, v: unknown, prefix: string): PeerConfig | null {
+  if (!isObject(v)) {
+    c.add(prefix.replace(/\.$/, '') || 'peer', 'must be an object');
+    return null;
+  }
+  c.unknown(v, prefix, PEER_FIELDS);
+  const before = c.problems.length;
+  let publicKey = '';
+  if (v.publicKey === undefined) c.add(`${prefix}publicKey`, 'is required');
+  else {
+    const k = parseKey32(v.publicKey);
+    if (!k.ok) c.add(`${prefix}publicKey`, k.problem);
+    else if (k.value.every((b) => b === 0)) c.add(`${prefix}publicKey`, 'is the all-zero key');
+    else publicKey = Buffer.from(k.value).toString('base64');
+  }
+  let endpoint: Endpoint | null = null;
+  if (v.endpoint !== undefined && v.endpoint !== null) {
+    endpoint = c.take(`${prefix}endpoint`, parseEndpoint(v.endpoint), null);
+  }
+  const allowedIps: string[] = [];
+  if (v.allowedIps !== undefined) {
+    if (!Array.isArray(v.allowedIps)) c.add(`${prefix}allowedIps`, 'must be an array of CIDR strings');
+    else {
+      v.allowedIps.forEach((x, i) => {
+        const r = parseCidr(x);
+        if (!r.ok) c.add(`${prefix}allowedIps[${i}]`, r.problem);
+        else if (allowedIps.includes(r.value)) c.add(`${prefix}allowedIps[${i}]`, `${show(x)} is listed twice`);
+        else allowedIps.push(r.value);
+      });
+    }
+  }
+  let persistentKeepalive = 0;
+  if (v.persistentKeepalive !== undefined) {
+    persistentKeepalive = c.take(`${prefix}persistentKeepalive`, parseInteger(v.persistentKeepalive, 0, 65535), 0);
+  }
+  if (c.problems.length !== before) return null;
+  return { publicKey, endpoint, allowedIps, persistentKeepalive };
+}
+
+/** Validates a peer object outside a config file (control socket, CLI). */
+export function validatePeer(v: unknown): { peer: PeerConfig } | { problems: ConfigProblem[] } {
+  const c = new Checker();
+  const peer = checkPeer(c, v, '');
+  if (peer === null || c.problems.length > 0) return { problems: c.problems };
+  return { peer };
+}
+
+function checkServices(
+  c: Checker,
+  v: unknown,
+  prefix: string,
+  addresses: { v4: string | null; v6: string | null },
+): ServiceConfig[] {
+  const out: ServiceConfig[] = [];
+  if (!Array.isArray(v)) {
+    c.add(prefix || 'services', 'must be an array');
+    return out;
+  }
+  const vips = new Set<string>();
+  v.forEach((s, i) => {
+    const p = `${prefix}[${i}]`;
+    if (!isObject(s)) {
+      c.add(p, 'must be an object');
+      return;
+    }
+    c.unknown(s, `${p}.`, SERVICE_FIELDS);
+    const before = c.problems.length;
+    let vip = '';
+    if (s.vip === undefined) c.add(`${p}.vip`, 'is required');
+    else vip = c.take(`${p}.vip`, parseAddress(s.vip), '');
+    if (vip && vips.has(vip)) c.add(`${p}.vip`, `${show(s.vip)} is listed twice`);
+    vips.add(vip);
+    const fam = vip ? addressFamily(vip) : null;
+    let localAddress = '';
+    if (s.localAddress !== undefined) {
+      localAddress = c.take(`${p}.localAddress`, parseAddress(s.localAddress), '');
+      if (localAddress && fam && addressFamily(localAddress) !== fam) {
+        c.add(`${p}.localAddress`, `${show(s.localAddress)} is not of the VIP's address family`);
+      }
+    } else if (fam) {
+      const own = fam === 4 ? addresses.v4 : addresses.v6;
+      if (own === null) c.add(`${p}.vip`, `the pod has no IPv${fam} address in "addresses" to serve ${vip} on`);
+      else localAddress = own;
+    }
+    const ports: ServicePort[] = [];
+    if (s.ports === undefined) c.add(`${p}.ports`, 'is required (an empty array means every tcp and udp port)');
+    else if (!Array.isArray(s.ports)) c.add(`${p}.ports`, 'must be an array of {"protocol", "port"}');
+    else {
+      s.ports.forEach((q, j) => {
+        const pp = `${p}.ports[${j}]`;
+        if (!isObject(q)) {
+          c.add(pp, 'must be an object like {"protocol": "tcp", "port": 80}');
+          return;
+        }
+        c.unknown(q, `${pp}.`, PORT_FIELDS);
+        let protocol: 'tcp' | 'udp' = 'tcp';
+        if (q.protocol !== 'tcp' && q.protocol !== 'udp') c.add(`${pp}.protocol`, `${show(q.protocol)} is not "tcp" or "udp"`);
+        else protocol = q.protocol;
+        const port = q.port === undefined ? (c.add(`${pp}.port`, 'is required'), 0) : c.take(`${pp}.port`, parseInteger(q.port, 1, 65535), 0);
+        if (ports.some((x) => x.protocol === protocol && x.port === port)) c.add(pp, `${protocol}/${port} is listed twice`);
+        ports.push({ protocol, port });
+      });
+    }
+    if (c.problems.length === before) out.push({ vip, localAddress, ports });
+  });
+  return out;
+}
+
+/** Validates a services array outside a config file (control socket `set-services`). */
+export function validateServices(
+  v: unknown,
+  addresses: { v4: string | null; v6: string | null },
+): { services: ServiceConfig[] } | { problems: ConfigProblem[] } {
+  const c = new Checker();
+  const services = checkServices(c, v, 'services', addresses);
+  return c.problems.length > 0 ? { problems: c.problems } : { services };
+}
+
+/** Validates a parsed JSON value; `file` names the source in messages and anchors a relative pskFile. */
+export function validateConfig(raw: unknown, file: string): PodConfig {
+  const c = new Checker();
+  if (!isObject(raw)) throw new ConfigError(file, [{ field: '(top level)', problem: 'must be a JSON object' }]);
+  c.unknown(raw, '', TOP_FIELDS);
+
+  const iface = raw.interface === undefined ? DEFAULT_INTERFACE : c.take('interface', parseInterfaceName(raw.interface), DEFAULT_INTERFACE);
+
+  const addresses: { v4: string | null; v6: string | null } = { v4: null, v6: null };
+  if (raw.addresses === undefined) c.add('addresses', 'is required (the pod\'s own IPv4 and/or IPv6 address)');
+  else if (!Array.isArray(raw.addresses) || raw.addresses.length === 0 || raw.addresses.length > 2) {
+    c.add('addresses', 'must be an array of one IPv4 and/or one IPv6 address');
+  } else {
+    raw.addresses.forEach((a, i) => {
+      const r = parseAddress(a);
+      if (!r.ok) return c.add(`addresses[${i}]`, r.problem);
+      const fam = addressFamily(r.value) === 4 ? 'v4' : 'v6';
+      if (addresses[fam] !== null) return c.add(`addresses[${i}]`, `a second IP${fam} address (at most one per family)`);
+      const unusable = fam === 'v4' ? new Address4(r.value) : new Address6(r.value);
+      if (unusable.isMulticast() || r.value === '0.0.0.0' || r.value === '::') {
+        return c.add(`addresses[${i}]`, `${show(a)} is not a unicast address`);
+      }
+      addresses[fam] = r.value;
+    });
+  }
+
+  const listenPort = raw.listenPort === undefined ? DEFAULT_LISTEN_PORT : c.take('listenPort', parseInteger(raw.listenPort, 1, 65535), 0);
+
+  let fwmark = DEFAULT_FWMARK;
+  if (raw.fwmark !== undefined) {
+    let v: unknown = raw.fwmark;
+    if (typeof v === 'string' && /^0x[0-9a-fA-F]{1,8}$/.test(v)) v = Number(v);
+    fwmark = c.take('fwmark', parseInteger(v, 1, 0xffffffff), 0);
+  }
+
+  let table = DEFAULT_TABLE;
+  if (raw.table !== undefined) {
+    table = c.take('table', parseInteger(raw.table, 1, 0xffffffff), 0);
+    if ([253, 254, 255].includes(table)) c.add('table', `${table} is a reserved table (default/main/local)`);
+  }
+
+  const rulePriority =
+    raw.rulePriority === undefined ? DEFAULT_RULE_PRIORITY : c.take('rulePriority', parseInteger(raw.rulePriority, 1, 32765), 0);
+
+  let pskFile = '';
+  if (raw.pskFile === undefined) c.add('pskFile', 'is required (a file holding `wg genpsk` output)');
+  else if (typeof raw.pskFile !== 'string' || raw.pskFile === '') c.add('pskFile', `${show(raw.pskFile)} is not a file path`);
+  else {
+    pskFile = resolve(dirname(resolve(file)), raw.pskFile);
+    try {
+      readPskFile(pskFile).fill(0);
+    } catch (e) {
+      c.add('pskFile', (e as Error).message);
+    }
+  }
+
+  const peers: PeerConfig[] = [];
+  if (raw.peers !== undefined) {
+    if (!Array.isArray(raw.peers)) c.add('peers', 'must be an array');
+    else {
+      const seenKeys = new Map<string, number>();
+      const seenIps = new Map<string, number>();
+      raw.peers.forEach((p, i) => {
+        const peer = checkPeer(c, p, `peers[${i}].`);
+        if (peer === null) return;
+        const dupKey = seenKeys.get(peer.publicKey);
+        if (dupKey !== undefined) c.add(`peers[${i}].publicKey`, `same key as peers[${dupKey}]`);
+        seenKeys.set(peer.publicKey, i);
+        peer.allowedIps.forEach((ip, j) => {
+          const other = seenIps.get(ip);
+          if (other !== undefined) c.add(`peers[${i}].allowedIps[${j}]`, `${ip} is also claimed by peers[${other}]`);
+          seenIps.set(ip, i);
+        });
+        peers.push(peer);
+      });
+    }
+  }
+
+  const services = raw.services === undefined ? [] : checkServices(c, raw.services, 'services', addresses);
+
+  const dataPlane: DataPlaneOptions = { inject: 'tun', tunOffload: true, udpGso: true, udpGro: true };
+  if (raw.dataPlane !== undefined) {
+    if (!isObject(raw.dataPlane)) c.add('dataPlane', 'must be an object');
+    else {
+      const d = raw.dataPlane;
+      c.unknown(d, 'dataPlane.', DATAPLANE_FIELDS);
+      if (d.inject !== undefined) {
+        if (d.inject !== 'raw' && d.inject !== 'tun') c.add('dataPlane.inject', `${show(d.inject)} is not "raw" or "tun"`);
+        else dataPlane.inject = d.inject;
+      }
+      for (const k of ['tunOffload', 'udpGso', 'udpGro'] as const) {
+        if (d[k] !== undefined) dataPlane[k] = c.take(`dataPlane.${k}`, parseBool(d[k]), true);
+      }
+    }
+  }
+
+  let logLevel: LogLevel = 'info';
+  if (raw.logLevel !== undefined) {
+    if (typeof raw.logLevel !== 'string' || !(LOG_LEVELS as readonly string[]).includes(raw.logLevel)) {
+      c.add('logLevel', `${show(raw.logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
+    } else logLevel = raw.logLevel as LogLevel;
+  }
+
+  let controlSocket: string | null = null;
+  if (raw.controlSocket !== undefined && raw.controlSocket !== null) {
+    if (typeof raw.controlSocket !== 'string' || raw.controlSocket === '') c.add('controlSocket', `${show(raw.controlSocket)} is not a path`);
+    else if (Buffer.byteLength(raw.controlSocket) > 107) c.add('controlSocket', 'is longer than a unix socket path may be (107 bytes)');
+    else controlSocket = resolve(raw.controlSocket);
+  }
+
+  if (c.problems.length > 0) throw new ConfigError(file, c.problems);
+  return {
+    file,
+    interface: iface,
+    addresses,
+    listenPort,
+    fwmark,
+    table,
+    rulePriority,
+    pskFile,
+    peers,
+    services,
+    dataPlane,
+    logLevel,
+    controlSocket,
+  };
+}
+
+/** Reads and validates a config file. Throws ConfigError (also for unreadable files and bad JSON). */
+export function loadConfig(file: string): PodConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, [{ field: '(file)', problem: `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` }]);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(file, [{ field: '(file)', problem: `not valid JSON: ${(e as Error).message}` }]);
+  }
+  return validateConfig(raw, file);
+}
+
+/**
+ * Reads the project's pre-shared key: one line of standard base64 (32 bytes), as
+ * `wg genpsk` prints. Errors name the file but never echo its content.
+ * The caller zeroes the returned bytes when done.
+ */
+export function readPskFile(path: string): Uint8Array {
+  let text: string;
+  try {
+    if (!statSync(path).isFile()) throw Object.assign(new Error('not a regular file'), { code: 'not a regular file' });
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+    throw new Error(`psk file ${path}: cannot read (${code})`);
+  }
+  const r = parseKey32(text.trim());
+  if (!r.ok) throw new Error(`psk file ${path}: is not a base64 32-byte key as \`wg genpsk\` prints`);
+  return r.value;
+}
