@@ -9,27 +9,43 @@
 #define TENC_AEAD_KEY_LEN 32
 #define TENC_AEAD_NONCE_LEN 12
 #define TENC_AEAD_TAG_LEN 16
+/* Largest `len` accepted by seal/open (OpenSSL takes int lengths). */
+#define TENC_AEAD_MAX_LEN ((size_t)0x7fffffef)
 
 typedef struct tenc_aead tenc_aead;
 
 tenc_aead *tenc_aead_new(void);
 void tenc_aead_free(tenc_aead *a);
 
+/* Forget the cached keys (zeroed) without freeing the contexts; the next call
+ * re-keys. Call it when a keypair is removed. */
+void tenc_aead_clear(tenc_aead *a);
+
 /* WireGuard transport nonce: 4 zero bytes, then `counter` little-endian (8 bytes). */
 void tenc_aead_wg_nonce(uint64_t counter, uint8_t nonce[TENC_AEAD_NONCE_LEN]);
 
 /* Seal buf[0..len) in place and write the 16-byte tag to `tag` (may be buf+len).
- * Returns 0 on success, -1 on an OpenSSL failure. */
+ * Returns 0 on success, -1 on an OpenSSL failure or len > TENC_AEAD_MAX_LEN. */
 int tenc_aead_seal(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
                    const uint8_t nonce[TENC_AEAD_NONCE_LEN],
                    const uint8_t *aad, size_t aad_len,
                    uint8_t *buf, size_t len, uint8_t *tag);
 
 /* Open buf[0..len) in place against `tag`. Returns 0 when authentic, -1 otherwise
- * (then buf's contents are unspecified and must not be used). */
+ * (then buf's contents are unspecified and must not be used; this implementation
+ * zeroes buf[0..len) so no unauthenticated plaintext is left behind). */
 int tenc_aead_open(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
                    const uint8_t nonce[TENC_AEAD_NONCE_LEN],
                    const uint8_t *aad, size_t aad_len,
                    uint8_t *buf, size_t len, const uint8_t *tag);
+
+/* WireGuard transport helpers: nonce from `counter`, no AAD, tag right after the
+ * data. seal: buf[0..len) -> ciphertext, tag at buf[len..len+16).
+ * open: buf[0..len) is ciphertext || tag (len >= 16); plaintext is buf[0..len-16).
+ * Return 0 on success, -1 on failure (open: also when len < 16). */
+int tenc_aead_wg_seal(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
+                      uint64_t counter, uint8_t *buf, size_t len);
+int tenc_aead_wg_open(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
+                      uint64_t counter, uint8_t *buf, size_t len);
 
 #endif

@@ -22,3 +22,97 @@ function findAddon(): string {
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export const addon: any = require(findAddon());
+
+// ---- AEAD: ChaCha20-Poly1305 (RFC 8439 §2.8) over node's OpenSSL (native/aead.c) ----
+
+export const AEAD_KEY_LEN = 32;
+export const AEAD_NONCE_LEN = 12;
+export const AEAD_TAG_LEN = 16;
+
+/** Per-packet result codes written by {@link aeadOpenBatch}. */
+export const AEAD_STATUS = {
+  ok: 0,
+  /** Tag mismatch (forged, corrupted, wrong key or counter); the plaintext area is zeroed. */
+  auth: 1,
+  /** Shorter than the 16-byte tag. */
+  badLength: 2,
+} as const;
+export type AeadStatus = (typeof AEAD_STATUS)[keyof typeof AEAD_STATUS];
+
+/**
+ * A batch of packets inside one slab, in WireGuard transport layout: packet i starts at
+ * `offsets[i]`, its nonce is 4 zero bytes || `counters[i]` as u64 little-endian, no AAD.
+ * Offsets need no alignment; packets must not overlap. Only the first `count` entries
+ * are used (default: offsets.length).
+ */
+export interface AeadBatch {
+  slab: Uint8Array;
+  offsets: Uint32Array;
+  lengths: Uint32Array;
+  counters: BigUint64Array;
+  count?: number;
+}
+
+/**
+ * Seals every packet of the batch in place with one key, in one native call:
+ * plaintext `slab[offsets[i], offsets[i] + lengths[i])` becomes the ciphertext and the
+ * 16-byte tag is written right after it, so the slab must hold `lengths[i] + 16` bytes
+ * from `offsets[i]`.
+ * @throws TypeError (code ERR_INVALID_ARG_TYPE) for a wrong argument type; RangeError
+ * (code ERR_OUT_OF_RANGE) for a key that is not 32 bytes, a count above an array's length,
+ * or a packet that does not fit in the slab (the message names the packet index). All
+ * packets are checked before any byte is written.
+ */
+export function aeadSealBatch(batch: AeadBatch, key: Uint8Array): void {
+  addon.aeadSealBatch(batch.slab, batch.offsets, batch.lengths, batch.counters, key, batchCount(batch));
+}
+
+/**
+ * Opens every packet of the batch in place with one key, in one native call:
+ * `slab[offsets[i], offsets[i] + lengths[i])` is ciphertext || tag (lengths include the
+ * tag); on success the plaintext is `slab[offsets[i], offsets[i] + lengths[i] - 16)`.
+ * Writes one {@link AEAD_STATUS} code per packet into `status` (allocated when omitted)
+ * and returns it with the number of authentic packets. A failed packet's plaintext area
+ * is zeroed. Argument errors throw as for {@link aeadSealBatch}.
+ */
+export function aeadOpenBatch(
+  batch: AeadBatch,
+  key: Uint8Array,
+  status?: Uint8Array,
+): { status: Uint8Array; ok: number } {
+  const count = batchCount(batch);
+  const out = status ?? new Uint8Array(count);
+  const ok: number = addon.aeadOpenBatch(batch.slab, batch.offsets, batch.lengths, batch.counters, key, count, out);
+  return { status: out, ok };
+}
+
+/** Single-shot seal with an explicit 12-byte nonce and AAD; returns ciphertext || tag. */
+export function aeadSeal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array = EMPTY): Uint8Array {
+  return addon.aeadSeal(key, nonce, aad, plaintext);
+}
+
+/** Single-shot open of ciphertext || tag; returns the plaintext, or null if not authentic (or shorter than the tag). */
+export function aeadOpen(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array = EMPTY): Uint8Array | null {
+  return addon.aeadOpen(key, nonce, aad, sealed);
+}
+
+/** WireGuard transport nonce (whitepaper §5.4.6): 4 zero bytes, then the counter as u64 little-endian. */
+export function wgNonce(counter: bigint): Uint8Array {
+  const nonce = new Uint8Array(AEAD_NONCE_LEN);
+  new DataView(nonce.buffer).setBigUint64(4, BigInt.asUintN(64, counter), true);
+  return nonce;
+}
+
+const EMPTY = new Uint8Array(0);
+
+function batchCount(batch: AeadBatch): number {
+  if (batch.count === undefined) {
+    if (!(batch.offsets instanceof Uint32Array)) throw typeError('offsets must be a Uint32Array');
+    return batch.offsets.length;
+  }
+  return batch.count;
+}
+
+function typeError(message: string): TypeError {
+  return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });
+}

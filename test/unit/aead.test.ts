@@ -1,0 +1,366 @@
+/**
+ * ChaCha20-Poly1305 (RFC 8439): the native addon (native/aead.c over node's OpenSSL)
+ * against the RFC vectors and against @noble/ciphers, single-shot and batch, including
+ * forged packets, odd offsets, in-place layout, the WireGuard nonce and argument errors.
+ */
+import { describe, it, expect } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
+import {
+  aeadSeal,
+  aeadOpen,
+  aeadSealBatch,
+  aeadOpenBatch,
+  wgNonce,
+  AEAD_STATUS,
+  AEAD_TAG_LEN,
+  type AeadBatch,
+} from '../../src/native.js';
+
+interface Vector {
+  name: string;
+  key: string;
+  nonce: string;
+  aad: string;
+  plaintext: string;
+  ciphertext: string;
+  tag: string;
+}
+
+const VECTORS: Vector[] = JSON.parse(
+  readFileSync(new URL('../vectors/rfc8439-aead.json', import.meta.url), 'utf8'),
+).vectors;
+
+const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+const unhex = (s: string): Uint8Array => Uint8Array.from(Buffer.from(s, 'hex'));
+const rand = (n: number): Uint8Array => Uint8Array.from(randomBytes(n));
+
+/** One implementation under the same interface: open returns null when not authentic. */
+interface Impl {
+  name: string;
+  seal(key: Uint8Array, nonce: Uint8Array, pt: Uint8Array, aad: Uint8Array): Uint8Array;
+  open(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array): Uint8Array | null;
+}
+
+const native: Impl = {
+  name: 'native',
+  seal: (k, n, pt, aad) => aeadSeal(k, n, pt, aad),
+  open: (k, n, sealed, aad) => aeadOpen(k, n, sealed, aad),
+};
+
+const noble: Impl = {
+  name: 'noble',
+  seal: (k, n, pt, aad) => chacha20poly1305(k, n, aad).encrypt(pt),
+  open: (k, n, sealed, aad) => {
+    try {
+      return chacha20poly1305(k, n, aad).decrypt(sealed);
+    } catch {
+      return null;
+    }
+  },
+};
+
+const IMPLS = [native, noble];
+
+/** Small deterministic PRNG (xorshift32) so failing sizes are reproducible. */
+function prng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s;
+  };
+}
+
+/** Packs plaintexts into one slab at the given gaps (odd on purpose), room for tags. */
+function packSlab(
+  plaintexts: Uint8Array[],
+  gap: (i: number) => number,
+  counters: bigint[],
+  canary = 0xa5,
+): AeadBatch & { count: number } {
+  const offsets = new Uint32Array(plaintexts.length);
+  const lengths = new Uint32Array(plaintexts.length);
+  let pos = 0;
+  plaintexts.forEach((pt, i) => {
+    pos += gap(i);
+    offsets[i] = pos;
+    lengths[i] = pt.length;
+    pos += pt.length + AEAD_TAG_LEN;
+  });
+  const slab = new Uint8Array(pos + gap(plaintexts.length)).fill(canary);
+  plaintexts.forEach((pt, i) => slab.set(pt, offsets[i]));
+  return { slab, offsets, lengths, counters: BigUint64Array.from(counters), count: plaintexts.length };
+}
+
+/** Bytes of the slab outside every packet's [offset, offset + len + 16). */
+function outside(batch: AeadBatch): number[] {
+  const inside = new Uint8Array(batch.slab.length);
+  for (let i = 0; i < batch.offsets.length; i++) {
+    inside.fill(1, batch.offsets[i], batch.offsets[i] + batch.lengths[i] + AEAD_TAG_LEN);
+  }
+  const out: number[] = [];
+  batch.slab.forEach((b, i) => {
+    if (!inside[i]) out.push(b);
+  });
+  return out;
+}
+
+function packet(batch: AeadBatch, i: number, extra = AEAD_TAG_LEN): Uint8Array {
+  return batch.slab.subarray(batch.offsets[i], batch.offsets[i] + batch.lengths[i] + extra);
+}
+
+describe('RFC 8439 vectors (test/vectors/rfc8439-aead.json)', () => {
+  for (const impl of IMPLS) {
+    for (const v of VECTORS) {
+      describe(`${impl.name}: ${v.name}`, () => {
+        const key = unhex(v.key);
+        const nonce = unhex(v.nonce);
+        const aad = unhex(v.aad);
+        const pt = unhex(v.plaintext);
+        const sealed = unhex(v.ciphertext + v.tag);
+
+        it('seals to the published ciphertext and tag', () => {
+          expect(hex(impl.seal(key, nonce, pt, aad))).toBe(v.ciphertext + v.tag);
+        });
+
+        it('opens the published ciphertext', () => {
+          const out = impl.open(key, nonce, sealed, aad);
+          expect(out).not.toBeNull();
+          expect(hex(out!)).toBe(v.plaintext);
+        });
+
+        it('rejects a flipped tag bit', () => {
+          const bad = sealed.slice();
+          bad[bad.length - 1] ^= 0x80;
+          expect(impl.open(key, nonce, bad, aad)).toBeNull();
+        });
+
+        it('rejects a flipped ciphertext bit', () => {
+          const bad = sealed.slice();
+          bad[7] ^= 0x01;
+          expect(impl.open(key, nonce, bad, aad)).toBeNull();
+        });
+
+        it('rejects a truncated ciphertext (one byte short, and shorter than a tag)', () => {
+          expect(impl.open(key, nonce, sealed.subarray(0, sealed.length - 1), aad)).toBeNull();
+          expect(impl.open(key, nonce, sealed.subarray(1), aad)).toBeNull();
+          expect(impl.open(key, nonce, sealed.subarray(0, AEAD_TAG_LEN - 1), aad)).toBeNull();
+        });
+
+        it('rejects a wrong key, nonce or AAD', () => {
+          const k2 = key.slice();
+          k2[31] ^= 1;
+          const n2 = nonce.slice();
+          n2[0] ^= 1;
+          const a2 = aad.slice();
+          a2[0] ^= 1;
+          expect(impl.open(k2, nonce, sealed, aad)).toBeNull();
+          expect(impl.open(key, n2, sealed, aad)).toBeNull();
+          expect(impl.open(key, nonce, sealed, a2)).toBeNull();
+          expect(impl.open(key, nonce, sealed, new Uint8Array(0))).toBeNull();
+        });
+      });
+    }
+  }
+
+  it('native single-shot accepts views at odd byte offsets', () => {
+    const v = VECTORS[0];
+    const backing = new Uint8Array(1 + v.plaintext.length / 2 + 3);
+    const pt = backing.subarray(1, 1 + v.plaintext.length / 2);
+    pt.set(unhex(v.plaintext));
+    const keyBacking = new Uint8Array(35);
+    const key = keyBacking.subarray(3, 35);
+    key.set(unhex(v.key));
+    const sealed = aeadSeal(key, unhex(v.nonce), pt, unhex(v.aad));
+    expect(hex(sealed)).toBe(v.ciphertext + v.tag);
+    const sealedBacking = new Uint8Array(sealed.length + 5);
+    sealedBacking.set(sealed, 5);
+    expect(hex(aeadOpen(key, unhex(v.nonce), sealedBacking.subarray(5), unhex(v.aad))!)).toBe(v.plaintext);
+  });
+});
+
+describe('WireGuard nonce', () => {
+  it('is 4 zero bytes then the counter little-endian', () => {
+    expect(hex(wgNonce(0x0102030405060708n))).toBe('00000000' + '0807060504030201');
+    expect(hex(wgNonce(0n))).toBe('000000000000000000000000');
+    expect(hex(wgNonce(2n ** 64n - 1n))).toBe('00000000ffffffffffffffff');
+  });
+
+  it('the batch seals with that nonce, as noble does with the same nonce', () => {
+    const key = rand(32);
+    const counters = [0n, 1n, 0x0102030405060708n, 2n ** 32n, 2n ** 64n - 1n];
+    const pts = counters.map(() => rand(37));
+    const batch = packSlab(pts, () => 0, counters);
+    aeadSealBatch(batch, key);
+    counters.forEach((c, i) => {
+      const nonce = new Uint8Array(12);
+      for (let b = 0; b < 8; b++) nonce[4 + b] = Number((c >> BigInt(8 * b)) & 0xffn);
+      expect(hex(packet(batch, i))).toBe(hex(chacha20poly1305(key, nonce).encrypt(pts[i])));
+    });
+  });
+});
+
+describe('batch against noble', () => {
+  const next = prng(0x7e4c);
+  const sizes = [0, 1, 15, 16, 17, 63, 64, 65, 255, 1420, 2000, 65535];
+  for (let i = 0; i < 40; i++) sizes.push(next() % 2001);
+
+  it('native batch seal (odd offsets, in place) opens with noble', () => {
+    const key = rand(32);
+    const pts = sizes.map((n) => rand(n));
+    const counters = sizes.map((_, i) => BigInt(i) * 0x1_0000_0001n + 7n);
+    const batch = packSlab(pts, (i) => 1 + (i % 3) * 2, counters);
+    aeadSealBatch(batch, key);
+    pts.forEach((pt, i) => {
+      const sealed = packet(batch, i);
+      if (pt.length > 0) expect(hex(sealed.subarray(0, pt.length))).not.toBe(hex(pt));
+      expect(hex(chacha20poly1305(key, wgNonce(counters[i])).decrypt(sealed))).toBe(hex(pt));
+    });
+    expect(outside(batch).every((b) => b === 0xa5)).toBe(true);
+  });
+
+  it('noble seals, native batch opens in place (odd offsets)', () => {
+    const key = rand(32);
+    const pts = sizes.map((n) => rand(n));
+    const counters = sizes.map(() => BigInt('0x' + hex(rand(8))));
+    const sealed = pts.map((pt, i) => chacha20poly1305(key, wgNonce(counters[i])).encrypt(pt));
+    // Lay out the sealed messages; lengths include the tag for open.
+    const batch = packSlab(sealed, (i) => 3 + (i % 2), counters);
+    for (let i = 0; i < sealed.length; i++) batch.lengths[i] = sealed[i].length;
+    const before = outside({ ...batch, lengths: batch.lengths.map((l) => l - AEAD_TAG_LEN) });
+    const { status, ok } = aeadOpenBatch(batch, key);
+    expect(ok).toBe(pts.length);
+    expect(Array.from(status)).toEqual(pts.map(() => AEAD_STATUS.ok));
+    pts.forEach((pt, i) => expect(hex(packet(batch, i, -AEAD_TAG_LEN))).toBe(hex(pt)));
+    expect(outside({ ...batch, lengths: batch.lengths.map((l) => l - AEAD_TAG_LEN) })).toEqual(before);
+  });
+
+  it('a mixed batch with one forged packet and one runt reports only those', () => {
+    const key = rand(32);
+    const pts = [rand(1420), rand(64), rand(0), rand(777), rand(1)];
+    const counters = pts.map((_, i) => BigInt(100 + i));
+    const batch = packSlab(pts, () => 1, counters);
+    aeadSealBatch(batch, key);
+    for (let i = 0; i < pts.length; i++) batch.lengths[i] += AEAD_TAG_LEN;
+    packet(batch, 3, 0)[500] ^= 0x04; // forge packet 3
+    batch.lengths[4] = AEAD_TAG_LEN - 1; // packet 4 shorter than a tag
+    const status = new Uint8Array(8).fill(0xff);
+    const res = aeadOpenBatch(batch, key, status);
+    expect(res.status).toBe(status);
+    expect(res.ok).toBe(3);
+    expect(Array.from(status)).toEqual([
+      AEAD_STATUS.ok,
+      AEAD_STATUS.ok,
+      AEAD_STATUS.ok,
+      AEAD_STATUS.auth,
+      AEAD_STATUS.badLength,
+      0xff,
+      0xff,
+      0xff,
+    ]);
+    for (const i of [0, 1, 2]) expect(hex(packet(batch, i, -AEAD_TAG_LEN))).toBe(hex(pts[i]));
+    // The forged packet's plaintext area holds no unauthenticated plaintext.
+    expect(packet(batch, 3, -AEAD_TAG_LEN).every((b) => b === 0)).toBe(true);
+  });
+
+  it('a wrong key or counter fails every packet', () => {
+    const key = rand(32);
+    const pts = [rand(10), rand(100)];
+    const batch = packSlab(pts, () => 0, [5n, 6n]);
+    aeadSealBatch(batch, key);
+    for (let i = 0; i < pts.length; i++) batch.lengths[i] += AEAD_TAG_LEN;
+    const copy = batch.slab.slice();
+    const wrongKey = key.slice();
+    wrongKey[0] ^= 1;
+    expect(aeadOpenBatch(batch, wrongKey).ok).toBe(0);
+    batch.slab.set(copy);
+    const shifted = { ...batch, counters: BigUint64Array.from([6n, 5n]) };
+    expect(Array.from(aeadOpenBatch(shifted, key).status)).toEqual([AEAD_STATUS.auth, AEAD_STATUS.auth]);
+    batch.slab.set(copy);
+    expect(aeadOpenBatch(batch, key).ok).toBe(2);
+  });
+
+  it('alternating keys between batches and directions give the right results', () => {
+    const keys = [rand(32), rand(32), rand(32)];
+    for (let round = 0; round < 6; round++) {
+      const key = keys[round % 3];
+      const pt = rand(50 + round);
+      const batch = packSlab([pt], () => 2, [BigInt(round)]);
+      aeadSealBatch(batch, key);
+      expect(hex(packet(batch, 0))).toBe(hex(chacha20poly1305(key, wgNonce(BigInt(round))).encrypt(pt)));
+      // Open with another key first (must fail), then with the right one.
+      batch.lengths[0] += AEAD_TAG_LEN;
+      const saved = batch.slab.slice();
+      expect(aeadOpenBatch(batch, keys[(round + 1) % 3]).ok).toBe(0);
+      batch.slab.set(saved);
+      expect(aeadOpenBatch(batch, key).ok).toBe(1);
+      expect(hex(packet(batch, 0, -AEAD_TAG_LEN))).toBe(hex(pt));
+    }
+  });
+
+  it('uses only the first `count` entries', () => {
+    const key = rand(32);
+    const pts = [rand(20), rand(20)];
+    const batch = packSlab(pts, () => 0, [1n, 2n]);
+    aeadSealBatch({ ...batch, count: 1 }, key);
+    expect(hex(packet(batch, 0))).toBe(hex(chacha20poly1305(key, wgNonce(1n)).encrypt(pts[0])));
+    expect(hex(packet(batch, 1, 0))).toBe(hex(pts[1]));
+  });
+});
+
+describe('argument errors are typed, coded and thrown before any byte is written', () => {
+  const key = new Uint8Array(32);
+  const good = (): AeadBatch & { count: number } => packSlab([new Uint8Array(10), new Uint8Array(20)], () => 1, [1n, 2n], 0x11);
+
+  type Case = [string, (b: any) => void, typeof TypeError | typeof RangeError, string, RegExp];
+  const cases: Case[] = [
+    ['slab is an array', (b) => aeadSealBatch({ ...b, slab: [1, 2, 3] }, key), TypeError, 'ERR_INVALID_ARG_TYPE', /slab must be a Uint8Array/],
+    ['slab is a DataView', (b) => aeadSealBatch({ ...b, slab: new DataView(b.slab.buffer) }, key), TypeError, 'ERR_INVALID_ARG_TYPE', /slab/],
+    ['offsets is an Int32Array', (b) => aeadSealBatch({ ...b, offsets: new Int32Array(b.offsets) }, key), TypeError, 'ERR_INVALID_ARG_TYPE', /offsets must be a Uint32Array/],
+    ['lengths is a plain array', (b) => aeadSealBatch({ ...b, lengths: [10, 20] }, key), TypeError, 'ERR_INVALID_ARG_TYPE', /lengths/],
+    ['counters is a Uint32Array', (b) => aeadSealBatch({ ...b, counters: new Uint32Array(2) }, key), TypeError, 'ERR_INVALID_ARG_TYPE', /counters must be a BigUint64Array/],
+    ['key is a string', (b) => aeadSealBatch(b, 'k'.repeat(32) as any), TypeError, 'ERR_INVALID_ARG_TYPE', /key/],
+    ['key is 31 bytes', (b) => aeadSealBatch(b, new Uint8Array(31)), RangeError, 'ERR_OUT_OF_RANGE', /key must be 32 bytes/],
+    ['count is not a number', (b) => aeadSealBatch({ ...b, count: '2' }, key), TypeError, 'ERR_INVALID_ARG_TYPE', /count/],
+    ['count is negative', (b) => aeadSealBatch({ ...b, count: -1 }, key), RangeError, 'ERR_OUT_OF_RANGE', /count/],
+    ['count is fractional', (b) => aeadSealBatch({ ...b, count: 1.5 }, key), RangeError, 'ERR_OUT_OF_RANGE', /count/],
+    ['count exceeds counters', (b) => aeadSealBatch({ ...b, counters: new BigUint64Array(1) }, key), RangeError, 'ERR_OUT_OF_RANGE', /count 2 exceeds/],
+    ['packet 1 has no room for its tag', (b) => aeadSealBatch({ ...b, lengths: Uint32Array.from([10, 22]) }, key), RangeError, 'ERR_OUT_OF_RANGE', /packet 1 does not fit/],
+    ['packet 0 offset past the slab', (b) => aeadSealBatch({ ...b, offsets: Uint32Array.from([0xffffffff, 12]) }, key), RangeError, 'ERR_OUT_OF_RANGE', /packet 0 does not fit/],
+    ['open: packet 1 past the slab', (b) => aeadOpenBatch({ ...b, lengths: Uint32Array.from([26, 38]) }, key), RangeError, 'ERR_OUT_OF_RANGE', /packet 1 does not fit/],
+    ['open: packet 1 longer than the maximum', (b) => aeadOpenBatch({ ...b, lengths: Uint32Array.from([26, 0xfffffff0]) }, key), RangeError, 'ERR_OUT_OF_RANGE', /packet 1: length 4294967280 exceeds/],
+    ['open: status too short', (b) => aeadOpenBatch(b, key, new Uint8Array(1)), RangeError, 'ERR_OUT_OF_RANGE', /status/],
+    ['open: status is a Uint16Array', (b) => aeadOpenBatch(b, key, new Uint16Array(2) as any), TypeError, 'ERR_INVALID_ARG_TYPE', /status/],
+    ['single seal: nonce 8 bytes', () => aeadSeal(key, new Uint8Array(8), new Uint8Array(1)), RangeError, 'ERR_OUT_OF_RANGE', /nonce must be 12 bytes/],
+    ['single seal: plaintext is a string', () => aeadSeal(key, new Uint8Array(12), 'hi' as any), TypeError, 'ERR_INVALID_ARG_TYPE', /data/],
+    ['single open: aad is null', () => aeadOpen(key, new Uint8Array(12), new Uint8Array(16), null as any), TypeError, 'ERR_INVALID_ARG_TYPE', /aad/],
+    ['single open: key 33 bytes', () => aeadOpen(new Uint8Array(33), new Uint8Array(12), new Uint8Array(16)), RangeError, 'ERR_OUT_OF_RANGE', /key/],
+  ];
+
+  it.each(cases)('%s', (_name, call, type, code, message) => {
+    const b = good();
+    const before = b.slab.slice();
+    let caught: unknown;
+    try {
+      call(b);
+    } catch (e) {
+      caught = e;
+    }
+    expect(caught).toBeInstanceOf(type);
+    expect((caught as { code?: string }).code).toBe(code);
+    expect((caught as Error).message).toMatch(message);
+    expect(hex(b.slab)).toBe(hex(before));
+  });
+
+  it('a slab exactly large enough is accepted (boundary)', () => {
+    const slab = new Uint8Array(5 + 10 + AEAD_TAG_LEN);
+    const batch = { slab, offsets: Uint32Array.of(5), lengths: Uint32Array.of(10), counters: BigUint64Array.of(0n) };
+    expect(() => aeadSealBatch(batch, key)).not.toThrow();
+    expect(() => aeadSealBatch({ ...batch, offsets: Uint32Array.of(6) }, key)).toThrow(RangeError);
+  });
+});
