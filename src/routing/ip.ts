@@ -1,0 +1,90 @@
+/**
+ * Runs iproute2's `ip` (per flow / per configuration change, never per packet).
+ * Every call can target a named namespace (`ip -n NAME`), which the netns tests use;
+ * the pod itself runs inside its namespace and passes none.
+ */
+import { spawn } from 'node:child_process';
+
+export type Family = 4 | 6;
+
+export class IpCommandError extends Error {
+  readonly code = 'ERR_TENC_IP';
+  constructor(
+    readonly args: string[],
+    readonly stderr: string,
+    readonly exitCode: number | null,
+    /** For batches: how many lines succeeded before the failing one. */
+    readonly linesDone = 0,
+  ) {
+    super(`ip ${args.join(' ')}: ${stderr.trim() || `exit code ${exitCode}`}`);
+    this.name = 'IpCommandError';
+  }
+}
+
+export interface IpCommandOptions {
+  /** Named network namespace (ip -n); undefined = the current one. */
+  netns?: string;
+  /** Path of the ip binary; default "ip" from PATH. */
+  binary?: string;
+}
+
+export class IpCommand {
+  private readonly prefix: string[];
+  private readonly binary: string;
+
+  constructor(opts: IpCommandOptions = {}) {
+    this.prefix = opts.netns ? ['-n', opts.netns] : [];
+    this.binary = opts.binary ?? 'ip';
+  }
+
+  /** Runs one command; resolves with stdout, rejects with IpCommandError. */
+  run(args: string[], stdin?: string): Promise<string> {
+    const full = [...this.prefix, ...args];
+    return new Promise((resolveP, rejectP) => {
+      const child = spawn(this.binary, full, { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+      child.on('error', (e) => rejectP(new IpCommandError(full, `cannot run ${this.binary}: ${e.message}`, null)));
+      child.on('close', (code) => {
+        if (code === 0) resolveP(out);
+        else rejectP(new IpCommandError(full, err, code));
+      });
+      child.stdin.on('error', () => {}); // EPIPE if ip exits early; the exit code tells
+      child.stdin.end(stdin ?? '');
+    });
+  }
+
+  /** `ip -j ARGS` parsed; an empty dump (or a table that does not exist) is []. */
+  async json(args: string[]): Promise<any[]> {
+    let out: string;
+    try {
+      out = await this.run(['-j', ...args]);
+    } catch (e) {
+      if (e instanceof IpCommandError && /does not exist|No such file|Cannot find device/i.test(e.stderr)) return [];
+      throw e;
+    }
+    const t = out.trim();
+    if (t === '') return [];
+    const parsed = JSON.parse(t);
+    return Array.isArray(parsed) ? parsed : [parsed];
+  }
+
+  /**
+   * Runs `ip -4|-6 -batch -` over the lines; stops at the first failing line.
+   * On failure the error's linesDone tells how many lines took effect.
+   */
+  async batch(family: Family, lines: string[]): Promise<void> {
+    if (lines.length === 0) return;
+    try {
+      await this.run([`-${family}`, '-batch', '-'], lines.join('\n') + '\n');
+    } catch (e) {
+      if (!(e instanceof IpCommandError)) throw e;
+      const m = /Command failed -:(\d+)/.exec(e.stderr);
+      const failedLine = m ? Number(m[1]) : 1;
+      const detail = e.stderr.replace(/\n?Command failed -:\d+\s*$/, '').trim();
+      throw new IpCommandError([`-${family}`, lines[failedLine - 1] ?? '-batch'], detail, e.exitCode, failedLine - 1);
+    }
+  }
+}

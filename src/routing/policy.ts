@@ -1,0 +1,238 @@
+/**
+ * Policy routing inside the pod's network namespace.
+ *
+ *   ip rule:  pref P  not fwmark F  lookup T        (IPv4 and IPv6)
+ *   table T:  <project destination> dev tenc0 [src <pod address>]
+ *
+ * Project destinations (peer allowed IPs, service VIPs, later DNS answers) are
+ * routed into tenc0 through tenc's own table T. tenc's UDP socket sets SO_MARK=F,
+ * so its own datagrams skip the rule, follow the main table and never loop back
+ * into tenc0. A destination not in T finds no route there and falls through to
+ * the main table: all other traffic is untouched.
+ *
+ * Exactness: every change that succeeded is recorded as an undo entry; teardown
+ * runs the undo entries in reverse order, and nothing else. Routes carry a
+ * reference count so two sources (a peer, a DNS answer) can share one route.
+ *
+ * Residue of a crashed run (removeResidue, run before install): identified by
+ *  - rules (IPv4 and IPv6) whose priority is P and whose table is T;
+ *  - routes in table T whose device is the interface name (tenc0);
+ *  - the pod's own addresses as /32 or /128 on that interface, if it still exists.
+ * Routes in T through other devices are left alone (logged), as not ours.
+ */
+import { IpCommand, IpCommandError, type Family } from './ip.js';
+import { addressFamily } from '../control/config.js';
+import { silentLogger, type Logger } from '../log.js';
+
+export interface PolicyRoutingOptions {
+  ifname: string;
+  table: number;
+  priority: number;
+  fwmark: number;
+  /** The pod's own addresses; used as the routes' preferred source. */
+  addresses: { v4: string | null; v6: string | null };
+  ip?: IpCommand;
+  log?: Logger;
+}
+
+type Undo =
+  | { kind: 'link'; mtu: number; wasUp: boolean }
+  | { kind: 'addr'; family: Family; cidr: string }
+  | { kind: 'route'; family: Family; cidr: string }
+  | { kind: 'rule'; family: Family };
+
+export interface ResidueReport {
+  rules: number;
+  routes: number;
+  addresses: number;
+}
+
+function familyOf(cidr: string): Family {
+  const f = addressFamily(cidr.split('/')[0]);
+  if (f === null) throw new TypeError(`not an IPv4/IPv6 CIDR: ${cidr}`);
+  return f;
+}
+
+export class PolicyRouting {
+  private readonly ip: IpCommand;
+  private readonly log: Logger;
+  private readonly undo: Undo[] = [];
+  private readonly refs = new Map<string, number>();
+  private readonly srcFor: Record<Family, string | null> = { 4: null, 6: null };
+  private installed = false;
+
+  constructor(private readonly opts: PolicyRoutingOptions) {
+    this.ip = opts.ip ?? new IpCommand();
+    this.log = opts.log ?? silentLogger;
+  }
+
+  private get t(): string {
+    return String(this.opts.table);
+  }
+
+  /** The routes currently installed (canonical CIDRs). */
+  routes(): string[] {
+    return [...this.refs.keys()];
+  }
+
+  /** Removes what a crashed earlier run with the same table/priority/interface left. */
+  async removeResidue(): Promise<ResidueReport> {
+    const { ifname, priority } = this.opts;
+    const report: ResidueReport = { rules: 0, routes: 0, addresses: 0 };
+    for (const fam of [4, 6] as const) {
+      const rules = await this.ip.json([`-${fam}`, 'rule', 'show']).catch(() => []);
+      const ours = rules.filter((r) => r.priority === priority && r.table === this.t);
+      const lines = ours.map(() => `rule del pref ${priority} table ${this.t}`);
+      await this.ip.batch(fam, lines);
+      report.rules += lines.length;
+
+      const routes = await this.ip.json([`-${fam}`, 'route', 'show', 'table', this.t]).catch(() => []);
+      const del: string[] = [];
+      for (const r of routes) {
+        if (r.dev === ifname) del.push(`route del ${r.type && r.type !== 'unicast' ? r.type + ' ' : ''}${r.dst} dev ${ifname} table ${this.t}`);
+        else this.log.warn({ table: this.opts.table, route: r.dst, dev: r.dev }, 'route in tenc table through another device left alone');
+      }
+      await this.ip.batch(fam, del);
+      report.routes += del.length;
+    }
+    const link = await this.ip.json(['addr', 'show', 'dev', ifname]).catch(() => []);
+    for (const a of link[0]?.addr_info ?? []) {
+      const fam: Family = a.family === 'inet6' ? 6 : 4;
+      const own = fam === 4 ? this.opts.addresses.v4 : this.opts.addresses.v6;
+      if (own !== null && a.local === own && a.prefixlen === (fam === 4 ? 32 : 128)) {
+        await this.ip.run([`-${fam}`, 'addr', 'del', `${own}/${a.prefixlen}`, 'dev', ifname]);
+        report.addresses++;
+      }
+    }
+    if (report.rules + report.routes + report.addresses > 0) this.log.warn({ residue: report }, 'removed residue of an earlier run');
+    return report;
+  }
+
+  /** Sets tenc0's MTU and brings it up, makes the pod addresses usable as source, adds routes and rules. */
+  async install(mtu: number, destinations: string[]): Promise<void> {
+    if (this.installed) throw new Error('PolicyRouting.install called twice');
+    this.installed = true;
+    const { ifname } = this.opts;
+    const links = await this.ip.json(['link', 'show', 'dev', ifname]);
+    if (links.length === 0) throw new Error(`interface ${ifname} does not exist`);
+    const wasUp = Array.isArray(links[0].flags) && links[0].flags.includes('UP');
+    await this.ip.run(['link', 'set', 'dev', ifname, 'mtu', String(mtu), 'up']);
+    this.undo.push({ kind: 'link', mtu: links[0].mtu, wasUp });
+
+    // A route's preferred source must be a local address: use the pod's address where
+    // it already is (eth0 in a pod), or put it on tenc0.
+    const local = new Set<string>();
+    for (const l of await this.ip.json(['addr', 'show'])) for (const a of l.addr_info ?? []) local.add(a.local);
+    for (const fam of [4, 6] as const) {
+      const own = fam === 4 ? this.opts.addresses.v4 : this.opts.addresses.v6;
+      if (own === null) continue;
+      if (!local.has(own)) {
+        const cidr = `${own}/${fam === 4 ? 32 : 128}`;
+        await this.ip.run([`-${fam}`, 'addr', 'add', cidr, 'dev', ifname, ...(fam === 6 ? ['nodad'] : [])]);
+        this.undo.push({ kind: 'addr', family: fam, cidr });
+      }
+      this.srcFor[fam] = own;
+    }
+
+    await this.addRoutes(destinations);
+    for (const fam of [4, 6] as const) {
+      if (this.srcFor[fam] !== null) await this.ensureRule(fam);
+    }
+    this.log.info({ ifname, mtu, table: this.opts.table, priority: this.opts.priority, routes: this.refs.size }, 'routing installed');
+  }
+
+  private async ensureRule(fam: Family): Promise<void> {
+    if (this.undo.some((u) => u.kind === 'rule' && u.family === fam)) return;
+    const { fwmark, priority } = this.opts;
+    await this.ip.run([`-${fam}`, 'rule', 'add', 'not', 'fwmark', `0x${fwmark.toString(16)}`, 'table', this.t, 'pref', String(priority)]);
+    this.undo.push({ kind: 'rule', family: fam });
+  }
+
+  private routeLine(fam: Family, cidr: string, op: 'replace' | 'del'): string {
+    const src = op === 'replace' && this.srcFor[fam] !== null ? ` src ${this.srcFor[fam]}` : '';
+    return `route ${op} ${cidr} dev ${this.opts.ifname} table ${this.t}${src}`;
+  }
+
+  /** Adds routes (reference counted), one `ip -batch` per family. */
+  async addRoutes(cidrs: string[]): Promise<void> {
+    const fresh: Record<Family, string[]> = { 4: [], 6: [] };
+    const extra = new Map<string, number>(); // further references to a route added by this call
+    for (const cidr of cidrs) {
+      const n = this.refs.get(cidr);
+      if (n !== undefined) this.refs.set(cidr, n + 1);
+      else if (fresh[familyOf(cidr)].includes(cidr)) extra.set(cidr, (extra.get(cidr) ?? 0) + 1);
+      else fresh[familyOf(cidr)].push(cidr);
+    }
+    for (const fam of [4, 6] as const) {
+      const list = fresh[fam];
+      if (list.length === 0) continue;
+      if (this.installed) await this.ensureRule(fam);
+      try {
+        await this.ip.batch(fam, list.map((c) => this.routeLine(fam, c, 'replace')));
+      } catch (e) {
+        const done = e instanceof IpCommandError ? e.linesDone : 0;
+        list.slice(0, done).forEach((c) => this.recordRoute(fam, c, extra.get(c) ?? 0));
+        throw e;
+      }
+      list.forEach((c) => this.recordRoute(fam, c, extra.get(c) ?? 0));
+    }
+  }
+
+  private recordRoute(fam: Family, cidr: string, extraRefs: number): void {
+    this.refs.set(cidr, 1 + extraRefs);
+    this.undo.push({ kind: 'route', family: fam, cidr });
+  }
+
+  async addRoute(cidr: string): Promise<void> {
+    await this.addRoutes([cidr]);
+  }
+
+  /** Drops one reference; the route goes when the last reference does. Unknown routes are ignored. */
+  async removeRoute(cidr: string): Promise<void> {
+    const n = this.refs.get(cidr);
+    if (n === undefined) return;
+    if (n > 1) {
+      this.refs.set(cidr, n - 1);
+      return;
+    }
+    const fam = familyOf(cidr);
+    await this.ip.batch(fam, [this.routeLine(fam, cidr, 'del')]);
+    this.refs.delete(cidr);
+    const i = this.undo.findIndex((u) => u.kind === 'route' && u.cidr === cidr);
+    if (i >= 0) this.undo.splice(i, 1);
+  }
+
+  /** Undoes everything recorded, newest first. Keeps going past failures; throws them together at the end. */
+  async teardown(): Promise<void> {
+    const { ifname } = this.opts;
+    const failures: string[] = [];
+    while (this.undo.length > 0) {
+      const u = this.undo.pop()!;
+      try {
+        switch (u.kind) {
+          case 'rule':
+            await this.ip.run([`-${u.family}`, 'rule', 'del', 'pref', String(this.opts.priority), 'table', this.t]);
+            break;
+          case 'route':
+            this.refs.delete(u.cidr);
+            await this.ip.batch(u.family, [this.routeLine(u.family, u.cidr, 'del')]);
+            break;
+          case 'addr':
+            await this.ip.run([`-${u.family}`, 'addr', 'del', u.cidr, 'dev', ifname]);
+            break;
+          case 'link':
+            await this.ip.run(['link', 'set', 'dev', ifname, 'mtu', String(u.mtu), ...(u.wasUp ? [] : ['down'])]);
+            break;
+        }
+      } catch (e) {
+        // The interface may already be gone (its TUN closed): its routes and addresses went with it.
+        if (e instanceof IpCommandError && /Cannot find device|No such device|No such process/i.test(e.stderr) && u.kind !== 'rule') continue;
+        failures.push((e as Error).message);
+      }
+    }
+    this.refs.clear();
+    this.installed = false;
+    if (failures.length > 0) throw new Error(`routing teardown incomplete:\n${failures.join('\n')}`);
+    this.log.info({ ifname }, 'routing removed');
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * Policy routing in a real namespace (root, iproute2):
+ *
+ *   [ ns "rt" ]                                   [ ns "peer" ]
+ *     tenc0 (persistent tun, stands in for tenc's)
+ *     eth0 10.77.0.1/24 fd00:77::1/64  ---veth---  eth0 10.77.0.2/24 fd00:77::2/64
+ *     default via 10.77.0.2 / fd00:77::2
+ *
+ *  1. the MTU is computed from the egress interface (set to 1400 here, not 1500)
+ *  2. install: project destinations go to tenc0, fwmarked packets and everything
+ *     else follow the main table; teardown -> rules, routes, addresses, links and
+ *     nft ruleset equal the snapshot taken before
+ *  3. runtime add/remove with reference counts
+ *  4. crash (no teardown), then start again: the residue is removed, and the final
+ *     teardown leaves the namespace as it was
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { Netns, destroyAll, veth, persistentTun, snapshot, requireRoot, requireTool, type NetSnapshot } from './lib.js';
+import { IpCommand } from '../../src/routing/ip.js';
+import { PolicyRouting } from '../../src/routing/policy.js';
+import { computeMtu } from '../../src/routing/mtu.js';
+
+const TABLE = 52100;
+const PRIO = 5210;
+const MARK = 0xcb84;
+const DESTS = ['10.9.0.0/16', '10.96.0.10/32', 'fd00:9::/64'];
+// The v6 pod address is on no interface: routing must put it on tenc0 (and take it away).
+const ADDRESSES = { v4: '10.77.0.1', v6: 'fd00:77:1::1' };
+
+let rt: Netns;
+let peer: Netns;
+let ip: IpCommand;
+
+function routing(): PolicyRouting {
+  return new PolicyRouting({ ifname: 'tenc0', table: TABLE, priority: PRIO, fwmark: MARK, addresses: ADDRESSES, ip });
+}
+
+function devFor(dst: string, mark?: number): string {
+  const args = ['-j', 'route', 'get', dst, ...(mark !== undefined ? ['mark', String(mark)] : [])];
+  return JSON.parse(rt.ip(...args))[0].dev;
+}
+
+function expectSame(after: NetSnapshot, before: NetSnapshot): void {
+  for (const k of Object.keys(before) as (keyof NetSnapshot)[]) {
+    expect(after[k], `snapshot field ${k}`).toBe(before[k]);
+  }
+}
+
+beforeAll(() => {
+  requireRoot();
+  requireTool('ip');
+  requireTool('nft');
+  rt = Netns.create('rt');
+  peer = Netns.create('peer');
+  veth(rt, 'eth0', peer, 'eth0', 1400);
+  rt.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
+  rt.ip('-6', 'addr', 'add', 'fd00:77::1/64', 'dev', 'eth0', 'nodad');
+  peer.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
+  peer.ip('-6', 'addr', 'add', 'fd00:77::2/64', 'dev', 'eth0', 'nodad');
+  rt.ip('route', 'add', 'default', 'via', '10.77.0.2');
+  rt.ip('-6', 'route', 'add', 'default', 'via', 'fd00:77::2');
+  persistentTun(rt, 'tenc0');
+  ip = new IpCommand({ netns: rt.name });
+});
+
+afterAll(() => destroyAll());
+
+describe('MTU', () => {
+  it('is the egress MTU minus 60 for an IPv4 underlay', async () => {
+    const m = await computeMtu(ip, [{ address: '10.77.0.2', port: 51820 }], MARK);
+    expect(m).toMatchObject({ mtu: 1340, egress: 'eth0', egressMtu: 1400, underlay: 4 });
+  });
+
+  it('is the egress MTU minus 80 for an IPv6 underlay', async () => {
+    const m = await computeMtu(ip, [null, { address: 'fd00:77::2', port: 51820 }], MARK);
+    expect(m).toMatchObject({ mtu: 1320, egress: 'eth0', underlay: 6 });
+  });
+
+  it('follows the default route without peers, and tracks a changed egress MTU', async () => {
+    rt.ip('link', 'set', 'dev', 'eth0', 'mtu', '1500');
+    try {
+      expect((await computeMtu(ip, [], MARK)).mtu).toBe(1440);
+    } finally {
+      rt.ip('link', 'set', 'dev', 'eth0', 'mtu', '1400');
+    }
+  });
+});
+
+describe('policy routing', () => {
+  it('install steers only project destinations into tenc0; teardown restores the namespace exactly', async () => {
+    const before = snapshot(rt);
+    const r = routing();
+    expect(await r.removeResidue()).toEqual({ rules: 0, routes: 0, addresses: 0 });
+    await r.install(1340, DESTS);
+
+    expect(devFor('10.9.1.1')).toBe('tenc0');
+    expect(devFor('10.96.0.10')).toBe('tenc0');
+    expect(devFor('fd00:9::5')).toBe('tenc0');
+    // tenc's own (marked) datagrams and unrelated traffic follow the main table
+    expect(devFor('10.9.1.1', MARK)).toBe('eth0');
+    expect(devFor('fd00:9::5', MARK)).toBe('eth0');
+    expect(devFor('10.50.0.1')).toBe('eth0');
+    expect(devFor('10.96.0.11')).toBe('eth0');
+    // source selection: the pod's own addresses
+    expect(JSON.parse(rt.ip('-j', 'route', 'get', '10.9.1.1'))[0].prefsrc).toBe('10.77.0.1');
+    expect(JSON.parse(rt.ip('-j', 'route', 'get', 'fd00:9::5'))[0].prefsrc).toBe('fd00:77:1::1');
+    expect(rt.ip('-4', 'rule', 'show')).toContain(`${PRIO}:\tnot from all fwmark 0x${MARK.toString(16)} lookup ${TABLE}`);
+    expect(rt.ip('-6', 'rule', 'show')).toContain(`${PRIO}:\tnot from all fwmark 0x${MARK.toString(16)} lookup ${TABLE}`);
+    expect(JSON.parse(rt.ip('-j', 'link', 'show', 'dev', 'tenc0'))[0].mtu).toBe(1340);
+
+    await r.teardown();
+    expectSame(snapshot(rt), before);
+  });
+
+  it('adds and removes routes at runtime, reference counted', async () => {
+    const before = snapshot(rt);
+    const r = routing();
+    await r.install(1340, ['10.9.0.0/16']);
+    await r.addRoutes(['10.20.0.5/32', '10.20.0.5/32', 'fd00:20::5/128']);
+    expect(devFor('10.20.0.5')).toBe('tenc0');
+    await r.removeRoute('10.20.0.5/32'); // one of two references
+    expect(devFor('10.20.0.5')).toBe('tenc0');
+    await r.removeRoute('10.20.0.5/32');
+    expect(devFor('10.20.0.5')).toBe('eth0');
+    await r.removeRoute('10.20.0.5/32'); // unknown now: ignored
+    expect(devFor('fd00:20::5')).toBe('tenc0');
+    expect(r.routes().sort()).toEqual(['10.9.0.0/16', 'fd00:20::5/128']);
+    await r.teardown();
+    expectSame(snapshot(rt), before);
+  });
+
+  it('a crashed run whose TUN vanished leaves rules; the next start removes them', async () => {
+    const before = snapshot(rt);
+    await routing().install(1340, DESTS); // never torn down
+    // the process died: its TUN closed and took routes and addresses with it
+    rt.ip('link', 'del', 'dev', 'tenc0');
+    persistentTun(rt, 'tenc0');
+    expect(rt.ip('-4', 'rule', 'show')).toContain(`lookup ${TABLE}`);
+
+    const r = routing();
+    expect(await r.removeResidue()).toEqual({ rules: 2, routes: 0, addresses: 0 });
+    await r.install(1340, DESTS);
+    await r.teardown();
+    expectSame(snapshot(rt), before);
+  });
+
+  it('a crashed run whose interface survived leaves rules, routes and addresses; the next start removes them all', async () => {
+    const before = snapshot(rt);
+    const crashed = routing();
+    await crashed.install(1340, DESTS);
+    await crashed.addRoute('10.30.0.0/24');
+
+    const r = routing();
+    expect(await r.removeResidue()).toEqual({ rules: 2, routes: 4, addresses: 1 });
+    expect(rt.ip('-4', 'rule', 'show')).not.toContain(`lookup ${TABLE}`);
+    expect(rt.ip('-4', 'route', 'show', 'table', String(TABLE))).toBe('');
+    await r.install(1340, DESTS);
+    await r.teardown();
+    const after = snapshot(rt);
+    // tenc0's MTU/up state is what the crashed run left (the real TUN would be a new device)
+    const notTenc = (s: string) => s.split('\n').filter((l) => !l.includes('tenc0')).join('\n');
+    const strip = (x: NetSnapshot) => ({ ...x, links: notTenc(x.links), routes6: notTenc(x.routes6) });
+    expectSame(strip(after), strip(before));
+    rt.ip('link', 'del', 'dev', 'tenc0');
+    persistentTun(rt, 'tenc0');
+  });
+
+  it('leaves routes of the table through other devices alone', async () => {
+    rt.ip('route', 'add', '10.40.0.0/24', 'dev', 'eth0', 'table', String(TABLE));
+    try {
+      expect(await routing().removeResidue()).toEqual({ rules: 0, routes: 0, addresses: 0 });
+      expect(rt.ip('-4', 'route', 'show', 'table', String(TABLE))).toContain('10.40.0.0/24 dev eth0');
+    } finally {
+      rt.ip('route', 'del', '10.40.0.0/24', 'dev', 'eth0', 'table', String(TABLE));
+    }
+  });
+});
