@@ -13,8 +13,35 @@
  * bug (wrong argument type/length, createResponse without a consumed initiation) throws.
  */
 
+import { randomBytes } from '@noble/hashes/utils.js';
 import type { SessionKeys } from './types.js';
-import type { CookieReplyMessage, InitiationMessage, ResponseMessage } from '../wire/messages.js';
+import {
+  CONSTRUCTION,
+  HANDSHAKE_INITIATION_RATE,
+  IDENTIFIER,
+  INITIATION_OFFSET,
+  KEY_SIZE,
+  MESSAGE_INITIATION,
+  MESSAGE_INITIATION_SIZE,
+  MESSAGE_RESPONSE,
+  MESSAGE_RESPONSE_SIZE,
+  RESPONSE_OFFSET,
+  TIMESTAMP_SIZE,
+} from '../wire/constants.js';
+import {
+  assertIndex,
+  writeHeader,
+  writeU32LE,
+  type CookieReplyMessage,
+  type InitiationMessage,
+  type ResponseMessage,
+} from '../wire/messages.js';
+import { compareTai64n, tai64nIncrement, tai64nNow } from '../wire/tai64n.js';
+import { acceptCookieReply, cookieKeyFor, createCookieReply, mac1KeyFor, verifyMac1, verifyMac2, writeMacs } from './cookie.js';
+import { EMPTY, aeadOpen, aeadSeal, dh, dhPublic, equalBytes, hash, kdf1, kdf2, kdf3 } from './kdf.js';
+import { generatePrivateKey } from './keys.js';
+
+export { endpointBytes } from './cookie.js';
 
 /** Why a handshake message was refused. One reason per check, in check order. */
 export const HANDSHAKE_REASONS = [
@@ -139,11 +166,57 @@ export type ConsumeResponseResult = { ok: true; peer: HandshakePeer; keys: Sessi
 
 export type ConsumeCookieReplyResult = { ok: true; peer: HandshakePeer } | Failure;
 
-/** Builds our identity from a 32-byte private key (clamping as X25519 does). */
+const textEncoder = new TextEncoder();
+/** Ci = HASH(CONSTRUCTION) */
+const INITIAL_CHAINING_KEY = hash(textEncoder.encode(CONSTRUCTION));
+/** Hi = HASH(Ci || IDENTIFIER) */
+const INITIAL_HASH = hash(INITIAL_CHAINING_KEY, textEncoder.encode(IDENTIFIER));
+const ZERO_PSK = new Uint8Array(KEY_SIZE);
+
+// ---- argument checks (caller bugs throw) ------------------------------------------------
+
+function assertBytes(v: unknown, len: number, name: string): asserts v is Uint8Array {
+  if (!(v instanceof Uint8Array)) throw new TypeError(`${name} must be a Uint8Array`);
+  if (v.length !== len) throw new RangeError(`${name} must be ${len} bytes, got ${v.length}`);
+}
+
+function assertTime(v: unknown, name: string): asserts v is number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new TypeError(`${name} must be a finite number`);
+}
+
+function assertContext(ctx: ReceiveContext): void {
+  if (ctx === null || typeof ctx !== 'object') throw new TypeError('ctx must be an object');
+  assertTime(ctx.nowMs, 'ctx.nowMs');
+  if (ctx.underLoad) {
+    if (!(ctx.source instanceof Uint8Array)) throw new TypeError('ctx.source is required when ctx.underLoad');
+  }
+}
+
+function assertMessage(msg: { type: number; bytes: Uint8Array } | null | undefined, type: number, size: number): void {
+  if (msg === null || typeof msg !== 'object' || msg.type !== type || !(msg.bytes instanceof Uint8Array)) {
+    throw new TypeError('msg must be a message returned by decodeMessage');
+  }
+  if (msg.bytes.length !== size) throw new RangeError(`msg must be ${size} bytes`);
+}
+
+// ---- identities and peers ------------------------------------------------------------
+
+/** Builds our identity from a 32-byte private key. */
 export function makeIdentity(privateKey: Uint8Array, opts?: { random?: (n: number) => Uint8Array }): LocalIdentity {
-  void privateKey;
-  void opts;
-  throw new Error('not yet');
+  assertBytes(privateKey, KEY_SIZE, 'privateKey');
+  const random = opts?.random ?? randomBytes;
+  if (typeof random !== 'function') throw new TypeError('opts.random must be a function');
+  const priv = Uint8Array.from(privateKey);
+  const publicKey = dhPublic(priv);
+  return {
+    privateKey: priv,
+    publicKey,
+    mac1Key: mac1KeyFor(publicKey),
+    cookieKey: cookieKeyFor(publicKey),
+    cookieSecret: new Uint8Array(KEY_SIZE),
+    cookieSecretBirthMs: null,
+    random,
+  };
 }
 
 /**
@@ -151,17 +224,42 @@ export function makeIdentity(privateKey: Uint8Array, opts?: { random?: (n: numbe
  * low-order (DH with it would be all zeros), TypeError/RangeError on bad arguments.
  */
 export function makeHandshakePeer(local: LocalIdentity, remoteStatic: Uint8Array, psk?: Uint8Array): HandshakePeer {
-  void local;
-  void remoteStatic;
-  void psk;
-  throw new Error('not yet');
+  assertBytes(remoteStatic, KEY_SIZE, 'remoteStatic');
+  if (psk !== undefined) assertBytes(psk, KEY_SIZE, 'psk');
+  const staticStatic = dh(local.privateKey, remoteStatic);
+  if (staticStatic === null) throw new RangeError('peer public key is a low-order point');
+  const pub = Uint8Array.from(remoteStatic);
+  return {
+    remoteStatic: pub,
+    psk: psk ? Uint8Array.from(psk) : Uint8Array.from(ZERO_PSK),
+    staticStatic,
+    mac1Key: mac1KeyFor(pub),
+    cookieKey: cookieKeyFor(pub),
+    latestTimestamp: null,
+    lastSentTimestamp: null,
+    lastInitiationConsumedMs: null,
+    cookie: null,
+    cookieReceivedMs: null,
+    lastMac1Sent: null,
+    state: { kind: 'none' },
+  };
 }
 
 /** Forgets any in-progress handshake (zeroes its secrets). */
 export function clearHandshake(peer: HandshakePeer): void {
-  void peer;
-  throw new Error('not yet');
+  const s = peer.state;
+  if (s.kind === 'initiation_created') {
+    s.ephemeralPrivate.fill(0);
+    s.hash.fill(0);
+    s.chainingKey.fill(0);
+  } else if (s.kind === 'initiation_consumed') {
+    s.hash.fill(0);
+    s.chainingKey.fill(0);
+  }
+  peer.state = { kind: 'none' };
 }
+
+// ---- message 1: initiation (whitepaper §5.4.2) ---------------------------------------------
 
 /**
  * Initiator, message 1 (whitepaper §5.4.2). `senderIndex` is our fresh local index, chosen by
@@ -175,18 +273,79 @@ export function createInitiation(
   nowMs: number,
   opts?: InitiationOptions,
 ): Uint8Array {
-  void local;
-  void peer;
-  void senderIndex;
-  void nowMs;
-  void opts;
-  throw new Error('not yet');
+  assertIndex(senderIndex, 'senderIndex');
+  assertTime(nowMs, 'nowMs');
+  if (opts?.timestamp !== undefined) assertBytes(opts.timestamp, TIMESTAMP_SIZE, 'opts.timestamp');
+  if (opts?.ephemeralPrivate !== undefined) assertBytes(opts.ephemeralPrivate, KEY_SIZE, 'opts.ephemeralPrivate');
+
+  let timestamp: Uint8Array;
+  if (opts?.timestamp !== undefined) {
+    timestamp = Uint8Array.from(opts.timestamp);
+  } else {
+    // Keep our own timestamps strictly increasing even within one wall-clock tick.
+    timestamp = tai64nNow();
+    if (peer.lastSentTimestamp !== null && compareTai64n(timestamp, peer.lastSentTimestamp) <= 0) {
+      timestamp = tai64nIncrement(peer.lastSentTimestamp);
+    }
+  }
+
+  const ephemeralPrivate = opts?.ephemeralPrivate
+    ? Uint8Array.from(opts.ephemeralPrivate)
+    : generatePrivateKey(local.random);
+  const ephemeralPublic = dhPublic(ephemeralPrivate);
+
+  let h = hash(INITIAL_HASH, peer.remoteStatic);
+  let ck = kdf1(INITIAL_CHAINING_KEY, ephemeralPublic);
+  h = hash(h, ephemeralPublic);
+  const es = dh(ephemeralPrivate, peer.remoteStatic);
+  if (es === null) throw new Error('unreachable: peer static key is low-order');
+  let k: Uint8Array;
+  [ck, k] = kdf2(ck, es);
+  const encryptedStatic = aeadSeal(k, 0n, local.publicKey, h);
+  h = hash(h, encryptedStatic);
+  [ck, k] = kdf2(ck, peer.staticStatic);
+  const encryptedTimestamp = aeadSeal(k, 0n, timestamp, h);
+  h = hash(h, encryptedTimestamp);
+  k.fill(0);
+  es.fill(0);
+
+  const msg = new Uint8Array(MESSAGE_INITIATION_SIZE);
+  const o = INITIATION_OFFSET;
+  writeHeader(msg, MESSAGE_INITIATION);
+  writeU32LE(msg, o.senderIndex, senderIndex);
+  msg.set(ephemeralPublic, o.ephemeral);
+  msg.set(encryptedStatic, o.encryptedStatic);
+  msg.set(encryptedTimestamp, o.encryptedTimestamp);
+  writeMacs(peer, msg, nowMs);
+
+  clearHandshake(peer);
+  peer.state = {
+    kind: 'initiation_created',
+    localIndex: senderIndex,
+    createdMs: nowMs,
+    ephemeralPrivate,
+    hash: h,
+    chainingKey: ck,
+  };
+  if (peer.lastSentTimestamp === null || compareTai64n(timestamp, peer.lastSentTimestamp) > 0) {
+    peer.lastSentTimestamp = timestamp;
+  }
+  return msg;
+}
+
+/** The cookie-reply failure for a message without a valid mac2 while under load. */
+function cookieFailure(local: LocalIdentity, bytes: Uint8Array, senderIndex: number, ctx: ReceiveContext): Failure {
+  return {
+    ok: false,
+    reason: 'bad_mac2',
+    cookieReply: createCookieReply(local, bytes, senderIndex, ctx.source!, ctx.nowMs),
+  };
 }
 
 /**
  * Responder, message 1. Checks mac1 (and mac2 under load), decrypts the initiator's static key,
  * looks the peer up by it, checks the timestamp and flood limit, then records the state for
- * createResponse. Nothing is changed on failure.
+ * createResponse. Nothing is changed on failure (except the cookie secret's rotation).
  */
 export function consumeInitiation(
   local: LocalIdentity,
@@ -194,12 +353,61 @@ export function consumeInitiation(
   lookupPeerByStaticKey: (publicKey: Uint8Array) => HandshakePeer | undefined,
   ctx: ReceiveContext,
 ): ConsumeInitiationResult {
-  void local;
-  void msg;
-  void lookupPeerByStaticKey;
-  void ctx;
-  throw new Error('not yet');
+  assertMessage(msg, MESSAGE_INITIATION, MESSAGE_INITIATION_SIZE);
+  assertContext(ctx);
+  if (!verifyMac1(local, msg.bytes)) return { ok: false, reason: 'bad_mac1' };
+  if (ctx.underLoad && !verifyMac2(local, msg.bytes, ctx.source!, ctx.nowMs)) {
+    return cookieFailure(local, msg.bytes, msg.senderIndex, ctx);
+  }
+
+  const e = Uint8Array.from(msg.ephemeral);
+  let h = hash(INITIAL_HASH, local.publicKey);
+  let ck = kdf1(INITIAL_CHAINING_KEY, e);
+  h = hash(h, e);
+  const es = dh(local.privateKey, e);
+  if (es === null) return { ok: false, reason: 'low_order' };
+  let k: Uint8Array;
+  [ck, k] = kdf2(ck, es);
+  es.fill(0);
+  const remoteStatic = aeadOpen(k, 0n, msg.encryptedStatic, h);
+  if (remoteStatic === null) return { ok: false, reason: 'decrypt_static' };
+  h = hash(h, msg.encryptedStatic);
+
+  const peer = lookupPeerByStaticKey(remoteStatic);
+  if (peer === undefined || !equalBytes(peer.remoteStatic, remoteStatic)) return { ok: false, reason: 'unknown_peer' };
+
+  [ck, k] = kdf2(ck, peer.staticStatic);
+  const timestamp = aeadOpen(k, 0n, msg.encryptedTimestamp, h);
+  k.fill(0);
+  if (timestamp === null) return { ok: false, reason: 'decrypt_timestamp' };
+  h = hash(h, msg.encryptedTimestamp);
+
+  if (peer.latestTimestamp !== null) {
+    const cmp = compareTai64n(timestamp, peer.latestTimestamp);
+    if (cmp === 0) return { ok: false, reason: 'replayed_timestamp' };
+    if (cmp < 0) return { ok: false, reason: 'stale_timestamp' };
+  }
+  if (peer.lastInitiationConsumedMs !== null && ctx.nowMs - peer.lastInitiationConsumedMs < HANDSHAKE_INITIATION_RATE) {
+    return { ok: false, reason: 'flood' };
+  }
+
+  // Authentic and fresh: commit.
+  peer.latestTimestamp = timestamp;
+  if (peer.lastInitiationConsumedMs === null || ctx.nowMs > peer.lastInitiationConsumedMs) {
+    peer.lastInitiationConsumedMs = ctx.nowMs;
+  }
+  clearHandshake(peer);
+  peer.state = {
+    kind: 'initiation_consumed',
+    remoteIndex: msg.senderIndex,
+    remoteEphemeral: e,
+    hash: h,
+    chainingKey: ck,
+  };
+  return { ok: true, peer, remoteIndex: msg.senderIndex, timestamp: Uint8Array.from(timestamp) };
 }
+
+// ---- message 2: response (whitepaper §5.4.3) -----------------------------------------------
 
 /**
  * Responder, message 2 (whitepaper §5.4.3), after a successful consumeInitiation for `peer`.
@@ -213,12 +421,58 @@ export function createResponse(
   nowMs: number,
   opts?: ResponseOptions,
 ): { message: Uint8Array; keys: SessionKeys } {
-  void local;
-  void peer;
-  void senderIndex;
-  void nowMs;
-  void opts;
-  throw new Error('not yet');
+  assertIndex(senderIndex, 'senderIndex');
+  assertTime(nowMs, 'nowMs');
+  if (opts?.ephemeralPrivate !== undefined) assertBytes(opts.ephemeralPrivate, KEY_SIZE, 'opts.ephemeralPrivate');
+  const s = peer.state;
+  if (s.kind !== 'initiation_consumed') throw new Error('createResponse: no consumed initiation for this peer');
+
+  const ephemeralPrivate = opts?.ephemeralPrivate
+    ? Uint8Array.from(opts.ephemeralPrivate)
+    : generatePrivateKey(local.random);
+  const ephemeralPublic = dhPublic(ephemeralPrivate);
+
+  let ck = kdf1(s.chainingKey, ephemeralPublic);
+  let h = hash(s.hash, ephemeralPublic);
+  const ee = dh(ephemeralPrivate, s.remoteEphemeral);
+  const se = dh(ephemeralPrivate, peer.remoteStatic);
+  if (ee === null || se === null) throw new Error('unreachable: low-order key passed consumeInitiation');
+  ck = kdf1(ck, ee);
+  ck = kdf1(ck, se);
+  ee.fill(0);
+  se.fill(0);
+  ephemeralPrivate.fill(0);
+  let tau: Uint8Array;
+  let k: Uint8Array;
+  [ck, tau, k] = kdf3(ck, peer.psk);
+  h = hash(h, tau);
+  const encryptedNothing = aeadSeal(k, 0n, EMPTY, h);
+  h = hash(h, encryptedNothing);
+  tau.fill(0);
+  k.fill(0);
+
+  const msg = new Uint8Array(MESSAGE_RESPONSE_SIZE);
+  const o = RESPONSE_OFFSET;
+  writeHeader(msg, MESSAGE_RESPONSE);
+  writeU32LE(msg, o.senderIndex, senderIndex);
+  writeU32LE(msg, o.receiverIndex, s.remoteIndex);
+  msg.set(ephemeralPublic, o.ephemeral);
+  msg.set(encryptedNothing, o.encryptedNothing);
+  writeMacs(peer, msg, nowMs);
+
+  // (T_i^send = T_r^recv, T_i^recv = T_r^send) = KDF2(C, empty)
+  const [recvKey, sendKey] = kdf2(ck, EMPTY);
+  const keys: SessionKeys = {
+    sendKey,
+    recvKey,
+    localIndex: senderIndex,
+    remoteIndex: s.remoteIndex,
+    isInitiator: false,
+  };
+  ck.fill(0);
+  h.fill(0);
+  clearHandshake(peer);
+  return { message: msg, keys };
 }
 
 /**
@@ -232,12 +486,54 @@ export function consumeResponse(
   lookupPeerByIndex: (localIndex: number) => HandshakePeer | undefined,
   ctx: ReceiveContext,
 ): ConsumeResponseResult {
-  void local;
-  void msg;
-  void lookupPeerByIndex;
-  void ctx;
-  throw new Error('not yet');
+  assertMessage(msg, MESSAGE_RESPONSE, MESSAGE_RESPONSE_SIZE);
+  assertContext(ctx);
+  if (!verifyMac1(local, msg.bytes)) return { ok: false, reason: 'bad_mac1' };
+  if (ctx.underLoad && !verifyMac2(local, msg.bytes, ctx.source!, ctx.nowMs)) {
+    return cookieFailure(local, msg.bytes, msg.senderIndex, ctx);
+  }
+  const peer = lookupPeerByIndex(msg.receiverIndex);
+  if (peer === undefined) return { ok: false, reason: 'unknown_index' };
+  const s = peer.state;
+  if (s.kind !== 'initiation_created' || s.localIndex !== msg.receiverIndex) {
+    return { ok: false, reason: 'unexpected_response' };
+  }
+
+  const e = msg.ephemeral;
+  let ck = kdf1(s.chainingKey, e);
+  let h = hash(s.hash, e);
+  const ee = dh(s.ephemeralPrivate, e);
+  if (ee === null) return { ok: false, reason: 'low_order' };
+  const se = dh(local.privateKey, e);
+  if (se === null) return { ok: false, reason: 'low_order' };
+  ck = kdf1(ck, ee);
+  ck = kdf1(ck, se);
+  ee.fill(0);
+  se.fill(0);
+  let tau: Uint8Array;
+  let k: Uint8Array;
+  [ck, tau, k] = kdf3(ck, peer.psk);
+  h = hash(h, tau);
+  tau.fill(0);
+  const nothing = aeadOpen(k, 0n, msg.encryptedNothing, h);
+  k.fill(0);
+  if (nothing === null) return { ok: false, reason: 'decrypt_response' };
+
+  const [sendKey, recvKey] = kdf2(ck, EMPTY);
+  const keys: SessionKeys = {
+    sendKey,
+    recvKey,
+    localIndex: s.localIndex,
+    remoteIndex: msg.senderIndex,
+    isInitiator: true,
+  };
+  ck.fill(0);
+  h.fill(0);
+  clearHandshake(peer);
+  return { ok: true, peer, keys };
 }
+
+// ---- message 3: cookie reply (whitepaper §5.4.7) ---------------------------------------------
 
 /**
  * Either side: a cookie reply (whitepaper §5.4.7) answering a message we sent to the peer that
@@ -249,8 +545,13 @@ export function consumeCookieReply(
   lookupPeerByIndex: (localIndex: number) => HandshakePeer | undefined,
   nowMs: number,
 ): ConsumeCookieReplyResult {
-  void msg;
-  void lookupPeerByIndex;
-  void nowMs;
-  throw new Error('not yet');
+  if (msg === null || typeof msg !== 'object' || !(msg.bytes instanceof Uint8Array)) {
+    throw new TypeError('msg must be a message returned by decodeMessage');
+  }
+  assertTime(nowMs, 'nowMs');
+  const peer = lookupPeerByIndex(msg.receiverIndex);
+  if (peer === undefined) return { ok: false, reason: 'unknown_index' };
+  const reason = acceptCookieReply(peer, msg, nowMs);
+  if (reason !== null) return { ok: false, reason };
+  return { ok: true, peer };
 }
