@@ -1,0 +1,296 @@
+/**
+ * The pod's control socket: a local unix stream socket speaking newline-delimited
+ * JSON, one request per line, one response line per request, in order.
+ *
+ *   request:  {"id": 1, "op": "status"}
+ *             {"id": 2, "op": "set-peer", "peer": {"publicKey": "...", "endpoint": "10.0.0.2:51820", "allowedIps": ["10.0.0.2/32"]}}
+ *             {"id": 3, "op": "remove-peer", "publicKey": "..."}
+ *             {"id": 4, "op": "set-services", "services": [{"vip": "10.96.0.10", "ports": [{"protocol": "tcp", "port": 80}]}]}
+ *   response: {"id": 1, "ok": true, "result": {...}}
+ *             {"id": 2, "ok": false, "error": {"code": "EINVAL", "message": "peer.endpoint: ..."}}
+ *
+ * Requests are validated here (same rules as the config file, unknown fields are
+ * errors); the handler receives trusted values. No request or response carries a
+ * private key or the psk. Default path: /run/tenc/<ifname>-<netns inode>.sock, so
+ * several pods on one host never collide and `tenc status` run in a pod's network
+ * namespace (ip netns exec) finds that pod's socket. The directory is mode 0700, the
+ * socket 0600; a stale socket file is removed at start and ours at close.
+ */
+import { createServer, createConnection, type Server, type Socket } from 'node:net';
+import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import {
+  DEFAULT_SOCKET_DIR,
+  parseKey32,
+  validatePeer,
+  validateServices,
+  type PeerConfig,
+  type ServiceConfig,
+} from './config.js';
+import type { StatusReport } from './status.js';
+import { silentLogger, type Logger } from '../log.js';
+
+export const MAX_REQUEST_BYTES = 1 << 20;
+
+export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services';
+export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services'];
+
+export interface ControlHandler {
+  status(): StatusReport | Promise<StatusReport>;
+  /** Adds the peer, or updates endpoint / allowed IPs / keepalive of the peer with that key. */
+  setPeer(peer: PeerConfig): void | Promise<void>;
+  /** Returns false when no peer has that key. */
+  removePeer(publicKey: string): boolean | Promise<boolean>;
+  setServices(services: ServiceConfig[]): void | Promise<void>;
+}
+
+export interface ControlError {
+  /** EINVAL (bad request), ENOENT (no such peer), EIO (the handler failed). */
+  code: string;
+  message: string;
+}
+
+export type ControlResponse = { id?: unknown; ok: true; result: unknown } | { id?: unknown; ok: false; error: ControlError };
+
+/** The network namespace's inode number: the same for every process in it. */
+export function netnsInode(): number {
+  return statSync('/proc/self/ns/net').ino;
+}
+
+export function defaultSocketPath(ifname: string, dir = DEFAULT_SOCKET_DIR): string {
+  return join(dir, `${ifname}-${netnsInode()}.sock`);
+}
+
+class RequestError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function onlyFields(req: Record<string, unknown>, allowed: string[]): void {
+  for (const k of Object.keys(req)) {
+    if (!allowed.includes(k)) throw new RequestError('EINVAL', `${k}: unknown field for op ${String(req.op)}`);
+  }
+}
+
+/** Validates a request and calls the handler. Exported for tests and in-process use. */
+export async function dispatch(
+  handler: ControlHandler,
+  addresses: { v4: string | null; v6: string | null },
+  req: unknown,
+): Promise<unknown> {
+  if (!isObject(req)) throw new RequestError('EINVAL', 'request must be a JSON object');
+  switch (req.op) {
+    case 'status':
+      onlyFields(req, ['id', 'op']);
+      return await handler.status();
+    case 'set-peer': {
+      onlyFields(req, ['id', 'op', 'peer']);
+      const r = validatePeer(req.peer);
+      if ('problems' in r) throw new RequestError('EINVAL', r.problems.map((p) => `peer.${p.field}: ${p.problem}`).join('; '));
+      await handler.setPeer(r.peer);
+      return null;
+    }
+    case 'remove-peer': {
+      onlyFields(req, ['id', 'op', 'publicKey']);
+      const k = parseKey32(req.publicKey);
+      if (!k.ok) throw new RequestError('EINVAL', `publicKey: ${k.problem}`);
+      const removed = await handler.removePeer(Buffer.from(k.value).toString('base64'));
+      if (!removed) throw new RequestError('ENOENT', 'publicKey: no such peer');
+      return null;
+    }
+    case 'set-services': {
+      onlyFields(req, ['id', 'op', 'services']);
+      const r = validateServices(req.services, addresses);
+      if ('problems' in r) throw new RequestError('EINVAL', r.problems.map((p) => `${p.field}: ${p.problem}`).join('; '));
+      await handler.setServices(r.services);
+      return null;
+    }
+    default:
+      throw new RequestError('EINVAL', `op: ${JSON.stringify(req.op)} is not one of ${CONTROL_OPS.join(', ')}`);
+  }
+}
+
+export interface ControlServerOptions {
+  path: string;
+  handler: ControlHandler;
+  /** The pod's own addresses (default localAddress of services). */
+  addresses: { v4: string | null; v6: string | null };
+  log?: Logger;
+}
+
+export class ControlServer {
+  private readonly conns = new Set<Socket>();
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    private readonly server: Server,
+    private readonly opts: ControlServerOptions,
+    private readonly log: Logger,
+  ) {
+    server.on('connection', (s) => this.serve(s));
+  }
+
+  /** Creates the directory (0700), removes a stale socket file, listens (0600). */
+  static async start(opts: ControlServerOptions): Promise<ControlServer> {
+    const log = opts.log ?? silentLogger;
+    const dir = dirname(opts.path);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chmodSync(dir, 0o700);
+    await removeStale(opts.path, log);
+    const server = createServer();
+    await new Promise<void>((resolveP, rejectP) => {
+      server.once('error', rejectP);
+      server.listen(opts.path, () => {
+        server.off('error', rejectP);
+        resolveP();
+      });
+    });
+    chmodSync(opts.path, 0o600);
+    log.info({ socket: opts.path }, 'control socket listening');
+    return new ControlServer(opts.path, server, opts, log);
+  }
+
+  private serve(sock: Socket): void {
+    this.conns.add(sock);
+    sock.on('close', () => this.conns.delete(sock));
+    sock.on('error', () => sock.destroy());
+    sock.setEncoding('utf8');
+    let buf = '';
+    let chain = Promise.resolve();
+    sock.on('data', (d: string) => {
+      buf += d;
+      if (buf.length > MAX_REQUEST_BYTES && !buf.includes('\n')) {
+        sock.end(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: `request longer than ${MAX_REQUEST_BYTES} bytes` } }) + '\n');
+        buf = '';
+        return;
+      }
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (line === '') continue;
+        // one at a time, in order
+        chain = chain.then(() => this.answer(sock, line));
+      }
+    });
+  }
+
+  private async answer(sock: Socket, line: string): Promise<void> {
+    let id: unknown;
+    let resp: ControlResponse;
+    try {
+      let req: unknown;
+      try {
+        req = JSON.parse(line);
+      } catch {
+        throw new RequestError('EINVAL', 'request is not valid JSON');
+      }
+      if (isObject(req)) id = req.id;
+      const result = await dispatch(this.opts.handler, this.opts.addresses, req);
+      resp = { id, ok: true, result };
+      this.log.debug({ op: (req as { op: string }).op }, 'control request');
+    } catch (e) {
+      const code = e instanceof RequestError ? e.code : 'EIO';
+      const message = (e as Error).message;
+      if (code === 'EIO') this.log.error({ err: message }, 'control request failed');
+      resp = { id, ok: false, error: { code, message } };
+    }
+    if (!sock.destroyed) sock.write(JSON.stringify(resp) + '\n');
+  }
+
+  /** Stops listening, closes connections, removes the socket file. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const c of this.conns) c.destroy();
+    await new Promise<void>((resolveP) => this.server.close(() => resolveP()));
+    try {
+      unlinkSync(this.path);
+    } catch {
+      // already gone
+    }
+    this.log.info({ socket: this.path }, 'control socket closed');
+  }
+}
+
+/** A socket file nobody listens on is stale and removed; a live one means another pod uses the path. */
+async function removeStale(path: string, log: Logger): Promise<void> {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`control socket path ${path} exists and is not a socket`);
+  const live = await new Promise<boolean>((resolveP) => {
+    const c = createConnection(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolveP(true);
+    });
+    c.once('error', () => resolveP(false));
+  });
+  if (live) throw new Error(`control socket ${path} is in use by a running tenc pod`);
+  unlinkSync(path);
+  log.warn({ socket: path }, 'removed stale control socket');
+}
+
+export class ControlClientError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ControlClientError';
+  }
+}
+
+/** Sends one request and resolves with its result; rejects with ControlClientError. */
+export function controlRequest(path: string, req: Record<string, unknown>, timeoutMs = 5000): Promise<unknown> {
+  return new Promise((resolveP, rejectP) => {
+    const sock = createConnection(path);
+    let buf = '';
+    const timer = setTimeout(() => {
+      sock.destroy();
+      rejectP(new ControlClientError('ETIMEDOUT', `no answer from ${path} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    sock.setEncoding('utf8');
+    sock.on('connect', () => sock.write(JSON.stringify({ id: 1, ...req }) + '\n'));
+    sock.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      clearTimeout(timer);
+      sock.end();
+      let resp: ControlResponse;
+      try {
+        resp = JSON.parse(buf.slice(0, nl));
+      } catch {
+        return rejectP(new ControlClientError('EPROTO', `bad answer from ${path}`));
+      }
+      if (resp.ok) resolveP(resp.result);
+      else rejectP(new ControlClientError(resp.error.code, resp.error.message));
+    });
+    sock.on('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      const hint =
+        e.code === 'ENOENT' || e.code === 'ECONNREFUSED'
+          ? `no tenc pod listening at ${path} (is \`tenc pod\` running in this network namespace? else pass --socket)`
+          : `${path}: ${e.message}`;
+      rejectP(new ControlClientError(e.code ?? 'EIO', hint));
+    });
+    sock.on('end', () => {
+      clearTimeout(timer);
+      if (!buf.includes('\n')) rejectP(new ControlClientError('EPROTO', `${path} closed without an answer`));
+    });
+  });
+}

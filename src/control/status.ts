@@ -1,0 +1,115 @@
+/**
+ * What `tenc status` shows, and its text form (modelled on `wg show`). The
+ * report carries public keys only: private keys and the psk never leave the pod.
+ */
+
+export interface PeerStatus {
+  publicKey: string;
+  /** "ip:port" / "[v6]:port", or null while unknown. */
+  endpoint: string | null;
+  allowedIps: string[];
+  /** Unix time (ms) of the latest completed handshake, null if none. */
+  latestHandshake: number | null;
+  rxBytes: number;
+  txBytes: number;
+  /** Seconds, 0 = off. */
+  persistentKeepalive: number;
+  /** Drop counts attributed to this peer, non-zero reasons only. */
+  drops: Record<string, number>;
+}
+
+export interface ServiceStatus {
+  vip: string;
+  localAddress: string;
+  ports: string[];
+}
+
+export interface StatusReport {
+  interface: string;
+  publicKey: string;
+  listenPort: number;
+  fwmark: number;
+  mtu: number;
+  addresses: string[];
+  dataPlane: string;
+  peers: PeerStatus[];
+  services: ServiceStatus[];
+  /** All drops by reason (non-zero only). */
+  drops: Record<string, number>;
+}
+
+function plural(n: number, unit: string): string {
+  return `${n} ${unit}${n === 1 ? '' : 's'}`;
+}
+
+/** "1 hour, 2 minutes, 3 seconds ago" like wg(8). */
+export function formatAgo(thenMs: number, nowMs: number): string {
+  let s = Math.max(0, Math.floor((nowMs - thenMs) / 1000));
+  if (s === 0) return 'Now';
+  const parts: string[] = [];
+  const units: [number, string][] = [
+    [365 * 86400, 'year'],
+    [86400, 'day'],
+    [3600, 'hour'],
+    [60, 'minute'],
+    [1, 'second'],
+  ];
+  for (const [size, name] of units) {
+    if (s >= size) {
+      parts.push(plural(Math.floor(s / size), name));
+      s %= size;
+    }
+  }
+  return `${parts.join(', ')} ago`;
+}
+
+/** 1536 -> "1.50 KiB" like wg(8). */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  if (n < 1024) return `${n} B`;
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(2)} ${units[i]}`;
+}
+
+function formatDrops(d: Record<string, number>): string {
+  return Object.entries(d)
+    .filter(([, n]) => n > 0)
+    .map(([k, n]) => `${k} ${n}`)
+    .join(', ');
+}
+
+export function formatStatus(r: StatusReport, nowMs = Date.now()): string {
+  const out: string[] = [];
+  out.push(`interface: ${r.interface}`);
+  out.push(`  public key: ${r.publicKey}`);
+  out.push(`  listening port: ${r.listenPort}`);
+  out.push(`  fwmark: 0x${r.fwmark.toString(16)}`);
+  out.push(`  mtu: ${r.mtu}`);
+  out.push(`  addresses: ${r.addresses.join(', ') || '(none)'}`);
+  out.push(`  data plane: ${r.dataPlane}`);
+  const drops = formatDrops(r.drops);
+  if (drops) out.push(`  drops: ${drops}`);
+  for (const s of r.services) {
+    out.push('');
+    out.push(`service: ${s.vip}`);
+    out.push(`  local address: ${s.localAddress}`);
+    out.push(`  ports: ${s.ports.length > 0 ? s.ports.join(', ') : 'all tcp and udp'}`);
+  }
+  for (const p of r.peers) {
+    out.push('');
+    out.push(`peer: ${p.publicKey}`);
+    if (p.endpoint) out.push(`  endpoint: ${p.endpoint}`);
+    out.push(`  allowed ips: ${p.allowedIps.length > 0 ? p.allowedIps.join(', ') : '(none)'}`);
+    if (p.latestHandshake !== null) out.push(`  latest handshake: ${formatAgo(p.latestHandshake, nowMs)}`);
+    if (p.rxBytes > 0 || p.txBytes > 0) out.push(`  transfer: ${formatBytes(p.rxBytes)} received, ${formatBytes(p.txBytes)} sent`);
+    if (p.persistentKeepalive > 0) out.push(`  persistent keepalive: every ${plural(p.persistentKeepalive, 'second')}`);
+    const pd = formatDrops(p.drops);
+    if (pd) out.push(`  drops: ${pd}`);
+  }
+  return out.join('\n') + '\n';
+}
