@@ -126,7 +126,7 @@ describe('control socket', () => {
     [{ op: 'set-services', services: 'x' }, 'EINVAL', 'services: must be an array'],
     [{ op: 'reboot' }, 'EINVAL', 'op: "reboot" is not one of status, set-peer, remove-peer, set-services'],
   ])('rejects %j with %s', async (req, code, fragment) => {
-    const err = await controlRequest(path, req).catch((e: any) => e);
+    const err: any = await controlRequest(path, req).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ControlClientError);
     expect(err.code).toBe(code);
     expect(err.message).toContain(fragment);
@@ -140,7 +140,7 @@ describe('control socket', () => {
 
   it('a handler failure is EIO and the server keeps serving', async () => {
     handler.failNext = true;
-    const err = await controlRequest(path, { op: 'set-peer', peer: { publicKey: KEY_A } }).catch((e: any) => e);
+    const err: any = await controlRequest(path, { op: 'set-peer', peer: { publicKey: KEY_A } }).catch((e: unknown) => e);
     expect(err.code).toBe('EIO');
     expect(err.message).toBe('engine refused');
     expect(((await controlRequest(path, { op: 'status' })) as StatusReport).listenPort).toBe(51820);
@@ -179,7 +179,7 @@ describe('control socket', () => {
   });
 
   it('a client without a server gets a hint', async () => {
-    const err = await controlRequest(join(dir, 'none.sock'), { op: 'status' }).catch((e: any) => e);
+    const err: any = await controlRequest(join(dir, 'none.sock'), { op: 'status' }).catch((e: unknown) => e);
     expect(err.code).toBe('ENOENT');
     expect(err.message).toContain('is `tenc pod` running in this network namespace?');
   });
