@@ -6,7 +6,7 @@
  * but if it does, pino replaces the value with "[redacted]".
  */
 import { pino, type Logger, type LevelWithSilent } from 'pino';
-import { blake2s } from '@noble/hashes/blake2.js';
+import { keyFingerprint as fingerprintBytes } from './noise/keys.js';
 
 export type { Logger } from 'pino';
 
@@ -60,19 +60,14 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
 export const silentLogger: Logger = pino({ level: 'silent' });
 
 /**
- * Short fingerprint of a public key for logs: the first 8 base64 characters of
- * BLAKE2s-256(key). Accepts the raw 32 bytes or their base64 form. Never pass a
- * private key: use the public key derived from it.
+ * Short fingerprint of a key for logs (src/noise/keys.ts: 8 characters of a hash,
+ * never the key). Accepts the raw 32 bytes or their base64 form.
  */
 export function keyFingerprint(key: Uint8Array | string): string {
   let bytes: Uint8Array;
-  if (typeof key === 'string') {
-    bytes = Buffer.from(key, 'base64');
-  } else if (key instanceof Uint8Array) {
-    bytes = key;
-  } else {
-    throw new TypeError('keyFingerprint: key must be a Uint8Array or a base64 string');
-  }
+  if (typeof key === 'string') bytes = new Uint8Array(Buffer.from(key, 'base64'));
+  else if (key instanceof Uint8Array) bytes = key;
+  else throw new TypeError('keyFingerprint: key must be a Uint8Array or a base64 string');
   if (bytes.length !== 32) throw new RangeError(`keyFingerprint: key must be 32 bytes, got ${bytes.length}`);
-  return Buffer.from(blake2s(bytes)).toString('base64').slice(0, 8);
+  return fingerprintBytes(bytes);
 }

@@ -10,6 +10,7 @@ import { dirname, resolve } from 'node:path';
 import { Address4, Address6 } from 'ip-address';
 import { LOG_LEVELS, type LogLevel } from '../log.js';
 import type { Endpoint } from '../dataplane/plane.js';
+import { parseKey, KeyFormatError } from '../noise/keys.js';
 
 export const DEFAULT_INTERFACE = 'tenc0';
 export const DEFAULT_LISTEN_PORT = 51820;
@@ -169,14 +170,15 @@ export function parseCidr(v: unknown): Parsed<string> {
   return ok(`${net}/${len}`);
 }
 
-/** Standard padded base64 of exactly 32 bytes, as wg genkey/pubkey/genpsk print. */
+/** Standard padded base64 of exactly 32 bytes, as strict as wg (src/noise/keys.ts parseKey). */
 export function parseKey32(v: unknown): Parsed<Uint8Array> {
   if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
-  const t = v.trim();
-  if (!/^[A-Za-z0-9+/]{43}=$/.test(t)) return bad('is not a base64 32-byte key (44 characters ending in "=")');
-  const bytes = new Uint8Array(Buffer.from(t, 'base64'));
-  if (bytes.length !== 32) return bad('is not a base64 32-byte key (44 characters ending in "=")');
-  return ok(bytes);
+  try {
+    return ok(parseKey(v, 'key'));
+  } catch (e) {
+    const detail = e instanceof KeyFormatError ? e.message.replace(/^key: /, '') : (e as Error).message;
+    return bad(`is not a base64 32-byte key as wg prints it (${detail})`);
+  }
 }
 
 /** The Linux rules for an interface name (IFNAMSIZ 16 with the NUL). */
