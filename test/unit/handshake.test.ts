@@ -4,6 +4,7 @@
  * cookie path under load; a fuzz run showing peer bytes never make the code throw.
  */
 import { describe, it, expect } from 'vitest';
+import { readFileSync } from 'node:fs';
 import {
   makeIdentity,
   makeHandshakePeer,
@@ -486,5 +487,52 @@ describe('fuzz: peer bytes never throw', () => {
     expect(counts.decrypt_static).toBeGreaterThan(0);
     expect(Object.values(counts).reduce((x, y) => x + y, 0)).toBe(20_000);
     if (process.env.FUZZ_COUNTS) console.log(counts);
+  });
+});
+
+describe('known answer (test/vectors/wg-handshake-kat.json)', () => {
+  it('fixed keys, ephemerals, timestamps and randomness reproduce every byte', () => {
+    const kat = JSON.parse(readFileSync(new URL('../vectors/wg-handshake-kat.json', import.meta.url), 'utf8'));
+    const I = kat.inputs;
+    const X = kat.expected;
+    const u = (s: string) => Uint8Array.from(Buffer.from(s, 'hex'));
+    const h = (b: Uint8Array) => Buffer.from(b).toString('hex');
+    const queue = [u(I.cookieSecret), u(I.cookieNonce)];
+    const ia = makeIdentity(u(I.initiatorPrivate));
+    const ib = makeIdentity(u(I.responderPrivate), { random: () => queue.shift()! });
+    expect(h(ia.publicKey)).toBe(X.initiatorPublic);
+    expect(h(ib.publicKey)).toBe(X.responderPublic);
+    const pa = makeHandshakePeer(ia, ib.publicKey, u(I.psk));
+    const pb = makeHandshakePeer(ib, ia.publicKey, u(I.psk));
+    const source = endpointBytes('10.1.2.3', 51820);
+    expect(new TextDecoder().decode(source)).toBe(I.source);
+
+    const init = createInitiation(ia, pa, I.initiatorIndex, 0, {
+      timestamp: u(I.timestamp),
+      ephemeralPrivate: u(I.initiatorEphemeral),
+    });
+    expect(h(init)).toBe(X.initiation);
+    const c1 = consumeInitiation(ib, decodeInit(init), () => pb, { nowMs: 0, underLoad: true, source });
+    if (c1.ok || !c1.cookieReply) throw new Error('expected a cookie reply');
+    expect(h(c1.cookieReply)).toBe(X.cookieReply);
+    expect(consumeCookieReply(decodeCookie(c1.cookieReply), () => pa, 0).ok).toBe(true);
+
+    const init2 = createInitiation(ia, pa, I.initiatorIndex2, 1000, {
+      timestamp: u(I.timestamp2),
+      ephemeralPrivate: u(I.initiatorEphemeral),
+    });
+    expect(h(init2)).toBe(X.initiationWithMac2);
+    const c2 = consumeInitiation(ib, decodeInit(init2), () => pb, { nowMs: 1000, underLoad: true, source });
+    expect(c2.ok).toBe(true);
+    const resp = createResponse(ib, pb, I.responderIndex, 1000, { ephemeralPrivate: u(I.responderEphemeral) });
+    expect(h(resp.message)).toBe(X.response);
+    const r = consumeResponse(ia, decodeResp(resp.message), () => pa, { nowMs: 1001 });
+    if (!r.ok) throw new Error(r.reason);
+    expect(h(r.keys.sendKey)).toBe(X.initiatorSendKey);
+    expect(h(r.keys.recvKey)).toBe(X.initiatorRecvKey);
+    expect(h(resp.keys.recvKey)).toBe(X.initiatorSendKey);
+    expect(h(resp.keys.sendKey)).toBe(X.initiatorRecvKey);
+    const t = sealTransport(r.keys.sendKey, r.keys.remoteIndex, BigInt(I.transportCounter), u(I.transportPacket));
+    expect(h(t)).toBe(X.transport);
   });
 });
