@@ -19,7 +19,7 @@ import {
   DEFAULT_RULE_PRIORITY,
 } from '../../src/control/config.js';
 
-const KEY_A = 'HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw='; // RFC 7748 §6.1 Alice's public key, base64
+const KEY_A = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo='; // RFC 7748 §6.1 Alice's public key, base64
 const KEY_B = '3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08='; // RFC 7748 §6.1 Bob's public key, base64
 const PSK = Buffer.alloc(32, 7).toString('base64');
 

@@ -11,7 +11,7 @@ import { ControlServer, controlRequest, defaultSocketPath, ControlClientError, t
 import type { PeerConfig, ServiceConfig } from '../../src/control/config.js';
 import type { StatusReport } from '../../src/control/status.js';
 
-const KEY_A = 'HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw='; // RFC 7748 §6.1 Alice's public key
+const KEY_A = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo='; // RFC 7748 §6.1 Alice's public key
 const ADDRS = { v4: '10.77.0.1', v6: null };
 
 class FakeHandler implements ControlHandler {

@@ -1,0 +1,251 @@
+/**
+ * `tenc` argument parsing. Each command calls the key helpers, the config
+ * validator, the control socket client or runPod, and nothing else.
+ * runCli returns the exit code (0 ok, 1 run-time failure, 2 usage/config error).
+ */
+import { parseArgs } from 'node:util';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { USAGE, COMMAND_HELP } from './help.js';
+import { ConfigError, loadConfig, DEFAULT_SOCKET_DIR } from '../control/config.js';
+import { controlRequest, defaultSocketPath, netnsInode, ControlClientError } from '../control/socket.js';
+import { formatStatus, type StatusReport } from '../control/status.js';
+import { isLogLevel, LOG_LEVELS } from '../log.js';
+import { generatePrivateKey, publicKeyFromPrivate, generatePsk, parseKey, formatKey } from '../noise/keys.js';
+
+export interface CliIo {
+  stdout(text: string): void;
+  stderr(text: string): void;
+  readStdin(): Promise<string>;
+}
+
+export const processIo: CliIo = {
+  stdout: (t) => void process.stdout.write(t),
+  stderr: (t) => void process.stderr.write(t),
+  readStdin: async () => {
+    const chunks: Buffer[] = [];
+    for await (const c of process.stdin) chunks.push(c as Buffer);
+    return Buffer.concat(chunks).toString('utf8');
+  },
+};
+
+class UsageError extends Error {
+  constructor(
+    message: string,
+    readonly command?: string,
+  ) {
+    super(message);
+  }
+}
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8'));
+    if (pkg.name === 'tenc') return pkg.version;
+  } catch {
+    // running from src/: one level less
+  }
+  try {
+    return JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+type Options = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
+
+const SOCKET_OPTS = {
+  socket: { type: 'string', short: 's' },
+  interface: { type: 'string', short: 'i' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, number] }> = {
+  pod: {
+    options: { config: { type: 'string', short: 'c' }, 'log-level': { type: 'string', short: 'l' }, help: { type: 'boolean', short: 'h' } },
+    positionals: [0, 0],
+  },
+  status: { options: { json: { type: 'boolean', short: 'j' }, ...SOCKET_OPTS }, positionals: [0, 0] },
+  'set-peer': {
+    options: {
+      endpoint: { type: 'string', short: 'e' },
+      'allowed-ips': { type: 'string', short: 'a' },
+      'persistent-keepalive': { type: 'string', short: 'k' },
+      ...SOCKET_OPTS,
+    },
+    positionals: [1, 1],
+  },
+  'remove-peer': { options: { ...SOCKET_OPTS }, positionals: [1, 1] },
+  'check-config': { options: { help: { type: 'boolean', short: 'h' } }, positionals: [1, 1] },
+  genkey: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
+  pubkey: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
+  genpsk: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
+  help: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 1] },
+};
+
+/** The pod's socket: --socket, else by --interface, else the only tenc socket of this network namespace. */
+export function resolveSocket(values: { socket?: string; interface?: string }, dir = DEFAULT_SOCKET_DIR): string {
+  if (values.socket) return values.socket;
+  if (values.interface) return defaultSocketPath(values.interface, dir);
+  const suffix = `-${netnsInode()}.sock`;
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir).filter((n) => n.endsWith(suffix));
+  } catch {
+    // no directory: no pod
+  }
+  if (names.length === 1) return join(dir, names[0]);
+  if (names.length > 1) {
+    throw new ControlClientError(
+      'EAMBIGUOUS',
+      `several tenc pods in this network namespace (${names.join(', ')}): pass --interface or --socket`,
+    );
+  }
+  return defaultSocketPath('tenc0', dir);
+}
+
+export async function runCli(argv: string[], io: CliIo = processIo): Promise<number> {
+  try {
+    return await dispatch(argv, io);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.stderr(`tenc: ${e.message}\n\n${e.command ? COMMAND_HELP[e.command] : USAGE}`);
+      return 2;
+    }
+    if (e instanceof ConfigError) {
+      io.stderr(e.message + '\n');
+      return 2;
+    }
+    if (e instanceof ControlClientError) {
+      io.stderr(`tenc: ${e.message}\n`);
+      return 1;
+    }
+    io.stderr(`tenc: ${(e as Error).message}\n`);
+    return 1;
+  }
+}
+
+async function dispatch(argv: string[], io: CliIo): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined) throw new UsageError('no command given');
+  if (cmd === '-h' || cmd === '--help') {
+    io.stdout(USAGE);
+    return 0;
+  }
+  if (cmd === '-V' || cmd === '--version') {
+    io.stdout(`tenc ${version()}\n`);
+    return 0;
+  }
+  const spec = COMMAND_OPTIONS[cmd];
+  if (!spec) throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
+
+  let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  try {
+    parsed = parseArgs({ args: rest, options: spec.options, allowPositionals: true, strict: true }) as typeof parsed;
+  } catch (e) {
+    throw new UsageError((e as Error).message.replace(/\. To specify a positional argument.*$/s, ''), cmd);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    io.stdout(COMMAND_HELP[cmd]);
+    return 0;
+  }
+  const [min, max] = spec.positionals;
+  if (positionals.length < min) throw new UsageError('missing argument', cmd);
+  if (positionals.length > max) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[max])}`, cmd);
+
+  switch (cmd) {
+    case 'help': {
+      const topic = positionals[0];
+      if (topic === undefined) io.stdout(USAGE);
+      else if (COMMAND_HELP[topic]) io.stdout(COMMAND_HELP[topic]);
+      else throw new UsageError(`unknown command ${JSON.stringify(topic)}`);
+      return 0;
+    }
+    case 'genkey': {
+      const k = generatePrivateKey();
+      io.stdout(formatKey(k) + '\n');
+      k.fill(0);
+      return 0;
+    }
+    case 'genpsk': {
+      const k = generatePsk();
+      io.stdout(formatKey(k) + '\n');
+      k.fill(0);
+      return 0;
+    }
+    case 'pubkey': {
+      const text = await io.readStdin();
+      let priv: Uint8Array;
+      try {
+        priv = parseKey(text, 'private key');
+      } catch (e) {
+        io.stderr(`tenc pubkey: ${(e as Error).message}\n`);
+        return 1;
+      }
+      io.stdout(formatKey(publicKeyFromPrivate(priv)) + '\n');
+      priv.fill(0);
+      return 0;
+    }
+    case 'check-config': {
+      const file = positionals[0];
+      loadConfig(file);
+      io.stdout(`${file}: ok\n`);
+      return 0;
+    }
+    case 'pod': {
+      const file = values.config as string | undefined;
+      if (!file) throw new UsageError('--config FILE is required', cmd);
+      const level = values['log-level'] as string | undefined;
+      if (level !== undefined && !isLogLevel(level)) {
+        throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, cmd);
+      }
+      const config = loadConfig(file);
+      if (level !== undefined) config.logLevel = level as typeof config.logLevel;
+      // Loaded on demand: the key and status commands work without the native addon.
+      const { runPod } = await import('../control/pod.js');
+      return await runPod(config, { stdout: io.stdout });
+    }
+    case 'status': {
+      const path = resolveSocket(values as { socket?: string; interface?: string });
+      const report = (await controlRequest(path, { op: 'status' })) as StatusReport;
+      io.stdout(values.json ? JSON.stringify(report, null, 2) + '\n' : formatStatus(report));
+      return 0;
+    }
+    case 'set-peer': {
+      const peer: Record<string, unknown> = { publicKey: positionals[0] };
+      if (values.endpoint !== undefined) peer.endpoint = values.endpoint;
+      if (values['allowed-ips'] !== undefined) {
+        peer.allowedIps = String(values['allowed-ips'])
+          .split(',')
+          .map((s) => s.trim())
+          .filter((s) => s !== '');
+      }
+      if (values['persistent-keepalive'] !== undefined) {
+        const s = String(values['persistent-keepalive']);
+        if (!/^\d+$/.test(s)) throw new UsageError(`--persistent-keepalive: ${JSON.stringify(s)} is not a number of seconds`, cmd);
+        peer.persistentKeepalive = Number(s);
+      }
+      const path = resolveSocket(values as { socket?: string; interface?: string });
+      try {
+        await controlRequest(path, { op: 'set-peer', peer });
+      } catch (e) {
+        // the pod validated the arguments: a usage error
+        if (e instanceof ControlClientError && e.code === 'EINVAL') throw new UsageError(e.message, cmd);
+        throw e;
+      }
+      return 0;
+    }
+    case 'remove-peer': {
+      const path = resolveSocket(values as { socket?: string; interface?: string });
+      try {
+        await controlRequest(path, { op: 'remove-peer', publicKey: positionals[0] });
+      } catch (e) {
+        if (e instanceof ControlClientError && e.code === 'EINVAL') throw new UsageError(e.message, cmd);
+        throw e;
+      }
+      return 0;
+    }
+  }
+  throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
+}

@@ -1,0 +1,166 @@
+/** The help texts of `tenc` and each of its commands. */
+
+export const EXIT_CODES = `Exit codes:
+  0  success
+  1  failure at run time (socket unreachable, pod failed to start, bad key on stdin)
+  2  usage error or invalid config (nothing was changed)`;
+
+export const USAGE = `Usage: tenc <command> [options]
+
+tenc is a user-space encrypting TUN proxy for Kubernetes pods, speaking the
+WireGuard protocol. One \`tenc pod\` process runs in each pod's network namespace.
+
+Commands:
+  pod           run the per-pod process (tunnel, routing, control socket)
+  status        show the running pod's interface and peers (like \`wg show\`)
+  set-peer      add or update a peer of the running pod
+  remove-peer   remove a peer from the running pod
+  check-config  validate a config file and exit
+  genkey        print a new private key (base64)
+  pubkey        read a private key on stdin, print its public key
+  genpsk        print a new pre-shared key (base64)
+  help          show this help, or \`tenc help <command>\`
+
+Options:
+  -h, --help     show help (also after a command: \`tenc status --help\`)
+  -V, --version  print the version
+
+Example:
+  tenc genpsk > psk && tenc check-config pod-a.json && tenc pod --config pod-a.json
+
+${EXIT_CODES}
+`;
+
+export const COMMAND_HELP: Record<string, string> = {
+  pod: `Usage: tenc pod --config FILE [--log-level LEVEL]
+
+Runs the per-pod process: generates the private key in memory and prints
+\`public-key <base64>\` as the first line on stdout, reads the psk file, opens
+the TUN interface and UDP socket, installs policy routing and serves the control
+socket. SIGINT/SIGTERM tear everything down in reverse order and exit 0.
+Logs are JSON lines on stderr.
+
+Options:
+  -c, --config FILE        the pod's JSON config (see README "Config file")
+  -l, --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (overrides the config)
+  -h, --help               show this help
+
+Example:
+  ip netns exec tenc-a tenc pod --config /etc/tenc/pod-a.json --log-level debug
+
+${EXIT_CODES}
+`,
+  status: `Usage: tenc status [--json] [--socket PATH | --interface NAME]
+
+Shows the running pod's interface, listening port, public key and, per peer,
+endpoint, allowed IPs, latest handshake, transfer and drops by reason. Without
+--socket it finds the pod of the current network namespace under /run/tenc.
+
+Options:
+  -j, --json              print the raw status report as JSON
+  -s, --socket PATH       the control socket (default /run/tenc/<ifname>-<netns inode>.sock)
+  -i, --interface NAME    pick the pod by interface name in this network namespace
+  -h, --help              show this help
+
+Example:
+  ip netns exec tenc-a tenc status
+
+${EXIT_CODES}
+`,
+  'set-peer': `Usage: tenc set-peer PUBLIC_KEY [--endpoint IP:PORT] [--allowed-ips CIDR[,CIDR...]]
+                     [--persistent-keepalive SECONDS] [--socket PATH | --interface NAME]
+
+Adds a peer to the running pod, or updates the peer with that public key
+(its endpoint, allowed IPs and keepalive are replaced by what is given).
+
+Options:
+  -e, --endpoint IP:PORT            peer's UDP endpoint, 10.0.0.2:51820 or [fd00::2]:51820
+  -a, --allowed-ips LIST            comma-separated CIDRs routed to and accepted from the peer
+  -k, --persistent-keepalive SECS   0 (off) .. 65535
+  -s, --socket PATH                 the control socket
+  -i, --interface NAME              pick the pod by interface name
+  -h, --help                        show this help
+
+Example:
+  tenc set-peer hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo= --endpoint 10.77.0.2:51820 --allowed-ips 10.77.0.2/32
+
+${EXIT_CODES}
+`,
+  'remove-peer': `Usage: tenc remove-peer PUBLIC_KEY [--socket PATH | --interface NAME]
+
+Removes the peer with that public key from the running pod (its keys are zeroed,
+its routes removed).
+
+Options:
+  -s, --socket PATH       the control socket
+  -i, --interface NAME    pick the pod by interface name
+  -h, --help              show this help
+
+Example:
+  tenc remove-peer hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=
+
+${EXIT_CODES}
+`,
+  'check-config': `Usage: tenc check-config FILE
+
+Validates a config file (including that the psk file is readable and holds a
+key) and prints \`FILE: ok\`; on errors prints one \`FILE: field: problem\` line
+each. Changes nothing.
+
+Options:
+  -h, --help   show this help
+
+Example:
+  tenc check-config pod-a.json
+
+${EXIT_CODES}
+`,
+  genkey: `Usage: tenc genkey
+
+Prints a new random Curve25519 private key in base64 (as \`wg genkey\`).
+Keep it secret; \`tenc pod\` does not need it (it makes its own in memory).
+
+Options:
+  -h, --help   show this help
+
+Example:
+  tenc genkey | tee private.key | tenc pubkey
+
+${EXIT_CODES}
+`,
+  pubkey: `Usage: tenc pubkey < PRIVATE_KEY
+
+Reads a base64 private key on stdin and prints its public key in base64 (as
+\`wg pubkey\`).
+
+Options:
+  -h, --help   show this help
+
+Example:
+  tenc genkey | tenc pubkey
+
+${EXIT_CODES}
+`,
+  genpsk: `Usage: tenc genpsk
+
+Prints a new random 32-byte pre-shared key in base64 (as \`wg genpsk\`). All pods
+of a project share one; put it in the file named by "pskFile".
+
+Options:
+  -h, --help   show this help
+
+Example:
+  umask 077; tenc genpsk > /etc/tenc/psk
+
+${EXIT_CODES}
+`,
+  help: `Usage: tenc help [COMMAND]
+
+Shows the overview, or the help of one command.
+
+Example:
+  tenc help status
+
+${EXIT_CODES}
+`,
+};

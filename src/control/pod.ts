@@ -1,0 +1,250 @@
+/**
+ * The per-pod process (`tenc pod`). Start is a list of init steps, each with its
+ * uninit; a failing step undoes the earlier ones in reverse order. Stop (SIGINT or
+ * SIGTERM) undoes them all in reverse order:
+ *
+ *   1. private key (memory only), public key on stdout   uninit: zero the key
+ *   2. psk file                                           uninit: zero the psk
+ *   3. MTU from the egress interface                      -
+ *   4. residue of a crashed earlier run removed           -
+ *   5. engine: TUN, UDP socket, data plane, device        uninit: close (plane, then TUN)
+ *   6. routing: MTU/up, rules, routes                     uninit: teardown
+ *   7. control socket                                     uninit: close, unlink
+ */
+import { writeSync } from 'node:fs';
+import { createLogger, keyFingerprint, type Logger } from '../log.js';
+import { formatEndpoint, readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
+import { openEngine as openRealEngine, type EngineOpener, type PodEngine } from './engine.js';
+import { ControlServer, defaultSocketPath, type ControlHandler } from './socket.js';
+import type { StatusReport } from './status.js';
+import { IpCommand } from '../routing/ip.js';
+import { computeMtu } from '../routing/mtu.js';
+import { PolicyRouting } from '../routing/policy.js';
+import { generatePrivateKey, publicKeyFromPrivate, formatKey } from '../noise/keys.js';
+
+export interface RunPodOptions {
+  /** Where the `public-key <base64>` line goes; default stdout. */
+  stdout?: (text: string) => void;
+  log?: Logger;
+  openEngine?: EngineOpener;
+  ip?: IpCommand;
+  /** Resolves when the pod should stop; default: the first SIGINT or SIGTERM. */
+  stopSignal?: Promise<unknown>;
+  /** Called once the pod serves (tests). */
+  onReady?: (pod: Pod) => void;
+}
+
+/** The running pod: the control handler over the engine and the routing. */
+export class Pod implements ControlHandler {
+  readonly peers = new Map<string, PeerConfig>();
+  services: ServiceConfig[] = [];
+
+  constructor(
+    readonly config: PodConfig,
+    readonly publicKey: string,
+    readonly mtu: number,
+    private readonly engine: PodEngine,
+    private readonly routing: PolicyRouting,
+    private readonly log: Logger,
+  ) {}
+
+  /** The destinations routed into the tunnel: every peer's allowed IPs and the services' VIPs. */
+  destinations(): string[] {
+    const out: string[] = [];
+    for (const p of this.peers.values()) out.push(...p.allowedIps);
+    for (const s of this.services) out.push(`${s.vip}/${s.vip.includes(':') ? 128 : 32}`);
+    return out;
+  }
+
+  status(): StatusReport {
+    const c = this.config;
+    return {
+      interface: c.interface,
+      publicKey: this.publicKey,
+      listenPort: c.listenPort,
+      fwmark: c.fwmark,
+      mtu: this.mtu,
+      addresses: [c.addresses.v4, c.addresses.v6].filter((a): a is string => a !== null),
+      dataPlane: this.engine.description,
+      peers: [...this.peers.values()].map((p) => {
+        const s = this.engine.peerStatus(p.publicKey);
+        return {
+          publicKey: p.publicKey,
+          endpoint: s?.endpoint ?? (p.endpoint ? formatEndpoint(p.endpoint) : null),
+          allowedIps: p.allowedIps,
+          latestHandshake: s?.latestHandshake ?? null,
+          rxBytes: s?.rxBytes ?? 0,
+          txBytes: s?.txBytes ?? 0,
+          persistentKeepalive: p.persistentKeepalive,
+          drops: s?.drops ?? {},
+        };
+      }),
+      services: this.services.map((s) => ({
+        vip: s.vip,
+        localAddress: s.localAddress,
+        ports: s.ports.map((p) => `${p.protocol}/${p.port}`),
+      })),
+      drops: this.engine.drops(),
+    };
+  }
+
+  /** Engine first, then routes in: no packet is routed to tenc0 for a peer the engine does not know. */
+  async setPeer(peer: PeerConfig): Promise<void> {
+    const old = this.peers.get(peer.publicKey);
+    for (const [key, other] of this.peers) {
+      if (key === peer.publicKey) continue;
+      const clash = peer.allowedIps.find((ip) => other.allowedIps.includes(ip));
+      if (clash) throw new Error(`allowedIps: ${clash} is already claimed by peer ${keyFingerprint(key)}`);
+    }
+    await this.engine.setPeer(peer);
+    this.peers.set(peer.publicKey, peer);
+    const before = old?.allowedIps ?? [];
+    await this.routing.addRoutes(peer.allowedIps.filter((ip) => !before.includes(ip)));
+    for (const ip of before.filter((x) => !peer.allowedIps.includes(x))) await this.routing.removeRoute(ip);
+    this.log.info({ peer: keyFingerprint(peer.publicKey), allowedIps: peer.allowedIps.length, update: old !== undefined }, 'peer set');
+  }
+
+  /** Routes out first, then the engine forgets the peer. */
+  async removePeer(publicKey: string): Promise<boolean> {
+    const old = this.peers.get(publicKey);
+    if (!old) return false;
+    for (const ip of old.allowedIps) await this.routing.removeRoute(ip);
+    this.peers.delete(publicKey);
+    await this.engine.removePeer(publicKey);
+    this.log.info({ peer: keyFingerprint(publicKey) }, 'peer removed');
+    return true;
+  }
+
+  async setServices(services: ServiceConfig[]): Promise<void> {
+    const vipCidr = (s: ServiceConfig) => `${s.vip}/${s.vip.includes(':') ? 128 : 32}`;
+    const before = this.services.map(vipCidr);
+    const after = services.map(vipCidr);
+    this.engine.setServices(services);
+    await this.routing.addRoutes(after.filter((c) => !before.includes(c)));
+    for (const c of before.filter((x) => !after.includes(x))) await this.routing.removeRoute(c);
+    this.services = services;
+    this.log.info({ services: services.length }, 'services set');
+  }
+}
+
+function waitForSignal(): { promise: Promise<string>; dispose: () => void } {
+  let onSig: (s: NodeJS.Signals) => void = () => {};
+  const promise = new Promise<string>((resolveP) => {
+    onSig = (s) => resolveP(s);
+  });
+  process.on('SIGINT', onSig);
+  process.on('SIGTERM', onSig);
+  return {
+    promise,
+    dispose: () => {
+      process.off('SIGINT', onSig);
+      process.off('SIGTERM', onSig);
+    },
+  };
+}
+
+/**
+ * Runs the pod until SIGINT/SIGTERM (or opts.stopSignal). Returns the exit code:
+ * 0 after a clean stop, 1 when start failed (after undoing what was done).
+ */
+export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promise<number> {
+  const log = opts.log ?? createLogger({ level: config.logLevel, base: { ifname: config.interface } });
+  const stdout = opts.stdout ?? ((t: string) => void writeSync(1, t));
+  const ip = opts.ip ?? new IpCommand();
+  const open = opts.openEngine ?? openRealEngine;
+  const uninit: { what: string; run: () => void | Promise<void> }[] = [];
+  // Signals that arrive during start stop the pod right after start.
+  const signals = opts.stopSignal ? null : waitForSignal();
+  const stop = opts.stopSignal ?? signals!.promise;
+
+  const undoAll = async (): Promise<boolean> => {
+    let clean = true;
+    while (uninit.length > 0) {
+      const u = uninit.pop()!;
+      try {
+        await u.run();
+      } catch (e) {
+        clean = false;
+        log.error({ step: u.what, err: (e as Error).message }, 'teardown step failed');
+      }
+    }
+    return clean;
+  };
+
+  let step = '';
+  try {
+    step = 'private key';
+    const privateKey = generatePrivateKey();
+    uninit.push({ what: 'private key', run: () => void privateKey.fill(0) });
+    const publicKey = formatKey(publicKeyFromPrivate(privateKey));
+    stdout(`public-key ${publicKey}\n`);
+    log.info({ publicKey, fingerprint: keyFingerprint(publicKey) }, 'public key');
+
+    step = 'psk';
+    const psk = readPskFile(config.pskFile);
+    uninit.push({ what: 'psk', run: () => void psk.fill(0) });
+
+    step = 'mtu';
+    const mtuChoice = await computeMtu(
+      ip,
+      config.peers.map((p) => p.endpoint),
+      config.fwmark,
+    );
+    log.info(mtuChoice, 'mtu');
+
+    step = 'routing residue';
+    const routing = new PolicyRouting({
+      ifname: config.interface,
+      table: config.table,
+      priority: config.rulePriority,
+      fwmark: config.fwmark,
+      addresses: config.addresses,
+      ip,
+      log,
+    });
+    await routing.removeResidue();
+
+    step = 'data plane';
+    const engine = await open({ config, privateKey, psk, mtu: mtuChoice.mtu, log });
+    uninit.push({ what: 'data plane', run: () => engine.close() });
+
+    step = 'peers';
+    const pod = new Pod(config, publicKey, mtuChoice.mtu, engine, routing, log);
+    for (const p of config.peers) {
+      await engine.setPeer(p);
+      pod.peers.set(p.publicKey, p);
+    }
+    engine.setServices(config.services);
+    pod.services = config.services;
+
+    step = 'routing';
+    uninit.push({ what: 'routing', run: () => routing.teardown() });
+    await routing.install(mtuChoice.mtu, pod.destinations());
+
+    step = 'control socket';
+    const server = await ControlServer.start({
+      path: config.controlSocket ?? defaultSocketPath(config.interface),
+      handler: pod,
+      addresses: config.addresses,
+      log,
+    });
+    uninit.push({ what: 'control socket', run: () => server.close() });
+
+    log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort }, 'pod running');
+    opts.onReady?.(pod);
+  } catch (e) {
+    const message = (e as Error).message;
+    log.error({ step, err: message }, 'pod start failed');
+    process.stderr.write(`tenc pod: ${step}: ${message}\n`);
+    await undoAll();
+    signals?.dispose();
+    return 1;
+  }
+
+  const why = await stop;
+  log.info({ signal: why }, 'stopping');
+  const clean = await undoAll();
+  signals?.dispose();
+  log.info({ clean }, 'stopped');
+  return clean ? 0 : 1;
+}

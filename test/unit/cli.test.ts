@@ -1,0 +1,305 @@
+/**
+ * The `tenc` CLI: in-process through runCli (fake stdio) for every command and
+ * error path, then the built executable (node dist/src/cli/main.js) for the
+ * shebang, exit codes and stdin handling.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync, execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, existsSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runCli, type CliIo } from '../../src/cli/cli.js';
+import { COMMAND_HELP } from '../../src/cli/help.js';
+import { ControlServer, type ControlHandler } from '../../src/control/socket.js';
+import type { PeerConfig } from '../../src/control/config.js';
+import { formatStatus, formatAgo, formatBytes, type StatusReport } from '../../src/control/status.js';
+
+// RFC 7748 §6.1: Alice's private key and the public key X25519 derives from it.
+const ALICE_PRIV = Buffer.from('77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a', 'hex').toString('base64');
+const ALICE_PUB = Buffer.from('8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a', 'hex').toString('base64');
+// RFC 7748 §6.1: Bob's public key
+const BOB_PUB = Buffer.from('de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f', 'hex').toString('base64');
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function cli(args: string[], stdin = ''): Promise<Run> {
+  let stdout = '';
+  let stderr = '';
+  const io: CliIo = {
+    stdout: (t) => void (stdout += t),
+    stderr: (t) => void (stderr += t),
+    readStdin: async () => stdin,
+  };
+  const code = await runCli(args, io);
+  return { code, stdout, stderr };
+}
+
+let dir: string;
+let psk: string;
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'tenc-cli-'));
+  psk = join(dir, 'psk');
+  writeFileSync(psk, Buffer.alloc(32, 9).toString('base64') + '\n');
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('help', () => {
+  it('tenc --help lists every command with exit codes, on stdout, exit 0', async () => {
+    const r = await cli(['--help']);
+    expect(r.code).toBe(0);
+    for (const c of ['pod', 'status', 'set-peer', 'remove-peer', 'check-config', 'genkey', 'pubkey', 'genpsk']) {
+      expect(r.stdout).toMatch(new RegExp(`^  ${c} `, 'm'));
+    }
+    expect(r.stdout).toContain('Exit codes:');
+    expect(r.stderr).toBe('');
+  });
+
+  it.each(Object.keys(COMMAND_HELP))('tenc %s --help has synopsis, example and exit codes', async (cmd) => {
+    const r = await cli([cmd, '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout.startsWith(`Usage: tenc ${cmd}`)).toBe(true);
+    expect(r.stdout).toContain('Example:');
+    expect(r.stdout).toContain('Exit codes:');
+    expect(await cli(['help', cmd])).toEqual(r);
+  });
+
+  it.each([
+    [[], 'no command given', 'Usage: tenc <command>'],
+    [['frobnicate'], 'unknown command "frobnicate"', 'Usage: tenc <command>'],
+    [['status', '--verbose'], "Unknown option '--verbose'", 'Usage: tenc status'],
+    [['genkey', 'extra'], 'unexpected argument "extra"', 'Usage: tenc genkey'],
+    [['check-config'], 'missing argument', 'Usage: tenc check-config'],
+    [['pod'], '--config FILE is required', 'Usage: tenc pod'],
+    [['pod', '--config', 'x.json', '--log-level', 'loud'], '--log-level: "loud" is not one of', 'Usage: tenc pod'],
+    [['set-peer', BOB_PUB, '--persistent-keepalive', 'often'], 'is not a number of seconds', 'Usage: tenc set-peer'],
+    [['help', 'nope'], 'unknown command "nope"', 'Usage: tenc <command>'],
+  ])('tenc %j: message and usage on stderr, exit 2', async (args, message, usage) => {
+    const r = await cli(args as string[]);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain(message);
+    expect(r.stderr).toContain(usage);
+  });
+});
+
+describe('keys', () => {
+  it('pubkey of the RFC 7748 §6.1 private key is the RFC public key', async () => {
+    const r = await cli(['pubkey'], ALICE_PRIV + '\n');
+    expect(r).toEqual({ code: 0, stdout: ALICE_PUB + '\n', stderr: '' });
+  });
+
+  it('genkey prints a clamped key whose pubkey round-trips; genpsk prints 32 random bytes', async () => {
+    const k = await cli(['genkey']);
+    expect(k.stdout).toMatch(/^[A-Za-z0-9+/]{43}=\n$/);
+    const bytes = Buffer.from(k.stdout, 'base64');
+    expect(bytes[0] & 7).toBe(0);
+    expect(bytes[31] & 0xc0).toBe(0x40);
+    expect((await cli(['pubkey'], k.stdout)).stdout).toMatch(/^[A-Za-z0-9+/]{43}=\n$/);
+    const p1 = (await cli(['genpsk'])).stdout;
+    const p2 = (await cli(['genpsk'])).stdout;
+    expect(Buffer.from(p1, 'base64')).toHaveLength(32);
+    expect(p1).not.toBe(p2);
+  });
+
+  it.each([['', 'must be 44 base64 characters'], ['not-a-key', 'must be 44'], [ALICE_PRIV.slice(0, 43) + '!', "end with exactly one '='"]])(
+    'pubkey rejects %j with exit 1',
+    async (input, fragment) => {
+      const r = await cli(['pubkey'], input);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toContain('private key: ');
+      expect(r.stderr).toContain(fragment);
+    },
+  );
+});
+
+describe('check-config', () => {
+  it('ok file: "FILE: ok", exit 0', async () => {
+    const f = join(dir, 'ok.json');
+    writeFileSync(f, JSON.stringify({ addresses: ['10.77.0.1'], pskFile: psk }));
+    expect(await cli(['check-config', f])).toEqual({ code: 0, stdout: `${f}: ok\n`, stderr: '' });
+  });
+
+  it('bad file: FILE: field: problem lines, exit 2', async () => {
+    const f = join(dir, 'pod-a.json');
+    writeFileSync(
+      f,
+      JSON.stringify({ addresses: ['10.77.0.1'], pskFile: psk, peers: [{ publicKey: BOB_PUB }, { publicKey: ALICE_PUB, endpoint: '10.0.0.300:51820' }] }),
+    );
+    const r = await cli(['check-config', f]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`${f}: peers[1].endpoint: "10.0.0.300:51820" is not an IPv4/IPv6 address\n`);
+  });
+
+  it('pod with an invalid config: exit 2 before anything is installed', async () => {
+    const f = join(dir, 'bad-pod.json');
+    writeFileSync(f, JSON.stringify({ addresses: ['10.77.0.1'], pskFile: join(dir, 'missing-psk') }));
+    const r = await cli(['pod', '--config', f]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`${f}: pskFile: psk file ${join(dir, 'missing-psk')}: cannot read (ENOENT)`);
+    expect(r.stdout).toBe(''); // no public-key line: the pod never started
+  });
+});
+
+describe('status, set-peer, remove-peer over the control socket', () => {
+  const peers = new Map<string, PeerConfig>();
+  const report = (): StatusReport => ({
+    interface: 'tenc0',
+    publicKey: ALICE_PUB,
+    listenPort: 51820,
+    fwmark: 0xcb84,
+    mtu: 1420,
+    addresses: ['10.77.0.1'],
+    dataPlane: 'fake',
+    peers: [...peers.values()].map((p) => ({
+      publicKey: p.publicKey,
+      endpoint: p.endpoint ? `${p.endpoint.address}:${p.endpoint.port}` : null,
+      allowedIps: p.allowedIps,
+      latestHandshake: Date.now() - 65_000,
+      rxBytes: 1536,
+      txBytes: 100,
+      persistentKeepalive: p.persistentKeepalive,
+      drops: { replay: 2 },
+    })),
+    services: [],
+    drops: { replay: 2, no_route: 1 },
+  });
+  const handler: ControlHandler = {
+    status: report,
+    setPeer: (p) => void peers.set(p.publicKey, p),
+    removePeer: (k) => peers.delete(k),
+    setServices: () => {},
+  };
+  let server: ControlServer;
+  let sock: string;
+
+  beforeAll(async () => {
+    sock = join(dir, 'sock', 'tenc0-1.sock');
+    server = await ControlServer.start({ path: sock, handler, addresses: { v4: '10.77.0.1', v6: null } });
+  });
+  afterAll(() => server.close());
+
+  it('set-peer, then status shows the peer like wg show; remove-peer removes it', async () => {
+    const set = await cli(['set-peer', BOB_PUB, '--endpoint', '10.77.0.2:51820', '--allowed-ips', '10.77.0.2/32, 10.96.0.10', '-k', '25', '--socket', sock]);
+    expect(set).toEqual({ code: 0, stdout: '', stderr: '' });
+    expect(peers.get(BOB_PUB)?.allowedIps).toEqual(['10.77.0.2/32', '10.96.0.10/32']);
+
+    const st = await cli(['status', '--socket', sock]);
+    expect(st.code).toBe(0);
+    expect(st.stdout).toContain(`interface: tenc0\n  public key: ${ALICE_PUB}\n  listening port: 51820\n`);
+    expect(st.stdout).toContain(`peer: ${BOB_PUB}\n  endpoint: 10.77.0.2:51820\n  allowed ips: 10.77.0.2/32, 10.96.0.10/32\n`);
+    expect(st.stdout).toContain('  latest handshake: 1 minute, 5 seconds ago\n');
+    expect(st.stdout).toContain('  transfer: 1.50 KiB received, 100 B sent\n');
+    expect(st.stdout).toContain('  persistent keepalive: every 25 seconds\n');
+    expect(st.stdout).toContain('  drops: replay 2, no_route 1\n');
+
+    const js = await cli(['status', '--json', '-s', sock]);
+    expect(JSON.parse(js.stdout).peers[0].publicKey).toBe(BOB_PUB);
+
+    expect((await cli(['remove-peer', BOB_PUB, '--socket', sock])).code).toBe(0);
+    expect(peers.size).toBe(0);
+  });
+
+  it('remove-peer of an unknown key: exit 1; a bad key: exit 2', async () => {
+    const r = await cli(['remove-peer', BOB_PUB, '--socket', sock]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('no such peer');
+    const b = await cli(['remove-peer', 'xyz', '--socket', sock]);
+    expect(b.code).toBe(2);
+    expect(b.stderr).toContain('publicKey: is not a base64 32-byte key');
+  });
+
+  it('set-peer with a bad endpoint: the pod says why, exit 2', async () => {
+    const r = await cli(['set-peer', BOB_PUB, '--endpoint', '10.0.0.300:1', '--socket', sock]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('peer.endpoint: "10.0.0.300:1" is not an IPv4/IPv6 address');
+  });
+
+  it('status without a pod: exit 1 with a hint', async () => {
+    const r = await cli(['status', '--socket', join(dir, 'nobody.sock')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('no tenc pod listening at');
+  });
+});
+
+describe('status formatting', () => {
+  it.each([
+    [0, 'Now'],
+    [1000, '1 second ago'],
+    [3_723_000, '1 hour, 2 minutes, 3 seconds ago'],
+    [2 * 86400_000, '2 days ago'],
+  ])('formatAgo(%i ms) = %s', (ms, s) => {
+    expect(formatAgo(1_000_000_000 - ms, 1_000_000_000)).toBe(s);
+  });
+
+  it.each([
+    [0, '0 B'],
+    [1023, '1023 B'],
+    [1024, '1.00 KiB'],
+    [5 * 1024 ** 3, '5.00 GiB'],
+  ])('formatBytes(%i) = %s', (n, s) => {
+    expect(formatBytes(n)).toBe(s);
+  });
+
+  it('omits what a peer does not have yet', () => {
+    const text = formatStatus({
+      interface: 'tenc0',
+      publicKey: ALICE_PUB,
+      listenPort: 1,
+      fwmark: 1,
+      mtu: 1420,
+      addresses: [],
+      dataPlane: 'x',
+      peers: [{ publicKey: BOB_PUB, endpoint: null, allowedIps: [], latestHandshake: null, rxBytes: 0, txBytes: 0, persistentKeepalive: 0, drops: {} }],
+      services: [],
+      drops: {},
+    });
+    expect(text).toContain(`peer: ${BOB_PUB}\n  allowed ips: (none)\n`);
+    expect(text).not.toMatch(/endpoint|latest handshake|transfer|keepalive|drops/);
+  });
+});
+
+describe('the built executable (node dist/src/cli/main.js)', () => {
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const main = join(root, 'dist', 'src', 'cli', 'main.js');
+
+  beforeAll(() => {
+    // Build like `npm test` does; type errors elsewhere do not stop tsc from emitting.
+    spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
+    if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+  }, 120_000);
+
+  it('starts with a node shebang', () => {
+    expect(readFileSync(main, 'utf8').split('\n')[0]).toBe('#!/usr/bin/env node');
+  });
+
+  it('pubkey reads stdin: the RFC 7748 §6.1 vector', () => {
+    expect(execFileSync('node', [main, 'pubkey'], { input: ALICE_PRIV + '\n', encoding: 'utf8' })).toBe(ALICE_PUB + '\n');
+  });
+
+  it('genkey | pubkey pipeline', () => {
+    const k = execFileSync('node', [main, 'genkey'], { encoding: 'utf8' });
+    expect(execFileSync('node', [main, 'pubkey'], { input: k, encoding: 'utf8' })).toMatch(/^[A-Za-z0-9+/]{43}=\n$/);
+  });
+
+  it('unknown command: exit 2, usage on stderr; --help exit 0', () => {
+    const r = spawnSync('node', [main, 'frobnicate'], { encoding: 'utf8' });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain('Usage: tenc <command>');
+    expect(r.stdout).toBe('');
+    const h = spawnSync('node', [main, 'pod', '--help'], { encoding: 'utf8' });
+    expect(h.status).toBe(0);
+    expect(h.stdout).toContain('Usage: tenc pod --config FILE');
+  });
+
+  it('--version prints the package version', () => {
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+    expect(execFileSync('node', [main, '--version'], { encoding: 'utf8' })).toBe(`tenc ${pkg.version}\n`);
+  });
+});
