@@ -1,0 +1,151 @@
+#ifndef TENC_UTIL_H
+#define TENC_UTIL_H
+/* util.h: small N-API helpers shared by tun.c, udp.c, raw.c and engine.c.
+ * Errors from system calls become JS Errors whose `code` is the errno name
+ * (EPERM, EBUSY, ...) and whose message names the object involved. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <node_api.h>
+
+#define TENC_CHECK(env, call)                                                     \
+  do {                                                                            \
+    if ((call) != napi_ok) return NULL;                                           \
+  } while (0)
+
+/* Throws an Error with code = errno name and message "<what>: <strerror>". */
+static inline napi_value tenc_throw_errno(napi_env env, int err, const char *fmt, ...) {
+  char what[200];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  const char *name = strerrorname_np(err);
+  char msg[320];
+  snprintf(msg, sizeof msg, "%s: %s (%s)", what, strerror(err), name ? name : "E?");
+  napi_throw_error(env, name ? name : "EUNKNOWN", msg);
+  return NULL;
+}
+
+static inline napi_value tenc_throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  return NULL;
+}
+
+static inline napi_value tenc_throw_range(napi_env env, const char *msg) {
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+  return NULL;
+}
+
+/* Reads an integral number in [lo, hi]; throws TypeError / RangeError. */
+static inline int tenc_get_int(napi_env env, napi_value v, int64_t lo, int64_t hi, const char *name,
+                               int64_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) {
+    char m[120];
+    snprintf(m, sizeof m, "%s must be a number", name);
+    tenc_throw_type(env, m);
+    return -1;
+  }
+  double d;
+  napi_get_value_double(env, v, &d);
+  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) {
+    char m[160];
+    snprintf(m, sizeof m, "%s must be an integer in [%lld, %lld]", name, (long long)lo, (long long)hi);
+    tenc_throw_range(env, m);
+    return -1;
+  }
+  *out = (int64_t)d;
+  return 0;
+}
+
+static inline int tenc_get_bool(napi_env env, napi_value v, const char *name, int *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_boolean) {
+    char m[120];
+    snprintf(m, sizeof m, "%s must be a boolean", name);
+    tenc_throw_type(env, m);
+    return -1;
+  }
+  bool b;
+  napi_get_value_bool(env, v, &b);
+  *out = b;
+  return 0;
+}
+
+/* Copies a JS string into buf (NUL-terminated); RangeError when longer than cap-1. */
+static inline int tenc_get_str(napi_env env, napi_value v, char *buf, size_t cap, const char *name) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) {
+    char m[120];
+    snprintf(m, sizeof m, "%s must be a string", name);
+    tenc_throw_type(env, m);
+    return -1;
+  }
+  size_t len;
+  napi_get_value_string_utf8(env, v, NULL, 0, &len);
+  if (len >= cap) {
+    char m[120];
+    snprintf(m, sizeof m, "%s is too long (max %zu bytes)", name, cap - 1);
+    tenc_throw_range(env, m);
+    return -1;
+  }
+  napi_get_value_string_utf8(env, v, buf, cap, &len);
+  return 0;
+}
+
+/* Gets the bytes of a Uint8Array / Buffer argument. */
+static inline int tenc_get_bytes(napi_env env, napi_value v, const char *name, uint8_t **data,
+                                 size_t *len) {
+  bool is;
+  napi_is_typedarray(env, v, &is);
+  if (is) {
+    napi_typedarray_type tt;
+    napi_value ab;
+    size_t off;
+    void *p;
+    napi_get_typedarray_info(env, v, &tt, len, &p, &ab, &off);
+    if (tt == napi_uint8_array) {
+      *data = p;
+      return 0;
+    }
+  }
+  char m[120];
+  snprintf(m, sizeof m, "%s must be a Uint8Array", name);
+  tenc_throw_type(env, m);
+  return -1;
+}
+
+static inline napi_status tenc_set_fn(napi_env env, napi_value exports, const char *name,
+                                      napi_callback cb) {
+  napi_value fn;
+  napi_status s = napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn);
+  if (s != napi_ok) return s;
+  return napi_set_named_property(env, exports, name, fn);
+}
+
+static inline void tenc_set_int(napi_env env, napi_value obj, const char *name, int64_t v) {
+  napi_value x;
+  napi_create_int64(env, v, &x);
+  napi_set_named_property(env, obj, name, x);
+}
+
+static inline void tenc_set_bool(napi_env env, napi_value obj, const char *name, int v) {
+  napi_value x;
+  napi_get_boolean(env, v, &x);
+  napi_set_named_property(env, obj, name, x);
+}
+
+/* CLOCK_MONOTONIC in milliseconds: the clock of every *Ms counter. Node's
+ * performance.now() is CLOCK_MONOTONIC minus the process time origin, so the
+ * TS wrapper converts with one offset measured at start. */
+static inline uint64_t tenc_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+#endif
