@@ -8,7 +8,11 @@
         "native/tun.c",
         "native/udp.c",
         "native/raw.c",
-        "native/engine.c"
+        "native/engine.c",
+        "native/engine_js.c",
+        "native/allowedips.c",
+        "native/nat.c",
+        "native/offload.c"
       ],
       "cflags": ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"]

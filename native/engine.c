@@ -1,8 +1,1122 @@
-/* engine.c: placeholder until the module lands; exports nothing yet. */
-#include "modules.h"
+/* engine.c: the native data plane's pipelines and control calls; see engine.h for
+ * the stages, locking and counters. N-API glue lives in engine_js.c. */
+#include "engine.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/virtio_net.h>
+#include <netinet/udp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include "offload.h"
+#include "util.h"
 
-napi_status tenc_init_engine(napi_env env, napi_value exports) {
-  (void)env;
-  (void)exports;
-  return napi_ok;
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+#define MSG_DATA 4
+#define MSG_DATA_MIN 32 /* header 16 + tag 16 */
+#define TX_ARENA (4u << 20)
+#define TX_MAX_RECS 2048
+#define TX_READ_ROOM (160u << 10) /* arena room needed before one more TUN read */
+#define GSO_MAX_SEGS 64
+#define GSO_MAX_BYTES 65000
+#define RX_BATCH 64
+#define RX_SLOT (65536u + 64u)
+#define VNET_LEN ((uint32_t)sizeof(struct virtio_net_hdr))
+
+#define KP_DELETED ((tenc_keypair *)1)
+
+/* ---- counters ---------------------------------------------------------- */
+
+size_t tenc_engine_counters_len(void) { return TENC_GLOBAL_SLOTS + (size_t)TENC_MAX_PEERS * TENC_PEER_SLOTS; }
+
+static inline uint64_t *pctr(tenc_engine *e, uint32_t peer) {
+  return e->ctr + TENC_GLOBAL_SLOTS + (size_t)peer * TENC_PEER_SLOTS;
+}
+static inline void cadd(uint64_t *c, uint64_t v) { __atomic_fetch_add(c, v, __ATOMIC_RELAXED); }
+static inline void cset(uint64_t *c, uint64_t v) { __atomic_store_n(c, v, __ATOMIC_RELAXED); }
+
+/* Counts a drop globally and, when attributable (peer >= 0), for the peer. */
+static void drop(tenc_engine *e, int64_t peer, enum tenc_drop why, uint64_t n) {
+  cadd(&e->ctr[why], n);
+  if (peer >= 0) cadd(&pctr(e, (uint32_t)peer)[TENC_P_DROPS + why], n);
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+/* Appends an event (ev_mu held by the caller). Returns 0, -1 when full. */
+static int ev_push_locked(tenc_engine *e, const tenc_event *ev) {
+  if (e->ev_len == e->ev_cap) {
+    uint32_t nc = e->ev_cap ? e->ev_cap * 2 : 64;
+    if (nc > 65536) return -1;
+    tenc_event *n = realloc(e->ev, nc * sizeof *n);
+    if (!n) return -1;
+    e->ev = n;
+    e->ev_cap = nc;
+  }
+  e->ev[e->ev_len++] = *ev;
+  return 0;
+}
+
+static void ev_push(tenc_engine *e, uint8_t type, uint32_t peer, uint32_t local_index,
+                    const struct sockaddr_in6 *ep) {
+  tenc_event ev = {.type = type, .peer = peer, .local_index = local_index};
+  if (ep) ev.ep = *ep;
+  pthread_mutex_lock(&e->ev_mu);
+  ev_push_locked(e, &ev);
+  pthread_mutex_unlock(&e->ev_mu);
+}
+
+/* Handshake message: bounded by TENC_HS_QUEUE_MAX pending. */
+static void ev_push_handshake(tenc_engine *e, const uint8_t *data, uint32_t len, const struct sockaddr_in6 *from) {
+  pthread_mutex_lock(&e->ev_mu);
+  int ok = e->ev_hs < TENC_HS_QUEUE_MAX;
+  uint8_t *copy = ok ? malloc(len) : NULL;
+  if (copy) {
+    memcpy(copy, data, len);
+    tenc_event ev = {.type = TENC_EV_HANDSHAKE, .ep = *from, .data = copy, .len = len};
+    if (ev_push_locked(e, &ev) == 0)
+      e->ev_hs++;
+    else {
+      free(copy);
+      copy = NULL;
+    }
+  }
+  pthread_mutex_unlock(&e->ev_mu);
+  if (!copy) drop(e, -1, TENC_D_HANDSHAKE_QUEUE_FULL, 1);
+  else cadd(&e->ctr[TENC_G_HANDSHAKE_RX], 1);
+}
+
+/* Once per batch: wakes the node thread if there is something new. */
+static void ev_flush(tenc_engine *e) {
+  pthread_mutex_lock(&e->ev_mu);
+  int sig = e->ev_len > 0 && !e->ev_signaled;
+  if (sig) e->ev_signaled = 1;
+  pthread_mutex_unlock(&e->ev_mu);
+  if (sig && e->signal) e->signal(e);
+}
+
+tenc_event *tenc_engine_take_events(tenc_engine *e, uint32_t *n) {
+  pthread_mutex_lock(&e->ev_mu);
+  tenc_event *ev = e->ev;
+  *n = e->ev_len;
+  e->ev = NULL;
+  e->ev_len = e->ev_cap = e->ev_hs = 0;
+  e->ev_signaled = 0;
+  pthread_mutex_unlock(&e->ev_mu);
+  return ev;
+}
+
+/* ---- keypair index (local index -> keypair), open addressing ------------ */
+
+static inline uint32_t khash(uint32_t k) {
+  k ^= k >> 16;
+  k *= 0x7feb352d;
+  k ^= k >> 15;
+  k *= 0x846ca68b;
+  k ^= k >> 16;
+  return k;
+}
+
+static tenc_keypair *kmap_get(const tenc_engine *e, uint32_t key) {
+  uint32_t m = e->kcap - 1;
+  for (uint32_t i = khash(key) & m, n = 0; n < e->kcap; i = (i + 1) & m, n++) {
+    tenc_kslot *s = &e->kmap[i];
+    if (!s->kp) return NULL;
+    if (s->kp != KP_DELETED && s->key == key) return s->kp;
+  }
+  return NULL;
+}
+
+static int kmap_rehash(tenc_engine *e, uint32_t cap) {
+  tenc_kslot *ns = calloc(cap, sizeof *ns);
+  if (!ns) return -ENOMEM;
+  for (uint32_t i = 0; i < e->kcap; i++) {
+    tenc_kslot *s = &e->kmap[i];
+    if (!s->kp || s->kp == KP_DELETED) continue;
+    uint32_t j = khash(s->key) & (cap - 1);
+    while (ns[j].kp) j = (j + 1) & (cap - 1);
+    ns[j] = *s;
+  }
+  free(e->kmap);
+  e->kmap = ns;
+  e->kcap = cap;
+  e->kdead = 0;
+  return 0;
+}
+
+static int kmap_put(tenc_engine *e, tenc_keypair *kp) {
+  if ((e->kused + e->kdead + 1) * 2 > e->kcap) {
+    uint32_t nc = e->kcap;
+    while ((e->kused + 1) * 4 > nc) nc *= 2;
+    int r = kmap_rehash(e, nc);
+    if (r) return r;
+  }
+  uint32_t m = e->kcap - 1, i = khash(kp->local_index) & m;
+  while (e->kmap[i].kp && e->kmap[i].kp != KP_DELETED) i = (i + 1) & m;
+  if (e->kmap[i].kp == KP_DELETED) e->kdead--;
+  e->kmap[i].key = kp->local_index;
+  e->kmap[i].kp = kp;
+  e->kused++;
+  return 0;
+}
+
+static void kmap_del(tenc_engine *e, uint32_t key) {
+  uint32_t m = e->kcap - 1;
+  for (uint32_t i = khash(key) & m, n = 0; n < e->kcap; i = (i + 1) & m, n++) {
+    tenc_kslot *s = &e->kmap[i];
+    if (!s->kp) return;
+    if (s->kp != KP_DELETED && s->key == key) {
+      s->kp = KP_DELETED;
+      e->kused--;
+      e->kdead++;
+      return;
+    }
+  }
+}
+
+/* ---- wire helpers -------------------------------------------------------- */
+
+static inline uint32_t le32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
+static inline void put_le32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16);
+  p[3] = (uint8_t)(v >> 24);
+}
+static inline uint32_t pad16(uint32_t n) { return (n + 15u) & ~15u; }
+
+/* Room a plaintext of `len` bytes needs for sealing in place. */
+static inline uint32_t sealed_room(uint32_t len) { return TENC_HEADROOM + pad16(len) + TENC_AEAD_TAG_LEN; }
+
+/* Seals buf[16 .. 16+len) in place as a transport message (whitepaper §5.4.6):
+ * type 4, receiver, counter, then the plaintext zero-padded to a multiple of 16
+ * and its tag. Returns the message length, or 0 on a cipher failure. */
+static uint32_t seal(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t *buf, uint32_t len) {
+  uint32_t plen = pad16(len);
+  memset(buf + TENC_HEADROOM + len, 0, plen - len);
+  buf[0] = MSG_DATA;
+  buf[1] = buf[2] = buf[3] = 0;
+  put_le32(buf + 4, kp->remote_index);
+  put_le32(buf + 8, (uint32_t)ctr);
+  put_le32(buf + 12, (uint32_t)(ctr >> 32));
+  uint8_t nonce[TENC_AEAD_NONCE_LEN];
+  tenc_aead_wg_nonce(ctr, nonce);
+  if (tenc_aead_seal(a, kp->send_key, nonce, NULL, 0, buf + TENC_HEADROOM, plen, buf + TENC_HEADROOM + plen) != 0)
+    return 0;
+  return TENC_HEADROOM + plen + TENC_AEAD_TAG_LEN;
+}
+
+/* Takes the next send counter; drops/flags per REJECT/REKEY_AFTER_MESSAGES.
+ * Returns 0 and the counter, or -1 when exhausted. */
+static int next_counter(tenc_engine *e, tenc_keypair *kp, uint64_t *ctr) {
+  uint64_t c = atomic_fetch_add_explicit(&kp->send_counter, 1, memory_order_relaxed);
+  if (c >= TENC_REKEY_AFTER_MESSAGES && !atomic_exchange(&kp->rekey_signaled, 1))
+    ev_push(e, TENC_EV_REKEY_NEEDED, kp->peer->id, kp->local_index, NULL);
+  if (c >= TENC_REJECT_AFTER_MESSAGES) {
+    atomic_store(&kp->send_counter, TENC_REJECT_AFTER_MESSAGES); /* never wraps */
+    drop(e, kp->peer->id, TENC_D_COUNTER_EXHAUSTED, 1);
+    return -1;
+  }
+  *ctr = c;
+  return 0;
+}
+
+static void peer_ep(tenc_peer *p, struct sockaddr_in6 *out, int *has) {
+  pthread_spin_lock(&p->ep_lock);
+  *out = p->ep;
+  *has = p->has_ep;
+  pthread_spin_unlock(&p->ep_lock);
+}
+
+static void count_tx(tenc_engine *e, uint32_t peer, uint32_t bytes, int data, uint64_t now) {
+  uint64_t *c = pctr(e, peer);
+  cadd(&c[TENC_P_TX_BYTES], bytes);
+  cadd(&c[TENC_P_TX_PACKETS], 1);
+  cset(&c[TENC_P_LAST_TX_MS], now);
+  if (data) cset(&c[TENC_P_LAST_TX_DATA_MS], now);
+}
+
+/* Inner packet check shared by both directions: returns the IP version and sets
+ * *iplen to the packet's own length (<= len), or 0 when it is not a valid
+ * IPv4/IPv6 packet. */
+static int inner_check(const uint8_t *p, uint32_t len, uint32_t *iplen) {
+  if (len < 1) return 0;
+  int v = p[0] >> 4;
+  if (v == 4) {
+    if (len < 20) return 0;
+    uint32_t ihl = (p[0] & 15) * 4u, tot = (uint32_t)p[2] << 8 | p[3];
+    if (ihl < 20 || tot < ihl || tot > len) return 0;
+    *iplen = tot;
+    return 4;
+  }
+  if (v == 6) {
+    if (len < 40) return 0;
+    uint32_t tot = 40u + ((uint32_t)p[4] << 8 | p[5]);
+    if (tot > len) return 0;
+    *iplen = tot;
+    return 6;
+  }
+  return 0;
+}
+
+/* ---- queue --------------------------------------------------------------- */
+
+static void queue_free_all(tenc_engine *e, tenc_peer *p, int count) {
+  if (count && p->qlen) drop(e, p->id, TENC_D_NO_SESSION, p->qlen);
+  for (uint32_t i = 0; i < p->qlen; i++) {
+    tenc_qpkt *q = &p->q[(p->qhead + i) % TENC_QUEUE_MAX];
+    explicit_bzero(q->buf, sealed_room(q->len));
+    free(q->buf);
+  }
+  p->qhead = p->qlen = 0;
+}
+
+/* TX thread (read lock): keeps a copy of a packet until the peer has a session. */
+static void queue_packet(tenc_engine *e, tenc_peer *p, const uint8_t *pkt, uint32_t len) {
+  if (!p->need_hs_signaled) {
+    p->need_hs_signaled = 1;
+    ev_push(e, TENC_EV_NEED_HANDSHAKE, p->id, 0, NULL);
+  }
+  if (p->qlen == TENC_QUEUE_MAX) {
+    drop(e, p->id, TENC_D_QUEUE_FULL, 1);
+    return;
+  }
+  uint8_t *b = malloc(sealed_room(len));
+  if (!b) {
+    drop(e, p->id, TENC_D_QUEUE_FULL, 1);
+    return;
+  }
+  memcpy(b + TENC_HEADROOM, pkt, len);
+  p->q[(p->qhead + p->qlen) % TENC_QUEUE_MAX] = (tenc_qpkt){b, len};
+  p->qlen++;
+}
+
+/* ---- send (TX thread) ------------------------------------------------------ */
+
+typedef struct {
+  uint8_t *buf; /* headroom start */
+  uint32_t len; /* plaintext length, then message length */
+} txrec;
+
+typedef struct {
+  uint8_t *buf;
+  uint32_t len;
+  uint32_t peer;
+  struct sockaddr_in6 ep;
+} txout;
+
+struct tenc_tx {
+  uint8_t *arena;
+  uint32_t used;
+  txrec *recs;
+  uint32_t nrecs;
+  txout *out;
+  uint32_t nout;
+  struct mmsghdr *msgs;
+  struct iovec *iovs;
+  uint8_t (*cms)[CMSG_SPACE(sizeof(uint16_t))];
+  uint32_t *first; /* index into out of each msg */
+  uint32_t *count; /* outs per msg */
+  tenc_aead *aead;
+  uint32_t split_dropped;
+};
+
+static uint8_t *tx_reserve(struct tenc_tx *t, uint32_t len) {
+  uint32_t need = (sealed_room(len) + 15u) & ~15u;
+  if (t->nrecs >= TX_MAX_RECS || t->used + need > TX_ARENA) return NULL;
+  uint8_t *b = t->arena + t->used;
+  t->used += need;
+  t->recs[t->nrecs++] = (txrec){b, len};
+  return b + TENC_HEADROOM;
+}
+
+static uint8_t *tx_seg_alloc(void *ctx, uint32_t seglen) { return tx_reserve(ctx, seglen); }
+
+/* Stage 1: reads packets from the TUN device. Returns 1 when the device has
+ * more (batch full), 0 when drained, -1 on a fatal error. */
+static int tx_read(tenc_engine *e, struct tenc_tx *t) {
+  t->used = 0;
+  t->nrecs = 0;
+  while (t->nrecs + 300 < TX_MAX_RECS && t->used + TX_READ_ROOM < TX_ARENA) {
+    uint8_t *base = t->arena + t->used;
+    if (!e->o.vnet_hdr) {
+      ssize_t n = read(e->o.tun_fd, base + TENC_HEADROOM, 65535);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno == EAGAIN ? 0 : -1;
+      }
+      if (n == 0) continue;
+      tx_reserve(t, (uint32_t)n);
+      continue;
+    }
+    /* vnet header lands in the headroom, just before the packet. */
+    uint8_t *pkt = base + TENC_HEADROOM;
+    ssize_t n = read(e->o.tun_fd, pkt - VNET_LEN, 65535 + VNET_LEN);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno == EAGAIN ? 0 : -1;
+    }
+    if ((uint32_t)n <= VNET_LEN) continue;
+    struct virtio_net_hdr h;
+    memcpy(&h, pkt - VNET_LEN, VNET_LEN);
+    uint32_t len = (uint32_t)n - VNET_LEN;
+    if (h.gso_type == VIRTIO_NET_HDR_GSO_NONE) {
+      if ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && tenc_offload_csum(&h, pkt, len) < 0) {
+        drop(e, -1, TENC_D_TOO_BIG, 1);
+        continue;
+      }
+      tx_reserve(t, len);
+      continue;
+    }
+    /* Super-packet: keep it where it is, append its segments after it. */
+    t->used += (len + TENC_HEADROOM + 15u) & ~15u;
+    if (tenc_gso_split(&h, pkt, len, tx_seg_alloc, t) <= 0) drop(e, -1, TENC_D_TOO_BIG, 1);
+  }
+  return 1;
+}
+
+/* Stages 2-4 under the read lock: classify, queue or seal. */
+static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
+  uint64_t now = tenc_now_ms();
+  t->nout = 0;
+  pthread_rwlock_rdlock(&e->lock);
+  int nat = e->nat.nservices > 0;
+  int32_t last_peer = -1;
+  uint8_t last_dst[16];
+  int last_v = 0;
+  for (uint32_t i = 0; i < t->nrecs; i++) {
+    txrec *r = &t->recs[i];
+    uint8_t *pkt = r->buf + TENC_HEADROOM;
+    uint32_t iplen;
+    int v = inner_check(pkt, r->len, &iplen);
+    if (!v) {
+      drop(e, -1, TENC_D_NO_ROUTE, 1);
+      continue;
+    }
+    if (e->o.mtu && r->len > e->o.mtu) {
+      drop(e, -1, TENC_D_TOO_BIG, 1);
+      continue;
+    }
+    if (nat) tenc_nat_unsnat(&e->nat, pkt, iplen);
+    const uint8_t *dst = v == 4 ? pkt + 16 : pkt + 24;
+    size_t alen = v == 4 ? 4 : 16;
+    int32_t pid;
+    if (v == last_v && memcmp(dst, last_dst, alen) == 0) {
+      pid = last_peer;
+    } else {
+      pid = tenc_aips_lookup(e->aips, v, dst);
+      last_v = v;
+      memcpy(last_dst, dst, alen);
+      last_peer = pid;
+    }
+    tenc_peer *p = pid >= 0 ? e->peers[pid] : NULL;
+    if (!p) {
+      drop(e, -1, TENC_D_NO_ROUTE, 1);
+      continue;
+    }
+    txout *o = &t->out[t->nout];
+    int has_ep;
+    peer_ep(p, &o->ep, &has_ep);
+    tenc_keypair *kp = p->send;
+    if (!kp || !has_ep) {
+      queue_packet(e, p, pkt, r->len);
+      continue;
+    }
+    uint64_t ctr;
+    if (next_counter(e, kp, &ctr) < 0) continue;
+    uint32_t mlen = seal(t->aead, kp, ctr, r->buf, r->len);
+    if (!mlen) {
+      drop(e, p->id, TENC_D_IO, 1);
+      continue;
+    }
+    o->buf = r->buf;
+    o->len = mlen;
+    o->peer = p->id;
+    t->nout++;
+    count_tx(e, p->id, mlen, 1, now);
+  }
+  pthread_rwlock_unlock(&e->lock);
+  ev_flush(e);
+}
+
+static inline int same_ep(const struct sockaddr_in6 *a, const struct sockaddr_in6 *b) {
+  return a->sin6_port == b->sin6_port && memcmp(&a->sin6_addr, &b->sin6_addr, 16) == 0;
+}
+
+/* Stage 5: sendmmsg, with runs of equal-size messages to one endpoint as GSO. */
+static void tx_send(tenc_engine *e, struct tenc_tx *t, int gso) {
+  uint32_t nm = 0;
+  for (uint32_t i = 0; i < t->nout;) {
+    txout *o = &t->out[i];
+    uint32_t j = i + 1, bytes = o->len;
+    if (gso)
+      while (j < t->nout && j - i < GSO_MAX_SEGS && same_ep(&t->out[j].ep, &o->ep) && t->out[j].len <= o->len &&
+             bytes + t->out[j].len <= GSO_MAX_BYTES) {
+        bytes += t->out[j].len;
+        if (t->out[j++].len < o->len) break; /* a shorter one ends the run */
+      }
+    struct msghdr *m = &t->msgs[nm].msg_hdr;
+    memset(m, 0, sizeof *m);
+    m->msg_name = &o->ep;
+    m->msg_namelen = sizeof o->ep;
+    m->msg_iov = &t->iovs[i];
+    m->msg_iovlen = j - i;
+    for (uint32_t k = i; k < j; k++) t->iovs[k] = (struct iovec){t->out[k].buf, t->out[k].len};
+    if (j - i > 1) {
+      m->msg_control = t->cms[nm];
+      m->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+      struct cmsghdr *c = CMSG_FIRSTHDR(m);
+      c->cmsg_level = SOL_UDP;
+      c->cmsg_type = UDP_SEGMENT;
+      c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+      uint16_t seg = (uint16_t)o->len;
+      memcpy(CMSG_DATA(c), &seg, sizeof seg);
+    }
+    t->first[nm] = i;
+    t->count[nm] = j - i;
+    nm++;
+    i = j;
+  }
+  for (uint32_t k = 0; k < nm;) {
+    int r = sendmmsg(e->o.udp_fd, &t->msgs[k], nm - k, 0);
+    if (r > 0) {
+      k += (uint32_t)r;
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    int err = errno;
+    uint32_t f = t->first[k], c = t->count[k];
+    if (c > 1 && (err == EINVAL || err == EMSGSIZE || err == EIO)) {
+      /* GSO refused (e.g. segment above the path MTU): send them one by one. */
+      for (uint32_t q = f; q < f + c; q++)
+        if (sendto(e->o.udp_fd, t->out[q].buf, t->out[q].len, 0, (struct sockaddr *)&t->out[q].ep,
+                   sizeof t->out[q].ep) < 0)
+          drop(e, t->out[q].peer, TENC_D_IO, 1);
+    } else {
+      for (uint32_t q = f; q < f + c; q++) drop(e, t->out[q].peer, TENC_D_IO, 1);
+    }
+    k++;
+  }
+}
+
+static void *tx_main(void *arg) {
+  tenc_engine *e = arg;
+  struct tenc_tx *t = e->tx;
+  struct pollfd pf[2] = {{.fd = e->o.tun_fd, .events = POLLIN}, {.fd = e->stop_fd, .events = POLLIN}};
+  int more = 0;
+  while (!atomic_load(&e->stopping)) {
+    if (!more) {
+      int r = poll(pf, 2, -1);
+      if (r < 0 && errno != EINTR) break;
+      if (pf[1].revents) break;
+      if (r <= 0 || !(pf[0].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+    }
+    more = tx_read(e, t);
+    if (more < 0) {
+      drop(e, -1, TENC_D_IO, 1);
+      more = 0;
+      usleep(1000);
+      continue;
+    }
+    if (!t->nrecs) continue;
+    tx_seal(e, t);
+    if (t->nout) tx_send(e, t, e->o.udp_gso);
+  }
+  return NULL;
+}
+
+/* ---- receive (RX thread) --------------------------------------------------- */
+
+typedef struct {
+  uint8_t *pkt; /* inner packet; TENC_HEADROOM bytes before it are free */
+  uint32_t len;
+  int family;
+} rxinj;
+
+struct tenc_rx {
+  uint8_t *bufs;
+  struct mmsghdr msgs[RX_BATCH];
+  struct iovec iovs[RX_BATCH];
+  struct sockaddr_in6 from[RX_BATCH];
+  uint8_t cms[RX_BATCH][CMSG_SPACE(sizeof(int))];
+  rxinj *inj;
+  uint32_t ninj, inj_cap;
+  struct mmsghdr *imsgs;
+  struct iovec *iiovs;
+  union {
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+  } *inames;
+  tenc_aead *aead;
+};
+
+/* Stages 2-4 for one message, under the read lock. */
+static void rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t len, const struct sockaddr_in6 *from,
+                       uint64_t now) {
+  if (len < 4 || m[1] || m[2] || m[3]) {
+    drop(e, -1, TENC_D_BAD_HEADER, 1);
+    return;
+  }
+  switch (m[0]) {
+    case 1:
+    case 2:
+    case 3:
+      if (len != (m[0] == 1 ? 148u : m[0] == 2 ? 92u : 64u)) {
+        drop(e, -1, TENC_D_BAD_HEADER, 1);
+        return;
+      }
+      ev_push_handshake(e, m, len, from);
+      return;
+    case MSG_DATA:
+      if (len >= MSG_DATA_MIN) break;
+      /* fallthrough */
+    default:
+      drop(e, -1, TENC_D_BAD_HEADER, 1);
+      return;
+  }
+  tenc_keypair *kp = kmap_get(e, le32(m + 4));
+  if (!kp) {
+    drop(e, -1, TENC_D_UNKNOWN_INDEX, 1);
+    return;
+  }
+  tenc_peer *p = kp->peer;
+  uint64_t ctr = le64(m + 8);
+  if (!tenc_replay_check(&kp->replay, ctr)) {
+    drop(e, p->id, TENC_D_REPLAY, 1);
+    return;
+  }
+  uint8_t nonce[TENC_AEAD_NONCE_LEN];
+  tenc_aead_wg_nonce(ctr, nonce);
+  uint32_t clen = len - MSG_DATA_MIN;
+  uint8_t *pt = m + TENC_HEADROOM;
+  if (tenc_aead_open(x->aead, kp->recv_key, nonce, NULL, 0, pt, clen, pt + clen) != 0) {
+    drop(e, p->id, TENC_D_AUTH, 1);
+    return;
+  }
+  if (!tenc_replay_commit(&kp->replay, ctr)) {
+    drop(e, p->id, TENC_D_REPLAY, 1);
+    return;
+  }
+  if (!kp->confirmed) {
+    kp->confirmed = 1;
+    ev_push(e, TENC_EV_KEYPAIR_CONFIRMED, p->id, kp->local_index, NULL);
+  }
+  if (!p->has_ep || !same_ep(&p->ep, from)) {
+    pthread_spin_lock(&p->ep_lock);
+    p->ep = *from;
+    p->has_ep = 1;
+    pthread_spin_unlock(&p->ep_lock);
+    ev_push(e, TENC_EV_ENDPOINT, p->id, 0, from);
+  }
+  uint64_t *c = pctr(e, p->id);
+  cadd(&c[TENC_P_RX_BYTES], len);
+  cadd(&c[TENC_P_RX_PACKETS], 1);
+  cset(&c[TENC_P_LAST_RX_MS], now);
+  if (clen == 0) {
+    cadd(&e->ctr[TENC_G_KEEPALIVE_RX], 1);
+    return;
+  }
+  uint32_t iplen;
+  int v = inner_check(pt, clen, &iplen);
+  if (!v) {
+    drop(e, p->id, TENC_D_BAD_INNER, 1);
+    return;
+  }
+  if (tenc_aips_lookup(e->aips, v, v == 4 ? pt + 12 : pt + 8) != (int32_t)p->id) {
+    drop(e, p->id, TENC_D_SPOOFED_SOURCE, 1);
+    return;
+  }
+  cset(&c[TENC_P_LAST_RX_DATA_MS], now);
+  if (e->nat.nservices) tenc_nat_dnat(&e->nat, pt, iplen, now);
+  x->inj[x->ninj++] = (rxinj){pt, iplen, v};
+}
+
+/* Stage 5: inject the batch (raw sockets per family, or TUN writes). */
+static void rx_inject(tenc_engine *e, struct tenc_rx *x) {
+  if (e->o.mode_tun) {
+    for (uint32_t i = 0; i < x->ninj; i++) {
+      rxinj *j = &x->inj[i];
+      uint8_t *w = j->pkt;
+      uint32_t wl = j->len;
+      if (e->o.vnet_hdr) {
+        w -= VNET_LEN;
+        wl += VNET_LEN;
+        memset(w, 0, VNET_LEN);
+      }
+      if (write(e->o.tun_fd, w, wl) < 0) drop(e, -1, TENC_D_IO, 1);
+    }
+    return;
+  }
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < x->ninj; i++) {
+    rxinj *j = &x->inj[i];
+    struct msghdr *m = &x->imsgs[n].msg_hdr;
+    memset(m, 0, sizeof *m);
+    x->iiovs[n] = (struct iovec){j->pkt, j->len};
+    m->msg_iov = &x->iiovs[n];
+    m->msg_iovlen = 1;
+    m->msg_name = &x->inames[n];
+    if (j->family == 4) {
+      struct sockaddr_in *s = &x->inames[n].v4;
+      memset(s, 0, sizeof *s);
+      s->sin_family = AF_INET;
+      memcpy(&s->sin_addr, j->pkt + 16, 4);
+      m->msg_namelen = sizeof *s;
+    } else {
+      struct sockaddr_in6 *s = &x->inames[n].v6;
+      memset(s, 0, sizeof *s);
+      s->sin6_family = AF_INET6;
+      memcpy(&s->sin6_addr, j->pkt + 24, 16);
+      m->msg_namelen = sizeof *s;
+    }
+    n++;
+    /* Flush at a family change or the end (one fd per family). */
+    if (i + 1 == x->ninj || x->inj[i + 1].family != j->family) {
+      int fd = j->family == 4 ? e->o.raw4_fd : e->o.raw6_fd;
+      for (uint32_t k = 0; k < n;) {
+        int r = fd >= 0 ? sendmmsg(fd, &x->imsgs[k], n - k, 0) : -1;
+        if (r > 0) {
+          k += (uint32_t)r;
+        } else if (r < 0 && errno == EINTR) {
+          continue;
+        } else {
+          drop(e, -1, TENC_D_IO, 1); /* this one failed: skip it */
+          k++;
+        }
+      }
+      n = 0;
+    }
+  }
+}
+
+static void *rx_main(void *arg) {
+  tenc_engine *e = arg;
+  struct tenc_rx *x = e->rx;
+  struct pollfd pf[2] = {{.fd = e->o.udp_fd, .events = POLLIN}, {.fd = e->stop_fd, .events = POLLIN}};
+  int more = 0;
+  while (!atomic_load(&e->stopping)) {
+    if (!more) {
+      int r = poll(pf, 2, -1);
+      if (r < 0 && errno != EINTR) break;
+      if (pf[1].revents) break;
+      if (r <= 0) continue;
+    }
+    for (int i = 0; i < RX_BATCH; i++) {
+      x->iovs[i] = (struct iovec){x->bufs + (size_t)i * RX_SLOT + TENC_HEADROOM, RX_SLOT - TENC_HEADROOM};
+      struct msghdr *m = &x->msgs[i].msg_hdr;
+      memset(m, 0, sizeof *m);
+      m->msg_name = &x->from[i];
+      m->msg_namelen = sizeof x->from[i];
+      m->msg_iov = &x->iovs[i];
+      m->msg_iovlen = 1;
+      m->msg_control = x->cms[i];
+      m->msg_controllen = sizeof x->cms[i];
+    }
+    int n = recvmmsg(e->o.udp_fd, x->msgs, RX_BATCH, MSG_DONTWAIT, NULL);
+    if (n <= 0) {
+      more = 0;
+      continue;
+    }
+    more = n == RX_BATCH;
+    uint64_t now = tenc_now_ms();
+    x->ninj = 0;
+    pthread_rwlock_rdlock(&e->lock);
+    for (int i = 0; i < n; i++) {
+      struct msghdr *m = &x->msgs[i].msg_hdr;
+      uint32_t len = x->msgs[i].msg_len, seg = len;
+      if (m->msg_namelen != sizeof(struct sockaddr_in6)) continue;
+      for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c))
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+          int g;
+          memcpy(&g, CMSG_DATA(c), sizeof g);
+          if (g > 0) seg = (uint32_t)g;
+        }
+      uint8_t *d = x->iovs[i].iov_base;
+      for (uint32_t off = 0; off < len; off += seg) {
+        uint32_t l = len - off < seg ? len - off : seg;
+        if (x->ninj == x->inj_cap) break;
+        rx_message(e, x, d + off, l, &x->from[i], now);
+      }
+    }
+    pthread_rwlock_unlock(&e->lock);
+    ev_flush(e);
+    rx_inject(e, x);
+  }
+  return NULL;
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static void tx_free(struct tenc_tx *t) {
+  if (!t) return;
+  if (t->arena) explicit_bzero(t->arena, TX_ARENA);
+  free(t->arena);
+  free(t->recs);
+  free(t->out);
+  free(t->msgs);
+  free(t->iovs);
+  free(t->cms);
+  free(t->first);
+  free(t->count);
+  tenc_aead_free(t->aead);
+  free(t);
+}
+
+static void rx_free(struct tenc_rx *x) {
+  if (!x) return;
+  if (x->bufs) explicit_bzero(x->bufs, (size_t)RX_BATCH * RX_SLOT);
+  free(x->bufs);
+  free(x->inj);
+  free(x->imsgs);
+  free(x->iiovs);
+  free(x->inames);
+  tenc_aead_free(x->aead);
+  free(x);
+}
+
+tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_event_signal sig, void *js) {
+  tenc_engine *e = calloc(1, sizeof *e);
+  if (!e) return NULL;
+  e->o = *o;
+  e->ctr = ctr;
+  e->signal = sig;
+  e->js = js;
+  e->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  pthread_rwlock_init(&e->lock, NULL);
+  pthread_mutex_init(&e->ev_mu, NULL);
+  e->peers = calloc(TENC_MAX_PEERS, sizeof *e->peers);
+  e->kcap = 64;
+  e->kmap = calloc(e->kcap, sizeof *e->kmap);
+  e->aips = tenc_aips_new();
+  e->ctl_aead = tenc_aead_new();
+  struct tenc_tx *t = e->tx = calloc(1, sizeof *t);
+  struct tenc_rx *x = e->rx = calloc(1, sizeof *x);
+  int ok = e->stop_fd >= 0 && e->peers && e->kmap && e->aips && e->ctl_aead && t && x && tenc_nat_init(&e->nat) == 0;
+  if (ok) {
+    t->arena = aligned_alloc(64, TX_ARENA);
+    t->recs = calloc(TX_MAX_RECS, sizeof *t->recs);
+    t->out = calloc(TX_MAX_RECS, sizeof *t->out);
+    t->msgs = calloc(TX_MAX_RECS, sizeof *t->msgs);
+    t->iovs = calloc(TX_MAX_RECS, sizeof *t->iovs);
+    t->cms = calloc(TX_MAX_RECS, sizeof *t->cms);
+    t->first = calloc(TX_MAX_RECS, sizeof *t->first);
+    t->count = calloc(TX_MAX_RECS, sizeof *t->count);
+    t->aead = tenc_aead_new();
+    x->bufs = aligned_alloc(64, (size_t)RX_BATCH * RX_SLOT);
+    x->inj_cap = RX_BATCH * 64; /* GRO: up to 64 messages per datagram */
+    x->inj = calloc(x->inj_cap, sizeof *x->inj);
+    x->imsgs = calloc(x->inj_cap, sizeof *x->imsgs);
+    x->iiovs = calloc(x->inj_cap, sizeof *x->iiovs);
+    x->inames = calloc(x->inj_cap, sizeof *x->inames);
+    x->aead = tenc_aead_new();
+    ok = t->arena && t->recs && t->out && t->msgs && t->iovs && t->cms && t->first && t->count && t->aead &&
+         x->bufs && x->inj && x->imsgs && x->iiovs && x->inames && x->aead;
+  }
+  if (!ok) {
+    e->o.tun_fd = e->o.udp_fd = e->o.raw4_fd = e->o.raw6_fd = -1; /* still the caller's */
+    tenc_engine_free(e);
+    errno = ENOMEM;
+    return NULL;
+  }
+  return e;
+}
+
+int tenc_engine_start(tenc_engine *e) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int r = pthread_create(&e->tx_thr, NULL, tx_main, e);
+  if (r == 0) {
+    r = pthread_create(&e->rx_thr, NULL, rx_main, e);
+    if (r != 0) {
+      atomic_store(&e->stopping, 1);
+      uint64_t one = 1;
+      (void)!write(e->stop_fd, &one, sizeof one);
+      pthread_join(e->tx_thr, NULL);
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (r != 0) return -r;
+  e->threads_started = 1;
+  return 0;
+}
+
+static void keypair_free(tenc_keypair *kp) {
+  explicit_bzero(kp, sizeof *kp);
+  free(kp);
+}
+
+static void peer_free(tenc_engine *e, tenc_peer *p, int count_queue) {
+  queue_free_all(e, p, count_queue);
+  for (int i = 0; i < p->nkps; i++) {
+    kmap_del(e, p->kps[i]->local_index);
+    keypair_free(p->kps[i]);
+  }
+  pthread_spin_destroy(&p->ep_lock);
+  free(p);
+}
+
+void tenc_engine_stop(tenc_engine *e) {
+  if (e->threads_started) {
+    atomic_store(&e->stopping, 1);
+    uint64_t one = 1;
+    (void)!write(e->stop_fd, &one, sizeof one);
+    pthread_join(e->tx_thr, NULL);
+    pthread_join(e->rx_thr, NULL);
+    e->threads_started = 0;
+  }
+  pthread_rwlock_wrlock(&e->lock);
+  if (e->peers)
+    for (uint32_t i = 0; i < TENC_MAX_PEERS; i++)
+      if (e->peers[i]) {
+        peer_free(e, e->peers[i], 0);
+        e->peers[i] = NULL;
+      }
+  pthread_rwlock_unlock(&e->lock);
+  int *fds[] = {&e->o.tun_fd, &e->o.udp_fd, &e->o.raw4_fd, &e->o.raw6_fd, &e->stop_fd};
+  for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+    if (*fds[i] >= 0) {
+      close(*fds[i]);
+      *fds[i] = -1;
+    }
+}
+
+void tenc_engine_free(tenc_engine *e) {
+  if (!e) return;
+  tenc_engine_stop(e);
+  free(e->peers);
+  free(e->kmap);
+  tenc_aips_free(e->aips);
+  if (e->nat.flows) tenc_nat_destroy(&e->nat);
+  tenc_aead_free(e->ctl_aead);
+  tx_free(e->tx);
+  rx_free(e->rx);
+  uint32_t n;
+  tenc_event *ev = tenc_engine_take_events(e, &n);
+  for (uint32_t i = 0; i < n; i++) free(ev[i].data);
+  free(ev);
+  pthread_rwlock_destroy(&e->lock);
+  pthread_mutex_destroy(&e->ev_mu);
+  free(e);
+}
+
+/* ---- control calls (node thread) ------------------------------------------ */
+
+int tenc_engine_add_peer(tenc_engine *e, uint32_t id, const struct sockaddr_in6 *ep) {
+  if (id >= TENC_MAX_PEERS) return -ERANGE;
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_peer *p = e->peers[id];
+  if (!p) {
+    p = calloc(1, sizeof *p);
+    if (!p) {
+      pthread_rwlock_unlock(&e->lock);
+      return -ENOMEM;
+    }
+    p->id = id;
+    pthread_spin_init(&p->ep_lock, PTHREAD_PROCESS_PRIVATE);
+    memset(pctr(e, id), 0, TENC_PEER_SLOTS * sizeof(uint64_t));
+    e->peers[id] = p;
+  }
+  if (ep) {
+    p->ep = *ep;
+    p->has_ep = 1;
+  }
+  pthread_rwlock_unlock(&e->lock);
+  return 0;
+}
+
+int tenc_engine_remove_peer(tenc_engine *e, uint32_t id) {
+  if (id >= TENC_MAX_PEERS) return -ERANGE;
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_peer *p = e->peers[id];
+  if (p) {
+    tenc_aips_remove_peer(e->aips, id);
+    e->peers[id] = NULL;
+    peer_free(e, p, 1);
+  }
+  pthread_rwlock_unlock(&e->lock);
+  return p ? 0 : -ENOENT;
+}
+
+int tenc_engine_set_endpoint(tenc_engine *e, uint32_t id, const struct sockaddr_in6 *ep) {
+  if (id >= TENC_MAX_PEERS) return -ERANGE;
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_peer *p = e->peers[id];
+  if (p) {
+    p->ep = *ep;
+    p->has_ep = 1;
+  }
+  pthread_rwlock_unlock(&e->lock);
+  return p ? 0 : -ENOENT;
+}
+
+int tenc_engine_allowed_ip(tenc_engine *e, uint32_t id, int family, const uint8_t *addr, int plen, int add) {
+  if (id >= TENC_MAX_PEERS) return -ERANGE;
+  int r = 0;
+  pthread_rwlock_wrlock(&e->lock);
+  if (!e->peers[id])
+    r = -ENOENT;
+  else if (add)
+    r = tenc_aips_insert(e->aips, family, addr, plen, id) < 0 ? -ENOMEM : 0;
+  else
+    tenc_aips_remove(e->aips, family, addr, plen, id);
+  pthread_rwlock_unlock(&e->lock);
+  return r;
+}
+
+int tenc_engine_add_keypair(tenc_engine *e, uint32_t id, uint32_t local, uint32_t remote, const uint8_t *send_key,
+                            const uint8_t *recv_key) {
+  if (id >= TENC_MAX_PEERS) return -ERANGE;
+  int r = 0;
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_peer *p = e->peers[id];
+  tenc_keypair *kp = NULL;
+  if (!p)
+    r = -ENOENT;
+  else if (kmap_get(e, local))
+    r = -EEXIST;
+  else if (p->nkps == TENC_PEER_MAX_KEYPAIRS)
+    r = -ENOSPC;
+  else if (!(kp = calloc(1, sizeof *kp)))
+    r = -ENOMEM;
+  if (!r) {
+    kp->local_index = local;
+    kp->remote_index = remote;
+    memcpy(kp->send_key, send_key, 32);
+    memcpy(kp->recv_key, recv_key, 32);
+    kp->peer = p;
+    tenc_replay_init(&kp->replay);
+    r = kmap_put(e, kp);
+    if (r)
+      keypair_free(kp);
+    else
+      p->kps[p->nkps++] = kp;
+  }
+  pthread_rwlock_unlock(&e->lock);
+  return r;
+}
+
+/* Seals and sends the peer's queue through its send keypair (write lock held). */
+static void flush_through(tenc_engine *e, tenc_peer *p) {
+  uint64_t now = tenc_now_ms();
+  while (p->qlen) {
+    tenc_qpkt *q = &p->q[p->qhead];
+    uint64_t ctr;
+    if (next_counter(e, p->send, &ctr) == 0) {
+      uint32_t mlen = seal(e->ctl_aead, p->send, ctr, q->buf, q->len);
+      if (mlen && sendto(e->o.udp_fd, q->buf, mlen, MSG_DONTWAIT, (struct sockaddr *)&p->ep, sizeof p->ep) >= 0)
+        count_tx(e, p->id, mlen, 1, now);
+      else
+        drop(e, p->id, TENC_D_IO, 1);
+    }
+    explicit_bzero(q->buf, sealed_room(q->len));
+    free(q->buf);
+    p->qhead = (p->qhead + 1) % TENC_QUEUE_MAX;
+    p->qlen--;
+  }
+  p->qhead = 0;
+}
+
+int tenc_engine_set_send_keypair(tenc_engine *e, uint32_t id, int has, uint32_t local) {
+  if (id >= TENC_MAX_PEERS) return -ERANGE;
+  int r = 0;
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_peer *p = e->peers[id];
+  tenc_keypair *kp = has ? kmap_get(e, local) : NULL;
+  if (!p)
+    r = -ENOENT;
+  else if (has && (!kp || kp->peer != p))
+    r = -ENOKEY;
+  else {
+    p->send = kp;
+    if (kp) {
+      p->need_hs_signaled = 0;
+      if (p->has_ep) flush_through(e, p);
+    }
+  }
+  pthread_rwlock_unlock(&e->lock);
+  return r;
+}
+
+int tenc_engine_remove_keypair(tenc_engine *e, uint32_t local) {
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_keypair *kp = kmap_get(e, local);
+  if (kp) {
+    tenc_peer *p = kp->peer;
+    kmap_del(e, local);
+    if (p->send == kp) p->send = NULL;
+    for (int i = 0; i < p->nkps; i++)
+      if (p->kps[i] == kp) {
+        p->kps[i] = p->kps[--p->nkps];
+        break;
+      }
+    keypair_free(kp);
+  }
+  pthread_rwlock_unlock(&e->lock);
+  return kp ? 0 : -ENOENT;
+}
+
+int tenc_engine_send_handshake(tenc_engine *e, const struct sockaddr_in6 *to, const uint8_t *data, size_t len) {
+  if (sendto(e->o.udp_fd, data, len, MSG_DONTWAIT, (const struct sockaddr *)to, sizeof *to) < 0) return -errno;
+  return 0;
+}
+
+int tenc_engine_send_keepalive(tenc_engine *e, uint32_t id) {
+  if (id >= TENC_MAX_PEERS) return -ERANGE;
+  int r = 0;
+  uint8_t buf[MSG_DATA_MIN];
+  struct sockaddr_in6 ep;
+  pthread_rwlock_rdlock(&e->lock);
+  tenc_peer *p = e->peers[id];
+  uint32_t mlen = 0;
+  if (!p) {
+    r = -ENOENT;
+  } else {
+    int has_ep;
+    peer_ep(p, &ep, &has_ep);
+    uint64_t ctr;
+    if (p->send && has_ep && next_counter(e, p->send, &ctr) == 0) mlen = seal(e->ctl_aead, p->send, ctr, buf, 0);
+  }
+  pthread_rwlock_unlock(&e->lock);
+  ev_flush(e);
+  if (r || !mlen) return r;
+  if (sendto(e->o.udp_fd, buf, mlen, MSG_DONTWAIT, (struct sockaddr *)&ep, sizeof ep) < 0) {
+    int err = errno;
+    drop(e, id, TENC_D_IO, 1);
+    return -err;
+  }
+  count_tx(e, id, mlen, 0, tenc_now_ms());
+  return 1;
+}
+
+int tenc_engine_flush_queue(tenc_engine *e, uint32_t id) {
+  if (id >= TENC_MAX_PEERS) return -ERANGE;
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_peer *p = e->peers[id];
+  if (p) {
+    queue_free_all(e, p, 1);
+    p->need_hs_signaled = 0;
+  }
+  pthread_rwlock_unlock(&e->lock);
+  return p ? 0 : -ENOENT;
+}
+
+void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n) {
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_nat_set_services(&e->nat, s, n);
+  pthread_rwlock_unlock(&e->lock);
 }

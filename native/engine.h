@@ -1,0 +1,196 @@
+#ifndef TENC_ENGINE_H
+#define TENC_ENGINE_H
+/* engine.h: the native data plane (src/dataplane/plane.ts DataPlane, driven by
+ * src/dataplane/native.ts through engine_js.c).
+ *
+ * Two threads per engine; the node main thread only makes per-flow control calls.
+ *
+ * Send (TX thread, engine.c tx_*), per batch of packets read from the TUN device:
+ *   1. read: up to TX_MAX_RECS packets; with IFF_VNET_HDR, TSO/USO super-packets
+ *      are segmented and partial checksums finished (offload.c)
+ *   2. classify: inner destination -> allowed-IPs longest prefix -> peer
+ *      (no peer: drop no_route); replies of DNATed flows get the VIP back (nat.c)
+ *   3. no send keypair or endpoint: bounded per-peer queue + one need_handshake
+ *   4. counter = keypair.send_counter++ (drop at REJECT_AFTER_MESSAGES,
+ *      rekey_needed once past REKEY_AFTER_MESSAGES); pad to 16; seal in place
+ *      behind the 16-byte header that sits in the headroom
+ *   5. send: sendmmsg, runs of same-endpoint same-size messages as one UDP GSO
+ *      datagram (UDP_SEGMENT)
+ * Receive (RX thread, engine.c rx_*), per recvmmsg batch:
+ *   1. split UDP GRO datagrams into messages
+ *   2. gate: type and length (bad_header); types 1-3 -> `handshake` event
+ *   3. type 4: receiver index -> keypair (unknown_index); replay check (replay);
+ *      open (auth); replay commit; keypair_confirmed / endpoint events
+ *   4. empty plaintext = keepalive; inner IPv4/IPv6 header and length (bad_inner);
+ *      inner source must map to the same peer (spoofed_source)
+ *   5. DNAT of LocalService VIPs (nat.c); inject: raw sockets or TUN write
+ *
+ * Locking: one rwlock over peers, keypairs, allowed IPs and services. Each thread
+ * holds it for reading per batch; control calls take it for writing. A peer's
+ * endpoint also has a spinlock (the RX thread updates it while TX reads). Send
+ * counters are atomic; counters in the shared array use relaxed atomics.
+ *
+ * Counters: one array of uint64 (exposed to JS as an ArrayBuffer):
+ *   [0 .. TENC_GLOBAL_SLOTS)   global: drops by reason (DROP_REASONS order), then
+ *                              TENC_G_HANDSHAKE_RX, TENC_G_KEEPALIVE_RX
+ *   per peer p at TENC_GLOBAL_SLOTS + p * TENC_PEER_SLOTS: TENC_P_* fields, then
+ *                              drops by reason from TENC_P_DROPS.
+ * Byte counters count UDP payload bytes (whole transport messages). Times are
+ * CLOCK_MONOTONIC milliseconds (tenc_now_ms), 0 = never. */
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include "aead.h"
+#include "allowedips.h"
+#include "nat.h"
+#include "replay.h"
+
+#define TENC_MAX_PEERS 65536
+#define TENC_QUEUE_MAX 128
+#define TENC_PEER_MAX_KEYPAIRS 8
+#define TENC_HS_QUEUE_MAX 1024
+#define TENC_HEADROOM 16
+
+enum tenc_drop {
+  TENC_D_BAD_HEADER,
+  TENC_D_UNKNOWN_INDEX,
+  TENC_D_REPLAY,
+  TENC_D_AUTH,
+  TENC_D_SPOOFED_SOURCE,
+  TENC_D_BAD_INNER,
+  TENC_D_NO_SESSION,
+  TENC_D_NO_ROUTE,
+  TENC_D_QUEUE_FULL,
+  TENC_D_COUNTER_EXHAUSTED,
+  TENC_D_HANDSHAKE_QUEUE_FULL,
+  TENC_D_TOO_BIG,
+  TENC_D_IO,
+  TENC_D_COUNT
+};
+
+enum { TENC_G_HANDSHAKE_RX = TENC_D_COUNT, TENC_G_KEEPALIVE_RX, TENC_GLOBAL_SLOTS = 16 };
+enum {
+  TENC_P_TX_BYTES,
+  TENC_P_RX_BYTES,
+  TENC_P_TX_PACKETS,
+  TENC_P_RX_PACKETS,
+  TENC_P_LAST_TX_MS,
+  TENC_P_LAST_RX_MS,
+  TENC_P_LAST_TX_DATA_MS,
+  TENC_P_LAST_RX_DATA_MS,
+  TENC_P_DROPS,
+  TENC_PEER_SLOTS = 24
+};
+
+enum tenc_event_type { TENC_EV_HANDSHAKE, TENC_EV_NEED_HANDSHAKE, TENC_EV_KEYPAIR_CONFIRMED,
+                       TENC_EV_REKEY_NEEDED, TENC_EV_ENDPOINT };
+
+typedef struct {
+  uint8_t type;
+  uint32_t peer, local_index;
+  struct sockaddr_in6 ep;
+  uint8_t *data; /* handshake bytes (malloc) */
+  uint32_t len;
+} tenc_event;
+
+struct tenc_peer;
+
+typedef struct tenc_keypair {
+  uint32_t local_index, remote_index;
+  uint8_t send_key[32], recv_key[32];
+  struct tenc_peer *peer;
+  _Atomic uint64_t send_counter;
+  atomic_int rekey_signaled;
+  int confirmed; /* RX thread only */
+  tenc_replay replay; /* RX thread only */
+} tenc_keypair;
+
+typedef struct {
+  uint8_t *buf; /* TENC_HEADROOM bytes, plaintext, room for padding and tag */
+  uint32_t len;
+} tenc_qpkt;
+
+typedef struct tenc_peer {
+  uint32_t id;
+  pthread_spinlock_t ep_lock;
+  struct sockaddr_in6 ep;
+  int has_ep;
+  tenc_keypair *send;
+  tenc_keypair *kps[TENC_PEER_MAX_KEYPAIRS];
+  int nkps;
+  tenc_qpkt q[TENC_QUEUE_MAX];
+  uint32_t qhead, qlen;
+  int need_hs_signaled;
+} tenc_peer;
+
+typedef struct {
+  uint32_t key;
+  tenc_keypair *kp; /* NULL = empty, (void*)1 = deleted */
+} tenc_kslot;
+
+typedef struct {
+  int tun_fd, udp_fd, raw4_fd, raw6_fd;
+  int mode_tun;       /* inject by writing to the TUN device instead of raw sockets */
+  int vnet_hdr;       /* the TUN fd carries virtio_net_hdr */
+  int udp_gso, udp_gro;
+  uint32_t mtu;       /* 0 = no check; else plaintext larger than this is too_big */
+} tenc_engine_opts;
+
+typedef struct tenc_engine tenc_engine;
+typedef void (*tenc_event_signal)(tenc_engine *e); /* called once per batch with new events */
+
+struct tenc_engine {
+  tenc_engine_opts o;
+  int stop_fd;
+  pthread_rwlock_t lock;
+  tenc_peer **peers;
+  tenc_kslot *kmap;
+  uint32_t kcap, kused, kdead;
+  tenc_aips *aips;
+  tenc_nat nat;
+  uint64_t *ctr;
+  /* events */
+  pthread_mutex_t ev_mu;
+  tenc_event *ev;
+  uint32_t ev_len, ev_cap, ev_hs;
+  int ev_signaled;
+  tenc_event_signal signal;
+  void *js; /* engine_js.c state */
+  /* threads */
+  pthread_t tx_thr, rx_thr;
+  int threads_started;
+  atomic_int stopping;
+  tenc_aead *ctl_aead; /* node thread */
+  struct tenc_tx *tx;
+  struct tenc_rx *rx;
+};
+
+/* Creates the engine over the given fds (ownership passes on success) with
+ * counters in `ctr` (caller-owned, zeroed, counters_len() uint64). Returns NULL
+ * and sets errno on failure. tenc_engine_start spawns the threads. */
+size_t tenc_engine_counters_len(void);
+tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_event_signal sig, void *js);
+int tenc_engine_start(tenc_engine *e);
+/* Stops and joins the threads, zeroes keys, frees state, closes fds. */
+void tenc_engine_stop(tenc_engine *e);
+void tenc_engine_free(tenc_engine *e);
+
+/* Control calls (node thread). Return 0 or a negative errno. */
+int tenc_engine_add_peer(tenc_engine *e, uint32_t id, const struct sockaddr_in6 *ep);
+int tenc_engine_remove_peer(tenc_engine *e, uint32_t id);
+int tenc_engine_set_endpoint(tenc_engine *e, uint32_t id, const struct sockaddr_in6 *ep);
+int tenc_engine_allowed_ip(tenc_engine *e, uint32_t id, int family, const uint8_t *addr, int plen, int add);
+int tenc_engine_add_keypair(tenc_engine *e, uint32_t id, uint32_t local, uint32_t remote, const uint8_t *send_key,
+                            const uint8_t *recv_key);
+int tenc_engine_set_send_keypair(tenc_engine *e, uint32_t id, int has, uint32_t local);
+int tenc_engine_remove_keypair(tenc_engine *e, uint32_t local);
+int tenc_engine_send_handshake(tenc_engine *e, const struct sockaddr_in6 *to, const uint8_t *data, size_t len);
+/* Returns 1 sent, 0 no send keypair or endpoint, or a negative errno. */
+int tenc_engine_send_keepalive(tenc_engine *e, uint32_t id);
+int tenc_engine_flush_queue(tenc_engine *e, uint32_t id);
+void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n);
+/* Takes the pending events (caller frees each data and the array). */
+tenc_event *tenc_engine_take_events(tenc_engine *e, uint32_t *n);
+
+#endif

@@ -1,0 +1,532 @@
+/* engine_js.c: N-API glue of the engine (engine.h); names match
+ * src/dataplane/native.ts one to one.
+ *
+ *   engineCreate(opts, onEvents) -> { handle, counters: ArrayBuffer }
+ *     opts: { tunFd, udpFd, raw4Fd, raw6Fd (-1 = none), mode: 'raw' | 'tun',
+ *             vnetHdr, udpGso, udpGro: boolean, mtu: number (0 = no check) }
+ *     The fds belong to the engine from then on (closed by engineClose).
+ *     onEvents(events[]) is called on the node thread once per batch of events.
+ *   engineAddPeer(h, peer, address|null, port)      engineRemovePeer(h, peer)
+ *   engineSetEndpoint(h, peer, address, port)
+ *   engineAllowedIp(h, peer, cidr, add)
+ *   engineAddKeypair(h, peer, localIndex, remoteIndex, sendKey, recvKey)
+ *   engineSetSendKeypair(h, peer, localIndex|null)  engineRemoveKeypair(h, localIndex)
+ *   engineSendHandshake(h, address, port, data)     engineSendKeepalive(h, peer) -> bool
+ *   engineFlushQueue(h, peer)                       engineSetLocalServices(h, services)
+ *   engineClose(h)                                  engineLayout()  engineNow()
+ * Errors: system/lookup failures throw Error with code = errno name (ENOENT for an
+ * unknown peer or keypair, EEXIST for a local index in use, ENOKEY for a keypair of
+ * another peer); bad argument types TypeError, bad ranges RangeError. */
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include "engine.h"
+#include "modules.h"
+#include "util.h"
+
+typedef struct {
+  tenc_engine *e;
+  napi_threadsafe_function tsfn;
+  napi_ref ctr_ref;
+  int closed;
+  int refs; /* the external handle and the tsfn each hold one */
+} js_engine;
+
+static void js_unref(js_engine *j) {
+  if (--j->refs == 0) free(j);
+}
+
+static void js_close(napi_env env, js_engine *j) {
+  if (j->closed) return;
+  j->closed = 1;
+  tenc_engine_free(j->e); /* joins the threads, zeroes keys, closes fds */
+  j->e = NULL;
+  if (j->ctr_ref) napi_delete_reference(env, j->ctr_ref);
+  j->ctr_ref = NULL;
+  napi_release_threadsafe_function(j->tsfn, napi_tsfn_abort);
+}
+
+static void handle_finalize(napi_env env, void *data, void *hint) {
+  js_engine *j = data;
+  js_close(env, j);
+  js_unref(j);
+}
+
+static void tsfn_finalize(napi_env env, void *data, void *hint) { js_unref(hint); }
+
+static void signal_js(tenc_engine *e) {
+  js_engine *j = e->js;
+  napi_call_threadsafe_function(j->tsfn, NULL, napi_tsfn_nonblocking);
+}
+
+static napi_value ep_object(napi_env env, const struct sockaddr_in6 *sa) {
+  char buf[INET6_ADDRSTRLEN];
+  if (IN6_IS_ADDR_V4MAPPED(&sa->sin6_addr))
+    inet_ntop(AF_INET, &sa->sin6_addr.s6_addr[12], buf, sizeof buf);
+  else
+    inet_ntop(AF_INET6, &sa->sin6_addr, buf, sizeof buf);
+  napi_value o, v;
+  napi_create_object(env, &o);
+  napi_create_string_utf8(env, buf, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, o, "address", v);
+  tenc_set_int(env, o, "port", ntohs(sa->sin6_port));
+  return o;
+}
+
+static void call_js(napi_env env, napi_value cb, void *context, void *data) {
+  js_engine *j = context;
+  if (!env || j->closed) return;
+  uint32_t n;
+  tenc_event *ev = tenc_engine_take_events(j->e, &n);
+  if (!n) {
+    free(ev);
+    return;
+  }
+  static const char *names[] = {"handshake", "need_handshake", "keypair_confirmed", "rekey_needed", "endpoint"};
+  napi_value arr;
+  napi_create_array_with_length(env, n, &arr);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value o, v;
+    napi_create_object(env, &o);
+    napi_create_string_utf8(env, names[ev[i].type], NAPI_AUTO_LENGTH, &v);
+    napi_set_named_property(env, o, "type", v);
+    switch (ev[i].type) {
+      case TENC_EV_HANDSHAKE: {
+        void *p;
+        napi_create_buffer_copy(env, ev[i].len, ev[i].data, &p, &v);
+        napi_set_named_property(env, o, "data", v);
+        napi_set_named_property(env, o, "from", ep_object(env, &ev[i].ep));
+        break;
+      }
+      case TENC_EV_ENDPOINT:
+        tenc_set_int(env, o, "peer", ev[i].peer);
+        napi_set_named_property(env, o, "endpoint", ep_object(env, &ev[i].ep));
+        break;
+      case TENC_EV_NEED_HANDSHAKE:
+        tenc_set_int(env, o, "peer", ev[i].peer);
+        break;
+      default:
+        tenc_set_int(env, o, "peer", ev[i].peer);
+        tenc_set_int(env, o, "localIndex", ev[i].local_index);
+    }
+    napi_set_element(env, arr, i, o);
+    free(ev[i].data);
+  }
+  free(ev);
+  napi_value undef;
+  napi_get_undefined(env, &undef);
+  napi_call_function(env, undef, cb, 1, &arr, NULL);
+}
+
+/* ---- argument helpers ---- */
+
+static int get_prop(napi_env env, napi_value obj, const char *name, napi_value *out) {
+  bool has;
+  if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has) {
+    char m[100];
+    snprintf(m, sizeof m, "opts.%s is required", name);
+    tenc_throw_type(env, m);
+    return -1;
+  }
+  return napi_get_named_property(env, obj, name, out) == napi_ok ? 0 : -1;
+}
+
+static int opt_int(napi_env env, napi_value obj, const char *name, int64_t lo, int64_t hi, int64_t *out) {
+  napi_value v;
+  if (get_prop(env, obj, name, &v) < 0) return -1;
+  return tenc_get_int(env, v, lo, hi, name, out);
+}
+
+static int opt_bool(napi_env env, napi_value obj, const char *name, int *out) {
+  napi_value v;
+  if (get_prop(env, obj, name, &v) < 0) return -1;
+  return tenc_get_bool(env, v, name, out);
+}
+
+/* Parses an IPv4/IPv6 literal into 4/16 bytes; returns the family or -1 (thrown). */
+static int get_ip(napi_env env, napi_value v, const char *name, uint8_t out[16]) {
+  char s[64];
+  if (tenc_get_str(env, v, s, sizeof s, name) < 0) return -1;
+  if (inet_pton(AF_INET, s, out) == 1) return 4;
+  if (inet_pton(AF_INET6, s, out) == 1) return 6;
+  char m[128];
+  snprintf(m, sizeof m, "%s is not an IPv4 or IPv6 address: %s", name, s);
+  tenc_throw_type(env, m);
+  return -1;
+}
+
+static int get_endpoint(napi_env env, napi_value addr, napi_value port, struct sockaddr_in6 *sa) {
+  uint8_t a[16];
+  int64_t p;
+  int fam = get_ip(env, addr, "address", a);
+  if (fam < 0 || tenc_get_int(env, port, 1, 65535, "port", &p) < 0) return -1;
+  memset(sa, 0, sizeof *sa);
+  sa->sin6_family = AF_INET6;
+  sa->sin6_port = htons((uint16_t)p);
+  if (fam == 4) {
+    sa->sin6_addr.s6_addr[10] = sa->sin6_addr.s6_addr[11] = 0xff;
+    memcpy(&sa->sin6_addr.s6_addr[12], a, 4);
+  } else {
+    memcpy(&sa->sin6_addr, a, 16);
+  }
+  return 0;
+}
+
+static js_engine *get_handle(napi_env env, napi_value v) {
+  void *p = NULL;
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t != napi_external || napi_get_value_external(env, v, &p) != napi_ok || !p) {
+    tenc_throw_type(env, "handle must be an engine handle");
+    return NULL;
+  }
+  js_engine *j = p;
+  if (j->closed) {
+    napi_throw_error(env, "ERR_ENGINE_CLOSED", "the engine is closed");
+    return NULL;
+  }
+  return j;
+}
+
+#define ARGS(n)                                                                   \
+  size_t argc = n;                                                                \
+  napi_value argv[n];                                                             \
+  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));          \
+  if (argc < n) return tenc_throw_type(env, "missing arguments");                 \
+  js_engine *j = get_handle(env, argv[0]);                                        \
+  if (!j) return NULL;
+
+static int get_peer(napi_env env, napi_value v, uint32_t *out) {
+  int64_t x;
+  if (tenc_get_int(env, v, 0, TENC_MAX_PEERS - 1, "peer", &x) < 0) return -1;
+  *out = (uint32_t)x;
+  return 0;
+}
+
+static int get_u32(napi_env env, napi_value v, const char *name, uint32_t *out) {
+  int64_t x;
+  if (tenc_get_int(env, v, 0, 0xffffffffLL, name, &x) < 0) return -1;
+  *out = (uint32_t)x;
+  return 0;
+}
+
+static napi_value result(napi_env env, int r, const char *what, uint32_t id) {
+  if (r < 0) return tenc_throw_errno(env, -r, "%s %u", what, id);
+  return NULL;
+}
+
+/* ---- functions ---- */
+
+static napi_value engine_create(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_valuetype t0 = napi_undefined, t1 = napi_undefined;
+  if (argc >= 1) napi_typeof(env, argv[0], &t0);
+  if (argc >= 2) napi_typeof(env, argv[1], &t1);
+  if (t0 != napi_object) return tenc_throw_type(env, "opts must be an object");
+  if (t1 != napi_function) return tenc_throw_type(env, "onEvents must be a function");
+  tenc_engine_opts o;
+  int64_t tun, udp, r4, r6, mtu;
+  char mode[8];
+  napi_value mv;
+  if (opt_int(env, argv[0], "tunFd", 0, 1 << 30, &tun) < 0 || opt_int(env, argv[0], "udpFd", 0, 1 << 30, &udp) < 0 ||
+      opt_int(env, argv[0], "raw4Fd", -1, 1 << 30, &r4) < 0 || opt_int(env, argv[0], "raw6Fd", -1, 1 << 30, &r6) < 0 ||
+      opt_int(env, argv[0], "mtu", 0, 65535, &mtu) < 0 || opt_bool(env, argv[0], "vnetHdr", &o.vnet_hdr) < 0 ||
+      opt_bool(env, argv[0], "udpGso", &o.udp_gso) < 0 || opt_bool(env, argv[0], "udpGro", &o.udp_gro) < 0 ||
+      get_prop(env, argv[0], "mode", &mv) < 0 || tenc_get_str(env, mv, mode, sizeof mode, "mode") < 0)
+    return NULL;
+  if (strcmp(mode, "raw") && strcmp(mode, "tun")) return tenc_throw_range(env, "mode must be 'raw' or 'tun'");
+  o.mode_tun = strcmp(mode, "tun") == 0;
+  o.tun_fd = (int)tun;
+  o.udp_fd = (int)udp;
+  o.raw4_fd = (int)r4;
+  o.raw6_fd = (int)r6;
+  o.mtu = (uint32_t)mtu;
+
+  js_engine *j = calloc(1, sizeof *j);
+  if (!j) return tenc_throw_errno(env, ENOMEM, "engineCreate");
+  void *ctr;
+  napi_value ab, name, handle;
+  if (napi_create_arraybuffer(env, tenc_engine_counters_len() * sizeof(uint64_t), &ctr, &ab) != napi_ok) {
+    free(j);
+    return NULL;
+  }
+  memset(ctr, 0, tenc_engine_counters_len() * sizeof(uint64_t));
+  napi_create_reference(env, ab, 1, &j->ctr_ref);
+  napi_create_string_utf8(env, "tenc-engine", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, argv[1], NULL, name, 0, 1, NULL, tsfn_finalize, j, call_js, &j->tsfn) !=
+      napi_ok) {
+    napi_delete_reference(env, j->ctr_ref);
+    free(j);
+    return NULL;
+  }
+  j->refs = 2;
+  j->e = tenc_engine_new(&o, ctr, signal_js, j);
+  int err = j->e ? -tenc_engine_start(j->e) : errno;
+  if (err) {
+    if (j->e) { /* the fds stay with the caller when creation fails */
+      j->e->o.tun_fd = j->e->o.udp_fd = j->e->o.raw4_fd = j->e->o.raw6_fd = -1;
+    }
+    js_close(env, j);
+    js_unref(j);
+    return tenc_throw_errno(env, err, "engineCreate (tun fd %d, udp fd %d)", o.tun_fd, o.udp_fd);
+  }
+  napi_create_external(env, j, handle_finalize, NULL, &handle);
+  napi_value res;
+  napi_create_object(env, &res);
+  napi_set_named_property(env, res, "handle", handle);
+  napi_set_named_property(env, res, "counters", ab);
+  return res;
+}
+
+static napi_value engine_add_peer(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  uint32_t id;
+  if (get_peer(env, argv[1], &id) < 0) return NULL;
+  napi_valuetype t;
+  napi_typeof(env, argv[2], &t);
+  struct sockaddr_in6 sa;
+  int has = t != napi_null && t != napi_undefined;
+  if (has && get_endpoint(env, argv[2], argv[3], &sa) < 0) return NULL;
+  return result(env, tenc_engine_add_peer(j->e, id, has ? &sa : NULL), "addPeer", id);
+}
+
+static napi_value engine_remove_peer(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  uint32_t id;
+  if (get_peer(env, argv[1], &id) < 0) return NULL;
+  return result(env, tenc_engine_remove_peer(j->e, id), "removePeer: no peer", id);
+}
+
+static napi_value engine_set_endpoint(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  uint32_t id;
+  struct sockaddr_in6 sa;
+  if (get_peer(env, argv[1], &id) < 0 || get_endpoint(env, argv[2], argv[3], &sa) < 0) return NULL;
+  return result(env, tenc_engine_set_endpoint(j->e, id, &sa), "setEndpoint: no peer", id);
+}
+
+static napi_value engine_allowed_ip(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  uint32_t id;
+  int add;
+  char s[80];
+  if (get_peer(env, argv[1], &id) < 0 || tenc_get_str(env, argv[2], s, sizeof s, "cidr") < 0 ||
+      tenc_get_bool(env, argv[3], "add", &add) < 0)
+    return NULL;
+  char *slash = strchr(s, '/');
+  uint8_t a[16];
+  int fam = 0;
+  char *end = NULL;
+  long plen = -1;
+  if (slash) {
+    *slash = 0;
+    plen = strtol(slash + 1, &end, 10);
+    if (inet_pton(AF_INET, s, a) == 1)
+      fam = 4;
+    else if (inet_pton(AF_INET6, s, a) == 1)
+      fam = 6;
+  }
+  if (!fam || !end || *end || end == slash + 1) return tenc_throw_type(env, "cidr must look like 10.1.0.5/32 or fd00::5/128");
+  if (plen < 0 || plen > (fam == 4 ? 32 : 128)) return tenc_throw_range(env, "cidr prefix length out of range");
+  return result(env, tenc_engine_allowed_ip(j->e, id, fam, a, (int)plen, add), "allowedIp: no peer", id);
+}
+
+static napi_value engine_add_keypair(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  uint32_t id, local, remote;
+  uint8_t *sk, *rk;
+  size_t skl, rkl;
+  if (get_peer(env, argv[1], &id) < 0 || get_u32(env, argv[2], "localIndex", &local) < 0 ||
+      get_u32(env, argv[3], "remoteIndex", &remote) < 0 || tenc_get_bytes(env, argv[4], "sendKey", &sk, &skl) < 0 ||
+      tenc_get_bytes(env, argv[5], "recvKey", &rk, &rkl) < 0)
+    return NULL;
+  if (skl != 32 || rkl != 32) return tenc_throw_range(env, "sendKey and recvKey must be 32 bytes");
+  int r = tenc_engine_add_keypair(j->e, id, local, remote, sk, rk);
+  if (r == -EEXIST) return tenc_throw_errno(env, EEXIST, "addKeypair: local index %u in use", local);
+  return result(env, r, "addKeypair: peer", id);
+}
+
+static napi_value engine_set_send_keypair(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  uint32_t id, local = 0;
+  if (get_peer(env, argv[1], &id) < 0) return NULL;
+  napi_valuetype t;
+  napi_typeof(env, argv[2], &t);
+  int has = t != napi_null;
+  if (has && get_u32(env, argv[2], "localIndex", &local) < 0) return NULL;
+  int r = tenc_engine_set_send_keypair(j->e, id, has, local);
+  if (r == -ENOKEY) return tenc_throw_errno(env, ENOKEY, "setSendKeypair: no keypair %u for peer %u", local, id);
+  return result(env, r, "setSendKeypair: no peer", id);
+}
+
+static napi_value engine_remove_keypair(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  uint32_t local;
+  if (get_u32(env, argv[1], "localIndex", &local) < 0) return NULL;
+  return result(env, tenc_engine_remove_keypair(j->e, local), "removeKeypair: no keypair", local);
+}
+
+static napi_value engine_send_handshake(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  struct sockaddr_in6 sa;
+  uint8_t *d;
+  size_t n;
+  if (get_endpoint(env, argv[1], argv[2], &sa) < 0 || tenc_get_bytes(env, argv[3], "data", &d, &n) < 0) return NULL;
+  if (n == 0 || n > 65507) return tenc_throw_range(env, "data must be 1..65507 bytes");
+  int r = tenc_engine_send_handshake(j->e, &sa, d, n);
+  if (r < 0) {
+    char a[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, &sa.sin6_addr, a, sizeof a);
+    return tenc_throw_errno(env, -r, "sendHandshake to [%s]:%u", a, ntohs(sa.sin6_port));
+  }
+  return NULL;
+}
+
+static napi_value engine_send_keepalive(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  uint32_t id;
+  if (get_peer(env, argv[1], &id) < 0) return NULL;
+  int r = tenc_engine_send_keepalive(j->e, id);
+  if (r < 0) return tenc_throw_errno(env, -r, "sendKeepalive to peer %u", id);
+  napi_value b;
+  napi_get_boolean(env, r == 1, &b);
+  return b;
+}
+
+static napi_value engine_flush_queue(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  uint32_t id;
+  if (get_peer(env, argv[1], &id) < 0) return NULL;
+  return result(env, tenc_engine_flush_queue(j->e, id), "flushQueue: no peer", id);
+}
+
+static napi_value engine_set_local_services(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  bool is;
+  napi_is_array(env, argv[1], &is);
+  if (!is) return tenc_throw_type(env, "services must be an array");
+  uint32_t n;
+  napi_get_array_length(env, argv[1], &n);
+  if (n > TENC_NAT_MAX_SERVICES) return tenc_throw_range(env, "too many services");
+  tenc_nat_service *s = calloc(n ? n : 1, sizeof *s);
+  if (!s) return tenc_throw_errno(env, ENOMEM, "setLocalServices");
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value o, vip, loc, ports;
+    napi_get_element(env, argv[1], i, &o);
+    napi_valuetype t;
+    napi_typeof(env, o, &t);
+    if (t != napi_object) {
+      free(s);
+      return tenc_throw_type(env, "each service must be an object");
+    }
+    if (get_prop(env, o, "vip", &vip) < 0 || get_prop(env, o, "localAddress", &loc) < 0 ||
+        get_prop(env, o, "ports", &ports) < 0)
+      goto fail;
+    int f1 = get_ip(env, vip, "vip", s[i].vip);
+    if (f1 < 0) goto fail;
+    int f2 = get_ip(env, loc, "localAddress", s[i].local);
+    if (f2 < 0) goto fail;
+    if (f1 != f2) {
+      free(s);
+      return tenc_throw_type(env, "vip and localAddress must be of the same family");
+    }
+    s[i].family = (uint8_t)f1;
+    napi_is_array(env, ports, &is);
+    if (!is) {
+      free(s);
+      return tenc_throw_type(env, "ports must be an array");
+    }
+    uint32_t np;
+    napi_get_array_length(env, ports, &np);
+    if (np > TENC_NAT_MAX_PORTS) {
+      free(s);
+      return tenc_throw_range(env, "too many ports in a service");
+    }
+    s[i].nports = (uint16_t)np;
+    for (uint32_t k = 0; k < np; k++) {
+      napi_value po, pv, pr;
+      char proto[8];
+      int64_t port;
+      napi_get_element(env, ports, k, &po);
+      if (get_prop(env, po, "protocol", &pr) < 0 || tenc_get_str(env, pr, proto, sizeof proto, "protocol") < 0 ||
+          get_prop(env, po, "port", &pv) < 0 || tenc_get_int(env, pv, 1, 65535, "port", &port) < 0)
+        goto fail;
+      if (strcmp(proto, "tcp") && strcmp(proto, "udp")) {
+        free(s);
+        return tenc_throw_range(env, "protocol must be 'tcp' or 'udp'");
+      }
+      s[i].ports[k].proto = proto[0] == 't' ? 6 : 17;
+      s[i].ports[k].port = (uint16_t)port;
+    }
+  }
+  tenc_engine_set_services(j->e, s, n);
+  return NULL;
+fail:
+  free(s);
+  return NULL;
+}
+
+static napi_value engine_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *p = NULL;
+  napi_valuetype t = napi_undefined;
+  if (argc >= 1) napi_typeof(env, argv[0], &t);
+  if (t != napi_external || napi_get_value_external(env, argv[0], &p) != napi_ok || !p)
+    return tenc_throw_type(env, "handle must be an engine handle");
+  js_close(env, p);
+  return NULL;
+}
+
+static napi_value engine_layout(napi_env env, napi_callback_info info) {
+  napi_value o;
+  napi_create_object(env, &o);
+  tenc_set_int(env, o, "globalSlots", TENC_GLOBAL_SLOTS);
+  tenc_set_int(env, o, "peerSlots", TENC_PEER_SLOTS);
+  tenc_set_int(env, o, "maxPeers", TENC_MAX_PEERS);
+  tenc_set_int(env, o, "dropCount", TENC_D_COUNT);
+  tenc_set_int(env, o, "peerDrops", TENC_P_DROPS);
+  tenc_set_int(env, o, "handshakeRx", TENC_G_HANDSHAKE_RX);
+  tenc_set_int(env, o, "keepaliveRx", TENC_G_KEEPALIVE_RX);
+  tenc_set_int(env, o, "queueMax", TENC_QUEUE_MAX);
+  tenc_set_int(env, o, "handshakeQueueMax", TENC_HS_QUEUE_MAX);
+  return o;
+}
+
+static napi_value engine_now(napi_env env, napi_callback_info info) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  napi_value v;
+  napi_create_double(env, (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6, &v);
+  return v;
+}
+
+napi_status tenc_init_engine(napi_env env, napi_value exports) {
+  static const struct {
+    const char *name;
+    napi_callback cb;
+  } fns[] = {
+      {"engineCreate", engine_create},
+      {"engineAddPeer", engine_add_peer},
+      {"engineRemovePeer", engine_remove_peer},
+      {"engineSetEndpoint", engine_set_endpoint},
+      {"engineAllowedIp", engine_allowed_ip},
+      {"engineAddKeypair", engine_add_keypair},
+      {"engineSetSendKeypair", engine_set_send_keypair},
+      {"engineRemoveKeypair", engine_remove_keypair},
+      {"engineSendHandshake", engine_send_handshake},
+      {"engineSendKeepalive", engine_send_keepalive},
+      {"engineFlushQueue", engine_flush_queue},
+      {"engineSetLocalServices", engine_set_local_services},
+      {"engineClose", engine_close},
+      {"engineLayout", engine_layout},
+      {"engineNow", engine_now},
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_status s = tenc_set_fn(env, exports, fns[i].name, fns[i].cb);
+    if (s != napi_ok) return s;
+  }
+  return napi_ok;
+}

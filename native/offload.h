@@ -1,0 +1,29 @@
+#ifndef TENC_OFFLOAD_H
+#define TENC_OFFLOAD_H
+/* offload.h: what the TUN device's offloads (IFF_VNET_HDR + TUNSETOFFLOAD) ask of
+ * the data plane on the send path, before encryption:
+ *  - a packet flagged VIRTIO_NET_HDR_F_NEEDS_CSUM carries only the pseudo-header
+ *    sum in its L4 checksum: finish it (RFC 1071 over csum_start..end);
+ *  - a TSO/USO super-packet (gso_type TCPV4, TCPV6, UDP_L4) is cut into segments
+ *    of gso_size payload bytes, each with its own IP header (total length, IPv4
+ *    ID + i, header checksum), TCP sequence number and flags (CWR only on the
+ *    first, FIN/PSH only on the last) or UDP length, and a full L4 checksum. */
+#include <linux/virtio_net.h>
+#include <stdint.h>
+
+#ifndef VIRTIO_NET_HDR_GSO_UDP_L4
+#define VIRTIO_NET_HDR_GSO_UDP_L4 5
+#endif
+
+/* Returns 0, or -1 when the offsets do not fit the packet. */
+int tenc_offload_csum(const struct virtio_net_hdr *h, uint8_t *pkt, uint32_t len);
+
+/* Returns a place for a segment of `seglen` bytes, or NULL to stop. */
+typedef uint8_t *(*tenc_seg_alloc)(void *ctx, uint32_t seglen);
+
+/* Splits a GSO packet; returns the number of segments written, or -1 when the
+ * packet is malformed (nothing useful written). */
+int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t len, tenc_seg_alloc alloc,
+                   void *ctx);
+
+#endif
