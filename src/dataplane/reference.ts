@@ -1,0 +1,424 @@
+/**
+ * Reference data plane: the DataPlane contract in plain TypeScript over the Tun and Bind
+ * interfaces of src/io/. Per-packet work happens here in TS, which is fine for the
+ * reference and test double; the production path is native. Semantics the native engine
+ * must share are marked (same).
+ *
+ * Send (packets from the TUN), in order:
+ *   1. read the inner header: not IP -> drop no_route (nothing to route it by)
+ *   2. longer than the MTU -> drop too_big
+ *   3. allowed-IPs longest-prefix match on the destination -> peer, else drop no_route (same)
+ *   4. no send keypair: queue (bounded, oldest dropped as queue_full) and report
+ *      need_handshake once per batch (same)
+ *   5. take the send counter; exhausted -> drop counter_exhausted (same); crossing
+ *      REKEY_AFTER_MESSAGES reports rekey_needed once per keypair (same)
+ *   6. seal (src/noise/transport.ts), send to the peer's endpoint; failure -> drop io
+ *
+ * Receive (datagrams from the bind), in order:
+ *   1. decode gate (src/wire/messages.ts): bad -> drop bad_header (same)
+ *   2. handshake types 1-3 -> a 'handshake' event (at most handshakeQueueLimit per batch,
+ *      the rest dropped as handshake_queue_full) (same)
+ *   3. transport: receiver index -> keypair, else drop unknown_index (same)
+ *   4. replay check before decryption -> drop replay (same)
+ *   5. open -> drop auth (same)
+ *   6. replay commit (a race lost here is a replay) (same)
+ *   7. first authentic message on a keypair -> keypair_confirmed; new outer source ->
+ *      endpoint updated and reported (roaming) (same)
+ *   8. empty plaintext: keepalive, done
+ *   9. inner header invalid -> drop bad_inner; inner source not routed to this peer by the
+ *      allowed IPs -> drop spoofed_source (same)
+ *  10. strip padding, write to the TUN
+ */
+import {
+  DROP_REASONS,
+  type DataPlane,
+  type DropReason,
+  type Endpoint,
+  type LocalService,
+  type PeerCounters,
+  type PeerId,
+  type PlaneEvent,
+  type PlaneKeypair,
+} from './plane.js';
+import type { Tun } from '../io/tun.js';
+import { sameEndpoint, type Bind, type Datagram } from '../io/bind.js';
+import { readInnerHeader } from '../io/ippacket.js';
+import { AllowedIps, parseCidr } from '../peer/allowedips.js';
+import { ReplayWindow } from '../noise/replay.js';
+import { openTransport, sealTransport } from '../noise/transport.js';
+import type { Clock } from '../noise/types.js';
+import { decodeMessage } from '../wire/messages.js';
+import { KEY_SIZE, MESSAGE_TRANSPORT, REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES } from '../wire/constants.js';
+
+export interface ReferencePlaneOptions {
+  tun: Tun;
+  bind: Bind;
+  clock: Clock;
+  /** Packets held per peer while it has no send keypair (WireGuard keeps 128). */
+  queueLimit?: number;
+  /** Handshake messages passed up per received batch. */
+  handshakeQueueLimit?: number;
+}
+
+interface RefKeypair {
+  peer: PeerId;
+  localIndex: number;
+  remoteIndex: number;
+  sendKey: Uint8Array;
+  recvKey: Uint8Array;
+  sendCounter: bigint;
+  replay: ReplayWindow;
+  confirmed: boolean;
+  rekeyReported: boolean;
+}
+
+interface RefPeer {
+  id: PeerId;
+  endpoint: Endpoint | null;
+  sendKeypair: RefKeypair | null;
+  keypairs: Set<number>;
+  queue: Uint8Array[];
+  counters: PeerCounters;
+  drops: Record<DropReason, number>;
+}
+
+function zeroDrops(): Record<DropReason, number> {
+  return Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
+}
+
+function assertPeerId(id: unknown): asserts id is PeerId {
+  if (typeof id !== 'number' || !Number.isInteger(id)) throw new TypeError('peer id must be an integer');
+  if (id < 0 || id > 65535) throw new RangeError(`peer id must be 0 .. 65535, got ${id}`);
+}
+
+function assertEndpoint(e: unknown): asserts e is Endpoint {
+  if (e === null || typeof e !== 'object') throw new TypeError('endpoint must be an object');
+  const { address, port } = e as Endpoint;
+  if (typeof address !== 'string' || typeof port !== 'number') throw new TypeError('endpoint needs address and port');
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`endpoint port out of range: ${port}`);
+}
+
+export class ReferencePlane implements DataPlane {
+  private readonly tun: Tun;
+  private readonly bind: Bind;
+  private readonly clock: Clock;
+  private readonly queueLimit: number;
+  private readonly handshakeQueueLimit: number;
+  private readonly peers = new Map<PeerId, RefPeer>();
+  private readonly byIndex = new Map<number, RefKeypair>();
+  private readonly allowed = new AllowedIps<PeerId>();
+  private readonly unattributed = zeroDrops();
+  private handler: ((events: PlaneEvent[]) => void) | null = null;
+  private services: LocalService[] = [];
+  private closed = false;
+
+  constructor(opts: ReferencePlaneOptions) {
+    this.tun = opts.tun;
+    this.bind = opts.bind;
+    this.clock = opts.clock;
+    this.queueLimit = opts.queueLimit ?? 128;
+    this.handshakeQueueLimit = opts.handshakeQueueLimit ?? 1024;
+    this.tun.onPackets((p) => this.sendPackets(p));
+    this.bind.onDatagrams((d) => this.receiveDatagrams(d));
+  }
+
+  // ---- control --------------------------------------------------------------------------
+
+  addPeer(peer: PeerId, endpoint: Endpoint | null): void {
+    assertPeerId(peer);
+    if (endpoint !== null) assertEndpoint(endpoint);
+    if (this.peers.has(peer)) throw new Error(`reference plane: peer ${peer} exists`);
+    this.peers.set(peer, {
+      id: peer,
+      endpoint: endpoint ? { ...endpoint } : null,
+      sendKeypair: null,
+      keypairs: new Set(),
+      queue: [],
+      counters: { txBytes: 0, rxBytes: 0, txPackets: 0, rxPackets: 0, lastTxMs: 0, lastRxMs: 0, lastTxDataMs: 0, lastRxDataMs: 0 },
+      drops: zeroDrops(),
+    });
+  }
+
+  removePeer(peer: PeerId): void {
+    const p = this.peers.get(peer);
+    if (!p) return;
+    for (const idx of [...p.keypairs]) this.removeKeypair(idx);
+    this.allowed.removeValue(peer);
+    p.queue.length = 0;
+    this.peers.delete(peer);
+  }
+
+  setEndpoint(peer: PeerId, endpoint: Endpoint): void {
+    assertEndpoint(endpoint);
+    this.peer(peer).endpoint = { ...endpoint };
+  }
+
+  addAllowedIp(peer: PeerId, cidr: string): void {
+    this.peer(peer);
+    this.allowed.insert(parseCidr(cidr), peer);
+  }
+
+  removeAllowedIp(peer: PeerId, cidr: string): void {
+    this.allowed.remove(parseCidr(cidr), peer);
+  }
+
+  addKeypair(peer: PeerId, kp: PlaneKeypair): void {
+    const p = this.peer(peer);
+    if (kp === null || typeof kp !== 'object') throw new TypeError('keypair must be an object');
+    for (const k of [kp.sendKey, kp.recvKey]) {
+      if (!(k instanceof Uint8Array)) throw new TypeError('keypair keys must be Uint8Arrays');
+      if (k.length !== KEY_SIZE) throw new RangeError(`keypair keys must be ${KEY_SIZE} bytes`);
+    }
+    if (this.byIndex.has(kp.localIndex)) throw new Error(`reference plane: local index ${kp.localIndex} in use`);
+    const rk: RefKeypair = {
+      peer,
+      localIndex: kp.localIndex,
+      remoteIndex: kp.remoteIndex,
+      sendKey: Uint8Array.from(kp.sendKey),
+      recvKey: Uint8Array.from(kp.recvKey),
+      sendCounter: 0n,
+      replay: new ReplayWindow(),
+      confirmed: false,
+      rekeyReported: false,
+    };
+    this.byIndex.set(kp.localIndex, rk);
+    p.keypairs.add(kp.localIndex);
+  }
+
+  setSendKeypair(peer: PeerId, localIndex: number | null): void {
+    const p = this.peer(peer);
+    if (localIndex === null) {
+      p.sendKeypair = null;
+      return;
+    }
+    const kp = this.byIndex.get(localIndex);
+    if (!kp || kp.peer !== peer) throw new Error(`reference plane: keypair ${localIndex} is not peer ${peer}'s`);
+    p.sendKeypair = kp;
+    const queued = p.queue.splice(0, p.queue.length);
+    const events: PlaneEvent[] = [];
+    for (const pkt of queued) this.sealAndSend(p, pkt, events);
+    this.emit(events);
+  }
+
+  removeKeypair(localIndex: number): void {
+    const kp = this.byIndex.get(localIndex);
+    if (!kp) return;
+    kp.sendKey.fill(0);
+    kp.recvKey.fill(0);
+    this.byIndex.delete(localIndex);
+    const p = this.peers.get(kp.peer);
+    if (p) {
+      p.keypairs.delete(localIndex);
+      if (p.sendKeypair === kp) p.sendKeypair = null;
+    }
+  }
+
+  sendHandshake(to: Endpoint, data: Uint8Array): void {
+    assertEndpoint(to);
+    if (!(data instanceof Uint8Array)) throw new TypeError('handshake data must be a Uint8Array');
+    if (this.bind.send(to, [data]) > 0) this.unattributed.io++;
+  }
+
+  sendKeepalive(peer: PeerId): void {
+    const p = this.peer(peer);
+    if (!p.sendKeypair) return;
+    const events: PlaneEvent[] = [];
+    this.sealAndSend(p, new Uint8Array(0), events);
+    this.emit(events);
+  }
+
+  flushQueue(peer: PeerId): void {
+    const p = this.peer(peer);
+    p.drops.no_session += p.queue.length;
+    p.queue.length = 0;
+  }
+
+  setLocalServices(services: LocalService[]): void {
+    // Stored only: the reference plane does not DNAT (see the report of the pair tests).
+    this.services = services.map((s) => ({ ...s, ports: s.ports.map((x) => ({ ...x })) }));
+  }
+
+  get localServices(): readonly LocalService[] {
+    return this.services;
+  }
+
+  peerCounters(peer: PeerId): PeerCounters {
+    return { ...this.peer(peer).counters };
+  }
+
+  drops(): Record<DropReason, number> {
+    const out = { ...this.unattributed };
+    for (const p of this.peers.values()) for (const r of DROP_REASONS) out[r] += p.drops[r];
+    return out;
+  }
+
+  peerDrops(peer: PeerId): Record<DropReason, number> {
+    return { ...this.peer(peer).drops };
+  }
+
+  onEvents(handler: (events: PlaneEvent[]) => void): void {
+    this.handler = handler;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const id of [...this.peers.keys()]) this.removePeer(id);
+    this.handler = null;
+  }
+
+  /** Packets waiting for a handshake (tests). */
+  queued(peer: PeerId): number {
+    return this.peer(peer).queue.length;
+  }
+
+  // ---- send path --------------------------------------------------------------------------
+
+  private sendPackets(packets: Uint8Array[]): void {
+    if (this.closed) return;
+    const events: PlaneEvent[] = [];
+    const needHandshake = new Set<PeerId>();
+    for (const pkt of packets) {
+      const h = readInnerHeader(pkt);
+      if (!h) {
+        this.unattributed.no_route++;
+        continue;
+      }
+      const id = this.allowed.lookup(h.dst);
+      const p = id === undefined ? undefined : this.peers.get(id);
+      if (!p) {
+        this.unattributed.no_route++;
+        continue;
+      }
+      if (pkt.length > this.tun.mtu) {
+        p.drops.too_big++;
+        continue;
+      }
+      if (!p.sendKeypair) {
+        if (p.queue.length >= this.queueLimit) {
+          p.queue.shift();
+          p.drops.queue_full++;
+        }
+        p.queue.push(pkt);
+        needHandshake.add(p.id);
+        continue;
+      }
+      this.sealAndSend(p, pkt, events);
+    }
+    for (const id of needHandshake) events.push({ type: 'need_handshake', peer: id });
+    this.emit(events);
+  }
+
+  private sealAndSend(p: RefPeer, pkt: Uint8Array, events: PlaneEvent[]): void {
+    const kp = p.sendKeypair;
+    if (!kp) return;
+    if (kp.sendCounter >= REJECT_AFTER_MESSAGES) {
+      p.drops.counter_exhausted++;
+      return;
+    }
+    if (!p.endpoint) {
+      p.drops.io++;
+      return;
+    }
+    const counter = kp.sendCounter++;
+    if (!kp.rekeyReported && kp.sendCounter >= REKEY_AFTER_MESSAGES) {
+      kp.rekeyReported = true;
+      events.push({ type: 'rekey_needed', peer: p.id, localIndex: kp.localIndex });
+    }
+    const msg = sealTransport(kp.sendKey, kp.remoteIndex, counter, pkt, this.tun.mtu);
+    if (this.bind.send(p.endpoint, [msg]) > 0) {
+      p.drops.io++;
+      return;
+    }
+    const now = this.clock.now();
+    p.counters.txPackets++;
+    p.counters.txBytes += msg.length;
+    p.counters.lastTxMs = now;
+    if (pkt.length > 0) p.counters.lastTxDataMs = now;
+  }
+
+  // ---- receive path -----------------------------------------------------------------------
+
+  private receiveDatagrams(datagrams: Datagram[]): void {
+    if (this.closed) return;
+    const events: PlaneEvent[] = [];
+    let handshakes = 0;
+    const toTun: Uint8Array[] = [];
+    for (const d of datagrams) {
+      const dec = decodeMessage(d.data);
+      if (!dec.ok) {
+        this.unattributed.bad_header++;
+        continue;
+      }
+      const msg = dec.message;
+      if (msg.type !== MESSAGE_TRANSPORT) {
+        if (handshakes >= this.handshakeQueueLimit) {
+          this.unattributed.handshake_queue_full++;
+          continue;
+        }
+        handshakes++;
+        events.push({ type: 'handshake', data: Uint8Array.from(d.data), from: { ...d.from } });
+        continue;
+      }
+      const kp = this.byIndex.get(msg.receiverIndex);
+      const p = kp ? this.peers.get(kp.peer) : undefined;
+      if (!kp || !p) {
+        this.unattributed.unknown_index++;
+        continue;
+      }
+      if (!kp.replay.check(msg.counter)) {
+        p.drops.replay++;
+        continue;
+      }
+      const opened = openTransport(kp.recvKey, msg);
+      if (!opened.ok) {
+        p.drops[opened.reason]++;
+        continue;
+      }
+      if (!kp.replay.commit(msg.counter)) {
+        p.drops.replay++;
+        continue;
+      }
+      const now = this.clock.now();
+      p.counters.rxPackets++;
+      p.counters.rxBytes += d.data.length;
+      p.counters.lastRxMs = now;
+      if (!kp.confirmed) {
+        kp.confirmed = true;
+        events.push({ type: 'keypair_confirmed', peer: p.id, localIndex: kp.localIndex });
+      }
+      if (!sameEndpoint(p.endpoint, d.from)) {
+        p.endpoint = { ...d.from };
+        events.push({ type: 'endpoint', peer: p.id, endpoint: { ...d.from } });
+      }
+      const plain = opened.plaintext;
+      if (plain.length === 0) continue; // keepalive
+      const h = readInnerHeader(plain);
+      if (!h) {
+        p.drops.bad_inner++;
+        continue;
+      }
+      if (this.allowed.lookup(h.src) !== p.id) {
+        p.drops.spoofed_source++;
+        continue;
+      }
+      p.counters.lastRxDataMs = now;
+      toTun.push(plain.subarray(0, h.totalLength));
+    }
+    if (toTun.length > 0) this.tun.write(toTun);
+    this.emit(events);
+  }
+
+  // ---- helpers ------------------------------------------------------------------------------
+
+  private peer(id: PeerId): RefPeer {
+    assertPeerId(id);
+    const p = this.peers.get(id);
+    if (!p) throw new Error(`reference plane: no peer ${id}`);
+    return p;
+  }
+
+  private emit(events: PlaneEvent[]): void {
+    if (events.length > 0 && this.handler) this.handler(events);
+  }
+}

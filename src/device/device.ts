@@ -1,0 +1,687 @@
+/**
+ * The control plane of one tenc interface: our identity, the peers, and the protocol that
+ * runs between them (handshakes, keypair slots, timers), driving a DataPlane that moves the
+ * packets. Per handshake and per tick, never per packet.
+ *
+ * Inputs:
+ *   plane events   handshake    -> decode gate -> consume -> respond / install keys
+ *                  need_handshake, rekey_needed -> timer hooks -> initiate when allowed
+ *                  keypair_confirmed -> next keypair becomes current (responder)
+ *                  endpoint     -> record the peer's new address (roaming)
+ *   tick()         polls each peer's counters, turns changes into timer hooks (data
+ *                  sent/received), runs the timers, carries out their actions
+ *   API            add/update/remove peers at runtime, status
+ *
+ * Under load (more than `underLoadThreshold` handshake messages in a second, and for
+ * UNDER_LOAD_AFTER_TIME after), initiations and responses need a valid mac2 and get a cookie
+ * reply otherwise (whitepaper §5.3).
+ *
+ * Logs carry fixed keys and key fingerprints, never keys.
+ */
+import { randomBytes } from '@noble/hashes/utils.js';
+import {
+  DROP_REASONS,
+  type DataPlane,
+  type DropReason,
+  type Endpoint,
+  type PeerCounters,
+  type PeerId,
+  type PlaneEvent,
+} from '../dataplane/plane.js';
+import {
+  clearHandshake,
+  consumeCookieReply,
+  consumeInitiation,
+  consumeResponse,
+  createInitiation,
+  createResponse,
+  endpointBytes,
+  makeHandshakePeer,
+  makeIdentity,
+  HANDSHAKE_REASONS,
+  type HandshakeReason,
+  type LocalIdentity,
+} from '../noise/handshake.js';
+import { Keypair, type SlotChange } from '../noise/keypairs.js';
+import type { TimerAction } from '../noise/timers.js';
+import { systemClock, type Clock } from '../noise/types.js';
+import { AllowedIps, canonicalCidr } from '../peer/allowedips.js';
+import { Peer } from '../peer/peer.js';
+import { PeerRegistry } from '../peer/registry.js';
+import { decodeMessage } from '../wire/messages.js';
+import {
+  KEY_SIZE,
+  MESSAGE_COOKIE_REPLY,
+  MESSAGE_INITIATION,
+  MESSAGE_RESPONSE,
+  UNDER_LOAD_AFTER_TIME,
+} from '../wire/constants.js';
+import { keyFingerprint } from '../log.js';
+
+/** The subset of a pino logger the device uses. */
+export interface LoggerLike {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  debug(obj: object, msg?: string): void;
+}
+
+export interface PeerConfig {
+  /** 32 bytes, or wg's base64 form. */
+  publicKey: Uint8Array | string;
+  endpoint?: Endpoint | null;
+  allowedIps?: string[];
+  /** This peer's own psk; undefined: the device psk; null: none (all zeros). */
+  psk?: Uint8Array | null;
+  /** Seconds; 0 or undefined: off. */
+  persistentKeepalive?: number;
+}
+
+export interface PeerUpdate {
+  endpoint?: Endpoint | null;
+  /** Replaces the whole list. */
+  allowedIps?: string[];
+  psk?: Uint8Array | null;
+  persistentKeepalive?: number;
+}
+
+export interface DeviceOptions {
+  privateKey: Uint8Array;
+  plane: DataPlane;
+  clock?: Clock;
+  /** The project psk used for every peer without its own. */
+  psk?: Uint8Array;
+  logger?: LoggerLike;
+  /** Randomness for local indices and ephemeral keys (tests inject). */
+  random?: (n: number) => Uint8Array;
+  /** Retransmit jitter in ms (tests pass () => 0). */
+  jitter?: () => number;
+  /** Handshake messages per second above which the device is under load. */
+  underLoadThreshold?: number;
+  /** Wall clock for the "latest handshake" shown to people. */
+  wallClock?: () => number;
+}
+
+/** Why a received handshake message was not used; decode failures plus the handshake's reasons. */
+export const HANDSHAKE_FAILURES = ['bad_length', 'bad_type', 'bad_reserved', 'not_handshake', ...HANDSHAKE_REASONS] as const;
+export type HandshakeFailure = (typeof HANDSHAKE_FAILURES)[number];
+
+export interface PeerStatus {
+  id: PeerId;
+  publicKey: string;
+  fingerprint: string;
+  endpoint: Endpoint | null;
+  allowedIps: string[];
+  /** Clock ms / wall-clock ms of the latest completed handshake, null if none. */
+  latestHandshakeMs: number | null;
+  latestHandshakeUnixMs: number | null;
+  rxBytes: number;
+  txBytes: number;
+  rxPackets: number;
+  txPackets: number;
+  persistentKeepalive: number;
+  hasSession: boolean;
+  /** Non-zero drop counts only. */
+  drops: Partial<Record<DropReason, number>>;
+  initiationsSent: number;
+  handshakesCompleted: number;
+}
+
+export interface DeviceStatus {
+  publicKey: string;
+  fingerprint: string;
+  underLoad: boolean;
+  peers: PeerStatus[];
+  /** Non-zero counts only. */
+  handshakeFailures: Partial<Record<HandshakeFailure, number>>;
+  drops: Partial<Record<DropReason, number>>;
+}
+
+const NOOP_LOGGER: LoggerLike = { info() {}, warn() {}, debug() {} };
+const ZERO_PSK = new Uint8Array(KEY_SIZE);
+
+function toKeyBytes(key: Uint8Array | string, what: string): Uint8Array {
+  if (typeof key === 'string') {
+    const b = Buffer.from(key, 'base64');
+    if (b.length !== KEY_SIZE || b.toString('base64') !== key) throw new RangeError(`${what}: not a base64 32-byte key`);
+    return new Uint8Array(b);
+  }
+  if (!(key instanceof Uint8Array)) throw new TypeError(`${what} must be a Uint8Array or base64 string`);
+  if (key.length !== KEY_SIZE) throw new RangeError(`${what} must be ${KEY_SIZE} bytes, got ${key.length}`);
+  return key;
+}
+
+function checkPsk(psk: unknown, what: string): Uint8Array {
+  if (!(psk instanceof Uint8Array)) throw new TypeError(`${what} must be a Uint8Array`);
+  if (psk.length !== KEY_SIZE) throw new RangeError(`${what} must be ${KEY_SIZE} bytes, got ${psk.length}`);
+  return psk;
+}
+
+function checkEndpoint(e: unknown): Endpoint | null {
+  if (e === null || e === undefined) return null;
+  if (typeof e !== 'object') throw new TypeError('endpoint must be an object or null');
+  const { address, port } = e as Endpoint;
+  if (typeof address !== 'string' || typeof port !== 'number') throw new TypeError('endpoint needs a string address and a numeric port');
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`endpoint port out of range: ${port}`);
+  return { address, port };
+}
+
+function checkKeepalive(s: unknown): number {
+  if (s === undefined) return 0;
+  if (typeof s !== 'number' || !Number.isInteger(s)) throw new TypeError('persistentKeepalive must be an integer (seconds)');
+  if (s < 0 || s > 65535) throw new RangeError(`persistentKeepalive must be 0 .. 65535 s, got ${s}`);
+  return s;
+}
+
+function nonZero<K extends string>(r: Record<K, number>): Partial<Record<K, number>> {
+  const out: Partial<Record<K, number>> = {};
+  for (const k of Object.keys(r) as K[]) if (r[k] !== 0) out[k] = r[k];
+  return out;
+}
+
+export class Device {
+  readonly publicKey: Uint8Array;
+  readonly fingerprint: string;
+  private readonly local: LocalIdentity;
+  private readonly plane: DataPlane;
+  private readonly clock: Clock;
+  private readonly wallClock: () => number;
+  private readonly log: LoggerLike;
+  private readonly jitter: (() => number) | undefined;
+  private devicePsk: Uint8Array;
+  private readonly registry: PeerRegistry;
+  private readonly allowed = new AllowedIps<Peer>();
+  private readonly failures = Object.fromEntries(HANDSHAKE_FAILURES.map((r) => [r, 0])) as Record<HandshakeFailure, number>;
+  private readonly underLoadThreshold: number;
+  private loadWindowStart = 0;
+  private loadCount = 0;
+  private underLoadUntil = -Infinity;
+  private lastPollMs: number;
+  private interval: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  constructor(opts: DeviceOptions) {
+    if (opts === null || typeof opts !== 'object') throw new TypeError('device: options required');
+    const priv = toKeyBytes(opts.privateKey, 'device: privateKey');
+    if (!opts.plane || typeof opts.plane.onEvents !== 'function') throw new TypeError('device: a DataPlane is required');
+    const random = opts.random ?? randomBytes;
+    this.local = makeIdentity(priv, { random });
+    this.publicKey = this.local.publicKey;
+    this.fingerprint = keyFingerprint(this.publicKey);
+    this.plane = opts.plane;
+    this.clock = opts.clock ?? systemClock;
+    this.wallClock = opts.wallClock ?? Date.now;
+    this.log = opts.logger ?? NOOP_LOGGER;
+    this.jitter = opts.jitter;
+    this.devicePsk = opts.psk === undefined ? Uint8Array.from(ZERO_PSK) : Uint8Array.from(checkPsk(opts.psk, 'device: psk'));
+    this.registry = new PeerRegistry(random);
+    const t = opts.underLoadThreshold ?? 64;
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < 0) throw new RangeError('device: underLoadThreshold must be a non-negative integer');
+    this.underLoadThreshold = t;
+    this.lastPollMs = this.clock.now();
+    this.plane.onEvents((events) => this.handleEvents(events));
+  }
+
+  // ---- peers ------------------------------------------------------------------------------
+
+  addPeer(cfg: PeerConfig): PeerId {
+    this.assertOpen();
+    if (cfg === null || typeof cfg !== 'object') throw new TypeError('peer config must be an object');
+    const publicKey = toKeyBytes(cfg.publicKey, 'peer publicKey');
+    if (this.registry.byPublicKey(publicKey)) throw new Error(`peer ${keyFingerprint(publicKey)} already exists`);
+    if (Buffer.from(publicKey).equals(Buffer.from(this.publicKey))) throw new RangeError('peer publicKey is our own key');
+    const endpoint = checkEndpoint(cfg.endpoint);
+    const keepalive = checkKeepalive(cfg.persistentKeepalive);
+    const ownPsk = cfg.psk !== undefined;
+    const psk = cfg.psk === undefined ? this.devicePsk : cfg.psk === null ? ZERO_PSK : checkPsk(cfg.psk, 'peer psk');
+    const cidrs = (cfg.allowedIps ?? []).map((c) => canonicalCidr(c));
+    const handshake = makeHandshakePeer(this.local, publicKey, psk); // RangeError for a low-order key
+    const peer = new Peer({
+      id: this.registry.freeId(),
+      publicKey,
+      handshake,
+      endpoint,
+      clock: this.clock,
+      jitter: this.jitter,
+      persistentKeepaliveMs: keepalive * 1000,
+      ownPsk,
+    });
+    this.registry.add(peer);
+    this.plane.addPeer(peer.id, endpoint);
+    for (const c of cidrs) this.addAllowedIp(peer, c);
+    peer.lastCounters = this.plane.peerCounters(peer.id);
+    this.log.info({ event: 'peer_added', peer: peer.fingerprint, peerId: peer.id, allowedIps: cidrs.length }, 'peer added');
+    return peer.id;
+  }
+
+  updatePeer(publicKey: Uint8Array | string, upd: PeerUpdate): void {
+    this.assertOpen();
+    const peer = this.mustFind(publicKey);
+    if (upd === null || typeof upd !== 'object') throw new TypeError('peer update must be an object');
+    if (upd.endpoint !== undefined) {
+      const e = checkEndpoint(upd.endpoint);
+      peer.endpoint = e;
+      if (e) this.plane.setEndpoint(peer.id, e);
+    }
+    if (upd.allowedIps !== undefined) {
+      const want = new Set(upd.allowedIps.map((c) => canonicalCidr(c)));
+      for (const c of [...peer.allowedIps]) if (!want.has(c)) this.removeAllowedIp(peer, c);
+      for (const c of want) if (!peer.allowedIps.has(c)) this.addAllowedIp(peer, c);
+    }
+    if (upd.psk !== undefined) {
+      const psk = upd.psk === null ? ZERO_PSK : checkPsk(upd.psk, 'peer psk');
+      peer.handshake.psk = Uint8Array.from(psk);
+      peer.ownPsk = true;
+    }
+    if (upd.persistentKeepalive !== undefined) {
+      const s = checkKeepalive(upd.persistentKeepalive);
+      peer.persistentKeepaliveMs = s * 1000;
+      peer.timers.setPersistentKeepalive(s * 1000);
+    }
+    this.log.info({ event: 'peer_updated', peer: peer.fingerprint, peerId: peer.id }, 'peer updated');
+    this.service(peer);
+  }
+
+  /** Replaces the device psk for every peer that has no psk of its own. */
+  setPsk(psk: Uint8Array): void {
+    this.devicePsk = Uint8Array.from(checkPsk(psk, 'device psk'));
+    for (const p of this.registry.peers()) if (!p.ownPsk) p.handshake.psk = Uint8Array.from(this.devicePsk);
+  }
+
+  removePeer(publicKey: Uint8Array | string): boolean {
+    const peer = this.registry.byPublicKey(typeof publicKey === 'string' ? publicKey : toKeyBytes(publicKey, 'peer publicKey'));
+    if (!peer) return false;
+    peer.timers.stop();
+    peer.keypairs.clear();
+    clearHandshake(peer.handshake);
+    peer.handshake.psk.fill(0);
+    for (const c of [...peer.allowedIps]) this.allowed.remove(c, peer);
+    this.registry.remove(peer);
+    this.plane.removePeer(peer.id);
+    this.log.info({ event: 'peer_removed', peer: peer.fingerprint, peerId: peer.id }, 'peer removed');
+    return true;
+  }
+
+  peerId(publicKey: Uint8Array | string): PeerId | undefined {
+    return this.registry.byPublicKey(typeof publicKey === 'string' ? publicKey : toKeyBytes(publicKey, 'peer publicKey'))?.id;
+  }
+
+  /** Starts a handshake with the peer now (subject to the one-per-REKEY_TIMEOUT limit). */
+  initiate(publicKey: Uint8Array | string): void {
+    const peer = this.mustFind(publicKey);
+    peer.timers.needHandshake();
+    this.service(peer);
+  }
+
+  // ---- status -----------------------------------------------------------------------------
+
+  peerStatus(peer: Peer): PeerStatus {
+    const c = this.plane.peerCounters(peer.id);
+    return {
+      id: peer.id,
+      publicKey: peer.keyText,
+      fingerprint: peer.fingerprint,
+      endpoint: peer.endpoint ? { ...peer.endpoint } : null,
+      allowedIps: [...peer.allowedIps],
+      latestHandshakeMs: peer.latestHandshakeMs,
+      latestHandshakeUnixMs: peer.latestHandshakeUnixMs,
+      rxBytes: c.rxBytes,
+      txBytes: c.txBytes,
+      rxPackets: c.rxPackets,
+      txPackets: c.txPackets,
+      persistentKeepalive: peer.persistentKeepaliveMs / 1000,
+      hasSession: peer.keypairs.sendKeypair(this.clock.now()) !== null,
+      drops: nonZero(this.plane.peerDrops(peer.id)),
+      initiationsSent: peer.stats.initiationsSent,
+      handshakesCompleted: peer.stats.handshakesCompleted,
+    };
+  }
+
+  status(): DeviceStatus {
+    return {
+      publicKey: Buffer.from(this.publicKey).toString('base64'),
+      fingerprint: this.fingerprint,
+      underLoad: this.clock.now() < this.underLoadUntil,
+      peers: this.registry.peers().map((p) => this.peerStatus(p)),
+      handshakeFailures: nonZero(this.failures),
+      drops: nonZero(this.plane.drops()),
+    };
+  }
+
+  handshakeFailures(): Record<HandshakeFailure, number> {
+    return { ...this.failures };
+  }
+
+  // ---- running ----------------------------------------------------------------------------
+
+  /** Polls counters and runs every peer's timers. Call regularly (start() does). */
+  tick(): void {
+    if (this.closed) return;
+    const now = this.clock.now();
+    for (const peer of this.registry.peers()) {
+      this.poll(peer, now);
+      this.service(peer);
+    }
+    this.lastPollMs = now;
+  }
+
+  /** Ticks on a real interval (unref'd). */
+  start(intervalMs = 250): void {
+    if (this.interval) return;
+    this.interval = setInterval(() => this.tick(), intervalMs);
+    this.interval.unref();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.interval) clearInterval(this.interval);
+    this.interval = null;
+    for (const p of this.registry.peers()) this.removePeer(p.publicKey);
+    this.local.privateKey.fill(0);
+    this.devicePsk.fill(0);
+    this.closed = true;
+  }
+
+  // ---- counters -> timer hooks ------------------------------------------------------------
+
+  /**
+   * Turns counter changes since the last poll into timer hooks, in time order; at equal
+   * times arming hooks run before disarming ones, so traffic both ways in the same instant
+   * leaves neither a keepalive nor a new handshake pending.
+   */
+  private poll(peer: Peer, now: number): void {
+    const c = this.plane.peerCounters(peer.id);
+    const last: PeerCounters = peer.lastCounters ?? c;
+    peer.lastCounters = c;
+    const own = peer.ownKeepalives;
+    peer.ownKeepalives = 0;
+    const at = (t: number): number => (t >= this.lastPollMs && t <= now ? t : now);
+    const hooks: { t: number; order: number; run: () => void }[] = [];
+    const tm = peer.timers;
+    if (c.txPackets - last.txPackets > own) {
+      const t = at(c.lastTxMs);
+      hooks.push({ t, order: 1, run: () => tm.anyAuthenticatedPacketSent(t) });
+      hooks.push({ t, order: 0, run: () => tm.anyAuthenticatedPacketTraversal(t) });
+    }
+    if (c.lastTxDataMs !== last.lastTxDataMs) {
+      const t = at(c.lastTxDataMs);
+      hooks.push({ t, order: 0, run: () => tm.dataSent(t) });
+    }
+    if (c.rxPackets !== last.rxPackets) {
+      const t = at(c.lastRxMs);
+      hooks.push({ t, order: 1, run: () => tm.anyAuthenticatedPacketReceived(t) });
+      hooks.push({ t, order: 0, run: () => tm.anyAuthenticatedPacketTraversal(t) });
+    }
+    if (c.lastRxDataMs !== last.lastRxDataMs) {
+      const t = at(c.lastRxDataMs);
+      hooks.push({ t, order: 0, run: () => tm.dataReceived(t) });
+    }
+    hooks.sort((a, b) => a.t - b.t || a.order - b.order);
+    for (const h of hooks) h.run();
+  }
+
+  /** Runs the peer's timers and carries out what they ask. */
+  private service(peer: Peer): void {
+    if (this.closed || this.registry.byPeerId(peer.id) !== peer) return;
+    for (const a of peer.timers.tick(this.clock.now())) this.act(peer, a);
+  }
+
+  private act(peer: Peer, a: TimerAction): void {
+    switch (a.type) {
+      case 'initiate':
+        this.sendInitiation(peer, a.retry, a.reason);
+        return;
+      case 'keepalive':
+        if (peer.keypairs.sendKeypair(this.clock.now())) {
+          this.plane.sendKeepalive(peer.id);
+          peer.ownKeepalives++;
+          peer.stats.keepalivesSent++;
+        }
+        return;
+      case 'give_up':
+        this.log.info({ event: 'handshake_gave_up', peer: peer.fingerprint, peerId: peer.id }, 'no handshake response, dropping queued packets');
+        this.plane.flushQueue(peer.id);
+        this.forgetHandshake(peer);
+        return;
+      case 'expired':
+        this.applySlots(peer, a);
+        this.log.debug({ event: 'keypairs_expired', peer: peer.fingerprint, count: a.dropped.length }, 'keypairs expired');
+        return;
+      case 'zero_keys':
+        this.applySlots(peer, a);
+        this.forgetHandshake(peer);
+        this.log.info({ event: 'keys_zeroed', peer: peer.fingerprint, peerId: peer.id }, 'session keys zeroed after inactivity');
+        return;
+    }
+  }
+
+  /** Mirrors a slot change into the data plane (dropped keypairs are already zeroed). */
+  private applySlots(peer: Peer, ch: SlotChange): void {
+    for (const kp of ch.dropped) {
+      this.plane.removeKeypair(kp.localIndex);
+      this.registry.releaseIndex(kp.localIndex);
+    }
+    if (ch.sendChanged) {
+      const cur = peer.keypairs.sendKeypair(this.clock.now());
+      this.plane.setSendKeypair(peer.id, cur ? cur.localIndex : null);
+    }
+  }
+
+  private forgetHandshake(peer: Peer): void {
+    clearHandshake(peer.handshake);
+    if (peer.handshakeIndex !== null && !peer.keypairs.lookup(peer.handshakeIndex)) this.registry.releaseIndex(peer.handshakeIndex);
+    peer.handshakeIndex = null;
+  }
+
+  private sendInitiation(peer: Peer, retry: boolean, reason: string): void {
+    if (!peer.endpoint) {
+      this.log.debug({ event: 'initiation_skipped', peer: peer.fingerprint, reason: 'no_endpoint' }, 'no endpoint');
+      return;
+    }
+    const now = this.clock.now();
+    this.forgetHandshake(peer);
+    const index = this.registry.allocateIndex(peer);
+    peer.handshakeIndex = index;
+    const msg = createInitiation(this.local, peer.handshake, index, now);
+    this.plane.sendHandshake(peer.endpoint, msg);
+    peer.stats.initiationsSent++;
+    peer.timers.handshakeInitiated(retry, now);
+    peer.timers.anyAuthenticatedPacketSent(now);
+    peer.timers.anyAuthenticatedPacketTraversal(now);
+    this.log.debug({ event: 'initiation_sent', peer: peer.fingerprint, peerId: peer.id, reason, retry }, 'handshake initiation sent');
+  }
+
+  // ---- plane events -----------------------------------------------------------------------
+
+  private handleEvents(events: PlaneEvent[]): void {
+    if (this.closed) return;
+    for (const ev of events) {
+      try {
+        this.handleEvent(ev);
+      } catch (err) {
+        // A bug here must not take the data plane's callback down with it.
+        this.log.warn({ event: 'event_failed', type: ev.type, err: (err as Error).message }, 'plane event failed');
+      }
+    }
+  }
+
+  private handleEvent(ev: PlaneEvent): void {
+    switch (ev.type) {
+      case 'handshake':
+        this.receiveHandshake(ev.data, ev.from);
+        return;
+      case 'need_handshake': {
+        const peer = this.registry.byPeerId(ev.peer);
+        if (!peer) return;
+        peer.timers.needHandshake();
+        this.service(peer);
+        return;
+      }
+      case 'rekey_needed': {
+        const peer = this.registry.byPeerId(ev.peer);
+        if (!peer) return;
+        peer.timers.rekeyNeeded();
+        this.service(peer);
+        return;
+      }
+      case 'keypair_confirmed': {
+        const peer = this.registry.byPeerId(ev.peer);
+        if (!peer) return;
+        const ch = peer.keypairs.received(ev.localIndex);
+        if (!ch.confirmed) return;
+        this.applySlots(peer, ch);
+        this.handshakeDone(peer, 'responder');
+        return;
+      }
+      case 'endpoint': {
+        const peer = this.registry.byPeerId(ev.peer);
+        if (!peer) return;
+        peer.endpoint = { ...ev.endpoint };
+        this.log.debug({ event: 'endpoint_changed', peer: peer.fingerprint, peerId: peer.id }, 'peer roamed');
+        return;
+      }
+    }
+  }
+
+  private fail(reason: HandshakeFailure, from: Endpoint, peer?: Peer): void {
+    this.failures[reason]++;
+    this.log.debug({ event: 'handshake_failed', reason, peer: peer?.fingerprint, from: `${from.address}:${from.port}` }, 'handshake message refused');
+  }
+
+  /** Counts handshake messages per second; returns whether we are under load. */
+  private noteHandshakeLoad(now: number): boolean {
+    if (now - this.loadWindowStart >= 1000) {
+      this.loadWindowStart = now;
+      this.loadCount = 0;
+    }
+    this.loadCount++;
+    if (this.loadCount > this.underLoadThreshold) this.underLoadUntil = now + UNDER_LOAD_AFTER_TIME;
+    return now < this.underLoadUntil;
+  }
+
+  private receiveHandshake(data: Uint8Array, from: Endpoint): void {
+    const now = this.clock.now();
+    const underLoad = this.noteHandshakeLoad(now);
+    const dec = decodeMessage(data);
+    if (!dec.ok) return this.fail(dec.reason, from);
+    const msg = dec.message;
+    const ctx = { nowMs: now, underLoad, source: endpointBytes(from.address, from.port) };
+    const byIndex = (i: number) => this.registry.byReceiverIndex(i)?.handshake;
+    switch (msg.type) {
+      case MESSAGE_INITIATION: {
+        const res = consumeInitiation(this.local, msg, (k) => this.registry.byPublicKey(k)?.handshake, ctx);
+        if (!res.ok) {
+          if (res.cookieReply) this.plane.sendHandshake(from, res.cookieReply);
+          return this.fail(res.reason, from);
+        }
+        const peer = this.registry.byPublicKey(res.peer.remoteStatic);
+        if (!peer) return this.fail('unknown_peer', from);
+        this.authenticatedFrom(peer, from, now);
+        const index = this.registry.allocateIndex(peer);
+        const { message, keys } = createResponse(this.local, peer.handshake, index, now);
+        const kp = new Keypair(keys, now);
+        keys.sendKey.fill(0);
+        keys.recvKey.fill(0);
+        this.plane.addKeypair(peer.id, { localIndex: kp.localIndex, remoteIndex: kp.remoteIndex, sendKey: kp.sendKey, recvKey: kp.recvKey });
+        this.applySlots(peer, peer.keypairs.install(kp));
+        // Our own initiation in flight (if any) lost the race; its index is no longer needed.
+        if (peer.handshakeIndex !== null) this.registry.releaseIndex(peer.handshakeIndex);
+        peer.handshakeIndex = null;
+        this.plane.sendHandshake(peer.endpoint ?? from, message);
+        peer.stats.responsesSent++;
+        peer.timers.handshakeResponseSent(now);
+        peer.timers.anyAuthenticatedPacketSent(now);
+        peer.timers.anyAuthenticatedPacketTraversal(now);
+        peer.timers.sessionDerived(now);
+        this.log.debug({ event: 'response_sent', peer: peer.fingerprint, peerId: peer.id }, 'handshake response sent');
+        this.service(peer);
+        return;
+      }
+      case MESSAGE_RESPONSE: {
+        const res = consumeResponse(this.local, msg, byIndex, ctx);
+        if (!res.ok) {
+          if (res.cookieReply) this.plane.sendHandshake(from, res.cookieReply);
+          return this.fail(res.reason, from, this.registry.byReceiverIndex(msg.receiverIndex));
+        }
+        const peer = this.registry.byReceiverIndex(res.keys.localIndex);
+        if (!peer || peer.handshake !== res.peer) return this.fail('unknown_index', from);
+        peer.handshakeIndex = null; // the index now names the keypair
+        this.authenticatedFrom(peer, from, now);
+        const kp = new Keypair(res.keys, now);
+        res.keys.sendKey.fill(0);
+        res.keys.recvKey.fill(0);
+        this.plane.addKeypair(peer.id, { localIndex: kp.localIndex, remoteIndex: kp.remoteIndex, sendKey: kp.sendKey, recvKey: kp.recvKey });
+        this.applySlots(peer, peer.keypairs.install(kp));
+        peer.timers.sessionDerived(now);
+        this.handshakeDone(peer, 'initiator');
+        // Confirm the session at once: queued packets went out with setSendKeypair; a
+        // keepalive covers the case where none were waiting.
+        this.plane.sendKeepalive(peer.id);
+        peer.ownKeepalives++;
+        peer.timers.anyAuthenticatedPacketSent(now);
+        peer.timers.anyAuthenticatedPacketTraversal(now);
+        this.service(peer);
+        return;
+      }
+      case MESSAGE_COOKIE_REPLY: {
+        const res = consumeCookieReply(msg, byIndex, now);
+        if (!res.ok) return this.fail(res.reason, from, this.registry.byReceiverIndex(msg.receiverIndex));
+        this.log.debug({ event: 'cookie_received', peer: this.registry.byReceiverIndex(msg.receiverIndex)?.fingerprint }, 'cookie reply accepted');
+        return;
+      }
+      default:
+        return this.fail('not_handshake', from);
+    }
+  }
+
+  /** A handshake message from `peer` authenticated: timers, and roaming to its source. */
+  private authenticatedFrom(peer: Peer, from: Endpoint, now: number): void {
+    peer.timers.anyAuthenticatedPacketReceived(now);
+    peer.timers.anyAuthenticatedPacketTraversal(now);
+    if (!peer.endpoint || peer.endpoint.address !== from.address || peer.endpoint.port !== from.port) {
+      peer.endpoint = { ...from };
+      this.plane.setEndpoint(peer.id, from);
+    }
+  }
+
+  private handshakeDone(peer: Peer, role: 'initiator' | 'responder'): void {
+    const now = this.clock.now();
+    peer.timers.handshakeComplete(now);
+    peer.latestHandshakeMs = now;
+    peer.latestHandshakeUnixMs = this.wallClock();
+    peer.stats.handshakesCompleted++;
+    this.log.info({ event: 'handshake_complete', peer: peer.fingerprint, peerId: peer.id, role }, 'session established');
+  }
+
+  // ---- helpers ------------------------------------------------------------------------------
+
+  private addAllowedIp(peer: Peer, cidr: string): void {
+    const prev = this.allowed.get(cidr);
+    if (prev && prev !== peer) {
+      prev.allowedIps.delete(cidr);
+      this.plane.removeAllowedIp(prev.id, cidr);
+      this.log.info({ event: 'allowed_ip_moved', cidr, from: prev.fingerprint, to: peer.fingerprint }, 'allowed IP moved to another peer');
+    }
+    this.allowed.insert(cidr, peer);
+    peer.allowedIps.add(cidr);
+    this.plane.addAllowedIp(peer.id, cidr);
+  }
+
+  private removeAllowedIp(peer: Peer, cidr: string): void {
+    this.allowed.remove(cidr, peer);
+    peer.allowedIps.delete(cidr);
+    this.plane.removeAllowedIp(peer.id, cidr);
+  }
+
+  private mustFind(publicKey: Uint8Array | string): Peer {
+    const peer = this.registry.byPublicKey(typeof publicKey === 'string' ? publicKey : toKeyBytes(publicKey, 'peer publicKey'));
+    if (!peer) throw new Error('no such peer');
+    return peer;
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new Error('device closed');
+  }
+}
+
+export { DROP_REASONS };
+export type { HandshakeReason };
