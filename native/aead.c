@@ -25,7 +25,9 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 
 #include "modules.h"
 
@@ -105,7 +107,11 @@ int tenc_aead_seal(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
   if (aad_len > 0 && EVP_EncryptUpdate(a->enc, NULL, &outl, aad, (int)aad_len) != 1) return -1;
   if (len > 0 && EVP_EncryptUpdate(a->enc, buf, &outl, buf, (int)len) != 1) return -1;
   if (EVP_EncryptFinal_ex(a->enc, buf + len, &outl) != 1) return -1;
-  if (EVP_CIPHER_CTX_ctrl(a->enc, EVP_CTRL_AEAD_GET_TAG, TENC_AEAD_TAG_LEN, tag) != 1) return -1;
+  /* The tag through a prebuilt parameter: EVP_CIPHER_CTX_ctrl(GET_TAG) would build the
+   * same OSSL_PARAM after a longer dispatch. */
+  OSSL_PARAM params[2] = {OSSL_PARAM_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, TENC_AEAD_TAG_LEN),
+                          OSSL_PARAM_END};
+  if (EVP_CIPHER_CTX_get_params(a->enc, params) != 1) return -1;
   return 0;
 }
 
@@ -115,9 +121,11 @@ int tenc_aead_open(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
   int outl = 0;
   if (len > TENC_AEAD_MAX_LEN || aad_len > TENC_AEAD_MAX_LEN) return -1;
   if (rekey(a->dec, a->dec_key, &a->dec_keyed, key, nonce, 0) != 0) return -1;
-  /* OpenSSL copies the expected tag now, so it may sit anywhere (e.g. buf + len). */
-  if (EVP_CIPHER_CTX_ctrl(a->dec, EVP_CTRL_AEAD_SET_TAG, TENC_AEAD_TAG_LEN, (void *)tag) != 1)
-    return -1;
+  /* OpenSSL copies the expected tag now, so it may sit anywhere (e.g. buf + len). A
+   * prebuilt parameter is the same as EVP_CTRL_AEAD_SET_TAG with less dispatch. */
+  OSSL_PARAM params[2] = {OSSL_PARAM_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)tag, TENC_AEAD_TAG_LEN),
+                          OSSL_PARAM_END};
+  if (EVP_CIPHER_CTX_set_params(a->dec, params) != 1) return -1;
   if (aad_len > 0 && EVP_DecryptUpdate(a->dec, NULL, &outl, aad, (int)aad_len) != 1) goto fail;
   if (len > 0 && EVP_DecryptUpdate(a->dec, buf, &outl, buf, (int)len) != 1) goto fail;
   if (EVP_DecryptFinal_ex(a->dec, buf + len, &outl) != 1) goto fail;

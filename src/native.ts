@@ -25,6 +25,8 @@ export const addon: any = require(findAddon());
 
 // ---- AEAD: ChaCha20-Poly1305 (RFC 8439 §2.8) over node's OpenSSL (native/aead.c) ----
 
+const EMPTY = new Uint8Array(0);
+
 export const AEAD_KEY_LEN = 32;
 export const AEAD_NONCE_LEN = 12;
 export const AEAD_TAG_LEN = 16;
@@ -86,6 +88,15 @@ export function aeadOpenBatch(
   return { status: out, ok };
 }
 
+/**
+ * A Uint32Array over the same memory as `counters`, for writing counters as u32 pairs
+ * (`[2i]` low, `[2i + 1]` high) without creating a BigInt per packet. Element order is
+ * the platform's (little-endian on every platform Node supports for this addon).
+ */
+export function counterWords(counters: BigUint64Array): Uint32Array {
+  return new Uint32Array(counters.buffer, counters.byteOffset, counters.length * 2);
+}
+
 /** Single-shot seal with an explicit 12-byte nonce and AAD; returns ciphertext || tag. */
 export function aeadSeal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array = EMPTY): Uint8Array {
   return addon.aeadSeal(key, nonce, aad, plaintext);
@@ -103,7 +114,6 @@ export function wgNonce(counter: bigint): Uint8Array {
   return nonce;
 }
 
-const EMPTY = new Uint8Array(0);
 
 function batchCount(batch: AeadBatch): number {
   if (batch.count === undefined) {
