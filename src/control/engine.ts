@@ -4,7 +4,7 @@
  * interface, so its lifecycle is tested with a fake engine.
  */
 import type { Logger } from '../log.js';
-import type { PodConfig, PeerConfig } from './config.js';
+import { formatEndpoint, type PodConfig, type PeerConfig } from './config.js';
 import type { LocalService } from '../dataplane/plane.js';
 
 export interface EnginePeerStatus {
@@ -26,7 +26,8 @@ export interface PodEngine {
   /** Removes the peer (zeroing its keys); false when unknown. */
   removePeer(publicKey: string): boolean | Promise<boolean>;
   setServices(services: LocalService[]): void;
-  peerStatus(publicKey: string): EnginePeerStatus | null;
+  /** Per peer (by base64 public key): endpoint, handshake, transfer, drops. */
+  peerStatuses(): Map<string, EnginePeerStatus>;
   /** Non-zero drop counts by reason, all peers and unattributed. */
   drops(): Record<string, number>;
   /** Closes the data plane, then the UDP sockets and the TUN (the interface disappears). */
@@ -44,12 +45,105 @@ export interface EngineOptions {
 
 export type EngineOpener = (opts: EngineOptions) => Promise<PodEngine>;
 
+type NativeModule = typeof import('../dataplane/native.js');
+type DeviceModule = typeof import('../device/device.js');
+
 /**
- * Opens the production engine: the TUN named config.interface, the UDP socket on
- * listenPort with SO_MARK = fwmark, the native data plane and the device.
+ * Opens the production engine: the TUN named config.interface (IFF_VNET_HDR with
+ * offloads when dataPlane.tunOffload), the UDP socket on listenPort with
+ * SO_MARK = fwmark (GRO when dataPlane.udpGro), raw injection sockets when
+ * dataPlane.inject is "raw", the native data plane over them, and the device
+ * (handshakes, timers) driving it. Loaded on demand so a missing addon is reported
+ * as "data plane not available" instead of breaking every command.
  */
-export const openEngine: EngineOpener = async () => {
-  throw new Error(
-    'data plane not available: the native data plane (src/dataplane/native.ts) and the device (src/device/device.ts) are not wired into src/control/engine.ts yet',
-  );
+export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, log }) => {
+  let native: NativeModule;
+  let deviceMod: DeviceModule;
+  try {
+    native = await import('../dataplane/native.js');
+    deviceMod = await import('../device/device.js');
+  } catch (e) {
+    throw new Error(`data plane not available: ${(e as Error).message}`);
+  }
+  const d = config.dataPlane;
+  const fds: number[] = [];
+  let plane: InstanceType<NativeModule['NativePlane']>;
+  try {
+    const tun = native.openTun(config.interface, { offloads: d.tunOffload });
+    fds.push(tun.fd);
+    const udp = native.openUdp(config.listenPort, { fwmark: config.fwmark, gro: d.udpGro });
+    fds.push(udp.fd);
+    let raw4: number | undefined;
+    let raw6: number | undefined;
+    if (d.inject === 'raw') {
+      raw4 = native.openRaw(4, config.fwmark);
+      fds.push(raw4);
+      raw6 = native.openRaw(6, config.fwmark);
+      fds.push(raw6);
+    }
+    plane = new native.NativePlane({
+      tun,
+      udp,
+      mode: d.inject,
+      raw4,
+      raw6,
+      udpGso: d.udpGso && udp.gso,
+      udpGro: d.udpGro && udp.gro,
+      mtu,
+    });
+  } catch (e) {
+    for (const fd of fds) native.closeFd(fd);
+    throw e;
+  }
+  let device: InstanceType<DeviceModule['Device']>;
+  try {
+    device = new deviceMod.Device({ privateKey, plane, psk, logger: log });
+    device.start();
+  } catch (e) {
+    await plane.close();
+    throw e;
+  }
+  const description =
+    `native, inject ${d.inject}, tun offload ${plane.tun.vnetHdr ? 'on' : 'off'}, ` +
+    `udp gso ${d.udpGso && plane.udp.gso ? 'on' : 'off'}, udp gro ${d.udpGro && plane.udp.gro ? 'on' : 'off'}`;
+  log.info({ dataPlane: description, tun: plane.tun.name, port: plane.udp.port }, 'data plane open');
+  const known = new Set<string>();
+  return {
+    description,
+    setPeer(peer) {
+      const cfg = { endpoint: peer.endpoint, allowedIps: peer.allowedIps, persistentKeepalive: peer.persistentKeepalive };
+      if (known.has(peer.publicKey)) device.updatePeer(peer.publicKey, cfg);
+      else {
+        device.addPeer({ publicKey: peer.publicKey, ...cfg });
+        known.add(peer.publicKey);
+      }
+    },
+    removePeer(publicKey) {
+      known.delete(publicKey);
+      return device.removePeer(publicKey);
+    },
+    setServices(services) {
+      plane.setLocalServices(services);
+    },
+    peerStatuses() {
+      const out = new Map<string, EnginePeerStatus>();
+      for (const p of device.status().peers) {
+        out.set(p.publicKey, {
+          endpoint: p.endpoint ? formatEndpoint(p.endpoint) : null,
+          latestHandshake: p.latestHandshakeUnixMs,
+          rxBytes: p.rxBytes,
+          txBytes: p.txBytes,
+          drops: p.drops as Record<string, number>,
+        });
+      }
+      return out;
+    },
+    drops() {
+      return device.status().drops as Record<string, number>;
+    },
+    async close() {
+      await device.close();
+      await plane.close();
+    },
+  };
 };

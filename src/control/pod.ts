@@ -58,6 +58,7 @@ export class Pod implements ControlHandler {
 
   status(): StatusReport {
     const c = this.config;
+    const live = this.engine.peerStatuses();
     return {
       interface: c.interface,
       publicKey: this.publicKey,
@@ -67,7 +68,7 @@ export class Pod implements ControlHandler {
       addresses: [c.addresses.v4, c.addresses.v6].filter((a): a is string => a !== null),
       dataPlane: this.engine.description,
       peers: [...this.peers.values()].map((p) => {
-        const s = this.engine.peerStatus(p.publicKey);
+        const s = live.get(p.publicKey);
         return {
           publicKey: p.publicKey,
           endpoint: s?.endpoint ?? (p.endpoint ? formatEndpoint(p.endpoint) : null),

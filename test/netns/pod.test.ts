@@ -1,0 +1,213 @@
+/**
+ * The pod lifecycle (src/control/pod.ts) in a real namespace, with a fake engine
+ * that owns a TUN device like the real one (it appears on open and goes on close):
+ *
+ *   [ ns "pod" ]  eth0 10.77.0.1/24 ---veth--- eth0 10.77.0.2/24  [ ns "peer" ]
+ *
+ *  1. start: public-key line first on stdout, routes and rules in, control socket
+ *     answers; set-peer / remove-peer change routes at run time; stop: the
+ *     namespace equals its snapshot from before, the socket file is gone
+ *  2. a failing step during start undoes the earlier ones (exit 1, snapshot equal)
+ *  3. no secret in the logs
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { Netns, destroyAll, veth, snapshot, requireRoot, requireTool, type NetSnapshot } from './lib.js';
+import { IpCommand } from '../../src/routing/ip.js';
+import { runPod, type Pod } from '../../src/control/pod.js';
+import { validateConfig, type PeerConfig, type PodConfig } from '../../src/control/config.js';
+import { controlRequest } from '../../src/control/socket.js';
+import type { EngineOpener, PodEngine } from '../../src/control/engine.js';
+import type { StatusReport } from '../../src/control/status.js';
+import { createLogger } from '../../src/log.js';
+
+// RFC 7748 §6.1 public keys of Alice and Bob, base64
+const ALICE_PUB = Buffer.from('8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a', 'hex').toString('base64');
+const BOB_PUB = Buffer.from('de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f', 'hex').toString('base64');
+const PSK = Buffer.alloc(32, 0x5a).toString('base64');
+
+let pod: Netns;
+let peer: Netns;
+let dir: string;
+
+beforeAll(() => {
+  requireRoot();
+  requireTool('ip');
+  pod = Netns.create('pod');
+  peer = Netns.create('peer');
+  veth(pod, 'eth0', peer, 'eth0');
+  pod.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
+  peer.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
+  pod.ip('route', 'add', 'default', 'via', '10.77.0.2');
+  dir = mkdtempSync(join(tmpdir(), 'tenc-pod-'));
+  writeFileSync(join(dir, 'psk'), PSK + '\n');
+});
+
+afterAll(() => {
+  destroyAll();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function config(extra: Record<string, unknown> = {}): PodConfig {
+  return validateConfig(
+    {
+      addresses: ['10.77.0.1'],
+      pskFile: 'psk',
+      peers: [{ publicKey: ALICE_PUB, endpoint: '10.77.0.2:51820', allowedIps: ['10.77.0.2/32', '10.96.0.0/24'] }],
+      services: [{ vip: '10.96.1.10', ports: [{ protocol: 'tcp', port: 80 }] }],
+      controlSocket: join(dir, 'run', 'tenc0.sock'),
+      ...extra,
+    },
+    join(dir, 'pod.json'),
+  );
+}
+
+/** An engine that records calls and owns a TUN named like the config's interface. */
+class FakeEngine implements PodEngine {
+  readonly description = 'fake';
+  readonly peers = new Map<string, PeerConfig>();
+  closed = false;
+  psk: Uint8Array | null = null;
+  constructor(private readonly ifname: string) {
+    pod.ip('tuntap', 'add', 'dev', ifname, 'mode', 'tun');
+  }
+  setPeer(p: PeerConfig): void {
+    this.peers.set(p.publicKey, p);
+  }
+  removePeer(k: string): boolean {
+    return this.peers.delete(k);
+  }
+  setServices(): void {}
+  peerStatuses() {
+    return new Map([...this.peers.keys()].map((k) => [k, { endpoint: null, latestHandshake: 1, rxBytes: 10, txBytes: 20, drops: {} }]));
+  }
+  drops() {
+    return {};
+  }
+  async close(): Promise<void> {
+    this.closed = true;
+    pod.ip('link', 'del', 'dev', this.ifname);
+  }
+}
+
+function devFor(dst: string): string {
+  return JSON.parse(pod.ip('-j', 'route', 'get', dst))[0].dev;
+}
+
+function expectSame(after: NetSnapshot, before: NetSnapshot): void {
+  for (const k of Object.keys(before) as (keyof NetSnapshot)[]) expect(after[k], `snapshot field ${k}`).toBe(before[k]);
+}
+
+describe('pod lifecycle', () => {
+  it('starts, serves the control socket, changes routes at run time, and stops leaving nothing behind', async () => {
+    const before = snapshot(pod);
+    let engine: FakeEngine | undefined;
+    const open: EngineOpener = async (o) => {
+      expect(Buffer.from(o.psk).toString('base64')).toBe(PSK);
+      expect(o.mtu).toBe(1440); // veth 1500 - 60 (IPv4 underlay)
+      engine = new FakeEngine(o.config.interface);
+      return engine;
+    };
+    let out = '';
+    const logs = new PassThrough();
+    let logText = '';
+    logs.on('data', (d) => (logText += d));
+    let stop!: () => void;
+    const stopSignal = new Promise<void>((r) => (stop = r));
+    let ready!: (p: Pod) => void;
+    const readyP = new Promise<Pod>((r) => (ready = r));
+    const cfg = config();
+    const done = runPod(cfg, {
+      stdout: (t) => (out += t),
+      log: createLogger({ level: 'debug', destination: logs }),
+      openEngine: open,
+      ip: new IpCommand({ netns: pod.name }),
+      stopSignal,
+      onReady: ready,
+    });
+    await Promise.race([readyP, done.then((c) => Promise.reject(new Error(`pod exited ${c}`)))]);
+    try {
+      await checkRunningPod();
+    } finally {
+      stop();
+    }
+    expect(await done).toBe(0);
+    expect(engine!.closed).toBe(true);
+    expect(existsSync(cfg.controlSocket!)).toBe(false);
+    expectSame(snapshot(pod), before);
+
+    const publicKey = out.split('\n')[0].split(' ')[1];
+    expect(logText).toContain(publicKey);
+    expect(logText).not.toContain(PSK);
+    expect(logText).not.toContain(ALICE_PUB); // peers appear as fingerprints only
+
+    async function checkRunningPod(): Promise<void> {
+
+    expect(out).toMatch(/^public-key [A-Za-z0-9+/]{43}=\n/);
+    const publicKey = out.split('\n')[0].split(' ')[1];
+    expect(devFor('10.77.0.2')).toBe('tenc0');
+    expect(devFor('10.96.0.7')).toBe('tenc0');
+    expect(devFor('10.96.1.10')).toBe('tenc0');
+    expect(devFor('10.96.1.11')).toBe('eth0');
+    expect(engine!.peers.has(ALICE_PUB)).toBe(true);
+
+    const sock = cfg.controlSocket!;
+    const st = (await controlRequest(sock, { op: 'status' })) as StatusReport;
+    expect(st).toMatchObject({ interface: 'tenc0', publicKey, mtu: 1440, listenPort: 51820, dataPlane: 'fake' });
+    // the engine knows no endpoint yet: the configured one is shown
+    expect(st.peers[0]).toMatchObject({ publicKey: ALICE_PUB, endpoint: '10.77.0.2:51820', allowedIps: ['10.77.0.2/32', '10.96.0.0/24'], rxBytes: 10 });
+    expect(JSON.stringify(st)).not.toContain(PSK);
+
+    await controlRequest(sock, { op: 'set-peer', peer: { publicKey: BOB_PUB, allowedIps: ['10.50.0.0/16'] } });
+    expect(devFor('10.50.1.1')).toBe('tenc0');
+    // update Alice: one allowed IP dropped, one kept
+    await controlRequest(sock, { op: 'set-peer', peer: { publicKey: ALICE_PUB, endpoint: '10.77.0.2:51820', allowedIps: ['10.77.0.2/32'] } });
+    expect(devFor('10.96.0.7')).toBe('eth0');
+    expect(devFor('10.77.0.2')).toBe('tenc0');
+    // a clash with another peer's allowed IP is refused, nothing changes
+    await expect(controlRequest(sock, { op: 'set-peer', peer: { publicKey: BOB_PUB, allowedIps: ['10.77.0.2/32'] } })).rejects.toThrow(/already claimed/);
+    expect(devFor('10.50.1.1')).toBe('tenc0');
+    await controlRequest(sock, { op: 'remove-peer', publicKey: BOB_PUB });
+    expect(devFor('10.50.1.1')).toBe('eth0');
+    expect(engine!.peers.has(BOB_PUB)).toBe(false);
+    await controlRequest(sock, { op: 'set-services', services: [{ vip: '10.96.1.20', ports: [] }] });
+    expect(devFor('10.96.1.10')).toBe('eth0');
+    expect(devFor('10.96.1.20')).toBe('tenc0');
+    }
+  });
+
+  it('a failing control socket undoes routing and the engine: exit 1, namespace as before', async () => {
+    const before = snapshot(pod);
+    const blocker = join(dir, 'blocker');
+    mkdirSync(blocker, { recursive: true }); // a directory where the socket should go
+    let engine: FakeEngine | undefined;
+    const code = await runPod(config({ controlSocket: blocker }), {
+      stdout: () => {},
+      log: createLogger({ level: 'silent' }),
+      openEngine: async (o) => (engine = new FakeEngine(o.config.interface)),
+      ip: new IpCommand({ netns: pod.name }),
+      stopSignal: new Promise(() => {}),
+    });
+    expect(code).toBe(1);
+    expect(engine!.closed).toBe(true);
+    expectSame(snapshot(pod), before);
+  });
+
+  it('an engine that cannot open: exit 1, nothing installed', async () => {
+    const before = snapshot(pod);
+    const code = await runPod(config(), {
+      stdout: () => {},
+      log: createLogger({ level: 'silent' }),
+      openEngine: async () => {
+        throw new Error('data plane not available: test');
+      },
+      ip: new IpCommand({ netns: pod.name }),
+      stopSignal: new Promise(() => {}),
+    });
+    expect(code).toBe(1);
+    expectSame(snapshot(pod), before);
+  });
+});
