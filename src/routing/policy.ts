@@ -138,7 +138,7 @@ export class PolicyRouting {
     for (const fam of [4, 6] as const) {
       if (this.srcFor[fam] !== null) await this.ensureRule(fam);
     }
-    this.log.info({ ifname, mtu, table: this.opts.table, priority: this.opts.priority, routes: this.refs.size }, 'routing installed');
+    this.log.info({ mtu, table: this.opts.table, priority: this.opts.priority, routes: this.refs.size }, 'routing installed');
   }
 
   private async ensureRule(fam: Family): Promise<void> {
@@ -233,6 +233,6 @@ export class PolicyRouting {
     this.refs.clear();
     this.installed = false;
     if (failures.length > 0) throw new Error(`routing teardown incomplete:\n${failures.join('\n')}`);
-    this.log.info({ ifname }, 'routing removed');
+    this.log.info({ table: this.opts.table }, 'routing removed');
   }
 }
