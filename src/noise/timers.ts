@@ -255,7 +255,7 @@ export class PeerTimers {
     }
 
     if (this.wanted !== null) {
-      if (this.handshaking) {
+      if (this.handshaking || out.some((a) => a.type === 'initiate')) {
         this.wanted = null; // the retransmit series will deliver it
       } else if (this.lastHandshakeSentMs === null || now - this.lastHandshakeSentMs >= REKEY_TIMEOUT) {
         out.push({ type: 'initiate', reason: this.wanted, retry: false });

@@ -48,6 +48,8 @@ export interface Node {
 export interface NodeOptions {
   psk?: Uint8Array;
   underLoadThreshold?: number;
+  /** Fixed retransmit jitter in ms (default 0 for A, 97 for B so their retries never collide). */
+  jitter?: number;
 }
 
 export class World {
@@ -66,7 +68,7 @@ export class World {
       plane,
       clock: this.clock,
       psk: opts.psk,
-      jitter: () => 0,
+      jitter: () => opts.jitter ?? (n === 1 ? 0 : 97),
       logger: captureLogger(logs),
       underLoadThreshold: opts.underLoadThreshold,
     });

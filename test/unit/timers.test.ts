@@ -263,3 +263,15 @@ describe('clock', () => {
     expect(c.advance(5)).toBe(15);
   });
 });
+
+describe('one initiation at a time', () => {
+  it('a retransmit and a pending on-demand request in the same tick send one initiation', () => {
+    const h = setup();
+    h.timers.needHandshake();
+    h.tick();
+    h.clock.advance(REKEY_TIMEOUT);
+    h.timers.needHandshake(); // more packets queued meanwhile
+    const actions = h.timers.tick();
+    expect(actions).toEqual([{ type: 'initiate', reason: 'retransmit', retry: true }]);
+  });
+});
