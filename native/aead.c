@@ -246,9 +246,12 @@ typedef struct {
   const uint32_t *offsets;
   const uint32_t *lengths;
   const uint64_t *counters;
-  const uint8_t *key;
+  uint8_t key[TENC_AEAD_KEY_LEN]; /* a copy: the caller's key may alias the slab */
   uint32_t count;
 } batch_args;
+
+static int packet_at(napi_env env, const batch_args *b, uint32_t i, int open, uint32_t *off,
+                     uint32_t *len);
 
 static int get_batch(napi_env env, napi_value *argv, int open, batch_args *b) {
   size_t n_off, n_len, n_ctr;
@@ -261,7 +264,7 @@ static int get_batch(napi_env env, napi_value *argv, int open, batch_args *b) {
       get_bytes_exact(env, argv[4], "key", TENC_AEAD_KEY_LEN, &key) != 0 ||
       get_count(env, argv[5], &b->count) != 0)
     return -1;
-  b->key = key;
+  memcpy(b->key, key, TENC_AEAD_KEY_LEN);
   if (b->count > n_off || b->count > n_len || b->count > n_ctr) {
     snprintf(msg, sizeof(msg), "count %u exceeds offsets (%zu), lengths (%zu) or counters (%zu)",
              b->count, n_off, n_len, n_ctr);
@@ -269,21 +272,36 @@ static int get_batch(napi_env env, napi_value *argv, int open, batch_args *b) {
     return -1;
   }
   for (uint32_t i = 0; i < b->count; i++) {
-    uint64_t len = b->lengths[i];
-    /* seal: data then a 16-byte tag; open: the length already includes the tag. */
-    uint64_t end = (uint64_t)b->offsets[i] + len + (open ? 0 : TENC_AEAD_TAG_LEN);
-    if (len > TENC_AEAD_MAX_LEN) {
-      snprintf(msg, sizeof(msg), "packet %u: length %llu exceeds the maximum %zu", i,
-               (unsigned long long)len, TENC_AEAD_MAX_LEN);
-      range_error(env, msg);
+    uint32_t off, len;
+    if (packet_at(env, b, i, open, &off, &len) != 0) {
+      OPENSSL_cleanse(b->key, sizeof(b->key));
       return -1;
     }
-    if (end > b->slab_len) {
-      snprintf(msg, sizeof(msg), "packet %u does not fit in the slab: offset %u + length %u%s > %zu",
-               i, b->offsets[i], b->lengths[i], open ? "" : " + 16 (tag)", b->slab_len);
-      range_error(env, msg);
-      return -1;
-    }
+  }
+  return 0;
+}
+
+/* Packet i's offset and length, read once and checked against the slab. Called again
+ * while processing, because offsets/lengths may alias the slab being written: a
+ * value changed mid-batch then fails this check instead of reaching past the slab. */
+static int packet_at(napi_env env, const batch_args *b, uint32_t i, int open, uint32_t *off,
+                     uint32_t *len) {
+  char msg[160];
+  uint64_t end;
+  *off = b->offsets[i];
+  *len = b->lengths[i];
+  /* seal: data then a 16-byte tag; open: the length already includes the tag. */
+  end = (uint64_t)*off + *len + (open ? 0 : TENC_AEAD_TAG_LEN);
+  if (*len > TENC_AEAD_MAX_LEN) {
+    snprintf(msg, sizeof(msg), "packet %u: length %u exceeds the maximum %zu", i, *len, TENC_AEAD_MAX_LEN);
+    range_error(env, msg);
+    return -1;
+  }
+  if (end > b->slab_len) {
+    snprintf(msg, sizeof(msg), "packet %u does not fit in the slab: offset %u + length %u%s > %zu", i,
+             *off, *len, open ? "" : " + 16 (tag)", b->slab_len);
+    range_error(env, msg);
+    return -1;
   }
   return 0;
 }
@@ -297,14 +315,18 @@ static napi_value seal_batch(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
   if (argc < 6) return type_error(env, "aeadSealBatch(slab, offsets, lengths, counters, key, count)");
   if (get_batch(env, argv, 0, &b) != 0) return NULL;
-  if ((a = thread_aead(env)) == NULL) return NULL;
-  for (uint32_t i = 0; i < b.count; i++) {
-    if (tenc_aead_wg_seal(a, b.key, b.counters[i], b.slab + b.offsets[i], b.lengths[i]) != 0) {
-      snprintf(msg, sizeof(msg), "packet %u: OpenSSL seal failed", i);
-      napi_throw_error(env, "ERR_TENC_AEAD_INTERNAL", msg);
-      return NULL;
+  if ((a = thread_aead(env)) != NULL) {
+    for (uint32_t i = 0; i < b.count; i++) {
+      uint32_t off, len;
+      if (packet_at(env, &b, i, 0, &off, &len) != 0) break;
+      if (tenc_aead_wg_seal(a, b.key, b.counters[i], b.slab + off, len) != 0) {
+        snprintf(msg, sizeof(msg), "packet %u: OpenSSL seal failed", i);
+        napi_throw_error(env, "ERR_TENC_AEAD_INTERNAL", msg);
+        break;
+      }
     }
   }
+  OPENSSL_cleanse(b.key, sizeof(b.key));
   return NULL; /* undefined */
 }
 
@@ -319,24 +341,34 @@ static napi_value open_batch(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
   if (argc < 7) return type_error(env, "aeadOpenBatch(slab, offsets, lengths, counters, key, count, status)");
   if (get_batch(env, argv, 1, &b) != 0) return NULL;
-  if (get_typed(env, argv[6], napi_uint8_array, "status", (void **)&status, &n_status) != 0) return NULL;
-  if (n_status < b.count) {
+  a = NULL;
+  if (get_typed(env, argv[6], napi_uint8_array, "status", (void **)&status, &n_status) != 0) {
+    /* threw */
+  } else if (n_status < b.count) {
     snprintf(msg, sizeof(msg), "status holds %zu entries, count is %u", n_status, b.count);
-    return range_error(env, msg);
+    range_error(env, msg);
+  } else {
+    a = thread_aead(env);
   }
-  if ((a = thread_aead(env)) == NULL) return NULL;
-  for (uint32_t i = 0; i < b.count; i++) {
-    uint32_t len = b.lengths[i];
-    uint8_t *p = b.slab + b.offsets[i];
-    if (len < TENC_AEAD_TAG_LEN) {
-      status[i] = ST_BAD_LENGTH;
-    } else if (tenc_aead_wg_open(a, b.key, b.counters[i], p, len) == 0) {
-      status[i] = ST_OK;
-      ok++;
-    } else {
-      status[i] = ST_AUTH;
+  if (a != NULL) {
+    for (uint32_t i = 0; i < b.count; i++) {
+      uint32_t off, len;
+      if (packet_at(env, &b, i, 1, &off, &len) != 0) {
+        a = NULL; /* threw */
+        break;
+      }
+      if (len < TENC_AEAD_TAG_LEN) {
+        status[i] = ST_BAD_LENGTH;
+      } else if (tenc_aead_wg_open(a, b.key, b.counters[i], b.slab + off, len) == 0) {
+        status[i] = ST_OK;
+        ok++;
+      } else {
+        status[i] = ST_AUTH;
+      }
     }
   }
+  OPENSSL_cleanse(b.key, sizeof(b.key));
+  if (a == NULL) return NULL;
   napi_create_uint32(env, ok, &result);
   return result;
 }

@@ -364,3 +364,29 @@ describe('argument errors are typed, coded and thrown before any byte is written
     expect(() => aeadSealBatch({ ...batch, offsets: Uint32Array.of(6) }, key)).toThrow(RangeError);
   });
 });
+
+describe('offsets, lengths or key aliasing the slab cannot make the batch write outside it', () => {
+  it('an offset overwritten by an earlier packet is re-checked: RangeError naming that packet', () => {
+    const key = new Uint8Array(32);
+    const slab = new Uint8Array(256);
+    // offsets live in the slab's first 8 bytes, which packet 0 (offset 0, 8 bytes) encrypts.
+    const offsets = new Uint32Array(slab.buffer, 0, 2);
+    offsets[0] = 0;
+    offsets[1] = 100;
+    const before = slab.slice(0, 8);
+    const overwritten = new DataView(chacha20poly1305(key, wgNonce(0n)).encrypt(before).buffer).getUint32(4, true);
+    expect(overwritten + 8 + AEAD_TAG_LEN).toBeGreaterThan(slab.length); // precondition of this test
+    const batch = { slab, offsets, lengths: Uint32Array.of(8, 8), counters: BigUint64Array.of(0n, 1n) };
+    expect(() => aeadSealBatch(batch, key)).toThrow(/packet 1 does not fit/);
+    expect(slab.subarray(0, 8).every((b, i) => b === before[i])).toBe(false); // packet 0 was sealed
+  });
+
+  it('a key that is part of the slab is read once per batch', () => {
+    const slab = Uint8Array.from(randomBytes(200));
+    const key = slab.slice(0, 32);
+    const pts = [slab.slice(0, 40), slab.slice(80, 120)];
+    const batch = { slab, offsets: Uint32Array.of(0, 80), lengths: Uint32Array.of(40, 40), counters: BigUint64Array.of(3n, 4n) };
+    aeadSealBatch(batch, slab.subarray(0, 32)); // packet 0 overwrites the key bytes
+    expect(hex(slab.subarray(80, 136))).toBe(hex(chacha20poly1305(key, wgNonce(4n)).encrypt(pts[1])));
+  });
+});
