@@ -15,7 +15,8 @@
  *   aeadOpen(key, nonce, aad, sealed)    -> Buffer plaintext, or null if not authentic
  * The layouts and status codes are documented at the wrappers in src/native.ts.
  * Argument errors throw before any byte is touched: TypeError code
- * ERR_INVALID_ARG_TYPE, RangeError code ERR_OUT_OF_RANGE.
+ * ERR_INVALID_ARG_TYPE, RangeError code ERR_OUT_OF_RANGE. Each packet's bounds are
+ * checked again just before it is processed, since offsets/lengths may alias the slab.
  */
 #include "aead.h"
 

@@ -4,6 +4,7 @@
  */
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
+import { endianness } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -63,7 +64,9 @@ export interface AeadBatch {
  * @throws TypeError (code ERR_INVALID_ARG_TYPE) for a wrong argument type; RangeError
  * (code ERR_OUT_OF_RANGE) for a key that is not 32 bytes, a count above an array's length,
  * or a packet that does not fit in the slab (the message names the packet index). All
- * packets are checked before any byte is written.
+ * packets are checked before any byte is written, and each again just before it is
+ * sealed (offsets/lengths that alias the slab and change mid-batch throw, never write
+ * outside it). The key is copied once per call.
  */
 export function aeadSealBatch(batch: AeadBatch, key: Uint8Array): void {
   addon.aeadSealBatch(batch.slab, batch.offsets, batch.lengths, batch.counters, key, batchCount(batch));
@@ -90,10 +93,11 @@ export function aeadOpenBatch(
 
 /**
  * A Uint32Array over the same memory as `counters`, for writing counters as u32 pairs
- * (`[2i]` low, `[2i + 1]` high) without creating a BigInt per packet. Element order is
- * the platform's (little-endian on every platform Node supports for this addon).
+ * (`[2i]` low, `[2i + 1]` high) without creating a BigInt per packet. That word order
+ * holds on little-endian hosts (x86-64, arm64); elsewhere this throws.
  */
 export function counterWords(counters: BigUint64Array): Uint32Array {
+  if (endianness() !== 'LE') throw new Error('counterWords: little-endian hosts only');
   return new Uint32Array(counters.buffer, counters.byteOffset, counters.length * 2);
 }
 

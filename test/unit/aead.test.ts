@@ -13,6 +13,7 @@ import {
   aeadSealBatch,
   aeadOpenBatch,
   wgNonce,
+  counterWords,
   AEAD_STATUS,
   AEAD_TAG_LEN,
   type AeadBatch,
@@ -202,6 +203,30 @@ describe('WireGuard nonce', () => {
       for (let b = 0; b < 8; b++) nonce[4 + b] = Number((c >> BigInt(8 * b)) & 0xffn);
       expect(hex(packet(batch, i))).toBe(hex(chacha20poly1305(key, nonce).encrypt(pts[i])));
     });
+  });
+});
+
+describe('counterWords', () => {
+  it('writes u32 pairs (low, high) that the batch reads as u64 counters', () => {
+    const counters = new BigUint64Array(3);
+    const words = counterWords(counters);
+    words[2] = 0x89abcdef;
+    words[3] = 0x01234567;
+    words[4] = 0xffffffff;
+    words[5] = 0xffffffff;
+    expect(Array.from(counters)).toEqual([0n, 0x0123456789abcdefn, 2n ** 64n - 1n]);
+    const key = rand(32);
+    const batch = packSlab([rand(30), rand(30), rand(30)], () => 1, [0n, 0n, 0n]);
+    batch.counters = counters;
+    const pts = [0, 1, 2].map((i) => packet(batch, i, 0).slice());
+    aeadSealBatch(batch, key);
+    pts.forEach((pt, i) => expect(hex(packet(batch, i))).toBe(hex(chacha20poly1305(key, wgNonce(counters[i])).encrypt(pt))));
+  });
+
+  it('follows a subarray of counters', () => {
+    const all = new BigUint64Array(4);
+    counterWords(all.subarray(2))[0] = 7;
+    expect(all[2]).toBe(7n);
   });
 });
 
