@@ -10,8 +10,8 @@
  *   3. allowed-IPs longest-prefix match on the destination -> peer, else drop no_route (same)
  *   4. no send keypair: queue (bounded, oldest dropped as queue_full) and report
  *      need_handshake once per batch (same)
- *   5. take the send counter; exhausted -> drop counter_exhausted (same); crossing
- *      REKEY_AFTER_MESSAGES reports rekey_needed once per keypair (same)
+ *   5. take the send counter; exhausted -> drop counter_exhausted (same); using counter
+ *      REKEY_AFTER_MESSAGES or above reports rekey_needed once per keypair (same)
  *   6. seal (src/noise/transport.ts), send to the peer's endpoint; failure -> drop io
  *
  * Receive (datagrams from the bind), in order:
@@ -321,7 +321,7 @@ export class ReferencePlane implements DataPlane {
       return;
     }
     const counter = kp.sendCounter++;
-    if (!kp.rekeyReported && kp.sendCounter >= REKEY_AFTER_MESSAGES) {
+    if (!kp.rekeyReported && counter >= REKEY_AFTER_MESSAGES) {
       kp.rekeyReported = true;
       events.push({ type: 'rekey_needed', peer: p.id, localIndex: kp.localIndex });
     }

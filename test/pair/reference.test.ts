@@ -108,6 +108,22 @@ describe('reference plane: receive stages', () => {
   });
 });
 
+describe('reference plane: handshake queue', () => {
+  it('passes at most handshakeQueueLimit handshake messages per batch up', () => {
+    const clock = new ManualClock(0);
+    const net = new FakeNetwork();
+    const plane = new ReferencePlane({ tun: new FakeTun(), bind: net.bind(LOCAL), clock, handshakeQueueLimit: 2 });
+    const events: PlaneEvent[] = [];
+    plane.onEvents((e) => events.push(...e));
+    const init = new Uint8Array(148);
+    init[0] = 1;
+    for (let i = 0; i < 3; i++) net.inject(REMOTE, LOCAL, init);
+    net.deliver();
+    expect(events.length).toBe(2);
+    expect(plane.drops().handshake_queue_full).toBe(1);
+  });
+});
+
 describe('reference plane: send stages', () => {
   it('no keypair: queue (bounded), one need_handshake per batch, flush in order on setSendKeypair', () => {
     const s = setup(3);
