@@ -57,6 +57,7 @@ import {
   UNDER_LOAD_AFTER_TIME,
 } from '../wire/constants.js';
 import { keyFingerprint } from '../log.js';
+import { parseKey } from '../noise/keys.js';
 
 /** The subset of a pino logger the device uses. */
 export interface LoggerLike {
@@ -140,11 +141,7 @@ const NOOP_LOGGER: LoggerLike = { info() {}, warn() {}, debug() {} };
 const ZERO_PSK = new Uint8Array(KEY_SIZE);
 
 function toKeyBytes(key: Uint8Array | string, what: string): Uint8Array {
-  if (typeof key === 'string') {
-    const b = Buffer.from(key, 'base64');
-    if (b.length !== KEY_SIZE || b.toString('base64') !== key) throw new RangeError(`${what}: not a base64 32-byte key`);
-    return new Uint8Array(b);
-  }
+  if (typeof key === 'string') return parseKey(key, what); // KeyFormatError (with a code) when wg would refuse it
   if (!(key instanceof Uint8Array)) throw new TypeError(`${what} must be a Uint8Array or base64 string`);
   if (key.length !== KEY_SIZE) throw new RangeError(`${what} must be ${KEY_SIZE} bytes, got ${key.length}`);
   return key;
@@ -288,7 +285,7 @@ export class Device {
   }
 
   removePeer(publicKey: Uint8Array | string): boolean {
-    const peer = this.registry.byPublicKey(typeof publicKey === 'string' ? publicKey : toKeyBytes(publicKey, 'peer publicKey'));
+    const peer = this.registry.byPublicKey(toKeyBytes(publicKey, 'peer publicKey'));
     if (!peer) return false;
     peer.timers.stop();
     peer.keypairs.clear();
@@ -302,7 +299,7 @@ export class Device {
   }
 
   peerId(publicKey: Uint8Array | string): PeerId | undefined {
-    return this.registry.byPublicKey(typeof publicKey === 'string' ? publicKey : toKeyBytes(publicKey, 'peer publicKey'))?.id;
+    return this.registry.byPublicKey(toKeyBytes(publicKey, 'peer publicKey'))?.id;
   }
 
   /** Starts a handshake with the peer now (subject to the one-per-REKEY_TIMEOUT limit). */
@@ -673,7 +670,7 @@ export class Device {
   }
 
   private mustFind(publicKey: Uint8Array | string): Peer {
-    const peer = this.registry.byPublicKey(typeof publicKey === 'string' ? publicKey : toKeyBytes(publicKey, 'peer publicKey'));
+    const peer = this.registry.byPublicKey(toKeyBytes(publicKey, 'peer publicKey'));
     if (!peer) throw new Error('no such peer');
     return peer;
   }

@@ -186,3 +186,16 @@ describe('pair: status and runtime changes', () => {
     for (const r of [...a.logs, ...b.logs]) expect(typeof (r.obj as { event?: unknown }).event).toBe('string');
   });
 });
+
+describe('pair: keys as text', () => {
+  it('peers can be named by wg base64 keys; malformed text is refused with a code', () => {
+    const { w, a, b } = World.pair();
+    const text = Buffer.from(b.publicKey).toString('base64');
+    expect(a.device.peerId(`${text}\n`)).toBe(a.device.peerId(b.publicKey));
+    expect(() => a.device.removePeer('not a key')).toThrow(expect.objectContaining({ code: 'bad_length' }));
+    a.device.updatePeer(text, { persistentKeepalive: 5 });
+    expect(a.device.status().peers[0].persistentKeepalive).toBe(5);
+    expect(a.device.removePeer(text)).toBe(true);
+    w.settle();
+  });
+});
