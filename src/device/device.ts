@@ -291,6 +291,7 @@ export class Device {
     peer.keypairs.clear();
     clearHandshake(peer.handshake);
     peer.handshake.psk.fill(0);
+    peer.handshake.staticStatic.fill(0);
     for (const c of [...peer.allowedIps]) this.allowed.remove(c, peer);
     this.registry.remove(peer);
     this.plane.removePeer(peer.id);
