@@ -555,6 +555,9 @@ struct tenc_rx {
   uint8_t cms[RX_BATCH][CMSG_SPACE(sizeof(int))];
   rxinj *inj;
   uint32_t ninj, inj_cap;
+  uint8_t **gptr; /* TUN GRO: the inject list as pointer/length arrays */
+  uint32_t *glen;
+  uint8_t *gro;   /* one merged frame */
   struct mmsghdr *imsgs;
   struct iovec *iiovs;
   union {
@@ -648,16 +651,30 @@ static void rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t l
 /* Stage 5: inject the batch (raw sockets per family, or TUN writes). */
 static void rx_inject(tenc_engine *e, struct tenc_rx *x) {
   if (e->o.mode_tun) {
-    for (uint32_t i = 0; i < x->ninj; i++) {
+    if (e->o.vnet_hdr)
+      for (uint32_t i = 0; i < x->ninj; i++) {
+        x->gptr[i] = x->inj[i].pkt;
+        x->glen[i] = x->inj[i].len;
+      }
+    for (uint32_t i = 0; i < x->ninj;) {
       rxinj *j = &x->inj[i];
       uint8_t *w = j->pkt;
-      uint32_t wl = j->len;
+      uint32_t wl = j->len, k = 1;
       if (e->o.vnet_hdr) {
-        w -= VNET_LEN;
-        wl += VNET_LEN;
-        memset(w, 0, VNET_LEN);
+        k = tenc_gro_tcp(x->gptr + i, x->glen + i, x->ninj - i, x->gro, RX_SLOT, &wl);
+        if (k > 1) {
+          w = x->gro;
+        } else {
+          /* Authenticated, so the checksums are the sender's: DATA_VALID skips
+           * verifying them again (as the kernel WireGuard does). */
+          struct virtio_net_hdr h = {.flags = VIRTIO_NET_HDR_F_DATA_VALID};
+          w -= VNET_LEN;
+          wl = j->len + VNET_LEN;
+          memcpy(w, &h, VNET_LEN);
+        }
       }
-      if (write(e->o.tun_fd, w, wl) < 0) drop(e, -1, TENC_D_IO, 1);
+      if (write(e->o.tun_fd, w, wl) < 0) drop(e, -1, TENC_D_IO, k);
+      i += k;
     }
     return;
   }
@@ -781,6 +798,10 @@ static void rx_free(struct tenc_rx *x) {
   if (x->bufs) explicit_bzero(x->bufs, (size_t)RX_BATCH * RX_SLOT);
   free(x->bufs);
   free(x->inj);
+  free(x->gptr);
+  free(x->glen);
+  if (x->gro) explicit_bzero(x->gro, RX_SLOT);
+  free(x->gro);
   free(x->imsgs);
   free(x->iiovs);
   free(x->inames);
@@ -819,12 +840,15 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
     x->bufs = aligned_alloc(64, (size_t)RX_BATCH * RX_SLOT);
     x->inj_cap = RX_BATCH * 64; /* GRO: up to 64 messages per datagram */
     x->inj = calloc(x->inj_cap, sizeof *x->inj);
+    x->gptr = calloc(x->inj_cap, sizeof *x->gptr);
+    x->glen = calloc(x->inj_cap, sizeof *x->glen);
+    x->gro = malloc(RX_SLOT);
     x->imsgs = calloc(x->inj_cap, sizeof *x->imsgs);
     x->iiovs = calloc(x->inj_cap, sizeof *x->iiovs);
     x->inames = calloc(x->inj_cap, sizeof *x->inames);
     x->aead = tenc_aead_new();
     ok = t->arena && t->recs && t->out && t->msgs && t->iovs && t->cms && t->first && t->count && t->aead &&
-         x->bufs && x->inj && x->imsgs && x->iiovs && x->inames && x->aead;
+         x->bufs && x->inj && x->gptr && x->glen && x->gro && x->imsgs && x->iiovs && x->inames && x->aead;
   }
   if (!ok) {
     e->o.tun_fd = e->o.udp_fd = e->o.raw4_fd = e->o.raw6_fd = -1; /* still the caller's */

@@ -97,3 +97,97 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
   }
   return n;
 }
+
+typedef struct {
+  int v6;
+  uint32_t ihl, hlen, payload, seq;
+  uint8_t flags;
+} tcpseg;
+
+/* A TCP segment eligible for merging: no IP options/extension headers, not a
+ * fragment, flags ACK or ACK|PSH, some payload. */
+static int gro_parse(const uint8_t *p, uint32_t len, tcpseg *s) {
+  if (len < 40) return 0;
+  if ((p[0] >> 4) == 4) {
+    if (p[0] != 0x45 || p[9] != 6 || (p[6] & 0x3f) || p[7] || (((uint32_t)p[2] << 8) | p[3]) != len) return 0;
+    s->v6 = 0;
+    s->ihl = 20;
+  } else if ((p[0] >> 4) == 6) {
+    if (p[6] != 6 || 40u + (((uint32_t)p[4] << 8) | p[5]) != len || len < 60) return 0;
+    s->v6 = 1;
+    s->ihl = 40;
+  } else {
+    return 0;
+  }
+  const uint8_t *t = p + s->ihl;
+  uint32_t th = (t[12] >> 4) * 4u;
+  s->flags = t[13];
+  if (th < 20 || s->ihl + th >= len || (s->flags & ~0x08) != 0x10) return 0;
+  s->hlen = s->ihl + th;
+  s->payload = len - s->hlen;
+  s->seq = get32(t + 4);
+  return 1;
+}
+
+/* Same flow and same header fields, except IPv4 length/ID/checksum and TCP
+ * sequence/flags/checksum. */
+static int gro_same(const uint8_t *a, const tcpseg *sa, const uint8_t *b, const tcpseg *sb) {
+  if (sa->v6 != sb->v6 || sa->hlen != sb->hlen) return 0;
+  if (sa->v6) {
+    if (memcmp(a, b, 4) || memcmp(a + 6, b + 6, 34)) return 0;
+  } else {
+    if (a[1] != b[1] || memcmp(a + 6, b + 6, 4) || memcmp(a + 12, b + 12, 8)) return 0;
+  }
+  const uint8_t *ta = a + sa->ihl, *tb = b + sb->ihl;
+  return !memcmp(ta, tb, 4) && !memcmp(ta + 8, tb + 8, 4) && !memcmp(ta + 14, tb + 14, 2) &&
+         !memcmp(ta + 18, tb + 18, 2) && !memcmp(ta + 20, tb + 20, sa->hlen - sa->ihl - 20);
+}
+
+uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *out, uint32_t cap,
+                      uint32_t *outlen) {
+  tcpseg f, s;
+  if (n < 2 || !gro_parse(pkts[0], lens[0], &f) || (f.flags & 0x08)) return 1;
+  uint32_t total = lens[0], k = 1, seq = f.seq + f.payload;
+  uint8_t last_flags = f.flags;
+  uint32_t max = f.v6 ? 65535u + 40u : 65535u;
+  while (k < n && k < TENC_GRO_MAX_SEGS) {
+    if (!gro_parse(pkts[k], lens[k], &s) || !gro_same(pkts[0], &f, pkts[k], &s) || s.seq != seq ||
+        s.payload > f.payload || total + s.payload > max || sizeof(struct virtio_net_hdr) + total + s.payload > cap)
+      break;
+    total += s.payload;
+    seq += s.payload;
+    last_flags = s.flags;
+    k++;
+    if (s.payload < f.payload || (s.flags & 0x08)) break; /* a short or PSH segment ends the run */
+  }
+  if (k < 2) return 1;
+  struct virtio_net_hdr h = {
+      .flags = VIRTIO_NET_HDR_F_NEEDS_CSUM,
+      .gso_type = f.v6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4,
+      .hdr_len = (uint16_t)f.hlen,
+      .gso_size = (uint16_t)f.payload,
+      .csum_start = (uint16_t)f.ihl,
+      .csum_offset = 16,
+  };
+  memcpy(out, &h, sizeof h);
+  uint8_t *p = out + sizeof h;
+  memcpy(p, pkts[0], lens[0]);
+  uint32_t off = lens[0];
+  for (uint32_t i = 1; i < k; i++) {
+    uint32_t pl = lens[i] - f.hlen;
+    memcpy(p + off, pkts[i] + f.hlen, pl);
+    off += pl;
+  }
+  p[f.ihl + 13] = last_flags;
+  if (f.v6) {
+    put16(p + 4, total - 40);
+  } else {
+    put16(p + 2, total);
+    tenc_ipv4_csum(p, 20);
+  }
+  /* NEEDS_CSUM: the field holds the folded pseudo-header sum, not complemented. */
+  uint16_t ps = tenc_csum_fold(tenc_csum_pseudo(f.v6, f.v6 ? p + 8 : p + 12, f.v6 ? p + 24 : p + 16, 6, total - f.ihl));
+  memcpy(p + f.ihl + 16, &ps, 2);
+  *outlen = (uint32_t)sizeof h + total;
+  return k;
+}
