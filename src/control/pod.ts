@@ -190,6 +190,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       ip,
       config.peers.map((p) => p.endpoint),
       config.fwmark,
+      [config.addresses.v4, config.addresses.v6].filter((a): a is string => a !== null),
     );
     log.info(mtuChoice, 'mtu');
 

@@ -4,8 +4,8 @@
  *   IPv4 20 + UDP 8 + transport header 16 + tag 16 = 60
  *   IPv6 40 + UDP 8 + transport header 16 + tag 16 = 80
  * The egress interface is the one `ip route get` picks for the first peer's endpoint
- * (with tenc's fwmark, as tenc's own datagrams carry it), or else the interface of
- * the default route.
+ * (with tenc's fwmark, as tenc's own datagrams carry it), else the interface of the
+ * default route, else the interface holding the pod's own address (a pod's eth0).
  */
 import { IpCommand, type Family } from './ip.js';
 import { addressFamily } from '../control/config.js';
@@ -32,7 +32,12 @@ export class MtuError extends Error {
   }
 }
 
-export async function computeMtu(ip: IpCommand, endpoints: (Endpoint | null)[], fwmark: number): Promise<MtuChoice> {
+export async function computeMtu(
+  ip: IpCommand,
+  endpoints: (Endpoint | null)[],
+  fwmark: number,
+  ownAddresses: string[] = [],
+): Promise<MtuChoice> {
   let egress: string | undefined;
   let underlay: Family = 4;
   let reason = '';
@@ -54,7 +59,21 @@ export async function computeMtu(ip: IpCommand, endpoints: (Endpoint | null)[], 
       }
     }
   }
-  if (!egress) throw new MtuError('cannot compute the MTU: no route to the first peer endpoint and no default route');
+  if (!egress) {
+    const links = await ip.json(['addr', 'show']).catch(() => []);
+    for (const own of ownAddresses) {
+      const l = links.find((x) => (x.addr_info ?? []).some((a: { local?: string }) => a.local === own));
+      if (l?.ifname) {
+        egress = l.ifname;
+        if (!first) underlay = addressFamily(own) ?? 4;
+        reason = `interface holding ${own}`;
+        break;
+      }
+    }
+  }
+  if (!egress) {
+    throw new MtuError('cannot compute the MTU: no route to the first peer endpoint, no default route, no interface with the pod address');
+  }
   const link = await ip.json(['link', 'show', 'dev', egress]);
   const egressMtu = link[0]?.mtu;
   if (typeof egressMtu !== 'number') throw new MtuError(`cannot compute the MTU: no MTU for egress interface ${egress}`);

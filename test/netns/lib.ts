@@ -36,13 +36,18 @@ let counter = 0;
 export class Netns {
   private constructor(readonly name: string) {}
 
-  /** Creates a fresh namespace named tenc-t<pid>-<n>-<label> with lo up. */
+  /**
+   * Creates a fresh namespace named tenc-t<pid>-<n>-<label> with lo up and IPv6
+   * duplicate address detection off, so addresses (link-local ones too) are final
+   * at once and snapshots do not race with DAD.
+   */
   static create(label: string): Netns {
     const name = `tenc-t${process.pid % 100000}-${counter++}-${label}`.slice(0, 40);
     sh('ip', ['netns', 'add', name]);
     created.add(name);
     const ns = new Netns(name);
     ns.ip('link', 'set', 'lo', 'up');
+    ns.exec('sysctl', '-qw', 'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0');
     return ns;
   }
 
@@ -154,7 +159,8 @@ export interface Capture {
 export async function startCapture(ns: Netns, ifname: string, filter: string[] = []): Promise<Capture> {
   requireTool('tcpdump');
   const file = join(tmpdir(), `tenc-cap-${process.pid}-${counter++}.pcap`);
-  const child = ns.spawn('tcpdump', ['-i', ifname, '-n', '-U', '-s', '0', '-w', file, ...filter]);
+  // --immediate-mode: packets reach the file at once, not when a ring block fills or times out
+  const child = ns.spawn('tcpdump', ['-i', ifname, '-n', '-U', '--immediate-mode', '-s', '0', '-w', file, ...filter]);
   await new Promise<void>((resolve, reject) => {
     let err = '';
     const timer = setTimeout(() => reject(new Error(`tcpdump did not start: ${err}`)), 10_000);

@@ -84,6 +84,19 @@ describe('MTU', () => {
       rt.ip('link', 'set', 'dev', 'eth0', 'mtu', '1400');
     }
   });
+
+  it('without peers or a default route: the interface holding the pod address', async () => {
+    rt.ip('route', 'del', 'default');
+    rt.ip('-6', 'route', 'del', 'default');
+    try {
+      await expect(computeMtu(ip, [], MARK)).rejects.toThrow(/cannot compute the MTU/);
+      expect(await computeMtu(ip, [], MARK, ['10.77.0.1'])).toMatchObject({ mtu: 1340, egress: 'eth0', underlay: 4 });
+      expect(await computeMtu(ip, [], MARK, ['fd00:77::1'])).toMatchObject({ mtu: 1320, egress: 'eth0', underlay: 6 });
+    } finally {
+      rt.ip('route', 'add', 'default', 'via', '10.77.0.2');
+      rt.ip('-6', 'route', 'add', 'default', 'via', 'fd00:77::2');
+    }
+  });
 });
 
 describe('policy routing', () => {

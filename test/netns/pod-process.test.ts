@@ -1,0 +1,158 @@
+/**
+ * Two real `tenc pod` processes (node dist/src/cli/main.js, native data plane):
+ *
+ *   [ ns "a" ]  eth0 10.77.0.1/24 ---veth--- eth0 10.77.0.2/24  [ ns "b" ]
+ *               tenc0 (tenc pod)                 tenc0 (tenc pod)
+ *
+ *  1. start both, exchange public keys with `tenc set-peer`, ping through the
+ *     tunnel; the wire carries only UDP to port 51820, no ICMP in the clear;
+ *     `tenc status` shows the peer with a handshake and transfer
+ *  2. SIGKILL pod a (a crash), start it again: the residue is removed, the
+ *     tunnel works again
+ *  3. SIGTERM both: exit 0, each namespace equals its snapshot from before
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Netns, destroyAll, veth, snapshot, startCapture, requireRoot, requireTool, type NetSnapshot } from './lib.js';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const main = join(root, 'dist', 'src', 'cli', 'main.js');
+
+let a: Netns;
+let b: Netns;
+let dir: string;
+const running = new Set<ChildProcess>();
+
+interface PodProc {
+  child: ChildProcess;
+  publicKey: string;
+  exit: Promise<number | null>;
+  stderr: () => string;
+}
+
+/** Starts `tenc pod` in ns and resolves with its public key (first stdout line). */
+function startPod(ns: Netns, config: string): Promise<PodProc> {
+  const child = ns.spawn('node', [main, 'pod', '--config', config]);
+  running.add(child);
+  let out = '';
+  let err = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exit = new Promise<number | null>((r) =>
+    child.on('exit', (code) => {
+      running.delete(child);
+      r(code);
+    }),
+  );
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`tenc pod did not start: ${err}`)), 15_000);
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      const m = /^public-key (\S+)\n/.exec(out);
+      if (m) {
+        // fully up once it logs "pod running" (after the control socket listens)
+        const poll = () => {
+          if (err.includes('"msg":"pod running"')) {
+            clearTimeout(timer);
+            resolve({ child, publicKey: m[1], exit, stderr: () => err });
+          } else if (child.exitCode === null) setTimeout(poll, 50);
+        };
+        poll();
+      }
+    });
+    exit.then((code) => reject(new Error(`tenc pod exited ${code}: ${err}`)));
+  });
+}
+
+function tenc(ns: Netns, ...args: string[]): string {
+  return ns.exec('node', main, ...args);
+}
+
+function ping(ns: Netns, dst: string): boolean {
+  return ns.tryExec('ping', '-c', '2', '-i', '0.2', '-W', '2', dst).status === 0;
+}
+
+function expectSame(after: NetSnapshot, before: NetSnapshot): void {
+  for (const k of Object.keys(before) as (keyof NetSnapshot)[]) expect(after[k], `snapshot field ${k}`).toBe(before[k]);
+}
+
+beforeAll(() => {
+  requireRoot();
+  for (const t of ['ip', 'ping', 'tcpdump', 'nft']) requireTool(t);
+  spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
+  if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+  a = Netns.create('a');
+  b = Netns.create('b');
+  veth(a, 'eth0', b, 'eth0');
+  a.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
+  b.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
+  dir = mkdtempSync(join(tmpdir(), 'tenc-procs-'));
+  writeFileSync(join(dir, 'psk'), tencHost('genpsk'));
+  writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: ['10.77.0.1'], pskFile: 'psk' }));
+  writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.77.0.2'], pskFile: 'psk' }));
+}, 120_000);
+
+function tencHost(...args: string[]): string {
+  const r = spawnSync('node', [main, ...args], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(r.stderr);
+  return r.stdout;
+}
+
+afterAll(async () => {
+  for (const c of running) c.kill('SIGKILL');
+  destroyAll();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('two tenc pod processes', () => {
+  it('tunnel, crash and restart, clean stop', async () => {
+    const beforeA = snapshot(a);
+    const beforeB = snapshot(b);
+    let podA = await startPod(a, join(dir, 'a.json'));
+    const podB = await startPod(b, join(dir, 'b.json'));
+    tenc(b, 'set-peer', podA.publicKey, '--endpoint', '10.77.0.1:51820', '--allowed-ips', '10.77.0.1/32');
+    tenc(a, 'set-peer', podB.publicKey, '--endpoint', '10.77.0.2:51820', '--allowed-ips', '10.77.0.2/32');
+
+    const cap = await startCapture(b, 'eth0');
+    try {
+      expect(ping(a, '10.77.0.2')).toBe(true);
+    } finally {
+      await cap.stop();
+    }
+    const lines = cap.read();
+    cap.remove();
+    expect(lines.length).toBeGreaterThan(0);
+    for (const l of lines.filter((x) => / IP /.test(x))) expect(l).toMatch(/\.51820 > 10\.77\.0\.\d\.51820: UDP/);
+    expect(lines.some((l) => /ICMP/.test(l))).toBe(false);
+
+    const st = JSON.parse(tenc(a, 'status', '--json'));
+    expect(st.peers[0].publicKey).toBe(podB.publicKey);
+    expect(st.peers[0].latestHandshake).toBeGreaterThan(0);
+    expect(st.peers[0].txBytes).toBeGreaterThan(0);
+    expect(tenc(a, 'status')).toContain(`peer: ${podB.publicKey}`);
+
+    // crash: no teardown at all
+    const oldKeyA = podA.publicKey;
+    podA.child.kill('SIGKILL');
+    await podA.exit;
+    expect(a.ip('-4', 'rule', 'show')).toContain('lookup 52100');
+    podA = await startPod(a, join(dir, 'a.json'));
+    expect(podA.stderr()).toContain('removed residue of an earlier run');
+    expect(podA.stderr()).toContain('removed stale control socket');
+    // a restarted pod has a new key: b forgets the old one first (allowed IPs belong to one peer)
+    tenc(b, 'remove-peer', oldKeyA);
+    tenc(b, 'set-peer', podA.publicKey, '--endpoint', '10.77.0.1:51820', '--allowed-ips', '10.77.0.1/32');
+    tenc(a, 'set-peer', podB.publicKey, '--endpoint', '10.77.0.2:51820', '--allowed-ips', '10.77.0.2/32');
+    expect(ping(a, '10.77.0.2')).toBe(true);
+
+    podA.child.kill('SIGTERM');
+    podB.child.kill('SIGTERM');
+    expect(await podA.exit).toBe(0);
+    expect(await podB.exit).toBe(0);
+    expectSame(snapshot(a), beforeA);
+    expectSame(snapshot(b), beforeB);
+  });
+});
