@@ -648,6 +648,68 @@ static void rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t l
   x->inj[x->ninj++] = (rxinj){pt, iplen, v};
 }
 
+/* Raw inject helpers: one message per packet, addressed to its destination. */
+static void raw_add(struct tenc_rx *x, uint32_t n, const rxinj *j) {
+  struct msghdr *m = &x->imsgs[n].msg_hdr;
+  memset(m, 0, sizeof *m);
+  x->iiovs[n] = (struct iovec){j->pkt, j->len};
+  m->msg_iov = &x->iiovs[n];
+  m->msg_iovlen = 1;
+  m->msg_name = &x->inames[n];
+  if (j->family == 4) {
+    struct sockaddr_in *s = &x->inames[n].v4;
+    memset(s, 0, sizeof *s);
+    s->sin_family = AF_INET;
+    memcpy(&s->sin_addr, j->pkt + 16, 4);
+    m->msg_namelen = sizeof *s;
+  } else {
+    struct sockaddr_in6 *s = &x->inames[n].v6;
+    memset(s, 0, sizeof *s);
+    s->sin6_family = AF_INET6;
+    memcpy(&s->sin6_addr, j->pkt + 24, 16);
+    m->msg_namelen = sizeof *s;
+  }
+}
+
+static void raw_flush(tenc_engine *e, struct tenc_rx *x, int family, uint32_t n) {
+  int fd = family == 4 ? e->o.raw4_fd : e->o.raw6_fd;
+  for (uint32_t k = 0; k < n;) {
+    int r = fd >= 0 ? sendmmsg(fd, &x->imsgs[k], n - k, 0) : -1;
+    if (r > 0) {
+      k += (uint32_t)r;
+    } else if (r < 0 && errno == EINTR) {
+      continue;
+    } else {
+      drop(e, -1, TENC_D_IO, 1); /* this one failed: skip it */
+      k++;
+    }
+  }
+}
+
+static int raw_send_one(tenc_engine *e, int family, const uint8_t *pkt, uint32_t len, const uint8_t *dst) {
+  union {
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+  } sa;
+  memset(&sa, 0, sizeof sa);
+  socklen_t sl;
+  if (family == 4) {
+    sa.v4.sin_family = AF_INET;
+    memcpy(&sa.v4.sin_addr, dst, 4);
+    sl = sizeof sa.v4;
+  } else {
+    sa.v6.sin6_family = AF_INET6;
+    memcpy(&sa.v6.sin6_addr, dst, 16);
+    sl = sizeof sa.v6;
+  }
+  int fd = family == 4 ? e->o.raw4_fd : e->o.raw6_fd;
+  ssize_t r;
+  do
+    r = fd >= 0 ? sendto(fd, pkt, len, 0, (struct sockaddr *)&sa, sl) : -1;
+  while (r < 0 && errno == EINTR);
+  return r < 0 ? -1 : 0;
+}
+
 /* Stage 5: inject the batch (raw sockets per family, or TUN writes). */
 static void rx_inject(tenc_engine *e, struct tenc_rx *x) {
   if (e->o.mode_tun) {
@@ -661,7 +723,7 @@ static void rx_inject(tenc_engine *e, struct tenc_rx *x) {
       uint8_t *w = j->pkt;
       uint32_t wl = j->len, k = 1;
       if (e->o.vnet_hdr) {
-        k = tenc_gro_tcp(x->gptr + i, x->glen + i, x->ninj - i, x->gro, RX_SLOT, &wl);
+        k = tenc_gro_tcp(x->gptr + i, x->glen + i, x->ninj - i, x->gro, RX_SLOT, 1, &wl);
         if (k > 1) {
           w = x->gro;
         } else {
@@ -678,46 +740,41 @@ static void rx_inject(tenc_engine *e, struct tenc_rx *x) {
     }
     return;
   }
-  uint32_t n = 0;
-  for (uint32_t i = 0; i < x->ninj; i++) {
-    rxinj *j = &x->inj[i];
-    struct msghdr *m = &x->imsgs[n].msg_hdr;
-    memset(m, 0, sizeof *m);
-    x->iiovs[n] = (struct iovec){j->pkt, j->len};
-    m->msg_iov = &x->iiovs[n];
-    m->msg_iovlen = 1;
-    m->msg_name = &x->inames[n];
-    if (j->family == 4) {
-      struct sockaddr_in *s = &x->inames[n].v4;
-      memset(s, 0, sizeof *s);
-      s->sin_family = AF_INET;
-      memcpy(&s->sin_addr, j->pkt + 16, 4);
-      m->msg_namelen = sizeof *s;
-    } else {
-      struct sockaddr_in6 *s = &x->inames[n].v6;
-      memset(s, 0, sizeof *s);
-      s->sin6_family = AF_INET6;
-      memcpy(&s->sin6_addr, j->pkt + 24, 16);
-      m->msg_namelen = sizeof *s;
+  /* Raw sockets: a batch per family through sendmmsg; with offloads, TCP runs are
+   * merged into one large packet (the local route is lo, 64 KiB MTU). */
+  int gro = e->o.vnet_hdr;
+  if (gro)
+    for (uint32_t i = 0; i < x->ninj; i++) {
+      x->gptr[i] = x->inj[i].pkt;
+      x->glen[i] = x->inj[i].len;
     }
-    n++;
-    /* Flush at a family change or the end (one fd per family). */
-    if (i + 1 == x->ninj || x->inj[i + 1].family != j->family) {
-      int fd = j->family == 4 ? e->o.raw4_fd : e->o.raw6_fd;
-      for (uint32_t k = 0; k < n;) {
-        int r = fd >= 0 ? sendmmsg(fd, &x->imsgs[k], n - k, 0) : -1;
-        if (r > 0) {
-          k += (uint32_t)r;
-        } else if (r < 0 && errno == EINTR) {
-          continue;
-        } else {
-          drop(e, -1, TENC_D_IO, 1); /* this one failed: skip it */
-          k++;
-        }
+  uint32_t n = 0;
+  int fam = 0;
+  for (uint32_t i = 0; i < x->ninj;) {
+    rxinj *j = &x->inj[i];
+    uint32_t wl = 0, k = gro ? tenc_gro_tcp(x->gptr + i, x->glen + i, x->ninj - i, x->gro, RX_SLOT, 0, &wl) : 1;
+    if (n && (k > 1 || j->family != fam)) {
+      raw_flush(e, x, fam, n);
+      n = 0;
+    }
+    if (k > 1) {
+      uint8_t *dst = j->family == 4 ? x->gro + 16 : x->gro + 24;
+      if (raw_send_one(e, j->family, x->gro, wl, dst) == 0) {
+        i += k;
+        continue;
       }
+      /* e.g. EMSGSIZE (not a local destination): the rest of the batch unmerged. */
+      gro = 0;
+    }
+    raw_add(x, n++, j);
+    fam = j->family;
+    i++;
+    if (n == RX_BATCH * 4) {
+      raw_flush(e, x, fam, n);
       n = 0;
     }
   }
+  if (n) raw_flush(e, x, fam, n);
 }
 
 static void *rx_main(void *arg) {

@@ -143,8 +143,9 @@ static int gro_same(const uint8_t *a, const tcpseg *sa, const uint8_t *b, const 
          !memcmp(ta + 18, tb + 18, 2) && !memcmp(ta + 20, tb + 20, sa->hlen - sa->ihl - 20);
 }
 
-uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *out, uint32_t cap,
+uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *out, uint32_t cap, int vnet,
                       uint32_t *outlen) {
+  uint32_t vlen = vnet ? (uint32_t)sizeof(struct virtio_net_hdr) : 0;
   tcpseg f, s;
   if (n < 2 || !gro_parse(pkts[0], lens[0], &f) || (f.flags & 0x08)) return 1;
   uint32_t total = lens[0], k = 1, seq = f.seq + f.payload;
@@ -152,7 +153,7 @@ uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, ui
   uint32_t max = f.v6 ? 65535u + 40u : 65535u;
   while (k < n && k < TENC_GRO_MAX_SEGS) {
     if (!gro_parse(pkts[k], lens[k], &s) || !gro_same(pkts[0], &f, pkts[k], &s) || s.seq != seq ||
-        s.payload > f.payload || total + s.payload > max || sizeof(struct virtio_net_hdr) + total + s.payload > cap)
+        s.payload > f.payload || total + s.payload > max || vlen + total + s.payload > cap)
       break;
     total += s.payload;
     seq += s.payload;
@@ -169,8 +170,8 @@ uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, ui
       .csum_start = (uint16_t)f.ihl,
       .csum_offset = 16,
   };
-  memcpy(out, &h, sizeof h);
-  uint8_t *p = out + sizeof h;
+  if (vnet) memcpy(out, &h, sizeof h);
+  uint8_t *p = out + vlen;
   memcpy(p, pkts[0], lens[0]);
   uint32_t off = lens[0];
   for (uint32_t i = 1; i < k; i++) {
@@ -185,9 +186,16 @@ uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, ui
     put16(p + 2, total);
     tenc_ipv4_csum(p, 20);
   }
-  /* NEEDS_CSUM: the field holds the folded pseudo-header sum, not complemented. */
-  uint16_t ps = tenc_csum_fold(tenc_csum_pseudo(f.v6, f.v6 ? p + 8 : p + 12, f.v6 ? p + 24 : p + 16, 6, total - f.ihl));
-  memcpy(p + f.ihl + 16, &ps, 2);
-  *outlen = (uint32_t)sizeof h + total;
+  uint64_t ps = tenc_csum_pseudo(f.v6, f.v6 ? p + 8 : p + 12, f.v6 ? p + 24 : p + 16, 6, total - f.ihl);
+  uint16_t c;
+  if (vnet) {
+    /* NEEDS_CSUM: the field holds the folded pseudo-header sum, not complemented. */
+    c = tenc_csum_fold(ps);
+  } else {
+    p[f.ihl + 16] = p[f.ihl + 17] = 0;
+    c = tenc_csum_finish(tenc_csum_add(ps, p + f.ihl, total - f.ihl));
+  }
+  memcpy(p + f.ihl + 16, &c, 2);
+  *outlen = vlen + total;
   return k;
 }

@@ -34,7 +34,9 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
  * segments of equal payload size, only the last shorter or with PSH) into one
  * TSO frame: virtio_net_hdr (GSO_TCPV4/6, NEEDS_CSUM) + one IP packet. Writes the
  * frame to `out` (cap bytes) and returns k >= 2 with *outlen set, or returns 1
- * when pkts[0] cannot start a run (then nothing is written). */
+ * when pkts[0] cannot start a run (then nothing is written).
+ * vnet = 0 ('raw' inject to a local address, whose route is lo with a 64 KiB MTU):
+ * no virtio header, one large IP packet with a complete TCP checksum. */
 #define TENC_GRO_MAX_SEGS 64
-uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *out, uint32_t cap,
+uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *out, uint32_t cap, int vnet,
                       uint32_t *outlen);
