@@ -5,14 +5,16 @@
  * must share are marked (same).
  *
  * Send (packets from the TUN), in order:
- *   1. read the inner header: not IP -> drop no_route (nothing to route it by)
- *   2. longer than the MTU -> drop too_big
+ *   1. read the inner header: not IP -> drop no_route (nothing to route it by) (same)
+ *   2. longer than the MTU -> drop too_big (same)
  *   3. allowed-IPs longest-prefix match on the destination -> peer, else drop no_route (same)
- *   4. no send keypair: queue (bounded, oldest dropped as queue_full) and report
- *      need_handshake once per batch (same)
+ *   4. no send keypair or no endpoint: queue (bounded; when full the new packet is dropped
+ *      as queue_full) and report need_handshake once, until a send keypair is set or the
+ *      queue is flushed (same)
  *   5. take the send counter; exhausted -> drop counter_exhausted (same); using counter
  *      REKEY_AFTER_MESSAGES or above reports rekey_needed once per keypair (same)
- *   6. seal (src/noise/transport.ts), send to the peer's endpoint; failure -> drop io
+ *   6. seal (src/noise/transport.ts), send to the peer's endpoint; failure -> drop io (same)
+ * setSendKeypair(kp) sends the queue through kp when the peer has an endpoint (same).
  *
  * Receive (datagrams from the bind), in order:
  *   1. decode gate (src/wire/messages.ts): bad -> drop bad_header (same)
@@ -78,6 +80,8 @@ interface RefPeer {
   sendKeypair: RefKeypair | null;
   keypairs: Set<number>;
   queue: Uint8Array[];
+  /** need_handshake was reported and not yet answered by a send keypair or a flush. */
+  needSignaled: boolean;
   counters: PeerCounters;
   drops: Record<DropReason, number>;
 }
@@ -134,6 +138,7 @@ export class ReferencePlane implements DataPlane {
       sendKeypair: null,
       keypairs: new Set(),
       queue: [],
+      needSignaled: false,
       counters: { txBytes: 0, rxBytes: 0, txPackets: 0, rxPackets: 0, lastTxMs: 0, lastRxMs: 0, lastTxDataMs: 0, lastRxDataMs: 0 },
       drops: zeroDrops(),
     });
@@ -194,6 +199,8 @@ export class ReferencePlane implements DataPlane {
     const kp = this.byIndex.get(localIndex);
     if (!kp || kp.peer !== peer) throw new Error(`reference plane: keypair ${localIndex} is not peer ${peer}'s`);
     p.sendKeypair = kp;
+    p.needSignaled = false;
+    if (!p.endpoint) return;
     const queued = p.queue.splice(0, p.queue.length);
     const events: PlaneEvent[] = [];
     for (const pkt of queued) this.sealAndSend(p, pkt, events);
@@ -221,7 +228,7 @@ export class ReferencePlane implements DataPlane {
 
   sendKeepalive(peer: PeerId): void {
     const p = this.peer(peer);
-    if (!p.sendKeypair) return;
+    if (!p.sendKeypair || !p.endpoint) return;
     const events: PlaneEvent[] = [];
     this.sealAndSend(p, new Uint8Array(0), events);
     this.emit(events);
@@ -231,6 +238,7 @@ export class ReferencePlane implements DataPlane {
     const p = this.peer(peer);
     p.drops.no_session += p.queue.length;
     p.queue.length = 0;
+    p.needSignaled = false;
   }
 
   setLocalServices(services: LocalService[]): void {
@@ -277,11 +285,14 @@ export class ReferencePlane implements DataPlane {
   private sendPackets(packets: Uint8Array[]): void {
     if (this.closed) return;
     const events: PlaneEvent[] = [];
-    const needHandshake = new Set<PeerId>();
     for (const pkt of packets) {
       const h = readInnerHeader(pkt);
       if (!h) {
         this.unattributed.no_route++;
+        continue;
+      }
+      if (pkt.length > this.tun.mtu) {
+        this.unattributed.too_big++;
         continue;
       }
       const id = this.allowed.lookup(h.dst);
@@ -290,41 +301,37 @@ export class ReferencePlane implements DataPlane {
         this.unattributed.no_route++;
         continue;
       }
-      if (pkt.length > this.tun.mtu) {
-        p.drops.too_big++;
-        continue;
-      }
-      if (!p.sendKeypair) {
+      if (!p.sendKeypair || !p.endpoint) {
+        if (!p.needSignaled) {
+          p.needSignaled = true;
+          events.push({ type: 'need_handshake', peer: p.id });
+        }
         if (p.queue.length >= this.queueLimit) {
-          p.queue.shift();
           p.drops.queue_full++;
+          continue;
         }
         p.queue.push(pkt);
-        needHandshake.add(p.id);
         continue;
       }
       this.sealAndSend(p, pkt, events);
     }
-    for (const id of needHandshake) events.push({ type: 'need_handshake', peer: id });
     this.emit(events);
   }
 
   private sealAndSend(p: RefPeer, pkt: Uint8Array, events: PlaneEvent[]): void {
     const kp = p.sendKeypair;
     if (!kp) return;
-    if (kp.sendCounter >= REJECT_AFTER_MESSAGES) {
-      p.drops.counter_exhausted++;
-      return;
-    }
-    if (!p.endpoint) {
-      p.drops.io++;
-      return;
-    }
-    const counter = kp.sendCounter++;
+    if (!p.endpoint) return; // callers check; kept for safety
+    const counter = kp.sendCounter;
     if (!kp.rekeyReported && counter >= REKEY_AFTER_MESSAGES) {
       kp.rekeyReported = true;
       events.push({ type: 'rekey_needed', peer: p.id, localIndex: kp.localIndex });
     }
+    if (counter >= REJECT_AFTER_MESSAGES) {
+      p.drops.counter_exhausted++;
+      return;
+    }
+    kp.sendCounter++;
     const msg = sealTransport(kp.sendKey, kp.remoteIndex, counter, pkt, this.tun.mtu);
     if (this.bind.send(p.endpoint, [msg]) > 0) {
       p.drops.io++;

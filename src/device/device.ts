@@ -258,6 +258,7 @@ export class Device {
       const e = checkEndpoint(upd.endpoint);
       peer.endpoint = e;
       if (e) this.plane.setEndpoint(peer.id, e);
+      if (e && peer.initiationBlocked) peer.timers.needHandshake();
     }
     if (upd.allowedIps !== undefined) {
       const want = new Set(upd.allowedIps.map((c) => canonicalCidr(c)));
@@ -472,9 +473,11 @@ export class Device {
 
   private sendInitiation(peer: Peer, retry: boolean, reason: string): void {
     if (!peer.endpoint) {
+      peer.initiationBlocked = true; // retried when an endpoint is configured
       this.log.debug({ event: 'initiation_skipped', peer: peer.fingerprint, reason: 'no_endpoint' }, 'no endpoint');
       return;
     }
+    peer.initiationBlocked = false;
     const now = this.clock.now();
     this.forgetHandshake(peer);
     const index = this.registry.allocateIndex(peer);

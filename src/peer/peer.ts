@@ -37,6 +37,8 @@ export class Peer {
   readonly timers: PeerTimers;
   ownPsk: boolean;
   persistentKeepaliveMs: number;
+  /** An initiation was wanted while we had no endpoint for the peer. */
+  initiationBlocked = false;
   /** Local index of our initiation in flight, null if none. */
   handshakeIndex: number | null = null;
   /** Counters as last polled from the data plane. */

@@ -84,6 +84,18 @@ describe('pair: handshake on demand', () => {
     expect(a.tun.take().map(hex)).toEqual([hex(q)]);
   });
 
+  it('a packet for a peer without an endpoint waits until one is configured', () => {
+    const { w, a, b } = World.pair({ bKnowsAEndpoint: false });
+    const q = packet(b, a);
+    b.tun.inject([q]);
+    w.run(10_000);
+    expect(a.tun.take()).toEqual([]);
+    expect(w.net.log.length).toBe(0);
+    b.device.updatePeer(a.publicKey, { endpoint: a.endpoint });
+    w.settle();
+    expect(a.tun.take().map(hex)).toEqual([hex(q)]);
+  });
+
   it('roaming: A moves to a new address, B follows authentic data there', () => {
     const { w, a, b } = World.pair();
     a.tun.inject([packet(a, b)]);

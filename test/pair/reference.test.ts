@@ -125,37 +125,49 @@ describe('reference plane: handshake queue', () => {
 });
 
 describe('reference plane: send stages', () => {
-  it('no keypair: queue (bounded), one need_handshake per batch, flush in order on setSendKeypair', () => {
+  it('no keypair: queue (bounded, new packets dropped when full), one need_handshake, flush in order', () => {
     const s = setup(3);
     const ps = [1, 2, 3, 4].map((i) => ip('10.1.0.1', '10.1.0.2', `p${i}`));
     s.tun.inject(ps.slice(0, 2));
     s.tun.inject(ps.slice(2));
-    expect(s.events).toEqual([
-      { type: 'need_handshake', peer: 7 },
-      { type: 'need_handshake', peer: 7 },
-    ]);
+    expect(s.events).toEqual([{ type: 'need_handshake', peer: 7 }]); // once until answered
     expect(s.plane.queued(7)).toBe(3);
-    expect(s.plane.peerDrops(7).queue_full).toBe(1); // the oldest went
+    expect(s.plane.peerDrops(7).queue_full).toBe(1); // p4
     s.plane.setSendKeypair(7, 100);
     s.net.deliver();
     const opened = s.got.map((d) => openTransport(K_OUT, d));
     const inner = opened.map((o) => (o.ok ? o.plaintext.subarray(0, ps[0].length) : null));
-    expect(inner).toEqual(ps.slice(1));
+    expect(inner).toEqual(ps.slice(0, 3));
     expect(opened.map((o) => (o.ok ? o.counter : -1n))).toEqual([0n, 1n, 2n]);
     expect(s.plane.peerCounters(7).txPackets).toBe(3);
+    // Keypair gone again: a new episode reports need_handshake again.
+    s.plane.setSendKeypair(7, null);
+    s.tun.inject([ps[0]]);
+    s.tun.inject([ps[1]]);
+    expect(s.events.length).toBe(2);
+    s.plane.flushQueue(7);
+    s.tun.inject([ps[0]]);
+    expect(s.events.length).toBe(3);
   });
 
-  it('no route, too big, no endpoint', () => {
+  it('no route, too big; without an endpoint packets wait even with a keypair', () => {
     const s = setup();
     s.tun.inject([ip('10.1.0.1', '10.9.9.9'), new Uint8Array([1, 2, 3])]);
     expect(s.plane.drops().no_route).toBe(2);
     s.plane.setSendKeypair(7, 100);
     s.tun.inject([makeIpPacket(parseIp('10.1.0.1'), parseIp('10.1.0.2'), new Uint8Array(1500))]);
-    expect(s.plane.peerDrops(7).too_big).toBe(1);
+    expect(s.plane.drops().too_big).toBe(1);
     s.plane.addKeypair(8, { localIndex: 101, remoteIndex: 201, sendKey: K_OUT, recvKey: K_IN });
     s.plane.setSendKeypair(8, 101);
     s.tun.inject([ip('10.1.0.1', '10.1.0.3')]);
-    expect(s.plane.peerDrops(8).io).toBe(1);
+    expect(s.plane.queued(8)).toBe(1);
+    expect(s.events).toContainEqual({ type: 'need_handshake', peer: 8 });
+    s.plane.sendKeepalive(8); // nowhere to send it: nothing happens
+    expect(s.plane.peerCounters(8).txPackets).toBe(0);
+    s.plane.setEndpoint(8, { address: '10.0.0.3', port: 51820 });
+    s.plane.setSendKeypair(8, 101);
+    expect(s.plane.queued(8)).toBe(0);
+    expect(s.plane.peerCounters(8).txPackets).toBe(1);
   });
 
   it('flushQueue counts no_session; removeKeypair stops sending; removePeer forgets routes', () => {
