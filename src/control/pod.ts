@@ -3,6 +3,7 @@
  * uninit; a failing step undoes the earlier ones in reverse order. Stop (SIGINT or
  * SIGTERM) undoes them all in reverse order:
  *
+ *   0. no other pod answers on our control socket path    -
  *   1. private key (memory only), public key on stdout   uninit: zero the key
  *   2. psk file                                           uninit: zero the psk
  *   3. MTU from the egress interface                      -
@@ -15,7 +16,7 @@ import { writeSync } from 'node:fs';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
 import { formatEndpoint, readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
 import { openEngine as openRealEngine, type EngineOpener, type PodEngine } from './engine.js';
-import { ControlServer, defaultSocketPath, type ControlHandler } from './socket.js';
+import { ControlServer, defaultSocketPath, socketIsLive, type ControlHandler } from './socket.js';
 import type { StatusReport } from './status.js';
 import { IpCommand } from '../routing/ip.js';
 import { computeMtu } from '../routing/mtu.js';
@@ -172,8 +173,13 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     return clean;
   };
 
+  const socketPath = config.controlSocket ?? defaultSocketPath(config.interface);
   let step = '';
   try {
+    // Before touching anything: a live pod with this socket owns these rules and routes.
+    step = 'single instance';
+    if (await socketIsLive(socketPath)) throw new Error(`another tenc pod is running (control socket ${socketPath} answers)`);
+
     step = 'private key';
     const privateKey = generatePrivateKey();
     uninit.push({ what: 'private key', run: () => void privateKey.fill(0) });
@@ -225,7 +231,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
 
     step = 'control socket';
     const server = await ControlServer.start({
-      path: config.controlSocket ?? defaultSocketPath(config.interface),
+      path: socketPath,
       handler: pod,
       addresses: config.addresses,
       log,

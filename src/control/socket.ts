@@ -222,6 +222,18 @@ export class ControlServer {
   }
 }
 
+/** True when a process accepts connections on the unix socket at `path`. */
+export function socketIsLive(path: string): Promise<boolean> {
+  return new Promise<boolean>((resolveP) => {
+    const c = createConnection(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolveP(true);
+    });
+    c.once('error', () => resolveP(false));
+  });
+}
+
 /** A socket file nobody listens on is stale and removed; a live one means another pod uses the path. */
 async function removeStale(path: string, log: Logger): Promise<void> {
   let st;
@@ -231,15 +243,7 @@ async function removeStale(path: string, log: Logger): Promise<void> {
     return;
   }
   if (!st.isSocket()) throw new Error(`control socket path ${path} exists and is not a socket`);
-  const live = await new Promise<boolean>((resolveP) => {
-    const c = createConnection(path);
-    c.once('connect', () => {
-      c.destroy();
-      resolveP(true);
-    });
-    c.once('error', () => resolveP(false));
-  });
-  if (live) throw new Error(`control socket ${path} is in use by a running tenc pod`);
+  if (await socketIsLive(path)) throw new Error(`control socket ${path} is in use by a running tenc pod`);
   unlinkSync(path);
   log.warn({ socket: path }, 'removed stale control socket');
 }

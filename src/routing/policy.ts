@@ -10,6 +10,12 @@
  * into tenc0. A destination not in T finds no route there and falls through to
  * the main table: all other traffic is untouched.
  *
+ * Fail closed: each destination also gets `unreachable <dst> metric 4294967295` in
+ * table T. While tenc0 exists its route (lower metric) wins; if tenc dies, its TUN
+ * and the tenc0 routes vanish with it, the rule stays, and the guard makes project
+ * traffic fail with "no route to host" instead of leaving in the clear through the
+ * main table. A restart (residue removal) or a clean stop removes the guards.
+ *
  * Exactness: every change that succeeded is recorded as an undo entry; teardown
  * runs the undo entries in reverse order, and nothing else. Routes carry a
  * reference count so two sources (a peer, a DNS answer) can share one route.
@@ -17,6 +23,7 @@
  * Residue of a crashed run (removeResidue, run before install): identified by
  *  - rules (IPv4 and IPv6) whose priority is P and whose table is T;
  *  - routes in table T whose device is the interface name (tenc0);
+ *  - unreachable routes in table T with the guard metric 4294967295;
  *  - the pod's own addresses as /32 or /128 on that interface, if it still exists.
  * Routes in T through other devices are left alone (logged), as not ours.
  */
@@ -39,6 +46,7 @@ type Undo =
   | { kind: 'link'; mtu: number; wasUp: boolean }
   | { kind: 'addr'; family: Family; cidr: string }
   | { kind: 'route'; family: Family; cidr: string }
+  | { kind: 'guard'; family: Family; cidr: string }
   | { kind: 'rule'; family: Family };
 
 export interface ResidueReport {
@@ -46,6 +54,9 @@ export interface ResidueReport {
   routes: number;
   addresses: number;
 }
+
+/** Metric of the fail-closed unreachable routes: the largest, so the tenc0 route always wins. */
+export const GUARD_METRIC = 4294967295;
 
 function familyOf(cidr: string): Family {
   const f = addressFamily(cidr.split('/')[0]);
@@ -89,8 +100,10 @@ export class PolicyRouting {
       const routes = await this.ip.json([`-${fam}`, 'route', 'show', 'table', this.t]).catch(() => []);
       const del: string[] = [];
       for (const r of routes) {
-        if (r.dev === ifname) del.push(`route del ${r.type && r.type !== 'unicast' ? r.type + ' ' : ''}${r.dst} dev ${ifname} table ${this.t}`);
-        else this.log.warn({ table: this.opts.table, route: r.dst, dev: r.dev }, 'route in tenc table through another device left alone');
+        if (r.type === 'unreachable' && r.metric === GUARD_METRIC) del.push(this.guardLine(r.dst, 'del'));
+        else if (r.dev === ifname && (r.type === undefined || r.type === 'unicast')) {
+          del.push(`route del ${r.dst} dev ${ifname} table ${this.t}`);
+        } else this.log.warn({ table: this.opts.table, route: r.dst, dev: r.dev }, 'route in tenc table through another device left alone');
       }
       await this.ip.batch(fam, del);
       report.routes += del.length;
@@ -153,7 +166,11 @@ export class PolicyRouting {
     return `route ${op} ${cidr} dev ${this.opts.ifname} table ${this.t}${src}`;
   }
 
-  /** Adds routes (reference counted), one `ip -batch` per family. */
+  private guardLine(cidr: string, op: 'replace' | 'del'): string {
+    return `route ${op} unreachable ${cidr} table ${this.t} metric ${GUARD_METRIC}`;
+  }
+
+  /** Adds routes (reference counted) and their guards, `ip -batch` per family. */
   async addRoutes(cidrs: string[]): Promise<void> {
     const fresh: Record<Family, string[]> = { 4: [], 6: [] };
     const extra = new Map<string, number>(); // further references to a route added by this call
@@ -167,6 +184,15 @@ export class PolicyRouting {
       const list = fresh[fam];
       if (list.length === 0) continue;
       if (this.installed) await this.ensureRule(fam);
+      // guards first: there is never a moment a destination could leak
+      try {
+        await this.ip.batch(fam, list.map((c) => this.guardLine(c, 'replace')));
+      } catch (e) {
+        const done = e instanceof IpCommandError ? e.linesDone : 0;
+        list.slice(0, done).forEach((cidr) => this.undo.push({ kind: 'guard', family: fam, cidr }));
+        throw e;
+      }
+      list.forEach((cidr) => this.undo.push({ kind: 'guard', family: fam, cidr }));
       try {
         await this.ip.batch(fam, list.map((c) => this.routeLine(fam, c, 'replace')));
       } catch (e) {
@@ -200,6 +226,9 @@ export class PolicyRouting {
     this.refs.delete(cidr);
     const i = this.undo.findIndex((u) => u.kind === 'route' && u.cidr === cidr);
     if (i >= 0) this.undo.splice(i, 1);
+    await this.ip.batch(fam, [this.guardLine(cidr, 'del')]);
+    const g = this.undo.findIndex((u) => u.kind === 'guard' && u.cidr === cidr);
+    if (g >= 0) this.undo.splice(g, 1);
   }
 
   /** Undoes everything recorded, newest first. Keeps going past failures; throws them together at the end. */
@@ -216,6 +245,9 @@ export class PolicyRouting {
           case 'route':
             this.refs.delete(u.cidr);
             await this.ip.batch(u.family, [this.routeLine(u.family, u.cidr, 'del')]);
+            break;
+          case 'guard':
+            await this.ip.batch(u.family, [this.guardLine(u.cidr, 'del')]);
             break;
           case 'addr':
             await this.ip.run([`-${u.family}`, 'addr', 'del', u.cidr, 'dev', ifname]);

@@ -196,6 +196,43 @@ describe('pod lifecycle', () => {
     expectSame(snapshot(pod), before);
   });
 
+  it('a second pod on the same control socket refuses to start and touches nothing', async () => {
+    let ready!: () => void;
+    const readyP = new Promise<void>((r) => (ready = r));
+    let stop!: () => void;
+    const first = runPod(config(), {
+      stdout: () => {},
+      log: createLogger({ level: 'silent' }),
+      openEngine: async (o) => new FakeEngine(o.config.interface),
+      ip: new IpCommand({ netns: pod.name }),
+      stopSignal: new Promise<void>((r) => (stop = r)),
+      onReady: () => ready(),
+    });
+    await readyP;
+    try {
+      const during = snapshot(pod);
+      let out = '';
+      let opened = false;
+      const code = await runPod(config(), {
+        stdout: (t) => (out += t),
+        log: createLogger({ level: 'silent' }),
+        openEngine: async () => {
+          opened = true;
+          throw new Error('must not be reached');
+        },
+        ip: new IpCommand({ netns: pod.name }),
+        stopSignal: new Promise(() => {}),
+      });
+      expect(code).toBe(1);
+      expect(opened).toBe(false);
+      expect(out).toBe('');
+      expectSame(snapshot(pod), during); // the first pod's rules and routes are intact
+    } finally {
+      stop();
+    }
+    expect(await first).toBe(0);
+  });
+
   it('an engine that cannot open: exit 1, nothing installed', async () => {
     const before = snapshot(pod);
     const code = await runPod(config(), {

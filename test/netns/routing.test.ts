@@ -11,10 +11,12 @@
  *     else follow the main table; teardown -> rules, routes, addresses, links and
  *     nft ruleset equal the snapshot taken before
  *  3. runtime add/remove with reference counts
- *  4. crash (no teardown), then start again: the residue is removed, and the final
- *     teardown leaves the namespace as it was
+ *  4. crash (no teardown): project destinations fail closed (unreachable, never
+ *     out of eth0 in the clear); start again: the residue is removed, and the
+ *     final teardown leaves the namespace as it was
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { Netns, destroyAll, veth, persistentTun, snapshot, requireRoot, requireTool, type NetSnapshot } from './lib.js';
 import { IpCommand } from '../../src/routing/ip.js';
 import { PolicyRouting } from '../../src/routing/policy.js';
@@ -120,6 +122,9 @@ describe('policy routing', () => {
     expect(rt.ip('-4', 'rule', 'show')).toContain(`${PRIO}:\tnot from all fwmark 0x${MARK.toString(16)} lookup ${TABLE}`);
     expect(rt.ip('-6', 'rule', 'show')).toContain(`${PRIO}:\tnot from all fwmark 0x${MARK.toString(16)} lookup ${TABLE}`);
     expect(JSON.parse(rt.ip('-j', 'link', 'show', 'dev', 'tenc0'))[0].mtu).toBe(1340);
+    // every destination has its fail-closed guard behind the tenc0 route
+    const table = rt.ip('-4', 'route', 'show', 'table', String(TABLE)) + rt.ip('-6', 'route', 'show', 'table', String(TABLE));
+    for (const d of DESTS) expect(table).toContain(`unreachable ${d.replace('/32', '')} `);
 
     await r.teardown();
     expectSame(snapshot(rt), before);
@@ -149,9 +154,17 @@ describe('policy routing', () => {
     rt.ip('link', 'del', 'dev', 'tenc0');
     persistentTun(rt, 'tenc0');
     expect(rt.ip('-4', 'rule', 'show')).toContain(`lookup ${TABLE}`);
+    // fail closed: project destinations are unreachable, not sent in the clear via eth0
+    for (const dst of ['10.9.1.1', '10.96.0.10', 'fd00:9::5']) {
+      const r = spawnSync('ip', ['-n', rt.name, 'route', 'get', dst], { encoding: 'utf8' });
+      expect(r.status, `${dst}: ${r.stdout}`).not.toBe(0);
+      expect(r.stderr).toMatch(/unreachable|No route to host/);
+    }
+    expect(devFor('10.50.0.1')).toBe('eth0'); // everything else untouched
+    expect(devFor('10.9.1.1', MARK)).toBe('eth0'); // and tenc's own datagrams still leave
 
     const r = routing();
-    expect(await r.removeResidue()).toEqual({ rules: 2, routes: 0, addresses: 0 });
+    expect(await r.removeResidue()).toEqual({ rules: 2, routes: 3, addresses: 0 });
     await r.install(1340, DESTS);
     await r.teardown();
     expectSame(snapshot(rt), before);
@@ -164,7 +177,7 @@ describe('policy routing', () => {
     await crashed.addRoute('10.30.0.0/24');
 
     const r = routing();
-    expect(await r.removeResidue()).toEqual({ rules: 2, routes: 4, addresses: 1 });
+    expect(await r.removeResidue()).toEqual({ rules: 2, routes: 8, addresses: 1 }); // 4 routes + 4 guards
     expect(rt.ip('-4', 'rule', 'show')).not.toContain(`lookup ${TABLE}`);
     expect(rt.ip('-4', 'route', 'show', 'table', String(TABLE))).toBe('');
     await r.install(1340, DESTS);
