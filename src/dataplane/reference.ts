@@ -7,6 +7,8 @@
  * Send (packets from the TUN), in order:
  *   1. read the inner header: not IP -> drop no_route (nothing to route it by) (same)
  *   2. longer than the MTU -> drop too_big (same)
+ *   2b. a reply of a DNATed flow (local service address:port -> client) gets its source
+ *      set back to the VIP (same)
  *   3. allowed-IPs longest-prefix match on the destination -> peer, else drop no_route (same)
  *   4. no send keypair or no endpoint: queue (bounded; when full the new packet is dropped
  *      as queue_full) and report need_handshake once, until a send keypair is set or the
@@ -29,7 +31,12 @@
  *   8. empty plaintext: keepalive, done
  *   9. inner header invalid -> drop bad_inner; inner source not routed to this peer by the
  *      allowed IPs -> drop spoofed_source (same)
- *  10. strip padding, write to the TUN
+ *  10. strip padding; TCP/UDP to a local service's VIP[:port] is DNATed to its local
+ *      address (flow remembered for the replies) (same); write to the TUN
+ *
+ * DNAT (as native/nat.c): unfragmented TCP/UDP only; IPv4 header and TCP/UDP checksums
+ * updated incrementally (RFC 1624); an IPv4 UDP checksum of 0 stays 0; flows are kept in
+ * a bounded table (oldest forgotten first) and forgotten when the services change.
  */
 import {
   DROP_REASONS,
@@ -45,7 +52,7 @@ import {
 import type { Tun } from '../io/tun.js';
 import { sameEndpoint, type Bind, type Datagram } from '../io/bind.js';
 import { readInnerHeader } from '../io/ippacket.js';
-import { AllowedIps, parseCidr } from '../peer/allowedips.js';
+import { AllowedIps, parseCidr, parseIp } from '../peer/allowedips.js';
 import { ReplayWindow } from '../noise/replay.js';
 import { openTransport, sealTransport } from '../noise/transport.js';
 import type { Clock } from '../noise/types.js';
@@ -114,6 +121,7 @@ export class ReferencePlane implements DataPlane {
   private readonly unattributed = zeroDrops();
   private handler: ((events: PlaneEvent[]) => void) | null = null;
   private services: LocalService[] = [];
+  private readonly nat = new ReferenceNat();
   private closed = false;
 
   constructor(opts: ReferencePlaneOptions) {
@@ -242,7 +250,8 @@ export class ReferencePlane implements DataPlane {
   }
 
   setLocalServices(services: LocalService[]): void {
-    // Stored only: the reference plane does not DNAT (see the report of the pair tests).
+    if (!Array.isArray(services)) throw new TypeError('services must be an array');
+    this.nat.setServices(services);
     this.services = services.map((s) => ({ ...s, ports: s.ports.map((x) => ({ ...x })) }));
   }
 
@@ -295,6 +304,7 @@ export class ReferencePlane implements DataPlane {
         this.unattributed.too_big++;
         continue;
       }
+      this.nat.unsnat(pkt, h.totalLength);
       const id = this.allowed.lookup(h.dst);
       const p = id === undefined ? undefined : this.peers.get(id);
       if (!p) {
@@ -410,7 +420,9 @@ export class ReferencePlane implements DataPlane {
         continue;
       }
       p.counters.lastRxDataMs = now;
-      toTun.push(plain.subarray(0, h.totalLength));
+      const inner = plain.subarray(0, h.totalLength);
+      this.nat.dnat(inner);
+      toTun.push(inner);
     }
     if (toTun.length > 0) this.tun.write(toTun);
     this.emit(events);
@@ -427,5 +439,139 @@ export class ReferencePlane implements DataPlane {
 
   private emit(events: PlaneEvent[]): void {
     if (events.length > 0 && this.handler) this.handler(events);
+  }
+}
+
+// ---- DNAT of local services (mirrors native/nat.c) ------------------------------------
+
+const TCP = 6;
+const UDP = 17;
+const NAT_MAX_FLOWS = 65536;
+
+interface NatService {
+  vip: Uint8Array;
+  local: Uint8Array;
+  ports: { proto: number; port: number }[];
+}
+
+interface L4View {
+  proto: number;
+  src: Uint8Array;
+  dst: Uint8Array;
+  sport: number;
+  dport: number;
+  /** Offset of the TCP/UDP checksum field. */
+  sumAt: number;
+}
+
+/** Unfragmented TCP/UDP over an already validated inner header, or null. */
+function l4View(p: Uint8Array, len: number): L4View | null {
+  let ihl: number;
+  let proto: number;
+  let src: Uint8Array;
+  let dst: Uint8Array;
+  if (p[0] >> 4 === 4) {
+    ihl = (p[0] & 15) * 4;
+    if (p[6] & 0x3f || p[7]) return null; // MF or fragment offset
+    proto = p[9];
+    src = p.subarray(12, 16);
+    dst = p.subarray(16, 20);
+  } else {
+    ihl = 40; // extension headers are left alone
+    proto = p[6];
+    src = p.subarray(8, 24);
+    dst = p.subarray(24, 40);
+  }
+  let sumAt: number;
+  if (proto === TCP && len >= ihl + 20) sumAt = ihl + 16;
+  else if (proto === UDP && len >= ihl + 8) sumAt = ihl + 6;
+  else return null;
+  return { proto, src, dst, sport: (p[ihl] << 8) | p[ihl + 1], dport: (p[ihl + 2] << 8) | p[ihl + 3], sumAt };
+}
+
+/** RFC 1624 eqn. 3: the checksum at `at` after 16-bit words `from` became `to`. */
+function checksumReplace(p: Uint8Array, at: number, from: Uint8Array, to: Uint8Array): void {
+  let sum = ~((p[at] << 8) | p[at + 1]) & 0xffff;
+  for (let i = 0; i < from.length; i += 2) {
+    sum += ~((from[i] << 8) | from[i + 1]) & 0xffff;
+    sum += (to[i] << 8) | to[i + 1];
+  }
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  const r = ~sum & 0xffff;
+  p[at] = r >> 8;
+  p[at + 1] = r & 0xff;
+}
+
+function rewriteAddress(p: Uint8Array, v: L4View, field: Uint8Array, to: Uint8Array): void {
+  const old = Uint8Array.from(field);
+  field.set(to);
+  const v4 = to.length === 4;
+  if (v4) checksumReplace(p, 10, old, to);
+  if (v.proto === UDP && v4 && p[v.sumAt] === 0 && p[v.sumAt + 1] === 0) return; // no UDP checksum
+  checksumReplace(p, v.sumAt, old, to);
+  if (v.proto === UDP && p[v.sumAt] === 0 && p[v.sumAt + 1] === 0) {
+    p[v.sumAt] = 0xff; // RFC 768: a computed 0 is sent as all ones
+    p[v.sumAt + 1] = 0xff;
+  }
+}
+
+const hexOf = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+
+class ReferenceNat {
+  private services: NatService[] = [];
+  /** flow key (what a reply carries) -> VIP; Map order is age order. */
+  private readonly flows = new Map<string, Uint8Array>();
+
+  setServices(list: LocalService[]): void {
+    const out: NatService[] = [];
+    for (const s of list) {
+      if (s === null || typeof s !== 'object') throw new TypeError('service must be an object');
+      const vip = parseIp(s.vip);
+      const local = parseIp(s.localAddress);
+      if (vip.length !== local.length) throw new RangeError(`service ${s.vip}: vip and localAddress must be the same family`);
+      if (!Array.isArray(s.ports)) throw new TypeError('service ports must be an array');
+      const ports = s.ports.map((x) => {
+        if (x.protocol !== 'tcp' && x.protocol !== 'udp') throw new TypeError(`service port protocol must be tcp or udp`);
+        if (!Number.isInteger(x.port) || x.port < 1 || x.port > 65535) throw new RangeError(`service port out of range: ${x.port}`);
+        return { proto: x.protocol === 'tcp' ? TCP : UDP, port: x.port };
+      });
+      out.push({ vip, local, ports });
+    }
+    this.services = out;
+    this.flows.clear();
+  }
+
+  private static key(proto: number, client: Uint8Array, cport: number, local: Uint8Array, lport: number): string {
+    return `${proto}|${hexOf(client)}|${cport}|${hexOf(local)}|${lport}`;
+  }
+
+  /** Receive side: to a VIP[:port] -> to the local address. Returns true if rewritten. */
+  dnat(p: Uint8Array): boolean {
+    if (this.services.length === 0) return false;
+    const v = l4View(p, p.length);
+    if (!v) return false;
+    for (const s of this.services) {
+      if (s.vip.length !== v.dst.length || hexOf(s.vip) !== hexOf(v.dst)) continue;
+      if (s.ports.length > 0 && !s.ports.some((x) => x.proto === v.proto && x.port === v.dport)) continue;
+      const key = ReferenceNat.key(v.proto, v.src, v.sport, s.local, v.dport);
+      this.flows.delete(key);
+      this.flows.set(key, s.vip);
+      if (this.flows.size > NAT_MAX_FLOWS) this.flows.delete(this.flows.keys().next().value as string);
+      rewriteAddress(p, v, v.dst, s.local);
+      return true;
+    }
+    return false;
+  }
+
+  /** Send side: a reply of a known flow gets the VIP back as its source. */
+  unsnat(p: Uint8Array, len: number): boolean {
+    if (this.services.length === 0) return false;
+    const v = l4View(p, len);
+    if (!v) return false;
+    if (!this.services.some((s) => s.local.length === v.src.length && hexOf(s.local) === hexOf(v.src))) return false;
+    const vip = this.flows.get(ReferenceNat.key(v.proto, v.dst, v.dport, v.src, v.sport));
+    if (!vip) return false;
+    rewriteAddress(p, v, v.src, vip);
+    return true;
   }
 }

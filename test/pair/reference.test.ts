@@ -196,3 +196,144 @@ describe('reference plane: send stages', () => {
     expect(() => s.plane.setEndpoint(7, { address: '10.0.0.2', port: 70000 })).toThrow(RangeError);
   });
 });
+
+// ---- DNAT of local services --------------------------------------------------------------
+
+/** RFC 1071 one's-complement sum of 16-bit words. */
+function sum16(parts: Uint8Array[]): number {
+  let s = 0;
+  for (const b of parts) {
+    for (let i = 0; i + 1 < b.length; i += 2) s += (b[i] << 8) | b[i + 1];
+    if (b.length % 2) s += b[b.length - 1] << 8;
+  }
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  return s;
+}
+
+/** A TCP or UDP packet with checksums computed from scratch (RFC 793 §3.1, RFC 768, RFC 8200 §8.1). */
+function l4Packet(proto: 6 | 17, src: string, dst: string, sport: number, dport: number, payload: Uint8Array, zeroUdpSum = false): Uint8Array {
+  const s = parseIp(src);
+  const d = parseIp(dst);
+  const hl = proto === 6 ? 20 : 8;
+  const seg = new Uint8Array(hl + payload.length);
+  seg[0] = sport >> 8;
+  seg[1] = sport & 0xff;
+  seg[2] = dport >> 8;
+  seg[3] = dport & 0xff;
+  if (proto === 6) seg[12] = 5 << 4;
+  else {
+    seg[4] = seg.length >> 8;
+    seg[5] = seg.length & 0xff;
+  }
+  seg.set(payload, hl);
+  const pkt = makeIpPacket(s, d, seg);
+  const ipHl = s.length === 4 ? 20 : 40;
+  if (s.length === 4) {
+    pkt[9] = proto;
+    const c = ~sum16([pkt.subarray(0, 20)]) & 0xffff;
+    pkt[10] = c >> 8;
+    pkt[11] = c & 0xff;
+  } else pkt[6] = proto;
+  if (!(proto === 17 && zeroUdpSum)) {
+    const c = ~sum16([s, d, new Uint8Array([0, proto, seg.length >> 8, seg.length & 0xff]), pkt.subarray(ipHl)]) & 0xffff;
+    const at = ipHl + (proto === 6 ? 16 : 6);
+    const v = proto === 17 && c === 0 ? 0xffff : c;
+    pkt[at] = v >> 8;
+    pkt[at + 1] = v & 0xff;
+  }
+  return pkt;
+}
+
+/** True when the IPv4 header checksum and the TCP/UDP checksum verify (0 UDP sum over IPv4: none). */
+function checksumsOk(pkt: Uint8Array): boolean {
+  const v4 = pkt[0] >> 4 === 4;
+  const ipHl = v4 ? 20 : 40;
+  if (v4 && sum16([pkt.subarray(0, 20)]) !== 0xffff) return false;
+  const proto = v4 ? pkt[9] : pkt[6];
+  const src = v4 ? pkt.subarray(12, 16) : pkt.subarray(8, 24);
+  const dst = v4 ? pkt.subarray(16, 20) : pkt.subarray(24, 40);
+  const seg = pkt.subarray(ipHl);
+  if (proto === 17 && v4 && seg[6] === 0 && seg[7] === 0) return true;
+  return sum16([src, dst, new Uint8Array([0, proto, seg.length >> 8, seg.length & 0xff]), seg]) === 0xffff;
+}
+
+const addrOf = (pkt: Uint8Array, which: 'src' | 'dst'): string => {
+  const v4 = pkt[0] >> 4 === 4;
+  const b = v4 ? pkt.subarray(which === 'src' ? 12 : 16, which === 'src' ? 16 : 20) : pkt.subarray(which === 'src' ? 8 : 24, which === 'src' ? 24 : 40);
+  return v4 ? [...b].join('.') : Buffer.from(b).toString('hex');
+};
+
+describe('reference plane: local services (DNAT, as native/nat.c)', () => {
+  const payload = new TextEncoder().encode('GET / HTTP/1.0\r\n\r\n!');
+  function natSetup() {
+    const s = setup();
+    s.plane.setLocalServices([
+      { vip: '10.96.0.10', localAddress: '10.1.0.1', ports: [{ protocol: 'tcp', port: 80 }] },
+      { vip: '10.96.0.11', localAddress: '10.1.0.1', ports: [] },
+      { vip: 'fd00:96::10', localAddress: 'fd00::1', ports: [{ protocol: 'udp', port: 53 }] },
+    ]);
+    s.plane.setSendKeypair(7, 100);
+    let ctr = 0n;
+    const deliver = (inner: Uint8Array): Uint8Array => {
+      s.recv(s.fromPeer(ctr++, inner));
+      const got = s.tun.take();
+      expect(got.length).toBe(1);
+      return got[0];
+    };
+    const reply = (inner: Uint8Array): Uint8Array => {
+      s.got.length = 0;
+      s.tun.inject([inner]);
+      s.net.deliver();
+      expect(s.got.length).toBe(1);
+      const o = openTransport(K_OUT, s.got[0]);
+      if (!o.ok) throw new Error('reply did not open');
+      return o.plaintext.subarray(0, inner.length);
+    };
+    return { s, deliver, reply };
+  }
+
+  it('TCP to VIP:port goes to the local address; the reply comes back from the VIP; checksums stay valid', () => {
+    const { deliver, reply } = natSetup();
+    const inbound = l4Packet(6, '10.1.0.2', '10.96.0.10', 40000, 80, payload);
+    expect(checksumsOk(inbound)).toBe(true);
+    const got = deliver(inbound);
+    expect(addrOf(got, 'dst')).toBe('10.1.0.1');
+    expect(checksumsOk(got)).toBe(true);
+    const back = reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 40000, payload));
+    expect(addrOf(back, 'src')).toBe('10.96.0.10');
+    expect(checksumsOk(back)).toBe(true);
+  });
+
+  it('ports not listed, and other protocols, are left alone; an empty list means every TCP/UDP port', () => {
+    const { deliver } = natSetup();
+    expect(addrOf(deliver(l4Packet(6, '10.1.0.2', '10.96.0.10', 40000, 81, payload)), 'dst')).toBe('10.96.0.10');
+    expect(addrOf(deliver(l4Packet(17, '10.1.0.2', '10.96.0.10', 40000, 80, payload)), 'dst')).toBe('10.96.0.10');
+    expect(addrOf(deliver(ip('10.1.0.2', '10.96.0.11')), 'dst')).toBe('10.96.0.11'); // protocol 253
+    const any = deliver(l4Packet(17, '10.1.0.2', '10.96.0.11', 1234, 9999, payload));
+    expect(addrOf(any, 'dst')).toBe('10.1.0.1');
+    expect(checksumsOk(any)).toBe(true);
+  });
+
+  it('IPv4 UDP without a checksum keeps none; IPv6 UDP checksum is updated', () => {
+    const { deliver } = natSetup();
+    const nosum = deliver(l4Packet(17, '10.1.0.2', '10.96.0.11', 1234, 53, payload, true));
+    expect(addrOf(nosum, 'dst')).toBe('10.1.0.1');
+    expect([nosum[26], nosum[27]]).toEqual([0, 0]);
+    expect(checksumsOk(nosum)).toBe(true);
+    const v6 = deliver(l4Packet(17, 'fd00::2', 'fd00:96::10', 5353, 53, payload));
+    expect(addrOf(v6, 'dst')).toBe(Buffer.from(parseIp('fd00::1')).toString('hex'));
+    expect(checksumsOk(v6)).toBe(true);
+  });
+
+  it('fragments are left alone; replies of unknown flows are not rewritten; new services forget flows', () => {
+    const { s, deliver, reply } = natSetup();
+    const frag = l4Packet(6, '10.1.0.2', '10.96.0.10', 40000, 80, payload);
+    frag[6] = 0x20; // MF
+    expect(addrOf(deliver(frag), 'dst')).toBe('10.96.0.10');
+    expect(addrOf(reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 40001, payload)), 'src')).toBe('10.1.0.1');
+    deliver(l4Packet(6, '10.1.0.2', '10.96.0.10', 40002, 80, payload));
+    s.plane.setLocalServices([{ vip: '10.96.0.10', localAddress: '10.1.0.1', ports: [] }]);
+    expect(addrOf(reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 40002, payload)), 'src')).toBe('10.1.0.1');
+    expect(() => s.plane.setLocalServices([{ vip: '10.96.0.10', localAddress: 'fd00::1', ports: [] }])).toThrow(RangeError);
+  });
+});
