@@ -6,6 +6,8 @@
  * The egress interface is the one `ip route get` picks for the first peer's endpoint
  * (with tenc's fwmark, as tenc's own datagrams carry it), else the interface of the
  * default route, else the interface holding the pod's own address (a pod's eth0).
+ * Without a peer endpoint the underlay family is unknown (peers may come later,
+ * over either family): the larger IPv6 overhead is assumed, as wg-quick does.
  */
 import { IpCommand, type Family } from './ip.js';
 import { addressFamily } from '../control/config.js';
@@ -19,6 +21,7 @@ export interface MtuChoice {
   mtu: number;
   egress: string;
   egressMtu: number;
+  /** The family whose overhead was subtracted. */
   underlay: Family;
   /** What picked the egress interface. */
   reason: string;
@@ -53,7 +56,6 @@ export async function computeMtu(
       const r = await ip.json([`-${fam}`, 'route', 'show', 'default']).catch(() => []);
       if (r[0]?.dev) {
         egress = r[0].dev;
-        underlay = first ? underlay : fam;
         reason = `IPv${fam} default route`;
         break;
       }
@@ -65,7 +67,6 @@ export async function computeMtu(
       const l = links.find((x) => (x.addr_info ?? []).some((a: { local?: string }) => a.local === own));
       if (l?.ifname) {
         egress = l.ifname;
-        if (!first) underlay = addressFamily(own) ?? 4;
         reason = `interface holding ${own}`;
         break;
       }
@@ -73,6 +74,10 @@ export async function computeMtu(
   }
   if (!egress) {
     throw new MtuError('cannot compute the MTU: no route to the first peer endpoint, no default route, no interface with the pod address');
+  }
+  if (!first) {
+    underlay = 6;
+    reason += ', no peer endpoint yet: IPv6 overhead assumed';
   }
   const link = await ip.json(['link', 'show', 'dev', egress]);
   const egressMtu = link[0]?.mtu;

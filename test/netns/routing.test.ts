@@ -78,10 +78,10 @@ describe('MTU', () => {
     expect(m).toMatchObject({ mtu: 1320, egress: 'eth0', underlay: 6 });
   });
 
-  it('follows the default route without peers, and tracks a changed egress MTU', async () => {
+  it('follows the default route without peers (IPv6 overhead assumed), and tracks a changed egress MTU', async () => {
     rt.ip('link', 'set', 'dev', 'eth0', 'mtu', '1500');
     try {
-      expect((await computeMtu(ip, [], MARK)).mtu).toBe(1440);
+      expect(await computeMtu(ip, [], MARK)).toMatchObject({ mtu: 1420, egress: 'eth0', underlay: 6 });
     } finally {
       rt.ip('link', 'set', 'dev', 'eth0', 'mtu', '1400');
     }
@@ -92,8 +92,9 @@ describe('MTU', () => {
     rt.ip('-6', 'route', 'del', 'default');
     try {
       await expect(computeMtu(ip, [], MARK)).rejects.toThrow(/cannot compute the MTU/);
-      expect(await computeMtu(ip, [], MARK, ['10.77.0.1'])).toMatchObject({ mtu: 1340, egress: 'eth0', underlay: 4 });
-      expect(await computeMtu(ip, [], MARK, ['fd00:77::1'])).toMatchObject({ mtu: 1320, egress: 'eth0', underlay: 6 });
+      expect(await computeMtu(ip, [], MARK, ['10.77.0.1'])).toMatchObject({ mtu: 1320, egress: 'eth0', underlay: 6 });
+      // with an endpoint whose route is missing, the pod address's interface and the endpoint's family
+      expect(await computeMtu(ip, [{ address: '10.200.0.1', port: 1 }], MARK, ['10.77.0.1'])).toMatchObject({ mtu: 1340, underlay: 4 });
     } finally {
       rt.ip('route', 'add', 'default', 'via', '10.77.0.2');
       rt.ip('-6', 'route', 'add', 'default', 'via', 'fd00:77::2');
