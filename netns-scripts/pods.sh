@@ -32,9 +32,12 @@
 # namespaces is touched.
 set -euo pipefail
 
-NS_A=tenc-a
-NS_B=tenc-b
-NS_BR=tenc-br
+# PODS_PREFIX renames the namespaces (<prefix>-a, -b, -br) so tests can build a
+# private copy next to a running demo.
+PREFIX=${PODS_PREFIX:-tenc}
+NS_A=$PREFIX-a
+NS_B=$PREFIX-b
+NS_BR=$PREFIX-br
 MTU=${MTU:-1500}
 
 die() { echo "pods.sh: $*" >&2; exit 1; }
@@ -130,7 +133,7 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   *)
-    echo "usage: pods.sh up|down|status   (MTU=9000 pods.sh up for jumbo frames)" >&2
+    echo "usage: pods.sh up|down|status   (env: MTU=9000 for jumbo frames, PODS_PREFIX=name for other namespace names)" >&2
     exit 2
     ;;
 esac
