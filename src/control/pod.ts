@@ -117,6 +117,19 @@ export class Pod implements ControlHandler {
     return true;
   }
 
+  /**
+   * Extra destinations routed into the tunnel (e.g. DNS answers while their TTL
+   * lasts). Reference counted with the peers' and services' routes: removing one
+   * never removes a route another source still needs.
+   */
+  async addDestinations(cidrs: string[]): Promise<void> {
+    await this.routing.addRoutes(cidrs);
+  }
+
+  async removeDestination(cidr: string): Promise<void> {
+    await this.routing.removeRoute(cidr);
+  }
+
   async setServices(services: ServiceConfig[]): Promise<void> {
     const vipCidr = (s: ServiceConfig) => `${s.vip}/${s.vip.includes(':') ? 128 : 32}`;
     const before = this.services.map(vipCidr);

@@ -176,6 +176,14 @@ describe('pod lifecycle', () => {
     await controlRequest(sock, { op: 'set-services', services: [{ vip: '10.96.1.20', ports: [] }] });
     expect(devFor('10.96.1.10')).toBe('eth0');
     expect(devFor('10.96.1.20')).toBe('tenc0');
+    // extra destinations share routes with peers: removing the extra keeps the peer's route
+    const p = await readyP;
+    await p.addDestinations(['10.60.0.0/24', '10.77.0.2/32']);
+    expect(devFor('10.60.0.9')).toBe('tenc0');
+    await p.removeDestination('10.77.0.2/32');
+    expect(devFor('10.77.0.2')).toBe('tenc0');
+    await p.removeDestination('10.60.0.0/24');
+    expect(devFor('10.60.0.9')).toBe('eth0');
     }
   });
 
