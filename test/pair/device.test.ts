@@ -1,0 +1,169 @@
+/**
+ * The device against a scripted data plane (no packets at all): what it asks of the plane
+ * for each event, how it turns polled counters into timer hooks (also when the plane's
+ * timestamps are on another time base), and that a failing event cannot escape.
+ */
+import { describe, expect, it } from 'vitest';
+import { Device } from '../../src/device/device.js';
+import { DROP_REASONS, type DataPlane, type DropReason, type Endpoint, type PeerCounters, type PeerId, type PlaneEvent, type PlaneKeypair } from '../../src/dataplane/plane.js';
+import { generatePrivateKey, publicKeyFromPrivate } from '../../src/noise/keys.js';
+import { ManualClock } from '../../src/noise/timers.js';
+import { captureLogger, type LogRecord } from './harness.js';
+import { KEEPALIVE_TIMEOUT, MESSAGE_INITIATION_SIZE } from '../../src/wire/constants.js';
+
+type Call = [string, ...unknown[]];
+
+class StubPlane implements DataPlane {
+  calls: Call[] = [];
+  counters = new Map<PeerId, PeerCounters>();
+  handler: ((e: PlaneEvent[]) => void) | null = null;
+  private rec(...c: Call): void {
+    this.calls.push(c);
+  }
+  addPeer(peer: PeerId, endpoint: Endpoint | null): void {
+    this.rec('addPeer', peer, endpoint);
+    this.counters.set(peer, { txBytes: 0, rxBytes: 0, txPackets: 0, rxPackets: 0, lastTxMs: 0, lastRxMs: 0, lastTxDataMs: 0, lastRxDataMs: 0 });
+  }
+  removePeer(peer: PeerId): void {
+    this.rec('removePeer', peer);
+  }
+  setEndpoint(peer: PeerId, e: Endpoint): void {
+    this.rec('setEndpoint', peer, e);
+  }
+  addAllowedIp(peer: PeerId, cidr: string): void {
+    this.rec('addAllowedIp', peer, cidr);
+  }
+  removeAllowedIp(peer: PeerId, cidr: string): void {
+    this.rec('removeAllowedIp', peer, cidr);
+  }
+  addKeypair(peer: PeerId, kp: PlaneKeypair): void {
+    this.rec('addKeypair', peer, kp.localIndex);
+  }
+  setSendKeypair(peer: PeerId, i: number | null): void {
+    this.rec('setSendKeypair', peer, i);
+  }
+  removeKeypair(i: number): void {
+    this.rec('removeKeypair', i);
+  }
+  sent: Uint8Array[] = [];
+  sendHandshake(to: Endpoint, data: Uint8Array): void {
+    this.rec('sendHandshake', to, data.length);
+    this.sent.push(Uint8Array.from(data));
+  }
+  sendKeepalive(peer: PeerId): void {
+    this.rec('sendKeepalive', peer);
+  }
+  flushQueue(peer: PeerId): void {
+    this.rec('flushQueue', peer);
+  }
+  setLocalServices(): void {}
+  peerCounters(peer: PeerId): PeerCounters {
+    return { ...this.counters.get(peer)! };
+  }
+  drops(): Record<DropReason, number> {
+    return Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
+  }
+  peerDrops(): Record<DropReason, number> {
+    return this.drops();
+  }
+  onEvents(h: (e: PlaneEvent[]) => void): void {
+    this.handler = h;
+  }
+  async close(): Promise<void> {}
+}
+
+function setup() {
+  const clock = new ManualClock(10_000);
+  const plane = new StubPlane();
+  const logs: LogRecord[] = [];
+  const device = new Device({ privateKey: generatePrivateKey(), plane, clock, jitter: () => 0, logger: captureLogger(logs) });
+  const peerKey = publicKeyFromPrivate(generatePrivateKey());
+  const ep = { address: '10.0.0.2', port: 51820 };
+  const id = device.addPeer({ publicKey: peerKey, endpoint: ep, allowedIps: ['10.1.0.2/32'] });
+  return { clock, plane, logs, device, peerKey, ep, id };
+}
+
+describe('device over a scripted plane', () => {
+  it('addPeer configures the plane; need_handshake sends one initiation to the endpoint', () => {
+    const { plane, ep, id } = setup();
+    expect(plane.calls).toEqual([
+      ['addPeer', id, ep],
+      ['addAllowedIp', id, '10.1.0.2/32'],
+    ]);
+    plane.handler!([{ type: 'need_handshake', peer: id }, { type: 'need_handshake', peer: id }]);
+    expect(plane.calls.slice(2)).toEqual([['sendHandshake', ep, MESSAGE_INITIATION_SIZE]]);
+  });
+
+  it('events for unknown peers or keypairs are ignored; a roaming event updates the status', () => {
+    const { plane, device, id } = setup();
+    plane.handler!([
+      { type: 'need_handshake', peer: 99 },
+      { type: 'keypair_confirmed', peer: id, localIndex: 12345 },
+      { type: 'rekey_needed', peer: 99, localIndex: 1 },
+      { type: 'endpoint', peer: id, endpoint: { address: 'fd00::9', port: 7 } },
+    ]);
+    expect(plane.calls.length).toBe(2);
+    expect(device.status().peers[0].endpoint).toEqual({ address: 'fd00::9', port: 7 });
+  });
+
+  it('junk handshake events are counted by reason', () => {
+    const { plane, device } = setup();
+    const from = { address: '10.0.0.66', port: 1 };
+    plane.handler!([
+      { type: 'handshake', data: new Uint8Array(3), from },
+      { type: 'handshake', data: new Uint8Array(148).fill(1), from },
+      { type: 'handshake', data: Object.assign(new Uint8Array(148), { 0: 1 }), from },
+    ]);
+    expect(device.status().handshakeFailures).toEqual({ bad_length: 1, bad_reserved: 1, bad_mac1: 1 });
+  });
+
+  it('polled counters drive the timers even when the plane clock is on another base', () => {
+    // A real handshake between two devices, their stub planes wired by hand.
+    const clock = new ManualClock(10_000);
+    const pa = new StubPlane();
+    const pb = new StubPlane();
+    const ka = generatePrivateKey();
+    const kb = generatePrivateKey();
+    const a = new Device({ privateKey: ka, plane: pa, clock, jitter: () => 0 });
+    const b = new Device({ privateKey: kb, plane: pb, clock, jitter: () => 0 });
+    const epA = { address: '10.0.0.1', port: 51820 };
+    const epB = { address: '10.0.0.2', port: 51820 };
+    const idB = a.addPeer({ publicKey: publicKeyFromPrivate(kb), endpoint: epB });
+    b.addPeer({ publicKey: publicKeyFromPrivate(ka), endpoint: epA });
+    pa.handler!([{ type: 'need_handshake', peer: idB }]);
+    pb.handler!([{ type: 'handshake', data: pa.sent[0], from: epA }]);
+    pa.handler!([{ type: 'handshake', data: pb.sent[0], from: epB }]);
+    expect(a.status().peers[0].hasSession).toBe(true);
+    // Data arrives at A; its plane stamps it with a time on another base (far ahead).
+    Object.assign(pa.counters.get(idB)!, { rxPackets: 1, rxBytes: 100, lastRxMs: 9e12, lastRxDataMs: 9e12 });
+    a.tick();
+    const keepalives = () => pa.calls.filter((c) => c[0] === 'sendKeepalive').length;
+    const k0 = keepalives(); // the one confirming the session
+    clock.advance(KEEPALIVE_TIMEOUT - 100);
+    a.tick();
+    expect(keepalives()).toBe(k0);
+    clock.advance(200);
+    a.tick();
+    expect(keepalives()).toBe(k0 + 1); // due on the device clock, not at 9e12
+  });
+
+  it('a plane call that throws inside an event is logged, not thrown into the plane', () => {
+    const { plane, logs, id } = setup();
+    plane.sendHandshake = () => {
+      throw new Error('EPERM');
+    };
+    expect(() => plane.handler!([{ type: 'need_handshake', peer: id }])).not.toThrow();
+    expect(logs.some((r) => r.level === 'warn' && (r.obj as { event?: string }).event === 'event_failed')).toBe(true);
+  });
+
+  it('removePeer tells the plane; close() removes every peer', async () => {
+    const { plane, device, peerKey, id } = setup();
+    const other = publicKeyFromPrivate(generatePrivateKey());
+    const id2 = device.addPeer({ publicKey: other });
+    expect(device.removePeer(peerKey)).toBe(true);
+    expect(plane.calls.at(-1)).toEqual(['removePeer', id]);
+    await device.close();
+    expect(plane.calls.at(-1)).toEqual(['removePeer', id2]);
+    expect(() => device.addPeer({ publicKey: peerKey })).toThrow(/closed/);
+  });
+});
