@@ -70,8 +70,9 @@ ${EXIT_CODES}
   'set-peer': `Usage: tenc set-peer PUBLIC_KEY [--endpoint IP:PORT] [--allowed-ips CIDR[,CIDR...]]
                      [--persistent-keepalive SECONDS] [--socket PATH | --interface NAME]
 
-Adds a peer to the running pod, or updates the peer with that public key
-(its endpoint, allowed IPs and keepalive are replaced by what is given).
+Adds a peer to the running pod, or updates the peer with that public key: the
+options given replace the peer's endpoint, allowed IPs or keepalive; options not
+given leave them as they are (as \`wg set\`).
 
 Options:
   -e, --endpoint IP:PORT            peer's UDP endpoint, 10.0.0.2:51820 or [fd00::2]:51820

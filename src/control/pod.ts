@@ -16,7 +16,7 @@ import { writeSync } from 'node:fs';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
 import { formatEndpoint, readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
 import { openEngine as openRealEngine, type EngineOpener, type PodEngine } from './engine.js';
-import { ControlServer, defaultSocketPath, socketIsLive, type ControlHandler } from './socket.js';
+import { ControlServer, defaultSocketPath, socketIsLive, type ControlHandler, type PeerChange } from './socket.js';
 import type { StatusReport } from './status.js';
 import { IpCommand } from '../routing/ip.js';
 import { computeMtu } from '../routing/mtu.js';
@@ -91,8 +91,14 @@ export class Pod implements ControlHandler {
   }
 
   /** Engine first, then routes in: no packet is routed to tenc0 for a peer the engine does not know. */
-  async setPeer(peer: PeerConfig): Promise<void> {
-    const old = this.peers.get(peer.publicKey);
+  async setPeer(change: PeerChange): Promise<void> {
+    const old = this.peers.get(change.publicKey);
+    const peer: PeerConfig = {
+      publicKey: change.publicKey,
+      endpoint: change.endpoint !== undefined ? change.endpoint : (old?.endpoint ?? null),
+      allowedIps: change.allowedIps ?? old?.allowedIps ?? [],
+      persistentKeepalive: change.persistentKeepalive ?? old?.persistentKeepalive ?? 0,
+    };
     for (const [key, other] of this.peers) {
       if (key === peer.publicKey) continue;
       const clash = peer.allowedIps.find((ip) => other.allowedIps.includes(ip));

@@ -35,10 +35,17 @@ export const MAX_REQUEST_BYTES = 1 << 20;
 export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services';
 export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services'];
 
+/**
+ * A set-peer request: the public key and the fields the request gave. For a new
+ * peer, absent fields take their defaults (no endpoint, no allowed IPs, keepalive
+ * off); for an existing peer they stay as they are (as with `wg set`).
+ */
+export type PeerChange = Pick<PeerConfig, 'publicKey'> & Partial<Omit<PeerConfig, 'publicKey'>>;
+
 export interface ControlHandler {
   status(): StatusReport | Promise<StatusReport>;
-  /** Adds the peer, or updates endpoint / allowed IPs / keepalive of the peer with that key. */
-  setPeer(peer: PeerConfig): void | Promise<void>;
+  /** Adds the peer, or changes the given fields of the peer with that key. */
+  setPeer(change: PeerChange): void | Promise<void>;
   /** Returns false when no peer has that key. */
   removePeer(publicKey: string): boolean | Promise<boolean>;
   setServices(services: ServiceConfig[]): void | Promise<void>;
@@ -95,7 +102,12 @@ export async function dispatch(
       onlyFields(req, ['id', 'op', 'peer']);
       const r = validatePeer(req.peer);
       if ('problems' in r) throw new RequestError('EINVAL', r.problems.map((p) => `peer.${p.field}: ${p.problem}`).join('; '));
-      await handler.setPeer(r.peer);
+      const given = req.peer as Record<string, unknown>;
+      const change: PeerChange = { publicKey: r.peer.publicKey };
+      if (given.endpoint !== undefined) change.endpoint = r.peer.endpoint;
+      if (given.allowedIps !== undefined) change.allowedIps = r.peer.allowedIps;
+      if (given.persistentKeepalive !== undefined) change.persistentKeepalive = r.peer.persistentKeepalive;
+      await handler.setPeer(change);
       return null;
     }
     case 'remove-peer': {
@@ -169,6 +181,7 @@ export class ControlServer {
     sock.on('data', (d: string) => {
       buf += d;
       if (buf.length > MAX_REQUEST_BYTES && !buf.includes('\n')) {
+        sock.removeAllListeners('data');
         sock.end(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: `request longer than ${MAX_REQUEST_BYTES} bytes` } }) + '\n');
         buf = '';
         return;

@@ -167,6 +167,14 @@ describe('pod lifecycle', () => {
     await controlRequest(sock, { op: 'set-peer', peer: { publicKey: ALICE_PUB, endpoint: '10.77.0.2:51820', allowedIps: ['10.77.0.2/32'] } });
     expect(devFor('10.96.0.7')).toBe('eth0');
     expect(devFor('10.77.0.2')).toBe('tenc0');
+    // an update without endpoint/allowedIps keeps them (wg set semantics)
+    await controlRequest(sock, { op: 'set-peer', peer: { publicKey: ALICE_PUB, persistentKeepalive: 25 } });
+    expect(engine!.peers.get(ALICE_PUB)).toEqual({
+      publicKey: ALICE_PUB,
+      endpoint: { address: '10.77.0.2', port: 51820 },
+      allowedIps: ['10.77.0.2/32'],
+      persistentKeepalive: 25,
+    });
     // a clash with another peer's allowed IP is refused, nothing changes
     await expect(controlRequest(sock, { op: 'set-peer', peer: { publicKey: BOB_PUB, allowedIps: ['10.77.0.2/32'] } })).rejects.toThrow(/already claimed/);
     expect(devFor('10.50.1.1')).toBe('tenc0');

@@ -172,7 +172,7 @@ describe('status, set-peer, remove-peer over the control socket', () => {
   });
   const handler: ControlHandler = {
     status: report,
-    setPeer: (p) => void peers.set(p.publicKey, p),
+    setPeer: (p) => void peers.set(p.publicKey, { endpoint: null, allowedIps: [], persistentKeepalive: 0, ...p }),
     removePeer: (k) => peers.delete(k),
     setServices: () => {},
   };

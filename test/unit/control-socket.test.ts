@@ -7,7 +7,7 @@ import { createConnection } from 'node:net';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ControlServer, controlRequest, defaultSocketPath, ControlClientError, type ControlHandler } from '../../src/control/socket.js';
+import { ControlServer, controlRequest, defaultSocketPath, ControlClientError, type ControlHandler, type PeerChange } from '../../src/control/socket.js';
 import type { PeerConfig, ServiceConfig } from '../../src/control/config.js';
 import type { StatusReport } from '../../src/control/status.js';
 
@@ -43,10 +43,12 @@ class FakeHandler implements ControlHandler {
       drops: {},
     };
   }
-  setPeer(peer: PeerConfig): void {
+  changes: PeerChange[] = [];
+  setPeer(change: PeerChange): void {
     this.calls.push('set-peer');
     if (this.failNext) throw new Error('engine refused');
-    this.peers.set(peer.publicKey, peer);
+    this.changes.push(change);
+    this.peers.set(change.publicKey, { endpoint: null, allowedIps: [], persistentKeepalive: 0, ...change });
   }
   removePeer(publicKey: string): boolean {
     this.calls.push('remove-peer');
@@ -113,6 +115,21 @@ describe('control socket', () => {
     expect(st.peers.map((p) => p.publicKey)).toEqual([KEY_A]);
     await controlRequest(path, { op: 'remove-peer', publicKey: KEY_A });
     expect(handler.peers.size).toBe(0);
+  });
+
+  it('set-peer passes only the fields the request gave', async () => {
+    await controlRequest(path, { op: 'set-peer', peer: { publicKey: KEY_A, persistentKeepalive: 5 } });
+    await controlRequest(path, { op: 'set-peer', peer: { publicKey: KEY_A, endpoint: null, allowedIps: [] } });
+    expect(handler.changes).toEqual([
+      { publicKey: KEY_A, persistentKeepalive: 5 },
+      { publicKey: KEY_A, endpoint: null, allowedIps: [] },
+    ]);
+  });
+
+  it('an oversized request is refused and the connection closed', async () => {
+    const rs = await rawExchange(path, 'x'.repeat((1 << 20) + 10), 1);
+    expect(rs[0]).toMatchObject({ ok: false, error: { code: 'EINVAL', message: 'request longer than 1048576 bytes' } });
+    expect(((await controlRequest(path, { op: 'status' })) as StatusReport).interface).toBe('tenc0');
   });
 
   it.each([
