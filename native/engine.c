@@ -359,7 +359,7 @@ static int tx_read(tenc_engine *e, struct tenc_tx *t) {
         if (errno == EINTR) continue;
         return errno == EAGAIN ? 0 : -1;
       }
-      if (n == 0) continue;
+      if (n == 0) return 0;
       tx_reserve(t, (uint32_t)n);
       continue;
     }
@@ -370,6 +370,7 @@ static int tx_read(tenc_engine *e, struct tenc_tx *t) {
       if (errno == EINTR) continue;
       return errno == EAGAIN ? 0 : -1;
     }
+    if (n == 0) return 0;
     if ((uint32_t)n <= VNET_LEN) continue;
     struct virtio_net_hdr h;
     memcpy(&h, pkt - VNET_LEN, VNET_LEN);
@@ -874,7 +875,13 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
   e->signal = sig;
   e->js = js;
   e->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  pthread_rwlock_init(&e->lock, NULL);
+  /* Writer preference: two data threads holding read locks back to back must not
+   * starve the control calls. */
+  pthread_rwlockattr_t ra;
+  pthread_rwlockattr_init(&ra);
+  pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&e->lock, &ra);
+  pthread_rwlockattr_destroy(&ra);
   pthread_mutex_init(&e->ev_mu, NULL);
   e->peers = calloc(TENC_MAX_PEERS, sizeof *e->peers);
   e->kcap = 64;
@@ -1194,6 +1201,13 @@ int tenc_engine_flush_queue(tenc_engine *e, uint32_t id) {
   }
   pthread_rwlock_unlock(&e->lock);
   return p ? 0 : -ENOENT;
+}
+
+int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr) {
+  pthread_rwlock_rdlock(&e->lock);
+  int32_t r = tenc_aips_lookup(e->aips, family, addr);
+  pthread_rwlock_unlock(&e->lock);
+  return r;
 }
 
 void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n) {

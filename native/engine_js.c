@@ -13,7 +13,10 @@
  *   engineSetSendKeypair(h, peer, localIndex|null)  engineRemoveKeypair(h, localIndex)
  *   engineSendHandshake(h, address, port, data)     engineSendKeepalive(h, peer) -> bool
  *   engineFlushQueue(h, peer)                       engineSetLocalServices(h, services)
+ *   engineRoute(h, address) -> peer | -1             (allowed-IPs lookup, for tests/debugging)
  *   engineClose(h)                                  engineLayout()  engineNow()
+ *   replayRun(counters: BigUint64Array) -> Uint8Array  a fresh replay window fed the
+ *     counters in order (check, then commit, as the receive path does): 1 accepted
  * Errors: system/lookup failures throw Error with code = errno name (ENOENT for an
  * unknown peer or keypair, EEXIST for a local index in use, ENOKEY for a keypair of
  * another peer); bad argument types TypeError, bad ranges RangeError. */
@@ -480,6 +483,41 @@ static napi_value engine_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static napi_value engine_route(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  uint8_t a[16];
+  int fam = get_ip(env, argv[1], "address", a);
+  if (fam < 0) return NULL;
+  napi_value v;
+  napi_create_int32(env, tenc_engine_route(j->e, fam, a), &v);
+  return v;
+}
+
+static napi_value replay_run(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool is = false;
+  if (argc >= 1) napi_is_typedarray(env, argv[0], &is);
+  napi_typedarray_type tt = napi_int8_array;
+  size_t n = 0;
+  void *data = NULL;
+  if (is) napi_get_typedarray_info(env, argv[0], &tt, &n, &data, NULL, NULL);
+  if (!is || tt != napi_biguint64_array) return tenc_throw_type(env, "counters must be a BigUint64Array");
+  tenc_replay *r = malloc(sizeof *r);
+  if (!r) return tenc_throw_errno(env, ENOMEM, "replayRun");
+  tenc_replay_init(r);
+  napi_value ab, out;
+  void *res;
+  napi_create_arraybuffer(env, n, &res, &ab);
+  napi_create_typedarray(env, napi_uint8_array, n, ab, 0, &out);
+  const uint64_t *c = data;
+  for (size_t i = 0; i < n; i++)
+    ((uint8_t *)res)[i] = (uint8_t)(tenc_replay_check(r, c[i]) && tenc_replay_commit(r, c[i]));
+  free(r);
+  return out;
+}
+
 static napi_value engine_layout(napi_env env, napi_callback_info info) {
   napi_value o;
   napi_create_object(env, &o);
@@ -522,6 +560,8 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"engineSetLocalServices", engine_set_local_services},
       {"engineClose", engine_close},
       {"engineLayout", engine_layout},
+      {"engineRoute", engine_route},
+      {"replayRun", replay_run},
       {"engineNow", engine_now},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {

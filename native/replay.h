@@ -10,7 +10,7 @@
 
 #define TENC_REPLAY_BITS 8192u
 #define TENC_REPLAY_BLOCKS (TENC_REPLAY_BITS / 64u)
-#define TENC_REPLAY_WINDOW (TENC_REPLAY_BITS - 64u)
+#define TENC_REPLAY_WINDOW (TENC_REPLAY_BITS - 64u) /* 8128: a counter this far behind the greatest is still tracked */
 /* WireGuard whitepaper §6.4 (messages.h): REJECT_AFTER_MESSAGES = 2^64 - 2^13 - 1. */
 #define TENC_REJECT_AFTER_MESSAGES (UINT64_MAX - 8192u)
 #define TENC_REKEY_AFTER_MESSAGES (1ull << 60)
@@ -26,7 +26,7 @@ static inline void tenc_replay_init(tenc_replay *r) { memset(r, 0, sizeof *r); }
 static inline int tenc_replay_check(const tenc_replay *r, uint64_t c) {
   if (c >= TENC_REJECT_AFTER_MESSAGES) return 0;
   if (c > r->top) return 1;
-  if (r->top - c >= TENC_REPLAY_WINDOW) return 0;
+  if (r->top - c > TENC_REPLAY_WINDOW) return 0; /* as the kernel: greatest - 8128 still fits */
   return !((r->bits[(c / 64) % TENC_REPLAY_BLOCKS] >> (c % 64)) & 1);
 }
 

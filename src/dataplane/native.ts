@@ -251,6 +251,12 @@ export class NativePlane implements DataPlane {
     return this.dropsAt(this.peerBase(peer) + layout.peerDrops);
   }
 
+  /** The peer the allowed-IPs table sends `address` to (longest prefix), or null. */
+  route(address: string): PeerId | null {
+    const r = addon.engineRoute(this.handle, address) as number;
+    return r < 0 ? null : r;
+  }
+
   /** Handshake messages handed to the control plane, and keepalives received (global). */
   stats(): { handshakesReceived: number; keepalivesReceived: number } {
     return {
@@ -272,6 +278,15 @@ export class NativePlane implements DataPlane {
     }
     return Promise.resolve();
   }
+}
+
+/**
+ * Feeds `counters` in order to a fresh native replay window (native/replay.h) the
+ * way the receive path does (check, then commit): 1 = accepted, 0 = rejected.
+ * For tests of the window that runs in C.
+ */
+export function replayRun(counters: bigint[]): Uint8Array {
+  return addon.replayRun(BigUint64Array.from(counters)) as Uint8Array;
 }
 
 export interface OpenNativePlaneOptions {

@@ -7,11 +7,14 @@
  *   {cmd:'stats'}            -> {peer, drops, peerDrops, stats, events}
  *   {cmd:'send', hex}        -> sends raw bytes from the engine's UDP socket to the peer endpoint
  *   {cmd:'keepalive'}        -> {sent}
+ *   {cmd:'services', services} -> setLocalServices(services)
+ *   {cmd:'setSend', localIndex} -> setSendKeypair (null stops sending)
+ *   {cmd:'flush'}            -> flushQueue
  *   {cmd:'close'}            -> closes the plane and exits 0
  */
 import { createInterface } from 'node:readline';
 import { openNativePlane } from '../../src/dataplane/native.js';
-import type { PlaneEvent } from '../../src/dataplane/plane.js';
+import type { LocalService, PlaneEvent } from '../../src/dataplane/plane.js';
 
 interface KeypairHex {
   localIndex: number;
@@ -28,6 +31,8 @@ export interface ChildConfig {
   keypair: KeypairHex;
   /** Extra receive-only keypairs of the same peer (for crafted datagrams). */
   extra: KeypairHex[];
+  /** Install the keypair but do not make it the send keypair (packets queue). */
+  noSend?: boolean;
 }
 
 const cfg = JSON.parse(process.argv[2] ?? '') as ChildConfig;
@@ -53,12 +58,12 @@ plane.addPeer(cfg.peer.id, cfg.peer.endpoint);
 for (const c of cfg.peer.allowedIps) plane.addAllowedIp(cfg.peer.id, c);
 plane.addKeypair(cfg.peer.id, kp(cfg.keypair));
 for (const k of cfg.extra) plane.addKeypair(cfg.peer.id, kp(k));
-plane.setSendKeypair(cfg.peer.id, cfg.keypair.localIndex);
+if (!cfg.noSend) plane.setSendKeypair(cfg.peer.id, cfg.keypair.localIndex);
 out({ ready: true, tun: plane.tun, udp: plane.udp });
 
 const rl = createInterface({ input: process.stdin });
 rl.on('line', (line) => {
-  const m = JSON.parse(line) as { cmd: string; hex?: string };
+  const m = JSON.parse(line) as { cmd: string; hex?: string; services?: LocalService[]; localIndex?: number | null };
   try {
     if (m.cmd === 'stats') {
       out({
@@ -70,6 +75,15 @@ rl.on('line', (line) => {
       });
     } else if (m.cmd === 'send') {
       plane.sendHandshake(cfg.peer.endpoint, Buffer.from(m.hex ?? '', 'hex'));
+      out({ ok: true });
+    } else if (m.cmd === 'services') {
+      plane.setLocalServices(m.services ?? []);
+      out({ ok: true });
+    } else if (m.cmd === 'setSend') {
+      plane.setSendKeypair(cfg.peer.id, m.localIndex ?? null);
+      out({ ok: true });
+    } else if (m.cmd === 'flush') {
+      plane.flushQueue(cfg.peer.id);
       out({ ok: true });
     } else if (m.cmd === 'keepalive') {
       out({ sent: plane.sendKeepalive(cfg.peer.id) });

@@ -10,6 +10,8 @@
  *     |  UDP :51820                                 |  UDP :51820
  *   veA 10.201.0.1/24  <-------- veth -------->   veB 10.201.0.2/24
  *   (tcpdump -i veA)
+ *   Both: policy routing as wg-quick does it (not fwmark 0x1e7d -> table 51820:
+ *   default dev tenc0), so the engine's own UDP only escapes because of SO_MARK.
  *
  * For each inject mode ('raw', 'tun') with offloads off and on:
  *   1. ping IPv4 and IPv6 in both directions (payload pattern = a marker)
@@ -20,6 +22,11 @@
  *      tampered, replayed, spoofed inner source, bad inner packet, keepalive,
  *      handshake message -> counted by reason on A (global and per peer), event
  *   5. counters: A's tx equals B's rx exactly, and the other way round
+ *   6. DNAT: B connects to a LocalService VIP of A (TCP port-listed over IPv4, all
+ *      ports over IPv6); A's server listens on its own address
+ * Then once (raw mode): a peer without a send keypair queues (128, then
+ * queue_full), asks for one handshake, flushQueue drops as no_session, and
+ * setSendKeypair sends the queue.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -44,6 +51,9 @@ const TCP_MARKER = 'TENC-PLAINTEXT-MARKER-';
 const PEER_ON_A = 1;
 const PEER_ON_B = 7;
 const CRAFT_INDEX = 0x1000; // receive-only keypair on A for crafted datagrams
+const FWMARK = 0x1e7d;
+const VIP4 = '10.203.0.10';
+const VIP6 = 'fd00:203::10';
 
 function sh(cmd: string, args: string[], opts: { timeout?: number } = {}): string {
   return execFileSync(cmd, args, {
@@ -193,6 +203,10 @@ beforeAll(() => {
     inNs(ns, ['sysctl', '-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`]);
     sh('ip', ['-n', ns, 'addr', 'add', `${addr}/24`, 'dev', dev]);
     sh('ip', ['-n', ns, 'link', 'set', dev, 'up']);
+    for (const fam of ['-4', '-6']) {
+      sh('ip', [fam, '-n', ns, 'rule', 'add', 'not', 'fwmark', String(FWMARK), 'table', '51820']);
+      sh('ip', [fam, '-n', ns, 'rule', 'add', 'table', 'main', 'suppress_prefixlength', '0']);
+    }
   }
 });
 
@@ -210,6 +224,78 @@ afterAll(() => {
   expect(left).not.toContain(NS_B);
 });
 
+interface Keys {
+  ab: Buffer; // A sends, B receives
+  ba: Buffer;
+  craft: Buffer; // B -> A, crafted by the test
+}
+
+function childConfig(side: 'a' | 'b', mode: 'raw' | 'tun', offloads: boolean, keys: Keys, noSend = false): ChildConfig {
+  const other = side === 'a' ? 'b' : 'a';
+  return {
+    mode,
+    offloads,
+    listenPort: PORT,
+    fwmark: FWMARK,
+    peer: {
+      id: side === 'a' ? PEER_ON_A : PEER_ON_B,
+      endpoint: { address: OUTER[other], port: PORT },
+      // B reaches A's service VIPs through A.
+      allowedIps: [`${INNER4[other]}/32`, `${INNER6[other]}/128`, ...(side === 'b' ? [`${VIP4}/32`, `${VIP6}/128`] : [])],
+    },
+    keypair:
+      side === 'a'
+        ? { localIndex: 0x111, remoteIndex: 0x222, sendKey: hex(keys.ab), recvKey: hex(keys.ba) }
+        : { localIndex: 0x222, remoteIndex: 0x111, sendKey: hex(keys.ba), recvKey: hex(keys.ab) },
+    extra: side === 'a' ? [{ localIndex: CRAFT_INDEX, remoteIndex: 0x333, sendKey: hex(randomBytes(32)), recvKey: hex(keys.craft) }] : [],
+    noSend,
+  };
+}
+
+/** Starts both engine children, then addresses and routes tenc0 on both sides. */
+async function startPair(mode: 'raw' | 'tun', offloads: boolean, keys: Keys, noSendA = false): Promise<[Proc, Proc]> {
+  const child = (ns: string, side: 'a' | 'b') =>
+    new Proc(ns, [
+      'node',
+      '--import',
+      './test/netns/engine-register.mjs',
+      'test/netns/engine-child.ts',
+      JSON.stringify(childConfig(side, mode, offloads, keys, side === 'a' && noSendA)),
+    ]);
+  const a = child(NS_A, 'a');
+  const b = child(NS_B, 'b');
+  const [ra, rb] = await Promise.all([a.next<{ ready: boolean; tun: { vnetHdr: boolean } }>(30_000), b.next(30_000)]);
+  expect(ra.ready && rb.ready).toBe(true);
+  expect(ra.tun.vnetHdr).toBe(offloads);
+  for (const [ns, side, other] of [
+    [NS_A, 'a', 'b'],
+    [NS_B, 'b', 'a'],
+  ] as const) {
+    sh('ip', ['-n', ns, 'addr', 'add', `${INNER4[side]}/32`, 'dev', 'tenc0']);
+    sh('ip', ['-n', ns, 'addr', 'add', `${INNER6[side]}/128`, 'dev', 'tenc0', 'nodad']);
+    sh('ip', ['-n', ns, 'link', 'set', 'tenc0', 'mtu', '1420', 'up']);
+    sh('ip', ['-n', ns, 'route', 'add', `${INNER4[other]}/32`, 'dev', 'tenc0']);
+    sh('ip', ['-n', ns, 'route', 'add', `${INNER6[other]}/128`, 'dev', 'tenc0']);
+    sh('ip', ['-4', '-n', ns, 'route', 'add', 'default', 'dev', 'tenc0', 'table', '51820']);
+    sh('ip', ['-6', '-n', ns, 'route', 'add', 'default', 'dev', 'tenc0', 'table', '51820']);
+  }
+  sh('ip', ['-n', NS_B, 'route', 'add', `${VIP4}/32`, 'dev', 'tenc0']);
+  sh('ip', ['-n', NS_B, 'route', 'add', `${VIP6}/128`, 'dev', 'tenc0']);
+  return [a, b];
+}
+
+async function stopPair(procs: (Proc | undefined)[]): Promise<void> {
+  for (const p of procs) {
+    if (!p) continue;
+    try {
+      p.p.stdin!.write(JSON.stringify({ cmd: 'close' }) + '\n');
+      await Promise.race([p.exited, new Promise((r) => setTimeout(r, 3000))]);
+    } finally {
+      await p.stop('SIGKILL');
+    }
+  }
+}
+
 const runs = [
   { mode: 'raw', offloads: false },
   { mode: 'tun', offloads: false },
@@ -218,66 +304,28 @@ const runs = [
 ] as const;
 
 describe.each(runs)('engine between namespaces: $mode mode, offloads $offloads', ({ mode, offloads }) => {
-  const keyAB = randomBytes(32); // A sends, B receives
-  const keyBA = randomBytes(32);
-  const keyCraft = randomBytes(32); // B -> A, crafted by the test
+  const keys: Keys = { ab: randomBytes(32), ba: randomBytes(32), craft: randomBytes(32) };
+  const keyCraft = keys.craft;
   let a: Proc;
   let b: Proc;
   let dump: Proc;
   const pcap = join(tmp, `${mode}-${offloads}.pcap`);
 
-  function config(side: 'a' | 'b'): ChildConfig {
-    const other = side === 'a' ? 'b' : 'a';
-    return {
-      mode,
-      offloads,
-      listenPort: PORT,
-      fwmark: 0x1e7d,
-      peer: {
-        id: side === 'a' ? PEER_ON_A : PEER_ON_B,
-        endpoint: { address: OUTER[other], port: PORT },
-        allowedIps: [`${INNER4[other]}/32`, `${INNER6[other]}/128`],
-      },
-      keypair:
-        side === 'a'
-          ? { localIndex: 0x111, remoteIndex: 0x222, sendKey: hex(keyAB), recvKey: hex(keyBA) }
-          : { localIndex: 0x222, remoteIndex: 0x111, sendKey: hex(keyBA), recvKey: hex(keyAB) },
-      extra: side === 'a' ? [{ localIndex: CRAFT_INDEX, remoteIndex: 0x333, sendKey: hex(randomBytes(32)), recvKey: hex(keyCraft) }] : [],
-    };
-  }
-
   beforeAll(async () => {
     dump = new Proc(NS_A, ['tcpdump', '-i', 'veA', '-s', '0', '-U', '-n', '-w', pcap]);
     await dump.waitStderr('listening on');
-    const child = (ns: string, side: 'a' | 'b') =>
-      new Proc(ns, ['node', '--import', './test/netns/engine-register.mjs', 'test/netns/engine-child.ts', JSON.stringify(config(side))]);
-    a = child(NS_A, 'a');
-    b = child(NS_B, 'b');
-    const [ra, rb] = await Promise.all([a.next<{ ready: boolean; tun: { vnetHdr: boolean } }>(30_000), b.next(30_000)]);
-    expect(ra.ready && rb.ready).toBe(true);
-    expect(ra.tun.vnetHdr).toBe(offloads);
-    for (const [ns, side, other] of [
-      [NS_A, 'a', 'b'],
-      [NS_B, 'b', 'a'],
-    ] as const) {
-      sh('ip', ['-n', ns, 'addr', 'add', `${INNER4[side]}/32`, 'dev', 'tenc0']);
-      sh('ip', ['-n', ns, 'addr', 'add', `${INNER6[side]}/128`, 'dev', 'tenc0', 'nodad']);
-      sh('ip', ['-n', ns, 'link', 'set', 'tenc0', 'mtu', '1420', 'up']);
-      sh('ip', ['-n', ns, 'route', 'add', `${INNER4[other]}/32`, 'dev', 'tenc0']);
-      sh('ip', ['-n', ns, 'route', 'add', `${INNER6[other]}/128`, 'dev', 'tenc0']);
-    }
+    [a, b] = await startPair(mode, offloads, keys);
+    await a.cmd({
+      cmd: 'services',
+      services: [
+        { vip: VIP4, localAddress: INNER4.a, ports: [{ protocol: 'tcp', port: 5002 }] },
+        { vip: VIP6, localAddress: INNER6.a, ports: [] },
+      ],
+    });
   }, 60_000);
 
   afterAll(async () => {
-    for (const p of [a, b]) {
-      if (!p) continue;
-      try {
-        p.p.stdin!.write(JSON.stringify({ cmd: 'close' }) + '\n');
-        await Promise.race([p.exited, new Promise((r) => setTimeout(r, 3000))]);
-      } finally {
-        await p.stop('SIGKILL');
-      }
-    }
+    await stopPair([a, b]);
     await dump?.stop('SIGTERM');
   });
 
@@ -305,6 +353,21 @@ describe.each(runs)('engine between namespaces: $mode mode, offloads $offloads',
       const got = await server.next<{ bytes: number; sha256: string }>(20_000);
       expect(got).toEqual(sent);
       expect(sent.bytes).toBe(4 << 20);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it.each([
+    [VIP4, INNER4.a],
+    [VIP6, INNER6.a],
+  ])('DNAT: B -> service VIP %s reaches A\'s server on %s and the replies come back from the VIP', async (vip, local) => {
+    const server = new Proc(NS_A, ['node', join(here, 'engine-tcp.mjs'), 'server', local, '5002']);
+    try {
+      expect(await server.next()).toEqual({ listening: true });
+      const client = new Proc(NS_B, ['node', join(here, 'engine-tcp.mjs'), 'client', vip, '5002', String(1 << 20), TCP_MARKER]);
+      const sent = await client.next<{ bytes: number; sha256: string }>(20_000);
+      expect(await server.next(20_000)).toEqual(sent);
     } finally {
       await server.stop();
     }
@@ -395,5 +458,59 @@ describe.each(runs)('engine between namespaces: $mode mode, offloads $offloads',
     expect(raw.includes(Buffer.from(PING_MARKER))).toBe(false);
     expect(raw.includes(Buffer.from(TCP_MARKER))).toBe(false);
     expect(raw.includes(Buffer.from('crafted'))).toBe(false);
+  });
+});
+
+describe('engine between namespaces: a peer without a send keypair', () => {
+  const keys: Keys = { ab: randomBytes(32), ba: randomBytes(32), craft: randomBytes(32) };
+  let a: Proc;
+  let b: Proc;
+  const ping = (count: number): void => {
+    try {
+      inNs(NS_A, ['ping', '-c', String(count), '-i', '0.002', '-W', '1', '-q', INNER4.b]);
+    } catch {
+      /* no replies while queued: ping exits 1 */
+    }
+  };
+  const stats = async (p: Proc) => p.cmd<Stats>({ cmd: 'stats' });
+
+  beforeAll(async () => {
+    [a, b] = await startPair('raw', true, keys, true);
+  }, 60_000);
+
+  afterAll(async () => {
+    await stopPair([a, b]);
+  });
+
+  it('queues 128 packets, counts the rest queue_full, asks for one handshake', async () => {
+    ping(200);
+    const s = await stats(a);
+    expect(s.peer.txPackets).toBe(0);
+    expect(s.peerDrops.queue_full).toBe(200 - 128);
+    expect(s.events.filter((e) => e.type === 'need_handshake')).toEqual([{ type: 'need_handshake', peer: PEER_ON_A }]);
+  });
+
+  it('flushQueue drops the queue as no_session; the next packet asks again', async () => {
+    await a.cmd({ cmd: 'flush' });
+    expect((await stats(a)).peerDrops.no_session).toBe(128);
+    ping(5);
+    const s = await stats(a);
+    expect(s.events.filter((e) => e.type === 'need_handshake')).toHaveLength(2);
+    expect(s.peer.txPackets).toBe(0);
+  });
+
+  it('setSendKeypair sends the queued packets, then traffic flows', async () => {
+    const before = await stats(b);
+    await a.cmd({ cmd: 'setSend', localIndex: 0x111 });
+    expect((await stats(a)).peer.txPackets).toBe(5);
+    let after = before;
+    for (let i = 0; i < 40 && after.peer.rxPackets < before.peer.rxPackets + 5; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      after = await stats(b);
+    }
+    expect(after.peer.rxPackets - before.peer.rxPackets).toBe(5);
+    const out = inNs(NS_A, ['ping', '-c', '3', '-i', '0.2', '-W', '2', INNER4.b]);
+    expect(out).toMatch(/3 received/);
+    expect((await stats(a)).events.filter((e) => e.type === 'need_handshake')).toHaveLength(2);
   });
 });

@@ -1,0 +1,161 @@
+/**
+ * The native engine's tables, without namespaces or root: the replay window
+ * (native/replay.h) against the shared numbered table of src/noise/replay.ts, the
+ * allowed-IPs longest-prefix match (native/allowedips.c) at 2000 peers, and the
+ * control calls' argument and lookup errors (native/engine_js.c).
+ *
+ * The engine needs a "TUN" fd: a second UDP socket stands in for it (never
+ * readable, so the send thread just waits). Traffic is tested in
+ * test/netns/engine.test.ts.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NativePlane, openUdp, replayRun } from '../../src/dataplane/native.js';
+import { REPLAY_TABLE } from '../../src/noise/replay.js';
+import { REJECT_AFTER_MESSAGES, REPLAY_WINDOW_SIZE } from '../../src/wire/constants.js';
+
+describe('native replay window: the shared numbered table', () => {
+  const got = replayRun(REPLAY_TABLE.map((s) => BigInt(s.counter)));
+  REPLAY_TABLE.forEach((step, i) => {
+    it(`#${step.n} ${step.counter} -> ${step.accept ? 'accept' : 'reject'} (${step.why})`, () => {
+      expect(got[i]).toBe(step.accept ? 1 : 0);
+    });
+  });
+
+  it('window edge: greatest - size is accepted once, greatest - size - 1 never', () => {
+    const size = BigInt(REPLAY_WINDOW_SIZE);
+    for (const top of [100_000n, 100_032n, 100_063n, 100_064n]) {
+      expect(Array.from(replayRun([top, top - size, top - size, top - size - 1n]))).toEqual([1, 1, 0, 0]);
+    }
+  });
+
+  it('REJECT_AFTER_MESSAGES and above are refused, the one below accepted', () => {
+    const r = REJECT_AFTER_MESSAGES;
+    expect(Array.from(replayRun([r - 1n, r, r + 1n, (1n << 64n) - 1n]))).toEqual([1, 0, 0, 0]);
+  });
+
+  it('a jump far ahead clears the whole window', () => {
+    expect(Array.from(replayRun([1n, 2n, 1_000_000n, 2n, 999_999n, 1_000_000n]))).toEqual([1, 1, 1, 0, 1, 0]);
+  });
+});
+
+describe('native engine control plane calls', () => {
+  let plane: NativePlane;
+
+  beforeAll(() => {
+    const fake = openUdp(0, { gro: false });
+    const udp = openUdp(0, { gro: false });
+    plane = new NativePlane({
+      tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr: false, offloads: 0 },
+      udp,
+      mode: 'tun',
+    });
+  });
+
+  afterAll(async () => {
+    await plane.close();
+  });
+
+  it('longest prefix wins across peers, IPv4 and IPv6', () => {
+    plane.addPeer(1, null);
+    plane.addPeer(2, null);
+    plane.addPeer(3, null);
+    plane.addPeer(4, null);
+    plane.addAllowedIp(1, '10.0.0.0/8');
+    plane.addAllowedIp(2, '10.1.0.0/16');
+    plane.addAllowedIp(3, '10.1.2.0/24');
+    plane.addAllowedIp(4, '10.1.2.3/32');
+    plane.addAllowedIp(1, 'fd00::/8');
+    plane.addAllowedIp(2, 'fd00:1::/32');
+    plane.addAllowedIp(3, 'fd00:1:2::/48');
+    plane.addAllowedIp(4, 'fd00:1:2::3/128');
+    expect(['10.9.9.9', '10.1.9.9', '10.1.2.9', '10.1.2.3', '11.0.0.1'].map((a) => plane.route(a))).toEqual([1, 2, 3, 4, null]);
+    expect(['fd99::1', 'fd00:1::9', 'fd00:1:2::9', 'fd00:1:2::3', 'fe80::1'].map((a) => plane.route(a))).toEqual([1, 2, 3, 4, null]);
+    // An IPv4 prefix never matches an IPv6 address and back.
+    expect(plane.route('::ffff:10.1.2.3')).toBe(null);
+  });
+
+  it('removing a prefix falls back to the next shorter one; only its owner can remove it', () => {
+    plane.removeAllowedIp(3, '10.1.2.3/32'); // owned by 4: no effect
+    expect(plane.route('10.1.2.3')).toBe(4);
+    plane.removeAllowedIp(4, '10.1.2.3/32');
+    expect(plane.route('10.1.2.3')).toBe(3);
+    plane.removePeer(3);
+    expect(plane.route('10.1.2.3')).toBe(2);
+    expect(plane.route('fd00:1:2::9')).toBe(2);
+  });
+
+  it('host bits are masked, and re-adding a prefix moves it to the new peer', () => {
+    plane.addAllowedIp(4, '10.200.7.7/16');
+    expect(plane.route('10.200.0.1')).toBe(4);
+    plane.addAllowedIp(2, '10.200.0.0/16');
+    expect(plane.route('10.200.0.1')).toBe(2);
+  });
+
+  it('2000 peers with a /32 and a /128 each: every address routes to its own peer', () => {
+    const n = 2000;
+    for (let p = 100; p < 100 + n; p++) {
+      plane.addPeer(p, { address: '10.99.0.1', port: 51820 });
+      plane.addAllowedIp(p, `10.50.${p >> 8}.${p & 255}/32`);
+      plane.addAllowedIp(p, `fd50::${p.toString(16)}/128`);
+    }
+    let ok = 0;
+    for (let p = 100; p < 100 + n; p++) {
+      if (plane.route(`10.50.${p >> 8}.${p & 255}`) === p && plane.route(`fd50::${p.toString(16)}`) === p) ok++;
+    }
+    expect(ok).toBe(n);
+    for (let p = 100; p < 100 + n; p++) plane.removePeer(p);
+    expect(plane.route('10.50.0.100')).toBe(1); // back to 10.0.0.0/8
+  });
+
+  it('argument errors are typed and early', () => {
+    const key = new Uint8Array(32);
+    expect(() => plane.addPeer(70000, null)).toThrow(RangeError);
+    expect(() => plane.addPeer('1' as unknown as number, null)).toThrow(TypeError);
+    expect(() => plane.addKeypair(1, { localIndex: 1, remoteIndex: 2, sendKey: new Uint8Array(31), recvKey: key })).toThrow(RangeError);
+    expect(() => plane.addKeypair(1, { localIndex: 1, remoteIndex: 2, sendKey: 'x' as unknown as Uint8Array, recvKey: key })).toThrow(TypeError);
+    expect(() => plane.addAllowedIp(1, '10.0.0.1')).toThrow(TypeError);
+    expect(() => plane.addAllowedIp(1, '10.0.0.1/33')).toThrow(RangeError);
+    expect(() => plane.addAllowedIp(1, 'fd00::/129')).toThrow(RangeError);
+    expect(() => plane.setEndpoint(1, { address: 'not-an-ip', port: 1 })).toThrow(TypeError);
+    expect(() => plane.setEndpoint(1, { address: '10.0.0.1', port: 0 })).toThrow(RangeError);
+    expect(() => plane.setLocalServices([{ vip: '10.0.0.1', localAddress: 'fd00::1', ports: [] }])).toThrow(TypeError);
+  });
+
+  it('lookup failures carry errno names', () => {
+    const key = new Uint8Array(32).fill(7);
+    const code = (f: () => void): string | undefined => {
+      try {
+        f();
+      } catch (err) {
+        return (err as { code?: string }).code;
+      }
+      return undefined;
+    };
+    expect(code(() => plane.setEndpoint(9999, { address: '10.0.0.1', port: 1 }))).toBe('ENOENT');
+    expect(code(() => plane.addKeypair(9999, { localIndex: 5, remoteIndex: 6, sendKey: key, recvKey: key }))).toBe('ENOENT');
+    plane.addKeypair(1, { localIndex: 5, remoteIndex: 6, sendKey: key, recvKey: key });
+    expect(code(() => plane.addKeypair(2, { localIndex: 5, remoteIndex: 6, sendKey: key, recvKey: key }))).toBe('EEXIST');
+    expect(code(() => plane.setSendKeypair(2, 5))).toBe('ENOKEY'); // peer 1's keypair
+    expect(code(() => plane.removeKeypair(12345))).toBe('ENOENT');
+    plane.removeKeypair(5);
+    expect(code(() => plane.removeKeypair(5))).toBe('ENOENT');
+  });
+
+  it('keepalive without a send keypair sends nothing', () => {
+    expect(plane.sendKeepalive(1)).toBe(false);
+    expect(plane.peerCounters(1).txPackets).toBe(0);
+  });
+
+  it('drops start at zero for every reason', () => {
+    expect(Object.values(plane.drops()).every((v) => v === 0)).toBe(true);
+  });
+
+  it('calls after close throw', async () => {
+    const fake = openUdp(0, { gro: false });
+    const udp = openUdp(0, { gro: false });
+    const p = new NativePlane({ tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr: false, offloads: 0 }, udp, mode: 'tun' });
+    await p.close();
+    await p.close(); // idempotent
+    expect(() => p.addPeer(1, null)).toThrow(/closed/);
+  });
+});
