@@ -4,7 +4,7 @@
  * destroyAll() (call it from afterAll); addresses are 10.x / fd00:: only.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -77,18 +77,33 @@ export class Netns {
     return spawn('ip', ['netns', 'exec', this.name, cmd, ...args], { stdio: opts.stdio ?? 'pipe' });
   }
 
-  destroy(): void {
-    spawnSync('ip', ['netns', 'del', this.name]);
-    created.delete(this.name);
+  /** The namespace's inode (the <netns inode> in tenc's default control socket path). */
+  inode(): number {
+    return statSync(`/run/netns/${this.name}`).ino;
   }
+
+  destroy(): void {
+    removeNetns(this.name);
+  }
+}
+
+/** Deletes a namespace and any tenc control socket a killed pod left for it. */
+function removeNetns(name: string): void {
+  try {
+    const ino = statSync(`/run/netns/${name}`).ino;
+    for (const f of existsSync('/run/tenc') ? readdirSync('/run/tenc') : []) {
+      if (f.endsWith(`-${ino}.sock`)) rmSync(join('/run/tenc', f), { force: true });
+    }
+  } catch {
+    // already gone
+  }
+  spawnSync('ip', ['netns', 'del', name]);
+  created.delete(name);
 }
 
 /** Destroys every namespace this process created (afterAll). */
 export function destroyAll(): void {
-  for (const name of [...created]) {
-    spawnSync('ip', ['netns', 'del', name]);
-    created.delete(name);
-  }
+  for (const name of [...created]) removeNetns(name);
 }
 
 /** A veth pair between two namespaces (or within one), both ends up. */

@@ -102,6 +102,10 @@ function tencHost(...args: string[]): string {
 }
 
 afterAll(async () => {
+  // a failed test may leave pods running: stop them (TERM, then KILL) before the namespaces go
+  const exits = [...running].map((c) => new Promise((r) => c.once('exit', r)));
+  for (const c of running) c.kill('SIGTERM');
+  await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, 3000))]);
   for (const c of running) c.kill('SIGKILL');
   destroyAll();
   if (dir) rmSync(dir, { recursive: true, force: true });
