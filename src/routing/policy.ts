@@ -231,23 +231,48 @@ export class PolicyRouting {
     if (g >= 0) this.undo.splice(g, 1);
   }
 
+  /** Deletes routes/guards in one batch; a failing line is noted (unless benign) and the rest go on. */
+  private async deleteRun(fam: Family, run: Undo[], failures: string[], benign: (e: unknown, u: Undo) => boolean): Promise<void> {
+    const line = (u: Undo) => (u.kind === 'guard' ? this.guardLine(u.cidr, 'del') : this.routeLine(fam, (u as { cidr: string }).cidr, 'del'));
+    for (const u of run) if (u.kind === 'route') this.refs.delete(u.cidr);
+    let rest = run;
+    while (rest.length > 0) {
+      try {
+        await this.ip.batch(fam, rest.map(line));
+        return;
+      } catch (e) {
+        const done = e instanceof IpCommandError ? e.linesDone : 0;
+        if (!benign(e, rest[done])) failures.push((e as Error).message);
+        rest = rest.slice(done + 1);
+      }
+    }
+  }
+
   /** Undoes everything recorded, newest first. Keeps going past failures; throws them together at the end. */
   async teardown(): Promise<void> {
     const { ifname } = this.opts;
     const failures: string[] = [];
+    // The interface may already be gone (its TUN closed): its routes and addresses went with it.
+    const benign = (e: unknown, u: Undo) =>
+      e instanceof IpCommandError && /Cannot find device|No such device|No such process/i.test(e.stderr) && u.kind !== 'rule';
     while (this.undo.length > 0) {
-      const u = this.undo.pop()!;
+      const u = this.undo[this.undo.length - 1];
+      if (u.kind === 'route' || u.kind === 'guard') {
+        // the newest run of route/guard entries of one family: one `ip -batch`
+        const run: Undo[] = [];
+        while (this.undo.length > 0) {
+          const x = this.undo[this.undo.length - 1];
+          if ((x.kind !== 'route' && x.kind !== 'guard') || x.family !== u.family) break;
+          run.push(this.undo.pop()!);
+        }
+        await this.deleteRun(u.family, run, failures, benign);
+        continue;
+      }
+      this.undo.pop();
       try {
         switch (u.kind) {
           case 'rule':
             await this.ip.run([`-${u.family}`, 'rule', 'del', 'pref', String(this.opts.priority), 'table', this.t]);
-            break;
-          case 'route':
-            this.refs.delete(u.cidr);
-            await this.ip.batch(u.family, [this.routeLine(u.family, u.cidr, 'del')]);
-            break;
-          case 'guard':
-            await this.ip.batch(u.family, [this.guardLine(u.cidr, 'del')]);
             break;
           case 'addr':
             await this.ip.run([`-${u.family}`, 'addr', 'del', u.cidr, 'dev', ifname]);
@@ -257,9 +282,7 @@ export class PolicyRouting {
             break;
         }
       } catch (e) {
-        // The interface may already be gone (its TUN closed): its routes and addresses went with it.
-        if (e instanceof IpCommandError && /Cannot find device|No such device|No such process/i.test(e.stderr) && u.kind !== 'rule') continue;
-        failures.push((e as Error).message);
+        if (!benign(e, u)) failures.push((e as Error).message);
       }
     }
     this.refs.clear();

@@ -192,6 +192,15 @@ describe('policy routing', () => {
     persistentTun(rt, 'tenc0');
   });
 
+  it('teardown goes on past a route someone else already deleted', async () => {
+    const before = snapshot(rt);
+    const r = routing();
+    await r.install(1340, [...DESTS, '10.31.0.0/24', '10.32.0.0/24']);
+    rt.ip('route', 'del', '10.31.0.0/24', 'dev', 'tenc0', 'table', String(TABLE));
+    await r.teardown();
+    expectSame(snapshot(rt), before);
+  });
+
   it('leaves routes of the table through other devices alone', async () => {
     rt.ip('route', 'add', '10.40.0.0/24', 'dev', 'eth0', 'table', String(TABLE));
     try {
