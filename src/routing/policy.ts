@@ -222,13 +222,22 @@ export class PolicyRouting {
       return;
     }
     const fam = familyOf(cidr);
-    await this.ip.batch(fam, [this.routeLine(fam, cidr, 'del')]);
+    const forget = (kind: 'route' | 'guard') => {
+      const i = this.undo.findIndex((u) => u.kind === kind && u.cidr === cidr);
+      if (i >= 0) this.undo.splice(i, 1);
+    };
+    try {
+      await this.ip.batch(fam, [this.routeLine(fam, cidr, 'del'), this.guardLine(cidr, 'del')]);
+    } catch (e) {
+      if (e instanceof IpCommandError && e.linesDone === 1) {
+        this.refs.delete(cidr);
+        forget('route');
+      }
+      throw e;
+    }
     this.refs.delete(cidr);
-    const i = this.undo.findIndex((u) => u.kind === 'route' && u.cidr === cidr);
-    if (i >= 0) this.undo.splice(i, 1);
-    await this.ip.batch(fam, [this.guardLine(cidr, 'del')]);
-    const g = this.undo.findIndex((u) => u.kind === 'guard' && u.cidr === cidr);
-    if (g >= 0) this.undo.splice(g, 1);
+    forget('route');
+    forget('guard');
   }
 
   /** Deletes routes/guards in one batch; a failing line is noted (unless benign) and the rest go on. */
