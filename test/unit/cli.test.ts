@@ -9,7 +9,8 @@ import { mkdtempSync, writeFileSync, rmSync, existsSync, readFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { runCli, type CliIo } from '../../src/cli/cli.js';
+import { runCli, resolveSocket, type CliIo } from '../../src/cli/cli.js';
+import { statSync, mkdirSync } from 'node:fs';
 import { COMMAND_HELP } from '../../src/cli/help.js';
 import { ControlServer, type ControlHandler } from '../../src/control/socket.js';
 import type { PeerConfig } from '../../src/control/config.js';
@@ -225,6 +226,22 @@ describe('status, set-peer, remove-peer over the control socket', () => {
     const r = await cli(['status', '--socket', join(dir, 'nobody.sock')]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('no tenc pod listening at');
+  });
+});
+
+describe('finding the pod socket', () => {
+  it('--socket wins, --interface names it, else the only socket of this network namespace', () => {
+    const ino = statSync('/proc/self/ns/net').ino;
+    const d = join(dir, 'find');
+    mkdirSync(d, { recursive: true });
+    expect(resolveSocket({ socket: '/x.sock' }, d)).toBe('/x.sock');
+    expect(resolveSocket({ interface: 'wg7' }, d)).toBe(join(d, `wg7-${ino}.sock`));
+    expect(resolveSocket({}, d)).toBe(join(d, `tenc0-${ino}.sock`)); // none: the default name
+    writeFileSync(join(d, `pod9-${ino}.sock`), '');
+    writeFileSync(join(d, `other-${ino + 1}.sock`), ''); // another namespace's pod
+    expect(resolveSocket({}, d)).toBe(join(d, `pod9-${ino}.sock`));
+    writeFileSync(join(d, `pod8-${ino}.sock`), '');
+    expect(() => resolveSocket({}, d)).toThrow(/several tenc pods in this network namespace.*pass --interface or --socket/);
   });
 });
 
