@@ -52,8 +52,9 @@ ${EXIT_CODES}
 `,
   status: `Usage: tenc status [--json] [--socket PATH | --interface NAME]
 
-Shows the running pod's interface, listening port, public key and, per peer,
-endpoint, allowed IPs, latest handshake, transfer and drops by reason. Without
+Shows the running pod's interface, listening port, public key, drops and
+handshake failures by reason and, per peer, endpoint, allowed IPs, latest
+handshake, transfer and drops by reason. Without
 --socket it finds the pod of the current network namespace under /run/tenc.
 
 Options:

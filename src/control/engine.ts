@@ -30,6 +30,8 @@ export interface PodEngine {
   peerStatuses(): Map<string, EnginePeerStatus>;
   /** Non-zero drop counts by reason, all peers and unattributed. */
   drops(): Record<string, number>;
+  /** Non-zero counts of handshake messages not used, by reason. */
+  handshakeFailures(): Record<string, number>;
   /** Closes the data plane, then the UDP sockets and the TUN (the interface disappears). */
   close(): Promise<void>;
 }
@@ -140,6 +142,9 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
     },
     drops() {
       return device.status().drops as Record<string, number>;
+    },
+    handshakeFailures() {
+      return device.status().handshakeFailures as Record<string, number>;
     },
     async close() {
       await device.close();

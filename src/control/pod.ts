@@ -87,6 +87,7 @@ export class Pod implements ControlHandler {
         ports: s.ports.map((p) => `${p.protocol}/${p.port}`),
       })),
       drops: this.engine.drops(),
+      handshakeFailures: this.engine.handshakeFailures(),
     };
   }
 

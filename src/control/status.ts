@@ -36,6 +36,8 @@ export interface StatusReport {
   services: ServiceStatus[];
   /** All drops by reason (non-zero only). */
   drops: Record<string, number>;
+  /** Handshake messages not used, by reason (non-zero only): e.g. decrypt_response for a psk mismatch. */
+  handshakeFailures: Record<string, number>;
 }
 
 function plural(n: number, unit: string): string {
@@ -94,6 +96,8 @@ export function formatStatus(r: StatusReport, nowMs = Date.now()): string {
   out.push(`  data plane: ${r.dataPlane}`);
   const drops = formatDrops(r.drops);
   if (drops) out.push(`  drops: ${drops}`);
+  const hf = formatDrops(r.handshakeFailures ?? {});
+  if (hf) out.push(`  handshake failures: ${hf}`);
   for (const s of r.services) {
     out.push('');
     out.push(`service: ${s.vip}`);

@@ -87,6 +87,9 @@ class FakeEngine implements PodEngine {
   drops() {
     return {};
   }
+  handshakeFailures() {
+    return { bad_mac1: 1 };
+  }
   async close(): Promise<void> {
     this.closed = true;
     pod.ip('link', 'del', 'dev', this.ifname);
@@ -159,6 +162,7 @@ describe('pod lifecycle', () => {
     expect(st).toMatchObject({ interface: 'tenc0', publicKey, mtu: 1440, listenPort: 51820, dataPlane: 'fake' });
     // the engine knows no endpoint yet: the configured one is shown
     expect(st.peers[0]).toMatchObject({ publicKey: ALICE_PUB, endpoint: '10.77.0.2:51820', allowedIps: ['10.77.0.2/32', '10.96.0.0/24'], rxBytes: 10 });
+    expect(st.handshakeFailures).toEqual({ bad_mac1: 1 });
     expect(JSON.stringify(st)).not.toContain(PSK);
 
     await controlRequest(sock, { op: 'set-peer', peer: { publicKey: BOB_PUB, allowedIps: ['10.50.0.0/16'] } });

@@ -170,6 +170,7 @@ describe('status, set-peer, remove-peer over the control socket', () => {
     })),
     services: [],
     drops: { replay: 2, no_route: 1 },
+    handshakeFailures: { decrypt_response: 3 },
   });
   const handler: ControlHandler = {
     status: report,
@@ -198,7 +199,7 @@ describe('status, set-peer, remove-peer over the control socket', () => {
     expect(st.stdout).toContain('  latest handshake: 1 minute, 5 seconds ago\n');
     expect(st.stdout).toContain('  transfer: 1.50 KiB received, 100 B sent\n');
     expect(st.stdout).toContain('  persistent keepalive: every 25 seconds\n');
-    expect(st.stdout).toContain('  drops: replay 2, no_route 1\n');
+    expect(st.stdout).toContain('  drops: replay 2, no_route 1\n  handshake failures: decrypt_response 3\n');
 
     const js = await cli(['status', '--json', '-s', sock]);
     expect(JSON.parse(js.stdout).peers[0].publicKey).toBe(BOB_PUB);
@@ -276,6 +277,7 @@ describe('status formatting', () => {
       peers: [{ publicKey: BOB_PUB, endpoint: null, allowedIps: [], latestHandshake: null, rxBytes: 0, txBytes: 0, persistentKeepalive: 0, drops: {} }],
       services: [],
       drops: {},
+      handshakeFailures: {},
     });
     expect(text).toContain(`peer: ${BOB_PUB}\n  allowed ips: (none)\n`);
     expect(text).not.toMatch(/endpoint|latest handshake|transfer|keepalive|drops/);

@@ -41,6 +41,7 @@ class FakeHandler implements ControlHandler {
       })),
       services: [],
       drops: {},
+      handshakeFailures: {},
     };
   }
   changes: PeerChange[] = [];
