@@ -9,7 +9,8 @@
  *     `tenc status` shows the peer with a handshake and transfer
  *  2. SIGKILL pod a (a crash), start it again: the residue is removed, the
  *     tunnel works again
- *  3. SIGTERM both: exit 0, each namespace equals its snapshot from before
+ *  3. SIGINT one, SIGTERM the other: exit 0, each namespace equals its snapshot
+ *     from before
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
@@ -152,8 +153,8 @@ describe('two tenc pod processes', () => {
     tenc(a, 'set-peer', podB.publicKey, '--endpoint', '10.77.0.2:51820', '--allowed-ips', '10.77.0.2/32');
     expect(ping(a, '10.77.0.2')).toBe(true);
 
-    podA.child.kill('SIGTERM');
-    podB.child.kill('SIGTERM');
+    podA.child.kill('SIGINT'); // Ctrl-C
+    podB.child.kill('SIGTERM'); // kubelet
     expect(await podA.exit).toBe(0);
     expect(await podB.exit).toBe(0);
     expectSame(snapshot(a), beforeA);
