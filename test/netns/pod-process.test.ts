@@ -11,6 +11,8 @@
  *     tunnel works again
  *  3. SIGINT one, SIGTERM the other: exit 0, each namespace equals its snapshot
  *     from before
+ *  4. the other data-plane options: IPv6 underlay, raw injection, offloads off,
+ *     IPv4 and IPv6 inside; the MTU follows the IPv6 underlay
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
@@ -90,6 +92,8 @@ beforeAll(() => {
   veth(a, 'eth0', b, 'eth0');
   a.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
   b.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
+  a.ip('-6', 'addr', 'add', 'fd00:77::1/64', 'dev', 'eth0', 'nodad');
+  b.ip('-6', 'addr', 'add', 'fd00:77::2/64', 'dev', 'eth0', 'nodad');
   dir = mkdtempSync(join(tmpdir(), 'tenc-procs-'));
   writeFileSync(join(dir, 'psk'), tencHost('genpsk'));
   writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: ['10.77.0.1'], pskFile: 'psk' }));
@@ -155,6 +159,45 @@ describe('two tenc pod processes', () => {
 
     podA.child.kill('SIGINT'); // Ctrl-C
     podB.child.kill('SIGTERM'); // kubelet
+    expect(await podA.exit).toBe(0);
+    expect(await podB.exit).toBe(0);
+    expectSame(snapshot(a), beforeA);
+    expectSame(snapshot(b), beforeB);
+  });
+
+  it('IPv6 underlay, raw injection, offloads off, both families inside', async () => {
+    const beforeA = snapshot(a);
+    const beforeB = snapshot(b);
+    const opts = { inject: 'raw', tunOffload: false, udpGso: false, udpGro: false };
+    writeFileSync(join(dir, 'a6.json'), JSON.stringify({ addresses: ['10.77.0.1', 'fd00:77::1'], pskFile: 'psk', listenPort: 51821, dataPlane: opts }));
+    writeFileSync(join(dir, 'b6.json'), JSON.stringify({ addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk', listenPort: 51821, dataPlane: opts }));
+    const podA = await startPod(a, join(dir, 'a6.json'));
+    const podB = await startPod(b, join(dir, 'b6.json'));
+    tenc(a, 'set-peer', podB.publicKey, '-e', '[fd00:77::2]:51821', '-a', '10.77.0.2/32,fd00:77::2/128');
+    tenc(b, 'set-peer', podA.publicKey, '-e', '[fd00:77::1]:51821', '-a', '10.77.0.1/32,fd00:77::1/128');
+
+    const cap = await startCapture(b, 'eth0');
+    try {
+      expect(ping(a, '10.77.0.2')).toBe(true);
+      expect(ping(a, 'fd00:77::2')).toBe(true);
+    } finally {
+      await cap.stop();
+    }
+    // the underlay's own neighbor discovery aside, only tunnel datagrams; no echo in the clear
+    const all = cap.read();
+    cap.remove();
+    expect(all.some((l) => /echo/.test(l))).toBe(false);
+    const lines = all.filter((l) => / IP6? /.test(l) && !/ICMP6, (neighbor|router) (solicitation|advertisement)/.test(l));
+    expect(lines.length).toBeGreaterThan(0);
+    for (const l of lines) expect(l).toMatch(/IP6 fd00:77::[12]\.51821 > fd00:77::[12]\.51821: UDP/);
+
+    const st = JSON.parse(tenc(a, 'status', '--json'));
+    expect(st.dataPlane).toBe('native, inject raw, tun offload off, udp gso off, udp gro off');
+    expect(st.mtu).toBe(1420); // 1500 - 80, no peer endpoint at start
+    expect(st.peers[0].endpoint).toBe('[fd00:77::2]:51821');
+
+    podA.child.kill('SIGTERM');
+    podB.child.kill('SIGTERM');
     expect(await podA.exit).toBe(0);
     expect(await podB.exit).toBe(0);
     expectSame(snapshot(a), beforeA);
