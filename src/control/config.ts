@@ -69,7 +69,7 @@ export interface PodConfig {
   services: ServiceConfig[];
   dataPlane: DataPlaneOptions;
   logLevel: LogLevel;
-  /** null: the default, /run/tenc/<interface>-<netns inode>.sock, chosen at start. */
+  /** Absolute (relative paths are resolved like pskFile); null: the default, /run/tenc/<interface>-<netns inode>.sock, chosen at start. */
   controlSocket: string | null;
 }
 
@@ -474,7 +474,7 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
   if (raw.controlSocket !== undefined && raw.controlSocket !== null) {
     if (typeof raw.controlSocket !== 'string' || raw.controlSocket === '') c.add('controlSocket', `${show(raw.controlSocket)} is not a path`);
     else if (Buffer.byteLength(raw.controlSocket) > 107) c.add('controlSocket', 'is longer than a unix socket path may be (107 bytes)');
-    else controlSocket = resolve(raw.controlSocket);
+    else controlSocket = resolve(dirname(resolve(file)), raw.controlSocket);
   }
 
   if (c.problems.length > 0) throw new ConfigError(file, c.problems);

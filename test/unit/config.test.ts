@@ -105,10 +105,12 @@ describe('config: valid file', () => {
     expect(validateConfig({ ...good(), fwmark: '0x1f' }, 'x.json').fwmark).toBe(31);
   });
 
-  it('resolves a relative pskFile against the config file directory', () => {
+  it('resolves a relative pskFile and controlSocket against the config file directory', () => {
     const cfgPath = join(dir, 'rel.json');
-    writeFileSync(cfgPath, JSON.stringify({ addresses: ['10.77.0.1'], pskFile: 'psk' }));
-    expect(loadConfig(cfgPath).pskFile).toBe(pskPath);
+    writeFileSync(cfgPath, JSON.stringify({ addresses: ['10.77.0.1'], pskFile: 'psk', controlSocket: 'run/a.sock' }));
+    const cfg = loadConfig(cfgPath);
+    expect(cfg.pskFile).toBe(pskPath);
+    expect(cfg.controlSocket).toBe(join(dir, 'run', 'a.sock'));
   });
 });
 
