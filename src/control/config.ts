@@ -473,8 +473,11 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
   let controlSocket: string | null = null;
   if (raw.controlSocket !== undefined && raw.controlSocket !== null) {
     if (typeof raw.controlSocket !== 'string' || raw.controlSocket === '') c.add('controlSocket', `${show(raw.controlSocket)} is not a path`);
-    else if (Buffer.byteLength(raw.controlSocket) > 107) c.add('controlSocket', 'is longer than a unix socket path may be (107 bytes)');
-    else controlSocket = resolve(dirname(resolve(file)), raw.controlSocket);
+    else {
+      const abs = resolve(dirname(resolve(file)), raw.controlSocket);
+      if (Buffer.byteLength(abs) > 107) c.add('controlSocket', `${abs} is longer than a unix socket path may be (107 bytes)`);
+      else controlSocket = abs;
+    }
   }
 
   if (c.problems.length > 0) throw new ConfigError(file, c.problems);
