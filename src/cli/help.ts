@@ -160,6 +160,9 @@ ${EXIT_CODES}
 
 Shows the overview, or the help of one command.
 
+Options:
+  -h, --help   show this help
+
 Example:
   tenc help status
 

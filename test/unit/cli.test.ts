@@ -61,11 +61,12 @@ describe('help', () => {
     expect(r.stderr).toBe('');
   });
 
-  it.each(Object.keys(COMMAND_HELP))('tenc %s --help has synopsis, example and exit codes', async (cmd) => {
+  it.each(Object.keys(COMMAND_HELP))('tenc %s --help has synopsis, options, example and exit codes', async (cmd) => {
     const r = await cli([cmd, '--help']);
     expect(r.code).toBe(0);
     expect(r.stdout.startsWith(`Usage: tenc ${cmd}`)).toBe(true);
-    expect(r.stdout).toContain('Example:');
+    expect(r.stdout).toMatch(/\nOptions:\n( {2}.*\n)*? {2}-h, --help /);
+    expect(r.stdout).toMatch(/\nExample:\n {2}\S/);
     expect(r.stdout).toContain('Exit codes:');
     expect(await cli(['help', cmd])).toEqual(r);
   });
