@@ -8,7 +8,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { USAGE, COMMAND_HELP } from './help.js';
 import { ConfigError, loadConfig, DEFAULT_SOCKET_DIR } from '../control/config.js';
-import { controlRequest, defaultSocketPath, netnsInode, ControlClientError } from '../control/socket.js';
+import { controlRequest, defaultSocketPath, netnsInode, ControlClientError, type RekeyResult } from '../control/socket.js';
 import { formatStatus, type StatusReport } from '../control/status.js';
 import { isLogLevel, LOG_LEVELS } from '../log.js';
 import { generatePrivateKey, publicKeyFromPrivate, generatePsk, parseKey, formatKey } from '../noise/keys.js';
@@ -76,6 +76,7 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
     positionals: [1, 1],
   },
   'remove-peer': { options: { ...SOCKET_OPTS }, positionals: [1, 1] },
+  rekey: { options: { ...SOCKET_OPTS }, positionals: [0, 1] },
   'check-config': { options: { help: { type: 'boolean', short: 'h' } }, positionals: [1, 1] },
   genkey: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
   pubkey: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
@@ -243,6 +244,22 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       } catch (e) {
         if (e instanceof ControlClientError && e.code === 'EINVAL') throw new UsageError(e.message, cmd);
         throw e;
+      }
+      return 0;
+    }
+    case 'rekey': {
+      const path = resolveSocket(values as { socket?: string; interface?: string });
+      const req: Record<string, unknown> = { op: 'rekey' };
+      if (positionals[0] !== undefined) req.publicKey = positionals[0];
+      let result: { peers: RekeyResult[] };
+      try {
+        result = (await controlRequest(path, req)) as { peers: RekeyResult[] };
+      } catch (e) {
+        if (e instanceof ControlClientError && e.code === 'EINVAL') throw new UsageError(e.message, cmd);
+        throw e;
+      }
+      for (const p of result.peers) {
+        io.stdout(`${p.publicKey}: ${p.initiation === 'sent' ? 'initiation sent' : 'initiation pending (at most one per 5 s, or no endpoint yet)'}\n`);
       }
       return 0;
     }

@@ -15,6 +15,7 @@ Commands:
   status        show the running pod's interface and peers (like \`wg show\`)
   set-peer      add or update a peer of the running pod
   remove-peer   remove a peer from the running pod
+  rekey         start a new handshake with a peer (or every peer) now
   check-config  validate a config file and exit
   genkey        print a new private key (base64)
   pubkey        read a private key on stdin, print its public key
@@ -100,6 +101,26 @@ Options:
 
 Example:
   tenc remove-peer hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=
+
+${EXIT_CODES}
+`,
+  rekey: `Usage: tenc rekey [PUBLIC_KEY] [--socket PATH | --interface NAME]
+
+Starts a new handshake with the peer with that public key, or with every peer
+when none is given, although the current session keys are still valid: new
+session keys replace the old ones without interrupting traffic. Prints one line
+per peer: \`KEY: initiation sent\`, or \`initiation pending\` when the protocol's
+limit of one initiation per 5 seconds (or a missing endpoint) delays it; a
+pending initiation goes out as soon as it is allowed. See \`tenc status\` for
+the latest handshake.
+
+Options:
+  -s, --socket PATH       the control socket
+  -i, --interface NAME    pick the pod by interface name
+  -h, --help              show this help
+
+Example:
+  tenc rekey hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=
 
 ${EXIT_CODES}
 `,

@@ -26,6 +26,13 @@ export interface PodEngine {
   /** Removes the peer (zeroing its keys); false when unknown. */
   removePeer(publicKey: string): boolean | Promise<boolean>;
   setServices(services: LocalService[]): void;
+  /**
+   * Starts a new handshake with the peer now, although its session may be current
+   * (`tenc rekey`). The protocol allows one initiation per REKEY_TIMEOUT (5 s): asked
+   * earlier, it goes out when allowed. True when it went out at once. Optional so
+   * test engines need not have it.
+   */
+  rekey?(publicKey: string): boolean;
   /** Per peer (by base64 public key): endpoint, handshake, transfer, drops. */
   peerStatuses(): Map<string, EnginePeerStatus>;
   /** Non-zero drop counts by reason, all peers and unattributed. */
@@ -126,6 +133,12 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
     },
     setServices(services) {
       plane.setLocalServices(services);
+    },
+    rekey(publicKey) {
+      const sent = () => device.status().peers.find((p) => p.publicKey === publicKey)?.initiationsSent ?? 0;
+      const before = sent();
+      device.initiate(publicKey);
+      return sent() > before;
     },
     peerStatuses() {
       const out = new Map<string, EnginePeerStatus>();

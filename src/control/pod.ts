@@ -16,7 +16,7 @@ import { writeSync } from 'node:fs';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
 import { formatEndpoint, readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
 import { openEngine as openRealEngine, type EngineOpener, type PodEngine } from './engine.js';
-import { ControlServer, defaultSocketPath, socketIsLive, type ControlHandler, type PeerChange } from './socket.js';
+import { ControlServer, defaultSocketPath, socketIsLive, type ControlHandler, type PeerChange, type RekeyResult } from './socket.js';
 import type { StatusReport } from './status.js';
 import { IpCommand } from '../routing/ip.js';
 import { computeMtu } from '../routing/mtu.js';
@@ -122,6 +122,18 @@ export class Pod implements ControlHandler {
     await this.engine.removePeer(publicKey);
     this.log.info({ peer: keyFingerprint(publicKey) }, 'peer removed');
     return true;
+  }
+
+  /** A new handshake with one peer (null: every peer) now, or as soon as the protocol allows. */
+  rekey(publicKey: string | null): RekeyResult[] {
+    const rekey = this.engine.rekey?.bind(this.engine);
+    if (!rekey) throw new Error('the data plane cannot rekey');
+    const keys = publicKey === null ? [...this.peers.keys()] : this.peers.has(publicKey) ? [publicKey] : [];
+    return keys.map((key) => {
+      const initiation = rekey(key) ? 'sent' : 'pending';
+      this.log.info({ peer: keyFingerprint(key), initiation }, 'rekey requested');
+      return { publicKey: key, initiation };
+    });
   }
 
   /**

@@ -6,6 +6,7 @@
  *             {"id": 2, "op": "set-peer", "peer": {"publicKey": "...", "endpoint": "10.0.0.2:51820", "allowedIps": ["10.0.0.2/32"]}}
  *             {"id": 3, "op": "remove-peer", "publicKey": "..."}
  *             {"id": 4, "op": "set-services", "services": [{"vip": "10.96.0.10", "ports": [{"protocol": "tcp", "port": 80}]}]}
+ *             {"id": 5, "op": "rekey", "publicKey": "..."}        (publicKey left out: every peer)
  *   response: {"id": 1, "ok": true, "result": {...}}
  *             {"id": 2, "ok": false, "error": {"code": "EINVAL", "message": "peer.endpoint: ..."}}
  *
@@ -32,8 +33,8 @@ import { silentLogger, type Logger } from '../log.js';
 
 export const MAX_REQUEST_BYTES = 1 << 20;
 
-export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services';
-export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services'];
+export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey';
+export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey'];
 
 /**
  * A set-peer request: the public key and the fields the request gave. For a new
@@ -42,6 +43,16 @@ export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-
  */
 export type PeerChange = Pick<PeerConfig, 'publicKey'> & Partial<Omit<PeerConfig, 'publicKey'>>;
 
+/**
+ * What a rekey request did for one peer: `sent`, the initiation went out now;
+ * `pending`, it waits for the protocol's limit of one initiation per REKEY_TIMEOUT
+ * (5 s) or for an endpoint, and goes out then.
+ */
+export interface RekeyResult {
+  publicKey: string;
+  initiation: 'sent' | 'pending';
+}
+
 export interface ControlHandler {
   status(): StatusReport | Promise<StatusReport>;
   /** Adds the peer, or changes the given fields of the peer with that key. */
@@ -49,6 +60,12 @@ export interface ControlHandler {
   /** Returns false when no peer has that key. */
   removePeer(publicKey: string): boolean | Promise<boolean>;
   setServices(services: ServiceConfig[]): void | Promise<void>;
+  /**
+   * Starts a new handshake with the peer with that key (null: with every peer) although
+   * its session may be current; one result per peer, none when the key is unknown.
+   * Optional: a handler without it answers rekey requests with EIO.
+   */
+  rekey?(publicKey: string | null): RekeyResult[] | Promise<RekeyResult[]>;
 }
 
 export interface ControlError {
@@ -124,6 +141,19 @@ export async function dispatch(
       if ('problems' in r) throw new RequestError('EINVAL', r.problems.map((p) => `${p.field}: ${p.problem}`).join('; '));
       await handler.setServices(r.services);
       return null;
+    }
+    case 'rekey': {
+      onlyFields(req, ['id', 'op', 'publicKey']);
+      let key: string | null = null;
+      if (req.publicKey !== undefined) {
+        const k = parseKey32(req.publicKey);
+        if (!k.ok) throw new RequestError('EINVAL', `publicKey: ${k.problem}`);
+        key = Buffer.from(k.value).toString('base64');
+      }
+      if (!handler.rekey) throw new Error('this pod cannot rekey');
+      const peers = await handler.rekey(key);
+      if (key !== null && peers.length === 0) throw new RequestError('ENOENT', 'publicKey: no such peer');
+      return { peers };
     }
     default:
       throw new RequestError('EINVAL', `op: ${JSON.stringify(req.op)} is not one of ${CONTROL_OPS.join(', ')}`);
