@@ -1,0 +1,301 @@
+/**
+ * The tunnels bench/iperf.ts compares, each set up between the two pod namespaces of
+ * netns-scripts/pods.sh (pod a 10.77.0.1 is the client, pod b 10.77.0.2 the server):
+ *
+ *   plain   no tunnel: straight over the veths and the bridge
+ *   wg-deb  Debian's wireguard-go 0.0.20220316 (/usr/bin/wireguard-go)
+ *   wg-bpo  wireguard-go 0.0.20231211 with TUN/UDP offloads (bookworm-backports,
+ *           fetched by netns-scripts/wggo-backports.sh)
+ *   tenc    one `tenc pod` per namespace; keys exchanged with `tenc set-peer`
+ *
+ * wireguard-go runs in the foreground (-f) under `ip netns exec`, with an interface name
+ * unique to the instance (its UAPI socket /var/run/wireguard/NAME.sock is shared by all
+ * namespaces), is configured with `wg set`, and gets an inner address 10.88.N.x/24.
+ * tenc's inner addresses are the pods' own: policy routing sends 10.77.0.2 into tenc0.
+ * Keys live in the bench's private directory (mode 0700, files 0600) and go with it.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stopChild, waitExit, type Children } from './procs.js';
+
+export interface TunnelEnv {
+  /** Client and server pod namespaces. */
+  nsA: string;
+  nsB: string;
+  /** The pods' eth0 addresses. */
+  addrA: string;
+  addrB: string;
+  /** Private directory (0700) for keys and configs. */
+  dir: string;
+  children: Children;
+}
+
+export interface TunnelUp {
+  /** Address of pod b that pod a reaches through the tunnel. */
+  dst: string;
+  /** The tunnel's user-space processes (CPU and memory are measured on them). */
+  pids: number[];
+  /** Version of the implementation. */
+  version: string;
+  /** Extra facts (data plane, MTU). */
+  description: string;
+}
+
+export interface Tunnel {
+  id: string;
+  label: string;
+  up(env: TunnelEnv): Promise<TunnelUp>;
+  /** Stops what up() started, even after a failed up(); returns problems seen on the way. */
+  down(): Promise<string[]>;
+  /** Last lines the tunnel's processes wrote on stderr (for failure reports). */
+  stderrTail(): string[];
+}
+
+/** Collects a process's stderr, keeping the last lines. */
+function tailOf(child: ChildProcess, keep = 40): () => string[] {
+  let text = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    text += d;
+    if (text.length > 64 * 1024) text = text.slice(-32 * 1024);
+  });
+  return () =>
+    text
+      .split('\n')
+      .filter((l) => l.trim() !== '')
+      .slice(-keep)
+      .map((l) => (l.length > 400 ? l.slice(0, 400) + '...' : l));
+}
+
+export class PlainTunnel implements Tunnel {
+  readonly id = 'plain';
+  readonly label = 'plain (no tunnel)';
+
+  async up(env: TunnelEnv): Promise<TunnelUp> {
+    return { dst: env.addrB, pids: [], version: 'kernel', description: 'veth + bridge, MTU 1500' };
+  }
+
+  async down(): Promise<string[]> {
+    return [];
+  }
+
+  stderrTail(): string[] {
+    return [];
+  }
+}
+
+const REPO = fileURLToPath(new URL('../../../', import.meta.url));
+const TENC_MAIN = join(REPO, 'dist', 'src', 'cli', 'main.js');
+
+export class TencTunnel implements Tunnel {
+  readonly id = 'tenc';
+  readonly label = 'tenc';
+  private pods: { child: ChildProcess; tail: () => string[]; ns: string }[] = [];
+
+  async up(env: TunnelEnv): Promise<TunnelUp> {
+    const { children } = env;
+    if (!existsSync(TENC_MAIN)) throw new Error(`${TENC_MAIN} not built (npm run build)`);
+    const node = process.execPath;
+    const tenc = (ns: string, ...args: string[]): Promise<string> => children.check('ip', ['netns', 'exec', ns, node, TENC_MAIN, ...args], { timeoutMs: 15_000 });
+    const psk = join(env.dir, 'tenc-psk');
+    writeFileSync(psk, await children.check(node, [TENC_MAIN, 'genpsk']), { mode: 0o600 });
+    const port = 51820;
+    const start = async (ns: string, addr: string, name: string): Promise<string> => {
+      const config = join(env.dir, `tenc-${name}.json`);
+      writeFileSync(config, JSON.stringify({ addresses: [addr], pskFile: psk, listenPort: port }), { mode: 0o600 });
+      const child = children.spawn('ip', ['netns', 'exec', ns, node, TENC_MAIN, 'pod', '--config', config]);
+      const tail = tailOf(child);
+      this.pods.push({ child, tail, ns });
+      const key = await publicKeyLine(child, 15_000);
+      if (key instanceof Error) throw new Error(`tenc pod in ${ns}: ${key.message}${tail().length ? `: ${tail().slice(-3).join(' / ')}` : ''}`);
+      return key;
+    };
+    const keyA = await start(env.nsA, env.addrA, 'a');
+    const keyB = await start(env.nsB, env.addrB, 'b');
+    // the control socket serves after the public-key line: wait for an answer
+    const status = async (ns: string): Promise<Record<string, any>> => {
+      const end = performance.now() + 10_000;
+      for (;;) {
+        try {
+          return JSON.parse(await tenc(ns, 'status', '--json'));
+        } catch (err) {
+          const dead = this.pods.find((p) => p.child.exitCode !== null || p.child.signalCode !== null);
+          if (dead) throw new Error(`tenc pod in ${dead.ns} exited ${dead.child.exitCode ?? dead.child.signalCode}: ${dead.tail().slice(-3).join(' / ')}`);
+          if (performance.now() > end) throw err;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    };
+    await status(env.nsA);
+    await status(env.nsB);
+    await tenc(env.nsA, 'set-peer', keyB, '--endpoint', `${env.addrB}:${port}`, '--allowed-ips', `${env.addrB}/32`);
+    await tenc(env.nsB, 'set-peer', keyA, '--endpoint', `${env.addrA}:${port}`, '--allowed-ips', `${env.addrA}/32`);
+    const st = await status(env.nsA);
+    const version = await tencVersion(children);
+    return {
+      dst: env.addrB,
+      pids: this.pods.map((p) => p.child.pid!).filter((p) => p !== undefined),
+      version,
+      description: `${st.dataPlane}, MTU ${st.mtu}`,
+    };
+  }
+
+  async down(): Promise<string[]> {
+    const problems: string[] = [];
+    for (const p of this.pods) {
+      const code = await stopChild(p.child, 'SIGTERM', 5000);
+      if (code !== 0) problems.push(`tenc pod in ${p.ns} stopped with ${code === null ? 'SIGKILL' : `exit ${code}`}: ${p.tail().slice(-2).join(' / ')}`);
+    }
+    return problems;
+  }
+
+  stderrTail(): string[] {
+    return this.pods.flatMap((p) => p.tail().slice(-10).map((l) => `${p.ns}: ${l}`));
+  }
+}
+
+/** Resolves with the key of the first `public-key <base64>` stdout line, or an Error if the process ends or times out first. */
+function publicKeyLine(child: ChildProcess, ms: number): Promise<string | Error> {
+  return new Promise((resolve) => {
+    let out = '';
+    const timer = setTimeout(() => resolve(new Error(`no public-key line within ${ms} ms`)), ms);
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      const m = /^public-key (\S+)\n/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    void waitExit(child, ms + 1000).then((code) => {
+      clearTimeout(timer);
+      resolve(new Error(`exited ${code} before printing its public key`));
+    });
+  });
+}
+
+async function tencVersion(children: Children): Promise<string> {
+  const rev = await children.run('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'], { timeoutMs: 5000 });
+  const dirty = await children.run('git', ['-C', REPO, 'status', '--porcelain', '--untracked-files=no', 'src', 'native'], { timeoutMs: 5000 });
+  const commit = rev.code === 0 ? rev.stdout.trim() : 'unknown';
+  return `tenc ${commit}${dirty.code === 0 && dirty.stdout.trim() !== '' ? ' + local changes' : ''}`;
+}
+
+export interface WgGoOptions {
+  id: string;
+  label: string;
+  /** The wireguard-go binary, or a function that finds (fetches) it. */
+  binary: string | ((children: Children) => Promise<string>);
+  /** Interface name prefix; instances are NAME-a and NAME-b (at most 15 characters). */
+  ifname: string;
+  listenPort: number;
+  /** Third octet of the inner addresses 10.88.N.1 (pod a) and 10.88.N.2 (pod b). */
+  subnet: number;
+}
+
+const UAPI_DIR = '/var/run/wireguard';
+
+export class WgGoTunnel implements Tunnel {
+  readonly id: string;
+  readonly label: string;
+  private procs: { child: ChildProcess; tail: () => string[]; ns: string; ifname: string }[] = [];
+
+  constructor(private readonly opts: WgGoOptions) {
+    this.id = opts.id;
+    this.label = opts.label;
+  }
+
+  /** UAPI socket paths this tunnel may create. */
+  socketPaths(): string[] {
+    return ['a', 'b'].map((s) => join(UAPI_DIR, `${this.opts.ifname}-${s}.sock`));
+  }
+
+  async up(env: TunnelEnv): Promise<TunnelUp> {
+    const { children } = env;
+    const o = this.opts;
+    const bin = typeof o.binary === 'string' ? o.binary : await o.binary(children);
+    if (!existsSync(bin)) throw new Error(`${bin} not found`);
+    const versionOut = await children.check(bin, ['--version'], { timeoutMs: 5000 });
+    const version = versionOut.trim().split('\n')[0] ?? 'unknown';
+
+    const key = async (name: string, cmd: string[], input?: string): Promise<string> => {
+      const text = await children.check('wg', cmd, { timeoutMs: 5000, input });
+      writeFileSync(join(env.dir, `${o.id}-${name}`), text, { mode: 0o600 });
+      return text.trim();
+    };
+    const privA = await key('a.key', ['genkey']);
+    const privB = await key('b.key', ['genkey']);
+    const pubA = (await children.check('wg', ['pubkey'], { input: privA + '\n' })).trim();
+    const pubB = (await children.check('wg', ['pubkey'], { input: privB + '\n' })).trim();
+    await key('psk', ['genpsk']);
+
+    const side = [
+      { ns: env.nsA, ifname: `${o.ifname}-a`, key: 'a.key', inner: `10.88.${o.subnet}.1`, peerPub: pubB, peerAddr: env.addrB, peerInner: `10.88.${o.subnet}.2` },
+      { ns: env.nsB, ifname: `${o.ifname}-b`, key: 'b.key', inner: `10.88.${o.subnet}.2`, peerPub: pubA, peerAddr: env.addrA, peerInner: `10.88.${o.subnet}.1` },
+    ];
+    for (const s of side) {
+      const child = children.spawn('ip', ['netns', 'exec', s.ns, bin, '-f', s.ifname]);
+      child.stdout!.resume();
+      const tail = tailOf(child);
+      this.procs.push({ child, tail, ns: s.ns, ifname: s.ifname });
+      await this.waitSocket(child, join(UAPI_DIR, `${s.ifname}.sock`), tail, 5000);
+    }
+    for (const s of side) {
+      await children.check('ip', ['netns', 'exec', s.ns, 'wg', 'set', s.ifname,
+        'private-key', join(env.dir, `${o.id}-${s.key}`), 'listen-port', String(o.listenPort),
+        'peer', s.peerPub, 'preshared-key', join(env.dir, `${o.id}-psk`),
+        'endpoint', `${s.peerAddr}:${o.listenPort}`, 'allowed-ips', `${s.peerInner}/32`]);
+      await children.check('ip', ['-n', s.ns, 'addr', 'add', `${s.inner}/24`, 'dev', s.ifname]);
+      await children.check('ip', ['-n', s.ns, 'link', 'set', 'dev', s.ifname, 'mtu', '1420', 'up']);
+    }
+    return {
+      dst: `10.88.${o.subnet}.2`,
+      pids: this.procs.map((p) => p.child.pid!).filter((p) => p !== undefined),
+      version,
+      description: `${bin}, MTU 1420`,
+    };
+  }
+
+  private async waitSocket(child: ChildProcess, path: string, tail: () => string[], ms: number): Promise<void> {
+    const end = performance.now() + ms;
+    while (!existsSync(path)) {
+      if (child.exitCode !== null || child.signalCode !== null)
+        throw new Error(`wireguard-go exited ${child.exitCode ?? child.signalCode}: ${tail().slice(-3).join(' / ')}`);
+      if (performance.now() > end) throw new Error(`${path} did not appear within ${ms} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  async down(): Promise<string[]> {
+    const problems: string[] = [];
+    for (const p of this.procs) {
+      const code = await stopChild(p.child, 'SIGTERM', 3000);
+      if (code === null) problems.push(`wireguard-go ${p.ifname} needed SIGKILL`);
+    }
+    // wireguard-go removes its socket on a clean stop; a killed one leaves it
+    if (this.procs.length > 0) for (const path of this.socketPaths()) rmSync(path, { force: true });
+    return problems;
+  }
+
+  stderrTail(): string[] {
+    return this.procs.flatMap((p) => p.tail().slice(-10).map((l) => `${p.ifname}: ${l}`));
+  }
+}
+
+/** The backports wireguard-go, fetched on first use by netns-scripts/wggo-backports.sh. */
+async function backportsBinary(children: Children): Promise<string> {
+  const out = await children.check('bash', [join(REPO, 'netns-scripts', 'wggo-backports.sh')], { timeoutMs: 180_000 });
+  const lines = out.trim().split('\n');
+  return lines[lines.length - 1];
+}
+
+/** Every tunnel, in report order (baselines first). */
+export function allTunnels(): Tunnel[] {
+  return [
+    new PlainTunnel(),
+    new WgGoTunnel({ id: 'wg-deb', label: 'wireguard-go 0.0.20220316 (Debian)', binary: '/usr/bin/wireguard-go', ifname: 'wgbdeb', listenPort: 51830, subnet: 1 }),
+    new WgGoTunnel({ id: 'wg-bpo', label: 'wireguard-go 0.0.20231211 (backports)', binary: backportsBinary, ifname: 'wgbbpo', listenPort: 51831, subnet: 2 }),
+    new TencTunnel(),
+  ];
+}

@@ -1,0 +1,122 @@
+/**
+ * The parsers and renderers of the iperf bench (bench/iperf.ts): iperf3 -J, ping and
+ * ss output, /proc figures, the SVG chart. iperf3 samples are iperf 3.12 output
+ * (loopback and namespace runs on this machine), trimmed to the fields the bench reads.
+ */
+import { describe, it, expect } from 'vitest';
+import { parseIperfTcp, parseIperfUdp, parsePingTimes, percentile, listeningPorts } from '../../bench/lib/traffic.js';
+import { cpuSeconds, memory, parseProcStatusMemory, CpuMeter } from '../../bench/lib/procs.js';
+import { barChart, escapeXml } from '../../bench/lib/svg.js';
+
+const TCP = JSON.stringify({
+  start: { version: 'iperf 3.12' },
+  end: {
+    sum_sent: { start: 0, end: 0.006582, seconds: 0.006582, bytes: 20971520, bits_per_second: 25489541172.895775, retransmits: 3, sender: true },
+    sum_received: { start: 0, end: 0.006615, seconds: 0.006615, bytes: 12845056, bits_per_second: 15534459259.259258, sender: true },
+  },
+});
+
+const UDP = JSON.stringify({
+  end: {
+    sum: { seconds: 1.000155, bytes: 7013120, jitter_ms: 0.0077, lost_packets: 31893, packets: 109580, lost_percent: 29.1, sender: true },
+    sum_sent: { seconds: 1.000079, bytes: 7013120, lost_packets: 0, packets: 109580, lost_percent: 0, sender: true },
+    sum_received: { seconds: 1.000155, bytes: 4971968, lost_packets: 31893, packets: 109580, lost_percent: 29.10476364300055, sender: false },
+  },
+});
+
+const REFUSED = '{"start":{"connected":[],"version":"iperf 3.12"},"intervals":[],"end":{},"error":"unable to connect to server: Connection refused"}';
+
+describe('iperf3 JSON', () => {
+  it('TCP: sender bytes and rates, receiver rate, retransmits', () => {
+    expect(parseIperfTcp(TCP)).toEqual({ sentBytes: 20971520, senderBps: 25489541172.895775, receiverBps: 15534459259.259258, retransmits: 3 });
+  });
+
+  it('UDP: received = expected - lost (64-byte payloads: 4971968 / 64 = 77687 packets)', () => {
+    const r = parseIperfUdp(UDP);
+    expect(r.packets).toBe(109580);
+    expect(r.lostPackets).toBe(31893);
+    expect(r.receivedPps * 1.000155).toBeCloseTo(4971968 / 64, 6);
+    expect(r.sentPps * 1.000079).toBeCloseTo(109580, 6);
+    expect(r.lossPercent).toBeCloseTo(29.10476, 4);
+  });
+
+  it("iperf3's own error becomes the message; non-JSON and missing sections are errors", () => {
+    expect(() => parseIperfTcp(REFUSED)).toThrow('iperf3: unable to connect to server: Connection refused');
+    expect(() => parseIperfTcp('iperf3: error - the server is busy')).toThrow(/printed no JSON: iperf3: error - the server is busy/);
+    expect(() => parseIperfTcp('{"start":{}}')).toThrow(/no "end"/);
+    expect(() => parseIperfTcp(UDP.replace('"sum_received"', '"x"').replace('"sum_sent"', '"y"'))).toThrow(/sum_sent/);
+    expect(() => parseIperfUdp('{"end":{"sum_sent":{"packets":"many","seconds":1},"sum_received":{"packets":1,"lost_packets":0,"seconds":1}}}')).toThrow(
+      /sum_sent.packets is not a number/,
+    );
+  });
+});
+
+describe('ping and ss output', () => {
+  it('RTTs of the replies only, percentiles by nearest rank', () => {
+    const out = [
+      'PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.',
+      '64 bytes from 10.77.0.2: icmp_seq=1 ttl=64 time=52.4 ms',
+      '64 bytes from 10.77.0.2: icmp_seq=2 ttl=64 time=0.377 ms',
+      '64 bytes from 10.77.0.2: icmp_seq=4 ttl=64 time=0.337 ms',
+      '--- 10.77.0.2 ping statistics ---',
+      'rtt min/avg/max/mdev = 0.337/17.702/52.394/24.530 ms',
+    ].join('\n');
+    expect(parsePingTimes(out)).toEqual([52.4, 0.377, 0.337]);
+    const v = Array.from({ length: 200 }, (_, i) => 200 - i); // 200..1, unsorted
+    expect(percentile(v, 50)).toBe(100);
+    expect(percentile(v, 99)).toBe(198);
+    expect(percentile(v, 100)).toBe(200);
+    expect(percentile([7], 99)).toBe(7);
+    expect(percentile([], 50)).toBeUndefined();
+  });
+
+  it('listening ports from ss -Hltn, IPv4 and IPv6', () => {
+    const ss = ['LISTEN 0      4096         0.0.0.0:5201      0.0.0.0:*', 'LISTEN 0      4096               *:5202            *:*', 'LISTEN 0 128 [::]:5203 [::]:*', ''].join('\n');
+    expect([...listeningPorts(ss)].sort()).toEqual([5201, 5202, 5203]);
+  });
+});
+
+describe('/proc figures', () => {
+  it('VmRSS and VmHWM in bytes; missing fields give undefined', () => {
+    expect(parseProcStatusMemory('Name:\tnode\nVmHWM:\t  176540 kB\nVmRSS:\t  163000 kB\n')).toEqual({ rss: 163000 * 1024, hwm: 176540 * 1024 });
+    expect(parseProcStatusMemory('Name:\tkthreadd\n')).toBeUndefined();
+  });
+
+  it('CPU seconds of this process grow with work; a missing pid is undefined', () => {
+    const before = cpuSeconds(process.pid)!;
+    const meter = new CpuMeter([process.pid]);
+    // burn 100 ms of CPU (however long that takes on a shared machine)
+    const c0 = process.cpuUsage();
+    let x = 0;
+    while (process.cpuUsage(c0).user + process.cpuUsage(c0).system < 100_000) x += Math.sqrt(x + 1);
+    expect(x).toBeGreaterThan(0);
+    expect(cpuSeconds(process.pid)! - before).toBeGreaterThanOrEqual(0.08); // 10 ms ticks
+    expect(meter.percent()!).toBeGreaterThan(0);
+    expect(new CpuMeter([]).percent()).toBeUndefined();
+    expect(cpuSeconds(2 ** 22 + 12345)).toBeUndefined();
+    expect(memory(process.pid)!.rss).toBeGreaterThan(1 << 20);
+  });
+});
+
+describe('SVG chart', () => {
+  it('escapes text, scales bars to the largest value, shows failures as text', () => {
+    expect(escapeXml(`a<b>&"c'`)).toBe('a&lt;b&gt;&amp;&quot;c&apos;');
+    const svg = barChart({
+      title: 'x < y',
+      series: [
+        { name: 'plain', color: '#999' },
+        { name: 'tenc', color: '#e15759' },
+        { name: 'wg', color: '#4e79a7' },
+      ],
+      panels: [{ title: 'TCP', values: [10, 5, 'failed'], format: (v) => v.toFixed(1), notes: [undefined, '(0.50x plain)', undefined] }],
+    });
+    expect(svg).toContain('<text x="10" y="28" font-size="16" font-weight="bold">x &lt; y</text>');
+    const widths = [...svg.matchAll(/<rect x="150" y="\d+" width="(\d+)"/g)].map((m) => Number(m[1]));
+    expect(widths).toEqual([480, 240]);
+    expect(svg).toMatch(/>10\.0<\/text>/);
+    expect(svg).toContain('>5.0<tspan fill="#777"> (0.50x plain)</tspan></text>');
+    expect(svg).toMatch(/fill="#b00">failed<\/text>/);
+    expect(svg.startsWith('<?xml')).toBe(true);
+    expect(svg.trim().endsWith('</svg>')).toBe(true);
+  });
+});
