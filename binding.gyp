@@ -12,7 +12,8 @@
         "native/engine_js.c",
         "native/allowedips.c",
         "native/nat.c",
-        "native/offload.c"
+        "native/offload.c",
+        "native/sock.c"
       ],
       "cflags": ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"]
