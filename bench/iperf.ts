@@ -213,7 +213,8 @@ async function measureTunnel(
     res.description = up.description;
     checkInterrupt();
     const traffic = new Traffic(children, env.nsA, env.nsB);
-    if (!(await traffic.reachable(up.dst, 10_000))) throw new Error(`no ping reply from ${up.dst} through the tunnel within 10 s`);
+    if (!(await traffic.reachable(up.dst, 10_000))) throw new Error(`no ping reply from ${up.dst} through the tunnel within 10 s${t.died() ? `; ${t.died()}` : ''}`);
+    const died = (): string | undefined => t.died();
     const all = new CpuMeter(up.pids);
     const m = res.metrics;
     const put = (key: string, v: number | undefined): void => {
@@ -228,6 +229,8 @@ async function measureTunnel(
         if (err instanceof Interrupted || interrupted) throw err;
         res.testFailures[prefix] = (err as Error).message;
       }
+      const died = t.died();
+      if (died) throw new Error(`during test ${prefix}: ${died}`);
     };
 
     await test('ping', async () => {
@@ -239,7 +242,7 @@ async function measureTunnel(
     for (const [prefix, args] of [['tcp1', []], ['tcp4', ['-P', '4']]] as const) {
       await test(prefix, async () => {
         const cpu = new CpuMeter(up.pids);
-        const [json] = await traffic.iperf(up.dst, 1, opts.seconds, [...args]);
+        const [json] = await traffic.iperf(up.dst, 1, opts.seconds, [...args], died);
         put(`${prefix}.cpu`, cpu.percent());
         const r = parseIperfTcp(json);
         put(`${prefix}.gbps`, r.receiverBps / 1e9);
@@ -248,7 +251,7 @@ async function measureTunnel(
     }
     for (const n of CLIENT_COUNTS) {
       await test(`c${n}`, async () => {
-        const outs = await traffic.iperf(up.dst, n, opts.seconds, []);
+        const outs = await traffic.iperf(up.dst, n, opts.seconds, [], died);
         const rs = outs.map((o, i) => {
           try {
             return parseIperfTcp(o);
@@ -263,7 +266,7 @@ async function measureTunnel(
     }
     await test('udp', async () => {
       const cpu = new CpuMeter(up.pids);
-      const [json] = await traffic.iperf(up.dst, 1, opts.seconds, ['-u', '-l', '64', '-b', '0']);
+      const [json] = await traffic.iperf(up.dst, 1, opts.seconds, ['-u', '-l', '64', '-b', '0'], died);
       put('udp.cpu', cpu.percent());
       const r = parseIperfUdp(json);
       put('udp.txkpps', r.sentPps / 1e3);
@@ -287,7 +290,7 @@ async function measureTunnel(
       res.error = `every test failed; first: ${res.testFailures.ping}`;
     }
   } catch (err) {
-    if (err instanceof Interrupted) throw err;
+    if (err instanceof Interrupted || interrupted) throw err;
     res.status = 'failed';
     res.error = (err as Error).message;
   } finally {

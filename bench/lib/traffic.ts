@@ -162,7 +162,7 @@ export class Traffic {
    * Runs `clients` iperf3 clients at once, each against its own one-off server, for
    * `seconds`; returns each client's JSON output. `args` are extra client options.
    */
-  async iperf(dst: string, clients: number, seconds: number, args: string[]): Promise<string[]> {
+  async iperf(dst: string, clients: number, seconds: number, args: string[], abort?: () => string | undefined): Promise<string[]> {
     const ports = Array.from({ length: clients }, (_, i) => this.portBase + i);
     const servers = ports.map((p) => this.children.spawn('ip', ['netns', 'exec', this.server, 'iperf3', '-s', '-1', '-p', String(p)]));
     const serverErr = servers.map((s) => {
@@ -180,7 +180,20 @@ export class Traffic {
           { timeoutMs: (seconds + 20) * 1000 },
         ),
       );
-      const results = await Promise.all(runs);
+      // a dead tunnel would leave the clients waiting for their timeout: poll `abort`
+      let poll: NodeJS.Timeout | undefined;
+      const aborted = new Promise<never>((_, reject) => {
+        poll = setInterval(() => {
+          const why = abort?.();
+          if (why) reject(new Error(why));
+        }, 250);
+      });
+      let results: Awaited<(typeof runs)[number]>[];
+      try {
+        results = await Promise.race([Promise.all(runs), aborted]);
+      } finally {
+        clearInterval(poll);
+      }
       return results.map((r) => {
         if (r.code !== 0 && !r.stdout.trim().startsWith('{')) throw new Error(`iperf3 client: ${describeFailure(r)}`);
         return r.stdout;

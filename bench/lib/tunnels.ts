@@ -51,6 +51,19 @@ export interface Tunnel {
   down(): Promise<string[]>;
   /** Last lines the tunnel's processes wrote on stderr (for failure reports). */
   stderrTail(): string[];
+  /** Which of the tunnel's processes has ended, and how; undefined while all run. */
+  died(): string | undefined;
+}
+
+type Proc = { child: ChildProcess; tail: () => string[]; ns: string };
+
+function endedOf(name: string, procs: Proc[]): string | undefined {
+  const p = procs.find((x) => x.child.exitCode !== null || x.child.signalCode !== null);
+  if (!p) return undefined;
+  const how = p.child.signalCode ? `killed by ${p.child.signalCode}` : `exited ${p.child.exitCode}`;
+  // the last lines that are not routine (pino info/debug/trace) records
+  const last = p.tail().filter((l) => !/"level":("(info|debug|trace)"|[123]0)[,}]/.test(l)).slice(-3);
+  return `${name} in ${p.ns} ${how}${last.length ? `: ${last.join(' / ')}` : ''}`;
 }
 
 /** Collects a process's stderr, keeping the last lines. */
@@ -83,6 +96,10 @@ export class PlainTunnel implements Tunnel {
   stderrTail(): string[] {
     return [];
   }
+
+  died(): string | undefined {
+    return undefined;
+  }
 }
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
@@ -91,7 +108,7 @@ const TENC_MAIN = join(REPO, 'dist', 'src', 'cli', 'main.js');
 export class TencTunnel implements Tunnel {
   readonly id = 'tenc';
   readonly label = 'tenc';
-  private pods: { child: ChildProcess; tail: () => string[]; ns: string }[] = [];
+  private pods: Proc[] = [];
 
   async up(env: TunnelEnv): Promise<TunnelUp> {
     const { children } = env;
@@ -144,10 +161,17 @@ export class TencTunnel implements Tunnel {
   async down(): Promise<string[]> {
     const problems: string[] = [];
     for (const p of this.pods) {
+      // a process that ended earlier is reported by up() or died() already
+      const gone = p.child.exitCode !== null || p.child.signalCode !== null;
       const code = await stopChild(p.child, 'SIGTERM', 5000);
-      if (code !== 0) problems.push(`tenc pod in ${p.ns} stopped with ${code === null ? 'SIGKILL' : `exit ${code}`}: ${p.tail().slice(-2).join(' / ')}`);
+      const how = p.child.signalCode ? `signal ${p.child.signalCode}` : `exit ${code}`;
+      if (code !== 0 && !gone) problems.push(`tenc pod in ${p.ns} stopped with ${how} (not 0): ${p.tail().slice(-2).join(' / ')}`);
     }
     return problems;
+  }
+
+  died(): string | undefined {
+    return endedOf('tenc pod', this.pods);
   }
 
   stderrTail(): string[] {
@@ -199,7 +223,7 @@ const UAPI_DIR = '/var/run/wireguard';
 export class WgGoTunnel implements Tunnel {
   readonly id: string;
   readonly label: string;
-  private procs: { child: ChildProcess; tail: () => string[]; ns: string; ifname: string }[] = [];
+  private procs: (Proc & { ifname: string })[] = [];
 
   constructor(private readonly opts: WgGoOptions) {
     this.id = opts.id;
@@ -276,6 +300,10 @@ export class WgGoTunnel implements Tunnel {
     // wireguard-go removes its socket on a clean stop; a killed one leaves it
     if (this.procs.length > 0) for (const path of this.socketPaths()) rmSync(path, { force: true });
     return problems;
+  }
+
+  died(): string | undefined {
+    return endedOf('wireguard-go', this.procs);
   }
 
   stderrTail(): string[] {
