@@ -71,7 +71,40 @@ export interface PodConfig {
   logLevel: LogLevel;
   /** Absolute (relative paths are resolved like pskFile); null: the default, /run/tenc/<interface>-<netns inode>.sock, chosen at start. */
   controlSocket: string | null;
+  dns: DnsConfig;
 }
+
+/** The DNS proxy (src/dns/, README "DNS proxy"). */
+export interface DnsConfig {
+  enabled: boolean;
+  /** The project domain, normalized (e.g. "alpha.svc.cluster.local"); null: from the resolv.conf search list. */
+  domain: string | null;
+  /** The real cluster DNS; empty: the nameservers of resolvConf. */
+  upstreams: Endpoint[];
+  neverTunnelNames: string[];
+  /** Canonical CIDRs. */
+  neverTunnelCidrs: string[];
+  /** Seconds: TTLs of project answers are capped at this. */
+  maxTtl: number;
+  /** Seconds a learned route stays after its TTL (and again while its peer still sends). */
+  routeGrace: number;
+  /** Milliseconds before an unanswered query gets SERVFAIL. */
+  upstreamTimeout: number;
+  /** The proxy's port on 127.0.0.1 / ::1. */
+  listenPort: number;
+  /** Absolute path. */
+  resolvConf: string;
+  /** Ready endpoints of project service VIPs (A/AAAA of a VIP are rewritten to them). */
+  endpoints: ServiceEndpoints[];
+}
+
+export interface ServiceEndpoints {
+  vip: string;
+  addresses: string[];
+}
+
+export const DEFAULT_DNS_PORT = 15353;
+export const DNS_DEFAULTS = { maxTtl: 30, routeGrace: 30, upstreamTimeout: 2000, resolvConf: '/etc/resolv.conf' } as const;
 
 export interface ConfigProblem {
   field: string;
@@ -239,11 +272,132 @@ const TOP_FIELDS = [
   'dataPlane',
   'logLevel',
   'controlSocket',
+  'dns',
 ] as const;
 export const PEER_FIELDS = ['publicKey', 'endpoint', 'allowedIps', 'persistentKeepalive'] as const;
 const SERVICE_FIELDS = ['vip', 'localAddress', 'ports'] as const;
 const PORT_FIELDS = ['protocol', 'port'] as const;
 const DATAPLANE_FIELDS = ['inject', 'tunOffload', 'udpGso', 'udpGro'] as const;
+const DNS_FIELDS = [
+  'enabled',
+  'domain',
+  'upstreams',
+  'neverTunnelNames',
+  'neverTunnelCidrs',
+  'maxTtl',
+  'routeGrace',
+  'upstreamTimeout',
+  'listenPort',
+  'resolvConf',
+  'endpoints',
+] as const;
+const ENDPOINTS_FIELDS = ['vip', 'addresses'] as const;
+
+/** A DNS name as written in config: letters, digits, '-', '_' labels; normalized to lower case without the final dot. */
+function parseDnsName(v: unknown): Parsed<string> {
+  if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
+  const n = v.toLowerCase().replace(/\.$/, '');
+  if (n.length === 0 || n.length > 253 || !n.split('.').every((l) => /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/.test(l))) {
+    return bad(`${show(v)} is not a DNS name`);
+  }
+  return ok(n);
+}
+
+/** The cluster DNS as "ip", "ip:port" or "[v6]:port" (port 53 by default). */
+function parseUpstream(v: unknown): Parsed<Endpoint> {
+  const a = parseAddress(v);
+  if (a.ok) return ok({ address: a.value, port: 53 });
+  const e = parseEndpoint(v);
+  return e.ok ? e : bad(`${show(v)} is not an address or ip:port`);
+}
+
+function checkEndpointsList(c: Checker, v: unknown, prefix: string): ServiceEndpoints[] {
+  const out: ServiceEndpoints[] = [];
+  if (!Array.isArray(v)) {
+    c.add(prefix, 'must be an array of {"vip", "addresses"}');
+    return out;
+  }
+  const vips = new Set<string>();
+  v.forEach((e, i) => {
+    const p = `${prefix}[${i}]`;
+    if (!isObject(e)) return c.add(p, 'must be an object like {"vip": "10.96.0.20", "addresses": ["10.77.0.2"]}');
+    c.unknown(e, `${p}.`, ENDPOINTS_FIELDS);
+    const before = c.problems.length;
+    const vip = e.vip === undefined ? (c.add(`${p}.vip`, 'is required'), '') : c.take(`${p}.vip`, parseAddress(e.vip), '');
+    if (vip && vips.has(vip)) c.add(`${p}.vip`, `${show(e.vip)} is listed twice`);
+    vips.add(vip);
+    const addresses: string[] = [];
+    if (!Array.isArray(e.addresses)) c.add(`${p}.addresses`, 'must be an array of addresses (the ready endpoints)');
+    else {
+      e.addresses.forEach((a, j) => {
+        const r = parseAddress(a);
+        if (!r.ok) c.add(`${p}.addresses[${j}]`, r.problem);
+        else if (!addresses.includes(r.value)) addresses.push(r.value);
+      });
+    }
+    if (c.problems.length === before) out.push({ vip, addresses });
+  });
+  return out;
+}
+
+/** Validates an endpoints list outside a config file (control socket `set-endpoints`). */
+export function validateEndpoints(v: unknown): { endpoints: ServiceEndpoints[] } | { problems: ConfigProblem[] } {
+  const c = new Checker();
+  const endpoints = checkEndpointsList(c, v, 'endpoints');
+  return c.problems.length > 0 ? { problems: c.problems } : { endpoints };
+}
+
+function checkDns(c: Checker, v: unknown, file: string): DnsConfig {
+  const d: DnsConfig = {
+    enabled: false,
+    domain: null,
+    upstreams: [],
+    neverTunnelNames: [],
+    neverTunnelCidrs: [],
+    maxTtl: DNS_DEFAULTS.maxTtl,
+    routeGrace: DNS_DEFAULTS.routeGrace,
+    upstreamTimeout: DNS_DEFAULTS.upstreamTimeout,
+    listenPort: DEFAULT_DNS_PORT,
+    resolvConf: DNS_DEFAULTS.resolvConf,
+    endpoints: [],
+  };
+  if (v === undefined) return d;
+  if (!isObject(v)) {
+    c.add('dns', 'must be an object');
+    return d;
+  }
+  c.unknown(v, 'dns.', DNS_FIELDS);
+  d.enabled = v.enabled === undefined ? true : c.take('dns.enabled', parseBool(v.enabled), false);
+  if (v.domain !== undefined && v.domain !== null) d.domain = c.take('dns.domain', parseDnsName(v.domain), null);
+  const list = (field: string, x: unknown, each: (y: unknown, f: string) => void) => {
+    if (x === undefined) return;
+    if (!Array.isArray(x)) return c.add(`dns.${field}`, 'must be an array');
+    x.forEach((y, i) => each(y, `dns.${field}[${i}]`));
+  };
+  list('upstreams', v.upstreams, (y, f) => {
+    const r = c.take(f, parseUpstream(y), null);
+    if (r) d.upstreams.push(r);
+  });
+  if (d.upstreams.length > 3) c.add('dns.upstreams', 'at most 3 servers (as resolv.conf)');
+  list('neverTunnelNames', v.neverTunnelNames, (y, f) => {
+    const r = c.take(f, parseDnsName(y), '');
+    if (r && !d.neverTunnelNames.includes(r)) d.neverTunnelNames.push(r);
+  });
+  list('neverTunnelCidrs', v.neverTunnelCidrs, (y, f) => {
+    const r = c.take(f, parseCidr(y), '');
+    if (r && !d.neverTunnelCidrs.includes(r)) d.neverTunnelCidrs.push(r);
+  });
+  if (v.maxTtl !== undefined) d.maxTtl = c.take('dns.maxTtl', parseInteger(v.maxTtl, 0, 86400), 0);
+  if (v.routeGrace !== undefined) d.routeGrace = c.take('dns.routeGrace', parseInteger(v.routeGrace, 0, 86400), 0);
+  if (v.upstreamTimeout !== undefined) d.upstreamTimeout = c.take('dns.upstreamTimeout', parseInteger(v.upstreamTimeout, 50, 30000), 0);
+  if (v.listenPort !== undefined) d.listenPort = c.take('dns.listenPort', parseInteger(v.listenPort, 1, 65535), 0);
+  if (v.resolvConf !== undefined) {
+    if (typeof v.resolvConf !== 'string' || v.resolvConf === '') c.add('dns.resolvConf', `${show(v.resolvConf)} is not a path`);
+    else d.resolvConf = resolve(dirname(resolve(file)), v.resolvConf);
+  }
+  if (v.endpoints !== undefined) d.endpoints = checkEndpointsList(c, v.endpoints, 'dns.endpoints');
+  return d;
+}
 
 /**
  * Validates one peer object (config file entry or control-socket request).
@@ -480,6 +634,9 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
     }
   }
 
+  const dns = checkDns(c, raw.dns, file);
+  if (dns.enabled && dns.listenPort === listenPort) c.add('dns.listenPort', `${dns.listenPort} is also the tunnel's listenPort`);
+
   if (c.problems.length > 0) throw new ConfigError(file, c.problems);
   return {
     file,
@@ -495,6 +652,7 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
     dataPlane,
     logLevel,
     controlSocket,
+    dns,
   };
 }
 

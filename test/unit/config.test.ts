@@ -14,6 +14,7 @@ import {
   parseCidr,
   readPskFile,
   validatePeer,
+  validateEndpoints,
   DEFAULT_FWMARK,
   DEFAULT_TABLE,
   DEFAULT_RULE_PRIORITY,
@@ -291,5 +292,84 @@ describe('config: shared parsers', () => {
     expect('problems' in r && r.problems[0].field).toBe('endpoint');
     const g = validatePeer({ publicKey: KEY_A, allowedIps: ['10.1.0.0/16'] });
     expect('peer' in g && g.peer.allowedIps).toEqual(['10.1.0.0/16']);
+  });
+});
+
+describe('config: dns section', () => {
+  const withDns = (dns: unknown) => ({ ...good(), dns });
+  const problemsOf = (raw: unknown): string[] => {
+    try {
+      validateConfig(raw, 'pod.json');
+      return [];
+    } catch (e) {
+      return (e as Error).message.split('\n');
+    }
+  };
+
+  it('is off without a dns section, with its defaults', () => {
+    const c = validateConfig(good(), 'pod.json');
+    expect(c.dns.enabled).toBe(false);
+    expect(c.dns.listenPort).toBe(15353);
+    expect(c.dns.maxTtl).toBe(30);
+    expect(c.dns.resolvConf).toBe('/etc/resolv.conf');
+  });
+
+  it('is on with an empty section; canonical names, upstreams and CIDRs', () => {
+    const c = validateConfig(
+      withDns({
+        domain: 'Alpha.svc.cluster.local.',
+        upstreams: ['10.96.0.10', '[fd00:96::a]:5353'],
+        neverTunnelNames: ['Example.COM'],
+        neverTunnelCidrs: ['10.96.5.0/24', 'fd00:0:0::1'],
+        endpoints: [{ vip: '10.96.0.20', addresses: ['10.77.0.2', 'fd00:77:0::2'] }],
+        resolvConf: 'resolv.conf',
+      }),
+      join(dir, 'pod.json'),
+    );
+    expect(c.dns.enabled).toBe(true);
+    expect(c.dns.domain).toBe('alpha.svc.cluster.local');
+    expect(c.dns.upstreams).toEqual([
+      { address: '10.96.0.10', port: 53 },
+      { address: 'fd00:96::a', port: 5353 },
+    ]);
+    expect(c.dns.neverTunnelNames).toEqual(['example.com']);
+    expect(c.dns.neverTunnelCidrs).toEqual(['10.96.5.0/24', 'fd00::1/128']);
+    expect(c.dns.endpoints).toEqual([{ vip: '10.96.0.20', addresses: ['10.77.0.2', 'fd00:77::2'] }]);
+    expect(c.dns.resolvConf).toBe(join(dir, 'resolv.conf'));
+    expect(validateConfig(withDns({}), 'pod.json').dns.enabled).toBe(true);
+    expect(validateConfig(withDns({ enabled: false }), 'pod.json').dns.enabled).toBe(false);
+  });
+
+  const cases: [string, unknown, string][] = [
+    ['dns', [], 'pod.json: dns: must be an object'],
+    ['dns.enabled', 'yes', 'pod.json: dns.enabled: "yes" is not true or false'],
+    ['dns.domain', 'bad domain', 'pod.json: dns.domain: "bad domain" is not a DNS name'],
+    ['dns.upstreams', '10.0.0.1', 'pod.json: dns.upstreams: must be an array'],
+    ['dns.upstreams', ['10.0.0.300'], 'pod.json: dns.upstreams[0]: "10.0.0.300" is not an address or ip:port'],
+    ['dns.upstreams', ['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4'], 'pod.json: dns.upstreams: at most 3 servers'],
+    ['dns.neverTunnelNames', ['a..b'], 'pod.json: dns.neverTunnelNames[0]: "a..b" is not a DNS name'],
+    ['dns.neverTunnelCidrs', ['10.0.0.1/8'], 'pod.json: dns.neverTunnelCidrs[0]: "10.0.0.1/8" has host bits set'],
+    ['dns.maxTtl', -1, 'pod.json: dns.maxTtl: -1 is out of range 0..86400'],
+    ['dns.routeGrace', 1.5, 'pod.json: dns.routeGrace: 1.5 is not an integer'],
+    ['dns.upstreamTimeout', 10, 'pod.json: dns.upstreamTimeout: 10 is out of range 50..30000'],
+    ['dns.listenPort', 51820, "pod.json: dns.listenPort: 51820 is also the tunnel's listenPort"],
+    ['dns.resolvConf', '', 'pod.json: dns.resolvConf: "" is not a path'],
+    ['dns.endpoints', [{ vip: '10.96.0.20' }], 'pod.json: dns.endpoints[0].addresses: must be an array'],
+    ['dns.endpoints', [{ vip: 'x', addresses: [] }], 'pod.json: dns.endpoints[0].vip: "x" is not an IPv4/IPv6 address'],
+    ['dns.endpoints', [{ vip: '10.96.0.20', addresses: ['10.0.0.1/32'] }], 'pod.json: dns.endpoints[0].addresses[0]: "10.0.0.1/32" is an address'],
+    ['dns.upstream', ['10.0.0.1'], 'pod.json: dns.upstream: unknown field (known: enabled, domain, upstreams'],
+  ];
+  it.each(cases)('%s = %j', (field, value, message) => {
+    const key = field.split('.')[1];
+    const raw = field === 'dns' ? withDns(value) : withDns({ [key]: value });
+    const lines = problemsOf(raw);
+    expect(lines.length, lines.join('\n')).toBe(1);
+    expect(lines[0].startsWith(message), lines[0]).toBe(true);
+  });
+
+  it('validateEndpoints checks a control-socket list', () => {
+    expect(validateEndpoints([{ vip: '10.96.0.20', addresses: ['10.77.0.2'] }])).toEqual({ endpoints: [{ vip: '10.96.0.20', addresses: ['10.77.0.2'] }] });
+    const r = validateEndpoints([{ vip: '10.96.0.20', addresses: 'x' }]);
+    expect('problems' in r && r.problems[0].field).toBe('endpoints[0].addresses');
   });
 });
