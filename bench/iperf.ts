@@ -347,7 +347,9 @@ function report(ctx: BenchContext, results: TunnelResult[], opts: Options, start
   const header = ['metric', 'better', ...results.map((r) => r.id)];
   const statusRow = ['status', '', ...results.map((r) => (r.status === 'ok' ? 'ok' : `failed: ${shorten(r.error ?? '?')}`))];
   const rows = [statusRow, ...METRICS.map((d) => [d.label, d.better, ...results.map((r) => cell(r, d))])];
-  ctx.log(`\nPod a -> pod b, ${opts.seconds} s per iperf3 test. CPU: % of one core, the tunnel's processes in both pods together.`);
+  const load = (l: number[]): string => l.map((x) => x.toFixed(2)).join(' ');
+  ctx.log(`\nPod a -> pod b, ${opts.seconds} s per iperf3 test, load average ${load(loadStart)} at the start, ${load(loadavg())} at the end.`);
+  ctx.log(`CPU: % of one core, the tunnel's processes in both pods together.`);
   ctx.log(`MB = 10^6 bytes; N clients = N iperf3 client processes at once, each to its own server port.\n`);
   ctx.log(markdownTable(header, rows));
 
