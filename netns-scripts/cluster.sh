@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# A small cluster made of network namespaces, from a declarative JSON file.
+#
+#   cluster.sh up FILE            validate FILE (nothing is built if it is invalid), build the cluster
+#   cluster.sh down               stop agents and processes, remove everything `up` made
+#   cluster.sh status             namespaces, pods, services, agents
+#   cluster.sh add-pod JSON       one more pod, e.g. '{"name":"alpha-web-2","project":"alpha",
+#                                 "node":"node2","address":"10.128.2.30","labels":{"app":"web"}}'
+#   cluster.sh remove-pod NAME    delete a pod (its namespace, processes, DNS and endpoints)
+#   cluster.sh agent-start PROJECT   start `tenc agent` for PROJECT on every node (background)
+#   cluster.sh agent-stop PROJECT    stop them (SIGTERM: their pod proxies stop cleanly)
+#
+# Environment: CLUSTER_PREFIX (default tc) names every namespace, CLUSTER_STATE (default
+# /run/tenc-cluster/<prefix>, mode 0700) holds the state: the validated cluster.json, the
+# projects' psk files, the registry directory, kube-proxy rules, DNS records, agents' pids
+# and logs. The file format is described in src/agent/cluster-config.ts and README.md.
+#
+#   pod ns <prefix>-<pod>              pod ns                         pod ns
+#   eth0 10.128.1.10/24                eth0 10.128.1.11/24            eth0 10.128.2.10/24
+#        | veth                             | veth                         | veth
+#   +----|-----------------------------------|-----------+   +------------|-------------------+
+#   |   v0a80010a ------ br0 10.128.1.1 ----- v0a80010b  |   |   br0 10.128.2.1 -- v0a80020a  |
+#   |   node ns <prefix>-n-node1 (routes, kube-proxy     |   |   node ns <prefix>-n-node2     |
+#   |   DNAT of service VIPs in nftables, forwarding)    |   |                                |
+#   |   vxlan0 10.201.0.1 (VNI 42, UDP 4789 over ul0)    |   |   vxlan0 10.201.0.2            |
+#   |   ul0 10.200.0.1/24                                |   |   ul0 10.200.0.2/24            |
+#   +----|-----------------------------------------------+   +----|---------------------------+
+#        | veth n1                                                | veth n2
+#   +----|--------------------------------------------------------|---------------------------+
+#   |   n1 ------------------------ ul0 (bridge) ---------------- n2 ------ infra            |
+#   |                          underlay ns <prefix>-ul                                       |
+#   +----------------------------------------------------------------------------|-----------+
+#                                                                                | veth
+#                          infra ns <prefix>-infra: eth0 10.200.0.254/24, on lo the cluster DNS
+#                          address (dnsmasq) and an "external" host address outside the cluster
+#
+# Pods reach other nodes' pods through VXLAN (the OVS overlay of OpenShift SDN), service VIPs
+# through the node's DNAT (kube-proxy), DNS and the external host through the node's default
+# route to infra. Each pod has /etc/netns/<pod ns>/resolv.conf (search <project>.svc.cluster.local
+# svc.cluster.local cluster.local), which `ip netns exec` mounts over /etc/resolv.conf.
+# Addresses: 10.x only (the file's ranges must lie inside 10.0.0.0/8).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+tool=$root/dist/src/agent/cluster-tool.js
+tenc_js=$root/dist/src/cli/main.js
+PREFIX=${CLUSTER_PREFIX:-tc}
+STATE=${CLUSTER_STATE:-/run/tenc-cluster/$PREFIX}
+UL=$PREFIX-ul
+INFRA=$PREFIX-infra
+UL_MTU=1500
+POD_MTU=1450 # VXLAN adds 50 bytes between nodes
+VNI=42
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+log() { [ -n "${QUIET:-}" ] || echo "  $*"; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (creates network namespaces)"
+[[ $PREFIX =~ ^[a-z][a-z0-9]{0,7}$ ]] || die "CLUSTER_PREFIX must be 1..8 lowercase letters/digits"
+
+need_tools() {
+  local t
+  for t in ip bridge nft nsenter dnsmasq node; do
+    command -v "$t" >/dev/null || die "needs $t: run netns-scripts/deps.sh"
+  done
+  [ -f "$tool" ] || die "$tool missing: run 'npm run build' first"
+}
+
+# --- building blocks (one per plan line) -------------------------------------------
+
+mk_ns() {
+  ip netns add "$1"
+  echo "$1" >>"$STATE/namespaces"
+  ip -n "$1" link set lo up
+  ip netns exec "$1" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+}
+
+b_underlay() { # NS
+  mk_ns "$1"
+  ip -n "$1" link add ul0 mtu $UL_MTU type bridge
+  ip -n "$1" link set ul0 up
+}
+
+b_infra() { # NS ADDR/LEN DNS EXTERNAL
+  mk_ns "$1"
+  ip -n "$UL" link add infra mtu $UL_MTU type veth peer name eth0 netns "$1"
+  ip -n "$UL" link set infra master ul0 up
+  ip -n "$1" link set eth0 up
+  ip -n "$1" addr add "$2" dev eth0
+  ip -n "$1" addr add "$3/32" dev lo
+  ip -n "$1" addr add "$4/32" dev lo
+  echo "$3" >"$STATE/dns-address"
+  echo "$4" >"$STATE/external-address"
+}
+
+b_node() { # NAME NS UL_PORT UL_ADDR/LEN OVERLAY/LEN MAC POD_CIDR GW/LEN INFRA_ADDR
+  local ns=$2
+  mk_ns "$ns"
+  ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+  ip -n "$UL" link add "$3" mtu $UL_MTU type veth peer name ul0 netns "$ns"
+  ip -n "$UL" link set "$3" master ul0 up
+  ip -n "$ns" link set ul0 up
+  ip -n "$ns" addr add "$4" dev ul0
+  ip -n "$ns" link add br0 mtu $POD_MTU type bridge
+  ip -n "$ns" link set br0 up
+  ip -n "$ns" addr add "$8" dev br0
+  ip -n "$ns" link add vxlan0 mtu $POD_MTU address "$6" type vxlan id $VNI local "${4%/*}" dstport 4789 nolearning dev ul0
+  ip -n "$ns" link set vxlan0 up
+  ip -n "$ns" addr add "$5" dev vxlan0
+  ip -n "$ns" route add default via "$9" dev ul0
+  echo "$1 $ns" >>"$STATE/nodes"
+}
+
+b_vxlan_peer() { # NS PEER_OVERLAY PEER_MAC PEER_UL PEER_POD_CIDR
+  ip -n "$1" neigh add "$2" lladdr "$3" dev vxlan0 nud permanent
+  bridge -n "$1" fdb append "$3" dev vxlan0 dst "$4"
+  ip -n "$1" route add "$5" via "$2" dev vxlan0 onlink
+}
+
+b_infra_route() { # POD_CIDR NODE_UL_ADDR
+  ip -n "$INFRA" route add "$1" via "$2" dev eth0
+}
+
+b_pod() { # NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GW PROJECT DNS
+  local ns=$2
+  mk_ns "$ns"
+  ip -n "$3" link add "$4" mtu $POD_MTU type veth peer name eth0 netns "$ns"
+  ip -n "$3" link set "$4" master br0 up
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" addr add "$5" dev eth0
+  ip -n "$ns" route add default via "$6" dev eth0
+  mkdir -p "/etc/netns/$ns"
+  printf 'search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n' "$7" "$8" \
+    >"/etc/netns/$ns/resolv.conf"
+  log "pod $1 ($7) on ${3#"$PREFIX-n-"}: ${5%/*} (netns $ns)"
+}
+
+run_plan_line() {
+  local kind=$1
+  shift
+  case $kind in
+    underlay) b_underlay "$@" ;;
+    infra) b_infra "$@" ;;
+    node) b_node "$@" ;;
+    vxlan-peer) b_vxlan_peer "$@" ;;
+    infra-route) b_infra_route "$@" ;;
+    pod) b_pod "$@" ;;
+    *) die "internal: unknown plan line $kind" ;;
+  esac
+}
+
+# registry objects, kube-proxy rules on every node, DNS records (after any change)
+sync_cluster() {
+  local name ns
+  node "$tool" sync "$STATE" "$PREFIX" >/dev/null
+  while read -r name ns; do
+    ip netns exec "$ns" nft -f "$STATE/kube.nft"
+  done <"$STATE/nodes"
+  if [ -f "$STATE/dnsmasq.pid" ]; then kill -HUP "$(cat "$STATE/dnsmasq.pid")" 2>/dev/null || true; fi
+}
+
+start_dns() {
+  ip netns exec "$INFRA" dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --addn-hosts="$STATE/dns.hosts" \
+    --listen-address="$(cat "$STATE/dns-address")" --bind-interfaces --local=/cluster.local/ --domain-needed \
+    --user=root --group=root --pid-file="$STATE/dnsmasq.pid" --log-facility="$STATE/dnsmasq.log"
+  local i
+  for i in $(seq 50); do [ -s "$STATE/dnsmasq.pid" ] && return 0; sleep 0.1; done
+  die "dnsmasq did not start (see $STATE/dnsmasq.log)"
+}
+
+# Stops every process in the namespace: TERM, up to 3 s grace, then KILL.
+stop_ns_pids() {
+  local ns=$1 pids i
+  pids=$(ip netns pids "$ns" 2>/dev/null || true)
+  [ -n "$pids" ] || return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for i in $(seq 30); do
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    [ -n "$pids" ] || return 0
+    sleep 0.1
+  done
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  sleep 0.2
+}
+
+remove_ns() {
+  local ns=$1 ino
+  [ -e "/run/netns/$ns" ] || { rm -rf "/etc/netns/$ns"; return 0; }
+  stop_ns_pids "$ns"
+  ino=$(stat -L -c %i "/run/netns/$ns" 2>/dev/null || true)
+  if [ -n "$ino" ] && [ -d /run/tenc ]; then find /run/tenc -maxdepth 1 -name "*-$ino.sock" -delete; fi
+  ip netns del "$ns"
+  rm -rf "/etc/netns/$ns"
+}
+
+stop_pidfile() { # FILE: TERM, up to 5 s, then KILL
+  local f=$1 pid i
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -TERM "$pid" 2>/dev/null; then
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+# --- commands --------------------------------------------------------------------
+
+up() {
+  local file=$1 plan line p
+  need_tools
+  [ ! -e "$STATE" ] || die "a cluster with prefix $PREFIX is up ($STATE exists): run 'cluster.sh down' first"
+  # validate first: an invalid file builds nothing
+  plan=$(node "$tool" plan "$file" "" "$PREFIX") || exit 2
+  while read -r p; do
+    [ -z "$p" ] || [ ! -e "/run/netns/$p" ] || die "network namespace $p exists already (another cluster with prefix $PREFIX?)"
+  done < <(printf '%s\n' "$plan" | awk '$1 == "underlay" || $1 == "infra" {print $2} $1 == "node" || $1 == "pod" {print $3}')
+  [ -d /run/tenc-cluster ] || { mkdir -m 0700 /run/tenc-cluster; }
+  mkdir -m 0700 "$STATE"
+  [ -d /etc/netns ] || { mkdir /etc/netns; touch "$STATE/created-etc-netns"; }
+  : >"$STATE/namespaces"
+  : >"$STATE/nodes"
+  trap 'echo "cluster.sh: up failed, removing what was built" >&2; QUIET=1 down' EXIT
+  node "$tool" plan "$file" "$STATE" "$PREFIX" >/dev/null
+  echo "cluster $PREFIX from $file (state in $STATE):"
+  while read -r line; do
+    # shellcheck disable=SC2086
+    run_plan_line $line
+  done <<<"$plan"
+  mkdir -m 0700 "$STATE/psk" "$STATE/agents"
+  for p in $(node "$tool" sync "$STATE" "$PREFIX"); do
+    (umask 077 && node "$tenc_js" genpsk >"$STATE/psk/$p")
+  done
+  sync_cluster
+  start_dns
+  trap - EXIT
+  log "services: kube-proxy DNAT on every node; DNS $(cat "$STATE/dns-address") (dnsmasq in $INFRA)"
+  log "registry: $STATE/registry"
+}
+
+down() {
+  local f ns
+  if [ ! -d "$STATE" ]; then
+    log "no cluster with prefix $PREFIX"
+    return 0
+  fi
+  for f in "$STATE"/agents/*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
+  stop_pidfile "$STATE/dnsmasq.pid"
+  if [ -f "$STATE/namespaces" ]; then
+    # pods first, the underlay last
+    while read -r ns; do
+      [ -n "$ns" ] && remove_ns "$ns"
+    done < <(tac "$STATE/namespaces")
+  fi
+  if [ -f "$STATE/created-etc-netns" ]; then rmdir /etc/netns 2>/dev/null || true; fi
+  rm -rf "$STATE"
+  rmdir /run/tenc-cluster 2>/dev/null || true
+  log "cluster $PREFIX removed"
+}
+
+status() {
+  local ns name
+  [ -d "$STATE" ] || { echo "no cluster with prefix $PREFIX"; return 0; }
+  echo "cluster $PREFIX (state $STATE)"
+  while read -r name ns; do
+    echo "== node $name ($ns)"
+    ip -n "$ns" -br addr | sed 's/^/   /'
+  done <"$STATE/nodes"
+  echo "== pods"
+  while read -r ns; do
+    case $ns in "$UL" | "$INFRA" | "$PREFIX"-n-*) continue ;; esac
+    printf '   %-28s %s\n' "$ns" "$(ip -n "$ns" -br -4 addr show dev eth0 2>/dev/null | awk '{print $3}')"
+  done <"$STATE/namespaces"
+  echo "== DNS records (dnsmasq pid $(cat "$STATE/dnsmasq.pid" 2>/dev/null || echo none))"
+  sed 's/^/   /' "$STATE/dns.hosts"
+  echo "== agents"
+  for f in "$STATE"/agents/*.pid; do
+    [ -e "$f" ] || continue
+    if kill -0 "$(cat "$f")" 2>/dev/null; then echo "   $(basename "$f" .pid) running (pid $(cat "$f"))"; else echo "   $(basename "$f" .pid) dead"; fi
+  done
+}
+
+add_pod() {
+  local line ns
+  [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  line=$(node "$tool" add-pod "$STATE" "$PREFIX" "$1") || exit 2
+  # shellcheck disable=SC2086
+  run_plan_line $line
+  sync_cluster
+}
+
+remove_pod() {
+  local ns
+  [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  ns=$(node "$tool" remove-pod "$STATE" "$PREFIX" "$1") || exit 2
+  remove_ns "$ns"
+  grep -vx -- "$ns" "$STATE/namespaces" >"$STATE/namespaces.new" || true
+  mv "$STATE/namespaces.new" "$STATE/namespaces"
+  sync_cluster
+  log "pod $1 removed"
+}
+
+agent_start() {
+  local project=$1 name ns f
+  [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  [ -f "$STATE/psk/$project" ] || die "no project $project"
+  while read -r name ns; do
+    f=$STATE/agents/$project-$name
+    if [ -f "$f.pid" ] && kill -0 "$(cat "$f.pid")" 2>/dev/null; then continue; fi
+    setsid node "$tenc_js" agent --registry "$STATE/registry" --node "$name" --project "$project" \
+      --run-dir "$f.run" >"$f.log" 2>&1 </dev/null &
+    echo $! >"$f.pid"
+    log "agent for $project on $name: pid $! (log $f.log)"
+  done <"$STATE/nodes"
+}
+
+agent_stop() {
+  local project=$1 f
+  for f in "$STATE"/agents/"$project"-*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
+  return 0
+}
+
+case "${1:-}" in
+  up) [ $# -eq 2 ] || die "usage: cluster.sh up FILE"; up "$2" ;;
+  down) down ;;
+  status) status ;;
+  add-pod) [ $# -eq 2 ] || die "usage: cluster.sh add-pod JSON"; add_pod "$2" ;;
+  remove-pod) [ $# -eq 2 ] || die "usage: cluster.sh remove-pod NAME"; remove_pod "$2" ;;
+  agent-start) [ $# -eq 2 ] || die "usage: cluster.sh agent-start PROJECT"; agent_start "$2" ;;
+  agent-stop) [ $# -eq 2 ] || die "usage: cluster.sh agent-stop PROJECT"; agent_stop "$2" ;;
+  *)
+    echo "usage: cluster.sh up FILE | down | status | add-pod JSON | remove-pod NAME | agent-start PROJECT | agent-stop PROJECT" >&2
+    echo "       (env: CLUSTER_PREFIX=tc, CLUSTER_STATE=/run/tenc-cluster/<prefix>)" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,196 @@
+/**
+ * The helper netns-scripts/cluster.sh calls with node: validates the cluster file,
+ * prints the build plan (one line per object, space-separated fields the script
+ * reads), and writes the derived files into the state directory: the registry
+ * objects, the kube-proxy rules and the DNS records.
+ *
+ *   cluster-tool.js plan FILE STATE PREFIX         validate, save STATE/cluster.json, print the plan
+ *   cluster-tool.js sync STATE                     registry, STATE/kube.nft, STATE/dns.hosts
+ *   cluster-tool.js add-pod STATE PREFIX JSON      validate the cluster with one more pod; print its plan line
+ *   cluster-tool.js remove-pod STATE PREFIX NAME   the same with one pod less; print its namespace
+ *
+ * Exit codes: 0 ok, 2 invalid file (one `FILE: field: problem` line each on stderr), 1 other.
+ * Plan lines:
+ *   underlay NS
+ *   infra NS UNDERLAY_ADDR/LEN DNS EXTERNAL
+ *   node NAME NS UL_PORT UNDERLAY_ADDR/LEN OVERLAY_ADDR/LEN MAC POD_CIDR GATEWAY/LEN INFRA_ADDR
+ *   vxlan-peer NS PEER_OVERLAY_ADDR PEER_MAC PEER_UNDERLAY_ADDR PEER_POD_CIDR
+ *   infra-route POD_CIDR NODE_UNDERLAY_ADDR
+ *   pod NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GATEWAY PROJECT DNS
+ */
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  ClusterConfigError,
+  dnsHosts,
+  infraUnderlay,
+  ip4ToInt,
+  kubeProxyRules,
+  nodeLayouts,
+  serviceEndpoints,
+  validateCluster,
+  type ClusterConfig,
+  type ClusterPod,
+} from './cluster-config.js';
+import { DirectoryRegistry, writeJsonAtomic } from './dir-registry.js';
+
+export const KUBE_TABLE = 'tenc_kube_proxy';
+
+export function nodeNs(prefix: string, node: string): string {
+  return `${prefix}-n-${node}`;
+}
+export function podNs(prefix: string, pod: string): string {
+  return `${prefix}-${pod}`;
+}
+const mac = (i: number) => `02:00:0a:00:${((i >> 8) & 255).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`;
+const addrOnly = (cidr: string) => cidr.split('/')[0];
+
+function podLine(c: ClusterConfig, prefix: string, p: ClusterPod): string {
+  const n = nodeLayouts(c).find((x) => x.name === p.node)!;
+  const len = n.gateway.split('/')[1];
+  const port = `v${ip4ToInt(p.address)!.toString(16).padStart(8, '0')}`;
+  return ['pod', p.name, podNs(prefix, p.name), nodeNs(prefix, p.node), port, `${p.address}/${len}`, addrOnly(n.gateway), p.project, c.dns].join(' ');
+}
+
+export function plan(c: ClusterConfig, prefix: string): string[] {
+  const lines: string[] = [];
+  const nodes = nodeLayouts(c);
+  const infra = infraUnderlay(c);
+  lines.push(`underlay ${prefix}-ul`);
+  lines.push(`infra ${prefix}-infra ${infra} ${c.dns} ${c.external}`);
+  for (const n of nodes) {
+    lines.push(['node', n.name, nodeNs(prefix, n.name), `n${n.index}`, n.underlay, n.overlay, mac(n.index), n.podCidr, n.gateway, addrOnly(infra)].join(' '));
+  }
+  for (const n of nodes) {
+    for (const o of nodes) {
+      if (o === n) continue;
+      lines.push(['vxlan-peer', nodeNs(prefix, n.name), addrOnly(o.overlay), mac(o.index), addrOnly(o.underlay), o.podCidr].join(' '));
+    }
+    lines.push(`infra-route ${n.podCidr} ${addrOnly(n.underlay)}`);
+  }
+  for (const p of c.pods) lines.push(podLine(c, prefix, p));
+  return lines;
+}
+
+/** The registry objects of the cluster, as the Kubernetes API would show them. */
+export function syncRegistry(c: ClusterConfig, reg: DirectoryRegistry, pskDir: string, prefix: string): void {
+  for (const pr of c.projects) {
+    reg.putProject(pr.name, join(pskDir, pr.name));
+    const pods = new Map<string, unknown>();
+    for (const p of c.pods.filter((x) => x.project === pr.name)) {
+      pods.set(p.name, {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: p.name, namespace: pr.name, labels: p.labels, annotations: { 'tenc.io/netns': `/run/netns/${podNs(prefix, p.name)}` } },
+        spec: { nodeName: p.node },
+        status: { phase: 'Running', podIP: p.address, podIPs: [{ ip: p.address }] },
+      });
+    }
+    const services = new Map<string, unknown>();
+    const slices = new Map<string, unknown>();
+    for (const s of c.services.filter((x) => x.project === pr.name)) {
+      const ports = s.ports.map((q) => ({ protocol: q.protocol.toUpperCase(), port: q.port }));
+      services.set(s.name, {
+        apiVersion: 'v1',
+        kind: 'Service',
+        metadata: { name: s.name, namespace: pr.name },
+        spec: { type: 'ClusterIP', clusterIP: s.vip, ports, selector: s.selector },
+      });
+      slices.set(s.name, {
+        apiVersion: 'discovery.k8s.io/v1',
+        kind: 'EndpointSlice',
+        metadata: { name: s.name, namespace: pr.name, labels: { 'kubernetes.io/service-name': s.name } },
+        addressType: 'IPv4',
+        endpoints: serviceEndpoints(c, s).map((p) => ({
+          addresses: [p.address],
+          conditions: { ready: true },
+          nodeName: p.node,
+          targetRef: { kind: 'Pod', name: p.name, namespace: pr.name },
+        })),
+        ports,
+      });
+    }
+    reg.replaceObjects('pods', pr.name, pods);
+    reg.replaceObjects('services', pr.name, services);
+    reg.replaceObjects('endpointslices', pr.name, slices);
+  }
+}
+
+function loadState(state: string): ClusterConfig {
+  const file = join(state, 'cluster.json');
+  return validateCluster(JSON.parse(readFileSync(file, 'utf8')), file);
+}
+
+function saveState(state: string, c: ClusterConfig): void {
+  writeJsonAtomic(join(state, 'cluster.json'), c);
+}
+
+export function main(argv: string[]): number {
+  const [cmd, ...args] = argv;
+  try {
+    switch (cmd) {
+      case 'plan': {
+        const [file, state, prefix] = args;
+        let raw: unknown;
+        try {
+          raw = JSON.parse(readFileSync(file, 'utf8'));
+        } catch (e) {
+          throw new ClusterConfigError(file, [{ field: '(file)', problem: (e as NodeJS.ErrnoException).code ? `cannot read (${(e as NodeJS.ErrnoException).code})` : `not valid JSON: ${(e as Error).message}` }]);
+        }
+        const c = validateCluster(raw, file);
+        if (state) {
+          mkdirSync(state, { recursive: true, mode: 0o700 });
+          saveState(state, c);
+        }
+        process.stdout.write(plan(c, prefix ?? 'tc').join('\n') + '\n');
+        return 0;
+      }
+      case 'sync': {
+        const [state, prefix] = args;
+        const c = loadState(state);
+        syncRegistry(c, new DirectoryRegistry(join(state, 'registry')), join(state, 'psk'), prefix);
+        writeFileSync(join(state, 'kube.nft'), kubeProxyRules(c, KUBE_TABLE));
+        writeFileSync(join(state, 'dns.hosts'), dnsHosts(c));
+        process.stdout.write(c.projects.map((p) => p.name).join(' ') + '\n');
+        return 0;
+      }
+      case 'add-pod': {
+        const [state, prefix, json] = args;
+        const c = loadState(state);
+        let pod: unknown;
+        try {
+          pod = JSON.parse(json);
+        } catch (e) {
+          throw new ClusterConfigError('add-pod', [{ field: '(pod)', problem: `not valid JSON: ${(e as Error).message}` }]);
+        }
+        const next = validateCluster({ ...c, pods: [...c.pods, pod] }, 'add-pod');
+        saveState(state, next);
+        process.stdout.write(podLine(next, prefix, next.pods[next.pods.length - 1]) + '\n');
+        return 0;
+      }
+      case 'remove-pod': {
+        const [state, prefix, name] = args;
+        const c = loadState(state);
+        const pod = c.pods.find((p) => p.name === name);
+        if (!pod) throw new ClusterConfigError('remove-pod', [{ field: 'name', problem: `${JSON.stringify(name)} is not a pod of the cluster` }]);
+        saveState(state, { ...c, pods: c.pods.filter((p) => p !== pod) });
+        process.stdout.write(podNs(prefix, name) + '\n');
+        return 0;
+      }
+      default:
+        process.stderr.write('usage: cluster-tool.js plan FILE STATE PREFIX | sync STATE PREFIX | add-pod STATE PREFIX JSON | remove-pod STATE PREFIX NAME\n');
+        return 2;
+    }
+  } catch (e) {
+    if (e instanceof ClusterConfigError) {
+      process.stderr.write(e.message + '\n');
+      return 2;
+    }
+    process.stderr.write(`cluster-tool: ${(e as Error).message}\n`);
+    return 1;
+  }
+}
+
+if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
+  process.exitCode = main(process.argv.slice(2));
+}

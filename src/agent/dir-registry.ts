@@ -1,0 +1,233 @@
+/**
+ * The embedded registry: a directory of JSON files, one object per file, in the
+ * shapes the Kubernetes API uses (trimmed), written atomically (temp file + rename)
+ * so a reader never sees half a file, and watched (fs.watch, with a periodic rescan
+ * as the fallback for missed events).
+ *
+ *   DIR/projects/<project>.json                  Namespace, annotation tenc.io/psk-file
+ *   DIR/pods/<project>/<pod>.json                Pod (spec.nodeName, status.podIP, labels,
+ *                                                annotation tenc.io/netns)
+ *   DIR/services/<project>/<service>.json        Service (spec.clusterIP, ports, selector)
+ *   DIR/endpointslices/<project>/<service>.json  EndpointSlice of the service
+ *   DIR/peers/<project>/<pod>.json               what the pod's agent published: public key,
+ *                                                endpoint, node (in Kubernetes: pod annotations)
+ *
+ * netns-scripts/cluster.sh writes the first four (the API server's and the
+ * controllers' role); agents write peers/. A file that does not parse is skipped
+ * (and reported through onProblem), never fatal.
+ */
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, watch as fsWatch, writeFileSync, type FSWatcher } from 'node:fs';
+import { join } from 'node:path';
+import type { ServicePort } from '../control/config.js';
+import type { EndpointsInfo, PeerInfo, PodInfo, Registry, ServiceInfo, Watch } from './registry.js';
+
+const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+export const RESCAN_MS = 1000;
+
+function checkName(what: string, v: string): void {
+  if (typeof v !== 'string') throw new TypeError(`${what} must be a string`);
+  if (!NAME.test(v) || v.length > 63) throw new RangeError(`${what}: ${JSON.stringify(v)} is not a name (lowercase letters, digits, "-")`);
+}
+
+/** Writes `data` as JSON to `file` atomically: a temp file in the same directory, then rename. */
+export function writeJsonAtomic(file: string, data: unknown): void {
+  const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  writeFileSync(tmp, JSON.stringify(data, null, 2) + '\n', { mode: 0o644 });
+  renameSync(tmp, file);
+}
+
+function readJsonDir(dir: string, onProblem: (file: string, why: string) => void): unknown[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir).filter((n) => n.endsWith('.json'));
+  } catch {
+    return [];
+  }
+  const out: unknown[] = [];
+  for (const n of names.sort()) {
+    try {
+      out.push(JSON.parse(readFileSync(join(dir, n), 'utf8')));
+    } catch (e) {
+      // deleted between readdir and read, or not JSON: skip it
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') onProblem(join(dir, n), (e as Error).message);
+    }
+  }
+  return out;
+}
+
+type Obj = Record<string, any>;
+const str = (v: unknown): v is string => typeof v === 'string';
+
+export interface DirectoryRegistryOptions {
+  onProblem?: (file: string, why: string) => void;
+  rescanMs?: number;
+}
+
+export class DirectoryRegistry implements Registry {
+  private readonly onProblem: (file: string, why: string) => void;
+  private readonly rescanMs: number;
+
+  constructor(
+    readonly dir: string,
+    opts: DirectoryRegistryOptions = {},
+  ) {
+    if (typeof dir !== 'string' || dir === '') throw new TypeError('registry directory must be a non-empty string');
+    this.onProblem = opts.onProblem ?? (() => {});
+    this.rescanMs = opts.rescanMs ?? RESCAN_MS;
+  }
+
+  private sub(kind: string, project: string): string {
+    checkName('project', project);
+    return join(this.dir, kind, project);
+  }
+
+  async pods(project: string): Promise<PodInfo[]> {
+    const out: PodInfo[] = [];
+    for (const o of readJsonDir(this.sub('pods', project), this.onProblem) as Obj[]) {
+      const m = o?.metadata;
+      if (!str(m?.name) || !str(o?.spec?.nodeName) || !str(o?.status?.podIP)) continue;
+      out.push({
+        project,
+        name: m.name,
+        node: o.spec.nodeName,
+        address: o.status.podIP,
+        labels: { ...(m.labels ?? {}) },
+        netns: str(m.annotations?.['tenc.io/netns']) ? m.annotations['tenc.io/netns'] : null,
+      });
+    }
+    return out;
+  }
+
+  async services(project: string): Promise<ServiceInfo[]> {
+    const out: ServiceInfo[] = [];
+    for (const o of readJsonDir(this.sub('services', project), this.onProblem) as Obj[]) {
+      if (!str(o?.metadata?.name) || !str(o?.spec?.clusterIP) || !Array.isArray(o.spec.ports)) continue;
+      const ports: ServicePort[] = o.spec.ports
+        .filter((p: Obj) => (p?.protocol === 'TCP' || p?.protocol === 'UDP') && Number.isInteger(p.port))
+        .map((p: Obj) => ({ protocol: p.protocol.toLowerCase(), port: p.port }));
+      out.push({ project, name: o.metadata.name, vip: o.spec.clusterIP, ports, selector: { ...(o.spec.selector ?? {}) } });
+    }
+    return out;
+  }
+
+  async endpoints(project: string): Promise<EndpointsInfo[]> {
+    const out: EndpointsInfo[] = [];
+    for (const o of readJsonDir(this.sub('endpointslices', project), this.onProblem) as Obj[]) {
+      const service = o?.metadata?.labels?.['kubernetes.io/service-name'];
+      if (!str(service) || !Array.isArray(o.endpoints)) continue;
+      const pods = (o.endpoints as Obj[])
+        .filter((e) => str(e?.addresses?.[0]) && str(e?.targetRef?.name) && e?.conditions?.ready !== false)
+        .map((e) => ({ name: e.targetRef.name as string, address: e.addresses[0] as string, node: str(e.nodeName) ? e.nodeName : '' }));
+      out.push({ project, service, pods });
+    }
+    return out;
+  }
+
+  async peers(project: string): Promise<PeerInfo[]> {
+    const out: PeerInfo[] = [];
+    for (const o of readJsonDir(this.sub('peers', project), this.onProblem) as Obj[]) {
+      if (!str(o?.pod) || !str(o?.node) || !str(o?.publicKey) || !str(o?.endpoint)) continue;
+      out.push({ project, pod: o.pod, node: o.node, publicKey: o.publicKey, endpoint: o.endpoint });
+    }
+    return out;
+  }
+
+  async pskFile(project: string): Promise<string> {
+    checkName('project', project);
+    const file = join(this.dir, 'projects', `${project}.json`);
+    let o: Obj;
+    try {
+      o = JSON.parse(readFileSync(file, 'utf8'));
+    } catch (e) {
+      throw new Error(`registry: project ${project}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    const psk = o?.metadata?.annotations?.['tenc.io/psk-file'];
+    if (!str(psk)) throw new Error(`registry: project ${project}: no tenc.io/psk-file annotation in ${file}`);
+    return psk;
+  }
+
+  async publishPeer(peer: PeerInfo): Promise<void> {
+    checkName('pod', peer.pod);
+    const dir = this.sub('peers', peer.project);
+    mkdirSync(dir, { recursive: true });
+    writeJsonAtomic(join(dir, `${peer.pod}.json`), { pod: peer.pod, node: peer.node, publicKey: peer.publicKey, endpoint: peer.endpoint });
+  }
+
+  async withdrawPeer(project: string, pod: string): Promise<void> {
+    checkName('pod', pod);
+    rmSync(join(this.sub('peers', project), `${pod}.json`), { force: true });
+  }
+
+  watch(project: string, onChange: () => void): Watch {
+    checkName('project', project);
+    const watchers: FSWatcher[] = [];
+    const dirs = ['pods', 'services', 'endpointslices', 'peers'].map((k) => join(this.dir, k, project));
+    const arm = () => {
+      for (const d of dirs) {
+        if (watchers.some((w) => (w as FSWatcher & { dir?: string }).dir === d)) continue;
+        try {
+          mkdirSync(d, { recursive: true });
+          const w = fsWatch(d, () => onChange()) as FSWatcher & { dir?: string };
+          w.dir = d;
+          w.on('error', () => {
+            w.close();
+            watchers.splice(watchers.indexOf(w), 1);
+          });
+          watchers.push(w);
+        } catch {
+          // the directory cannot be watched now: the rescan covers it
+        }
+      }
+    };
+    arm();
+    // fallback: events can be missed (directory replaced, some file systems)
+    const timer = setInterval(() => {
+      arm();
+      onChange();
+    }, this.rescanMs);
+    timer.unref();
+    return {
+      close: () => {
+        clearInterval(timer);
+        for (const w of watchers) w.close();
+        watchers.length = 0;
+      },
+    };
+  }
+
+  // --- the API server's side (cluster.sh) ---------------------------------------
+
+  /**
+   * Replaces every object of one kind and project with `objects` (name -> object):
+   * writes each atomically, removes files of objects no longer there. Used by
+   * cluster.sh through cluster-tool.ts, like controllers updating the API.
+   */
+  replaceObjects(kind: 'pods' | 'services' | 'endpointslices', project: string, objects: Map<string, unknown>): void {
+    const dir = this.sub(kind, project);
+    mkdirSync(dir, { recursive: true });
+    for (const [name, o] of objects) {
+      checkName(kind, name);
+      const file = join(dir, `${name}.json`);
+      let same = false;
+      try {
+        same = readFileSync(file, 'utf8') === JSON.stringify(o, null, 2) + '\n';
+      } catch {
+        // new
+      }
+      if (!same) writeJsonAtomic(file, o);
+    }
+    for (const n of readdirSync(dir)) {
+      if (n.endsWith('.json') && !objects.has(n.slice(0, -5))) rmSync(join(dir, n), { force: true });
+    }
+  }
+
+  putProject(project: string, pskFile: string): void {
+    checkName('project', project);
+    mkdirSync(join(this.dir, 'projects'), { recursive: true });
+    writeJsonAtomic(join(this.dir, 'projects', `${project}.json`), {
+      apiVersion: 'v1',
+      kind: 'Namespace',
+      metadata: { name: project, annotations: { 'tenc.io/psk-file': pskFile } },
+    });
+  }
+}

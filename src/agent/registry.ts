@@ -1,0 +1,87 @@
+/**
+ * What a node agent needs to know about the cluster, and the one thing it tells
+ * it: its pods' public keys and endpoints. Shaped after the Kubernetes API so a
+ * backend over it is a straight mapping:
+ *
+ *   pods(project)        Pods of namespace `project` (spec.nodeName, status.podIP,
+ *                        metadata.labels; the netns from the CRI sandbox, here an
+ *                        annotation tenc.io/netns)
+ *   services(project)    Services (spec.clusterIP, spec.ports, spec.selector)
+ *   endpoints(project)   EndpointSlices (label kubernetes.io/service-name)
+ *   pskFile(project)     a per-project Secret, mounted as a file
+ *   peers(project)       public keys and endpoints the agents published (pod
+ *                        annotations tenc.io/public-key, tenc.io/endpoint)
+ *   publishPeer / withdrawPeer   patch / remove those annotations
+ *   watch(project, fn)   informers: fn() after any change (level-triggered: the
+ *                        agent re-reads everything and reconciles)
+ *
+ * Only public keys travel through a registry; private keys stay in the pod proxies.
+ * The embedded backend is DirectoryRegistry (dir-registry.ts).
+ */
+import type { ServicePort } from '../control/config.js';
+
+export interface PodInfo {
+  project: string;
+  name: string;
+  node: string;
+  /** The pod IP (IPv4). */
+  address: string;
+  labels: Record<string, string>;
+  /** Path of the pod's network namespace (/run/netns/NAME or /proc/PID/ns/net); null if unknown. */
+  netns: string | null;
+}
+
+export interface ServiceInfo {
+  project: string;
+  name: string;
+  vip: string;
+  ports: ServicePort[];
+  selector: Record<string, string>;
+}
+
+export interface EndpointsInfo {
+  project: string;
+  service: string;
+  /** The ready pods behind the service. */
+  pods: { name: string; address: string; node: string }[];
+}
+
+export interface PeerInfo {
+  project: string;
+  pod: string;
+  node: string;
+  /** Base64 Curve25519 public key of the pod's tenc proxy. */
+  publicKey: string;
+  /** "ip:port" where the pod's tenc listens. */
+  endpoint: string;
+}
+
+export interface Watch {
+  close(): void;
+}
+
+export interface Registry {
+  pods(project: string): Promise<PodInfo[]>;
+  services(project: string): Promise<ServiceInfo[]>;
+  endpoints(project: string): Promise<EndpointsInfo[]>;
+  peers(project: string): Promise<PeerInfo[]>;
+  /** A file holding the project's pre-shared key (`wg genpsk` form). */
+  pskFile(project: string): Promise<string>;
+  publishPeer(peer: PeerInfo): Promise<void>;
+  withdrawPeer(project: string, pod: string): Promise<void>;
+  /** Calls onChange (possibly more than once, possibly spuriously) after a change to the project's objects. */
+  watch(project: string, onChange: () => void): Watch;
+}
+
+/** Everything one agent reads in one go. */
+export interface ProjectView {
+  pods: PodInfo[];
+  services: ServiceInfo[];
+  endpoints: EndpointsInfo[];
+  peers: PeerInfo[];
+}
+
+export async function readProjectView(r: Registry, project: string): Promise<ProjectView> {
+  const [pods, services, endpoints, peers] = await Promise.all([r.pods(project), r.services(project), r.endpoints(project), r.peers(project)]);
+  return { pods, services, endpoints, peers };
+}
