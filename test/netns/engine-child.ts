@@ -10,6 +10,7 @@
  *   {cmd:'services', services} -> setLocalServices(services)
  *   {cmd:'setSend', localIndex} -> setSendKeypair (null stops sending)
  *   {cmd:'flush'}            -> flushQueue
+ *   {cmd:'setEndpoint', address, port} -> setEndpoint
  *   {cmd:'close'}            -> closes the plane and exits 0
  */
 import { createInterface } from 'node:readline';
@@ -63,7 +64,14 @@ out({ ready: true, tun: plane.tun, udp: plane.udp });
 
 const rl = createInterface({ input: process.stdin });
 rl.on('line', (line) => {
-  const m = JSON.parse(line) as { cmd: string; hex?: string; services?: LocalService[]; localIndex?: number | null };
+  const m = JSON.parse(line) as {
+    cmd: string;
+    hex?: string;
+    services?: LocalService[];
+    localIndex?: number | null;
+    address?: string;
+    port?: number;
+  };
   try {
     if (m.cmd === 'stats') {
       out({
@@ -81,6 +89,9 @@ rl.on('line', (line) => {
       out({ ok: true });
     } else if (m.cmd === 'setSend') {
       plane.setSendKeypair(cfg.peer.id, m.localIndex ?? null);
+      out({ ok: true });
+    } else if (m.cmd === 'setEndpoint') {
+      plane.setEndpoint(cfg.peer.id, { address: m.address ?? '', port: m.port ?? 0 });
       out({ ok: true });
     } else if (m.cmd === 'flush') {
       plane.flushQueue(cfg.peer.id);

@@ -44,6 +44,7 @@ const NS_A = `tenc-eng-a-${process.pid}`;
 const NS_B = `tenc-eng-b-${process.pid}`;
 const PORT = 51820;
 const OUTER = { a: '10.201.0.1', b: '10.201.0.2' };
+const OUTER6 = { a: 'fd00:201::1', b: 'fd00:201::2' };
 const INNER4 = { a: '10.202.0.1', b: '10.202.0.2' };
 const INNER6 = { a: 'fd00:202::1', b: 'fd00:202::2' };
 const PING_MARKER = 'tenc-mark'; // ping -p fills the payload with it
@@ -230,7 +231,9 @@ interface Keys {
   craft: Buffer; // B -> A, crafted by the test
 }
 
-function childConfig(side: 'a' | 'b', mode: 'raw' | 'tun', offloads: boolean, keys: Keys, noSend = false): ChildConfig {
+type Outer = { a: string; b: string };
+
+function childConfig(side: 'a' | 'b', mode: 'raw' | 'tun', offloads: boolean, keys: Keys, noSend: boolean, outer: Outer): ChildConfig {
   const other = side === 'a' ? 'b' : 'a';
   return {
     mode,
@@ -239,7 +242,7 @@ function childConfig(side: 'a' | 'b', mode: 'raw' | 'tun', offloads: boolean, ke
     fwmark: FWMARK,
     peer: {
       id: side === 'a' ? PEER_ON_A : PEER_ON_B,
-      endpoint: { address: OUTER[other], port: PORT },
+      endpoint: { address: outer[other], port: PORT },
       // B reaches A's service VIPs through A.
       allowedIps: [`${INNER4[other]}/32`, `${INNER6[other]}/128`, ...(side === 'b' ? [`${VIP4}/32`, `${VIP6}/128`] : [])],
     },
@@ -253,14 +256,14 @@ function childConfig(side: 'a' | 'b', mode: 'raw' | 'tun', offloads: boolean, ke
 }
 
 /** Starts both engine children, then addresses and routes tenc0 on both sides. */
-async function startPair(mode: 'raw' | 'tun', offloads: boolean, keys: Keys, noSendA = false): Promise<[Proc, Proc]> {
+async function startPair(mode: 'raw' | 'tun', offloads: boolean, keys: Keys, noSendA = false, outer: Outer = OUTER): Promise<[Proc, Proc]> {
   const child = (ns: string, side: 'a' | 'b') =>
     new Proc(ns, [
       'node',
       '--import',
       './test/netns/engine-register.mjs',
       'test/netns/engine-child.ts',
-      JSON.stringify(childConfig(side, mode, offloads, keys, side === 'a' && noSendA)),
+      JSON.stringify(childConfig(side, mode, offloads, keys, side === 'a' && noSendA, outer)),
     ]);
   const a = child(NS_A, 'a');
   const b = child(NS_B, 'b');
@@ -461,7 +464,7 @@ describe.each(runs)('engine between namespaces: $mode mode, offloads $offloads',
   });
 });
 
-describe('engine between namespaces: a peer without a send keypair', () => {
+describe('engine between namespaces: a peer without a send keypair (outer IPv6)', () => {
   const keys: Keys = { ab: randomBytes(32), ba: randomBytes(32), craft: randomBytes(32) };
   let a: Proc;
   let b: Proc;
@@ -475,7 +478,15 @@ describe('engine between namespaces: a peer without a send keypair', () => {
   const stats = async (p: Proc) => p.cmd<Stats>({ cmd: 'stats' });
 
   beforeAll(async () => {
-    [a, b] = await startPair('raw', true, keys, true);
+    // The outer addresses are IPv6 here: the dual-stack socket with native IPv6 peers.
+    for (const [ns, dev, addr] of [
+      [NS_A, 'veA', OUTER6.a],
+      [NS_B, 'veB', OUTER6.b],
+    ] as const) {
+      inNs(ns, ['sysctl', '-qw', `net.ipv6.conf.${dev}.disable_ipv6=0`]);
+      sh('ip', ['-n', ns, 'addr', 'add', `${addr}/64`, 'dev', dev, 'nodad']);
+    }
+    [a, b] = await startPair('raw', true, keys, true, OUTER6);
   }, 60_000);
 
   afterAll(async () => {
@@ -512,5 +523,22 @@ describe('engine between namespaces: a peer without a send keypair', () => {
     const out = inNs(NS_A, ['ping', '-c', '3', '-i', '0.2', '-W', '2', INNER4.b]);
     expect(out).toMatch(/3 received/);
     expect((await stats(a)).events.filter((e) => e.type === 'need_handshake')).toHaveLength(2);
+  });
+
+  it('an authentic datagram from a new port moves the endpoint (event); setEndpoint moves it back', async () => {
+    const msg = transport(CRAFT_INDEX, 1n, keys.craft, udp4(INNER4.b, INNER4.a, 'roam'));
+    const js = `const s=require('dgram').createSocket('udp6');s.bind(40000,()=>s.send(Buffer.from('${hex(msg)}','hex'),${PORT},'${OUTER6.a}',()=>s.close()))`;
+    inNs(NS_B, ['node', '-e', js]);
+    const moved = { type: 'endpoint', peer: PEER_ON_A, endpoint: { address: OUTER6.b, port: 40000 } };
+    let s = await stats(a);
+    for (let i = 0; i < 40 && !s.events.some((e) => JSON.stringify(e) === JSON.stringify(moved)); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      s = await stats(a);
+    }
+    expect(s.events).toContainEqual(moved);
+    // A now sends to port 40000, where nobody listens.
+    expect(() => inNs(NS_A, ['ping', '-c', '2', '-i', '0.2', '-W', '1', INNER4.b])).toThrow();
+    await a.cmd({ cmd: 'setEndpoint', address: OUTER6.b, port: PORT });
+    expect(inNs(NS_A, ['ping', '-c', '3', '-i', '0.2', '-W', '2', INNER4.b])).toMatch(/3 received/);
   });
 });
