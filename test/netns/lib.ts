@@ -51,6 +51,15 @@ export class Netns {
     return ns;
   }
 
+  /**
+   * A handle on a namespace made elsewhere (e.g. by netns-scripts/pods.sh); it is
+   * not destroyed by destroyAll(), whoever made it removes it.
+   */
+  static attach(name: string): Netns {
+    if (!existsSync(`/run/netns/${name}`)) throw new Error(`no network namespace ${name}`);
+    return new Netns(name);
+  }
+
   /** `ip -n NAME ARGS`. */
   ip(...args: string[]): string {
     return sh('ip', ['-n', this.name, ...args]);
