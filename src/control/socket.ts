@@ -25,16 +25,18 @@ import {
   parseKey32,
   validatePeer,
   validateServices,
+  validateEndpoints,
   type PeerConfig,
   type ServiceConfig,
+  type ServiceEndpoints,
 } from './config.js';
 import type { StatusReport } from './status.js';
 import { silentLogger, type Logger } from '../log.js';
 
 export const MAX_REQUEST_BYTES = 1 << 20;
 
-export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey';
-export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey'];
+export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints';
+export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey', 'set-endpoints'];
 
 /**
  * A set-peer request: the public key and the fields the request gave. For a new
@@ -66,6 +68,8 @@ export interface ControlHandler {
    * Optional: a handler without it answers rekey requests with EIO.
    */
   rekey?(publicKey: string | null): RekeyResult[] | Promise<RekeyResult[]>;
+  /** Replaces the project services' ready endpoints the DNS proxy rewrites VIPs to. Optional: without it, EIO. */
+  setEndpoints?(endpoints: ServiceEndpoints[]): void | Promise<void>;
 }
 
 export interface ControlError {
@@ -154,6 +158,14 @@ export async function dispatch(
       const peers = await handler.rekey(key);
       if (key !== null && peers.length === 0) throw new RequestError('ENOENT', 'publicKey: no such peer');
       return { peers };
+    }
+    case 'set-endpoints': {
+      onlyFields(req, ['id', 'op', 'endpoints']);
+      const r = validateEndpoints(req.endpoints);
+      if ('problems' in r) throw new RequestError('EINVAL', r.problems.map((p) => `${p.field}: ${p.problem}`).join('; '));
+      if (!handler.setEndpoints) throw new Error('this pod runs no DNS proxy');
+      await handler.setEndpoints(r.endpoints);
+      return null;
     }
     default:
       throw new RequestError('EINVAL', `op: ${JSON.stringify(req.op)} is not one of ${CONTROL_OPS.join(', ')}`);
