@@ -72,6 +72,8 @@ export interface PodConfig {
   /** Absolute (relative paths are resolved like pskFile); null: the default, /run/tenc/<interface>-<netns inode>.sock, chosen at start. */
   controlSocket: string | null;
   dns: DnsConfig;
+  /** Drop plaintext from project pod addresses (the peers' allowed IPs) arriving outside tenc0 (src/routing/enforce.ts). */
+  enforce: boolean;
 }
 
 /** The DNS proxy (src/dns/, README "DNS proxy"). */
@@ -272,6 +274,7 @@ const TOP_FIELDS = [
   'dataPlane',
   'logLevel',
   'controlSocket',
+  'enforce',
   'dns',
 ] as const;
 export const PEER_FIELDS = ['publicKey', 'endpoint', 'allowedIps', 'persistentKeepalive'] as const;
@@ -637,6 +640,8 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
   const dns = checkDns(c, raw.dns, file);
   if (dns.enabled && dns.listenPort === listenPort) c.add('dns.listenPort', `${dns.listenPort} is also the tunnel's listenPort`);
 
+  const enforce = raw.enforce === undefined ? false : c.take('enforce', parseBool(raw.enforce), false);
+
   if (c.problems.length > 0) throw new ConfigError(file, c.problems);
   return {
     file,
@@ -653,6 +658,7 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
     logLevel,
     controlSocket,
     dns,
+    enforce,
   };
 }
 
