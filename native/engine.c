@@ -1203,6 +1203,14 @@ int tenc_engine_flush_queue(tenc_engine *e, uint32_t id) {
   return p ? 0 : -ENOENT;
 }
 
+int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counter) {
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_keypair *kp = kmap_get(e, local);
+  if (kp) atomic_store(&kp->send_counter, counter);
+  pthread_rwlock_unlock(&e->lock);
+  return kp ? 0 : -ENOENT;
+}
+
 int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr) {
   pthread_rwlock_rdlock(&e->lock);
   int32_t r = tenc_aips_lookup(e->aips, family, addr);

@@ -190,6 +190,8 @@ int tenc_engine_send_handshake(tenc_engine *e, const struct sockaddr_in6 *to, co
 int tenc_engine_send_keepalive(tenc_engine *e, uint32_t id);
 int tenc_engine_flush_queue(tenc_engine *e, uint32_t id);
 void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n);
+/* Test hook: moves a keypair's next send counter (REKEY/REJECT_AFTER_MESSAGES tests). */
+int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counter);
 /* The peer the allowed-IPs table sends `addr` to, or -1. */
 int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr);
 /* Takes the pending events (caller frees each data and the array). */

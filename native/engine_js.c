@@ -14,6 +14,7 @@
  *   engineSendHandshake(h, address, port, data)     engineSendKeepalive(h, peer) -> bool
  *   engineFlushQueue(h, peer)                       engineSetLocalServices(h, services)
  *   engineRoute(h, address) -> peer | -1             (allowed-IPs lookup, for tests/debugging)
+ *   engineTestSetSendCounter(h, localIndex, counter: bigint)   (test hook)
  *   engineClose(h)                                  engineLayout()  engineNow()
  *   replayRun(counters: BigUint64Array) -> Uint8Array  a fresh replay window fed the
  *     counters in order (check, then commit, as the receive path does): 1 accepted
@@ -493,6 +494,17 @@ static napi_value engine_route(napi_env env, napi_callback_info info) {
   return v;
 }
 
+static napi_value engine_test_set_send_counter(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  uint32_t local;
+  if (get_u32(env, argv[1], "localIndex", &local) < 0) return NULL;
+  uint64_t c;
+  bool lossless;
+  if (napi_get_value_bigint_uint64(env, argv[2], &c, &lossless) != napi_ok || !lossless)
+    return tenc_throw_type(env, "counter must be a bigint in u64 range");
+  return result(env, tenc_engine_set_send_counter(j->e, local, c), "setSendCounter: no keypair", local);
+}
+
 static napi_value replay_run(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -561,6 +573,7 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"engineClose", engine_close},
       {"engineLayout", engine_layout},
       {"engineRoute", engine_route},
+      {"engineTestSetSendCounter", engine_test_set_send_counter},
       {"replayRun", replay_run},
       {"engineNow", engine_now},
   };

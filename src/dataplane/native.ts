@@ -257,6 +257,11 @@ export class NativePlane implements DataPlane {
     return r < 0 ? null : r;
   }
 
+  /** Test hook: sets the next send counter of a keypair (REKEY/REJECT_AFTER_MESSAGES tests). */
+  testSetSendCounter(localIndex: number, counter: bigint): void {
+    addon.engineTestSetSendCounter(this.handle, localIndex, counter);
+  }
+
   /** Handshake messages handed to the control plane, and keepalives received (global). */
   stats(): { handshakesReceived: number; keepalivesReceived: number } {
     return {

@@ -9,9 +9,10 @@
  * test/netns/engine.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NativePlane, openUdp, replayRun } from '../../src/dataplane/native.js';
+import { closeFd, NativePlane, openUdp, replayRun } from '../../src/dataplane/native.js';
 import { REPLAY_TABLE } from '../../src/noise/replay.js';
-import { REJECT_AFTER_MESSAGES, REPLAY_WINDOW_SIZE } from '../../src/wire/constants.js';
+import type { PlaneEvent } from '../../src/dataplane/plane.js';
+import { REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, REPLAY_WINDOW_SIZE } from '../../src/wire/constants.js';
 
 describe('native replay window: the shared numbered table', () => {
   const got = replayRun(REPLAY_TABLE.map((s) => BigInt(s.counter)));
@@ -148,6 +149,31 @@ describe('native engine control plane calls', () => {
 
   it('drops start at zero for every reason', () => {
     expect(Object.values(plane.drops()).every((v) => v === 0)).toBe(true);
+  });
+
+  it('send counter: rekey_needed once past REKEY_AFTER_MESSAGES, counter_exhausted at REJECT_AFTER_MESSAGES', async () => {
+    const events: PlaneEvent[] = [];
+    plane.onEvents((e) => events.push(...e));
+    const sink = openUdp(0, { gro: false }); // keepalives go here, on loopback
+    const key = new Uint8Array(32).fill(9);
+    plane.addPeer(50, { address: '127.0.0.1', port: sink.port });
+    plane.addKeypair(50, { localIndex: 500, remoteIndex: 501, sendKey: key, recvKey: key });
+    plane.setSendKeypair(50, 500);
+    expect(plane.sendKeepalive(50)).toBe(true); // counter 0
+    plane.testSetSendCounter(500, BigInt(REKEY_AFTER_MESSAGES) - 1n);
+    expect(plane.sendKeepalive(50)).toBe(true);
+    expect(plane.sendKeepalive(50)).toBe(true); // REKEY_AFTER_MESSAGES: event
+    expect(plane.sendKeepalive(50)).toBe(true); // no second event
+    plane.testSetSendCounter(500, BigInt(REJECT_AFTER_MESSAGES) - 1n);
+    expect(plane.sendKeepalive(50)).toBe(true); // the last usable counter
+    expect(plane.sendKeepalive(50)).toBe(false); // exhausted
+    expect(plane.sendKeepalive(50)).toBe(false);
+    expect(plane.peerCounters(50).txPackets).toBe(5);
+    expect(plane.peerDrops(50).counter_exhausted).toBe(2);
+    expect(plane.drops().counter_exhausted).toBe(2);
+    for (let i = 0; i < 50 && !events.some((e) => e.type === 'rekey_needed'); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(events.filter((e) => e.type === 'rekey_needed')).toEqual([{ type: 'rekey_needed', peer: 50, localIndex: 500 }]);
+    closeFd(sink.fd);
   });
 
   it('calls after close throw', async () => {
