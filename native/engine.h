@@ -23,7 +23,13 @@
  *      open (auth); replay commit; keypair_confirmed / endpoint events
  *   4. empty plaintext = keepalive; inner IPv4/IPv6 header and length (bad_inner);
  *      inner source must map to the same peer (spoofed_source)
- *   5. DNAT of LocalService VIPs (nat.c); inject: raw sockets or TUN write
+ *   5. DNAT of LocalService VIPs (nat.c); inject: raw sockets (sendmmsg per
+ *      family) or TUN writes. With offloads (vnet_hdr), runs of TCP segments of one
+ *      flow are first merged (offload.c tenc_gro_tcp): into one TSO frame for the
+ *      TUN device, or into one large IP packet for the raw socket (local
+ *      destinations route via lo, MTU 64 KiB; EMSGSIZE falls back to segments).
+ *      Single packets written to TUN carry VIRTIO_NET_HDR_F_DATA_VALID: they were
+ *      authenticated, so their checksums are the sender's (as kernel WireGuard).
  *
  * Locking: one rwlock over peers, keypairs, allowed IPs and services. Each thread
  * holds it for reading per batch; control calls take it for writing. A peer's

@@ -300,8 +300,14 @@ export interface OpenNativePlaneOptions {
   listenPort: number;
   fwmark?: number;
   mode: 'raw' | 'tun';
-  /** TUN TSO/USO and UDP GSO/GRO (default true); false forces the plain path. */
+  /** Default for the three switches below (default true); false forces the plain path. */
   offloads?: boolean;
+  /** IFF_VNET_HDR with TSO/USO on the TUN device; also enables merging received TCP runs before injection. */
+  tunOffloads?: boolean;
+  /** UDP_SEGMENT on send. */
+  udpGso?: boolean;
+  /** UDP_GRO on receive. */
+  udpGro?: boolean;
   mtu?: number;
 }
 
@@ -310,9 +316,9 @@ export function openNativePlane(opts: OpenNativePlaneOptions): NativePlane {
   const offloads = opts.offloads ?? true;
   const fds: number[] = [];
   try {
-    const tun = openTun(opts.device ?? 'tenc0', { offloads });
+    const tun = openTun(opts.device ?? 'tenc0', { offloads: opts.tunOffloads ?? offloads });
     fds.push(tun.fd);
-    const udp = openUdp(opts.listenPort, { fwmark: opts.fwmark ?? 0, gro: offloads });
+    const udp = openUdp(opts.listenPort, { fwmark: opts.fwmark ?? 0, gro: opts.udpGro ?? offloads });
     fds.push(udp.fd);
     let raw4: number | undefined;
     let raw6: number | undefined;
@@ -322,7 +328,15 @@ export function openNativePlane(opts: OpenNativePlaneOptions): NativePlane {
       raw6 = openRaw(6, opts.fwmark ?? 0);
       fds.push(raw6);
     }
-    return new NativePlane({ tun, udp, mode: opts.mode, raw4, raw6, udpGso: offloads && udp.gso, mtu: opts.mtu });
+    return new NativePlane({
+      tun,
+      udp,
+      mode: opts.mode,
+      raw4,
+      raw6,
+      udpGso: (opts.udpGso ?? offloads) && udp.gso,
+      mtu: opts.mtu,
+    });
   } catch (err) {
     for (const fd of fds) closeFd(fd);
     throw err;
