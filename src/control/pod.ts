@@ -10,7 +10,11 @@
  *   4. residue of a crashed earlier run removed           -
  *   5. engine: TUN, UDP socket, data plane, device        uninit: close (plane, then TUN)
  *   6. routing: MTU/up, rules, routes                     uninit: teardown
- *   7. control socket                                     uninit: close, unlink
+ *   6b. enforcement (when enforce): nftables table that   uninit: table deleted
+ *      drops plaintext from the peers' addresses
+ *   7. DNS proxy (when dns.enabled): sockets, nftables    uninit: interception out, proxy stop,
+ *      redirect of port 53 to it                                   learned routes removed
+ *   8. control socket                                     uninit: close, unlink
  */
 import { writeSync } from 'node:fs';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
@@ -21,7 +25,11 @@ import type { StatusReport } from './status.js';
 import { IpCommand } from '../routing/ip.js';
 import { computeMtu } from '../routing/mtu.js';
 import { PolicyRouting } from '../routing/policy.js';
+import { Enforcement, DROP_REASON } from '../routing/enforce.js';
 import { generatePrivateKey, publicKeyFromPrivate, formatKey } from '../noise/keys.js';
+import { DnsService } from '../dns/service.js';
+import { CidrSet } from '../dns/classify.js';
+import type { ServiceEndpoints } from './config.js';
 
 export interface RunPodOptions {
   /** Where the `public-key <base64>` line goes; default stdout. */
@@ -38,7 +46,10 @@ export interface RunPodOptions {
 /** The running pod: the control handler over the engine and the routing. */
 export class Pod implements ControlHandler {
   readonly peers = new Map<string, PeerConfig>();
+  /** Drops plaintext from the peers' addresses outside tenc0 (config "enforce"); null when off. */
+  enforcement: Enforcement | null = null;
   services: ServiceConfig[] = [];
+  dns: DnsService | null = null;
 
   constructor(
     readonly config: PodConfig,
@@ -86,8 +97,9 @@ export class Pod implements ControlHandler {
         localAddress: s.localAddress,
         ports: s.ports.map((p) => `${p.protocol}/${p.port}`),
       })),
-      drops: this.engine.drops(),
+      drops: this.withEnforcementDrops(this.engine.drops()),
       handshakeFailures: this.engine.handshakeFailures(),
+      ...(this.dns ? { dns: this.dns.status() } : {}),
     };
   }
 
@@ -110,7 +122,18 @@ export class Pod implements ControlHandler {
     const before = old?.allowedIps ?? [];
     await this.routing.addRoutes(peer.allowedIps.filter((ip) => !before.includes(ip)));
     for (const ip of before.filter((x) => !peer.allowedIps.includes(x))) await this.routing.removeRoute(ip);
+    await this.enforcement?.setSources(this.projectSources());
     this.log.info({ peer: keyFingerprint(peer.publicKey), allowedIps: peer.allowedIps.length, update: old !== undefined }, 'peer set');
+  }
+
+  /** The project pods' addresses: every peer's allowed IPs (what enforcement protects). */
+  projectSources(): string[] {
+    return [...this.peers.values()].flatMap((p) => p.allowedIps);
+  }
+
+  private withEnforcementDrops(drops: Record<string, number>): Record<string, number> {
+    const n = this.enforcement?.dropped() ?? 0;
+    return n > 0 ? { ...drops, [DROP_REASON]: n } : drops;
   }
 
   /** Routes out first, then the engine forgets the peer. */
@@ -119,6 +142,7 @@ export class Pod implements ControlHandler {
     if (!old) return false;
     for (const ip of old.allowedIps) await this.routing.removeRoute(ip);
     this.peers.delete(publicKey);
+    await this.enforcement?.setSources(this.projectSources());
     await this.engine.removePeer(publicKey);
     this.log.info({ peer: keyFingerprint(publicKey) }, 'peer removed');
     return true;
@@ -147,6 +171,21 @@ export class Pod implements ControlHandler {
 
   async removeDestination(cidr: string): Promise<void> {
     await this.routing.removeRoute(cidr);
+  }
+
+  /** The DNS proxy's VIP -> ready endpoints map (control op set-endpoints). */
+  setEndpoints(endpoints: ServiceEndpoints[]): void {
+    if (!this.dns) throw new Error('this pod runs no DNS proxy (dns.enabled)');
+    this.dns.setEndpoints(endpoints);
+    this.log.info({ services: endpoints.length }, 'endpoints set');
+  }
+
+  /** The transmit byte counter of the peer whose allowed IPs hold `address` (DNS route grace). */
+  peerActivity(address: string): number | null {
+    for (const p of this.peers.values()) {
+      if (p.allowedIps.length > 0 && new CidrSet(p.allowedIps).has(address)) return this.engine.peerStatuses().get(p.publicKey)?.txBytes ?? null;
+    }
+    return null;
   }
 
   async setServices(services: ServiceConfig[]): Promise<void> {
@@ -260,6 +299,29 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     step = 'routing';
     uninit.push({ what: 'routing', run: () => routing.teardown() });
     await routing.install(mtuChoice.mtu, pod.destinations());
+
+    if (config.enforce) {
+      step = 'enforcement';
+      const enforcement = new Enforcement({ ifname: config.interface, listenPort: config.listenPort });
+      await enforcement.removeResidue();
+      uninit.push({ what: 'enforcement', run: () => enforcement.teardown() });
+      await enforcement.install(pod.projectSources());
+      pod.enforcement = enforcement;
+    }
+
+    if (config.dns.enabled) {
+      step = 'dns proxy';
+      pod.dns = await DnsService.start({
+        config: config.dns,
+        fwmark: config.fwmark,
+        table: `tenc_dns_${config.interface.replace(/[^A-Za-z0-9_]/g, '_')}`,
+        routes: { add: (c) => pod.addDestinations(c), remove: (c) => pod.removeDestination(c) },
+        activity: (a) => pod.peerActivity(a),
+        log,
+      });
+      const dns = pod.dns;
+      uninit.push({ what: 'dns proxy', run: () => dns.stop() });
+    }
 
     step = 'control socket';
     const server = await ControlServer.start({
