@@ -38,6 +38,8 @@ export interface StatusReport {
   drops: Record<string, number>;
   /** Handshake messages not used, by reason (non-zero only): e.g. decrypt_response for a psk mismatch. */
   handshakeFailures: Record<string, number>;
+  /** The DNS proxy, when enabled: domain, upstreams, port, counters (src/dns/service.ts DnsStatus). */
+  dns?: object;
 }
 
 function plural(n: number, unit: string): string {

@@ -1,0 +1,366 @@
+/**
+ * The DNS proxy: the sockets around the pure transforms. Per client query:
+ *
+ *   1. gate      header, opcode, the one question (message.ts); malformed input is
+ *                dropped or answered FORMERR/NOTIMP, always counted
+ *   2. upstream  over the long-lived UDP socket (client came over UDP) or the reused
+ *                TCP connection (client came over TCP), ID remapped (upstream.ts);
+ *                no answer in time -> SERVFAIL; too many in flight -> counted drop
+ *   3. rewrite   project answers: VIP -> ready endpoints, TTL cap (rewrite.ts)
+ *   4. routes    learned project addresses get their tenc0 route BEFORE the client
+ *                sees the answer (a route that cannot be added -> SERVFAIL, so no
+ *                first packet leaves in the clear); expiry runs on a timer (routes.ts)
+ *   5. reply     the client's ID restored; a truncated UDP answer passes as it is,
+ *                so the client retries over TCP
+ *
+ * Never throws at run time: every failure is a counted reason.
+ */
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { silentLogger, type Logger } from '../log.js';
+import { QR, RCODE, clientUdpLimit, errorReply, opcodeOf, readHeader, readQuestion, type Question } from './message.js';
+import { rewriteAnswer, MalformedAnswerError } from './rewrite.js';
+import type { CidrSet, NamePolicy } from './classify.js';
+import { LearnedRoutes } from './routes.js';
+import { TcpUpstream, UdpUpstream, type UpstreamOptions, type UpstreamCounters } from './upstream.js';
+
+/** Largest query accepted (a query is one question plus an OPT record). */
+export const MAX_QUERY_BYTES = 4096;
+/** Most TCP clients at once, and queries in flight per TCP client. */
+const MAX_TCP_CLIENTS = 256;
+const MAX_TCP_INFLIGHT = 64;
+const TCP_IDLE_MS = 10_000;
+
+export interface RouteSink {
+  add(cidrs: string[]): Promise<void>;
+  remove(cidr: string): Promise<void>;
+}
+
+export interface DnsProxyOptions {
+  /** Local addresses to listen on (UDP and TCP), e.g. 127.0.0.1 and ::1. */
+  listen: string[];
+  /** 0: any free port (the same one on every address). */
+  port: number;
+  upstream: UpstreamOptions;
+  policy: NamePolicy;
+  neverCidrs: CidrSet;
+  /** Seconds. */
+  maxTtl: number;
+  endpoints: (vip: string) => readonly string[] | undefined;
+  /** Routes for learned project addresses; none: nothing is routed (bench, tests). */
+  routes?: { sink: RouteSink; learned: LearnedRoutes; expireEveryMs?: number };
+  log?: Logger;
+  now?: () => number;
+}
+
+export interface DnsCounters {
+  queriesUdp: number;
+  queriesTcp: number;
+  answered: number;
+  rewritten: number;
+  servfail: number;
+  formerr: number;
+  notimp: number;
+  drops: Record<string, number>;
+  routesAdded: number;
+  routesRemoved: number;
+  routesHeld: number;
+  routeFailures: number;
+  upstreamUdp: UpstreamCounters;
+  upstreamTcp: UpstreamCounters;
+}
+
+export class DnsProxy {
+  private readonly udp: dgram.Socket[] = [];
+  private readonly tcp: net.Server[] = [];
+  private readonly clients = new Set<net.Socket>();
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private upUdp!: UdpUpstream;
+  private upTcp!: TcpUpstream;
+  private expireTimer: NodeJS.Timeout | null = null;
+  private routeOps: Promise<unknown> = Promise.resolve();
+  private stopped = false;
+  port = 0;
+  readonly c = {
+    queriesUdp: 0,
+    queriesTcp: 0,
+    answered: 0,
+    rewritten: 0,
+    servfail: 0,
+    formerr: 0,
+    notimp: 0,
+    routesAdded: 0,
+    routesRemoved: 0,
+    routeFailures: 0,
+  };
+  readonly drops: Record<string, number> = {};
+
+  private constructor(private readonly o: DnsProxyOptions) {
+    this.log = o.log ?? silentLogger;
+    this.now = o.now ?? Date.now;
+  }
+
+  static async start(o: DnsProxyOptions): Promise<DnsProxy> {
+    if (o.listen.length === 0) throw new RangeError('DnsProxy: listen on at least one address');
+    const p = new DnsProxy(o);
+    try {
+      p.upUdp = await UdpUpstream.open(o.upstream);
+      p.upTcp = new TcpUpstream(o.upstream);
+      let port = o.port;
+      for (const addr of o.listen) {
+        port = await p.listenUdp(addr, port);
+        await p.listenTcp(addr, port);
+      }
+      p.port = port;
+      if (o.routes) {
+        p.expireTimer = setInterval(() => p.expireRoutes(), o.routes.expireEveryMs ?? 250);
+        p.expireTimer.unref();
+      }
+    } catch (e) {
+      await p.stop();
+      throw e;
+    }
+    return p;
+  }
+
+  private drop(reason: string): void {
+    this.drops[reason] = (this.drops[reason] ?? 0) + 1;
+  }
+
+  private listenUdp(addr: string, port: number): Promise<number> {
+    const sock = dgram.createSocket({ type: addr.includes(':') ? 'udp6' : 'udp4', recvBufferSize: 1 << 20 });
+    this.udp.push(sock);
+    return new Promise((resolve, reject) => {
+      sock.once('error', reject);
+      sock.bind(port, addr, () => {
+        sock.off('error', reject);
+        sock.on('error', () => this.drop('udp_socket_error'));
+        sock.on('message', (m, r) => void this.onUdp(sock, m, r.address, r.port));
+        resolve(sock.address().port);
+      });
+    });
+  }
+
+  private listenTcp(addr: string, port: number): Promise<void> {
+    const server = net.createServer((s) => this.onTcpClient(s));
+    server.maxConnections = MAX_TCP_CLIENTS;
+    server.on('drop', () => this.drop('tcp_clients'));
+    this.tcp.push(server);
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, addr, () => {
+        server.off('error', reject);
+        server.on('error', () => this.drop('tcp_server_error'));
+        resolve();
+      });
+    });
+  }
+
+  /** Step 1: the gate. Returns the question, or an immediate reply, or null (drop). */
+  private gate(m: Buffer): { q: Question } | { reply: Buffer } | null {
+    if (m.length > MAX_QUERY_BYTES) {
+      this.drop('oversized');
+      return null;
+    }
+    const h = readHeader(m);
+    if (h === null) {
+      this.drop('short');
+      return null;
+    }
+    if ((h.flags & QR) !== 0) {
+      this.drop('not_a_query');
+      return null;
+    }
+    const q = readQuestion(m);
+    if (opcodeOf(h.flags) !== 0) {
+      this.c.notimp++;
+      return { reply: errorReply(m, RCODE.NOTIMP, q) };
+    }
+    if (q === null || clientUdpLimit(m, q) === null) {
+      this.c.formerr++;
+      this.drop('malformed');
+      return { reply: errorReply(m, RCODE.FORMERR, q) };
+    }
+    return { q };
+  }
+
+  /** Steps 2-4 for one valid query: the reply to send, or null (drop). */
+  private async answer(m: Buffer, q: Question, overTcp: boolean): Promise<Buffer | null> {
+    const up = overTcp ? this.upTcp : this.upUdp;
+    const r = await up.query(m, q);
+    if (r === 'busy') {
+      this.drop('busy');
+      return null;
+    }
+    if (r === null) {
+      this.c.servfail++;
+      return errorReply(m, RCODE.SERVFAIL, q);
+    }
+    const limit = overTcp ? 65535 : (clientUdpLimit(m, q) ?? 512);
+    let out: Buffer = r;
+    try {
+      const rw = rewriteAnswer(r, q, {
+        policy: this.o.policy,
+        neverCidrs: this.o.neverCidrs,
+        endpoints: this.o.endpoints,
+        maxTtl: this.o.maxTtl,
+        limit,
+      });
+      if (rw.message !== null) out = rw.message;
+      if (rw.rewritten > 0) this.c.rewritten++;
+      if (rw.learned.length > 0 && this.o.routes) {
+        const ok = await this.learn(rw.learned);
+        if (!ok) {
+          this.c.servfail++;
+          return errorReply(m, RCODE.SERVFAIL, q);
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof MalformedAnswerError)) this.log.warn({ err: (e as Error).message }, 'dns rewrite failed');
+      this.drop('bad_answer');
+      this.c.servfail++;
+      return errorReply(m, RCODE.SERVFAIL, q);
+    }
+    this.c.answered++;
+    return out;
+  }
+
+  private async learn(learned: { address: string; ttl: number }[]): Promise<boolean> {
+    const routes = this.o.routes!;
+    const now = this.now();
+    const fresh: string[] = [];
+    for (const l of learned) {
+      const cidr = routes.learned.learn(l.address, l.ttl, now);
+      if (cidr !== null) fresh.push(cidr);
+    }
+    // wait for earlier route changes too: the route of a repeated answer may still be in flight
+    const op = this.routeOps.then(async () => {
+      if (fresh.length === 0) return true;
+      try {
+        await routes.sink.add(fresh);
+        this.c.routesAdded += fresh.length;
+        return true;
+      } catch (e) {
+        this.c.routeFailures++;
+        this.log.error({ err: (e as Error).message, routes: fresh.length }, 'dns: adding learned routes failed');
+        return false;
+      }
+    });
+    this.routeOps = op;
+    return op;
+  }
+
+  private expireRoutes(): void {
+    const routes = this.o.routes!;
+    const gone = routes.learned.expire(this.now());
+    if (gone.length === 0) return;
+    this.routeOps = this.routeOps.then(async () => {
+      for (const cidr of gone) {
+        try {
+          await routes.sink.remove(cidr);
+          this.c.routesRemoved++;
+        } catch (e) {
+          this.c.routeFailures++;
+          this.log.error({ err: (e as Error).message, route: cidr }, 'dns: removing a learned route failed');
+        }
+      }
+    });
+  }
+
+  private async onUdp(sock: dgram.Socket, m: Buffer, address: string, port: number): Promise<void> {
+    this.c.queriesUdp++;
+    try {
+      const g = this.gate(m);
+      if (g === null) return;
+      const reply = 'reply' in g ? g.reply : await this.answer(m, g.q, false);
+      if (reply !== null && !this.stopped) sock.send(reply, port, address, (err) => err && this.drop('udp_send'));
+    } catch (e) {
+      this.drop('internal');
+      this.log.error({ err: (e as Error).message }, 'dns: udp query failed');
+    }
+  }
+
+  private onTcpClient(s: net.Socket): void {
+    this.clients.add(s);
+    s.setNoDelay(true);
+    s.setTimeout(TCP_IDLE_MS, () => s.destroy());
+    let rx: Buffer = Buffer.alloc(0);
+    let inflight = 0;
+    s.on('error', () => this.drop('tcp_client_error'));
+    s.on('close', () => this.clients.delete(s));
+    s.on('data', (d: Buffer) => {
+      rx = rx.length === 0 ? d : Buffer.concat([rx, d]);
+      while (rx.length >= 2) {
+        const len = rx.readUInt16BE(0);
+        if (len > MAX_QUERY_BYTES) {
+          this.drop('oversized');
+          s.destroy();
+          return;
+        }
+        if (rx.length < 2 + len) break;
+        const m = Buffer.from(rx.subarray(2, 2 + len));
+        rx = rx.subarray(2 + len);
+        if (inflight >= MAX_TCP_INFLIGHT) {
+          this.drop('tcp_inflight');
+          continue;
+        }
+        inflight++;
+        this.c.queriesTcp++;
+        void this.onTcpQuery(s, m).finally(() => inflight--);
+      }
+    });
+  }
+
+  private async onTcpQuery(s: net.Socket, m: Buffer): Promise<void> {
+    try {
+      const g = this.gate(m);
+      if (g === null) return;
+      const reply = 'reply' in g ? g.reply : await this.answer(m, g.q, true);
+      if (reply === null || s.destroyed) return;
+      const frame = Buffer.allocUnsafe(2 + reply.length);
+      frame.writeUInt16BE(reply.length, 0);
+      reply.copy(frame, 2);
+      s.write(frame);
+    } catch (e) {
+      this.drop('internal');
+      this.log.error({ err: (e as Error).message }, 'dns: tcp query failed');
+    }
+  }
+
+  counters(): DnsCounters {
+    const drops: Record<string, number> = {};
+    for (const [k, v] of Object.entries(this.drops)) if (v > 0) drops[k] = v;
+    return {
+      ...this.c,
+      drops,
+      routesHeld: this.o.routes?.learned.size ?? 0,
+      upstreamUdp: { ...this.upUdp.counters },
+      upstreamTcp: { ...this.upTcp.counters },
+    };
+  }
+
+  /** Closes the sockets and removes every learned route (its own references only). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.expireTimer) clearInterval(this.expireTimer);
+    for (const s of this.udp) s.close();
+    for (const c of this.clients) c.destroy();
+    await Promise.all(this.tcp.map((t) => new Promise<void>((r) => (t.listening ? t.close(() => r()) : r()))));
+    this.upUdp?.close();
+    this.upTcp?.close();
+    const routes = this.o.routes;
+    await this.routeOps.catch(() => undefined);
+    if (routes) {
+      for (const cidr of routes.learned.drain().reverse()) {
+        try {
+          await routes.sink.remove(cidr);
+          this.c.routesRemoved++;
+        } catch (e) {
+          this.log.error({ err: (e as Error).message, route: cidr }, 'dns: removing a learned route failed');
+        }
+      }
+    }
+  }
+}
+

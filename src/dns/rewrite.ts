@@ -1,0 +1,127 @@
+/**
+ * The answer transform: pure, message in, message out.
+ *
+ *   1. the question's name decides (classify.ts): never and other pass untouched
+ *   2. project answers are decoded (dns-packet); each A/AAAA record whose address
+ *      is a project service VIP with known ready endpoints is replaced by one record
+ *      per endpoint of that family (client-side load balancing); a VIP without
+ *      endpoints stays
+ *   3. every TTL in the answer section is capped at maxTtl
+ *   4. the addresses the client will use (after 2), outside the never-tunnel CIDRs,
+ *      are returned as learned, with their TTL, for the routes
+ *
+ * Truncated (TC) and error responses pass unchanged. When the rewritten message
+ * would not fit the client's UDP limit, fewer endpoints are used; if even one does
+ * not fit, the original answer passes (the VIP stays).
+ */
+import dnsPacket from 'dns-packet';
+import type { Question } from './message.js';
+import { CLASS_IN, TC, TYPE_A, TYPE_AAAA, readHeader, rcodeOf } from './message.js';
+import { canonicalAddress, classifyName, type CidrSet, type NamePolicy, type NameVerdict } from './classify.js';
+
+export interface RewriteOptions {
+  policy: NamePolicy;
+  neverCidrs: CidrSet;
+  /** Ready endpoint addresses of a project service VIP (canonical address), or undefined. */
+  endpoints: (vip: string) => readonly string[] | undefined;
+  /** Seconds. */
+  maxTtl: number;
+  /** The most bytes the reply may have (the client's UDP limit; 65535 over TCP). */
+  limit: number;
+}
+
+export interface Learned {
+  address: string;
+  /** Seconds (already capped). */
+  ttl: number;
+}
+
+export interface RewriteResult {
+  verdict: NameVerdict;
+  /** The message to send (ID still upstream's); null: send the original bytes. */
+  message: Buffer | null;
+  learned: Learned[];
+  /** A/AAAA records replaced by endpoint records. */
+  rewritten: number;
+}
+
+/** Thrown for a response that passed the header gate but does not decode. */
+export class MalformedAnswerError extends Error {
+  readonly code = 'ERR_TENC_DNS_MALFORMED';
+}
+
+type Answer = dnsPacket.Answer & { data?: unknown; ttl?: number };
+
+export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions): RewriteResult {
+  const verdict = classifyName(q.name, o.policy);
+  const unchanged: RewriteResult = { verdict, message: null, learned: [], rewritten: 0 };
+  if (verdict !== 'project' || q.class !== CLASS_IN) return unchanged;
+  const h = readHeader(response)!;
+  if ((h.flags & TC) !== 0 || rcodeOf(h.flags) !== 0) return unchanged;
+
+  let packet: dnsPacket.Packet;
+  try {
+    packet = dnsPacket.decode(response);
+  } catch (e) {
+    throw new MalformedAnswerError(`answer does not decode: ${(e as Error).message}`);
+  }
+  const answers = (packet.answers ?? []) as Answer[];
+  let changed = false;
+  let rewritten = 0;
+  const fixed: Answer[] = [];
+  const expanded: { vipIndex: number; eps: readonly string[] }[] = [];
+  for (const a of answers) {
+    const ttl = typeof a.ttl === 'number' ? a.ttl : 0;
+    if (ttl > o.maxTtl) {
+      a.ttl = o.maxTtl;
+      changed = true;
+    }
+    if ((a.type === 'A' || a.type === 'AAAA') && typeof a.data === 'string') {
+      const eps = (o.endpoints(a.data) ?? []).filter((e) => e.includes(':') === (a.type === 'AAAA'));
+      if (eps.length > 0) {
+        expanded.push({ vipIndex: fixed.length, eps });
+        rewritten++;
+        changed = true;
+      }
+    }
+    fixed.push(a);
+  }
+  if (!changed) return { verdict, message: null, learned: learnedOf(answers, o), rewritten: 0 };
+
+  // Endpoint records, as many per VIP as fit the client's limit (at least one, else the VIP stays).
+  const build = (perVip: number): Answer[] => {
+    const out: Answer[] = [];
+    fixed.forEach((a, i) => {
+      const x = expanded.find((e) => e.vipIndex === i);
+      if (!x || perVip === 0) out.push(a);
+      else for (const ep of x.eps.slice(0, perVip)) out.push({ ...a, data: ep } as Answer);
+    });
+    return out;
+  };
+  const encode = (ans: Answer[]): Buffer => dnsPacket.encode({ ...packet, answers: ans } as dnsPacket.Packet);
+  let per = Math.max(...expanded.map((e) => e.eps.length), 0);
+  let msg = encode(build(per));
+  while (msg.length > o.limit && per > 0) {
+    per = per > 1 ? Math.floor(per / 2) : 0;
+    msg = encode(build(per));
+    if (per === 0) rewritten = 0;
+  }
+  if (msg.length > o.limit) return unchanged; // even the capped original does not fit re-encoded
+  const final = build(per);
+  return { verdict, message: msg, learned: learnedOf(final, o), rewritten };
+}
+
+function learnedOf(answers: Answer[], o: RewriteOptions): Learned[] {
+  const out: Learned[] = [];
+  for (const a of answers) {
+    if ((a.type !== 'A' && a.type !== 'AAAA') || typeof a.data !== 'string') continue;
+    const address = canonicalAddress(a.data);
+    if (address === null || o.neverCidrs.has(address)) continue;
+    if (out.some((l) => l.address === address)) continue;
+    out.push({ address, ttl: Math.min(o.maxTtl, typeof a.ttl === 'number' ? a.ttl : 0) });
+  }
+  return out;
+}
+
+/** Record types this module looks at (others pass as they are). */
+export const REWRITTEN_TYPES = [TYPE_A, TYPE_AAAA] as const;

@@ -1,0 +1,122 @@
+/**
+ * The DNS proxy as a pod lifecycle step: config + resolv.conf -> proxy sockets and
+ * the nftables interception. start() undoes what it did on failure; stop() undoes
+ * everything in reverse (interception first, so no query is redirected to a
+ * closed port, then the proxy and its learned routes).
+ */
+import { readFileSync } from 'node:fs';
+import type { DnsConfig, ServiceEndpoints } from '../control/config.js';
+import type { Logger } from '../log.js';
+import { CidrSet, canonicalAddress } from './classify.js';
+import { DnsIntercept } from './intercept.js';
+import { DnsProxy, type DnsCounters, type RouteSink } from './proxy.js';
+import { parseResolvConf, projectDomainFrom } from './resolv.js';
+import { LearnedRoutes } from './routes.js';
+
+export interface DnsServiceDeps {
+  config: DnsConfig;
+  fwmark: number;
+  /** nftables table name, unique per pod namespace. */
+  table: string;
+  routes: RouteSink;
+  /** Transmit counter of the peer carrying an address (route grace), or null. */
+  activity: (address: string) => number | null;
+  log: Logger;
+}
+
+export interface DnsStatus {
+  domain: string;
+  upstreams: string[];
+  port: number;
+  counters: DnsCounters;
+}
+
+function canonical(address: string): string {
+  return canonicalAddress(address) ?? address;
+}
+
+export class DnsService {
+  private endpointMap = new Map<string, string[]>();
+
+  private constructor(
+    private readonly proxy: DnsProxy,
+    private readonly intercept: DnsIntercept,
+    readonly domain: string,
+    readonly upstreams: string[],
+  ) {}
+
+  static async start(d: DnsServiceDeps): Promise<DnsService> {
+    const c = d.config;
+    let resolv = { nameservers: [] as string[], search: [] as string[] };
+    try {
+      resolv = parseResolvConf(readFileSync(c.resolvConf, 'utf8'));
+    } catch (e) {
+      if (c.upstreams.length === 0 || c.domain === null) throw new Error(`cannot read ${c.resolvConf}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    const domain = c.domain ?? projectDomainFrom(resolv.search);
+    if (domain === null) throw new Error(`no project domain: set dns.domain or a "<project>.svc.<cluster domain>" search entry in ${c.resolvConf}`);
+    const servers = c.upstreams.length > 0 ? c.upstreams : resolv.nameservers.slice(0, 3).map((address) => ({ address, port: 53 }));
+    if (servers.length === 0) throw new Error(`no upstream DNS: set dns.upstreams or a nameserver in ${c.resolvConf}`);
+
+    let svc: DnsService | null = null;
+    const endpoints = (vip: string) => svc?.endpointMap.get(canonical(vip));
+    const proxy = await DnsProxy.start({
+      listen: servers.some((s) => s.address.includes(':')) ? ['127.0.0.1', '::1'] : ['127.0.0.1'],
+      port: c.listenPort,
+      upstream: { servers, mark: d.fwmark, timeoutMs: c.upstreamTimeout, maxInflight: 4096 },
+      policy: { domain, neverNames: c.neverTunnelNames },
+      neverCidrs: new CidrSet(c.neverTunnelCidrs),
+      maxTtl: c.maxTtl,
+      endpoints,
+      routes: {
+        sink: d.routes,
+        learned: new LearnedRoutes({ graceMs: c.routeGrace * 1000, maxRoutes: 4096, activity: d.activity }),
+      },
+      log: d.log,
+    });
+    // only servers on port 53 are what the pod's resolver talks to
+    const intercept = new DnsIntercept({
+      table: d.table,
+      fwmark: d.fwmark,
+      servers: servers.filter((s) => s.port === 53).map((s) => s.address),
+      port: proxy.port,
+    });
+    try {
+      if (await intercept.removeResidue()) d.log.warn({ table: d.table }, 'dns: removed the nftables table of an earlier run');
+      await intercept.install();
+    } catch (e) {
+      await proxy.stop();
+      throw e;
+    }
+    svc = new DnsService(proxy, intercept, domain, servers.map((s) => `${s.address}:${s.port}`));
+    svc.setEndpoints(c.endpoints);
+    d.log.info({ domain, upstreams: svc.upstreams, port: proxy.port }, 'dns proxy running');
+    return svc;
+  }
+
+  /** Replaces the VIP -> ready endpoints map. */
+  setEndpoints(list: ServiceEndpoints[]): void {
+    const m = new Map<string, string[]>();
+    for (const e of list) m.set(canonical(e.vip), e.addresses.map(canonical));
+    this.endpointMap = m;
+  }
+
+  /** Is the address a known endpoint or VIP of the project's services? */
+  isEndpointOrVip(address: string): boolean {
+    const a = canonical(address);
+    if (this.endpointMap.has(a)) return true;
+    for (const eps of this.endpointMap.values()) if (eps.includes(a)) return true;
+    return false;
+  }
+
+  status(): DnsStatus {
+    return { domain: this.domain, upstreams: this.upstreams, port: this.proxy.port, counters: this.proxy.counters() };
+  }
+
+  async stop(): Promise<void> {
+    let err: unknown = null;
+    await this.intercept.remove().catch((e) => (err = e));
+    await this.proxy.stop();
+    if (err) throw err;
+  }
+}

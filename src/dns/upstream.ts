@@ -1,0 +1,289 @@
+/**
+ * The proxy's long-lived connections to the real cluster DNS, outside the tunnel:
+ * both carry tenc's fwmark (SO_MARK through native/sock.c), so they skip tenc's
+ * policy rule and the nftables redirect of port 53.
+ *
+ *   UdpUpstream  one socket per family, kept open; a query gets a fresh random
+ *                ID not in flight; an answer is accepted only when its ID is in
+ *                flight AND its question equals the query's (else counted)
+ *   TcpUpstream  one connection per server, reused: queries are pipelined with the
+ *                same ID remapping, answers may arrive in any order (RFC 7766 6.2.1);
+ *                reconnects on demand and resends what was unanswered once
+ *
+ * A query not answered within timeoutMs resolves null (the proxy answers
+ * SERVFAIL); a server that timed out is skipped for the next queries while
+ * another one is configured. In-flight queries are bounded (maxInflight): beyond
+ * that query() resolves 'busy' at once.
+ */
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { randomInt } from 'node:crypto';
+import { addon } from '../native.js';
+import { readHeader, readQuestion, sameQuestion, setId, QR, type Question } from './message.js';
+
+export interface UpstreamServer {
+  address: string;
+  port: number;
+}
+
+export interface UpstreamCounters {
+  sent: number;
+  answered: number;
+  timeouts: number;
+  /** Answers whose ID is not in flight or whose question differs. */
+  mismatched: number;
+  /** Answers that are not DNS messages. */
+  malformed: number;
+  busy: number;
+  errors: number;
+  reconnects: number;
+}
+
+export interface UpstreamOptions {
+  servers: UpstreamServer[];
+  /** SO_MARK of the upstream sockets (0: none, for tests on loopback). */
+  mark: number;
+  timeoutMs: number;
+  maxInflight: number;
+}
+
+export type UpstreamResult = Buffer | null | 'busy';
+
+interface Pending {
+  q: Question;
+  clientId: number;
+  deadline: number;
+  server: number;
+  msg: Buffer;
+  resolve: (r: UpstreamResult) => void;
+  resent?: boolean;
+}
+
+function newCounters(): UpstreamCounters {
+  return { sent: 0, answered: 0, timeouts: 0, mismatched: 0, malformed: 0, busy: 0, errors: 0, reconnects: 0 };
+}
+
+/** Picks an ID not in `pending`; random so answers cannot be guessed (RFC 5452 9.2). */
+function freeId(pending: Map<number, Pending>): number {
+  for (;;) {
+    const id = randomInt(0, 65536);
+    if (!pending.has(id)) return id;
+  }
+}
+
+/** Sets SO_MARK on a dgram socket's descriptor (node has no option for it). */
+function markDgram(sock: dgram.Socket, mark: number): void {
+  const quiet = process.noDeprecation;
+  process.noDeprecation = true; // dgram's _handle getter is deprecated (DEP0112); its fd is what we need
+  try {
+    const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new Error('no descriptor on the upstream UDP socket');
+    addon.sockSetMark(fd, mark);
+  } finally {
+    process.noDeprecation = quiet;
+  }
+}
+
+abstract class Base {
+  readonly counters = newCounters();
+  protected readonly pending = new Map<number, Pending>();
+  protected current = 0;
+  private sweeper: NodeJS.Timeout;
+  protected closed = false;
+
+  constructor(protected readonly o: UpstreamOptions) {
+    if (o.servers.length === 0) throw new RangeError('upstream: at least one server');
+    this.sweeper = setInterval(() => this.sweep(Date.now()), Math.max(20, Math.min(250, o.timeoutMs / 4)));
+    this.sweeper.unref();
+  }
+
+  get inflight(): number {
+    return this.pending.size;
+  }
+
+  /** Sends `query` (its ID is replaced on the wire); resolves the answer with the client's ID restored. */
+  query(query: Uint8Array, q: Question): Promise<UpstreamResult> {
+    if (this.closed) return Promise.resolve(null);
+    if (this.pending.size >= this.o.maxInflight) {
+      this.counters.busy++;
+      return Promise.resolve('busy');
+    }
+    const id = freeId(this.pending);
+    const msg = Buffer.from(query);
+    const clientId = (msg[0] << 8) | msg[1];
+    setId(msg, id);
+    return new Promise((resolve) => {
+      const p: Pending = { q, clientId, deadline: Date.now() + this.o.timeoutMs, server: this.current, msg, resolve };
+      this.pending.set(id, p);
+      this.counters.sent++;
+      this.send(id, p);
+    });
+  }
+
+  protected abstract send(id: number, p: Pending): void;
+
+  /** Matches an answer to its query: ID in flight, QR set, same question. */
+  protected onAnswer(buf: Buffer): void {
+    const h = readHeader(buf);
+    if (h === null || (h.flags & QR) === 0) {
+      this.counters.malformed++;
+      return;
+    }
+    const p = this.pending.get(h.id);
+    const q = readQuestion(buf);
+    if (!p || q === null || !sameQuestion(p.q, q)) {
+      this.counters.mismatched++;
+      return;
+    }
+    this.pending.delete(h.id);
+    this.counters.answered++;
+    setId(buf, p.clientId);
+    p.resolve(buf);
+  }
+
+  protected fail(id: number, p: Pending): void {
+    if (this.pending.get(id) !== p) return;
+    this.pending.delete(id);
+    p.resolve(null);
+  }
+
+  private sweep(now: number): void {
+    // insertion order = deadline order (one timeout for all)
+    for (const [id, p] of this.pending) {
+      if (p.deadline > now) break;
+      this.counters.timeouts++;
+      if (p.server === this.current && this.o.servers.length > 1) this.current = (this.current + 1) % this.o.servers.length;
+      this.fail(id, p);
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.sweeper);
+    for (const [id, p] of this.pending) this.fail(id, p);
+  }
+}
+
+export class UdpUpstream extends Base {
+  private readonly socks = new Map<4 | 6, dgram.Socket>();
+
+  private constructor(o: UpstreamOptions) {
+    super(o);
+  }
+
+  static async open(o: UpstreamOptions): Promise<UdpUpstream> {
+    const u = new UdpUpstream(o);
+    try {
+      for (const fam of new Set(o.servers.map((s) => (s.address.includes(':') ? 6 : 4) as 4 | 6))) {
+        const sock = dgram.createSocket({ type: fam === 4 ? 'udp4' : 'udp6', recvBufferSize: 1 << 20 });
+        await new Promise<void>((res, rej) => {
+          sock.once('error', rej);
+          sock.bind(0, fam === 4 ? '0.0.0.0' : '::', () => {
+            sock.off('error', rej);
+            res();
+          });
+        });
+        if (o.mark !== 0) markDgram(sock, o.mark);
+        sock.on('message', (m, rinfo) => {
+          const s = o.servers.find((x) => x.port === rinfo.port && x.address === rinfo.address);
+          if (!s) {
+            u.counters.mismatched++;
+            return;
+          }
+          u.onAnswer(m);
+        });
+        // ICMP errors (server down) arrive as socket errors: the timeout answers the client
+        sock.on('error', () => void u.counters.errors++);
+        u.socks.set(fam, sock);
+      }
+    } catch (e) {
+      u.close();
+      throw e;
+    }
+    return u;
+  }
+
+  protected send(_id: number, p: Pending): void {
+    const s = this.o.servers[p.server];
+    const sock = this.socks.get(s.address.includes(':') ? 6 : 4)!;
+    sock.send(p.msg, s.port, s.address, (err) => {
+      if (err) this.counters.errors++;
+    });
+  }
+
+  override close(): void {
+    super.close();
+    for (const s of this.socks.values()) s.close();
+    this.socks.clear();
+  }
+}
+
+/** Most bytes buffered from the upstream TCP stream before a message completes. */
+const TCP_MAX_BUFFER = 65537 * 2;
+
+export class TcpUpstream extends Base {
+  private conn: net.Socket | null = null;
+  private connServer = -1;
+  private rx: Buffer = Buffer.alloc(0);
+
+  constructor(o: UpstreamOptions) {
+    super(o);
+  }
+
+  private connect(server: number): net.Socket {
+    const s = this.o.servers[server];
+    const fam = s.address.includes(':') ? 6 : 4;
+    const sock = this.o.mark !== 0 ? new net.Socket({ fd: addon.sockTcpMarked(fam, this.o.mark), readable: true, writable: true }) : new net.Socket();
+    sock.setNoDelay(true);
+    sock.connect(s.port, s.address);
+    this.rx = Buffer.alloc(0);
+    sock.on('data', (d: Buffer) => {
+      if (this.conn !== sock) return;
+      this.rx = this.rx.length === 0 ? d : Buffer.concat([this.rx, d]);
+      while (this.rx.length >= 2) {
+        const len = this.rx.readUInt16BE(0);
+        if (this.rx.length < 2 + len) break;
+        const msg = Buffer.from(this.rx.subarray(2, 2 + len));
+        this.rx = this.rx.subarray(2 + len);
+        this.onAnswer(msg);
+      }
+      if (this.rx.length > TCP_MAX_BUFFER) sock.destroy();
+    });
+    sock.on('error', () => void this.counters.errors++);
+    sock.on('close', () => {
+      if (this.conn !== sock) return;
+      this.conn = null;
+      // resend once what this connection left unanswered; fail what was already resent
+      for (const [id, p] of this.pending) {
+        if (p.server !== server) continue;
+        if (p.resent || this.closed) this.fail(id, p);
+        else {
+          p.resent = true;
+          this.counters.reconnects++;
+          this.send(id, p);
+        }
+      }
+    });
+    this.conn = sock;
+    this.connServer = server;
+    return sock;
+  }
+
+  protected send(_id: number, p: Pending): void {
+    if (this.conn === null || this.connServer !== p.server || this.conn.destroyed) {
+      this.conn?.destroy();
+      this.conn = null;
+      this.connect(p.server);
+    }
+    const frame = Buffer.allocUnsafe(2 + p.msg.length);
+    frame.writeUInt16BE(p.msg.length, 0);
+    p.msg.copy(frame, 2);
+    this.conn!.write(frame);
+  }
+
+  override close(): void {
+    super.close();
+    this.conn?.destroy();
+    this.conn = null;
+  }
+}
