@@ -160,6 +160,19 @@ export function clientUdpLimit(buf: Uint8Array, q: Question): number | null {
   return limit;
 }
 
+/** Do all records after the question parse, ending exactly at the message's end? */
+export function recordsWellFormed(buf: Uint8Array, q: Question): boolean {
+  const h = readHeader(buf)!;
+  let off = q.end;
+  const records = h.ancount + h.nscount + h.arcount;
+  for (let i = 0; i < records; i++) {
+    const r = skipRecord(buf, off);
+    if (r === null) return false;
+    off = r.end;
+  }
+  return off === buf.length;
+}
+
 /** Does `response` answer `q` (same name, type and class in its question)? */
 export function sameQuestion(a: Question, b: Question): boolean {
   return a.type === b.type && a.class === b.class && a.name === b.name;

@@ -16,7 +16,7 @@
  */
 import dnsPacket from 'dns-packet';
 import type { Question } from './message.js';
-import { CLASS_IN, TC, TYPE_A, TYPE_AAAA, readHeader, rcodeOf } from './message.js';
+import { CLASS_IN, TC, TYPE_A, TYPE_AAAA, readHeader, rcodeOf, recordsWellFormed } from './message.js';
 import { canonicalAddress, classifyName, type CidrSet, type NamePolicy, type NameVerdict } from './classify.js';
 
 export interface RewriteOptions {
@@ -59,6 +59,7 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
   const h = readHeader(response)!;
   if ((h.flags & TC) !== 0 || rcodeOf(h.flags) !== 0) return unchanged;
 
+  if (!recordsWellFormed(response, q)) throw new MalformedAnswerError('answer records do not parse');
   let packet: dnsPacket.Packet;
   try {
     packet = dnsPacket.decode(response);
