@@ -929,7 +929,9 @@ int tenc_engine_start(tenc_engine *e) {
   pthread_sigmask(SIG_BLOCK, &all, &old);
   int r = pthread_create(&e->tx_thr, NULL, tx_main, e);
   if (r == 0) {
+    pthread_setname_np(e->tx_thr, "tenc-tx");
     r = pthread_create(&e->rx_thr, NULL, rx_main, e);
+    if (r == 0) pthread_setname_np(e->rx_thr, "tenc-rx");
     if (r != 0) {
       atomic_store(&e->stopping, 1);
       uint64_t one = 1;

@@ -67,7 +67,7 @@ function sh(cmd: string, args: string[], opts: { timeout?: number } = {}): strin
 const inNs = (ns: string, args: string[], timeout?: number): string => sh('ip', ['netns', 'exec', ns, ...args], { timeout });
 
 function requireTools(): void {
-  const tools = ['ip', 'ping', 'tcpdump'];
+  const tools = ['ip', 'ping', 'tcpdump', 'sysctl'];
   const missing = () => tools.filter((t) => !['/usr/sbin', '/usr/bin', '/sbin', '/bin'].some((d) => existsSync(join(d, t))));
   if (missing().length) sh('bash', [join(root, 'netns-scripts', 'deps.sh')], { timeout: 300_000 });
   const still = missing();
