@@ -125,7 +125,7 @@ b_infra_route() { # POD_CIDR NODE_UL_ADDR
 b_pod() { # NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GW PROJECT DNS
   local ns=$2
   mk_ns "$ns"
-  ip -n "$3" link add "$4" mtu $POD_MTU type veth peer name eth0 netns "$ns"
+  ip -n "$3" link add "$4" mtu $POD_MTU type veth peer name eth0 mtu $POD_MTU netns "$ns"
   ip -n "$3" link set "$4" master br0 up
   ip -n "$ns" link set eth0 up
   ip -n "$ns" addr add "$5" dev eth0

@@ -78,6 +78,17 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
   'remove-peer': { options: { ...SOCKET_OPTS }, positionals: [1, 1] },
   rekey: { options: { ...SOCKET_OPTS }, positionals: [0, 1] },
   'check-config': { options: { help: { type: 'boolean', short: 'h' } }, positionals: [1, 1] },
+  agent: {
+    options: {
+      registry: { type: 'string', short: 'r' },
+      node: { type: 'string', short: 'n' },
+      project: { type: 'string', short: 'p' },
+      'run-dir': { type: 'string' },
+      'log-level': { type: 'string', short: 'l' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    positionals: [0, 0],
+  },
   genkey: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
   pubkey: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
   genpsk: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
@@ -193,6 +204,23 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       loadConfig(file);
       io.stdout(`${file}: ok\n`);
       return 0;
+    }
+    case 'agent': {
+      const v = values as Record<string, string | undefined>;
+      for (const k of ['registry', 'node', 'project']) if (!v[k]) throw new UsageError(`--${k} is required`, cmd);
+      for (const k of ['node', 'project']) {
+        if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(v[k]!)) throw new UsageError(`--${k}: ${JSON.stringify(v[k])} is not a name (lowercase letters, digits, "-")`, cmd);
+      }
+      const level = v['log-level'] ?? 'info';
+      if (!isLogLevel(level)) throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, cmd);
+      const { runAgent } = await import('../agent/run.js');
+      return await runAgent({
+        registry: v.registry!,
+        node: v.node!,
+        project: v.project!,
+        runDir: v['run-dir'] ?? join(DEFAULT_SOCKET_DIR, `agent-${v.project}-${v.node}`),
+        logLevel: level,
+      });
     }
     case 'pod': {
       const file = values.config as string | undefined;

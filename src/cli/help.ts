@@ -16,6 +16,7 @@ Commands:
   set-peer      add or update a peer of the running pod
   remove-peer   remove a peer from the running pod
   rekey         start a new handshake with a peer (or every peer) now
+  agent         the node agent: run and configure the project's pod proxies on a node
   check-config  validate a config file and exit
   genkey        print a new private key (base64)
   pubkey        read a private key on stdin, print its public key
@@ -33,6 +34,30 @@ ${EXIT_CODES}
 `;
 
 export const COMMAND_HELP: Record<string, string> = {
+  agent: `Usage: tenc agent --registry DIR --node NODE --project PROJECT [--run-dir DIR] [--log-level LEVEL]
+
+The node agent, one per node and project. Reads the project's pods, services and
+endpoints from the registry, starts \`tenc pod\` (with enforcement) in the network
+namespace of each of the project's pods on NODE, publishes each pod's public key
+and endpoint, gives every pod its peers and services over its control socket and
+follows changes anywhere in the project within seconds. A pod proxy that dies is
+started again; proxies found running (after an agent restart) are adopted.
+Private keys never leave the pod proxies. SIGINT/SIGTERM stop the proxies it
+started and withdraw their keys. Logs are JSON lines on stderr.
+
+Options:
+  -r, --registry DIR       the directory registry (netns-scripts/cluster.sh: <state>/registry)
+  -n, --node NODE          this node's name (pods with spec.nodeName NODE)
+  -p, --project PROJECT    the project (Kubernetes namespace)
+      --run-dir DIR        pod configs, control sockets, logs (default /run/tenc/agent-PROJECT-NODE)
+  -l, --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
+  -h, --help               show this help
+
+Example:
+  tenc agent --registry /run/tenc-cluster/tc/registry --node node1 --project alpha
+
+${EXIT_CODES}
+`,
   pod: `Usage: tenc pod --config FILE [--log-level LEVEL]
 
 Runs the per-pod process: generates the private key in memory and prints

@@ -1,0 +1,42 @@
+/**
+ * `tenc agent`: runs one Agent over a directory registry until SIGINT/SIGTERM.
+ * Returns the exit code (0 after a clean stop, 1 when the start failed).
+ */
+import { existsSync } from 'node:fs';
+import { createLogger, type LogLevel } from '../log.js';
+import { Agent } from './agent.js';
+import { DirectoryRegistry } from './dir-registry.js';
+
+export interface RunAgentOptions {
+  registry: string;
+  node: string;
+  project: string;
+  runDir: string;
+  logLevel: LogLevel;
+}
+
+export async function runAgent(o: RunAgentOptions): Promise<number> {
+  const log = createLogger({ level: o.logLevel, base: { agent: `${o.project}@${o.node}` } });
+  if (!existsSync(o.registry)) {
+    process.stderr.write(`tenc agent: registry directory ${o.registry} does not exist\n`);
+    return 1;
+  }
+  const registry = new DirectoryRegistry(o.registry, { onProblem: (file, why) => log.warn({ file, why }, 'registry file skipped') });
+  const agent = new Agent({ registry, node: o.node, project: o.project, runDir: o.runDir, log, podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info' });
+  let stop: (s: string) => void = () => {};
+  const stopped = new Promise<string>((r) => (stop = r));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  try {
+    await agent.start();
+  } catch (e) {
+    process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
+    await agent.stop();
+    return 1;
+  }
+  log.info({ registry: o.registry, runDir: o.runDir }, 'agent running');
+  const why = await stopped;
+  log.info({ signal: why }, 'stopping');
+  await agent.stop();
+  return 0;
+}
