@@ -342,6 +342,7 @@ export class DnsProxy {
 
   /** Closes the sockets and removes every learned route (its own references only). */
   async stop(): Promise<void> {
+    if (this.stopped) return;
     this.stopped = true;
     if (this.expireTimer) clearInterval(this.expireTimer);
     for (const s of this.udp) s.close();

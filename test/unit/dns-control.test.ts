@@ -1,0 +1,38 @@
+/** The control socket's set-endpoints op (src/control/socket.ts dispatch) over a fake handler. */
+import { describe, it, expect } from 'vitest';
+import { dispatch, type ControlHandler } from '../../src/control/socket.js';
+import type { ServiceEndpoints } from '../../src/control/config.js';
+
+function handler(withDns: boolean): ControlHandler & { got: ServiceEndpoints[][] } {
+  const got: ServiceEndpoints[][] = [];
+  const h: ControlHandler & { got: ServiceEndpoints[][] } = {
+    got,
+    status: () => ({}) as never,
+    setPeer: () => {},
+    removePeer: () => true,
+    setServices: () => {},
+  };
+  if (withDns) h.setEndpoints = (e) => void got.push(e);
+  return h;
+}
+const addresses = { v4: '10.77.0.1', v6: null };
+
+describe('control: set-endpoints', () => {
+  it('validates and hands canonical endpoints to the pod', async () => {
+    const h = handler(true);
+    await dispatch(h, addresses, { op: 'set-endpoints', endpoints: [{ vip: '10.96.0.20', addresses: ['10.77.0.2', 'fd00:77:0::2'] }] });
+    expect(h.got).toEqual([[{ vip: '10.96.0.20', addresses: ['10.77.0.2', 'fd00:77::2'] }]]);
+  });
+  it('rejects bad requests with EINVAL and field paths', async () => {
+    const h = handler(true);
+    await expect(dispatch(h, addresses, { op: 'set-endpoints', endpoints: [{ vip: 'x', addresses: [] }] })).rejects.toMatchObject({
+      code: 'EINVAL',
+      message: expect.stringContaining('endpoints[0].vip'),
+    });
+    await expect(dispatch(h, addresses, { op: 'set-endpoints', endpoints: [], extra: 1 })).rejects.toMatchObject({ code: 'EINVAL' });
+    expect(h.got).toEqual([]);
+  });
+  it('a pod without the DNS proxy fails the request', async () => {
+    await expect(dispatch(handler(false), addresses, { op: 'set-endpoints', endpoints: [] })).rejects.toThrow(/no DNS proxy/);
+  });
+});

@@ -1,0 +1,277 @@
+/**
+ * The proxy's sockets on loopback against a scripted upstream (UDP and TCP on
+ * 127.0.0.1, no mark): ID remapping under concurrency with answers out of order,
+ * answers matched to questions, SERVFAIL on a silent upstream and recovery,
+ * bounded in-flight queries, junk, TCP pipelining over one reused upstream
+ * connection, truncation passed through, routes added before the client's answer.
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import dnsPacket from 'dns-packet';
+import { DnsProxy, type DnsProxyOptions } from '../../src/dns/proxy.js';
+import { CidrSet } from '../../src/dns/classify.js';
+import { LearnedRoutes } from '../../src/dns/routes.js';
+
+type Mode = { silent?: boolean; reverse?: number; spoofFirst?: boolean; truncate?: boolean };
+
+/** A scripted upstream: answers A queries with 10.0.<len>.<id&255> style data derived from the name. */
+class FakeUpstream {
+  udp!: dgram.Socket;
+  tcp!: net.Server;
+  port = 0;
+  mode: Mode = {};
+  tcpConnections = 0;
+  private held: { m: Buffer; reply: (b: Buffer) => void }[] = [];
+
+  static async start(): Promise<FakeUpstream> {
+    const f = new FakeUpstream();
+    f.udp = dgram.createSocket('udp4');
+    await new Promise<void>((r) => f.udp.bind(0, '127.0.0.1', () => r()));
+    f.port = f.udp.address().port;
+    f.udp.on('message', (m, ri) => f.handle(m, (b) => f.udp.send(b, ri.port, ri.address)));
+    f.tcp = net.createServer((s) => {
+      f.tcpConnections++;
+      let rx = Buffer.alloc(0);
+      s.on('data', (d) => {
+        rx = Buffer.concat([rx, d]);
+        while (rx.length >= 2 && rx.length >= 2 + rx.readUInt16BE(0)) {
+          const m = rx.subarray(2, 2 + rx.readUInt16BE(0));
+          rx = rx.subarray(2 + m.length);
+          f.handle(Buffer.from(m), (b) => {
+            const len = Buffer.alloc(2);
+            len.writeUInt16BE(b.length);
+            s.write(Buffer.concat([len, b]));
+          });
+        }
+      });
+      s.on('error', () => {});
+    });
+    await new Promise<void>((r) => f.tcp.listen(f.port, '127.0.0.1', () => r()));
+    return f;
+  }
+
+  private handle(m: Buffer, reply: (b: Buffer) => void): void {
+    if (this.mode.silent) return;
+    const q = dnsPacket.decode(m);
+    const name = q.questions![0].name;
+    const answer = (qname: string) =>
+      dnsPacket.encode({
+        type: 'response',
+        id: q.id,
+        flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (this.mode.truncate ? dnsPacket.TRUNCATED_RESPONSE : 0),
+        questions: [{ name: qname, type: 'A', class: 'IN' }],
+        answers: this.mode.truncate ? [] : [{ name: qname, type: 'A', ttl: 60, data: addressFor(qname) }],
+      });
+    if (this.mode.spoofFirst) reply(answer(`spoof.${name}`)); // right ID, wrong question
+    if (this.mode.reverse) {
+      this.held.push({ m: answer(name), reply });
+      if (this.held.length >= this.mode.reverse) for (const h of this.held.splice(0).reverse()) h.reply(h.m);
+      return;
+    }
+    reply(answer(name));
+  }
+
+  close(): void {
+    this.udp.close();
+    this.tcp.close();
+  }
+}
+
+function addressFor(name: string): string {
+  let h = 0;
+  for (const c of name) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return `10.${(h >> 16) & 255}.${(h >> 8) & 255}.${h & 255}`;
+}
+
+let up: FakeUpstream;
+let proxy: DnsProxy;
+const sockets: dgram.Socket[] = [];
+
+async function setup(over: Partial<DnsProxyOptions> = {}): Promise<void> {
+  up = await FakeUpstream.start();
+  proxy = await DnsProxy.start({
+    listen: ['127.0.0.1'],
+    port: 0,
+    upstream: { servers: [{ address: '127.0.0.1', port: up.port }], mark: 0, timeoutMs: 300, maxInflight: 1024 },
+    policy: { domain: 'alpha.svc.cluster.local', neverNames: [] },
+    neverCidrs: new CidrSet([]),
+    maxTtl: 30,
+    endpoints: () => undefined,
+    ...over,
+  });
+}
+
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.close();
+  await proxy?.stop();
+  up?.close();
+});
+
+async function client(): Promise<dgram.Socket> {
+  const s = dgram.createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+  sockets.push(s);
+  return s;
+}
+
+function query(name: string, id: number): Buffer {
+  return dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ name, type: 'A', class: 'IN' }] });
+}
+
+/** Sends and collects replies until `n` arrived or `ms` passed. */
+function exchange(s: dgram.Socket, msgs: Buffer[], n: number, ms = 2000): Promise<dnsPacket.Packet[]> {
+  return new Promise((resolve) => {
+    const got: dnsPacket.Packet[] = [];
+    const done = () => {
+      s.off('message', on);
+      clearTimeout(t);
+      resolve(got);
+    };
+    const on = (m: Buffer) => {
+      got.push(dnsPacket.decode(m));
+      if (got.length >= n) done();
+    };
+    const t = setTimeout(done, ms);
+    s.on('message', on);
+    for (const m of msgs) s.send(m, proxy.port, '127.0.0.1');
+  });
+}
+
+describe('dns proxy sockets', () => {
+  it('concurrent clients with equal IDs get their own answers although upstream answers out of order', async () => {
+    await setup();
+    up.mode = { reverse: 8 };
+    const clients = await Promise.all([client(), client(), client(), client()]);
+    const results = await Promise.all(
+      clients.map((c, ci) => exchange(c, Array.from({ length: 8 }, (_, i) => query(`n${i}.c${ci}.example`, 42)), 8)),
+    );
+    results.forEach((got, ci) => {
+      expect(got).toHaveLength(8);
+      for (const p of got) {
+        expect(p.id).toBe(42);
+        const name = p.questions![0].name;
+        expect(name.endsWith(`.c${ci}.example`)).toBe(true);
+        expect((p.answers![0] as { data: string }).data).toBe(addressFor(name));
+      }
+    });
+    expect(proxy.counters().upstreamUdp.answered).toBe(32);
+  });
+
+  it('an answer with the right ID but another question is ignored and counted', async () => {
+    await setup();
+    up.mode = { spoofFirst: true };
+    const [p] = await exchange(await client(), [query('real.example', 1)], 1);
+    expect(p.questions![0].name).toBe('real.example');
+    expect((p.answers![0] as { data: string }).data).toBe(addressFor('real.example'));
+    expect(proxy.counters().upstreamUdp.mismatched).toBe(1);
+  });
+
+  it('a silent upstream gives SERVFAIL promptly; answers again when it is back', async () => {
+    await setup();
+    up.mode = { silent: true };
+    const c = await client();
+    const t0 = Date.now();
+    const [p] = await exchange(c, [query('a.example', 5)], 1);
+    expect(p.rcode).toBe('SERVFAIL');
+    expect(Date.now() - t0).toBeLessThan(1000);
+    up.mode = {};
+    const [q] = await exchange(c, [query('a.example', 6)], 1);
+    expect(q.rcode).toBe('NOERROR');
+    expect(proxy.counters().servfail).toBe(1);
+  });
+
+  it('in-flight queries are bounded: the rest are counted drops', async () => {
+    await setup({ upstream: { servers: [{ address: '127.0.0.1', port: 1 }], mark: 0, timeoutMs: 300, maxInflight: 5 } });
+    const c = await client();
+    const got = await exchange(c, Array.from({ length: 12 }, (_, i) => query(`b${i}.example`, i)), 12, 1000);
+    expect(got.filter((p) => p.rcode === 'SERVFAIL')).toHaveLength(5);
+    expect(proxy.counters().drops.busy).toBe(7);
+  });
+
+  it('junk never kills it: short, responses, garbage questions; a good query works afterwards', async () => {
+    await setup();
+    const c = await client();
+    const junk: Buffer[] = [Buffer.alloc(0), Buffer.alloc(5), Buffer.alloc(5000)];
+    for (let i = 0; i < 500; i++) {
+      const b = Buffer.from(query(`x${i}.example`, i));
+      b[12 + (i % 10)] = (i * 37) & 255; // corrupt the name
+      junk.push(b);
+    }
+    const resp = Buffer.from(query('y.example', 1));
+    resp[2] |= 0x80;
+    junk.push(resp);
+    c.send(Buffer.alloc(0), proxy.port, '127.0.0.1');
+    await exchange(c, junk, junk.length, 500);
+    const [p] = await exchange(c, [query('ok.example', 9)], 1);
+    expect(p.rcode).toBe('NOERROR');
+    const k = proxy.counters();
+    expect(k.drops.short).toBeGreaterThanOrEqual(2);
+    expect(k.drops.oversized).toBe(1);
+    expect(k.drops.not_a_query).toBe(1);
+    expect(k.formerr).toBeGreaterThan(0);
+  });
+
+  it('TCP: pipelined queries in one write, answered over one reused upstream connection', async () => {
+    await setup();
+    const s = net.connect(proxy.port, '127.0.0.1');
+    const frames = ['t1.example', 't2.example', 't3.example'].map((n, i) => {
+      const m = query(n, 100 + i);
+      const len = Buffer.alloc(2);
+      len.writeUInt16BE(m.length);
+      return Buffer.concat([len, m]);
+    });
+    const got = await new Promise<dnsPacket.Packet[]>((resolve) => {
+      let rx = Buffer.alloc(0);
+      const out: dnsPacket.Packet[] = [];
+      s.on('data', (d) => {
+        rx = Buffer.concat([rx, d]);
+        while (rx.length >= 2 && rx.length >= 2 + rx.readUInt16BE(0)) {
+          out.push(dnsPacket.decode(rx.subarray(2, 2 + rx.readUInt16BE(0))));
+          rx = rx.subarray(2 + rx.readUInt16BE(0));
+        }
+        if (out.length === 3) resolve(out);
+      });
+      s.write(Buffer.concat(frames));
+    });
+    s.destroy();
+    expect(got.map((p) => p.id).sort()).toEqual([100, 101, 102]);
+    for (const p of got) expect((p.answers![0] as { data: string }).data).toBe(addressFor(p.questions![0].name));
+    expect(up.tcpConnections).toBe(1);
+    expect(proxy.counters().queriesTcp).toBe(3);
+  });
+
+  it('a truncated UDP answer passes through with TC set', async () => {
+    await setup();
+    up.mode = { truncate: true };
+    const [p] = await exchange(await client(), [query('big.alpha.svc.cluster.local', 3)], 1);
+    expect(p.flag_tc).toBe(true);
+    expect(p.answers).toEqual([]);
+  });
+
+  it('a project answer gets its route before the client sees it; rewritten to endpoints', async () => {
+    const events: string[] = [];
+    const vipName = 'web.alpha.svc.cluster.local';
+    await setup({
+      endpoints: (vip) => (vip === addressFor(vipName) ? ['10.77.0.2'] : undefined),
+      routes: {
+        sink: {
+          add: async (c) => {
+            await new Promise((r) => setTimeout(r, 50));
+            events.push(`add ${c.join(',')}`);
+          },
+          remove: async (c) => void events.push(`remove ${c}`),
+        },
+        learned: new LearnedRoutes({ graceMs: 0, maxRoutes: 10 }),
+      },
+    });
+    const c = await client();
+    const [p] = await exchange(c, [query(vipName, 4)], 1);
+    events.push('answer');
+    expect((p.answers![0] as { data: string }).data).toBe('10.77.0.2');
+    expect(events).toEqual(['add 10.77.0.2/32', 'answer']);
+    expect(proxy.counters().rewritten).toBe(1);
+    await proxy.stop();
+    expect(events).toContain('remove 10.77.0.2/32');
+  });
+});
