@@ -20,7 +20,8 @@
  * Output: a Markdown table, ratios between every pair of tunnels from this run, and
  * JSON + SVG in bench/results/iperf-<timestamp>.{json,svg}.
  * Flags: --quick (1 s tests, 100 pings), --duration=S (default 8), --only=plain,tenc,...
- * (ids: plain, wg-deb, wg-bpo, tenc), --pings=N (default 200), --prefix=NAME (tencb).
+ * (ids: plain, wg-deb, wg-bpo, tenc), --pings=N (default 200), --prefix=NAME (tencb),
+ * --rounds=N (default 1: the whole sequence N times, every other round reversed; medians).
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
@@ -71,7 +72,7 @@ const METRICS: MetricDef[] = [
 
 const COLORS: Record<string, string> = { plain: '#9e9e9e', 'wg-deb': '#4e79a7', 'wg-bpo': '#59a14f', tenc: '#e15759' };
 
-interface TunnelResult {
+export interface TunnelResult {
   id: string;
   label: string;
   version?: string;
@@ -84,13 +85,18 @@ interface TunnelResult {
   testFailures: Record<string, string>;
   notes: string[];
   metrics: Record<string, number>;
-  /** Per-process figures (CPU % per test, memory) for the JSON. */
+  /** Per-process figures (memory) for the JSON. */
   processes?: { pid: number; rssBytes?: number; hwmBytes?: number }[];
+  /** 1-minute load average when the tunnel's measurement started. */
+  load?: number;
+  /** With --rounds > 1: each round's result (metrics above are the medians). */
+  rounds?: TunnelResult[];
 }
 
 interface Options {
   seconds: number;
   pings: number;
+  rounds: number;
   quick: boolean;
   prefix: string;
 }
@@ -113,6 +119,7 @@ export async function run(ctx: BenchContext): Promise<void> {
     quick,
     seconds: numberFlag(ctx, 'duration', quick ? 1 : 8),
     pings: Math.floor(numberFlag(ctx, 'pings', quick ? 100 : 200)),
+    rounds: Math.floor(numberFlag(ctx, 'rounds', 1)),
     prefix: ctx.flags.get('prefix') ?? 'tencb',
   };
   if (!/^[a-z][a-z0-9]{0,8}$/.test(opts.prefix)) throw new RangeError(`--prefix must be 1..9 lowercase letters/digits, got ${opts.prefix}`);
@@ -169,21 +176,31 @@ export async function run(ctx: BenchContext): Promise<void> {
 
   const startedAt = new Date();
   const loadStart = loadavg();
-  const results: TunnelResult[] = [];
+  const perRound: TunnelResult[][] = [];
   ctx.log(
-    `${opts.seconds} s per iperf3 test, ${opts.pings} pings; tunnels: ${tunnels.map((t) => t.id).join(', ')}; ` +
+    `${opts.seconds} s per iperf3 test, ${opts.pings} pings, ${opts.rounds} round(s); tunnels: ${tunnels.map((t) => t.id).join(', ')}; ` +
       `load average ${loadStart.map((x) => x.toFixed(2)).join(' ')}, ${cpus().length} CPUs, kernel ${release()}`,
   );
   try {
-    for (const t of tunnels) {
-      checkInterrupt();
-      current = t;
-      const t0 = performance.now();
-      const r = await measureTunnel(t, env, opts, children, podsSh);
-      current = undefined;
-      results.push(r);
-      const took = ((performance.now() - t0) / 1000).toFixed(1);
-      ctx.log(`- ${t.id}: ${r.status === 'ok' ? 'ok' : `failed: ${r.error}`} (${took} s)`);
+    for (let round = 0; round < opts.rounds; round++) {
+      // fresh tunnel objects each round; every other round in reverse order, so a
+      // drifting machine load does not always favour the same tunnel
+      const ids = tunnels.map((t) => t.id);
+      const order = allTunnels().filter((t) => ids.includes(t.id));
+      if (round % 2 === 1) order.reverse();
+      const results: TunnelResult[] = [];
+      for (const t of order) {
+        checkInterrupt();
+        current = t;
+        const t0 = performance.now();
+        const r = await measureTunnel(t, env, opts, children, podsSh);
+        current = undefined;
+        results.push(r);
+        const took = ((performance.now() - t0) / 1000).toFixed(1);
+        const tag = opts.rounds > 1 ? ` (round ${round + 1})` : '';
+        ctx.log(`- ${t.id}${tag}: ${r.status === 'ok' ? 'ok' : `failed: ${r.error}`} (${took} s)`);
+      }
+      perRound.push(results);
     }
   } finally {
     await cleanup();
@@ -194,6 +211,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   }
   checkInterrupt();
 
+  const results = tunnels.map((t) => combine(perRound.map((rs) => rs.find((r) => r.id === t.id)!)));
   report(ctx, results, opts, startedAt, loadStart);
   ctx.log(`\nleft behind: ${await leftovers(children, opts.prefix, dir)}`);
 }
@@ -205,7 +223,7 @@ async function measureTunnel(
   children: Children,
   podsSh: (cmd: 'up' | 'down') => Promise<string>,
 ): Promise<TunnelResult> {
-  const res: TunnelResult = { id: t.id, label: t.label, status: 'ok', testFailures: {}, notes: [], metrics: {} };
+  const res: TunnelResult = { id: t.id, label: t.label, status: 'ok', testFailures: {}, notes: [], metrics: {}, load: loadavg()[0] };
   try {
     await podsSh('up');
     const up = await t.up(env);
@@ -310,6 +328,36 @@ async function measureTunnel(
   return res;
 }
 
+/** One result from the rounds of a tunnel: the median of each metric over the rounds that measured it. */
+export function combine(rounds: TunnelResult[]): TunnelResult {
+  if (rounds.length === 1) return rounds[0];
+  const ok = rounds.filter((r) => r.status === 'ok');
+  const first = ok[0] ?? rounds[0];
+  const out: TunnelResult = {
+    id: first.id,
+    label: first.label,
+    version: first.version,
+    description: first.description,
+    status: ok.length > 0 ? 'ok' : 'failed',
+    error: ok.length > 0 ? undefined : rounds.map((r, i) => `round ${i + 1}: ${r.error}`).join('; '),
+    testFailures: {},
+    notes: [],
+    metrics: {},
+    rounds,
+  };
+  rounds.forEach((r, i) => {
+    if (r.status === 'failed' && ok.length > 0) out.notes.push(`round ${i + 1} failed: ${r.error}`);
+    for (const [k, v] of Object.entries(r.testFailures)) if (ok.every((o) => k in o.testFailures)) out.testFailures[k] = `round ${i + 1}: ${v}`;
+    out.notes.push(...r.notes.map((n) => `round ${i + 1}: ${n}`));
+    if (r.stderr?.length) out.stderr = [...(out.stderr ?? []), `round ${i + 1}:`, ...r.stderr];
+  });
+  for (const d of METRICS) {
+    const vs = ok.map((r) => r.metrics[d.key]).filter((v): v is number => v !== undefined).sort((a, b) => a - b);
+    if (vs.length > 0) out.metrics[d.key] = vs.length % 2 === 1 ? vs[(vs.length - 1) / 2] : (vs[vs.length / 2 - 1] + vs[vs.length / 2]) / 2;
+  }
+  return out;
+}
+
 function fmt(v: number | undefined, digits: number): string | undefined {
   if (v === undefined) return undefined;
   return v.toFixed(digits);
@@ -348,7 +396,7 @@ function report(ctx: BenchContext, results: TunnelResult[], opts: Options, start
   const statusRow = ['status', '', ...results.map((r) => (r.status === 'ok' ? 'ok' : `failed: ${shorten(r.error ?? '?')}`))];
   const rows = [statusRow, ...METRICS.map((d) => [d.label, d.better, ...results.map((r) => cell(r, d))])];
   const load = (l: number[]): string => l.map((x) => x.toFixed(2)).join(' ');
-  ctx.log(`\nPod a -> pod b, ${opts.seconds} s per iperf3 test, load average ${load(loadStart)} at the start, ${load(loadavg())} at the end.`);
+  ctx.log(`\nPod a -> pod b, ${opts.seconds} s per iperf3 test${opts.rounds > 1 ? `, medians of ${opts.rounds} rounds` : ''}, load average ${load(loadStart)} at the start, ${load(loadavg())} at the end.`);
   ctx.log(`CPU: % of one core, the tunnel's processes in both pods together.`);
   ctx.log(`MB = 10^6 bytes; N clients = N iperf3 client processes at once, each to its own server port.\n`);
   ctx.log(markdownTable(header, rows));
@@ -366,6 +414,8 @@ function report(ctx: BenchContext, results: TunnelResult[], opts: Options, start
   for (const r of results) {
     const lines = [
       ...(r.version ? [`version: ${r.version}${r.description ? `; ${r.description}` : ''}`] : []),
+      ...(r.load !== undefined ? [`load average (1 min) when its tests started: ${r.load.toFixed(2)}`] : []),
+      ...(r.rounds ? [`rounds: ${r.rounds.length}, figures are medians; load at the start of each: ${r.rounds.map((x) => x.load?.toFixed(2) ?? '?').join(', ')}`] : []),
       ...(r.error ? [`failed: ${r.error}`] : []),
       ...Object.entries(r.testFailures).map(([k, v]) => `test ${k} failed: ${v}`),
       ...r.notes,

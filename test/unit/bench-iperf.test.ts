@@ -120,3 +120,31 @@ describe('SVG chart', () => {
     expect(svg.trim().endsWith('</svg>')).toBe(true);
   });
 });
+
+describe('rounds', () => {
+  it('medians over the rounds that measured; a failed round is a note; a test failed in every ok round stays failed', async () => {
+    const { combine } = await import('../../bench/iperf.js');
+    const base = { id: 'tenc', label: 'tenc', notes: [] as string[] };
+    const r = combine([
+      { ...base, status: 'ok', testFailures: { udp: 'x' }, metrics: { 'tcp1.gbps': 3, 'ping.p50': 0.2 } },
+      { ...base, status: 'failed', error: 'no ping reply', testFailures: {}, metrics: {} },
+      { ...base, status: 'ok', testFailures: { udp: 'y' }, metrics: { 'tcp1.gbps': 1 } },
+      { ...base, status: 'ok', testFailures: {}, metrics: { 'tcp1.gbps': 2, 'ping.p50': 0.4, 'udp.loss': 5 } },
+    ]);
+    expect(r.status).toBe('ok');
+    expect(r.metrics['tcp1.gbps']).toBe(2);
+    expect(r.metrics['ping.p50']).toBeCloseTo(0.3, 12);
+    expect(r.metrics['udp.loss']).toBe(5);
+    expect(r.testFailures).toEqual({});
+    expect(r.notes).toEqual(['round 2 failed: no ping reply']);
+    expect(r.rounds).toHaveLength(4);
+    const f = combine([
+      { ...base, status: 'failed', error: 'a', testFailures: {}, metrics: {} },
+      { ...base, status: 'failed', error: 'b', testFailures: {}, metrics: {} },
+    ]);
+    expect(f.status).toBe('failed');
+    expect(f.error).toBe('round 1: a; round 2: b');
+    const one = { ...base, status: 'ok' as const, testFailures: {}, metrics: { 'tcp1.gbps': 7 } };
+    expect(combine([one])).toBe(one);
+  });
+});
