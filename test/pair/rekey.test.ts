@@ -2,10 +2,12 @@
  * Forced rekey (`tenc rekey` -> Device.initiate): a new handshake while the session is
  * current, without losing packets; the one-initiation-per-REKEY_TIMEOUT limit
  * (WireGuard whitepaper §6.1) still holds; either side may force it; bad arguments fail.
+ * And the control socket's `rekey` request: validated before the handler sees it.
  */
 import { describe, expect, it } from 'vitest';
 import { World, hex, packet, transportFrom, type Node } from './harness.js';
 import { MESSAGE_INITIATION, REKEY_TIMEOUT } from '../../src/wire/constants.js';
+import { dispatch, type ControlHandler } from '../../src/control/socket.js';
 
 /** Receiver indices (bytes 4..8 of a transport message) of `from`'s transport datagrams since `start`. */
 function receiverIndices(w: World, from: Node, start: number): Set<number> {
@@ -118,5 +120,37 @@ describe('pair: forced rekey', () => {
     expect(() => a.device.initiate('hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=')).toThrow('no such peer');
     expect(() => a.device.initiate(new Uint8Array(31))).toThrow(RangeError);
     expect(() => a.device.initiate(42 as unknown as string)).toThrow(TypeError);
+  });
+});
+
+describe('control op rekey (request validation)', () => {
+  const KEY = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo='; // RFC 7748 §6.1 Alice's public key
+  const addrs = { v4: '10.77.0.1', v6: null };
+  const calls: (string | null)[] = [];
+  const handler: ControlHandler = {
+    status: () => {
+      throw new Error('not used');
+    },
+    setPeer: () => {},
+    removePeer: () => false,
+    setServices: () => {},
+    rekey: (k) => {
+      calls.push(k);
+      return k === null || k === KEY ? [{ publicKey: KEY, initiation: 'sent' }] : [];
+    },
+  };
+  const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: { code?: string; message: string }) => `${e.code ?? 'EIO'}: ${e.message}`);
+
+  it('one peer, every peer, and the errors', async () => {
+    expect(await dispatch(handler, addrs, { op: 'rekey', publicKey: KEY })).toEqual({ peers: [{ publicKey: KEY, initiation: 'sent' }] });
+    expect(await dispatch(handler, addrs, { op: 'rekey' })).toEqual({ peers: [{ publicKey: KEY, initiation: 'sent' }] });
+    expect(calls).toEqual([KEY, null]);
+    const other = Buffer.alloc(32, 7).toString('base64');
+    expect(await codeOf(dispatch(handler, addrs, { op: 'rekey', publicKey: other }))).toBe('ENOENT: publicKey: no such peer');
+    expect(await codeOf(dispatch(handler, addrs, { op: 'rekey', publicKey: 'xyz' }))).toMatch(/^EINVAL: publicKey: /);
+    expect(await codeOf(dispatch(handler, addrs, { op: 'rekey', peer: KEY }))).toBe('EINVAL: peer: unknown field for op rekey');
+    expect(calls).toEqual([KEY, null, other]);
+    const { rekey: _, ...without } = handler;
+    expect(await codeOf(dispatch(without, addrs, { op: 'rekey' }))).toBe('EIO: this pod cannot rekey');
   });
 });
