@@ -8,7 +8,8 @@
 //   send HOST PORT                stdin: JSON array of hex datagrams; sends them 20 ms apart from one socket
 //   flood HOST PORT COUNT SECONDS SEED
 //                                 stdin: JSON {seeds: [hex...]} (captured genuine messages); sends COUNT
-//                                 random and mutated datagrams spread over SECONDS; prints {sent, kinds}
+//                                 random and mutated datagrams spread over SECONDS; prints {sent, errors,
+//                                 empty (zero-length ones), kinds}
 import { createHash } from 'node:crypto';
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
@@ -118,7 +119,13 @@ async function flood([host, port, count, seconds, seed]) {
     return b;
   };
   const kinds = { random: 0, typed: 0, handshake_len: 0, mutated: 0, truncated: 0, extended: 0, retyped: 0 };
+  let empty = 0; // zero-length datagrams among them (any kind)
   const make = () => {
+    const m = make1();
+    if (m.length === 0) empty++;
+    return m;
+  };
+  const make1 = () => {
     const k = int(10);
     if (k < 3 || seeds.length === 0) {
       kinds.random++;
@@ -179,7 +186,7 @@ async function flood([host, port, count, seconds, seed]) {
     if (wait > 0) await sleep(wait);
   }
   sock.close();
-  out({ sent, errors, kinds, ms: Date.now() - start });
+  out({ sent, errors, empty, kinds, ms: Date.now() - start });
 }
 
 const modes = { serve, udp: udpClient, send, flood };
