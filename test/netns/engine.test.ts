@@ -67,7 +67,7 @@ function sh(cmd: string, args: string[], opts: { timeout?: number } = {}): strin
 const inNs = (ns: string, args: string[], timeout?: number): string => sh('ip', ['netns', 'exec', ns, ...args], { timeout });
 
 function requireTools(): void {
-  const tools = ['ip', 'ping', 'tcpdump', 'sysctl'];
+  const tools = ['ip', 'ping', 'tcpdump', 'sysctl', 'python3'];
   const missing = () => tools.filter((t) => !['/usr/sbin', '/usr/bin', '/sbin', '/bin'].some((d) => existsSync(join(d, t))));
   if (missing().length) sh('bash', [join(root, 'netns-scripts', 'deps.sh')], { timeout: 300_000 });
   const still = missing();
@@ -356,6 +356,23 @@ describe.each(runs)('engine between namespaces: $mode mode, offloads $offloads',
       const got = await server.next<{ bytes: number; sha256: string }>(20_000);
       expect(got).toEqual(sent);
       expect(sent.bytes).toBe(4 << 20);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it.each([
+    ['A -> B', INNER4.b, NS_A, NS_B],
+    ['B -> A', INNER6.a, NS_B, NS_A],
+    ['B -> A service VIP (all ports DNAT)', VIP6, NS_B, NS_A, INNER6.a],
+  ])('UDP with UDP_SEGMENT (a USO super-packet into the TUN device) %s %s', async (_dir, dst, from, to, listen = dst) => {
+    const server = new Proc(to, ['python3', join(here, 'engine-udp.py'), 'server', listen, '5003', '80']);
+    try {
+      expect(await server.next()).toEqual({ listening: true });
+      const client = new Proc(from, ['python3', join(here, 'engine-udp.py'), 'client', dst, '5003', '1000', '8000', '10']);
+      const sent = await client.next<{ count: number; bytes: number; digest: string }>(20_000);
+      expect(sent.count).toBe(80);
+      expect(await server.next(20_000)).toEqual(sent);
     } finally {
       await server.stop();
     }
