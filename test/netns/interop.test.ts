@@ -254,12 +254,9 @@ beforeAll(() => {
 
 afterEach(async () => {
   // a failed test leaves its processes: stop them before the next one starts
-  if (current) {
-    const { pod, wg } = current;
-    current = null;
-    await wg.stop();
-    await stopPod(pod);
-  }
+  current = null;
+  await stopAllWireguardGo();
+  await Promise.all([...pods].map((p) => stopPod(p)));
 });
 
 afterAll(async () => {
