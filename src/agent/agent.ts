@@ -127,7 +127,7 @@ export class Agent {
     mkdirSync(this.o.runDir, { recursive: true, mode: 0o700 });
     this.watch = this.o.registry.watch(this.o.project, () => this.kick());
     this.timer = setInterval(() => this.kick(), RECONCILE_MS);
-    await this.reconcile();
+    this.kick();
   }
 
   /** Reconciles soon; calls arriving meanwhile collapse into one more run. */
@@ -161,6 +161,7 @@ export class Agent {
         this.log.info({ pod: name }, 'pod gone: proxy stopped');
       }
     }
+    const starts: Promise<void>[] = [];
     for (const pod of local) {
       let px = this.proxies.get(pod.name);
       if (!px) {
@@ -168,8 +169,10 @@ export class Agent {
         this.proxies.set(pod.name, px);
       }
       px.pod = pod;
-      if (px.publicKey === null && !px.starting && Date.now() >= px.restartAt) await this.ensureProxy(px);
+      if (px.publicKey === null && !px.starting && Date.now() >= px.restartAt) starts.push(this.ensureProxy(px));
     }
+    // in parallel: a proxy takes about a second to start
+    await Promise.all(starts);
     // publish keys (again, if the file was lost), then peers and services
     const published = new Map(view.peers.map((k) => [k.pod, k]));
     for (const px of this.proxies.values()) {
@@ -221,9 +224,22 @@ export class Agent {
     }
   }
 
-  /** Adopts a live proxy (agent restart) or starts one. */
+  /** Adopts a live proxy (agent restart) or starts one. Runs inside reconcile (one at a time). */
   private async ensureProxy(px: Proxy): Promise<void> {
-    if (await socketIsLive(px.socket)) {
+    px.starting = true;
+    try {
+      if (await socketIsLive(px.socket)) await this.adopt(px);
+      else await this.startProxy(px);
+    } catch (e) {
+      this.log.warn({ pod: px.pod.name, err: (e as Error).message }, 'proxy start failed');
+      this.lost(px, 'start failed');
+    } finally {
+      px.starting = false;
+    }
+  }
+
+  private async adopt(px: Proxy): Promise<void> {
+    {
       const st = (await controlRequest(px.socket, { op: 'status' })) as StatusReport;
       px.publicKey = st.publicKey;
       // what the proxy has now is what was applied
@@ -231,13 +247,6 @@ export class Agent {
       px.applied = new Map(st.peers.map((p) => [p.publicKey, 'adopted']));
       px.services = null;
       this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey) }, 'running proxy adopted');
-      return;
-    }
-    px.starting = true;
-    try {
-      await this.startProxy(px);
-    } finally {
-      px.starting = false;
     }
   }
 
