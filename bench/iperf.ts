@@ -145,7 +145,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   if (taken.length > 0)
     throw new Error(`namespace ${taken.join(', ')} exists (another bench running? remove with PODS_PREFIX=${opts.prefix} netns-scripts/pods.sh down)`);
 
-  const dir = mkdtempSync(join(tmpdir(), 'tenc-bench-')); // mode 0700
+  const dir = mkdtempSync(join(tmpdir(), 'tenc-iperf-bench-')); // mode 0700
   const podsSh = (cmd: 'up' | 'down'): Promise<string> =>
     children.check('bash', [PODS_SH, cmd], { timeoutMs: 30_000 }).catch((err: Error) => {
       throw new Error(`pods.sh ${cmd}: ${err.message}`);
@@ -474,7 +474,7 @@ async function leftovers(children: Children, prefix: string, dir: string): Promi
     .map((l) => l.split(' ')[0])
     .filter((n) => n.startsWith(`${prefix}-`));
   if (ns.length > 0) found.push(`namespaces ${ns.join(' ')}`);
-  for (const pattern of ['wireguard-go -f wgb', `tenc-bench-.*/tenc-`]) {
+  for (const pattern of ['wireguard-go -f wgb(deb|bpo)-[ab]', `tenc-iperf-bench-.*/tenc-`]) {
     const r = await children.run('pgrep', ['-f', pattern]);
     if (r.code === 0) found.push(`processes matching "${pattern}": ${r.stdout.trim().split('\n').join(' ')}`);
     else if (r.code !== 1) found.push(`pgrep -f "${pattern}": ${describeFailure(r)}`);
