@@ -35,14 +35,17 @@ export class NftError extends Error {
 
 function runNft(nft: string, args: string[], input?: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(nft, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(nft, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
     child.on('error', (e) => reject(new NftError(`${nft}: ${e.message}`)));
     child.on('close', (code) => (code === 0 ? resolve(out) : reject(new NftError(`${nft} ${args.join(' ')}: ${err.trim() || `exit ${code}`}`))));
-    child.stdin.end(input ?? '');
+    if (child.stdin) {
+      child.stdin.on('error', () => {}); // nft may exit before reading: its exit code tells
+      child.stdin.end(input);
+    }
   });
 }
 

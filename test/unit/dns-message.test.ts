@@ -71,13 +71,13 @@ describe('dns message gate', () => {
   it('error replies keep ID, question and RD and set QR, RA and the RCODE', () => {
     const m = query('x.example');
     const r = errorReply(m, RCODE.SERVFAIL, readQuestion(m));
-    const d = dnsPacket.decode(r);
+    const d = dnsPacket.decode(r) as dnsPacket.DecodedPacket & { rcode: string };
     expect(d.id).toBe(0x1234);
     expect(d.type).toBe('response');
     expect(d.rcode).toBe('SERVFAIL');
     expect(d.flag_rd).toBe(true);
     expect(d.questions).toEqual([{ name: 'x.example', type: 'A', class: 'IN' }]);
-    const f = dnsPacket.decode(errorReply(Buffer.alloc(12), RCODE.FORMERR, null));
+    const f = dnsPacket.decode(errorReply(Buffer.alloc(12), RCODE.FORMERR, null)) as dnsPacket.DecodedPacket & { rcode: string };
     expect(f.rcode).toBe('FORMERR');
     expect(f.questions).toEqual([]);
   });

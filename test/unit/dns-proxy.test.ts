@@ -13,6 +13,9 @@ import { DnsProxy, type DnsProxyOptions } from '../../src/dns/proxy.js';
 import { CidrSet } from '../../src/dns/classify.js';
 import { LearnedRoutes } from '../../src/dns/routes.js';
 
+/** dns-packet's decoded form has these too (its types leave them out). */
+type Reply = dnsPacket.Packet & { rcode?: string; flag_tc?: boolean };
+
 type Mode = { silent?: boolean; reverse?: number; spoofFirst?: boolean; truncate?: boolean };
 
 /** A scripted upstream: answers A queries with 10.0.<len>.<id&255> style data derived from the name. */
@@ -120,9 +123,9 @@ function query(name: string, id: number): Buffer {
 }
 
 /** Sends and collects replies until `n` arrived or `ms` passed. */
-function exchange(s: dgram.Socket, msgs: Buffer[], n: number, ms = 2000): Promise<dnsPacket.Packet[]> {
+function exchange(s: dgram.Socket, msgs: Buffer[], n: number, ms = 2000): Promise<Reply[]> {
   return new Promise((resolve) => {
-    const got: dnsPacket.Packet[] = [];
+    const got: Reply[] = [];
     const done = () => {
       s.off('message', on);
       clearTimeout(t);
@@ -201,12 +204,16 @@ describe('dns proxy sockets', () => {
     const resp = Buffer.from(query('y.example', 1));
     resp[2] |= 0x80;
     junk.push(resp);
-    c.send(Buffer.alloc(0), proxy.port, '127.0.0.1');
-    await exchange(c, junk, junk.length, 500);
+    // in chunks, so none is lost to a full socket buffer while the proxy catches up
+    for (let i = 0; i < junk.length; i += 25) {
+      for (const m of junk.slice(i, i + 25)) c.send(m, proxy.port, '127.0.0.1');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await new Promise((r) => setTimeout(r, 200));
     const [p] = await exchange(c, [query('ok.example', 9)], 1);
     expect(p.rcode).toBe('NOERROR');
     const k = proxy.counters();
-    expect(k.drops.short).toBeGreaterThanOrEqual(2);
+    expect(k.drops.short).toBe(2);
     expect(k.drops.oversized).toBe(1);
     expect(k.drops.not_a_query).toBe(1);
     expect(k.formerr).toBeGreaterThan(0);

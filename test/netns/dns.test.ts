@@ -1,0 +1,321 @@
+/**
+ * The DNS proxy in a real pod (issue 4 acceptance). Topology: a private copy of
+ * netns-scripts/pods.sh (PODS_PREFIX), dnsmasq as the cluster DNS in the bridge
+ * namespace, pod a of project alpha with tenc + DNS proxy, pod b (alpha) with tenc
+ * and an HTTP server, a "beta" HTTP server on the bridge address:
+ *
+ *  +-------------------------------+                 +----------------------------+
+ *  | <P>-a  10.77.0.1, fd00:77::1  |                 | <P>-b  10.77.0.2 fd00:77::2|
+ *  |  resolv.conf: 10.77.0.254,    |                 |  tenc pod                  |
+ *  |   search alpha.svc.cluster... |                 |  http :80 "alpha-marker"   |
+ *  |  tenc pod + dns proxy         |                 +-------------|--------------+
+ *  |  (nft: port 53 -> 127.0.0.1)  |                               |
+ *  +--------------|----------------+                               |
+ *  +--------------|--------------------- br0 ----------------------|--------------+
+ *  | <P>-br  10.77.0.254: dnsmasq (cluster DNS), http :80 "beta-marker"           |
+ *  +------------------------------------------------------------------------------+
+ *
+ * dnsmasq records: web.alpha -> VIP 10.96.0.20 / fd00:96::20 (endpoints: pod b),
+ * api.alpha -> VIP 10.96.0.21 (no endpoints), web.beta -> 10.77.0.254,
+ * www.example.org -> 10.77.0.254, big.example (TXT > 512 bytes), TTL 2 s; the rest
+ * of alpha.svc.cluster.local is local (NXDOMAIN); fail.example goes nowhere.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Netns, sh, snapshot, startCapture, readCaptureBytes, requireRoot, requireTool, type NetSnapshot } from './lib.js';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const main = join(root, 'dist', 'src', 'cli', 'main.js');
+const PREFIX = `tdns${process.pid % 100000}`;
+const running = new Set<ChildProcess>();
+let a: Netns;
+let b: Netns;
+let br: Netns;
+let dir: string;
+let dnsmasq: ChildProcess | null = null;
+const BIG = Array.from({ length: 8 }, (_, i) => `"${String(i).repeat(200)}"`).join(',');
+
+function spawnIn(ns: Netns, cmd: string, args: string[]): ChildProcess {
+  const c = ns.spawn(cmd, args);
+  running.add(c);
+  c.on('exit', () => running.delete(c));
+  c.stdout?.resume();
+  return c;
+}
+
+function startDnsmasq(): ChildProcess {
+  const c = spawnIn(br, 'dnsmasq', [
+    '--conf-file=/dev/null',
+    '--no-resolv',
+    '--no-hosts',
+    '--keep-in-foreground',
+    '--pid-file=',
+    '--listen-address=10.77.0.254',
+    '--bind-interfaces',
+    '--local-ttl=2',
+    '--local=/alpha.svc.cluster.local/',
+    '--address=/web.alpha.svc.cluster.local/10.96.0.20',
+    '--address=/web.alpha.svc.cluster.local/fd00:96::20',
+    '--address=/api.alpha.svc.cluster.local/10.96.0.21',
+    '--address=/web.beta.svc.cluster.local/10.77.0.254',
+    '--host-record=www.example.org,10.77.0.254',
+    `--txt-record=big.example,${BIG}`,
+    '--server=/fail.example/127.0.0.1#9',
+  ]);
+  return c;
+}
+
+/** Starts `tenc pod` and resolves once it runs. */
+function startPod(ns: Netns, config: string): Promise<{ child: ChildProcess; publicKey: string; exit: Promise<number | null> }> {
+  const child = spawnIn(ns, 'node', [main, 'pod', '--config', config]);
+  let out = '';
+  let err = '';
+  child.stdout!.removeAllListeners('data');
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`tenc pod did not start: ${err}`)), 15_000);
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      const m = /^public-key (\S+)\n/.exec(out);
+      const poll = () => {
+        if (err.includes('"msg":"pod running"')) {
+          clearTimeout(timer);
+          resolve({ child, publicKey: m![1], exit });
+        } else if (child.exitCode === null) setTimeout(poll, 50);
+      };
+      if (m) poll();
+    });
+    exit.then((code) => reject(new Error(`tenc pod exited ${code}: ${err}`)));
+  });
+}
+
+function tenc(ns: Netns, ...args: string[]): string {
+  return ns.exec('node', main, ...args);
+}
+
+function dig(ns: Netns, ...args: string[]): string {
+  return ns.tryExec('dig', '+tries=1', '+timeout=3', ...args).stdout;
+}
+
+function answerSection(out: string): string[] {
+  const i = out.indexOf(';; ANSWER SECTION:');
+  if (i < 0) return [];
+  return out.slice(i).split('\n').slice(1).filter((l) => l.trim() !== '' && !l.startsWith(';;'));
+}
+
+function dnsCounters(): Record<string, any> {
+  return JSON.parse(tenc(a, 'status', '--json')).dns.counters;
+}
+
+function httpServer(ns: Netns, address: string, marker: string): ChildProcess {
+  const js = `require('http').createServer((q,s)=>s.end(${JSON.stringify(marker)})).listen(80,${JSON.stringify(address)},()=>console.log('up'))`;
+  return spawnIn(ns, 'node', ['-e', js]);
+}
+
+async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return cond();
+}
+
+let podA: Awaited<ReturnType<typeof startPod>>;
+let podB: Awaited<ReturnType<typeof startPod>>;
+let beforeA: NetSnapshot;
+
+beforeAll(async () => {
+  requireRoot();
+  for (const t of ['ip', 'nft', 'dnsmasq', 'dig', 'curl', 'tcpdump']) requireTool(t);
+  spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
+  if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+  sh('env', [`PODS_PREFIX=${PREFIX}`, 'bash', join(root, 'netns-scripts', 'pods.sh'), 'up']);
+  a = Netns.attach(`${PREFIX}-a`);
+  b = Netns.attach(`${PREFIX}-b`);
+  br = Netns.attach(`${PREFIX}-br`);
+  // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: the pod's resolv.conf
+  mkdirSync(`/etc/netns/${a.name}`, { recursive: true });
+  writeFileSync(`/etc/netns/${a.name}/resolv.conf`, 'nameserver 10.77.0.254\nsearch alpha.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n');
+  dir = mkdtempSync(join(tmpdir(), 'tenc-dns-'));
+  writeFileSync(join(dir, 'psk'), spawnSync('node', [main, 'genpsk'], { encoding: 'utf8' }).stdout);
+  writeFileSync(
+    join(dir, 'a.json'),
+    JSON.stringify({
+      addresses: ['10.77.0.1', 'fd00:77::1'],
+      pskFile: 'psk',
+      dns: {
+        maxTtl: 2,
+        routeGrace: 1,
+        upstreamTimeout: 500,
+        endpoints: [
+          { vip: '10.96.0.20', addresses: ['10.77.0.2'] },
+          { vip: 'fd00:96::20', addresses: ['fd00:77::2'] },
+        ],
+      },
+    }),
+  );
+  writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk' }));
+  dnsmasq = startDnsmasq();
+  httpServer(b, '10.77.0.2', 'alpha-marker-7f3a');
+  httpServer(br, '10.77.0.254', 'beta-marker-51c9');
+  beforeA = snapshot(a);
+  podA = await startPod(a, join(dir, 'a.json'));
+  podB = await startPod(b, join(dir, 'b.json'));
+  tenc(a, 'set-peer', podB.publicKey, '--endpoint', '10.77.0.2:51820', '--allowed-ips', '10.77.0.2/32,fd00:77::2/128');
+  tenc(b, 'set-peer', podA.publicKey, '--endpoint', '10.77.0.1:51820', '--allowed-ips', '10.77.0.1/32,fd00:77::1/128');
+}, 120_000);
+
+afterAll(async () => {
+  const exits = [...running].map((c) => new Promise((r) => c.once('exit', r)));
+  for (const c of running) c.kill('SIGTERM');
+  await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, 3000))]);
+  for (const c of running) c.kill('SIGKILL');
+  spawnSync('env', [`PODS_PREFIX=${PREFIX}`, 'bash', join(root, 'netns-scripts', 'pods.sh'), 'down']);
+  rmSync(`/etc/netns/${PREFIX}-a`, { recursive: true, force: true });
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('dns proxy in a pod of project alpha', () => {
+  it('interception is an nftables table of its own', () => {
+    const rules = a.exec('nft', 'list', 'ruleset');
+    expect(rules).toContain('table inet tenc_dns_tenc0');
+    expect(rules).toMatch(/ip daddr 10\.77\.0\.254 udp dport 53 redirect to :15353/);
+  });
+
+  it('an alpha service resolves to its endpoint pod; beta and external names are upstream answers unchanged', () => {
+    expect(answerSection(dig(a, 'web.alpha.svc.cluster.local'))).toEqual([expect.stringMatching(/^web\.alpha\.svc\.cluster\.local\.\s+[0-2]\s+IN\s+A\s+10\.77\.0\.2$/)]);
+    for (const name of ['web.beta.svc.cluster.local', 'www.example.org']) {
+      const viaProxy = answerSection(dig(a, name));
+      const direct = answerSection(dig(br, '@10.77.0.254', name)); // dnsmasq asked without the proxy
+      expect(viaProxy.length).toBe(1);
+      expect(viaProxy).toEqual(direct);
+    }
+    // the search list works through the proxy too (resolv.conf untouched)
+    expect(dig(a, '+search', '+short', 'web')).toBe('10.77.0.2\n');
+  });
+
+  it('AAAA, TCP, NXDOMAIN, REFUSED, SERVFAIL', () => {
+    expect(dig(a, '+short', 'AAAA', 'web.alpha.svc.cluster.local')).toBe('fd00:77::2\n');
+    expect(dig(a, '+tcp', '+short', 'web.alpha.svc.cluster.local')).toBe('10.77.0.2\n');
+    expect(dig(a, '+tcp', '+short', 'web.beta.svc.cluster.local')).toBe('10.77.0.254\n');
+    expect(dig(a, 'nope.alpha.svc.cluster.local')).toContain('status: NXDOMAIN');
+    expect(dig(a, 'not.configured.test')).toContain('status: REFUSED'); // dnsmasq has no server for it
+    const t0 = Date.now();
+    expect(dig(a, 'x.fail.example')).toContain('status: SERVFAIL'); // dnsmasq never answers: the proxy does
+    expect(Date.now() - t0).toBeLessThan(2500);
+  });
+
+  it('truncation: a big answer comes back TC over UDP and whole over TCP (dig retries by itself)', () => {
+    const udp = dig(a, '+noedns', '+ignore', 'TXT', 'big.example');
+    expect(udp).toMatch(/flags: qr aa tc/);
+    const full = answerSection(dig(a, '+noedns', 'TXT', 'big.example'));
+    expect(full.length).toBe(1);
+    for (let i = 0; i < 8; i++) expect(full[0]).toContain(String(i).repeat(200));
+  });
+
+  it('HTTP by name: alpha through tenc0 (ciphertext on the wire), beta in plaintext outside tenc0', async () => {
+    const wire = await startCapture(br, 'br0');
+    const tun = await startCapture(a, 'tenc0');
+    let alpha: string;
+    let beta: string;
+    try {
+      alpha = a.exec('curl', '-sS', '--max-time', '5', 'http://web.alpha.svc.cluster.local/');
+      beta = a.exec('curl', '-sS', '--max-time', '5', 'http://web.beta.svc.cluster.local/');
+    } finally {
+      await wire.stop();
+      await tun.stop();
+    }
+    expect(alpha).toBe('alpha-marker-7f3a');
+    expect(beta).toBe('beta-marker-51c9');
+    const wireBytes = readCaptureBytes(wire).toString('latin1');
+    const tunBytes = readCaptureBytes(tun).toString('latin1');
+    expect(wireBytes).not.toContain('alpha-marker-7f3a'); // only ciphertext between the pods
+    expect(wireBytes).toContain('beta-marker-51c9'); // beta is not the project's: in the clear
+    expect(tunBytes).toContain('alpha-marker-7f3a');
+    expect(tunBytes).not.toContain('beta-marker-51c9');
+    const wireLines = wire.read();
+    expect(wireLines.some((l) => /10\.77\.0\.1\.51820 > 10\.77\.0\.2\.51820: UDP/.test(l))).toBe(true);
+    expect(wireLines.some((l) => /10\.77\.0\.2\.80 /.test(l) || /> 10\.77\.0\.2\.80:/.test(l))).toBe(false);
+    expect(tun.read().some((l) => /> 10\.77\.0\.2\.80:/.test(l))).toBe(true);
+    wire.remove();
+    tun.remove();
+  });
+
+  it('routes follow TTLs: a VIP learned from DNS is routed into tenc0 and leaves after TTL + grace', async () => {
+    const table = () => a.ip('-4', 'route', 'show', 'table', '52100');
+    expect(table()).not.toContain('10.96.0.21');
+    expect(dig(a, '+short', 'api.alpha.svc.cluster.local')).toBe('10.96.0.21\n'); // no endpoints known: the VIP stays
+    expect(table()).toMatch(/10\.96\.0\.21 dev tenc0/); // in place when the answer arrived
+    expect(a.ip('route', 'get', '10.96.0.21')).toContain('dev tenc0');
+    // TTL 2 s + grace 1 s, expiry checked every 250 ms
+    expect(await waitFor(() => !table().includes('10.96.0.21'), 6000)).toBe(true);
+    expect(table()).toContain('10.77.0.2 dev tenc0'); // the peer's own route is untouched
+    // beta's answer never entered the table
+    expect(table()).not.toContain('10.77.0.254');
+  });
+
+  it('upstream down and back: SERVFAIL promptly, then answers again', async () => {
+    dnsmasq!.kill('SIGTERM');
+    await new Promise((r) => dnsmasq!.once('exit', r));
+    const t0 = Date.now();
+    expect(dig(a, 'web.beta.svc.cluster.local')).toContain('status: SERVFAIL');
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(dig(a, '+tcp', 'web.beta.svc.cluster.local')).toContain('status: SERVFAIL');
+    dnsmasq = startDnsmasq();
+    expect(await waitFor(() => dig(a, '+short', 'web.alpha.svc.cluster.local') === '10.77.0.2\n', 5000)).toBe(true);
+    expect(dig(a, '+tcp', '+short', 'web.beta.svc.cluster.local')).toBe('10.77.0.254\n');
+  });
+
+  it('10,000 malformed queries: counted, the proxy stays up and answers correctly afterwards', () => {
+    const rcvbufErrors = () => Number(/Udp: (?:\S+ ){4}(\d+)/.exec(a.exec('cat', '/proc/net/snmp').split('\n').filter((l) => l.startsWith('Udp:'))[1])?.[1] ?? NaN);
+    const kernelBefore = rcvbufErrors();
+    const before = dnsCounters();
+    const js = `
+      const s = require('dgram').createSocket('udp4');
+      let seed = 12345; const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0);
+      const msgs = [];
+      for (let i = 0; i < 10000; i++) {
+        const kind = i % 4;
+        let b;
+        if (kind === 0) { b = Buffer.alloc(rnd() % 12); }                      // shorter than a header
+        else if (kind === 1) { b = Buffer.alloc(12 + rnd() % 300); for (let j = 0; j < b.length; j++) b[j] = rnd() & 255; b[2] &= 0x07; b[4] = 0; b[5] = 1; } // a query header, junk question
+        else if (kind === 2) { b = Buffer.from([i >> 8, i & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1]); } // a compression loop
+        else { b = Buffer.from([i >> 8, i & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, 97, 98, 99, 0, 0xff, 0xfe, 0, 1, 0, 9]); } // unknown type, truncated trailer
+        msgs.push(b);
+      }
+      let i = 0;
+      // paced (100 per 2 ms) so that most reach the proxy rather than overflow its socket buffer
+      const burst = () => { if (i >= msgs.length) return s.close(); let n = 0; const one = () => { if (++n > 100 || i >= msgs.length) return setTimeout(burst, 2); s.send(msgs[i++], 53, '10.77.0.254', one); }; one(); };
+      burst();`;
+    a.exec('node', '-e', js);
+    expect(podA.child.exitCode).toBeNull();
+    expect(dig(a, '+short', 'web.alpha.svc.cluster.local')).toBe('10.77.0.2\n');
+    expect(dig(a, '+tcp', '+short', 'web.beta.svc.cluster.local')).toBe('10.77.0.254\n');
+    const after = dnsCounters();
+    // every datagram is accounted for: seen by the proxy, or dropped by the kernel on a full socket buffer
+    const seen = after.queriesUdp - before.queriesUdp;
+    const kernel = rcvbufErrors() - kernelBefore;
+    expect(seen + kernel).toBeGreaterThanOrEqual(10000);
+    expect(seen).toBeGreaterThan(5000);
+    const dropped = (k: string) => (after.drops[k] ?? 0) - (before.drops[k] ?? 0);
+    expect(dropped('short')).toBeGreaterThan(0);
+    expect(dropped('malformed')).toBeGreaterThan(0);
+    expect(dropped('short') + dropped('malformed')).toBeGreaterThanOrEqual(Math.floor(seen * 0.4)); // kinds 0 and 2 are half of what was sent
+  });
+
+  it('a clean stop removes the interception and the learned routes: the pod namespace is as before', async () => {
+    podA.child.kill('SIGTERM');
+    expect(await podA.exit).toBe(0);
+    const after = snapshot(a);
+    for (const k of Object.keys(beforeA) as (keyof NetSnapshot)[]) expect(after[k], `snapshot field ${k}`).toBe(beforeA[k]);
+    expect(after.nft).not.toContain('tenc_dns');
+    podB.child.kill('SIGTERM');
+    expect(await podB.exit).toBe(0);
+  });
+});
