@@ -332,7 +332,6 @@ struct tenc_tx {
   uint32_t *first; /* index into out of each msg */
   uint32_t *count; /* outs per msg */
   tenc_aead *aead;
-  uint32_t split_dropped;
 };
 
 static uint8_t *tx_reserve(struct tenc_tx *t, uint32_t len) {
