@@ -10,6 +10,18 @@
  *
  * Clock: the C side stamps CLOCK_MONOTONIC milliseconds; PeerCounters report them
  * on the performance.now() time base (systemClock in ../noise/types.ts), 0 = never.
+ *
+ * Use (root, or CAP_NET_ADMIN + CAP_NET_RAW):
+ *   const plane = openNativePlane({ device: 'tenc0', listenPort: 51820, fwmark: 0x1e7d, mode: 'raw' });
+ *   // then with `ip`: address, `mtu 1420`, `up`, routes / policy rules on plane.tun.name
+ *   plane.onEvents((events) => ...);       // handshake messages, need_handshake, ...
+ *   plane.addPeer(1, { address: '10.0.0.2', port: 51820 });
+ *   plane.addAllowedIp(1, '10.1.0.5/32');
+ *   plane.addKeypair(1, keypair); plane.setSendKeypair(1, keypair.localIndex);
+ *   await plane.close();                   // joins the threads, zeroes keys, closes the fds
+ * Errors thrown by the addon carry `code` = errno name (EPERM, EBUSY, ENOENT for an
+ * unknown peer/keypair, EEXIST for a local index in use, ENOKEY for a keypair of
+ * another peer); wrong argument types are TypeErrors, bad ranges RangeErrors.
  */
 import { addon } from '../native.js';
 import {
