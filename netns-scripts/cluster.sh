@@ -221,6 +221,7 @@ up() {
   [ -d /run/tenc-cluster ] || { mkdir -m 0700 /run/tenc-cluster; }
   mkdir -m 0700 "$STATE"
   [ -d /etc/netns ] || { mkdir /etc/netns; touch "$STATE/created-etc-netns"; }
+  [ -d /run/tenc ] || touch "$STATE/created-run-tenc" # the pods' control sockets go there
   : >"$STATE/namespaces"
   : >"$STATE/nodes"
   trap 'echo "cluster.sh: up failed, removing what was built" >&2; QUIET=1 down' EXIT
@@ -256,6 +257,7 @@ down() {
     done < <(tac "$STATE/namespaces")
   fi
   if [ -f "$STATE/created-etc-netns" ]; then rmdir /etc/netns 2>/dev/null || true; fi
+  if [ -f "$STATE/created-run-tenc" ]; then rmdir /run/tenc 2>/dev/null || true; fi
   rm -rf "$STATE"
   rmdir /run/tenc-cluster 2>/dev/null || true
   log "cluster $PREFIX removed"

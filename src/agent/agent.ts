@@ -18,10 +18,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, openSync, closeSync, writeFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, closeSync, writeFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ServiceConfig } from '../control/config.js';
+import { DEFAULT_SOCKET_DIR, type ServiceConfig } from '../control/config.js';
 import { controlRequest, socketIsLive } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
@@ -81,6 +81,14 @@ export function peerChanges(applied: Map<string, string>, desired: DesiredPeer[]
   const remove = [...applied.keys()].filter((k) => !want.has(k));
   const set = desired.filter((d) => applied.get(d.publicKey) !== JSON.stringify(d));
   return { remove, set };
+}
+
+/**
+ * The pod's default control socket (/run/tenc/tenc0-<netns inode>.sock), so that
+ * `ip netns exec POD tenc status` finds it like any pod's.
+ */
+export function podSocket(netns: string): string {
+  return join(DEFAULT_SOCKET_DIR, `tenc0-${statSync(netns).ino}.sock`);
 }
 
 interface Proxy {
@@ -151,7 +159,8 @@ export class Agent {
 
   private async reconcile(): Promise<void> {
     const view = await readProjectView(this.o.registry, this.o.project);
-    const local = view.pods.filter((p) => p.node === this.o.node && p.netns !== null);
+    // a pod whose namespace is gone (being deleted) counts as gone
+    const local = view.pods.filter((p) => p.node === this.o.node && p.netns !== null && existsSync(p.netns));
     // pods gone from the registry: stop their proxies, withdraw their keys
     for (const [name, px] of this.proxies) {
       if (!local.some((p) => p.name === name)) {
@@ -165,7 +174,7 @@ export class Agent {
     for (const pod of local) {
       let px = this.proxies.get(pod.name);
       if (!px) {
-        px = { pod, socket: join(this.o.runDir, `${pod.name}.sock`), child: null, publicKey: null, applied: new Map(), services: null, starting: false, restartAt: 0 };
+        px = { pod, socket: podSocket(pod.netns!), child: null, publicKey: null, applied: new Map(), services: null, starting: false, restartAt: 0 };
         this.proxies.set(pod.name, px);
       }
       px.pod = pod;
