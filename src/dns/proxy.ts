@@ -19,7 +19,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { silentLogger, type Logger } from '../log.js';
 import { QR, RCODE, clientUdpLimit, errorReply, opcodeOf, readHeader, readQuestion, type Question } from './message.js';
-import { rewriteAnswer, MalformedAnswerError } from './rewrite.js';
+import { rewriteAnswer, MalformedAnswerError, type RewriteResult } from './rewrite.js';
 import type { CidrSet, NamePolicy } from './classify.js';
 import { LearnedRoutes } from './routes.js';
 import { TcpUpstream, UdpUpstream, type UpstreamOptions, type UpstreamCounters } from './upstream.js';
@@ -30,6 +30,7 @@ export const MAX_QUERY_BYTES = 4096;
 const MAX_TCP_CLIENTS = 256;
 const MAX_TCP_INFLIGHT = 64;
 const TCP_IDLE_MS = 10_000;
+const REWRITE_CACHE_ENTRIES = 1024;
 
 export interface RouteSink {
   add(cidrs: string[]): Promise<void>;
@@ -80,6 +81,7 @@ export class DnsProxy {
   private upTcp!: TcpUpstream;
   private expireTimer: NodeJS.Timeout | null = null;
   private routeOps: Promise<unknown> = Promise.resolve();
+  private readonly rewriteCache = new Map<string, RewriteResult>();
   private stopped = false;
   port = 0;
   readonly c = {
@@ -200,14 +202,12 @@ export class DnsProxy {
     const limit = overTcp ? 65535 : (clientUdpLimit(m, q) ?? 512);
     let out: Buffer = r;
     try {
-      const rw = rewriteAnswer(r, q, {
-        policy: this.o.policy,
-        neverCidrs: this.o.neverCidrs,
-        endpoints: this.o.endpoints,
-        maxTtl: this.o.maxTtl,
-        limit,
-      });
-      if (rw.message !== null) out = rw.message;
+      const rw = this.rewrite(r, q, limit);
+      if (rw.message !== null) {
+        out = Buffer.from(rw.message); // a copy: the cached one keeps its bytes
+        out[0] = r[0];
+        out[1] = r[1];
+      }
       if (rw.rewritten > 0) this.c.rewritten++;
       if (rw.learned.length > 0 && this.o.routes) {
         const ok = await this.learn(rw.learned);
@@ -224,6 +224,34 @@ export class DnsProxy {
     }
     this.c.answered++;
     return out;
+  }
+
+  /**
+   * rewriteAnswer, with its results for project answers remembered by the answer's
+   * bytes after the ID and the client's limit: the same upstream answer gives the same
+   * result until the endpoints change (clearCache). Bounded, oldest out first.
+   */
+  private rewrite(r: Buffer, q: Question, limit: number): RewriteResult {
+    const key = limit + r.toString('latin1', 2);
+    const hit = this.rewriteCache.get(key);
+    if (hit) return hit;
+    const rw = rewriteAnswer(r, q, {
+      policy: this.o.policy,
+      neverCidrs: this.o.neverCidrs,
+      endpoints: this.o.endpoints,
+      maxTtl: this.o.maxTtl,
+      limit,
+    });
+    if (rw.verdict === 'project') {
+      if (this.rewriteCache.size >= REWRITE_CACHE_ENTRIES) this.rewriteCache.delete(this.rewriteCache.keys().next().value!);
+      this.rewriteCache.set(key, rw);
+    }
+    return rw;
+  }
+
+  /** Forget remembered rewrites (the endpoints changed). */
+  clearCache(): void {
+    this.rewriteCache.clear();
   }
 
   private async learn(learned: { address: string; ttl: number }[]): Promise<boolean> {

@@ -99,6 +99,7 @@ export class DnsService {
     const m = new Map<string, string[]>();
     for (const e of list) m.set(canonical(e.vip), e.addresses.map(canonical));
     this.endpointMap = m;
+    this.proxy.clearCache();
   }
 
   /** Is the address a known endpoint or VIP of the project's services? */

@@ -165,7 +165,8 @@ abstract class Base {
 }
 
 export class UdpUpstream extends Base {
-  private readonly socks = new Map<4 | 6, dgram.Socket>();
+  /** One connected socket per server: sends need no address, and only that server's datagrams arrive. */
+  private readonly socks: dgram.Socket[] = [];
 
   private constructor(o: UpstreamOptions) {
     super(o);
@@ -174,27 +175,28 @@ export class UdpUpstream extends Base {
   static async open(o: UpstreamOptions): Promise<UdpUpstream> {
     const u = new UdpUpstream(o);
     try {
-      for (const fam of new Set(o.servers.map((s) => (s.address.includes(':') ? 6 : 4) as 4 | 6))) {
-        const sock = dgram.createSocket({ type: fam === 4 ? 'udp4' : 'udp6', recvBufferSize: 1 << 20 });
+      for (const server of o.servers) {
+        const v6 = server.address.includes(':');
+        const sock = dgram.createSocket({ type: v6 ? 'udp6' : 'udp4', recvBufferSize: 1 << 20 });
+        u.socks.push(sock);
         await new Promise<void>((res, rej) => {
           sock.once('error', rej);
-          sock.bind(0, fam === 4 ? '0.0.0.0' : '::', () => {
+          sock.bind(0, v6 ? '::' : '0.0.0.0', () => {
             sock.off('error', rej);
             res();
           });
         });
-        if (o.mark !== 0) markDgram(sock, o.mark);
-        sock.on('message', (m, rinfo) => {
-          const s = o.servers.find((x) => x.port === rinfo.port && x.address === rinfo.address);
-          if (!s) {
-            u.counters.mismatched++;
-            return;
-          }
-          u.onAnswer(m);
+        if (o.mark !== 0) markDgram(sock, o.mark); // before connect: the route is chosen with the mark
+        await new Promise<void>((res, rej) => {
+          sock.once('error', rej);
+          sock.connect(server.port, server.address, () => {
+            sock.off('error', rej);
+            res();
+          });
         });
+        sock.on('message', (m) => u.onAnswer(m));
         // ICMP errors (server down) arrive as socket errors: the timeout answers the client
         sock.on('error', () => void u.counters.errors++);
-        u.socks.set(fam, sock);
       }
     } catch (e) {
       u.close();
@@ -204,17 +206,15 @@ export class UdpUpstream extends Base {
   }
 
   protected send(_id: number, p: Pending): void {
-    const s = this.o.servers[p.server];
-    const sock = this.socks.get(s.address.includes(':') ? 6 : 4)!;
-    sock.send(p.msg, s.port, s.address, (err) => {
+    this.socks[p.server].send(p.msg, (err) => {
       if (err) this.counters.errors++;
     });
   }
 
   override close(): void {
     super.close();
-    for (const s of this.socks.values()) s.close();
-    this.socks.clear();
+    for (const s of this.socks) s.close();
+    this.socks.length = 0;
   }
 }
 
