@@ -18,9 +18,9 @@
  *     initiation (bad_header), type bytes 5 and 0 (bad_header), an unknown
  *     receiver index (unknown_index); then the held one intact (accepted: proves
  *     the tampered copy differed only by the flip) and again (replay)
- *  4. c, a legitimate peer of b with allowed IPs 10.77.0.3 only, sends through its
- *     tunnel a packet with inner source a's address (a raw socket in c): b drops it
- *     as spoofed_source, counted on peer c
+ *  4. c, a legitimate peer of b with allowed IPs 10.77.0.3 and fd00:77::3 only, sends
+ *     through its tunnel packets with inner source a's address, IPv4 and IPv6 (a raw
+ *     socket in c): b drops them as spoofed_source, counted on peer c
  *  5. d has b as peer and b has d, but d's psk is another project's: no session
  *     (no handshake on either side, ping fails), d counts decrypt_response
  *  6. afterwards a <-> b and c -> b still work; b's endpoint for a is a's again
@@ -55,13 +55,21 @@ const B = POD_ADDR(2);
 const C = POD_ADDR(3);
 const D = POD_ADDR(4);
 
-/** Sends one IPv4/UDP packet with a chosen source through a raw socket (IP_HDRINCL; the kernel fills length and checksum). */
+/**
+ * Sends one IPv4 or IPv6 UDP packet with a chosen source through a raw socket
+ * (IPPROTO_RAW: header included; for IPv4 the kernel fills length and checksum).
+ * The kernel routes it by destination, so it enters the sender's tenc0.
+ */
 const RAW_SEND = `
 import socket, struct, sys
 src, dst, payload = sys.argv[1], sys.argv[2], sys.argv[3].encode()
 udp = struct.pack('!HHHH', 40000, 9999, 8 + len(payload), 0) + payload
-ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+if ':' in dst:
+    ip = struct.pack('!IHBB16s16s', 0x60000000, len(udp), 17, 64, socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+else:
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 s.sendto(ip + udp, (dst, 0))
 `;
 
@@ -93,14 +101,10 @@ beforeAll(async () => {
   ] as const) {
     writeFileSync(join(dir, `${name}.json`), JSON.stringify({ addresses: [addr.v4, addr.v6], pskFile: psk, listenPort: PORT }));
   }
-  for (const [name, ns] of [
-    ['a', a],
-    ['b', b],
-    ['c', c],
-    ['d', d],
-  ] as const) {
-    pods[name] = await startPod(ns, join(dir, `${name}.json`));
-  }
+  const started = await Promise.all(
+    ([['a', a], ['b', b], ['c', c], ['d', d]] as const).map(async ([name, ns]) => [name, await startPod(ns, join(dir, `${name}.json`))] as const),
+  );
+  for (const [name, p] of started) pods[name] = p;
 }, 120_000);
 
 afterAll(async () => {
@@ -180,7 +184,7 @@ describe('attacks on pod b', () => {
     const type0 = Buffer.from(delivered);
     type0[0] = 0;
     const unknownIndex = Buffer.from(held);
-    unknownIndex.writeUInt32LE(unknownIndex.readUInt32LE(4) ^ 0xffffffff, 4);
+    unknownIndex.writeUInt32LE((unknownIndex.readUInt32LE(4) ^ 0xffffffff) >>> 0, 4);
     sendFromBridge([tampered, delivered, delivered.subarray(0, 20), initiation.subarray(0, 100), type5, type0, unknownIndex]);
     let after = before;
     const expected = { auth: 1, replay: 1, bad_header: 4, unknown_index: 1 };
@@ -233,13 +237,14 @@ describe('attacks on pod b', () => {
     const keyC = pods.c!.publicKey;
     const before = status(b);
     c.exec('python3', '-c', RAW_SEND, A.v4, B.v4, 'spoofed-from-c');
+    c.exec('python3', '-c', RAW_SEND, A.v6, B.v6, 'spoofed-from-c');
     let after = before;
     await waitFor(() => {
       after = status(b);
-      return drop(after, 'spoofed_source') > drop(before, 'spoofed_source');
+      return drop(after, 'spoofed_source') >= drop(before, 'spoofed_source') + 2;
     });
-    expect(drop(after, 'spoofed_source') - drop(before, 'spoofed_source')).toBe(1);
-    expect(peerDrop(after, keyC, 'spoofed_source') - peerDrop(before, keyC, 'spoofed_source')).toBe(1);
+    expect(drop(after, 'spoofed_source') - drop(before, 'spoofed_source')).toBe(2);
+    expect(peerDrop(after, keyC, 'spoofed_source') - peerDrop(before, keyC, 'spoofed_source')).toBe(2);
     expect(peerDrop(after, pods.a!.publicKey, 'spoofed_source')).toBe(0);
     expect(peerOf(after, keyC).rxBytes).toBeGreaterThan(peerOf(before, keyC).rxBytes); // it did authenticate
     expect(tenc(b, 'status')).toMatch(new RegExp(`  drops: .*spoofed_source ${drop(after, 'spoofed_source')}`));

@@ -85,8 +85,7 @@ beforeAll(async () => {
   ] as const) {
     writeFileSync(join(dir, `${name}.json`), JSON.stringify({ addresses: [addr.v4, addr.v6], pskFile: 'psk', listenPort: PORT }));
   }
-  podA = await startPod(a, join(dir, 'a.json'));
-  podB = await startPod(b, join(dir, 'b.json'));
+  [podA, podB] = await Promise.all([startPod(a, join(dir, 'a.json')), startPod(b, join(dir, 'b.json'))]);
 }, 120_000);
 
 afterAll(async () => {

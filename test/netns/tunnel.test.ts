@@ -167,8 +167,7 @@ describe.each(runs)('tunnel: inject $inject, tun offload $tunOffload', (dataPlan
         JSON.stringify({ addresses: [addr.v4, addr.v6], pskFile: 'psk', listenPort: PORT, dataPlane }),
       );
     }
-    podA = await startPod(a, join(dir, 'a.json'));
-    podB = await startPod(b, join(dir, 'b.json'));
+    [podA, podB] = await Promise.all([startPod(a, join(dir, 'a.json')), startPod(b, join(dir, 'b.json'))]);
     pairUp(a, podA, 1, b, podB, 2, PORT);
     expect(pingUntil(a, B.v4)).toBe(true);
   }, 60_000);
