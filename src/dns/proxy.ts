@@ -242,7 +242,7 @@ export class DnsProxy {
       maxTtl: this.o.maxTtl,
       limit,
     });
-    if (rw.verdict === 'project') {
+    if (rw.verdict === 'project' && r.length <= 1232) {
       if (this.rewriteCache.size >= REWRITE_CACHE_ENTRIES) this.rewriteCache.delete(this.rewriteCache.keys().next().value!);
       this.rewriteCache.set(key, rw);
     }
@@ -271,6 +271,7 @@ export class DnsProxy {
         return true;
       } catch (e) {
         this.c.routeFailures++;
+        for (const cidr of fresh) routes.learned.forget(cidr); // nothing to remove later
         this.log.error({ err: (e as Error).message, routes: fresh.length }, 'dns: adding learned routes failed');
         return false;
       }

@@ -83,6 +83,11 @@ export class LearnedRoutes {
     return out;
   }
 
+  /** Drops the bookkeeping of a CIDR whose route could not be added. */
+  forget(cidr: string): void {
+    this.entries.delete(cidr);
+  }
+
   /** Everything held (for teardown). */
   drain(): string[] {
     const all = [...this.entries.keys()];

@@ -282,4 +282,20 @@ describe('dns proxy sockets', () => {
     await proxy.stop();
     expect(events).toContain('remove 10.77.0.2/32');
   });
+
+  it('a route that cannot be added: SERVFAIL (no answer to use in the clear), nothing to remove later', async () => {
+    const removed: string[] = [];
+    await setup({
+      routes: {
+        sink: { add: async () => Promise.reject(new Error('ip: no such table')), remove: async (c) => void removed.push(c) },
+        learned: new LearnedRoutes({ graceMs: 0, maxRoutes: 10 }),
+      },
+    });
+    const [p] = await exchange(await client(), [query('api.alpha.svc.cluster.local', 8)], 1);
+    expect(p.rcode).toBe('SERVFAIL');
+    expect(proxy.counters().routeFailures).toBe(1);
+    expect(proxy.counters().routesHeld).toBe(0);
+    await proxy.stop();
+    expect(removed).toEqual([]);
+  });
 });
