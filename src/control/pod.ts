@@ -180,6 +180,18 @@ export class Pod implements ControlHandler {
     this.log.info({ services: endpoints.length }, 'endpoints set');
   }
 
+  /** Is the address in a peer's allowed IPs or a service VIP (DNS address classification)? */
+  isMember(address: string): boolean {
+    const all = this.destinations();
+    return all.length > 0 && new CidrSet(all).has(address);
+  }
+
+  /** The DNS proxy's verdict on an address (control op classify-address). */
+  async classifyAddress(address: string): Promise<{ verdict: string; reason: string }> {
+    if (!this.dns) throw new Error('this pod runs no DNS proxy (dns.enabled)');
+    return this.dns.classifyAddress(address);
+  }
+
   /** The transmit byte counter of the peer whose allowed IPs hold `address` (DNS route grace). */
   peerActivity(address: string): number | null {
     for (const p of this.peers.values()) {
@@ -317,6 +329,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         table: `tenc_dns_${config.interface.replace(/[^A-Za-z0-9_]/g, '_')}`,
         routes: { add: (c) => pod.addDestinations(c), remove: (c) => pod.removeDestination(c) },
         activity: (a) => pod.peerActivity(a),
+        isMember: (a) => pod.isMember(a),
         log,
       });
       const dns = pod.dns;

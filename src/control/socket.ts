@@ -26,6 +26,7 @@ import {
   validatePeer,
   validateServices,
   validateEndpoints,
+  parseAddress,
   type PeerConfig,
   type ServiceConfig,
   type ServiceEndpoints,
@@ -35,8 +36,8 @@ import { silentLogger, type Logger } from '../log.js';
 
 export const MAX_REQUEST_BYTES = 1 << 20;
 
-export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints';
-export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey', 'set-endpoints'];
+export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints' | 'classify-address';
+export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey', 'set-endpoints', 'classify-address'];
 
 /**
  * A set-peer request: the public key and the fields the request gave. For a new
@@ -70,6 +71,8 @@ export interface ControlHandler {
   rekey?(publicKey: string | null): RekeyResult[] | Promise<RekeyResult[]>;
   /** Replaces the project services' ready endpoints the DNS proxy rewrites VIPs to. Optional: without it, EIO. */
   setEndpoints?(endpoints: ServiceEndpoints[]): void | Promise<void>;
+  /** The DNS proxy's verdict on an address not learned through DNS. Optional: without it, EIO. */
+  classifyAddress?(address: string): Promise<{ verdict: string; reason: string }>;
 }
 
 export interface ControlError {
@@ -166,6 +169,13 @@ export async function dispatch(
       if (!handler.setEndpoints) throw new Error('this pod runs no DNS proxy');
       await handler.setEndpoints(r.endpoints);
       return null;
+    }
+    case 'classify-address': {
+      onlyFields(req, ['id', 'op', 'address']);
+      const a = parseAddress(req.address);
+      if (!a.ok) throw new RequestError('EINVAL', `address: ${a.problem}`);
+      if (!handler.classifyAddress) throw new Error('this pod runs no DNS proxy');
+      return await handler.classifyAddress(a.value);
     }
     default:
       throw new RequestError('EINVAL', `op: ${JSON.stringify(req.op)} is not one of ${CONTROL_OPS.join(', ')}`);

@@ -18,7 +18,8 @@
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { silentLogger, type Logger } from '../log.js';
-import { QR, RCODE, clientUdpLimit, errorReply, opcodeOf, readHeader, readQuestion, type Question } from './message.js';
+import dnsPacket from 'dns-packet';
+import { QR, RCODE, recordsWellFormed, clientUdpLimit, errorReply, opcodeOf, readHeader, readQuestion, type Question } from './message.js';
 import { rewriteAnswer, MalformedAnswerError, type RewriteResult } from './rewrite.js';
 import type { CidrSet, NamePolicy } from './classify.js';
 import { LearnedRoutes } from './routes.js';
@@ -247,6 +248,26 @@ export class DnsProxy {
       this.rewriteCache.set(key, rw);
     }
     return rw;
+  }
+
+  /**
+   * The proxy's own PTR lookup (address classification) over the upstream UDP socket:
+   * the names and the smallest TTL, or null on failure or NXDOMAIN.
+   */
+  async lookupPtr(ptr: string): Promise<{ names: string[]; ttl: number } | null> {
+    const m = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'PTR', name: ptr, class: 'IN' }] });
+    const q = readQuestion(m);
+    if (q === null) return null;
+    const r = await this.upUdp.query(m, q);
+    if (r === null || r === 'busy' || !recordsWellFormed(r, q)) return null;
+    try {
+      const d = dnsPacket.decode(r);
+      const ptrs = (d.answers ?? []).filter((a) => a.type === 'PTR') as { data: string; ttl?: number }[];
+      if (ptrs.length === 0) return null;
+      return { names: ptrs.map((a) => a.data), ttl: Math.min(...ptrs.map((a) => a.ttl ?? 0)) };
+    } catch {
+      return null;
+    }
   }
 
   /** Forget remembered rewrites (the endpoints changed). */

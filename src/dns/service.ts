@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import type { DnsConfig, ServiceEndpoints } from '../control/config.js';
 import type { Logger } from '../log.js';
-import { CidrSet, canonicalAddress } from './classify.js';
+import { AddressClassifier, CidrSet, canonicalAddress, type AddressVerdict } from './classify.js';
 import { DnsIntercept } from './intercept.js';
 import { DnsProxy, type DnsCounters, type RouteSink } from './proxy.js';
 import { parseResolvConf, projectDomainFrom } from './resolv.js';
@@ -19,6 +19,8 @@ export interface DnsServiceDeps {
   /** nftables table name, unique per pod namespace. */
   table: string;
   routes: RouteSink;
+  /** Is the address a known project member (a peer's allowed IPs, a service VIP)? */
+  isMember: (address: string) => boolean;
   /** Transmit counter of the peer carrying an address (route grace), or null. */
   activity: (address: string) => number | null;
   log: Logger;
@@ -37,6 +39,7 @@ function canonical(address: string): string {
 
 export class DnsService {
   private endpointMap = new Map<string, string[]>();
+  private classifier: AddressClassifier | null = null;
 
   private constructor(
     private readonly proxy: DnsProxy,
@@ -90,6 +93,15 @@ export class DnsService {
     }
     svc = new DnsService(proxy, intercept, domain, servers.map((s) => `${s.address}:${s.port}`));
     svc.setEndpoints(c.endpoints);
+    const s = svc;
+    svc.classifier = new AddressClassifier({
+      policy: { domain, neverNames: c.neverTunnelNames },
+      neverCidrs: new CidrSet(c.neverTunnelCidrs),
+      isMember: (a) => d.isMember(a) || s.isEndpointOrVip(a),
+      reverse: (ptr) => proxy.lookupPtr(ptr),
+      now: Date.now,
+      cacheSeconds: c.maxTtl,
+    });
     d.log.info({ domain, upstreams: svc.upstreams, port: proxy.port }, 'dns proxy running');
     return svc;
   }
@@ -100,6 +112,12 @@ export class DnsService {
     for (const e of list) m.set(canonical(e.vip), e.addresses.map(canonical));
     this.endpointMap = m;
     this.proxy.clearCache();
+    this.classifier?.clear();
+  }
+
+  /** Classifies an address not learned through DNS (a client dialing a raw IP). */
+  classifyAddress(address: string): Promise<AddressVerdict> {
+    return this.classifier!.classify(address);
   }
 
   /** Is the address a known endpoint or VIP of the project's services? */

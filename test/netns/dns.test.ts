@@ -65,6 +65,8 @@ function startDnsmasq(): ChildProcess {
     '--host-record=www.example.org,10.77.0.254',
     `--txt-record=big.example,${BIG}`,
     '--server=/fail.example/127.0.0.1#9',
+    '--ptr-record=21.0.96.10.in-addr.arpa,api.alpha.svc.cluster.local',
+    '--ptr-record=254.0.77.10.in-addr.arpa,web.beta.svc.cluster.local',
   ]);
   return c;
 }
@@ -112,6 +114,13 @@ function dnsCounters(): Record<string, any> {
   return JSON.parse(tenc(a, 'status', '--json')).dns.counters;
 }
 
+/** One request on pod a's control socket; the parsed response. */
+function control(req: Record<string, unknown>): { ok: boolean; result?: any; error?: { code: string; message: string } } {
+  const path = `/run/tenc/tenc0-${a.inode()}.sock`;
+  const js = `const c = require('net').connect(${JSON.stringify(path)}); let b = ''; c.on('data', (d) => { b += d; if (b.includes('\\n')) { process.stdout.write(b); c.end(); } }); c.write(${JSON.stringify(JSON.stringify(req))} + '\\n');`;
+  return JSON.parse(a.exec('node', '-e', js));
+}
+
 function httpServer(ns: Netns, address: string, marker: string): ChildProcess {
   const js = `require('http').createServer((q,s)=>s.end(${JSON.stringify(marker)})).listen(80,${JSON.stringify(address)},()=>console.log('up'))`;
   return spawnIn(ns, 'node', ['-e', js]);
@@ -153,6 +162,7 @@ beforeAll(async () => {
         maxTtl: 2,
         routeGrace: 1,
         upstreamTimeout: 500,
+        neverTunnelCidrs: ['10.96.9.0/24'],
         endpoints: [
           { vip: '10.96.0.20', addresses: ['10.77.0.2'] },
           { vip: 'fd00:96::20', addresses: ['fd00:77::2'] },
@@ -307,6 +317,24 @@ describe('dns proxy in a pod of project alpha', () => {
     expect(dropped('short')).toBeGreaterThan(0);
     expect(dropped('malformed')).toBeGreaterThan(0);
     expect(dropped('short') + dropped('malformed')).toBeGreaterThanOrEqual(Math.floor(seen * 0.4)); // kinds 0 and 2 are half of what was sent
+  });
+
+  it('addresses not learned through DNS: member, PTR into the project domain, never-tunnel CIDR, other', () => {
+    const verdict = (address: string) => control({ id: 1, op: 'classify-address', address }).result;
+    expect(verdict('10.77.0.2')).toEqual({ verdict: 'project', reason: 'member' }); // peer b's allowed IP
+    expect(verdict('10.96.0.20')).toEqual({ verdict: 'project', reason: 'member' }); // a VIP with endpoints
+    expect(verdict('10.96.0.21')).toEqual({ verdict: 'project', reason: 'reverse' }); // PTR api.alpha.svc.cluster.local
+    expect(verdict('10.77.0.254')).toEqual({ verdict: 'other', reason: 'none' }); // PTR web.beta.svc.cluster.local
+    expect(verdict('10.96.9.1')).toEqual({ verdict: 'never', reason: 'never-cidr' });
+    expect(control({ id: 2, op: 'classify-address', address: '10.0.0.300' }).error?.code).toBe('EINVAL');
+  });
+
+  it('set-endpoints at run time: the next answer carries the new endpoints', () => {
+    const r = control({ id: 3, op: 'set-endpoints', endpoints: [{ vip: '10.96.0.20', addresses: ['10.77.0.2', '10.77.0.3'] }] });
+    expect(r.ok).toBe(true);
+    expect(dig(a, '+short', 'web.alpha.svc.cluster.local').split('\n').filter(Boolean).sort()).toEqual(['10.77.0.2', '10.77.0.3']);
+    expect(control({ id: 4, op: 'set-endpoints', endpoints: [] }).ok).toBe(true);
+    expect(dig(a, '+short', 'web.alpha.svc.cluster.local')).toBe('10.96.0.20\n'); // no endpoints known: the VIP stays
   });
 
   it('a clean stop removes the interception and the learned routes: the pod namespace is as before', async () => {
