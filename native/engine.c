@@ -820,6 +820,10 @@ static void *rx_main(void *arg) {
           if (g > 0) seg = (uint32_t)g;
         }
       uint8_t *d = x->iovs[i].iov_base;
+      if (len == 0) { /* an empty datagram is a message too short for any header */
+        drop(e, -1, TENC_D_BAD_HEADER, 1);
+        continue;
+      }
       for (uint32_t off = 0; off < len; off += seg) {
         uint32_t l = len - off < seg ? len - off : seg;
         if (x->ninj == x->inj_cap) break;
