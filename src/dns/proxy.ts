@@ -20,8 +20,8 @@ import net from 'node:net';
 import { silentLogger, type Logger } from '../log.js';
 import dnsPacket from 'dns-packet';
 import { QR, RCODE, recordsWellFormed, clientUdpLimit, errorReply, opcodeOf, readHeader, readQuestion, type Question } from './message.js';
-import { rewriteAnswer, MalformedAnswerError, type RewriteResult } from './rewrite.js';
-import type { CidrSet, NamePolicy } from './classify.js';
+import { rewriteAnswer, MalformedAnswerError, type Learned, type RewriteResult } from './rewrite.js';
+import { classifyName, type CidrSet, type NamePolicy } from './classify.js';
 import { LearnedRoutes } from './routes.js';
 import { TcpUpstream, UdpUpstream, type UpstreamOptions, type UpstreamCounters } from './upstream.js';
 
@@ -138,8 +138,8 @@ export class DnsProxy {
       sock.once('error', reject);
       sock.bind(port, addr, () => {
         sock.off('error', reject);
-        sock.on('error', () => this.drop('udp_socket_error'));
-        sock.on('message', (m, r) => void this.onUdp(sock, m, r.address, r.port));
+        sock.on('error', () => this.drop('udp_send')); // send errors (no callback per datagram) and others
+        sock.on('message', (m, r) => this.onUdp(sock, m, r.address, r.port));
         resolve(sock.address().port);
       });
     });
@@ -189,42 +189,45 @@ export class DnsProxy {
   }
 
   /** Steps 2-4 for one valid query: the reply to send, or null (drop). */
-  private async answer(m: Buffer, q: Question, overTcp: boolean): Promise<Buffer | null> {
+  /** Steps 2-4 for one valid query; `done` gets the reply to send, or null (drop). Callbacks, not promises: this is the hot path. */
+  private answer(m: Buffer, q: Question, overTcp: boolean, done: (reply: Buffer | null) => void): void {
     const up = overTcp ? this.upTcp : this.upUdp;
-    const r = await up.query(m, q);
-    if (r === 'busy') {
-      this.drop('busy');
-      return null;
-    }
-    if (r === null) {
-      this.c.servfail++;
-      return errorReply(m, RCODE.SERVFAIL, q);
-    }
-    const limit = overTcp ? 65535 : (clientUdpLimit(m, q) ?? 512);
-    let out: Buffer = r;
-    try {
-      const rw = this.rewrite(r, q, limit);
-      if (rw.message !== null) {
-        out = Buffer.from(rw.message); // a copy: the cached one keeps its bytes
-        out[0] = r[0];
-        out[1] = r[1];
+    up.ask(m, q, (r) => {
+      if (r === 'busy') {
+        this.drop('busy');
+        return done(null);
       }
-      if (rw.rewritten > 0) this.c.rewritten++;
-      if (rw.learned.length > 0 && this.o.routes) {
-        const ok = await this.learn(rw.learned);
-        if (!ok) {
-          this.c.servfail++;
-          return errorReply(m, RCODE.SERVFAIL, q);
+      if (r === null) {
+        this.c.servfail++;
+        return done(errorReply(m, RCODE.SERVFAIL, q));
+      }
+      let out: Buffer = r;
+      let learned: Learned[] = [];
+      try {
+        const rw = this.rewrite(r, q, overTcp ? 65535 : (clientUdpLimit(m, q) ?? 512));
+        if (rw.message !== null) {
+          out = Buffer.from(rw.message); // a copy: the cached one keeps its bytes
+          out[0] = r[0];
+          out[1] = r[1];
         }
+        if (rw.rewritten > 0) this.c.rewritten++;
+        learned = rw.learned;
+      } catch (e) {
+        if (!(e instanceof MalformedAnswerError)) this.log.warn({ err: (e as Error).message }, 'dns rewrite failed');
+        this.drop('bad_answer');
+        this.c.servfail++;
+        return done(errorReply(m, RCODE.SERVFAIL, q));
       }
-    } catch (e) {
-      if (!(e instanceof MalformedAnswerError)) this.log.warn({ err: (e as Error).message }, 'dns rewrite failed');
-      this.drop('bad_answer');
-      this.c.servfail++;
-      return errorReply(m, RCODE.SERVFAIL, q);
-    }
-    this.c.answered++;
-    return out;
+      if (learned.length === 0 || !this.o.routes) {
+        this.c.answered++;
+        return done(out);
+      }
+      void this.learn(learned).then((ok) => {
+        if (ok) this.c.answered++;
+        else this.c.servfail++;
+        done(ok ? out : errorReply(m, RCODE.SERVFAIL, q));
+      });
+    });
   }
 
   /**
@@ -233,6 +236,7 @@ export class DnsProxy {
    * result until the endpoints change (clearCache). Bounded, oldest out first.
    */
   private rewrite(r: Buffer, q: Question, limit: number): RewriteResult {
+    if (classifyName(q.name, this.o.policy) !== 'project') return { verdict: 'other', message: null, learned: [], rewritten: 0 };
     const key = limit + r.toString('latin1', 2);
     const hit = this.rewriteCache.get(key);
     if (hit) return hit;
@@ -318,13 +322,16 @@ export class DnsProxy {
     });
   }
 
-  private async onUdp(sock: dgram.Socket, m: Buffer, address: string, port: number): Promise<void> {
+  private onUdp(sock: dgram.Socket, m: Buffer, address: string, port: number): void {
     this.c.queriesUdp++;
+    const send = (reply: Buffer | null) => {
+      if (reply !== null && !this.stopped) sock.send(reply, port, address);
+    };
     try {
       const g = this.gate(m);
       if (g === null) return;
-      const reply = 'reply' in g ? g.reply : await this.answer(m, g.q, false);
-      if (reply !== null && !this.stopped) sock.send(reply, port, address, (err) => err && this.drop('udp_send'));
+      if ('reply' in g) send(g.reply);
+      else this.answer(m, g.q, false, send);
     } catch (e) {
       this.drop('internal');
       this.log.error({ err: (e as Error).message }, 'dns: udp query failed');
@@ -357,22 +364,31 @@ export class DnsProxy {
         }
         inflight++;
         this.c.queriesTcp++;
-        void this.onTcpQuery(s, m).finally(() => inflight--);
+        let once = false;
+        this.onTcpQuery(s, m, () => {
+          if (!once) inflight--;
+          once = true;
+        });
       }
     });
   }
 
-  private async onTcpQuery(s: net.Socket, m: Buffer): Promise<void> {
-    try {
-      const g = this.gate(m);
-      if (g === null) return;
-      const reply = 'reply' in g ? g.reply : await this.answer(m, g.q, true);
+  private onTcpQuery(s: net.Socket, m: Buffer, finished: () => void): void {
+    const send = (reply: Buffer | null) => {
+      finished();
       if (reply === null || s.destroyed) return;
       const frame = Buffer.allocUnsafe(2 + reply.length);
       frame.writeUInt16BE(reply.length, 0);
       reply.copy(frame, 2);
       s.write(frame);
+    };
+    try {
+      const g = this.gate(m);
+      if (g === null) return finished();
+      if ('reply' in g) send(g.reply);
+      else this.answer(m, g.q, true, send);
     } catch (e) {
+      finished();
       this.drop('internal');
       this.log.error({ err: (e as Error).message }, 'dns: tcp query failed');
     }
