@@ -55,6 +55,7 @@ function startDnsmasq(): ChildProcess {
     '--keep-in-foreground',
     '--pid-file=',
     '--listen-address=10.77.0.254',
+    '--listen-address=fd00:77::fe',
     '--bind-interfaces',
     '--local-ttl=2',
     '--local=/alpha.svc.cluster.local/',
@@ -345,5 +346,24 @@ describe('dns proxy in a pod of project alpha', () => {
     expect(after.nft).not.toContain('tenc_dns');
     podB.child.kill('SIGTERM');
     expect(await podB.exit).toBe(0);
+  });
+
+  it('an IPv6 cluster DNS: the redirect and the proxy on ::1, UDP and TCP', async () => {
+    writeFileSync(`/etc/netns/${a.name}/resolv.conf`, 'nameserver fd00:77::fe\nsearch alpha.svc.cluster.local svc.cluster.local cluster.local\n');
+    const before = snapshot(a);
+    const pod = await startPod(a, join(dir, 'a.json'));
+    try {
+      const rules = a.exec('nft', 'list', 'ruleset');
+      expect(rules).toMatch(/ip6 daddr fd00:77::fe udp dport 53 redirect to :15353/);
+      expect(rules).not.toMatch(/ip daddr/);
+      expect(dig(a, '+short', 'web.alpha.svc.cluster.local')).toBe('10.77.0.2\n');
+      expect(dig(a, '+tcp', '+short', 'AAAA', 'web.alpha.svc.cluster.local')).toBe('fd00:77::2\n');
+      expect(answerSection(dig(a, 'web.beta.svc.cluster.local'))).toEqual(answerSection(dig(br, '@fd00:77::fe', 'web.beta.svc.cluster.local')));
+    } finally {
+      pod.child.kill('SIGTERM');
+      expect(await pod.exit).toBe(0);
+    }
+    const after = snapshot(a);
+    for (const k of Object.keys(before) as (keyof NetSnapshot)[]) expect(after[k], `snapshot field ${k}`).toBe(before[k]);
   });
 });
