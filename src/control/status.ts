@@ -38,8 +38,23 @@ export interface StatusReport {
   drops: Record<string, number>;
   /** Handshake messages not used, by reason (non-zero only): e.g. decrypt_response for a psk mismatch. */
   handshakeFailures: Record<string, number>;
-  /** The DNS proxy, when enabled: domain, upstreams, port, counters (src/dns/service.ts DnsStatus). */
-  dns?: object;
+  /** The DNS proxy, when enabled (src/dns/service.ts DnsStatus has more counters). */
+  dns?: DnsStatusReport;
+}
+
+export interface DnsStatusReport {
+  domain: string;
+  upstreams: string[];
+  port: number;
+  counters: {
+    queriesUdp: number;
+    queriesTcp: number;
+    answered: number;
+    rewritten: number;
+    servfail: number;
+    routesHeld: number;
+    drops: Record<string, number>;
+  };
 }
 
 function plural(n: number, unit: string): string {
@@ -100,6 +115,13 @@ export function formatStatus(r: StatusReport, nowMs = Date.now()): string {
   if (drops) out.push(`  drops: ${drops}`);
   const hf = formatDrops(r.handshakeFailures ?? {});
   if (hf) out.push(`  handshake failures: ${hf}`);
+  if (r.dns) {
+    const c = r.dns.counters;
+    out.push(`  dns: ${r.dns.domain} via ${r.dns.upstreams.join(', ')}, proxy port ${r.dns.port}`);
+    out.push(`  dns queries: ${c.queriesUdp} udp, ${c.queriesTcp} tcp; ${c.answered} answered, ${c.rewritten} rewritten, ${c.servfail} servfail; ${c.routesHeld} learned routes`);
+    const dd = formatDrops(c.drops);
+    if (dd) out.push(`  dns drops: ${dd}`);
+  }
   for (const s of r.services) {
     out.push('');
     out.push(`service: ${s.vip}`);

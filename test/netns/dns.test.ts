@@ -197,6 +197,7 @@ describe('dns proxy in a pod of project alpha', () => {
     const rules = a.exec('nft', 'list', 'ruleset');
     expect(rules).toContain('table inet tenc_dns_tenc0');
     expect(rules).toMatch(/ip daddr 10\.77\.0\.254 udp dport 53 redirect to :15353/);
+    expect(tenc(a, 'status')).toContain('  dns: alpha.svc.cluster.local via 10.77.0.254:53, proxy port 15353\n');
   });
 
   it('an alpha service resolves to its endpoint pod; beta and external names are upstream answers unchanged', () => {

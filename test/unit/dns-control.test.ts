@@ -36,3 +36,23 @@ describe('control: set-endpoints', () => {
     await expect(dispatch(handler(false), addresses, { op: 'set-endpoints', endpoints: [] })).rejects.toThrow(/no DNS proxy/);
   });
 });
+
+describe('status: the DNS proxy in the text form', () => {
+  it('shows domain, upstreams, counters and drops only when the proxy runs', async () => {
+    const { formatStatus } = await import('../../src/control/status.js');
+    const base = { interface: 'tenc0', publicKey: 'k', listenPort: 1, fwmark: 1, mtu: 1420, addresses: [], dataPlane: 'x', peers: [], services: [], drops: {}, handshakeFailures: {} };
+    expect(formatStatus(base)).not.toContain('dns');
+    const text = formatStatus({
+      ...base,
+      dns: {
+        domain: 'alpha.svc.cluster.local',
+        upstreams: ['10.96.0.10:53'],
+        port: 15353,
+        counters: { queriesUdp: 7, queriesTcp: 2, answered: 8, rewritten: 3, servfail: 1, routesHeld: 2, drops: { malformed: 4 } },
+      },
+    });
+    expect(text).toContain('  dns: alpha.svc.cluster.local via 10.96.0.10:53, proxy port 15353\n');
+    expect(text).toContain('  dns queries: 7 udp, 2 tcp; 8 answered, 3 rewritten, 1 servfail; 2 learned routes\n');
+    expect(text).toMatch(/dns drops: .*malformed/);
+  });
+});
