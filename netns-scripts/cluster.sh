@@ -196,12 +196,19 @@ remove_ns() {
   rm -rf "/etc/netns/$ns"
 }
 
+# a process that exists and is not a zombie (a killed agent nobody reaped yet is not alive)
+alive() {
+  local st
+  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ $st != Z* ]]
+}
+
 stop_pidfile() { # FILE: TERM, up to 5 s, then KILL
   local f=$1 pid i
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -TERM "$pid" 2>/dev/null; then
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if alive "$pid" && kill -TERM "$pid" 2>/dev/null; then
+    for i in $(seq 50); do alive "$pid" || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$f"
@@ -281,7 +288,7 @@ status() {
   echo "== agents"
   for f in "$STATE"/agents/*.pid; do
     [ -e "$f" ] || continue
-    if kill -0 "$(cat "$f")" 2>/dev/null; then echo "   $(basename "$f" .pid) running (pid $(cat "$f"))"; else echo "   $(basename "$f" .pid) dead"; fi
+    if alive "$(cat "$f")"; then echo "   $(basename "$f" .pid) running (pid $(cat "$f"))"; else echo "   $(basename "$f" .pid) dead"; fi
   done
 }
 
@@ -311,9 +318,9 @@ agent_start() {
   [ -f "$STATE/psk/$project" ] || die "no project $project"
   while read -r name ns; do
     f=$STATE/agents/$project-$name
-    if [ -f "$f.pid" ] && kill -0 "$(cat "$f.pid")" 2>/dev/null; then continue; fi
+    if [ -f "$f.pid" ] && alive "$(cat "$f.pid")"; then continue; fi
     setsid node "$tenc_js" agent --registry "$STATE/registry" --node "$name" --project "$project" \
-      --run-dir "$f.run" >"$f.log" 2>&1 </dev/null &
+      --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &
     echo $! >"$f.pid"
     log "agent for $project on $name: pid $! (log $f.log)"
   done <"$STATE/nodes"

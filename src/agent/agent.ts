@@ -18,7 +18,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, openSync, closeSync, writeFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, writeFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_SOCKET_DIR, type ServiceConfig } from '../control/config.js';
@@ -40,6 +40,8 @@ export interface DesiredPeer {
 export interface DesiredPod {
   peers: DesiredPeer[];
   services: { vip: string; ports: ServiceConfig['ports'] }[];
+  /** For the pod's DNS proxy: each VIP's endpoints that have a key (the pod itself included). */
+  endpoints: { vip: string; addresses: string[] }[];
 }
 
 function pick<T>(client: string, service: string, items: T[]): T {
@@ -62,8 +64,11 @@ export function desiredState(view: ProjectView, pod: PodInfo): DesiredPod {
     peers.set(p.name, { publicKey: k.publicKey, endpoint: k.endpoint, allowedIps: [`${p.address}/32`] });
   }
   const services: DesiredPod['services'] = [];
+  const endpoints: DesiredPod['endpoints'] = [];
   for (const s of view.services) {
     const eps = view.endpoints.find((e) => e.service === s.name)?.pods ?? [];
+    const keyedEps = eps.filter((e) => keyed.has(e.name)).map((e) => e.address).sort();
+    if (keyedEps.length > 0) endpoints.push({ vip: s.vip, addresses: keyedEps });
     if (eps.some((e) => e.name === pod.name)) {
       services.push({ vip: s.vip, ports: s.ports });
       continue;
@@ -72,7 +77,7 @@ export function desiredState(view: ProjectView, pod: PodInfo): DesiredPod {
     if (usable.length === 0) continue;
     peers.get(pick(pod.name, s.name, usable).name)!.allowedIps.push(`${s.vip}/32`);
   }
-  return { peers: [...peers.values()].sort((a, b) => a.publicKey.localeCompare(b.publicKey)), services };
+  return { peers: [...peers.values()].sort((a, b) => a.publicKey.localeCompare(b.publicKey)), services, endpoints };
 }
 
 /** The control requests that turn `applied` into `desired`: removals first. */
@@ -91,14 +96,69 @@ export function podSocket(netns: string): string {
   return join(DEFAULT_SOCKET_DIR, `tenc0-${statSync(netns).ino}.sock`);
 }
 
+/** process.kill without throwing: true when the signal was delivered (0: the process exists). */
+function signal(pid: number, sig: NodeJS.Signals | 0): boolean {
+  try {
+    process.kill(pid, sig);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** SIGTERM, up to 5 s, then SIGKILL. */
+async function stopPid(pid: number): Promise<void> {
+  if (!signal(pid, 'SIGTERM')) return;
+  for (let i = 0; i < 50 && signal(pid, 0); i++) await new Promise((r) => setTimeout(r, 100));
+  signal(pid, 'SIGKILL');
+}
+
+/**
+ * The pid of the `tenc pod --config CONFIG` running in the namespace at `netns`
+ * (found through /proc/PID/ns/net and /proc/PID/cmdline), or null.
+ */
+export function findProxyPid(netns: string, config: string): number | null {
+  let ino: number;
+  try {
+    ino = statSync(netns).ino;
+  } catch {
+    return null;
+  }
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (statSync(`/proc/${d}/ns/net`).ino !== ino) continue;
+      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      const i = argv.indexOf('pod');
+      if (i >= 0 && argv[i + 1] === '--config' && argv[i + 2] === config) return Number(d);
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
+  }
+  return null;
+}
+
+/** /etc/netns/NAME/resolv.conf for /run/netns/NAME, if it exists. */
+export function podResolvConf(netns: string): string | null {
+  const m = /^\/run\/netns\/([^/]+)$/.exec(netns);
+  if (!m) return null;
+  const f = `/etc/netns/${m[1]}/resolv.conf`;
+  return existsSync(f) ? f : null;
+}
+
 interface Proxy {
   pod: PodInfo;
   socket: string;
   child: ChildProcess | null;
+  /** The pid of an adopted proxy (not our child). */
+  pid: number | null;
   publicKey: string | null;
   /** publicKey -> JSON of what was applied. */
   applied: Map<string, string>;
   services: string | null;
+  /** JSON of the endpoints given to the DNS proxy; null: not yet (or the pod runs no DNS proxy: dns false). */
+  endpoints: string | null;
+  dns: boolean;
   starting: boolean;
   restartAt: number;
 }
@@ -114,6 +174,8 @@ export interface AgentOptions {
   tencMain?: string;
   /** Log level of the pod proxies. */
   podLogLevel?: string;
+  /** Run the pods' DNS proxy (when /etc/netns/<netns name>/resolv.conf exists); default true. */
+  dns?: boolean;
 }
 
 export class Agent {
@@ -121,6 +183,8 @@ export class Agent {
   private watch: Watch | null = null;
   private timer: NodeJS.Timeout | null = null;
   private running = false;
+  /** The reconcile in progress (stop waits for it, so a proxy being adopted or started is stopped too). */
+  private current: Promise<void> | null = null;
   private again = false;
   private stopped = false;
   private readonly log: Logger;
@@ -146,7 +210,7 @@ export class Agent {
       return;
     }
     this.running = true;
-    void this.reconcile()
+    this.current = this.reconcile()
       .catch((e) => this.log.error({ err: (e as Error).message }, 'reconcile failed'))
       .finally(() => {
         this.running = false;
@@ -166,6 +230,7 @@ export class Agent {
       if (!local.some((p) => p.name === name)) {
         this.proxies.delete(name);
         px.child?.kill('SIGTERM');
+        if (px.pid !== null) signal(px.pid, 'SIGTERM');
         await this.o.registry.withdrawPeer(this.o.project, name);
         this.log.info({ pod: name }, 'pod gone: proxy stopped');
       }
@@ -174,10 +239,12 @@ export class Agent {
     for (const pod of local) {
       let px = this.proxies.get(pod.name);
       if (!px) {
-        px = { pod, socket: podSocket(pod.netns!), child: null, publicKey: null, applied: new Map(), services: null, starting: false, restartAt: 0 };
+        px = { pod, socket: podSocket(pod.netns!), child: null, pid: null, publicKey: null, applied: new Map(), services: null, endpoints: null, dns: false, starting: false, restartAt: 0 };
         this.proxies.set(pod.name, px);
       }
       px.pod = pod;
+      // an adopted proxy has no child to watch: look at its pid
+      if (px.pid !== null && !signal(px.pid, 0)) this.lost(px, 'adopted proxy gone');
       if (px.publicKey === null && !px.starting && Date.now() >= px.restartAt) starts.push(this.ensureProxy(px));
     }
     // in parallel: a proxy takes about a second to start
@@ -231,6 +298,12 @@ export class Agent {
       px.services = services;
       this.log.info({ pod: px.pod.name, services: want.services.map((s) => s.vip) }, 'services set');
     }
+    const endpoints = JSON.stringify(want.endpoints);
+    if (px.dns && endpoints !== px.endpoints) {
+      await controlRequest(px.socket, { op: 'set-endpoints', endpoints: want.endpoints });
+      px.endpoints = endpoints;
+      this.log.info({ pod: px.pod.name, vips: want.endpoints.length }, 'endpoints set');
+    }
   }
 
   /** Adopts a live proxy (agent restart) or starts one. Runs inside reconcile (one at a time). */
@@ -254,7 +327,10 @@ export class Agent {
       // what the proxy has now is what was applied
       // re-sent once (set-peer is idempotent); peers no longer wanted get removed
       px.applied = new Map(st.peers.map((p) => [p.publicKey, 'adopted']));
+      px.pid = findProxyPid(px.pod.netns!, join(this.o.runDir, `${px.pod.name}.json`));
       px.services = null;
+      px.endpoints = null;
+      px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
       this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey) }, 'running proxy adopted');
     }
   }
@@ -263,6 +339,10 @@ export class Agent {
     const pod = px.pod;
     const psk = await this.o.registry.pskFile(this.o.project);
     const config = join(this.o.runDir, `${pod.name}.json`);
+    // the DNS proxy, when the pod has a resolv.conf of its own (ip netns exec mounts
+    // /etc/netns/NAME/resolv.conf; nsenter --net does not, so the path is given)
+    const resolvConf = this.o.dns === false ? null : podResolvConf(pod.netns!);
+    px.dns = resolvConf !== null;
     writeFileSync(
       config,
       JSON.stringify({
@@ -272,6 +352,7 @@ export class Agent {
         controlSocket: px.socket,
         enforce: true,
         logLevel: this.o.podLogLevel ?? 'info',
+        ...(resolvConf ? { dns: { domain: `${this.o.project}.svc.cluster.local`, resolvConf } } : {}),
       }),
       { mode: 0o600 },
     );
@@ -309,15 +390,18 @@ export class Agent {
     px.publicKey = key;
     px.applied = new Map();
     px.services = null;
+    px.endpoints = null;
     this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid }, 'proxy started');
   }
 
   private lost(px: Proxy, why: string): void {
     this.log.warn({ pod: px.pod.name, why }, 'proxy lost: starting it again');
     px.child = null;
+    px.pid = null;
     px.publicKey = null;
     px.applied = new Map();
     px.services = null;
+    px.endpoints = null;
     px.restartAt = Date.now() + RESTART_DELAY_MS;
     if (this.proxies.get(px.pod.name) === px) setTimeout(() => this.kick(), RESTART_DELAY_MS);
   }
@@ -327,11 +411,14 @@ export class Agent {
     this.stopped = true;
     this.watch?.close();
     if (this.timer) clearInterval(this.timer);
+    await this.current;
     const waits: Promise<unknown>[] = [];
     for (const px of this.proxies.values()) {
       await this.o.registry.withdrawPeer(this.o.project, px.pod.name).catch(() => {});
       const child = px.child;
       px.child = null;
+      if (px.pid !== null) waits.push(stopPid(px.pid));
+      px.pid = null;
       if (child && child.exitCode === null) {
         waits.push(
           new Promise<void>((resolve) => {

@@ -153,6 +153,9 @@ describe('local cluster with tenc agents', () => {
       expect(curl('alpha-client-1', 'http://web/')).toBe(`alpha-web-1 got: ${marker}`); // node1 -> node1
       expect(curl('alpha-client-1', 'http://db.alpha.svc.cluster.local:5432/')).toBe(`alpha-db-1 got: ${marker}`); // node1 -> node2
       expect(curl('alpha-client-2', 'http://web.alpha/')).toBe(`alpha-web-1 got: ${marker}`); // node2 -> node1
+      // the pods' DNS proxy answered the project names with the endpoints (issue 4)
+      expect(status('alpha-client-1', 'node1').dns.counters.rewritten).toBeGreaterThan(0);
+      expect(inPod('alpha-client-1', 'getent', 'hosts', 'db').stdout).toContain('10.128.2.10');
     } finally {
       await bridge.stop();
       await underlay.stop();
@@ -266,16 +269,28 @@ describe('local cluster with tenc agents', () => {
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(status('alpha-db-1', 'node2').publicKey).not.toBe(oldKey);
 
+    const keys = () => readdirSync(join(STATE, 'registry', 'peers', 'alpha')).map((f) => readFileSync(join(STATE, 'registry', 'peers', 'alpha', f), 'utf8')).join();
+    const keysBefore = keys();
     const agentPid = Number(readFileSync(join(STATE, 'agents', 'alpha-node1.pid'), 'utf8'));
     process.kill(agentPid, 'SIGKILL');
     const t1 = Date.now();
     expect(cluster('agent-start', 'alpha').status).toBe(0); // the supervisor's restart
+    await until('the new agent adopted both proxies of node1', () => (readFileSync(join(STATE, 'agents', 'alpha-node1.log'), 'utf8').match(/running proxy adopted/g) ?? []).length >= 2);
     await until('web and db after the agent was killed', () => curl('alpha-client-1', 'http://web/', 'x', 1) && curl('alpha-client-1', 'http://db:5432/', 'x', 1), 10_000);
     expect(Date.now() - t1).toBeLessThan(5000);
+    expect(keys()).toBe(keysBefore); // the restarted agent adopted the running proxies
   });
 
-  it('6. cluster.sh down leaves the machine as it was', () => {
+  it('6. agents stop cleanly (pods as before tenc, keys withdrawn); cluster.sh down leaves the machine as it was', () => {
     for (const c of children) c.kill('SIGKILL');
+    expect(cluster('agent-stop', 'alpha').status).toBe(0);
+    for (const pod of ['alpha-web-1', 'alpha-client-1', 'alpha-db-1', 'alpha-web-2']) {
+      const n = Netns.attach(ns(pod));
+      expect(n.exec('nft', 'list', 'ruleset'), pod).toBe('');
+      expect(n.ip('rule', 'show').trim().split('\n'), pod).toHaveLength(3); // local, main, default
+      expect(n.ip('route', 'show', 'table', 'all'), pod).not.toContain('tenc0');
+    }
+    expect(readdirSync(join(STATE, 'registry', 'peers', 'alpha'))).toEqual([]);
     const r = cluster('down');
     expect(r.status, r.stderr).toBe(0);
     const after = machine();

@@ -56,6 +56,15 @@ describe('agent: desired state', () => {
     expect(db.peers.every((p) => p.publicKey !== key('E'))).toBe(true);
   });
 
+  it('gives the DNS proxy each VIP\'s keyed endpoints', () => {
+    expect(desiredState(view, pods[2]).endpoints).toEqual([
+      { vip: '10.96.1.10', addresses: ['10.128.1.10', '10.128.2.10'] },
+      { vip: '10.96.1.20', addresses: ['10.128.2.20'] },
+    ]);
+    const v = { ...view, peers: view.peers.filter((k) => k.pod !== 'db' && k.pod !== 'web-2') };
+    expect(desiredState(v, pods[2]).endpoints).toEqual([{ vip: '10.96.1.10', addresses: ['10.128.1.10'] }]);
+  });
+
   it('an endpoint without a published key is not routed to; the pod itself is never its own peer', () => {
     const v = { ...view, peers: view.peers.filter((k) => k.pod !== 'db') };
     const cli = desiredState(v, pods[2]);
