@@ -272,6 +272,24 @@ describe('dns proxy in a pod of project alpha', () => {
     expect(table()).not.toContain('10.77.0.254');
   });
 
+  it('grace: a learned route stays while the peer behind it still sends, and leaves once it stops', async () => {
+    const table = () => a.ip('-4', 'route', 'show', 'table', '52100');
+    // peer b also carries 10.96.0.0/24: traffic to the VIP moves b's transmit counter
+    tenc(a, 'set-peer', podB.publicKey, '--allowed-ips', '10.77.0.2/32,fd00:77::2/128,10.96.0.0/24');
+    try {
+      expect(dig(a, '+short', 'api.alpha.svc.cluster.local')).toBe('10.96.0.21\n');
+      expect(table()).toMatch(/^10\.96\.0\.21 dev tenc0/m);
+      const ping = spawnIn(a, 'ping', ['-i', '0.2', '-w', '6', '10.96.0.21']); // a flow that keeps sending
+      await new Promise((r) => setTimeout(r, 5000)); // well past TTL 2 s + grace 1 s
+      expect(table()).toMatch(/^10\.96\.0\.21 dev tenc0/m);
+      await new Promise((r) => ping.once('exit', r));
+      expect(await waitFor(() => !/^10\.96\.0\.21 /m.test(table()), 4000)).toBe(true);
+      expect(table()).toMatch(/^10\.96\.0\.0\/24 dev tenc0/m); // the peer's own route stays
+    } finally {
+      tenc(a, 'set-peer', podB.publicKey, '--allowed-ips', '10.77.0.2/32,fd00:77::2/128');
+    }
+  });
+
   it('upstream down and back: SERVFAIL promptly, then answers again', async () => {
     dnsmasq!.kill('SIGTERM');
     await new Promise((r) => dnsmasq!.once('exit', r));
