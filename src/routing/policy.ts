@@ -19,6 +19,9 @@
  * Exactness: every change that succeeded is recorded as an undo entry; teardown
  * runs the undo entries in reverse order, and nothing else. Routes carry a
  * reference count so two sources (a peer, a DNS answer) can share one route.
+ * Every change (install, add, remove, residue, teardown) runs through one promise
+ * chain, one after the other, so concurrent callers (the control socket, DNS
+ * answers, TTL expiry) never read a count another change is about to update.
  *
  * Residue of a crashed run (removeResidue, run before install): identified by
  *  - rules (IPv4 and IPv6) whose priority is P and whose table is T;
@@ -71,6 +74,8 @@ export class PolicyRouting {
   private readonly refs = new Map<string, number>();
   private readonly srcFor: Record<Family, string | null> = { 4: null, 6: null };
   private installed = false;
+  /** Every mutation runs after the previous one settled: reference counts are read and written in order. */
+  private chain: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly opts: PolicyRoutingOptions) {
     this.ip = opts.ip ?? new IpCommand();
@@ -81,13 +86,24 @@ export class PolicyRouting {
     return String(this.opts.table);
   }
 
+  /** Runs fn after every mutation queued before it has settled (a promise-chain mutex). */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
   /** The routes currently installed (canonical CIDRs). */
   routes(): string[] {
     return [...this.refs.keys()];
   }
 
   /** Removes what a crashed earlier run with the same table/priority/interface left. */
-  async removeResidue(): Promise<ResidueReport> {
+  removeResidue(): Promise<ResidueReport> {
+    return this.serial(() => this.removeResidueNow());
+  }
+
+  private async removeResidueNow(): Promise<ResidueReport> {
     const { ifname, priority } = this.opts;
     const report: ResidueReport = { rules: 0, routes: 0, addresses: 0 };
     for (const fam of [4, 6] as const) {
@@ -122,7 +138,11 @@ export class PolicyRouting {
   }
 
   /** Sets tenc0's MTU and brings it up, makes the pod addresses usable as source, adds routes and rules. */
-  async install(mtu: number, destinations: string[]): Promise<void> {
+  install(mtu: number, destinations: string[]): Promise<void> {
+    return this.serial(() => this.installNow(mtu, destinations));
+  }
+
+  private async installNow(mtu: number, destinations: string[]): Promise<void> {
     if (this.installed) throw new Error('PolicyRouting.install called twice');
     this.installed = true;
     const { ifname } = this.opts;
@@ -147,7 +167,7 @@ export class PolicyRouting {
       this.srcFor[fam] = own;
     }
 
-    await this.addRoutes(destinations);
+    await this.addRoutesNow(destinations);
     for (const fam of [4, 6] as const) {
       if (this.srcFor[fam] !== null) await this.ensureRule(fam);
     }
@@ -170,8 +190,12 @@ export class PolicyRouting {
     return `route ${op} unreachable ${cidr} table ${this.t} metric ${GUARD_METRIC}`;
   }
 
-  /** Adds routes (reference counted) and their guards, `ip -batch` per family. */
-  async addRoutes(cidrs: string[]): Promise<void> {
+  /** Adds routes (reference counted) and their guards, `ip -batch` per family. Serialized with every other change. */
+  addRoutes(cidrs: string[]): Promise<void> {
+    return this.serial(() => this.addRoutesNow(cidrs));
+  }
+
+  private async addRoutesNow(cidrs: string[]): Promise<void> {
     const fresh: Record<Family, string[]> = { 4: [], 6: [] };
     const extra = new Map<string, number>(); // further references to a route added by this call
     for (const cidr of cidrs) {
@@ -214,7 +238,11 @@ export class PolicyRouting {
   }
 
   /** Drops one reference; the route goes when the last reference does. Unknown routes are ignored. */
-  async removeRoute(cidr: string): Promise<void> {
+  removeRoute(cidr: string): Promise<void> {
+    return this.serial(() => this.removeRouteNow(cidr));
+  }
+
+  private async removeRouteNow(cidr: string): Promise<void> {
     const n = this.refs.get(cidr);
     if (n === undefined) return;
     if (n > 1) {
@@ -258,7 +286,11 @@ export class PolicyRouting {
   }
 
   /** Undoes everything recorded, newest first. Keeps going past failures; throws them together at the end. */
-  async teardown(): Promise<void> {
+  teardown(): Promise<void> {
+    return this.serial(() => this.teardownNow());
+  }
+
+  private async teardownNow(): Promise<void> {
     const { ifname } = this.opts;
     const failures: string[] = [];
     // The interface may already be gone (its TUN closed): its routes and addresses went with it.
