@@ -87,6 +87,8 @@ done
 if [ $ready -eq 1 ]; then ok "tenc pod runs in each of alpha's 4 pods, each knows the other 3 (public keys through the registry)"
 else bad "alpha's pods did not get their peers in 30 s"; fi
 echo "  registry: $(ls /run/tenc-cluster/$P/registry/peers/alpha | tr '\n' ' ')"
+echo "  names: alpha-client-1's DNS proxy answers alpha's services with their endpoint pods, other names pass unchanged:"
+in_pod alpha-client-1 getent hosts web.alpha.svc.cluster.local db.alpha.svc.cluster.local web.beta.svc.cluster.local | sed 's/^/    /'
 echo "  alpha-client-1 routes:"
 in_pod alpha-client-1 ip route get 10.96.1.10 | sed -n '1s/^/    web.alpha VIP   -> /p'
 in_pod alpha-client-1 ip route get 10.128.1.20 | sed -n '1s/^/    beta-web-1      -> /p'
