@@ -106,10 +106,20 @@ function signal(pid: number, sig: NodeJS.Signals | 0): boolean {
   }
 }
 
+/** The process exists and is not a zombie (an adopted proxy's parent may not reap it). */
+export function processAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
 /** SIGTERM, up to 5 s, then SIGKILL. */
 async function stopPid(pid: number): Promise<void> {
   if (!signal(pid, 'SIGTERM')) return;
-  for (let i = 0; i < 50 && signal(pid, 0); i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 50 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 100));
   signal(pid, 'SIGKILL');
 }
 
@@ -244,7 +254,7 @@ export class Agent {
       }
       px.pod = pod;
       // an adopted proxy has no child to watch: look at its pid
-      if (px.pid !== null && !signal(px.pid, 0)) this.lost(px, 'adopted proxy gone');
+      if (px.pid !== null && !processAlive(px.pid)) this.lost(px, 'adopted proxy gone');
       if (px.publicKey === null && !px.starting && Date.now() >= px.restartAt) starts.push(this.ensureProxy(px));
     }
     // in parallel: a proxy takes about a second to start

@@ -5,7 +5,7 @@
  * enforcement rules' text.
  */
 import { describe, it, expect } from 'vitest';
-import { desiredState, peerChanges, type DesiredPeer } from '../../src/agent/agent.js';
+import { desiredState, peerChanges, processAlive, podResolvConf, type DesiredPeer } from '../../src/agent/agent.js';
 import type { PodInfo, ProjectView } from '../../src/agent/registry.js';
 import { validateCluster, kubeProxyRules, dnsHosts, ClusterConfigError } from '../../src/agent/cluster-config.js';
 import { plan } from '../../src/agent/cluster-tool.js';
@@ -74,6 +74,19 @@ describe('agent: desired state', () => {
 
   it('the same view gives the same answer (the VIP choice is stable)', () => {
     expect(desiredState(view, pods[2])).toEqual(desiredState(structuredClone(view), pods[2]));
+  });
+});
+
+describe('agent: helpers', () => {
+  it('processAlive: this process yes, a reaped child no', async () => {
+    expect(processAlive(process.pid)).toBe(true);
+    const { spawnSync } = await import('node:child_process');
+    const r = spawnSync('true');
+    expect(processAlive(r.pid!)).toBe(false);
+  });
+  it('podResolvConf: only for /run/netns/NAME with an /etc/netns/NAME/resolv.conf', () => {
+    expect(podResolvConf('/proc/1/ns/net')).toBe(null);
+    expect(podResolvConf('/run/netns/tenc-no-such-netns-here')).toBe(null);
   });
 });
 
