@@ -142,7 +142,16 @@ else ok "the secret marker never appears in either capture ($(cat "$work/bridge.
 if grep -a -q "$public" "$work/bridge.pcap"; then ok "the public marker is in the clear on the bridge: traffic to other projects and outside is left alone"
 else bad "the public marker is missing from the bridge capture"; fi
 
-say "6. enforcement: plaintext from a beta pod that spoofs an alpha pod's address"
+say "6. bulk TCP through the tunnel across nodes (after the captures, to keep them small)"
+in_pod alpha-db-1 iperf3 -s -1 -B 10.128.2.10 >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.5
+if in_pod alpha-client-1 iperf3 -c 10.128.2.10 -t 3 -J >"$work/iperf.json" 2>&1; then
+  gbps=$(node -e "const j=require('$work/iperf.json'); console.log((j.end.sum_received.bits_per_second/1e9).toFixed(2))")
+  ok "TCP (iperf3, 3 s, one stream) alpha-client-1 (node1) -> alpha-db-1 (node2): $gbps Gbit/s through tenc and VXLAN"
+else bad "iperf3 alpha-client-1 -> alpha-db-1"; tail -5 "$work/iperf.json"; fi
+
+say "7. enforcement: plaintext from a beta pod that spoofs an alpha pod's address"
 before=$(tenc_in alpha-db-1 status --json | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).drops.plaintext_from_project||0))")
 in_pod beta-client-1 ip addr add 10.128.2.11/32 dev eth0
 if in_pod beta-client-1 curl -s -m 2 --interface 10.128.2.11 --data "$secret" http://10.128.2.10:5432/ >/dev/null; then spoof=1; else spoof=0; fi
@@ -151,10 +160,10 @@ after=$(tenc_in alpha-db-1 status --json | node -e "let s='';process.stdin.on('d
 if [ $spoof -eq 0 ] && [ "$after" -gt "$before" ]; then ok "beta-client-1 posing as alpha-client-2 (10.128.2.11) got nothing; alpha-db-1 dropped $((after - before)) packets (plaintext_from_project)"
 else bad "spoofed plaintext was not dropped (curl ok=$spoof, drops $before -> $after)"; fi
 
-say "7. tenc status in alpha-client-1 (ip netns exec $P-alpha-client-1 tenc status)"
+say "8. tenc status in alpha-client-1 (ip netns exec $P-alpha-client-1 tenc status)"
 tenc_in alpha-client-1 status | sed 's/^/    /'
 
-say "8. teardown (cluster.sh down)"
+say "9. teardown (cluster.sh down)"
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 pids=()
 bash "$here/cluster.sh" down
