@@ -69,6 +69,18 @@ export function interceptRuleset(o: InterceptOptions): string {
   return lines.join('\n') + '\n';
 }
 
+/**
+ * Removes the table of a crashed run that had the DNS proxy on, whether or not this
+ * run has it (a stale redirect would send the pod's DNS to a closed port). True if
+ * there was one.
+ */
+export async function removeInterceptResidue(table: string, nft = 'nft'): Promise<boolean> {
+  const list = await runNft(nft, ['list', 'tables']);
+  if (!list.split('\n').some((l) => l.trim() === `table inet ${table}`)) return false;
+  await runNft(nft, ['delete', 'table', 'inet', table]);
+  return true;
+}
+
 export class DnsIntercept {
   private installed = false;
   private readonly nft: string;
@@ -80,10 +92,7 @@ export class DnsIntercept {
 
   /** Removes a table of that name left by a crashed earlier run; true if there was one. */
   async removeResidue(): Promise<boolean> {
-    const list = await runNft(this.nft, ['list', 'tables']).catch(() => '');
-    if (!list.split('\n').some((l) => l.trim() === `table inet ${this.o.table}`)) return false;
-    await runNft(this.nft, ['delete', 'table', 'inet', this.o.table]);
-    return true;
+    return removeInterceptResidue(this.o.table, this.nft);
   }
 
   async install(): Promise<void> {

@@ -357,6 +357,21 @@ describe('dns proxy in a pod of project alpha', () => {
     expect(dig(a, '+short', 'web.alpha.svc.cluster.local')).toBe('10.96.0.20\n'); // no endpoints known: the VIP stays
   });
 
+  it('a crash leaves the redirect; the next start removes it first, with or without the proxy', async () => {
+    podA.child.kill('SIGKILL');
+    await podA.exit;
+    expect(a.exec('nft', 'list', 'ruleset')).toContain('table inet tenc_dns_tenc0');
+    expect(dig(a, '+short', 'web.alpha.svc.cluster.local')).toMatch(/connection refused|timed out/); // redirected to a closed port
+    writeFileSync(join(dir, 'a-nodns.json'), JSON.stringify({ addresses: ['10.77.0.1', 'fd00:77::1'], pskFile: 'psk' }));
+    const plain = await startPod(a, join(dir, 'a-nodns.json'));
+    expect(a.exec('nft', 'list', 'ruleset')).not.toContain('tenc_dns');
+    expect(dig(a, '+short', 'web.alpha.svc.cluster.local')).toBe('10.96.0.20\n'); // dnsmasq itself, nothing rewritten
+    plain.child.kill('SIGTERM');
+    expect(await plain.exit).toBe(0);
+    podA = await startPod(a, join(dir, 'a.json')); // with the proxy again, for the clean stop below
+    expect(dig(a, '+short', 'web.alpha.svc.cluster.local')).toBe('10.77.0.2\n');
+  });
+
   it('a clean stop removes the interception and the learned routes: the pod namespace is as before', async () => {
     podA.child.kill('SIGTERM');
     expect(await podA.exit).toBe(0);
