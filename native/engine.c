@@ -568,6 +568,8 @@ struct tenc_rx {
 };
 
 /* Stages 2-4 for one message, under the read lock. */
+static int dst_is_local(const tenc_engine *e, const uint8_t *pkt, int v);
+
 static void rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t len, const struct sockaddr_in6 *from,
                        uint64_t now) {
   if (len < 4 || m[1] || m[2] || m[3]) {
@@ -645,6 +647,10 @@ static void rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t l
   }
   cset(&c[TENC_P_LAST_RX_DATA_MS], now);
   if (e->nat.nservices) tenc_nat_dnat(&e->nat, pt, iplen, now);
+  if (e->nlocal && !dst_is_local(e, pt, v)) {
+    drop(e, p->id, TENC_D_BAD_DESTINATION, 1);
+    return;
+  }
   x->inj[x->ninj++] = (rxinj){pt, iplen, v};
 }
 
@@ -1221,6 +1227,30 @@ int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr) {
   int32_t r = tenc_aips_lookup(e->aips, family, addr);
   pthread_rwlock_unlock(&e->lock);
   return r;
+}
+
+void tenc_engine_set_local(tenc_engine *e, const uint8_t *family, const uint8_t (*addr)[16], uint32_t n) {
+  if (n > TENC_MAX_LOCAL) n = TENC_MAX_LOCAL;
+  pthread_rwlock_wrlock(&e->lock);
+  for (uint32_t i = 0; i < n; i++) {
+    e->local_family[i] = family[i];
+    memcpy(e->local_addr[i], addr[i], 16);
+  }
+  e->nlocal = n;
+  pthread_rwlock_unlock(&e->lock);
+}
+
+/* Is the (post-DNAT) destination of this inner packet an address of the pod? Called
+ * with the engine lock held. Anything else would be relayed by the kernel (raw mode:
+ * routed like a local packet; tun mode: forwarded if the pod forwards), so it is dropped. */
+static int dst_is_local(const tenc_engine *e, const uint8_t *pkt, int v) {
+  const uint8_t *dst = v == 4 ? pkt + 16 : pkt + 24;
+  size_t alen = v == 4 ? 4 : 16;
+  for (uint32_t i = 0; i < e->nlocal; i++)
+    if (e->local_family[i] == v && memcmp(e->local_addr[i], dst, alen) == 0) return 1;
+  for (uint32_t i = 0; i < e->nat.nservices; i++)
+    if (e->nat.services[i].family == v && memcmp(e->nat.services[i].local, dst, alen) == 0) return 1;
+  return 0;
 }
 
 void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n) {

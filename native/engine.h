@@ -72,10 +72,12 @@ enum tenc_drop {
   TENC_D_HANDSHAKE_QUEUE_FULL,
   TENC_D_TOO_BIG,
   TENC_D_IO,
+  TENC_D_BAD_DESTINATION, /* authentic, but the inner destination is not an address of this pod */
   TENC_D_COUNT
 };
 
 enum { TENC_G_HANDSHAKE_RX = TENC_D_COUNT, TENC_G_KEEPALIVE_RX, TENC_GLOBAL_SLOTS = 16 };
+_Static_assert(TENC_G_KEEPALIVE_RX < TENC_GLOBAL_SLOTS, "global counter slots overflow");
 enum {
   TENC_P_TX_BYTES,
   TENC_P_RX_BYTES,
@@ -88,6 +90,11 @@ enum {
   TENC_P_DROPS,
   TENC_PEER_SLOTS = 24
 };
+_Static_assert(TENC_P_DROPS + TENC_D_COUNT <= TENC_PEER_SLOTS, "per-peer counter slots overflow");
+
+/* Addresses of the pod: an authentic inner packet is injected only when its
+ * destination (after DNAT) is one of these or a service's local address. */
+#define TENC_MAX_LOCAL 16
 
 enum tenc_event_type { TENC_EV_HANDSHAKE, TENC_EV_NEED_HANDSHAKE, TENC_EV_KEYPAIR_CONFIRMED,
                        TENC_EV_REKEY_NEEDED, TENC_EV_ENDPOINT };
@@ -155,6 +162,9 @@ struct tenc_engine {
   uint32_t kcap, kused, kdead;
   tenc_aips *aips;
   tenc_nat nat;
+  uint8_t local_family[TENC_MAX_LOCAL];
+  uint8_t local_addr[TENC_MAX_LOCAL][16];
+  uint32_t nlocal; /* 0 = not configured: no destination check (engine tests only) */
   uint64_t *ctr;
   /* events */
   pthread_mutex_t ev_mu;
@@ -196,6 +206,8 @@ int tenc_engine_send_handshake(tenc_engine *e, const struct sockaddr_in6 *to, co
 int tenc_engine_send_keepalive(tenc_engine *e, uint32_t id);
 int tenc_engine_flush_queue(tenc_engine *e, uint32_t id);
 void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n);
+/* Replaces the pod's own addresses (family 4 or 6, address in the first 4 or 16 bytes). */
+void tenc_engine_set_local(tenc_engine *e, const uint8_t *family, const uint8_t (*addr)[16], uint32_t n);
 /* Test hook: moves a keypair's next send counter (REKEY/REJECT_AFTER_MESSAGES tests). */
 int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counter);
 /* The peer the allowed-IPs table sends `addr` to, or -1. */

@@ -471,6 +471,28 @@ fail:
   return NULL;
 }
 
+static napi_value engine_set_local_addresses(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  bool is;
+  napi_is_array(env, argv[1], &is);
+  if (!is) return tenc_throw_type(env, "addresses must be an array");
+  uint32_t n;
+  napi_get_array_length(env, argv[1], &n);
+  if (n > TENC_MAX_LOCAL) return tenc_throw_range(env, "too many local addresses");
+  uint8_t fam[TENC_MAX_LOCAL];
+  uint8_t addr[TENC_MAX_LOCAL][16];
+  memset(addr, 0, sizeof addr);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    napi_get_element(env, argv[1], i, &v);
+    int f = get_ip(env, v, "address", addr[i]);
+    if (f < 0) return NULL;
+    fam[i] = (uint8_t)f;
+  }
+  tenc_engine_set_local(j->e, fam, (const uint8_t(*)[16])addr, n);
+  return NULL;
+}
+
 static napi_value engine_close(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -570,6 +592,7 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"engineSendKeepalive", engine_send_keepalive},
       {"engineFlushQueue", engine_flush_queue},
       {"engineSetLocalServices", engine_set_local_services},
+      {"engineSetLocalAddresses", engine_set_local_addresses},
       {"engineClose", engine_close},
       {"engineLayout", engine_layout},
       {"engineRoute", engine_route},

@@ -85,9 +85,11 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
     let raw4: number | undefined;
     let raw6: number | undefined;
     if (d.inject === 'raw') {
-      raw4 = native.openRaw(4, config.fwmark);
+      // No fwmark on the inject sockets: a packet they carry must never be routed past
+      // tenc's rule into the main table (the engine delivers only to the pod's addresses).
+      raw4 = native.openRaw(4);
       fds.push(raw4);
-      raw6 = native.openRaw(6, config.fwmark);
+      raw6 = native.openRaw(6);
       fds.push(raw6);
     }
     plane = new native.NativePlane({
@@ -102,6 +104,12 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
     });
   } catch (e) {
     for (const fd of fds) native.closeFd(fd);
+    throw e;
+  }
+  try {
+    plane.setLocalAddresses([config.addresses.v4, config.addresses.v6].filter((a): a is string => a !== null));
+  } catch (e) {
+    await plane.close();
     throw e;
   }
   let device: InstanceType<DeviceModule['Device']>;

@@ -225,6 +225,10 @@ export class NativePlane implements DataPlane {
     addon.engineSetLocalServices(this.handle, services);
   }
 
+  setLocalAddresses(addresses: string[]): void {
+    addon.engineSetLocalAddresses(this.handle, addresses);
+  }
+
   private peerBase(peer: PeerId): number {
     checkInt('peer', peer, 0, layout.maxPeers - 1);
     return layout.globalSlots + peer * layout.peerSlots;

@@ -42,6 +42,7 @@ export const DROP_REASONS = [
   'handshake_queue_full', // too many handshake messages waiting for the control plane
   'too_big', // packet larger than the MTU allows
   'io', // a send or inject system call failed
+  'bad_destination', // authentic, but the inner destination (after DNAT) is not an address of this pod
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -99,6 +100,13 @@ export interface DataPlane {
   /** Drops the packets queued for the peer, counting them as no_session. */
   flushQueue(peer: PeerId): void;
   setLocalServices(services: LocalService[]): void;
+  /**
+   * The pod's own addresses. Once set, an authentic inner packet is delivered only when its
+   * destination (after DNAT) is one of them or a service's localAddress; anything else is
+   * dropped as bad_destination, so a peer can never make the pod relay a packet (raw
+   * injection routes like a local packet and could leave the pod in plaintext).
+   */
+  setLocalAddresses(addresses: string[]): void;
   peerCounters(peer: PeerId): PeerCounters;
   /** Drop counts by reason, summed over peers and unattributed drops. */
   drops(): Record<DropReason, number>;

@@ -121,6 +121,7 @@ export class ReferencePlane implements DataPlane {
   private readonly unattributed = zeroDrops();
   private handler: ((events: PlaneEvent[]) => void) | null = null;
   private services: LocalService[] = [];
+  private localAddrs: Uint8Array[] = [];
   private readonly nat = new ReferenceNat();
   private closed = false;
 
@@ -253,6 +254,17 @@ export class ReferencePlane implements DataPlane {
     if (!Array.isArray(services)) throw new TypeError('services must be an array');
     this.nat.setServices(services);
     this.services = services.map((s) => ({ ...s, ports: s.ports.map((x) => ({ ...x })) }));
+  }
+
+  setLocalAddresses(addresses: string[]): void {
+    if (!Array.isArray(addresses)) throw new TypeError('addresses must be an array');
+    this.localAddrs = addresses.map((a) => parseIp(a));
+  }
+
+  /** Destination check after DNAT (same rule as native/engine.c dst_is_local). */
+  private isLocal(dst: Uint8Array): boolean {
+    const eq = (a: Uint8Array) => a.length === dst.length && a.every((x, i) => x === dst[i]);
+    return this.localAddrs.some(eq) || this.services.some((s) => eq(parseIp(s.localAddress)));
   }
 
   get localServices(): readonly LocalService[] {
@@ -422,6 +434,10 @@ export class ReferencePlane implements DataPlane {
       p.counters.lastRxDataMs = now;
       const inner = plain.subarray(0, h.totalLength);
       this.nat.dnat(inner);
+      if (this.localAddrs.length > 0 && !this.isLocal(readInnerHeader(inner)!.dst)) {
+        p.drops.bad_destination++;
+        continue;
+      }
       toTun.push(inner);
     }
     if (toTun.length > 0) this.tun.write(toTun);

@@ -31,6 +31,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCapture, type Netns } from './lib.js';
 import {
+  GATEWAY,
   POD_ADDR,
   Topology,
   pcapUdp,
@@ -99,7 +100,9 @@ beforeAll(async () => {
     ['c', C, 'psk'],
     ['d', D, 'other-psk'],
   ] as const) {
-    writeFileSync(join(dir, `${name}.json`), JSON.stringify({ addresses: [addr.v4, addr.v6], pskFile: psk, listenPort: PORT }));
+    // b injects through raw sockets: the mode where a relayed packet would be routed onwards
+    const dataPlane = name === 'b' ? { dataPlane: { inject: 'raw' } } : {};
+    writeFileSync(join(dir, `${name}.json`), JSON.stringify({ addresses: [addr.v4, addr.v6], pskFile: psk, listenPort: PORT, ...dataPlane }));
   }
   const started = await Promise.all(
     ([['a', a], ['b', b], ['c', c], ['d', d]] as const).map(async ([name, ns]) => [name, await startPod(ns, join(dir, `${name}.json`))] as const),
@@ -252,6 +255,32 @@ describe('attacks on pod b', () => {
     c.exec('python3', '-c', RAW_SEND, C.v4, B.v4, 'genuine-from-c');
     expect(ping(c, B.v4)).toBe(true);
     expect(drop(status(b), 'spoofed_source')).toBe(drop(after, 'spoofed_source'));
+  });
+
+  it('inner destination not of b (regression: raw injection relayed it to the main table in plaintext): dropped as bad_destination', async () => {
+    // c, a legitimate peer of b, routes the gateway's addresses into its tunnel to b
+    tenc(c, 'set-peer', pods.b!.publicKey, '--allowed-ips', `${B.v4}/32,${B.v6}/128,${GATEWAY.v4}/32,${GATEWAY.v6}/128`);
+    expect(c.exec('ip', 'route', 'get', GATEWAY.v4)).toContain('dev tenc0');
+    const keyC = pods.c!.publicKey;
+    const before = status(b);
+    const cap = await startCapture(br, 'veth-b', ['-B', '8192', 'udp', 'port', '9999']);
+    try {
+      c.exec('python3', '-c', RAW_SEND, C.v4, GATEWAY.v4, 'relay-me-v4');
+      c.exec('python3', '-c', RAW_SEND, C.v6, GATEWAY.v6, 'relay-me-v6');
+      await waitFor(() => drop(status(b), 'bad_destination') >= drop(before, 'bad_destination') + 2);
+      await new Promise((r) => setTimeout(r, 300)); // anything b forwarded would be on the wire by now
+    } finally {
+      await cap.stop();
+    }
+    const leaked = cap.read().filter((l) => / IP6? /.test(l));
+    cap.remove();
+    expect(leaked, 'plaintext relayed by b onto its veth').toEqual([]);
+    const after = status(b);
+    expect(peerDrop(after, keyC, 'bad_destination') - peerDrop(before, keyC, 'bad_destination')).toBe(2);
+    expect(peerOf(after, keyC).rxBytes).toBeGreaterThan(peerOf(before, keyC).rxBytes); // it did authenticate
+    // c's traffic to b itself is still delivered
+    tenc(c, 'set-peer', pods.b!.publicKey, '--allowed-ips', `${B.v4}/32,${B.v6}/128`);
+    expect(ping(c, B.v4)).toBe(true);
   });
 
   it("a pod with another project's psk gets no session", async () => {

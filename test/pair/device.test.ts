@@ -57,6 +57,7 @@ class StubPlane implements DataPlane {
     this.rec('flushQueue', peer);
   }
   setLocalServices(): void {}
+  setLocalAddresses(): void {}
   peerCounters(peer: PeerId): PeerCounters {
     return { ...this.counters.get(peer)! };
   }
