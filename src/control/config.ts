@@ -74,6 +74,8 @@ export interface PodConfig {
   dns: DnsConfig;
   /** Drop plaintext from project pod addresses (the peers' allowed IPs) arriving outside tenc0 (src/routing/enforce.ts). */
   enforce: boolean;
+  /** Keep the ip rule and unreachable guards after a clean stop (fail closed); default false: a stop removes everything. */
+  failClosedOnStop: boolean;
 }
 
 /** The DNS proxy (src/dns/, README "DNS proxy"). */
@@ -275,6 +277,7 @@ const TOP_FIELDS = [
   'logLevel',
   'controlSocket',
   'enforce',
+  'failClosedOnStop',
   'dns',
 ] as const;
 export const PEER_FIELDS = ['publicKey', 'endpoint', 'allowedIps', 'persistentKeepalive'] as const;
@@ -641,6 +644,7 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
   if (dns.enabled && dns.listenPort === listenPort) c.add('dns.listenPort', `${dns.listenPort} is also the tunnel's listenPort`);
 
   const enforce = raw.enforce === undefined ? false : c.take('enforce', parseBool(raw.enforce), false);
+  const failClosedOnStop = raw.failClosedOnStop === undefined ? false : c.take('failClosedOnStop', parseBool(raw.failClosedOnStop), false);
 
   if (c.problems.length > 0) throw new ConfigError(file, c.problems);
   return {
@@ -659,6 +663,7 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
     controlSocket,
     dns,
     enforce,
+    failClosedOnStop,
   };
 }
 

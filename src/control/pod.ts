@@ -7,9 +7,12 @@
  *   1. private key (memory only), public key on stdout   uninit: zero the key
  *   2. psk file                                           uninit: zero the psk
  *   3. MTU from the egress interface                      -
- *   4. residue of a crashed earlier run removed           -
+ *   4. residue of a crashed earlier run: its dead TUN's   uninit: routing teardown; the rule and
+ *      routes/addresses removed, its rule and guards              guards stay after a failed start, and
+ *      adopted; rule + unreachable guards for the                 after a stop with failClosedOnStop
+ *      config's destinations (fail closed, no tenc0 yet)
  *   5. engine: TUN, UDP socket, data plane, device        uninit: close (plane, then TUN)
- *   6. routing: MTU/up, rules, routes                     uninit: teardown
+ *   6. routing: MTU/up, tenc0 routes, rules               (uninit in 4)
  *   6b. enforcement (when enforce): nftables table that   uninit: table deleted
  *      drops plaintext from the peers' addresses
  *   7. DNS proxy (when dns.enabled): sockets, nftables    uninit: interception out, proxy stop,
@@ -41,6 +44,14 @@ export interface RunPodOptions {
   stopSignal?: Promise<unknown>;
   /** Called once the pod serves (tests). */
   onReady?: (pod: Pod) => void;
+}
+
+/** Every peer's allowed IPs and the services' VIPs of a config (Pod.destinations at start). */
+export function configDestinations(config: PodConfig): string[] {
+  const out: string[] = [];
+  for (const p of config.peers) out.push(...p.allowedIps);
+  for (const s of config.services) out.push(`${s.vip}/${s.vip.includes(':') ? 128 : 32}`);
+  return out;
 }
 
 /** The running pod: the control handler over the engine and the routing. */
@@ -258,6 +269,8 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
 
   const socketPath = config.controlSocket ?? defaultSocketPath(config.interface);
   let step = '';
+  let guarded = false; // the routing guards are (being) installed
+  let started = false; // start completed: a stop removes the guards unless failClosedOnStop
   try {
     // Before touching anything: a live pod with this socket owns these rules and routes.
     step = 'single instance';
@@ -294,6 +307,11 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       log,
     });
     await routing.removeResidue();
+    // The guards first: project traffic never finds the main table while tenc starts.
+    step = 'routing guards';
+    uninit.push({ what: 'routing', run: () => routing.teardown({ keepGuards: !started || config.failClosedOnStop }) });
+    guarded = true;
+    await routing.guard(configDestinations(config));
 
     step = 'data plane';
     const engine = await open({ config, privateKey, psk, mtu: mtuChoice.mtu, log });
@@ -309,7 +327,6 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     pod.services = config.services;
 
     step = 'routing';
-    uninit.push({ what: 'routing', run: () => routing.teardown() });
     await routing.install(mtuChoice.mtu, pod.destinations());
 
     if (config.enforce) {
@@ -346,11 +363,16 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     uninit.push({ what: 'control socket', run: () => server.close() });
 
     log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort }, 'pod running');
+    started = true;
     opts.onReady?.(pod);
   } catch (e) {
     const message = (e as Error).message;
-    log.error({ step, err: message }, 'pod start failed');
-    process.stderr.write(`tenc pod: ${step}: ${message}\n`);
+    const closed = guarded
+      ? ` (fail closed: the ip rule pref ${config.rulePriority} and the unreachable guards in table ${config.table} stay,` +
+        ' so project destinations are unreachable until tenc starts again)'
+      : '';
+    log.error({ step, err: message, failClosed: guarded }, 'pod start failed');
+    process.stderr.write(`tenc pod: ${step}: ${message}${closed}\n`);
     await undoAll();
     signals?.dispose();
     return 1;

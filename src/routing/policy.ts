@@ -14,7 +14,15 @@
  * table T. While tenc0 exists its route (lower metric) wins; if tenc dies, its TUN
  * and the tenc0 routes vanish with it, the rule stays, and the guard makes project
  * traffic fail with "no route to host" instead of leaving in the clear through the
- * main table. A restart (residue removal) or a clean stop removes the guards.
+ * main table. The rule and the guards are never absent while tenc (re)starts:
+ *   removeResidue   deletes only what belonged to the dead TUN (its routes and
+ *                   addresses); a crashed run's rule and guards are adopted;
+ *   guard           adds the rule and guards for the config's destinations
+ *                   (no tenc0 needed), before the TUN is opened;
+ *   install         adds the tenc0 routes; adopted guards no destination of this
+ *                   run needs are then removed;
+ *   teardown        removes everything, or with keepGuards everything but the rule
+ *                   and guards (a failed start; a stop with failClosedOnStop).
  *
  * Exactness: every change that succeeded is recorded as an undo entry; teardown
  * runs the undo entries in reverse order, and nothing else. Routes carry a
@@ -23,11 +31,12 @@
  * chain, one after the other, so concurrent callers (the control socket, DNS
  * answers, TTL expiry) never read a count another change is about to update.
  *
- * Residue of a crashed run (removeResidue, run before install): identified by
- *  - rules (IPv4 and IPv6) whose priority is P and whose table is T;
- *  - routes in table T whose device is the interface name (tenc0);
- *  - unreachable routes in table T with the guard metric 4294967295;
- *  - the pod's own addresses as /32 or /128 on that interface, if it still exists.
+ * Residue of a crashed run (removeResidue, run before guard and install):
+ *  - rules (IPv4 and IPv6) whose priority is P and whose table is T: adopted
+ *    (one per family; duplicates deleted);
+ *  - unreachable routes in table T with the guard metric 4294967295: adopted;
+ *  - routes in table T whose device is the interface name (tenc0): deleted;
+ *  - the pod's own addresses as /32 or /128 on that interface, if it still exists: deleted.
  * Routes in T through other devices are left alone (logged), as not ours.
  */
 import { IpCommand, IpCommandError, type Family } from './ip.js';
@@ -53,13 +62,29 @@ type Undo =
   | { kind: 'rule'; family: Family };
 
 export interface ResidueReport {
+  /** Rules adopted (kept in place, now owned by this run). */
   rules: number;
+  /** Unreachable guards adopted (kept in place, now owned by this run). */
+  guards: number;
+  /** tenc0 routes deleted. */
   routes: number;
+  /** Pod addresses deleted from the interface. */
   addresses: number;
+}
+
+export interface TeardownOptions {
+  /** Leave the rule and the unreachable guards in place (fail closed). */
+  keepGuards?: boolean;
 }
 
 /** Metric of the fail-closed unreachable routes: the largest, so the tenc0 route always wins. */
 export const GUARD_METRIC = 4294967295;
+
+/** `ip -j route` prints host routes without a prefix length: give them theirs. */
+function withPrefix(dst: string): string {
+  if (dst.includes('/')) return dst;
+  return `${dst}/${dst.includes(':') ? 128 : 32}`;
+}
 
 function familyOf(cidr: string): Family {
   const f = addressFamily(cidr.split('/')[0]);
@@ -72,6 +97,8 @@ export class PolicyRouting {
   private readonly log: Logger;
   private readonly undo: Undo[] = [];
   private readonly refs = new Map<string, number>();
+  /** Destinations whose guard is recorded in undo (one entry each). */
+  private readonly guarded = new Set<string>();
   private readonly srcFor: Record<Family, string | null> = { 4: null, 6: null };
   private installed = false;
   /** Every mutation runs after the previous one settled: reference counts are read and written in order. */
@@ -105,19 +132,24 @@ export class PolicyRouting {
 
   private async removeResidueNow(): Promise<ResidueReport> {
     const { ifname, priority } = this.opts;
-    const report: ResidueReport = { rules: 0, routes: 0, addresses: 0 };
+    const report: ResidueReport = { rules: 0, guards: 0, routes: 0, addresses: 0 };
     for (const fam of [4, 6] as const) {
       const rules = await this.ip.json([`-${fam}`, 'rule', 'show']).catch(() => []);
       const ours = rules.filter((r) => r.priority === priority && r.table === this.t);
-      const lines = ours.map(() => `rule del pref ${priority} table ${this.t}`);
-      await this.ip.batch(fam, lines);
-      report.rules += lines.length;
+      if (ours.length > 0 && !this.undo.some((u) => u.kind === 'rule' && u.family === fam)) {
+        this.undo.push({ kind: 'rule', family: fam });
+        report.rules++;
+      }
+      // duplicates (not made by tenc, which adopts): one is enough
+      await this.ip.batch(fam, ours.slice(1).map(() => `rule del pref ${priority} table ${this.t}`));
 
       const routes = await this.ip.json([`-${fam}`, 'route', 'show', 'table', this.t]).catch(() => []);
       const del: string[] = [];
       for (const r of routes) {
-        if (r.type === 'unreachable' && r.metric === GUARD_METRIC) del.push(this.guardLine(r.dst, 'del'));
-        else if (r.dev === ifname && (r.type === undefined || r.type === 'unicast')) {
+        if (r.type === 'unreachable' && r.metric === GUARD_METRIC) {
+          this.recordGuard(fam, withPrefix(r.dst));
+          report.guards++;
+        } else if (r.dev === ifname && (r.type === undefined || r.type === 'unicast')) {
           del.push(`route del ${r.dst} dev ${ifname} table ${this.t}`);
         } else this.log.warn({ table: this.opts.table, route: r.dst, dev: r.dev }, 'route in tenc table through another device left alone');
       }
@@ -133,8 +165,53 @@ export class PolicyRouting {
         report.addresses++;
       }
     }
-    if (report.rules + report.routes + report.addresses > 0) this.log.warn({ residue: report }, 'removed residue of an earlier run');
+    if (report.rules + report.guards + report.routes + report.addresses > 0) {
+      this.log.warn({ residue: report }, 'removed residue of an earlier run (its rule and guards kept, now owned by this run)');
+    }
     return report;
+  }
+
+  /**
+   * Fail closed before tenc0 exists: the rule and an unreachable guard for each
+   * destination (no tenc0 routes). install() later adds the routes in front of them.
+   */
+  guard(destinations: string[]): Promise<void> {
+    return this.serial(async () => {
+      for (const fam of [4, 6] as const) {
+        const list = [...new Set(destinations.filter((c) => familyOf(c) === fam))];
+        if (list.length === 0) continue;
+        try {
+          await this.ip.batch(fam, list.map((c) => this.guardLine(c, 'replace')));
+        } catch (e) {
+          const done = e instanceof IpCommandError ? e.linesDone : 0;
+          list.slice(0, done).forEach((c) => this.recordGuard(fam, c));
+          throw e;
+        }
+        list.forEach((c) => this.recordGuard(fam, c));
+        await this.ensureRule(fam);
+      }
+    });
+  }
+
+  private recordGuard(fam: Family, cidr: string): void {
+    if (this.guarded.has(cidr)) return;
+    this.guarded.add(cidr);
+    this.undo.push({ kind: 'guard', family: fam, cidr });
+  }
+
+  /** Deletes the guards no route of this run stands in front of (adopted from a crashed run). */
+  private async pruneGuards(): Promise<void> {
+    for (const fam of [4, 6] as const) {
+      const stale = [...this.guarded].filter((c) => !this.refs.has(c) && familyOf(c) === fam);
+      if (stale.length === 0) continue;
+      await this.ip.batch(fam, stale.map((c) => this.guardLine(c, 'del')));
+      for (const c of stale) {
+        this.guarded.delete(c);
+        const i = this.undo.findIndex((u) => u.kind === 'guard' && u.cidr === c);
+        if (i >= 0) this.undo.splice(i, 1);
+      }
+      this.log.info({ table: this.opts.table, guards: stale }, 'removed guards of an earlier run no destination needs');
+    }
   }
 
   /** Sets tenc0's MTU and brings it up, makes the pod addresses usable as source, adds routes and rules. */
@@ -171,6 +248,7 @@ export class PolicyRouting {
     for (const fam of [4, 6] as const) {
       if (this.srcFor[fam] !== null) await this.ensureRule(fam);
     }
+    await this.pruneGuards();
     this.log.info({ mtu, table: this.opts.table, priority: this.opts.priority, routes: this.refs.size }, 'routing installed');
   }
 
@@ -213,10 +291,10 @@ export class PolicyRouting {
         await this.ip.batch(fam, list.map((c) => this.guardLine(c, 'replace')));
       } catch (e) {
         const done = e instanceof IpCommandError ? e.linesDone : 0;
-        list.slice(0, done).forEach((cidr) => this.undo.push({ kind: 'guard', family: fam, cidr }));
+        list.slice(0, done).forEach((cidr) => this.recordGuard(fam, cidr));
         throw e;
       }
-      list.forEach((cidr) => this.undo.push({ kind: 'guard', family: fam, cidr }));
+      list.forEach((cidr) => this.recordGuard(fam, cidr));
       try {
         await this.ip.batch(fam, list.map((c) => this.routeLine(fam, c, 'replace')));
       } catch (e) {
@@ -253,6 +331,7 @@ export class PolicyRouting {
     const forget = (kind: 'route' | 'guard') => {
       const i = this.undo.findIndex((u) => u.kind === kind && u.cidr === cidr);
       if (i >= 0) this.undo.splice(i, 1);
+      if (kind === 'guard') this.guarded.delete(cidr);
     };
     try {
       await this.ip.batch(fam, [this.routeLine(fam, cidr, 'del'), this.guardLine(cidr, 'del')]);
@@ -285,14 +364,23 @@ export class PolicyRouting {
     }
   }
 
-  /** Undoes everything recorded, newest first. Keeps going past failures; throws them together at the end. */
-  teardown(): Promise<void> {
-    return this.serial(() => this.teardownNow());
+  /**
+   * Undoes everything recorded, newest first. Keeps going past failures; throws them
+   * together at the end. With keepGuards the rule and the guards stay (fail closed).
+   */
+  teardown(opts: TeardownOptions = {}): Promise<void> {
+    return this.serial(() => this.teardownNow(opts.keepGuards === true));
   }
 
-  private async teardownNow(): Promise<void> {
+  private async teardownNow(keepGuards: boolean): Promise<void> {
     const { ifname } = this.opts;
     const failures: string[] = [];
+    if (keepGuards) {
+      const rest = this.undo.filter((u) => u.kind !== 'rule' && u.kind !== 'guard');
+      this.undo.length = 0;
+      this.undo.push(...rest);
+    }
+    this.guarded.clear();
     // The interface may already be gone (its TUN closed): its routes and addresses went with it.
     const benign = (e: unknown, u: Undo) =>
       e instanceof IpCommandError && /Cannot find device|No such device|No such process/i.test(e.stderr) && u.kind !== 'rule';
@@ -329,6 +417,6 @@ export class PolicyRouting {
     this.refs.clear();
     this.installed = false;
     if (failures.length > 0) throw new Error(`routing teardown incomplete:\n${failures.join('\n')}`);
-    this.log.info({ table: this.opts.table }, 'routing removed');
+    this.log.info({ table: this.opts.table, keepGuards }, keepGuards ? 'routing removed, rule and guards kept (fail closed)' : 'routing removed');
   }
 }

@@ -7,10 +7,12 @@
  *  1. start: public-key line first on stdout, routes and rules in, control socket
  *     answers; set-peer / remove-peer change routes at run time; stop: the
  *     namespace equals its snapshot from before, the socket file is gone
- *  2. a failing step during start undoes the earlier ones (exit 1, snapshot equal)
+ *  2. a failing step during start undoes the earlier ones (exit 1) but leaves the
+ *     rule and unreachable guards (fail closed, said on stderr); the next start
+ *     adopts them and its clean stop leaves the snapshot equal; failClosedOnStop
  *  3. no secret in the logs
  */
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -98,6 +100,39 @@ class FakeEngine implements PodEngine {
 
 function devFor(dst: string): string {
   return JSON.parse(pod.ip('-j', 'route', 'get', dst))[0].dev;
+}
+
+/** Project destinations of config(): unreachable, never out of eth0 in the clear. */
+function expectFailClosed(): void {
+  for (const dst of ['10.77.0.2', '10.96.0.9', '10.96.1.10']) {
+    expect(() => pod.ip('route', 'get', dst), dst).toThrow(/unreachable|No route to host/);
+  }
+  expect(devFor('10.50.0.1')).toBe('eth0');
+}
+
+/** Runs a pod that stops as soon as it is ready; returns its exit code. */
+async function startStop(cfg: PodConfig): Promise<number> {
+  let stop!: () => void;
+  const stopSignal = new Promise<void>((r) => (stop = r));
+  return runPod(cfg, {
+    stdout: () => {},
+    log: createLogger({ level: 'silent' }),
+    openEngine: async (o) => new FakeEngine(o.config.interface),
+    ip: new IpCommand({ netns: pod.name }),
+    stopSignal,
+    onReady: () => stop(),
+  });
+}
+
+/** Runs a failing start, returning its exit code and what it wrote to stderr. */
+async function failingStart(run: () => Promise<number>): Promise<{ code: number; stderr: string }> {
+  let stderr = '';
+  const spy = vi.spyOn(process.stderr, 'write').mockImplementation((t) => ((stderr += String(t)), true));
+  try {
+    return { code: await run(), stderr };
+  } finally {
+    spy.mockRestore();
+  }
 }
 
 function expectSame(after: NetSnapshot, before: NetSnapshot): void {
@@ -199,20 +234,33 @@ describe('pod lifecycle', () => {
     }
   });
 
-  it('a failing control socket undoes routing and the engine: exit 1, namespace as before', async () => {
+  it('a failing control socket undoes routing and the engine: exit 1, fail closed; the next start and stop restore the namespace', async () => {
     const before = snapshot(pod);
     const blocker = join(dir, 'blocker');
     mkdirSync(blocker, { recursive: true }); // a directory where the socket should go
     let engine: FakeEngine | undefined;
-    const code = await runPod(config({ controlSocket: blocker }), {
-      stdout: () => {},
-      log: createLogger({ level: 'silent' }),
-      openEngine: async (o) => (engine = new FakeEngine(o.config.interface)),
-      ip: new IpCommand({ netns: pod.name }),
-      stopSignal: new Promise(() => {}),
-    });
+    const { code, stderr } = await failingStart(() =>
+      runPod(config({ controlSocket: blocker }), {
+        stdout: () => {},
+        log: createLogger({ level: 'silent' }),
+        openEngine: async (o) => (engine = new FakeEngine(o.config.interface)),
+        ip: new IpCommand({ netns: pod.name }),
+        stopSignal: new Promise(() => {}),
+      }),
+    );
     expect(code).toBe(1);
     expect(engine!.closed).toBe(true);
+    expect(stderr).toMatch(/control socket: .*fail closed/);
+    expectFailClosed();
+    expect(await startStop(config())).toBe(0);
+    expectSame(snapshot(pod), before);
+  });
+
+  it('failClosedOnStop: a clean stop keeps the rule and guards; without it a stop removes everything', async () => {
+    const before = snapshot(pod);
+    expect(await startStop(config({ failClosedOnStop: true }))).toBe(0);
+    expectFailClosed();
+    expect(await startStop(config())).toBe(0);
     expectSame(snapshot(pod), before);
   });
 
@@ -253,18 +301,24 @@ describe('pod lifecycle', () => {
     expect(await first).toBe(0);
   });
 
-  it('an engine that cannot open: exit 1, nothing installed', async () => {
+  it('restart fail-open: an engine that cannot open: exit 1, only the rule and guards installed (fail closed)', async () => {
     const before = snapshot(pod);
-    const code = await runPod(config(), {
-      stdout: () => {},
-      log: createLogger({ level: 'silent' }),
-      openEngine: async () => {
-        throw new Error('data plane not available: test');
-      },
-      ip: new IpCommand({ netns: pod.name }),
-      stopSignal: new Promise(() => {}),
-    });
+    const { code, stderr } = await failingStart(() =>
+      runPod(config(), {
+        stdout: () => {},
+        log: createLogger({ level: 'silent' }),
+        openEngine: async () => {
+          throw new Error('data plane not available: test');
+        },
+        ip: new IpCommand({ netns: pod.name }),
+        stopSignal: new Promise(() => {}),
+      }),
+    );
     expect(code).toBe(1);
+    expect(stderr).toMatch(/data plane: data plane not available: test \(fail closed: .*unreachable/);
+    expectFailClosed();
+    expect(pod.ip('link', 'show')).not.toContain('tenc0');
+    expect(await startStop(config())).toBe(0);
     expectSame(snapshot(pod), before);
   });
 });

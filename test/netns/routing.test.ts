@@ -12,7 +12,9 @@
  *     nft ruleset equal the snapshot taken before
  *  3. runtime add/remove with reference counts
  *  4. crash (no teardown): project destinations fail closed (unreachable, never
- *     out of eth0 in the clear); start again: the residue is removed, and the
+ *     out of eth0 in the clear); start again: the dead TUN's residue is removed,
+ *     the rule and guards are adopted and never absent while the new run starts,
+ *     a restart that fails before install leaves them (fail closed), and the
  *     final teardown leaves the namespace as it was
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
@@ -40,6 +42,14 @@ function routing(): PolicyRouting {
 function devFor(dst: string, mark?: number): string {
   const args = ['-j', 'route', 'get', dst, ...(mark !== undefined ? ['mark', String(mark)] : [])];
   return JSON.parse(rt.ip(...args))[0].dev;
+}
+
+function expectUnreachable(dsts: string[]): void {
+  for (const dst of dsts) {
+    const r = spawnSync('ip', ['-n', rt.name, 'route', 'get', dst], { encoding: 'utf8' });
+    expect(r.status, `${dst}: ${r.stdout}`).not.toBe(0);
+    expect(r.stderr).toMatch(/unreachable|No route to host/);
+  }
 }
 
 function expectSame(after: NetSnapshot, before: NetSnapshot): void {
@@ -106,7 +116,7 @@ describe('policy routing', () => {
   it('install steers only project destinations into tenc0; teardown restores the namespace exactly', async () => {
     const before = snapshot(rt);
     const r = routing();
-    expect(await r.removeResidue()).toEqual({ rules: 0, routes: 0, addresses: 0 });
+    expect(await r.removeResidue()).toEqual({ rules: 0, guards: 0, routes: 0, addresses: 0 });
     await r.install(1340, DESTS);
 
     expect(devFor('10.9.1.1')).toBe('tenc0');
@@ -148,7 +158,7 @@ describe('policy routing', () => {
     expectSame(snapshot(rt), before);
   });
 
-  it('a crashed run whose TUN vanished leaves rules; the next start removes them', async () => {
+  it('a crashed run whose TUN vanished leaves rules and guards; the next start adopts them', async () => {
     const before = snapshot(rt);
     await routing().install(1340, DESTS); // never torn down
     // the process died: its TUN closed and took routes and addresses with it
@@ -165,23 +175,70 @@ describe('policy routing', () => {
     expect(devFor('10.9.1.1', MARK)).toBe('eth0'); // and tenc's own datagrams still leave
 
     const r = routing();
-    expect(await r.removeResidue()).toEqual({ rules: 2, routes: 3, addresses: 0 });
+    expect(await r.removeResidue()).toEqual({ rules: 2, guards: 3, routes: 0, addresses: 0 });
+    expectUnreachable(['10.9.1.1', '10.96.0.10', 'fd00:9::5']); // adopted, not removed
+    await r.guard(DESTS);
     await r.install(1340, DESTS);
     await r.teardown();
     expectSame(snapshot(rt), before);
   });
 
-  it('a crashed run whose interface survived leaves rules, routes and addresses; the next start removes them all', async () => {
+  it('restart fail-open: a restart failing between residue removal and install leaves project traffic unreachable, never out of eth0', async () => {
+    const before = snapshot(rt);
+    await routing().install(1340, DESTS); // crashed run
+    rt.ip('link', 'del', 'dev', 'tenc0'); // its TUN went with it
+
+    const r = routing();
+    await r.removeResidue();
+    expectUnreachable(['10.9.1.1', '10.96.0.10', 'fd00:9::5']);
+    await r.guard([...DESTS, '10.33.0.0/24']); // the new config adds a destination
+    expectUnreachable(['10.9.1.1', '10.96.0.10', 'fd00:9::5', '10.33.0.7']);
+    // opening the TUN fails now: the failed start tears down, keeping rule and guards
+    await r.teardown({ keepGuards: true });
+    expectUnreachable(['10.9.1.1', '10.96.0.10', 'fd00:9::5', '10.33.0.7']);
+    expect(devFor('10.50.0.1')).toBe('eth0');
+
+    // the next start adopts them; its clean stop removes everything
+    persistentTun(rt, 'tenc0');
+    const next = routing();
+    expect(await next.removeResidue()).toEqual({ rules: 2, guards: 4, routes: 0, addresses: 0 });
+    await next.guard(DESTS);
+    await next.install(1340, DESTS); // 10.33.0.0/24 is no destination any more: its guard goes
+    expect(devFor('10.33.0.7')).toBe('eth0');
+    expect(devFor('10.96.0.10')).toBe('tenc0');
+    await next.teardown();
+    expectSame(snapshot(rt), before);
+  });
+
+  it('failClosedOnStop: a stop with keepGuards leaves exactly the rules and guards', async () => {
+    const before = snapshot(rt);
+    const r = routing();
+    await r.guard(DESTS);
+    await r.install(1340, DESTS);
+    await r.teardown({ keepGuards: true });
+    expectUnreachable(['10.9.1.1', '10.96.0.10', 'fd00:9::5']);
+    expect(rt.ip('-4', 'route', 'show', 'table', String(TABLE))).not.toContain('tenc0');
+    const next = routing();
+    expect(await next.removeResidue()).toEqual({ rules: 2, guards: 3, routes: 0, addresses: 0 });
+    await next.install(1340, []); // no destinations: the adopted guards go
+    await next.teardown();
+    expectSame(snapshot(rt), before);
+  });
+
+  it('a crashed run whose interface survived leaves rules, routes and addresses; the next start removes the routes and addresses, adopts rules and guards', async () => {
     const before = snapshot(rt);
     const crashed = routing();
     await crashed.install(1340, DESTS);
     await crashed.addRoute('10.30.0.0/24');
 
     const r = routing();
-    expect(await r.removeResidue()).toEqual({ rules: 2, routes: 8, addresses: 1 }); // 4 routes + 4 guards
-    expect(rt.ip('-4', 'rule', 'show')).not.toContain(`lookup ${TABLE}`);
-    expect(rt.ip('-4', 'route', 'show', 'table', String(TABLE))).toBe('');
+    expect(await r.removeResidue()).toEqual({ rules: 2, guards: 4, routes: 4, addresses: 1 });
+    expect(rt.ip('-4', 'rule', 'show')).toContain(`lookup ${TABLE}`); // adopted
+    expect(rt.ip('-4', 'route', 'show', 'table', String(TABLE))).not.toContain('tenc0');
+    expectUnreachable(['10.9.1.1', '10.30.0.1']);
+    await r.guard(DESTS);
     await r.install(1340, DESTS);
+    expect(devFor('10.30.0.1')).toBe('eth0'); // the crashed run's extra route is no destination now
     await r.teardown();
     const after = snapshot(rt);
     // tenc0's MTU/up state is what the crashed run left (the real TUN would be a new device)
@@ -204,7 +261,7 @@ describe('policy routing', () => {
   it('leaves routes of the table through other devices alone', async () => {
     rt.ip('route', 'add', '10.40.0.0/24', 'dev', 'eth0', 'table', String(TABLE));
     try {
-      expect(await routing().removeResidue()).toEqual({ rules: 0, routes: 0, addresses: 0 });
+      expect(await routing().removeResidue()).toEqual({ rules: 0, guards: 0, routes: 0, addresses: 0 });
       expect(rt.ip('-4', 'route', 'show', 'table', String(TABLE))).toContain('10.40.0.0/24 dev eth0');
     } finally {
       rt.ip('route', 'del', '10.40.0.0/24', 'dev', 'eth0', 'table', String(TABLE));
