@@ -16,7 +16,7 @@ import { LearnedRoutes } from '../../src/dns/routes.js';
 /** dns-packet's decoded form has these too (its types leave them out). */
 type Reply = dnsPacket.Packet & { rcode?: string; flag_tc?: boolean };
 
-type Mode = { silent?: boolean; reverse?: number; spoofFirst?: boolean; truncate?: boolean };
+type Mode = { silent?: boolean; reverse?: number; spoofFirst?: boolean; truncate?: boolean; tcpDropFirst?: boolean };
 
 /** A scripted upstream: answers A queries with 10.0.<len>.<id&255> style data derived from the name. */
 class FakeUpstream {
@@ -35,8 +35,10 @@ class FakeUpstream {
     f.udp.on('message', (m, ri) => f.handle(m, (b) => f.udp.send(b, ri.port, ri.address)));
     f.tcp = net.createServer((s) => {
       f.tcpConnections++;
+      const n = f.tcpConnections;
       let rx = Buffer.alloc(0);
       s.on('data', (d) => {
+        if (f.mode.tcpDropFirst && n === 1) return void s.destroy(); // a server that closes with queries unanswered
         rx = Buffer.concat([rx, d]);
         while (rx.length >= 2 && rx.length >= 2 + rx.readUInt16BE(0)) {
           const m = rx.subarray(2, 2 + rx.readUInt16BE(0));
@@ -297,5 +299,28 @@ describe('dns proxy sockets', () => {
     expect(proxy.counters().routesHeld).toBe(0);
     await proxy.stop();
     expect(removed).toEqual([]);
+  });
+
+  it('TCP: queries a closing upstream connection left unanswered are resent once on a new one', async () => {
+    await setup();
+    up.mode = { tcpDropFirst: true };
+    const s = net.connect(proxy.port, '127.0.0.1');
+    const m = query('again.example', 77);
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(m.length);
+    const got = await new Promise<Reply>((resolve) => {
+      let rx = Buffer.alloc(0);
+      s.on('data', (d) => {
+        rx = Buffer.concat([rx, d]);
+        if (rx.length >= 2 && rx.length >= 2 + rx.readUInt16BE(0)) resolve(dnsPacket.decode(rx.subarray(2, 2 + rx.readUInt16BE(0))) as Reply);
+      });
+      s.write(Buffer.concat([len, m]));
+    });
+    s.destroy();
+    expect(got.id).toBe(77);
+    expect(got.rcode).toBe('NOERROR');
+    expect((got.answers![0] as { data: string }).data).toBe(addressFor('again.example'));
+    expect(up.tcpConnections).toBe(2);
+    expect(proxy.counters().upstreamTcp.reconnects).toBe(1);
   });
 });
