@@ -1170,7 +1170,11 @@ int tenc_engine_remove_keypair(tenc_engine *e, uint32_t local) {
 }
 
 int tenc_engine_send_handshake(tenc_engine *e, const struct sockaddr_in6 *to, const uint8_t *data, size_t len) {
-  if (sendto(e->o.udp_fd, data, len, MSG_DONTWAIT, (const struct sockaddr *)to, sizeof *to) < 0) return -errno;
+  if (sendto(e->o.udp_fd, data, len, MSG_DONTWAIT, (const struct sockaddr *)to, sizeof *to) < 0) {
+    int err = errno;
+    drop(e, -1, TENC_D_IO, 1);
+    return -err;
+  }
   return 0;
 }
 

@@ -378,13 +378,13 @@ static napi_value engine_send_handshake(napi_env env, napi_callback_info info) {
   size_t n;
   if (get_endpoint(env, argv[1], argv[2], &sa) < 0 || tenc_get_bytes(env, argv[3], "data", &d, &n) < 0) return NULL;
   if (n == 0 || n > 65507) return tenc_throw_range(env, "data must be 1..65507 bytes");
+  /* A failed send (ENETUNREACH, EPERM, EAGAIN, ...) is the network's doing, not the
+   * caller's: it is counted as an io drop and reported as false; the protocol's
+   * retransmit timer tries again. Only argument errors throw. */
   int r = tenc_engine_send_handshake(j->e, &sa, d, n);
-  if (r < 0) {
-    char a[INET6_ADDRSTRLEN];
-    inet_ntop(AF_INET6, &sa.sin6_addr, a, sizeof a);
-    return tenc_throw_errno(env, -r, "sendHandshake to [%s]:%u", a, ntohs(sa.sin6_port));
-  }
-  return NULL;
+  napi_value b;
+  napi_get_boolean(env, r == 0, &b);
+  return b;
 }
 
 static napi_value engine_send_keepalive(napi_env env, napi_callback_info info) {
@@ -392,7 +392,8 @@ static napi_value engine_send_keepalive(napi_env env, napi_callback_info info) {
   uint32_t id;
   if (get_peer(env, argv[1], &id) < 0) return NULL;
   int r = tenc_engine_send_keepalive(j->e, id);
-  if (r < 0) return tenc_throw_errno(env, -r, "sendKeepalive to peer %u", id);
+  /* unknown peer: a caller bug; a failed send: counted as io, reported as false */
+  if (r == -ENOENT || r == -ERANGE) return tenc_throw_errno(env, -r, "sendKeepalive to peer %u", id);
   napi_value b;
   napi_get_boolean(env, r == 1, &b);
   return b;

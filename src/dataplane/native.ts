@@ -208,8 +208,9 @@ export class NativePlane implements DataPlane {
     addon.engineRemoveKeypair(this.handle, localIndex);
   }
 
-  sendHandshake(to: Endpoint, data: Uint8Array): void {
-    addon.engineSendHandshake(this.handle, to.address, to.port, data);
+  /** Returns false when the send failed (counted as an io drop; the retransmit timer retries). */
+  sendHandshake(to: Endpoint, data: Uint8Array): boolean {
+    return addon.engineSendHandshake(this.handle, to.address, to.port, data) as boolean;
   }
 
   /** Returns false when the peer has no send keypair or endpoint (nothing sent). */

@@ -93,7 +93,7 @@ export interface DataPlane {
   setSendKeypair(peer: PeerId, localIndex: number | null): void;
   /** Forgets a keypair and zeroes its keys. */
   removeKeypair(localIndex: number): void;
-  /** Sends one handshake message as a UDP datagram. */
+  /** Sends one handshake message as a UDP datagram. A failed send (no route, EPERM, a full socket buffer) is counted as io and never throws: the retransmit timer tries again. */
   sendHandshake(to: Endpoint, data: Uint8Array): void;
   /** Sends an empty transport message (keepalive) with the peer's send keypair. */
   sendKeepalive(peer: PeerId): void;

@@ -176,6 +176,22 @@ describe('native engine control plane calls', () => {
     closeFd(sink.fd);
   });
 
+  it('a failed send is counted as io and reported as false, never thrown (regression: it threw into Device.tick)', () => {
+    // The limited broadcast address without SO_BROADCAST fails locally with EACCES:
+    // nothing leaves the machine.
+    const io = plane.drops().io;
+    expect(plane.sendHandshake({ address: '255.255.255.255', port: 51820 }, new Uint8Array(148))).toBe(false);
+    expect(plane.drops().io).toBe(io + 1);
+    plane.addPeer(60, { address: '255.255.255.255', port: 51820 });
+    const key = new Uint8Array(32).fill(3);
+    plane.addKeypair(60, { localIndex: 600, remoteIndex: 601, sendKey: key, recvKey: key });
+    plane.setSendKeypair(60, 600);
+    expect(plane.sendKeepalive(60)).toBe(false);
+    expect(plane.peerDrops(60).io).toBe(1);
+    // argument errors still throw
+    expect(() => plane.sendHandshake({ address: 'not-an-ip', port: 1 }, new Uint8Array(148))).toThrow(TypeError);
+  });
+
   it('calls after close throw', async () => {
     const fake = openUdp(0, { gro: false });
     const udp = openUdp(0, { gro: false });
