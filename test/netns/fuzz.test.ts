@@ -230,7 +230,9 @@ describe('fuzzing pod b', () => {
     // Every datagram is counted, zero-length ones too (regression: rx_main once skipped them).
     expect(grew + kernel, detail).toBeGreaterThanOrEqual(COUNT);
     expect(grew, detail).toBeGreaterThanOrEqual(COUNT * 0.5);
-    expect(grew, detail).toBeLessThanOrEqual(COUNT); // never counted twice
+    // never counted twice; the slack is for a's own genuine messages during the flood (b is
+    // under load, so a's initiation without a cookie is refused as bad_mac2 and counted)
+    expect(grew, detail).toBeLessThanOrEqual(COUNT + 10);
     for (const r of ['bad_header', 'unknown_index', 'auth']) expect(after.drops[r] ?? 0, `${r}: ${detail}`).toBeGreaterThan(before.drops[r] ?? 0);
     expect(sum(after.handshakeFailures) - sum(before.handshakeFailures), detail).toBeGreaterThan(1000);
 
