@@ -297,6 +297,18 @@ export class Agent {
       px.applied.delete(key);
       this.log.info({ pod: px.pod.name, peer: keyFingerprint(key) }, 'peer removed');
     }
+    // an allowed IP (a VIP) moving from one peer to another: first take it from the
+    // old one, else the new one's set-peer would clash with it
+    for (const d of set) {
+      const before = px.applied.get(d.publicKey);
+      if (!before) continue;
+      const old = (JSON.parse(before) as DesiredPeer).allowedIps;
+      const kept = old.filter((ip) => d.allowedIps.includes(ip));
+      if (kept.length < old.length) {
+        await controlRequest(px.socket, { op: 'set-peer', peer: { publicKey: d.publicKey, allowedIps: kept } });
+        px.applied.set(d.publicKey, JSON.stringify({ ...d, allowedIps: kept }));
+      }
+    }
     for (const d of set) {
       await controlRequest(px.socket, { op: 'set-peer', peer: { publicKey: d.publicKey, endpoint: d.endpoint, allowedIps: d.allowedIps } });
       px.applied.set(d.publicKey, JSON.stringify(d));
@@ -335,8 +347,10 @@ export class Agent {
       const st = (await controlRequest(px.socket, { op: 'status' })) as StatusReport;
       px.publicKey = st.publicKey;
       // what the proxy has now is what was applied
-      // re-sent once (set-peer is idempotent); peers no longer wanted get removed
-      px.applied = new Map(st.peers.map((p) => [p.publicKey, 'adopted']));
+      // what the proxy has is what was applied: differences are sent, peers no longer wanted removed
+      px.applied = new Map(
+        st.peers.map((p) => [p.publicKey, JSON.stringify({ publicKey: p.publicKey, endpoint: p.endpoint ?? '', allowedIps: p.allowedIps } satisfies DesiredPeer)]),
+      );
       px.pid = findProxyPid(px.pod.netns!, join(this.o.runDir, `${px.pod.name}.json`));
       px.services = null;
       px.endpoints = null;
