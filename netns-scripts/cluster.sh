@@ -163,7 +163,8 @@ sync_cluster() {
 start_dns() {
   ip netns exec "$INFRA" dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --addn-hosts="$STATE/dns.hosts" \
     --listen-address="$(cat "$STATE/dns-address")" --bind-interfaces --local=/cluster.local/ --domain-needed \
-    --user=root --group=root --pid-file="$STATE/dnsmasq.pid" --log-facility="$STATE/dnsmasq.log"
+    --user=root --group=root --pid-file="$STATE/dnsmasq.pid" --log-facility="$STATE/dnsmasq.log" ||
+    die "dnsmasq failed to start (see $STATE/dnsmasq.log)"
   local i
   for i in $(seq 50); do [ -s "$STATE/dnsmasq.pid" ] && return 0; sleep 0.1; done
   die "dnsmasq did not start (see $STATE/dnsmasq.log)"
