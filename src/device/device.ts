@@ -193,6 +193,10 @@ export class Device {
   private loadCount = 0;
   private underLoadUntil = -Infinity;
   private lastPollMs: number;
+  /** Handshake/keepalive sends the plane refused (threw or returned false); the timers retry. */
+  sendErrors = 0;
+  /** Peers whose tick threw (a bug, or a plane call failing): logged, the next tick goes on. */
+  tickErrors = 0;
   private interval: NodeJS.Timeout | null = null;
   private closed = false;
 
@@ -356,9 +360,15 @@ export class Device {
   tick(): void {
     if (this.closed) return;
     const now = this.clock.now();
+    // Runs from setInterval: nothing may escape (an uncaught exception ends the pod).
     for (const peer of this.registry.peers()) {
-      this.poll(peer, now);
-      this.service(peer);
+      try {
+        this.poll(peer, now);
+        this.service(peer);
+      } catch (err) {
+        this.tickErrors++;
+        this.log.warn({ event: 'tick_failed', peer: peer.fingerprint, peerId: peer.id, err: (err as Error).message }, 'peer tick failed');
+      }
     }
     this.lastPollMs = now;
   }
@@ -430,8 +440,7 @@ export class Device {
         this.sendInitiation(peer, a.retry, a.reason);
         return;
       case 'keepalive':
-        if (peer.keypairs.sendKeypair(this.clock.now())) {
-          this.plane.sendKeepalive(peer.id);
+        if (peer.keypairs.sendKeypair(this.clock.now()) && this.trySend(peer, 'keepalive', () => this.plane.sendKeepalive(peer.id))) {
           peer.ownKeepalives++;
           peer.stats.keepalivesSent++;
         }
@@ -483,12 +492,36 @@ export class Device {
     const index = this.registry.allocateIndex(peer);
     peer.handshakeIndex = index;
     const msg = createInitiation(this.local, peer.handshake, index, now);
-    this.plane.sendHandshake(peer.endpoint, msg);
-    peer.stats.initiationsSent++;
+    const endpoint = peer.endpoint;
+    const sent = this.trySend(peer, 'initiation', () => this.plane.sendHandshake(endpoint, msg));
+    if (sent) peer.stats.initiationsSent++;
+    // Armed even when the send failed: the plane reports need_handshake once until a
+    // session or a flush, so the retransmit timer is what tries again.
     peer.timers.handshakeInitiated(retry, now);
+    if (!sent) return;
     peer.timers.anyAuthenticatedPacketSent(now);
     peer.timers.anyAuthenticatedPacketTraversal(now);
     this.log.debug({ event: 'initiation_sent', peer: peer.fingerprint, peerId: peer.id, reason, retry }, 'handshake initiation sent');
+  }
+
+  /**
+   * Runs one plane send; a send that throws (ENETUNREACH, EPERM, ...) or returns false
+   * is counted and logged, and reported as not sent. The protocol timers retry.
+   */
+  private trySend(peer: Peer | undefined, what: string, send: () => unknown): boolean {
+    let ok: boolean;
+    let err: string | undefined;
+    try {
+      ok = send() !== false;
+    } catch (e) {
+      ok = false;
+      err = (e as Error).message;
+    }
+    if (!ok) {
+      this.sendErrors++;
+      this.log.warn({ event: 'send_failed', what, peer: peer?.fingerprint, peerId: peer?.id, err }, 'plane send failed');
+    }
+    return ok;
   }
 
   // ---- plane events -----------------------------------------------------------------------
@@ -571,7 +604,7 @@ export class Device {
       case MESSAGE_INITIATION: {
         const res = consumeInitiation(this.local, msg, (k) => this.registry.byPublicKey(k)?.handshake, ctx);
         if (!res.ok) {
-          if (res.cookieReply) this.plane.sendHandshake(from, res.cookieReply);
+          if (res.cookieReply) this.trySend(undefined, 'cookie_reply', () => this.plane.sendHandshake(from, res.cookieReply!));
           return this.fail(res.reason, from);
         }
         const peer = this.registry.byPublicKey(res.peer.remoteStatic);
@@ -587,8 +620,8 @@ export class Device {
         // Our own initiation in flight (if any) lost the race; its index is no longer needed.
         if (peer.handshakeIndex !== null) this.registry.releaseIndex(peer.handshakeIndex);
         peer.handshakeIndex = null;
-        this.plane.sendHandshake(peer.endpoint ?? from, message);
-        peer.stats.responsesSent++;
+        // Not sent: the initiator retransmits, and gets a response then.
+        if (this.trySend(peer, 'response', () => this.plane.sendHandshake(peer.endpoint ?? from, message))) peer.stats.responsesSent++;
         peer.timers.handshakeResponseSent(now);
         peer.timers.anyAuthenticatedPacketSent(now);
         peer.timers.anyAuthenticatedPacketTraversal(now);
@@ -600,7 +633,7 @@ export class Device {
       case MESSAGE_RESPONSE: {
         const res = consumeResponse(this.local, msg, byIndex, ctx);
         if (!res.ok) {
-          if (res.cookieReply) this.plane.sendHandshake(from, res.cookieReply);
+          if (res.cookieReply) this.trySend(undefined, 'cookie_reply', () => this.plane.sendHandshake(from, res.cookieReply!));
           return this.fail(res.reason, from, this.registry.byReceiverIndex(msg.receiverIndex));
         }
         const peer = this.registry.byReceiverIndex(res.keys.localIndex);
@@ -616,8 +649,7 @@ export class Device {
         this.handshakeDone(peer, 'initiator');
         // Confirm the session at once: queued packets went out with setSendKeypair; a
         // keepalive covers the case where none were waiting.
-        this.plane.sendKeepalive(peer.id);
-        peer.ownKeepalives++;
+        if (this.trySend(peer, 'keepalive', () => this.plane.sendKeepalive(peer.id))) peer.ownKeepalives++;
         peer.timers.anyAuthenticatedPacketSent(now);
         peer.timers.anyAuthenticatedPacketTraversal(now);
         this.service(peer);

@@ -9,7 +9,7 @@ import { DROP_REASONS, type DataPlane, type DropReason, type Endpoint, type Peer
 import { generatePrivateKey, publicKeyFromPrivate } from '../../src/noise/keys.js';
 import { ManualClock } from '../../src/noise/timers.js';
 import { captureLogger, type LogRecord } from './harness.js';
-import { KEEPALIVE_TIMEOUT, MESSAGE_INITIATION_SIZE } from '../../src/wire/constants.js';
+import { KEEPALIVE_TIMEOUT, MESSAGE_INITIATION_SIZE, REKEY_TIMEOUT } from '../../src/wire/constants.js';
 
 type Call = [string, ...unknown[]];
 
@@ -148,13 +148,67 @@ describe('device over a scripted plane', () => {
     expect(keepalives()).toBe(k0 + 1); // due on the device clock, not at 9e12
   });
 
-  it('a plane call that throws inside an event is logged, not thrown into the plane', () => {
-    const { plane, logs, id } = setup();
+  it('send errors: a failing initiation send is retried on the retransmit timer; the handshake completes once the plane sends again', () => {
+    const clock = new ManualClock(10_000);
+    const pa = new StubPlane();
+    const pb = new StubPlane();
+    const ka = generatePrivateKey();
+    const kb = generatePrivateKey();
+    const logs: LogRecord[] = [];
+    const a = new Device({ privateKey: ka, plane: pa, clock, jitter: () => 0, logger: captureLogger(logs) });
+    const b = new Device({ privateKey: kb, plane: pb, clock, jitter: () => 0 });
+    const epA = { address: '10.0.0.1', port: 51820 };
+    const epB = { address: '10.0.0.2', port: 51820 };
+    const idB = a.addPeer({ publicKey: publicKeyFromPrivate(kb), endpoint: epB });
+    b.addPeer({ publicKey: publicKeyFromPrivate(ka), endpoint: epA });
+    // the plane's script: throw ENETUNREACH, then return false (an io drop), then send
+    const script: ('throw' | 'false' | 'send')[] = ['throw', 'throw', 'false'];
+    const send = pa.sendHandshake.bind(pa);
+    let attempts = 0;
+    pa.sendHandshake = ((to: Endpoint, data: Uint8Array) => {
+      attempts++;
+      const step = script.shift() ?? 'send';
+      if (step === 'throw') throw Object.assign(new Error('sendHandshake: Network is unreachable'), { code: 'ENETUNREACH' });
+      if (step === 'false') return false;
+      send(to, data);
+    }) as DataPlane['sendHandshake'];
+
+    // need_handshake comes once (the C side's need_hs_signaled): the device must retry alone
+    expect(() => pa.handler!([{ type: 'need_handshake', peer: idB }])).not.toThrow();
+    expect(attempts).toBe(1);
+    for (let i = 0; i < 3; i++) {
+      clock.advance(REKEY_TIMEOUT + 1);
+      expect(() => a.tick()).not.toThrow();
+    }
+    expect(attempts).toBe(4);
+    expect(pa.sent.length).toBe(1);
+    expect(a.sendErrors).toBe(3);
+    expect(a.status().peers[0].initiationsSent).toBe(1);
+    expect(logs.filter((r) => (r.obj as { event?: string }).event === 'send_failed').length).toBe(3);
+
+    pb.handler!([{ type: 'handshake', data: pa.sent[0], from: epA }]);
+    pa.handler!([{ type: 'handshake', data: pb.sent[0], from: epB }]);
+    expect(a.status().peers[0].hasSession).toBe(true);
+  });
+
+  it('send errors: a tick whose plane calls throw does not throw (it runs inside setInterval) and serves the other peers', () => {
+    const { plane, device, clock, id } = setup();
+    const otherKey = publicKeyFromPrivate(generatePrivateKey());
+    device.addPeer({ publicKey: otherKey, endpoint: { address: '10.0.0.3', port: 51820 } });
     plane.sendHandshake = () => {
-      throw new Error('EPERM');
+      throw Object.assign(new Error('EAGAIN'), { code: 'EAGAIN' });
     };
-    expect(() => plane.handler!([{ type: 'need_handshake', peer: id }])).not.toThrow();
-    expect(logs.some((r) => r.level === 'warn' && (r.obj as { event?: string }).event === 'event_failed')).toBe(true);
+    device.initiate(otherKey); // fails: counted, retransmit timer armed
+    expect(device.sendErrors).toBe(1);
+    const counters = plane.peerCounters.bind(plane);
+    plane.peerCounters = (p: PeerId) => {
+      if (p === id) throw new Error('EPERM');
+      return counters(p);
+    };
+    clock.advance(REKEY_TIMEOUT + 1);
+    expect(() => device.tick()).not.toThrow();
+    expect(device.tickErrors).toBe(1); // the first peer
+    expect(device.sendErrors).toBe(2); // the other peer's retry still ran
   });
 
   it('removePeer tells the plane; close() removes every peer', async () => {
