@@ -323,4 +323,39 @@ describe('dns proxy sockets', () => {
     expect(up.tcpConnections).toBe(2);
     expect(proxy.counters().upstreamTcp.reconnects).toBe(1);
   });
+
+  it('two upstream servers: after a timeout the next queries go to the other one', async () => {
+    const silent = await FakeUpstream.start();
+    silent.mode = { silent: true };
+    const second = await FakeUpstream.start();
+    try {
+      await setup({
+        upstream: {
+          servers: [
+            { address: '127.0.0.1', port: silent.port },
+            { address: '127.0.0.1', port: second.port },
+          ],
+          mark: 0,
+          timeoutMs: 300,
+          maxInflight: 100,
+        },
+      });
+    } catch (e) {
+      silent.close();
+      second.close();
+      throw e;
+    }
+    try {
+      const c = await client();
+      const [first] = await exchange(c, [query('one.example', 1)], 1);
+      expect(first.rcode).toBe('SERVFAIL');
+      const [next] = await exchange(c, [query('two.example', 2)], 1);
+      expect(next.rcode).toBe('NOERROR');
+      expect((next.answers![0] as { data: string }).data).toBe(addressFor('two.example'));
+      expect(proxy.counters().upstreamUdp.timeouts).toBe(1);
+    } finally {
+      silent.close();
+      second.close();
+    }
+  });
 });
