@@ -14,6 +14,7 @@ import { existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Netns, requireRoot, requireTool, sh } from './lib.js';
+import { ensureBuilt } from '../build.js';
 
 export const root = fileURLToPath(new URL('../..', import.meta.url));
 export const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -24,8 +25,7 @@ const podsScript = join(root, 'netns-scripts', 'pods.sh');
 export function prepare(extraTools: string[]): void {
   requireRoot();
   for (const t of ['ip', 'node', 'tcpdump', ...extraTools]) requireTool(t);
-  spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
-  if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+  ensureBuilt();
 }
 
 export const POD_ADDR = (n: number) => ({ v4: `10.77.0.${n}`, v6: `fd00:77::${n}` });

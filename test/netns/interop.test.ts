@@ -30,6 +30,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Netns, destroyAll, veth, startCapture, requireRoot, requireTool, sh } from './lib.js';
+import { ensureBuilt } from '../build.js';
 import { WireguardGo, stopAllWireguardGo } from './interop-wg.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -223,20 +224,10 @@ function wgKeyFile(name: string, cmd: 'genkey' | 'genpsk'): void {
   writeFileSync(join(dir, name), sh('wg', [cmd]), { mode: 0o600 });
 }
 
-/** True when dist/ is missing or a file under src/ changed after the last build (tsc writes every output). */
-function distIsStale(): boolean {
-  if (!existsSync(main)) return true;
-  const built = statSync(main).mtimeMs;
-  const newest = (d: string): number =>
-    Math.max(0, ...readdirSync(d, { withFileTypes: true }).map((e) => (e.isDirectory() ? newest(join(d, e.name)) : statSync(join(d, e.name)).mtimeMs)));
-  return newest(join(root, 'src')) > built;
-}
-
 beforeAll(() => {
   requireRoot();
   for (const t of ['ip', 'ping', 'tcpdump', 'wg', 'wireguard-go']) requireTool(t);
-  if (distIsStale()) spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
-  if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+  ensureBuilt();
   a = Netns.create('ia');
   b = Netns.create('ib');
   veth(a, 'eth0', b, 'eth0');

@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Netns, destroyAll, veth, snapshot, startCapture, requireRoot, requireTool, type NetSnapshot } from './lib.js';
+import { ensureBuilt } from '../build.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -85,8 +86,7 @@ function expectSame(after: NetSnapshot, before: NetSnapshot): void {
 beforeAll(() => {
   requireRoot();
   for (const t of ['ip', 'ping', 'tcpdump', 'nft']) requireTool(t);
-  spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
-  if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+  ensureBuilt();
   a = Netns.create('a');
   b = Netns.create('b');
   veth(a, 'eth0', b, 'eth0');

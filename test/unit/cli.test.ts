@@ -15,6 +15,7 @@ import { COMMAND_HELP } from '../../src/cli/help.js';
 import { ControlServer, type ControlHandler } from '../../src/control/socket.js';
 import type { PeerConfig } from '../../src/control/config.js';
 import { formatStatus, formatAgo, formatBytes, type StatusReport } from '../../src/control/status.js';
+import { ensureBuilt } from '../build.js';
 
 // RFC 7748 §6.1: Alice's private key and the public key X25519 derives from it.
 const ALICE_PRIV = Buffer.from('77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a', 'hex').toString('base64');
@@ -290,9 +291,7 @@ describe('the built executable (node dist/src/cli/main.js)', () => {
   const main = join(root, 'dist', 'src', 'cli', 'main.js');
 
   beforeAll(() => {
-    // Build like `npm test` does; type errors elsewhere do not stop tsc from emitting.
-    spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
-    if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+    ensureBuilt();
   }, 120_000);
 
   it('starts with a node shebang', () => {
