@@ -7,8 +7,9 @@
  *      per endpoint of that family (client-side load balancing); a VIP without
  *      endpoints stays
  *   3. every TTL in the answer section is capped at maxTtl
- *   4. the addresses the client will use (after 2), outside the never-tunnel CIDRs,
- *      are returned as learned, with their TTL, for the routes
+ *   4. the addresses the client will use (after 2), and A/AAAA additional records
+ *      (SRV targets), outside the never-tunnel CIDRs, are returned as learned, with
+ *      their (capped) TTL, for the routes
  *
  * Truncated (TC) and error responses pass unchanged. When the rewritten message
  * would not fit the client's UDP limit, fewer endpoints are used; if even one does
@@ -87,7 +88,15 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
     }
     fixed.push(a);
   }
-  if (!changed) return { verdict, message: null, learned: learnedOf(answers, o), rewritten: 0 };
+  // SRV and similar answers carry their targets' addresses as additional records: capped and learned too
+  const extra = ((packet.additionals ?? []) as Answer[]).filter((a) => a.type === 'A' || a.type === 'AAAA');
+  for (const a of extra) {
+    if (typeof a.ttl === 'number' && a.ttl > o.maxTtl) {
+      a.ttl = o.maxTtl;
+      changed = true;
+    }
+  }
+  if (!changed) return { verdict, message: null, learned: learnedOf([...answers, ...extra], o), rewritten: 0 };
 
   // Endpoint records, as many per VIP as fit the client's limit (at least one, else the VIP stays).
   const build = (perVip: number): Answer[] => {
@@ -109,7 +118,7 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
   }
   if (msg.length > o.limit) return unchanged; // even the capped original does not fit re-encoded
   const final = build(per);
-  return { verdict, message: msg, learned: learnedOf(final, o), rewritten };
+  return { verdict, message: msg, learned: learnedOf([...final, ...extra], o), rewritten };
 }
 
 function learnedOf(answers: Answer[], o: RewriteOptions): Learned[] {

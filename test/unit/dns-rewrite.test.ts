@@ -149,6 +149,21 @@ describe('rewriteAnswer', () => {
     }
   });
 
+  it('SRV answers: the targets\' addresses in the additional section are capped and learned', () => {
+    const name = '_http._tcp.web.alpha.svc.cluster.local';
+    const r0 = dnsPacket.encode({
+      type: 'response',
+      id: 9,
+      flags: dnsPacket.RECURSION_AVAILABLE,
+      questions: [{ name, type: 'SRV', class: 'IN' }],
+      answers: [{ name, type: 'SRV', ttl: 5, data: { priority: 0, weight: 0, port: 80, target: 'pod1.web.alpha.svc.cluster.local' } }],
+      additionals: [{ name: 'pod1.web.alpha.svc.cluster.local', type: 'A', ttl: 600, data: '10.77.0.9' }],
+    });
+    const r = rewriteAnswer(r0, readQuestion(r0)!, opts());
+    expect(r.learned).toEqual([{ address: '10.77.0.9', ttl: 10 }]);
+    expect((dnsPacket.decode(r.message!).additionals![0] as { ttl: number }).ttl).toBe(10);
+  });
+
   it('never-tunnel CIDRs are not learned', () => {
     const r0 = answer('x.alpha.svc.cluster.local', [{ name: 'x.alpha.svc.cluster.local', type: 'A', ttl: 1, data: '10.96.9.9' }]);
     expect(rewriteAnswer(r0, readQuestion(r0)!, opts()).learned).toEqual([]);
