@@ -280,6 +280,20 @@ const TOP_FIELDS = [
   'failClosedOnStop',
   'dns',
 ] as const;
+/** Services the data plane's table holds (native/nat.h TENC_NAT_MAX_SERVICES; engine rejects more). */
+export const MAX_SERVICES = 256;
+/** Ports per service (native/nat.h TENC_NAT_MAX_PORTS). */
+export const MAX_SERVICE_PORTS = 64;
+/** Peers (native/engine.h TENC_MAX_PEERS, src/peer/registry.ts MAX_PEERS). */
+export const MAX_PEERS = 65536;
+/**
+ * Allowed IPs per peer, and over all peers: each is a route and a guard in the pod's
+ * table and a node in the allowed-IPs trie, installed at start. Generous for a pod
+ * (a peer is a pod with one or two addresses, or a node with its pod CIDRs), small
+ * enough that start stays within seconds.
+ */
+export const MAX_PEER_ALLOWED_IPS = 1024;
+export const MAX_ALLOWED_IPS = 65536;
 export const PEER_FIELDS = ['publicKey', 'endpoint', 'allowedIps', 'persistentKeepalive'] as const;
 const SERVICE_FIELDS = ['vip', 'localAddress', 'ports'] as const;
 const PORT_FIELDS = ['protocol', 'port'] as const;
@@ -431,7 +445,9 @@ function checkPeer(c: Checker, v: unknown, prefix: string): PeerConfig | null {
   const allowedIps: string[] = [];
   if (v.allowedIps !== undefined) {
     if (!Array.isArray(v.allowedIps)) c.add(`${prefix}allowedIps`, 'must be an array of CIDR strings');
-    else {
+    else if (v.allowedIps.length > MAX_PEER_ALLOWED_IPS) {
+      c.add(`${prefix}allowedIps`, `${v.allowedIps.length} entries: at most ${MAX_PEER_ALLOWED_IPS} per peer`);
+    } else {
       v.allowedIps.forEach((x, i) => {
         const r = parseCidr(x);
         if (!r.ok) c.add(`${prefix}allowedIps[${i}]`, r.problem);
@@ -467,6 +483,10 @@ function checkServices(
     c.add(prefix || 'services', 'must be an array');
     return out;
   }
+  if (v.length > MAX_SERVICES) {
+    c.add(prefix || 'services', `${v.length} services: at most ${MAX_SERVICES} (the data plane's service table)`);
+    return out;
+  }
   const vips = new Set<string>();
   v.forEach((s, i) => {
     const p = `${prefix}[${i}]`;
@@ -496,6 +516,7 @@ function checkServices(
     const ports: ServicePort[] = [];
     if (s.ports === undefined) c.add(`${p}.ports`, 'is required (an empty array means every tcp and udp port)');
     else if (!Array.isArray(s.ports)) c.add(`${p}.ports`, 'must be an array of {"protocol", "port"}');
+    else if (s.ports.length > MAX_SERVICE_PORTS) c.add(`${p}.ports`, `${s.ports.length} ports: at most ${MAX_SERVICE_PORTS} per service`);
     else {
       s.ports.forEach((q, j) => {
         const pp = `${p}.ports[${j}]`;
@@ -586,6 +607,7 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
   const peers: PeerConfig[] = [];
   if (raw.peers !== undefined) {
     if (!Array.isArray(raw.peers)) c.add('peers', 'must be an array');
+    else if (raw.peers.length > MAX_PEERS) c.add('peers', `${raw.peers.length} peers: at most ${MAX_PEERS}`);
     else {
       const seenKeys = new Map<string, number>();
       const seenIps = new Map<string, number>();
@@ -595,6 +617,10 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
         const dupKey = seenKeys.get(peer.publicKey);
         if (dupKey !== undefined) c.add(`peers[${i}].publicKey`, `same key as peers[${dupKey}]`);
         seenKeys.set(peer.publicKey, i);
+        if (seenIps.size + peer.allowedIps.length > MAX_ALLOWED_IPS) {
+          c.add(`peers[${i}].allowedIps`, `more than ${MAX_ALLOWED_IPS} allowed IPs over all peers`);
+          return;
+        }
         peer.allowedIps.forEach((ip, j) => {
           const other = seenIps.get(ip);
           if (other !== undefined) c.add(`peers[${i}].allowedIps[${j}]`, `${ip} is also claimed by peers[${other}]`);

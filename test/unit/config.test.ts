@@ -14,6 +14,7 @@ import {
   parseCidr,
   readPskFile,
   validatePeer,
+  validateServices,
   validateEndpoints,
   DEFAULT_FWMARK,
   DEFAULT_TABLE,
@@ -371,5 +372,45 @@ describe('config: dns section', () => {
     expect(validateEndpoints([{ vip: '10.96.0.20', addresses: ['10.77.0.2'] }])).toEqual({ endpoints: [{ vip: '10.96.0.20', addresses: ['10.77.0.2'] }] });
     const r = validateEndpoints([{ vip: '10.96.0.20', addresses: 'x' }]);
     expect('problems' in r && r.problems[0].field).toBe('endpoints[0].addresses');
+  });
+});
+
+describe('config: limits (the engine refuses more than it holds)', () => {
+  const svc = (i: number) => ({ vip: `10.96.${i >> 8}.${i & 255}`, ports: [] });
+  const key = (i: number) => Buffer.alloc(32, 0).fill(i & 255, 0, 1).fill((i >> 8) + 1, 1, 2).toString('base64');
+
+  it('services: at most 256 (native/nat.h), checked in the config, not first by the engine', () => {
+    const ok = { ...good(), services: Array.from({ length: 256 }, (_, i) => svc(i + 1)) };
+    expect(validateConfig(ok, 'pod-a.json').services.length).toBe(256);
+    expect(problemsOf({ ...good(), services: Array.from({ length: 257 }, (_, i) => svc(i + 1)) })).toEqual([
+      'pod-a.json: services: 257 services: at most 256 (the data plane\'s service table)',
+    ]);
+    expect(validateServices(Array.from({ length: 257 }, (_, i) => svc(i + 1)), { v4: '10.77.0.1', v6: null })).toEqual({
+      problems: [{ field: 'services', problem: "257 services: at most 256 (the data plane's service table)" }],
+    });
+  });
+
+  it('ports: at most 64 per service (native/nat.h)', () => {
+    const ports = (n: number) => Array.from({ length: n }, (_, i) => ({ protocol: 'tcp', port: 1000 + i }));
+    expect(validateConfig(withField('services[0].ports', ports(64)), 'pod-a.json').services[0].ports.length).toBe(64);
+    expect(problemsOf(withField('services[0].ports', ports(65)))).toEqual(['pod-a.json: services[0].ports: 65 ports: at most 64 per service']);
+  });
+
+  it('allowedIps: at most 1024 per peer, also for a control-socket peer', () => {
+    const ips = (n: number) => Array.from({ length: n }, (_, i) => `10.${100 + (i >> 8)}.${i & 255}.0/24`);
+    expect(validateConfig(withField('peers[0].allowedIps', ips(1024)), 'pod-a.json').peers[0].allowedIps.length).toBe(1024);
+    expect(problemsOf(withField('peers[0].allowedIps', ips(1025)))).toEqual(['pod-a.json: peers[0].allowedIps: 1025 entries: at most 1024 per peer']);
+    expect(validatePeer({ publicKey: KEY_A, allowedIps: ips(1025) })).toEqual({
+      problems: [{ field: 'allowedIps', problem: '1025 entries: at most 1024 per peer' }],
+    });
+  });
+
+  it('peers: at most 65536; allowed IPs over all peers: at most 65536', () => {
+    expect(problemsOf({ ...good(), peers: new Array(65537).fill({}) })).toEqual(['pod-a.json: peers: 65537 peers: at most 65536']);
+    const peers = Array.from({ length: 65 }, (_, i) => ({
+      publicKey: key(i + 1),
+      allowedIps: Array.from({ length: 1024 }, (_, j) => `10.${i}.${j >> 2}.${(j & 3) * 64}/26`),
+    }));
+    expect(problemsOf({ ...good(), peers })).toEqual(['pod-a.json: peers[64].allowedIps: more than 65536 allowed IPs over all peers']);
   });
 });
