@@ -8,6 +8,8 @@
  *      endpoints stays
  *   3. every TTL in the answer section is capped at maxTtl
  *   4. the addresses the client will use (after 2), and A/AAAA additional records
+ *      (only records whose owner name is in the project domain: a CNAME to an
+ *      outside name, as an ExternalName service, leads outside the project)
  *      (SRV targets), outside the never-tunnel CIDRs, are returned as learned, with
  *      their (capped) TTL, for the routes
  *
@@ -78,7 +80,7 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
       a.ttl = o.maxTtl;
       changed = true;
     }
-    if ((a.type === 'A' || a.type === 'AAAA') && typeof a.data === 'string') {
+    if ((a.type === 'A' || a.type === 'AAAA') && typeof a.data === 'string' && ownedByProject(a, o)) {
       const eps = (o.endpoints(a.data) ?? []).filter((e) => e.includes(':') === (a.type === 'AAAA'));
       if (eps.length > 0) {
         expanded.push({ vipIndex: fixed.length, eps });
@@ -121,10 +123,19 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
   return { verdict, message: msg, learned: learnedOf([...final, ...extra], o), rewritten };
 }
 
+/**
+ * Is the record's owner name in the project domain (and not a never-tunnel name)? A
+ * project name may be a CNAME to an outside name (an ExternalName service): the
+ * outside name's addresses are not the project's.
+ */
+function ownedByProject(a: Answer, o: RewriteOptions): boolean {
+  return typeof a.name === 'string' && classifyName(a.name, o.policy) === 'project';
+}
+
 function learnedOf(answers: Answer[], o: RewriteOptions): Learned[] {
   const out: Learned[] = [];
   for (const a of answers) {
-    if ((a.type !== 'A' && a.type !== 'AAAA') || typeof a.data !== 'string') continue;
+    if ((a.type !== 'A' && a.type !== 'AAAA') || typeof a.data !== 'string' || !ownedByProject(a, o)) continue;
     const address = canonicalAddress(a.data);
     if (address === null || o.neverCidrs.has(address)) continue;
     if (out.some((l) => l.address === address)) continue;

@@ -164,6 +164,17 @@ describe('rewriteAnswer', () => {
     expect((dnsPacket.decode(r.message!).additionals![0] as { ttl: number }).ttl).toBe(10);
   });
 
+  it('a CNAME out of the project (ExternalName service): the outside addresses are neither rewritten nor learned', () => {
+    const r0 = answer('ext.alpha.svc.cluster.local', [
+      { name: 'ext.alpha.svc.cluster.local', type: 'CNAME', ttl: 5, data: 'api.example.com' },
+      { name: 'api.example.com', type: 'A', ttl: 5, data: '10.96.0.20' }, // even if it equals a project VIP
+    ]);
+    const r = rewriteAnswer(r0, readQuestion(r0)!, opts());
+    expect(r.learned).toEqual([]);
+    expect(r.rewritten).toBe(0);
+    expect(r.message).toBeNull();
+  });
+
   it('never-tunnel CIDRs are not learned', () => {
     const r0 = answer('x.alpha.svc.cluster.local', [{ name: 'x.alpha.svc.cluster.local', type: 'A', ttl: 1, data: '10.96.9.9' }]);
     expect(rewriteAnswer(r0, readQuestion(r0)!, opts()).learned).toEqual([]);
