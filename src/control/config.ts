@@ -464,6 +464,29 @@ function checkPeer(c: Checker, v: unknown, prefix: string): PeerConfig | null {
   return { publicKey, endpoint, allowedIps, persistentKeepalive };
 }
 
+/**
+ * Which project destination (a peer's allowed IP or a service VIP) covers `address`,
+ * as text for a message; null when none does.
+ */
+export function projectDestinationOf(address: string, peers: readonly PeerConfig[], services: readonly ServiceConfig[]): string | null {
+  const fam = addressFamily(address);
+  if (fam === null) return null;
+  const a = fam === 4 ? new Address4(address) : new Address6(address);
+  for (const [i, p] of peers.entries()) {
+    for (const cidr of p.allowedIps) {
+      if (addressFamily(cidr.split('/')[0]) !== fam) continue;
+      const net = fam === 4 ? new Address4(cidr) : new Address6(cidr);
+      if ((a as Address4).isInSubnet(net as Address4)) return `peers[${i}].allowedIps ${cidr}`;
+    }
+  }
+  for (const [i, s] of services.entries()) {
+    if (addressFamily(s.vip) === fam && (fam === 4 ? new Address4(s.vip) : new Address6(s.vip)).correctForm() === a.correctForm()) {
+      return `services[${i}].vip ${s.vip}`;
+    }
+  }
+  return null;
+}
+
 /** Validates a peer object outside a config file (control socket, CLI). */
 export function validatePeer(v: unknown): { peer: PeerConfig } | { problems: ConfigProblem[] } {
   const c = new Checker();
@@ -668,6 +691,17 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
 
   const dns = checkDns(c, raw.dns, file);
   if (dns.enabled && dns.listenPort === listenPort) c.add('dns.listenPort', `${dns.listenPort} is also the tunnel's listenPort`);
+  if (dns.enabled) {
+    dns.upstreams.forEach((u, i) => {
+      const why = projectDestinationOf(u.address, peers, services);
+      if (why !== null) {
+        c.add(
+          `dns.upstreams[${i}]`,
+          `${u.address} is a project destination (${why}): the proxy's upstream queries carry the fwmark and would bypass the tunnel in plaintext`,
+        );
+      }
+    });
+  }
 
   const enforce = raw.enforce === undefined ? false : c.take('enforce', parseBool(raw.enforce), false);
   const failClosedOnStop = raw.failClosedOnStop === undefined ? false : c.take('failClosedOnStop', parseBool(raw.failClosedOnStop), false);

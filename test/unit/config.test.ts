@@ -319,7 +319,7 @@ describe('config: dns section', () => {
     const c = validateConfig(
       withDns({
         domain: 'Alpha.svc.cluster.local.',
-        upstreams: ['10.96.0.10', '[fd00:96::a]:5353'],
+        upstreams: ['10.96.0.53', '[fd00:96::a]:5353'],
         neverTunnelNames: ['Example.COM'],
         neverTunnelCidrs: ['10.96.5.0/24', 'fd00:0:0::1'],
         endpoints: [{ vip: '10.96.0.20', addresses: ['10.77.0.2', 'fd00:77:0::2'] }],
@@ -330,7 +330,7 @@ describe('config: dns section', () => {
     expect(c.dns.enabled).toBe(true);
     expect(c.dns.domain).toBe('alpha.svc.cluster.local');
     expect(c.dns.upstreams).toEqual([
-      { address: '10.96.0.10', port: 53 },
+      { address: '10.96.0.53', port: 53 },
       { address: 'fd00:96::a', port: 5353 },
     ]);
     expect(c.dns.neverTunnelNames).toEqual(['example.com']);
@@ -412,5 +412,34 @@ describe('config: limits (the engine refuses more than it holds)', () => {
       allowedIps: Array.from({ length: 1024 }, (_, j) => `10.${i}.${j >> 2}.${(j & 3) * 64}/26`),
     }));
     expect(problemsOf({ ...good(), peers })).toEqual(['pod-a.json: peers[64].allowedIps: more than 65536 allowed IPs over all peers']);
+  });
+});
+
+describe('config: DNS upstreams that are project destinations', () => {
+  // good(): peers[0].allowedIps has 10.96.0.10/32, peers[1] fd00:77::3/128, services[0] is 10.96.0.20
+  const leak = 'the proxy\'s upstream queries carry the fwmark and would bypass the tunnel in plaintext';
+
+  it('upstream leak: an upstream inside a peer\'s allowed IPs or equal to a service VIP is refused', () => {
+    expect(problemsOf({ ...good(), dns: { domain: 'alpha.svc.cluster.local', upstreams: ['10.96.0.10', '10.96.0.20:5353', '[fd00:77::3]:53'] } })).toEqual([
+      `pod-a.json: dns.upstreams[0]: 10.96.0.10 is a project destination (peers[0].allowedIps 10.96.0.10/32): ${leak}`,
+      `pod-a.json: dns.upstreams[1]: 10.96.0.20 is a project destination (services[0].vip 10.96.0.20): ${leak}`,
+      `pod-a.json: dns.upstreams[2]: fd00:77::3 is a project destination (peers[1].allowedIps fd00:77::3/128): ${leak}`,
+    ]);
+    const wide = withField('peers[0].allowedIps', ['10.96.0.0/16']);
+    expect(problemsOf({ ...wide, dns: { domain: 'alpha.svc.cluster.local', upstreams: ['10.96.200.1'] } })).toEqual([
+      `pod-a.json: dns.upstreams[0]: 10.96.200.1 is a project destination (peers[0].allowedIps 10.96.0.0/16): ${leak}`,
+    ]);
+  });
+
+  it('an upstream outside every project destination, or a disabled proxy, is accepted', () => {
+    const cfg = validateConfig({ ...good(), dns: { domain: 'alpha.svc.cluster.local', upstreams: ['10.96.0.11', 'fd00:77::4'] } }, 'pod-a.json');
+    expect(cfg.dns.upstreams.map((u) => u.address)).toEqual(['10.96.0.11', 'fd00:77::4']);
+    expect(validateConfig({ ...good(), dns: { enabled: false, upstreams: ['10.96.0.10'] } }, 'pod-a.json').dns.enabled).toBe(false);
+  });
+
+  it('failClosedOnStop: default false, a boolean', () => {
+    expect(validateConfig(good(), 'pod-a.json').failClosedOnStop).toBe(false);
+    expect(validateConfig({ ...good(), failClosedOnStop: true }, 'pod-a.json').failClosedOnStop).toBe(true);
+    expect(problemsOf({ ...good(), failClosedOnStop: 'yes' })[0]).toMatch(/^pod-a\.json: failClosedOnStop: /);
   });
 });
