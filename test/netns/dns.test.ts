@@ -22,10 +22,11 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ensureBuilt } from '../build.js';
 import { Netns, sh, snapshot, startCapture, readCaptureBytes, requireRoot, requireTool, type NetSnapshot } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -143,8 +144,7 @@ let beforeA: NetSnapshot;
 beforeAll(async () => {
   requireRoot();
   for (const t of ['ip', 'nft', 'dnsmasq', 'dig', 'curl', 'tcpdump']) requireTool(t);
-  spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
-  if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+  ensureBuilt();
   sh('env', [`PODS_PREFIX=${PREFIX}`, 'bash', join(root, 'netns-scripts', 'pods.sh'), 'up']);
   a = Netns.attach(`${PREFIX}-a`);
   b = Netns.attach(`${PREFIX}-b`);
