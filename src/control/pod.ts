@@ -21,7 +21,7 @@
  */
 import { writeSync } from 'node:fs';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
-import { formatEndpoint, readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
+import { formatEndpoint, projectDestinationOf, readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
 import { openEngine as openRealEngine, type EngineOpener, type PodEngine } from './engine.js';
 import { ControlServer, defaultSocketPath, socketIsLive, type ControlHandler, type PeerChange, type RekeyResult } from './socket.js';
 import type { StatusReport } from './status.js';
@@ -128,6 +128,8 @@ export class Pod implements ControlHandler {
       const clash = peer.allowedIps.find((ip) => other.allowedIps.includes(ip));
       if (clash) throw new Error(`allowedIps: ${clash} is already claimed by peer ${keyFingerprint(key)}`);
     }
+    const leak = this.upstreamLeak([peer], []);
+    if (leak) throw new Error(`allowedIps: ${leak}`);
     await this.engine.setPeer(peer);
     this.peers.set(peer.publicKey, peer);
     const before = old?.allowedIps ?? [];
@@ -211,10 +213,26 @@ export class Pod implements ControlHandler {
     return null;
   }
 
+  /**
+   * A DNS upstream that these peers/services would make a project destination: the
+   * proxy's upstream sockets carry the fwmark, so its queries would bypass the tunnel.
+   * (The config refuses dns.upstreams like that; this covers resolv.conf and run time.)
+   */
+  upstreamLeak(peers: readonly PeerConfig[], services: readonly ServiceConfig[]): string | null {
+    for (const u of this.dns?.upstreams ?? []) {
+      const address = u.slice(0, u.lastIndexOf(':')); // "address:port", IPv6 unbracketed
+      const why = projectDestinationOf(address, peers, services);
+      if (why !== null) return `DNS upstream ${address} would be a project destination (${why.replace(/^\w+\[\d+\]\./, '')}): its queries carry the fwmark and would bypass the tunnel in plaintext`;
+    }
+    return null;
+  }
+
   async setServices(services: ServiceConfig[]): Promise<void> {
     const vipCidr = (s: ServiceConfig) => `${s.vip}/${s.vip.includes(':') ? 128 : 32}`;
     const before = this.services.map(vipCidr);
     const after = services.map(vipCidr);
+    const leak = this.upstreamLeak([], services);
+    if (leak) throw new Error(`services: ${leak}`);
     this.engine.setServices(services);
     await this.routing.addRoutes(after.filter((c) => !before.includes(c)));
     for (const c of before.filter((x) => !after.includes(x))) await this.routing.removeRoute(c);
@@ -351,6 +369,8 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       });
       const dns = pod.dns;
       uninit.push({ what: 'dns proxy', run: () => dns.stop() });
+      const leak = pod.upstreamLeak([...pod.peers.values()], pod.services);
+      if (leak) throw new Error(leak);
     } else await removeDnsResidue(config.interface, log);
 
     step = 'control socket';
