@@ -271,7 +271,9 @@ export class Device {
     }
     if (upd.psk !== undefined) {
       const psk = upd.psk === null ? ZERO_PSK : checkPsk(upd.psk, 'peer psk');
+      const old = peer.handshake.psk;
       peer.handshake.psk = Uint8Array.from(psk);
+      old.fill(0);
       peer.ownPsk = true;
     }
     if (upd.persistentKeepalive !== undefined) {
@@ -285,8 +287,15 @@ export class Device {
 
   /** Replaces the device psk for every peer that has no psk of its own. */
   setPsk(psk: Uint8Array): void {
-    this.devicePsk = Uint8Array.from(checkPsk(psk, 'device psk'));
-    for (const p of this.registry.peers()) if (!p.ownPsk) p.handshake.psk = Uint8Array.from(this.devicePsk);
+    const fresh = Uint8Array.from(checkPsk(psk, 'device psk'));
+    this.devicePsk.fill(0);
+    this.devicePsk = fresh;
+    for (const p of this.registry.peers()) {
+      if (p.ownPsk) continue;
+      const old = p.handshake.psk;
+      p.handshake.psk = Uint8Array.from(this.devicePsk);
+      old.fill(0);
+    }
   }
 
   removePeer(publicKey: Uint8Array | string): boolean {

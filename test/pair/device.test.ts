@@ -211,6 +211,31 @@ describe('device over a scripted plane', () => {
     expect(device.sendErrors).toBe(2); // the other peer's retry still ran
   });
 
+  it('psk zeroing: updatePeer and setPsk zero the psk bytes they replace', () => {
+    const { device, peerKey } = setup();
+    const other = publicKeyFromPrivate(generatePrivateKey());
+    device.addPeer({ publicKey: other }); // follows the device psk
+    const reg = (device as unknown as { registry: { byPublicKey(k: Uint8Array): { handshake: { psk: Uint8Array } } } }).registry;
+    const pskOf = (k: string | Uint8Array) => reg.byPublicKey(typeof k === 'string' ? Buffer.from(k, 'base64') : k).handshake.psk;
+    const devicePsk = () => (device as unknown as { devicePsk: Uint8Array }).devicePsk;
+
+    device.updatePeer(peerKey, { psk: new Uint8Array(32).fill(1) });
+    const own = pskOf(peerKey);
+    expect(own.every((b) => b === 1)).toBe(true);
+    device.updatePeer(peerKey, { psk: new Uint8Array(32).fill(2) });
+    expect(own.every((b) => b === 0)).toBe(true); // the replaced array, zeroed
+    expect(pskOf(peerKey).every((b) => b === 2)).toBe(true);
+
+    device.setPsk(new Uint8Array(32).fill(3));
+    const shared = pskOf(other);
+    const oldDevice = devicePsk();
+    device.setPsk(new Uint8Array(32).fill(4));
+    expect(shared.every((b) => b === 0)).toBe(true);
+    expect(oldDevice.every((b) => b === 0)).toBe(true);
+    expect(pskOf(other).every((b) => b === 4)).toBe(true);
+    expect(pskOf(peerKey).every((b) => b === 2)).toBe(true); // its own psk, untouched
+  });
+
   it('removePeer tells the plane; close() removes every peer', async () => {
     const { plane, device, peerKey, id } = setup();
     const other = publicKeyFromPrivate(generatePrivateKey());
