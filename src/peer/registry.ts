@@ -14,6 +14,7 @@ export class PeerRegistry {
   private readonly byKey = new Map<string, Peer>();
   private readonly byId = new Map<PeerId, Peer>();
   private readonly byIndex = new Map<number, Peer>();
+  private nextId = 0;
 
   constructor(private readonly random: (n: number) => Uint8Array = randomBytes) {}
 
@@ -21,9 +22,20 @@ export class PeerRegistry {
     return this.byKey.size;
   }
 
-  /** The smallest PeerId not in use. */
+  /**
+   * The next PeerId not in use, counting on from the last one handed out and wrapping at
+   * MAX_PEERS: a removed peer's id is not reused until the id space wraps, so a plane
+   * event still queued for the removed peer (an `endpoint`, a `need_handshake`) finds
+   * no peer instead of being applied to a new one.
+   */
   freeId(): PeerId {
-    for (let i = 0; i < MAX_PEERS; i++) if (!this.byId.has(i)) return i;
+    for (let n = 0; n < MAX_PEERS; n++) {
+      const i = (this.nextId + n) % MAX_PEERS;
+      if (!this.byId.has(i)) {
+        this.nextId = (i + 1) % MAX_PEERS;
+        return i;
+      }
+    }
     throw new RangeError(`registry: more than ${MAX_PEERS} peers`);
   }
 

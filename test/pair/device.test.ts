@@ -211,6 +211,17 @@ describe('device over a scripted plane', () => {
     expect(device.sendErrors).toBe(2); // the other peer's retry still ran
   });
 
+  it('PeerId reuse: a stale endpoint event queued for a removed peer is not applied to the peer added after it', () => {
+    const { plane, device, peerKey, id } = setup();
+    expect(device.removePeer(peerKey)).toBe(true);
+    const newKey = publicKeyFromPrivate(generatePrivateKey());
+    const ep = { address: '10.0.0.7', port: 51820 };
+    const id2 = device.addPeer({ publicKey: newKey, endpoint: ep });
+    expect(id2).not.toBe(id);
+    plane.handler!([{ type: 'endpoint', peer: id, endpoint: { address: '10.0.0.66', port: 666 } }]);
+    expect(device.status().peers[0].endpoint).toEqual(ep);
+  });
+
   it('psk zeroing: updatePeer and setPsk zero the psk bytes they replace', () => {
     const { device, peerKey } = setup();
     const other = publicKeyFromPrivate(generatePrivateKey());
