@@ -177,6 +177,8 @@ struct tenc_engine {
   pthread_t tx_thr, rx_thr;
   int threads_started;
   atomic_int stopping;
+  uint32_t tx_batch;   /* bytes read from the TUN device per batch (about) */
+  uint32_t rx_batch;   /* datagrams per recvmmsg */
   tenc_aead *ctl_aead; /* node thread */
   struct tenc_tx *tx;
   struct tenc_rx *rx;
