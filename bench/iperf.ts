@@ -21,7 +21,10 @@
  * JSON + SVG in bench/results/iperf-<timestamp>.{json,svg}.
  * Flags: --quick (1 s tests, 100 pings), --duration=S (default 8), --only=plain,tenc,...
  * (ids: plain, wg-deb, wg-bpo, tenc), --pings=N (default 200), --prefix=NAME (tencb),
- * --rounds=N (default 1: the whole sequence N times, every other round reversed; medians).
+ * --rounds=N (default 1: the whole sequence N times, every other round reversed; medians),
+ * --peers=N (adds tenc-peers: tenc with N configured peers, N-1 of them dummies),
+ * --tenc-env=TENC_X=V,... (adds tenc-env: tenc with that environment, for A/B of a knob).
+ * Memory is per process (the larger of the two pods), CPU is both pods together.
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
@@ -32,7 +35,7 @@ import { CpuMeter, Children, memory, describeFailure } from './lib/procs.js';
 import { barChart } from './lib/svg.js';
 import { markdownTable } from './lib/table.js';
 import { parseIperfTcp, parseIperfUdp, Traffic } from './lib/traffic.js';
-import { allTunnels, WgGoTunnel, type Tunnel, type TunnelEnv } from './lib/tunnels.js';
+import { allTunnels, WgGoTunnel, type Tunnel, type TunnelEnv, type TunnelVariants } from './lib/tunnels.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const PODS_SH = join(REPO, 'netns-scripts', 'pods.sh');
@@ -66,11 +69,11 @@ const METRICS: MetricDef[] = [
   { key: 'udp.loss', label: 'UDP 64 B: loss (%)', digits: 1, better: 'lower' },
   { key: 'udp.cpu', label: 'UDP 64 B: tunnel CPU (%)', digits: 0, better: 'lower' },
   { key: 'cpu.all', label: 'tunnel CPU, all tests (%)', digits: 0, better: 'lower' },
-  { key: 'mem.rss', label: 'tunnel RSS after tests (MiB)', digits: 1, better: 'lower', chart: true },
-  { key: 'mem.hwm', label: 'tunnel peak RSS, VmHWM (MiB)', digits: 1, better: 'lower' },
+  { key: 'mem.rss', label: 'RSS after tests, largest process (MiB)', digits: 1, better: 'lower', chart: true },
+  { key: 'mem.hwm', label: 'peak RSS (VmHWM), largest process (MiB)', digits: 1, better: 'lower' },
 ];
 
-const COLORS: Record<string, string> = { plain: '#9e9e9e', 'wg-deb': '#4e79a7', 'wg-bpo': '#59a14f', tenc: '#e15759' };
+const COLORS: Record<string, string> = { plain: '#9e9e9e', 'wg-deb': '#4e79a7', 'wg-bpo': '#59a14f', tenc: '#e15759', 'tenc-env': '#f28e2b', 'tenc-peers': '#b07aa1' };
 
 export interface TunnelResult {
   id: string;
@@ -123,7 +126,12 @@ export async function run(ctx: BenchContext): Promise<void> {
     prefix: ctx.flags.get('prefix') ?? 'tencb',
   };
   if (!/^[a-z][a-z0-9]{0,8}$/.test(opts.prefix)) throw new RangeError(`--prefix must be 1..9 lowercase letters/digits, got ${opts.prefix}`);
-  let tunnels = allTunnels();
+  const variants: TunnelVariants = {};
+  if (ctx.flags.has('peers')) variants.peers = Math.floor(numberFlag(ctx, 'peers', 1000));
+  const tencEnv = ctx.flags.get('tenc-env');
+  if (tencEnv !== undefined) variants.tencEnv = parseEnvFlag(tencEnv);
+  const tunnelList = (): Tunnel[] => allTunnels(variants);
+  let tunnels = tunnelList();
   const only = ctx.flags.get('only');
   if (only !== undefined) {
     const ids = only.split(',').map((s) => s.trim()).filter(Boolean);
@@ -186,7 +194,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       // fresh tunnel objects each round; every other round in reverse order, so a
       // drifting machine load does not always favour the same tunnel
       const ids = tunnels.map((t) => t.id);
-      const order = allTunnels().filter((t) => ids.includes(t.id));
+      const order = tunnelList().filter((t) => ids.includes(t.id));
       if (round % 2 === 1) order.reverse();
       const results: TunnelResult[] = [];
       for (const t of order) {
@@ -214,6 +222,18 @@ export async function run(ctx: BenchContext): Promise<void> {
   const results = tunnels.map((t) => combine(perRound.map((rs) => rs.find((r) => r.id === t.id)!)));
   report(ctx, results, opts, startedAt, loadStart);
   ctx.log(`\nleft behind: ${await leftovers(children, opts.prefix, dir)}`);
+}
+
+/** `--tenc-env=K=V,K2=V2`: TENC_* variables only (what the pod process reads). */
+export function parseEnvFlag(text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const part of text.split(',').filter(Boolean)) {
+    const m = /^(TENC_[A-Z0-9_]+)=([A-Za-z0-9._-]*)$/.exec(part);
+    if (!m) throw new RangeError(`--tenc-env: expected TENC_NAME=value[,...], got ${part}`);
+    env[m[1]] = m[2];
+  }
+  if (Object.keys(env).length === 0) throw new RangeError('--tenc-env: no variables');
+  return env;
 }
 
 async function measureTunnel(
@@ -296,8 +316,8 @@ async function measureTunnel(
       const mems = up.pids.map((pid) => ({ pid, mem: memory(pid) }));
       res.processes = mems.map(({ pid, mem }) => ({ pid, rssBytes: mem?.rss, hwmBytes: mem?.hwm }));
       if (mems.every((x) => x.mem)) {
-        put('mem.rss', mems.reduce((s, x) => s + x.mem!.rss, 0) / 2 ** 20);
-        put('mem.hwm', mems.reduce((s, x) => s + x.mem!.hwm, 0) / 2 ** 20);
+        put('mem.rss', Math.max(...mems.map((x) => x.mem!.rss)) / 2 ** 20);
+        put('mem.hwm', Math.max(...mems.map((x) => x.mem!.hwm)) / 2 ** 20);
       } else {
         res.notes.push('a tunnel process was gone before its memory was read');
       }
@@ -397,7 +417,7 @@ function report(ctx: BenchContext, results: TunnelResult[], opts: Options, start
   const rows = [statusRow, ...METRICS.map((d) => [d.label, d.better, ...results.map((r) => cell(r, d))])];
   const load = (l: number[]): string => l.map((x) => x.toFixed(2)).join(' ');
   ctx.log(`\nPod a -> pod b, ${opts.seconds} s per iperf3 test${opts.rounds > 1 ? `, medians of ${opts.rounds} rounds` : ''}, load average ${load(loadStart)} at the start, ${load(loadavg())} at the end.`);
-  ctx.log(`CPU: % of one core, the tunnel's processes in both pods together.`);
+  ctx.log(`CPU: % of one core, the tunnel's processes in both pods together; memory: the larger of the two pods' processes.`);
   ctx.log(`MB = 10^6 bytes; N clients = N iperf3 client processes at once, each to its own server port.\n`);
   ctx.log(markdownTable(header, rows));
 

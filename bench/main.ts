@@ -22,6 +22,7 @@ const BENCHES: BenchEntry[] = [
   },
   { name: 'dns', summary: 'DNS proxy vs dnsmasq direct: added latency p50/p99, answers per second (pass-through and rewrite)', load: () => import('./dns.js') },
   { name: 'iperf', summary: 'pod to pod: plain, wireguard-go (Debian, backports), tenc: iperf3 TCP/UDP, ping, CPU, RSS', load: () => import('./iperf.js') },
+  { name: 'soak', summary: 'one tenc pod proxy under iperf3 load for 5 minutes: idle RSS, max, slope (--soak=S, --peers=N)', load: () => import('./soak.js') },
 ];
 
 function usage(): string {
@@ -38,8 +39,9 @@ async function main(argv: string[]): Promise<number> {
   const names: string[] = [];
   for (const arg of argv) {
     if (arg.startsWith('--')) {
-      const [k, v = 'true'] = arg.slice(2).split('=', 2);
-      flags.set(k, v);
+      const eq = arg.indexOf('=');
+      if (eq < 0) flags.set(arg.slice(2), 'true');
+      else flags.set(arg.slice(2, eq), arg.slice(eq + 1)); // the value may hold '=' (--tenc-env=K=V)
     } else {
       names.push(arg);
     }

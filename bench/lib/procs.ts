@@ -19,6 +19,8 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Written to stdin, which is then closed. */
   input?: string;
+  /** Extra environment variables. */
+  env?: Record<string, string>;
 }
 
 /** Keeps at most `max` characters of the end of a growing text. */
@@ -32,8 +34,8 @@ export class Children {
   private readonly live = new Set<ChildProcess>();
 
   /** Starts a long-running process; its stdio is piped (the caller reads or ignores it). */
-  spawn(cmd: string, args: string[]): ChildProcess {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  spawn(cmd: string, args: string[], env?: Record<string, string>): ChildProcess {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ? { ...process.env, ...env } : undefined });
     this.live.add(child);
     child.once('exit', () => this.live.delete(child));
     child.once('error', () => this.live.delete(child));
@@ -43,7 +45,10 @@ export class Children {
   /** Runs a command to its end; never rejects (a spawn error is code null with the message on stderr). */
   run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
     return new Promise((resolve) => {
-      const child = spawn(cmd, args, { stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+      const child = spawn(cmd, args, {
+        stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+        env: opts.env ? { ...process.env, ...opts.env } : undefined,
+      });
       this.live.add(child);
       let stdout = '';
       let stderr = '';

@@ -15,6 +15,7 @@
  * Keys live in the bench's private directory (mode 0700, files 0600) and go with it.
  */
 import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -105,10 +106,33 @@ export class PlainTunnel implements Tunnel {
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 const TENC_MAIN = join(REPO, 'dist', 'src', 'cli', 'main.js');
 
+export interface TencOptions {
+  id?: string;
+  label?: string;
+  /** Extra environment of the pod processes (e.g. TENC_TX_BATCH_KB for an A/B run). */
+  env?: Record<string, string>;
+  /** Dummy peers configured in both pods besides the real one (no endpoint; allowed IPs 10.100.x.y/32). */
+  extraPeers?: number;
+}
+
+/** `n` dummy peers for a pod config file: random public keys, one /32 each in 10.100.0.0/16. */
+export function dummyPeers(n: number): { publicKey: string; allowedIps: string[] }[] {
+  if (!Number.isInteger(n) || n < 0 || n > 65000) throw new RangeError(`dummy peers must be 0..65000, got ${n}`);
+  return Array.from({ length: n }, (_, i) => ({
+    publicKey: randomBytes(32).toString('base64'),
+    allowedIps: [`10.100.${(i + 1) >> 8}.${(i + 1) & 255}/32`],
+  }));
+}
+
 export class TencTunnel implements Tunnel {
-  readonly id = 'tenc';
-  readonly label = 'tenc';
+  readonly id: string;
+  readonly label: string;
   private pods: Proc[] = [];
+
+  constructor(private readonly opts: TencOptions = {}) {
+    this.id = opts.id ?? 'tenc';
+    this.label = opts.label ?? 'tenc';
+  }
 
   async up(env: TunnelEnv): Promise<TunnelUp> {
     const { children } = env;
@@ -120,8 +144,9 @@ export class TencTunnel implements Tunnel {
     const port = 51820;
     const start = async (ns: string, addr: string, name: string): Promise<string> => {
       const config = join(env.dir, `tenc-${name}.json`);
-      writeFileSync(config, JSON.stringify({ addresses: [addr], pskFile: psk, listenPort: port }), { mode: 0o600 });
-      const child = children.spawn('ip', ['netns', 'exec', ns, node, TENC_MAIN, 'pod', '--config', config]);
+      const peers = dummyPeers(this.opts.extraPeers ?? 0);
+      writeFileSync(config, JSON.stringify({ addresses: [addr], pskFile: psk, listenPort: port, ...(peers.length ? { peers } : {}) }), { mode: 0o600 });
+      const child = children.spawn('ip', ['netns', 'exec', ns, node, TENC_MAIN, 'pod', '--config', config], this.opts.env);
       const tail = tailOf(child);
       this.pods.push({ child, tail, ns });
       const key = await publicKeyLine(child, 15_000);
@@ -150,11 +175,15 @@ export class TencTunnel implements Tunnel {
     await tenc(env.nsB, 'set-peer', keyA, '--endpoint', `${env.addrA}:${port}`, '--allowed-ips', `${env.addrA}/32`);
     const st = await status(env.nsA);
     const version = await tencVersion(children);
+    const extra = [
+      ...(this.opts.extraPeers ? [`${this.opts.extraPeers} dummy peers (${(st.peers as unknown[] | undefined)?.length ?? '?'} peers in status)`] : []),
+      ...Object.entries(this.opts.env ?? {}).map(([k, v]) => `${k}=${v}`),
+    ];
     return {
       dst: env.addrB,
       pids: this.pods.map((p) => p.child.pid!).filter((p) => p !== undefined),
       version,
-      description: `${st.dataPlane}, MTU ${st.mtu}`,
+      description: `${st.dataPlane}, MTU ${st.mtu}${extra.length ? `, ${extra.join(', ')}` : ''}`,
     };
   }
 
@@ -318,12 +347,21 @@ async function backportsBinary(children: Children): Promise<string> {
   return lines[lines.length - 1];
 }
 
-/** Every tunnel, in report order (baselines first). */
-export function allTunnels(): Tunnel[] {
+export interface TunnelVariants {
+  /** Adds `tenc-peers`: tenc with this many configured peers in all (the real one + dummies). */
+  peers?: number;
+  /** Adds `tenc-env`: tenc with this extra environment (an A/B of a TENC_* knob). */
+  tencEnv?: Record<string, string>;
+}
+
+/** Every tunnel, in report order (baselines first), then the tenc variants asked for. */
+export function allTunnels(v: TunnelVariants = {}): Tunnel[] {
   return [
     new PlainTunnel(),
     new WgGoTunnel({ id: 'wg-deb', label: 'wireguard-go 0.0.20220316 (Debian)', binary: '/usr/bin/wireguard-go', ifname: 'wgbdeb', listenPort: 51830, subnet: 1 }),
     new WgGoTunnel({ id: 'wg-bpo', label: 'wireguard-go 0.0.20231211 (backports)', binary: backportsBinary, ifname: 'wgbbpo', listenPort: 51831, subnet: 2 }),
     new TencTunnel(),
+    ...(v.tencEnv ? [new TencTunnel({ id: 'tenc-env', label: 'tenc with extra environment', env: v.tencEnv })] : []),
+    ...(v.peers && v.peers > 1 ? [new TencTunnel({ id: 'tenc-peers', label: `tenc with ${v.peers} peers`, extraPeers: v.peers - 1 })] : []),
   ];
 }
