@@ -268,6 +268,8 @@ describe('local cluster with tenc agents', () => {
     await until('db back after the proxy was killed', () => curl('alpha-client-1', 'http://db:5432/', 'x', 1), 10_000);
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(status('alpha-db-1', 'node2').publicKey).not.toBe(oldKey);
+    // the crashed run's enforcement table was replaced, not doubled
+    expect(Netns.attach(ns('alpha-db-1')).exec('nft', 'list', 'tables').split('\n').filter((l) => l.includes('tenc_tenc0'))).toEqual(['table inet tenc_tenc0']);
 
     const keys = () => readdirSync(join(STATE, 'registry', 'peers', 'alpha')).map((f) => readFileSync(join(STATE, 'registry', 'peers', 'alpha', f), 'utf8')).join();
     const keysBefore = keys();
