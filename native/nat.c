@@ -1,4 +1,5 @@
 /* nat.c: see nat.h. */
+#include <sys/random.h>
 #include "nat.h"
 #include <stdlib.h>
 #include <string.h>
@@ -61,9 +62,9 @@ static void rewrite(uint8_t *pkt, view *v, uint8_t *field, const uint8_t *to) {
   }
 }
 
-static uint32_t flow_hash(int family, uint8_t proto, const uint8_t *client, uint16_t cport,
+static uint32_t flow_hash(uint64_t seed, int family, uint8_t proto, const uint8_t *client, uint16_t cport,
                           const uint8_t *local, uint16_t lport) {
-  uint64_t h = 1469598103934665603ull ^ ((uint64_t)family << 8) ^ proto;
+  uint64_t h = (1469598103934665603ull ^ seed ^ ((uint64_t)family << 8) ^ proto) * 1099511628211ull;
   size_t alen = family == 4 ? 4 : 16;
   for (size_t i = 0; i < alen; i++) h = (h ^ client[i]) * 1099511628211ull;
   for (size_t i = 0; i < alen; i++) h = (h ^ local[i]) * 1099511628211ull;
@@ -81,6 +82,7 @@ int tenc_nat_init(tenc_nat *n) {
    * flows land in them, and that MADV_DONTNEED empties again (set_services). */
   void *f = mmap(NULL, FLOWS_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   n->flows = f == MAP_FAILED ? NULL : f;
+  if (getrandom(&n->seed, sizeof n->seed, 0) != (ssize_t)sizeof n->seed) n->seed = (uint64_t)(uintptr_t)f ^ 0x9e3779b97f4a7c15ull;
   return n->flows ? 0 : -1;
 }
 
@@ -118,7 +120,7 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
       ok = s->ports[k].proto == v.proto && s->ports[k].port == dport;
     if (!ok) continue;
     /* Remember the flow keyed by what the reply will carry. */
-    uint32_t b = (flow_hash(v.family, (uint8_t)v.proto, v.src, sport_n, s->local, dport_n) %
+    uint32_t b = (flow_hash(n->seed, v.family, (uint8_t)v.proto, v.src, sport_n, s->local, dport_n) %
                   (TENC_NAT_SLOTS / TENC_NAT_WAYS)) * TENC_NAT_WAYS;
     pthread_mutex_lock(&n->mu);
     tenc_nat_flow *victim = NULL;
@@ -159,7 +161,7 @@ int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len) {
   uint16_t sport_n, dport_n;
   memcpy(&sport_n, v.l4, 2);
   memcpy(&dport_n, v.l4 + 2, 2);
-  uint32_t b = (flow_hash(v.family, (uint8_t)v.proto, v.dst, dport_n, v.src, sport_n) %
+  uint32_t b = (flow_hash(n->seed, v.family, (uint8_t)v.proto, v.dst, dport_n, v.src, sport_n) %
                 (TENC_NAT_SLOTS / TENC_NAT_WAYS)) * TENC_NAT_WAYS;
   uint8_t vip[16];
   int found = 0;

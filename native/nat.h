@@ -37,6 +37,7 @@ typedef struct {
   uint32_t nservices;
   pthread_mutex_t mu;
   tenc_nat_flow *flows;
+  uint64_t seed; /* random per engine: a peer cannot aim its flows at one bucket to evict others' */
 } tenc_nat;
 
 int tenc_nat_init(tenc_nat *n);
