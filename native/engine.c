@@ -384,7 +384,10 @@ static int tx_read(tenc_engine *e, struct tenc_tx *t) {
     }
     /* Super-packet: keep it where it is, append its segments after it. */
     t->used += (len + TENC_HEADROOM + 15u) & ~15u;
-    if (tenc_gso_split(&h, pkt, len, tx_seg_alloc, t) <= 0) drop(e, -1, TENC_D_TOO_BIG, 1);
+    uint32_t lost;
+    int nseg = tenc_gso_split(&h, pkt, len, tx_seg_alloc, t, &lost);
+    if (nseg < 0) drop(e, -1, TENC_D_TOO_BIG, 1);
+    else if (lost) drop(e, -1, TENC_D_TOO_BIG, lost); /* out of room: the rest is counted, not silently lost */
   }
   return 1;
 }

@@ -28,7 +28,8 @@ static inline void put16(uint8_t *p, uint32_t v) {
 }
 
 int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t len, tenc_seg_alloc alloc,
-                   void *ctx) {
+                   void *ctx, uint32_t *lost) {
+  *lost = 0;
   int gt = h->gso_type & ~VIRTIO_NET_HDR_GSO_ECN;
   uint32_t gso = h->gso_size;
   if (len < 20 || gso == 0) return -1;
@@ -67,7 +68,10 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
     int last = off + plen >= payload;
     uint32_t seglen = hlen + plen;
     uint8_t *s = alloc(ctx, seglen);
-    if (!s) return n;
+    if (!s) {
+      *lost = payload == 0 ? 1 : (payload - off + gso - 1) / gso;
+      return n;
+    }
     memcpy(s, pkt, hlen);
     memcpy(s + hlen, pkt + hlen + off, plen);
     if (v6) {

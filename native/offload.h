@@ -22,9 +22,10 @@ int tenc_offload_csum(const struct virtio_net_hdr *h, uint8_t *pkt, uint32_t len
 typedef uint8_t *(*tenc_seg_alloc)(void *ctx, uint32_t seglen);
 
 /* Splits a GSO packet; returns the number of segments written, or -1 when the
- * packet is malformed (nothing useful written). */
+ * packet is malformed (nothing useful written). When `alloc` runs out of room,
+ * *lost is the number of segments that were not written (else 0). */
 int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t len, tenc_seg_alloc alloc,
-                   void *ctx);
+                   void *ctx, uint32_t *lost);
 
 #endif
 
