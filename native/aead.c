@@ -61,6 +61,10 @@ void tenc_aead_clear(tenc_aead *a) {
   if (a == NULL) return;
   OPENSSL_cleanse(a->enc_key, sizeof(a->enc_key));
   OPENSSL_cleanse(a->dec_key, sizeof(a->dec_key));
+  /* Overwrite the key schedule inside the contexts too: key them with zeros. */
+  static const uint8_t zero_key[TENC_AEAD_KEY_LEN];
+  if (a->enc_keyed) (void)EVP_CipherInit_ex(a->enc, NULL, NULL, zero_key, NULL, 1);
+  if (a->dec_keyed) (void)EVP_CipherInit_ex(a->dec, NULL, NULL, zero_key, NULL, 0);
   a->enc_keyed = 0;
   a->dec_keyed = 0;
 }

@@ -320,6 +320,7 @@ typedef struct {
 } txout;
 
 struct tenc_tx {
+  unsigned key_gen;
   uint8_t *arena;
   uint32_t used;
   txrec *recs;
@@ -528,6 +529,11 @@ static void *tx_main(void *arg) {
       if (pf[1].revents) break;
       if (r <= 0 || !(pf[0].revents & (POLLIN | POLLERR | POLLHUP))) continue;
     }
+    unsigned g = atomic_load(&e->key_gen);
+    if (g != t->key_gen) { /* a keypair was freed: forget the key cached in the cipher context */
+      t->key_gen = g;
+      tenc_aead_clear(t->aead);
+    }
     more = tx_read(e, t);
     if (more < 0) {
       drop(e, -1, TENC_D_IO, 1);
@@ -551,6 +557,7 @@ typedef struct {
 } rxinj;
 
 struct tenc_rx {
+  unsigned key_gen;
   uint8_t *bufs;
   struct mmsghdr msgs[RX_BATCH];
   struct iovec iovs[RX_BATCH];
@@ -798,6 +805,11 @@ static void *rx_main(void *arg) {
       if (pf[1].revents) break;
       if (r <= 0) continue;
     }
+    unsigned g = atomic_load(&e->key_gen);
+    if (g != x->key_gen) { /* a keypair was freed: forget the key cached in the cipher context */
+      x->key_gen = g;
+      tenc_aead_clear(x->aead);
+    }
     for (int i = 0; i < RX_BATCH; i++) {
       x->iovs[i] = (struct iovec){x->bufs + (size_t)i * RX_SLOT + TENC_HEADROOM, RX_SLOT - TENC_HEADROOM};
       struct msghdr *m = &x->msgs[i].msg_hdr;
@@ -957,16 +969,21 @@ int tenc_engine_start(tenc_engine *e) {
   return 0;
 }
 
-static void keypair_free(tenc_keypair *kp) {
+/* Called on the node thread (under the write lock). The TX/RX threads wipe the key
+ * their AEAD contexts cached at their next batch (key_gen); the node thread's own
+ * context is wiped here. */
+static void keypair_free(tenc_engine *e, tenc_keypair *kp) {
   explicit_bzero(kp, sizeof *kp);
   free(kp);
+  tenc_aead_clear(e->ctl_aead);
+  atomic_fetch_add(&e->key_gen, 1);
 }
 
 static void peer_free(tenc_engine *e, tenc_peer *p, int count_queue) {
   queue_free_all(e, p, count_queue);
   for (int i = 0; i < p->nkps; i++) {
     kmap_del(e, p->kps[i]->local_index);
-    keypair_free(p->kps[i]);
+    keypair_free(e, p->kps[i]);
   }
   pthread_spin_destroy(&p->ep_lock);
   free(p);
@@ -1104,7 +1121,7 @@ int tenc_engine_add_keypair(tenc_engine *e, uint32_t id, uint32_t local, uint32_
     tenc_replay_init(&kp->replay);
     r = kmap_put(e, kp);
     if (r)
-      keypair_free(kp);
+      keypair_free(e, kp);
     else
       p->kps[p->nkps++] = kp;
   }
@@ -1166,7 +1183,7 @@ int tenc_engine_remove_keypair(tenc_engine *e, uint32_t local) {
         p->kps[i] = p->kps[--p->nkps];
         break;
       }
-    keypair_free(kp);
+    keypair_free(e, kp);
   }
   pthread_rwlock_unlock(&e->lock);
   return kp ? 0 : -ENOENT;

@@ -177,6 +177,7 @@ struct tenc_engine {
   pthread_t tx_thr, rx_thr;
   int threads_started;
   atomic_int stopping;
+  atomic_uint key_gen; /* bumped when a keypair is freed: threads then wipe their AEAD contexts' cached key */
   uint32_t tx_batch;   /* bytes read from the TUN device per batch (about) */
   uint32_t rx_batch;   /* datagrams per recvmmsg */
   tenc_aead *ctl_aead; /* node thread */
