@@ -31,6 +31,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Netns, destroyAll, veth, startCapture, requireRoot, requireTool, sh } from './lib.js';
 import { ensureBuilt } from '../build.js';
+import { startPod, stopAllPods, stopPod, type PodProc } from './accept-lib.js';
 import { WireguardGo, stopAllWireguardGo } from './interop-wg.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -43,50 +44,7 @@ let b: Netns;
 let dir: string;
 let wgPub: string;
 let wgCount = 0;
-const pods = new Set<PodProc>();
 
-interface PodProc {
-  child: ChildProcess;
-  publicKey: string;
-  exit: Promise<number | null>;
-  stderr: () => string;
-}
-
-/** Starts `tenc pod` in ns; resolves with its public key once it serves. */
-function startPod(ns: Netns, config: string): Promise<PodProc> {
-  const child = ns.spawn('node', [main, 'pod', '--config', config]);
-  let out = '';
-  let err = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`tenc pod did not start: ${err}`)), 15_000);
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const m = /^public-key (\S+)\n/.exec(out);
-      if (!m) return;
-      const poll = () => {
-        if (err.includes('"msg":"pod running"')) {
-          clearTimeout(timer);
-          const pod = { child, publicKey: m[1], exit, stderr: () => err };
-          pods.add(pod);
-          resolve(pod);
-        } else if (child.exitCode === null) setTimeout(poll, 50);
-      };
-      poll();
-    });
-    exit.then((code) => reject(new Error(`tenc pod exited ${code}: ${err}`)));
-  });
-}
-
-async function stopPod(pod: PodProc): Promise<number | null> {
-  pods.delete(pod);
-  if (pod.child.exitCode === null) pod.child.kill('SIGTERM');
-  const t = setTimeout(() => pod.child.kill('SIGKILL'), 3000);
-  const code = await pod.exit;
-  clearTimeout(t);
-  return code;
-}
 
 /** The roles of tenc's completed handshakes, in order, from its log. */
 function rolesNow(pod: PodProc): string[] {
@@ -247,12 +205,12 @@ afterEach(async () => {
   // a failed test leaves its processes: stop them before the next one starts
   current = null;
   await stopAllWireguardGo();
-  await Promise.all([...pods].map((p) => stopPod(p)));
+  await stopAllPods();
 });
 
 afterAll(async () => {
   await stopAllWireguardGo();
-  await Promise.all([...pods].map((p) => stopPod(p)));
+  await stopAllPods();
   destroyAll();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });

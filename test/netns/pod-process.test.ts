@@ -15,13 +15,14 @@
  *     IPv4 and IPv6 inside; the MTU follows the IPv6 underlay
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Netns, destroyAll, veth, snapshot, startCapture, requireRoot, requireTool, type NetSnapshot } from './lib.js';
 import { ensureBuilt } from '../build.js';
+import { startPod, stopAllPods, tenc } from './accept-lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -29,52 +30,6 @@ const main = join(root, 'dist', 'src', 'cli', 'main.js');
 let a: Netns;
 let b: Netns;
 let dir: string;
-const running = new Set<ChildProcess>();
-
-interface PodProc {
-  child: ChildProcess;
-  publicKey: string;
-  exit: Promise<number | null>;
-  stderr: () => string;
-}
-
-/** Starts `tenc pod` in ns and resolves with its public key (first stdout line). */
-function startPod(ns: Netns, config: string): Promise<PodProc> {
-  const child = ns.spawn('node', [main, 'pod', '--config', config]);
-  running.add(child);
-  let out = '';
-  let err = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exit = new Promise<number | null>((r) =>
-    child.on('exit', (code) => {
-      running.delete(child);
-      r(code);
-    }),
-  );
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`tenc pod did not start: ${err}`)), 15_000);
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const m = /^public-key (\S+)\n/.exec(out);
-      if (m) {
-        // fully up once it logs "pod running" (after the control socket listens)
-        const poll = () => {
-          if (err.includes('"msg":"pod running"')) {
-            clearTimeout(timer);
-            resolve({ child, publicKey: m[1], exit, stderr: () => err });
-          } else if (child.exitCode === null) setTimeout(poll, 50);
-        };
-        poll();
-      }
-    });
-    exit.then((code) => reject(new Error(`tenc pod exited ${code}: ${err}`)));
-  });
-}
-
-function tenc(ns: Netns, ...args: string[]): string {
-  return ns.exec('node', main, ...args);
-}
-
 function ping(ns: Netns, dst: string): boolean {
   return ns.tryExec('ping', '-c', '2', '-i', '0.2', '-W', '2', dst).status === 0;
 }
@@ -108,10 +63,7 @@ function tencHost(...args: string[]): string {
 
 afterAll(async () => {
   // a failed test may leave pods running: stop them (TERM, then KILL) before the namespaces go
-  const exits = [...running].map((c) => new Promise((r) => c.once('exit', r)));
-  for (const c of running) c.kill('SIGTERM');
-  await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, 3000))]);
-  for (const c of running) c.kill('SIGKILL');
+  await stopAllPods();
   destroyAll();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
