@@ -27,8 +27,27 @@ class FakeUpstream {
   tcpConnections = 0;
   private held: { m: Buffer; reply: (b: Buffer) => void }[] = [];
 
+  /**
+   * UDP and TCP on one port: the UDP port is picked by the kernel, and TCP on the same
+   * number can be taken (an outgoing connection may hold it as its local port), so a
+   * failed listen retries with a new port instead of waiting forever (regression: a
+   * 60 s hang in the full suite).
+   */
   static async start(): Promise<FakeUpstream> {
-    const f = new FakeUpstream();
+    for (let attempt = 1; ; attempt++) {
+      const f = new FakeUpstream();
+      try {
+        await f.open();
+        return f;
+      } catch (e) {
+        f.udp?.close();
+        if (attempt >= 20) throw e;
+      }
+    }
+  }
+
+  private async open(): Promise<void> {
+    const f = this;
     f.udp = dgram.createSocket('udp4');
     await new Promise<void>((r) => f.udp.bind(0, '127.0.0.1', () => r()));
     f.port = f.udp.address().port;
@@ -52,8 +71,13 @@ class FakeUpstream {
       });
       s.on('error', () => {});
     });
-    await new Promise<void>((r) => f.tcp.listen(f.port, '127.0.0.1', () => r()));
-    return f;
+    await new Promise<void>((resolve, reject) => {
+      f.tcp.once('error', reject);
+      f.tcp.listen(f.port, '127.0.0.1', () => {
+        f.tcp.off('error', reject);
+        resolve();
+      });
+    });
   }
 
   private handle(m: Buffer, reply: (b: Buffer) => void): void {
