@@ -122,6 +122,8 @@ export class ReferencePlane implements DataPlane {
   private handler: ((events: PlaneEvent[]) => void) | null = null;
   private services: LocalService[] = [];
   private localAddrs: Uint8Array[] = [];
+  /** The services' local addresses, parsed once per setLocalServices (not per packet). */
+  private serviceLocals: Uint8Array[] = [];
   private readonly nat = new ReferenceNat();
   private closed = false;
 
@@ -254,6 +256,7 @@ export class ReferencePlane implements DataPlane {
     if (!Array.isArray(services)) throw new TypeError('services must be an array');
     this.nat.setServices(services);
     this.services = services.map((s) => ({ ...s, ports: s.ports.map((x) => ({ ...x })) }));
+    this.serviceLocals = services.map((s) => parseIp(s.localAddress));
   }
 
   setLocalAddresses(addresses: string[]): void {
@@ -264,7 +267,7 @@ export class ReferencePlane implements DataPlane {
   /** Destination check after DNAT (same rule as native/engine.c dst_is_local). */
   private isLocal(dst: Uint8Array): boolean {
     const eq = (a: Uint8Array) => a.length === dst.length && a.every((x, i) => x === dst[i]);
-    return this.localAddrs.some(eq) || this.services.some((s) => eq(parseIp(s.localAddress)));
+    return this.localAddrs.some(eq) || this.serviceLocals.some(eq);
   }
 
   get localServices(): readonly LocalService[] {
@@ -434,7 +437,8 @@ export class ReferencePlane implements DataPlane {
       p.counters.lastRxDataMs = now;
       const inner = plain.subarray(0, h.totalLength);
       this.nat.dnat(inner);
-      if (this.localAddrs.length > 0 && !this.isLocal(readInnerHeader(inner)!.dst)) {
+      // h.dst views the packet's bytes, so it already shows the destination DNAT wrote
+      if (this.localAddrs.length > 0 && !this.isLocal(h.dst)) {
         p.drops.bad_destination++;
         continue;
       }

@@ -59,6 +59,22 @@ describe('reference plane: receive stages', () => {
     expect(only(s.plane.drops())).toEqual({});
   });
 
+  it('with local addresses set, delivers only to them or a service local address after DNAT; anything else is bad_destination', () => {
+    const s = setup();
+    s.plane.setLocalAddresses(['10.1.0.1']);
+    s.plane.setLocalServices([{ vip: '10.96.0.7', localAddress: '10.1.0.9', ports: [] }]);
+    const toPod = ip('10.1.0.2', '10.1.0.1', 'a');
+    s.recv(s.fromPeer(0n, toPod));
+    s.recv(s.fromPeer(1n, ip('10.1.0.2', '10.77.0.254', 'relay me'))); // not an address of this pod
+    s.recv(s.fromPeer(2n, l4Packet(17, '10.1.0.2', '10.96.0.7', 4000, 53, new Uint8Array(4)))); // DNATed to 10.1.0.9: local
+    const got = s.tun.take();
+    expect(got.length).toBe(2);
+    expect(got[0]).toEqual(toPod);
+    expect(Array.from(got[1]!.subarray(16, 20))).toEqual([10, 1, 0, 9]);
+    expect(only(s.plane.drops())).toEqual({ bad_destination: 1 });
+    expect(only(s.plane.peerDrops(7))).toEqual({ bad_destination: 1 });
+  });
+
   it('drops in pipeline order, each under its reason', () => {
     const s = setup();
     const good = ip('10.1.0.2', '10.1.0.1');
