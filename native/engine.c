@@ -106,12 +106,39 @@ static void ev_flush(tenc_engine *e) {
   if (sig && e->signal) e->signal(e);
 }
 
+/* A route miss: the destination (in ep, IPv4 mapped) and, when it fits, a copy of
+ * the packet. Bounded by TENC_MISS_QUEUE_MAX pending; beyond that it is not reported. */
+static void ev_push_miss(tenc_engine *e, int v, const uint8_t *dst, const uint8_t *pkt, uint32_t len) {
+  tenc_event ev = {.type = TENC_EV_ROUTE_MISS};
+  ev.ep.sin6_family = AF_INET6;
+  if (v == 4) {
+    ev.ep.sin6_addr.s6_addr[10] = ev.ep.sin6_addr.s6_addr[11] = 0xff;
+    memcpy(&ev.ep.sin6_addr.s6_addr[12], dst, 4);
+  } else {
+    memcpy(&ev.ep.sin6_addr, dst, 16);
+  }
+  pthread_mutex_lock(&e->ev_mu);
+  if (e->ev_miss < TENC_MISS_QUEUE_MAX) {
+    if (len <= TENC_MISS_COPY_MAX && (ev.data = malloc(len ? len : 1)) != NULL) {
+      memcpy(ev.data, pkt, len);
+      ev.len = len;
+    }
+    if (ev_push_locked(e, &ev) == 0)
+      e->ev_miss++;
+    else
+      free(ev.data);
+  }
+  pthread_mutex_unlock(&e->ev_mu);
+}
+
+void tenc_engine_report_misses(tenc_engine *e, int on) { atomic_store(&e->report_misses, on ? 1 : 0); }
+
 tenc_event *tenc_engine_take_events(tenc_engine *e, uint32_t *n) {
   pthread_mutex_lock(&e->ev_mu);
   tenc_event *ev = e->ev;
   *n = e->ev_len;
   e->ev = NULL;
-  e->ev_len = e->ev_cap = e->ev_hs = 0;
+  e->ev_len = e->ev_cap = e->ev_hs = e->ev_miss = 0;
   e->ev_signaled = 0;
   pthread_mutex_unlock(&e->ev_mu);
   return ev;
@@ -319,8 +346,16 @@ typedef struct {
   struct sockaddr_in6 ep;
 } txout;
 
+/* Last route_miss report per destination hash (TX thread only). */
+typedef struct {
+  uint8_t fam;
+  uint8_t addr[16];
+  uint64_t at;
+} miss_slot;
+
 struct tenc_tx {
   unsigned key_gen;
+  miss_slot miss[TENC_MISS_SLOTS];
   uint8_t *arena;
   uint32_t used;
   txrec *recs;
@@ -393,6 +428,23 @@ static int tx_read(tenc_engine *e, struct tenc_tx *t) {
   return 1;
 }
 
+/* An outgoing packet no peer claims: reported (route_miss) at most once per
+ * destination per TENC_MISS_INTERVAL_MS while reporting is on. The hash only
+ * spreads destinations over the slots: a collision costs an extra report, bounded
+ * by the pending limit. */
+static void tx_miss(tenc_engine *e, struct tenc_tx *t, int v, const uint8_t *dst, const uint8_t *pkt, uint32_t len,
+                    uint64_t now) {
+  size_t alen = v == 4 ? 4 : 16;
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < alen; i++) h = (h ^ dst[i]) * 16777619u;
+  miss_slot *s = &t->miss[(h ^ (h >> 16)) & (TENC_MISS_SLOTS - 1)];
+  if (s->fam == v && memcmp(s->addr, dst, alen) == 0 && now - s->at < TENC_MISS_INTERVAL_MS) return;
+  s->fam = (uint8_t)v;
+  memcpy(s->addr, dst, alen);
+  s->at = now;
+  ev_push_miss(e, v, dst, pkt, len);
+}
+
 /* Stages 2-4 under the read lock: classify, queue or seal. */
 static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
   uint64_t now = tenc_now_ms();
@@ -430,6 +482,7 @@ static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
     tenc_peer *p = pid >= 0 ? e->peers[pid] : NULL;
     if (!p) {
       drop(e, -1, TENC_D_NO_ROUTE, 1);
+      if (atomic_load_explicit(&e->report_misses, memory_order_relaxed)) tx_miss(e, t, v, dst, pkt, r->len, now);
       continue;
     }
     txout *o = &t->out[t->nout];

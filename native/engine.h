@@ -9,7 +9,9 @@
  *   1. read: up to TX_MAX_RECS packets; with IFF_VNET_HDR, TSO/USO super-packets
  *      are segmented and partial checksums finished (offload.c)
  *   2. classify: inner destination -> allowed-IPs longest prefix -> peer
- *      (no peer: drop no_route); replies of DNATed flows get the VIP back (nat.c)
+ *      (no peer: drop no_route, and with reporting on a route_miss event carrying
+ *      the packet, once per destination per second); replies of DNATed flows get
+ *      the VIP back (nat.c)
  *   3. no send keypair or endpoint: bounded per-peer queue + one need_handshake
  *   4. counter = keypair.send_counter++ (drop at REJECT_AFTER_MESSAGES,
  *      rekey_needed once past REKEY_AFTER_MESSAGES); pad to 16; seal in place
@@ -56,6 +58,13 @@
 #define TENC_QUEUE_MAX 128
 #define TENC_PEER_MAX_KEYPAIRS 8
 #define TENC_HS_QUEUE_MAX 1024
+/* Route misses (an outgoing packet no peer claims), when reporting is on: one
+ * event per destination per TENC_MISS_INTERVAL_MS, at most TENC_MISS_QUEUE_MAX
+ * waiting for the control plane, each carrying the packet (up to TENC_MISS_COPY_MAX). */
+#define TENC_MISS_INTERVAL_MS 1000
+#define TENC_MISS_QUEUE_MAX 64
+#define TENC_MISS_COPY_MAX 2048
+#define TENC_MISS_SLOTS 256
 #define TENC_HEADROOM 16
 
 enum tenc_drop {
@@ -97,13 +106,13 @@ _Static_assert(TENC_P_DROPS + TENC_D_COUNT <= TENC_PEER_SLOTS, "per-peer counter
 #define TENC_MAX_LOCAL 16
 
 enum tenc_event_type { TENC_EV_HANDSHAKE, TENC_EV_NEED_HANDSHAKE, TENC_EV_KEYPAIR_CONFIRMED,
-                       TENC_EV_REKEY_NEEDED, TENC_EV_ENDPOINT };
+                       TENC_EV_REKEY_NEEDED, TENC_EV_ENDPOINT, TENC_EV_ROUTE_MISS };
 
 typedef struct {
   uint8_t type;
   uint32_t peer, local_index;
   struct sockaddr_in6 ep;
-  uint8_t *data; /* handshake bytes (malloc) */
+  uint8_t *data; /* handshake bytes or the missed packet (malloc) */
   uint32_t len;
 } tenc_event;
 
@@ -169,7 +178,8 @@ struct tenc_engine {
   /* events */
   pthread_mutex_t ev_mu;
   tenc_event *ev;
-  uint32_t ev_len, ev_cap, ev_hs;
+  uint32_t ev_len, ev_cap, ev_hs, ev_miss;
+  atomic_int report_misses; /* route_miss events on (set by the control plane) */
   int ev_signaled;
   tenc_event_signal signal;
   void *js; /* engine_js.c state */
@@ -215,6 +225,8 @@ void tenc_engine_set_local(tenc_engine *e, const uint8_t *family, const uint8_t 
 int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counter);
 /* The peer the allowed-IPs table sends `addr` to, or -1. */
 int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr);
+/* Turns route_miss events on or off. */
+void tenc_engine_report_misses(tenc_engine *e, int on);
 /* Takes the pending events (caller frees each data and the array). */
 tenc_event *tenc_engine_take_events(tenc_engine *e, uint32_t *n);
 

@@ -87,7 +87,8 @@ static void call_js(napi_env env, napi_value cb, void *context, void *data) {
     free(ev);
     return;
   }
-  static const char *names[] = {"handshake", "need_handshake", "keypair_confirmed", "rekey_needed", "endpoint"};
+  static const char *names[] = {"handshake", "need_handshake", "keypair_confirmed", "rekey_needed", "endpoint",
+                                "route_miss"};
   napi_value arr;
   napi_create_array_with_length(env, n, &arr);
   for (uint32_t i = 0; i < n; i++) {
@@ -110,6 +111,20 @@ static void call_js(napi_env env, napi_value cb, void *context, void *data) {
       case TENC_EV_NEED_HANDSHAKE:
         tenc_set_int(env, o, "peer", ev[i].peer);
         break;
+      case TENC_EV_ROUTE_MISS: {
+        napi_value ep = ep_object(env, &ev[i].ep);
+        napi_get_named_property(env, ep, "address", &v);
+        napi_set_named_property(env, o, "destination", v);
+        if (ev[i].data) {
+          void *p;
+          napi_create_buffer_copy(env, ev[i].len, ev[i].data, &p, &v);
+          explicit_bzero(ev[i].data, ev[i].len); /* the pod's plaintext */
+        } else {
+          napi_get_null(env, &v);
+        }
+        napi_set_named_property(env, o, "packet", v);
+        break;
+      }
       default:
         tenc_set_int(env, o, "peer", ev[i].peer);
         tenc_set_int(env, o, "localIndex", ev[i].local_index);
@@ -422,6 +437,14 @@ static napi_value engine_flush_queue(napi_env env, napi_callback_info info) {
   return result(env, tenc_engine_flush_queue(j->e, id), "flushQueue: no peer", id);
 }
 
+static napi_value engine_report_misses(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  bool on;
+  if (napi_get_value_bool(env, argv[1], &on) != napi_ok) return tenc_throw_type(env, "reportMisses: on must be a boolean");
+  tenc_engine_report_misses(j->e, on);
+  return NULL;
+}
+
 static napi_value engine_set_local_services(napi_env env, napi_callback_info info) {
   ARGS(2);
   bool is;
@@ -614,6 +637,7 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"engineSendKeepalive", engine_send_keepalive},
       {"engineFlushQueue", engine_flush_queue},
       {"engineSetLocalServices", engine_set_local_services},
+      {"engineReportMisses", engine_report_misses},
       {"engineSetLocalAddresses", engine_set_local_addresses},
       {"engineClose", engine_close},
       {"engineLayout", engine_layout},

@@ -82,6 +82,17 @@ export function openRaw(family: 4 | 6, fwmark = 0): number {
   return addon.rawOpen(family, checkInt('fwmark', fwmark, 0, 0xffffffff)) as number;
 }
 
+/**
+ * Sends one whole IPv4/IPv6 packet to its own destination through a raw socket from
+ * openRaw (header included: the kernel routes it as a local packet). Returns the
+ * bytes sent; throws with `code` on a failed send, RangeError when not an IP packet.
+ */
+export function sendRaw(fd: number, packet: Uint8Array): number {
+  checkInt('fd', fd, 0, 2 ** 30);
+  if (!(packet instanceof Uint8Array)) throw new TypeError('packet must be a Uint8Array');
+  return addon.rawSend(fd, packet) as number;
+}
+
 /** Closes an fd that was opened here but never handed to an engine. */
 export function closeFd(fd: number): void {
   addon.closeFd(checkInt('fd', fd, 0, 2 ** 30));
@@ -228,6 +239,11 @@ export class NativePlane implements DataPlane {
 
   setLocalAddresses(addresses: string[]): void {
     addon.engineSetLocalAddresses(this.handle, addresses);
+  }
+
+  reportRouteMisses(on: boolean): void {
+    if (typeof on !== 'boolean') throw new TypeError('reportRouteMisses: on must be a boolean');
+    addon.engineReportMisses(this.handle, on);
   }
 
   private peerBase(peer: PeerId): number {

@@ -56,7 +56,13 @@ export type PlaneEvent =
   /** The send counter of the peer's send keypair passed REKEY_AFTER_MESSAGES. */
   | { type: 'rekey_needed'; peer: PeerId; localIndex: number }
   /** Authentic transport data arrived from a new outer address (roaming). */
-  | { type: 'endpoint'; peer: PeerId; endpoint: Endpoint };
+  | { type: 'endpoint'; peer: PeerId; endpoint: Endpoint }
+  /**
+   * An outgoing packet no peer claims (dropped as no_route), reported only while
+   * reportRouteMisses(true): at most once per destination per second and at most 64
+   * waiting. `packet` is a copy of it (null when larger than 2048 bytes).
+   */
+  | { type: 'route_miss'; destination: string; packet: Uint8Array | null };
 
 export interface PeerCounters {
   txBytes: number;
@@ -113,5 +119,7 @@ export interface DataPlane {
   /** Per-peer drop counts (only the reasons that can be attributed to a peer). */
   peerDrops(peer: PeerId): Record<DropReason, number>;
   onEvents(handler: (events: PlaneEvent[]) => void): void;
+  /** Turns route_miss events on or off (off at start). Optional: a plane without it never reports. */
+  reportRouteMisses?(on: boolean): void;
   close(): Promise<void>;
 }
