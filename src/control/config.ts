@@ -88,6 +88,13 @@ export interface DnsConfig {
   neverTunnelNames: string[];
   /** Canonical CIDRs. */
   neverTunnelCidrs: string[];
+  /**
+   * Canonical CIDRs (the cluster's pod and service ranges) routed into tenc0 as a
+   * whole: an address in them that no peer claims is classified on first use
+   * (src/dns/misses.ts); not project traffic gets a bypass route, project traffic
+   * without a peer is dropped. Empty (default): only known destinations are routed.
+   */
+  classifyCidrs: string[];
   /** Seconds: TTLs of project answers are capped at this. */
   maxTtl: number;
   /** Seconds a learned route stays after its TTL (and again while its peer still sends). */
@@ -304,6 +311,7 @@ const DNS_FIELDS = [
   'upstreams',
   'neverTunnelNames',
   'neverTunnelCidrs',
+  'classifyCidrs',
   'maxTtl',
   'routeGrace',
   'upstreamTimeout',
@@ -374,6 +382,7 @@ function checkDns(c: Checker, v: unknown, file: string): DnsConfig {
     upstreams: [],
     neverTunnelNames: [],
     neverTunnelCidrs: [],
+    classifyCidrs: [],
     maxTtl: DNS_DEFAULTS.maxTtl,
     routeGrace: DNS_DEFAULTS.routeGrace,
     upstreamTimeout: DNS_DEFAULTS.upstreamTimeout,
@@ -407,6 +416,14 @@ function checkDns(c: Checker, v: unknown, file: string): DnsConfig {
     const r = c.take(f, parseCidr(y), '');
     if (r && !d.neverTunnelCidrs.includes(r)) d.neverTunnelCidrs.push(r);
   });
+  list('classifyCidrs', v.classifyCidrs, (y, f) => {
+    const r = c.take(f, parseCidr(y), '');
+    if (!r) return;
+    const len = Number(r.split('/')[1]);
+    if (len < (r.includes(':') ? 8 : 4)) c.add(f, `${r} is too wide: it would route (nearly) every address into the tunnel`);
+    else if (!d.classifyCidrs.includes(r)) d.classifyCidrs.push(r);
+  });
+  if (d.classifyCidrs.length > 64) c.add('dns.classifyCidrs', 'at most 64 ranges');
   if (v.maxTtl !== undefined) d.maxTtl = c.take('dns.maxTtl', parseInteger(v.maxTtl, 0, 86400), 0);
   if (v.routeGrace !== undefined) d.routeGrace = c.take('dns.routeGrace', parseInteger(v.routeGrace, 0, 86400), 0);
   if (v.upstreamTimeout !== undefined) d.upstreamTimeout = c.take('dns.upstreamTimeout', parseInteger(v.upstreamTimeout, 50, 30000), 0);

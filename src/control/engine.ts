@@ -39,6 +39,14 @@ export interface PodEngine {
   drops(): Record<string, number>;
   /** Non-zero counts of handshake messages not used, by reason. */
   handshakeFailures(): Record<string, number>;
+  /**
+   * Route misses (dns.classifyCidrs): with a handler, each outgoing packet no peer
+   * claims is reported (once per destination per second, with a copy of the packet);
+   * null turns reporting off. Optional: engines without it never report.
+   */
+  onRouteMiss?(handler: ((destination: string, packet: Uint8Array | null) => void) | null): void;
+  /** Sends a reported packet again through the kernel's routing (after a bypass route). */
+  releasePacket?(packet: Uint8Array): void;
   /** Closes the data plane, then the UDP sockets and the TUN (the interface disappears). */
   close(): Promise<void>;
 }
@@ -125,6 +133,13 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
     `udp gso ${d.udpGso && plane.udp.gso ? 'on' : 'off'}, udp gro ${d.udpGro && plane.udp.gro ? 'on' : 'off'}`;
   log.info({ dataPlane: description, tun: plane.tun.name, port: plane.udp.port }, 'data plane open');
   const known = new Set<string>();
+  let onMiss: ((destination: string, packet: Uint8Array | null) => void) | null = null;
+  plane.onEvents((events) => {
+    if (onMiss === null) return;
+    for (const ev of events) if (ev.type === 'route_miss') onMiss(ev.destination, ev.packet);
+  });
+  // raw sockets for released packets, opened on first use; no fwmark: they follow tenc's rule
+  const releaseFds: Partial<Record<4 | 6, number>> = {};
   return {
     description,
     setPeer(peer) {
@@ -141,6 +156,15 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
     },
     setServices(services) {
       plane.setLocalServices(services);
+    },
+    onRouteMiss(handler) {
+      onMiss = handler;
+      plane.reportRouteMisses(handler !== null);
+    },
+    releasePacket(packet) {
+      const family = packet.length > 0 && packet[0] >> 4 === 6 ? 6 : 4;
+      releaseFds[family] ??= native.openRaw(family);
+      native.sendRaw(releaseFds[family]!, packet);
     },
     rekey(publicKey) {
       const sent = () => device.status().peers.find((p) => p.publicKey === publicKey)?.initiationsSent ?? 0;
@@ -168,8 +192,10 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
       return device.status().handshakeFailures as Record<string, number>;
     },
     async close() {
+      onMiss = null;
       await device.close();
       await plane.close();
+      for (const fd of Object.values(releaseFds)) native.closeFd(fd);
     },
   };
 };

@@ -24,7 +24,7 @@ import { createLogger, keyFingerprint, type Logger } from '../log.js';
 import { formatEndpoint, projectDestinationOf, readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
 import { openEngine as openRealEngine, type EngineOpener, type PodEngine } from './engine.js';
 import { ControlServer, defaultSocketPath, socketIsLive, type ControlHandler, type PeerChange, type RekeyResult } from './socket.js';
-import type { StatusReport } from './status.js';
+import type { DnsStatusReport, StatusReport } from './status.js';
 import { IpCommand } from '../routing/ip.js';
 import { computeMtu } from '../routing/mtu.js';
 import { PolicyRouting } from '../routing/policy.js';
@@ -32,6 +32,7 @@ import { Enforcement, DROP_REASON } from '../routing/enforce.js';
 import { generatePrivateKey, publicKeyFromPrivate, formatKey } from '../noise/keys.js';
 import { DnsService, interceptTable, removeDnsResidue } from '../dns/service.js';
 import { CidrSet } from '../dns/classify.js';
+import { RouteMisses } from '../dns/misses.js';
 import type { ServiceEndpoints } from './config.js';
 
 export interface RunPodOptions {
@@ -61,6 +62,8 @@ export class Pod implements ControlHandler {
   enforcement: Enforcement | null = null;
   services: ServiceConfig[] = [];
   dns: DnsService | null = null;
+  /** First-use classification of dns.classifyCidrs, when configured. */
+  misses: RouteMisses | null = null;
 
   constructor(
     readonly config: PodConfig,
@@ -110,8 +113,12 @@ export class Pod implements ControlHandler {
       })),
       drops: this.withEnforcementDrops(this.engine.drops()),
       handshakeFailures: this.engine.handshakeFailures(),
-      ...(this.dns ? { dns: this.dns.status() } : {}),
+      ...(this.dns ? { dns: { ...this.dns.status(), ...(this.misses ? { routeMisses: this.missStatus(this.misses) } : {}) } } : {}),
     };
+  }
+
+  private missStatus(m: RouteMisses): NonNullable<DnsStatusReport['routeMisses']> {
+    return { ranges: this.config.dns.classifyCidrs, bypasses: m.list().length, ...m.counters };
   }
 
   /** Engine first, then routes in: no packet is routed to tenc0 for a peer the engine does not know. */
@@ -329,7 +336,9 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     step = 'routing guards';
     uninit.push({ what: 'routing', run: () => routing.teardown({ keepGuards: !started || config.failClosedOnStop }) });
     guarded = true;
-    await routing.guard(configDestinations(config));
+    // dns.classifyCidrs: the whole ranges go into tenc0 (and fail closed) until classified
+    const classifyRanges = config.dns.enabled ? config.dns.classifyCidrs : [];
+    await routing.guard([...configDestinations(config), ...classifyRanges]);
 
     step = 'data plane';
     const engine = await open({ config, privateKey, psk, mtu: mtuChoice.mtu, log });
@@ -345,7 +354,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     pod.services = config.services;
 
     step = 'routing';
-    await routing.install(mtuChoice.mtu, pod.destinations());
+    await routing.install(mtuChoice.mtu, [...pod.destinations(), ...classifyRanges]);
 
     if (config.enforce) {
       step = 'enforcement';
@@ -371,6 +380,34 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       uninit.push({ what: 'dns proxy', run: () => dns.stop() });
       const leak = pod.upstreamLeak([...pod.peers.values()], pod.services);
       if (leak) throw new Error(leak);
+      if (classifyRanges.length > 0) {
+        step = 'route misses';
+        const onRouteMiss = engine.onRouteMiss?.bind(engine);
+        const release = engine.releasePacket?.bind(engine);
+        if (!onRouteMiss || !release) throw new Error('dns.classifyCidrs: this data plane cannot report route misses');
+        const misses = new RouteMisses({
+          classify: (a) => dns.classifyAddress(a),
+          addBypass: (c) => routing.addBypass(c),
+          removeBypass: (c) => routing.removeBypass(c),
+          release,
+          now: Date.now,
+          holdMs: Math.max(config.dns.maxTtl, 5) * 1000,
+          onError: (what, err) => log.warn({ what, err: (err as Error).message }, 'route miss handling failed'),
+        });
+        const timer = setInterval(() => void misses.expire(), 1000);
+        timer.unref();
+        uninit.push({
+          what: 'route misses',
+          run: () => {
+            clearInterval(timer);
+            onRouteMiss(null);
+            misses.clear();
+          },
+        });
+        onRouteMiss((destination, packet) => void misses.miss(destination, packet));
+        pod.misses = misses;
+        log.info({ ranges: classifyRanges }, 'classifying unknown addresses of these ranges on first use');
+      }
     } else await removeDnsResidue(config.interface, log);
 
     step = 'control socket';

@@ -55,6 +55,18 @@ export interface DnsStatusReport {
     routesHeld: number;
     drops: Record<string, number>;
   };
+  /** First-use classification of dns.classifyCidrs (src/dns/misses.ts), when configured. */
+  routeMisses?: {
+    ranges: string[];
+    bypasses: number;
+    misses: number;
+    bypassed: number;
+    projectUnrouted: number;
+    released: number;
+    releaseErrors: number;
+    evicted: number;
+    errors: number;
+  };
 }
 
 function plural(n: number, unit: string): string {
@@ -121,6 +133,14 @@ export function formatStatus(r: StatusReport, nowMs = Date.now()): string {
     out.push(`  dns queries: ${c.queriesUdp} udp, ${c.queriesTcp} tcp; ${c.answered} answered, ${c.rewritten} rewritten, ${c.servfail} servfail; ${c.routesHeld} learned routes`);
     const dd = formatDrops(c.drops);
     if (dd) out.push(`  dns drops: ${dd}`);
+    const m = r.dns.routeMisses;
+    if (m) {
+      out.push(`  classified on first use: ${m.ranges.join(', ')}`);
+      out.push(
+        `  route misses: ${m.misses}; ${m.bypasses} bypasses held (${m.bypassed} added, ${m.evicted} evicted), ` +
+          `${m.released} packets released (${m.releaseErrors} failed), ${m.projectUnrouted} project without a peer, ${m.errors} errors`,
+      );
+    }
   }
   for (const s of r.services) {
     out.push('');

@@ -31,11 +31,18 @@
  * chain, one after the other, so concurrent callers (the control socket, DNS
  * answers, TTL expiry) never read a count another change is about to update.
  *
+ * Bypass routes (`throw <dst>` in table T, addBypass/removeBypass): a destination
+ * inside a routed range (dns.classifyCidrs) that was classified as not project
+ * traffic; the lookup leaves T at the throw and continues with the main table.
+ * Added with `add`, never `replace`, so a bypass can never displace a tenc0 route
+ * of the same prefix; a tenc0 route added later does replace it (addRoutes).
+ *
  * Residue of a crashed run (removeResidue, run before guard and install):
  *  - rules (IPv4 and IPv6) whose priority is P and whose table is T: adopted
  *    (one per family; duplicates deleted);
  *  - unreachable routes in table T with the guard metric 4294967295: adopted;
  *  - routes in table T whose device is the interface name (tenc0): deleted;
+ *  - throw routes in table T (bypasses): deleted;
  *  - the pod's own addresses as /32 or /128 on that interface, if it still exists: deleted.
  * Routes in T through other devices are left alone (logged), as not ours.
  */
@@ -59,6 +66,7 @@ type Undo =
   | { kind: 'addr'; family: Family; cidr: string }
   | { kind: 'route'; family: Family; cidr: string }
   | { kind: 'guard'; family: Family; cidr: string }
+  | { kind: 'bypass'; family: Family; cidr: string }
   | { kind: 'rule'; family: Family };
 
 export interface ResidueReport {
@@ -66,7 +74,7 @@ export interface ResidueReport {
   rules: number;
   /** Unreachable guards adopted (kept in place, now owned by this run). */
   guards: number;
-  /** tenc0 routes deleted. */
+  /** tenc0 routes and bypass (throw) routes deleted. */
   routes: number;
   /** Pod addresses deleted from the interface. */
   addresses: number;
@@ -99,6 +107,8 @@ export class PolicyRouting {
   private readonly refs = new Map<string, number>();
   /** Destinations whose guard is recorded in undo (one entry each). */
   private readonly guarded = new Set<string>();
+  /** Bypass (throw) routes installed. */
+  private readonly bypassed = new Set<string>();
   private readonly srcFor: Record<Family, string | null> = { 4: null, 6: null };
   private installed = false;
   /** Every mutation runs after the previous one settled: reference counts are read and written in order. */
@@ -151,6 +161,8 @@ export class PolicyRouting {
           report.guards++;
         } else if (r.dev === ifname && (r.type === undefined || r.type === 'unicast')) {
           del.push(`route del ${r.dst} dev ${ifname} table ${this.t}`);
+        } else if (r.type === 'throw') {
+          del.push(this.bypassLine(withPrefix(r.dst), 'del'));
         } else this.log.warn({ table: this.opts.table, route: r.dst, dev: r.dev }, 'route in tenc table through another device left alone');
       }
       await this.ip.batch(fam, del);
@@ -268,6 +280,54 @@ export class PolicyRouting {
     return `route ${op} unreachable ${cidr} table ${this.t} metric ${GUARD_METRIC}`;
   }
 
+  private bypassLine(cidr: string, op: 'add' | 'del'): string {
+    return `route ${op} throw ${cidr} table ${this.t}`;
+  }
+
+  /** The bypass (throw) routes currently installed. */
+  bypasses(): string[] {
+    return [...this.bypassed];
+  }
+
+  /**
+   * Adds `throw <cidr>` to table T: traffic to it leaves through the main table.
+   * Returns false (and adds nothing) when a tenc0 route of this run has the same
+   * prefix, or the kernel refuses (a route of that prefix exists): a bypass never
+   * displaces a tunnel route.
+   */
+  addBypass(cidr: string): Promise<boolean> {
+    return this.serial(async () => {
+      if (this.bypassed.has(cidr)) return true;
+      if (this.refs.has(cidr)) return false;
+      const fam = familyOf(cidr);
+      try {
+        await this.ip.batch(fam, [this.bypassLine(cidr, 'add')]);
+      } catch (e) {
+        if (e instanceof IpCommandError && /File exists/i.test(e.stderr)) return false;
+        throw e;
+      }
+      this.bypassed.add(cidr);
+      this.undo.push({ kind: 'bypass', family: fam, cidr });
+      return true;
+    });
+  }
+
+  /** Removes a bypass added by addBypass (unknown ones are ignored). */
+  removeBypass(cidr: string): Promise<void> {
+    return this.serial(async () => {
+      if (!this.bypassed.has(cidr)) return;
+      try {
+        await this.ip.batch(familyOf(cidr), [this.bypassLine(cidr, 'del')]);
+      } catch (e) {
+        // already gone (replaced by a tenc0 route of the same prefix): nothing to undo
+        if (!(e instanceof IpCommandError && /No such process/i.test(e.stderr))) throw e;
+      }
+      this.bypassed.delete(cidr);
+      const i = this.undo.findIndex((u) => u.kind === 'bypass' && u.cidr === cidr);
+      if (i >= 0) this.undo.splice(i, 1);
+    });
+  }
+
   /** Adds routes (reference counted) and their guards, `ip -batch` per family. Serialized with every other change. */
   addRoutes(cidrs: string[]): Promise<void> {
     return this.serial(() => this.addRoutesNow(cidrs));
@@ -303,6 +363,8 @@ export class PolicyRouting {
         throw e;
       }
       list.forEach((c) => this.recordRoute(fam, c, extra.get(c) ?? 0));
+      // `replace` turned a bypass of the same prefix into the tenc0 route
+      for (const c of list) if (this.bypassed.delete(c)) this.undo.splice(this.undo.findIndex((u) => u.kind === 'bypass' && u.cidr === c), 1);
     }
   }
 
@@ -349,7 +411,12 @@ export class PolicyRouting {
 
   /** Deletes routes/guards in one batch; a failing line is noted (unless benign) and the rest go on. */
   private async deleteRun(fam: Family, run: Undo[], failures: string[], benign: (e: unknown, u: Undo) => boolean): Promise<void> {
-    const line = (u: Undo) => (u.kind === 'guard' ? this.guardLine(u.cidr, 'del') : this.routeLine(fam, (u as { cidr: string }).cidr, 'del'));
+    const line = (u: Undo) =>
+      u.kind === 'guard'
+        ? this.guardLine(u.cidr, 'del')
+        : u.kind === 'bypass'
+          ? this.bypassLine(u.cidr, 'del')
+          : this.routeLine(fam, (u as { cidr: string }).cidr, 'del');
     for (const u of run) if (u.kind === 'route') this.refs.delete(u.cidr);
     let rest = run;
     while (rest.length > 0) {
@@ -381,17 +448,18 @@ export class PolicyRouting {
       this.undo.push(...rest);
     }
     this.guarded.clear();
+    this.bypassed.clear();
     // The interface may already be gone (its TUN closed): its routes and addresses went with it.
     const benign = (e: unknown, u: Undo) =>
       e instanceof IpCommandError && /Cannot find device|No such device|No such process/i.test(e.stderr) && u.kind !== 'rule';
     while (this.undo.length > 0) {
       const u = this.undo[this.undo.length - 1];
-      if (u.kind === 'route' || u.kind === 'guard') {
-        // the newest run of route/guard entries of one family: one `ip -batch`
+      if (u.kind === 'route' || u.kind === 'guard' || u.kind === 'bypass') {
+        // the newest run of route/guard/bypass entries of one family: one `ip -batch`
         const run: Undo[] = [];
         while (this.undo.length > 0) {
           const x = this.undo[this.undo.length - 1];
-          if ((x.kind !== 'route' && x.kind !== 'guard') || x.family !== u.family) break;
+          if ((x.kind !== 'route' && x.kind !== 'guard' && x.kind !== 'bypass') || x.family !== u.family) break;
           run.push(this.undo.pop()!);
         }
         await this.deleteRun(u.family, run, failures, benign);

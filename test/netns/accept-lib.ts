@@ -338,3 +338,13 @@ export async function waitFor(pred: () => boolean, ms = 5000, step = 100): Promi
     await new Promise((r) => setTimeout(r, step));
   }
 }
+
+/** One request on the pod's control socket in ns (interface tenc0); the parsed response. */
+export function control(ns: Netns, req: Record<string, unknown>): { ok: boolean; result?: any; error?: { code: string; message: string } } {
+  const path = `/run/tenc/tenc0-${ns.inode()}.sock`;
+  const js =
+    `const c = require('net').connect(${JSON.stringify(path)}); let b = '';` +
+    `c.on('data', (d) => { b += d; if (b.includes('\\n')) { process.stdout.write(b); c.end(); } });` +
+    `c.write(${JSON.stringify(JSON.stringify(req))} + '\\n');`;
+  return JSON.parse(ns.exec('node', '-e', js));
+}

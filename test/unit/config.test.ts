@@ -322,6 +322,7 @@ describe('config: dns section', () => {
         upstreams: ['10.96.0.53', '[fd00:96::a]:5353'],
         neverTunnelNames: ['Example.COM'],
         neverTunnelCidrs: ['10.96.5.0/24', 'fd00:0:0::1'],
+        classifyCidrs: ['10.96.0.0/12', 'fd00:77:0::/64', '10.96.0.0/12'],
         endpoints: [{ vip: '10.96.0.20', addresses: ['10.77.0.2', 'fd00:77:0::2'] }],
         resolvConf: 'resolv.conf',
       }),
@@ -335,6 +336,7 @@ describe('config: dns section', () => {
     ]);
     expect(c.dns.neverTunnelNames).toEqual(['example.com']);
     expect(c.dns.neverTunnelCidrs).toEqual(['10.96.5.0/24', 'fd00::1/128']);
+    expect(c.dns.classifyCidrs).toEqual(['10.96.0.0/12', 'fd00:77::/64']);
     expect(c.dns.endpoints).toEqual([{ vip: '10.96.0.20', addresses: ['10.77.0.2', 'fd00:77::2'] }]);
     expect(c.dns.resolvConf).toBe(join(dir, 'resolv.conf'));
     expect(validateConfig(withDns({}), 'pod.json').dns.enabled).toBe(true);
@@ -350,6 +352,10 @@ describe('config: dns section', () => {
     ['dns.upstreams', ['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4'], 'pod.json: dns.upstreams: at most 3 servers'],
     ['dns.neverTunnelNames', ['a..b'], 'pod.json: dns.neverTunnelNames[0]: "a..b" is not a DNS name'],
     ['dns.neverTunnelCidrs', ['10.0.0.1/8'], 'pod.json: dns.neverTunnelCidrs[0]: "10.0.0.1/8" has host bits set'],
+    ['dns.classifyCidrs', ['0.0.0.0/2'], 'pod.json: dns.classifyCidrs[0]: 0.0.0.0/2 is too wide'],
+    ['dns.classifyCidrs', ['f000::/4'], 'pod.json: dns.classifyCidrs[0]: f000::/4 is too wide'],
+    ['dns.classifyCidrs', ['10.96.0.1/12'], 'pod.json: dns.classifyCidrs[0]: "10.96.0.1/12" has host bits set'],
+    ['dns.classifyCidrs', Array.from({ length: 65 }, (_, i) => `10.${i}.0.0/16`), 'pod.json: dns.classifyCidrs: at most 64 ranges'],
     ['dns.maxTtl', -1, 'pod.json: dns.maxTtl: -1 is out of range 0..86400'],
     ['dns.routeGrace', 1.5, 'pod.json: dns.routeGrace: 1.5 is not an integer'],
     ['dns.upstreamTimeout', 10, 'pod.json: dns.upstreamTimeout: 10 is out of range 50..30000'],

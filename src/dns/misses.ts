@@ -1,0 +1,167 @@
+/**
+ * Addresses not learned through DNS, classified on first use (a client dialing a
+ * raw IP). The pod's cluster ranges (dns.classifyCidrs) are routed into tenc0, so
+ * nothing inside them leaves in plaintext before it is classified. A packet to an
+ * address no peer claims is dropped by the data plane, which reports it once per
+ * destination per second as a route_miss event with a copy of the packet. Here:
+ *
+ *   classify (AddressClassifier: never-tunnel CIDR, membership, PTR into the project domain)
+ *     never / other -> a bypass (`throw <addr>` in tenc's table): the address leaves
+ *                      through the main table from now on, and the reported packet is
+ *                      released (sent again through a raw socket) so the first
+ *                      packet of a flow (a TCP SYN) is not lost
+ *     project       -> stays in tenc0: without a peer for it, its packets are dropped
+ *                      (counted), never sent in plaintext
+ *
+ * A bypass lasts as long as its verdict (the classifier's TTL); when it ends the
+ * address is classified again and the bypass is kept when the verdict is unchanged,
+ * so a flow in progress is never cut; it is removed when the verdict became
+ * project. At most maxBypasses are held; beyond that the oldest is removed (its next
+ * packet is reported again). Pure bookkeeping over injected parts; no timers of its
+ * own: the caller runs expire() periodically.
+ */
+import type { AddressVerdict } from './classify.js';
+import { hostCidr } from './routes.js';
+
+export interface RouteMissOptions {
+  classify: (address: string) => Promise<AddressVerdict>;
+  /** Adds `throw <cidr>`; false when refused (a tunnel route of that prefix exists). */
+  addBypass: (cidr: string) => Promise<boolean>;
+  removeBypass: (cidr: string) => Promise<void>;
+  /** Sends the reported packet again through the kernel's routing (after the bypass). */
+  release: (packet: Uint8Array) => void;
+  now: () => number;
+  /** How long a verdict holds a bypass before it is checked again (ms). */
+  holdMs: number;
+  maxBypasses?: number;
+  onError?: (what: string, err: unknown) => void;
+}
+
+export interface RouteMissCounters {
+  /** route_miss events handled. */
+  misses: number;
+  /** Bypasses added (other/never verdicts). */
+  bypassed: number;
+  /** Misses for project addresses no peer serves: kept in the tunnel, dropped. */
+  projectUnrouted: number;
+  /** Packets released after a bypass, and releases that failed. */
+  released: number;
+  releaseErrors: number;
+  /** Bypasses removed because the table was full (oldest first). */
+  evicted: number;
+  /** Classification or route changes that failed. */
+  errors: number;
+}
+
+interface Bypass {
+  until: number;
+  checking: boolean;
+}
+
+export class RouteMisses {
+  private readonly bypasses = new Map<string, Bypass>();
+  private readonly pending = new Set<string>();
+  private readonly max: number;
+  readonly counters: RouteMissCounters = { misses: 0, bypassed: 0, projectUnrouted: 0, released: 0, releaseErrors: 0, evicted: 0, errors: 0 };
+
+  constructor(private readonly o: RouteMissOptions) {
+    if (!Number.isFinite(o.holdMs) || o.holdMs <= 0) throw new RangeError('RouteMisses: holdMs must be > 0');
+    this.max = o.maxBypasses ?? 4096;
+    if (!Number.isInteger(this.max) || this.max < 1) throw new RangeError('RouteMisses: maxBypasses must be >= 1');
+  }
+
+  /** The addresses currently bypassed (host CIDRs). */
+  list(): string[] {
+    return [...this.bypasses.keys()];
+  }
+
+  /** One route_miss event. Resolves when it is handled (never rejects). */
+  async miss(destination: string, packet: Uint8Array | null): Promise<void> {
+    this.counters.misses++;
+    let cidr: string;
+    try {
+      cidr = hostCidr(destination);
+    } catch (e) {
+      this.fail('miss', e);
+      return;
+    }
+    // a bypass in place (its packet raced the route) or a classification under way
+    if (this.bypasses.has(cidr)) return this.releaseNow(packet);
+    if (this.pending.has(cidr)) return;
+    this.pending.add(cidr);
+    try {
+      const v = await this.o.classify(destination);
+      if (v.verdict === 'project') {
+        this.counters.projectUnrouted++;
+        return;
+      }
+      if (!(await this.add(cidr))) return;
+      this.releaseNow(packet);
+    } catch (e) {
+      this.fail('miss', e);
+    } finally {
+      this.pending.delete(cidr);
+    }
+  }
+
+  private async add(cidr: string): Promise<boolean> {
+    while (this.bypasses.size >= this.max) {
+      const oldest = this.bypasses.keys().next().value!;
+      this.bypasses.delete(oldest);
+      this.counters.evicted++;
+      await this.o.removeBypass(oldest);
+    }
+    if (!(await this.o.addBypass(cidr))) return false;
+    this.bypasses.set(cidr, { until: this.o.now() + this.o.holdMs, checking: false });
+    this.counters.bypassed++;
+    return true;
+  }
+
+  private releaseNow(packet: Uint8Array | null): void {
+    if (packet === null || packet.length === 0) return;
+    try {
+      this.o.release(packet);
+      this.counters.released++;
+    } catch (e) {
+      this.counters.releaseErrors++;
+      this.o.onError?.('release', e);
+    }
+    packet.fill(0);
+  }
+
+  /** Classifies expired bypasses again: kept while still not project, else removed. */
+  async expire(): Promise<void> {
+    const now = this.o.now();
+    const due = [...this.bypasses].filter(([, b]) => b.until <= now && !b.checking);
+    await Promise.all(
+      due.map(async ([cidr, b]) => {
+        b.checking = true;
+        try {
+          const v = await this.o.classify(cidr.slice(0, cidr.lastIndexOf('/')));
+          if (this.bypasses.get(cidr) !== b) return; // evicted or removed meanwhile
+          if (v.verdict !== 'project') {
+            b.until = this.o.now() + this.o.holdMs;
+            return;
+          }
+          this.bypasses.delete(cidr);
+          await this.o.removeBypass(cidr);
+        } catch (e) {
+          this.fail('expire', e);
+          b.until = this.o.now() + this.o.holdMs; // try again later; never cut a flow on an error
+        } finally {
+          b.checking = false;
+        }
+      }),
+    );
+  }
+
+  /** Forgets every bypass (the routing teardown removes the routes themselves). */
+  clear(): void {
+    this.bypasses.clear();
+  }
+
+  private fail(what: string, e: unknown): void {
+    this.counters.errors++;
+    this.o.onError?.(what, e);
+  }
+}

@@ -1,0 +1,185 @@
+/**
+ * Addresses not learned through DNS, classified on first use (issue 4: a client
+ * dialing a raw IP). Pod a (project alpha) runs tenc with the DNS proxy and
+ * dns.classifyCidrs = the pod network (10.77.0.0/24, fd00:77::/64), so every
+ * address in it goes into tenc0 until classified:
+ *
+ *   10.77.0.2 / fd00:77::2  pod b, alpha, a peer         -> tunnel (member)
+ *   10.77.0.3 / fd00:77::3  pod c, project beta          -> PTR web.beta... -> bypass, plaintext
+ *   10.77.0.4               pod d, alpha but no peer     -> PTR db.alpha... -> stays in tenc0, dropped
+ *   10.77.0.254             bridge: dnsmasq (cluster DNS, PTR records), no PTR for itself
+ *
+ * Checks: curl by raw IP to beta works (its first packet is released, not lost), a
+ * throw route appears in tenc's table; plaintext never reaches pod d; pod b's
+ * traffic is ciphertext on the wire; status reports the counters; a stop removes
+ * the bypasses with everything else.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Netns, snapshot, startCapture, readCaptureBytes, type NetSnapshot } from './lib.js';
+import { Topology, prepare, startPod, stopPod, stopAllPods, tenc, main, pairUp, control, type PodProc } from './accept-lib.js';
+
+const PREFIX = `tcls${process.pid % 100000}`;
+const TABLE = 52100; // the config default
+let topo: Topology;
+let a: Netns, b: Netns, c: Netns, d: Netns, br: Netns;
+let dir: string;
+let podA: PodProc, podB: PodProc;
+let beforeA: NetSnapshot;
+const helpers = new Set<ChildProcess>();
+
+function spawnIn(ns: Netns, cmd: string, args: string[]): ChildProcess {
+  const p = ns.spawn(cmd, args);
+  helpers.add(p);
+  p.on('exit', () => helpers.delete(p));
+  p.stdout?.resume();
+  p.stderr?.resume();
+  return p;
+}
+
+function httpServer(ns: Netns, marker: string): void {
+  const js = `require('http').createServer((q,s)=>s.end(${JSON.stringify(marker)})).listen(80,'::',()=>console.log('up'))`;
+  spawnIn(ns, 'node', ['-e', js]);
+}
+
+function curl(ns: Netns, url: string, maxTime = 5): { ok: boolean; body: string } {
+  const r = ns.tryExec('curl', '-sS', '-g', '--max-time', String(maxTime), url);
+  return { ok: r.status === 0, body: r.stdout };
+}
+
+function podStatus(): any {
+  return JSON.parse(tenc(a, 'status', '--json'));
+}
+
+async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return cond();
+}
+
+beforeAll(async () => {
+  prepare(['nft', 'dnsmasq', 'curl']);
+  topo = Topology.up(PREFIX);
+  a = topo.ns('a');
+  b = topo.ns('b');
+  br = topo.ns('br');
+  c = topo.addPod('c', 3);
+  d = topo.addPod('d', 4);
+  mkdirSync(`/etc/netns/${a.name}`, { recursive: true });
+  writeFileSync(`/etc/netns/${a.name}/resolv.conf`, 'nameserver 10.77.0.254\nsearch alpha.svc.cluster.local svc.cluster.local cluster.local\n');
+  spawnIn(br, 'dnsmasq', [
+    '--conf-file=/dev/null',
+    '--no-resolv',
+    '--no-hosts',
+    '--keep-in-foreground',
+    '--pid-file=',
+    '--listen-address=10.77.0.254',
+    '--bind-interfaces',
+    '--local-ttl=5',
+    '--local=/alpha.svc.cluster.local/',
+    '--local=/77.10.in-addr.arpa/',
+    '--local=/7.7.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa/',
+    '--ptr-record=3.0.77.10.in-addr.arpa,web.beta.svc.cluster.local',
+    '--ptr-record=3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.7.7.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa,web.beta.svc.cluster.local',
+    '--ptr-record=4.0.77.10.in-addr.arpa,db.alpha.svc.cluster.local',
+  ]);
+  httpServer(b, 'alpha-b-6d1e');
+  httpServer(c, 'beta-c-90f2');
+  httpServer(d, 'alpha-d-c47a');
+  dir = mkdtempSync(join(tmpdir(), 'tenc-classify-'));
+  writeFileSync(join(dir, 'psk'), spawnSync('node', [main, 'genpsk'], { encoding: 'utf8' }).stdout);
+  writeFileSync(
+    join(dir, 'a.json'),
+    JSON.stringify({
+      addresses: ['10.77.0.1', 'fd00:77::1'],
+      pskFile: 'psk',
+      dns: { maxTtl: 5, upstreamTimeout: 500, classifyCidrs: ['10.77.0.0/24', 'fd00:77::/64'] },
+    }),
+  );
+  writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk' }));
+  beforeA = snapshot(a);
+  podA = await startPod(a, join(dir, 'a.json'));
+  podB = await startPod(b, join(dir, 'b.json'));
+  pairUp(a, podA, 1, b, podB, 2);
+}, 120_000);
+
+afterAll(async () => {
+  await stopAllPods();
+  for (const p of helpers) p.kill('SIGKILL');
+  topo?.down();
+  rmSync(`/etc/netns/${PREFIX}-a`, { recursive: true, force: true });
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
+  it('the ranges are routed into tenc0, with fail-closed guards', () => {
+    const t = a.exec('ip', 'route', 'show', 'table', String(TABLE));
+    expect(t).toMatch(/^10\.77\.0\.0\/24 dev tenc0/m);
+    expect(t).toMatch(/^unreachable 10\.77\.0\.0\/24 .*metric 4294967295/m);
+    expect(a.exec('ip', '-6', 'route', 'show', 'table', String(TABLE))).toMatch(/^fd00:77::\/64 dev tenc0/m);
+  });
+
+  it('a beta pod by raw IP: bypassed after a PTR lookup, in plaintext, its first packet released', async () => {
+    const r = curl(a, 'http://10.77.0.3/');
+    expect(r.body).toBe('beta-c-90f2');
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw 10\.77\.0\.3 /m);
+    const m = podStatus().dns.routeMisses;
+    expect(m.ranges).toEqual(['10.77.0.0/24', 'fd00:77::/64']);
+    expect(m.bypassed).toBeGreaterThanOrEqual(1);
+    expect(m.released).toBeGreaterThanOrEqual(1); // the SYN that found no peer, sent again after the bypass
+    expect(m.releaseErrors).toBe(0);
+    // the verdict is the DNS proxy's: the same through the control operation
+    expect(control(a, { op: 'classify-address', address: '10.77.0.3' })).toMatchObject({ ok: true, result: { verdict: 'other', reason: 'none' } });
+  });
+
+  it('IPv6: a beta pod by raw IP is bypassed too', () => {
+    expect(curl(a, 'http://[fd00:77::3]/').body).toBe('beta-c-90f2');
+    expect(a.exec('ip', '-6', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw fd00:77::3 /m);
+  });
+
+  it('an alpha address without a peer stays in the tunnel: nothing reaches it in plaintext', async () => {
+    const cap = await startCapture(d, 'eth0', ['tcp', 'port', '80']);
+    const r = curl(a, 'http://10.77.0.4/', 2);
+    await cap.stop();
+    const packets = cap.read();
+    cap.remove();
+    expect(r.ok).toBe(false);
+    expect(packets).toEqual([]);
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw 10\.77\.0\.4/);
+    expect(podStatus().dns.routeMisses.projectUnrouted).toBeGreaterThanOrEqual(1);
+    expect(podStatus().drops.no_route).toBeGreaterThanOrEqual(1);
+  });
+
+  it('a peer by raw IP is tunneled: ciphertext on the wire, no bypass', async () => {
+    const cap = await startCapture(br, 'br0', ['ip', 'host', '10.77.0.2']);
+    expect(curl(a, 'http://10.77.0.2/').body).toBe('alpha-b-6d1e');
+    await cap.stop();
+    const bytes = readCaptureBytes(cap);
+    const lines = cap.read();
+    cap.remove();
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines.filter((l) => !/UDP/.test(l))).toEqual([]); // only the tunnel's datagrams
+    expect(bytes.includes(Buffer.from('alpha-b-6d1e'))).toBe(false);
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw 10\.77\.0\.2/);
+  });
+
+  it('a bypass outlives its verdict time while the verdict holds (the flow is not cut)', async () => {
+    // maxTtl 5 s: after it the address is classified again and keeps its bypass
+    await new Promise((r) => setTimeout(r, 6500));
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw 10\.77\.0\.3 /m);
+    expect(curl(a, 'http://10.77.0.3/').body).toBe('beta-c-90f2');
+  }, 20_000);
+
+  it('status text shows the counters; a stop removes the ranges, guards and bypasses', async () => {
+    expect(tenc(a, 'status')).toMatch(/route misses: \d+; \d+ bypasses held/);
+    expect(await stopPod(podA)).toBe(0);
+    expect(await waitFor(() => !a.exec('ip', 'route', 'show', 'table', String(TABLE)).includes('throw'), 3000)).toBe(true);
+    expect(snapshot(a)).toEqual(beforeA);
+  });
+});
