@@ -10,7 +10,11 @@
  *   AddressClassifier       for addresses not learned through DNS (a raw IP):
  *     never-tunnel CIDR -> never; a known member (peer allowed IPs, service VIPs,
  *     endpoints) -> project; else a PTR lookup whose names fall in the project
- *     domain -> project; else other. Verdicts are cached for their TTL.
+ *     domain or the project's pod domain (<project>.pod.<cluster domain>, the
+ *     names Kubernetes gives pod addresses) -> project; no PTR -> other; a lookup
+ *     that got no answer -> other with reason lookup-failed (cached briefly: callers
+ *     that would act on "other", like a bypass route, must not). Verdicts are
+ *     cached for their TTL.
  */
 import { Address4, Address6 } from 'ip-address';
 import { ptrName } from './message.js';
@@ -92,14 +96,23 @@ export class CidrSet {
   }
 }
 
-export type AddressVerdict = { verdict: 'project' | 'never' | 'other'; reason: 'never-cidr' | 'member' | 'reverse' | 'none' };
+export type AddressVerdict = { verdict: 'project' | 'never' | 'other'; reason: 'never-cidr' | 'member' | 'reverse' | 'none' | 'lookup-failed' };
+
+/** The pod domain of a project domain: "alpha.svc.cluster.local" -> "alpha.pod.cluster.local" (null if not that shape). */
+export function podDomainOf(domain: string): string | null {
+  const m = /^([^.]+)\.svc\.(.+)$/.exec(domain);
+  return m ? `${m[1]}.pod.${m[2]}` : null;
+}
+
+/** Seconds a failed reverse lookup is remembered. */
+const FAILED_LOOKUP_SECONDS = 2;
 
 export interface AddressClassifierOptions {
   policy: NamePolicy;
   neverCidrs: CidrSet;
   /** Known project members: peers' allowed IPs, service VIPs and endpoints. */
   isMember: (address: string) => boolean;
-  /** PTR names for the reverse name of an address (null/[] when none or on failure). */
+  /** PTR names for the reverse name of an address ([] when it has none: NXDOMAIN or no PTR); null (or a rejection) when no answer came. */
   reverse: (ptr: string) => Promise<{ names: string[]; ttl: number } | null>;
   now: () => number;
   /** Cache lifetime (s) of a verdict without a TTL of its own (members, failures). */
@@ -111,9 +124,17 @@ export interface AddressClassifierOptions {
 export class AddressClassifier {
   private readonly cache = new Map<string, { v: AddressVerdict; until: number }>();
   private readonly max: number;
+  private readonly podDomain: string | null;
 
   constructor(private readonly o: AddressClassifierOptions) {
     this.max = o.maxEntries ?? 4096;
+    this.podDomain = podDomainOf(o.policy.domain);
+  }
+
+  private nameVerdict(name: string): NameVerdict {
+    const v = classifyName(name, this.o.policy);
+    if (v === 'other' && this.podDomain !== null && inDomain(normalizeName(name), this.podDomain)) return 'project';
+    return v;
   }
 
   async classify(address: string): Promise<AddressVerdict> {
@@ -130,11 +151,13 @@ export class AddressClassifier {
     else {
       const r = await this.o.reverse(ptrName(a.family === 4 ? key : address, a.family === 6 ? key : undefined)).catch(() => null);
       const names = r?.names ?? [];
-      const verdicts = names.map((n) => classifyName(n, this.o.policy));
+      const verdicts = names.map((n) => this.nameVerdict(n));
       if (verdicts.includes('never')) v = { verdict: 'never', reason: 'reverse' };
       else if (verdicts.includes('project')) v = { verdict: 'project', reason: 'reverse' };
+      else if (r === null) v = { verdict: 'other', reason: 'lookup-failed' };
       else v = { verdict: 'other', reason: 'none' };
-      if (r && names.length > 0) ttl = Math.min(ttl, r.ttl);
+      if (r === null) ttl = Math.min(ttl, FAILED_LOOKUP_SECONDS);
+      else if (names.length > 0) ttl = Math.min(ttl, r.ttl);
     }
     if (this.cache.size >= this.max) this.cache.delete(this.cache.keys().next().value!);
     this.cache.delete(key);

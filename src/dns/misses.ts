@@ -6,6 +6,7 @@
  * destination per second as a route_miss event with a copy of the packet. Here:
  *
  *   classify (AddressClassifier: never-tunnel CIDR, membership, PTR into the project domain)
+ *     lookup failed -> nothing (the address stays in tenc0; its next miss asks again)
  *     never / other -> a bypass (`throw <addr>` in tenc's table): the address leaves
  *                      through the main table from now on, and the reported packet is
  *                      released (sent again through a raw socket) so the first
@@ -44,6 +45,8 @@ export interface RouteMissCounters {
   bypassed: number;
   /** Misses for project addresses no peer serves: kept in the tunnel, dropped. */
   projectUnrouted: number;
+  /** Misses whose reverse lookup got no answer: kept in the tunnel (asked again at the next miss). */
+  undecided: number;
   /** Packets released after a bypass, and releases that failed. */
   released: number;
   releaseErrors: number;
@@ -62,7 +65,7 @@ export class RouteMisses {
   private readonly bypasses = new Map<string, Bypass>();
   private readonly pending = new Set<string>();
   private readonly max: number;
-  readonly counters: RouteMissCounters = { misses: 0, bypassed: 0, projectUnrouted: 0, released: 0, releaseErrors: 0, evicted: 0, errors: 0 };
+  readonly counters: RouteMissCounters = { misses: 0, bypassed: 0, projectUnrouted: 0, undecided: 0, released: 0, releaseErrors: 0, evicted: 0, errors: 0 };
 
   constructor(private readonly o: RouteMissOptions) {
     if (!Number.isFinite(o.holdMs) || o.holdMs <= 0) throw new RangeError('RouteMisses: holdMs must be > 0');
@@ -93,6 +96,10 @@ export class RouteMisses {
       const v = await this.o.classify(destination);
       if (v.verdict === 'project') {
         this.counters.projectUnrouted++;
+        return;
+      }
+      if (v.reason === 'lookup-failed') {
+        this.counters.undecided++;
         return;
       }
       if (!(await this.add(cidr))) return;
@@ -140,7 +147,8 @@ export class RouteMisses {
           const v = await this.o.classify(cidr.slice(0, cidr.lastIndexOf('/')));
           if (this.bypasses.get(cidr) !== b) return; // evicted or removed meanwhile
           if (v.verdict !== 'project') {
-            b.until = this.o.now() + this.o.holdMs;
+            // kept while not project; a failed lookup keeps it too and is asked again soon
+            b.until = this.o.now() + (v.reason === 'lookup-failed' ? Math.min(this.o.holdMs, 2000) : this.o.holdMs);
             return;
           }
           this.bypasses.delete(cidr);

@@ -256,7 +256,8 @@ export class DnsProxy {
 
   /**
    * The proxy's own PTR lookup (address classification) over the upstream UDP socket:
-   * the names and the smallest TTL, or null on failure or NXDOMAIN.
+   * the names and the smallest TTL; [] when the name has none (NXDOMAIN, NOERROR
+   * without PTR); null when no answer came (timeout, SERVFAIL, REFUSED, malformed).
    */
   async lookupPtr(ptr: string): Promise<{ names: string[]; ttl: number } | null> {
     const m = dnsPacket.encode({ type: 'query', id: 0, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'PTR', name: ptr, class: 'IN' }] });
@@ -265,9 +266,10 @@ export class DnsProxy {
     const r = await this.upUdp.query(m, q);
     if (r === null || r === 'busy' || !recordsWellFormed(r, q)) return null;
     try {
-      const d = dnsPacket.decode(r);
+      const d = dnsPacket.decode(r) as ReturnType<typeof dnsPacket.decode> & { rcode?: string };
       const ptrs = (d.answers ?? []).filter((a) => a.type === 'PTR') as { data: string; ttl?: number }[];
-      if (ptrs.length === 0) return null;
+      // a definitive "none" (NXDOMAIN, or NOERROR without PTR) is an answer: []; SERVFAIL, REFUSED, ...: no answer
+      if (ptrs.length === 0) return d.rcode === 'NXDOMAIN' || d.rcode === 'NOERROR' ? { names: [], ttl: 0 } : null;
       return { names: ptrs.map((a) => a.data), ttl: Math.min(...ptrs.map((a) => a.ttl ?? 0)) };
     } catch {
       return null;
