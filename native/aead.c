@@ -120,6 +120,27 @@ int tenc_aead_seal(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
   return 0;
 }
 
+int tenc_aead_seal_parts(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
+                         const uint8_t nonce[TENC_AEAD_NONCE_LEN], const uint8_t *head, size_t head_len,
+                         const uint8_t *body, size_t body_len, size_t pad_len, uint8_t *out) {
+  static const uint8_t zeros[16];
+  int outl = 0;
+  size_t total = head_len + body_len + pad_len;
+  if (pad_len >= sizeof zeros || total > TENC_AEAD_MAX_LEN || total < head_len) return -1;
+  if (rekey(a->enc, a->enc_key, &a->enc_keyed, key, nonce, 1) != 0) return -1;
+  /* OpenSSL's ChaCha20 and Poly1305 keep partial blocks between updates, so the
+   * parts may have any lengths; the keystream and MAC run on as over one buffer. */
+  if (head_len > 0 && EVP_EncryptUpdate(a->enc, out, &outl, head, (int)head_len) != 1) return -1;
+  if (body_len > 0 && EVP_EncryptUpdate(a->enc, out + head_len, &outl, body, (int)body_len) != 1) return -1;
+  if (pad_len > 0 && EVP_EncryptUpdate(a->enc, out + head_len + body_len, &outl, zeros, (int)pad_len) != 1)
+    return -1;
+  if (EVP_EncryptFinal_ex(a->enc, out + total, &outl) != 1) return -1;
+  OSSL_PARAM params[2] = {OSSL_PARAM_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, out + total, TENC_AEAD_TAG_LEN),
+                          OSSL_PARAM_END};
+  if (EVP_CIPHER_CTX_get_params(a->enc, params) != 1) return -1;
+  return 0;
+}
+
 int tenc_aead_open(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
                    const uint8_t nonce[TENC_AEAD_NONCE_LEN], const uint8_t *aad, size_t aad_len,
                    uint8_t *buf, size_t len, const uint8_t *tag) {

@@ -39,6 +39,17 @@ int tenc_aead_open(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
                    const uint8_t *aad, size_t aad_len,
                    uint8_t *buf, size_t len, const uint8_t *tag);
 
+/* Scatter seal: the plaintext is head[0..head_len) || body[0..body_len) || pad_len
+ * zero bytes; the ciphertext goes to out[0..head_len+body_len+pad_len) and the tag
+ * right after it. `head` may equal `out` (in place); `body` must not overlap out
+ * except exactly at out + head_len (then it is in place too). The result is
+ * byte-identical to copying the parts together and calling tenc_aead_seal; it saves
+ * the copy (a TSO segment's payload is sealed straight out of the super-packet).
+ * pad_len < 16. Returns 0, or -1 as tenc_aead_seal. */
+int tenc_aead_seal_parts(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN],
+                         const uint8_t nonce[TENC_AEAD_NONCE_LEN], const uint8_t *head, size_t head_len,
+                         const uint8_t *body, size_t body_len, size_t pad_len, uint8_t *out);
+
 /* WireGuard transport helpers: nonce from `counter`, no AAD, tag right after the
  * data. seal: buf[0..len) -> ciphertext, tag at buf[len..len+16).
  * open: buf[0..len) is ciphertext || tag (len >= 16); plaintext is buf[0..len-16).

@@ -232,17 +232,37 @@ static inline uint32_t sealed_room(uint32_t len) { return TENC_HEADROOM + pad16(
 /* Seals buf[16 .. 16+len) in place as a transport message (whitepaper §5.4.6):
  * type 4, receiver, counter, then the plaintext zero-padded to a multiple of 16
  * and its tag. Returns the message length, or 0 on a cipher failure. */
-static uint32_t seal(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t *buf, uint32_t len) {
-  uint32_t plen = pad16(len);
-  memset(buf + TENC_HEADROOM + len, 0, plen - len);
+static void seal_header(const tenc_keypair *kp, uint64_t ctr, uint8_t *buf) {
   buf[0] = MSG_DATA;
   buf[1] = buf[2] = buf[3] = 0;
   put_le32(buf + 4, kp->remote_index);
   put_le32(buf + 8, (uint32_t)ctr);
   put_le32(buf + 12, (uint32_t)(ctr >> 32));
+}
+
+static uint32_t seal(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t *buf, uint32_t len) {
+  uint32_t plen = pad16(len);
+  memset(buf + TENC_HEADROOM + len, 0, plen - len);
+  seal_header(kp, ctr, buf);
   uint8_t nonce[TENC_AEAD_NONCE_LEN];
   tenc_aead_wg_nonce(ctr, nonce);
   if (tenc_aead_seal(a, kp->send_key, nonce, NULL, 0, buf + TENC_HEADROOM, plen, buf + TENC_HEADROOM + plen) != 0)
+    return 0;
+  return TENC_HEADROOM + plen + TENC_AEAD_TAG_LEN;
+}
+
+/* The same message when the plaintext is buf[16 .. 16+hlen) followed by `body`
+ * (len - hlen bytes elsewhere, e.g. a TSO segment's payload in the super-packet):
+ * the ciphertext lands in buf exactly as seal() would leave it, without first
+ * copying the body next to the header (scatter seal). */
+static uint32_t seal_scatter(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t *buf, uint32_t hlen,
+                             const uint8_t *body, uint32_t len) {
+  uint32_t plen = pad16(len);
+  seal_header(kp, ctr, buf);
+  uint8_t nonce[TENC_AEAD_NONCE_LEN];
+  tenc_aead_wg_nonce(ctr, nonce);
+  if (tenc_aead_seal_parts(a, kp->send_key, nonce, buf + TENC_HEADROOM, hlen, body, len - hlen, plen - len,
+                           buf + TENC_HEADROOM) != 0)
     return 0;
   return TENC_HEADROOM + plen + TENC_AEAD_TAG_LEN;
 }
@@ -337,6 +357,8 @@ static void queue_packet(tenc_engine *e, tenc_peer *p, const uint8_t *pkt, uint3
 typedef struct {
   uint8_t *buf; /* headroom start */
   uint32_t len; /* plaintext length, then message length */
+  uint32_t hlen; /* body != NULL: only the first hlen plaintext bytes are in buf */
+  const uint8_t *body; /* NULL, or the rest of the plaintext (a TSO segment's payload) */
 } txrec;
 
 typedef struct {
@@ -355,6 +377,7 @@ typedef struct {
 
 struct tenc_tx {
   unsigned key_gen;
+  int scatter; /* seal TSO/USO segments straight out of the super-packet */
   miss_slot miss[TENC_MISS_SLOTS];
   uint8_t *arena;
   uint32_t used;
@@ -375,11 +398,53 @@ static uint8_t *tx_reserve(struct tenc_tx *t, uint32_t len) {
   if (t->nrecs >= TX_MAX_RECS || t->used + need > TX_ARENA) return NULL;
   uint8_t *b = t->arena + t->used;
   t->used += need;
-  t->recs[t->nrecs++] = (txrec){b, len};
+  t->recs[t->nrecs++] = (txrec){b, len, 0, NULL};
   return b + TENC_HEADROOM;
 }
 
-static uint8_t *tx_seg_alloc(void *ctx, uint32_t seglen) { return tx_reserve(ctx, seglen); }
+/* A segment's room is reserved whole (the ciphertext fills it); with scatter seal
+ * only its header is written now and the payload is read from the super-packet
+ * when sealing. */
+static uint8_t *tx_seg_alloc(void *ctx, uint32_t seglen, const uint8_t *body, uint32_t hlen) {
+  struct tenc_tx *t = ctx;
+  uint8_t *p = tx_reserve(t, seglen);
+  if (p && t->scatter) {
+    t->recs[t->nrecs - 1].body = body;
+    t->recs[t->nrecs - 1].hlen = hlen;
+  }
+  return p;
+}
+
+/* Puts a scattered record's payload next to its header (before a copy of the
+ * whole packet is taken: queue, route miss). */
+static void tx_gather(txrec *r) {
+  if (!r->body) return;
+  memcpy(r->buf + TENC_HEADROOM + r->hlen, r->body, r->len - r->hlen);
+  r->body = NULL;
+}
+
+/* One frame read with IFF_VNET_HDR: the virtio header is the VNET_LEN bytes before
+ * `pkt`, which sits at t->arena + t->used + TENC_HEADROOM; n counts both. */
+static void tx_frame(tenc_engine *e, struct tenc_tx *t, uint8_t *pkt, uint32_t n) {
+  if (n <= VNET_LEN) return;
+  struct virtio_net_hdr h;
+  memcpy(&h, pkt - VNET_LEN, VNET_LEN);
+  uint32_t len = n - VNET_LEN;
+  if (h.gso_type == VIRTIO_NET_HDR_GSO_NONE) {
+    if ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && tenc_offload_csum(&h, pkt, len) < 0) {
+      drop(e, -1, TENC_D_TOO_BIG, 1);
+      return;
+    }
+    tx_reserve(t, len);
+    return;
+  }
+  /* Super-packet: keep it where it is, append its segments after it. */
+  t->used += (len + TENC_HEADROOM + 15u) & ~15u;
+  uint32_t lost;
+  int nseg = tenc_gso_split(&h, pkt, len, tx_seg_alloc, t, &lost, !t->scatter);
+  if (nseg < 0) drop(e, -1, TENC_D_TOO_BIG, 1);
+  else if (lost) drop(e, -1, TENC_D_TOO_BIG, lost); /* out of room: the rest is counted, not silently lost */
+}
 
 /* Stage 1: reads packets from the TUN device. Returns 1 when the device has
  * more (batch full), 0 when drained, -1 on a fatal error. */
@@ -406,24 +471,7 @@ static int tx_read(tenc_engine *e, struct tenc_tx *t) {
       return errno == EAGAIN ? 0 : -1;
     }
     if (n == 0) return 0;
-    if ((uint32_t)n <= VNET_LEN) continue;
-    struct virtio_net_hdr h;
-    memcpy(&h, pkt - VNET_LEN, VNET_LEN);
-    uint32_t len = (uint32_t)n - VNET_LEN;
-    if (h.gso_type == VIRTIO_NET_HDR_GSO_NONE) {
-      if ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && tenc_offload_csum(&h, pkt, len) < 0) {
-        drop(e, -1, TENC_D_TOO_BIG, 1);
-        continue;
-      }
-      tx_reserve(t, len);
-      continue;
-    }
-    /* Super-packet: keep it where it is, append its segments after it. */
-    t->used += (len + TENC_HEADROOM + 15u) & ~15u;
-    uint32_t lost;
-    int nseg = tenc_gso_split(&h, pkt, len, tx_seg_alloc, t, &lost);
-    if (nseg < 0) drop(e, -1, TENC_D_TOO_BIG, 1);
-    else if (lost) drop(e, -1, TENC_D_TOO_BIG, lost); /* out of room: the rest is counted, not silently lost */
+    tx_frame(e, t, pkt, (uint32_t)n);
   }
   return 1;
 }
@@ -482,7 +530,10 @@ static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
     tenc_peer *p = pid >= 0 ? e->peers[pid] : NULL;
     if (!p) {
       drop(e, -1, TENC_D_NO_ROUTE, 1);
-      if (atomic_load_explicit(&e->report_misses, memory_order_relaxed)) tx_miss(e, t, v, dst, pkt, r->len, now);
+      if (atomic_load_explicit(&e->report_misses, memory_order_relaxed)) {
+        tx_gather(r);
+        tx_miss(e, t, v, dst, pkt, r->len, now);
+      }
       continue;
     }
     txout *o = &t->out[t->nout];
@@ -490,12 +541,14 @@ static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
     peer_ep(p, &o->ep, &has_ep);
     tenc_keypair *kp = p->send;
     if (!kp || !has_ep) {
+      tx_gather(r);
       queue_packet(e, p, pkt, r->len);
       continue;
     }
     uint64_t ctr;
     if (next_counter(e, kp, &ctr) < 0) continue;
-    uint32_t mlen = seal(t->aead, kp, ctr, r->buf, r->len);
+    uint32_t mlen = r->body ? seal_scatter(t->aead, kp, ctr, r->buf, r->hlen, r->body, r->len)
+                            : seal(t->aead, kp, ctr, r->buf, r->len);
     if (!mlen) {
       drop(e, p->id, TENC_D_IO, 1);
       continue;
@@ -570,6 +623,63 @@ static void tx_send(tenc_engine *e, struct tenc_tx *t, int gso) {
   }
 }
 
+/* One send batch (tx_mu held): stages 1-5. Returns the number of records read
+ * (0: the device was empty) and sets *more when the batch was full; -1 on a read
+ * error (counted). */
+static int tx_cycle(tenc_engine *e, struct tenc_tx *t, int *more) {
+  unsigned g = atomic_load(&e->key_gen);
+  if (g != t->key_gen) { /* a keypair was freed: forget the key cached in the cipher context */
+    t->key_gen = g;
+    tenc_aead_clear(t->aead);
+  }
+  int r = tx_read(e, t);
+  *more = r > 0;
+  if (r < 0) {
+    drop(e, -1, TENC_D_IO, 1);
+    return -1;
+  }
+  if (!t->nrecs) return 0;
+  tx_seal(e, t);
+  if (t->nout) tx_send(e, t, e->o.udp_gso);
+  return (int)t->nrecs;
+}
+
+static int rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more);
+
+/* Busy poll (TENC_BUSY_POLL_US): after a small batch, instead of sleeping in poll()
+ * at once, the thread keeps checking both the TUN device and the UDP socket for up
+ * to busy_poll_us, and runs whichever pipeline has work (under its mutex; the other
+ * thread may be running it, then it is skipped). A ping's reply or the next packet
+ * of a request/response exchange is then handled without a thread wake-up on the
+ * critical path: a TUN write is often answered at once (the kernel runs the local
+ * stack inside the write), and a sent request's answer comes back on the socket.
+ * Activity restarts the budget; it is bounded by busy_poll_us of idle time. */
+#define SPIN_SMALL 16
+
+static void busy_poll(tenc_engine *e) {
+  uint64_t budget = (uint64_t)e->busy_poll_us * 1000u, start = tenc_now_ns();
+  struct pollfd pf[3] = {{.fd = e->o.tun_fd, .events = POLLIN},
+                         {.fd = e->o.udp_fd, .events = POLLIN},
+                         {.fd = e->stop_fd, .events = POLLIN}};
+  while (!atomic_load_explicit(&e->stopping, memory_order_relaxed)) {
+    int r = poll(pf, 3, 0);
+    if (r < 0 && errno != EINTR) return;
+    if (pf[2].revents) return;
+    int did = 0, more = 0;
+    if ((pf[0].revents & POLLIN) && pthread_mutex_trylock(&e->tx_mu) == 0) {
+      did += tx_cycle(e, e->tx, &more) > 0;
+      pthread_mutex_unlock(&e->tx_mu);
+    }
+    if ((pf[1].revents & POLLIN) && pthread_mutex_trylock(&e->rx_mu) == 0) {
+      did += rx_cycle(e, e->rx, &more) > 0;
+      pthread_mutex_unlock(&e->rx_mu);
+    }
+    uint64_t now = tenc_now_ns();
+    if (did) start = now;
+    else if (now - start >= budget) return;
+  }
+}
+
 static void *tx_main(void *arg) {
   tenc_engine *e = arg;
   struct tenc_tx *t = e->tx;
@@ -582,21 +692,14 @@ static void *tx_main(void *arg) {
       if (pf[1].revents) break;
       if (r <= 0 || !(pf[0].revents & (POLLIN | POLLERR | POLLHUP))) continue;
     }
-    unsigned g = atomic_load(&e->key_gen);
-    if (g != t->key_gen) { /* a keypair was freed: forget the key cached in the cipher context */
-      t->key_gen = g;
-      tenc_aead_clear(t->aead);
-    }
-    more = tx_read(e, t);
-    if (more < 0) {
-      drop(e, -1, TENC_D_IO, 1);
-      more = 0;
+    pthread_mutex_lock(&e->tx_mu);
+    int n = tx_cycle(e, t, &more);
+    pthread_mutex_unlock(&e->tx_mu);
+    if (n < 0) {
       usleep(1000);
       continue;
     }
-    if (!t->nrecs) continue;
-    tx_seal(e, t);
-    if (t->nout) tx_send(e, t, e->o.udp_gso);
+    if (!more && n > 0 && n <= SPIN_SMALL && e->busy_poll_us) busy_poll(e);
   }
   return NULL;
 }
@@ -846,6 +949,61 @@ static void rx_inject(tenc_engine *e, struct tenc_rx *x) {
   if (n) raw_flush(e, x, fam, n);
 }
 
+/* One receive batch (rx_mu held): stages 1-5 for one recvmmsg. Returns the number
+ * of datagrams (0: none waiting) and sets *more when the batch was full. */
+static int rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more) {
+  unsigned g = atomic_load(&e->key_gen);
+  if (g != x->key_gen) { /* a keypair was freed: forget the key cached in the cipher context */
+    x->key_gen = g;
+    tenc_aead_clear(x->aead);
+  }
+  for (int i = 0; i < RX_BATCH; i++) {
+    x->iovs[i] = (struct iovec){x->bufs + (size_t)i * RX_SLOT + TENC_HEADROOM, RX_SLOT - TENC_HEADROOM};
+    struct msghdr *m = &x->msgs[i].msg_hdr;
+    memset(m, 0, sizeof *m);
+    m->msg_name = &x->from[i];
+    m->msg_namelen = sizeof x->from[i];
+    m->msg_iov = &x->iovs[i];
+    m->msg_iovlen = 1;
+    m->msg_control = x->cms[i];
+    m->msg_controllen = sizeof x->cms[i];
+  }
+  int n = recvmmsg(e->o.udp_fd, x->msgs, RX_BATCH, MSG_DONTWAIT, NULL);
+  if (n <= 0) {
+    *more = 0;
+    return 0;
+  }
+  *more = n == RX_BATCH;
+  uint64_t now = tenc_now_ms();
+  x->ninj = 0;
+  pthread_rwlock_rdlock(&e->lock);
+  for (int i = 0; i < n; i++) {
+    struct msghdr *m = &x->msgs[i].msg_hdr;
+    uint32_t len = x->msgs[i].msg_len, seg = len;
+    if (m->msg_namelen != sizeof(struct sockaddr_in6)) continue;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c))
+      if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+        int g;
+        memcpy(&g, CMSG_DATA(c), sizeof g);
+        if (g > 0) seg = (uint32_t)g;
+      }
+    uint8_t *d = x->iovs[i].iov_base;
+    if (len == 0) { /* an empty datagram is a message too short for any header */
+      drop(e, -1, TENC_D_BAD_HEADER, 1);
+      continue;
+    }
+    for (uint32_t off = 0; off < len; off += seg) {
+      uint32_t l = len - off < seg ? len - off : seg;
+      if (x->ninj == x->inj_cap) break;
+      rx_message(e, x, d + off, l, &x->from[i], now);
+    }
+  }
+  pthread_rwlock_unlock(&e->lock);
+  ev_flush(e);
+  rx_inject(e, x);
+  return n;
+}
+
 static void *rx_main(void *arg) {
   tenc_engine *e = arg;
   struct tenc_rx *x = e->rx;
@@ -858,55 +1016,10 @@ static void *rx_main(void *arg) {
       if (pf[1].revents) break;
       if (r <= 0) continue;
     }
-    unsigned g = atomic_load(&e->key_gen);
-    if (g != x->key_gen) { /* a keypair was freed: forget the key cached in the cipher context */
-      x->key_gen = g;
-      tenc_aead_clear(x->aead);
-    }
-    for (int i = 0; i < RX_BATCH; i++) {
-      x->iovs[i] = (struct iovec){x->bufs + (size_t)i * RX_SLOT + TENC_HEADROOM, RX_SLOT - TENC_HEADROOM};
-      struct msghdr *m = &x->msgs[i].msg_hdr;
-      memset(m, 0, sizeof *m);
-      m->msg_name = &x->from[i];
-      m->msg_namelen = sizeof x->from[i];
-      m->msg_iov = &x->iovs[i];
-      m->msg_iovlen = 1;
-      m->msg_control = x->cms[i];
-      m->msg_controllen = sizeof x->cms[i];
-    }
-    int n = recvmmsg(e->o.udp_fd, x->msgs, RX_BATCH, MSG_DONTWAIT, NULL);
-    if (n <= 0) {
-      more = 0;
-      continue;
-    }
-    more = n == RX_BATCH;
-    uint64_t now = tenc_now_ms();
-    x->ninj = 0;
-    pthread_rwlock_rdlock(&e->lock);
-    for (int i = 0; i < n; i++) {
-      struct msghdr *m = &x->msgs[i].msg_hdr;
-      uint32_t len = x->msgs[i].msg_len, seg = len;
-      if (m->msg_namelen != sizeof(struct sockaddr_in6)) continue;
-      for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c))
-        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
-          int g;
-          memcpy(&g, CMSG_DATA(c), sizeof g);
-          if (g > 0) seg = (uint32_t)g;
-        }
-      uint8_t *d = x->iovs[i].iov_base;
-      if (len == 0) { /* an empty datagram is a message too short for any header */
-        drop(e, -1, TENC_D_BAD_HEADER, 1);
-        continue;
-      }
-      for (uint32_t off = 0; off < len; off += seg) {
-        uint32_t l = len - off < seg ? len - off : seg;
-        if (x->ninj == x->inj_cap) break;
-        rx_message(e, x, d + off, l, &x->from[i], now);
-      }
-    }
-    pthread_rwlock_unlock(&e->lock);
-    ev_flush(e);
-    rx_inject(e, x);
+    pthread_mutex_lock(&e->rx_mu);
+    int n = rx_cycle(e, x, &more);
+    pthread_mutex_unlock(&e->rx_mu);
+    if (!more && n > 0 && n <= SPIN_SMALL && e->busy_poll_us) busy_poll(e);
   }
   return NULL;
 }
@@ -960,6 +1073,9 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
   pthread_rwlock_init(&e->lock, &ra);
   pthread_rwlockattr_destroy(&ra);
   pthread_mutex_init(&e->ev_mu, NULL);
+  pthread_mutex_init(&e->tx_mu, NULL);
+  pthread_mutex_init(&e->rx_mu, NULL);
+  e->busy_poll_us = o->busy_poll_us;
   e->peers = calloc(TENC_MAX_PEERS, sizeof *e->peers);
   e->kcap = 64;
   e->kmap = calloc(e->kcap, sizeof *e->kmap);
@@ -978,6 +1094,7 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
     t->first = calloc(TX_MAX_RECS, sizeof *t->first);
     t->count = calloc(TX_MAX_RECS, sizeof *t->count);
     t->aead = tenc_aead_new();
+    t->scatter = o->scatter_seal;
     x->bufs = aligned_alloc(64, (size_t)RX_BATCH * RX_SLOT);
     x->inj_cap = RX_BATCH * 64; /* GRO: up to 64 messages per datagram */
     x->inj = calloc(x->inj_cap, sizeof *x->inj);
@@ -1083,6 +1200,8 @@ void tenc_engine_free(tenc_engine *e) {
   free(ev);
   pthread_rwlock_destroy(&e->lock);
   pthread_mutex_destroy(&e->ev_mu);
+  pthread_mutex_destroy(&e->tx_mu);
+  pthread_mutex_destroy(&e->rx_mu);
   free(e);
 }
 
@@ -1334,4 +1453,55 @@ void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n) {
   pthread_rwlock_wrlock(&e->lock);
   tenc_nat_set_services(&e->nat, s, n);
   pthread_rwlock_unlock(&e->lock);
+}
+
+/* Test hook (engineTestSeal): the send path's stage 1 and seal for one TUN frame
+ * (virtio_net_hdr + packet), without threads or sockets: the frame is split as
+ * tx_read would, then each record sealed with `key`, receiver index `remote` and
+ * counters from ctr0, as tx_seal would. Messages are written to out as
+ * [u32 length, native order][message]... Returns the number of messages, or -1. */
+int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, const uint8_t *key, uint32_t remote,
+                          uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used) {
+  uint64_t ctr[TENC_GLOBAL_SLOTS] = {0};
+  tenc_engine e;
+  memset(&e, 0, sizeof e);
+  e.ctr = ctr;
+  e.o.vnet_hdr = 1;
+  struct tenc_tx t;
+  memset(&t, 0, sizeof t);
+  t.scatter = scatter;
+  t.arena = aligned_alloc(64, TX_ARENA);
+  t.recs = calloc(TX_MAX_RECS, sizeof *t.recs);
+  t.aead = tenc_aead_new();
+  tenc_keypair kp;
+  memset(&kp, 0, sizeof kp);
+  kp.remote_index = remote;
+  memcpy(kp.send_key, key, 32);
+  int r = -1;
+  *used = 0;
+  if (t.arena && t.recs && t.aead && flen <= 65535 + VNET_LEN) {
+    uint8_t *pkt = t.arena + TENC_HEADROOM;
+    memcpy(pkt - VNET_LEN, frame, flen);
+    tx_frame(&e, &t, pkt, flen);
+    r = 0;
+    for (uint32_t i = 0; i < t.nrecs; i++) {
+      txrec *rec = &t.recs[i];
+      uint32_t mlen = rec->body ? seal_scatter(t.aead, &kp, ctr0 + i, rec->buf, rec->hlen, rec->body, rec->len)
+                                : seal(t.aead, &kp, ctr0 + i, rec->buf, rec->len);
+      if (!mlen || *used + 4 + mlen > cap) {
+        r = -1;
+        break;
+      }
+      memcpy(out + *used, &mlen, 4);
+      memcpy(out + *used + 4, rec->buf, mlen);
+      *used += 4 + mlen;
+      r++;
+    }
+  }
+  explicit_bzero(&kp, sizeof kp);
+  if (t.arena) explicit_bzero(t.arena, TX_ARENA);
+  free(t.arena);
+  free(t.recs);
+  tenc_aead_free(t.aead);
+  return r;
 }

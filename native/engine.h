@@ -157,6 +157,8 @@ typedef struct {
   int vnet_hdr;       /* the TUN fd carries virtio_net_hdr */
   int udp_gso, udp_gro;
   uint32_t mtu;       /* 0 = no check; else plaintext larger than this is too_big */
+  int scatter_seal;   /* seal TSO/USO segments out of the super-packet (no copy first) */
+  uint32_t busy_poll_us; /* 0 = off; else idle budget of the busy poll after a small batch */
 } tenc_engine_opts;
 
 typedef struct tenc_engine tenc_engine;
@@ -185,6 +187,8 @@ struct tenc_engine {
   void *js; /* engine_js.c state */
   /* threads */
   pthread_t tx_thr, rx_thr;
+  pthread_mutex_t tx_mu, rx_mu; /* a pipeline's batch state: its thread, or the other one busy polling */
+  uint32_t busy_poll_us;
   int threads_started;
   atomic_int stopping;
   atomic_uint key_gen; /* bumped when a keypair is freed: threads then wipe their AEAD contexts' cached key */
@@ -227,6 +231,9 @@ int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counte
 int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr);
 /* Turns route_miss events on or off. */
 void tenc_engine_report_misses(tenc_engine *e, int on);
+/* Test hook: stage 1 + seal of one TUN frame, see engine.c. */
+int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, const uint8_t *key, uint32_t remote,
+                          uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used);
 /* Takes the pending events (caller frees each data and the array). */
 tenc_event *tenc_engine_take_events(tenc_engine *e, uint32_t *n);
 

@@ -15,6 +15,15 @@
  *   engineFlushQueue(h, peer)                       engineSetLocalServices(h, services)
  *   engineRoute(h, address) -> peer | -1             (allowed-IPs lookup, for tests/debugging)
  *   engineTestSetSendCounter(h, localIndex, counter: bigint)   (test hook)
+ *   engineTestSeal(frame, key, scatter, remoteIndex, counter: bigint) -> Buffer
+ *     (test hook) the send path's split and seal of one TUN frame (virtio_net_hdr +
+ *     packet) with scatter seal on or off: messages as [u32 LE length][message]...
+ * Switches read from the environment at engineCreate (unset = default):
+ *   TENC_SCATTER_SEAL=0|1 (default 1): seal TSO/USO segments straight out of the
+ *     super-packet instead of copying each segment first
+ *   TENC_BUSY_POLL_US=N (0..2000, default 0 = off): after a batch of at most 16
+ *     packets a data thread polls both the TUN device and the UDP socket for up to
+ *     N microseconds of idle time before sleeping (engine.c busy_poll)
  *   engineClose(h)                                  engineLayout()  engineNow()
  *   replayRun(counters: BigUint64Array) -> Uint8Array  a fresh replay window fed the
  *     counters in order (check, then commit, as the receive path does): 1 accepted
@@ -243,6 +252,24 @@ static void counters_finalize(napi_env env, void *data, void *hint) {
   munmap(data, tenc_engine_counters_len() * sizeof(uint64_t));
 }
 
+/* Data-path switches from the environment (for A/B runs: bench iperf --tenc-env):
+ * unset = the default chosen by measurement, "0" = off, "1" = on. */
+static int env_switch(const char *name, int dflt) {
+  const char *v = getenv(name);
+  if (!v || !*v) return dflt;
+  return strcmp(v, "0") != 0;
+}
+
+/* A number in 0..max from the environment; unset or not a number = dflt. */
+static uint32_t env_uint(const char *name, uint32_t dflt, uint32_t max) {
+  const char *v = getenv(name);
+  char *end;
+  if (!v || !*v) return dflt;
+  unsigned long n = strtoul(v, &end, 10);
+  if (*end) return dflt;
+  return n > max ? max : (uint32_t)n;
+}
+
 static napi_value engine_create(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
@@ -269,6 +296,8 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
   o.raw4_fd = (int)r4;
   o.raw6_fd = (int)r6;
   o.mtu = (uint32_t)mtu;
+  o.scatter_seal = env_switch("TENC_SCATTER_SEAL", 1);
+  o.busy_poll_us = env_uint("TENC_BUSY_POLL_US", 0, 2000);
 
   js_engine *j = calloc(1, sizeof *j);
   if (!j) return tenc_throw_errno(env, ENOMEM, "engineCreate");
@@ -567,6 +596,40 @@ static napi_value engine_test_set_send_counter(napi_env env, napi_callback_info 
   return result(env, tenc_engine_set_send_counter(j->e, local, c), "setSendCounter: no keypair", local);
 }
 
+static napi_value engine_test_seal(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  uint8_t *frame, *key;
+  size_t flen, klen;
+  int scatter;
+  uint32_t remote;
+  uint64_t ctr0;
+  bool lossless = false;
+  if (argc < 5 || tenc_get_bytes(env, argv[0], "frame", &frame, &flen) < 0 ||
+      tenc_get_bytes(env, argv[1], "key", &key, &klen) < 0 || tenc_get_bool(env, argv[2], "scatter", &scatter) < 0 ||
+      get_u32(env, argv[3], "remoteIndex", &remote) < 0)
+    return NULL;
+  if (napi_get_value_bigint_uint64(env, argv[4], &ctr0, &lossless) != napi_ok || !lossless)
+    return tenc_throw_type(env, "counter must be a bigint in u64 range");
+  if (klen != 32) return tenc_throw_range(env, "key must be 32 bytes");
+  if (flen > 65535 + 10) return tenc_throw_range(env, "frame too long");
+  size_t cap = 8u << 20; /* above any split of a 64 KiB frame (TX_MAX_RECS records) */
+  uint8_t *out = malloc(cap);
+  if (!out) return tenc_throw_errno(env, ENOMEM, "engineTestSeal");
+  uint32_t used = 0;
+  int n = tenc_engine_test_seal(frame, (uint32_t)flen, scatter, key, remote, ctr0, out, (uint32_t)cap, &used);
+  napi_value res;
+  if (n < 0) {
+    free(out);
+    return tenc_throw_errno(env, EIO, "engineTestSeal");
+  }
+  void *data;
+  napi_create_buffer_copy(env, used, out, &data, &res);
+  free(out);
+  return res;
+}
+
 static napi_value replay_run(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -644,6 +707,7 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"engineRoute", engine_route},
       {"engineTestSetSendCounter", engine_test_set_send_counter},
       {"replayRun", replay_run},
+      {"engineTestSeal", engine_test_seal},
       {"engineNow", engine_now},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {

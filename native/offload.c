@@ -28,7 +28,7 @@ static inline void put16(uint8_t *p, uint32_t v) {
 }
 
 int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t len, tenc_seg_alloc alloc,
-                   void *ctx, uint32_t *lost) {
+                   void *ctx, uint32_t *lost, int copy_body) {
   *lost = 0;
   int gt = h->gso_type & ~VIRTIO_NET_HDR_GSO_ECN;
   uint32_t gso = h->gso_size;
@@ -67,13 +67,14 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
     uint32_t plen = payload - off < gso ? payload - off : gso;
     int last = off + plen >= payload;
     uint32_t seglen = hlen + plen;
-    uint8_t *s = alloc(ctx, seglen);
+    const uint8_t *body = pkt + hlen + off;
+    uint8_t *s = alloc(ctx, seglen, body, hlen);
     if (!s) {
       *lost = payload == 0 ? 1 : (payload - off + gso - 1) / gso;
       return n;
     }
     memcpy(s, pkt, hlen);
-    memcpy(s + hlen, pkt + hlen + off, plen);
+    if (copy_body) memcpy(s + hlen, body, plen);
     if (v6) {
       put16(s + 4, seglen - 40);
     } else {
@@ -94,7 +95,9 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
     }
     field[0] = field[1] = 0;
     uint64_t sum = tenc_csum_pseudo(v6, v6 ? s + 8 : s + 12, v6 ? s + 24 : s + 16, proto, l4h + plen);
-    uint16_t c = tenc_csum_finish(tenc_csum_add(sum, l4, l4h + plen));
+    /* Header from the segment, payload from the super-packet (the same bytes in
+     * both modes; l4h is a multiple of 4, so the word alignment carries on). */
+    uint16_t c = tenc_csum_finish(tenc_csum_add(tenc_csum_add(sum, l4, l4h), body, plen));
     if (proto == 17 && c == 0) c = 0xffff;
     memcpy(field, &c, 2);
     if (payload == 0) return 1;

@@ -18,14 +18,19 @@
 /* Returns 0, or -1 when the offsets do not fit the packet. */
 int tenc_offload_csum(const struct virtio_net_hdr *h, uint8_t *pkt, uint32_t len);
 
-/* Returns a place for a segment of `seglen` bytes, or NULL to stop. */
-typedef uint8_t *(*tenc_seg_alloc)(void *ctx, uint32_t seglen);
+/* Returns a place for a segment of `seglen` bytes, or NULL to stop. The segment is
+ * its `hlen` header bytes followed by seglen - hlen payload bytes, which are `body`
+ * (a slice of the super-packet, valid while it is). */
+typedef uint8_t *(*tenc_seg_alloc)(void *ctx, uint32_t seglen, const uint8_t *body, uint32_t hlen);
 
 /* Splits a GSO packet; returns the number of segments written, or -1 when the
  * packet is malformed (nothing useful written). When `alloc` runs out of room,
- * *lost is the number of segments that were not written (else 0). */
+ * *lost is the number of segments that were not written (else 0).
+ * copy_body = 1: each place gets the whole segment. copy_body = 0: only its header
+ * (the first hlen bytes, checksums final); the payload stays in `pkt`, where the
+ * caller reads it (scatter seal). */
 int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t len, tenc_seg_alloc alloc,
-                   void *ctx, uint32_t *lost);
+                   void *ctx, uint32_t *lost, int copy_body);
 
 #endif
 

@@ -1,0 +1,214 @@
+/**
+ * The native send path's segmentation and sealing of one TUN frame (native/engine.c
+ * tx_frame + seal / seal_scatter, through the engineTestSeal hook), without threads,
+ * sockets or namespaces:
+ *  - scatter seal (each TSO/USO segment's payload sealed straight out of the
+ *    super-packet, TENC_SCATTER_SEAL=1) produces byte-identical messages to the
+ *    copy path (TENC_SCATTER_SEAL=0);
+ *  - every message opens with @noble/ciphers under the WireGuard nonce (whitepaper
+ *    §5.4.6: 4 zero bytes, then the counter little-endian), and the plaintexts are
+ *    the segments RFC 7414 / the virtio spec (§5.1.6.2) ask for: the payload in
+ *    order, sequence numbers advancing, IP lengths and IDs, valid IPv4 header and
+ *    TCP/UDP checksums (RFC 1071), zero padding to 16 bytes.
+ */
+import { describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
+import { addon } from '../../src/native.js';
+
+const VNET_LEN = 10;
+const GSO_TCPV4 = 1;
+const GSO_UDP_L4 = 5;
+const GSO_TCPV6 = 4;
+const NEEDS_CSUM = 1;
+
+function sum16(b: Uint8Array, acc = 0): number {
+  for (let i = 0; i + 1 < b.length; i += 2) acc += (b[i]! << 8) | b[i + 1]!;
+  if (b.length & 1) acc += b[b.length - 1]! << 8;
+  return acc;
+}
+function fold(acc: number): number {
+  while (acc > 0xffff) acc = (acc & 0xffff) + Math.floor(acc / 0x10000);
+  return acc;
+}
+
+/** RFC 1071 check of an L4 segment with its pseudo-header: 0xffff when valid. */
+function l4Valid(v6: boolean, ip: Uint8Array, l4: Uint8Array, proto: number): boolean {
+  const src = v6 ? ip.subarray(8, 24) : ip.subarray(12, 16);
+  const dst = v6 ? ip.subarray(24, 40) : ip.subarray(16, 20);
+  let acc = sum16(src) + sum16(dst) + proto + l4.length;
+  acc = sum16(l4, acc);
+  return fold(acc) === 0xffff;
+}
+
+interface Frame {
+  frame: Uint8Array;
+  hlen: number;
+  payload: Uint8Array;
+  v6: boolean;
+  proto: number;
+}
+
+/** A virtio_net_hdr + super-packet as the kernel hands it over with TSO/USO on. */
+function superPacket(kind: 'tcp4' | 'tcp6' | 'udp4', payloadLen: number, gso: number): Frame {
+  const v6 = kind === 'tcp6';
+  const proto = kind === 'udp4' ? 17 : 6;
+  const ihl = v6 ? 40 : 20;
+  const l4h = proto === 6 ? 32 : 8; // TCP with 12 bytes of options (timestamps)
+  const hlen = ihl + l4h;
+  const payload = new Uint8Array(randomBytes(payloadLen));
+  const pkt = new Uint8Array(hlen + payloadLen);
+  const dv = new DataView(pkt.buffer);
+  if (v6) {
+    pkt[0] = 0x60;
+    dv.setUint16(4, l4h + payloadLen);
+    pkt[6] = proto;
+    pkt[7] = 64;
+    pkt.set([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 8);
+    pkt.set([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], 24);
+  } else {
+    pkt[0] = 0x45;
+    dv.setUint16(2, hlen + payloadLen);
+    dv.setUint16(4, 0x1234);
+    pkt[6] = 0x40; // DF
+    pkt[8] = 64;
+    pkt[9] = proto;
+    pkt.set([10, 0, 0, 1], 12);
+    pkt.set([10, 0, 0, 2], 16);
+  }
+  const l4 = pkt.subarray(ihl);
+  const l4v = new DataView(pkt.buffer, ihl);
+  l4v.setUint16(0, 40000);
+  l4v.setUint16(2, 5201);
+  if (proto === 6) {
+    l4v.setUint32(4, 0xfffff000); // wraps during the split
+    l4v.setUint32(8, 77);
+    l4[12] = (l4h / 4) << 4;
+    l4[13] = 0x18 | 0x80 | 0x01; // ACK PSH CWR FIN: CWR first only, PSH/FIN last only
+    l4v.setUint16(14, 512);
+    l4.set([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], 20);
+  } else {
+    l4v.setUint16(4, 8 + payloadLen);
+  }
+  pkt.set(payload, hlen);
+  // NEEDS_CSUM: the L4 checksum field holds the pseudo-header sum (not complemented).
+  const src = v6 ? pkt.subarray(8, 24) : pkt.subarray(12, 16);
+  const dst = v6 ? pkt.subarray(24, 40) : pkt.subarray(16, 20);
+  const ps = fold(sum16(src) + sum16(dst) + proto + l4h + payloadLen);
+  l4v.setUint16(proto === 6 ? 16 : 6, ps);
+  const h = new Uint8Array(VNET_LEN);
+  const hv = new DataView(h.buffer);
+  h[0] = NEEDS_CSUM;
+  h[1] = kind === 'udp4' ? GSO_UDP_L4 : v6 ? GSO_TCPV6 : GSO_TCPV4;
+  hv.setUint16(2, hlen, true);
+  hv.setUint16(4, gso, true);
+  hv.setUint16(6, ihl, true);
+  hv.setUint16(8, proto === 6 ? 16 : 6, true);
+  const frame = new Uint8Array(VNET_LEN + pkt.length);
+  frame.set(h);
+  frame.set(pkt, VNET_LEN);
+  return { frame, hlen, payload, v6, proto };
+}
+
+function testSeal(frame: Uint8Array, key: Uint8Array, scatter: boolean, remote: number, ctr: bigint): Uint8Array[] {
+  const out = addon.engineTestSeal(frame, key, scatter, remote, ctr) as Uint8Array;
+  const msgs: Uint8Array[] = [];
+  const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  for (let o = 0; o < out.length; ) {
+    const n = dv.getUint32(o, true);
+    msgs.push(out.subarray(o + 4, o + 4 + n));
+    o += 4 + n;
+  }
+  return msgs;
+}
+
+function nonce(counter: bigint): Uint8Array {
+  const n = new Uint8Array(12);
+  new DataView(n.buffer).setBigUint64(4, counter, true);
+  return n;
+}
+
+const CASES: { kind: 'tcp4' | 'tcp6' | 'udp4'; payload: number; gso: number }[] = [
+  { kind: 'tcp4', payload: 64_000, gso: 1368 }, // a full-size burst, last segment short
+  { kind: 'tcp4', payload: 13_680, gso: 1368 }, // exact multiple
+  { kind: 'tcp4', payload: 5001, gso: 1001 }, // odd sizes: padding differs per segment
+  { kind: 'tcp6', payload: 30_000, gso: 1348 },
+  { kind: 'udp4', payload: 9000, gso: 1392 },
+  { kind: 'udp4', payload: 1, gso: 1392 }, // one segment
+];
+
+describe('send path split + seal: scatter seal against the copy path', () => {
+  for (const c of CASES) {
+    it(`${c.kind}, ${c.payload} payload bytes in ${c.gso}-byte segments: identical messages that open to correct segments`, () => {
+      const key = new Uint8Array(randomBytes(32));
+      const f = superPacket(c.kind, c.payload, c.gso);
+      const copied = testSeal(f.frame, key, false, 0xa1b2c3d4, 1000n);
+      const scattered = testSeal(f.frame, key, true, 0xa1b2c3d4, 1000n);
+      const nseg = Math.max(1, Math.ceil(c.payload / c.gso));
+      expect(copied.length).toBe(nseg);
+      expect(scattered.length).toBe(nseg);
+      for (let i = 0; i < nseg; i++) expect(Buffer.from(scattered[i]!).equals(Buffer.from(copied[i]!))).toBe(true);
+
+      const got: Uint8Array[] = [];
+      scattered.forEach((m, i) => {
+        const hv = new DataView(m.buffer, m.byteOffset, 16);
+        expect(hv.getUint32(0, true)).toBe(4);
+        expect(hv.getUint32(4, true)).toBe(0xa1b2c3d4);
+        expect(hv.getBigUint64(8, true)).toBe(1000n + BigInt(i));
+        expect((m.length - 32) % 16).toBe(0);
+        const pt = chacha20poly1305(key, nonce(1000n + BigInt(i))).decrypt(m.subarray(16));
+        const plen = Math.min(c.gso, c.payload - i * c.gso);
+        const seglen = f.hlen + plen;
+        expect(pt.length).toBe(Math.ceil(seglen / 16) * 16);
+        expect(pt.subarray(seglen).every((b) => b === 0)).toBe(true);
+        const seg = pt.subarray(0, seglen);
+        const sv = new DataView(seg.buffer, seg.byteOffset, seg.byteLength);
+        const ihl = f.v6 ? 40 : 20;
+        if (f.v6) {
+          expect(sv.getUint16(4)).toBe(seglen - 40);
+        } else {
+          expect(sv.getUint16(2)).toBe(seglen);
+          expect(sv.getUint16(4)).toBe((0x1234 + i) & 0xffff);
+          expect(fold(sum16(seg.subarray(0, 20)))).toBe(0xffff);
+        }
+        if (f.proto === 6) {
+          expect(sv.getUint32(ihl + 4)).toBe((0xfffff000 + i * c.gso) >>> 0);
+          const flags = seg[ihl + 13]!;
+          expect(flags & 0x80).toBe(i === 0 ? 0x80 : 0);
+          expect(flags & 0x09).toBe(i === nseg - 1 ? 0x09 : 0);
+        } else {
+          expect(sv.getUint16(ihl + 4)).toBe(8 + plen);
+        }
+        expect(l4Valid(f.v6, seg, seg.subarray(ihl), f.proto)).toBe(true);
+        got.push(seg.subarray(f.hlen));
+      });
+      expect(Buffer.concat(got).equals(Buffer.from(f.payload))).toBe(true);
+    });
+  }
+
+  it('a plain packet (no GSO) is sealed the same in both modes', () => {
+    const key = new Uint8Array(randomBytes(32));
+    const f = superPacket('tcp4', 700, 1368);
+    f.frame[1] = 0; // GSO_NONE, NEEDS_CSUM still set: the checksum is finished
+    const a = testSeal(f.frame, key, false, 7, 0n);
+    const b = testSeal(f.frame, key, true, 7, 0n);
+    expect(a.length).toBe(1);
+    expect(Buffer.from(a[0]!).equals(Buffer.from(b[0]!))).toBe(true);
+    const pt = chacha20poly1305(key, nonce(0n)).decrypt(a[0]!.subarray(16));
+    expect(l4Valid(false, pt, pt.subarray(20, f.hlen + 700), 6)).toBe(true);
+  });
+
+  it('a malformed super-packet yields no message in either mode', () => {
+    const key = new Uint8Array(randomBytes(32));
+    const f = superPacket('tcp4', 5000, 1000);
+    f.frame[VNET_LEN] = 0x75; // IP version 7
+    expect(testSeal(f.frame, key, false, 1, 0n)).toHaveLength(0);
+    expect(testSeal(f.frame, key, true, 1, 0n)).toHaveLength(0);
+  });
+
+  it('argument errors are typed', () => {
+    const f = superPacket('tcp4', 100, 50).frame;
+    expect(() => addon.engineTestSeal(f, new Uint8Array(31), true, 1, 0n)).toThrow(RangeError);
+    expect(() => addon.engineTestSeal('x', new Uint8Array(32), true, 1, 0n)).toThrow(TypeError);
+  });
+});
