@@ -62,6 +62,7 @@ export interface DnsStatusReport {
     misses: number;
     bypassed: number;
     projectUnrouted: number;
+    undecided: number;
     released: number;
     releaseErrors: number;
     evicted: number;
@@ -138,7 +139,8 @@ export function formatStatus(r: StatusReport, nowMs = Date.now()): string {
       out.push(`  classified on first use: ${m.ranges.join(', ')}`);
       out.push(
         `  route misses: ${m.misses}; ${m.bypasses} bypasses held (${m.bypassed} added, ${m.evicted} evicted), ` +
-          `${m.released} packets released (${m.releaseErrors} failed), ${m.projectUnrouted} project without a peer, ${m.errors} errors`,
+          `${m.released} packets released (${m.releaseErrors} failed), ${m.projectUnrouted} project without a peer, ` +
+          `${m.undecided} undecided (reverse lookup unanswered), ${m.errors} errors`,
       );
     }
   }

@@ -7,7 +7,7 @@
  *   10.77.0.2 / fd00:77::2  pod b, alpha, a peer         -> tunnel (member)
  *   10.77.0.3 / fd00:77::3  pod c, project beta          -> PTR web.beta... -> bypass, plaintext
  *   10.77.0.4               pod d, alpha but no peer     -> PTR db.alpha... -> stays in tenc0, dropped
- *   10.77.0.254             bridge: dnsmasq (cluster DNS, PTR records), no PTR for itself
+ *   10.77.0.254             bridge: dnsmasq (cluster DNS, PTR records), no PTR for itself -> bypass
  *
  * Checks: curl by raw IP to beta works (its first packet is released, not lost), a
  * throw route appears in tenc's table; plaintext never reaches pod d; pod b's
@@ -84,9 +84,9 @@ beforeAll(async () => {
     '--local-ttl=5',
     '--local=/alpha.svc.cluster.local/',
     '--local=/77.10.in-addr.arpa/',
-    '--local=/7.7.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa/',
+    '--local=/0.0.0.0.0.0.0.0.7.7.0.0.0.0.d.f.ip6.arpa/',
     '--ptr-record=3.0.77.10.in-addr.arpa,web.beta.svc.cluster.local',
-    '--ptr-record=3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.7.7.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa,web.beta.svc.cluster.local',
+    `--ptr-record=3.${'0.'.repeat(23)}7.7.0.0.0.0.d.f.ip6.arpa,web.beta.svc.cluster.local`,
     '--ptr-record=4.0.77.10.in-addr.arpa,db.alpha.svc.cluster.local',
   ]);
   httpServer(b, 'alpha-b-6d1e');
@@ -143,6 +143,13 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
     expect(a.exec('ip', '-6', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw fd00:77::3 /m);
   });
 
+  it('an address without a PTR record (NXDOMAIN) is other: ping works, its first echo released', () => {
+    const before = podStatus().dns.routeMisses.released;
+    expect(a.tryExec('ping', '-c', '1', '-W', '3', '10.77.0.254').status).toBe(0);
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw 10\.77\.0\.254 /m);
+    expect(podStatus().dns.routeMisses.released).toBeGreaterThan(before);
+  });
+
   it('an alpha address without a peer stays in the tunnel: nothing reaches it in plaintext', async () => {
     const cap = await startCapture(d, 'eth0', ['tcp', 'port', '80']);
     const r = curl(a, 'http://10.77.0.4/', 2);
@@ -151,7 +158,7 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
     cap.remove();
     expect(r.ok).toBe(false);
     expect(packets).toEqual([]);
-    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw 10\.77\.0\.4/);
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw 10\.77\.0\.4 /);
     expect(podStatus().dns.routeMisses.projectUnrouted).toBeGreaterThanOrEqual(1);
     expect(podStatus().drops.no_route).toBeGreaterThanOrEqual(1);
   });
@@ -166,7 +173,7 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
     expect(lines.length).toBeGreaterThan(0);
     expect(lines.filter((l) => !/UDP/.test(l))).toEqual([]); // only the tunnel's datagrams
     expect(bytes.includes(Buffer.from('alpha-b-6d1e'))).toBe(false);
-    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw 10\.77\.0\.2/);
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw 10\.77\.0\.2 /);
   });
 
   it('a bypass outlives its verdict time while the verdict holds (the flow is not cut)', async () => {

@@ -6,7 +6,7 @@
  */
 import { describe, it, expect } from 'vitest';
 import dnsPacket from 'dns-packet';
-import { AddressClassifier, CidrSet, classifyName, inDomain, canonicalAddress } from '../../src/dns/classify.js';
+import { AddressClassifier, CidrSet, classifyName, inDomain, canonicalAddress, podDomainOf } from '../../src/dns/classify.js';
 import { rewriteAnswer, MalformedAnswerError, type RewriteOptions } from '../../src/dns/rewrite.js';
 import { LearnedRoutes } from '../../src/dns/routes.js';
 import { readQuestion } from '../../src/dns/message.js';
@@ -55,6 +55,22 @@ describe('CidrSet', () => {
 });
 
 describe('AddressClassifier', () => {
+  it('PTR names in the project pod domain are project; no PTR is other; no answer is lookup-failed', async () => {
+    const answers: Record<string, { names: string[]; ttl: number } | null> = {
+      '10.1.128.10.in-addr.arpa': { names: ['10-128-1-10.alpha.pod.cluster.local'], ttl: 30 },
+      '20.1.128.10.in-addr.arpa': { names: ['10-128-1-20.beta.pod.cluster.local'], ttl: 30 },
+      '30.1.128.10.in-addr.arpa': { names: [], ttl: 0 },
+      '40.1.128.10.in-addr.arpa': null,
+    };
+    const c = new AddressClassifier({ policy, neverCidrs: new CidrSet([]), isMember: () => false, reverse: async (p) => answers[p] ?? null, now: () => 0, cacheSeconds: 30 });
+    expect(await c.classify('10.128.1.10')).toEqual({ verdict: 'project', reason: 'reverse' });
+    expect(await c.classify('10.128.1.20')).toEqual({ verdict: 'other', reason: 'none' });
+    expect(await c.classify('10.128.1.30')).toEqual({ verdict: 'other', reason: 'none' });
+    expect(await c.classify('10.128.1.40')).toEqual({ verdict: 'other', reason: 'lookup-failed' });
+    expect(podDomainOf('alpha.svc.cluster.local')).toBe('alpha.pod.cluster.local');
+    expect(podDomainOf('corp.example')).toBe(null);
+  });
+
   it('never CIDR, member, reverse lookup; verdicts cached for their TTL', async () => {
     let now = 0;
     const lookups: string[] = [];
@@ -74,14 +90,18 @@ describe('AddressClassifier', () => {
     expect(await c.classify('10.99.1.1')).toEqual({ verdict: 'never', reason: 'never-cidr' });
     expect(await c.classify('10.77.0.2')).toEqual({ verdict: 'project', reason: 'member' });
     expect(await c.classify('10.96.1.5')).toEqual({ verdict: 'project', reason: 'reverse' });
-    expect(await c.classify('10.96.1.6')).toEqual({ verdict: 'other', reason: 'none' });
+    expect(await c.classify('10.96.1.6')).toEqual({ verdict: 'other', reason: 'lookup-failed' });
     expect(await c.classify('10.96.1.7')).toEqual({ verdict: 'other', reason: 'none' });
     expect(lookups).toHaveLength(3);
+    now = 2001; // a failed lookup is remembered 2 s only
+    await c.classify('10.96.1.6');
+    expect(lookups).toHaveLength(4);
+    now = 0;
     await c.classify('10.96.1.5');
-    expect(lookups).toHaveLength(3); // cached
+    expect(lookups).toHaveLength(4); // cached
     now = 5001;
     await c.classify('10.96.1.5');
-    expect(lookups).toHaveLength(4); // PTR TTL 5 s passed
+    expect(lookups).toHaveLength(5); // PTR TTL 5 s passed
     await expect(c.classify('nope')).rejects.toThrow(TypeError);
   });
 });

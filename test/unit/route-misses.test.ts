@@ -9,7 +9,7 @@ import type { AddressVerdict } from '../../src/dns/classify.js';
 import { PolicyRouting } from '../../src/routing/policy.js';
 import { IpCommandError, type IpCommand } from '../../src/routing/ip.js';
 
-function setup(verdicts: Record<string, AddressVerdict['verdict']>, opts: { max?: number; refuse?: string[] } = {}) {
+function setup(verdicts: Record<string, AddressVerdict['verdict'] | 'failed'>, opts: { max?: number; refuse?: string[] } = {}) {
   let now = 1000;
   const calls: string[] = [];
   const released: Uint8Array[] = [];
@@ -18,6 +18,7 @@ function setup(verdicts: Record<string, AddressVerdict['verdict']>, opts: { max?
       calls.push(`classify ${a}`);
       const v = verdicts[a];
       if (v === undefined) throw new Error(`lookup failed for ${a}`);
+      if (v === 'failed') return { verdict: 'other', reason: 'lookup-failed' };
       return { verdict: v, reason: v === 'project' ? 'member' : 'none' };
     },
     addBypass: async (c) => {
@@ -64,6 +65,14 @@ describe('RouteMisses', () => {
     expect(t.m.counters.errors).toBe(1);
   });
 
+  it('an unanswered reverse lookup (other/lookup-failed) adds no bypass: the address stays in the tunnel', async () => {
+    const t = setup({ '10.96.0.44': 'failed' });
+    await t.m.miss('10.96.0.44', pkt(4));
+    expect(t.calls).toEqual(['classify 10.96.0.44']);
+    expect(t.released).toEqual([]);
+    expect(t.m.counters.undecided).toBe(1);
+  });
+
   it('a refused bypass (a tunnel route of that prefix) releases nothing', async () => {
     const t = setup({ '10.96.0.5': 'other' }, { refuse: ['10.96.0.5/32'] });
     await t.m.miss('10.96.0.5', pkt(5));
@@ -80,7 +89,7 @@ describe('RouteMisses', () => {
   });
 
   it('expiry keeps a bypass whose verdict holds and removes one that became project', async () => {
-    const verdicts: Record<string, AddressVerdict['verdict']> = { '10.96.0.1': 'other', '10.96.0.2': 'other' };
+    const verdicts: Record<string, AddressVerdict['verdict'] | 'failed'> = { '10.96.0.1': 'other', '10.96.0.2': 'other' };
     const t = setup(verdicts);
     await t.m.miss('10.96.0.1', null);
     await t.m.miss('10.96.0.2', null);
