@@ -372,6 +372,7 @@ typedef struct {
 typedef struct {
   uint8_t fam;
   uint8_t addr[16];
+  uint8_t n; /* reports in the interval that began at `at` */
   uint64_t at;
 } miss_slot;
 
@@ -451,7 +452,8 @@ static void tx_frame(tenc_engine *e, struct tenc_tx *t, uint8_t *pkt, uint32_t n
 static int tx_read(tenc_engine *e, struct tenc_tx *t) {
   t->used = 0;
   t->nrecs = 0;
-  while (t->nrecs + 300 < TX_MAX_RECS && t->used + TX_READ_ROOM < TX_ARENA) {
+  uint32_t limit = e->tx_batch && e->tx_batch < TX_ARENA - TX_READ_ROOM ? e->tx_batch : TX_ARENA - TX_READ_ROOM;
+  while (t->nrecs + 300 < TX_MAX_RECS && t->used < limit) {
     uint8_t *base = t->arena + t->used;
     if (!e->o.vnet_hdr) {
       ssize_t n = read(e->o.tun_fd, base + TENC_HEADROOM, 65535);
@@ -476,8 +478,8 @@ static int tx_read(tenc_engine *e, struct tenc_tx *t) {
   return 1;
 }
 
-/* An outgoing packet no peer claims: reported (route_miss) at most once per
- * destination per TENC_MISS_INTERVAL_MS while reporting is on. The hash only
+/* An outgoing packet no peer claims: reported (route_miss) at most TENC_MISS_BURST
+ * times per destination per TENC_MISS_INTERVAL_MS while reporting is on. The hash only
  * spreads destinations over the slots: a collision costs an extra report, bounded
  * by the pending limit. */
 static void tx_miss(tenc_engine *e, struct tenc_tx *t, int v, const uint8_t *dst, const uint8_t *pkt, uint32_t len,
@@ -486,10 +488,15 @@ static void tx_miss(tenc_engine *e, struct tenc_tx *t, int v, const uint8_t *dst
   uint32_t h = 2166136261u;
   for (size_t i = 0; i < alen; i++) h = (h ^ dst[i]) * 16777619u;
   miss_slot *s = &t->miss[(h ^ (h >> 16)) & (TENC_MISS_SLOTS - 1)];
-  if (s->fam == v && memcmp(s->addr, dst, alen) == 0 && now - s->at < TENC_MISS_INTERVAL_MS) return;
-  s->fam = (uint8_t)v;
-  memcpy(s->addr, dst, alen);
-  s->at = now;
+  if (s->fam == v && memcmp(s->addr, dst, alen) == 0 && now - s->at < TENC_MISS_INTERVAL_MS) {
+    if (s->n >= TENC_MISS_BURST) return;
+    s->n++;
+  } else {
+    s->fam = (uint8_t)v;
+    memcpy(s->addr, dst, alen);
+    s->at = now;
+    s->n = 1;
+  }
   ev_push_miss(e, v, dst, pkt, len);
 }
 
@@ -724,6 +731,8 @@ struct tenc_rx {
   uint8_t **gptr; /* TUN GRO: the inject list as pointer/length arrays */
   uint32_t *glen;
   uint8_t *gro;   /* one merged frame */
+  uint8_t gro_hdr[TENC_GRO_HDR_MAX]; /* or its headers, for a writev */
+  struct iovec gro_iov[TENC_GRO_MAX_SEGS + 1];
   struct mmsghdr *imsgs;
   struct iovec *iiovs;
   union {
@@ -895,7 +904,19 @@ static void rx_inject(tenc_engine *e, struct tenc_rx *x) {
       uint8_t *w = j->pkt;
       uint32_t wl = j->len, k = 1;
       if (e->o.vnet_hdr) {
-        k = tenc_gro_tcp(x->gptr + i, x->glen + i, x->ninj - i, x->gro, RX_SLOT, 1, &wl);
+        if (e->o.gro_iov) {
+          /* The merged frame's headers in gro_hdr, the payloads where they were
+           * opened: one writev, no copy of the payload in user space. */
+          uint32_t niov;
+          k = tenc_gro_tcp_iov(x->gptr + i, x->glen + i, x->ninj - i, x->gro_hdr, x->gro_iov, &niov, &wl);
+          if (k > 1) {
+            if (writev(e->o.tun_fd, x->gro_iov, (int)niov) < 0) drop(e, -1, TENC_D_IO, k);
+            i += k;
+            continue;
+          }
+        } else {
+          k = tenc_gro_tcp(x->gptr + i, x->glen + i, x->ninj - i, x->gro, RX_SLOT, 1, &wl);
+        }
         if (k > 1) {
           w = x->gro;
         } else {
@@ -1076,6 +1097,7 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
   pthread_mutex_init(&e->tx_mu, NULL);
   pthread_mutex_init(&e->rx_mu, NULL);
   e->busy_poll_us = o->busy_poll_us;
+  e->tx_batch = o->tx_batch_kb << 10;
   e->peers = calloc(TENC_MAX_PEERS, sizeof *e->peers);
   e->kcap = 64;
   e->kmap = calloc(e->kcap, sizeof *e->kmap);

@@ -58,10 +58,13 @@
 #define TENC_QUEUE_MAX 128
 #define TENC_PEER_MAX_KEYPAIRS 8
 #define TENC_HS_QUEUE_MAX 1024
-/* Route misses (an outgoing packet no peer claims), when reporting is on: one
- * event per destination per TENC_MISS_INTERVAL_MS, at most TENC_MISS_QUEUE_MAX
- * waiting for the control plane, each carrying the packet (up to TENC_MISS_COPY_MAX). */
+/* Route misses (an outgoing packet no peer claims), when reporting is on: up to
+ * TENC_MISS_BURST events per destination per TENC_MISS_INTERVAL_MS (the first
+ * packets of a flow, which the control plane can release once it has classified the
+ * address), at most TENC_MISS_QUEUE_MAX waiting for the control plane, each
+ * carrying the packet (up to TENC_MISS_COPY_MAX). */
 #define TENC_MISS_INTERVAL_MS 1000
+#define TENC_MISS_BURST 16
 #define TENC_MISS_QUEUE_MAX 64
 #define TENC_MISS_COPY_MAX 2048
 #define TENC_MISS_SLOTS 256
@@ -159,6 +162,8 @@ typedef struct {
   uint32_t mtu;       /* 0 = no check; else plaintext larger than this is too_big */
   int scatter_seal;   /* seal TSO/USO segments out of the super-packet (no copy first) */
   uint32_t busy_poll_us; /* 0 = off; else idle budget of the busy poll after a small batch */
+  int gro_iov;        /* TUN GRO: writev of headers + payloads in place instead of a merged copy */
+  uint32_t tx_batch_kb;  /* 0 = the whole arena; else stop reading the TUN device past this much */
 } tenc_engine_opts;
 
 typedef struct tenc_engine tenc_engine;
@@ -192,8 +197,7 @@ struct tenc_engine {
   int threads_started;
   atomic_int stopping;
   atomic_uint key_gen; /* bumped when a keypair is freed: threads then wipe their AEAD contexts' cached key */
-  uint32_t tx_batch;   /* bytes read from the TUN device per batch (about) */
-  uint32_t rx_batch;   /* datagrams per recvmmsg */
+  uint32_t tx_batch;   /* arena bytes read from the TUN device per batch (about; 0 = all) */
   tenc_aead *ctl_aead; /* node thread */
   struct tenc_tx *tx;
   struct tenc_rx *rx;

@@ -18,12 +18,20 @@
  *   engineTestSeal(frame, key, scatter, remoteIndex, counter: bigint) -> Buffer
  *     (test hook) the send path's split and seal of one TUN frame (virtio_net_hdr +
  *     packet) with scatter seal on or off: messages as [u32 LE length][message]...
+ *   engineTestGro(packets, iov) -> Buffer[]   (test hook) the TUN frames of the
+ *     receive path's TCP merge, copied or gathered from the writev's iovecs
  * Switches read from the environment at engineCreate (unset = default):
  *   TENC_SCATTER_SEAL=0|1 (default 1): seal TSO/USO segments straight out of the
  *     super-packet instead of copying each segment first
  *   TENC_BUSY_POLL_US=N (0..2000, default 0 = off): after a batch of at most 16
  *     packets a data thread polls both the TUN device and the UDP socket for up to
  *     N microseconds of idle time before sleeping (engine.c busy_poll)
+ *   TENC_GRO_IOV=0|1 (default 1): a merged TCP run is written to the TUN device
+ *     with writev (its headers + each payload where it was decrypted) instead of
+ *     being copied into one frame first
+ *   TENC_TX_BATCH_KB=N (64..4096, default 0 = the whole 4 MiB arena): a send batch
+ *     stops reading the TUN device once N KiB of its arena are used (smaller,
+ *     more cache-friendly batches and UDP bursts)
  *   engineClose(h)                                  engineLayout()  engineNow()
  *   replayRun(counters: BigUint64Array) -> Uint8Array  a fresh replay window fed the
  *     counters in order (check, then commit, as the receive path does): 1 accepted
@@ -35,6 +43,7 @@
 #include <malloc.h>
 #include <sys/mman.h>
 #include "engine.h"
+#include "offload.h"
 #include "modules.h"
 #include "util.h"
 
@@ -298,6 +307,8 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
   o.mtu = (uint32_t)mtu;
   o.scatter_seal = env_switch("TENC_SCATTER_SEAL", 1);
   o.busy_poll_us = env_uint("TENC_BUSY_POLL_US", 0, 2000);
+  o.tx_batch_kb = env_uint("TENC_TX_BATCH_KB", 0, 4096);
+  o.gro_iov = env_switch("TENC_GRO_IOV", 1);
 
   js_engine *j = calloc(1, sizeof *j);
   if (!j) return tenc_throw_errno(env, ENOMEM, "engineCreate");
@@ -630,6 +641,77 @@ static napi_value engine_test_seal(napi_env env, napi_callback_info info) {
   return res;
 }
 
+/* engineTestGro(packets: Uint8Array[], iov: boolean) -> Buffer[]: the TUN frames
+ * rx_inject would write for these inner packets (vnet header mode): merged runs
+ * through tenc_gro_tcp (copy) or tenc_gro_tcp_iov (the writev's bytes gathered),
+ * other packets as themselves without a header. Test hook. */
+static napi_value engine_test_gro(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool arr = false;
+  int iov;
+  if (argc >= 1) napi_is_array(env, argv[0], &arr);
+  if (!arr) return tenc_throw_type(env, "packets must be an array");
+  if (argc < 2 || tenc_get_bool(env, argv[1], "iov", &iov) < 0) return NULL;
+  uint32_t n;
+  napi_get_array_length(env, argv[0], &n);
+  if (n > 4096) return tenc_throw_range(env, "at most 4096 packets");
+  uint8_t **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+  uint32_t *lens = calloc(n ? n : 1, sizeof *lens);
+  uint8_t *frame = malloc(65536 + 256);
+  napi_value out;
+  napi_create_array(env, &out);
+  uint32_t nout = 0;
+  if (!ptrs || !lens || !frame) {
+    free(ptrs), free(lens), free(frame);
+    return tenc_throw_errno(env, ENOMEM, "engineTestGro");
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    size_t l;
+    napi_get_element(env, argv[0], i, &v);
+    if (tenc_get_bytes(env, v, "packet", &ptrs[i], &l) < 0) goto done;
+    lens[i] = (uint32_t)l;
+  }
+  for (uint32_t i = 0; i < n;) {
+    uint32_t wl = 0, k, niov = 0;
+    uint8_t hdr[TENC_GRO_HDR_MAX];
+    struct iovec iv[TENC_GRO_MAX_SEGS + 1];
+    napi_value b;
+    void *d;
+    if (iov) {
+      k = tenc_gro_tcp_iov(ptrs + i, lens + i, n - i, hdr, iv, &niov, &wl);
+      if (k > 1) {
+        uint32_t off = 0;
+        for (uint32_t q = 0; q < niov; q++) {
+          memcpy(frame + off, iv[q].iov_base, iv[q].iov_len);
+          off += (uint32_t)iv[q].iov_len;
+        }
+        if (off != wl) {
+          tenc_throw_errno(env, EIO, "engineTestGro: iov length");
+          goto done;
+        }
+      }
+    } else {
+      k = tenc_gro_tcp(ptrs + i, lens + i, n - i, frame, 65536 + 256, 1, &wl);
+    }
+    if (k > 1) {
+      napi_create_buffer_copy(env, wl, frame, &d, &b);
+    } else {
+      napi_create_buffer_copy(env, lens[i], ptrs[i], &d, &b);
+      k = 1;
+    }
+    napi_set_element(env, out, nout++, b);
+    i += k;
+  }
+done:
+  free(ptrs);
+  free(lens);
+  free(frame);
+  return out;
+}
+
 static napi_value replay_run(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -708,6 +790,7 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"engineTestSetSendCounter", engine_test_set_send_counter},
       {"replayRun", replay_run},
       {"engineTestSeal", engine_test_seal},
+      {"engineTestGro", engine_test_gro},
       {"engineNow", engine_now},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {

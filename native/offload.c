@@ -150,59 +150,104 @@ static int gro_same(const uint8_t *a, const tcpseg *sa, const uint8_t *b, const 
          !memcmp(ta + 18, tb + 18, 2) && !memcmp(ta + 20, tb + 20, sa->hlen - sa->ihl - 20);
 }
 
-uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *out, uint32_t cap, int vnet,
-                      uint32_t *outlen) {
-  uint32_t vlen = vnet ? (uint32_t)sizeof(struct virtio_net_hdr) : 0;
-  tcpseg f, s;
-  if (n < 2 || !gro_parse(pkts[0], lens[0], &f) || (f.flags & 0x08)) return 1;
-  uint32_t total = lens[0], k = 1, seq = f.seq + f.payload;
-  uint8_t last_flags = f.flags;
-  uint32_t max = f.v6 ? 65535u + 40u : 65535u;
+/* The run that can be merged from pkts[0]: its length k (1 = none), the merged IP
+ * packet's length and the last segment's TCP flags. */
+typedef struct {
+  tcpseg f;
+  uint32_t k, total;
+  uint8_t last_flags;
+} gro_run;
+
+static void gro_plan(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint32_t room, gro_run *r) {
+  tcpseg s;
+  r->k = 1;
+  if (n < 2 || !gro_parse(pkts[0], lens[0], &r->f) || (r->f.flags & 0x08)) return;
+  const tcpseg *f = &r->f;
+  uint32_t total = lens[0], k = 1, seq = f->seq + f->payload;
+  uint8_t last_flags = f->flags;
+  uint32_t max = f->v6 ? 65535u + 40u : 65535u;
   while (k < n && k < TENC_GRO_MAX_SEGS) {
-    if (!gro_parse(pkts[k], lens[k], &s) || !gro_same(pkts[0], &f, pkts[k], &s) || s.seq != seq ||
-        s.payload > f.payload || total + s.payload > max || vlen + total + s.payload > cap)
+    if (!gro_parse(pkts[k], lens[k], &s) || !gro_same(pkts[0], f, pkts[k], &s) || s.seq != seq ||
+        s.payload > f->payload || total + s.payload > max || total + s.payload > room)
       break;
     total += s.payload;
     seq += s.payload;
     last_flags = s.flags;
     k++;
-    if (s.payload < f.payload || (s.flags & 0x08)) break; /* a short or PSH segment ends the run */
+    if (s.payload < f->payload || (s.flags & 0x08)) break; /* a short or PSH segment ends the run */
   }
-  if (k < 2) return 1;
+  r->k = k;
+  r->total = total;
+  r->last_flags = last_flags;
+}
+
+/* Writes the merged packet's headers (virtio_net_hdr when vnet, then IP + TCP) to
+ * out; with vnet the TCP checksum field gets the pseudo-header sum (NEEDS_CSUM). */
+static uint8_t *gro_header(uint8_t *const *pkts, const gro_run *r, int vnet, uint8_t *out) {
+  const tcpseg *f = &r->f;
   struct virtio_net_hdr h = {
       .flags = VIRTIO_NET_HDR_F_NEEDS_CSUM,
-      .gso_type = f.v6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4,
-      .hdr_len = (uint16_t)f.hlen,
-      .gso_size = (uint16_t)f.payload,
-      .csum_start = (uint16_t)f.ihl,
+      .gso_type = f->v6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4,
+      .hdr_len = (uint16_t)f->hlen,
+      .gso_size = (uint16_t)f->payload,
+      .csum_start = (uint16_t)f->ihl,
       .csum_offset = 16,
   };
-  if (vnet) memcpy(out, &h, sizeof h);
-  uint8_t *p = out + vlen;
-  memcpy(p, pkts[0], lens[0]);
-  uint32_t off = lens[0];
-  for (uint32_t i = 1; i < k; i++) {
-    uint32_t pl = lens[i] - f.hlen;
-    memcpy(p + off, pkts[i] + f.hlen, pl);
-    off += pl;
+  if (vnet) {
+    memcpy(out, &h, sizeof h);
+    out += sizeof h;
   }
-  p[f.ihl + 13] = last_flags;
-  if (f.v6) {
-    put16(p + 4, total - 40);
+  uint8_t *p = out;
+  memcpy(p, pkts[0], f->hlen);
+  p[f->ihl + 13] = r->last_flags;
+  if (f->v6) {
+    put16(p + 4, r->total - 40);
   } else {
-    put16(p + 2, total);
+    put16(p + 2, r->total);
     tenc_ipv4_csum(p, 20);
   }
-  uint64_t ps = tenc_csum_pseudo(f.v6, f.v6 ? p + 8 : p + 12, f.v6 ? p + 24 : p + 16, 6, total - f.ihl);
-  uint16_t c;
   if (vnet) {
-    /* NEEDS_CSUM: the field holds the folded pseudo-header sum, not complemented. */
-    c = tenc_csum_fold(ps);
-  } else {
-    p[f.ihl + 16] = p[f.ihl + 17] = 0;
-    c = tenc_csum_finish(tenc_csum_add(ps, p + f.ihl, total - f.ihl));
+    uint64_t ps = tenc_csum_pseudo(f->v6, f->v6 ? p + 8 : p + 12, f->v6 ? p + 24 : p + 16, 6, r->total - f->ihl);
+    uint16_t c = tenc_csum_fold(ps); /* NEEDS_CSUM: folded pseudo-header sum, not complemented */
+    memcpy(p + f->ihl + 16, &c, 2);
   }
-  memcpy(p + f.ihl + 16, &c, 2);
-  *outlen = vlen + total;
-  return k;
+  return p;
+}
+
+uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *out, uint32_t cap, int vnet,
+                      uint32_t *outlen) {
+  uint32_t vlen = vnet ? (uint32_t)sizeof(struct virtio_net_hdr) : 0;
+  gro_run r;
+  gro_plan(pkts, lens, n, cap > vlen ? cap - vlen : 0, &r);
+  if (r.k < 2) return 1;
+  const tcpseg *f = &r.f;
+  uint8_t *p = gro_header(pkts, &r, vnet, out);
+  uint32_t off = f->hlen;
+  for (uint32_t i = 0; i < r.k; i++) {
+    uint32_t pl = lens[i] - f->hlen;
+    memcpy(p + off, pkts[i] + f->hlen, pl);
+    off += pl;
+  }
+  if (!vnet) {
+    p[f->ihl + 16] = p[f->ihl + 17] = 0;
+    uint64_t ps = tenc_csum_pseudo(f->v6, f->v6 ? p + 8 : p + 12, f->v6 ? p + 24 : p + 16, 6, r.total - f->ihl);
+    uint16_t c = tenc_csum_finish(tenc_csum_add(ps, p + f->ihl, r.total - f->ihl));
+    memcpy(p + f->ihl + 16, &c, 2);
+  }
+  *outlen = vlen + r.total;
+  return r.k;
+}
+
+uint32_t tenc_gro_tcp_iov(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *hdr, struct iovec *iov,
+                          uint32_t *niov, uint32_t *outlen) {
+  gro_run r;
+  gro_plan(pkts, lens, n, 65535u + 40u, &r);
+  if (r.k < 2) return 1;
+  const tcpseg *f = &r.f;
+  gro_header(pkts, &r, 1, hdr);
+  iov[0] = (struct iovec){hdr, sizeof(struct virtio_net_hdr) + f->hlen};
+  for (uint32_t i = 0; i < r.k; i++) iov[1 + i] = (struct iovec){pkts[i] + f->hlen, lens[i] - f->hlen};
+  *niov = r.k + 1;
+  *outlen = (uint32_t)sizeof(struct virtio_net_hdr) + r.total;
+  return r.k;
 }

@@ -10,6 +10,7 @@
  *    first, FIN/PSH only on the last) or UDP length, and a full L4 checksum. */
 #include <linux/virtio_net.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #ifndef VIRTIO_NET_HDR_GSO_UDP_L4
 #define VIRTIO_NET_HDR_GSO_UDP_L4 5
@@ -32,8 +33,6 @@ typedef uint8_t *(*tenc_seg_alloc)(void *ctx, uint32_t seglen, const uint8_t *bo
 int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t len, tenc_seg_alloc alloc,
                    void *ctx, uint32_t *lost, int copy_body);
 
-#endif
-
 /* Receive direction, 'tun' inject with IFF_VNET_HDR (what the kernel's GRO does
  * for a NIC): merges the longest run pkts[0..k) of TCP segments of one flow
  * (equal IP/TCP headers and options, contiguous sequence numbers, plain ACK
@@ -46,3 +45,14 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
 #define TENC_GRO_MAX_SEGS 64
 uint32_t tenc_gro_tcp(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *out, uint32_t cap, int vnet,
                       uint32_t *outlen);
+
+/* The same merge for a TUN writev, without copying the payload: the virtio header
+ * and the merged IP + TCP header go to `hdr` (at least TENC_GRO_HDR_MAX bytes), and
+ * iov[0] = hdr, iov[1..k] = each segment's payload where it lies. iov needs room for
+ * TENC_GRO_MAX_SEGS + 1 entries. The bytes are those tenc_gro_tcp(vnet = 1) writes.
+ * Returns k >= 2 with *niov and *outlen (bytes in all) set, or 1 (nothing written). */
+#define TENC_GRO_HDR_MAX (10 + 60 + 60)
+uint32_t tenc_gro_tcp_iov(uint8_t *const *pkts, const uint32_t *lens, uint32_t n, uint8_t *hdr, struct iovec *iov,
+                          uint32_t *niov, uint32_t *outlen);
+
+#endif

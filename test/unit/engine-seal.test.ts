@@ -212,3 +212,88 @@ describe('send path split + seal: scatter seal against the copy path', () => {
     expect(() => addon.engineTestSeal('x', new Uint8Array(32), true, 1, 0n)).toThrow(TypeError);
   });
 });
+
+/** A plain TCP segment (ACK, or ACK|PSH) of flow `port` with sequence number `seq`. */
+function tcpSegment(v6: boolean, port: number, seq: number, payload: Uint8Array, psh = false): Uint8Array {
+  const ihl = v6 ? 40 : 20;
+  const hlen = ihl + 32;
+  const p = new Uint8Array(hlen + payload.length);
+  const dv = new DataView(p.buffer);
+  if (v6) {
+    p[0] = 0x60;
+    dv.setUint16(4, 32 + payload.length);
+    p[6] = 6;
+    p[7] = 64;
+    p.set([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 8);
+    p.set([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], 24);
+  } else {
+    p[0] = 0x45;
+    dv.setUint16(2, p.length);
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = 6;
+    p.set([10, 0, 0, 1], 12);
+    p.set([10, 0, 0, 2], 16);
+  }
+  dv.setUint16(ihl, port);
+  dv.setUint16(ihl + 2, 5201);
+  dv.setUint32(ihl + 4, seq >>> 0);
+  dv.setUint32(ihl + 8, 99);
+  p[ihl + 12] = 8 << 4;
+  p[ihl + 13] = psh ? 0x18 : 0x10;
+  dv.setUint16(ihl + 14, 1000);
+  p.set([1, 1, 8, 10, 0, 0, 0, 5, 0, 0, 0, 6], ihl + 20);
+  p.set(payload, hlen);
+  return p;
+}
+
+describe('receive path TCP merge: writev of headers + payloads in place against the copied frame', () => {
+  for (const v6 of [false, true]) {
+    it(`IPv${v6 ? 6 : 4}: runs, breaks and singles give byte-identical frames`, () => {
+      const seg = 1000; // 64 segments stay under the 64 KiB IP packet limit
+      const pkts: Uint8Array[] = [];
+      const payloads: Uint8Array[] = [];
+      let seq = 0xffffff00;
+      for (let i = 0; i < 70; i++) {
+        // 70 full segments: one run of 64 (the limit), then 6 more
+        const pl = new Uint8Array(randomBytes(seg));
+        payloads.push(pl);
+        pkts.push(tcpSegment(v6, 40000, seq, pl));
+        seq += seg;
+      }
+      const short = new Uint8Array(randomBytes(300));
+      pkts.push(tcpSegment(v6, 40000, seq, short, true)); // short + PSH: ends the second run
+      payloads.push(short);
+      pkts.push(tcpSegment(v6, 40001, 5, new Uint8Array(randomBytes(seg)))); // another flow: alone
+      const copied = addon.engineTestGro(pkts, false) as Buffer[];
+      const gathered = addon.engineTestGro(pkts, true) as Buffer[];
+      expect(copied.length).toBe(3);
+      expect(gathered.length).toBe(3);
+      copied.forEach((c, i) => expect(gathered[i]!.equals(c)).toBe(true));
+
+      const ihl = v6 ? 40 : 20;
+      const hlen = ihl + 32;
+      const runs = [payloads.slice(0, 64), payloads.slice(64)];
+      runs.forEach((run, r) => {
+        const f = gathered[r]!;
+        const h = new DataView(f.buffer, f.byteOffset, 10);
+        expect(f[0]).toBe(NEEDS_CSUM);
+        expect(f[1]).toBe(v6 ? GSO_TCPV6 : GSO_TCPV4);
+        expect(h.getUint16(2, true)).toBe(hlen);
+        expect(h.getUint16(4, true)).toBe(seg);
+        const ip = f.subarray(VNET_LEN);
+        const total = hlen + run.reduce((a, b) => a + b.length, 0);
+        expect(ip.length).toBe(total);
+        const iv = new DataView(ip.buffer, ip.byteOffset);
+        if (v6) expect(iv.getUint16(4)).toBe(total - 40);
+        else {
+          expect(iv.getUint16(2)).toBe(total);
+          expect(fold(sum16(ip.subarray(0, 20)))).toBe(0xffff);
+        }
+        expect(ip[ihl + 13]).toBe(r === 0 ? 0x10 : 0x18); // the last segment's flags
+        expect(ip.subarray(hlen).equals(Buffer.concat(run))).toBe(true);
+      });
+      expect(gathered[2]!.equals(Buffer.from(pkts[71]!))).toBe(true);
+    });
+  }
+});
