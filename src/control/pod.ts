@@ -385,8 +385,14 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         const onRouteMiss = engine.onRouteMiss?.bind(engine);
         const release = engine.releasePacket?.bind(engine);
         if (!onRouteMiss || !release) throw new Error('dns.classifyCidrs: this data plane cannot report route misses');
+        const ranges = new CidrSet(classifyRanges);
         const misses = new RouteMisses({
-          classify: (a) => dns.classifyAddress(a),
+          inRange: (a) => ranges.has(a),
+          classify: async (a) => {
+            const v = await dns.classifyAddress(a);
+            log.debug({ address: a, ...v }, 'route miss classified');
+            return v;
+          },
           addBypass: (c) => routing.addBypass(c),
           removeBypass: (c) => routing.removeBypass(c),
           release,

@@ -60,10 +60,12 @@ export interface DnsStatusReport {
     ranges: string[];
     bypasses: number;
     misses: number;
+    outOfRange: number;
     bypassed: number;
     projectUnrouted: number;
     undecided: number;
     released: number;
+    heldDropped: number;
     releaseErrors: number;
     evicted: number;
     errors: number;

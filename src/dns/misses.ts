@@ -8,9 +8,11 @@
  *   classify (AddressClassifier: never-tunnel CIDR, membership, PTR into the project domain)
  *     lookup failed -> nothing (the address stays in tenc0; its next miss asks again)
  *     never / other -> a bypass (`throw <addr>` in tenc's table): the address leaves
- *                      through the main table from now on, and the reported packet is
- *                      released (sent again through a raw socket) so the first
- *                      packet of a flow (a TCP SYN) is not lost
+ *                      through the main table from now on, and the reported packets
+ *                      (up to 16 per address per second, kept while it was being
+ *                      classified) are released (sent again through a raw socket),
+ *                      so the first packets of a flow (a TCP SYN, a UDP burst) are
+ *                      not lost
  *     project       -> stays in tenc0: without a peer for it, its packets are dropped
  *                      (counted), never sent in plaintext
  *
@@ -25,6 +27,8 @@ import type { AddressVerdict } from './classify.js';
 import { hostCidr } from './routes.js';
 
 export interface RouteMissOptions {
+  /** Is the address inside the classified ranges? Misses outside them (e.g. the kernel's own multicast out of tenc0) are ignored. */
+  inRange: (address: string) => boolean;
   classify: (address: string) => Promise<AddressVerdict>;
   /** Adds `throw <cidr>`; false when refused (a tunnel route of that prefix exists). */
   addBypass: (cidr: string) => Promise<boolean>;
@@ -39,8 +43,10 @@ export interface RouteMissOptions {
 }
 
 export interface RouteMissCounters {
-  /** route_miss events handled. */
+  /** route_miss events handled (inside the ranges). */
   misses: number;
+  /** route_miss events outside the ranges: ignored. */
+  outOfRange: number;
   /** Bypasses added (other/never verdicts). */
   bypassed: number;
   /** Misses for project addresses no peer serves: kept in the tunnel, dropped. */
@@ -49,12 +55,18 @@ export interface RouteMissCounters {
   undecided: number;
   /** Packets released after a bypass, and releases that failed. */
   released: number;
+  /** Reported packets not kept while their address was classified (over the bounds). */
+  heldDropped: number;
   releaseErrors: number;
   /** Bypasses removed because the table was full (oldest first). */
   evicted: number;
   /** Classification or route changes that failed. */
   errors: number;
 }
+
+/** Packets kept per address while it is classified (the engine reports up to 16 per second), and in all. */
+const MAX_HELD_PER_ADDRESS = 16;
+const MAX_HELD = 1024;
 
 interface Bypass {
   until: number;
@@ -63,9 +75,11 @@ interface Bypass {
 
 export class RouteMisses {
   private readonly bypasses = new Map<string, Bypass>();
-  private readonly pending = new Set<string>();
+  /** Addresses being classified, with the packets reported meanwhile (released together after a bypass). */
+  private readonly pending = new Map<string, Uint8Array[]>();
+  private buffered = 0;
   private readonly max: number;
-  readonly counters: RouteMissCounters = { misses: 0, bypassed: 0, projectUnrouted: 0, undecided: 0, released: 0, releaseErrors: 0, evicted: 0, errors: 0 };
+  readonly counters: RouteMissCounters = { misses: 0, outOfRange: 0, bypassed: 0, projectUnrouted: 0, undecided: 0, released: 0, heldDropped: 0, releaseErrors: 0, evicted: 0, errors: 0 };
 
   constructor(private readonly o: RouteMissOptions) {
     if (!Number.isFinite(o.holdMs) || o.holdMs <= 0) throw new RangeError('RouteMisses: holdMs must be > 0');
@@ -80,6 +94,11 @@ export class RouteMisses {
 
   /** One route_miss event. Resolves when it is handled (never rejects). */
   async miss(destination: string, packet: Uint8Array | null): Promise<void> {
+    if (!this.o.inRange(destination)) {
+      this.counters.outOfRange++;
+      packet?.fill(0);
+      return;
+    }
     this.counters.misses++;
     let cidr: string;
     try {
@@ -88,27 +107,44 @@ export class RouteMisses {
       this.fail('miss', e);
       return;
     }
-    // a bypass in place (its packet raced the route) or a classification under way
+    // a bypass in place (its packet raced the route): release; a classification under way: wait with it
     if (this.bypasses.has(cidr)) return this.releaseNow(packet);
-    if (this.pending.has(cidr)) return;
-    this.pending.add(cidr);
+    const waiting = this.pending.get(cidr);
+    if (waiting) {
+      this.hold(waiting, packet);
+      return;
+    }
+    const held: Uint8Array[] = [];
+    this.hold(held, packet);
+    this.pending.set(cidr, held);
+    let bypassed = false;
     try {
       const v = await this.o.classify(destination);
-      if (v.verdict === 'project') {
-        this.counters.projectUnrouted++;
-        return;
-      }
-      if (v.reason === 'lookup-failed') {
-        this.counters.undecided++;
-        return;
-      }
-      if (!(await this.add(cidr))) return;
-      this.releaseNow(packet);
+      if (v.verdict === 'project') this.counters.projectUnrouted++;
+      else if (v.reason === 'lookup-failed') this.counters.undecided++;
+      else bypassed = await this.add(cidr);
     } catch (e) {
       this.fail('miss', e);
     } finally {
       this.pending.delete(cidr);
+      this.buffered -= held.length;
+      for (const p of held) {
+        if (bypassed) this.releaseNow(p);
+        else p.fill(0);
+      }
     }
+  }
+
+  /** Keeps a reported packet until its address is classified (bounded: beyond it the packet is dropped). */
+  private hold(list: Uint8Array[], packet: Uint8Array | null): void {
+    if (packet === null || packet.length === 0) return;
+    if (list.length >= MAX_HELD_PER_ADDRESS || this.buffered >= MAX_HELD) {
+      this.counters.heldDropped++;
+      packet.fill(0);
+      return;
+    }
+    list.push(packet);
+    this.buffered++;
   }
 
   private async add(cidr: string): Promise<boolean> {

@@ -14,6 +14,7 @@ function setup(verdicts: Record<string, AddressVerdict['verdict'] | 'failed'>, o
   const calls: string[] = [];
   const released: Uint8Array[] = [];
   const m = new RouteMisses({
+    inRange: (a) => a.startsWith('10.96.') || a.startsWith('fd00:'),
     classify: async (a) => {
       calls.push(`classify ${a}`);
       const v = verdicts[a];
@@ -49,6 +50,13 @@ describe('RouteMisses', () => {
     expect(t.m.counters).toMatchObject({ misses: 2, bypassed: 2, released: 2, projectUnrouted: 0 });
   });
 
+  it('misses outside the ranges (the kernel multicast out of tenc0) are ignored and counted', async () => {
+    const t = setup({ 'ff02::2': 'other' });
+    await t.m.miss('ff02::2', pkt(1));
+    expect(t.calls).toEqual([]);
+    expect(t.m.counters).toMatchObject({ misses: 0, outOfRange: 1 });
+  });
+
   it('a project verdict adds nothing and releases nothing (counted)', async () => {
     const t = setup({ '10.96.0.8': 'project' });
     await t.m.miss('10.96.0.8', pkt(8));
@@ -80,12 +88,24 @@ describe('RouteMisses', () => {
     expect(t.m.list()).toEqual([]);
   });
 
-  it('concurrent misses for one address classify once; a miss after the bypass only releases', async () => {
+  it('concurrent misses for one address classify once and are all released in order; later ones at once', async () => {
     const t = setup({ '10.96.0.7': 'other' });
     await Promise.all([t.m.miss('10.96.0.7', pkt(1)), t.m.miss('10.96.0.7', pkt(2))]);
     await t.m.miss('10.96.0.7', pkt(3));
     expect(t.calls.filter((c) => c.startsWith('classify'))).toHaveLength(1);
-    expect(t.released.map((r) => r[4])).toEqual([1, 3]);
+    expect(t.released.map((r) => r[4])).toEqual([1, 2, 3]);
+  });
+
+  it('at most 16 packets per address wait for a verdict; held packets of a project address are wiped, not released', async () => {
+    const t = setup({ '10.96.0.7': 'other', '10.96.0.8': 'project' });
+    const burst = Array.from({ length: 17 }, (_, i) => pkt(i));
+    await Promise.all(burst.map((p) => t.m.miss('10.96.0.7', p)));
+    expect(t.released).toHaveLength(16);
+    expect(t.m.counters.heldDropped).toBe(1);
+    const held = [pkt(1), pkt(2)];
+    await Promise.all(held.map((p) => t.m.miss('10.96.0.8', p)));
+    expect(t.released).toHaveLength(16);
+    expect(held.every((p) => p.every((b) => b === 0))).toBe(true);
   });
 
   it('expiry keeps a bypass whose verdict holds and removes one that became project', async () => {
