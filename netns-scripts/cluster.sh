@@ -162,7 +162,7 @@ sync_cluster() {
 
 start_dns() {
   ip netns exec "$INFRA" dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --addn-hosts="$STATE/dns.hosts" \
-    --listen-address="$(cat "$STATE/dns-address")" --bind-interfaces --local=/cluster.local/ --domain-needed \
+    --listen-address="$(cat "$STATE/dns-address")" --bind-interfaces --local=/cluster.local/ --domain-needed --bogus-priv \
     --user=root --group=root --pid-file="$STATE/dnsmasq.pid" --log-facility="$STATE/dnsmasq.log" ||
     die "dnsmasq failed to start (see $STATE/dnsmasq.log)"
   local i
@@ -314,14 +314,16 @@ remove_pod() {
 }
 
 agent_start() {
-  local project=$1 name ns f
+  local project=$1 name ns f ranges
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
   [ -f "$STATE/psk/$project" ] || die "no project $project"
+  # the pod and service ranges: an address in them no peer claims is classified on first use
+  ranges=$(node "$tool" classify-cidrs "$STATE") || die "cannot read the cluster's ranges"
   while read -r name ns; do
     f=$STATE/agents/$project-$name
     if [ -f "$f.pid" ] && alive "$(cat "$f.pid")"; then continue; fi
     setsid node "$tenc_js" agent --registry "$STATE/registry" --node "$name" --project "$project" \
-      --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &
+      --classify-cidrs "$ranges" --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &
     echo $! >"$f.pid"
     log "agent for $project on $name: pid $! (log $f.log)"
   done <"$STATE/nodes"

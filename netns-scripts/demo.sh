@@ -92,6 +92,7 @@ in_pod alpha-client-1 getent hosts web.alpha.svc.cluster.local db.alpha.svc.clus
 echo "  alpha-client-1 routes:"
 in_pod alpha-client-1 ip route get 10.96.1.10 | sed -n '1s/^/    web.alpha VIP   -> /p'
 in_pod alpha-client-1 ip route get 10.128.1.20 | sed -n '1s/^/    beta-web-1      -> /p'
+echo "    (the pod and service ranges go into tenc0 until an address is classified: tenc agent --classify-cidrs)"
 
 say "4. traffic while tcpdump records node1's bridge and the underlay"
 ip netns exec "$P-n-node1" tcpdump -i br0 -nn -U -w "$work/bridge.pcap" --immediate-mode 2>/dev/null &
@@ -116,6 +117,9 @@ check_http alpha-client-1 http://10.250.0.1:8080/ "$public" "external got: $publ
   "alpha-client-1 -> 10.250.0.1:8080 (outside the cluster): works, not tunnelled"
 check_http beta-client-1 http://web/ "$public" "beta-web-1 got: $public" \
   "beta-client-1 -> http://web/ (web.beta, beta has no agent): untouched"
+check_http alpha-client-1 http://10.128.1.20/ "$public" "beta-web-1 got: $public" \
+  "alpha-client-1 -> http://10.128.1.20/ (beta-web-1 by raw IP, not learned through DNS): classified on first use (PTR in beta), bypassed, not tunnelled"
+echo "  alpha-client-1 route to beta-web-1 after first use: $(in_pod alpha-client-1 ip route get 10.128.1.20 | head -1)"
 sleep 0.5
 kill -INT "$cap1" "$cap2" 2>/dev/null || true
 wait "$cap1" "$cap2" 2>/dev/null || true

@@ -186,6 +186,8 @@ export interface AgentOptions {
   podLogLevel?: string;
   /** Run the pods' DNS proxy (when /etc/netns/<netns name>/resolv.conf exists); default true. */
   dns?: boolean;
+  /** The pods' dns.classifyCidrs (cluster ranges classified on first use); default none. */
+  classifyCidrs?: string[];
 }
 
 export class Agent {
@@ -376,7 +378,7 @@ export class Agent {
         controlSocket: px.socket,
         enforce: true,
         logLevel: this.o.podLogLevel ?? 'info',
-        ...(resolvConf ? { dns: { domain: `${this.o.project}.svc.cluster.local`, resolvConf } } : {}),
+        ...(resolvConf ? { dns: { domain: `${this.o.project}.svc.cluster.local`, resolvConf, classifyCidrs: this.o.classifyCidrs ?? [] } } : {}),
       }),
       { mode: 0o600 },
     );

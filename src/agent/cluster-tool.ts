@@ -8,6 +8,8 @@
  *   cluster-tool.js sync STATE                     registry, STATE/kube.nft, STATE/dns.hosts
  *   cluster-tool.js add-pod STATE PREFIX JSON      validate the cluster with one more pod; print its plan line
  *   cluster-tool.js remove-pod STATE PREFIX NAME   the same with one pod less; print its namespace
+ *   cluster-tool.js classify-cidrs STATE           the cluster's ranges (pod CIDRs, service CIDR), comma-separated,
+ *                                                  for `tenc agent --classify-cidrs`
  *
  * Exit codes: 0 ok, 2 invalid file (one `FILE: field: problem` line each on stderr), 1 other.
  * Plan lines:
@@ -122,6 +124,11 @@ function loadState(state: string): ClusterConfig {
   return validateCluster(JSON.parse(readFileSync(file, 'utf8')), file);
 }
 
+/** The ranges whose unknown addresses a pod classifies on first use: every node's pod CIDR and the service CIDR. */
+export function classifyCidrs(c: ClusterConfig): string[] {
+  return [...new Set([...c.nodes.map((n) => n.podCidr), c.serviceCidr])];
+}
+
 function saveState(state: string, c: ClusterConfig): void {
   writeJsonAtomic(join(state, 'cluster.json'), c);
 }
@@ -178,8 +185,13 @@ export function main(argv: string[]): number {
         process.stdout.write(podNs(prefix, name) + '\n');
         return 0;
       }
+      case 'classify-cidrs': {
+        const c = loadState(args[0]);
+        process.stdout.write(classifyCidrs(c).join(',') + '\n');
+        return 0;
+      }
       default:
-        process.stderr.write('usage: cluster-tool.js plan FILE STATE PREFIX | sync STATE PREFIX | add-pod STATE PREFIX JSON | remove-pod STATE PREFIX NAME\n');
+        process.stderr.write('usage: cluster-tool.js plan FILE STATE PREFIX | sync STATE PREFIX | add-pod STATE PREFIX JSON | remove-pod STATE PREFIX NAME | classify-cidrs STATE\n');
         return 2;
     }
   } catch (e) {

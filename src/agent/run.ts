@@ -13,6 +13,8 @@ export interface RunAgentOptions {
   project: string;
   runDir: string;
   logLevel: LogLevel;
+  /** dns.classifyCidrs of the pods' configs (canonical CIDRs). */
+  classifyCidrs?: string[];
 }
 
 export async function runAgent(o: RunAgentOptions): Promise<number> {
@@ -22,7 +24,7 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     return 1;
   }
   const registry = new DirectoryRegistry(o.registry, { onProblem: (file, why) => log.warn({ file, why }, 'registry file skipped') });
-  const agent = new Agent({ registry, node: o.node, project: o.project, runDir: o.runDir, log, podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info' });
+  const agent = new Agent({ registry, node: o.node, project: o.project, runDir: o.runDir, log, classifyCidrs: o.classifyCidrs, podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info' });
   let stop: (s: string) => void = () => {};
   const stopped = new Promise<string>((r) => (stop = r));
   process.on('SIGINT', () => stop('SIGINT'));

@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { USAGE, COMMAND_HELP } from './help.js';
-import { ConfigError, loadConfig, DEFAULT_SOCKET_DIR } from '../control/config.js';
+import { ConfigError, loadConfig, parseCidr, DEFAULT_SOCKET_DIR } from '../control/config.js';
 import { controlRequest, defaultSocketPath, netnsInode, ControlClientError, type RekeyResult } from '../control/socket.js';
 import { formatStatus, type StatusReport } from '../control/status.js';
 import { isLogLevel, LOG_LEVELS } from '../log.js';
@@ -84,6 +84,7 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
       node: { type: 'string', short: 'n' },
       project: { type: 'string', short: 'p' },
       'run-dir': { type: 'string' },
+      'classify-cidrs': { type: 'string' },
       'log-level': { type: 'string', short: 'l' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -213,6 +214,12 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       }
       const level = v['log-level'] ?? 'info';
       if (!isLogLevel(level)) throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, cmd);
+      const classifyCidrs: string[] = [];
+      for (const item of (v['classify-cidrs'] ?? '').split(',').filter((x) => x !== '')) {
+        const r = parseCidr(item.trim());
+        if (!r.ok) throw new UsageError(`--classify-cidrs: ${r.problem}`, cmd);
+        classifyCidrs.push(r.value);
+      }
       const { runAgent } = await import('../agent/run.js');
       return await runAgent({
         registry: v.registry!,
@@ -220,6 +227,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         project: v.project!,
         runDir: v['run-dir'] ?? join(DEFAULT_SOCKET_DIR, `agent-${v.project}-${v.node}`),
         logLevel: level,
+        classifyCidrs,
       });
     }
     case 'pod': {

@@ -34,7 +34,7 @@ ${EXIT_CODES}
 `;
 
 export const COMMAND_HELP: Record<string, string> = {
-  agent: `Usage: tenc agent --registry DIR --node NODE --project PROJECT [--run-dir DIR] [--log-level LEVEL]
+  agent: `Usage: tenc agent --registry DIR --node NODE --project PROJECT [--run-dir DIR] [--classify-cidrs LIST] [--log-level LEVEL]
 
 The node agent, one per node and project. Reads the project's pods, services and
 endpoints from the registry, starts \`tenc pod\` (with enforcement) in the network
@@ -50,6 +50,11 @@ Options:
   -n, --node NODE          this node's name (pods with spec.nodeName NODE)
   -p, --project PROJECT    the project (Kubernetes namespace)
       --run-dir DIR        pod configs, control sockets, logs (default /run/tenc/agent-PROJECT-NODE)
+      --classify-cidrs LIST
+                           comma-separated cluster ranges (pod CIDRs, service CIDR) for the
+                           pods' dns.classifyCidrs: an address in them no peer claims is
+                           classified on first use (bypassed when not the project's,
+                           dropped when it is but has no peer); default none
   -l, --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
   -h, --help               show this help
 
