@@ -69,6 +69,7 @@ export interface DnsStatusReport {
     releaseErrors: number;
     evicted: number;
     errors: number;
+    busy: number;
   };
 }
 
@@ -142,7 +143,7 @@ export function formatStatus(r: StatusReport, nowMs = Date.now()): string {
       out.push(
         `  route misses: ${m.misses}; ${m.bypasses} bypasses held (${m.bypassed} added, ${m.evicted} evicted), ` +
           `${m.released} packets released (${m.releaseErrors} failed), ${m.projectUnrouted} project without a peer, ` +
-          `${m.undecided} undecided (reverse lookup unanswered), ${m.errors} errors`,
+          `${m.undecided} undecided (reverse lookup unanswered), ${m.busy} busy, ${m.errors} errors`,
       );
     }
   }

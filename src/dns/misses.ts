@@ -62,11 +62,15 @@ export interface RouteMissCounters {
   evicted: number;
   /** Classification or route changes that failed. */
   errors: number;
+  /** Misses not taken up because 256 addresses were already being classified. */
+  busy: number;
 }
 
 /** Packets kept per address while it is classified (the engine reports up to 16 per second), and in all. */
 const MAX_HELD_PER_ADDRESS = 16;
 const MAX_HELD = 1024;
+/** Addresses classified at once; further misses wait for their next report. */
+const MAX_PENDING = 256;
 
 interface Bypass {
   until: number;
@@ -79,7 +83,7 @@ export class RouteMisses {
   private readonly pending = new Map<string, Uint8Array[]>();
   private buffered = 0;
   private readonly max: number;
-  readonly counters: RouteMissCounters = { misses: 0, outOfRange: 0, bypassed: 0, projectUnrouted: 0, undecided: 0, released: 0, heldDropped: 0, releaseErrors: 0, evicted: 0, errors: 0 };
+  readonly counters: RouteMissCounters = { misses: 0, outOfRange: 0, bypassed: 0, projectUnrouted: 0, undecided: 0, released: 0, heldDropped: 0, releaseErrors: 0, evicted: 0, errors: 0, busy: 0 };
 
   constructor(private readonly o: RouteMissOptions) {
     if (!Number.isFinite(o.holdMs) || o.holdMs <= 0) throw new RangeError('RouteMisses: holdMs must be > 0');
@@ -112,6 +116,12 @@ export class RouteMisses {
     const waiting = this.pending.get(cidr);
     if (waiting) {
       this.hold(waiting, packet);
+      return;
+    }
+    if (this.pending.size >= MAX_PENDING) {
+      // a scan of the ranges: bounded work; the address is reported again within a second
+      this.counters.busy++;
+      packet?.fill(0);
       return;
     }
     const held: Uint8Array[] = [];

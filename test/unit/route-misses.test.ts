@@ -124,6 +124,25 @@ describe('RouteMisses', () => {
     expect(t.calls).not.toContain('remove 10.96.0.1/32');
   });
 
+  it('at most 256 addresses are classified at once; more misses are counted busy, not queued', async () => {
+    const gates: (() => void)[] = [];
+    const m = new RouteMisses({
+      inRange: () => true,
+      classify: () => new Promise((r) => gates.push(() => r({ verdict: 'other', reason: 'none' }))),
+      addBypass: async () => true,
+      removeBypass: async () => {},
+      release: () => {},
+      now: () => 0,
+      holdMs: 1000,
+    });
+    const all = Array.from({ length: 300 }, (_, i) => m.miss(`10.96.${i >> 8}.${i & 255}`, pkt(i & 255)));
+    expect(gates).toHaveLength(256);
+    expect(m.counters.busy).toBe(44);
+    gates.forEach((g) => g());
+    await Promise.all(all);
+    expect(m.list()).toHaveLength(256);
+  });
+
   it('holds at most maxBypasses: the oldest is removed first', async () => {
     const t = setup({ '10.96.0.1': 'other', '10.96.0.2': 'other', '10.96.0.3': 'other' }, { max: 2 });
     for (const a of ['10.96.0.1', '10.96.0.2', '10.96.0.3']) await t.m.miss(a, null);
