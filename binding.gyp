@@ -13,7 +13,8 @@
         "native/allowedips.c",
         "native/nat.c",
         "native/offload.c",
-        "native/sock.c"
+        "native/sock.c",
+        "native/dnsio.c"
       ],
       "cflags": ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"]

@@ -9,5 +9,6 @@ napi_status tenc_init_udp(napi_env env, napi_value exports);
 napi_status tenc_init_raw(napi_env env, napi_value exports);
 napi_status tenc_init_engine(napi_env env, napi_value exports);
 napi_status tenc_init_sock(napi_env env, napi_value exports);
+napi_status tenc_init_dnsio(napi_env env, napi_value exports);
 
 #endif

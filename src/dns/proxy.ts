@@ -13,9 +13,12 @@
  *   5. reply     the client's ID restored; a truncated UDP answer passes as it is,
  *                so the client retries over TCP
  *
+ * UDP goes through UdpBatch (udpbatch.ts, native/dnsio.c) on both sides: queries
+ * arrive in batches (one recvmmsg, one JS call), and the replies and upstream
+ * queries a batch produces leave with one sendmmsg per socket.
+ *
  * Never throws at run time: every failure is a counted reason.
  */
-import dgram from 'node:dgram';
 import net from 'node:net';
 import { silentLogger, type Logger } from '../log.js';
 import dnsPacket from 'dns-packet';
@@ -24,6 +27,7 @@ import { rewriteAnswer, MalformedAnswerError, type Learned, type RewriteResult }
 import { classifyName, type CidrSet, type NamePolicy } from './classify.js';
 import { LearnedRoutes } from './routes.js';
 import { TcpUpstream, UdpUpstream, type UpstreamOptions, type UpstreamCounters } from './upstream.js';
+import { UdpBatch, type UdpPeer } from './udpbatch.js';
 
 /** Largest query accepted (a query is one question plus an OPT record). */
 export const MAX_QUERY_BYTES = 4096;
@@ -32,6 +36,7 @@ const MAX_TCP_CLIENTS = 256;
 const MAX_TCP_INFLIGHT = 64;
 const TCP_IDLE_MS = 10_000;
 const REWRITE_CACHE_ENTRIES = 1024;
+const UDP_RECV_BUFFER = 1 << 20;
 
 export interface RouteSink {
   add(cidrs: string[]): Promise<void>;
@@ -73,7 +78,7 @@ export interface DnsCounters {
 }
 
 export class DnsProxy {
-  private readonly udp: dgram.Socket[] = [];
+  private readonly udp: UdpBatch[] = [];
   private readonly tcp: net.Server[] = [];
   private readonly clients = new Set<net.Socket>();
   private readonly log: Logger;
@@ -112,7 +117,7 @@ export class DnsProxy {
       p.upTcp = new TcpUpstream(o.upstream);
       let port = o.port;
       for (const addr of o.listen) {
-        port = await p.listenUdp(addr, port);
+        port = p.listenUdp(addr, port);
         await p.listenTcp(addr, port);
       }
       p.port = port;
@@ -131,18 +136,17 @@ export class DnsProxy {
     this.drops[reason] = (this.drops[reason] ?? 0) + 1;
   }
 
-  private listenUdp(addr: string, port: number): Promise<number> {
-    const sock = dgram.createSocket({ type: addr.includes(':') ? 'udp6' : 'udp4', recvBufferSize: 1 << 20 });
-    this.udp.push(sock);
-    return new Promise((resolve, reject) => {
-      sock.once('error', reject);
-      sock.bind(port, addr, () => {
-        sock.off('error', reject);
-        sock.on('error', () => this.drop('udp_send')); // send errors (no callback per datagram) and others
-        sock.on('message', (m, r) => this.onUdp(sock, m, r.address, r.port));
-        resolve(sock.address().port);
-      });
+  /** A UDP listener (bind errors throw, with the errno name as `code`); returns its port. */
+  private listenUdp(addr: string, port: number): number {
+    const sock: UdpBatch = new UdpBatch({
+      address: addr,
+      port,
+      recvBufferBytes: UDP_RECV_BUFFER,
+      maxDatagram: MAX_QUERY_BYTES,
+      onBatch: (n) => this.onUdpBatch(sock, n),
     });
+    this.udp.push(sock);
+    return sock.port;
   }
 
   private listenTcp(addr: string, port: number): Promise<void> {
@@ -324,10 +328,18 @@ export class DnsProxy {
     });
   }
 
-  private onUdp(sock: dgram.Socket, m: Buffer, address: string, port: number): void {
-    this.c.queriesUdp++;
+  /** One received batch: each query goes through the gate on its own (a copy: it outlives the batch). */
+  private onUdpBatch(sock: UdpBatch, n: number): void {
+    for (let i = 0; i < n; i++) {
+      this.c.queriesUdp++;
+      if (sock.truncated(i)) this.drop('oversized'); // longer than MAX_QUERY_BYTES: cut by the socket
+      else this.onUdp(sock, sock.copy(i), sock.peer(i));
+    }
+  }
+
+  private onUdp(sock: UdpBatch, m: Buffer, peer: UdpPeer): void {
     const send = (reply: Buffer | null) => {
-      if (reply !== null && !this.stopped) sock.send(reply, port, address);
+      if (reply !== null && !this.stopped) sock.send(reply, peer);
     };
     try {
       const g = this.gate(m);
@@ -399,12 +411,18 @@ export class DnsProxy {
   counters(): DnsCounters {
     const drops: Record<string, number> = {};
     for (const [k, v] of Object.entries(this.drops)) if (v > 0) drops[k] = v;
+    let sendFailed = 0; // replies the kernel refused or a full send buffer dropped
+    for (const s of this.udp) {
+      const c = s.counters();
+      sendFailed += c.sendErrors + c.sendDropped;
+    }
+    if (sendFailed > 0) drops.udp_send = sendFailed;
     return {
       ...this.c,
       drops,
       routesHeld: this.o.routes?.learned.size ?? 0,
-      upstreamUdp: { ...this.upUdp.counters },
-      upstreamTcp: { ...this.upTcp.counters },
+      upstreamUdp: this.upUdp.snapshot(),
+      upstreamTcp: this.upTcp.snapshot(),
     };
   }
 

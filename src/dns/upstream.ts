@@ -1,11 +1,13 @@
 /**
  * The proxy's long-lived connections to the real cluster DNS, outside the tunnel:
- * both carry tenc's fwmark (SO_MARK through native/sock.c), so they skip tenc's
- * policy rule and the nftables redirect of port 53.
+ * both carry tenc's fwmark (SO_MARK through native/dnsio.c and native/sock.c), so
+ * they skip tenc's policy rule and the nftables redirect of port 53.
  *
- *   UdpUpstream  one socket per family, kept open; a query gets a fresh random
- *                ID not in flight; an answer is accepted only when its ID is in
- *                flight AND its question equals the query's (else counted)
+ *   UdpUpstream  one connected UdpBatch socket per server, kept open (queries of
+ *                one batch leave with one sendmmsg, answers arrive in batches);
+ *                a query gets a fresh random ID not in flight; an answer is
+ *                accepted only when its ID is in flight AND its question equals
+ *                the query's (else counted)
  *   TcpUpstream  one connection per server, reused: queries are pipelined with the
  *                same ID remapping, answers may arrive in any order (RFC 7766 6.2.1);
  *                reconnects on demand and resends what was unanswered once
@@ -15,11 +17,11 @@
  * another one is configured. In-flight queries are bounded (maxInflight): beyond
  * that query() resolves 'busy' at once.
  */
-import dgram from 'node:dgram';
 import net from 'node:net';
-import { randomInt } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import { addon } from '../native.js';
 import { readHeader, readQuestion, sameQuestion, setId, QR, type Question } from './message.js';
+import { UdpBatch } from './udpbatch.js';
 
 export interface UpstreamServer {
   address: string;
@@ -63,24 +65,19 @@ function newCounters(): UpstreamCounters {
   return { sent: 0, answered: 0, timeouts: 0, mismatched: 0, malformed: 0, busy: 0, errors: 0, reconnects: 0 };
 }
 
+/** Random 16-bit IDs from the CSPRNG, drawn 4096 at a time (one call per 4096 queries). */
+const idPool = new Uint16Array(4096);
+let idNext = idPool.length;
+
 /** Picks an ID not in `pending`; random so answers cannot be guessed (RFC 5452 9.2). */
 function freeId(pending: Map<number, Pending>): number {
   for (;;) {
-    const id = randomInt(0, 65536);
+    if (idNext === idPool.length) {
+      randomFillSync(idPool);
+      idNext = 0;
+    }
+    const id = idPool[idNext++];
     if (!pending.has(id)) return id;
-  }
-}
-
-/** Sets SO_MARK on a dgram socket's descriptor (node has no option for it). */
-function markDgram(sock: dgram.Socket, mark: number): void {
-  const quiet = process.noDeprecation;
-  process.noDeprecation = true; // dgram's _handle getter is deprecated (DEP0112); its fd is what we need
-  try {
-    const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) throw new Error('no descriptor on the upstream UDP socket');
-    addon.sockSetMark(fd, mark);
-  } finally {
-    process.noDeprecation = quiet;
   }
 }
 
@@ -95,6 +92,11 @@ abstract class Base {
     if (o.servers.length === 0) throw new RangeError('upstream: at least one server');
     this.sweeper = setInterval(() => this.sweep(Date.now()), Math.max(20, Math.min(250, o.timeoutMs / 4)));
     this.sweeper.unref();
+  }
+
+  /** A copy of the counters. */
+  snapshot(): UpstreamCounters {
+    return { ...this.counters };
   }
 
   get inflight(): number {
@@ -169,7 +171,7 @@ abstract class Base {
 
 export class UdpUpstream extends Base {
   /** One connected socket per server: sends need no address, and only that server's datagrams arrive. */
-  private readonly socks: dgram.Socket[] = [];
+  private readonly socks: UdpBatch[] = [];
 
   private constructor(o: UpstreamOptions) {
     super(o);
@@ -179,27 +181,18 @@ export class UdpUpstream extends Base {
     const u = new UdpUpstream(o);
     try {
       for (const server of o.servers) {
-        const v6 = server.address.includes(':');
-        const sock = dgram.createSocket({ type: v6 ? 'udp6' : 'udp4', recvBufferSize: 1 << 20 });
+        const sock: UdpBatch = new UdpBatch({
+          address: server.address.includes(':') ? '::' : '0.0.0.0',
+          connect: server,
+          mark: o.mark, // set before connect: the route is chosen with the mark
+          recvBufferBytes: 1 << 20,
+          maxDatagram: 65536, // any UDP answer whole (pages of the slab are touched only as used)
+          batch: 32,
+          onBatch: (n) => {
+            for (let i = 0; i < n; i++) u.onAnswer(sock.copy(i));
+          },
+        });
         u.socks.push(sock);
-        await new Promise<void>((res, rej) => {
-          sock.once('error', rej);
-          sock.bind(0, v6 ? '::' : '0.0.0.0', () => {
-            sock.off('error', rej);
-            res();
-          });
-        });
-        if (o.mark !== 0) markDgram(sock, o.mark); // before connect: the route is chosen with the mark
-        await new Promise<void>((res, rej) => {
-          sock.once('error', rej);
-          sock.connect(server.port, server.address, () => {
-            sock.off('error', rej);
-            res();
-          });
-        });
-        sock.on('message', (m) => u.onAnswer(m));
-        // ICMP errors (server down) arrive as socket errors: the timeout answers the client
-        sock.on('error', () => void u.counters.errors++);
       }
     } catch (e) {
       u.close();
@@ -208,8 +201,18 @@ export class UdpUpstream extends Base {
     return u;
   }
 
+  /** errors adds the sockets' own: ICMP unreachable (server down; the timeout answers the client) and failed sends. */
+  override snapshot(): UpstreamCounters {
+    const c = super.snapshot();
+    for (const s of this.socks) {
+      const k = s.counters();
+      c.errors += k.socketErrors + k.recvErrors + k.sendErrors + k.sendDropped;
+    }
+    return c;
+  }
+
   protected send(_id: number, p: Pending): void {
-    this.socks[p.server].send(p.msg); // errors arrive as 'error' events (counted)
+    this.socks[p.server].send(p.msg); // failures are counted by the socket
   }
 
   override close(): void {
