@@ -275,6 +275,43 @@ describe('dns proxy sockets', () => {
     expect(proxy.counters().queriesTcp).toBe(3);
   });
 
+  it('UDP: a query of exactly 4096 bytes is answered, one of 4097 is an oversized drop (the socket keeps 4096)', async () => {
+    await setup();
+    /** A query padded with an EDNS0 PADDING option (RFC 7830) to `size` bytes. */
+    const padded = (id: number, size: number) => {
+      const opt = (n: number) =>
+        dnsPacket.encode({
+          type: 'query',
+          id,
+          flags: dnsPacket.RECURSION_DESIRED,
+          questions: [{ name: 'pad.example', type: 'A', class: 'IN' }],
+          additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 4096, flags: 0, options: [{ code: 12, data: Buffer.alloc(n) }] }],
+        } as dnsPacket.Packet);
+      const m = opt(size - opt(0).length);
+      expect(m.length).toBe(size);
+      return m;
+    };
+    const got = await exchange(await client(), [padded(1, 4097), padded(2, 4096)], 2, 500);
+    expect(got.map((p) => [p.id, p.rcode])).toEqual([[2, 'NOERROR']]);
+    expect((got[0].answers![0] as { data: string }).data).toBe(addressFor('pad.example'));
+    expect(proxy.counters().drops.oversized).toBe(1);
+    expect(proxy.counters().queriesUdp).toBe(2);
+  });
+
+  it('UDP on IPv4 and IPv6 listeners at once: each client is answered at its own address', async () => {
+    await setup({ listen: ['127.0.0.1', '::1'] });
+    const c4 = await client();
+    const c6 = dgram.createSocket('udp6');
+    await new Promise<void>((r) => c6.bind(0, '::1', () => r()));
+    sockets.push(c6);
+    const got6 = new Promise<Reply>((r) => c6.once('message', (m) => r(dnsPacket.decode(m))));
+    c6.send(query('six.example', 6), proxy.port, '::1');
+    const [p4] = await exchange(c4, [query('four.example', 4)], 1);
+    const p6 = await got6;
+    expect([p4.id, p4.questions![0].name, (p4.answers![0] as { data: string }).data]).toEqual([4, 'four.example', addressFor('four.example')]);
+    expect([p6.id, p6.questions![0].name, (p6.answers![0] as { data: string }).data]).toEqual([6, 'six.example', addressFor('six.example')]);
+  });
+
   it('a truncated UDP answer passes through with TC set', async () => {
     await setup();
     up.mode = { truncate: true };
