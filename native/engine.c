@@ -6,6 +6,7 @@
 #include <linux/virtio_net.h>
 #include <netinet/udp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,10 +124,12 @@ static void ev_push_miss(tenc_engine *e, int v, const uint8_t *dst, const uint8_
       memcpy(ev.data, pkt, len);
       ev.len = len;
     }
-    if (ev_push_locked(e, &ev) == 0)
+    if (ev_push_locked(e, &ev) == 0) {
       e->ev_miss++;
-    else
+    } else if (ev.data) {
+      explicit_bzero(ev.data, ev.len); /* the pod's plaintext */
       free(ev.data);
+    }
   }
   pthread_mutex_unlock(&e->ev_mu);
 }
@@ -684,6 +687,7 @@ static void busy_poll(tenc_engine *e) {
     uint64_t now = tenc_now_ns();
     if (did) start = now;
     else if (now - start >= budget) return;
+    else sched_yield(); /* on 2 cores the woken application must not wait for us */
   }
 }
 
@@ -1039,8 +1043,19 @@ static void *rx_main(void *arg) {
     }
     pthread_mutex_lock(&e->rx_mu);
     int n = rx_cycle(e, x, &more);
+    uint32_t injected = x->ninj;
     pthread_mutex_unlock(&e->rx_mu);
-    if (!more && n > 0 && n <= SPIN_SMALL && e->busy_poll_us) busy_poll(e);
+    if (more || n <= 0 || n > SPIN_SMALL) continue;
+    /* Inline reply (TENC_INLINE_TX): a small batch just written to the TUN device
+     * is usually answered within that write (the kernel runs the local stack in
+     * it: an echo reply, a TCP ACK, a request's response). Read and send it from
+     * here instead of waking the TX thread for it. */
+    if (e->inline_tx && e->o.mode_tun && injected && pthread_mutex_trylock(&e->tx_mu) == 0) {
+      int m;
+      (void)tx_cycle(e, e->tx, &m);
+      pthread_mutex_unlock(&e->tx_mu);
+    }
+    if (e->busy_poll_us) busy_poll(e);
   }
   return NULL;
 }
@@ -1097,6 +1112,7 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
   pthread_mutex_init(&e->tx_mu, NULL);
   pthread_mutex_init(&e->rx_mu, NULL);
   e->busy_poll_us = o->busy_poll_us;
+  e->inline_tx = o->inline_tx;
   e->tx_batch = o->tx_batch_kb << 10;
   e->peers = calloc(TENC_MAX_PEERS, sizeof *e->peers);
   e->kcap = 64;
@@ -1218,7 +1234,10 @@ void tenc_engine_free(tenc_engine *e) {
   rx_free(e->rx);
   uint32_t n;
   tenc_event *ev = tenc_engine_take_events(e, &n);
-  for (uint32_t i = 0; i < n; i++) free(ev[i].data);
+  for (uint32_t i = 0; i < n; i++) {
+    if (ev[i].data) explicit_bzero(ev[i].data, ev[i].len); /* route_miss copies are the pod's plaintext */
+    free(ev[i].data);
+  }
   free(ev);
   pthread_rwlock_destroy(&e->lock);
   pthread_mutex_destroy(&e->ev_mu);

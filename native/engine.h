@@ -162,6 +162,7 @@ typedef struct {
   uint32_t mtu;       /* 0 = no check; else plaintext larger than this is too_big */
   int scatter_seal;   /* seal TSO/USO segments out of the super-packet (no copy first) */
   uint32_t busy_poll_us; /* 0 = off; else idle budget of the busy poll after a small batch */
+  int inline_tx;      /* RX thread: after a small TUN write, read and send the answer itself */
   int gro_iov;        /* TUN GRO: writev of headers + payloads in place instead of a merged copy */
   uint32_t tx_batch_kb;  /* 0 = the whole arena; else stop reading the TUN device past this much */
 } tenc_engine_opts;
@@ -194,6 +195,7 @@ struct tenc_engine {
   pthread_t tx_thr, rx_thr;
   pthread_mutex_t tx_mu, rx_mu; /* a pipeline's batch state: its thread, or the other one busy polling */
   uint32_t busy_poll_us;
+  int inline_tx;
   int threads_started;
   atomic_int stopping;
   atomic_uint key_gen; /* bumped when a keypair is freed: threads then wipe their AEAD contexts' cached key */

@@ -26,6 +26,9 @@
  *   TENC_BUSY_POLL_US=N (0..2000, default 0 = off): after a batch of at most 16
  *     packets a data thread polls both the TUN device and the UDP socket for up to
  *     N microseconds of idle time before sleeping (engine.c busy_poll)
+ *   TENC_INLINE_TX=0|1 (default 1): after writing a small batch (at most 16
+ *     datagrams) to the TUN device, the RX thread reads the device once and sends
+ *     what it holds (usually the answer: echo reply, ACK) instead of a TX wake-up
  *   TENC_GRO_IOV=0|1 (default 1): a merged TCP run is written to the TUN device
  *     with writev (its headers + each payload where it was decrypted) instead of
  *     being copied into one frame first
@@ -307,6 +310,7 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
   o.mtu = (uint32_t)mtu;
   o.scatter_seal = env_switch("TENC_SCATTER_SEAL", 1);
   o.busy_poll_us = env_uint("TENC_BUSY_POLL_US", 0, 2000);
+  o.inline_tx = env_switch("TENC_INLINE_TX", 1);
   o.tx_batch_kb = env_uint("TENC_TX_BATCH_KB", 0, 4096);
   o.gro_iov = env_switch("TENC_GRO_IOV", 1);
 
