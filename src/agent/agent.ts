@@ -11,7 +11,9 @@
  *   4. gives every local pod its peers (every other project pod with a published
  *      key; allowed IPs: its address, plus the VIPs of services this client reaches
  *      through that endpoint) and its services (the VIPs it serves), over the pod's
- *      control socket: removals first, so a re-keyed pod never clashes with its old key.
+ *      control socket: removals first, so a re-keyed pod never clashes with its old key;
+ *      to a pod with the DNS proxy also the services' keyed endpoints (set-endpoints)
+ *      and the project's members, every pod address and VIP (set-members).
  *
  * A proxy found running at start (the agent was restarted) is adopted through its
  * control socket. SIGTERM stops the proxies this agent started and withdraws them.
@@ -42,6 +44,12 @@ export interface DesiredPod {
   services: { vip: string; ports: ServiceConfig['ports'] }[];
   /** For the pod's DNS proxy: each VIP's endpoints that have a key (the pod itself included). */
   endpoints: { vip: string; addresses: string[] }[];
+  /**
+   * For the pod's DNS proxy: every project pod address and service VIP, with a key or
+   * not (set-members), so first-use classification never takes one for another
+   * project's: without a peer it is dropped, not bypassed in plaintext.
+   */
+  members: string[];
 }
 
 function pick<T>(client: string, service: string, items: T[]): T {
@@ -77,7 +85,8 @@ export function desiredState(view: ProjectView, pod: PodInfo): DesiredPod {
     if (usable.length === 0) continue;
     peers.get(pick(pod.name, s.name, usable).name)!.allowedIps.push(`${s.vip}/32`);
   }
-  return { peers: [...peers.values()].sort((a, b) => a.publicKey.localeCompare(b.publicKey)), services, endpoints };
+  const members = [...new Set([...view.pods.map((p) => `${p.address}/32`), ...view.services.map((s) => `${s.vip}/32`)])].sort();
+  return { peers: [...peers.values()].sort((a, b) => a.publicKey.localeCompare(b.publicKey)), services, endpoints, members };
 }
 
 /** The control requests that turn `applied` into `desired`: removals first. */
@@ -168,6 +177,8 @@ interface Proxy {
   services: string | null;
   /** JSON of the endpoints given to the DNS proxy; null: not yet (or the pod runs no DNS proxy: dns false). */
   endpoints: string | null;
+  /** JSON of the members given to the DNS proxy (set-members); null: not yet. */
+  members: string | null;
   dns: boolean;
   starting: boolean;
   restartAt: number;
@@ -251,7 +262,7 @@ export class Agent {
     for (const pod of local) {
       let px = this.proxies.get(pod.name);
       if (!px) {
-        px = { pod, socket: podSocket(pod.netns!), child: null, pid: null, publicKey: null, applied: new Map(), services: null, endpoints: null, dns: false, starting: false, restartAt: 0 };
+        px = { pod, socket: podSocket(pod.netns!), child: null, pid: null, publicKey: null, applied: new Map(), services: null, endpoints: null, members: null, dns: false, starting: false, restartAt: 0 };
         this.proxies.set(pod.name, px);
       }
       px.pod = pod;
@@ -328,6 +339,12 @@ export class Agent {
       px.endpoints = endpoints;
       this.log.info({ pod: px.pod.name, vips: want.endpoints.length }, 'endpoints set');
     }
+    const members = JSON.stringify(want.members);
+    if (px.dns && members !== px.members) {
+      await controlRequest(px.socket, { op: 'set-members', members: want.members });
+      px.members = members;
+      this.log.info({ pod: px.pod.name, members: want.members.length }, 'members set');
+    }
   }
 
   /** Adopts a live proxy (agent restart) or starts one. Runs inside reconcile (one at a time). */
@@ -356,6 +373,7 @@ export class Agent {
       px.pid = findProxyPid(px.pod.netns!, join(this.o.runDir, `${px.pod.name}.json`));
       px.services = null;
       px.endpoints = null;
+      px.members = null;
       px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
       this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey) }, 'running proxy adopted');
     }
@@ -417,6 +435,7 @@ export class Agent {
     px.applied = new Map();
     px.services = null;
     px.endpoints = null;
+    px.members = null;
     this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid }, 'proxy started');
   }
 
@@ -428,6 +447,7 @@ export class Agent {
     px.applied = new Map();
     px.services = null;
     px.endpoints = null;
+    px.members = null;
     px.restartAt = Date.now() + RESTART_DELAY_MS;
     if (this.proxies.get(px.pod.name) === px) setTimeout(() => this.kick(), RESTART_DELAY_MS);
   }

@@ -134,9 +134,13 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
   log.info({ dataPlane: description, tun: plane.tun.name, port: plane.udp.port }, 'data plane open');
   const known = new Set<string>();
   let onMiss: ((destination: string, packet: Uint8Array | null) => void) | null = null;
+  let closed = false;
   plane.onEvents((events) => {
-    if (onMiss === null) return;
-    for (const ev of events) if (ev.type === 'route_miss') onMiss(ev.destination, ev.packet);
+    for (const ev of events) {
+      if (ev.type !== 'route_miss') continue;
+      if (onMiss !== null) onMiss(ev.destination, ev.packet);
+      else ev.packet?.fill(0); // reported before reporting was turned off: the pod's plaintext, wiped
+    }
   });
   // raw sockets for released packets, opened on first use; no fwmark: they follow tenc's rule
   const releaseFds: Partial<Record<4 | 6, number>> = {};
@@ -162,6 +166,7 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
       plane.reportRouteMisses(handler !== null);
     },
     releasePacket(packet) {
+      if (closed) throw new Error('releasePacket: the engine is closed');
       const family = packet.length > 0 && packet[0] >> 4 === 6 ? 6 : 4;
       releaseFds[family] ??= native.openRaw(family);
       native.sendRaw(releaseFds[family]!, packet);
@@ -193,9 +198,12 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
     },
     async close() {
       onMiss = null;
+      closed = true;
       await device.close();
       await plane.close();
       for (const fd of Object.values(releaseFds)) native.closeFd(fd);
+      delete releaseFds[4];
+      delete releaseFds[6];
     },
   };
 };

@@ -139,6 +139,7 @@ export class Pod implements ControlHandler {
     if (leak) throw new Error(`allowedIps: ${leak}`);
     await this.engine.setPeer(peer);
     this.peers.set(peer.publicKey, peer);
+    this.membershipChanged();
     const before = old?.allowedIps ?? [];
     await this.routing.addRoutes(peer.allowedIps.filter((ip) => !before.includes(ip)));
     for (const ip of before.filter((x) => !peer.allowedIps.includes(x))) await this.routing.removeRoute(ip);
@@ -162,6 +163,7 @@ export class Pod implements ControlHandler {
     if (!old) return false;
     for (const ip of old.allowedIps) await this.routing.removeRoute(ip);
     this.peers.delete(publicKey);
+    this.membershipChanged();
     await this.enforcement?.setSources(this.projectSources());
     await this.engine.removePeer(publicKey);
     this.log.info({ peer: keyFingerprint(publicKey) }, 'peer removed');
@@ -200,10 +202,29 @@ export class Pod implements ControlHandler {
     this.log.info({ services: endpoints.length }, 'endpoints set');
   }
 
-  /** Is the address in a peer's allowed IPs or a service VIP (DNS address classification)? */
+  /** The project's member addresses (control op set-members): project whatever DNS says. */
+  private members: string[] = [];
+  /** destinations() + members as one set, built on first use after a change. */
+  private memberSet: CidrSet | null = null;
+
+  /** Is the address a project member: a peer's allowed IPs, a service VIP, a member (DNS address classification)? */
   isMember(address: string): boolean {
-    const all = this.destinations();
-    return all.length > 0 && new CidrSet(all).has(address);
+    this.memberSet ??= new CidrSet([...this.destinations(), ...this.members]);
+    return this.memberSet.has(address);
+  }
+
+  /** Peers, services or members changed: the member set and cached verdicts are stale. */
+  private membershipChanged(): void {
+    this.memberSet = null;
+    this.dns?.membershipChanged();
+  }
+
+  /** The project's member addresses (control op set-members; the agent sends every project pod). */
+  setMembers(cidrs: string[]): void {
+    if (!this.dns) throw new Error('this pod runs no DNS proxy (dns.enabled)');
+    this.members = [...cidrs];
+    this.membershipChanged();
+    this.log.info({ members: cidrs.length }, 'members set');
   }
 
   /** The DNS proxy's verdict on an address (control op classify-address). */
@@ -244,6 +265,7 @@ export class Pod implements ControlHandler {
     await this.routing.addRoutes(after.filter((c) => !before.includes(c)));
     for (const c of before.filter((x) => !after.includes(x))) await this.routing.removeRoute(c);
     this.services = services;
+    this.membershipChanged();
     this.log.info({ services: services.length }, 'services set');
   }
 }
@@ -328,6 +350,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       priority: config.rulePriority,
       fwmark: config.fwmark,
       addresses: config.addresses,
+      bypassRanges: config.dns.enabled ? config.dns.classifyCidrs : [],
       ip,
       log,
     });
@@ -395,6 +418,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
           },
           addBypass: (c) => routing.addBypass(c),
           removeBypass: (c) => routing.removeBypass(c),
+          hasBypass: (c) => routing.hasBypass(c),
           release,
           now: Date.now,
           holdMs: Math.max(config.dns.maxTtl, 5) * 1000,
@@ -407,7 +431,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
           run: () => {
             clearInterval(timer);
             onRouteMiss(null);
-            misses.clear();
+            misses.stop();
           },
         });
         onRouteMiss((destination, packet) => void misses.miss(destination, packet));

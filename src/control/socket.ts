@@ -27,6 +27,8 @@ import {
   validateServices,
   validateEndpoints,
   parseAddress,
+  parseCidr,
+  MAX_ALLOWED_IPS,
   type PeerConfig,
   type ServiceConfig,
   type ServiceEndpoints,
@@ -36,8 +38,8 @@ import { silentLogger, type Logger } from '../log.js';
 
 export const MAX_REQUEST_BYTES = 1 << 20;
 
-export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints' | 'classify-address';
-export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey', 'set-endpoints', 'classify-address'];
+export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints' | 'set-members' | 'classify-address';
+export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey', 'set-endpoints', 'set-members', 'classify-address'];
 
 /**
  * A set-peer request: the public key and the fields the request gave. For a new
@@ -71,6 +73,11 @@ export interface ControlHandler {
   rekey?(publicKey: string | null): RekeyResult[] | Promise<RekeyResult[]>;
   /** Replaces the project services' ready endpoints the DNS proxy rewrites VIPs to. Optional: without it, EIO. */
   setEndpoints?(endpoints: ServiceEndpoints[]): void | Promise<void>;
+  /**
+   * Replaces the project's member addresses (every project pod, with a key or not):
+   * first-use classification calls them project whatever DNS says. Optional: without it, EIO.
+   */
+  setMembers?(cidrs: string[]): void | Promise<void>;
   /** The DNS proxy's verdict on an address not learned through DNS. Optional: without it, EIO. */
   classifyAddress?(address: string): Promise<{ verdict: string; reason: string }>;
 }
@@ -168,6 +175,20 @@ export async function dispatch(
       if ('problems' in r) throw new RequestError('EINVAL', r.problems.map((p) => `${p.field}: ${p.problem}`).join('; '));
       if (!handler.setEndpoints) throw new Error('this pod runs no DNS proxy');
       await handler.setEndpoints(r.endpoints);
+      return null;
+    }
+    case 'set-members': {
+      onlyFields(req, ['id', 'op', 'members']);
+      if (!Array.isArray(req.members)) throw new RequestError('EINVAL', 'members: must be an array of CIDRs');
+      if (req.members.length > MAX_ALLOWED_IPS) throw new RequestError('EINVAL', `members: at most ${MAX_ALLOWED_IPS}`);
+      const members: string[] = [];
+      for (const [i, m] of (req.members as unknown[]).entries()) {
+        const c = parseCidr(m);
+        if (!c.ok) throw new RequestError('EINVAL', `members[${i}]: ${c.problem}`);
+        members.push(c.value);
+      }
+      if (!handler.setMembers) throw new Error('this pod runs no DNS proxy');
+      await handler.setMembers(members);
       return null;
     }
     case 'classify-address': {

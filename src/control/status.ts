@@ -68,6 +68,7 @@ export interface DnsStatusReport {
     heldDropped: number;
     releaseErrors: number;
     evicted: number;
+    rechecked: number;
     errors: number;
     busy: number;
   };

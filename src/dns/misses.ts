@@ -30,9 +30,11 @@ export interface RouteMissOptions {
   /** Is the address inside the classified ranges? Misses outside them (e.g. the kernel's own multicast out of tenc0) are ignored. */
   inRange: (address: string) => boolean;
   classify: (address: string) => Promise<AddressVerdict>;
-  /** Adds `throw <cidr>`; false when refused (a tunnel route of that prefix exists). */
+  /** Adds `throw <cidr>`; false when refused (a tunnel route covers it). */
   addBypass: (cidr: string) => Promise<boolean>;
   removeBypass: (cidr: string) => Promise<void>;
+  /** Is the bypass still installed? The routing deletes one a new tunnel route covers. */
+  hasBypass: (cidr: string) => boolean;
   /** Sends the reported packet again through the kernel's routing (after the bypass). */
   release: (packet: Uint8Array) => void;
   now: () => number;
@@ -60,6 +62,8 @@ export interface RouteMissCounters {
   releaseErrors: number;
   /** Bypasses removed because the table was full (oldest first). */
   evicted: number;
+  /** Bypasses classified again when their verdict time ended. */
+  rechecked: number;
   /** Classification or route changes that failed. */
   errors: number;
   /** Misses not taken up because 256 addresses were already being classified. */
@@ -71,6 +75,8 @@ const MAX_HELD_PER_ADDRESS = 16;
 const MAX_HELD = 1024;
 /** Addresses classified at once; further misses wait for their next report. */
 const MAX_PENDING = 256;
+/** Bypasses checked again per expire() call (the rest on the next calls). */
+const EXPIRE_BATCH = 32;
 
 interface Bypass {
   until: number;
@@ -82,8 +88,9 @@ export class RouteMisses {
   /** Addresses being classified, with the packets reported meanwhile (released together after a bypass). */
   private readonly pending = new Map<string, Uint8Array[]>();
   private buffered = 0;
+  private stopped = false;
   private readonly max: number;
-  readonly counters: RouteMissCounters = { misses: 0, outOfRange: 0, bypassed: 0, projectUnrouted: 0, undecided: 0, released: 0, heldDropped: 0, releaseErrors: 0, evicted: 0, errors: 0, busy: 0 };
+  readonly counters: RouteMissCounters = { misses: 0, outOfRange: 0, bypassed: 0, projectUnrouted: 0, undecided: 0, released: 0, heldDropped: 0, releaseErrors: 0, evicted: 0, rechecked: 0, errors: 0, busy: 0 };
 
   constructor(private readonly o: RouteMissOptions) {
     if (!Number.isFinite(o.holdMs) || o.holdMs <= 0) throw new RangeError('RouteMisses: holdMs must be > 0');
@@ -111,8 +118,15 @@ export class RouteMisses {
       this.fail('miss', e);
       return;
     }
+    if (this.stopped) {
+      packet?.fill(0);
+      return;
+    }
     // a bypass in place (its packet raced the route): release; a classification under way: wait with it
-    if (this.bypasses.has(cidr)) return this.releaseNow(packet);
+    if (this.bypasses.has(cidr)) {
+      if (this.o.hasBypass(cidr)) return this.releaseNow(packet);
+      this.bypasses.delete(cidr); // a tunnel route took its place and may have gone again: classify afresh
+    }
     const waiting = this.pending.get(cidr);
     if (waiting) {
       this.hold(waiting, packet);
@@ -132,14 +146,14 @@ export class RouteMisses {
       const v = await this.o.classify(destination);
       if (v.verdict === 'project') this.counters.projectUnrouted++;
       else if (v.reason === 'lookup-failed') this.counters.undecided++;
-      else bypassed = await this.add(cidr);
+      else if (!this.stopped) bypassed = await this.add(cidr);
     } catch (e) {
       this.fail('miss', e);
     } finally {
       this.pending.delete(cidr);
       this.buffered -= held.length;
       for (const p of held) {
-        if (bypassed) this.releaseNow(p);
+        if (bypassed && !this.stopped) this.releaseNow(p);
         else p.fill(0);
       }
     }
@@ -160,9 +174,15 @@ export class RouteMisses {
   private async add(cidr: string): Promise<boolean> {
     while (this.bypasses.size >= this.max) {
       const oldest = this.bypasses.keys().next().value!;
+      const b = this.bypasses.get(oldest)!;
       this.bypasses.delete(oldest);
+      try {
+        await this.o.removeBypass(oldest);
+      } catch (e) {
+        this.bypasses.set(oldest, b); // still installed: keep tracking it, add nothing
+        throw e;
+      }
       this.counters.evicted++;
-      await this.o.removeBypass(oldest);
     }
     if (!(await this.o.addBypass(cidr))) return false;
     this.bypasses.set(cidr, { until: this.o.now() + this.o.holdMs, checking: false });
@@ -182,23 +202,26 @@ export class RouteMisses {
     packet.fill(0);
   }
 
-  /** Classifies expired bypasses again: kept while still not project, else removed. */
+  /** Classifies expired bypasses again (at most 32 per call): kept while still not project, else removed. */
   async expire(): Promise<void> {
+    if (this.stopped) return;
     const now = this.o.now();
-    const due = [...this.bypasses].filter(([, b]) => b.until <= now && !b.checking);
+    for (const [cidr] of this.bypasses) if (!this.o.hasBypass(cidr)) this.bypasses.delete(cidr); // taken over by a tunnel route
+    const due = [...this.bypasses].filter(([, b]) => b.until <= now && !b.checking).slice(0, EXPIRE_BATCH);
     await Promise.all(
       due.map(async ([cidr, b]) => {
         b.checking = true;
         try {
           const v = await this.o.classify(cidr.slice(0, cidr.lastIndexOf('/')));
+          this.counters.rechecked++;
           if (this.bypasses.get(cidr) !== b) return; // evicted or removed meanwhile
           if (v.verdict !== 'project') {
             // kept while not project; a failed lookup keeps it too and is asked again soon
             b.until = this.o.now() + (v.reason === 'lookup-failed' ? Math.min(this.o.holdMs, 2000) : this.o.holdMs);
             return;
           }
-          this.bypasses.delete(cidr);
           await this.o.removeBypass(cidr);
+          if (this.bypasses.get(cidr) === b) this.bypasses.delete(cidr); // only once it is gone
         } catch (e) {
           this.fail('expire', e);
           b.until = this.o.now() + this.o.holdMs; // try again later; never cut a flow on an error
@@ -209,8 +232,12 @@ export class RouteMisses {
     );
   }
 
-  /** Forgets every bypass (the routing teardown removes the routes themselves). */
-  clear(): void {
+  /**
+   * Stops: later misses are wiped and ignored, classifications under way add no
+   * bypass and release nothing. The routing teardown removes the routes themselves.
+   */
+  stop(): void {
+    this.stopped = true;
     this.bypasses.clear();
   }
 

@@ -269,6 +269,7 @@ export class DnsProxy {
     if (q === null) return null;
     const r = await this.upUdp.query(m, q);
     if (r === null || r === 'busy' || !recordsWellFormed(r, q)) return null;
+    if (r.length < 4 || (r[2] & 0x02) !== 0) return null; // truncated (TC): a partial answer is no answer
     try {
       const d = dnsPacket.decode(r) as ReturnType<typeof dnsPacket.decode> & { rcode?: string };
       const ptrs = (d.answers ?? []).filter((a) => a.type === 'PTR') as { data: string; ttl?: number }[];

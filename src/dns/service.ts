@@ -129,6 +129,11 @@ export class DnsService {
     this.classifier?.clear();
   }
 
+  /** Peers, services or members changed: cached address verdicts are stale. */
+  membershipChanged(): void {
+    this.classifier?.clear();
+  }
+
   /** Classifies an address not learned through DNS (a client dialing a raw IP). */
   classifyAddress(address: string): Promise<AddressVerdict> {
     return this.classifier!.classify(address);

@@ -31,21 +31,27 @@
  * chain, one after the other, so concurrent callers (the control socket, DNS
  * answers, TTL expiry) never read a count another change is about to update.
  *
- * Bypass routes (`throw <dst>` in table T, addBypass/removeBypass): a destination
- * inside a routed range (dns.classifyCidrs) that was classified as not project
- * traffic; the lookup leaves T at the throw and continues with the main table.
- * Added with `add`, never `replace`, so a bypass can never displace a tenc0 route
- * of the same prefix; a tenc0 route added later does replace it (addRoutes).
+ * Bypass routes (`throw <dst> proto 117` in table T, addBypass/removeBypass): a
+ * host inside one of the bypass ranges (dns.classifyCidrs, routed into tenc0 as a
+ * whole) that was classified as not project traffic; the lookup leaves T at the
+ * throw and continues with the main table. A bypass is refused unless it lies in a
+ * bypass range and no other tenc0 route of this run (a peer's allowed IPs, a VIP, a
+ * DNS answer) covers it; a tenc0 route added later deletes every bypass it covers
+ * first (those packets then meet the range's tenc0 route, never the main table).
+ * Added with `add`, never `replace`, so a bypass can never displace a tenc0 route of
+ * the same prefix; deleted by its proto, since IPv6 `route del` does not match the
+ * route type and would otherwise delete a tenc0 route or a guard of that prefix.
  *
  * Residue of a crashed run (removeResidue, run before guard and install):
  *  - rules (IPv4 and IPv6) whose priority is P and whose table is T: adopted
  *    (one per family; duplicates deleted);
  *  - unreachable routes in table T with the guard metric 4294967295: adopted;
  *  - routes in table T whose device is the interface name (tenc0): deleted;
- *  - throw routes in table T (bypasses): deleted;
+ *  - throw routes with proto 117 in table T (bypasses): deleted;
  *  - the pod's own addresses as /32 or /128 on that interface, if it still exists: deleted.
  * Routes in T through other devices are left alone (logged), as not ours.
  */
+import { Address4, Address6 } from 'ip-address';
 import { IpCommand, IpCommandError, type Family } from './ip.js';
 import { addressFamily } from '../control/config.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -57,6 +63,8 @@ export interface PolicyRoutingOptions {
   fwmark: number;
   /** The pod's own addresses; used as the routes' preferred source. */
   addresses: { v4: string | null; v6: string | null };
+  /** Ranges inside which bypasses may be made (dns.classifyCidrs); their own tenc0 routes do not block one. */
+  bypassRanges?: string[];
   ip?: IpCommand;
   log?: Logger;
 }
@@ -83,6 +91,24 @@ export interface ResidueReport {
 export interface TeardownOptions {
   /** Leave the rule and the unreachable guards in place (fail closed). */
   keepGuards?: boolean;
+}
+
+/** Routing protocol number of bypass routes: they are found and deleted by it. */
+export const BYPASS_PROTO = 117;
+
+/** Does CIDR `outer` contain CIDR `inner` (same family, prefix at least as long)? */
+export function cidrCovers(outer: string, inner: string): boolean {
+  const [oa, ol] = outer.split('/');
+  const [ia, il] = inner.split('/');
+  const v6 = oa.includes(':');
+  if (v6 !== ia.includes(':')) return false;
+  const width = v6 ? 128 : 32;
+  const olen = ol === undefined ? width : Number(ol);
+  const ilen = il === undefined ? width : Number(il);
+  if (ilen < olen) return false;
+  const bits = (a: string) => (v6 ? new Address6(a).bigInt() : new Address4(a).bigInt());
+  const shift = BigInt(width - olen);
+  return bits(oa) >> shift === bits(ia) >> shift;
 }
 
 /** Metric of the fail-closed unreachable routes: the largest, so the tenc0 route always wins. */
@@ -161,7 +187,7 @@ export class PolicyRouting {
           report.guards++;
         } else if (r.dev === ifname && (r.type === undefined || r.type === 'unicast')) {
           del.push(`route del ${r.dst} dev ${ifname} table ${this.t}`);
-        } else if (r.type === 'throw') {
+        } else if (r.type === 'throw' && String(r.protocol) === String(BYPASS_PROTO)) {
           del.push(this.bypassLine(withPrefix(r.dst), 'del'));
         } else this.log.warn({ table: this.opts.table, route: r.dst, dev: r.dev }, 'route in tenc table through another device left alone');
       }
@@ -281,7 +307,7 @@ export class PolicyRouting {
   }
 
   private bypassLine(cidr: string, op: 'add' | 'del'): string {
-    return `route ${op} throw ${cidr} table ${this.t}`;
+    return `route ${op} throw ${cidr} table ${this.t} proto ${BYPASS_PROTO}`;
   }
 
   /** The bypass (throw) routes currently installed. */
@@ -289,16 +315,28 @@ export class PolicyRouting {
     return [...this.bypassed];
   }
 
+  hasBypass(cidr: string): boolean {
+    return this.bypassed.has(cidr);
+  }
+
+  /** Would a bypass of `cidr` be allowed now: inside a bypass range, under no other tenc0 route of this run? */
+  private bypassable(cidr: string): boolean {
+    const ranges = this.opts.bypassRanges ?? [];
+    if (!ranges.some((r) => cidrCovers(r, cidr))) return false;
+    for (const route of this.refs.keys()) if (!ranges.includes(route) && cidrCovers(route, cidr)) return false;
+    return true;
+  }
+
   /**
    * Adds `throw <cidr>` to table T: traffic to it leaves through the main table.
-   * Returns false (and adds nothing) when a tenc0 route of this run has the same
-   * prefix, or the kernel refuses (a route of that prefix exists): a bypass never
-   * displaces a tunnel route.
+   * Returns false (and adds nothing) when it is not inside a bypass range, a tenc0
+   * route of this run other than the ranges covers it, or the kernel refuses (a
+   * route of that prefix exists): a bypass never displaces or undercuts a tunnel route.
    */
   addBypass(cidr: string): Promise<boolean> {
     return this.serial(async () => {
       if (this.bypassed.has(cidr)) return true;
-      if (this.refs.has(cidr)) return false;
+      if (!this.bypassable(cidr)) return false;
       const fam = familyOf(cidr);
       try {
         await this.ip.batch(fam, [this.bypassLine(cidr, 'add')]);
@@ -314,18 +352,24 @@ export class PolicyRouting {
 
   /** Removes a bypass added by addBypass (unknown ones are ignored). */
   removeBypass(cidr: string): Promise<void> {
-    return this.serial(async () => {
-      if (!this.bypassed.has(cidr)) return;
-      try {
-        await this.ip.batch(familyOf(cidr), [this.bypassLine(cidr, 'del')]);
-      } catch (e) {
-        // already gone (replaced by a tenc0 route of the same prefix): nothing to undo
-        if (!(e instanceof IpCommandError && /No such process/i.test(e.stderr))) throw e;
-      }
-      this.bypassed.delete(cidr);
-      const i = this.undo.findIndex((u) => u.kind === 'bypass' && u.cidr === cidr);
-      if (i >= 0) this.undo.splice(i, 1);
-    });
+    return this.serial(() => this.removeBypassNow(cidr));
+  }
+
+  private async removeBypassNow(cidr: string): Promise<void> {
+    if (!this.bypassed.has(cidr)) return;
+    try {
+      await this.ip.batch(familyOf(cidr), [this.bypassLine(cidr, 'del')]);
+    } catch (e) {
+      // already gone (an IPv4 `replace` of the same prefix turned it into a tenc0 route)
+      if (!(e instanceof IpCommandError && /No such process/i.test(e.stderr))) throw e;
+    }
+    this.forgetBypass(cidr);
+  }
+
+  private forgetBypass(cidr: string): void {
+    this.bypassed.delete(cidr);
+    const i = this.undo.findIndex((u) => u.kind === 'bypass' && u.cidr === cidr);
+    if (i >= 0) this.undo.splice(i, 1);
   }
 
   /** Adds routes (reference counted) and their guards, `ip -batch` per family. Serialized with every other change. */
@@ -341,6 +385,11 @@ export class PolicyRouting {
       if (n !== undefined) this.refs.set(cidr, n + 1);
       else if (fresh[familyOf(cidr)].includes(cidr)) extra.set(cidr, (extra.get(cidr) ?? 0) + 1);
       else fresh[familyOf(cidr)].push(cidr);
+    }
+    // bypasses these routes cover go first: their packets meet the range's tenc0 route, never the main table
+    const ranges = this.opts.bypassRanges ?? [];
+    for (const b of [...this.bypassed]) {
+      if ([...fresh[4], ...fresh[6]].some((c) => !ranges.includes(c) && cidrCovers(c, b))) await this.removeBypassNow(b);
     }
     for (const fam of [4, 6] as const) {
       const list = fresh[fam];
@@ -363,8 +412,6 @@ export class PolicyRouting {
         throw e;
       }
       list.forEach((c) => this.recordRoute(fam, c, extra.get(c) ?? 0));
-      // `replace` turned a bypass of the same prefix into the tenc0 route
-      for (const c of list) if (this.bypassed.delete(c)) this.undo.splice(this.undo.findIndex((u) => u.kind === 'bypass' && u.cidr === c), 1);
     }
   }
 

@@ -126,6 +126,8 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
   });
 
   it('a beta pod by raw IP: bypassed after a PTR lookup, in plaintext, its first packet released', async () => {
+    // one echo request, no retry: it arrives only if the reported packet is released after the bypass
+    expect(a.tryExec('ping', '-c', '1', '-W', '3', '10.77.0.3').status).toBe(0);
     const r = curl(a, 'http://10.77.0.3/');
     expect(r.body).toBe('beta-c-90f2');
     expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw 10\.77\.0\.3 /m);
@@ -138,7 +140,8 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
     expect(control(a, { op: 'classify-address', address: '10.77.0.3' })).toMatchObject({ ok: true, result: { verdict: 'other', reason: 'none' } });
   });
 
-  it('IPv6: a beta pod by raw IP is bypassed too', () => {
+  it('IPv6: a beta pod by raw IP is bypassed too, its first packet released', () => {
+    expect(a.tryExec('ping', '-6', '-c', '1', '-W', '3', 'fd00:77::3').status).toBe(0);
     expect(curl(a, 'http://[fd00:77::3]/').body).toBe('beta-c-90f2');
     expect(a.exec('ip', '-6', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw fd00:77::3 /m);
   });
@@ -163,6 +166,19 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
     expect(podStatus().drops.no_route).toBeGreaterThanOrEqual(1);
   });
 
+  it('a member the agent named (set-members) stays in the tunnel whatever its PTR says', async () => {
+    expect(control(a, { op: 'set-members', members: ['10.77.0.6/32'] })).toMatchObject({ ok: true });
+    const cap = await startCapture(br, 'br0', ['host', '10.77.0.6']);
+    const before = podStatus().dns.routeMisses.projectUnrouted;
+    expect(a.tryExec('ping', '-c', '2', '-i', '0.3', '-W', '1', '10.77.0.6').status).not.toBe(0);
+    await cap.stop();
+    const lines = cap.read();
+    cap.remove();
+    expect(lines).toEqual([]);
+    expect(podStatus().dns.routeMisses.projectUnrouted).toBeGreaterThan(before);
+    expect(control(a, { op: 'classify-address', address: '10.77.0.6' })).toMatchObject({ result: { verdict: 'project', reason: 'member' } });
+  });
+
   it('a peer by raw IP is tunneled: ciphertext on the wire, no bypass', async () => {
     const cap = await startCapture(br, 'br0', ['ip', 'host', '10.77.0.2']);
     expect(curl(a, 'http://10.77.0.2/').body).toBe('alpha-b-6d1e');
@@ -178,13 +194,40 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
 
   it('a bypass outlives its verdict time while the verdict holds (the flow is not cut)', async () => {
     // maxTtl 5 s: after it the address is classified again and keeps its bypass
+    const before = podStatus().dns.routeMisses.rechecked;
     await new Promise((r) => setTimeout(r, 6500));
+    expect(podStatus().dns.routeMisses.rechecked).toBeGreaterThan(before);
     expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw 10\.77\.0\.3 /m);
     expect(curl(a, 'http://10.77.0.3/').body).toBe('beta-c-90f2');
   }, 20_000);
 
-  it('status text shows the counters; a stop removes the ranges, guards and bypasses', async () => {
+  it('a peer whose wider allowed IPs cover a bypassed address takes it into the tunnel; after remove-peer it is bypassed again', async () => {
+    const key = spawnSync('node', [main, 'genkey'], { encoding: 'utf8' }).stdout;
+    const pub = spawnSync('node', [main, 'pubkey'], { input: key, encoding: 'utf8' }).stdout.trim();
+    tenc(a, 'set-peer', pub, '--allowed-ips', '10.77.0.0/29'); // no endpoint: its packets wait for a handshake
+    expect(a.exec('ip', 'route', 'get', '10.77.0.3')).toContain('dev tenc0');
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw 10\.77\.0\.3 /);
+    const cap = await startCapture(c, 'eth0', ['tcp', 'port', '80']);
+    expect(curl(a, 'http://10.77.0.3/', 2).ok).toBe(false);
+    await cap.stop();
+    const lines = cap.read();
+    cap.remove();
+    expect(lines).toEqual([]); // nothing in plaintext to the address the peer claims
+    tenc(a, 'remove-peer', pub);
+    expect(a.tryExec('ping', '-c', '1', '-W', '3', '10.77.0.3').status).toBe(0); // classified afresh, bypassed, released
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw 10\.77\.0\.3 /m);
+  });
+
+  it('kill -9 leaves the bypasses behind the guards; the next start deletes them; a stop leaves the namespace as it was', async () => {
     expect(tenc(a, 'status')).toMatch(/route misses: \d+; \d+ bypasses held/);
+    podA.child.kill('SIGKILL');
+    await podA.exit;
+    const left = a.exec('ip', 'route', 'show', 'table', String(TABLE));
+    expect(left).toMatch(/^throw 10\.77\.0\.3 /m);
+    expect(left).toMatch(/^unreachable 10\.77\.0\.0\/24 /m);
+    podA = await startPod(a, join(dir, 'a.json'));
+    expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw/);
+    expect(a.exec('ip', '-6', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw/);
     expect(await stopPod(podA)).toBe(0);
     expect(await waitFor(() => !a.exec('ip', 'route', 'show', 'table', String(TABLE)).includes('throw'), 3000)).toBe(true);
     expect(snapshot(a)).toEqual(beforeA);

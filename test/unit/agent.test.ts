@@ -65,6 +65,11 @@ describe('agent: desired state', () => {
     expect(desiredState(v, pods[2]).endpoints).toEqual([{ vip: '10.96.1.10', addresses: ['10.128.1.10'] }]);
   });
 
+  it('gives the DNS proxy every project pod and VIP as members, keyed or not', () => {
+    const v = { ...view, peers: view.peers.filter((k) => k.pod !== 'db') };
+    expect(desiredState(v, pods[2]).members).toEqual(['10.128.1.10/32', '10.128.1.11/32', '10.128.2.10/32', '10.128.2.20/32', '10.96.1.10/32', '10.96.1.20/32']);
+  });
+
   it('an endpoint without a published key is not routed to; the pod itself is never its own peer', () => {
     const v = { ...view, peers: view.peers.filter((k) => k.pod !== 'db') };
     const cli = desiredState(v, pods[2]);

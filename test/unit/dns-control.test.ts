@@ -37,6 +37,19 @@ describe('control: set-endpoints', () => {
   });
 });
 
+describe('control: set-members', () => {
+  it('validates and hands canonical CIDRs to the pod; bad ones are EINVAL with the index', async () => {
+    const got: string[][] = [];
+    const h: ControlHandler = { ...handler(true), setMembers: (m) => void got.push(m) };
+    await dispatch(h, addresses, { op: 'set-members', members: ['10.128.1.10', '10.96.1.10/32', 'fd00:0::5'] });
+    expect(got).toEqual([['10.128.1.10/32', '10.96.1.10/32', 'fd00::5/128']]);
+    await expect(dispatch(h, addresses, { op: 'set-members', members: ['10.0.0.1', 'x'] })).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringContaining('members[1]') });
+    await expect(dispatch(h, addresses, { op: 'set-members', members: '10.0.0.1' })).rejects.toMatchObject({ code: 'EINVAL' });
+    expect(got).toHaveLength(1);
+    await expect(dispatch(handler(false), addresses, { op: 'set-members', members: [] })).rejects.toThrow(/no DNS proxy/);
+  });
+});
+
 describe('status: the DNS proxy in the text form', () => {
   it('shows domain, upstreams, counters and drops only when the proxy runs', async () => {
     const { formatStatus } = await import('../../src/control/status.js');

@@ -6,13 +6,14 @@
 import { describe, it, expect } from 'vitest';
 import { RouteMisses } from '../../src/dns/misses.js';
 import type { AddressVerdict } from '../../src/dns/classify.js';
-import { PolicyRouting } from '../../src/routing/policy.js';
+import { PolicyRouting, cidrCovers } from '../../src/routing/policy.js';
 import { IpCommandError, type IpCommand } from '../../src/routing/ip.js';
 
 function setup(verdicts: Record<string, AddressVerdict['verdict'] | 'failed'>, opts: { max?: number; refuse?: string[] } = {}) {
   let now = 1000;
   const calls: string[] = [];
   const released: Uint8Array[] = [];
+  const installed = new Set<string>();
   const m = new RouteMisses({
     inRange: (a) => a.startsWith('10.96.') || a.startsWith('fd00:'),
     classify: async (a) => {
@@ -24,15 +25,21 @@ function setup(verdicts: Record<string, AddressVerdict['verdict'] | 'failed'>, o
     },
     addBypass: async (c) => {
       calls.push(`add ${c}`);
-      return !(opts.refuse ?? []).includes(c);
+      if ((opts.refuse ?? []).includes(c)) return false;
+      installed.add(c);
+      return true;
     },
-    removeBypass: async (c) => void calls.push(`remove ${c}`),
+    removeBypass: async (c) => {
+      calls.push(`remove ${c}`);
+      installed.delete(c);
+    },
+    hasBypass: (c) => installed.has(c),
     release: (p) => released.push(Uint8Array.from(p)),
     now: () => now,
     holdMs: 30_000,
     maxBypasses: opts.max,
   });
-  return { m, calls, released, advance: (ms: number) => (now += ms) };
+  return { m, calls, released, installed, advance: (ms: number) => (now += ms) };
 }
 
 const pkt = (b: number) => Uint8Array.from([0x45, 0, 0, 20, b]);
@@ -131,6 +138,7 @@ describe('RouteMisses', () => {
       classify: () => new Promise((r) => gates.push(() => r({ verdict: 'other', reason: 'none' }))),
       addBypass: async () => true,
       removeBypass: async () => {},
+      hasBypass: () => true,
       release: () => {},
       now: () => 0,
       holdMs: 1000,
@@ -152,52 +160,204 @@ describe('RouteMisses', () => {
   });
 });
 
-function fakeIp(lines: string[], exists: Set<string>): IpCommand {
-  const fake = {
+/**
+ * A fake `ip` over a model of one routing table per family, with the kernel's rules
+ * that matter here: `replace` matches prefix + metric; `add` fails with EEXIST on the
+ * same prefix + metric; IPv4 `del` matches the type, IPv6 `del` does not (only the
+ * proto, when given); lookup = longest prefix, then lowest metric.
+ */
+interface KRoute {
+  fam: 4 | 6;
+  type: 'unicast' | 'throw' | 'unreachable';
+  dst: string;
+  metric: number;
+  proto: string;
+  dev: string;
+}
+
+function fakeKernel(lines: string[], failOnce: RegExp[] = []) {
+  const table: KRoute[] = [];
+  const parse = (fam: 4 | 6, l: string) => {
+    const w = l.split(' ');
+    const op = w[1];
+    let k = 2;
+    let type: KRoute['type'] = 'unicast';
+    if (w[k] === 'throw' || w[k] === 'unreachable') type = w[k++] as KRoute['type'];
+    const dst = w[k];
+    const at = (name: string) => (w.includes(name) ? w[w.indexOf(name) + 1] : undefined);
+    const metric = Number(at('metric') ?? (fam === 6 ? 1024 : 0));
+    const dev = at('dev') ?? (type === 'unicast' ? '?' : 'lo');
+    return { op, r: { fam, type, dst, metric, proto: at('proto') ?? 'boot', dev } as KRoute, protoGiven: at('proto') !== undefined, devGiven: at('dev') !== undefined };
+  };
+  const err = (msg: string, done: number) => new IpCommandError(['-batch'], `RTNETLINK answers: ${msg}`, 2, done);
+  const ip = {
     async json(args: string[]) {
       return args[0] === 'link' ? [{ mtu: 1500, flags: [] }] : [];
     },
     async run(args: string[]) {
       lines.push(`run ${args.join(' ')}`);
     },
-    async batch(fam: number, batch: string[]) {
-      for (const l of batch) {
-        const m = /^route add throw (\S+)/.exec(l);
-        if (m && exists.has(m[1])) throw new IpCommandError([`-${fam}`, '-batch'], 'RTNETLINK answers: File exists', 2, 0);
+    async batch(fam: 4 | 6, batch: string[]) {
+      for (const [n, l] of batch.entries()) {
+        const f = failOnce.findIndex((re) => re.test(l));
+        if (f >= 0) {
+          failOnce.splice(f, 1);
+          throw err('Operation not permitted', n);
+        }
+        const { op, r, protoGiven, devGiven } = parse(fam, l);
+        const same = (x: KRoute) => x.fam === fam && x.dst === r.dst && x.metric === r.metric;
+        if (op === 'replace') {
+          const i = table.findIndex(same);
+          if (i >= 0) table[i] = r;
+          else table.push(r);
+        } else if (op === 'add') {
+          if (table.some(same)) throw err('File exists', n);
+          table.push(r);
+        } else if (op === 'del') {
+          const i = table.findIndex(
+            (x) =>
+              x.fam === fam &&
+              x.dst === r.dst &&
+              (fam === 6 || x.type === r.type) &&
+              (!protoGiven || x.proto === r.proto) &&
+              (!devGiven || x.dev === r.dev) &&
+              (r.type !== 'unreachable' || x.metric === r.metric),
+          );
+          if (i < 0) throw err('No such process', n);
+          table.splice(i, 1);
+        }
         lines.push(`-${fam} ${l}`);
       }
     },
   };
-  return fake as unknown as IpCommand;
+  const lookup = (addr: string): KRoute['type'] | 'main' => {
+    const fam = addr.includes(':') ? 6 : 4;
+    const host = `${addr}/${fam === 4 ? 32 : 128}`;
+    const hits = table.filter((x) => x.fam === fam && cidrCovers(x.dst, host));
+    if (hits.length === 0) return 'main';
+    hits.sort((a, b) => Number(b.dst.split('/')[1]) - Number(a.dst.split('/')[1]) || a.metric - b.metric);
+    return hits[0].type === 'throw' ? 'main' : hits[0].type;
+  };
+  return { ip: ip as unknown as IpCommand, table, lookup };
 }
 
-describe('PolicyRouting bypass routes', () => {
-  it('adds throw routes with add, refuses over a tenc0 route, and tears them down', async () => {
+function routingOver(k: ReturnType<typeof fakeKernel>, ranges = ['10.96.0.0/12', 'fd00:96::/64']): PolicyRouting {
+  return new PolicyRouting({ ifname: 'tenc0', table: 52100, priority: 5210, fwmark: 0xcb84, addresses: { v4: '10.1.0.1', v6: 'fd00::1' }, bypassRanges: ranges, ip: k.ip });
+}
+
+describe('PolicyRouting bypass routes (over a model of the kernel table)', () => {
+  it('adds throw routes with add and proto 117 inside the ranges only, never over or under a tenc0 route', async () => {
     const lines: string[] = [];
-    const r = new PolicyRouting({ ifname: 'tenc0', table: 52100, priority: 5210, fwmark: 0xcb84, addresses: { v4: '10.1.0.1', v6: null }, ip: fakeIp(lines, new Set(['10.96.0.9/32'])) });
-    await r.install(1420, ['10.96.0.0/12', '10.1.0.5/32']);
+    const k = fakeKernel(lines);
+    const r = routingOver(k);
+    await r.install(1420, ['10.96.0.0/12', 'fd00:96::/64', '10.96.5.0/24', '10.96.0.9/32']);
     expect(await r.addBypass('10.96.0.7/32')).toBe(true);
-    expect(await r.addBypass('10.1.0.5/32')).toBe(false); // a tunnel route of this run
-    expect(await r.addBypass('10.96.0.9/32')).toBe(false); // the kernel has one of that prefix
-    expect(lines).toContain('-4 route add throw 10.96.0.7/32 table 52100');
-    expect(lines.some((l) => l.includes('throw 10.1.0.5'))).toBe(false);
+    expect(k.lookup('10.96.0.7')).toBe('main');
+    expect(k.lookup('10.96.0.8')).toBe('unicast'); // the range: into tenc0 until classified
+    expect(await r.addBypass('10.96.0.9/32')).toBe(false); // a tenc0 route of that prefix
+    expect(await r.addBypass('10.96.5.3/32')).toBe(false); // under a wider tenc0 route (a peer's allowed IPs)
+    expect(await r.addBypass('10.50.0.1/32')).toBe(false); // outside the ranges
+    expect(lines).toContain('-4 route add throw 10.96.0.7/32 table 52100 proto 117');
     expect(r.bypasses()).toEqual(['10.96.0.7/32']);
     lines.length = 0;
     await r.teardown();
-    expect(lines).toContain('-4 route del throw 10.96.0.7/32 table 52100');
-    expect(r.bypasses()).toEqual([]);
+    expect(lines).toContain('-4 route del throw 10.96.0.7/32 table 52100 proto 117');
+    expect(k.table).toEqual([]);
   });
 
-  it('a tenc0 route added over a bypass takes its place; removeBypass then deletes nothing', async () => {
+  it('a tenc0 route added later deletes every bypass it covers before it is added (IPv4 and IPv6)', async () => {
     const lines: string[] = [];
-    const r = new PolicyRouting({ ifname: 'tenc0', table: 52100, priority: 5210, fwmark: 0xcb84, addresses: { v4: '10.1.0.1', v6: null }, ip: fakeIp(lines, new Set()) });
-    await r.install(1420, []);
-    await r.addBypass('10.96.0.7/32');
-    await r.addRoutes(['10.96.0.7/32']);
-    expect(r.bypasses()).toEqual([]);
-    lines.length = 0;
-    await r.removeBypass('10.96.0.7/32');
-    expect(lines).toEqual([]);
-    expect(r.routes()).toEqual(['10.96.0.7/32']);
+    const k = fakeKernel(lines);
+    const r = routingOver(k);
+    await r.install(1420, ['10.96.0.0/12', 'fd00:96::/64']);
+    for (const b of ['10.96.0.3/32', '10.96.0.4/32', '10.96.1.4/32', 'fd00:96::3/128']) expect(await r.addBypass(b)).toBe(true);
+    await r.addRoutes(['10.96.0.0/28', 'fd00:96::3/128']); // a peer's allowed IPs
+    expect(k.lookup('10.96.0.3')).toBe('unicast');
+    expect(k.lookup('10.96.0.4')).toBe('unicast');
+    expect(k.lookup('fd00:96::3')).toBe('unicast');
+    expect(k.lookup('10.96.1.4')).toBe('main'); // not covered: kept
+    expect(r.bypasses()).toEqual(['10.96.1.4/32']);
+    const delAt = lines.findIndex((l) => l.includes('del throw 10.96.0.3/32'));
+    const addAt = lines.findIndex((l) => l.includes('replace 10.96.0.0/28 dev tenc0'));
+    expect(delAt).toBeGreaterThanOrEqual(0);
+    expect(delAt).toBeLessThan(addAt);
+  });
+
+  it('IPv6: deleting a bypass by proto never deletes the tenc0 route or the guard of its prefix', async () => {
+    const lines: string[] = [];
+    const k = fakeKernel(lines);
+    const r = routingOver(k);
+    await r.install(1420, ['fd00:96::/64']);
+    expect(await r.addBypass('fd00:96::5/128')).toBe(true);
+    await r.addRoutes(['fd00:96::5/128']); // deletes the bypass first, then adds route + guard
+    await r.removeBypass('fd00:96::5/128'); // a stale caller: nothing to do
+    expect(k.lookup('fd00:96::5')).toBe('unicast');
+    expect(k.table.filter((x) => x.dst === 'fd00:96::5/128').map((x) => x.type).sort()).toEqual(['unicast', 'unreachable']);
+  });
+});
+
+describe('RouteMisses over PolicyRouting', () => {
+  function wire(k: ReturnType<typeof fakeKernel>, verdicts: Record<string, AddressVerdict['verdict']>) {
+    const r = routingOver(k);
+    let now = 0;
+    const released: number[] = [];
+    const m = new RouteMisses({
+      inRange: (a) => a.startsWith('10.96.') || a.startsWith('fd00:96:'),
+      classify: async (a) => ({ verdict: verdicts[a] ?? 'other', reason: verdicts[a] === 'project' ? 'member' : 'none' }),
+      addBypass: (c) => r.addBypass(c),
+      removeBypass: (c) => r.removeBypass(c),
+      hasBypass: (c) => r.hasBypass(c),
+      release: (p) => released.push(p[4]),
+      now: () => now,
+      holdMs: 30_000,
+    });
+    return { r, m, released, advance: (ms: number) => (now += ms) };
+  }
+
+  it('a peer added over a bypass, then removed: the address is classified afresh and bypassed again (no stale record)', async () => {
+    const k = fakeKernel([]);
+    const verdicts: Record<string, AddressVerdict['verdict']> = { '10.96.0.3': 'other' };
+    const w = wire(k, verdicts);
+    await w.r.install(1420, ['10.96.0.0/12']);
+    await w.m.miss('10.96.0.3', pkt(1));
+    expect(k.lookup('10.96.0.3')).toBe('main');
+    await w.r.addRoutes(['10.96.0.0/28']); // set-peer with a wider prefix
+    expect(k.lookup('10.96.0.3')).toBe('unicast');
+    await w.m.expire();
+    expect(w.m.list()).toEqual([]); // the record went with the route
+    await w.r.removeRoute('10.96.0.0/28'); // remove-peer
+    await w.m.miss('10.96.0.3', pkt(2));
+    expect(k.lookup('10.96.0.3')).toBe('main');
+    expect(w.released).toEqual([1, 2]);
+  });
+
+  it('a verdict that became project removes the bypass; a failed removal keeps the record and is retried', async () => {
+    const k = fakeKernel([], [/del throw 10\.96\.0\.3/]);
+    const verdicts: Record<string, AddressVerdict['verdict']> = { '10.96.0.3': 'other' };
+    const w = wire(k, verdicts);
+    await w.r.install(1420, ['10.96.0.0/12']);
+    await w.m.miss('10.96.0.3', null);
+    verdicts['10.96.0.3'] = 'project';
+    w.advance(31_000);
+    await w.m.expire(); // the `ip` call fails once
+    expect(k.lookup('10.96.0.3')).toBe('main');
+    expect(w.m.list()).toEqual(['10.96.0.3/32']);
+    w.advance(31_000);
+    await w.m.expire();
+    expect(k.lookup('10.96.0.3')).toBe('unicast');
+    expect(w.m.list()).toEqual([]);
+  });
+
+  it('after stop(), a classification under way adds no bypass and releases nothing', async () => {
+    const k = fakeKernel([]);
+    const w = wire(k, {});
+    await w.r.install(1420, ['10.96.0.0/12']);
+    const p = pkt(9);
+    const pending = w.m.miss('10.96.0.9', p);
+    w.m.stop();
+    await pending;
+    expect(k.lookup('10.96.0.9')).toBe('unicast');
+    expect(w.released).toEqual([]);
+    expect([...p].every((b) => b === 0)).toBe(true);
   });
 });
