@@ -86,7 +86,7 @@ export class UdpBatch {
   readonly family: 4 | 6;
   readonly maxDatagram: number;
   private handle: unknown;
-  private readonly rxSlab: Uint8Array;
+  private readonly rxSlab: Buffer;
   private readonly rxMeta: Uint32Array;
   private readonly txSlab: Uint8Array;
   private readonly txMeta: Uint32Array;
@@ -112,7 +112,7 @@ export class UdpBatch {
     this.txEntries = intOption(o.sendQueue, 64, 1, layout.maxSlots, 'sendQueue');
     this.family = o.address.includes(':') ? 6 : 4;
     this.maxDatagram = slot;
-    this.rxSlab = new Uint8Array(batch * slot);
+    this.rxSlab = Buffer.alloc(batch * slot);
     this.rxMeta = new Uint32Array(batch * MW);
     // room for a full queue of DNS-sized datagrams, and always for one of the largest
     this.txSlab = new Uint8Array(Math.max(MAX_UDP_PAYLOAD, this.txEntries * 1232));
@@ -162,7 +162,10 @@ export class UdpBatch {
 
   /** A copy of datagram i, to keep. */
   copy(i: number): Buffer {
-    return Buffer.from(this.view(i));
+    const n = this.rxMeta[i * MW];
+    const out = Buffer.allocUnsafe(n); // small ones come from node's pool
+    this.rxSlab.copy(out, 0, i * this.maxDatagram, i * this.maxDatagram + n);
+    return out;
   }
 
   /** Where datagram i came from. */
