@@ -255,17 +255,21 @@ static uint32_t seal(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t
 }
 
 /* The same message when the plaintext is buf[16 .. 16+hlen) followed by `body`
- * (len - hlen bytes elsewhere, e.g. a TSO segment's payload in the super-packet):
- * the ciphertext lands in buf exactly as seal() would leave it, without first
- * copying the body next to the header (scatter seal). */
+ * (len - hlen bytes in the super-packet: a TSO/USO segment's payload): the
+ * ciphertext lands in buf exactly as seal() would leave it, without first copying
+ * the body next to the header (scatter seal). The header is put right in front of
+ * the body inside the super-packet instead (hlen bytes over the end of the
+ * previous segment's payload, already sealed: records are sealed in order), so the
+ * cipher sees one contiguous input: one keystream run, as for a copied segment. */
 static uint32_t seal_scatter(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t *buf, uint32_t hlen,
                              const uint8_t *body, uint32_t len) {
   uint32_t plen = pad16(len);
+  uint8_t *src = (uint8_t *)body - hlen;
+  memcpy(src, buf + TENC_HEADROOM, hlen);
   seal_header(kp, ctr, buf);
   uint8_t nonce[TENC_AEAD_NONCE_LEN];
   tenc_aead_wg_nonce(ctr, nonce);
-  if (tenc_aead_seal_parts(a, kp->send_key, nonce, buf + TENC_HEADROOM, hlen, body, len - hlen, plen - len,
-                           buf + TENC_HEADROOM) != 0)
+  if (tenc_aead_seal_parts(a, kp->send_key, nonce, src, len, NULL, 0, plen - len, buf + TENC_HEADROOM) != 0)
     return 0;
   return TENC_HEADROOM + plen + TENC_AEAD_TAG_LEN;
 }
@@ -382,6 +386,7 @@ typedef struct {
 struct tenc_tx {
   unsigned key_gen;
   int scatter; /* seal TSO/USO segments straight out of the super-packet */
+  uint32_t tcp_align, tcp_max; /* TSO segment sizes (tenc_gso_split) */
   miss_slot miss[TENC_MISS_SLOTS];
   uint8_t *arena;
   uint32_t used;
@@ -445,7 +450,7 @@ static void tx_frame(tenc_engine *e, struct tenc_tx *t, uint8_t *pkt, uint32_t n
   /* Super-packet: keep it where it is, append its segments after it. */
   t->used += (len + TENC_HEADROOM + 15u) & ~15u;
   uint32_t lost;
-  int nseg = tenc_gso_split(&h, pkt, len, tx_seg_alloc, t, &lost, !t->scatter);
+  int nseg = tenc_gso_split(&h, pkt, len, tx_seg_alloc, t, &lost, !t->scatter, t->tcp_align, t->tcp_max);
   if (nseg < 0) drop(e, -1, TENC_D_TOO_BIG, 1);
   else if (lost) drop(e, -1, TENC_D_TOO_BIG, lost); /* out of room: the rest is counted, not silently lost */
 }
@@ -1133,6 +1138,8 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
     t->count = calloc(TX_MAX_RECS, sizeof *t->count);
     t->aead = tenc_aead_new();
     t->scatter = o->scatter_seal;
+    t->tcp_align = o->tso_align;
+    t->tcp_max = o->tso_max;
     x->bufs = aligned_alloc(64, (size_t)RX_BATCH * RX_SLOT);
     x->inj_cap = RX_BATCH * 64; /* GRO: up to 64 messages per datagram */
     x->inj = calloc(x->inj_cap, sizeof *x->inj);
@@ -1501,8 +1508,8 @@ void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n) {
  * tx_read would, then each record sealed with `key`, receiver index `remote` and
  * counters from ctr0, as tx_seal would. Messages are written to out as
  * [u32 length, native order][message]... Returns the number of messages, or -1. */
-int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, const uint8_t *key, uint32_t remote,
-                          uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used) {
+int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint32_t tcp_align, const uint8_t *key,
+                          uint32_t remote, uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used) {
   uint64_t ctr[TENC_GLOBAL_SLOTS] = {0};
   tenc_engine e;
   memset(&e, 0, sizeof e);
@@ -1511,6 +1518,7 @@ int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, cons
   struct tenc_tx t;
   memset(&t, 0, sizeof t);
   t.scatter = scatter;
+  t.tcp_align = tcp_align;
   t.arena = aligned_alloc(64, TX_ARENA);
   t.recs = calloc(TX_MAX_RECS, sizeof *t.recs);
   t.aead = tenc_aead_new();

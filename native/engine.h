@@ -163,6 +163,8 @@ typedef struct {
   int scatter_seal;   /* seal TSO/USO segments out of the super-packet (no copy first) */
   uint32_t busy_poll_us; /* 0 = off; else idle budget of the busy poll after a small batch */
   int inline_tx;      /* RX thread: after a small TUN write, read and send the answer itself */
+  uint32_t tso_align;  /* TCP segments cut so their IP length is a multiple of this (0 = off) */
+  uint32_t tso_max;    /* TCP segments at most this many bytes of IP packet (0 = as the kernel asks) */
   int gro_iov;        /* TUN GRO: writev of headers + payloads in place instead of a merged copy */
   uint32_t tx_batch_kb;  /* 0 = the whole arena; else stop reading the TUN device past this much */
 } tenc_engine_opts;
@@ -238,8 +240,8 @@ int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr);
 /* Turns route_miss events on or off. */
 void tenc_engine_report_misses(tenc_engine *e, int on);
 /* Test hook: stage 1 + seal of one TUN frame, see engine.c. */
-int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, const uint8_t *key, uint32_t remote,
-                          uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used);
+int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint32_t tcp_align, const uint8_t *key,
+                          uint32_t remote, uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used);
 /* Takes the pending events (caller frees each data and the array). */
 tenc_event *tenc_engine_take_events(tenc_engine *e, uint32_t *n);
 

@@ -15,7 +15,7 @@
  *   engineFlushQueue(h, peer)                       engineSetLocalServices(h, services)
  *   engineRoute(h, address) -> peer | -1             (allowed-IPs lookup, for tests/debugging)
  *   engineTestSetSendCounter(h, localIndex, counter: bigint)   (test hook)
- *   engineTestSeal(frame, key, scatter, remoteIndex, counter: bigint) -> Buffer
+ *   engineTestSeal(frame, key, scatter, remoteIndex, counter: bigint, tcpAlign = 0) -> Buffer
  *     (test hook) the send path's split and seal of one TUN frame (virtio_net_hdr +
  *     packet) with scatter seal on or off: messages as [u32 LE length][message]...
  *   engineTestGro(packets, iov) -> Buffer[]   (test hook) the TUN frames of the
@@ -32,6 +32,10 @@
  *   TENC_GRO_IOV=0|1 (default 1): a merged TCP run is written to the TUN device
  *     with writev (its headers + each payload where it was decrypted) instead of
  *     being copied into one frame first
+ *   TENC_TSO_ALIGN=N (default 0 = off; 64 = ChaCha20's block): TCP segments cut
+ *     from a TSO super-packet get an IP length that is a multiple of N (at most
+ *     N-1 bytes smaller than the kernel asked), so the sealed record has no
+ *     partial last keystream block; TENC_TSO_MAX=N caps their IP length
  *   TENC_TX_BATCH_KB=N (64..4096, default 0 = the whole 4 MiB arena): a send batch
  *     stops reading the TUN device once N KiB of its arena are used (smaller,
  *     more cache-friendly batches and UDP bursts)
@@ -313,6 +317,8 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
   o.inline_tx = env_switch("TENC_INLINE_TX", 1);
   o.tx_batch_kb = env_uint("TENC_TX_BATCH_KB", 0, 4096);
   o.gro_iov = env_switch("TENC_GRO_IOV", 1);
+  o.tso_align = env_uint("TENC_TSO_ALIGN", 0, 1024);
+  o.tso_max = env_uint("TENC_TSO_MAX", 0, 65535);
 
   js_engine *j = calloc(1, sizeof *j);
   if (!j) return tenc_throw_errno(env, ENOMEM, "engineCreate");
@@ -612,10 +618,11 @@ static napi_value engine_test_set_send_counter(napi_env env, napi_callback_info 
 }
 
 static napi_value engine_test_seal(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   uint8_t *frame, *key;
+  int64_t align = 0;
   size_t flen, klen;
   int scatter;
   uint32_t remote;
@@ -627,13 +634,15 @@ static napi_value engine_test_seal(napi_env env, napi_callback_info info) {
     return NULL;
   if (napi_get_value_bigint_uint64(env, argv[4], &ctr0, &lossless) != napi_ok || !lossless)
     return tenc_throw_type(env, "counter must be a bigint in u64 range");
+  if (argc >= 6 && tenc_get_int(env, argv[5], 0, 1024, "tcpAlign", &align) < 0) return NULL;
   if (klen != 32) return tenc_throw_range(env, "key must be 32 bytes");
   if (flen > 65535 + 10) return tenc_throw_range(env, "frame too long");
   size_t cap = 8u << 20; /* above any split of a 64 KiB frame (TX_MAX_RECS records) */
   uint8_t *out = malloc(cap);
   if (!out) return tenc_throw_errno(env, ENOMEM, "engineTestSeal");
   uint32_t used = 0;
-  int n = tenc_engine_test_seal(frame, (uint32_t)flen, scatter, key, remote, ctr0, out, (uint32_t)cap, &used);
+  int n = tenc_engine_test_seal(frame, (uint32_t)flen, scatter, (uint32_t)align, key, remote, ctr0, out,
+                                (uint32_t)cap, &used);
   napi_value res;
   if (n < 0) {
     free(out);

@@ -28,7 +28,7 @@ static inline void put16(uint8_t *p, uint32_t v) {
 }
 
 int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t len, tenc_seg_alloc alloc,
-                   void *ctx, uint32_t *lost, int copy_body) {
+                   void *ctx, uint32_t *lost, int copy_body, uint32_t tcp_align, uint32_t tcp_max) {
   *lost = 0;
   int gt = h->gso_type & ~VIRTIO_NET_HDR_GSO_ECN;
   uint32_t gso = h->gso_size;
@@ -59,6 +59,12 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
   }
   uint32_t hlen = ihl + l4h;
   if (len < hlen) return -1;
+  if (proto == 6) {
+    /* TCP only (UDP segments are the application's datagrams): smaller segments
+     * than the kernel asked for are still valid TCP. */
+    if (tcp_max > hlen && hlen + gso > tcp_max) gso = tcp_max - hlen;
+    if (tcp_align && (hlen + gso) / tcp_align * tcp_align > hlen) gso = (hlen + gso) / tcp_align * tcp_align - hlen;
+  }
   uint32_t payload = len - hlen;
   uint32_t seq = proto == 6 ? get32(pkt + ihl + 4) : 0;
   uint32_t id = v6 ? 0 : (uint32_t)pkt[4] << 8 | pkt[5];

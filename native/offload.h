@@ -29,9 +29,13 @@ typedef uint8_t *(*tenc_seg_alloc)(void *ctx, uint32_t seglen, const uint8_t *bo
  * *lost is the number of segments that were not written (else 0).
  * copy_body = 1: each place gets the whole segment. copy_body = 0: only its header
  * (the first hlen bytes, checksums final); the payload stays in `pkt`, where the
- * caller reads it (scatter seal). */
+ * caller reads it (scatter seal).
+ * TCP segments may be cut smaller than gso_size: at most tcp_max bytes of IP packet
+ * (0 = no limit), and with tcp_align != 0 the IP length rounded down to a multiple
+ * of it (ChaCha20 works in 64-byte blocks: a 1408-byte segment needs no extra
+ * keystream call for a partial last block). */
 int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t len, tenc_seg_alloc alloc,
-                   void *ctx, uint32_t *lost, int copy_body);
+                   void *ctx, uint32_t *lost, int copy_body, uint32_t tcp_align, uint32_t tcp_max);
 
 /* Receive direction, 'tun' inject with IFF_VNET_HDR (what the kernel's GRO does
  * for a NIC): merges the longest run pkts[0..k) of TCP segments of one flow

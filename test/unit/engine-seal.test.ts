@@ -110,8 +110,8 @@ function superPacket(kind: 'tcp4' | 'tcp6' | 'udp4', payloadLen: number, gso: nu
   return { frame, hlen, payload, v6, proto };
 }
 
-function testSeal(frame: Uint8Array, key: Uint8Array, scatter: boolean, remote: number, ctr: bigint): Uint8Array[] {
-  const out = addon.engineTestSeal(frame, key, scatter, remote, ctr) as Uint8Array;
+function testSeal(frame: Uint8Array, key: Uint8Array, scatter: boolean, remote: number, ctr: bigint, align = 0): Uint8Array[] {
+  const out = addon.engineTestSeal(frame, key, scatter, remote, ctr, align) as Uint8Array;
   const msgs: Uint8Array[] = [];
   const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
   for (let o = 0; o < out.length; ) {
@@ -185,6 +185,36 @@ describe('send path split + seal: scatter seal against the copy path', () => {
       expect(Buffer.concat(got).equals(Buffer.from(f.payload))).toBe(true);
     });
   }
+
+  for (const kind of ['tcp4', 'tcp6'] as const) {
+    it(`${kind}: TENC_TSO_ALIGN=64 cuts segments to IP lengths that are multiples of 64, same payload, same bytes in both modes`, () => {
+      const key = new Uint8Array(randomBytes(32));
+      const f = superPacket(kind, 40_000, kind === 'tcp4' ? 1368 : 1348);
+      const copied = testSeal(f.frame, key, false, 9, 0n, 64);
+      const scattered = testSeal(f.frame, key, true, 9, 0n, 64);
+      expect(scattered.length).toBe(copied.length);
+      const seg = Math.floor((f.hlen + (kind === 'tcp4' ? 1368 : 1348)) / 64) * 64 - f.hlen;
+      expect(copied.length).toBe(Math.ceil(40_000 / seg));
+      const got: Uint8Array[] = [];
+      copied.forEach((m, i) => {
+        expect(Buffer.from(scattered[i]!).equals(Buffer.from(m))).toBe(true);
+        const pt = chacha20poly1305(key, nonce(BigInt(i))).decrypt(m.subarray(16));
+        const plen = Math.min(seg, 40_000 - i * seg);
+        if (i < copied.length - 1) expect(pt.length).toBe(f.hlen + plen); // a multiple of 64: no padding
+        expect((f.hlen + plen) % 64 === 0 || i === copied.length - 1).toBe(true);
+        const ihl = f.v6 ? 40 : 20;
+        expect(l4Valid(f.v6, pt, pt.subarray(ihl, f.hlen + plen), 6)).toBe(true);
+        got.push(pt.subarray(f.hlen, f.hlen + plen));
+      });
+      expect(Buffer.concat(got).equals(Buffer.from(f.payload))).toBe(true);
+    });
+  }
+
+  it('TENC_TSO_ALIGN leaves UDP (USO) datagrams as the application cut them', () => {
+    const key = new Uint8Array(randomBytes(32));
+    const f = superPacket('udp4', 9000, 1392);
+    expect(testSeal(f.frame, key, true, 9, 0n, 64).length).toBe(Math.ceil(9000 / 1392));
+  });
 
   it('a plain packet (no GSO) is sealed the same in both modes', () => {
     const key = new Uint8Array(randomBytes(32));
