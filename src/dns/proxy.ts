@@ -192,7 +192,6 @@ export class DnsProxy {
     return { q };
   }
 
-  /** Steps 2-4 for one valid query: the reply to send, or null (drop). */
   /** Steps 2-4 for one valid query; `done` gets the reply to send, or null (drop). Callbacks, not promises: this is the hot path. */
   private answer(m: Buffer, q: Question, overTcp: boolean, done: (reply: Buffer | null) => void): void {
     const up = overTcp ? this.upTcp : this.upUdp;
