@@ -23,9 +23,9 @@
  * Switches read from the environment at engineCreate (unset = default):
  *   TENC_SCATTER_SEAL=0|1 (default 1): seal TSO/USO segments straight out of the
  *     super-packet instead of copying each segment first
- *   TENC_BUSY_POLL_US=N (0..2000, default 0 = off): after a batch of at most 16
- *     packets a data thread polls both the TUN device and the UDP socket for up to
- *     N microseconds of idle time before sleeping (engine.c busy_poll)
+ *   TENC_BUSY_POLL_US=N (0..2000, default 0 = off): after sending a batch of at
+ *     most 16 packets the TX thread polls both the TUN device and the UDP socket
+ *     for up to N microseconds of idle time before sleeping (engine.c busy_poll)
  *   TENC_INLINE_TX=0|1 (default 1): after writing a small batch (at most 16
  *     datagrams) to the TUN device, the RX thread reads the device once and sends
  *     what it holds (usually the answer: echo reply, ACK) instead of a TX wake-up
