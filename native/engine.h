@@ -7,7 +7,9 @@
  *
  * Send (TX thread, engine.c tx_*), per batch of packets read from the TUN device:
  *   1. read: up to TX_MAX_RECS packets; with IFF_VNET_HDR, TSO/USO super-packets
- *      are segmented and partial checksums finished (offload.c)
+ *      are segmented and partial checksums finished (offload.c); with scatter
+ *      seal (default) only each segment's header is written here, its payload
+ *      stays in the super-packet until stage 4 seals it from there
  *   2. classify: inner destination -> allowed-IPs longest prefix -> peer
  *      (no peer: drop no_route, and with reporting on a route_miss event carrying
  *      the packet, once per destination per second); replies of DNATed flows get
@@ -32,6 +34,13 @@
  *      destinations route via lo, MTU 64 KiB; EMSGSIZE falls back to segments).
  *      Single packets written to TUN carry VIRTIO_NET_HDR_F_DATA_VALID: they were
  *      authenticated, so their checksums are the sender's (as kernel WireGuard).
+ *      A merged frame goes out as one writev of its headers and the payloads
+ *      where they were decrypted (TENC_GRO_IOV, default on).
+ *   6. inline reply: after a small batch written to TUN, the RX thread reads the
+ *      device once and sends what the kernel answered within that write (echo
+ *      reply, ACK) itself, instead of a TX thread wake-up (TENC_INLINE_TX).
+ * Each pipeline's batch state is guarded by its mutex (tx_mu, rx_mu): its own
+ * thread, or the other one (inline reply, busy poll) with trylock.
  *
  * Locking: one rwlock over peers, keypairs, allowed IPs and services. Each thread
  * holds it for reading per batch; control calls take it for writing. A peer's
