@@ -3,7 +3,7 @@
 # dnsmasq-base (not dnsmasq): the binary without a system service listening on :53.
 set -euo pipefail
 
-need=(iperf3 wireguard-tools dnsmasq-base tcpdump wireguard-go bind9-dnsutils iputils-ping nftables iproute2 curl procps psmisc openssl util-linux)
+need=(iperf3 wireguard-tools dnsmasq-base dnsperf tcpdump wireguard-go bind9-dnsutils iputils-ping nftables iproute2 curl procps psmisc openssl util-linux)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

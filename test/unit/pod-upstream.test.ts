@@ -38,7 +38,7 @@ function pod(upstreams: string[]): { pod: Pod; calls: string[] } {
   } as unknown as PolicyRouting;
   const config = validateConfig({ addresses: ['10.77.0.1', 'fd00:77::1'], pskFile: 'psk' }, join(dir, 'pod.json'));
   const p = new Pod(config, KEY_A, 1420, engine, routing, silentLogger);
-  p.dns = { upstreams } as unknown as DnsService;
+  p.dns = { upstreams, membershipChanged: () => {} } as unknown as DnsService;
   return { pod: p, calls };
 }
 
