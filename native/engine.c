@@ -386,6 +386,7 @@ typedef struct {
 struct tenc_tx {
   unsigned key_gen;
   int scatter; /* seal TSO/USO segments straight out of the super-packet */
+  uint32_t spin_misses, spin_skip; /* busy polls in a row that caught nothing */
   uint32_t tcp_align, tcp_max; /* TSO segment sizes (tenc_gso_split) */
   miss_slot miss[TENC_MISS_SLOTS];
   uint8_t *arena;
@@ -670,15 +671,16 @@ static int rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more);
  * busy_poll_us of idle time. (The RX side has the inline reply instead.) */
 #define SPIN_SMALL 16
 
-static void busy_poll(tenc_engine *e) {
+static int busy_poll(tenc_engine *e) {
   uint64_t budget = (uint64_t)e->busy_poll_us * 1000u, start = tenc_now_ns();
+  int any = 0;
   struct pollfd pf[3] = {{.fd = e->o.tun_fd, .events = POLLIN},
                          {.fd = e->o.udp_fd, .events = POLLIN},
                          {.fd = e->stop_fd, .events = POLLIN}};
   while (!atomic_load_explicit(&e->stopping, memory_order_relaxed)) {
     int r = poll(pf, 3, 0);
-    if (r < 0 && errno != EINTR) return;
-    if (pf[2].revents) return;
+    if (r < 0 && errno != EINTR) return any;
+    if (pf[2].revents) return any;
     int did = 0, more = 0;
     if ((pf[0].revents & POLLIN) && pthread_mutex_trylock(&e->tx_mu) == 0) {
       did += tx_cycle(e, e->tx, &more) > 0;
@@ -689,10 +691,12 @@ static void busy_poll(tenc_engine *e) {
       pthread_mutex_unlock(&e->rx_mu);
     }
     uint64_t now = tenc_now_ns();
+    any |= did;
     if (did) start = now;
-    else if (now - start >= budget) return;
+    else if (now - start >= budget) return any;
     else sched_yield(); /* on 2 cores the woken application must not wait for us */
   }
+  return any;
 }
 
 static void *tx_main(void *arg) {
@@ -714,7 +718,10 @@ static void *tx_main(void *arg) {
       usleep(1000);
       continue;
     }
-    if (!more && n > 0 && n <= SPIN_SMALL && e->busy_poll_us) busy_poll(e);
+    /* Adaptive: after 8 spins in a row that caught nothing (nothing answers what
+     * this pod sends), only every 16th small batch spins. */
+    if (!more && n > 0 && n <= SPIN_SMALL && e->busy_poll_us && (t->spin_misses < 8 || ++t->spin_skip % 16 == 0))
+      t->spin_misses = busy_poll(e) ? 0 : t->spin_misses + 1;
   }
   return NULL;
 }

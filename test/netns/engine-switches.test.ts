@@ -4,14 +4,16 @@
  * at its non-default value, so both sides of each switch are tested:
  *   TENC_SCATTER_SEAL=0  TSO/USO segments copied before sealing
  *   TENC_GRO_IOV=0       merged TCP runs copied into one frame before the TUN write
- *   TENC_BUSY_POLL_US    on (300 us): the other thread's pipeline runs inline
+ *   TENC_BUSY_POLL_US=0  the TX thread sleeps at once after a small send
  *   TENC_INLINE_TX=0     the TX thread alone sends (no read after a TUN write)
  *   TENC_TX_BATCH_KB=256 small send batches
+ *   TENC_TSO_ALIGN=0     TCP segments as large as the kernel asked
  * The engine children inherit this environment (engineCreate reads it).
  */
 process.env.TENC_SCATTER_SEAL = '0';
 process.env.TENC_GRO_IOV = '0';
-process.env.TENC_BUSY_POLL_US = '300';
+process.env.TENC_BUSY_POLL_US = '0';
 process.env.TENC_INLINE_TX = '0';
 process.env.TENC_TX_BATCH_KB = '256';
+process.env.TENC_TSO_ALIGN = '0';
 await import('./engine.test.js');
