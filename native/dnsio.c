@@ -219,28 +219,11 @@ static void on_poll(uv_poll_t *h, int status, int events) {
 
 /* ---- argument helpers ---- */
 
-static int get_prop(napi_env env, napi_value obj, const char *name, napi_value *out) {
-  bool has;
-  if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has) {
-    char m[120];
-    snprintf(m, sizeof m, "opts.%s is required", name);
-    tenc_throw_type(env, m);
-    return -1;
-  }
-  return napi_get_named_property(env, obj, name, out) == napi_ok ? 0 : -1;
-}
-
-static int get_int_prop(napi_env env, napi_value obj, const char *name, int64_t lo, int64_t hi, int64_t *out) {
-  napi_value v;
-  if (get_prop(env, obj, name, &v) < 0) return -1;
-  return tenc_get_int(env, v, lo, hi, name, out);
-}
-
 /* A typed array of the given type; returns its data and element count, and a reference. */
 static int get_array_prop(napi_env env, napi_value obj, const char *name, napi_typedarray_type want, void **data,
                           size_t *count, napi_ref *ref) {
   napi_value v;
-  if (get_prop(env, obj, name, &v) < 0) return -1;
+  if (tenc_get_prop(env, obj, name, &v) < 0) return -1;
   bool is = false;
   napi_is_typedarray(env, v, &is);
   napi_typedarray_type tt;
@@ -318,25 +301,25 @@ static napi_value dnsio_open(napi_env env, napi_callback_info info) {
   int64_t family, port, mark, rcvbuf, slot_bytes, cport = 0;
   void *p;
   size_t n;
-  if (get_int_prop(env, o, "family", 4, 6, &family) < 0) goto fail;
+  if (tenc_get_int_prop(env, o, "family", 4, 6, &family) < 0) goto fail;
   if (family != 4 && family != 6) {
     tenc_throw_range(env, "family must be 4 or 6");
     goto fail;
   }
-  if (get_int_prop(env, o, "port", 0, 65535, &port) < 0) goto fail;
-  if (get_int_prop(env, o, "mark", 0, 0xffffffffLL, &mark) < 0) goto fail;
-  if (get_int_prop(env, o, "recvBufferBytes", 0, 1 << 30, &rcvbuf) < 0) goto fail;
-  if (get_int_prop(env, o, "rxSlotBytes", 512, 65536, &slot_bytes) < 0) goto fail;
+  if (tenc_get_int_prop(env, o, "port", 0, 65535, &port) < 0) goto fail;
+  if (tenc_get_int_prop(env, o, "mark", 0, 0xffffffffLL, &mark) < 0) goto fail;
+  if (tenc_get_int_prop(env, o, "recvBufferBytes", 0, 1 << 30, &rcvbuf) < 0) goto fail;
+  if (tenc_get_int_prop(env, o, "rxSlotBytes", 512, 65536, &slot_bytes) < 0) goto fail;
   struct sockaddr_in6 bind_sa, conn_sa;
   socklen_t bind_len, conn_len = 0;
   napi_value v;
-  if (get_prop(env, o, "address", &v) < 0 || make_addr(env, (int)family, v, (int)port, &bind_sa, &bind_len, "address") < 0)
+  if (tenc_get_prop(env, o, "address", &v) < 0 || make_addr(env, (int)family, v, (int)port, &bind_sa, &bind_len, "address") < 0)
     goto fail;
-  if (get_prop(env, o, "connectAddress", &v) < 0) goto fail;
+  if (tenc_get_prop(env, o, "connectAddress", &v) < 0) goto fail;
   napi_valuetype ct;
   napi_typeof(env, v, &ct);
   if (ct != napi_null) {
-    if (get_int_prop(env, o, "connectPort", 1, 65535, &cport) < 0) goto fail;
+    if (tenc_get_int_prop(env, o, "connectPort", 1, 65535, &cport) < 0) goto fail;
     if (make_addr(env, (int)family, v, (int)cport, &conn_sa, &conn_len, "connectAddress") < 0) goto fail;
   }
   if (get_array_prop(env, o, "rxSlab", napi_uint8_array, &p, &n, &s->rx_slab_ref) < 0) goto fail;

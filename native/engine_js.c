@@ -168,26 +168,9 @@ static void call_js(napi_env env, napi_value cb, void *context, void *data) {
 
 /* ---- argument helpers ---- */
 
-static int get_prop(napi_env env, napi_value obj, const char *name, napi_value *out) {
-  bool has;
-  if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has) {
-    char m[100];
-    snprintf(m, sizeof m, "opts.%s is required", name);
-    tenc_throw_type(env, m);
-    return -1;
-  }
-  return napi_get_named_property(env, obj, name, out) == napi_ok ? 0 : -1;
-}
-
-static int opt_int(napi_env env, napi_value obj, const char *name, int64_t lo, int64_t hi, int64_t *out) {
-  napi_value v;
-  if (get_prop(env, obj, name, &v) < 0) return -1;
-  return tenc_get_int(env, v, lo, hi, name, out);
-}
-
 static int opt_bool(napi_env env, napi_value obj, const char *name, int *out) {
   napi_value v;
-  if (get_prop(env, obj, name, &v) < 0) return -1;
+  if (tenc_get_prop(env, obj, name, &v) < 0) return -1;
   return tenc_get_bool(env, v, name, out);
 }
 
@@ -302,11 +285,11 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
   int64_t tun, udp, r4, r6, mtu;
   char mode[8];
   napi_value mv;
-  if (opt_int(env, argv[0], "tunFd", 0, 1 << 30, &tun) < 0 || opt_int(env, argv[0], "udpFd", 0, 1 << 30, &udp) < 0 ||
-      opt_int(env, argv[0], "raw4Fd", -1, 1 << 30, &r4) < 0 || opt_int(env, argv[0], "raw6Fd", -1, 1 << 30, &r6) < 0 ||
-      opt_int(env, argv[0], "mtu", 0, 65535, &mtu) < 0 || opt_bool(env, argv[0], "vnetHdr", &o.vnet_hdr) < 0 ||
+  if (tenc_get_int_prop(env, argv[0], "tunFd", 0, 1 << 30, &tun) < 0 || tenc_get_int_prop(env, argv[0], "udpFd", 0, 1 << 30, &udp) < 0 ||
+      tenc_get_int_prop(env, argv[0], "raw4Fd", -1, 1 << 30, &r4) < 0 || tenc_get_int_prop(env, argv[0], "raw6Fd", -1, 1 << 30, &r6) < 0 ||
+      tenc_get_int_prop(env, argv[0], "mtu", 0, 65535, &mtu) < 0 || opt_bool(env, argv[0], "vnetHdr", &o.vnet_hdr) < 0 ||
       opt_bool(env, argv[0], "udpGso", &o.udp_gso) < 0 || opt_bool(env, argv[0], "udpGro", &o.udp_gro) < 0 ||
-      get_prop(env, argv[0], "mode", &mv) < 0 || tenc_get_str(env, mv, mode, sizeof mode, "mode") < 0)
+      tenc_get_prop(env, argv[0], "mode", &mv) < 0 || tenc_get_str(env, mv, mode, sizeof mode, "mode") < 0)
     return NULL;
   if (strcmp(mode, "raw") && strcmp(mode, "tun")) return tenc_throw_range(env, "mode must be 'raw' or 'tun'");
   o.mode_tun = strcmp(mode, "tun") == 0;
@@ -517,8 +500,8 @@ static napi_value engine_set_local_services(napi_env env, napi_callback_info inf
       free(s);
       return tenc_throw_type(env, "each service must be an object");
     }
-    if (get_prop(env, o, "vip", &vip) < 0 || get_prop(env, o, "localAddress", &loc) < 0 ||
-        get_prop(env, o, "ports", &ports) < 0)
+    if (tenc_get_prop(env, o, "vip", &vip) < 0 || tenc_get_prop(env, o, "localAddress", &loc) < 0 ||
+        tenc_get_prop(env, o, "ports", &ports) < 0)
       goto fail;
     int f1 = get_ip(env, vip, "vip", s[i].vip);
     if (f1 < 0) goto fail;
@@ -546,8 +529,8 @@ static napi_value engine_set_local_services(napi_env env, napi_callback_info inf
       char proto[8];
       int64_t port;
       napi_get_element(env, ports, k, &po);
-      if (get_prop(env, po, "protocol", &pr) < 0 || tenc_get_str(env, pr, proto, sizeof proto, "protocol") < 0 ||
-          get_prop(env, po, "port", &pv) < 0 || tenc_get_int(env, pv, 1, 65535, "port", &port) < 0)
+      if (tenc_get_prop(env, po, "protocol", &pr) < 0 || tenc_get_str(env, pr, proto, sizeof proto, "protocol") < 0 ||
+          tenc_get_prop(env, po, "port", &pv) < 0 || tenc_get_int(env, pv, 1, 65535, "port", &port) < 0)
         goto fail;
       if (strcmp(proto, "tcp") && strcmp(proto, "udp")) {
         free(s);

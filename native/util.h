@@ -97,6 +97,25 @@ static inline int tenc_get_str(napi_env env, napi_value v, char *buf, size_t cap
   return 0;
 }
 
+/* The required property `name` of an options object (TypeError "opts.NAME is required"). */
+static inline int tenc_get_prop(napi_env env, napi_value obj, const char *name, napi_value *out) {
+  bool has;
+  if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has) {
+    char m[120];
+    snprintf(m, sizeof m, "opts.%s is required", name);
+    tenc_throw_type(env, m);
+    return -1;
+  }
+  return napi_get_named_property(env, obj, name, out) == napi_ok ? 0 : -1;
+}
+
+/* The required integer property `name` of an options object, in [lo, hi]. */
+static inline int tenc_get_int_prop(napi_env env, napi_value obj, const char *name, int64_t lo, int64_t hi, int64_t *out) {
+  napi_value v;
+  if (tenc_get_prop(env, obj, name, &v) < 0) return -1;
+  return tenc_get_int(env, v, lo, hi, name, out);
+}
+
 /* Gets the bytes of a Uint8Array / Buffer argument. */
 static inline int tenc_get_bytes(napi_env env, napi_value v, const char *name, uint8_t **data,
                                  size_t *len) {
