@@ -2,6 +2,7 @@
  * What `tenc status` shows, and its text form (modelled on `wg show`). The
  * report carries public keys only: private keys and the psk never leave the pod.
  */
+import type { RouteMissCounters } from '../dns/misses.js';
 
 export interface PeerStatus {
   publicKey: string;
@@ -56,22 +57,7 @@ export interface DnsStatusReport {
     drops: Record<string, number>;
   };
   /** First-use classification of dns.classifyCidrs (src/dns/misses.ts), when configured. */
-  routeMisses?: {
-    ranges: string[];
-    bypasses: number;
-    misses: number;
-    outOfRange: number;
-    bypassed: number;
-    projectUnrouted: number;
-    undecided: number;
-    released: number;
-    heldDropped: number;
-    releaseErrors: number;
-    evicted: number;
-    rechecked: number;
-    errors: number;
-    busy: number;
-  };
+  routeMisses?: { ranges: string[]; bypasses: number } & RouteMissCounters;
 }
 
 function plural(n: number, unit: string): string {

@@ -20,7 +20,7 @@ import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Netns, snapshot, startCapture, readCaptureBytes, type NetSnapshot } from './lib.js';
-import { Topology, prepare, startPod, stopPod, stopAllPods, tenc, main, pairUp, control, type PodProc } from './accept-lib.js';
+import { Topology, prepare, startPod, stopPod, stopAllPods, tenc, main, pairUp, control, waitFor, type PodProc } from './accept-lib.js';
 
 const PREFIX = `tcls${process.pid % 100000}`;
 const TABLE = 52100; // the config default
@@ -52,15 +52,6 @@ function curl(ns: Netns, url: string, maxTime = 5): { ok: boolean; body: string 
 
 function podStatus(): any {
   return JSON.parse(tenc(a, 'status', '--json'));
-}
-
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return cond();
 }
 
 beforeAll(async () => {
