@@ -111,13 +111,7 @@ export class RouteMisses {
       return;
     }
     this.counters.misses++;
-    let cidr: string;
-    try {
-      cidr = hostCidr(destination);
-    } catch (e) {
-      this.fail('miss', e);
-      return;
-    }
+    const cidr = hostCidr(destination);
     if (this.stopped) {
       packet?.fill(0);
       return;

@@ -388,8 +388,9 @@ export class PolicyRouting {
     }
     // bypasses these routes cover go first: their packets meet the range's tenc0 route, never the main table
     const ranges = this.opts.bypassRanges ?? [];
+    const tunnel = [...fresh[4], ...fresh[6]].filter((c) => !ranges.includes(c));
     for (const b of [...this.bypassed]) {
-      if ([...fresh[4], ...fresh[6]].some((c) => !ranges.includes(c) && cidrCovers(c, b))) await this.removeBypassNow(b);
+      if (tunnel.some((c) => cidrCovers(c, b))) await this.removeBypassNow(b);
     }
     for (const fam of [4, 6] as const) {
       const list = fresh[fam];
