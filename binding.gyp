@@ -13,6 +13,7 @@
         "native/allowedips.c",
         "native/nat.c",
         "native/offload.c",
+        "native/csum.c",
         "native/sock.c",
         "native/dnsio.c"
       ],

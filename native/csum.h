@@ -7,8 +7,32 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Adds data to a running one's-complement sum (not folded, not complemented). */
+/* Buffers of at least this many bytes go to tenc_csum_add_large (csum.c), which
+ * picks a SIMD variant once per process; shorter ones (IP and L4 headers, NAT
+ * rewrites) stay inline, with no call or dispatch. */
+#define TENC_CSUM_LARGE 256
+
+typedef uint64_t (*tenc_csum_fn)(uint64_t sum, const uint8_t *p, size_t len);
+
+/* The large-buffer path: same contract as tenc_csum_add, any `sum` accepted
+ * (additions carry end-around, so no 64-bit overflow), result at most 2^32. */
+uint64_t tenc_csum_add_large(uint64_t sum, const uint8_t *p, size_t len);
+
+/* Its variants, for tests and benchmarks. tenc_csum_variant(i) returns the i-th
+ * (NULL past the last); *name is set, *usable to whether this CPU runs it. The
+ * first is the portable scalar one; x86-64 builds add "avx2" and "avx512". */
+tenc_csum_fn tenc_csum_variant(unsigned i, const char **name, int *usable);
+/* The name of the variant tenc_csum_add_large uses (TENC_CSUM=scalar|avx2|avx512
+ * in the environment forces one, if this CPU runs it). */
+const char *tenc_csum_impl(void);
+
+/* Adds data to a running one's-complement sum (not folded, not complemented):
+ * 16-bit words in memory order from p (any alignment), an odd last byte padded
+ * with a zero byte (RFC 1071 §4.1). Sums of native-order 32-bit loads are
+ * congruent mod 0xffff to the sum of their 16-bit words, which is all folding
+ * needs. */
 static inline uint64_t tenc_csum_add(uint64_t sum, const uint8_t *p, size_t len) {
+  if (len >= TENC_CSUM_LARGE) return tenc_csum_add_large(sum, p, len);
   while (len >= 8) {
     uint32_t a, b;
     memcpy(&a, p, 4);
