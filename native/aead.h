@@ -1,7 +1,8 @@
 #ifndef TENC_AEAD_H
 #define TENC_AEAD_H
-/* ChaCha20-Poly1305 (RFC 8439) over the OpenSSL that the Node binary exports.
- * One tenc_aead per thread: it owns reusable EVP contexts, so sealing or opening
+/* ChaCha20-Poly1305 (RFC 8439) over the OpenSSL that the Node binary exports:
+ * its ChaCha20 and Poly1305 cores called directly, or EVP (see aead.c).
+ * One tenc_aead per thread: it owns reusable contexts, so sealing or opening
  * a packet allocates nothing. */
 #include <stddef.h>
 #include <stdint.h>
@@ -14,7 +15,11 @@
 
 typedef struct tenc_aead tenc_aead;
 
+/* A context on the backend TENC_AEAD selects ("evp"; anything else: direct when
+ * available and checked, else evp). NULL when out of memory or OpenSSL fails. */
 tenc_aead *tenc_aead_new(void);
+/* "direct" or "evp". */
+const char *tenc_aead_backend(const tenc_aead *a);
 void tenc_aead_free(tenc_aead *a);
 
 /* Forget the cached keys (zeroed) without freeing the contexts; the next call

@@ -111,6 +111,16 @@ export function aeadOpen(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array,
   return addon.aeadOpen(key, nonce, aad, sealed);
 }
 
+/**
+ * Which ChaCha20-Poly1305 code the native contexts of this process use: "direct"
+ * (OpenSSL's ChaCha20 and Poly1305 cores called straight, the default where node
+ * exports them and they pass the start-up check) or "evp" (OpenSSL's EVP API;
+ * forced with TENC_AEAD=evp in the environment). Same bytes either way.
+ */
+export function aeadBackend(): 'direct' | 'evp' {
+  return addon.aeadBackend();
+}
+
 /** WireGuard transport nonce (whitepaper §5.4.6): 4 zero bytes, then the counter as u64 little-endian. */
 export function wgNonce(counter: bigint): Uint8Array {
   const nonce = new Uint8Array(AEAD_NONCE_LEN);

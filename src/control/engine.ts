@@ -130,7 +130,8 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
   }
   const description =
     `native, inject ${d.inject}, tun offload ${plane.tun.vnetHdr ? 'on' : 'off'}, ` +
-    `udp gso ${d.udpGso && plane.udp.gso ? 'on' : 'off'}, udp gro ${d.udpGro && plane.udp.gro ? 'on' : 'off'}`;
+    `udp gso ${d.udpGso && plane.udp.gso ? 'on' : 'off'}, udp gro ${d.udpGro && plane.udp.gro ? 'on' : 'off'}, ` +
+    `aead ${native.aeadBackend()}`;
   log.info({ dataPlane: description, tun: plane.tun.name, port: plane.udp.port }, 'data plane open');
   const known = new Set<string>();
   let onMiss: ((destination: string, packet: Uint8Array | null) => void) | null = null;

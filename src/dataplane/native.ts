@@ -24,6 +24,8 @@
  * another peer); wrong argument types are TypeErrors, bad ranges RangeErrors.
  */
 import { addon } from '../native.js';
+/** The ChaCha20-Poly1305 backend the engine's threads use ("direct" or "evp"), for the status line. */
+export { aeadBackend } from '../native.js';
 import {
   DROP_REASONS,
   type DataPlane,

@@ -8,6 +8,7 @@
  *   TENC_INLINE_TX=0     the TX thread alone sends (no read after a TUN write)
  *   TENC_TX_BATCH_KB=256 small send batches
  *   TENC_TSO_ALIGN=0     TCP segments as large as the kernel asked
+ *   TENC_AEAD=evp        ChaCha20-Poly1305 through OpenSSL's EVP API, not its cores
  * The engine children inherit this environment (engineCreate reads it).
  */
 process.env.TENC_SCATTER_SEAL = '0';
@@ -16,4 +17,5 @@ process.env.TENC_BUSY_POLL_US = '0';
 process.env.TENC_INLINE_TX = '0';
 process.env.TENC_TX_BATCH_KB = '256';
 process.env.TENC_TSO_ALIGN = '0';
+process.env.TENC_AEAD = 'evp';
 await import('./engine.test.js');

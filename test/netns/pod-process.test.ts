@@ -144,7 +144,7 @@ describe('two tenc pod processes', () => {
     for (const l of lines) expect(l).toMatch(/IP6 fd00:77::[12]\.51821 > fd00:77::[12]\.51821: UDP/);
 
     const st = JSON.parse(tenc(a, 'status', '--json'));
-    expect(st.dataPlane).toBe('native, inject raw, tun offload off, udp gso off, udp gro off');
+    expect(st.dataPlane).toBe('native, inject raw, tun offload off, udp gso off, udp gro off, aead direct');
     expect(st.mtu).toBe(1420); // 1500 - 80, no peer endpoint at start
     expect(st.peers[0].endpoint).toBe('[fd00:77::2]:51821');
 

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
 import {
+  aeadBackend,
   aeadSeal,
   aeadOpen,
   aeadSealBatch,
@@ -182,6 +183,34 @@ describe('RFC 8439 vectors (test/vectors/rfc8439-aead.json)', () => {
     const sealedBacking = new Uint8Array(sealed.length + 5);
     sealedBacking.set(sealed, 5);
     expect(hex(aeadOpen(key, unhex(v.nonce), sealedBacking.subarray(5), unhex(v.aad))!)).toBe(v.plaintext);
+  });
+});
+
+describe(`backend (TENC_AEAD=${process.env.TENC_AEAD ?? ''})`, () => {
+  // On this machine's node (OpenSSL linked in, its symbols exported) the direct
+  // backend must be chosen and pass its start-up check; aead-evp.test.ts reruns
+  // this file with TENC_AEAD=evp.
+  it('is the one the environment asks for', () => {
+    expect(aeadBackend()).toBe(process.env.TENC_AEAD === 'evp' ? 'evp' : 'direct');
+  });
+
+  it('matches noble on every length 0..320 and around a packet (block and padding edges), with AAD 0..40', () => {
+    const key = rand(32);
+    const lengths = [...Array(321).keys(), 1023, 1024, 1025, 1403, 1404, 1419, 1420, 1436, 1500, 9000, 65535];
+    for (const n of lengths) {
+      const nonce = rand(12);
+      const pt = rand(n);
+      const aad = rand(n % 41);
+      const ours = aeadSeal(key, nonce, pt, aad);
+      const ref = chacha20poly1305(key, nonce, aad).encrypt(pt);
+      expect(hex(ours), `length ${n}`).toBe(hex(ref));
+      expect(hex(aeadOpen(key, nonce, ref, aad)!), `length ${n}`).toBe(hex(pt));
+      if (n > 0) {
+        const bad = Uint8Array.from(ref);
+        bad[n - 1] ^= 0x80;
+        expect(aeadOpen(key, nonce, bad, aad), `length ${n}`).toBeNull();
+      }
+    }
   });
 });
 
