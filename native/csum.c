@@ -1,16 +1,14 @@
 /* csum.c: the Internet checksum (RFC 1071) over large buffers (TSO/USO segment
  * payloads, GRO super-packets), see csum.h. Three variants compute the same sum:
- *  - scalar: 64-bit loads added with carry into 128-bit accumulators (add/adc on
- *    x86-64, adds/adc on arm64), four independent chains; plain C, any 64-bit target
- *    (32-bit targets without __int128 add 32-bit loads to 64-bit accumulators);
+ *  - scalar: 64-bit loads into four independent 64-bit sums, carries counted
+ *    (__builtin_add_overflow: add/adc on x86-64, adds/adc on arm64); plain C;
  *  - avx2, avx512 (x86-64 only): each 64-bit lane keeps two sums, S of the whole
  *    lane mod 2^64 and H of its upper 32-bit halves; the exact sum of the lower
  *    halves is then S - (H << 32) mod 2^64, so one shift and two adds per vector
  *    replace the unpack-and-widen of a generic compiler's loop.
  * The first call picks the best one this CPU runs (__builtin_cpu_supports checks
  * the OS saves the vector state too) and stores it for the process.
- * Tests build it with TENC_CSUM_PORTABLE (no SIMD, as on other architectures) and
- * TENC_CSUM_NO_INT128 (the 32-bit targets' scalar loop) too. */
+ * Tests also build it with TENC_CSUM_PORTABLE (no SIMD, as on other architectures). */
 #include "csum.h"
 #include <stdlib.h>
 #if defined(__x86_64__) && !defined(TENC_CSUM_PORTABLE)
@@ -39,48 +37,23 @@ static inline uint64_t tail(uint64_t sum, const uint8_t *p, size_t len) {
   return add_eac(sum, tenc_csum_add(0, p, len));
 }
 
+static inline uint64_t load64(const uint8_t *p) {
+  uint64_t w;
+  memcpy(&w, p, 8);
+  return w;
+}
+
 static uint64_t csum_scalar(uint64_t sum, const uint8_t *p, size_t len) {
-#if defined(__SIZEOF_INT128__) && !defined(TENC_CSUM_NO_INT128)
-  /* Each accumulator's high half grows by at most 1 per add: no overflow before 2^64 adds. */
-  unsigned __int128 a0 = sum, a1 = 0, a2 = 0, a3 = 0;
-  while (len >= 32) {
-    uint64_t w[4];
-    memcpy(w, p, 32);
-    a0 += w[0];
-    a1 += w[1];
-    a2 += w[2];
-    a3 += w[3];
-    p += 32;
-    len -= 32;
+  /* Four independent sums; c counts their carries (at most 4 per 32 bytes). */
+  uint64_t s0 = sum, s1 = 0, s2 = 0, s3 = 0, c = 0;
+  for (; len >= 32; len -= 32, p += 32) {
+    c += __builtin_add_overflow(s0, load64(p), &s0);
+    c += __builtin_add_overflow(s1, load64(p + 8), &s1);
+    c += __builtin_add_overflow(s2, load64(p + 16), &s2);
+    c += __builtin_add_overflow(s3, load64(p + 24), &s3);
   }
-  while (len >= 8) {
-    uint64_t w;
-    memcpy(&w, p, 8);
-    a0 += w;
-    p += 8;
-    len -= 8;
-  }
-  /* Four sums below 2^128 / 4: their total does not overflow. */
-  unsigned __int128 t = a0 + a1 + a2 + a3;
-  uint64_t s = add_eac((uint64_t)t, (uint64_t)(t >> 64));
-#else
-  uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, s = sum;
-  while (len >= 16) {
-    size_t n = len / 16 < (1u << 30) ? len / 16 : (1u << 30); /* 2^30 adds below 2^32 each: no overflow */
-    for (size_t i = 0; i < n; i++) {
-      uint32_t w[4];
-      memcpy(w, p, 16);
-      a0 += w[0];
-      a1 += w[1];
-      a2 += w[2];
-      a3 += w[3];
-      p += 16;
-    }
-    len -= n * 16;
-    s = add_eac(s, add_eac(add_eac(a0, a1), add_eac(a2, a3)));
-    a0 = a1 = a2 = a3 = 0;
-  }
-#endif
+  for (; len >= 8; len -= 8, p += 8) c += __builtin_add_overflow(s0, load64(p), &s0);
+  uint64_t s = add_eac(add_eac(add_eac(s0, s1), add_eac(s2, s3)), c);
   return shrink(tail(s, p, len));
 }
 
@@ -89,70 +62,108 @@ static uint64_t csum_scalar(uint64_t sum, const uint8_t *p, size_t len) {
  * lower halves' sum (< 2^63) and S - (H << 32) + H (< 2^64) stay exact. */
 #define CHUNK ((size_t)1 << 30)
 
-__attribute__((target("avx2"))) static uint64_t csum_avx2(uint64_t sum, const uint8_t *p, size_t len) {
-  while (len >= 32) {
-    size_t n = len < CHUNK ? len : CHUNK;
-    len -= n & ~(size_t)31;
-    __m256i s = _mm256_setzero_si256(), h = _mm256_setzero_si256();
-    for (; n >= 128; n -= 128, p += 128) {
-      __m256i v0 = _mm256_loadu_si256((const __m256i *)p);
-      __m256i v1 = _mm256_loadu_si256((const __m256i *)(p + 32));
-      __m256i v2 = _mm256_loadu_si256((const __m256i *)(p + 64));
-      __m256i v3 = _mm256_loadu_si256((const __m256i *)(p + 96));
-      s = _mm256_add_epi64(s, _mm256_add_epi64(_mm256_add_epi64(v0, v1), _mm256_add_epi64(v2, v3)));
-      __m256i h01 = _mm256_add_epi64(_mm256_srli_epi64(v0, 32), _mm256_srli_epi64(v1, 32));
-      __m256i h23 = _mm256_add_epi64(_mm256_srli_epi64(v2, 32), _mm256_srli_epi64(v3, 32));
-      h = _mm256_add_epi64(h, _mm256_add_epi64(h01, h23));
-    }
-    for (; n >= 32; n -= 32, p += 32) {
-      __m256i v = _mm256_loadu_si256((const __m256i *)p);
-      s = _mm256_add_epi64(s, v);
-      h = _mm256_add_epi64(h, _mm256_srli_epi64(v, 32));
-    }
-    /* Per lane: lower halves + upper halves. */
-    __m256i lane = _mm256_add_epi64(_mm256_sub_epi64(s, _mm256_slli_epi64(h, 32)), h);
-    uint64_t l[4];
-    _mm256_storeu_si256((__m256i *)l, lane);
-    sum = add_eac(add_eac(sum, add_eac(l[0], l[1])), add_eac(l[2], l[3]));
-  }
-  return shrink(tail(sum, p, len));
+/* A sum taken over words that start one byte off the caller's (an odd number of
+ * bytes in): every byte sits in the other half of its word, so the true sum is
+ * this one times 256 mod 0xffff, its folded value with the bytes swapped
+ * (RFC 1071 §2(B)). */
+static inline uint64_t swap_sum(uint64_t s) {
+  uint64_t f = tenc_csum_fold(s);
+  return ((f << 8) | (f >> 8)) & 0xffff;
 }
 
+/* Sum of n (a multiple of 32) bytes from p, n <= CHUNK. */
+__attribute__((target("avx2"))) static uint64_t avx2_run(const uint8_t *p, size_t n) {
+  __m256i s = _mm256_setzero_si256(), h = _mm256_setzero_si256();
+  for (; n >= 128; n -= 128, p += 128) {
+    __m256i v0 = _mm256_loadu_si256((const __m256i *)p);
+    __m256i v1 = _mm256_loadu_si256((const __m256i *)(p + 32));
+    __m256i v2 = _mm256_loadu_si256((const __m256i *)(p + 64));
+    __m256i v3 = _mm256_loadu_si256((const __m256i *)(p + 96));
+    s = _mm256_add_epi64(s, _mm256_add_epi64(_mm256_add_epi64(v0, v1), _mm256_add_epi64(v2, v3)));
+    __m256i h01 = _mm256_add_epi64(_mm256_srli_epi64(v0, 32), _mm256_srli_epi64(v1, 32));
+    __m256i h23 = _mm256_add_epi64(_mm256_srli_epi64(v2, 32), _mm256_srli_epi64(v3, 32));
+    h = _mm256_add_epi64(h, _mm256_add_epi64(h01, h23));
+  }
+  for (; n >= 32; n -= 32, p += 32) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    s = _mm256_add_epi64(s, v);
+    h = _mm256_add_epi64(h, _mm256_srli_epi64(v, 32));
+  }
+  /* Per lane: lower halves + upper halves. */
+  __m256i lane = _mm256_add_epi64(_mm256_sub_epi64(s, _mm256_slli_epi64(h, 32)), h);
+  uint64_t l[4];
+  _mm256_storeu_si256((__m256i *)l, lane);
+  return add_eac(add_eac(l[0], l[1]), add_eac(l[2], l[3]));
+}
+
+/* Loads that cross a cache line cost about 1.5x here: a head of up to 31 bytes goes
+ * through the inline loop, the rest from a 32-byte boundary. */
+__attribute__((target("avx2"))) static uint64_t csum_avx2(uint64_t sum, const uint8_t *p, size_t len) {
+  size_t head = (size_t)(-(uintptr_t)p & 31);
+  if (len < head + 32) return shrink(tail(sum, p, len));
+  uint64_t h = tenc_csum_add(0, p, head), d = 0;
+  p += head;
+  len -= head;
+  while (len >= 32) {
+    size_t n = (len < CHUNK ? len : CHUNK) & ~(size_t)31;
+    d = add_eac(d, avx2_run(p, n));
+    p += n;
+    len -= n;
+  }
+  d = tail(d, p, len);
+  if (head & 1) d = swap_sum(d);
+  return shrink(add_eac(add_eac(sum, h), d));
+}
+
+/* Sums the bytes from the 64-byte boundary a at or below p to p + len, the bytes
+ * before p and past the end masked off (masked-off bytes read as zero and never
+ * fault), so every load is aligned. */
 __attribute__((target("avx512f,avx512bw"))) static uint64_t csum_avx512(uint64_t sum, const uint8_t *p,
                                                                           size_t len) {
-  while (len) {
-    size_t n = len < CHUNK ? len : CHUNK;
-    len -= n;
-    __m512i s = _mm512_setzero_si512(), h = _mm512_setzero_si512();
-    for (; n >= 256; n -= 256, p += 256) {
-      __m512i v0 = _mm512_loadu_si512((const void *)p);
-      __m512i v1 = _mm512_loadu_si512((const void *)(p + 64));
-      __m512i v2 = _mm512_loadu_si512((const void *)(p + 128));
-      __m512i v3 = _mm512_loadu_si512((const void *)(p + 192));
+  if (len == 0) return shrink(sum);
+  size_t off = (uintptr_t)p & 63;
+  const uint8_t *a = (const uint8_t *)((uintptr_t)p - off);
+  uint64_t m = ~(uint64_t)0 << off;
+  if (len < 64 - off) m &= ((uint64_t)1 << (off + len)) - 1;
+  __m512i v = _mm512_maskz_loadu_epi8(_cvtu64_mask64(m), (const void *)a);
+  __m512i s = v, h = _mm512_srli_epi64(v, 32);
+  size_t n = len < 64 - off ? 0 : len - (64 - off); /* bytes after the first block */
+  a += 64;
+  uint64_t d = 0;
+  for (;;) {
+    size_t run = n < CHUNK ? n : CHUNK;
+    n -= run;
+    for (; run >= 256; run -= 256, a += 256) {
+      __m512i v0 = _mm512_load_si512((const void *)a);
+      __m512i v1 = _mm512_load_si512((const void *)(a + 64));
+      __m512i v2 = _mm512_load_si512((const void *)(a + 128));
+      __m512i v3 = _mm512_load_si512((const void *)(a + 192));
       s = _mm512_add_epi64(s, _mm512_add_epi64(_mm512_add_epi64(v0, v1), _mm512_add_epi64(v2, v3)));
       __m512i h01 = _mm512_add_epi64(_mm512_srli_epi64(v0, 32), _mm512_srli_epi64(v1, 32));
       __m512i h23 = _mm512_add_epi64(_mm512_srli_epi64(v2, 32), _mm512_srli_epi64(v3, 32));
       h = _mm512_add_epi64(h, _mm512_add_epi64(h01, h23));
     }
-    for (; n >= 64; n -= 64, p += 64) {
-      __m512i v = _mm512_loadu_si512((const void *)p);
+    for (; run >= 64; run -= 64, a += 64) {
+      v = _mm512_load_si512((const void *)a);
       s = _mm512_add_epi64(s, v);
       h = _mm512_add_epi64(h, _mm512_srli_epi64(v, 32));
     }
-    if (n) {
-      /* The last 1..63 bytes in one masked load: the bytes past the end read as zero
-       * (and never fault), which is the RFC's padding of an odd last byte too. */
-      __m512i v = _mm512_maskz_loadu_epi8(_cvtu64_mask64(((uint64_t)1 << n) - 1), (const void *)p);
+    if (run) { /* the last 1..63 bytes */
+      v = _mm512_maskz_loadu_epi8(_cvtu64_mask64(((uint64_t)1 << run) - 1), (const void *)a);
       s = _mm512_add_epi64(s, v);
       h = _mm512_add_epi64(h, _mm512_srli_epi64(v, 32));
-      p += n;
+      a += run;
     }
     __m512i lane = _mm512_add_epi64(_mm512_sub_epi64(s, _mm512_slli_epi64(h, 32)), h);
     uint64_t l[8];
     _mm512_storeu_si512((void *)l, lane);
-    for (int i = 0; i < 8; i++) sum = add_eac(sum, l[i]);
+    for (int i = 0; i < 8; i++) d = add_eac(d, l[i]);
+    if (n == 0) break;
+    s = h = _mm512_setzero_si512();
   }
-  return shrink(sum);
+  /* Words were taken from a, off bytes before p. */
+  if (off & 1) d = swap_sum(d);
+  return shrink(add_eac(sum, d));
 }
 #endif
 
