@@ -213,7 +213,11 @@ static unsigned pick(void) {
   return best;
 }
 
-/* Racing first calls pick the same variant; the atomics only keep the accesses defined. */
+/* Picked when the addon loads (on node's main thread, so getenv races no setenv);
+ * if some caller runs first, racing first calls pick the same variant, and the
+ * atomics keep the accesses defined. */
+__attribute__((constructor)) static void pick_at_load(void) { __atomic_store_n(&chosen, (int)pick(), __ATOMIC_RELAXED); }
+
 static inline unsigned current(void) {
   int c = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
   if (c < 0) {
