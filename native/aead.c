@@ -73,6 +73,11 @@ static pthread_once_t ll_once = PTHREAD_ONCE_INIT;
 struct tenc_aead {
   int direct;
   void *poly; /* direct: a Poly1305 context (ll.poly_size bytes) */
+  /* direct: Poly1305 keys made ahead by tenc_aead_prepare, used in order */
+  uint32_t pk_n, pk_i;
+  const uint8_t *pk_key[TENC_AEAD_PREP_MAX];
+  uint8_t pk_nonce[TENC_AEAD_PREP_MAX][TENC_AEAD_NONCE_LEN];
+  uint8_t pk[TENC_AEAD_PREP_MAX][32];
   /* evp */
   EVP_CIPHER *cipher;
   EVP_CIPHER_CTX *enc;
@@ -82,6 +87,13 @@ struct tenc_aead {
   int enc_keyed;
   int dec_keyed;
 };
+
+/* Per-packet wipe of small secrets on the stack: an inlined memset the compiler
+ * may not drop (the asm makes the zeroed memory observable). */
+static inline void wipe(void *p, size_t n) {
+  memset(p, 0, n);
+  __asm__ __volatile__("" : : "r"(p) : "memory");
+}
 
 static inline uint32_t rd32(const uint8_t *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -156,7 +168,124 @@ static void chacha_parts(const uint32_t kw[8], uint32_t ctr[4], const part *part
     i = j;
     off = o;
   }
-  OPENSSL_cleanse(blk, sizeof blk);
+  wipe(blk, sizeof blk);
+}
+
+/* ---- Poly1305 keys for many packets at once ------------------------------------
+ *
+ * Each record's Poly1305 key is ChaCha20 block 0 of its (key, nonce): one lone
+ * 64-byte block. OpenSSL computes a lone block at about the cost of six in its
+ * 16-block loop (ChaCha20_avx512 was 5.5% of the machine in an iperf3 profile, the
+ * bulk ChaCha20_16x 17%). Here block 0 of 16 records is computed side by side, one
+ * record per vector lane (RFC 8439 §2.3 block function; word i of all 16 states in
+ * one vector), from one source compiled for AVX-512, AVX2 and the baseline (GCC
+ * vector extensions split the 512-bit vectors as the target needs). Only the first
+ * 8 output words are kept: the 32-byte key. */
+typedef uint32_t v16u __attribute__((vector_size(64)));
+
+#define B0_QR(a, b, c, d)       \
+  a += b;                       \
+  d ^= a;                       \
+  d = (d << 16) | (d >> 16);    \
+  c += d;                       \
+  b ^= c;                       \
+  b = (b << 12) | (b >> 20);    \
+  a += b;                       \
+  d ^= a;                       \
+  d = (d << 8) | (d >> 24);     \
+  c += d;                       \
+  b ^= c;                       \
+  b = (b << 7) | (b >> 25);
+
+/* in[word][lane] -> out[word][lane] for words 0..7 of the output block */
+#define DEFINE_BLOCK0X16(NAME, ATTR)                                                          \
+  ATTR static void NAME(const uint32_t in[16][16], uint32_t out[8][16]) {                    \
+    v16u x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15;                 \
+    memcpy(&x0, in[0], 64), memcpy(&x1, in[1], 64), memcpy(&x2, in[2], 64), memcpy(&x3, in[3], 64); \
+    memcpy(&x4, in[4], 64), memcpy(&x5, in[5], 64), memcpy(&x6, in[6], 64), memcpy(&x7, in[7], 64); \
+    memcpy(&x8, in[8], 64), memcpy(&x9, in[9], 64), memcpy(&x10, in[10], 64), memcpy(&x11, in[11], 64); \
+    memcpy(&x12, in[12], 64), memcpy(&x13, in[13], 64), memcpy(&x14, in[14], 64), memcpy(&x15, in[15], 64); \
+    for (int r = 0; r < 10; r++) {                                                            \
+      B0_QR(x0, x4, x8, x12) B0_QR(x1, x5, x9, x13) B0_QR(x2, x6, x10, x14) B0_QR(x3, x7, x11, x15) \
+      B0_QR(x0, x5, x10, x15) B0_QR(x1, x6, x11, x12) B0_QR(x2, x7, x8, x13) B0_QR(x3, x4, x9, x14) \
+    }                                                                                         \
+    v16u y[8] = {x0, x1, x2, x3, x4, x5, x6, x7};                                             \
+    for (int i = 0; i < 8; i++) {                                                             \
+      v16u w;                                                                                 \
+      memcpy(&w, in[i], 64);                                                                  \
+      y[i] += w;                                                                              \
+      memcpy(out[i], &y[i], 64);                                                              \
+    }                                                                                         \
+  }
+
+DEFINE_BLOCK0X16(block0x16_base, )
+#if defined(__x86_64__)
+DEFINE_BLOCK0X16(block0x16_avx2, __attribute__((target("avx2"))))
+DEFINE_BLOCK0X16(block0x16_avx512, __attribute__((target("avx512f"))))
+#endif
+
+typedef void (*block0x16_fn)(const uint32_t in[16][16], uint32_t out[8][16]);
+
+static block0x16_fn block0_impl(int which) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (which == TENC_AEAD_B0_AVX512 || which == TENC_AEAD_B0_AUTO) {
+    if (__builtin_cpu_supports("avx512f")) return block0x16_avx512;
+    if (which == TENC_AEAD_B0_AVX512) return NULL;
+  }
+  if (which == TENC_AEAD_B0_AVX2 || which == TENC_AEAD_B0_AUTO) {
+    if (__builtin_cpu_supports("avx2")) return block0x16_avx2;
+    if (which == TENC_AEAD_B0_AVX2) return NULL;
+  }
+#else
+  if (which == TENC_AEAD_B0_AVX512 || which == TENC_AEAD_B0_AVX2) return NULL;
+#endif
+  return block0x16_base;
+}
+
+int tenc_aead_block0(int which, uint32_t n, const uint8_t *const keys[], const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN],
+                     uint8_t (*out)[32]) {
+  static const uint32_t sigma[4] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574}; /* "expand 32-byte k" */
+  block0x16_fn f = block0_impl(which);
+  if (f == NULL) return -1;
+  uint32_t in[16][16] __attribute__((aligned(64)));
+  uint32_t o[8][16] __attribute__((aligned(64)));
+  for (uint32_t base = 0; base < n; base += 16) {
+    uint32_t m = n - base < 16 ? n - base : 16;
+    for (uint32_t l = 0; l < 16; l++) {
+      uint32_t k = base + (l < m ? l : 0); /* idle lanes repeat the first */
+      for (int w = 0; w < 4; w++) in[w][l] = sigma[w];
+      for (int w = 0; w < 8; w++) in[4 + w][l] = rd32(keys[k] + 4 * w);
+      in[12][l] = 0; /* block counter 0 */
+      for (int w = 0; w < 3; w++) in[13 + w][l] = rd32(nonces[k] + 4 * w);
+    }
+    f((const uint32_t(*)[16])in, o);
+    for (uint32_t l = 0; l < m; l++)
+      for (int w = 0; w < 8; w++) {
+        uint32_t v = o[w][l];
+        uint8_t *p = out[base + l] + 4 * w;
+        p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+      }
+  }
+  wipe(in, sizeof in);
+  wipe(o, sizeof o);
+  return 0;
+}
+
+static block0x16_fn b0_auto; /* set by ll_check when the vector code agrees with OpenSSL */
+
+void tenc_aead_prepare(tenc_aead *a, uint32_t n, const uint8_t *const keys[],
+                       const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN]) {
+  if (a->pk_i < a->pk_n) wipe(a->pk[a->pk_i], (a->pk_n - a->pk_i) * sizeof a->pk[0]); /* unused */
+  a->pk_n = a->pk_i = 0;
+  if (!a->direct || !b0_auto || n == 0 || n > TENC_AEAD_PREP_MAX) return;
+  if (tenc_aead_block0(TENC_AEAD_B0_AUTO, n, keys, nonces, a->pk) != 0) n = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    a->pk_key[i] = keys[i];
+    memcpy(a->pk_nonce[i], nonces[i], TENC_AEAD_NONCE_LEN);
+  }
+  a->pk_n = n;
+  a->pk_i = 0;
 }
 
 /* Block 0 of (key, nonce): its first 32 bytes are the Poly1305 key (RFC 8439 §2.6). */
@@ -169,11 +298,18 @@ static void direct_begin(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN], con
   ctr[1] = rd32(nonce);
   ctr[2] = rd32(nonce + 4);
   ctr[3] = rd32(nonce + 8);
-  memset(b0, 0, sizeof b0);
-  ll.chacha(b0, b0, sizeof b0, kw, ctr);
+  uint32_t i = a->pk_i;
+  if (i < a->pk_n && a->pk_key[i] == key && memcmp(a->pk_nonce[i], nonce, TENC_AEAD_NONCE_LEN) == 0) {
+    ll.pinit(a->poly, a->pk[i]); /* made ahead by tenc_aead_prepare */
+    wipe(a->pk[i], sizeof a->pk[i]);
+    a->pk_i = i + 1;
+  } else {
+    memset(b0, 0, sizeof b0);
+    ll.chacha(b0, b0, sizeof b0, kw, ctr);
+    ll.pinit(a->poly, b0);
+    wipe(b0, sizeof b0);
+  }
   ctr[0] = 1;
-  ll.pinit(a->poly, b0);
-  OPENSSL_cleanse(b0, sizeof b0);
   if (aad_len) {
     ll.pupdate(a->poly, aad, aad_len);
     if (aad_len % 16) ll.pupdate(a->poly, zeros, 16 - aad_len % 16);
@@ -190,8 +326,8 @@ static void direct_finish(tenc_aead *a, const uint8_t *ct, size_t len, size_t aa
   wr64(lens + 8, len);
   ll.pupdate(a->poly, lens, sizeof lens);
   ll.pfinal(a->poly, tag);
-  if (!ll.final_cleanses) OPENSSL_cleanse(a->poly, ll.poly_size);
-  OPENSSL_cleanse(kw, 8 * sizeof(uint32_t));
+  if (!ll.final_cleanses) wipe(a->poly, ll.poly_size);
+  wipe(kw, 8 * sizeof(uint32_t));
 }
 
 static int direct_seal(tenc_aead *a, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad, size_t aad_len,
@@ -228,14 +364,14 @@ static int direct_open(tenc_aead *a, const uint8_t *key, const uint8_t *nonce, c
   memcpy(kw_keep, kw, sizeof kw_keep);
   direct_finish(a, buf, len, aad_len, mac, kw); /* wipes kw */
   int bad = CRYPTO_memcmp(mac, tag, sizeof mac) != 0;
-  OPENSSL_cleanse(mac, sizeof mac);
+  wipe(mac, sizeof mac);
   if (bad) {
-    OPENSSL_cleanse(kw_keep, sizeof kw_keep);
-    OPENSSL_cleanse(buf, len); /* as the EVP path: nothing of an unauthentic message is left */
+    wipe(kw_keep, sizeof kw_keep);
+    wipe(buf, len); /* as the EVP path: nothing of an unauthentic message is left */
     return -1;
   }
   if (len) ll.chacha(buf, buf, len, kw_keep, ctr);
-  OPENSSL_cleanse(kw_keep, sizeof kw_keep);
+  wipe(kw_keep, sizeof kw_keep);
   return 0;
 }
 
@@ -389,6 +525,29 @@ static void ll_check(void) {
       if (direct_open(d, key, nonce, NULL, 0, y, n + pad, y + n + pad) == 0) goto out;
     }
   }
+  /* the side-by-side block 0 against OpenSSL's, for lanes 1..16 and 40 records */
+  {
+    const uint8_t *keys[40];
+    uint8_t nonces[40][TENC_AEAD_NONCE_LEN], pks[40][32], b0[64];
+    uint8_t *kbuf = x; /* 40 keys of 32 bytes */
+    for (int i = 0; i < 40 * 32; i++) kbuf[i] = (uint8_t)(i * 7 + 3);
+    for (int i = 0; i < 40; i++) {
+      keys[i] = kbuf + 32 * i;
+      for (int j = 0; j < 12; j++) nonces[i][j] = (uint8_t)(i * 13 + j * 5);
+    }
+    for (uint32_t n = 1; n <= 40; n += n < 17 ? 1 : 23) {
+      if (tenc_aead_block0(TENC_AEAD_B0_AUTO, n, keys, (const uint8_t(*)[12])nonces, pks) != 0) goto out;
+      for (uint32_t i = 0; i < n; i++) {
+        uint32_t kw[8], ctr[4] = {0, rd32(nonces[i]), rd32(nonces[i] + 4), rd32(nonces[i] + 8)};
+        for (int w = 0; w < 8; w++) kw[w] = rd32(keys[i] + 4 * w);
+        memset(b0, 0, sizeof b0);
+        ll.chacha(b0, b0, sizeof b0, kw, ctr);
+        if (memcmp(b0, pks[i], 32) != 0) goto vec_out;
+      }
+    }
+    b0_auto = block0_impl(TENC_AEAD_B0_AUTO);
+  vec_out:;
+  }
   good = 1;
 out:
   ll.ok = good;
@@ -433,8 +592,10 @@ const char *tenc_aead_backend(const tenc_aead *a) { return a && a->direct ? "dir
 
 void tenc_aead_clear(tenc_aead *a) {
   if (a == NULL) return;
-  if (a->direct) { /* nothing keyed is kept between calls; the Poly1305 state is wiped after each */
+  if (a->direct) { /* nothing keyed is kept between calls but keys made ahead */
     OPENSSL_cleanse(a->poly, ll.poly_size);
+    OPENSSL_cleanse(a->pk, sizeof a->pk);
+    a->pk_n = a->pk_i = 0;
     return;
   }
   OPENSSL_cleanse(a->enc_key, sizeof(a->enc_key));
@@ -738,6 +899,39 @@ static napi_value backend(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* aeadTestBlock0(which, keys, nonces) -> Buffer of 32-byte Poly1305 keys (block 0),
+ * with implementation `which` (0 auto, 1 baseline, 2 AVX2, 3 AVX-512; RangeError
+ * with code ERR_TENC_CPU when this CPU lacks it). For tests. */
+static napi_value test_block0(napi_env env, napi_callback_info info) {
+  size_t argc = 3, klen, nlen;
+  napi_value argv[3], result;
+  uint8_t *keys, *nonces, *out;
+  uint32_t which;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 3) return type_error(env, "aeadTestBlock0(which, keys, nonces)");
+  if (get_count(env, argv[0], &which) != 0) return NULL;
+  if (which > TENC_AEAD_B0_AVX512) return range_error(env, "which must be 0..3");
+  if (get_typed(env, argv[1], napi_uint8_array, "keys", (void **)&keys, &klen) != 0 ||
+      get_typed(env, argv[2], napi_uint8_array, "nonces", (void **)&nonces, &nlen) != 0)
+    return NULL;
+  uint32_t n = (uint32_t)(klen / 32);
+  if (klen % 32 || nlen != (size_t)n * 12 || n > 4096) return range_error(env, "keys must be n*32 bytes, nonces n*12, n <= 4096");
+  const uint8_t **kp = malloc((n ? n : 1) * sizeof *kp);
+  if (kp == NULL) return NULL;
+  for (uint32_t i = 0; i < n; i++) kp[i] = keys + 32 * i;
+  if (napi_create_buffer(env, (size_t)n * 32, (void **)&out, &result) != napi_ok) {
+    free(kp);
+    return NULL;
+  }
+  int r = tenc_aead_block0((int)which, n, kp, (const uint8_t(*)[12])nonces, (uint8_t(*)[32])out);
+  free(kp);
+  if (r != 0) {
+    napi_throw_range_error(env, "ERR_TENC_CPU", "this CPU lacks that implementation");
+    return NULL;
+  }
+  return result;
+}
+
 /* Single-shot calls: (key, nonce, aad, input). */
 static int get_single(napi_env env, napi_callback_info info, const char *usage, uint8_t **key,
                       uint8_t **nonce, uint8_t **aad, size_t *aad_len, uint8_t **in, size_t *in_len) {
@@ -807,6 +1001,7 @@ napi_status tenc_init_aead(napi_env env, napi_value exports) {
       {"aeadSeal", NULL, seal_one, NULL, NULL, NULL, napi_enumerable, NULL},
       {"aeadOpen", NULL, open_one, NULL, NULL, NULL, napi_enumerable, NULL},
       {"aeadBackend", NULL, backend, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"aeadTestBlock0", NULL, test_block0, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   void *token = malloc(1); /* cleanup hooks must be unique per (fn, arg) */
   napi_status s;

@@ -373,6 +373,10 @@ typedef struct {
   uint32_t len;
   uint32_t peer;
   struct sockaddr_in6 ep;
+  /* until sealed (seal_outs) */
+  txrec *rec;
+  tenc_keypair *kp;
+  uint64_t ctr;
 } txout;
 
 /* Last route_miss report per destination hash (TX thread only). */
@@ -509,6 +513,40 @@ static void tx_miss(tenc_engine *e, struct tenc_tx *t, int v, const uint8_t *dst
   ev_push_miss(e, v, dst, pkt, len);
 }
 
+/* Stage 4: seals the records routed to a peer (t->out), 16 at a time: their
+ * Poly1305 keys are made side by side first (tenc_aead_prepare), then each record
+ * is sealed in order. Records that fail are counted and dropped from t->out.
+ * Under the read lock (the keypairs stay). */
+static void seal_outs(tenc_engine *e, struct tenc_tx *t, uint64_t now) {
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < t->nout; i += TENC_AEAD_PREP_MAX) {
+    uint32_t m = t->nout - i < TENC_AEAD_PREP_MAX ? t->nout - i : TENC_AEAD_PREP_MAX;
+    const uint8_t *keys[TENC_AEAD_PREP_MAX];
+    uint8_t nonces[TENC_AEAD_PREP_MAX][TENC_AEAD_NONCE_LEN];
+    for (uint32_t j = 0; j < m; j++) {
+      keys[j] = t->out[i + j].kp->send_key;
+      tenc_aead_wg_nonce(t->out[i + j].ctr, nonces[j]);
+    }
+    tenc_aead_prepare(t->aead, m, keys, (const uint8_t(*)[TENC_AEAD_NONCE_LEN])nonces);
+    for (uint32_t j = 0; j < m; j++) {
+      txout *o = &t->out[i + j];
+      txrec *r = o->rec;
+      uint32_t mlen = r->body ? seal_scatter(t->aead, o->kp, o->ctr, r->buf, r->hlen, r->body, r->len)
+                              : seal(t->aead, o->kp, o->ctr, r->buf, r->len);
+      if (!mlen) {
+        drop(e, o->peer, TENC_D_IO, 1);
+        continue;
+      }
+      o->len = mlen;
+      count_tx(e, o->peer, mlen, 1, now);
+      if (kept != i + j) t->out[kept] = *o; /* kept <= i + j: only entries already sealed are overwritten */
+      kept++;
+    }
+  }
+  tenc_aead_prepare(t->aead, 0, NULL, NULL); /* wipes keys left unused */
+  t->nout = kept;
+}
+
 /* Stages 2-4 under the read lock: classify, queue or seal. */
 static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
   uint64_t now = tenc_now_ms();
@@ -561,20 +599,14 @@ static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
       queue_packet(e, p, pkt, r->len);
       continue;
     }
-    uint64_t ctr;
-    if (next_counter(e, kp, &ctr) < 0) continue;
-    uint32_t mlen = r->body ? seal_scatter(t->aead, kp, ctr, r->buf, r->hlen, r->body, r->len)
-                            : seal(t->aead, kp, ctr, r->buf, r->len);
-    if (!mlen) {
-      drop(e, p->id, TENC_D_IO, 1);
-      continue;
-    }
+    if (next_counter(e, kp, &o->ctr) < 0) continue;
+    o->rec = r;
+    o->kp = kp;
     o->buf = r->buf;
-    o->len = mlen;
     o->peer = p->id;
     t->nout++;
-    count_tx(e, p->id, mlen, 1, now);
   }
+  seal_outs(e, t, now);
   pthread_rwlock_unlock(&e->lock);
   ev_flush(e);
 }
@@ -729,6 +761,14 @@ static void *tx_main(void *arg) {
 /* ---- receive (RX thread) --------------------------------------------------- */
 
 typedef struct {
+  uint8_t *m; /* the message */
+  uint32_t len;
+  tenc_keypair *kp;
+  uint64_t ctr;
+  const struct sockaddr_in6 *from;
+} rxpend;
+
+typedef struct {
   uint8_t *pkt; /* inner packet; TENC_HEADROOM bytes before it are free */
   uint32_t len;
   int family;
@@ -749,6 +789,8 @@ struct tenc_rx {
   uint8_t *gro;   /* one merged frame */
   uint8_t gro_hdr[TENC_GRO_HDR_MAX]; /* or its headers, for a writev */
   struct iovec gro_iov[TENC_GRO_MAX_SEGS + 1];
+  rxpend pend[TENC_AEAD_PREP_MAX]; /* data messages waiting to be opened */
+  uint32_t npend;
   struct mmsghdr *imsgs;
   struct iovec *iiovs;
   union {
@@ -758,14 +800,15 @@ struct tenc_rx {
   tenc_aead *aead;
 };
 
-/* Stages 2-4 for one message, under the read lock. */
 static int dst_is_local(const tenc_engine *e, const uint8_t *pkt, int v);
 
-static void rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t len, const struct sockaddr_in6 *from,
-                       uint64_t now) {
+/* Stage 2 for one message: handshake messages go to JS; a data message with a known
+ * index and a counter inside the replay window is queued in x->pend for opening
+ * (returns 1). */
+static int rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t len, const struct sockaddr_in6 *from) {
   if (len < 4 || m[1] || m[2] || m[3]) {
     drop(e, -1, TENC_D_BAD_HEADER, 1);
-    return;
+    return 0;
   }
   switch (m[0]) {
     case 1:
@@ -773,28 +816,40 @@ static void rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t l
     case 3:
       if (len != (m[0] == 1 ? 148u : m[0] == 2 ? 92u : 64u)) {
         drop(e, -1, TENC_D_BAD_HEADER, 1);
-        return;
+        return 0;
       }
       ev_push_handshake(e, m, len, from);
-      return;
+      return 0;
     case MSG_DATA:
       if (len >= MSG_DATA_MIN) break;
       /* fallthrough */
     default:
       drop(e, -1, TENC_D_BAD_HEADER, 1);
-      return;
+      return 0;
   }
   tenc_keypair *kp = kmap_get(e, le32(m + 4));
   if (!kp) {
     drop(e, -1, TENC_D_UNKNOWN_INDEX, 1);
-    return;
+    return 0;
   }
-  tenc_peer *p = kp->peer;
   uint64_t ctr = le64(m + 8);
   if (!tenc_replay_check(&kp->replay, ctr)) {
-    drop(e, p->id, TENC_D_REPLAY, 1);
-    return;
+    drop(e, kp->peer->id, TENC_D_REPLAY, 1);
+    return 0;
   }
+  x->pend[x->npend++] = (rxpend){m, len, kp, ctr, from};
+  return 1;
+}
+
+/* Stages 3-4 for a queued data message: open, replay commit, endpoint, inner checks,
+ * DNAT; the packet joins the inject list. */
+static void rx_open(tenc_engine *e, struct tenc_rx *x, const rxpend *q, uint64_t now) {
+  uint8_t *m = q->m;
+  uint32_t len = q->len;
+  tenc_keypair *kp = q->kp;
+  tenc_peer *p = kp->peer;
+  uint64_t ctr = q->ctr;
+  const struct sockaddr_in6 *from = q->from;
   uint8_t nonce[TENC_AEAD_NONCE_LEN];
   tenc_aead_wg_nonce(ctr, nonce);
   uint32_t clen = len - MSG_DATA_MIN;
@@ -843,6 +898,20 @@ static void rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t l
     return;
   }
   x->inj[x->ninj++] = (rxinj){pt, iplen, v};
+}
+
+/* Opens the queued data messages, their Poly1305 keys made side by side first. */
+static void rx_open_pending(tenc_engine *e, struct tenc_rx *x, uint64_t now) {
+  const uint8_t *keys[TENC_AEAD_PREP_MAX];
+  uint8_t nonces[TENC_AEAD_PREP_MAX][TENC_AEAD_NONCE_LEN];
+  for (uint32_t j = 0; j < x->npend; j++) {
+    keys[j] = x->pend[j].kp->recv_key;
+    tenc_aead_wg_nonce(x->pend[j].ctr, nonces[j]);
+  }
+  tenc_aead_prepare(x->aead, x->npend, keys, (const uint8_t(*)[TENC_AEAD_NONCE_LEN])nonces);
+  for (uint32_t j = 0; j < x->npend; j++) rx_open(e, x, &x->pend[j], now);
+  tenc_aead_prepare(x->aead, 0, NULL, NULL); /* wipes keys left unused */
+  x->npend = 0;
 }
 
 /* Raw inject helpers: one message per packet, addressed to its destination. */
@@ -1031,10 +1100,11 @@ static int rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more) {
     }
     for (uint32_t off = 0; off < len; off += seg) {
       uint32_t l = len - off < seg ? len - off : seg;
-      if (x->ninj == x->inj_cap) break;
-      rx_message(e, x, d + off, l, &x->from[i], now);
+      if (x->ninj + x->npend >= x->inj_cap) break;
+      if (rx_message(e, x, d + off, l, &x->from[i]) && x->npend == TENC_AEAD_PREP_MAX) rx_open_pending(e, x, now);
     }
   }
+  if (x->npend) rx_open_pending(e, x, now);
   pthread_rwlock_unlock(&e->lock);
   ev_flush(e);
   rx_inject(e, x);
@@ -1521,7 +1591,7 @@ void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n) {
  * [u32 length, native order][message]... Returns the number of messages, or -1. */
 int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint32_t tcp_align, const uint8_t *key,
                           uint32_t remote, uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used) {
-  uint64_t ctr[TENC_GLOBAL_SLOTS] = {0};
+  uint64_t *ctr = calloc(tenc_engine_counters_len(), sizeof *ctr);
   tenc_engine e;
   memset(&e, 0, sizeof e);
   e.ctr = ctr;
@@ -1532,6 +1602,7 @@ int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint
   t.tcp_align = tcp_align;
   t.arena = aligned_alloc(64, TX_ARENA);
   t.recs = calloc(TX_MAX_RECS, sizeof *t.recs);
+  t.out = calloc(TX_MAX_RECS, sizeof *t.out);
   t.aead = tenc_aead_new();
   tenc_keypair kp;
   memset(&kp, 0, sizeof kp);
@@ -1539,21 +1610,23 @@ int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint
   memcpy(kp.send_key, key, 32);
   int r = -1;
   *used = 0;
-  if (t.arena && t.recs && t.aead && flen <= 65535 + VNET_LEN) {
+  if (ctr && t.arena && t.recs && t.out && t.aead && flen <= 65535 + VNET_LEN) {
     uint8_t *pkt = t.arena + TENC_HEADROOM;
     memcpy(pkt - VNET_LEN, frame, flen);
     tx_frame(&e, &t, pkt, flen);
-    r = 0;
-    for (uint32_t i = 0; i < t.nrecs; i++) {
-      txrec *rec = &t.recs[i];
-      uint32_t mlen = rec->body ? seal_scatter(t.aead, &kp, ctr0 + i, rec->buf, rec->hlen, rec->body, rec->len)
-                                : seal(t.aead, &kp, ctr0 + i, rec->buf, rec->len);
-      if (!mlen || *used + 4 + mlen > cap) {
+    /* sealed as tx_seal does: every record to peer 0, counters from ctr0 */
+    for (uint32_t i = 0; i < t.nrecs; i++)
+      t.out[t.nout++] = (txout){.buf = t.recs[i].buf, .peer = 0, .rec = &t.recs[i], .kp = &kp, .ctr = ctr0 + i};
+    seal_outs(&e, &t, 0);
+    r = t.nout == t.nrecs ? 0 : -1;
+    for (uint32_t i = 0; r >= 0 && i < t.nout; i++) {
+      uint32_t mlen = t.out[i].len;
+      if (*used + 4 + mlen > cap) {
         r = -1;
         break;
       }
       memcpy(out + *used, &mlen, 4);
-      memcpy(out + *used + 4, rec->buf, mlen);
+      memcpy(out + *used + 4, t.out[i].buf, mlen);
       *used += 4 + mlen;
       r++;
     }
@@ -1562,6 +1635,8 @@ int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint
   if (t.arena) explicit_bzero(t.arena, TX_ARENA);
   free(t.arena);
   free(t.recs);
+  free(t.out);
+  free(ctr);
   tenc_aead_free(t.aead);
   return r;
 }

@@ -6,7 +6,7 @@
 import { describe, it, expect } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
+import { chacha20, chacha20poly1305 } from '@noble/ciphers/chacha.js';
 import {
   aeadBackend,
   aeadSeal,
@@ -18,6 +18,7 @@ import {
   AEAD_STATUS,
   AEAD_TAG_LEN,
   type AeadBatch,
+  addon,
 } from '../../src/native.js';
 
 interface Vector {
@@ -211,6 +212,48 @@ describe(`backend (TENC_AEAD=${process.env.TENC_AEAD ?? ''})`, () => {
         expect(aeadOpen(key, nonce, bad, aad), `length ${n}`).toBeNull();
       }
     }
+  });
+});
+
+describe('Poly1305 keys of many records side by side (ChaCha20 block 0, RFC 8439 §2.6)', () => {
+  const cpuFlags = readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1].split(/\s+/) ?? [];
+  const impls: [number, string, string | null][] = [
+    [0, 'auto', null],
+    [1, 'baseline', null],
+    [2, 'AVX2', 'avx2'],
+    [3, 'AVX-512', 'avx512f'],
+  ];
+  for (const [which, name, flag] of impls) {
+    it(`${name}: block 0 of 1..40 records equals noble's ChaCha20 keystream`, () => {
+      if (flag !== null && !cpuFlags.includes(flag)) {
+        expect(() => addon.aeadTestBlock0(which, rand(32), rand(12))).toThrow(/lacks/);
+        return;
+      }
+      for (const n of [1, 2, 15, 16, 17, 31, 33, 40]) {
+        const keys = rand(32 * n);
+        const nonces = rand(12 * n);
+        if (n === 40) keys.fill(0xff, 0, 64); // carries in the additions
+        const got = addon.aeadTestBlock0(which, keys, nonces) as Uint8Array;
+        expect(got.length).toBe(32 * n);
+        for (let i = 0; i < n; i++) {
+          const want = chacha20(keys.subarray(32 * i, 32 * i + 32), nonces.subarray(12 * i, 12 * i + 12), new Uint8Array(32));
+          expect(hex(got.subarray(32 * i, 32 * i + 32)), `${name}, ${n} records, record ${i}`).toBe(hex(want));
+        }
+      }
+    });
+  }
+
+  it('RFC 8439 §2.6.2 Poly1305 key generation vector', () => {
+    const key = unhex('808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f');
+    const nonce = unhex('000000000001020304050607');
+    const want = '8ad5a08b905f81cc815040274ab29471a833b637e3fd0da508dbb8e2fdd1a646';
+    for (const which of [0, 1]) expect(hex(addon.aeadTestBlock0(which, key, nonce) as Uint8Array)).toBe(want);
+  });
+
+  it('rejects bad arguments with typed errors', () => {
+    expect(() => addon.aeadTestBlock0(4, rand(32), rand(12))).toThrow(RangeError);
+    expect(() => addon.aeadTestBlock0(0, rand(31), rand(12))).toThrow(RangeError);
+    expect(() => addon.aeadTestBlock0(0, 'x', rand(12))).toThrow(TypeError);
   });
 });
 
