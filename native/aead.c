@@ -11,7 +11,7 @@
  *   aeadOpenBatch(slab, offsets, lengths, counters, key, count, status) -> number ok
  *   aeadSeal(key, nonce, aad, plaintext) -> Buffer ciphertext || tag
  *   aeadOpen(key, nonce, aad, sealed)    -> Buffer plaintext, or null if not authentic
- *   aeadBackend()                        -> "direct" | "evp"
+ *   aeadBackend()                        -> "direct, lanes avx512" | ... | "direct" | "evp"
  * The layouts and status codes are documented at the wrappers in src/native.ts.
  * Argument errors throw before any byte is touched: TypeError code
  * ERR_INVALID_ARG_TYPE, RangeError code ERR_OUT_OF_RANGE. Each packet's bounds are
@@ -77,7 +77,9 @@ struct tenc_aead {
   uint32_t pk_n, pk_i;
   const uint8_t *pk_key[TENC_AEAD_PREP_MAX];
   uint8_t pk_nonce[TENC_AEAD_PREP_MAX][TENC_AEAD_NONCE_LEN];
+  uint32_t pk_len[TENC_AEAD_PREP_MAX];
   uint8_t pk[TENC_AEAD_PREP_MAX][32];
+  uint8_t (*ks)[16 * 64]; /* per slot: keystream after the record's whole KiBs */
   /* evp */
   EVP_CIPHER *cipher;
   EVP_CIPHER_CTX *enc;
@@ -171,19 +173,22 @@ static void chacha_parts(const uint32_t kw[8], uint32_t ctr[4], const part *part
   wipe(blk, sizeof blk);
 }
 
-/* ---- Poly1305 keys for many packets at once ------------------------------------
+/* ---- keystream for many records at once -----------------------------------------
  *
- * Each record's Poly1305 key is ChaCha20 block 0 of its (key, nonce): one lone
- * 64-byte block. OpenSSL computes a lone block at about the cost of six in its
- * 16-block loop (ChaCha20_avx512 was 5.5% of the machine in an iperf3 profile, the
- * bulk ChaCha20_16x 17%). Here block 0 of 16 records is computed side by side, one
- * record per vector lane (RFC 8439 §2.3 block function; word i of all 16 states in
- * one vector), from one source compiled for AVX-512, AVX2 and the baseline (GCC
- * vector extensions split the 512-bit vectors as the target needs). Only the first
- * 8 output words are kept: the 32-byte key. */
+ * OpenSSL's ChaCha20 works in whole passes: above 512 bytes 16 blocks (1 KiB) at a
+ * time, below it 4 blocks, and one lone block costs about as much as four. A
+ * 1408-byte record costs as much as 2 KiB (measured: 445 ns for 1408 bytes, 402 ns
+ * for 2048, 209 ns for 1024), and each record needs block 0 on its own for its
+ * Poly1305 key. So for a run of up to 16 records (tenc_aead_prepare) the blocks
+ * that do not fill a 1 KiB pass are made here instead, side by side: block 0 of
+ * every record and each record's blocks after its last whole KiB (6 for 1408
+ * bytes), any mix of records, one block per vector lane (RFC 8439 §2.3 block
+ * function; word i of 16 states in one vector), from one source compiled for
+ * AVX-512, AVX2 and the baseline (GCC vector extensions split the 512-bit vectors
+ * as the target needs). The whole KiBs stay with OpenSSL. */
 typedef uint32_t v16u __attribute__((vector_size(64)));
 
-#define B0_QR(a, b, c, d)       \
+#define LANE_QR(a, b, c, d)     \
   a += b;                       \
   d ^= a;                       \
   d = (d << 16) | (d >> 16);    \
@@ -197,20 +202,20 @@ typedef uint32_t v16u __attribute__((vector_size(64)));
   b ^= c;                       \
   b = (b << 7) | (b >> 25);
 
-/* in[word][lane] -> out[word][lane] for words 0..7 of the output block */
-#define DEFINE_BLOCK0X16(NAME, ATTR)                                                          \
-  ATTR static void NAME(const uint32_t in[16][16], uint32_t out[8][16]) {                    \
+/* in[word][lane] -> out[word][lane]: the 16 output words of 16 blocks */
+#define DEFINE_LANES16(NAME, ATTR)                                                            \
+  ATTR static void NAME(const uint32_t in[16][16], uint32_t out[16][16]) {                   \
     v16u x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15;                 \
     memcpy(&x0, in[0], 64), memcpy(&x1, in[1], 64), memcpy(&x2, in[2], 64), memcpy(&x3, in[3], 64); \
     memcpy(&x4, in[4], 64), memcpy(&x5, in[5], 64), memcpy(&x6, in[6], 64), memcpy(&x7, in[7], 64); \
     memcpy(&x8, in[8], 64), memcpy(&x9, in[9], 64), memcpy(&x10, in[10], 64), memcpy(&x11, in[11], 64); \
     memcpy(&x12, in[12], 64), memcpy(&x13, in[13], 64), memcpy(&x14, in[14], 64), memcpy(&x15, in[15], 64); \
     for (int r = 0; r < 10; r++) {                                                            \
-      B0_QR(x0, x4, x8, x12) B0_QR(x1, x5, x9, x13) B0_QR(x2, x6, x10, x14) B0_QR(x3, x7, x11, x15) \
-      B0_QR(x0, x5, x10, x15) B0_QR(x1, x6, x11, x12) B0_QR(x2, x7, x8, x13) B0_QR(x3, x4, x9, x14) \
+      LANE_QR(x0, x4, x8, x12) LANE_QR(x1, x5, x9, x13) LANE_QR(x2, x6, x10, x14) LANE_QR(x3, x7, x11, x15) \
+      LANE_QR(x0, x5, x10, x15) LANE_QR(x1, x6, x11, x12) LANE_QR(x2, x7, x8, x13) LANE_QR(x3, x4, x9, x14) \
     }                                                                                         \
-    v16u y[8] = {x0, x1, x2, x3, x4, x5, x6, x7};                                             \
-    for (int i = 0; i < 8; i++) {                                                             \
+    v16u y[16] = {x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15};      \
+    for (int i = 0; i < 16; i++) {                                                            \
       v16u w;                                                                                 \
       memcpy(&w, in[i], 64);                                                                  \
       y[i] += w;                                                                              \
@@ -218,91 +223,162 @@ typedef uint32_t v16u __attribute__((vector_size(64)));
     }                                                                                         \
   }
 
-DEFINE_BLOCK0X16(block0x16_base, )
+DEFINE_LANES16(lanes16_base, )
 #if defined(__x86_64__)
-DEFINE_BLOCK0X16(block0x16_avx2, __attribute__((target("avx2"))))
-DEFINE_BLOCK0X16(block0x16_avx512, __attribute__((target("avx512f"))))
+DEFINE_LANES16(lanes16_avx2, __attribute__((target("avx2"))))
+DEFINE_LANES16(lanes16_avx512, __attribute__((target("avx512f"))))
 #endif
 
-typedef void (*block0x16_fn)(const uint32_t in[16][16], uint32_t out[8][16]);
+typedef void (*lanes16_fn)(const uint32_t in[16][16], uint32_t out[16][16]);
 
-static block0x16_fn block0_impl(int which) {
+static lanes16_fn lanes_impl(int which) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (which == TENC_AEAD_B0_AVX512 || which == TENC_AEAD_B0_AUTO) {
-    if (__builtin_cpu_supports("avx512f")) return block0x16_avx512;
+    if (__builtin_cpu_supports("avx512f")) return lanes16_avx512;
     if (which == TENC_AEAD_B0_AVX512) return NULL;
   }
   if (which == TENC_AEAD_B0_AVX2 || which == TENC_AEAD_B0_AUTO) {
-    if (__builtin_cpu_supports("avx2")) return block0x16_avx2;
+    if (__builtin_cpu_supports("avx2")) return lanes16_avx2;
     if (which == TENC_AEAD_B0_AVX2) return NULL;
   }
 #else
   if (which == TENC_AEAD_B0_AVX512 || which == TENC_AEAD_B0_AVX2) return NULL;
 #endif
-  return block0x16_base;
+  return lanes16_base;
+}
+
+/* One block to make: keystream block `ctr` of (key, nonce), written to `out` (64
+ * bytes, or the first 32 when half is set: a Poly1305 key). */
+typedef struct {
+  const uint8_t *key;
+  const uint8_t *nonce;
+  uint32_t ctr;
+  int half;
+  uint8_t *out;
+} lane_job;
+
+static void run_lanes(lanes16_fn f, const lane_job *jobs, uint32_t n) {
+  static const uint32_t sigma[4] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574}; /* "expand 32-byte k" */
+  uint32_t in[16][16] __attribute__((aligned(64)));
+  uint32_t o[16][16] __attribute__((aligned(64)));
+  for (uint32_t base = 0; base < n; base += 16) {
+    uint32_t m = n - base < 16 ? n - base : 16;
+    for (uint32_t l = 0; l < 16; l++) {
+      const lane_job *j = &jobs[base + (l < m ? l : 0)]; /* idle lanes repeat the first */
+      for (int w = 0; w < 4; w++) in[w][l] = sigma[w];
+      for (int w = 0; w < 8; w++) in[4 + w][l] = rd32(j->key + 4 * w);
+      in[12][l] = j->ctr;
+      for (int w = 0; w < 3; w++) in[13 + w][l] = rd32(j->nonce + 4 * w);
+    }
+    f((const uint32_t(*)[16])in, o);
+    for (uint32_t l = 0; l < m; l++) {
+      const lane_job *j = &jobs[base + l];
+      int words = j->half ? 8 : 16;
+      for (int w = 0; w < words; w++) {
+        uint32_t v = o[w][l];
+        uint8_t *p = j->out + 4 * w;
+        p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+      }
+    }
+  }
+  wipe(in, sizeof in);
+  wipe(o, sizeof o);
 }
 
 int tenc_aead_block0(int which, uint32_t n, const uint8_t *const keys[], const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN],
                      uint8_t (*out)[32]) {
-  static const uint32_t sigma[4] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574}; /* "expand 32-byte k" */
-  block0x16_fn f = block0_impl(which);
+  lanes16_fn f = lanes_impl(which);
   if (f == NULL) return -1;
-  uint32_t in[16][16] __attribute__((aligned(64)));
-  uint32_t o[8][16] __attribute__((aligned(64)));
+  lane_job jobs[16];
   for (uint32_t base = 0; base < n; base += 16) {
     uint32_t m = n - base < 16 ? n - base : 16;
-    for (uint32_t l = 0; l < 16; l++) {
-      uint32_t k = base + (l < m ? l : 0); /* idle lanes repeat the first */
-      for (int w = 0; w < 4; w++) in[w][l] = sigma[w];
-      for (int w = 0; w < 8; w++) in[4 + w][l] = rd32(keys[k] + 4 * w);
-      in[12][l] = 0; /* block counter 0 */
-      for (int w = 0; w < 3; w++) in[13 + w][l] = rd32(nonces[k] + 4 * w);
-    }
-    f((const uint32_t(*)[16])in, o);
-    for (uint32_t l = 0; l < m; l++)
-      for (int w = 0; w < 8; w++) {
-        uint32_t v = o[w][l];
-        uint8_t *p = out[base + l] + 4 * w;
-        p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
-      }
+    for (uint32_t l = 0; l < m; l++) jobs[l] = (lane_job){keys[base + l], nonces[base + l], 0, 1, out[base + l]};
+    run_lanes(f, jobs, m);
   }
-  wipe(in, sizeof in);
-  wipe(o, sizeof o);
   return 0;
 }
 
-static block0x16_fn b0_auto; /* set by ll_check when the vector code agrees with OpenSSL */
-
-void tenc_aead_prepare(tenc_aead *a, uint32_t n, const uint8_t *const keys[],
-                       const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN]) {
-  if (a->pk_i < a->pk_n) wipe(a->pk[a->pk_i], (a->pk_n - a->pk_i) * sizeof a->pk[0]); /* unused */
-  a->pk_n = a->pk_i = 0;
-  if (!a->direct || !b0_auto || n == 0 || n > TENC_AEAD_PREP_MAX) return;
-  if (tenc_aead_block0(TENC_AEAD_B0_AUTO, n, keys, nonces, a->pk) != 0) n = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    a->pk_key[i] = keys[i];
-    memcpy(a->pk_nonce[i], nonces[i], TENC_AEAD_NONCE_LEN);
+int tenc_aead_keystream(int which, uint32_t n, const uint8_t *const keys[],
+                        const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN], const uint32_t *ctrs, uint8_t (*out)[64]) {
+  lanes16_fn f = lanes_impl(which);
+  if (f == NULL) return -1;
+  lane_job jobs[16];
+  for (uint32_t base = 0; base < n; base += 16) {
+    uint32_t m = n - base < 16 ? n - base : 16;
+    for (uint32_t l = 0; l < m; l++) jobs[l] = (lane_job){keys[base + l], nonces[base + l], ctrs[base + l], 0, out[base + l]};
+    run_lanes(f, jobs, m);
   }
-  a->pk_n = n;
-  a->pk_i = 0;
+  return 0;
 }
 
-/* Block 0 of (key, nonce): its first 32 bytes are the Poly1305 key (RFC 8439 §2.6). */
-static void direct_begin(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN], const uint8_t nonce[TENC_AEAD_NONCE_LEN],
-                         uint32_t kw[8], uint32_t ctr[4], const uint8_t *aad, size_t aad_len) {
+static lanes16_fn lanes_auto; /* set by ll_check when the lanes agree with OpenSSL */
+
+/* Bytes [0, head) of a record go through OpenSSL in whole KiB passes; the rest
+ * (under 1 KiB, at most KS_BLOCKS blocks) comes from the lanes. */
+#define KS_BLOCKS 16
+static inline size_t lane_head(size_t len) { return len & ~(size_t)1023; }
+
+void tenc_aead_prepare(tenc_aead *a, uint32_t n, const uint8_t *const keys[],
+                       const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN], const uint32_t *lens) {
+  if (a->pk_i < a->pk_n) { /* unused ones */
+    wipe(a->pk[a->pk_i], (a->pk_n - a->pk_i) * sizeof a->pk[0]);
+    wipe(a->ks[a->pk_i], (a->pk_n - a->pk_i) * sizeof a->ks[0]);
+  }
+  a->pk_n = a->pk_i = 0;
+  if (!a->direct || !lanes_auto || n == 0 || n > TENC_AEAD_PREP_MAX) return;
+  lane_job jobs[TENC_AEAD_PREP_MAX * (1 + KS_BLOCKS)];
+  uint32_t nj = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    size_t h = lane_head(lens[i]);
+    uint32_t first = (uint32_t)(h / 64), end = (uint32_t)((lens[i] + 63) / 64); /* data blocks, from 0 */
+    a->pk_key[i] = keys[i];
+    memcpy(a->pk_nonce[i], nonces[i], TENC_AEAD_NONCE_LEN);
+    a->pk_len[i] = lens[i];
+    jobs[nj++] = (lane_job){keys[i], nonces[i], 0, 1, a->pk[i]};
+    for (uint32_t b = first; b < end; b++) /* data block b is keystream block b + 1 */
+      jobs[nj++] = (lane_job){keys[i], nonces[i], b + 1, 0, a->ks[i] + 64 * (b - first)};
+  }
+  run_lanes(lanes_auto, jobs, nj);
+  a->pk_n = n;
+}
+
+/* The prepared record for (key, nonce, len) if it is the next one, else NULL. */
+static inline int prepared(tenc_aead *a, const uint8_t *key, const uint8_t *nonce, size_t len) {
+  uint32_t i = a->pk_i;
+  return i < a->pk_n && a->pk_key[i] == key && a->pk_len[i] == len &&
+         memcmp(a->pk_nonce[i], nonce, TENC_AEAD_NONCE_LEN) == 0;
+}
+
+/* out[i] = in[i] ^ ks[i] */
+static void xor_ks(uint8_t *out, const uint8_t *in, const uint8_t *ks, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t x, k;
+    memcpy(&x, in + i, 8);
+    memcpy(&k, ks + i, 8);
+    x ^= k;
+    memcpy(out + i, &x, 8);
+  }
+  for (; i < n; i++) out[i] = in[i] ^ ks[i];
+}
+
+/* Block 0 of (key, nonce): its first 32 bytes are the Poly1305 key (RFC 8439 §2.6).
+ * Returns the prepared slot in use (then *ks is its tail keystream), or -1. */
+static int direct_begin(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN], const uint8_t nonce[TENC_AEAD_NONCE_LEN],
+                        size_t len, uint32_t kw[8], uint32_t ctr[4], const uint8_t *aad, size_t aad_len) {
   static const uint8_t zeros[16];
   uint8_t b0[64];
+  int slot = -1;
   for (int i = 0; i < 8; i++) kw[i] = rd32(key + 4 * i);
   ctr[0] = 0;
   ctr[1] = rd32(nonce);
   ctr[2] = rd32(nonce + 4);
   ctr[3] = rd32(nonce + 8);
-  uint32_t i = a->pk_i;
-  if (i < a->pk_n && a->pk_key[i] == key && memcmp(a->pk_nonce[i], nonce, TENC_AEAD_NONCE_LEN) == 0) {
-    ll.pinit(a->poly, a->pk[i]); /* made ahead by tenc_aead_prepare */
-    wipe(a->pk[i], sizeof a->pk[i]);
-    a->pk_i = i + 1;
+  if (prepared(a, key, nonce, len)) {
+    slot = (int)a->pk_i++;
+    ll.pinit(a->poly, a->pk[slot]); /* made ahead by tenc_aead_prepare */
+    wipe(a->pk[slot], sizeof a->pk[slot]);
   } else {
     memset(b0, 0, sizeof b0);
     ll.chacha(b0, b0, sizeof b0, kw, ctr);
@@ -314,10 +390,11 @@ static void direct_begin(tenc_aead *a, const uint8_t key[TENC_AEAD_KEY_LEN], con
     ll.pupdate(a->poly, aad, aad_len);
     if (aad_len % 16) ll.pupdate(a->poly, zeros, 16 - aad_len % 16);
   }
+  return slot;
 }
 
 /* MAC over the ciphertext, its padding and the lengths block. */
-static void direct_finish(tenc_aead *a, const uint8_t *ct, size_t len, size_t aad_len, uint8_t tag[16], uint32_t kw[8]) {
+static void direct_finish(tenc_aead *a, const uint8_t *ct, size_t len, size_t aad_len, uint8_t tag[16]) {
   static const uint8_t zeros[16];
   uint8_t lens[16];
   if (len) ll.pupdate(a->poly, ct, len);
@@ -327,15 +404,29 @@ static void direct_finish(tenc_aead *a, const uint8_t *ct, size_t len, size_t aa
   ll.pupdate(a->poly, lens, sizeof lens);
   ll.pfinal(a->poly, tag);
   if (!ll.final_cleanses) wipe(a->poly, ll.poly_size);
-  wipe(kw, 8 * sizeof(uint32_t));
+}
+
+/* Encrypts (or decrypts) in[0..len) to out: with a prepared slot, the whole KiBs
+ * through OpenSSL and the rest from the slot's keystream; else all through OpenSSL. */
+static void direct_crypt(tenc_aead *a, int slot, const uint32_t kw[8], uint32_t ctr[4], uint8_t *out,
+                         const uint8_t *in, size_t len) {
+  if (slot < 0) {
+    if (len) ll.chacha(out, in, len, kw, ctr);
+    return;
+  }
+  size_t h = lane_head(len);
+  if (h) ll.chacha(out, in, h, kw, ctr);
+  xor_ks(out + h, in + h, a->ks[slot], len - h);
+  wipe(a->ks[slot], (len - h + 63) & ~(size_t)63);
 }
 
 static int direct_seal(tenc_aead *a, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad, size_t aad_len,
                        uint8_t *buf, size_t len, uint8_t *tag) {
   uint32_t kw[8], ctr[4];
-  direct_begin(a, key, nonce, kw, ctr, aad, aad_len);
-  if (len) ll.chacha(buf, buf, len, kw, ctr);
-  direct_finish(a, buf, len, aad_len, tag, kw);
+  int slot = direct_begin(a, key, nonce, len, kw, ctr, aad, aad_len);
+  direct_crypt(a, slot, kw, ctr, buf, buf, len);
+  direct_finish(a, buf, len, aad_len, tag);
+  wipe(kw, sizeof kw);
   return 0;
 }
 
@@ -349,9 +440,34 @@ static int direct_seal_parts(tenc_aead *a, const uint8_t *key, const uint8_t *no
   if (body_len) parts[n++] = (part){body, body_len};
   if (pad_len) parts[n++] = (part){zeros, pad_len};
   size_t total = head_len + body_len + pad_len;
-  direct_begin(a, key, nonce, kw, ctr, NULL, 0);
-  if (n) chacha_parts(kw, ctr, parts, n, out);
-  direct_finish(a, out, total, 0, out + total, kw);
+  int slot = direct_begin(a, key, nonce, total, kw, ctr, NULL, 0);
+  if (slot < 0) {
+    if (n) chacha_parts(kw, ctr, parts, n, out);
+  } else {
+    /* whole KiBs through OpenSSL (a block boundary: no partial block at the cut),
+     * the rest from the prepared keystream, part by part */
+    size_t h = lane_head(total), pos = 0;
+    part cut[3];
+    int nc = 0;
+    for (int i = 0; i < n && pos < h; i++) {
+      size_t take = parts[i].n < h - pos ? parts[i].n : h - pos;
+      cut[nc++] = (part){parts[i].p, take};
+      pos += take;
+    }
+    if (nc) chacha_parts(kw, ctr, cut, nc, out);
+    const uint8_t *ks = a->ks[slot];
+    pos = 0;
+    for (int i = 0; i < n; i++) {
+      size_t lo = pos, hi = pos + parts[i].n;
+      pos = hi;
+      if (hi <= h) continue;
+      size_t from = lo > h ? lo : h;
+      xor_ks(out + from, parts[i].p + (from - lo), ks + (from - h), hi - from);
+    }
+    wipe(a->ks[slot], (total - h + 63) & ~(size_t)63);
+  }
+  direct_finish(a, out, total, 0, out + total);
+  wipe(kw, sizeof kw);
   return 0;
 }
 
@@ -359,19 +475,18 @@ static int direct_open(tenc_aead *a, const uint8_t *key, const uint8_t *nonce, c
                        uint8_t *buf, size_t len, const uint8_t *tag) {
   uint32_t kw[8], ctr[4];
   uint8_t mac[16];
-  direct_begin(a, key, nonce, kw, ctr, aad, aad_len);
-  uint32_t kw_keep[8];
-  memcpy(kw_keep, kw, sizeof kw_keep);
-  direct_finish(a, buf, len, aad_len, mac, kw); /* wipes kw */
+  int slot = direct_begin(a, key, nonce, len, kw, ctr, aad, aad_len);
+  direct_finish(a, buf, len, aad_len, mac);
   int bad = CRYPTO_memcmp(mac, tag, sizeof mac) != 0;
   wipe(mac, sizeof mac);
   if (bad) {
-    wipe(kw_keep, sizeof kw_keep);
+    if (slot >= 0) wipe(a->ks[slot], sizeof a->ks[slot]);
+    wipe(kw, sizeof kw);
     wipe(buf, len); /* as the EVP path: nothing of an unauthentic message is left */
     return -1;
   }
-  if (len) ll.chacha(buf, buf, len, kw_keep, ctr);
-  wipe(kw_keep, sizeof kw_keep);
+  direct_crypt(a, slot, kw, ctr, buf, buf, len);
+  wipe(kw, sizeof kw);
   return 0;
 }
 
@@ -525,28 +640,71 @@ static void ll_check(void) {
       if (direct_open(d, key, nonce, NULL, 0, y, n + pad, y + n + pad) == 0) goto out;
     }
   }
-  /* the side-by-side block 0 against OpenSSL's, for lanes 1..16 and 40 records */
+  /* The lanes against OpenSSL: block 0 and keystream blocks of 1..40 records; then
+   * runs of prepared records of many lengths (under, at and over 1 KiB and 2 KiB),
+   * sealed whole and in parts, opened, against EVP. */
   {
-    const uint8_t *keys[40];
-    uint8_t nonces[40][TENC_AEAD_NONCE_LEN], pks[40][32], b0[64];
-    uint8_t *kbuf = x; /* 40 keys of 32 bytes */
-    for (int i = 0; i < 40 * 32; i++) kbuf[i] = (uint8_t)(i * 7 + 3);
-    for (int i = 0; i < 40; i++) {
+    enum { NR = 40 };
+    const uint8_t *keys[NR];
+    uint8_t nonces[NR][TENC_AEAD_NONCE_LEN], pks[NR][32], ks[NR][64], b0[64];
+    uint32_t ctrs[NR];
+    uint8_t kbuf[NR * 32];
+    for (int i = 0; i < NR * 32; i++) kbuf[i] = (uint8_t)(i * 7 + 3);
+    for (int i = 0; i < NR; i++) {
       keys[i] = kbuf + 32 * i;
+      ctrs[i] = (uint32_t)(i * 977u + (i == 7 ? 0xffffffffu - 977u * 7u : 0)); /* one counter at 2^32-1 */
       for (int j = 0; j < 12; j++) nonces[i][j] = (uint8_t)(i * 13 + j * 5);
     }
-    for (uint32_t n = 1; n <= 40; n += n < 17 ? 1 : 23) {
-      if (tenc_aead_block0(TENC_AEAD_B0_AUTO, n, keys, (const uint8_t(*)[12])nonces, pks) != 0) goto out;
+    for (uint32_t n = 1; n <= NR; n += n < 17 ? 1 : 23) {
+      if (tenc_aead_block0(TENC_AEAD_B0_AUTO, n, keys, (const uint8_t(*)[12])nonces, pks) != 0 ||
+          tenc_aead_keystream(TENC_AEAD_B0_AUTO, n, keys, (const uint8_t(*)[12])nonces, ctrs, ks) != 0)
+        goto lanes_out;
       for (uint32_t i = 0; i < n; i++) {
         uint32_t kw[8], ctr[4] = {0, rd32(nonces[i]), rd32(nonces[i] + 4), rd32(nonces[i] + 8)};
         for (int w = 0; w < 8; w++) kw[w] = rd32(keys[i] + 4 * w);
         memset(b0, 0, sizeof b0);
         ll.chacha(b0, b0, sizeof b0, kw, ctr);
-        if (memcmp(b0, pks[i], 32) != 0) goto vec_out;
+        if (memcmp(b0, pks[i], 32) != 0) goto lanes_out;
+        ctr[0] = ctrs[i];
+        memset(b0, 0, sizeof b0);
+        ll.chacha(b0, b0, sizeof b0, kw, ctr);
+        if (memcmp(b0, ks[i], 64) != 0) goto lanes_out;
       }
     }
-    b0_auto = block0_impl(TENC_AEAD_B0_AUTO);
-  vec_out:;
+    lanes_auto = lanes_impl(TENC_AEAD_B0_AUTO);
+    static const uint32_t lens[] = {0, 1, 15, 16, 63, 64, 65, 100, 511, 512, 513, 1000, 1023, 1024, 1025,
+                                    1088, 1100, 1408, 1420, 1424, 1500};
+    enum { NL = sizeof lens / sizeof lens[0] };
+    for (uint32_t start = 0; start < NL; start += 7) {
+      uint32_t m = NL - start < 7 ? NL - start : 7, plens[7];
+      for (uint32_t i = 0; i < m; i++) plens[i] = lens[start + i];
+      for (int mode = 0; mode < 3; mode++) { /* seal, seal in parts, open */
+        tenc_aead_prepare(d, m, keys, (const uint8_t(*)[12])nonces, plens);
+        for (uint32_t i = 0; i < m; i++) {
+          size_t n = plens[i];
+          size_t pad = mode == 1 && n >= 16 ? n % 7 : 0; /* parts: zeros at the end */
+          for (size_t k = 0; k < n; k++) x[k] = k < n - pad ? (uint8_t)(k * 31 + i + mode) : 0;
+          memcpy(z, x, n);
+          if (evp_seal(e, keys[i], nonces[i], NULL, 0, z, n, z + n) != 0) goto lanes_bad;
+          memcpy(y, x, n);
+          if (mode == 0 && direct_seal(d, keys[i], nonces[i], NULL, 0, y, n, y + n) != 0) goto lanes_bad;
+          if (mode == 1 && direct_seal_parts(d, keys[i], nonces[i], x, n / 3, x + n / 3, n - n / 3 - pad, pad, y) != 0)
+            goto lanes_bad;
+          if (mode == 2) {
+            memcpy(y, z, n + 16);
+            if (direct_open(d, keys[i], nonces[i], NULL, 0, y, n, y + n) != 0 || memcmp(y, x, n) != 0) goto lanes_bad;
+            continue;
+          }
+          if (memcmp(y, z, n + 16) != 0) goto lanes_bad;
+        }
+        if (d->pk_i != m) goto lanes_bad; /* every record used its prepared slot */
+      }
+    }
+    goto lanes_out;
+  lanes_bad:
+    lanes_auto = NULL;
+  lanes_out:
+    tenc_aead_prepare(d, 0, NULL, NULL, NULL);
   }
   good = 1;
 out:
@@ -563,7 +721,10 @@ static tenc_aead *aead_new(int want_direct) {
   if (a == NULL) return NULL;
   if (want_direct && ll.ok) {
     a->poly = aligned_alloc(64, (ll.poly_size + 63) & ~(size_t)63);
-    if (a->poly == NULL) {
+    a->ks = aligned_alloc(64, TENC_AEAD_PREP_MAX * sizeof a->ks[0]);
+    if (a->poly == NULL || a->ks == NULL) {
+      free(a->poly);
+      free(a->ks);
       free(a);
       return NULL;
     }
@@ -588,13 +749,21 @@ tenc_aead *tenc_aead_new(void) {
   return aead_new(direct);
 }
 
-const char *tenc_aead_backend(const tenc_aead *a) { return a && a->direct ? "direct" : "evp"; }
+const char *tenc_aead_backend(const tenc_aead *a) {
+  if (!a || !a->direct) return "evp";
+#if defined(__x86_64__)
+  if (lanes_auto == lanes16_avx512) return "direct, lanes avx512";
+  if (lanes_auto == lanes16_avx2) return "direct, lanes avx2";
+#endif
+  return lanes_auto ? "direct, lanes base" : "direct";
+}
 
 void tenc_aead_clear(tenc_aead *a) {
   if (a == NULL) return;
   if (a->direct) { /* nothing keyed is kept between calls but keys made ahead */
     OPENSSL_cleanse(a->poly, ll.poly_size);
     OPENSSL_cleanse(a->pk, sizeof a->pk);
+    OPENSSL_cleanse(a->ks, TENC_AEAD_PREP_MAX * sizeof a->ks[0]);
     a->pk_n = a->pk_i = 0;
     return;
   }
@@ -614,6 +783,10 @@ void tenc_aead_free(tenc_aead *a) {
   if (a->poly) {
     OPENSSL_cleanse(a->poly, ll.poly_size);
     free(a->poly);
+  }
+  if (a->ks) {
+    OPENSSL_cleanse(a->ks, TENC_AEAD_PREP_MAX * sizeof a->ks[0]);
+    free(a->ks);
   }
   EVP_CIPHER_CTX_free(a->enc); /* cleanses the key schedule */
   EVP_CIPHER_CTX_free(a->dec);
@@ -822,6 +995,21 @@ static int packet_at(napi_env env, const batch_args *b, uint32_t i, int open, ui
   return 0;
 }
 
+/* Makes ahead the next run of up to 16 packets from `i` (as the engine does); a
+ * packet whose offset or length changes before it is processed just does not match. */
+static void prepare_run(tenc_aead *a, const batch_args *b, uint32_t i, int open) {
+  const uint8_t *keys[TENC_AEAD_PREP_MAX];
+  uint8_t nonces[TENC_AEAD_PREP_MAX][TENC_AEAD_NONCE_LEN];
+  uint32_t lens[TENC_AEAD_PREP_MAX], m = 0;
+  for (; m < TENC_AEAD_PREP_MAX && i + m < b->count; m++) {
+    uint32_t len = b->lengths[i + m];
+    keys[m] = b->key;
+    tenc_aead_wg_nonce(b->counters[i + m], nonces[m]);
+    lens[m] = open ? (len >= TENC_AEAD_TAG_LEN ? len - TENC_AEAD_TAG_LEN : 0) : len;
+  }
+  tenc_aead_prepare(a, m, keys, (const uint8_t(*)[TENC_AEAD_NONCE_LEN])nonces, lens);
+}
+
 static napi_value seal_batch(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6];
@@ -834,6 +1022,7 @@ static napi_value seal_batch(napi_env env, napi_callback_info info) {
   if ((a = thread_aead(env)) != NULL) {
     for (uint32_t i = 0; i < b.count; i++) {
       uint32_t off, len;
+      if (i % TENC_AEAD_PREP_MAX == 0) prepare_run(a, &b, i, 0);
       if (packet_at(env, &b, i, 0, &off, &len) != 0) break;
       if (tenc_aead_wg_seal(a, b.key, b.counters[i], b.slab + off, len) != 0) {
         snprintf(msg, sizeof(msg), "packet %u: OpenSSL seal failed", i);
@@ -842,6 +1031,7 @@ static napi_value seal_batch(napi_env env, napi_callback_info info) {
       }
     }
   }
+  if (a != NULL) tenc_aead_prepare(a, 0, NULL, NULL, NULL);
   OPENSSL_cleanse(b.key, sizeof(b.key));
   return NULL; /* undefined */
 }
@@ -866,9 +1056,11 @@ static napi_value open_batch(napi_env env, napi_callback_info info) {
   } else {
     a = thread_aead(env);
   }
+  tenc_aead *ctx = a;
   if (a != NULL) {
     for (uint32_t i = 0; i < b.count; i++) {
       uint32_t off, len;
+      if (i % TENC_AEAD_PREP_MAX == 0) prepare_run(a, &b, i, 1);
       if (packet_at(env, &b, i, 1, &off, &len) != 0) {
         a = NULL; /* threw */
         break;
@@ -883,14 +1075,16 @@ static napi_value open_batch(napi_env env, napi_callback_info info) {
       }
     }
   }
+  if (ctx != NULL) tenc_aead_prepare(ctx, 0, NULL, NULL, NULL); /* wipes what a throw left unused */
   OPENSSL_cleanse(b.key, sizeof(b.key));
   if (a == NULL) return NULL;
   napi_create_uint32(env, ok, &result);
   return result;
 }
 
-/* aeadBackend() -> "direct" | "evp": what this thread's context (and the engine's,
- * made with the same environment) uses. */
+/* aeadBackend() -> "evp", "direct" (OpenSSL's cores, records one by one) or "direct,
+ * lanes X" (runs of records made ahead with lane code X): what this thread's context
+ * (and the engine's, made with the same environment) uses. */
 static napi_value backend(napi_env env, napi_callback_info info) {
   napi_value result;
   tenc_aead *a = thread_aead(env);
@@ -899,31 +1093,39 @@ static napi_value backend(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* aeadTestBlock0(which, keys, nonces) -> Buffer of 32-byte Poly1305 keys (block 0),
- * with implementation `which` (0 auto, 1 baseline, 2 AVX2, 3 AVX-512; RangeError
+/* aeadTestBlock0(which, keys, nonces[, counters]) -> Buffer of 32-byte Poly1305 keys
+ * (block 0), or with counters (Uint32Array) of 64-byte keystream blocks, with
+ * implementation `which` (0 auto, 1 baseline, 2 AVX2, 3 AVX-512; RangeError
  * with code ERR_TENC_CPU when this CPU lacks it). For tests. */
 static napi_value test_block0(napi_env env, napi_callback_info info) {
-  size_t argc = 3, klen, nlen;
-  napi_value argv[3], result;
+  size_t argc = 4, klen, nlen, clen = 0;
+  napi_value argv[4], result;
   uint8_t *keys, *nonces, *out;
-  uint32_t which;
+  uint32_t which, *ctrs = NULL;
+  napi_valuetype t4 = napi_undefined;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (argc < 3) return type_error(env, "aeadTestBlock0(which, keys, nonces)");
+  if (argc < 3) return type_error(env, "aeadTestBlock0(which, keys, nonces[, counters])");
+  if (argc > 3) napi_typeof(env, argv[3], &t4);
+  if (t4 != napi_undefined && get_typed(env, argv[3], napi_uint32_array, "counters", (void **)&ctrs, &clen) != 0)
+    return NULL;
   if (get_count(env, argv[0], &which) != 0) return NULL;
   if (which > TENC_AEAD_B0_AVX512) return range_error(env, "which must be 0..3");
   if (get_typed(env, argv[1], napi_uint8_array, "keys", (void **)&keys, &klen) != 0 ||
       get_typed(env, argv[2], napi_uint8_array, "nonces", (void **)&nonces, &nlen) != 0)
     return NULL;
   uint32_t n = (uint32_t)(klen / 32);
-  if (klen % 32 || nlen != (size_t)n * 12 || n > 4096) return range_error(env, "keys must be n*32 bytes, nonces n*12, n <= 4096");
+  if (klen % 32 || nlen != (size_t)n * 12 || n > 4096 || (ctrs && clen != n))
+    return range_error(env, "keys must be n*32 bytes, nonces n*12, counters n, n <= 4096");
+  size_t each = ctrs ? 64 : 32;
   const uint8_t **kp = malloc((n ? n : 1) * sizeof *kp);
   if (kp == NULL) return NULL;
   for (uint32_t i = 0; i < n; i++) kp[i] = keys + 32 * i;
-  if (napi_create_buffer(env, (size_t)n * 32, (void **)&out, &result) != napi_ok) {
+  if (napi_create_buffer(env, (size_t)n * each, (void **)&out, &result) != napi_ok) {
     free(kp);
     return NULL;
   }
-  int r = tenc_aead_block0((int)which, n, kp, (const uint8_t(*)[12])nonces, (uint8_t(*)[32])out);
+  int r = ctrs ? tenc_aead_keystream((int)which, n, kp, (const uint8_t(*)[12])nonces, ctrs, (uint8_t(*)[64])out)
+               : tenc_aead_block0((int)which, n, kp, (const uint8_t(*)[12])nonces, (uint8_t(*)[32])out);
   free(kp);
   if (r != 0) {
     napi_throw_range_error(env, "ERR_TENC_CPU", "this CPU lacks that implementation");

@@ -18,22 +18,28 @@ typedef struct tenc_aead tenc_aead;
 /* A context on the backend TENC_AEAD selects ("evp"; anything else: direct when
  * available and checked, else evp). NULL when out of memory or OpenSSL fails. */
 tenc_aead *tenc_aead_new(void);
-/* Poly1305 keys made ahead, side by side (direct backend; a no-op for evp): the
- * next n seal/open calls whose key pointer and nonce match keys[i], nonces[i], in
- * that order, skip their own block-0 computation. A call that does not match the
- * next one computes its key as usual (nothing is wrong, only slower). n <= 16;
- * n = 0 wipes what is left unused. The keys must stay where they are until used. */
+/* Runs of records made ahead (direct backend; a no-op for evp): for record i of
+ * key keys[i], nonce nonces[i] and cipher length lens[i] (the bytes seal, seal_parts
+ * or open will process), its Poly1305 key and the keystream after its whole KiBs
+ * are computed for all n records side by side. The next n seal/open calls whose
+ * key pointer, nonce and length match, in that order, use them (the whole KiBs
+ * still go through OpenSSL). A call that does not match the next one computes
+ * everything itself (nothing is wrong, only slower). n <= 16; n = 0 wipes what is
+ * left unused. The keys must stay where they are until used. */
 #define TENC_AEAD_PREP_MAX 16
 void tenc_aead_prepare(tenc_aead *a, uint32_t n, const uint8_t *const keys[],
-                       const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN]);
+                       const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN], const uint32_t *lens);
 
-/* ChaCha20 block 0 (first 32 bytes) of n (key, nonce) pairs, 16 side by side, with a
- * chosen implementation (tests force each): returns -1 if this CPU lacks it. */
+/* For tests: ChaCha20 block 0 (first 32 bytes; the Poly1305 key) or keystream block
+ * ctrs[i] of n (key, nonce) pairs, 16 side by side, with a chosen implementation:
+ * returns -1 if this CPU lacks it. */
 enum { TENC_AEAD_B0_AUTO = 0, TENC_AEAD_B0_BASE = 1, TENC_AEAD_B0_AVX2 = 2, TENC_AEAD_B0_AVX512 = 3 };
 int tenc_aead_block0(int which, uint32_t n, const uint8_t *const keys[], const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN],
                      uint8_t (*out)[32]);
+int tenc_aead_keystream(int which, uint32_t n, const uint8_t *const keys[],
+                        const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN], const uint32_t *ctrs, uint8_t (*out)[64]);
 
-/* "direct" or "evp". */
+/* "evp", "direct", or "direct, lanes avx512|avx2|base" (tenc_aead_prepare active). */
 const char *tenc_aead_backend(const tenc_aead *a);
 void tenc_aead_free(tenc_aead *a);
 

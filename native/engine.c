@@ -514,7 +514,7 @@ static void tx_miss(tenc_engine *e, struct tenc_tx *t, int v, const uint8_t *dst
 }
 
 /* Stage 4: seals the records routed to a peer (t->out), 16 at a time: their
- * Poly1305 keys are made side by side first (tenc_aead_prepare), then each record
+ * Poly1305 keys and short keystream are made side by side first (tenc_aead_prepare), then each record
  * is sealed in order. Records that fail are counted and dropped from t->out.
  * Under the read lock (the keypairs stay). */
 static void seal_outs(tenc_engine *e, struct tenc_tx *t, uint64_t now) {
@@ -523,11 +523,13 @@ static void seal_outs(tenc_engine *e, struct tenc_tx *t, uint64_t now) {
     uint32_t m = t->nout - i < TENC_AEAD_PREP_MAX ? t->nout - i : TENC_AEAD_PREP_MAX;
     const uint8_t *keys[TENC_AEAD_PREP_MAX];
     uint8_t nonces[TENC_AEAD_PREP_MAX][TENC_AEAD_NONCE_LEN];
+    uint32_t lens[TENC_AEAD_PREP_MAX];
     for (uint32_t j = 0; j < m; j++) {
       keys[j] = t->out[i + j].kp->send_key;
       tenc_aead_wg_nonce(t->out[i + j].ctr, nonces[j]);
+      lens[j] = pad16(t->out[i + j].rec->len); /* what seal and seal_scatter encrypt */
     }
-    tenc_aead_prepare(t->aead, m, keys, (const uint8_t(*)[TENC_AEAD_NONCE_LEN])nonces);
+    tenc_aead_prepare(t->aead, m, keys, (const uint8_t(*)[TENC_AEAD_NONCE_LEN])nonces, lens);
     for (uint32_t j = 0; j < m; j++) {
       txout *o = &t->out[i + j];
       txrec *r = o->rec;
@@ -543,7 +545,7 @@ static void seal_outs(tenc_engine *e, struct tenc_tx *t, uint64_t now) {
       kept++;
     }
   }
-  tenc_aead_prepare(t->aead, 0, NULL, NULL); /* wipes keys left unused */
+  tenc_aead_prepare(t->aead, 0, NULL, NULL, NULL); /* wipes keys left unused */
   t->nout = kept;
 }
 
@@ -904,13 +906,15 @@ static void rx_open(tenc_engine *e, struct tenc_rx *x, const rxpend *q, uint64_t
 static void rx_open_pending(tenc_engine *e, struct tenc_rx *x, uint64_t now) {
   const uint8_t *keys[TENC_AEAD_PREP_MAX];
   uint8_t nonces[TENC_AEAD_PREP_MAX][TENC_AEAD_NONCE_LEN];
+  uint32_t lens[TENC_AEAD_PREP_MAX];
   for (uint32_t j = 0; j < x->npend; j++) {
     keys[j] = x->pend[j].kp->recv_key;
     tenc_aead_wg_nonce(x->pend[j].ctr, nonces[j]);
+    lens[j] = x->pend[j].len - MSG_DATA_MIN; /* the ciphertext rx_open opens */
   }
-  tenc_aead_prepare(x->aead, x->npend, keys, (const uint8_t(*)[TENC_AEAD_NONCE_LEN])nonces);
+  tenc_aead_prepare(x->aead, x->npend, keys, (const uint8_t(*)[TENC_AEAD_NONCE_LEN])nonces, lens);
   for (uint32_t j = 0; j < x->npend; j++) rx_open(e, x, &x->pend[j], now);
-  tenc_aead_prepare(x->aead, 0, NULL, NULL); /* wipes keys left unused */
+  tenc_aead_prepare(x->aead, 0, NULL, NULL, NULL); /* wipes keys left unused */
   x->npend = 0;
 }
 

@@ -112,12 +112,15 @@ export function aeadOpen(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array,
 }
 
 /**
- * Which ChaCha20-Poly1305 code the native contexts of this process use: "direct"
- * (OpenSSL's ChaCha20 and Poly1305 cores called straight, the default where node
- * exports them and they pass the start-up check) or "evp" (OpenSSL's EVP API;
- * forced with TENC_AEAD=evp in the environment). Same bytes either way.
+ * Which ChaCha20-Poly1305 code the native contexts of this process use: "evp"
+ * (OpenSSL's EVP API; forced with TENC_AEAD=evp in the environment), "direct"
+ * (OpenSSL's ChaCha20 and Poly1305 cores called straight, where node exports them
+ * and they pass the start-up check), or "direct, lanes avx512|avx2|base" (also
+ * runs of 16 records made ahead: Poly1305 keys and short keystream computed side
+ * by side by tenc's lane code, checked against OpenSSL at start-up). Same bytes
+ * either way.
  */
-export function aeadBackend(): 'direct' | 'evp' {
+export function aeadBackend(): string {
   return addon.aeadBackend();
 }
 

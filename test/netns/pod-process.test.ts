@@ -16,7 +16,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -144,7 +144,9 @@ describe('two tenc pod processes', () => {
     for (const l of lines) expect(l).toMatch(/IP6 fd00:77::[12]\.51821 > fd00:77::[12]\.51821: UDP/);
 
     const st = JSON.parse(tenc(a, 'status', '--json'));
-    expect(st.dataPlane).toBe('native, inject raw, tun offload off, udp gso off, udp gro off, aead direct');
+    const cpu = readFileSync('/proc/cpuinfo', 'utf8');
+    const lanes = /^flags\s*:.*\bavx512f\b/m.test(cpu) ? 'avx512' : /^flags\s*:.*\bavx2\b/m.test(cpu) ? 'avx2' : 'base';
+    expect(st.dataPlane).toBe(`native, inject raw, tun offload off, udp gso off, udp gro off, aead direct, lanes ${lanes}`);
     expect(st.mtu).toBe(1420); // 1500 - 80, no peer endpoint at start
     expect(st.peers[0].endpoint).toBe('[fd00:77::2]:51821');
 

@@ -191,8 +191,10 @@ describe(`backend (TENC_AEAD=${process.env.TENC_AEAD ?? ''})`, () => {
   // On this machine's node (OpenSSL linked in, its symbols exported) the direct
   // backend must be chosen and pass its start-up check; aead-evp.test.ts reruns
   // this file with TENC_AEAD=evp.
-  it('is the one the environment asks for', () => {
-    expect(aeadBackend()).toBe(process.env.TENC_AEAD === 'evp' ? 'evp' : 'direct');
+  it('is the one the environment asks for, with the widest lane code this CPU has', () => {
+    const flags = readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1].split(/\s+/) ?? [];
+    const lanes = flags.includes('avx512f') ? 'avx512' : flags.includes('avx2') ? 'avx2' : 'base';
+    expect(aeadBackend()).toBe(process.env.TENC_AEAD === 'evp' ? 'evp' : `direct, lanes ${lanes}`);
   });
 
   it('matches noble on every length 0..320 and around a packet (block and padding edges), with AAD 0..40', () => {
@@ -243,6 +245,26 @@ describe('Poly1305 keys of many records side by side (ChaCha20 block 0, RFC 8439
     });
   }
 
+  for (const [which, name, flag] of impls) {
+    it(`${name}: keystream blocks of 1..40 records at any counter equal noble's`, () => {
+      if (flag !== null && !cpuFlags.includes(flag)) {
+        expect(() => addon.aeadTestBlock0(which, rand(32), rand(12), new Uint32Array(1))).toThrow(/lacks/);
+        return;
+      }
+      for (const n of [1, 7, 16, 17, 40]) {
+        const keys = rand(32 * n);
+        const nonces = rand(12 * n);
+        const ctrs = new Uint32Array(n).map((_, i) => (i === 0 ? 0xfffffff0 : (i * 977) % 70)); // noble refuses a block at 2^32-1
+        const got = addon.aeadTestBlock0(which, keys, nonces, ctrs) as Uint8Array;
+        expect(got.length).toBe(64 * n);
+        for (let i = 0; i < n; i++) {
+          const want = chacha20(keys.subarray(32 * i, 32 * i + 32), nonces.subarray(12 * i, 12 * i + 12), new Uint8Array(64), undefined, ctrs[i]);
+          expect(hex(got.subarray(64 * i, 64 * i + 64)), `${name}, ${n} records, record ${i}, counter ${ctrs[i]}`).toBe(hex(want));
+        }
+      }
+    });
+  }
+
   it('RFC 8439 §2.6.2 Poly1305 key generation vector', () => {
     const key = unhex('808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f');
     const nonce = unhex('000000000001020304050607');
@@ -254,6 +276,46 @@ describe('Poly1305 keys of many records side by side (ChaCha20 block 0, RFC 8439
     expect(() => addon.aeadTestBlock0(4, rand(32), rand(12))).toThrow(RangeError);
     expect(() => addon.aeadTestBlock0(0, rand(31), rand(12))).toThrow(RangeError);
     expect(() => addon.aeadTestBlock0(0, 'x', rand(12))).toThrow(TypeError);
+  });
+});
+
+describe('batches of every length 0..2100 (records made ahead 16 at a time: lanes for block 0 and the part after the last whole KiB)', () => {
+  it('seal matches noble and open restores, with one forged record per run of 16', () => {
+    const key = rand(32);
+    const lengths = [...Array(2101).keys()];
+    const offsets = new Uint32Array(lengths.length);
+    let off = 3; // odd offsets
+    lengths.forEach((l, i) => {
+      offsets[i] = off;
+      off += l + AEAD_TAG_LEN + (i % 5);
+    });
+    const slab = rand(off);
+    const plain = Uint8Array.from(slab);
+    const counters = new BigUint64Array(lengths.length).map((_, i) => BigInt(i) * 0x1_0000_0001n);
+    const batch: AeadBatch = { slab, offsets, lengths: Uint32Array.from(lengths), counters };
+    aeadSealBatch(batch, key);
+    for (let i = 0; i < lengths.length; i += 97) {
+      const ref = chacha20poly1305(key, wgNonce(counters[i])).encrypt(plain.subarray(offsets[i], offsets[i] + lengths[i]));
+      expect(hex(packet(batch, i)), `length ${lengths[i]}`).toBe(hex(ref));
+    }
+    for (const i of [1023, 1024, 1025, 1408, 1420, 2047, 2048, 2049, 2100]) {
+      const ref = chacha20poly1305(key, wgNonce(counters[i])).encrypt(plain.subarray(offsets[i], offsets[i] + lengths[i]));
+      expect(hex(packet(batch, i)), `length ${lengths[i]}`).toBe(hex(ref));
+    }
+    const forged = lengths.map((_, i) => i).filter((i) => i % 16 === 5 && lengths[i] > 0);
+    for (const i of forged) slab[offsets[i] + lengths[i] - 1] ^= 1;
+    const status = new Uint8Array(lengths.length);
+    const opened = { ...batch, lengths: Uint32Array.from(lengths, (l) => l + AEAD_TAG_LEN) };
+    expect(aeadOpenBatch(opened, key, status).ok).toBe(lengths.length - forged.length);
+    for (let i = 0; i < lengths.length; i++) {
+      if (forged.includes(i)) {
+        expect(status[i], `record ${i}`).toBe(AEAD_STATUS.auth);
+        continue;
+      }
+      expect(status[i], `record ${i}`).toBe(AEAD_STATUS.ok);
+      if (i % 53 === 0 || (i >= 1020 && i <= 1030) || i >= 2040)
+        expect(hex(slab.subarray(offsets[i], offsets[i] + lengths[i])), `record ${i}`).toBe(hex(plain.subarray(offsets[i], offsets[i] + lengths[i])));
+    }
   });
 });
 
