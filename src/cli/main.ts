@@ -1,8 +1,13 @@
 #!/usr/bin/env node
 /** The `tenc` executable (package.json "bin": dist/src/cli/main.js). */
-import { runCli } from './cli.js';
+import { enterLeanMode } from '../control/lean.js';
 
 const argv = process.argv.slice(2);
+// `tenc pod`: V8 lean (no TurboFan, no young-generation growth) before the rest
+// loads, until the pod gets busy (src/control/lean.ts). Every launcher of a pod runs
+// this file (the agent, bench/lib/tunnels.ts, netns-scripts, `tenc` itself).
+if (argv[0] === 'pod') enterLeanMode();
+const { runCli } = await import('./cli.js');
 const code = await runCli(argv);
 // `tenc pod` has torn everything down by now: leave even if a library left a handle open.
 // Other commands end naturally so piped stdout is flushed first.

@@ -18,8 +18,11 @@
  *   7. DNS proxy (when dns.enabled): sockets, nftables    uninit: interception out, proxy stop,
  *      redirect of port 53 to it                                   learned routes removed
  *   8. control socket                                     uninit: close, unlink
+ *   9. V8 lean mode ends once the event loop is busy      uninit: stop watching
+ *      (when src/cli/main.ts entered it: control/lean.ts)
  */
 import { writeSync } from 'node:fs';
+import { leanState, watchLoad } from './lean.js';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
 import { formatEndpoint, projectDestinationOf, readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
 import { openEngine as openRealEngine, type EngineOpener, type PodEngine } from './engine.js';
@@ -449,7 +452,11 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     });
     uninit.push({ what: 'control socket', run: () => server.close() });
 
-    log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort }, 'pod running');
+    step = 'load watch';
+    const load = watchLoad({ onBusy: (u) => log.info({ eventLoopUtilization: Math.round(u * 100) / 100 }, 'busy: V8 lean mode ends (TurboFan on)') });
+    uninit.push({ what: 'load watch', run: () => load.stop() });
+
+    log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort, v8: leanState() }, 'pod running');
     started = true;
     opts.onReady?.(pod);
   } catch (e) {

@@ -1,0 +1,97 @@
+/**
+ * Lean mode: V8 tuned for an idle `tenc pod` until the pod gets busy.
+ *
+ * An idle pod proxy runs little JavaScript (timers, a handshake every two minutes,
+ * the odd control request). Two V8 defaults cost it memory all the same:
+ *   - TurboFan: its first compilation pages in about 4 MiB of the node binary's
+ *     code, and its zones, allocated on V8's worker threads, stay in malloc arenas;
+ *   - the young generation grows from 1 to 8 MiB during the start's allocations and
+ *     is given back only by the memory reducer, 10-30 s later and in steps.
+ * Busy JavaScript needs both: the DNS proxy answered about 30% fewer queries per
+ * second without TurboFan (bench dns with node --no-opt). So:
+ *
+ *   1. enterLeanMode(): first thing in the process (src/cli/main.ts), before the
+ *      modules load: v8.setFlagsFromString('--no-opt') (the interpreter and the
+ *      baseline compiler Sparkplug run the code) and '--semi-space-growth-factor=1'.
+ *   2. watchLoad(): once a second the event loop utilization (perf_hooks) of the
+ *      last second; `periods` (default 3) seconds in a row at least `busy` (default
+ *      10%) busy leave lean mode for good: '--opt' and the default growth factor 2.
+ *      Hot functions are optimized from then on. One busy second (the start, a burst
+ *      of set-peer calls; an interpreted handshake takes 5-8 ms) is not load that
+ *      TurboFan would pay off.
+ *
+ * Only flags V8 reads at each decision are set this way (tier-up, new space growth).
+ * Heap limits and threads are fixed when the isolate is created: --max-semi-space-size
+ * set here has no effect and --single-threaded aborts node (both measured).
+ */
+import { setFlagsFromString } from 'node:v8';
+import { performance, type EventLoopUtilization } from 'node:perf_hooks';
+
+/** default: never entered (tests, other commands); lean; busy: left for good. */
+export type LeanState = 'default' | 'lean' | 'busy';
+
+let state: LeanState = 'default';
+
+export function leanState(): LeanState {
+  return state;
+}
+
+/** TurboFan off and no young-generation growth for this process (see the header). */
+export function enterLeanMode(): void {
+  if (state !== 'default') return;
+  setFlagsFromString('--no-opt');
+  setFlagsFromString('--semi-space-growth-factor=1');
+  state = 'lean';
+}
+
+/** V8's defaults back (no-op unless lean). */
+export function leaveLeanMode(): void {
+  if (state !== 'lean') return;
+  setFlagsFromString('--opt');
+  setFlagsFromString('--semi-space-growth-factor=2');
+  state = 'busy';
+}
+
+export interface LoadWatchOptions {
+  /** Sampling period, ms (default 1000). */
+  intervalMs?: number;
+  /** Event loop utilization over one period, 0..1, that counts as busy (default 0.1). */
+  busy?: number;
+  /** Busy periods in a row that end lean mode (default 3). */
+  periods?: number;
+  /** Called once when lean mode ends, with the utilization of the last period. */
+  onBusy?: (utilization: number) => void;
+}
+
+export interface LoadWatch {
+  stop(): void;
+}
+
+/** Ends lean mode when the event loop is busy (see the header); does nothing unless lean. */
+export function watchLoad(opts: LoadWatchOptions = {}): LoadWatch {
+  const intervalMs = opts.intervalMs ?? 1000;
+  const busy = opts.busy ?? 0.1;
+  const periods = opts.periods ?? 3;
+  for (const [k, v] of [['intervalMs', intervalMs], ['busy', busy], ['periods', periods]] as const) {
+    if (typeof v !== 'number') throw new TypeError(`watchLoad: ${k} must be a number`);
+  }
+  if (!(intervalMs >= 10 && intervalMs <= 60_000)) throw new RangeError(`watchLoad: intervalMs must be 10..60000, got ${intervalMs}`);
+  if (!(busy > 0 && busy <= 1)) throw new RangeError(`watchLoad: busy must be in (0, 1], got ${busy}`);
+  if (!(Number.isInteger(periods) && periods >= 1 && periods <= 60)) throw new RangeError(`watchLoad: periods must be an integer 1..60, got ${periods}`);
+  if (state !== 'lean') return { stop: () => {} };
+  let last: EventLoopUtilization = performance.eventLoopUtilization();
+  let inARow = 0;
+  const timer = setInterval(() => {
+    if (state !== 'lean') return void clearInterval(timer);
+    const now = performance.eventLoopUtilization();
+    const u = performance.eventLoopUtilization(now, last).utilization;
+    last = now;
+    inARow = u >= busy ? inARow + 1 : 0;
+    if (inARow < periods) return;
+    clearInterval(timer);
+    leaveLeanMode();
+    opts.onBusy?.(u);
+  }, intervalMs);
+  timer.unref();
+  return { stop: () => clearInterval(timer) };
+}
