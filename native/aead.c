@@ -202,25 +202,76 @@ typedef uint32_t v16u __attribute__((vector_size(64)));
   b ^= c;                       \
   b = (b << 7) | (b >> 25);
 
-/* in[word][lane] -> out[word][lane]: the 16 output words of 16 blocks */
+/* 16x16 transpose of 32-bit words in 16 vectors (rows <-> lanes): four stages that
+ * swap the off-diagonal s x s blocks, s = 8, 4, 2, 1 (one two-source permute per
+ * output row and stage; vpermt2d on AVX-512). */
+typedef int32_t v16i __attribute__((vector_size(64)));
+#define TM_LO(s) {0 & s ? 16 + 0 - s : 0, 1 & s ? 16 + 1 - s : 1, 2 & s ? 16 + 2 - s : 2, 3 & s ? 16 + 3 - s : 3, \
+                  4 & s ? 16 + 4 - s : 4, 5 & s ? 16 + 5 - s : 5, 6 & s ? 16 + 6 - s : 6, 7 & s ? 16 + 7 - s : 7, \
+                  8 & s ? 16 + 8 - s : 8, 9 & s ? 16 + 9 - s : 9, 10 & s ? 16 + 10 - s : 10, 11 & s ? 16 + 11 - s : 11, \
+                  12 & s ? 16 + 12 - s : 12, 13 & s ? 16 + 13 - s : 13, 14 & s ? 16 + 14 - s : 14, 15 & s ? 16 + 15 - s : 15}
+#define TM_HI(s) {0 & s ? 16 + 0 : 0 + s, 1 & s ? 16 + 1 : 1 + s, 2 & s ? 16 + 2 : 2 + s, 3 & s ? 16 + 3 : 3 + s, \
+                  4 & s ? 16 + 4 : 4 + s, 5 & s ? 16 + 5 : 5 + s, 6 & s ? 16 + 6 : 6 + s, 7 & s ? 16 + 7 : 7 + s, \
+                  8 & s ? 16 + 8 : 8 + s, 9 & s ? 16 + 9 : 9 + s, 10 & s ? 16 + 10 : 10 + s, 11 & s ? 16 + 11 : 11 + s, \
+                  12 & s ? 16 + 12 : 12 + s, 13 & s ? 16 + 13 : 13 + s, 14 & s ? 16 + 14 : 14 + s, 15 & s ? 16 + 15 : 15 + s}
+#define TSW(x, y, s)                                   \
+  {                                                    \
+    const v16i lo = TM_LO(s), hi = TM_HI(s);           \
+    v16u a_ = x, b_ = y;                               \
+    x = __builtin_shuffle(a_, b_, lo);                 \
+    y = __builtin_shuffle(a_, b_, hi);                 \
+  }
+#define TRANSPOSE16(r)                                                                                          \
+  TSW(r##0, r##8, 8) TSW(r##1, r##9, 8) TSW(r##2, r##10, 8) TSW(r##3, r##11, 8) TSW(r##4, r##12, 8)          \
+  TSW(r##5, r##13, 8) TSW(r##6, r##14, 8) TSW(r##7, r##15, 8)                                                \
+  TSW(r##0, r##4, 4) TSW(r##1, r##5, 4) TSW(r##2, r##6, 4) TSW(r##3, r##7, 4) TSW(r##8, r##12, 4)            \
+  TSW(r##9, r##13, 4) TSW(r##10, r##14, 4) TSW(r##11, r##15, 4)                                              \
+  TSW(r##0, r##2, 2) TSW(r##1, r##3, 2) TSW(r##4, r##6, 2) TSW(r##5, r##7, 2) TSW(r##8, r##10, 2)            \
+  TSW(r##9, r##11, 2) TSW(r##12, r##14, 2) TSW(r##13, r##15, 2)                                              \
+  TSW(r##0, r##1, 1) TSW(r##2, r##3, 1) TSW(r##4, r##5, 1) TSW(r##6, r##7, 1) TSW(r##8, r##9, 1)             \
+  TSW(r##10, r##11, 1) TSW(r##12, r##13, 1) TSW(r##14, r##15, 1)
+
+/* A 64-byte block, or its first 32 bytes; fixed sizes, so each is one store. */
+#define LANE_OUT(p, v, n)                \
+  if ((n) == 64) memcpy((p), &(v), 64);  \
+  else memcpy((p), &(v), 32)
+
+/* in[lane][word]: the 16 input states (lane-major); the output block of lane l goes
+ * to out[l] (64 bytes, or the first `bytes[l]`). Little-endian hosts (the words are
+ * stored as they are). */
 #define DEFINE_LANES16(NAME, ATTR)                                                            \
-  ATTR static void NAME(const uint32_t in[16][16], uint32_t out[16][16]) {                   \
+  ATTR static void NAME(const uint32_t in[16][16], uint8_t *const out[16], const uint8_t bytes[16]) { \
     v16u x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15;                 \
     memcpy(&x0, in[0], 64), memcpy(&x1, in[1], 64), memcpy(&x2, in[2], 64), memcpy(&x3, in[3], 64); \
     memcpy(&x4, in[4], 64), memcpy(&x5, in[5], 64), memcpy(&x6, in[6], 64), memcpy(&x7, in[7], 64); \
     memcpy(&x8, in[8], 64), memcpy(&x9, in[9], 64), memcpy(&x10, in[10], 64), memcpy(&x11, in[11], 64); \
     memcpy(&x12, in[12], 64), memcpy(&x13, in[13], 64), memcpy(&x14, in[14], 64), memcpy(&x15, in[15], 64); \
+    TRANSPOSE16(x)                                                                            \
+    v16u i0 = x0, i1 = x1, i2 = x2, i3 = x3, i4 = x4, i5 = x5, i6 = x6, i7 = x7, i8 = x8, i9 = x9, i10 = x10, \
+         i11 = x11, i12 = x12, i13 = x13, i14 = x14, i15 = x15;                              \
     for (int r = 0; r < 10; r++) {                                                            \
       LANE_QR(x0, x4, x8, x12) LANE_QR(x1, x5, x9, x13) LANE_QR(x2, x6, x10, x14) LANE_QR(x3, x7, x11, x15) \
       LANE_QR(x0, x5, x10, x15) LANE_QR(x1, x6, x11, x12) LANE_QR(x2, x7, x8, x13) LANE_QR(x3, x4, x9, x14) \
     }                                                                                         \
-    v16u y[16] = {x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15};      \
-    for (int i = 0; i < 16; i++) {                                                            \
-      v16u w;                                                                                 \
-      memcpy(&w, in[i], 64);                                                                  \
-      y[i] += w;                                                                              \
-      memcpy(out[i], &y[i], 64);                                                              \
-    }                                                                                         \
+    x0 += i0, x1 += i1, x2 += i2, x3 += i3, x4 += i4, x5 += i5, x6 += i6, x7 += i7;           \
+    x8 += i8, x9 += i9, x10 += i10, x11 += i11, x12 += i12, x13 += i13, x14 += i14, x15 += i15; \
+    TRANSPOSE16(x)                                                                            \
+    LANE_OUT(out[0], x0, bytes[0]);                                                        \
+    LANE_OUT(out[1], x1, bytes[1]);                                                        \
+    LANE_OUT(out[2], x2, bytes[2]);                                                        \
+    LANE_OUT(out[3], x3, bytes[3]);                                                        \
+    LANE_OUT(out[4], x4, bytes[4]);                                                        \
+    LANE_OUT(out[5], x5, bytes[5]);                                                        \
+    LANE_OUT(out[6], x6, bytes[6]);                                                        \
+    LANE_OUT(out[7], x7, bytes[7]);                                                        \
+    LANE_OUT(out[8], x8, bytes[8]);                                                        \
+    LANE_OUT(out[9], x9, bytes[9]);                                                        \
+    LANE_OUT(out[10], x10, bytes[10]);                                                     \
+    LANE_OUT(out[11], x11, bytes[11]);                                                     \
+    LANE_OUT(out[12], x12, bytes[12]);                                                     \
+    LANE_OUT(out[13], x13, bytes[13]);                                                     \
+    LANE_OUT(out[14], x14, bytes[14]);                                                     \
+    LANE_OUT(out[15], x15, bytes[15]);                                                                                                             \
   }
 
 DEFINE_LANES16(lanes16_base, )
@@ -229,9 +280,12 @@ DEFINE_LANES16(lanes16_avx2, __attribute__((target("avx2"))))
 DEFINE_LANES16(lanes16_avx512, __attribute__((target("avx512f"))))
 #endif
 
-typedef void (*lanes16_fn)(const uint32_t in[16][16], uint32_t out[16][16]);
+typedef void (*lanes16_fn)(const uint32_t in[16][16], uint8_t *const out[16], const uint8_t bytes[16]);
 
 static lanes16_fn lanes_impl(int which) {
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+  return NULL; /* the lanes store words as they are */
+#endif
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (which == TENC_AEAD_B0_AVX512 || which == TENC_AEAD_B0_AUTO) {
@@ -261,29 +315,24 @@ typedef struct {
 static void run_lanes(lanes16_fn f, const lane_job *jobs, uint32_t n) {
   static const uint32_t sigma[4] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574}; /* "expand 32-byte k" */
   uint32_t in[16][16] __attribute__((aligned(64)));
-  uint32_t o[16][16] __attribute__((aligned(64)));
+  uint8_t *outs[16];
+  uint8_t bytes[16];
+  uint8_t sink[64]; /* idle lanes */
   for (uint32_t base = 0; base < n; base += 16) {
     uint32_t m = n - base < 16 ? n - base : 16;
     for (uint32_t l = 0; l < 16; l++) {
       const lane_job *j = &jobs[base + (l < m ? l : 0)]; /* idle lanes repeat the first */
-      for (int w = 0; w < 4; w++) in[w][l] = sigma[w];
-      for (int w = 0; w < 8; w++) in[4 + w][l] = rd32(j->key + 4 * w);
-      in[12][l] = j->ctr;
-      for (int w = 0; w < 3; w++) in[13 + w][l] = rd32(j->nonce + 4 * w);
+      memcpy(in[l], sigma, 16);
+      memcpy(in[l] + 4, j->key, 32);
+      in[l][12] = j->ctr;
+      memcpy(in[l] + 13, j->nonce, 12);
+      outs[l] = l < m ? j->out : sink;
+      bytes[l] = j->half ? 32 : 64;
     }
-    f((const uint32_t(*)[16])in, o);
-    for (uint32_t l = 0; l < m; l++) {
-      const lane_job *j = &jobs[base + l];
-      int words = j->half ? 8 : 16;
-      for (int w = 0; w < words; w++) {
-        uint32_t v = o[w][l];
-        uint8_t *p = j->out + 4 * w;
-        p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
-      }
-    }
+    f((const uint32_t(*)[16])in, outs, bytes);
   }
   wipe(in, sizeof in);
-  wipe(o, sizeof o);
+  wipe(sink, sizeof sink);
 }
 
 int tenc_aead_block0(int which, uint32_t n, const uint8_t *const keys[], const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN],
