@@ -9,6 +9,7 @@
  *   TENC_TX_BATCH_KB=256 small send batches
  *   TENC_TSO_ALIGN=0     TCP segments as large as the kernel asked
  *   TENC_AEAD=evp        ChaCha20-Poly1305 through OpenSSL's EVP API, not its cores
+ *   TENC_CSUM=scalar     the portable checksum loop for TSO/USO segments
  * The engine children inherit this environment (engineCreate reads it).
  */
 process.env.TENC_SCATTER_SEAL = '0';
@@ -18,4 +19,5 @@ process.env.TENC_INLINE_TX = '0';
 process.env.TENC_TX_BATCH_KB = '256';
 process.env.TENC_TSO_ALIGN = '0';
 process.env.TENC_AEAD = 'evp';
+process.env.TENC_CSUM = 'scalar';
 await import('./engine.test.js');
