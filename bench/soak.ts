@@ -10,9 +10,12 @@
  * Reported per pod: idle RSS (median of phase 1), max RSS under load, the slope of
  * RSS over the load phase (least squares, MiB per minute, the first minute left out
  * as warm-up when the phase is longer than two), RSS after, VmHWM; with
- * smaps_rollup (anonymous vs file-backed) at the end of each phase. Written to
+ * smaps_rollup (anonymous vs file-backed) at the end of each phase, and when each pod
+ * left V8 lean mode (src/control/lean.ts: the pod's log record). Written to
  * bench/results/soak-<timestamp>.json too. Flags: --soak=S, --idle=S, --interval=S,
- * --peers=N (N-1 dummy peers configured, as iperf --peers), --prefix=NAME.
+ * --peers=N (N-1 dummy peers configured, as iperf --peers), --prefix=NAME,
+ * --tenc-env=TENC_X=V,... (the pods' environment, as iperf --tenc-env; e.g.
+ * TENC_V8_LEAN=0 for V8's defaults).
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -22,6 +25,7 @@ import { numberFlag, type BenchContext } from './lib/bench.js';
 import { Children, memory } from './lib/procs.js';
 import { markdownTable } from './lib/table.js';
 import { parseIperfTcp, Traffic } from './lib/traffic.js';
+import { parseEnvFlag } from './iperf.js';
 import { TencTunnel, type TunnelEnv } from './lib/tunnels.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
@@ -83,6 +87,28 @@ export function summarize(samples: Sample[], pod: number): PodSummary {
   };
 }
 
+/**
+ * The pods' lean-mode records (src/control/lean.ts) among their last stderr lines
+ * ("<netns>: <pino JSON>", TencTunnel.stderrTail): "<netns> <time> <msg>".
+ */
+export function leanRecords(lines: string[]): string[] {
+  const out: string[] = [];
+  for (const line of lines) {
+    const m = /^(\S+): (\{.*\})$/.exec(line);
+    if (!m) continue;
+    let r: Record<string, unknown>;
+    try {
+      r = JSON.parse(m[2]);
+    } catch {
+      continue;
+    }
+    if (typeof r.msg !== 'string') continue;
+    if (r.v8 !== undefined) out.push(`${m[1]} ${r.time} ${r.msg} (v8 ${r.v8})`);
+    else if (r.msg.includes('lean mode')) out.push(`${m[1]} ${r.time} ${r.msg}${r.eventLoopUtilization !== undefined ? ` (event loop ${r.eventLoopUtilization})` : ''}`);
+  }
+  return out;
+}
+
 /** /proc/PID/smaps_rollup as { Rss, Anonymous, ... } in KiB. */
 function smapsRollup(pid: number): Record<string, number> | undefined {
   try {
@@ -111,7 +137,8 @@ export async function run(ctx: BenchContext): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'tenc-soak-bench-'));
   const env: TunnelEnv = { nsA, nsB, addrA: '10.77.0.1', addrB: '10.77.0.2', dir, children };
   const podsSh = (cmd: 'up' | 'down'): Promise<string> => children.check('bash', [PODS_SH, cmd], { timeoutMs: 30_000, env: { PODS_PREFIX: prefix } });
-  const tunnel = new TencTunnel({ extraPeers: peers - 1 });
+  const tencEnv = ctx.flags.get('tenc-env');
+  const tunnel = new TencTunnel({ extraPeers: peers - 1, env: tencEnv === undefined ? undefined : parseEnvFlag(tencEnv) });
   let stopping = false;
   const onSignal = (): void => {
     stopping = true;
@@ -123,7 +150,8 @@ export async function run(ctx: BenchContext): Promise<void> {
   const rollups: Record<string, (Record<string, number> | undefined)[]> = {};
   let result: { gbps?: number; retransmits?: number; error?: string } = {};
   let pids: number[] = [];
-  ctx.log(`idle ${idleS} s, load ${soakS} s (iperf3 -P 4), idle ${idleS} s; RSS every ${every} s; ${peers} peer(s); load average ${loadavg()[0].toFixed(2)}`);
+  let lean: string[] = [];
+  ctx.log(`idle ${idleS} s, load ${soakS} s (iperf3 -P 4), idle ${idleS} s; RSS every ${every} s; ${peers} peer(s)${tencEnv ? `; pods with ${tencEnv}` : ''}; load average ${loadavg()[0].toFixed(2)}`);
   try {
     await podsSh('up');
     const up = await tunnel.up(env);
@@ -160,6 +188,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       clearInterval(timer);
     }
   } finally {
+    lean = leanRecords(tunnel.stderrTail());
     await tunnel.down().catch(() => []);
     children.killAll('SIGTERM');
     await podsSh('down').catch((err: Error) => ctx.log(`cleanup: ${err.message}`));
@@ -184,11 +213,12 @@ export async function run(ctx: BenchContext): Promise<void> {
       ]),
     ),
   );
+  ctx.log(`\nV8 lean mode (src/control/lean.ts), from the pods' last log lines:\n${lean.length ? lean.map((l) => `  ${l}`).join('\n') : '  no record among the last lines'}`);
   ctx.log('\ntargets (issue 6): idle <= 64 MiB, under load <= 128 MiB, flat (slope near 0)');
   const stamp = new Date().toISOString().replace(/[:]/g, '-').replace(/\.\d+Z$/, 'Z');
   const outDir = join(REPO, 'bench', 'results');
   mkdirSync(outDir, { recursive: true });
   const file = join(outDir, `soak-${stamp}.json`);
-  writeFileSync(file, JSON.stringify({ bench: 'soak', options: { soakS, idleS, every, peers }, load: result, summary: sums, rollups, samples }, null, 2) + '\n');
+  writeFileSync(file, JSON.stringify({ bench: 'soak', options: { soakS, idleS, every, peers, tencEnv }, load: result, summary: sums, rollups, lean, samples }, null, 2) + '\n');
   ctx.log(`\nwritten: ${file}`);
 }

@@ -6,7 +6,8 @@ const argv = process.argv.slice(2);
 // `tenc pod`: V8 lean (no TurboFan, no young-generation growth) before the rest
 // loads, until the pod gets busy (src/control/lean.ts). Every launcher of a pod runs
 // this file (the agent, bench/lib/tunnels.ts, netns-scripts, `tenc` itself).
-if (argv[0] === 'pod') enterLeanMode();
+// TENC_V8_LEAN=0 keeps V8's defaults (A/B runs).
+if (argv[0] === 'pod' && process.env.TENC_V8_LEAN !== '0') enterLeanMode();
 const { runCli } = await import('./cli.js');
 const code = await runCli(argv);
 // `tenc pod` has torn everything down by now: leave even if a library left a handle open.
