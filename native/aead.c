@@ -335,30 +335,32 @@ static void run_lanes(lanes16_fn f, const lane_job *jobs, uint32_t n) {
   wipe(sink, sizeof sink);
 }
 
-int tenc_aead_block0(int which, uint32_t n, const uint8_t *const keys[], const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN],
-                     uint8_t (*out)[32]) {
+/* Block ctrs[i] (or 0 when ctrs is NULL, then only the first 32 bytes: a Poly1305
+ * key) of n (key, nonce) pairs, to out + i * each. */
+static int lanes_test(int which, uint32_t n, const uint8_t *const keys[], const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN],
+                      const uint32_t *ctrs, uint8_t *out, size_t each) {
   lanes16_fn f = lanes_impl(which);
   if (f == NULL) return -1;
   lane_job jobs[16];
   for (uint32_t base = 0; base < n; base += 16) {
     uint32_t m = n - base < 16 ? n - base : 16;
-    for (uint32_t l = 0; l < m; l++) jobs[l] = (lane_job){keys[base + l], nonces[base + l], 0, 1, out[base + l]};
+    for (uint32_t l = 0; l < m; l++) {
+      uint32_t i = base + l;
+      jobs[l] = (lane_job){keys[i], nonces[i], ctrs ? ctrs[i] : 0, !ctrs, out + i * each};
+    }
     run_lanes(f, jobs, m);
   }
   return 0;
 }
 
+int tenc_aead_block0(int which, uint32_t n, const uint8_t *const keys[], const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN],
+                     uint8_t (*out)[32]) {
+  return lanes_test(which, n, keys, nonces, NULL, out[0], 32);
+}
+
 int tenc_aead_keystream(int which, uint32_t n, const uint8_t *const keys[],
                         const uint8_t (*nonces)[TENC_AEAD_NONCE_LEN], const uint32_t *ctrs, uint8_t (*out)[64]) {
-  lanes16_fn f = lanes_impl(which);
-  if (f == NULL) return -1;
-  lane_job jobs[16];
-  for (uint32_t base = 0; base < n; base += 16) {
-    uint32_t m = n - base < 16 ? n - base : 16;
-    for (uint32_t l = 0; l < m; l++) jobs[l] = (lane_job){keys[base + l], nonces[base + l], ctrs[base + l], 0, out[base + l]};
-    run_lanes(f, jobs, m);
-  }
-  return 0;
+  return lanes_test(which, n, keys, nonces, ctrs, out[0], 64);
 }
 
 static lanes16_fn lanes_auto; /* set by ll_check when the lanes agree with OpenSSL */
