@@ -514,9 +514,9 @@ static void tx_miss(tenc_engine *e, struct tenc_tx *t, int v, const uint8_t *dst
 }
 
 /* Stage 4: seals the records routed to a peer (t->out), 16 at a time: their
- * Poly1305 keys and short keystream are made side by side first (tenc_aead_prepare), then each record
- * is sealed in order. Records that fail are counted and dropped from t->out.
- * Under the read lock (the keypairs stay). */
+ * Poly1305 keys and short keystream are made side by side first
+ * (tenc_aead_prepare), then each record is sealed in order. Records that fail are
+ * counted and dropped from t->out. Under the read lock (the keypairs stay). */
 static void seal_outs(tenc_engine *e, struct tenc_tx *t, uint64_t now) {
   uint32_t kept = 0;
   for (uint32_t i = 0; i < t->nout; i += TENC_AEAD_PREP_MAX) {
