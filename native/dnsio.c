@@ -284,14 +284,8 @@ static int get_handle(napi_env env, napi_value v, dnsio **out) {
 /* ---- exports ---- */
 
 static napi_value dnsio_open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  napi_valuetype t0 = napi_undefined, t1 = napi_undefined;
-  if (argc >= 1) napi_typeof(env, argv[0], &t0);
-  if (argc >= 2) napi_typeof(env, argv[1], &t1);
-  if (t0 != napi_object) return tenc_throw_type(env, "opts must be an object");
-  if (t1 != napi_function) return tenc_throw_type(env, "onBatch must be a function");
+  if (tenc_get_opts_cb(env, info, argv, "onBatch") < 0) return NULL;
   napi_value o = argv[0];
 
   dnsio *s = calloc(1, sizeof *s);

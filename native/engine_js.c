@@ -273,14 +273,8 @@ static uint32_t env_uint(const char *name, uint32_t dflt, uint32_t max) {
 }
 
 static napi_value engine_create(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  napi_valuetype t0 = napi_undefined, t1 = napi_undefined;
-  if (argc >= 1) napi_typeof(env, argv[0], &t0);
-  if (argc >= 2) napi_typeof(env, argv[1], &t1);
-  if (t0 != napi_object) return tenc_throw_type(env, "opts must be an object");
-  if (t1 != napi_function) return tenc_throw_type(env, "onEvents must be a function");
+  if (tenc_get_opts_cb(env, info, argv, "onEvents") < 0) return NULL;
   tenc_engine_opts o;
   int64_t tun, udp, r4, r6, mtu;
   char mode[8];

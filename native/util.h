@@ -109,6 +109,28 @@ static inline int tenc_get_prop(napi_env env, napi_value obj, const char *name, 
   return napi_get_named_property(env, obj, name, out) == napi_ok ? 0 : -1;
 }
 
+/* The (opts, callback) arguments of a constructor-like call into argv[0..1]: an
+ * object, then a function (TypeError "opts must be an object" / "<cb> must be a
+ * function"). Returns 0, or -1 with the error thrown (or pending). */
+static inline int tenc_get_opts_cb(napi_env env, napi_callback_info info, napi_value argv[2], const char *cb) {
+  size_t argc = 2;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return -1;
+  napi_valuetype t0 = napi_undefined, t1 = napi_undefined;
+  if (argc >= 1) napi_typeof(env, argv[0], &t0);
+  if (argc >= 2) napi_typeof(env, argv[1], &t1);
+  if (t0 != napi_object) {
+    tenc_throw_type(env, "opts must be an object");
+    return -1;
+  }
+  if (t1 != napi_function) {
+    char m[80];
+    snprintf(m, sizeof m, "%s must be a function", cb);
+    tenc_throw_type(env, m);
+    return -1;
+  }
+  return 0;
+}
+
 /* The required integer property `name` of an options object, in [lo, hi]. */
 static inline int tenc_get_int_prop(napi_env env, napi_value obj, const char *name, int64_t lo, int64_t hi, int64_t *out) {
   napi_value v;
