@@ -86,7 +86,7 @@ for _ in $(seq 150); do
 done
 if [ $ready -eq 1 ]; then ok "tenc pod runs in each of alpha's 4 pods, each knows the other 3 (public keys through the registry)"
 else bad "alpha's pods did not get their peers in 30 s"; fi
-echo "  registry: $(ls /run/tenc-cluster/$P/registry/peers/alpha | tr '\n' ' ')"
+echo "  registry: $(cd /run/tenc-cluster/$P/registry/peers/alpha && ls */ | tr '\n' ' ')"
 echo "  names: alpha-client-1's DNS proxy answers alpha's services with their endpoint pods, other names pass unchanged:"
 in_pod alpha-client-1 getent hosts web.alpha.svc.cluster.local db.alpha.svc.cluster.local web.beta.svc.cluster.local | sed 's/^/    /'
 echo "  alpha-client-1 routes:"

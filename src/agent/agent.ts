@@ -27,7 +27,7 @@ import { DEFAULT_SOCKET_DIR, type ServiceConfig } from '../control/config.js';
 import { controlRequest, socketIsLive } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
-import { readProjectView, type PodInfo, type ProjectView, type Registry, type Watch } from './registry.js';
+import { readProjectView, type PodInfo, type ProjectView, type Registry, type Watch } from '../registry/registry.js';
 
 export const TENC_PORT = 51820;
 export const RECONCILE_MS = 1000;
@@ -254,7 +254,7 @@ export class Agent {
         this.proxies.delete(name);
         px.child?.kill('SIGTERM');
         if (px.pid !== null) signal(px.pid, 'SIGTERM');
-        await this.o.registry.withdrawPeer(this.o.project, name);
+        await this.o.registry.withdrawPeer(this.o.project, this.o.node, name);
         this.log.info({ pod: name }, 'pod gone: proxy stopped');
       }
     }
@@ -460,7 +460,7 @@ export class Agent {
     await this.current;
     const waits: Promise<unknown>[] = [];
     for (const px of this.proxies.values()) {
-      await this.o.registry.withdrawPeer(this.o.project, px.pod.name).catch(() => {});
+      await this.o.registry.withdrawPeer(this.o.project, this.o.node, px.pod.name).catch(() => {});
       const child = px.child;
       px.child = null;
       if (px.pid !== null) waits.push(stopPid(px.pid));

@@ -35,7 +35,7 @@ import {
   type ClusterConfig,
   type ClusterPod,
 } from './cluster-config.js';
-import { DirectoryRegistry, writeJsonAtomic } from './dir-registry.js';
+import { DirectoryRegistry, writeJsonAtomic } from '../registry/dir.js';
 
 export const KUBE_TABLE = 'tenc_kube_proxy';
 

@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { createLogger, type LogLevel } from '../log.js';
 import { Agent } from './agent.js';
-import { DirectoryRegistry } from './dir-registry.js';
+import { DirectoryRegistry } from '../registry/dir.js';
 
 export interface RunAgentOptions {
   registry: string;

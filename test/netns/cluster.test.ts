@@ -40,6 +40,11 @@ function cluster(...args: string[]): { status: number | null; stdout: string; st
 }
 
 const ns = (pod: string) => `${PREFIX}-${pod}`;
+/** Every peer file the agents published for alpha (registry/peers/alpha/<node>/<pod>.json). */
+function peerFiles(): string[] {
+  const root = join(STATE, 'registry', 'peers', 'alpha');
+  return readdirSync(root).flatMap((node) => readdirSync(join(root, node)).filter((f) => f.endsWith('.json')).map((f) => join(root, node, f)));
+}
 
 function inPod(pod: string, cmd: string, ...args: string[]) {
   return spawnSync('ip', ['netns', 'exec', ns(pod), cmd, ...args], { encoding: 'utf8', timeout: 20_000 });
@@ -248,7 +253,7 @@ describe('local cluster with tenc agents', () => {
     let echoed = '';
     conn.stdout!.setEncoding('utf8').on('data', (d: string) => (echoed += d));
     await until('echo', () => echoed.includes('ping 3'));
-    const keyOf = (pod: string) => JSON.parse(readFileSync(join(STATE, 'registry', 'peers', 'alpha', `${pod}.json`), 'utf8')).publicKey as string;
+    const keyOf = (pod: string) => JSON.parse(readFileSync(peerFiles().find((f) => f.endsWith(`/${pod}.json`))!, 'utf8')).publicKey as string;
     const gone = keyOf('alpha-client-2');
     const peersOf1 = () => (status('alpha-client-1', 'node1').peers as { publicKey: string; allowedIps: string[] }[]);
     expect(peersOf1().map((p) => p.publicKey)).toContain(gone);
@@ -279,7 +284,7 @@ describe('local cluster with tenc agents', () => {
     // the crashed run's enforcement table was replaced, not doubled
     expect(Netns.attach(ns('alpha-db-1')).exec('nft', 'list', 'tables').split('\n').filter((l) => l.includes('tenc_tenc0'))).toEqual(['table inet tenc_tenc0']);
 
-    const keys = () => readdirSync(join(STATE, 'registry', 'peers', 'alpha')).map((f) => readFileSync(join(STATE, 'registry', 'peers', 'alpha', f), 'utf8')).join();
+    const keys = () => peerFiles().map((f) => readFileSync(f, 'utf8')).join();
     const keysBefore = keys();
     const agentPid = Number(readFileSync(join(STATE, 'agents', 'alpha-node1.pid'), 'utf8'));
     process.kill(agentPid, 'SIGKILL');
@@ -300,7 +305,7 @@ describe('local cluster with tenc agents', () => {
       expect(n.ip('rule', 'show').trim().split('\n'), pod).toHaveLength(3); // local, main, default
       expect(n.ip('route', 'show', 'table', 'all'), pod).not.toContain('tenc0');
     }
-    expect(readdirSync(join(STATE, 'registry', 'peers', 'alpha'))).toEqual([]);
+    expect(peerFiles()).toEqual([]);
     const r = cluster('down');
     expect(r.status, r.stderr).toBe(0);
     const after = machine();

@@ -6,7 +6,7 @@
  */
 import { describe, it, expect } from 'vitest';
 import { desiredState, peerChanges, processAlive, podResolvConf, type DesiredPeer } from '../../src/agent/agent.js';
-import type { PodInfo, ProjectView } from '../../src/agent/registry.js';
+import type { PodInfo, ProjectView } from '../../src/registry/registry.js';
 import { validateCluster, kubeProxyRules, dnsHosts, ClusterConfigError } from '../../src/agent/cluster-config.js';
 import { plan } from '../../src/agent/cluster-tool.js';
 import { installScript, tableName } from '../../src/routing/enforce.js';

@@ -4,11 +4,11 @@
  * fires on changes (fs.watch) and on the rescan; bad input is skipped or refused.
  */
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DirectoryRegistry, writeJsonAtomic } from '../../src/agent/dir-registry.js';
-import { readProjectView } from '../../src/agent/registry.js';
+import { DirectoryRegistry, writeJsonAtomic } from '../../src/registry/dir.js';
+import { readProjectView } from '../../src/registry/registry.js';
 import { syncRegistry } from '../../src/agent/cluster-tool.js';
 import { validateCluster } from '../../src/agent/cluster-config.js';
 
@@ -77,9 +77,9 @@ describe('directory registry', () => {
     await reg.publishPeer({ project: 'alpha', pod: 'a-web', node: 'node1', publicKey: key, endpoint: '10.128.1.10:51820' });
     expect(await reg.peers('alpha')).toEqual([{ project: 'alpha', pod: 'a-web', node: 'node1', publicKey: key, endpoint: '10.128.1.10:51820' }]);
     expect(await reg.peers('beta')).toEqual([]);
-    await reg.withdrawPeer('alpha', 'a-web');
+    await reg.withdrawPeer('alpha', 'node1', 'a-web');
     expect(await reg.peers('alpha')).toEqual([]);
-    await reg.withdrawPeer('alpha', 'a-web'); // twice: no error
+    await reg.withdrawPeer('alpha', 'node1', 'a-web'); // twice: no error
   });
 
   it('skips files that do not parse or lack fields, and reports them', async () => {
@@ -93,7 +93,8 @@ describe('directory registry', () => {
 
   it('refuses names that could leave the directory, with typed errors', async () => {
     await expect(reg.pods('../etc')).rejects.toThrow(RangeError);
-    await expect(reg.withdrawPeer('alpha', 'a/../../x')).rejects.toThrow(RangeError);
+    await expect(reg.withdrawPeer('alpha', 'node1', 'a/../../x')).rejects.toThrow(RangeError);
+    await expect(reg.withdrawPeer('alpha', '../x', 'a-web')).rejects.toThrow(RangeError);
     await expect(reg.publishPeer({ project: 'alpha', pod: 'A', node: 'n', publicKey: 'k', endpoint: 'e' })).rejects.toThrow(RangeError);
     expect(() => new DirectoryRegistry(42 as unknown as string)).toThrow(TypeError);
     await expect(reg.pskFile('gamma')).rejects.toThrow(/project gamma: cannot read/);
@@ -113,5 +114,42 @@ describe('directory registry', () => {
     const after = n;
     await new Promise((r) => setTimeout(r, 250));
     expect(n).toBe(after); // closed: no more calls
+  });
+
+  it('a key published by another node than the pod\'s is not believed (one compromised node cannot take over a pod of another)', async () => {
+    const key = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
+    const evil = 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=';
+    // node2's agent publishes for a-web, which runs on node1
+    await reg.publishPeer({ project: 'alpha', pod: 'a-web', node: 'node2', publicKey: evil, endpoint: '10.128.2.99:51820' });
+    const rejected: string[] = [];
+    let v = await readProjectView(reg, 'alpha', (p, why) => rejected.push(`${p.pod}@${p.node}: ${why}`));
+    expect(v.peers).toEqual([]);
+    expect(rejected).toEqual(['a-web@node2: published by node node2, but the pod runs on node1']);
+    // the real one, from node1, is believed, and the forged one still is not
+    await reg.publishPeer({ project: 'alpha', pod: 'a-web', node: 'node1', publicKey: key, endpoint: '10.128.1.10:51820' });
+    v = await readProjectView(reg, 'alpha');
+    expect(v.peers).toEqual([{ project: 'alpha', pod: 'a-web', node: 'node1', publicKey: key, endpoint: '10.128.1.10:51820' }]);
+    // the publisher is the directory, not a field in the file: a "node" field is ignored
+    writeJsonAtomic(join(dir, 'peers', 'alpha', 'node2', 'a-cli.json'), { pod: 'a-cli', node: 'node1', publicKey: key, endpoint: 'x:1' });
+    expect((await reg.peers('alpha')).find((p) => p.pod === 'a-cli')?.node).toBe('node2');
+    // a file whose name is not its pod is ignored
+    writeJsonAtomic(join(dir, 'peers', 'alpha', 'node1', 'a-cli.json'), { pod: 'a-web', publicKey: evil, endpoint: 'x:1' });
+    expect((await reg.peers('alpha')).filter((p) => p.publicKey === evil && p.node === 'node1')).toEqual([]);
+  });
+
+  it('ignores a node directory writable by others, and a file not owned by the directory\'s owner', async () => {
+    const key = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
+    const problems: string[] = [];
+    const r = new DirectoryRegistry(dir, { onProblem: (f, why) => problems.push(`${f}: ${why}`) });
+    await r.publishPeer({ project: 'alpha', pod: 'a-web', node: 'node1', publicKey: key, endpoint: '10.128.1.10:51820' });
+    expect(await r.peers('alpha')).toHaveLength(1);
+    const nodeDir = join(dir, 'peers', 'alpha', 'node1');
+    chmodSync(nodeDir, 0o777);
+    expect(await r.peers('alpha')).toEqual([]);
+    expect(problems.at(-1)).toMatch(/node1: writable by group or others \(mode 777\)/);
+    chmodSync(nodeDir, 0o755);
+    chownSync(join(nodeDir, 'a-web.json'), 12345, 12345);
+    expect(await r.peers('alpha')).toEqual([]);
+    expect(problems.at(-1)).toMatch(/a-web.json: not owned by the owner of/);
   });
 });

@@ -9,14 +9,22 @@
  *                                                annotation tenc.io/netns)
  *   DIR/services/<project>/<service>.json        Service (spec.clusterIP, ports, selector)
  *   DIR/endpointslices/<project>/<service>.json  EndpointSlice of the service
- *   DIR/peers/<project>/<pod>.json               what the pod's agent published: public key,
- *                                                endpoint, node (in Kubernetes: pod annotations)
+ *   DIR/peers/<project>/<node>/<pod>.json        what the agent of <node> published for its
+ *                                                pod: public key, endpoint
  *
  * netns-scripts/cluster.sh writes the first four (the API server's and the
  * controllers' role); agents write peers/. A file that does not parse is skipped
  * (and reported through onProblem), never fatal.
+ *
+ * Who published a peer is the directory it is in, never a field of the file: a
+ * node's agent writes only below peers/<project>/<node>/, and a reader accepts a
+ * file there only when its owner is the owner of that directory and the
+ * directory is writable by its owner alone (so with one uid per node agent,
+ * Unix permissions keep one node from publishing for another's pods; the local
+ * cluster runs every agent as root, where the path is still checked against
+ * the pod's node by trustedPeers()).
  */
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, watch as fsWatch, writeFileSync, type FSWatcher } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch as fsWatch, writeFileSync, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import type { ServicePort } from '../control/config.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, Registry, ServiceInfo, Watch } from './registry.js';
@@ -125,9 +133,45 @@ export class DirectoryRegistry implements Registry {
 
   async peers(project: string): Promise<PeerInfo[]> {
     const out: PeerInfo[] = [];
-    for (const o of readJsonDir(this.sub('peers', project), this.onProblem) as Obj[]) {
-      if (!str(o?.pod) || !str(o?.node) || !str(o?.publicKey) || !str(o?.endpoint)) continue;
-      out.push({ project, pod: o.pod, node: o.node, publicKey: o.publicKey, endpoint: o.endpoint });
+    const root = this.sub('peers', project);
+    let nodes: string[];
+    try {
+      nodes = readdirSync(root, { withFileTypes: true })
+        .filter((d) => d.isDirectory() && NAME.test(d.name))
+        .map((d) => d.name)
+        .sort();
+    } catch {
+      return [];
+    }
+    for (const node of nodes) {
+      const dir = join(root, node);
+      let owner: number;
+      try {
+        const st = statSync(dir);
+        if ((st.mode & 0o022) !== 0) {
+          this.onProblem(dir, `writable by group or others (mode ${(st.mode & 0o777).toString(8)}): entries ignored`);
+          continue;
+        }
+        owner = st.uid;
+      } catch {
+        continue;
+      }
+      for (const n of readdirSync(dir).filter((f) => f.endsWith('.json')).sort()) {
+        const file = join(dir, n);
+        let o: Obj;
+        try {
+          if (statSync(file).uid !== owner) {
+            this.onProblem(file, `not owned by the owner of ${dir}: ignored`);
+            continue;
+          }
+          o = JSON.parse(readFileSync(file, 'utf8'));
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.onProblem(file, (e as Error).message);
+          continue;
+        }
+        if (!str(o?.pod) || !str(o?.publicKey) || !str(o?.endpoint) || `${o.pod}.json` !== n) continue;
+        out.push({ project, pod: o.pod, node, publicKey: o.publicKey, endpoint: o.endpoint });
+      }
     }
     return out;
   }
@@ -148,26 +192,40 @@ export class DirectoryRegistry implements Registry {
 
   async publishPeer(peer: PeerInfo): Promise<void> {
     checkName('pod', peer.pod);
-    const dir = this.sub('peers', peer.project);
-    mkdirSync(dir, { recursive: true });
-    writeJsonAtomic(join(dir, `${peer.pod}.json`), { pod: peer.pod, node: peer.node, publicKey: peer.publicKey, endpoint: peer.endpoint });
+    checkName('node', peer.node);
+    const dir = join(this.sub('peers', peer.project), peer.node);
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    writeJsonAtomic(join(dir, `${peer.pod}.json`), { pod: peer.pod, publicKey: peer.publicKey, endpoint: peer.endpoint });
   }
 
-  async withdrawPeer(project: string, pod: string): Promise<void> {
+  async withdrawPeer(project: string, node: string, pod: string): Promise<void> {
     checkName('pod', pod);
-    rmSync(join(this.sub('peers', project), `${pod}.json`), { force: true });
+    checkName('node', node);
+    rmSync(join(this.sub('peers', project), node, `${pod}.json`), { force: true });
   }
 
   watch(project: string, onChange: () => void): Watch {
     checkName('project', project);
     const watchers: FSWatcher[] = [];
-    const dirs = ['pods', 'services', 'endpointslices', 'peers'].map((k) => join(this.dir, k, project));
+    const base = ['pods', 'services', 'endpointslices', 'peers'].map((k) => join(this.dir, k, project));
+    const peersDir = base[3];
     const arm = () => {
-      for (const d of dirs) {
+      let nodeDirs: string[] = [];
+      try {
+        nodeDirs = readdirSync(peersDir, { withFileTypes: true })
+          .filter((e) => e.isDirectory())
+          .map((e) => join(peersDir, e.name));
+      } catch {
+        // not there yet
+      }
+      for (const d of [...base, ...nodeDirs]) {
         if (watchers.some((w) => (w as FSWatcher & { dir?: string }).dir === d)) continue;
         try {
           mkdirSync(d, { recursive: true });
-          const w = fsWatch(d, () => onChange()) as FSWatcher & { dir?: string };
+          const w = fsWatch(d, () => {
+            if (d === peersDir) arm(); // a node directory may have appeared
+            onChange();
+          }) as FSWatcher & { dir?: string };
           w.dir = d;
           w.on('error', () => {
             w.close();

@@ -9,14 +9,22 @@
  *   services(project)    Services (spec.clusterIP, spec.ports, spec.selector)
  *   endpoints(project)   EndpointSlices (label kubernetes.io/service-name)
  *   pskFile(project)     a per-project Secret, mounted as a file
- *   peers(project)       public keys and endpoints the agents published (pod
- *                        annotations tenc.io/public-key, tenc.io/endpoint)
- *   publishPeer / withdrawPeer   patch / remove those annotations
+ *   peers(project)       public keys and endpoints the agents published, each with
+ *                        the node whose agent published it (as the backend saw the
+ *                        writer, never as the writer claims)
+ *   publishPeer / withdrawPeer   write / remove this node's own pods' entries
  *   watch(project, fn)   informers: fn() after any change (level-triggered: the
  *                        agent re-reads everything and reconciles)
  *
  * Only public keys travel through a registry; private keys stay in the pod proxies.
- * The embedded backend is DirectoryRegistry (dir-registry.ts).
+ *
+ * Trust: a published key is believed only when it comes from the agent of the
+ * pod's own node. Each backend makes the `node` of a PeerInfo the publisher's
+ * identity as the store authenticated it (dir.ts: the owner of the node's
+ * directory), and trustedPeers() drops every entry whose node is not the pod's
+ * node. So one compromised node can only lie about its own pods.
+ *
+ * Backends: DirectoryRegistry (dir.ts, the embedded default).
  */
 import type { ServicePort } from '../control/config.js';
 
@@ -68,7 +76,8 @@ export interface Registry {
   /** A file holding the project's pre-shared key (`wg genpsk` form). */
   pskFile(project: string): Promise<string>;
   publishPeer(peer: PeerInfo): Promise<void>;
-  withdrawPeer(project: string, pod: string): Promise<void>;
+  /** Removes what this node published for the pod (a no-op when nothing is there). */
+  withdrawPeer(project: string, node: string, pod: string): Promise<void>;
   /** Calls onChange (possibly more than once, possibly spuriously) after a change to the project's objects. */
   watch(project: string, onChange: () => void): Watch;
 }
@@ -81,7 +90,32 @@ export interface ProjectView {
   peers: PeerInfo[];
 }
 
-export async function readProjectView(r: Registry, project: string): Promise<ProjectView> {
+/**
+ * The published peers an agent may believe: the pod exists and the entry was
+ * published by the agent of the pod's node. Anything else (a key for a pod of
+ * another node, a pod that does not exist, a second entry for one pod) is
+ * dropped and reported through onRejected.
+ */
+export function trustedPeers(pods: PodInfo[], peers: PeerInfo[], onRejected: (p: PeerInfo, why: string) => void = () => {}): PeerInfo[] {
+  const nodeOf = new Map(pods.map((p) => [p.name, p.node]));
+  const out = new Map<string, PeerInfo>();
+  for (const k of peers) {
+    const node = nodeOf.get(k.pod);
+    if (node === undefined) continue; // a pod being deleted, or not created yet
+    if (k.node !== node) {
+      onRejected(k, `published by node ${k.node}, but the pod runs on ${node}`);
+      continue;
+    }
+    if (out.has(k.pod)) {
+      onRejected(k, 'a second entry for the pod');
+      continue;
+    }
+    out.set(k.pod, k);
+  }
+  return [...out.values()];
+}
+
+export async function readProjectView(r: Registry, project: string, onRejected?: (p: PeerInfo, why: string) => void): Promise<ProjectView> {
   const [pods, services, endpoints, peers] = await Promise.all([r.pods(project), r.services(project), r.endpoints(project), r.peers(project)]);
-  return { pods, services, endpoints, peers };
+  return { pods, services, endpoints, peers: trustedPeers(pods, peers, onRejected) };
 }
