@@ -2,10 +2,10 @@
  * `tenc agent`: runs one Agent over a directory registry until SIGINT/SIGTERM.
  * Returns the exit code (0 after a clean stop, 1 when the start failed).
  */
-import { existsSync } from 'node:fs';
 import { createLogger, type LogLevel } from '../log.js';
 import { Agent } from './agent.js';
-import { DirectoryRegistry } from '../registry/dir.js';
+import { openRegistry } from '../registry/open.js';
+import type { Registry } from '../registry/registry.js';
 
 export interface RunAgentOptions {
   registry: string;
@@ -19,11 +19,13 @@ export interface RunAgentOptions {
 
 export async function runAgent(o: RunAgentOptions): Promise<number> {
   const log = createLogger({ level: o.logLevel, base: { agent: `${o.project}@${o.node}` } });
-  if (!existsSync(o.registry)) {
-    process.stderr.write(`tenc agent: registry directory ${o.registry} does not exist\n`);
+  let registry: Registry;
+  try {
+    registry = await openRegistry(o.registry, { onProblem: (where, why) => log.warn({ where, why }, 'registry object skipped') });
+  } catch (e) {
+    process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
     return 1;
   }
-  const registry = new DirectoryRegistry(o.registry, { onProblem: (file, why) => log.warn({ file, why }, 'registry file skipped') });
   const agent = new Agent({ registry, node: o.node, project: o.project, runDir: o.runDir, log, classifyCidrs: o.classifyCidrs, podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info' });
   let stop: (s: string) => void = () => {};
   const stopped = new Promise<string>((r) => (stop = r));
@@ -34,11 +36,13 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
   } catch (e) {
     process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
     await agent.stop();
+    await registry.close?.();
     return 1;
   }
   log.info({ registry: o.registry, runDir: o.runDir }, 'agent running');
   const why = await stopped;
   log.info({ signal: why }, 'stopping');
   await agent.stop();
+  await registry.close?.();
   return 0;
 }

@@ -34,7 +34,7 @@ ${EXIT_CODES}
 `;
 
 export const COMMAND_HELP: Record<string, string> = {
-  agent: `Usage: tenc agent --registry DIR --node NODE --project PROJECT [--run-dir DIR] [--classify-cidrs LIST] [--log-level LEVEL]
+  agent: `Usage: tenc agent --registry SPEC --node NODE --project PROJECT [--run-dir DIR] [--classify-cidrs LIST] [--log-level LEVEL]
 
 The node agent, one per node and project. Reads the project's pods, services and
 endpoints from the registry, starts \`tenc pod\` (with enforcement) in the network
@@ -46,7 +46,8 @@ Private keys never leave the pod proxies. SIGINT/SIGTERM stop the proxies it
 started and withdraw their keys. Logs are JSON lines on stderr.
 
 Options:
-  -r, --registry DIR       the directory registry (netns-scripts/cluster.sh: <state>/registry)
+  -r, --registry SPEC      the registry backend: dir:PATH (or a bare PATH), the directory
+                           registry (netns-scripts/cluster.sh: <state>/registry)
   -n, --node NODE          this node's name (pods with spec.nodeName NODE)
   -p, --project PROJECT    the project (Kubernetes namespace)
       --run-dir DIR        pod configs, control sockets, logs (default /run/tenc/agent-PROJECT-NODE)

@@ -24,7 +24,8 @@
  * directory), and trustedPeers() drops every entry whose node is not the pod's
  * node. So one compromised node can only lie about its own pods.
  *
- * Backends: DirectoryRegistry (dir.ts, the embedded default).
+ * Backends: DirectoryRegistry (dir.ts, the embedded default); open.ts picks one
+ * from `tenc agent --registry SPEC`.
  */
 import type { ServicePort } from '../control/config.js';
 
@@ -80,6 +81,8 @@ export interface Registry {
   withdrawPeer(project: string, node: string, pod: string): Promise<void>;
   /** Calls onChange (possibly more than once, possibly spuriously) after a change to the project's objects. */
   watch(project: string, onChange: () => void): Watch;
+  /** Releases connections (network backends); the registry is not used afterwards. */
+  close?(): Promise<void>;
 }
 
 /** Everything one agent reads in one go. */
