@@ -89,6 +89,19 @@ export class DirectoryRegistry implements Registry {
     return join(this.dir, kind, project);
   }
 
+  async projects(): Promise<string[]> {
+    let names: string[];
+    try {
+      names = readdirSync(join(this.dir, 'projects'));
+    } catch {
+      return [];
+    }
+    return names
+      .filter((n) => n.endsWith('.json') && NAME.test(n.slice(0, -5)))
+      .map((n) => n.slice(0, -5))
+      .sort();
+  }
+
   async pods(project: string): Promise<PodInfo[]> {
     const out: PodInfo[] = [];
     for (const o of readJsonDir(this.sub('pods', project), this.onProblem) as Obj[]) {

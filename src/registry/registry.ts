@@ -3,6 +3,7 @@
  * it: its pods' public keys and endpoints. Shaped after the Kubernetes API so a
  * backend over it is a straight mapping:
  *
+ *   projects()           the protected projects (Namespaces opted in)
  *   pods(project)        Pods of namespace `project` (spec.nodeName, status.podIP,
  *                        metadata.labels; the netns from the CRI sandbox, here an
  *                        annotation tenc.io/netns)
@@ -70,6 +71,8 @@ export interface Watch {
 }
 
 export interface Registry {
+  /** The protected projects (Kubernetes: namespaces labelled tenc.io/protect=true), sorted. */
+  projects(): Promise<string[]>;
   pods(project: string): Promise<PodInfo[]>;
   services(project: string): Promise<ServiceInfo[]>;
   endpoints(project: string): Promise<EndpointsInfo[]>;

@@ -59,6 +59,7 @@ describe('directory registry', () => {
     ]);
     expect(v.peers).toEqual([]);
     expect((await reg.pods('beta')).map((p) => p.name)).toEqual(['b-web']);
+    expect(await reg.projects()).toEqual(['alpha', 'beta']);
     expect(await reg.pskFile('alpha')).toBe('/run/psk/alpha');
   });
 
