@@ -107,11 +107,13 @@ export class DirectoryRegistry implements Registry {
     for (const o of readJsonDir(this.sub('pods', project), this.onProblem) as Obj[]) {
       const m = o?.metadata;
       if (!str(m?.name) || !str(o?.spec?.nodeName) || !str(o?.status?.podIP)) continue;
+      const ips: string[] = Array.isArray(o.status.podIPs) ? o.status.podIPs.map((x: Obj) => x?.ip).filter(str) : [];
       out.push({
         project,
         name: m.name,
         node: o.spec.nodeName,
         address: o.status.podIP,
+        addresses: [o.status.podIP, ...ips.filter((ip) => ip !== o.status.podIP)],
         labels: { ...(m.labels ?? {}) },
         netns: str(m.annotations?.['tenc.io/netns']) ? m.annotations['tenc.io/netns'] : null,
       });

@@ -34,8 +34,10 @@ export interface PodInfo {
   project: string;
   name: string;
   node: string;
-  /** The pod IP (IPv4). */
+  /** The pod's primary IP (status.podIP): addresses[0]. */
   address: string;
+  /** Every pod IP (status.podIPs: one per family on a dual-stack cluster), primary first. */
+  addresses: string[];
   labels: Record<string, string>;
   /** Path of the pod's network namespace (/run/netns/NAME or /proc/PID/ns/net); null if unknown. */
   netns: string | null;

@@ -16,6 +16,7 @@ const pod = (name: string, node: string, address: string, app: string): PodInfo 
   name,
   node,
   address,
+  addresses: [address],
   labels: { app },
   netns: `/run/netns/${name}`,
 });
