@@ -1,0 +1,476 @@
+/**
+ * The registry on the Kubernetes API (`tenc agent --registry kubernetes[:KUBECONFIG]`).
+ *
+ *   projects()   Namespaces labelled tenc.io/protect=true (informer with that label selector)
+ *   pods()       Pods (informer over all namespaces): spec.nodeName, status.podIPs, labels;
+ *                a pod without an IP yet, being deleted, or finished is left out
+ *   services()   Services with a selector and a cluster IP (headless: left out)
+ *   endpoints()  EndpointSlices (discovery.k8s.io/v1, label kubernetes.io/service-name),
+ *                ready endpoints only, the slices of one Service merged
+ *   peers()      TencPeer custom resources (tenc.io/v1alpha1), one per pod, named after
+ *                the pod, in its namespace, owned by the Pod (garbage-collected with it):
+ *                spec.nodeName, spec.publicKey, spec.endpoint
+ *   pskFile()    Secret tenc-psk (key psk) of the namespace, written to a 0600 file
+ *
+ * Why a custom resource and not annotations on the Pod: the agent then needs no
+ * cluster-wide `patch pods` (which would let a node rewrite any pod's labels, the
+ * very thing selectors and policies trust), the TencPeer's owner reference cleans
+ * it up with its pod, and the API server itself checks who wrote it: the
+ * ValidatingAdmissionPolicy in deploy/ lets an agent create, update or delete a
+ * TencPeer only when spec.nodeName is the node its (node-bound) service-account
+ * token belongs to. So `PeerInfo.node` = spec.nodeName is the authenticated
+ * publisher, and trustedPeers() then keeps only the entries whose node is the
+ * pod's node. A TencPeer whose owner is not the current pod of that name (left
+ * from a previous pod with the same name) is not returned either.
+ *
+ * The pods' network namespaces do not come from here (netns: null): the agent
+ * learns them from the CNI registration. Tests may pass netnsOf.
+ *
+ * Bad objects (a malformed TencPeer, a Service without selector, a short psk...)
+ * are logged once per kind and left out; a psk that is missing or malformed keeps
+ * its namespace's pods fail-closed (pskFile rejects), never plaintext.
+ */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  CoreV1Api,
+  CustomObjectsApi,
+  DiscoveryV1Api,
+  KubeConfig,
+  type KubernetesListObject,
+  type KubernetesObject,
+  type V1EndpointSlice,
+  type V1Namespace,
+  type V1Pod,
+  type V1Service,
+} from '@kubernetes/client-node';
+import type { ServicePort } from '../control/config.js';
+import { Informer, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
+import type { EndpointsInfo, PeerInfo, PodInfo, Registry, ServiceInfo, Watch } from './registry.js';
+
+export const PROTECT_LABEL = 'tenc.io/protect';
+export const PSK_SECRET = 'tenc-psk';
+export const PSK_KEY = 'psk';
+export const PEER_GROUP = 'tenc.io';
+export const PEER_VERSION = 'v1alpha1';
+export const PEER_PLURAL = 'tencpeers';
+export const PEER_KIND = 'TencPeer';
+
+export interface TencPeer extends KubernetesObject {
+  spec?: { nodeName?: unknown; publicKey?: unknown; endpoint?: unknown };
+}
+
+export interface KubernetesRegistryOptions {
+  log?: InformerLog;
+  /** Where the psk files go (0700 directory, 0600 files); default /run/tenc/psk. */
+  pskDir?: string;
+  /** How often the psk Secrets are read again (default 30 s; also on any namespace change). */
+  pskRefreshMs?: number;
+  /** How long a read waits for the first list of every resource (default 10 s). */
+  syncTimeoutMs?: number;
+  informer?: InformerOptions;
+  /** The pod's network namespace (tests; the agent gets it from the CNI registration). */
+  netnsOf?: (pod: { project: string; name: string; node: string; uid: string }) => string | null;
+}
+
+const KEY = /^[A-Za-z0-9+/]{43}=$/;
+const str = (v: unknown): v is string => typeof v === 'string' && v !== '';
+
+/** A base64 32-byte key (`wg genkey`/`wg genpsk` form), not all zeros. */
+export function isKey32(v: unknown): v is string {
+  return typeof v === 'string' && KEY.test(v) && Buffer.from(v, 'base64').length === 32 && !Buffer.from(v, 'base64').equals(Buffer.alloc(32));
+}
+
+/** "ip:port" or "[ip6]:port" with a port 1-65535. */
+export function isEndpoint(v: unknown): v is string {
+  if (typeof v !== 'string') return false;
+  const m = /^(?:(\d{1,3}(?:\.\d{1,3}){3})|\[([0-9a-fA-F:.]+)\]):(\d{1,5})$/.exec(v);
+  return !!m && Number(m[3]) >= 1 && Number(m[3]) <= 65535;
+}
+
+export class PskError extends Error {
+  override name = 'PskError';
+}
+
+/** Checks the value of a psk Secret's key: the `wg genpsk` form, one trailing newline allowed. */
+export function parsePsk(data: Record<string, string> | undefined, ns: string): string {
+  const raw = data?.[PSK_KEY];
+  if (raw === undefined) throw new PskError(`Secret ${ns}/${PSK_SECRET} has no key "${PSK_KEY}"`);
+  const v = Buffer.from(raw, 'base64').toString('utf8').replace(/\r?\n$/, '');
+  if (!KEY.test(v)) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is not a 32-byte key in base64 (wg genpsk form; ${v.length} characters)`);
+  if (Buffer.from(v, 'base64').equals(Buffer.alloc(32))) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is all zeros`);
+  return v;
+}
+
+/** Loads KUBECONFIG (a path), or the default chain: $KUBECONFIG, ~/.kube/config, in-cluster. */
+export function loadKubeConfig(path?: string): KubeConfig {
+  const kc = new KubeConfig();
+  if (path) kc.loadFromFile(path);
+  else kc.loadFromDefault();
+  if (!kc.getCurrentCluster()) throw new Error(`kubeconfig ${path ?? '(default)'}: no current cluster`);
+  return kc;
+}
+
+const consoleLog: InformerLog = {
+  warn: (f, m) => process.stderr.write(`${m} ${JSON.stringify(f)}\n`),
+  info: () => {},
+};
+
+export class KubernetesRegistry implements Registry {
+  private readonly log: InformerLog;
+  private readonly core: CoreV1Api;
+  private readonly custom: CustomObjectsApi;
+  private readonly ns: Informer<V1Namespace>;
+  private readonly podInf: Informer<V1Pod>;
+  private readonly svcInf: Informer<V1Service>;
+  private readonly epsInf: Informer<V1EndpointSlice>;
+  private readonly peerInf: Informer<TencPeer>;
+  private readonly all: Informer<any>[];
+  private readonly listeners = new Map<string, Set<() => void>>();
+  private readonly seen = new Set<string>();
+  private readonly psk = new Map<string, { value: string } | { error: string }>();
+  private readonly pskDir: string;
+  private pskTimer: NodeJS.Timeout | undefined;
+  private pskRound: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(
+    readonly kc: KubeConfig,
+    private readonly o: KubernetesRegistryOptions = {},
+  ) {
+    this.log = o.log ?? consoleLog;
+    this.pskDir = o.pskDir ?? '/run/tenc/psk';
+    this.core = kc.makeApiClient(CoreV1Api);
+    this.custom = kc.makeApiClient(CustomObjectsApi);
+    const disc = kc.makeApiClient(DiscoveryV1Api);
+    const io = o.informer ?? {};
+    const touch = (obj: KubernetesObject) => this.changed(obj.metadata?.namespace ?? '');
+    this.ns = new Informer<V1Namespace>(
+      'namespaces',
+      kc,
+      '/api/v1/namespaces',
+      () => this.core.listNamespace({ labelSelector: `${PROTECT_LABEL}=true` }) as Promise<KubernetesListObject<V1Namespace>>,
+      (obj) => {
+        this.changed(obj.metadata?.name ?? '');
+        this.refreshPsk();
+      },
+      this.log,
+      { ...io, labelSelector: `${PROTECT_LABEL}=true` },
+    );
+    this.podInf = new Informer<V1Pod>('pods', kc, '/api/v1/pods', () => this.core.listPodForAllNamespaces() as Promise<KubernetesListObject<V1Pod>>, touch, this.log, io);
+    this.svcInf = new Informer<V1Service>('services', kc, '/api/v1/services', () => this.core.listServiceForAllNamespaces() as Promise<KubernetesListObject<V1Service>>, touch, this.log, io);
+    this.epsInf = new Informer<V1EndpointSlice>(
+      'endpointslices',
+      kc,
+      '/apis/discovery.k8s.io/v1/endpointslices',
+      () => disc.listEndpointSliceForAllNamespaces() as Promise<KubernetesListObject<V1EndpointSlice>>,
+      touch,
+      this.log,
+      io,
+    );
+    this.peerInf = new Informer<TencPeer>(
+      'tencpeers',
+      kc,
+      `/apis/${PEER_GROUP}/${PEER_VERSION}/${PEER_PLURAL}`,
+      () => this.custom.listCustomObjectForAllNamespaces({ group: PEER_GROUP, version: PEER_VERSION, plural: PEER_PLURAL }) as Promise<KubernetesListObject<TencPeer>>,
+      touch,
+      this.log,
+      io,
+    );
+    this.all = [this.ns, this.podInf, this.svcInf, this.epsInf, this.peerInf];
+    for (const i of this.all) i.start();
+    this.refreshPsk();
+    this.pskTimer = setInterval(() => this.refreshPsk(), o.pskRefreshMs ?? 30_000);
+    this.pskTimer.unref?.();
+  }
+
+  /** Logs once per key. */
+  private once(key: string, fields: Record<string, unknown>, msg: string): void {
+    if (this.seen.has(key)) return;
+    this.seen.add(key);
+    this.log.warn(fields, `${msg} (logged once)`);
+  }
+
+  private changed(ns: string): void {
+    for (const fn of this.listeners.get(ns) ?? []) fn();
+  }
+
+  private async synced(...infs: Informer<any>[]): Promise<void> {
+    const ms = this.o.syncTimeoutMs ?? 10_000;
+    await Promise.all(infs.map((i) => i.waitSynced(ms)));
+  }
+
+  /** Informer counters (lists, 410s, errors), for tests and status. */
+  stats(): Record<string, { lists: number; expired: number; errors: number; resourceVersion: string }> {
+    return Object.fromEntries(this.all.map((i) => [i.what, { lists: i.lists, expired: i.expired, errors: i.errors, resourceVersion: i.resourceVersion() }]));
+  }
+
+  async projects(): Promise<string[]> {
+    await this.synced(this.ns);
+    return this.ns
+      .list()
+      .filter((n) => n.metadata?.labels?.[PROTECT_LABEL] === 'true' && !n.metadata?.deletionTimestamp)
+      .map((n) => n.metadata!.name!)
+      .sort();
+  }
+
+  private podsRaw(project: string): readonly V1Pod[] {
+    return this.podInf.list(project);
+  }
+
+  async pods(project: string): Promise<PodInfo[]> {
+    await this.synced(this.podInf);
+    const out: PodInfo[] = [];
+    for (const p of this.podsRaw(project)) {
+      const name = p.metadata?.name;
+      const node = p.spec?.nodeName;
+      if (!str(name) || !str(node)) continue; // not scheduled yet
+      if (p.metadata?.deletionTimestamp || p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed') continue;
+      const ips = [p.status?.podIP, ...(Array.isArray(p.status?.podIPs) ? p.status!.podIPs!.map((x) => x?.ip) : [])].filter(str);
+      if (ips.length === 0) {
+        if (p.status?.phase === 'Running') this.once(`noip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: Running without status.podIP: left out`);
+        continue;
+      }
+      const addresses = [...new Set(ips)];
+      const labels: Record<string, string> = {};
+      for (const [k, v] of Object.entries(p.metadata?.labels ?? {})) if (typeof v === 'string') labels[k] = v;
+      out.push({
+        project,
+        name,
+        node,
+        address: addresses[0],
+        addresses,
+        labels,
+        netns: this.o.netnsOf?.({ project, name, node, uid: p.metadata?.uid ?? '' }) ?? null,
+      });
+    }
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  async services(project: string): Promise<ServiceInfo[]> {
+    await this.synced(this.svcInf);
+    const out: ServiceInfo[] = [];
+    for (const s of this.svcInf.list(project)) {
+      const name = s.metadata?.name;
+      if (!str(name)) continue;
+      const vip = s.spec?.clusterIP;
+      if (!str(vip) || vip === 'None') continue; // headless or ExternalName: no virtual IP to route
+      const sel = s.spec?.selector;
+      if (!sel || typeof sel !== 'object' || Object.keys(sel).length === 0) {
+        this.once(`nosel/${project}/${name}`, { project, service: name }, `kubernetes service ${project}/${name}: no selector: left out (tenc routes only services that select pods)`);
+        continue;
+      }
+      const ports: ServicePort[] = [];
+      for (const p of Array.isArray(s.spec?.ports) ? s.spec!.ports! : []) {
+        const proto = p?.protocol ?? 'TCP';
+        if ((proto === 'TCP' || proto === 'UDP') && Number.isInteger(p.port) && p.port >= 1 && p.port <= 65535) ports.push({ protocol: proto.toLowerCase() as 'tcp' | 'udp', port: p.port });
+      }
+      out.push({ project, name, vip, ports, selector: { ...sel } });
+    }
+    return out.sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
+
+  async endpoints(project: string): Promise<EndpointsInfo[]> {
+    await this.synced(this.epsInf);
+    const by = new Map<string, Map<string, { name: string; address: string; node: string }>>();
+    for (const e of this.epsInf.list(project)) {
+      const service = e.metadata?.labels?.['kubernetes.io/service-name'];
+      if (!str(service)) continue;
+      if (e.addressType !== 'IPv4' && e.addressType !== 'IPv6') continue; // FQDN slices: not pods
+      const pods = by.get(service) ?? new Map();
+      by.set(service, pods);
+      for (const ep of Array.isArray(e.endpoints) ? e.endpoints : []) {
+        if (ep?.conditions?.ready === false) continue; // unknown counts as ready (API reference)
+        const address = ep?.addresses?.[0];
+        const pod = ep?.targetRef?.kind === 'Pod' || ep?.targetRef?.kind === undefined ? ep?.targetRef?.name : undefined;
+        if (!str(address) || !str(pod)) continue;
+        if (!pods.has(pod)) pods.set(pod, { name: pod, address, node: str(ep.nodeName) ? ep.nodeName : '' });
+      }
+    }
+    return [...by.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([service, pods]) => ({ project, service, pods: [...pods.values()] }));
+  }
+
+  async peers(project: string): Promise<PeerInfo[]> {
+    await this.synced(this.peerInf, this.podInf);
+    const out: PeerInfo[] = [];
+    for (const t of this.peerInf.list(project)) {
+      const name = t.metadata!.name!;
+      const s = t.spec;
+      if (!s || !str(s.nodeName) || !isKey32(s.publicKey) || !isEndpoint(s.endpoint)) {
+        this.once(`badpeer/${project}/${name}/${t.metadata?.resourceVersion}`, { project, tencpeer: name }, `kubernetes TencPeer ${project}/${name}: spec.nodeName, spec.publicKey (32-byte base64) or spec.endpoint (ip:port) missing or malformed: ignored`);
+        continue;
+      }
+      const pod = this.podInf.get(name, project);
+      const owner = (t.metadata?.ownerReferences ?? []).find((r) => r?.kind === 'Pod' && r?.name === name);
+      if (pod && (!owner || owner.uid !== pod.metadata?.uid)) continue; // left from an earlier pod of that name
+      out.push({ project, pod: name, node: s.nodeName, publicKey: s.publicKey, endpoint: s.endpoint });
+    }
+    return out;
+  }
+
+  private peerPath(project: string) {
+    return { group: PEER_GROUP, version: PEER_VERSION, namespace: project, plural: PEER_PLURAL };
+  }
+
+  async publishPeer(peer: PeerInfo): Promise<void> {
+    await this.synced(this.podInf, this.peerInf);
+    if (!isKey32(peer.publicKey)) throw new RangeError('publishPeer: publicKey is not a 32-byte base64 key');
+    if (!isEndpoint(peer.endpoint)) throw new RangeError(`publishPeer: endpoint ${JSON.stringify(peer.endpoint)} is not ip:port`);
+    const pod = this.podInf.get(peer.pod, peer.project);
+    const uid = pod?.metadata?.uid;
+    if (!pod || !uid) throw new Error(`publishPeer: pod ${peer.project}/${peer.pod} is not known to the API (yet)`);
+    const spec = { nodeName: peer.node, publicKey: peer.publicKey, endpoint: peer.endpoint };
+    const body = (resourceVersion?: string) => ({
+      apiVersion: `${PEER_GROUP}/${PEER_VERSION}`,
+      kind: PEER_KIND,
+      metadata: {
+        name: peer.pod,
+        namespace: peer.project,
+        ...(resourceVersion ? { resourceVersion } : {}),
+        labels: { 'tenc.io/node': peer.node },
+        // no blockOwnerDeletion: setting it would need update on pods/finalizers
+        ownerReferences: [{ apiVersion: 'v1', kind: 'Pod', name: peer.pod, uid }],
+      },
+      spec,
+    });
+    const cur = this.peerInf.get(peer.pod, peer.project);
+    const same = (t: TencPeer | undefined) =>
+      !!t && t.spec?.nodeName === spec.nodeName && t.spec?.publicKey === spec.publicKey && t.spec?.endpoint === spec.endpoint && t.metadata?.ownerReferences?.[0]?.uid === uid;
+    if (same(cur)) return;
+    const p = this.peerPath(peer.project);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        let existing: TencPeer | undefined = attempt === 0 ? cur : undefined;
+        if (attempt > 0) {
+          try {
+            existing = (await this.custom.getNamespacedCustomObject({ ...p, name: peer.pod })) as TencPeer;
+          } catch (e) {
+            if ((e as { code?: number }).code !== 404) throw e;
+          }
+        }
+        if (existing) {
+          if (same(existing)) return;
+          await this.custom.replaceNamespacedCustomObject({ ...p, name: peer.pod, body: body(existing.metadata?.resourceVersion) });
+        } else {
+          await this.custom.createNamespacedCustomObject({ ...p, body: body() });
+        }
+        return;
+      } catch (e) {
+        const code = (e as { code?: number }).code;
+        // 409: created or changed meanwhile (our cache was behind): read it and try again
+        if ((code === 409 || code === 404) && attempt < 3) continue;
+        throw new Error(`publishPeer ${peer.project}/${peer.pod}: ${describe(e)}`);
+      }
+    }
+  }
+
+  async withdrawPeer(project: string, node: string, pod: string): Promise<void> {
+    await this.synced(this.peerInf);
+    const cur = this.peerInf.get(pod, project);
+    if (!cur || cur.spec?.nodeName !== node) return; // nothing of ours
+    try {
+      await this.custom.deleteNamespacedCustomObject({ ...this.peerPath(project), name: pod, body: { preconditions: { uid: cur.metadata?.uid } } as any });
+    } catch (e) {
+      const code = (e as { code?: number }).code;
+      if (code === 404 || code === 409) return; // gone already, or replaced by a newer one
+      throw new Error(`withdrawPeer ${project}/${pod}: ${describe(e)}`);
+    }
+  }
+
+  /** Reads every protected namespace's psk Secret again (one round at a time). */
+  private refreshPsk(): void {
+    if (this.closed || this.pskRound) return;
+    this.pskRound = (async () => {
+      if (!this.ns.synced) return;
+      const names = new Set(this.ns.list().map((n) => n.metadata?.name).filter(str));
+      for (const n of [...this.psk.keys()]) if (!names.has(n)) this.psk.delete(n);
+      for (const ns of names) {
+        let next: { value: string } | { error: string };
+        try {
+          const s = await this.core.readNamespacedSecret({ name: PSK_SECRET, namespace: ns });
+          next = { value: parsePsk(s.data, ns) };
+        } catch (e) {
+          if (e instanceof PskError) next = { error: e.message };
+          else if ((e as { code?: number }).code === 404) next = { error: `Secret ${ns}/${PSK_SECRET} does not exist (tenc k8s create-psk ${ns})` };
+          else {
+            // the API is unreachable: keep what we had
+            this.once(`pskread/${ns}/${errorKind(e)}`, { project: ns }, `kubernetes: reading Secret ${ns}/${PSK_SECRET} failed: ${describe(e)}`);
+            continue;
+          }
+        }
+        const prev = this.psk.get(ns);
+        if ('error' in next) this.once(`psk/${ns}/${next.error}`, { project: ns }, `kubernetes: ${next.error}: the pods of namespace ${ns} stay closed`);
+        this.psk.set(ns, next);
+        const was = prev && 'value' in prev ? prev.value : null;
+        const now = 'value' in next ? next.value : null;
+        if (was !== now) this.changed(ns);
+      }
+    })().finally(() => {
+      this.pskRound = null;
+    });
+  }
+
+  async pskFile(project: string): Promise<string> {
+    await this.synced(this.ns);
+    if (!this.psk.has(project)) {
+      this.refreshPsk();
+      await this.pskRound;
+      if (!this.psk.has(project)) {
+        this.refreshPsk();
+        await this.pskRound;
+      }
+    }
+    const p = this.psk.get(project);
+    if (!p) throw new PskError(`namespace ${project} is not protected (label ${PROTECT_LABEL}=true) or its psk was not read yet`);
+    if ('error' in p) throw new PskError(p.error);
+    mkdirSync(this.pskDir, { recursive: true, mode: 0o700 });
+    const file = join(this.pskDir, `${project}.psk`);
+    let old: string | null = null;
+    try {
+      old = readFileSync(file, 'utf8');
+    } catch {
+      /* not there yet */
+    }
+    if (old !== `${p.value}\n`) {
+      const tmp = `${file}.tmp-${process.pid}`;
+      writeFileSync(tmp, `${p.value}\n`, { mode: 0o600 });
+      renameSync(tmp, file);
+    }
+    return file;
+  }
+
+  watch(project: string, onChange: () => void): Watch {
+    let set = this.listeners.get(project);
+    if (!set) this.listeners.set(project, (set = new Set()));
+    const fn = () => onChange();
+    set.add(fn);
+    return {
+      close: () => {
+        set!.delete(fn);
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.pskTimer);
+    for (const i of this.all) i.stop();
+    this.listeners.clear();
+    await this.pskRound;
+  }
+}
+
+function describe(e: unknown): string {
+  const o = e as { code?: number; body?: unknown; message?: string };
+  if (typeof o?.code === 'number') {
+    let msg = '';
+    try {
+      const b = typeof o.body === 'string' ? JSON.parse(o.body) : o.body;
+      msg = (b as { message?: string })?.message ?? '';
+    } catch {
+      /* not JSON */
+    }
+    return `HTTP ${o.code}${msg ? `: ${msg}` : ''}`;
+  }
+  return o?.message ?? String(e);
+}
