@@ -1,0 +1,354 @@
+// The Kubernetes registry backend against the in-test API server (test/k8s/fake-apiserver.ts),
+// fed from netns-scripts/cluster-example.json: reads, publish/withdraw through admission,
+// trust, psk fail-closed, bad objects, and watches dropped, expired (410), failing and slow.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { validateCluster, type ClusterConfig } from '../../src/agent/cluster-config.js';
+import { KubernetesRegistry, PskError, parsePsk } from '../../src/registry/kubernetes.js';
+import { trustedPeers, type PeerInfo } from '../../src/registry/registry.js';
+import { FakeApiServer } from '../k8s/fake-apiserver.js';
+
+const clusterFile = join(__dirname, '../../netns-scripts/cluster-example.json');
+const cluster: ClusterConfig = validateCluster(JSON.parse(readFileSync(clusterFile, 'utf8')), clusterFile);
+const key = () => randomBytes(32).toString('base64');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until<T>(what: string, fn: () => Promise<T | null | false | undefined> | T | null | false | undefined, ms = 8000): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
+    await sleep(25);
+  }
+}
+
+let api: FakeApiServer;
+let dir: string;
+const regs: KubernetesRegistry[] = [];
+let warnings: string[];
+
+function open(node: string, o: { informer?: object; pskRefreshMs?: number } = {}): KubernetesRegistry {
+  const r = new KubernetesRegistry(api.kubeConfig(api.agentToken(node)), {
+    pskDir: join(dir, node, 'psk'),
+    log: { warn: (_f, m) => warnings.push(m), info: () => {} },
+    syncTimeoutMs: 5000,
+    pskRefreshMs: o.pskRefreshMs ?? 200,
+    informer: { backoffMs: 20, backoffMaxMs: 200, minWatchGapMs: 10, ...o.informer },
+  });
+  regs.push(r);
+  return r;
+}
+
+beforeEach(async () => {
+  api = new FakeApiServer();
+  api.bookmarkMs = 200;
+  await api.start();
+  api.loadCluster(cluster);
+  dir = mkdtempSync(join(tmpdir(), 'tenc-k8s-'));
+  warnings = [];
+});
+
+afterEach(async () => {
+  for (const r of regs.splice(0)) await r.close();
+  await api.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('kubernetes registry: reads', () => {
+  it('maps namespaces, pods, services and endpointslices of the cluster file', async () => {
+    const r = open('node1');
+    expect(await r.projects()).toEqual(['alpha', 'beta']);
+    const pods = await r.pods('alpha');
+    expect(pods.map((p) => [p.name, p.node, p.address])).toEqual(
+      cluster.pods.filter((p) => p.project === 'alpha').map((p) => [p.name, p.node, p.address]).sort((a, b) => (a[0] < b[0] ? -1 : 1)),
+    );
+    expect(pods.find((p) => p.name === 'alpha-web-1')).toMatchObject({ labels: { app: 'web' }, addresses: ['10.128.1.10'], netns: null });
+    const svcs = await r.services('alpha');
+    expect(svcs.map((s) => [s.name, s.vip, s.ports])).toEqual([
+      ['db', '10.96.1.20', [{ protocol: 'tcp', port: 5432 }, { protocol: 'udp', port: 5432 }]],
+      ['web', '10.96.1.10', [{ protocol: 'tcp', port: 80 }]],
+    ]);
+    const eps = await r.endpoints('alpha');
+    expect(eps.find((e) => e.service === 'web')!.pods).toEqual([{ name: 'alpha-web-1', address: '10.128.1.10', node: 'node1' }]);
+  });
+
+  it('a namespace opts in and out with its label; only ready endpoints count; dual-stack pods keep every IP', async () => {
+    const r = open('node1');
+    let changes = 0;
+    r.watch('gamma', () => changes++);
+    api.put('namespaces', { metadata: { name: 'gamma', labels: { 'tenc.io/protect': 'true' } } });
+    await until('gamma listed', async () => (await r.projects()).includes('gamma'));
+    expect(changes).toBeGreaterThan(0);
+    api.put('namespaces', { metadata: { name: 'gamma', labels: {} } });
+    // the label-selected watch reports the namespace that lost its label as DELETED
+    await until('gamma gone', async () => !(await r.projects()).includes('gamma'));
+    await expect(r.pskFile('gamma')).rejects.toThrow(/not protected/);
+
+    api.syncSlice('alpha', 'web', [
+      { name: 'alpha-web-1', address: '10.128.1.10', node: 'node1', ready: false },
+      { name: 'alpha-client-1', address: '10.128.1.11', node: 'node1' },
+    ]);
+    await until('slice update', async () => (await r.endpoints('alpha')).find((e) => e.service === 'web')!.pods[0]?.name === 'alpha-client-1');
+    expect((await r.endpoints('alpha')).find((e) => e.service === 'web')!.pods.map((p) => p.name)).toEqual(['alpha-client-1']);
+
+    api.putPod('alpha', 'alpha-ds-1', 'node1', '10.128.1.40', {}, { status: { phase: 'Running', podIP: '10.128.1.40', podIPs: [{ ip: '10.128.1.40' }, { ip: 'fd00::40' }] } });
+    await until('dual-stack pod', async () => (await r.pods('alpha')).find((p) => p.name === 'alpha-ds-1'));
+    expect((await r.pods('alpha')).find((p) => p.name === 'alpha-ds-1')!.addresses).toEqual(['10.128.1.40', 'fd00::40']);
+  });
+
+  it('bad input from the API is left out and logged once, never thrown', async () => {
+    const r = open('node1');
+    api.putPod('alpha', 'no-ip', 'node1', null);
+    api.put('pods', { metadata: { name: 'running-no-ip', namespace: 'alpha' }, spec: { nodeName: 'node1' }, status: { phase: 'Running' } });
+    api.put('pods', { metadata: { name: 'unscheduled', namespace: 'alpha' }, spec: {}, status: { phase: 'Pending' } });
+    api.put('services', { metadata: { name: 'manual', namespace: 'alpha' }, spec: { clusterIP: '10.96.1.99', ports: [{ port: 80, protocol: 'TCP' }] } });
+    api.put('services', { metadata: { name: 'headless', namespace: 'alpha' }, spec: { clusterIP: 'None', selector: { app: 'web' }, ports: [] } });
+    api.put('services', { metadata: { name: 'oddports', namespace: 'alpha' }, spec: { clusterIP: '10.96.1.98', selector: { app: 'web' }, ports: [{ port: 'x' }, { port: 70000, protocol: 'TCP' }, { port: 53, protocol: 'SCTP' }, { port: 8080 }] } });
+    api.put('tencpeers', { metadata: { name: 'alpha-web-1', namespace: 'alpha' }, spec: { nodeName: 'node1', publicKey: 'short', endpoint: 'nope' } });
+    await until('all seen', async () => (await r.services('alpha')).some((s) => s.name === 'oddports') && (await r.pods('alpha')).length >= 4);
+    for (let i = 0; i < 3; i++) {
+      const pods = await r.pods('alpha');
+      expect(pods.map((p) => p.name)).not.toContain('no-ip');
+      expect(pods.map((p) => p.name)).not.toContain('running-no-ip');
+      expect(pods.map((p) => p.name)).not.toContain('unscheduled');
+      const svcs = await r.services('alpha');
+      expect(svcs.map((s) => s.name).sort()).toEqual(['db', 'oddports', 'web']);
+      expect(svcs.find((s) => s.name === 'oddports')!.ports).toEqual([{ protocol: 'tcp', port: 8080 }]);
+      expect(await r.peers('alpha')).toEqual([]);
+    }
+    expect(warnings.filter((w) => w.includes('running-no-ip'))).toHaveLength(1);
+    expect(warnings.filter((w) => w.includes('manual') && w.includes('no selector'))).toHaveLength(1);
+    expect(warnings.filter((w) => w.includes('TencPeer alpha/alpha-web-1'))).toHaveLength(1);
+    expect(warnings.some((w) => w.includes('alpha/no-ip:') || w.includes('unscheduled'))).toBe(false);
+  });
+});
+
+describe('kubernetes registry: TencPeers, admission and trust', () => {
+  it('publishes, updates and withdraws its own pods; garbage-collected with the pod', async () => {
+    const r1 = open('node1');
+    const r2 = open('node2');
+    const k1 = key();
+    await r1.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: k1, endpoint: '10.128.1.10:51820' });
+    const t = api.get('tencpeers', 'alpha', 'alpha-web-1')!;
+    expect(t.spec).toEqual({ nodeName: 'node1', publicKey: k1, endpoint: '10.128.1.10:51820' });
+    expect(t.metadata.ownerReferences).toEqual([{ apiVersion: 'v1', kind: 'Pod', name: 'alpha-web-1', uid: api.get('pods', 'alpha', 'alpha-web-1')!.metadata.uid }]);
+    const seen = await until('r2 sees the peer', async () => (await r2.peers('alpha')).find((p) => p.pod === 'alpha-web-1'));
+    expect(seen).toEqual({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: k1, endpoint: '10.128.1.10:51820' });
+
+    // a new key (proxy restart) replaces it; publishing the same again writes nothing
+    const k2 = key();
+    await until('r1 cache', async () => (await r1.peers('alpha')).length === 1);
+    await r1.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: k2, endpoint: '10.128.1.10:51820' });
+    await until('r2 sees the new key', async () => (await r2.peers('alpha')).find((p) => p.publicKey === k2));
+    const rv = api.get('tencpeers', 'alpha', 'alpha-web-1')!.metadata.resourceVersion;
+    await until('r1 has k2', async () => (await r1.peers('alpha')).find((p) => p.publicKey === k2));
+    await r1.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: k2, endpoint: '10.128.1.10:51820' });
+    expect(api.get('tencpeers', 'alpha', 'alpha-web-1')!.metadata.resourceVersion).toBe(rv);
+
+    await r1.withdrawPeer('alpha', 'node1', 'alpha-web-1');
+    expect(api.get('tencpeers', 'alpha', 'alpha-web-1')).toBeUndefined();
+    await r1.withdrawPeer('alpha', 'node1', 'alpha-web-1'); // no-op
+
+    await r1.publishPeer({ project: 'alpha', pod: 'alpha-client-1', node: 'node1', publicKey: key(), endpoint: '10.128.1.11:51820' });
+    api.remove('pods', 'alpha', 'alpha-client-1');
+    expect(api.get('tencpeers', 'alpha', 'alpha-client-1')).toBeUndefined();
+    await until('r2 drops it', async () => (await r2.peers('alpha')).length === 0);
+  });
+
+  it("a node cannot write another node's TencPeer: refused by admission, and refused by readers if it got in", async () => {
+    const r1 = open('node1');
+    const r2 = open('node2');
+    // node2's agent claims node1's pod (admission: spec.nodeName must be the token's node)
+    await expect(r2.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: key(), endpoint: '10.200.0.3:51820' })).rejects.toThrow(/HTTP 403.*tenc-peer-node/);
+    // ...or publishes under its own name for a pod of node1: admitted (it is its own nodeName), refused by readers
+    await r2.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node2', publicKey: key(), endpoint: '10.200.0.3:51820' });
+    const peers = await until('r1 sees the entry', async () => {
+      const p = await r1.peers('alpha');
+      return p.length ? p : null;
+    });
+    const rejected: string[] = [];
+    expect(trustedPeers(await r1.pods('alpha'), peers, (p, why) => rejected.push(`${p.pod}: ${why}`))).toEqual([]);
+    expect(rejected).toEqual(['alpha-web-1: published by node node2, but the pod runs on node1']);
+    // node1 cannot overwrite or delete it either (old object's node is node2), nor can node2 delete node1's own
+    await expect(r1.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: key(), endpoint: '10.128.1.10:51820' })).rejects.toThrow(/HTTP 403/);
+    await r2.withdrawPeer('alpha', 'node2', 'alpha-web-1');
+    await until('gone for r1', async () => (await r1.peers('alpha')).length === 0);
+    await r1.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: key(), endpoint: '10.128.1.10:51820' });
+    const res = await fetch(`http://127.0.0.1:${api.port}/apis/tenc.io/v1alpha1/namespaces/alpha/tencpeers/alpha-web-1`, { method: 'DELETE', headers: { authorization: `Bearer ${api.agentToken('node2')}` } });
+    expect(res.status).toBe(403);
+    expect(api.get('tencpeers', 'alpha', 'alpha-web-1')).toBeDefined();
+    // a token without the node binding is refused for every write
+    const unbound = 'unbound-token';
+    api.tokens.set(unbound, { username: 'system:serviceaccount:tenc-system:tenc-agent' });
+    const post = await fetch(`http://127.0.0.1:${api.port}/apis/tenc.io/v1alpha1/namespaces/alpha/tencpeers`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${unbound}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ metadata: { name: 'alpha-db-1' }, spec: { nodeName: 'node2', publicKey: key(), endpoint: '10.128.2.10:51820' } }),
+    });
+    expect(post.status).toBe(403);
+  });
+
+  it('a TencPeer left from an earlier pod of the same name is not believed', async () => {
+    const r1 = open('node1');
+    await r1.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: key(), endpoint: '10.128.1.10:51820' });
+    const t = api.get('tencpeers', 'alpha', 'alpha-web-1')!;
+    // the pod is replaced by a new one of that name before the garbage collector ran
+    api.remove('pods', 'alpha', 'alpha-web-1'); // GC removes the peer...
+    api.put('tencpeers', t); // ...but say it was recreated by a lagging writer, owned by the old uid
+    api.putPod('alpha', 'alpha-web-1', 'node1', '10.128.1.12', { app: 'web' });
+    await until('new pod', async () => (await r1.pods('alpha')).find((p) => p.address === '10.128.1.12'));
+    expect(await r1.peers('alpha')).toEqual([]);
+    // the agent's next publish replaces it with one owned by the new pod
+    const k = key();
+    await r1.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: k, endpoint: '10.128.1.12:51820' });
+    await until('new entry', async () => (await r1.peers('alpha')).find((p) => p.publicKey === k));
+  });
+});
+
+describe('kubernetes registry: psk', () => {
+  it('writes the Secret to a 0600 file; missing, short or zero psk: rejected, logged once, recovers', async () => {
+    const r = open('node1');
+    const f = await r.pskFile('alpha');
+    expect(statSync(f).mode & 0o777).toBe(0o600);
+    expect(statSync(join(dir, 'node1', 'psk')).mode & 0o777).toBe(0o700);
+    expect(readFileSync(f, 'utf8')).toBe(Buffer.from(api.get('secrets', 'alpha', 'tenc-psk')!.data.psk, 'base64').toString());
+    api.remove('secrets', 'beta', 'tenc-psk');
+    await until('missing', async () => r.pskFile('beta').then(() => null, (e) => e instanceof PskError && /does not exist/.test(e.message)));
+    for (let i = 0; i < 3; i++) await expect(r.pskFile('beta')).rejects.toThrow(/tenc-psk does not exist/);
+    expect(warnings.filter((w) => w.includes('beta/tenc-psk does not exist'))).toHaveLength(1);
+    api.putPsk('beta', randomBytes(16).toString('base64'));
+    await until('short', async () => r.pskFile('beta').then(() => null, (e) => /not a 32-byte key/.test(e.message)));
+    api.putPsk('beta', Buffer.alloc(32).toString('base64'));
+    await until('zero', async () => r.pskFile('beta').then(() => null, (e) => /all zeros/.test(e.message)));
+    const good = key();
+    api.putPsk('beta', good);
+    const fb = await until('recovered', async () => r.pskFile('beta').catch(() => null));
+    expect(readFileSync(fb, 'utf8')).toBe(`${good}\n`);
+    await expect(r.pskFile('not-protected')).rejects.toThrow(/not protected/);
+    // no secret in any log line
+    expect(warnings.join('\n')).not.toContain(good);
+  });
+
+  it('parsePsk names the Secret and the problem', () => {
+    expect(() => parsePsk(undefined, 'ns')).toThrow('Secret ns/tenc-psk has no key "psk"');
+    expect(() => parsePsk({ psk: Buffer.from('abc').toString('base64') }, 'ns')).toThrow(/not a 32-byte key/);
+    const k = key();
+    expect(parsePsk({ psk: Buffer.from(k).toString('base64') }, 'ns')).toBe(k);
+  });
+});
+
+describe('kubernetes registry: watches that fail', () => {
+  async function churn(r: KubernetesRegistry, disrupt: (i: number) => void, rounds: number) {
+    // pods come and go on node2 while the watches are disrupted; the cache must end equal to the server
+    for (let i = 0; i < rounds; i++) {
+      api.putPod('alpha', `churn-${i}`, 'node2', `10.128.2.${100 + i}`, { app: 'churn' });
+      if (i % 3 === 2) api.remove('pods', 'alpha', `churn-${i - 1}`);
+      if (i % 4 === 0) api.putPod('alpha', 'alpha-db-1', 'node2', '10.128.2.10', { app: 'db', round: String(i) });
+      disrupt(i);
+      await sleep(30);
+    }
+    const want = () =>
+      api
+        .list('pods', 'alpha')
+        .map((p) => `${p.metadata.name}=${p.status.podIP}/${p.metadata.labels?.round ?? ''}`)
+        .sort()
+        .join(',');
+    const got = async () =>
+      (await r.pods('alpha'))
+        .map((p) => `${p.name}=${p.address}/${p.labels.round ?? ''}`)
+        .sort()
+        .join(',');
+    await until('cache converged', async () => (await got()) === want(), 10_000);
+    expect(await got()).toBe(want());
+  }
+
+  it('watches dropped every few events resume from their resourceVersion: nothing missed, no relist', async () => {
+    const r = open('node1');
+    await r.pods('alpha');
+    const listsBefore = api.counts.lists.get('pods');
+    let dropped = 0;
+    await churn(r, (i) => {
+      if (i % 5 === 4) dropped += api.dropWatches();
+    }, 30);
+    expect(dropped).toBeGreaterThan(5);
+    expect(api.counts.lists.get('pods')).toBe(listsBefore); // resumed, not relisted
+    expect(api.counts.watchFrom.filter((w) => w.startsWith('pods@')).length).toBeGreaterThan(4);
+  });
+
+  it('410 Gone (ERROR event, and on reconnect) relists and reports what was deleted meanwhile', async () => {
+    const r = open('node1');
+    await r.pods('alpha');
+    const listsBefore = api.counts.lists.get('pods')!;
+    await churn(r, (i) => {
+      if (i === 10) api.expire(); // open watches get ERROR 410
+      if (i === 20) {
+        // dropped, then the history is compacted before the reconnect: watch from an old version gets 410
+        api.dropWatches();
+        api.compact();
+      }
+    }, 30);
+    expect(api.counts.lists.get('pods')!).toBeGreaterThanOrEqual(listsBefore + 1);
+    // a pod deleted while the informer was cut off and its history compacted is reported gone
+    api.dropWatches();
+    api.compact();
+    api.remove('pods', 'alpha', 'alpha-client-2');
+    await until('deleted pod gone', async () => !(await r.pods('alpha')).some((p) => p.name === 'alpha-client-2'));
+    expect(r.stats().pods.expired).toBeGreaterThanOrEqual(1);
+  });
+
+  it('list errors back off and retry; a silent (hung) watch is abandoned; a slow server still converges', async () => {
+    api.failLists.set('services', 3);
+    const r = open('node1', { informer: { timeoutSeconds: 60, idleMs: 400 } });
+    expect((await r.services('alpha')).length).toBe(2);
+    expect(api.counts.lists.get('services')).toBe(4);
+    expect(warnings.filter((w) => w.includes('services') && w.includes('HTTP 500'))).toHaveLength(1); // once per kind of error
+    // bookmarks every 200 ms keep a healthy watch alive past idleMs
+    api.bookmarkMs = 100;
+    await sleep(900);
+    const watchesBefore = api.counts.watches.get('pods')!;
+    // the server stops sending anything (no bookmarks): the idle timer restarts the watch
+    api.bookmarkMs = 60_000;
+    api.dropWatches();
+    await until('rewatch after idle', () => api.counts.watches.get('pods')! >= watchesBefore + 2, 5000);
+    api.delayMs = 150;
+    api.putPod('alpha', 'slow-1', 'node1', '10.128.1.77', {});
+    await until('slow server', async () => (await r.pods('alpha')).find((p) => p.name === 'slow-1'));
+    expect(warnings.some((w) => w.includes('WatchIdle'))).toBe(true);
+  });
+
+  it('an unreachable API server: reads fail with a clear error instead of hanging, then recover', async () => {
+    const port = api.port;
+    await api.stop();
+    const r = new KubernetesRegistry(api.kubeConfig(api.agentToken('node1')), {
+      pskDir: join(dir, 'psk'),
+      log: { warn: (_f, m) => warnings.push(m), info: () => {} },
+      syncTimeoutMs: 500,
+      informer: { backoffMs: 20, backoffMaxMs: 100 },
+    });
+    regs.push(r);
+    await expect(r.pods('alpha')).rejects.toThrow(/pods: not listed yet after 500 ms \(last error: ECONNREFUSED/);
+    const w = warnings.filter((x) => x.includes('kubernetes pods') && x.includes('ECONNREFUSED'));
+    expect(w).toHaveLength(1); // many retries, one line
+    // the server comes back on the same port
+    const api3 = new FakeApiServer();
+    for (const [t, u] of api.tokens) api3.tokens.set(t, u);
+    api3.loadCluster(cluster);
+    await api3.start(port);
+    try {
+      await until('recovered', async () => (await r.pods('alpha')).length === 4, 8000);
+    } finally {
+      await r.close();
+      await api3.stop();
+    }
+  });
+});
+
