@@ -69,6 +69,13 @@ export interface KubernetesRegistryOptions {
   /** How long a read waits for the first list of every resource (default 10 s). */
   syncTimeoutMs?: number;
   informer?: InformerOptions;
+  /**
+   * A file rewritten every healthMs (default 10 s) while the event loop runs:
+   * {"synced":true|false,...}; the DaemonSet's probes read it (liveness: fresh;
+   * readiness: synced, i.e. every informer listed at least once).
+   */
+  healthFile?: string;
+  healthMs?: number;
   /** The pod's network namespace (tests; the agent gets it from the CNI registration). */
   netnsOf?: (pod: { project: string; name: string; node: string; uid: string }) => string | null;
 }
@@ -131,6 +138,7 @@ export class KubernetesRegistry implements Registry {
   private readonly psk = new Map<string, { value: string } | { error: string }>();
   private readonly pskDir: string;
   private pskTimer: NodeJS.Timeout | undefined;
+  private healthTimer: NodeJS.Timeout | undefined;
   private pskRound: Promise<void> | null = null;
   private closed = false;
 
@@ -182,6 +190,24 @@ export class KubernetesRegistry implements Registry {
     this.refreshPsk();
     this.pskTimer = setInterval(() => this.refreshPsk(), o.pskRefreshMs ?? 30_000);
     this.pskTimer.unref?.();
+    if (o.healthFile) {
+      const write = () => this.writeHealth(o.healthFile!);
+      write();
+      this.healthTimer = setInterval(write, o.healthMs ?? 10_000);
+      this.healthTimer.unref?.();
+    }
+  }
+
+  private writeHealth(file: string): void {
+    const synced = this.all.every((i) => i.synced);
+    const body = JSON.stringify({ synced, time: new Date().toISOString(), informers: this.stats() }) + '\n';
+    try {
+      const tmp = `${file}.tmp-${process.pid}`;
+      writeFileSync(tmp, body, { mode: 0o644 });
+      renameSync(tmp, file);
+    } catch (e) {
+      this.once(`health/${(e as NodeJS.ErrnoException).code}`, { file }, `kubernetes: cannot write the health file ${file}: ${(e as Error).message}`);
+    }
   }
 
   /** Logs once per key. */
@@ -454,6 +480,7 @@ export class KubernetesRegistry implements Registry {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.pskTimer);
+    clearInterval(this.healthTimer);
     for (const i of this.all) i.stop();
     this.listeners.clear();
     await this.pskRound;

@@ -49,6 +49,8 @@ export async function openRegistry(spec: string, o: OpenRegistryOptions = {}): P
       const problem = o.onProblem ?? (() => {});
       return new KubernetesRegistry(kc, {
         pskDir: o.runDir ? join(o.runDir, 'psk') : undefined,
+        // read by deploy/daemonset.yaml's probes
+        healthFile: process.env.TENC_HEALTH_FILE || undefined,
         log: { warn: (f, m) => problem(String(f.resource ?? f.project ?? 'kubernetes'), m), info: () => {} },
       });
     }

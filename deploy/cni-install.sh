@@ -1,0 +1,106 @@
+#!/bin/bash
+# Installs (or removes) tenc's CNI plugin on a node: the launcher binary into
+# CNI_BIN_DIR and a chained {"type":"tenc"} entry at the end of the "plugins" of
+# the node's active conflist in CNI_CONF_DIR (the first config file by name, as
+# the container runtime picks it). Idempotent: running it again changes nothing
+# (an older tenc entry is replaced, never duplicated). Files are replaced
+# atomically (temp file in the same directory, then rename), keeping their mode.
+#
+#   cni-install.sh install     wait up to CNI_WAIT s (default 300) for the primary
+#                              CNI's config, then install
+#   cni-install.sh uninstall   remove the entry from every conflist and the binary
+#
+# Environment: CNI_BIN_DIR (/opt/cni/bin), CNI_CONF_DIR (/etc/cni/net.d),
+# TENC_CNI_SRC (/opt/tenc/cni/tenc, the launcher in the image),
+# TENC_CNI_ENTRY (the JSON object chained in; default {"type":"tenc"}).
+# Exit: 0 done, 1 failure (named), 2 usage.
+set -euo pipefail
+
+CNI_BIN_DIR=${CNI_BIN_DIR:-/opt/cni/bin}
+CNI_CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
+TENC_CNI_SRC=${TENC_CNI_SRC:-/opt/tenc/cni/tenc}
+TENC_CNI_ENTRY=${TENC_CNI_ENTRY:-'{"type":"tenc"}'}
+CNI_WAIT=${CNI_WAIT:-300}
+
+say() { echo "tenc cni-install: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+# The config the runtime uses: the first *.conf, *.conflist or *.json by name.
+active_conf() {
+  local f
+  for f in $(ls -1 "$CNI_CONF_DIR" 2>/dev/null | LC_ALL=C sort); do
+    case "$f" in *.conf | *.conflist | *.json) echo "$CNI_CONF_DIR/$f"; return 0 ;; esac
+  done
+  return 1
+}
+
+# edit_conf FILE add|remove: rewrites FILE's plugins list; prints "changed" or "unchanged".
+edit_conf() {
+  node - "$1" "$2" "$TENC_CNI_ENTRY" <<'JS'
+const fs = require('node:fs');
+const path = require('node:path');
+const [file, op, entryJson] = process.argv.slice(2);
+const fail = (m) => { process.stderr.write(`tenc cni-install: ${file}: ${m}\n`); process.exit(1); };
+let conf;
+try { conf = JSON.parse(fs.readFileSync(file, 'utf8')); } catch (e) { fail(`not JSON: ${e.message}`); }
+if (!conf || typeof conf !== 'object' || !Array.isArray(conf.plugins)) {
+  if (op === 'remove') { console.log('unchanged'); process.exit(0); }
+  fail('not a conflist (no "plugins" list): tenc chains itself into a conflist only; convert the single-plugin .conf to a .conflist first');
+}
+let entry;
+try { entry = JSON.parse(entryJson); } catch (e) { fail(`TENC_CNI_ENTRY is not JSON: ${e.message}`); }
+if (!entry || entry.type !== 'tenc') fail('TENC_CNI_ENTRY must be an object with "type": "tenc"');
+const before = JSON.stringify(conf.plugins);
+const others = conf.plugins.filter((p) => !(p && p.type === 'tenc'));
+conf.plugins = op === 'add' ? [...others, entry] : others;
+if (JSON.stringify(conf.plugins) === before) { console.log('unchanged'); process.exit(0); }
+const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tenc-tmp`);
+fs.writeFileSync(tmp, JSON.stringify(conf, null, 2) + '\n', { mode: fs.statSync(file).mode & 0o777 });
+fs.renameSync(tmp, file);
+console.log('changed');
+JS
+}
+
+install() {
+  [ -f "$TENC_CNI_SRC" ] || die "the plugin launcher $TENC_CNI_SRC does not exist"
+  [ -d "$CNI_BIN_DIR" ] || die "CNI_BIN_DIR $CNI_BIN_DIR is not a directory"
+  local conf waited=0
+  until conf=$(active_conf); do
+    [ "$waited" -ge "$CNI_WAIT" ] && die "no CNI config in $CNI_CONF_DIR after ${CNI_WAIT}s (is the cluster's network plugin installed?)"
+    [ "$waited" -eq 0 ] && say "waiting for the primary CNI config in $CNI_CONF_DIR"
+    sleep 1
+    waited=$((waited + 1))
+  done
+  if cmp -s "$TENC_CNI_SRC" "$CNI_BIN_DIR/tenc"; then
+    say "$CNI_BIN_DIR/tenc is current"
+  else
+    cp "$TENC_CNI_SRC" "$CNI_BIN_DIR/.tenc.tmp"
+    chmod 0755 "$CNI_BIN_DIR/.tenc.tmp"
+    mv -f "$CNI_BIN_DIR/.tenc.tmp" "$CNI_BIN_DIR/tenc"
+    say "installed $CNI_BIN_DIR/tenc"
+  fi
+  case "$conf" in *.conflist | *.json) ;; *) die "$conf: the active CNI config is a single-plugin .conf; tenc chains itself into a .conflist only" ;; esac
+  local r
+  r=$(edit_conf "$conf" add)
+  say "$conf: tenc entry $r"
+}
+
+uninstall() {
+  local f r
+  for f in "$CNI_CONF_DIR"/*.conflist "$CNI_CONF_DIR"/*.json; do
+    [ -f "$f" ] || continue
+    r=$(edit_conf "$f" remove)
+    [ "$r" = changed ] && say "$f: tenc entry removed"
+  done
+  if [ -e "$CNI_BIN_DIR/tenc" ]; then
+    rm -f "$CNI_BIN_DIR/tenc"
+    say "removed $CNI_BIN_DIR/tenc"
+  fi
+  return 0
+}
+
+case "${1:-}" in
+  install) install ;;
+  uninstall) uninstall ;;
+  *) echo "usage: $0 install|uninstall" >&2; exit 2 ;;
+esac
