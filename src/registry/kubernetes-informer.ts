@@ -139,7 +139,7 @@ export class Informer<T extends KubernetesObject> {
   private retry: NodeJS.Timeout | undefined;
   private stopped = false;
   private syncedOnce = false;
-  private readonly syncWaiters: (() => void)[] = [];
+  private readonly syncWaiters: { ok: () => void; fail: (e: Error) => void }[] = [];
   /** Counters, for tests and status. */
   lists = 0;
   expired = 0;
@@ -167,7 +167,7 @@ export class Informer<T extends KubernetesObject> {
       this.failures = 0;
       if (!this.syncedOnce) {
         this.syncedOnce = true;
-        for (const w of this.syncWaiters.splice(0)) w();
+        for (const w of this.syncWaiters.splice(0)) w.ok();
       }
       return l;
     };
@@ -213,11 +213,18 @@ export class Informer<T extends KubernetesObject> {
   /** Resolves after the first successful list; rejects after ms. */
   waitSynced(ms: number): Promise<void> {
     if (this.syncedOnce) return Promise.resolve();
+    if (this.stopped) return Promise.reject(new Error(`kubernetes ${this.what}: registry closed`));
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`kubernetes ${this.what}: not listed yet after ${ms} ms${this.lastError ? ` (last error: ${this.lastError})` : ''}`)), ms);
-      this.syncWaiters.push(() => {
-        clearTimeout(t);
-        resolve();
+      this.syncWaiters.push({
+        ok: () => {
+          clearTimeout(t);
+          resolve();
+        },
+        fail: (e) => {
+          clearTimeout(t);
+          reject(e);
+        },
       });
     });
   }
@@ -241,5 +248,6 @@ export class Informer<T extends KubernetesObject> {
     clearTimeout(this.retry);
     this.gw.current?.abort();
     void this.lw.stop();
+    for (const w of this.syncWaiters.splice(0)) w.fail(new Error(`kubernetes ${this.what}: registry closed`));
   }
 }
