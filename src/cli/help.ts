@@ -47,7 +47,9 @@ started and withdraw their keys. Logs are JSON lines on stderr.
 
 Options:
   -r, --registry SPEC      the registry backend: dir:PATH (or a bare PATH), the directory
-                           registry (netns-scripts/cluster.sh: <state>/registry)
+                           registry (netns-scripts/cluster.sh: <state>/registry), or
+                           kubernetes[:KUBECONFIG], the Kubernetes API (no path: $KUBECONFIG,
+                           ~/.kube/config, or the pod's service account)
   -n, --node NODE          this node's name (pods with spec.nodeName NODE)
   -p, --project PROJECT    the project (Kubernetes namespace)
       --run-dir DIR        pod configs, control sockets, logs (default /run/tenc/agent-PROJECT-NODE)

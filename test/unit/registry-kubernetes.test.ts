@@ -8,7 +8,9 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { validateCluster, type ClusterConfig } from '../../src/agent/cluster-config.js';
 import { KubernetesRegistry, PskError, parsePsk } from '../../src/registry/kubernetes.js';
-import { trustedPeers, type PeerInfo } from '../../src/registry/registry.js';
+import { trustedPeers } from '../../src/registry/registry.js';
+import { openRegistry } from '../../src/registry/open.js';
+import { writeFileSync } from 'node:fs';
 import { FakeApiServer } from '../k8s/fake-apiserver.js';
 
 const clusterFile = join(__dirname, '../../netns-scripts/cluster-example.json');
@@ -211,6 +213,53 @@ describe('kubernetes registry: TencPeers, admission and trust', () => {
     const k = key();
     await r1.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node: 'node1', publicKey: k, endpoint: '10.128.1.12:51820' });
     await until('new entry', async () => (await r1.peers('alpha')).find((p) => p.publicKey === k));
+  });
+});
+
+describe('--registry kubernetes[:KUBECONFIG]', () => {
+  it('opens the backend from a kubeconfig file; a missing or empty one is named', async () => {
+    await expect(openRegistry(`kubernetes:${join(dir, 'nope')}`)).rejects.toThrow(`--registry kubernetes:${join(dir, 'nope')}: kubeconfig ${join(dir, 'nope')} does not exist`);
+    writeFileSync(join(dir, 'empty.json'), '{}');
+    await expect(openRegistry(`kubernetes:${join(dir, 'empty.json')}`)).rejects.toThrow(/no current cluster/);
+    const kc = join(dir, 'kc.json');
+    writeFileSync(
+      kc,
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Config',
+        clusters: [{ name: 'f', cluster: { server: `http://127.0.0.1:${api.port}`, 'insecure-skip-tls-verify': true } }],
+        users: [{ name: 'u', user: { token: api.agentToken('node1') } }],
+        contexts: [{ name: 'c', context: { cluster: 'f', user: 'u' } }],
+        'current-context': 'c',
+      }),
+    );
+    const r = await openRegistry(`kubernetes:${kc}`, { runDir: join(dir, 'run') });
+    try {
+      expect(await r.projects()).toEqual(['alpha', 'beta']);
+      expect(await r.pskFile('alpha')).toBe(join(dir, 'run', 'psk', 'alpha.psk'));
+    } finally {
+      await r.close?.();
+    }
+  });
+});
+
+describe('kubernetes registry: health file', () => {
+  it('says synced once every informer listed, and is rewritten while the event loop runs', async () => {
+    const file = join(dir, 'health');
+    api.failLists.set('tencpeers', 2);
+    const r = new KubernetesRegistry(api.kubeConfig(api.agentToken('node1')), {
+      pskDir: join(dir, 'psk'),
+      log: { warn: (_f, m) => warnings.push(m), info: () => {} },
+      healthFile: file,
+      healthMs: 50,
+      informer: { backoffMs: 100, backoffMaxMs: 200 },
+    });
+    regs.push(r);
+    expect(JSON.parse(readFileSync(file, 'utf8')).synced).toBe(false); // tencpeers not listed yet
+    await until('synced', () => JSON.parse(readFileSync(file, 'utf8')).synced === true);
+    const t1 = JSON.parse(readFileSync(file, 'utf8')).time;
+    await until('rewritten', () => JSON.parse(readFileSync(file, 'utf8')).time !== t1);
+    expect(JSON.parse(readFileSync(file, 'utf8')).informers.tencpeers.errors).toBe(2);
   });
 });
 
