@@ -392,8 +392,17 @@ export class KubernetesRegistry implements Registry {
 
   async withdrawPeer(project: string, node: string, pod: string): Promise<void> {
     await this.synced(this.peerInf);
-    const cur = this.peerInf.get(pod, project);
-    if (!cur || cur.spec?.nodeName !== node) return; // nothing of ours
+    let cur = this.peerInf.get(pod, project);
+    if (!cur) {
+      // the watch may lag behind our own create: ask the server
+      try {
+        cur = (await this.custom.getNamespacedCustomObject({ ...this.peerPath(project), name: pod })) as TencPeer;
+      } catch (e) {
+        if ((e as { code?: number }).code === 404) return;
+        throw new Error(`withdrawPeer ${project}/${pod}: ${describe(e)}`);
+      }
+    }
+    if (cur.spec?.nodeName !== node) return; // nothing of ours
     try {
       await this.custom.deleteNamespacedCustomObject({ ...this.peerPath(project), name: pod, body: { preconditions: { uid: cur.metadata?.uid } } as any });
     } catch (e) {

@@ -159,6 +159,12 @@ describe('kubernetes registry: TencPeers, admission and trust', () => {
     await r1.withdrawPeer('alpha', 'node1', 'alpha-web-1');
     expect(api.get('tencpeers', 'alpha', 'alpha-web-1')).toBeUndefined();
     await r1.withdrawPeer('alpha', 'node1', 'alpha-web-1'); // no-op
+    // withdrawn right after the publish, before the watch brought it back: still removed
+    const r2b = open('node2');
+    await r2b.pods('alpha');
+    await r2b.publishPeer({ project: 'alpha', pod: 'alpha-db-1', node: 'node2', publicKey: key(), endpoint: '10.128.2.10:51820' });
+    await r2b.withdrawPeer('alpha', 'node2', 'alpha-db-1');
+    expect(api.get('tencpeers', 'alpha', 'alpha-db-1')).toBeUndefined();
 
     await r1.publishPeer({ project: 'alpha', pod: 'alpha-client-1', node: 'node1', publicKey: key(), endpoint: '10.128.1.11:51820' });
     api.remove('pods', 'alpha', 'alpha-client-1');
