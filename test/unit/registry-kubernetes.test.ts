@@ -101,6 +101,19 @@ describe('kubernetes registry: reads', () => {
     ]);
     await until('slice update', async () => (await r.endpoints('alpha')).find((e) => e.service === 'web')!.pods[0]?.name === 'alpha-client-1');
     expect((await r.endpoints('alpha')).find((e) => e.service === 'web')!.pods.map((p) => p.name)).toEqual(['alpha-client-1']);
+    // a Service's endpoints in two slices (the controller splits at 100): merged; FQDN slices ignored
+    api.put('endpointslices', {
+      metadata: { name: 'web-xyz', namespace: 'alpha', labels: { 'kubernetes.io/service-name': 'web' } },
+      addressType: 'IPv4',
+      endpoints: [{ addresses: ['10.128.2.10'], conditions: {}, nodeName: 'node2', targetRef: { kind: 'Pod', name: 'alpha-db-1' } }],
+    });
+    api.put('endpointslices', {
+      metadata: { name: 'web-fqdn', namespace: 'alpha', labels: { 'kubernetes.io/service-name': 'web' } },
+      addressType: 'FQDN',
+      endpoints: [{ addresses: ['example.com'], conditions: { ready: true } }],
+    });
+    await until('two slices', async () => (await r.endpoints('alpha')).find((e) => e.service === 'web')!.pods.length === 2);
+    expect((await r.endpoints('alpha')).find((e) => e.service === 'web')!.pods.map((p) => p.name).sort()).toEqual(['alpha-client-1', 'alpha-db-1']);
 
     api.putPod('alpha', 'alpha-ds-1', 'node1', '10.128.1.40', {}, { status: { phase: 'Running', podIP: '10.128.1.40', podIPs: [{ ip: '10.128.1.40' }, { ip: 'fd00::40' }] } });
     await until('dual-stack pod', async () => (await r.pods('alpha')).find((p) => p.name === 'alpha-ds-1'));
