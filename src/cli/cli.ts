@@ -249,10 +249,10 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       if (level !== undefined && !isLogLevel(level)) {
         throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, cmd);
       }
+      await protectSecrets(); // before the config (and its key files) is read
       const config = loadConfig(file);
       if (level !== undefined) config.logLevel = level as typeof config.logLevel;
       // Loaded on demand: the key and status commands work without the native addon.
-      await protectSecrets();
       const { runPod } = await import('../control/pod.js');
       return await runPod(config, { stdout: io.stdout });
     }
