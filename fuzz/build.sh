@@ -29,10 +29,11 @@ declare -A src=(
   [offload]="$n/offload.c $n/csum.c"
   [gro]="$n/offload.c $n/csum.c"
   [nat]="$n/nat.c $n/csum.c"
+  [dnsio]="$here/napi_fake.c $n/dnsio.c /usr/lib/x86_64-linux-gnu/libuv.so.1"
   [rx]="$here/napi_stub.c $n/engine.c $n/aead.c $n/allowedips.c $n/nat.c $n/offload.c $n/csum.c"
 )
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(replay allowedips offload gro nat rx)
+[ ${#names[@]} -eq 0 ] && names=(replay allowedips offload gro nat rx dnsio)
 for name in "${names[@]}"; do
   [ -n "${src[$name]+x}" ] || { echo "fuzz/build.sh: no harness $name" >&2; exit 1; }
   extra=()

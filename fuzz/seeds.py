@@ -152,6 +152,25 @@ def main(out):
     ops = [(0, 32, a4('10.0.0.2'), 1), (0, 24, a4('10.0.0.0'), 2), (0, 0, a4('0.0.0.0'), 3), (3, 32, a4('10.0.0.9'), 0),
            (1, 24, a4('10.0.0.0'), 2), (4, 128, S6, 4), (4, 64, S6, 5), (7, 128, D6, 0), (6, 0, S6, 5), (2, 0, S4, 1)]
     put('allowedips', 0, b''.join(bytes([k, l]) + a + bytes([p]) for k, l, a, p in ops))
+    dnsio_seeds(put)
+
+def dnsio_seeds(put):
+    import struct as st
+    # mode, slot u16, slots u8, metaless u8, txlen u16, txn u8, then datagrams (count, u16 lens),
+    # tx entries (offset u32, length u32, family u8, port-choice u8), count u8
+    def one(mode, slot, slots, txlen, txn, lens, entries, count):
+        b = bytes([mode]) + st.pack('<H', slot) + bytes([slots, 0]) + st.pack('<H', txlen) + bytes([txn])
+        if (mode & 0x1c) == 0x1c: b += b'\0'
+        b += bytes([len(lens)]) + b''.join(st.pack('<H', l) for l in lens)
+        for off, ln, fam in entries: b += st.pack('<II', off, ln) + bytes([fam, 1])
+        return b + bytes([count])
+    q = [40, 29, 512, 1400]  # DNS-sized queries, one longer than a 512-byte slot (truncated)
+    put('dnsio', 0, one(0, 0, 4, 1024, 2, q, [(0, 40, 4), (40, 100, 4)], 2))
+    put('dnsio', 1, one(1, 988, 8, 2048, 3, q * 3, [(0, 40, 6), (40, 100, 6), (0, 0, 6)], 3))
+    put('dnsio', 2, one(2, 3584, 2, 512, 1, [0xffff, 3], [(0, 64, 0)], 1))
+    put('dnsio', 3, one(0x60, 0, 1, 64, 1, [10, 20, 30], [(0, 10, 4)], 1))
+    put('dnsio', 4, one(0x80 | 1, 100, 64, 100, 4, [], [(90, 20, 4), (0, 1, 9), (0, 1, 4), (0, 1, 4)], 4))
+    put('dnsio', 5, one(0x1c, 100, 1, 0, 0, [1], [], 0))
 
 if __name__ == '__main__':
     main(sys.argv[1])
