@@ -39,6 +39,9 @@ for name in "${names[@]}"; do
   extra=()
   [ "$name" = rx ] && extra=("${crypto[@]}")
   # shellcheck disable=SC2086
-  "$cc" "${cflags[@]}" -o "$out/$name" "$here/$name.c" ${src[$name]} "${extra[@]}"
-  echo "fuzz/build.sh: built $out/$name"
+  # FZ_EXTRA/FZ_SUFFIX: extra flags and a name suffix (the unit test builds a
+  # deliberately broken harness with -DFZ_SELFTEST_BREAK that must fail)
+  # shellcheck disable=SC2086
+  "$cc" "${cflags[@]}" ${FZ_EXTRA:-} -o "$out/$name${FZ_SUFFIX:-}" "$here/$name.c" ${src[$name]} "${extra[@]}"
+  echo "fuzz/build.sh: built $out/$name${FZ_SUFFIX:-}"
 done

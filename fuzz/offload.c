@@ -82,6 +82,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
           FZ_CHECK(sum_of(tenc_csum_add(0, s, ihl)) == 0xffff);
         }
         if (c.copy_body) {
+#ifdef FZ_SELFTEST_BREAK
+          s[hlen - 1] ^= 0x40; /* a wrong segment: the checks below must catch it */
+#endif
           FZ_CHECK(memcmp(s + hlen, c.body[i], sl - hlen) == 0);
           uint32_t ihl = v6 ? 40 : (s[0] & 15) * 4u;
           uint8_t proto = v6 ? s[6] : s[9];

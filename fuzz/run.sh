@@ -27,7 +27,8 @@ for name in "${names[@]}"; do
   dirs=()
   [ -d "$seeds/$name" ] && dirs+=("$seeds/$name")
   [ -d "$here/regress/$name" ] && dirs+=("$here/regress/$name")
-  log=$out/$name.log
+  mkdir -p "$out/logs"
+  log=$out/logs/$name.$secs.log
   set +e
   if [ "$secs" = 0 ]; then
     # every seed and regression input once; a crash exits non-zero
@@ -39,8 +40,8 @@ for name in "${names[@]}"; do
   fi
   rc=$?
   set -e
-  stat() { grep -o "$1: *[0-9]*" "$log" | tail -1 | grep -o '[0-9]*$' || echo 0; }
-  line=$(grep -E '(DONE|INITED) +cov' "$log" | tail -1)
+  stat() { grep -ao "$1: *[0-9]*" "$log" | tail -1 | grep -o '[0-9]*$' || echo 0; }
+  line=$(grep -aE '(DONE|INITED) +cov' "$log" | tail -1)
   cov=$(echo "$line" | grep -o 'cov: [0-9]*' | grep -o '[0-9]*' || echo 0)
   ft=$(echo "$line" | grep -o 'ft: [0-9]*' | grep -o '[0-9]*' || echo 0)
   corp=$(echo "$line" | grep -o 'corp: [0-9]*' | grep -o '[0-9]*' || echo 0)
