@@ -44,9 +44,21 @@ files=("$@")
 
 logs=$(mktemp -d /tmp/tenc-sanitize.XXXXXX)
 chmod 755 "$logs" # children that drop privileges still write their report
+# The ASan runtime goes into node processes only (not ip, curl, tcpdump...): a
+# `node` shim first in PATH preloads it, sanitize-preload.cjs removes it from the
+# environment node passes on and makes process.execPath the shim.
+real_node=$(readlink -f "$(command -v node)")
+mkdir -p "$out/bin"
+cat >"$out/bin/node" <<SHIM
+#!/bin/sh
+LD_PRELOAD="$asan_rt\${LD_PRELOAD:+:\$LD_PRELOAD}" exec "$real_node" "\$@"
+SHIM
+chmod 755 "$out/bin/node"
+export PATH=$out/bin:$PATH
+export TENC_ASAN_RT=$asan_rt TENC_NODE_SHIM=$out/bin/node
+export NODE_OPTIONS="--require $root/netns-scripts/sanitize-preload.cjs${NODE_OPTIONS:+ $NODE_OPTIONS}"
 export TENC_ADDON=$addon
-export LD_PRELOAD=$asan_rt${LD_PRELOAD:+:$LD_PRELOAD}
-export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_odr_violation=0:log_path=$logs/asan
+export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_odr_violation=0:suppressions=$root/netns-scripts/asan-suppressions.txt:log_path=$logs/asan
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan
 cd "$root"
 npm run build >/dev/null
@@ -55,7 +67,6 @@ start=$(date +%s)
 npx vitest run "${files[@]}"
 rc=$?
 set -e
-unset LD_PRELOAD
 echo "sanitize.sh: tests took $(( $(date +%s) - start )) s, exit $rc"
 reports=$(find "$logs" -type f | sort)
 if [ -n "$reports" ]; then
