@@ -32,7 +32,7 @@ for name in "${names[@]}"; do
   set +e
   if [ "$secs" = 0 ]; then
     # every seed and regression input once; a crash exits non-zero
-    "$here/out/bin/$name" -runs=0 -print_final_stats=1 "${dirs[@]}" >"$log" 2>&1
+    "$here/out/bin/$name" -runs=0 -print_final_stats=1 -artifact_prefix="$crash/" "${dirs[@]}" >"$log" 2>&1
   else
     # -rss_limit_mb: the rx harness holds four engines (their counters and NAT tables)
     "$here/out/bin/$name" -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=4096 -timeout=10 \

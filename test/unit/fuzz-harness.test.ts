@@ -44,7 +44,7 @@ describe('fuzz harnesses (smoke: seeds and regressions)', () => {
       const s = spawnSync('python3', [join(ROOT, 'fuzz/seeds.py'), seeds], { encoding: 'utf8' });
       expect(s.status, s.stderr).toBe(0);
       expect(readdirSync(join(seeds, 'offload')).length).toBeGreaterThan(3);
-      const r = spawnSync(join(ROOT, 'fuzz/out/bin/offload-broken'), ['-runs=0', join(seeds, 'offload')], {
+      const r = spawnSync(join(ROOT, 'fuzz/out/bin/offload-broken'), ['-runs=0', `-artifact_prefix=${seeds}/`, join(seeds, 'offload')], {
         encoding: 'utf8',
       });
       expect(r.status).not.toBe(0);
