@@ -34,14 +34,18 @@ declare -A src=(
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(replay allowedips offload gro nat rx dnsio)
+jobs=$(nproc 2>/dev/null || echo 2)
+pids=()
 for name in "${names[@]}"; do
   [ -n "${src[$name]+x}" ] || { echo "fuzz/build.sh: no harness $name" >&2; exit 1; }
   extra=()
   [ "$name" = rx ] && extra=("${crypto[@]}")
-  # shellcheck disable=SC2086
   # FZ_EXTRA/FZ_SUFFIX: extra flags and a name suffix (the unit test builds a
   # deliberately broken harness with -DFZ_SELFTEST_BREAK that must fail)
   # shellcheck disable=SC2086
-  "$cc" "${cflags[@]}" ${FZ_EXTRA:-} -o "$out/$name${FZ_SUFFIX:-}" "$here/$name.c" ${src[$name]} "${extra[@]}"
-  echo "fuzz/build.sh: built $out/$name${FZ_SUFFIX:-}"
+  "$cc" "${cflags[@]}" ${FZ_EXTRA:-} -o "$out/$name${FZ_SUFFIX:-}" "$here/$name.c" ${src[$name]} "${extra[@]}" &
+  pids+=($!)
+  if [ ${#pids[@]} -ge "$jobs" ]; then wait "${pids[0]}" || exit 1; pids=("${pids[@]:1}"); fi
 done
+for p in "${pids[@]}"; do wait "$p" || exit 1; done
+for name in "${names[@]}"; do echo "fuzz/build.sh: built $out/$name${FZ_SUFFIX:-}"; done
