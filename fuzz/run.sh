@@ -8,6 +8,8 @@
 # fuzz/regress/NAME/ with its fix, where the smoke run (and npm test) replays it.
 # One line per harness: executions, exec/s, coverage (edges), features, corpus.
 set -euo pipefail
+# the harnesses bring their own sanitizers; an addon sanitizer run's settings are not theirs
+unset ASAN_OPTIONS UBSAN_OPTIONS LD_PRELOAD
 here=$(cd "$(dirname "$0")" && pwd)
 secs=${1:-60}
 shift || true
