@@ -10,8 +10,8 @@
  *   4. routes    learned project addresses get their tenc0 route BEFORE the client
  *                sees the answer (a route that cannot be added -> SERVFAIL, so no
  *                first packet leaves in the clear); expiry runs on a timer (routes.ts)
- *   5. reply     the client's ID restored; a truncated UDP answer passes as it is,
- *                so the client retries over TCP
+ *   5. reply     the client's ID restored; a truncated project answer goes without
+ *                its records (rewrite.ts), so the client retries over TCP
  *
  * UDP goes through UdpBatch (udpbatch.ts, native/dnsio.c) on both sides: queries
  * arrive in batches (one recvmmsg, one JS call), and the replies and upstream
