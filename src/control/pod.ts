@@ -439,6 +439,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         });
         onRouteMiss((destination, packet) => void misses.miss(destination, packet));
         pod.misses = misses;
+        dns.attachMisses(misses); // membership changes revoke bypasses of new members at once
         log.info({ ranges: classifyRanges }, 'classifying unknown addresses of these ranges on first use');
       }
     } else await removeDnsResidue(config.interface, log);

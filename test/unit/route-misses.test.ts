@@ -142,6 +142,7 @@ describe('RouteMisses', () => {
       release: () => {},
       now: () => 0,
       holdMs: 1000,
+      maxPerSecond: 1000, // the rate cap is tested on its own
     });
     const all = Array.from({ length: 300 }, (_, i) => m.miss(`10.96.${i >> 8}.${i & 255}`, pkt(i & 255)));
     expect(gates).toHaveLength(256);
@@ -149,6 +150,38 @@ describe('RouteMisses', () => {
     gates.forEach((g) => g());
     await Promise.all(all);
     expect(m.list()).toHaveLength(256);
+  });
+
+  it('a scan of the ranges: at most maxPerSecond misses a second are classified, the rest counted and wiped (issue 19.8)', async () => {
+    const verdicts: Record<string, AddressVerdict['verdict']> = {};
+    for (let i = 0; i < 500; i++) verdicts[`10.96.${i >> 8}.${i & 255}`] = 'other';
+    const t = setup(verdicts);
+    const packets = Object.keys(verdicts).map((_, i) => pkt(i & 255));
+    await Promise.all(Object.keys(verdicts).map((a, i) => t.m.miss(a, packets[i])));
+    expect(t.calls.filter((c) => c.startsWith('classify'))).toHaveLength(200);
+    expect(t.m.counters.rateLimited).toBe(300);
+    expect(t.released).toHaveLength(200);
+    expect(packets.slice(200).every((p) => p.every((b) => b === 0))).toBe(true); // dropped, not leaked
+    t.advance(1000); // a new second: the next misses are taken up again
+    await t.m.miss('10.96.1.200', pkt(1));
+    expect(t.calls.at(-1)).toBe('add 10.96.1.200/32');
+  });
+
+  it('revoke: bypasses of addresses that became members go at once; a classification under way adds none (issue 19.6)', async () => {
+    const t = setup({ '10.96.0.1': 'other', '10.96.0.2': 'other', '10.96.0.3': 'other' });
+    await t.m.miss('10.96.0.1', null);
+    await t.m.miss('10.96.0.2', null);
+    const members = new Set(['10.96.0.1']);
+    const during = t.m.miss('10.96.0.3', pkt(3)); // classified before the change, finishes after
+    await t.m.revoke((a) => members.has(a));
+    await during;
+    expect(t.calls).toContain('remove 10.96.0.1/32');
+    expect(t.m.list()).toEqual(['10.96.0.2/32']);
+    expect(t.installed.has('10.96.0.3/32')).toBe(false);
+    expect(t.released).toHaveLength(0);
+    expect(t.m.counters.revoked).toBe(1);
+    await t.m.miss('10.96.0.3', null); // its next miss is classified afresh
+    expect(t.m.list()).toEqual(['10.96.0.2/32', '10.96.0.3/32']);
   });
 
   it('holds at most maxBypasses: the oldest is removed first', async () => {
