@@ -38,6 +38,8 @@
  * bypass range and no other tenc0 route of this run (a peer's allowed IPs, a VIP, a
  * DNS answer) covers it; a tenc0 route added later deletes every bypass it covers
  * first (those packets then meet the range's tenc0 route, never the main table).
+ * Bypasses asked for while an earlier change runs are added together, one `ip -batch`
+ * per family (a scan of the ranges must not fork one `ip` per address).
  * Added with `add`, never `replace`, so a bypass can never displace a tenc0 route of
  * the same prefix; deleted by its proto, since IPv6 `route del` does not match the
  * route type and would otherwise delete a tenc0 route or a guard of that prefix.
@@ -334,20 +336,56 @@ export class PolicyRouting {
    * route of that prefix exists): a bypass never displaces or undercuts a tunnel route.
    */
   addBypass(cidr: string): Promise<boolean> {
-    return this.serial(async () => {
-      if (this.bypassed.has(cidr)) return true;
-      if (!this.bypassable(cidr)) return false;
-      const fam = familyOf(cidr);
-      try {
-        await this.ip.batch(fam, [this.bypassLine(cidr, 'add')]);
-      } catch (e) {
-        if (e instanceof IpCommandError && /File exists/i.test(e.stderr)) return false;
-        throw e;
-      }
-      this.bypassed.add(cidr);
-      this.undo.push({ kind: 'bypass', family: fam, cidr });
-      return true;
+    return new Promise<boolean>((resolve, reject) => {
+      this.bypassQueue.push({ cidr, resolve, reject });
+      // one job takes every bypass queued until it runs: one `ip -batch` per family, not one process per bypass
+      if (this.bypassQueue.length === 1) void this.serial(() => this.addBypassesNow()).catch(() => undefined);
     });
+  }
+
+  private readonly bypassQueue: { cidr: string; resolve: (ok: boolean) => void; reject: (e: unknown) => void }[] = [];
+
+  private async addBypassesNow(): Promise<void> {
+    const queue = this.bypassQueue.splice(0);
+    const todo: Record<Family, typeof queue> = { 4: [], 6: [] };
+    const again: typeof queue = []; // the same CIDR twice in one batch: answered after it
+    for (const q of queue) {
+      if (this.bypassed.has(q.cidr)) q.resolve(true);
+      else if (!this.bypassable(q.cidr)) q.resolve(false);
+      else if ([...todo[4], ...todo[6]].some((x) => x.cidr === q.cidr)) again.push(q);
+      else todo[familyOf(q.cidr)].push(q);
+    }
+    try {
+      await this.addBypassBatches(todo);
+    } finally {
+      for (const q of again) q.resolve(this.bypassed.has(q.cidr));
+    }
+  }
+
+  private async addBypassBatches(todo: Record<Family, { cidr: string; resolve: (ok: boolean) => void; reject: (e: unknown) => void }[]>): Promise<void> {
+    for (const fam of [4, 6] as const) {
+      let rest = todo[fam];
+      while (rest.length > 0) {
+        try {
+          await this.ip.batch(fam, rest.map((q) => this.bypassLine(q.cidr, 'add')));
+          rest.forEach((q) => this.recordBypass(fam, q));
+          rest = [];
+        } catch (e) {
+          const done = e instanceof IpCommandError ? Math.min(e.linesDone, rest.length - 1) : 0;
+          rest.slice(0, done).forEach((q) => this.recordBypass(fam, q));
+          const failed = rest[done];
+          if (e instanceof IpCommandError && /File exists/i.test(e.stderr)) failed.resolve(false);
+          else failed.reject(e);
+          rest = rest.slice(done + 1); // the lines after the failing one did not run: try them again
+        }
+      }
+    }
+  }
+
+  private recordBypass(fam: Family, q: { cidr: string; resolve: (ok: boolean) => void }): void {
+    this.bypassed.add(q.cidr);
+    this.undo.push({ kind: 'bypass', family: fam, cidr: q.cidr });
+    q.resolve(true);
   }
 
   /** Removes a bypass added by addBypass (unknown ones are ignored). */

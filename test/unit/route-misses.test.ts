@@ -279,6 +279,24 @@ function routingOver(k: ReturnType<typeof fakeKernel>, ranges = ['10.96.0.0/12',
 }
 
 describe('PolicyRouting bypass routes (over a model of the kernel table)', () => {
+  it('bypasses asked for together go in one `ip -batch` per family; a line the kernel refuses answers false, the rest still go (issue 19.8)', async () => {
+    const lines: string[] = [];
+    const k = fakeKernel(lines);
+    const r = routingOver(k);
+    await r.install(1420, ['10.96.0.0/12', 'fd00:96::/64']);
+    k.table.push({ fam: 4, type: 'throw', dst: '10.96.0.20/32', metric: 0, proto: 'x', dev: '' }); // not ours: `add` gets File exists
+    let batches = 0;
+    const batch = k.ip.batch.bind(k.ip);
+    k.ip.batch = (fam, l) => (batches++, batch(fam, l));
+    const cidrs = [...Array.from({ length: 40 }, (_, i) => `10.96.0.${i + 1}/32`), 'fd00:96::7/128', 'fd00:96::8/128'];
+    const ok = await Promise.all(cidrs.map((c) => r.addBypass(c)));
+    expect(ok.filter((x) => !x)).toHaveLength(1);
+    expect(ok[19]).toBe(false); // 10.96.0.20
+    expect(batches).toBeLessThanOrEqual(3); // IPv4 (split once at the refused line) and IPv6; not one process each
+    for (const c of cidrs) if (c !== '10.96.0.20/32') expect(k.lookup(c.split('/')[0])).toBe('main');
+    expect(r.bypasses()).toHaveLength(41);
+  });
+
   it('adds throw routes with add and proto 117 inside the ranges only, never over or under a tenc0 route', async () => {
     const lines: string[] = [];
     const k = fakeKernel(lines);
