@@ -195,7 +195,7 @@ export class Pod implements ControlHandler {
   }
 
   async removeDestination(cidr: string): Promise<void> {
-    await this.routing.removeRoute(cidr);
+    await this.routing.removeRoute(cidr, { keepGuard: true }); // a cached answer's address fails closed, never plaintext
   }
 
   /** The DNS proxy's VIP -> ready endpoints map (control op set-endpoints). */

@@ -90,6 +90,20 @@ export interface ResidueReport {
   addresses: number;
 }
 
+export interface RemoveRouteOptions {
+  /**
+   * When the last reference goes, delete only the tenc0 route and keep its
+   * unreachable guard (a DNS answer's route after its TTL: a client that still uses
+   * the cached address meets "no route to host", never the main table). Not kept
+   * when another route of this run covers the destination (the guard would shadow
+   * it). At most MAX_KEPT_GUARDS are kept, the oldest deleted first.
+   */
+  keepGuard?: boolean;
+}
+
+/** Guards kept by removeRoute({ keepGuard }) at most. */
+export const MAX_KEPT_GUARDS = 16384;
+
 export interface TeardownOptions {
   /** Leave the rule and the unreachable guards in place (fail closed). */
   keepGuards?: boolean;
@@ -137,6 +151,8 @@ export class PolicyRouting {
   private readonly guarded = new Set<string>();
   /** Bypass (throw) routes installed. */
   private readonly bypassed = new Set<string>();
+  /** Guards kept without their route (removeRoute keepGuard), oldest first. */
+  private readonly kept = new Set<string>();
   private readonly srcFor: Record<Family, string | null> = { 4: null, 6: null };
   private installed = false;
   /** Every mutation runs after the previous one settled: reference counts are read and written in order. */
@@ -430,6 +446,11 @@ export class PolicyRouting {
     for (const b of [...this.bypassed]) {
       if (tunnel.some((c) => cidrCovers(c, b))) await this.removeBypassNow(b);
     }
+    // a kept guard under a new wider route would shadow it (longest prefix): the route takes over
+    for (const g of [...this.kept]) {
+      if (fresh[familyOf(g)].includes(g)) this.kept.delete(g);
+      else if ([...fresh[4], ...fresh[6]].some((c) => cidrCovers(c, g))) await this.dropKeptGuard(g);
+    }
     for (const fam of [4, 6] as const) {
       const list = fresh[fam];
       if (list.length === 0) continue;
@@ -464,11 +485,11 @@ export class PolicyRouting {
   }
 
   /** Drops one reference; the route goes when the last reference does. Unknown routes are ignored. */
-  removeRoute(cidr: string): Promise<void> {
-    return this.serial(() => this.removeRouteNow(cidr));
+  removeRoute(cidr: string, opts: RemoveRouteOptions = {}): Promise<void> {
+    return this.serial(() => this.removeRouteNow(cidr, opts.keepGuard === true));
   }
 
-  private async removeRouteNow(cidr: string): Promise<void> {
+  private async removeRouteNow(cidr: string, keepGuard = false): Promise<void> {
     const n = this.refs.get(cidr);
     if (n === undefined) return;
     if (n > 1) {
@@ -476,6 +497,15 @@ export class PolicyRouting {
       return;
     }
     const fam = familyOf(cidr);
+    if (keepGuard && ![...this.refs.keys()].some((r) => r !== cidr && cidrCovers(r, cidr))) {
+      await this.ip.batch(fam, [this.routeLine(fam, cidr, 'del')]);
+      this.refs.delete(cidr);
+      const i = this.undo.findIndex((u) => u.kind === 'route' && u.cidr === cidr);
+      if (i >= 0) this.undo.splice(i, 1);
+      this.kept.add(cidr);
+      while (this.kept.size > MAX_KEPT_GUARDS) await this.dropKeptGuard(this.kept.values().next().value!);
+      return;
+    }
     const forget = (kind: 'route' | 'guard') => {
       const i = this.undo.findIndex((u) => u.kind === kind && u.cidr === cidr);
       if (i >= 0) this.undo.splice(i, 1);
@@ -493,6 +523,21 @@ export class PolicyRouting {
     this.refs.delete(cidr);
     forget('route');
     forget('guard');
+  }
+
+  /** The guards kept without a route (removeRoute keepGuard). */
+  keptGuards(): string[] {
+    return [...this.kept];
+  }
+
+  /** Deletes a guard kept without its route. */
+  private async dropKeptGuard(cidr: string): Promise<void> {
+    this.kept.delete(cidr);
+    if (this.refs.has(cidr)) return; // routed again: its guard stands behind the route
+    await this.ip.batch(familyOf(cidr), [this.guardLine(cidr, 'del')]);
+    this.guarded.delete(cidr);
+    const i = this.undo.findIndex((u) => u.kind === 'guard' && u.cidr === cidr);
+    if (i >= 0) this.undo.splice(i, 1);
   }
 
   /** Deletes routes/guards in one batch; a failing line is noted (unless benign) and the rest go on. */
@@ -535,6 +580,7 @@ export class PolicyRouting {
     }
     this.guarded.clear();
     this.bypassed.clear();
+    this.kept.clear();
     // The interface may already be gone (its TUN closed): its routes and addresses went with it.
     const benign = (e: unknown, u: Undo) =>
       e instanceof IpCommandError && /Cannot find device|No such device|No such process/i.test(e.stderr) && u.kind !== 'rule';

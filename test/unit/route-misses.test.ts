@@ -279,6 +279,25 @@ function routingOver(k: ReturnType<typeof fakeKernel>, ranges = ['10.96.0.0/12',
 }
 
 describe('PolicyRouting bypass routes (over a model of the kernel table)', () => {
+  it('removeRoute keepGuard (a DNS answer after its TTL): outside the ranges the guard stays (unreachable, never the main table); inside, the range route takes over (issue 19.1)', async () => {
+    const k = fakeKernel([]);
+    const r = routingOver(k);
+    await r.install(1420, ['10.96.0.0/12', 'fd00:96::/64']);
+    await r.addRoutes(['10.200.0.5/32', 'fd00:99::5/128', '10.96.0.5/32']);
+    for (const c of ['10.200.0.5/32', 'fd00:99::5/128', '10.96.0.5/32']) await r.removeRoute(c, { keepGuard: true });
+    expect(k.lookup('10.200.0.5')).toBe('unreachable');
+    expect(k.lookup('fd00:99::5')).toBe('unreachable');
+    expect(k.lookup('10.96.0.5')).toBe('unicast'); // the range's tenc0 route, no guard in front of it
+    expect(r.keptGuards()).toEqual(['10.200.0.5/32', 'fd00:99::5/128']);
+    await r.addRoutes(['10.200.0.5/32']); // answered again: routed again
+    expect(k.lookup('10.200.0.5')).toBe('unicast');
+    await r.removeRoute('10.200.0.5/32', { keepGuard: true });
+    await r.addRoutes(['10.200.0.0/24']); // a wider route (a peer) is not shadowed by the kept guard
+    expect(k.lookup('10.200.0.5')).toBe('unicast');
+    await r.teardown();
+    expect(k.table).toEqual([]);
+  });
+
   it('bypasses asked for together go in one `ip -batch` per family; a line the kernel refuses answers false, the rest still go (issue 19.8)', async () => {
     const lines: string[] = [];
     const k = fakeKernel(lines);
