@@ -2,6 +2,7 @@
  * `tenc agent`: runs one Agent over a directory registry until SIGINT/SIGTERM.
  * Returns the exit code (0 after a clean stop, 1 when the start failed).
  */
+import { join } from 'node:path';
 import { createLogger, type LogLevel } from '../log.js';
 import { Agent } from './agent.js';
 import { openRegistry } from '../registry/open.js';
@@ -21,7 +22,11 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
   const log = createLogger({ level: o.logLevel, base: { agent: `${o.project}@${o.node}` } });
   let registry: Registry;
   try {
-    registry = await openRegistry(o.registry, { onProblem: (where, why) => log.warn({ where, why }, 'registry object skipped') });
+    registry = await openRegistry(o.registry, {
+      onProblem: (where, why) => log.warn({ where, why }, 'registry object skipped'),
+      onEvent: (what, detail) => log.info(detail, `registry: ${what}`),
+      secretDir: join(o.runDir, 'secrets'),
+    });
   } catch (e) {
     process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
     return 1;
