@@ -2,7 +2,6 @@
  * `tenc agent`: runs one Agent over a directory registry until SIGINT/SIGTERM.
  * Returns the exit code (0 after a clean stop, 1 when the start failed).
  */
-import { join } from 'node:path';
 import { createLogger, type LogLevel } from '../log.js';
 import { Agent } from './agent.js';
 import { openRegistry } from '../registry/open.js';
@@ -25,7 +24,7 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     registry = await openRegistry(o.registry, {
       onProblem: (where, why) => log.warn({ where, why }, 'registry object skipped'),
       onEvent: (what, detail) => log.info(detail, `registry: ${what}`),
-      secretDir: join(o.runDir, 'secrets'),
+      runDir: o.runDir,
     });
   } catch (e) {
     process.stderr.write(`tenc agent: ${(e as Error).message}\n`);

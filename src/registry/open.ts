@@ -9,6 +9,7 @@
  * the Registry interface.
  */
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { DirectoryRegistry } from './dir.js';
 import { EtcdRegistry, EtcdSpecError, etcdClient, parseEtcdSpec } from './etcd.js';
 import type { Registry } from './registry.js';
@@ -18,8 +19,8 @@ export interface OpenRegistryOptions {
   onProblem?: (where: string, why: string) => void;
   /** Connection events of a network backend (snapshot read, watch error, lease lost). */
   onEvent?: (what: string, detail: Record<string, unknown>) => void;
-  /** A 0700 directory for secrets a backend hands out as files (etcd: the projects' psk, mode 0600). */
-  secretDir?: string;
+  /** The agent's run directory (etcd: the psk files go to RUN_DIR/psk, mode 0600 in a 0700 directory). */
+  runDir?: string;
 }
 
 export class RegistrySpecError extends Error {
@@ -43,7 +44,7 @@ export async function openRegistry(spec: string, o: OpenRegistryOptions = {}): P
       try {
         const c = parseEtcdSpec(rest);
         etcdClient(c).close(); // the TLS and password files are readable
-        return new EtcdRegistry(c, { onProblem: o.onProblem, onEvent: o.onEvent, secretDir: o.secretDir });
+        return new EtcdRegistry(c, { onProblem: o.onProblem, onEvent: o.onEvent, secretDir: o.runDir ? join(o.runDir, 'psk') : undefined });
       } catch (e) {
         if (e instanceof EtcdSpecError) throw new RegistrySpecError(`--registry ${spec}: ${e.message}`);
         throw e;
