@@ -497,10 +497,28 @@ export class EtcdRegistry implements Registry {
     await lease.put(key).value(value).exec();
   }
 
+  /**
+   * Deletes the key; when etcd cannot be reached it is deleted later (retried with
+   * backoff until it works or this agent publishes it again), so a pod removed during
+   * an outage leaves no key behind. Resolves after the first attempt.
+   */
   async withdrawPeer(project: string, node: string, pod: string): Promise<void> {
     const key = this.peerKey(project, node, pod);
     this.owned.delete(key);
-    await this.client.delete().key(key).exec();
+    const attempt = (delay: number): Promise<void> =>
+      this.client
+        .delete()
+        .key(key)
+        .exec()
+        .then(
+          () => {},
+          (e) => {
+            if (this.closed || this.owned.has(key)) return;
+            if (delay === RETRY_MIN_MS) this.onEvent('withdraw failed: retrying', { key, err: (e as Error).message });
+            setTimeout(() => void attempt(Math.min(delay * 2, RETRY_MAX_MS)), delay).unref();
+          },
+        );
+    await attempt(RETRY_MIN_MS);
   }
 
   watch(project: string, onChange: () => void): Watch {
