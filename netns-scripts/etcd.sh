@@ -172,10 +172,12 @@ stop() {
 }
 
 leader() {
-  local n
+  local n st mid lid
   for n in $(nodes); do
-    if ctl endpoint status --endpoints "https://$(node_addr "$n"):2379" -w json 2>/dev/null |
-      grep -q '"leader":\([0-9]*\).*"member_id":\1\|"member_id":\([0-9]*\).*"leader":\2'; then
+    st=$(ctl endpoint status --endpoints "https://$(node_addr "$n"):2379" -w json 2>/dev/null) || continue
+    mid=$(grep -o '"member_id":[0-9]*' <<<"$st" | cut -d: -f2)
+    lid=$(grep -o '"leader":[0-9]*' <<<"$st" | cut -d: -f2)
+    if [ -n "$mid" ] && [ "$mid" = "$lid" ]; then
       echo "$n"
       return 0
     fi

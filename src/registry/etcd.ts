@@ -53,7 +53,7 @@ export const LEASE_TTL_S = 5;
 const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 3000;
 /** A unary call that takes longer fails (so another endpoint is tried). */
-const CALL_TIMEOUT_MS = 5000;
+const CALL_TIMEOUT_MS = 3000;
 
 export class EtcdSpecError extends Error {
   override name = 'EtcdSpecError';
