@@ -10,24 +10,39 @@
  *
  * Not included: starting the new pod's proxy and the set-peer round trip to the
  * other pods (the netns test measures the end-to-end figure on the local cluster).
+ *
+ * Then the agent itself (--agent, root: writes a control socket in /run/tenc): a real
+ * `Agent` on node1 with one local pod whose proxy is a fake control server (it
+ * answers status and counts what it is sent), --registered pods with keys on node2;
+ * per change (a pod written and its key published on node2): the time until its
+ * set-peer reaches the local pod (the moment a handshake to it could start), the
+ * control requests the reconcile sent, the process CPU per change, and the heap.
  * No namespaces: runs without the netns lock.
  */
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DirectoryRegistry, writeJsonAtomic } from '../src/registry/dir.js';
 import { EtcdRegistry, parseEtcdSpec } from '../src/registry/etcd.js';
 import { readProjectView, type Registry } from '../src/registry/registry.js';
+import { Agent, podSocket } from '../src/agent/agent.js';
+import { createLogger } from '../src/log.js';
+import { ControlServer } from '../src/control/socket.js';
+import type { StatusReport } from '../src/control/status.js';
 import { EtcdServer } from '../test/etcd/server.js';
 import { numberFlag, type BenchContext } from './lib/bench.js';
 import { markdownTable } from './lib/table.js';
 
-const key = (i: number) => Buffer.alloc(32, i % 251).toString('base64');
+const key = (i: number) => {
+  const b = Buffer.alloc(32, 7);
+  b.writeUInt32BE(i + 1, 0);
+  return b.toString('base64');
+};
 const ip = (i: number) => `10.${128 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
-const podObj = (name: string, node: string, i: number) => ({
+const podObj = (name: string, node: string, i: number, netns = `/run/netns/${name}`) => ({
   apiVersion: 'v1',
   kind: 'Pod',
-  metadata: { name, namespace: 'alpha', labels: { app: 'bench' }, annotations: { 'tenc.io/netns': `/run/netns/${name}` } },
+  metadata: { name, namespace: 'alpha', labels: { app: 'bench' }, annotations: { 'tenc.io/netns': netns } },
   spec: { nodeName: node },
   status: { podIP: ip(i), podIPs: [{ ip: ip(i) }] },
 });
@@ -35,7 +50,7 @@ const podObj = (name: string, node: string, i: number) => ({
 interface Backend {
   name: string;
   /** The API server's write of one pod. */
-  writePod(name: string, node: string, i: number): Promise<void>;
+  writePod(name: string, node: string, i: number, netns?: string): Promise<void>;
   /** node2's agent (the publisher) and node1's agent (the observer). */
   publisher: Registry;
   observer: Registry;
@@ -49,7 +64,7 @@ async function dirBackend(): Promise<Backend> {
   const observer = new DirectoryRegistry(dir);
   return {
     name: 'dir',
-    writePod: async (name, node, i) => writeJsonAtomic(join(dir, 'pods', 'alpha', `${name}.json`), podObj(name, node, i)),
+    writePod: async (name, node, i, netns) => writeJsonAtomic(join(dir, 'pods', 'alpha', `${name}.json`), podObj(name, node, i, netns)),
     publisher,
     observer,
     close: async () => rmSync(dir, { recursive: true, force: true }),
@@ -65,8 +80,8 @@ async function etcdBackend(): Promise<Backend> {
   const observer = new EtcdRegistry(c);
   return {
     name: 'etcd',
-    writePod: async (name, node, i) => {
-      await writer.client.put(`/tenc/pods/alpha/${name}`).value(JSON.stringify(podObj(name, node, i)));
+    writePod: async (name, node, i, netns) => {
+      await writer.client.put(`/tenc/pods/alpha/${name}`).value(JSON.stringify(podObj(name, node, i, netns)));
     },
     publisher,
     observer,
@@ -118,6 +133,67 @@ async function measure(b: Backend, registered: number, changes: number) {
   return { p50: pct(lat, 50), p99: pct(lat, 99), readMs, heap0, heap1 };
 }
 
+/** One Agent on node1 with one local pod served by a fake proxy; `registered` pods on node2. */
+async function measureAgent(b: Backend, registered: number, changes: number) {
+  for (let i = 0; i < registered; i++) {
+    await b.writePod(`pre-${i}`, 'node2', i);
+    await b.publisher.publishPeer({ project: 'alpha', pod: `pre-${i}`, node: 'node2', publicKey: key(i), endpoint: `${ip(i)}:51820` });
+  }
+  const tmp = mkdtempSync(join(tmpdir(), 'tenc-bench-agent-'));
+  const netns = join(tmp, 'netns'); // stands for the pod's netns file: the agent needs it to exist, and its inode names the socket
+  writeFileSync(netns, '');
+  const sent = new Map<string, number>();
+  let onSetPeer: (k: string) => void = () => {};
+  const count = (op: string) => sent.set(op, (sent.get(op) ?? 0) + 1);
+  const fake = await ControlServer.start({
+    path: podSocket(netns),
+    addresses: { v4: '10.128.1.10', v6: null },
+    handler: {
+      status: () => ({ interface: 'tenc0', publicKey: key(250), listenPort: 51820, fwmark: 0, mtu: 1420, addresses: ['10.128.1.10'], dataPlane: 'fake', peers: [], services: [], drops: {}, handshakeFailures: {} }) as StatusReport,
+      setPeer: (c) => {
+        count('set-peer');
+        onSetPeer(c.publicKey);
+      },
+      removePeer: () => (count('remove-peer'), true),
+      setServices: () => void count('set-services'),
+    },
+  });
+  await b.writePod('local', 'node1', 250 << 8, netns);
+  const agent = new Agent({ registry: b.observer, node: 'node1', project: 'alpha', runDir: join(tmp, 'run'), dns: false, ...(process.env.BENCH_DEBUG ? { log: createLogger({ level: 'debug' }) } : {}) });
+  const all = new Promise<void>((resolve) => {
+    onSetPeer = () => {
+      if ((sent.get('set-peer') ?? 0) >= registered) resolve();
+    };
+  });
+  await agent.start();
+  await all;
+  await new Promise((r) => setTimeout(r, 1500)); // settle: the agent's own publish and its echo
+  globalThis.gc?.();
+  const heap0 = process.memoryUsage().heapUsed;
+  const lat: number[] = [];
+  const perChange: number[] = [];
+  const cpu0 = process.cpuUsage();
+  for (let i = 0; i < changes; i++) {
+    const n = registered + i;
+    const before = [...sent.values()].reduce((a, x) => a + x, 0);
+    const got = new Promise<void>((resolve) => (onSetPeer = (k) => k === key(n) && resolve()));
+    const t0 = performance.now();
+    await b.writePod(`new-${i}`, 'node2', n);
+    await b.publisher.publishPeer({ project: 'alpha', pod: `new-${i}`, node: 'node2', publicKey: key(n) , endpoint: `${ip(n)}:51820` });
+    await got;
+    lat.push(performance.now() - t0);
+    await new Promise((r) => setTimeout(r, 30));
+    perChange.push([...sent.values()].reduce((a, x) => a + x, 0) - before);
+  }
+  const cpu = process.cpuUsage(cpu0);
+  globalThis.gc?.();
+  const heap1 = process.memoryUsage().heapUsed;
+  await agent.stop();
+  await fake.close();
+  rmSync(tmp, { recursive: true, force: true });
+  return { p50: pct(lat, 50), p99: pct(lat, 99), requests: pct(perChange, 50), requestsMax: Math.max(...perChange), cpuMs: (cpu.user + cpu.system) / 1000 / changes, heap0, heap1 };
+}
+
 export async function run(ctx: BenchContext): Promise<void> {
   const changes = numberFlag(ctx, 'changes', 100);
   const registered = numberFlag(ctx, 'registered', 1000);
@@ -135,4 +211,17 @@ export async function run(ctx: BenchContext): Promise<void> {
   }
   ctx.log(`${changes} changes (a pod written, its key published by node2's agent) until node1's agent sees the pod with a trusted key:\n`);
   ctx.log(markdownTable(['backend', 'pods registered', 'p50 ms', 'p99 ms', 'full view read ms', 'heap MiB before -> after'], rows));
+  if (!ctx.flags.has('agent')) return;
+  const arows: string[][] = [];
+  for (const make of [dirBackend, etcdBackend]) {
+    const b = await make();
+    try {
+      const r = await measureAgent(b, registered, changes);
+      arows.push([b.name, String(registered), r.p50.toFixed(1), r.p99.toFixed(1), `${r.requests} (max ${r.requestsMax})`, r.cpuMs.toFixed(1), `${(r.heap0 / 2 ** 20).toFixed(1)} -> ${(r.heap1 / 2 ** 20).toFixed(1)}`]);
+    } finally {
+      await b.close();
+    }
+  }
+  ctx.log(`\nA real Agent on node1 (one local pod, a fake proxy), ${changes} changes on node2: until the new pod's set-peer reaches the local pod:\n`);
+  ctx.log(markdownTable(['backend', 'pods registered', 'p50 ms', 'p99 ms', 'control requests per change', 'CPU ms per change', 'heap MiB before -> after'], arows));
 }
