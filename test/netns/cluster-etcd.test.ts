@@ -130,8 +130,7 @@ function addPod(name: string, node: string, address: string, app = 'extra') {
 beforeAll(async () => {
   requireRoot();
   for (const t of ['ip', 'nft', 'nsenter', 'dnsmasq', 'tcpdump', 'curl', 'etcd', 'etcdctl', 'openssl']) requireTool(t);
-  spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
-  if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+  if (!existsSync(main)) throw new Error(`${main} missing: run npm run build first`);
   const up = cluster('up', example, '--registry', 'etcd');
   if (up.status !== 0) throw new Error(`cluster.sh up --registry etcd failed: ${up.stderr}`);
   serve('alpha-web-1', 80);
