@@ -642,9 +642,23 @@ export class EtcdRegistryWriter {
     });
   }
 
-  /** Sends the queued writes in order. */
-  async flush(): Promise<void> {
-    for (const op of this.ops.splice(0)) await op();
+  /**
+   * Sends the queued writes in order; an operation that fails (no quorum, a member
+   * down) is tried again with backoff for up to `patienceMs`, as a controller would.
+   */
+  async flush(patienceMs = 30_000): Promise<void> {
+    const until = Date.now() + patienceMs;
+    for (const op of this.ops.splice(0)) {
+      for (let delay = 200; ; delay = Math.min(delay * 2, 2000)) {
+        try {
+          await op();
+          break;
+        } catch (e) {
+          if (Date.now() + delay > until) throw e;
+          await new Promise((r) => setTimeout(r, delay));
+        }
+      }
+    }
   }
 
   close(): void {
