@@ -136,6 +136,9 @@ export function etcdClient(c: EtcdConnection): Etcd3 {
   const o: IOptions = {
     hosts: c.endpoints,
     dialTimeout: CALL_TIMEOUT_MS,
+    // a member that vanished without a reset (host down, partition) is noticed by
+    // HTTP/2 pings, so the watch moves to another endpoint (etcd allows one per 5 s)
+    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5000, 'grpc.keepalive_permit_without_calls': 1 },
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + CALL_TIMEOUT_MS }),
   };
   if (c.ca || c.cert) {
