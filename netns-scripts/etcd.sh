@@ -108,8 +108,12 @@ alive() { [ -e "/proc/$1" ] && [[ $(ps -o stat= -p "$1" 2>/dev/null) != Z* ]]; }
 
 member_stop() { # NODE [KILL]
   local f=$E/$1/pid pid i
-  [ -f "$f" ] || return 0
+  if [ ! -f "$f" ]; then
+    [ "${2:-}" != KILL ] || die "member $1 is not running"
+    return 0
+  fi
   pid=$(cat "$f")
+  [ "${2:-}" != KILL ] || [[ $(cat "/proc/$pid/comm" 2>/dev/null) == etcd ]] || die "pid $pid of member $1 is not etcd"
   if [ "${2:-}" = KILL ]; then
     kill -KILL "$pid" 2>/dev/null || true
   elif alive "$pid"; then
@@ -172,16 +176,22 @@ stop() {
 }
 
 leader() {
-  local n st mid lid
-  for n in $(nodes); do
-    st=$(ctl endpoint status --endpoints "https://$(node_addr "$n"):2379" -w json 2>/dev/null) || continue
-    mid=$(grep -o '"member_id":[0-9]*' <<<"$st" | cut -d: -f2)
-    lid=$(grep -o '"leader":[0-9]*' <<<"$st" | cut -d: -f2)
-    if [ -n "$mid" ] && [ "$mid" = "$lid" ]; then
-      echo "$n"
-      return 0
-    fi
-  done
+  local st line ep mid lid n
+  # one object per reachable member (a member down makes etcdctl fail, the others are printed):
+  # {"Endpoint":"https://ADDR:2379","Status":{"header":{..."member_id":M,...},...,"leader":L,...}}
+  st=$(ctl endpoint status -w json 2>/dev/null) || true
+  while read -r line; do
+    ep=$(grep -o '"Endpoint":"https://[0-9.]*' <<<"$line" | sed 's|.*https://||')
+    mid=$(grep -o '"member_id":[0-9]*' <<<"$line" | cut -d: -f2)
+    lid=$(grep -o '"leader":[0-9]*' <<<"$line" | cut -d: -f2)
+    [ -n "$mid" ] && [ "$mid" = "$lid" ] || continue
+    for n in $(nodes); do
+      if [ "$(node_addr "$n")" = "$ep" ]; then
+        echo "$n"
+        return 0
+      fi
+    done
+  done < <(sed 's/},{"Endpoint"/}\n{"Endpoint"/g' <<<"$st")
   die "no leader"
 }
 

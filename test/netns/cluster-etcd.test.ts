@@ -171,8 +171,12 @@ describe('local cluster on etcd', () => {
 
   it('2. a follower killed, then the leader: traffic carries on; pods added are known within 5 s (after quorum is back)', async () => {
     await noPlaintext(async () => {
-      const leader = etcd('leader').stdout.trim();
+      const l = etcd('leader');
+      expect(l.status, l.stderr).toBe(0);
+      const leader = l.stdout.trim();
+      expect(['node1', 'node2', 'node3']).toContain(leader);
       const follower = ['node1', 'node2', 'node3'].find((n) => n !== leader)!;
+      console.log(`etcd fault: leader ${leader}, killing ${follower} first`);
       expect(etcd('member-stop', follower, 'KILL').status).toBe(0);
       expect(addPod('alpha-extra-1', 'node2', '10.128.2.20').status).toBe(0);
       alpha = [...alpha, 'alpha-extra-1'];
@@ -209,7 +213,19 @@ describe('local cluster on etcd', () => {
     serve('alpha-extra-3', 8080);
     await noPlaintext(async () => {
       const br = await startCapture(node3, 'br0');
-      sh('ip', ['netns', 'exec', node3.name, 'nft', '-f', '-'], 'table inet tenc_partition { chain i { type filter hook input priority -300; iifname "ul0" drop; } chain o { type filter hook output priority -300; oifname "ul0" drop; } }\n');
+      sh('ip', ['netns', 'exec', node3.name, 'nft', '-f', '-'], [
+        'table inet tenc_partition {',
+        '  chain i {',
+        '    type filter hook input priority -300; policy accept;',
+        '    iifname "ul0" drop',
+        '  }',
+        '  chain o {',
+        '    type filter hook output priority -300; policy accept;',
+        '    oifname "ul0" drop',
+        '  }',
+        '}',
+        '',
+      ].join('\n'));
       const t0 = Date.now();
       try {
         // the majority side changes meanwhile: a pod removed on node2, one added on node1
