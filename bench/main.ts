@@ -24,6 +24,7 @@ const BENCHES: BenchEntry[] = [
   { name: 'dns', summary: 'DNS proxy vs dnsmasq direct: added latency p50/p99, answers per second (pass-through and rewrite)', load: () => import('./dns.js') },
   { name: 'flood', summary: 'handshake flood (valid mac1, 64 sources) at the server during a TCP flow: victim CPU and flow, tenc vs wireguard-go', load: () => import('./flood.js') },
   { name: 'iperf', summary: 'pod to pod: plain, wireguard-go (Debian, backports), tenc: iperf3 TCP/UDP, ping, CPU, RSS', load: () => import('./iperf.js') },
+  { name: 'registry', summary: 'registry propagation p50/p99 (write -> another agent sees the trusted key), dir vs etcd, 0 and 1,000 pods', load: () => import('./registry.js') },
   { name: 'soak', summary: 'one tenc pod proxy under iperf3 load for 5 minutes: idle RSS, max, slope (--soak=S, --peers=N)', load: () => import('./soak.js') },
 ];
 

@@ -2,6 +2,8 @@
 # A small cluster made of network namespaces, from a declarative JSON file.
 #
 #   cluster.sh up FILE            validate FILE (nothing is built if it is invalid), build the cluster
+#   cluster.sh up FILE --registry etcd   the same with the registry on etcd: one member per node
+#                                 (netns-scripts/etcd.sh), agents in their node's namespace
 #   cluster.sh down               stop agents and processes, remove everything `up` made
 #   cluster.sh status             namespaces, pods, services, agents
 #   cluster.sh add-pod JSON       one more pod, e.g. '{"name":"alpha-web-2","project":"alpha",
@@ -150,10 +152,19 @@ run_plan_line() {
   esac
 }
 
+# --- registry backend hook: the directory (default) or etcd (netns-scripts/etcd.sh) ---
+etcd_on() { [ -f "$STATE/etcd/spec-controller" ]; }
+# the cluster tool, where it reaches the registry (etcd: the infra namespace, over the underlay)
+registry_tool() { if etcd_on; then ip netns exec "$INFRA" node "$tool" "$@"; else node "$tool" "$@"; fi; }
+# NODE's agent: its --registry spec; the command prefix that runs it in its node's namespace NS
+agent_registry() { if etcd_on; then cat "$STATE/etcd/spec-$1"; else echo "$STATE/registry"; fi; }
+agent_where() { if etcd_on; then echo "ip netns exec $1"; fi; }
+# --------------------------------------------------------------------------------------
+
 # registry objects, kube-proxy rules on every node, DNS records (after any change)
 sync_cluster() {
   local name ns
-  node "$tool" sync "$STATE" "$PREFIX" >/dev/null
+  registry_tool sync "$STATE" "$PREFIX" >/dev/null
   while read -r name ns; do
     ip netns exec "$ns" nft -f "$STATE/kube.nft"
   done <"$STATE/nodes"
@@ -218,7 +229,7 @@ stop_pidfile() { # FILE: TERM, up to 5 s, then KILL
 # --- commands --------------------------------------------------------------------
 
 up() {
-  local file=$1 plan line p
+  local file=$1 registry=${2:-dir} plan line p
   need_tools
   [ ! -e "$STATE" ] || die "a cluster with prefix $PREFIX is up ($STATE exists): run 'cluster.sh down' first"
   # validate first: an invalid file builds nothing
@@ -240,14 +251,15 @@ up() {
     run_plan_line $line
   done <<<"$plan"
   mkdir -m 0700 "$STATE/psk" "$STATE/agents"
-  for p in $(node "$tool" sync "$STATE" "$PREFIX"); do
+  if [ "$registry" = etcd ]; then bash "$here/etcd.sh" start; fi
+  for p in $(registry_tool sync "$STATE" "$PREFIX"); do
     (umask 077 && node "$tenc_js" genpsk >"$STATE/psk/$p")
   done
   sync_cluster
   start_dns
   trap - EXIT
   log "services: kube-proxy DNAT on every node; DNS $(cat "$STATE/dns-address") (dnsmasq in $INFRA)"
-  log "registry: $STATE/registry"
+  if etcd_on; then log "registry: etcd ($(cat "$STATE/etcd/spec-controller" | cut -d'?' -f1)), etcdctl: netns-scripts/etcd.sh ctl"; else log "registry: $STATE/registry"; fi
 }
 
 down() {
@@ -258,6 +270,7 @@ down() {
   fi
   for f in "$STATE"/agents/*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
   stop_pidfile "$STATE/dnsmasq.pid"
+  if [ -d "$STATE/etcd" ]; then QUIET=1 bash "$here/etcd.sh" stop || true; fi
   if [ -f "$STATE/namespaces" ]; then
     # pods first, the underlay last
     while read -r ns; do
@@ -322,7 +335,8 @@ agent_start() {
   while read -r name ns; do
     f=$STATE/agents/$project-$name
     if [ -f "$f.pid" ] && alive "$(cat "$f.pid")"; then continue; fi
-    setsid node "$tenc_js" agent --registry "$STATE/registry" --node "$name" --project "$project" \
+    # shellcheck disable=SC2046
+    setsid $(agent_where "$ns") node "$tenc_js" agent --registry "$(agent_registry "$name")" --node "$name" --project "$project" \
       --classify-cidrs "$ranges" --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &
     echo $! >"$f.pid"
     log "agent for $project on $name: pid $! (log $f.log)"
@@ -336,7 +350,11 @@ agent_stop() {
 }
 
 case "${1:-}" in
-  up) [ $# -eq 2 ] || die "usage: cluster.sh up FILE"; up "$2" ;;
+  up)
+    if [ $# -eq 2 ]; then up "$2"
+    elif [ $# -eq 4 ] && [ "$3" = --registry ] && [[ $4 =~ ^(dir|etcd)$ ]]; then up "$2" "$4"
+    else die "usage: cluster.sh up FILE [--registry dir|etcd]"; fi
+    ;;
   down) down ;;
   status) status ;;
   add-pod) [ $# -eq 2 ] || die "usage: cluster.sh add-pod JSON"; add_pod "$2" ;;
@@ -344,7 +362,7 @@ case "${1:-}" in
   agent-start) [ $# -eq 2 ] || die "usage: cluster.sh agent-start PROJECT"; agent_start "$2" ;;
   agent-stop) [ $# -eq 2 ] || die "usage: cluster.sh agent-stop PROJECT"; agent_stop "$2" ;;
   *)
-    echo "usage: cluster.sh up FILE | down | status | add-pod JSON | remove-pod NAME | agent-start PROJECT | agent-stop PROJECT" >&2
+    echo "usage: cluster.sh up FILE [--registry dir|etcd] | down | status | add-pod JSON | remove-pod NAME | agent-start PROJECT | agent-stop PROJECT" >&2
     echo "       (env: CLUSTER_PREFIX=tc, CLUSTER_STATE=/run/tenc-cluster/<prefix>)" >&2
     exit 2
     ;;

@@ -4,13 +4,14 @@
 # containernetworking-plugins: bridge, host-local, loopback (the local cluster's CNI chain);
 # etcd-server, etcd-client: the etcd registry backend's cluster and etcdctl;
 # prometheus: a real Prometheus (and promtool) scraping the metrics in the tests;
-# clang-14, libfuzzer-14-dev, libclang-rt-14-dev: sanitizer builds and the fuzz harnesses.
+# clang-14, libfuzzer-14-dev, libclang-rt-14-dev, libssl-dev (static libcrypto): sanitizer
+# builds and the fuzz harnesses; python3: the DNS proxy test's non-reading TCP clients.
 # Packages that ship a service (etcd, prometheus) are installed with services kept
 # from starting (policy-rc.d): the tests start their own, on their own addresses.
 set -euo pipefail
 
 need=(iperf3 wireguard-tools dnsmasq-base dnsperf tcpdump wireguard-go bind9-dnsutils iputils-ping nftables iproute2 curl procps psmisc openssl util-linux
-  containernetworking-plugins etcd-server etcd-client prometheus clang-14 libfuzzer-14-dev libclang-rt-14-dev)
+  containernetworking-plugins etcd-server etcd-client prometheus clang-14 libfuzzer-14-dev libclang-rt-14-dev libssl-dev python3)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,8 @@
  * objects, the kube-proxy rules and the DNS records.
  *
  *   cluster-tool.js plan FILE STATE PREFIX         validate, save STATE/cluster.json, print the plan
- *   cluster-tool.js sync STATE                     registry, STATE/kube.nft, STATE/dns.hosts
+ *   cluster-tool.js sync STATE                     registry, STATE/kube.nft, STATE/dns.hosts (the registry:
+ *                                                  STATE/registry, or etcd when STATE/etcd/spec-controller exists)
  *   cluster-tool.js add-pod STATE PREFIX JSON      validate the cluster with one more pod; print its plan line
  *   cluster-tool.js remove-pod STATE PREFIX NAME   the same with one pod less; print its namespace
  *   cluster-tool.js classify-cidrs STATE           the cluster's ranges (pod CIDRs, service CIDR), comma-separated,
@@ -20,7 +21,7 @@
  *   infra-route POD_CIDR NODE_UNDERLAY_ADDR
  *   pod NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GATEWAY PROJECT DNS
  */
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
@@ -36,6 +37,10 @@ import {
   type ClusterPod,
 } from './cluster-config.js';
 import { DirectoryRegistry, writeJsonAtomic } from '../registry/dir.js';
+import { EtcdRegistryWriter, parseEtcdSpec } from '../registry/etcd.js';
+
+/** What syncRegistry writes through: the directory registry, or the etcd writer (which sends on flush). */
+export type RegistryWriter = Pick<DirectoryRegistry, 'putProject' | 'replaceObjects'>;
 
 export const KUBE_TABLE = 'tenc_kube_proxy';
 
@@ -76,7 +81,7 @@ export function plan(c: ClusterConfig, prefix: string): string[] {
 }
 
 /** The registry objects of the cluster, as the Kubernetes API would show them. */
-export function syncRegistry(c: ClusterConfig, reg: DirectoryRegistry, pskDir: string, prefix: string): void {
+export function syncRegistry(c: ClusterConfig, reg: RegistryWriter, pskDir: string, prefix: string): void {
   for (const pr of c.projects) {
     reg.putProject(pr.name, join(pskDir, pr.name));
     const pods = new Map<string, unknown>();
@@ -133,7 +138,15 @@ function saveState(state: string, c: ClusterConfig): void {
   writeJsonAtomic(join(state, 'cluster.json'), c);
 }
 
-export function main(argv: string[]): number {
+/** The cluster's etcd writer (etcd.sh wrote STATE/etcd/spec-controller), or null: the directory. */
+function etcdWriter(state: string): EtcdRegistryWriter | null {
+  const f = join(state, 'etcd', 'spec-controller');
+  if (!existsSync(f)) return null;
+  const spec = readFileSync(f, 'utf8').trim();
+  return new EtcdRegistryWriter(parseEtcdSpec(spec.replace(/^etcd:/, '')));
+}
+
+export function main(argv: string[]): number | Promise<number> {
   const [cmd, ...args] = argv;
   try {
     switch (cmd) {
@@ -156,11 +169,25 @@ export function main(argv: string[]): number {
       case 'sync': {
         const [state, prefix] = args;
         const c = loadState(state);
-        syncRegistry(c, new DirectoryRegistry(join(state, 'registry')), join(state, 'psk'), prefix);
-        writeFileSync(join(state, 'kube.nft'), kubeProxyRules(c, KUBE_TABLE));
-        writeFileSync(join(state, 'dns.hosts'), dnsHosts(c));
-        process.stdout.write(c.projects.map((p) => p.name).join(' ') + '\n');
-        return 0;
+        const files = () => {
+          writeFileSync(join(state, 'kube.nft'), kubeProxyRules(c, KUBE_TABLE));
+          writeFileSync(join(state, 'dns.hosts'), dnsHosts(c));
+          process.stdout.write(c.projects.map((p) => p.name).join(' ') + '\n');
+          return 0;
+        };
+        const etcd = etcdWriter(state);
+        if (!etcd) {
+          syncRegistry(c, new DirectoryRegistry(join(state, 'registry')), join(state, 'psk'), prefix);
+          return files();
+        }
+        syncRegistry(c, etcd, join(state, 'psk'), prefix);
+        return etcd
+          .flush()
+          .then(files, (e) => {
+            process.stderr.write(`cluster-tool: etcd: ${(e as Error).message}\n`);
+            return 1;
+          })
+          .finally(() => etcd.close());
       }
       case 'add-pod': {
         const [state, prefix, json] = args;
@@ -205,5 +232,5 @@ export function main(argv: string[]): number {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  process.exitCode = main(process.argv.slice(2));
+  void Promise.resolve(main(process.argv.slice(2))).then((code) => (process.exitCode = code));
 }

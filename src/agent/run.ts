@@ -21,7 +21,11 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
   const log = createLogger({ level: o.logLevel, base: { agent: `${o.project}@${o.node}` } });
   let registry: Registry;
   try {
-    registry = await openRegistry(o.registry, { onProblem: (where, why) => log.warn({ where, why }, 'registry object skipped') });
+    registry = await openRegistry(o.registry, {
+      onProblem: (where, why) => log.warn({ where, why }, 'registry object skipped'),
+      onEvent: (what, detail) => log.info(detail, `registry: ${what}`),
+      runDir: o.runDir,
+    });
   } catch (e) {
     process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
     return 1;

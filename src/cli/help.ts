@@ -47,7 +47,10 @@ started and withdraw their keys. Logs are JSON lines on stderr.
 
 Options:
   -r, --registry SPEC      the registry backend: dir:PATH (or a bare PATH), the directory
-                           registry (netns-scripts/cluster.sh: <state>/registry), or
+                           registry (netns-scripts/cluster.sh: <state>/registry)
+                           or etcd:https://HOST:2379,...[?ca=F&cert=F&key=F&prefix=/tenc/
+                           &user=U&password-file=F&ttl=S], the etcd registry (the psk is
+                           written to <run-dir>/psk/, mode 0600), or
                            kubernetes[:KUBECONFIG], the Kubernetes API (no path: $KUBECONFIG,
                            ~/.kube/config, or the pod's service account)
   -n, --node NODE          this node's name (pods with spec.nodeName NODE)

@@ -195,7 +195,7 @@ export class Pod implements ControlHandler {
   }
 
   async removeDestination(cidr: string): Promise<void> {
-    await this.routing.removeRoute(cidr);
+    await this.routing.removeRoute(cidr, { keepGuard: true }); // a cached answer's address fails closed, never plaintext
   }
 
   /** The DNS proxy's VIP -> ready endpoints map (control op set-endpoints). */
@@ -440,6 +440,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         });
         onRouteMiss((destination, packet) => void misses.miss(destination, packet));
         pod.misses = misses;
+        dns.attachMisses(misses); // membership changes revoke bypasses of new members at once
         log.info({ ranges: classifyRanges }, 'classifying unknown addresses of these ranges on first use');
       }
     } else await removeDnsResidue(config.interface, log);

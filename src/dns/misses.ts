@@ -20,7 +20,12 @@
  * address is classified again and the bypass is kept when the verdict is unchanged,
  * so a flow in progress is never cut; it is removed when the verdict became
  * project. At most maxBypasses are held; beyond that the oldest is removed (its next
- * packet is reported again). Pure bookkeeping over injected parts; no timers of its
+ * packet is reported again). When membership changes (revoke), the bypasses of
+ * addresses that are now project members go at once, and classifications under way
+ * add no bypass (their verdict may be stale): the next packet is tunnelled or dropped.
+ * At most maxPerSecond misses are taken up per second (a scan of the ranges by the
+ * pod's app); the rest are counted (rateLimited) and their packets dropped: the
+ * address stays in tenc0 (fail closed) and is reported again. Pure bookkeeping over injected parts; no timers of its
  * own: the caller runs expire() periodically.
  */
 import type { AddressVerdict } from './classify.js';
@@ -41,6 +46,8 @@ export interface RouteMissOptions {
   /** How long a verdict holds a bypass before it is checked again (ms). */
   holdMs: number;
   maxBypasses?: number;
+  /** Misses taken up per second (default 200); more are counted drops. */
+  maxPerSecond?: number;
   onError?: (what: string, err: unknown) => void;
 }
 
@@ -68,6 +75,10 @@ export interface RouteMissCounters {
   errors: number;
   /** Misses not taken up because 256 addresses were already being classified. */
   busy: number;
+  /** Misses not taken up because more than maxPerSecond came in the last second. */
+  rateLimited: number;
+  /** Bypasses removed because their address became a project member. */
+  revoked: number;
 }
 
 /** Packets kept per address while it is classified (the engine reports up to 16 per second), and in all. */
@@ -90,12 +101,52 @@ export class RouteMisses {
   private buffered = 0;
   private stopped = false;
   private readonly max: number;
-  readonly counters: RouteMissCounters = { misses: 0, outOfRange: 0, bypassed: 0, projectUnrouted: 0, undecided: 0, released: 0, heldDropped: 0, releaseErrors: 0, evicted: 0, rechecked: 0, errors: 0, busy: 0 };
+  private readonly perSecond: number;
+  private windowStart = -Infinity;
+  private windowCount = 0;
+  /** Bumped by revoke(): a classification that began before it adds no bypass. */
+  private generation = 0;
+  readonly counters: RouteMissCounters = { misses: 0, outOfRange: 0, bypassed: 0, projectUnrouted: 0, undecided: 0, released: 0, heldDropped: 0, releaseErrors: 0, evicted: 0, rechecked: 0, errors: 0, busy: 0, rateLimited: 0, revoked: 0 };
 
   constructor(private readonly o: RouteMissOptions) {
     if (!Number.isFinite(o.holdMs) || o.holdMs <= 0) throw new RangeError('RouteMisses: holdMs must be > 0');
     this.max = o.maxBypasses ?? 4096;
     if (!Number.isInteger(this.max) || this.max < 1) throw new RangeError('RouteMisses: maxBypasses must be >= 1');
+    this.perSecond = o.maxPerSecond ?? 200;
+    if (!Number.isInteger(this.perSecond) || this.perSecond < 1) throw new RangeError('RouteMisses: maxPerSecond must be >= 1');
+  }
+
+  /** Counts a miss to classify against the per-second cap: false when over it. */
+  private admit(): boolean {
+    const now = this.o.now();
+    if (now - this.windowStart >= 1000) {
+      this.windowStart = now;
+      this.windowCount = 0;
+    }
+    if (this.windowCount >= this.perSecond) return false;
+    this.windowCount++;
+    return true;
+  }
+
+  /**
+   * Membership changed: removes at once every bypass whose address `isProject` now
+   * claims (its next packet meets the range's tenc0 route), and makes classifications
+   * under way add no bypass. Resolves when the routes are gone (never rejects).
+   */
+  async revoke(isProject: (address: string) => boolean): Promise<void> {
+    this.generation++;
+    const gone = [...this.bypasses.keys()].filter((cidr) => isProject(cidr.slice(0, cidr.lastIndexOf('/'))));
+    await Promise.all(
+      gone.map(async (cidr) => {
+        try {
+          await this.o.removeBypass(cidr);
+          this.bypasses.delete(cidr);
+          this.counters.revoked++;
+        } catch (e) {
+          this.fail('revoke', e);
+        }
+      }),
+    );
   }
 
   /** The addresses currently bypassed (host CIDRs). */
@@ -126,6 +177,11 @@ export class RouteMisses {
       this.hold(waiting, packet);
       return;
     }
+    if (!this.admit()) {
+      this.counters.rateLimited++;
+      packet?.fill(0);
+      return;
+    }
     if (this.pending.size >= MAX_PENDING) {
       // a scan of the ranges: bounded work; the address is reported again within a second
       this.counters.busy++;
@@ -136,11 +192,12 @@ export class RouteMisses {
     this.hold(held, packet);
     this.pending.set(cidr, held);
     let bypassed = false;
+    const generation = this.generation;
     try {
       const v = await this.o.classify(destination);
       if (v.verdict === 'project') this.counters.projectUnrouted++;
       else if (v.reason === 'lookup-failed') this.counters.undecided++;
-      else if (!this.stopped) bypassed = await this.add(cidr);
+      else if (!this.stopped && generation === this.generation) bypassed = await this.add(cidr);
     } catch (e) {
       this.fail('miss', e);
     } finally {
@@ -206,10 +263,11 @@ export class RouteMisses {
       due.map(async ([cidr, b]) => {
         b.checking = true;
         try {
+          const generation = this.generation;
           const v = await this.o.classify(cidr.slice(0, cidr.lastIndexOf('/')));
           this.counters.rechecked++;
           if (this.bypasses.get(cidr) !== b) return; // evicted or removed meanwhile
-          if (v.verdict !== 'project') {
+          if (v.verdict !== 'project' && generation === this.generation) {
             // kept while not project; a failed lookup keeps it too and is asked again soon
             b.until = this.o.now() + (v.reason === 'lookup-failed' ? Math.min(this.o.holdMs, 2000) : this.o.holdMs);
             return;

@@ -10,8 +10,8 @@
  *   4. routes    learned project addresses get their tenc0 route BEFORE the client
  *                sees the answer (a route that cannot be added -> SERVFAIL, so no
  *                first packet leaves in the clear); expiry runs on a timer (routes.ts)
- *   5. reply     the client's ID restored; a truncated UDP answer passes as it is,
- *                so the client retries over TCP
+ *   5. reply     the client's ID restored; a truncated project answer goes without
+ *                its records (rewrite.ts), so the client retries over TCP
  *
  * UDP goes through UdpBatch (udpbatch.ts, native/dnsio.c) on both sides: queries
  * arrive in batches (one recvmmsg, one JS call), and the replies and upstream
@@ -35,6 +35,16 @@ export const MAX_QUERY_BYTES = 4096;
 const MAX_TCP_CLIENTS = 256;
 const MAX_TCP_INFLIGHT = 64;
 const TCP_IDLE_MS = 10_000;
+/**
+ * Backpressure on DNS over TCP (a client that does not read must not grow the
+ * proxy's memory): reading from a client pauses while more than TCP_PAUSE_BYTES of
+ * its replies are unsent; a client whose unsent replies would pass
+ * TCP_CLIENT_MAX_BYTES, or all clients' together TCP_TOTAL_MAX_BYTES, is dropped
+ * (counted tcp_slow_client / tcp_memory). A reply is at most 65537 bytes framed.
+ */
+export const TCP_PAUSE_BYTES = 16 * 1024;
+export const TCP_CLIENT_MAX_BYTES = 96 * 1024;
+export const TCP_TOTAL_MAX_BYTES = 8 * 1024 * 1024;
 const REWRITE_CACHE_ENTRIES = 1024;
 const UDP_RECV_BUFFER = 1 << 20;
 
@@ -56,6 +66,8 @@ export interface DnsProxyOptions {
   endpoints: (vip: string) => readonly string[] | undefined;
   /** Routes for learned project addresses; none: nothing is routed (bench, tests). */
   routes?: { sink: RouteSink; learned: LearnedRoutes; expireEveryMs?: number };
+  /** Backpressure caps of DNS over TCP (bytes; defaults TCP_PAUSE_BYTES, TCP_CLIENT_MAX_BYTES, TCP_TOTAL_MAX_BYTES). */
+  tcpLimits?: { pauseBytes?: number; clientMaxBytes?: number; totalMaxBytes?: number };
   log?: Logger;
   now?: () => number;
 }
@@ -73,6 +85,9 @@ export interface DnsCounters {
   routesRemoved: number;
   routesHeld: number;
   routeFailures: number;
+  /** Bytes of replies to TCP clients not yet taken by the kernel, now and at most so far. */
+  tcpBuffered: number;
+  tcpBufferedPeak: number;
   upstreamUdp: UpstreamCounters;
   upstreamTcp: UpstreamCounters;
 }
@@ -89,6 +104,7 @@ export class DnsProxy {
   private routeOps: Promise<unknown> = Promise.resolve();
   private readonly rewriteCache = new Map<string, RewriteResult>();
   private stopped = false;
+  private tcpPeak = 0;
   port = 0;
   readonly c = {
     queriesUdp: 0,
@@ -104,7 +120,14 @@ export class DnsProxy {
   };
   readonly drops: Record<string, number> = {};
 
+  private readonly tcpLimits: { pause: number; client: number; total: number };
+
   private constructor(private readonly o: DnsProxyOptions) {
+    this.tcpLimits = {
+      pause: o.tcpLimits?.pauseBytes ?? TCP_PAUSE_BYTES,
+      client: o.tcpLimits?.clientMaxBytes ?? TCP_CLIENT_MAX_BYTES,
+      total: o.tcpLimits?.totalMaxBytes ?? TCP_TOTAL_MAX_BYTES,
+    };
     this.log = o.log ?? silentLogger;
     this.now = o.now ?? Date.now;
   }
@@ -360,6 +383,7 @@ export class DnsProxy {
     let inflight = 0;
     s.on('error', () => this.drop('tcp_client_error'));
     s.on('close', () => this.clients.delete(s));
+    s.on('drain', () => s.resume());
     s.on('data', (d: Buffer) => {
       rx = rx.length === 0 ? d : Buffer.concat([rx, d]);
       while (rx.length >= 2) {
@@ -387,6 +411,31 @@ export class DnsProxy {
     });
   }
 
+  /** Unsent reply bytes of all TCP clients. */
+  tcpBuffered(): number {
+    let n = 0;
+    for (const c of this.clients) n += c.writableLength;
+    return n;
+  }
+
+  /** Queues a framed reply unless that passes a cap (then the client is dropped); pauses reading while much is unsent. */
+  private tcpWrite(s: net.Socket, frame: Buffer): void {
+    if (s.writableLength + frame.length > this.tcpLimits.client) {
+      this.drop('tcp_slow_client');
+      s.destroy();
+      return;
+    }
+    const total = this.tcpBuffered() + frame.length;
+    if (total > this.tcpLimits.total) {
+      this.drop('tcp_memory');
+      s.destroy();
+      return;
+    }
+    s.write(frame);
+    if (total > this.tcpPeak) this.tcpPeak = total;
+    if (s.writableLength > this.tcpLimits.pause) s.pause();
+  }
+
   private onTcpQuery(s: net.Socket, m: Buffer, finished: () => void): void {
     const send = (reply: Buffer | null) => {
       finished();
@@ -394,7 +443,7 @@ export class DnsProxy {
       const frame = Buffer.allocUnsafe(2 + reply.length);
       frame.writeUInt16BE(reply.length, 0);
       reply.copy(frame, 2);
-      s.write(frame);
+      this.tcpWrite(s, frame);
     };
     try {
       const g = this.gate(m);
@@ -421,6 +470,8 @@ export class DnsProxy {
       ...this.c,
       drops,
       routesHeld: this.o.routes?.learned.size ?? 0,
+      tcpBuffered: this.tcpBuffered(),
+      tcpBufferedPeak: this.tcpPeak,
       upstreamUdp: this.upUdp.snapshot(),
       upstreamTcp: this.upTcp.snapshot(),
     };

@@ -7,19 +7,25 @@
  *      per endpoint of that family (client-side load balancing); a VIP without
  *      endpoints stays
  *   3. every TTL in the answer section is capped at maxTtl
- *   4. the addresses the client will use (after 2), and A/AAAA additional records
- *      (only records whose owner name is in the project domain: a CNAME to an
- *      outside name, as an ExternalName service, leads outside the project)
- *      (SRV targets), outside the never-tunnel CIDRs, are returned as learned, with
- *      their (capped) TTL, for the routes
+ *   4. every A/AAAA the client may use, in the answer and additional sections
+ *      (SRV targets), whatever its owner name, is returned as learned with its
+ *      (capped) TTL, for the routes: an answer to a project question leads into the
+ *      tunnel, also through a CNAME chain to an outside name (a tampered answer
+ *      must not lead project traffic out in plaintext). Not learned: addresses in
+ *      the never-tunnel CIDRs, and records owned by a never-tunnel name or by a
+ *      name a never-tunnel name leads to through CNAMEs (an ExternalName service is
+ *      made plaintext by listing its name in neverTunnelNames)
  *
- * Truncated (TC) and error responses pass unchanged. When the rewritten message
- * would not fit the client's UDP limit, fewer endpoints are used; if even one does
- * not fit, the original answer passes (the VIP stays).
+ * A truncated (TC) answer that carries records is answered with its header and
+ * question only (TC kept): the client retries over TCP and learns no address
+ * without a route (musl uses the records of a truncated answer). Error answers
+ * (non-zero RCODE) that carry addresses are learned like any other. When the
+ * rewritten message would not fit the client's UDP limit, fewer endpoints are
+ * used; if even one does not fit, the original answer passes (the VIP stays).
  */
 import dnsPacket from 'dns-packet';
 import type { Question } from './message.js';
-import { CLASS_IN, TC, TYPE_A, TYPE_AAAA, readHeader, rcodeOf, recordsWellFormed } from './message.js';
+import { CLASS_IN, TC, TYPE_A, TYPE_AAAA, readHeader, recordsWellFormed } from './message.js';
 import { canonicalAddress, classifyName, type CidrSet, type NamePolicy, type NameVerdict } from './classify.js';
 
 export interface RewriteOptions {
@@ -60,7 +66,10 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
   const unchanged: RewriteResult = { verdict, message: null, learned: [], rewritten: 0 };
   if (verdict !== 'project' || q.class !== CLASS_IN) return unchanged;
   const h = readHeader(response)!;
-  if ((h.flags & TC) !== 0 || rcodeOf(h.flags) !== 0) return unchanged;
+  if ((h.flags & TC) !== 0) {
+    if (h.ancount + h.nscount + h.arcount === 0) return unchanged;
+    return { verdict, message: questionOnly(response, q), learned: [], rewritten: 0 };
+  }
 
   if (!recordsWellFormed(response, q)) throw new MalformedAnswerError('answer records do not parse');
   let packet: dnsPacket.Packet;
@@ -123,6 +132,13 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
   return { verdict, message: msg, learned: learnedOf([...final, ...extra], o), rewritten };
 }
 
+/** The response's header and question, no records (ID, flags and RCODE kept). */
+function questionOnly(response: Buffer, q: Question): Buffer {
+  const out = Buffer.from(response.subarray(0, q.end));
+  out.fill(0, 6, 12); // ancount, nscount, arcount
+  return out;
+}
+
 /**
  * Is the record's owner name in the project domain (and not a never-tunnel name)? A
  * project name may be a CNAME to an outside name (an ExternalName service): the
@@ -133,15 +149,40 @@ function ownedByProject(a: Answer, o: RewriteOptions): boolean {
 }
 
 function learnedOf(answers: Answer[], o: RewriteOptions): Learned[] {
+  const never = neverOwners(answers, o);
   const out: Learned[] = [];
   for (const a of answers) {
-    if ((a.type !== 'A' && a.type !== 'AAAA') || typeof a.data !== 'string' || !ownedByProject(a, o)) continue;
+    if ((a.type !== 'A' && a.type !== 'AAAA') || typeof a.data !== 'string' || typeof a.name !== 'string') continue;
+    if (never.has(lower(a.name))) continue;
     const address = canonicalAddress(a.data);
     if (address === null || o.neverCidrs.has(address)) continue;
     if (out.some((l) => l.address === address)) continue;
     out.push({ address, ttl: Math.min(o.maxTtl, typeof a.ttl === 'number' ? a.ttl : 0) });
   }
   return out;
+}
+
+function lower(name: string): string {
+  return name.toLowerCase().replace(/\.$/, '');
+}
+
+/** Owner names that are never-tunnel names, or that one leads to through CNAMEs (bounded: one pass per record). */
+function neverOwners(answers: Answer[], o: RewriteOptions): Set<string> {
+  const never = new Set<string>();
+  for (const a of answers) if (typeof a.name === 'string' && classifyName(a.name, o.policy) === 'never') never.add(lower(a.name));
+  const cnames = answers.filter((a) => a.type === 'CNAME' && typeof a.name === 'string' && typeof a.data === 'string');
+  for (let i = 0; i <= cnames.length; i++) {
+    let grew = false;
+    for (const c of cnames) {
+      const target = lower(c.data as string);
+      if (never.has(lower(c.name)) && !never.has(target)) {
+        never.add(target);
+        grew = true;
+      }
+    }
+    if (!grew) break;
+  }
+  return never;
 }
 
 /** Record types this module looks at (others pass as they are). */

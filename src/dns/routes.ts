@@ -6,7 +6,9 @@
  * counter, e.g. the transmit bytes of the peer that carries it, moved since the
  * last look), in which case it gets another grace period. So a flow that is still
  * sending is never cut, and an idle address leaves the table TTL + grace after the
- * last answer. Pure bookkeeping on an injected clock; the caller applies the
+ * last answer. Leaving the table never means plaintext: the pod removes the tenc0
+ * route but keeps its unreachable guard (PolicyRouting removeRoute keepGuard), so a
+ * client that still uses the cached address fails closed until it asks again. Pure bookkeeping on an injected clock; the caller applies the
  * add/remove lists (in order) and calls expire() periodically.
  */
 

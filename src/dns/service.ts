@@ -12,6 +12,7 @@ import { DnsIntercept, removeInterceptResidue } from './intercept.js';
 import { DnsProxy, type DnsCounters, type RouteSink } from './proxy.js';
 import { parseResolvConf, projectDomainFrom } from './resolv.js';
 import { LearnedRoutes } from './routes.js';
+import type { RouteMisses } from './misses.js';
 
 /** The nftables table of a pod's DNS interception. */
 export function interceptTable(ifname: string): string {
@@ -54,6 +55,8 @@ function canonical(address: string): string {
 export class DnsService {
   private endpointMap = new Map<string, string[]>();
   private classifier: AddressClassifier | null = null;
+  private misses: RouteMisses | null = null;
+  private isMember: (address: string) => boolean = () => false;
 
   private constructor(
     private readonly proxy: DnsProxy,
@@ -106,6 +109,7 @@ export class DnsService {
       throw e;
     }
     svc = new DnsService(proxy, intercept, domain, servers.map((s) => `${s.address}:${s.port}`));
+    svc.isMember = d.isMember;
     svc.setEndpoints(c.endpoints);
     const s = svc;
     svc.classifier = new AddressClassifier({
@@ -127,11 +131,26 @@ export class DnsService {
     this.endpointMap = m;
     this.proxy.clearCache();
     this.classifier?.clear();
+    this.revokeBypasses();
   }
 
-  /** Peers, services or members changed: cached address verdicts are stale. */
+  /**
+   * Peers, services or members changed: cached address verdicts are stale, and the
+   * bypasses of addresses that are now members go at once (not when their verdict
+   * time ends), so their next packet is tunnelled or dropped, never sent in plaintext.
+   */
   membershipChanged(): void {
     this.classifier?.clear();
+    this.revokeBypasses();
+  }
+
+  /** The first-use classification whose bypasses membership changes revoke. */
+  attachMisses(misses: RouteMisses): void {
+    this.misses = misses;
+  }
+
+  private revokeBypasses(): void {
+    void this.misses?.revoke((a) => this.isMember(a) || this.isEndpointOrVip(a));
   }
 
   /** Classifies an address not learned through DNS (a client dialing a raw IP). */

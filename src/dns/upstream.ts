@@ -3,11 +3,17 @@
  * both carry tenc's fwmark (SO_MARK through native/dnsio.c and native/sock.c), so
  * they skip tenc's policy rule and the nftables redirect of port 53.
  *
- *   UdpUpstream  one connected UdpBatch socket per server, kept open (queries of
- *                one batch leave with one sendmmsg, answers arrive in batches);
- *                a query gets a fresh random ID not in flight; an answer is
- *                accepted only when its ID is in flight AND its question equals
- *                the query's (else counted)
+ *   UdpUpstream  connected UdpBatch sockets per server (queries of one batch leave
+ *                with one sendmmsg, answers arrive in batches); each query leaves
+ *                from a socket picked at random from a pool (portPool, default 16),
+ *                and a socket is replaced by a fresh one (a new random source port
+ *                from the kernel) after queriesPerPort (default 8) queries: an
+ *                off-path spoofer must guess the port as well as the 16-bit ID
+ *                (RFC 5452 9.2/10). A retired socket closes when its queries are
+ *                answered or timed out. A query gets a fresh random ID not in
+ *                flight; an answer is accepted only on the socket its query left
+ *                from, when its ID is in flight AND its question equals the
+ *                query's (else counted)
  *   TcpUpstream  one connection per server, reused: queries are pipelined with the
  *                same ID remapping, answers may arrive in any order (RFC 7766 6.2.1);
  *                reconnects on demand and resends what was unanswered once
@@ -47,6 +53,10 @@ export interface UpstreamOptions {
   mark: number;
   timeoutMs: number;
   maxInflight: number;
+  /** UDP sockets (source ports) per server queries are spread over at random (default 16). */
+  portPool?: number;
+  /** Queries a UDP socket sends before a fresh one (a new port) replaces it (default 8; 1: a port per query). */
+  queriesPerPort?: number;
 }
 
 export type UpstreamResult = Buffer | null | 'busy';
@@ -59,6 +69,18 @@ interface Pending {
   msg: Buffer;
   resolve: (r: UpstreamResult) => void;
   resent?: boolean;
+  /** The UDP socket the query left from (only its answers count). */
+  sock?: PortSocket;
+}
+
+interface PortSocket {
+  sock: UdpBatch;
+  server: number;
+  /** Queries sent from it, and of those not yet answered or timed out. */
+  used: number;
+  inflight: number;
+  retired: boolean;
+  closed: boolean;
 }
 
 function newCounters(): UpstreamCounters {
@@ -127,8 +149,8 @@ abstract class Base {
 
   protected abstract send(id: number, p: Pending): void;
 
-  /** Matches an answer to its query: ID in flight, QR set, same question. */
-  protected onAnswer(buf: Buffer): void {
+  /** Matches an answer to its query: ID in flight, QR set, same question (and, over UDP, the socket it left from). */
+  protected onAnswer(buf: Buffer, from?: PortSocket): void {
     const h = readHeader(buf);
     if (h === null || (h.flags & QR) === 0) {
       this.counters.malformed++;
@@ -136,11 +158,12 @@ abstract class Base {
     }
     const p = this.pending.get(h.id);
     const q = readQuestion(buf);
-    if (!p || q === null || !sameQuestion(p.q, q)) {
+    if (!p || q === null || !sameQuestion(p.q, q) || p.sock !== from) {
       this.counters.mismatched++;
       return;
     }
     this.pending.delete(h.id);
+    this.settled(p);
     this.counters.answered++;
     setId(buf, p.clientId);
     p.resolve(buf);
@@ -149,8 +172,12 @@ abstract class Base {
   protected fail(id: number, p: Pending): void {
     if (this.pending.get(id) !== p) return;
     this.pending.delete(id);
+    this.settled(p);
     p.resolve(null);
   }
+
+  /** A query left the pending set (answered or failed). */
+  protected settled(_p: Pending): void {}
 
   private sweep(now: number): void {
     // insertion order = deadline order (one timeout for all)
@@ -170,29 +197,32 @@ abstract class Base {
 }
 
 export class UdpUpstream extends Base {
-  /** One connected socket per server: sends need no address, and only that server's datagrams arrive. */
-  private readonly socks: UdpBatch[] = [];
+  /** Per server: the live sockets queries are spread over. */
+  private readonly pools: PortSocket[][] = [];
+  /** Retired sockets still waiting for answers. */
+  private readonly retired = new Set<PortSocket>();
+  private readonly poolSize: number;
+  private readonly perPort: number;
+  /** Counters of sockets already closed (snapshot() adds the live ones'). */
+  private closedErrors = 0;
+  /** Sockets opened (the first pools included). */
+  portsOpened = 0;
 
   private constructor(o: UpstreamOptions) {
     super(o);
+    this.poolSize = o.portPool ?? 16;
+    this.perPort = o.queriesPerPort ?? 8;
+    if (!Number.isInteger(this.poolSize) || this.poolSize < 1) throw new RangeError('upstream: portPool must be >= 1');
+    if (!Number.isInteger(this.perPort) || this.perPort < 1) throw new RangeError('upstream: queriesPerPort must be >= 1');
   }
 
   static async open(o: UpstreamOptions): Promise<UdpUpstream> {
     const u = new UdpUpstream(o);
     try {
-      for (const server of o.servers) {
-        const sock: UdpBatch = new UdpBatch({
-          address: server.address.includes(':') ? '::' : '0.0.0.0',
-          connect: server,
-          mark: o.mark, // set before connect: the route is chosen with the mark
-          recvBufferBytes: 1 << 20,
-          maxDatagram: 65536, // any UDP answer whole (pages of the slab are touched only as used)
-          batch: 32,
-          onBatch: (n) => {
-            for (let i = 0; i < n; i++) u.onAnswer(sock.copy(i));
-          },
-        });
-        u.socks.push(sock);
+      for (let server = 0; server < o.servers.length; server++) {
+        const pool: PortSocket[] = [];
+        u.pools.push(pool);
+        for (let i = 0; i < u.poolSize; i++) pool.push(u.openPort(server));
       }
     } catch (e) {
       u.close();
@@ -201,25 +231,101 @@ export class UdpUpstream extends Base {
     return u;
   }
 
+  /** A new connected socket to a server, on a port the kernel picks (random for UDP). */
+  private openPort(server: number): PortSocket {
+    const s = this.o.servers[server];
+    const ps: PortSocket = { sock: null as unknown as UdpBatch, server, used: 0, inflight: 0, retired: false, closed: false };
+    ps.sock = new UdpBatch({
+      address: s.address.includes(':') ? '::' : '0.0.0.0',
+      connect: s,
+      mark: this.o.mark, // set before connect: the route is chosen with the mark
+      recvBufferBytes: 1 << 18,
+      maxDatagram: 65536, // any UDP answer whole (pages of the slab are touched only as used)
+      batch: 8,
+      sendQueue: 32,
+      onBatch: (n) => {
+        for (let i = 0; i < n && !ps.closed; i++) this.onAnswer(ps.sock.copy(i), ps);
+      },
+    });
+    this.portsOpened++;
+    return ps;
+  }
+
+  /** The source ports in use now (tests). */
+  ports(): number[] {
+    return [...this.pools.flat(), ...this.retired].map((p) => p.sock.port);
+  }
+
   /** errors adds the sockets' own: ICMP unreachable (server down; the timeout answers the client) and failed sends. */
   override snapshot(): UpstreamCounters {
     const c = super.snapshot();
-    for (const s of this.socks) {
-      const k = s.counters();
-      c.errors += k.socketErrors + k.recvErrors + k.sendErrors + k.sendDropped;
-    }
+    c.errors += this.closedErrors;
+    for (const p of [...this.pools.flat(), ...this.retired]) c.errors += errorsOf(p.sock);
     return c;
   }
 
   protected send(_id: number, p: Pending): void {
-    this.socks[p.server].send(p.msg); // failures are counted by the socket
+    const pool = this.pools[p.server];
+    const i = randomIndex(pool.length);
+    const ps = pool[i];
+    p.sock = ps;
+    ps.used++;
+    ps.inflight++;
+    ps.sock.send(p.msg); // failures are counted by the socket
+    if (ps.used >= this.perPort) {
+      // retire it: answers still count on it until they are in; the next query gets a new port
+      ps.retired = true;
+      this.retired.add(ps);
+      try {
+        pool[i] = this.openPort(p.server);
+      } catch {
+        // no new socket (out of descriptors): this one carries on (counted)
+        this.counters.errors++;
+        ps.retired = false;
+        ps.used = 0;
+        this.retired.delete(ps);
+      }
+    }
+  }
+
+  protected override settled(p: Pending): void {
+    const ps = p.sock;
+    if (!ps) return;
+    ps.inflight--;
+    if (ps.retired && ps.inflight === 0 && !this.closed) setImmediate(() => this.closePort(ps)); // not inside its own receive callback
+  }
+
+  private closePort(ps: PortSocket): void {
+    if (ps.closed) return;
+    ps.closed = true;
+    this.retired.delete(ps);
+    this.closedErrors += errorsOf(ps.sock);
+    ps.sock.close();
   }
 
   override close(): void {
     super.close();
-    for (const s of this.socks) s.close();
-    this.socks.length = 0;
+    for (const ps of [...this.pools.flat(), ...this.retired]) this.closePort(ps);
+    this.pools.length = 0;
+    this.retired.clear();
   }
+}
+
+function errorsOf(s: UdpBatch): number {
+  const k = s.counters();
+  return k.socketErrors + k.recvErrors + k.sendErrors + k.sendDropped;
+}
+
+/** Random indexes from the CSPRNG, drawn 1024 at a time. */
+const pickPool = new Uint32Array(1024);
+let pickNext = pickPool.length;
+function randomIndex(n: number): number {
+  if (n === 1) return 0;
+  if (pickNext === pickPool.length) {
+    randomFillSync(pickPool);
+    pickNext = 0;
+  }
+  return pickPool[pickNext++] % n;
 }
 
 /** Most bytes buffered from the upstream TCP stream before a message completes. */

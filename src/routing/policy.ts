@@ -38,6 +38,8 @@
  * bypass range and no other tenc0 route of this run (a peer's allowed IPs, a VIP, a
  * DNS answer) covers it; a tenc0 route added later deletes every bypass it covers
  * first (those packets then meet the range's tenc0 route, never the main table).
+ * Bypasses asked for while an earlier change runs are added together, one `ip -batch`
+ * per family (a scan of the ranges must not fork one `ip` per address).
  * Added with `add`, never `replace`, so a bypass can never displace a tenc0 route of
  * the same prefix; deleted by its proto, since IPv6 `route del` does not match the
  * route type and would otherwise delete a tenc0 route or a guard of that prefix.
@@ -88,6 +90,20 @@ export interface ResidueReport {
   addresses: number;
 }
 
+export interface RemoveRouteOptions {
+  /**
+   * When the last reference goes, delete only the tenc0 route and keep its
+   * unreachable guard (a DNS answer's route after its TTL: a client that still uses
+   * the cached address meets "no route to host", never the main table). Not kept
+   * when another route of this run covers the destination (the guard would shadow
+   * it). At most MAX_KEPT_GUARDS are kept, the oldest deleted first.
+   */
+  keepGuard?: boolean;
+}
+
+/** Guards kept by removeRoute({ keepGuard }) at most. */
+export const MAX_KEPT_GUARDS = 16384;
+
 export interface TeardownOptions {
   /** Leave the rule and the unreachable guards in place (fail closed). */
   keepGuards?: boolean;
@@ -135,6 +151,8 @@ export class PolicyRouting {
   private readonly guarded = new Set<string>();
   /** Bypass (throw) routes installed. */
   private readonly bypassed = new Set<string>();
+  /** Guards kept without their route (removeRoute keepGuard), oldest first. */
+  private readonly kept = new Set<string>();
   private readonly srcFor: Record<Family, string | null> = { 4: null, 6: null };
   private installed = false;
   /** Every mutation runs after the previous one settled: reference counts are read and written in order. */
@@ -334,20 +352,56 @@ export class PolicyRouting {
    * route of that prefix exists): a bypass never displaces or undercuts a tunnel route.
    */
   addBypass(cidr: string): Promise<boolean> {
-    return this.serial(async () => {
-      if (this.bypassed.has(cidr)) return true;
-      if (!this.bypassable(cidr)) return false;
-      const fam = familyOf(cidr);
-      try {
-        await this.ip.batch(fam, [this.bypassLine(cidr, 'add')]);
-      } catch (e) {
-        if (e instanceof IpCommandError && /File exists/i.test(e.stderr)) return false;
-        throw e;
-      }
-      this.bypassed.add(cidr);
-      this.undo.push({ kind: 'bypass', family: fam, cidr });
-      return true;
+    return new Promise<boolean>((resolve, reject) => {
+      this.bypassQueue.push({ cidr, resolve, reject });
+      // one job takes every bypass queued until it runs: one `ip -batch` per family, not one process per bypass
+      if (this.bypassQueue.length === 1) void this.serial(() => this.addBypassesNow()).catch(() => undefined);
     });
+  }
+
+  private readonly bypassQueue: { cidr: string; resolve: (ok: boolean) => void; reject: (e: unknown) => void }[] = [];
+
+  private async addBypassesNow(): Promise<void> {
+    const queue = this.bypassQueue.splice(0);
+    const todo: Record<Family, typeof queue> = { 4: [], 6: [] };
+    const again: typeof queue = []; // the same CIDR twice in one batch: answered after it
+    for (const q of queue) {
+      if (this.bypassed.has(q.cidr)) q.resolve(true);
+      else if (!this.bypassable(q.cidr)) q.resolve(false);
+      else if ([...todo[4], ...todo[6]].some((x) => x.cidr === q.cidr)) again.push(q);
+      else todo[familyOf(q.cidr)].push(q);
+    }
+    try {
+      await this.addBypassBatches(todo);
+    } finally {
+      for (const q of again) q.resolve(this.bypassed.has(q.cidr));
+    }
+  }
+
+  private async addBypassBatches(todo: Record<Family, { cidr: string; resolve: (ok: boolean) => void; reject: (e: unknown) => void }[]>): Promise<void> {
+    for (const fam of [4, 6] as const) {
+      let rest = todo[fam];
+      while (rest.length > 0) {
+        try {
+          await this.ip.batch(fam, rest.map((q) => this.bypassLine(q.cidr, 'add')));
+          rest.forEach((q) => this.recordBypass(fam, q));
+          rest = [];
+        } catch (e) {
+          const done = e instanceof IpCommandError ? Math.min(e.linesDone, rest.length - 1) : 0;
+          rest.slice(0, done).forEach((q) => this.recordBypass(fam, q));
+          const failed = rest[done];
+          if (e instanceof IpCommandError && /File exists/i.test(e.stderr)) failed.resolve(false);
+          else failed.reject(e);
+          rest = rest.slice(done + 1); // the lines after the failing one did not run: try them again
+        }
+      }
+    }
+  }
+
+  private recordBypass(fam: Family, q: { cidr: string; resolve: (ok: boolean) => void }): void {
+    this.bypassed.add(q.cidr);
+    this.undo.push({ kind: 'bypass', family: fam, cidr: q.cidr });
+    q.resolve(true);
   }
 
   /** Removes a bypass added by addBypass (unknown ones are ignored). */
@@ -392,6 +446,11 @@ export class PolicyRouting {
     for (const b of [...this.bypassed]) {
       if (tunnel.some((c) => cidrCovers(c, b))) await this.removeBypassNow(b);
     }
+    // a kept guard under a new wider route would shadow it (longest prefix): the route takes over
+    for (const g of [...this.kept]) {
+      if (fresh[familyOf(g)].includes(g)) this.kept.delete(g);
+      else if ([...fresh[4], ...fresh[6]].some((c) => cidrCovers(c, g))) await this.dropKeptGuard(g);
+    }
     for (const fam of [4, 6] as const) {
       const list = fresh[fam];
       if (list.length === 0) continue;
@@ -426,11 +485,11 @@ export class PolicyRouting {
   }
 
   /** Drops one reference; the route goes when the last reference does. Unknown routes are ignored. */
-  removeRoute(cidr: string): Promise<void> {
-    return this.serial(() => this.removeRouteNow(cidr));
+  removeRoute(cidr: string, opts: RemoveRouteOptions = {}): Promise<void> {
+    return this.serial(() => this.removeRouteNow(cidr, opts.keepGuard === true));
   }
 
-  private async removeRouteNow(cidr: string): Promise<void> {
+  private async removeRouteNow(cidr: string, keepGuard = false): Promise<void> {
     const n = this.refs.get(cidr);
     if (n === undefined) return;
     if (n > 1) {
@@ -438,6 +497,15 @@ export class PolicyRouting {
       return;
     }
     const fam = familyOf(cidr);
+    if (keepGuard && ![...this.refs.keys()].some((r) => r !== cidr && cidrCovers(r, cidr))) {
+      await this.ip.batch(fam, [this.routeLine(fam, cidr, 'del')]);
+      this.refs.delete(cidr);
+      const i = this.undo.findIndex((u) => u.kind === 'route' && u.cidr === cidr);
+      if (i >= 0) this.undo.splice(i, 1);
+      this.kept.add(cidr);
+      while (this.kept.size > MAX_KEPT_GUARDS) await this.dropKeptGuard(this.kept.values().next().value!);
+      return;
+    }
     const forget = (kind: 'route' | 'guard') => {
       const i = this.undo.findIndex((u) => u.kind === kind && u.cidr === cidr);
       if (i >= 0) this.undo.splice(i, 1);
@@ -455,6 +523,21 @@ export class PolicyRouting {
     this.refs.delete(cidr);
     forget('route');
     forget('guard');
+  }
+
+  /** The guards kept without a route (removeRoute keepGuard). */
+  keptGuards(): string[] {
+    return [...this.kept];
+  }
+
+  /** Deletes a guard kept without its route. */
+  private async dropKeptGuard(cidr: string): Promise<void> {
+    this.kept.delete(cidr);
+    if (this.refs.has(cidr)) return; // routed again: its guard stands behind the route
+    await this.ip.batch(familyOf(cidr), [this.guardLine(cidr, 'del')]);
+    this.guarded.delete(cidr);
+    const i = this.undo.findIndex((u) => u.kind === 'guard' && u.cidr === cidr);
+    if (i >= 0) this.undo.splice(i, 1);
   }
 
   /** Deletes routes/guards in one batch; a failing line is noted (unless benign) and the rest go on. */
@@ -497,6 +580,7 @@ export class PolicyRouting {
     }
     this.guarded.clear();
     this.bypassed.clear();
+    this.kept.clear();
     // The interface may already be gone (its TUN closed): its routes and addresses went with it.
     const benign = (e: unknown, u: Undo) =>
       e instanceof IpCommandError && /Cannot find device|No such device|No such process/i.test(e.stderr) && u.kind !== 'rule';

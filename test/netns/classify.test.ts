@@ -170,6 +170,27 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
     expect(control(a, { op: 'classify-address', address: '10.77.0.6' })).toMatchObject({ result: { verdict: 'project', reason: 'member' } });
   });
 
+  it('an address that becomes a member loses its bypass at once, not when its verdict time ends: no plaintext after set-members (issue 19.6)', async () => {
+    const table = () => a.exec('ip', 'route', 'show', 'table', String(TABLE));
+    if (!/^throw 10\.77\.0\.254 /m.test(table())) expect(a.tryExec('ping', '-c', '1', '-W', '3', '10.77.0.254').status).toBe(0);
+    expect(table()).toMatch(/^throw 10\.77\.0\.254 /m);
+    const cap = await startCapture(br, 'br0', ['icmp', 'and', 'host', '10.77.0.254']);
+    let ping: ReturnType<Netns['tryExec']>;
+    try {
+      expect(control(a, { op: 'set-members', members: ['10.77.0.6/32', '10.77.0.254/32'] })).toMatchObject({ ok: true });
+      expect(await waitFor(() => !/^throw 10\.77\.0\.254 /m.test(table()), 1000)).toBe(true); // maxTtl is 5 s
+      ping = a.tryExec('ping', '-c', '2', '-i', '0.3', '-W', '1', '10.77.0.254');
+    } finally {
+      await cap.stop();
+      expect(control(a, { op: 'set-members', members: ['10.77.0.6/32'] })).toMatchObject({ ok: true });
+    }
+    const lines = cap.read();
+    cap.remove();
+    expect(ping.status).not.toBe(0);
+    expect(lines.filter((l) => /10\.77\.0\.1 > 10\.77\.0\.254: ICMP/.test(l))).toEqual([]);
+    expect(podStatus().dns.routeMisses.revoked).toBeGreaterThanOrEqual(1);
+  });
+
   it('a peer by raw IP is tunneled: ciphertext on the wire, no bypass', async () => {
     const cap = await startCapture(br, 'br0', ['ip', 'host', '10.77.0.2']);
     expect(curl(a, 'http://10.77.0.2/').body).toBe('alpha-b-6d1e');

@@ -17,7 +17,8 @@
  *
  * dnsmasq records: web.alpha -> VIP 10.96.0.20 / fd00:96::20 (endpoints: pod b),
  * api.alpha -> VIP 10.96.0.21 (no endpoints), web.beta -> 10.77.0.254,
- * www.example.org -> 10.77.0.254, big.example (TXT > 512 bytes), TTL 2 s; the rest
+ * www.example.org -> 10.77.0.254, big.example (TXT > 512 bytes), evil.alpha -> CNAME
+ * x.evil.test -> 10.77.0.66 (a tampered answer; the "attacker" HTTP server on br0), TTL 2 s; the rest
  * of alpha.svc.cluster.local is local (NXDOMAIN); fail.example goes nowhere.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
@@ -68,6 +69,9 @@ function startDnsmasq(): ChildProcess {
     `--txt-record=big.example,${BIG}`,
     '--server=/fail.example/127.0.0.1#9',
     '--ptr-record=21.0.96.10.in-addr.arpa,api.alpha.svc.cluster.local',
+    // a tampered answer (issue 19.1): a project name CNAMEd to an outside name at the attacker's address
+    '--host-record=x.evil.test,10.77.0.66',
+    '--cname=evil.alpha.svc.cluster.local,x.evil.test',
     '--ptr-record=254.0.77.10.in-addr.arpa,web.beta.svc.cluster.local',
   ]);
   return c;
@@ -265,11 +269,43 @@ describe('dns proxy in a pod of project alpha', () => {
     expect(dig(a, '+short', 'api.alpha.svc.cluster.local')).toBe('10.96.0.21\n'); // no endpoints known: the VIP stays
     expect(table()).toMatch(/10\.96\.0\.21 dev tenc0/); // in place when the answer arrived
     expect(a.ip('route', 'get', '10.96.0.21')).toContain('dev tenc0');
-    // TTL 2 s + grace 1 s, expiry checked every 250 ms
-    expect(await waitFor(() => !table().includes('10.96.0.21'), 6000)).toBe(true);
+    // TTL 2 s + grace 1 s, expiry checked every 250 ms; the unreachable guard stays (behaviour change,
+    // issue 19.1): a client still using the cached address fails closed instead of leaving in plaintext
+    expect(await waitFor(() => !/^10\.96\.0\.21 dev tenc0/m.test(table()), 6000)).toBe(true);
+    expect(table()).toMatch(/^unreachable 10\.96\.0\.21 /m);
+    expect(a.tryExec('ip', 'route', 'get', '10.96.0.21').stderr).toMatch(/No route to host|unreachable/i);
     expect(table()).toContain('10.77.0.2 dev tenc0'); // the peer's own route is untouched
     // beta's answer never entered the table
     expect(table()).not.toContain('10.77.0.254');
+  });
+
+  it('a tampered answer (a project name CNAMEd to an attacker address): routed into tenc0 and dropped; no plaintext packet reaches the address, during the TTL or after (issue 19.1)', async () => {
+    br.exec('ip', 'addr', 'add', '10.77.0.66/24', 'dev', 'br0');
+    const evil = httpServer(br, '10.77.0.66', 'evil-marker-0d1e');
+    await new Promise<void>((r) => evil.stdout!.once('data', () => r()));
+    const table = () => a.ip('-4', 'route', 'show', 'table', '52100');
+    const wire = await startCapture(br, 'br0');
+    let first: ReturnType<Netns['tryExec']>;
+    let later: ReturnType<Netns['tryExec']>;
+    try {
+      expect(dig(a, '+short', 'evil.alpha.svc.cluster.local')).toBe('x.evil.test.\n10.77.0.66\n');
+      expect(a.ip('route', 'get', '10.77.0.66')).toContain('dev tenc0');
+      first = a.tryExec('curl', '-sS', '--max-time', '2', 'http://evil.alpha.svc.cluster.local/');
+      expect(await waitFor(() => !/^10\.77\.0\.66 dev tenc0/m.test(table()), 8000)).toBe(true); // TTL 2 + grace 1
+      later = a.tryExec('curl', '-sS', '--max-time', '2', '--resolve', 'evil.alpha.svc.cluster.local:80:10.77.0.66', 'http://evil.alpha.svc.cluster.local/'); // the cached address
+    } finally {
+      await wire.stop();
+      evil.kill('SIGTERM');
+      br.tryExec('ip', 'addr', 'del', '10.77.0.66/24', 'dev', 'br0');
+    }
+    expect(first.stdout).not.toContain('evil-marker');
+    expect(first.status).not.toBe(0);
+    expect(later.stdout).not.toContain('evil-marker');
+    expect(later.stderr).toMatch(/No route to host|Couldn't connect|timed out/i);
+    const lines = wire.read();
+    expect(lines.some((l) => /10\.77\.0\.1\.\d+ > 10\.77\.0\.66\./.test(l))).toBe(false); // nothing from pod a to it
+    expect(readCaptureBytes(wire).toString('latin1')).not.toContain('evil-marker');
+    wire.remove();
   });
 
   it('grace: a learned route stays while the peer behind it still sends, and leaves once it stops', async () => {

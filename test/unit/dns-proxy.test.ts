@@ -8,15 +8,16 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import dgram from 'node:dgram';
 import net from 'node:net';
+import { spawn } from 'node:child_process';
 import dnsPacket from 'dns-packet';
-import { DnsProxy, type DnsProxyOptions } from '../../src/dns/proxy.js';
+import { DnsProxy, TCP_PAUSE_BYTES, type DnsProxyOptions } from '../../src/dns/proxy.js';
 import { CidrSet } from '../../src/dns/classify.js';
 import { LearnedRoutes } from '../../src/dns/routes.js';
 
 /** dns-packet's decoded form has these too (its types leave them out). */
 type Reply = dnsPacket.Packet & { rcode?: string; flag_tc?: boolean };
 
-type Mode = { silent?: boolean; reverse?: number; spoofFirst?: boolean; truncate?: boolean; tcpDropFirst?: boolean };
+type Mode = { big?: number; silent?: boolean; reverse?: number; spoofFirst?: boolean; truncate?: boolean; tcpDropFirst?: boolean };
 
 /** A scripted upstream: answers A queries with 10.0.<len>.<id&255> style data derived from the name. */
 class FakeUpstream {
@@ -80,9 +81,24 @@ class FakeUpstream {
     });
   }
 
+  private bigAnswers = new Map<string, Buffer>();
+
   private handle(m: Buffer, reply: (b: Buffer) => void): void {
     if (this.mode.silent) return;
     const q = dnsPacket.decode(m);
+    if (this.mode.big && q.questions![0].name.startsWith('big')) {
+      // `big` A records (16 bytes each), encoded once per name; only the ID differs
+      const qname = q.questions![0].name;
+      let b = this.bigAnswers.get(qname);
+      if (!b) {
+        const answers = Array.from({ length: this.mode.big }, (_, i) => ({ name: qname, type: 'A' as const, ttl: 60, data: `10.9.${i >> 8}.${i & 255}` }));
+        b = dnsPacket.encode({ type: 'response', id: 0, flags: dnsPacket.RECURSION_AVAILABLE, questions: [{ name: qname, type: 'A', class: 'IN' }], answers });
+        this.bigAnswers.set(qname, b);
+      }
+      const out = Buffer.from(b);
+      out.writeUInt16BE(q.id!, 0);
+      return reply(out);
+    }
     const name = q.questions![0].name;
     const answer = (qname: string) =>
       dnsPacket.encode({
@@ -117,12 +133,12 @@ let up: FakeUpstream;
 let proxy: DnsProxy;
 const sockets: dgram.Socket[] = [];
 
-async function setup(over: Partial<DnsProxyOptions> = {}): Promise<void> {
+async function setup(over: Partial<DnsProxyOptions> = {}, upOver: { timeoutMs?: number; maxInflight?: number } = {}): Promise<void> {
   up = await FakeUpstream.start();
   proxy = await DnsProxy.start({
     listen: ['127.0.0.1'],
     port: 0,
-    upstream: { servers: [{ address: '127.0.0.1', port: up.port }], mark: 0, timeoutMs: 300, maxInflight: 1024 },
+    upstream: { servers: [{ address: '127.0.0.1', port: up.port }], mark: 0, timeoutMs: 300, maxInflight: 1024, ...upOver },
     policy: { domain: 'alpha.svc.cluster.local', neverNames: [] },
     neverCidrs: new CidrSet([]),
     maxTtl: 30,
@@ -274,6 +290,68 @@ describe('dns proxy sockets', () => {
     expect(up.tcpConnections).toBe(1);
     expect(proxy.counters().queriesTcp).toBe(3);
   });
+
+  it('TCP backpressure: 256 clients (the most per listener) that never read, 16 of them asking for 54 KB answers every 20 ms: buffered bytes stay under the caps, slow clients dropped, others answered', async () => {
+    const totalMax = 128 * 1024; // a total cap below the default, held too
+    await setup({ tcpLimits: { totalMaxBytes: totalMax } }, { timeoutMs: 3000, maxInflight: 256 * 64 });
+    up.mode = { big: 2000 }; // ~54 KB per answer
+    // The clients: python3 sockets with a 2 KiB receive buffer set before connect, so the kernel
+    // takes less of what the proxy sends (node's net cannot set SO_RCVBUF). 240 clients send one
+    // query; 16 send 64 pipelined queries every 20 ms for 1.5 s. None ever reads.
+    const frameOf = (m: Buffer) => Buffer.concat([Buffer.from([m.length >> 8, m.length & 255]), m]).toString('hex');
+    const script = [
+      'import socket, sys, time',
+      'port, n, heavy = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])',
+      'burst, one = bytes.fromhex(sys.argv[4]) * 64, bytes.fromhex(sys.argv[5])',
+      'cs = []',
+      'for i in range(n):',
+      '    c = socket.socket()',
+      '    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)',
+      '    c.connect(("127.0.0.1", port))',
+      '    c.setblocking(False)',
+      '    c.send(one)',
+      '    cs.append(c)',
+      'print("connected", flush=True)',
+      'end = time.time() + 1.5',
+      'while time.time() < end:',
+      '    for c in cs[:heavy]:',
+      '        try: c.send(burst)',
+      '        except OSError: pass',
+      '    time.sleep(0.02)',
+      'print("done", flush=True)',
+      'sys.stdin.read()', // connections stay open (unread) until the test has looked
+    ].join('\n');
+    const args = ['-c', script, String(proxy.port), '256', '16', frameOf(query('big.example', 1)), frameOf(query('small.example', 2))];
+    const py = spawn('python3', args, { stdio: ['pipe', 'pipe', 'inherit'] });
+    let out = '';
+    py.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise<number | null>((r) => {
+      py.on('error', (e) => {
+        out += `cannot run python3: ${e.message}`;
+        r(-1);
+      });
+      py.on('close', (c) => r(c));
+    });
+    for (let i = 0; i < 400 && !out.includes('done') && !out.includes('cannot run'); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(out, 'python3 is needed for clients with a small receive buffer').toContain('done');
+    // every query sent upstream answered (or timed out), bounded
+    for (let i = 0; i < 200; i++) {
+      const u = proxy.counters().upstreamTcp;
+      if (u.answered + u.timeouts >= u.sent) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const k = proxy.counters();
+    py.stdin!.end();
+    expect(await exited).toBe(0);
+    expect(k.queriesTcp).toBeGreaterThan(256);
+    expect(k.drops.tcp_slow_client).toBeGreaterThan(0); // clients got to the per-client cap
+    expect(k.tcpBufferedPeak).toBeGreaterThan(TCP_PAUSE_BYTES);
+    expect(k.tcpBufferedPeak).toBeLessThanOrEqual(totalMax);
+    expect(k.tcpBuffered).toBeLessThanOrEqual(totalMax);
+    // the proxy still answers others
+    const [p] = await exchange(await client(), [query('after.example', 9)], 1);
+    expect(p.id).toBe(9);
+  }, 30_000);
 
   it('UDP: a query of exactly 4096 bytes is answered, one of 4097 is an oversized drop (the socket keeps 4096)', async () => {
     await setup();

@@ -184,15 +184,27 @@ describe('rewriteAnswer', () => {
     expect((dnsPacket.decode(r.message!).additionals![0] as { ttl: number }).ttl).toBe(10);
   });
 
-  it('a CNAME out of the project (ExternalName service): the outside addresses are neither rewritten nor learned', () => {
+  it('a CNAME out of the project: the outside addresses are learned (into the tunnel), not rewritten; a never-tunnel name is not', () => {
+    // behaviour change (issue 19.1): a tampered answer must not lead a project name to a route-less address
     const r0 = answer('ext.alpha.svc.cluster.local', [
-      { name: 'ext.alpha.svc.cluster.local', type: 'CNAME', ttl: 5, data: 'api.example.com' },
-      { name: 'api.example.com', type: 'A', ttl: 5, data: '10.96.0.20' }, // even if it equals a project VIP
+      { name: 'ext.alpha.svc.cluster.local', type: 'CNAME', ttl: 5, data: 'x.evil.example' },
+      { name: 'x.evil.example', type: 'A', ttl: 5, data: '10.96.0.20' }, // even if it equals a project VIP
+      { name: 'x.evil.example', type: 'AAAA', ttl: 5, data: 'fd00:66::5' },
     ]);
     const r = rewriteAnswer(r0, readQuestion(r0)!, opts());
-    expect(r.learned).toEqual([]);
+    expect(r.learned).toEqual([
+      { address: '10.96.0.20', ttl: 5 },
+      { address: 'fd00:66::5', ttl: 5 },
+    ]);
     expect(r.rewritten).toBe(0);
     expect(r.message).toBeNull();
+    // ExternalName made plaintext on purpose: the target (or a name it leads to) is a never-tunnel name
+    const ext = answer('ext.alpha.svc.cluster.local', [
+      { name: 'ext.alpha.svc.cluster.local', type: 'CNAME', ttl: 5, data: 'api.example.net' },
+      { name: 'api.example.net', type: 'CNAME', ttl: 5, data: 'edge.cdn.example' },
+      { name: 'edge.cdn.example', type: 'A', ttl: 5, data: '10.99.0.5' },
+    ]);
+    expect(rewriteAnswer(ext, readQuestion(ext)!, opts()).learned).toEqual([]);
   });
 
   it('never-tunnel CIDRs are not learned', () => {
@@ -200,13 +212,29 @@ describe('rewriteAnswer', () => {
     expect(rewriteAnswer(r0, readQuestion(r0)!, opts()).learned).toEqual([]);
   });
 
-  it('truncated and error answers pass untouched', () => {
+  it('truncated answers: with records, header and question only (TC kept, nothing learned); error answers with records are learned', () => {
     const tc = answer('web.alpha.svc.cluster.local', [], { flags: dnsPacket.TRUNCATED_RESPONSE });
-    expect(rewriteAnswer(tc, readQuestion(tc)!, opts()).message).toBeNull();
+    expect(rewriteAnswer(tc, readQuestion(tc)!, opts()).message).toBeNull(); // no records: as it is
+    // behaviour change (issue 19.1): musl uses the records of a truncated answer
+    const tcA = answer('web.alpha.svc.cluster.local', [{ name: 'web.alpha.svc.cluster.local', type: 'A', ttl: 5, data: '10.99.0.5' }], {
+      flags: dnsPacket.TRUNCATED_RESPONSE,
+    });
+    const t = rewriteAnswer(tcA, readQuestion(tcA)!, opts());
+    expect(t.learned).toEqual([]);
+    const d = dnsPacket.decode(t.message!);
+    expect(d.flags! & dnsPacket.TRUNCATED_RESPONSE).toBeTruthy();
+    expect(d.id).toBe(7);
+    expect(d.questions).toHaveLength(1);
+    expect(d.answers).toHaveLength(0);
+    expect(d.additionals).toHaveLength(0);
     const nx = answer('nope.alpha.svc.cluster.local', [], { rcode: 'NXDOMAIN' } as Partial<dnsPacket.Packet>);
     const r = rewriteAnswer(nx, readQuestion(nx)!, opts());
     expect(r.message).toBeNull();
     expect(r.learned).toEqual([]);
+    const nxA = answer('nope.alpha.svc.cluster.local', [{ name: 'x.evil.example', type: 'A', ttl: 5, data: '10.99.0.6' }], {
+      rcode: 'NXDOMAIN',
+    } as Partial<dnsPacket.Packet>);
+    expect(rewriteAnswer(nxA, readQuestion(nxA)!, opts()).learned).toEqual([{ address: '10.99.0.6', ttl: 5 }]);
   });
 
   it('fits the client limit with fewer endpoints, or keeps the VIP', () => {

@@ -238,6 +238,15 @@ describe('kubernetes registry: TencPeers, admission and trust', () => {
 describe('--registry kubernetes[:KUBECONFIG]', () => {
   it('opens the backend from a kubeconfig file; a missing or empty one is named', async () => {
     await expect(openRegistry(`kubernetes:${join(dir, 'nope')}`)).rejects.toThrow(`--registry kubernetes:${join(dir, 'nope')}: kubeconfig ${join(dir, 'nope')} does not exist`);
+    // bare `kubernetes`: the default chain ($KUBECONFIG first), not a directory named kubernetes
+    const saved = process.env.KUBECONFIG;
+    process.env.KUBECONFIG = join(dir, 'nope');
+    try {
+      await expect(openRegistry('kubernetes')).rejects.toThrow(/^--registry kubernetes: /);
+    } finally {
+      if (saved === undefined) delete process.env.KUBECONFIG;
+      else process.env.KUBECONFIG = saved;
+    }
     writeFileSync(join(dir, 'empty.json'), '{}');
     await expect(openRegistry(`kubernetes:${join(dir, 'empty.json')}`)).rejects.toThrow(/no current cluster/);
     const kc = join(dir, 'kc.json');

@@ -142,6 +142,7 @@ describe('RouteMisses', () => {
       release: () => {},
       now: () => 0,
       holdMs: 1000,
+      maxPerSecond: 1000, // the rate cap is tested on its own
     });
     const all = Array.from({ length: 300 }, (_, i) => m.miss(`10.96.${i >> 8}.${i & 255}`, pkt(i & 255)));
     expect(gates).toHaveLength(256);
@@ -149,6 +150,38 @@ describe('RouteMisses', () => {
     gates.forEach((g) => g());
     await Promise.all(all);
     expect(m.list()).toHaveLength(256);
+  });
+
+  it('a scan of the ranges: at most maxPerSecond misses a second are classified, the rest counted and wiped (issue 19.8)', async () => {
+    const verdicts: Record<string, AddressVerdict['verdict']> = {};
+    for (let i = 0; i < 500; i++) verdicts[`10.96.${i >> 8}.${i & 255}`] = 'other';
+    const t = setup(verdicts);
+    const packets = Object.keys(verdicts).map((_, i) => pkt(i & 255));
+    await Promise.all(Object.keys(verdicts).map((a, i) => t.m.miss(a, packets[i])));
+    expect(t.calls.filter((c) => c.startsWith('classify'))).toHaveLength(200);
+    expect(t.m.counters.rateLimited).toBe(300);
+    expect(t.released).toHaveLength(200);
+    expect(packets.slice(200).every((p) => p.every((b) => b === 0))).toBe(true); // dropped, not leaked
+    t.advance(1000); // a new second: the next misses are taken up again
+    await t.m.miss('10.96.1.200', pkt(1));
+    expect(t.calls.at(-1)).toBe('add 10.96.1.200/32');
+  });
+
+  it('revoke: bypasses of addresses that became members go at once; a classification under way adds none (issue 19.6)', async () => {
+    const t = setup({ '10.96.0.1': 'other', '10.96.0.2': 'other', '10.96.0.3': 'other' });
+    await t.m.miss('10.96.0.1', null);
+    await t.m.miss('10.96.0.2', null);
+    const members = new Set(['10.96.0.1']);
+    const during = t.m.miss('10.96.0.3', pkt(3)); // classified before the change, finishes after
+    await t.m.revoke((a) => members.has(a));
+    await during;
+    expect(t.calls).toContain('remove 10.96.0.1/32');
+    expect(t.m.list()).toEqual(['10.96.0.2/32']);
+    expect(t.installed.has('10.96.0.3/32')).toBe(false);
+    expect(t.released).toHaveLength(0);
+    expect(t.m.counters.revoked).toBe(1);
+    await t.m.miss('10.96.0.3', null); // its next miss is classified afresh
+    expect(t.m.list()).toEqual(['10.96.0.2/32', '10.96.0.3/32']);
   });
 
   it('holds at most maxBypasses: the oldest is removed first', async () => {
@@ -246,6 +279,43 @@ function routingOver(k: ReturnType<typeof fakeKernel>, ranges = ['10.96.0.0/12',
 }
 
 describe('PolicyRouting bypass routes (over a model of the kernel table)', () => {
+  it('removeRoute keepGuard (a DNS answer after its TTL): outside the ranges the guard stays (unreachable, never the main table); inside, the range route takes over (issue 19.1)', async () => {
+    const k = fakeKernel([]);
+    const r = routingOver(k);
+    await r.install(1420, ['10.96.0.0/12', 'fd00:96::/64']);
+    await r.addRoutes(['10.200.0.5/32', 'fd00:99::5/128', '10.96.0.5/32']);
+    for (const c of ['10.200.0.5/32', 'fd00:99::5/128', '10.96.0.5/32']) await r.removeRoute(c, { keepGuard: true });
+    expect(k.lookup('10.200.0.5')).toBe('unreachable');
+    expect(k.lookup('fd00:99::5')).toBe('unreachable');
+    expect(k.lookup('10.96.0.5')).toBe('unicast'); // the range's tenc0 route, no guard in front of it
+    expect(r.keptGuards()).toEqual(['10.200.0.5/32', 'fd00:99::5/128']);
+    await r.addRoutes(['10.200.0.5/32']); // answered again: routed again
+    expect(k.lookup('10.200.0.5')).toBe('unicast');
+    await r.removeRoute('10.200.0.5/32', { keepGuard: true });
+    await r.addRoutes(['10.200.0.0/24']); // a wider route (a peer) is not shadowed by the kept guard
+    expect(k.lookup('10.200.0.5')).toBe('unicast');
+    await r.teardown();
+    expect(k.table).toEqual([]);
+  });
+
+  it('bypasses asked for together go in one `ip -batch` per family; a line the kernel refuses answers false, the rest still go (issue 19.8)', async () => {
+    const lines: string[] = [];
+    const k = fakeKernel(lines);
+    const r = routingOver(k);
+    await r.install(1420, ['10.96.0.0/12', 'fd00:96::/64']);
+    k.table.push({ fam: 4, type: 'throw', dst: '10.96.0.20/32', metric: 0, proto: 'x', dev: '' }); // not ours: `add` gets File exists
+    let batches = 0;
+    const batch = k.ip.batch.bind(k.ip);
+    k.ip.batch = (fam, l) => (batches++, batch(fam, l));
+    const cidrs = [...Array.from({ length: 40 }, (_, i) => `10.96.0.${i + 1}/32`), 'fd00:96::7/128', 'fd00:96::8/128'];
+    const ok = await Promise.all(cidrs.map((c) => r.addBypass(c)));
+    expect(ok.filter((x) => !x)).toHaveLength(1);
+    expect(ok[19]).toBe(false); // 10.96.0.20
+    expect(batches).toBeLessThanOrEqual(3); // IPv4 (split once at the refused line) and IPv6; not one process each
+    for (const c of cidrs) if (c !== '10.96.0.20/32') expect(k.lookup(c.split('/')[0])).toBe('main');
+    expect(r.bypasses()).toHaveLength(41);
+  });
+
   it('adds throw routes with add and proto 117 inside the ranges only, never over or under a tenc0 route', async () => {
     const lines: string[] = [];
     const k = fakeKernel(lines);

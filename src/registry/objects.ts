@@ -1,0 +1,59 @@
+/**
+ * The registry objects in their Kubernetes shapes (trimmed), read into the
+ * registry interface's types. Pure: a backend that stores the objects as JSON
+ * (etcd.ts) parses each once, when it arrives; null means "not an object of
+ * that kind" and the backend reports it as a problem.
+ */
+import type { ServicePort } from '../control/config.js';
+import type { EndpointsInfo, PeerInfo, PodInfo, ServiceInfo } from './registry.js';
+
+type Obj = Record<string, any>;
+const str = (v: unknown): v is string => typeof v === 'string';
+
+export const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+export const isName = (v: unknown): v is string => str(v) && v.length <= 63 && NAME.test(v);
+
+/** A Pod: spec.nodeName, status.podIP (and podIPs), labels, annotation tenc.io/netns. */
+export function podFromObject(project: string, o: Obj): PodInfo | null {
+  const m = o?.metadata;
+  if (!str(m?.name) || !str(o?.spec?.nodeName) || !str(o?.status?.podIP)) return null;
+  const ips: string[] = Array.isArray(o.status.podIPs) ? o.status.podIPs.map((x: Obj) => x?.ip).filter(str) : [];
+  return {
+    project,
+    name: m.name,
+    node: o.spec.nodeName,
+    address: o.status.podIP,
+    addresses: [o.status.podIP, ...ips.filter((ip) => ip !== o.status.podIP)],
+    labels: { ...(m.labels ?? {}) },
+    netns: str(m.annotations?.['tenc.io/netns']) ? m.annotations['tenc.io/netns'] : null,
+  };
+}
+
+/** A Service: spec.clusterIP, spec.ports (TCP/UDP), spec.selector. */
+export function serviceFromObject(project: string, o: Obj): ServiceInfo | null {
+  if (!str(o?.metadata?.name) || !str(o?.spec?.clusterIP) || !Array.isArray(o.spec.ports)) return null;
+  const ports: ServicePort[] = o.spec.ports
+    .filter((p: Obj) => (p?.protocol === 'TCP' || p?.protocol === 'UDP') && Number.isInteger(p.port))
+    .map((p: Obj) => ({ protocol: p.protocol.toLowerCase(), port: p.port }));
+  return { project, name: o.metadata.name, vip: o.spec.clusterIP, ports, selector: { ...(o.spec.selector ?? {}) } };
+}
+
+/** An EndpointSlice (label kubernetes.io/service-name): its ready endpoints. */
+export function endpointsFromObject(project: string, o: Obj): EndpointsInfo | null {
+  const service = o?.metadata?.labels?.['kubernetes.io/service-name'];
+  if (!str(service) || !Array.isArray(o.endpoints)) return null;
+  const pods = (o.endpoints as Obj[])
+    .filter((e) => str(e?.addresses?.[0]) && str(e?.targetRef?.name) && e?.conditions?.ready !== false)
+    .map((e) => ({ name: e.targetRef.name as string, address: e.addresses[0] as string, node: str(e.nodeName) ? e.nodeName : '' }));
+  return { project, service, pods };
+}
+
+/**
+ * A published peer ({pod, publicKey, endpoint}) found at a place that names its
+ * project, node and pod: the node is the place's (the authenticated publisher),
+ * never a field; a value naming another pod than its place is refused.
+ */
+export function peerFromObject(project: string, node: string, pod: string, o: Obj): PeerInfo | null {
+  if (!str(o?.pod) || !str(o?.publicKey) || !str(o?.endpoint) || o.pod !== pod) return null;
+  return { project, pod, node, publicKey: o.publicKey, endpoint: o.endpoint };
+}

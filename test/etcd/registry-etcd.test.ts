@@ -1,0 +1,256 @@
+/**
+ * The etcd registry against a real etcd (one member on loopback, no namespaces):
+ *
+ *  1. spec: every option, and errors naming what is wrong
+ *  2. snapshot then watch: the cluster tool's objects read back in the directory
+ *     backend's shapes; a change calls the watcher; a bad value is reported and skipped
+ *  3. peers: the publisher is the node of the key, never a field of the value
+ *  4. the psk Secret handed out as a 0600 file (never in an error message)
+ *  5. lease: the keys of an agent killed with SIGKILL (built dist/ needed) vanish within
+ *     TTL + 5 s; a lease revoked under a live agent is replaced and its keys come back
+ *  6. connection lost while the history is compacted: the watch is cancelled, the
+ *     snapshot read again, and no change is missed
+ *  7. auth on: node2's user cannot write below node1's prefix, can below its own
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { EtcdRegistry, EtcdRegistryWriter, parseEtcdSpec, type EtcdConnection } from '../../src/registry/etcd.js';
+import { openRegistry } from '../../src/registry/open.js';
+import { trustedPeers } from '../../src/registry/registry.js';
+import { EtcdServer, Relay } from './server.js';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const KEY_A = 'A'.repeat(43) + '=';
+const KEY_B = 'B'.repeat(43) + '=';
+const PSK = 'c'.repeat(43) + '=';
+
+async function until(what: string, fn: () => Promise<boolean> | boolean, ms = 10_000): Promise<number> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < ms) {
+    if (await fn()) return Date.now() - t0;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+}
+
+const pod = (name: string, node: string, ip: string) => ({
+  apiVersion: 'v1',
+  kind: 'Pod',
+  metadata: { name, namespace: 'alpha', labels: { app: name }, annotations: { 'tenc.io/netns': `/run/netns/${name}` } },
+  spec: { nodeName: node },
+  status: { podIP: ip, podIPs: [{ ip }] },
+});
+
+describe('spec', () => {
+  it('reads endpoints and options', () => {
+    const c = parseEtcdSpec('https://10.0.0.1:2379,https://10.0.0.2:2379?ca=/c&cert=/x&key=/y&prefix=/t/&user=node1&password-file=/p&ttl=7');
+    expect(c).toEqual({ endpoints: ['https://10.0.0.1:2379', 'https://10.0.0.2:2379'], prefix: '/t/', ca: '/c', cert: '/x', key: '/y', user: 'node1', passwordFile: '/p', ttl: 7 });
+    expect(parseEtcdSpec('http://127.0.0.1:2379')).toMatchObject({ prefix: '/tenc/', ttl: 5 });
+  });
+
+  it.each([
+    ['', /at least one endpoint/],
+    ['10.0.0.1:2379', /is not a URL|must be http/],
+    ['ftp://h:1', /must be http\(s\)/],
+    ['http://h', /must be http\(s\)/],
+    ['http://h:1,https://g:1', /mix http and https/],
+    ['https://h:1?cert=/x', /cert and key go together/],
+    ['http://h:1?ca=/c', /TLS files given but the endpoints are http/],
+    ['http://10.0.0.1:1?user=u&password-file=/p', /password is not sent over http/],
+    ['https://h:1?user=u', /user and password-file go together/],
+    ['https://h:1?prefix=tenc', /prefix "tenc" must start and end/],
+    ['https://h:1?ttl=1', /ttl "1" must be 2..600/],
+    ['https://h:1?colour=red', /unknown option "colour"/],
+  ])('%s: %s', (spec, re) => {
+    expect(() => parseEtcdSpec(spec)).toThrow(re);
+  });
+
+  it('open names the spec; unreadable TLS files are named', async () => {
+    await expect(openRegistry('etcd:')).rejects.toThrow(/--registry etcd:: etcd: needs at least one endpoint/);
+    await expect(openRegistry('etcd:https://h:1?ca=/nonexistent/ca.pem')).rejects.toThrow(/cannot read the ca file \/nonexistent\/ca.pem \(ENOENT\)/);
+  });
+});
+
+describe('etcd registry (real etcd)', () => {
+  const etcd = new EtcdServer();
+  const tmp = mkdtempSync(join(tmpdir(), 'tenc-etcd-reg-'));
+  const open: { close(): Promise<void> | void }[] = [];
+  let conn: EtcdConnection;
+  const reg = (o: Partial<EtcdConnection> = {}, problems: string[] = []) => {
+    const r = new EtcdRegistry({ ...conn, ...o }, { secretDir: join(tmp, 'secrets'), onProblem: (k, why) => problems.push(`${k}: ${why}`) });
+    open.push(r);
+    return r;
+  };
+
+  beforeAll(async () => {
+    await etcd.start();
+    conn = parseEtcdSpec(`${etcd.endpoint}?ttl=2`);
+  });
+  afterAll(async () => {
+    for (const r of open) await r.close();
+    await etcd.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('snapshot then watch: the objects in the directory backend shapes; a bad value is skipped and reported', async () => {
+    writeFileSync(join(tmp, 'psk'), PSK + '\n');
+    const w = new EtcdRegistryWriter(conn);
+    w.putProject('alpha', join(tmp, 'psk'));
+    w.replaceObjects('pods', 'alpha', new Map([['web', pod('web', 'node1', '10.128.1.10')], ['db', pod('db', 'node2', '10.128.2.10')]]));
+    w.replaceObjects('services', 'alpha', new Map([['web', { metadata: { name: 'web' }, spec: { clusterIP: '10.96.1.10', ports: [{ protocol: 'TCP', port: 80 }], selector: { app: 'web' } } }]]));
+    w.replaceObjects('endpointslices', 'alpha', new Map([['web', { metadata: { name: 'web', labels: { 'kubernetes.io/service-name': 'web' } }, endpoints: [{ addresses: ['10.128.1.10'], nodeName: 'node1', targetRef: { name: 'web' } }] }]]));
+    await w.flush();
+    const problems: string[] = [];
+    const r = reg({}, problems);
+    expect(await r.projects()).toEqual(['alpha']);
+    expect((await r.pods('alpha')).sort((a, b) => a.name.localeCompare(b.name))).toEqual([
+      { project: 'alpha', name: 'db', node: 'node2', address: '10.128.2.10', addresses: ['10.128.2.10'], labels: { app: 'db' }, netns: '/run/netns/db' },
+      { project: 'alpha', name: 'web', node: 'node1', address: '10.128.1.10', addresses: ['10.128.1.10'], labels: { app: 'web' }, netns: '/run/netns/web' },
+    ]);
+    expect(await r.services('alpha')).toEqual([{ project: 'alpha', name: 'web', vip: '10.96.1.10', ports: [{ protocol: 'tcp', port: 80 }], selector: { app: 'web' } }]);
+    expect(await r.endpoints('alpha')).toEqual([{ project: 'alpha', service: 'web', pods: [{ name: 'web', address: '10.128.1.10', node: 'node1' }] }]);
+    expect(r.stats.snapshots).toBe(1);
+
+    let calls = 0;
+    const watch = r.watch('alpha', () => calls++);
+    // a pod removed, one added, one bad value: the replace writes only the difference
+    w.replaceObjects('pods', 'alpha', new Map([['web', pod('web', 'node1', '10.128.1.10')], ['cache', pod('cache', 'node2', '10.128.2.11')]]));
+    await w.flush();
+    await etcd.client(r).put('/tenc/pods/alpha/junk').value('{not json');
+    await etcd.client(r).put('/tenc/pods/alpha/Bad_Name').value('{}');
+    await until('the watch to deliver', async () => (await r.pods('alpha')).map((p) => p.name).sort().join() === 'cache,web' && problems.length >= 2);
+    expect(calls).toBeGreaterThan(0);
+    expect(problems.join('\n')).toMatch(/\/tenc\/pods\/alpha\/junk: not JSON/);
+    expect(problems.join('\n')).toMatch(/\/tenc\/pods\/alpha\/Bad_Name: a name in the key is not a valid name/);
+    expect(r.stats.events).toBe(4); // put cache, delete db, junk, Bad_Name: web unchanged was not rewritten
+    watch.close();
+    w.close();
+  });
+
+  it('peers: the publisher is the node of the key, never a field of the value', async () => {
+    const r1 = reg();
+    await r1.publishPeer({ project: 'alpha', pod: 'web', node: 'node1', publicKey: KEY_A, endpoint: '10.128.1.10:51820' });
+    // node2 writes for a pod of node1, claiming node1 in the value
+    await etcd.client(r1).put('/tenc/nodes/node2/peers/alpha/web').value(JSON.stringify({ pod: 'web', node: 'node1', publicKey: KEY_B, endpoint: '10.128.2.66:51820' }));
+    // a value naming another pod than its key
+    await etcd.client(r1).put('/tenc/nodes/node2/peers/alpha/cache').value(JSON.stringify({ pod: 'web', publicKey: KEY_B, endpoint: '10.128.2.66:51820' }));
+    const problems: string[] = [];
+    const r2 = reg({}, problems);
+    const peers = await r2.peers('alpha');
+    expect(peers.map((p) => `${p.node}/${p.pod}/${p.publicKey[0]}`).sort()).toEqual(['node1/web/A', 'node2/web/B']);
+    expect(problems.join()).toMatch(/nodes\/node2\/peers\/alpha\/cache: not a valid peer/);
+    const rejected: string[] = [];
+    const trusted = trustedPeers(await r2.pods('alpha'), peers, (p, why) => rejected.push(`${p.node}: ${why}`));
+    expect(trusted).toEqual([{ project: 'alpha', pod: 'web', node: 'node1', publicKey: KEY_A, endpoint: '10.128.1.10:51820' }]);
+    expect(rejected).toEqual(['node2: published by node node2, but the pod runs on node1']);
+    await r1.withdrawPeer('alpha', 'node1', 'web');
+    await until('the withdrawal', async () => !(await r2.peers('alpha')).some((p) => p.node === 'node1'));
+    await etcd.client(r1).delete().prefix('/tenc/nodes/');
+  });
+
+  it('the psk Secret becomes a 0600 file; a bad one is refused without showing it', async () => {
+    const r = reg();
+    const f = await r.pskFile('alpha');
+    expect(readFileSync(f, 'utf8')).toBe(PSK + '\n');
+    expect(statSync(f).mode & 0o777).toBe(0o600);
+    expect(statSync(join(tmp, 'secrets')).mode & 0o777).toBe(0o700);
+    const bad = 'x'.repeat(20);
+    await etcd.client(r).put('/tenc/secrets/beta/psk').value(JSON.stringify({ data: { psk: Buffer.from(bad).toString('base64') } }));
+    const problems: string[] = [];
+    const r2 = reg({}, problems);
+    await expect(r2.pskFile('beta')).rejects.toThrow(/project beta: no valid psk Secret at \/tenc\/secrets\/beta\/psk/);
+    expect(problems.join()).toMatch(/secrets\/beta\/psk: not a valid psk Secret/);
+    expect(problems.join()).not.toContain(bad);
+    await expect(r2.pskFile('gamma')).rejects.toThrow(/no valid psk Secret/);
+  });
+
+  it('lease: a dead agent\'s keys vanish within TTL + 5 s; a revoked lease is replaced and the keys return', async () => {
+    const watcher = reg();
+    // an agent in a process of its own publishes, then is killed with SIGKILL
+    const agent = spawn(process.execPath, ['--input-type=module', '-e', `
+      const { EtcdRegistry, parseEtcdSpec } = await import(${JSON.stringify(join(root, 'dist', 'src', 'registry', 'etcd.js'))});
+      const r = new EtcdRegistry(parseEtcdSpec('${etcd.endpoint}?ttl=2'));
+      await r.publishPeer({ project: 'alpha', pod: 'web', node: 'node1', publicKey: '${KEY_A}', endpoint: '10.128.1.10:51820' });
+      console.log('published');`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve, reject) => {
+      agent.stdout!.on('data', (d) => String(d).includes('published') && resolve());
+      agent.once('exit', (c) => reject(new Error(`agent exited ${c}`)));
+    });
+    await until('the peer to be seen', async () => (await watcher.peers('alpha')).length === 1);
+    agent.kill('SIGKILL');
+    const gone = await until('the dead agent\'s key to vanish', async () => (await watcher.peers('alpha')).length === 0, 2000 + 5000);
+    expect(gone).toBeLessThan(7000);
+
+    const live = reg();
+    await live.publishPeer({ project: 'alpha', pod: 'db', node: 'node2', publicKey: KEY_B, endpoint: '10.128.2.10:51820' });
+    await until('the peer to be seen', async () => (await watcher.peers('alpha')).length === 1);
+    // the lease the key was written under
+    const id = BigInt(/"lease":(\d+)/.exec(etcd.ctl('get', '/tenc/nodes/node2/peers/alpha/db', '-w', 'json').stdout)![1]).toString(16);
+    expect(etcd.ctl('lease', 'revoke', id).status).toBe(0);
+    await until('the key to be deleted with its lease', async () => (await watcher.peers('alpha')).length === 0, 5000);
+    await until('the agent to publish again under a new lease', async () => (await watcher.peers('alpha')).length === 1, 10_000);
+    expect(live.stats.leasesLost).toBe(1);
+    await live.close();
+    // closing revokes the lease: the key goes at once
+    await until('close to remove the key', async () => (await watcher.peers('alpha')).length === 0, 2000);
+  });
+
+  it('connection lost while the history is compacted: snapshot read again, nothing missed', async () => {
+    const relay = new Relay(etcd.clientPort);
+    await relay.open();
+    const r = reg({ endpoints: [`http://127.0.0.1:${relay.port}`] });
+    expect((await r.pods('alpha')).length).toBe(2);
+    let calls = 0;
+    r.watch('alpha', () => calls++);
+    await relay.cut();
+    // meanwhile: a pod added, one deleted, then the history compacted away
+    const w = new EtcdRegistryWriter(conn);
+    w.replaceObjects('pods', 'alpha', new Map([['web', pod('web', 'node1', '10.128.1.10')], ['late', pod('late', 'node1', '10.128.1.12')]]));
+    await w.flush();
+    w.close();
+    const rev = JSON.parse(etcd.ctl('endpoint', 'status', '-w', 'json').stdout)[0].Status.header.revision;
+    expect(etcd.ctl('compaction', String(rev)).status).toBe(0);
+    // still the old copy while cut off
+    expect((await r.pods('alpha')).map((p) => p.name).sort()).toEqual(['cache', 'web']);
+    calls = 0;
+    await relay.open();
+    await until('the registry to catch up', async () => (await r.pods('alpha')).map((p) => p.name).sort().join() === 'late,web', 20_000);
+    expect(r.stats.watchErrors).toBeGreaterThanOrEqual(1);
+    expect(r.stats.snapshots).toBeGreaterThanOrEqual(2);
+    expect(calls).toBeGreaterThan(0);
+    await r.close();
+    await relay.cut();
+  });
+
+  it('auth: node2 cannot write below node1\'s prefix, can below its own; reads everything', async () => {
+    const pw = join(tmp, 'pw');
+    writeFileSync(pw, 'secret-node2\n', { mode: 0o600 });
+    const c = (...a: string[]) => {
+      const x = etcd.ctl(...a);
+      if (x.status !== 0) throw new Error(`etcdctl ${a.join(' ')}: ${x.stderr}`);
+    };
+    c('user', 'add', 'root:rootpw');
+    c('role', 'add', 'node2');
+    c('role', 'grant-permission', 'node2', '--prefix=true', 'readwrite', '/tenc/nodes/node2/');
+    c('role', 'grant-permission', 'node2', '--prefix=true', 'read', '/tenc/');
+    c('user', 'add', 'node2:secret-node2');
+    c('user', 'grant-role', 'node2', 'node2');
+    c('auth', 'enable');
+    try {
+      const r = new EtcdRegistry(parseEtcdSpec(`${etcd.endpoint}?user=node2&password-file=${pw}`), {});
+      open.push(r);
+      expect((await r.pods('alpha')).length).toBe(2);
+      await r.publishPeer({ project: 'alpha', pod: 'cache', node: 'node2', publicKey: KEY_B, endpoint: '10.128.2.11:51820' });
+      await expect(r.publishPeer({ project: 'alpha', pod: 'web', node: 'node1', publicKey: KEY_B, endpoint: '10.128.2.66:51820' })).rejects.toThrow(/permission denied/);
+      await expect(r.client.put('/tenc/pods/alpha/evil').value('{}').exec()).rejects.toThrow(/permission denied/);
+      await until('its own key', async () => (await r.peers('alpha')).map((p) => `${p.node}/${p.pod}`).join() === 'node2/cache');
+      await r.close();
+    } finally {
+      etcd.ctl('--user', 'root:rootpw', 'auth', 'disable');
+    }
+  });
+});
