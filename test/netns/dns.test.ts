@@ -153,7 +153,7 @@ beforeAll(async () => {
   mkdirSync(`/etc/netns/${a.name}`, { recursive: true });
   writeFileSync(`/etc/netns/${a.name}/resolv.conf`, 'nameserver 10.77.0.254\nsearch alpha.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n');
   dir = mkdtempSync(join(tmpdir(), 'tenc-dns-'));
-  writeFileSync(join(dir, 'psk'), spawnSync('node', [main, 'genpsk'], { encoding: 'utf8' }).stdout);
+  writeFileSync(join(dir, 'psk'), spawnSync('node', [main, 'genpsk'], { encoding: 'utf8' }).stdout, { mode: 0o600 });
   writeFileSync(
     join(dir, 'a.json'),
     JSON.stringify({
