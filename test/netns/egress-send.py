@@ -26,7 +26,7 @@ try:
             anc = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack('16sI', b'\0' * 16, idx))]
         else:
             anc = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack('I4s4s', idx, b'\0' * 4, b'\0' * 4))]
-        s.sendmsg([payload], anc, (dst, port))
+        s.sendmsg([payload], anc, 0, (dst, port))
     elif mode == 'dontroute':
         s.setsockopt(socket.SOL_SOCKET, socket.SO_DONTROUTE, 1)
         s.sendto(payload, (dst, port))

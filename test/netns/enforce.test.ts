@@ -44,7 +44,7 @@ function config(name: string, extra: Record<string, unknown> = {}): string {
       pskFile: 'psk',
       enforce: true,
       peers: [{ publicKey: PEER_KEY, endpoint: '10.77.0.2:51820', allowedIps: ['10.77.0.2/32', 'fd00:77::2/128'] }],
-      services: [{ vip: '10.96.0.50' }],
+      services: [{ vip: '10.96.0.50', ports: [] }],
       ...extra,
     }),
     { mode: 0o600 },
@@ -58,7 +58,7 @@ function send(ns: Netns, mode: string, dst: string, port: number, payload: strin
 
 /** curl pinned to eth0 (SO_BINDTODEVICE): true when it connected (it must not). */
 function curlEth0(ns: Netns, url: string): boolean {
-  const r = ns.tryExec('curl', '-sS', '--interface', 'eth0', '-m', '2', '-o', '/dev/null', url);
+  const r = ns.tryExec('curl', '-sS', '--interface', 'eth0', '-m', '1', '-o', '/dev/null', url);
   return r.status === 0;
 }
 
@@ -124,27 +124,29 @@ describe('enforcement', () => {
   it('egress past the routing table (SO_BINDTODEVICE, IP_PKTINFO, SO_DONTROUTE; IPv4 and IPv6) to peers, members and VIPs is dropped and counted', async () => {
     const before = snapshot(a);
     const pod = await startPod(a, config('a'));
-    expect(control(a, { op: 'set-members', members: ['10.77.0.3/32', 'fd00:77::3/128', '10.77.0.2/32'] }).ok).toBe(true);
+    try {
+      expect(control(a, { op: 'set-members', members: ['10.77.0.3/32', 'fd00:77::3/128', '10.77.0.2/32'] }).ok).toBe(true);
 
-    const cap = await startCapture(a, 'eth0');
-    const drops0 = outDrops();
-    const leaked = bypassAttempts(a, PROJECT, 'p');
-    expect(curlEth0(a, 'http://10.77.0.2:8080/')).toBe(false);
-    expect(curlEth0(a, 'http://[fd00:77::2]:8080/')).toBe(false);
-    expect(curlEth0(a, 'http://10.96.0.50:8080/')).toBe(false);
-    // the control: a non-project address the same way leaves (the capture sees it)
-    const control9 = bypassAttempts(a, ['10.77.0.254'], 'c');
-    const seen = await captured(cap, [...leaked, ...control9]);
-    const wire = cap.read();
-    cap.remove();
-    expect(seen.filter((m) => control9.includes(m)).length).toBe(control9.length);
-    expect(seen.filter((m) => leaked.includes(m))).toEqual([]);
-    // no TCP to port 8080 of any project address on the wire (curl's SYNs)
-    expect(wire.filter((l) => /\.8080: Flags \[S\]/.test(l))).toEqual([]);
-    // 14 UDP datagrams and curl's SYN attempts were counted
-    expect(outDrops() - drops0).toBeGreaterThanOrEqual(leaked.length + 3);
-
-    expect(await stopPod(pod)).toBe(0);
+      const cap = await startCapture(a, 'eth0');
+      const drops0 = outDrops();
+      const leaked = bypassAttempts(a, PROJECT, 'p');
+      expect(curlEth0(a, 'http://10.77.0.2:8080/')).toBe(false);
+      expect(curlEth0(a, 'http://[fd00:77::2]:8080/')).toBe(false);
+      expect(curlEth0(a, 'http://10.96.0.50:8080/')).toBe(false);
+      // the control: a non-project address the same way leaves (the capture sees it)
+      const control9 = bypassAttempts(a, ['10.77.0.254'], 'c');
+      const seen = await captured(cap, [...leaked, ...control9]);
+      const wire = cap.read();
+      cap.remove();
+      expect(seen.filter((m) => control9.includes(m)).length).toBe(control9.length);
+      expect(seen.filter((m) => leaked.includes(m))).toEqual([]);
+      // no TCP to port 8080 of any project address on the wire (curl's SYNs)
+      expect(wire.filter((l) => /\.8080: Flags \[S\]/.test(l))).toEqual([]);
+      // 14 UDP datagrams and curl's SYN attempts were counted
+      expect(outDrops() - drops0).toBeGreaterThanOrEqual(leaked.length + 3);
+    } finally {
+      expect(await stopPod(pod)).toBe(0);
+    }
     const after = snapshot(a);
     expect(after.nft).toBe(before.nft);
     expect(after.rules4).toBe(before.rules4);
@@ -153,30 +155,33 @@ describe('enforcement', () => {
 
   it('plaintext from a member without a key and from a VIP is dropped and counted (run-time members)', async () => {
     const pod = await startPod(a, config('a'));
-    const listener = a.spawn('python3', ['-c', 'import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(("0.0.0.0",7778))\ns.settimeout(4)\ntry:\n  while True: print(s.recv(100).decode(), flush=True)\nexcept Exception: pass']);
-    let got = '';
-    listener.stdout!.setEncoding('utf8').on('data', (d: string) => (got += d));
-    await new Promise((r) => setTimeout(r, 300));
-    const from = (src: string, m: string) =>
-      b.exec('python3', '-c', `import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(("${src}",0))\ns.sendto(b"${m}",("10.77.0.1",7778))`);
-    // before set-members: a member's plaintext is not (yet) a project address
-    from('10.77.0.3', 'early-member');
-    expect(control(a, { op: 'set-members', members: ['10.77.0.3/32', 'fd00:77::3/128'] }).ok).toBe(true);
-    const dropsIn0 = status(a).drops.plaintext_from_project ?? 0;
-    from('10.77.0.3', 'member');
-    from('10.96.0.50', 'vip');
-    from('10.77.0.2', 'peer');
-    await new Promise<void>((r) => listener.once('exit', () => r()));
-    expect(got).toContain('early-member');
-    expect(got).not.toMatch(/^member$/m);
-    expect(got).not.toContain('vip');
-    expect(got).not.toContain('peer');
-    expect((status(a).drops.plaintext_from_project ?? 0) - dropsIn0).toBe(3);
-    // the members are dropped by the output chain too, and set-members replaced (not added to) the set
-    expect(send(a, 'bindtodevice', '10.77.0.3', 7777, 'm').errno).toBe('EPERM');
-    expect(control(a, { op: 'set-members', members: [] }).ok).toBe(true);
-    expect(send(a, 'bindtodevice', '10.77.0.3', 7777, 'm').sent).toBe(true);
-    expect(await stopPod(pod)).toBe(0);
+    try {
+      const listener = a.spawn('python3', ['-c', 'import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(("0.0.0.0",7778))\ns.settimeout(4)\ntry:\n  while True: print(s.recv(100).decode(), flush=True)\nexcept Exception: pass']);
+      let got = '';
+      listener.stdout!.setEncoding('utf8').on('data', (d: string) => (got += d));
+      await new Promise((r) => setTimeout(r, 300));
+      const from = (src: string, m: string) =>
+        b.exec('python3', '-c', `import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(("${src}",0))\ns.sendto(b"${m}",("10.77.0.1",7778))`);
+      // before set-members: a member's plaintext is not (yet) a project address
+      from('10.77.0.3', 'early-member');
+      expect(control(a, { op: 'set-members', members: ['10.77.0.3/32', 'fd00:77::3/128'] }).ok).toBe(true);
+      const dropsIn0 = status(a).drops.plaintext_from_project ?? 0;
+      from('10.77.0.3', 'member');
+      from('10.96.0.50', 'vip');
+      from('10.77.0.2', 'peer');
+      await new Promise<void>((r) => listener.once('exit', () => r()));
+      expect(got).toContain('early-member');
+      expect(got).not.toMatch(/^member$/m);
+      expect(got).not.toContain('vip');
+      expect(got).not.toContain('peer');
+      expect((status(a).drops.plaintext_from_project ?? 0) - dropsIn0).toBe(3);
+      // the members are dropped by the output chain too, and set-members replaced (not added to) the set
+      expect(send(a, 'bindtodevice', '10.77.0.3', 7777, 'm').errno).toBe('EPERM');
+      expect(control(a, { op: 'set-members', members: [] }).ok).toBe(true);
+      expect(send(a, 'bindtodevice', '10.77.0.3', 7777, 'm').sent).toBe(true);
+    } finally {
+      expect(await stopPod(pod)).toBe(0);
+    }
   }, 60_000);
 
   it('the table stays whenever the guards stay (failClosedOnStop, failed start, crash) and the next start replaces it', async () => {
