@@ -763,17 +763,25 @@ export function loadConfig(file: string): PodConfig {
 
 /**
  * Reads the project's pre-shared key: one line of standard base64 (32 bytes), as
- * `wg genpsk` prints. Errors name the file but never echo its content.
+ * `wg genpsk` prints, in a file no group or other user may access (mode 0600 or
+ * stricter). Errors name the file (and its mode) but never echo its content.
  * The caller zeroes the returned bytes when done.
  */
 export function readPskFile(path: string): Uint8Array {
   let text: string;
+  let mode = 0;
   try {
-    if (!statSync(path).isFile()) throw Object.assign(new Error('not a regular file'), { code: 'not a regular file' });
+    const st = statSync(path);
+    if (!st.isFile()) throw Object.assign(new Error('not a regular file'), { code: 'not a regular file' });
+    mode = st.mode & 0o7777;
     text = readFileSync(path, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
     throw new Error(`psk file ${path}: cannot read (${code})`);
+  }
+  // a secret other users can read (or replace) is no secret: refuse it before parsing
+  if ((mode & 0o077) !== 0) {
+    throw new Error(`psk file ${path}: mode ${mode.toString(8).padStart(4, '0')} gives group or others access; it must be 0600 or stricter (chmod 600 ${path})`);
   }
   const r = parseKey32(text.trim());
   if (!r.ok) throw new Error(`psk file ${path}: is not a base64 32-byte key as \`wg genpsk\` prints`);

@@ -11,10 +11,11 @@
  *      routes/addresses removed, its rule and guards              guards stay after a failed start, and
  *      adopted; rule + unreachable guards for the                 after a stop with failClosedOnStop
  *      config's destinations (fail closed, no tenc0 yet)
+ *   4b. enforcement: nftables table (output chain always,  uninit: table deleted only when the
+ *      input chain when enforce) replacing an earlier             guards are removed too; else it stays
+ *      run's in one transaction                                   with them (fail closed)
  *   5. engine: TUN, UDP socket, data plane, device        uninit: close (plane, then TUN)
  *   6. routing: MTU/up, tenc0 routes, rules               (uninit in 4)
- *   6b. enforcement (when enforce): nftables table that   uninit: table deleted
- *      drops plaintext from the peers' addresses
  *   7. DNS proxy (when dns.enabled): sockets, nftables    uninit: interception out, proxy stop,
  *      redirect of port 53 to it                                   learned routes removed
  *   8. control socket                                     uninit: close, unlink
@@ -31,7 +32,7 @@ import type { DnsStatusReport, StatusReport } from './status.js';
 import { IpCommand } from '../routing/ip.js';
 import { computeMtu } from '../routing/mtu.js';
 import { PolicyRouting } from '../routing/policy.js';
-import { Enforcement, DROP_REASON } from '../routing/enforce.js';
+import { Enforcement, DROP_REASON, EGRESS_DROP_REASON, tableName as enforcementTable } from '../routing/enforce.js';
 import { generatePrivateKey, publicKeyFromPrivate, formatKey } from '../noise/keys.js';
 import { DnsService, interceptTable, removeDnsResidue } from '../dns/service.js';
 import { CidrSet } from '../dns/classify.js';
@@ -61,7 +62,7 @@ export function configDestinations(config: PodConfig): string[] {
 /** The running pod: the control handler over the engine and the routing. */
 export class Pod implements ControlHandler {
   readonly peers = new Map<string, PeerConfig>();
-  /** Drops plaintext from the peers' addresses outside tenc0 (config "enforce"); null when off. */
+  /** The nftables table: egress to project destinations outside tenc0 always, plaintext input from them with "enforce"; null until installed. */
   enforcement: Enforcement | null = null;
   services: ServiceConfig[] = [];
   dns: DnsService | null = null;
@@ -146,18 +147,22 @@ export class Pod implements ControlHandler {
     const before = old?.allowedIps ?? [];
     await this.routing.addRoutes(peer.allowedIps.filter((ip) => !before.includes(ip)));
     for (const ip of before.filter((x) => !peer.allowedIps.includes(x))) await this.routing.removeRoute(ip);
-    await this.enforcement?.setSources(this.projectSources());
+    await this.enforcement?.setProject(this.projectSources());
     this.log.info({ peer: keyFingerprint(peer.publicKey), allowedIps: peer.allowedIps.length, update: old !== undefined }, 'peer set');
   }
 
-  /** The project pods' addresses: every peer's allowed IPs (what enforcement protects). */
+  /** The project's addresses enforcement protects: every peer's allowed IPs, the service VIPs, the members (set-members). */
   projectSources(): string[] {
-    return [...this.peers.values()].flatMap((p) => p.allowedIps);
+    return [...this.destinations(), ...this.members];
   }
 
   private withEnforcementDrops(drops: Record<string, number>): Record<string, number> {
-    const n = this.enforcement?.dropped() ?? 0;
-    return n > 0 ? { ...drops, [DROP_REASON]: n } : drops;
+    if (!this.enforcement) return drops;
+    const d = this.enforcement.dropped();
+    const out = { ...drops };
+    if (d[DROP_REASON] > 0) out[DROP_REASON] = d[DROP_REASON];
+    if (d[EGRESS_DROP_REASON] > 0) out[EGRESS_DROP_REASON] = d[EGRESS_DROP_REASON];
+    return out;
   }
 
   /** Routes out first, then the engine forgets the peer. */
@@ -167,7 +172,7 @@ export class Pod implements ControlHandler {
     for (const ip of old.allowedIps) await this.routing.removeRoute(ip);
     this.peers.delete(publicKey);
     this.membershipChanged();
-    await this.enforcement?.setSources(this.projectSources());
+    await this.enforcement?.setProject(this.projectSources());
     await this.engine.removePeer(publicKey);
     this.log.info({ peer: keyFingerprint(publicKey) }, 'peer removed');
     return true;
@@ -222,11 +227,15 @@ export class Pod implements ControlHandler {
     this.dns?.membershipChanged();
   }
 
-  /** The project's member addresses (control op set-members; the agent sends every project pod). */
-  setMembers(cidrs: string[]): void {
-    if (!this.dns) throw new Error('this pod runs no DNS proxy (dns.enabled)');
+  /**
+   * The project's member addresses (control op set-members; the agent sends every
+   * project pod and VIP): DNS classification, and enforcement drops plaintext from
+   * and to them outside tenc0 even before their key is known.
+   */
+  async setMembers(cidrs: string[]): Promise<void> {
     this.members = [...cidrs];
     this.membershipChanged();
+    await this.enforcement?.setProject(this.projectSources());
     this.log.info({ members: cidrs.length }, 'members set');
   }
 
@@ -269,6 +278,7 @@ export class Pod implements ControlHandler {
     for (const c of before.filter((x) => !after.includes(x))) await this.routing.removeRoute(c);
     this.services = services;
     this.membershipChanged();
+    await this.enforcement?.setProject(this.projectSources());
     this.log.info({ services: services.length }, 'services set');
   }
 }
@@ -365,6 +375,16 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     // dns.classifyCidrs: the whole ranges go into tenc0 (and fail closed) until classified
     const classifyRanges = config.dns.enabled ? config.dns.classifyCidrs : [];
     await routing.guard([...configDestinations(config), ...classifyRanges]);
+    // Enforcement lives exactly as long as the guards: egress outside tenc0 to project
+    // destinations dropped from now on (and plaintext input from them with "enforce").
+    // It replaces the table an earlier run left, in one transaction.
+    step = 'enforcement';
+    const enforcement = new Enforcement({ ifname: config.interface, listenPort: config.listenPort, fwmark: config.fwmark, input: config.enforce });
+    uninit.push({
+      what: 'enforcement',
+      run: () => (started && !config.failClosedOnStop ? enforcement.teardown() : enforcement.abandon()),
+    });
+    await enforcement.install({ project: configDestinations(config), classify: classifyRanges });
 
     step = 'data plane';
     const engine = await open({ config, privateKey, psk, mtu: mtuChoice.mtu, log });
@@ -379,17 +399,10 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     engine.setServices(config.services);
     pod.services = config.services;
 
+    pod.enforcement = enforcement;
+
     step = 'routing';
     await routing.install(mtuChoice.mtu, [...pod.destinations(), ...classifyRanges]);
-
-    if (config.enforce) {
-      step = 'enforcement';
-      const enforcement = new Enforcement({ ifname: config.interface, listenPort: config.listenPort });
-      await enforcement.removeResidue();
-      uninit.push({ what: 'enforcement', run: () => enforcement.teardown() });
-      await enforcement.install(pod.projectSources());
-      pod.enforcement = enforcement;
-    }
     log.info({ enforce: config.enforce }, 'fail closed');
 
     if (config.dns.enabled) {
@@ -420,8 +433,17 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
             log.debug({ address: a, ...v }, 'route miss classified');
             return v;
           },
-          addBypass: (c) => routing.addBypass(c),
-          removeBypass: (c) => routing.removeBypass(c),
+          // the output chain lets a bypass out before its throw route exists, and stops it after the route is gone
+          addBypass: async (c) => {
+            await enforcement.addBypass(c);
+            const ok = await routing.addBypass(c);
+            if (!ok) await enforcement.removeBypass(c);
+            return ok;
+          },
+          removeBypass: async (c) => {
+            await routing.removeBypass(c);
+            await enforcement.removeBypass(c);
+          },
           hasBypass: (c) => routing.hasBypass(c),
           release,
           now: Date.now,
@@ -464,8 +486,8 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
   } catch (e) {
     const message = (e as Error).message;
     const closed = guarded
-      ? ` (fail closed: the ip rule pref ${config.rulePriority} and the unreachable guards in table ${config.table} stay,` +
-        ' so project destinations are unreachable until tenc starts again)'
+      ? ` (fail closed: the ip rule pref ${config.rulePriority}, the unreachable guards in table ${config.table} and the` +
+        ` nftables table ${enforcementTable(config.interface)} stay, so project destinations are unreachable until tenc starts again)`
       : '';
     log.error({ step, err: message, failClosed: guarded }, 'pod start failed');
     process.stderr.write(`tenc pod: ${step}: ${message}${closed}\n`);

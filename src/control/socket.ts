@@ -224,12 +224,19 @@ export class ControlServer {
     server.on('connection', (s) => this.serve(s));
   }
 
-  /** Creates the directory (0700), removes a stale socket file, listens (0600). */
+  /** Creates the directory (0700) when missing, removes a stale socket file, listens (0600). */
   static async start(opts: ControlServerOptions): Promise<ControlServer> {
     const log = opts.log ?? silentLogger;
     const dir = dirname(opts.path);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    chmodSync(dir, 0o700);
+    // Only a directory tenc creates is made 0700 (umask aside); an existing one (/tmp,
+    // /run) is the administrator's and keeps its mode: the socket itself is 0600.
+    const created = mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (created !== undefined) {
+      for (let d = dir; d.length >= created.length; d = dirname(d)) {
+        chmodSync(d, 0o700);
+        if (d === created) break;
+      }
+    }
     await removeStale(opts.path, log);
     const server = createServer();
     await new Promise<void>((resolveP, rejectP) => {

@@ -1,30 +1,64 @@
 /**
- * Enforcement ("pods reject unencrypted traffic from project pods"): in the pod's
- * network namespace, plaintext that arrives on an ordinary interface from a project
- * pod's address is dropped and counted. Project traffic must come through tenc0,
- * where the engine has authenticated it. The project addresses are the peers'
- * allowed IPs, kept in step with set-peer/remove-peer. One nftables table, removed
- * exactly on stop (a crash leaves it in place: fail closed, removed at next start):
+ * Enforcement in the pod's network namespace, one nftables table per interface,
+ * both directions; changes are per configuration change, never per packet.
+ *
+ * Input ("pods reject unencrypted traffic from project pods", config "enforce"):
+ * plaintext that arrives on an ordinary interface from a project address is dropped
+ * and counted. Project traffic must come through tenc0, where the engine has
+ * authenticated it.
+ *
+ * Output (always, whenever the routing guards exist): a packet to a project
+ * destination or into dns.classifyCidrs that leaves through any interface but tenc0
+ * without tenc's fwmark is dropped and counted. Policy routing alone does not stop a
+ * socket that picks its interface itself (SO_BINDTODEVICE, IP_PKTINFO /
+ * IP_UNICAST_IF, SO_DONTROUTE): those skip the tenc0 routes and the unreachable
+ * guards. tenc's own UDP and the DNS proxy's upstream queries carry the fwmark
+ * (SO_MARK, which needs CAP_NET_ADMIN/CAP_NET_RAW). Bypassed hosts of the
+ * classify ranges (not project traffic, see policy.ts) are let through; a bypass
+ * never lets a project address through.
+ *
+ * The project addresses are the peers' allowed IPs, the service VIPs and the
+ * project's members (set-members: pods whose key may not be known yet), kept in
+ * step at run time.
  *
  *   table inet tenc_<ifname> {
  *     counter plaintext_from_project {}
- *     set project4 { type ipv4_addr; flags interval; auto-merge; }
- *     set project6 { type ipv6_addr; flags interval; auto-merge; }
- *     chain input {
+ *     counter plaintext_to_project {}
+ *     set project4 / project6   { flags interval; }   peers, VIPs, members
+ *     set classify4 / classify6 { flags interval; }   dns.classifyCidrs
+ *     set bypass4 / bypass6     { flags interval; }   bypassed hosts
+ *     chain input {                                   (only with "enforce")
  *       type filter hook input priority filter - 10; policy accept;
- *       iifname { "tenc0", "lo" } accept            decrypted (tun or raw injection)
- *       udp dport 51820 accept                      tenc's own datagrams
+ *       iifname { "tenc0", "lo" } accept              decrypted (tun or raw injection)
+ *       udp dport 51820 accept                        tenc's own datagrams
+ *       icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
  *       ip saddr @project4 counter name plaintext_from_project drop
  *       ip6 saddr @project6 counter name plaintext_from_project drop
  *     }
+ *     chain output {
+ *       type filter hook output priority filter - 10; policy accept;
+ *       oifname { "tenc0", "lo" } accept
+ *       meta mark 0xcb84 accept                       tenc's UDP, DNS proxy upstreams
+ *       icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
+ *       ip daddr @project4 counter name plaintext_to_project drop      (and ip6)
+ *       ip daddr @bypass4 accept                                        (and ip6)
+ *       ip daddr @classify4 counter name plaintext_to_project drop     (and ip6)
+ *     }
  *   }
  *
- * Traffic from any other source (other projects, outside the cluster, DNS) is
- * untouched. Changes are per configuration change, never per packet.
+ * Lifetime (fail closed, like the guards): installed right after the routing
+ * guards; a clean stop deletes it only when the guards go too. A crash, a failed
+ * start or a stop with failClosedOnStop leaves it; the next start replaces it in one
+ * transaction (the old table deleted and the new one made atomically: never a
+ * moment without it, never two).
  */
 import { execFileSync, spawn } from 'node:child_process';
+import { Address4, Address6 } from 'ip-address';
 
+/** Counter of plaintext from a project address dropped on input. */
 export const DROP_REASON = 'plaintext_from_project';
+/** Counter of packets to a project destination dropped on output (not via tenc0, no fwmark). */
+export const EGRESS_DROP_REASON = 'plaintext_to_project';
 
 export class NftError extends Error {
   readonly code = 'ERR_TENC_NFT';
@@ -37,8 +71,19 @@ export class NftError extends Error {
 export interface EnforcementOptions {
   ifname: string;
   listenPort: number;
+  /** tenc's fwmark (SO_MARK of its UDP socket and the DNS proxy's upstream sockets). */
+  fwmark: number;
+  /** Drop plaintext from project addresses on input (config "enforce"); output is always on. */
+  input: boolean;
   /** Named network namespace to act in (tests); default the current one. */
   netns?: string;
+}
+
+export interface EnforcementSets {
+  /** Project addresses: peers' allowed IPs, service VIPs, members (canonical CIDRs). */
+  project: string[];
+  /** dns.classifyCidrs: dropped on output outside tenc0 unless bypassed. */
+  classify: string[];
 }
 
 /** nftables table name for an interface: letters, digits and "_" only. */
@@ -56,42 +101,129 @@ export function splitFamilies(cidrs: string[]): { v4: string[]; v6: string[] } {
   return { v4, v6 };
 }
 
-/** The nft script that installs the table with the given sources (first install). */
-export function installScript(o: EnforcementOptions, sources: string[]): string {
+/**
+ * The CIDRs without duplicates and without those another one covers (CIDRs either
+ * nest or are disjoint): what an interval set takes without overlap errors.
+ * O(n log n); the input order does not matter; the output is sorted.
+ */
+export function coverMinimal(cidrs: string[]): string[] {
+  const parsed = new Map<string, { start: bigint; end: bigint; v6: boolean }>();
+  for (const c of cidrs) {
+    if (parsed.has(c)) continue;
+    const [a, l] = c.split('/');
+    const v6 = a.includes(':');
+    const width = v6 ? 128 : 32;
+    const len = l === undefined ? width : Number(l);
+    const bits = v6 ? new Address6(a).bigInt() : new Address4(a).bigInt();
+    const span = 1n << BigInt(width - len);
+    const start = (bits / span) * span;
+    parsed.set(c, { start, end: start + span - 1n, v6 });
+  }
+  const list = [...parsed.entries()].sort(([, x], [, y]) =>
+    x.v6 !== y.v6 ? (x.v6 ? 1 : -1) : x.start !== y.start ? (x.start < y.start ? -1 : 1) : x.end > y.end ? -1 : x.end < y.end ? 1 : 0,
+  );
+  const out: string[] = [];
+  let last: { end: bigint; v6: boolean } | null = null;
+  for (const [c, r] of list) {
+    if (last !== null && last.v6 === r.v6 && r.end <= last.end) continue;
+    out.push(c);
+    last = r;
+  }
+  return out;
+}
+
+const ND = 'icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept';
+
+/** The table's definition, without elements. */
+function tableScript(o: EnforcementOptions): string[] {
   const t = tableName(o.ifname);
-  const iif = JSON.stringify(o.ifname);
+  const dev = JSON.stringify(o.ifname);
+  const set = (name: string, type: string) => `  set ${name} { type ${type}; flags interval; auto-merge; }`;
+  const input = o.input
+    ? [
+        '  chain input {',
+        '    type filter hook input priority filter - 10; policy accept;',
+        `    iifname { ${dev}, "lo" } accept`,
+        `    udp dport ${o.listenPort} accept`,
+        `    ${ND}`,
+        `    ip saddr @project4 counter name ${DROP_REASON} drop`,
+        `    ip6 saddr @project6 counter name ${DROP_REASON} drop`,
+        '  }',
+      ]
+    : [];
   return [
     `table inet ${t} {`,
     `  counter ${DROP_REASON} {}`,
-    '  set project4 { type ipv4_addr; flags interval; auto-merge; }',
-    '  set project6 { type ipv6_addr; flags interval; auto-merge; }',
-    '  chain input {',
-    '    type filter hook input priority filter - 10; policy accept;',
-    `    iifname { ${iif}, "lo" } accept`,
-    `    udp dport ${o.listenPort} accept`,
-    `    ip saddr @project4 counter name ${DROP_REASON} drop`,
-    `    ip6 saddr @project6 counter name ${DROP_REASON} drop`,
+    `  counter ${EGRESS_DROP_REASON} {}`,
+    set('project4', 'ipv4_addr'),
+    set('project6', 'ipv6_addr'),
+    set('classify4', 'ipv4_addr'),
+    set('classify6', 'ipv6_addr'),
+    set('bypass4', 'ipv4_addr'),
+    set('bypass6', 'ipv6_addr'),
+    ...input,
+    '  chain output {',
+    '    type filter hook output priority filter - 10; policy accept;',
+    `    oifname { ${dev}, "lo" } accept`,
+    `    meta mark 0x${o.fwmark.toString(16)} accept`,
+    `    ${ND}`,
+    `    ip daddr @project4 counter name ${EGRESS_DROP_REASON} drop`,
+    `    ip6 daddr @project6 counter name ${EGRESS_DROP_REASON} drop`,
+    '    ip daddr @bypass4 accept',
+    '    ip6 daddr @bypass6 accept',
+    `    ip daddr @classify4 counter name ${EGRESS_DROP_REASON} drop`,
+    `    ip6 daddr @classify6 counter name ${EGRESS_DROP_REASON} drop`,
     '  }',
     '}',
-    ...elementsScript(t, sources),
-  ].join('\n') + '\n';
+  ];
 }
 
-function elementsScript(t: string, sources: string[]): string[] {
-  const { v4, v6 } = splitFamilies(sources);
-  const out = [`flush set inet ${t} project4`, `flush set inet ${t} project6`];
-  if (v4.length > 0) out.push(`add element inet ${t} project4 { ${v4.join(', ')} }`);
-  if (v6.length > 0) out.push(`add element inet ${t} project6 { ${v6.join(', ')} }`);
+/** Flushes the named set pair and fills it (one transaction with whatever runs with it). */
+function elementsScript(t: string, base: string, cidrs: string[]): string[] {
+  const { v4, v6 } = splitFamilies(coverMinimal(cidrs));
+  const out = [`flush set inet ${t} ${base}4`, `flush set inet ${t} ${base}6`];
+  // bounded lines: nft reads long element lists fine, but one line per 4096 keeps errors readable
+  for (const [fam, list] of [
+    ['4', v4],
+    ['6', v6],
+  ] as const) {
+    for (let i = 0; i < list.length; i += 4096) out.push(`add element inet ${t} ${base}${fam} { ${list.slice(i, i + 4096).join(', ')} }`);
+  }
   return out;
+}
+
+/**
+ * The nft script of a (re)install: any table of this name (a crashed, failed or
+ * fail-closed earlier run) is deleted and the new one made, in one transaction.
+ */
+export function installScript(o: EnforcementOptions, sets: EnforcementSets, bypasses: string[] = []): string {
+  const t = tableName(o.ifname);
+  return [
+    `table inet ${t} {}`,
+    `delete table inet ${t}`,
+    ...tableScript(o),
+    ...elementsScript(t, 'project', sets.project),
+    ...elementsScript(t, 'classify', sets.classify),
+    ...elementsScript(t, 'bypass', bypasses),
+  ].join('\n') + '\n';
 }
 
 export class Enforcement {
   readonly table: string;
   private installed = false;
-  private lastSources = '';
+  private lastProject = '';
+  private readonly bypassed = new Set<string>();
+  /** Every change runs after the previous one settled (set flushes must not interleave). */
+  private chain: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly opts: EnforcementOptions) {
     this.table = tableName(opts.ifname);
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => undefined);
+    return run;
   }
 
   private argv(args: string[]): [string, string[]] {
@@ -107,34 +239,52 @@ export class Enforcement {
       child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
       child.on('error', (e) => reject(new NftError(`nft: ${e.message}`)));
       child.on('close', (code) => (code === 0 ? resolve() : reject(new NftError(`nft: ${err.trim() || `exit code ${code}`}`))));
+      child.stdin.on('error', () => {}); // EPIPE if nft exits early; the exit code tells
       child.stdin.end(script);
     });
   }
 
-  /** Removes the table a crashed earlier run left (a no-op when there is none). */
-  async removeResidue(): Promise<void> {
-    await this.run(`table inet ${this.table} {}\ndelete table inet ${this.table}\n`);
-  }
-
-  async install(sources: string[]): Promise<void> {
-    await this.run(installScript(this.opts, sources));
-    this.installed = true;
-    this.lastSources = sources.join(',');
+  /** Installs the table, replacing one an earlier run left (one transaction). */
+  install(sets: EnforcementSets): Promise<void> {
+    return this.serial(async () => {
+      await this.run(installScript(this.opts, sets));
+      this.installed = true;
+      this.lastProject = coverMinimal(sets.project).join(',');
+      this.bypassed.clear();
+    });
   }
 
   /** Replaces the project addresses (one transaction: never a moment without them). */
-  async setSources(sources: string[]): Promise<void> {
-    if (!this.installed) return;
-    const key = sources.join(',');
-    if (key === this.lastSources) return;
-    await this.run(elementsScript(this.table, sources).join('\n') + '\n');
-    this.lastSources = key;
+  setProject(cidrs: string[]): Promise<void> {
+    return this.serial(async () => {
+      if (!this.installed) return;
+      const key = coverMinimal(cidrs).join(',');
+      if (key === this.lastProject) return;
+      await this.run(elementsScript(this.table, 'project', cidrs).join('\n') + '\n');
+      this.lastProject = key;
+    });
   }
 
-  /** Packets dropped so far (0 when the table is gone or nft fails: status must not fail). */
-  dropped(): number {
-    if (!this.installed) return 0;
-    const [cmd, args] = this.argv(['-j', 'list', 'counter', 'inet', this.table, DROP_REASON]);
+  /** Lets a bypassed host of the classify ranges out (before its throw route goes in). */
+  addBypass(cidr: string): Promise<void> {
+    return this.serial(async () => {
+      if (!this.installed || this.bypassed.has(cidr)) return;
+      await this.run(`add element inet ${this.table} bypass${cidr.includes(':') ? 6 : 4} { ${cidr} }\n`);
+      this.bypassed.add(cidr);
+    });
+  }
+
+  /** Closes a bypass again (after its throw route is gone). */
+  removeBypass(cidr: string): Promise<void> {
+    return this.serial(async () => {
+      if (!this.installed || !this.bypassed.has(cidr)) return;
+      await this.run(`delete element inet ${this.table} bypass${cidr.includes(':') ? 6 : 4} { ${cidr} }\n`);
+      this.bypassed.delete(cidr);
+    });
+  }
+
+  private counter(name: string): number {
+    const [cmd, args] = this.argv(['-j', 'list', 'counter', 'inet', this.table, name]);
     try {
       const out = JSON.parse(execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 2000 }));
       for (const item of out.nftables ?? []) if (item.counter) return Number(item.counter.packets) || 0;
@@ -144,9 +294,24 @@ export class Enforcement {
     return 0;
   }
 
-  async teardown(): Promise<void> {
-    if (!this.installed) return;
-    await this.run(`delete table inet ${this.table}\n`);
+  /** Packets dropped so far by each counter (0 when the table is gone or nft fails: status must not fail). */
+  dropped(): { [DROP_REASON]: number; [EGRESS_DROP_REASON]: number } {
+    if (!this.installed) return { [DROP_REASON]: 0, [EGRESS_DROP_REASON]: 0 };
+    return { [DROP_REASON]: this.opts.input ? this.counter(DROP_REASON) : 0, [EGRESS_DROP_REASON]: this.counter(EGRESS_DROP_REASON) };
+  }
+
+  /** Deletes the table (a clean stop that also removes the guards). */
+  teardown(): Promise<void> {
+    return this.serial(async () => {
+      if (!this.installed) return;
+      await this.run(`table inet ${this.table} {}\ndelete table inet ${this.table}\n`);
+      this.installed = false;
+      this.bypassed.clear();
+    });
+  }
+
+  /** Forgets the table without deleting it (fail closed: it stays after this process). */
+  abandon(): void {
     this.installed = false;
   }
 }

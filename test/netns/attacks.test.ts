@@ -92,8 +92,8 @@ beforeAll(async () => {
   c = topo.addPod('c', 3);
   d = topo.addPod('d', 4);
   dir = mkdtempSync(join(tmpdir(), 'tenc-attacks-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'));
-  writeFileSync(join(dir, 'other-psk'), tencHost('genpsk')); // another project
+  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
+  writeFileSync(join(dir, 'other-psk'), tencHost('genpsk'), { mode: 0o600 }); // another project
   for (const [name, addr, psk] of [
     ['a', A, 'psk'],
     ['b', B, 'psk'],

@@ -84,7 +84,7 @@ beforeAll(async () => {
   httpServer(c, 'beta-c-90f2');
   httpServer(d, 'alpha-d-c47a');
   dir = mkdtempSync(join(tmpdir(), 'tenc-classify-'));
-  writeFileSync(join(dir, 'psk'), spawnSync('node', [main, 'genpsk'], { encoding: 'utf8' }).stdout);
+  writeFileSync(join(dir, 'psk'), spawnSync('node', [main, 'genpsk'], { encoding: 'utf8' }).stdout, { mode: 0o600 });
   writeFileSync(
     join(dir, 'a.json'),
     JSON.stringify({

@@ -77,7 +77,7 @@ beforeAll(async () => {
   b = topo.ns('b');
   br = topo.ns('br');
   dir = mkdtempSync(join(tmpdir(), 'tenc-fuzz-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'));
+  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
   writeFileSync(join(dir, 'blob'), randomBytes(4 << 20));
   for (const [name, addr] of [
     ['a', A],

@@ -50,7 +50,7 @@ beforeAll(() => {
   a.ip('-6', 'addr', 'add', 'fd00:77::1/64', 'dev', 'eth0', 'nodad');
   b.ip('-6', 'addr', 'add', 'fd00:77::2/64', 'dev', 'eth0', 'nodad');
   dir = mkdtempSync(join(tmpdir(), 'tenc-procs-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'));
+  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
   writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: ['10.77.0.1'], pskFile: 'psk' }));
   writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.77.0.2'], pskFile: 'psk' }));
 }, 120_000);

@@ -45,7 +45,7 @@ beforeAll(() => {
   peer.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
   pod.ip('route', 'add', 'default', 'via', '10.77.0.2');
   dir = mkdtempSync(join(tmpdir(), 'tenc-pod-'));
-  writeFileSync(join(dir, 'psk'), PSK + '\n');
+  writeFileSync(join(dir, 'psk'), PSK + '\n', { mode: 0o600 });
 });
 
 afterAll(() => {

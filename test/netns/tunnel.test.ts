@@ -70,7 +70,7 @@ beforeAll(() => {
   b = topo.ns('b');
   br = topo.ns('br');
   dir = mkdtempSync(join(tmpdir(), 'tenc-tunnel-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'));
+  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
   blob = randomBytes(1 << 20);
   writeFileSync(join(dir, 'blob'), blob);
 }, 120_000);

@@ -160,7 +160,7 @@ describe('cluster file', () => {
 
 describe('enforcement rules', () => {
   it('accept tenc0, lo and the tenc port; drop and count project sources', () => {
-    const s = installScript({ ifname: 'tenc0', listenPort: 51820 }, ['10.128.1.10/32', 'fd00::1/128']);
+    const s = installScript({ ifname: 'tenc0', listenPort: 51820, fwmark: 0xcb84, input: true }, { project: ['10.128.1.10/32', 'fd00::1/128'], classify: [] });
     expect(s).toContain('iifname { "tenc0", "lo" } accept');
     expect(s).toContain('udp dport 51820 accept');
     expect(s).toContain('ip saddr @project4 counter name plaintext_from_project drop');

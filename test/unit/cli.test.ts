@@ -47,7 +47,7 @@ let psk: string;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'tenc-cli-'));
   psk = join(dir, 'psk');
-  writeFileSync(psk, Buffer.alloc(32, 9).toString('base64') + '\n');
+  writeFileSync(psk, Buffer.alloc(32, 9).toString('base64') + '\n', { mode: 0o600 });
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -31,7 +31,7 @@ let pskPath: string;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'tenc-config-'));
   pskPath = join(dir, 'psk');
-  writeFileSync(pskPath, PSK + '\n');
+  writeFileSync(pskPath, PSK + '\n', { mode: 0o600 });
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -238,7 +238,7 @@ describe('config: files', () => {
     ['empty', '', /is not a base64 32-byte key/],
   ])('psk file with %s is rejected, naming the file, not echoing it', (_name, content, re) => {
     const p = join(dir, 'psk-bad');
-    writeFileSync(p, content);
+    writeFileSync(p, content, { mode: 0o600 });
     let msg = '';
     try {
       readPskFile(p);
@@ -264,6 +264,23 @@ describe('config: files', () => {
     } else {
       expect(() => readPskFile(p)).toThrow(/EACCES/);
     }
+  });
+
+  it.each(['0644', '0640', '0604', '0660', '0602'])('psk file with mode %s (group/others have access) is refused, naming the file and its mode', (text) => {
+    const mode = parseInt(text, 8);
+    const p = join(dir, `psk-${mode.toString(8)}`);
+    writeFileSync(p, PSK + '\n');
+    chmodSync(p, mode);
+    let msg = '';
+    try {
+      readPskFile(p);
+    } catch (e) {
+      msg = (e as Error).message;
+    }
+    expect(msg).toContain(`psk file ${p}: mode 0${mode.toString(8)} gives group or others access`);
+    expect(msg).not.toContain(PSK);
+    chmodSync(p, 0o400);
+    expect(Buffer.from(readPskFile(p)).toString('base64')).toBe(PSK);
   });
 
   it('reads a good psk', () => {

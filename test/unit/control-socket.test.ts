@@ -2,7 +2,7 @@
  * Control socket: newline-delimited JSON over a unix socket, against a fake handler.
  */
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtempSync, rmSync, statSync, existsSync, lstatSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, existsSync, lstatSync, mkdirSync, chmodSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
@@ -178,6 +178,27 @@ describe('control socket', () => {
     expect(statSync(path).mode & 0o777).toBe(0o600);
     await server.close();
     expect(existsSync(path)).toBe(false);
+  });
+
+  it('leaves the mode of an existing directory alone (a socket under a shared /tmp-like directory); makes missing parents 0700', async () => {
+    const shared = join(dir, 'shared');
+    mkdirSync(shared);
+    chmodSync(shared, 0o1777);
+    const s2 = await ControlServer.start({ path: join(shared, 'pod.sock'), handler, addresses: ADDRS });
+    try {
+      expect(statSync(shared).mode & 0o7777).toBe(0o1777);
+      expect(statSync(join(shared, 'pod.sock')).mode & 0o777).toBe(0o600);
+    } finally {
+      await s2.close();
+    }
+    const s3 = await ControlServer.start({ path: join(shared, 'x', 'y', 'pod.sock'), handler, addresses: ADDRS });
+    try {
+      expect(statSync(join(shared, 'x')).mode & 0o777).toBe(0o700);
+      expect(statSync(join(shared, 'x', 'y')).mode & 0o777).toBe(0o700);
+      expect(statSync(shared).mode & 0o7777).toBe(0o1777);
+    } finally {
+      await s3.close();
+    }
   });
 
   it('replaces a stale socket file but refuses a live one', async () => {
