@@ -385,6 +385,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       run: () => (started && !config.failClosedOnStop ? enforcement.teardown() : enforcement.abandon()),
     });
     await enforcement.install({ project: configDestinations(config), classify: classifyRanges });
+    log.info({ enforce: config.enforce }, 'fail closed');
 
     step = 'data plane';
     const engine = await open({ config, privateKey, psk, mtu: mtuChoice.mtu, log });
@@ -403,7 +404,6 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
 
     step = 'routing';
     await routing.install(mtuChoice.mtu, [...pod.destinations(), ...classifyRanges]);
-    log.info({ enforce: config.enforce }, 'fail closed');
 
     if (config.dns.enabled) {
       step = 'dns proxy';
