@@ -12,6 +12,9 @@ import { gatherStatus, type GatherOptions, type PodTarget } from './gather.js';
 import { Exposition, renderPods } from './render.js';
 import { SCRAPE_METRICS } from './names.js';
 import { silentLogger, type Logger } from '../log.js';
+import { parseListenAddress } from './address.js';
+
+export { parseListenAddress };
 
 export interface MetricsServerOptions extends GatherOptions {
   /** "host:port", "[v6]:port" or ":port" (all addresses). */
@@ -21,14 +24,6 @@ export interface MetricsServerOptions extends GatherOptions {
   own?: PromRegistry;
   version?: string;
   log?: Logger;
-}
-
-/** "127.0.0.1:9586" -> host and port; errors name the value. */
-export function parseListenAddress(s: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new Error(`--metrics-address: ${JSON.stringify(s)} is not HOST:PORT (port 0-65535, 0: any free port; [v6]:PORT for IPv6)`);
-  return { host: m[1] ?? (m[2] === '' ? '::' : m[2]), port };
 }
 
 export class MetricsServer {
