@@ -7,6 +7,16 @@ import { Counter, Gauge, Histogram, Registry as PromRegistry, collectDefaultMetr
 import type { Registry } from '../registry/registry.js';
 import { AGENT_HISTOGRAMS, AGENT_METRICS } from './names.js';
 
+/**
+ * prom-client's process_* and nodejs_* metrics, less the three gauges named
+ * *_total that promtool's lint rejects (nodejs_active_{handles,requests,resources}
+ * without the suffix stay).
+ */
+export function addProcessMetrics(registry: PromRegistry): void {
+  collectDefaultMetrics({ register: registry });
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+}
+
 /** What the agent reports; every method optional to call, cheap, never throws. */
 export interface AgentHooks {
   reconciled(ok: boolean, seconds: number): void;
@@ -40,7 +50,7 @@ export class AgentMetrics implements AgentHooks {
     for (const result of ['ok', 'error']) this.c.reconciles.inc({ result }, 0);
     for (const how of ['started', 'adopted']) this.c.proxiesStarted.inc({ how }, 0);
     this.c.proxiesRestarted.inc(0);
-    if (o.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
+    if (o.processMetrics !== false) addProcessMetrics(this.registry);
   }
 
   reconciled(ok: boolean, seconds: number): void {

@@ -1,7 +1,7 @@
 /** Starting the /metrics server for `tenc agent` and `tenc pod` (their --metrics-address). */
 import { hostname } from 'node:os';
-import { Registry as PromRegistry, collectDefaultMetrics } from 'prom-client';
-import { AgentMetrics } from './agent.js';
+import { Registry as PromRegistry } from 'prom-client';
+import { AgentMetrics, addProcessMetrics } from './agent.js';
 import { discoverPods } from './gather.js';
 import { MetricsServer } from './server.js';
 import type { StatusReport } from '../control/status.js';
@@ -32,7 +32,7 @@ export async function startAgentMetrics(
  */
 export async function startPodMetrics(address: string, status: () => StatusReport | Promise<StatusReport>, version: string | undefined, log: Logger): Promise<MetricsServer> {
   const own = new PromRegistry();
-  collectDefaultMetrics({ register: own });
+  addProcessMetrics(own);
   const target = { namespace: process.env.TENC_POD_NAMESPACE ?? '', pod: process.env.TENC_POD_NAME ?? hostname(), socket: 'in-process' };
   const server = new MetricsServer({ address, version, log, own, targets: () => [target], request: async () => await status() });
   await server.listen();
