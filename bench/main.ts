@@ -20,6 +20,7 @@ const BENCHES: BenchEntry[] = [
     summary: 'ChaCha20-Poly1305 Gbit/s per core: native batch, node:crypto, @noble/ciphers vs openssl speed',
     load: () => import('./aead.js'),
   },
+  { name: 'density', summary: 'N idle pods: RSS/PSS/private memory per pod vs wireguard-go; start latency p50/p99 (--pods=N --starts=M)', load: () => import('./density.js') },
   { name: 'dns', summary: 'DNS proxy vs dnsmasq direct: added latency p50/p99, answers per second (pass-through and rewrite)', load: () => import('./dns.js') },
   { name: 'metrics', summary: "agent /metrics: one scrape of 100 pods' control sockets, p50/p99 vs one at a time and vs 1 pod", load: () => import('./metrics.js') },
   { name: 'iperf', summary: 'pod to pod: plain, wireguard-go (Debian, backports), tenc: iperf3 TCP/UDP, ping, CPU, RSS', load: () => import('./iperf.js') },
