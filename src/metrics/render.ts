@@ -18,6 +18,7 @@ export interface PodSample {
 type Labels = Record<string, string>;
 
 function escapeLabel(v: string): string {
+  if (!/[\\\n"]/.test(v)) return v;
   return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
 }
 
@@ -68,12 +69,21 @@ export function dataPlaneLabels(description: string): { aead: string; inject: st
   };
 }
 
+/** Fingerprints computed before (a hash each: 1,000 peers a scrape add up); bounded, cleared when full. */
+const fingerprints = new Map<string, string>();
+const MAX_CACHED_FINGERPRINTS = 100_000;
+
 function safeFingerprint(key: string): string {
+  let fp = fingerprints.get(key);
+  if (fp !== undefined) return fp;
   try {
-    return keyFingerprint(key);
+    fp = keyFingerprint(key);
   } catch {
     return 'invalid';
   }
+  if (fingerprints.size >= MAX_CACHED_FINGERPRINTS) fingerprints.clear();
+  fingerprints.set(key, fp);
+  return fp;
 }
 
 /** Non-zero reasons, at most MAX_REASONS (largest first), the rest summed as "_other". */
