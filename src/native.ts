@@ -143,3 +143,13 @@ function batchCount(batch: AeadBatch): number {
 function typeError(message: string): TypeError {
   return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });
 }
+
+/**
+ * Makes this process non-dumpable (prctl(PR_SET_DUMPABLE, 0)): no core file on a crash, and
+ * no ptrace or /proc/PID/mem for other processes of the same user (root still can). Returns
+ * the read-back value (0). `tenc pod` and `tenc agent` call it at start: they hold private
+ * keys, psks and session keys.
+ */
+export function protectProcess(): { dumpable: number } {
+  return addon.processProtect() as { dumpable: number };
+}
