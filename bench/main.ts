@@ -23,6 +23,7 @@ const BENCHES: BenchEntry[] = [
   { name: 'density', summary: 'N idle pods: RSS/PSS/private memory per pod vs wireguard-go; start latency p50/p99 (--pods=N --starts=M)', load: () => import('./density.js') },
   { name: 'dns', summary: 'DNS proxy vs dnsmasq direct: added latency p50/p99, answers per second (pass-through and rewrite)', load: () => import('./dns.js') },
   { name: 'flood', summary: 'handshake flood (valid mac1, 64 sources) at the server during a TCP flow: victim CPU and flow, tenc vs wireguard-go', load: () => import('./flood.js') },
+  { name: 'metrics', summary: "agent /metrics: one scrape of 100 pods' control sockets, p50/p99 vs one at a time and vs 1 pod", load: () => import('./metrics.js') },
   { name: 'iperf', summary: 'pod to pod: plain, wireguard-go (Debian, backports), tenc: iperf3 TCP/UDP, ping, CPU, RSS', load: () => import('./iperf.js') },
   { name: 'registry', summary: 'registry propagation p50/p99 (write -> another agent sees the trusted key), dir vs etcd, 0 and 1,000 pods', load: () => import('./registry.js') },
   { name: 'soak', summary: 'one tenc pod proxy under iperf3 load for 5 minutes: idle RSS, max, slope (--soak=S, --peers=N)', load: () => import('./soak.js') },

@@ -26,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { DEFAULT_SOCKET_DIR, type ServiceConfig } from '../control/config.js';
 import { controlRequest, socketIsLive } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
+import type { AgentHooks } from '../metrics/agent.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
 import { readProjectView, type PodInfo, type ProjectView, type Registry, type Watch } from '../registry/registry.js';
 
@@ -199,6 +200,8 @@ export interface AgentOptions {
   dns?: boolean;
   /** The pods' dns.classifyCidrs (cluster ranges classified on first use); default none. */
   classifyCidrs?: string[];
+  /** Metrics hooks (src/metrics/agent.ts); default none. */
+  hooks?: AgentHooks;
 }
 
 export class Agent {
@@ -233,9 +236,15 @@ export class Agent {
       return;
     }
     this.running = true;
+    const t0 = performance.now();
     this.current = this.reconcile()
-      .catch((e) => this.log.error({ err: (e as Error).message }, 'reconcile failed'))
+      .then(() => this.o.hooks?.reconciled(true, (performance.now() - t0) / 1000))
+      .catch((e) => {
+        this.o.hooks?.reconciled(false, (performance.now() - t0) / 1000);
+        this.log.error({ err: (e as Error).message }, 'reconcile failed');
+      })
       .finally(() => {
+        this.o.hooks?.proxies([...this.proxies.values()].filter((p) => p.publicKey !== null).length);
         this.running = false;
         if (this.again) {
           this.again = false;
@@ -376,6 +385,7 @@ export class Agent {
       px.members = null;
       px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
       this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey) }, 'running proxy adopted');
+      this.o.hooks?.proxyStarted('adopted');
     }
   }
 
@@ -437,10 +447,12 @@ export class Agent {
     px.endpoints = null;
     px.members = null;
     this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid }, 'proxy started');
+    this.o.hooks?.proxyStarted('started');
   }
 
   private lost(px: Proxy, why: string): void {
     this.log.warn({ pod: px.pod.name, why }, 'proxy lost: starting it again');
+    this.o.hooks?.proxyLost();
     px.child = null;
     px.pid = null;
     px.publicKey = null;

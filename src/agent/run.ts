@@ -6,6 +6,8 @@ import { createLogger, type LogLevel } from '../log.js';
 import { Agent } from './agent.js';
 import { openRegistry } from '../registry/open.js';
 import type { Registry } from '../registry/registry.js';
+import { startAgentMetrics } from '../metrics/start.js';
+import { instrumentRegistry } from '../metrics/agent.js';
 
 export interface RunAgentOptions {
   registry: string;
@@ -15,6 +17,9 @@ export interface RunAgentOptions {
   logLevel: LogLevel;
   /** dns.classifyCidrs of the pods' configs (canonical CIDRs). */
   classifyCidrs?: string[];
+  /** --metrics-address: serve /metrics there (src/metrics/). */
+  metricsAddress?: string;
+  version?: string;
 }
 
 export async function runAgent(o: RunAgentOptions): Promise<number> {
@@ -30,7 +35,14 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
     return 1;
   }
-  const agent = new Agent({ registry, node: o.node, project: o.project, runDir: o.runDir, log, classifyCidrs: o.classifyCidrs, podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info' });
+  const metrics = o.metricsAddress ? await startAgentMetrics(o.metricsAddress, o.runDir, o.project, o.version, log) : null;
+  if (metrics?.error) {
+    process.stderr.write(`tenc agent: ${metrics.error}\n`);
+    await registry.close?.();
+    return 1;
+  }
+  if (metrics) registry = instrumentRegistry(registry, metrics.agent);
+  const agent = new Agent({ hooks: metrics?.agent, registry, node: o.node, project: o.project, runDir: o.runDir, log, classifyCidrs: o.classifyCidrs, podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info' });
   let stop: (s: string) => void = () => {};
   const stopped = new Promise<string>((r) => (stop = r));
   process.on('SIGINT', () => stop('SIGINT'));
@@ -40,6 +52,7 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
   } catch (e) {
     process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
     await agent.stop();
+    await metrics?.server?.close();
     await registry.close?.();
     return 1;
   }
@@ -47,6 +60,7 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
   const why = await stopped;
   log.info({ signal: why }, 'stopping');
   await agent.stop();
+  await metrics?.server?.close();
   await registry.close?.();
   return 0;
 }

@@ -10,6 +10,7 @@ import { USAGE, COMMAND_HELP } from './help.js';
 import { ConfigError, loadConfig, parseCidr, DEFAULT_SOCKET_DIR } from '../control/config.js';
 import { controlRequest, defaultSocketPath, netnsInode, ControlClientError, type RekeyResult } from '../control/socket.js';
 import { formatStatus, type StatusReport } from '../control/status.js';
+import { parseListenAddress } from '../metrics/address.js';
 import { isLogLevel, LOG_LEVELS } from '../log.js';
 import { generatePrivateKey, publicKeyFromPrivate, generatePsk, parseKey, formatKey } from '../noise/keys.js';
 
@@ -62,7 +63,7 @@ const SOCKET_OPTS = {
 
 const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, number] }> = {
   pod: {
-    options: { config: { type: 'string', short: 'c' }, 'log-level': { type: 'string', short: 'l' }, help: { type: 'boolean', short: 'h' } },
+    options: { config: { type: 'string', short: 'c' }, 'log-level': { type: 'string', short: 'l' }, 'metrics-address': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     positionals: [0, 0],
   },
   status: { options: { json: { type: 'boolean', short: 'j' }, ...SOCKET_OPTS }, positionals: [0, 0] },
@@ -86,8 +87,13 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
       'run-dir': { type: 'string' },
       'classify-cidrs': { type: 'string' },
       'log-level': { type: 'string', short: 'l' },
+      'metrics-address': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
+    positionals: [0, 0],
+  },
+  'agent status': {
+    options: { json: { type: 'boolean', short: 'j' }, project: { type: 'string', short: 'p' }, node: { type: 'string', short: 'n' }, 'run-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     positionals: [0, 0],
   },
   genkey: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
@@ -95,6 +101,17 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
   genpsk: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
   help: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 1] },
 };
+
+/** --metrics-address checked now (a usage error, exit 2), undefined when not given. */
+function metricsAddress(v: string | undefined, cmd: string): string | undefined {
+  if (v === undefined) return undefined;
+  try {
+    parseListenAddress(v);
+  } catch (e) {
+    throw new UsageError((e as Error).message, cmd);
+  }
+  return v;
+}
 
 /** The pod's socket: --socket, else by --interface, else the only tenc socket of this network namespace. */
 export function resolveSocket(values: { socket?: string; interface?: string }, dir = DEFAULT_SOCKET_DIR): string {
@@ -160,6 +177,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     io.stdout(`tenc ${version()}\n`);
     return 0;
   }
+  if (cmd === 'agent' && rest[0] === 'status') return await dispatch(['agent status', ...rest.slice(1)], io);
   const spec = COMMAND_OPTIONS[cmd];
   if (!spec) throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
 
@@ -240,7 +258,20 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         runDir: v['run-dir'] ?? join(DEFAULT_SOCKET_DIR, `agent-${v.project}-${v.node}`),
         logLevel: level,
         classifyCidrs,
+        metricsAddress: metricsAddress(v['metrics-address'], cmd),
+        version: version(),
       });
+    }
+    case 'agent status': {
+      const v = values as Record<string, string | undefined>;
+      const { agentStatus, formatAgentStatus } = await import('../metrics/agent-status.js');
+      const { agentRunDirs } = await import('../metrics/gather.js');
+      if ((v.project === undefined) !== (v.node === undefined)) throw new UsageError('--project and --node go together', cmd);
+      const dirs = v['run-dir'] ? [v['run-dir']] : v.project ? [join(DEFAULT_SOCKET_DIR, `agent-${v.project}-${v.node}`)] : agentRunDirs(DEFAULT_SOCKET_DIR);
+      const { rows, problems } = await agentStatus(dirs, v.project ?? null);
+      for (const p of problems) io.stderr(`tenc agent status: ${p}\n`);
+      io.stdout(values.json ? JSON.stringify({ pods: rows }, null, 2) + '\n' : formatAgentStatus(rows));
+      return rows.some((r) => r.error !== null) ? 1 : 0;
     }
     case 'pod': {
       const file = values.config as string | undefined;
@@ -254,7 +285,28 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       if (level !== undefined) config.logLevel = level as typeof config.logLevel;
       // Loaded on demand: the key and status commands work without the native addon.
       const { runPod } = await import('../control/pod.js');
-      return await runPod(config, { stdout: io.stdout });
+      const address = metricsAddress(values['metrics-address'] as string | undefined, cmd);
+      if (address === undefined) return await runPod(config, { stdout: io.stdout });
+      const { startPodMetrics } = await import('../metrics/start.js');
+      const { createLogger } = await import('../log.js');
+      let server: { close(): Promise<void> } | null = null;
+      let failed: string | null = null;
+      const log = createLogger({ level: config.logLevel, base: { ifname: config.interface } });
+      const code = await runPod(config, {
+        stdout: io.stdout,
+        log,
+        onReady: (pod) => {
+          startPodMetrics(address, () => pod.status(), version(), log).then(
+            (s) => (server = s),
+            (e) => {
+              failed = (e as Error).message;
+              log.error({ err: failed }, 'metrics server failed');
+            },
+          );
+        },
+      });
+      await (server as { close(): Promise<void> } | null)?.close();
+      return code;
     }
     case 'status': {
       const path = resolveSocket(values as { socket?: string; interface?: string });

@@ -34,7 +34,9 @@ ${EXIT_CODES}
 `;
 
 export const COMMAND_HELP: Record<string, string> = {
-  agent: `Usage: tenc agent --registry SPEC --node NODE --project PROJECT [--run-dir DIR] [--classify-cidrs LIST] [--log-level LEVEL]
+  agent: `Usage: tenc agent --registry SPEC --node NODE --project PROJECT [--run-dir DIR] [--classify-cidrs LIST]
+                  [--metrics-address HOST:PORT] [--log-level LEVEL]
+       tenc agent status [--json] [--project PROJECT --node NODE | --run-dir DIR]
 
 The node agent, one per node and project. Reads the project's pods, services and
 endpoints from the registry, starts \`tenc pod\` (with enforcement) in the network
@@ -61,15 +63,25 @@ Options:
                            pods' dns.classifyCidrs: an address in them no peer claims is
                            classified on first use (bypassed when not the project's,
                            dropped when it is but has no peer); default none
+      --metrics-address HOST:PORT
+                           serve Prometheus /metrics there: every pod of the run directory
+                           (asked over its control socket at each scrape) and the agent's own
+                           (README "Metrics"); [::1]:PORT for IPv6
   -l, --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (default info)
   -h, --help               show this help
+
+\`tenc agent status\` prints one row per pod of the node's agents (every
+/run/tenc/agent-* directory, or the one given): proxy pid, key fingerprint,
+peers and those with a live session, latest handshake, drops, fail-closed
+(enforcement on). It asks the pods' control sockets, so it works while the
+agent is down; -j/--json prints the rows as JSON. Exit 1 when a pod does not answer.
 
 Example:
   tenc agent --registry /run/tenc-cluster/tc/registry --node node1 --project alpha
 
 ${EXIT_CODES}
 `,
-  pod: `Usage: tenc pod --config FILE [--log-level LEVEL]
+  pod: `Usage: tenc pod --config FILE [--log-level LEVEL] [--metrics-address HOST:PORT]
 
 Runs the per-pod process: generates the private key in memory and prints
 \`public-key <base64>\` as the first line on stdout, reads the psk file, opens
@@ -80,6 +92,9 @@ Logs are JSON lines on stderr.
 Options:
   -c, --config FILE        the pod's JSON config (see README "Config file")
   -l, --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (overrides the config)
+      --metrics-address HOST:PORT
+                           serve this pod's Prometheus /metrics there (where no agent
+                           runs; README "Metrics"); labels pod=$TENC_POD_NAME or the host name
   -h, --help               show this help
 
 Example:
@@ -226,3 +241,25 @@ Example:
 ${EXIT_CODES}
 `,
 };
+COMMAND_HELP['agent status'] = `Usage: tenc agent status [--json] [--project PROJECT --node NODE | --run-dir DIR]
+
+One row per pod of the node's agents (like \`cilium encrypt status\`): namespace,
+pod, proxy pid, public key fingerprint, peers and those with a live session
+(handshake in the last 180 s), latest handshake, drops (all reasons) and
+fail-closed (enforcement on: plaintext from the project outside the tunnel is
+dropped). The pods are found in the agents' run directories (every
+/run/tenc/agent-* by default) and asked over their control sockets, so this works
+while the agent is down. Exit 1 when a pod does not answer.
+
+Options:
+  -j, --json               print the rows as JSON ({"pods": [...]})
+  -p, --project PROJECT    only this project's agent (with --node)
+  -n, --node NODE          with --project
+      --run-dir DIR        only this run directory
+  -h, --help               show this help
+
+Example:
+  tenc agent status --project alpha --node node1
+
+${EXIT_CODES}
+`;

@@ -68,6 +68,8 @@ export class Pod implements ControlHandler {
   dns: DnsService | null = null;
   /** First-use classification of dns.classifyCidrs, when configured. */
   misses: RouteMisses | null = null;
+  /** Unix time (ms) this pod was created (status startTime). */
+  readonly startTime = Date.now();
 
   constructor(
     readonly config: PodConfig,
@@ -118,6 +120,9 @@ export class Pod implements ControlHandler {
       drops: this.withEnforcementDrops(this.engine.drops()),
       handshakeFailures: this.engine.handshakeFailures(),
       ...(this.dns ? { dns: { ...this.dns.status(), ...(this.misses ? { routeMisses: this.missStatus(this.misses) } : {}) } } : {}),
+      pid: process.pid,
+      startTime: this.startTime,
+      enforce: this.enforcement !== null,
     };
   }
 

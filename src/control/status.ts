@@ -41,6 +41,12 @@ export interface StatusReport {
   handshakeFailures: Record<string, number>;
   /** The DNS proxy, when enabled (src/dns/service.ts DnsStatus has more counters). */
   dns?: DnsStatusReport;
+  /** The pod process's pid (for `tenc agent status`); absent from older pods. */
+  pid?: number;
+  /** Unix time (ms) the pod started: a restarted pod has a new one (metrics: tenc_pod_start_time_seconds). */
+  startTime?: number;
+  /** Plaintext from the project's addresses outside tenc0 is dropped (config "enforce"). */
+  enforce?: boolean;
 }
 
 export interface DnsStatusReport {

@@ -109,10 +109,10 @@ export interface PodProc {
   stderr: () => string;
 }
 
-/** Starts `tenc pod --config FILE` in ns; resolves once it logs "pod running". */
-export function startPod(ns: Netns, config: string): Promise<PodProc> {
+/** Starts `tenc pod --config FILE [ARGS]` in ns; resolves once it logs "pod running". */
+export function startPod(ns: Netns, config: string, args: string[] = []): Promise<PodProc> {
   // ip netns exec execs node in place: child.pid is the pod's pid
-  const child = ns.spawn('node', [main, 'pod', '--config', config]);
+  const child = ns.spawn('node', [main, 'pod', '--config', config, ...args]);
   running.add(child);
   let out = '';
   let err = '';
