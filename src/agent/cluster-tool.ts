@@ -84,7 +84,7 @@ export function syncRegistry(c: ClusterConfig, reg: DirectoryRegistry, pskDir: s
       pods.set(p.name, {
         apiVersion: 'v1',
         kind: 'Pod',
-        metadata: { name: p.name, namespace: pr.name, labels: p.labels, annotations: { 'tenc.io/netns': `/run/netns/${podNs(prefix, p.name)}` } },
+        metadata: { name: p.name, namespace: pr.name, labels: p.labels },
         spec: { nodeName: p.node },
         status: { phase: 'Running', podIP: p.address, podIPs: [{ ip: p.address }] },
       });
