@@ -23,7 +23,9 @@
  * (ids: plain, wg-deb, wg-bpo, tenc), --pings=N (default 200), --prefix=NAME (tencb),
  * --rounds=N (default 1: the whole sequence N times, every other round reversed; medians),
  * --peers=N (adds tenc-peers: tenc with N configured peers, N-1 of them dummies),
- * --tenc-env=TENC_X=V,... (adds tenc-env: tenc with that environment, for A/B of a knob).
+ * --tenc-env=TENC_X=V,... (adds tenc-env: tenc with that environment, for A/B of a knob),
+ * --topology=bridge|veth (default bridge: both pods on a bridge in a third namespace, as
+ * on a node; veth: the two pods joined by one veth pair, no bridge).
  * Memory is per process (the larger of the two pods), CPU is both pods together.
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -102,6 +104,7 @@ interface Options {
   rounds: number;
   quick: boolean;
   prefix: string;
+  topology: 'bridge' | 'veth';
 }
 
 let interrupted: NodeJS.Signals | undefined;
@@ -124,7 +127,9 @@ export async function run(ctx: BenchContext): Promise<void> {
     pings: Math.floor(numberFlag(ctx, 'pings', quick ? 100 : 200)),
     rounds: Math.floor(numberFlag(ctx, 'rounds', 1)),
     prefix: ctx.flags.get('prefix') ?? 'tencb',
+    topology: (ctx.flags.get('topology') ?? 'bridge') as Options['topology'],
   };
+  if (opts.topology !== 'bridge' && opts.topology !== 'veth') throw new RangeError(`--topology must be bridge or veth, got ${String(opts.topology)}`);
   if (!/^[a-z][a-z0-9]{0,8}$/.test(opts.prefix)) throw new RangeError(`--prefix must be 1..9 lowercase letters/digits, got ${opts.prefix}`);
   const variants: TunnelVariants = {};
   if (ctx.flags.has('peers')) variants.peers = Math.floor(numberFlag(ctx, 'peers', 1000));
@@ -160,7 +165,9 @@ export async function run(ctx: BenchContext): Promise<void> {
     });
   const env: TunnelEnv = { nsA, nsB, addrA: '10.77.0.1', addrB: '10.77.0.2', dir, children };
   const oldPrefix = process.env.PODS_PREFIX;
+  const oldTopology = process.env.TOPOLOGY;
   process.env.PODS_PREFIX = opts.prefix; // for pods.sh, which the children inherit
+  process.env.TOPOLOGY = opts.topology;
 
   let current: Tunnel | undefined;
   let cleaning: Promise<void> | undefined;
@@ -186,7 +193,8 @@ export async function run(ctx: BenchContext): Promise<void> {
   const loadStart = loadavg();
   const perRound: TunnelResult[][] = [];
   ctx.log(
-    `${opts.seconds} s per iperf3 test, ${opts.pings} pings, ${opts.rounds} round(s); tunnels: ${tunnels.map((t) => t.id).join(', ')}; ` +
+    `topology ${opts.topology === 'veth' ? 'veth (one veth pair, no bridge)' : 'bridge (pods on a bridge, as on a node)'}; ` +
+      `${opts.seconds} s per iperf3 test, ${opts.pings} pings, ${opts.rounds} round(s); tunnels: ${tunnels.map((t) => t.id).join(', ')}; ` +
       `load average ${loadStart.map((x) => x.toFixed(2)).join(' ')}, ${cpus().length} CPUs, kernel ${release()}`,
   );
   try {
@@ -216,6 +224,8 @@ export async function run(ctx: BenchContext): Promise<void> {
     process.off('SIGTERM', onSignal);
     if (oldPrefix === undefined) delete process.env.PODS_PREFIX;
     else process.env.PODS_PREFIX = oldPrefix;
+    if (oldTopology === undefined) delete process.env.TOPOLOGY;
+    else process.env.TOPOLOGY = oldTopology;
   }
   checkInterrupt();
 

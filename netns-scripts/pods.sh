@@ -26,6 +26,10 @@
 #  |                           netns tenc-br  ("node")                              |
 #  +--------------------------------------------------------------------------------+
 #
+# TOPOLOGY=veth joins the two pods by one veth pair instead (a's eth0 is b's eth0's
+# peer; no bridge namespace, on-link addresses, default routes through eth0): the
+# "direct veth" topology of the benchmarks.
+#
 # MTU: every link gets $MTU (default 1500, so tenc0 = 1440 over IPv4); iperf3 runs
 # fine at that size and with MTU=9000 for jumbo-frame benchmarks.
 # Addresses: 10.77.0.0/24 and fd00:77::/64 only. Nothing outside the three
@@ -39,6 +43,8 @@ NS_A=$PREFIX-a
 NS_B=$PREFIX-b
 NS_BR=$PREFIX-br
 MTU=${MTU:-1500}
+TOPOLOGY=${TOPOLOGY:-bridge}
+case "$TOPOLOGY" in bridge|veth) ;; *) echo "pods.sh: TOPOLOGY must be bridge or veth, got $TOPOLOGY" >&2; exit 2 ;; esac
 
 die() { echo "pods.sh: $*" >&2; exit 1; }
 
@@ -72,7 +78,31 @@ ensure_pod() {
   ip -n "$ns" -6 route replace default via fd00:77::fe dev eth0
 }
 
+# The direct topology: one veth pair, a's eth0 <-> b's eth0.
+up_veth() {
+  ensure_ns "$NS_A"
+  ensure_ns "$NS_B"
+  if ! link_exists "$NS_A" eth0 || ! link_exists "$NS_B" eth0; then
+    link_exists "$NS_A" eth0 && ip -n "$NS_A" link del dev eth0
+    link_exists "$NS_B" eth0 && ip -n "$NS_B" link del dev eth0
+    ip -n "$NS_A" link add eth0 mtu "$MTU" type veth peer name eth0 mtu "$MTU" netns "$NS_B"
+  fi
+  local ns v4 v6
+  for ns in "$NS_A" "$NS_B"; do
+    if [ "$ns" = "$NS_A" ]; then v4=10.77.0.1 v6=fd00:77::1; else v4=10.77.0.2 v6=fd00:77::2; fi
+    ip -n "$ns" link set dev eth0 mtu "$MTU" up
+    ip -n "$ns" addr replace "$v4/24" dev eth0
+    ip -n "$ns" -6 addr replace "$v6/64" dev eth0 nodad
+    ip -n "$ns" route replace default dev eth0
+    ip -n "$ns" -6 route replace default dev eth0
+  done
+}
+
 up() {
+  if [ "$TOPOLOGY" = veth ]; then
+    up_veth
+    return
+  fi
   ensure_ns "$NS_BR"
   link_exists "$NS_BR" br0 || ip -n "$NS_BR" link add br0 type bridge
   ip -n "$NS_BR" link set dev br0 mtu "$MTU" up
@@ -133,7 +163,7 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   *)
-    echo "usage: pods.sh up|down|status   (env: MTU=9000 for jumbo frames, PODS_PREFIX=name for other namespace names)" >&2
+    echo "usage: pods.sh up|down|status   (env: MTU=9000 for jumbo frames, PODS_PREFIX=name for other namespace names, TOPOLOGY=veth for one veth pair without a bridge)" >&2
     exit 2
     ;;
 esac

@@ -87,7 +87,7 @@ export class PlainTunnel implements Tunnel {
   readonly label = 'plain (no tunnel)';
 
   async up(env: TunnelEnv): Promise<TunnelUp> {
-    return { dst: env.addrB, pids: [], version: 'kernel', description: 'veth + bridge, MTU 1500' };
+    return { dst: env.addrB, pids: [], version: 'kernel', description: process.env.TOPOLOGY === 'veth' ? 'one veth pair, MTU 1500' : 'veth + bridge, MTU 1500' };
   }
 
   async down(): Promise<string[]> {

@@ -390,6 +390,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       await enforcement.install(pod.projectSources());
       pod.enforcement = enforcement;
     }
+    log.info({ enforce: config.enforce }, 'fail closed');
 
     if (config.dns.enabled) {
       step = 'dns proxy';

@@ -13,8 +13,8 @@ const script = fileURLToPath(new URL('../../netns-scripts/pods.sh', import.meta.
 const prefix = `tenc-ps${process.pid % 100000}`;
 const env = { ...process.env, PODS_PREFIX: prefix };
 
-function pods(cmd: string): { status: number | null; stderr: string } {
-  const r = spawnSync('bash', [script, cmd], { env, encoding: 'utf8' });
+function pods(cmd: string, extra: Record<string, string> = {}): { status: number | null; stderr: string } {
+  const r = spawnSync('bash', [script, cmd], { env: { ...env, ...extra }, encoding: 'utf8' });
   return { status: r.status, stderr: r.stderr };
 }
 
@@ -55,5 +55,23 @@ describe('pods.sh', () => {
     await gone;
     expect(namespaces()).toEqual([]);
     expect(pods('down')).toMatchObject({ status: 0 }); // idempotent
+  });
+
+  it('TOPOLOGY=veth: the two pods on one veth pair, no bridge namespace; a bad TOPOLOGY is refused', () => {
+    requireRoot();
+    expect(pods('up', { TOPOLOGY: 'veth' })).toMatchObject({ status: 0 });
+    expect(pods('up', { TOPOLOGY: 'veth' })).toMatchObject({ status: 0, stderr: '' }); // idempotent
+    expect(namespaces().sort()).toEqual([`${prefix}-a`, `${prefix}-b`]);
+    // a's eth0 is b's eth0's peer: same link, both families, full MTU
+    expect(spawnSync('ip', ['-n', `${prefix}-a`, '-d', 'link', 'show', 'eth0'], { encoding: 'utf8' }).stdout).toContain('veth');
+    expect(inNs('a', 'ping', '-c1', '-W2', '10.77.0.2')).toBe(0);
+    expect(inNs('b', 'ping', '-c1', '-W2', 'fd00:77::1')).toBe(0);
+    expect(inNs('a', 'ping', '-c1', '-W2', '-M', 'do', '-s', '1472', '10.77.0.2')).toBe(0);
+    expect(pods('down')).toMatchObject({ status: 0 });
+    expect(namespaces()).toEqual([]);
+    const bad = pods('up', { TOPOLOGY: 'mesh' });
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain('TOPOLOGY must be bridge or veth, got mesh');
+    expect(namespaces()).toEqual([]);
   });
 });

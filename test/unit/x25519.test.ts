@@ -1,5 +1,5 @@
 /**
- * X25519 as the handshake uses it (src/noise/kdf.ts dh/dhPublic over @noble/curves): RFC 7748
+ * X25519 as the handshake uses it (src/noise/kdf.ts dh/dhPublic over node:crypto): RFC 7748
  * §5.2 and §6.1 vectors, and refusal of every low-order point (all-zero shared secret).
  * The 1,000,000-iteration §5.2 check is left out (minutes of CPU); 1 and 1,000 run.
  */
