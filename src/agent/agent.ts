@@ -308,7 +308,8 @@ export class Agent {
       // the proxy entry is made by the next reconcile: wait for it
       const attach = () => {
         const px = this.proxies.get(pod);
-        if (px) px.ready.push(done);
+        if (this.isReady(pod)) done();
+        else if (px) px.ready.push(done);
         else if (!this.stopped) setTimeout(attach, 10);
       };
       attach();
