@@ -298,7 +298,14 @@ describe('local cluster with tenc agents', () => {
   it('6. agents stopped: proxies run on, fail-closed and published; remove-pod (CNI DEL) cleans; down leaves the machine as it was', async () => {
     for (const c of children) c.kill('SIGKILL');
     const keysBefore = peerFiles().length;
-    const proxies = (pod: string) => sh('ip', ['netns', 'pids', ns(pod)]).split('\n').filter((p) => p && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config'));
+    const cmdline = (p: string) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      } catch {
+        return ''; // gone meanwhile
+      }
+    };
+    const proxies = (pod: string) => sh('ip', ['netns', 'pids', ns(pod)]).split('\n').filter((p) => p && cmdline(p).includes('\0pod\0--config'));
     expect(cluster('agent-stop').status).toBe(0);
     for (const pod of ['alpha-web-1', 'alpha-client-1', 'alpha-db-1', 'alpha-web-2']) {
       expect(proxies(pod), pod).toHaveLength(1);

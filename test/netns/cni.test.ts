@@ -65,7 +65,13 @@ function plugin(cniEnv: Record<string, string>, stdin: string) {
 const proxies = (pod: string) =>
   sh('ip', ['netns', 'pids', nsName(pod)])
     .split('\n')
-    .filter((p) => p && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config'));
+    .filter((p) => {
+      try {
+        return p && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config');
+      } catch {
+        return false; // gone meanwhile
+      }
+    });
 const registrations = () => JSON.parse(readFileSync(join(STATE, 'agents', 'node1.run', 'registrations.json'), 'utf8')).registrations as { podName: string }[];
 const agentPid = () => Number(readFileSync(join(STATE, 'agents', 'node1.pid'), 'utf8'));
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
@@ -120,7 +126,8 @@ describe('tenc cni (real chain)', () => {
     const n = Netns.attach(nsName('alpha-a'));
     expect(n.ip('rule', 'show')).toContain('lookup 52100');
     expect(n.exec('nft', 'list', 'tables')).toContain('tenc_tenc0');
-    expect(chain('CHECK', 'alpha-a', '10.128.1.30').status).toBe(0);
+    const check = chain('CHECK', 'alpha-a', '10.128.1.30');
+    expect(check.status, check.stderr).toBe(0);
     const del = chain('DEL', 'alpha-a', '10.128.1.30');
     expect(del.status, del.stderr).toBe(0);
     expect(proxies('alpha-a')).toEqual([]);
