@@ -215,6 +215,8 @@ interface Proxy {
   restartAt: number;
   /** Waiters for the pod's fail-closed state (its proxy answers on its control socket). */
   ready: (() => void)[];
+  /** "key endpoint" last published for the pod; null: not yet. */
+  published: string | null;
 }
 
 export interface AgentOptions {
@@ -360,7 +362,7 @@ export class Agent {
     for (const { pod, reg } of local) {
       let px = this.proxies.get(pod.name);
       if (!px) {
-        px = { pod, reg, socket: podSocket(reg.netns), child: null, id: reg.proxy, publicKey: null, applied: new Map(), services: null, endpoints: null, members: null, dns: false, starting: false, restartAt: 0, ready: [] };
+        px = { pod, reg, socket: podSocket(reg.netns), child: null, id: reg.proxy, publicKey: null, applied: new Map(), services: null, endpoints: null, members: null, dns: false, starting: false, restartAt: 0, ready: [], published: null };
         this.proxies.set(pod.name, px);
       }
       px.pod = pod;
@@ -379,7 +381,12 @@ export class Agent {
       if (px.publicKey === null) continue;
       const endpoint = `${px.pod.address.includes(':') ? `[${px.pod.address}]` : px.pod.address}:${TENC_PORT}`;
       const k = published.get(px.pod.name);
-      if (!k || k.publicKey !== px.publicKey || k.endpoint !== endpoint || k.node !== this.o.node) {
+      const mine = `${px.publicKey} ${endpoint}`;
+      // published again when it changed, or when the registry knows the pod but lost or
+      // altered its entry; a pod the registry does not list yet is not retried in a loop
+      const known = view.pods.some((p) => p.name === px.pod.name);
+      if (px.published !== mine || (known && (!k || k.publicKey !== px.publicKey || k.endpoint !== endpoint || k.node !== this.o.node))) {
+        px.published = mine;
         await this.o.registry.publishPeer({ project: this.o.project, pod: px.pod.name, node: this.o.node, publicKey: px.publicKey, endpoint });
         this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(px.publicKey) }, 'public key published');
         // the view is stale now: the next run sees the new key
