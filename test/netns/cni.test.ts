@@ -134,7 +134,7 @@ describe('tenc cni (real chain)', () => {
     expect(n.exec('nft', 'list', 'ruleset')).toBe('');
     expect(n.ip('rule', 'show')).not.toContain('52100');
     expect(chain('DEL', 'alpha-a', '10.128.1.30').status).toBe(0); // DEL again
-    expect(registrations()).toEqual([]);
+    expect(registrations().map((r) => r.podName)).toEqual(['alpha-srv']); // the cluster file's pod only
 
     // a 0.4.0 chain: the bridge returns the 0.4.0 form (ips[].version), tenc passes it on
     const conf = join(STATE, 'cni', 'node1.conflist');
@@ -167,7 +167,7 @@ describe('tenc cni (real chain)', () => {
       expect(r.out).toMatchObject({ cniVersion: '1.0.0', code });
       expect(r.out.msg).toMatch(msg);
     }
-    expect(registrations()).toEqual([]);
+    expect(registrations().map((r) => r.podName)).toEqual(['alpha-srv']); // the cluster file's pod only
     expect(proxies('alpha-a')).toEqual([]);
     const v = plugin({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}');
     expect(v.out.supportedVersions).toContain('1.0.0');
@@ -273,5 +273,5 @@ describe('tenc cni (real chain)', () => {
     // flat: less than 16 MiB over 45 pods (a leak of a proxy's state would be far more)
     expect(rss1 - rss0).toBeLessThan(16 * 1024);
     console.log(`agent RSS after 5 pods ${rss0} KiB, after 50 ${rss1} KiB`);
-  }, 150_000);
+  }, 300_000);
 });
