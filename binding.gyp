@@ -1,4 +1,9 @@
 {
+  "variables": {
+    # TENC_SANITIZE=address,undefined (netns-scripts/sanitize.sh passes --tenc_sanitize):
+    # ASan/UBSan build of the addon, loaded with LD_PRELOAD of gcc's libasan.
+    "tenc_sanitize%": ""
+  },
   "targets": [
     {
       "target_name": "tenc",
@@ -18,7 +23,13 @@
         "native/dnsio.c"
       ],
       "cflags": ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
-      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"]
+      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
+      "conditions": [
+        ["tenc_sanitize!=''", {
+          "cflags+": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=<(tenc_sanitize)", "-fno-sanitize-recover=all"],
+          "ldflags+": ["-fsanitize=<(tenc_sanitize)"]
+        }]
+      ]
     }
   ]
 }

@@ -23,6 +23,7 @@ const BENCHES: BenchEntry[] = [
   { name: 'cni', summary: 'pod creation through the CNI chain: ADD -> fail-closed and ADD -> first encrypted packet, p50/p99 (--pods=N)', load: () => import('./cni.js') },
   { name: 'density', summary: 'N idle pods: RSS/PSS/private memory per pod vs wireguard-go; start latency p50/p99 (--pods=N --starts=M)', load: () => import('./density.js') },
   { name: 'dns', summary: 'DNS proxy vs dnsmasq direct: added latency p50/p99, answers per second (pass-through and rewrite)', load: () => import('./dns.js') },
+  { name: 'flood', summary: 'handshake flood (valid mac1, 64 sources) at the server during a TCP flow: victim CPU and flow, tenc vs wireguard-go', load: () => import('./flood.js') },
   { name: 'iperf', summary: 'pod to pod: plain, wireguard-go (Debian, backports), tenc: iperf3 TCP/UDP, ping, CPU, RSS', load: () => import('./iperf.js') },
   { name: 'soak', summary: 'one tenc pod proxy under iperf3 load for 5 minutes: idle RSS, max, slope (--soak=S, --peers=N)', load: () => import('./soak.js') },
 ];

@@ -206,14 +206,26 @@ typedef uint32_t v16u __attribute__((vector_size(64)));
  * swap the off-diagonal s x s blocks, s = 8, 4, 2, 1 (one two-source permute per
  * output row and stage; vpermt2d on AVX-512). */
 typedef int32_t v16i __attribute__((vector_size(64)));
-#define TM_LO(s) {0 & s ? 16 + 0 - s : 0, 1 & s ? 16 + 1 - s : 1, 2 & s ? 16 + 2 - s : 2, 3 & s ? 16 + 3 - s : 3, \
+#define TM_LO_L(s) 0 & s ? 16 + 0 - s : 0, 1 & s ? 16 + 1 - s : 1, 2 & s ? 16 + 2 - s : 2, 3 & s ? 16 + 3 - s : 3, \
                   4 & s ? 16 + 4 - s : 4, 5 & s ? 16 + 5 - s : 5, 6 & s ? 16 + 6 - s : 6, 7 & s ? 16 + 7 - s : 7, \
                   8 & s ? 16 + 8 - s : 8, 9 & s ? 16 + 9 - s : 9, 10 & s ? 16 + 10 - s : 10, 11 & s ? 16 + 11 - s : 11, \
-                  12 & s ? 16 + 12 - s : 12, 13 & s ? 16 + 13 - s : 13, 14 & s ? 16 + 14 - s : 14, 15 & s ? 16 + 15 - s : 15}
-#define TM_HI(s) {0 & s ? 16 + 0 : 0 + s, 1 & s ? 16 + 1 : 1 + s, 2 & s ? 16 + 2 : 2 + s, 3 & s ? 16 + 3 : 3 + s, \
+                  12 & s ? 16 + 12 - s : 12, 13 & s ? 16 + 13 - s : 13, 14 & s ? 16 + 14 - s : 14, 15 & s ? 16 + 15 - s : 15
+#define TM_HI_L(s) 0 & s ? 16 + 0 : 0 + s, 1 & s ? 16 + 1 : 1 + s, 2 & s ? 16 + 2 : 2 + s, 3 & s ? 16 + 3 : 3 + s, \
                   4 & s ? 16 + 4 : 4 + s, 5 & s ? 16 + 5 : 5 + s, 6 & s ? 16 + 6 : 6 + s, 7 & s ? 16 + 7 : 7 + s, \
                   8 & s ? 16 + 8 : 8 + s, 9 & s ? 16 + 9 : 9 + s, 10 & s ? 16 + 10 : 10 + s, 11 & s ? 16 + 11 : 11 + s, \
-                  12 & s ? 16 + 12 : 12 + s, 13 & s ? 16 + 13 : 13 + s, 14 & s ? 16 + 14 : 14 + s, 15 & s ? 16 + 15 : 15 + s}
+                  12 & s ? 16 + 12 : 12 + s, 13 & s ? 16 + 13 : 13 + s, 14 & s ? 16 + 14 : 14 + s, 15 & s ? 16 + 15 : 15 + s
+#define TM_LO(s) {TM_LO_L(s)}
+#define TM_HI(s) {TM_HI_L(s)}
+/* gcc: __builtin_shuffle with mask vectors; clang (the fuzz harnesses, fuzz/build.sh):
+ * __builtin_shufflevector with the same indices as constants. */
+#ifdef __clang__
+#define TSW(x, y, s)                                   \
+  {                                                    \
+    v16u a_ = x, b_ = y;                               \
+    x = __builtin_shufflevector(a_, b_, TM_LO_L(s));   \
+    y = __builtin_shufflevector(a_, b_, TM_HI_L(s));   \
+  }
+#else
 #define TSW(x, y, s)                                   \
   {                                                    \
     const v16i lo = TM_LO(s), hi = TM_HI(s);           \
@@ -221,6 +233,7 @@ typedef int32_t v16i __attribute__((vector_size(64)));
     x = __builtin_shuffle(a_, b_, lo);                 \
     y = __builtin_shuffle(a_, b_, hi);                 \
   }
+#endif
 #define TRANSPOSE16(r)                                                                                          \
   TSW(r##0, r##8, 8) TSW(r##1, r##9, 8) TSW(r##2, r##10, 8) TSW(r##3, r##11, 8) TSW(r##4, r##12, 8)          \
   TSW(r##5, r##13, 8) TSW(r##6, r##14, 8) TSW(r##7, r##15, 8)                                                \

@@ -11,9 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include "blake2s.h"
 #include "offload.h"
 #include "util.h"
 
@@ -272,6 +275,12 @@ static uint32_t seal_scatter(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr,
   if (tenc_aead_seal_parts(a, kp->send_key, nonce, src, len, NULL, 0, plen - len, buf + TENC_HEADROOM) != 0)
     return 0;
   return TENC_HEADROOM + plen + TENC_AEAD_TAG_LEN;
+}
+
+/* REJECT_AFTER_TIME (whitepaper §6.1): a keypair this old seals and opens nothing,
+ * whatever the control plane still holds. `now` is the batch's tenc_now_ms(). */
+static inline int kp_expired(const tenc_keypair *kp, uint64_t now) {
+  return now - kp->birth_ms >= TENC_REJECT_AFTER_TIME_MS && now >= kp->birth_ms;
 }
 
 /* Takes the next send counter; drops/flags per REJECT/REKEY_AFTER_MESSAGES.
@@ -596,6 +605,7 @@ static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
     int has_ep;
     peer_ep(p, &o->ep, &has_ep);
     tenc_keypair *kp = p->send;
+    if (kp && kp_expired(kp, now)) kp = NULL; /* as without one: queued, need_handshake */
     if (!kp || !has_ep) {
       tx_gather(r);
       queue_packet(e, p, pkt, r->len);
@@ -804,10 +814,113 @@ struct tenc_rx {
 
 static int dst_is_local(const tenc_engine *e, const uint8_t *pkt, int v);
 
+/* ---- handshake gate (RX pipeline) ------------------------------------------
+ * Before a handshake message costs the control plane anything: mac1 must be made
+ * with our public key (types 1 and 2; a cookie reply has none), and under load each
+ * source address gets TENC_RL_PER_SECOND messages a second (burst TENC_RL_BURST).
+ * The control plane still decides on mac2 and answers with cookie replies under
+ * load (src/device/device.ts); this gate keeps what reaches it small and fair. */
+
+static int mac1_ok(const tenc_engine *e, const uint8_t *m, uint32_t len) {
+  uint8_t want[16];
+  tenc_b2s_mac16(e->mac1_key, m, len - 32, want);
+  const uint8_t *got = m + len - 32;
+  uint8_t d = 0;
+  for (int i = 0; i < 16; i++) d |= (uint8_t)(want[i] ^ got[i]);
+  return d == 0;
+}
+
+static uint32_t rl_hash(const tenc_engine *e, const uint8_t key[9]) {
+  uint64_t a = e->rl_seed[0], b = e->rl_seed[1];
+  uint64_t k0, k1 = 0;
+  memcpy(&k0, key, 8);
+  k1 = key[8];
+  a ^= k0;
+  a *= 0x9e3779b97f4a7c15ull;
+  a ^= a >> 29;
+  b ^= k1 + a;
+  b *= 0xbf58476d1ce4e5b9ull;
+  b ^= b >> 31;
+  a += b;
+  a *= 0x94d049bb133111ebull;
+  a ^= a >> 32;
+  return (uint32_t)a;
+}
+
+/* Token bucket of this source (IPv4 address or IPv6 /64). Returns 1 allowed. */
+static int rl_allow(tenc_engine *e, const struct sockaddr_in6 *from, uint64_t now) {
+  uint8_t key[9] = {0};
+  const uint8_t *a = from->sin6_addr.s6_addr;
+  if (IN6_IS_ADDR_V4MAPPED(&from->sin6_addr)) {
+    key[0] = 4;
+    memcpy(key + 1, a + 12, 4);
+  } else {
+    key[0] = 6;
+    memcpy(key + 1, a, 8);
+  }
+  const uint64_t cost = 1000u / TENC_RL_PER_SECOND, full = cost * TENC_RL_BURST;
+  uint32_t h = rl_hash(e, key), m = TENC_RL_SLOTS - 1;
+  tenc_rl_slot *free_slot = NULL;
+  for (uint32_t i = 0; i < TENC_RL_PROBE; i++) {
+    tenc_rl_slot *s = &e->rl[(h + i) & m];
+    if (s->used && memcmp(s->key, key, sizeof key) == 0) {
+      uint64_t t = s->tokens + (now - s->last_ms);
+      s->tokens = t > full ? full : t;
+      s->last_ms = now;
+      if (s->tokens < cost) return 0;
+      s->tokens -= cost;
+      return 1;
+    }
+    /* a slot whose bucket has refilled holds nothing a fresh one would not */
+    if (!free_slot && (!s->used || now - s->last_ms >= full)) free_slot = s;
+  }
+  if (!free_slot) return 0; /* every slot on the probe path is a source still limited */
+  if (!free_slot->used) cadd(&e->ctr[TENC_G_RATELIMIT_SOURCES], 1);
+  memcpy(free_slot->key, key, sizeof key);
+  free_slot->used = 1;
+  free_slot->last_ms = now;
+  free_slot->tokens = full - cost;
+  return 1;
+}
+
+/* Returns 1 when the message may go to the control plane (counted drops otherwise). */
+static int hs_gate(tenc_engine *e, const uint8_t *m, uint32_t len, const struct sockaddr_in6 *from, uint64_t now) {
+  if (m[0] != 3 && atomic_load_explicit(&e->has_mac1_key, memory_order_acquire) && !mac1_ok(e, m, len)) {
+    drop(e, -1, TENC_D_BAD_MAC1, 1);
+    return 0;
+  }
+  if (now - e->hs_window_ms >= 1000) {
+    e->hs_window_ms = now;
+    e->hs_window_n = 0;
+  }
+  e->hs_window_n++;
+  pthread_mutex_lock(&e->ev_mu);
+  uint32_t waiting = e->ev_hs;
+  pthread_mutex_unlock(&e->ev_mu);
+  if (e->hs_window_n > TENC_HS_LOAD_PER_SECOND || waiting >= TENC_HS_QUEUE_MAX / 8) {
+    if (now >= e->under_load_until) cadd(&e->ctr[TENC_G_UNDER_LOAD], 1);
+    e->under_load_until = now + TENC_UNDER_LOAD_MS;
+  }
+  if (now < e->under_load_until && !rl_allow(e, from, now)) {
+    drop(e, -1, TENC_D_HANDSHAKE_RATELIMITED, 1);
+    return 0;
+  }
+  return 1;
+}
+
+void tenc_engine_set_public_key(tenc_engine *e, const uint8_t pub[32]) {
+  static const char label[] = "mac1----";
+  pthread_mutex_lock(&e->rx_mu); /* the RX pipeline reads the key under it */
+  tenc_b2s_hash2((const uint8_t *)label, 8, pub, 32, e->mac1_key);
+  atomic_store_explicit(&e->has_mac1_key, 1, memory_order_release);
+  pthread_mutex_unlock(&e->rx_mu);
+}
+
 /* Stage 2 for one message: handshake messages go to JS; a data message with a known
  * index and a counter inside the replay window is queued in x->pend for opening
  * (returns 1). */
-static int rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t len, const struct sockaddr_in6 *from) {
+static int rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t len, const struct sockaddr_in6 *from,
+                      uint64_t now) {
   if (len < 4 || m[1] || m[2] || m[3]) {
     drop(e, -1, TENC_D_BAD_HEADER, 1);
     return 0;
@@ -820,7 +933,7 @@ static int rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t le
         drop(e, -1, TENC_D_BAD_HEADER, 1);
         return 0;
       }
-      ev_push_handshake(e, m, len, from);
+      if (hs_gate(e, m, len, from, now)) ev_push_handshake(e, m, len, from);
       return 0;
     case MSG_DATA:
       if (len >= MSG_DATA_MIN) break;
@@ -832,6 +945,10 @@ static int rx_message(tenc_engine *e, struct tenc_rx *x, uint8_t *m, uint32_t le
   tenc_keypair *kp = kmap_get(e, le32(m + 4));
   if (!kp) {
     drop(e, -1, TENC_D_UNKNOWN_INDEX, 1);
+    return 0;
+  }
+  if (kp_expired(kp, now)) {
+    drop(e, kp->peer->id, TENC_D_KEYPAIR_EXPIRED, 1);
     return 0;
   }
   uint64_t ctr = le64(m + 8);
@@ -1105,7 +1222,7 @@ static int rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more) {
     for (uint32_t off = 0; off < len; off += seg) {
       uint32_t l = len - off < seg ? len - off : seg;
       if (x->ninj + x->npend >= x->inj_cap) break;
-      if (rx_message(e, x, d + off, l, &x->from[i]) && x->npend == TENC_AEAD_PREP_MAX) rx_open_pending(e, x, now);
+      if (rx_message(e, x, d + off, l, &x->from[i], now) && x->npend == TENC_AEAD_PREP_MAX) rx_open_pending(e, x, now);
     }
   }
   if (x->npend) rx_open_pending(e, x, now);
@@ -1209,9 +1326,12 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
   e->kmap = calloc(e->kcap, sizeof *e->kmap);
   e->aips = tenc_aips_new();
   e->ctl_aead = tenc_aead_new();
+  e->rl = calloc(TENC_RL_SLOTS, sizeof *e->rl);
+  if (getrandom(e->rl_seed, sizeof e->rl_seed, 0) != sizeof e->rl_seed) /* the hash key only spreads sources */
+    e->rl_seed[0] = tenc_now_ns() ^ (uintptr_t)e, e->rl_seed[1] = (uint64_t)getpid() << 32 ^ tenc_now_ns();
   struct tenc_tx *t = e->tx = calloc(1, sizeof *t);
   struct tenc_rx *x = e->rx = calloc(1, sizeof *x);
-  int ok = e->stop_fd >= 0 && e->peers && e->kmap && e->aips && e->ctl_aead && t && x && tenc_nat_init(&e->nat) == 0;
+  int ok = e->stop_fd >= 0 && e->peers && e->kmap && e->aips && e->ctl_aead && e->rl && t && x && tenc_nat_init(&e->nat) == 0;
   if (ok) {
     t->arena = aligned_alloc(64, TX_ARENA);
     t->recs = calloc(TX_MAX_RECS, sizeof *t->recs);
@@ -1272,7 +1392,56 @@ int tenc_engine_start(tenc_engine *e) {
 /* Called on the node thread (under the write lock). The TX/RX threads wipe the key
  * their AEAD contexts cached at their next batch (key_gen); the node thread's own
  * context is wiped here. */
+/* ---- key vault (engine.h tenc_vault; write lock) ---- */
+
+#define VAULT_CHUNK (64u << 10)
+#define VAULT_SLOT 64u
+
+static uint8_t *vault_alloc(tenc_engine *e) {
+  tenc_vault *v = &e->vault;
+  if (!v->free) {
+    uint8_t **nc = realloc(v->chunks, (v->nchunks + 1) * sizeof *nc);
+    if (!nc) return NULL;
+    v->chunks = nc;
+    uint8_t *c = mmap(NULL, VAULT_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (c == MAP_FAILED) return NULL;
+    (void)madvise(c, VAULT_CHUNK, MADV_DONTDUMP); /* never in a core file */
+    (void)madvise(c, VAULT_CHUNK, MADV_DONTFORK); /* nor in a child (spawned helpers) */
+    if (mlock(c, VAULT_CHUNK) == 0) /* never in swap; RLIMIT_MEMLOCK may refuse: still usable */
+      cadd(&e->ctr[TENC_G_KEY_LOCKED], VAULT_CHUNK);
+    else
+      cadd(&e->ctr[TENC_G_KEY_UNLOCKED], VAULT_CHUNK);
+    v->chunks[v->nchunks++] = c;
+    for (uint32_t off = VAULT_CHUNK; off >= VAULT_SLOT; off -= VAULT_SLOT) {
+      uint8_t *slot = c + off - VAULT_SLOT;
+      memcpy(slot, &v->free, sizeof(void *));
+      v->free = slot;
+    }
+  }
+  uint8_t *slot = v->free;
+  memcpy(&v->free, slot, sizeof(void *));
+  memset(slot, 0, VAULT_SLOT);
+  return slot;
+}
+
+static void vault_put(tenc_engine *e, uint8_t *slot) {
+  explicit_bzero(slot, VAULT_SLOT);
+  memcpy(slot, &e->vault.free, sizeof(void *));
+  e->vault.free = slot;
+}
+
+static void vault_destroy(tenc_engine *e) {
+  tenc_vault *v = &e->vault;
+  for (uint32_t i = 0; i < v->nchunks; i++) {
+    explicit_bzero(v->chunks[i], VAULT_CHUNK);
+    munmap(v->chunks[i], VAULT_CHUNK);
+  }
+  free(v->chunks);
+  memset(v, 0, sizeof *v);
+}
+
 static void keypair_free(tenc_engine *e, tenc_keypair *kp) {
+  if (kp->send_key) vault_put(e, kp->send_key); /* recv_key is the same slot's second half */
   explicit_bzero(kp, sizeof *kp);
   free(kp);
   tenc_aead_clear(e->ctl_aead);
@@ -1322,6 +1491,9 @@ void tenc_engine_free(tenc_engine *e) {
   tenc_aips_free(e->aips);
   if (e->nat.flows) tenc_nat_destroy(&e->nat);
   tenc_aead_free(e->ctl_aead);
+  vault_destroy(e);
+  free(e->rl);
+  explicit_bzero(e->mac1_key, sizeof e->mac1_key);
   tx_free(e->tx);
   rx_free(e->rx);
   uint32_t n;
@@ -1417,7 +1589,14 @@ int tenc_engine_add_keypair(tenc_engine *e, uint32_t id, uint32_t local, uint32_
     r = -ENOSPC;
   else if (!(kp = calloc(1, sizeof *kp)))
     r = -ENOMEM;
+  else if (!(kp->send_key = vault_alloc(e))) {
+    free(kp);
+    kp = NULL;
+    r = -ENOMEM;
+  }
   if (!r) {
+    kp->recv_key = kp->send_key + 32;
+    kp->birth_ms = tenc_now_ms();
     kp->local_index = local;
     kp->remote_index = remote;
     memcpy(kp->send_key, send_key, 32);
@@ -1440,7 +1619,9 @@ static void flush_through(tenc_engine *e, tenc_peer *p) {
   while (p->qlen) {
     tenc_qpkt *q = &p->q[p->qhead];
     uint64_t ctr;
-    if (next_counter(e, p->send, &ctr) == 0) {
+    if (kp_expired(p->send, now))
+      drop(e, p->id, TENC_D_KEYPAIR_EXPIRED, 1);
+    else if (next_counter(e, p->send, &ctr) == 0) {
       uint32_t mlen = seal(e->ctl_aead, p->send, ctr, q->buf, q->len);
       if (mlen && sendto(e->o.udp_fd, q->buf, mlen, MSG_DONTWAIT, (struct sockaddr *)&p->ep, sizeof p->ep) >= 0)
         count_tx(e, p->id, mlen, 1, now);
@@ -1517,7 +1698,10 @@ int tenc_engine_send_keepalive(tenc_engine *e, uint32_t id) {
     int has_ep;
     peer_ep(p, &ep, &has_ep);
     uint64_t ctr;
-    if (p->send && has_ep && next_counter(e, p->send, &ctr) == 0) mlen = seal(e->ctl_aead, p->send, ctr, buf, 0);
+    if (p->send && has_ep && kp_expired(p->send, tenc_now_ms()))
+      drop(e, id, TENC_D_KEYPAIR_EXPIRED, 1);
+    else if (p->send && has_ep && next_counter(e, p->send, &ctr) == 0)
+      mlen = seal(e->ctl_aead, p->send, ctr, buf, 0);
   }
   pthread_rwlock_unlock(&e->lock);
   ev_flush(e);
@@ -1547,6 +1731,14 @@ int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counte
   pthread_rwlock_wrlock(&e->lock);
   tenc_keypair *kp = kmap_get(e, local);
   if (kp) atomic_store(&kp->send_counter, counter);
+  pthread_rwlock_unlock(&e->lock);
+  return kp ? 0 : -ENOENT;
+}
+
+int tenc_engine_test_age_keypair(tenc_engine *e, uint32_t local, uint64_t ms) {
+  pthread_rwlock_wrlock(&e->lock);
+  tenc_keypair *kp = kmap_get(e, local);
+  if (kp) kp->birth_ms -= ms;
   pthread_rwlock_unlock(&e->lock);
   return kp ? 0 : -ENOENT;
 }
@@ -1609,8 +1801,11 @@ int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint
   t.out = calloc(TX_MAX_RECS, sizeof *t.out);
   t.aead = tenc_aead_new();
   tenc_keypair kp;
+  uint8_t keys[64];
   memset(&kp, 0, sizeof kp);
   kp.remote_index = remote;
+  kp.send_key = keys;
+  kp.recv_key = keys + 32;
   memcpy(kp.send_key, key, 32);
   int r = -1;
   *used = 0;
@@ -1636,6 +1831,7 @@ int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint
     }
   }
   explicit_bzero(&kp, sizeof kp);
+  explicit_bzero(keys, sizeof keys);
   if (t.arena) explicit_bzero(t.arena, TX_ARENA);
   free(t.arena);
   free(t.recs);
@@ -1643,4 +1839,15 @@ int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint
   free(ctr);
   tenc_aead_free(t.aead);
   return r;
+}
+
+/* Fuzzing hook (fuzz/rx.c): one receive batch, stages 1-5 as the RX thread runs
+ * them, on the calling thread of an engine whose threads are not started. Returns
+ * the number of datagrams read (0: none waiting). */
+int tenc_engine_test_rx(tenc_engine *e) {
+  int more;
+  pthread_mutex_lock(&e->rx_mu);
+  int n = rx_cycle(e, e->rx, &more);
+  pthread_mutex_unlock(&e->rx_mu);
+  return n;
 }

@@ -94,11 +94,22 @@ enum tenc_drop {
   TENC_D_TOO_BIG,
   TENC_D_IO,
   TENC_D_BAD_DESTINATION, /* authentic, but the inner destination is not an address of this pod */
+  TENC_D_BAD_MAC1,        /* handshake message whose mac1 is not made with our public key */
+  TENC_D_HANDSHAKE_RATELIMITED, /* under load: its source address is over its handshake rate */
+  TENC_D_KEYPAIR_EXPIRED, /* keypair older than REJECT_AFTER_TIME (sent nothing / opened nothing) */
   TENC_D_COUNT
 };
 
-enum { TENC_G_HANDSHAKE_RX = TENC_D_COUNT, TENC_G_KEEPALIVE_RX, TENC_GLOBAL_SLOTS = 16 };
-_Static_assert(TENC_G_KEEPALIVE_RX < TENC_GLOBAL_SLOTS, "global counter slots overflow");
+enum {
+  TENC_G_HANDSHAKE_RX = TENC_D_COUNT, /* handshake messages handed to the control plane */
+  TENC_G_KEEPALIVE_RX,
+  TENC_G_UNDER_LOAD,       /* times the receive path entered the handshake under-load state */
+  TENC_G_KEY_LOCKED,       /* bytes of session-key memory locked in RAM (mlock) */
+  TENC_G_KEY_UNLOCKED,     /* bytes of session-key memory mlock refused (RLIMIT_MEMLOCK): still MADV_DONTDUMP */
+  TENC_G_RATELIMIT_SOURCES, /* source addresses the handshake rate limiter tracks now */
+  TENC_GLOBAL_SLOTS = 24
+};
+_Static_assert(TENC_G_RATELIMIT_SOURCES < TENC_GLOBAL_SLOTS, "global counter slots overflow");
 enum {
   TENC_P_TX_BYTES,
   TENC_P_RX_BYTES,
@@ -109,7 +120,7 @@ enum {
   TENC_P_LAST_TX_DATA_MS,
   TENC_P_LAST_RX_DATA_MS,
   TENC_P_DROPS,
-  TENC_PEER_SLOTS = 24
+  TENC_PEER_SLOTS = 32
 };
 _Static_assert(TENC_P_DROPS + TENC_D_COUNT <= TENC_PEER_SLOTS, "per-peer counter slots overflow");
 
@@ -130,9 +141,14 @@ typedef struct {
 
 struct tenc_peer;
 
+/* Keypairs die REJECT_AFTER_TIME after their birth (whitepaper §6.1): no message is
+ * sealed or opened with them after that, whatever the control plane does. */
+#define TENC_REJECT_AFTER_TIME_MS 180000u
+
 typedef struct tenc_keypair {
   uint32_t local_index, remote_index;
-  uint8_t send_key[32], recv_key[32];
+  uint8_t *send_key, *recv_key; /* 32 bytes each, in the key vault (locked, not dumped) */
+  uint64_t birth_ms; /* tenc_now_ms() at add_keypair */
   struct tenc_peer *peer;
   _Atomic uint64_t send_counter;
   atomic_int rekey_signaled;
@@ -178,6 +194,36 @@ typedef struct {
   uint32_t tx_batch_kb;  /* 0 = the whole arena; else stop reading the TUN device past this much */
 } tenc_engine_opts;
 
+/* Session-key memory: 64 KiB chunks of 64-byte slots (a keypair's send and receive
+ * key), mmap'ed apart from the heap, MADV_DONTDUMP, mlock'ed where RLIMIT_MEMLOCK
+ * allows (counted in TENC_G_KEY_LOCKED / TENC_G_KEY_UNLOCKED), wiped on free. */
+typedef struct {
+  uint8_t **chunks;
+  uint32_t nchunks;
+  void *free; /* free slots, linked through their first bytes */
+} tenc_vault;
+
+/* Handshake rate limit per source address under load (as the kernel's
+ * ratelimiter.c and wireguard-go's ratelimiter): a token bucket of
+ * TENC_RL_PER_SECOND messages a second, TENC_RL_BURST at once, per IPv4 address or
+ * IPv6 /64, in a fixed table (TENC_RL_SLOTS, keyed hash, probed TENC_RL_PROBE deep).
+ * A source that finds no free or refilled slot is refused: memory stays bounded. */
+#define TENC_RL_PER_SECOND 20u
+#define TENC_RL_BURST 5u
+#define TENC_RL_SLOTS 8192u
+#define TENC_RL_PROBE 8u
+/* Under load: more than TENC_HS_LOAD_PER_SECOND handshake messages with a valid mac1 in
+ * one second, or TENC_HS_QUEUE_MAX / 8 waiting for the control plane; it lasts
+ * TENC_UNDER_LOAD_MS after the last such moment. */
+#define TENC_HS_LOAD_PER_SECOND 64u
+#define TENC_UNDER_LOAD_MS 1000u
+typedef struct {
+  uint8_t key[9]; /* family, then 4 (IPv4) or 8 (IPv6 /64) address bytes */
+  uint8_t used;
+  uint64_t last_ms;
+  uint64_t tokens; /* ms of credit: each message costs 1000 / TENC_RL_PER_SECOND */
+} tenc_rl_slot;
+
 typedef struct tenc_engine tenc_engine;
 typedef void (*tenc_event_signal)(tenc_engine *e); /* called once per batch with new events */
 
@@ -194,6 +240,14 @@ struct tenc_engine {
   uint8_t local_addr[TENC_MAX_LOCAL][16];
   uint32_t nlocal; /* 0 = not configured: no destination check (engine tests only) */
   uint64_t *ctr;
+  tenc_vault vault; /* session keys (write lock) */
+  /* handshake gate (RX pipeline, rx_mu) */
+  uint8_t mac1_key[32]; /* HASH(LABEL_MAC1 || our public key) */
+  atomic_int has_mac1_key; /* 0: no mac1 check (engine tests that send raw handshake bytes) */
+  uint64_t hs_window_ms, under_load_until;
+  uint32_t hs_window_n;
+  uint64_t rl_seed[2];
+  tenc_rl_slot *rl;
   /* events */
   pthread_mutex_t ev_mu;
   tenc_event *ev;
@@ -242,6 +296,11 @@ int tenc_engine_flush_queue(tenc_engine *e, uint32_t id);
 void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n);
 /* Replaces the pod's own addresses (family 4 or 6, address in the first 4 or 16 bytes). */
 void tenc_engine_set_local(tenc_engine *e, const uint8_t *family, const uint8_t (*addr)[16], uint32_t n);
+/* Sets our static public key: handshake messages (types 1, 2) must then carry a mac1
+ * made with it, or they are dropped as bad_mac1 before the control plane sees them. */
+void tenc_engine_set_public_key(tenc_engine *e, const uint8_t pub[32]);
+/* Test hook: makes a keypair `ms` older (REJECT_AFTER_TIME tests). */
+int tenc_engine_test_age_keypair(tenc_engine *e, uint32_t local, uint64_t ms);
 /* Test hook: moves a keypair's next send counter (REKEY/REJECT_AFTER_MESSAGES tests). */
 int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counter);
 /* The peer the allowed-IPs table sends `addr` to, or -1. */
@@ -251,6 +310,8 @@ void tenc_engine_report_misses(tenc_engine *e, int on);
 /* Test hook: stage 1 + seal of one TUN frame, see engine.c. */
 int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint32_t tcp_align, const uint8_t *key,
                           uint32_t remote, uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used);
+/* Fuzzing hook: one receive batch on the calling thread (threads not started), see engine.c. */
+int tenc_engine_test_rx(tenc_engine *e);
 /* Takes the pending events (caller frees each data and the array). */
 tenc_event *tenc_engine_take_events(tenc_engine *e, uint32_t *n);
 

@@ -15,6 +15,10 @@
  *   engineFlushQueue(h, peer)                       engineSetLocalServices(h, services)
  *   engineRoute(h, address) -> peer | -1             (allowed-IPs lookup, for tests/debugging)
  *   engineTestSetSendCounter(h, localIndex, counter: bigint)   (test hook)
+ *   engineSetPublicKey(h, publicKey)   our static public key: handshake messages
+ *     without a mac1 made with it are dropped in C (bad_mac1)
+ *   engineTestAgeKeypair(h, localIndex, ms)   (test hook) the keypair is `ms` older
+ *   processProtect() -> { dumpable }   prctl(PR_SET_DUMPABLE, 0), read back
  *   engineTestSeal(frame, key, scatter, remoteIndex, counter: bigint, tcpAlign = 0) -> Buffer
  *     (test hook) the send path's split and seal of one TUN frame (virtio_net_hdr +
  *     packet) with scatter seal on or off: messages as [u32 LE length][message]...
@@ -52,6 +56,8 @@
 #include <stdlib.h>
 #include <malloc.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <errno.h>
 #include "engine.h"
 #include "offload.h"
 #include "modules.h"
@@ -730,6 +736,37 @@ static napi_value replay_run(napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value engine_set_public_key(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  uint8_t *k;
+  size_t kl;
+  if (tenc_get_bytes(env, argv[1], "publicKey", &k, &kl) < 0) return NULL;
+  if (kl != 32) return tenc_throw_range(env, "publicKey must be 32 bytes");
+  tenc_engine_set_public_key(j->e, k);
+  return NULL;
+}
+
+static napi_value engine_test_age_keypair(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  uint32_t local;
+  int64_t ms;
+  if (get_u32(env, argv[1], "localIndex", &local) < 0 || tenc_get_int(env, argv[2], 0, 1ll << 40, "ms", &ms) < 0)
+    return NULL;
+  return result(env, tenc_engine_test_age_keypair(j->e, local, (uint64_t)ms), "testAgeKeypair: no keypair", local);
+}
+
+/* processProtect() -> { dumpable: 0|1 }: prctl(PR_SET_DUMPABLE, 0) for the whole
+ * process (no core file, no ptrace or /proc/PID/mem by other non-root processes of
+ * the same user), read back. */
+static napi_value process_protect(napi_env env, napi_callback_info info) {
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return tenc_throw_errno(env, errno, "prctl(PR_SET_DUMPABLE)");
+  int d = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+  napi_value o;
+  napi_create_object(env, &o);
+  tenc_set_int(env, o, "dumpable", d);
+  return o;
+}
+
 static napi_value engine_layout(napi_env env, napi_callback_info info) {
   napi_value o;
   napi_create_object(env, &o);
@@ -740,6 +777,10 @@ static napi_value engine_layout(napi_env env, napi_callback_info info) {
   tenc_set_int(env, o, "peerDrops", TENC_P_DROPS);
   tenc_set_int(env, o, "handshakeRx", TENC_G_HANDSHAKE_RX);
   tenc_set_int(env, o, "keepaliveRx", TENC_G_KEEPALIVE_RX);
+  tenc_set_int(env, o, "underLoad", TENC_G_UNDER_LOAD);
+  tenc_set_int(env, o, "keyLocked", TENC_G_KEY_LOCKED);
+  tenc_set_int(env, o, "keyUnlocked", TENC_G_KEY_UNLOCKED);
+  tenc_set_int(env, o, "ratelimitSources", TENC_G_RATELIMIT_SOURCES);
   tenc_set_int(env, o, "queueMax", TENC_QUEUE_MAX);
   tenc_set_int(env, o, "handshakeQueueMax", TENC_HS_QUEUE_MAX);
   return o;
@@ -781,6 +822,9 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"engineLayout", engine_layout},
       {"engineRoute", engine_route},
       {"engineTestSetSendCounter", engine_test_set_send_counter},
+      {"engineSetPublicKey", engine_set_public_key},
+      {"engineTestAgeKeypair", engine_test_age_keypair},
+      {"processProtect", process_protect},
       {"replayRun", replay_run},
       {"engineTestSeal", engine_test_seal},
       {"engineTestGro", engine_test_gro},

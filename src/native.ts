@@ -10,8 +10,15 @@ import { fileURLToPath } from 'node:url';
 
 const require = createRequire(import.meta.url);
 
-/** Walk up from this file (src/ or dist/src/) to the package root holding build/. */
+/** Walk up from this file (src/ or dist/src/) to the package root holding build/.
+ * TENC_ADDON=/path/tenc.node loads another build instead (the sanitizer build of
+ * netns-scripts/sanitize.sh); a missing file is an error naming it. */
 function findAddon(): string {
+  const forced = process.env.TENC_ADDON;
+  if (forced) {
+    if (!existsSync(forced)) throw new Error(`TENC_ADDON=${forced}: no such file`);
+    return forced;
+  }
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 4; i++) {
     const candidate = join(dir, 'build', 'Release', 'tenc.node');
@@ -142,4 +149,14 @@ function batchCount(batch: AeadBatch): number {
 
 function typeError(message: string): TypeError {
   return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });
+}
+
+/**
+ * Makes this process non-dumpable (prctl(PR_SET_DUMPABLE, 0)): no core file on a crash, and
+ * no ptrace or /proc/PID/mem for other processes of the same user (root still can). Returns
+ * the read-back value (0). `tenc pod` and `tenc agent` call it at start: they hold private
+ * keys, psks and session keys.
+ */
+export function protectProcess(): { dumpable: number } {
+  return addon.processProtect() as { dumpable: number };
 }

@@ -42,6 +42,8 @@ export interface TunnelUp {
   version: string;
   /** Extra facts (data plane, MTU). */
   description: string;
+  /** Pod b's (the server's) WireGuard public key and UDP port, for benches that attack it. */
+  server?: { publicKey: string; port: number; pid: number };
 }
 
 export interface Tunnel {
@@ -184,6 +186,7 @@ export class TencTunnel implements Tunnel {
       pids: this.pods.map((p) => p.child.pid!).filter((p) => p !== undefined),
       version,
       description: `${st.dataPlane}, MTU ${st.mtu}${extra.length ? `, ${extra.join(', ')}` : ''}`,
+      server: { publicKey: keyB, port, pid: this.pods[1]!.child.pid! },
     };
   }
 
@@ -307,6 +310,7 @@ export class WgGoTunnel implements Tunnel {
       pids: this.procs.map((p) => p.child.pid!).filter((p) => p !== undefined),
       version,
       description: `${bin}, MTU 1420`,
+      server: { publicKey: pubB, port: o.listenPort, pid: this.procs[1]!.child.pid! },
     };
   }
 

@@ -118,6 +118,17 @@ export function resolveSocket(values: { socket?: string; interface?: string }, d
   return defaultSocketPath('tenc0', dir);
 }
 
+/**
+ * `tenc pod` and `tenc agent` hold private keys, psks and session keys: before anything is
+ * read, the process becomes non-dumpable (no core file, no ptrace or /proc/PID/mem by other
+ * processes of its user; src/native.ts protectProcess).
+ */
+async function protectSecrets(): Promise<void> {
+  const { protectProcess } = await import('../native.js');
+  const r = protectProcess();
+  if (r.dumpable !== 0) throw new Error(`prctl(PR_SET_DUMPABLE, 0) read back ${r.dumpable}`);
+}
+
 export async function runCli(argv: string[], io: CliIo = processIo): Promise<number> {
   try {
     return await dispatch(argv, io);
@@ -223,6 +234,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         if (!r.ok) throw new UsageError(`--classify-cidrs: ${r.problem}`, cmd);
         classifyCidrs.push(r.value);
       }
+      await protectSecrets();
       const { runAgent } = await import('../agent/run.js');
       return await runAgent({
         registry: v.registry!,
@@ -241,6 +253,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       if (level !== undefined && !isLogLevel(level)) {
         throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, cmd);
       }
+      await protectSecrets(); // before the config (and its key files) is read
       const config = loadConfig(file);
       if (level !== undefined) config.logLevel = level as typeof config.logLevel;
       // Loaded on demand: the key and status commands work without the native addon.

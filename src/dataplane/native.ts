@@ -125,6 +125,10 @@ interface Layout {
   keepaliveRx: number;
   queueMax: number;
   handshakeQueueMax: number;
+  underLoad: number;
+  keyLocked: number;
+  keyUnlocked: number;
+  ratelimitSources: number;
 }
 
 const layout: Layout = addon.engineLayout();
@@ -297,11 +301,37 @@ export class NativePlane implements DataPlane {
     addon.engineTestSetSendCounter(this.handle, localIndex, counter);
   }
 
-  /** Handshake messages handed to the control plane, and keepalives received (global). */
-  stats(): { handshakesReceived: number; keepalivesReceived: number } {
+  /** Test hook: makes a keypair `ms` older (REJECT_AFTER_TIME tests, no 180 s wait). */
+  testAgeKeypair(localIndex: number, ms: number): void {
+    addon.engineTestAgeKeypair(this.handle, localIndex, ms);
+  }
+
+  setPublicKey(publicKey: Uint8Array): void {
+    if (!(publicKey instanceof Uint8Array) || publicKey.length !== 32) throw new TypeError('setPublicKey: 32-byte public key required');
+    addon.engineSetPublicKey(this.handle, publicKey);
+  }
+
+  /**
+   * Global receive-side counts: handshake messages handed to the control plane, keepalives,
+   * how often the handshake gate went under load, the source addresses its rate limiter
+   * tracks, and the session-key memory locked in RAM or not (mlock refused by
+   * RLIMIT_MEMLOCK; either way excluded from core dumps).
+   */
+  stats(): {
+    handshakesReceived: number;
+    keepalivesReceived: number;
+    underLoadEpisodes: number;
+    ratelimitSources: number;
+    keyBytesLocked: number;
+    keyBytesUnlocked: number;
+  } {
     return {
       handshakesReceived: Number(this.counters[layout.handshakeRx]),
       keepalivesReceived: Number(this.counters[layout.keepaliveRx]),
+      underLoadEpisodes: Number(this.counters[layout.underLoad]),
+      ratelimitSources: Number(this.counters[layout.ratelimitSources]),
+      keyBytesLocked: Number(this.counters[layout.keyLocked]),
+      keyBytesUnlocked: Number(this.counters[layout.keyUnlocked]),
     };
   }
 

@@ -43,6 +43,9 @@ export const DROP_REASONS = [
   'too_big', // packet larger than the MTU allows
   'io', // a send or inject system call failed
   'bad_destination', // authentic, but the inner destination (after DNAT) is not an address of this pod
+  'bad_mac1', // handshake message whose mac1 is not made with our public key (checked before the control plane)
+  'handshake_ratelimited', // under handshake load: its source address was over its rate (20/s, burst 5)
+  'keypair_expired', // keypair older than REJECT_AFTER_TIME: nothing sealed or opened with it
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -121,5 +124,13 @@ export interface DataPlane {
   onEvents(handler: (events: PlaneEvent[]) => void): void;
   /** Turns route_miss events on or off (off at start). Optional: a plane without it never reports. */
   reportRouteMisses?(on: boolean): void;
+  /**
+   * Our static public key, so the plane can refuse handshake messages whose mac1 is not made
+   * with it before they cost the control plane anything (bad_mac1). Optional: a plane without
+   * it hands every handshake-shaped message over.
+   */
+  setPublicKey?(publicKey: Uint8Array): void;
+  /** Plane-wide counts for status (names are the plane's own). Optional. */
+  stats?(): Record<string, number>;
   close(): Promise<void>;
 }

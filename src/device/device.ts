@@ -135,6 +135,8 @@ export interface DeviceStatus {
   /** Non-zero counts only. */
   handshakeFailures: Partial<Record<HandshakeFailure, number>>;
   drops: Partial<Record<DropReason, number>>;
+  /** The data plane's own counts (native plane: handshake gate and key memory), when it has them. */
+  plane?: Record<string, number>;
 }
 
 const NOOP_LOGGER: LoggerLike = { info() {}, warn() {}, debug() {} };
@@ -220,6 +222,8 @@ export class Device {
     this.underLoadThreshold = t;
     this.lastPollMs = this.clock.now();
     this.plane.onEvents((events) => this.handleEvents(events));
+    // mac1 is checked in the plane (C) before a handshake message costs this thread anything.
+    this.plane.setPublicKey?.(this.publicKey);
   }
 
   // ---- peers ------------------------------------------------------------------------------
@@ -356,6 +360,7 @@ export class Device {
       peers: this.registry.peers().map((p) => this.peerStatus(p)),
       handshakeFailures: nonZero(this.failures),
       drops: nonZero(this.plane.drops()),
+      ...(this.plane.stats ? { plane: this.plane.stats() } : {}),
     };
   }
 

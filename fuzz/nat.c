@@ -1,0 +1,119 @@
+/* nat.c: libFuzzer harness of the LocalService DNAT (native/nat.c) on inner
+ * packets as the receive path hands them over (validated as engine.c's
+ * inner_check does: IPv4 header length and total length, IPv6 payload length).
+ * Services: 10.96.0.10 tcp/80 and udp/53 -> 10.0.0.1, 10.96.0.11 any port ->
+ * 10.0.0.1, fd00:96::10 tcp/80 -> fd00::1.
+ * Input: records (u16 length, then the packet), each copied into a buffer of
+ * exactly its length; the record length's parity picks the direction: receive
+ * (dnat) or send (unsnat). Invariants: a rewritten packet keeps a valid IPv4 header
+ * checksum and a valid TCP/UDP checksum when it had them; a rewritten destination
+ * is the service's local address, and the reply the harness derives from it
+ * (addresses and ports swapped) is rewritten back to the VIP; fragments and
+ * non-TCP/UDP packets (ICMP errors too) are left alone, byte for byte. */
+#include "fz.h"
+#include "csum.h"
+#include "nat.h"
+
+static tenc_nat nat;
+static int ready;
+
+static int validated(const uint8_t *p, uint32_t len, uint32_t *iplen) {
+  if (len < 1) return 0;
+  int v = p[0] >> 4;
+  if (v == 4) {
+    if (len < 20) return 0;
+    uint32_t ihl = (p[0] & 15) * 4u, tot = (uint32_t)p[2] << 8 | p[3];
+    if (ihl < 20 || tot < ihl || tot > len) return 0;
+    *iplen = tot;
+    return 4;
+  }
+  if (v == 6) {
+    if (len < 40) return 0;
+    uint32_t tot = 40u + ((uint32_t)p[4] << 8 | p[5]);
+    if (tot > len) return 0;
+    *iplen = tot;
+    return 6;
+  }
+  return 0;
+}
+
+static int ip4_ok(const uint8_t *p) { return tenc_csum_fold(tenc_csum_add(0, p, (p[0] & 15) * 4u)) == 0xffff; }
+/* -1: not checkable (not TCP/UDP, fragment, UDP/IPv4 without checksum) */
+static int l4_ok(const uint8_t *p, uint32_t len) {
+  int v6 = (p[0] >> 4) == 6;
+  uint32_t ihl = v6 ? 40 : (p[0] & 15) * 4u;
+  uint8_t proto = v6 ? p[6] : p[9];
+  if (proto != 6 && proto != 17) return -1;
+  if (!v6 && ((p[6] & 0x3f) || p[7])) return -1;
+  if (len < ihl + (proto == 6 ? 20u : 8u)) return -1;
+  if (proto == 17 && !v6 && !p[ihl + 6] && !p[ihl + 7]) return -1;
+  uint64_t s = tenc_csum_pseudo(v6, v6 ? p + 8 : p + 12, v6 ? p + 24 : p + 16, proto, len - ihl);
+  return tenc_csum_fold(tenc_csum_add(s, p + ihl, len - ihl)) == 0xffff;
+}
+
+static void services(void) {
+  tenc_nat_service *s = calloc(3, sizeof *s);
+  s[0].family = 4;
+  memcpy(s[0].vip, (uint8_t[]){10, 96, 0, 10}, 4);
+  memcpy(s[0].local, (uint8_t[]){10, 0, 0, 1}, 4);
+  s[0].nports = 2;
+  s[0].ports[0].proto = 6, s[0].ports[0].port = 80;
+  s[0].ports[1].proto = 17, s[0].ports[1].port = 53;
+  s[1].family = 4;
+  memcpy(s[1].vip, (uint8_t[]){10, 96, 0, 11}, 4);
+  memcpy(s[1].local, (uint8_t[]){10, 0, 0, 1}, 4);
+  s[2].family = 6;
+  memcpy(s[2].vip, (uint8_t[]){0xfd, 0, 0, 0x96, [15] = 0x10}, 16);
+  memcpy(s[2].local, (uint8_t[]){0xfd, 0, [15] = 1}, 16);
+  s[2].nports = 1;
+  s[2].ports[0].proto = 6, s[2].ports[0].port = 80;
+  tenc_nat_set_services(&nat, s, 3);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (!ready) {
+    FZ_CHECK(tenc_nat_init(&nat) == 0);
+    ready = 1;
+  }
+  services(); /* also forgets the flows of the previous input */
+  fz_in in = {data, size};
+  uint32_t rlen;
+  uint8_t *pkt;
+  uint64_t now = 1;
+  while ((pkt = fz_record(&in, &rlen)) != NULL) {
+    uint32_t len;
+    int v = validated(pkt, rlen, &len);
+    if (v && len) {
+      uint8_t *before = malloc(len);
+      memcpy(before, pkt, len);
+      int had4 = v == 4 && ip4_ok(pkt), had4l = l4_ok(pkt, len);
+      int send = (int)(rlen & 1); /* direction from the record length's parity: any packet in both */
+      int r = send ? tenc_nat_unsnat(&nat, pkt, len) : tenc_nat_dnat(&nat, pkt, len, now++);
+      if (!r) {
+        FZ_CHECK(memcmp(before, pkt, len) == 0);
+      } else {
+        if (had4) FZ_CHECK(ip4_ok(pkt));
+        if (had4l == 1) FZ_CHECK(l4_ok(pkt, len) == 1);
+        uint32_t alen = v == 4 ? 4 : 16, so = v == 4 ? 12 : 8, dof = v == 4 ? 16 : 24;
+        uint32_t ihl = v == 4 ? (pkt[0] & 15) * 4u : 40;
+        FZ_CHECK(memcmp(pkt + (send ? so : dof), before + (send ? so : dof), alen) != 0);
+        if (!send) {
+          /* the reply of this flow, from the local address, gets the VIP back */
+          uint8_t *rep = malloc(len);
+          memcpy(rep, pkt, len);
+          memcpy(rep + so, pkt + dof, alen);
+          memcpy(rep + dof, pkt + so, alen);
+          memcpy(rep + ihl, pkt + ihl + 2, 2);
+          memcpy(rep + ihl + 2, pkt + ihl, 2);
+          FZ_CHECK(tenc_nat_unsnat(&nat, rep, len) == 1);
+          FZ_CHECK(memcmp(rep + so, before + dof, alen) == 0); /* source = the VIP it was sent to */
+          if (v == 4 && had4) FZ_CHECK(ip4_ok(rep));
+          free(rep);
+        }
+      }
+      free(before);
+    }
+    free(pkt);
+  }
+  return 0;
+}
