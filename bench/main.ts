@@ -20,6 +20,7 @@ const BENCHES: BenchEntry[] = [
     summary: 'ChaCha20-Poly1305 Gbit/s per core: native batch, node:crypto, @noble/ciphers vs openssl speed',
     load: () => import('./aead.js'),
   },
+  { name: 'cni', summary: 'pod creation through the CNI chain: ADD -> fail-closed and ADD -> first encrypted packet, p50/p99 (--pods=N)', load: () => import('./cni.js') },
   { name: 'density', summary: 'N idle pods: RSS/PSS/private memory per pod vs wireguard-go; start latency p50/p99 (--pods=N --starts=M)', load: () => import('./density.js') },
   { name: 'dns', summary: 'DNS proxy vs dnsmasq direct: added latency p50/p99, answers per second (pass-through and rewrite)', load: () => import('./dns.js') },
   { name: 'flood', summary: 'handshake flood (valid mac1, 64 sources) at the server during a TCP flow: victim CPU and flow, tenc vs wireguard-go', load: () => import('./flood.js') },

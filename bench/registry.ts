@@ -159,7 +159,9 @@ async function measureAgent(b: Backend, registered: number, changes: number) {
     },
   });
   await b.writePod('local', 'node1', 250 << 8, netns);
-  const agent = new Agent({ registry: b.observer, node: 'node1', project: 'alpha', runDir: join(tmp, 'run'), dns: false, ...(process.env.BENCH_DEBUG ? { log: createLogger({ level: 'debug' }) } : {}) });
+  // the local pod as the CNI plugin registers it (the agent's only source of a netns path)
+  const registration = { containerId: 'bench', netns, ifname: 'eth0', podNamespace: 'alpha', podName: 'local', podUid: 'bench', addresses: ['10.128.1.10'], proxy: null };
+  const agent = new Agent({ registry: b.observer, node: 'node1', project: 'alpha', registrations: () => [registration], runDir: join(tmp, 'run'), dns: false, ...(process.env.BENCH_DEBUG ? { log: createLogger({ level: 'debug' }) } : {}) });
   const all = new Promise<void>((resolve) => {
     onSetPeer = () => {
       if ((sent.get('set-peer') ?? 0) >= registered) resolve();

@@ -8,14 +8,24 @@
 #   cluster.sh status             namespaces, pods, services, agents
 #   cluster.sh add-pod JSON       one more pod, e.g. '{"name":"alpha-web-2","project":"alpha",
 #                                 "node":"node2","address":"10.128.2.30","labels":{"app":"web"}}'
-#   cluster.sh remove-pod NAME    delete a pod (its namespace, processes, DNS and endpoints)
-#   cluster.sh agent-start PROJECT   start `tenc agent` for PROJECT on every node (background)
-#   cluster.sh agent-stop PROJECT    stop them (SIGTERM: their pod proxies stop cleanly)
+#   cluster.sh remove-pod NAME    delete a pod (CNI DEL through the chain, then its namespace)
+#   cluster.sh agent-start        start the node agents that are not running (one per node)
+#   cluster.sh agent-stop         stop the node agents (SIGTERM; the pod proxies keep running,
+#                                 fail-closed, and the next agent adopts them)
+#   cluster.sh cni ADD|DEL|CHECK POD   run the pod's CNI chain once more (the runtime's retry)
+#
+# Pods are made as containerd makes them: an empty namespace, then the node's CNI chain
+# STATE/cni/<node>.conflist run in the node's namespace (Debian's /usr/lib/cni bridge with
+# host-local IPAM, the cluster file's pod address requested with CNI_ARGS IP=; loopback;
+# then tenc through the launcher STATE/cni/bin/tenc, which asks the node agent and returns
+# once the pod is fail-closed). So `up` starts one `tenc agent` per node before any pod.
 #
 # Environment: CLUSTER_PREFIX (default tc) names every namespace, CLUSTER_STATE (default
 # /run/tenc-cluster/<prefix>, mode 0700) holds the state: the validated cluster.json, the
-# projects' psk files, the registry directory, kube-proxy rules, DNS records, agents' pids
-# and logs. The file format is described in src/agent/cluster-config.ts and README.md.
+# projects' psk files, the registry directory, kube-proxy rules, DNS records, the CNI
+# conflists, launcher and IPAM data, agents' sockets, pids, state and logs. CLUSTER_PROTECT
+# (comma-separated projects, default every project of the file) names the projects the
+# agents protect; pods of the others pass through tenc's ADD untouched. The file format is described in src/agent/cluster-config.ts and README.md.
 #
 #   pod ns <prefix>-<pod>              pod ns                         pod ns
 #   eth0 10.128.1.10/24                eth0 10.128.1.11/24            eth0 10.128.2.10/24
@@ -65,6 +75,9 @@ need_tools() {
   local t
   for t in ip bridge nft nsenter dnsmasq node; do
     command -v "$t" >/dev/null || die "needs $t: run netns-scripts/deps.sh"
+  done
+  for t in bridge host-local loopback; do
+    [ -x "/usr/lib/cni/$t" ] || die "needs /usr/lib/cni/$t (containernetworking-plugins): run netns-scripts/deps.sh"
   done
   [ -f "$tool" ] || die "$tool missing: run 'npm run build' first"
 }
@@ -124,18 +137,21 @@ b_infra_route() { # POD_CIDR NODE_UL_ADDR
   ip -n "$INFRA" route add "$1" via "$2" dev eth0
 }
 
+# the runtime's part: the node's CNI chain for the pod, run in the node's namespace
+cni() { # ADD|DEL|CHECK POD NODE_NS
+  ip netns exec "$3" node "$tool" cni "$1" "$STATE" "$PREFIX" "$2"
+}
+
 b_pod() { # NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GW PROJECT DNS
   local ns=$2
   mk_ns "$ns"
-  ip -n "$3" link add "$4" mtu $POD_MTU type veth peer name eth0 mtu $POD_MTU netns "$ns"
-  ip -n "$3" link set "$4" master br0 up
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" addr add "$5" dev eth0
-  ip -n "$ns" route add default via "$6" dev eth0
+  # the pod's resolv.conf exists before ADD (the agent gives the pod a DNS proxy for it)
   mkdir -p "/etc/netns/$ns"
   printf 'search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n' "$7" "$8" \
     >"/etc/netns/$ns/resolv.conf"
-  log "pod $1 ($7) on ${3#"$PREFIX-n-"}: ${5%/*} (netns $ns)"
+  echo "$1 $3" >>"$STATE/pods"
+  cni ADD "$1" "$3" >/dev/null || die "CNI ADD of pod $1 failed"
+  log "pod $1 ($7) on ${3#"$PREFIX-n-"}: ${5%/*} (netns $ns, CNI ADD done)"
 }
 
 run_plan_line() {
@@ -243,20 +259,30 @@ up() {
   [ -d /run/tenc ] || touch "$STATE/created-run-tenc" # the pods' control sockets go there
   : >"$STATE/namespaces"
   : >"$STATE/nodes"
+  : >"$STATE/pods"
   trap 'echo "cluster.sh: up failed, removing what was built" >&2; QUIET=1 down' EXIT
   node "$tool" plan "$file" "$STATE" "$PREFIX" >/dev/null
   echo "cluster $PREFIX from $file (state in $STATE):"
+  # nodes first, then the registry, CNI config and agents, then the pods through CNI
   while read -r line; do
     # shellcheck disable=SC2086
-    run_plan_line $line
+    [ "${line%% *}" = pod ] || run_plan_line $line
   done <<<"$plan"
   mkdir -m 0700 "$STATE/psk" "$STATE/agents"
   if [ "$registry" = etcd ]; then bash "$here/etcd.sh" start; fi
-  for p in $(registry_tool sync "$STATE" "$PREFIX"); do
+  projects=$(registry_tool sync "$STATE" "$PREFIX")
+  for p in $projects; do
     (umask 077 && node "$tenc_js" genpsk >"$STATE/psk/$p")
   done
+  echo "${CLUSTER_PROTECT:-$(echo $projects | tr ' ' ',')}" >"$STATE/protect"
   sync_cluster
+  node "$tool" conflists "$STATE"
   start_dns
+  agent_start
+  while read -r line; do
+    # shellcheck disable=SC2086
+    [ "${line%% *}" != pod ] || run_plan_line $line
+  done <<<"$plan"
   trap - EXIT
   log "services: kube-proxy DNAT on every node; DNS $(cat "$STATE/dns-address") (dnsmasq in $INFRA)"
   if etcd_on; then log "registry: etcd ($(cat "$STATE/etcd/spec-controller" | cut -d'?' -f1)), etcdctl: netns-scripts/etcd.sh ctl"; else log "registry: $STATE/registry"; fi
@@ -267,6 +293,12 @@ down() {
   if [ ! -d "$STATE" ]; then
     log "no cluster with prefix $PREFIX"
     return 0
+  fi
+  # CNI DEL of every pod while the agents run (the runtime's sandbox teardown)
+  if [ -f "$STATE/pods" ] && [ -f "$STATE/cluster.json" ]; then
+    while read -r name ns; do
+      [ -n "$name" ] && { cni DEL "$name" "$ns" >/dev/null 2>&1 || log "CNI DEL of $name failed (namespace removed anyway)"; }
+    done < <(tac "$STATE/pods")
   fi
   for f in "$STATE"/agents/*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
   stop_pidfile "$STATE/dnsmasq.pid"
@@ -310,42 +342,50 @@ add_pod() {
   local line ns
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
   line=$(node "$tool" add-pod "$STATE" "$PREFIX" "$1") || exit 2
+  sync_cluster
   # shellcheck disable=SC2086
   run_plan_line $line
-  sync_cluster
 }
 
 remove_pod() {
   local ns
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  local node_ns
+  node_ns=$(awk -v p="$1" '$1 == p {print $2}' "$STATE/pods")
+  [ -n "$node_ns" ] || die "no pod $1"
+  cni DEL "$1" "$node_ns" || die "CNI DEL of pod $1 failed (pod kept: retry)"
   ns=$(node "$tool" remove-pod "$STATE" "$PREFIX" "$1") || exit 2
   remove_ns "$ns"
   grep -vx -- "$ns" "$STATE/namespaces" >"$STATE/namespaces.new" || true
   mv "$STATE/namespaces.new" "$STATE/namespaces"
+  awk -v p="$1" '$1 != p' "$STATE/pods" >"$STATE/pods.new"
+  mv "$STATE/pods.new" "$STATE/pods"
   sync_cluster
   log "pod $1 removed"
 }
 
+# one node agent per node, for the projects in STATE/protect; waits for its node socket
 agent_start() {
-  local project=$1 name ns f ranges
+  local name ns f ranges i
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
-  [ -f "$STATE/psk/$project" ] || die "no project $project"
-  # the pod and service ranges: an address in them no peer claims is classified on first use
+  # the pod and service ranges: guarded from each pod's start, classified on first use
   ranges=$(node "$tool" classify-cidrs "$STATE") || die "cannot read the cluster's ranges"
   while read -r name ns; do
-    f=$STATE/agents/$project-$name
+    f=$STATE/agents/$name
     if [ -f "$f.pid" ] && alive "$(cat "$f.pid")"; then continue; fi
     # shellcheck disable=SC2046
-    setsid $(agent_where "$ns") node "$tenc_js" agent --registry "$(agent_registry "$name")" --node "$name" --project "$project" \
-      --classify-cidrs "$ranges" --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &
+    setsid $(agent_where "$ns") node "$tenc_js" agent --registry "$(agent_registry "$name")" --node "$name" --project "$(cat "$STATE/protect")" \
+      --socket "$f.sock" --classify-cidrs "$ranges" --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &
     echo $! >"$f.pid"
-    log "agent for $project on $name: pid $! (log $f.log)"
+    for i in $(seq 200); do [ -S "$f.sock" ] && break; alive "$(cat "$f.pid")" || break; sleep 0.05; done
+    [ -S "$f.sock" ] || die "agent on $name did not start (see $f.log)"
+    log "agent on $name for $(cat "$STATE/protect"): pid $(cat "$f.pid") (socket $f.sock, log $f.log)"
   done <"$STATE/nodes"
 }
 
 agent_stop() {
-  local project=$1 f
-  for f in "$STATE"/agents/"$project"-*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
+  local f
+  for f in "$STATE"/agents/*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
   return 0
 }
 
@@ -359,10 +399,15 @@ case "${1:-}" in
   status) status ;;
   add-pod) [ $# -eq 2 ] || die "usage: cluster.sh add-pod JSON"; add_pod "$2" ;;
   remove-pod) [ $# -eq 2 ] || die "usage: cluster.sh remove-pod NAME"; remove_pod "$2" ;;
-  agent-start) [ $# -eq 2 ] || die "usage: cluster.sh agent-start PROJECT"; agent_start "$2" ;;
-  agent-stop) [ $# -eq 2 ] || die "usage: cluster.sh agent-stop PROJECT"; agent_stop "$2" ;;
+  agent-start) [ $# -eq 1 ] || die "usage: cluster.sh agent-start"; agent_start ;;
+  agent-stop) [ $# -eq 1 ] || die "usage: cluster.sh agent-stop"; agent_stop ;;
+  cni)
+    [ $# -eq 3 ] || die "usage: cluster.sh cni ADD|DEL|CHECK POD"
+    [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+    cni "$2" "$3" "$(awk -v p="$3" '$1 == p {print $2}' "$STATE/pods")"
+    ;;
   *)
-    echo "usage: cluster.sh up FILE [--registry dir|etcd] | down | status | add-pod JSON | remove-pod NAME | agent-start PROJECT | agent-stop PROJECT" >&2
+    echo "usage: cluster.sh up FILE [--registry dir|etcd] | down | status | add-pod JSON | remove-pod NAME | agent-start | agent-stop | cni ADD|DEL|CHECK POD" >&2
     echo "       (env: CLUSTER_PREFIX=tc, CLUSTER_STATE=/run/tenc-cluster/<prefix>)" >&2
     exit 2
     ;;

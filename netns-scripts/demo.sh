@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # tenc demo: a small cluster (2 nodes, 2 projects, 6 pods, 3 services) made of network
-# namespaces, `tenc agent` for project alpha on each node, and captures on a node's
+# namespaces, every pod made through the CNI chain (bridge + host-local, loopback, tenc:
+# alpha's pods are fail-closed before their first packet), `tenc agent` on each node
+# protecting alpha, and captures on a node's
 # bridge and on the underlay that prove what an eavesdropper there sees.
 #
 #   netns-scripts/demo.sh        (as root; `npm run demo` builds first and runs this)
@@ -11,9 +13,9 @@
 #   cluster DNS (dnsmasq) answers <service>.<project>.svc.cluster.local
 #
 # Steps: build the cluster (cluster.sh up netns-scripts/cluster-example.json), start
-# an HTTP server in alpha-web-1, alpha-db-1, beta-web-1 and outside the cluster, start
-# the agents for alpha (they run `tenc pod` in each alpha pod and give it its peers
-# and services), then send a secret marker between alpha pods by service name, within
+# an HTTP server in alpha-web-1, alpha-db-1, beta-web-1 and outside the cluster, wait
+# for the agents (started by `up` before the pods; CNI ADD had them run `tenc pod` in
+# each alpha pod) to give every pod its peers and services, then send a secret marker between alpha pods by service name, within
 # a node and across nodes, while tcpdump records node1's bridge and the underlay;
 # send a public marker to beta's service and outside, which must stay untouched; show
 # enforcement dropping plaintext from a spoofed alpha address; tear everything down.
@@ -51,9 +53,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say "1. the cluster (netns-scripts/cluster.sh up netns-scripts/cluster-example.json)"
+say "1. the cluster (netns-scripts/cluster.sh up netns-scripts/cluster-example.json; alpha protected)"
 bash "$here/cluster.sh" down >/dev/null 2>&1 || true
-bash "$here/cluster.sh" up "$here/cluster-example.json"
+CLUSTER_PROTECT=alpha bash "$here/cluster.sh" up "$here/cluster-example.json"
 secret="TENC-DEMO-SECRET-$RANDOM$RANDOM"
 public="TENC-DEMO-PUBLIC-$RANDOM$RANDOM"
 echo "  secret marker (alpha's project traffic): $secret"
@@ -72,8 +74,7 @@ serve "$P-beta-web-1" 80 beta-web-1
 serve "$P-infra" 8080 external
 echo "  web.alpha (alpha-web-1, node1)  db.alpha:5432 (alpha-db-1, node2)  web.beta (beta-web-1, node1)  10.250.0.1:8080 (outside)"
 
-say "3. tenc agent for project alpha on each node"
-bash "$here/cluster.sh" agent-start alpha
+say "3. tenc agent on each node (CNI ADD of each alpha pod returned once its proxy was fail-closed)"
 ready=0
 for _ in $(seq 150); do
   n=0
@@ -116,7 +117,7 @@ check_http alpha-client-1 http://web.beta/ "$public" "beta-web-1 got: $public" \
 check_http alpha-client-1 http://10.250.0.1:8080/ "$public" "external got: $public" \
   "alpha-client-1 -> 10.250.0.1:8080 (outside the cluster): works, not tunnelled"
 check_http beta-client-1 http://web/ "$public" "beta-web-1 got: $public" \
-  "beta-client-1 -> http://web/ (web.beta, beta has no agent): untouched"
+  "beta-client-1 -> http://web/ (web.beta, beta not protected): untouched"
 check_http alpha-client-1 http://10.128.1.20/ "$public" "beta-web-1 got: $public" \
   "alpha-client-1 -> http://10.128.1.20/ (beta-web-1 by raw IP, not learned through DNS): classified on first use (PTR in beta), bypassed, not tunnelled"
 echo "  alpha-client-1 route to beta-web-1 after first use: $(in_pod alpha-client-1 ip route get 10.128.1.20 | head -1)"

@@ -1,11 +1,14 @@
 /**
- * The node agent (`tenc agent`): one per node and project. It
+ * One project's reconciler inside the node agent (node.ts serves the node socket
+ * and runs one of these per protected project). It
  *
  *   1. reads the project's pods, services, endpoints and published peers from the
  *      registry (on every registry change, and every second as a fallback);
- *   2. starts `tenc pod` in the network namespace of each of the project's pods on
- *      its node (nsenter --net=NETNS), with enforcement on; a proxy that dies is
- *      started again (its new public key is published again);
+ *   2. starts `tenc pod` in the network namespace of each pod the CNI plugin
+ *      registered on this node (nsenter --net=NETNS; the netns comes only from the
+ *      registration, never from the registry), with enforcement on and
+ *      failClosedOnStop; a proxy that dies is started again (its new public key is
+ *      published again);
  *   3. publishes each pod's public key and endpoint (never a private key: the pod
  *      proxies generate theirs in memory and print only the public key);
  *   4. gives every local pod its peers (every other project pod with a published
@@ -15,15 +18,19 @@
  *      to a pod with the DNS proxy also the services' keyed endpoints (set-endpoints)
  *      and the project's members, every pod address and VIP (set-members).
  *
- * A proxy found running at start (the agent was restarted) is adopted through its
- * control socket. SIGTERM stops the proxies this agent started and withdraws them.
+ * Proxies are tracked by pid and start time (/proc/PID/stat field 22), never by
+ * command line. A proxy found running at start (the agent was restarted) is adopted
+ * through its control socket and the pid + start time the node agent saved. stop()
+ * leaves every proxy running with its key published (the pods stay protected while
+ * the agent is away); release() (CNI DEL) stops one pod's proxy and cleans its netns.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, writeFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, closeSync, readFileSync, renameSync, writeFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_SOCKET_DIR, type ServiceConfig } from '../control/config.js';
+import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, type ServiceConfig } from '../control/config.js';
+import { tableName } from '../routing/enforce.js';
 import { controlRequest, socketIsLive } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import type { AgentHooks } from '../metrics/agent.js';
@@ -53,6 +60,16 @@ export interface DesiredPod {
   members: string[];
 }
 
+/** An address as a host route: /32 for IPv4, /128 for IPv6. */
+export function host(addr: string): string {
+  return `${addr}/${addr.includes(':') ? 128 : 32}`;
+}
+
+/** Every address of a pod (dual-stack: one per family), primary first. */
+function podAddresses(p: PodInfo): string[] {
+  return p.addresses && p.addresses.length > 0 ? p.addresses : [p.address];
+}
+
 function pick<T>(client: string, service: string, items: T[]): T {
   const h = createHash('sha256').update(`${client}/${service}`).digest();
   return items[h.readUInt32BE(0) % items.length];
@@ -70,7 +87,7 @@ export function desiredState(view: ProjectView, pod: PodInfo): DesiredPod {
   for (const p of view.pods) {
     const k = keyed.get(p.name);
     if (!k || p.name === pod.name) continue;
-    peers.set(p.name, { publicKey: k.publicKey, endpoint: k.endpoint, allowedIps: [`${p.address}/32`] });
+    peers.set(p.name, { publicKey: k.publicKey, endpoint: k.endpoint, allowedIps: podAddresses(p).map(host) });
   }
   const services: DesiredPod['services'] = [];
   const endpoints: DesiredPod['endpoints'] = [];
@@ -84,9 +101,9 @@ export function desiredState(view: ProjectView, pod: PodInfo): DesiredPod {
     }
     const usable = eps.filter((e) => peers.has(e.name)).sort((a, b) => a.name.localeCompare(b.name));
     if (usable.length === 0) continue;
-    peers.get(pick(pod.name, s.name, usable).name)!.allowedIps.push(`${s.vip}/32`);
+    peers.get(pick(pod.name, s.name, usable).name)!.allowedIps.push(host(s.vip));
   }
-  const members = [...new Set([...view.pods.map((p) => `${p.address}/32`), ...view.services.map((s) => `${s.vip}/32`)])].sort();
+  const members = [...new Set([...view.pods.flatMap((p) => podAddresses(p).map(host)), ...view.services.map((s) => host(s.vip))])].sort();
   return { peers: [...peers.values()].sort((a, b) => a.publicKey.localeCompare(b.publicKey)), services, endpoints, members };
 }
 
@@ -126,36 +143,35 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** SIGTERM, up to 5 s, then SIGKILL. */
-async function stopPid(pid: number): Promise<void> {
-  if (!signal(pid, 'SIGTERM')) return;
-  for (let i = 0; i < 50 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 100));
-  signal(pid, 'SIGKILL');
+/** SIGTERM, up to 5 s, then SIGKILL; each signal only while pid is still the process that had startTime. */
+async function stopPid(pid: number, startTime: string): Promise<void> {
+  if (!sameProcess(pid, startTime) || !signal(pid, 'SIGTERM')) return;
+  for (let i = 0; i < 250 && sameProcess(pid, startTime); i++) await new Promise((r) => setTimeout(r, 20));
+  if (sameProcess(pid, startTime)) signal(pid, 'SIGKILL');
+  for (let i = 0; i < 50 && sameProcess(pid, startTime); i++) await new Promise((r) => setTimeout(r, 20));
 }
 
-/**
- * The pid of the `tenc pod --config CONFIG` running in the namespace at `netns`
- * (found through /proc/PID/ns/net and /proc/PID/cmdline), or null.
- */
-export function findProxyPid(netns: string, config: string): number | null {
-  let ino: number;
+/** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or null: with the pid it names one process for good. */
+export function processStartTime(pid: number): string | null {
   try {
-    ino = statSync(netns).ino;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // fields after the command name (which may hold spaces and parentheses): field 3 is state
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return rest[22 - 3] ?? null;
   } catch {
     return null;
   }
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      if (statSync(`/proc/${d}/ns/net`).ino !== ino) continue;
-      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-      const i = argv.indexOf('pod');
-      if (i >= 0 && argv[i + 1] === '--config' && argv[i + 2] === config) return Number(d);
-    } catch {
-      // gone meanwhile, or not ours to read
-    }
-  }
-  return null;
+}
+
+/** The process pid is still the one that had startTime (and is not a zombie). */
+export function sameProcess(pid: number, startTime: string): boolean {
+  return processAlive(pid) && processStartTime(pid) === startTime;
+}
+
+/** A child the agent started, named for good. */
+export interface ProxyId {
+  pid: number;
+  startTime: string;
 }
 
 /** /etc/netns/NAME/resolv.conf for /run/netns/NAME, if it exists. */
@@ -166,12 +182,27 @@ export function podResolvConf(netns: string): string | null {
   return existsSync(f) ? f : null;
 }
 
+/** A pod the CNI plugin registered on this node (the only source of a netns path). */
+export interface Registration {
+  containerId: string;
+  netns: string;
+  ifname: string;
+  podNamespace: string;
+  podName: string;
+  podUid: string;
+  /** The pod's addresses from the CNI prevResult, primary first. */
+  addresses: string[];
+  /** The proxy the agent started for it (pid + start time), once started. */
+  proxy: ProxyId | null;
+}
+
 interface Proxy {
   pod: PodInfo;
+  reg: Registration;
   socket: string;
   child: ChildProcess | null;
-  /** The pid of an adopted proxy (not our child). */
-  pid: number | null;
+  /** The proxy's process (our child, or adopted from the saved state); null: unknown. */
+  id: ProxyId | null;
   publicKey: string | null;
   /** publicKey -> JSON of what was applied. */
   applied: Map<string, string>;
@@ -183,13 +214,21 @@ interface Proxy {
   dns: boolean;
   starting: boolean;
   restartAt: number;
+  /** Waiters for the pod's fail-closed state (its proxy answers on its control socket). */
+  ready: (() => void)[];
+  /** "key endpoint" last published for the pod; null: not yet. */
+  published: string | null;
 }
 
 export interface AgentOptions {
   registry: Registry;
   node: string;
   project: string;
-  /** Directory (created 0700) for the pods' configs, sockets and logs. */
+  /** The pods the CNI plugin registered on this node for this project. */
+  registrations: () => Registration[];
+  /** Called when a proxy's process id changes (the node agent saves its state). */
+  onProxyChange?: () => void;
+  /** Directory (created 0700) for the pods' configs and logs. */
   runDir: string;
   log?: Logger;
   /** The tenc CLI to start pods with; default this package's dist/src/cli/main.js. */
@@ -202,6 +241,11 @@ export interface AgentOptions {
   classifyCidrs?: string[];
   /** Metrics hooks (src/metrics/agent.ts); default none. */
   hooks?: AgentHooks;
+}
+
+/** The file names of a pod under runDir (the pod's config and log). */
+function podFile(runDir: string, pod: string, ext: string): string {
+  return join(runDir, `${pod}.${ext}`);
 }
 
 export class Agent {
@@ -253,30 +297,89 @@ export class Agent {
       });
   }
 
+  /** The pod's proxy answers on its control socket: its rule, guards and enforcement are in place. */
+  isReady(pod: string): boolean {
+    const px = this.proxies.get(pod);
+    return px !== undefined && px.publicKey !== null;
+  }
+
+  /** Resolves true once the pod is fail-closed, false after timeoutMs. */
+  whenReady(pod: string, timeoutMs: number): Promise<boolean> {
+    if (this.isReady(pod)) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        const px = this.proxies.get(pod);
+        if (px) px.ready = px.ready.filter((f) => f !== done);
+        resolve(false);
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(t);
+        resolve(true);
+      };
+      // the proxy entry is made by the next reconcile: wait for it
+      const attach = () => {
+        const px = this.proxies.get(pod);
+        if (this.isReady(pod)) done();
+        else if (px) px.ready.push(done);
+        else if (!this.stopped) setTimeout(attach, 10);
+      };
+      attach();
+      this.kick();
+    });
+  }
+
+  /** The proxies' process ids, by pod (for the node agent's state file). */
+  proxyIds(): Map<string, ProxyId | null> {
+    return new Map([...this.proxies].map(([n, px]) => [n, px.id]));
+  }
+
+  /** The proxy's process and socket answer (CNI CHECK). */
+  async check(pod: string): Promise<string | null> {
+    const px = this.proxies.get(pod);
+    if (!px || px.publicKey === null) return 'no running proxy for the pod';
+    if (px.id !== null && !sameProcess(px.id.pid, px.id.startTime)) return `proxy pid ${px.id.pid} is gone`;
+    if (!(await socketIsLive(px.socket))) return `proxy control socket ${px.socket} does not answer`;
+    return null;
+  }
+
+  private localPods(view: ProjectView): { pod: PodInfo; reg: Registration }[] {
+    const out: { pod: PodInfo; reg: Registration }[] = [];
+    for (const reg of this.o.registrations()) {
+      // a pod whose namespace is gone (being deleted) counts as gone
+      if (!existsSync(reg.netns)) continue;
+      const known = view.pods.find((p) => p.name === reg.podName);
+      if (known && known.node !== this.o.node) {
+        this.log.warn({ pod: reg.podName, node: known.node }, 'registered here but the registry places the pod on another node: ignored');
+        continue;
+      }
+      out.push({
+        reg,
+        pod: { project: this.o.project, name: reg.podName, node: this.o.node, address: reg.addresses[0], addresses: reg.addresses, labels: known?.labels ?? {}, netns: reg.netns },
+      });
+    }
+    return out;
+  }
+
   private async reconcile(): Promise<void> {
     const view = await readProjectView(this.o.registry, this.o.project);
-    // a pod whose namespace is gone (being deleted) counts as gone
-    const local = view.pods.filter((p) => p.node === this.o.node && p.netns !== null && existsSync(p.netns));
-    // pods gone from the registry: stop their proxies, withdraw their keys
-    for (const [name, px] of this.proxies) {
-      if (!local.some((p) => p.name === name)) {
-        this.proxies.delete(name);
-        px.child?.kill('SIGTERM');
-        if (px.pid !== null) signal(px.pid, 'SIGTERM');
-        await this.o.registry.withdrawPeer(this.o.project, this.o.node, name);
-        this.log.info({ pod: name }, 'pod gone: proxy stopped');
-      }
+    const local = this.localPods(view);
+    // pods no longer registered: release() did the work; anything left over is stopped here
+    for (const name of [...this.proxies.keys()]) {
+      if (!local.some((l) => l.pod.name === name)) await this.releaseNow(name);
     }
     const starts: Promise<void>[] = [];
-    for (const pod of local) {
+    for (const { pod, reg } of local) {
       let px = this.proxies.get(pod.name);
       if (!px) {
-        px = { pod, socket: podSocket(pod.netns!), child: null, pid: null, publicKey: null, applied: new Map(), services: null, endpoints: null, members: null, dns: false, starting: false, restartAt: 0 };
+        px = { pod, reg, socket: podSocket(reg.netns), child: null, id: reg.proxy, publicKey: null, applied: new Map(), services: null, endpoints: null, members: null, dns: false, starting: false, restartAt: 0, ready: [], published: null };
         this.proxies.set(pod.name, px);
       }
       px.pod = pod;
-      // an adopted proxy has no child to watch: look at its pid
-      if (px.pid !== null && !processAlive(px.pid)) this.lost(px, 'adopted proxy gone');
+      px.reg = reg;
+      // an adopted proxy has no child to watch: look at its pid and start time
+      if (px.child === null && px.publicKey !== null && (px.id === null || !sameProcess(px.id.pid, px.id.startTime))) {
+        if (px.id !== null || !(await socketIsLive(px.socket))) this.lost(px, 'adopted proxy gone');
+      }
       if (px.publicKey === null && !px.starting && Date.now() >= px.restartAt) starts.push(this.ensureProxy(px));
     }
     // in parallel: a proxy takes about a second to start
@@ -285,9 +388,14 @@ export class Agent {
     const published = new Map(view.peers.map((k) => [k.pod, k]));
     for (const px of this.proxies.values()) {
       if (px.publicKey === null) continue;
-      const endpoint = `${px.pod.address}:${TENC_PORT}`;
+      const endpoint = `${px.pod.address.includes(':') ? `[${px.pod.address}]` : px.pod.address}:${TENC_PORT}`;
       const k = published.get(px.pod.name);
-      if (!k || k.publicKey !== px.publicKey || k.endpoint !== endpoint || k.node !== this.o.node) {
+      const mine = `${px.publicKey} ${endpoint}`;
+      // published again when it changed, or when the registry knows the pod but lost or
+      // altered its entry; a pod the registry does not list yet is not retried in a loop
+      const known = view.pods.some((p) => p.name === px.pod.name);
+      if (px.published !== mine || (known && (!k || k.publicKey !== px.publicKey || k.endpoint !== endpoint || k.node !== this.o.node))) {
+        px.published = mine;
         await this.o.registry.publishPeer({ project: this.o.project, pod: px.pod.name, node: this.o.node, publicKey: px.publicKey, endpoint });
         this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(px.publicKey) }, 'public key published');
         // the view is stale now: the next run sees the new key
@@ -295,7 +403,9 @@ export class Agent {
       }
     }
     const fresh = view.peers.filter((k) => !this.proxies.has(k.pod) || this.proxies.get(k.pod)!.publicKey === k.publicKey);
-    const v2: ProjectView = { ...view, peers: fresh };
+    // this node's registered pods are members even before the registry lists them
+    const pods = [...view.pods.filter((p) => !this.proxies.has(p.name)), ...[...this.proxies.values()].map((px) => px.pod)];
+    const v2: ProjectView = { ...view, pods, peers: fresh };
     for (const px of this.proxies.values()) {
       if (px.publicKey === null) continue;
       try {
@@ -349,7 +459,7 @@ export class Agent {
       this.log.info({ pod: px.pod.name, vips: want.endpoints.length }, 'endpoints set');
     }
     const members = JSON.stringify(want.members);
-    if (px.dns && members !== px.members) {
+    if (members !== px.members) {
       await controlRequest(px.socket, { op: 'set-members', members: want.members });
       px.members = members;
       this.log.info({ pod: px.pod.name, members: want.members.length }, 'members set');
@@ -368,53 +478,60 @@ export class Agent {
     } finally {
       px.starting = false;
     }
+    if (px.publicKey !== null) for (const f of px.ready.splice(0)) f();
   }
 
   private async adopt(px: Proxy): Promise<void> {
-    {
-      const st = (await controlRequest(px.socket, { op: 'status' })) as StatusReport;
-      px.publicKey = st.publicKey;
-      // what the proxy has now is what was applied
-      // what the proxy has is what was applied: differences are sent, peers no longer wanted removed
-      px.applied = new Map(
-        st.peers.map((p) => [p.publicKey, JSON.stringify({ publicKey: p.publicKey, endpoint: p.endpoint ?? '', allowedIps: p.allowedIps } satisfies DesiredPeer)]),
-      );
-      px.pid = findProxyPid(px.pod.netns!, join(this.o.runDir, `${px.pod.name}.json`));
-      px.services = null;
-      px.endpoints = null;
-      px.members = null;
-      px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
-      this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey) }, 'running proxy adopted');
-      this.o.hooks?.proxyStarted('adopted');
-    }
+    const st = (await controlRequest(px.socket, { op: 'status' })) as StatusReport;
+    px.publicKey = st.publicKey;
+    // what the proxy has is what was applied: differences are sent, peers no longer wanted removed
+    px.applied = new Map(
+      st.peers.map((p) => [p.publicKey, JSON.stringify({ publicKey: p.publicKey, endpoint: p.endpoint ?? '', allowedIps: p.allowedIps } satisfies DesiredPeer)]),
+    );
+    // the process: only the one the agent started (saved pid + start time), never found by name
+    if (px.id !== null && !sameProcess(px.id.pid, px.id.startTime)) px.id = null;
+    px.services = null;
+    px.endpoints = null;
+    px.members = null;
+    px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
+    this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey), pid: px.id?.pid ?? null }, 'running proxy adopted');
+    this.o.hooks?.proxyStarted('adopted');
   }
 
   private async startProxy(px: Proxy): Promise<void> {
     const pod = px.pod;
+    const netns = px.reg.netns;
     const psk = await this.o.registry.pskFile(this.o.project);
-    const config = join(this.o.runDir, `${pod.name}.json`);
+    const config = podFile(this.o.runDir, pod.name, 'json');
     // the DNS proxy, when the pod has a resolv.conf of its own (ip netns exec mounts
     // /etc/netns/NAME/resolv.conf; nsenter --net does not, so the path is given)
-    const resolvConf = this.o.dns === false ? null : podResolvConf(pod.netns!);
+    const resolvConf = this.o.dns === false ? null : podResolvConf(netns);
     px.dns = resolvConf !== null;
+    const tmp = `${config}.tmp-${process.pid}`;
     writeFileSync(
-      config,
+      tmp,
       JSON.stringify({
-        addresses: [pod.address],
+        addresses: pod.addresses.slice(0, 2),
         listenPort: TENC_PORT,
         pskFile: psk,
         controlSocket: px.socket,
         enforce: true,
+        // any stop (agent gone, crash, SIGTERM) leaves the rule, guards and enforcement
+        failClosedOnStop: true,
         logLevel: this.o.podLogLevel ?? 'info',
         ...(resolvConf ? { dns: { domain: `${this.o.project}.svc.cluster.local`, resolvConf, classifyCidrs: this.o.classifyCidrs ?? [] } } : {}),
       }),
       { mode: 0o600 },
     );
-    const logFd = openSync(join(this.o.runDir, `${pod.name}.log`), 'a', 0o600);
-    const child = spawn('nsenter', [`--net=${pod.netns}`, '--', process.execPath, this.main, 'pod', '--config', config], {
+    renameSync(tmp, config);
+    const logFd = openSync(podFile(this.o.runDir, pod.name, 'log'), 'a', 0o600);
+    // nsenter execs node: the child's pid is the proxy's
+    const child = spawn('nsenter', [`--net=${netns}`, '--', process.execPath, this.main, 'pod', '--config', config], {
       stdio: ['ignore', 'pipe', logFd],
+      detached: true, // its own process group: a signal to the agent's group does not reach it
     });
     closeSync(logFd);
+    child.unref();
     px.child = child;
     const key = await new Promise<string | null>((resolve) => {
       let out = '';
@@ -439,8 +556,18 @@ export class Agent {
       this.lost(px, 'did not start');
       return;
     }
-    // ready once the control socket answers
-    for (let i = 0; i < 100 && !(await socketIsLive(px.socket)); i++) await new Promise((r) => setTimeout(r, 50));
+    const startTime = child.pid ? processStartTime(child.pid) : null;
+    px.id = child.pid && startTime ? { pid: child.pid, startTime } : null;
+    this.o.onProxyChange?.();
+    // fail-closed once the control socket answers (the guards come before the data plane)
+    for (let i = 0; i < 300 && !(await socketIsLive(px.socket)); i++) {
+      if (child.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    if (child.exitCode !== null || !(await socketIsLive(px.socket))) {
+      this.lost(px, 'control socket never answered');
+      return;
+    }
     px.publicKey = key;
     px.applied = new Map();
     px.services = null;
@@ -454,47 +581,71 @@ export class Agent {
     this.log.warn({ pod: px.pod.name, why }, 'proxy lost: starting it again');
     this.o.hooks?.proxyLost();
     px.child = null;
-    px.pid = null;
+    px.id = null;
     px.publicKey = null;
     px.applied = new Map();
     px.services = null;
     px.endpoints = null;
     px.members = null;
     px.restartAt = Date.now() + RESTART_DELAY_MS;
+    this.o.onProxyChange?.();
     if (this.proxies.get(px.pod.name) === px) setTimeout(() => this.kick(), RESTART_DELAY_MS);
   }
 
-  /** Stops the proxies this agent started (SIGTERM, up to 5 s) and withdraws their keys. */
+  /**
+   * CNI DEL: stops the pod's proxy (SIGTERM, up to 5 s, then SIGKILL; only the process
+   * the agent started), withdraws its key and removes what tenc left in the netns (the
+   * proxy fails closed on stop, so its rule, guards and nft table stay until here).
+   */
+  async release(pod: string): Promise<void> {
+    // let a reconcile that may be starting the proxy finish first
+    while (this.running) await this.current;
+    await this.releaseNow(pod);
+  }
+
+  private async releaseNow(pod: string): Promise<void> {
+    const px = this.proxies.get(pod);
+    this.proxies.delete(pod);
+    if (px) {
+      const child = px.child;
+      px.child = null;
+      if (px.id !== null && sameProcess(px.id.pid, px.id.startTime)) await stopPid(px.id.pid, px.id.startTime);
+      else if (child && child.exitCode === null && child.pid) await stopPid(child.pid, processStartTime(child.pid) ?? '');
+      if (existsSync(px.reg.netns)) await cleanNetns(px.reg.netns);
+      rmSync(px.socket, { force: true });
+    }
+    rmSync(podFile(this.o.runDir, pod, 'json'), { force: true });
+    rmSync(podFile(this.o.runDir, pod, 'log'), { force: true });
+    await this.o.registry.withdrawPeer(this.o.project, this.o.node, pod);
+    this.o.onProxyChange?.();
+    this.log.info({ pod }, 'pod released: proxy stopped, namespace cleaned');
+  }
+
+  /**
+   * Stops reconciling. The proxies keep running, fail-closed and with their keys
+   * published: a restarted agent adopts them (the node agent saved their pids).
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     this.watch?.close();
     if (this.timer) clearInterval(this.timer);
     await this.current;
-    const waits: Promise<unknown>[] = [];
-    for (const px of this.proxies.values()) {
-      await this.o.registry.withdrawPeer(this.o.project, this.o.node, px.pod.name).catch(() => {});
-      const child = px.child;
-      px.child = null;
-      if (px.pid !== null) waits.push(stopPid(px.pid));
-      px.pid = null;
-      if (child && child.exitCode === null) {
-        waits.push(
-          new Promise<void>((resolve) => {
-            const t = setTimeout(() => {
-              child.kill('SIGKILL');
-              resolve();
-            }, 5000);
-            child.once('exit', () => {
-              clearTimeout(t);
-              resolve();
-            });
-            child.kill('SIGTERM');
-          }),
-        );
-      }
-      rmSync(join(this.o.runDir, `${px.pod.name}.json`), { force: true });
-    }
-    await Promise.all(waits);
-    this.log.info({ pods: this.proxies.size }, 'agent stopped');
+    this.log.info({ pods: this.proxies.size }, 'reconciler stopped; proxies left running');
   }
+}
+
+/** Removes tenc's rule, routes and nft table from a netns whose proxy is gone (defaults of config.ts). */
+export async function cleanNetns(netns: string): Promise<void> {
+  const run = (args: string[]) =>
+    new Promise<void>((resolve) => {
+      const c = spawn('nsenter', [`--net=${netns}`, '--', ...args], { stdio: 'ignore' });
+      c.on('exit', () => resolve());
+      c.on('error', () => resolve());
+    });
+  for (const fam of ['-4', '-6']) {
+    // every rule at tenc's priority (one per family, but be thorough: at most a few)
+    for (let i = 0; i < 4; i++) await run(['ip', fam, 'rule', 'del', 'pref', String(DEFAULT_RULE_PRIORITY)]);
+    await run(['ip', fam, 'route', 'flush', 'table', String(DEFAULT_TABLE)]);
+  }
+  await run(['nft', 'delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)]);
 }

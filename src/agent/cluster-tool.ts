@@ -11,6 +11,11 @@
  *   cluster-tool.js remove-pod STATE PREFIX NAME   the same with one pod less; print its namespace
  *   cluster-tool.js classify-cidrs STATE           the cluster's ranges (pod CIDRs, service CIDR), comma-separated,
  *                                                  for `tenc agent --classify-cidrs`
+ *   cluster-tool.js conflists STATE                STATE/cni/<node>.conflist (bridge + host-local, loopback, tenc)
+ *                                                  and the launcher STATE/cni/bin/tenc
+ *   cluster-tool.js cni CMD STATE PREFIX POD [X]   the container runtime's part: runs the node's conflist chain for
+ *                                                  the pod (ADD in order with prevResult, DEL in reverse, CHECK);
+ *                                                  run it inside the node's namespace (the plugins' host side)
  *
  * Exit codes: 0 ok, 2 invalid file (one `FILE: field: problem` line each on stderr), 1 other.
  * Plan lines:
@@ -21,9 +26,10 @@
  *   infra-route POD_CIDR NODE_UNDERLAY_ADDR
  *   pod NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GATEWAY PROJECT DNS
  */
-import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync, chmodSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
   ClusterConfigError,
   dnsHosts,
@@ -89,7 +95,7 @@ export function syncRegistry(c: ClusterConfig, reg: RegistryWriter, pskDir: stri
       pods.set(p.name, {
         apiVersion: 'v1',
         kind: 'Pod',
-        metadata: { name: p.name, namespace: pr.name, labels: p.labels, annotations: { 'tenc.io/netns': `/run/netns/${podNs(prefix, p.name)}` } },
+        metadata: { name: p.name, namespace: pr.name, labels: p.labels },
         spec: { nodeName: p.node },
         status: { phase: 'Running', podIP: p.address, podIPs: [{ ip: p.address }] },
       });
@@ -132,6 +138,54 @@ function loadState(state: string): ClusterConfig {
 /** The ranges whose unknown addresses a pod classifies on first use: every node's pod CIDR and the service CIDR. */
 export function classifyCidrs(c: ClusterConfig): string[] {
   return [...new Set([...c.nodes.map((n) => n.podCidr), c.serviceCidr])];
+}
+
+/** Debian's containernetworking-plugins. */
+export const SYSTEM_CNI_PATH = '/usr/lib/cni';
+export const CNI_TIMEOUT_MS = 15_000;
+
+export function agentSocket(state: string, node: string): string {
+  return join(state, 'agents', `${node}.sock`);
+}
+
+/**
+ * The node's conflist, as containerd would read it from /etc/cni/net.d: the bridge
+ * plugin on the node bridge br0 (address from host-local in the node's pod CIDR; the
+ * cluster file's pod address is requested through CNI_ARGS IP=), loopback, then tenc.
+ */
+export function conflist(c: ClusterConfig, state: string, node: string): unknown {
+  const n = nodeLayouts(c).find((x) => x.name === node)!;
+  return {
+    cniVersion: '1.0.0',
+    name: `tenc-cluster-${node}`,
+    plugins: [
+      {
+        type: 'bridge',
+        bridge: 'br0',
+        isGateway: false,
+        mtu: 1450,
+        ipam: { type: 'host-local', ranges: [[{ subnet: n.podCidr, gateway: addrOnly(n.gateway) }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: join(state, 'cni', 'ipam') },
+      },
+      { type: 'loopback' },
+      { type: 'tenc', agentSocket: agentSocket(state, node), timeoutMs: CNI_TIMEOUT_MS },
+    ],
+  };
+}
+
+/** Runs the chain like libcni: ADD in order (each gets the previous result), DEL in reverse, CHECK in order. */
+export function runChain(cmd: 'ADD' | 'DEL' | 'CHECK', list: { cniVersion: string; name: string; plugins: Record<string, unknown>[] }, env: Record<string, string>, cniPath: string[], prevResult?: unknown): { ok: true; result: unknown } | { ok: false; plugin: string; out: string } {
+  const plugins = cmd === 'DEL' ? [...list.plugins].reverse() : list.plugins;
+  let prev: unknown = prevResult;
+  for (const pl of plugins) {
+    const type = String(pl.type);
+    const stdin = JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...pl, ...(prev !== undefined ? { prevResult: prev } : {}) });
+    const bin = cniPath.map((d) => join(d, type)).find((f) => spawnSync('test', ['-x', f]).status === 0);
+    if (!bin) return { ok: false, plugin: type, out: `plugin ${type} not found in ${cniPath.join(':')}` };
+    const r = spawnSync(bin, [], { input: stdin, env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env, CNI_COMMAND: cmd, CNI_PATH: cniPath.join(':') }, encoding: 'utf8', timeout: CNI_TIMEOUT_MS + 5000 });
+    if (r.status !== 0) return { ok: false, plugin: type, out: (r.stdout || '') + (r.stderr || '') };
+    if (cmd === 'ADD') prev = JSON.parse(r.stdout);
+  }
+  return { ok: true, result: prev ?? {} };
 }
 
 function saveState(state: string, c: ClusterConfig): void {
@@ -217,8 +271,55 @@ export function main(argv: string[]): number | Promise<number> {
         process.stdout.write(classifyCidrs(c).join(',') + '\n');
         return 0;
       }
+      case 'conflists': {
+        const [state] = args;
+        const c = loadState(state);
+        const dir = join(state, 'cni');
+        mkdirSync(join(dir, 'bin'), { recursive: true, mode: 0o700 });
+        mkdirSync(join(dir, 'ipam'), { recursive: true, mode: 0o700 });
+        for (const n of c.nodes) writeFileSync(join(dir, `${n.name}.conflist`), JSON.stringify(conflist(c, state, n.name), null, 2) + '\n', { mode: 0o600 });
+        // the launcher a node puts in CNI_PATH (here the state dir, never /opt/cni/bin)
+        const main = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+        writeFileSync(join(dir, 'bin', 'tenc'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(main)} cni\n`, { mode: 0o700 });
+        chmodSync(join(dir, 'bin', 'tenc'), 0o700);
+        return 0;
+      }
+      case 'cni': {
+        const [command, state, prefix, name, extra] = args;
+        if (command !== 'ADD' && command !== 'DEL' && command !== 'CHECK') throw new Error(`cni: ${command} is not ADD, DEL or CHECK`);
+        const c = loadState(state);
+        // DEL of a pod already gone from the file: the saved result names its node
+        const resultFile = join(state, 'cni', `${name}.result.json`);
+        let saved: { node: string; result: unknown } | null = null;
+        try {
+          saved = JSON.parse(readFileSync(resultFile, 'utf8'));
+        } catch {
+          saved = null;
+        }
+        // EXTRA: '{"node","project","address"}' for a pod outside the cluster file (tests, benches)
+        const pod = extra ? (JSON.parse(extra) as { node: string; project: string; address: string }) : c.pods.find((p) => p.name === name);
+        const node = pod?.node ?? saved?.node;
+        if (!node) throw new Error(`cni: no pod ${name}`);
+        const project = pod?.project ?? (saved as { project?: string } | null)?.project ?? '';
+        const list = JSON.parse(readFileSync(join(state, 'cni', `${node}.conflist`), 'utf8'));
+        const env = {
+          CNI_CONTAINERID: `${prefix}-${name}`,
+          CNI_NETNS: `/run/netns/${podNs(prefix, name)}`,
+          CNI_IFNAME: 'eth0',
+          CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${project};K8S_POD_NAME=${name};K8S_POD_UID=${prefix}-${name}${pod && command === 'ADD' ? `;IP=${pod.address}` : ''}`,
+        };
+        const r = runChain(command, list, env, [join(state, 'cni', 'bin'), SYSTEM_CNI_PATH], command === 'CHECK' ? saved?.result : undefined);
+        if (!r.ok) {
+          process.stderr.write(`cni ${command} ${name}: plugin ${r.plugin} failed: ${r.out.trim()}\n`);
+          return 1;
+        }
+        if (command === 'ADD') writeFileSync(resultFile, JSON.stringify({ node, project, result: r.result }) + '\n', { mode: 0o600 });
+        if (command === 'DEL') spawnSync('rm', ['-f', resultFile]);
+        if (command === 'ADD') process.stdout.write(JSON.stringify(r.result) + '\n');
+        return 0;
+      }
       default:
-        process.stderr.write('usage: cluster-tool.js plan FILE STATE PREFIX | sync STATE PREFIX | add-pod STATE PREFIX JSON | remove-pod STATE PREFIX NAME | classify-cidrs STATE\n');
+        process.stderr.write('usage: cluster-tool.js plan FILE STATE PREFIX | sync STATE PREFIX | add-pod STATE PREFIX JSON | remove-pod STATE PREFIX NAME | classify-cidrs STATE | conflists STATE | cni ADD|DEL|CHECK STATE PREFIX POD\n');
         return 2;
     }
   } catch (e) {

@@ -1,9 +1,10 @@
 /**
- * `tenc agent`: runs one Agent over a directory registry until SIGINT/SIGTERM.
+ * `tenc agent`: runs the node agent (node.ts) until SIGINT/SIGTERM.
  * Returns the exit code (0 after a clean stop, 1 when the start failed).
+ * A stop leaves the pods' proxies running (fail-closed): the next agent adopts them.
  */
 import { createLogger, type LogLevel } from '../log.js';
-import { Agent } from './agent.js';
+import { NodeAgent } from './node.js';
 import { openRegistry } from '../registry/open.js';
 import type { Registry } from '../registry/registry.js';
 import { startAgentMetrics } from '../metrics/start.js';
@@ -12,7 +13,9 @@ import { instrumentRegistry } from '../metrics/agent.js';
 export interface RunAgentOptions {
   registry: string;
   node: string;
-  project: string;
+  /** Only these projects; default every protected project. */
+  projects?: string[];
+  socket?: string;
   runDir: string;
   logLevel: LogLevel;
   /** dns.classifyCidrs of the pods' configs (canonical CIDRs). */
@@ -23,7 +26,7 @@ export interface RunAgentOptions {
 }
 
 export async function runAgent(o: RunAgentOptions): Promise<number> {
-  const log = createLogger({ level: o.logLevel, base: { agent: `${o.project}@${o.node}` } });
+  const log = createLogger({ level: o.logLevel, base: { agent: o.node } });
   let registry: Registry;
   try {
     registry = await openRegistry(o.registry, {
@@ -35,14 +38,24 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
     return 1;
   }
-  const metrics = o.metricsAddress ? await startAgentMetrics(o.metricsAddress, o.runDir, o.project, o.version, log) : null;
+  const metrics = o.metricsAddress ? await startAgentMetrics(o.metricsAddress, o.runDir, o.version, log) : null;
   if (metrics?.error) {
     process.stderr.write(`tenc agent: ${metrics.error}\n`);
     await registry.close?.();
     return 1;
   }
   if (metrics) registry = instrumentRegistry(registry, metrics.agent);
-  const agent = new Agent({ hooks: metrics?.agent, registry, node: o.node, project: o.project, runDir: o.runDir, log, classifyCidrs: o.classifyCidrs, podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info' });
+  const agent = new NodeAgent({
+    registry,
+    node: o.node,
+    projects: o.projects,
+    socket: o.socket,
+    runDir: o.runDir,
+    log,
+    classifyCidrs: o.classifyCidrs,
+    podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info',
+    hooks: metrics?.agent,
+  });
   let stop: (s: string) => void = () => {};
   const stopped = new Promise<string>((r) => (stop = r));
   process.on('SIGINT', () => stop('SIGINT'));
@@ -51,12 +64,12 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     await agent.start();
   } catch (e) {
     process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
-    await agent.stop();
+    await agent.stop().catch(() => {});
     await metrics?.server?.close();
     await registry.close?.();
     return 1;
   }
-  log.info({ registry: o.registry, runDir: o.runDir }, 'agent running');
+  log.info({ registry: o.registry, runDir: o.runDir, socket: o.socket }, 'agent running');
   const why = await stopped;
   log.info({ signal: why }, 'stopping');
   await agent.stop();

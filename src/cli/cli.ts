@@ -84,6 +84,7 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
       registry: { type: 'string', short: 'r' },
       node: { type: 'string', short: 'n' },
       project: { type: 'string', short: 'p' },
+      socket: { type: 'string', short: 's' },
       'run-dir': { type: 'string' },
       'classify-cidrs': { type: 'string' },
       'log-level': { type: 'string', short: 'l' },
@@ -237,10 +238,12 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     }
     case 'agent': {
       const v = values as Record<string, string | undefined>;
-      for (const k of ['registry', 'node', 'project']) if (!v[k]) throw new UsageError(`--${k} is required`, cmd);
-      for (const k of ['node', 'project']) {
-        if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(v[k]!)) throw new UsageError(`--${k}: ${JSON.stringify(v[k])} is not a name (lowercase letters, digits, "-")`, cmd);
+      for (const k of ['registry', 'node']) if (!v[k]) throw new UsageError(`--${k} is required`, cmd);
+      const projects = v.project === undefined ? undefined : v.project.split(',');
+      for (const [k, x] of [['node', v.node!], ...(projects ?? []).map((p) => ['project', p])]) {
+        if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(x)) throw new UsageError(`--${k}: ${JSON.stringify(x)} is not a name (lowercase letters, digits, "-")`, cmd);
       }
+      if (v.socket !== undefined && (!v.socket.startsWith('/') || v.socket.length > 107)) throw new UsageError(`--socket: ${JSON.stringify(v.socket)} is not an absolute path of at most 107 bytes`, cmd);
       const level = v['log-level'] ?? 'info';
       if (!isLogLevel(level)) throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, cmd);
       const classifyCidrs: string[] = [];
@@ -254,8 +257,9 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       return await runAgent({
         registry: v.registry!,
         node: v.node!,
-        project: v.project!,
-        runDir: v['run-dir'] ?? join(DEFAULT_SOCKET_DIR, `agent-${v.project}-${v.node}`),
+        projects,
+        socket: v.socket,
+        runDir: v['run-dir'] ?? join(DEFAULT_SOCKET_DIR, `agent-${v.node}`),
         logLevel: level,
         classifyCidrs,
         metricsAddress: metricsAddress(v['metrics-address'], cmd),
@@ -266,8 +270,8 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       const v = values as Record<string, string | undefined>;
       const { agentStatus, formatAgentStatus } = await import('../metrics/agent-status.js');
       const { agentRunDirs } = await import('../metrics/gather.js');
-      if ((v.project === undefined) !== (v.node === undefined)) throw new UsageError('--project and --node go together', cmd);
-      const dirs = v['run-dir'] ? [v['run-dir']] : v.project ? [join(DEFAULT_SOCKET_DIR, `agent-${v.project}-${v.node}`)] : agentRunDirs(DEFAULT_SOCKET_DIR);
+      // the node agent's run dir (/run/tenc/agent-NODE, one subdirectory per project); --project picks one project
+      const dirs = v['run-dir'] ? [v['run-dir']] : v.node ? [join(DEFAULT_SOCKET_DIR, `agent-${v.node}`)] : agentRunDirs(DEFAULT_SOCKET_DIR);
       const { rows, problems } = await agentStatus(dirs, v.project ?? null);
       for (const p of problems) io.stderr(`tenc agent status: ${p}\n`);
       io.stdout(values.json ? JSON.stringify({ pods: rows }, null, 2) + '\n' : formatAgentStatus(rows));

@@ -16,7 +16,8 @@ Commands:
   set-peer      add or update a peer of the running pod
   remove-peer   remove a peer from the running pod
   rekey         start a new handshake with a peer (or every peer) now
-  agent         the node agent: run and configure the project's pod proxies on a node
+  agent         the node agent: run and configure the pod proxies on a node (CNI node socket)
+  cni           the chained CNI plugin (run by the container runtime through a launcher)
   check-config  validate a config file and exit
   genkey        print a new private key (base64)
   pubkey        read a private key on stdin, print its public key
@@ -34,18 +35,22 @@ ${EXIT_CODES}
 `;
 
 export const COMMAND_HELP: Record<string, string> = {
-  agent: `Usage: tenc agent --registry SPEC --node NODE --project PROJECT [--run-dir DIR] [--classify-cidrs LIST]
+  agent: `Usage: tenc agent --registry SPEC --node NODE [--project LIST] [--socket PATH] [--run-dir DIR] [--classify-cidrs LIST]
                   [--metrics-address HOST:PORT] [--log-level LEVEL]
-       tenc agent status [--json] [--project PROJECT --node NODE | --run-dir DIR]
+       tenc agent status [--json] [--node NODE [--project PROJECT] | --run-dir DIR]
 
-The node agent, one per node and project. Reads the project's pods, services and
-endpoints from the registry, starts \`tenc pod\` (with enforcement) in the network
-namespace of each of the project's pods on NODE, publishes each pod's public key
-and endpoint, gives every pod its peers and services over its control socket and
-follows changes anywhere in the project within seconds. A pod proxy that dies is
-started again; proxies found running (after an agent restart) are adopted.
-Private keys never leave the pod proxies. SIGINT/SIGTERM stop the proxies it
-started and withdraw their keys. Logs are JSON lines on stderr.
+The node agent, one per node, for every protected project (the registry's
+projects, or only --project). Serves the node socket on which the CNI plugin
+(\`tenc cni\`) registers each pod's network namespace at sandbox creation (ADD)
+and unregisters it (DEL); starts \`tenc pod\` (enforcement on, fail-closed on any
+stop) in each registered pod's namespace and answers ADD once the pod is
+fail-closed; publishes each pod's public key and endpoint, gives every pod its
+peers and services over its control socket and follows changes within seconds.
+A pod proxy that dies is started again. The registrations and the proxies' pid +
+start time are saved (0600) under the run dir: a restarted agent adopts them.
+SIGINT/SIGTERM stop the agent only: the proxies keep running, fail-closed, with
+their keys published. Private keys never leave the pod proxies. Logs are JSON
+lines on stderr.
 
 Options:
   -r, --registry SPEC      the registry backend: dir:PATH (or a bare PATH), the directory
@@ -56,13 +61,16 @@ Options:
                            kubernetes[:KUBECONFIG], the Kubernetes API (no path: $KUBECONFIG,
                            ~/.kube/config, or the pod's service account)
   -n, --node NODE          this node's name (pods with spec.nodeName NODE)
-  -p, --project PROJECT    the project (Kubernetes namespace)
-      --run-dir DIR        pod configs, control sockets, logs (default /run/tenc/agent-PROJECT-NODE)
+  -p, --project LIST       only these projects (comma-separated; default every protected one)
+  -s, --socket PATH        the node socket for the CNI plugin (default /run/tenc/agent.sock,
+                           mode 0600)
+      --run-dir DIR        state file, pod configs and logs (default /run/tenc/agent-NODE)
       --classify-cidrs LIST
                            comma-separated cluster ranges (pod CIDRs, service CIDR) for the
-                           pods' dns.classifyCidrs: an address in them no peer claims is
-                           classified on first use (bypassed when not the project's,
-                           dropped when it is but has no peer); default none
+                           pods' dns.classifyCidrs: guarded (fail closed) from the pod's
+                           start; an address in them no peer claims is classified on first
+                           use (bypassed when not the project's, dropped when it is but has
+                           no peer); default none
       --metrics-address HOST:PORT
                            serve Prometheus /metrics there: every pod of the run directory
                            (asked over its control socket at each scrape) and the agent's own
@@ -77,7 +85,7 @@ peers and those with a live session, latest handshake, drops, fail-closed
 agent is down; -j/--json prints the rows as JSON. Exit 1 when a pod does not answer.
 
 Example:
-  tenc agent --registry /run/tenc-cluster/tc/registry --node node1 --project alpha
+  tenc agent --registry /run/tenc-cluster/tc/registry --node node1 --socket /run/tenc-cluster/tc/node1.sock
 
 ${EXIT_CODES}
 `,

@@ -8,8 +8,8 @@ const argv = process.argv.slice(2);
 // this file (the agent, bench/lib/tunnels.ts, netns-scripts, `tenc` itself).
 // TENC_V8_LEAN=0 keeps V8's defaults (A/B runs).
 if (argv[0] === 'pod' && process.env.TENC_V8_LEAN !== '0') enterLeanMode();
-const { runCli } = await import('./cli.js');
-const code = await runCli(argv);
+// `tenc cni` (the CNI plugin, run by the container runtime): only the plugin's code loads
+const code = argv[0] === 'cni' && argv.length === 1 ? await (await import('../cni/main.js')).cniMain() : await (await import('./cli.js')).runCli(argv);
 // `tenc pod` has torn everything down by now: leave even if a library left a handle open.
 // Other commands end naturally so piped stdout is flushed first.
 if (argv[0] === 'pod') process.exit(code);

@@ -1,11 +1,11 @@
 /**
  * `tenc agent status`: one row per pod of the node's agents (like `cilium encrypt
- * status`), from the pods' control sockets found by discoverPods, so it works while
+ * status`), from the pods' control sockets found by discoverNodePods, so it works while
  * the agent is down. Keys appear as fingerprints only.
  */
 import { keyFingerprint } from '../log.js';
 import { formatAgo } from '../control/status.js';
-import { discoverPods, gatherStatus, type GatherOptions } from './gather.js';
+import { discoverNodePods, gatherStatus, type GatherOptions } from './gather.js';
 import { LIVE_SESSION_SECONDS } from './names.js';
 
 export interface AgentStatusRow {
@@ -30,7 +30,7 @@ export interface AgentStatusRow {
 
 export async function agentStatus(runDirs: string[], namespace: string | null, o: GatherOptions = {}, nowMs = Date.now()): Promise<{ rows: AgentStatusRow[]; problems: string[] }> {
   const problems: string[] = [];
-  const targets = runDirs.flatMap((d) => discoverPods(d, namespace, problems));
+  const targets = runDirs.flatMap((d) => discoverNodePods(d, namespace, problems));
   const g = await gatherStatus(targets, o);
   const rows = g.samples.map((s): AgentStatusRow => {
     const r = s.report;

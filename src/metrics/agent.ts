@@ -23,6 +23,8 @@ export interface AgentHooks {
   proxyStarted(how: 'started' | 'adopted'): void;
   proxyLost(): void;
   proxies(n: number): void;
+  /** One request of the CNI plugin on the node socket (command: ADD, DEL, CHECK, STATUS). */
+  cniRequest?(command: string, ok: boolean, seconds: number): void;
 }
 
 export class AgentMetrics implements AgentHooks {

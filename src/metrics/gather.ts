@@ -59,6 +59,25 @@ export function discoverPods(runDir: string, namespace: string | null = null, pr
   return out;
 }
 
+/**
+ * The pods of a node agent's run directory (src/agent/node.ts): one subdirectory per
+ * project (<runDir>/<project>/<pod>.json), labelled with the project; `project` picks
+ * one. Files at the top (the agent's registrations.json) are not pods.
+ */
+export function discoverNodePods(runDir: string, project: string | null = null, problems: string[] = []): PodTarget[] {
+  let dirs: string[];
+  try {
+    dirs = readdirSync(runDir, { withFileTypes: true })
+      .filter((d) => d.isDirectory() && /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(d.name) && (project === null || d.name === project))
+      .map((d) => d.name)
+      .sort();
+  } catch (e) {
+    problems.push(`${runDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    return [];
+  }
+  return dirs.flatMap((d) => discoverPods(join(runDir, d), d, problems));
+}
+
 /** Every agent run directory under dir (agent-*), for a node-wide view. */
 export function agentRunDirs(dir: string): string[] {
   try {

@@ -2,7 +2,7 @@
 import { hostname } from 'node:os';
 import { Registry as PromRegistry } from 'prom-client';
 import { AgentMetrics, addProcessMetrics } from './agent.js';
-import { discoverPods } from './gather.js';
+import { discoverNodePods } from './gather.js';
 import { MetricsServer } from './server.js';
 import type { StatusReport } from '../control/status.js';
 import type { Logger } from '../log.js';
@@ -11,12 +11,11 @@ import type { Logger } from '../log.js';
 export async function startAgentMetrics(
   address: string,
   runDir: string,
-  project: string,
   version: string | undefined,
   log: Logger,
 ): Promise<{ agent: AgentMetrics; server: MetricsServer | null; error: string | null }> {
   const agent = new AgentMetrics();
-  const server = new MetricsServer({ address, version, log, own: agent.registry, targets: () => discoverPods(runDir, project) });
+  const server = new MetricsServer({ address, version, log, own: agent.registry, targets: () => discoverNodePods(runDir) });
   try {
     await server.listen();
     return { agent, server, error: null };

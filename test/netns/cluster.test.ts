@@ -1,6 +1,7 @@
 /**
- * The local cluster (netns-scripts/cluster.sh up netns-scripts/cluster-example.json)
- * with `tenc agent` for project alpha (and beta, as the attacker's own tenant):
+ * The local cluster (netns-scripts/cluster.sh up netns-scripts/cluster-example.json):
+ * every pod made through the CNI chain (bridge + host-local, loopback, tenc), one
+ * `tenc agent` per node protecting alpha (and beta, as the attacker's own tenant):
  *
  *   node1: alpha-web-1 (svc web.alpha)  alpha-client-1  beta-web-1 (svc web.beta)
  *   node2: alpha-db-1  (svc db.alpha)   alpha-client-2  beta-client-1
@@ -15,7 +16,8 @@
  *  4. churn: a pod removed and one added anywhere: peers updated within 5 s, an open
  *     TCP connection to another pod survives
  *  5. kill -9 a pod proxy, then an agent: traffic back within 5 s
- *  6. cluster.sh down: the machine as before (namespaces, links, nftables, files, processes)
+ *  6. agents stopped: proxies keep running, pods stay fail-closed and published; CNI DEL
+ *     (remove-pod) cleans a pod; cluster.sh down: the machine as before
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -128,10 +130,6 @@ beforeAll(async () => {
   serve('alpha-web-1', 80);
   serve('alpha-db-1', 5432);
   serve('beta-web-1', 80);
-  for (const p of ['alpha', 'beta']) {
-    const r = cluster('agent-start', p);
-    if (r.status !== 0) throw new Error(`agent-start ${p}: ${r.stderr}`);
-  }
   // every proxy up with all its peers (before that, VIP traffic would take the nodes' DNAT in the clear)
   const pods: [string, string, string, number][] = [
     ['alpha-web-1', 'node1', 'alpha', 3],
@@ -286,26 +284,51 @@ describe('local cluster with tenc agents', () => {
 
     const keys = () => peerFiles().map((f) => readFileSync(f, 'utf8')).join();
     const keysBefore = keys();
-    const agentPid = Number(readFileSync(join(STATE, 'agents', 'alpha-node1.pid'), 'utf8'));
+    const agentPid = Number(readFileSync(join(STATE, 'agents', 'node1.pid'), 'utf8'));
     process.kill(agentPid, 'SIGKILL');
     const t1 = Date.now();
-    expect(cluster('agent-start', 'alpha').status).toBe(0); // the supervisor's restart
-    await until('the new agent adopted both proxies of node1', () => (readFileSync(join(STATE, 'agents', 'alpha-node1.log'), 'utf8').match(/running proxy adopted/g) ?? []).length >= 2);
+    expect(cluster('agent-start').status).toBe(0); // the supervisor's restart
+    // node1 runs alpha-web-1, alpha-client-1 and beta-web-1
+    await until('the new agent adopted the proxies of node1', () => (readFileSync(join(STATE, 'agents', 'node1.log'), 'utf8').match(/running proxy adopted/g) ?? []).length >= 3);
     await until('web and db after the agent was killed', () => curl('alpha-client-1', 'http://web/', 'x', 1) && curl('alpha-client-1', 'http://db:5432/', 'x', 1), 10_000);
     expect(Date.now() - t1).toBeLessThan(5000);
     expect(keys()).toBe(keysBefore); // the restarted agent adopted the running proxies
   });
 
-  it('6. agents stop cleanly (pods as before tenc, keys withdrawn); cluster.sh down leaves the machine as it was', () => {
+  it('6. agents stopped: proxies run on, fail-closed and published; remove-pod (CNI DEL) cleans; down leaves the machine as it was', async () => {
     for (const c of children) c.kill('SIGKILL');
-    expect(cluster('agent-stop', 'alpha').status).toBe(0);
+    const keysBefore = peerFiles().length;
+    const cmdline = (p: string) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      } catch {
+        return ''; // gone meanwhile
+      }
+    };
+    const proxies = (pod: string) => sh('ip', ['netns', 'pids', ns(pod)]).split('\n').filter((p) => p && cmdline(p).includes('\0pod\0--config'));
+    expect(cluster('agent-stop').status).toBe(0);
     for (const pod of ['alpha-web-1', 'alpha-client-1', 'alpha-db-1', 'alpha-web-2']) {
-      const n = Netns.attach(ns(pod));
-      expect(n.exec('nft', 'list', 'ruleset'), pod).toBe('');
-      expect(n.ip('rule', 'show').trim().split('\n'), pod).toHaveLength(3); // local, main, default
-      expect(n.ip('route', 'show', 'table', 'all'), pod).not.toContain('tenc0');
+      expect(proxies(pod), pod).toHaveLength(1);
+      expect(Netns.attach(ns(pod)).exec('nft', 'list', 'tables'), pod).toContain('tenc_tenc0');
     }
-    expect(peerFiles()).toEqual([]);
+    expect(peerFiles().length).toBe(keysBefore);
+    // a proxy killed while no agent runs: its pod stays fail-closed (rule and guards kept)
+    process.kill(Number(proxies('alpha-db-1')[0]), 'SIGTERM');
+    await until('db proxy gone', () => proxies('alpha-db-1').length === 0, 10_000);
+    const db = Netns.attach(ns('alpha-db-1'));
+    expect(db.ip('rule', 'show')).toContain('lookup 52100');
+    expect(db.exec('nft', 'list', 'tables')).toContain('tenc_tenc0');
+    // agents back: they adopt what runs and restart the dead proxy; DEL cleans a pod
+    expect(cluster('agent-start').status).toBe(0);
+    await until('db proxy restarted', () => proxies('alpha-db-1').length === 1, 15_000);
+    const web2 = Netns.attach(ns('alpha-web-2'));
+    const del = cluster('cni', 'DEL', 'alpha-web-2');
+    expect(del.status, del.stderr).toBe(0);
+    expect(proxies('alpha-web-2')).toEqual([]);
+    expect(web2.exec('nft', 'list', 'ruleset')).toBe('');
+    expect(web2.ip('rule', 'show').trim().split('\n')).toHaveLength(3); // local, main, default
+    expect(peerFiles().some((f) => f.endsWith('/alpha-web-2.json'))).toBe(false);
+    expect(cluster('cni', 'DEL', 'alpha-web-2').status).toBe(0); // DEL again: success
     const r = cluster('down');
     expect(r.status, r.stderr).toBe(0);
     const after = machine();

@@ -41,10 +41,11 @@ afterEach(() => rmSync(dir, { recursive: true, force: true }));
 describe('directory registry', () => {
   it('reads back pods, services and endpoint slices as the cluster tool wrote them', async () => {
     const v = await readProjectView(reg, 'alpha');
+    // no netns: the agent takes it only from the CNI registration, never from the registry
     expect(v.pods.map((p) => [p.name, p.node, p.address, p.netns])).toEqual([
-      ['a-cli', 'node2', '10.128.2.11', '/run/netns/tc-a-cli'],
-      ['a-web-2', 'node2', '10.128.2.10', '/run/netns/tc-a-web-2'],
-      ['a-web', 'node1', '10.128.1.10', '/run/netns/tc-a-web'],
+      ['a-cli', 'node2', '10.128.2.11', null],
+      ['a-web-2', 'node2', '10.128.2.10', null],
+      ['a-web', 'node1', '10.128.1.10', null],
     ]);
     expect(v.services).toEqual([{ project: 'alpha', name: 'web', vip: '10.96.1.10', ports: [{ protocol: 'tcp', port: 80 }], selector: { app: 'web' } }]);
     expect(v.endpoints).toEqual([

@@ -1,0 +1,306 @@
+/**
+ * The node agent (`tenc agent --node NODE`): one per node, for every protected
+ * project (registry.projects(), or only --project). It serves the node socket
+ * (default /run/tenc/agent.sock, mode 0600 in a 0700 directory) on which the CNI
+ * plugin registers and unregisters pods, and runs one reconciler (agent.ts) per
+ * project over the registered pods.
+ *
+ * Node socket: newline-delimited JSON, one request per line, the control socket's
+ * framing ({id, op, ...} -> {id, ok, result} | {id, ok: false, error: {code, message}}):
+ *
+ *   cni-add    {containerId, netns, ifname, podNamespace, podName, podUid, addresses, timeoutMs}
+ *              -> {protected: false} at once for a namespace that is not protected; else
+ *              -> {protected: true} once the pod's proxy is fail-closed, or ETIMEDOUT
+ *   cni-del    {containerId} -> {}: the proxy stopped, the netns cleaned (unknown: {} too)
+ *   cni-check  {containerId, netns, podNamespace, podName} -> {} or an error
+ *   cni-status -> {projects}
+ *
+ * The registrations (and the pid + start time of each pod's proxy) are kept in
+ * RUNDIR/registrations.json (0600, written atomically), so a restarted agent adopts
+ * the running proxies and serves DEL for pods registered before it stopped.
+ * Stopping the agent leaves every proxy running (fail-closed, keys published).
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { socketIsLive } from '../control/socket.js';
+import { parseAddress } from '../control/config.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { Registry } from '../registry/registry.js';
+import { Agent, type ProxyId, type Registration } from './agent.js';
+import type { AgentHooks } from '../metrics/agent.js';
+
+export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
+const MAX_LINE = 64 * 1024;
+const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
+
+export interface NodeAgentOptions {
+  registry: Registry;
+  node: string;
+  /** Only these projects (default: every project registry.projects() lists). */
+  projects?: string[];
+  socket?: string;
+  /** Directory (0700) for the state file and the pods' configs and logs. */
+  runDir: string;
+  log?: Logger;
+  tencMain?: string;
+  podLogLevel?: string;
+  dns?: boolean;
+  classifyCidrs?: string[];
+  /** Metrics hooks of every project's reconciler (src/metrics/agent.ts); default none. */
+  hooks?: AgentHooks;
+}
+
+class RequestError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** netns paths the runtime makes: /run/netns/NAME, /var/run/netns/NAME, /proc/PID/ns/net; a real nsfs file. */
+export function checkNetns(p: unknown): string {
+  if (typeof p !== 'string' || !/^(\/var)?\/run\/netns\/[A-Za-z0-9_.-]+$|^\/proc\/\d+\/ns\/net$/.test(p)) {
+    throw new RequestError('EINVAL', `netns: ${JSON.stringify(p)} is not /run/netns/NAME, /var/run/netns/NAME or /proc/PID/ns/net`);
+  }
+  let st;
+  try {
+    st = statSync(p);
+  } catch {
+    throw new RequestError('EINVAL', `netns: ${p} does not exist`);
+  }
+  // an nsfs file (the device of every namespace file), not a file someone put there
+  if (st.dev !== statSync('/proc/self/ns/net').dev) throw new RequestError('EINVAL', `netns: ${p} is not a network namespace`);
+  return p;
+}
+
+function str(v: unknown, field: string, re: RegExp): string {
+  if (typeof v !== 'string' || !re.test(v)) throw new RequestError('EINVAL', `${field}: ${JSON.stringify(v)} is not valid`);
+  return v;
+}
+
+export class NodeAgent {
+  private readonly regs = new Map<string, Registration>();
+  private readonly agents = new Map<string, Agent>();
+  private server: Server | null = null;
+  private readonly log: Logger;
+  private readonly socket: string;
+  private readonly stateFile: string;
+
+  constructor(private readonly o: NodeAgentOptions) {
+    this.log = o.log ?? silentLogger;
+    this.socket = o.socket ?? DEFAULT_AGENT_SOCKET;
+    this.stateFile = join(o.runDir, 'registrations.json');
+  }
+
+  async start(): Promise<void> {
+    mkdirSync(this.o.runDir, { recursive: true, mode: 0o700 });
+    chmodSync(this.o.runDir, 0o700);
+    this.load();
+    // reconcilers for the projects of adopted pods first, then the server
+    for (const r of this.regs.values()) await this.agentFor(r.podNamespace);
+    await this.listen();
+  }
+
+  private load(): void {
+    if (!existsSync(this.stateFile)) return;
+    const st = lstatSync(this.stateFile);
+    if (!st.isFile() || (st.mode & 0o077) !== 0 || st.uid !== process.getuid!()) {
+      throw new Error(`${this.stateFile}: not a regular file of this user with mode 0600 (mode ${(st.mode & 0o777).toString(8)}): refusing it`);
+    }
+    const data = JSON.parse(readFileSync(this.stateFile, 'utf8')) as { registrations?: Registration[] };
+    for (const r of data.registrations ?? []) {
+      try {
+        this.regs.set(r.containerId, this.validate({ ...r, timeoutMs: 1000 }, r.proxy ?? null, false));
+      } catch (e) {
+        this.log.warn({ containerId: r.containerId, err: (e as Error).message }, 'saved registration dropped');
+      }
+    }
+    this.log.info({ pods: this.regs.size }, 'registrations loaded');
+  }
+
+  private save(): void {
+    const ids = new Map<string, ProxyId | null>();
+    for (const a of this.agents.values()) for (const [n, id] of a.proxyIds()) ids.set(n, id);
+    for (const r of this.regs.values()) if (ids.has(r.podName)) r.proxy = ids.get(r.podName)!;
+    const tmp = `${this.stateFile}.tmp-${process.pid}`;
+    writeFileSync(tmp, JSON.stringify({ registrations: [...this.regs.values()] }, null, 2) + '\n', { mode: 0o600 });
+    renameSync(tmp, this.stateFile);
+  }
+
+  private async agentFor(project: string): Promise<Agent> {
+    let a = this.agents.get(project);
+    if (a) return a;
+    a = new Agent({
+      registry: this.o.registry,
+      node: this.o.node,
+      project,
+      registrations: () => [...this.regs.values()].filter((r) => r.podNamespace === project),
+      onProxyChange: () => this.save(),
+      runDir: join(this.o.runDir, project),
+      log: this.log.child({ project }),
+      tencMain: this.o.tencMain,
+      podLogLevel: this.o.podLogLevel,
+      dns: this.o.dns,
+      classifyCidrs: this.o.classifyCidrs,
+      hooks: this.o.hooks,
+    });
+    this.agents.set(project, a);
+    await a.start();
+    return a;
+  }
+
+  private async protectedProject(ns: string): Promise<boolean> {
+    if (this.o.projects && !this.o.projects.includes(ns)) return false;
+    return (await this.o.registry.projects()).includes(ns);
+  }
+
+  private validate(m: Record<string, unknown>, proxy: ProxyId | null, checkNs = true): Registration {
+    const containerId = str(m.containerId, 'containerId', CONTAINER_ID);
+    const netns = checkNs ? checkNetns(m.netns) : str(m.netns, 'netns', /^\//);
+    const ifname = str(m.ifname, 'ifname', /^[^/:\s]{1,15}$/);
+    const podNamespace = str(m.podNamespace, 'podNamespace', NAME);
+    const podName = str(m.podName, 'podName', NAME);
+    const podUid = typeof m.podUid === 'string' && m.podUid.length <= 64 ? m.podUid : '';
+    if (!Array.isArray(m.addresses) || m.addresses.length === 0 || m.addresses.length > 2) throw new RequestError('EINVAL', 'addresses: one or two pod addresses expected');
+    const addresses = m.addresses.map((a, i) => {
+      const r = parseAddress(String(a));
+      if (!r.ok) throw new RequestError('EINVAL', `addresses[${i}]: ${r.problem}`);
+      return r.value;
+    });
+    return { containerId, netns, ifname, podNamespace, podName, podUid, addresses, proxy };
+  }
+
+  private async handle(m: Record<string, unknown>): Promise<unknown> {
+    switch (m.op) {
+      case 'cni-status':
+        return { projects: [...this.agents.keys()] };
+      case 'cni-add': {
+        const timeoutMs = typeof m.timeoutMs === 'number' && m.timeoutMs >= 100 && m.timeoutMs <= 120_000 ? m.timeoutMs : 5000;
+        const reg = this.validate(m, null);
+        if (!(await this.protectedProject(reg.podNamespace))) {
+          this.log.info({ pod: `${reg.podNamespace}/${reg.podName}` }, 'ADD: namespace not protected, passed through');
+          return { protected: false };
+        }
+        const old = this.regs.get(reg.containerId);
+        // one sandbox per pod name: a new sandbox of the pod replaces the old registration
+        for (const r of this.regs.values()) {
+          if (r.podNamespace === reg.podNamespace && r.podName === reg.podName && r.containerId !== reg.containerId) {
+            throw new RequestError('EEXIST', `pod ${reg.podNamespace}/${reg.podName} is registered with container ${r.containerId}: DEL it first`);
+          }
+        }
+        if (old && old.netns !== reg.netns) throw new RequestError('EEXIST', `container ${reg.containerId} is registered with netns ${old.netns}`);
+        if (!old) {
+          this.regs.set(reg.containerId, reg);
+          this.save();
+        }
+        const agent = await this.agentFor(reg.podNamespace);
+        if (!(await agent.whenReady(reg.podName, timeoutMs))) {
+          throw new RequestError('ETIMEDOUT', `pod ${reg.podNamespace}/${reg.podName} not fail-closed within ${timeoutMs} ms`);
+        }
+        this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, containerId: reg.containerId }, 'ADD: pod fail-closed');
+        return { protected: true };
+      }
+      case 'cni-del': {
+        const containerId = str(m.containerId, 'containerId', CONTAINER_ID);
+        const reg = this.regs.get(containerId);
+        if (!reg) return {};
+        const agent = await this.agentFor(reg.podNamespace);
+        this.regs.delete(containerId);
+        this.save();
+        await agent.release(reg.podName);
+        this.save();
+        this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, containerId }, 'DEL: pod released');
+        return {};
+      }
+      case 'cni-check': {
+        const containerId = str(m.containerId, 'containerId', CONTAINER_ID);
+        const reg = this.regs.get(containerId);
+        if (!reg) {
+          if (typeof m.podNamespace === 'string' && !(await this.protectedProject(m.podNamespace))) return {};
+          throw new RequestError('ENOENT', `container ${containerId} is not registered`);
+        }
+        const why = await (await this.agentFor(reg.podNamespace)).check(reg.podName);
+        if (why) throw new RequestError('EIO', `pod ${reg.podNamespace}/${reg.podName}: ${why}`);
+        return {};
+      }
+      default:
+        throw new RequestError('EINVAL', `op: ${JSON.stringify(m.op)} is not one of cni-add, cni-del, cni-check, cni-status`);
+    }
+  }
+
+  private async listen(): Promise<void> {
+    const dir = dirname(this.socket);
+    if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (existsSync(this.socket)) {
+      if (await socketIsLive(this.socket)) throw new Error(`${this.socket}: another tenc agent is serving it`);
+      unlinkSync(this.socket);
+    }
+    const server = createServer((c) => this.serve(c));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      // 0600 from the start: no window where another user could connect
+      const old = process.umask(0o177);
+      server.listen(this.socket, () => {
+        process.umask(old);
+        resolve();
+      });
+    });
+    chmodSync(this.socket, 0o600);
+    this.server = server;
+  }
+
+  private serve(c: Socket): void {
+    let buf = '';
+    c.setEncoding('utf8');
+    c.on('error', () => {});
+    c.on('data', (d: string) => {
+      buf += d;
+      if (buf.length > MAX_LINE) {
+        c.end(JSON.stringify({ ok: false, error: { code: 'E2BIG', message: `request over ${MAX_LINE} bytes` } }) + '\n');
+        c.destroy();
+        return;
+      }
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let m: Record<string, unknown>;
+        try {
+          m = JSON.parse(line);
+          if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new Error('not an object');
+        } catch {
+          c.write(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: 'request is not a JSON object' } }) + '\n');
+          continue;
+        }
+        const t0 = performance.now();
+        const op = typeof m.op === 'string' && m.op.startsWith('cni-') ? m.op.slice(4).toUpperCase() : null;
+        const done = (ok: boolean) => op !== null && this.o.hooks?.cniRequest?.(op, ok, (performance.now() - t0) / 1000);
+        this.handle(m).then(
+          (result) => {
+            done(true);
+            if (c.writable) c.write(JSON.stringify({ id: m.id, ok: true, result }) + '\n');
+          },
+          (e) => {
+            done(false);
+            const code = e instanceof RequestError ? e.code : 'EIO';
+            if (!(e instanceof RequestError)) this.log.error({ err: (e as Error).message }, 'node socket request failed');
+            if (c.writable) c.write(JSON.stringify({ id: m.id, ok: false, error: { code, message: (e as Error).message } }) + '\n');
+          },
+        );
+      }
+    });
+  }
+
+  /** Stops serving; the proxies stay (fail-closed, published) for the next agent to adopt. */
+  async stop(): Promise<void> {
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    this.server = null;
+    for (const a of this.agents.values()) await a.stop();
+    if (existsSync(this.o.runDir)) this.save();
+    this.log.info({ pods: this.regs.size }, 'agent stopped; proxies left running');
+  }
+}

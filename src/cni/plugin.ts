@@ -1,0 +1,121 @@
+/**
+ * `tenc cni`: the chained CNI plugin. Runs after the plugin that gives the pod its
+ * interface and address (bridge + host-local, ...): it registers the pod with the node
+ * agent over the agent's node socket and returns prevResult unchanged once the agent
+ * says the pod is fail-closed (or that the pod's namespace is not protected).
+ *
+ * Conflist entry: {"type": "tenc", "agentSocket": "/run/tenc/agent.sock", "timeoutMs": 5000}
+ * (both optional; every other field is an error naming it).
+ *
+ *   ADD    {op: "cni-add", ...}   answer {protected}: prevResult is printed
+ *   DEL    {op: "cni-del", ...}   idempotent on the agent's side
+ *   CHECK  {op: "cni-check", ...} the pod's proxy runs and answers
+ *   STATUS {op: "cni-status"}     the agent answers
+ *
+ * Agent not reachable, or no answer within timeoutMs: error code 11 (try again later),
+ * so the runtime retries the sandbox; the pod's containers never start unprotected.
+ */
+import { controlRequest, ControlClientError } from '../control/socket.js';
+import { CniCode, CniError, type CniPlugin, type CniRequest } from './skeleton.js';
+
+export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
+export const DEFAULT_TIMEOUT_MS = 5000;
+export const MAX_TIMEOUT_MS = 120_000;
+
+/** Fields the spec or the runtime puts in a plugin's configuration. */
+const KNOWN = new Set(['cniVersion', 'name', 'type', 'agentSocket', 'timeoutMs', 'prevResult', 'runtimeConfig', 'capabilities', 'args', 'disableCheck', 'disableGC']);
+
+export interface TencCniConfig {
+  agentSocket: string;
+  timeoutMs: number;
+}
+
+export function parseTencConfig(c: Record<string, unknown>): TencCniConfig {
+  for (const k of Object.keys(c)) if (!KNOWN.has(k)) throw new CniError(CniCode.invalidNetworkConfig, `${k}: unknown field in the tenc plugin's configuration`);
+  if (c.type !== 'tenc') throw new CniError(CniCode.invalidNetworkConfig, `type: ${JSON.stringify(c.type)}, expected "tenc"`);
+  const agentSocket = c.agentSocket ?? DEFAULT_AGENT_SOCKET;
+  if (typeof agentSocket !== 'string' || !agentSocket.startsWith('/') || agentSocket.length > 107) {
+    throw new CniError(CniCode.invalidNetworkConfig, `agentSocket: ${JSON.stringify(agentSocket)} is not an absolute socket path (at most 107 bytes)`);
+  }
+  const timeoutMs = c.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs) || timeoutMs < 100 || timeoutMs > MAX_TIMEOUT_MS) {
+    throw new CniError(CniCode.invalidNetworkConfig, `timeoutMs: ${JSON.stringify(timeoutMs)} is not an integer from 100 to ${MAX_TIMEOUT_MS}`);
+  }
+  return { agentSocket, timeoutMs };
+}
+
+/** The pod's addresses from prevResult (0.4.0 and 1.0.0 forms: ips[].address "A/LEN"). */
+export function prevResultAddresses(c: Record<string, unknown>): string[] {
+  const pr = c.prevResult;
+  if (pr === undefined) throw new CniError(CniCode.invalidNetworkConfig, 'prevResult: missing (tenc is a chained plugin: put it after the plugin that gives the pod its address)');
+  if (typeof pr !== 'object' || pr === null || Array.isArray(pr)) throw new CniError(CniCode.invalidNetworkConfig, 'prevResult: not an object');
+  const ips = (pr as Record<string, unknown>).ips;
+  if (!Array.isArray(ips) || ips.length === 0) throw new CniError(CniCode.invalidNetworkConfig, 'prevResult.ips: missing or empty (the previous plugin gave the pod no address)');
+  const out: string[] = [];
+  ips.forEach((ip, i) => {
+    const a = (ip as Record<string, unknown> | null)?.address;
+    if (typeof a !== 'string') throw new CniError(CniCode.invalidNetworkConfig, `prevResult.ips[${i}].address: missing or not a string`);
+    const m = /^([0-9.]+|[0-9a-fA-F:]+)\/(\d{1,3})$/.exec(a);
+    if (!m) throw new CniError(CniCode.invalidNetworkConfig, `prevResult.ips[${i}].address: ${JSON.stringify(a)} is not ADDRESS/LEN`);
+    out.push(m[1].toLowerCase());
+  });
+  return out;
+}
+
+interface PodArgs {
+  podNamespace: string;
+  podName: string;
+  podUid: string;
+}
+
+function podArgs(req: CniRequest): PodArgs {
+  const podNamespace = req.args.K8S_POD_NAMESPACE ?? '';
+  const podName = req.args.K8S_POD_NAME ?? '';
+  if (podNamespace === '' || podName === '') {
+    throw new CniError(CniCode.invalidEnv, 'CNI_ARGS: K8S_POD_NAMESPACE and K8S_POD_NAME are required (tenc protects Kubernetes pods)');
+  }
+  return { podNamespace, podName, podUid: req.args.K8S_POD_UID ?? '' };
+}
+
+async function ask(cfg: TencCniConfig, req: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
+  try {
+    return await controlRequest(cfg.agentSocket, req, timeoutMs);
+  } catch (e) {
+    if (e instanceof ControlClientError) {
+      if (e.code === 'EINVAL') throw new CniError(CniCode.invalidNetworkConfig, `tenc agent: ${e.message}`);
+      if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') {
+        throw new CniError(CniCode.tryAgainLater, `tenc agent not reachable at ${cfg.agentSocket}`, 'the node agent is down: retry once it runs');
+      }
+      throw new CniError(CniCode.tryAgainLater, `tenc agent: ${e.message}`, 'the pod could not be protected in time: retry');
+    }
+    throw e;
+  }
+}
+
+export const tencPlugin: CniPlugin = {
+  async add(req) {
+    const cfg = parseTencConfig(req.config);
+    const addresses = prevResultAddresses(req.config);
+    const pod = podArgs(req);
+    await ask(cfg, { op: 'cni-add', containerId: req.containerId, netns: req.netns, ifname: req.ifname, ...pod, addresses, timeoutMs: cfg.timeoutMs }, cfg.timeoutMs + 1000);
+    return req.config.prevResult;
+  },
+  async del(req) {
+    const cfg = parseTencConfig(req.config);
+    await ask(cfg, { op: 'cni-del', containerId: req.containerId }, cfg.timeoutMs + 1000);
+  },
+  async check(req) {
+    const cfg = parseTencConfig(req.config);
+    prevResultAddresses(req.config);
+    const pod = podArgs(req);
+    await ask(cfg, { op: 'cni-check', containerId: req.containerId, netns: req.netns, ...pod }, cfg.timeoutMs);
+  },
+  async status(req) {
+    const cfg = parseTencConfig(req.config);
+    try {
+      await controlRequest(cfg.agentSocket, { op: 'cni-status' }, cfg.timeoutMs);
+    } catch (e) {
+      throw new CniError(CniCode.pluginNotAvailable, `tenc agent not reachable at ${cfg.agentSocket}: ${(e as Error).message}`);
+    }
+  },
+};

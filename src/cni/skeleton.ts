@@ -1,0 +1,170 @@
+/**
+ * The CNI plugin skeleton (CNI spec 1.0.0, STATUS of 1.1.0): reads CNI_* from the
+ * environment and the network configuration from stdin, validates both, dispatches
+ * ADD/DEL/CHECK/VERSION/STATUS to a plugin, and writes the plugin's result or the
+ * spec's error JSON ({cniVersion, code, msg, details}) to stdout. The plugin code
+ * never reads CNI_* itself: it gets a checked CniRequest.
+ *
+ * Exit code: 0 on success, 1 with the error JSON on stdout otherwise.
+ */
+
+export const SUPPORTED_VERSIONS = ['0.4.0', '1.0.0', '1.1.0'] as const;
+
+/** Error codes of the CNI spec (section "Error"). */
+export const CniCode = {
+  incompatibleVersion: 1,
+  unsupportedField: 2,
+  unknownContainer: 3,
+  invalidEnv: 4,
+  ioFailure: 5,
+  decodeFailure: 6,
+  invalidNetworkConfig: 7,
+  tryAgainLater: 11,
+  pluginNotAvailable: 50,
+  limitedConnectivity: 51,
+} as const;
+
+export class CniError extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+    readonly details = '',
+  ) {
+    super(message);
+    this.name = 'CniError';
+  }
+}
+
+export type CniCommand = 'ADD' | 'DEL' | 'CHECK' | 'VERSION' | 'STATUS';
+
+export interface CniRequest {
+  command: Exclude<CniCommand, 'VERSION'>;
+  containerId: string;
+  /** Empty for DEL (the spec lets the runtime leave it out), and for STATUS. */
+  netns: string;
+  ifname: string;
+  /** CNI_ARGS as key/value pairs (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, IP, ...). */
+  args: Record<string, string>;
+  path: string[];
+  /** The parsed network configuration (stdin). */
+  config: Record<string, unknown>;
+  cniVersion: string;
+}
+
+export interface CniPlugin {
+  /** Validates the plugin-specific part of the configuration; throws CniError(7) naming the field. */
+  add(req: CniRequest): Promise<unknown>;
+  del(req: CniRequest): Promise<void>;
+  check(req: CniRequest): Promise<void>;
+  status?(req: CniRequest): Promise<void>;
+}
+
+const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+const IFNAME_BAD = /[/:\s]/;
+
+function need(env: NodeJS.ProcessEnv, name: string): string {
+  const v = env[name];
+  if (v === undefined || v === '') throw new CniError(CniCode.invalidEnv, `${name} is not set`, `the runtime must set ${name} for this command`);
+  return v;
+}
+
+/** CNI_ARGS: "K1=V1;K2=V2". */
+export function parseCniArgs(s: string | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!s) return out;
+  for (const part of s.split(';')) {
+    if (part === '') continue;
+    const i = part.indexOf('=');
+    if (i <= 0) throw new CniError(CniCode.invalidEnv, `CNI_ARGS: ${JSON.stringify(part)} is not KEY=VALUE`);
+    out[part.slice(0, i)] = part.slice(i + 1);
+  }
+  return out;
+}
+
+/** The checked request (everything but VERSION), or a CniError. */
+export function parseRequest(env: NodeJS.ProcessEnv, stdin: string): CniRequest | { command: 'VERSION'; cniVersion: string | null } {
+  const command = need(env, 'CNI_COMMAND');
+  if (!['ADD', 'DEL', 'CHECK', 'VERSION', 'STATUS'].includes(command)) {
+    throw new CniError(CniCode.invalidEnv, `CNI_COMMAND: ${JSON.stringify(command)} is not one of ADD, DEL, CHECK, VERSION, STATUS`);
+  }
+  let config: unknown;
+  try {
+    config = JSON.parse(stdin);
+  } catch (e) {
+    if (command === 'VERSION') return { command, cniVersion: null };
+    throw new CniError(CniCode.decodeFailure, 'stdin: the network configuration is not JSON', (e as Error).message);
+  }
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) {
+    throw new CniError(CniCode.decodeFailure, 'stdin: the network configuration is not a JSON object');
+  }
+  const c = config as Record<string, unknown>;
+  const cniVersion = c.cniVersion;
+  if (typeof cniVersion !== 'string') throw new CniError(CniCode.invalidNetworkConfig, 'cniVersion: missing or not a string');
+  if (command === 'VERSION') return { command, cniVersion };
+  if (!(SUPPORTED_VERSIONS as readonly string[]).includes(cniVersion)) {
+    throw new CniError(CniCode.incompatibleVersion, `cniVersion: ${cniVersion} is not supported`, `supported: ${SUPPORTED_VERSIONS.join(', ')}`);
+  }
+  const path = (env.CNI_PATH ?? '').split(':').filter((x) => x !== '');
+  if (command === 'STATUS') return { command, containerId: '', netns: '', ifname: '', args: {}, path, config: c, cniVersion };
+  const containerId = need(env, 'CNI_CONTAINERID');
+  if (!CONTAINER_ID.test(containerId) || containerId.length > 256) throw new CniError(CniCode.invalidEnv, `CNI_CONTAINERID: ${JSON.stringify(containerId)} is not a container id`);
+  const ifname = need(env, 'CNI_IFNAME');
+  if (ifname.length > 15 || IFNAME_BAD.test(ifname)) throw new CniError(CniCode.invalidEnv, `CNI_IFNAME: ${JSON.stringify(ifname)} is not an interface name`);
+  // DEL may come without a netns (the sandbox is gone already)
+  const netns = command === 'DEL' ? (env.CNI_NETNS ?? '') : need(env, 'CNI_NETNS');
+  if (netns !== '' && !netns.startsWith('/')) throw new CniError(CniCode.invalidEnv, `CNI_NETNS: ${JSON.stringify(netns)} is not an absolute path`);
+  const args = parseCniArgs(env.CNI_ARGS);
+  return { command: command as CniRequest['command'], containerId, netns, ifname, args, path, config: c, cniVersion };
+}
+
+export interface CniIo {
+  env: NodeJS.ProcessEnv;
+  stdin: () => Promise<string>;
+  stdout: (s: string) => void;
+}
+
+/** Runs one invocation; returns the exit code. */
+export async function runPlugin(plugin: CniPlugin, io: CniIo): Promise<number> {
+  let version = '1.0.0';
+  try {
+    const stdin = await io.stdin();
+    const req = parseRequest(io.env, stdin);
+    if (req.cniVersion && (SUPPORTED_VERSIONS as readonly string[]).includes(req.cniVersion)) version = req.cniVersion;
+    if (req.command === 'VERSION') {
+      io.stdout(JSON.stringify({ cniVersion: version, supportedVersions: SUPPORTED_VERSIONS }) + '\n');
+      return 0;
+    }
+    switch (req.command) {
+      case 'ADD':
+        io.stdout(JSON.stringify(await plugin.add(req)) + '\n');
+        return 0;
+      case 'DEL':
+        await plugin.del(req);
+        return 0;
+      case 'CHECK':
+        await plugin.check(req);
+        return 0;
+      case 'STATUS':
+        if (!plugin.status) throw new CniError(CniCode.incompatibleVersion, 'STATUS is not supported');
+        await plugin.status(req);
+        return 0;
+    }
+  } catch (e) {
+    const err = e instanceof CniError ? e : new CniError(CniCode.ioFailure, (e as Error).message);
+    io.stdout(JSON.stringify({ cniVersion: version, code: err.code, msg: err.message, details: err.details }) + '\n');
+    return 1;
+  }
+}
+
+export function readStdin(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let s = '';
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', (d: string) => {
+      s += d;
+      if (s.length > 1 << 20) reject(new CniError(CniCode.decodeFailure, 'stdin: more than 1 MiB'));
+    });
+    process.stdin.on('end', () => resolve(s));
+    process.stdin.on('error', reject);
+  });
+}

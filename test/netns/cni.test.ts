@@ -1,0 +1,277 @@
+/**
+ * tenc as a chained CNI plugin, through the real chain (Debian's /usr/lib/cni bridge
+ * with host-local, loopback, then tenc's launcher) run as a runtime would, on a one-node
+ * cluster of cluster.sh (prefix cq, project alpha protected, beta not):
+ *
+ *  1. the spec: ADD prints prevResult, CHECK, DEL, DEL again; ADD with a 0.4.0 chain;
+ *     bad stdin (not JSON, unknown field, no prevResult, no CNI_NETNS) gives the error
+ *     JSON with the spec's code and changes nothing; an unprotected namespace passes
+ *  2. first packet: an app started right after ADD sends to a project peer at once:
+ *     no plaintext on the node bridge, and it reaches the peer (encrypted) once known
+ *  3. agent down during ADD: code 11; the runtime's DEL + ADD after the agent is back works;
+ *     agent killed between ADD and DEL: DEL still cleans up
+ *  4. 50 pods added and deleted in a loop (5 at a time): nothing leaks, the agent's RSS
+ *     grows by less than a bound
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Netns, requireRoot, requireTool, sh, startCapture, readCaptureBytes } from './lib.js';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const main = join(root, 'dist', 'src', 'cli', 'main.js');
+const tool = join(root, 'dist', 'src', 'agent', 'cluster-tool.js');
+const script = join(root, 'netns-scripts', 'cluster.sh');
+const PREFIX = 'cq';
+const STATE = `/run/tenc-cluster/${PREFIX}`;
+const NODE = `${PREFIX}-n-node1`;
+const env = { ...process.env, CLUSTER_PREFIX: PREFIX, CLUSTER_PROTECT: 'alpha' };
+const clusterFile = `/tmp/${PREFIX}-cluster-${process.pid}.json`;
+const launcher = join(STATE, 'cni', 'bin', 'tenc');
+const agentSock = join(STATE, 'agents', 'node1.sock');
+
+function cluster(...args: string[]) {
+  return spawnSync('bash', [script, ...args], { env, encoding: 'utf8', timeout: 60_000 });
+}
+const nsName = (pod: string) => `${PREFIX}-${pod}`;
+
+/** Makes the pod's empty netns (as the runtime does) with its resolv.conf. */
+function makeNs(pod: string): void {
+  const ns = nsName(pod);
+  sh('ip', ['netns', 'add', ns]);
+  sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  mkdirSync(`/etc/netns/${ns}`, { recursive: true });
+  writeFileSync(`/etc/netns/${ns}/resolv.conf`, 'search alpha.svc.cluster.local\nnameserver 10.96.0.10\n');
+}
+function removeNs(pod: string): void {
+  spawnSync('ip', ['netns', 'del', nsName(pod)]);
+  rmSync(`/etc/netns/${nsName(pod)}`, { recursive: true, force: true });
+}
+/** The runtime: the node's conflist chain for a pod outside the cluster file. */
+function chain(cmd: 'ADD' | 'DEL' | 'CHECK', pod: string, address: string, project = 'alpha') {
+  return spawnSync('ip', ['netns', 'exec', NODE, 'node', tool, 'cni', cmd, STATE, PREFIX, pod, JSON.stringify({ node: 'node1', project, address })], { encoding: 'utf8', timeout: 30_000 });
+}
+function chainAsync(cmd: 'ADD' | 'DEL', pod: string, address: string): Promise<number | null> {
+  const c = spawn('ip', ['netns', 'exec', NODE, 'node', tool, 'cni', cmd, STATE, PREFIX, pod, JSON.stringify({ node: 'node1', project: 'alpha', address })], { stdio: 'ignore' });
+  return new Promise((r) => c.on('exit', (code) => r(code)));
+}
+/** tenc's launcher alone, as the runtime calls it. */
+function plugin(cniEnv: Record<string, string>, stdin: string) {
+  const r = spawnSync(launcher, [], { input: stdin, encoding: 'utf8', env: { PATH: process.env.PATH, CNI_PATH: join(STATE, 'cni', 'bin'), CNI_IFNAME: 'eth0', ...cniEnv } });
+  return { status: r.status, out: r.stdout ? JSON.parse(r.stdout) : null };
+}
+const proxies = (pod: string) =>
+  sh('ip', ['netns', 'pids', nsName(pod)])
+    .split('\n')
+    .filter((p) => {
+      try {
+        return p && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config');
+      } catch {
+        return false; // gone meanwhile
+      }
+    });
+const registrations = () => JSON.parse(readFileSync(join(STATE, 'agents', 'node1.run', 'registrations.json'), 'utf8')).registrations as { podName: string }[];
+const agentPid = () => Number(readFileSync(join(STATE, 'agents', 'node1.pid'), 'utf8'));
+const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+
+async function until(what: string, f: () => boolean, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timed out: ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+beforeAll(() => {
+  requireRoot();
+  for (const t of ['ip', 'nft', 'nsenter', 'dnsmasq', 'tcpdump']) requireTool(t);
+  for (const p of ['bridge', 'host-local', 'loopback']) if (!existsSync(`/usr/lib/cni/${p}`)) throw new Error(`/usr/lib/cni/${p} missing: run netns-scripts/deps.sh`);
+  if (!existsSync(tool)) throw new Error(`${tool} missing: npm run build`);
+  writeFileSync(
+    clusterFile,
+    JSON.stringify({
+      underlay: '10.200.0.0/24',
+      overlay: '10.201.0.0/24',
+      serviceCidr: '10.96.0.0/16',
+      dns: '10.96.0.10',
+      external: '10.250.0.1',
+      nodes: [{ name: 'node1', podCidr: '10.128.1.0/24' }],
+      projects: [{ name: 'alpha' }, { name: 'beta' }],
+      pods: [{ name: 'alpha-srv', project: 'alpha', node: 'node1', address: '10.128.1.10', labels: { app: 'srv' } }],
+      services: [],
+    }),
+  );
+  cluster('down');
+  const up = cluster('up', clusterFile);
+  if (up.status !== 0) throw new Error(`cluster.sh up: ${up.stderr}`);
+}, 60_000);
+
+afterAll(() => {
+  cluster('down');
+  rmSync(clusterFile, { force: true });
+  for (const n of sh('ip', ['netns', 'list']).split('\n')) if (n.startsWith(`${PREFIX}-`)) spawnSync('ip', ['netns', 'del', n.split(' ')[0]]);
+});
+
+describe('tenc cni (real chain)', () => {
+  it('1. spec: ADD, CHECK, DEL, DEL again; a 0.4.0 chain; bad stdin changes nothing; unprotected passes', () => {
+    makeNs('alpha-a');
+    const add = chain('ADD', 'alpha-a', '10.128.1.30');
+    expect(add.status, add.stderr).toBe(0);
+    const res = JSON.parse(add.stdout);
+    expect(res.cniVersion).toBe('1.0.0');
+    expect(res.ips[0].address).toBe('10.128.1.30/24'); // the bridge's result, unchanged
+    expect(proxies('alpha-a')).toHaveLength(1);
+    const n = Netns.attach(nsName('alpha-a'));
+    expect(n.ip('rule', 'show')).toContain('lookup 52100');
+    expect(n.exec('nft', 'list', 'tables')).toContain('tenc_tenc0');
+    const check = chain('CHECK', 'alpha-a', '10.128.1.30');
+    expect(check.status, check.stderr).toBe(0);
+    const del = chain('DEL', 'alpha-a', '10.128.1.30');
+    expect(del.status, del.stderr).toBe(0);
+    expect(proxies('alpha-a')).toEqual([]);
+    expect(n.exec('nft', 'list', 'ruleset')).toBe('');
+    expect(n.ip('rule', 'show')).not.toContain('52100');
+    expect(chain('DEL', 'alpha-a', '10.128.1.30').status).toBe(0); // DEL again
+    expect(registrations().map((r) => r.podName)).toEqual(['alpha-srv']); // the cluster file's pod only
+
+    // a 0.4.0 chain: the bridge returns the 0.4.0 form (ips[].version), tenc passes it on
+    const conf = join(STATE, 'cni', 'node1.conflist');
+    const orig = readFileSync(conf, 'utf8');
+    writeFileSync(conf, JSON.stringify({ ...JSON.parse(orig), cniVersion: '0.4.0' }));
+    try {
+      const a2 = chain('ADD', 'alpha-a', '10.128.1.31');
+      expect(a2.status, a2.stderr).toBe(0);
+      expect(JSON.parse(a2.stdout).ips[0]).toMatchObject({ version: '4', address: '10.128.1.31/24' });
+      expect(proxies('alpha-a')).toHaveLength(1);
+      expect(chain('DEL', 'alpha-a', '10.128.1.31').status).toBe(0);
+      expect(proxies('alpha-a')).toEqual([]);
+    } finally {
+      writeFileSync(conf, orig);
+    }
+
+    // bad input to tenc itself: the spec's error JSON, nothing registered or started
+    const base = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'bad1', CNI_NETNS: `/run/netns/${nsName('alpha-a')}`, CNI_ARGS: 'K8S_POD_NAMESPACE=alpha;K8S_POD_NAME=alpha-a' };
+    const good = { cniVersion: '1.0.0', name: 'x', type: 'tenc', agentSocket: agentSock, prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.128.1.32/24' }] } };
+    const cases: [Record<string, string>, string, number, RegExp][] = [
+      [base, 'not json', 6, /not JSON/],
+      [base, JSON.stringify({ ...good, colour: 'red' }), 7, /colour/],
+      [base, JSON.stringify({ ...good, prevResult: undefined }), 7, /prevResult/],
+      [{ ...base, CNI_NETNS: '' }, JSON.stringify(good), 4, /CNI_NETNS/],
+      [{ ...base, CNI_NETNS: '/etc/passwd' }, JSON.stringify(good), 7, /netns/],
+    ];
+    for (const [e, stdin, code, msg] of cases) {
+      const r = plugin(e, stdin);
+      expect(r.status).toBe(1);
+      expect(r.out).toMatchObject({ cniVersion: '1.0.0', code });
+      expect(r.out.msg).toMatch(msg);
+    }
+    expect(registrations().map((r) => r.podName)).toEqual(['alpha-srv']); // the cluster file's pod only
+    expect(proxies('alpha-a')).toEqual([]);
+    const v = plugin({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}');
+    expect(v.out.supportedVersions).toContain('1.0.0');
+
+    // beta is not protected: prevResult straight through, no proxy
+    makeNs('beta-b');
+    const b = chain('ADD', 'beta-b', '10.128.1.40', 'beta');
+    expect(b.status, b.stderr).toBe(0);
+    expect(proxies('beta-b')).toEqual([]);
+    expect(chain('DEL', 'beta-b', '10.128.1.40', 'beta').status).toBe(0);
+    removeNs('beta-b');
+    removeNs('alpha-a');
+  }, 60_000);
+
+  it('2. first packet: an app started right after ADD never sends plaintext to a project pod, and reaches it once the peer is known', async () => {
+    const marker = `TENC-FIRST-PACKET-${process.pid}`;
+    const srv = spawn('ip', ['netns', 'exec', nsName('alpha-srv'), 'node', '-e', `
+      const s = require('dgram').createSocket('udp4'); s.bind(7000);
+      s.on('message', (m) => { if (String(m).includes('${marker}')) { console.log('got'); process.exit(0); } });`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const got = new Promise<boolean>((r) => srv.on('exit', (c) => r(c === 0)));
+    // the API server knows the pod before its sandbox is made: only then do peers trust its key
+    const pod = { name: 'alpha-c', project: 'alpha', node: 'node1', address: '10.128.1.50', labels: { app: 'cli' } };
+    expect(spawnSync('node', [tool, 'add-pod', STATE, PREFIX, JSON.stringify(pod)]).status).toBe(0);
+    expect(spawnSync('node', [tool, 'sync', STATE, PREFIX]).status).toBe(0);
+    const cap = await startCapture(Netns.attach(NODE), 'br0');
+    makeNs('alpha-c');
+    const add = chain('ADD', 'alpha-c', '10.128.1.50');
+    expect(add.status, add.stderr).toBe(0);
+    // the "application": starts the moment ADD returned, sends every 20 ms
+    const app = spawn('ip', ['netns', 'exec', nsName('alpha-c'), 'node', '-e', `
+      const s = require('dgram').createSocket('udp4');
+      setInterval(() => s.send('${marker}', 7000, '10.128.1.10', () => {}), 20);`], { stdio: 'ignore' });
+    const ok = await Promise.race([got, new Promise<boolean>((r) => setTimeout(() => r(false), 15_000))]);
+    app.kill('SIGKILL');
+    srv.kill('SIGKILL');
+    await new Promise((r) => setTimeout(r, 200));
+    await cap.stop();
+    const bytes = readCaptureBytes(cap);
+    cap.remove();
+    expect(ok).toBe(true); // reached the peer (through tenc: the plaintext never crossed the bridge)
+    expect(bytes.length).toBeGreaterThan(100); // the capture saw traffic (tenc's)
+    expect(bytes.includes(Buffer.from(marker))).toBe(false);
+    expect(chain('DEL', 'alpha-c', '10.128.1.50').status).toBe(0);
+    removeNs('alpha-c');
+    spawnSync('node', [tool, 'remove-pod', STATE, PREFIX, 'alpha-c']);
+    spawnSync('node', [tool, 'sync', STATE, PREFIX]);
+  }, 60_000);
+
+  it('3. agent down during ADD: code 11, retry after it is back works; agent killed between ADD and DEL: DEL cleans up', async () => {
+    expect(cluster('agent-stop').status).toBe(0);
+    makeNs('alpha-d');
+    const failed = chain('ADD', 'alpha-d', '10.128.1.60');
+    expect(failed.status).not.toBe(0);
+    expect(failed.stderr).toMatch(/"code":11/);
+    expect(proxies('alpha-d')).toEqual([]);
+    expect(cluster('agent-start').status).toBe(0);
+    // the runtime: DEL of the failed sandbox, then ADD again
+    expect(chain('DEL', 'alpha-d', '10.128.1.60').status).toBe(0);
+    const retry = chain('ADD', 'alpha-d', '10.128.1.60');
+    expect(retry.status, retry.stderr).toBe(0);
+    expect(proxies('alpha-d')).toHaveLength(1);
+    // kill -9 the agent, start a new one: it adopts, DEL stops the proxy and cleans
+    process.kill(agentPid(), 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(cluster('agent-start').status).toBe(0);
+    const del = chain('DEL', 'alpha-d', '10.128.1.60');
+    expect(del.status, del.stderr).toBe(0);
+    expect(proxies('alpha-d')).toEqual([]);
+    const n = Netns.attach(nsName('alpha-d'));
+    expect(n.exec('nft', 'list', 'ruleset')).toBe('');
+    expect(n.ip('rule', 'show')).not.toContain('52100');
+    expect(registrations().map((r) => r.podName)).toEqual(['alpha-srv']);
+    removeNs('alpha-d');
+  }, 60_000);
+
+  it('4. 50 pods ADD/DEL in a loop: no leaked namespace, process, socket, route, nft table or state; agent RSS bounded', async () => {
+    const snap = () => ({
+      netns: sh('ip', ['netns', 'list']).split('\n').filter((l) => l.startsWith(`${PREFIX}-l`)).length,
+      sockets: readdirSync('/run/tenc').length,
+      nodeLinks: sh('ip', ['-n', NODE, '-o', 'link']).split('\n').length,
+      nodeRoutes: sh('ip', ['-n', NODE, 'route']),
+      nodeNft: sh('ip', ['netns', 'exec', NODE, 'nft', 'list', 'tables']),
+      ipam: readdirSync(join(STATE, 'cni', 'ipam'), { recursive: true }).length,
+      regs: registrations().length,
+      runFiles: readdirSync(join(STATE, 'agents', 'node1.run', 'alpha')).length,
+      proxies: spawnSync('pgrep', ['-fc', `${STATE}/agents/node1.run/`], { encoding: 'utf8' }).stdout.trim(),
+    });
+    const round = async (from: number, n: number) => {
+      const names = Array.from({ length: n }, (_, i) => [`l${from + i}`, `10.128.1.${100 + ((from + i) % 10)}`]);
+      for (const [p] of names) makeNs(p);
+      const adds = await Promise.all(names.map(([p, a]) => chainAsync('ADD', p, a)));
+      expect(adds).toEqual(names.map(() => 0));
+      const dels = await Promise.all(names.map(([p, a]) => chainAsync('DEL', p, a)));
+      expect(dels).toEqual(names.map(() => 0));
+      for (const [p] of names) removeNs(p);
+    };
+    const before = snap();
+    await round(0, 5); // warm-up
+    const rss0 = rssKiB(agentPid());
+    for (let i = 5; i < 50; i += 5) await round(i, 5);
+    const rss1 = rssKiB(agentPid());
+    expect(snap()).toEqual(before);
+    // flat: less than 16 MiB over 45 pods (a leak of a proxy's state would be far more)
+    expect(rss1 - rss0).toBeLessThan(16 * 1024);
+    console.log(`agent RSS after 5 pods ${rss0} KiB, after 50 ${rss1} KiB`);
+  }, 300_000);
+});

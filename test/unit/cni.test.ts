@@ -1,0 +1,84 @@
+/**
+ * The CNI plugin's skeleton and configuration checks (no agent needed: an
+ * unreachable agent must give code 11), and the agent's dual-stack desired state
+ * and process identity (pid + start time).
+ */
+import { describe, it, expect } from 'vitest';
+import { spawn } from 'node:child_process';
+import { runPlugin, parseCniArgs, CniCode } from '../../src/cni/skeleton.js';
+import { tencPlugin, prevResultAddresses, parseTencConfig } from '../../src/cni/plugin.js';
+import { desiredState, processStartTime, sameProcess } from '../../src/agent/agent.js';
+import type { PodInfo, ProjectView } from '../../src/registry/registry.js';
+
+const env = (o: Record<string, string>) => ({ CNI_CONTAINERID: 'c1', CNI_NETNS: '/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', CNI_ARGS: 'K8S_POD_NAMESPACE=alpha;K8S_POD_NAME=web-1;K8S_POD_UID=u1', ...o });
+const prev100 = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/x' }], ips: [{ address: '10.128.1.10/24', gateway: '10.128.1.1', interface: 0 }] };
+const prev040 = { cniVersion: '0.4.0', ips: [{ version: '4', address: '10.128.1.10/24', interface: 0 }, { version: '6', address: 'fd00::a/64' }] };
+const conf = (o: Record<string, unknown> = {}) => JSON.stringify({ cniVersion: '1.0.0', name: 'k8s', type: 'tenc', agentSocket: '/nonexistent/tenc-agent.sock', timeoutMs: 500, prevResult: prev100, ...o });
+
+async function run(e: Record<string, string>, stdin: string): Promise<{ code: number; out: any }> {
+  let s = '';
+  const code = await runPlugin(tencPlugin, { env: e, stdin: async () => stdin, stdout: (x) => (s += x) });
+  return { code, out: s === '' ? null : JSON.parse(s) };
+}
+
+describe('tenc cni skeleton', () => {
+  it('VERSION lists the supported versions', async () => {
+    const r = await run({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}');
+    expect(r.code).toBe(0);
+    expect(r.out.supportedVersions).toEqual(['0.4.0', '1.0.0', '1.1.0']);
+  });
+  it.each([
+    ['stdin not JSON', { CNI_COMMAND: 'ADD' }, 'not json', CniCode.decodeFailure, /not JSON/],
+    ['unknown field', { CNI_COMMAND: 'ADD' }, conf({ bogus: 1 }), CniCode.invalidNetworkConfig, /bogus/],
+    ['bad timeoutMs', { CNI_COMMAND: 'ADD' }, conf({ timeoutMs: 'x' }), CniCode.invalidNetworkConfig, /timeoutMs/],
+    ['missing prevResult', { CNI_COMMAND: 'ADD' }, conf({ prevResult: undefined }), CniCode.invalidNetworkConfig, /prevResult/],
+    ['missing CNI_NETNS', { CNI_COMMAND: 'ADD', CNI_NETNS: '' }, conf(), CniCode.invalidEnv, /CNI_NETNS/],
+    ['bad CNI_COMMAND', { CNI_COMMAND: 'FOO' }, conf(), CniCode.invalidEnv, /CNI_COMMAND/],
+    ['unsupported version', { CNI_COMMAND: 'ADD' }, conf({ cniVersion: '0.2.0' }), CniCode.incompatibleVersion, /0\.2\.0/],
+    ['no pod args', { CNI_COMMAND: 'ADD', CNI_ARGS: 'IP=10.1.1.1' }, conf(), CniCode.invalidEnv, /K8S_POD_NAMESPACE/],
+    ['agent down on ADD', { CNI_COMMAND: 'ADD' }, conf(), CniCode.tryAgainLater, /not reachable/],
+    ['agent down on DEL', { CNI_COMMAND: 'DEL' }, conf(), CniCode.tryAgainLater, /not reachable/],
+    ['agent down on STATUS', { CNI_COMMAND: 'STATUS' }, conf({ cniVersion: '1.1.0' }), CniCode.pluginNotAvailable, /not reachable/],
+  ])('%s: error JSON with code %#', async (_n, e, stdin, code, msg) => {
+    const r = await run(env(e as Record<string, string>), stdin as string);
+    expect(r.code).toBe(1);
+    expect(r.out.code).toBe(code);
+    expect(r.out.msg).toMatch(msg);
+    expect(Object.keys(r.out).sort()).toEqual(['cniVersion', 'code', 'details', 'msg']);
+  });
+  it('CNI_ARGS and prevResult in 0.4.0 and 1.0.0 form', () => {
+    expect(parseCniArgs('IgnoreUnknown=1;K8S_POD_NAME=a;IP=10.0.0.1')).toEqual({ IgnoreUnknown: '1', K8S_POD_NAME: 'a', IP: '10.0.0.1' });
+    expect(prevResultAddresses({ prevResult: prev100 })).toEqual(['10.128.1.10']);
+    expect(prevResultAddresses({ prevResult: prev040 })).toEqual(['10.128.1.10', 'fd00::a']);
+    expect(() => prevResultAddresses({ prevResult: { ips: [{ address: '10.1.1.1' }] } })).toThrow(/ips\[0\]\.address/);
+    expect(parseTencConfig({ type: 'tenc' })).toEqual({ agentSocket: '/run/tenc/agent.sock', timeoutMs: 5000 });
+    expect(() => parseTencConfig({ type: 'tenc', agentSocket: 'rel.sock' })).toThrow(/agentSocket/);
+  });
+});
+
+describe('agent: dual-stack pods and process identity', () => {
+  it('IPv6 pod addresses become /128 allowed IPs and members', () => {
+    const p = (name: string, a: string[]): PodInfo => ({ project: 'alpha', name, node: 'n1', address: a[0], addresses: a, labels: {}, netns: null });
+    const pods = [p('a', ['10.128.1.10', 'fd00:128::a']), p('b', ['10.128.1.11', 'fd00:128::b'])];
+    const view: ProjectView = {
+      pods,
+      services: [{ project: 'alpha', name: 's', vip: 'fd00:96::1', ports: [], selector: {} }],
+      endpoints: [{ project: 'alpha', service: 's', pods: [{ name: 'b', address: '10.128.1.11', node: 'n1' }] }],
+      peers: [{ project: 'alpha', pod: 'b', node: 'n1', publicKey: 'B'.repeat(43) + '=', endpoint: '10.128.1.11:51820' }],
+    };
+    const d = desiredState(view, pods[0]);
+    expect(d.peers[0].allowedIps).toEqual(['10.128.1.11/32', 'fd00:128::b/128', 'fd00:96::1/128']);
+    expect(d.members).toEqual(['10.128.1.10/32', '10.128.1.11/32', 'fd00:128::a/128', 'fd00:128::b/128', 'fd00:96::1/128']);
+  });
+  it('pid + start time name one process: a reaped child is no longer the same', async () => {
+    const c = spawn('sleep', ['5']);
+    await new Promise((r) => c.once('spawn', r));
+    const st = processStartTime(c.pid!);
+    expect(st).toMatch(/^\d+$/);
+    expect(sameProcess(c.pid!, st!)).toBe(true);
+    expect(sameProcess(c.pid!, String(Number(st) + 1))).toBe(false);
+    c.kill('SIGKILL');
+    await new Promise((r) => c.once('exit', r));
+    expect(sameProcess(c.pid!, st!)).toBe(false);
+  });
+});
