@@ -34,7 +34,9 @@ export const DEFAULT_TIMEOUT_MS = 2000;
 export function discoverPods(runDir: string, namespace: string | null = null, problems: string[] = []): PodTarget[] {
   let names: string[];
   try {
-    names = readdirSync(runDir).filter((n) => n.endsWith('.json')).sort();
+    names = readdirSync(runDir)
+      .filter((n) => n.endsWith('.json') && n !== 'registrations.json') // the node agent's own state file
+      .sort();
   } catch (e) {
     problems.push(`${runDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     return [];
@@ -62,20 +64,22 @@ export function discoverPods(runDir: string, namespace: string | null = null, pr
 /**
  * The pods of a node agent's run directory (src/agent/node.ts): one subdirectory per
  * project (<runDir>/<project>/<pod>.json), labelled with the project; `project` picks
- * one. Files at the top (the agent's registrations.json) are not pods.
+ * one. Pod configs at the top (a flat run directory, as one project's agent or a
+ * hand-made directory has) are found too, labelled `flatNamespace` (default `project`)
+ * or as discoverPods does.
  */
-export function discoverNodePods(runDir: string, project: string | null = null, problems: string[] = []): PodTarget[] {
-  let dirs: string[];
+export function discoverNodePods(runDir: string, project: string | null = null, problems: string[] = [], flatNamespace: string | null = project): PodTarget[] {
+  const flat = discoverPods(runDir, flatNamespace, problems);
+  let dirs: string[] = [];
   try {
     dirs = readdirSync(runDir, { withFileTypes: true })
       .filter((d) => d.isDirectory() && /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(d.name) && (project === null || d.name === project))
       .map((d) => d.name)
       .sort();
-  } catch (e) {
-    problems.push(`${runDir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    return [];
+  } catch {
+    // reported by discoverPods
   }
-  return dirs.flatMap((d) => discoverPods(join(runDir, d), d, problems));
+  return [...flat, ...dirs.flatMap((d) => discoverPods(join(runDir, d), d, problems))];
 }
 
 /** Every agent run directory under dir (agent-*), for a node-wide view. */

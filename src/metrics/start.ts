@@ -11,11 +11,13 @@ import type { Logger } from '../log.js';
 export async function startAgentMetrics(
   address: string,
   runDir: string,
+  /** The namespace label of pod configs at the top of runDir (one project's agent); null: from each config. */
+  project: string | null,
   version: string | undefined,
   log: Logger,
 ): Promise<{ agent: AgentMetrics; server: MetricsServer | null; error: string | null }> {
   const agent = new AgentMetrics();
-  const server = new MetricsServer({ address, version, log, own: agent.registry, targets: () => discoverNodePods(runDir) });
+  const server = new MetricsServer({ address, version, log, own: agent.registry, targets: () => discoverNodePods(runDir, null, [], project) });
   try {
     await server.listen();
     return { agent, server, error: null };

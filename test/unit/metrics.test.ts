@@ -1,12 +1,12 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { renderPods, dataPlaneLabels, type PodSample } from '../../src/metrics/render.js';
 import { MAX_PEERS_PER_POD, POD_METRICS, SCRAPE_METRICS, AGENT_METRICS, AGENT_HISTOGRAMS } from '../../src/metrics/names.js';
-import { discoverPods, gatherStatus } from '../../src/metrics/gather.js';
+import { discoverNodePods, discoverPods, gatherStatus } from '../../src/metrics/gather.js';
 import { MetricsServer } from '../../src/metrics/server.js';
 import { parseListenAddress } from '../../src/metrics/address.js';
 import { AgentMetrics, instrumentRegistry } from '../../src/metrics/agent.js';
@@ -166,6 +166,23 @@ describe('gathering and the /metrics server over control sockets', () => {
     expect(problems[0]).toContain('garbage.json');
     expect(discoverPods(join(dir, 'nope'), null, problems)).toEqual([]);
     expect(problems[1]).toContain('ENOENT');
+  });
+
+  it("a node agent's run directory: one subdirectory per project, its state file is not a pod", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tenc-nodepods-'));
+    try {
+      writeFileSync(join(dir, 'registrations.json'), '{"pods": []}');
+      for (const [project, pod] of [['alpha', 'a1'], ['alpha', 'a2'], ['beta', 'b1']]) {
+        mkdirSync(join(dir, project), { recursive: true });
+        writeFileSync(join(dir, project, `${pod}.json`), JSON.stringify({ controlSocket: `/run/x/${pod}.sock` }));
+      }
+      const problems: string[] = [];
+      expect(discoverNodePods(dir, null, problems).map((x) => [x.namespace, x.pod])).toEqual([['alpha', 'a1'], ['alpha', 'a2'], ['beta', 'b1']]);
+      expect(discoverNodePods(dir, 'beta', problems).map((x) => [x.namespace, x.pod])).toEqual([['beta', 'b1']]);
+      expect(problems).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a pod that hangs is reported down after the timeout; the others still answer; the cap is kept', async () => {
