@@ -5,8 +5,7 @@
  * as the fallback for missed events).
  *
  *   DIR/projects/<project>.json                  Namespace, annotation tenc.io/psk-file
- *   DIR/pods/<project>/<pod>.json                Pod (spec.nodeName, status.podIP, labels,
- *                                                annotation tenc.io/netns)
+ *   DIR/pods/<project>/<pod>.json                Pod (spec.nodeName, status.podIP(s), labels)
  *   DIR/services/<project>/<service>.json        Service (spec.clusterIP, ports, selector)
  *   DIR/endpointslices/<project>/<service>.json  EndpointSlice of the service
  *   DIR/peers/<project>/<node>/<pod>.json        what the agent of <node> published for its
@@ -26,8 +25,8 @@
  */
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch as fsWatch, writeFileSync, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
-import type { ServicePort } from '../control/config.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, Registry, ServiceInfo, Watch } from './registry.js';
+import { endpointsFromObject, peerFromObject, podFromObject, serviceFromObject } from './objects.js';
 
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const RESCAN_MS = 1000;
@@ -102,48 +101,25 @@ export class DirectoryRegistry implements Registry {
       .sort();
   }
 
-  async pods(project: string): Promise<PodInfo[]> {
-    const out: PodInfo[] = [];
-    for (const o of readJsonDir(this.sub('pods', project), this.onProblem) as Obj[]) {
-      const m = o?.metadata;
-      if (!str(m?.name) || !str(o?.spec?.nodeName) || !str(o?.status?.podIP)) continue;
-      const ips: string[] = Array.isArray(o.status.podIPs) ? o.status.podIPs.map((x: Obj) => x?.ip).filter(str) : [];
-      out.push({
-        project,
-        name: m.name,
-        node: o.spec.nodeName,
-        address: o.status.podIP,
-        addresses: [o.status.podIP, ...ips.filter((ip) => ip !== o.status.podIP)],
-        labels: { ...(m.labels ?? {}) },
-        netns: str(m.annotations?.['tenc.io/netns']) ? m.annotations['tenc.io/netns'] : null,
-      });
+  private parsed<T>(kind: string, project: string, parse: (project: string, o: Obj) => T | null): T[] {
+    const out: T[] = [];
+    for (const o of readJsonDir(this.sub(kind, project), this.onProblem) as Obj[]) {
+      const v = parse(project, o);
+      if (v !== null) out.push(v);
     }
     return out;
+  }
+
+  async pods(project: string): Promise<PodInfo[]> {
+    return this.parsed('pods', project, podFromObject);
   }
 
   async services(project: string): Promise<ServiceInfo[]> {
-    const out: ServiceInfo[] = [];
-    for (const o of readJsonDir(this.sub('services', project), this.onProblem) as Obj[]) {
-      if (!str(o?.metadata?.name) || !str(o?.spec?.clusterIP) || !Array.isArray(o.spec.ports)) continue;
-      const ports: ServicePort[] = o.spec.ports
-        .filter((p: Obj) => (p?.protocol === 'TCP' || p?.protocol === 'UDP') && Number.isInteger(p.port))
-        .map((p: Obj) => ({ protocol: p.protocol.toLowerCase(), port: p.port }));
-      out.push({ project, name: o.metadata.name, vip: o.spec.clusterIP, ports, selector: { ...(o.spec.selector ?? {}) } });
-    }
-    return out;
+    return this.parsed('services', project, serviceFromObject);
   }
 
   async endpoints(project: string): Promise<EndpointsInfo[]> {
-    const out: EndpointsInfo[] = [];
-    for (const o of readJsonDir(this.sub('endpointslices', project), this.onProblem) as Obj[]) {
-      const service = o?.metadata?.labels?.['kubernetes.io/service-name'];
-      if (!str(service) || !Array.isArray(o.endpoints)) continue;
-      const pods = (o.endpoints as Obj[])
-        .filter((e) => str(e?.addresses?.[0]) && str(e?.targetRef?.name) && e?.conditions?.ready !== false)
-        .map((e) => ({ name: e.targetRef.name as string, address: e.addresses[0] as string, node: str(e.nodeName) ? e.nodeName : '' }));
-      out.push({ project, service, pods });
-    }
-    return out;
+    return this.parsed('endpointslices', project, endpointsFromObject);
   }
 
   async peers(project: string): Promise<PeerInfo[]> {
@@ -184,8 +160,8 @@ export class DirectoryRegistry implements Registry {
           if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.onProblem(file, (e as Error).message);
           continue;
         }
-        if (!str(o?.pod) || !str(o?.publicKey) || !str(o?.endpoint) || `${o.pod}.json` !== n) continue;
-        out.push({ project, pod: o.pod, node, publicKey: o.publicKey, endpoint: o.endpoint });
+        const peer = peerFromObject(project, node, n.slice(0, -'.json'.length), o);
+        if (peer !== null) out.push(peer);
       }
     }
     return out;

@@ -6,7 +6,7 @@
  *   /tenc/secrets/<project>/psk                    Secret: data.psk is the base64 of the
  *                                                  project's psk file (`wg genpsk` form)
  *   /tenc/pods/<project>/<pod>                     Pod (spec.nodeName, status.podIP(s),
- *                                                  labels, annotation tenc.io/netns)
+ *                                                  labels)
  *   /tenc/services/<project>/<service>             Service
  *   /tenc/endpointslices/<project>/<service>       EndpointSlice of the service
  *   /tenc/nodes/<node>/peers/<project>/<pod>       what the agent of <node> published for

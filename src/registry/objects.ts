@@ -13,7 +13,11 @@ const str = (v: unknown): v is string => typeof v === 'string';
 export const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const isName = (v: unknown): v is string => str(v) && v.length <= 63 && NAME.test(v);
 
-/** A Pod: spec.nodeName, status.podIP (and podIPs), labels, annotation tenc.io/netns. */
+/**
+ * A Pod: spec.nodeName, status.podIP (and podIPs), labels. Never a netns: a pod's
+ * network namespace comes only from the CNI registration on the node (a registry
+ * object, e.g. an annotation, is something a tenant may write).
+ */
 export function podFromObject(project: string, o: Obj): PodInfo | null {
   const m = o?.metadata;
   if (!str(m?.name) || !str(o?.spec?.nodeName) || !str(o?.status?.podIP)) return null;
@@ -25,7 +29,7 @@ export function podFromObject(project: string, o: Obj): PodInfo | null {
     address: o.status.podIP,
     addresses: [o.status.podIP, ...ips.filter((ip) => ip !== o.status.podIP)],
     labels: { ...(m.labels ?? {}) },
-    netns: str(m.annotations?.['tenc.io/netns']) ? m.annotations['tenc.io/netns'] : null,
+    netns: null,
   };
 }
 

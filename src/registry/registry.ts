@@ -5,8 +5,8 @@
  *
  *   projects()           the protected projects (Namespaces opted in)
  *   pods(project)        Pods of namespace `project` (spec.nodeName, status.podIP,
- *                        metadata.labels; the netns from the CRI sandbox, here an
- *                        annotation tenc.io/netns)
+ *                        metadata.labels; never a netns: that comes only from
+ *                        the CNI registration on the node)
  *   services(project)    Services (spec.clusterIP, spec.ports, spec.selector)
  *   endpoints(project)   EndpointSlices (label kubernetes.io/service-name)
  *   pskFile(project)     a per-project Secret, mounted as a file
