@@ -373,6 +373,7 @@ agent_start() {
   while read -r name ns; do
     f=$STATE/agents/$name
     if [ -f "$f.pid" ] && alive "$(cat "$f.pid")"; then continue; fi
+    rm -f "$f.sock" # a killed agent's socket: wait for the new agent's, not this one
     # shellcheck disable=SC2046
     setsid $(agent_where "$ns") node "$tenc_js" agent --registry "$(agent_registry "$name")" --node "$name" --project "$(cat "$STATE/protect")" \
       --socket "$f.sock" --classify-cidrs "$ranges" --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &

@@ -122,7 +122,7 @@ export class Pod implements ControlHandler {
       ...(this.dns ? { dns: { ...this.dns.status(), ...(this.misses ? { routeMisses: this.missStatus(this.misses) } : {}) } } : {}),
       pid: process.pid,
       startTime: this.startTime,
-      enforce: this.enforcement !== null,
+      enforce: this.config.enforce,
     };
   }
 

@@ -142,8 +142,11 @@ describe('enforcement', () => {
       expect(seen.filter((m) => leaked.includes(m))).toEqual([]);
       // no TCP to port 8080 of any project address on the wire (curl's SYNs)
       expect(wire.filter((l) => /\.8080: Flags \[S\]/.test(l))).toEqual([]);
-      // 14 UDP datagrams and curl's SYN attempts were counted
-      expect(outDrops() - drops0).toBeGreaterThanOrEqual(leaked.length + 3);
+      // the 14 UDP datagrams were counted; curl's SYNs are counted only when the route
+      // lookup lets them reach the output hook (to a guarded destination connect() fails
+      // with "no route to host" first, and nothing is sent at all): the wire check above
+      // is what proves none left
+      expect(outDrops() - drops0).toBeGreaterThanOrEqual(leaked.length);
     } finally {
       expect(await stopPod(pod)).toBe(0);
     }

@@ -55,7 +55,7 @@ beforeAll(async () => {
   x = topo.addPod('x', 50);
   for (const s of SOURCES) x.ip('addr', 'add', `${s}/24`, 'dev', 'eth0');
   dir = mkdtempSync(join(tmpdir(), 'tenc-flood-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'));
+  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
   writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: [A.v4, A.v6], pskFile: 'psk', listenPort: PORT }));
   writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: [B.v4, B.v6], pskFile: 'psk', listenPort: PORT }));
   [podA, podB] = await Promise.all([startPod(a, join(dir, 'a.json')), startPod(b, join(dir, 'b.json'))]);

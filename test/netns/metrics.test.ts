@@ -177,14 +177,18 @@ describe('Prometheus scrapes tenc pod --metrics-address', () => {
     const gone = new Promise((r) => agent.once('exit', r));
     try {
       let text = '';
-      for (let i = 0; i < 40 && !/tenc_agent_reconciles_total\{result="(ok|error)"\} [1-9]/.test(text); i++) {
+      // the node agent runs a project's reconciler from the project's first CNI
+      // registration on (none here: its counters are covered by test/unit/metrics.test.ts
+      // and the cluster); here: the run directory's pods and the agent's own families
+      for (let i = 0; i < 40 && !text.includes('tenc_pod_up{namespace="alpha",pod="b"} 1'); i++) {
         await sleep(250);
         text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text(), () => '');
       }
       expect(text).toContain('tenc_pod_up{namespace="alpha",pod="a"} 1');
       expect(text).toContain('tenc_pod_up{namespace="alpha",pod="b"} 1');
-      expect(text).toMatch(/tenc_agent_reconciles_total\{result="(ok|error)"\} [1-9]/);
-      expect(text).toMatch(/tenc_agent_registry_requests_total\{op="\w+",result="\w+"\} [1-9]/);
+      expect(text).toContain('# TYPE tenc_agent_reconciles_total counter');
+      expect(text).toContain('# TYPE tenc_agent_registry_requests_total counter');
+      expect(text).toMatch(/^process_resident_memory_bytes \d+/m);
     } finally {
       agent.kill('SIGTERM');
       await Promise.race([gone, sleep(5000)]);
