@@ -26,30 +26,20 @@ import { dirname, join } from 'node:path';
 import { socketIsLive } from '../control/socket.js';
 import { parseAddress } from '../control/config.js';
 import { silentLogger, type Logger } from '../log.js';
-import type { Registry } from '../registry/registry.js';
-import { Agent, type ProxyId, type Registration } from './agent.js';
-import type { AgentHooks } from '../metrics/agent.js';
+import { Agent, type AgentOptions, type ProxyId, type Registration } from './agent.js';
 
 export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
 const MAX_LINE = 64 * 1024;
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
 
-export interface NodeAgentOptions {
-  registry: Registry;
-  node: string;
+/** The reconcilers' options the node agent passes on to each project's Agent, and its own. */
+export interface NodeAgentOptions extends Pick<AgentOptions, 'registry' | 'node' | 'log' | 'tencMain' | 'podLogLevel' | 'dns' | 'classifyCidrs' | 'hooks'> {
   /** Only these projects (default: every project registry.projects() lists). */
   projects?: string[];
   socket?: string;
-  /** Directory (0700) for the state file and the pods' configs and logs. */
+  /** Directory (0700) for the state file and, per project, the pods' configs and logs. */
   runDir: string;
-  log?: Logger;
-  tencMain?: string;
-  podLogLevel?: string;
-  dns?: boolean;
-  classifyCidrs?: string[];
-  /** Metrics hooks of every project's reconciler (src/metrics/agent.ts); default none. */
-  hooks?: AgentHooks;
 }
 
 class RequestError extends Error {
