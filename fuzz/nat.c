@@ -1,6 +1,6 @@
 /* nat.c: libFuzzer harness of the LocalService DNAT (native/nat.c) on inner
- * packets as the receive path hands them over (validated as engine.c's
- * inner_check does: IPv4 header length and total length, IPv6 payload length).
+ * packets as the receive path hands them over (validated by the engine's own
+ * gate, tenc_inner_check in nat.h: IPv4 header length and total length, IPv6 payload length).
  * Services: 10.96.0.10 tcp/80 and udp/53 -> 10.0.0.1, 10.96.0.11 any port ->
  * 10.0.0.1, fd00:96::10 tcp/80 -> fd00::1.
  * Input: records (u16 length, then the packet), each copied into a buffer of
@@ -17,25 +17,6 @@
 static tenc_nat nat;
 static int ready;
 
-static int validated(const uint8_t *p, uint32_t len, uint32_t *iplen) {
-  if (len < 1) return 0;
-  int v = p[0] >> 4;
-  if (v == 4) {
-    if (len < 20) return 0;
-    uint32_t ihl = (p[0] & 15) * 4u, tot = (uint32_t)p[2] << 8 | p[3];
-    if (ihl < 20 || tot < ihl || tot > len) return 0;
-    *iplen = tot;
-    return 4;
-  }
-  if (v == 6) {
-    if (len < 40) return 0;
-    uint32_t tot = 40u + ((uint32_t)p[4] << 8 | p[5]);
-    if (tot > len) return 0;
-    *iplen = tot;
-    return 6;
-  }
-  return 0;
-}
 
 static int ip4_ok(const uint8_t *p) { return tenc_csum_fold(tenc_csum_add(0, p, (p[0] & 15) * 4u)) == 0xffff; }
 /* -1: not checkable (not TCP/UDP, fragment, UDP/IPv4 without checksum) */
@@ -82,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   uint64_t now = 1;
   while ((pkt = fz_record(&in, &rlen)) != NULL) {
     uint32_t len;
-    int v = validated(pkt, rlen, &len);
+    int v = tenc_inner_check(pkt, rlen, &len);
     if (v && len) {
       uint8_t *before = malloc(len);
       memcpy(before, pkt, len);

@@ -313,28 +313,6 @@ static void count_tx(tenc_engine *e, uint32_t peer, uint32_t bytes, int data, ui
   if (data) cset(&c[TENC_P_LAST_TX_DATA_MS], now);
 }
 
-/* Inner packet check shared by both directions: returns the IP version and sets
- * *iplen to the packet's own length (<= len), or 0 when it is not a valid
- * IPv4/IPv6 packet. */
-static int inner_check(const uint8_t *p, uint32_t len, uint32_t *iplen) {
-  if (len < 1) return 0;
-  int v = p[0] >> 4;
-  if (v == 4) {
-    if (len < 20) return 0;
-    uint32_t ihl = (p[0] & 15) * 4u, tot = (uint32_t)p[2] << 8 | p[3];
-    if (ihl < 20 || tot < ihl || tot > len) return 0;
-    *iplen = tot;
-    return 4;
-  }
-  if (v == 6) {
-    if (len < 40) return 0;
-    uint32_t tot = 40u + ((uint32_t)p[4] << 8 | p[5]);
-    if (tot > len) return 0;
-    *iplen = tot;
-    return 6;
-  }
-  return 0;
-}
 
 /* ---- queue --------------------------------------------------------------- */
 
@@ -571,7 +549,7 @@ static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
     txrec *r = &t->recs[i];
     uint8_t *pkt = r->buf + TENC_HEADROOM;
     uint32_t iplen;
-    int v = inner_check(pkt, r->len, &iplen);
+    int v = tenc_inner_check(pkt, r->len, &iplen);
     if (!v) {
       drop(e, -1, TENC_D_NO_ROUTE, 1);
       continue;
@@ -1001,7 +979,7 @@ static void rx_open(tenc_engine *e, struct tenc_rx *x, const rxpend *q, uint64_t
     return;
   }
   uint32_t iplen;
-  int v = inner_check(pt, clen, &iplen);
+  int v = tenc_inner_check(pt, clen, &iplen);
   if (!v) {
     drop(e, p->id, TENC_D_BAD_INNER, 1);
     return;

@@ -49,4 +49,28 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms);
 /* Send side: rewrites the source of replies of known flows. Returns 1 rewritten. */
 int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len);
 
+/* The receive and send paths' gate for an inner packet (engine.c; the NAT functions
+ * rely on it): returns the IP version and sets *iplen to the packet's own length
+ * (<= len), or 0 when it is not a valid IPv4/IPv6 packet (IPv4 header length and
+ * total length, IPv6 payload length). */
+static inline int tenc_inner_check(const uint8_t *p, uint32_t len, uint32_t *iplen) {
+  if (len < 1) return 0;
+  int v = p[0] >> 4;
+  if (v == 4) {
+    if (len < 20) return 0;
+    uint32_t ihl = (p[0] & 15) * 4u, tot = (uint32_t)p[2] << 8 | p[3];
+    if (ihl < 20 || tot < ihl || tot > len) return 0;
+    *iplen = tot;
+    return 4;
+  }
+  if (v == 6) {
+    if (len < 40) return 0;
+    uint32_t tot = 40u + ((uint32_t)p[4] << 8 | p[5]);
+    if (tot > len) return 0;
+    *iplen = tot;
+    return 6;
+  }
+  return 0;
+}
+
 #endif
