@@ -40,11 +40,10 @@ import {
   makeIdentity,
   HANDSHAKE_REASONS,
   type HandshakeReason,
-  type LocalIdentity,
 } from '../noise/handshake.js';
 import { Keypair, type SlotChange } from '../noise/keypairs.js';
 import type { TimerAction } from '../noise/timers.js';
-import { systemClock, type Clock } from '../noise/types.js';
+import { systemClock, type Clock, type LocalIdentity } from '../noise/types.js';
 import { AllowedIps, canonicalCidr } from '../peer/allowedips.js';
 import { Peer } from '../peer/peer.js';
 import { PeerRegistry } from '../peer/registry.js';

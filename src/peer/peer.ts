@@ -4,10 +4,9 @@
  * shows. Protocol state only; the device (src/device/device.ts) drives it.
  */
 import type { Endpoint, PeerCounters, PeerId } from '../dataplane/plane.js';
-import type { HandshakePeer } from '../noise/handshake.js';
 import { Keypairs } from '../noise/keypairs.js';
 import { PeerTimers } from '../noise/timers.js';
-import type { Clock } from '../noise/types.js';
+import type { Clock, HandshakePeer } from '../noise/types.js';
 import { keyFingerprint } from '../log.js';
 
 export interface PeerInit {
