@@ -36,7 +36,7 @@ import {
   type PeerId,
   type PlaneEvent,
   type PlaneKeypair,
-} from './plane.js';
+} from '../device/plane.js';
 
 /** TUN_F_* bits (linux/if_tun.h) reported in TunDevice.offloads. */
 export const TUN_F = { CSUM: 0x01, TSO4: 0x02, TSO6: 0x04, USO4: 0x20, USO6: 0x40 } as const;

@@ -48,7 +48,7 @@ import {
   type PeerId,
   type PlaneEvent,
   type PlaneKeypair,
-} from './plane.js';
+} from '../device/plane.js';
 import type { Tun } from '../io/tun.js';
 import { sameEndpoint, type Bind, type Datagram } from '../io/bind.js';
 import { readInnerHeader } from '../io/ippacket.js';

@@ -27,7 +27,7 @@ import {
   type PeerCounters,
   type PeerId,
   type PlaneEvent,
-} from '../dataplane/plane.js';
+} from './plane.js';
 import {
   clearHandshake,
   consumeCookieReply,

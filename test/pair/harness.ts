@@ -9,7 +9,7 @@
  */
 import { Device, type LoggerLike } from '../../src/device/device.js';
 import { ReferencePlane } from '../../src/dataplane/reference.js';
-import type { Endpoint } from '../../src/dataplane/plane.js';
+import type { Endpoint } from '../../src/device/plane.js';
 import { FakeNetwork, FakeTun, type FakeBind } from '../../src/io/fake.js';
 import { makeIpPacket } from '../../src/io/ippacket.js';
 import { parseIp } from '../../src/peer/allowedips.js';

@@ -13,7 +13,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeFd, NativePlane, openUdp } from '../../src/dataplane/native.js';
-import type { PlaneEvent } from '../../src/dataplane/plane.js';
+import type { PlaneEvent } from '../../src/device/plane.js';
 import { computeMac1, mac1KeyFor } from '../../src/noise/cookie.js';
 import { aeadSeal } from '../../src/noise/kdf.js';
 import { generatePrivateKey, publicKeyFromPrivate } from '../../src/noise/keys.js';
