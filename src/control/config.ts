@@ -100,6 +100,10 @@ export class ConfigError extends Error {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Value parsers of the config's own fields (addresses, CIDRs and endpoints: src/net/address.ts).
+// parseKey32 also serves the control socket.
+
 /** Standard padded base64 of exactly 32 bytes, as strict as wg (src/noise/keys.ts parseKey). */
 export function parseKey32(v: unknown): Parsed<Uint8Array> {
   if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
