@@ -29,26 +29,27 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startCapture, type Netns } from './lib.js';
 import {
   GATEWAY,
-  POD_ADDR,
-  Topology,
   pcapUdp,
   ping,
   pingUntil,
+  POD_ADDR,
   prepare,
   runTool,
+  startCapture,
   startPod,
-  stopAllPods,
   status,
+  stopAllPods,
   tenc,
   tencHost,
+  Topology,
   waitFor,
+  type Netns,
   type PodProc,
   type StatusJson,
   type UdpDatagram,
-} from './accept-lib.js';
+} from './lib.js';
 
 const PORT = 51820;
 const A = POD_ADDR(1);

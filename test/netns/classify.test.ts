@@ -19,8 +19,24 @@ import { spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Netns, snapshot, startCapture, readCaptureBytes, type NetSnapshot } from './lib.js';
-import { Topology, prepare, startPod, stopPod, stopAllPods, tenc, main, pairUp, control, waitFor, type PodProc } from './accept-lib.js';
+import {
+  control,
+  main,
+  Netns,
+  pairUp,
+  prepare,
+  readCaptureBytes,
+  snapshot,
+  startCapture,
+  startPod,
+  stopAllPods,
+  stopPod,
+  tenc,
+  Topology,
+  waitFor,
+  type NetSnapshot,
+  type PodProc,
+} from './lib.js';
 
 const PREFIX = `tcls${process.pid % 100000}`;
 const TABLE = 52100; // the config default

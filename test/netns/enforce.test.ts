@@ -24,9 +24,26 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Netns, destroyAll, veth, snapshot, startCapture, requireRoot, requireTool, readCaptureBytes, type Capture } from './lib.js';
+import {
+  control,
+  destroyAll,
+  main,
+  Netns,
+  readCaptureBytes,
+  requireRoot,
+  requireTool,
+  root,
+  snapshot,
+  startCapture,
+  startPod,
+  status,
+  stopAllPods,
+  stopPod,
+  tencHost,
+  veth,
+  type Capture,
+} from './lib.js';
 import { ensureBuilt } from '../build.js';
-import { startPod, stopPod, stopAllPods, tencHost, status, control, root, main } from './accept-lib.js';
 
 const sender = join(root, 'test', 'netns', 'egress-send.py');
 const PEER_KEY = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';

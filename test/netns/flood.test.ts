@@ -23,7 +23,22 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Netns } from './lib.js';
-import { POD_ADDR, Topology, pairUp, pingUntil, prepare, root, rssKiB, startPod, status, stopAllPods, tenc, tencHost, waitFor, type PodProc } from './accept-lib.js';
+import {
+  pairUp,
+  pingUntil,
+  POD_ADDR,
+  prepare,
+  root,
+  rssKiB,
+  startPod,
+  status,
+  stopAllPods,
+  tenc,
+  tencHost,
+  Topology,
+  waitFor,
+  type PodProc,
+} from './lib.js';
 
 const PORT = 51820;
 const A = POD_ADDR(1);

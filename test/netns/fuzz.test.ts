@@ -26,27 +26,28 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startCapture, type Netns } from './lib.js';
 import {
-  POD_ADDR,
-  Topology,
   pairUp,
   pcapUdp,
   ping,
   pingUntil,
+  POD_ADDR,
   prepare,
   rssKiB,
   sha256,
+  startCapture,
   startPod,
+  status,
   stopAllPods,
   stopPod,
-  status,
   tencHost,
   tools,
+  Topology,
   waitFor,
+  type Netns,
   type PodProc,
   type StatusJson,
-} from './accept-lib.js';
+} from './lib.js';
 
 const PORT = 51820;
 const A = POD_ADDR(1);

@@ -29,9 +29,20 @@ import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, destroyAll, veth, startCapture, requireRoot, requireTool, sh } from './lib.js';
+import {
+  destroyAll,
+  Netns,
+  requireRoot,
+  requireTool,
+  sh,
+  startCapture,
+  startPod,
+  stopAllPods,
+  stopPod,
+  veth,
+  type PodProc,
+} from './lib.js';
 import { ensureBuilt } from '../build.js';
-import { startPod, stopAllPods, stopPod, type PodProc } from './accept-lib.js';
 import { WireguardGo, stopAllWireguardGo } from './interop-wg.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));

@@ -24,9 +24,8 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Netns, destroyAll, veth, requireRoot, requireTool } from './lib.js';
+import { destroyAll, main, Netns, requireRoot, requireTool, startPod, stopAllPods, tenc, tencHost, veth, type PodProc } from './lib.js';
 import { ensureBuilt } from '../build.js';
-import { startPod, stopAllPods, tenc, tencHost, main, type PodProc } from './accept-lib.js';
 import { keyFingerprint } from '../../src/log.js';
 
 let a: Netns;

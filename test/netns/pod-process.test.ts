@@ -20,9 +20,20 @@ import { mkdtempSync, rmSync, writeFileSync, existsSync, readFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, destroyAll, veth, snapshot, startCapture, requireRoot, requireTool, type NetSnapshot } from './lib.js';
+import {
+  destroyAll,
+  Netns,
+  requireRoot,
+  requireTool,
+  snapshot,
+  startCapture,
+  startPod,
+  stopAllPods,
+  tenc,
+  veth,
+  type NetSnapshot,
+} from './lib.js';
 import { ensureBuilt } from '../build.js';
-import { startPod, stopAllPods, tenc } from './accept-lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');

@@ -29,26 +29,27 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startCapture, type Netns } from './lib.js';
 import {
   GATEWAY,
-  POD_ADDR,
-  Topology,
   marker,
   pairUp,
   pcapUdp,
   ping,
   pingUntil,
+  POD_ADDR,
   prepare,
   runTool,
   sha256,
+  startCapture,
   startPod,
   stopAllPods,
   stopPod,
   tencHost,
   tools,
+  Topology,
+  type Netns,
   type PodProc,
-} from './accept-lib.js';
+} from './lib.js';
 
 const PORT = 51820;
 const A = POD_ADDR(1);
