@@ -16,8 +16,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   control,
@@ -25,6 +24,7 @@ import {
   Netns,
   pairUp,
   prepare,
+  projectDir,
   readCaptureBytes,
   snapshot,
   startCapture,
@@ -34,6 +34,7 @@ import {
   tenc,
   Topology,
   waitFor,
+  writeConfig,
   type NetSnapshot,
   type PodProc,
 } from './lib.js';
@@ -99,17 +100,13 @@ beforeAll(async () => {
   httpServer(b, 'alpha-b-6d1e');
   httpServer(c, 'beta-c-90f2');
   httpServer(d, 'alpha-d-c47a');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-classify-'));
-  writeFileSync(join(dir, 'psk'), spawnSync('node', [main, 'genpsk'], { encoding: 'utf8' }).stdout, { mode: 0o600 });
-  writeFileSync(
-    join(dir, 'a.json'),
-    JSON.stringify({
-      addresses: ['10.77.0.1', 'fd00:77::1'],
-      pskFile: 'psk',
-      dns: { maxTtl: 5, upstreamTimeout: 500, classifyCidrs: ['10.77.0.0/24', 'fd00:77::/64'] },
-    }),
-  );
-  writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk' }));
+  dir = projectDir('classify');
+  writeConfig(dir, 'a', {
+    addresses: ['10.77.0.1', 'fd00:77::1'],
+    pskFile: 'psk',
+    dns: { maxTtl: 5, upstreamTimeout: 500, classifyCidrs: ['10.77.0.0/24', 'fd00:77::/64'] },
+  });
+  writeConfig(dir, 'b', { addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk' });
   beforeA = snapshot(a);
   podA = await startPod(a, join(dir, 'a.json'));
   podB = await startPod(b, join(dir, 'b.json'));

@@ -28,15 +28,16 @@ import {
   pingUntil,
   POD_ADDR,
   prepare,
+  projectDir,
   root,
   rssKiB,
   startPod,
   status,
-  stopAllPods,
+  tearDown,
   tenc,
-  tencHost,
   Topology,
   waitFor,
+  writeConfig,
   type PodProc,
 } from './lib.js';
 
@@ -69,20 +70,14 @@ beforeAll(async () => {
   b = topo.ns('b');
   x = topo.addPod('x', 50);
   for (const s of SOURCES) x.ip('addr', 'add', `${s}/24`, 'dev', 'eth0');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-flood-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
-  writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: [A.v4, A.v6], pskFile: 'psk', listenPort: PORT }));
-  writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: [B.v4, B.v6], pskFile: 'psk', listenPort: PORT }));
-  [podA, podB] = await Promise.all([startPod(a, join(dir, 'a.json')), startPod(b, join(dir, 'b.json'))]);
+  dir = projectDir('flood');
+  const configA = writeConfig(dir, 'a', { addresses: [A.v4, A.v6], pskFile: 'psk', listenPort: PORT });
+  const configB = writeConfig(dir, 'b', { addresses: [B.v4, B.v6], pskFile: 'psk', listenPort: PORT });
+  [podA, podB] = await Promise.all([startPod(a, configA), startPod(b, configB)]);
   pairUp(a, podA, 1, b, podB, 2, PORT);
 }, 120_000);
 
-afterAll(async () => {
-  await stopAllPods();
-  topo?.down();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-  expect(topo?.leftovers() ?? []).toEqual([]);
-});
+afterAll(() => tearDown(topo, dir));
 
 describe('handshake flood with a valid mac1 from 64 addresses', () => {
   it('b keeps its TCP flow and completes a re-handshake; a refuses the excess, counted; memory bounded', async () => {

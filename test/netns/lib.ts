@@ -148,6 +148,25 @@ export function veth(a: Netns, ifA: string, b: Netns, ifB: string, mtu?: number)
   }
 }
 
+/**
+ * Two fresh namespaces joined by a veth pair named eth0 on both sides, with addresses:
+ *
+ *   [a] eth0 10.77.0.1/24 fd00:77::1/64 ------ eth0 10.77.0.2/24 fd00:77::2/64 [b]
+ */
+export function vethPair(
+  labelA: string,
+  labelB: string,
+  addrsA = ['10.77.0.1/24', 'fd00:77::1/64'],
+  addrsB = ['10.77.0.2/24', 'fd00:77::2/64'],
+): [Netns, Netns] {
+  const a = Netns.create(labelA);
+  const b = Netns.create(labelB);
+  veth(a, 'eth0', b, 'eth0');
+  a.addAddresses('eth0', addrsA);
+  b.addAddresses('eth0', addrsB);
+  return [a, b];
+}
+
 /** A bridge in `ns` with the given member interfaces (already in ns), all up. */
 export function bridge(ns: Netns, name: string, members: string[]): void {
   ns.ip('link', 'add', name, 'type', 'bridge');

@@ -21,10 +21,9 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { destroyAll, main, Netns, requireRoot, requireTool, startPod, stopAllPods, tenc, tencHost, veth, type PodProc } from './lib.js';
+import { main, Netns, projectDir, requireRoot, requireTool, startPod, tearDown, tenc, vethPair, type PodProc } from './lib.js';
 import { ensureBuilt } from '../build.js';
 import { keyFingerprint } from '../../src/log.js';
 
@@ -61,13 +60,8 @@ beforeAll(async () => {
   requireRoot();
   for (const t of ['ip', 'iperf3', 'curl', 'prometheus', 'promtool', 'ping', 'python3']) requireTool(t);
   ensureBuilt();
-  a = Netns.create('a');
-  b = Netns.create('b');
-  veth(a, 'eth0', b, 'eth0');
-  a.ip('addr', 'add', '10.79.0.1/24', 'dev', 'eth0');
-  b.ip('addr', 'add', '10.79.0.2/24', 'dev', 'eth0');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-metrics-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
+  [a, b] = vethPair('a', 'b', ['10.79.0.1/24'], ['10.79.0.2/24']);
+  dir = projectDir('metrics');
   // dir doubles as an agent run directory: <pod>.json naming each pod's control socket
   writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: ['10.79.0.1'], pskFile: 'psk', enforce: true, controlSocket: join(dir, 'a.sock') }));
   writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.79.0.2'], pskFile: 'psk', controlSocket: join(dir, 'b.sock') }));
@@ -95,9 +89,7 @@ afterAll(async () => {
     await Promise.race([gone, sleep(5000)]);
     prom.kill('SIGKILL');
   }
-  await stopAllPods();
-  destroyAll();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await tearDown(undefined, dir);
 });
 
 describe('Prometheus scrapes tenc pod --metrics-address', () => {
