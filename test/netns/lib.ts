@@ -307,24 +307,13 @@ export class Topology {
     return Netns.attach(`${this.prefix}-${letter}`);
   }
 
-  /** One more pod namespace on the bridge, built as pods.sh builds a and b (10.77.0.n, fd00:77::n). */
+  /** One more pod namespace on the bridge (`pods.sh add`: built as a and b are, 10.77.0.n and fd00:77::n). */
   addPod(letter: string, n: number): Netns {
     const name = `${this.prefix}-${letter}`;
-    sh('ip', ['netns', 'add', name]);
     this.extras.push(name);
-    const ns = Netns.attach(name);
-    const br = this.ns('br');
-    ns.ip('link', 'set', 'lo', 'up');
-    ns.exec('sysctl', '-qw', 'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0');
-    br.ip('link', 'add', `veth-${letter}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', name);
-    br.ip('link', 'set', 'dev', `veth-${letter}`, 'master', 'br0', 'up');
-    ns.ip('link', 'set', 'dev', 'eth0', 'up');
-    const a = POD_ADDR(n);
-    ns.ip('addr', 'add', `${a.v4}/24`, 'dev', 'eth0');
-    ns.ip('-6', 'addr', 'add', `${a.v6}/64`, 'dev', 'eth0', 'nodad');
-    ns.ip('route', 'add', 'default', 'via', GATEWAY.v4, 'dev', 'eth0');
-    ns.ip('-6', 'route', 'add', 'default', 'via', GATEWAY.v6, 'dev', 'eth0');
-    return ns;
+    const r = spawnSync('bash', [podsScript, 'add', letter, String(n)], { env: { ...process.env, PODS_PREFIX: this.prefix }, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`pods.sh add ${letter} ${n} failed: ${r.stderr}`);
+    return Netns.attach(name);
   }
 
   /** Stops the pods, removes every namespace and stale control socket; safe to call twice. */
