@@ -15,11 +15,12 @@
  * the bypasses with everything else.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   control,
+  httpServer,
   main,
   Netns,
   pairUp,
@@ -27,9 +28,11 @@ import {
   projectDir,
   readCaptureBytes,
   snapshot,
+  spawnHelper,
   startCapture,
   startPod,
   stopAllPods,
+  stopHelpers,
   stopPod,
   tenc,
   Topology,
@@ -46,22 +49,6 @@ let a: Netns, b: Netns, c: Netns, d: Netns, br: Netns;
 let dir: string;
 let podA: PodProc, podB: PodProc;
 let beforeA: NetSnapshot;
-const helpers = new Set<ChildProcess>();
-
-function spawnIn(ns: Netns, cmd: string, args: string[]): ChildProcess {
-  const p = ns.spawn(cmd, args);
-  helpers.add(p);
-  p.on('exit', () => helpers.delete(p));
-  p.stdout?.resume();
-  p.stderr?.resume();
-  return p;
-}
-
-function httpServer(ns: Netns, marker: string): void {
-  const js = `require('http').createServer((q,s)=>s.end(${JSON.stringify(marker)})).listen(80,'::',()=>console.log('up'))`;
-  spawnIn(ns, 'node', ['-e', js]);
-}
-
 function curl(ns: Netns, url: string, maxTime = 5): { ok: boolean; body: string } {
   const r = ns.tryExec('curl', '-sS', '-g', '--max-time', String(maxTime), url);
   return { ok: r.status === 0, body: r.stdout };
@@ -81,7 +68,7 @@ beforeAll(async () => {
   d = topo.addPod('d', 4);
   mkdirSync(`/etc/netns/${a.name}`, { recursive: true });
   writeFileSync(`/etc/netns/${a.name}/resolv.conf`, 'nameserver 10.77.0.254\nsearch alpha.svc.cluster.local svc.cluster.local cluster.local\n');
-  spawnIn(br, 'dnsmasq', [
+  spawnHelper(br, 'dnsmasq', [
     '--conf-file=/dev/null',
     '--no-resolv',
     '--no-hosts',
@@ -114,8 +101,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  await stopAllPods();
-  for (const p of helpers) p.kill('SIGKILL');
+  await Promise.all([stopAllPods(), stopHelpers()]);
   topo?.down();
   rmSync(`/etc/netns/${PREFIX}-a`, { recursive: true, force: true });
   if (dir) rmSync(dir, { recursive: true, force: true });

@@ -27,14 +27,17 @@ import { rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   control,
+  httpServer,
   Netns,
   prepare,
   projectDir,
   readCaptureBytes,
   snapshot,
+  spawnHelper,
   startCapture,
   startPod,
   stopAllPods,
+  stopHelpers,
   tenc,
   Topology,
   waitFor,
@@ -44,8 +47,6 @@ import {
 } from './lib.js';
 
 const PREFIX = `tdns${process.pid % 100000}`;
-/** dnsmasq and the HTTP servers (the pods are lib.ts's). */
-const running = new Set<ChildProcess>();
 let topo: Topology;
 let a: Netns;
 let b: Netns;
@@ -54,16 +55,8 @@ let dir: string;
 let dnsmasq: ChildProcess | null = null;
 const BIG = Array.from({ length: 8 }, (_, i) => `"${String(i).repeat(200)}"`).join(',');
 
-function spawnIn(ns: Netns, cmd: string, args: string[]): ChildProcess {
-  const c = ns.spawn(cmd, args);
-  running.add(c);
-  c.on('exit', () => running.delete(c));
-  c.stdout?.resume();
-  return c;
-}
-
 function startDnsmasq(): ChildProcess {
-  const c = spawnIn(br, 'dnsmasq', [
+  const c = spawnHelper(br, 'dnsmasq', [
     '--conf-file=/dev/null',
     '--no-resolv',
     '--no-hosts',
@@ -104,10 +97,6 @@ function dnsCounters(): Record<string, any> {
   return JSON.parse(tenc(a, 'status', '--json')).dns.counters;
 }
 
-function httpServer(ns: Netns, address: string, marker: string): ChildProcess {
-  const js = `require('http').createServer((q,s)=>s.end(${JSON.stringify(marker)})).listen(80,${JSON.stringify(address)},()=>console.log('up'))`;
-  return spawnIn(ns, 'node', ['-e', js]);
-}
 
 let podA: PodProc;
 let podB: PodProc;
@@ -139,8 +128,8 @@ beforeAll(async () => {
   });
   writeConfig(dir, 'b', { addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk' });
   dnsmasq = startDnsmasq();
-  httpServer(b, '10.77.0.2', 'alpha-marker-7f3a');
-  httpServer(br, '10.77.0.254', 'beta-marker-51c9');
+  httpServer(b, 'alpha-marker-7f3a', '10.77.0.2');
+  httpServer(br, 'beta-marker-51c9', '10.77.0.254');
   beforeA = snapshot(a);
   podA = await startPod(a, join(dir, 'a.json'));
   podB = await startPod(b, join(dir, 'b.json'));
@@ -149,10 +138,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  const exits = [...running].map((c) => new Promise((r) => c.once('exit', r)));
-  for (const c of running) c.kill('SIGTERM');
-  await Promise.all([stopAllPods(), Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, 3000))])]);
-  for (const c of running) c.kill('SIGKILL');
+  await Promise.all([stopAllPods(), stopHelpers()]);
   topo?.down();
   rmSync(`/etc/netns/${PREFIX}-a`, { recursive: true, force: true });
   if (dir) rmSync(dir, { recursive: true, force: true });
@@ -243,7 +229,7 @@ describe('dns proxy in a pod of project alpha', () => {
 
   it('a tampered answer (a project name CNAMEd to an attacker address): routed into tenc0 and dropped; no plaintext packet reaches the address, during the TTL or after (issue 19.1)', async () => {
     br.exec('ip', 'addr', 'add', '10.77.0.66/24', 'dev', 'br0');
-    const evil = httpServer(br, '10.77.0.66', 'evil-marker-0d1e');
+    const evil = httpServer(br, 'evil-marker-0d1e', '10.77.0.66');
     await new Promise<void>((r) => evil.stdout!.once('data', () => r()));
     const table = () => a.ip('-4', 'route', 'show', 'table', '52100');
     const wire = await startCapture(br, 'br0');
@@ -277,7 +263,7 @@ describe('dns proxy in a pod of project alpha', () => {
     try {
       expect(dig(a, '+short', 'api.alpha.svc.cluster.local')).toBe('10.96.0.21\n');
       expect(table()).toMatch(/^10\.96\.0\.21 dev tenc0/m);
-      const ping = spawnIn(a, 'ping', ['-i', '0.2', '-w', '6', '10.96.0.21']); // a flow that keeps sending
+      const ping = spawnHelper(a, 'ping', ['-i', '0.2', '-w', '6', '10.96.0.21']); // a flow that keeps sending
       await new Promise((r) => setTimeout(r, 5000)); // well past TTL 2 s + grace 1 s
       expect(table()).toMatch(/^10\.96\.0\.21 dev tenc0/m);
       await new Promise((r) => ping.once('exit', r));

@@ -389,6 +389,33 @@ export async function stopAllPods(): Promise<void> {
   for (const c of running) c.kill('SIGKILL');
 }
 
+/** Helper processes of this test file (servers, dnsmasq, pings): stopped by stopHelpers(). */
+const helpers = new Set<ChildProcess>();
+
+/** Spawns a helper process in ns; its output is read and dropped. */
+export function spawnHelper(ns: Netns, cmd: string, args: string[]): ChildProcess {
+  const c = ns.spawn(cmd, args);
+  helpers.add(c);
+  c.on('exit', () => helpers.delete(c));
+  c.stdout?.resume();
+  c.stderr?.resume();
+  return c;
+}
+
+/** An HTTP server in ns on port 80 of `address` that answers every request with `marker`. */
+export function httpServer(ns: Netns, marker: string, address = '::'): ChildProcess {
+  const js = `require('http').createServer((q,s)=>s.end(${JSON.stringify(marker)})).listen(80,${JSON.stringify(address)},()=>console.log('up'))`;
+  return spawnHelper(ns, 'node', ['-e', js]);
+}
+
+/** Stops every helper (afterAll): TERM, then KILL after 3 s. */
+export async function stopHelpers(): Promise<void> {
+  const exits = [...helpers].map((c) => new Promise((r) => c.once('exit', r)));
+  for (const c of helpers) c.kill('SIGTERM');
+  await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, 3000))]);
+  for (const c of helpers) c.kill('SIGKILL');
+}
+
 /** `tenc ARGS` inside ns (the CLI finds the pod of the namespace). */
 export function tenc(ns: Netns, ...args: string[]): string {
   return ns.exec('node', main, ...args);
