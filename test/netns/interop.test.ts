@@ -47,7 +47,7 @@ import { WireguardGo, stopAllWireguardGo } from './interop-wg.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
-const tcpHelper = fileURLToPath(new URL('./interop-tcp.mjs', import.meta.url));
+const tcpHelper = fileURLToPath(new URL('./tcp.mjs', import.meta.url));
 const MiB = 1 << 20;
 
 let a: Netns;

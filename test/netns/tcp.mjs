@@ -1,13 +1,17 @@
-// TCP transfer with a checksum for interop.test.ts, run inside a namespace with plain node.
-//   node interop-tcp.mjs server ADDR PORT            prints {"listening":true}; after one
-//                                                    connection ends, {"bytes":N,"sha256":H}
-//   node interop-tcp.mjs client ADDR PORT BYTES MS   sends BYTES random bytes, prints
-//                                                    {"bytes":N,"sha256":H}; exits 1 when
-//                                                    the transfer does not finish in MS ms
+// TCP transfer with a checksum for the netns tests (engine, interop), run inside a namespace
+// with plain node.
+//   node tcp.mjs server ADDR PORT                 prints {"listening":true}; after one
+//                                                 connection ends, {"bytes":N,"sha256":H}
+//   node tcp.mjs client ADDR PORT BYTES MS [MARKER]
+//                                                 sends BYTES bytes (random; with MARKER, the
+//                                                 first half is MARKER repeated, to find in a
+//                                                 capture), prints {"bytes":N,"sha256":H};
+//                                                 exits 1 when the transfer does not finish
+//                                                 in MS ms (0: no limit)
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 
-const [mode, addr, portStr, bytesStr, msStr] = process.argv.slice(2);
+const [mode, addr, portStr, bytesStr, msStr, marker] = process.argv.slice(2);
 const port = Number(portStr);
 if (mode === 'server') {
   const srv = net.createServer((sock) => {
@@ -29,11 +33,16 @@ if (mode === 'server') {
   });
   srv.listen(port, addr, () => console.log(JSON.stringify({ listening: true })));
 } else if (mode === 'client') {
-  const data = randomBytes(Number(bytesStr));
-  const timer = setTimeout(() => {
-    console.error(`transfer to ${addr}:${port} did not finish within ${msStr} ms`);
-    process.exit(1);
-  }, Number(msStr));
+  const total = Number(bytesStr);
+  const half = marker ? Buffer.alloc(Math.floor(total / 2), marker) : Buffer.alloc(0);
+  const data = Buffer.concat([half, randomBytes(total - half.length)]);
+  const timer =
+    Number(msStr) > 0
+      ? setTimeout(() => {
+          console.error(`transfer to ${addr}:${port} did not finish within ${msStr} ms`);
+          process.exit(1);
+        }, Number(msStr))
+      : undefined;
   const sock = net.connect(port, addr, () => sock.end(data));
   sock.on('error', (e) => {
     console.error(String(e));
@@ -45,6 +54,6 @@ if (mode === 'server') {
   });
   sock.resume();
 } else {
-  console.error('usage: interop-tcp.mjs server ADDR PORT | client ADDR PORT BYTES TIMEOUT_MS');
+  console.error('usage: tcp.mjs server ADDR PORT | client ADDR PORT BYTES TIMEOUT_MS [MARKER]');
   process.exit(2);
 }
