@@ -82,8 +82,8 @@ export const AGENT_METRICS = {
   registryErrors: def('tenc_agent_registry_errors_total', 'counter', ['op'], 'Registry calls that failed, by operation.'),
   proxiesStarted: def('tenc_agent_proxies_started_total', 'counter', ['how'], 'Pod proxies started (how="started") or adopted from a previous agent (how="adopted").'),
   proxiesRestarted: def('tenc_agent_proxies_restarted_total', 'counter', [], 'Pod proxies lost (exited, dead socket, failed start) and so started again.'),
-  proxies: def('tenc_agent_proxies', 'gauge', [], 'Pod proxies the agent runs now.'),
-  cniRequests: def('tenc_cni_requests_total', 'counter', ['command', 'result'], 'CNI requests the agent served, by command (ADD, DEL, CHECK) and result.'),
+  proxies: def('tenc_agent_proxies', 'gauge', ['namespace'], 'Pod proxies the agent runs now, by project.'),
+  cniRequests: def('tenc_cni_requests_total', 'counter', ['command', 'result'], 'CNI requests the agent served, by command (ADD, DEL, CHECK, STATUS) and result (ok or the error code).'),
 } as const satisfies Record<string, MetricDef>;
 
 /** Histograms (prom-client adds _bucket, _sum, _count). */

@@ -203,7 +203,7 @@ describe('gathering and the /metrics server over control sockets', () => {
     agent.reconciled(true, 0.01);
     agent.proxyStarted('started');
     agent.proxyLost();
-    agent.cniRequest('ADD', true, 0.2);
+    agent.cniRequest('ADD', 'ok', 0.2);
     const server = new MetricsServer({ address: '127.0.0.1:0', targets: () => discoverPods(dir, 'ns'), own: agent.registry, version: '9.9.9' });
     const { port } = await server.listen();
     servers.push(server);
