@@ -3,7 +3,8 @@
  * --metrics-address`. Each scrape finds the pods (targets()), asks each for its
  * status (gather.ts: capped, parallel, timed out), renders them (render.ts) and
  * appends the exporter's own metrics (prom-client: the agent's counters and the
- * process metrics). Only GET /metrics (and / with a link); scrapes arriving while
+ * process metrics). The pods' counters pass through a CounterGuard (monotonic.ts),
+ * so none goes backwards while its pod process lives. Only GET /metrics (and / with a link); scrapes arriving while
  * one is gathered share its result, so a burst costs one round of requests.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -11,6 +12,7 @@ import type { Registry as PromRegistry } from 'prom-client';
 import { gatherStatus, type GatherOptions, type PodTarget } from './gather.js';
 import { Exposition, renderPods } from './render.js';
 import { SCRAPE_METRICS } from './names.js';
+import { CounterGuard } from './monotonic.js';
 import { silentLogger, type Logger } from '../log.js';
 import { parseListenAddress } from './address.js';
 
@@ -30,6 +32,8 @@ export class MetricsServer {
   private server: Server | null = null;
   private inflight: Promise<string> | null = null;
   private readonly log: Logger;
+  /** Keeps the pods' counters from going backwards while a pod lives (monotonic.ts). */
+  private readonly guard = new CounterGuard();
 
   constructor(private readonly o: MetricsServerOptions) {
     this.log = o.log ?? silentLogger;
@@ -46,7 +50,9 @@ export class MetricsServer {
   private async build(): Promise<string> {
     const targets = await this.o.targets();
     const g = await gatherStatus(targets, this.o);
-    const x = renderPods(g.samples);
+    this.guard.begin();
+    const x = renderPods(g.samples, new Exposition(this.guard));
+    this.guard.end();
     const S = SCRAPE_METRICS;
     x.add(S.buildInfo, { version: this.o.version ?? 'unknown', nodejs: process.version }, 1);
     x.add(S.scrapePods, {}, g.samples.length);
