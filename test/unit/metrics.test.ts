@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { renderPods, dataPlaneLabels, Exposition, type PodSample } from '../../src/metrics/render.js';
-import { MAX_PEERS_PER_POD, POD_METRICS, SCRAPE_METRICS, AGENT_METRICS, AGENT_HISTOGRAMS } from '../../src/metrics/names.js';
+import { MAX_PEERS_PER_POD, MAX_REASONS, POD_METRICS, SCRAPE_METRICS, AGENT_METRICS, AGENT_HISTOGRAMS } from '../../src/metrics/names.js';
 import { discoverNodePods, discoverPods, gatherStatus } from '../../src/metrics/gather.js';
 import { MetricsServer } from '../../src/metrics/server.js';
 import { parseListenAddress } from '../../src/metrics/address.js';
@@ -111,6 +111,20 @@ describe('renderPods', () => {
     // the busiest peer (the last one) has its own series
     expect(text).toContain(`peer="${keyFingerprint(r.peers[199].publicKey)}"`);
     expect(text).toContain('peer="_other"');
+    expect(promtool(text)).toBe('');
+  });
+
+  it(`caps the reasons of a metric and pod at ${MAX_REASONS}: the largest keep theirs, the rest are summed into reason="_other"`, () => {
+    const drops = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`reason_${i}`, i + 1]));
+    const text = renderPods([{ namespace: 'n', pod: 'p', report: report(1, { drops, handshakeFailures: drops }) }]).text();
+    for (const m of ['tenc_drops_total', 'tenc_handshake_failures_total']) {
+      const lines = text.split('\n').filter((l) => l.startsWith(`${m}{`));
+      expect(lines.length).toBe(MAX_REASONS);
+      expect(lines.reduce((n, l) => n + Number(l.split(' ')[1]), 0)).toBe((40 * 41) / 2);
+      expect(text).toContain(`${m}{namespace="n",pod="p",reason="reason_39"} 40`);
+      expect(text).not.toContain(`${m}{namespace="n",pod="p",reason="reason_0"}`);
+      expect(value(text, `${m}{namespace="n",pod="p",reason="_other"}`)).toBe(((40 - MAX_REASONS + 1) * (40 - MAX_REASONS + 2)) / 2);
+    }
     expect(promtool(text)).toBe('');
   });
 
