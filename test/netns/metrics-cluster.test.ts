@@ -143,11 +143,13 @@ beforeAll(async () => {
   prom = spawn('prometheus', [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${promPort}`, '--log.level=warn'], { stdio: 'ignore' });
   tStart = Date.now() / 1000;
   const up = cluster('up', join(dir, 'cluster.json'));
+  console.log(`metrics-cluster: cluster.sh up ${(Date.now() / 1000 - tStart).toFixed(1)} s`);
   if (up.status !== 0) throw new Error(`cluster.sh up failed: ${up.stderr}`);
   for (let i = 0; i < 80 && (await fetch(`http://127.0.0.1:${promPort}/-/ready`).then((r) => r.ok, () => false)) === false; i++) await sleep(250);
   // alpha-a and alpha-b peered, a session up
   for (let i = 0; i < 100 && !(podStatus('alpha-a')?.peers.length === 1 && podStatus('alpha-b')?.peers.length === 1); i++) await sleep(200);
   for (let i = 0; i < 20 && inPod('alpha-a', 'ping', '-c', '1', '-W', '1', '10.128.2.10').status !== 0; i++) await sleep(100);
+  console.log(`metrics-cluster: ready after ${(Date.now() / 1000 - tStart).toFixed(1)} s`);
 }, 90_000);
 
 afterAll(async () => {
@@ -158,7 +160,9 @@ afterAll(async () => {
     await Promise.race([gone, sleep(5000)]);
     prom.kill('SIGKILL');
   }
+  const t = Date.now();
   const r = cluster('down');
+  console.log(`metrics-cluster: cluster.sh down ${((Date.now() - t) / 1000).toFixed(1)} s`);
   if (r.status !== 0) console.error(`cluster.sh down: ${r.stderr}`);
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -230,6 +234,12 @@ describe('Prometheus scrapes the node agents of the local cluster', () => {
     expect(await query('tenc_pod_up{node="node1",namespace="alpha",pod="alpha-a"}')).toBe(1);
     expect(await query('tenc_pod_up{node="node2",namespace="alpha",pod="alpha-b"}')).toBe(1);
     expect(await queryAll('tenc_pod_up{pod="beta-x"}')).toEqual([]); // not protected: no proxy, no series
+    // the node-wide table of node2's agent, from its run directory
+    const st = spawnSync('node', [main, 'agent', 'status', '--run-dir', join(STATE, 'agents', 'node2.run'), '--json'], { encoding: 'utf8', timeout: 20_000 });
+    expect(st.status, st.stderr).toBe(0);
+    const rows = (JSON.parse(st.stdout) as { pods: { namespace: string; pod: string; pid: number; livePeers: number; drops: number; failClosed: boolean }[] }).pods;
+    expect(rows).toMatchObject([{ namespace: 'alpha', pod: 'alpha-b', livePeers: 1, failClosed: true }]);
+    expect(rows[0].drops).toBeGreaterThanOrEqual(25);
     // over the whole run so far: every counter of every pod only went up
     const range = `${Math.ceil(Date.now() / 1000 - tStart) + 5}s`;
     const counters = ['tenc_peer_sent_bytes_total', 'tenc_peer_received_bytes_total', 'tenc_drops_total', 'tenc_handshake_failures_total', 'tenc_cni_requests_total'];
