@@ -105,7 +105,11 @@ function cappedReasons(d: Record<string, number> | undefined): [string, number][
   return kept;
 }
 
-export function renderPods(samples: PodSample[], into = new Exposition(), nowMs = Date.now()): Exposition {
+/**
+ * `peerPods`: per namespace, public key -> the peer's pod name (peer-names.ts), for
+ * tenc_peer_info; without it (a pod's own /metrics) no tenc_peer_info.
+ */
+export function renderPods(samples: PodSample[], into = new Exposition(), nowMs = Date.now(), peerPods?: Map<string, Map<string, string>>): Exposition {
   const M = POD_METRICS;
   for (const m of Object.values(M)) into.declare(m);
   for (const s of samples) {
@@ -126,8 +130,11 @@ export function renderPods(samples: PodSample[], into = new Exposition(), nowMs 
     const peers = [...r.peers];
     if (peers.length > MAX_PEERS_PER_POD) peers.sort((a, b) => b.txBytes + b.rxBytes - (a.txBytes + a.rxBytes));
     const own = peers.slice(0, peers.length > MAX_PEERS_PER_POD ? MAX_PEERS_PER_POD - 1 : peers.length);
+    const names = peerPods?.get(s.namespace);
     for (const p of own) {
       const l = { ...pod, peer: safeFingerprint(p.publicKey) };
+      const peerPod = names?.get(p.publicKey);
+      if (peerPod !== undefined) into.add(M.peerInfo, { ...l, peer_pod: peerPod }, 1);
       count(M.sent, l, p.txBytes);
       count(M.received, l, p.rxBytes);
       into.add(M.handshake, l, p.latestHandshake === null ? 0 : p.latestHandshake / 1000);

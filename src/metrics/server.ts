@@ -13,6 +13,7 @@ import { gatherStatus, type GatherOptions, type PodTarget } from './gather.js';
 import { Exposition, renderPods } from './render.js';
 import { SCRAPE_METRICS } from './names.js';
 import { CounterGuard } from './monotonic.js';
+import type { PeerNames } from './peer-names.js';
 import { silentLogger, type Logger } from '../log.js';
 import { parseListenAddress } from './address.js';
 
@@ -26,6 +27,8 @@ export interface MetricsServerOptions extends GatherOptions {
   own?: PromRegistry;
   version?: string;
   log?: Logger;
+  /** The peers' pod names for tenc_peer_info (the agent's: from its registry). */
+  peerNames?: PeerNames;
 }
 
 export class MetricsServer {
@@ -51,7 +54,8 @@ export class MetricsServer {
     const targets = await this.o.targets();
     const g = await gatherStatus(targets, this.o);
     this.guard.begin();
-    const x = renderPods(g.samples, new Exposition(this.guard));
+    const names = this.o.peerNames?.lookup([...new Set(targets.map((t) => t.namespace))]);
+    const x = renderPods(g.samples, new Exposition(this.guard), Date.now(), names);
     this.guard.end();
     const S = SCRAPE_METRICS;
     x.add(S.buildInfo, { version: this.o.version ?? 'unknown', nodejs: process.version }, 1);

@@ -11,6 +11,7 @@ import { MetricsServer } from '../../src/metrics/server.js';
 import { parseListenAddress } from '../../src/metrics/address.js';
 import { AgentMetrics, instrumentRegistry } from '../../src/metrics/agent.js';
 import { CounterGuard, KEEP_SCRAPES } from '../../src/metrics/monotonic.js';
+import { PeerNames } from '../../src/metrics/peer-names.js';
 import { agentStatus, formatAgentStatus } from '../../src/metrics/agent-status.js';
 import { ControlServer, type ControlHandler } from '../../src/control/socket.js';
 import type { StatusReport } from '../../src/control/status.js';
@@ -352,5 +353,48 @@ describe('counters never go backwards while a pod lives', () => {
     r.peers.shift();
     expect(value(render(null), other)!).toBeLessThan(before);
     expect(value(render(g), other)!).toBeGreaterThanOrEqual(before);
+  });
+});
+
+describe('tenc_peer_info: the peers\' pod names from the registry as the agent trusts it', () => {
+  it('names trusted peers only; a scrape never waits for the registry; a failed refresh keeps the last names', async () => {
+    const r = report(3);
+    const [k0, k1, k2] = r.peers.map((p) => p.publicKey);
+    let fail = false;
+    let calls = 0;
+    const registry = {
+      pods: async () => [
+        { name: 'web-1', node: 'n1' },
+        { name: 'db-1', node: 'n2' },
+      ],
+      peers: async () => {
+        calls++;
+        if (fail) throw new Error('etcd down');
+        return [
+          { project: 'alpha', pod: 'web-1', node: 'n1', publicKey: k0, endpoint: '10.0.0.2:51820' },
+          { project: 'alpha', pod: 'db-1', node: 'n2', publicKey: k1, endpoint: '10.0.0.3:51820' },
+          // a forged entry: db-1 runs on n2, this one was published by n1
+          { project: 'alpha', pod: 'db-1', node: 'n1', publicKey: k2, endpoint: '10.0.0.4:51820' },
+        ];
+      },
+    } as unknown as Registry;
+    const names = new PeerNames(registry, 60_000);
+    const server = new MetricsServer({ address: '127.0.0.1:0', targets: () => [{ namespace: 'alpha', pod: 'p', socket: 'x' }], request: async () => r, peerNames: names });
+    const first = await server.scrape(); // starts the refresh, does not wait for it
+    expect(first).not.toContain('tenc_peer_info{');
+    await names.refresh(['alpha']);
+    const text = await server.scrape();
+    const info = (k: string) => `tenc_peer_info{namespace="alpha",pod="p",peer="${keyFingerprint(k)}",peer_pod=`;
+    expect(text).toContain(`${info(k0)}"web-1"} 1`);
+    expect(text).toContain(`${info(k1)}"db-1"} 1`);
+    expect(text).not.toContain(info(k2));
+    expect(promtool(text)).toBe('');
+    // the counters' series do not carry the name: learning it later starts no new series
+    expect(text.split('\n').filter((l) => l.startsWith('tenc_peer_sent_bytes_total{')).every((l) => !l.includes('peer_pod'))).toBe(true);
+    fail = true;
+    const before = calls;
+    await names.refresh(['alpha']);
+    expect(calls).toBe(before + 1);
+    expect(await server.scrape()).toContain(`${info(k0)}"web-1"} 1`);
   });
 });
