@@ -17,8 +17,9 @@
  *     and an engine reason) appear in Prometheus
  *  3. the agents' own: CNI ADDs through the chain counted per node (and a CHECK run
  *     now), the ADD latency histogram, tenc_agent_proxies{namespace="alpha"} per node,
- *     reconciles and registry calls; no counter of a living pod went backwards
- *     (PromQL resets() over the whole run is 0)
+ *     reconciles and registry calls; tenc_peer_info names alpha-a's peer alpha-b;
+ *     `tenc agent status` over node2's run directory; no counter of a living pod
+ *     went backwards (PromQL resets() over the whole run is 0)
  *  4. `promtool check metrics` over each agent's scrape passes; no psk and no full
  *     public key (base64, base64url, hex, prefixes) in any scrape
  *  5. kill -9 of alpha-b's proxy: the agent restarts it; Prometheus sees node2's
@@ -231,6 +232,8 @@ describe('Prometheus scrapes the node agents of the local cluster', () => {
     expect(await query('tenc_agent_proxies{node="node2",namespace="alpha"}')).toBe(1);
     expect(await query('tenc_agent_reconciles_total{node="node1",result="ok"}')).toBeGreaterThan(0);
     expect(await query('sum(tenc_agent_registry_requests_total{node="node2",result="ok"})')).toBeGreaterThan(0);
+    // alpha-a's peer named: the pod its key belongs to, from node1's agent's registry
+    await waitFor(`tenc_peer_info{node="node1",pod="alpha-a",peer="${keyFingerprint(podStatus('alpha-b')!.publicKey)}",peer_pod="alpha-b"}`);
     expect(await query('tenc_pod_up{node="node1",namespace="alpha",pod="alpha-a"}')).toBe(1);
     expect(await query('tenc_pod_up{node="node2",namespace="alpha",pod="alpha-b"}')).toBe(1);
     expect(await queryAll('tenc_pod_up{pod="beta-x"}')).toEqual([]); // not protected: no proxy, no series
