@@ -18,6 +18,8 @@ export class PeerNames {
   private names = new Map<string, Map<string, string>>();
   private fetchedAt = -Infinity;
   private refreshing: Promise<void> | null = null;
+  /** The projects of the latest refresh. */
+  private asked = new Set<string>();
 
   constructor(
     private readonly registry: Pick<Registry, 'pods' | 'peers'>,
@@ -27,7 +29,9 @@ export class PeerNames {
 
   /** The names known now for these projects (public key -> pod name); refreshes in the background when stale. */
   lookup(projects: string[]): Map<string, Map<string, string>> {
-    const missing = projects.some((p) => !this.names.has(p));
+    // a project not asked for yet (a new one on this node) is read at once; a failing
+    // registry is asked again only after the refresh interval
+    const missing = projects.some((p) => !this.asked.has(p));
     if ((missing || Date.now() - this.fetchedAt >= this.refreshMs) && !this.refreshing) void this.refresh(projects);
     return this.names;
   }
@@ -36,6 +40,7 @@ export class PeerNames {
   refresh(projects: string[]): Promise<void> {
     if (this.refreshing) return this.refreshing;
     const unique = [...new Set(projects)];
+    this.asked = new Set(unique);
     this.refreshing = (async () => {
       const next = new Map(this.names);
       for (const project of unique) {

@@ -396,5 +396,8 @@ describe('tenc_peer_info: the peers\' pod names from the registry as the agent t
     await names.refresh(['alpha']);
     expect(calls).toBe(before + 1);
     expect(await server.scrape()).toContain(`${info(k0)}"web-1"} 1`);
+    // within the refresh interval a scrape does not ask the (failing) registry again
+    await new Promise((r) => setTimeout(r, 10));
+    expect(calls).toBe(before + 1);
   });
 });
