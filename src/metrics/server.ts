@@ -4,8 +4,10 @@
  * status (gather.ts: capped, parallel, timed out), renders them (render.ts) and
  * appends the exporter's own metrics (prom-client: the agent's counters and the
  * process metrics). The pods' counters pass through a CounterGuard (monotonic.ts),
- * so none goes backwards while its pod process lives. Only GET /metrics (and / with a link); scrapes arriving while
- * one is gathered share its result, so a burst costs one round of requests.
+ * so none goes backwards while its pod process lives; with peerNames (the agent's)
+ * tenc_peer_info names each peer's pod. Only GET /metrics (and / with a link);
+ * scrapes arriving while one is gathered share its result, so a burst costs one
+ * round of requests.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry as PromRegistry } from 'prom-client';
