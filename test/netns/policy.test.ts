@@ -187,18 +187,19 @@ describe('TencPolicy in the local cluster', () => {
   it('3. live: a policy added and removed applies within 5 s, an open protected connection survives; a bad policy is refused', async () => {
     // an open TCP connection on a protected port (tunnelled), kept across the changes
     const conn = spawn('ip', ['netns', 'exec', ns('alpha-client-1'), 'node', '-e', `
-      const s = require('net').connect(7000, '10.128.1.10');
+      const s = require('net').connect(7000, '10.128.1.10', () => process.stdout.write('connected\\n'));
       s.on('data', (d) => process.stdout.write(d)); process.stdin.on('data', (d) => s.write(d)); s.on('close', () => process.exit(3));`], { stdio: ['pipe', 'pipe', 'inherit'] });
     children.add(conn);
-    const echo = (line: string) =>
+    const echo = (line: string, ms = 5000) =>
       new Promise<string>((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`no echo of ${line.trim()} (connection exit ${conn.exitCode})`)), 3000);
+        const t = setTimeout(() => reject(new Error(`no echo of ${line.trim() || 'the connect'} (connection exit ${conn.exitCode})`)), ms);
         conn.stdout!.once('data', (d) => {
           clearTimeout(t);
           resolve(String(d));
         });
-        conn.stdin!.write(line);
+        if (line) conn.stdin!.write(line);
       });
+    expect(await echo('', 15_000)).toBe('connected\n');
     expect(await echo('one\n')).toBe('one\n');
 
     const add = cluster('policy-apply', JSON.stringify(policy('web-8080', { service: 'web', ports: [{ port: 8080 }], mode: 'exempt' })));
