@@ -207,6 +207,8 @@ export class FakeApiServer {
       });
       this.syncSlice(s.project, s.name, serviceEndpoints(c, s).map((p) => ({ name: p.name, address: p.address, node: p.node })));
     }
+    // the file's TencPolicy objects, as kubectl apply would create them
+    for (const p of c.policies ?? []) this.put('tencpolicies', p.object);
   }
 
   putPsk(ns: string, value: string): void {
