@@ -414,7 +414,7 @@ export class Agent {
     // this node's registered pods are members even before the registry lists them
     const pods = [...view.pods.filter((p) => !this.proxies.has(p.name)), ...[...this.proxies.values()].map((px) => px.pod)];
     const v2: ProjectView = { ...view, pods, peers: fresh };
-    this.policies.update((await this.o.registry.policies?.(this.o.project)) ?? [], v2);
+    await this.policies.refresh(this.o.registry.policies && (() => this.o.registry.policies!(this.o.project)), v2);
     for (const px of this.proxies.values()) {
       if (px.publicKey === null) continue;
       try {

@@ -24,6 +24,28 @@ export class ProjectPolicies {
     private readonly log: Logger,
   ) {}
 
+  private lastReadError = '';
+
+  /**
+   * Reads the objects (a registry that cannot, e.g. a cluster without the CRD: the
+   * previous set stays in force, logged once per error) and updates the set.
+   */
+  async refresh(read: (() => Promise<PolicyObject[]>) | undefined, view: Pick<ProjectView, 'pods' | 'services' | 'endpoints'>): Promise<ResolvedPolicy[]> {
+    let objects: PolicyObject[];
+    try {
+      objects = read ? await read() : [];
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (msg !== this.lastReadError) {
+        this.lastReadError = msg;
+        this.log.warn({ project: this.project, err: msg, inForce: this.current.map((p) => p.name) }, 'cannot read policies: the previous policy set stays in force');
+      }
+      return this.current;
+    }
+    this.lastReadError = '';
+    return this.update(objects, view);
+  }
+
   /** Resolves the stored objects against the view; returns the set in force afterwards. */
   update(objects: PolicyObject[], view: Pick<ProjectView, 'pods' | 'services' | 'endpoints'>): ResolvedPolicy[] {
     const unreadable: PolicyProblem[] = objects

@@ -333,3 +333,20 @@ describe('TencPolicy: cluster file and directory registry', () => {
     expect(got[1].problem).toContain('metadata.name "other" differs');
   });
 });
+
+describe('TencPolicy: a registry that cannot read policies', () => {
+  it('keeps the previous set in force and says so once (never blocks the rest of the reconcile)', async () => {
+    const warns: string[] = [];
+    const log = { info: () => {}, warn: (_f: unknown, m: string) => warns.push(m), error: () => {}, debug: () => {} } as any;
+    const p = new ProjectPolicies('alpha', 51820, log);
+    const v = { pods: view.pods.map((x) => ({ ...x, project: 'alpha', node: 'n', addresses: x.addresses ?? [x.address], netns: null })), services: view.services.map((s) => ({ ...s, project: 'alpha', ports: s.ports as any })), endpoints: view.endpoints.map((e) => ({ ...e, project: 'alpha', pods: e.pods.map((x) => ({ ...x, node: 'n' })) })) };
+    expect((await p.refresh(async () => [{ project: 'alpha', name: 'metrics', object: metrics }], v)).map((x) => x.name)).toEqual(['metrics']);
+    const fail = async () => {
+      throw new Error('kubernetes: tencpolicies not synced within 10000 ms');
+    };
+    expect((await p.refresh(fail, v)).map((x) => x.name)).toEqual(['metrics']);
+    expect((await p.refresh(fail, v)).map((x) => x.name)).toEqual(['metrics']);
+    expect(warns).toEqual(['cannot read policies: the previous policy set stays in force']);
+    expect(await p.refresh(undefined, v)).toEqual([]); // a backend without policies: none
+  });
+});
