@@ -9,6 +9,9 @@
 #   cluster.sh add-pod JSON       one more pod, e.g. '{"name":"alpha-web-2","project":"alpha",
 #                                 "node":"node2","address":"10.128.2.30","labels":{"app":"web"}}'
 #   cluster.sh remove-pod NAME    delete a pod (CNI DEL through the chain, then its namespace)
+#   cluster.sh policy-apply JSON  create or replace a TencPolicy (kubectl apply; README "Policies"),
+#                                 checked with the whole file: a bad one changes nothing
+#   cluster.sh policy-delete PROJECT NAME   delete a TencPolicy
 #   cluster.sh agent-start        start the node agents that are not running (one per node)
 #   cluster.sh agent-stop         stop the node agents (SIGTERM; the pod proxies keep running,
 #                                 fail-closed, and the next agent adopts them)
@@ -329,6 +332,18 @@ add_pod() {
   run_plan_line $line
 }
 
+policy_apply() {
+  [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  node "$tool" apply-policy "$STATE" "$1" || exit 2
+  sync_cluster
+}
+
+policy_delete() {
+  [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  node "$tool" delete-policy "$STATE" "$1" "$2" || exit 2
+  sync_cluster
+}
+
 remove_pod() {
   local ns
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
@@ -384,6 +399,8 @@ case "${1:-}" in
   status) status ;;
   add-pod) [ $# -eq 2 ] || die "usage: cluster.sh add-pod JSON"; add_pod "$2" ;;
   remove-pod) [ $# -eq 2 ] || die "usage: cluster.sh remove-pod NAME"; remove_pod "$2" ;;
+  policy-apply) [ $# -eq 2 ] || die "usage: cluster.sh policy-apply JSON"; policy_apply "$2" ;;
+  policy-delete) [ $# -eq 3 ] || die "usage: cluster.sh policy-delete PROJECT NAME"; policy_delete "$2" "$3" ;;
   agent-start) [ $# -eq 1 ] || die "usage: cluster.sh agent-start"; agent_start ;;
   agent-stop) [ $# -eq 1 ] || die "usage: cluster.sh agent-stop"; agent_stop ;;
   cni)
@@ -392,7 +409,7 @@ case "${1:-}" in
     cni "$2" "$3" "$(awk -v p="$3" '$1 == p {print $2}' "$STATE/pods")"
     ;;
   *)
-    echo "usage: cluster.sh up FILE [--registry dir|etcd] | down | status | add-pod JSON | remove-pod NAME | agent-start | agent-stop | cni ADD|DEL|CHECK POD" >&2
+    echo "usage: cluster.sh up FILE [--registry dir|etcd] | down | status | add-pod JSON | remove-pod NAME | policy-apply JSON | policy-delete PROJECT NAME | agent-start | agent-stop | cni ADD|DEL|CHECK POD" >&2
     echo "       (env: CLUSTER_PREFIX=tc, CLUSTER_STATE=/run/tenc-cluster/<prefix>)" >&2
     exit 2
     ;;
