@@ -12,8 +12,9 @@
  *   3. publishes each pod's public key and endpoint (never a private key: the pod
  *      proxies generate theirs in memory and print only the public key);
  *   4. gives every local pod its peers (every other project pod with a published
- *      key; allowed IPs: its address, plus the VIPs of services this client reaches
- *      through that endpoint) and its services (the VIPs it serves), over the pod's
+ *      key; allowed IPs: its addresses, /32 and /128 on a dual-stack cluster, plus
+ *      every VIP of the services this client reaches through that endpoint) and its
+ *      services (the VIPs it serves, each of a family it has an address of), over the pod's
  *      control socket: removals first, so a re-keyed pod never clashes with its old key;
  *      to a pod with the DNS proxy also the services' keyed endpoints (set-endpoints)
  *      and the project's members, every pod address and VIP (set-members).

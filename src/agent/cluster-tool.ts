@@ -9,9 +9,10 @@
  *                                                  STATE/registry, or etcd when STATE/etcd/spec-controller exists)
  *   cluster-tool.js add-pod STATE PREFIX JSON      validate the cluster with one more pod; print its plan line
  *   cluster-tool.js remove-pod STATE PREFIX NAME   the same with one pod less; print its namespace
- *   cluster-tool.js classify-cidrs STATE           the cluster's ranges (pod CIDRs, service CIDR), comma-separated,
+ *   cluster-tool.js classify-cidrs STATE           the cluster's ranges (pod and service CIDRs, both families), comma-separated,
  *                                                  for `tenc agent --classify-cidrs`
- *   cluster-tool.js conflists STATE                STATE/cni/<node>.conflist (bridge + host-local, loopback, tenc)
+ *   cluster-tool.js conflists STATE                STATE/cni/<node>.conflist (bridge + host-local with a range per
+ *                                                  family, loopback, tenc)
  *                                                  and the launcher STATE/cni/bin/tenc
  *   cluster-tool.js cni CMD STATE PREFIX POD [X]   the container runtime's part: runs the node's conflist chain for
  *                                                  the pod (ADD in order with prevResult, DEL in reverse, CHECK);

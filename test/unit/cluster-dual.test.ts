@@ -202,7 +202,6 @@ describe('registry objects of a dual-stack cluster', () => {
     expect(v.pods.find((p) => p.name === 'p1')!.addresses).toEqual(['10.128.1.10', 'fd00:128:1::a']);
     expect(v.services[0]).toMatchObject({ vip: '10.96.1.10', vips: ['10.96.1.10', 'fd00:96::1:10'] });
     expect(v.endpoints.filter((e) => e.service === 'web')).toHaveLength(2);
-    reg.close?.();
   });
 
   it('serviceFromObject: clusterIPs after clusterIP, one per family, junk ignored', () => {
