@@ -209,7 +209,7 @@ for (const F of FAMILIES) {
         await underlay.stop();
       }
       // the tunnel's outer packets are between the pods' primary (IPv4) addresses in both runs
-      const tunnel = bridge.read([`(${alphaHosts(FAMILIES[0])}) and udp port 51820`]);
+      const tunnel = bridge.read([`(${alphaHosts(FAMILIES.find((f) => f.name === 'IPv4')!)}) and udp port 51820`]);
       // DNS to the cluster DNS is not project traffic (the DNS proxy of issue 4 is not in this test);
       // neither is IPv6 neighbour discovery with the gateway
       const clear = bridge.read([`(${alphaHosts(F)}) and not udp port 51820 and not udp port 53 and not arp and not (icmp6 and (ip6[40] == 135 or ip6[40] == 136))`]);
