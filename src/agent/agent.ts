@@ -12,8 +12,9 @@
  *   3. publishes each pod's public key and endpoint (never a private key: the pod
  *      proxies generate theirs in memory and print only the public key);
  *   4. gives every local pod its peers (every other project pod with a published
- *      key; allowed IPs: its address, plus the VIPs of services this client reaches
- *      through that endpoint) and its services (the VIPs it serves), over the pod's
+ *      key; allowed IPs: its addresses, /32 and /128 on a dual-stack cluster, plus
+ *      every VIP of the services this client reaches through that endpoint) and its
+ *      services (the VIPs it serves, each of a family it has an address of), over the pod's
  *      control socket: removals first, so a re-keyed pod never clashes with its old key;
  *      to a pod with the DNS proxy also the services' keyed endpoints (set-endpoints)
  *      and the project's members, every pod address and VIP (set-members);
@@ -29,6 +30,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, renameSync, writeFileSync, rmSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, type ServiceConfig } from '../control/config.js';
@@ -37,7 +39,7 @@ import { controlRequest, socketIsLive } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import type { AgentHooks } from '../metrics/agent.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
-import { readProjectView, type PodInfo, type ProjectView, type Registry, type Watch } from '../registry/registry.js';
+import { mergeEndpoints, readProjectView, type PodInfo, type ProjectView, type Registry, type ServiceInfo, type Watch } from '../registry/registry.js';
 import { ProjectPolicies } from './policies.js';
 
 export const TENC_PORT = 51820;
@@ -92,22 +94,38 @@ export function desiredState(view: ProjectView, pod: PodInfo): DesiredPod {
     if (!k || p.name === pod.name) continue;
     peers.set(p.name, { publicKey: k.publicKey, endpoint: k.endpoint, allowedIps: podAddresses(p).map(host) });
   }
+  const byName = new Map(view.pods.map((p) => [p.name, p]));
   const services: DesiredPod['services'] = [];
   const endpoints: DesiredPod['endpoints'] = [];
   for (const s of view.services) {
-    const eps = view.endpoints.find((e) => e.service === s.name)?.pods ?? [];
-    const keyedEps = eps.filter((e) => keyed.has(e.name)).map((e) => e.address).sort();
-    if (keyedEps.length > 0) endpoints.push({ vip: s.vip, addresses: keyedEps });
+    const eps = mergeEndpoints(view.endpoints.filter((e) => e.service === s.name))[0]?.pods ?? [];
+    const vips = serviceVips(s);
+    // each VIP's endpoints in its own family (a dual-stack service: the IPv6 VIP leads to the pods' IPv6 addresses)
+    for (const vip of vips) {
+      const fam = isIP(vip);
+      const keyedEps = eps
+        .filter((e) => keyed.has(e.name))
+        .flatMap((e) => [e.address, ...(byName.get(e.name) ? podAddresses(byName.get(e.name)!) : [])].filter((a) => isIP(a) === fam).slice(0, 1))
+        .sort();
+      if (keyedEps.length > 0) endpoints.push({ vip, addresses: keyedEps });
+    }
     if (eps.some((e) => e.name === pod.name)) {
-      services.push({ vip: s.vip, ports: s.ports });
+      // a VIP the pod has no address of its family for is not served (the pod could not answer it)
+      for (const vip of vips) if (podAddresses(pod).some((a) => isIP(a) === isIP(vip))) services.push({ vip, ports: s.ports });
       continue;
     }
     const usable = eps.filter((e) => peers.has(e.name)).sort((a, b) => a.name.localeCompare(b.name));
     if (usable.length === 0) continue;
-    peers.get(pick(pod.name, s.name, usable).name)!.allowedIps.push(host(s.vip));
+    // every VIP of the service through the same endpoint pod
+    peers.get(pick(pod.name, s.name, usable).name)!.allowedIps.push(...vips.map(host));
   }
-  const members = [...new Set([...view.pods.flatMap((p) => podAddresses(p).map(host)), ...view.services.map((s) => host(s.vip))])].sort();
+  const members = [...new Set([...view.pods.flatMap((p) => podAddresses(p).map(host)), ...view.services.flatMap((s) => serviceVips(s).map(host))])].sort();
   return { peers: [...peers.values()].sort((a, b) => a.publicKey.localeCompare(b.publicKey)), services, endpoints, members };
+}
+
+/** Every cluster IP of a service, primary first. */
+export function serviceVips(s: ServiceInfo): string[] {
+  return s.vips && s.vips.length > 0 ? s.vips : [s.vip];
 }
 
 /** The control requests that turn `applied` into `desired`: removals first. */

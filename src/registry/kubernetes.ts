@@ -49,6 +49,7 @@ import {
 } from '@kubernetes/client-node';
 import type { ServicePort } from '../control/config.js';
 import { Informer, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
+import { clusterIps } from './objects.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 
 export const PROTECT_LABEL = 'tenc.io/protect';
@@ -305,7 +306,8 @@ export class KubernetesRegistry implements Registry {
         const proto = p?.protocol ?? 'TCP';
         if ((proto === 'TCP' || proto === 'UDP') && Number.isInteger(p.port) && p.port >= 1 && p.port <= 65535) ports.push({ protocol: proto.toLowerCase() as 'tcp' | 'udp', port: p.port });
       }
-      out.push({ project, name, vip, ports, selector: { ...sel } });
+      const vips = clusterIps(vip, s.spec?.clusterIPs);
+      out.push({ project, name, vip, ...(vips.length > 1 ? { vips } : {}), ports, selector: { ...sel } });
     }
     return out.sort((a, b) => (a.name < b.name ? -1 : 1));
   }

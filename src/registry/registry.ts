@@ -48,7 +48,10 @@ export interface PodInfo {
 export interface ServiceInfo {
   project: string;
   name: string;
+  /** The primary cluster IP (spec.clusterIP): vips[0]. */
   vip: string;
+  /** Every cluster IP (spec.clusterIPs: one per family of a dual-stack service), primary first; absent: [vip]. */
+  vips?: string[];
   ports: ServicePort[];
   selector: Record<string, string>;
 }
@@ -56,7 +59,10 @@ export interface ServiceInfo {
 export interface EndpointsInfo {
   project: string;
   service: string;
-  /** The ready pods behind the service. */
+  /**
+   * The ready pods behind the service (a dual-stack service has one EndpointSlice per
+   * family: a backend may list the service more than once; mergeEndpoints() joins them).
+   */
   pods: { name: string; address: string; node: string }[];
 }
 
@@ -138,6 +144,17 @@ export function trustedPeers(pods: PodInfo[], peers: PeerInfo[], onRejected: (p:
     out.set(k.pod, k);
   }
   return [...out.values()];
+}
+
+/** One entry per service: the pods of every EndpointsInfo of that service, each pod once (first address kept). */
+export function mergeEndpoints(list: EndpointsInfo[]): EndpointsInfo[] {
+  const by = new Map<string, EndpointsInfo>();
+  for (const e of list) {
+    const m = by.get(e.service);
+    if (!m) by.set(e.service, { ...e, pods: [...e.pods] });
+    else for (const p of e.pods) if (!m.pods.some((x) => x.name === p.name)) m.pods.push(p);
+  }
+  return [...by.values()];
 }
 
 export async function readProjectView(r: Registry, project: string, onRejected?: (p: PeerInfo, why: string) => void): Promise<ProjectView> {
