@@ -87,6 +87,7 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
       socket: { type: 'string', short: 's' },
       'run-dir': { type: 'string' },
       'classify-cidrs': { type: 'string' },
+      'cni-wait': { type: 'string' },
       'log-level': { type: 'string', short: 'l' },
       'metrics-address': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -252,6 +253,8 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         if (!r.ok) throw new UsageError(`--classify-cidrs: ${r.problem}`, cmd);
         classifyCidrs.push(r.value);
       }
+      const cniWait = v['cni-wait'] ?? 'fail-closed';
+      if (cniWait !== 'fail-closed' && cniWait !== 'proxy') throw new UsageError(`--cni-wait: ${JSON.stringify(cniWait)} is not fail-closed or proxy`, cmd);
       await protectSecrets();
       const { runAgent } = await import('../agent/run.js');
       return await runAgent({
@@ -262,6 +265,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         runDir: v['run-dir'] ?? join(DEFAULT_SOCKET_DIR, `agent-${v.node}`),
         logLevel: level,
         classifyCidrs,
+        cniWait,
         metricsAddress: metricsAddress(v['metrics-address'], cmd),
         version: version(),
       });

@@ -36,15 +36,16 @@ ${EXIT_CODES}
 
 export const COMMAND_HELP: Record<string, string> = {
   agent: `Usage: tenc agent --registry SPEC --node NODE [--project LIST] [--socket PATH] [--run-dir DIR] [--classify-cidrs LIST]
-                  [--metrics-address HOST:PORT] [--log-level LEVEL]
+                  [--cni-wait fail-closed|proxy] [--metrics-address HOST:PORT] [--log-level LEVEL]
        tenc agent status [--json] [--node NODE [--project PROJECT] | --run-dir DIR]
 
 The node agent, one per node, for every protected project (the registry's
 projects, or only --project). Serves the node socket on which the CNI plugin
 (\`tenc cni\`) registers each pod's network namespace at sandbox creation (ADD)
-and unregisters it (DEL); starts \`tenc pod\` (enforcement on, fail-closed on any
-stop) in each registered pod's namespace and answers ADD once the pod is
-fail-closed; publishes each pod's public key and endpoint, gives every pod its
+and unregisters it (DEL); at ADD it makes the pod fail-closed itself (policy
+rule, unreachable guards, nftables table in the pod's namespace), answers, and
+starts \`tenc pod\` (enforcement on, fail-closed on any stop) there, which takes
+that state over; publishes each pod's public key and endpoint, gives every pod its
 peers and services over its control socket and follows changes within seconds.
 A pod proxy that dies is started again. The registrations and the proxies' pid +
 start time are saved (0600) under the run dir: a restarted agent adopts them.
@@ -71,6 +72,10 @@ Options:
                            start; an address in them no peer claims is classified on first
                            use (bypassed when not the project's, dropped when it is but has
                            no peer); default none
+      --cni-wait fail-closed|proxy
+                           when ADD answers: once the agent made the pod fail-closed, its
+                           proxy starting in the background (fail-closed, the default), or
+                           only once the proxy answers on its control socket (proxy)
       --metrics-address HOST:PORT
                            serve Prometheus /metrics there: every pod of the run directory
                            (asked over its control socket at each scrape) and the agent's own
