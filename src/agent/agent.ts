@@ -324,17 +324,21 @@ export class Agent {
   whenReady(pod: string, timeoutMs: number): Promise<boolean> {
     if (this.isReady(pod)) return Promise.resolve(true);
     return new Promise((resolve) => {
+      let settled = false;
       const t = setTimeout(() => {
+        settled = true;
         const px = this.proxies.get(pod);
         if (px) px.ready = px.ready.filter((f) => f !== done);
         resolve(false);
       }, timeoutMs);
       const done = () => {
+        settled = true;
         clearTimeout(t);
         resolve(true);
       };
-      // the proxy entry is made by the next reconcile: wait for it
+      // the proxy entry is made by the next reconcile: wait for it (not past the timeout)
       const attach = () => {
+        if (settled) return;
         const px = this.proxies.get(pod);
         if (this.isReady(pod)) done();
         else if (px) px.ready.push(done);

@@ -16,7 +16,8 @@
  *                 background (CHECK tells when it runs); with cniWait "proxy", only once
  *                 the proxy answers on its control socket; ETIMEDOUT after timeoutMs
  *   cni-del    {containerId} -> {}: the proxy stopped, the netns cleaned (unknown: {} too)
- *   cni-check  {containerId, netns, podNamespace, podName} -> {} or an error
+ *   cni-check  {containerId, netns, podNamespace, podName, timeoutMs} -> {} or an error; a
+ *              proxy still starting (ADD answers before it runs) is waited for up to timeoutMs
  *   cni-status -> {projects}
  *
  * The registrations (and the pid + start time of each pod's proxy) are kept in
@@ -233,7 +234,10 @@ export class NodeAgent {
           if (typeof m.podNamespace === 'string' && !(await this.protectedProject(m.podNamespace))) return {};
           throw new RequestError('ENOENT', `container ${containerId} is not registered`);
         }
-        const why = await (await this.agentFor(reg.podNamespace)).check(reg.podName);
+        const agent = await this.agentFor(reg.podNamespace);
+        const timeoutMs = typeof m.timeoutMs === 'number' && m.timeoutMs >= 100 && m.timeoutMs <= 120_000 ? m.timeoutMs : 5000;
+        await agent.whenReady(reg.podName, timeoutMs);
+        const why = await agent.check(reg.podName);
         if (why) throw new RequestError('EIO', `pod ${reg.podNamespace}/${reg.podName}: ${why}`);
         return {};
       }

@@ -125,19 +125,20 @@ afterAll(() => {
 });
 
 describe('tenc cni (real chain)', () => {
-  it('1. spec: ADD, CHECK, DEL, DEL again; a 0.4.0 chain; bad stdin changes nothing; unprotected passes', () => {
+  it('1. spec: ADD, CHECK, DEL, DEL again; a 0.4.0 chain; bad stdin changes nothing; unprotected passes', async () => {
     makeNs('alpha-a');
     const add = chain('ADD', 'alpha-a', '10.128.1.30');
     expect(add.status, add.stderr).toBe(0);
     const res = JSON.parse(add.stdout);
     expect(res.cniVersion).toBe('1.0.0');
     expect(res.ips[0].address).toBe('10.128.1.30/24'); // the bridge's result, unchanged
-    expect(proxies('alpha-a')).toHaveLength(1);
     const n = Netns.attach(nsName('alpha-a'));
     expect(n.ip('rule', 'show')).toContain('lookup 52100');
     expect(n.exec('nft', 'list', 'tables')).toContain('tenc_tenc0');
+    // CHECK waits for the proxy ADD started in the background
     const check = chain('CHECK', 'alpha-a', '10.128.1.30');
     expect(check.status, check.stderr).toBe(0);
+    expect(proxies('alpha-a')).toHaveLength(1);
     const del = chain('DEL', 'alpha-a', '10.128.1.30');
     expect(del.status, del.stderr).toBe(0);
     expect(proxies('alpha-a')).toEqual([]);
@@ -154,7 +155,7 @@ describe('tenc cni (real chain)', () => {
       const a2 = chain('ADD', 'alpha-a', '10.128.1.31');
       expect(a2.status, a2.stderr).toBe(0);
       expect(JSON.parse(a2.stdout).ips[0]).toMatchObject({ version: '4', address: '10.128.1.31/24' });
-      expect(proxies('alpha-a')).toHaveLength(1);
+      await until('proxy of alpha-a', () => proxies('alpha-a').length === 1, 10_000);
       expect(chain('DEL', 'alpha-a', '10.128.1.31').status).toBe(0);
       expect(proxies('alpha-a')).toEqual([]);
     } finally {
@@ -250,6 +251,7 @@ describe('tenc cni (real chain)', () => {
     expect(chain('DEL', 'alpha-d', '10.128.1.60').status).toBe(0);
     const retry = chain('ADD', 'alpha-d', '10.128.1.60');
     expect(retry.status, retry.stderr).toBe(0);
+    expect(chain('CHECK', 'alpha-d', '10.128.1.60').status).toBe(0); // the proxy runs (and its pid is saved)
     expect(proxies('alpha-d')).toHaveLength(1);
     // kill -9 the agent, start a new one: it adopts, DEL stops the proxy and cleans
     process.kill(agentPid(), 'SIGKILL');
