@@ -557,9 +557,15 @@ export class Agent {
       }
     }
     for (const d of set) {
+      const fresh = !px.applied.has(d.publicKey);
       await controlRequest(px.socket, { op: 'set-peer', peer: { publicKey: d.publicKey, endpoint: d.endpoint, allowedIps: d.allowedIps } });
       px.applied.set(d.publicKey, JSON.stringify(d));
       this.log.info({ pod: px.pod.name, peer: keyFingerprint(d.publicKey), allowedIps: d.allowedIps }, 'peer set');
+      // A key new to this pod is usually a pod that just started with its peers in its
+      // config: its first initiation reached this pod before this pod knew it and was
+      // dropped, and the protocol lets it retry only after REKEY_TIMEOUT (5 s). This
+      // pod initiates now instead (one handshake; ignored if it cannot).
+      if (fresh) await controlRequest(px.socket, { op: 'rekey', publicKey: d.publicKey }).catch(() => undefined);
     }
     const services = JSON.stringify(want.services);
     if (services !== px.services) {
