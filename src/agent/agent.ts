@@ -4,7 +4,9 @@
  *
  *   1. reads the project's pods, services, endpoints and published peers from the
  *      registry (on every registry change, and every second as a fallback);
- *   2. starts `tenc pod` in the network namespace of each pod the CNI plugin
+ *   2. at CNI ADD makes the pod fail closed itself (prepare(): the rule, guards and
+ *      nft table of failClosedScripts, from the config the pod will start with), then
+ *      starts `tenc pod` in the network namespace of each pod the CNI plugin
  *      registered on this node (nsenter --net=NETNS; the netns comes only from the
  *      registration, never from the registry), with enforcement on and
  *      failClosedOnStop; a proxy that dies is started again (its new public key is
@@ -16,6 +18,8 @@
  *      every VIP of the services this client reaches through that endpoint) and its
  *      services (the VIPs it serves, each of a family it has an address of), over the pod's
  *      control socket: removals first, so a re-keyed pod never clashes with its old key;
+ *      a key new to a pod makes it initiate a handshake at once (the new pod's own first
+ *      initiation came before this pod knew it; the protocol retries only after 5 s);
  *      to a pod with the DNS proxy also the services' keyed endpoints (set-endpoints)
  *      and the project's members, every pod address and VIP (set-members);
  *   5. gives every local pod the project's TencPolicy set (set-policy), resolved and
