@@ -29,7 +29,7 @@
  *     super-packet instead of copying each segment first
  *   TENC_BUSY_POLL_US=N (0..2000, default 150; 0 = off): after sending a batch of
  *     at most 16 packets the TX thread polls both the TUN device and the UDP
- *     socket for up to N microseconds of idle time before sleeping (engine.c
+ *     socket for up to N microseconds of idle time before sleeping (engine_loop.c
  *     busy_poll; after 8 fruitless spins in a row only every 16th batch spins)
  *   TENC_INLINE_TX=0|1 (default 1): after writing a small batch (at most 16
  *     datagrams) to the TUN device, the RX thread reads the device once and sends

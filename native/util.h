@@ -1,6 +1,7 @@
 #ifndef TENC_UTIL_H
 #define TENC_UTIL_H
-/* util.h: small N-API helpers shared by tun.c, udp.c, raw.c and engine.c.
+/* util.h: small N-API helpers shared by tun.c, udp.c, raw.c and engine_js*.c,
+ * and the clocks (tenc_now_ms, tenc_now_ns) of the engine_*.c files.
  * Errors from system calls become JS Errors whose `code` is the errno name
  * (EPERM, EBUSY, ...) and whose message names the object involved. */
 #include <errno.h>
