@@ -20,6 +20,7 @@
         "native/engine_peers.c",
         "native/engine_events.c",
         "native/engine_js.c",
+        "native/engine_js_test.c",
         "native/allowedips.c",
         "native/nat.c",
         "native/offload.c",
