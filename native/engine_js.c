@@ -615,16 +615,21 @@ static napi_value engine_now(napi_env env, napi_callback_info info) {
   return v;
 }
 
+napi_status tenc_js_export(napi_env env, napi_value exports, const tenc_js_fn *fns, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    napi_status s = tenc_set_fn(env, exports, fns[i].name, fns[i].cb);
+    if (s != napi_ok) return s;
+  }
+  return napi_ok;
+}
+
 napi_status tenc_init_engine(napi_env env, napi_value exports) {
   /* glibc gives each thread that allocates an arena of its own (up to 8 per core)
    * and keeps freed memory there: an idle pod proxy held about 8 MiB more RSS
    * with the default than with 2 (README Benchmarks). The data threads allocate
    * only when they start. An explicit MALLOC_ARENA_MAX still wins. */
   if (!getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, 2);
-  static const struct {
-    const char *name;
-    napi_callback cb;
-  } fns[] = {
+  static const tenc_js_fn fns[] = {
       {"engineCreate", engine_create},
       {"engineAddPeer", engine_add_peer},
       {"engineRemovePeer", engine_remove_peer},
@@ -646,9 +651,5 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"processProtect", process_protect},
       {"engineNow", engine_now},
   };
-  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
-    napi_status s = tenc_set_fn(env, exports, fns[i].name, fns[i].cb);
-    if (s != napi_ok) return s;
-  }
-  return napi_ok;
+  return tenc_js_export(env, exports, fns, sizeof fns / sizeof fns[0]);
 }

@@ -24,6 +24,13 @@ int tenc_js_u32(napi_env env, napi_value v, const char *name, uint32_t *out);
 /* A control call's result: r < 0 throws the errno -r naming `what` and `id`. */
 napi_value tenc_js_result(napi_env env, int r, const char *what, uint32_t id);
 
+/* Adds the functions of a table to `exports` (one tenc_init_* of modules.h). */
+typedef struct {
+  const char *name;
+  napi_callback cb;
+} tenc_js_fn;
+napi_status tenc_js_export(napi_env env, napi_value exports, const tenc_js_fn *fns, size_t n);
+
 /* The first n arguments, argv[0] the engine handle as `j` (returns if missing). */
 #define ARGS(n)                                                                   \
   size_t argc = n;                                                                \

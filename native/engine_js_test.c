@@ -174,19 +174,12 @@ static napi_value engine_test_age_keypair(napi_env env, napi_callback_info info)
 }
 
 napi_status tenc_init_engine_test(napi_env env, napi_value exports) {
-  static const struct {
-    const char *name;
-    napi_callback cb;
-  } fns[] = {
+  static const tenc_js_fn fns[] = {
       {"engineTestSetSendCounter", engine_test_set_send_counter},
       {"engineTestAgeKeypair", engine_test_age_keypair},
       {"replayRun", replay_run},
       {"engineTestSeal", engine_test_seal},
       {"engineTestGro", engine_test_gro},
   };
-  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
-    napi_status s = tenc_set_fn(env, exports, fns[i].name, fns[i].cb);
-    if (s != napi_ok) return s;
-  }
-  return napi_ok;
+  return tenc_js_export(env, exports, fns, sizeof fns / sizeof fns[0]);
 }
