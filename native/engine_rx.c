@@ -53,10 +53,7 @@ struct tenc_rx {
   uint32_t npend;
   struct mmsghdr *imsgs;
   struct iovec *iiovs;
-  union {
-    struct sockaddr_in v4;
-    struct sockaddr_in6 v6;
-  } *inames;
+  tenc_ipsa *inames;
   tenc_aead *aead;
 };
 
@@ -200,19 +197,7 @@ static void raw_add(struct tenc_rx *x, uint32_t n, const rxinj *j) {
   m->msg_iov = &x->iiovs[n];
   m->msg_iovlen = 1;
   m->msg_name = &x->inames[n];
-  if (j->family == 4) {
-    struct sockaddr_in *s = &x->inames[n].v4;
-    memset(s, 0, sizeof *s);
-    s->sin_family = AF_INET;
-    memcpy(&s->sin_addr, j->pkt + 16, 4);
-    m->msg_namelen = sizeof *s;
-  } else {
-    struct sockaddr_in6 *s = &x->inames[n].v6;
-    memset(s, 0, sizeof *s);
-    s->sin6_family = AF_INET6;
-    memcpy(&s->sin6_addr, j->pkt + 24, 16);
-    m->msg_namelen = sizeof *s;
-  }
+  m->msg_namelen = tenc_ipsa_set(&x->inames[n], j->family, j->family == 4 ? j->pkt + 16 : j->pkt + 24);
 }
 
 static inline void raw_flush(tenc_engine *e, struct tenc_rx *x, int family, uint32_t n) {
@@ -231,21 +216,8 @@ static inline void raw_flush(tenc_engine *e, struct tenc_rx *x, int family, uint
 }
 
 static int raw_send_one(tenc_engine *e, int family, const uint8_t *pkt, uint32_t len, const uint8_t *dst) {
-  union {
-    struct sockaddr_in v4;
-    struct sockaddr_in6 v6;
-  } sa;
-  memset(&sa, 0, sizeof sa);
-  socklen_t sl;
-  if (family == 4) {
-    sa.v4.sin_family = AF_INET;
-    memcpy(&sa.v4.sin_addr, dst, 4);
-    sl = sizeof sa.v4;
-  } else {
-    sa.v6.sin6_family = AF_INET6;
-    memcpy(&sa.v6.sin6_addr, dst, 16);
-    sl = sizeof sa.v6;
-  }
+  tenc_ipsa sa;
+  socklen_t sl = tenc_ipsa_set(&sa, family, dst);
   int fd = family == 4 ? e->o.raw4_fd : e->o.raw6_fd;
   ssize_t r;
   do
