@@ -2,8 +2,9 @@
  * tenc_tx_cycle: 1 read the TUN device (segmenting TSO/USO super-packets),
  * 2 classify by inner destination (allowed IPs; route misses reported), 3 queue
  * for a peer without session, 4 take counters and seal, 5 sendmmsg with UDP GSO.
- * Also the node thread's own sends through the same seal: keepalives, handshake
- * messages and a peer's queue once it has a session (tenc_queue_flush_through).
+ * Also the node thread's own sends on the same socket: keepalives and a peer's
+ * queue once it has a session (tenc_queue_flush_through), sealed as in stage 4,
+ * and handshake messages as the control plane made them.
  * The thread loop around tenc_tx_cycle is engine_loop.c. */
 #include "engine_internal.h"
 #include <errno.h>
