@@ -9,6 +9,9 @@
 #   cluster.sh add-pod JSON       one more pod, e.g. '{"name":"alpha-web-2","project":"alpha",
 #                                 "node":"node2","address":"10.128.2.30","labels":{"app":"web"}}'
 #   cluster.sh remove-pod NAME    delete a pod (CNI DEL through the chain, then its namespace)
+#   cluster.sh policy-apply JSON  create or replace a TencPolicy (kubectl apply; README "Policies"),
+#                                 checked with the whole file: a bad one changes nothing
+#   cluster.sh policy-delete PROJECT NAME   delete a TencPolicy
 #   cluster.sh agent-start        start the node agents that are not running (one per node)
 #   cluster.sh agent-stop         stop the node agents (SIGTERM; the pod proxies keep running,
 #                                 fail-closed, and the next agent adopts them)
@@ -25,7 +28,10 @@
 # projects' psk files, the registry directory, kube-proxy rules, DNS records, the CNI
 # conflists, launcher and IPAM data, agents' sockets, pids, state and logs. CLUSTER_PROTECT
 # (comma-separated projects, default every project of the file) names the projects the
-# agents protect; pods of the others pass through tenc's ADD untouched. The file format is described in src/agent/cluster-config.ts and README.md.
+# agents protect; pods of the others pass through tenc's ADD untouched. CLUSTER_METRICS_PORT=P
+# starts the n-th node's agent (n from 0, in the file's order) with --metrics-address
+# 127.0.0.1:P+n, in the namespace the agent runs in (the host's; with etcd, its node's).
+# The file format is described in src/agent/cluster-config.ts and README.md.
 #
 #   pod ns <prefix>-<pod>              pod ns                         pod ns
 #   eth0 10.128.1.10/24                eth0 10.128.1.11/24            eth0 10.128.2.10/24
@@ -347,6 +353,18 @@ add_pod() {
   run_plan_line $line
 }
 
+policy_apply() {
+  [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  node "$tool" apply-policy "$STATE" "$1" || exit 2
+  sync_cluster
+}
+
+policy_delete() {
+  [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  node "$tool" delete-policy "$STATE" "$1" "$2" || exit 2
+  sync_cluster
+}
+
 remove_pod() {
   local ns
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
@@ -366,17 +384,19 @@ remove_pod() {
 
 # one node agent per node, for the projects in STATE/protect; waits for its node socket
 agent_start() {
-  local name ns f ranges i
+  local name ns f ranges i n=0 metrics
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
   # the pod and service ranges: guarded from each pod's start, classified on first use
   ranges=$(node "$tool" classify-cidrs "$STATE") || die "cannot read the cluster's ranges"
   while read -r name ns; do
     f=$STATE/agents/$name
+    metrics=${CLUSTER_METRICS_PORT:+127.0.0.1:$((CLUSTER_METRICS_PORT + n))}
+    n=$((n + 1))
     if [ -f "$f.pid" ] && alive "$(cat "$f.pid")"; then continue; fi
     rm -f "$f.sock" # a killed agent's socket: wait for the new agent's, not this one
     # shellcheck disable=SC2046
     setsid $(agent_where "$ns") node "$tenc_js" agent --registry "$(agent_registry "$name")" --node "$name" --project "$(cat "$STATE/protect")" \
-      --socket "$f.sock" --classify-cidrs "$ranges" --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &
+      --socket "$f.sock" --classify-cidrs "$ranges" --run-dir "$f.run" ${metrics:+--metrics-address "$metrics"} >>"$f.log" 2>&1 </dev/null &
     echo $! >"$f.pid"
     for i in $(seq 200); do [ -S "$f.sock" ] && break; alive "$(cat "$f.pid")" || break; sleep 0.05; done
     [ -S "$f.sock" ] || die "agent on $name did not start (see $f.log)"
@@ -400,6 +420,8 @@ case "${1:-}" in
   status) status ;;
   add-pod) [ $# -eq 2 ] || die "usage: cluster.sh add-pod JSON"; add_pod "$2" ;;
   remove-pod) [ $# -eq 2 ] || die "usage: cluster.sh remove-pod NAME"; remove_pod "$2" ;;
+  policy-apply) [ $# -eq 2 ] || die "usage: cluster.sh policy-apply JSON"; policy_apply "$2" ;;
+  policy-delete) [ $# -eq 3 ] || die "usage: cluster.sh policy-delete PROJECT NAME"; policy_delete "$2" "$3" ;;
   agent-start) [ $# -eq 1 ] || die "usage: cluster.sh agent-start"; agent_start ;;
   agent-stop) [ $# -eq 1 ] || die "usage: cluster.sh agent-stop"; agent_stop ;;
   cni)
@@ -408,7 +430,7 @@ case "${1:-}" in
     cni "$2" "$3" "$(awk -v p="$3" '$1 == p {print $2}' "$STATE/pods")"
     ;;
   *)
-    echo "usage: cluster.sh up FILE [--registry dir|etcd] | down | status | add-pod JSON | remove-pod NAME | agent-start | agent-stop | cni ADD|DEL|CHECK POD" >&2
+    echo "usage: cluster.sh up FILE [--registry dir|etcd] | down | status | add-pod JSON | remove-pod NAME | policy-apply JSON | policy-delete PROJECT NAME | agent-start | agent-stop | cni ADD|DEL|CHECK POD" >&2
     echo "       (env: CLUSTER_PREFIX=tc, CLUSTER_STATE=/run/tenc-cluster/<prefix>)" >&2
     exit 2
     ;;

@@ -16,7 +16,9 @@
  *      through that endpoint) and its services (the VIPs it serves), over the pod's
  *      control socket: removals first, so a re-keyed pod never clashes with its old key;
  *      to a pod with the DNS proxy also the services' keyed endpoints (set-endpoints)
- *      and the project's members, every pod address and VIP (set-members).
+ *      and the project's members, every pod address and VIP (set-members);
+ *   5. gives every local pod the project's TencPolicy set (set-policy), resolved and
+ *      validated all or nothing by policies.ts (a refused update keeps the previous set).
  *
  * Proxies are tracked by pid and start time (/proc/PID/stat field 22), never by
  * command line. A proxy found running at start (the agent was restarted) is adopted
@@ -36,6 +38,7 @@ import type { StatusReport } from '../control/status.js';
 import type { AgentHooks } from '../metrics/agent.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
 import { readProjectView, type PodInfo, type ProjectView, type Registry, type Watch } from '../registry/registry.js';
+import { ProjectPolicies } from './policies.js';
 
 export const TENC_PORT = 51820;
 export const RECONCILE_MS = 1000;
@@ -218,6 +221,8 @@ interface Proxy {
   ready: (() => void)[];
   /** "key endpoint" last published for the pod; null: not yet. */
   published: string | null;
+  /** JSON of the policies given to the pod (set-policy); null: not yet. */
+  policy?: string | null;
 }
 
 export interface AgentOptions {
@@ -259,10 +264,13 @@ export class Agent {
   private stopped = false;
   private readonly log: Logger;
   private readonly main: string;
+  /** The project's TencPolicy set in force. */
+  readonly policies: ProjectPolicies;
 
   constructor(private readonly o: AgentOptions) {
     this.log = o.log ?? silentLogger;
     this.main = o.tencMain ?? fileURLToPath(new URL('../cli/main.js', import.meta.url));
+    this.policies = new ProjectPolicies(o.project, TENC_PORT, this.log);
   }
 
   async start(): Promise<void> {
@@ -288,7 +296,7 @@ export class Agent {
         this.log.error({ err: (e as Error).message }, 'reconcile failed');
       })
       .finally(() => {
-        this.o.hooks?.proxies([...this.proxies.values()].filter((p) => p.publicKey !== null).length);
+        this.o.hooks?.proxies([...this.proxies.values()].filter((p) => p.publicKey !== null).length, this.o.project);
         this.running = false;
         if (this.again) {
           this.again = false;
@@ -406,10 +414,12 @@ export class Agent {
     // this node's registered pods are members even before the registry lists them
     const pods = [...view.pods.filter((p) => !this.proxies.has(p.name)), ...[...this.proxies.values()].map((px) => px.pod)];
     const v2: ProjectView = { ...view, pods, peers: fresh };
+    await this.policies.refresh(this.o.registry.policies && (() => this.o.registry.policies!(this.o.project)), v2);
     for (const px of this.proxies.values()) {
       if (px.publicKey === null) continue;
       try {
         await this.apply(px, desiredState(v2, px.pod));
+        await this.applyPolicy(px);
       } catch (e) {
         this.log.warn({ pod: px.pod.name, err: (e as Error).message }, 'cannot configure pod proxy');
         // a proxy not answering: check it is alive (an adopted one has no child to watch)
@@ -466,6 +476,16 @@ export class Agent {
     }
   }
 
+  /** The policy set in force, as this pod is told it (set-policy when it changed). */
+  private async applyPolicy(px: Proxy): Promise<void> {
+    const policies = this.policies.forPod(px.pod.name);
+    const json = JSON.stringify(policies);
+    if (json === px.policy) return;
+    await controlRequest(px.socket, { op: 'set-policy', policies });
+    px.policy = json;
+    this.log.info({ pod: px.pod.name, policies: policies.map((p) => p.name) }, 'policies set');
+  }
+
   /** Adopts a live proxy (agent restart) or starts one. Runs inside reconcile (one at a time). */
   private async ensureProxy(px: Proxy): Promise<void> {
     px.starting = true;
@@ -493,6 +513,7 @@ export class Agent {
     px.services = null;
     px.endpoints = null;
     px.members = null;
+    px.policy = null;
     px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
     this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey), pid: px.id?.pid ?? null }, 'running proxy adopted');
     this.o.hooks?.proxyStarted('adopted');
@@ -573,6 +594,7 @@ export class Agent {
     px.services = null;
     px.endpoints = null;
     px.members = null;
+    px.policy = null;
     this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid }, 'proxy started');
     this.o.hooks?.proxyStarted('started');
   }
@@ -587,6 +609,7 @@ export class Agent {
     px.services = null;
     px.endpoints = null;
     px.members = null;
+    px.policy = null;
     px.restartAt = Date.now() + RESTART_DELAY_MS;
     this.o.onProxyChange?.();
     if (this.proxies.get(px.pod.name) === px) setTimeout(() => this.kick(), RESTART_DELAY_MS);
@@ -645,6 +668,8 @@ export async function cleanNetns(netns: string): Promise<void> {
   for (const fam of ['-4', '-6']) {
     // every rule at tenc's priority (one per family, but be thorough: at most a few)
     for (let i = 0; i < 4; i++) await run(['ip', fam, 'rule', 'del', 'pref', String(DEFAULT_RULE_PRIORITY)]);
+    // TencPolicy exempt rules (policy-rules.ts): one pref below tenc's rule
+    await run(['sh', '-c', `for i in $(seq 1 4096); do ip ${fam} rule del pref ${DEFAULT_RULE_PRIORITY - 1} 2>/dev/null || break; done`]);
     await run(['ip', fam, 'route', 'flush', 'table', String(DEFAULT_TABLE)]);
   }
   await run(['nft', 'delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)]);

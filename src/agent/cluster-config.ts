@@ -14,12 +14,15 @@
  *     "nodes":    [{"name": "node1", "podCidr": "10.128.1.0/24"}],
  *     "projects": [{"name": "alpha"}],
  *     "pods":     [{"name": "alpha-web-1", "project": "alpha", "node": "node1", "address": "10.128.1.10", "labels": {"app": "web"}}],
- *     "services": [{"name": "web", "project": "alpha", "vip": "10.96.1.10", "ports": [{"protocol": "tcp", "port": 80}], "selector": {"app": "web"}}]
+ *     "services": [{"name": "web", "project": "alpha", "vip": "10.96.1.10", "ports": [{"protocol": "tcp", "port": 80}], "selector": {"app": "web"}}],
+ *     "policies": [{"apiVersion": "tenc.io/v1alpha1", "kind": "TencPolicy", "metadata": {"name": "metrics", "namespace": "alpha"},
+ *                   "spec": {"service": "web", "ports": [{"protocol": "TCP", "port": 9100}], "mode": "exempt"}}]   optional (cluster-policies.ts)
  *   }
  *
  * IPv4 only (10.0.0.0/8). Every problem is reported as `FILE: field: problem`.
  */
 import type { ServicePort } from '../control/config.js';
+import { validateClusterPolicies, type ClusterPolicy } from './cluster-policies.js';
 
 export interface ClusterNode {
   name: string;
@@ -49,6 +52,8 @@ export interface ClusterConfig {
   projects: { name: string }[];
   pods: ClusterPod[];
   services: ClusterService[];
+  /** TencPolicy objects (cluster-policies.ts); [] when the file has none. */
+  policies?: ClusterPolicy[];
 }
 
 export class ClusterConfigError extends Error {
@@ -128,7 +133,7 @@ export function validateCluster(raw: unknown, file: string): ClusterConfig {
     for (const k of Object.keys(o)) if (!known.includes(k)) add(prefix + k, `unknown field (known: ${known.join(', ')})`);
   };
   if (!isObject(raw)) throw new ClusterConfigError(file, [{ field: '(top level)', problem: 'must be a JSON object' }]);
-  unknown(raw, '', ['underlay', 'overlay', 'serviceCidr', 'dns', 'external', 'nodes', 'projects', 'pods', 'services']);
+  unknown(raw, '', ['underlay', 'overlay', 'serviceCidr', 'dns', 'external', 'nodes', 'projects', 'pods', 'services', 'policies']);
 
   const cidrField = (field: string, dflt: string): [string, Cidr4 | null] => {
     const v = raw[field] ?? dflt;
@@ -326,8 +331,15 @@ export function validateCluster(raw: unknown, file: string): ClusterConfig {
     if (problems.length === before) services.push({ name, project, vip, ports, selector });
   });
 
+  // policies: after pods and services (a policy names a service or selects pods)
+  const policies = validateClusterPolicies(
+    Array.isArray(raw.policies) ? raw.policies.map((p) => (p && typeof p === 'object' && 'object' in p && 'project' in p ? (p as ClusterPolicy).object : p)) : raw.policies,
+    { projects, pods, services },
+    add,
+  );
+
   if (problems.length > 0) throw new ClusterConfigError(file, problems);
-  return { underlay, overlay, serviceCidr, dns, external, nodes, projects, pods, services };
+  return { underlay, overlay, serviceCidr, dns, external, nodes, projects, pods, services, policies };
 }
 
 // --- derived values -----------------------------------------------------------

@@ -127,6 +127,7 @@ export function syncRegistry(c: ClusterConfig, reg: RegistryWriter, pskDir: stri
     reg.replaceObjects('pods', pr.name, pods);
     reg.replaceObjects('services', pr.name, services);
     reg.replaceObjects('endpointslices', pr.name, slices);
+    reg.replaceObjects('policies', pr.name, new Map((c.policies ?? []).filter((p) => p.project === pr.name).map((p) => [p.name, p.object])));
   }
 }
 
@@ -264,6 +265,28 @@ export function main(argv: string[]): number | Promise<number> {
         if (!pod) throw new ClusterConfigError('remove-pod', [{ field: 'name', problem: `${JSON.stringify(name)} is not a pod of the cluster` }]);
         saveState(state, { ...c, pods: c.pods.filter((p) => p !== pod) });
         process.stdout.write(podNs(prefix, name) + '\n');
+        return 0;
+      }
+      case 'apply-policy': {
+        // kubectl apply of one TencPolicy: created or replaced, the whole file checked again
+        const [state, json] = args;
+        const c = loadState(state);
+        let o: any;
+        try {
+          o = JSON.parse(json);
+        } catch (e) {
+          throw new ClusterConfigError('apply-policy', [{ field: '(policy)', problem: `not valid JSON: ${(e as Error).message}` }]);
+        }
+        const others = (c.policies ?? []).filter((p) => !(p.project === o?.metadata?.namespace && p.name === o?.metadata?.name)).map((p) => p.object);
+        saveState(state, validateCluster({ ...c, policies: [...others, o] }, 'apply-policy'));
+        return 0;
+      }
+      case 'delete-policy': {
+        const [state, project, name] = args;
+        const c = loadState(state);
+        const left = (c.policies ?? []).filter((p) => !(p.project === project && p.name === name));
+        if (left.length === (c.policies ?? []).length) throw new ClusterConfigError('delete-policy', [{ field: 'name', problem: `no TencPolicy ${project}/${name}` }]);
+        saveState(state, validateCluster({ ...c, policies: left.map((p) => p.object) }, 'delete-policy'));
         return 0;
       }
       case 'classify-cidrs': {

@@ -5,7 +5,7 @@
  * that kind" and the backend reports it as a problem.
  */
 import type { ServicePort } from '../control/config.js';
-import type { EndpointsInfo, PeerInfo, PodInfo, ServiceInfo } from './registry.js';
+import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, ServiceInfo } from './registry.js';
 
 type Obj = Record<string, any>;
 const str = (v: unknown): v is string => typeof v === 'string';
@@ -60,4 +60,14 @@ export function endpointsFromObject(project: string, o: Obj): EndpointsInfo | nu
 export function peerFromObject(project: string, node: string, pod: string, o: Obj): PeerInfo | null {
   if (!str(o?.pod) || !str(o?.publicKey) || !str(o?.endpoint) || o.pod !== pod) return null;
   return { project, pod, node, publicKey: o.publicKey, endpoint: o.endpoint };
+}
+
+/**
+ * A TencPolicy found at a place named `name`: kept as it is (the agent validates the
+ * whole set, src/policy/policy.ts); a metadata.name other than its place's is a problem.
+ */
+export function policyFromObject(project: string, name: string, o: Obj): PolicyObject {
+  const n = o?.metadata?.name;
+  if (n !== undefined && n !== name) return { project, name, object: o, problem: `metadata.name ${JSON.stringify(n)} differs from its place's name ${name}` };
+  return { project, name, object: o };
 }

@@ -16,6 +16,8 @@
  *   publishPeer / withdrawPeer   write / remove this node's own pods' entries
  *   watch(project, fn)   informers: fn() after any change (level-triggered: the
  *                        agent re-reads everything and reconciles)
+ *   policies(project)    TencPolicy objects as stored (optional; src/policy/policy.ts
+ *                        validates them, all or nothing); a backend without it: none
  *
  * Only public keys travel through a registry; private keys stay in the pod proxies.
  *
@@ -68,6 +70,19 @@ export interface PeerInfo {
   endpoint: string;
 }
 
+/**
+ * A TencPolicy object as the store holds it, before validation (src/policy/policy.ts):
+ * `object` is the parsed JSON; `problem` says why it could not be read (not JSON, its
+ * name differs from its place), and then the whole policy set is refused.
+ */
+export interface PolicyObject {
+  project: string;
+  /** The name of its place (file, key, metadata.name). */
+  name: string;
+  object: unknown;
+  problem?: string;
+}
+
 export interface Watch {
   close(): void;
 }
@@ -86,6 +101,8 @@ export interface Registry {
   withdrawPeer(project: string, node: string, pod: string): Promise<void>;
   /** Calls onChange (possibly more than once, possibly spuriously) after a change to the project's objects. */
   watch(project: string, onChange: () => void): Watch;
+  /** The project's TencPolicy objects, sorted by name (optional: without it, no policies). */
+  policies?(project: string): Promise<PolicyObject[]>;
   /** Releases connections (network backends); the registry is not used afterwards. */
   close?(): Promise<void>;
 }
