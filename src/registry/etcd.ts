@@ -51,9 +51,14 @@ export const DEFAULT_PREFIX = '/tenc/';
 export const LEASE_TTL_S = 5;
 /** Backoff of the snapshot re-read after a watch error, and of lease re-grants. */
 const RETRY_MIN_MS = 100;
-const RETRY_MAX_MS = 3000;
-/** A unary call that takes longer fails (so another endpoint is tried). */
-const CALL_TIMEOUT_MS = 3000;
+const RETRY_MAX_MS = 1000;
+/**
+ * A unary call that takes longer fails, so the next endpoint is tried: a member that
+ * lost quorum holds a write until it fails, and a partitioned one never answers. The
+ * snapshot (a range of the whole prefix) gets longer.
+ */
+export const CALL_TIMEOUT_MS = 1500;
+const SNAPSHOT_TIMEOUT_MS = 5000;
 
 export class EtcdSpecError extends Error {
   override name = 'EtcdSpecError';
@@ -148,7 +153,30 @@ export function etcdClient(c: EtcdConnection): Etcd3 {
     };
   }
   if (c.user) o.auth = { username: c.user, password: readFile('password', c.passwordFile!).toString('utf8').trim() };
-  return new Etcd3(o);
+  const client = new Etcd3(o);
+  inOrder(client);
+  return client;
+}
+
+/**
+ * etcd3 spreads calls and streams over the endpoints at random. A node's agent should
+ * use its own member (the spec lists it first) and go to the others only when it
+ * fails: with a random one, a partition of a third node leaves the agents of the two
+ * healthy nodes with their watch or lease stream on the cut-off member, where it
+ * stalls silently until HTTP/2 pings notice (15 s), their leases expire meanwhile and
+ * the pods of healthy nodes lose their peers. So every call starts at the first
+ * endpoint; one that fails (a refused connection, a deadline) is retried on the next,
+ * and an endpoint that failed 3 times in a row is skipped for 5 s (etcd3's circuit
+ * breaker, which streams feed too).
+ */
+function inOrder(client: Etcd3): void {
+  const pool = (client as unknown as { pool: { hosts: unknown[]; shuffledHosts: () => Generator<unknown> } }).pool;
+  if (!Array.isArray(pool?.hosts) || typeof pool.shuffledHosts !== 'function') {
+    throw new Error('etcd3: connection pool not as expected (etcd3 upgraded?): cannot order the endpoints');
+  }
+  pool.shuffledHosts = function* () {
+    for (;;) yield* pool.hosts;
+  };
 }
 
 type Obj = Record<string, any>;
@@ -262,7 +290,7 @@ export class EtcdRegistry implements Registry {
   /** Reads the whole prefix at one revision, replaces the copy, watches from revision + 1. */
   private async snapshot(): Promise<void> {
     const gen = ++this.generation;
-    const res = await this.client.getAll().prefix(this.prefix).exec();
+    const res = await this.client.getAll().prefix(this.prefix).options({ deadline: Date.now() + SNAPSHOT_TIMEOUT_MS }).exec();
     if (this.closed || gen !== this.generation) return;
     const rev = Number(res.header.revision);
     const before = new Set(this.copy.keys());
@@ -647,12 +675,15 @@ export class EtcdRegistryWriter {
 
   /**
    * Sends the queued writes in order; an operation that fails (no quorum, a member
-   * down) is tried again with backoff for up to `patienceMs`, as a controller would.
+   * down) is tried again for up to `patienceMs`, as a controller would: each call
+   * gives up after CALL_TIMEOUT_MS and goes to the next endpoint, and the pause
+   * between tries stays short (0.1 s doubling to 0.5 s), so a write held back by a
+   * lost quorum lands within about 2 s of the quorum's return.
    */
   async flush(patienceMs = 30_000): Promise<void> {
     const until = Date.now() + patienceMs;
     for (const op of this.ops.splice(0)) {
-      for (let delay = 200; ; delay = Math.min(delay * 2, 2000)) {
+      for (let delay = 100; ; delay = Math.min(delay * 2, 500)) {
         try {
           await op();
           break;
