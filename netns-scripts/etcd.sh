@@ -11,6 +11,8 @@
 #   etcd.sh ctl ARGS...           etcdctl as root (in the infra namespace, over TLS)
 #
 # Environment: as cluster.sh (CLUSTER_PREFIX, CLUSTER_STATE); reads STATE/nodes.
+# ETCD_NODES="node1 node2" sends ctl to those members only (etcdctl spreads its calls
+# over every endpoint, and waits out its timeout on a partitioned one).
 #
 #   node ns <prefix>-n-node1                node ns <prefix>-n-node2       ...
 #   etcd node1 https://10.200.0.1:2379      etcd node2 https://10.200.0.2:2379
@@ -46,9 +48,9 @@ node_ns() { awk -v n="$1" '$1 == n {print $2}' "$STATE/nodes"; }
 node_addr() { ip -n "$(node_ns "$1")" -4 -o addr show dev ul0 | awk '{split($4, a, "/"); print a[1]; exit}'; }
 nodes() { awk '{print $1}' "$STATE/nodes"; }
 
-ctl() { # etcdctl as root, from the infra namespace
+ctl() { # etcdctl as root, from the infra namespace (only to the members of ETCD_NODES when set)
   local eps
-  eps=$(for n in $(nodes); do printf 'https://%s:2379,' "$(node_addr "$n")"; done)
+  eps=$(for n in ${ETCD_NODES:-$(nodes)}; do printf 'https://%s:2379,' "$(node_addr "$n")"; done)
   ip netns exec "$INFRA" env ETCDCTL_API=3 etcdctl --endpoints "${eps%,}" --cacert "$PKI/ca.crt" \
     --cert "$PKI/root.crt" --key "$PKI/root.key" --dial-timeout=2s --command-timeout=5s "$@"
 }
@@ -100,7 +102,7 @@ member_start() { # NODE
     --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token "tenc-$PREFIX" \
     --cert-file "$PKI/member-$n.crt" --key-file "$PKI/member-$n.key" --trusted-ca-file "$PKI/ca.crt" --client-cert-auth \
     --peer-cert-file "$PKI/member-$n.crt" --peer-key-file "$PKI/member-$n.key" --peer-trusted-ca-file "$PKI/ca.crt" \
-    --peer-client-cert-auth --log-level warn >>"$E/$n/etcd.log" 2>&1 </dev/null &
+    --peer-client-cert-auth --pre-vote --log-level warn >>"$E/$n/etcd.log" 2>&1 </dev/null &
   echo $! >"$E/$n/pid"
 }
 

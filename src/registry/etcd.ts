@@ -158,24 +158,48 @@ export function etcdClient(c: EtcdConnection): Etcd3 {
   return client;
 }
 
+/** An endpoint whose call or stream failed is tried after the others for this long. */
+const FAILED_ENDPOINT_MS = 5000;
+
 /**
  * etcd3 spreads calls and streams over the endpoints at random. A node's agent should
  * use its own member (the spec lists it first) and go to the others only when it
  * fails: with a random one, a partition of a third node leaves the agents of the two
  * healthy nodes with their watch or lease stream on the cut-off member, where it
  * stalls silently until HTTP/2 pings notice (15 s), their leases expire meanwhile and
- * the pods of healthy nodes lose their peers. So every call starts at the first
- * endpoint; one that fails (a refused connection, a deadline) is retried on the next,
- * and an endpoint that failed 3 times in a row is skipped for 5 s (etcd3's circuit
- * breaker, which streams feed too).
+ * the pods of healthy nodes lose their peers. So every call and stream starts at the
+ * first endpoint that has not failed in the last FAILED_ENDPOINT_MS (a refused
+ * connection, a deadline, a stream error), then the next ones; the failed ones come
+ * last. (etcd3's own circuit breaker does not count the errors of streams, so a watch
+ * would go back to a dead first member for ever.)
  */
 function inOrder(client: Etcd3): void {
-  const pool = (client as unknown as { pool: { hosts: unknown[]; shuffledHosts: () => Generator<unknown> } }).pool;
-  if (!Array.isArray(pool?.hosts) || typeof pool.shuffledHosts !== 'function') {
+  type Host = { resetAllServices: () => void };
+  const pool = (client as unknown as { pool: { hosts: Host[]; shuffledHosts: () => Generator<Host>; markFailed: (h: Host, e: Error) => void } }).pool;
+  if (!Array.isArray(pool?.hosts) || typeof pool.shuffledHosts !== 'function' || typeof pool.markFailed !== 'function') {
     throw new Error('etcd3: connection pool not as expected (etcd3 upgraded?): cannot order the endpoints');
   }
+  const failedAt = new Map<Host, number>();
+  const markFailed = pool.markFailed.bind(pool);
+  pool.markFailed = (h, e) => {
+    failedAt.set(h, Date.now());
+    markFailed(h, e);
+  };
+  for (const h of pool.hosts) {
+    // called by etcd3 when a unary call on the host failed in a way worth another host
+    const reset = h.resetAllServices.bind(h);
+    h.resetAllServices = () => {
+      failedAt.set(h, Date.now());
+      reset();
+    };
+  }
   pool.shuffledHosts = function* () {
-    for (;;) yield* pool.hosts;
+    for (;;) {
+      const now = Date.now();
+      const failed = (h: Host) => now - (failedAt.get(h) ?? -Infinity) < FAILED_ENDPOINT_MS;
+      yield* pool.hosts.filter((h) => !failed(h));
+      yield* pool.hosts.filter(failed);
+    }
   };
 }
 
