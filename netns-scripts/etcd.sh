@@ -94,7 +94,9 @@ member_start() { # NODE
   addr=$(node_addr "$n")
   for m in $(nodes); do cluster+="$m=https://$(node_addr "$m"):2380,"; done
   mkdir -m 0700 -p "$E/$n"
-  # new cluster on first start; a restart joins with its data (the flag is then ignored)
+  # new cluster on first start; a restart joins with its data (the flag is then ignored).
+  # --pre-vote (etcd 3.5's default, not 3.4's): a member back from a partition does not
+  # depose the leader with its higher term, so the heal costs no election.
   ip netns exec "$ns" setsid etcd --name "$n" --data-dir "$E/$n/data" \
     --listen-client-urls "https://$addr:2379" --advertise-client-urls "https://$addr:2379" \
     --listen-peer-urls "https://$addr:2380" --initial-advertise-peer-urls "https://$addr:2380" \

@@ -23,7 +23,7 @@
  * current; every read is served from that copy, parsed once per change. A watch that
  * ends in an error (etcd3 says only "Watcher canceled" when a compaction removed the
  * revision it needed) is dropped and the snapshot is read again, with backoff; a lost
- * connection is retried over every endpoint by etcd3 (circuit breaker per endpoint),
+ * connection is retried over the other endpoints in order (inOrder(): own member first),
  * and the watch resumes from its last revision. While etcd is unreachable the copy
  * stays as it was: the agent keeps its pods running with what they have, and learns
  * nothing new (new destinations stay fail-closed).
@@ -548,7 +548,9 @@ export class EtcdRegistry implements Registry {
     const key = this.peerKey(peer.project, peer.node, peer.pod);
     const value = JSON.stringify({ pod: peer.pod, publicKey: peer.publicKey, endpoint: peer.endpoint });
     this.owned.set(key, value);
-    const lease = await this.getLease();
+    // a grant started while etcd had no quorum may fail just after it is back: one
+    // more (fresh) grant then, rather than the agent's next reconcile a second later
+    const lease = await this.getLease().catch(() => this.getLease());
     await lease.put(key).value(value).exec();
   }
 

@@ -301,4 +301,23 @@ describe('endpoint order (two separate members, each with its own value of one k
       await a.start();
     }
   }, 30_000);
+
+  it('a watch on the first endpoint moves to the next when its member dies, and stays there (stream errors count)', async () => {
+    // b's history is ahead of a's, so the watch resumed on b from a's revision sees b's next change
+    const bump = etcdClient(parseEtcdSpec(b.endpoint));
+    for (let i = 0; i < 30; i++) await bump.put(`/bump/${i}`).value('x');
+    bump.close();
+    const r = new EtcdRegistry(parseEtcdSpec(`${a.endpoint},${b.endpoint}`), {});
+    try {
+      r.watch('alpha', () => {});
+      expect(await r.pods('alpha')).toEqual([]);
+      await a.stop(true);
+      expect(b.ctl('put', '/tenc/pods/alpha/moved', JSON.stringify(pod('moved', 'node1', '10.128.1.50'))).status).toBe(0);
+      const t = await until('the pod written on the second member', async () => (await r.pods('alpha')).some((p) => p.name === 'moved'), 8000);
+      console.log(`endpoint order: watch moved to the second member and delivered in ${t} ms`);
+    } finally {
+      await r.close();
+      await a.start();
+    }
+  }, 30_000);
 });

@@ -61,7 +61,7 @@ const etcd = (...a: string[]) => run(etcdScript, a);
 /** etcdctl as root on some members only (etcdctl waits out its timeout on a cut-off one). */
 const etcdOn = (nodes: string[], ...a: string[]) => run(etcdScript, ['ctl', ...a], { ETCD_NODES: nodes.join(' ') });
 const ns = (pod: string) => `${PREFIX}-${pod}`;
-const log = (s: string) => console.log(`etcd-fault: ${s}`);
+const log = (s: string) => console.log(`etcd-fault: ${new Date().toISOString().slice(11, 23)} ${s}`);
 
 function curl(pod: string, url: string, timeout = 3): string | null {
   const r = spawnSync('ip', ['netns', 'exec', ns(pod), 'curl', '-s', '-m', String(timeout), '--data', marker, url], { encoding: 'utf8', timeout: 20_000 });
@@ -182,10 +182,14 @@ afterAll(() => {
       // not running
     }
   }
-  // TENC_KEEP_LOGS=DIR keeps the agents' and members' logs of the run
-  if (process.env.TENC_KEEP_LOGS && existsSync(STATE)) spawnSync('sh', ['-c', `mkdir -p "$1" && cp -r ${STATE}/agents ${STATE}/etcd "$1"/ 2>/dev/null; rm -rf "$1"/etcd/pki`, 'sh', process.env.TENC_KEEP_LOGS]);
+  keepLogs();
   cluster('down');
 });
+
+/** TENC_KEEP_LOGS=DIR keeps the agents' and members' logs of the run. */
+function keepLogs(): void {
+  if (process.env.TENC_KEEP_LOGS && existsSync(STATE)) spawnSync('sh', ['-c', `mkdir -p "$1" && cp -r ${STATE}/agents ${STATE}/etcd "$1"/ 2>/dev/null; rm -rf "$1"/etcd/pki`, 'sh', process.env.TENC_KEEP_LOGS]);
+}
 
 describe('local cluster on etcd', () => {
   it('1. traffic through tenc across nodes; one key per pod below its node; a node cannot write below another', async () => {
@@ -231,33 +235,37 @@ describe('local cluster on etcd', () => {
       expect(curl('alpha-client-3', 'http://web/')).toBe(`alpha-web-1 got: ${marker}`);
 
       expect(etcd('member-stop', leader, 'KILL').status).toBe(0);
-      const keysBefore = (await podStatus('alpha-web-1'))!.peers.map((p) => p.publicKey).sort();
-      // no quorum: the pods keep their peers and keep encrypting
-      expect(curl('alpha-client-3', 'http://web/')).toBe(`alpha-web-1 got: ${marker}`);
-      expect(curl('alpha-client-1', 'http://db:5432/')).toBe(`alpha-db-1 got: ${marker}`);
-      // a pod added now: the cluster tool's write waits for the quorum
-      let addedAt = 0;
-      const adding = spawn('bash', [script, ...addPodArgs('alpha-extra-3', 'node3', '10.128.3.20')], { env, stdio: 'ignore' });
-      children.add(adding);
-      const addDone = new Promise<number | null>((r) => adding.once('exit', (code) => ((addedAt = Date.now()), r(code))));
-      await new Promise((r) => setTimeout(r, 1500));
-      expect(adding.exitCode).toBeNull(); // still waiting for etcd
-      expect((await podStatus('alpha-web-1'))!.peers.map((p) => p.publicKey).sort()).toEqual(keysBefore);
-      const restart = Date.now();
-      expect(etcd('member-start', leader).status).toBe(0);
-      const q = await until('a leader again', () => etcdOn(NODES.filter((n) => n !== follower), 'endpoint', 'status', '-w', 'json').stdout.match(/"leader":[1-9]/), 20_000);
-      const quorumBack = Date.now();
-      alpha = [...alpha, 'alpha-extra-3'];
-      await until('the pod added without quorum known to every pod', () => meshComplete(), 20_000);
-      const known = Date.now() - quorumBack;
-      expect(await addDone).toBe(0);
-      log(`quorum back ${quorumBack - restart} ms after restarting ${leader}'s member (with its data; ${q.elapsed} ms of polling); the pod added meanwhile: add-pod returned ${addedAt - quorumBack} ms and every pod knew it ${known} ms after the quorum's return`);
-      expect(known).toBeLessThan(5000);
-      expect(curl('alpha-extra-3', 'http://web/')).toBe(`alpha-web-1 got: ${marker}`);
-      // the follower restarted with its data catches up
-      expect(etcd('member-start', follower).status).toBe(0);
-      const cu = await until('the restarted follower at the cluster\'s revision', () => caughtUp(), 20_000);
-      log(`${follower}'s member restarted with its data caught up in ${cu.elapsed} ms`);
+      try {
+        const keysBefore = (await podStatus('alpha-web-1'))!.peers.map((p) => p.publicKey).sort();
+        // no quorum: the pods keep their peers and keep encrypting
+        expect(curl('alpha-client-3', 'http://web/')).toBe(`alpha-web-1 got: ${marker}`);
+        expect(curl('alpha-client-1', 'http://db:5432/')).toBe(`alpha-db-1 got: ${marker}`);
+        // a pod added now: the cluster tool's write waits for the quorum
+        let addedAt = 0;
+        const adding = spawn('bash', [script, ...addPodArgs('alpha-extra-3', 'node3', '10.128.3.20')], { env, stdio: 'ignore' });
+        children.add(adding);
+        const addDone = new Promise<number | null>((r) => adding.once('exit', (code) => ((addedAt = Date.now()), r(code))));
+        await new Promise((r) => setTimeout(r, 1500));
+        expect(adding.exitCode).toBeNull(); // still waiting for etcd
+        expect((await podStatus('alpha-web-1'))!.peers.map((p) => p.publicKey).sort()).toEqual(keysBefore);
+        const restart = Date.now();
+        expect(etcd('member-start', leader).status).toBe(0);
+        const q = await until('a leader again', () => etcdOn(NODES.filter((n) => n !== follower), 'endpoint', 'status', '-w', 'json').stdout.match(/"leader":[1-9]/), 20_000);
+        const quorumBack = Date.now();
+        alpha = [...alpha, 'alpha-extra-3'];
+        await until('the pod added without quorum known to every pod', () => meshComplete(), 20_000);
+        const known = Date.now() - quorumBack;
+        expect(await addDone).toBe(0);
+        log(`quorum back ${quorumBack - restart} ms after restarting ${leader}'s member (with its data; ${q.elapsed} ms of polling); the pod added meanwhile: add-pod returned ${addedAt - quorumBack} ms and every pod knew it ${known} ms after the quorum's return`);
+        expect(known).toBeLessThan(5000);
+        expect(curl('alpha-extra-3', 'http://web/')).toBe(`alpha-web-1 got: ${marker}`);
+      } finally {
+        // the members restarted with their data catch up (also after a failure above: the next cases need them)
+        if (!existsSync(join(STATE, 'etcd', leader, 'pid'))) etcd('member-start', leader);
+        expect(etcd('member-start', follower).status).toBe(0);
+        const cu = await until('the restarted members at the cluster\'s revision', () => caughtUp(), 20_000);
+        log(`${follower}'s member restarted with its data caught up in ${cu.elapsed} ms`);
+      }
     });
   }, 90_000);
 
@@ -388,6 +396,7 @@ describe('local cluster on etcd', () => {
   }, 60_000);
 
   it('6. down: members stopped, data and namespaces gone', () => {
+    keepLogs();
     expect(cluster('down').status).toBe(0);
     expect(existsSync(STATE)).toBe(false);
     expect(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout).not.toContain(PREFIX);
