@@ -25,7 +25,10 @@
 # projects' psk files, the registry directory, kube-proxy rules, DNS records, the CNI
 # conflists, launcher and IPAM data, agents' sockets, pids, state and logs. CLUSTER_PROTECT
 # (comma-separated projects, default every project of the file) names the projects the
-# agents protect; pods of the others pass through tenc's ADD untouched. The file format is described in src/agent/cluster-config.ts and README.md.
+# agents protect; pods of the others pass through tenc's ADD untouched. CLUSTER_METRICS_PORT=P
+# starts the n-th node's agent (n from 0, in the file's order) with --metrics-address
+# 127.0.0.1:P+n, in the namespace the agent runs in (the host's; with etcd, its node's).
+# The file format is described in src/agent/cluster-config.ts and README.md.
 #
 #   pod ns <prefix>-<pod>              pod ns                         pod ns
 #   eth0 10.128.1.10/24                eth0 10.128.1.11/24            eth0 10.128.2.10/24
@@ -366,17 +369,19 @@ remove_pod() {
 
 # one node agent per node, for the projects in STATE/protect; waits for its node socket
 agent_start() {
-  local name ns f ranges i
+  local name ns f ranges i n=0 metrics
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
   # the pod and service ranges: guarded from each pod's start, classified on first use
   ranges=$(node "$tool" classify-cidrs "$STATE") || die "cannot read the cluster's ranges"
   while read -r name ns; do
     f=$STATE/agents/$name
+    metrics=${CLUSTER_METRICS_PORT:+127.0.0.1:$((CLUSTER_METRICS_PORT + n))}
+    n=$((n + 1))
     if [ -f "$f.pid" ] && alive "$(cat "$f.pid")"; then continue; fi
     rm -f "$f.sock" # a killed agent's socket: wait for the new agent's, not this one
     # shellcheck disable=SC2046
     setsid $(agent_where "$ns") node "$tenc_js" agent --registry "$(agent_registry "$name")" --node "$name" --project "$(cat "$STATE/protect")" \
-      --socket "$f.sock" --classify-cidrs "$ranges" --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &
+      --socket "$f.sock" --classify-cidrs "$ranges" --run-dir "$f.run" ${metrics:+--metrics-address "$metrics"} >>"$f.log" 2>&1 </dev/null &
     echo $! >"$f.pid"
     for i in $(seq 200); do [ -S "$f.sock" ] && break; alive "$(cat "$f.pid")" || break; sleep 0.05; done
     [ -S "$f.sock" ] || die "agent on $name did not start (see $f.log)"

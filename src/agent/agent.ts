@@ -288,7 +288,7 @@ export class Agent {
         this.log.error({ err: (e as Error).message }, 'reconcile failed');
       })
       .finally(() => {
-        this.o.hooks?.proxies([...this.proxies.values()].filter((p) => p.publicKey !== null).length);
+        this.o.hooks?.proxies([...this.proxies.values()].filter((p) => p.publicKey !== null).length, this.o.project);
         this.running = false;
         if (this.again) {
           this.again = false;
