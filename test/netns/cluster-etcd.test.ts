@@ -189,7 +189,7 @@ afterAll(() => {
 
 /** TENC_KEEP_LOGS=DIR keeps the agents' and members' logs of the run. */
 function keepLogs(): void {
-  if (process.env.TENC_KEEP_LOGS && existsSync(STATE)) spawnSync('sh', ['-c', `mkdir -p "$1" && cp -r ${STATE}/agents ${STATE}/etcd "$1"/ 2>/dev/null; rm -rf "$1"/etcd/pki`, 'sh', process.env.TENC_KEEP_LOGS]);
+  if (process.env.TENC_KEEP_LOGS && existsSync(STATE)) spawnSync('sh', ['-c', `mkdir -p "$1" && cp -r ${STATE}/agents ${STATE}/etcd "$1"/ 2>/dev/null; rm -rf "$1"/etcd/pki "$1"/agents/*.run/psk`, 'sh', process.env.TENC_KEEP_LOGS]);
 }
 
 describe('local cluster on etcd', () => {
