@@ -361,6 +361,29 @@ describe('kubernetes registry: watches that fail', () => {
     expect(api.counts.watchFrom.filter((w) => w.startsWith('pods@')).length).toBeGreaterThan(4);
   });
 
+  it('a watch dropped every few hundred ms, again and again, is resumed at once: the back-off does not climb', async () => {
+    // bookmarks every 100 ms: each watch carries data before it is dropped (a healthy watch)
+    api.bookmarkMs = 100;
+    const r = open('node1', { informer: { backoffMs: 50, backoffMaxMs: 8000 } });
+    await r.pods('alpha');
+    let dropped = 0;
+    for (let i = 0; i < 12; i++) {
+      await sleep(250);
+      dropped += api.dropWatches();
+    }
+    expect(dropped).toBeGreaterThanOrEqual(12 * 4); // every informer was watching again each time
+    expect(r.stats().pods.errors).toBeGreaterThanOrEqual(10);
+    // without the reset, 12 failures in a row would wait up to backoffMaxMs (8 s) here
+    for (let i = 0; i < 3; i++) {
+      await sleep(250);
+      api.dropWatches();
+      const t0 = Date.now();
+      api.putPod('alpha', `quick-${i}`, 'node1', `10.128.1.${80 + i}`, {});
+      await until(`quick-${i}`, async () => (await r.pods('alpha')).some((p) => p.name === `quick-${i}`), 5000);
+      expect(Date.now() - t0).toBeLessThan(1000);
+    }
+  });
+
   it('410 Gone (ERROR event, and on reconnect) relists and reports what was deleted meanwhile', async () => {
     const r = open('node1');
     await r.pods('alpha');
