@@ -109,6 +109,34 @@ export function parsePsk(data: Record<string, string> | undefined, ns: string): 
   return v;
 }
 
+/** A namespace name (DNS-1123 label), as the API server checks it. */
+export const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/**
+ * The psk Secret of namespace NS as YAML (`tenc k8s create-psk NS`): key PSK_KEY holds
+ * "KEY\n" (the `wg genpsk` form parsePsk reads). For `kubectl create -f -`: apply would
+ * copy the whole object, psk included, into its last-applied-configuration annotation.
+ */
+export function pskSecretManifest(ns: string, psk: string): string {
+  if (!NAMESPACE_NAME.test(ns)) throw new RangeError(`namespace ${JSON.stringify(ns)} is not a namespace name (lowercase letters, digits, "-", at most 63)`);
+  if (!isKey32(psk)) throw new RangeError('the psk is not a 32-byte base64 key');
+  return [
+    `# tenc's pre-shared key of namespace ${ns}: pipe into \`kubectl create -f -\` (not apply: see README)`,
+    'apiVersion: v1',
+    'kind: Secret',
+    'metadata:',
+    `  name: ${PSK_SECRET}`,
+    `  namespace: ${ns}`,
+    '  labels:',
+    '    app.kubernetes.io/name: tenc',
+    '    app.kubernetes.io/component: psk',
+    'type: Opaque',
+    'data:',
+    `  ${PSK_KEY}: ${Buffer.from(`${psk}\n`).toString('base64')}`,
+    '',
+  ].join('\n');
+}
+
 /** Loads KUBECONFIG (a path), or the default chain: $KUBECONFIG, ~/.kube/config, in-cluster. */
 export function loadKubeConfig(path?: string): KubeConfig {
   const kc = new KubeConfig();
