@@ -217,8 +217,28 @@ describe('local cluster through CNI, agents on the Kubernetes API (watches dropp
   });
 
   it('3. churn with a 410 in the middle: peers updated within 5 s, an open connection survives, the TencPeer goes with its pod', async () => {
-    // the node's CNI launcher is now the static one (what cni-install.sh puts in /opt/cni/bin)
-    copyFileSync(join(tmp, 'tenc-cni'), join(STATE, 'cni', 'bin', 'tenc'));
+    // node2's CNI plugin installed as the DaemonSet's init container does it: deploy/cni-install.sh
+    // puts the static launcher into the bin dir and chains the tenc entry into the node's conflist
+    const conf = join(tmp, 'net.d');
+    mkdirSync(conf, { mode: 0o700 });
+    const list = JSON.parse(readFileSync(join(STATE, 'cni', 'node2.conflist'), 'utf8'));
+    const entry = list.plugins.pop(); // the cluster's own tenc entry (agentSocket of node2's agent)
+    expect(entry.type).toBe('tenc');
+    writeFileSync(join(conf, '10-node2.conflist'), JSON.stringify(list));
+    const installed = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const c = spawn('bash', [join(root, 'deploy', 'cni-install.sh'), 'install'], {
+        env: { ...env, CNI_BIN_DIR: join(STATE, 'cni', 'bin'), CNI_CONF_DIR: conf, TENC_CNI_SRC: join(tmp, 'tenc-cni'), TENC_CNI_ENTRY: JSON.stringify(entry), CNI_WAIT: '1' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      c.stderr!.setEncoding('utf8').on('data', (d) => (stderr += d));
+      c.on('close', (status) => resolve({ status, stderr }));
+    });
+    expect(installed.status, installed.stderr).toBe(0);
+    expect(readFileSync(join(STATE, 'cni', 'bin', 'tenc'))).toEqual(readFileSync(join(tmp, 'tenc-cni')));
+    const chained = JSON.parse(readFileSync(join(conf, '10-node2.conflist'), 'utf8'));
+    expect(chained.plugins.map((p: { type: string }) => p.type)).toEqual(['bridge', 'loopback', 'tenc']);
+    writeFileSync(join(STATE, 'cni', 'node2.conflist'), JSON.stringify(chained));
     const conn = spawn('ip', ['netns', 'exec', ns('alpha-client-1'), 'node', '-e', `
       const s = require('net').connect(15432, '10.128.2.10'); let n = 0;
       s.setEncoding('utf8'); s.on('data', (d) => process.stdout.write(d));
