@@ -26,11 +26,12 @@
  * The pods' network namespaces do not come from here (netns: null): the agent
  * learns them from the CNI registration. Tests may pass netnsOf.
  *
- * Bad objects (a malformed TencPeer, a Service without selector, a short psk...)
- * are logged once per kind and left out; a psk that is missing or malformed keeps
+ * Bad objects (a malformed TencPeer, a Service without selector, a pod, cluster or
+ * endpoint address that is not an IP, a short psk...) are logged once and left out; a psk that is missing or malformed keeps
  * its namespace's pods fail-closed (pskFile rejects), never plaintext.
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import {
   CoreV1Api,
@@ -280,7 +281,9 @@ export class KubernetesRegistry implements Registry {
       const node = p.spec?.nodeName;
       if (!str(name) || !str(node)) continue; // not scheduled yet
       if (p.metadata?.deletionTimestamp || p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed') continue;
-      const ips = [p.status?.podIP, ...(Array.isArray(p.status?.podIPs) ? p.status!.podIPs!.map((x) => x?.ip) : [])].filter(str);
+      const raw = [p.status?.podIP, ...(Array.isArray(p.status?.podIPs) ? p.status!.podIPs!.map((x) => x?.ip) : [])].filter(str);
+      const ips = raw.filter((ip) => isIP(ip) !== 0);
+      if (ips.length < raw.length) this.once(`badip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: status.podIP(s) ${JSON.stringify(raw.filter((ip) => isIP(ip) === 0).slice(0, 2))} not an IP address: ignored`);
       if (ips.length === 0) {
         if (p.status?.phase === 'Running') this.once(`noip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: Running without status.podIP: left out`);
         continue;
@@ -309,6 +312,10 @@ export class KubernetesRegistry implements Registry {
       if (!str(name)) continue;
       const vip = s.spec?.clusterIP;
       if (!str(vip) || vip === 'None') continue; // headless or ExternalName: no virtual IP to route
+      if (isIP(vip) === 0) {
+        this.once(`badvip/${project}/${name}`, { project, service: name }, `kubernetes service ${project}/${name}: spec.clusterIP ${JSON.stringify(vip.slice(0, 64))} is not an IP address: left out`);
+        continue;
+      }
       const sel = s.spec?.selector;
       if (!sel || typeof sel !== 'object' || Object.keys(sel).length === 0) {
         this.once(`nosel/${project}/${name}`, { project, service: name }, `kubernetes service ${project}/${name}: no selector: left out (tenc routes only services that select pods)`);
@@ -338,6 +345,10 @@ export class KubernetesRegistry implements Registry {
         const address = ep?.addresses?.[0];
         const pod = ep?.targetRef?.kind === 'Pod' || ep?.targetRef?.kind === undefined ? ep?.targetRef?.name : undefined;
         if (!str(address) || !str(pod)) continue;
+        if (isIP(address) === 0) {
+          this.once(`badep/${project}/${e.metadata?.name}`, { project, endpointslice: e.metadata?.name }, `kubernetes EndpointSlice ${project}/${e.metadata?.name}: endpoint address ${JSON.stringify(address.slice(0, 64))} is not an IP address: ignored`);
+          continue;
+        }
         if (!pods.has(pod)) pods.set(pod, { name: pod, address, node: str(ep.nodeName) ? ep.nodeName : '' });
       }
     }
