@@ -24,6 +24,8 @@
  * --rounds=N (default 1: the whole sequence N times, every other round reversed; medians),
  * --peers=N (adds tenc-peers: tenc with N configured peers, N-1 of them dummies),
  * --tenc-env=TENC_X=V,... (adds tenc-env: tenc with that environment, for A/B of a knob),
+ * --policies=N (adds tenc-policies: tenc with N TencPolicy exempt policies installed on
+ * ports the traffic does not use: protected throughput with and without policies),
  * --topology=bridge|veth (default bridge: both pods on a bridge in a third namespace, as
  * on a node; veth: the two pods joined by one veth pair, no bridge).
  * Memory is per process (the larger of the two pods), CPU is both pods together.
@@ -75,7 +77,7 @@ const METRICS: MetricDef[] = [
   { key: 'mem.hwm', label: 'peak RSS (VmHWM), largest process (MiB)', digits: 1, better: 'lower' },
 ];
 
-const COLORS: Record<string, string> = { plain: '#9e9e9e', 'wg-deb': '#4e79a7', 'wg-bpo': '#59a14f', tenc: '#e15759', 'tenc-env': '#f28e2b', 'tenc-peers': '#b07aa1' };
+const COLORS: Record<string, string> = { plain: '#9e9e9e', 'wg-deb': '#4e79a7', 'wg-bpo': '#59a14f', tenc: '#e15759', 'tenc-env': '#f28e2b', 'tenc-peers': '#b07aa1', 'tenc-policies': '#76b7b2' };
 
 export interface TunnelResult {
   id: string;
@@ -133,6 +135,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   if (!/^[a-z][a-z0-9]{0,8}$/.test(opts.prefix)) throw new RangeError(`--prefix must be 1..9 lowercase letters/digits, got ${opts.prefix}`);
   const variants: TunnelVariants = {};
   if (ctx.flags.has('peers')) variants.peers = Math.floor(numberFlag(ctx, 'peers', 1000));
+  if (ctx.flags.has('policies')) variants.policies = Math.floor(numberFlag(ctx, 'policies', 8));
   const tencEnv = ctx.flags.get('tenc-env');
   if (tencEnv !== undefined) variants.tencEnv = parseEnvFlag(tencEnv);
   const tunnelList = (): Tunnel[] => allTunnels(variants);

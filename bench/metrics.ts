@@ -18,6 +18,8 @@ import { numberFlag, type BenchContext } from './lib/bench.js';
 import { markdownTable } from './lib/table.js';
 import { MetricsServer } from '../src/metrics/server.js';
 import { gatherStatus, type PodTarget } from '../src/metrics/gather.js';
+import { Exposition, renderPods } from '../src/metrics/render.js';
+import { CounterGuard } from '../src/metrics/monotonic.js';
 
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -72,6 +74,17 @@ export async function run(ctx: BenchContext): Promise<void> {
     for (let i = 0; i < Math.min(scrapes, 10); i++) seq.push((await gatherStatus(targets, { parallel: 1 })).seconds * 1000);
     const par: number[] = [];
     for (let i = 0; i < Math.min(scrapes, 10); i++) par.push((await gatherStatus(targets)).seconds * 1000);
+    // rendering alone (the text of the gathered reports, counters through the guard as a scrape does)
+    const samples = (await gatherStatus(targets)).samples;
+    const guard = new CounterGuard();
+    const render: number[] = [];
+    for (let i = 0; i < scrapes; i++) {
+      const t0 = performance.now();
+      guard.begin();
+      renderPods(samples, new Exposition(guard)).text();
+      guard.end();
+      render.push(performance.now() - t0);
+    }
     const f = (x: number): string => x.toFixed(1);
     ctx.log(`${pods} stand-in pods with ${peers} peers each in ${procs} processes; ${scrapes} scrapes\n`);
     ctx.log(
@@ -81,6 +94,7 @@ export async function run(ctx: BenchContext): Promise<void> {
           [`HTTP scrape, ${pods} pods (${a.bytes} bytes)`, f(pct(a.ms, 50)), f(pct(a.ms, 99)), (pct(a.ms, 50) / pct(o.ms, 50)).toFixed(1)],
           [`gather only, ${pods} pods, 32 in parallel`, f(pct(par, 50)), f(pct(par, 99)), ''],
           [`gather only, ${pods} pods, one at a time (baseline)`, f(pct(seq, 50)), f(pct(seq, 99)), ''],
+          [`render only, ${pods} pods (counter guard on)`, f(pct(render, 50)), f(pct(render, 99)), ''],
           [`HTTP scrape, 1 pod (baseline, ${o.bytes} bytes)`, f(pct(o.ms, 50)), f(pct(o.ms, 99)), '1.0'],
         ],
       ),

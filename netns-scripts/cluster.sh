@@ -11,6 +11,9 @@
 #   cluster.sh add-pod JSON       one more pod, e.g. '{"name":"alpha-web-2","project":"alpha",
 #                                 "node":"node2","address":"10.128.2.30","labels":{"app":"web"}}'
 #   cluster.sh remove-pod NAME    delete a pod (CNI DEL through the chain, then its namespace)
+#   cluster.sh policy-apply JSON  create or replace a TencPolicy (kubectl apply; README "Policies"),
+#                                 checked with the whole file: a bad one changes nothing
+#   cluster.sh policy-delete PROJECT NAME   delete a TencPolicy
 #   cluster.sh agent-start        start the node agents that are not running (one per node)
 #   cluster.sh agent-stop         stop the node agents (SIGTERM; the pod proxies keep running,
 #                                 fail-closed, and the next agent adopts them)
@@ -18,7 +21,7 @@
 #
 # Pods are made as containerd makes them: an empty namespace, then the node's CNI chain
 # STATE/cni/<node>.conflist run in the node's namespace (Debian's /usr/lib/cni bridge with
-# host-local IPAM, the cluster file's pod address requested with CNI_ARGS IP=; loopback;
+# host-local IPAM, the cluster file's pod addresses requested through runtimeConfig.ips; loopback;
 # then tenc through the launcher STATE/cni/bin/tenc, which asks the node agent and returns
 # once the pod is fail-closed). So `up` starts one `tenc agent` per node before any pod.
 #
@@ -27,7 +30,10 @@
 # projects' psk files, the registry directory, kube-proxy rules, DNS records, the CNI
 # conflists, launcher and IPAM data, agents' sockets, pids, state and logs. CLUSTER_PROTECT
 # (comma-separated projects, default every project of the file) names the projects the
-# agents protect; pods of the others pass through tenc's ADD untouched. The file format is described in src/agent/cluster-config.ts and README.md.
+# agents protect; pods of the others pass through tenc's ADD untouched. CLUSTER_METRICS_PORT=P
+# starts the n-th node's agent (n from 0, in the file's order) with --metrics-address
+# 127.0.0.1:P+n, in the namespace the agent runs in (the host's; with etcd, its node's).
+# The file format is described in src/agent/cluster-config.ts and README.md.
 #
 #   pod ns <prefix>-<pod>              pod ns                         pod ns
 #   eth0 10.128.1.10/24                eth0 10.128.1.11/24            eth0 10.128.2.10/24
@@ -52,7 +58,15 @@
 # through the node's DNAT (kube-proxy), DNS and the external host through the node's default
 # route to infra. Each pod has /etc/netns/<pod ns>/resolv.conf (search <project>.svc.cluster.local
 # svc.cluster.local cluster.local), which `ip netns exec` mounts over /etc/resolv.conf.
-# Addresses: 10.x only (the file's ranges must lie inside 10.0.0.0/8).
+# Addresses: 10.x and fd00::/8 only (the file's ranges must lie inside 10.0.0.0/8 or fd00::/8).
+#
+# IPv6 (an IPv6-only or a dual-stack file): pods get IPv6 addresses from the node's IPv6
+# range (br0 holds its ::1 gateway), services IPv6 VIPs (DNATed like IPv4 ones), the
+# cluster DNS answers AAAA and ip6.arpa. The underlay and VXLAN stay IPv4: ul0, vxlan0
+# and infra's eth0 carry no IPv6 addresses of their own, only fixed link-local next hops
+# (node N fe80::N, infra fe80::ffff), so IPv6 pod traffic between nodes rides the IPv4
+# VXLAN (vxlan0's static neighbour entries map fe80::N to node N's MAC, whose forwarding
+# entry points at node N's IPv4 underlay address).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -99,14 +113,17 @@ b_underlay() { # NS
   ip -n "$1" link set ul0 up
 }
 
+# the host prefix length of an address: 32 or 128
+hostlen() { case $1 in *:*) echo 128 ;; *) echo 32 ;; esac; }
+
 b_infra() { # NS ADDR/LEN DNS EXTERNAL
   mk_ns "$1"
   ip -n "$UL" link add infra mtu $UL_MTU type veth peer name eth0 netns "$1"
   ip -n "$UL" link set infra master ul0 up
   ip -n "$1" link set eth0 up
   ip -n "$1" addr add "$2" dev eth0
-  ip -n "$1" addr add "$3/32" dev lo
-  ip -n "$1" addr add "$4/32" dev lo
+  ip -n "$1" addr add "$3/$(hostlen "$3")" dev lo
+  ip -n "$1" addr add "$4/$(hostlen "$4")" dev lo
   echo "$3" >"$STATE/dns-address"
   echo "$4" >"$STATE/external-address"
 }
@@ -129,14 +146,38 @@ b_node() { # NAME NS UL_PORT UL_ADDR/LEN OVERLAY/LEN MAC POD_CIDR GW/LEN INFRA_A
   echo "$1 $ns" >>"$STATE/nodes"
 }
 
-b_vxlan_peer() { # NS PEER_OVERLAY PEER_MAC PEER_UL PEER_POD_CIDR
+b_vxlan_peer() { # NS PEER_OVERLAY PEER_MAC PEER_UL PEER_POD_CIDR|-
   ip -n "$1" neigh add "$2" lladdr "$3" dev vxlan0 nud permanent
   bridge -n "$1" fdb append "$3" dev vxlan0 dst "$4"
-  ip -n "$1" route add "$5" via "$2" dev vxlan0 onlink
+  [ "$5" = - ] || ip -n "$1" route add "$5" via "$2" dev vxlan0 onlink
 }
 
 b_infra_route() { # POD_CIDR NODE_UL_ADDR
   ip -n "$INFRA" route add "$1" via "$2" dev eth0
+}
+
+# --- IPv6 over the IPv4 underlay: link-local next hops only (see the header) ---
+b_infra6() { # NS LINK_LOCAL DNS6|- EXTERNAL6|-
+  ip -n "$1" addr add "$2/64" dev eth0 nodad
+  if [ "$3" != - ]; then ip -n "$1" addr add "$3/128" dev lo; echo "$3" >"$STATE/dns6-address"; fi
+  if [ "$4" != - ]; then ip -n "$1" addr add "$4/128" dev lo; echo "$4" >"$STATE/external6-address"; fi
+}
+
+b_node6() { # NS LINK_LOCAL GATEWAY6/LEN|- INFRA_LINK_LOCAL
+  ip netns exec "$1" sysctl -qw net.ipv6.conf.all.forwarding=1
+  ip -n "$1" addr add "$2/64" dev ul0 nodad
+  ip -n "$1" addr add "$2/64" dev vxlan0 nodad
+  [ "$3" = - ] || ip -n "$1" addr add "$3" dev br0 nodad
+  ip -n "$1" -6 route add default via "$4" dev ul0
+}
+
+b_vxlan_peer6() { # NS PEER_LINK_LOCAL PEER_MAC PEER_POD_CIDR6
+  ip -n "$1" -6 neigh add "$2" lladdr "$3" dev vxlan0 nud permanent
+  ip -n "$1" -6 route add "$4" via "$2" dev vxlan0
+}
+
+b_infra_route6() { # POD_CIDR6 NODE_LINK_LOCAL
+  ip -n "$INFRA" -6 route add "$1" via "$2" dev eth0
 }
 
 # the runtime's part: the node's CNI chain for the pod, run in the node's namespace
@@ -144,16 +185,19 @@ cni() { # ADD|DEL|CHECK POD NODE_NS
   ip netns exec "$3" node "$tool" cni "$1" "$STATE" "$PREFIX" "$2"
 }
 
-b_pod() { # NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GW PROJECT DNS
+b_pod() { # NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GW PROJECT DNS [ADDR6/LEN GW6 DNS6]
   local ns=$2
   mk_ns "$ns"
   # the pod's resolv.conf exists before ADD (the agent gives the pod a DNS proxy for it)
   mkdir -p "/etc/netns/$ns"
-  printf 'search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n' "$7" "$8" \
-    >"/etc/netns/$ns/resolv.conf"
+  {
+    printf 'search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver %s\n' "$7" "$8"
+    [ -z "${11:-}" ] || printf 'nameserver %s\n' "${11}"
+    printf 'options ndots:5\n'
+  } >"/etc/netns/$ns/resolv.conf"
   echo "$1 $3" >>"$STATE/pods"
   cni ADD "$1" "$3" >/dev/null || die "CNI ADD of pod $1 failed"
-  log "pod $1 ($7) on ${3#"$PREFIX-n-"}: ${5%/*} (netns $ns, CNI ADD done)"
+  log "pod $1 ($7) on ${3#"$PREFIX-n-"}: ${5%/*}${9:+ ${9%/*}} (netns $ns, CNI ADD done)"
 }
 
 run_plan_line() {
@@ -165,6 +209,10 @@ run_plan_line() {
     node) b_node "$@" ;;
     vxlan-peer) b_vxlan_peer "$@" ;;
     infra-route) b_infra_route "$@" ;;
+    infra6) b_infra6 "$@" ;;
+    node6) b_node6 "$@" ;;
+    vxlan-peer6) b_vxlan_peer6 "$@" ;;
+    infra-route6) b_infra_route6 "$@" ;;
     pod) b_pod "$@" ;;
     *) die "internal: unknown plan line $kind" ;;
   esac
@@ -194,8 +242,13 @@ sync_cluster() {
 }
 
 start_dns() {
+  local listen
+  listen=$(cat "$STATE/dns-address")
+  if [ -f "$STATE/dns6-address" ]; then listen=$listen,$(cat "$STATE/dns6-address"); fi
+  # d.f.ip6.arpa: the reverse names of fd00::/8, answered from the records (NXDOMAIN
+  # for the rest), as --bogus-priv does for the private IPv4 ranges
   ip netns exec "$INFRA" dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --addn-hosts="$STATE/dns.hosts" \
-    --listen-address="$(cat "$STATE/dns-address")" --bind-interfaces --local=/cluster.local/ --domain-needed --bogus-priv \
+    --listen-address="$listen" --bind-interfaces --local=/cluster.local/ --local=/d.f.ip6.arpa/ --domain-needed --bogus-priv \
     --user=root --group=root --pid-file="$STATE/dnsmasq.pid" --log-facility="$STATE/dnsmasq.log" ||
     die "dnsmasq failed to start (see $STATE/dnsmasq.log)"
   local i
@@ -337,7 +390,7 @@ status() {
   echo "== pods"
   while read -r ns; do
     case $ns in "$UL" | "$INFRA" | "$PREFIX"-n-*) continue ;; esac
-    printf '   %-28s %s\n' "$ns" "$(ip -n "$ns" -br -4 addr show dev eth0 2>/dev/null | awk '{print $3}')"
+    printf '   %-28s %s\n' "$ns" "$(ip -n "$ns" -br addr show dev eth0 2>/dev/null | tr ' ' '\n' | grep / | grep -v '^fe80' | tr '\n' ' ')"
   done <"$STATE/namespaces"
   echo "== DNS records (dnsmasq pid $(cat "$STATE/dnsmasq.pid" 2>/dev/null || echo none))"
   sed 's/^/   /' "$STATE/dns.hosts"
@@ -355,6 +408,18 @@ add_pod() {
   sync_cluster
   # shellcheck disable=SC2086
   run_plan_line $line
+}
+
+policy_apply() {
+  [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  node "$tool" apply-policy "$STATE" "$1" || exit 2
+  sync_cluster
+}
+
+policy_delete() {
+  [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
+  node "$tool" delete-policy "$STATE" "$1" "$2" || exit 2
+  sync_cluster
 }
 
 remove_pod() {
@@ -376,17 +441,19 @@ remove_pod() {
 
 # one node agent per node, for the projects in STATE/protect; waits for its node socket
 agent_start() {
-  local name ns f ranges i
+  local name ns f ranges i n=0 metrics
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
   # the pod and service ranges: guarded from each pod's start, classified on first use
   ranges=$(node "$tool" classify-cidrs "$STATE") || die "cannot read the cluster's ranges"
   while read -r name ns; do
     f=$STATE/agents/$name
+    metrics=${CLUSTER_METRICS_PORT:+127.0.0.1:$((CLUSTER_METRICS_PORT + n))}
+    n=$((n + 1))
     if [ -f "$f.pid" ] && alive "$(cat "$f.pid")"; then continue; fi
     rm -f "$f.sock" # a killed agent's socket: wait for the new agent's, not this one
     # shellcheck disable=SC2046
     setsid $(agent_where "$ns") node "$tenc_js" agent --registry "$(agent_registry "$name")" --node "$name" --project "$(cat "$STATE/protect")" \
-      --socket "$f.sock" --classify-cidrs "$ranges" --run-dir "$f.run" >>"$f.log" 2>&1 </dev/null &
+      --socket "$f.sock" --classify-cidrs "$ranges" --run-dir "$f.run" ${metrics:+--metrics-address "$metrics"} >>"$f.log" 2>&1 </dev/null &
     echo $! >"$f.pid"
     for i in $(seq 200); do [ -S "$f.sock" ] && break; alive "$(cat "$f.pid")" || break; sleep 0.05; done
     [ -S "$f.sock" ] || die "agent on $name did not start (see $f.log)"
@@ -410,6 +477,8 @@ case "${1:-}" in
   status) status ;;
   add-pod) [ $# -eq 2 ] || die "usage: cluster.sh add-pod JSON"; add_pod "$2" ;;
   remove-pod) [ $# -eq 2 ] || die "usage: cluster.sh remove-pod NAME"; remove_pod "$2" ;;
+  policy-apply) [ $# -eq 2 ] || die "usage: cluster.sh policy-apply JSON"; policy_apply "$2" ;;
+  policy-delete) [ $# -eq 3 ] || die "usage: cluster.sh policy-delete PROJECT NAME"; policy_delete "$2" "$3" ;;
   agent-start) [ $# -eq 1 ] || die "usage: cluster.sh agent-start"; agent_start ;;
   agent-stop) [ $# -eq 1 ] || die "usage: cluster.sh agent-stop"; agent_stop ;;
   cni)
@@ -418,7 +487,7 @@ case "${1:-}" in
     cni "$2" "$3" "$(awk -v p="$3" '$1 == p {print $2}' "$STATE/pods")"
     ;;
   *)
-    echo "usage: cluster.sh up FILE [--registry dir|etcd|kubernetes] | down | status | add-pod JSON | remove-pod NAME | agent-start | agent-stop | cni ADD|DEL|CHECK POD" >&2
+    echo "usage: cluster.sh up FILE [--registry dir|etcd|kubernetes] | down | status | add-pod JSON | remove-pod NAME | policy-apply JSON | policy-delete PROJECT NAME | agent-start | agent-stop | cni ADD|DEL|CHECK POD" >&2
     echo "       (env: CLUSTER_PREFIX=tc, CLUSTER_STATE=/run/tenc-cluster/<prefix>)" >&2
     exit 2
     ;;

@@ -9,14 +9,15 @@
 #
 #   node1: alpha-web-1 (web.alpha)  alpha-client-1  beta-web-1 (web.beta)
 #   node2: alpha-db-1 (db.alpha)    alpha-client-2  beta-client-1
-#   nodes joined by VXLAN over the underlay; service VIPs DNATed on the nodes;
-#   cluster DNS (dnsmasq) answers <service>.<project>.svc.cluster.local
+#   nodes joined by VXLAN over the (IPv4) underlay; service VIPs DNATed on the nodes;
+#   cluster DNS (dnsmasq) answers <service>.<project>.svc.cluster.local (A and AAAA)
+#   dual stack: every pod has an IPv4 and an IPv6 address, every service two VIPs
 #
-# Steps: build the cluster (cluster.sh up netns-scripts/cluster-example.json), start
+# Steps: build the cluster (cluster.sh up netns-scripts/cluster-example-dual.json), start
 # an HTTP server in alpha-web-1, alpha-db-1, beta-web-1 and outside the cluster, wait
 # for the agents (started by `up` before the pods; CNI ADD had them run `tenc pod` in
 # each alpha pod) to give every pod its peers and services, then send a secret marker between alpha pods by service name, within
-# a node and across nodes, while tcpdump records node1's bridge and the underlay;
+# a node and across nodes, over IPv4 and over IPv6, while tcpdump records node1's bridge and the underlay;
 # send a public marker to beta's service and outside, which must stay untouched; show
 # enforcement dropping plaintext from a spoofed alpha address; tear everything down.
 # Each step prints PROVED or FAILED; the exit code is 0 only when all are proved.
@@ -53,9 +54,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say "1. the cluster (netns-scripts/cluster.sh up netns-scripts/cluster-example.json; alpha protected)"
+say "1. the cluster (netns-scripts/cluster.sh up netns-scripts/cluster-example-dual.json; alpha protected)"
 bash "$here/cluster.sh" down >/dev/null 2>&1 || true
-CLUSTER_PROTECT=alpha bash "$here/cluster.sh" up "$here/cluster-example.json"
+CLUSTER_PROTECT=alpha bash "$here/cluster.sh" up "$here/cluster-example-dual.json"
 secret="TENC-DEMO-SECRET-$RANDOM$RANDOM"
 public="TENC-DEMO-PUBLIC-$RANDOM$RANDOM"
 echo "  secret marker (alpha's project traffic): $secret"
@@ -101,9 +102,9 @@ pids+=($!); cap1=$!
 ip netns exec "$P-ul" tcpdump -i ul0 -nn -U -w "$work/underlay.pcap" --immediate-mode 2>/dev/null &
 pids+=($!); cap2=$!
 sleep 1
-check_http() { # pod url body expected what
+check_http() { # pod url body expected what [-4 (default) or -6]
   local reply
-  reply=$(in_pod "$1" curl -s -m 5 --data "$3" "$2" || true)
+  reply=$(in_pod "$1" curl "${6:--4}" -g -s -m 5 --data "$3" "$2" || true)
   if [ "$reply" = "$4" ]; then ok "$5"; else bad "$5 (got '$reply')"; fi
 }
 check_http alpha-client-1 http://web/ "$secret" "alpha-web-1 got: $secret" \
@@ -112,6 +113,12 @@ check_http alpha-client-1 http://db:5432/ "$secret" "alpha-db-1 got: $secret" \
   "alpha-client-1 -> http://db:5432/, node1 -> node2 over VXLAN, through tenc"
 check_http alpha-client-2 http://web.alpha/ "$secret" "alpha-web-1 got: $secret" \
   "alpha-client-2 -> http://web.alpha/, node2 -> node1, through tenc"
+check_http alpha-client-1 http://web/ "$secret" "alpha-web-1 got: $secret" \
+  "alpha-client-1 -> http://web/ over IPv6 (AAAA: alpha-web-1's fd00:128:1::a), within node1, through tenc" -6
+check_http alpha-client-1 http://db:5432/ "$secret" "alpha-db-1 got: $secret" \
+  "alpha-client-1 -> http://db:5432/ over IPv6, node1 -> node2 over the IPv4 VXLAN, through tenc" -6
+check_http alpha-client-2 "http://[fd00:96::1:10]/" "$secret" "alpha-web-1 got: $secret" \
+  "alpha-client-2 -> web.alpha's IPv6 VIP fd00:96::1:10, node2 -> node1, through tenc" -6
 check_http alpha-client-1 http://web.beta/ "$public" "beta-web-1 got: $public" \
   "alpha-client-1 -> http://web.beta/ (another project): works, via the node's DNAT, not tunnelled"
 check_http alpha-client-1 http://10.250.0.1:8080/ "$public" "external got: $public" \
@@ -120,6 +127,8 @@ check_http beta-client-1 http://web/ "$public" "beta-web-1 got: $public" \
   "beta-client-1 -> http://web/ (web.beta, beta not protected): untouched"
 check_http alpha-client-1 http://10.128.1.20/ "$public" "beta-web-1 got: $public" \
   "alpha-client-1 -> http://10.128.1.20/ (beta-web-1 by raw IP, not learned through DNS): classified on first use (PTR in beta), bypassed, not tunnelled"
+check_http alpha-client-1 "http://[fd00:250::1]:8080/" "$public" "external got: $public" \
+  "alpha-client-1 -> [fd00:250::1]:8080 (outside the cluster, IPv6): works, not tunnelled" -6
 echo "  alpha-client-1 route to beta-web-1 after first use: $(in_pod alpha-client-1 ip route get 10.128.1.20 | head -1)"
 sleep 0.5
 kill -INT "$cap1" "$cap2" 2>/dev/null || true
@@ -142,6 +151,15 @@ echo "  underlay: VXLAN packets between alpha pods on different nodes: inner ten
 { printf '%s\n' "$inner" | sed -n '1,2s/^/    inner: /p'; } || true
 if [ "$vx_tenc" -gt 0 ] && [ "$vx_other" -eq 0 ]; then ok "the underlay carried alpha's traffic between the nodes only as tenc UDP inside VXLAN"
 else bad "unexpected inner packets on the underlay"; fi
+# IPv6 between alpha pods: the tunnel's outer packets are IPv4 (the pods' primary
+# addresses), so no IPv6 packet between alpha pods may appear but neighbour discovery
+alpha6="host fd00:128:1::a or host fd00:128:1::b or host fd00:128:2::a or host fd00:128:2::b"
+clear6=$(count "$work/bridge.pcap" "ip6 and ($alpha6) and not udp port 53 and not host fd00:250::1 and not (icmp6 and (ip6[40] == 135 or ip6[40] == 136))")
+a6_ip='fd00:128:[12]::[ab]'
+inner6=$(tcpdump -r "$work/underlay.pcap" -nn 'udp port 4789' 2>/dev/null | grep -v VXLAN | grep -cE "IP6 $a6_ip\.[0-9]+ > $a6_ip\." || true)
+echo "  IPv6 between alpha pods: in the clear on node1's bridge $clear6 packets (neighbour discovery not counted), inside VXLAN on the underlay $inner6"
+if [ "$clear6" -eq 0 ] && [ "$inner6" -eq 0 ] && [ "$tun" -gt 0 ]; then ok "alpha's IPv6 traffic crossed node1's bridge and the underlay only inside tenc's UDP datagrams, like IPv4"
+else bad "IPv6 between alpha pods in the clear on the bridge or the underlay"; fi
 if grep -a -q "$secret" "$work/bridge.pcap" "$work/underlay.pcap"; then bad "the secret marker appears in a capture"
 else ok "the secret marker never appears in either capture ($(cat "$work/bridge.pcap" "$work/underlay.pcap" | wc -c) bytes searched)"; fi
 if grep -a -q "$public" "$work/bridge.pcap"; then ok "the public marker is in the clear on the bridge: traffic to other projects and outside is left alone"

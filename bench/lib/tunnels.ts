@@ -115,6 +115,25 @@ export interface TencOptions {
   env?: Record<string, string>;
   /** Dummy peers configured in both pods besides the real one (no endpoint; allowed IPs 10.100.x.y/32). */
   extraPeers?: number;
+  /**
+   * TencPolicy exempt policies installed in both pods (control op set-policy): policy i
+   * exempts tcp/9100+i of the other pod (ports the bench traffic never uses), so the
+   * measured traffic stays protected and meets their ip rules and nft accepts.
+   */
+  policies?: number;
+}
+
+/** `n` exempt policies on the peer's address, tcp 9100.. (never the iperf3 ports 5201..). */
+export function benchPolicies(n: number, peer: string, local: boolean): unknown[] {
+  if (!Number.isInteger(n) || n < 0 || n > 256) throw new RangeError(`policies must be 0..256, got ${n}`);
+  return Array.from({ length: n }, (_, i) => ({
+    name: `bench-${i}`,
+    mode: 'exempt',
+    target: 'pods bench',
+    addresses: [`${peer}/32`],
+    ports: [{ protocol: 'tcp', port: 9100 + i, endPort: 9100 + i }],
+    local,
+  }));
 }
 
 /** `n` dummy peers for a pod config file: random public keys, one /32 each in 10.100.0.0/16. */
@@ -175,9 +194,19 @@ export class TencTunnel implements Tunnel {
     await status(env.nsB);
     await tenc(env.nsA, 'set-peer', keyB, '--endpoint', `${env.addrB}:${port}`, '--allowed-ips', `${env.addrB}/32`);
     await tenc(env.nsB, 'set-peer', keyA, '--endpoint', `${env.addrA}:${port}`, '--allowed-ips', `${env.addrA}/32`);
+    if (this.opts.policies) {
+      // as the agent sends them: the client side exempts the server's ports, the server serves them
+      const sock = join(REPO, 'dist', 'src', 'control', 'socket.js');
+      const send = (ns: string, policies: unknown[]) =>
+        children.check('ip', ['netns', 'exec', ns, node, '--input-type=module', '-e',
+          `import { controlRequest, defaultSocketPath } from ${JSON.stringify(sock)}; await controlRequest(defaultSocketPath('tenc0'), { op: 'set-policy', policies: ${JSON.stringify(policies)} });`], { timeoutMs: 15_000 });
+      await send(env.nsA, benchPolicies(this.opts.policies, env.addrB, false));
+      await send(env.nsB, benchPolicies(this.opts.policies, env.addrB, true));
+    }
     const st = await status(env.nsA);
     const version = await tencVersion(children);
     const extra = [
+      ...(this.opts.policies ? [`${this.opts.policies} exempt policies (${(st.policies as { rules?: number } | undefined)?.rules ?? '?'} ip rules in pod a)`] : []),
       ...(this.opts.extraPeers ? [`${this.opts.extraPeers} dummy peers (${(st.peers as unknown[] | undefined)?.length ?? '?'} peers in status)`] : []),
       ...Object.entries(this.opts.env ?? {}).map(([k, v]) => `${k}=${v}`),
     ];
@@ -356,6 +385,8 @@ export interface TunnelVariants {
   peers?: number;
   /** Adds `tenc-env`: tenc with this extra environment (an A/B of a TENC_* knob). */
   tencEnv?: Record<string, string>;
+  /** Adds `tenc-policies`: tenc with this many TencPolicy exempt policies installed (ports the traffic does not use). */
+  policies?: number;
 }
 
 /** Every tunnel, in report order (baselines first), then the tenc variants asked for. */
@@ -367,5 +398,6 @@ export function allTunnels(v: TunnelVariants = {}): Tunnel[] {
     new TencTunnel(),
     ...(v.tencEnv ? [new TencTunnel({ id: 'tenc-env', label: 'tenc with extra environment', env: v.tencEnv })] : []),
     ...(v.peers && v.peers > 1 ? [new TencTunnel({ id: 'tenc-peers', label: `tenc with ${v.peers} peers`, extraPeers: v.peers - 1 })] : []),
+    ...(v.policies && v.policies > 0 ? [new TencTunnel({ id: 'tenc-policies', label: `tenc with ${v.policies} exempt policies`, policies: v.policies })] : []),
   ];
 }

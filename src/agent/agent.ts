@@ -12,11 +12,14 @@
  *   3. publishes each pod's public key and endpoint (never a private key: the pod
  *      proxies generate theirs in memory and print only the public key);
  *   4. gives every local pod its peers (every other project pod with a published
- *      key; allowed IPs: its address, plus the VIPs of services this client reaches
- *      through that endpoint) and its services (the VIPs it serves), over the pod's
+ *      key; allowed IPs: its addresses, /32 and /128 on a dual-stack cluster, plus
+ *      every VIP of the services this client reaches through that endpoint) and its
+ *      services (the VIPs it serves, each of a family it has an address of), over the pod's
  *      control socket: removals first, so a re-keyed pod never clashes with its old key;
  *      to a pod with the DNS proxy also the services' keyed endpoints (set-endpoints)
- *      and the project's members, every pod address and VIP (set-members).
+ *      and the project's members, every pod address and VIP (set-members);
+ *   5. gives every local pod the project's TencPolicy set (set-policy), resolved and
+ *      validated all or nothing by policies.ts (a refused update keeps the previous set).
  *
  * Proxies are tracked by pid and start time (/proc/PID/stat field 22), never by
  * command line. A proxy found running at start (the agent was restarted) is adopted
@@ -27,6 +30,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, renameSync, writeFileSync, rmSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, type ServiceConfig } from '../control/config.js';
@@ -35,7 +39,8 @@ import { controlRequest, socketIsLive } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import type { AgentHooks } from '../metrics/agent.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
-import { readProjectView, type PodInfo, type ProjectView, type Registry, type Watch } from '../registry/registry.js';
+import { mergeEndpoints, readProjectView, type PodInfo, type ProjectView, type Registry, type ServiceInfo, type Watch } from '../registry/registry.js';
+import { ProjectPolicies } from './policies.js';
 
 export const TENC_PORT = 51820;
 export const RECONCILE_MS = 1000;
@@ -89,22 +94,38 @@ export function desiredState(view: ProjectView, pod: PodInfo): DesiredPod {
     if (!k || p.name === pod.name) continue;
     peers.set(p.name, { publicKey: k.publicKey, endpoint: k.endpoint, allowedIps: podAddresses(p).map(host) });
   }
+  const byName = new Map(view.pods.map((p) => [p.name, p]));
   const services: DesiredPod['services'] = [];
   const endpoints: DesiredPod['endpoints'] = [];
   for (const s of view.services) {
-    const eps = view.endpoints.find((e) => e.service === s.name)?.pods ?? [];
-    const keyedEps = eps.filter((e) => keyed.has(e.name)).map((e) => e.address).sort();
-    if (keyedEps.length > 0) endpoints.push({ vip: s.vip, addresses: keyedEps });
+    const eps = mergeEndpoints(view.endpoints.filter((e) => e.service === s.name))[0]?.pods ?? [];
+    const vips = serviceVips(s);
+    // each VIP's endpoints in its own family (a dual-stack service: the IPv6 VIP leads to the pods' IPv6 addresses)
+    for (const vip of vips) {
+      const fam = isIP(vip);
+      const keyedEps = eps
+        .filter((e) => keyed.has(e.name))
+        .flatMap((e) => [e.address, ...(byName.get(e.name) ? podAddresses(byName.get(e.name)!) : [])].filter((a) => isIP(a) === fam).slice(0, 1))
+        .sort();
+      if (keyedEps.length > 0) endpoints.push({ vip, addresses: keyedEps });
+    }
     if (eps.some((e) => e.name === pod.name)) {
-      services.push({ vip: s.vip, ports: s.ports });
+      // a VIP the pod has no address of its family for is not served (the pod could not answer it)
+      for (const vip of vips) if (podAddresses(pod).some((a) => isIP(a) === isIP(vip))) services.push({ vip, ports: s.ports });
       continue;
     }
     const usable = eps.filter((e) => peers.has(e.name)).sort((a, b) => a.name.localeCompare(b.name));
     if (usable.length === 0) continue;
-    peers.get(pick(pod.name, s.name, usable).name)!.allowedIps.push(host(s.vip));
+    // every VIP of the service through the same endpoint pod
+    peers.get(pick(pod.name, s.name, usable).name)!.allowedIps.push(...vips.map(host));
   }
-  const members = [...new Set([...view.pods.flatMap((p) => podAddresses(p).map(host)), ...view.services.map((s) => host(s.vip))])].sort();
+  const members = [...new Set([...view.pods.flatMap((p) => podAddresses(p).map(host)), ...view.services.flatMap((s) => serviceVips(s).map(host))])].sort();
   return { peers: [...peers.values()].sort((a, b) => a.publicKey.localeCompare(b.publicKey)), services, endpoints, members };
+}
+
+/** Every cluster IP of a service, primary first. */
+export function serviceVips(s: ServiceInfo): string[] {
+  return s.vips && s.vips.length > 0 ? s.vips : [s.vip];
 }
 
 /** The control requests that turn `applied` into `desired`: removals first. */
@@ -218,6 +239,8 @@ interface Proxy {
   ready: (() => void)[];
   /** "key endpoint" last published for the pod; null: not yet. */
   published: string | null;
+  /** JSON of the policies given to the pod (set-policy); null: not yet. */
+  policy?: string | null;
 }
 
 export interface AgentOptions {
@@ -259,10 +282,13 @@ export class Agent {
   private stopped = false;
   private readonly log: Logger;
   private readonly main: string;
+  /** The project's TencPolicy set in force. */
+  readonly policies: ProjectPolicies;
 
   constructor(private readonly o: AgentOptions) {
     this.log = o.log ?? silentLogger;
     this.main = o.tencMain ?? fileURLToPath(new URL('../cli/main.js', import.meta.url));
+    this.policies = new ProjectPolicies(o.project, TENC_PORT, this.log);
   }
 
   async start(): Promise<void> {
@@ -288,7 +314,7 @@ export class Agent {
         this.log.error({ err: (e as Error).message }, 'reconcile failed');
       })
       .finally(() => {
-        this.o.hooks?.proxies([...this.proxies.values()].filter((p) => p.publicKey !== null).length);
+        this.o.hooks?.proxies([...this.proxies.values()].filter((p) => p.publicKey !== null).length, this.o.project);
         this.running = false;
         if (this.again) {
           this.again = false;
@@ -406,10 +432,12 @@ export class Agent {
     // this node's registered pods are members even before the registry lists them
     const pods = [...view.pods.filter((p) => !this.proxies.has(p.name)), ...[...this.proxies.values()].map((px) => px.pod)];
     const v2: ProjectView = { ...view, pods, peers: fresh };
+    await this.policies.refresh(this.o.registry.policies && (() => this.o.registry.policies!(this.o.project)), v2);
     for (const px of this.proxies.values()) {
       if (px.publicKey === null) continue;
       try {
         await this.apply(px, desiredState(v2, px.pod));
+        await this.applyPolicy(px);
       } catch (e) {
         this.log.warn({ pod: px.pod.name, err: (e as Error).message }, 'cannot configure pod proxy');
         // a proxy not answering: check it is alive (an adopted one has no child to watch)
@@ -466,6 +494,16 @@ export class Agent {
     }
   }
 
+  /** The policy set in force, as this pod is told it (set-policy when it changed). */
+  private async applyPolicy(px: Proxy): Promise<void> {
+    const policies = this.policies.forPod(px.pod.name);
+    const json = JSON.stringify(policies);
+    if (json === px.policy) return;
+    await controlRequest(px.socket, { op: 'set-policy', policies });
+    px.policy = json;
+    this.log.info({ pod: px.pod.name, policies: policies.map((p) => p.name) }, 'policies set');
+  }
+
   /** Adopts a live proxy (agent restart) or starts one. Runs inside reconcile (one at a time). */
   private async ensureProxy(px: Proxy): Promise<void> {
     px.starting = true;
@@ -493,6 +531,7 @@ export class Agent {
     px.services = null;
     px.endpoints = null;
     px.members = null;
+    px.policy = null;
     px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
     this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey), pid: px.id?.pid ?? null }, 'running proxy adopted');
     this.o.hooks?.proxyStarted('adopted');
@@ -573,6 +612,7 @@ export class Agent {
     px.services = null;
     px.endpoints = null;
     px.members = null;
+    px.policy = null;
     this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid }, 'proxy started');
     this.o.hooks?.proxyStarted('started');
   }
@@ -587,6 +627,7 @@ export class Agent {
     px.services = null;
     px.endpoints = null;
     px.members = null;
+    px.policy = null;
     px.restartAt = Date.now() + RESTART_DELAY_MS;
     this.o.onProxyChange?.();
     if (this.proxies.get(px.pod.name) === px) setTimeout(() => this.kick(), RESTART_DELAY_MS);
@@ -645,6 +686,8 @@ export async function cleanNetns(netns: string): Promise<void> {
   for (const fam of ['-4', '-6']) {
     // every rule at tenc's priority (one per family, but be thorough: at most a few)
     for (let i = 0; i < 4; i++) await run(['ip', fam, 'rule', 'del', 'pref', String(DEFAULT_RULE_PRIORITY)]);
+    // TencPolicy exempt rules (policy-rules.ts): one pref below tenc's rule
+    await run(['sh', '-c', `for i in $(seq 1 4096); do ip ${fam} rule del pref ${DEFAULT_RULE_PRIORITY - 1} 2>/dev/null || break; done`]);
     await run(['ip', fam, 'route', 'flush', 'table', String(DEFAULT_TABLE)]);
   }
   await run(['nft', 'delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)]);

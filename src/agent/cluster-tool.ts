@@ -9,22 +9,32 @@
  *                                                  STATE/registry, or etcd when STATE/etcd/spec-controller exists)
  *   cluster-tool.js add-pod STATE PREFIX JSON      validate the cluster with one more pod; print its plan line
  *   cluster-tool.js remove-pod STATE PREFIX NAME   the same with one pod less; print its namespace
- *   cluster-tool.js classify-cidrs STATE           the cluster's ranges (pod CIDRs, service CIDR), comma-separated,
+ *   cluster-tool.js classify-cidrs STATE           the cluster's ranges (pod and service CIDRs, both families), comma-separated,
  *                                                  for `tenc agent --classify-cidrs`
- *   cluster-tool.js conflists STATE                STATE/cni/<node>.conflist (bridge + host-local, loopback, tenc)
+ *   cluster-tool.js conflists STATE                STATE/cni/<node>.conflist (bridge + host-local with a range per
+ *                                                  family, loopback, tenc)
  *                                                  and the launcher STATE/cni/bin/tenc
  *   cluster-tool.js cni CMD STATE PREFIX POD [X]   the container runtime's part: runs the node's conflist chain for
  *                                                  the pod (ADD in order with prevResult, DEL in reverse, CHECK);
  *                                                  run it inside the node's namespace (the plugins' host side)
  *
  * Exit codes: 0 ok, 2 invalid file (one `FILE: field: problem` line each on stderr), 1 other.
- * Plan lines:
+ * Plan lines (DNS, EXTERNAL, POD_CIDR, GATEWAY, ADDR are of the cluster's primary family;
+ * "-" marks a field that does not apply):
  *   underlay NS
  *   infra NS UNDERLAY_ADDR/LEN DNS EXTERNAL
+ *   infra6 NS LINK_LOCAL DNS6|- EXTERNAL6|-             (a cluster with IPv6)
  *   node NAME NS UL_PORT UNDERLAY_ADDR/LEN OVERLAY_ADDR/LEN MAC POD_CIDR GATEWAY/LEN INFRA_ADDR
- *   vxlan-peer NS PEER_OVERLAY_ADDR PEER_MAC PEER_UNDERLAY_ADDR PEER_POD_CIDR
- *   infra-route POD_CIDR NODE_UNDERLAY_ADDR
- *   pod NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GATEWAY PROJECT DNS
+ *   node6 NS LINK_LOCAL GATEWAY6/LEN|- INFRA_LINK_LOCAL   (a cluster with IPv6)
+ *   vxlan-peer NS PEER_OVERLAY_ADDR PEER_MAC PEER_UNDERLAY_ADDR PEER_POD_CIDR|-
+ *   vxlan-peer6 NS PEER_LINK_LOCAL PEER_MAC PEER_POD_CIDR6 (a cluster with IPv6)
+ *   infra-route POD_CIDR NODE_UNDERLAY_ADDR                (IPv4 pod ranges)
+ *   infra-route6 POD_CIDR6 NODE_LINK_LOCAL                 (IPv6 pod ranges)
+ *   pod NAME NS NODE_NS BRIDGE_PORT ADDR/LEN GATEWAY PROJECT DNS [ADDR6/LEN GATEWAY6 DNS6]
+ *
+ * IPv6 and the IPv4-only underlay: neither the underlay nor the VXLAN link has IPv6
+ * addresses; IPv6 routes use fixed link-local next hops on them (fe80::N for node N,
+ * fe80::ffff for infra), and IPv6 pod traffic between nodes rides the IPv4 VXLAN.
  */
 import { existsSync, readFileSync, writeFileSync, mkdirSync, chmodSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -32,12 +42,17 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
   ClusterConfigError,
+  INFRA_LINK_LOCAL,
+  clusterFamilies,
   dnsHosts,
+  familyOf,
   infraUnderlay,
-  ip4ToInt,
   kubeProxyRules,
   nodeLayouts,
+  parseAddr,
+  podAddresses,
   serviceEndpoints,
+  serviceVips,
   validateCluster,
   type ClusterConfig,
   type ClusterPod,
@@ -62,25 +77,36 @@ const addrOnly = (cidr: string) => cidr.split('/')[0];
 function podLine(c: ClusterConfig, prefix: string, p: ClusterPod): string {
   const n = nodeLayouts(c).find((x) => x.name === p.node)!;
   const len = n.gateway.split('/')[1];
-  const port = `v${ip4ToInt(p.address)!.toString(16).padStart(8, '0')}`;
-  return ['pod', p.name, podNs(prefix, p.name), nodeNs(prefix, p.node), port, `${p.address}/${len}`, addrOnly(n.gateway), p.project, c.dns].join(' ');
+  // the bridge port is named after the primary address's last 32 bits
+  const port = `v${(parseAddr(p.address)!.n & 0xffffffffn).toString(16).padStart(8, '0')}`;
+  const fields = ['pod', p.name, podNs(prefix, p.name), nodeNs(prefix, p.node), port, `${p.address}/${len}`, addrOnly(n.gateway), p.project, c.dns];
+  if (p.address6 && n.gateway6 && c.dns6) fields.push(`${p.address6}/${n.gateway6.split('/')[1]}`, addrOnly(n.gateway6), c.dns6);
+  return fields.join(' ');
 }
 
 export function plan(c: ClusterConfig, prefix: string): string[] {
   const lines: string[] = [];
   const nodes = nodeLayouts(c);
   const infra = infraUnderlay(c);
+  const primary = clusterFamilies(c)[0];
+  const has6 = clusterFamilies(c).includes(6);
   lines.push(`underlay ${prefix}-ul`);
   lines.push(`infra ${prefix}-infra ${infra} ${c.dns} ${c.external}`);
+  if (has6) lines.push(`infra6 ${prefix}-infra ${INFRA_LINK_LOCAL} ${c.dns6 ?? '-'} ${c.external6 ?? '-'}`);
   for (const n of nodes) {
     lines.push(['node', n.name, nodeNs(prefix, n.name), `n${n.index}`, n.underlay, n.overlay, mac(n.index), n.podCidr, n.gateway, addrOnly(infra)].join(' '));
+    if (has6) lines.push(['node6', nodeNs(prefix, n.name), n.linkLocal, n.gateway6 ?? '-', INFRA_LINK_LOCAL].join(' '));
   }
   for (const n of nodes) {
     for (const o of nodes) {
       if (o === n) continue;
-      lines.push(['vxlan-peer', nodeNs(prefix, n.name), addrOnly(o.overlay), mac(o.index), addrOnly(o.underlay), o.podCidr].join(' '));
+      lines.push(['vxlan-peer', nodeNs(prefix, n.name), addrOnly(o.overlay), mac(o.index), addrOnly(o.underlay), primary === 4 ? o.podCidr : '-'].join(' '));
+      const cidr6 = primary === 6 ? o.podCidr : o.podCidr6;
+      if (cidr6) lines.push(['vxlan-peer6', nodeNs(prefix, n.name), o.linkLocal, mac(o.index), cidr6].join(' '));
     }
-    lines.push(`infra-route ${n.podCidr} ${addrOnly(n.underlay)}`);
+    if (primary === 4) lines.push(`infra-route ${n.podCidr} ${addrOnly(n.underlay)}`);
+    const cidr6 = primary === 6 ? n.podCidr : n.podCidr6;
+    if (cidr6) lines.push(`infra-route6 ${cidr6} ${n.linkLocal}`);
   }
   for (const p of c.pods) lines.push(podLine(c, prefix, p));
   return lines;
@@ -97,36 +123,52 @@ export function syncRegistry(c: ClusterConfig, reg: RegistryWriter, pskDir: stri
         kind: 'Pod',
         metadata: { name: p.name, namespace: pr.name, labels: p.labels },
         spec: { nodeName: p.node },
-        status: { phase: 'Running', podIP: p.address, podIPs: [{ ip: p.address }] },
+        status: { phase: 'Running', podIP: p.address, podIPs: podAddresses(p).map((ip) => ({ ip })) },
       });
     }
     const services = new Map<string, unknown>();
     const slices = new Map<string, unknown>();
     for (const s of c.services.filter((x) => x.project === pr.name)) {
       const ports = s.ports.map((q) => ({ protocol: q.protocol.toUpperCase(), port: q.port }));
+      const vips = serviceVips(s);
+      const families = vips.map((v) => `IPv${familyOf(v)}`);
       services.set(s.name, {
         apiVersion: 'v1',
         kind: 'Service',
         metadata: { name: s.name, namespace: pr.name },
-        spec: { type: 'ClusterIP', clusterIP: s.vip, ports, selector: s.selector },
+        spec: {
+          type: 'ClusterIP',
+          clusterIP: vips[0],
+          clusterIPs: vips,
+          ipFamilies: families,
+          ipFamilyPolicy: vips.length > 1 ? 'RequireDualStack' : 'SingleStack',
+          ports,
+          selector: s.selector,
+        },
       });
-      slices.set(s.name, {
-        apiVersion: 'discovery.k8s.io/v1',
-        kind: 'EndpointSlice',
-        metadata: { name: s.name, namespace: pr.name, labels: { 'kubernetes.io/service-name': s.name } },
-        addressType: 'IPv4',
-        endpoints: serviceEndpoints(c, s).map((p) => ({
-          addresses: [p.address],
-          conditions: { ready: true },
-          nodeName: p.node,
-          targetRef: { kind: 'Pod', name: p.name, namespace: pr.name },
-        })),
-        ports,
-      });
+      // one EndpointSlice per family, as the endpoint slice controller makes them: the
+      // primary family's named after the service, the IPv6 one of a dual-stack service <name>-ipv6
+      for (const [i, fam] of families.entries()) {
+        const slice = i === 0 ? s.name : `${s.name}-ipv6`;
+        slices.set(slice, {
+          apiVersion: 'discovery.k8s.io/v1',
+          kind: 'EndpointSlice',
+          metadata: { name: slice, namespace: pr.name, labels: { 'kubernetes.io/service-name': s.name } },
+          addressType: fam,
+          endpoints: serviceEndpoints(c, s).map((p) => ({
+            addresses: podAddresses(p).filter((a) => `IPv${familyOf(a)}` === fam),
+            conditions: { ready: true },
+            nodeName: p.node,
+            targetRef: { kind: 'Pod', name: p.name, namespace: pr.name },
+          })),
+          ports,
+        });
+      }
     }
     reg.replaceObjects('pods', pr.name, pods);
     reg.replaceObjects('services', pr.name, services);
     reg.replaceObjects('endpointslices', pr.name, slices);
+    reg.replaceObjects('policies', pr.name, new Map((c.policies ?? []).filter((p) => p.project === pr.name).map((p) => [p.name, p.object])));
   }
 }
 
@@ -135,9 +177,10 @@ function loadState(state: string): ClusterConfig {
   return validateCluster(JSON.parse(readFileSync(file, 'utf8')), file);
 }
 
-/** The ranges whose unknown addresses a pod classifies on first use: every node's pod CIDR and the service CIDR. */
+/** The ranges whose unknown addresses a pod classifies on first use: every node's pod CIDRs and the service CIDRs, both families. */
 export function classifyCidrs(c: ClusterConfig): string[] {
-  return [...new Set([...c.nodes.map((n) => n.podCidr), c.serviceCidr])];
+  const six = [...c.nodes.flatMap((n) => (n.podCidr6 ? [n.podCidr6] : [])), ...(c.serviceCidr6 ? [c.serviceCidr6] : [])];
+  return [...new Set([...c.nodes.map((n) => n.podCidr), c.serviceCidr, ...six])];
 }
 
 /** Debian's containernetworking-plugins. */
@@ -150,11 +193,16 @@ export function agentSocket(state: string, node: string): string {
 
 /**
  * The node's conflist, as containerd would read it from /etc/cni/net.d: the bridge
- * plugin on the node bridge br0 (address from host-local in the node's pod CIDR; the
- * cluster file's pod address is requested through CNI_ARGS IP=), loopback, then tenc.
+ * plugin on the node bridge br0 (addresses from host-local: one range per family of
+ * the cluster, so a dual-stack pod gets one address of each; the cluster file's pod
+ * addresses are requested through the "ips" capability, runtimeConfig.ips), loopback,
+ * then tenc.
  */
 export function conflist(c: ClusterConfig, state: string, node: string): unknown {
   const n = nodeLayouts(c).find((x) => x.name === node)!;
+  const ranges = [[{ subnet: n.podCidr, gateway: addrOnly(n.gateway) }]];
+  if (n.podCidr6 && n.gateway6) ranges.push([{ subnet: n.podCidr6, gateway: addrOnly(n.gateway6) }]);
+  const routes = clusterFamilies(c).map((f) => ({ dst: f === 4 ? '0.0.0.0/0' : '::/0' }));
   return {
     cniVersion: '1.0.0',
     name: `tenc-cluster-${node}`,
@@ -164,7 +212,8 @@ export function conflist(c: ClusterConfig, state: string, node: string): unknown
         bridge: 'br0',
         isGateway: false,
         mtu: 1450,
-        ipam: { type: 'host-local', ranges: [[{ subnet: n.podCidr, gateway: addrOnly(n.gateway) }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: join(state, 'cni', 'ipam') },
+        capabilities: { ips: true },
+        ipam: { type: 'host-local', ranges, routes, dataDir: join(state, 'cni', 'ipam') },
       },
       { type: 'loopback' },
       { type: 'tenc', agentSocket: agentSocket(state, node), timeoutMs: CNI_TIMEOUT_MS },
@@ -172,13 +221,19 @@ export function conflist(c: ClusterConfig, state: string, node: string): unknown
   };
 }
 
-/** Runs the chain like libcni: ADD in order (each gets the previous result), DEL in reverse, CHECK in order. */
-export function runChain(cmd: 'ADD' | 'DEL' | 'CHECK', list: { cniVersion: string; name: string; plugins: Record<string, unknown>[] }, env: Record<string, string>, cniPath: string[], prevResult?: unknown): { ok: true; result: unknown } | { ok: false; plugin: string; out: string } {
+/**
+ * Runs the chain like libcni: ADD in order (each gets the previous result), DEL in
+ * reverse, CHECK in order. runtimeConfig goes to each plugin that declares the
+ * capability (e.g. "ips": the addresses requested for the pod).
+ */
+export function runChain(cmd: 'ADD' | 'DEL' | 'CHECK', list: { cniVersion: string; name: string; plugins: Record<string, unknown>[] }, env: Record<string, string>, cniPath: string[], prevResult?: unknown, runtimeConfig: Record<string, unknown> = {}): { ok: true; result: unknown } | { ok: false; plugin: string; out: string } {
   const plugins = cmd === 'DEL' ? [...list.plugins].reverse() : list.plugins;
   let prev: unknown = prevResult;
   for (const pl of plugins) {
     const type = String(pl.type);
-    const stdin = JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...pl, ...(prev !== undefined ? { prevResult: prev } : {}) });
+    const caps = (pl.capabilities ?? {}) as Record<string, unknown>;
+    const rc = Object.fromEntries(Object.entries(runtimeConfig).filter(([k]) => caps[k] === true));
+    const stdin = JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...pl, ...(Object.keys(rc).length > 0 ? { runtimeConfig: rc } : {}), ...(prev !== undefined ? { prevResult: prev } : {}) });
     const bin = cniPath.map((d) => join(d, type)).find((f) => spawnSync('test', ['-x', f]).status === 0);
     if (!bin) return { ok: false, plugin: type, out: `plugin ${type} not found in ${cniPath.join(':')}` };
     const r = spawnSync(bin, [], { input: stdin, env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env, CNI_COMMAND: cmd, CNI_PATH: cniPath.join(':') }, encoding: 'utf8', timeout: CNI_TIMEOUT_MS + 5000 });
@@ -266,6 +321,28 @@ export function main(argv: string[]): number | Promise<number> {
         process.stdout.write(podNs(prefix, name) + '\n');
         return 0;
       }
+      case 'apply-policy': {
+        // kubectl apply of one TencPolicy: created or replaced, the whole file checked again
+        const [state, json] = args;
+        const c = loadState(state);
+        let o: any;
+        try {
+          o = JSON.parse(json);
+        } catch (e) {
+          throw new ClusterConfigError('apply-policy', [{ field: '(policy)', problem: `not valid JSON: ${(e as Error).message}` }]);
+        }
+        const others = (c.policies ?? []).filter((p) => !(p.project === o?.metadata?.namespace && p.name === o?.metadata?.name)).map((p) => p.object);
+        saveState(state, validateCluster({ ...c, policies: [...others, o] }, 'apply-policy'));
+        return 0;
+      }
+      case 'delete-policy': {
+        const [state, project, name] = args;
+        const c = loadState(state);
+        const left = (c.policies ?? []).filter((p) => !(p.project === project && p.name === name));
+        if (left.length === (c.policies ?? []).length) throw new ClusterConfigError('delete-policy', [{ field: 'name', problem: `no TencPolicy ${project}/${name}` }]);
+        saveState(state, validateCluster({ ...c, policies: left.map((p) => p.object) }, 'delete-policy'));
+        return 0;
+      }
       case 'classify-cidrs': {
         const c = loadState(args[0]);
         process.stdout.write(classifyCidrs(c).join(',') + '\n');
@@ -296,8 +373,8 @@ export function main(argv: string[]): number | Promise<number> {
         } catch {
           saved = null;
         }
-        // EXTRA: '{"node","project","address"}' for a pod outside the cluster file (tests, benches)
-        const pod = extra ? (JSON.parse(extra) as { node: string; project: string; address: string }) : c.pods.find((p) => p.name === name);
+        // EXTRA: '{"node","project","address"[,"address6"]}' for a pod outside the cluster file (tests, benches)
+        const pod = extra ? (JSON.parse(extra) as { node: string; project: string; address: string; address6?: string }) : c.pods.find((p) => p.name === name);
         const node = pod?.node ?? saved?.node;
         if (!node) throw new Error(`cni: no pod ${name}`);
         const project = pod?.project ?? (saved as { project?: string } | null)?.project ?? '';
@@ -306,9 +383,13 @@ export function main(argv: string[]): number | Promise<number> {
           CNI_CONTAINERID: `${prefix}-${name}`,
           CNI_NETNS: `/run/netns/${podNs(prefix, name)}`,
           CNI_IFNAME: 'eth0',
-          CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${project};K8S_POD_NAME=${name};K8S_POD_UID=${prefix}-${name}${pod && command === 'ADD' ? `;IP=${pod.address}` : ''}`,
+          CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${project};K8S_POD_NAME=${name};K8S_POD_UID=${prefix}-${name}`,
         };
-        const r = runChain(command, list, env, [join(state, 'cni', 'bin'), SYSTEM_CNI_PATH], command === 'CHECK' ? saved?.result : undefined);
+        // the pod's addresses, with the prefix length of the node's range of each family
+        const layout = nodeLayouts(c).find((x) => x.name === node);
+        const want = pod && command === 'ADD' ? [pod.address, ...(pod.address6 ? [pod.address6] : [])] : [];
+        const ips = want.map((a) => `${a}/${((familyOf(a) === familyOf(layout?.gateway ?? '') ? layout?.gateway : layout?.gateway6) ?? (familyOf(a) === 4 ? '/32' : '/128')).split('/')[1]}`);
+        const r = runChain(command, list, env, [join(state, 'cni', 'bin'), SYSTEM_CNI_PATH], command === 'CHECK' ? saved?.result : undefined, ips.length > 0 ? { ips } : {});
         if (!r.ok) {
           process.stderr.write(`cni ${command} ${name}: plugin ${r.plugin} failed: ${r.out.trim()}\n`);
           return 1;

@@ -268,15 +268,15 @@ export class NodeAgent {
         }
         const t0 = performance.now();
         const op = typeof m.op === 'string' && m.op.startsWith('cni-') ? m.op.slice(4).toUpperCase() : null;
-        const done = (ok: boolean) => op !== null && this.o.hooks?.cniRequest?.(op, ok, (performance.now() - t0) / 1000);
+        const done = (result: string) => op !== null && this.o.hooks?.cniRequest?.(op, result, (performance.now() - t0) / 1000);
         this.handle(m).then(
           (result) => {
-            done(true);
+            done('ok');
             if (c.writable) c.write(JSON.stringify({ id: m.id, ok: true, result }) + '\n');
           },
           (e) => {
-            done(false);
             const code = e instanceof RequestError ? e.code : 'EIO';
+            done(code);
             if (!(e instanceof RequestError)) this.log.error({ err: (e as Error).message }, 'node socket request failed');
             if (c.writable) c.write(JSON.stringify({ id: m.id, ok: false, error: { code, message: (e as Error).message } }) + '\n');
           },

@@ -38,7 +38,7 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
     return 1;
   }
-  const metrics = o.metricsAddress ? await startAgentMetrics(o.metricsAddress, o.runDir, o.projects?.length === 1 ? o.projects[0] : null, o.version, log) : null;
+  const metrics = o.metricsAddress ? await startAgentMetrics(o.metricsAddress, o.runDir, o.projects?.length === 1 ? o.projects[0] : null, o.version, log, registry) : null;
   if (metrics?.error) {
     process.stderr.write(`tenc agent: ${metrics.error}\n`);
     await registry.close?.();

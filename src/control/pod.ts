@@ -14,6 +14,9 @@
  *   4b. enforcement: nftables table (output chain always,  uninit: table deleted only when the
  *      input chain when enforce) replacing an earlier             guards are removed too; else it stays
  *      run's in one transaction                                   with them (fail closed)
+ *   4c. policy rules: residue (ip rules at pref P-1)      uninit: the exempt rules deleted only when
+ *      deleted; TencPolicy exemptions come later by               the guards are removed too
+ *      control op set-policy (policy-rules.ts)
  *   5. engine: TUN, UDP socket, data plane, device        uninit: close (plane, then TUN)
  *   6. routing: MTU/up, tenc0 routes, rules               (uninit in 4)
  *   7. DNS proxy (when dns.enabled): sockets, nftables    uninit: interception out, proxy stop,
@@ -38,6 +41,8 @@ import { DnsService, interceptTable, removeDnsResidue } from '../dns/service.js'
 import { CidrSet } from '../dns/classify.js';
 import { RouteMisses } from '../dns/misses.js';
 import type { ServiceEndpoints } from './config.js';
+import { PolicyRules, exemptOf } from '../routing/policy-rules.js';
+import { formatPort, type PodPolicy } from '../policy/policy.js';
 
 export interface RunPodOptions {
   /** Where the `public-key <base64>` line goes; default stdout. */
@@ -70,6 +75,10 @@ export class Pod implements ControlHandler {
   misses: RouteMisses | null = null;
   /** Unix time (ms) this pod was created (status startTime). */
   readonly startTime = Date.now();
+  /** The kernel side of TencPolicy exemptions; null until installed. */
+  policyRules: PolicyRules | null = null;
+  /** The project's policies as they concern this pod (control op set-policy); null: none received. */
+  policies: PodPolicy[] | null = null;
 
   constructor(
     readonly config: PodConfig,
@@ -123,7 +132,30 @@ export class Pod implements ControlHandler {
       pid: process.pid,
       startTime: this.startTime,
       enforce: this.config.enforce,
+      ...(this.policies !== null ? { policies: this.policyStatus(this.policies) } : {}),
     };
+  }
+
+  private policyStatus(list: PodPolicy[]): NonNullable<StatusReport['policies']> {
+    return {
+      default: 'encrypt',
+      rules: this.policyRules?.ruleCount() ?? 0,
+      entries: list.map((p) => ({ name: p.name, mode: p.mode, target: p.target, addresses: p.addresses, ports: p.ports.map(formatPort), local: p.local })),
+    };
+  }
+
+  /**
+   * The project's TencPolicy set as it concerns this pod (control op set-policy): the
+   * exempt destinations and own ports go into the kernel (policy-rules.ts); the
+   * agent has validated the whole set, so this replaces the previous one at once.
+   */
+  async setPolicy(policies: PodPolicy[]): Promise<void> {
+    if (!this.policyRules) throw new Error('policy rules are not installed');
+    const own = [this.config.addresses.v4, this.config.addresses.v6].filter((a): a is string => a !== null);
+    const exempt = exemptOf(policies, own);
+    await this.policyRules.apply(exempt);
+    this.policies = policies;
+    this.log.info({ policies: policies.length, exemptDestinations: exempt.to.length, exemptLocalPorts: exempt.local.length }, 'policies set');
   }
 
   private missStatus(m: RouteMisses): NonNullable<DnsStatusReport['routeMisses']> {
@@ -392,6 +424,19 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     await enforcement.install({ project: configDestinations(config), classify: classifyRanges });
     log.info({ enforce: config.enforce }, 'fail closed');
 
+    // TencPolicy exemptions: an earlier run's rules go (fail safe: encrypted until the
+    // agent sends the policy again); they live as long as the guards
+    step = 'policy rules';
+    const policyRules = new PolicyRules({
+      priority: config.rulePriority - 1,
+      addresses: config.addresses,
+      ip,
+      setChains: (rules) => enforcement.setPolicyChains(rules),
+    });
+    const stale = await policyRules.removeResidue();
+    if (stale > 0) log.info({ rules: stale }, 'removed exempt policy rules of an earlier run');
+    uninit.push({ what: 'policy rules', run: () => policyRules.teardown({ keepRules: !started || config.failClosedOnStop }) });
+
     step = 'data plane';
     const engine = await open({ config, privateKey, psk, mtu: mtuChoice.mtu, log });
     uninit.push({ what: 'data plane', run: () => engine.close() });
@@ -406,6 +451,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     pod.services = config.services;
 
     pod.enforcement = enforcement;
+    pod.policyRules = policyRules;
 
     step = 'routing';
     await routing.install(mtuChoice.mtu, [...pod.destinations(), ...classifyRanges]);

@@ -7,6 +7,8 @@
  *             {"id": 3, "op": "remove-peer", "publicKey": "..."}
  *             {"id": 4, "op": "set-services", "services": [{"vip": "10.96.0.10", "ports": [{"protocol": "tcp", "port": 80}]}]}
  *             {"id": 5, "op": "rekey", "publicKey": "..."}        (publicKey left out: every peer)
+ *             {"id": 6, "op": "set-policy", "policies": [{"name": "metrics", "mode": "exempt", "target": "service web",
+ *                       "addresses": ["10.96.1.10/32"], "ports": [{"protocol": "tcp", "port": 9100, "endPort": 9100}], "local": false}]}
  *   response: {"id": 1, "ok": true, "result": {...}}
  *             {"id": 2, "ok": false, "error": {"code": "EINVAL", "message": "peer.endpoint: ..."}}
  *
@@ -34,12 +36,13 @@ import {
   type ServiceEndpoints,
 } from './config.js';
 import type { StatusReport } from './status.js';
+import { validatePodPolicies, type PodPolicy } from '../policy/policy.js';
 import { silentLogger, type Logger } from '../log.js';
 
 export const MAX_REQUEST_BYTES = 1 << 20;
 
-export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints' | 'set-members' | 'classify-address';
-export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey', 'set-endpoints', 'set-members', 'classify-address'];
+export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints' | 'set-members' | 'classify-address' | 'set-policy';
+export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey', 'set-endpoints', 'set-members', 'classify-address', 'set-policy'];
 
 /**
  * A set-peer request: the public key and the fields the request gave. For a new
@@ -80,6 +83,8 @@ export interface ControlHandler {
   setMembers?(cidrs: string[]): void | Promise<void>;
   /** The DNS proxy's verdict on an address not learned through DNS. Optional: without it, EIO. */
   classifyAddress?(address: string): Promise<{ verdict: string; reason: string }>;
+  /** Replaces the project's TencPolicy set as it concerns this pod (all or nothing). Optional: without it, EIO. */
+  setPolicy?(policies: PodPolicy[]): void | Promise<void>;
 }
 
 export interface ControlError {
@@ -197,6 +202,17 @@ export async function dispatch(
       if (!a.ok) throw new RequestError('EINVAL', `address: ${a.problem}`);
       if (!handler.classifyAddress) throw new Error('this pod runs no DNS proxy');
       return await handler.classifyAddress(a.value);
+    }
+    case 'set-policy': {
+      onlyFields(req, ['id', 'op', 'policies']);
+      const r = validatePodPolicies(req.policies, (c) => {
+        const p = parseCidr(c);
+        return p.ok && p.value === c && /\/(32|128)$/.test(c) && (c.includes(':') ? c.endsWith('/128') : c.endsWith('/32'));
+      });
+      if ('problem' in r) throw new RequestError('EINVAL', `${r.field}: ${r.problem}`);
+      if (!handler.setPolicy) throw new Error('this pod cannot apply policies');
+      await handler.setPolicy(r.policies);
+      return null;
     }
     default:
       throw new RequestError('EINVAL', `op: ${JSON.stringify(req.op)} is not one of ${CONTROL_OPS.join(', ')}`);

@@ -47,6 +47,16 @@ export interface StatusReport {
   startTime?: number;
   /** Plaintext from the project's addresses outside tenc0 is dropped (config "enforce"). */
   enforce?: boolean;
+  /** The project's TencPolicy set as this pod applies it; absent until the agent sent one. */
+  policies?: PolicyStatusReport;
+}
+
+export interface PolicyStatusReport {
+  /** What every project destination and port not named by an exempt policy follows. */
+  default: 'encrypt';
+  /** ip rules in force for exempt ports. */
+  rules: number;
+  entries: { name: string; mode: 'encrypt' | 'exempt'; target: string; addresses: string[]; ports: string[]; local: boolean }[];
 }
 
 export interface DnsStatusReport {
@@ -138,6 +148,14 @@ export function formatStatus(r: StatusReport, nowMs = Date.now()): string {
           `${m.released} packets released (${m.releaseErrors} failed), ${m.projectUnrouted} project without a peer, ` +
           `${m.undecided} undecided (reverse lookup unanswered), ${m.busy} busy, ${m.errors} errors`,
       );
+    }
+  }
+  if (r.policies) {
+    const n = r.policies.entries.length;
+    out.push(`  policies: ${n === 0 ? 'none' : n}; every other project destination and port: ${r.policies.default} (the default)`);
+    for (const e of r.policies.entries) {
+      const side = e.local ? ' (served here: its replies too)' : '';
+      out.push(`  policy ${e.name}: ${e.mode}, ${e.target}: ${e.ports.join(', ')} to ${e.addresses.join(', ') || '(no pods yet)'}${side}`);
     }
   }
   for (const s of r.services) {

@@ -22,15 +22,29 @@ export interface AgentHooks {
   reconciled(ok: boolean, seconds: number): void;
   proxyStarted(how: 'started' | 'adopted'): void;
   proxyLost(): void;
-  proxies(n: number): void;
-  /** One request of the CNI plugin on the node socket (command: ADD, DEL, CHECK, STATUS). */
-  cniRequest?(command: string, ok: boolean, seconds: number): void;
+  /** The proxies one project's reconciler runs now (a node agent runs one reconciler per project). */
+  proxies(n: number, project?: string): void;
+  /**
+   * One request of the CNI plugin on the node socket (command: ADD, DEL, CHECK,
+   * STATUS), its result ("ok" or the error code the agent answered: EINVAL, ENOENT,
+   * EEXIST, ETIMEDOUT, EIO, ...) and how long it took.
+   */
+  cniRequest?(command: string, result: string, seconds: number): void;
 }
+
+/** CNI commands with series of their own; anything else is command="other". */
+export const CNI_COMMANDS = ['ADD', 'DEL', 'CHECK', 'STATUS', 'VERSION', 'GC'] as const;
+/** Results with series of their own: ok and the node socket's error codes; anything else is result="other". */
+export const CNI_RESULTS = ['ok', 'EINVAL', 'ENOENT', 'EEXIST', 'ETIMEDOUT', 'EIO', 'E2BIG'] as const;
+/** Projects with a tenc_agent_proxies series of their own; the rest are summed into namespace="_other". */
+export const MAX_PROJECTS = 256;
 
 export class AgentMetrics implements AgentHooks {
   /** prom-client registry: the agent's metrics and the process metrics (process_*, nodejs_*). */
   readonly registry = new PromRegistry();
   private readonly c;
+  /** Proxies per project, as the projects' reconcilers last reported them. */
+  private readonly proxyCounts = new Map<string, number>();
 
   constructor(o: { processMetrics?: boolean } = {}) {
     const A = AGENT_METRICS;
@@ -44,7 +58,7 @@ export class AgentMetrics implements AgentHooks {
       registryDuration: new Histogram({ name: H.registryDuration.name, help: H.registryDuration.help, labelNames: H.registryDuration.labels, buckets: [...H.registryDuration.buckets], registers: r }),
       proxiesStarted: new Counter({ name: A.proxiesStarted.name, help: A.proxiesStarted.help, labelNames: A.proxiesStarted.labels, registers: r }),
       proxiesRestarted: new Counter({ name: A.proxiesRestarted.name, help: A.proxiesRestarted.help, registers: r }),
-      proxies: new Gauge({ name: A.proxies.name, help: A.proxies.help, registers: r }),
+      proxies: new Gauge({ name: A.proxies.name, help: A.proxies.help, labelNames: A.proxies.labels, registers: r }),
       cniRequests: new Counter({ name: A.cniRequests.name, help: A.cniRequests.help, labelNames: A.cniRequests.labels, registers: r }),
       cniDuration: new Histogram({ name: H.cniDuration.name, help: H.cniDuration.help, labelNames: H.cniDuration.labels, buckets: [...H.cniDuration.buckets], registers: r }),
     };
@@ -65,13 +79,25 @@ export class AgentMetrics implements AgentHooks {
   proxyLost(): void {
     this.c.proxiesRestarted.inc();
   }
-  proxies(n: number): void {
-    this.c.proxies.set(n);
+  /**
+   * Each project's reconciler reports its own count; the gauge has one series per
+   * project (label namespace), so reconcilers of several projects on one node do
+   * not overwrite each other. Beyond MAX_PROJECTS projects the rest are summed
+   * into namespace="_other".
+   */
+  proxies(n: number, project = ''): void {
+    this.proxyCounts.set(project, n);
+    const all = [...this.proxyCounts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    const own = all.length <= MAX_PROJECTS ? all : all.slice(0, MAX_PROJECTS - 1);
+    this.c.proxies.reset();
+    for (const [p, k] of own) this.c.proxies.set({ namespace: p }, k);
+    if (own.length < all.length) this.c.proxies.set({ namespace: '_other' }, all.slice(own.length).reduce((s, [, k]) => s + k, 0));
   }
-  /** For the CNI server: one call per request (command ADD/DEL/CHECK/VERSION). */
-  cniRequest(command: string, ok: boolean, seconds: number): void {
-    const cmd = ['ADD', 'DEL', 'CHECK', 'VERSION', 'GC', 'STATUS'].includes(command) ? command : 'other';
-    this.c.cniRequests.inc({ command: cmd, result: ok ? 'ok' : 'error' });
+  /** For the node socket: one call per CNI request. */
+  cniRequest(command: string, result: string, seconds: number): void {
+    const cmd = (CNI_COMMANDS as readonly string[]).includes(command) ? command : 'other';
+    const res = (CNI_RESULTS as readonly string[]).includes(result) ? result : 'other';
+    this.c.cniRequests.inc({ command: cmd, result: res });
     this.c.cniDuration.observe({ command: cmd }, seconds);
   }
   registryCall(op: string, ok: boolean, seconds: number): void {

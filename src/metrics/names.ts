@@ -5,7 +5,9 @@
  *
  * Labels: `namespace` and `pod` name the pod (the agent's project and pod name);
  * `peer` is a peer's key fingerprint (src/log.ts keyFingerprint: 8 base64url
- * characters of a hash), never the key. Cardinality is bounded: per pod at most
+ * characters of a hash), never the key; the peer's pod name is in tenc_peer_info
+ * (peer_pod), apart from the counters, so a name learned later does not start new
+ * counter series. Cardinality is bounded: per pod at most
  * MAX_PEERS_PER_POD peers get series of their own, the rest are summed into
  * peer="_other"; `reason` comes from fixed lists in the engine, the enforcement
  * and the DNS proxy, and at most MAX_REASONS of them are exported per metric and pod
@@ -50,6 +52,12 @@ export const POD_METRICS = {
   services: def('tenc_services', 'gauge', POD, 'Service VIPs the pod routes into the tunnel.'),
   sent: def('tenc_peer_sent_bytes_total', 'counter', PEER, 'Bytes sent to the peer (encrypted packets on the wire).'),
   received: def('tenc_peer_received_bytes_total', 'counter', PEER, 'Bytes received from the peer (authenticated packets).'),
+  peerInfo: def(
+    'tenc_peer_info',
+    'gauge',
+    [...PEER, 'peer_pod'],
+    "Always 1: the pod a peer key belongs to, from the registry as the agent trusts it (agent only; a peer not in the registry has none). Join: ... * on (namespace, pod, peer) group_left (peer_pod) tenc_peer_info.",
+  ),
   handshake: def('tenc_peer_latest_handshake_seconds', 'gauge', PEER, 'Unix time of the latest completed handshake with the peer, 0 when none (the peer="_other" series: the newest).'),
   drops: def('tenc_drops_total', 'counter', [...POD, 'reason'], 'Packets dropped, by reason.'),
   handshakeFailures: def('tenc_handshake_failures_total', 'counter', [...POD, 'reason'], 'Handshake messages not used, by reason (e.g. decrypt_response: a psk mismatch).'),
@@ -82,8 +90,8 @@ export const AGENT_METRICS = {
   registryErrors: def('tenc_agent_registry_errors_total', 'counter', ['op'], 'Registry calls that failed, by operation.'),
   proxiesStarted: def('tenc_agent_proxies_started_total', 'counter', ['how'], 'Pod proxies started (how="started") or adopted from a previous agent (how="adopted").'),
   proxiesRestarted: def('tenc_agent_proxies_restarted_total', 'counter', [], 'Pod proxies lost (exited, dead socket, failed start) and so started again.'),
-  proxies: def('tenc_agent_proxies', 'gauge', [], 'Pod proxies the agent runs now.'),
-  cniRequests: def('tenc_cni_requests_total', 'counter', ['command', 'result'], 'CNI requests the agent served, by command (ADD, DEL, CHECK) and result.'),
+  proxies: def('tenc_agent_proxies', 'gauge', ['namespace'], 'Pod proxies the agent runs now, by project.'),
+  cniRequests: def('tenc_cni_requests_total', 'counter', ['command', 'result'], 'CNI requests the agent served, by command (ADD, DEL, CHECK, STATUS) and result (ok or the error code).'),
 } as const satisfies Record<string, MetricDef>;
 
 /** Histograms (prom-client adds _bucket, _sum, _count). */

@@ -7,6 +7,7 @@
 import type { StatusReport } from '../control/status.js';
 import { keyFingerprint } from '../log.js';
 import { LIVE_SESSION_SECONDS, MAX_PEERS_PER_POD, MAX_REASONS, OTHER_PEERS, POD_METRICS, type MetricDef } from './names.js';
+import type { CounterGuard } from './monotonic.js';
 
 /** One pod of a scrape: its report, or null when it did not answer. */
 export interface PodSample {
@@ -29,13 +30,21 @@ function num(v: number): string {
   return String(v);
 }
 
-/** Collects samples per metric, then writes each metric's HELP/TYPE once. */
+/**
+ * Collects samples per metric, then writes each metric's HELP/TYPE once. With a
+ * guard (monotonic.ts), counter values pass through it: `epoch` is the start time
+ * of the pod process they come from.
+ */
 export class Exposition {
   private readonly samples = new Map<MetricDef, string[]>();
 
-  add(m: MetricDef, labels: Labels, value: number): void {
+  constructor(private readonly guard: CounterGuard | null = null) {}
+
+  add(m: MetricDef, labels: Labels, value: number, epoch = 0): void {
     const parts = m.labels.map((k) => `${k}="${escapeLabel(labels[k] ?? '')}"`);
-    const line = `${m.name}${parts.length > 0 ? `{${parts.join(',')}}` : ''} ${num(value)}`;
+    const series = `${m.name}${parts.length > 0 ? `{${parts.join(',')}}` : ''}`;
+    const v = this.guard !== null && m.type === 'counter' ? this.guard.value(series, epoch, value) : value;
+    const line = `${series} ${num(v)}`;
     let list = this.samples.get(m);
     if (!list) this.samples.set(m, (list = []));
     list.push(line);
@@ -96,7 +105,11 @@ function cappedReasons(d: Record<string, number> | undefined): [string, number][
   return kept;
 }
 
-export function renderPods(samples: PodSample[], into = new Exposition(), nowMs = Date.now()): Exposition {
+/**
+ * `peerPods`: per namespace, public key -> the peer's pod name (peer-names.ts), for
+ * tenc_peer_info; without it (a pod's own /metrics) no tenc_peer_info.
+ */
+export function renderPods(samples: PodSample[], into = new Exposition(), nowMs = Date.now(), peerPods?: Map<string, Map<string, string>>): Exposition {
   const M = POD_METRICS;
   for (const m of Object.values(M)) into.declare(m);
   for (const s of samples) {
@@ -104,6 +117,9 @@ export function renderPods(samples: PodSample[], into = new Exposition(), nowMs 
     into.add(M.up, pod, s.report ? 1 : 0);
     const r = s.report;
     if (!r) continue;
+    // counters of this pod process: through the guard, under its start time
+    const epoch = typeof r.startTime === 'number' ? r.startTime : 0;
+    const count = (m: MetricDef, l: Labels, v: number) => into.add(m, l, v, epoch);
     if (typeof r.startTime === 'number') into.add(M.startTime, pod, r.startTime / 1000);
     into.add(M.info, { ...pod, fingerprint: safeFingerprint(r.publicKey), ...dataPlaneLabels(r.dataPlane), enforce: r.enforce === undefined ? 'unknown' : String(r.enforce) }, 1);
     into.add(M.peers, pod, r.peers.length);
@@ -114,37 +130,40 @@ export function renderPods(samples: PodSample[], into = new Exposition(), nowMs 
     const peers = [...r.peers];
     if (peers.length > MAX_PEERS_PER_POD) peers.sort((a, b) => b.txBytes + b.rxBytes - (a.txBytes + a.rxBytes));
     const own = peers.slice(0, peers.length > MAX_PEERS_PER_POD ? MAX_PEERS_PER_POD - 1 : peers.length);
+    const names = peerPods?.get(s.namespace);
     for (const p of own) {
       const l = { ...pod, peer: safeFingerprint(p.publicKey) };
-      into.add(M.sent, l, p.txBytes);
-      into.add(M.received, l, p.rxBytes);
+      const peerPod = names?.get(p.publicKey);
+      if (peerPod !== undefined) into.add(M.peerInfo, { ...l, peer_pod: peerPod }, 1);
+      count(M.sent, l, p.txBytes);
+      count(M.received, l, p.rxBytes);
       into.add(M.handshake, l, p.latestHandshake === null ? 0 : p.latestHandshake / 1000);
     }
     if (own.length < peers.length) {
       const rest = peers.slice(own.length);
       const l = { ...pod, peer: OTHER_PEERS };
-      into.add(M.sent, l, rest.reduce((n, p) => n + p.txBytes, 0));
-      into.add(M.received, l, rest.reduce((n, p) => n + p.rxBytes, 0));
+      count(M.sent, l, rest.reduce((n, p) => n + p.txBytes, 0));
+      count(M.received, l, rest.reduce((n, p) => n + p.rxBytes, 0));
       into.add(M.handshake, l, Math.max(0, ...rest.map((p) => p.latestHandshake ?? 0)) / 1000);
     }
-    for (const [reason, n] of cappedReasons(r.drops)) into.add(M.drops, { ...pod, reason }, n);
-    for (const [reason, n] of cappedReasons(r.handshakeFailures)) into.add(M.handshakeFailures, { ...pod, reason }, n);
-    into.add(M.plaintext, pod, r.drops?.plaintext_from_project ?? 0);
+    for (const [reason, n] of cappedReasons(r.drops)) count(M.drops, { ...pod, reason }, n);
+    for (const [reason, n] of cappedReasons(r.handshakeFailures)) count(M.handshakeFailures, { ...pod, reason }, n);
+    count(M.plaintext, pod, r.drops?.plaintext_from_project ?? 0);
     const d = r.dns;
     if (d) {
-      into.add(M.dnsQueries, { ...pod, protocol: 'udp' }, d.counters.queriesUdp);
-      into.add(M.dnsQueries, { ...pod, protocol: 'tcp' }, d.counters.queriesTcp);
-      into.add(M.dnsAnswers, pod, d.counters.answered);
-      into.add(M.dnsRewrites, pod, d.counters.rewritten);
-      into.add(M.dnsErrors, pod, d.counters.servfail);
+      count(M.dnsQueries, { ...pod, protocol: 'udp' }, d.counters.queriesUdp);
+      count(M.dnsQueries, { ...pod, protocol: 'tcp' }, d.counters.queriesTcp);
+      count(M.dnsAnswers, pod, d.counters.answered);
+      count(M.dnsRewrites, pod, d.counters.rewritten);
+      count(M.dnsErrors, pod, d.counters.servfail);
       into.add(M.dnsRoutes, pod, d.counters.routesHeld);
-      for (const [reason, n] of cappedReasons(d.counters.drops)) into.add(M.dnsDrops, { ...pod, reason }, n);
+      for (const [reason, n] of cappedReasons(d.counters.drops)) count(M.dnsDrops, { ...pod, reason }, n);
       const m = d.routeMisses;
       if (m) {
-        into.add(M.routeMisses, pod, m.misses);
-        into.add(M.bypassesAdded, pod, m.bypassed);
+        count(M.routeMisses, pod, m.misses);
+        count(M.bypassesAdded, pod, m.bypassed);
         into.add(M.bypasses, pod, m.bypasses);
-        into.add(M.projectUnrouted, pod, m.projectUnrouted);
+        count(M.projectUnrouted, pod, m.projectUnrouted);
       }
     }
   }

@@ -3,14 +3,19 @@
  * --metrics-address`. Each scrape finds the pods (targets()), asks each for its
  * status (gather.ts: capped, parallel, timed out), renders them (render.ts) and
  * appends the exporter's own metrics (prom-client: the agent's counters and the
- * process metrics). Only GET /metrics (and / with a link); scrapes arriving while
- * one is gathered share its result, so a burst costs one round of requests.
+ * process metrics). The pods' counters pass through a CounterGuard (monotonic.ts),
+ * so none goes backwards while its pod process lives; with peerNames (the agent's)
+ * tenc_peer_info names each peer's pod. Only GET /metrics (and / with a link);
+ * scrapes arriving while one is gathered share its result, so a burst costs one
+ * round of requests.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry as PromRegistry } from 'prom-client';
 import { gatherStatus, type GatherOptions, type PodTarget } from './gather.js';
 import { Exposition, renderPods } from './render.js';
 import { SCRAPE_METRICS } from './names.js';
+import { CounterGuard } from './monotonic.js';
+import type { PeerNames } from './peer-names.js';
 import { silentLogger, type Logger } from '../log.js';
 import { parseListenAddress } from './address.js';
 
@@ -24,12 +29,16 @@ export interface MetricsServerOptions extends GatherOptions {
   own?: PromRegistry;
   version?: string;
   log?: Logger;
+  /** The peers' pod names for tenc_peer_info (the agent's: from its registry). */
+  peerNames?: PeerNames;
 }
 
 export class MetricsServer {
   private server: Server | null = null;
   private inflight: Promise<string> | null = null;
   private readonly log: Logger;
+  /** Keeps the pods' counters from going backwards while a pod lives (monotonic.ts). */
+  private readonly guard = new CounterGuard();
 
   constructor(private readonly o: MetricsServerOptions) {
     this.log = o.log ?? silentLogger;
@@ -46,7 +55,10 @@ export class MetricsServer {
   private async build(): Promise<string> {
     const targets = await this.o.targets();
     const g = await gatherStatus(targets, this.o);
-    const x = renderPods(g.samples);
+    this.guard.begin();
+    const names = this.o.peerNames?.lookup([...new Set(targets.map((t) => t.namespace))]);
+    const x = renderPods(g.samples, new Exposition(this.guard), Date.now(), names);
+    this.guard.end();
     const S = SCRAPE_METRICS;
     x.add(S.buildInfo, { version: this.o.version ?? 'unknown', nodejs: process.version }, 1);
     x.add(S.scrapePods, {}, g.samples.length);

@@ -4,6 +4,8 @@ import { Registry as PromRegistry } from 'prom-client';
 import { AgentMetrics, addProcessMetrics } from './agent.js';
 import { discoverNodePods } from './gather.js';
 import { MetricsServer } from './server.js';
+import { PeerNames } from './peer-names.js';
+import type { Registry } from '../registry/registry.js';
 import type { StatusReport } from '../control/status.js';
 import type { Logger } from '../log.js';
 
@@ -15,9 +17,12 @@ export async function startAgentMetrics(
   project: string | null,
   version: string | undefined,
   log: Logger,
+  /** The agent's registry (not the instrumented one: the exporter's reads are not the agent's): peer pod names for tenc_peer_info. */
+  registry?: Pick<Registry, 'pods' | 'peers'>,
 ): Promise<{ agent: AgentMetrics; server: MetricsServer | null; error: string | null }> {
   const agent = new AgentMetrics();
-  const server = new MetricsServer({ address, version, log, own: agent.registry, targets: () => discoverNodePods(runDir, null, [], project) });
+  const peerNames = registry ? new PeerNames(registry, undefined, (project, err) => log.debug({ project, err: err.message }, 'metrics: peer names not read')) : undefined;
+  const server = new MetricsServer({ address, version, log, own: agent.registry, peerNames, targets: () => discoverNodePods(runDir, null, [], project) });
   try {
     await server.listen();
     return { agent, server, error: null };

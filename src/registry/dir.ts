@@ -10,6 +10,9 @@
  *   DIR/endpointslices/<project>/<service>.json  EndpointSlice of the service
  *   DIR/peers/<project>/<node>/<pod>.json        what the agent of <node> published for its
  *                                                pod: public key, endpoint
+ *   DIR/policies/<project>/<name>.json           TencPolicy (src/policy/policy.ts); a file that
+ *                                                does not parse is returned as a problem (the
+ *                                                agent then refuses the whole set)
  *
  * netns-scripts/cluster.sh writes the first four (the API server's and the
  * controllers' role); agents write peers/. A file that does not parse is skipped
@@ -25,8 +28,8 @@
  */
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch as fsWatch, writeFileSync, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
-import type { EndpointsInfo, PeerInfo, PodInfo, Registry, ServiceInfo, Watch } from './registry.js';
-import { endpointsFromObject, peerFromObject, podFromObject, serviceFromObject } from './objects.js';
+import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
+import { endpointsFromObject, peerFromObject, podFromObject, policyFromObject, serviceFromObject } from './objects.js';
 
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const RESCAN_MS = 1000;
@@ -122,6 +125,27 @@ export class DirectoryRegistry implements Registry {
     return this.parsed('endpointslices', project, endpointsFromObject);
   }
 
+  async policies(project: string): Promise<PolicyObject[]> {
+    const dir = this.sub('policies', project);
+    let names: string[];
+    try {
+      names = readdirSync(dir).filter((n) => n.endsWith('.json'));
+    } catch {
+      return [];
+    }
+    const out: PolicyObject[] = [];
+    for (const n of names.sort()) {
+      const name = n.slice(0, -'.json'.length);
+      try {
+        out.push(policyFromObject(project, name, JSON.parse(readFileSync(join(dir, n), 'utf8'))));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue; // deleted meanwhile
+        out.push({ project, name, object: null, problem: `${join(dir, n)}: ${(e as Error).message}` });
+      }
+    }
+    return out;
+  }
+
   async peers(project: string): Promise<PeerInfo[]> {
     const out: PeerInfo[] = [];
     const root = this.sub('peers', project);
@@ -198,7 +222,7 @@ export class DirectoryRegistry implements Registry {
   watch(project: string, onChange: () => void): Watch {
     checkName('project', project);
     const watchers: FSWatcher[] = [];
-    const base = ['pods', 'services', 'endpointslices', 'peers'].map((k) => join(this.dir, k, project));
+    const base = ['pods', 'services', 'endpointslices', 'peers', 'policies'].map((k) => join(this.dir, k, project));
     const peersDir = base[3];
     const arm = () => {
       let nodeDirs: string[] = [];
@@ -251,7 +275,7 @@ export class DirectoryRegistry implements Registry {
    * writes each atomically, removes files of objects no longer there. Used by
    * cluster.sh through cluster-tool.ts, like controllers updating the API.
    */
-  replaceObjects(kind: 'pods' | 'services' | 'endpointslices', project: string, objects: Map<string, unknown>): void {
+  replaceObjects(kind: 'pods' | 'services' | 'endpointslices' | 'policies', project: string, objects: Map<string, unknown>): void {
     const dir = this.sub(kind, project);
     mkdirSync(dir, { recursive: true });
     for (const [name, o] of objects) {

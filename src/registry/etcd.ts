@@ -9,6 +9,8 @@
  *                                                  labels)
  *   /tenc/services/<project>/<service>             Service
  *   /tenc/endpointslices/<project>/<service>       EndpointSlice of the service
+ *   /tenc/policies/<project>/<name>                TencPolicy (src/policy/policy.ts validates the
+ *                                                  project's set, all or nothing)
  *   /tenc/nodes/<node>/peers/<project>/<pod>       what the agent of <node> published for
  *                                                  its pod: {pod, publicKey, endpoint},
  *                                                  under that agent's lease
@@ -43,8 +45,8 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { Etcd3, type IOptions, type Lease, type Watcher } from 'etcd3';
-import { endpointsFromObject, isName, peerFromObject, podFromObject, serviceFromObject } from './objects.js';
-import type { EndpointsInfo, PeerInfo, PodInfo, Registry, ServiceInfo, Watch } from './registry.js';
+import { endpointsFromObject, isName, peerFromObject, podFromObject, policyFromObject, serviceFromObject } from './objects.js';
+import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 
 export const DEFAULT_PREFIX = '/tenc/';
 /** Seconds: the keys of a dead agent vanish this long after its last keep-alive. */
@@ -157,7 +159,7 @@ type Obj = Record<string, any>;
 type Place =
   | { kind: 'projects'; project: string }
   | { kind: 'secrets'; project: string }
-  | { kind: 'pods' | 'services' | 'endpointslices'; project: string; name: string }
+  | { kind: 'pods' | 'services' | 'endpointslices' | 'policies'; project: string; name: string }
   | { kind: 'peers'; project: string; node: string; name: string };
 
 /** The place of a relative key, or null (not one of ours, or a bad name: reported). */
@@ -172,6 +174,7 @@ export function placeOf(rel: string): Place | null | 'bad' {
     case 'pods':
     case 'services':
     case 'endpointslices':
+    case 'policies':
       return s.length === 3 ? (names(s[1], s[2]) ? { kind: s[0], project: s[1], name: s[2] } : 'bad') : null;
     case 'nodes':
       return s.length === 5 && s[2] === 'peers' ? (names(s[1], s[3], s[4]) ? { kind: 'peers', node: s[1], project: s[3], name: s[4] } : 'bad') : null;
@@ -189,6 +192,8 @@ interface ProjectCopy {
   endpoints: Map<string, EndpointsInfo>;
   /** node/pod -> peer */
   peers: Map<string, PeerInfo>;
+  /** name -> TencPolicy as stored */
+  policies: Map<string, PolicyObject>;
 }
 
 export interface EtcdRegistryOptions {
@@ -318,7 +323,7 @@ export class EtcdRegistry implements Registry {
   private project(name: string): ProjectCopy {
     let p = this.copy.get(name);
     if (!p) {
-      p = { namespace: false, psk: null, pods: new Map(), services: new Map(), endpoints: new Map(), peers: new Map() };
+      p = { namespace: false, psk: null, pods: new Map(), services: new Map(), endpoints: new Map(), peers: new Map(), policies: new Map() };
       this.copy.set(name, p);
     }
     return p;
@@ -339,6 +344,8 @@ export class EtcdRegistry implements Registry {
       o = JSON.parse(value);
     } catch (e) {
       this.onProblem(key, `not JSON: ${(e as Error).message}`);
+      // a policy that cannot be read refuses the project's whole set (never half of it)
+      if (at.kind === 'policies') this.project(at.project).policies.set(at.name, { project: at.project, name: at.name, object: null, problem: `${key}: not JSON` });
       this.touch(at.project);
       return;
     }
@@ -380,6 +387,9 @@ export class EtcdRegistry implements Registry {
         else ok = false;
         break;
       }
+      case 'policies':
+        p.policies.set(at.name, policyFromObject(at.project, at.name, o));
+        break;
     }
     if (!ok) this.onProblem(key, `not a valid ${at.kind === 'secrets' ? 'psk Secret (data.psk: base64 of a wg genpsk key)' : at.kind.replace(/s$/, '')} object (or its name differs from its key): ignored`);
     this.touch(at.project);
@@ -413,6 +423,9 @@ export class EtcdRegistry implements Registry {
         break;
       case 'peers':
         p.peers.delete(`${at.node}/${at.name}`);
+        break;
+      case 'policies':
+        p.policies.delete(at.name);
         break;
     }
   }
@@ -460,6 +473,11 @@ export class EtcdRegistry implements Registry {
 
   async peers(project: string): Promise<PeerInfo[]> {
     return [...((await this.of(project))?.peers.values() ?? [])].map((k) => ({ ...k }));
+  }
+
+  async policies(project: string): Promise<PolicyObject[]> {
+    const all = [...((await this.of(project))?.policies.values() ?? [])];
+    return all.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((x) => ({ ...x, object: structuredClone(x.object) }));
   }
 
   /** Writes the project's psk (from its Secret) to SECRETDIR/<project>.psk, mode 0600, and returns that path. */
@@ -629,7 +647,7 @@ export class EtcdRegistryWriter {
   }
 
   /** Makes the kind's keys of the project exactly `objects`: puts what changed, deletes the rest. */
-  replaceObjects(kind: 'pods' | 'services' | 'endpointslices', project: string, objects: Map<string, unknown>): void {
+  replaceObjects(kind: 'pods' | 'services' | 'endpointslices' | 'policies', project: string, objects: Map<string, unknown>): void {
     if (!isName(project)) throw new RangeError(`project: ${JSON.stringify(project)} is not a name`);
     for (const name of objects.keys()) if (!isName(name)) throw new RangeError(`${kind}: ${JSON.stringify(name)} is not a name`);
     const dir = `${this.connection.prefix}${kind}/${project}/`;

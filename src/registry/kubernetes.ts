@@ -11,6 +11,9 @@
  *                the pod, in its namespace, owned by the Pod (garbage-collected with it):
  *                spec.nodeName, spec.publicKey, spec.endpoint
  *   pskFile()    Secret tenc-psk (key psk) of the namespace, written to a 0600 file
+ *   policies()   TencPolicy custom resources (tenc.io/v1alpha1, deploy/crd-tencpolicy.yaml)
+ *                of the namespace, as stored: the CRD's schema refused malformed ones at
+ *                admission, the agent validates the set again (src/policy/policy.ts)
  *
  * Why a custom resource and not annotations on the Pod: the agent then needs no
  * cluster-wide `patch pods` (which would let a node rewrite any pod's labels, the
@@ -47,7 +50,8 @@ import {
 } from '@kubernetes/client-node';
 import type { ServicePort } from '../control/config.js';
 import { Informer, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
-import type { EndpointsInfo, PeerInfo, PodInfo, Registry, ServiceInfo, Watch } from './registry.js';
+import { clusterIps } from './objects.js';
+import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 
 export const PROTECT_LABEL = 'tenc.io/protect';
 export const PSK_SECRET = 'tenc-psk';
@@ -56,6 +60,7 @@ export const PEER_GROUP = 'tenc.io';
 export const PEER_VERSION = 'v1alpha1';
 export const PEER_PLURAL = 'tencpeers';
 export const PEER_KIND = 'TencPeer';
+export const POLICY_PLURAL = 'tencpolicies';
 
 export interface TencPeer extends KubernetesObject {
   spec?: { nodeName?: unknown; publicKey?: unknown; endpoint?: unknown };
@@ -161,6 +166,7 @@ export class KubernetesRegistry implements Registry {
   private readonly svcInf: Informer<V1Service>;
   private readonly epsInf: Informer<V1EndpointSlice>;
   private readonly peerInf: Informer<TencPeer>;
+  private readonly policyInf: Informer<KubernetesObject>;
   private readonly all: Informer<any>[];
   private readonly listeners = new Map<string, Set<() => void>>();
   private readonly seen = new Set<string>();
@@ -214,7 +220,16 @@ export class KubernetesRegistry implements Registry {
       this.log,
       io,
     );
-    this.all = [this.ns, this.podInf, this.svcInf, this.epsInf, this.peerInf];
+    this.policyInf = new Informer<KubernetesObject>(
+      'tencpolicies',
+      kc,
+      `/apis/${PEER_GROUP}/${PEER_VERSION}/${POLICY_PLURAL}`,
+      () => this.custom.listCustomObjectForAllNamespaces({ group: PEER_GROUP, version: PEER_VERSION, plural: POLICY_PLURAL }) as Promise<KubernetesListObject<KubernetesObject>>,
+      touch,
+      this.log,
+      io,
+    );
+    this.all = [this.ns, this.podInf, this.svcInf, this.epsInf, this.peerInf, this.policyInf];
     for (const i of this.all) i.start();
     this.refreshPsk();
     this.pskTimer = setInterval(() => this.refreshPsk(), o.pskRefreshMs ?? 30_000);
@@ -326,7 +341,8 @@ export class KubernetesRegistry implements Registry {
         const proto = p?.protocol ?? 'TCP';
         if ((proto === 'TCP' || proto === 'UDP') && Number.isInteger(p.port) && p.port >= 1 && p.port <= 65535) ports.push({ protocol: proto.toLowerCase() as 'tcp' | 'udp', port: p.port });
       }
-      out.push({ project, name, vip, ports, selector: { ...sel } });
+      const vips = clusterIps(vip, s.spec?.clusterIPs);
+      out.push({ project, name, vip, ...(vips.length > 1 ? { vips } : {}), ports, selector: { ...sel } });
     }
     return out.sort((a, b) => (a.name < b.name ? -1 : 1));
   }
@@ -371,6 +387,14 @@ export class KubernetesRegistry implements Registry {
       out.push({ project, pod: name, node: s.nodeName, publicKey: s.publicKey, endpoint: s.endpoint });
     }
     return out;
+  }
+
+  async policies(project: string): Promise<PolicyObject[]> {
+    await this.synced(this.policyInf);
+    return this.policyInf
+      .list(project)
+      .map((o) => ({ project, name: o.metadata!.name!, object: JSON.parse(JSON.stringify(o)) as unknown }))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   private peerPath(project: string) {

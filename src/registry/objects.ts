@@ -4,8 +4,9 @@
  * (etcd.ts) parses each once, when it arrives; null means "not an object of
  * that kind" and the backend reports it as a problem.
  */
+import { isIP } from 'node:net';
 import type { ServicePort } from '../control/config.js';
-import type { EndpointsInfo, PeerInfo, PodInfo, ServiceInfo } from './registry.js';
+import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, ServiceInfo } from './registry.js';
 
 type Obj = Record<string, any>;
 const str = (v: unknown): v is string => typeof v === 'string';
@@ -33,13 +34,28 @@ export function podFromObject(project: string, o: Obj): PodInfo | null {
   };
 }
 
-/** A Service: spec.clusterIP, spec.ports (TCP/UDP), spec.selector. */
+/** A Service: spec.clusterIP (and clusterIPs: dual-stack), spec.ports (TCP/UDP), spec.selector. */
 export function serviceFromObject(project: string, o: Obj): ServiceInfo | null {
   if (!str(o?.metadata?.name) || !str(o?.spec?.clusterIP) || !Array.isArray(o.spec.ports)) return null;
   const ports: ServicePort[] = o.spec.ports
     .filter((p: Obj) => (p?.protocol === 'TCP' || p?.protocol === 'UDP') && Number.isInteger(p.port))
     .map((p: Obj) => ({ protocol: p.protocol.toLowerCase(), port: p.port }));
-  return { project, name: o.metadata.name, vip: o.spec.clusterIP, ports, selector: { ...(o.spec.selector ?? {}) } };
+  const vip: string = o.spec.clusterIP;
+  const vips = clusterIps(vip, o.spec.clusterIPs);
+  return { project, name: o.metadata.name, vip, ...(vips.length > 1 ? { vips } : {}), ports, selector: { ...(o.spec.selector ?? {}) } };
+}
+
+/**
+ * A Service's cluster IPs, primary first: spec.clusterIP, then the other entries of
+ * spec.clusterIPs that are IP addresses (at most one per family, as the API allows).
+ */
+export function clusterIps(primary: string, list: unknown): string[] {
+  const out = [primary];
+  for (const ip of Array.isArray(list) ? list : []) {
+    if (!str(ip) || isIP(ip) === 0 || out.some((x) => x === ip || isIP(x) === isIP(ip))) continue;
+    out.push(ip);
+  }
+  return out;
 }
 
 /** An EndpointSlice (label kubernetes.io/service-name): its ready endpoints. */
@@ -60,4 +76,14 @@ export function endpointsFromObject(project: string, o: Obj): EndpointsInfo | nu
 export function peerFromObject(project: string, node: string, pod: string, o: Obj): PeerInfo | null {
   if (!str(o?.pod) || !str(o?.publicKey) || !str(o?.endpoint) || o.pod !== pod) return null;
   return { project, pod, node, publicKey: o.publicKey, endpoint: o.endpoint };
+}
+
+/**
+ * A TencPolicy found at a place named `name`: kept as it is (the agent validates the
+ * whole set, src/policy/policy.ts); a metadata.name other than its place's is a problem.
+ */
+export function policyFromObject(project: string, name: string, o: Obj): PolicyObject {
+  const n = o?.metadata?.name;
+  if (n !== undefined && n !== name) return { project, name, object: o, problem: `metadata.name ${JSON.stringify(n)} differs from its place's name ${name}` };
+  return { project, name, object: o };
 }

@@ -16,6 +16,8 @@
  *   publishPeer / withdrawPeer   write / remove this node's own pods' entries
  *   watch(project, fn)   informers: fn() after any change (level-triggered: the
  *                        agent re-reads everything and reconciles)
+ *   policies(project)    TencPolicy objects as stored (optional; src/policy/policy.ts
+ *                        validates them, all or nothing); a backend without it: none
  *
  * Only public keys travel through a registry; private keys stay in the pod proxies.
  *
@@ -46,7 +48,10 @@ export interface PodInfo {
 export interface ServiceInfo {
   project: string;
   name: string;
+  /** The primary cluster IP (spec.clusterIP): vips[0]. */
   vip: string;
+  /** Every cluster IP (spec.clusterIPs: one per family of a dual-stack service), primary first; absent: [vip]. */
+  vips?: string[];
   ports: ServicePort[];
   selector: Record<string, string>;
 }
@@ -54,7 +59,10 @@ export interface ServiceInfo {
 export interface EndpointsInfo {
   project: string;
   service: string;
-  /** The ready pods behind the service. */
+  /**
+   * The ready pods behind the service (a dual-stack service has one EndpointSlice per
+   * family: a backend may list the service more than once; mergeEndpoints() joins them).
+   */
   pods: { name: string; address: string; node: string }[];
 }
 
@@ -66,6 +74,19 @@ export interface PeerInfo {
   publicKey: string;
   /** "ip:port" where the pod's tenc listens. */
   endpoint: string;
+}
+
+/**
+ * A TencPolicy object as the store holds it, before validation (src/policy/policy.ts):
+ * `object` is the parsed JSON; `problem` says why it could not be read (not JSON, its
+ * name differs from its place), and then the whole policy set is refused.
+ */
+export interface PolicyObject {
+  project: string;
+  /** The name of its place (file, key, metadata.name). */
+  name: string;
+  object: unknown;
+  problem?: string;
 }
 
 export interface Watch {
@@ -86,6 +107,8 @@ export interface Registry {
   withdrawPeer(project: string, node: string, pod: string): Promise<void>;
   /** Calls onChange (possibly more than once, possibly spuriously) after a change to the project's objects. */
   watch(project: string, onChange: () => void): Watch;
+  /** The project's TencPolicy objects, sorted by name (optional: without it, no policies). */
+  policies?(project: string): Promise<PolicyObject[]>;
   /** Releases connections (network backends); the registry is not used afterwards. */
   close?(): Promise<void>;
 }
@@ -121,6 +144,17 @@ export function trustedPeers(pods: PodInfo[], peers: PeerInfo[], onRejected: (p:
     out.set(k.pod, k);
   }
   return [...out.values()];
+}
+
+/** One entry per service: the pods of every EndpointsInfo of that service, each pod once (first address kept). */
+export function mergeEndpoints(list: EndpointsInfo[]): EndpointsInfo[] {
+  const by = new Map<string, EndpointsInfo>();
+  for (const e of list) {
+    const m = by.get(e.service);
+    if (!m) by.set(e.service, { ...e, pods: [...e.pods] });
+    else for (const p of e.pods) if (!m.pods.some((x) => x.name === p.name)) m.pods.push(p);
+  }
+  return [...by.values()];
 }
 
 export async function readProjectView(r: Registry, project: string, onRejected?: (p: PeerInfo, why: string) => void): Promise<ProjectView> {

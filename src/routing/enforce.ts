@@ -32,6 +32,7 @@
  *       iifname { "tenc0", "lo" } accept              decrypted (tun or raw injection)
  *       udp dport 51820 accept                        tenc's own datagrams
  *       icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
+ *       jump policy_in                                TencPolicy exempt ports (policy-rules.ts)
  *       ip saddr @project4 counter name plaintext_from_project drop
  *       ip6 saddr @project6 counter name plaintext_from_project drop
  *     }
@@ -40,6 +41,7 @@
  *       oifname { "tenc0", "lo" } accept
  *       meta mark 0xcb84 accept                       tenc's UDP, DNS proxy upstreams
  *       icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
+ *       jump policy_out                               TencPolicy exempt ports (policy-rules.ts)
  *       ip daddr @project4 counter name plaintext_to_project drop      (and ip6)
  *       ip daddr @bypass4 accept                                        (and ip6)
  *       ip daddr @classify4 counter name plaintext_to_project drop     (and ip6)
@@ -146,6 +148,7 @@ function tableScript(o: EnforcementOptions): string[] {
         `    iifname { ${dev}, "lo" } accept`,
         `    udp dport ${o.listenPort} accept`,
         `    ${ND}`,
+        '    jump policy_in',
         `    ip saddr @project4 counter name ${DROP_REASON} drop`,
         `    ip6 saddr @project6 counter name ${DROP_REASON} drop`,
         '  }',
@@ -161,12 +164,18 @@ function tableScript(o: EnforcementOptions): string[] {
     set('classify6', 'ipv6_addr'),
     set('bypass4', 'ipv4_addr'),
     set('bypass6', 'ipv6_addr'),
+    // TencPolicy exempt ports (policy-rules.ts fills them; empty: nothing exempt)
+    '  chain policy_in {',
+    '  }',
+    '  chain policy_out {',
+    '  }',
     ...input,
     '  chain output {',
     '    type filter hook output priority filter - 10; policy accept;',
     `    oifname { ${dev}, "lo" } accept`,
     `    meta mark 0x${o.fwmark.toString(16)} accept`,
     `    ${ND}`,
+    '    jump policy_out',
     `    ip daddr @project4 counter name ${EGRESS_DROP_REASON} drop`,
     `    ip6 daddr @project6 counter name ${EGRESS_DROP_REASON} drop`,
     '    ip daddr @bypass4 accept',
@@ -262,6 +271,18 @@ export class Enforcement {
       if (key === this.lastProject) return;
       await this.run(elementsScript(this.table, 'project', cidrs).join('\n') + '\n');
       this.lastProject = key;
+    });
+  }
+
+  /**
+   * Replaces the policy chains' rules (TencPolicy exempt ports, policy-rules.ts) in one
+   * transaction; `rules` gets the table name. Nothing happens before install.
+   */
+  setPolicyChains(rules: (table: string) => string[]): Promise<void> {
+    return this.serial(async () => {
+      if (!this.installed) return;
+      const t = this.table;
+      await this.run([`flush chain inet ${t} policy_in`, `flush chain inet ${t} policy_out`, ...rules(t)].join('\n') + '\n');
     });
   }
 

@@ -132,6 +132,26 @@ describe('etcd registry (real etcd)', () => {
     w.close();
   });
 
+  it('policies: /tenc/policies/<project>/<name> as stored; a value that is not JSON comes back as a problem (the agent refuses the set)', async () => {
+    const w = new EtcdRegistryWriter(conn);
+    const obj = { apiVersion: 'tenc.io/v1alpha1', kind: 'TencPolicy', metadata: { name: 'metrics', namespace: 'alpha' }, spec: { service: 'web', ports: [{ port: 9100 }], mode: 'exempt' } };
+    w.replaceObjects('policies', 'alpha', new Map([['metrics', obj]]));
+    await w.flush();
+    const r = reg();
+    expect(await r.policies('alpha')).toEqual([{ project: 'alpha', name: 'metrics', object: obj }]);
+    await etcd.client(r).put('/tenc/policies/alpha/broken').value('{not json');
+    await until('the broken policy', async () => (await r.policies('alpha')).length === 2);
+    expect((await r.policies('alpha')).map((p) => [p.name, p.problem ?? null])).toEqual([
+      ['broken', '/tenc/policies/alpha/broken: not JSON'],
+      ['metrics', null],
+    ]);
+    await etcd.client(r).delete().key('/tenc/policies/alpha/broken');
+    w.replaceObjects('policies', 'alpha', new Map());
+    await w.flush();
+    await until('no policies', async () => (await r.policies('alpha')).length === 0);
+    w.close();
+  });
+
   it('peers: the publisher is the node of the key, never a field of the value', async () => {
     const r1 = reg();
     await r1.publishPeer({ project: 'alpha', pod: 'web', node: 'node1', publicKey: KEY_A, endpoint: '10.128.1.10:51820' });

@@ -5,7 +5,7 @@
  *
  *   GET  /api/v1/{namespaces,pods,services}                    List (+ ?labelSelector=k=v)
  *   GET  /apis/discovery.k8s.io/v1/endpointslices               List
- *   GET  /apis/tenc.io/v1alpha1/tencpeers                        List
+ *   GET  /apis/tenc.io/v1alpha1/{tencpeers,tencpolicies}          List (TencPolicy objects are put() by tests)
  *        ...?watch=true&resourceVersion=RV                      watch: one JSON event per line
  *                                                               (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR)
  *   GET  /api/v1/namespaces/NS/secrets/NAME
@@ -30,7 +30,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { serviceEndpoints, type ClusterConfig } from '../../src/agent/cluster-config.js';
 
 type Obj = Record<string, any>;
-export type Kind = 'namespaces' | 'pods' | 'services' | 'endpointslices' | 'tencpeers' | 'secrets';
+export type Kind = 'namespaces' | 'pods' | 'services' | 'endpointslices' | 'tencpeers' | 'tencpolicies' | 'secrets';
 
 const META: Record<Kind, { apiVersion: string; kind: string; namespaced: boolean }> = {
   namespaces: { apiVersion: 'v1', kind: 'Namespace', namespaced: false },
@@ -38,6 +38,7 @@ const META: Record<Kind, { apiVersion: string; kind: string; namespaced: boolean
   services: { apiVersion: 'v1', kind: 'Service', namespaced: true },
   endpointslices: { apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', namespaced: true },
   tencpeers: { apiVersion: 'tenc.io/v1alpha1', kind: 'TencPeer', namespaced: true },
+  tencpolicies: { apiVersion: 'tenc.io/v1alpha1', kind: 'TencPolicy', namespaced: true },
   secrets: { apiVersion: 'v1', kind: 'Secret', namespaced: true },
 };
 
@@ -206,6 +207,8 @@ export class FakeApiServer {
       });
       this.syncSlice(s.project, s.name, serviceEndpoints(c, s).map((p) => ({ name: p.name, address: p.address, node: p.node })));
     }
+    // the file's TencPolicy objects, as kubectl apply would create them
+    for (const p of c.policies ?? []) this.put('tencpolicies', p.object);
   }
 
   putPsk(ns: string, value: string): void {
@@ -335,6 +338,8 @@ export class FakeApiServer {
       '/api/v1/services': 'services',
       '/apis/discovery.k8s.io/v1/endpointslices': 'endpointslices',
       '/apis/tenc.io/v1alpha1/tencpeers': 'tencpeers',
+      // written by users (kubectl apply): tests put() them; the agent only lists and watches
+      '/apis/tenc.io/v1alpha1/tencpolicies': 'tencpolicies',
     };
     if (req.method === 'GET' && collections[p]) {
       const kind = collections[p];

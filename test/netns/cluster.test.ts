@@ -1,11 +1,15 @@
 /**
- * The local cluster (netns-scripts/cluster.sh up netns-scripts/cluster-example.json):
- * every pod made through the CNI chain (bridge + host-local, loopback, tenc), one
- * `tenc agent` per node protecting alpha (and beta, as the attacker's own tenant):
+ * The local cluster, dual-stack (netns-scripts/cluster.sh up netns-scripts/cluster-example-dual.json):
+ * every pod made through the CNI chain (bridge + host-local with an IPv4 and an IPv6
+ * range, loopback, tenc), one `tenc agent` per node protecting alpha (and beta, as the
+ * attacker's own tenant):
  *
  *   node1: alpha-web-1 (svc web.alpha)  alpha-client-1  beta-web-1 (svc web.beta)
  *   node2: alpha-db-1  (svc db.alpha)   alpha-client-2  beta-client-1
- *          nodes joined by VXLAN over the underlay; VIPs DNATed on the nodes
+ *          nodes joined by VXLAN over the (IPv4) underlay; VIPs of both families DNATed on the nodes
+ *
+ * Steps 1-5 run once per family on the same cluster (a dual-stack cluster is what carries
+ * both): IPv6 first (curl -6, AAAA answers, IPv6 VIPs and raw IPv6 addresses), then IPv4.
  *
  *  1. by service name, within node1 and from node1 to node2: works; the node bridge
  *     and the underlay carry only tenc UDP between alpha pods, never the marker
@@ -16,7 +20,7 @@
  *  4. churn: a pod removed and one added anywhere: peers updated within 5 s, an open
  *     TCP connection to another pod survives
  *  5. kill -9 a pod proxy, then an agent: traffic back within 5 s
- *  6. agents stopped: proxies keep running, pods stay fail-closed and published; CNI DEL
+ *  6. (once) agents stopped: proxies keep running, pods stay fail-closed and published; CNI DEL
  *     (remove-pod) cleans a pod; cluster.sh down: the machine as before
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
@@ -29,7 +33,14 @@ import { Netns, requireRoot, requireTool, sh, startCapture, readCaptureBytes } f
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
 const script = join(root, 'netns-scripts', 'cluster.sh');
-const example = join(root, 'netns-scripts', 'cluster-example.json');
+const example = join(root, 'netns-scripts', 'cluster-example-dual.json');
+const cfg = JSON.parse(readFileSync(example, 'utf8'));
+/** A pod's address of the file: 0 IPv4, 1 IPv6. */
+const podAddr = (pod: string, i: 0 | 1): string => {
+  const p = cfg.pods.find((x: { name: string }) => x.name === pod);
+  if (!p) throw new Error(`no pod ${pod} in ${example}`);
+  return i === 0 ? p.address : p.address6;
+};
 const PREFIX = `ct${process.pid % 100000}`;
 const STATE = `/run/tenc-cluster/${PREFIX}`;
 const env = { ...process.env, CLUSTER_PREFIX: PREFIX };
@@ -48,12 +59,15 @@ function peerFiles(): string[] {
   return readdirSync(root).flatMap((node) => readdirSync(join(root, node)).filter((f) => f.endsWith('.json')).map((f) => join(root, node, f)));
 }
 
+/** The public key an agent published for the pod. */
+const keyOf = (pod: string) => JSON.parse(readFileSync(peerFiles().find((f) => f.endsWith(`/${pod}.json`))!, 'utf8')).publicKey as string;
+
 function inPod(pod: string, cmd: string, ...args: string[]) {
   return spawnSync('ip', ['netns', 'exec', ns(pod), cmd, ...args], { encoding: 'utf8', timeout: 20_000 });
 }
 
-function curl(pod: string, url: string, body = marker, timeout = 3): string | null {
-  const r = inPod(pod, 'curl', '-s', '-m', String(timeout), '--data', body, url);
+function curl(pod: string, url: string, body = marker, timeout = 3, family: '-4' | '-6' = '-4'): string | null {
+  const r = inPod(pod, 'curl', family, '-g', '-s', '-m', String(timeout), '--data', body, url);
   return r.status === 0 ? r.stdout : null;
 }
 
@@ -148,153 +162,210 @@ afterAll(() => {
   cluster('down');
 });
 
-describe('local cluster with tenc agents', () => {
-  it('1. project traffic by service name within a node and across nodes is ciphertext on the node bridge and the underlay', async () => {
-    const bridge = await startCapture(Netns.attach(`${PREFIX}-n-node1`), 'br0');
-    const underlay = await startCapture(Netns.attach(`${PREFIX}-ul`), 'ul0');
-    try {
-      expect(curl('alpha-client-1', 'http://web/')).toBe(`alpha-web-1 got: ${marker}`); // node1 -> node1
-      expect(curl('alpha-client-1', 'http://db.alpha.svc.cluster.local:5432/')).toBe(`alpha-db-1 got: ${marker}`); // node1 -> node2
-      expect(curl('alpha-client-2', 'http://web.alpha/')).toBe(`alpha-web-1 got: ${marker}`); // node2 -> node1
-      // the pods' DNS proxy answered the project names with the endpoints (issue 4)
-      expect(status('alpha-client-1', 'node1').dns.counters.rewritten).toBeGreaterThan(0);
-      expect(inPod('alpha-client-1', 'getent', 'hosts', 'db').stdout).toContain('10.128.2.10');
-    } finally {
-      await bridge.stop();
-      await underlay.stop();
-    }
-    const alphaPods = 'host 10.128.1.11 or host 10.128.1.10 or host 10.128.2.10 or host 10.128.2.11';
-    const tunnel = bridge.read([`(${alphaPods}) and udp port 51820`]);
-    // DNS to the cluster DNS is not project traffic (the DNS proxy of issue 4 is not in this test)
-    const clear = bridge.read([`(${alphaPods}) and not udp port 51820 and not udp port 53 and not arp`]);
-    expect(tunnel.length).toBeGreaterThan(0);
-    expect(clear, clear.join('\n')).toEqual([]);
-    // the underlay: VXLAN (UDP 4789) whose inner packets are tenc UDP only
-    // (tcpdump prints each VXLAN header line followed by its inner packet's line)
-    const vx = underlay.read(['udp port 4789']);
-    const inner = vx.filter((l) => !l.includes('VXLAN'));
-    expect(inner.length).toBeGreaterThan(0);
-    const notTenc = inner.filter((l) => !/\.51820 > .*\.51820: UDP/.test(l) && !/ARP/.test(l));
-    expect(notTenc, notTenc.join('\n')).toEqual([]);
-    for (const c of [bridge, underlay]) {
-      expect(readCaptureBytes(c).includes(Buffer.from(marker))).toBe(false);
-      c.remove();
-    }
+/** One family's view of the dual-stack cluster: its addresses, curl's flag, its host length. */
+interface Family {
+  name: 'IPv4' | 'IPv6';
+  curl: '-4' | '-6';
+  ping: '-4' | '-6';
+  host: number;
+  addr: (pod: string) => string;
+  url: (addr: string, port?: number) => string;
+  external: string;
+  /** The pod added and removed by this family's churn, on node2 (IPv4: added; IPv6: added, then removed). */
+  churn: { name: string; address: string; address6: string };
+  /** The udp socket type. */
+  udp: 'udp4' | 'udp6';
+}
+
+/** IPv6 first: its churn adds and removes a pod, so the IPv4 run finds the cluster as the original suite did. */
+const FAMILIES: Family[] = [
+  {
+    name: 'IPv6', curl: '-6', ping: '-6', host: 128, addr: (pod) => podAddr(pod, 1), url: (a, port) => `http://[${a}]${port ? `:${port}` : ''}/`,
+    external: cfg.external6, churn: { name: 'alpha-web-3', address: '10.128.2.31', address6: 'fd00:128:2::1f' }, udp: 'udp6',
+  },
+  {
+    name: 'IPv4', curl: '-4', ping: '-4', host: 32, addr: (pod) => podAddr(pod, 0), url: (a, port) => `http://${a}${port ? `:${port}` : ''}/`,
+    external: cfg.external, churn: { name: 'alpha-web-2', address: '10.128.2.30', address6: 'fd00:128:2::1e' }, udp: 'udp4',
+  },
+];
+
+for (const F of FAMILIES) {
+  describe(`local cluster with tenc agents over ${F.name}`, () => {
+    const get = (pod: string, url: string, body = marker, timeout = 3) => curl(pod, url, body, timeout, F.curl);
+    const alphaHosts = (fam: Family) => ['alpha-client-1', 'alpha-web-1', 'alpha-db-1', 'alpha-client-2'].map((p) => `host ${fam.addr(p)}`).join(' or ');
+
+    it('1. project traffic by service name within a node and across nodes is ciphertext on the node bridge and the underlay', async () => {
+      const bridge = await startCapture(Netns.attach(`${PREFIX}-n-node1`), 'br0');
+      const underlay = await startCapture(Netns.attach(`${PREFIX}-ul`), 'ul0');
+      try {
+        expect(get('alpha-client-1', 'http://web/')).toBe(`alpha-web-1 got: ${marker}`); // node1 -> node1
+        expect(get('alpha-client-1', 'http://db.alpha.svc.cluster.local:5432/')).toBe(`alpha-db-1 got: ${marker}`); // node1 -> node2
+        expect(get('alpha-client-2', 'http://web.alpha/')).toBe(`alpha-web-1 got: ${marker}`); // node2 -> node1
+        // the pods' DNS proxy answered the project names with the endpoints (issue 4), A and AAAA
+        expect(status('alpha-client-1', 'node1').dns.counters.rewritten).toBeGreaterThan(0);
+        expect(inPod('alpha-client-1', 'getent', F.name === 'IPv4' ? 'ahostsv4' : 'ahostsv6', 'db').stdout).toContain(F.addr('alpha-db-1'));
+      } finally {
+        await bridge.stop();
+        await underlay.stop();
+      }
+      // the tunnel's outer packets are between the pods' primary (IPv4) addresses in both runs
+      const tunnel = bridge.read([`(${alphaHosts(FAMILIES.find((f) => f.name === 'IPv4')!)}) and udp port 51820`]);
+      // DNS to the cluster DNS is not project traffic (the DNS proxy of issue 4 is not in this test);
+      // neither is IPv6 neighbour discovery with the gateway
+      const clear = bridge.read([`(${alphaHosts(F)}) and not udp port 51820 and not udp port 53 and not arp and not (icmp6 and (ip6[40] == 135 or ip6[40] == 136))`]);
+      expect(tunnel.length).toBeGreaterThan(0);
+      expect(clear, clear.join('\n')).toEqual([]);
+      // the underlay: VXLAN (UDP 4789) whose inner packets are tenc UDP only
+      // (tcpdump prints each VXLAN header line followed by its inner packet's line)
+      const vx = underlay.read(['udp port 4789']);
+      const inner = vx.filter((l) => !l.includes('VXLAN'));
+      expect(inner.length).toBeGreaterThan(0);
+      const notTenc = inner.filter((l) => !/\.51820 > .*\.51820: UDP/.test(l) && !/ARP/.test(l));
+      expect(notTenc, notTenc.join('\n')).toEqual([]);
+      for (const c of [bridge, underlay]) {
+        expect(readCaptureBytes(c).includes(Buffer.from(marker))).toBe(false);
+        c.remove();
+      }
+    });
+
+    it('2. a beta pod gets no session with alpha, cannot inject into its tenc port, and its plaintext as an alpha address is dropped', async () => {
+      const dbAddr = F.addr('alpha-db-1');
+      const spoofed = F.addr('alpha-client-2');
+      const db = status('alpha-db-1', 'node2');
+      const dropsBefore = db.drops.plaintext_from_project ?? 0;
+      const hfBefore = Object.values(db.handshakeFailures as Record<string, number>).reduce((a, b) => a + b, 0);
+      const junkBefore = Object.values(db.drops as Record<string, number>).reduce((a, b) => a + b, 0) - dropsBefore;
+      // (a) beta-client-1's own tenc (beta psk) told to peer with alpha-db-1's public key
+      const endpoint = F.name === 'IPv4' ? `${dbAddr}:51820` : `[${dbAddr}]:51820`;
+      expect(inPod('beta-client-1', 'node', main, 'set-peer', db.publicKey, '--endpoint', endpoint, '--allowed-ips', `${dbAddr}/${F.host}`).status).toBe(0);
+      expect(inPod('beta-client-1', 'ping', F.ping, '-c', '2', '-i', '0.3', '-W', '1', dbAddr).status).not.toBe(0);
+      const after = status('alpha-db-1', 'node2');
+      const hfAfter = Object.values(after.handshakeFailures as Record<string, number>).reduce((a, b) => a + b, 0);
+      expect(hfAfter).toBeGreaterThan(hfBefore);
+      const betaKey = status('beta-client-1', 'node2', 'beta').publicKey;
+      expect(after.peers.map((p: { publicKey: string }) => p.publicKey)).not.toContain(betaKey);
+      inPod('beta-client-1', 'node', main, 'remove-peer', db.publicKey);
+      // (b) junk to alpha-db-1's tenc port. beta's tenc classifies alpha-db-1's address on first
+      // use (its range is in beta's --classify-cidrs, its PTR is alpha's): one ping first, so
+      // the burst below leaves through the bypass and all 20 datagrams arrive
+      await until('beta bypass to alpha-db-1', () => inPod('beta-client-1', 'ping', F.ping, '-c', '1', '-W', '1', dbAddr).status === 0);
+      inPod('beta-client-1', 'node', '-e', `const s = require('dgram').createSocket('${F.udp}'); let n = 0;
+        const go = () => s.send(Buffer.from('${marker}-junk-' + n), 51820, '${dbAddr}', () => (++n < 20 ? go() : s.close())); go();`);
+      await until('junk counted', () => {
+        const s = status('alpha-db-1', 'node2');
+        const all = Object.values(s.drops as Record<string, number>).reduce((a, b) => a + b, 0) - (s.drops.plaintext_from_project ?? 0);
+        return all >= junkBefore + 20;
+      }, 5000);
+      // (c) plaintext from beta-client-1 with alpha-client-2's address
+      inPod('beta-client-1', 'ip', 'addr', 'add', `${spoofed}/${F.host}`, 'dev', 'eth0', ...(F.name === 'IPv6' ? ['nodad'] : []));
+      try {
+        const r = inPod('beta-client-1', 'curl', '-s', '-g', '-m', '2', '--interface', spoofed, '--data', marker, F.url(dbAddr, 5432));
+        expect(r.status).not.toBe(0);
+      } finally {
+        inPod('beta-client-1', 'ip', 'addr', 'del', `${spoofed}/${F.host}`, 'dev', 'eth0');
+      }
+      expect(status('alpha-db-1', 'node2').drops.plaintext_from_project ?? 0).toBeGreaterThan(dropsBefore);
+      // the beta pod's own address is not a project address: its plaintext is not enforcement's business
+      expect(get('beta-client-1', 'http://web.beta/')).toBe(`beta-web-1 got: ${marker}`);
+    });
+
+    it('3. traffic to another project and outside the cluster works and is not tunnelled', async () => {
+      const client = F.addr('alpha-client-1');
+      const betaWeb = F.addr('beta-web-1');
+      const bridge = await startCapture(Netns.attach(`${PREFIX}-n-node1`), 'br0');
+      try {
+        expect(get('alpha-client-1', 'http://web.beta/')).toBe(`beta-web-1 got: ${marker}`);
+        expect(inPod('alpha-client-1', 'ping', F.ping, '-c', '1', '-W', '2', F.external).status).toBe(0);
+      } finally {
+        await bridge.stop();
+      }
+      expect(bridge.read([`tcp port 80 and host ${client}`]).length).toBeGreaterThan(0);
+      expect(bridge.read([`${F.name === 'IPv4' ? 'icmp' : 'icmp6'} and host ${F.external}`]).length).toBeGreaterThan(0);
+      expect(readCaptureBytes(bridge).includes(Buffer.from(marker))).toBe(true); // in the clear: not tenc's traffic
+      bridge.remove();
+      // beta-web-1 by raw IP: inside the pod range, so it enters tenc0 until classified
+      // (tenc agent --classify-cidrs); its PTR is beta's, so it is bypassed, not tunnelled
+      const route = () => inPod('alpha-client-1', 'ip', F.ping, 'route', 'get', betaWeb).stdout;
+      expect(route()).toContain('dev tenc0');
+      expect(inPod('alpha-client-1', 'ping', F.ping, '-c', '1', '-W', '2', betaWeb).status).toBe(0);
+      expect(route()).toContain('dev eth0');
+      expect(status('alpha-client-1', 'node1').dns.routeMisses).toMatchObject({
+        ranges: ['10.128.1.0/24', '10.128.2.0/24', '10.96.0.0/16', 'fd00:128:1::/64', 'fd00:128:2::/64', 'fd00:96::/108'],
+        projectUnrouted: 0,
+      });
+    });
+
+    it('4. churn: a pod removed and one added update the peers within 5 s; an open connection survives', async () => {
+      // an open TCP connection alpha-client-1 -> alpha-db-1 (node2), echoing a line every 100 ms
+      const conn = spawn('ip', ['netns', 'exec', ns('alpha-client-1'), 'node', '-e', `
+        const s = require('net').connect(15432, '${F.addr('alpha-db-1')}'); let n = 0;
+        s.setEncoding('utf8'); s.on('data', (d) => process.stdout.write(d));
+        setInterval(() => s.write('ping ' + n++ + '\\n'), 100); s.on('error', (e) => { console.error(e.message); process.exit(1); });`]);
+      children.add(conn);
+      let echoed = '';
+      conn.stdout!.setEncoding('utf8').on('data', (d: string) => (echoed += d));
+      await until('echo', () => echoed.includes('ping 3'));
+      const peersOf1 = () => (status('alpha-client-1', 'node1').peers as { publicKey: string; allowedIps: string[] }[]);
+      const add = async () => {
+        const p = F.churn;
+        expect(cluster('add-pod', JSON.stringify({ name: p.name, project: 'alpha', node: 'node2', address: p.address, address6: p.address6, labels: { app: 'web' } })).status).toBe(0);
+        const a = F.name === 'IPv4' ? p.address : p.address6;
+        const added = await until(`${p.name} peer in alpha-client-1`, () => peersOf1().some((x) => x.allowedIps.includes(`${a}/${F.host}`)), 10_000);
+        expect(added.elapsed).toBeLessThan(5000);
+        serve(p.name, 80);
+        await until(`alpha-client-1 -> ${p.name} through tenc`, () => curl('alpha-client-1', F.url(a), 'x', 1, F.curl));
+      };
+      const remove = async (pod: string) => {
+        const gone = keyOf(pod);
+        expect(peersOf1().map((x) => x.publicKey)).toContain(gone);
+        expect(cluster('remove-pod', pod).status).toBe(0);
+        const removed = await until(`${pod} removed from alpha-client-1`, () => !peersOf1().some((x) => x.publicKey === gone), 10_000);
+        expect(removed.elapsed).toBeLessThan(5000);
+      };
+      if (F.name === 'IPv4') {
+        await remove('alpha-client-2');
+        await add();
+      } else {
+        await add();
+        await remove(F.churn.name);
+      }
+      const n = (echoed.match(/ping/g) ?? []).length;
+      await until('more echoes on the open connection', () => (echoed.match(/ping/g) ?? []).length > n + 5, 5000);
+      expect(conn.exitCode).toBe(null);
+      conn.kill('SIGKILL');
+    });
+
+    it('5. kill -9 of a pod proxy, then of an agent: traffic back within 5 s', async () => {
+      const pids = sh('ip', ['netns', 'pids', ns('alpha-db-1')]).split('\n').filter(Boolean);
+      const tencPid = pids.find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config'));
+      expect(tencPid).toBeDefined();
+      const oldKey = status('alpha-db-1', 'node2').publicKey;
+      process.kill(Number(tencPid), 'SIGKILL');
+      const t0 = Date.now();
+      await until('db back after the proxy was killed', () => get('alpha-client-1', 'http://db:5432/', 'x', 1), 10_000);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      expect(status('alpha-db-1', 'node2').publicKey).not.toBe(oldKey);
+      // the crashed run's enforcement table was replaced, not doubled
+      expect(Netns.attach(ns('alpha-db-1')).exec('nft', 'list', 'tables').split('\n').filter((l) => l.includes('tenc_tenc0'))).toEqual(['table inet tenc_tenc0']);
+
+      const keys = () => peerFiles().map((f) => readFileSync(f, 'utf8')).join();
+      const keysBefore = keys();
+      const adopted = () => (readFileSync(join(STATE, 'agents', 'node1.log'), 'utf8').match(/running proxy adopted/g) ?? []).length;
+      const adoptedBefore = adopted();
+      const agentPid = Number(readFileSync(join(STATE, 'agents', 'node1.pid'), 'utf8'));
+      process.kill(agentPid, 'SIGKILL');
+      const t1 = Date.now();
+      expect(cluster('agent-start').status).toBe(0); // the supervisor's restart
+      // node1 runs alpha-web-1, alpha-client-1 and beta-web-1
+      await until('the new agent adopted the proxies of node1', () => adopted() >= adoptedBefore + 3);
+      await until('web and db after the agent was killed', () => get('alpha-client-1', 'http://web/', 'x', 1) && get('alpha-client-1', 'http://db:5432/', 'x', 1), 10_000);
+      expect(Date.now() - t1).toBeLessThan(5000);
+      expect(keys()).toBe(keysBefore); // the restarted agent adopted the running proxies
+    });
   });
+}
 
-  it('2. a beta pod gets no session with alpha, cannot inject into its tenc port, and its plaintext as an alpha address is dropped', async () => {
-    const db = status('alpha-db-1', 'node2');
-    const dropsBefore = db.drops.plaintext_from_project ?? 0;
-    const hfBefore = Object.values(db.handshakeFailures as Record<string, number>).reduce((a, b) => a + b, 0);
-    const junkBefore = Object.values(db.drops as Record<string, number>).reduce((a, b) => a + b, 0) - dropsBefore;
-    // (a) beta-client-1's own tenc (beta psk) told to peer with alpha-db-1's public key
-    expect(inPod('beta-client-1', 'node', main, 'set-peer', db.publicKey, '--endpoint', '10.128.2.10:51820', '--allowed-ips', '10.128.2.10/32').status).toBe(0);
-    expect(inPod('beta-client-1', 'ping', '-c', '2', '-i', '0.3', '-W', '1', '10.128.2.10').status).not.toBe(0);
-    const after = status('alpha-db-1', 'node2');
-    const hfAfter = Object.values(after.handshakeFailures as Record<string, number>).reduce((a, b) => a + b, 0);
-    expect(hfAfter).toBeGreaterThan(hfBefore);
-    const betaKey = status('beta-client-1', 'node2', 'beta').publicKey;
-    expect(after.peers.map((p: { publicKey: string }) => p.publicKey)).not.toContain(betaKey);
-    inPod('beta-client-1', 'node', main, 'remove-peer', db.publicKey);
-    // (b) junk to alpha-db-1's tenc port. beta's tenc classifies 10.128.2.10 on first use
-    // (its range is in beta's --classify-cidrs, its PTR is alpha's): one ping first, so
-    // the burst below leaves through the bypass and all 20 datagrams arrive
-    await until('beta bypass to alpha-db-1', () => inPod('beta-client-1', 'ping', '-c', '1', '-W', '1', '10.128.2.10').status === 0);
-    inPod('beta-client-1', 'node', '-e', `const s = require('dgram').createSocket('udp4'); let n = 0;
-      const go = () => s.send(Buffer.from('${marker}-junk-' + n), 51820, '10.128.2.10', () => (++n < 20 ? go() : s.close())); go();`);
-    await until('junk counted', () => {
-      const s = status('alpha-db-1', 'node2');
-      const all = Object.values(s.drops as Record<string, number>).reduce((a, b) => a + b, 0) - (s.drops.plaintext_from_project ?? 0);
-      return all >= junkBefore + 20;
-    }, 5000);
-    // (c) plaintext from beta-client-1 with alpha-client-2's address (10.128.2.11)
-    inPod('beta-client-1', 'ip', 'addr', 'add', '10.128.2.11/32', 'dev', 'eth0');
-    try {
-      const r = inPod('beta-client-1', 'curl', '-s', '-m', '2', '--interface', '10.128.2.11', '--data', marker, 'http://10.128.2.10:5432/');
-      expect(r.status).not.toBe(0);
-    } finally {
-      inPod('beta-client-1', 'ip', 'addr', 'del', '10.128.2.11/32', 'dev', 'eth0');
-    }
-    expect(status('alpha-db-1', 'node2').drops.plaintext_from_project ?? 0).toBeGreaterThan(dropsBefore);
-    // the beta pod's own address is not a project address: its plaintext is not enforcement's business
-    expect(curl('beta-client-1', 'http://web.beta/')).toBe(`beta-web-1 got: ${marker}`);
-  });
-
-  it('3. traffic to another project and outside the cluster works and is not tunnelled', async () => {
-    const bridge = await startCapture(Netns.attach(`${PREFIX}-n-node1`), 'br0');
-    try {
-      expect(curl('alpha-client-1', 'http://web.beta/')).toBe(`beta-web-1 got: ${marker}`);
-      expect(inPod('alpha-client-1', 'ping', '-c', '1', '-W', '2', '10.250.0.1').status).toBe(0);
-    } finally {
-      await bridge.stop();
-    }
-    expect(bridge.read(['tcp port 80 and host 10.128.1.11']).length).toBeGreaterThan(0);
-    expect(bridge.read(['icmp and host 10.250.0.1']).length).toBeGreaterThan(0);
-    expect(readCaptureBytes(bridge).includes(Buffer.from(marker))).toBe(true); // in the clear: not tenc's traffic
-    bridge.remove();
-    // beta-web-1 by raw IP: inside the pod range, so it enters tenc0 until classified
-    // (tenc agent --classify-cidrs); its PTR is beta's, so it is bypassed, not tunnelled
-    expect(inPod('alpha-client-1', 'ip', 'route', 'get', '10.128.1.20').stdout).toContain('dev tenc0');
-    expect(inPod('alpha-client-1', 'ping', '-c', '1', '-W', '2', '10.128.1.20').status).toBe(0);
-    const r = inPod('alpha-client-1', 'ip', 'route', 'get', '10.128.1.20');
-    expect(r.stdout).toContain('dev eth0');
-    expect(status('alpha-client-1', 'node1').dns.routeMisses).toMatchObject({ ranges: ['10.128.1.0/24', '10.128.2.0/24', '10.96.0.0/16'], projectUnrouted: 0 });
-  });
-
-  it('4. churn: a pod removed and one added update the peers within 5 s; an open connection survives', async () => {
-    // an open TCP connection alpha-client-1 -> alpha-db-1 (node2), echoing a line every 100 ms
-    const conn = spawn('ip', ['netns', 'exec', ns('alpha-client-1'), 'node', '-e', `
-      const s = require('net').connect(15432, '10.128.2.10'); let n = 0;
-      s.setEncoding('utf8'); s.on('data', (d) => process.stdout.write(d));
-      setInterval(() => s.write('ping ' + n++ + '\\n'), 100); s.on('error', (e) => { console.error(e.message); process.exit(1); });`]);
-    children.add(conn);
-    let echoed = '';
-    conn.stdout!.setEncoding('utf8').on('data', (d: string) => (echoed += d));
-    await until('echo', () => echoed.includes('ping 3'));
-    const keyOf = (pod: string) => JSON.parse(readFileSync(peerFiles().find((f) => f.endsWith(`/${pod}.json`))!, 'utf8')).publicKey as string;
-    const gone = keyOf('alpha-client-2');
-    const peersOf1 = () => (status('alpha-client-1', 'node1').peers as { publicKey: string; allowedIps: string[] }[]);
-    expect(peersOf1().map((p) => p.publicKey)).toContain(gone);
-    expect(cluster('remove-pod', 'alpha-client-2').status).toBe(0);
-    const removed = await until('alpha-client-2 removed from alpha-client-1', () => !peersOf1().some((p) => p.publicKey === gone), 10_000);
-    expect(cluster('add-pod', JSON.stringify({ name: 'alpha-web-2', project: 'alpha', node: 'node2', address: '10.128.2.30', labels: { app: 'web' } })).status).toBe(0);
-    const added = await until('alpha-web-2 peer in alpha-client-1', () => peersOf1().some((p) => p.allowedIps.includes('10.128.2.30/32')), 10_000);
-    expect(removed.elapsed).toBeLessThan(5000);
-    expect(added.elapsed).toBeLessThan(5000);
-    serve('alpha-web-2', 80);
-    await until('alpha-client-1 -> alpha-web-2 through tenc', () => curl('alpha-client-1', 'http://10.128.2.30/', 'x', 1));
-    const n = (echoed.match(/ping/g) ?? []).length;
-    await until('more echoes on the open connection', () => (echoed.match(/ping/g) ?? []).length > n + 5, 5000);
-    expect(conn.exitCode).toBe(null);
-    conn.kill('SIGKILL');
-  });
-
-  it('5. kill -9 of a pod proxy, then of an agent: traffic back within 5 s', async () => {
-    const pids = sh('ip', ['netns', 'pids', ns('alpha-db-1')]).split('\n').filter(Boolean);
-    const tencPid = pids.find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config'));
-    expect(tencPid).toBeDefined();
-    const oldKey = status('alpha-db-1', 'node2').publicKey;
-    process.kill(Number(tencPid), 'SIGKILL');
-    const t0 = Date.now();
-    await until('db back after the proxy was killed', () => curl('alpha-client-1', 'http://db:5432/', 'x', 1), 10_000);
-    expect(Date.now() - t0).toBeLessThan(5000);
-    expect(status('alpha-db-1', 'node2').publicKey).not.toBe(oldKey);
-    // the crashed run's enforcement table was replaced, not doubled
-    expect(Netns.attach(ns('alpha-db-1')).exec('nft', 'list', 'tables').split('\n').filter((l) => l.includes('tenc_tenc0'))).toEqual(['table inet tenc_tenc0']);
-
-    const keys = () => peerFiles().map((f) => readFileSync(f, 'utf8')).join();
-    const keysBefore = keys();
-    const agentPid = Number(readFileSync(join(STATE, 'agents', 'node1.pid'), 'utf8'));
-    process.kill(agentPid, 'SIGKILL');
-    const t1 = Date.now();
-    expect(cluster('agent-start').status).toBe(0); // the supervisor's restart
-    // node1 runs alpha-web-1, alpha-client-1 and beta-web-1
-    await until('the new agent adopted the proxies of node1', () => (readFileSync(join(STATE, 'agents', 'node1.log'), 'utf8').match(/running proxy adopted/g) ?? []).length >= 3);
-    await until('web and db after the agent was killed', () => curl('alpha-client-1', 'http://web/', 'x', 1) && curl('alpha-client-1', 'http://db:5432/', 'x', 1), 10_000);
-    expect(Date.now() - t1).toBeLessThan(5000);
-    expect(keys()).toBe(keysBefore); // the restarted agent adopted the running proxies
-  });
-
+describe('local cluster with tenc agents: stop and teardown', () => {
   it('6. agents stopped: proxies run on, fail-closed and published; remove-pod (CNI DEL) cleans; down leaves the machine as it was', async () => {
     for (const c of children) c.kill('SIGKILL');
     const keysBefore = peerFiles().length;

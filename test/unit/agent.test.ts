@@ -153,7 +153,7 @@ describe('cluster file', () => {
   it('derives the plan, the kube-proxy DNAT and the DNS records', () => {
     const c = validateCluster({ ...base, pods: [...base.pods, { name: 'p2', project: 'alpha', node: 'node1', address: '10.128.1.11', labels: { app: 'web' } }] }, 'c.json');
     expect(plan(c, 'tc')).toContain('pod p1 tc-p1 tc-n-node1 v0a80010a 10.128.1.10/24 10.128.1.1 alpha 10.96.0.10');
-    expect(kubeProxyRules(c, 't')).toContain('ip daddr 10.96.1.10 tcp dport 80 dnat to numgen random mod 2 map { 0 : 10.128.1.10, 1 : 10.128.1.11 }');
+    expect(kubeProxyRules(c, 't')).toContain('ip daddr 10.96.1.10 tcp dport 80 dnat ip to numgen random mod 2 map { 0 : 10.128.1.10, 1 : 10.128.1.11 }');
     expect(dnsHosts(c)).toContain('10.96.1.10 web.alpha.svc.cluster.local\n');
   });
 });

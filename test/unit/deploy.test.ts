@@ -20,6 +20,7 @@ import { DaemonSet } from 'kubernetes-models/apps/v1';
 import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
 import { Namespace, ServiceAccount } from 'kubernetes-models/v1';
 import { AGENT_USER, FakeApiServer, NODE_EXTRA } from '../k8s/fake-apiserver.js';
+import { parsePolicy } from '../../src/policy/policy.js';
 
 const root = join(__dirname, '../..');
 const deploy = join(root, 'deploy');
@@ -59,12 +60,58 @@ function render(dir: string): Obj[] {
 const objs = render(deploy);
 const find = (kind: string, name?: string) => objs.find((o) => o.kind === kind && (!name || o.metadata.name === name))!;
 
+/**
+ * The schema as the API server applies it with kubectl's default strict field
+ * validation: an unknown field is an error (ajv: additionalProperties false on every
+ * object schema that lists its properties).
+ */
+function strict(schema: Obj): Obj {
+  const s = structuredClone(schema);
+  const walk = (n: Obj) => {
+    if (!n || typeof n !== 'object') return;
+    if (n.properties && n.additionalProperties === undefined) n.additionalProperties = false;
+    for (const v of Object.values(n.properties ?? {})) walk(v as Obj);
+    if (n.items) walk(n.items);
+  };
+  walk(s);
+  return s;
+}
+
+/** The CRD's CEL rules (x-kubernetes-validations), emulated: ajv has no CEL. */
+const CEL: Record<string, (self: Obj) => boolean> = {
+  'has(self.service) != has(self.podSelector)': (self) => ('service' in self) !== ('podSelector' in self),
+  '!has(self.endPort) || self.endPort >= self.port': (self) => !('endPort' in self) || self.endPort >= self.port,
+};
+
+function celRules(schema: Obj): { path: string; rule: string }[] {
+  const out: { path: string; rule: string }[] = [];
+  const walk = (n: Obj, path: string) => {
+    for (const v of n['x-kubernetes-validations'] ?? []) out.push({ path, rule: v.rule });
+    for (const [k, v] of Object.entries(n.properties ?? {})) walk(v as Obj, `${path}.${k}`);
+    if (n.items) walk(n.items, `${path}[]`);
+  };
+  walk(schema, '');
+  return out;
+}
+
+function celOk(schema: Obj, o: Obj): boolean {
+  const at = (v: any, path: string): any[] => {
+    if (path === '') return [v];
+    const m = /^\.([A-Za-z]+)(\[\])?(.*)$/.exec(path)!;
+    const x = v?.[m[1]];
+    if (x === undefined) return [];
+    return m[2] ? (Array.isArray(x) ? x.flatMap((e) => at(e, m[3])) : []) : at(x, m[3]);
+  };
+  return celRules(schema).every(({ path, rule }) => at(o, path).every((self) => CEL[rule](self)));
+}
+
 describe('deploy/ manifests', () => {
   it('every rendered object is a known kind and valid against the Kubernetes schema', () => {
     expect(objs.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
       'ClusterRole/tenc-agent',
       'ClusterRoleBinding/tenc-agent',
       'CustomResourceDefinition/tencpeers.tenc.io',
+      'CustomResourceDefinition/tencpolicies.tenc.io',
       'DaemonSet/tenc-agent',
       'Namespace/tenc-system',
       'ServiceAccount/tenc-agent',
@@ -110,12 +157,54 @@ describe('deploy/ manifests', () => {
     expect(spec.initContainers[0].command).toEqual(['/opt/tenc/deploy/cni-install.sh', 'install']);
   });
 
+  it("the TencPolicy CRD's schema (strict field validation and its CEL rules) and the agent's parser agree case by case", () => {
+    const crd = find('CustomResourceDefinition', 'tencpolicies.tenc.io');
+    const v = crd.spec.versions[0];
+    expect([crd.spec.group, v.name, crd.spec.names.plural, crd.spec.names.kind, crd.spec.scope]).toEqual(['tenc.io', 'v1alpha1', 'tencpolicies', 'TencPolicy', 'Namespaced']);
+    const schema = v.schema.openAPIV3Schema;
+    // every CEL rule of the CRD is emulated here (a new rule fails this until it is)
+    for (const r of celRules(schema)) expect(CEL[r.rule], r.rule).toBeDefined();
+    const ajv = new (Ajv as unknown as typeof Ajv.default)({ strict: false });
+    const check = ajv.compile(strict(schema));
+    const schemaOk = (o: Obj) => check(o) && celOk(schema, o);
+    const good = {
+      apiVersion: 'tenc.io/v1alpha1',
+      kind: 'TencPolicy',
+      metadata: { name: 'metrics', namespace: 'alpha', uid: 'u', resourceVersion: '7' },
+      spec: { service: 'web', ports: [{ protocol: 'TCP', port: 9100, endPort: 9102 }], mode: 'exempt' },
+    };
+    const agentOk = (o: Obj) => 'policy' in parsePolicy('alpha', o);
+    expect(schemaOk(good), JSON.stringify(check.errors)).toBe(true);
+    expect(agentOk(good)).toBe(true);
+    const variants: [string, Obj, boolean][] = [
+      ['podSelector instead of service', { ...good, spec: { podSelector: { matchLabels: { app: 'web' } }, ports: [{ port: 53, protocol: 'UDP' }] } }, true],
+      ['mode left out (encrypt)', { ...good, spec: { service: 'web', ports: [{ port: 80 }] } }, true],
+      ['port 0', { ...good, spec: { ...good.spec, ports: [{ port: 0 }] } }, false],
+      ['port 65536', { ...good, spec: { ...good.spec, ports: [{ port: 65536 }] } }, false],
+      ['endPort < port', { ...good, spec: { ...good.spec, ports: [{ port: 9100, endPort: 9000 }] } }, false],
+      ['bad mode', { ...good, spec: { ...good.spec, mode: 'plaintext' } }, false],
+      ['bad protocol', { ...good, spec: { ...good.spec, ports: [{ protocol: 'ICMP', port: 1 }] } }, false],
+      ['unknown field in spec', { ...good, spec: { ...good.spec, encrypted: false } }, false],
+      ['unknown field in a port', { ...good, spec: { ...good.spec, ports: [{ port: 80, targetPort: 8080 }] } }, false],
+      ['both service and podSelector', { ...good, spec: { ...good.spec, podSelector: { matchLabels: { app: 'web' } } } }, false],
+      ['neither service nor podSelector', { ...good, spec: { ports: [{ port: 80 }] } }, false],
+      ['empty matchLabels', { ...good, spec: { podSelector: { matchLabels: {} }, ports: [{ port: 80 }] } }, false],
+      ['no ports', { ...good, spec: { service: 'web', ports: [] } }, false],
+      ['no spec', { ...good, spec: undefined }, false],
+    ];
+    for (const [what, o, ok] of variants) {
+      expect(schemaOk(o), `schema: ${what}`).toBe(ok);
+      expect(agentOk(o), `agent: ${what}`).toBe(ok);
+    }
+  });
+
   it('RBAC is what the code uses: read-only on pods, tencpeers CRUD, only the Secret named tenc-psk, by get', () => {
     const rules = find('ClusterRole').rules as Obj[];
     const verbsOf = (group: string, res: string) => rules.filter((r) => r.apiGroups.includes(group) && r.resources.includes(res)).flatMap((r) => r.verbs).sort();
     for (const r of ['namespaces', 'pods', 'services']) expect(verbsOf('', r)).toEqual(['get', 'list', 'watch']);
     expect(verbsOf('discovery.k8s.io', 'endpointslices')).toEqual(['get', 'list', 'watch']);
     expect(verbsOf('tenc.io', 'tencpeers')).toEqual(['create', 'delete', 'get', 'list', 'update', 'watch']);
+    expect(verbsOf('tenc.io', 'tencpolicies')).toEqual(['get', 'list', 'watch']);
     const sec = rules.filter((r) => r.resources.includes('secrets'));
     expect(sec).toEqual([{ apiGroups: [''], resources: ['secrets'], resourceNames: ['tenc-psk'], verbs: ['get'] }]);
     expect(rules.some((r) => r.verbs.includes('*') || r.resources.includes('*') || r.verbs.includes('patch'))).toBe(false);
@@ -146,7 +235,7 @@ describe('deploy/ manifests', () => {
   });
 
   it("the CRD's schema accepts a TencPeer as the agent writes it and refuses malformed ones, as the in-test server does", () => {
-    const crd = find('CustomResourceDefinition');
+    const crd = find('CustomResourceDefinition', 'tencpeers.tenc.io');
     const v = crd.spec.versions[0];
     expect([crd.spec.group, v.name, crd.spec.names.plural, crd.spec.names.kind, crd.spec.scope]).toEqual(['tenc.io', 'v1alpha1', 'tencpeers', 'TencPeer', 'Namespaced']);
     const ajv = new (Ajv as unknown as typeof Ajv.default)({ strict: false });

@@ -35,4 +35,16 @@ describe('deploy/monitoring Grafana dashboard', () => {
     expect(used.size).toBeGreaterThan(10);
     for (const n of used) expect(known.has(n), `${n} in the dashboard`).toBe(true);
   });
+
+  it("has the panels the issue asks for: throughput per peer, handshake age, drops by reason, DNS, CNI latency", () => {
+    const uses = (metric: string, by?: string) =>
+      exprs.some((e) => e.expr.includes(metric) && (by === undefined || new RegExp(`by \\([^)]*\\b${by}\\b`).test(e.expr)));
+    expect(uses('tenc_peer_sent_bytes_total', 'peer')).toBe(true);
+    expect(uses('tenc_peer_received_bytes_total', 'peer')).toBe(true);
+    expect(uses('tenc_peer_latest_handshake_seconds')).toBe(true);
+    expect(uses('tenc_drops_total', 'reason')).toBe(true);
+    expect(uses('tenc_dns_queries_total')).toBe(true);
+    expect(uses('tenc_cni_request_duration_seconds_bucket', 'le')).toBe(true);
+    expect(uses('tenc_agent_proxies', 'namespace')).toBe(true);
+  });
 });

@@ -4,12 +4,14 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { renderPods, dataPlaneLabels, type PodSample } from '../../src/metrics/render.js';
-import { MAX_PEERS_PER_POD, POD_METRICS, SCRAPE_METRICS, AGENT_METRICS, AGENT_HISTOGRAMS } from '../../src/metrics/names.js';
+import { renderPods, dataPlaneLabels, Exposition, type PodSample } from '../../src/metrics/render.js';
+import { MAX_PEERS_PER_POD, MAX_REASONS, POD_METRICS, SCRAPE_METRICS, AGENT_METRICS, AGENT_HISTOGRAMS } from '../../src/metrics/names.js';
 import { discoverNodePods, discoverPods, gatherStatus } from '../../src/metrics/gather.js';
 import { MetricsServer } from '../../src/metrics/server.js';
 import { parseListenAddress } from '../../src/metrics/address.js';
 import { AgentMetrics, instrumentRegistry } from '../../src/metrics/agent.js';
+import { CounterGuard, KEEP_SCRAPES } from '../../src/metrics/monotonic.js';
+import { PeerNames } from '../../src/metrics/peer-names.js';
 import { agentStatus, formatAgentStatus } from '../../src/metrics/agent-status.js';
 import { ControlServer, type ControlHandler } from '../../src/control/socket.js';
 import type { StatusReport } from '../../src/control/status.js';
@@ -113,6 +115,20 @@ describe('renderPods', () => {
     expect(promtool(text)).toBe('');
   });
 
+  it(`caps the reasons of a metric and pod at ${MAX_REASONS}: the largest keep theirs, the rest are summed into reason="_other"`, () => {
+    const drops = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`reason_${i}`, i + 1]));
+    const text = renderPods([{ namespace: 'n', pod: 'p', report: report(1, { drops, handshakeFailures: drops }) }]).text();
+    for (const m of ['tenc_drops_total', 'tenc_handshake_failures_total']) {
+      const lines = text.split('\n').filter((l) => l.startsWith(`${m}{`));
+      expect(lines.length).toBe(MAX_REASONS);
+      expect(lines.reduce((n, l) => n + Number(l.split(' ')[1]), 0)).toBe((40 * 41) / 2);
+      expect(text).toContain(`${m}{namespace="n",pod="p",reason="reason_39"} 40`);
+      expect(text).not.toContain(`${m}{namespace="n",pod="p",reason="reason_0"}`);
+      expect(value(text, `${m}{namespace="n",pod="p",reason="_other"}`)).toBe(((40 - MAX_REASONS + 1) * (40 - MAX_REASONS + 2)) / 2);
+    }
+    expect(promtool(text)).toBe('');
+  });
+
   it('a pod that did not answer is tenc_pod_up 0 with no other series; label values are escaped', () => {
     const samples: PodSample[] = [
       { namespace: 'n', pod: 'down', report: null },
@@ -203,7 +219,7 @@ describe('gathering and the /metrics server over control sockets', () => {
     agent.reconciled(true, 0.01);
     agent.proxyStarted('started');
     agent.proxyLost();
-    agent.cniRequest('ADD', true, 0.2);
+    agent.cniRequest('ADD', 'ok', 0.2);
     const server = new MetricsServer({ address: '127.0.0.1:0', targets: () => discoverPods(dir, 'ns'), own: agent.registry, version: '9.9.9' });
     const { port } = await server.listen();
     servers.push(server);
@@ -265,5 +281,123 @@ describe('the agent metrics', () => {
     expect(parseListenAddress(':9586')).toEqual({ host: '::', port: 9586 });
     expect(() => parseListenAddress('127.0.0.1')).toThrow(/--metrics-address: "127.0.0.1" is not HOST:PORT/);
     expect(() => parseListenAddress('x:70000')).toThrow(/70000/);
+  });
+});
+
+describe('counters never go backwards while a pod lives', () => {
+  it('the guard: a drop is added to an offset; a new epoch (pod restart) starts over; unseen series are forgotten', () => {
+    const g = new CounterGuard();
+    const step = (raw: number, epoch = 1, key = 'x_total{pod="p"}') => {
+      g.begin();
+      const v = g.value(key, epoch, raw);
+      g.end();
+      return v;
+    };
+    expect([step(10), step(20), step(5), step(30), step(30)]).toEqual([10, 20, 25, 50, 50]);
+    expect(step(3, 2)).toBe(3); // a new process: its own values, a reset Prometheus sees once
+    expect(step(7, 2)).toBe(7);
+    step(1, 1, 'other_total');
+    expect(g.size).toBe(2);
+    for (let i = 0; i < KEEP_SCRAPES; i++) step(8, 2);
+    expect(g.size).toBe(1); // other_total unseen for KEEP_SCRAPES scrapes
+  });
+
+  it('through the /metrics server: a peer removed and set again keeps growing; a restarted pod starts over', async () => {
+    const peerKey = key();
+    let r = report(0);
+    const withPeer = (tx: number, startTime: number, drops: number): StatusReport => ({
+      ...r,
+      startTime,
+      drops: { no_peer: drops },
+      peers: [{ publicKey: peerKey, endpoint: '10.0.0.2:51820', allowedIps: ['10.0.0.2/32'], latestHandshake: null, rxBytes: tx, txBytes: tx, persistentKeepalive: 0, drops: {} }],
+    });
+    const server = new MetricsServer({ address: '127.0.0.1:0', targets: () => [{ namespace: 'n', pod: 'p', socket: 'x' }], request: async () => r });
+    const fp = keyFingerprint(peerKey);
+    const sent = `tenc_peer_sent_bytes_total{namespace="n",pod="p",peer="${fp}"}`;
+    const drops = 'tenc_drops_total{namespace="n",pod="p",reason="no_peer"}';
+    const seen: [number | undefined, number | undefined][] = [];
+    for (const [tx, start, d] of [
+      [5000, 1000, 4],
+      [6000, 1000, 4],
+      [100, 1000, 4], // the peer removed and set again: its counters restart in the engine
+      [700, 1000, 6],
+      [50, 2000, 1], // the pod restarted: new start time
+      [80, 2000, 1],
+    ]) {
+      r = withPeer(tx, start, d);
+      const text = await server.scrape();
+      seen.push([value(text, sent), value(text, drops)]);
+    }
+    expect(seen).toEqual([
+      [5000, 4],
+      [6000, 4],
+      [6100, 4],
+      [6700, 6],
+      [50, 1],
+      [80, 1],
+    ]);
+  });
+
+  it('a peer of peer="_other" (above the cap) removed does not make _other go backwards', async () => {
+    const g = new CounterGuard();
+    const r = report(MAX_PEERS_PER_POD + 2);
+    const render = (guard: CounterGuard | null) => {
+      guard?.begin();
+      const t = renderPods([{ namespace: 'n', pod: 'p', report: r }], new Exposition(guard)).text();
+      guard?.end();
+      return t;
+    };
+    const other = 'tenc_peer_sent_bytes_total{namespace="n",pod="p",peer="_other"}';
+    const before = value(render(g), other)!;
+    // the quietest peer (one of the three summed in _other) is removed: the sum drops
+    r.peers.shift();
+    expect(value(render(null), other)!).toBeLessThan(before);
+    expect(value(render(g), other)!).toBeGreaterThanOrEqual(before);
+  });
+});
+
+describe('tenc_peer_info: the peers\' pod names from the registry as the agent trusts it', () => {
+  it('names trusted peers only; a scrape never waits for the registry; a failed refresh keeps the last names', async () => {
+    const r = report(3);
+    const [k0, k1, k2] = r.peers.map((p) => p.publicKey);
+    let fail = false;
+    let calls = 0;
+    const registry = {
+      pods: async () => [
+        { name: 'web-1', node: 'n1' },
+        { name: 'db-1', node: 'n2' },
+      ],
+      peers: async () => {
+        calls++;
+        if (fail) throw new Error('etcd down');
+        return [
+          { project: 'alpha', pod: 'web-1', node: 'n1', publicKey: k0, endpoint: '10.0.0.2:51820' },
+          { project: 'alpha', pod: 'db-1', node: 'n2', publicKey: k1, endpoint: '10.0.0.3:51820' },
+          // a forged entry: db-1 runs on n2, this one was published by n1
+          { project: 'alpha', pod: 'db-1', node: 'n1', publicKey: k2, endpoint: '10.0.0.4:51820' },
+        ];
+      },
+    } as unknown as Registry;
+    const names = new PeerNames(registry, 60_000);
+    const server = new MetricsServer({ address: '127.0.0.1:0', targets: () => [{ namespace: 'alpha', pod: 'p', socket: 'x' }], request: async () => r, peerNames: names });
+    const first = await server.scrape(); // starts the refresh, does not wait for it
+    expect(first).not.toContain('tenc_peer_info{');
+    await names.refresh(['alpha']);
+    const text = await server.scrape();
+    const info = (k: string) => `tenc_peer_info{namespace="alpha",pod="p",peer="${keyFingerprint(k)}",peer_pod=`;
+    expect(text).toContain(`${info(k0)}"web-1"} 1`);
+    expect(text).toContain(`${info(k1)}"db-1"} 1`);
+    expect(text).not.toContain(info(k2));
+    expect(promtool(text)).toBe('');
+    // the counters' series do not carry the name: learning it later starts no new series
+    expect(text.split('\n').filter((l) => l.startsWith('tenc_peer_sent_bytes_total{')).every((l) => !l.includes('peer_pod'))).toBe(true);
+    fail = true;
+    const before = calls;
+    await names.refresh(['alpha']);
+    expect(calls).toBe(before + 1);
+    expect(await server.scrape()).toContain(`${info(k0)}"web-1"} 1`);
+    // within the refresh interval a scrape does not ask the (failing) registry again
+    await new Promise((r) => setTimeout(r, 10));
+    expect(calls).toBe(before + 1);
   });
 });

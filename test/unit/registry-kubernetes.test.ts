@@ -120,6 +120,24 @@ describe('kubernetes registry: reads', () => {
     expect((await r.pods('alpha')).find((p) => p.name === 'alpha-ds-1')!.addresses).toEqual(['10.128.1.40', 'fd00::40']);
   });
 
+  it('TencPolicy objects: listed per namespace as stored (the cluster file\'s too), watched (a change reaches the agent)', async () => {
+    const r = open('node1');
+    const names = async () => (await r.policies('alpha')).map((p) => p.name);
+    expect(await names()).toEqual(['db', 'web-metrics']);
+    expect(await r.policies('beta')).toEqual([]);
+    let changes = 0;
+    r.watch('alpha', () => changes++);
+    const spec = { service: 'web', ports: [{ protocol: 'TCP', port: 80 }], mode: 'exempt' };
+    api.put('tencpolicies', { metadata: { name: 'web-plain', namespace: 'alpha' }, spec });
+    api.put('tencpolicies', { metadata: { name: 'other', namespace: 'beta' }, spec });
+    await until('policy listed', async () => (await names()).length === 3);
+    const p = (await r.policies('alpha')).find((x) => x.name === 'web-plain')!;
+    expect(p).toMatchObject({ project: 'alpha', name: 'web-plain', object: { kind: 'TencPolicy', metadata: { name: 'web-plain', namespace: 'alpha' }, spec } });
+    expect(changes).toBeGreaterThan(0);
+    api.remove('tencpolicies', 'alpha', 'web-plain');
+    await until('policy gone', async () => (await names()).join() === 'db,web-metrics');
+  });
+
   it('bad input from the API is left out and logged once, never thrown', async () => {
     const r = open('node1');
     api.putPod('alpha', 'no-ip', 'node1', null);

@@ -1,0 +1,331 @@
+/**
+ * TencPolicy: which traffic of a project is encrypted and which is explicitly
+ * plaintext (StarlingX-style policies, issue 15). Pure: parsing, validation and
+ * resolution against the registry's view; no I/O.
+ *
+ *   apiVersion: tenc.io/v1alpha1
+ *   kind: TencPolicy
+ *   metadata: { name: metrics, namespace: alpha }        namespace = the project
+ *   spec:
+ *     service: web                  a Service of the project, or
+ *     podSelector: { matchLabels: { app: web } }          pods by labels (exactly one of the two)
+ *     ports: [{ protocol: TCP, port: 9100, endPort: 9102 }]   protocol TCP (default) or UDP
+ *     mode: exempt                  encrypt (default) or exempt
+ *
+ * Semantics (README "Policies"): no policy, everything project-internal is
+ * encrypted (as before policies existed). With policies, `exempt` ports of the
+ * selected pods (and of the service's VIP) are plaintext in both directions; every
+ * other project destination and port stays encrypted: the fail-safe default, so a
+ * policy can only ever exempt explicitly, never downgrade by omission. `encrypt`
+ * policies state the default for their ports: validated, shown in `tenc status`,
+ * and they make an overlapping `exempt` an error (refused, both named).
+ *
+ * A policy set is all or nothing: one bad policy refuses the whole update and the
+ * previous set stays in force (the agent logs that).
+ */
+
+export const POLICY_API_VERSION = 'tenc.io/v1alpha1';
+export const POLICY_KIND = 'TencPolicy';
+export type PolicyMode = 'encrypt' | 'exempt';
+export const POLICY_MODES: readonly PolicyMode[] = ['encrypt', 'exempt'];
+export type PolicyProtocol = 'tcp' | 'udp';
+export const POLICY_PROTOCOLS: readonly PolicyProtocol[] = ['tcp', 'udp'];
+/** At most this many ports entries in one policy, and policies in one project (bounded rules). */
+export const MAX_POLICY_PORTS = 64;
+export const MAX_POLICIES = 256;
+
+export interface PolicyPort {
+  protocol: PolicyProtocol;
+  port: number;
+  /** Last port of the range (= port for a single port). */
+  endPort: number;
+}
+
+export interface TencPolicy {
+  project: string;
+  name: string;
+  /** A Service name of the project, or null (then podSelector). */
+  service: string | null;
+  /** matchLabels, or null (then service). */
+  podSelector: Record<string, string> | null;
+  ports: PolicyPort[];
+  mode: PolicyMode;
+}
+
+export interface PolicyProblem {
+  /** The object ("TencPolicy alpha/metrics") and the field ("spec.ports[0].endPort"). */
+  policy: string;
+  field: string;
+  problem: string;
+}
+
+export class PolicyError extends Error {
+  readonly code = 'ERR_TENC_POLICY';
+  constructor(readonly problems: PolicyProblem[]) {
+    super(problems.map((p) => `${p.policy}: ${p.field}: ${p.problem}`).join('; '));
+    this.name = 'PolicyError';
+  }
+}
+
+type Obj = Record<string, unknown>;
+const isObject = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+const show = (v: unknown) => JSON.stringify(v) ?? String(v);
+const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
+/** The fields of metadata a Kubernetes object may carry (all but name and namespace ignored). */
+const METADATA_FIELDS = ['name', 'namespace', 'uid', 'resourceVersion', 'generation', 'creationTimestamp', 'deletionTimestamp', 'deletionGracePeriodSeconds', 'labels', 'annotations', 'ownerReferences', 'finalizers', 'managedFields', 'generateName', 'selfLink'];
+
+/** "TencPolicy alpha/metrics" (or the name the object gives, or "(no name)"). */
+function label(project: string, o: unknown): string {
+  const n = isObject(o) && isObject(o.metadata) && typeof o.metadata.name === 'string' ? o.metadata.name : '(no name)';
+  return `${POLICY_KIND} ${project}/${n}`;
+}
+
+/**
+ * Parses one TencPolicy object (the Kubernetes shape). Unknown fields, a bad mode,
+ * a port outside 1..65535, endPort < port, both or neither of service/podSelector:
+ * each is a problem naming its field. The service's existence is checked by
+ * resolvePolicies (it needs the registry's view).
+ */
+export function parsePolicy(project: string, o: unknown): { policy: TencPolicy } | { problems: PolicyProblem[] } {
+  const who = label(project, o);
+  const problems: PolicyProblem[] = [];
+  const add = (field: string, problem: string) => void problems.push({ policy: who, field, problem });
+  const unknown = (v: Obj, prefix: string, known: string[]) => {
+    for (const k of Object.keys(v)) if (!known.includes(k)) add(prefix + k, `unknown field (known: ${known.join(', ')})`);
+  };
+  if (!isObject(o)) return { problems: [{ policy: who, field: '(object)', problem: 'must be a JSON object' }] };
+  unknown(o, '', ['apiVersion', 'kind', 'metadata', 'spec', 'status']);
+  if (o.apiVersion !== undefined && o.apiVersion !== POLICY_API_VERSION) add('apiVersion', `${show(o.apiVersion)} is not ${POLICY_API_VERSION}`);
+  if (o.kind !== undefined && o.kind !== POLICY_KIND) add('kind', `${show(o.kind)} is not ${POLICY_KIND}`);
+  let name = '';
+  if (!isObject(o.metadata)) add('metadata', 'is required (an object with name)');
+  else {
+    unknown(o.metadata, 'metadata.', METADATA_FIELDS);
+    const n = o.metadata.name;
+    if (typeof n !== 'string' || !NAME.test(n) || n.length > 63) add('metadata.name', `${show(n)} is not a name (lowercase letters, digits, "-", at most 63)`);
+    else name = n;
+    if (o.metadata.namespace !== undefined && o.metadata.namespace !== project) add('metadata.namespace', `${show(o.metadata.namespace)} is not the project ${project}`);
+  }
+  const spec = o.spec;
+  if (!isObject(spec)) {
+    add('spec', 'is required (an object with service or podSelector, and ports)');
+    return { problems };
+  }
+  unknown(spec, 'spec.', ['service', 'podSelector', 'ports', 'mode']);
+  let service: string | null = null;
+  let podSelector: Record<string, string> | null = null;
+  if (spec.service !== undefined) {
+    if (typeof spec.service !== 'string' || !NAME.test(spec.service) || spec.service.length > 63) add('spec.service', `${show(spec.service)} is not a Service name`);
+    else service = spec.service;
+  }
+  if (spec.podSelector !== undefined) {
+    const s = spec.podSelector;
+    if (!isObject(s)) add('spec.podSelector', 'must be an object like {"matchLabels": {"app": "web"}}');
+    else {
+      unknown(s, 'spec.podSelector.', ['matchLabels']);
+      if (!isObject(s.matchLabels) || Object.keys(s.matchLabels).length === 0) add('spec.podSelector.matchLabels', 'is required: at least one label (an empty selector would select every pod)');
+      else {
+        podSelector = {};
+        for (const [k, v] of Object.entries(s.matchLabels)) {
+          if (!LABEL_KEY.test(k) || k.length > 316) add(`spec.podSelector.matchLabels.${k}`, 'is not a label key');
+          else if (typeof v !== 'string' || !LABEL_VALUE.test(v) || v.length > 63) add(`spec.podSelector.matchLabels.${k}`, `${show(v)} is not a label value`);
+          else podSelector[k] = v;
+        }
+      }
+    }
+  }
+  if (spec.service !== undefined && spec.podSelector !== undefined) add('spec', 'give service or podSelector, not both');
+  if (spec.service === undefined && spec.podSelector === undefined) add('spec', 'needs service (a Service name) or podSelector (matchLabels)');
+  let mode: PolicyMode = 'encrypt';
+  if (spec.mode !== undefined) {
+    if (!POLICY_MODES.includes(spec.mode as PolicyMode)) add('spec.mode', `${show(spec.mode)} is not one of ${POLICY_MODES.join(', ')}`);
+    else mode = spec.mode as PolicyMode;
+  }
+  const ports: PolicyPort[] = [];
+  if (!Array.isArray(spec.ports) || spec.ports.length === 0) add('spec.ports', 'is required: a non-empty array of {"protocol", "port", "endPort"}');
+  else if (spec.ports.length > MAX_POLICY_PORTS) add('spec.ports', `${spec.ports.length} entries: at most ${MAX_POLICY_PORTS}`);
+  else {
+    spec.ports.forEach((q: unknown, i: number) => {
+      const f = `spec.ports[${i}]`;
+      if (!isObject(q)) return add(f, 'must be an object like {"protocol": "TCP", "port": 9100}');
+      unknown(q, `${f}.`, ['protocol', 'port', 'endPort']);
+      const proto = q.protocol === undefined ? 'tcp' : typeof q.protocol === 'string' ? q.protocol.toLowerCase() : '';
+      if (!POLICY_PROTOCOLS.includes(proto as PolicyProtocol)) return add(`${f}.protocol`, `${show(q.protocol)} is not TCP or UDP`);
+      const okPort = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
+      if (!okPort(q.port)) return add(`${f}.port`, `${show(q.port)} is not a port 1..65535`);
+      let end = q.port;
+      if (q.endPort !== undefined) {
+        if (!okPort(q.endPort)) return add(`${f}.endPort`, `${show(q.endPort)} is not a port 1..65535`);
+        if (q.endPort < q.port) return add(`${f}.endPort`, `${q.endPort} is below port ${q.port}`);
+        end = q.endPort;
+      }
+      const p: PolicyPort = { protocol: proto as PolicyProtocol, port: q.port, endPort: end };
+      const dup = ports.findIndex((x) => x.protocol === p.protocol && x.port <= p.endPort && p.port <= x.endPort);
+      if (dup >= 0) return add(f, `${formatPort(p)} overlaps spec.ports[${dup}]`);
+      ports.push(p);
+    });
+  }
+  if (problems.length > 0) return { problems };
+  return { policy: { project, name, service, podSelector, ports, mode } };
+}
+
+/** "tcp/80" or "tcp/9100-9102". */
+export function formatPort(p: PolicyPort): string {
+  return `${p.protocol}/${p.port}${p.endPort !== p.port ? `-${p.endPort}` : ''}`;
+}
+
+/** The parts of the registry's view policies are resolved against. */
+export interface PolicyView {
+  pods: { name: string; address: string; addresses?: string[]; labels: Record<string, string> }[];
+  services: { name: string; vip: string; ports: { protocol: string; port: number }[]; selector: Record<string, string> }[];
+  endpoints: { service: string; pods: { name: string; address: string }[] }[];
+}
+
+/** One policy as the pods apply it: the addresses it covers and the pods it selects. */
+export interface ResolvedPolicy {
+  name: string;
+  mode: PolicyMode;
+  /** "service web" or "pods app=web". */
+  target: string;
+  /** Host CIDRs: the service VIP and its endpoints' addresses, or the selected pods' addresses; sorted. */
+  addresses: string[];
+  /** The pods that serve the ports (their server side): names, sorted. */
+  pods: string[];
+  ports: PolicyPort[];
+}
+
+const host = (a: string) => `${a}/${a.includes(':') ? 128 : 32}`;
+const selects = (sel: Record<string, string>, labels: Record<string, string>) => Object.entries(sel).every(([k, v]) => labels[k] === v);
+
+/**
+ * Resolves a project's policy objects against its view, all or nothing: every
+ * object parsed, every service known, each service policy's ports among the
+ * service's, no exempt port of tenc's own listen port, no address + port both
+ * encrypt and exempt. Returns the set sorted by name, or every problem found.
+ */
+export function resolvePolicies(
+  project: string,
+  objects: unknown[],
+  view: PolicyView,
+  opts: { listenPort?: number } = {},
+): { policies: ResolvedPolicy[] } | { problems: PolicyProblem[] } {
+  const problems: PolicyProblem[] = [];
+  const parsed: TencPolicy[] = [];
+  if (objects.length > MAX_POLICIES) return { problems: [{ policy: `project ${project}`, field: '(policies)', problem: `${objects.length} policies: at most ${MAX_POLICIES}` }] };
+  for (const o of objects) {
+    const r = parsePolicy(project, o);
+    if ('problems' in r) problems.push(...r.problems);
+    else if (parsed.some((p) => p.name === r.policy.name)) problems.push({ policy: `${POLICY_KIND} ${project}/${r.policy.name}`, field: 'metadata.name', problem: 'listed twice' });
+    else parsed.push(r.policy);
+  }
+  const out: ResolvedPolicy[] = [];
+  for (const p of parsed) {
+    const who = `${POLICY_KIND} ${project}/${p.name}`;
+    const add = (field: string, problem: string) => void problems.push({ policy: who, field, problem });
+    let addresses: string[] = [];
+    let pods: string[] = [];
+    let target: string;
+    if (p.service !== null) {
+      target = `service ${p.service}`;
+      const s = view.services.find((x) => x.name === p.service);
+      if (!s) {
+        add('spec.service', `${p.service}: no such Service in project ${project} (known: ${view.services.map((x) => x.name).join(', ') || 'none'})`);
+        continue;
+      }
+      let bad = false;
+      p.ports.forEach((q, i) => {
+        if (!s.ports.some((sp) => sp.protocol === q.protocol && sp.port >= q.port && sp.port <= q.endPort)) {
+          add(`spec.ports[${i}]`, `${formatPort(q)} is not a port of service ${s.name} (${s.ports.map((sp) => `${sp.protocol}/${sp.port}`).join(', ') || 'none'})`);
+          bad = true;
+        }
+      });
+      if (bad) continue;
+      const eps = view.endpoints.find((e) => e.service === s.name)?.pods ?? [];
+      pods = eps.map((e) => e.name);
+      const podAddrs = view.pods.filter((x) => pods.includes(x.name)).flatMap((x) => x.addresses ?? [x.address]);
+      addresses = [s.vip, ...eps.map((e) => e.address), ...podAddrs].map(host);
+    } else {
+      const sel = p.podSelector!;
+      target = `pods ${Object.entries(sel).map(([k, v]) => `${k}=${v}`).join(',')}`;
+      const chosen = view.pods.filter((x) => selects(sel, x.labels));
+      pods = chosen.map((x) => x.name);
+      addresses = chosen.flatMap((x) => x.addresses ?? [x.address]).map(host);
+    }
+    if (p.mode === 'exempt' && opts.listenPort !== undefined) {
+      p.ports.forEach((q, i) => {
+        if (q.protocol === 'udp' && q.port <= opts.listenPort! && opts.listenPort! <= q.endPort) add(`spec.ports[${i}]`, `${formatPort(q)} holds udp/${opts.listenPort}, tenc's own port: it cannot be exempt`);
+      });
+    }
+    out.push({ name: p.name, mode: p.mode, target, addresses: [...new Set(addresses)].sort(), pods: [...new Set(pods)].sort(), ports: p.ports });
+  }
+  // overlapping encrypt/exempt: a shared address and a shared port of one protocol
+  const encrypts = out.filter((p) => p.mode === 'encrypt');
+  for (const x of out.filter((p) => p.mode === 'exempt')) {
+    for (const e of encrypts) {
+      const shared = x.addresses.find((a) => e.addresses.includes(a)) ?? (x.pods.find((n) => e.pods.includes(n)) ? '(a shared pod)' : undefined);
+      if (shared === undefined) continue;
+      x.ports.forEach((q, i) => {
+        const o = e.ports.find((r) => r.protocol === q.protocol && r.port <= q.endPort && q.port <= r.endPort);
+        if (o) problems.push({ policy: `${POLICY_KIND} ${project}/${x.name}`, field: `spec.ports[${i}]`, problem: `${formatPort(q)} overlaps ${formatPort(o)} of encrypt policy ${e.name} on ${shared}: a port is either encrypted or exempt` });
+      });
+    }
+  }
+  if (problems.length > 0) return { problems };
+  return { policies: out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)) };
+}
+
+/** What one pod is told (control op set-policy): each policy, and whether this pod serves its ports. */
+export interface PodPolicy {
+  name: string;
+  mode: PolicyMode;
+  target: string;
+  addresses: string[];
+  ports: PolicyPort[];
+  /** This pod is selected: the ports are its own (server side). */
+  local: boolean;
+}
+
+export function podPolicies(resolved: ResolvedPolicy[], pod: string): PodPolicy[] {
+  return resolved.map((r) => ({ name: r.name, mode: r.mode, target: r.target, addresses: r.addresses, ports: r.ports, local: r.pods.includes(pod) }));
+}
+
+/** At most this many addresses in one policy as sent to a pod. */
+export const MAX_POLICY_ADDRESSES = 4096;
+
+/**
+ * Checks a set-policy request's `policies` (the control socket's gate): an array of
+ * PodPolicy, every field present and well-formed, unknown fields refused. Returns
+ * the trusted value or the first problem with its field.
+ */
+export function validatePodPolicies(v: unknown, isHostCidr: (c: string) => boolean): { policies: PodPolicy[] } | { field: string; problem: string } {
+  if (!Array.isArray(v)) return { field: 'policies', problem: 'must be an array' };
+  if (v.length > MAX_POLICIES) return { field: 'policies', problem: `at most ${MAX_POLICIES}` };
+  const out: PodPolicy[] = [];
+  for (const [i, p] of v.entries()) {
+    const f = `policies[${i}]`;
+    if (!isObject(p)) return { field: f, problem: 'must be an object' };
+    for (const k of Object.keys(p)) if (!['name', 'mode', 'target', 'addresses', 'ports', 'local'].includes(k)) return { field: `${f}.${k}`, problem: 'unknown field' };
+    if (typeof p.name !== 'string' || !NAME.test(p.name) || p.name.length > 63) return { field: `${f}.name`, problem: `${show(p.name)} is not a name` };
+    if (!POLICY_MODES.includes(p.mode as PolicyMode)) return { field: `${f}.mode`, problem: `${show(p.mode)} is not one of ${POLICY_MODES.join(', ')}` };
+    if (typeof p.target !== 'string' || p.target.length > 400) return { field: `${f}.target`, problem: 'must be a string' };
+    if (typeof p.local !== 'boolean') return { field: `${f}.local`, problem: 'must be true or false' };
+    if (!Array.isArray(p.addresses) || p.addresses.length > MAX_POLICY_ADDRESSES) return { field: `${f}.addresses`, problem: `must be an array of at most ${MAX_POLICY_ADDRESSES} host CIDRs` };
+    for (const [j, a] of p.addresses.entries()) if (typeof a !== 'string' || !isHostCidr(a)) return { field: `${f}.addresses[${j}]`, problem: `${show(a)} is not a host CIDR (a.b.c.d/32 or x::y/128, canonical)` };
+    if (!Array.isArray(p.ports) || p.ports.length === 0 || p.ports.length > MAX_POLICY_PORTS) return { field: `${f}.ports`, problem: `must be an array of 1..${MAX_POLICY_PORTS} ports` };
+    const ports: PolicyPort[] = [];
+    for (const [j, q] of p.ports.entries()) {
+      const g = `${f}.ports[${j}]`;
+      if (!isObject(q)) return { field: g, problem: 'must be an object' };
+      for (const k of Object.keys(q)) if (!['protocol', 'port', 'endPort'].includes(k)) return { field: `${g}.${k}`, problem: 'unknown field' };
+      if (!POLICY_PROTOCOLS.includes(q.protocol as PolicyProtocol)) return { field: `${g}.protocol`, problem: `${show(q.protocol)} is not tcp or udp` };
+      const ok = (x: unknown): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 1 && x <= 65535;
+      if (!ok(q.port)) return { field: `${g}.port`, problem: `${show(q.port)} is not a port 1..65535` };
+      if (!ok(q.endPort) || q.endPort < q.port) return { field: `${g}.endPort`, problem: `${show(q.endPort)} is not a port from ${q.port} to 65535` };
+      ports.push({ protocol: q.protocol as PolicyProtocol, port: q.port, endPort: q.endPort });
+    }
+    out.push({ name: p.name, mode: p.mode as PolicyMode, target: p.target, addresses: [...(p.addresses as string[])], ports, local: p.local });
+  }
+  return { policies: out };
+}
