@@ -22,6 +22,7 @@ Commands:
   genkey        print a new private key (base64)
   pubkey        read a private key on stdin, print its public key
   genpsk        print a new pre-shared key (base64)
+  k8s           Kubernetes helpers: \`tenc k8s create-psk NAMESPACE\` prints a namespace's psk Secret
   help          show this help, or \`tenc help <command>\`
 
 Options:
@@ -238,6 +239,43 @@ Options:
 
 Example:
   umask 077; tenc genpsk > /etc/tenc/psk
+
+${EXIT_CODES}
+`,
+  k8s: `Usage: tenc k8s create-psk NAMESPACE
+
+Helpers for tenc on a Kubernetes cluster (README "Install on a cluster").
+
+Commands:
+  create-psk NAMESPACE   print the Secret tenc-psk of NAMESPACE with a fresh psk
+
+Options:
+  -h, --help   show this help (also \`tenc k8s create-psk --help\`)
+
+Example:
+  tenc k8s create-psk shop | kubectl create -f -
+
+${EXIT_CODES}
+`,
+  'k8s create-psk': `Usage: tenc k8s create-psk NAMESPACE
+
+Prints, on stdout only, the Secret tenc-psk of NAMESPACE (key "psk": a fresh random
+32-byte pre-shared key in the \`wg genpsk\` form) as YAML for kubectl. Every pod of a
+protected namespace (label tenc.io/protect=true) uses it; without a valid one the
+namespace's pods stay fail-closed. The key is written nowhere else: pipe it straight
+into kubectl. Use \`kubectl create\` (or \`replace\` to rotate), not \`apply\`: apply
+keeps a copy of the whole object, key included, in its last-applied-configuration
+annotation. The agents read the Secret again every 30 s and on any change of the
+namespace; a proxy reads the key when it starts, so a new key reaches a pod when the
+pod (or its proxy) starts again (README "Install on a cluster").
+
+Options:
+  -h, --help   show this help
+
+Example:
+  kubectl label namespace shop tenc.io/protect=true
+  tenc k8s create-psk shop | kubectl create -f -
+  kubectl -n tenc-system exec ds/tenc-agent -- tenc k8s create-psk shop | kubectl create -f -
 
 ${EXIT_CODES}
 `,
