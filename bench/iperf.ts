@@ -237,11 +237,12 @@ export async function run(ctx: BenchContext): Promise<void> {
   ctx.log(`\nleft behind: ${await leftovers(children, opts.prefix, dir)}`);
 }
 
-/** `--tenc-env=K=V,K2=V2`: TENC_* variables only (what the pod process reads). */
+/** `--tenc-env=K=V,K2=V2`: TENC_* variables only (what the pod process reads); a value
+ * may be a path (TENC_ADDON=/tmp/old/tenc.node: an A/B of two builds of the addon). */
 export function parseEnvFlag(text: string): Record<string, string> {
   const env: Record<string, string> = {};
   for (const part of text.split(',').filter(Boolean)) {
-    const m = /^(TENC_[A-Z0-9_]+)=([A-Za-z0-9._-]*)$/.exec(part);
+    const m = /^(TENC_[A-Z0-9_]+)=([A-Za-z0-9._/-]*)$/.exec(part);
     if (!m) throw new RangeError(`--tenc-env: expected TENC_NAME=value[,...], got ${part}`);
     env[m[1]] = m[2];
   }

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Installs (or removes) tenc's CNI plugin on a node: the launcher binary into
+# Installs (or removes) tenc's CNI plugin on a node: the plugin binary into
 # CNI_BIN_DIR and a chained {"type":"tenc"} entry at the end of the "plugins" of
 # the node's active conflist in CNI_CONF_DIR (the first config file by name, as
 # the container runtime picks it). Idempotent: running it again changes nothing
@@ -11,7 +11,9 @@
 #   cni-install.sh uninstall   remove the entry from every conflist and the binary
 #
 # Environment: CNI_BIN_DIR (/opt/cni/bin), CNI_CONF_DIR (/etc/cni/net.d),
-# TENC_CNI_SRC (/opt/tenc/cni/tenc, the launcher in the image),
+# TENC_CNI_SRC (/opt/tenc/cni/tenc in the image: the static executable cni/build.sh
+# makes from cni/tenc-cni.c; it needs nothing on the host but the agent's node socket
+# /run/tenc/agent.sock, the default agentSocket of the entry),
 # TENC_CNI_ENTRY (the JSON object chained in; default {"type":"tenc"}).
 # Exit: 0 done, 1 failure (named), 2 usage.
 set -euo pipefail

@@ -23,6 +23,9 @@ cflags=(-g -O1 -std=gnu11 -D_GNU_SOURCE -DNAPI_VERSION=8 -fno-omit-frame-pointer
 crypto=(-Wl,--export-dynamic -Wl,-u,ChaCha20_ctr32 -Wl,-u,Poly1305_ctx_size -Wl,-u,Poly1305_Init
   -Wl,-u,Poly1305_Update -Wl,-u,Poly1305_Final /usr/lib/x86_64-linux-gnu/libcrypto.a -ldl -lpthread)
 
+# the engine's files (native/engine_internal.h lists them), all of them: each stage
+# calls the next across files
+engine="$n/engine_loop.c $n/engine_tx.c $n/engine_rx.c $n/engine_hsgate.c $n/engine_peers.c $n/engine_events.c"
 declare -A src=(
   [replay]=""
   [allowedips]="$n/allowedips.c"
@@ -30,7 +33,7 @@ declare -A src=(
   [gro]="$n/offload.c $n/csum.c"
   [nat]="$n/nat.c $n/csum.c"
   [dnsio]="$here/napi_fake.c $n/dnsio.c /usr/lib/x86_64-linux-gnu/libuv.so.1"
-  [rx]="$here/napi_stub.c $n/engine.c $n/aead.c $n/allowedips.c $n/nat.c $n/offload.c $n/csum.c"
+  [rx]="$here/napi_stub.c $engine $n/aead.c $n/allowedips.c $n/nat.c $n/offload.c $n/csum.c"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(replay allowedips offload gro nat rx dnsio)

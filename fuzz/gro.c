@@ -1,5 +1,5 @@
 /* gro.c: libFuzzer harness of the receive path's TCP merging (native/offload.c
- * tenc_gro_tcp, tenc_gro_tcp_iov) over a run of inner packets as engine.c's
+ * tenc_gro_tcp, tenc_gro_tcp_iov) over a run of inner packets as engine_rx.c's
  * inject stage passes them (each in a buffer of exactly its length).
  * Input: 1 byte output capacity choice, then records (u16 length + packet).
  * Invariants: the copy (vnet 1) and the writev form give the same k and the same
@@ -11,7 +11,7 @@
 #include "offload.h"
 
 #define MAXP 80
-#define BIG (65536u + 64u) /* engine.c RX_SLOT */
+#define BIG (65536u + 64u) /* engine_rx.c RX_SLOT */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_in in = {data, size};

@@ -1,4 +1,4 @@
-/* rx.c: libFuzzer harness of the receive path (native/engine.c stages 1-5:
+/* rx.c: libFuzzer harness of the receive path (native/engine_rx.c stages 1-5:
  * datagram split, header gate, receiver index, replay window, open, inner
  * checks, allowed-IPs source check, DNAT, local destination check, GRO and
  * inject), one batch per input through tenc_engine_test_rx on an engine whose

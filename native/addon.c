@@ -9,6 +9,7 @@ static napi_value init(napi_env env, napi_value exports) {
   if (tenc_init_udp(env, exports) != napi_ok) return NULL;
   if (tenc_init_raw(env, exports) != napi_ok) return NULL;
   if (tenc_init_engine(env, exports) != napi_ok) return NULL;
+  if (tenc_init_engine_test(env, exports) != napi_ok) return NULL;
   if (tenc_init_sock(env, exports) != napi_ok) return NULL;
   if (tenc_init_dnsio(env, exports) != napi_ok) return NULL;
   return exports;

@@ -16,6 +16,13 @@
  * Argument errors throw before any byte is touched: TypeError code
  * ERR_INVALID_ARG_TYPE, RangeError code ERR_OUT_OF_RANGE. Each packet's bounds are
  * checked again just before it is processed, since offsets/lengths may alias the slab.
+ *
+ * One file above the 700-line mark, on purpose: it is one algorithm in its
+ * variants (OpenSSL's cores called directly, the 16-lane keystream compiled for
+ * AVX-512, AVX2 and the baseline, and EVP), which share the private tenc_aead
+ * context and are checked against each other once at start (ll_check) before one
+ * is used; split, that context and the check would have to be exported to every
+ * part. Its N-API glue (the last third) follows the core, as in tun.c or udp.c.
  */
 #include "aead.h"
 

@@ -1,9 +1,9 @@
 #ifndef TENC_BLAKE2S_H
 #define TENC_BLAKE2S_H
 /* blake2s.h: keyed BLAKE2s (RFC 7693) for WireGuard's mac1 check in the receive
- * path (engine.c rx_message): MAC(key, msg) = BLAKE2s(key, msg) with a 16-byte
+ * path (engine_hsgate.c): MAC(key, msg) = BLAKE2s(key, msg) with a 16-byte
  * output (whitepaper §5.4.4). Header-only (static functions) so every build that
- * links engine.c (addon, fuzz harnesses) has it without another source file.
+ * links the engine (addon, fuzz harnesses) has it without another source file.
  * Per handshake message only: plain portable code, no SIMD. */
 #include <stdint.h>
 #include <string.h>

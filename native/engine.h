@@ -4,8 +4,12 @@
  * src/dataplane/native.ts through engine_js.c).
  *
  * Two threads per engine; the node main thread only makes per-flow control calls.
+ * One file per stage (engine_internal.h has the list and what they share):
+ * engine_loop.c (lifecycle, thread loops), engine_tx.c (send), engine_rx.c
+ * (receive), engine_hsgate.c (handshake gate), engine_peers.c (peers, keypairs,
+ * key vault, tables), engine_events.c (events to the node thread).
  *
- * Send (TX thread, engine.c tx_*), per batch of packets read from the TUN device:
+ * Send (TX thread, engine_tx.c), per batch of packets read from the TUN device:
  *   1. read: up to TX_MAX_RECS packets; with IFF_VNET_HDR, TSO/USO super-packets
  *      are segmented and partial checksums finished (offload.c); with scatter
  *      seal (default) only each segment's header is written here, its payload
@@ -20,9 +24,10 @@
  *      behind the 16-byte header that sits in the headroom
  *   5. send: sendmmsg, runs of same-endpoint same-size messages as one UDP GSO
  *      datagram (UDP_SEGMENT)
- * Receive (RX thread, engine.c rx_*), per recvmmsg batch:
+ * Receive (RX thread, engine_rx.c), per recvmmsg batch:
  *   1. split UDP GRO datagrams into messages
- *   2. gate: type and length (bad_header); types 1-3 -> `handshake` event
+ *   2. gate: type and length (bad_header); types 1-3 -> mac1 and rate limit
+ *      (engine_hsgate.c) -> `handshake` event
  *   3. type 4: receiver index -> keypair (unknown_index); replay check (replay);
  *      open (auth); replay commit; keypair_confirmed / endpoint events
  *   4. empty plaintext = keepalive; inner IPv4/IPv6 header and length (bad_inner);
@@ -38,7 +43,8 @@
  *      where they were decrypted (TENC_GRO_IOV, default on).
  *   6. inline reply: after a small batch written to TUN, the RX thread reads the
  *      device once and sends what the kernel answered within that write (echo
- *      reply, ACK) itself, instead of a TX thread wake-up (TENC_INLINE_TX).
+ *      reply, ACK) itself, instead of a TX thread wake-up (TENC_INLINE_TX;
+ *      engine_loop.c, as the TX thread's busy poll)
  * Each pipeline's batch state is guarded by its mutex (tx_mu, rx_mu): its own
  * thread, or the other one (inline reply, busy poll) with trylock.
  *
@@ -307,10 +313,10 @@ int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counte
 int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr);
 /* Turns route_miss events on or off. */
 void tenc_engine_report_misses(tenc_engine *e, int on);
-/* Test hook: stage 1 + seal of one TUN frame, see engine.c. */
+/* Test hook: stage 1 + seal of one TUN frame, see engine_tx.c. */
 int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint32_t tcp_align, const uint8_t *key,
                           uint32_t remote, uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used);
-/* Fuzzing hook: one receive batch on the calling thread (threads not started), see engine.c. */
+/* Fuzzing hook: one receive batch on the calling thread (threads not started), see engine_rx.c. */
 int tenc_engine_test_rx(tenc_engine *e);
 /* Takes the pending events (caller frees each data and the array). */
 tenc_event *tenc_engine_take_events(tenc_engine *e, uint32_t *n);

@@ -1,5 +1,6 @@
-/* engine_js.c: N-API glue of the engine (engine.h); names match
- * src/dataplane/native.ts one to one.
+/* engine_js.c: N-API glue of the engine (engine.h): its life, its events as JS
+ * calls, the control calls and the switches read at engineCreate; names match
+ * src/dataplane/native.ts one to one. Test hooks are in engine_js_test.c.
  *
  *   engineCreate(opts, onEvents) -> { handle, counters: ArrayBuffer }
  *     opts: { tunFd, udpFd, raw4Fd, raw6Fd (-1 = none), mode: 'raw' | 'tun',
@@ -14,22 +15,15 @@
  *   engineSendHandshake(h, address, port, data)     engineSendKeepalive(h, peer) -> bool
  *   engineFlushQueue(h, peer)                       engineSetLocalServices(h, services)
  *   engineRoute(h, address) -> peer | -1             (allowed-IPs lookup, for tests/debugging)
- *   engineTestSetSendCounter(h, localIndex, counter: bigint)   (test hook)
  *   engineSetPublicKey(h, publicKey)   our static public key: handshake messages
  *     without a mac1 made with it are dropped in C (bad_mac1)
- *   engineTestAgeKeypair(h, localIndex, ms)   (test hook) the keypair is `ms` older
  *   processProtect() -> { dumpable }   prctl(PR_SET_DUMPABLE, 0), read back
- *   engineTestSeal(frame, key, scatter, remoteIndex, counter: bigint, tcpAlign = 0) -> Buffer
- *     (test hook) the send path's split and seal of one TUN frame (virtio_net_hdr +
- *     packet) with scatter seal on or off: messages as [u32 LE length][message]...
- *   engineTestGro(packets, iov) -> Buffer[]   (test hook) the TUN frames of the
- *     receive path's TCP merge, copied or gathered from the writev's iovecs
  * Switches read from the environment at engineCreate (unset = default):
  *   TENC_SCATTER_SEAL=0|1 (default 1): seal TSO/USO segments straight out of the
  *     super-packet instead of copying each segment first
  *   TENC_BUSY_POLL_US=N (0..2000, default 150; 0 = off): after sending a batch of
  *     at most 16 packets the TX thread polls both the TUN device and the UDP
- *     socket for up to N microseconds of idle time before sleeping (engine.c
+ *     socket for up to N microseconds of idle time before sleeping (engine_loop.c
  *     busy_poll; after 8 fruitless spins in a row only every 16th batch spins)
  *   TENC_INLINE_TX=0|1 (default 1): after writing a small batch (at most 16
  *     datagrams) to the TUN device, the RX thread reads the device once and sends
@@ -47,8 +41,6 @@
  *     stops reading the TUN device once N KiB of its arena are used (smaller,
  *     more cache-friendly batches and UDP bursts)
  *   engineClose(h)                                  engineLayout()  engineNow()
- *   replayRun(counters: BigUint64Array) -> Uint8Array  a fresh replay window fed the
- *     counters in order (check, then commit, as the receive path does): 1 accepted
  * Errors: system/lookup failures throw Error with code = errno name (ENOENT for an
  * unknown peer or keypair, EEXIST for a local index in use, ENOKEY for a keypair of
  * another peer); bad argument types TypeError, bad ranges RangeError. */
@@ -58,18 +50,8 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <errno.h>
-#include "engine.h"
-#include "offload.h"
+#include "engine_js.h"
 #include "modules.h"
-#include "util.h"
-
-typedef struct {
-  tenc_engine *e;
-  napi_threadsafe_function tsfn;
-  napi_ref ctr_ref;
-  int closed;
-  int refs; /* the external handle and the tsfn each hold one */
-} js_engine;
 
 static void js_unref(js_engine *j) {
   if (--j->refs == 0) free(j);
@@ -181,7 +163,7 @@ static int opt_bool(napi_env env, napi_value obj, const char *name, int *out) {
 }
 
 /* Parses an IPv4/IPv6 literal into 4/16 bytes; returns the family or -1 (thrown). */
-static int get_ip(napi_env env, napi_value v, const char *name, uint8_t out[16]) {
+int tenc_js_ip(napi_env env, napi_value v, const char *name, uint8_t out[16]) {
   char s[64];
   if (tenc_get_str(env, v, s, sizeof s, name) < 0) return -1;
   if (inet_pton(AF_INET, s, out) == 1) return 4;
@@ -195,7 +177,7 @@ static int get_ip(napi_env env, napi_value v, const char *name, uint8_t out[16])
 static int get_endpoint(napi_env env, napi_value addr, napi_value port, struct sockaddr_in6 *sa) {
   uint8_t a[16];
   int64_t p;
-  int fam = get_ip(env, addr, "address", a);
+  int fam = tenc_js_ip(env, addr, "address", a);
   if (fam < 0 || tenc_get_int(env, port, 1, 65535, "port", &p) < 0) return -1;
   memset(sa, 0, sizeof *sa);
   sa->sin6_family = AF_INET6;
@@ -209,7 +191,7 @@ static int get_endpoint(napi_env env, napi_value addr, napi_value port, struct s
   return 0;
 }
 
-static js_engine *get_handle(napi_env env, napi_value v) {
+js_engine *tenc_js_handle(napi_env env, napi_value v) {
   void *p = NULL;
   napi_valuetype t;
   napi_typeof(env, v, &t);
@@ -225,29 +207,21 @@ static js_engine *get_handle(napi_env env, napi_value v) {
   return j;
 }
 
-#define ARGS(n)                                                                   \
-  size_t argc = n;                                                                \
-  napi_value argv[n];                                                             \
-  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));          \
-  if (argc < n) return tenc_throw_type(env, "missing arguments");                 \
-  js_engine *j = get_handle(env, argv[0]);                                        \
-  if (!j) return NULL;
-
-static int get_peer(napi_env env, napi_value v, uint32_t *out) {
+int tenc_js_peer(napi_env env, napi_value v, uint32_t *out) {
   int64_t x;
   if (tenc_get_int(env, v, 0, TENC_MAX_PEERS - 1, "peer", &x) < 0) return -1;
   *out = (uint32_t)x;
   return 0;
 }
 
-static int get_u32(napi_env env, napi_value v, const char *name, uint32_t *out) {
+int tenc_js_u32(napi_env env, napi_value v, const char *name, uint32_t *out) {
   int64_t x;
   if (tenc_get_int(env, v, 0, 0xffffffffLL, name, &x) < 0) return -1;
   *out = (uint32_t)x;
   return 0;
 }
 
-static napi_value result(napi_env env, int r, const char *what, uint32_t id) {
+napi_value tenc_js_result(napi_env env, int r, const char *what, uint32_t id) {
   if (r < 0) return tenc_throw_errno(env, -r, "%s %u", what, id);
   return NULL;
 }
@@ -353,28 +327,28 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
 static napi_value engine_add_peer(napi_env env, napi_callback_info info) {
   ARGS(4);
   uint32_t id;
-  if (get_peer(env, argv[1], &id) < 0) return NULL;
+  if (tenc_js_peer(env, argv[1], &id) < 0) return NULL;
   napi_valuetype t;
   napi_typeof(env, argv[2], &t);
   struct sockaddr_in6 sa;
   int has = t != napi_null && t != napi_undefined;
   if (has && get_endpoint(env, argv[2], argv[3], &sa) < 0) return NULL;
-  return result(env, tenc_engine_add_peer(j->e, id, has ? &sa : NULL), "addPeer", id);
+  return tenc_js_result(env, tenc_engine_add_peer(j->e, id, has ? &sa : NULL), "addPeer", id);
 }
 
 static napi_value engine_remove_peer(napi_env env, napi_callback_info info) {
   ARGS(2);
   uint32_t id;
-  if (get_peer(env, argv[1], &id) < 0) return NULL;
-  return result(env, tenc_engine_remove_peer(j->e, id), "removePeer: no peer", id);
+  if (tenc_js_peer(env, argv[1], &id) < 0) return NULL;
+  return tenc_js_result(env, tenc_engine_remove_peer(j->e, id), "removePeer: no peer", id);
 }
 
 static napi_value engine_set_endpoint(napi_env env, napi_callback_info info) {
   ARGS(4);
   uint32_t id;
   struct sockaddr_in6 sa;
-  if (get_peer(env, argv[1], &id) < 0 || get_endpoint(env, argv[2], argv[3], &sa) < 0) return NULL;
-  return result(env, tenc_engine_set_endpoint(j->e, id, &sa), "setEndpoint: no peer", id);
+  if (tenc_js_peer(env, argv[1], &id) < 0 || get_endpoint(env, argv[2], argv[3], &sa) < 0) return NULL;
+  return tenc_js_result(env, tenc_engine_set_endpoint(j->e, id, &sa), "setEndpoint: no peer", id);
 }
 
 static napi_value engine_allowed_ip(napi_env env, napi_callback_info info) {
@@ -382,7 +356,7 @@ static napi_value engine_allowed_ip(napi_env env, napi_callback_info info) {
   uint32_t id;
   int add;
   char s[80];
-  if (get_peer(env, argv[1], &id) < 0 || tenc_get_str(env, argv[2], s, sizeof s, "cidr") < 0 ||
+  if (tenc_js_peer(env, argv[1], &id) < 0 || tenc_get_str(env, argv[2], s, sizeof s, "cidr") < 0 ||
       tenc_get_bool(env, argv[3], "add", &add) < 0)
     return NULL;
   char *slash = strchr(s, '/');
@@ -400,7 +374,7 @@ static napi_value engine_allowed_ip(napi_env env, napi_callback_info info) {
   }
   if (!fam || !end || *end || end == slash + 1) return tenc_throw_type(env, "cidr must look like 10.1.0.5/32 or fd00::5/128");
   if (plen < 0 || plen > (fam == 4 ? 32 : 128)) return tenc_throw_range(env, "cidr prefix length out of range");
-  return result(env, tenc_engine_allowed_ip(j->e, id, fam, a, (int)plen, add), "allowedIp: no peer", id);
+  return tenc_js_result(env, tenc_engine_allowed_ip(j->e, id, fam, a, (int)plen, add), "allowedIp: no peer", id);
 }
 
 static napi_value engine_add_keypair(napi_env env, napi_callback_info info) {
@@ -408,34 +382,34 @@ static napi_value engine_add_keypair(napi_env env, napi_callback_info info) {
   uint32_t id, local, remote;
   uint8_t *sk, *rk;
   size_t skl, rkl;
-  if (get_peer(env, argv[1], &id) < 0 || get_u32(env, argv[2], "localIndex", &local) < 0 ||
-      get_u32(env, argv[3], "remoteIndex", &remote) < 0 || tenc_get_bytes(env, argv[4], "sendKey", &sk, &skl) < 0 ||
+  if (tenc_js_peer(env, argv[1], &id) < 0 || tenc_js_u32(env, argv[2], "localIndex", &local) < 0 ||
+      tenc_js_u32(env, argv[3], "remoteIndex", &remote) < 0 || tenc_get_bytes(env, argv[4], "sendKey", &sk, &skl) < 0 ||
       tenc_get_bytes(env, argv[5], "recvKey", &rk, &rkl) < 0)
     return NULL;
   if (skl != 32 || rkl != 32) return tenc_throw_range(env, "sendKey and recvKey must be 32 bytes");
   int r = tenc_engine_add_keypair(j->e, id, local, remote, sk, rk);
   if (r == -EEXIST) return tenc_throw_errno(env, EEXIST, "addKeypair: local index %u in use", local);
-  return result(env, r, "addKeypair: peer", id);
+  return tenc_js_result(env, r, "addKeypair: peer", id);
 }
 
 static napi_value engine_set_send_keypair(napi_env env, napi_callback_info info) {
   ARGS(3);
   uint32_t id, local = 0;
-  if (get_peer(env, argv[1], &id) < 0) return NULL;
+  if (tenc_js_peer(env, argv[1], &id) < 0) return NULL;
   napi_valuetype t;
   napi_typeof(env, argv[2], &t);
   int has = t != napi_null;
-  if (has && get_u32(env, argv[2], "localIndex", &local) < 0) return NULL;
+  if (has && tenc_js_u32(env, argv[2], "localIndex", &local) < 0) return NULL;
   int r = tenc_engine_set_send_keypair(j->e, id, has, local);
   if (r == -ENOKEY) return tenc_throw_errno(env, ENOKEY, "setSendKeypair: no keypair %u for peer %u", local, id);
-  return result(env, r, "setSendKeypair: no peer", id);
+  return tenc_js_result(env, r, "setSendKeypair: no peer", id);
 }
 
 static napi_value engine_remove_keypair(napi_env env, napi_callback_info info) {
   ARGS(2);
   uint32_t local;
-  if (get_u32(env, argv[1], "localIndex", &local) < 0) return NULL;
-  return result(env, tenc_engine_remove_keypair(j->e, local), "removeKeypair: no keypair", local);
+  if (tenc_js_u32(env, argv[1], "localIndex", &local) < 0) return NULL;
+  return tenc_js_result(env, tenc_engine_remove_keypair(j->e, local), "removeKeypair: no keypair", local);
 }
 
 static napi_value engine_send_handshake(napi_env env, napi_callback_info info) {
@@ -457,7 +431,7 @@ static napi_value engine_send_handshake(napi_env env, napi_callback_info info) {
 static napi_value engine_send_keepalive(napi_env env, napi_callback_info info) {
   ARGS(2);
   uint32_t id;
-  if (get_peer(env, argv[1], &id) < 0) return NULL;
+  if (tenc_js_peer(env, argv[1], &id) < 0) return NULL;
   int r = tenc_engine_send_keepalive(j->e, id);
   /* unknown peer: a caller bug; a failed send: counted as io, reported as false */
   if (r == -ENOENT || r == -ERANGE) return tenc_throw_errno(env, -r, "sendKeepalive to peer %u", id);
@@ -469,8 +443,8 @@ static napi_value engine_send_keepalive(napi_env env, napi_callback_info info) {
 static napi_value engine_flush_queue(napi_env env, napi_callback_info info) {
   ARGS(2);
   uint32_t id;
-  if (get_peer(env, argv[1], &id) < 0) return NULL;
-  return result(env, tenc_engine_flush_queue(j->e, id), "flushQueue: no peer", id);
+  if (tenc_js_peer(env, argv[1], &id) < 0) return NULL;
+  return tenc_js_result(env, tenc_engine_flush_queue(j->e, id), "flushQueue: no peer", id);
 }
 
 static napi_value engine_report_misses(napi_env env, napi_callback_info info) {
@@ -503,9 +477,9 @@ static napi_value engine_set_local_services(napi_env env, napi_callback_info inf
     if (tenc_get_prop(env, o, "vip", &vip) < 0 || tenc_get_prop(env, o, "localAddress", &loc) < 0 ||
         tenc_get_prop(env, o, "ports", &ports) < 0)
       goto fail;
-    int f1 = get_ip(env, vip, "vip", s[i].vip);
+    int f1 = tenc_js_ip(env, vip, "vip", s[i].vip);
     if (f1 < 0) goto fail;
-    int f2 = get_ip(env, loc, "localAddress", s[i].local);
+    int f2 = tenc_js_ip(env, loc, "localAddress", s[i].local);
     if (f2 < 0) goto fail;
     if (f1 != f2) {
       free(s);
@@ -561,7 +535,7 @@ static napi_value engine_set_local_addresses(napi_env env, napi_callback_info in
   for (uint32_t i = 0; i < n; i++) {
     napi_value v;
     napi_get_element(env, argv[1], i, &v);
-    int f = get_ip(env, v, "address", addr[i]);
+    int f = tenc_js_ip(env, v, "address", addr[i]);
     if (f < 0) return NULL;
     fam[i] = (uint8_t)f;
   }
@@ -585,155 +559,11 @@ static napi_value engine_close(napi_env env, napi_callback_info info) {
 static napi_value engine_route(napi_env env, napi_callback_info info) {
   ARGS(2);
   uint8_t a[16];
-  int fam = get_ip(env, argv[1], "address", a);
+  int fam = tenc_js_ip(env, argv[1], "address", a);
   if (fam < 0) return NULL;
   napi_value v;
   napi_create_int32(env, tenc_engine_route(j->e, fam, a), &v);
   return v;
-}
-
-static napi_value engine_test_set_send_counter(napi_env env, napi_callback_info info) {
-  ARGS(3);
-  uint32_t local;
-  if (get_u32(env, argv[1], "localIndex", &local) < 0) return NULL;
-  uint64_t c;
-  bool lossless;
-  if (napi_get_value_bigint_uint64(env, argv[2], &c, &lossless) != napi_ok || !lossless)
-    return tenc_throw_type(env, "counter must be a bigint in u64 range");
-  return result(env, tenc_engine_set_send_counter(j->e, local, c), "setSendCounter: no keypair", local);
-}
-
-static napi_value engine_test_seal(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  uint8_t *frame, *key;
-  int64_t align = 0;
-  size_t flen, klen;
-  int scatter;
-  uint32_t remote;
-  uint64_t ctr0;
-  bool lossless = false;
-  if (argc < 5 || tenc_get_bytes(env, argv[0], "frame", &frame, &flen) < 0 ||
-      tenc_get_bytes(env, argv[1], "key", &key, &klen) < 0 || tenc_get_bool(env, argv[2], "scatter", &scatter) < 0 ||
-      get_u32(env, argv[3], "remoteIndex", &remote) < 0)
-    return NULL;
-  if (napi_get_value_bigint_uint64(env, argv[4], &ctr0, &lossless) != napi_ok || !lossless)
-    return tenc_throw_type(env, "counter must be a bigint in u64 range");
-  if (argc >= 6 && tenc_get_int(env, argv[5], 0, 1024, "tcpAlign", &align) < 0) return NULL;
-  if (klen != 32) return tenc_throw_range(env, "key must be 32 bytes");
-  if (flen > 65535 + 10) return tenc_throw_range(env, "frame too long");
-  size_t cap = 8u << 20; /* above any split of a 64 KiB frame (TX_MAX_RECS records) */
-  uint8_t *out = malloc(cap);
-  if (!out) return tenc_throw_errno(env, ENOMEM, "engineTestSeal");
-  uint32_t used = 0;
-  int n = tenc_engine_test_seal(frame, (uint32_t)flen, scatter, (uint32_t)align, key, remote, ctr0, out,
-                                (uint32_t)cap, &used);
-  napi_value res;
-  if (n < 0) {
-    free(out);
-    return tenc_throw_errno(env, EIO, "engineTestSeal");
-  }
-  void *data;
-  napi_create_buffer_copy(env, used, out, &data, &res);
-  free(out);
-  return res;
-}
-
-/* engineTestGro(packets: Uint8Array[], iov: boolean) -> Buffer[]: the TUN frames
- * rx_inject would write for these inner packets (vnet header mode): merged runs
- * through tenc_gro_tcp (copy) or tenc_gro_tcp_iov (the writev's bytes gathered),
- * other packets as themselves without a header. Test hook. */
-static napi_value engine_test_gro(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bool arr = false;
-  int iov;
-  if (argc >= 1) napi_is_array(env, argv[0], &arr);
-  if (!arr) return tenc_throw_type(env, "packets must be an array");
-  if (argc < 2 || tenc_get_bool(env, argv[1], "iov", &iov) < 0) return NULL;
-  uint32_t n;
-  napi_get_array_length(env, argv[0], &n);
-  if (n > 4096) return tenc_throw_range(env, "at most 4096 packets");
-  uint8_t **ptrs = calloc(n ? n : 1, sizeof *ptrs);
-  uint32_t *lens = calloc(n ? n : 1, sizeof *lens);
-  uint8_t *frame = malloc(65536 + 256);
-  napi_value out;
-  napi_create_array(env, &out);
-  uint32_t nout = 0;
-  if (!ptrs || !lens || !frame) {
-    free(ptrs), free(lens), free(frame);
-    return tenc_throw_errno(env, ENOMEM, "engineTestGro");
-  }
-  for (uint32_t i = 0; i < n; i++) {
-    napi_value v;
-    size_t l;
-    napi_get_element(env, argv[0], i, &v);
-    if (tenc_get_bytes(env, v, "packet", &ptrs[i], &l) < 0) goto done;
-    lens[i] = (uint32_t)l;
-  }
-  for (uint32_t i = 0; i < n;) {
-    uint32_t wl = 0, k, niov = 0;
-    uint8_t hdr[TENC_GRO_HDR_MAX];
-    struct iovec iv[TENC_GRO_MAX_SEGS + 1];
-    napi_value b;
-    void *d;
-    if (iov) {
-      k = tenc_gro_tcp_iov(ptrs + i, lens + i, n - i, hdr, iv, &niov, &wl);
-      if (k > 1) {
-        uint32_t off = 0;
-        for (uint32_t q = 0; q < niov; q++) {
-          memcpy(frame + off, iv[q].iov_base, iv[q].iov_len);
-          off += (uint32_t)iv[q].iov_len;
-        }
-        if (off != wl) {
-          tenc_throw_errno(env, EIO, "engineTestGro: iov length");
-          goto done;
-        }
-      }
-    } else {
-      k = tenc_gro_tcp(ptrs + i, lens + i, n - i, frame, 65536 + 256, 1, &wl);
-    }
-    if (k > 1) {
-      napi_create_buffer_copy(env, wl, frame, &d, &b);
-    } else {
-      napi_create_buffer_copy(env, lens[i], ptrs[i], &d, &b);
-      k = 1;
-    }
-    napi_set_element(env, out, nout++, b);
-    i += k;
-  }
-done:
-  free(ptrs);
-  free(lens);
-  free(frame);
-  return out;
-}
-
-static napi_value replay_run(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bool is = false;
-  if (argc >= 1) napi_is_typedarray(env, argv[0], &is);
-  napi_typedarray_type tt = napi_int8_array;
-  size_t n = 0;
-  void *data = NULL;
-  if (is) napi_get_typedarray_info(env, argv[0], &tt, &n, &data, NULL, NULL);
-  if (!is || tt != napi_biguint64_array) return tenc_throw_type(env, "counters must be a BigUint64Array");
-  tenc_replay *r = malloc(sizeof *r);
-  if (!r) return tenc_throw_errno(env, ENOMEM, "replayRun");
-  tenc_replay_init(r);
-  napi_value ab, out;
-  void *res;
-  napi_create_arraybuffer(env, n, &res, &ab);
-  napi_create_typedarray(env, napi_uint8_array, n, ab, 0, &out);
-  const uint64_t *c = data;
-  for (size_t i = 0; i < n; i++)
-    ((uint8_t *)res)[i] = (uint8_t)(tenc_replay_check(r, c[i]) && tenc_replay_commit(r, c[i]));
-  free(r);
-  return out;
 }
 
 static napi_value engine_set_public_key(napi_env env, napi_callback_info info) {
@@ -744,15 +574,6 @@ static napi_value engine_set_public_key(napi_env env, napi_callback_info info) {
   if (kl != 32) return tenc_throw_range(env, "publicKey must be 32 bytes");
   tenc_engine_set_public_key(j->e, k);
   return NULL;
-}
-
-static napi_value engine_test_age_keypair(napi_env env, napi_callback_info info) {
-  ARGS(3);
-  uint32_t local;
-  int64_t ms;
-  if (get_u32(env, argv[1], "localIndex", &local) < 0 || tenc_get_int(env, argv[2], 0, 1ll << 40, "ms", &ms) < 0)
-    return NULL;
-  return result(env, tenc_engine_test_age_keypair(j->e, local, (uint64_t)ms), "testAgeKeypair: no keypair", local);
 }
 
 /* processProtect() -> { dumpable: 0|1 }: prctl(PR_SET_DUMPABLE, 0) for the whole
@@ -794,16 +615,21 @@ static napi_value engine_now(napi_env env, napi_callback_info info) {
   return v;
 }
 
+napi_status tenc_js_export(napi_env env, napi_value exports, const tenc_js_fn *fns, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    napi_status s = tenc_set_fn(env, exports, fns[i].name, fns[i].cb);
+    if (s != napi_ok) return s;
+  }
+  return napi_ok;
+}
+
 napi_status tenc_init_engine(napi_env env, napi_value exports) {
   /* glibc gives each thread that allocates an arena of its own (up to 8 per core)
    * and keeps freed memory there: an idle pod proxy held about 8 MiB more RSS
    * with the default than with 2 (README Benchmarks). The data threads allocate
    * only when they start. An explicit MALLOC_ARENA_MAX still wins. */
   if (!getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, 2);
-  static const struct {
-    const char *name;
-    napi_callback cb;
-  } fns[] = {
+  static const tenc_js_fn fns[] = {
       {"engineCreate", engine_create},
       {"engineAddPeer", engine_add_peer},
       {"engineRemovePeer", engine_remove_peer},
@@ -821,18 +647,9 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"engineClose", engine_close},
       {"engineLayout", engine_layout},
       {"engineRoute", engine_route},
-      {"engineTestSetSendCounter", engine_test_set_send_counter},
       {"engineSetPublicKey", engine_set_public_key},
-      {"engineTestAgeKeypair", engine_test_age_keypair},
       {"processProtect", process_protect},
-      {"replayRun", replay_run},
-      {"engineTestSeal", engine_test_seal},
-      {"engineTestGro", engine_test_gro},
       {"engineNow", engine_now},
   };
-  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
-    napi_status s = tenc_set_fn(env, exports, fns[i].name, fns[i].cb);
-    if (s != napi_ok) return s;
-  }
-  return napi_ok;
+  return tenc_js_export(env, exports, fns, sizeof fns / sizeof fns[0]);
 }

@@ -8,6 +8,7 @@ napi_status tenc_init_tun(napi_env env, napi_value exports);
 napi_status tenc_init_udp(napi_env env, napi_value exports);
 napi_status tenc_init_raw(napi_env env, napi_value exports);
 napi_status tenc_init_engine(napi_env env, napi_value exports);
+napi_status tenc_init_engine_test(napi_env env, napi_value exports);
 napi_status tenc_init_sock(napi_env env, napi_value exports);
 napi_status tenc_init_dnsio(napi_env env, napi_value exports);
 

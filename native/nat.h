@@ -49,10 +49,10 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms);
 /* Send side: rewrites the source of replies of known flows. Returns 1 rewritten. */
 int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len);
 
-/* The receive and send paths' gate for an inner packet (engine.c; the NAT functions
- * rely on it): returns the IP version and sets *iplen to the packet's own length
- * (<= len), or 0 when it is not a valid IPv4/IPv6 packet (IPv4 header length and
- * total length, IPv6 payload length). */
+/* The receive and send paths' gate for an inner packet (engine_rx.c, engine_tx.c;
+ * the NAT functions rely on it): returns the IP version and sets *iplen to the
+ * packet's own length (<= len), or 0 when it is not a valid IPv4/IPv6 packet (IPv4
+ * header length and total length, IPv6 payload length). */
 static inline int tenc_inner_check(const uint8_t *p, uint32_t len, uint32_t *iplen) {
   if (len < 1) return 0;
   int v = p[0] >> 4;

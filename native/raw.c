@@ -55,20 +55,12 @@ static napi_value raw_send(napi_env env, napi_callback_info info) {
   size_t len;
   if (tenc_get_int(env, argv[0], 0, 0x7fffffff, "fd", &fd) < 0) return NULL;
   if (tenc_get_bytes(env, argv[1], "packet", &p, &len) < 0) return NULL;
-  union {
-    struct sockaddr_in v4;
-    struct sockaddr_in6 v6;
-  } sa;
-  memset(&sa, 0, sizeof sa);
+  tenc_ipsa sa;
   socklen_t sl;
   if (len >= 20 && p[0] >> 4 == 4) {
-    sa.v4.sin_family = AF_INET;
-    memcpy(&sa.v4.sin_addr, p + 16, 4);
-    sl = sizeof sa.v4;
+    sl = tenc_ipsa_set(&sa, 4, p + 16);
   } else if (len >= 40 && p[0] >> 4 == 6) {
-    sa.v6.sin6_family = AF_INET6;
-    memcpy(&sa.v6.sin6_addr, p + 24, 16);
-    sl = sizeof sa.v6;
+    sl = tenc_ipsa_set(&sa, 6, p + 24);
   } else {
     return tenc_throw_range(env, "rawSend: packet is not an IPv4 or IPv6 packet");
   }

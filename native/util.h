@@ -1,9 +1,12 @@
 #ifndef TENC_UTIL_H
 #define TENC_UTIL_H
-/* util.h: small N-API helpers shared by tun.c, udp.c, raw.c and engine.c.
+/* util.h: small N-API helpers shared by tun.c, udp.c, raw.c and engine_js*.c,
+ * the clocks (tenc_now_ms, tenc_now_ns) of the engine_*.c files, and the raw
+ * sockets' destination address (raw.c, engine_rx.c).
  * Errors from system calls become JS Errors whose `code` is the errno name
  * (EPERM, EBUSY, ...) and whose message names the object involved. */
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -178,6 +181,25 @@ static inline void tenc_set_bool(napi_env env, napi_value obj, const char *name,
   napi_value x;
   napi_get_boolean(env, v, &x);
   napi_set_named_property(env, obj, name, x);
+}
+
+/* The address a raw IP socket sends a packet to: its destination, family 4 or 6
+ * (4 or 16 bytes at `dst`). Returns the length to pass with it. */
+typedef union {
+  struct sockaddr_in v4;
+  struct sockaddr_in6 v6;
+} tenc_ipsa;
+static inline socklen_t tenc_ipsa_set(tenc_ipsa *sa, int family, const uint8_t *dst) {
+  if (family == 4) {
+    memset(&sa->v4, 0, sizeof sa->v4);
+    sa->v4.sin_family = AF_INET;
+    memcpy(&sa->v4.sin_addr, dst, 4);
+    return sizeof sa->v4;
+  }
+  memset(&sa->v6, 0, sizeof sa->v6);
+  sa->v6.sin6_family = AF_INET6;
+  memcpy(&sa->v6.sin6_addr, dst, 16);
+  return sizeof sa->v6;
 }
 
 /* CLOCK_MONOTONIC in milliseconds: the clock of every *Ms counter. Node's

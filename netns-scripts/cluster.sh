@@ -4,6 +4,8 @@
 #   cluster.sh up FILE            validate FILE (nothing is built if it is invalid), build the cluster
 #   cluster.sh up FILE --registry etcd   the same with the registry on etcd: one member per node
 #                                 (netns-scripts/etcd.sh), agents in their node's namespace
+#   cluster.sh up FILE --registry kubernetes   the agents on a Kubernetes API: each node's
+#                                 --registry kubernetes:$CLUSTER_KUBECONFIGS/<node>.kubeconfig
 #   cluster.sh down               stop agents and processes, remove everything `up` made
 #   cluster.sh status             namespaces, pods, services, agents
 #   cluster.sh add-pod JSON       one more pod, e.g. '{"name":"alpha-web-2","project":"alpha",
@@ -219,10 +221,14 @@ run_plan_line() {
 
 # --- registry backend hook: the directory (default) or etcd (netns-scripts/etcd.sh) ---
 etcd_on() { [ -f "$STATE/etcd/spec-controller" ]; }
+# kubernetes: the agents read a Kubernetes API (CLUSTER_KUBECONFIGS/<node>.kubeconfig, saved in
+# STATE/kubeconfigs by `up`); whoever serves that API feeds it the cluster's objects (the
+# netns test: test/k8s/fake-apiserver.ts). The directory registry is still written, unused.
+k8s_on() { [ -f "$STATE/kubeconfigs" ]; }
 # the cluster tool, where it reaches the registry (etcd: the infra namespace, over the underlay)
 registry_tool() { if etcd_on; then ip netns exec "$INFRA" node "$tool" "$@"; else node "$tool" "$@"; fi; }
 # NODE's agent: its --registry spec; the command prefix that runs it in its node's namespace NS
-agent_registry() { if etcd_on; then cat "$STATE/etcd/spec-$1"; else echo "$STATE/registry"; fi; }
+agent_registry() { if etcd_on; then cat "$STATE/etcd/spec-$1"; elif k8s_on; then echo "kubernetes:$(cat "$STATE/kubeconfigs")/$1.kubeconfig"; else echo "$STATE/registry"; fi; }
 agent_where() { if etcd_on; then echo "ip netns exec $1"; fi; }
 # --------------------------------------------------------------------------------------
 
@@ -302,6 +308,10 @@ up() {
   done <<<"$plan"
   mkdir -m 0700 "$STATE/psk" "$STATE/agents"
   if [ "$registry" = etcd ]; then bash "$here/etcd.sh" start; fi
+  if [ "$registry" = kubernetes ]; then
+    [ -d "${CLUSTER_KUBECONFIGS:-}" ] || die "--registry kubernetes needs CLUSTER_KUBECONFIGS=DIR (DIR/<node>.kubeconfig for each node)"
+    echo "$CLUSTER_KUBECONFIGS" >"$STATE/kubeconfigs"
+  fi
   projects=$(registry_tool sync "$STATE" "$PREFIX")
   for p in $projects; do
     (umask 077 && node "$tenc_js" genpsk >"$STATE/psk/$p")
@@ -439,8 +449,8 @@ agent_stop() {
 case "${1:-}" in
   up)
     if [ $# -eq 2 ]; then up "$2"
-    elif [ $# -eq 4 ] && [ "$3" = --registry ] && [[ $4 =~ ^(dir|etcd)$ ]]; then up "$2" "$4"
-    else die "usage: cluster.sh up FILE [--registry dir|etcd]"; fi
+    elif [ $# -eq 4 ] && [ "$3" = --registry ] && [[ $4 =~ ^(dir|etcd|kubernetes)$ ]]; then up "$2" "$4"
+    else die "usage: cluster.sh up FILE [--registry dir|etcd|kubernetes]"; fi
     ;;
   down) down ;;
   status) status ;;
@@ -456,7 +466,7 @@ case "${1:-}" in
     cni "$2" "$3" "$(awk -v p="$3" '$1 == p {print $2}' "$STATE/pods")"
     ;;
   *)
-    echo "usage: cluster.sh up FILE [--registry dir|etcd] | down | status | add-pod JSON | remove-pod NAME | policy-apply JSON | policy-delete PROJECT NAME | agent-start | agent-stop | cni ADD|DEL|CHECK POD" >&2
+    echo "usage: cluster.sh up FILE [--registry dir|etcd|kubernetes] | down | status | add-pod JSON | remove-pod NAME | policy-apply JSON | policy-delete PROJECT NAME | agent-start | agent-stop | cni ADD|DEL|CHECK POD" >&2
     echo "       (env: CLUSTER_PREFIX=tc, CLUSTER_STATE=/run/tenc-cluster/<prefix>)" >&2
     exit 2
     ;;

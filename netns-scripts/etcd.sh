@@ -11,6 +11,8 @@
 #   etcd.sh ctl ARGS...           etcdctl as root (in the infra namespace, over TLS)
 #
 # Environment: as cluster.sh (CLUSTER_PREFIX, CLUSTER_STATE); reads STATE/nodes.
+# ETCD_NODES="node1 node2" sends ctl to those members only (etcdctl spreads its calls
+# over every endpoint, and waits out its timeout on a partitioned one).
 #
 #   node ns <prefix>-n-node1                node ns <prefix>-n-node2       ...
 #   etcd node1 https://10.200.0.1:2379      etcd node2 https://10.200.0.2:2379
@@ -46,9 +48,9 @@ node_ns() { awk -v n="$1" '$1 == n {print $2}' "$STATE/nodes"; }
 node_addr() { ip -n "$(node_ns "$1")" -4 -o addr show dev ul0 | awk '{split($4, a, "/"); print a[1]; exit}'; }
 nodes() { awk '{print $1}' "$STATE/nodes"; }
 
-ctl() { # etcdctl as root, from the infra namespace
+ctl() { # etcdctl as root, from the infra namespace (only to the members of ETCD_NODES when set)
   local eps
-  eps=$(for n in $(nodes); do printf 'https://%s:2379,' "$(node_addr "$n")"; done)
+  eps=$(for n in ${ETCD_NODES:-$(nodes)}; do printf 'https://%s:2379,' "$(node_addr "$n")"; done)
   ip netns exec "$INFRA" env ETCDCTL_API=3 etcdctl --endpoints "${eps%,}" --cacert "$PKI/ca.crt" \
     --cert "$PKI/root.crt" --key "$PKI/root.key" --dial-timeout=2s --command-timeout=5s "$@"
 }
@@ -92,7 +94,9 @@ member_start() { # NODE
   addr=$(node_addr "$n")
   for m in $(nodes); do cluster+="$m=https://$(node_addr "$m"):2380,"; done
   mkdir -m 0700 -p "$E/$n"
-  # new cluster on first start; a restart joins with its data (the flag is then ignored)
+  # new cluster on first start; a restart joins with its data (the flag is then ignored).
+  # --pre-vote (etcd 3.5's default, not 3.4's): a member back from a partition does not
+  # depose the leader with its higher term, so the heal costs no election.
   ip netns exec "$ns" setsid etcd --name "$n" --data-dir "$E/$n/data" \
     --listen-client-urls "https://$addr:2379" --advertise-client-urls "https://$addr:2379" \
     --listen-peer-urls "https://$addr:2380" --initial-advertise-peer-urls "https://$addr:2380" \
@@ -100,7 +104,7 @@ member_start() { # NODE
     --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token "tenc-$PREFIX" \
     --cert-file "$PKI/member-$n.crt" --key-file "$PKI/member-$n.key" --trusted-ca-file "$PKI/ca.crt" --client-cert-auth \
     --peer-cert-file "$PKI/member-$n.crt" --peer-key-file "$PKI/member-$n.key" --peer-trusted-ca-file "$PKI/ca.crt" \
-    --peer-client-cert-auth --log-level warn >>"$E/$n/etcd.log" 2>&1 </dev/null &
+    --peer-client-cert-auth --pre-vote --log-level warn >>"$E/$n/etcd.log" 2>&1 </dev/null &
   echo $! >"$E/$n/pid"
 }
 

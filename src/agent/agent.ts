@@ -4,7 +4,9 @@
  *
  *   1. reads the project's pods, services, endpoints and published peers from the
  *      registry (on every registry change, and every second as a fallback);
- *   2. starts `tenc pod` in the network namespace of each pod the CNI plugin
+ *   2. at CNI ADD makes the pod fail closed itself (prepare(): the rule, guards and
+ *      nft table of failClosedScripts, from the config the pod will start with), then
+ *      starts `tenc pod` in the network namespace of each pod the CNI plugin
  *      registered on this node (nsenter --net=NETNS; the netns comes only from the
  *      registration, never from the registry), with enforcement on and
  *      failClosedOnStop; a proxy that dies is started again (its new public key is
@@ -16,6 +18,8 @@
  *      every VIP of the services this client reaches through that endpoint) and its
  *      services (the VIPs it serves, each of a family it has an address of), over the pod's
  *      control socket: removals first, so a re-keyed pod never clashes with its old key;
+ *      a key new to a pod makes it initiate a handshake at once (the new pod's own first
+ *      initiation came before this pod knew it; the protocol retries only after 5 s);
  *      to a pod with the DNS proxy also the services' keyed endpoints (set-endpoints)
  *      and the project's members, every pod address and VIP (set-members);
  *   5. gives every local pod the project's TencPolicy set (set-policy), resolved and
@@ -33,8 +37,10 @@ import { existsSync, mkdirSync, openSync, closeSync, readFileSync, renameSync, w
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, type ServiceConfig } from '../control/config.js';
+import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, ConfigError, validateConfig, type PodConfig, type ServiceConfig } from '../control/config.js';
+import { failClosedScripts } from '../control/failclosed.js';
 import { tableName } from '../routing/enforce.js';
+import { IpCommand, IpCommandError } from '../routing/ip.js';
 import { controlRequest, socketIsLive } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import type { AgentHooks } from '../metrics/agent.js';
@@ -172,6 +178,17 @@ async function stopPid(pid: number, startTime: string): Promise<void> {
   for (let i = 0; i < 50 && sameProcess(pid, startTime); i++) await new Promise((r) => setTimeout(r, 20));
 }
 
+/** The process runs in the network namespace of that nsfs path (same inode). */
+export function inNetns(pid: number, netns: string): boolean {
+  try {
+    const a = statSync(`/proc/${pid}/ns/net`);
+    const b = statSync(netns);
+    return a.ino === b.ino && a.dev === b.dev;
+  } catch {
+    return false;
+  }
+}
+
 /** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or null: with the pid it names one process for good. */
 export function processStartTime(pid: number): string | null {
   try {
@@ -282,6 +299,10 @@ export class Agent {
   private stopped = false;
   private readonly log: Logger;
   private readonly main: string;
+  /** The project as the last reconcile saw it (this node's registered pods included): the configs of new pods. */
+  private view: ProjectView | null = null;
+  /** Pods being made fail closed by prepare(): their proxy starts after it. */
+  private readonly preparing = new Map<string, Promise<void>>();
   /** The project's TencPolicy set in force. */
   readonly policies: ProjectPolicies;
 
@@ -333,17 +354,21 @@ export class Agent {
   whenReady(pod: string, timeoutMs: number): Promise<boolean> {
     if (this.isReady(pod)) return Promise.resolve(true);
     return new Promise((resolve) => {
+      let settled = false;
       const t = setTimeout(() => {
+        settled = true;
         const px = this.proxies.get(pod);
         if (px) px.ready = px.ready.filter((f) => f !== done);
         resolve(false);
       }, timeoutMs);
       const done = () => {
+        settled = true;
         clearTimeout(t);
         resolve(true);
       };
-      // the proxy entry is made by the next reconcile: wait for it
+      // the proxy entry is made by the next reconcile: wait for it (not past the timeout)
       const attach = () => {
+        if (settled) return;
         const px = this.proxies.get(pod);
         if (this.isReady(pod)) done();
         else if (px) px.ready.push(done);
@@ -368,6 +393,100 @@ export class Agent {
     return null;
   }
 
+  /**
+   * CNI ADD: makes the pod fail closed in its netns before its proxy runs: the pod's
+   * config is written, and failClosedScripts(config) (the rule, the guards and the
+   * nftables table the proxy itself would put in place first) applied through one
+   * `nsenter --net=NETNS ip -batch -` per family and one `nft -f -`. The proxy is
+   * started right after (the next reconcile) and takes that state over. Nothing is
+   * done when the pod's proxy runs or starts already (it owns the state: an ADD retry,
+   * or a proxy adopted after an agent restart).
+   */
+  prepare(reg: Registration): Promise<void> {
+    const name = reg.podName;
+    if (this.proxies.has(name)) return Promise.resolve();
+    const busy = this.preparing.get(name);
+    if (busy) return busy;
+    const p = this.prepareNow(reg).finally(() => {
+      this.preparing.delete(name);
+      this.kick();
+    });
+    this.preparing.set(name, p);
+    return p;
+  }
+
+  private async prepareNow(reg: Registration): Promise<void> {
+    const socket = podSocket(reg.netns);
+    if (await socketIsLive(socket)) return; // a proxy answers there: it owns the state
+    const base = this.view ?? this.localView(await readProjectView(this.o.registry, this.o.project));
+    const known = base.pods.find((p) => p.name === reg.podName);
+    const pod = this.podInfo(reg, known);
+    const view = { ...base, pods: [...base.pods.filter((p) => p.name !== pod.name), pod] };
+    const { config } = await this.writeConfig(pod, reg.netns, socket, view);
+    const s = failClosedScripts(config);
+    const via = ['nsenter', `--net=${reg.netns}`, '--'];
+    const ip = new IpCommand({ via });
+    await Promise.all([guardBatchIn(ip, 4, s.ip[4]), guardBatchIn(ip, 6, s.ip[6]), nftIn(via, s.nft)]);
+    this.log.info({ pod: pod.name, guards: s.ip[4].length + s.ip[6].length, netns: reg.netns }, 'pod fail-closed (rule, guards, nftables) before its proxy starts');
+  }
+
+  /** The registry's view of the project with this node's running or starting pods as this agent knows them. */
+  private localView(view: ProjectView): ProjectView {
+    // a local pod's key: only its current one (an old one in the registry is not a peer)
+    const fresh = view.peers.filter((k) => !this.proxies.has(k.pod) || this.proxies.get(k.pod)!.publicKey === k.publicKey);
+    // this node's registered pods are members even before the registry lists them
+    const pods = [...view.pods.filter((p) => !this.proxies.has(p.name)), ...[...this.proxies.values()].map((px) => px.pod)];
+    return { ...view, pods, peers: fresh };
+  }
+
+  private podInfo(reg: Registration, known: PodInfo | undefined): PodInfo {
+    return { project: this.o.project, name: reg.podName, node: this.o.node, address: reg.addresses[0], addresses: reg.addresses, labels: known?.labels ?? {}, netns: reg.netns };
+  }
+
+  /**
+   * Writes the pod's config (0600, atomically) for `tenc pod`: its peers, services and
+   * members as `view` has them, so the proxy starts with what the agent would send it
+   * (and fails closed for all of it from its first step). A config that does not
+   * validate with them (never expected) is written without them, and they follow over
+   * the control socket.
+   */
+  private async writeConfig(pod: PodInfo, netns: string, socket: string, view: ProjectView): Promise<{ config: PodConfig; want: DesiredPod | null; dns: boolean }> {
+    const psk = await this.o.registry.pskFile(this.o.project);
+    const file = podFile(this.o.runDir, pod.name, 'json');
+    // the DNS proxy, when the pod has a resolv.conf of its own (ip netns exec mounts
+    // /etc/netns/NAME/resolv.conf; nsenter --net does not, so the path is given)
+    const resolvConf = this.o.dns === false ? null : podResolvConf(netns);
+    const want = desiredState(view, pod);
+    const raw = (w: DesiredPod | null) => ({
+      addresses: pod.addresses.slice(0, 2),
+      listenPort: TENC_PORT,
+      pskFile: psk,
+      controlSocket: socket,
+      enforce: true,
+      // any stop (agent gone, crash, SIGTERM) leaves the rule, guards and enforcement
+      failClosedOnStop: true,
+      logLevel: this.o.podLogLevel ?? 'info',
+      ...(resolvConf
+        ? { dns: { domain: `${this.o.project}.svc.cluster.local`, resolvConf, classifyCidrs: this.o.classifyCidrs ?? [], ...(w ? { endpoints: w.endpoints } : {}) } }
+        : {}),
+      ...(w ? { peers: w.peers, services: w.services, members: w.members } : {}),
+    });
+    let chosen: DesiredPod | null = want;
+    let config: PodConfig;
+    try {
+      config = validateConfig(raw(want), file);
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      this.log.warn({ pod: pod.name, err: e.message }, 'pod config with its peers does not validate: they follow over the control socket');
+      chosen = null;
+      config = validateConfig(raw(null), file);
+    }
+    const tmp = `${file}.tmp-${process.pid}`;
+    writeFileSync(tmp, JSON.stringify(raw(chosen)), { mode: 0o600 });
+    renameSync(tmp, file);
+    return { config, want: chosen, dns: resolvConf !== null };
+  }
+
   private localPods(view: ProjectView): { pod: PodInfo; reg: Registration }[] {
     const out: { pod: PodInfo; reg: Registration }[] = [];
     for (const reg of this.o.registrations()) {
@@ -378,10 +497,7 @@ export class Agent {
         this.log.warn({ pod: reg.podName, node: known.node }, 'registered here but the registry places the pod on another node: ignored');
         continue;
       }
-      out.push({
-        reg,
-        pod: { project: this.o.project, name: reg.podName, node: this.o.node, address: reg.addresses[0], addresses: reg.addresses, labels: known?.labels ?? {}, netns: reg.netns },
-      });
+      out.push({ reg, pod: this.podInfo(reg, known) });
     }
     return out;
   }
@@ -393,8 +509,10 @@ export class Agent {
     for (const name of [...this.proxies.keys()]) {
       if (!local.some((l) => l.pod.name === name)) await this.releaseNow(name);
     }
-    const starts: Promise<void>[] = [];
+    const starts: (() => Promise<void>)[] = [];
     for (const { pod, reg } of local) {
+      // being made fail closed by prepare(): started once that is done
+      if (this.preparing.has(pod.name)) continue;
       let px = this.proxies.get(pod.name);
       if (!px) {
         px = { pod, reg, socket: podSocket(reg.netns), child: null, id: reg.proxy, publicKey: null, applied: new Map(), services: null, endpoints: null, members: null, dns: false, starting: false, restartAt: 0, ready: [], published: null };
@@ -406,10 +524,13 @@ export class Agent {
       if (px.child === null && px.publicKey !== null && (px.id === null || !sameProcess(px.id.pid, px.id.startTime))) {
         if (px.id !== null || !(await socketIsLive(px.socket))) this.lost(px, 'adopted proxy gone');
       }
-      if (px.publicKey === null && !px.starting && Date.now() >= px.restartAt) starts.push(this.ensureProxy(px));
+      if (px.publicKey === null && !px.starting && Date.now() >= px.restartAt) {
+        const p = px;
+        starts.push(() => this.ensureProxy(p, this.localView(view)));
+      }
     }
     // in parallel: a proxy takes about a second to start
-    await Promise.all(starts);
+    await Promise.all(starts.map((f) => f()));
     // publish keys (again, if the file was lost), then peers and services
     const published = new Map(view.peers.map((k) => [k.pod, k]));
     for (const px of this.proxies.values()) {
@@ -428,10 +549,8 @@ export class Agent {
         this.again = true;
       }
     }
-    const fresh = view.peers.filter((k) => !this.proxies.has(k.pod) || this.proxies.get(k.pod)!.publicKey === k.publicKey);
-    // this node's registered pods are members even before the registry lists them
-    const pods = [...view.pods.filter((p) => !this.proxies.has(p.name)), ...[...this.proxies.values()].map((px) => px.pod)];
-    const v2: ProjectView = { ...view, pods, peers: fresh };
+    const v2 = this.localView(view);
+    this.view = v2;
     await this.policies.refresh(this.o.registry.policies && (() => this.o.registry.policies!(this.o.project)), v2);
     for (const px of this.proxies.values()) {
       if (px.publicKey === null) continue;
@@ -470,9 +589,15 @@ export class Agent {
       }
     }
     for (const d of set) {
+      const fresh = !px.applied.has(d.publicKey);
       await controlRequest(px.socket, { op: 'set-peer', peer: { publicKey: d.publicKey, endpoint: d.endpoint, allowedIps: d.allowedIps } });
       px.applied.set(d.publicKey, JSON.stringify(d));
       this.log.info({ pod: px.pod.name, peer: keyFingerprint(d.publicKey), allowedIps: d.allowedIps }, 'peer set');
+      // A key new to this pod is usually a pod that just started with its peers in its
+      // config: its first initiation reached this pod before this pod knew it and was
+      // dropped, and the protocol lets it retry only after REKEY_TIMEOUT (5 s). This
+      // pod initiates now instead (one handshake; ignored if it cannot).
+      if (fresh) await controlRequest(px.socket, { op: 'rekey', publicKey: d.publicKey }).catch(() => undefined);
     }
     const services = JSON.stringify(want.services);
     if (services !== px.services) {
@@ -505,11 +630,11 @@ export class Agent {
   }
 
   /** Adopts a live proxy (agent restart) or starts one. Runs inside reconcile (one at a time). */
-  private async ensureProxy(px: Proxy): Promise<void> {
+  private async ensureProxy(px: Proxy, view: ProjectView): Promise<void> {
     px.starting = true;
     try {
       if (await socketIsLive(px.socket)) await this.adopt(px);
-      else await this.startProxy(px);
+      else await this.startProxy(px, view);
     } catch (e) {
       this.log.warn({ pod: px.pod.name, err: (e as Error).message }, 'proxy start failed');
       this.lost(px, 'start failed');
@@ -526,8 +651,18 @@ export class Agent {
     px.applied = new Map(
       st.peers.map((p) => [p.publicKey, JSON.stringify({ publicKey: p.publicKey, endpoint: p.endpoint ?? '', allowedIps: p.allowedIps } satisfies DesiredPeer)]),
     );
-    // the process: only the one the agent started (saved pid + start time), never found by name
+    // the process: the one the agent started (saved pid + start time), never found by name;
+    // without a saved one (an agent killed before it saved), the pid the proxy's own
+    // control socket reports (as trusted as the key it reports), if that process is in
+    // the pod's netns
     if (px.id !== null && !sameProcess(px.id.pid, px.id.startTime)) px.id = null;
+    if (px.id === null && typeof st.pid === 'number' && inNetns(st.pid, px.reg.netns)) {
+      const startTime = processStartTime(st.pid);
+      if (startTime !== null) {
+        px.id = { pid: st.pid, startTime };
+        this.o.onProxyChange?.();
+      }
+    }
     px.services = null;
     px.endpoints = null;
     px.members = null;
@@ -537,32 +672,12 @@ export class Agent {
     this.o.hooks?.proxyStarted('adopted');
   }
 
-  private async startProxy(px: Proxy): Promise<void> {
+  private async startProxy(px: Proxy, view: ProjectView): Promise<void> {
     const pod = px.pod;
     const netns = px.reg.netns;
-    const psk = await this.o.registry.pskFile(this.o.project);
     const config = podFile(this.o.runDir, pod.name, 'json');
-    // the DNS proxy, when the pod has a resolv.conf of its own (ip netns exec mounts
-    // /etc/netns/NAME/resolv.conf; nsenter --net does not, so the path is given)
-    const resolvConf = this.o.dns === false ? null : podResolvConf(netns);
-    px.dns = resolvConf !== null;
-    const tmp = `${config}.tmp-${process.pid}`;
-    writeFileSync(
-      tmp,
-      JSON.stringify({
-        addresses: pod.addresses.slice(0, 2),
-        listenPort: TENC_PORT,
-        pskFile: psk,
-        controlSocket: px.socket,
-        enforce: true,
-        // any stop (agent gone, crash, SIGTERM) leaves the rule, guards and enforcement
-        failClosedOnStop: true,
-        logLevel: this.o.podLogLevel ?? 'info',
-        ...(resolvConf ? { dns: { domain: `${this.o.project}.svc.cluster.local`, resolvConf, classifyCidrs: this.o.classifyCidrs ?? [] } } : {}),
-      }),
-      { mode: 0o600 },
-    );
-    renameSync(tmp, config);
+    const { want, dns } = await this.writeConfig(pod, netns, px.socket, { ...view, pods: [...view.pods.filter((p) => p.name !== pod.name), pod] });
+    px.dns = dns;
     const logFd = openSync(podFile(this.o.runDir, pod.name, 'log'), 'a', 0o600);
     // nsenter execs node: the child's pid is the proxy's
     const child = spawn('nsenter', [`--net=${netns}`, '--', process.execPath, this.main, 'pod', '--config', config], {
@@ -572,6 +687,11 @@ export class Agent {
     closeSync(logFd);
     child.unref();
     px.child = child;
+    // saved at once (nsenter execs node: pid and start time stay): an agent killed while
+    // the proxy starts leaves a process the next agent can still stop at DEL
+    const startTime = child.pid ? processStartTime(child.pid) : null;
+    px.id = child.pid && startTime ? { pid: child.pid, startTime } : null;
+    this.o.onProxyChange?.();
     const key = await new Promise<string | null>((resolve) => {
       let out = '';
       const timer = setTimeout(() => resolve(null), 15_000);
@@ -595,9 +715,6 @@ export class Agent {
       this.lost(px, 'did not start');
       return;
     }
-    const startTime = child.pid ? processStartTime(child.pid) : null;
-    px.id = child.pid && startTime ? { pid: child.pid, startTime } : null;
-    this.o.onProxyChange?.();
     // fail-closed once the control socket answers (the guards come before the data plane)
     for (let i = 0; i < 300 && !(await socketIsLive(px.socket)); i++) {
       if (child.exitCode !== null) break;
@@ -608,12 +725,13 @@ export class Agent {
       return;
     }
     px.publicKey = key;
-    px.applied = new Map();
-    px.services = null;
-    px.endpoints = null;
-    px.members = null;
+    // what the config gave it is applied; the first apply() sends only the differences
+    px.applied = new Map((want?.peers ?? []).map((d) => [d.publicKey, JSON.stringify(d)]));
+    px.services = want ? JSON.stringify(want.services) : null;
+    px.endpoints = want && dns ? JSON.stringify(want.endpoints) : null;
+    px.members = want ? JSON.stringify(want.members) : null;
     px.policy = null;
-    this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid }, 'proxy started');
+    this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid, peers: want?.peers.length ?? 0 }, 'proxy started');
     this.o.hooks?.proxyStarted('started');
   }
 
@@ -638,13 +756,14 @@ export class Agent {
    * the agent started), withdraws its key and removes what tenc left in the netns (the
    * proxy fails closed on stop, so its rule, guards and nft table stay until here).
    */
-  async release(pod: string): Promise<void> {
-    // let a reconcile that may be starting the proxy finish first
+  async release(pod: string, netns?: string): Promise<void> {
+    // let a prepare() or a reconcile that may be starting the proxy finish first
+    await this.preparing.get(pod)?.catch(() => undefined);
     while (this.running) await this.current;
-    await this.releaseNow(pod);
+    await this.releaseNow(pod, netns);
   }
 
-  private async releaseNow(pod: string): Promise<void> {
+  private async releaseNow(pod: string, netns?: string): Promise<void> {
     const px = this.proxies.get(pod);
     this.proxies.delete(pod);
     if (px) {
@@ -652,9 +771,11 @@ export class Agent {
       px.child = null;
       if (px.id !== null && sameProcess(px.id.pid, px.id.startTime)) await stopPid(px.id.pid, px.id.startTime);
       else if (child && child.exitCode === null && child.pid) await stopPid(child.pid, processStartTime(child.pid) ?? '');
-      if (existsSync(px.reg.netns)) await cleanNetns(px.reg.netns);
       rmSync(px.socket, { force: true });
     }
+    // also a pod made fail closed (prepare) whose proxy never started
+    const ns = px?.reg.netns ?? netns;
+    if (ns !== undefined && existsSync(ns)) await cleanNetns(ns);
     rmSync(podFile(this.o.runDir, pod, 'json'), { force: true });
     rmSync(podFile(this.o.runDir, pod, 'log'), { force: true });
     await this.o.registry.withdrawPeer(this.o.project, this.o.node, pod);
@@ -691,4 +812,27 @@ export async function cleanNetns(netns: string): Promise<void> {
     await run(['ip', fam, 'route', 'flush', 'table', String(DEFAULT_TABLE)]);
   }
   await run(['nft', 'delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)]);
+}
+
+/** Runs a guardBatch() family's lines; a rule that exists already (its last line: "File exists") is fine. */
+async function guardBatchIn(ip: IpCommand, fam: 4 | 6, lines: string[]): Promise<void> {
+  try {
+    await ip.batch(fam, lines);
+  } catch (e) {
+    if (e instanceof IpCommandError && e.linesDone === lines.length - 1 && /File exists/i.test(e.stderr)) return;
+    throw e;
+  }
+}
+
+/** `nft -f -` in the netns (one transaction). */
+function nftIn(via: string[], script: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(via[0], [...via.slice(1), 'nft', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let err = '';
+    c.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+    c.on('error', (e) => reject(new Error(`nft: ${e.message}`)));
+    c.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`nft in the pod's netns: ${err.trim() || `exit code ${code}`}`))));
+    c.stdin!.on('error', () => {});
+    c.stdin!.end(script);
+  });
 }

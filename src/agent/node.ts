@@ -10,9 +10,14 @@
  *
  *   cni-add    {containerId, netns, ifname, podNamespace, podName, podUid, addresses, timeoutMs}
  *              -> {protected: false} at once for a namespace that is not protected; else
- *              -> {protected: true} once the pod's proxy is fail-closed, or ETIMEDOUT
+ *              -> {protected: true} once the pod is fail-closed: the agent itself puts the
+ *                 rule, the guards and the nftables table in its netns (Agent.prepare,
+ *                 the same state `tenc pod` makes first) and starts the proxy in the
+ *                 background (CHECK tells when it runs); with cniWait "proxy", only once
+ *                 the proxy answers on its control socket; ETIMEDOUT after timeoutMs
  *   cni-del    {containerId} -> {}: the proxy stopped, the netns cleaned (unknown: {} too)
- *   cni-check  {containerId, netns, podNamespace, podName} -> {} or an error
+ *   cni-check  {containerId, netns, podNamespace, podName, timeoutMs} -> {} or an error; a
+ *              proxy still starting (ADD answers before it runs) is waited for up to timeoutMs
  *   cni-status -> {projects}
  *
  * The registrations (and the pid + start time of each pod's proxy) are kept in
@@ -40,6 +45,11 @@ export interface NodeAgentOptions extends Pick<AgentOptions, 'registry' | 'node'
   socket?: string;
   /** Directory (0700) for the state file and, per project, the pods' configs and logs. */
   runDir: string;
+  /**
+   * When cni-add answers: "fail-closed" (default) once the agent made the pod fail closed
+   * itself, the proxy starting in the background; "proxy" once the proxy answers.
+   */
+  cniWait?: 'fail-closed' | 'proxy';
 }
 
 class RequestError extends Error {
@@ -188,8 +198,19 @@ export class NodeAgent {
           this.save();
         }
         const agent = await this.agentFor(reg.podNamespace);
-        if (!(await agent.whenReady(reg.podName, timeoutMs))) {
+        const late = new Promise<false>((r) => setTimeout(() => r(false), timeoutMs).unref());
+        // the agent makes the pod fail closed itself; an error leaves the registration (the runtime's DEL cleans)
+        let failed: Error | null = null;
+        const prepared = agent.prepare(reg).then(
+          () => true as const,
+          (e: Error) => ((failed = e), true as const),
+        );
+        if (!(await Promise.race([prepared, late]))) {
           throw new RequestError('ETIMEDOUT', `pod ${reg.podNamespace}/${reg.podName} not fail-closed within ${timeoutMs} ms`);
+        }
+        if (failed !== null) throw new RequestError('EIO', `pod ${reg.podNamespace}/${reg.podName}: cannot make it fail-closed: ${(failed as Error).message}`);
+        if (this.o.cniWait === 'proxy' && !(await agent.whenReady(reg.podName, timeoutMs))) {
+          throw new RequestError('ETIMEDOUT', `pod ${reg.podNamespace}/${reg.podName}: proxy not running within ${timeoutMs} ms`);
         }
         this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, containerId: reg.containerId }, 'ADD: pod fail-closed');
         return { protected: true };
@@ -201,7 +222,7 @@ export class NodeAgent {
         const agent = await this.agentFor(reg.podNamespace);
         this.regs.delete(containerId);
         this.save();
-        await agent.release(reg.podName);
+        await agent.release(reg.podName, reg.netns);
         this.save();
         this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, containerId }, 'DEL: pod released');
         return {};
@@ -213,7 +234,10 @@ export class NodeAgent {
           if (typeof m.podNamespace === 'string' && !(await this.protectedProject(m.podNamespace))) return {};
           throw new RequestError('ENOENT', `container ${containerId} is not registered`);
         }
-        const why = await (await this.agentFor(reg.podNamespace)).check(reg.podName);
+        const agent = await this.agentFor(reg.podNamespace);
+        const timeoutMs = typeof m.timeoutMs === 'number' && m.timeoutMs >= 100 && m.timeoutMs <= 120_000 ? m.timeoutMs : 5000;
+        await agent.whenReady(reg.podName, timeoutMs);
+        const why = await agent.check(reg.podName);
         if (why) throw new RequestError('EIO', `pod ${reg.podNamespace}/${reg.podName}: ${why}`);
         return {};
       }

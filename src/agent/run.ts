@@ -20,6 +20,8 @@ export interface RunAgentOptions {
   logLevel: LogLevel;
   /** dns.classifyCidrs of the pods' configs (canonical CIDRs). */
   classifyCidrs?: string[];
+  /** --cni-wait: when ADD answers (NodeAgentOptions.cniWait). */
+  cniWait?: 'fail-closed' | 'proxy';
   /** --metrics-address: serve /metrics there (src/metrics/). */
   metricsAddress?: string;
   version?: string;
@@ -53,6 +55,7 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     runDir: o.runDir,
     log,
     classifyCidrs: o.classifyCidrs,
+    cniWait: o.cniWait,
     podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info',
     hooks: metrics?.agent,
   });

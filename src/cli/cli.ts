@@ -88,6 +88,7 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
       socket: { type: 'string', short: 's' },
       'run-dir': { type: 'string' },
       'classify-cidrs': { type: 'string' },
+      'cni-wait': { type: 'string' },
       'log-level': { type: 'string', short: 'l' },
       'metrics-address': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -101,6 +102,8 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
   genkey: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
   pubkey: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
   genpsk: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
+  k8s: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
+  'k8s create-psk': { options: { help: { type: 'boolean', short: 'h' } }, positionals: [1, 1] },
   help: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 1] },
 };
 
@@ -180,6 +183,10 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     return 0;
   }
   if (cmd === 'agent' && rest[0] === 'status') return await dispatch(['agent status', ...rest.slice(1)], io);
+  if (cmd === 'k8s' && rest[0] !== undefined && !rest[0].startsWith('-')) {
+    if (rest[0] !== 'create-psk') throw new UsageError(`unknown k8s command ${JSON.stringify(rest[0])}`, 'k8s');
+    return await dispatch(['k8s create-psk', ...rest.slice(1)], io);
+  }
   const spec = COMMAND_OPTIONS[cmd];
   if (!spec) throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
 
@@ -218,6 +225,18 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       k.fill(0);
       return 0;
     }
+    case 'k8s':
+      throw new UsageError('missing k8s command', cmd);
+    case 'k8s create-psk': {
+      const { NAMESPACE_NAME, pskSecretManifest } = await import('../registry/kubernetes.js');
+      const ns = positionals[0];
+      if (!NAMESPACE_NAME.test(ns)) throw new UsageError(`${JSON.stringify(ns)} is not a namespace name (lowercase letters, digits, "-", at most 63)`, cmd);
+      const k = generatePsk();
+      // the key goes to stdout only: never to stderr, a log or a file
+      io.stdout(pskSecretManifest(ns, formatKey(k)));
+      k.fill(0);
+      return 0;
+    }
     case 'pubkey': {
       const text = await io.readStdin();
       let priv: Uint8Array;
@@ -253,6 +272,8 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         if (!r.ok) throw new UsageError(`--classify-cidrs: ${r.problem}`, cmd);
         classifyCidrs.push(r.value);
       }
+      const cniWait = v['cni-wait'] ?? 'fail-closed';
+      if (cniWait !== 'fail-closed' && cniWait !== 'proxy') throw new UsageError(`--cni-wait: ${JSON.stringify(cniWait)} is not fail-closed or proxy`, cmd);
       await protectSecrets();
       const { runAgent } = await import('../agent/run.js');
       return await runAgent({
@@ -263,6 +284,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         runDir: v['run-dir'] ?? join(DEFAULT_SOCKET_DIR, `agent-${v.node}`),
         logLevel: level,
         classifyCidrs,
+        cniWait,
         metricsAddress: metricsAddress(v['metrics-address'], cmd),
         version: version(),
       });

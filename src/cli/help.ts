@@ -22,6 +22,7 @@ Commands:
   genkey        print a new private key (base64)
   pubkey        read a private key on stdin, print its public key
   genpsk        print a new pre-shared key (base64)
+  k8s           Kubernetes helpers: \`tenc k8s create-psk NAMESPACE\` prints a namespace's psk Secret
   help          show this help, or \`tenc help <command>\`
 
 Options:
@@ -36,15 +37,16 @@ ${EXIT_CODES}
 
 export const COMMAND_HELP: Record<string, string> = {
   agent: `Usage: tenc agent --registry SPEC --node NODE [--project LIST] [--socket PATH] [--run-dir DIR] [--classify-cidrs LIST]
-                  [--metrics-address HOST:PORT] [--log-level LEVEL]
+                  [--cni-wait fail-closed|proxy] [--metrics-address HOST:PORT] [--log-level LEVEL]
        tenc agent status [--json] [--node NODE [--project PROJECT] | --run-dir DIR]
 
 The node agent, one per node, for every protected project (the registry's
 projects, or only --project). Serves the node socket on which the CNI plugin
 (\`tenc cni\`) registers each pod's network namespace at sandbox creation (ADD)
-and unregisters it (DEL); starts \`tenc pod\` (enforcement on, fail-closed on any
-stop) in each registered pod's namespace and answers ADD once the pod is
-fail-closed; publishes each pod's public key and endpoint, gives every pod its
+and unregisters it (DEL); at ADD it makes the pod fail-closed itself (policy
+rule, unreachable guards, nftables table in the pod's namespace), answers, and
+starts \`tenc pod\` (enforcement on, fail-closed on any stop) there, which takes
+that state over; publishes each pod's public key and endpoint, gives every pod its
 peers and services over its control socket and follows changes within seconds.
 A pod proxy that dies is started again. The registrations and the proxies' pid +
 start time are saved (0600) under the run dir: a restarted agent adopts them.
@@ -71,6 +73,10 @@ Options:
                            start; an address in them no peer claims is classified on first
                            use (bypassed when not the project's, dropped when it is but has
                            no peer); default none
+      --cni-wait fail-closed|proxy
+                           when ADD answers: once the agent made the pod fail-closed, its
+                           proxy starting in the background (fail-closed, the default), or
+                           only once the proxy answers on its control socket (proxy)
       --metrics-address HOST:PORT
                            serve Prometheus /metrics there: every pod of the run directory
                            (asked over its control socket at each scrape) and the agent's own
@@ -233,6 +239,43 @@ Options:
 
 Example:
   umask 077; tenc genpsk > /etc/tenc/psk
+
+${EXIT_CODES}
+`,
+  k8s: `Usage: tenc k8s create-psk NAMESPACE
+
+Helpers for tenc on a Kubernetes cluster (README "Install on a cluster").
+
+Commands:
+  create-psk NAMESPACE   print the Secret tenc-psk of NAMESPACE with a fresh psk
+
+Options:
+  -h, --help   show this help (also \`tenc k8s create-psk --help\`)
+
+Example:
+  tenc k8s create-psk shop | kubectl create -f -
+
+${EXIT_CODES}
+`,
+  'k8s create-psk': `Usage: tenc k8s create-psk NAMESPACE
+
+Prints, on stdout only, the Secret tenc-psk of NAMESPACE (key "psk": a fresh random
+32-byte pre-shared key in the \`wg genpsk\` form) as YAML for kubectl. Every pod of a
+protected namespace (label tenc.io/protect=true) uses it; without a valid one the
+namespace's pods stay fail-closed. The key is written nowhere else: pipe it straight
+into kubectl. Use \`kubectl create\` (or \`replace\` to rotate), not \`apply\`: apply
+keeps a copy of the whole object, key included, in its last-applied-configuration
+annotation. The agents read the Secret again every 30 s and on any change of the
+namespace; a proxy reads the key when it starts, so a new key reaches a pod when the
+pod (or its proxy) starts again (README "Install on a cluster").
+
+Options:
+  -h, --help   show this help
+
+Example:
+  kubectl label namespace shop tenc.io/protect=true
+  tenc k8s create-psk shop | kubectl create -f -
+  kubectl -n tenc-system exec ds/tenc-agent -- tenc k8s create-psk shop | kubectl create -f -
 
 ${EXIT_CODES}
 `,

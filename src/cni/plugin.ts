@@ -9,7 +9,8 @@
  *
  *   ADD    {op: "cni-add", ...}   answer {protected}: prevResult is printed
  *   DEL    {op: "cni-del", ...}   idempotent on the agent's side
- *   CHECK  {op: "cni-check", ...} the pod's proxy runs and answers
+ *   CHECK  {op: "cni-check", ...} the pod's proxy runs and answers (a start in progress
+ *                                 is waited for, up to timeoutMs)
  *   STATUS {op: "cni-status"}     the agent answers
  *
  * Agent not reachable, or no answer within timeoutMs: error code 11 (try again later),
@@ -108,7 +109,7 @@ export const tencPlugin: CniPlugin = {
     const cfg = parseTencConfig(req.config);
     prevResultAddresses(req.config);
     const pod = podArgs(req);
-    await ask(cfg, { op: 'cni-check', containerId: req.containerId, netns: req.netns, ...pod }, cfg.timeoutMs);
+    await ask(cfg, { op: 'cni-check', containerId: req.containerId, netns: req.netns, ...pod, timeoutMs: cfg.timeoutMs }, cfg.timeoutMs + 1000);
   },
   async status(req) {
     const cfg = parseTencConfig(req.config);

@@ -78,6 +78,12 @@ export interface PodConfig {
   enforce: boolean;
   /** Keep the ip rule and unreachable guards after a clean stop (fail closed); default false: a stop removes everything. */
   failClosedOnStop: boolean;
+  /**
+   * The project's member addresses at start (canonical CIDRs; what the control op
+   * set-members replaces later): enforcement drops plaintext to and from them outside
+   * tenc0 from the start, even before their key is known. Default none.
+   */
+  members: string[];
 }
 
 export const DEFAULT_DNS_PORT = 15353;
@@ -176,6 +182,7 @@ const TOP_FIELDS = [
   'enforce',
   'failClosedOnStop',
   'dns',
+  'members',
 ] as const;
 /** Services the data plane's table holds (native/nat.h TENC_NAT_MAX_SERVICES; engine rejects more). */
 export const MAX_SERVICES = 256;
@@ -590,6 +597,19 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
   const enforce = raw.enforce === undefined ? false : c.take('enforce', parseBool(raw.enforce), false);
   const failClosedOnStop = raw.failClosedOnStop === undefined ? false : c.take('failClosedOnStop', parseBool(raw.failClosedOnStop), false);
 
+  const members: string[] = [];
+  const seenMembers = new Set<string>();
+  if (raw.members !== undefined) {
+    if (!Array.isArray(raw.members)) c.add('members', 'must be an array of CIDRs');
+    else if (raw.members.length > MAX_ALLOWED_IPS) c.add('members', `${raw.members.length} members: at most ${MAX_ALLOWED_IPS}`);
+    else
+      raw.members.forEach((m, i) => {
+        const r = c.take(`members[${i}]`, parseCidr(m), '');
+        if (r && !seenMembers.has(r)) members.push(r);
+        seenMembers.add(r);
+      });
+  }
+
   if (c.problems.length > 0) throw new ConfigError(file, c.problems);
   return {
     file,
@@ -608,6 +628,7 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
     dns,
     enforce,
     failClosedOnStop,
+    members,
   };
 }
 

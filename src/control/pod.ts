@@ -37,6 +37,7 @@ import { IpCommand } from '../routing/ip.js';
 import { computeMtu } from '../routing/mtu.js';
 import { PolicyRouting } from '../routing/policy.js';
 import { Enforcement, DROP_REASON, EGRESS_DROP_REASON, tableName as enforcementTable } from '../routing/enforce.js';
+import { failClosedState } from './failclosed.js';
 import { generatePrivateKey, publicKeyFromPrivate, formatKey } from '../noise/keys.js';
 import { DnsService, interceptTable, removeDnsResidue } from '../dns/service.js';
 import { CidrSet } from '../dns/classify.js';
@@ -55,14 +56,6 @@ export interface RunPodOptions {
   stopSignal?: Promise<unknown>;
   /** Called once the pod serves (tests). */
   onReady?: (pod: Pod) => void;
-}
-
-/** Every peer's allowed IPs and the services' VIPs of a config (Pod.destinations at start). */
-export function configDestinations(config: PodConfig): string[] {
-  const out: string[] = [];
-  for (const p of config.peers) out.push(...p.allowedIps);
-  for (const s of config.services) out.push(`${s.vip}/${s.vip.includes(':') ? 128 : 32}`);
-  return out;
 }
 
 /** The running pod: the control handler over the engine and the routing. */
@@ -88,7 +81,9 @@ export class Pod implements ControlHandler {
     private readonly engine: PodEngine,
     private readonly routing: PolicyRouting,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.members = [...config.members];
+  }
 
   /** The destinations routed into the tunnel: every peer's allowed IPs and the services' VIPs. */
   destinations(): string[] {
@@ -248,7 +243,7 @@ export class Pod implements ControlHandler {
     this.log.info({ services: endpoints.length }, 'endpoints set');
   }
 
-  /** The project's member addresses (control op set-members): project whatever DNS says. */
+  /** The project's member addresses (config members, then control op set-members): project whatever DNS says. */
   private members: string[] = [];
   /** destinations() + members as one set, built on first use after a change. */
   private memberSet: CidrSet | null = null;
@@ -411,8 +406,9 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     uninit.push({ what: 'routing', run: () => routing.teardown({ keepGuards: !started || config.failClosedOnStop }) });
     guarded = true;
     // dns.classifyCidrs: the whole ranges go into tenc0 (and fail closed) until classified
-    const classifyRanges = config.dns.enabled ? config.dns.classifyCidrs : [];
-    await routing.guard([...configDestinations(config), ...classifyRanges]);
+    const closed = failClosedState(config);
+    const classifyRanges = closed.classify;
+    await routing.guard(closed.guards);
     // Enforcement lives exactly as long as the guards: egress outside tenc0 to project
     // destinations dropped from now on (and plaintext input from them with "enforce").
     // It replaces the table an earlier run left, in one transaction.
@@ -422,7 +418,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       what: 'enforcement',
       run: () => (started && !config.failClosedOnStop ? enforcement.teardown() : enforcement.abandon()),
     });
-    await enforcement.install({ project: configDestinations(config), classify: classifyRanges });
+    await enforcement.install({ project: closed.project, classify: classifyRanges });
     log.info({ enforce: config.enforce }, 'fail closed');
 
     // TencPolicy exemptions: an earlier run's rules go (fail safe: encrypted until the

@@ -25,7 +25,7 @@
  * current; every read is served from that copy, parsed once per change. A watch that
  * ends in an error (etcd3 says only "Watcher canceled" when a compaction removed the
  * revision it needed) is dropped and the snapshot is read again, with backoff; a lost
- * connection is retried over every endpoint by etcd3 (circuit breaker per endpoint),
+ * connection is retried over the other endpoints in order (inOrder(): own member first),
  * and the watch resumes from its last revision. While etcd is unreachable the copy
  * stays as it was: the agent keeps its pods running with what they have, and learns
  * nothing new (new destinations stay fail-closed).
@@ -44,7 +44,7 @@
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { Etcd3, type IOptions, type Lease, type Watcher } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, type IOptions, type Lease, type Watcher } from 'etcd3';
 import { endpointsFromObject, isName, peerFromObject, podFromObject, policyFromObject, serviceFromObject } from './objects.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 
@@ -53,9 +53,16 @@ export const DEFAULT_PREFIX = '/tenc/';
 export const LEASE_TTL_S = 5;
 /** Backoff of the snapshot re-read after a watch error, and of lease re-grants. */
 const RETRY_MIN_MS = 100;
-const RETRY_MAX_MS = 3000;
-/** A unary call that takes longer fails (so another endpoint is tried). */
-const CALL_TIMEOUT_MS = 3000;
+const RETRY_MAX_MS = 1000;
+/**
+ * A unary call that takes longer fails, so the next endpoint is tried: a member that
+ * lost quorum holds a write until it fails, and a partitioned one never answers. The
+ * snapshot (a range of the whole prefix) gets longer.
+ */
+export const CALL_TIMEOUT_MS = 1500;
+const SNAPSHOT_TIMEOUT_MS = 5000;
+/** How often a watch away from the first endpoint checks whether it can go back. */
+const HOME_CHECK_MS = 2000;
 
 export class EtcdSpecError extends Error {
   override name = 'EtcdSpecError';
@@ -150,7 +157,72 @@ export function etcdClient(c: EtcdConnection): Etcd3 {
     };
   }
   if (c.user) o.auth = { username: c.user, password: readFile('password', c.passwordFile!).toString('utf8').trim() };
-  return new Etcd3(o);
+  const client = new Etcd3(o);
+  orders.set(client, inOrder(client));
+  return client;
+}
+
+/** An endpoint whose call or stream failed is tried after the others for this long. */
+const FAILED_ENDPOINT_MS = 5000;
+
+/**
+ * etcd3 spreads calls and streams over the endpoints at random. A node's agent should
+ * use its own member (the spec lists it first) and go to the others only when it
+ * fails: with a random one, a partition of a third node leaves the agents of the two
+ * healthy nodes with their watch or lease stream on the cut-off member, where it
+ * stalls silently until HTTP/2 pings notice (15 s), their leases expire meanwhile and
+ * the pods of healthy nodes lose their peers. So every call and stream starts at the
+ * first endpoint that has not failed in the last FAILED_ENDPOINT_MS (a refused
+ * connection, a deadline, a stream error), then the next ones; the failed ones come
+ * last. (etcd3's own circuit breaker does not count the errors of streams, so a watch
+ * would go back to a dead first member for ever.)
+ */
+type Host = { resetAllServices: () => void };
+
+/** Where a client's calls go: the first endpoint, and the one used now. */
+export interface EndpointOrder {
+  /** The spec's first endpoint (the node's own member). */
+  readonly primary: Host;
+  /** The endpoint the next call or stream goes to. */
+  current(): Host;
+  /** Did the endpoint fail in the last FAILED_ENDPOINT_MS? */
+  failed(h: Host): boolean;
+  /** Marks an endpoint failed (a call to it timed out). */
+  fail(h: Host): void;
+}
+
+const orders = new WeakMap<Etcd3, EndpointOrder>();
+
+function inOrder(client: Etcd3): EndpointOrder {
+  const pool = (client as unknown as { pool: { hosts: Host[]; shuffledHosts: () => Generator<Host>; markFailed: (h: Host, e: Error) => void } }).pool;
+  if (!Array.isArray(pool?.hosts) || typeof pool.shuffledHosts !== 'function' || typeof pool.markFailed !== 'function') {
+    throw new Error('etcd3: connection pool not as expected (etcd3 upgraded?): cannot order the endpoints');
+  }
+  const failedAt = new Map<Host, number>();
+  const markFailed = pool.markFailed.bind(pool);
+  pool.markFailed = (h, e) => {
+    failedAt.set(h, Date.now());
+    markFailed(h, e);
+  };
+  for (const h of pool.hosts) {
+    // called by etcd3 when a unary call on the host failed in a way worth another host
+    const reset = h.resetAllServices.bind(h);
+    h.resetAllServices = () => {
+      failedAt.set(h, Date.now());
+      reset();
+    };
+  }
+  const failed = (h: Host) => Date.now() - (failedAt.get(h) ?? -Infinity) < FAILED_ENDPOINT_MS;
+  const order = () => [...pool.hosts.filter((h) => !failed(h)), ...pool.hosts.filter(failed)];
+  pool.shuffledHosts = function* () {
+    for (;;) yield* order();
+  };
+  return {
+    primary: pool.hosts[0],
+    current: () => order()[0],
+    failed,
+    fail: (h) => failedAt.set(h, Date.now()),
+  };
 }
 
 type Obj = Record<string, any>;
@@ -233,6 +305,11 @@ export class EtcdRegistry implements Registry {
   private dirty = new Set<string>();
   private flushing = false;
   private lease: Promise<Lease> | null = null;
+  private readonly order: EndpointOrder;
+  /** The endpoint the watch stream was opened on (see homeCheck). */
+  private watchOn: Host | null = null;
+  private homeTimer: NodeJS.Timeout | null = null;
+  private homeProbing = false;
   private republishing = false;
   /** What this agent published (full key -> value), written again under a new lease. */
   private readonly owned = new Map<string, string>();
@@ -243,6 +320,7 @@ export class EtcdRegistry implements Registry {
     opts: EtcdRegistryOptions = {},
   ) {
     this.client = etcdClient(connection);
+    this.order = orders.get(this.client)!;
     this.prefix = connection.prefix;
     this.ttl = connection.ttl;
     this.onProblem = opts.onProblem ?? (() => {});
@@ -267,7 +345,7 @@ export class EtcdRegistry implements Registry {
   /** Reads the whole prefix at one revision, replaces the copy, watches from revision + 1. */
   private async snapshot(): Promise<void> {
     const gen = ++this.generation;
-    const res = await this.client.getAll().prefix(this.prefix).exec();
+    const res = await this.client.getAll().prefix(this.prefix).options({ deadline: Date.now() + SNAPSHOT_TIMEOUT_MS }).exec();
     if (this.closed || gen !== this.generation) return;
     const rev = Number(res.header.revision);
     const before = new Set(this.copy.keys());
@@ -282,8 +360,17 @@ export class EtcdRegistry implements Registry {
 
   private startWatch(from: number, gen: number): void {
     this.watcher?.cancel().catch(() => {});
+    this.watchOn = this.order.current();
     const w = this.client.watch().prefix(this.prefix).startRevision(String(from)).watcher();
     this.watcher = w;
+    // (re)connected: on the endpoint calls go to now (the order is deterministic)
+    w.on('connecting', () => {
+      if (gen === this.generation && this.watcher === w) this.watchOn = this.order.current();
+    });
+    if (!this.homeTimer) {
+      this.homeTimer = setInterval(() => this.homeCheck(), HOME_CHECK_MS);
+      this.homeTimer.unref();
+    }
     w.on('put', (kv) => {
       if (gen !== this.generation) return;
       this.stats.events++;
@@ -304,6 +391,33 @@ export class EtcdRegistry implements Registry {
       this.onEvent('watch error: reading the snapshot again', { err: (e as Error).message });
       this.resync(gen);
     });
+  }
+
+  /**
+   * A watch that moved to another endpoint when the first one failed stays there after
+   * the first is back, and would stall with that endpoint if it is cut off later. So
+   * when the first endpoint answers again, the watch moves back to it, resuming from
+   * the last revision seen (nothing is read twice or missed).
+   */
+  private homeCheck(): void {
+    const w = this.watcher;
+    const gen = this.generation;
+    if (this.closed || !w || this.homeProbing || this.watchOn === this.order.primary || this.order.failed(this.order.primary)) return;
+    this.homeProbing = true;
+    this.client.maintenance
+      .status({ deadline: Date.now() + CALL_TIMEOUT_MS })
+      .then(
+        async () => {
+          // answered by the first endpoint (had it failed, the probe would have marked it)
+          if (this.closed || gen !== this.generation || this.watcher !== w || this.order.failed(this.order.primary)) return;
+          this.onEvent('watch back on the first endpoint', { fromRevision: this.stats.revision + 1 });
+          this.watcher = null;
+          await w.cancel().catch(() => {});
+          if (!this.closed && gen === this.generation && this.watcher === null) this.startWatch(this.stats.revision + 1, gen);
+        },
+        () => {},
+      )
+      .finally(() => (this.homeProbing = false));
   }
 
   private resync(gen: number, delay = RETRY_MIN_MS): void {
@@ -514,7 +628,9 @@ export class EtcdRegistry implements Registry {
     const key = this.peerKey(peer.project, peer.node, peer.pod);
     const value = JSON.stringify({ pod: peer.pod, publicKey: peer.publicKey, endpoint: peer.endpoint });
     this.owned.set(key, value);
-    const lease = await this.getLease();
+    // a grant started while etcd had no quorum may fail just after it is back: one
+    // more (fresh) grant then, rather than the agent's next reconcile a second later
+    const lease = await this.getLease().catch(() => this.getLease());
     await lease.put(key).value(value).exec();
   }
 
@@ -558,9 +674,14 @@ export class EtcdRegistry implements Registry {
   private getLease(): Promise<Lease> {
     if (this.closed) return Promise.reject(new Error('registry closed'));
     if (!this.lease) {
-      const l = this.client.lease(this.ttl);
+      // kept alive here, one short stream per keep-alive (keepLease), not by etcd3's one
+      // long stream: a long stream stays on the endpoint it was opened on
+      const l = this.client.lease(this.ttl, { autoKeepAlive: false });
       const p: Promise<Lease> = l.grant().then(
-        () => l,
+        () => {
+          this.keepLease(l, p);
+          return l;
+        },
         (e) => {
           if (this.lease === p) this.lease = null;
           l.release();
@@ -577,6 +698,30 @@ export class EtcdRegistry implements Registry {
       });
     }
     return this.lease;
+  }
+
+  /**
+   * Keeps the lease alive: a keep-alive every TTL/3 on the endpoint calls go to now
+   * (the node's own member while it answers), each with its own deadline; one that
+   * fails marks its endpoint failed and is tried again at once on the next. etcd
+   * answering that the lease expired fires 'lost' (getLease: a new lease, everything
+   * published again). While no keep-alive gets through (no quorum, this node cut off)
+   * the lease is kept trying: etcd extends leases when a leader is elected again.
+   */
+  private keepLease(l: Lease, p: Promise<Lease>): void {
+    const tick = () => {
+      if (this.lease !== p || this.closed || l.revoked()) return;
+      const on = this.order.current();
+      l.keepaliveOnce({ deadline: Date.now() + CALL_TIMEOUT_MS }).then(
+        () => setTimeout(tick, (this.ttl * 1000) / 3).unref(),
+        (e) => {
+          if (e instanceof EtcdLeaseInvalidError) return; // 'lost' was emitted
+          this.order.fail(on);
+          setTimeout(tick, RETRY_MIN_MS).unref();
+        },
+      );
+    };
+    setTimeout(tick, (this.ttl * 1000) / 3).unref();
   }
 
   /** Writes every owned key under a (new) lease, retrying with backoff until it works. */
@@ -604,6 +749,7 @@ export class EtcdRegistry implements Registry {
     this.closed = true;
     this.generation++;
     this.listeners.clear();
+    if (this.homeTimer) clearInterval(this.homeTimer);
     await this.watcher?.cancel().catch(() => {});
     const lease = this.lease;
     this.lease = null;
@@ -665,12 +811,16 @@ export class EtcdRegistryWriter {
 
   /**
    * Sends the queued writes in order; an operation that fails (no quorum, a member
-   * down) is tried again with backoff for up to `patienceMs`, as a controller would.
+   * down) is tried again for up to `patienceMs`, as a controller would: each call
+   * gives up after CALL_TIMEOUT_MS and goes to the next endpoint (a member without
+   * a leader refuses a write at once), and the pause between tries stays short
+   * (0.1 s, then 0.2 s), so a write held back by a lost quorum lands within a few
+   * hundred milliseconds of the quorum's return.
    */
   async flush(patienceMs = 30_000): Promise<void> {
     const until = Date.now() + patienceMs;
     for (const op of this.ops.splice(0)) {
-      for (let delay = 200; ; delay = Math.min(delay * 2, 2000)) {
+      for (let delay = 100; ; delay = 200) {
         try {
           await op();
           break;

@@ -21,7 +21,10 @@
  *     allowWatchBookmarks, and an idle timer aborts a watch that has sent
  *     nothing for longer than that (then resumes as above);
  *   - a watch that the server ends at once, again and again, re-watches in a
- *     hot loop: here a watch starts at most once per minWatchGapMs;
+ *     hot loop: here a watch starts at most once per minWatchGapMs; the back-off
+ *     grows only while watches fail at once (one that carried an event or a
+ *     BOOKMARK, or lasted a second, resets it: a connection dropped every few
+ *     seconds is retried within backoffMs, not after up to backoffMaxMs);
  *   - an event whose object has no metadata.name is dropped silently (the
  *     exception is swallowed by its line parser): here it is dropped and logged
  *     once, and never reaches the cache.
@@ -56,6 +59,9 @@ export function errorKind(e: unknown): string {
   return (o?.message ?? String(e)).slice(0, 80);
 }
 
+/** A watch that lasted this long before it ended counts as healthy (back-off reset). */
+const HEALTHY_WATCH_MS = 1000;
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
 
 /**
@@ -83,10 +89,16 @@ class GuardedWatch {
     let finished = false;
     let idle: NodeJS.Timeout | undefined;
     let ctl: AbortController | null = null;
+    let gotData = false;
+    const started = Date.now();
     const finish = (err: unknown) => {
       if (finished) return;
       finished = true;
       clearTimeout(idle);
+      // a watch that carried data, or lived a while, was healthy: the back-off after
+      // its end starts again from the bottom (a watch dropped every few seconds must not
+      // climb to the 30 s ceiling and miss changes for that long)
+      if (gotData || Date.now() - started >= HEALTHY_WATCH_MS) this.inf.healthy();
       if (this.current === ctl) this.current = null;
       if ((err as { statusCode?: number } | null)?.statusCode === 410) this.inf.expired++;
       if (!this.closed) done(err);
@@ -109,6 +121,7 @@ class GuardedWatch {
       { ...query, allowWatchBookmarks: true, timeoutSeconds },
       (phase, obj, raw) => {
         arm();
+        gotData = true;
         if (phase === 'ERROR') {
           const code = (obj as { code?: number })?.code;
           if (code !== 410) this.inf.problem(`watch ERROR event ${code ?? '?'}`, (obj as { message?: string })?.message ?? '');
@@ -178,6 +191,11 @@ export class Informer<T extends KubernetesObject> {
 
   start(): void {
     void this.lw.start().catch((e) => this.failed(e, {}));
+  }
+
+  /** A watch worked (carried data or lived a while): the next error backs off from the start again. */
+  healthy(): void {
+    this.failures = 0;
   }
 
   /** Logs a problem once per kind (what + kind). */

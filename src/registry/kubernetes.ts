@@ -29,11 +29,12 @@
  * The pods' network namespaces do not come from here (netns: null): the agent
  * learns them from the CNI registration. Tests may pass netnsOf.
  *
- * Bad objects (a malformed TencPeer, a Service without selector, a short psk...)
- * are logged once per kind and left out; a psk that is missing or malformed keeps
+ * Bad objects (a malformed TencPeer, a Service without selector, a pod, cluster or
+ * endpoint address that is not an IP, a short psk...) are logged once and left out; a psk that is missing or malformed keeps
  * its namespace's pods fail-closed (pskFile rejects), never plaintext.
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import {
   CoreV1Api,
@@ -112,6 +113,34 @@ export function parsePsk(data: Record<string, string> | undefined, ns: string): 
   if (!KEY.test(v)) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is not a 32-byte key in base64 (wg genpsk form; ${v.length} characters)`);
   if (Buffer.from(v, 'base64').equals(Buffer.alloc(32))) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is all zeros`);
   return v;
+}
+
+/** A namespace name (DNS-1123 label), as the API server checks it. */
+export const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/**
+ * The psk Secret of namespace NS as YAML (`tenc k8s create-psk NS`): key PSK_KEY holds
+ * "KEY\n" (the `wg genpsk` form parsePsk reads). For `kubectl create -f -`: apply would
+ * copy the whole object, psk included, into its last-applied-configuration annotation.
+ */
+export function pskSecretManifest(ns: string, psk: string): string {
+  if (!NAMESPACE_NAME.test(ns)) throw new RangeError(`namespace ${JSON.stringify(ns)} is not a namespace name (lowercase letters, digits, "-", at most 63)`);
+  if (!isKey32(psk)) throw new RangeError('the psk is not a 32-byte base64 key');
+  return [
+    `# tenc's pre-shared key of namespace ${ns}: pipe into \`kubectl create -f -\` (not apply: see README)`,
+    'apiVersion: v1',
+    'kind: Secret',
+    'metadata:',
+    `  name: ${PSK_SECRET}`,
+    `  namespace: ${ns}`,
+    '  labels:',
+    '    app.kubernetes.io/name: tenc',
+    '    app.kubernetes.io/component: psk',
+    'type: Opaque',
+    'data:',
+    `  ${PSK_KEY}: ${Buffer.from(`${psk}\n`).toString('base64')}`,
+    '',
+  ].join('\n');
 }
 
 /** Loads KUBECONFIG (a path), or the default chain: $KUBECONFIG, ~/.kube/config, in-cluster. */
@@ -267,7 +296,9 @@ export class KubernetesRegistry implements Registry {
       const node = p.spec?.nodeName;
       if (!str(name) || !str(node)) continue; // not scheduled yet
       if (p.metadata?.deletionTimestamp || p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed') continue;
-      const ips = [p.status?.podIP, ...(Array.isArray(p.status?.podIPs) ? p.status!.podIPs!.map((x) => x?.ip) : [])].filter(str);
+      const raw = [p.status?.podIP, ...(Array.isArray(p.status?.podIPs) ? p.status!.podIPs!.map((x) => x?.ip) : [])].filter(str);
+      const ips = raw.filter((ip) => isIP(ip) !== 0);
+      if (ips.length < raw.length) this.once(`badip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: status.podIP(s) ${JSON.stringify(raw.filter((ip) => isIP(ip) === 0).slice(0, 2))} not an IP address: ignored`);
       if (ips.length === 0) {
         if (p.status?.phase === 'Running') this.once(`noip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: Running without status.podIP: left out`);
         continue;
@@ -296,6 +327,10 @@ export class KubernetesRegistry implements Registry {
       if (!str(name)) continue;
       const vip = s.spec?.clusterIP;
       if (!str(vip) || vip === 'None') continue; // headless or ExternalName: no virtual IP to route
+      if (isIP(vip) === 0) {
+        this.once(`badvip/${project}/${name}`, { project, service: name }, `kubernetes service ${project}/${name}: spec.clusterIP ${JSON.stringify(vip.slice(0, 64))} is not an IP address: left out`);
+        continue;
+      }
       const sel = s.spec?.selector;
       if (!sel || typeof sel !== 'object' || Object.keys(sel).length === 0) {
         this.once(`nosel/${project}/${name}`, { project, service: name }, `kubernetes service ${project}/${name}: no selector: left out (tenc routes only services that select pods)`);
@@ -326,6 +361,10 @@ export class KubernetesRegistry implements Registry {
         const address = ep?.addresses?.[0];
         const pod = ep?.targetRef?.kind === 'Pod' || ep?.targetRef?.kind === undefined ? ep?.targetRef?.name : undefined;
         if (!str(address) || !str(pod)) continue;
+        if (isIP(address) === 0) {
+          this.once(`badep/${project}/${e.metadata?.name}`, { project, endpointslice: e.metadata?.name }, `kubernetes EndpointSlice ${project}/${e.metadata?.name}: endpoint address ${JSON.stringify(address.slice(0, 64))} is not an IP address: ignored`);
+          continue;
+        }
         if (!pods.has(pod)) pods.set(pod, { name: pod, address, node: str(ep.nodeName) ? ep.nodeName : '' });
       }
     }

@@ -26,6 +26,11 @@ export interface IpCommandOptions {
   netns?: string;
   /** Path of the ip binary; default "ip" from PATH. */
   binary?: string;
+  /**
+   * Runs ip through this command, e.g. ["nsenter", "--net=/proc/PID/ns/net", "--"]:
+   * a namespace given by path (the node agent, for a pod's CNI_NETNS).
+   */
+  via?: string[];
 }
 
 export class IpCommand {
@@ -33,8 +38,10 @@ export class IpCommand {
   private readonly binary: string;
 
   constructor(opts: IpCommandOptions = {}) {
-    this.prefix = opts.netns ? ['-n', opts.netns] : [];
-    this.binary = opts.binary ?? 'ip';
+    const own = opts.netns ? ['-n', opts.netns] : [];
+    const via = opts.via ?? [];
+    this.binary = via.length > 0 ? via[0] : (opts.binary ?? 'ip');
+    this.prefix = via.length > 0 ? [...via.slice(1), opts.binary ?? 'ip', ...own] : own;
   }
 
   /** Runs one command; resolves with stdout, rejects with IpCommandError. */

@@ -142,6 +142,32 @@ function familyOf(cidr: string): Family {
   return f;
 }
 
+/** The `ip -batch` line of a fail-closed guard: `unreachable CIDR` at the largest metric in table T. */
+export function guardLine(table: number, cidr: string, op: 'replace' | 'del'): string {
+  return `route ${op} unreachable ${cidr} table ${table} metric ${GUARD_METRIC}`;
+}
+
+/** The `ip -batch` line of tenc's policy rule (one per family): everything without tenc's fwmark looks up table T. */
+export function ruleLine(o: { table: number; priority: number; fwmark: number }): string {
+  return `rule add not fwmark 0x${o.fwmark.toString(16)} table ${o.table} pref ${o.priority}`;
+}
+
+/**
+ * What guard() puts in place, as `ip -batch` lines per family: the guards, then the
+ * rule (a family without destinations gets neither). For a caller outside the pod (the
+ * node agent makes a pod fail closed before its proxy starts); the proxy's
+ * removeResidue() then adopts the rule and the guards. A rule that already exists makes
+ * its (last) line fail with "File exists": the guards before it took effect.
+ */
+export function guardBatch(o: { table: number; priority: number; fwmark: number }, destinations: string[]): Record<Family, string[]> {
+  const out: Record<Family, string[]> = { 4: [], 6: [] };
+  for (const fam of [4, 6] as const) {
+    const list = [...new Set(destinations.filter((c) => familyOf(c) === fam))];
+    if (list.length > 0) out[fam] = [...list.map((c) => guardLine(o.table, c, 'replace')), ruleLine(o)];
+  }
+  return out;
+}
+
 export class PolicyRouting {
   private readonly ip: IpCommand;
   private readonly log: Logger;
@@ -310,8 +336,7 @@ export class PolicyRouting {
 
   private async ensureRule(fam: Family): Promise<void> {
     if (this.undo.some((u) => u.kind === 'rule' && u.family === fam)) return;
-    const { fwmark, priority } = this.opts;
-    await this.ip.run([`-${fam}`, 'rule', 'add', 'not', 'fwmark', `0x${fwmark.toString(16)}`, 'table', this.t, 'pref', String(priority)]);
+    await this.ip.run([`-${fam}`, ...ruleLine(this.opts).split(' ')]);
     this.undo.push({ kind: 'rule', family: fam });
   }
 
@@ -321,7 +346,7 @@ export class PolicyRouting {
   }
 
   private guardLine(cidr: string, op: 'replace' | 'del'): string {
-    return `route ${op} unreachable ${cidr} table ${this.t} metric ${GUARD_METRIC}`;
+    return guardLine(this.opts.table, cidr, op);
   }
 
   private bypassLine(cidr: string, op: 'add' | 'del'): string {

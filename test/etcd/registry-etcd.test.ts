@@ -11,6 +11,7 @@
  *  6. connection lost while the history is compacted: the watch is cancelled, the
  *     snapshot read again, and no change is missed
  *  7. auth on: node2's user cannot write below node1's prefix, can below its own
+ *  8. endpoints in the order given (the node's own member first), the next on failure
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn } from 'node:child_process';
@@ -18,7 +19,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { EtcdRegistry, EtcdRegistryWriter, parseEtcdSpec, type EtcdConnection } from '../../src/registry/etcd.js';
+import { CALL_TIMEOUT_MS, EtcdRegistry, EtcdRegistryWriter, etcdClient, parseEtcdSpec, type EtcdConnection } from '../../src/registry/etcd.js';
 import { openRegistry } from '../../src/registry/open.js';
 import { trustedPeers } from '../../src/registry/registry.js';
 import { EtcdServer, Relay } from './server.js';
@@ -274,4 +275,79 @@ describe('etcd registry (real etcd)', () => {
       etcd.ctl('--user', 'root:rootpw', 'auth', 'disable');
     }
   });
+});
+
+describe('endpoint order (two separate members, each with its own value of one key)', () => {
+  const a = new EtcdServer();
+  const b = new EtcdServer();
+  beforeAll(async () => {
+    await Promise.all([a.start(), b.start()]);
+    expect(a.ctl('put', '/order', 'a').status).toBe(0);
+    expect(b.ctl('put', '/order', 'b').status).toBe(0);
+  }, 30_000);
+  afterAll(async () => {
+    await Promise.all([a.stop(), b.stop()]);
+  });
+
+  it('every call and watch goes to the first endpoint; the next one is used only when it fails', async () => {
+    const read = async (spec: string, n: number) => {
+      const c = etcdClient(parseEtcdSpec(spec));
+      try {
+        const got: string[] = [];
+        for (let i = 0; i < n; i++) got.push((await c.get('/order').string()) ?? 'none');
+        // a watch stream too: it sees the put on the member it is on
+        const w = await c.watch().key('/order-w').create();
+        const seen = new Promise<string>((r) => w.on('put', (kv) => r(kv.value.toString())));
+        const first = spec.split(',')[0];
+        await (first === a.endpoint ? a : b).ctl('put', '/order-w', 'on-first');
+        const v = await Promise.race([seen, new Promise<string>((r) => setTimeout(() => r('not seen'), 3000))]);
+        await w.cancel();
+        return { got: [...new Set(got)], watch: v };
+      } finally {
+        c.close();
+      }
+    };
+    // random spreading would give both values in 20 calls (p = 2^-19 of one only)
+    expect(await read(`${a.endpoint},${b.endpoint}`, 20)).toEqual({ got: ['a'], watch: 'on-first' });
+    expect(await read(`${b.endpoint},${a.endpoint}`, 20)).toEqual({ got: ['b'], watch: 'on-first' });
+    await a.stop(true);
+    try {
+      const c = etcdClient(parseEtcdSpec(`${a.endpoint},${b.endpoint}`));
+      const t0 = Date.now();
+      expect(await c.get('/order').string()).toBe('b');
+      expect(Date.now() - t0).toBeLessThan(CALL_TIMEOUT_MS * 2);
+      c.close();
+    } finally {
+      await a.start();
+    }
+  }, 30_000);
+
+  it('a watch moves to the next endpoint when its member dies (stream errors count), and back when it returns', async () => {
+    // separate members: the watch resumed on the other one from this one's revision sees
+    // its next change only if that one's history is ahead, so each is bumped in turn
+    const bump = async (m: EtcdServer, n: number) => {
+      const c = etcdClient(parseEtcdSpec(m.endpoint));
+      for (let i = 0; i < n; i++) await c.put(`/bump/${i}`).value('x');
+      c.close();
+    };
+    await bump(b, 30);
+    const events: string[] = [];
+    const r = new EtcdRegistry(parseEtcdSpec(`${a.endpoint},${b.endpoint}`), { onEvent: (w) => events.push(w) });
+    const seen = (name: string) => until(`pod ${name}`, async () => (await r.pods('alpha')).some((p) => p.name === name), 8000);
+    try {
+      r.watch('alpha', () => {});
+      expect(await r.pods('alpha')).toEqual([]);
+      await a.stop(true);
+      expect(b.ctl('put', '/tenc/pods/alpha/moved', JSON.stringify(pod('moved', 'node1', '10.128.1.50'))).status).toBe(0);
+      console.log(`endpoint order: watch moved to the second member and delivered in ${await seen('moved')} ms`);
+      await a.start();
+      await bump(a, 60);
+      const back = await until('the watch back on the first member', () => events.includes('watch back on the first endpoint'), 10_000);
+      expect(a.ctl('put', '/tenc/pods/alpha/home', JSON.stringify(pod('home', 'node1', '10.128.1.51'))).status).toBe(0);
+      console.log(`endpoint order: watch back on the first member ${back} ms after its restart, delivered in ${await seen('home')} ms`);
+    } finally {
+      await r.close();
+      if (!a.child) await a.start();
+    }
+  }, 40_000);
 });

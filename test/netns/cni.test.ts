@@ -6,12 +6,15 @@
  *  1. the spec: ADD prints prevResult, CHECK, DEL, DEL again; ADD with a 0.4.0 chain;
  *     bad stdin (not JSON, unknown field, no prevResult, no CNI_NETNS) gives the error
  *     JSON with the spec's code and changes nothing; an unprotected namespace passes
- *  2. first packet: an app started right after ADD sends to a project peer at once:
- *     no plaintext on the node bridge, and it reaches the peer (encrypted) once known
+ *  2. first packet: when ADD returns, the agent has put the pod's rule, guards and nft
+ *     table in place itself (before the proxy runs; the proxy adopts them); an app
+ *     started right after ADD sends to a project peer at once: no plaintext on the node
+ *     bridge, and it reaches the peer (encrypted) once known
  *  3. agent down during ADD: code 11; the runtime's DEL + ADD after the agent is back works;
  *     agent killed between ADD and DEL: DEL still cleans up
  *  4. 50 pods added and deleted in a loop (5 at a time): nothing leaks, the agent's RSS
  *     grows by less than a bound
+ *  5. `cluster.sh down` leaves no process of the cluster (agent, proxy) and no netns
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
@@ -74,6 +77,11 @@ const proxies = (pod: string) =>
     });
 const registrations = () => JSON.parse(readFileSync(join(STATE, 'agents', 'node1.run', 'registrations.json'), 'utf8')).registrations as { podName: string }[];
 const agentPid = () => Number(readFileSync(join(STATE, 'agents', 'node1.pid'), 'utf8'));
+const agentLog = () => readFileSync(join(STATE, 'agents', 'node1.log'), 'utf8');
+/** Processes of this cluster: its agents and proxies (their command lines name the state dir). */
+const clusterProcesses = () => spawnSync('pgrep', ['-f', `${STATE}/`], { encoding: 'utf8' }).stdout.trim().split('\n').filter((x) => x !== '');
+/** The pod proxies of this cluster: every `tenc pod` whose config lies in its agents' run dir. */
+const clusterProxies = () => spawnSync('pgrep', ['-f', `pod --config ${STATE}/agents/`], { encoding: 'utf8' }).stdout.trim().split('\n').filter((x) => x !== '');
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 
 async function until(what: string, f: () => boolean, ms = 15_000): Promise<void> {
@@ -110,24 +118,27 @@ beforeAll(() => {
 
 afterAll(() => {
   cluster('down');
+  // a failed test may leave a proxy of a pod outside the cluster file (test 5 reports it): stop it
+  for (const pid of clusterProxies()) spawnSync('kill', [pid]);
   rmSync(clusterFile, { force: true });
   for (const n of sh('ip', ['netns', 'list']).split('\n')) if (n.startsWith(`${PREFIX}-`)) spawnSync('ip', ['netns', 'del', n.split(' ')[0]]);
 });
 
 describe('tenc cni (real chain)', () => {
-  it('1. spec: ADD, CHECK, DEL, DEL again; a 0.4.0 chain; bad stdin changes nothing; unprotected passes', () => {
+  it('1. spec: ADD, CHECK, DEL, DEL again; a 0.4.0 chain; bad stdin changes nothing; unprotected passes', async () => {
     makeNs('alpha-a');
     const add = chain('ADD', 'alpha-a', '10.128.1.30');
     expect(add.status, add.stderr).toBe(0);
     const res = JSON.parse(add.stdout);
     expect(res.cniVersion).toBe('1.0.0');
     expect(res.ips[0].address).toBe('10.128.1.30/24'); // the bridge's result, unchanged
-    expect(proxies('alpha-a')).toHaveLength(1);
     const n = Netns.attach(nsName('alpha-a'));
     expect(n.ip('rule', 'show')).toContain('lookup 52100');
     expect(n.exec('nft', 'list', 'tables')).toContain('tenc_tenc0');
+    // CHECK waits for the proxy ADD started in the background
     const check = chain('CHECK', 'alpha-a', '10.128.1.30');
     expect(check.status, check.stderr).toBe(0);
+    expect(proxies('alpha-a')).toHaveLength(1);
     const del = chain('DEL', 'alpha-a', '10.128.1.30');
     expect(del.status, del.stderr).toBe(0);
     expect(proxies('alpha-a')).toEqual([]);
@@ -144,7 +155,7 @@ describe('tenc cni (real chain)', () => {
       const a2 = chain('ADD', 'alpha-a', '10.128.1.31');
       expect(a2.status, a2.stderr).toBe(0);
       expect(JSON.parse(a2.stdout).ips[0]).toMatchObject({ version: '4', address: '10.128.1.31/24' });
-      expect(proxies('alpha-a')).toHaveLength(1);
+      await until('proxy of alpha-a', () => proxies('alpha-a').length === 1, 10_000);
       expect(chain('DEL', 'alpha-a', '10.128.1.31').status).toBe(0);
       expect(proxies('alpha-a')).toEqual([]);
     } finally {
@@ -196,7 +207,15 @@ describe('tenc cni (real chain)', () => {
     makeNs('alpha-c');
     const add = chain('ADD', 'alpha-c', '10.128.1.50');
     expect(add.status, add.stderr).toBe(0);
-    // the "application": starts the moment ADD returned, sends every 20 ms
+    // fail-closed when ADD returns: the agent made the rule, the peer's guard and the nft
+    // table itself (the proxy is still starting: its TUN comes later)
+    const n = Netns.attach(nsName('alpha-c'));
+    const tun = n.ip('-o', 'link').includes('tenc0');
+    expect(n.ip('rule', 'show')).toMatch(/not from all fwmark 0xcb84 lookup 52100/);
+    expect(n.ip('route', 'show', 'table', '52100')).toMatch(/unreachable 10\.128\.1\.10 .*metric 4294967295/);
+    expect(n.exec('nft', 'list', 'set', 'inet', 'tenc_tenc0', 'project4')).toContain('10.128.1.10');
+    expect(agentLog()).toMatch(/"pod":"alpha-c".*before its proxy starts/);
+    console.log(`tenc0 ${tun ? 'already there' : 'not there yet'} when ADD returned`);
     const app = spawn('ip', ['netns', 'exec', nsName('alpha-c'), 'node', '-e', `
       const s = require('dgram').createSocket('udp4');
       setInterval(() => s.send('${marker}', 7000, '10.128.1.10', () => {}), 20);`], { stdio: 'ignore' });
@@ -210,6 +229,10 @@ describe('tenc cni (real chain)', () => {
     expect(ok).toBe(true); // reached the peer (through tenc: the plaintext never crossed the bridge)
     expect(bytes.length).toBeGreaterThan(100); // the capture saw traffic (tenc's)
     expect(bytes.includes(Buffer.from(marker))).toBe(false);
+    // the proxy took the agent's state over: it adopted the rule and the guards
+    const podLog = readFileSync(join(STATE, 'agents', 'node1.run', 'alpha', 'alpha-c.log'), 'utf8');
+    expect(podLog).toMatch(/"residue":\{"rules":1,"guards":[1-9]/);
+    expect(podLog).not.toMatch(/File exists/);
     expect(chain('DEL', 'alpha-c', '10.128.1.50').status).toBe(0);
     removeNs('alpha-c');
     spawnSync('node', [tool, 'remove-pod', STATE, PREFIX, 'alpha-c']);
@@ -228,6 +251,7 @@ describe('tenc cni (real chain)', () => {
     expect(chain('DEL', 'alpha-d', '10.128.1.60').status).toBe(0);
     const retry = chain('ADD', 'alpha-d', '10.128.1.60');
     expect(retry.status, retry.stderr).toBe(0);
+    expect(chain('CHECK', 'alpha-d', '10.128.1.60').status).toBe(0); // the proxy runs (and its pid is saved)
     expect(proxies('alpha-d')).toHaveLength(1);
     // kill -9 the agent, start a new one: it adopts, DEL stops the proxy and cleans
     process.kill(agentPid(), 'SIGKILL');
@@ -241,6 +265,21 @@ describe('tenc cni (real chain)', () => {
     expect(n.ip('rule', 'show')).not.toContain('52100');
     expect(registrations().map((r) => r.podName)).toEqual(['alpha-srv']);
     removeNs('alpha-d');
+
+    // killed while the proxy starts (right after ADD returned): the next agent still stops it at DEL
+    makeNs('alpha-e');
+    const add = chain('ADD', 'alpha-e', '10.128.1.61');
+    expect(add.status, add.stderr).toBe(0);
+    await until('proxy of alpha-e spawned', () => proxies('alpha-e').length === 1, 5000);
+    process.kill(agentPid(), 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(cluster('agent-start').status).toBe(0);
+    expect(chain('DEL', 'alpha-e', '10.128.1.61').status).toBe(0);
+    expect(proxies('alpha-e')).toEqual([]);
+    removeNs('alpha-e');
+    // nothing of this test left: one proxy (the cluster file's alpha-srv), no pod netns
+    expect(clusterProxies()).toHaveLength(1);
+    expect(sh('ip', ['netns', 'list']).split('\n').filter((l) => /^cq-alpha-[de]\b/.test(l))).toEqual([]);
   }, 60_000);
 
   it('4. 50 pods ADD/DEL in a loop: no leaked namespace, process, socket, route, nft table or state; agent RSS bounded', async () => {
@@ -274,4 +313,11 @@ describe('tenc cni (real chain)', () => {
     expect(rss1 - rss0).toBeLessThan(16 * 1024);
     console.log(`agent RSS after 5 pods ${rss0} KiB, after 50 ${rss1} KiB`);
   }, 300_000);
+
+  it('5. cluster.sh down: no agent, no proxy, no netns of the cluster left', () => {
+    expect(clusterProcesses().length).toBeGreaterThan(0); // the check sees them while the cluster runs
+    expect(cluster('down').status).toBe(0);
+    expect(clusterProcesses()).toEqual([]);
+    expect(sh('ip', ['netns', 'list']).split('\n').filter((l) => l.startsWith(`${PREFIX}-`))).toEqual([]);
+  }, 60_000);
 });

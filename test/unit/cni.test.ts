@@ -1,7 +1,8 @@
 /**
  * The CNI plugin's skeleton and configuration checks (no agent needed: an
- * unreachable agent must give code 11), and the agent's dual-stack desired state
- * and process identity (pid + start time).
+ * unreachable agent must give code 11), the agent's dual-stack desired state
+ * and process identity (pid + start time), and the fail-closed state the agent puts
+ * in a pod's netns at ADD: the same lines tenc pod's own start runs.
  */
 import { describe, it, expect } from 'vitest';
 import { spawn } from 'node:child_process';
@@ -9,6 +10,13 @@ import { runPlugin, parseCniArgs, CniCode } from '../../src/cni/skeleton.js';
 import { tencPlugin, prevResultAddresses, parseTencConfig } from '../../src/cni/plugin.js';
 import { desiredState, processStartTime, sameProcess } from '../../src/agent/agent.js';
 import type { PodInfo, ProjectView } from '../../src/registry/registry.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError, validateConfig } from '../../src/control/config.js';
+import { failClosedScripts, failClosedState } from '../../src/control/failclosed.js';
+import { PolicyRouting, guardBatch } from '../../src/routing/policy.js';
+import type { IpCommand } from '../../src/routing/ip.js';
 
 const env = (o: Record<string, string>) => ({ CNI_CONTAINERID: 'c1', CNI_NETNS: '/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', CNI_ARGS: 'K8S_POD_NAMESPACE=alpha;K8S_POD_NAME=web-1;K8S_POD_UID=u1', ...o });
 const prev100 = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/x' }], ips: [{ address: '10.128.1.10/24', gateway: '10.128.1.1', interface: 0 }] };
@@ -80,5 +88,66 @@ describe('agent: dual-stack pods and process identity', () => {
     c.kill('SIGKILL');
     await new Promise((r) => c.once('exit', r));
     expect(sameProcess(c.pid!, st!)).toBe(false);
+  });
+});
+
+describe('the fail-closed state the agent makes at ADD (failClosedScripts)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tenc-fc-'));
+  const pskFile = join(dir, 'psk');
+  writeFileSync(pskFile, Buffer.alloc(32, 7).toString('base64') + '\n', { mode: 0o600 });
+  const key = Buffer.alloc(32, 9).toString('base64');
+  const raw = {
+    addresses: ['10.128.1.50'],
+    pskFile,
+    enforce: true,
+    failClosedOnStop: true,
+    peers: [{ publicKey: key, endpoint: '10.128.1.10:51820', allowedIps: ['10.128.1.10/32'] }],
+    services: [{ vip: '10.96.0.20', ports: [{ protocol: 'tcp', port: 80 }] }],
+    members: ['10.128.1.11/32', '10.128.1.10/32', 'fd00::b/128'],
+    dns: { resolvConf: join(dir, 'resolv.conf'), classifyCidrs: ['10.128.0.0/16'] },
+  };
+
+  it('its ip lines are what PolicyRouting.guard runs at the proxy start (guards, then the rule)', async () => {
+    const config = validateConfig(raw, join(dir, 'pod.json'));
+    const s = failClosedScripts(config);
+    const ran: string[] = [];
+    const ip = {
+      json: async () => [],
+      run: async (args: string[]) => void ran.push(args.join(' ')),
+      batch: async (fam: number, lines: string[]) => void ran.push(...lines.map((l) => `-${fam} ${l}`)),
+    } as unknown as IpCommand;
+    await new PolicyRouting({ ifname: 'tenc0', table: config.table, priority: config.rulePriority, fwmark: config.fwmark, addresses: config.addresses, ip }).guard(failClosedState(config).guards);
+    expect(s.ip[4].map((l) => `-4 ${l}`)).toEqual(ran);
+    expect(s.ip[4]).toEqual([
+      'route replace unreachable 10.128.1.10/32 table 52100 metric 4294967295',
+      'route replace unreachable 10.96.0.20/32 table 52100 metric 4294967295',
+      'route replace unreachable 10.128.0.0/16 table 52100 metric 4294967295',
+      'rule add not fwmark 0xcb84 table 52100 pref 5210',
+    ]);
+    expect(s.ip[6]).toEqual([]); // no IPv6 destination: no IPv6 rule (the member is in nft only)
+  });
+
+  it('its nft script replaces the table in one transaction, with the members in the project set', () => {
+    const s = failClosedScripts(validateConfig(raw, join(dir, 'pod.json')));
+    const lines = s.nft.split('\n');
+    expect(lines.slice(0, 3)).toEqual(['table inet tenc_tenc0 {}', 'delete table inet tenc_tenc0', 'table inet tenc_tenc0 {']);
+    expect(lines).toContain('add element inet tenc_tenc0 project4 { 10.96.0.20/32, 10.128.1.10/32, 10.128.1.11/32 }');
+    expect(lines).toContain('add element inet tenc_tenc0 project6 { fd00::b/128 }');
+    expect(lines).toContain('add element inet tenc_tenc0 classify4 { 10.128.0.0/16 }');
+    expect(s.nft).toContain('chain input {'); // enforce
+  });
+
+  it('without destinations nothing is guarded and no rule is made (as tenc pod)', () => {
+    expect(guardBatch({ table: 52100, priority: 5210, fwmark: 0xcb84 }, [])).toEqual({ 4: [], 6: [] });
+    expect(guardBatch({ table: 52100, priority: 5210, fwmark: 0xcb84 }, ['fd00::1/128', 'fd00::1/128'])[6]).toEqual([
+      'route replace unreachable fd00::1/128 table 52100 metric 4294967295',
+      'rule add not fwmark 0xcb84 table 52100 pref 5210',
+    ]);
+  });
+
+  it('config members: a bad entry is an error naming it', () => {
+    expect(() => validateConfig({ ...raw, members: ['10.128.1.11/32', '10.1.1.300/32'] }, 'pod.json')).toThrow(ConfigError);
+    expect(() => validateConfig({ ...raw, members: ['10.128.1.11/32', '10.1.1.300/32'] }, 'pod.json')).toThrow(/members\[1\]/);
+    expect(() => validateConfig({ ...raw, members: 'all' }, 'pod.json')).toThrow(/members/);
   });
 });

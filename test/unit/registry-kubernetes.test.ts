@@ -147,6 +147,14 @@ describe('kubernetes registry: reads', () => {
     api.put('services', { metadata: { name: 'headless', namespace: 'alpha' }, spec: { clusterIP: 'None', selector: { app: 'web' }, ports: [] } });
     api.put('services', { metadata: { name: 'oddports', namespace: 'alpha' }, spec: { clusterIP: '10.96.1.98', selector: { app: 'web' }, ports: [{ port: 'x' }, { port: 70000, protocol: 'TCP' }, { port: 53, protocol: 'SCTP' }, { port: 8080 }] } });
     api.put('tencpeers', { metadata: { name: 'alpha-web-1', namespace: 'alpha' }, spec: { nodeName: 'node1', publicKey: 'short', endpoint: 'nope' } });
+    // addresses that are not IPs: a pod's, a Service's cluster IP, an endpoint's
+    api.putPod('alpha', 'bad-ip', 'node1', '10.128.1.300');
+    api.putPod('alpha', 'half-bad', 'node1', '10.128.1.44', {}, { status: { phase: 'Running', podIP: '10.128.1.44', podIPs: [{ ip: '10.128.1.44' }, { ip: 'fd00::zz' }] } });
+    api.put('services', { metadata: { name: 'badvip', namespace: 'alpha' }, spec: { clusterIP: 'ten.ninety-six', selector: { app: 'web' }, ports: [{ port: 80, protocol: 'TCP' }] } });
+    api.syncSlice('alpha', 'web', [
+      { name: 'alpha-web-1', address: '10.128.1.10', node: 'node1' },
+      { name: 'alpha-evil', address: '10.128.1.10; rm -rf /', node: 'node1' },
+    ]);
     await until('all seen', async () => (await r.services('alpha')).some((s) => s.name === 'oddports') && (await r.pods('alpha')).length >= 4);
     for (let i = 0; i < 3; i++) {
       const pods = await r.pods('alpha');
@@ -157,7 +165,14 @@ describe('kubernetes registry: reads', () => {
       expect(svcs.map((s) => s.name).sort()).toEqual(['db', 'oddports', 'web']);
       expect(svcs.find((s) => s.name === 'oddports')!.ports).toEqual([{ protocol: 'tcp', port: 8080 }]);
       expect(await r.peers('alpha')).toEqual([]);
+      expect(pods.map((p) => p.name)).not.toContain('bad-ip');
+      expect(pods.find((p) => p.name === 'half-bad')!.addresses).toEqual(['10.128.1.44']);
+      expect((await r.endpoints('alpha')).find((e) => e.service === 'web')!.pods).toEqual([{ name: 'alpha-web-1', address: '10.128.1.10', node: 'node1' }]);
     }
+    expect(warnings.filter((w) => w.includes('alpha/bad-ip') && w.includes('not an IP'))).toHaveLength(1);
+    expect(warnings.filter((w) => w.includes('alpha/half-bad') && w.includes('"fd00::zz"'))).toHaveLength(1);
+    expect(warnings.filter((w) => w.includes('service alpha/badvip') && w.includes('not an IP'))).toHaveLength(1);
+    expect(warnings.filter((w) => w.includes('EndpointSlice alpha/web-abcde') && w.includes('not an IP'))).toHaveLength(1);
     expect(warnings.filter((w) => w.includes('running-no-ip'))).toHaveLength(1);
     expect(warnings.filter((w) => w.includes('manual') && w.includes('no selector'))).toHaveLength(1);
     expect(warnings.filter((w) => w.includes('TencPeer alpha/alpha-web-1'))).toHaveLength(1);
@@ -377,6 +392,29 @@ describe('kubernetes registry: watches that fail', () => {
     expect(dropped).toBeGreaterThan(5);
     expect(api.counts.lists.get('pods')).toBe(listsBefore); // resumed, not relisted
     expect(api.counts.watchFrom.filter((w) => w.startsWith('pods@')).length).toBeGreaterThan(4);
+  });
+
+  it('a watch dropped every few hundred ms, again and again, is resumed at once: the back-off does not climb', async () => {
+    // bookmarks every 100 ms: each watch carries data before it is dropped (a healthy watch)
+    api.bookmarkMs = 100;
+    const r = open('node1', { informer: { backoffMs: 50, backoffMaxMs: 8000 } });
+    await r.pods('alpha');
+    let dropped = 0;
+    for (let i = 0; i < 12; i++) {
+      await sleep(250);
+      dropped += api.dropWatches();
+    }
+    expect(dropped).toBeGreaterThanOrEqual(12 * 4); // every informer was watching again each time
+    expect(r.stats().pods.errors).toBeGreaterThanOrEqual(10);
+    // without the reset, 12 failures in a row would wait up to backoffMaxMs (8 s) here
+    for (let i = 0; i < 3; i++) {
+      await sleep(250);
+      api.dropWatches();
+      const t0 = Date.now();
+      api.putPod('alpha', `quick-${i}`, 'node1', `10.128.1.${80 + i}`, {});
+      await until(`quick-${i}`, async () => (await r.pods('alpha')).some((p) => p.name === `quick-${i}`), 5000);
+      expect(Date.now() - t0).toBeLessThan(1000);
+    }
   });
 
   it('410 Gone (ERROR event, and on reconnect) relists and reports what was deleted meanwhile', async () => {

@@ -1,0 +1,770 @@
+/*
+ * tenc-cni: the chained CNI plugin as a small static executable, for nodes where
+ * tenc lives only in the agent's container (no Node.js on the host). The container
+ * runtime execs /opt/cni/bin/tenc on the host; this program does what `tenc cni`
+ * (src/cni/skeleton.ts + plugin.ts) does, with the same checks and the same error
+ * codes and messages: it reads CNI_* and the network configuration, asks the node
+ * agent over its node socket (newline-delimited JSON, node.ts) and prints the
+ * result (ADD: prevResult unchanged) or the spec's error object.
+ *
+ *   ADD     {"op":"cni-add",...}    the agent answers once the pod is fail-closed
+ *   DEL     {"op":"cni-del",...}
+ *   CHECK   {"op":"cni-check",...}
+ *   STATUS  {"op":"cni-status"}
+ *   VERSION answered here
+ *
+ * Agent not reachable, or no answer in time: code 11 (try again later), so the
+ * runtime retries the sandbox; the pod's containers never start unprotected.
+ * Build: cni/build.sh (static, no libraries beyond libc). Exit 0 ok, 1 error.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_STDIN (1 << 20)
+#define MAX_ANSWER (64 * 1024)
+#define MAX_DEPTH 64
+#define DEFAULT_SOCKET "/run/tenc/agent.sock"
+#define DEFAULT_TIMEOUT_MS 5000
+#define MAX_TIMEOUT_MS 120000
+
+static const char *const VERSIONS[] = {"0.4.0", "1.0.0", "1.1.0"};
+#define NVERSIONS (sizeof VERSIONS / sizeof VERSIONS[0])
+
+/* ---- growable string ----------------------------------------------------- */
+
+typedef struct {
+  char *p;
+  size_t n, cap;
+} buf_t;
+
+static void die_oom(void) {
+  fputs("{\"cniVersion\":\"1.0.0\",\"code\":5,\"msg\":\"out of memory\",\"details\":\"\"}\n", stdout);
+  exit(1);
+}
+
+static void put(buf_t *b, const char *s, size_t n) {
+  if (b->n + n + 1 > b->cap) {
+    size_t c = b->cap ? b->cap : 256;
+    while (c < b->n + n + 1) c *= 2;
+    char *q = realloc(b->p, c);
+    if (!q) die_oom();
+    b->p = q;
+    b->cap = c;
+  }
+  memcpy(b->p + b->n, s, n);
+  b->n += n;
+  b->p[b->n] = 0;
+}
+static void puts_(buf_t *b, const char *s) { put(b, s, strlen(s)); }
+static void printf_(buf_t *b, const char *fmt, ...) {
+  char tmp[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (n > 0) put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* a JSON string literal (control characters escaped; bytes >= 0x80 passed through) */
+static void put_json_str(buf_t *b, const char *s) {
+  put(b, "\"", 1);
+  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+    if (*c == '"' || *c == '\\') {
+      char e[2] = {'\\', (char)*c};
+      put(b, e, 2);
+    } else if (*c < 0x20) {
+      char e[8];
+      snprintf(e, sizeof e, "\\u%04x", *c);
+      put(b, e, 6);
+    } else
+      put(b, (const char *)c, 1);
+  }
+  put(b, "\"", 1);
+}
+
+/* ---- a small JSON reader --------------------------------------------------- */
+
+enum jtype { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ };
+
+typedef struct jv {
+  enum jtype t;
+  const char *raw; /* the value's text in the input */
+  size_t rawlen;
+  char *str;       /* J_STR: decoded (NUL-terminated; an embedded NUL makes it invalid for us) */
+  size_t strlen_;
+  double num;
+  int boolean;
+  size_t n;        /* J_ARR, J_OBJ: members */
+  char **keys;     /* J_OBJ */
+  struct jv **vals;
+} jv;
+
+typedef struct {
+  const char *s, *end;
+  const char *err;
+} jp;
+
+static void ws(jp *p) {
+  while (p->s < p->end && (*p->s == ' ' || *p->s == '\t' || *p->s == '\n' || *p->s == '\r')) p->s++;
+}
+
+static jv *jnew(enum jtype t, const char *raw) {
+  jv *v = calloc(1, sizeof *v);
+  if (!v) die_oom();
+  v->t = t;
+  v->raw = raw;
+  return v;
+}
+
+static void utf8(buf_t *b, uint32_t cp) {
+  char o[4];
+  if (cp < 0x80) {
+    o[0] = (char)cp;
+    put(b, o, 1);
+  } else if (cp < 0x800) {
+    o[0] = (char)(0xc0 | cp >> 6), o[1] = (char)(0x80 | (cp & 0x3f));
+    put(b, o, 2);
+  } else if (cp < 0x10000) {
+    o[0] = (char)(0xe0 | cp >> 12), o[1] = (char)(0x80 | ((cp >> 6) & 0x3f)), o[2] = (char)(0x80 | (cp & 0x3f));
+    put(b, o, 3);
+  } else {
+    o[0] = (char)(0xf0 | cp >> 18), o[1] = (char)(0x80 | ((cp >> 12) & 0x3f)), o[2] = (char)(0x80 | ((cp >> 6) & 0x3f)), o[3] = (char)(0x80 | (cp & 0x3f));
+    put(b, o, 4);
+  }
+}
+
+static int hex4(jp *p, uint32_t *out) {
+  if (p->end - p->s < 4) return -1;
+  uint32_t v = 0;
+  for (int i = 0; i < 4; i++) {
+    char c = p->s[i];
+    v <<= 4;
+    if (c >= '0' && c <= '9') v |= (uint32_t)(c - '0');
+    else if (c >= 'a' && c <= 'f') v |= (uint32_t)(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F') v |= (uint32_t)(c - 'A' + 10);
+    else return -1;
+  }
+  p->s += 4;
+  *out = v;
+  return 0;
+}
+
+static char *jstring(jp *p, size_t *len) {
+  buf_t b = {0};
+  p->s++; /* opening quote */
+  put(&b, "", 0);
+  while (p->s < p->end) {
+    unsigned char c = (unsigned char)*p->s++;
+    if (c == '"') {
+      *len = b.n;
+      return b.p;
+    }
+    if (c < 0x20) break;
+    if (c != '\\') {
+      put(&b, (const char *)&c, 1);
+      continue;
+    }
+    if (p->s >= p->end) break;
+    char e = *p->s++;
+    const char *simple = strchr("\"\\/bfnrt", e);
+    if (e && simple) {
+      static const char map[] = "\"\\/\b\f\n\r\t";
+      put(&b, &map[simple - "\"\\/bfnrt"], 1);
+    } else if (e == 'u') {
+      uint32_t cp;
+      if (hex4(p, &cp)) break;
+      if (cp >= 0xd800 && cp < 0xdc00 && p->end - p->s >= 6 && p->s[0] == '\\' && p->s[1] == 'u') {
+        uint32_t lo;
+        p->s += 2;
+        if (hex4(p, &lo) || lo < 0xdc00 || lo >= 0xe000) break;
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+      } else if (cp >= 0xd800 && cp < 0xe000)
+        cp = 0xfffd; /* a lone surrogate, as JSON.parse then utf-8 output would do */
+      utf8(&b, cp);
+    } else
+      break;
+  }
+  free(b.p);
+  p->err = "bad string";
+  return NULL;
+}
+
+static jv *jvalue(jp *p, int depth);
+
+static jv *jparse_obj(jp *p, int depth) {
+  jv *v = jnew(J_OBJ, p->s);
+  p->s++;
+  ws(p);
+  if (p->s < p->end && *p->s == '}') {
+    p->s++;
+    return v;
+  }
+  for (;;) {
+    ws(p);
+    if (p->s >= p->end || *p->s != '"') return p->err = "expected a key", NULL;
+    size_t kl;
+    char *k = jstring(p, &kl);
+    if (!k) return NULL;
+    if (strlen(k) != kl) return p->err = "a key with a NUL character", NULL;
+    ws(p);
+    if (p->s >= p->end || *p->s != ':') return p->err = "expected ':'", NULL;
+    p->s++;
+    jv *m = jvalue(p, depth + 1);
+    if (!m) return NULL;
+    /* a repeated key: the last one counts (as JSON.parse) */
+    size_t i;
+    for (i = 0; i < v->n; i++)
+      if (strcmp(v->keys[i], k) == 0) break;
+    if (i == v->n) {
+      v->keys = realloc(v->keys, (v->n + 1) * sizeof *v->keys);
+      v->vals = realloc(v->vals, (v->n + 1) * sizeof *v->vals);
+      if (!v->keys || !v->vals) die_oom();
+      v->n++;
+    }
+    v->keys[i] = k;
+    v->vals[i] = m;
+    ws(p);
+    if (p->s < p->end && *p->s == ',') {
+      p->s++;
+      continue;
+    }
+    if (p->s < p->end && *p->s == '}') {
+      p->s++;
+      return v;
+    }
+    return p->err = "expected ',' or '}'", NULL;
+  }
+}
+
+static jv *jparse_arr(jp *p, int depth) {
+  jv *v = jnew(J_ARR, p->s);
+  p->s++;
+  ws(p);
+  if (p->s < p->end && *p->s == ']') {
+    p->s++;
+    return v;
+  }
+  for (;;) {
+    jv *m = jvalue(p, depth + 1);
+    if (!m) return NULL;
+    v->vals = realloc(v->vals, (v->n + 1) * sizeof *v->vals);
+    if (!v->vals) die_oom();
+    v->vals[v->n++] = m;
+    ws(p);
+    if (p->s < p->end && *p->s == ',') {
+      p->s++;
+      continue;
+    }
+    if (p->s < p->end && *p->s == ']') {
+      p->s++;
+      return v;
+    }
+    return p->err = "expected ',' or ']'", NULL;
+  }
+}
+
+static jv *jvalue(jp *p, int depth) {
+  if (depth > MAX_DEPTH) return p->err = "nested too deep", NULL;
+  ws(p);
+  if (p->s >= p->end) return p->err = "unexpected end", NULL;
+  const char *start = p->s;
+  jv *v;
+  switch (*p->s) {
+    case '{': v = jparse_obj(p, depth); break;
+    case '[': v = jparse_arr(p, depth); break;
+    case '"': {
+      v = jnew(J_STR, start);
+      v->str = jstring(p, &v->strlen_);
+      if (!v->str) return NULL;
+      break;
+    }
+    case 't':
+    case 'f':
+    case 'n': {
+      const char *w = *p->s == 't' ? "true" : *p->s == 'f' ? "false" : "null";
+      size_t l = strlen(w);
+      if ((size_t)(p->end - p->s) < l || memcmp(p->s, w, l)) return p->err = "bad literal", NULL;
+      p->s += l;
+      v = jnew(*w == 'n' ? J_NULL : J_BOOL, start);
+      v->boolean = *w == 't';
+      break;
+    }
+    default: {
+      /* number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+      const char *q = p->s;
+      if (q < p->end && *q == '-') q++;
+      if (q >= p->end || *q < '0' || *q > '9') return p->err = "unexpected character", NULL;
+      if (*q == '0') q++;
+      else
+        while (q < p->end && *q >= '0' && *q <= '9') q++;
+      if (q < p->end && *q == '.') {
+        q++;
+        if (q >= p->end || *q < '0' || *q > '9') return p->err = "bad number", NULL;
+        while (q < p->end && *q >= '0' && *q <= '9') q++;
+      }
+      if (q < p->end && (*q == 'e' || *q == 'E')) {
+        q++;
+        if (q < p->end && (*q == '+' || *q == '-')) q++;
+        if (q >= p->end || *q < '0' || *q > '9') return p->err = "bad number", NULL;
+        while (q < p->end && *q >= '0' && *q <= '9') q++;
+      }
+      char tmp[64];
+      size_t l = (size_t)(q - p->s);
+      if (l >= sizeof tmp) l = sizeof tmp - 1;
+      memcpy(tmp, p->s, l);
+      tmp[l] = 0;
+      v = jnew(J_NUM, start);
+      v->num = strtod(tmp, NULL);
+      p->s = q;
+    }
+  }
+  if (!v) return NULL;
+  v->rawlen = (size_t)(p->s - start);
+  return v;
+}
+
+static jv *jparse(const char *s, size_t n, const char **err) {
+  jp p = {s, s + n, NULL};
+  jv *v = jvalue(&p, 0);
+  if (v) {
+    ws(&p);
+    if (p.s != p.end) v = NULL, p.err = "trailing characters";
+  }
+  if (!v) *err = p.err ? p.err : "invalid";
+  return v;
+}
+
+static jv *jget(const jv *o, const char *k) {
+  if (!o || o->t != J_OBJ) return NULL;
+  for (size_t i = 0; i < o->n; i++)
+    if (strcmp(o->keys[i], k) == 0) return o->vals[i];
+  return NULL;
+}
+
+/* JSON.stringify of a value, for messages (strings quoted; others their raw text, shortened) */
+static void put_shown(buf_t *b, const jv *v) {
+  if (!v) {
+    puts_(b, "undefined");
+    return;
+  }
+  if (v->t == J_STR) {
+    buf_t t = {0};
+    put_json_str(&t, v->str);
+    puts_(b, t.p);
+    free(t.p);
+    return;
+  }
+  size_t n = v->rawlen > 200 ? 200 : v->rawlen;
+  put(b, v->raw, n);
+}
+
+/* ---- the CNI error object ------------------------------------------------------ */
+
+static const char *version = "1.0.0";
+
+static void fail(int code, const char *msg, const char *details) {
+  buf_t b = {0};
+  puts_(&b, "{\"cniVersion\":");
+  put_json_str(&b, version);
+  printf_(&b, ",\"code\":%d,\"msg\":", code);
+  put_json_str(&b, msg);
+  puts_(&b, ",\"details\":");
+  put_json_str(&b, details ? details : "");
+  puts_(&b, "}\n");
+  fwrite(b.p, 1, b.n, stdout);
+  fflush(stdout);
+  exit(1);
+}
+
+static void failf(int code, const char *details, const char *fmt, ...) {
+  char m[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(m, sizeof m, fmt, ap);
+  va_end(ap);
+  fail(code, m, details);
+}
+
+enum { E_VERSION = 1, E_ENV = 4, E_IO = 5, E_DECODE = 6, E_CONFIG = 7, E_AGAIN = 11, E_UNAVAILABLE = 50 };
+
+static const char *need(const char *name) {
+  const char *v = getenv(name);
+  if (!v || !*v) {
+    char d[128];
+    snprintf(d, sizeof d, "the runtime must set %s for this command", name);
+    failf(E_ENV, d, "%s is not set", name);
+  }
+  return v;
+}
+
+/* ---- the node socket ------------------------------------------------------------- */
+
+static int64_t now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+typedef struct {
+  const char *socket;
+  long timeout_ms;
+} cfg_t;
+
+/*
+ * Sends one request line, reads one answer line. On an error answer or a failure,
+ * fills *code (the agent's error code, or an errno name) and *msg, and returns -1.
+ */
+static int ask(const cfg_t *c, const char *req, long timeout_ms, jv **result, char *code, size_t codesz, char *msg, size_t msgsz) {
+  int64_t deadline = now_ms() + timeout_ms;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    snprintf(code, codesz, "EIO");
+    snprintf(msg, msgsz, "socket: %s", strerror(errno));
+    return -1;
+  }
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", c->socket);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+    int e = errno;
+    close(fd);
+    snprintf(code, codesz, "%s", e == ENOENT ? "ENOENT" : e == ECONNREFUSED ? "ECONNREFUSED" : e == EACCES ? "EACCES" : "EIO");
+    snprintf(msg, msgsz, "%s: %s", c->socket, strerror(e));
+    return -1;
+  }
+  size_t len = strlen(req), off = 0;
+  while (off < len) {
+    ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      snprintf(code, codesz, "EIO");
+      snprintf(msg, msgsz, "%s: %s", c->socket, strerror(errno));
+      close(fd);
+      return -1;
+    }
+    off += (size_t)w;
+  }
+  buf_t in = {0};
+  char *nl = NULL;
+  while (!nl) {
+    int64_t left = deadline - now_ms();
+    if (left <= 0) {
+      close(fd);
+      free(in.p);
+      snprintf(code, codesz, "ETIMEDOUT");
+      snprintf(msg, msgsz, "no answer from %s within %ld ms", c->socket, timeout_ms);
+      return -1;
+    }
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    int r = poll(&pf, 1, (int)(left > 1000000 ? 1000000 : left));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) continue;
+    char tmp[4096];
+    ssize_t n = recv(fd, tmp, sizeof tmp, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || in.n + (size_t)n > MAX_ANSWER) {
+      close(fd);
+      free(in.p);
+      snprintf(code, codesz, "EPROTO");
+      snprintf(msg, msgsz, n <= 0 ? "%s closed without an answer" : "answer from %s too long", c->socket);
+      return -1;
+    }
+    put(&in, tmp, (size_t)n);
+    nl = memchr(in.p, '\n', in.n);
+  }
+  close(fd);
+  const char *err;
+  jv *ans = jparse(in.p, (size_t)(nl - in.p), &err);
+  jv *ok = jget(ans, "ok");
+  if (!ans || ans->t != J_OBJ || !ok || ok->t != J_BOOL) {
+    snprintf(code, codesz, "EPROTO");
+    snprintf(msg, msgsz, "bad answer from %s", c->socket);
+    return -1;
+  }
+  if (ok->boolean) {
+    if (result) *result = jget(ans, "result");
+    return 0;
+  }
+  jv *e = jget(ans, "error");
+  jv *ec = jget(e, "code"), *em = jget(e, "message");
+  snprintf(code, codesz, "%s", ec && ec->t == J_STR ? ec->str : "EIO");
+  snprintf(msg, msgsz, "%s", em && em->t == J_STR ? em->str : "error without a message");
+  return -1;
+}
+
+/* As plugin.ts ask(): the agent's refusal of the request is the config's fault (7); the rest: try again (11). */
+static jv *ask_or_fail(const cfg_t *c, const char *req, long timeout_ms) {
+  char code[32], msg[1024];
+  jv *res = NULL;
+  if (ask(c, req, timeout_ms, &res, code, sizeof code, msg, sizeof msg) == 0) return res;
+  if (!strcmp(code, "EINVAL")) failf(E_CONFIG, "", "tenc agent: %s", msg);
+  if (!strcmp(code, "ENOENT") || !strcmp(code, "ECONNREFUSED")) failf(E_AGAIN, "the node agent is down: retry once it runs", "tenc agent not reachable at %s", c->socket);
+  failf(E_AGAIN, "the pod could not be protected in time: retry", "tenc agent: %s", msg);
+  return NULL;
+}
+
+/* ---- the tenc entry's configuration (plugin.ts parseTencConfig) ------------------------ */
+
+static const char *const KNOWN[] = {"cniVersion", "name", "type", "agentSocket", "timeoutMs", "prevResult", "runtimeConfig", "capabilities", "args", "disableCheck", "disableGC"};
+
+static cfg_t parse_config(const jv *c) {
+  cfg_t out = {DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS};
+  for (size_t i = 0; i < c->n; i++) {
+    int known = 0;
+    for (size_t k = 0; k < sizeof KNOWN / sizeof KNOWN[0]; k++) known |= !strcmp(c->keys[i], KNOWN[k]);
+    if (!known) failf(E_CONFIG, "", "%s: unknown field in the tenc plugin's configuration", c->keys[i]);
+  }
+  jv *type = jget(c, "type");
+  if (!type || type->t != J_STR || strcmp(type->str, "tenc")) {
+    buf_t b = {0};
+    puts_(&b, "type: ");
+    put_shown(&b, type);
+    puts_(&b, ", expected \"tenc\"");
+    fail(E_CONFIG, b.p, "");
+  }
+  jv *s = jget(c, "agentSocket");
+  if (s) {
+    if (s->t != J_STR || s->str[0] != '/' || strlen(s->str) != s->strlen_ || s->strlen_ > 107) {
+      buf_t b = {0};
+      puts_(&b, "agentSocket: ");
+      put_shown(&b, s);
+      puts_(&b, " is not an absolute socket path (at most 107 bytes)");
+      fail(E_CONFIG, b.p, "");
+    }
+    out.socket = s->str;
+  }
+  jv *t = jget(c, "timeoutMs");
+  if (t) {
+    if (t->t != J_NUM || !isfinite(t->num) || t->num != floor(t->num) || t->num < 100 || t->num > MAX_TIMEOUT_MS) {
+      buf_t b = {0};
+      puts_(&b, "timeoutMs: ");
+      put_shown(&b, t);
+      printf_(&b, " is not an integer from 100 to %d", MAX_TIMEOUT_MS);
+      fail(E_CONFIG, b.p, "");
+    }
+    out.timeout_ms = (long)t->num;
+  }
+  return out;
+}
+
+/* prevResult.ips[].address "A/LEN": the pod's addresses, as a JSON array into *out */
+static void prev_addresses(const jv *c, buf_t *out) {
+  jv *pr = jget(c, "prevResult");
+  if (!pr) fail(E_CONFIG, "prevResult: missing (tenc is a chained plugin: put it after the plugin that gives the pod its address)", "");
+  if (pr->t != J_OBJ) fail(E_CONFIG, "prevResult: not an object", "");
+  jv *ips = jget(pr, "ips");
+  if (!ips || ips->t != J_ARR || ips->n == 0) fail(E_CONFIG, "prevResult.ips: missing or empty (the previous plugin gave the pod no address)", "");
+  puts_(out, "[");
+  for (size_t i = 0; i < ips->n; i++) {
+    jv *a = jget(ips->vals[i], "address");
+    if (!a || a->t != J_STR) failf(E_CONFIG, "", "prevResult.ips[%zu].address: missing or not a string", i);
+    /* ^([0-9.]+|[0-9a-fA-F:]+)\/(\d{1,3})$ */
+    const char *slash = strrchr(a->str, '/');
+    int ok = slash && slash > a->str && strlen(a->str) == a->strlen_;
+    if (ok) {
+      size_t hl = (size_t)(slash - a->str), ll = strlen(slash + 1);
+      int v4 = strspn(a->str, "0123456789.") == hl, v6 = strspn(a->str, "0123456789abcdefABCDEF:") == hl;
+      ok = (v4 || v6) && ll >= 1 && ll <= 3 && strspn(slash + 1, "0123456789") == ll;
+    }
+    if (!ok) {
+      buf_t b = {0};
+      printf_(&b, "prevResult.ips[%zu].address: ", i);
+      put_shown(&b, a);
+      puts_(&b, " is not ADDRESS/LEN");
+      fail(E_CONFIG, b.p, "");
+    }
+    char host[128];
+    size_t hl = (size_t)(slash - a->str);
+    if (hl >= sizeof host) hl = sizeof host - 1;
+    for (size_t k = 0; k < hl; k++) host[k] = (char)((a->str[k] >= 'A' && a->str[k] <= 'F') ? a->str[k] + 32 : a->str[k]);
+    host[hl] = 0;
+    if (i) puts_(out, ",");
+    put_json_str(out, host);
+  }
+  puts_(out, "]");
+}
+
+/* ---- CNI_ARGS ------------------------------------------------------------------------ */
+
+typedef struct {
+  char *ns, *name, *uid;
+} podargs_t;
+
+static podargs_t parse_args(const char *s) {
+  podargs_t a = {NULL, NULL, NULL};
+  if (!s) return a;
+  char *copy = strdup(s);
+  if (!copy) die_oom();
+  for (char *part = copy, *next; part; part = next) {
+    next = strchr(part, ';');
+    if (next) *next++ = 0;
+    if (!*part) continue;
+    char *eq = strchr(part, '=');
+    if (!eq || eq == part) {
+      buf_t b = {0};
+      puts_(&b, "CNI_ARGS: ");
+      put_json_str(&b, part);
+      puts_(&b, " is not KEY=VALUE");
+      fail(E_ENV, b.p, "");
+    }
+    *eq = 0;
+    if (!strcmp(part, "K8S_POD_NAMESPACE")) a.ns = eq + 1;
+    else if (!strcmp(part, "K8S_POD_NAME")) a.name = eq + 1;
+    else if (!strcmp(part, "K8S_POD_UID")) a.uid = eq + 1;
+  }
+  return a;
+}
+
+static void need_pod(const podargs_t *a) {
+  if (!a->ns || !*a->ns || !a->name || !*a->name) fail(E_ENV, "CNI_ARGS: K8S_POD_NAMESPACE and K8S_POD_NAME are required (tenc protects Kubernetes pods)", "");
+}
+
+/* ---- main ------------------------------------------------------------------------------ */
+
+static int supported(const char *v) {
+  for (size_t i = 0; i < NVERSIONS; i++)
+    if (!strcmp(v, VERSIONS[i])) return 1;
+  return 0;
+}
+
+static void field(buf_t *b, const char *k, const char *v) {
+  puts_(b, ",");
+  put_json_str(b, k);
+  puts_(b, ":");
+  put_json_str(b, v);
+}
+
+int main(void) {
+  const char *cmd = need("CNI_COMMAND");
+  if (strcmp(cmd, "ADD") && strcmp(cmd, "DEL") && strcmp(cmd, "CHECK") && strcmp(cmd, "VERSION") && strcmp(cmd, "STATUS")) {
+    buf_t b = {0};
+    puts_(&b, "CNI_COMMAND: ");
+    put_json_str(&b, cmd);
+    puts_(&b, " is not one of ADD, DEL, CHECK, VERSION, STATUS");
+    fail(E_ENV, b.p, "");
+  }
+  buf_t in = {0};
+  put(&in, "", 0);
+  for (;;) {
+    char tmp[65536];
+    ssize_t n = read(0, tmp, sizeof tmp);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) failf(E_IO, "", "stdin: %s", strerror(errno));
+    if (n == 0) break;
+    put(&in, tmp, (size_t)n);
+    if (in.n > MAX_STDIN) fail(E_DECODE, "stdin: more than 1 MiB", "");
+  }
+  const char *perr = NULL;
+  jv *c = jparse(in.p, in.n, &perr);
+  int is_version = !strcmp(cmd, "VERSION");
+  if (!c && !is_version) fail(E_DECODE, "stdin: the network configuration is not JSON", perr);
+  if (c && c->t != J_OBJ) fail(E_DECODE, "stdin: the network configuration is not a JSON object", "");
+  jv *cv = c ? jget(c, "cniVersion") : NULL;
+  if (c && (!cv || cv->t != J_STR)) fail(E_CONFIG, "cniVersion: missing or not a string", "");
+  if (cv && supported(cv->str)) version = cv->str;
+  if (is_version) {
+    buf_t b = {0};
+    puts_(&b, "{\"cniVersion\":");
+    put_json_str(&b, version);
+    puts_(&b, ",\"supportedVersions\":[");
+    for (size_t i = 0; i < NVERSIONS; i++) {
+      if (i) puts_(&b, ",");
+      put_json_str(&b, VERSIONS[i]);
+    }
+    puts_(&b, "]}\n");
+    fwrite(b.p, 1, b.n, stdout);
+    return 0;
+  }
+  if (!supported(cv->str)) failf(E_VERSION, "supported: 0.4.0, 1.0.0, 1.1.0", "cniVersion: %s is not supported", cv->str);
+
+  if (!strcmp(cmd, "STATUS")) {
+    cfg_t cfg = parse_config(c);
+    char code[32], msg[1024];
+    if (ask(&cfg, "{\"id\":1,\"op\":\"cni-status\"}\n", cfg.timeout_ms, NULL, code, sizeof code, msg, sizeof msg) != 0) failf(E_UNAVAILABLE, "", "tenc agent not reachable at %s: %s", cfg.socket, msg);
+    return 0;
+  }
+
+  const char *cid = need("CNI_CONTAINERID");
+  if (strlen(cid) > 256 || !((cid[0] >= 'A' && cid[0] <= 'Z') || (cid[0] >= 'a' && cid[0] <= 'z') || (cid[0] >= '0' && cid[0] <= '9')) ||
+      strspn(cid, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != strlen(cid)) {
+    buf_t b = {0};
+    puts_(&b, "CNI_CONTAINERID: ");
+    put_json_str(&b, cid);
+    puts_(&b, " is not a container id");
+    fail(E_ENV, b.p, "");
+  }
+  const char *ifname = need("CNI_IFNAME");
+  if (strlen(ifname) > 15 || strpbrk(ifname, "/: \t\n\r\v\f")) {
+    buf_t b = {0};
+    puts_(&b, "CNI_IFNAME: ");
+    put_json_str(&b, ifname);
+    puts_(&b, " is not an interface name");
+    fail(E_ENV, b.p, "");
+  }
+  int del = !strcmp(cmd, "DEL");
+  const char *netns = del ? (getenv("CNI_NETNS") ? getenv("CNI_NETNS") : "") : need("CNI_NETNS");
+  if (*netns && *netns != '/') {
+    buf_t b = {0};
+    puts_(&b, "CNI_NETNS: ");
+    put_json_str(&b, netns);
+    puts_(&b, " is not an absolute path");
+    fail(E_ENV, b.p, "");
+  }
+  podargs_t pa = parse_args(getenv("CNI_ARGS"));
+  cfg_t cfg = parse_config(c);
+
+  buf_t req = {0};
+  puts_(&req, "{\"id\":1");
+  if (!strcmp(cmd, "ADD")) {
+    buf_t addrs = {0};
+    prev_addresses(c, &addrs);
+    need_pod(&pa);
+    field(&req, "op", "cni-add");
+    field(&req, "containerId", cid);
+    field(&req, "netns", netns);
+    field(&req, "ifname", ifname);
+    field(&req, "podNamespace", pa.ns);
+    field(&req, "podName", pa.name);
+    field(&req, "podUid", pa.uid ? pa.uid : "");
+    puts_(&req, ",\"addresses\":");
+    puts_(&req, addrs.p);
+    printf_(&req, ",\"timeoutMs\":%ld}\n", cfg.timeout_ms);
+    ask_or_fail(&cfg, req.p, cfg.timeout_ms + 1000);
+    /* prevResult unchanged: its text as the runtime gave it */
+    jv *pr = jget(c, "prevResult");
+    fwrite(pr->raw, 1, pr->rawlen, stdout);
+    fputs("\n", stdout);
+    return fflush(stdout) == 0 ? 0 : 1;
+  }
+  if (del) {
+    field(&req, "op", "cni-del");
+    field(&req, "containerId", cid);
+    puts_(&req, "}\n");
+    ask_or_fail(&cfg, req.p, cfg.timeout_ms + 1000);
+    return 0;
+  }
+  /* CHECK */
+  buf_t addrs = {0};
+  prev_addresses(c, &addrs);
+  need_pod(&pa);
+  field(&req, "op", "cni-check");
+  field(&req, "containerId", cid);
+  field(&req, "netns", netns);
+  field(&req, "podNamespace", pa.ns);
+  field(&req, "podName", pa.name);
+  field(&req, "podUid", pa.uid ? pa.uid : "");
+  /* the agent waits up to timeoutMs for a proxy still starting (as `tenc cni` asks) */
+  printf_(&req, ",\"timeoutMs\":%ld}\n", cfg.timeout_ms);
+  ask_or_fail(&cfg, req.p, cfg.timeout_ms + 1000);
+  return 0;
+}

@@ -1,0 +1,235 @@
+/* engine_loop.c: the engine's life and its two threads. tenc_engine_new builds
+ * the tables and both pipelines' batch state; tenc_engine_start spawns the TX
+ * thread (poll the TUN device -> tenc_tx_cycle, engine_tx.c) and the RX thread
+ * (poll the UDP socket -> tenc_rx_cycle, engine_rx.c). After a small batch each
+ * thread may run the other pipeline instead of waking its thread: the TX thread's
+ * busy poll, the RX thread's inline reply. tenc_engine_stop joins them,
+ * tenc_engine_free wipes keys and frees everything. */
+#include "engine_internal.h"
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+size_t tenc_engine_counters_len(void) { return TENC_GLOBAL_SLOTS + (size_t)TENC_MAX_PEERS * TENC_PEER_SLOTS; }
+
+/* ---- threads ------------------------------------------------------------------ */
+
+/* Busy poll (TENC_BUSY_POLL_US): after sending a small batch, instead of sleeping
+ * in poll() at once, the TX thread keeps checking both the TUN device and the UDP
+ * socket for up to busy_poll_us, and runs whichever pipeline has work (under its
+ * mutex; when the other thread is running it, it is skipped). The answer to a
+ * request just sent (a ping's reply) is then handled without the RX thread's
+ * wake-up on the critical path. Activity restarts the budget; it is bounded by
+ * busy_poll_us of idle time. (The RX side has the inline reply instead.) */
+#define SPIN_SMALL 16
+
+static int busy_poll(tenc_engine *e) {
+  uint64_t budget = (uint64_t)e->busy_poll_us * 1000u, start = tenc_now_ns();
+  int any = 0;
+  struct pollfd pf[3] = {{.fd = e->o.tun_fd, .events = POLLIN},
+                         {.fd = e->o.udp_fd, .events = POLLIN},
+                         {.fd = e->stop_fd, .events = POLLIN}};
+  while (!atomic_load_explicit(&e->stopping, memory_order_relaxed)) {
+    int r = poll(pf, 3, 0);
+    if (r < 0 && errno != EINTR) return any;
+    if (pf[2].revents) return any;
+    int did = 0, more = 0;
+    if ((pf[0].revents & POLLIN) && pthread_mutex_trylock(&e->tx_mu) == 0) {
+      did += tenc_tx_cycle(e, e->tx, &more) > 0;
+      pthread_mutex_unlock(&e->tx_mu);
+    }
+    if ((pf[1].revents & POLLIN) && pthread_mutex_trylock(&e->rx_mu) == 0) {
+      did += tenc_rx_cycle(e, e->rx, &more, NULL) > 0;
+      pthread_mutex_unlock(&e->rx_mu);
+    }
+    uint64_t now = tenc_now_ns();
+    any |= did;
+    if (did) start = now;
+    else if (now - start >= budget) return any;
+    else sched_yield(); /* on 2 cores the woken application must not wait for us */
+  }
+  return any;
+}
+
+static void *tx_main(void *arg) {
+  tenc_engine *e = arg;
+  struct tenc_tx *t = e->tx;
+  struct pollfd pf[2] = {{.fd = e->o.tun_fd, .events = POLLIN}, {.fd = e->stop_fd, .events = POLLIN}};
+  int more = 0;
+  uint32_t spin_misses = 0, spin_skip = 0; /* busy polls in a row that caught nothing */
+  while (!atomic_load(&e->stopping)) {
+    if (!more) {
+      int r = poll(pf, 2, -1);
+      if (r < 0 && errno != EINTR) break;
+      if (pf[1].revents) break;
+      if (r <= 0 || !(pf[0].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+    }
+    pthread_mutex_lock(&e->tx_mu);
+    int n = tenc_tx_cycle(e, t, &more);
+    pthread_mutex_unlock(&e->tx_mu);
+    if (n < 0) {
+      usleep(1000);
+      continue;
+    }
+    /* Adaptive: after 8 spins in a row that caught nothing (nothing answers what
+     * this pod sends), only every 16th small batch spins. */
+    if (!more && n > 0 && n <= SPIN_SMALL && e->busy_poll_us && (spin_misses < 8 || ++spin_skip % 16 == 0))
+      spin_misses = busy_poll(e) ? 0 : spin_misses + 1;
+  }
+  return NULL;
+}
+
+static void *rx_main(void *arg) {
+  tenc_engine *e = arg;
+  struct tenc_rx *x = e->rx;
+  struct pollfd pf[2] = {{.fd = e->o.udp_fd, .events = POLLIN}, {.fd = e->stop_fd, .events = POLLIN}};
+  int more = 0;
+  uint32_t inline_misses = 0, inline_skip = 0; /* inline reply attempts that found nothing, in a row */
+  while (!atomic_load(&e->stopping)) {
+    if (!more) {
+      int r = poll(pf, 2, -1);
+      if (r < 0 && errno != EINTR) break;
+      if (pf[1].revents) break;
+      if (r <= 0) continue;
+    }
+    pthread_mutex_lock(&e->rx_mu);
+    uint32_t injected;
+    int n = tenc_rx_cycle(e, x, &more, &injected);
+    pthread_mutex_unlock(&e->rx_mu);
+    if (more || n <= 0 || n > SPIN_SMALL) continue;
+    /* Inline reply (TENC_INLINE_TX): a small batch just written to the TUN device
+     * is usually answered within that write (the kernel runs the local stack in
+     * it: an echo reply, a TCP ACK, a request's response). Read and send it from
+     * here instead of waking the TX thread for it. */
+    /* When the device had nothing the last few times (one-way traffic: a UDP
+     * stream), only every 16th batch tries, so the read is not a wasted system
+     * call per batch. */
+    if (e->inline_tx && e->o.mode_tun && injected && (inline_misses < 4 || ++inline_skip % 16 == 0) &&
+        pthread_mutex_trylock(&e->tx_mu) == 0) {
+      int m;
+      int got = tenc_tx_cycle(e, e->tx, &m);
+      pthread_mutex_unlock(&e->tx_mu);
+      inline_misses = got > 0 ? 0 : inline_misses + 1;
+    }
+  }
+  return NULL;
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_event_signal sig, void *js) {
+  tenc_engine *e = calloc(1, sizeof *e);
+  if (!e) return NULL;
+  e->o = *o;
+  e->ctr = ctr;
+  e->signal = sig;
+  e->js = js;
+  e->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  /* Writer preference: two data threads holding read locks back to back must not
+   * starve the control calls. */
+  pthread_rwlockattr_t ra;
+  pthread_rwlockattr_init(&ra);
+  pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&e->lock, &ra);
+  pthread_rwlockattr_destroy(&ra);
+  pthread_mutex_init(&e->ev_mu, NULL);
+  pthread_mutex_init(&e->tx_mu, NULL);
+  pthread_mutex_init(&e->rx_mu, NULL);
+  e->busy_poll_us = o->busy_poll_us;
+  e->inline_tx = o->inline_tx;
+  e->tx_batch = o->tx_batch_kb << 10;
+  e->peers = calloc(TENC_MAX_PEERS, sizeof *e->peers);
+  e->kcap = 64;
+  e->kmap = calloc(e->kcap, sizeof *e->kmap);
+  e->aips = tenc_aips_new();
+  e->ctl_aead = tenc_aead_new();
+  e->tx = tenc_tx_new(o);
+  e->rx = tenc_rx_new();
+  int ok = e->stop_fd >= 0 && e->peers && e->kmap && e->aips && e->ctl_aead && tenc_hs_gate_init(e) == 0 && e->tx &&
+           e->rx && tenc_nat_init(&e->nat) == 0;
+  if (!ok) {
+    e->o.tun_fd = e->o.udp_fd = e->o.raw4_fd = e->o.raw6_fd = -1; /* still the caller's */
+    tenc_engine_free(e);
+    errno = ENOMEM;
+    return NULL;
+  }
+  return e;
+}
+
+int tenc_engine_start(tenc_engine *e) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int r = pthread_create(&e->tx_thr, NULL, tx_main, e);
+  if (r == 0) {
+    pthread_setname_np(e->tx_thr, "tenc-tx");
+    r = pthread_create(&e->rx_thr, NULL, rx_main, e);
+    if (r == 0) pthread_setname_np(e->rx_thr, "tenc-rx");
+    if (r != 0) {
+      atomic_store(&e->stopping, 1);
+      uint64_t one = 1;
+      (void)!write(e->stop_fd, &one, sizeof one);
+      pthread_join(e->tx_thr, NULL);
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (r != 0) return -r;
+  e->threads_started = 1;
+  return 0;
+}
+
+void tenc_engine_stop(tenc_engine *e) {
+  if (e->threads_started) {
+    atomic_store(&e->stopping, 1);
+    uint64_t one = 1;
+    (void)!write(e->stop_fd, &one, sizeof one);
+    pthread_join(e->tx_thr, NULL);
+    pthread_join(e->rx_thr, NULL);
+    e->threads_started = 0;
+  }
+  pthread_rwlock_wrlock(&e->lock);
+  if (e->peers)
+    for (uint32_t i = 0; i < TENC_MAX_PEERS; i++)
+      if (e->peers[i]) {
+        tenc_peer_free(e, e->peers[i], 0);
+        e->peers[i] = NULL;
+      }
+  pthread_rwlock_unlock(&e->lock);
+  int *fds[] = {&e->o.tun_fd, &e->o.udp_fd, &e->o.raw4_fd, &e->o.raw6_fd, &e->stop_fd};
+  for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+    if (*fds[i] >= 0) {
+      close(*fds[i]);
+      *fds[i] = -1;
+    }
+}
+
+void tenc_engine_free(tenc_engine *e) {
+  if (!e) return;
+  tenc_engine_stop(e);
+  free(e->peers);
+  free(e->kmap);
+  tenc_aips_free(e->aips);
+  if (e->nat.flows) tenc_nat_destroy(&e->nat);
+  tenc_aead_free(e->ctl_aead);
+  tenc_vault_destroy(e);
+  tenc_hs_gate_free(e);
+  tenc_tx_free(e->tx);
+  tenc_rx_free(e->rx);
+  uint32_t n;
+  tenc_event *ev = tenc_engine_take_events(e, &n);
+  for (uint32_t i = 0; i < n; i++) {
+    if (ev[i].data) explicit_bzero(ev[i].data, ev[i].len); /* route_miss copies are the pod's plaintext */
+    free(ev[i].data);
+  }
+  free(ev);
+  pthread_rwlock_destroy(&e->lock);
+  pthread_mutex_destroy(&e->ev_mu);
+  pthread_mutex_destroy(&e->tx_mu);
+  pthread_mutex_destroy(&e->rx_mu);
+  free(e);
+}
+

@@ -1,0 +1,214 @@
+// The static CNI launcher (cni/tenc-cni.c, what deploy/cni-install.sh puts in
+// /opt/cni/bin/tenc) against `tenc cni` (src/cni/): for the same environment, stdin
+// and node-socket answers, both send the agent the same request and print the same
+// result or the same error (code, msg, details) with the same exit code. The agent
+// here is a fake node socket that records requests and answers as told; the real
+// agent is test/netns/cluster-k8s.test.ts.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tencPlugin } from '../../src/cni/plugin.js';
+import { runPlugin } from '../../src/cni/skeleton.js';
+
+const root = join(__dirname, '../..');
+let dir: string;
+let bin: string;
+let sock: string;
+let server: Server;
+/** How the fake agent answers the next request: a JSON answer line, 'silent' (never), 'close' (hang up). */
+let answer: (req: Record<string, unknown>) => unknown = () => ({ ok: true, result: {} });
+const seen: Record<string, unknown>[] = [];
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'tenc-cnil-'));
+  bin = join(dir, 'tenc-cni');
+  const b = spawnSync('sh', [join(root, 'cni/build.sh'), bin], { encoding: 'utf8' });
+  if (b.status !== 0) throw new Error(`cni/build.sh failed: ${b.stderr}`);
+  sock = join(dir, 'agent.sock');
+  server = createServer((c) => {
+    let buf = '';
+    c.setEncoding('utf8');
+    c.on('error', () => {});
+    c.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      const req = JSON.parse(buf.slice(0, nl));
+      seen.push(req);
+      const a = answer(req);
+      if (a === 'silent') return;
+      if (a === 'close') return void c.end();
+      c.write((typeof a === 'string' ? a : JSON.stringify({ id: req.id, ...(a as object) })) + '\n');
+    });
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+});
+
+afterAll(async () => {
+  await new Promise<void>((r) => server.close(() => r()));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+interface Out {
+  code: number | null;
+  stdout: string;
+  requests: Record<string, unknown>[];
+}
+
+function runC(env: Record<string, string>, stdin: string): Promise<Out> {
+  seen.length = 0;
+  return new Promise((resolve) => {
+    const c = spawn(bin, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    c.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
+    c.on('close', (code) => resolve({ code, stdout, requests: [...seen] }));
+    c.stdin.on('error', () => {}); // it may exit before reading stdin (a bad CNI_COMMAND)
+    c.stdin.end(stdin);
+  });
+}
+
+async function runTs(env: Record<string, string>, stdin: string): Promise<Out> {
+  seen.length = 0;
+  let stdout = '';
+  const code = await runPlugin(tencPlugin, { env, stdin: async () => stdin, stdout: (s) => (stdout += s) });
+  return { code, stdout, requests: [...seen] };
+}
+
+const prev = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/x' }], ips: [{ address: '10.128.1.10/24', gateway: '10.128.1.1', interface: 0 }, { address: 'FD00::A/64' }], routes: [{ dst: '0.0.0.0/0' }], dns: {} };
+const conf = (extra: Record<string, unknown> = {}) => ({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'tenc', agentSocket: sock, timeoutMs: 300, prevResult: prev, ...extra });
+const env = (cmd: string, extra: Record<string, string> = {}) => ({
+  CNI_COMMAND: cmd,
+  CNI_CONTAINERID: 'abc123',
+  CNI_NETNS: '/run/netns/cni-1234',
+  CNI_IFNAME: 'eth0',
+  CNI_PATH: '/opt/cni/bin',
+  CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=alpha;K8S_POD_NAME=web-1;K8S_POD_UID=u-1',
+  ...extra,
+});
+
+/** Both implementations, same input; returns the C one's output after checking they agree. */
+async function same(e: Record<string, string>, stdin: string): Promise<Out> {
+  const c = await runC(e, stdin);
+  const t = await runTs(e, stdin);
+  expect(c.code, `exit code (stdout C: ${c.stdout} TS: ${t.stdout})`).toBe(t.code);
+  // a JSON syntax error's details are the parser's own words: compared without them
+  const norm = (s: string) => {
+    if (s.trim() === '') return null;
+    const o = JSON.parse(s);
+    if (o.msg === 'stdin: the network configuration is not JSON') o.details = typeof o.details === 'string' && o.details !== '';
+    return o;
+  };
+  expect(norm(c.stdout)).toEqual(norm(t.stdout));
+  expect(c.requests).toEqual(t.requests);
+  return c;
+}
+
+describe('the static CNI launcher does what `tenc cni` does', () => {
+  it('is one static executable (no interpreter, no shared library)', () => {
+    const f = spawnSync('file', ['-b', bin], { encoding: 'utf8' });
+    if (f.status !== 0) throw new Error('file(1) is missing');
+    expect(f.stdout).toMatch(/statically linked/);
+  });
+
+  it('ADD, DEL, CHECK, STATUS: the same requests; ADD prints prevResult unchanged', async () => {
+    answer = () => ({ ok: true, result: { protected: true } });
+    const add = await same(env('ADD'), JSON.stringify(conf()));
+    expect(add.code).toBe(0);
+    expect(JSON.parse(add.stdout)).toEqual(prev);
+    expect(add.requests).toEqual([
+      { id: 1, op: 'cni-add', containerId: 'abc123', netns: '/run/netns/cni-1234', ifname: 'eth0', podNamespace: 'alpha', podName: 'web-1', podUid: 'u-1', addresses: ['10.128.1.10', 'fd00::a'], timeoutMs: 300 },
+    ]);
+    // DEL without a netns (the sandbox is gone), and without prevResult
+    const del = await same(env('DEL', { CNI_NETNS: '' }), JSON.stringify(conf({ prevResult: undefined })));
+    expect(del.requests).toEqual([{ id: 1, op: 'cni-del', containerId: 'abc123' }]);
+    expect(del.stdout).toBe('');
+    const check = await same(env('CHECK'), JSON.stringify(conf()));
+    expect(check.requests[0]).toMatchObject({ op: 'cni-check', netns: '/run/netns/cni-1234', podName: 'web-1' });
+    const st = await same(env('STATUS'), JSON.stringify(conf()));
+    expect(st.requests[0]).toMatchObject({ op: 'cni-status' });
+    // 0.4.0, escapes and non-ASCII in strings come through
+    const odd = await same(env('ADD', { CNI_ARGS: 'K8S_POD_NAMESPACE=alpha;K8S_POD_NAME=web-2' }), JSON.stringify({ ...conf({ cniVersion: '0.4.0' }), name: 'n\u00e9t "q"\\\u2603' }));
+    expect(odd.requests[0]).toMatchObject({ podUid: '' });
+  });
+
+  it('VERSION needs no agent and no valid stdin', async () => {
+    const v = await same(env('VERSION'), JSON.stringify({ cniVersion: '1.1.0' }));
+    expect(JSON.parse(v.stdout)).toEqual({ cniVersion: '1.1.0', supportedVersions: ['0.4.0', '1.0.0', '1.1.0'] });
+    expect(v.requests).toEqual([]);
+    await same(env('VERSION'), 'not json');
+  });
+
+  it('the agent down, silent, hanging up, refusing or failing: the same CNI errors (11 = retry, 7 = bad config)', async () => {
+    const gone = await same(env('ADD'), JSON.stringify(conf({ agentSocket: join(dir, 'nobody.sock') })));
+    expect(JSON.parse(gone.stdout)).toMatchObject({ code: 11, msg: `tenc agent not reachable at ${join(dir, 'nobody.sock')}` });
+    answer = () => 'silent';
+    const slow = await runC(env('ADD'), JSON.stringify(conf({ timeoutMs: 100 })));
+    expect(JSON.parse(slow.stdout)).toMatchObject({ code: 11, msg: `tenc agent: no answer from ${sock} within 1100 ms` });
+    answer = () => 'close';
+    await same(env('DEL'), JSON.stringify(conf()));
+    answer = () => 'this is not json';
+    await same(env('DEL'), JSON.stringify(conf()));
+    answer = () => ({ ok: false, error: { code: 'EINVAL', message: 'netns: "/run/netns/cni-1234" does not exist' } });
+    const inval = await same(env('ADD'), JSON.stringify(conf()));
+    expect(JSON.parse(inval.stdout)).toMatchObject({ code: 7, msg: 'tenc agent: netns: "/run/netns/cni-1234" does not exist' });
+    answer = () => ({ ok: false, error: { code: 'ETIMEDOUT', message: 'pod alpha/web-1 not fail-closed within 300 ms' } });
+    expect(JSON.parse((await same(env('ADD'), JSON.stringify(conf()))).stdout)).toMatchObject({ code: 11 });
+    answer = () => ({ ok: false, error: { code: 'EIO', message: 'no running proxy for the pod' } });
+    await same(env('CHECK'), JSON.stringify(conf()));
+    // STATUS with the agent down: code 50 from both (the TS message adds the pod socket's
+    // hint "is `tenc pod` running", which does not fit the agent: the C one says the errno)
+    const stIn = JSON.stringify(conf({ agentSocket: join(dir, 'nobody.sock') }));
+    const [stC, stTs] = [await runC(env('STATUS'), stIn), await runTs(env('STATUS'), stIn)];
+    expect([stC.code, JSON.parse(stC.stdout).code]).toEqual([stTs.code, JSON.parse(stTs.stdout).code]);
+    expect(JSON.parse(stC.stdout)).toMatchObject({ code: 50, msg: `tenc agent not reachable at ${join(dir, 'nobody.sock')}: ${join(dir, 'nobody.sock')}: No such file or directory` });
+  });
+
+  it('bad environment or configuration: refused before the agent is asked, with the same field named', async () => {
+    answer = () => ({ ok: true, result: {} });
+    const cases: [Record<string, string>, string][] = [
+      [env('FROB'), JSON.stringify(conf())],
+      [{ ...env('ADD'), CNI_COMMAND: '' }, JSON.stringify(conf())],
+      [env('ADD'), '{"cniVersion": "1.0.0", '],
+      [env('ADD'), '[1, 2]'],
+      [env('ADD'), JSON.stringify({ ...conf(), cniVersion: 3 })],
+      [env('ADD'), JSON.stringify(conf({ cniVersion: '9.9.9' }))],
+      [env('ADD', { CNI_CONTAINERID: '-bad id' }), JSON.stringify(conf())],
+      [env('ADD', { CNI_IFNAME: 'eth0:1' }), JSON.stringify(conf())],
+      [env('ADD', { CNI_NETNS: 'relative/ns' }), JSON.stringify(conf())],
+      [env('ADD', { CNI_NETNS: '' }), JSON.stringify(conf())],
+      [env('ADD', { CNI_ARGS: 'K8S_POD_NAME' }), JSON.stringify(conf())],
+      [env('ADD', { CNI_ARGS: 'K8S_POD_NAMESPACE=alpha' }), JSON.stringify(conf())],
+      [env('ADD'), JSON.stringify(conf({ agentsocket: '/x' }))],
+      [env('ADD'), JSON.stringify(conf({ type: 'bridge' }))],
+      [env('ADD'), JSON.stringify(conf({ agentSocket: 'relative.sock' }))],
+      [env('ADD'), JSON.stringify(conf({ agentSocket: `/${'x'.repeat(120)}` }))],
+      [env('ADD'), JSON.stringify(conf({ timeoutMs: 1.5 }))],
+      [env('ADD'), JSON.stringify(conf({ timeoutMs: 50 }))],
+      [env('ADD'), JSON.stringify(conf({ timeoutMs: '300' }))],
+      [env('ADD'), JSON.stringify(conf({ prevResult: undefined }))],
+      [env('ADD'), JSON.stringify(conf({ prevResult: [] }))],
+      [env('ADD'), JSON.stringify(conf({ prevResult: { ips: [] } }))],
+      [env('ADD'), JSON.stringify(conf({ prevResult: { ips: [{ address: 7 }] } }))],
+      [env('ADD'), JSON.stringify(conf({ prevResult: { ips: [{ address: '10.0.0.1' }] } }))],
+      [env('CHECK'), JSON.stringify(conf({ prevResult: { ips: [{ address: 'x/24' }] } }))],
+      [env('STATUS'), JSON.stringify(conf({ type: 'tenc2' }))],
+    ];
+    for (const [e, stdin] of cases) {
+      const o = await same(e, stdin);
+      expect(o.code, stdin).toBe(1);
+      expect(o.requests, stdin).toEqual([]);
+      expect(JSON.parse(o.stdout).code).toBeGreaterThan(0);
+    }
+  });
+
+  it('stdin over 1 MiB and deeply nested JSON are refused, not crashed on', async () => {
+    const big = await runC(env('ADD'), JSON.stringify(conf({ runtimeConfig: { pad: 'x'.repeat(1 << 20) } })));
+    expect(JSON.parse(big.stdout)).toMatchObject({ code: 6, msg: 'stdin: more than 1 MiB' });
+    const deep = await runC(env('ADD'), `{"cniVersion":"1.0.0","args":${'['.repeat(100000)}`);
+    expect(deep.code).toBe(1);
+    expect(JSON.parse(deep.stdout)).toMatchObject({ code: 6 });
+  });
+});
