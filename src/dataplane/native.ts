@@ -1,5 +1,5 @@
 /**
- * The native data plane: DataPlane (./plane.ts) over native/engine.c. Per-packet
+ * The native data plane: DataPlane (./plane.ts) over native/engine_*.c (engine.h: the pipeline). Per-packet
  * work runs in the engine's two C threads (TUN -> seal -> UDP, UDP -> open ->
  * inject); this wrapper only forwards per-flow control calls, fans out event
  * batches, and reads counters from a shared ArrayBuffer without a native call.

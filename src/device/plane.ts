@@ -1,7 +1,7 @@
 /**
  * The contract between the control plane (TypeScript: handshakes, timers, peers,
  * config) and a data plane that moves packets. Two implementations:
- *  - native (src/dataplane/native.ts over native/engine.c): per-packet work in C
+ *  - native (src/dataplane/native.ts over native/engine_*.c (engine.h: the pipeline)): per-packet work in C
  *    threads, batches, offloads; the production path.
  *  - reference (src/dataplane/reference.ts): pure TypeScript over the fake TUN and
  *    UDP interfaces of src/io/, used by the pair tests.

@@ -1,5 +1,5 @@
 /**
- * The native data plane (native/engine.c via src/dataplane/native.ts) between two
+ * The native data plane (native/engine_*.c via src/dataplane/native.ts) between two
  * real network namespaces, with STATIC keypairs (no handshake: that is the control
  * plane's job and tested elsewhere). Root only; fails (never skips) when a tool is
  * missing after netns-scripts/deps.sh.
