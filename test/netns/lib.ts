@@ -22,6 +22,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Address6 } from 'ip-address';
 import { ensureBuilt } from '../build.js';
 
 /** Throws a clear error (fails the suite) when a tool is missing. */
@@ -521,27 +522,9 @@ export interface UdpDatagram {
   payload: Buffer;
 }
 
+/** An IPv6 address's 16 bytes as text (RFC 5952, as tcpdump and inet_ntop print it). */
 function ip6ToString(b: Buffer): string {
-  const parts: string[] = [];
-  for (let i = 0; i < 16; i += 2) parts.push(b.readUInt16BE(i).toString(16));
-  // compress the longest zero run as inet_ntop does
-  let best = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (parts[i] !== '0') {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && parts[j] === '0') j++;
-    if (j - i > bestLen && j - i > 1) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  if (best < 0) return parts.join(':');
-  return `${parts.slice(0, best).join(':')}::${parts.slice(best + bestLen).join(':')}`;
+  return Address6.fromBigInt(BigInt(`0x${b.toString('hex')}`)).correctForm();
 }
 
 /**
