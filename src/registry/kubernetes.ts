@@ -35,6 +35,7 @@
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
   CoreV1Api,
@@ -44,6 +45,7 @@ import {
   type KubernetesListObject,
   type KubernetesObject,
   type V1EndpointSlice,
+  type CoreV1Event,
   type V1Namespace,
   type V1Pod,
   type V1Service,
@@ -56,6 +58,8 @@ import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceI
 export const PROTECT_LABEL = 'tenc.io/protect';
 export const PSK_SECRET = 'tenc-psk';
 export const PSK_KEY = 'psk';
+/** source.component / reportingComponent of the Events the agent records. */
+export const EVENT_COMPONENT = 'tenc-agent';
 export const PEER_GROUP = 'tenc.io';
 export const PEER_VERSION = 'v1alpha1';
 export const PEER_PLURAL = 'tencpeers';
@@ -82,6 +86,8 @@ export interface KubernetesRegistryOptions {
    */
   healthFile?: string;
   healthMs?: number;
+  /** This agent's node: named as reportingInstance/source.host of the Events it records (default: the host name). */
+  node?: string;
   /** The pod's network namespace (tests; the agent gets it from the CNI registration). */
   netnsOf?: (pod: { project: string; name: string; node: string; uid: string }) => string | null;
 }
@@ -259,6 +265,38 @@ export class KubernetesRegistry implements Registry {
     if (this.seen.has(key)) return;
     this.seen.add(key);
     this.log.warn(fields, `${msg} (logged once)`);
+  }
+
+  /**
+   * Records one Warning Event for a missing or malformed psk Secret (called once per namespace and
+   * problem, with the log line). core/v1 Event, not events.k8s.io/v1: `kubectl describe secret|namespace`
+   * and `kubectl get events` show both, but core/v1 needs no second API group in RBAC or in the client,
+   * and its source/reportingComponent fields are accepted by every supported API server.
+   * The message names the Secret, the key and the problem, never the psk (PskError messages hold only
+   * its length). Best effort: a failed POST is logged once and nothing waits for it.
+   */
+  private pskEvent(ns: string, problem: string, missing: boolean): void {
+    const node = this.o.node ?? hostname();
+    const now = new Date();
+    const reason = missing ? 'TencPskMissing' : 'TencPskInvalid';
+    const body: CoreV1Event = {
+      metadata: { generateName: `${PSK_SECRET}.`, namespace: ns },
+      involvedObject: missing
+        ? { apiVersion: 'v1', kind: 'Namespace', name: ns }
+        : { apiVersion: 'v1', kind: 'Secret', namespace: ns, name: PSK_SECRET },
+      type: 'Warning',
+      reason,
+      message: `${problem}: key "${PSK_KEY}" of Secret ${ns}/${PSK_SECRET} is needed; the pods of namespace ${ns} stay closed`.slice(0, 1024),
+      source: { component: EVENT_COMPONENT, host: node },
+      reportingComponent: EVENT_COMPONENT,
+      reportingInstance: `${EVENT_COMPONENT}-${node}`.slice(0, 128),
+      firstTimestamp: now,
+      lastTimestamp: now,
+      count: 1,
+    };
+    this.core.createNamespacedEvent({ namespace: ns, body }).catch((e) => {
+      this.once(`pskevent/${ns}/${errorKind(e)}`, { project: ns, reason }, `kubernetes: recording Event ${reason} in namespace ${ns} failed: ${describe(e)}`);
+    });
   }
 
   private changed(ns: string): void {
@@ -497,7 +535,11 @@ export class KubernetesRegistry implements Registry {
           }
         }
         const prev = this.psk.get(ns);
-        if ('error' in next) this.once(`psk/${ns}/${next.error}`, { project: ns }, `kubernetes: ${next.error}: the pods of namespace ${ns} stay closed`);
+        if ('error' in next) {
+          const key = `psk/${ns}/${next.error}`;
+          if (!this.seen.has(key)) this.pskEvent(ns, next.error, next.error.endsWith(`does not exist (tenc k8s create-psk ${ns})`));
+          this.once(key, { project: ns }, `kubernetes: ${next.error}: the pods of namespace ${ns} stay closed`);
+        }
         this.psk.set(ns, next);
         const was = prev && 'value' in prev ? prev.value : null;
         const now = 'value' in next ? next.value : null;
