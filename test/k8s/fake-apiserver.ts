@@ -9,6 +9,7 @@
  *        ...?watch=true&resourceVersion=RV                      watch: one JSON event per line
  *                                                               (ADDED/MODIFIED/DELETED/BOOKMARK/ERROR)
  *   GET  /api/v1/namespaces/NS/secrets/NAME
+ *   POST /api/v1/namespaces/NS/events (core/v1 Event; 201 with the object)
  *   POST /apis/tenc.io/v1alpha1/namespaces/NS/tencpeers
  *   GET|PUT|DELETE /apis/tenc.io/v1alpha1/namespaces/NS/tencpeers/NAME
  *
@@ -88,6 +89,9 @@ export class FakeApiServer {
   bookmarkMs = 1000;
   /** The next N list requests of a kind fail with HTTP 500. */
   readonly failLists = new Map<Kind, number>();
+  /** core/v1 Events POSTed (in order), and how many next Event POSTs answer 500. */
+  readonly events: Obj[] = [];
+  failEvents = 0;
   readonly counts = { lists: new Map<string, number>(), watches: new Map<string, number>(), watchFrom: [] as string[], expired: 0, denied: 0 };
   port = 0;
 
@@ -357,6 +361,19 @@ export class FakeApiServer {
     if (req.method === 'GET' && (m = /^\/api\/v1\/namespaces\/([^/]+)\/secrets\/([^/]+)$/.exec(p))) {
       const s = this.get('secrets', m[1], m[2]);
       return s ? this.json(res, 200, s) : this.json(res, 404, status(404, 'NotFound', `secrets "${m[2]}" not found`));
+    }
+    if (req.method === 'POST' && (m = /^\/api\/v1\/namespaces\/([^/]+)\/events$/.exec(p))) {
+      const o = await this.body(req);
+      if (this.failEvents > 0) {
+        this.failEvents--;
+        return this.json(res, 500, status(500, 'InternalError', 'etcdserver: request timed out'));
+      }
+      if (!o || typeof o.reason !== 'string' || !o.involvedObject) return this.json(res, 422, status(422, 'Invalid', 'Event is invalid: reason or involvedObject missing'));
+      const meta = (o.metadata ?? {}) as Obj;
+      const name = typeof meta.name === 'string' ? meta.name : `${String(meta.generateName ?? 'event.')}${(++this.rv).toString(36)}`;
+      const ev = { ...o, apiVersion: 'v1', kind: 'Event', metadata: { ...meta, name, namespace: m[1], resourceVersion: String(++this.rv) } };
+      this.events.push(ev);
+      return this.json(res, 201, ev);
     }
     if ((m = /^\/apis\/tenc\.io\/v1alpha1\/namespaces\/([^/]+)\/tencpeers(?:\/([^/]+))?$/.exec(p))) {
       return this.tencpeer(req, res, user, m[1], m[2] ?? null);

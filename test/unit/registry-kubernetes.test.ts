@@ -41,6 +41,7 @@ let warnings: string[];
 function open(node: string, o: { informer?: object; pskRefreshMs?: number } = {}): KubernetesRegistry {
   const r = new KubernetesRegistry(api.kubeConfig(api.agentToken(node)), {
     pskDir: join(dir, node, 'psk'),
+    node,
     log: { warn: (_f, m) => warnings.push(m), info: () => {} },
     syncTimeoutMs: 5000,
     pskRefreshMs: o.pskRefreshMs ?? 200,
@@ -346,6 +347,42 @@ describe('kubernetes registry: psk', () => {
     await expect(r.pskFile('not-protected')).rejects.toThrow(/not protected/);
     // no secret in any log line
     expect(warnings.join('\n')).not.toContain(good);
+  });
+
+  it('a missing or short psk Secret records one Warning Event each (never the psk); a failed Event POST is logged once', async () => {
+    const r = open('node1');
+    await r.pskFile('alpha');
+    api.remove('secrets', 'beta', 'tenc-psk');
+    await until('missing', async () => r.pskFile('beta').then(() => null, (e) => /does not exist/.test(e.message)));
+    const missing = await until('missing event', () => api.events.find((e) => e.reason === 'TencPskMissing'));
+    expect(missing).toMatchObject({ type: 'Warning', involvedObject: { kind: 'Namespace', name: 'beta' }, metadata: { namespace: 'beta' }, reportingComponent: 'tenc-agent', source: { component: 'tenc-agent', host: 'node1' } });
+    expect(missing.reportingInstance).toContain('node1');
+    expect(missing.message).toContain('beta/tenc-psk');
+    expect(missing.message).toContain('"psk"');
+    const short = randomBytes(16).toString('base64');
+    api.putPsk('beta', short);
+    const bad = await until('invalid event', () => api.events.find((e) => e.reason === 'TencPskInvalid'));
+    expect(bad).toMatchObject({ type: 'Warning', involvedObject: { kind: 'Secret', namespace: 'beta', name: 'tenc-psk' } });
+    expect(bad.message).toMatch(/beta\/tenc-psk.*not a 32-byte key/);
+    // several more resyncs (200 ms each): still one Event per problem
+    await sleep(700);
+    expect(api.events.map((e) => e.reason)).toEqual(['TencPskMissing', 'TencPskInvalid']);
+    const all = JSON.stringify(api.events);
+    expect(all).not.toContain(short);
+    expect(all).not.toContain(Buffer.from(`${short}\n`).toString('base64'));
+    // the Event POST fails: the psk state still updates, the failure is logged once, nothing throws
+    api.failEvents = 10;
+    api.putPsk('beta', Buffer.alloc(32).toString('base64'));
+    await until('zero', async () => r.pskFile('beta').then(() => null, (e) => /all zeros/.test(e.message)));
+    await until('event failure logged', () => warnings.some((w) => w.includes('recording Event TencPskInvalid in namespace beta failed')));
+    api.remove('secrets', 'beta', 'tenc-psk');
+    await until('missing again', async () => r.pskFile('beta').then(() => null, (e) => /does not exist/.test(e.message)));
+    await sleep(300);
+    expect(warnings.filter((w) => w.includes('recording Event') )).toHaveLength(1);
+    expect(api.events).toHaveLength(2);
+    const good = key();
+    api.putPsk('beta', good);
+    expect(readFileSync(await until('recovered', async () => r.pskFile('beta').catch(() => null)), 'utf8')).toBe(`${good}\n`);
   });
 
   it('parsePsk names the Secret and the problem', () => {
