@@ -67,6 +67,8 @@ export async function openRegistry(spec: string, o: OpenRegistryOptions = {}): P
         pskDir: o.runDir ? join(o.runDir, 'psk') : undefined,
         // read by deploy/daemonset.yaml's probes
         healthFile: process.env.TENC_HEALTH_FILE || undefined,
+        // deploy/daemonset.yaml sets NODE_NAME (spec.nodeName): named in the Events the agent records
+        node: process.env.NODE_NAME || undefined,
         log: { warn: (f, m) => problem(String(f.resource ?? f.project ?? 'kubernetes'), m), info: () => {} },
       });
     }

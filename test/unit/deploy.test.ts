@@ -207,6 +207,7 @@ describe('deploy/ manifests', () => {
     expect(verbsOf('tenc.io', 'tencpolicies')).toEqual(['get', 'list', 'watch']);
     const sec = rules.filter((r) => r.resources.includes('secrets'));
     expect(sec).toEqual([{ apiGroups: [''], resources: ['secrets'], resourceNames: ['tenc-psk'], verbs: ['get'] }]);
+    expect(rules.filter((r) => r.resources.includes('events'))).toEqual([{ apiGroups: [''], resources: ['events'], verbs: ['create'] }]);
     expect(rules.some((r) => r.verbs.includes('*') || r.resources.includes('*') || r.verbs.includes('patch'))).toBe(false);
     const b = find('ClusterRoleBinding');
     expect(b.subjects).toEqual([{ kind: 'ServiceAccount', name: 'tenc-agent', namespace: 'tenc-system' }]);
