@@ -763,7 +763,8 @@ int main(void) {
   field(&req, "podNamespace", pa.ns);
   field(&req, "podName", pa.name);
   field(&req, "podUid", pa.uid ? pa.uid : "");
-  puts_(&req, "}\n");
-  ask_or_fail(&cfg, req.p, cfg.timeout_ms);
+  /* the agent waits up to timeoutMs for a proxy still starting (as `tenc cni` asks) */
+  printf_(&req, ",\"timeoutMs\":%ld}\n", cfg.timeout_ms);
+  ask_or_fail(&cfg, req.p, cfg.timeout_ms + 1000);
   return 0;
 }

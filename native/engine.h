@@ -279,7 +279,7 @@ struct tenc_engine {
 /* Creates the engine over the given fds (ownership passes on success) with
  * counters in `ctr` (caller-owned, zeroed, counters_len() uint64). Returns NULL
  * and sets errno on failure. tenc_engine_start spawns the threads. */
-size_t tenc_engine_counters_len(void);
+static inline size_t tenc_engine_counters_len(void) { return TENC_GLOBAL_SLOTS + (size_t)TENC_MAX_PEERS * TENC_PEER_SLOTS; }
 tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_event_signal sig, void *js);
 int tenc_engine_start(tenc_engine *e);
 /* Stops and joins the threads, zeroes keys, frees state, closes fds. */

@@ -14,8 +14,6 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-size_t tenc_engine_counters_len(void) { return TENC_GLOBAL_SLOTS + (size_t)TENC_MAX_PEERS * TENC_PEER_SLOTS; }
-
 /* ---- threads ------------------------------------------------------------------ */
 
 /* Busy poll (TENC_BUSY_POLL_US): after sending a small batch, instead of sleeping

@@ -71,6 +71,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=netns-scripts/lib.sh
+. "$here/lib.sh"
 root=$(cd "$here/.." && pwd)
 tool=$root/dist/src/agent/cluster-tool.js
 tenc_js=$root/dist/src/cli/main.js
@@ -104,8 +106,7 @@ need_tools() {
 mk_ns() {
   ip netns add "$1"
   echo "$1" >>"$STATE/namespaces"
-  ip -n "$1" link set lo up
-  ip netns exec "$1" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+  ns_up "$1"
 }
 
 b_underlay() { # NS
@@ -257,31 +258,9 @@ start_dns() {
   die "dnsmasq did not start (see $STATE/dnsmasq.log)"
 }
 
-# Stops every process in the namespace: TERM, up to 3 s grace, then KILL.
-stop_ns_pids() {
-  local ns=$1 pids i
-  pids=$(ip netns pids "$ns" 2>/dev/null || true)
-  [ -n "$pids" ] || return 0
-  # shellcheck disable=SC2086
-  kill -TERM $pids 2>/dev/null || true
-  for i in $(seq 30); do
-    pids=$(ip netns pids "$ns" 2>/dev/null || true)
-    [ -n "$pids" ] || return 0
-    sleep 0.1
-  done
-  # shellcheck disable=SC2086
-  kill -KILL $pids 2>/dev/null || true
-  sleep 0.2
-}
-
 remove_ns() {
-  local ns=$1 ino
-  [ -e "/run/netns/$ns" ] || { rm -rf "/etc/netns/$ns"; return 0; }
-  stop_ns_pids "$ns"
-  ino=$(stat -L -c %i "/run/netns/$ns" 2>/dev/null || true)
-  if [ -n "$ino" ] && [ -d /run/tenc ]; then find /run/tenc -maxdepth 1 -name "*-$ino.sock" -delete; fi
-  ip netns del "$ns"
-  rm -rf "/etc/netns/$ns"
+  ns_remove "$1"
+  rm -rf "/etc/netns/$1"
 }
 
 # a process that exists and is not a zombie (a killed agent nobody reaped yet is not alive)

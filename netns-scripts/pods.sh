@@ -4,6 +4,8 @@
 #   pods.sh up      build the topology (idempotent: creates only what is missing)
 #   pods.sh down    stop what runs in the namespaces and remove everything (idempotent)
 #   pods.sh status  show the namespaces, addresses and routes
+#   pods.sh add NAME N  one more pod <prefix>-NAME on the bridge, built as a and b are,
+#                   with 10.77.0.N and fd00:77::N (the tests' extra pods; they remove it)
 #
 # Each pod is a network namespace with one veth (eth0) into a bridge that lives in
 # its own namespace, like pods on a node's bridge. The bridge namespace holds the
@@ -35,6 +37,8 @@
 # Addresses: 10.77.0.0/24 and fd00:77::/64 only. Nothing outside the three
 # namespaces is touched.
 set -euo pipefail
+# shellcheck source=netns-scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 # PODS_PREFIX renames the namespaces (<prefix>-a, -b, -br) so tests can build a
 # private copy next to a running demo.
@@ -51,24 +55,13 @@ die() { echo "pods.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (creates network namespaces)"
 command -v ip >/dev/null || die "needs iproute2 (ip): run netns-scripts/deps.sh"
 
-ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
-link_exists() { ip -n "$1" link show dev "$2" >/dev/null 2>&1; }
-
-ensure_ns() {
-  local ns=$1
-  ns_exists "$ns" || ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  # no duplicate address detection: addresses are usable at once
-  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-}
-
 # ensure_pod NS VETH_ON_BRIDGE V4 V6
 ensure_pod() {
   local ns=$1 brport=$2 v4=$3 v6=$4
-  ensure_ns "$ns"
+  ns_up "$ns"
   if ! link_exists "$ns" eth0; then
     link_exists "$NS_BR" "$brport" && ip -n "$NS_BR" link del dev "$brport"
-    ip -n "$NS_BR" link add "$brport" mtu "$MTU" type veth peer name eth0 mtu "$MTU" netns "$ns"
+    veth_into_bridge "$NS_BR" br0 "$brport" "$ns" eth0 "$MTU"
   fi
   ip -n "$NS_BR" link set dev "$brport" mtu "$MTU" master br0 up
   ip -n "$ns" link set dev eth0 mtu "$MTU" up
@@ -80,8 +73,8 @@ ensure_pod() {
 
 # The direct topology: one veth pair, a's eth0 <-> b's eth0.
 up_veth() {
-  ensure_ns "$NS_A"
-  ensure_ns "$NS_B"
+  ns_up "$NS_A"
+  ns_up "$NS_B"
   if ! link_exists "$NS_A" eth0 || ! link_exists "$NS_B" eth0; then
     link_exists "$NS_A" eth0 && ip -n "$NS_A" link del dev eth0
     link_exists "$NS_B" eth0 && ip -n "$NS_B" link del dev eth0
@@ -103,7 +96,7 @@ up() {
     up_veth
     return
   fi
-  ensure_ns "$NS_BR"
+  ns_up "$NS_BR"
   link_exists "$NS_BR" br0 || ip -n "$NS_BR" link add br0 type bridge
   ip -n "$NS_BR" link set dev br0 mtu "$MTU" up
   ip -n "$NS_BR" addr replace 10.77.0.254/24 dev br0
@@ -113,35 +106,19 @@ up() {
   ip -n "$NS_BR" link set dev br0 mtu "$MTU"
 }
 
-# Stops every process in the namespace: TERM, up to 3 s grace, then KILL.
-stop_pids() {
-  local ns=$1 pids i
-  pids=$(ip netns pids "$ns" 2>/dev/null || true)
-  [ -n "$pids" ] || return 0
-  # shellcheck disable=SC2086
-  kill -TERM $pids 2>/dev/null || true
-  for i in $(seq 30); do
-    pids=$(ip netns pids "$ns" 2>/dev/null || true)
-    [ -n "$pids" ] || return 0
-    sleep 0.1
-  done
-  # shellcheck disable=SC2086
-  kill -KILL $pids 2>/dev/null || true
-  sleep 0.2
+# One more pod on the bridge of a running bridge topology.
+add() {
+  local name=$1 n=$2
+  [[ $name =~ ^[a-z0-9]{1,8}$ ]] || die "add: NAME must be 1..8 lowercase letters/digits, got '$name'"
+  [[ $n =~ ^[0-9]{1,3}$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 253 ] || die "add: N must be 1..253, got '$n'"
+  [ "$TOPOLOGY" = bridge ] && link_exists "$NS_BR" br0 || die "add: no bridge topology $NS_BR (run pods.sh up first)"
+  ensure_pod "$PREFIX-$name" "veth-$name" "10.77.0.$n" "fd00:77::$n"
 }
 
+# Stops what runs in the namespaces and removes them, with the sockets of killed pods.
 down() {
-  local ns ino
-  for ns in "$NS_A" "$NS_B" "$NS_BR"; do
-    ns_exists "$ns" || continue
-    stop_pids "$ns"
-    # control sockets a killed tenc pod could not remove: /run/tenc/<ifname>-<netns inode>.sock
-    ino=$(stat -L -c %i "/run/netns/$ns" 2>/dev/null || true)
-    if [ -n "$ino" ] && [ -d /run/tenc ]; then
-      find /run/tenc -maxdepth 1 -name "*-$ino.sock" -delete
-    fi
-    ip netns del "$ns"
-  done
+  local ns
+  for ns in "$NS_A" "$NS_B" "$NS_BR"; do ns_remove "$ns"; done
 }
 
 status() {
@@ -161,9 +138,10 @@ status() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  add) [ $# -eq 3 ] || die "usage: pods.sh add NAME N"; add "$2" "$3" ;;
   status) status ;;
   *)
-    echo "usage: pods.sh up|down|status   (env: MTU=9000 for jumbo frames, PODS_PREFIX=name for other namespace names, TOPOLOGY=veth for one veth pair without a bridge)" >&2
+    echo "usage: pods.sh up|down|status|add NAME N   (env: MTU=9000 for jumbo frames, PODS_PREFIX=name for other namespace names, TOPOLOGY=veth for one veth pair without a bridge)" >&2
     exit 2
     ;;
 esac

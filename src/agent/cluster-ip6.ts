@@ -5,43 +5,16 @@
  * lie inside fd00::/8 (unique local addresses, never routed outside).
  */
 import { isIPv6 } from 'node:net';
+import { Address6 } from 'ip-address';
 
 export function ip6ToBig(a: string): bigint | null {
   if (!isIPv6(a) || a.includes('%')) return null;
-  let groups: string[];
   if (a.includes('.')) return null; // IPv4-mapped forms are not cluster addresses
-  if (a.includes('::')) {
-    const [l, r] = a.split('::');
-    const left = l ? l.split(':') : [];
-    const right = r ? r.split(':') : [];
-    groups = [...left, ...Array(8 - left.length - right.length).fill('0'), ...right];
-  } else groups = a.split(':');
-  let n = 0n;
-  for (const g of groups) n = (n << 16n) | BigInt(parseInt(g, 16));
-  return n;
+  return new Address6(a).bigInt();
 }
 
-export function bigToIp6(n: bigint): string {
-  const parts: string[] = [];
-  for (let i = 7; i >= 0; i--) parts.push(((n >> BigInt(i * 16)) & 0xffffn).toString(16));
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (parts[i] !== '0') {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && parts[j] === '0') j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  if (best < 0) return parts.join(':');
-  return `${parts.slice(0, best).join(':')}::${parts.slice(best + bestLen).join(':')}`;
-}
+/** The canonical text (RFC 5952), by the ip-address package the routing code uses too. */
+export const bigToIp6 = (n: bigint): string => Address6.fromBigInt(n).correctForm();
 
 export interface Cidr6 {
   net: bigint;

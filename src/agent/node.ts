@@ -29,7 +29,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { socketIsLive } from '../control/socket.js';
-import { parseAddress } from '../control/config.js';
+import { parseAddress } from '../net/address.js';
 import { silentLogger, type Logger } from '../log.js';
 import { Agent, type AgentOptions, type ProxyId, type Registration } from './agent.js';
 

@@ -9,8 +9,10 @@ import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Address4, Address6 } from 'ip-address';
 import { LOG_LEVELS, type LogLevel } from '../log.js';
-import type { Endpoint } from '../dataplane/plane.js';
 import { parseKey, KeyFormatError } from '../noise/keys.js';
+import { addressFamily, parseAddress, parseCidr, parseEndpoint, projectDestinationOf, type Endpoint } from '../net/address.js';
+import { bad, ok, show, type Parsed } from '../net/parsed.js';
+import type { DnsConfig, ServiceEndpoints } from '../dns/service.js';
 
 export const DEFAULT_INTERFACE = 'tenc0';
 export const DEFAULT_LISTEN_PORT = 51820;
@@ -84,42 +86,6 @@ export interface PodConfig {
   members: string[];
 }
 
-/** The DNS proxy (src/dns/, README "DNS proxy"). */
-export interface DnsConfig {
-  enabled: boolean;
-  /** The project domain, normalized (e.g. "alpha.svc.cluster.local"); null: from the resolv.conf search list. */
-  domain: string | null;
-  /** The real cluster DNS; empty: the nameservers of resolvConf. */
-  upstreams: Endpoint[];
-  neverTunnelNames: string[];
-  /** Canonical CIDRs. */
-  neverTunnelCidrs: string[];
-  /**
-   * Canonical CIDRs (the cluster's pod and service ranges) routed into tenc0 as a
-   * whole: an address in them that no peer claims is classified on first use
-   * (src/dns/misses.ts); not project traffic gets a bypass route, project traffic
-   * without a peer is dropped. Empty (default): only known destinations are routed.
-   */
-  classifyCidrs: string[];
-  /** Seconds: TTLs of project answers are capped at this. */
-  maxTtl: number;
-  /** Seconds a learned route stays after its TTL (and again while its peer still sends). */
-  routeGrace: number;
-  /** Milliseconds before an unanswered query gets SERVFAIL. */
-  upstreamTimeout: number;
-  /** The proxy's port on 127.0.0.1 / ::1. */
-  listenPort: number;
-  /** Absolute path. */
-  resolvConf: string;
-  /** Ready endpoints of project service VIPs (A/AAAA of a VIP are rewritten to them). */
-  endpoints: ServiceEndpoints[];
-}
-
-export interface ServiceEndpoints {
-  vip: string;
-  addresses: string[];
-}
-
 export const DEFAULT_DNS_PORT = 15353;
 export const DNS_DEFAULTS = { maxTtl: 30, routeGrace: 30, upstreamTimeout: 2000, resolvConf: '/etc/resolv.conf' } as const;
 
@@ -141,84 +107,8 @@ export class ConfigError extends Error {
 }
 
 // ---------------------------------------------------------------------------
-// Small parsers shared with the control socket and the CLI. Each returns the
-// canonical value or a problem string (never throws on bad input).
-
-type Parsed<T> = { ok: true; value: T } | { ok: false; problem: string };
-const ok = <T>(value: T): Parsed<T> => ({ ok: true, value });
-const bad = <T>(problem: string): Parsed<T> => ({ ok: false, problem });
-
-function show(v: unknown): string {
-  return JSON.stringify(v) ?? String(v);
-}
-
-export function addressFamily(address: string): 4 | 6 | null {
-  if (Address4.isValid(address)) return 4;
-  if (!address.includes('%') && !address.includes('/') && Address6.isValid(address)) return 6;
-  return null;
-}
-
-/** A plain IPv4/IPv6 address (no prefix, no zone), canonical form. */
-export function parseAddress(v: unknown): Parsed<string> {
-  if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
-  if (v.includes('/')) return bad(`${show(v)} is an address, write it without a prefix length`);
-  const fam = addressFamily(v);
-  if (fam === 4) return ok(new Address4(v).correctForm());
-  if (fam === 6) return ok(new Address6(v).correctForm());
-  return bad(`${show(v)} is not an IPv4/IPv6 address`);
-}
-
-/** ip:port or [v6]:port. */
-export function parseEndpoint(v: unknown): Parsed<Endpoint> {
-  if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
-  let host: string;
-  let portText: string;
-  const m6 = /^\[([^\]]*)\]:(\d*)$/.exec(v);
-  if (m6) {
-    host = m6[1];
-    portText = m6[2];
-    if (addressFamily(host) !== 6) return bad(`${show(v)} is not an IPv4/IPv6 address`);
-  } else {
-    const i = v.lastIndexOf(':');
-    if (i < 0) return bad(`${show(v)} has no port (write ip:port or [ipv6]:port)`);
-    host = v.slice(0, i);
-    portText = v.slice(i + 1);
-    if (host.includes(':')) return bad(`${show(v)}: put an IPv6 address in brackets, as [addr]:port`);
-    if (addressFamily(host) !== 4) return bad(`${show(v)} is not an IPv4/IPv6 address`);
-  }
-  if (!/^\d{1,5}$/.test(portText)) return bad(`${show(v)} has no valid port`);
-  const port = Number(portText);
-  if (port < 1 || port > 65535) return bad(`${show(v)}: port ${port} is out of range 1..65535`);
-  const address = addressFamily(host) === 4 ? new Address4(host).correctForm() : new Address6(host).correctForm();
-  return ok({ address, port });
-}
-
-export function formatEndpoint(e: Endpoint): string {
-  return e.address.includes(':') ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`;
-}
-
-/** A CIDR with explicit or implied (/32, /128) prefix; host bits must be zero. Canonical "net/len". */
-export function parseCidr(v: unknown): Parsed<string> {
-  if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
-  const slash = v.indexOf('/');
-  const addrText = slash < 0 ? v : v.slice(0, slash);
-  const lenText = slash < 0 ? null : v.slice(slash + 1);
-  const fam = addressFamily(addrText);
-  if (fam === null) return bad(`${show(v)} is not an IPv4/IPv6 CIDR`);
-  const max = fam === 4 ? 32 : 128;
-  let len = max;
-  if (lenText !== null) {
-    if (!/^\d{1,3}$/.test(lenText) || Number(lenText) > max) {
-      return bad(`${show(v)}: prefix length must be 0..${max}`);
-    }
-    len = Number(lenText);
-  }
-  const a = fam === 4 ? new Address4(`${addrText}/${len}`) : new Address6(`${addrText}/${len}`);
-  const net = a.startAddress().correctForm();
-  const host = (fam === 4 ? new Address4(addrText) : new Address6(addrText)).correctForm();
-  if (net !== host) return bad(`${show(v)} has host bits set (did you mean "${net}/${len}"?)`);
-  return ok(`${net}/${len}`);
-}
+// Value parsers of the config's own fields (addresses, CIDRs and endpoints: src/net/address.ts).
+// parseKey32 also serves the control socket.
 
 /** Standard padded base64 of exactly 32 bytes, as strict as wg (src/noise/keys.ts parseKey). */
 export function parseKey32(v: unknown): Parsed<Uint8Array> {
@@ -486,29 +376,6 @@ function checkPeer(c: Checker, v: unknown, prefix: string): PeerConfig | null {
   }
   if (c.problems.length !== before) return null;
   return { publicKey, endpoint, allowedIps, persistentKeepalive };
-}
-
-/**
- * Which project destination (a peer's allowed IP or a service VIP) covers `address`,
- * as text for a message; null when none does.
- */
-export function projectDestinationOf(address: string, peers: readonly PeerConfig[], services: readonly ServiceConfig[]): string | null {
-  const fam = addressFamily(address);
-  if (fam === null) return null;
-  const a = fam === 4 ? new Address4(address) : new Address6(address);
-  for (const [i, p] of peers.entries()) {
-    for (const cidr of p.allowedIps) {
-      if (addressFamily(cidr.split('/')[0]) !== fam) continue;
-      const net = fam === 4 ? new Address4(cidr) : new Address6(cidr);
-      if ((a as Address4).isInSubnet(net as Address4)) return `peers[${i}].allowedIps ${cidr}`;
-    }
-  }
-  for (const [i, s] of services.entries()) {
-    if (addressFamily(s.vip) === fam && (fam === 4 ? new Address4(s.vip) : new Address6(s.vip)).correctForm() === a.correctForm()) {
-      return `services[${i}].vip ${s.vip}`;
-    }
-  }
-  return null;
 }
 
 /** Validates a peer object outside a config file (control socket, CLI). */

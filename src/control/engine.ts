@@ -4,8 +4,9 @@
  * interface, so its lifecycle is tested with a fake engine.
  */
 import type { Logger } from '../log.js';
-import { formatEndpoint, type PodConfig, type PeerConfig } from './config.js';
-import type { LocalService } from '../dataplane/plane.js';
+import type { PodConfig, PeerConfig } from './config.js';
+import { formatEndpoint } from '../net/address.js';
+import type { LocalService } from '../device/plane.js';
 
 export interface EnginePeerStatus {
   /** The current endpoint (it may have roamed), "ip:port" / "[v6]:port", or null. */

@@ -28,7 +28,8 @@
 import { writeSync } from 'node:fs';
 import { leanState, watchLoad } from './lean.js';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
-import { formatEndpoint, projectDestinationOf, readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
+import { readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
+import { formatEndpoint, projectDestinationOf } from '../net/address.js';
 import { openEngine as openRealEngine, type EngineOpener, type PodEngine } from './engine.js';
 import { ControlServer, defaultSocketPath, socketIsLive, type ControlHandler, type PeerChange, type RekeyResult } from './socket.js';
 import type { DnsStatusReport, StatusReport } from './status.js';
@@ -41,7 +42,7 @@ import { generatePrivateKey, publicKeyFromPrivate, formatKey } from '../noise/ke
 import { DnsService, interceptTable, removeDnsResidue } from '../dns/service.js';
 import { CidrSet } from '../dns/classify.js';
 import { RouteMisses } from '../dns/misses.js';
-import type { ServiceEndpoints } from './config.js';
+import type { ServiceEndpoints } from '../dns/service.js';
 import { PolicyRules, exemptOf } from '../routing/policy-rules.js';
 import { formatPort, type PodPolicy } from '../policy/policy.js';
 

@@ -28,13 +28,12 @@ import {
   validatePeer,
   validateServices,
   validateEndpoints,
-  parseAddress,
-  parseCidr,
   MAX_ALLOWED_IPS,
   type PeerConfig,
   type ServiceConfig,
-  type ServiceEndpoints,
 } from './config.js';
+import { parseAddress, parseCidr } from '../net/address.js';
+import type { ServiceEndpoints } from '../dns/service.js';
 import type { StatusReport } from './status.js';
 import { validatePodPolicies, type PodPolicy } from '../policy/policy.js';
 import { silentLogger, type Logger } from '../log.js';

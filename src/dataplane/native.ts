@@ -1,5 +1,5 @@
 /**
- * The native data plane: DataPlane (./plane.ts) over native/engine.c. Per-packet
+ * The native data plane: DataPlane (./plane.ts) over native/engine_*.c (engine.h: the pipeline). Per-packet
  * work runs in the engine's two C threads (TUN -> seal -> UDP, UDP -> open ->
  * inject); this wrapper only forwards per-flow control calls, fans out event
  * batches, and reads counters from a shared ArrayBuffer without a native call.
@@ -36,7 +36,7 @@ import {
   type PeerId,
   type PlaneEvent,
   type PlaneKeypair,
-} from './plane.js';
+} from '../device/plane.js';
 
 /** TUN_F_* bits (linux/if_tun.h) reported in TunDevice.offloads. */
 export const TUN_F = { CSUM: 0x01, TSO4: 0x02, TSO6: 0x04, USO4: 0x20, USO6: 0x40 } as const;

@@ -48,7 +48,7 @@ import {
   type PeerId,
   type PlaneEvent,
   type PlaneKeypair,
-} from './plane.js';
+} from '../device/plane.js';
 import type { Tun } from '../io/tun.js';
 import { sameEndpoint, type Bind, type Datagram } from '../io/bind.js';
 import { readInnerHeader } from '../io/ippacket.js';
@@ -264,7 +264,7 @@ export class ReferencePlane implements DataPlane {
     this.localAddrs = addresses.map((a) => parseIp(a));
   }
 
-  /** Destination check after DNAT (same rule as native/engine.c dst_is_local). */
+  /** Destination check after DNAT (same rule as native/engine_rx.c dst_is_local). */
   private isLocal(dst: Uint8Array): boolean {
     const eq = (a: Uint8Array) => a.length === dst.length && a.every((x, i) => x === dst[i]);
     return this.localAddrs.some(eq) || this.serviceLocals.some(eq);

@@ -4,7 +4,7 @@
  * Kubernetes pod the first entry is "<namespace>.svc.<cluster domain>".
  * Pure: parses text.
  */
-import { parseAddress } from '../control/config.js';
+import { parseAddress } from '../net/address.js';
 
 export interface ResolvConf {
   /** Canonical addresses, in file order (zone-scoped ones are skipped). */

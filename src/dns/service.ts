@@ -5,7 +5,7 @@
  * closed port, then the proxy and its learned routes).
  */
 import { readFileSync } from 'node:fs';
-import type { DnsConfig, ServiceEndpoints } from '../control/config.js';
+import type { Endpoint } from '../net/address.js';
 import type { Logger } from '../log.js';
 import { AddressClassifier, CidrSet, canonicalAddress, type AddressVerdict } from './classify.js';
 import { DnsIntercept, removeInterceptResidue } from './intercept.js';
@@ -13,6 +13,42 @@ import { DnsProxy, type DnsCounters, type RouteSink } from './proxy.js';
 import { parseResolvConf, projectDomainFrom } from './resolv.js';
 import { LearnedRoutes } from './routes.js';
 import type { RouteMisses } from './misses.js';
+
+/** The DNS proxy's settings, as src/control/config.ts parses them from the config file (README "DNS proxy"). */
+export interface DnsConfig {
+  enabled: boolean;
+  /** The project domain, normalized (e.g. "alpha.svc.cluster.local"); null: from the resolv.conf search list. */
+  domain: string | null;
+  /** The real cluster DNS; empty: the nameservers of resolvConf. */
+  upstreams: Endpoint[];
+  neverTunnelNames: string[];
+  /** Canonical CIDRs. */
+  neverTunnelCidrs: string[];
+  /**
+   * Canonical CIDRs (the cluster's pod and service ranges) routed into tenc0 as a
+   * whole: an address in them that no peer claims is classified on first use
+   * (src/dns/misses.ts); not project traffic gets a bypass route, project traffic
+   * without a peer is dropped. Empty (default): only known destinations are routed.
+   */
+  classifyCidrs: string[];
+  /** Seconds: TTLs of project answers are capped at this. */
+  maxTtl: number;
+  /** Seconds a learned route stays after its TTL (and again while its peer still sends). */
+  routeGrace: number;
+  /** Milliseconds before an unanswered query gets SERVFAIL. */
+  upstreamTimeout: number;
+  /** The proxy's port on 127.0.0.1 / ::1. */
+  listenPort: number;
+  /** Absolute path. */
+  resolvConf: string;
+  /** Ready endpoints of project service VIPs (A/AAAA of a VIP are rewritten to them). */
+  endpoints: ServiceEndpoints[];
+}
+
+export interface ServiceEndpoints {
+  vip: string;
+  addresses: string[];
+}
 
 /** The nftables table of a pod's DNS interception. */
 export function interceptTable(ifname: string): string {

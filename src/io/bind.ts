@@ -2,7 +2,7 @@
  * The UDP socket(s) the data plane sends and receives WireGuard messages on, batch-first.
  * Implementations: the real sockets (native) and FakeBind over FakeNetwork (src/io/fake.ts).
  */
-import type { Endpoint } from '../dataplane/plane.js';
+import type { Endpoint } from '../net/address.js';
 
 export interface Datagram {
   data: Uint8Array;

@@ -4,7 +4,7 @@
  * move, can look at every datagram ever sent (log), drop or change them in flight (filter),
  * and put raw datagrams on the wire (inject) to replay or tamper.
  */
-import type { Endpoint } from '../dataplane/plane.js';
+import type { Endpoint } from '../net/address.js';
 import type { Tun } from './tun.js';
 import { endpointKey, type Bind, type Datagram } from './bind.js';
 

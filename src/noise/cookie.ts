@@ -25,7 +25,7 @@ import {
   MESSAGE_COOKIE_REPLY_SIZE,
 } from '../wire/constants.js';
 import { type CookieReplyMessage, writeHeader, writeU32LE } from '../wire/messages.js';
-import type { HandshakePeer, LocalIdentity } from './handshake.js';
+import type { HandshakePeer, LocalIdentity } from './types.js';
 import { equalBytes, hash, mac, xaeadOpen, xaeadSeal } from './kdf.js';
 
 const textEncoder = new TextEncoder();

@@ -3,12 +3,28 @@
  * from, its handshake record, keypair slots and timers, and the numbers `tenc status`
  * shows. Protocol state only; the device (src/device/device.ts) drives it.
  */
-import type { Endpoint, PeerCounters, PeerId } from '../dataplane/plane.js';
-import type { HandshakePeer } from '../noise/handshake.js';
+import type { Endpoint } from '../net/address.js';
 import { Keypairs } from '../noise/keypairs.js';
 import { PeerTimers } from '../noise/timers.js';
-import type { Clock } from '../noise/types.js';
+import type { Clock, HandshakePeer } from '../noise/types.js';
 import { keyFingerprint } from '../log.js';
+
+/** Small integer chosen by the control plane for each peer (0 .. 65535): how the data plane names it. */
+export type PeerId = number;
+
+/** A peer's traffic as the data plane counts it (src/device/plane.ts peerCounters). */
+export interface PeerCounters {
+  txBytes: number;
+  rxBytes: number;
+  txPackets: number;
+  rxPackets: number;
+  /** Clock ms of the last transport message sent / authenticated-received, 0 if never. */
+  lastTxMs: number;
+  lastRxMs: number;
+  /** Of those, data (non-keepalive) messages. */
+  lastTxDataMs: number;
+  lastRxDataMs: number;
+}
 
 export interface PeerInit {
   id: PeerId;

@@ -5,8 +5,7 @@
  * generated"), so they reveal nothing about how many sessions exist.
  */
 import { randomBytes } from '@noble/hashes/utils.js';
-import type { PeerId } from '../dataplane/plane.js';
-import type { Peer } from './peer.js';
+import type { Peer, PeerId } from './peer.js';
 
 export const MAX_PEERS = 65536;
 

@@ -10,8 +10,7 @@
  * over either family): the larger IPv6 overhead is assumed, as wg-quick does.
  */
 import { IpCommand, type Family } from './ip.js';
-import { addressFamily } from '../control/config.js';
-import type { Endpoint } from '../dataplane/plane.js';
+import { addressFamily, type Endpoint } from '../net/address.js';
 
 export const UNDERLAY_OVERHEAD: Record<Family, number> = { 4: 20 + 8 + 32, 6: 40 + 8 + 32 };
 /** Below this IPv4 itself breaks (RFC 791 minimum reassembly size). */

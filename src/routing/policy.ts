@@ -55,7 +55,7 @@
  */
 import { Address4, Address6 } from 'ip-address';
 import { IpCommand, IpCommandError, type Family } from './ip.js';
-import { addressFamily } from '../control/config.js';
+import { addressFamily } from '../net/address.js';
 import { silentLogger, type Logger } from '../log.js';
 
 export interface PolicyRoutingOptions {

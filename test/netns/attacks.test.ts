@@ -26,29 +26,30 @@
  *  6. afterwards a <-> b and c -> b still work; b's endpoint for a is a's again
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startCapture, type Netns } from './lib.js';
 import {
   GATEWAY,
-  POD_ADDR,
-  Topology,
   pcapUdp,
   ping,
   pingUntil,
+  POD_ADDR,
   prepare,
+  projectDir,
   runTool,
+  startCapture,
   startPod,
-  stopAllPods,
   status,
+  tearDown,
   tenc,
-  tencHost,
+  Topology,
   waitFor,
+  writeConfig,
+  type Netns,
   type PodProc,
   type StatusJson,
   type UdpDatagram,
-} from './accept-lib.js';
+} from './lib.js';
 
 const PORT = 51820;
 const A = POD_ADDR(1);
@@ -91,9 +92,7 @@ beforeAll(async () => {
   br = topo.ns('br');
   c = topo.addPod('c', 3);
   d = topo.addPod('d', 4);
-  dir = mkdtempSync(join(tmpdir(), 'tenc-attacks-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
-  writeFileSync(join(dir, 'other-psk'), tencHost('genpsk'), { mode: 0o600 }); // another project
+  dir = projectDir('attacks', ['other-psk']); // other-psk: another project
   for (const [name, addr, psk] of [
     ['a', A, 'psk'],
     ['b', B, 'psk'],
@@ -102,7 +101,7 @@ beforeAll(async () => {
   ] as const) {
     // b injects through raw sockets: the mode where a relayed packet would be routed onwards
     const dataPlane = name === 'b' ? { dataPlane: { inject: 'raw' } } : {};
-    writeFileSync(join(dir, `${name}.json`), JSON.stringify({ addresses: [addr.v4, addr.v6], pskFile: psk, listenPort: PORT, ...dataPlane }));
+    writeConfig(dir, name, { addresses: [addr.v4, addr.v6], pskFile: psk, listenPort: PORT, ...dataPlane });
   }
   const started = await Promise.all(
     ([['a', a], ['b', b], ['c', c], ['d', d]] as const).map(async ([name, ns]) => [name, await startPod(ns, join(dir, `${name}.json`))] as const),
@@ -110,12 +109,7 @@ beforeAll(async () => {
   for (const [name, p] of started) pods[name] = p;
 }, 120_000);
 
-afterAll(async () => {
-  await stopAllPods();
-  topo?.down();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-  expect(topo?.leftovers() ?? []).toEqual([]);
-});
+afterAll(() => tearDown(topo, dir));
 
 /** `x` and `y` become peers of each other (IPv4 underlay, their own addresses as allowed IPs). */
 function peers(nsX: Netns, x: PodProc, X: { v4: string; v6: string }, nsY: Netns, y: PodProc, Y: { v4: string; v6: string }): void {

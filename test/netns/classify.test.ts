@@ -15,12 +15,32 @@
  * the bypasses with everything else.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Netns, snapshot, startCapture, readCaptureBytes, type NetSnapshot } from './lib.js';
-import { Topology, prepare, startPod, stopPod, stopAllPods, tenc, main, pairUp, control, waitFor, type PodProc } from './accept-lib.js';
+import {
+  control,
+  httpServer,
+  main,
+  Netns,
+  pairUp,
+  prepare,
+  projectDir,
+  readCaptureBytes,
+  snapshot,
+  spawnHelper,
+  startCapture,
+  startPod,
+  stopAllPods,
+  stopHelpers,
+  stopPod,
+  tenc,
+  Topology,
+  waitFor,
+  writeConfig,
+  type NetSnapshot,
+  type PodProc,
+} from './lib.js';
 
 const PREFIX = `tcls${process.pid % 100000}`;
 const TABLE = 52100; // the config default
@@ -29,22 +49,6 @@ let a: Netns, b: Netns, c: Netns, d: Netns, br: Netns;
 let dir: string;
 let podA: PodProc, podB: PodProc;
 let beforeA: NetSnapshot;
-const helpers = new Set<ChildProcess>();
-
-function spawnIn(ns: Netns, cmd: string, args: string[]): ChildProcess {
-  const p = ns.spawn(cmd, args);
-  helpers.add(p);
-  p.on('exit', () => helpers.delete(p));
-  p.stdout?.resume();
-  p.stderr?.resume();
-  return p;
-}
-
-function httpServer(ns: Netns, marker: string): void {
-  const js = `require('http').createServer((q,s)=>s.end(${JSON.stringify(marker)})).listen(80,'::',()=>console.log('up'))`;
-  spawnIn(ns, 'node', ['-e', js]);
-}
-
 function curl(ns: Netns, url: string, maxTime = 5): { ok: boolean; body: string } {
   const r = ns.tryExec('curl', '-sS', '-g', '--max-time', String(maxTime), url);
   return { ok: r.status === 0, body: r.stdout };
@@ -64,7 +68,7 @@ beforeAll(async () => {
   d = topo.addPod('d', 4);
   mkdirSync(`/etc/netns/${a.name}`, { recursive: true });
   writeFileSync(`/etc/netns/${a.name}/resolv.conf`, 'nameserver 10.77.0.254\nsearch alpha.svc.cluster.local svc.cluster.local cluster.local\n');
-  spawnIn(br, 'dnsmasq', [
+  spawnHelper(br, 'dnsmasq', [
     '--conf-file=/dev/null',
     '--no-resolv',
     '--no-hosts',
@@ -83,17 +87,13 @@ beforeAll(async () => {
   httpServer(b, 'alpha-b-6d1e');
   httpServer(c, 'beta-c-90f2');
   httpServer(d, 'alpha-d-c47a');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-classify-'));
-  writeFileSync(join(dir, 'psk'), spawnSync('node', [main, 'genpsk'], { encoding: 'utf8' }).stdout, { mode: 0o600 });
-  writeFileSync(
-    join(dir, 'a.json'),
-    JSON.stringify({
-      addresses: ['10.77.0.1', 'fd00:77::1'],
-      pskFile: 'psk',
-      dns: { maxTtl: 5, upstreamTimeout: 500, classifyCidrs: ['10.77.0.0/24', 'fd00:77::/64'] },
-    }),
-  );
-  writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk' }));
+  dir = projectDir('classify');
+  writeConfig(dir, 'a', {
+    addresses: ['10.77.0.1', 'fd00:77::1'],
+    pskFile: 'psk',
+    dns: { maxTtl: 5, upstreamTimeout: 500, classifyCidrs: ['10.77.0.0/24', 'fd00:77::/64'] },
+  });
+  writeConfig(dir, 'b', { addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk' });
   beforeA = snapshot(a);
   podA = await startPod(a, join(dir, 'a.json'));
   podB = await startPod(b, join(dir, 'b.json'));
@@ -101,8 +101,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  await stopAllPods();
-  for (const p of helpers) p.kill('SIGKILL');
+  await Promise.all([stopAllPods(), stopHelpers()]);
   topo?.down();
   rmSync(`/etc/netns/${PREFIX}-a`, { recursive: true, force: true });
   if (dir) rmSync(dir, { recursive: true, force: true });

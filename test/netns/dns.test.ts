@@ -22,18 +22,32 @@
  * of alpha.svc.cluster.local is local (NXDOMAIN); fail.example goes nowhere.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import type { ChildProcess } from 'node:child_process';
+import { rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { ensureBuilt } from '../build.js';
-import { Netns, sh, snapshot, startCapture, readCaptureBytes, requireRoot, requireTool, type NetSnapshot } from './lib.js';
+import {
+  control,
+  httpServer,
+  Netns,
+  prepare,
+  projectDir,
+  readCaptureBytes,
+  snapshot,
+  spawnHelper,
+  startCapture,
+  startPod,
+  stopAllPods,
+  stopHelpers,
+  tenc,
+  Topology,
+  waitFor,
+  writeConfig,
+  type NetSnapshot,
+  type PodProc,
+} from './lib.js';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
-const main = join(root, 'dist', 'src', 'cli', 'main.js');
 const PREFIX = `tdns${process.pid % 100000}`;
-const running = new Set<ChildProcess>();
+let topo: Topology;
 let a: Netns;
 let b: Netns;
 let br: Netns;
@@ -41,16 +55,8 @@ let dir: string;
 let dnsmasq: ChildProcess | null = null;
 const BIG = Array.from({ length: 8 }, (_, i) => `"${String(i).repeat(200)}"`).join(',');
 
-function spawnIn(ns: Netns, cmd: string, args: string[]): ChildProcess {
-  const c = ns.spawn(cmd, args);
-  running.add(c);
-  c.on('exit', () => running.delete(c));
-  c.stdout?.resume();
-  return c;
-}
-
 function startDnsmasq(): ChildProcess {
-  const c = spawnIn(br, 'dnsmasq', [
+  const c = spawnHelper(br, 'dnsmasq', [
     '--conf-file=/dev/null',
     '--no-resolv',
     '--no-hosts',
@@ -77,35 +83,6 @@ function startDnsmasq(): ChildProcess {
   return c;
 }
 
-/** Starts `tenc pod` and resolves once it runs. */
-function startPod(ns: Netns, config: string): Promise<{ child: ChildProcess; publicKey: string; exit: Promise<number | null> }> {
-  const child = spawnIn(ns, 'node', [main, 'pod', '--config', config]);
-  let out = '';
-  let err = '';
-  child.stdout!.removeAllListeners('data');
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`tenc pod did not start: ${err}`)), 15_000);
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const m = /^public-key (\S+)\n/.exec(out);
-      const poll = () => {
-        if (err.includes('"msg":"pod running"')) {
-          clearTimeout(timer);
-          resolve({ child, publicKey: m![1], exit });
-        } else if (child.exitCode === null) setTimeout(poll, 50);
-      };
-      if (m) poll();
-    });
-    exit.then((code) => reject(new Error(`tenc pod exited ${code}: ${err}`)));
-  });
-}
-
-function tenc(ns: Netns, ...args: string[]): string {
-  return ns.exec('node', main, ...args);
-}
-
 function dig(ns: Netns, ...args: string[]): string {
   return ns.tryExec('dig', '+tries=1', '+timeout=3', ...args).stdout;
 }
@@ -120,65 +97,39 @@ function dnsCounters(): Record<string, any> {
   return JSON.parse(tenc(a, 'status', '--json')).dns.counters;
 }
 
-/** One request on pod a's control socket; the parsed response. */
-function control(req: Record<string, unknown>): { ok: boolean; result?: any; error?: { code: string; message: string } } {
-  const path = `/run/tenc/tenc0-${a.inode()}.sock`;
-  const js = `const c = require('net').connect(${JSON.stringify(path)}); let b = ''; c.on('data', (d) => { b += d; if (b.includes('\\n')) { process.stdout.write(b); c.end(); } }); c.write(${JSON.stringify(JSON.stringify(req))} + '\\n');`;
-  return JSON.parse(a.exec('node', '-e', js));
-}
 
-function httpServer(ns: Netns, address: string, marker: string): ChildProcess {
-  const js = `require('http').createServer((q,s)=>s.end(${JSON.stringify(marker)})).listen(80,${JSON.stringify(address)},()=>console.log('up'))`;
-  return spawnIn(ns, 'node', ['-e', js]);
-}
-
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return cond();
-}
-
-let podA: Awaited<ReturnType<typeof startPod>>;
-let podB: Awaited<ReturnType<typeof startPod>>;
+let podA: PodProc;
+let podB: PodProc;
 let beforeA: NetSnapshot;
 
 beforeAll(async () => {
-  requireRoot();
-  for (const t of ['ip', 'nft', 'dnsmasq', 'dig', 'curl', 'tcpdump']) requireTool(t);
-  ensureBuilt();
-  sh('env', [`PODS_PREFIX=${PREFIX}`, 'bash', join(root, 'netns-scripts', 'pods.sh'), 'up']);
-  a = Netns.attach(`${PREFIX}-a`);
-  b = Netns.attach(`${PREFIX}-b`);
-  br = Netns.attach(`${PREFIX}-br`);
+  prepare(['nft', 'dnsmasq', 'dig', 'curl']);
+  topo = Topology.up(PREFIX);
+  a = topo.ns('a');
+  b = topo.ns('b');
+  br = topo.ns('br');
   // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: the pod's resolv.conf
   mkdirSync(`/etc/netns/${a.name}`, { recursive: true });
   writeFileSync(`/etc/netns/${a.name}/resolv.conf`, 'nameserver 10.77.0.254\nsearch alpha.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-dns-'));
-  writeFileSync(join(dir, 'psk'), spawnSync('node', [main, 'genpsk'], { encoding: 'utf8' }).stdout, { mode: 0o600 });
-  writeFileSync(
-    join(dir, 'a.json'),
-    JSON.stringify({
-      addresses: ['10.77.0.1', 'fd00:77::1'],
-      pskFile: 'psk',
-      dns: {
-        maxTtl: 2,
-        routeGrace: 1,
-        upstreamTimeout: 500,
-        neverTunnelCidrs: ['10.96.9.0/24'],
-        endpoints: [
-          { vip: '10.96.0.20', addresses: ['10.77.0.2'] },
-          { vip: 'fd00:96::20', addresses: ['fd00:77::2'] },
-        ],
-      },
-    }),
-  );
-  writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk' }));
+  dir = projectDir('dns');
+  writeConfig(dir, 'a', {
+    addresses: ['10.77.0.1', 'fd00:77::1'],
+    pskFile: 'psk',
+    dns: {
+      maxTtl: 2,
+      routeGrace: 1,
+      upstreamTimeout: 500,
+      neverTunnelCidrs: ['10.96.9.0/24'],
+      endpoints: [
+        { vip: '10.96.0.20', addresses: ['10.77.0.2'] },
+        { vip: 'fd00:96::20', addresses: ['fd00:77::2'] },
+      ],
+    },
+  });
+  writeConfig(dir, 'b', { addresses: ['10.77.0.2', 'fd00:77::2'], pskFile: 'psk' });
   dnsmasq = startDnsmasq();
-  httpServer(b, '10.77.0.2', 'alpha-marker-7f3a');
-  httpServer(br, '10.77.0.254', 'beta-marker-51c9');
+  httpServer(b, 'alpha-marker-7f3a', '10.77.0.2');
+  httpServer(br, 'beta-marker-51c9', '10.77.0.254');
   beforeA = snapshot(a);
   podA = await startPod(a, join(dir, 'a.json'));
   podB = await startPod(b, join(dir, 'b.json'));
@@ -187,11 +138,8 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  const exits = [...running].map((c) => new Promise((r) => c.once('exit', r)));
-  for (const c of running) c.kill('SIGTERM');
-  await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, 3000))]);
-  for (const c of running) c.kill('SIGKILL');
-  spawnSync('env', [`PODS_PREFIX=${PREFIX}`, 'bash', join(root, 'netns-scripts', 'pods.sh'), 'down']);
+  await Promise.all([stopAllPods(), stopHelpers()]);
+  topo?.down();
   rmSync(`/etc/netns/${PREFIX}-a`, { recursive: true, force: true });
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -281,7 +229,7 @@ describe('dns proxy in a pod of project alpha', () => {
 
   it('a tampered answer (a project name CNAMEd to an attacker address): routed into tenc0 and dropped; no plaintext packet reaches the address, during the TTL or after (issue 19.1)', async () => {
     br.exec('ip', 'addr', 'add', '10.77.0.66/24', 'dev', 'br0');
-    const evil = httpServer(br, '10.77.0.66', 'evil-marker-0d1e');
+    const evil = httpServer(br, 'evil-marker-0d1e', '10.77.0.66');
     await new Promise<void>((r) => evil.stdout!.once('data', () => r()));
     const table = () => a.ip('-4', 'route', 'show', 'table', '52100');
     const wire = await startCapture(br, 'br0');
@@ -315,7 +263,7 @@ describe('dns proxy in a pod of project alpha', () => {
     try {
       expect(dig(a, '+short', 'api.alpha.svc.cluster.local')).toBe('10.96.0.21\n');
       expect(table()).toMatch(/^10\.96\.0\.21 dev tenc0/m);
-      const ping = spawnIn(a, 'ping', ['-i', '0.2', '-w', '6', '10.96.0.21']); // a flow that keeps sending
+      const ping = spawnHelper(a, 'ping', ['-i', '0.2', '-w', '6', '10.96.0.21']); // a flow that keeps sending
       await new Promise((r) => setTimeout(r, 5000)); // well past TTL 2 s + grace 1 s
       expect(table()).toMatch(/^10\.96\.0\.21 dev tenc0/m);
       await new Promise((r) => ping.once('exit', r));
@@ -376,20 +324,20 @@ describe('dns proxy in a pod of project alpha', () => {
   });
 
   it('addresses not learned through DNS: member, PTR into the project domain, never-tunnel CIDR, other', () => {
-    const verdict = (address: string) => control({ id: 1, op: 'classify-address', address }).result;
+    const verdict = (address: string) => control(a, { id: 1, op: 'classify-address', address }).result;
     expect(verdict('10.77.0.2')).toEqual({ verdict: 'project', reason: 'member' }); // peer b's allowed IP
     expect(verdict('10.96.0.20')).toEqual({ verdict: 'project', reason: 'member' }); // a VIP with endpoints
     expect(verdict('10.96.0.21')).toEqual({ verdict: 'project', reason: 'reverse' }); // PTR api.alpha.svc.cluster.local
     expect(verdict('10.77.0.254')).toEqual({ verdict: 'other', reason: 'none' }); // PTR web.beta.svc.cluster.local
     expect(verdict('10.96.9.1')).toEqual({ verdict: 'never', reason: 'never-cidr' });
-    expect(control({ id: 2, op: 'classify-address', address: '10.0.0.300' }).error?.code).toBe('EINVAL');
+    expect(control(a, { id: 2, op: 'classify-address', address: '10.0.0.300' }).error?.code).toBe('EINVAL');
   });
 
   it('set-endpoints at run time: the next answer carries the new endpoints', () => {
-    const r = control({ id: 3, op: 'set-endpoints', endpoints: [{ vip: '10.96.0.20', addresses: ['10.77.0.2', '10.77.0.3'] }] });
+    const r = control(a, { id: 3, op: 'set-endpoints', endpoints: [{ vip: '10.96.0.20', addresses: ['10.77.0.2', '10.77.0.3'] }] });
     expect(r.ok).toBe(true);
     expect(dig(a, '+short', 'web.alpha.svc.cluster.local').split('\n').filter(Boolean).sort()).toEqual(['10.77.0.2', '10.77.0.3']);
-    expect(control({ id: 4, op: 'set-endpoints', endpoints: [] }).ok).toBe(true);
+    expect(control(a, { id: 4, op: 'set-endpoints', endpoints: [] }).ok).toBe(true);
     expect(dig(a, '+short', 'web.alpha.svc.cluster.local')).toBe('10.96.0.20\n'); // no endpoints known: the VIP stays
   });
 

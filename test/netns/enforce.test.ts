@@ -21,12 +21,27 @@
  *     one output chain); a clean stop removes everything (namespace as before).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Netns, destroyAll, veth, snapshot, startCapture, requireRoot, requireTool, readCaptureBytes, type Capture } from './lib.js';
+import {
+  control,
+  main,
+  Netns,
+  projectDir,
+  readCaptureBytes,
+  requireRoot,
+  requireTool,
+  root,
+  snapshot,
+  startCapture,
+  startPod,
+  status,
+  stopPod,
+  tearDown,
+  vethPair,
+  type Capture,
+} from './lib.js';
 import { ensureBuilt } from '../build.js';
-import { startPod, stopPod, stopAllPods, tencHost, status, control, root, main } from './accept-lib.js';
 
 const sender = join(root, 'test', 'netns', 'egress-send.py');
 const PEER_KEY = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
@@ -89,27 +104,13 @@ beforeAll(() => {
   requireRoot();
   for (const t of ['ip', 'nft', 'tcpdump', 'curl', 'python3']) requireTool(t);
   ensureBuilt();
-  a = Netns.create('ea');
-  b = Netns.create('eb');
-  veth(a, 'eth0', b, 'eth0');
-  a.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
-  a.ip('-6', 'addr', 'add', 'fd00:77::1/64', 'dev', 'eth0', 'nodad');
+  [a, b] = vethPair('ea', 'eb');
   a.ip('route', 'add', 'default', 'via', '10.77.0.254');
-  b.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
-  b.ip('addr', 'add', '10.77.0.3/24', 'dev', 'eth0');
-  b.ip('addr', 'add', '10.77.0.254/24', 'dev', 'eth0');
-  b.ip('addr', 'add', '10.96.0.50/32', 'dev', 'eth0');
-  b.ip('-6', 'addr', 'add', 'fd00:77::2/64', 'dev', 'eth0', 'nodad');
-  b.ip('-6', 'addr', 'add', 'fd00:77::3/64', 'dev', 'eth0', 'nodad');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-enforce-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
+  b.addAddresses('eth0', ['10.77.0.3/24', '10.77.0.254/24', '10.96.0.50/32', 'fd00:77::3/64']);
+  dir = projectDir('enforce');
 }, 120_000);
 
-afterAll(async () => {
-  await stopAllPods();
-  destroyAll();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => tearDown(undefined, dir));
 
 const PROJECT = ['10.77.0.2', 'fd00:77::2', '10.77.0.3', 'fd00:77::3', '10.96.0.50'];
 

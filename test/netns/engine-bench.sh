@@ -10,6 +10,8 @@
 # usage: test/netns/engine-bench.sh [seconds=5] [rounds=1]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=netns-scripts/lib.sh
+. netns-scripts/lib.sh
 SECS=${1:-5}
 ROUNDS=${2:-1}
 A=tenc-bench-a
@@ -18,8 +20,8 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -f /tmp/tenc-bench-a.in /tmp/tenc-bench-b.in
-  ip netns del $A 2>/dev/null || true
-  ip netns del $B 2>/dev/null || true
+  ns_remove $A
+  ns_remove $B
 }
 trap cleanup EXIT
 for t in ip iperf3 node openssl; do command -v $t >/dev/null || { echo "engine-bench: $t missing (netns-scripts/deps.sh)" >&2; exit 1; }; done
@@ -27,10 +29,8 @@ for t in ip iperf3 node openssl; do command -v $t >/dev/null || { echo "engine-b
 topology() {
   cleanup
   PIDS=()
-  ip netns add $A
-  ip netns add $B
-  ip -n $A link set lo up
-  ip -n $B link set lo up
+  ns_up $A
+  ns_up $B
   ip link add veA netns $A type veth peer name veB netns $B
   ip -n $A addr add 10.211.0.1/24 dev veA
   ip -n $B addr add 10.211.0.2/24 dev veB

@@ -15,7 +15,7 @@
  */
 import { createInterface } from 'node:readline';
 import { openNativePlane } from '../../src/dataplane/native.js';
-import type { LocalService, PlaneEvent } from '../../src/dataplane/plane.js';
+import type { LocalService, PlaneEvent } from '../../src/device/plane.js';
 
 interface KeypairHex {
   localIndex: number;

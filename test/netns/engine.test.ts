@@ -1,5 +1,5 @@
 /**
- * The native data plane (native/engine.c via src/dataplane/native.ts) between two
+ * The native data plane (native/engine_*.c via src/dataplane/native.ts) between two
  * real network namespaces, with STATIC keypairs (no handshake: that is the control
  * plane's job and tested elsewhere). Root only; fails (never skips) when a tool is
  * missing after netns-scripts/deps.sh.
@@ -75,7 +75,7 @@ function requireTools(): void {
   if (process.getuid?.() !== 0) throw new Error('engine netns test must run as root');
 }
 
-/** A line-oriented JSON child (engine-child.ts, engine-tcp.mjs, tcpdump). */
+/** A line-oriented JSON child (engine-child.ts, tcp.mjs, tcpdump). */
 class Proc {
   readonly p: ChildProcess;
   private lines: string[] = [];
@@ -348,10 +348,10 @@ describe.each(runs)('engine between namespaces: $mode mode, offloads $offloads',
     ['A -> B', INNER6.b, NS_A, NS_B],
     ['B -> A', INNER6.a, NS_B, NS_A],
   ])('TCP transfer %s to %s', async (_dir, dst, from, to) => {
-    const server = new Proc(to, ['node', join(here, 'engine-tcp.mjs'), 'server', dst, '5001']);
+    const server = new Proc(to, ['node', join(here, 'tcp.mjs'), 'server', dst, '5001']);
     try {
       expect(await server.next()).toEqual({ listening: true });
-      const client = new Proc(from, ['node', join(here, 'engine-tcp.mjs'), 'client', dst, '5001', String(4 << 20), TCP_MARKER]);
+      const client = new Proc(from, ['node', join(here, 'tcp.mjs'), 'client', dst, '5001', String(4 << 20), '0', TCP_MARKER]);
       const sent = await client.next<{ bytes: number; sha256: string }>(20_000);
       const got = await server.next<{ bytes: number; sha256: string }>(20_000);
       expect(got).toEqual(sent);
@@ -382,10 +382,10 @@ describe.each(runs)('engine between namespaces: $mode mode, offloads $offloads',
     [VIP4, INNER4.a],
     [VIP6, INNER6.a],
   ])('DNAT: B -> service VIP %s reaches A\'s server on %s and the replies come back from the VIP', async (vip, local) => {
-    const server = new Proc(NS_A, ['node', join(here, 'engine-tcp.mjs'), 'server', local, '5002']);
+    const server = new Proc(NS_A, ['node', join(here, 'tcp.mjs'), 'server', local, '5002']);
     try {
       expect(await server.next()).toEqual({ listening: true });
-      const client = new Proc(NS_B, ['node', join(here, 'engine-tcp.mjs'), 'client', vip, '5002', String(1 << 20), TCP_MARKER]);
+      const client = new Proc(NS_B, ['node', join(here, 'tcp.mjs'), 'client', vip, '5002', String(1 << 20), '0', TCP_MARKER]);
       const sent = await client.next<{ bytes: number; sha256: string }>(20_000);
       expect(await server.next(20_000)).toEqual(sent);
     } finally {

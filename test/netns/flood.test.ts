@@ -23,7 +23,23 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Netns } from './lib.js';
-import { POD_ADDR, Topology, pairUp, pingUntil, prepare, root, rssKiB, startPod, status, stopAllPods, tenc, tencHost, waitFor, type PodProc } from './accept-lib.js';
+import {
+  pairUp,
+  pingUntil,
+  POD_ADDR,
+  prepare,
+  projectDir,
+  root,
+  rssKiB,
+  startPod,
+  status,
+  tearDown,
+  tenc,
+  Topology,
+  waitFor,
+  writeConfig,
+  type PodProc,
+} from './lib.js';
 
 const PORT = 51820;
 const A = POD_ADDR(1);
@@ -54,20 +70,14 @@ beforeAll(async () => {
   b = topo.ns('b');
   x = topo.addPod('x', 50);
   for (const s of SOURCES) x.ip('addr', 'add', `${s}/24`, 'dev', 'eth0');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-flood-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
-  writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: [A.v4, A.v6], pskFile: 'psk', listenPort: PORT }));
-  writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: [B.v4, B.v6], pskFile: 'psk', listenPort: PORT }));
-  [podA, podB] = await Promise.all([startPod(a, join(dir, 'a.json')), startPod(b, join(dir, 'b.json'))]);
+  dir = projectDir('flood');
+  const configA = writeConfig(dir, 'a', { addresses: [A.v4, A.v6], pskFile: 'psk', listenPort: PORT });
+  const configB = writeConfig(dir, 'b', { addresses: [B.v4, B.v6], pskFile: 'psk', listenPort: PORT });
+  [podA, podB] = await Promise.all([startPod(a, configA), startPod(b, configB)]);
   pairUp(a, podA, 1, b, podB, 2, PORT);
 }, 120_000);
 
-afterAll(async () => {
-  await stopAllPods();
-  topo?.down();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-  expect(topo?.leftovers() ?? []).toEqual([]);
-});
+afterAll(() => tearDown(topo, dir));
 
 describe('handshake flood with a valid mac1 from 64 addresses', () => {
   it('b keeps its TCP flow and completes a re-handshake; a refuses the excess, counted; memory bounded', async () => {

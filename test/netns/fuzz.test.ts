@@ -21,32 +21,33 @@
  *     they count as bad_header); b's VmRSS stayed bounded
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startCapture, type Netns } from './lib.js';
 import {
-  POD_ADDR,
-  Topology,
   pairUp,
   pcapUdp,
   ping,
   pingUntil,
+  POD_ADDR,
   prepare,
+  projectDir,
   rssKiB,
   sha256,
+  startCapture,
   startPod,
-  stopAllPods,
-  stopPod,
   status,
-  tencHost,
+  stopPod,
+  tearDown,
   tools,
+  Topology,
   waitFor,
+  writeConfig,
+  type Netns,
   type PodProc,
   type StatusJson,
-} from './accept-lib.js';
+} from './lib.js';
 
 const PORT = 51820;
 const A = POD_ADDR(1);
@@ -76,24 +77,18 @@ beforeAll(async () => {
   a = topo.ns('a');
   b = topo.ns('b');
   br = topo.ns('br');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-fuzz-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
+  dir = projectDir('fuzz');
   writeFileSync(join(dir, 'blob'), randomBytes(4 << 20));
   for (const [name, addr] of [
     ['a', A],
     ['b', B],
   ] as const) {
-    writeFileSync(join(dir, `${name}.json`), JSON.stringify({ addresses: [addr.v4, addr.v6], pskFile: 'psk', listenPort: PORT }));
+    writeConfig(dir, name, { addresses: [addr.v4, addr.v6], pskFile: 'psk', listenPort: PORT });
   }
   [podA, podB] = await Promise.all([startPod(a, join(dir, 'a.json')), startPod(b, join(dir, 'b.json'))]);
 }, 120_000);
 
-afterAll(async () => {
-  await stopAllPods();
-  topo?.down();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-  expect(topo?.leftovers() ?? []).toEqual([]);
-});
+afterAll(() => tearDown(topo, dir));
 
 /** A long-running child; resolves when `ready` appears on its stdout. */
 function startServer(ns: Netns, args: string[]): Promise<ChildProcess> {

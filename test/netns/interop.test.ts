@@ -24,19 +24,30 @@
  *  5. case 1 over the IPv6 underlay, IPv4 and IPv6 inside
  */
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, destroyAll, veth, startCapture, requireRoot, requireTool, sh } from './lib.js';
+import {
+  destroyAll,
+  Netns,
+  requireRoot,
+  requireTool,
+  sh,
+  startCapture,
+  startPod,
+  stopAllPods,
+  stopPod,
+  vethPair,
+  type PodProc,
+} from './lib.js';
 import { ensureBuilt } from '../build.js';
-import { startPod, stopAllPods, stopPod, type PodProc } from './accept-lib.js';
 import { WireguardGo, stopAllWireguardGo } from './interop-wg.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
-const tcpHelper = fileURLToPath(new URL('./interop-tcp.mjs', import.meta.url));
+const tcpHelper = fileURLToPath(new URL('./tcp.mjs', import.meta.url));
 const MiB = 1 << 20;
 
 let a: Netns;
@@ -186,13 +197,7 @@ beforeAll(() => {
   requireRoot();
   for (const t of ['ip', 'ping', 'tcpdump', 'wg', 'wireguard-go']) requireTool(t);
   ensureBuilt();
-  a = Netns.create('ia');
-  b = Netns.create('ib');
-  veth(a, 'eth0', b, 'eth0');
-  a.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
-  b.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
-  a.ip('-6', 'addr', 'add', 'fd00:77::1/64', 'dev', 'eth0', 'nodad');
-  b.ip('-6', 'addr', 'add', 'fd00:77::2/64', 'dev', 'eth0', 'nodad');
+  [a, b] = vethPair('ia', 'ib');
   dir = mkdtempSync(join(tmpdir(), 'tenc-interop-'));
   chmodSync(dir, 0o700);
   wgKeyFile('wg.key', 'genkey');

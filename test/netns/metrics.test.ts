@@ -19,12 +19,10 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Netns, destroyAll, veth, requireRoot, requireTool } from './lib.js';
+import { main, Netns, projectDir, requireRoot, requireTool, startPod, tearDown, tenc, vethPair, type PodProc } from './lib.js';
 import { ensureBuilt } from '../build.js';
-import { startPod, stopAllPods, tenc, tencHost, main, type PodProc } from './accept-lib.js';
 import { keyFingerprint } from '../../src/log.js';
 
 let a: Netns;
@@ -59,13 +57,8 @@ beforeAll(async () => {
   requireRoot();
   for (const t of ['ip', 'curl', 'promtool', 'ping', 'python3']) requireTool(t);
   ensureBuilt();
-  a = Netns.create('a');
-  b = Netns.create('b');
-  veth(a, 'eth0', b, 'eth0');
-  a.ip('addr', 'add', '10.79.0.1/24', 'dev', 'eth0');
-  b.ip('addr', 'add', '10.79.0.2/24', 'dev', 'eth0');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-metrics-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
+  [a, b] = vethPair('a', 'b', ['10.79.0.1/24'], ['10.79.0.2/24']);
+  dir = projectDir('metrics');
   // dir doubles as an agent run directory: <pod>.json naming each pod's control socket
   writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: ['10.79.0.1'], pskFile: 'psk', enforce: true, controlSocket: join(dir, 'a.sock') }));
   writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.79.0.2'], pskFile: 'psk', controlSocket: join(dir, 'b.sock') }));
@@ -75,11 +68,7 @@ beforeAll(async () => {
   tenc(a, 'set-peer', podB.publicKey, '--endpoint', '10.79.0.2:51820', '--allowed-ips', '10.79.0.2/32', '--socket', join(dir, 'a.sock'));
 }, 60_000);
 
-afterAll(async () => {
-  await stopAllPods();
-  destroyAll();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => tearDown(undefined, dir));
 
 describe('tenc pod --metrics-address', () => {
   it('1. bytes appear and grow with traffic; the handshake and the live session show', async () => {

@@ -18,12 +18,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Netns, destroyAll, veth, requireRoot, requireTool } from './lib.js';
+import { destroyAll, Netns, requireRoot, requireTool, vethPair } from './lib.js';
 import { ensureBuilt } from '../build.js';
 import { controlRequest } from '../../src/control/socket.js';
 
 let a: Netns;
-let b: Netns;
 let dir: string;
 let main: string;
 const running = new Set<ChildProcess>();
@@ -81,11 +80,7 @@ beforeAll(() => {
   requireRoot();
   for (const t of ['ip', 'nsenter', 'nft']) requireTool(t);
   main = ensureBuilt();
-  a = Netns.create('a');
-  b = Netns.create('b');
-  veth(a, 'eth0', b, 'eth0');
-  a.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
-  b.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
+  [a] = vethPair('a', 'b', ['10.77.0.1/24'], ['10.77.0.2/24']);
   dir = mkdtempSync(join(tmpdir(), 'tenc-lean-'));
   writeFileSync(join(dir, 'psk'), Buffer.alloc(32, 7).toString('base64') + '\n', { mode: 0o600 });
   writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: ['10.77.0.1'], pskFile: 'psk', controlSocket: join(dir, 'a.sock') }), { mode: 0o600 });

@@ -15,25 +15,28 @@
  *     IPv4 and IPv6 inside; the MTU follows the IPv6 underlay
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { Netns, destroyAll, veth, snapshot, startCapture, requireRoot, requireTool, type NetSnapshot } from './lib.js';
+import {
+  Netns,
+  ping,
+  projectDir,
+  requireRoot,
+  requireTool,
+  snapshot,
+  startCapture,
+  startPod,
+  tearDown,
+  tenc,
+  vethPair,
+  writeConfig,
+  type NetSnapshot,
+} from './lib.js';
 import { ensureBuilt } from '../build.js';
-import { startPod, stopAllPods, tenc } from './accept-lib.js';
-
-const root = fileURLToPath(new URL('../..', import.meta.url));
-const main = join(root, 'dist', 'src', 'cli', 'main.js');
 
 let a: Netns;
 let b: Netns;
 let dir: string;
-function ping(ns: Netns, dst: string): boolean {
-  return ns.tryExec('ping', '-c', '2', '-i', '0.2', '-W', '2', dst).status === 0;
-}
-
 function expectSame(after: NetSnapshot, before: NetSnapshot): void {
   for (const k of Object.keys(before) as (keyof NetSnapshot)[]) expect(after[k], `snapshot field ${k}`).toBe(before[k]);
 }
@@ -42,31 +45,14 @@ beforeAll(() => {
   requireRoot();
   for (const t of ['ip', 'ping', 'tcpdump', 'nft']) requireTool(t);
   ensureBuilt();
-  a = Netns.create('a');
-  b = Netns.create('b');
-  veth(a, 'eth0', b, 'eth0');
-  a.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
-  b.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
-  a.ip('-6', 'addr', 'add', 'fd00:77::1/64', 'dev', 'eth0', 'nodad');
-  b.ip('-6', 'addr', 'add', 'fd00:77::2/64', 'dev', 'eth0', 'nodad');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-procs-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
-  writeFileSync(join(dir, 'a.json'), JSON.stringify({ addresses: ['10.77.0.1'], pskFile: 'psk' }));
-  writeFileSync(join(dir, 'b.json'), JSON.stringify({ addresses: ['10.77.0.2'], pskFile: 'psk' }));
+  [a, b] = vethPair('a', 'b');
+  dir = projectDir('procs');
+  writeConfig(dir, 'a', { addresses: ['10.77.0.1'], pskFile: 'psk' });
+  writeConfig(dir, 'b', { addresses: ['10.77.0.2'], pskFile: 'psk' });
 }, 120_000);
 
-function tencHost(...args: string[]): string {
-  const r = spawnSync('node', [main, ...args], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(r.stderr);
-  return r.stdout;
-}
-
-afterAll(async () => {
-  // a failed test may leave pods running: stop them (TERM, then KILL) before the namespaces go
-  await stopAllPods();
-  destroyAll();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+// a failed test may leave pods running: stop them (TERM, then KILL) before the namespaces go
+afterAll(() => tearDown(undefined, dir));
 
 describe('two tenc pod processes', () => {
   it('tunnel, crash and restart, clean stop', async () => {

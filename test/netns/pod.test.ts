@@ -17,7 +17,7 @@ import { mkdtempSync, rmSync, writeFileSync, existsSync, mkdirSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { Netns, destroyAll, veth, snapshot, requireRoot, requireTool, type NetSnapshot } from './lib.js';
+import { destroyAll, Netns, requireRoot, requireTool, snapshot, vethPair, type NetSnapshot } from './lib.js';
 import { IpCommand } from '../../src/routing/ip.js';
 import { runPod, type Pod } from '../../src/control/pod.js';
 import { validateConfig, type PeerConfig, type PodConfig } from '../../src/control/config.js';
@@ -32,17 +32,12 @@ const BOB_PUB = Buffer.from('de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadf
 const PSK = Buffer.alloc(32, 0x5a).toString('base64');
 
 let pod: Netns;
-let peer: Netns;
 let dir: string;
 
 beforeAll(() => {
   requireRoot();
   requireTool('ip');
-  pod = Netns.create('pod');
-  peer = Netns.create('peer');
-  veth(pod, 'eth0', peer, 'eth0');
-  pod.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
-  peer.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
+  [pod] = vethPair('pod', 'peer', ['10.77.0.1/24'], ['10.77.0.2/24']);
   pod.ip('route', 'add', 'default', 'via', '10.77.0.2');
   dir = mkdtempSync(join(tmpdir(), 'tenc-pod-'));
   writeFileSync(join(dir, 'psk'), PSK + '\n', { mode: 0o600 });

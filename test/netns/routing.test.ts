@@ -65,10 +65,8 @@ beforeAll(() => {
   rt = Netns.create('rt');
   peer = Netns.create('peer');
   veth(rt, 'eth0', peer, 'eth0', 1400);
-  rt.ip('addr', 'add', '10.77.0.1/24', 'dev', 'eth0');
-  rt.ip('-6', 'addr', 'add', 'fd00:77::1/64', 'dev', 'eth0', 'nodad');
-  peer.ip('addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
-  peer.ip('-6', 'addr', 'add', 'fd00:77::2/64', 'dev', 'eth0', 'nodad');
+  rt.addAddresses('eth0', ['10.77.0.1/24', 'fd00:77::1/64']);
+  peer.addAddresses('eth0', ['10.77.0.2/24', 'fd00:77::2/64']);
   rt.ip('route', 'add', 'default', 'via', '10.77.0.2');
   rt.ip('-6', 'route', 'add', 'default', 'via', 'fd00:77::2');
   persistentTun(rt, 'tenc0');

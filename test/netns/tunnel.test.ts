@@ -26,29 +26,30 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startCapture, type Netns } from './lib.js';
 import {
   GATEWAY,
-  POD_ADDR,
-  Topology,
   marker,
   pairUp,
   pcapUdp,
   ping,
   pingUntil,
+  POD_ADDR,
   prepare,
+  projectDir,
   runTool,
   sha256,
+  startCapture,
   startPod,
   stopAllPods,
   stopPod,
-  tencHost,
+  tearDown,
   tools,
+  Topology,
+  type Netns,
   type PodProc,
-} from './accept-lib.js';
+} from './lib.js';
 
 const PORT = 51820;
 const A = POD_ADDR(1);
@@ -69,18 +70,12 @@ beforeAll(() => {
   a = topo.ns('a');
   b = topo.ns('b');
   br = topo.ns('br');
-  dir = mkdtempSync(join(tmpdir(), 'tenc-tunnel-'));
-  writeFileSync(join(dir, 'psk'), tencHost('genpsk'), { mode: 0o600 });
+  dir = projectDir('tunnel');
   blob = randomBytes(1 << 20);
   writeFileSync(join(dir, 'blob'), blob);
 }, 120_000);
 
-afterAll(async () => {
-  await stopAllPods();
-  topo?.down();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-  expect(topo?.leftovers() ?? []).toEqual([]);
-});
+afterAll(() => tearDown(topo, dir));
 
 /** A long-running child; resolves when `ready` appears on its stdout. */
 function startServer(ns: Netns, cmd: string, args: string[], ready: string): Promise<ChildProcess> {

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Device } from '../../src/device/device.js';
-import { DROP_REASONS, type DataPlane, type DropReason, type Endpoint, type PeerCounters, type PeerId, type PlaneEvent, type PlaneKeypair } from '../../src/dataplane/plane.js';
+import { DROP_REASONS, type DataPlane, type DropReason, type Endpoint, type PeerCounters, type PeerId, type PlaneEvent, type PlaneKeypair } from '../../src/device/plane.js';
 import { generatePrivateKey, publicKeyFromPrivate } from '../../src/noise/keys.js';
 import { ManualClock } from '../../src/noise/timers.js';
 import { captureLogger, type LogRecord } from './harness.js';

@@ -7,9 +7,10 @@
  *   tun 10.1.0.1, fd00::1                     tun 10.1.0.2, fd00::2
  *   udp 10.0.0.1:51820  <--- FakeNetwork --->  udp 10.0.0.2:51820
  */
-import { Device, type LoggerLike } from '../../src/device/device.js';
+import { Device } from '../../src/device/device.js';
+import type { LoggerLike } from '../../src/device/api.js';
 import { ReferencePlane } from '../../src/dataplane/reference.js';
-import type { Endpoint } from '../../src/dataplane/plane.js';
+import type { Endpoint } from '../../src/device/plane.js';
 import { FakeNetwork, FakeTun, type FakeBind } from '../../src/io/fake.js';
 import { makeIpPacket } from '../../src/io/ippacket.js';
 import { parseIp } from '../../src/peer/allowedips.js';

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { ReferencePlane } from '../../src/dataplane/reference.js';
-import { DROP_REASONS, type PlaneEvent } from '../../src/dataplane/plane.js';
+import { DROP_REASONS, type PlaneEvent } from '../../src/device/plane.js';
 import { FakeNetwork, FakeTun } from '../../src/io/fake.js';
 import { makeIpPacket } from '../../src/io/ippacket.js';
 import { parseIp } from '../../src/peer/allowedips.js';

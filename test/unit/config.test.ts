@@ -10,8 +10,6 @@ import {
   loadConfig,
   validateConfig,
   ConfigError,
-  parseEndpoint,
-  parseCidr,
   readPskFile,
   validatePeer,
   validateServices,
@@ -20,6 +18,7 @@ import {
   DEFAULT_TABLE,
   DEFAULT_RULE_PRIORITY,
 } from '../../src/control/config.js';
+import { parseCidr, parseEndpoint } from '../../src/net/address.js';
 
 const KEY_A = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo='; // RFC 7748 §6.1 Alice's public key, base64
 const KEY_B = '3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08='; // RFC 7748 §6.1 Bob's public key, base64

@@ -1,7 +1,7 @@
 /** The control socket's set-endpoints op (src/control/socket.ts dispatch) over a fake handler. */
 import { describe, it, expect } from 'vitest';
 import { dispatch, type ControlHandler } from '../../src/control/socket.js';
-import type { ServiceEndpoints } from '../../src/control/config.js';
+import type { ServiceEndpoints } from '../../src/dns/service.js';
 
 function handler(withDns: boolean): ControlHandler & { got: ServiceEndpoints[][] } {
   const got: ServiceEndpoints[][] = [];

@@ -1,6 +1,6 @@
 /**
  * The native engine's handshake gate and key lifetime, without namespaces or root
- * (native/engine.c hs_gate, kp_expired): handshake-sized datagrams whose mac1 is not
+ * (native/engine_hsgate.c hs_gate, engine_internal.h kp_expired): handshake-sized datagrams whose mac1 is not
  * made with our public key never reach the control plane (bad_mac1); under load each
  * source address gets 20 messages a second, burst 5 (handshake_ratelimited) while
  * another source is still served; a keypair older than REJECT_AFTER_TIME seals and
@@ -13,7 +13,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeFd, NativePlane, openUdp } from '../../src/dataplane/native.js';
-import type { PlaneEvent } from '../../src/dataplane/plane.js';
+import type { PlaneEvent } from '../../src/device/plane.js';
 import { computeMac1, mac1KeyFor } from '../../src/noise/cookie.js';
 import { aeadSeal } from '../../src/noise/kdf.js';
 import { generatePrivateKey, publicKeyFromPrivate } from '../../src/noise/keys.js';

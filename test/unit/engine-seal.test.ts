@@ -1,5 +1,5 @@
 /**
- * The native send path's segmentation and sealing of one TUN frame (native/engine.c
+ * The native send path's segmentation and sealing of one TUN frame (native/engine_tx.c
  * tx_frame + seal / seal_scatter, through the engineTestSeal hook), without threads,
  * sockets or namespaces:
  *  - scatter seal (each TSO/USO segment's payload sealed straight out of the

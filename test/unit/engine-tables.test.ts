@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeFd, NativePlane, openUdp, replayRun } from '../../src/dataplane/native.js';
 import { REPLAY_TABLE } from '../../src/noise/replay.js';
-import type { PlaneEvent } from '../../src/dataplane/plane.js';
+import type { PlaneEvent } from '../../src/device/plane.js';
 import { REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, REPLAY_WINDOW_SIZE } from '../../src/wire/constants.js';
 
 describe('native replay window: the shared numbered table', () => {

@@ -16,11 +16,10 @@ import {
   clearHandshake,
   endpointBytes,
   HANDSHAKE_REASONS,
-  type HandshakePeer,
-  type LocalIdentity,
   type HandshakeReason,
 } from '../../src/noise/handshake.js';
 import { generatePrivateKey, generatePsk } from '../../src/noise/keys.js';
+import type { HandshakePeer, LocalIdentity } from '../../src/noise/types.js';
 import { openTransport, sealTransport } from '../../src/noise/transport.js';
 import {
   decodeMessage,

@@ -1,24 +1,21 @@
 /**
  * The contract between the control plane (TypeScript: handshakes, timers, peers,
  * config) and a data plane that moves packets. Two implementations:
- *  - native (src/dataplane/native.ts over native/engine.c): per-packet work in C
+ *  - native (src/dataplane/native.ts over native/engine_*.c (engine.h: the pipeline)): per-packet work in C
  *    threads, batches, offloads; the production path.
  *  - reference (src/dataplane/reference.ts): pure TypeScript over the fake TUN and
  *    UDP interfaces of src/io/, used by the pair tests.
+ * The device (src/device/device.ts) drives it; the contract lives beside the device so
+ * the planes build on it and nothing below them needs src/dataplane/.
  *
  * The control plane calls these per flow / per handshake, never per packet. The
  * data plane reports per-flow events in batches and exposes counters as typed
  * arrays that are read without a native call.
  */
+import type { Endpoint } from '../net/address.js';
+import type { PeerCounters, PeerId } from '../peer/peer.js';
 
-/** Small integer chosen by the control plane for each peer (0 .. 65535). */
-export type PeerId = number;
-
-export interface Endpoint {
-  /** IPv4 or IPv6 literal (no brackets, no zone). */
-  address: string;
-  port: number;
-}
+export type { Endpoint, PeerCounters, PeerId };
 
 export interface PlaneKeypair {
   localIndex: number;
@@ -66,19 +63,6 @@ export type PlaneEvent =
    * waiting. `packet` is a copy of it (null when larger than 2048 bytes).
    */
   | { type: 'route_miss'; destination: string; packet: Uint8Array | null };
-
-export interface PeerCounters {
-  txBytes: number;
-  rxBytes: number;
-  txPackets: number;
-  rxPackets: number;
-  /** Clock ms of the last transport message sent / authenticated-received, 0 if never. */
-  lastTxMs: number;
-  lastRxMs: number;
-  /** Of those, data (non-keepalive) messages. */
-  lastTxDataMs: number;
-  lastRxDataMs: number;
-}
 
 /** A service VIP this pod serves: traffic to vip:port arriving through the tunnel is DNATed to localAddress:port. */
 export interface LocalService {
