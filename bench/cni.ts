@@ -4,9 +4,10 @@
  * pods (default 100), one after another,
  *
  *   tenc ADD -> fail-closed   tenc's own step of the chain, as the runtime sees it: the
- *                             launcher's exec to its exit (node start, the agent's
- *                             node socket, the rule, guards and nft table in the pod's
- *                             netns); timed by a wrapper around the launcher
+ *                             plugin's start to its exit (the static cni/tenc-cni.c
+ *                             binary cluster.sh installs; the agent's node socket,
+ *                             the rule, guards and nft table in the pod's netns);
+ *                             timed by a wrapper around the plugin
  *   chain ADD                 the whole chain (bridge, loopback, tenc) through the
  *                             cluster's runtime stand-in (cluster-tool cni)
  *   ADD -> first encrypted    an app created in the pod's netns before ADD (a container
@@ -23,7 +24,7 @@
  * Run as root under the netns lock.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { numberFlag, type BenchContext } from './lib/bench.js';
@@ -96,12 +97,14 @@ function waitingApp(ns: string): { ready: Promise<boolean>; go: () => void; firs
 
 /** Wraps the cluster's tenc launcher: each call appends "COMMAND CONTAINERID START_NS END_NS RC" to `times`. */
 function timeLauncher(times: string): void {
+  // the plugin (cni/tenc-cni.c, static) moves next to its wrapper, which runs it with the same stdin and env
   const launcher = join(STATE, 'cni', 'bin', 'tenc');
-  const exec = readFileSync(launcher, 'utf8').split('\n').find((l) => l.startsWith('exec '));
-  if (!exec) throw new Error(`${launcher}: no exec line to wrap`);
+  const plugin = join(STATE, 'cni', 'tenc-plugin');
+  if (!existsSync(launcher)) throw new Error(`${launcher}: no tenc plugin to wrap`);
+  renameSync(launcher, plugin);
   writeFileSync(
     launcher,
-    ['#!/bin/sh', 't0=$(date +%s%N)', exec.slice('exec '.length), 'rc=$?', `echo "$CNI_COMMAND $CNI_CONTAINERID $t0 $(date +%s%N) $rc" >> ${times}`, 'exit $rc', ''].join('\n'),
+    ['#!/bin/sh', 't0=$(date +%s%N)', JSON.stringify(plugin), 'rc=$?', `echo "$CNI_COMMAND $CNI_CONTAINERID $t0 $(date +%s%N) $rc" >> ${times}`, 'exit $rc', ''].join('\n'),
     { mode: 0o700 },
   );
 }

@@ -22,8 +22,9 @@
 # Pods are made as containerd makes them: an empty namespace, then the node's CNI chain
 # STATE/cni/<node>.conflist run in the node's namespace (Debian's /usr/lib/cni bridge with
 # host-local IPAM, the cluster file's pod addresses requested through runtimeConfig.ips; loopback;
-# then tenc through the launcher STATE/cni/bin/tenc, which asks the node agent and returns
-# once the pod is fail-closed). So `up` starts one `tenc agent` per node before any pod.
+# then tenc's plugin STATE/cni/bin/tenc, the static C binary of cni/tenc-cni.c that `up` builds
+# with cni/build.sh as a real node's /opt/cni/bin/tenc; it asks the node agent over its socket
+# and returns once the pod is fail-closed). So `up` starts one `tenc agent` per node before any pod.
 #
 # Environment: CLUSTER_PREFIX (default tc) names every namespace, CLUSTER_STATE (default
 # /run/tenc-cluster/<prefix>, mode 0700) holds the state: the validated cluster.json, the
@@ -319,6 +320,9 @@ up() {
   echo "${CLUSTER_PROTECT:-$(echo $projects | tr ' ' ',')}" >"$STATE/protect"
   sync_cluster
   node "$tool" conflists "$STATE"
+  # tenc's plugin: the static C binary a real node puts in /opt/cni/bin (cni/build.sh), not Node
+  sh "$root/cni/build.sh" "$STATE/cni/bin/tenc" || die "building the CNI plugin with cni/build.sh failed (needs cc and the static libc: libc6-dev)"
+  chmod 0700 "$STATE/cni/bin/tenc"
   start_dns
   agent_start
   while read -r line; do

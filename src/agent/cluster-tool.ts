@@ -13,7 +13,8 @@
  *                                                  for `tenc agent --classify-cidrs`
  *   cluster-tool.js conflists STATE                STATE/cni/<node>.conflist (bridge + host-local with a range per
  *                                                  family, loopback, tenc)
- *                                                  and the launcher STATE/cni/bin/tenc
+ *                                                  (the plugin STATE/cni/bin/tenc is cni/tenc-cni.c, which
+ *                                                  cluster.sh up builds there with cni/build.sh)
  *   cluster-tool.js cni CMD STATE PREFIX POD [X]   the container runtime's part: runs the node's conflist chain for
  *                                                  the pod (ADD in order with prevResult, DEL in reverse, CHECK);
  *                                                  run it inside the node's namespace (the plugins' host side)
@@ -36,10 +37,10 @@
  * addresses; IPv6 routes use fixed link-local next hops on them (fe80::N for node N,
  * fe80::ffff for infra), and IPv6 pod traffic between nodes rides the IPv4 VXLAN.
  */
-import { existsSync, readFileSync, writeFileSync, mkdirSync, chmodSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import {
   ClusterConfigError,
   INFRA_LINK_LOCAL,
@@ -355,10 +356,7 @@ export function main(argv: string[]): number | Promise<number> {
         mkdirSync(join(dir, 'bin'), { recursive: true, mode: 0o700 });
         mkdirSync(join(dir, 'ipam'), { recursive: true, mode: 0o700 });
         for (const n of c.nodes) writeFileSync(join(dir, `${n.name}.conflist`), JSON.stringify(conflist(c, state, n.name), null, 2) + '\n', { mode: 0o600 });
-        // the launcher a node puts in CNI_PATH (here the state dir, never /opt/cni/bin)
-        const main = fileURLToPath(new URL('../cli/main.js', import.meta.url));
-        writeFileSync(join(dir, 'bin', 'tenc'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(main)} cni\n`, { mode: 0o700 });
-        chmodSync(join(dir, 'bin', 'tenc'), 0o700);
+        // the plugin tenc itself (STATE/cni/bin/tenc) is cni/tenc-cni.c, built there by cluster.sh up
         return 0;
       }
       case 'cni': {

@@ -305,14 +305,8 @@ describe('local cluster on etcd', () => {
       ].join('\n'));
       const t0 = Date.now();
       try {
-        // the majority side changes meanwhile: a pod removed, one added on node1
-        const rm = cluster('remove-pod', 'alpha-extra-1');
-        expect(rm.status, rm.stderr).toBe(0);
-        const add = cluster(...addPodArgs('alpha-extra-4', 'node1', '10.128.1.40'));
-        expect(add.status, add.stderr).toBe(0);
-        alpha = alpha.filter((p) => p !== 'alpha-extra-1').concat('alpha-extra-4');
-        log(`partition: remove-pod and add-pod on the majority side took ${Date.now() - t0} ms`);
-        // node3's keys vanish for the others once its lease expires
+        // node3's keys vanish for the others once its lease expires (timed first: cluster.sh calls
+        // below block this process, so a check after them would time them, not the expiry)
         await until('node3 pods dropped by node1 and node2', async () => {
           const st = await Promise.all(['alpha-web-1', 'alpha-db-1'].map(podStatus));
           return st.every((s) => s && !s.peers.some((p) => p.publicKey === k3));
@@ -320,6 +314,14 @@ describe('local cluster on etcd', () => {
         const gone = Date.now() - t0;
         log(`partition: node3's keys gone from the other nodes' pods ${gone} ms after the partition (lease TTL ${TTL} s)`);
         expect(gone).toBeLessThan((TTL + 5) * 1000);
+        // the majority side changes meanwhile: a pod removed, one added on node1
+        const t1 = Date.now();
+        const rm = cluster('remove-pod', 'alpha-extra-1');
+        expect(rm.status, rm.stderr).toBe(0);
+        const add = cluster(...addPodArgs('alpha-extra-4', 'node1', '10.128.1.40'));
+        expect(add.status, add.stderr).toBe(0);
+        alpha = alpha.filter((p) => p !== 'alpha-extra-1').concat('alpha-extra-4');
+        log(`partition: remove-pod and add-pod on the majority side took ${Date.now() - t1} ms`);
         expect(etcdPeerKeys(majority).filter((k) => k.startsWith('node3/'))).toEqual([]);
         // on node3: still talking, encrypted, to the peer it knows
         expect(curl('alpha-client-3', 'http://10.128.3.20:8080/')).toBe(`alpha-extra-3 got: ${marker}`);
