@@ -146,6 +146,10 @@ export async function run(ctx: BenchContext): Promise<void> {
     const unknown = ids.filter((id) => !tunnels.some((t) => t.id === id));
     if (unknown.length > 0) throw new RangeError(`--only: unknown tunnel ${unknown.join(', ')} (known: ${tunnels.map((t) => t.id).join(', ')})`);
     tunnels = tunnels.filter((t) => ids.includes(t.id));
+    // A variant flag whose column --only leaves out would run nothing of what it asked for.
+    const dropped = [['tenc-env', variants.tencEnv], ['tenc-peers', variants.peers], ['tenc-policies', variants.policies]]
+      .filter(([id, v]) => v !== undefined && !ids.includes(id as string)).map(([id]) => id as string);
+    if (dropped.length > 0) throw new RangeError(`--only leaves out ${dropped.join(', ')}, the column its flag adds (add it to --only)`);
   }
   if (process.getuid?.() !== 0) throw new Error('must run as root (creates network namespaces)');
 
