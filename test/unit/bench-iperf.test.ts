@@ -148,3 +148,13 @@ describe('rounds', () => {
     expect(combine([one])).toBe(one);
   });
 });
+
+describe('flags', () => {
+  it('--only that leaves out the column of --tenc-env/--peers is refused before anything runs', async () => {
+    const { run } = await import('../../bench/iperf.js');
+    const lines: string[] = [];
+    const ctx = (f: [string, string][]) => ({ flags: new Map(f), log: (l: string) => lines.push(l) });
+    await expect(run(ctx([['only', 'tenc'], ['tenc-env', 'TENC_INLINE_TX=0']]))).rejects.toThrow(/--only leaves out tenc-env/);
+    await expect(run(ctx([['only', 'plain,tenc'], ['peers', '10']]))).rejects.toThrow(/--only leaves out tenc-peers\b/);
+  });
+});
