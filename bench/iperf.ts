@@ -20,7 +20,8 @@
  * Output: a Markdown table, ratios between every pair of tunnels from this run, and
  * JSON + SVG in bench/results/iperf-<timestamp>.{json,svg}.
  * Flags: --quick (1 s tests, 100 pings), --duration=S (default 8), --only=plain,tenc,...
- * (ids: plain, wg-deb, wg-bpo, tenc), --pings=N (default 200), --prefix=NAME (tencb),
+ * (ids: plain, wg-deb, wg-bpo, tenc; with --peers/--tenc-env/--policies it must name
+ * their column too), --pings=N (default 200), --prefix=NAME (tencb),
  * --rounds=N (default 1: the whole sequence N times, every other round reversed; medians),
  * --peers=N (adds tenc-peers: tenc with N configured peers, N-1 of them dummies),
  * --tenc-env=TENC_X=V,... (adds tenc-env: tenc with that environment, for A/B of a knob),
