@@ -19,7 +19,8 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CALL_TIMEOUT_MS, EtcdRegistry, EtcdRegistryWriter, etcdClient, parseEtcdSpec, type EtcdConnection } from '../../src/registry/etcd.js';
+import { EtcdRegistry, EtcdRegistryWriter } from '../../src/registry/etcd.js';
+import { CALL_TIMEOUT_MS, etcdClient, parseEtcdSpec, type EtcdConnection } from '../../src/registry/etcd-client.js';
 import { openRegistry } from '../../src/registry/open.js';
 import { trustedPeers } from '../../src/registry/registry.js';
 import { EtcdServer, Relay } from './server.js';
@@ -194,7 +195,8 @@ describe('etcd registry (real etcd)', () => {
     const watcher = reg();
     // an agent in a process of its own publishes, then is killed with SIGKILL
     const agent = spawn(process.execPath, ['--input-type=module', '-e', `
-      const { EtcdRegistry, parseEtcdSpec } = await import(${JSON.stringify(join(root, 'dist', 'src', 'registry', 'etcd.js'))});
+      const { EtcdRegistry } = await import(${JSON.stringify(join(root, 'dist', 'src', 'registry', 'etcd.js'))});
+      const { parseEtcdSpec } = await import(${JSON.stringify(join(root, 'dist', 'src', 'registry', 'etcd-client.js'))});
       const r = new EtcdRegistry(parseEtcdSpec('${etcd.endpoint}?ttl=2'));
       await r.publishPeer({ project: 'alpha', pod: 'web', node: 'node1', publicKey: '${KEY_A}', endpoint: '10.128.1.10:51820' });
       console.log('published');`], { stdio: ['ignore', 'pipe', 'inherit'] });
