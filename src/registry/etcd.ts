@@ -323,8 +323,12 @@ export class EtcdRegistry implements Registry {
       }
       case 'peers': {
         const v = peerFromObject(at.project, at.node, at.name, o);
-        if (v) p.peers.set(`${at.node}/${at.name}`, v);
-        else ok = false;
+        if (typeof v !== 'string') p.peers.set(`${at.node}/${at.name}`, v);
+        else {
+          this.onProblem(key, `not a valid peer: ${v}: ignored`);
+          this.touch(at.project);
+          return;
+        }
         break;
       }
       case 'policies':
