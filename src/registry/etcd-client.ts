@@ -312,7 +312,11 @@ export class LeasedKeys {
     this.republishing = true;
     const run = async () => {
       const lease = await this.getLease();
-      for (const [k, v] of [...this.owned]) if (this.owned.get(k) === v) await lease.put(k).value(v).exec();
+      // all at once: one after the other, each a raft round trip, took 0.35 s a key under load
+      const keys = [...this.owned];
+      await Promise.all(keys.map(([k, v]) => lease.put(k).value(v).exec()));
+      // withdrawn meanwhile: its delete may have landed before the put
+      for (const [k] of keys) if (!this.owned.has(k)) void this.delete(k);
     };
     run().then(
       () => {
