@@ -156,6 +156,8 @@ async function measureAgent(b: Backend, registered: number, changes: number) {
         onSetPeer(c.publicKey);
       },
       removePeer: () => (count('remove-peer'), true),
+      // the agent makes a pod initiate at once with a key new to it
+      rekey: () => (count('rekey'), []),
       setServices: () => void count('set-services'),
     },
   });
