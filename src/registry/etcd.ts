@@ -541,26 +541,33 @@ export class EtcdRegistryWriter {
   }
 
   /**
-   * Sends the queued writes in order; an operation that fails (no quorum, a member
-   * down) is tried again for up to `patienceMs`, as a controller would: each call
-   * gives up after CALL_TIMEOUT_MS and goes to the next endpoint (a member without
-   * a leader refuses a write at once), and the pause between tries stays short
-   * (0.1 s, then 0.2 s), so a write held back by a lost quorum lands within a few
-   * hundred milliseconds of the quorum's return.
+   * Sends the queued writes, all at once (each operation its own keys: a project's
+   * Namespace and Secret, or one kind of one project; as separate controllers would,
+   * so a whole sync costs about one round trip rather than one per operation, and
+   * after a lost quorum everything lands together instead of one after the other).
+   * An operation that fails (no quorum, a member down) is tried again for up to
+   * `patienceMs`: each call gives up after CALL_TIMEOUT_MS and goes to the next
+   * endpoint (a member without a leader refuses a write at once), and the pause
+   * between tries stays short (0.1 s, then 0.2 s), so a write held back by a lost
+   * quorum lands within a few hundred milliseconds of the quorum's return. Rejects
+   * with the first operation's error that ran out of patience, after all have ended.
    */
   async flush(patienceMs = 30_000): Promise<void> {
     const until = Date.now() + patienceMs;
-    for (const op of this.ops.splice(0)) {
+    const retried = async (op: () => Promise<unknown>) => {
       for (let delay = 100; ; delay = 200) {
         try {
           await op();
-          break;
+          return;
         } catch (e) {
           if (Date.now() + delay > until) throw e;
           await new Promise((r) => setTimeout(r, delay));
         }
       }
-    }
+    };
+    const results = await Promise.allSettled(this.ops.splice(0).map(retried));
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
   close(): void {
