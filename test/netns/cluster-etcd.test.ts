@@ -183,17 +183,27 @@ const fp = (key: string) => keyFingerprint(new Uint8Array(Buffer.from(key, 'base
  * when each of `others` (pod -> its node) was sent that key (its first 'peer set' with it
  * since `since`). The registry's part of "known to every pod" is last - published.
  */
-function propagation(node: string, pod: string, others: Map<string, string>, since: number) {
-  const published = agentEvents(node, since).find((e) => e.msg === 'public key published' && e.pod === pod);
-  if (!published) throw new Error(`no 'public key published' for ${pod} in ${node}'s log since ${new Date(since).toISOString()}`);
-  const set = new Map<string, number>();
-  for (const [o, n] of others) {
-    const e = agentEvents(n, since).find((x) => x.msg === 'peer set' && x.pod === o && x.peer === published.publicKey);
-    if (!e) throw new Error(`${n}'s log: no 'peer set' of ${pod}'s key (${published.publicKey}) in ${o} since ${new Date(since).toISOString()}`);
-    set.set(o, e.t);
-  }
-  const last = Math.max(...set.values());
-  return { published: published.t, last, byPod: [...set].map(([o, t]) => `${o} +${t - published.t}`).join(', ') };
+async function propagation(node: string, pod: string, others: Map<string, string>, since: number) {
+  // the agents write their logs asynchronously: a record may land a little after the fact
+  let missing = '';
+  const r = await until(
+    `the agents' log records of ${pod}'s key`,
+    () => {
+      const published = agentEvents(node, since).find((e) => e.msg === 'public key published' && e.pod === pod);
+      if (!published) return ((missing = `no 'public key published' for ${pod} in ${node}'s log`), null);
+      const set = new Map<string, number>();
+      for (const [o, n] of others) {
+        const e = agentEvents(n, since).find((x) => x.msg === 'peer set' && x.pod === o && x.peer === published.publicKey);
+        if (!e) return ((missing = `${n}'s log: no 'peer set' of ${pod}'s key (${published.publicKey}) in ${o}`), null);
+        set.set(o, e.t);
+      }
+      return { published: published.t, last: Math.max(...set.values()), byPod: [...set].map(([o, t]) => `${o} +${t - published.t}`).join(', ') };
+    },
+    10_000,
+  ).catch((e) => {
+    throw new Error(`${(e as Error).message}: ${missing} since ${new Date(since).toISOString()}`);
+  });
+  return r.value;
 }
 
 /** Where each alpha pod runs (from the cluster's pods file: name, node namespace). */
@@ -278,7 +288,7 @@ describe('local cluster on etcd', () => {
       alpha = [...alpha, 'alpha-extra-1'];
       const withQuorum = await until('the pod added with 2 of 3 members known to every pod', () => meshComplete(), 20_000);
       // the registry's part, from the agents' logs: its key published -> sent to every pod
-      const p1 = propagation(where, 'alpha-extra-1', existing1, t0);
+      const p1 = await propagation(where, 'alpha-extra-1', existing1, t0);
       log(`pod added on ${where} with ${follower}'s member dead: add-pod (registry write + CNI ADD) ${added} ms, then every pod with every other ${withQuorum.elapsed} ms later (its proxy's start included); its key published ${p1.published - t0} ms after add-pod began, sent to every pod ${p1.last - p1.published} ms after that (${p1.byPod})`);
       expect(p1.last - p1.published).toBeLessThan(5000);
       expect(curl('alpha-client-3', 'http://web/')).toBe(`alpha-web-1 got: ${marker}`);
@@ -324,7 +334,7 @@ describe('local cluster on etcd', () => {
         // sent to every existing pod
         const ev3 = agentEvents('node3', restart);
         const at = (msg: string) => ev3.find((e) => e.msg === msg && (e.pod === 'alpha-extra-3' || e.pod === 'alpha/alpha-extra-3'))?.t ?? NaN;
-        const p3 = propagation('node3', 'alpha-extra-3', existing3, restart);
+        const p3 = await propagation('node3', 'alpha-extra-3', existing3, restart);
         const rel = (t: number) => `${t - quorumBack} ms`;
         log(`quorum back ${quorumBack - restart} ms after restarting ${leader}'s member (with its data; ${q.elapsed} ms of polling); the pod added meanwhile: in etcd ${landed.elapsed} ms (polled), created (add-pod returned: registry write, CNI ADD) ${addedAt - quorumBack} ms, known to every existing pod ${known} ms (${afterCreated} ms after its creation), with every peer itself ${mesh} ms after the quorum's return`);
         log(`quorum case, agents' logs from the quorum's return: ADD fail-closed ${rel(at('ADD: pod fail-closed'))}, proxy started ${rel(at('proxy started'))}, key published ${rel(p3.published)}, sent to every existing pod ${rel(p3.last)} (${p3.byPod})`);
