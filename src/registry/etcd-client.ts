@@ -104,15 +104,18 @@ function readFile(what: string, file: string): Buffer {
   }
 }
 
-/** An etcd3 client for the connection: TLS and auth as given, unary calls time out. */
-export function etcdClient(c: EtcdConnection): Etcd3 {
+/**
+ * An etcd3 client for the connection: TLS and auth as given, unary calls time out
+ * after `callTimeoutMs` (a writer that retries anyway uses a shorter one).
+ */
+export function etcdClient(c: EtcdConnection, callTimeoutMs = CALL_TIMEOUT_MS): Etcd3 {
   const o: IOptions = {
     hosts: c.endpoints,
     dialTimeout: CALL_TIMEOUT_MS,
     // a member that vanished without a reset (host down, partition) is noticed by
     // HTTP/2 pings, so the watch moves to another endpoint (etcd allows one per 5 s)
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5000, 'grpc.keepalive_permit_without_calls': 1 },
-    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + CALL_TIMEOUT_MS }),
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
   };
   if (c.ca || c.cert) {
     o.credentials = {

@@ -494,6 +494,14 @@ export class EtcdRegistry implements Registry {
 }
 
 /**
+ * Each try of the writer's calls gives up this soon: a write sent while there is no
+ * leader is dropped by raft and waits out its deadline, even when a leader is elected
+ * a moment later (seen: the pod written during a lost quorum landed 2.7 s after the
+ * election with 1.5 s tries); its retries follow 0.1-0.2 s later.
+ */
+const WRITER_CALL_TIMEOUT_MS = 600;
+
+/**
  * The API server's and controllers' side, for netns-scripts/cluster.sh: puts the
  * objects of the cluster file into etcd. Writes are queued by the synchronous calls
  * cluster-tool.ts's syncRegistry makes, and sent by flush().
@@ -503,7 +511,7 @@ export class EtcdRegistryWriter {
   private readonly ops: (() => Promise<unknown>)[] = [];
 
   constructor(readonly connection: EtcdConnection) {
-    this.client = etcdClient(connection);
+    this.client = etcdClient(connection, WRITER_CALL_TIMEOUT_MS);
   }
 
   /** The project's Namespace and its psk Secret (the content of `pskFile`, base64). */
@@ -546,7 +554,7 @@ export class EtcdRegistryWriter {
    * so a whole sync costs about one round trip rather than one per operation, and
    * after a lost quorum everything lands together instead of one after the other).
    * An operation that fails (no quorum, a member down) is tried again for up to
-   * `patienceMs`: each call gives up after CALL_TIMEOUT_MS and goes to the next
+   * `patienceMs`: each call gives up after WRITER_CALL_TIMEOUT_MS and goes to the next
    * endpoint (a member without a leader refuses a write at once), and the pause
    * between tries stays short (0.1 s, then 0.2 s), so a write held back by a lost
    * quorum lands within a few hundred milliseconds of the quorum's return. Rejects
