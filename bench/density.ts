@@ -1,26 +1,40 @@
 /**
- * `npm run bench -- density [--pods=N] [--starts=M] [--idle=S]`: what a node pays per
- * pod, and how fast a pod is protected.
+ * `npm run bench -- density [--pods=N] [--starts=M] [--idle=S] [--peers=P] [--prepare=0]
+ *  [--ab=FLAGS;FLAGS...] [--ab-main=PATH]`: what a node pays per pod, and how fast a pod
+ * is protected.
  *
- *   1. Density: N idle `tenc pod` processes (default 10), each in a namespace of its
- *      own on one bridge, started the way the agent starts them (nsenter --net, a
- *      config with enforce and failClosedOnStop); after --idle seconds (default 8)
- *      each one's RSS, PSS, private dirty memory and its parts (V8 heap pages,
- *      malloc heap, file-backed) from /proc/PID/smaps, and the node's total. The
- *      anchor in the same run: one wireguard-go (Debian's) per namespace, idle.
- *   2. Start latency: M starts (default 50), one at a time, warm page cache, each
- *      timed from spawn to the pod's own log lines (pino `time`, ms):
+ *   1. Density: N idle `tenc pod` processes (default 10) per variant, each in a
+ *      namespace of its own on one bridge, started the way the agent starts them
+ *      (agent/pod-exec.ts: nsenter --net, the pod's node flags; a config with enforce
+ *      and P peers, default 8); after --idle seconds (default 8) each one's RSS, PSS,
+ *      private dirty memory and its parts (V8 heap pages, malloc heap, file-backed)
+ *      from /proc/PID/smaps, and the node's total. Anchors in the same run: one
+ *      wireguard-go (Debian's) per namespace, idle, and one bare `node` per namespace
+ *      (an idle event loop, nothing loaded: what any node process costs).
+ *   2. Start latency: M starts (default 50), one at a time, warm page cache, as the
+ *      agent does at CNI ADD: first its prepare step (Agent.prepare: the config's
+ *      failClosedScripts through `nsenter ip -batch -` per family and one `nft -f -`),
+ *      timed alone, then the proxy spawned at once, each milestone timed from its spawn
+ *      by the pod's own log lines (pino `time`, ms):
  *        key ready       "public key"            (private key made, public key printed)
- *        fail-closed     "fail closed"           (rule + guards + enforcement in place)
+ *        fail-closed     "fail closed"           (the proxy has adopted/replaced the rule,
+ *                                                 guards and enforcement)
  *        socket ready    "control socket listening"
  *        handshake ready the first set-peer answered on the socket (a peer can be
  *                        handshaken with from here)
- *      reported as p50/p99.
+ *      reported as p50/p99. --prepare=0 skips the prepare step (the proxy makes the
+ *      pod fail closed itself, as before the agent did it).
+ *   Variants (A/B in one run): the default is the pod as the agent starts it; --ab
+ *   adds one variant per ';'-separated node flag list ("none": no flags), and
+ *   --ab-main=PATH one with another build's dist/src/cli/main.js (e.g. a copy of the
+ *   previous commit's dist). Memory: every variant's pods idle at the same time;
+ *   starts: the variants take turns.
  *
  * Figures are reported, never asserted; run it on an otherwise idle machine.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +44,10 @@ import { numberFlag } from './lib/bench.js';
 import { Children, stopChild } from './lib/procs.js';
 import { markdownTable } from './lib/table.js';
 import { percentile } from './lib/traffic.js';
+import { podNodeFlags, podSpawnArgs } from '../src/agent/pod-exec.js';
+import { loadConfig } from '../src/control/config.js';
+import { failClosedScripts } from '../src/control/failclosed.js';
+import { IpCommand } from '../src/routing/ip.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const TENC_MAIN = join(REPO, 'dist', 'src', 'cli', 'main.js');
@@ -138,14 +156,59 @@ interface Started {
   publicKey: Promise<string | null>;
 }
 
-/** Starts `tenc pod` in `ns` as the agent does: nsenter --net, enforce, failClosedOnStop. */
-function startPod(dir: string, ns: string, address: string, psk: string, tag: string): Started {
+/** How a pod is started: which build's main.js, with which node flags. */
+export interface Variant {
+  name: string;
+  main: string;
+  flags: string[];
+}
+
+/** The variants of a run: the agent's way first, then --ab flag lists and --ab-main. Exported for its unit test. */
+export function variantsOf(ab: string | undefined, abMain: string | undefined, main: string, agentFlags: string[]): Variant[] {
+  const label = (f: string[]) => (f.length ? f.join(' ') : 'no flags');
+  const out: Variant[] = [{ name: `agent (${label(agentFlags)})`, main, flags: agentFlags }];
+  for (const part of (ab ?? '').split(';').map((x) => x.trim()).filter((x) => x !== '')) {
+    const flags = part === 'none' ? [] : part.split(/\s+/);
+    const bad = flags.find((f) => !f.startsWith('--'));
+    if (bad !== undefined) throw new Error(`--ab: "${bad}" is not a node flag (lists of --flags separated by ';', or "none")`);
+    out.push({ name: label(flags), main, flags });
+  }
+  if (abMain !== undefined) {
+    if (!existsSync(abMain)) throw new Error(`--ab-main: ${abMain} does not exist`);
+    out.push({ name: `--ab-main (${label(agentFlags)})`, main: abMain, flags: agentFlags });
+  }
+  return out;
+}
+
+/** The pod config the bench starts: enforce, `peers` peers (allowed IPs 10.79.x.y/32, endpoints on the bridge). */
+function podConfig(address: string, psk: string, socket: string, peers: string[]): Record<string, unknown> {
+  return {
+    addresses: [address],
+    listenPort: 51820,
+    pskFile: psk,
+    controlSocket: socket,
+    enforce: true,
+    failClosedOnStop: false,
+    logLevel: 'info',
+    peers: peers.map((publicKey, i) => ({ publicKey, endpoint: `10.78.200.${i + 1}:51820`, allowedIps: [`10.79.${i >> 8}.${i & 255}/32`] })),
+  };
+}
+
+/** Writes the config of pod `tag` (0600); returns its path and socket. */
+function writePodConfig(dir: string, address: string, psk: string, tag: string, peers: string[]): { config: string; socket: string; logFile: string } {
   const socket = join(dir, `${tag}.sock`);
   const config = join(dir, `${tag}.json`);
-  const logFile = join(dir, `${tag}.log`);
-  writeFileSync(config, JSON.stringify({ addresses: [address], listenPort: 51820, pskFile: psk, controlSocket: socket, enforce: true, failClosedOnStop: false, logLevel: 'info' }), { mode: 0o600 });
+  writeFileSync(config, JSON.stringify(podConfig(address, psk, socket, peers)), { mode: 0o600 });
+  return { config, socket, logFile: join(dir, `${tag}.log`) };
+}
+
+/** Starts `tenc pod` in `ns` as the agent does (agent/pod-exec.ts). */
+function startPod(v: Variant, ns: string, files: { config: string; socket: string; logFile: string }): Started {
+  const args = podSpawnArgs(`/run/netns/${ns}`, v.main, files.config, v.flags);
+  const fd = openSync(files.logFile, 'w', 0o600);
   const t0 = Date.now();
-  const child = spawn('sh', ['-c', `exec nsenter --net=/run/netns/${ns} -- "${process.execPath}" "${TENC_MAIN}" pod --config "${config}" 2>"${logFile}"`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn('nsenter', args, { stdio: ['ignore', 'pipe', fd] });
+  closeSync(fd);
   const publicKey = new Promise<string | null>((resolve) => {
     let out = '';
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
@@ -155,7 +218,29 @@ function startPod(dir: string, ns: string, address: string, psk: string, tag: st
     });
     child.once('exit', () => resolve(null));
   });
-  return { child, t0, logFile, socket, publicKey };
+  return { child, t0, logFile: files.logFile, socket: files.socket, publicKey };
+}
+
+/**
+ * The agent's prepare step (Agent.prepareNow in agent/agent.ts) for a config: its
+ * failClosedScripts through `nsenter --net=NS ip -batch -` per family and one
+ * `nft -f -`, all three at once. Resolves with the ms it took.
+ */
+async function prepare(ns: string, configFile: string): Promise<number> {
+  const t = performance.now();
+  const s = failClosedScripts(loadConfig(configFile));
+  const via = ['nsenter', `--net=/run/netns/${ns}`, '--'];
+  const ip = new IpCommand({ via });
+  const nft = new Promise<void>((resolve, reject) => {
+    const c = spawn(via[0], [...via.slice(1), 'nft', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let err = '';
+    c.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+    c.on('error', (e) => reject(new Error(`nft: ${e.message}`)));
+    c.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`nft in ${ns}: ${err.trim() || `exit code ${code}`}`))));
+    c.stdin!.end(s.nft);
+  });
+  await Promise.all([ip.batch(4, s.ip[4]), ip.batch(6, s.ip[6]), nft]);
+  return performance.now() - t;
 }
 
 /** ms from t0 to the first log line with message `msg`, or undefined. */
@@ -197,8 +282,11 @@ export async function run(ctx: BenchContext): Promise<void> {
   const nPods = numberFlag(ctx, 'pods', 10);
   const nStarts = numberFlag(ctx, 'starts', 50);
   const idle = numberFlag(ctx, 'idle', 8);
+  const nPeers = numberFlag(ctx, 'peers', 8);
+  const withPrepare = ctx.flags.get('prepare') !== '0';
   if (process.getuid?.() !== 0) throw new Error('density needs root (namespaces)');
   if (!existsSync(TENC_MAIN)) throw new Error(`${TENC_MAIN} not built (npm run build)`);
+  const variants = variantsOf(ctx.flags.get('ab'), ctx.flags.get('ab-main'), TENC_MAIN, podNodeFlags());
   const wg = '/usr/bin/wireguard-go';
   if (!existsSync(wg)) throw new Error(`${wg} missing: run bash netns-scripts/deps.sh`);
   for (const ns of readdirSync('/run/netns').filter((n) => n.startsWith(`${PREFIX}-`))) throw new Error(`namespace ${ns} exists: a bench still running, or left over (ip netns del ${ns})`);
@@ -208,27 +296,41 @@ export async function run(ctx: BenchContext): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'tenc-density-'));
   const psk = join(dir, 'psk');
   writeFileSync(psk, (await c.check(process.execPath, [TENC_MAIN, 'genpsk'])).trim() + '\n', { mode: 0o600 });
+  const peers = Array.from({ length: nPeers }, () => randomBytes(32).toString('base64'));
   const pods: Started[] = [];
-  const wgs: ChildProcess[] = [];
+  const anchors: ChildProcess[] = [];
+  ctx.log(`variants: ${variants.map((v, i) => `[${i}] ${v.name}${v.main !== TENC_MAIN ? ` = ${v.main}` : ''}`).join('; ')}\n`);
   try {
     await topo.hub();
     const nets: { ns: string; address: string }[] = [];
-    for (let i = 1; i <= nPods; i++) nets.push(await topo.pod(i));
+    for (let i = 1; i <= nPods * variants.length; i++) nets.push(await topo.pod(i));
 
     // --- 1. density ---------------------------------------------------------
-    ctx.log(`${nPods} idle pods, one namespace each; memory read after ${idle} s idle (KiB from /proc/PID/smaps, shown in MiB)\n`);
-    for (const [i, n] of nets.entries()) pods.push(startPod(dir, n.ns, n.address, psk, `pod${i + 1}`));
+    ctx.log(`${nPods} idle pods per variant (${nPods * variants.length} at once), one namespace each, ${nPeers} peers each; memory read after ${idle} s idle (KiB from /proc/PID/smaps, shown in MiB)\n`);
+    const owner: number[] = [];
+    for (const [i, n] of nets.entries()) {
+      const v = i % variants.length;
+      owner.push(v);
+      pods.push(startPod(variants[v], n.ns, writePodConfig(dir, n.address, psk, `pod${i + 1}`, peers)));
+    }
     for (const p of pods) if ((await p.publicKey) === null) throw new Error(`a pod did not start: ${readFileSync(p.logFile, 'utf8').slice(-400)}`);
     for (const p of pods) await until('control socket', () => controlOk(c, p.socket, ['status']), 15_000);
-    for (const [i, n] of nets.entries()) {
-      const child = spawn('ip', ['netns', 'exec', n.ns, wg, '-f', `wg${i}`], { stdio: 'ignore', env: { ...process.env, WG_PROCESS_FOREGROUND: '1' } });
-      wgs.push(child);
+    const wgs: ChildProcess[] = [];
+    const bare: ChildProcess[] = [];
+    for (const [i, n] of nets.slice(0, nPods).entries()) {
+      wgs.push(spawn('ip', ['netns', 'exec', n.ns, wg, '-f', `wg${i}`], { stdio: 'ignore', env: { ...process.env, WG_PROCESS_FOREGROUND: '1' } }));
+      bare.push(spawn('nsenter', [`--net=/run/netns/${n.ns}`, '--', process.execPath, '-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' }));
     }
+    anchors.push(...wgs, ...bare);
     await sleep(idle * 1000);
-    const tencMem = pods.map((p) => smapsOf(p.child.pid!)).filter((m): m is Smaps => m !== undefined);
-    const wgMem = wgs.map((w) => smapsOf(w.pid!)).filter((m): m is Smaps => m !== undefined);
-    if (tencMem.length !== nPods) throw new Error(`only ${tencMem.length} of ${nPods} pods alive after idling`);
-    if (wgMem.length !== nPods) throw new Error(`only ${wgMem.length} of ${nPods} wireguard-go alive after idling`);
+    const memOf = (kids: ChildProcess[], what: string) => {
+      const m = kids.map((k) => smapsOf(k.pid!)).filter((x): x is Smaps => x !== undefined);
+      if (m.length !== kids.length) throw new Error(`only ${m.length} of ${kids.length} ${what} alive after idling`);
+      return m;
+    };
+    const tencMem = variants.map((v, vi) => memOf(pods.filter((_, i) => owner[i] === vi).map((p) => p.child), `pods of ${v.name}`));
+    const wgMem = memOf(wgs, 'wireguard-go');
+    const bareMem = memOf(bare, 'bare node');
     const avg = (xs: Smaps[], k: keyof Smaps) => xs.reduce((s, x) => s + x[k], 0) / xs.length;
     const sum = (xs: Smaps[], k: keyof Smaps) => xs.reduce((s, x) => s + x[k], 0);
     const row = (label: string, xs: Smaps[]) => [
@@ -244,48 +346,59 @@ export async function run(ctx: BenchContext): Promise<void> {
     ];
     ctx.log(
       markdownTable(
-        ['per process (MiB)', 'RSS', 'PSS', 'private dirty', 'V8 heap pages', 'malloc heap', 'other anon', 'PSS file', `node total PSS (${nPods})`],
-        [row('tenc pod', tencMem), row('wireguard-go (Debian)', wgMem)],
+        ['per process (MiB)', 'RSS', 'PSS', 'private dirty', 'V8 heap pages', 'malloc heap', 'other anon', 'PSS file', `total PSS (${nPods})`],
+        [...variants.map((v, vi) => row(`tenc pod, ${v.name}`, tencMem[vi])), row('bare node (idle event loop)', bareMem), row('wireguard-go (Debian)', wgMem)],
       ),
     );
-    ctx.log(`\ntenc/wireguard-go PSS per pod: ${(avg(tencMem, 'pss') / avg(wgMem, 'pss')).toFixed(2)}x\n`);
-    for (const w of wgs) await stopChild(w, 'SIGTERM', 3000);
+    ctx.log(`\ntenc/wireguard-go PSS per pod: ${(avg(tencMem[0], 'pss') / avg(wgMem, 'pss')).toFixed(2)}x; tenc - bare node, private dirty: ${mib(avg(tencMem[0], 'privateDirty') - avg(bareMem, 'privateDirty'))} MiB\n`);
+    for (const a of anchors) await stopChild(a, 'SIGTERM', 3000);
+    anchors.length = 0;
     for (const p of pods) await stopChild(p.child, 'SIGTERM', 5000);
     pods.length = 0;
 
     // --- 2. start latency -----------------------------------------------------
-    const ms: Record<'key' | 'failClosed' | 'socket' | 'handshake', number[]> = { key: [], failClosed: [], socket: [], handshake: [] };
+    type Ms = Record<'prepare' | 'key' | 'failClosed' | 'socket' | 'handshake' | 'addToSocket', number[]>;
+    const ms: Ms[] = variants.map(() => ({ prepare: [], key: [], failClosed: [], socket: [], handshake: [], addToSocket: [] }));
     const peerKey = randomBytes(32).toString('base64');
     for (let i = 0; i < nStarts; i++) {
+      const vi = i % variants.length;
       const n = nets[i % nets.length];
-      const p = startPod(dir, n.ns, n.address, psk, `start${i}`);
+      const files = writePodConfig(dir, n.address, psk, `start${i}`, peers);
+      const prep = withPrepare ? await prepare(n.ns, files.config) : 0;
+      const p = startPod(variants[vi], n.ns, files);
       if ((await p.publicKey) === null) throw new Error(`start ${i}: pod did not start: ${readFileSync(p.logFile, 'utf8').slice(-400)}`);
       await until('control socket', () => existsSync(p.socket), 15_000);
       await until('set-peer answered', () => controlOk(c, p.socket, ['set-peer', peerKey, '--endpoint', '10.78.0.1:51820', '--allowed-ips', '10.78.0.1/32']), 15_000);
-      ms.handshake.push(Date.now() - p.t0);
+      const m = ms[vi];
+      m.handshake.push(Date.now() - p.t0);
+      if (withPrepare) m.prepare.push(prep);
       const key = logMilestone(p.logFile, 'public key', p.t0);
       const fc = logMilestone(p.logFile, 'fail closed', p.t0);
       const sock = logMilestone(p.logFile, 'control socket listening', p.t0);
-      if (key !== undefined) ms.key.push(key);
-      if (fc !== undefined) ms.failClosed.push(fc);
-      if (sock !== undefined) ms.socket.push(sock);
+      if (key !== undefined) m.key.push(key);
+      if (fc !== undefined) m.failClosed.push(fc);
+      if (sock !== undefined) {
+        m.socket.push(sock);
+        m.addToSocket.push(prep + sock);
+      }
       await stopChild(p.child, 'SIGTERM', 5000);
     }
     const q = (xs: number[], p: number) => (xs.length ? `${percentile(xs, p)!.toFixed(0)}` : 'n/a');
-    ctx.log(`\n${nStarts} starts, one at a time (ms from spawn of nsenter):\n`);
-    ctx.log(
-      markdownTable(
-        ['milestone', 'p50 ms', 'p99 ms', 'samples'],
-        [
-          ['key ready', q(ms.key, 50), q(ms.key, 99), String(ms.key.length)],
-          ['fail-closed', q(ms.failClosed, 50), q(ms.failClosed, 99), String(ms.failClosed.length)],
-          ['control socket ready', q(ms.socket, 50), q(ms.socket, 99), String(ms.socket.length)],
-          ['first handshake possible (set-peer answered)', q(ms.handshake, 50), q(ms.handshake, 99), String(ms.handshake.length)],
-        ],
-      ),
-    );
+    ctx.log(`\n${nStarts} starts, one at a time, variants taking turns; ${withPrepare ? "the agent's prepare step first, then the proxy" : 'no prepare step (--prepare=0): the proxy makes the pod fail closed'}:\n`);
+    const rows: string[][] = [];
+    for (const [vi, v] of variants.entries()) {
+      const m = ms[vi];
+      const r = (label: string, xs: number[]) => rows.push([v.name, label, q(xs, 50), q(xs, 99), String(xs.length)]);
+      if (withPrepare) r('fail-closed by the agent (prepare: ip -batch x2 + nft -f, from its start)', m.prepare);
+      r('proxy: key ready (from its spawn)', m.key);
+      r('proxy: fail-closed in place (from its spawn)', m.failClosed);
+      r('proxy: control socket ready (from its spawn)', m.socket);
+      r('proxy: first set-peer answered (from its spawn)', m.handshake);
+      if (withPrepare) r('control socket ready from the start of prepare', m.addToSocket);
+    }
+    ctx.log(markdownTable(['variant', 'milestone', 'p50 ms', 'p99 ms', 'samples'], rows));
   } finally {
-    for (const w of wgs) if (w.exitCode === null) w.kill('SIGKILL');
+    for (const w of anchors) if (w.exitCode === null) w.kill('SIGKILL');
     for (const p of pods) if (p.child.exitCode === null) p.child.kill('SIGKILL');
     c.killAll('SIGKILL');
     await sleep(300);

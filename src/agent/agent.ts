@@ -39,6 +39,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, ConfigError, validateConfig, type PodConfig, type ServiceConfig } from '../control/config.js';
 import { failClosedScripts } from '../control/failclosed.js';
+import { podSpawnArgs } from './pod-exec.js';
 import { tableName } from '../routing/enforce.js';
 import { IpCommand, IpCommandError } from '../routing/ip.js';
 import { controlRequest, socketIsLive } from '../control/socket.js';
@@ -697,7 +698,7 @@ export class Agent {
     px.dns = dns;
     const logFd = openSync(podFile(this.o.runDir, pod.name, 'log'), 'a', 0o600);
     // nsenter execs node: the child's pid is the proxy's
-    const child = spawn('nsenter', [`--net=${netns}`, '--', process.execPath, this.main, 'pod', '--config', config], {
+    const child = spawn('nsenter', podSpawnArgs(netns, this.main, config), {
       stdio: ['ignore', 'pipe', logFd],
       detached: true, // its own process group: a signal to the agent's group does not reach it
     });

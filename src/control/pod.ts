@@ -39,10 +39,10 @@ import { PolicyRouting } from '../routing/policy.js';
 import { Enforcement, DROP_REASON, EGRESS_DROP_REASON, tableName as enforcementTable } from '../routing/enforce.js';
 import { failClosedState } from './failclosed.js';
 import { generatePrivateKey, publicKeyFromPrivate, formatKey } from '../noise/keys.js';
-import { DnsService, interceptTable, removeDnsResidue } from '../dns/service.js';
-import { CidrSet } from '../dns/classify.js';
-import { RouteMisses } from '../dns/misses.js';
-import type { ServiceEndpoints } from '../dns/service.js';
+import type { DnsService, ServiceEndpoints } from '../dns/service.js';
+import type { CidrSet } from '../dns/classify.js';
+import type { RouteMisses } from '../dns/misses.js';
+import { removeInterceptResidue } from '../dns/intercept.js';
 import { PolicyRules, exemptOf } from '../routing/policy-rules.js';
 import { formatPort, type PodPolicy } from '../policy/policy.js';
 
@@ -56,6 +56,39 @@ export interface RunPodOptions {
   stopSignal?: Promise<unknown>;
   /** Called once the pod serves (tests). */
   onReady?: (pod: Pod) => void;
+}
+
+/** The DNS proxy's modules (dns/service.js, classify.js, misses.js and dns-packet behind them). */
+interface DnsModules {
+  service: typeof import('../dns/service.js');
+  classify: typeof import('../dns/classify.js');
+  misses: typeof import('../dns/misses.js');
+}
+let dnsModules: DnsModules | null = null;
+
+/**
+ * Loads the DNS proxy's modules on first use: a pod without dns.enabled never loads
+ * them (about 0.5 MiB of V8 heap and 60 ms of start; README "density").
+ * TENC_LAZY_DNS=0 loads them at start all the same (A/B runs).
+ */
+export async function loadDns(): Promise<DnsModules> {
+  dnsModules ??= {
+    service: await import('../dns/service.js'),
+    classify: await import('../dns/classify.js'),
+    misses: await import('../dns/misses.js'),
+  };
+  return dnsModules;
+}
+
+/** The loaded DNS modules; only DNS code paths call this, after loadDns(). */
+function dnsLoaded(): DnsModules {
+  if (!dnsModules) throw new Error('the DNS modules are not loaded (dns.enabled is off)');
+  return dnsModules;
+}
+
+/** dns/service.ts interceptTable(), here so a pod without DNS does not load that module (a unit test keeps both equal). */
+export function dnsInterceptTable(ifname: string): string {
+  return `tenc_dns_${ifname.replace(/[^A-Za-z0-9_]/g, '_')}`;
 }
 
 /** The running pod: the control handler over the engine and the routing. */
@@ -250,7 +283,7 @@ export class Pod implements ControlHandler {
 
   /** Is the address a project member: a peer's allowed IPs, a service VIP, a member (DNS address classification)? */
   isMember(address: string): boolean {
-    this.memberSet ??= new CidrSet([...this.destinations(), ...this.members]);
+    this.memberSet ??= new (dnsLoaded().classify.CidrSet)([...this.destinations(), ...this.members]);
     return this.memberSet.has(address);
   }
 
@@ -281,7 +314,7 @@ export class Pod implements ControlHandler {
   /** The transmit byte counter of the peer whose allowed IPs hold `address` (DNS route grace). */
   peerActivity(address: string): number | null {
     for (const p of this.peers.values()) {
-      if (p.allowedIps.length > 0 && new CidrSet(p.allowedIps).has(address)) return this.engine.peerStatuses().get(p.publicKey)?.txBytes ?? null;
+      if (p.allowedIps.length > 0 && new (dnsLoaded().classify.CidrSet)(p.allowedIps).has(address)) return this.engine.peerStatuses().get(p.publicKey)?.txBytes ?? null;
     }
     return null;
   }
@@ -365,6 +398,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
   let guarded = false; // the routing guards are (being) installed
   let started = false; // start completed: a stop removes the guards unless failClosedOnStop
   try {
+    if (process.env.TENC_LAZY_DNS === '0') await loadDns(); // switch: the DNS modules at start, as before
     // Before touching anything: a live pod with this socket owns these rules and routes.
     step = 'single instance';
     if (await socketIsLive(socketPath)) throw new Error(`another tenc pod is running (control socket ${socketPath} answers)`);
@@ -455,10 +489,11 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
 
     if (config.dns.enabled) {
       step = 'dns proxy';
-      pod.dns = await DnsService.start({
+      const { service, classify, misses: missesMod } = await loadDns();
+      pod.dns = await service.DnsService.start({
         config: config.dns,
         fwmark: config.fwmark,
-        table: interceptTable(config.interface),
+        table: service.interceptTable(config.interface),
         routes: { add: (c) => pod.addDestinations(c), remove: (c) => pod.removeDestination(c) },
         activity: (a) => pod.peerActivity(a),
         isMember: (a) => pod.isMember(a),
@@ -473,8 +508,8 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         const onRouteMiss = engine.onRouteMiss?.bind(engine);
         const release = engine.releasePacket?.bind(engine);
         if (!onRouteMiss || !release) throw new Error('dns.classifyCidrs: this data plane cannot report route misses');
-        const ranges = new CidrSet(classifyRanges);
-        const misses = new RouteMisses({
+        const ranges = new classify.CidrSet(classifyRanges);
+        const misses = new missesMod.RouteMisses({
           inRange: (a) => ranges.has(a),
           classify: async (a) => {
             const v = await dns.classifyAddress(a);
@@ -513,7 +548,15 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         dns.attachMisses(misses); // membership changes revoke bypasses of new members at once
         log.info({ ranges: classifyRanges }, 'classifying unknown addresses of these ranges on first use');
       }
-    } else await removeDnsResidue(config.interface, log);
+    } else {
+      // dns/service.ts removeDnsResidue without loading that module
+      const table = dnsInterceptTable(config.interface);
+      try {
+        if (await removeInterceptResidue(table)) log.warn({ table }, 'dns: removed the nftables table of an earlier run');
+      } catch (e) {
+        log.debug({ err: (e as Error).message }, 'dns: no nftables to check for residue');
+      }
+    }
 
     step = 'control socket';
     const server = await ControlServer.start({

@@ -4,7 +4,8 @@
  * queries would leave outside the tunnel in plaintext). Fakes for engine and routing.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { Pod } from '../../src/control/pod.js';
+import { Pod, dnsInterceptTable } from '../../src/control/pod.js';
+import { interceptTable } from '../../src/dns/service.js';
 import { validateConfig } from '../../src/control/config.js';
 import type { PodEngine } from '../../src/control/engine.js';
 import type { PolicyRouting } from '../../src/routing/policy.js';
@@ -69,5 +70,12 @@ describe('pod: a DNS upstream never becomes a project destination', () => {
     p.dns = null;
     await p.setPeer({ publicKey: KEY_A, allowedIps: ['10.96.0.0/24'] });
     expect(p.peers.size).toBe(1);
+  });
+});
+
+describe('pod without DNS: the interception residue table name', () => {
+  it('dnsInterceptTable (pod.ts, so the DNS modules stay unloaded) names the table dns/service.ts makes', () => {
+    for (const ifname of ['tenc0', 'tenc-1', 'a.b', 'x_y9']) expect(dnsInterceptTable(ifname)).toBe(interceptTable(ifname));
+    expect(dnsInterceptTable('tenc-1')).toBe('tenc_dns_tenc_1');
   });
 });
