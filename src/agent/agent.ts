@@ -232,7 +232,7 @@ export class Agent {
       if (this.preparing.has(pod.name)) continue;
       let px = this.proxies.get(pod.name);
       if (!px) {
-        px = { pod, reg, socket: podSocket(reg.netns), child: null, id: reg.proxy, publicKey: null, applied: new Map(), services: null, endpoints: null, members: null, dns: false, starting: false, restartAt: 0, ready: [], published: null };
+        px = { pod, reg, socket: podSocket(reg.netns), child: null, id: reg.proxy, publicKey: null, applied: new Map(), services: null, endpoints: null, members: null, dns: false, starting: false, restartAt: 0, ready: [], published: null, failure: null, failures: 0 };
         this.proxies.set(pod.name, px);
       }
       px.pod = pod;

@@ -130,6 +130,14 @@ export interface Proxy {
   published: string | null;
   /** JSON of the policies given to the pod (set-policy); null: not yet. */
   policy?: string | null;
+  /**
+   * The last start failure logged ("why: error") while the proxy has not run since;
+   * null: none. A start that keeps failing (a missing psk) is retried every
+   * RESTART_DELAY_MS to RECONCILE_MS, but logged once per message (issue 12).
+   */
+  failure: string | null;
+  /** Start failures since the proxy last ran. */
+  failures: number;
 }
 
 /** The agent's options its proxies use (AgentOptions adds the registrations). */
@@ -225,12 +233,17 @@ export class Proxies extends Map<string, Proxy> {
       if (await socketIsLive(px.socket)) await this.adopt(px);
       else await this.startProxy(px, view);
     } catch (e) {
-      this.log.warn({ pod: px.pod.name, err: (e as Error).message }, 'proxy start failed');
-      this.lost(px, 'start failed');
+      this.lost(px, 'start failed', (e as Error).message);
     } finally {
       px.starting = false;
     }
-    if (px.publicKey !== null) for (const f of px.ready.splice(0)) f();
+    if (px.publicKey === null) return;
+    if (px.failure !== null) {
+      this.log.info({ pod: px.pod.name, failures: px.failures, last: px.failure }, 'proxy start recovered');
+      px.failure = null;
+      px.failures = 0;
+    }
+    for (const f of px.ready.splice(0)) f();
   }
 
   private async adopt(px: Proxy): Promise<void> {
@@ -324,8 +337,21 @@ export class Proxies extends Map<string, Proxy> {
     this.o.hooks?.proxyStarted('started');
   }
 
-  lost(px: Proxy, why: string): void {
-    this.log.warn({ pod: px.pod.name, why }, 'proxy lost: starting it again');
+  /**
+   * The proxy is gone or did not start (err: the error that stopped the start): it is
+   * started again. A proxy that ran is always logged; a start that fails again the
+   * same way is logged once (counted in px.failures and the metrics).
+   */
+  lost(px: Proxy, why: string, err?: string): void {
+    const failure = px.publicKey === null ? `${why}${err === undefined ? '' : `: ${err}`}` : null;
+    if (failure === null || failure !== px.failure) {
+      if (err !== undefined) this.log.warn({ pod: px.pod.name, err }, 'proxy start failed');
+      this.log.warn({ pod: px.pod.name, why }, 'proxy lost: starting it again');
+    }
+    if (failure !== null) {
+      px.failure = failure;
+      px.failures++;
+    }
     this.o.hooks?.proxyLost();
     px.child = null;
     px.id = null;
