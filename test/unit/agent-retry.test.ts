@@ -6,7 +6,7 @@
  * is a plain file (only its path and inode are used before the psk is read); the
  * recovery is an adoption through a fake control socket at the pod's socket path.
  */
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect, afterEach, vi } from 'vitest';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -24,13 +24,8 @@ interface Line {
   failures?: number;
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+/** Polls until cond holds (vitest's waitFor), at most 15 s. */
+const until = (cond: () => boolean) => vi.waitFor(() => expect(cond()).toBe(true), { timeout: 15_000, interval: 20 });
 
 /** Answers every control request ok; status names a public key. */
 function fakeProxy(path: string): Promise<Server> {
@@ -85,7 +80,7 @@ describe('agent: a proxy that cannot start (missing psk) is logged once, not eve
     await agent.start();
 
     const count = (msg: string) => lines.filter((l) => l.msg === msg && l.pod === 'web-1').length;
-    await until('five failed starts', () => lost >= 5);
+    await until(() => lost >= 5);
     expect(count('proxy start failed')).toBe(1);
     expect(count('proxy lost: starting it again')).toBe(1);
     expect(lines.find((l) => l.msg === 'proxy start failed')!.err).toBe(pskError);
@@ -93,7 +88,7 @@ describe('agent: a proxy that cannot start (missing psk) is logged once, not eve
     // another problem: logged once more
     const before = lost;
     pskError = 'namespace alpha: Secret tenc-psk key "psk" is not a 32-byte key';
-    await until('three more failed starts', () => lost >= before + 3);
+    await until(() => lost >= before + 3);
     expect(count('proxy start failed')).toBe(2);
     expect(lines.filter((l) => l.msg === 'proxy start failed').map((l) => l.err)).toEqual(['namespace alpha: no Secret tenc-psk', pskError]);
     expect(agent.isReady('web-1')).toBe(false);
@@ -106,7 +101,7 @@ describe('agent: a proxy that cannot start (missing psk) is logged once, not eve
     cleanup.push(() => new Promise<void>((r) => server.close(() => r())));
     cleanup.push(() => rmSync(socket, { force: true }));
     expect(await agent.whenReady('web-1', 15_000)).toBe(true);
-    await until('the recovery logged', () => count('proxy start recovered') === 1);
+    await until(() => count('proxy start recovered') === 1);
     const recovered = lines.find((l) => l.msg === 'proxy start recovered')!;
     expect(recovered.failures).toBeGreaterThanOrEqual(8);
     expect(count('proxy start failed')).toBe(2);
