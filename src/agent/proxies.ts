@@ -17,6 +17,7 @@ import { existsSync, openSync, closeSync, readFileSync, renameSync, writeFileSyn
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, validateConfig, type PodConfig } from '../control/config.js';
+import { readPublicKeyLine } from '../control/keyline.js';
 import { controlRequest, socketIsLive } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import type { AgentHooks } from '../metrics/agent.js';
@@ -294,22 +295,8 @@ export class Proxies extends Map<string, Proxy> {
     const startTime = child.pid ? processStartTime(child.pid) : null;
     px.id = child.pid && startTime ? { pid: child.pid, startTime } : null;
     this.o.onProxyChange?.();
-    const key = await new Promise<string | null>((resolve) => {
-      let out = '';
-      const timer = setTimeout(() => resolve(null), 15_000);
-      child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-        out += d;
-        const m = /^public-key (\S+)\n/.exec(out);
-        if (m) {
-          clearTimeout(timer);
-          resolve(m[1]);
-        }
-      });
-      child.once('exit', () => {
-        clearTimeout(timer);
-        resolve(null);
-      });
-    });
+    const line = await readPublicKeyLine(child, 15_000);
+    const key = typeof line === 'string' ? line : null;
     child.once('exit', (code, signal) => {
       if (px.child === child) this.lost(px, `exited (${signal ?? code})`);
     });

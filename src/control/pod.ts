@@ -45,6 +45,7 @@ import { RouteMisses } from '../dns/misses.js';
 import type { ServiceEndpoints } from '../dns/service.js';
 import { PolicyRules, exemptOf } from '../routing/policy-rules.js';
 import { formatPort, type PodPolicy } from '../policy/policy.js';
+import { publicKeyLine } from './keyline.js';
 
 export interface RunPodOptions {
   /** Where the `public-key <base64>` line goes; default stdout. */
@@ -373,7 +374,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     const privateKey = generatePrivateKey();
     uninit.push({ what: 'private key', run: () => void privateKey.fill(0) });
     const publicKey = formatKey(publicKeyFromPrivate(privateKey));
-    stdout(`public-key ${publicKey}\n`);
+    stdout(publicKeyLine(publicKey));
     log.info({ publicKey, fingerprint: keyFingerprint(publicKey) }, 'public key');
 
     step = 'psk';
