@@ -23,7 +23,8 @@ import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DirectoryRegistry, writeJsonAtomic } from '../src/registry/dir.js';
-import { EtcdRegistry, parseEtcdSpec } from '../src/registry/etcd.js';
+import { EtcdRegistry } from '../src/registry/etcd.js';
+import { parseEtcdSpec } from '../src/registry/etcd-client.js';
 import { readProjectView, type Registry } from '../src/registry/registry.js';
 import { Agent } from '../src/agent/agent.js';
 import { podSocket } from '../src/agent/netns.js';
@@ -156,6 +157,8 @@ async function measureAgent(b: Backend, registered: number, changes: number) {
         onSetPeer(c.publicKey);
       },
       removePeer: () => (count('remove-peer'), true),
+      // the agent makes a pod initiate at once with a key new to it
+      rekey: () => (count('rekey'), []),
       setServices: () => void count('set-services'),
     },
   });

@@ -40,7 +40,7 @@ import { readProjectView, type PodInfo, type ProjectView, type Watch } from '../
 import { desiredState, peerChanges, type DesiredPeer, type DesiredPod } from './desired.js';
 import { failClosedIn, podSocket } from './netns.js';
 import { ProjectPolicies } from './policies.js';
-import { Proxies, TENC_PORT, sameProcess, type Proxy, type ProxyId, type ProxyOptions, type Registration } from './proxies.js';
+import { Proxies, TENC_PORT, sameProcess, tencEndpoint, type Proxy, type ProxyId, type ProxyOptions, type Registration } from './proxies.js';
 
 /** Where it lives now is netns.ts; named here too for test/netns/cluster-etcd.test.ts (its owner imports it from here). */
 export { podSocket };
@@ -193,8 +193,13 @@ export class Agent {
 
   /** The registry's view of the project with this node's running or starting pods as this agent knows them. */
   private localView(view: ProjectView): ProjectView {
-    // a local pod's key: only its current one (an old one in the registry is not a peer)
-    const fresh = view.peers.filter((k) => !this.proxies.has(k.pod) || this.proxies.get(k.pod)!.publicKey === k.publicKey);
+    // a local pod's key: the one its running proxy has, as this agent knows it, whatever
+    // the registry says (an old key there is not a peer; a key the registry lost, e.g. a
+    // lease that expired while this node was cut off, does not part this node's pods)
+    const own = [...this.proxies.values()]
+      .filter((px) => px.publicKey !== null)
+      .map((px) => ({ project: this.o.project, pod: px.pod.name, node: this.o.node, publicKey: px.publicKey!, endpoint: tencEndpoint(px.pod) }));
+    const fresh = [...view.peers.filter((k) => !this.proxies.has(k.pod)), ...own];
     // this node's registered pods are members even before the registry lists them
     const pods = [...view.pods.filter((p) => !this.proxies.has(p.name)), ...[...this.proxies.values()].map((px) => px.pod)];
     return { ...view, pods, peers: fresh };
@@ -252,7 +257,7 @@ export class Agent {
     const published = new Map(view.peers.map((k) => [k.pod, k]));
     for (const px of this.proxies.values()) {
       if (px.publicKey === null) continue;
-      const endpoint = `${px.pod.address.includes(':') ? `[${px.pod.address}]` : px.pod.address}:${TENC_PORT}`;
+      const endpoint = tencEndpoint(px.pod);
       const k = published.get(px.pod.name);
       const mine = `${px.publicKey} ${endpoint}`;
       // published again when it changed, or when the registry knows the pod but lost or
@@ -269,17 +274,21 @@ export class Agent {
     const v2 = this.localView(view);
     this.view = v2;
     await this.policies.refresh(this.o.registry.policies && (() => this.o.registry.policies!(this.o.project)), v2);
-    for (const px of this.proxies.values()) {
-      if (px.publicKey === null) continue;
-      try {
-        await this.apply(px, desiredState(v2, px.pod));
-        await this.applyPolicy(px);
-      } catch (e) {
-        this.log.warn({ pod: px.pod.name, err: (e as Error).message }, 'cannot configure pod proxy');
-        // a proxy not answering: check it is alive (an adopted one has no child to watch)
-        if (!px.child && !(await socketIsLive(px.socket))) this.proxies.lost(px, 'control socket dead');
-      }
-    }
+    // every pod at once: each pod's requests stay in order, but one pod's round trips
+    // (a proxy slow to answer on a loaded node) do not delay the next pod's new peer
+    await Promise.all(
+      [...this.proxies.values()].map(async (px) => {
+        if (px.publicKey === null) return;
+        try {
+          await this.apply(px, desiredState(v2, px.pod));
+          await this.applyPolicy(px);
+        } catch (e) {
+          this.log.warn({ pod: px.pod.name, err: (e as Error).message }, 'cannot configure pod proxy');
+          // a proxy not answering: check it is alive (an adopted one has no child to watch)
+          if (!px.child && !(await socketIsLive(px.socket))) this.proxies.lost(px, 'control socket dead');
+        }
+      }),
+    );
   }
 
   private async apply(px: Proxy, want: DesiredPod): Promise<void> {
@@ -305,6 +314,7 @@ export class Agent {
         px.applied.set(d.publicKey, JSON.stringify({ ...d, allowedIps: kept }));
       }
     }
+    const rekeys: Promise<unknown>[] = [];
     for (const d of set) {
       const fresh = !px.applied.has(d.publicKey);
       await controlRequest(px.socket, { op: 'set-peer', peer: { publicKey: d.publicKey, endpoint: d.endpoint, allowedIps: d.allowedIps } });
@@ -313,9 +323,11 @@ export class Agent {
       // A key new to this pod is usually a pod that just started with its peers in its
       // config: its first initiation reached this pod before this pod knew it and was
       // dropped, and the protocol lets it retry only after REKEY_TIMEOUT (5 s). This
-      // pod initiates now instead (one handshake; ignored if it cannot).
-      if (fresh) await controlRequest(px.socket, { op: 'rekey', publicKey: d.publicKey }).catch(() => undefined);
+      // pod initiates now instead (one handshake; ignored if it cannot), without
+      // holding up the next peer's set-peer (awaited below, before apply returns).
+      if (fresh) rekeys.push(controlRequest(px.socket, { op: 'rekey', publicKey: d.publicKey }).catch(() => undefined));
     }
+    await Promise.all(rekeys);
     const services = JSON.stringify(want.services);
     if (services !== px.services) {
       await controlRequest(px.socket, { op: 'set-services', services: want.services });

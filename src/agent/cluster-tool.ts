@@ -59,7 +59,8 @@ import {
   type ClusterPod,
 } from './cluster-config.js';
 import { DirectoryRegistry, writeJsonAtomic } from '../registry/dir.js';
-import { EtcdRegistryWriter, parseEtcdSpec } from '../registry/etcd.js';
+import { EtcdRegistryWriter } from '../registry/etcd.js';
+import { parseEtcdSpec } from '../registry/etcd-client.js';
 
 /** What syncRegistry writes through: the directory registry, or the etcd writer (which sends on flush). */
 export type RegistryWriter = Pick<DirectoryRegistry, 'putProject' | 'replaceObjects'>;

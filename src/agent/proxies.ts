@@ -30,6 +30,11 @@ import { cleanNetns, podResolvConf } from './netns.js';
 export const TENC_PORT = 51820;
 export const RESTART_DELAY_MS = 200;
 
+/** Where a pod's proxy listens: its primary address, tenc's port (what the agent publishes). */
+export function tencEndpoint(p: PodInfo): string {
+  return `${p.address.includes(':') ? `[${p.address}]` : p.address}:${TENC_PORT}`;
+}
+
 /** process.kill without throwing: true when the signal was delivered (0: the process exists). */
 function signal(pid: number, sig: NodeJS.Signals | 0): boolean {
   try {

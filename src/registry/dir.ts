@@ -185,7 +185,8 @@ export class DirectoryRegistry implements Registry {
           continue;
         }
         const peer = peerFromObject(project, node, n.slice(0, -'.json'.length), o);
-        if (peer !== null) out.push(peer);
+        if (typeof peer === 'string') this.onProblem(file, `not a valid peer: ${peer}: ignored`);
+        else out.push(peer);
       }
     }
     return out;

@@ -50,7 +50,7 @@ import {
   type V1Pod,
   type V1Service,
 } from '@kubernetes/client-node';
-import type { ServicePort } from '../control/config.js';
+import { parseKey32, type ServicePort } from '../control/config.js';
 import { Informer, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
 import { clusterIps } from './objects.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
@@ -95,9 +95,15 @@ export interface KubernetesRegistryOptions {
 const KEY = /^[A-Za-z0-9+/]{43}=$/;
 const str = (v: unknown): v is string => typeof v === 'string' && v !== '';
 
-/** A base64 32-byte key (`wg genkey`/`wg genpsk` form), not all zeros. */
+/**
+ * A base64 32-byte key (`wg genkey`/`wg genpsk` form), not all zeros, canonical as
+ * the pod's parser wants it (parseKey32: a lenient decoder would take other last
+ * characters for the same bytes, and the pod would refuse the key later).
+ */
 export function isKey32(v: unknown): v is string {
-  return typeof v === 'string' && KEY.test(v) && Buffer.from(v, 'base64').length === 32 && !Buffer.from(v, 'base64').equals(Buffer.alloc(32));
+  if (typeof v !== 'string' || !KEY.test(v)) return false;
+  const k = parseKey32(v);
+  return k.ok && !k.value.every((b) => b === 0);
 }
 
 /** "ip:port" or "[ip6]:port" with a port 1-65535. */

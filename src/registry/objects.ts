@@ -5,7 +5,8 @@
  * that kind" and the backend reports it as a problem.
  */
 import { isIP } from 'node:net';
-import type { ServicePort } from '../control/config.js';
+import { parseKey32, type ServicePort } from '../control/config.js';
+import { parseEndpoint } from '../net/address.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, ServiceInfo } from './registry.js';
 
 type Obj = Record<string, any>;
@@ -71,10 +72,23 @@ export function endpointsFromObject(project: string, o: Obj): EndpointsInfo | nu
 /**
  * A published peer ({pod, publicKey, endpoint}) found at a place that names its
  * project, node and pod: the node is the place's (the authenticated publisher),
- * never a field; a value naming another pod than its place is refused.
+ * never a field; a value naming another pod than its place is refused. The key and
+ * the endpoint are checked here as the pod's own parsers check them (parseKey32:
+ * 44 characters of canonical base64, 32 bytes, not all zeros; parseEndpoint), so a
+ * key the pod would refuse in set-peer is skipped where it is read, with the field
+ * named, instead of failing later at every reconcile. Returns the peer, or why not
+ * (a string naming the field; the backend adds the key's place).
  */
-export function peerFromObject(project: string, node: string, pod: string, o: Obj): PeerInfo | null {
-  if (!str(o?.pod) || !str(o?.publicKey) || !str(o?.endpoint) || o.pod !== pod) return null;
+export function peerFromObject(project: string, node: string, pod: string, o: Obj): PeerInfo | string {
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) return 'not a JSON object';
+  if (!str(o.pod)) return 'pod: missing or not a string';
+  if (o.pod !== pod) return `pod: ${JSON.stringify(o.pod)} differs from its place's name ${pod}`;
+  const k = parseKey32(o.publicKey);
+  if (!k.ok) return `publicKey: ${k.problem}`;
+  if (k.value.every((b) => b === 0)) return 'publicKey: is the all-zero key';
+  if (Buffer.from(k.value).toString('base64') !== o.publicKey) return 'publicKey: has characters around the key';
+  const e = parseEndpoint(o.endpoint);
+  if (!e.ok) return `endpoint: ${e.problem}`;
   return { project, pod, node, publicKey: o.publicKey, endpoint: o.endpoint };
 }
 

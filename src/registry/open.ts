@@ -13,7 +13,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DirectoryRegistry } from './dir.js';
-import { EtcdRegistry, EtcdSpecError, etcdClient, parseEtcdSpec } from './etcd.js';
+import { EtcdRegistry } from './etcd.js';
+import { EtcdSpecError, etcdClient, parseEtcdSpec } from './etcd-client.js';
 import { KubernetesRegistry, loadKubeConfig } from './kubernetes.js';
 import type { Registry } from './registry.js';
 

@@ -19,14 +19,15 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CALL_TIMEOUT_MS, EtcdRegistry, EtcdRegistryWriter, etcdClient, parseEtcdSpec, type EtcdConnection } from '../../src/registry/etcd.js';
+import { EtcdRegistry, EtcdRegistryWriter } from '../../src/registry/etcd.js';
+import { CALL_TIMEOUT_MS, etcdClient, parseEtcdSpec, type EtcdConnection } from '../../src/registry/etcd-client.js';
 import { openRegistry } from '../../src/registry/open.js';
 import { trustedPeers } from '../../src/registry/registry.js';
 import { EtcdServer, Relay } from './server.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
-const KEY_A = 'A'.repeat(43) + '=';
-const KEY_B = 'B'.repeat(43) + '=';
+const KEY_A = 'A'.repeat(42) + 'E='; // canonical base64, not all zeros (peerFromObject checks keys as the pod does)
+const KEY_B = 'B'.repeat(42) + 'A=';
 const PSK = 'c'.repeat(43) + '=';
 
 async function until(what: string, fn: () => Promise<boolean> | boolean, ms = 10_000): Promise<number> {
@@ -160,11 +161,14 @@ describe('etcd registry (real etcd)', () => {
     await etcd.client(r1).put('/tenc/nodes/node2/peers/alpha/web').value(JSON.stringify({ pod: 'web', node: 'node1', publicKey: KEY_B, endpoint: '10.128.2.66:51820' }));
     // a value naming another pod than its key
     await etcd.client(r1).put('/tenc/nodes/node2/peers/alpha/cache').value(JSON.stringify({ pod: 'web', publicKey: KEY_B, endpoint: '10.128.2.66:51820' }));
+    // a key the pod would refuse (non-canonical last character: the same bytes to a lenient decoder)
+    await etcd.client(r1).put('/tenc/nodes/node2/peers/alpha/db').value(JSON.stringify({ pod: 'db', publicKey: KEY_B.slice(0, 42) + 'B=', endpoint: '10.128.2.67:51820' }));
     const problems: string[] = [];
     const r2 = reg({}, problems);
     const peers = await r2.peers('alpha');
     expect(peers.map((p) => `${p.node}/${p.pod}/${p.publicKey[0]}`).sort()).toEqual(['node1/web/A', 'node2/web/B']);
-    expect(problems.join()).toMatch(/nodes\/node2\/peers\/alpha\/cache: not a valid peer/);
+    expect(problems.join()).toMatch(/nodes\/node2\/peers\/alpha\/cache: not a valid peer: pod: "web" differs/);
+    expect(problems.join()).toMatch(/nodes\/node2\/peers\/alpha\/db: not a valid peer: publicKey: .*canonical/);
     const rejected: string[] = [];
     const trusted = trustedPeers(await r2.pods('alpha'), peers, (p, why) => rejected.push(`${p.node}: ${why}`));
     expect(trusted).toEqual([{ project: 'alpha', pod: 'web', node: 'node1', publicKey: KEY_A, endpoint: '10.128.1.10:51820' }]);
@@ -194,7 +198,8 @@ describe('etcd registry (real etcd)', () => {
     const watcher = reg();
     // an agent in a process of its own publishes, then is killed with SIGKILL
     const agent = spawn(process.execPath, ['--input-type=module', '-e', `
-      const { EtcdRegistry, parseEtcdSpec } = await import(${JSON.stringify(join(root, 'dist', 'src', 'registry', 'etcd.js'))});
+      const { EtcdRegistry } = await import(${JSON.stringify(join(root, 'dist', 'src', 'registry', 'etcd.js'))});
+      const { parseEtcdSpec } = await import(${JSON.stringify(join(root, 'dist', 'src', 'registry', 'etcd-client.js'))});
       const r = new EtcdRegistry(parseEtcdSpec('${etcd.endpoint}?ttl=2'));
       await r.publishPeer({ project: 'alpha', pod: 'web', node: 'node1', publicKey: '${KEY_A}', endpoint: '10.128.1.10:51820' });
       console.log('published');`], { stdio: ['ignore', 'pipe', 'inherit'] });

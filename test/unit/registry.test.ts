@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DirectoryRegistry, writeJsonAtomic } from '../../src/registry/dir.js';
 import { readProjectView } from '../../src/registry/registry.js';
+import { peerFromObject } from '../../src/registry/objects.js';
+import { isKey32 } from '../../src/registry/kubernetes.js';
 import { syncRegistry } from '../../src/agent/cluster-tool.js';
 import { validateCluster } from '../../src/agent/cluster-config.js';
 
@@ -93,6 +95,51 @@ describe('directory registry', () => {
     expect(problems).toEqual([join(dir, 'pods', 'alpha', 'broken.json')]);
   });
 
+  it('a peer whose key the pod would refuse (non-canonical base64, wrong length, all zeros) is skipped where it is read, with the file and field named', async () => {
+    const key = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
+    const nonCanonical = key.slice(0, 42) + 'p='; // same 32 bytes to a lenient decoder, refused by the pod's parseKey
+    const problems: string[] = [];
+    const r = new DirectoryRegistry(dir, { onProblem: (f, why) => problems.push(`${f}: ${why}`) });
+    const peerDir = join(dir, 'peers', 'alpha', 'node1');
+    await reg.publishPeer({ project: 'alpha', pod: 'a-web', node: 'node1', publicKey: key, endpoint: '10.128.1.10:51820' });
+    writeJsonAtomic(join(peerDir, 'b1.json'), { pod: 'b1', publicKey: nonCanonical, endpoint: '10.128.1.11:51820' });
+    writeJsonAtomic(join(peerDir, 'b2.json'), { pod: 'b2', publicKey: key.slice(0, 40) + '==', endpoint: '10.128.1.12:51820' });
+    writeJsonAtomic(join(peerDir, 'b3.json'), { pod: 'b3', publicKey: Buffer.alloc(32).toString('base64'), endpoint: '10.128.1.13:51820' });
+    writeJsonAtomic(join(peerDir, 'b4.json'), { pod: 'b4', publicKey: key, endpoint: '10.128.1.14' });
+    expect((await r.peers('alpha')).map((p) => p.pod)).toEqual(['a-web']);
+    expect(problems).toEqual([
+      expect.stringMatching(new RegExp(`^${join(peerDir, 'b1.json')}: not a valid peer: publicKey: .*canonical`)),
+      expect.stringMatching(new RegExp(`^${join(peerDir, 'b2.json')}: not a valid peer: publicKey: .*(44|padding|one '=')`)),
+      expect.stringMatching(new RegExp(`^${join(peerDir, 'b3.json')}: not a valid peer: publicKey: is the all-zero key`)),
+      expect.stringMatching(new RegExp(`^${join(peerDir, 'b4.json')}: not a valid peer: endpoint: .*no port`)),
+    ]);
+  });
+
+  it('peerFromObject: the pod\'s own key and endpoint rules, the field named; the kubernetes backend\'s isKey32 agrees on the key', () => {
+    const key = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
+    const ok = peerFromObject('alpha', 'node1', 'web', { pod: 'web', publicKey: key, endpoint: '[fd00::1]:51820' });
+    expect(ok).toEqual({ project: 'alpha', pod: 'web', node: 'node1', publicKey: key, endpoint: '[fd00::1]:51820' });
+    const bad: [unknown, RegExp][] = [
+      [null, /^not a JSON object$/],
+      [[key], /^not a JSON object$/],
+      [{ publicKey: key, endpoint: '10.0.0.1:1' }, /^pod: missing/],
+      [{ pod: 'other', publicKey: key, endpoint: '10.0.0.1:1' }, /^pod: "other" differs/],
+      [{ pod: 'web', endpoint: '10.0.0.1:1' }, /^publicKey: .*not a string/],
+      [{ pod: 'web', publicKey: key.slice(0, 42) + 'p=', endpoint: '10.0.0.1:1' }, /^publicKey: .*canonical/],
+      [{ pod: 'web', publicKey: key.slice(0, 43), endpoint: '10.0.0.1:1' }, /^publicKey: .*44/],
+      [{ pod: 'web', publicKey: key + 'AAAA', endpoint: '10.0.0.1:1' }, /^publicKey: .*44/],
+      [{ pod: 'web', publicKey: key.slice(0, 10) + '!' + key.slice(11), endpoint: '10.0.0.1:1' }, /^publicKey: .*character/],
+      [{ pod: 'web', publicKey: ` ${key}\n`, endpoint: '10.0.0.1:1' }, /^publicKey: has characters around the key$/],
+      [{ pod: 'web', publicKey: Buffer.alloc(32).toString('base64'), endpoint: '10.0.0.1:1' }, /^publicKey: is the all-zero key$/],
+      [{ pod: 'web', publicKey: key, endpoint: '10.0.0.1:0' }, /^endpoint: .*out of range/],
+      [{ pod: 'web', publicKey: key, endpoint: 'node1:51820' }, /^endpoint: .*not an IPv4\/IPv6 address/],
+    ];
+    for (const [o, re] of bad) expect(peerFromObject('alpha', 'node1', 'web', o as Record<string, unknown>)).toMatch(re);
+    // the Kubernetes backend (TencPeer spec.publicKey, the psk Secret) checks keys with isKey32: the same rule
+    expect(isKey32(key)).toBe(true);
+    for (const k of [key.slice(0, 42) + 'p=', key.slice(0, 43), ` ${key}`, Buffer.alloc(32).toString('base64'), 42]) expect(isKey32(k)).toBe(false);
+  });
+
   it('refuses names that could leave the directory, with typed errors', async () => {
     await expect(reg.pods('../etc')).rejects.toThrow(RangeError);
     await expect(reg.withdrawPeer('alpha', 'node1', 'a/../../x')).rejects.toThrow(RangeError);
@@ -120,7 +167,7 @@ describe('directory registry', () => {
 
   it('a key published by another node than the pod\'s is not believed (one compromised node cannot take over a pod of another)', async () => {
     const key = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
-    const evil = 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=';
+    const evil = 'BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=';
     // node2's agent publishes for a-web, which runs on node1
     await reg.publishPeer({ project: 'alpha', pod: 'a-web', node: 'node2', publicKey: evil, endpoint: '10.128.2.99:51820' });
     const rejected: string[] = [];
@@ -132,7 +179,7 @@ describe('directory registry', () => {
     v = await readProjectView(reg, 'alpha');
     expect(v.peers).toEqual([{ project: 'alpha', pod: 'a-web', node: 'node1', publicKey: key, endpoint: '10.128.1.10:51820' }]);
     // the publisher is the directory, not a field in the file: a "node" field is ignored
-    writeJsonAtomic(join(dir, 'peers', 'alpha', 'node2', 'a-cli.json'), { pod: 'a-cli', node: 'node1', publicKey: key, endpoint: 'x:1' });
+    writeJsonAtomic(join(dir, 'peers', 'alpha', 'node2', 'a-cli.json'), { pod: 'a-cli', node: 'node1', publicKey: key, endpoint: '10.128.2.11:1' });
     expect((await reg.peers('alpha')).find((p) => p.pod === 'a-cli')?.node).toBe('node2');
     // a file whose name is not its pod is ignored
     writeJsonAtomic(join(dir, 'peers', 'alpha', 'node1', 'a-cli.json'), { pod: 'a-web', publicKey: evil, endpoint: 'x:1' });
