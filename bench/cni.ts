@@ -28,6 +28,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { numberFlag, type BenchContext } from './lib/bench.js';
+import { nsRemove, nsUp } from './lib/netns.js';
 import { markdownTable } from './lib/table.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -53,13 +54,12 @@ function chain(cmd: 'ADD' | 'DEL', pod: string, address: string, project: string
 }
 
 function makeNs(ns: string): void {
-  spawnSync('ip', ['netns', 'add', ns]);
-  spawnSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+  nsUp(ns);
   mkdirSync(`/etc/netns/${ns}`, { recursive: true });
   writeFileSync(`/etc/netns/${ns}/resolv.conf`, 'nameserver 10.96.0.10\n');
 }
 function removeNs(ns: string): void {
-  spawnSync('ip', ['netns', 'del', ns]);
+  nsRemove(ns);
   rmSync(`/etc/netns/${ns}`, { recursive: true, force: true });
 }
 

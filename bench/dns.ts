@@ -33,6 +33,7 @@ import { join } from 'node:path';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { numberFlag, type BenchContext } from './lib/bench.js';
+import { nsRemove, nsUp } from './lib/netns.js';
 import { markdownTable } from './lib/table.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -130,9 +131,8 @@ export async function run(ctx: BenchContext): Promise<void> {
   const ns = `tenc-bdns${process.pid % 100000}`;
   const inNs = (cmd: string, args: string[]) => spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const children: ChildProcess[] = [];
-  spawnSync('ip', ['netns', 'add', ns]);
+  nsUp(ns);
   try {
-    spawnSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
     const dnsmasq = inNs('dnsmasq', [
       '--conf-file=/dev/null', '--no-resolv', '--no-hosts', '--keep-in-foreground', '--pid-file=',
       '--listen-address=127.0.0.1', '--bind-interfaces', '--local-ttl=30', '--cache-size=1000',
@@ -226,6 +226,6 @@ export async function run(ctx: BenchContext): Promise<void> {
     rmSync(dataDir, { recursive: true, force: true });
     for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
     await new Promise((r) => setTimeout(r, 200));
-    spawnSync('ip', ['netns', 'del', ns]);
+    nsRemove(ns);
   }
 }

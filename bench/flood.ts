@@ -4,7 +4,7 @@
  * the CPU it spends, tenc against wireguard-go in the same run.
  *
  * Namespaces of netns-scripts/pods.sh (PODS_PREFIX=tencf): pod a (client) and pod b
- * (server, the victim) plus an attacker namespace tencf-x on the same bridge with 64
+ * (server, the victim) plus an attacker pod tencf-x (pods.sh add) on the same bridge with 64
  * addresses (10.77.0.100..163). For each tunnel (wg-deb, tenc; --only=...), and each
  * flood rate (--rates=0,2000,8000,32000 initiations/s over all 64 sources): iperf3 TCP
  * from a to b at up to 200 Mbit/s for --duration seconds (default 8) while
@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { numberFlag, type BenchContext } from './lib/bench.js';
 import { Children, cpuSeconds } from './lib/procs.js';
+import { nsRemove } from './lib/netns.js';
 import { markdownTable } from './lib/table.js';
 import { TencTunnel, WgGoTunnel, type Tunnel, type TunnelEnv } from './lib/tunnels.js';
 
@@ -61,15 +62,11 @@ export async function run(ctx: BenchContext): Promise<void> {
   const sh = (cmd: string, args: string[]) => children.check(cmd, args, { timeoutMs: 30_000 });
   const podsUp = async () => {
     await sh('bash', [PODS_SH, 'up']);
-    await sh('ip', ['netns', 'add', nsX]);
-    await sh('ip', ['-n', `${prefix}-br`, 'link', 'add', 'veth-x', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', nsX]);
-    await sh('ip', ['-n', `${prefix}-br`, 'link', 'set', 'veth-x', 'master', 'br0', 'up']);
-    await sh('ip', ['-n', nsX, 'link', 'set', 'lo', 'up']);
-    await sh('ip', ['-n', nsX, 'link', 'set', 'eth0', 'up']);
-    for (const s of ['10.77.0.50', ...SOURCES]) await sh('ip', ['-n', nsX, 'addr', 'add', `${s}/24`, 'dev', 'eth0']);
+    await sh('bash', [PODS_SH, 'add', 'x', '50']); // the attacker, 10.77.0.50 on the bridge
+    for (const s of SOURCES) await sh('ip', ['-n', nsX, 'addr', 'add', `${s}/24`, 'dev', 'eth0']);
   };
   const podsDown = async () => {
-    await children.run('ip', ['netns', 'del', nsX]);
+    nsRemove(nsX);
     await children.run('bash', [PODS_SH, 'down'], { timeoutMs: 30_000 });
   };
   ctx.log(`${seconds} s per rate, rates ${rates.join(', ')}/s from ${SOURCES.length} sources; load ${loadavg().map((x) => x.toFixed(2)).join(' ')}, ${cpus().length} CPUs`);

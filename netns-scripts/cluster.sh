@@ -120,9 +120,7 @@ hostlen() { case $1 in *:*) echo 128 ;; *) echo 32 ;; esac; }
 
 b_infra() { # NS ADDR/LEN DNS EXTERNAL
   mk_ns "$1"
-  ip -n "$UL" link add infra mtu $UL_MTU type veth peer name eth0 netns "$1"
-  ip -n "$UL" link set infra master ul0 up
-  ip -n "$1" link set eth0 up
+  veth_into_bridge "$UL" ul0 infra "$1" eth0 $UL_MTU
   ip -n "$1" addr add "$2" dev eth0
   ip -n "$1" addr add "$3/$(hostlen "$3")" dev lo
   ip -n "$1" addr add "$4/$(hostlen "$4")" dev lo
@@ -134,9 +132,7 @@ b_node() { # NAME NS UL_PORT UL_ADDR/LEN OVERLAY/LEN MAC POD_CIDR GW/LEN INFRA_A
   local ns=$2
   mk_ns "$ns"
   ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
-  ip -n "$UL" link add "$3" mtu $UL_MTU type veth peer name ul0 netns "$ns"
-  ip -n "$UL" link set "$3" master ul0 up
-  ip -n "$ns" link set ul0 up
+  veth_into_bridge "$UL" ul0 "$3" "$ns" ul0 $UL_MTU
   ip -n "$ns" addr add "$4" dev ul0
   ip -n "$ns" link add br0 mtu $POD_MTU type bridge
   ip -n "$ns" link set br0 up
@@ -320,8 +316,13 @@ up() {
   echo "${CLUSTER_PROTECT:-$(echo $projects | tr ' ' ',')}" >"$STATE/protect"
   sync_cluster
   node "$tool" conflists "$STATE"
-  # tenc's plugin: the static C binary a real node puts in /opt/cni/bin (cni/build.sh), not Node
-  sh "$root/cni/build.sh" "$STATE/cni/bin/tenc" || die "building the CNI plugin with cni/build.sh failed (needs cc and the static libc: libc6-dev)"
+  # tenc's plugin: the static C binary a real node puts in /opt/cni/bin (cni/build.sh), not Node;
+  # built into build/cni/ when missing or older than its sources (about 0.6 s), then copied
+  local cni_bin=$root/build/cni/tenc-cni
+  if [ ! -x "$cni_bin" ] || [ "$root/cni/tenc-cni.c" -nt "$cni_bin" ] || [ "$root/cni/build.sh" -nt "$cni_bin" ]; then
+    sh "$root/cni/build.sh" "$cni_bin" || die "building the CNI plugin with cni/build.sh failed (needs cc and the static libc: libc6-dev)"
+  fi
+  cp -f "$cni_bin" "$STATE/cni/bin/tenc"
   chmod 0700 "$STATE/cni/bin/tenc"
   start_dns
   agent_start

@@ -19,7 +19,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { stopChild, waitExit, type Children } from './procs.js';
+import { readPublicKeyLine } from '../../src/control/keyline.js';
+import { stopChild, type Children } from './procs.js';
 
 export interface TunnelEnv {
   /** Client and server pod namespaces. */
@@ -170,7 +171,7 @@ export class TencTunnel implements Tunnel {
       const child = children.spawn('ip', ['netns', 'exec', ns, node, TENC_MAIN, 'pod', '--config', config], this.opts.env);
       const tail = tailOf(child);
       this.pods.push({ child, tail, ns });
-      const key = await publicKeyLine(child, 15_000);
+      const key = await readPublicKeyLine(child, 15_000);
       if (key instanceof Error) throw new Error(`tenc pod in ${ns}: ${key.message}${tail().length ? `: ${tail().slice(-3).join(' / ')}` : ''}`);
       return key;
     };
@@ -238,26 +239,6 @@ export class TencTunnel implements Tunnel {
   stderrTail(): string[] {
     return this.pods.flatMap((p) => p.tail().slice(-10).map((l) => `${p.ns}: ${l}`));
   }
-}
-
-/** Resolves with the key of the first `public-key <base64>` stdout line, or an Error if the process ends or times out first. */
-function publicKeyLine(child: ChildProcess, ms: number): Promise<string | Error> {
-  return new Promise((resolve) => {
-    let out = '';
-    const timer = setTimeout(() => resolve(new Error(`no public-key line within ${ms} ms`)), ms);
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const m = /^public-key (\S+)\n/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    void waitExit(child, ms + 1000).then((code) => {
-      clearTimeout(timer);
-      resolve(new Error(`exited ${code} before printing its public key`));
-    });
-  });
 }
 
 async function tencVersion(children: Children): Promise<string> {

@@ -31,7 +31,8 @@ import { dirname, join } from 'node:path';
 import { socketIsLive } from '../control/socket.js';
 import { parseAddress } from '../net/address.js';
 import { silentLogger, type Logger } from '../log.js';
-import { Agent, type AgentOptions, type ProxyId, type Registration } from './agent.js';
+import { Agent, type AgentOptions } from './agent.js';
+import type { ProxyId, Registration } from './proxies.js';
 
 export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
 const MAX_LINE = 64 * 1024;

@@ -1,6 +1,6 @@
 /**
  * How a pod's proxy is started: the command line of `tenc pod` in a pod's netns, the
- * one definition the node agent (agent.ts) and bench/density.ts use.
+ * one definition the node agent (proxies.ts) and bench/density.ts use.
  *
  *   nsenter --net=NETNS -- NODE [node flags] MAIN pod --config FILE
  *

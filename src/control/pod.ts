@@ -45,6 +45,7 @@ import type { RouteMisses } from '../dns/misses.js';
 import { removeInterceptResidue } from '../dns/intercept.js';
 import { PolicyRules, exemptOf } from '../routing/policy-rules.js';
 import { formatPort, type PodPolicy } from '../policy/policy.js';
+import { publicKeyLine } from './keyline.js';
 
 export interface RunPodOptions {
   /** Where the `public-key <base64>` line goes; default stdout. */
@@ -407,7 +408,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     const privateKey = generatePrivateKey();
     uninit.push({ what: 'private key', run: () => void privateKey.fill(0) });
     const publicKey = formatKey(publicKeyFromPrivate(privateKey));
-    stdout(`public-key ${publicKey}\n`);
+    stdout(publicKeyLine(publicKey));
     log.info({ publicKey, fingerprint: keyFingerprint(publicKey) }, 'public key');
 
     step = 'psk';

@@ -31,7 +31,7 @@ import { validateCluster, type ClusterConfig } from '../../src/agent/cluster-con
 import { ensureBuilt } from '../build.js';
 import { FakeApiServer, type Kind } from '../k8s/fake-apiserver.js';
 import { syncApiFromCluster, writeKubeconfig } from '../k8s/cluster-api.js';
-import { Netns, readCaptureBytes, requireRoot, requireTool, startCapture } from './lib.js';
+import { Netns, echoConnection, readCaptureBytes, requireRoot, requireTool, startCapture, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -77,21 +77,6 @@ async function status(pod: string): Promise<any> {
   return JSON.parse(r.stdout);
 }
 const peersOf = async (pod: string) => (await status(pod)).peers as { publicKey: string; allowedIps: string[] }[];
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, ms = 15_000): Promise<{ value: T; elapsed: number }> {
-  const t0 = Date.now();
-  let last = '';
-  for (;;) {
-    const v = await Promise.resolve()
-      .then(fn)
-      .catch((e) => {
-        last = (e as Error).message;
-        return null;
-      });
-    if (v) return { value: v, elapsed: Date.now() - t0 };
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last error: ${last})` : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 /** An HTTP server in the pod answering "<pod> got: <body>", and a TCP echo on port + 10000. */
 function serve(pod: string, port: number): void {
   const c = spawn('ip', ['netns', 'exec', ns(pod), 'node', '-e', `
@@ -239,14 +224,9 @@ describe('local cluster through CNI, agents on the Kubernetes API (watches dropp
     const chained = JSON.parse(readFileSync(join(conf, '10-node2.conflist'), 'utf8'));
     expect(chained.plugins.map((p: { type: string }) => p.type)).toEqual(['bridge', 'loopback', 'tenc']);
     writeFileSync(join(STATE, 'cni', 'node2.conflist'), JSON.stringify(chained));
-    const conn = spawn('ip', ['netns', 'exec', ns('alpha-client-1'), 'node', '-e', `
-      const s = require('net').connect(15432, '10.128.2.10'); let n = 0;
-      s.setEncoding('utf8'); s.on('data', (d) => process.stdout.write(d));
-      setInterval(() => s.write('ping ' + n++ + '\\n'), 100); s.on('error', (e) => { console.error(e.message); process.exit(1); });`]);
-    children.add(conn);
-    let echoed = '';
-    conn.stdout!.setEncoding('utf8').on('data', (d: string) => (echoed += d));
-    await until('echo', () => echoed.includes('ping 3'));
+    const conn = echoConnection(ns('alpha-client-1'), '10.128.2.10', 15432);
+    children.add(conn.child);
+    await until('echo', () => conn.echoed().includes('ping 3'));
 
     const gone = api.get('tencpeers', 'alpha', 'alpha-client-2')!.spec.publicKey;
     expect((await peersOf('alpha-client-1')).map((p) => p.publicKey)).toContain(gone);
@@ -273,10 +253,10 @@ describe('local cluster through CNI, agents on the Kubernetes API (watches dropp
     expect(Date.now() - t0).toBeLessThan(15_000);
     serve('alpha-web-2', 80);
     await until('alpha-client-1 -> alpha-web-2 through tenc', () => curl('alpha-client-1', 'http://10.128.2.30/', 'x', 1));
-    const n = count(echoed, 'ping');
-    await until('more echoes on the open connection', () => count(echoed, 'ping') > n + 5, 5000);
-    expect(conn.exitCode).toBe(null);
-    conn.kill('SIGKILL');
+    const n = conn.pings();
+    await until('more echoes on the open connection', () => conn.pings() > n + 5, 5000);
+    expect(conn.child.exitCode).toBe(null);
+    conn.child.kill('SIGKILL');
   });
 
   it('4. kill -9 of a pod proxy (its new key re-published), then of an agent: traffic back within 5 s', async () => {
@@ -324,12 +304,15 @@ describe('local cluster through CNI, agents on the Kubernetes API (watches dropp
     expect(await proxyPids('beta-web-1')).toEqual([]);
     expect(await curl('beta-client-1', 'http://web.beta/', 'x', 2)).toBe(null);
     expect((await run('ip', ['-n', ns('beta-web-1'), 'rule', 'show'])).stdout).toContain('lookup 52100');
+    // retried all along (about every 0.2-1 s), logged once (issue 12)
+    expect(count(agentLog('node1'), 'proxy start failed')).toBe(refusedBefore + 1);
+    const recoveredBefore = count(agentLog('node1'), 'proxy start recovered');
     for (const n of ['node1', 'node2']) {
       const log = agentLog(n);
       expect(count(log, 'alpha/alpha-noip: Running without status.podIP'), n).toBe(1);
       expect(count(log, 'TencPeer alpha/alpha-ghost'), n).toBe(1);
       expect(count(log, 'service alpha/manual: no selector'), n).toBe(1);
-      // the registry's line (each failed proxy start on node1 also names the psk error: the agent's retries)
+      // the registry's line (node1's one 'proxy start failed' line also names the psk error)
       expect(count(log, 'the pods of namespace beta stay closed'), n).toBe(1);
       expect(log).not.toContain(Buffer.from(goodPsk.data.psk, 'base64').toString().trim());
       expect(existsSync(join(STATE, 'agents', `${n}.pid`)) && process.kill(Number(readFileSync(join(STATE, 'agents', `${n}.pid`), 'utf8')), 0)).toBe(true);
@@ -338,6 +321,7 @@ describe('local cluster through CNI, agents on the Kubernetes API (watches dropp
     api.put('secrets', goodPsk);
     api.put('namespaces', { metadata: { name: 'beta', labels: { 'tenc.io/protect': 'true' }, annotations: { touched: '2' } } });
     await until('beta web back', () => curl('beta-client-1', 'http://web.beta/', 'x', 1), 15_000);
+    await until('node1 logged the recovery', () => count(agentLog('node1'), 'proxy start recovered') === recoveredBefore + 1, 10_000);
     for (const [kind, name] of [['pods', 'alpha-noip'], ['tencpeers', 'alpha-ghost'], ['services', 'manual']] as [Kind, string][]) api.remove(kind, 'alpha', name);
   });
 

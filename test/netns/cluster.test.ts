@@ -28,7 +28,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, requireRoot, requireTool, sh, startCapture, readCaptureBytes } from './lib.js';
+import { Netns, echoConnection, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -92,16 +92,6 @@ function tryStatus(pod: string, node: string, project: string): any {
     return status(pod, node, project);
   } catch {
     return null;
-  }
-}
-
-async function until<T>(what: string, fn: () => T | null | undefined | false, ms = 15_000): Promise<{ value: T; elapsed: number }> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = fn();
-    if (v) return { value: v, elapsed: Date.now() - t0 };
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
   }
 }
 
@@ -297,14 +287,9 @@ for (const F of FAMILIES) {
 
     it('4. churn: a pod removed and one added update the peers within 5 s; an open connection survives', async () => {
       // an open TCP connection alpha-client-1 -> alpha-db-1 (node2), echoing a line every 100 ms
-      const conn = spawn('ip', ['netns', 'exec', ns('alpha-client-1'), 'node', '-e', `
-        const s = require('net').connect(15432, '${F.addr('alpha-db-1')}'); let n = 0;
-        s.setEncoding('utf8'); s.on('data', (d) => process.stdout.write(d));
-        setInterval(() => s.write('ping ' + n++ + '\\n'), 100); s.on('error', (e) => { console.error(e.message); process.exit(1); });`]);
-      children.add(conn);
-      let echoed = '';
-      conn.stdout!.setEncoding('utf8').on('data', (d: string) => (echoed += d));
-      await until('echo', () => echoed.includes('ping 3'));
+      const conn = echoConnection(ns('alpha-client-1'), F.addr('alpha-db-1'), 15432);
+      children.add(conn.child);
+      await until('echo', () => conn.echoed().includes('ping 3'));
       const peersOf1 = () => (status('alpha-client-1', 'node1').peers as { publicKey: string; allowedIps: string[] }[]);
       const add = async () => {
         const p = F.churn;
@@ -329,10 +314,10 @@ for (const F of FAMILIES) {
         await add();
         await remove(F.churn.name);
       }
-      const n = (echoed.match(/ping/g) ?? []).length;
-      await until('more echoes on the open connection', () => (echoed.match(/ping/g) ?? []).length > n + 5, 5000);
-      expect(conn.exitCode).toBe(null);
-      conn.kill('SIGKILL');
+      const n = conn.pings();
+      await until('more echoes on the open connection', () => conn.pings() > n + 5, 5000);
+      expect(conn.child.exitCode).toBe(null);
+      conn.child.kill('SIGKILL');
     });
 
     it('5. kill -9 of a pod proxy, then of an agent: traffic back within 5 s', async () => {

@@ -21,7 +21,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, requireRoot, requireTool, sh, startCapture, readCaptureBytes } from './lib.js';
+import { Netns, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -83,14 +83,6 @@ const clusterProcesses = () => spawnSync('pgrep', ['-f', `${STATE}/`], { encodin
 /** The pod proxies of this cluster: every `tenc pod` whose config lies in its agents' run dir. */
 const clusterProxies = () => spawnSync('pgrep', ['-f', `pod --config ${STATE}/agents/`], { encoding: 'utf8' }).stdout.trim().split('\n').filter((x) => x !== '');
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
-
-async function until(what: string, f: () => boolean, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!f()) {
-    if (Date.now() > end) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 beforeAll(() => {
   requireRoot();

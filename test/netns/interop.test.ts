@@ -40,6 +40,7 @@ import {
   stopAllPods,
   stopPod,
   vethPair,
+  until,
   type PodProc,
 } from './lib.js';
 import { ensureBuilt } from '../build.js';
@@ -71,14 +72,14 @@ function rolesNow(pod: PodProc): string[] {
  * line the pod wrote may still wait in the pipe), and after a moment for any extra one.
  */
 async function roles(pod: PodProc, n: number): Promise<string[]> {
-  await waitFor(`${n} handshakes in tenc's log`, () => rolesNow(pod).length >= n, 2000).catch(() => {});
+  await until(`${n} handshakes in tenc's log`, () => rolesNow(pod).length >= n, 2000).catch(() => {});
   await new Promise((r) => setTimeout(r, 100));
   return rolesNow(pod);
 }
 
 /** wireguard-go's log once it has `line` (or after 2 s). */
 async function wgLog(wg: WireguardGo, line: string): Promise<string> {
-  await waitFor(`"${line}" in wireguard-go's log`, () => wg.log().includes(line), 2000).catch(() => {});
+  await until(`"${line}" in wireguard-go's log`, () => wg.log().includes(line), 2000).catch(() => {});
   return wg.log();
 }
 
@@ -102,14 +103,6 @@ function ping(ns: Netns, dst: string, count = 2): boolean {
   return ns.tryExec('ping', '-c', String(count), '-i', '0.2', '-W', '1', dst).status === 0;
 }
 
-async function waitFor(what: string, cond: () => boolean, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 /** Collects a child's stdout; resolves with it at exit, rejects on a non-zero exit. */
 function output(child: ChildProcess, what: string): { text: () => string; done: Promise<string> } {
   let out = '';
@@ -125,7 +118,7 @@ function output(child: ChildProcess, what: string): { text: () => string; done: 
 /** Sends `bytes` random bytes over TCP from `from` to addr:port (a server in `to`); the checksums must match. */
 async function tcp(from: Netns, to: Netns, addr: string, port: number, bytes = 4 * MiB): Promise<void> {
   const server = output(to.spawn('node', [tcpHelper, 'server', addr, String(port)]), `server ${addr}:${port}`);
-  await waitFor(`server on ${addr}:${port}`, () => server.text().includes('"listening":true'), 5000);
+  await until(`server on ${addr}:${port}`, () => server.text().includes('"listening":true'), 5000);
   const client = output(from.spawn('node', [tcpHelper, 'client', addr, String(port), String(bytes), '10000']), `client to ${addr}:${port}`);
   const sent = JSON.parse(await client.done);
   const got = JSON.parse((await server.done).trim().split('\n').pop()!);
@@ -290,7 +283,7 @@ describe('tenc pod <-> wireguard-go', () => {
     // past the one-initiation-per-5-s limit: the initiation goes out at once
     await new Promise((r) => setTimeout(r, Math.max(0, first + 5_300 - Date.now())));
     expect(tenc(a, 'rekey', wgPub)).toBe(`${wgPub}: initiation sent\n`);
-    await waitFor('a new handshake on both sides', () => {
+    await until('a new handshake on both sides', () => {
       const t = tencStatus().peers[0].latestHandshake!;
       return t > first && wg.peer(pod.publicKey).latestHandshake > wgFirst;
     }, 5000);
@@ -303,7 +296,7 @@ describe('tenc pod <-> wireguard-go', () => {
     expect(tencStatus().peers[0].latestHandshake).toBe(second);
     await tcp(a, b, '10.88.0.2', 5206);
     await tcp(b, a, '10.88.0.1', 5207);
-    await waitFor('the pending rekey', () => wg.peer(pod.publicKey).latestHandshake > wgSecond, 10_000);
+    await until('the pending rekey', () => wg.peer(pod.publicKey).latestHandshake > wgSecond, 10_000);
     expect(tencStatus().peers[0].latestHandshake!).toBeGreaterThan(second);
     expect(await roles(pod, 3)).toEqual(['initiator', 'initiator', 'initiator']);
     await tcp(b, a, '10.88.0.1', 5208, MiB);
@@ -344,7 +337,7 @@ describe('tenc pod <-> wireguard-go', () => {
     setWgPeer(wg, pod.publicKey, '10.77.0.1:51820', 'other-psk');
     // then a: tenc initiates (once 5 s after its response), wireguard-go's answer does not decrypt here
     expect(ping(a, '10.88.0.2')).toBe(false);
-    await waitFor('decrypt_response in tenc status', () => (tencStatus().handshakeFailures.decrypt_response ?? 0) >= 1, 8000);
+    await until('decrypt_response in tenc status', () => (tencStatus().handshakeFailures.decrypt_response ?? 0) >= 1, 8000);
     const st = tencStatus();
     // wireguard-go's retries cross tenc's initiation: a response to an initiation tenc gave
     // up for the crossing one is unknown_index (as the kernel drops it); nothing else fails

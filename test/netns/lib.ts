@@ -12,8 +12,9 @@
  *
  * Then real `tenc pod` processes (startPod, stopAllPods), the `tenc` CLI inside a namespace
  * (tenc, status, control), a project directory with its psk (projectDir), captures
- * (tcpdump: startCapture, and pcapUdp, a small pcap reader that yields UDP datagrams), and
- * tearDown() for afterAll.
+ * (tcpdump: startCapture, and pcapUdp, a small pcap reader that yields UDP datagrams),
+ * waiting (until: a condition within a bound, throws; waitFor: the same as a boolean), an
+ * echoing TCP connection that must survive churn (echoConnection), and tearDown() for afterAll.
  */
 import { expect } from 'vitest';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -600,6 +601,42 @@ export function runTool<T = Record<string, unknown>>(ns: Netns, args: string[], 
   if (r.status !== 0) throw new Error(`accept-tools ${args[0]} failed (${r.status ?? r.signal}): ${r.stderr}`);
   const lines = r.stdout.trim().split('\n');
   return JSON.parse(lines[lines.length - 1]!) as T;
+}
+
+/**
+ * Waits until `fn` (sync or async) returns a truthy value, polling every 100 ms, at
+ * most `ms`: that value and how long it took. A throw from `fn` counts as not yet
+ * (named with the timeout's error if it was the last answer).
+ */
+export async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, ms = 15_000): Promise<{ value: T; elapsed: number }> {
+  const t0 = Date.now();
+  let last = '';
+  for (;;) {
+    const v = await Promise.resolve()
+      .then(fn)
+      .catch((e) => {
+        last = (e as Error).message;
+        return null;
+      });
+    if (v) return { value: v, elapsed: Date.now() - t0 };
+    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last error: ${last})` : ''}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * An open TCP connection from the named netns to an echo server at address:port,
+ * writing "ping N" every 100 ms (a connection that must survive churn); echoed(): what
+ * came back so far; pings(): how many lines. The caller kills the child.
+ */
+export function echoConnection(netns: string, address: string, port: number): { child: ChildProcess; echoed: () => string; pings: () => number } {
+  const child = spawn('ip', ['netns', 'exec', netns, 'node', '-e', `
+    const s = require('net').connect(${port}, '${address}'); let n = 0;
+    s.setEncoding('utf8'); s.on('data', (d) => process.stdout.write(d));
+    setInterval(() => s.write('ping ' + n++ + '\\n'), 100); s.on('error', (e) => { console.error(e.message); process.exit(1); });`]);
+  let echoed = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (echoed += d));
+  return { child, echoed: () => echoed, pings: () => (echoed.match(/ping/g) ?? []).length };
 }
 
 /** Waits until `pred` holds (polling), at most `ms`. */

@@ -25,7 +25,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, requireRoot, requireTool, startCapture, readCaptureBytes, type Capture } from './lib.js';
+import { Netns, requireRoot, requireTool, startCapture, readCaptureBytes, until, type Capture } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -93,16 +93,6 @@ const policyNames = (pod: string): string | null => {
   const s = tryStatus(pod);
   return s?.policies ? s.policies.entries.map((e: { name: string }) => e.name).join(',') : null;
 };
-
-async function until<T>(what: string, fn: () => T | null | undefined | false, ms = 15_000): Promise<{ value: T; elapsed: number }> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = fn();
-    if (v) return { value: v, elapsed: Date.now() - t0 };
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** Captures node1's bridge around fn; returns the capture. */
 async function onBridge(fn: () => void | Promise<void>): Promise<Capture> {

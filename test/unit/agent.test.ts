@@ -5,7 +5,9 @@
  * enforcement rules' text.
  */
 import { describe, it, expect } from 'vitest';
-import { desiredState, peerChanges, processAlive, podResolvConf, type DesiredPeer } from '../../src/agent/agent.js';
+import { desiredState, peerChanges, type DesiredPeer } from '../../src/agent/desired.js';
+import { processAlive } from '../../src/agent/proxies.js';
+import { podResolvConf } from '../../src/agent/netns.js';
 import type { PodInfo, ProjectView } from '../../src/registry/registry.js';
 import { validateCluster, kubeProxyRules, dnsHosts, ClusterConfigError } from '../../src/agent/cluster-config.js';
 import { plan } from '../../src/agent/cluster-tool.js';

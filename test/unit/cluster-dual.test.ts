@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { ClusterConfigError, clusterFamilies, dnsHosts, kubeProxyRules, validateCluster } from '../../src/agent/cluster-config.js';
 import { bigToIp6, ip6ToBig } from '../../src/agent/cluster-ip6.js';
 import { classifyCidrs, conflist, plan, runChain, syncRegistry } from '../../src/agent/cluster-tool.js';
-import { desiredState } from '../../src/agent/agent.js';
+import { desiredState } from '../../src/agent/desired.js';
 import { DirectoryRegistry } from '../../src/registry/dir.js';
 import { readProjectView, type PodInfo } from '../../src/registry/registry.js';
 import { serviceFromObject } from '../../src/registry/objects.js';

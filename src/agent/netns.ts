@@ -1,0 +1,84 @@
+/**
+ * What the node agent does in a pod's network namespace from outside it (nsenter
+ * --net=NETNS): the pod's control socket and resolv.conf paths, making the netns fail
+ * closed before its proxy runs (CNI ADD), and removing what tenc left there once the
+ * proxy is gone (CNI DEL). Below proxies.ts and agent.ts; uses control/ and routing/.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, type PodConfig } from '../control/config.js';
+import { failClosedScripts } from '../control/failclosed.js';
+import { tableName } from '../routing/enforce.js';
+import { IpCommand, IpCommandError } from '../routing/ip.js';
+
+/**
+ * The pod's default control socket (/run/tenc/tenc0-<netns inode>.sock), so that
+ * `ip netns exec POD tenc status` finds it like any pod's.
+ */
+export function podSocket(netns: string): string {
+  return join(DEFAULT_SOCKET_DIR, `tenc0-${statSync(netns).ino}.sock`);
+}
+
+/** /etc/netns/NAME/resolv.conf for /run/netns/NAME, if it exists. */
+export function podResolvConf(netns: string): string | null {
+  const m = /^\/run\/netns\/([^/]+)$/.exec(netns);
+  if (!m) return null;
+  const f = `/etc/netns/${m[1]}/resolv.conf`;
+  return existsSync(f) ? f : null;
+}
+
+/**
+ * Makes a pod's netns fail closed before its proxy runs: failClosedScripts(config)
+ * (the rule, the guards and the nftables table the proxy itself would put in place
+ * first) applied through one `nsenter --net=NETNS ip -batch -` per family and one
+ * `nft -f -`. Returns the number of guard lines.
+ */
+export async function failClosedIn(netns: string, config: PodConfig): Promise<number> {
+  const s = failClosedScripts(config);
+  const via = ['nsenter', `--net=${netns}`, '--'];
+  const ip = new IpCommand({ via });
+  await Promise.all([guardBatchIn(ip, 4, s.ip[4]), guardBatchIn(ip, 6, s.ip[6]), nftIn(via, s.nft)]);
+  return s.ip[4].length + s.ip[6].length;
+}
+
+/** Removes tenc's rule, routes and nft table from a netns whose proxy is gone (defaults of config.ts). */
+export async function cleanNetns(netns: string): Promise<void> {
+  const run = (args: string[]) =>
+    new Promise<void>((resolve) => {
+      const c = spawn('nsenter', [`--net=${netns}`, '--', ...args], { stdio: 'ignore' });
+      c.on('exit', () => resolve());
+      c.on('error', () => resolve());
+    });
+  for (const fam of ['-4', '-6']) {
+    // every rule at tenc's priority (one per family, but be thorough: at most a few)
+    for (let i = 0; i < 4; i++) await run(['ip', fam, 'rule', 'del', 'pref', String(DEFAULT_RULE_PRIORITY)]);
+    // TencPolicy exempt rules (policy-rules.ts): one pref below tenc's rule
+    await run(['sh', '-c', `for i in $(seq 1 4096); do ip ${fam} rule del pref ${DEFAULT_RULE_PRIORITY - 1} 2>/dev/null || break; done`]);
+    await run(['ip', fam, 'route', 'flush', 'table', String(DEFAULT_TABLE)]);
+  }
+  await run(['nft', 'delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)]);
+}
+
+/** Runs a guardBatch() family's lines; a rule that exists already (its last line: "File exists") is fine. */
+async function guardBatchIn(ip: IpCommand, fam: 4 | 6, lines: string[]): Promise<void> {
+  try {
+    await ip.batch(fam, lines);
+  } catch (e) {
+    if (e instanceof IpCommandError && e.linesDone === lines.length - 1 && /File exists/i.test(e.stderr)) return;
+    throw e;
+  }
+}
+
+/** `nft -f -` in the netns (one transaction). */
+function nftIn(via: string[], script: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(via[0], [...via.slice(1), 'nft', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let err = '';
+    c.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+    c.on('error', (e) => reject(new Error(`nft: ${e.message}`)));
+    c.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`nft in the pod's netns: ${err.trim() || `exit code ${code}`}`))));
+    c.stdin!.on('error', () => {});
+    c.stdin!.end(script);
+  });
+}

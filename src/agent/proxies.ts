@@ -1,0 +1,385 @@
+/**
+ * The pod proxies of one project on this node, as the agent tracks them (agent.ts
+ * reconciles them; the node agent saves their pids): starting `tenc pod` in a pod's
+ * netns (nsenter --net=NETNS) with the config written from the registry's view,
+ * adopting a proxy found running (an agent restart) through its control socket, a
+ * proxy lost (exited, socket dead) started again after RESTART_DELAY_MS, and
+ * stopping one at CNI DEL.
+ *
+ * Proxies are tracked by pid and start time (/proc/PID/stat field 22), never by
+ * command line. A proxy found running at start is adopted through its control socket
+ * and the pid + start time the node agent saved.
+ *
+ * Below agent.ts; uses desired.ts (the configs' peers) and netns.ts.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, openSync, closeSync, readFileSync, renameSync, writeFileSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, validateConfig, type PodConfig } from '../control/config.js';
+import { readPublicKeyLine } from '../control/keyline.js';
+import { controlRequest, socketIsLive } from '../control/socket.js';
+import type { StatusReport } from '../control/status.js';
+import type { AgentHooks } from '../metrics/agent.js';
+import { keyFingerprint, silentLogger, type Logger } from '../log.js';
+import type { PodInfo, ProjectView, Registry } from '../registry/registry.js';
+import { desiredState, type DesiredPeer, type DesiredPod } from './desired.js';
+import { podSpawnArgs } from './pod-exec.js';
+import { cleanNetns, podResolvConf } from './netns.js';
+
+/** The port every pod proxy listens on. */
+export const TENC_PORT = 51820;
+export const RESTART_DELAY_MS = 200;
+
+/** Where a pod's proxy listens: its primary address, tenc's port (what the agent publishes). */
+export function tencEndpoint(p: PodInfo): string {
+  return `${p.address.includes(':') ? `[${p.address}]` : p.address}:${TENC_PORT}`;
+}
+
+/** process.kill without throwing: true when the signal was delivered (0: the process exists). */
+function signal(pid: number, sig: NodeJS.Signals | 0): boolean {
+  try {
+    process.kill(pid, sig);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The process exists and is not a zombie (an adopted proxy's parent may not reap it). */
+export function processAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** SIGTERM, up to 5 s, then SIGKILL; each signal only while pid is still the process that had startTime. */
+async function stopPid(pid: number, startTime: string): Promise<void> {
+  if (!sameProcess(pid, startTime) || !signal(pid, 'SIGTERM')) return;
+  for (let i = 0; i < 250 && sameProcess(pid, startTime); i++) await new Promise((r) => setTimeout(r, 20));
+  if (sameProcess(pid, startTime)) signal(pid, 'SIGKILL');
+  for (let i = 0; i < 50 && sameProcess(pid, startTime); i++) await new Promise((r) => setTimeout(r, 20));
+}
+
+/** The process runs in the network namespace of that nsfs path (same inode). */
+export function inNetns(pid: number, netns: string): boolean {
+  try {
+    const a = statSync(`/proc/${pid}/ns/net`);
+    const b = statSync(netns);
+    return a.ino === b.ino && a.dev === b.dev;
+  } catch {
+    return false;
+  }
+}
+
+/** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or null: with the pid it names one process for good. */
+export function processStartTime(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // fields after the command name (which may hold spaces and parentheses): field 3 is state
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return rest[22 - 3] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** The process pid is still the one that had startTime (and is not a zombie). */
+export function sameProcess(pid: number, startTime: string): boolean {
+  return processAlive(pid) && processStartTime(pid) === startTime;
+}
+
+/** A child the agent started, named for good. */
+export interface ProxyId {
+  pid: number;
+  startTime: string;
+}
+
+/** A pod the CNI plugin registered on this node (the only source of a netns path). */
+export interface Registration {
+  containerId: string;
+  netns: string;
+  ifname: string;
+  podNamespace: string;
+  podName: string;
+  podUid: string;
+  /** The pod's addresses from the CNI prevResult, primary first. */
+  addresses: string[];
+  /** The proxy the agent started for it (pid + start time), once started. */
+  proxy: ProxyId | null;
+}
+
+/** One pod's proxy as the agent knows it, and what it was last told. */
+export interface Proxy {
+  pod: PodInfo;
+  reg: Registration;
+  socket: string;
+  child: ChildProcess | null;
+  /** The proxy's process (our child, or adopted from the saved state); null: unknown. */
+  id: ProxyId | null;
+  publicKey: string | null;
+  /** publicKey -> JSON of what was applied. */
+  applied: Map<string, string>;
+  services: string | null;
+  /** JSON of the endpoints given to the DNS proxy; null: not yet (or the pod runs no DNS proxy: dns false). */
+  endpoints: string | null;
+  /** JSON of the members given to the DNS proxy (set-members); null: not yet. */
+  members: string | null;
+  dns: boolean;
+  starting: boolean;
+  restartAt: number;
+  /** Waiters for the pod's fail-closed state (its proxy answers on its control socket). */
+  ready: (() => void)[];
+  /** "key endpoint" last published for the pod; null: not yet. */
+  published: string | null;
+  /** JSON of the policies given to the pod (set-policy); null: not yet. */
+  policy?: string | null;
+  /**
+   * The last start failure logged ("why: error") while the proxy has not run since;
+   * null: none. A start that keeps failing (a missing psk) is retried every
+   * RESTART_DELAY_MS to RECONCILE_MS, but logged once per message (issue 12).
+   */
+  failure: string | null;
+  /** Start failures since the proxy last ran. */
+  failures: number;
+}
+
+/** The agent's options its proxies use (AgentOptions adds the registrations). */
+export interface ProxyOptions {
+  registry: Registry;
+  node: string;
+  project: string;
+  /** Called when a proxy's process id changes (the node agent saves its state). */
+  onProxyChange?: () => void;
+  /** Directory (created 0700) for the pods' configs and logs. */
+  runDir: string;
+  log?: Logger;
+  /** The tenc CLI to start pods with; default this package's dist/src/cli/main.js. */
+  tencMain?: string;
+  /** Log level of the pod proxies. */
+  podLogLevel?: string;
+  /** Run the pods' DNS proxy (when /etc/netns/<netns name>/resolv.conf exists); default true. */
+  dns?: boolean;
+  /** The pods' dns.classifyCidrs (cluster ranges classified on first use); default none. */
+  classifyCidrs?: string[];
+  /** Metrics hooks (src/metrics/agent.ts); default none. */
+  hooks?: AgentHooks;
+}
+
+/** The file names of a pod under runDir (the pod's config and log). */
+function podFile(runDir: string, pod: string, ext: string): string {
+  return join(runDir, `${pod}.${ext}`);
+}
+
+/** The project's proxies on this node, by pod name. */
+export class Proxies extends Map<string, Proxy> {
+  private readonly log: Logger;
+  private readonly main: string;
+
+  /** kick: reconcile soon (a lost proxy is started again by the next reconcile). */
+  constructor(
+    private readonly o: ProxyOptions,
+    private readonly kick: () => void,
+  ) {
+    super();
+    this.log = o.log ?? silentLogger;
+    this.main = o.tencMain ?? fileURLToPath(new URL('../cli/main.js', import.meta.url));
+  }
+
+  /**
+   * Writes the pod's config (0600, atomically) for `tenc pod`: its peers, services and
+   * members as `view` has them, so the proxy starts with what the agent would send it
+   * (and fails closed for all of it from its first step). A config that does not
+   * validate with them (never expected) is written without them, and they follow over
+   * the control socket.
+   */
+  async writeConfig(pod: PodInfo, netns: string, socket: string, view: ProjectView): Promise<{ config: PodConfig; want: DesiredPod | null; dns: boolean }> {
+    const psk = await this.o.registry.pskFile(this.o.project);
+    const file = podFile(this.o.runDir, pod.name, 'json');
+    // the DNS proxy, when the pod has a resolv.conf of its own (ip netns exec mounts
+    // /etc/netns/NAME/resolv.conf; nsenter --net does not, so the path is given)
+    const resolvConf = this.o.dns === false ? null : podResolvConf(netns);
+    const want = desiredState(view, pod);
+    const raw = (w: DesiredPod | null) => ({
+      addresses: pod.addresses.slice(0, 2),
+      listenPort: TENC_PORT,
+      pskFile: psk,
+      controlSocket: socket,
+      enforce: true,
+      // any stop (agent gone, crash, SIGTERM) leaves the rule, guards and enforcement
+      failClosedOnStop: true,
+      logLevel: this.o.podLogLevel ?? 'info',
+      ...(resolvConf
+        ? { dns: { domain: `${this.o.project}.svc.cluster.local`, resolvConf, classifyCidrs: this.o.classifyCidrs ?? [], ...(w ? { endpoints: w.endpoints } : {}) } }
+        : {}),
+      ...(w ? { peers: w.peers, services: w.services, members: w.members } : {}),
+    });
+    let chosen: DesiredPod | null = want;
+    let config: PodConfig;
+    try {
+      config = validateConfig(raw(want), file);
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      this.log.warn({ pod: pod.name, err: e.message }, 'pod config with its peers does not validate: they follow over the control socket');
+      chosen = null;
+      config = validateConfig(raw(null), file);
+    }
+    const tmp = `${file}.tmp-${process.pid}`;
+    writeFileSync(tmp, JSON.stringify(raw(chosen)), { mode: 0o600 });
+    renameSync(tmp, file);
+    return { config, want: chosen, dns: resolvConf !== null };
+  }
+
+  /** Adopts a live proxy (agent restart) or starts one. Runs inside reconcile (one at a time). */
+  async ensureProxy(px: Proxy, view: ProjectView): Promise<void> {
+    px.starting = true;
+    try {
+      if (await socketIsLive(px.socket)) await this.adopt(px);
+      else await this.startProxy(px, view);
+    } catch (e) {
+      this.lost(px, 'start failed', (e as Error).message);
+    } finally {
+      px.starting = false;
+    }
+    if (px.publicKey === null) return;
+    if (px.failure !== null) {
+      this.log.info({ pod: px.pod.name, failures: px.failures, last: px.failure }, 'proxy start recovered');
+      px.failure = null;
+      px.failures = 0;
+    }
+    for (const f of px.ready.splice(0)) f();
+  }
+
+  private async adopt(px: Proxy): Promise<void> {
+    const st = (await controlRequest(px.socket, { op: 'status' })) as StatusReport;
+    px.publicKey = st.publicKey;
+    // what the proxy has is what was applied: differences are sent, peers no longer wanted removed
+    px.applied = new Map(
+      st.peers.map((p) => [p.publicKey, JSON.stringify({ publicKey: p.publicKey, endpoint: p.endpoint ?? '', allowedIps: p.allowedIps } satisfies DesiredPeer)]),
+    );
+    // the process: the one the agent started (saved pid + start time), never found by name;
+    // without a saved one (an agent killed before it saved), the pid the proxy's own
+    // control socket reports (as trusted as the key it reports), if that process is in
+    // the pod's netns
+    if (px.id !== null && !sameProcess(px.id.pid, px.id.startTime)) px.id = null;
+    if (px.id === null && typeof st.pid === 'number' && inNetns(st.pid, px.reg.netns)) {
+      const startTime = processStartTime(st.pid);
+      if (startTime !== null) {
+        px.id = { pid: st.pid, startTime };
+        this.o.onProxyChange?.();
+      }
+    }
+    px.services = null;
+    px.endpoints = null;
+    px.members = null;
+    px.policy = null;
+    px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
+    this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey), pid: px.id?.pid ?? null }, 'running proxy adopted');
+    this.o.hooks?.proxyStarted('adopted');
+  }
+
+  private async startProxy(px: Proxy, view: ProjectView): Promise<void> {
+    const pod = px.pod;
+    const netns = px.reg.netns;
+    const config = podFile(this.o.runDir, pod.name, 'json');
+    const { want, dns } = await this.writeConfig(pod, netns, px.socket, { ...view, pods: [...view.pods.filter((p) => p.name !== pod.name), pod] });
+    px.dns = dns;
+    const logFd = openSync(podFile(this.o.runDir, pod.name, 'log'), 'a', 0o600);
+    // nsenter execs node: the child's pid is the proxy's
+    const child = spawn('nsenter', podSpawnArgs(netns, this.main, config), {
+      stdio: ['ignore', 'pipe', logFd],
+      detached: true, // its own process group: a signal to the agent's group does not reach it
+    });
+    closeSync(logFd);
+    child.unref();
+    px.child = child;
+    // saved at once (nsenter execs node: pid and start time stay): an agent killed while
+    // the proxy starts leaves a process the next agent can still stop at DEL
+    const startTime = child.pid ? processStartTime(child.pid) : null;
+    px.id = child.pid && startTime ? { pid: child.pid, startTime } : null;
+    this.o.onProxyChange?.();
+    const line = await readPublicKeyLine(child, 15_000);
+    const key = typeof line === 'string' ? line : null;
+    child.once('exit', (code, signal) => {
+      if (px.child === child) this.lost(px, `exited (${signal ?? code})`);
+    });
+    if (key === null || child.exitCode !== null) {
+      this.lost(px, 'did not start');
+      return;
+    }
+    // fail-closed once the control socket answers (the guards come before the data plane)
+    for (let i = 0; i < 300 && !(await socketIsLive(px.socket)); i++) {
+      if (child.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    if (child.exitCode !== null || !(await socketIsLive(px.socket))) {
+      this.lost(px, 'control socket never answered');
+      return;
+    }
+    px.publicKey = key;
+    // what the config gave it is applied; the first apply() sends only the differences
+    px.applied = new Map((want?.peers ?? []).map((d) => [d.publicKey, JSON.stringify(d)]));
+    px.services = want ? JSON.stringify(want.services) : null;
+    px.endpoints = want && dns ? JSON.stringify(want.endpoints) : null;
+    px.members = want ? JSON.stringify(want.members) : null;
+    px.policy = null;
+    this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid, peers: want?.peers.length ?? 0 }, 'proxy started');
+    this.o.hooks?.proxyStarted('started');
+  }
+
+  /**
+   * The proxy is gone or did not start (err: the error that stopped the start): it is
+   * started again. A proxy that ran is always logged; a start that fails again the
+   * same way is logged once (counted in px.failures and the metrics).
+   */
+  lost(px: Proxy, why: string, err?: string): void {
+    const failure = px.publicKey === null ? `${why}${err === undefined ? '' : `: ${err}`}` : null;
+    if (failure === null || failure !== px.failure) {
+      if (err !== undefined) this.log.warn({ pod: px.pod.name, err }, 'proxy start failed');
+      this.log.warn({ pod: px.pod.name, why }, 'proxy lost: starting it again');
+    }
+    if (failure !== null) {
+      px.failure = failure;
+      px.failures++;
+    }
+    this.o.hooks?.proxyLost();
+    px.child = null;
+    px.id = null;
+    px.publicKey = null;
+    px.applied = new Map();
+    px.services = null;
+    px.endpoints = null;
+    px.members = null;
+    px.policy = null;
+    px.restartAt = Date.now() + RESTART_DELAY_MS;
+    this.o.onProxyChange?.();
+    if (this.get(px.pod.name) === px) setTimeout(() => this.kick(), RESTART_DELAY_MS);
+  }
+
+  /**
+   * Stops the pod's proxy (only the process the agent started), removes what tenc left
+   * in its netns, its config and log, and withdraws its key (Agent.release: CNI DEL).
+   */
+  async releaseNow(pod: string, netns?: string): Promise<void> {
+    const px = this.get(pod);
+    this.delete(pod);
+    if (px) {
+      const child = px.child;
+      px.child = null;
+      if (px.id !== null && sameProcess(px.id.pid, px.id.startTime)) await stopPid(px.id.pid, px.id.startTime);
+      else if (child && child.exitCode === null && child.pid) await stopPid(child.pid, processStartTime(child.pid) ?? '');
+      rmSync(px.socket, { force: true });
+    }
+    // also a pod made fail closed (prepare) whose proxy never started
+    const ns = px?.reg.netns ?? netns;
+    if (ns !== undefined && existsSync(ns)) await cleanNetns(ns);
+    rmSync(podFile(this.o.runDir, pod, 'json'), { force: true });
+    rmSync(podFile(this.o.runDir, pod, 'log'), { force: true });
+    await this.o.registry.withdrawPeer(this.o.project, this.o.node, pod);
+    this.o.onProxyChange?.();
+    this.log.info({ pod }, 'pod released: proxy stopped, namespace cleaned');
+  }
+}
