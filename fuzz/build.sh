@@ -27,16 +27,16 @@ crypto=(-Wl,--export-dynamic -Wl,-u,ChaCha20_ctr32 -Wl,-u,Poly1305_ctx_size -Wl,
 # calls the next across files
 engine="$n/engine_loop.c $n/engine_tx.c $n/engine_rx.c $n/engine_hsgate.c $n/engine_peers.c $n/engine_events.c"
 declare -A src=(
-  [replay]=""
+  [replaywin]=""
   [allowedips]="$n/allowedips.c"
   [offload]="$n/offload.c $n/csum.c"
   [gro]="$n/offload.c $n/csum.c"
   [nat]="$n/nat.c $n/csum.c"
-  [dnsio]="$here/napi_fake.c $n/dnsio.c /usr/lib/x86_64-linux-gnu/libuv.so.1"
-  [rx]="$here/napi_stub.c $engine $n/aead.c $n/allowedips.c $n/nat.c $n/offload.c $n/csum.c"
+  [dnsio]="$n/testing/napi_fake.c $n/dnsio.c /usr/lib/x86_64-linux-gnu/libuv.so.1"
+  [rx]="$n/testing/napi_stub.c $engine $n/aead.c $n/allowedips.c $n/nat.c $n/offload.c $n/csum.c"
 )
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(replay allowedips offload gro nat rx dnsio)
+[ ${#names[@]} -eq 0 ] && names=(replaywin allowedips offload gro nat rx dnsio)
 jobs=$(nproc 2>/dev/null || echo 2)
 pids=()
 for name in "${names[@]}"; do

@@ -18,7 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "fz.h"
-#include "napi_fake.h"
+#include "testing/napi_fake.h"
 
 napi_status tenc_init_dnsio(napi_env env, napi_value exports);
 
@@ -36,7 +36,7 @@ typedef struct {
   napi_value handle;
 } rxctx;
 
-static void fill(uint8_t *p, uint32_t n, uint32_t tag) {
+static void fz_fill(uint8_t *p, uint32_t n, uint32_t tag) {
   for (uint32_t i = 0; i < n; i++) p[i] = (uint8_t)(tag * 31 + i);
 }
 
@@ -52,7 +52,7 @@ static void on_batch(napi_value *argv, size_t argc, void *p) {
     FZ_CHECK(m[0] == stored && m[1] == real && m[2] == c->fam && m[3] == c->cport);
     if (c->fam == 4) FZ_CHECK(m[4] == htonl(INADDR_LOOPBACK));
     uint8_t *want = malloc(stored ? stored : 1);
-    fill(want, stored, c->got);
+    fz_fill(want, stored, c->got);
     FZ_CHECK(memcmp(c->slab + (size_t)i * c->slot, want, stored) == 0);
     free(want);
   }
@@ -108,7 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   size_t rxmw = (size_t)slots * 8 - metaless;
   uint32_t *rxm = malloc(rxmw * 4 + 1), *txm = calloc((size_t)txn * 8 + 1, 4);
   double *stats = calloc(nstats + 1, sizeof *stats);
-  fill(tx, txlen, 7);
+  fz_fill(tx, txlen, 7);
 
   napi_value o = fake_object();
   fake_set(o, "family", fake_number(fam));
@@ -152,7 +152,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       /* stay well inside the receive buffer (loopback drops what does not fit) */
       if (queued + len + 2048 > (512u << 10)) break;
       queued += len + 2048;
-      fill(buf, len, c.expect_n);
+      fz_fill(buf, len, c.expect_n);
       if (sendto(cfd, buf, len, 0, (struct sockaddr *)&sa, cl) == (ssize_t)len) c.lens[c.expect_n++] = len;
     }
     free(buf);

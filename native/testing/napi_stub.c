@@ -1,4 +1,5 @@
-/* napi_stub.c: aead.c holds both the AEAD and its N-API bindings (for node). The
+/* napi_stub.c (native/testing/: test doubles of N-API for fuzz/, never part of the
+ * addon: binding.gyp does not list this folder): aead.c holds both the AEAD and its N-API bindings (for node). The
  * receive harness links aead.c as it is and calls only the AEAD; these stand in
  * for the N-API functions the bindings reference, and abort if ever called. */
 #include <stdio.h>

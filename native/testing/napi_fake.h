@@ -1,4 +1,5 @@
-/* napi_fake.h: a small stand-in for node's N-API, enough to call dnsio.c's
+/* napi_fake.h (native/testing/: test doubles of N-API for fuzz/, never part of the
+ * addon: binding.gyp does not list this folder): a small stand-in for node's N-API, enough to call dnsio.c's
  * exported functions from a libFuzzer harness without node (fuzz/dnsio.c). Values
  * live until fake_reset(); functions are C callbacks. Only what dnsio.c and the
  * util.h helpers it uses need. */
