@@ -16,7 +16,7 @@ typedef struct {
 static ent m[MAXE];
 static size_t nm;
 
-static void mask(int family, const uint8_t *in, int plen, uint8_t out[16]) {
+static void fz_mask(int family, const uint8_t *in, int plen, uint8_t out[16]) {
   memset(out, 0, 16);
   int n = family == 4 ? 4 : 16;
   for (int i = 0; i < n; i++) {
@@ -36,7 +36,7 @@ static int32_t mlookup(int family, const uint8_t *a) {
   for (size_t i = 0; i < nm; i++) {
     if (m[i].family != family || m[i].plen <= best) continue;
     uint8_t k[16];
-    mask(family, a, m[i].plen, k);
+    fz_mask(family, a, m[i].plen, k);
     if (!memcmp(k, m[i].addr, 16)) {
       best = m[i].plen;
       peer = (int32_t)m[i].peer;
@@ -60,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(a, raw, 16);
     if (family == 4) memset(a + 4, 0, 12);
     uint32_t peer = fz_u8(&in) % 8;
-    mask(family, a, plen, key);
+    fz_mask(family, a, plen, key);
     switch (kind & 3) {
       case 0: {
         FZ_CHECK(tenc_aips_insert(t, family, a, plen, peer) == 0);

@@ -32,7 +32,7 @@ static int l4_ok(const uint8_t *p, uint32_t len) {
   return tenc_csum_fold(tenc_csum_add(s, p + ihl, len - ihl)) == 0xffff;
 }
 
-static void services(void) {
+static void fz_services(void) {
   tenc_nat_service *s = calloc(3, sizeof *s);
   s[0].family = 4;
   memcpy(s[0].vip, (uint8_t[]){10, 96, 0, 10}, 4);
@@ -56,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FZ_CHECK(tenc_nat_init(&nat) == 0);
     ready = 1;
   }
-  services(); /* also forgets the flows of the previous input */
+  fz_services(); /* also forgets the flows of the previous input */
   fz_in in = {data, size};
   uint32_t rlen;
   uint8_t *pkt;

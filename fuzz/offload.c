@@ -21,7 +21,7 @@ typedef struct {
   const uint8_t *body[MAXSEGS];
 } ctx;
 
-static uint8_t *alloc(void *p, uint32_t seglen, const uint8_t *body, uint32_t hlen) {
+static uint8_t *fz_alloc(void *p, uint32_t seglen, const uint8_t *body, uint32_t hlen) {
   ctx *c = p;
   FZ_CHECK(hlen <= seglen);
   FZ_CHECK(body >= c->pkt && body + (seglen - hlen) <= c->pkt + c->len);
@@ -63,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if ((h.gso_type & ~VIRTIO_NET_HDR_GSO_ECN) != VIRTIO_NET_HDR_GSO_NONE) {
     ctx c = {.pkt = pkt, .len = len, .copy_body = mode & 1};
     uint32_t lost = 0, align = (mode & 2) ? 64 : 0, tmax = (mode & 4) ? 1280 + (mode >> 3) * 8 : 0;
-    int n = tenc_gso_split(&h, pkt, len, alloc, &c, &lost, c.copy_body, align, tmax);
+    int n = tenc_gso_split(&h, pkt, len, fz_alloc, &c, &lost, c.copy_body, align, tmax);
     if (n >= 0) {
       FZ_CHECK((uint32_t)n == c.n);
       uint32_t hlen = c.n ? c.hlen[0] : 0, off = 0;

@@ -1,4 +1,5 @@
-/* replay.c: libFuzzer harness of the replay window (native/replay.h) against a
+/* replaywin.c (not replay.c: a file named after native/replay.h reads as its source):
+ * libFuzzer harness of the replay window (native/replay.h) against a
  * plain model: a counter is accepted iff it is below REJECT_AFTER_MESSAGES, not
  * seen before, and above the greatest accepted minus TENC_REPLAY_WINDOW (8128).
  * check() must agree with commit() and change nothing.
@@ -8,12 +9,12 @@
 #include "replay.h"
 
 #define MAXOPS 4096
-static uint64_t seen[MAXOPS];
-static size_t nseen;
+static uint64_t accepted_ctr[MAXOPS];
+static size_t n_accepted;
 
 static int model_seen(uint64_t c) {
-  for (size_t i = 0; i < nseen; i++)
-    if (seen[i] == c) return 1;
+  for (size_t i = 0; i < n_accepted; i++)
+    if (accepted_ctr[i] == c) return 1;
   return 0;
 }
 
@@ -21,7 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_in in = {data, size};
   tenc_replay r;
   tenc_replay_init(&r);
-  nseen = 0;
+  n_accepted = 0;
   uint64_t top = 0;
   int any = 0;
   for (int op = 0; op < MAXOPS && fz_left(&in); op++) {
@@ -42,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FZ_CHECK(com == fresh);
     FZ_CHECK(!tenc_replay_check(&r, c)); /* never twice */
     if (com) {
-      seen[nseen++] = c;
+      accepted_ctr[n_accepted++] = c;
       if (!any || c > top) top = c;
       any = 1;
     }

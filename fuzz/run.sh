@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 secs=${1:-60}
 shift || true
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(replay allowedips offload gro nat rx dnsio)
+[ ${#names[@]} -eq 0 ] && names=(replaywin allowedips offload gro nat rx dnsio)
 "$here/build.sh" "${names[@]}" >/dev/null
 out=$here/out
 seeds=$(mktemp -d /tmp/tenc-seeds.XXXXXX)

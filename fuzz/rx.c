@@ -44,7 +44,7 @@ static void addr4(uint8_t a[16], uint8_t x, uint8_t y, uint8_t z, uint8_t w) {
   a[0] = x, a[1] = y, a[2] = z, a[3] = w;
 }
 
-static tenc_engine *make(int i) {
+static tenc_engine *fz_make(int i) {
   int u = socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   FZ_CHECK(u >= 0);
   struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
@@ -94,7 +94,7 @@ static void fresh_keys(tenc_engine *e) {
   FZ_CHECK(tenc_engine_add_keypair(e, 1, 2, 102, key1, key2) == 0);
 }
 
-static void put_le32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24); }
+static void fz_put_le32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24); }
 
 static uint8_t dg[MAXD][65536];
 static uint32_t dlen[MAXD], dseg[MAXD], nsegs[MAXD];
@@ -108,7 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       fprintf(stderr, "rx: AEAD backend is %s, not direct as in node: the OpenSSL cores were not linked\n", b);
       abort();
     }
-    for (int i = 0; i < NENG; i++) eng[i] = make(i);
+    for (int i = 0; i < NENG; i++) eng[i] = fz_make(i);
     tx_fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     FZ_CHECK(tx_fd >= 0);
     int buf = 8 << 20;
@@ -132,7 +132,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       ctr[which] = ctr[which] + step - 256;
       uint32_t pl = (uint32_t)fz_bytes(&in, m + 16, want);
       m[0] = 4, m[1] = m[2] = m[3] = 0;
-      put_le32(m + 4, kp == 0 ? 1 : kp == 1 ? 2 : kp == 2 ? 0xdeadbeef : (pl >= 4 ? (uint32_t)m[16] : 7));
+      fz_put_le32(m + 4, kp == 0 ? 1 : kp == 1 ? 2 : kp == 2 ? 0xdeadbeef : (pl >= 4 ? (uint32_t)m[16] : 7));
       for (int i = 0; i < 8; i++) m[8 + i] = (uint8_t)(ctr[which] >> (8 * i));
       FZ_CHECK(tenc_aead_wg_seal(aead, which ? key2 : key1, ctr[which], m + 16, pl) == 0);
       len = 16 + pl + 16;

@@ -145,9 +145,9 @@ def main(out):
         put('rx', n, bytes([eng]) + b''.join(sealed(p, gso=i > 0) for i, p in enumerate(run))); n += 1
         put('rx', n, bytes([eng]) + sealed(b'') + sealed(inner[1], kp=1) + sealed(inner[1], step=0) + raw(hs1) + raw(b'\x04\0\0\0' + bytes(28))); n += 1
     put('rx', n, b'\0' + b''.join(sealed(p, gso=i > 0) for i, p in enumerate(tcp_run(True, 6, 1100))))
-    # replay: in order, reordered, replays, jumps past the window
-    put('replay', 0, b''.join(bytes([0]) + struct.pack('<Q', 1) for _ in range(50)))
-    put('replay', 1, b''.join(bytes([k]) + struct.pack('<Q', v) for k, v in [(0, 8200), (1, 8128), (1, 8129), (1, 8127), (0, 64), (1, 3), (1, 3), (3, 0), (3, 1), (2, 2**64 - 8193)]))
+    # replaywin (the replay window): in order, reordered, replays, jumps past the window
+    put('replaywin', 0, b''.join(bytes([0]) + struct.pack('<Q', 1) for _ in range(50)))
+    put('replaywin', 1, b''.join(bytes([k]) + struct.pack('<Q', v) for k, v in [(0, 8200), (1, 8128), (1, 8129), (1, 8127), (0, 64), (1, 3), (1, 3), (3, 0), (3, 1), (2, 2**64 - 8193)]))
     # allowedips: /32, /24, /0, /128, /64, overlap and removal
     ops = [(0, 32, a4('10.0.0.2'), 1), (0, 24, a4('10.0.0.0'), 2), (0, 0, a4('0.0.0.0'), 3), (3, 32, a4('10.0.0.9'), 0),
            (1, 24, a4('10.0.0.0'), 2), (4, 128, S6, 4), (4, 64, S6, 5), (7, 128, D6, 0), (6, 0, S6, 5), (2, 0, S4, 1)]

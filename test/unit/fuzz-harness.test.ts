@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
-const HARNESSES = ['replay', 'allowedips', 'offload', 'gro', 'nat', 'rx', 'dnsio'];
+const HARNESSES = ['replaywin', 'allowedips', 'offload', 'gro', 'nat', 'rx', 'dnsio'];
 /* The harnesses carry their own sanitizers: the addon's sanitizer settings of
  * netns-scripts/sanitize.sh (log files that fail its run) are not theirs. */
 const env = { ...process.env };
