@@ -16,6 +16,11 @@
  * Agent not reachable, or no answer in time: code 11 (try again later), so the
  * runtime retries the sandbox; the pod's containers never start unprotected.
  * Build: cni/build.sh (static, no libraries beyond libc). Exit 0 ok, 1 error.
+ *
+ * One file above the 700-line mark, on purpose: it is installed and built as one
+ * self-contained program (a host's `cc` and this file, no build system), and its
+ * parts (a small JSON reader, the configuration checks, the agent round trip) serve
+ * only it; test/unit/cni-launcher.test.ts holds it to `tenc cni`.
  */
 #define _GNU_SOURCE
 #include <errno.h>
