@@ -42,9 +42,6 @@ import { failClosedIn, podSocket } from './netns.js';
 import { ProjectPolicies } from './policies.js';
 import { Proxies, TENC_PORT, sameProcess, tencEndpoint, type Proxy, type ProxyId, type ProxyOptions, type Registration } from './proxies.js';
 
-/** Where it lives now is netns.ts; named here too for test/netns/cluster-etcd.test.ts (its owner imports it from here). */
-export { podSocket };
-
 export const RECONCILE_MS = 1000;
 
 /** ProxyOptions (proxies.ts) and where the pods come from. */

@@ -37,9 +37,9 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { controlRequest } from '../../src/control/socket.js';
-import { podSocket } from '../../src/agent/agent.js';
+import { podSocket } from '../../src/agent/netns.js';
 import { keyFingerprint } from '../../src/noise/keys.js';
-import { Netns, requireRoot, requireTool, sh, startCapture, readCaptureBytes, type Capture } from './lib.js';
+import { Netns, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until, type Capture } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -84,16 +84,6 @@ async function podStatus(pod: string): Promise<PodStatus | null> {
     return (await controlRequest(podSocket(`/run/netns/${ns(pod)}`), { op: 'status' })) as unknown as PodStatus;
   } catch {
     return null;
-  }
-}
-
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, ms = 15_000): Promise<{ value: T; elapsed: number }> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return { value: v, elapsed: Date.now() - t0 };
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
