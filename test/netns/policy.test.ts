@@ -21,7 +21,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -222,8 +222,15 @@ describe('TencPolicy in the local cluster', () => {
     // written to the registry behind its back: the agent refuses the whole set and keeps the previous one
     const logs = ['node1', 'node2'].map((n) => join(STATE, 'agents', `${n}.log`));
     const sizes = logs.map((f) => readFileSync(f).length);
-    writeFileSync(join(STATE, 'registry', 'policies', 'alpha', 'typo.json'), JSON.stringify(policy('typo', { service: 'web', ports: [{ port: 80, endPort: 70 }], mode: 'exempt' })));
-    writeFileSync(join(STATE, 'registry', 'policies', 'alpha', 'more.json'), JSON.stringify(policy('more', { service: 'web', ports: [{ port: 8080 }], mode: 'exempt' })));
+    // each file whole at once (a temp file renamed, as every registry writer does): a plain
+    // write can be read half-written, which the agent refuses too, but for another reason
+    const put = (name: string, o: unknown) => {
+      const f = join(STATE, 'registry', 'policies', 'alpha', `${name}.json`);
+      writeFileSync(`${f}.tmp`, JSON.stringify(o));
+      renameSync(`${f}.tmp`, f);
+    };
+    put('typo', policy('typo', { service: 'web', ports: [{ port: 80, endPort: 70 }], mode: 'exempt' }));
+    put('more', policy('more', { service: 'web', ports: [{ port: 8080 }], mode: 'exempt' }));
     try {
       await until('the refusal in both agents\' logs', () =>
         logs.every((f, i) => readFileSync(f, 'utf8').slice(sizes[i]).includes('policy update refused: the previous policy set stays in force')), 5_000);
