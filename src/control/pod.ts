@@ -42,7 +42,7 @@ import { generatePrivateKey, publicKeyFromPrivate, formatKey } from '../noise/ke
 import type { DnsService, ServiceEndpoints } from '../dns/service.js';
 import type { CidrSet } from '../dns/classify.js';
 import type { RouteMisses } from '../dns/misses.js';
-import { removeInterceptResidue } from '../dns/intercept.js';
+import { interceptTable, removeDnsResidue } from '../dns/intercept.js';
 import { PolicyRules, exemptOf } from '../routing/policy-rules.js';
 import { formatPort, type PodPolicy } from '../policy/policy.js';
 import { publicKeyLine } from './keyline.js';
@@ -85,11 +85,6 @@ export async function loadDns(): Promise<DnsModules> {
 function dnsLoaded(): DnsModules {
   if (!dnsModules) throw new Error('the DNS modules are not loaded (dns.enabled is off)');
   return dnsModules;
-}
-
-/** dns/service.ts interceptTable(), here so a pod without DNS does not load that module (a unit test keeps both equal). */
-export function dnsInterceptTable(ifname: string): string {
-  return `tenc_dns_${ifname.replace(/[^A-Za-z0-9_]/g, '_')}`;
 }
 
 /** The running pod: the control handler over the engine and the routing. */
@@ -494,7 +489,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       pod.dns = await service.DnsService.start({
         config: config.dns,
         fwmark: config.fwmark,
-        table: service.interceptTable(config.interface),
+        table: interceptTable(config.interface),
         routes: { add: (c) => pod.addDestinations(c), remove: (c) => pod.removeDestination(c) },
         activity: (a) => pod.peerActivity(a),
         isMember: (a) => pod.isMember(a),
@@ -549,15 +544,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         dns.attachMisses(misses); // membership changes revoke bypasses of new members at once
         log.info({ ranges: classifyRanges }, 'classifying unknown addresses of these ranges on first use');
       }
-    } else {
-      // dns/service.ts removeDnsResidue without loading that module
-      const table = dnsInterceptTable(config.interface);
-      try {
-        if (await removeInterceptResidue(table)) log.warn({ table }, 'dns: removed the nftables table of an earlier run');
-      } catch (e) {
-        log.debug({ err: (e as Error).message }, 'dns: no nftables to check for residue');
-      }
-    }
+    } else await removeDnsResidue(config.interface, log);
 
     step = 'control socket';
     const server = await ControlServer.start({

@@ -17,6 +17,7 @@
  * deletes it whole, and a crashed run's table (same name) is removed before install.
  */
 import { spawn } from 'node:child_process';
+import type { Logger } from '../log.js';
 
 export interface InterceptOptions {
   /** nftables table name (family inet). */
@@ -105,5 +106,23 @@ export class DnsIntercept {
     if (!this.installed) return;
     await runNft(this.nft, ['delete', 'table', 'inet', this.o.table]);
     this.installed = false;
+  }
+}
+
+/** The nftables table of a pod's DNS interception. */
+export function interceptTable(ifname: string): string {
+  return `tenc_dns_${ifname.replace(/[^A-Za-z0-9_]/g, '_')}`;
+}
+
+/**
+ * For a pod without the DNS proxy: removes a crashed earlier run's interception, if any
+ * (no nft: nothing to do). Here, not in service.ts, so such a pod loads no DNS proxy code.
+ */
+export async function removeDnsResidue(ifname: string, log: Logger): Promise<void> {
+  const table = interceptTable(ifname);
+  try {
+    if (await removeInterceptResidue(table)) log.warn({ table }, 'dns: removed the nftables table of an earlier run');
+  } catch (e) {
+    log.debug({ err: (e as Error).message }, 'dns: no nftables to check for residue');
   }
 }

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import type { Endpoint } from '../net/address.js';
 import type { Logger } from '../log.js';
 import { AddressClassifier, CidrSet, canonicalAddress, type AddressVerdict } from './classify.js';
-import { DnsIntercept, removeInterceptResidue } from './intercept.js';
+import { DnsIntercept } from './intercept.js';
 import { DnsProxy, type DnsCounters, type RouteSink } from './proxy.js';
 import { parseResolvConf, projectDomainFrom } from './resolv.js';
 import { LearnedRoutes } from './routes.js';
@@ -48,20 +48,6 @@ export interface DnsConfig {
 export interface ServiceEndpoints {
   vip: string;
   addresses: string[];
-}
-
-/** The nftables table of a pod's DNS interception. */
-export function interceptTable(ifname: string): string {
-  return `tenc_dns_${ifname.replace(/[^A-Za-z0-9_]/g, '_')}`;
-}
-
-/** For a pod without the DNS proxy: removes a crashed earlier run's interception, if any (no nft: nothing to do). */
-export async function removeDnsResidue(ifname: string, log: Logger): Promise<void> {
-  try {
-    if (await removeInterceptResidue(interceptTable(ifname))) log.warn({ table: interceptTable(ifname) }, 'dns: removed the nftables table of an earlier run');
-  } catch (e) {
-    log.debug({ err: (e as Error).message }, 'dns: no nftables to check for residue');
-  }
 }
 
 export interface DnsServiceDeps {

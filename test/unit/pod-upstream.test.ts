@@ -4,8 +4,8 @@
  * queries would leave outside the tunnel in plaintext). Fakes for engine and routing.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { Pod, dnsInterceptTable } from '../../src/control/pod.js';
-import { interceptTable } from '../../src/dns/service.js';
+import { Pod } from '../../src/control/pod.js';
+import { interceptTable } from '../../src/dns/intercept.js';
 import { validateConfig } from '../../src/control/config.js';
 import type { PodEngine } from '../../src/control/engine.js';
 import type { PolicyRouting } from '../../src/routing/policy.js';
@@ -74,8 +74,9 @@ describe('pod: a DNS upstream never becomes a project destination', () => {
 });
 
 describe('pod without DNS: the interception residue table name', () => {
-  it('dnsInterceptTable (pod.ts, so the DNS modules stay unloaded) names the table dns/service.ts makes', () => {
-    for (const ifname of ['tenc0', 'tenc-1', 'a.b', 'x_y9']) expect(dnsInterceptTable(ifname)).toBe(interceptTable(ifname));
-    expect(dnsInterceptTable('tenc-1')).toBe('tenc_dns_tenc_1');
+  it('interceptTable (dns/intercept.ts: the proxy and the residue cleanup of a pod without DNS) names the table', () => {
+    const names = ['tenc0', 'tenc-1', 'a.b', 'x_y9'].map(interceptTable);
+    expect(names).toEqual(['tenc_dns_tenc0', 'tenc_dns_tenc_1', 'tenc_dns_a_b', 'tenc_dns_x_y9']);
+    expect(interceptTable('tenc-1')).toBe('tenc_dns_tenc_1');
   });
 });
