@@ -26,9 +26,12 @@
         "native/offload.c",
         "native/csum.c",
         "native/sock.c",
-        "native/dnsio.c"
+        "native/dnsio.c",
+        "native/idlemem.cc"
       ],
-      "cflags": ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],
+      "cflags_c": ["-std=gnu11"],
+      "cflags_cc": ["-std=gnu++17", "-fno-exceptions", "-fno-rtti"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
       "conditions": [
         ["tenc_sanitize!=''", {

@@ -2,6 +2,10 @@
 #define TENC_MODULES_H
 #include <node_api.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* One per native/<module>.c; each adds its functions to `exports`. */
 napi_status tenc_init_aead(napi_env env, napi_value exports);
 napi_status tenc_init_tun(napi_env env, napi_value exports);
@@ -11,5 +15,11 @@ napi_status tenc_init_engine(napi_env env, napi_value exports);
 napi_status tenc_init_engine_test(napi_env env, napi_value exports);
 napi_status tenc_init_sock(napi_env env, napi_value exports);
 napi_status tenc_init_dnsio(napi_env env, napi_value exports);
+/* idlemem.cc (C++: V8's memory-reducing collection has no N-API entry) */
+napi_status tenc_init_idlemem(napi_env env, napi_value exports);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

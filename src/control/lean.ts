@@ -23,9 +23,63 @@
  * Only flags V8 reads at each decision are set this way (tier-up, new space growth).
  * Heap limits and threads are fixed when the isolate is created: --max-semi-space-size
  * set here has no effect and --single-threaded aborts node (both measured).
+ *
+ *   3. settleIdleMemory(): once, `delayMs` (default 2000) after 'pod running' (called
+ *      by pod.ts), the addon's idleMemorySettle (native/idlemem.cc): V8's
+ *      memory-reducing collection (compacts old space, shrinks the young generation,
+ *      unmaps free pages) and malloc_trim(0). The start leaves about 3 MiB of V8
+ *      pages and malloc memory that V8's own memory reducer gives back only 10-30 s
+ *      later; a node starting many pods at once holds it for all of them (README
+ *      "density"). 10-45 ms of the event loop (measured), once. TENC_IDLE_SETTLE=0: never.
  */
 import { setFlagsFromString } from 'node:v8';
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
+
+/** TENC_IDLE_SETTLE=0 turns settleIdleMemory off. */
+export function idleSettleEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TENC_IDLE_SETTLE !== '0';
+}
+
+export interface IdleSettle {
+  /** ms the collection and the trim took. */
+  ms: number;
+  /** Whether malloc_trim gave memory back. */
+  trimmed: boolean;
+  /** Resident set size before and after, bytes. */
+  rssBefore: number;
+  rssAfter: number;
+}
+
+/**
+ * Once, after `delayMs`: V8's memory-reducing collection and malloc_trim (see the
+ * header, 3). `settle` is the addon's idleMemorySettle (loaded on first use, when the
+ * pod's modules have long loaded it); tests pass their own. Does nothing when
+ * TENC_IDLE_SETTLE=0. The timer does not keep the process alive; stop() cancels it.
+ */
+export function settleIdleMemory(
+  opts: { delayMs?: number; onSettled?: (r: IdleSettle) => void; settle?: () => { ms: number; trimmed: boolean }; env?: NodeJS.ProcessEnv } = {},
+): { stop(): void } {
+  const delayMs = opts.delayMs ?? 2000;
+  if (typeof delayMs !== 'number' || !(delayMs >= 0 && delayMs <= 600_000)) throw new RangeError(`settleIdleMemory: delayMs must be 0..600000, got ${delayMs}`);
+  if (!idleSettleEnabled(opts.env)) return { stop: () => {} };
+  let stopped = false;
+  const timer = setTimeout(() => {
+    void (async () => {
+      const settle = opts.settle ?? ((await import('../native.js')).addon.idleMemorySettle as () => { ms: number; trimmed: boolean });
+      if (stopped) return;
+      const rssBefore = process.memoryUsage.rss();
+      const r = settle();
+      opts.onSettled?.({ ms: r.ms, trimmed: r.trimmed, rssBefore, rssAfter: process.memoryUsage.rss() });
+    })();
+  }, delayMs);
+  timer.unref();
+  return {
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
+}
 
 /** default: never entered (tests, other commands); lean; busy: left for good. */
 export type LeanState = 'default' | 'lean' | 'busy';

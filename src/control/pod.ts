@@ -26,7 +26,7 @@
  *      (when src/cli/main.ts entered it: control/lean.ts)
  */
 import { writeSync } from 'node:fs';
-import { leanState, watchLoad } from './lean.js';
+import { leanState, settleIdleMemory, watchLoad } from './lean.js';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
 import { readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
 import { formatEndpoint, projectDestinationOf } from '../net/address.js';
@@ -558,6 +558,8 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     step = 'load watch';
     const load = watchLoad({ onBusy: (u) => log.info({ eventLoopUtilization: Math.round(u * 100) / 100 }, 'busy: V8 lean mode ends (TurboFan on)') });
     uninit.push({ what: 'load watch', run: () => load.stop() });
+    const settle = settleIdleMemory({ onSettled: (r) => log.info({ ms: Math.round(r.ms * 10) / 10, trimmed: r.trimmed, rssMiB: [r.rssBefore, r.rssAfter].map((b) => Math.round(b / 104857.6) / 10) }, 'idle memory settled') });
+    uninit.push({ what: 'idle memory settle', run: () => settle.stop() });
 
     log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort, v8: leanState() }, 'pod running');
     started = true;
