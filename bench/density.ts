@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- density [--pods=N] [--starts=M] [--idle=S] [--peers=P] [--prepare=0]
- *  [--ab=FLAGS;FLAGS...] [--ab-main=PATH]`: what a node pays per pod, and how fast a pod
+ *  [--ab=FLAGS;FLAGS...] [--ab-env=K=V,K=V;...] [--ab-main=PATH]`: what a node pays per pod, and how fast a pod
  * is protected.
  *
  *   1. Density: N idle `tenc pod` processes (default 10) per variant, each in a
@@ -25,7 +25,9 @@
  *      reported as p50/p99. --prepare=0 skips the prepare step (the proxy makes the
  *      pod fail closed itself, as before the agent did it).
  *   Variants (A/B in one run): the default is the pod as the agent starts it; --ab
- *   adds one variant per ';'-separated node flag list ("none": no flags), and
+ *   adds one variant per ';'-separated node flag list ("none": no flags), --ab-env
+ *   one per ';'-separated list of K=V environment variables (e.g. TENC_IDLE_SETTLE=0),
+ *   and
  *   --ab-main=PATH one with another build's dist/src/cli/main.js (e.g. a copy of the
  *   previous commit's dist). Memory: every variant's pods idle at the same time;
  *   starts: the variants take turns.
@@ -45,6 +47,7 @@ import { Children, stopChild } from './lib/procs.js';
 import { markdownTable } from './lib/table.js';
 import { percentile } from './lib/traffic.js';
 import { podNodeFlags, podSpawnArgs } from '../src/agent/pod-exec.js';
+import { readPublicKeyLine } from '../src/control/keyline.js';
 import { loadConfig } from '../src/control/config.js';
 import { failClosedScripts } from '../src/control/failclosed.js';
 import { IpCommand } from '../src/routing/ip.js';
@@ -153,7 +156,7 @@ interface Started {
   t0: number;
   logFile: string;
   socket: string;
-  publicKey: Promise<string | null>;
+  publicKey: Promise<string | Error>;
 }
 
 /** How a pod is started: which build's main.js, with which node flags. */
@@ -161,10 +164,12 @@ export interface Variant {
   name: string;
   main: string;
   flags: string[];
+  /** Extra environment of the pod process (--ab-env). */
+  env?: Record<string, string>;
 }
 
 /** The variants of a run: the agent's way first, then --ab flag lists and --ab-main. Exported for its unit test. */
-export function variantsOf(ab: string | undefined, abMain: string | undefined, main: string, agentFlags: string[]): Variant[] {
+export function variantsOf(ab: string | undefined, abMain: string | undefined, main: string, agentFlags: string[], abEnv?: string): Variant[] {
   const label = (f: string[]) => (f.length ? f.join(' ') : 'no flags');
   const out: Variant[] = [{ name: `agent (${label(agentFlags)})`, main, flags: agentFlags }];
   for (const part of (ab ?? '').split(';').map((x) => x.trim()).filter((x) => x !== '')) {
@@ -172,6 +177,15 @@ export function variantsOf(ab: string | undefined, abMain: string | undefined, m
     const bad = flags.find((f) => !f.startsWith('--'));
     if (bad !== undefined) throw new Error(`--ab: "${bad}" is not a node flag (lists of --flags separated by ';', or "none")`);
     out.push({ name: label(flags), main, flags });
+  }
+  for (const part of (abEnv ?? '').split(';').map((x) => x.trim()).filter((x) => x !== '')) {
+    const env: Record<string, string> = {};
+    for (const kv of part.split(',').map((x) => x.trim())) {
+      const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(kv);
+      if (!m) throw new Error(`--ab-env: "${kv}" is not NAME=VALUE (lists of NAME=VALUE separated by ',', variants by ';')`);
+      env[m[1]] = m[2];
+    }
+    out.push({ name: `${label(agentFlags)}, ${part}`, main, flags: agentFlags, env });
   }
   if (abMain !== undefined) {
     if (!existsSync(abMain)) throw new Error(`--ab-main: ${abMain} does not exist`);
@@ -207,17 +221,9 @@ function startPod(v: Variant, ns: string, files: { config: string; socket: strin
   const args = podSpawnArgs(`/run/netns/${ns}`, v.main, files.config, v.flags);
   const fd = openSync(files.logFile, 'w', 0o600);
   const t0 = Date.now();
-  const child = spawn('nsenter', args, { stdio: ['ignore', 'pipe', fd] });
+  const child = spawn('nsenter', args, { stdio: ['ignore', 'pipe', fd], env: v.env ? { ...process.env, ...v.env } : process.env });
   closeSync(fd);
-  const publicKey = new Promise<string | null>((resolve) => {
-    let out = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const m = /^public-key (\S+)\n/.exec(out);
-      if (m) resolve(m[1]);
-    });
-    child.once('exit', () => resolve(null));
-  });
+  const publicKey = readPublicKeyLine(child, 30_000);
   return { child, t0, logFile: files.logFile, socket: files.socket, publicKey };
 }
 
@@ -286,7 +292,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   const withPrepare = ctx.flags.get('prepare') !== '0';
   if (process.getuid?.() !== 0) throw new Error('density needs root (namespaces)');
   if (!existsSync(TENC_MAIN)) throw new Error(`${TENC_MAIN} not built (npm run build)`);
-  const variants = variantsOf(ctx.flags.get('ab'), ctx.flags.get('ab-main'), TENC_MAIN, podNodeFlags());
+  const variants = variantsOf(ctx.flags.get('ab'), ctx.flags.get('ab-main'), TENC_MAIN, podNodeFlags(), ctx.flags.get('ab-env'));
   const wg = '/usr/bin/wireguard-go';
   if (!existsSync(wg)) throw new Error(`${wg} missing: run bash netns-scripts/deps.sh`);
   for (const ns of readdirSync('/run/netns').filter((n) => n.startsWith(`${PREFIX}-`))) throw new Error(`namespace ${ns} exists: a bench still running, or left over (ip netns del ${ns})`);
@@ -313,7 +319,10 @@ export async function run(ctx: BenchContext): Promise<void> {
       owner.push(v);
       pods.push(startPod(variants[v], n.ns, writePodConfig(dir, n.address, psk, `pod${i + 1}`, peers)));
     }
-    for (const p of pods) if ((await p.publicKey) === null) throw new Error(`a pod did not start: ${readFileSync(p.logFile, 'utf8').slice(-400)}`);
+    for (const p of pods) {
+      const k = await p.publicKey;
+      if (k instanceof Error) throw new Error(`a pod did not start (${k.message}): ${readFileSync(p.logFile, 'utf8').slice(-400)}`);
+    }
     for (const p of pods) await until('control socket', () => controlOk(c, p.socket, ['status']), 15_000);
     const wgs: ChildProcess[] = [];
     const bare: ChildProcess[] = [];
@@ -366,7 +375,8 @@ export async function run(ctx: BenchContext): Promise<void> {
       const files = writePodConfig(dir, n.address, psk, `start${i}`, peers);
       const prep = withPrepare ? await prepare(n.ns, files.config) : 0;
       const p = startPod(variants[vi], n.ns, files);
-      if ((await p.publicKey) === null) throw new Error(`start ${i}: pod did not start: ${readFileSync(p.logFile, 'utf8').slice(-400)}`);
+      const k = await p.publicKey;
+      if (k instanceof Error) throw new Error(`start ${i}: pod did not start (${k.message}): ${readFileSync(p.logFile, 'utf8').slice(-400)}`);
       await until('control socket', () => existsSync(p.socket), 15_000);
       await until('set-peer answered', () => controlOk(c, p.socket, ['set-peer', peerKey, '--endpoint', '10.78.0.1:51820', '--allowed-ips', '10.78.0.1/32']), 15_000);
       const m = ms[vi];

@@ -10,6 +10,8 @@
  *     loop) end it with one "lean mode ends" record; SIGTERM still exits 0
  *  2. TENC_V8_LEAN=0: the pod runs with V8's defaults ("default") and never logs
  *     the end of lean mode
+ *  In 1 the pod also logs "idle memory settled" once, about 2 s after "pod running"
+ *  (control/lean.ts settleIdleMemory); in 2, with TENC_IDLE_SETTLE=0 as well, never.
  * Whether the flags act inside V8 is test/unit/lean.test.ts (--trace-opt); memory is
  * measured by bench soak, never asserted.
  */
@@ -74,6 +76,7 @@ async function stop(p: Pod): Promise<number | null> {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const settles = (p: Pod): Record<string, unknown>[] => p.records().filter((r) => r.msg === 'idle memory settled');
 const leanEnds = (p: Pod): Record<string, unknown>[] => p.records().filter((r) => typeof r.msg === 'string' && r.msg.includes('lean mode ends'));
 
 beforeAll(() => {
@@ -115,11 +118,18 @@ describe('tenc pod V8 lean mode', () => {
     expect(ends[0].eventLoopUtilization).toBeGreaterThanOrEqual(0.1);
     await sleep(1200);
     expect(leanEnds(pod)).toHaveLength(1);
+    // the settle: due 2 s after 'pod running', so by now or soon (a loaded machine)
+    for (let i = 0; i < 100 && settles(pod).length === 0; i++) await sleep(100);
+    const s = settles(pod);
+    expect(s).toHaveLength(1);
+    expect(typeof s[0].ms).toBe('number');
+    expect(s[0].rssMiB).toHaveLength(2);
+    console.log(`idle memory settled in ${String(s[0].ms)} ms, RSS MiB before/after ${JSON.stringify(s[0].rssMiB)}`);
     expect(await stop(pod)).toBe(0);
   });
 
-  it('2. TENC_V8_LEAN=0: V8 defaults, no lean records', async () => {
-    const pod = await startPod(join(dir, 'a.json'), { TENC_V8_LEAN: '0' });
+  it('2. TENC_V8_LEAN=0: V8 defaults, no lean records; TENC_IDLE_SETTLE=0: no settle', async () => {
+    const pod = await startPod(join(dir, 'a.json'), { TENC_V8_LEAN: '0', TENC_IDLE_SETTLE: '0' });
     expect(pod.records().find((r) => r.msg === 'pod running')?.v8).toBe('default');
     const socket = join(dir, 'a.sock');
     const end = Date.now() + 4000;
@@ -128,6 +138,8 @@ describe('tenc pod V8 lean mode', () => {
     };
     await Promise.all(Array.from({ length: 8 }, client));
     expect(leanEnds(pod)).toEqual([]);
+    await sleep(500); // 4.5 s after 'pod running', the settle was due 2.5 s ago
+    expect(settles(pod)).toEqual([]);
     expect(await stop(pod)).toBe(0);
   });
 });

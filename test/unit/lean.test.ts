@@ -8,20 +8,23 @@
  *   3. watchLoad: an idle event loop keeps lean mode; `periods` busy periods in a
  *      row end it, once; a watch stopped before that does nothing
  *   4. argument errors are typed; without lean mode watchLoad does nothing
+ *   5. settleIdleMemory (the addon's idleMemorySettle, native/idlemem.cc): after 16 MiB
+ *      of old-space garbage, the one settle leaves V8's committed heap smaller than a
+ *      plain full gc() does; TENC_IDLE_SETTLE=0 and stop() mean it never runs
  */
 import { describe, it, expect, beforeAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ensureBuilt, root } from '../build.js';
-import { leanState, watchLoad } from '../../src/control/lean.js';
+import { leanState, settleIdleMemory, watchLoad } from '../../src/control/lean.js';
 
 const leanJs = pathToFileURL(join(root, 'dist', 'src', 'control', 'lean.js')).href;
 
 /** Runs an ES module in a fresh node with --trace-opt; returns its stdout. */
-function child(body: string): string {
-  const script = `import { enterLeanMode, leaveLeanMode, leanState, watchLoad } from ${JSON.stringify(leanJs)};\n${body}`;
-  const r = spawnSync(process.execPath, ['--trace-opt', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+function child(body: string, flags: string[] = ['--trace-opt']): string {
+  const script = `import { enterLeanMode, leaveLeanMode, leanState, settleIdleMemory, watchLoad } from ${JSON.stringify(leanJs)};\n${body}`;
+  const r = spawnSync(process.execPath, [...flags, '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
   if (r.status !== 0) throw new Error(`child exited ${r.status}: ${r.stderr}`);
   return r.stdout;
 }
@@ -100,5 +103,40 @@ describe('lean mode flags', () => {
     w.stop();
     expect(leanState()).toBe('default');
     expect(fired).toBe(false);
+  });
+
+  it('5. settleIdleMemory: gives back more than a full gc(); the switch and stop() keep it off', () => {
+    const out = child(
+      `
+      import { getHeapStatistics } from 'node:v8';
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      let junk = [];
+      for (let i = 0; i < 16 * 1024; i++) junk.push(new Array(120).fill(i)); // ~16 MiB, promoted to old space
+      gc(); gc();
+      junk = null;
+      gc();
+      const afterGc = getHeapStatistics().total_heap_size;
+      const off = settleIdleMemory({ delayMs: 0, env: { TENC_IDLE_SETTLE: '0' }, onSettled: () => console.log('OFF-FIRED') });
+      const stopped = settleIdleMemory({ delayMs: 0, onSettled: () => console.log('STOPPED-FIRED') });
+      stopped.stop();
+      let r;
+      settleIdleMemory({ delayMs: 10, onSettled: (x) => (r = x) });
+      for (let i = 0; i < 300 && !r; i++) await sleep(10);
+      const afterSettle = getHeapStatistics().total_heap_size;
+      console.log('R', JSON.stringify(r));
+      console.log('HEAP', afterGc, afterSettle);`,
+      ['--expose-gc'],
+    );
+    expect(out).not.toContain('OFF-FIRED');
+    expect(out).not.toContain('STOPPED-FIRED');
+    const r = JSON.parse(/^R (.*)$/m.exec(out)![1]) as { ms: number; trimmed: boolean; rssBefore: number; rssAfter: number };
+    expect(r.ms).toBeGreaterThanOrEqual(0);
+    expect(typeof r.trimmed).toBe('boolean');
+    expect(r.rssBefore).toBeGreaterThan(0);
+    expect(r.rssAfter).toBeGreaterThan(0);
+    const [afterGc, afterSettle] = /^HEAP (\d+) (\d+)$/m.exec(out)!.slice(1).map(Number);
+    console.log(`committed V8 heap: ${(afterGc / 2 ** 20).toFixed(1)} MiB after gc(), ${(afterSettle / 2 ** 20).toFixed(1)} MiB after the settle`);
+    expect(afterSettle).toBeLessThan(afterGc);
+    expect(() => settleIdleMemory({ delayMs: -1 })).toThrow(RangeError);
   });
 });
