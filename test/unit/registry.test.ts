@@ -4,9 +4,9 @@
  * fires on changes (fs.watch) and on the rescan; bad input is skipped or refused.
  */
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { chmodSync, chownSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { DirectoryRegistry, writeJsonAtomic } from '../../src/registry/dir.js';
 import { readProjectView } from '../../src/registry/registry.js';
 import { peerFromObject } from '../../src/registry/objects.js';
@@ -93,6 +93,23 @@ describe('directory registry', () => {
     writeJsonAtomic(join(dir, 'pods', 'alpha', 'partial.json'), { metadata: { name: 'partial' } });
     expect((await r.pods('alpha')).map((p) => p.name)).toEqual(['a-cli', 'a-web-2', 'a-web']);
     expect(problems).toEqual([join(dir, 'pods', 'alpha', 'broken.json')]);
+  });
+
+  it('reports a bad file once, not on every read, and again when it changes', async () => {
+    const problems: string[] = [];
+    const r = new DirectoryRegistry(dir, { onProblem: (f, why) => problems.push(`${f}: ${why}`) });
+    const file = join(dir, 'peers', 'alpha', 'node1', 'bad.json');
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, '{"pod": ');
+    for (let i = 0; i < 3; i++) await r.peers('alpha');
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(/bad\.json: /);
+    // broken differently (and later): reported again, once
+    writeFileSync(file, JSON.stringify({ pod: 'bad', publicKey: 'x', endpoint: '10.0.0.1:1' }));
+    utimesSync(file, new Date(), new Date(Date.now() + 5000));
+    for (let i = 0; i < 3; i++) await r.peers('alpha');
+    expect(problems).toHaveLength(2);
+    expect(problems[1]).toMatch(/bad\.json: not a valid peer: publicKey/);
   });
 
   it('a peer whose key the pod would refuse (non-canonical base64, wrong length, all zeros) is skipped where it is read, with the file and field named', async () => {
