@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { DirectoryRegistry, writeJsonAtomic } from '../../src/registry/dir.js';
 import { readProjectView } from '../../src/registry/registry.js';
 import { peerFromObject } from '../../src/registry/objects.js';
-import { isKey32 } from '../../src/registry/kubernetes.js';
+import { isEndpoint, isKey32 } from '../../src/registry/kubernetes.js';
 import { syncRegistry } from '../../src/agent/cluster-tool.js';
 import { validateCluster } from '../../src/agent/cluster-config.js';
 
@@ -155,6 +155,12 @@ describe('directory registry', () => {
     // the Kubernetes backend (TencPeer spec.publicKey, the psk Secret) checks keys with isKey32: the same rule
     expect(isKey32(key)).toBe(true);
     for (const k of [key.slice(0, 42) + 'p=', key.slice(0, 43), ` ${key}`, Buffer.alloc(32).toString('base64'), 42]) expect(isKey32(k)).toBe(false);
+    // ... and TencPeer spec.endpoint with isEndpoint: the pod's endpoint rule (999.1.1.1 and [::g] passed the old regex)
+    for (const e of ['10.0.0.1:1', '[fd00::1]:51820', '[::ffff:10.0.0.1]:65535']) expect(isEndpoint(e)).toBe(true);
+    for (const e of ['999.1.1.1:51820', '10.0.0.1:0', '10.0.0.1:65536', '[::g]:1', 'fd00::1:51820', '10.0.0.1', 'node1:51820', ' 10.0.0.1:1', 1]) {
+      expect(isEndpoint(e), String(e)).toBe(false);
+      expect(peerFromObject('alpha', 'node1', 'web', { pod: 'web', publicKey: key, endpoint: e })).toMatch(/^endpoint: /);
+    }
   });
 
   it('refuses names that could leave the directory, with typed errors', async () => {
