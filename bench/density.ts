@@ -327,7 +327,8 @@ export async function run(ctx: BenchContext): Promise<void> {
     const wgs: ChildProcess[] = [];
     const bare: ChildProcess[] = [];
     for (const [i, n] of nets.slice(0, nPods).entries()) {
-      wgs.push(spawn('ip', ['netns', 'exec', n.ns, wg, '-f', `wg${i}`], { stdio: 'ignore', env: { ...process.env, WG_PROCESS_FOREGROUND: '1' } }));
+      // interface (and so /var/run/wireguard/NAME.sock) names of this bench's own: a wg0 of another run, left over, holds wg0.sock
+      wgs.push(spawn('ip', ['netns', 'exec', n.ns, wg, '-f', `${PREFIX}wg${i}`], { stdio: 'ignore', env: { ...process.env, WG_PROCESS_FOREGROUND: '1' } }));
       bare.push(spawn('nsenter', [`--net=/run/netns/${n.ns}`, '--', process.execPath, '-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' }));
     }
     anchors.push(...wgs, ...bare);
