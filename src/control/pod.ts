@@ -474,17 +474,26 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     // dns.classifyCidrs: the whole ranges go into tenc0 (and fail closed) until classified
     const closed = failClosedState(config);
     const classifyRanges = closed.classify;
-    await routing.guard(closed.guards);
     // Enforcement lives exactly as long as the guards: egress outside tenc0 to project
     // destinations dropped from now on (and plaintext input from them with "enforce").
-    // It replaces the table an earlier run left, in one transaction.
-    step = 'enforcement';
+    // It replaces the table an earlier run left, in one transaction. The guards (one
+    // ip -batch per family) and the table (one nft -f) go in at once: each only closes,
+    // neither removes anything the other holds, and the routes into tenc0 come only
+    // after both (TENC_START_CONCURRENT=0: one after the other, as before).
     const enforcement = new Enforcement({ ifname: config.interface, listenPort: config.listenPort, fwmark: config.fwmark, input: config.enforce });
     uninit.push({
       what: 'enforcement',
       run: () => (started && !config.failClosedOnStop ? enforcement.teardown() : enforcement.abandon()),
     });
-    await enforcement.install({ project: closed.project, classify: classifyRanges });
+    const enforcementStep = early(() => enforcement.install({ project: closed.project, classify: classifyRanges }));
+    try {
+      await routing.guard(closed.guards);
+    } catch (e) {
+      await enforcementStep().catch(() => {}); // settled before the undo starts
+      throw e;
+    }
+    step = 'enforcement';
+    await enforcementStep();
     enforcementRef = enforcement;
     log.info({ enforce: config.enforce }, 'fail closed');
 
