@@ -51,6 +51,7 @@ import { readPublicKeyLine } from '../src/control/keyline.js';
 import { loadConfig } from '../src/control/config.js';
 import { failClosedScripts } from '../src/control/failclosed.js';
 import { IpCommand } from '../src/routing/ip.js';
+import { controlRequest } from '../src/control/socket.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const TENC_MAIN = join(REPO, 'dist', 'src', 'cli', 'main.js');
@@ -379,7 +380,9 @@ export async function run(ctx: BenchContext): Promise<void> {
       const k = await p.publicKey;
       if (k instanceof Error) throw new Error(`start ${i}: pod did not start (${k.message}): ${readFileSync(p.logFile, 'utf8').slice(-400)}`);
       await until('control socket', () => existsSync(p.socket), 15_000);
-      await until('set-peer answered', () => controlOk(c, p.socket, ['set-peer', peerKey, '--endpoint', '10.78.0.1:51820', '--allowed-ips', '10.78.0.1/32']), 15_000);
+      // in process, as the agent asks (a `tenc set-peer` child would add its own node start, ~300 ms loaded)
+      const setPeer = { op: 'set-peer', peer: { publicKey: peerKey, endpoint: '10.78.0.1:51820', allowedIps: ['10.78.0.1/32'] } };
+      await until('set-peer answered', () => controlRequest(p.socket, setPeer).then(() => true, () => false), 15_000);
       const m = ms[vi];
       m.handshake.push(Date.now() - p.t0);
       if (withPrepare) m.prepare.push(prep);

@@ -207,9 +207,17 @@ export class Pod implements ControlHandler {
     this.peers.set(peer.publicKey, peer);
     this.membershipChanged();
     const before = old?.allowedIps ?? [];
-    await this.routing.addRoutes(peer.allowedIps.filter((ip) => !before.includes(ip)));
-    for (const ip of before.filter((x) => !peer.allowedIps.includes(x))) await this.routing.removeRoute(ip);
-    await this.enforcement?.setProject(this.projectSources());
+    const added = peer.allowedIps.filter((ip) => !before.includes(ip));
+    const removed = before.filter((x) => !peer.allowedIps.includes(x));
+    if (removed.length === 0) {
+      // only additions: the routes (guard then route, one ip -batch) and the enforcement's
+      // project set (one nft -f) both close, so they go in at once; neither opens anything
+      await Promise.all([this.routing.addRoutes(added), this.enforcement?.setProject(this.projectSources())]);
+    } else {
+      await this.routing.addRoutes(added);
+      for (const ip of removed) await this.routing.removeRoute(ip);
+      await this.enforcement?.setProject(this.projectSources());
+    }
     this.log.info({ peer: keyFingerprint(peer.publicKey), allowedIps: peer.allowedIps.length, update: old !== undefined }, 'peer set');
   }
 
@@ -410,16 +418,27 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     const psk = readPskFile(config.pskFile);
     uninit.push({ what: 'psk', run: () => void psk.fill(0) });
 
-    step = 'mtu';
-    const mtuChoice = await computeMtu(
-      ip,
-      config.peers.map((p) => p.endpoint),
-      config.fwmark,
-      [config.addresses.v4, config.addresses.v6].filter((a): a is string => a !== null),
+    // The start's read-mostly steps run at once (each an ip/nft child process): the MTU,
+    // the routing residue, the policy rules' residue (ip rules at pref P-1, apart from the
+    // routing's at P) and, without DNS, the DNS interception residue (its own nftables
+    // table). Awaited below in the order of the steps, so a failure names its step; none
+    // of them adds a route or rule, so the fail-closed order (guards -> enforcement ->
+    // routes) is as before. TENC_START_CONCURRENT=0 runs them one after another (A/B).
+    const concurrent = process.env.TENC_START_CONCURRENT !== '0';
+    const early = <T>(run: () => Promise<T>): (() => Promise<T>) => {
+      if (!concurrent) return run;
+      const p = run();
+      p.catch(() => {}); // handled where awaited; never an unhandled rejection meanwhile
+      return () => p;
+    };
+    const mtuStep = early(() =>
+      computeMtu(
+        ip,
+        config.peers.map((p) => p.endpoint),
+        config.fwmark,
+        [config.addresses.v4, config.addresses.v6].filter((a): a is string => a !== null),
+      ),
     );
-    log.info(mtuChoice, 'mtu');
-
-    step = 'routing residue';
     const routing = new PolicyRouting({
       ifname: config.interface,
       table: config.table,
@@ -430,7 +449,24 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       ip,
       log,
     });
-    await routing.removeResidue();
+    const residueStep = early(() => routing.removeResidue());
+    // its setChains is used only once the enforcement is installed (apply, by set-policy)
+    let enforcementRef: Enforcement | null = null;
+    const policyRules = new PolicyRules({
+      priority: config.rulePriority - 1,
+      addresses: config.addresses,
+      ip,
+      setChains: (rules) => (enforcementRef ? enforcementRef.setPolicyChains(rules) : Promise.reject(new Error('enforcement is not installed'))),
+    });
+    const policyResidueStep = early(() => policyRules.removeResidue());
+    const dnsResidueStep = config.dns.enabled ? null : early(() => removeDnsResidue(config.interface, log));
+
+    step = 'mtu';
+    const mtuChoice = await mtuStep();
+    log.info(mtuChoice, 'mtu');
+
+    step = 'routing residue';
+    await residueStep();
     // The guards first: project traffic never finds the main table while tenc starts.
     step = 'routing guards';
     uninit.push({ what: 'routing', run: () => routing.teardown({ keepGuards: !started || config.failClosedOnStop }) });
@@ -438,29 +474,33 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     // dns.classifyCidrs: the whole ranges go into tenc0 (and fail closed) until classified
     const closed = failClosedState(config);
     const classifyRanges = closed.classify;
-    await routing.guard(closed.guards);
     // Enforcement lives exactly as long as the guards: egress outside tenc0 to project
     // destinations dropped from now on (and plaintext input from them with "enforce").
-    // It replaces the table an earlier run left, in one transaction.
-    step = 'enforcement';
+    // It replaces the table an earlier run left, in one transaction. The guards (one
+    // ip -batch per family) and the table (one nft -f) go in at once: each only closes,
+    // neither removes anything the other holds, and the routes into tenc0 come only
+    // after both (TENC_START_CONCURRENT=0: one after the other, as before).
     const enforcement = new Enforcement({ ifname: config.interface, listenPort: config.listenPort, fwmark: config.fwmark, input: config.enforce });
     uninit.push({
       what: 'enforcement',
       run: () => (started && !config.failClosedOnStop ? enforcement.teardown() : enforcement.abandon()),
     });
-    await enforcement.install({ project: closed.project, classify: classifyRanges });
+    const enforcementStep = early(() => enforcement.install({ project: closed.project, classify: classifyRanges }));
+    try {
+      await routing.guard(closed.guards);
+    } catch (e) {
+      await enforcementStep().catch(() => {}); // settled before the undo starts
+      throw e;
+    }
+    step = 'enforcement';
+    await enforcementStep();
+    enforcementRef = enforcement;
     log.info({ enforce: config.enforce }, 'fail closed');
 
     // TencPolicy exemptions: an earlier run's rules go (fail safe: encrypted until the
     // agent sends the policy again); they live as long as the guards
     step = 'policy rules';
-    const policyRules = new PolicyRules({
-      priority: config.rulePriority - 1,
-      addresses: config.addresses,
-      ip,
-      setChains: (rules) => enforcement.setPolicyChains(rules),
-    });
-    const stale = await policyRules.removeResidue();
+    const stale = await policyResidueStep();
     if (stale > 0) log.info({ rules: stale }, 'removed exempt policy rules of an earlier run');
     uninit.push({ what: 'policy rules', run: () => policyRules.teardown({ keepRules: !started || config.failClosedOnStop }) });
 
@@ -544,7 +584,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         dns.attachMisses(misses); // membership changes revoke bypasses of new members at once
         log.info({ ranges: classifyRanges }, 'classifying unknown addresses of these ranges on first use');
       }
-    } else await removeDnsResidue(config.interface, log);
+    } else await dnsResidueStep!();
 
     step = 'control socket';
     const server = await ControlServer.start({

@@ -164,8 +164,10 @@ export class PolicyRules {
   removeResidue(): Promise<number> {
     return this.serial(async () => {
       let n = 0;
+      // both dumps at once (read-only)
+      const dumps = await Promise.all(([4, 6] as const).map((f) => this.ip.json([`-${f}`, 'rule', 'show', 'pref', String(this.o.priority)])));
       for (const f of [4, 6] as const) {
-        const rules = await this.ip.json([`-${f}`, 'rule', 'show', 'pref', String(this.o.priority)]);
+        const rules = dumps[f === 4 ? 0 : 1];
         if (rules.length === 0) continue;
         try {
           await this.ip.batch(f, rules.map(() => `rule del pref ${this.o.priority}`));

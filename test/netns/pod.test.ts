@@ -262,6 +262,19 @@ describe('pod lifecycle', () => {
     expectSame(snapshot(pod), before);
   });
 
+  it('TENC_START_CONCURRENT=0 (the start steps one after another, as before): residue adopted and removed the same', async () => {
+    const before = snapshot(pod);
+    vi.stubEnv('TENC_START_CONCURRENT', '0');
+    try {
+      expect(await startStop(config({ failClosedOnStop: true }))).toBe(0);
+      expectFailClosed();
+      expect(await startStop(config())).toBe(0);
+    } finally {
+      vi.unstubAllEnvs();
+    }
+    expectSame(snapshot(pod), before);
+  });
+
   it('a second pod on the same control socket refuses to start and touches nothing', async () => {
     let ready!: () => void;
     const readyP = new Promise<void>((r) => (ready = r));
