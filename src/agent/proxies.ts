@@ -169,6 +169,15 @@ export interface ProxyOptions {
   hooks?: AgentHooks;
 }
 
+/** Nothing is known to be applied to the proxy (adopted, or lost): apply() sends everything again. */
+export function forgetApplied(px: Proxy): void {
+  px.applied = new Map();
+  px.services = null;
+  px.endpoints = null;
+  px.members = null;
+  px.policy = null;
+}
+
 /** The file names of a pod under runDir (the pod's config and log). */
 function podFile(runDir: string, pod: string, ext: string): string {
   return join(runDir, `${pod}.${ext}`);
@@ -256,7 +265,9 @@ export class Proxies extends Map<string, Proxy> {
   private async adopt(px: Proxy): Promise<void> {
     const st = (await controlRequest(px.socket, { op: 'status' })) as StatusReport;
     px.publicKey = st.publicKey;
-    // what the proxy has is what was applied: differences are sent, peers no longer wanted removed
+    // what the proxy has is what was applied: differences are sent, peers no longer wanted removed;
+    // its services, endpoints, members and policies are unknown: sent again
+    forgetApplied(px);
     px.applied = new Map(
       st.peers.map((p) => [p.publicKey, JSON.stringify({ publicKey: p.publicKey, endpoint: p.endpoint ?? '', allowedIps: p.allowedIps } satisfies DesiredPeer)]),
     );
@@ -272,10 +283,6 @@ export class Proxies extends Map<string, Proxy> {
         this.o.onProxyChange?.();
       }
     }
-    px.services = null;
-    px.endpoints = null;
-    px.members = null;
-    px.policy = null;
     px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
     this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey), pid: px.id?.pid ?? null }, 'running proxy adopted');
     this.o.hooks?.proxyStarted('adopted');
@@ -349,11 +356,7 @@ export class Proxies extends Map<string, Proxy> {
     px.child = null;
     px.id = null;
     px.publicKey = null;
-    px.applied = new Map();
-    px.services = null;
-    px.endpoints = null;
-    px.members = null;
-    px.policy = null;
+    forgetApplied(px);
     px.restartAt = Date.now() + RESTART_DELAY_MS;
     this.o.onProxyChange?.();
     if (this.get(px.pod.name) === px) setTimeout(() => this.kick(), RESTART_DELAY_MS);
