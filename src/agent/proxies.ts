@@ -30,6 +30,12 @@ import { cleanNetns, podResolvConf } from './netns.js';
 /** The port every pod proxy listens on. */
 export const TENC_PORT = 51820;
 export const RESTART_DELAY_MS = 200;
+/**
+ * How long a starting proxy may take to print its public key, and then to answer on
+ * its control socket: about a second on an idle node, several on a loaded one
+ * (bench density). A start given up is stopped before the next one.
+ */
+export const START_TIMEOUT_MS = 15_000;
 
 /** Where a pod's proxy listens: its primary address, tenc's port (what the agent publishes). */
 export function tencEndpoint(p: PodInfo): string {
@@ -242,7 +248,7 @@ export class Proxies extends Map<string, Proxy> {
     return { config, want: chosen, dns: resolvConf !== null };
   }
 
-  /** Adopts a live proxy (agent restart) or starts one. Runs inside reconcile (one at a time). */
+  /** Adopts a live proxy (agent restart) or starts one; the agent runs one per pod at a time, beside its reconciles. */
   async ensureProxy(px: Proxy, view: ProjectView): Promise<void> {
     px.starting = true;
     try {
@@ -308,22 +314,21 @@ export class Proxies extends Map<string, Proxy> {
     const startTime = child.pid ? processStartTime(child.pid) : null;
     px.id = child.pid && startTime ? { pid: child.pid, startTime } : null;
     this.o.onProxyChange?.();
-    const line = await readPublicKeyLine(child, 15_000);
+    const line = await readPublicKeyLine(child, START_TIMEOUT_MS);
     const key = typeof line === 'string' ? line : null;
     child.once('exit', (code, signal) => {
       if (px.child === child) this.lost(px, `exited (${signal ?? code})`);
     });
     if (key === null || child.exitCode !== null) {
-      this.lost(px, 'did not start');
+      await this.giveUp(px, child, 'did not start');
       return;
     }
-    // fail-closed once the control socket answers (the guards come before the data plane)
-    for (let i = 0; i < 300 && !(await socketIsLive(px.socket)); i++) {
-      if (child.exitCode !== null) break;
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    // fail-closed once the control socket answers (the guards come before the data plane);
+    // the steps between (ip, nft, the data plane, the DNS proxy) take seconds on a loaded node
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    while (child.exitCode === null && Date.now() < deadline && !(await socketIsLive(px.socket))) await new Promise((r) => setTimeout(r, 10));
     if (child.exitCode !== null || !(await socketIsLive(px.socket))) {
-      this.lost(px, 'control socket never answered');
+      await this.giveUp(px, child, 'control socket never answered');
       return;
     }
     px.publicKey = key;
@@ -335,6 +340,23 @@ export class Proxies extends Map<string, Proxy> {
     px.policy = null;
     this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid, peers: want?.peers.length ?? 0 }, 'proxy started');
     this.o.hooks?.proxyStarted('started');
+  }
+
+  /**
+   * A start given up on: the child, if it still runs, is stopped first (SIGTERM, then
+   * SIGKILL; it fails closed). Left running, it would finish its start after the next
+   * one began, and the two would race in the netns: the later one's start removes the
+   * rules and routes of an earlier run (routing residue), so the proxy that stays
+   * (adopted, its peers listed) would route nothing.
+   */
+  private async giveUp(px: Proxy, child: ChildProcess, why: string): Promise<void> {
+    px.child = null; // its exit is this stop, not a loss of its own
+    const id = px.id;
+    if (id !== null && child.exitCode === null && child.signalCode === null) {
+      this.log.warn({ pod: px.pod.name, pid: id.pid, why }, 'proxy start given up: stopping it before starting another');
+      await stopPid(id.pid, id.startTime);
+    }
+    this.lost(px, why);
   }
 
   /**
