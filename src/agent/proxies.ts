@@ -173,6 +173,8 @@ export interface ProxyOptions {
   classifyCidrs?: string[];
   /** Metrics hooks (src/metrics/agent.ts); default none. */
   hooks?: AgentHooks;
+  /** Each of a start's two waits (key line, then control socket); default START_TIMEOUT_MS. */
+  startTimeoutMs?: number;
 }
 
 /** Nothing is known to be applied to the proxy (adopted, or lost): apply() sends everything again. */
@@ -314,7 +316,7 @@ export class Proxies extends Map<string, Proxy> {
     const startTime = child.pid ? processStartTime(child.pid) : null;
     px.id = child.pid && startTime ? { pid: child.pid, startTime } : null;
     this.o.onProxyChange?.();
-    const line = await readPublicKeyLine(child, START_TIMEOUT_MS);
+    const line = await readPublicKeyLine(child, this.o.startTimeoutMs ?? START_TIMEOUT_MS);
     const key = typeof line === 'string' ? line : null;
     child.once('exit', (code, signal) => {
       if (px.child === child) this.lost(px, `exited (${signal ?? code})`);
@@ -325,7 +327,7 @@ export class Proxies extends Map<string, Proxy> {
     }
     // fail-closed once the control socket answers (the guards come before the data plane);
     // the steps between (ip, nft, the data plane, the DNS proxy) take seconds on a loaded node
-    const deadline = Date.now() + START_TIMEOUT_MS;
+    const deadline = Date.now() + (this.o.startTimeoutMs ?? START_TIMEOUT_MS);
     while (child.exitCode === null && Date.now() < deadline && !(await socketIsLive(px.socket))) await new Promise((r) => setTimeout(r, 10));
     if (child.exitCode !== null || !(await socketIsLive(px.socket))) {
       await this.giveUp(px, child, 'control socket never answered');
