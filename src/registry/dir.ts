@@ -82,7 +82,24 @@ export class DirectoryRegistry implements Registry {
     opts: DirectoryRegistryOptions = {},
   ) {
     if (typeof dir !== 'string' || dir === '') throw new TypeError('registry directory must be a non-empty string');
-    this.onProblem = opts.onProblem ?? (() => {});
+    const report = opts.onProblem ?? (() => {});
+    // Each read of a kind rereads every file (the watch and the rescan call them
+    // often): a bad file is reported once, and again only when it or its problem
+    // changes (its mtime: fixed and broken again counts as a change).
+    const reported = new Map<string, string>();
+    this.onProblem = (file, why) => {
+      let mtime = 0;
+      try {
+        mtime = statSync(file).mtimeMs;
+      } catch {
+        // gone meanwhile: report it by its problem alone
+      }
+      const seen = `${mtime}\0${why}`;
+      if (reported.get(file) === seen) return;
+      if (reported.size >= 1000) reported.clear(); // deleted files' entries are never read again
+      reported.set(file, seen);
+      report(file, why);
+    };
     this.rescanMs = opts.rescanMs ?? RESCAN_MS;
   }
 

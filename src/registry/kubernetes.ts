@@ -51,6 +51,7 @@ import {
   type V1Service,
 } from '@kubernetes/client-node';
 import { parseKey32, type ServicePort } from '../control/config.js';
+import { parseEndpoint } from '../net/address.js';
 import { Informer, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
 import { clusterIps } from './objects.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
@@ -106,11 +107,9 @@ export function isKey32(v: unknown): v is string {
   return k.ok && !k.value.every((b) => b === 0);
 }
 
-/** "ip:port" or "[ip6]:port" with a port 1-65535. */
+/** "ip:port" or "[ip6]:port" with a port 1-65535, as the pod's parser (parseEndpoint) takes it. */
 export function isEndpoint(v: unknown): v is string {
-  if (typeof v !== 'string') return false;
-  const m = /^(?:(\d{1,3}(?:\.\d{1,3}){3})|\[([0-9a-fA-F:.]+)\]):(\d{1,5})$/.exec(v);
-  return !!m && Number(m[3]) >= 1 && Number(m[3]) <= 65535;
+  return parseEndpoint(v).ok;
 }
 
 export class PskError extends Error {

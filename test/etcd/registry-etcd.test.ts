@@ -24,20 +24,15 @@ import { CALL_TIMEOUT_MS, etcdClient, parseEtcdSpec, type EtcdConnection } from 
 import { openRegistry } from '../../src/registry/open.js';
 import { trustedPeers } from '../../src/registry/registry.js';
 import { EtcdServer, Relay } from './server.js';
+import { until as waitUntil } from '../until.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const KEY_A = 'A'.repeat(42) + 'E='; // canonical base64, not all zeros (peerFromObject checks keys as the pod does)
 const KEY_B = 'B'.repeat(42) + 'A=';
 const PSK = 'c'.repeat(43) + '=';
 
-async function until(what: string, fn: () => Promise<boolean> | boolean, ms = 10_000): Promise<number> {
-  const t0 = Date.now();
-  while (Date.now() - t0 < ms) {
-    if (await fn()) return Date.now() - t0;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-}
+/** Waits for fn (polled every 25 ms), at most ms; how long it took. */
+const until = async (what: string, fn: () => Promise<boolean> | boolean, ms = 10_000): Promise<number> => (await waitUntil(what, fn, ms, 25)).elapsed;
 
 const pod = (name: string, node: string, ip: string) => ({
   apiVersion: 'v1',

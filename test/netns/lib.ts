@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Address6 } from 'ip-address';
 import { ensureBuilt } from '../build.js';
+import { readPublicKeyLine } from '../../src/control/keyline.js';
 
 /** Throws a clear error (fails the suite) when a tool is missing. */
 export function requireTool(name: string): void {
@@ -341,12 +342,11 @@ export interface PodProc {
   stderr: () => string;
 }
 
-/** Starts `tenc pod --config FILE [ARGS]` in ns; resolves once it logs "pod running". */
-export function startPod(ns: Netns, config: string, args: string[] = []): Promise<PodProc> {
+/** Starts `tenc pod --config FILE [ARGS]` in ns; resolves once it logs "pod running" (15 s at most). */
+export async function startPod(ns: Netns, config: string, args: string[] = []): Promise<PodProc> {
   // ip netns exec execs node in place: child.pid is the pod's pid
   const child = ns.spawn('node', [main, 'pod', '--config', config, ...args]);
   running.add(child);
-  let out = '';
   let err = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
   const exit = new Promise<number | null>((r) =>
@@ -355,22 +355,15 @@ export function startPod(ns: Netns, config: string, args: string[] = []): Promis
       r(code);
     }),
   );
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`tenc pod did not start: ${err}`)), 15_000);
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const m = /^public-key (\S+)\n/.exec(out);
-      if (!m) return;
-      const poll = () => {
-        if (err.includes('"msg":"pod running"')) {
-          clearTimeout(timer);
-          resolve({ child, pid: child.pid!, publicKey: m[1]!, exit, stderr: () => err });
-        } else if (child.exitCode === null) setTimeout(poll, 50);
-      };
-      poll();
-    });
-    void exit.then((code) => reject(new Error(`tenc pod exited ${code}: ${err}`)));
-  });
+  const t0 = Date.now();
+  const publicKey = await readPublicKeyLine(child, 15_000);
+  if (publicKey instanceof Error) throw new Error(`tenc pod did not start (${publicKey.message}): ${err}`);
+  while (!err.includes('"msg":"pod running"')) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`tenc pod exited ${child.exitCode ?? child.signalCode}: ${err}`);
+    if (Date.now() - t0 > 15_000) throw new Error(`tenc pod did not start: ${err}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { child, pid: child.pid!, publicKey, exit, stderr: () => err };
 }
 
 /** SIGTERM, and the exit code (SIGKILL after 5 s). */
@@ -603,26 +596,7 @@ export function runTool<T = Record<string, unknown>>(ns: Netns, args: string[], 
   return JSON.parse(lines[lines.length - 1]!) as T;
 }
 
-/**
- * Waits until `fn` (sync or async) returns a truthy value, polling every 100 ms, at
- * most `ms`: that value and how long it took. A throw from `fn` counts as not yet
- * (named with the timeout's error if it was the last answer).
- */
-export async function until<T>(what: string, fn: () => Promise<T | null | undefined | false> | T | null | undefined | false, ms = 15_000): Promise<{ value: T; elapsed: number }> {
-  const t0 = Date.now();
-  let last = '';
-  for (;;) {
-    const v = await Promise.resolve()
-      .then(fn)
-      .catch((e) => {
-        last = (e as Error).message;
-        return null;
-      });
-    if (v) return { value: v, elapsed: Date.now() - t0 };
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last error: ${last})` : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+export { until } from '../until.js';
 
 /**
  * An open TCP connection from the named netns to an echo server at address:port,

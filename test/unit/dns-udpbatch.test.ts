@@ -10,6 +10,7 @@ import dgram from 'node:dgram';
 import { readdirSync } from 'node:fs';
 import { UdpBatch, udpPeer, peerAddress, type UdpBatchOptions } from '../../src/dns/udpbatch.js';
 import { addon } from '../../src/native.js';
+import { until as waitUntil } from '../until.js';
 
 const open: UdpBatch[] = [];
 const plain: dgram.Socket[] = [];
@@ -55,13 +56,7 @@ async function plainSocket(type: 'udp4' | 'udp6', address: string): Promise<dgra
 }
 
 const tick = () => new Promise((r) => setImmediate(r));
-async function until(cond: () => boolean, ms = 2000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out waiting');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+const until = async (cond: () => boolean, ms = 2000): Promise<void> => void (await waitUntil(String(cond), cond, ms, 5));
 
 describe('UdpBatch', () => {
   it('datagrams waiting in the socket arrive in one batch, in order, from the sender', async () => {

@@ -12,26 +12,15 @@ import { trustedPeers } from '../../src/registry/registry.js';
 import { openRegistry } from '../../src/registry/open.js';
 import { writeFileSync } from 'node:fs';
 import { FakeApiServer } from '../k8s/fake-apiserver.js';
+import { until as waitUntil } from '../until.js';
 
 const clusterFile = join(__dirname, '../../netns-scripts/cluster-example.json');
 const cluster: ClusterConfig = validateCluster(JSON.parse(readFileSync(clusterFile, 'utf8')), clusterFile);
 const key = () => randomBytes(32).toString('base64');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until<T>(what: string, fn: () => Promise<T | null | false | undefined> | T | null | false | undefined, ms = 8000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
-    await sleep(25);
-  }
-}
+/** Waits for fn's value (polled every 25 ms), at most ms. */
+const until = async <T>(what: string, fn: () => Promise<T | null | false | undefined> | T | null | false | undefined, ms = 8000): Promise<T> => (await waitUntil(what, fn, ms, 25)).value;
 
 let api: FakeApiServer;
 let dir: string;

@@ -4,13 +4,13 @@
  * fires on changes (fs.watch) and on the rescan; bad input is skipped or refused.
  */
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { chmodSync, chownSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { DirectoryRegistry, writeJsonAtomic } from '../../src/registry/dir.js';
 import { readProjectView } from '../../src/registry/registry.js';
 import { peerFromObject } from '../../src/registry/objects.js';
-import { isKey32 } from '../../src/registry/kubernetes.js';
+import { isEndpoint, isKey32 } from '../../src/registry/kubernetes.js';
 import { syncRegistry } from '../../src/agent/cluster-tool.js';
 import { validateCluster } from '../../src/agent/cluster-config.js';
 
@@ -95,6 +95,23 @@ describe('directory registry', () => {
     expect(problems).toEqual([join(dir, 'pods', 'alpha', 'broken.json')]);
   });
 
+  it('reports a bad file once, not on every read, and again when it changes', async () => {
+    const problems: string[] = [];
+    const r = new DirectoryRegistry(dir, { onProblem: (f, why) => problems.push(`${f}: ${why}`) });
+    const file = join(dir, 'peers', 'alpha', 'node1', 'bad.json');
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, '{"pod": ');
+    for (let i = 0; i < 3; i++) await r.peers('alpha');
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(/bad\.json: /);
+    // broken differently (and later): reported again, once
+    writeFileSync(file, JSON.stringify({ pod: 'bad', publicKey: 'x', endpoint: '10.0.0.1:1' }));
+    utimesSync(file, new Date(), new Date(Date.now() + 5000));
+    for (let i = 0; i < 3; i++) await r.peers('alpha');
+    expect(problems).toHaveLength(2);
+    expect(problems[1]).toMatch(/bad\.json: not a valid peer: publicKey/);
+  });
+
   it('a peer whose key the pod would refuse (non-canonical base64, wrong length, all zeros) is skipped where it is read, with the file and field named', async () => {
     const key = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
     const nonCanonical = key.slice(0, 42) + 'p='; // same 32 bytes to a lenient decoder, refused by the pod's parseKey
@@ -138,6 +155,12 @@ describe('directory registry', () => {
     // the Kubernetes backend (TencPeer spec.publicKey, the psk Secret) checks keys with isKey32: the same rule
     expect(isKey32(key)).toBe(true);
     for (const k of [key.slice(0, 42) + 'p=', key.slice(0, 43), ` ${key}`, Buffer.alloc(32).toString('base64'), 42]) expect(isKey32(k)).toBe(false);
+    // ... and TencPeer spec.endpoint with isEndpoint: the pod's endpoint rule (999.1.1.1 and [::g] passed the old regex)
+    for (const e of ['10.0.0.1:1', '[fd00::1]:51820', '[::ffff:10.0.0.1]:65535']) expect(isEndpoint(e)).toBe(true);
+    for (const e of ['999.1.1.1:51820', '10.0.0.1:0', '10.0.0.1:65536', '[::g]:1', 'fd00::1:51820', '10.0.0.1', 'node1:51820', ' 10.0.0.1:1', 1]) {
+      expect(isEndpoint(e), String(e)).toBe(false);
+      expect(peerFromObject('alpha', 'node1', 'web', { pod: 'web', publicKey: key, endpoint: e })).toMatch(/^endpoint: /);
+    }
   });
 
   it('refuses names that could leave the directory, with typed errors', async () => {
