@@ -64,7 +64,7 @@ export class Agent {
   private view: ProjectView | null = null;
   /** Pods being made fail closed by prepare(): their proxy starts after it. */
   private readonly preparing = new Map<string, Promise<void>>();
-  /** Proxies being started or adopted, by pod: the reconciles go on meanwhile (release and stop wait for them). */
+  /** Proxies being started (not adopted), by pod: the reconciles go on meanwhile (release and stop wait for them). */
   private readonly starting = new Map<string, Promise<void>>();
   /** The project's TencPolicy set in force. */
   readonly policies: ProjectPolicies;
@@ -232,6 +232,7 @@ export class Agent {
       await this.starting.get(name);
       await this.proxies.releaseNow(name);
     }
+    const adoptions: Promise<void>[] = [];
     for (const { pod, reg } of local) {
       // being made fail closed by prepare(): started once that is done
       if (this.preparing.has(pod.name)) continue;
@@ -246,8 +247,14 @@ export class Agent {
       if (px.child === null && px.publicKey !== null && (px.id === null || !sameProcess(px.id.pid, px.id.startTime))) {
         if (px.id !== null || !(await socketIsLive(px.socket))) this.proxies.lost(px, 'adopted proxy gone');
       }
-      if (px.publicKey === null && !px.starting && !this.starting.has(pod.name) && Date.now() >= px.restartAt) this.startProxy(px, view);
+      if (px.publicKey === null && !px.starting && !this.starting.has(pod.name) && Date.now() >= px.restartAt) {
+        // a proxy found running (an agent restart) is adopted in this reconcile: its key,
+        // still the registry's, must not drop out of the other pods' peers while it is
+        if (await socketIsLive(px.socket)) adoptions.push(this.proxies.ensureProxy(px, this.localView(view)));
+        else this.startProxy(px, view);
+      }
     }
+    await Promise.all(adoptions);
     // publish keys (again, if the file was lost), then peers and services
     const published = new Map(view.peers.map((k) => [k.pod, k]));
     for (const px of this.proxies.values()) {
@@ -287,7 +294,8 @@ export class Agent {
   }
 
   /**
-   * Starts (or adopts) the pod's proxy without holding up this reconcile: a start takes
+   * Starts the pod's proxy without holding up this reconcile (a pod being started has no
+   * key in localView: its old one, if any, was a lost proxy's): a start takes
    * about a second (seconds on a loaded node, up to START_TIMEOUT_MS twice), and meanwhile the
    * node's other pods are still told their new peers. The next reconcile, kicked when
    * it is done, publishes its key and configures it.
