@@ -64,6 +64,8 @@ export class Agent {
   private view: ProjectView | null = null;
   /** Pods being made fail closed by prepare(): their proxy starts after it. */
   private readonly preparing = new Map<string, Promise<void>>();
+  /** Proxies being started (not adopted), by pod: the reconciles go on meanwhile (release and stop wait for them). */
+  private readonly starting = new Map<string, Promise<void>>();
   /** The project's TencPolicy set in force. */
   readonly policies: ProjectPolicies;
 
@@ -226,9 +228,11 @@ export class Agent {
     const local = this.localPods(view);
     // pods no longer registered: release() did the work; anything left over is stopped here
     for (const name of [...this.proxies.keys()]) {
-      if (!local.some((l) => l.pod.name === name)) await this.proxies.releaseNow(name);
+      if (local.some((l) => l.pod.name === name)) continue;
+      await this.starting.get(name);
+      await this.proxies.releaseNow(name);
     }
-    const starts: (() => Promise<void>)[] = [];
+    const adoptions: Promise<void>[] = [];
     for (const { pod, reg } of local) {
       // being made fail closed by prepare(): started once that is done
       if (this.preparing.has(pod.name)) continue;
@@ -243,13 +247,14 @@ export class Agent {
       if (px.child === null && px.publicKey !== null && (px.id === null || !sameProcess(px.id.pid, px.id.startTime))) {
         if (px.id !== null || !(await socketIsLive(px.socket))) this.proxies.lost(px, 'adopted proxy gone');
       }
-      if (px.publicKey === null && !px.starting && Date.now() >= px.restartAt) {
-        const p = px;
-        starts.push(() => this.proxies.ensureProxy(p, this.localView(view)));
+      if (px.publicKey === null && !px.starting && !this.starting.has(pod.name) && Date.now() >= px.restartAt) {
+        // a proxy found running (an agent restart) is adopted in this reconcile: its key,
+        // still the registry's, must not drop out of the other pods' peers while it is
+        if (await socketIsLive(px.socket)) adoptions.push(this.proxies.ensureProxy(px, this.localView(view)));
+        else this.startProxy(px, view);
       }
     }
-    // in parallel: a proxy takes about a second to start
-    await Promise.all(starts.map((f) => f()));
+    await Promise.all(adoptions);
     // publish keys (again, if the file was lost), then peers and services
     const published = new Map(view.peers.map((k) => [k.pod, k]));
     for (const px of this.proxies.values()) {
@@ -286,6 +291,25 @@ export class Agent {
         }
       }),
     );
+  }
+
+  /**
+   * Starts the pod's proxy without holding up this reconcile (a pod being started has no
+   * key in localView: its old one, if any, was a lost proxy's): a start takes
+   * about a second (seconds on a loaded node, up to START_TIMEOUT_MS twice), and meanwhile the
+   * node's other pods are still told their new peers. The next reconcile, kicked when
+   * it is done, publishes its key and configures it.
+   */
+  private startProxy(px: Proxy, view: ProjectView): void {
+    const name = px.pod.name;
+    const p = this.proxies
+      .ensureProxy(px, this.localView(view))
+      .catch((e) => this.log.error({ pod: name, err: (e as Error).message }, 'proxy start failed'))
+      .finally(() => {
+        this.starting.delete(name);
+        this.kick();
+      });
+    this.starting.set(name, p);
   }
 
   private async apply(px: Proxy, want: DesiredPod): Promise<void> {
@@ -364,6 +388,7 @@ export class Agent {
     // let a prepare() or a reconcile that may be starting the proxy finish first
     await this.preparing.get(pod)?.catch(() => undefined);
     while (this.running) await this.current;
+    await this.starting.get(pod);
     await this.proxies.releaseNow(pod, netns);
   }
 
@@ -376,6 +401,8 @@ export class Agent {
     this.watch?.close();
     if (this.timer) clearInterval(this.timer);
     await this.current;
+    // a proxy being started: its pid is saved (onProxyChange) before the agent goes
+    await Promise.all(this.starting.values());
     this.log.info({ pods: this.proxies.size }, 'reconciler stopped; proxies left running');
   }
 }

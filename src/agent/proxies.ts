@@ -30,6 +30,12 @@ import { cleanNetns, podResolvConf } from './netns.js';
 /** The port every pod proxy listens on. */
 export const TENC_PORT = 51820;
 export const RESTART_DELAY_MS = 200;
+/**
+ * How long a starting proxy may take to print its public key, and then to answer on
+ * its control socket: about a second on an idle node, several on a loaded one
+ * (bench density). A start given up is stopped before the next one.
+ */
+export const START_TIMEOUT_MS = 15_000;
 
 /** Where a pod's proxy listens: its primary address, tenc's port (what the agent publishes). */
 export function tencEndpoint(p: PodInfo): string {
@@ -167,6 +173,17 @@ export interface ProxyOptions {
   classifyCidrs?: string[];
   /** Metrics hooks (src/metrics/agent.ts); default none. */
   hooks?: AgentHooks;
+  /** Each of a start's two waits (key line, then control socket); default START_TIMEOUT_MS. */
+  startTimeoutMs?: number;
+}
+
+/** Nothing is known to be applied to the proxy (adopted, or lost): apply() sends everything again. */
+export function forgetApplied(px: Proxy): void {
+  px.applied = new Map();
+  px.services = null;
+  px.endpoints = null;
+  px.members = null;
+  px.policy = null;
 }
 
 /** The file names of a pod under runDir (the pod's config and log). */
@@ -233,7 +250,7 @@ export class Proxies extends Map<string, Proxy> {
     return { config, want: chosen, dns: resolvConf !== null };
   }
 
-  /** Adopts a live proxy (agent restart) or starts one. Runs inside reconcile (one at a time). */
+  /** Adopts a live proxy (agent restart) or starts one; the agent runs one per pod at a time, beside its reconciles. */
   async ensureProxy(px: Proxy, view: ProjectView): Promise<void> {
     px.starting = true;
     try {
@@ -256,7 +273,9 @@ export class Proxies extends Map<string, Proxy> {
   private async adopt(px: Proxy): Promise<void> {
     const st = (await controlRequest(px.socket, { op: 'status' })) as StatusReport;
     px.publicKey = st.publicKey;
-    // what the proxy has is what was applied: differences are sent, peers no longer wanted removed
+    // what the proxy has is what was applied: differences are sent, peers no longer wanted removed;
+    // its services, endpoints, members and policies are unknown: sent again
+    forgetApplied(px);
     px.applied = new Map(
       st.peers.map((p) => [p.publicKey, JSON.stringify({ publicKey: p.publicKey, endpoint: p.endpoint ?? '', allowedIps: p.allowedIps } satisfies DesiredPeer)]),
     );
@@ -272,10 +291,6 @@ export class Proxies extends Map<string, Proxy> {
         this.o.onProxyChange?.();
       }
     }
-    px.services = null;
-    px.endpoints = null;
-    px.members = null;
-    px.policy = null;
     px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
     this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey), pid: px.id?.pid ?? null }, 'running proxy adopted');
     this.o.hooks?.proxyStarted('adopted');
@@ -301,22 +316,21 @@ export class Proxies extends Map<string, Proxy> {
     const startTime = child.pid ? processStartTime(child.pid) : null;
     px.id = child.pid && startTime ? { pid: child.pid, startTime } : null;
     this.o.onProxyChange?.();
-    const line = await readPublicKeyLine(child, 15_000);
+    const line = await readPublicKeyLine(child, this.o.startTimeoutMs ?? START_TIMEOUT_MS);
     const key = typeof line === 'string' ? line : null;
     child.once('exit', (code, signal) => {
       if (px.child === child) this.lost(px, `exited (${signal ?? code})`);
     });
     if (key === null || child.exitCode !== null) {
-      this.lost(px, 'did not start');
+      await this.giveUp(px, child, 'did not start');
       return;
     }
-    // fail-closed once the control socket answers (the guards come before the data plane)
-    for (let i = 0; i < 300 && !(await socketIsLive(px.socket)); i++) {
-      if (child.exitCode !== null) break;
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    // fail-closed once the control socket answers (the guards come before the data plane);
+    // the steps between (ip, nft, the data plane, the DNS proxy) take seconds on a loaded node
+    const deadline = Date.now() + (this.o.startTimeoutMs ?? START_TIMEOUT_MS);
+    while (child.exitCode === null && Date.now() < deadline && !(await socketIsLive(px.socket))) await new Promise((r) => setTimeout(r, 10));
     if (child.exitCode !== null || !(await socketIsLive(px.socket))) {
-      this.lost(px, 'control socket never answered');
+      await this.giveUp(px, child, 'control socket never answered');
       return;
     }
     px.publicKey = key;
@@ -328,6 +342,23 @@ export class Proxies extends Map<string, Proxy> {
     px.policy = null;
     this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid, peers: want?.peers.length ?? 0 }, 'proxy started');
     this.o.hooks?.proxyStarted('started');
+  }
+
+  /**
+   * A start given up on: the child, if it still runs, is stopped first (SIGTERM, then
+   * SIGKILL; it fails closed). Left running, it would finish its start after the next
+   * one began, and the two would race in the netns: the later one's start removes the
+   * rules and routes of an earlier run (routing residue), so the proxy that stays
+   * (adopted, its peers listed) would route nothing.
+   */
+  private async giveUp(px: Proxy, child: ChildProcess, why: string): Promise<void> {
+    px.child = null; // its exit is this stop, not a loss of its own
+    const id = px.id;
+    if (id !== null && child.exitCode === null && child.signalCode === null) {
+      this.log.warn({ pod: px.pod.name, pid: id.pid, why }, 'proxy start given up: stopping it before starting another');
+      await stopPid(id.pid, id.startTime);
+    }
+    this.lost(px, why);
   }
 
   /**
@@ -349,11 +380,7 @@ export class Proxies extends Map<string, Proxy> {
     px.child = null;
     px.id = null;
     px.publicKey = null;
-    px.applied = new Map();
-    px.services = null;
-    px.endpoints = null;
-    px.members = null;
-    px.policy = null;
+    forgetApplied(px);
     px.restartAt = Date.now() + RESTART_DELAY_MS;
     this.o.onProxyChange?.();
     if (this.get(px.pod.name) === px) setTimeout(() => this.kick(), RESTART_DELAY_MS);

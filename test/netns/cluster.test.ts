@@ -143,9 +143,41 @@ beforeAll(async () => {
     ['beta-web-1', 'node1', 'beta', 1],
     ['beta-client-1', 'node2', 'beta', 1],
   ];
+  const tUp = Date.now();
   await until('every pod proxy configured', () => pods.every(([p, n, pr, peers]) => tryStatus(p, n, pr)?.peers.length === peers), 30_000);
-  await until('alpha web and db through tenc', () => curl('alpha-client-1', 'http://web/', 'x', 1) && curl('alpha-client-1', 'http://db:5432/', 'x', 1));
+  const t0 = Date.now();
+  try {
+    const { elapsed } = await until('alpha web and db through tenc', () => curl('alpha-client-1', 'http://web/', 'x', 1) && curl('alpha-client-1', 'http://db:5432/', 'x', 1));
+    console.log(`cluster setup: proxies configured after ${t0 - tUp} ms, web and db answered ${elapsed} ms later`);
+  } catch (e) {
+    console.error(`${(e as Error).message}\n${diagnose()}`);
+    throw e;
+  }
 }, 120_000);
+
+/** What a failed setup wait shows: each alpha pod's peers and handshakes, the name lookups, the agents' and pods' logs. */
+function diagnose(): string {
+  const out: string[] = [];
+  const names = new Map<string, string>();
+  for (const f of peerFiles()) names.set(JSON.parse(readFileSync(f, 'utf8')).publicKey, f.split('/').pop()!.replace(/\.json$/, ''));
+  for (const pod of ['alpha-client-1', 'alpha-web-1', 'alpha-db-1', 'alpha-client-2']) {
+    const st = tryStatus(pod, '', 'alpha');
+    if (!st) {
+      out.push(`${pod}: no status`);
+      continue;
+    }
+    out.push(`${pod} (${names.get(st.publicKey) ?? 'key not published'}): drops ${JSON.stringify(st.drops)} handshakeFailures ${JSON.stringify(st.handshakeFailures)} dns ${JSON.stringify(st.dns?.counters ?? null)}`);
+    for (const p of st.peers)
+      out.push(`  peer ${names.get(p.publicKey) ?? p.publicKey.slice(0, 8)} ${p.endpoint} ${p.allowedIps.join(',')} handshake ${p.latestHandshake === null ? 'never' : `${Date.now() - p.latestHandshake} ms ago`} rx ${p.rxBytes} tx ${p.txBytes} drops ${JSON.stringify(p.drops)}`);
+  }
+  for (const name of ['web', 'db']) out.push(`getent hosts ${name}: ${inPod('alpha-client-1', 'getent', 'ahosts', name).stdout.split('\n')[0] ?? ''}`);
+  out.push(`curl web: ${inPod('alpha-client-1', 'curl', '-s', '-m', '3', '-w', ' %{http_code} dns %{time_namelookup} connect %{time_connect} total %{time_total}', 'http://web/').stdout}`);
+  out.push(`curl db: ${inPod('alpha-client-1', 'curl', '-s', '-m', '3', '-w', ' %{http_code} dns %{time_namelookup} connect %{time_connect} total %{time_total}', 'http://db:5432/').stdout}`);
+  const logs = (dir: string): string[] =>
+    existsSync(dir) ? readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.log')).map((f) => join(dir, f)) : [];
+  for (const f of logs(join(STATE, 'agents'))) out.push(`--- ${f}\n${readFileSync(f, 'utf8').split('\n').slice(-200).join('\n')}`);
+  return out.join('\n');
+}
 
 afterAll(() => {
   for (const c of children) c.kill('SIGKILL');
