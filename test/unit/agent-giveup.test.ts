@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { Agent } from '../../src/agent/agent.js';
 import { processAlive } from '../../src/agent/proxies.js';
-import type { Registry } from '../../src/registry/registry.js';
+import { stubRegistry } from './agent-fakes.js';
 import { requireRoot, requireTool } from '../netns/lib.js';
 
 describe('agent: a start given up is stopped before the next', () => {
@@ -41,17 +41,7 @@ describe('agent: a start given up is stopped before the next', () => {
        process.stdout.write('public-key ' + 'C'.repeat(43) + '=\\n');
        setInterval(() => {}, 1000);`,
     );
-    const registry: Registry = {
-      projects: async () => ['alpha'],
-      pods: async () => [],
-      services: async () => [],
-      endpoints: async () => [],
-      peers: async () => [],
-      pskFile: async () => join(dir, 'psk'),
-      publishPeer: async () => {},
-      withdrawPeer: async () => {},
-      watch: () => ({ close() {} }),
-    };
+    const registry = stubRegistry({ pskFile: async () => join(dir, 'psk') });
     const reg = { containerId: 'c1', netns: '/proc/self/ns/net', ifname: 'eth0', podNamespace: 'alpha', podName: 'slow-1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: null };
     const lines: string[] = [];
     const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });

@@ -8,14 +8,13 @@
  */
 import { describe, it, expect, afterEach, vi } from 'vitest';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { Agent } from '../../src/agent/agent.js';
 import { podSocket } from '../../src/agent/netns.js';
 import type { AgentHooks } from '../../src/metrics/agent.js';
-import type { Registry } from '../../src/registry/registry.js';
+import { fakeProxy, stubRegistry } from './agent-fakes.js';
 
 interface Line {
   msg: string;
@@ -27,23 +26,6 @@ interface Line {
 /** Polls until cond holds (vitest's waitFor), at most 15 s. */
 const until = (cond: () => boolean) => vi.waitFor(() => expect(cond()).toBe(true), { timeout: 15_000, interval: 20 });
 
-/** Answers every control request ok; status names a public key. */
-function fakeProxy(path: string): Promise<Server> {
-  const server = createServer((c) => {
-    let buf = '';
-    c.setEncoding('utf8').on('data', (d: string) => {
-      buf += d;
-      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-        const req = JSON.parse(buf.slice(0, nl)) as { id: number; op: string };
-        buf = buf.slice(nl + 1);
-        const result = req.op === 'status' ? { publicKey: 'A'.repeat(43) + '=', peers: [] } : {};
-        c.write(JSON.stringify({ id: req.id, ok: true, result }) + '\n');
-      }
-    });
-    c.on('error', () => {});
-  });
-  return new Promise((resolve) => server.listen(path, () => resolve(server)));
-}
 
 describe('agent: a proxy that cannot start (missing psk) is logged once, not every retry', () => {
   const cleanup: (() => void | Promise<void>)[] = [];
@@ -59,19 +41,11 @@ describe('agent: a proxy that cannot start (missing psk) is logged once, not eve
     const lines: Line[] = [];
     const log = pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s) as Line) });
     let pskError = 'namespace alpha: no Secret tenc-psk';
-    const registry: Registry = {
-      projects: async () => ['alpha'],
-      pods: async () => [],
-      services: async () => [],
-      endpoints: async () => [],
-      peers: async () => [],
+    const registry = stubRegistry({
       pskFile: async () => {
         throw new Error(pskError);
       },
-      publishPeer: async () => {},
-      withdrawPeer: async () => {},
-      watch: () => ({ close() {} }),
-    };
+    });
     let lost = 0;
     const hooks: AgentHooks = { reconciled: () => {}, proxyStarted: () => {}, proxyLost: () => void lost++, proxies: () => {} };
     const reg = { containerId: 'c1', netns, ifname: 'eth0', podNamespace: 'alpha', podName: 'web-1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: null };
@@ -97,7 +71,7 @@ describe('agent: a proxy that cannot start (missing psk) is logged once, not eve
     const socket = podSocket(netns);
     mkdirSync(join(socket, '..'), { recursive: true });
     rmSync(socket, { force: true });
-    const server = await fakeProxy(socket);
+    const server = await fakeProxy(socket, 'A'.repeat(43) + '=');
     cleanup.push(() => new Promise<void>((r) => server.close(() => r())));
     cleanup.push(() => rmSync(socket, { force: true }));
     expect(await agent.whenReady('web-1', 15_000)).toBe(true);

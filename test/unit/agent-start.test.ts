@@ -7,34 +7,16 @@
  */
 import { describe, it, expect, afterEach, vi } from 'vitest';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from '../../src/agent/agent.js';
 import { podSocket } from '../../src/agent/netns.js';
-import type { PeerInfo, PodInfo, Registry } from '../../src/registry/registry.js';
+import type { PeerInfo, PodInfo } from '../../src/registry/registry.js';
+import { fakeProxy, stubRegistry, type FakeRequest } from './agent-fakes.js';
 
 const KEY_WEB = 'A'.repeat(43) + '=';
 const KEY_DB = 'B'.repeat(43) + '=';
 
-/** A fake proxy: answers every control request ok (status names KEY_WEB) and keeps the requests. */
-function fakeProxy(path: string, requests: { op: string; peer?: { publicKey: string } }[]): Promise<Server> {
-  const server = createServer((c) => {
-    let buf = '';
-    c.setEncoding('utf8').on('data', (d: string) => {
-      buf += d;
-      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-        const req = JSON.parse(buf.slice(0, nl)) as { id: number; op: string; peer?: { publicKey: string } };
-        buf = buf.slice(nl + 1);
-        requests.push(req);
-        const result = req.op === 'status' ? { publicKey: KEY_WEB, peers: [] } : req.op === 'rekey' ? { peers: [] } : {};
-        c.write(JSON.stringify({ id: req.id, ok: true, result }) + '\n');
-      }
-    });
-    c.on('error', () => {});
-  });
-  return new Promise((resolve) => server.listen(path, () => resolve(server)));
-}
 
 describe('agent: a proxy start does not block the other pods', () => {
   const cleanup: (() => void | Promise<void>)[] = [];
@@ -57,28 +39,22 @@ describe('agent: a proxy start does not block the other pods', () => {
     let pskCalls = 0;
     const pskHangs = new Promise<string>((_, reject) => (failPsk = reject));
     let released = false;
-    const registry: Registry = {
-      projects: async () => ['alpha'],
+    const registry = stubRegistry({
       pods: async () => pods,
-      services: async () => [],
-      endpoints: async () => [],
       peers: async () => peers,
       pskFile: () => {
         pskCalls++;
         return released ? Promise.reject(new Error('no psk (test over)')) : pskHangs;
       },
-      publishPeer: async () => {},
-      withdrawPeer: async () => {},
-      watch: () => ({ close() {} }),
-    };
+    });
     const reg = (name: string, netns: string) => ({ containerId: `c-${name}`, netns, ifname: 'eth0', podNamespace: 'alpha', podName: name, podUid: `u-${name}`, addresses: [pods.find((p) => p.name === name)!.address], proxy: null });
     const registrations = [reg('web-1', netnsWeb), reg('slow-1', netnsSlow)];
 
     const socket = podSocket(netnsWeb);
     mkdirSync(join(socket, '..'), { recursive: true });
     rmSync(socket, { force: true });
-    const requests: { op: string; peer?: { publicKey: string } }[] = [];
-    const server = await fakeProxy(socket, requests);
+    const requests: FakeRequest[] = [];
+    const server = await fakeProxy(socket, KEY_WEB, requests);
     cleanup.push(() => new Promise<void>((r) => server.close(() => r())));
     cleanup.push(() => rmSync(socket, { force: true }));
 

@@ -1,0 +1,49 @@
+/**
+ * Fakes for the agent's unit tests: a registry with nothing in it but what a test
+ * gives, and a pod proxy's control socket that answers every request ok.
+ */
+import { createServer, type Server } from 'node:net';
+import type { Registry } from '../../src/registry/registry.js';
+
+/** A registry of project alpha with no objects; `over` replaces any method. */
+export function stubRegistry(over: Partial<Registry> = {}): Registry {
+  return {
+    projects: async () => ['alpha'],
+    pods: async () => [],
+    services: async () => [],
+    endpoints: async () => [],
+    peers: async () => [],
+    pskFile: async () => {
+      throw new Error('no psk in this test');
+    },
+    publishPeer: async () => {},
+    withdrawPeer: async () => {},
+    watch: () => ({ close() {} }),
+    ...over,
+  };
+}
+
+export interface FakeRequest {
+  id: number;
+  op: string;
+  peer?: { publicKey: string };
+}
+
+/** A fake proxy at `path`: answers every control request ok (status names `publicKey`, no peers) and keeps the requests in `requests`. */
+export function fakeProxy(path: string, publicKey: string, requests: FakeRequest[] = []): Promise<Server> {
+  const server = createServer((c) => {
+    let buf = '';
+    c.setEncoding('utf8').on('data', (d: string) => {
+      buf += d;
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const req = JSON.parse(buf.slice(0, nl)) as FakeRequest;
+        buf = buf.slice(nl + 1);
+        requests.push(req);
+        const result = req.op === 'status' ? { publicKey, peers: [] } : req.op === 'rekey' ? { peers: [] } : {};
+        c.write(JSON.stringify({ id: req.id, ok: true, result }) + '\n');
+      }
+    });
+    c.on('error', () => {});
+  });
+  return new Promise((resolve) => server.listen(path, () => resolve(server)));
+}
