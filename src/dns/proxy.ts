@@ -31,6 +31,8 @@ import { UdpBatch, type UdpPeer } from './udpbatch.js';
 
 /** Largest query accepted (a query is one question plus an OPT record). */
 export const MAX_QUERY_BYTES = 4096;
+/** With port 0: how many kernel-picked ports are tried before EADDRINUSE is thrown. */
+const PICK_PORT_ATTEMPTS = 20;
 /** Most TCP clients at once, and queries in flight per TCP client. */
 const MAX_TCP_CLIENTS = 256;
 const MAX_TCP_INFLIGHT = 64;
@@ -138,12 +140,7 @@ export class DnsProxy {
     try {
       p.upUdp = await UdpUpstream.open(o.upstream);
       p.upTcp = new TcpUpstream(o.upstream);
-      let port = o.port;
-      for (const addr of o.listen) {
-        port = p.listenUdp(addr, port);
-        await p.listenTcp(addr, port);
-      }
-      p.port = port;
+      p.port = await p.listenAll(o.listen, o.port);
       if (o.routes) {
         p.expireTimer = setInterval(() => p.expireRoutes(), o.routes.expireEveryMs ?? 250);
         p.expireTimer.unref();
@@ -157,6 +154,30 @@ export class DnsProxy {
 
   private drop(reason: string): void {
     this.drops[reason] = (this.drops[reason] ?? 0) + 1;
+  }
+
+  /**
+   * UDP and TCP on every address, one port. With port 0 the kernel picks the UDP port of
+   * the first address, and that number can already be taken for TCP or on another address
+   * (an outgoing connection may hold it as its local port): then every listener opened so
+   * far is closed and the set is tried again with a new port, a few times, before the
+   * EADDRINUSE is thrown. A fixed port is tried once.
+   */
+  private async listenAll(addrs: string[], want: number): Promise<number> {
+    for (let attempt = 1; ; attempt++) {
+      let port = want;
+      try {
+        for (const addr of addrs) {
+          port = this.listenUdp(addr, port);
+          await this.listenTcp(addr, port);
+        }
+        return port;
+      } catch (e) {
+        if (want !== 0 || (e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= PICK_PORT_ATTEMPTS) throw e;
+        for (const s of this.udp.splice(0)) s.close();
+        await Promise.all(this.tcp.splice(0).map((t) => new Promise<void>((r) => (t.listening ? t.close(() => r()) : r()))));
+      }
+    }
   }
 
   /** A UDP listener (bind errors throw, with the errno name as `code`); returns its port. */

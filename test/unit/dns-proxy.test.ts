@@ -203,6 +203,54 @@ describe('dns proxy sockets', () => {
     expect(proxy.counters().upstreamUdp.answered).toBe(32);
   });
 
+  it('port 0: a kernel-picked port already taken for TCP is given up (UDP closed too) and another is tried (regression: EADDRINUSE in a full run)', async () => {
+    const proto = DnsProxy.prototype as unknown as { listenTcp(addr: string, port: number): Promise<void> };
+    const real = proto.listenTcp;
+    const refused: number[] = [];
+    proto.listenTcp = function (this: unknown, addr: string, port: number) {
+      if (refused.length === 0) {
+        refused.push(port);
+        const e = Object.assign(new Error(`listen EADDRINUSE: address already in use ${addr}:${port}`), { code: 'EADDRINUSE' });
+        return Promise.reject(e);
+      }
+      return real.call(this, addr, port);
+    };
+    try {
+      await setup();
+    } finally {
+      proto.listenTcp = real;
+    }
+    expect(refused).toHaveLength(1);
+    expect(proxy.port).not.toBe(refused[0]);
+    const [p] = await exchange(await client(), [query('again.example', 3)], 1);
+    expect(p.rcode).toBe('NOERROR');
+    // the first attempt's UDP socket was closed: its port can be bound again
+    const probe = dgram.createSocket('udp4');
+    sockets.push(probe);
+    await new Promise<void>((resolve, reject) => {
+      probe.once('error', reject);
+      probe.bind(refused[0], '127.0.0.1', () => resolve());
+    });
+  });
+
+  it('a fixed port that is taken fails at once with EADDRINUSE, nothing left open', async () => {
+    const holder = dgram.createSocket('udp4');
+    sockets.push(holder);
+    await new Promise<void>((r) => holder.bind(0, '127.0.0.1', () => r()));
+    up = await FakeUpstream.start();
+    await expect(
+      DnsProxy.start({
+        listen: ['127.0.0.1'],
+        port: holder.address().port,
+        upstream: { servers: [{ address: '127.0.0.1', port: up.port }], mark: 0, timeoutMs: 300, maxInflight: 8 },
+        policy: { domain: 'alpha.svc.cluster.local', neverNames: [] },
+        neverCidrs: new CidrSet([]),
+        maxTtl: 30,
+        endpoints: () => undefined,
+      }),
+    ).rejects.toMatchObject({ code: 'EADDRINUSE' });
+  });
+
   it('an answer with the right ID but another question is ignored and counted', async () => {
     await setup();
     up.mode = { spoofFirst: true };
