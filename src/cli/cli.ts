@@ -4,7 +4,9 @@
  * runCli returns the exit code (0 ok, 1 run-time failure, 2 usage/config error).
  */
 import { parseArgs } from 'node:util';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
+import { version } from './version.js';
+import { protectSecrets } from './protect.js';
 import { join } from 'node:path';
 import { USAGE, COMMAND_HELP } from './help.js';
 import { ConfigError, loadConfig, DEFAULT_SOCKET_DIR } from '../control/config.js';
@@ -40,20 +42,6 @@ class UsageError extends Error {
   }
 }
 
-function version(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8'));
-    if (pkg.name === 'tenc') return pkg.version;
-  } catch {
-    // running from src/: one level less
-  }
-  try {
-    return JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version;
-  } catch {
-    return 'unknown';
-  }
-}
-
 type Options = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
 
 const SOCKET_OPTS = {
@@ -63,10 +51,6 @@ const SOCKET_OPTS = {
 } as const;
 
 const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, number] }> = {
-  pod: {
-    options: { config: { type: 'string', short: 'c' }, 'log-level': { type: 'string', short: 'l' }, 'metrics-address': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
-    positionals: [0, 0],
-  },
   status: { options: { json: { type: 'boolean', short: 'j' }, ...SOCKET_OPTS }, positionals: [0, 0] },
   'set-peer': {
     options: {
@@ -139,17 +123,6 @@ export function resolveSocket(values: { socket?: string; interface?: string }, d
   return defaultSocketPath('tenc0', dir);
 }
 
-/**
- * `tenc pod` and `tenc agent` hold private keys, psks and session keys: before anything is
- * read, the process becomes non-dumpable (no core file, no ptrace or /proc/PID/mem by other
- * processes of its user; src/native.ts protectProcess).
- */
-async function protectSecrets(): Promise<void> {
-  const { protectProcess } = await import('../native.js');
-  const r = protectProcess();
-  if (r.dumpable !== 0) throw new Error(`prctl(PR_SET_DUMPABLE, 0) read back ${r.dumpable}`);
-}
-
 export async function runCli(argv: string[], io: CliIo = processIo): Promise<number> {
   try {
     return await dispatch(argv, io);
@@ -182,6 +155,8 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     io.stdout(`tenc ${version()}\n`);
     return 0;
   }
+  // `tenc pod` has an entry of its own (main.ts runs it, bundled, without this file)
+  if (cmd === 'pod') return await (await import('./pod-main.js')).podMain(rest, io);
   if (cmd === 'agent' && rest[0] === 'status') return await dispatch(['agent status', ...rest.slice(1)], io);
   if (cmd === 'k8s' && rest[0] !== undefined && !rest[0].startsWith('-')) {
     if (rest[0] !== 'create-psk') throw new UsageError(`unknown k8s command ${JSON.stringify(rest[0])}`, 'k8s');
@@ -299,41 +274,6 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       for (const p of problems) io.stderr(`tenc agent status: ${p}\n`);
       io.stdout(values.json ? JSON.stringify({ pods: rows }, null, 2) + '\n' : formatAgentStatus(rows));
       return rows.some((r) => r.error !== null) ? 1 : 0;
-    }
-    case 'pod': {
-      const file = values.config as string | undefined;
-      if (!file) throw new UsageError('--config FILE is required', cmd);
-      const level = values['log-level'] as string | undefined;
-      if (level !== undefined && !isLogLevel(level)) {
-        throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, cmd);
-      }
-      await protectSecrets(); // before the config (and its key files) is read
-      const config = loadConfig(file);
-      if (level !== undefined) config.logLevel = level as typeof config.logLevel;
-      // Loaded on demand: the key and status commands work without the native addon.
-      const { runPod } = await import('../control/pod.js');
-      const address = metricsAddress(values['metrics-address'] as string | undefined, cmd);
-      if (address === undefined) return await runPod(config, { stdout: io.stdout });
-      const { startPodMetrics } = await import('../metrics/start.js');
-      const { createLogger } = await import('../log.js');
-      let server: { close(): Promise<void> } | null = null;
-      let failed: string | null = null;
-      const log = createLogger({ level: config.logLevel, base: { ifname: config.interface } });
-      const code = await runPod(config, {
-        stdout: io.stdout,
-        log,
-        onReady: (pod) => {
-          startPodMetrics(address, () => pod.status(), version(), log).then(
-            (s) => (server = s),
-            (e) => {
-              failed = (e as Error).message;
-              log.error({ err: failed }, 'metrics server failed');
-            },
-          );
-        },
-      });
-      await (server as { close(): Promise<void> } | null)?.close();
-      return code;
     }
     case 'status': {
       const path = resolveSocket(values as { socket?: string; interface?: string });

@@ -84,26 +84,31 @@ export function settleIdleMemory(
 /** default: never entered (tests, other commands); lean; busy: left for good. */
 export type LeanState = 'default' | 'lean' | 'busy';
 
-let state: LeanState = 'default';
+/**
+ * The state is the process's, not this module's: main.ts enters lean mode from
+ * dist/src before the pod bundle (cli/pod-bundle.ts) loads its own copy of this file.
+ */
+const STATE = Symbol.for('tenc.leanState');
+const slot = globalThis as unknown as { [STATE]?: LeanState };
 
 export function leanState(): LeanState {
-  return state;
+  return slot[STATE] ?? 'default';
 }
 
 /** TurboFan off and no young-generation growth for this process (see the header). */
 export function enterLeanMode(): void {
-  if (state !== 'default') return;
+  if (leanState() !== 'default') return;
   setFlagsFromString('--no-opt');
   setFlagsFromString('--semi-space-growth-factor=1');
-  state = 'lean';
+  slot[STATE] = 'lean';
 }
 
 /** V8's defaults back (no-op unless lean). */
 export function leaveLeanMode(): void {
-  if (state !== 'lean') return;
+  if (leanState() !== 'lean') return;
   setFlagsFromString('--opt');
   setFlagsFromString('--semi-space-growth-factor=2');
-  state = 'busy';
+  slot[STATE] = 'busy';
 }
 
 export interface LoadWatchOptions {
@@ -132,11 +137,11 @@ export function watchLoad(opts: LoadWatchOptions = {}): LoadWatch {
   if (!(intervalMs >= 10 && intervalMs <= 60_000)) throw new RangeError(`watchLoad: intervalMs must be 10..60000, got ${intervalMs}`);
   if (!(busy > 0 && busy <= 1)) throw new RangeError(`watchLoad: busy must be in (0, 1], got ${busy}`);
   if (!(Number.isInteger(periods) && periods >= 1 && periods <= 60)) throw new RangeError(`watchLoad: periods must be an integer 1..60, got ${periods}`);
-  if (state !== 'lean') return { stop: () => {} };
+  if (leanState() !== 'lean') return { stop: () => {} };
   let last: EventLoopUtilization = performance.eventLoopUtilization();
   let inARow = 0;
   const timer = setInterval(() => {
-    if (state !== 'lean') return void clearInterval(timer);
+    if (leanState() !== 'lean') return void clearInterval(timer);
     const now = performance.eventLoopUtilization();
     const u = performance.eventLoopUtilization(now, last).utilization;
     last = now;

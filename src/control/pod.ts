@@ -57,6 +57,8 @@ export interface RunPodOptions {
   stopSignal?: Promise<unknown>;
   /** Called once the pod serves (tests). */
   onReady?: (pod: Pod) => void;
+  /** Where the pod's code was loaded from (cli/pod-bundle.ts), logged in 'pod running'. */
+  entry?: 'bundle' | 'dist';
 }
 
 /** The DNS proxy's modules (dns/service.js, classify.js, misses.js and dns-packet behind them). */
@@ -601,7 +603,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     const settle = settleIdleMemory({ onSettled: (r) => log.info({ ms: Math.round(r.ms * 10) / 10, trimmed: r.trimmed, rssMiB: [r.rssBefore, r.rssAfter].map((b) => Math.round(b / 104857.6) / 10) }, 'idle memory settled') });
     uninit.push({ what: 'idle memory settle', run: () => settle.stop() });
 
-    log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort, v8: leanState() }, 'pod running');
+    log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort, v8: leanState(), entry: opts.entry ?? 'dist' }, 'pod running');
     started = true;
     opts.onReady?.(pod);
   } catch (e) {
