@@ -10,6 +10,9 @@
  *     loop) end it with one "lean mode ends" record; SIGTERM still exits 0
  *  2. TENC_V8_LEAN=0: the pod runs with V8's defaults ("default") and never logs
  *     the end of lean mode
+ *  Both check which code ran (cli/pod-bundle.ts): in 1 the pod bundle (dist/bundle/pod.mjs,
+ *  which the build makes), in 2, with TENC_POD_BUNDLE=0 as well, dist/src; lean mode
+ *  entered by main.ts (dist/src) is seen by the bundle's copy of lean.ts.
  *  In 1 the pod also logs "idle memory settled" once, about 2 s after "pod running"
  *  (control/lean.ts settleIdleMemory); in 2, with TENC_IDLE_SETTLE=0 as well, never.
  * Whether the flags act inside V8 is test/unit/lean.test.ts (--trace-opt); memory is
@@ -100,6 +103,8 @@ describe('tenc pod V8 lean mode', () => {
   it('1. lean at start, idle keeps it, a busy event loop ends it once', async () => {
     const pod = await startPod(join(dir, 'a.json'));
     expect(pod.records().find((r) => r.msg === 'pod running')?.v8).toBe('lean');
+    expect(pod.records().find((r) => r.msg === 'pod running')?.entry).toBe('bundle');
+    expect(pod.records().filter((r) => String(r.msg).startsWith('pod bundle not used'))).toEqual([]);
     await sleep(1500);
     expect(leanEnds(pod)).toEqual([]);
     // 8 clients, each one status request after the other, until the pod reports the end
@@ -128,9 +133,11 @@ describe('tenc pod V8 lean mode', () => {
     expect(await stop(pod)).toBe(0);
   });
 
-  it('2. TENC_V8_LEAN=0: V8 defaults, no lean records; TENC_IDLE_SETTLE=0: no settle', async () => {
-    const pod = await startPod(join(dir, 'a.json'), { TENC_V8_LEAN: '0', TENC_IDLE_SETTLE: '0' });
+  it('2. TENC_V8_LEAN=0: V8 defaults, no lean records; TENC_IDLE_SETTLE=0: no settle; TENC_POD_BUNDLE=0: dist/src', async () => {
+    const pod = await startPod(join(dir, 'a.json'), { TENC_V8_LEAN: '0', TENC_IDLE_SETTLE: '0', TENC_POD_BUNDLE: '0' });
     expect(pod.records().find((r) => r.msg === 'pod running')?.v8).toBe('default');
+    expect(pod.records().find((r) => r.msg === 'pod running')?.entry).toBe('dist');
+    expect(pod.records().filter((r) => String(r.msg).startsWith('pod bundle not used'))).toEqual([]);
     const socket = join(dir, 'a.sock');
     const end = Date.now() + 4000;
     const client = async (): Promise<void> => {
