@@ -29,11 +29,11 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireRoot, requireTool, sh } from './lib.js';
+import { freePortRun } from '../ports.js';
 import { ensureBuilt, root } from '../build.js';
 import { keyFingerprint } from '../../src/log.js';
 
@@ -80,21 +80,8 @@ function podStatus(pod: string): { publicKey: string; peers: { publicKey: string
 
 /** Two free consecutive loopback ports (the agents'), then one more (Prometheus's). */
 async function freePorts(): Promise<[number, number]> {
-  const tryListen = (port: number) =>
-    new Promise<number | null>((resolve) => {
-      const s = createServer();
-      s.once('error', () => resolve(null));
-      s.listen(port, '127.0.0.1', () => {
-        const p = (s.address() as { port: number }).port;
-        s.close(() => resolve(p));
-      });
-    });
-  for (let i = 0; i < 20; i++) {
-    const p = await tryListen(0);
-    if (p === null || p > 65530) continue;
-    if ((await tryListen(p + 1)) !== null && (await tryListen(p + 2)) !== null) return [p, p + 2];
-  }
-  throw new Error('no three free consecutive loopback ports');
+  const p = await freePortRun(3);
+  return [p, p + 2];
 }
 
 interface Sample {
