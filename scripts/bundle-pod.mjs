@@ -40,7 +40,14 @@ const note = (abs) => {
   const s = statSync(abs);
   files[relative(root, abs)] = [s.size, s.mtimeMs];
 };
-for (const input of Object.keys(result.metafile.inputs)) note(resolve(process.cwd(), input));
+// tenc's own compiled files only: a tsc-only build or an edited dist/src must not run older
+// bundled code. The libraries are not guarded: the bundle carries its own copy of them, and
+// an image reinstalls node_modules (new mtimes) beside the dist/ it copied from the build.
+for (const input of Object.keys(result.metafile.inputs)) {
+  const abs = resolve(process.cwd(), input);
+  if (relative(join(root, 'dist'), abs).startsWith('..')) continue;
+  note(abs);
+}
 note(out);
 writeFileSync(join(outDir, 'pod.json'), JSON.stringify({ bundle: relative(root, out), files }) + '\n');
 console.log(`${relative(root, out)}: ${Object.keys(result.metafile.inputs).length} modules, ${statSync(out).size} bytes`);

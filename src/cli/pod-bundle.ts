@@ -8,9 +8,10 @@
  * Node then loads one file instead of resolving, reading and linking a hundred (the
  * start of a pod is what a CNI ADD waits for: README "density").
  *
- * Stale-bundle guard: a build that ran tsc alone (or an edit of dist/src, or another
- * node_modules) must never run older bundled code. Each file named in pod.json is
- * stat'ed (about 100 stats, well under a millisecond); any change of size or mtime,
+ * Stale-bundle guard: a build that ran tsc alone (or an edit of dist/src) must never
+ * run older bundled code. Each of tenc's files named in pod.json is stat'ed (the
+ * libraries are not: the bundle carries its own copy of them, and a container image
+ * reinstalls node_modules beside the dist/ it copied); any change of size or mtime,
  * a missing file or a missing or unreadable pod.json, and the pod runs dist/src, with
  * one warning record on stderr saying why. The native addon is not bundled: native.ts
  * looks for build/Release/tenc.node upwards from the bundle's directory as from its own.
