@@ -107,8 +107,12 @@ describe('handshake flood with a valid mac1 from 64 addresses', () => {
     const rekeyAt = Date.now();
     tenc(b, 'rekey', podA.publicKey);
     // WireGuard under load: a answers b's initiation with a cookie reply; b's retransmission
-    // (REKEY_TIMEOUT, 5 s later) carries mac2 with that cookie and is served.
-    const rehandshake = await waitFor(() => (peerA().latestHandshake ?? 0) >= rekeyAt, 12_000, 250);
+    // (REKEY_TIMEOUT, 5 s later) carries mac2 with that cookie and is served. The bound
+    // allows b three tries (0, 5 and 10 s, each with up to 1/3 s of jitter) and a loaded
+    // machine's delay on the last: once in a loaded full run the first two missed and 12 s
+    // was too short (not explained yet: README "Known limits"). How long it took is logged.
+    const rehandshake = await waitFor(() => (peerA().latestHandshake ?? 0) >= rekeyAt, 20_000, 250);
+    const rehandshakeMs = Date.now() - rekeyAt;
     const rssPeak = rssKiB(podA.pid);
 
     expect(await floodDone).toBe(0);
@@ -123,7 +127,8 @@ describe('handshake flood with a valid mac1 from 64 addresses', () => {
       `flood: sent ${fl.sent} in ${fl.seconds} s (${Math.round(fl.sent / fl.seconds)}/s), ${fl.cookieReplies} cookie replies; ` +
         `a: ratelimited ${st.drops.handshake_ratelimited ?? 0}, queue_full ${st.drops.handshake_queue_full ?? 0}, ` +
         `bad_mac2 ${st.handshakeFailures.bad_mac2 ?? 0}; cpu ${((cpu1 - cpu0) / 100).toFixed(2)} s; ` +
-        `rss ${rss0} -> ${rssPeak} KiB; iperf bytes/s ${perSecond.join(',')}; re-handshake ${rehandshake}`,
+        `rss ${rss0} -> ${rssPeak} KiB; iperf bytes/s ${perSecond.join(',')}; re-handshake ${rehandshake} after ${rehandshakeMs} ms; ` +
+        `b: ${JSON.stringify(status(b).handshakeFailures)}`,
     );
 
     expect(fl.sent).toBe(FLOOD_RATE * FLOOD_SECONDS);
