@@ -121,8 +121,19 @@ beforeAll(async () => {
   serve('beta-web-1', 80);
   const pods: [string, number][] = [['alpha-web-1', 3], ['alpha-client-1', 3], ['alpha-db-1', 3], ['alpha-client-2', 3], ['beta-web-1', 1], ['beta-client-1', 1]];
   await until('every pod proxy configured', async () => (await Promise.all(pods.map(async ([p, n]) => (await status(p)).peers.length === n))).every(Boolean), 30_000);
-  await until('alpha web and db through tenc', async () => (await curl('alpha-client-1', 'http://web/', 'x', 1)) && curl('alpha-client-1', 'http://db:5432/', 'x', 1));
-}, 150_000);
+  const through = async () => (await curl('alpha-client-1', 'http://web/', 'x', 1)) && curl('alpha-client-1', 'http://db:5432/', 'x', 1);
+  const t0 = Date.now();
+  try {
+    await until('alpha web and db through tenc', through);
+  } catch (e) {
+    // as in cluster.test.ts (README "Known limits": a session that stalls after its
+    // handshake, seen recovering by WireGuard's rule): print what decides it, wait it out once
+    const peers = await Promise.all(pods.slice(0, 4).map(async ([p]) => `${p}: ${JSON.stringify((await status(p)).peers.map((x: { allowedIps: string[]; endpoint: string; latestHandshake: number | null; rxBytes: number; txBytes: number }) => [x.allowedIps[0], x.endpoint, x.latestHandshake === null ? 'never' : Date.now() - x.latestHandshake, x.rxBytes, x.txBytes]))}`));
+    console.error(`${(e as Error).message}\n${peers.join('\n')}`);
+    await until('alpha web and db through tenc, after the stall', through, 30_000);
+    console.error(`cluster setup: web and db answered ${Date.now() - t0} ms after the proxies were configured`);
+  }
+}, 180_000);
 
 afterAll(async () => {
   clearInterval(dropper);
