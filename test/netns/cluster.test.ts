@@ -25,6 +25,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { ensureBuilt } from '../build.js';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -126,8 +127,8 @@ let before: MachineState;
 beforeAll(async () => {
   requireRoot();
   for (const t of ['ip', 'bridge', 'nft', 'nsenter', 'dnsmasq', 'tcpdump', 'curl']) requireTool(t);
-  spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });
-  if (!existsSync(main)) throw new Error(`build did not produce ${main}`);
+  // not tsc alone: its rewritten outputs would make the pod bundle stale for every later test (cli/pod-bundle.ts)
+  ensureBuilt();
   before = machine();
   const up = cluster('up', example);
   if (up.status !== 0) throw new Error(`cluster.sh up failed: ${up.stderr}`);
