@@ -3,17 +3,16 @@
  * validator, the control socket client or runPod, and nothing else.
  * runCli returns the exit code (0 ok, 1 run-time failure, 2 usage/config error).
  */
-import { parseArgs } from 'node:util';
 import { readdirSync } from 'node:fs';
 import { version } from './version.js';
 import { protectSecrets } from './protect.js';
+import { UsageError, metricsAddress, parseCommandArgs, reportFailure } from './usage.js';
 import { join } from 'node:path';
 import { USAGE, COMMAND_HELP } from './help.js';
-import { ConfigError, loadConfig, DEFAULT_SOCKET_DIR } from '../control/config.js';
+import { loadConfig, DEFAULT_SOCKET_DIR } from '../control/config.js';
 import { parseCidr } from '../net/address.js';
 import { controlRequest, defaultSocketPath, netnsInode, ControlClientError, type RekeyResult } from '../control/socket.js';
 import { formatStatus, type StatusReport } from '../control/status.js';
-import { parseListenAddress } from '../metrics/address.js';
 import { isLogLevel, LOG_LEVELS } from '../log.js';
 import { generatePrivateKey, publicKeyFromPrivate, generatePsk, parseKey, formatKey } from '../noise/keys.js';
 
@@ -33,16 +32,7 @@ export const processIo: CliIo = {
   },
 };
 
-class UsageError extends Error {
-  constructor(
-    message: string,
-    readonly command?: string,
-  ) {
-    super(message);
-  }
-}
-
-type Options = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
+type Options = Parameters<typeof parseCommandArgs>[1];
 
 const SOCKET_OPTS = {
   socket: { type: 'string', short: 's' },
@@ -92,16 +82,6 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
 };
 
 /** --metrics-address checked now (a usage error, exit 2), undefined when not given. */
-function metricsAddress(v: string | undefined, cmd: string): string | undefined {
-  if (v === undefined) return undefined;
-  try {
-    parseListenAddress(v);
-  } catch (e) {
-    throw new UsageError((e as Error).message, cmd);
-  }
-  return v;
-}
-
 /** The pod's socket: --socket, else by --interface, else the only tenc socket of this network namespace. */
 export function resolveSocket(values: { socket?: string; interface?: string }, dir = DEFAULT_SOCKET_DIR): string {
   if (values.socket) return values.socket;
@@ -127,20 +107,7 @@ export async function runCli(argv: string[], io: CliIo = processIo): Promise<num
   try {
     return await dispatch(argv, io);
   } catch (e) {
-    if (e instanceof UsageError) {
-      io.stderr(`tenc: ${e.message}\n\n${e.command ? COMMAND_HELP[e.command] : USAGE}`);
-      return 2;
-    }
-    if (e instanceof ConfigError) {
-      io.stderr(e.message + '\n');
-      return 2;
-    }
-    if (e instanceof ControlClientError) {
-      io.stderr(`tenc: ${e.message}\n`);
-      return 1;
-    }
-    io.stderr(`tenc: ${(e as Error).message}\n`);
-    return 1;
+    return reportFailure(e, io);
   }
 }
 
@@ -165,13 +132,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
   const spec = COMMAND_OPTIONS[cmd];
   if (!spec) throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
 
-  let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };
-  try {
-    parsed = parseArgs({ args: rest, options: spec.options, allowPositionals: true, strict: true }) as typeof parsed;
-  } catch (e) {
-    throw new UsageError((e as Error).message.replace(/\. To specify a positional argument.*$/s, ''), cmd);
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseCommandArgs(rest, spec.options, cmd);
   if (values.help) {
     io.stdout(COMMAND_HELP[cmd]);
     return 0;

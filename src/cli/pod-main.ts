@@ -7,11 +7,10 @@
  * runCli(['pod', ...]) comes here too. Exit codes as runCli's: 2 usage or config
  * error, 1 failure at run time.
  */
-import { parseArgs } from 'node:util';
 import { COMMAND_HELP } from './help.js';
-import { ConfigError, loadConfig } from '../control/config.js';
-import { parseListenAddress } from '../metrics/address.js';
+import { loadConfig } from '../control/config.js';
 import { isLogLevel, LOG_LEVELS } from '../log.js';
+import { UsageError, metricsAddress, parseCommandArgs, reportFailure } from './usage.js';
 import { protectSecrets } from './protect.js';
 import { version } from './version.js';
 
@@ -26,8 +25,6 @@ const processIo: PodIo = {
   stderr: (t) => void process.stderr.write(t),
 };
 
-class PodUsageError extends Error {}
-
 /** Which file the pod's code was loaded from, logged in 'pod running' (cli/pod-bundle.ts). */
 export type PodEntry = 'bundle' | 'dist';
 
@@ -36,54 +33,33 @@ export async function podMain(args: string[], io: PodIo = processIo, entry: PodE
   try {
     return await pod(args, io, entry);
   } catch (e) {
-    if (e instanceof PodUsageError) {
-      io.stderr(`tenc: ${e.message}\n\n${COMMAND_HELP.pod}`);
-      return 2;
-    }
-    if (e instanceof ConfigError) {
-      io.stderr(e.message + '\n');
-      return 2;
-    }
-    io.stderr(`tenc: ${(e as Error).message}\n`);
-    return 1;
+    return reportFailure(e, io);
   }
 }
 
 async function pod(args: string[], io: PodIo, entry: PodEntry): Promise<number> {
-  let values: { config?: string; 'log-level'?: string; 'metrics-address'?: string; help?: boolean };
-  let positionals: string[];
-  try {
-    ({ values, positionals } = parseArgs({
-      args,
-      options: { config: { type: 'string', short: 'c' }, 'log-level': { type: 'string', short: 'l' }, 'metrics-address': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
-      allowPositionals: true,
-      strict: true,
-    }));
-  } catch (e) {
-    throw new PodUsageError((e as Error).message.replace(/\. To specify a positional argument.*$/s, ''));
-  }
+  const parsed = parseCommandArgs(
+    args,
+    { config: { type: 'string', short: 'c' }, 'log-level': { type: 'string', short: 'l' }, 'metrics-address': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    'pod',
+  );
+  const values = parsed.values as { config?: string; 'log-level'?: string; 'metrics-address'?: string; help?: boolean };
+  const positionals = parsed.positionals;
   if (values.help) {
     io.stdout(COMMAND_HELP.pod);
     return 0;
   }
-  if (positionals.length > 0) throw new PodUsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
+  if (positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`, 'pod');
   const file = values.config;
-  if (!file) throw new PodUsageError('--config FILE is required');
+  if (!file) throw new UsageError('--config FILE is required', 'pod');
   const level = values['log-level'];
   if (level !== undefined && !isLogLevel(level)) {
-    throw new PodUsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`);
+    throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, 'pod');
   }
   await protectSecrets(); // before the config (and its key files) is read
   const config = loadConfig(file);
   if (level !== undefined) config.logLevel = level as typeof config.logLevel;
-  const address = values['metrics-address'];
-  if (address !== undefined) {
-    try {
-      parseListenAddress(address);
-    } catch (e) {
-      throw new PodUsageError((e as Error).message);
-    }
-  }
+  const address = metricsAddress(values['metrics-address'], 'pod');
   // Loaded on demand: loadConfig's errors come first.
   const { runPod } = await import('../control/pod.js');
   if (address === undefined) return await runPod(config, { stdout: io.stdout, entry });
