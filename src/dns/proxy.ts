@@ -174,10 +174,17 @@ export class DnsProxy {
         return port;
       } catch (e) {
         if (want !== 0 || (e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= PICK_PORT_ATTEMPTS) throw e;
-        for (const s of this.udp.splice(0)) s.close();
-        await Promise.all(this.tcp.splice(0).map((t) => new Promise<void>((r) => (t.listening ? t.close(() => r()) : r()))));
+        await this.closeListeners();
+        this.udp.length = 0;
+        this.tcp.length = 0;
       }
     }
+  }
+
+  /** Closes every UDP and TCP listener opened so far (their counters stay readable). */
+  private async closeListeners(): Promise<void> {
+    for (const s of this.udp) s.close();
+    await Promise.all(this.tcp.map((t) => new Promise<void>((r) => (t.listening ? t.close(() => r()) : r()))));
   }
 
   /** A UDP listener (bind errors throw, with the errno name as `code`); returns its port. */
@@ -503,9 +510,8 @@ export class DnsProxy {
     if (this.stopped) return;
     this.stopped = true;
     if (this.expireTimer) clearInterval(this.expireTimer);
-    for (const s of this.udp) s.close();
     for (const c of this.clients) c.destroy();
-    await Promise.all(this.tcp.map((t) => new Promise<void>((r) => (t.listening ? t.close(() => r()) : r()))));
+    await this.closeListeners();
     this.upUdp?.close();
     this.upTcp?.close();
     const routes = this.o.routes;
