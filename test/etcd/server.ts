@@ -9,8 +9,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../ports.js';
 
-export { freePort };
-
 export class EtcdServer {
   child: ChildProcess | null = null;
   readonly dir = mkdtempSync(join(tmpdir(), 'tenc-etcd-'));
