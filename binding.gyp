@@ -27,6 +27,7 @@
         "native/csum.c",
         "native/sock.c",
         "native/dnsio.c",
+        "native/spawn.c",
         "native/idlemem.cc"
       ],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],

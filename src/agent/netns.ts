@@ -4,7 +4,7 @@
  * closed before its proxy runs (CNI ADD), and removing what tenc left there once the
  * proxy is gone (CNI DEL). Below proxies.ts and agent.ts; uses control/ and routing/.
  */
-import { spawn } from 'node:child_process';
+import { howItEnded, runProcess, type RunResult } from '../io/run.js';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, type PodConfig } from '../control/config.js';
@@ -44,12 +44,8 @@ export async function failClosedIn(netns: string, config: PodConfig): Promise<nu
 
 /** Removes tenc's rule, routes and nft table from a netns whose proxy is gone (defaults of config.ts). */
 export async function cleanNetns(netns: string): Promise<void> {
-  const run = (args: string[]) =>
-    new Promise<void>((resolve) => {
-      const c = spawn('nsenter', [`--net=${netns}`, '--', ...args], { stdio: 'ignore' });
-      c.on('exit', () => resolve());
-      c.on('error', () => resolve());
-    });
+  // each step's failure is expected (nothing to delete) and ignored
+  const run = (args: string[]) => runProcess('nsenter', [`--net=${netns}`, '--', ...args]).then(() => undefined, () => undefined);
   for (const fam of ['-4', '-6']) {
     // every rule at tenc's priority (one per family, but be thorough: at most a few)
     for (let i = 0; i < 4; i++) await run(['ip', fam, 'rule', 'del', 'pref', String(DEFAULT_RULE_PRIORITY)]);
@@ -71,14 +67,12 @@ async function guardBatchIn(ip: IpCommand, fam: 4 | 6, lines: string[]): Promise
 }
 
 /** `nft -f -` in the netns (one transaction). */
-function nftIn(via: string[], script: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(via[0], [...via.slice(1), 'nft', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
-    let err = '';
-    c.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-    c.on('error', (e) => reject(new Error(`nft: ${e.message}`)));
-    c.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`nft in the pod's netns: ${err.trim() || `exit code ${code}`}`))));
-    c.stdin!.on('error', () => {});
-    c.stdin!.end(script);
-  });
+async function nftIn(via: string[], script: string): Promise<void> {
+  let r: RunResult;
+  try {
+    r = await runProcess(via[0], [...via.slice(1), 'nft', '-f', '-'], { stdin: script });
+  } catch (e) {
+    throw new Error(`nft: ${(e as Error).message}`);
+  }
+  if (r.code !== 0) throw new Error(`nft in the pod's netns: ${howItEnded(r)}`);
 }

@@ -16,7 +16,7 @@
  * source back into the cluster DNS address. The table is tenc's alone: removal
  * deletes it whole, and a crashed run's table (same name) is removed before install.
  */
-import { spawn } from 'node:child_process';
+import { howItEnded, runProcess, type RunResult } from '../io/run.js';
 import type { Logger } from '../log.js';
 
 export interface InterceptOptions {
@@ -34,20 +34,15 @@ export class NftError extends Error {
   readonly code = 'ERR_TENC_NFT';
 }
 
-function runNft(nft: string, args: string[], input?: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(nft, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-    child.on('error', (e) => reject(new NftError(`${nft}: ${e.message}`)));
-    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new NftError(`${nft} ${args.join(' ')}: ${err.trim() || `exit ${code}`}`))));
-    if (child.stdin) {
-      child.stdin.on('error', () => {}); // nft may exit before reading: its exit code tells
-      child.stdin.end(input);
-    }
-  });
+async function runNft(nft: string, args: string[], input?: string): Promise<string> {
+  let r: RunResult;
+  try {
+    r = await runProcess(nft, args, { stdin: input });
+  } catch (e) {
+    throw new NftError((e as Error).message);
+  }
+  if (r.code === 0) return r.stdout;
+  throw new NftError(`${nft} ${args.join(' ')}: ${howItEnded(r)}`);
 }
 
 /** The ruleset text `nft -f -` loads. */

@@ -54,7 +54,8 @@
  * transaction (the old table deleted and the new one made atomically: never a
  * moment without it, never two).
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
+import { howItEnded, runProcess, type RunResult } from '../io/run.js';
 import { Address4, Address6 } from 'ip-address';
 
 /** Counter of plaintext from a project address dropped on input. */
@@ -240,17 +241,15 @@ export class Enforcement {
   }
 
   /** Runs `nft -f -` with the script as one transaction (all or nothing). */
-  private run(script: string): Promise<void> {
+  private async run(script: string): Promise<void> {
     const [cmd, args] = this.argv(['-f', '-']);
-    return new Promise((resolve, reject) => {
-      const child = spawn(cmd, args, { stdio: ['pipe', 'ignore', 'pipe'] });
-      let err = '';
-      child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-      child.on('error', (e) => reject(new NftError(`nft: ${e.message}`)));
-      child.on('close', (code) => (code === 0 ? resolve() : reject(new NftError(`nft: ${err.trim() || `exit code ${code}`}`))));
-      child.stdin.on('error', () => {}); // EPIPE if nft exits early; the exit code tells
-      child.stdin.end(script);
-    });
+    let r: RunResult;
+    try {
+      r = await runProcess(cmd, args, { stdin: script });
+    } catch (e) {
+      throw new NftError(`nft: ${(e as Error).message}`);
+    }
+    if (r.code !== 0) throw new NftError(`nft: ${howItEnded(r)}`);
   }
 
   /** Installs the table, replacing one an earlier run left (one transaction). */

@@ -3,7 +3,7 @@
  * Every call can target a named namespace (`ip -n NAME`), which the netns tests use;
  * the pod itself runs inside its namespace and passes none.
  */
-import { spawn } from 'node:child_process';
+import { howItEnded, runProcess, type RunResult } from '../io/run.js';
 
 export type Family = 4 | 6;
 
@@ -45,22 +45,16 @@ export class IpCommand {
   }
 
   /** Runs one command; resolves with stdout, rejects with IpCommandError. */
-  run(args: string[], stdin?: string): Promise<string> {
+  async run(args: string[], stdin?: string): Promise<string> {
     const full = [...this.prefix, ...args];
-    return new Promise((resolveP, rejectP) => {
-      const child = spawn(this.binary, full, { stdio: ['pipe', 'pipe', 'pipe'] });
-      let out = '';
-      let err = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-      child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-      child.on('error', (e) => rejectP(new IpCommandError(full, `cannot run ${this.binary}: ${e.message}`, null)));
-      child.on('close', (code) => {
-        if (code === 0) resolveP(out);
-        else rejectP(new IpCommandError(full, err, code));
-      });
-      child.stdin.on('error', () => {}); // EPIPE if ip exits early; the exit code tells
-      child.stdin.end(stdin ?? '');
-    });
+    let r: RunResult;
+    try {
+      r = await runProcess(this.binary, full, { stdin });
+    } catch (e) {
+      throw new IpCommandError(full, (e as Error).message, null);
+    }
+    if (r.code === 0) return r.stdout;
+    throw new IpCommandError(full, r.code === null ? howItEnded(r) : r.stderr, r.code);
   }
 
   /** `ip -j ARGS` parsed; an empty dump (or a table that does not exist) is []. */
