@@ -35,6 +35,7 @@ import { ControlServer, defaultSocketPath, socketIsLive, type ControlHandler, ty
 import type { DnsStatusReport, StatusReport } from './status.js';
 import { IpCommand } from '../routing/ip.js';
 import { computeMtu } from '../routing/mtu.js';
+import { readRoutingSnapshot } from '../routing/snapshot.js';
 import { PolicyRouting } from '../routing/policy.js';
 import { Enforcement, DROP_REASON, EGRESS_DROP_REASON, tableName as enforcementTable } from '../routing/enforce.js';
 import { failClosedState } from './failclosed.js';
@@ -433,12 +434,20 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       p.catch(() => {}); // handled where awaited; never an unhandled rejection meanwhile
       return () => p;
     };
-    const mtuStep = early(() =>
+    // One read of the routing state (two `ip` processes: snapshot.ts) for the MTU, both
+    // residue steps and the routing's install; TENC_START_SNAPSHOT=0 (or
+    // TENC_START_CONCURRENT=0): each step dumps for itself, as before.
+    const snapshotOn = concurrent && process.env.TENC_START_SNAPSHOT !== '0';
+    const snapStep = snapshotOn
+      ? early(() => readRoutingSnapshot(ip, { table: config.table, fwmark: config.fwmark, endpoints: config.peers.map((p) => p.endpoint) }))
+      : async () => null;
+    const mtuStep = early(async () =>
       computeMtu(
         ip,
         config.peers.map((p) => p.endpoint),
         config.fwmark,
         [config.addresses.v4, config.addresses.v6].filter((a): a is string => a !== null),
+        await snapStep(),
       ),
     );
     const routing = new PolicyRouting({
@@ -451,7 +460,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       ip,
       log,
     });
-    const residueStep = early(() => routing.removeResidue());
+    const residueStep = early(async () => routing.removeResidue(await snapStep()));
     // its setChains is used only once the enforcement is installed (apply, by set-policy)
     let enforcementRef: Enforcement | null = null;
     const policyRules = new PolicyRules({
@@ -460,8 +469,11 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       ip,
       setChains: (rules) => (enforcementRef ? enforcementRef.setPolicyChains(rules) : Promise.reject(new Error('enforcement is not installed'))),
     });
-    const policyResidueStep = early(() => policyRules.removeResidue());
-    const dnsResidueStep = config.dns.enabled ? null : early(() => removeDnsResidue(config.interface, log));
+    const policyResidueStep = early(async () => policyRules.removeResidue(await snapStep()));
+    // Without DNS, a crashed run's DNS interception table goes: with the snapshot, in the
+    // enforcement's own transaction below (no `nft` process of its own); else a listing first.
+    const dnsResidueInEnforcement = !config.dns.enabled && snapshotOn;
+    const dnsResidueStep = config.dns.enabled || dnsResidueInEnforcement ? null : early(() => removeDnsResidue(config.interface, log));
 
     step = 'mtu';
     const mtuChoice = await mtuStep();
@@ -487,7 +499,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       what: 'enforcement',
       run: () => (started && !config.failClosedOnStop ? enforcement.teardown() : enforcement.abandon()),
     });
-    const enforcementStep = early(() => enforcement.install({ project: closed.project, classify: classifyRanges }));
+    const enforcementStep = early(() => enforcement.install({ project: closed.project, classify: classifyRanges }, dnsResidueInEnforcement ? [interceptTable(config.interface)] : []));
     try {
       await routing.guard(closed.guards);
     } catch (e) {
@@ -586,7 +598,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         dns.attachMisses(misses); // membership changes revoke bypasses of new members at once
         log.info({ ranges: classifyRanges }, 'classifying unknown addresses of these ranges on first use');
       }
-    } else await dnsResidueStep!();
+    } else await dnsResidueStep?.();
 
     step = 'control socket';
     const server = await ControlServer.start({

@@ -206,9 +206,10 @@ function elementsScript(t: string, base: string, cidrs: string[]): string[] {
  * The nft script of a (re)install: any table of this name (a crashed, failed or
  * fail-closed earlier run) is deleted and the new one made, in one transaction.
  */
-export function installScript(o: EnforcementOptions, sets: EnforcementSets, bypasses: string[] = []): string {
+export function installScript(o: EnforcementOptions, sets: EnforcementSets, bypasses: string[] = [], alsoRemove: string[] = []): string {
   const t = tableName(o.ifname);
   return [
+    ...alsoRemove.flatMap((x) => [`table inet ${x} {}`, `delete table inet ${x}`]),
     `table inet ${t} {}`,
     `delete table inet ${t}`,
     ...tableScript(o),
@@ -252,10 +253,16 @@ export class Enforcement {
     if (r.code !== 0) throw new NftError(`nft: ${howItEnded(r)}`);
   }
 
-  /** Installs the table, replacing one an earlier run left (one transaction). */
-  install(sets: EnforcementSets): Promise<void> {
+  /**
+   * Installs the table, replacing one an earlier run left (one transaction). The inet
+   * tables named in alsoRemove (a crashed run's DNS interception) go in the same
+   * transaction, whether or not they exist: one `nft` process instead of a listing and a
+   * delete.
+   */
+  install(sets: EnforcementSets, alsoRemove: string[] = []): Promise<void> {
+    for (const x of alsoRemove) if (!/^[A-Za-z][A-Za-z0-9_]{0,30}$/.test(x)) throw new RangeError(`enforcement: bad table name ${x}`);
     return this.serial(async () => {
-      await this.run(installScript(this.opts, sets));
+      await this.run(installScript(this.opts, sets, [], alsoRemove));
       this.installed = true;
       this.lastProject = coverMinimal(sets.project).join(',');
       this.bypassed.clear();

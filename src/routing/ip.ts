@@ -88,4 +88,44 @@ export class IpCommand {
       throw new IpCommandError([`-${family}`, lines[failedLine - 1] ?? '-batch'], detail, e.exitCode, failedLine - 1);
     }
   }
+
+  /**
+   * Runs `ip -j -4|-6 -force -batch -` over read-only lines (dumps) in ONE process and
+   * returns each line's parsed JSON array, or null for a line that failed (a route get
+   * without a route): ip prints one JSON line per command that succeeded and names the
+   * failed ones on stderr ("Command failed -:N"). Throws IpCommandError if ip could not
+   * run or its output does not line up with the lines (the caller then dumps one by one).
+   */
+  async dumps(family: Family, lines: string[]): Promise<(any[] | null)[]> {
+    if (lines.length === 0) return [];
+    const full = [...this.prefix, '-j', `-${family}`, '-force', '-batch', '-'];
+    let r: RunResult;
+    try {
+      r = await runProcess(this.binary, full, { stdin: lines.join('\n') + '\n' });
+    } catch (e) {
+      throw new IpCommandError(full, (e as Error).message, null);
+    }
+    if (r.code === null) throw new IpCommandError(full, howItEnded(r), null);
+    const failed = new Set([...r.stderr.matchAll(/Command failed -:(\d+)/g)].map((m) => Number(m[1]) - 1));
+    const out = r.stdout.split('\n').filter((l) => l.trim() !== '');
+    if (out.length !== lines.length - failed.size || (r.code !== 0 && failed.size === 0)) {
+      throw new IpCommandError(full, `dump batch: ${out.length} outputs for ${lines.length} lines, ${failed.size} failed: ${r.stderr.trim()}`, r.code);
+    }
+    const result: (any[] | null)[] = [];
+    let k = 0;
+    for (let i = 0; i < lines.length; i++) {
+      if (failed.has(i)) {
+        result.push(null);
+        continue;
+      }
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(out[k++]);
+      } catch {
+        throw new IpCommandError(full, `dump batch: line ${i + 1} (${lines[i]}) printed no JSON`, r.code);
+      }
+      result.push(Array.isArray(parsed) ? parsed : [parsed]);
+    }
+    return result;
+  }
 }

@@ -10,6 +10,7 @@
  * over either family): the larger IPv6 overhead is assumed, as wg-quick does.
  */
 import { IpCommand, type Family } from './ip.js';
+import { snapshotLinks, type RoutingSnapshot } from './snapshot.js';
 import { addressFamily, type Endpoint } from '../net/address.js';
 
 export const UNDERLAY_OVERHEAD: Record<Family, number> = { 4: 20 + 8 + 32, 6: 40 + 8 + 32 };
@@ -39,6 +40,8 @@ export async function computeMtu(
   endpoints: (Endpoint | null)[],
   fwmark: number,
   ownAddresses: string[] = [],
+  /** The start's routing snapshot (snapshot.ts): its dumps instead of `ip` processes of its own. */
+  snap: RoutingSnapshot | null = null,
 ): Promise<MtuChoice> {
   let egress: string | undefined;
   let underlay: Family = 4;
@@ -46,13 +49,13 @@ export async function computeMtu(
   const first = endpoints.find((e): e is Endpoint => e !== null);
   if (first) {
     underlay = addressFamily(first.address) ?? 4;
-    const r = await ip.json([`-${underlay}`, 'route', 'get', first.address, 'mark', String(fwmark)]).catch(() => []);
+    const r = snap ? snap.endpointRoute : await ip.json([`-${underlay}`, 'route', 'get', first.address, 'mark', String(fwmark)]).catch(() => []);
     egress = r[0]?.dev;
     reason = `route to ${first.address}`;
   }
   if (!egress) {
     for (const fam of [4, 6] as const) {
-      const r = await ip.json([`-${fam}`, 'route', 'show', 'default']).catch(() => []);
+      const r = snap ? snap.defaults[fam] : await ip.json([`-${fam}`, 'route', 'show', 'default']).catch(() => []);
       if (r[0]?.dev) {
         egress = r[0].dev;
         reason = `IPv${fam} default route`;
@@ -61,7 +64,7 @@ export async function computeMtu(
     }
   }
   if (!egress) {
-    const links = await ip.json(['addr', 'show']).catch(() => []);
+    const links = snap ? snapshotLinks(snap) : await ip.json(['addr', 'show']).catch(() => []);
     for (const own of ownAddresses) {
       const l = links.find((x) => (x.addr_info ?? []).some((a: { local?: string }) => a.local === own));
       if (l?.ifname) {
@@ -78,7 +81,9 @@ export async function computeMtu(
     underlay = 6;
     reason += ', no peer endpoint yet: IPv6 overhead assumed';
   }
-  const link = await ip.json(['link', 'show', 'dev', egress]);
+  // the snapshot's address dumps carry each link's MTU (a link without any address: its own dump)
+  const known = snap ? snapshotLinks(snap).find((l) => l.ifname === egress && typeof l.mtu === 'number') : undefined;
+  const link = known ? [known] : await ip.json(['link', 'show', 'dev', egress]);
   const egressMtu = link[0]?.mtu;
   if (typeof egressMtu !== 'number') throw new MtuError(`cannot compute the MTU: no MTU for egress interface ${egress}`);
   const mtu = egressMtu - UNDERLAY_OVERHEAD[underlay];

@@ -33,6 +33,7 @@
  * again, exempt ports are encrypted (the default), never the reverse.
  */
 import { IpCommand, IpCommandError, type Family } from './ip.js';
+import type { RoutingSnapshot } from './snapshot.js';
 import type { PodPolicy, PolicyPort } from '../policy/policy.js';
 
 export interface ExemptTo {
@@ -161,11 +162,13 @@ export class PolicyRules {
   }
 
   /** Deletes every rule at the exempt pref (a crashed or fail-closed earlier run's). Returns how many. */
-  removeResidue(): Promise<number> {
+  removeResidue(snap: RoutingSnapshot | null = null): Promise<number> {
     return this.serial(async () => {
       let n = 0;
-      // both dumps at once (read-only)
-      const dumps = await Promise.all(([4, 6] as const).map((f) => this.ip.json([`-${f}`, 'rule', 'show', 'pref', String(this.o.priority)])));
+      // both dumps at once (read-only), or the start's snapshot (snapshot.ts)
+      const dumps = snap
+        ? ([4, 6] as const).map((f) => snap.rules[f].filter((r) => r.priority === this.o.priority))
+        : await Promise.all(([4, 6] as const).map((f) => this.ip.json([`-${f}`, 'rule', 'show', 'pref', String(this.o.priority)])));
       for (const f of [4, 6] as const) {
         const rules = dumps[f === 4 ? 0 : 1];
         if (rules.length === 0) continue;

@@ -55,6 +55,7 @@
  */
 import { Address4, Address6 } from 'ip-address';
 import { IpCommand, IpCommandError, type Family } from './ip.js';
+import { snapshotLinks, type RoutingSnapshot } from './snapshot.js';
 import { addressFamily } from '../net/address.js';
 import { silentLogger, type Logger } from '../log.js';
 
@@ -181,6 +182,8 @@ export class PolicyRouting {
   private readonly kept = new Set<string>();
   private readonly srcFor: Record<Family, string | null> = { 4: null, 6: null };
   private installed = false;
+  /** The start's snapshot (snapshot.ts) removeResidue read; install reads it too. */
+  private snap: RoutingSnapshot | null = null;
   /** Every mutation runs after the previous one settled: reference counts are read and written in order. */
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -205,23 +208,30 @@ export class PolicyRouting {
     return [...this.refs.keys()];
   }
 
-  /** Removes what a crashed earlier run with the same table/priority/interface left. */
-  removeResidue(): Promise<ResidueReport> {
-    return this.serial(() => this.removeResidueNow());
+  /**
+   * Removes what a crashed earlier run with the same table/priority/interface left.
+   * With the start's snapshot (snapshot.ts, read just before: nothing changed since) it
+   * reads its dumps there instead of running five `ip` processes.
+   */
+  removeResidue(snap: RoutingSnapshot | null = null): Promise<ResidueReport> {
+    return this.serial(() => this.removeResidueNow(snap));
   }
 
-  private async removeResidueNow(): Promise<ResidueReport> {
+  private async removeResidueNow(snap: RoutingSnapshot | null): Promise<ResidueReport> {
     const { ifname, priority } = this.opts;
+    this.snap = snap;
     const report: ResidueReport = { rules: 0, guards: 0, routes: 0, addresses: 0 };
     // the five dumps at once (read-only, independent): one ip process's latency instead of five in a row
     const dump = (args: string[]) => this.ip.json(args).catch(() => []);
-    const [rules4, routes4, rules6, routes6, link] = await Promise.all([
-      dump(['-4', 'rule', 'show']),
-      dump(['-4', 'route', 'show', 'table', this.t]),
-      dump(['-6', 'rule', 'show']),
-      dump(['-6', 'route', 'show', 'table', this.t]),
-      dump(['addr', 'show', 'dev', ifname]),
-    ]);
+    const [rules4, routes4, rules6, routes6, link] = snap
+      ? [snap.rules[4], snap.table[4], snap.rules[6], snap.table[6], snapshotLinks(snap).filter((l) => l.ifname === ifname)]
+      : await Promise.all([
+          dump(['-4', 'rule', 'show']),
+          dump(['-4', 'route', 'show', 'table', this.t]),
+          dump(['-6', 'rule', 'show']),
+          dump(['-6', 'route', 'show', 'table', this.t]),
+          dump(['addr', 'show', 'dev', ifname]),
+        ]);
     for (const fam of [4, 6] as const) {
       const rules = fam === 4 ? rules4 : rules6;
       const ours = rules.filter((r) => r.priority === priority && r.table === this.t);
@@ -267,19 +277,24 @@ export class PolicyRouting {
    */
   guard(destinations: string[]): Promise<void> {
     return this.serial(async () => {
-      for (const fam of [4, 6] as const) {
+      // each family's guards and then its rule in ONE ip -batch (its lines run in order: the
+      // rule never stands without the guards); the two families at once
+      const one = async (fam: Family) => {
         const list = [...new Set(destinations.filter((c) => familyOf(c) === fam))];
-        if (list.length === 0) continue;
+        if (list.length === 0) return;
+        const needRule = !this.undo.some((u) => u.kind === 'rule' && u.family === fam);
         try {
-          await this.ip.batch(fam, list.map((c) => this.guardLine(c, 'replace')));
+          await this.ip.batch(fam, [...list.map((c) => this.guardLine(c, 'replace')), ...(needRule ? [ruleLine(this.opts)] : [])]);
         } catch (e) {
           const done = e instanceof IpCommandError ? e.linesDone : 0;
           list.slice(0, done).forEach((c) => this.recordGuard(fam, c));
           throw e;
         }
         list.forEach((c) => this.recordGuard(fam, c));
-        await this.ensureRule(fam);
-      }
+        if (needRule) this.undo.push({ kind: 'rule', family: fam });
+      };
+      const results = await Promise.allSettled([one(4), one(6)]);
+      for (const r of results) if (r.status === 'rejected') throw r.reason;
     });
   }
 
@@ -313,26 +328,30 @@ export class PolicyRouting {
     if (this.installed) throw new Error('PolicyRouting.install called twice');
     this.installed = true;
     const { ifname } = this.opts;
-    // both dumps at once (read-only; setting tenc0 up adds no address of ours)
-    const [links, addrs] = await Promise.all([this.ip.json(['link', 'show', 'dev', ifname]), this.ip.json(['addr', 'show'])]);
-    if (links.length === 0) throw new Error(`interface ${ifname} does not exist`);
-    const wasUp = Array.isArray(links[0].flags) && links[0].flags.includes('UP');
-    await this.ip.run(['link', 'set', 'dev', ifname, 'mtu', String(mtu), 'up']);
-    this.undo.push({ kind: 'link', mtu: links[0].mtu, wasUp });
+    if (this.snap) {
+      await this.linkAndAddressesFromSnapshot(this.snap, mtu);
+    } else {
+      // both dumps at once (read-only; setting tenc0 up adds no address of ours)
+      const [links, addrs] = await Promise.all([this.ip.json(['link', 'show', 'dev', ifname]), this.ip.json(['addr', 'show'])]);
+      if (links.length === 0) throw new Error(`interface ${ifname} does not exist`);
+      const wasUp = Array.isArray(links[0].flags) && links[0].flags.includes('UP');
+      await this.ip.run(['link', 'set', 'dev', ifname, 'mtu', String(mtu), 'up']);
+      this.undo.push({ kind: 'link', mtu: links[0].mtu, wasUp });
 
-    // A route's preferred source must be a local address: use the pod's address where
-    // it already is (eth0 in a pod), or put it on tenc0.
-    const local = new Set<string>();
-    for (const l of addrs) for (const a of l.addr_info ?? []) local.add(a.local);
-    for (const fam of [4, 6] as const) {
-      const own = fam === 4 ? this.opts.addresses.v4 : this.opts.addresses.v6;
-      if (own === null) continue;
-      if (!local.has(own)) {
-        const cidr = `${own}/${fam === 4 ? 32 : 128}`;
-        await this.ip.run([`-${fam}`, 'addr', 'add', cidr, 'dev', ifname, ...(fam === 6 ? ['nodad'] : [])]);
-        this.undo.push({ kind: 'addr', family: fam, cidr });
+      // A route's preferred source must be a local address: use the pod's address where
+      // it already is (eth0 in a pod), or put it on tenc0.
+      const local = new Set<string>();
+      for (const l of addrs) for (const a of l.addr_info ?? []) local.add(a.local);
+      for (const fam of [4, 6] as const) {
+        const own = fam === 4 ? this.opts.addresses.v4 : this.opts.addresses.v6;
+        if (own === null) continue;
+        if (!local.has(own)) {
+          const cidr = `${own}/${fam === 4 ? 32 : 128}`;
+          await this.ip.run([`-${fam}`, 'addr', 'add', cidr, 'dev', ifname, ...(fam === 6 ? ['nodad'] : [])]);
+          this.undo.push({ kind: 'addr', family: fam, cidr });
+        }
+        this.srcFor[fam] = own;
       }
-      this.srcFor[fam] = own;
     }
 
     await this.addRoutesNow(destinations);
@@ -341,6 +360,51 @@ export class PolicyRouting {
     }
     await this.pruneGuards();
     this.log.info({ mtu, table: this.opts.table, priority: this.opts.priority, routes: this.refs.size }, 'routing installed');
+  }
+
+  /**
+   * install()'s first step from the start's snapshot (removeResidue read it; nothing but
+   * the residue removal changed the namespace since): tenc0's state before (a TUN made
+   * since is new: down, MTU 1500, like every new TUN), the local addresses (the pod's own
+   * on tenc0 were residue, removed), then ONE `ip -batch` per family: tenc0 up with its
+   * MTU (in the IPv4 one) and the pod address where it is not local yet.
+   */
+  private async linkAndAddressesFromSnapshot(snap: RoutingSnapshot, mtu: number): Promise<void> {
+    const { ifname } = this.opts;
+    const links = snapshotLinks(snap);
+    const before = links.find((l) => l.ifname === ifname);
+    // local now: every address but the pod's own /32 and /128 on tenc0 (residue: removed)
+    const own = new Set([this.opts.addresses.v4, this.opts.addresses.v6]);
+    const local = new Set<string>();
+    for (const l of links) {
+      for (const a of l.addr_info ?? []) {
+        if (!(l.ifname === ifname && own.has(a.local) && a.prefixlen === (a.family === 'inet6' ? 128 : 32))) local.add(a.local);
+      }
+    }
+    const lines: Record<Family, string[]> = { 4: [`link set dev ${ifname} mtu ${mtu} up`], 6: [] };
+    const adds: Record<Family, string | null> = { 4: null, 6: null };
+    for (const fam of [4, 6] as const) {
+      const own = fam === 4 ? this.opts.addresses.v4 : this.opts.addresses.v6;
+      if (own === null) continue;
+      if (!local.has(own)) {
+        adds[fam] = `${own}/${fam === 4 ? 32 : 128}`;
+        lines[fam].push(`addr add ${adds[fam]} dev ${ifname}${fam === 6 ? ' nodad' : ''}`);
+      }
+    }
+    const wasUp = Array.isArray(before?.flags) && before.flags.includes('UP');
+    try {
+      await this.ip.batch(4, lines[4]);
+    } catch (e) {
+      const done = e instanceof IpCommandError ? e.linesDone : 0;
+      if (done >= 1) this.undo.push({ kind: 'link', mtu: before?.mtu ?? 1500, wasUp });
+      throw e;
+    }
+    this.undo.push({ kind: 'link', mtu: before?.mtu ?? 1500, wasUp });
+    if (adds[4]) this.undo.push({ kind: 'addr', family: 4, cidr: adds[4] });
+    await this.ip.batch(6, lines[6]);
+    if (adds[6]) this.undo.push({ kind: 'addr', family: 6, cidr: adds[6] });
+    this.srcFor[4] = this.opts.addresses.v4;
+    this.srcFor[6] = this.opts.addresses.v6;
   }
 
   private async ensureRule(fam: Family): Promise<void> {

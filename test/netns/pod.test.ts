@@ -275,6 +275,19 @@ describe('pod lifecycle', () => {
     expectSame(snapshot(pod), before);
   });
 
+  it('TENC_START_SNAPSHOT=0 (each start step dumps for itself, as before): residue adopted and removed the same', async () => {
+    const before = snapshot(pod);
+    vi.stubEnv('TENC_START_SNAPSHOT', '0');
+    try {
+      expect(await startStop(config({ failClosedOnStop: true }))).toBe(0);
+      expectFailClosed();
+      expect(await startStop(config())).toBe(0);
+    } finally {
+      vi.unstubAllEnvs();
+    }
+    expectSame(snapshot(pod), before);
+  });
+
   it('TENC_FAST_SPAWN=0 (ip and nft through node\'s spawn, as before): the same lifecycle, fail closed, namespace restored', async () => {
     const before = snapshot(pod);
     vi.stubEnv('TENC_FAST_SPAWN', '0');

@@ -4,7 +4,7 @@
  * the set elements without overlaps.
  */
 import { describe, it, expect } from 'vitest';
-import { coverMinimal, installScript } from '../../src/routing/enforce.js';
+import { coverMinimal, installScript, Enforcement } from '../../src/routing/enforce.js';
 
 const OPTS = { ifname: 'tenc0', listenPort: 51820, fwmark: 0xcb84 };
 
@@ -38,6 +38,13 @@ describe('enforcement table', () => {
     expect(s).toContain('ip saddr @project4 counter name plaintext_from_project drop');
     const lines = s.split('\n');
     expect(lines.slice(0, 3)).toEqual(['table inet tenc_tenc0 {}', 'delete table inet tenc_tenc0', 'table inet tenc_tenc0 {']);
+  });
+
+  it('alsoRemove: the DNS interception table goes in the same transaction, before the enforcement table; a bad name is refused', () => {
+    const s = installScript({ ...OPTS, input: true }, { project: ['10.128.1.10/32'], classify: [] }, [], ['tenc_dns_tenc0']).split('\n');
+    expect(s.slice(0, 2)).toEqual(['table inet tenc_dns_tenc0 {}', 'delete table inet tenc_dns_tenc0']);
+    expect(s.filter((l) => l.includes('tenc_dns'))).toHaveLength(2);
+    expect(() => new Enforcement({ ...OPTS, input: true }).install({ project: [], classify: [] }, ['x; flush ruleset'])).toThrow(RangeError);
   });
 
   it('set elements: duplicates and covered CIDRs go (interval sets refuse overlaps)', () => {
