@@ -1,7 +1,7 @@
 /**
  * `tenc pod`: the per-pod proxy's command, apart from the other commands (cli.ts) so
  * that a pod's process loads only the modules it runs. It is the entry of the pod
- * bundle (dist/bundle/pod.mjs: these modules and their libraries in one file, made by
+ * bundle (dist/bundle/pod.cjs: these modules and their libraries in one file, made by
  * scripts/bundle-pod.mjs in `npm run build`), which main.ts runs for `tenc pod`
  * (cli/pod-bundle.ts: unless TENC_POD_BUNDLE=0, or the bundle is missing or stale).
  * runCli(['pod', ...]) comes here too. Exit codes as runCli's: 2 usage or config

@@ -88,6 +88,20 @@ export type LeanState = 'default' | 'lean' | 'busy';
  * The state is the process's, not this module's: main.ts enters lean mode from
  * dist/src before the pod bundle (cli/pod-bundle.ts) loads its own copy of this file.
  */
+/** How the pod bundle was compiled (src/cli/pod-bundle.ts): said in the `pod running` record. */
+export type CodeCacheState = 'used' | 'rejected' | 'stale' | 'none';
+const CODE_CACHE = Symbol.for('tenc.codeCache');
+
+/** Per process like the lean state: the bundle's own copy of this module must see what main.ts's set. */
+export function setCodeCacheState(s: CodeCacheState): void {
+  (globalThis as unknown as { [CODE_CACHE]?: CodeCacheState })[CODE_CACHE] = s;
+}
+
+/** 'none' also when dist/src runs (no bundle). */
+export function codeCacheState(): CodeCacheState {
+  return (globalThis as unknown as { [CODE_CACHE]?: CodeCacheState })[CODE_CACHE] ?? 'none';
+}
+
 const STATE = Symbol.for('tenc.leanState');
 const slot = globalThis as unknown as { [STATE]?: LeanState };
 

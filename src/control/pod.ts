@@ -26,7 +26,7 @@
  *      (when src/cli/main.ts entered it: control/lean.ts)
  */
 import { writeSync } from 'node:fs';
-import { leanState, settleIdleMemory, watchLoad } from './lean.js';
+import { codeCacheState, leanState, settleIdleMemory, watchLoad } from './lean.js';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
 import { readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
 import { formatEndpoint, projectDestinationOf } from '../net/address.js';
@@ -615,7 +615,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     const settle = settleIdleMemory({ onSettled: (r) => log.info({ ms: Math.round(r.ms * 10) / 10, trimmed: r.trimmed, rssMiB: [r.rssBefore, r.rssAfter].map((b) => Math.round(b / 104857.6) / 10) }, 'idle memory settled') });
     uninit.push({ what: 'idle memory settle', run: () => settle.stop() });
 
-    log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort, v8: leanState(), entry: opts.entry ?? 'dist' }, 'pod running');
+    log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort, v8: leanState(), entry: opts.entry ?? 'dist', codeCache: codeCacheState() }, 'pod running');
     started = true;
     opts.onReady?.(pod);
   } catch (e) {

@@ -10,7 +10,7 @@
  *     loop) end it with one "lean mode ends" record; SIGTERM still exits 0
  *  2. TENC_V8_LEAN=0: the pod runs with V8's defaults ("default") and never logs
  *     the end of lean mode
- *  Both check which code ran (cli/pod-bundle.ts): in 1 the pod bundle (dist/bundle/pod.mjs,
+ *  Both check which code ran (cli/pod-bundle.ts): in 1 the pod bundle (dist/bundle/pod.cjs,
  *  which the build makes), in 2, with TENC_POD_BUNDLE=0 as well, dist/src; lean mode
  *  entered by main.ts (dist/src) is seen by the bundle's copy of lean.ts.
  *  In 1 the pod also logs "idle memory settled" once, about 2 s after "pod running"
@@ -104,6 +104,7 @@ describe('tenc pod V8 lean mode', () => {
     const pod = await startPod(join(dir, 'a.json'));
     expect(pod.records().find((r) => r.msg === 'pod running')?.v8).toBe('lean');
     expect(pod.records().find((r) => r.msg === 'pod running')?.entry).toBe('bundle');
+    expect(pod.records().find((r) => r.msg === 'pod running')?.codeCache).toBe('used');
     expect(pod.records().filter((r) => String(r.msg).startsWith('pod bundle not used'))).toEqual([]);
     await sleep(1500);
     expect(leanEnds(pod)).toEqual([]);
@@ -137,6 +138,7 @@ describe('tenc pod V8 lean mode', () => {
     const pod = await startPod(join(dir, 'a.json'), { TENC_V8_LEAN: '0', TENC_IDLE_SETTLE: '0', TENC_POD_BUNDLE: '0' });
     expect(pod.records().find((r) => r.msg === 'pod running')?.v8).toBe('default');
     expect(pod.records().find((r) => r.msg === 'pod running')?.entry).toBe('dist');
+    expect(pod.records().find((r) => r.msg === 'pod running')?.codeCache).toBe('none');
     expect(pod.records().filter((r) => String(r.msg).startsWith('pod bundle not used'))).toEqual([]);
     const socket = join(dir, 'a.sock');
     const end = Date.now() + 4000;

@@ -8,7 +8,8 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bundleProblem, loadPodMain, podBundleEnabled } from '../../src/cli/pod-bundle.js';
@@ -19,14 +20,14 @@ let dir: string;
 function fakeCheckout(): void {
   mkdirSync(join(dir, 'dist', 'bundle'), { recursive: true });
   mkdirSync(join(dir, 'dist', 'src'), { recursive: true });
-  writeFileSync(join(dir, 'dist', 'bundle', 'pod.mjs'), 'export const x = 1;\n');
+  writeFileSync(join(dir, 'dist', 'bundle', 'pod.cjs'), 'exports.x = 1;\n');
   writeFileSync(join(dir, 'dist', 'src', 'a.js'), 'export const a = 1;\n');
   const files: Record<string, [number, number]> = {};
-  for (const rel of ['dist/bundle/pod.mjs', 'dist/src/a.js']) {
+  for (const rel of ['dist/bundle/pod.cjs', 'dist/src/a.js']) {
     const s = statSync(join(dir, rel));
     files[rel] = [s.size, s.mtimeMs];
   }
-  writeFileSync(join(dir, 'dist', 'bundle', 'pod.json'), JSON.stringify({ bundle: 'dist/bundle/pod.mjs', files }));
+  writeFileSync(join(dir, 'dist', 'bundle', 'pod.json'), JSON.stringify({ bundle: 'dist/bundle/pod.cjs', files }));
 }
 
 beforeAll(() => {
@@ -43,8 +44,8 @@ describe('pod bundle stale guard', () => {
     utimesSync(join(dir, 'dist', 'src', 'a.js'), later, later);
     expect(bundleProblem(dir)).toMatch(/dist\/src\/a\.js changed since the bundle was built/);
     fakeCheckout();
-    writeFileSync(join(dir, 'dist', 'bundle', 'pod.mjs'), 'export const x = 22;\n'); // size differs
-    expect(bundleProblem(dir)).toMatch(/dist\/bundle\/pod\.mjs changed/);
+    writeFileSync(join(dir, 'dist', 'bundle', 'pod.cjs'), 'exports.x = 22;\n'); // size differs
+    expect(bundleProblem(dir)).toMatch(/dist\/bundle\/pod\.cjs changed/);
     fakeCheckout();
     rmSync(join(dir, 'dist', 'src', 'a.js'));
     expect(bundleProblem(dir)).toMatch(/dist\/src\/a\.js is gone/);
@@ -91,5 +92,45 @@ describe('pod bundle stale guard', () => {
     const rec = JSON.parse(lines[0]) as Record<string, unknown>;
     expect(rec.level).toBe('warn');
     expect(rec.msg).toMatch(/^pod bundle not used: dist\/src\/a\.js changed since the bundle was built.*; running dist\/src$/);
+  });
+
+  it('the code cache: used in the pod\'s V8 mode, rejected by V8 outside it, none with TENC_POD_CODE_CACHE=0, stale for another source', async () => {
+    ensureBuilt();
+    const m = JSON.parse(readFileSync(join(root, 'dist', 'bundle', 'pod.json'), 'utf8'));
+    expect(m.bundle).toBe('dist/bundle/pod.cjs');
+    expect(m.cache.file).toBe('dist/bundle/pod.cache');
+    expect(m.cache.sourceSha256).toBe(createHash('sha256').update(readFileSync(join(root, m.bundle))).digest('hex'));
+    // a fresh node, as main.ts loads the pod: lean mode (unless switched off), then the bundle
+    const state = (env: Record<string, string>, lean: boolean, at = root) => {
+      const code = [
+        `import { enterLeanMode, codeCacheState } from ${JSON.stringify(join(root, 'dist/src/control/lean.js'))};`,
+        `import { loadPodMain } from ${JSON.stringify(join(root, 'dist/src/cli/pod-bundle.js'))};`,
+        lean ? 'enterLeanMode();' : '',
+        `const { podMain, entry } = await loadPodMain(process.env, ${JSON.stringify(at)});`,
+        'console.log(entry, typeof podMain, codeCacheState());',
+      ].join('\n');
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { env: { ...process.env, ...env }, encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      return r.stdout.trim();
+    };
+    expect(state({}, true)).toBe('bundle function used');
+    expect(state({}, false)).toBe('bundle function rejected');
+    expect(state({ TENC_POD_CODE_CACHE: '0' }, true)).toBe('bundle function none');
+    // a cache that belongs to another source (same length: V8 itself would not notice)
+    fakeCheckout();
+    const bundle = join(dir, 'dist', 'bundle', 'pod.cjs');
+    writeFileSync(bundle, 'exports.podMain = async () => 0;\n');
+    writeFileSync(join(dir, 'dist', 'bundle', 'pod.cache'), 'x');
+    const files: Record<string, [number, number]> = {};
+    for (const rel of ['dist/bundle/pod.cjs', 'dist/src/a.js']) {
+      const st = statSync(join(dir, rel));
+      files[rel] = [st.size, st.mtimeMs];
+    }
+    const sha = createHash('sha256').update('exports.podMain = async () => 1;\n').digest('hex');
+    writeFileSync(join(dir, 'dist', 'bundle', 'pod.json'), JSON.stringify({ bundle: 'dist/bundle/pod.cjs', files, cache: { file: 'dist/bundle/pod.cache', sourceSha256: sha } }));
+    expect(state({}, true, dir)).toBe('bundle function stale');
+    // a malformed cache entry makes the manifest unusable (dist/src runs)
+    writeFileSync(join(dir, 'dist', 'bundle', 'pod.json'), JSON.stringify({ bundle: 'dist/bundle/pod.cjs', files, cache: { file: 7 } }));
+    expect(bundleProblem(dir)).toMatch(/not a pod bundle manifest/);
   });
 });
