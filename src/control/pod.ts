@@ -125,8 +125,9 @@ export class Pod implements ControlHandler {
     return out;
   }
 
-  status(): StatusReport {
+  async status(): Promise<StatusReport> {
     const c = this.config;
+    const enforcementDrops = this.enforcement ? await this.enforcement.dropped() : null;
     const live = this.engine.peerStatuses();
     return {
       interface: c.interface,
@@ -154,7 +155,7 @@ export class Pod implements ControlHandler {
         localAddress: s.localAddress,
         ports: s.ports.map((p) => `${p.protocol}/${p.port}`),
       })),
-      drops: this.withEnforcementDrops(this.engine.drops()),
+      drops: this.withEnforcementDrops(this.engine.drops(), enforcementDrops),
       handshakeFailures: this.engine.handshakeFailures(),
       ...(this.dns ? { dns: { ...this.dns.status(), ...(this.misses ? { routeMisses: this.missStatus(this.misses) } : {}) } } : {}),
       pid: process.pid,
@@ -229,9 +230,8 @@ export class Pod implements ControlHandler {
     return [...this.destinations(), ...this.members];
   }
 
-  private withEnforcementDrops(drops: Record<string, number>): Record<string, number> {
-    if (!this.enforcement) return drops;
-    const d = this.enforcement.dropped();
+  private withEnforcementDrops(drops: Record<string, number>, d: Awaited<ReturnType<Enforcement['dropped']>> | null): Record<string, number> {
+    if (!d) return drops;
     const out = { ...drops };
     if (d[DROP_REASON] > 0) out[DROP_REASON] = d[DROP_REASON];
     if (d[EGRESS_DROP_REASON] > 0) out[EGRESS_DROP_REASON] = d[EGRESS_DROP_REASON];

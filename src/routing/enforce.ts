@@ -54,7 +54,6 @@
  * transaction (the old table deleted and the new one made atomically: never a
  * moment without it, never two).
  */
-import { execFileSync } from 'node:child_process';
 import { howItEnded, runProcess, type RunResult } from '../io/run.js';
 import { Address4, Address6 } from 'ip-address';
 
@@ -310,21 +309,29 @@ export class Enforcement {
     });
   }
 
-  private counter(name: string): number {
-    const [cmd, args] = this.argv(['-j', 'list', 'counter', 'inet', this.table, name]);
+  /**
+   * Packets dropped so far by each counter (0 when the table is gone or nft fails: status
+   * must not fail). One `nft -j list counters` through runProcess: a status request or a
+   * metrics scrape no longer blocks the event loop for two synchronous `nft` children.
+   */
+  async dropped(): Promise<{ [DROP_REASON]: number; [EGRESS_DROP_REASON]: number }> {
+    const none = { [DROP_REASON]: 0, [EGRESS_DROP_REASON]: 0 };
+    if (!this.installed) return none;
+    const [cmd, args] = this.argv(['-j', 'list', 'counters', 'table', 'inet', this.table]);
+    const packets = new Map<string, number>();
     try {
-      const out = JSON.parse(execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 2000 }));
-      for (const item of out.nftables ?? []) if (item.counter) return Number(item.counter.packets) || 0;
+      const r = await runProcess(cmd, args, { timeoutMs: 2000 });
+      if (r.code !== 0) return none; // table removed from outside
+      for (const item of JSON.parse(r.stdout).nftables ?? []) {
+        if (item.counter && typeof item.counter.name === 'string') packets.set(item.counter.name, Number(item.counter.packets) || 0);
+      }
     } catch {
-      // table removed from outside, or nft missing
+      return none; // nft missing, or output that is not JSON
     }
-    return 0;
-  }
-
-  /** Packets dropped so far by each counter (0 when the table is gone or nft fails: status must not fail). */
-  dropped(): { [DROP_REASON]: number; [EGRESS_DROP_REASON]: number } {
-    if (!this.installed) return { [DROP_REASON]: 0, [EGRESS_DROP_REASON]: 0 };
-    return { [DROP_REASON]: this.opts.input ? this.counter(DROP_REASON) : 0, [EGRESS_DROP_REASON]: this.counter(EGRESS_DROP_REASON) };
+    return {
+      [DROP_REASON]: this.opts.input ? (packets.get(DROP_REASON) ?? 0) : 0,
+      [EGRESS_DROP_REASON]: packets.get(EGRESS_DROP_REASON) ?? 0,
+    };
   }
 
   /** Deletes the table (a clean stop that also removes the guards). */
