@@ -23,6 +23,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "modules.h"
@@ -198,7 +199,33 @@ static void run_execute(napi_env env, void *data) {
     }
   }
   close_fd(&in[1]), close_fd(&out[0]), close_fd(&err[0]);
-  for (;;) {
+  /* Both outputs closed: the child is normally gone too. One that closed them and runs on
+   * is still held to its deadline: wait on a pidfd (poll with the time left), then kill. */
+  if (deadline && !killed) {
+    int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    for (;;) {
+      pid_t w = waitpid(pid, &j->status, WNOHANG);
+      if (w == pid) {
+        j->reaped = 1;
+        break;
+      }
+      if (w < 0 && errno != EINTR) break;
+      int64_t left = deadline - mono_ms();
+      if (left <= 0) {
+        kill(pid, SIGKILL);
+        j->timed_out = 1;
+        break;
+      }
+      if (pfd >= 0) {
+        struct pollfd q = {.fd = pfd, .events = POLLIN};
+        poll(&q, 1, (int)(left > 1000000 ? 1000000 : left));
+      } else {
+        usleep(1000); /* no pidfd (kernel before 5.3): look again in 1 ms */
+      }
+    }
+    if (pfd >= 0) close(pfd);
+  }
+  while (!j->reaped) {
     pid_t w = waitpid(pid, &j->status, 0);
     if (w == pid) {
       j->reaped = 1;

@@ -65,6 +65,14 @@ for (const mode of ['native', 'spawn'] as const) {
       expect(Date.now() - t0).toBeLessThan(10_000);
     });
 
+    it('a child that closes its outputs and runs on is still killed at its time limit', async () => {
+      use();
+      const t0 = Date.now();
+      const r = await runProcess('sh', ['-c', 'exec >/dev/null 2>&1; sleep 30'], { timeoutMs: 300 });
+      expect(r).toMatchObject({ code: null, signal: 'SIGKILL', timedOut: true });
+      expect(Date.now() - t0).toBeLessThan(10_000);
+    });
+
     it('the environment at the call, default signal dispositions, only fds 0-2', async () => {
       use();
       process.env.TENC_RUN_TEST_VAR = `v-${mode}`;
