@@ -14,7 +14,8 @@
  * also one somebody opened without O_CLOEXEC, which node's spawn() passes on), every
  * signal at its default disposition and an empty signal mask (node ignores SIGPIPE;
  * ip must not inherit that), and the environment as it was when runProcess was called.
- * A child still running after timeoutMs (0: never) is killed with SIGKILL (timedOut).
+ * The child leads a process group of its own; still running after timeoutMs (0: never),
+ * the group is killed with SIGKILL (timedOut), and its pipes are read 1 s more at most.
  * Output beyond RUN_OUTPUT_MAX bytes per stream is dropped and the child killed, so a
  * runaway child cannot exhaust tenc's memory. A failed posix_spawnp (ENOENT, EACCES)
  * rejects with an Error whose code is the errno name. */
@@ -138,7 +139,9 @@ static void run_execute(napi_env env, void *data) {
   sigfillset(&all);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  /* its own process group: a kill at the time limit reaches what it forked too */
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
   pid_t pid;
   int rc = posix_spawnp(&pid, j->argv[0], &fa, &attr, j->argv, j->envp);
   posix_spawn_file_actions_destroy(&fa);
@@ -155,6 +158,7 @@ static void run_execute(napi_env env, void *data) {
   size_t written = 0;
   if (j->input_len == 0) close_fd(&in[1]);
   int64_t deadline = j->timeout_ms > 0 ? mono_ms() + j->timeout_ms : 0;
+  int64_t drain_until = 0;
   int killed = 0;
   while (out[0] >= 0 || err[0] >= 0) {
     struct pollfd p[3];
@@ -163,23 +167,26 @@ static void run_execute(napi_env env, void *data) {
     if (out[0] >= 0) iout = n, p[n++] = (struct pollfd){.fd = out[0], .events = POLLIN};
     if (err[0] >= 0) ierr = n, p[n++] = (struct pollfd){.fd = err[0], .events = POLLIN};
     int wait = -1;
-    if (deadline && !killed) {
-      int64_t left = deadline - mono_ms();
+    int64_t until = killed ? drain_until : deadline;
+    if (until) {
+      int64_t left = until - mono_ms();
       wait = left > 0 ? (int)(left > 1000000 ? 1000000 : left) : 0;
     }
     int r = poll(p, (nfds_t)n, wait);
     if (r < 0) {
       if (errno == EINTR) continue;
       j->failed_errno = errno;
-      kill(pid, SIGKILL);
+      kill(-pid, SIGKILL);
       break;
     }
+    if (r == 0 && killed) break; /* killed 1 s ago and the pipes still open (held by some other process): stop reading */
     if (r == 0) { /* the deadline passed */
-      kill(pid, SIGKILL);
+      kill(-pid, SIGKILL);
       killed = 1;
+      drain_until = mono_ms() + 1000;
       j->timed_out = 1;
       close_fd(&in[1]);
-      continue; /* drain to EOF: the pipes close when the child (and any it forked) is gone */
+      continue; /* drain to EOF: the pipes close when the group is gone */
     }
     if (iin >= 0 && p[iin].revents) {
       if (p[iin].revents & (POLLERR | POLLHUP)) {
@@ -193,8 +200,9 @@ static void run_execute(napi_env env, void *data) {
     if (iout >= 0 && p[iout].revents && drain(out[0], &j->out, &j->overflow)) close_fd(&out[0]);
     if (ierr >= 0 && p[ierr].revents && drain(err[0], &j->err, &j->overflow)) close_fd(&err[0]);
     if (j->overflow && !killed) {
-      kill(pid, SIGKILL);
+      kill(-pid, SIGKILL);
       killed = 1;
+      drain_until = mono_ms() + 1000;
       close_fd(&in[1]);
     }
   }
@@ -212,7 +220,7 @@ static void run_execute(napi_env env, void *data) {
       if (w < 0 && errno != EINTR) break;
       int64_t left = deadline - mono_ms();
       if (left <= 0) {
-        kill(pid, SIGKILL);
+        kill(-pid, SIGKILL);
         j->timed_out = 1;
         break;
       }

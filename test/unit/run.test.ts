@@ -115,6 +115,21 @@ describe('runProcess (native) limits', () => {
     expect(r.stderr).toContain('output over 64 MiB');
   });
 
+  it('a child whose own child holds the pipes: the time limit kills both (its process group); node\'s spawn waits for the grandchild', async () => {
+    delete process.env.TENC_FAST_SPAWN;
+    const t0 = Date.now();
+    const r = await runProcess('sh', ['-c', 'sleep 30; echo never'], { timeoutMs: 300 });
+    expect(r.timedOut).toBe(true);
+    expect(r.stdout).toBe('');
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    // TENC_FAST_SPAWN=0 kills only the child: its result waits for the grandchild (2 s here)
+    process.env.TENC_FAST_SPAWN = '0';
+    const t1 = Date.now();
+    const old = await runProcess('sh', ['-c', 'sleep 2; echo never'], { timeoutMs: 300 });
+    expect(old.timedOut).toBe(true);
+    expect(Date.now() - t1).toBeGreaterThanOrEqual(1_500);
+  });
+
   it('bad arguments throw a TypeError or RangeError, never reach a child', () => {
     expect(() => addon.runProcess('true', 'x', null, 0)).toThrow(TypeError);
     expect(() => addon.runProcess('true', ['a\0b'], null, 0)).toThrow(/NUL/);
