@@ -134,7 +134,11 @@ b_node() { # NAME NS UL_PORT UL_ADDR/LEN OVERLAY/LEN MAC POD_CIDR GW/LEN INFRA_A
   ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
   veth_into_bridge "$UL" ul0 "$3" "$ns" ul0 $UL_MTU
   ip -n "$ns" addr add "$4" dev ul0
-  ip -n "$ns" link add br0 mtu $POD_MTU type bridge
+  # A MAC of its own (02:00:0b: and the node's): a bridge without one takes the lowest MAC
+  # of its ports and changes it when a pod with a lower one joins; the pods' ARP entries
+  # for their gateway then point at the old MAC and their traffic to other nodes stops
+  # until the entries expire (15-45 s: the cluster tests' setup stall)
+  ip -n "$ns" link add br0 mtu $POD_MTU address "02:00:0b:${6:9}" type bridge
   ip -n "$ns" link set br0 up
   ip -n "$ns" addr add "$8" dev br0
   ip -n "$ns" link add vxlan0 mtu $POD_MTU address "$6" type vxlan id $VNI local "${4%/*}" dstport 4789 nolearning dev ul0

@@ -97,7 +97,8 @@ up() {
     return
   fi
   ns_up "$NS_BR"
-  link_exists "$NS_BR" br0 || ip -n "$NS_BR" link add br0 type bridge
+  # a fixed MAC: otherwise the bridge takes the lowest of its ports' and changes it as pods join
+  link_exists "$NS_BR" br0 || ip -n "$NS_BR" link add br0 address 02:00:0b:77:00:fe type bridge
   ip -n "$NS_BR" link set dev br0 mtu "$MTU" up
   ip -n "$NS_BR" addr replace 10.77.0.254/24 dev br0
   ip -n "$NS_BR" -6 addr replace fd00:77::fe/64 dev br0 nodad
