@@ -4,7 +4,7 @@
  * closed before its proxy runs (CNI ADD), and removing what tenc left there once the
  * proxy is gone (CNI DEL). Below proxies.ts and agent.ts; uses control/ and routing/.
  */
-import { howItEnded, runProcess, type RunResult } from '../io/run.js';
+import { runOk, runProcess } from '../io/run.js';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, type PodConfig } from '../control/config.js';
@@ -68,11 +68,5 @@ async function guardBatchIn(ip: IpCommand, fam: 4 | 6, lines: string[]): Promise
 
 /** `nft -f -` in the netns (one transaction). */
 async function nftIn(via: string[], script: string): Promise<void> {
-  let r: RunResult;
-  try {
-    r = await runProcess(via[0], [...via.slice(1), 'nft', '-f', '-'], { stdin: script });
-  } catch (e) {
-    throw new Error(`nft: ${(e as Error).message}`);
-  }
-  if (r.code !== 0) throw new Error(`nft in the pod's netns: ${howItEnded(r)}`);
+  await runOk(via[0], [...via.slice(1), 'nft', '-f', '-'], { stdin: script }, (detail, r) => new Error(`${r ? "nft in the pod's netns" : 'nft'}: ${detail}`));
 }

@@ -16,7 +16,7 @@
  * source back into the cluster DNS address. The table is tenc's alone: removal
  * deletes it whole, and a crashed run's table (same name) is removed before install.
  */
-import { howItEnded, runProcess, type RunResult } from '../io/run.js';
+import { runOk } from '../io/run.js';
 import type { Logger } from '../log.js';
 
 export interface InterceptOptions {
@@ -34,15 +34,8 @@ export class NftError extends Error {
   readonly code = 'ERR_TENC_NFT';
 }
 
-async function runNft(nft: string, args: string[], input?: string): Promise<string> {
-  let r: RunResult;
-  try {
-    r = await runProcess(nft, args, { stdin: input });
-  } catch (e) {
-    throw new NftError((e as Error).message);
-  }
-  if (r.code === 0) return r.stdout;
-  throw new NftError(`${nft} ${args.join(' ')}: ${howItEnded(r)}`);
+function runNft(nft: string, args: string[], input?: string): Promise<string> {
+  return runOk(nft, args, { stdin: input }, (detail, r) => new NftError(r ? `${nft} ${args.join(' ')}: ${detail}` : detail));
 }
 
 /** The ruleset text `nft -f -` loads. */

@@ -90,6 +90,22 @@ function runSpawn(file: string, args: string[], stdin: string | undefined, timeo
   });
 }
 
+/**
+ * Runs `file args...` and resolves with its stdout when it exits 0. Otherwise rejects
+ * with `fail(detail, result)`: detail is why it could not start (result null) or
+ * howItEnded(result) for a failed exit; the caller shapes its own error from them.
+ */
+export async function runOk(file: string, args: string[], opts: RunOptions, fail: (detail: string, r: RunResult | null) => Error): Promise<string> {
+  let r: RunResult;
+  try {
+    r = await runProcess(file, args, opts);
+  } catch (e) {
+    throw fail((e as Error).message, null);
+  }
+  if (r.code !== 0) throw fail(howItEnded(r), r);
+  return r.stdout;
+}
+
 /** One line for an error message: the stderr, else how it ended. */
 export function howItEnded(r: RunResult): string {
   const err = r.stderr.trim();

@@ -54,7 +54,7 @@
  * transaction (the old table deleted and the new one made atomically: never a
  * moment without it, never two).
  */
-import { howItEnded, runProcess, type RunResult } from '../io/run.js';
+import { runOk, runProcess } from '../io/run.js';
 import { Address4, Address6 } from 'ip-address';
 
 /** Counter of plaintext from a project address dropped on input. */
@@ -243,13 +243,7 @@ export class Enforcement {
   /** Runs `nft -f -` with the script as one transaction (all or nothing). */
   private async run(script: string): Promise<void> {
     const [cmd, args] = this.argv(['-f', '-']);
-    let r: RunResult;
-    try {
-      r = await runProcess(cmd, args, { stdin: script });
-    } catch (e) {
-      throw new NftError(`nft: ${(e as Error).message}`);
-    }
-    if (r.code !== 0) throw new NftError(`nft: ${howItEnded(r)}`);
+    await runOk(cmd, args, { stdin: script }, (detail) => new NftError(`nft: ${detail}`));
   }
 
   /**

@@ -3,7 +3,7 @@
  * Every call can target a named namespace (`ip -n NAME`), which the netns tests use;
  * the pod itself runs inside its namespace and passes none.
  */
-import { howItEnded, runProcess, type RunResult } from '../io/run.js';
+import { howItEnded, runOk, runProcess, type RunResult } from '../io/run.js';
 
 export type Family = 4 | 6;
 
@@ -45,16 +45,10 @@ export class IpCommand {
   }
 
   /** Runs one command; resolves with stdout, rejects with IpCommandError. */
-  async run(args: string[], stdin?: string): Promise<string> {
+  run(args: string[], stdin?: string): Promise<string> {
     const full = [...this.prefix, ...args];
-    let r: RunResult;
-    try {
-      r = await runProcess(this.binary, full, { stdin });
-    } catch (e) {
-      throw new IpCommandError(full, (e as Error).message, null);
-    }
-    if (r.code === 0) return r.stdout;
-    throw new IpCommandError(full, r.code === null ? howItEnded(r) : r.stderr, r.code);
+    // an exit code keeps ip's own stderr (batch() reads the failing line from it)
+    return runOk(this.binary, full, { stdin }, (detail, r) => new IpCommandError(full, r && r.code !== null ? r.stderr : detail, r?.code ?? null));
   }
 
   /** `ip -j ARGS` parsed; an empty dump (or a table that does not exist) is []. */
