@@ -43,6 +43,7 @@ export async function computeMtu(
   /** The start's routing snapshot (snapshot.ts): its dumps instead of `ip` processes of its own. */
   snap: RoutingSnapshot | null = null,
 ): Promise<MtuChoice> {
+  const snapLinks = snap ? snapshotLinks(snap) : null;
   let egress: string | undefined;
   let underlay: Family = 4;
   let reason = '';
@@ -64,7 +65,7 @@ export async function computeMtu(
     }
   }
   if (!egress) {
-    const links = snap ? snapshotLinks(snap) : await ip.json(['addr', 'show']).catch(() => []);
+    const links = snapLinks ?? (await ip.json(['addr', 'show']).catch(() => []));
     for (const own of ownAddresses) {
       const l = links.find((x) => (x.addr_info ?? []).some((a: { local?: string }) => a.local === own));
       if (l?.ifname) {
@@ -82,7 +83,7 @@ export async function computeMtu(
     reason += ', no peer endpoint yet: IPv6 overhead assumed';
   }
   // the snapshot's address dumps carry each link's MTU (a link without any address: its own dump)
-  const known = snap ? snapshotLinks(snap).find((l) => l.ifname === egress && typeof l.mtu === 'number') : undefined;
+  const known = snapLinks?.find((l) => l.ifname === egress && typeof l.mtu === 'number');
   const link = known ? [known] : await ip.json(['link', 'show', 'dev', egress]);
   const egressMtu = link[0]?.mtu;
   if (typeof egressMtu !== 'number') throw new MtuError(`cannot compute the MTU: no MTU for egress interface ${egress}`);

@@ -262,44 +262,25 @@ describe('pod lifecycle', () => {
     expectSame(snapshot(pod), before);
   });
 
-  it('TENC_START_CONCURRENT=0 (the start steps one after another, as before): residue adopted and removed the same', async () => {
-    const before = snapshot(pod);
-    vi.stubEnv('TENC_START_CONCURRENT', '0');
-    try {
-      expect(await startStop(config({ failClosedOnStop: true }))).toBe(0);
-      expectFailClosed();
-      expect(await startStop(config())).toBe(0);
-    } finally {
-      vi.unstubAllEnvs();
-    }
-    expectSame(snapshot(pod), before);
-  });
-
-  it('TENC_START_SNAPSHOT=0 (each start step dumps for itself, as before): residue adopted and removed the same', async () => {
-    const before = snapshot(pod);
-    vi.stubEnv('TENC_START_SNAPSHOT', '0');
-    try {
-      expect(await startStop(config({ failClosedOnStop: true }))).toBe(0);
-      expectFailClosed();
-      expect(await startStop(config())).toBe(0);
-    } finally {
-      vi.unstubAllEnvs();
-    }
-    expectSame(snapshot(pod), before);
-  });
-
-  it('TENC_FAST_SPAWN=0 (ip and nft through node\'s spawn, as before): the same lifecycle, fail closed, namespace restored', async () => {
-    const before = snapshot(pod);
-    vi.stubEnv('TENC_FAST_SPAWN', '0');
-    try {
-      expect(await startStop(config({ failClosedOnStop: true }))).toBe(0);
-      expectFailClosed();
-      expect(await startStop(config())).toBe(0);
-    } finally {
-      vi.unstubAllEnvs();
-    }
-    expectSame(snapshot(pod), before);
-  });
+  // each start switch at its non-default value: the same lifecycle (residue adopted, fail closed, namespace restored)
+  for (const [name, what] of [
+    ['TENC_START_CONCURRENT', 'the start steps one after another, as before'],
+    ['TENC_START_SNAPSHOT', 'each start step dumps for itself, as before'],
+    ['TENC_FAST_SPAWN', "ip and nft through node's spawn, as before"],
+  ] as const) {
+    it(`${name}=0 (${what}): residue adopted and removed the same, fail closed, namespace restored`, async () => {
+      const before = snapshot(pod);
+      vi.stubEnv(name, '0');
+      try {
+        expect(await startStop(config({ failClosedOnStop: true }))).toBe(0);
+        expectFailClosed();
+        expect(await startStop(config())).toBe(0);
+      } finally {
+        vi.unstubAllEnvs();
+      }
+      expectSame(snapshot(pod), before);
+    });
+  }
 
   it('a second pod on the same control socket refuses to start and touches nothing', async () => {
     let ready!: () => void;
