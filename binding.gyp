@@ -28,6 +28,7 @@
         "native/sock.c",
         "native/dnsio.c",
         "native/spawn.c",
+        "native/netns.c",
         "native/idlemem.cc"
       ],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"],

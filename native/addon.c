@@ -13,6 +13,7 @@ static napi_value init(napi_env env, napi_value exports) {
   if (tenc_init_sock(env, exports) != napi_ok) return NULL;
   if (tenc_init_dnsio(env, exports) != napi_ok) return NULL;
   if (tenc_init_spawn(env, exports) != napi_ok) return NULL;
+  if (tenc_init_netns(env, exports) != napi_ok) return NULL;
   if (tenc_init_idlemem(env, exports) != napi_ok) return NULL;
   return exports;
 }

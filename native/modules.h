@@ -16,6 +16,7 @@ napi_status tenc_init_engine_test(napi_env env, napi_value exports);
 napi_status tenc_init_sock(napi_env env, napi_value exports);
 napi_status tenc_init_dnsio(napi_env env, napi_value exports);
 napi_status tenc_init_spawn(napi_env env, napi_value exports);
+napi_status tenc_init_netns(napi_env env, napi_value exports);
 /* idlemem.cc (C++: V8's memory-reducing collection has no N-API entry) */
 napi_status tenc_init_idlemem(napi_env env, napi_value exports);
 

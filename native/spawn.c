@@ -21,6 +21,7 @@
  * rejects with an Error whose code is the errno name. */
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
@@ -31,6 +32,8 @@
 #include "util.h"
 
 extern char **environ;
+/* netns.c: the namespace a standby pod was handed (-1: none); see run_execute. */
+extern int tenc_netns_fd;
 
 #define RUN_OUTPUT_MAX (64u << 20)
 
@@ -121,6 +124,14 @@ static void run_execute(napi_env env, void *data) {
   (void)env;
   struct run_job *j = data;
   int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+  /* A standby pod handed its namespace (netns.c): this worker thread may have started
+   * before, in the old one, and the child inherits the thread's namespace. Entered
+   * again before every child (one cheap system call); failing, no child is started. */
+  int ns = __atomic_load_n(&tenc_netns_fd, __ATOMIC_ACQUIRE);
+  if (ns >= 0 && setns(ns, CLONE_NEWNET) < 0) {
+    j->failed_errno = errno;
+    return;
+  }
   if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
     j->failed_errno = errno;
     close_fd(&in[0]), close_fd(&in[1]), close_fd(&out[0]), close_fd(&out[1]), close_fd(&err[0]), close_fd(&err[1]);

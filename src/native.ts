@@ -160,3 +160,19 @@ function typeError(message: string): TypeError {
 export function protectProcess(): { dumpable: number } {
   return addon.processProtect() as { dumpable: number };
 }
+
+/**
+ * Moves the calling thread (node's main thread) into the network namespace at `path`
+ * (setns(CLONE_NEWNET), native/netns.c), and makes runProcess's worker threads enter it
+ * before each child. Once per process (EALREADY after); errors name the path (ENOENT,
+ * EINVAL: not a network namespace, EPERM). A standby `tenc pod` calls it at its handoff
+ * (cli/standby.ts).
+ */
+export function enterNetns(path: string): void {
+  addon.enterNetns(path);
+}
+
+/** fd 2 becomes `path` (opened O_APPEND|O_CREAT|O_NOFOLLOW, mode 0600): a handed-over standby's log. */
+export function redirectStderr(path: string): void {
+  addon.redirectStderr(path);
+}
