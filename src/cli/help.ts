@@ -96,6 +96,7 @@ Example:
 ${EXIT_CODES}
 `,
   pod: `Usage: tenc pod --config FILE [--log-level LEVEL] [--metrics-address HOST:PORT]
+       tenc pod --standby [--log-level LEVEL] [--metrics-address HOST:PORT]
 
 Runs the per-pod process: generates the private key in memory and prints
 \`public-key <base64>\` as the first line on stdout, reads the psk file, opens
@@ -103,8 +104,15 @@ the TUN interface and UDP socket, installs policy routing and serves the control
 socket. SIGINT/SIGTERM tear everything down in reverse order and exit 0.
 Logs are JSON lines on stderr.
 
+With --standby (what the node agent starts ahead, README "Standby proxies") it
+loads everything, prints \`standby ready\` and waits for one line on stdin:
+{"netns":PATH,"config":FILE,"log":FILE} (log optional). Then it enters that
+network namespace, sends its stderr to the log file and runs as with --config.
+End of stdin before that line: exit 0, nothing done.
+
 Options:
   -c, --config FILE        the pod's JSON config (see README "Config file")
+      --standby            wait for a handoff line on stdin instead of --config
   -l, --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (overrides the config)
       --metrics-address HOST:PORT
                            serve this pod's Prometheus /metrics there (where no agent

@@ -40,29 +40,46 @@ export async function podMain(args: string[], io: PodIo = processIo, entry: PodE
 async function pod(args: string[], io: PodIo, entry: PodEntry): Promise<number> {
   const parsed = parseCommandArgs(
     args,
-    { config: { type: 'string', short: 'c' }, 'log-level': { type: 'string', short: 'l' }, 'metrics-address': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    { config: { type: 'string', short: 'c' }, standby: { type: 'boolean' }, 'log-level': { type: 'string', short: 'l' }, 'metrics-address': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     'pod',
   );
-  const values = parsed.values as { config?: string; 'log-level'?: string; 'metrics-address'?: string; help?: boolean };
+  const values = parsed.values as { config?: string; standby?: boolean; 'log-level'?: string; 'metrics-address'?: string; help?: boolean };
   const positionals = parsed.positionals;
   if (values.help) {
     io.stdout(COMMAND_HELP.pod);
     return 0;
   }
   if (positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`, 'pod');
-  const file = values.config;
-  if (!file) throw new UsageError('--config FILE is required', 'pod');
+  let file = values.config;
+  if (values.standby && file) throw new UsageError('--standby takes no --config: the handoff names it', 'pod');
+  if (!file && !values.standby) throw new UsageError('--config FILE (or --standby) is required', 'pod');
   const level = values['log-level'];
   if (level !== undefined && !isLogLevel(level)) {
     throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, 'pod');
   }
-  await protectSecrets(); // before the config (and its key files) is read
-  const config = loadConfig(file);
-  if (level !== undefined) config.logLevel = level as typeof config.logLevel;
   const address = metricsAddress(values['metrics-address'], 'pod');
+  await protectSecrets(); // before the config (and its key files) is read
+  if (values.standby) {
+    // everything a pod may run is loaded before the handoff: none of it after
+    const { standBy } = await import('./standby.js');
+    const { HandoffError } = await import('../control/handoff.js');
+    let h;
+    try {
+      h = await standBy(io.stdout, async () => void (await (await import('../control/pod.js')).loadDns()));
+    } catch (e) {
+      if (!(e instanceof HandoffError)) throw e;
+      io.stderr(`tenc: ${e.message}\n`);
+      return 2;
+    }
+    if (h === null) return 0; // the agent went away before handing a pod over
+    file = h.config;
+  }
+  const config = loadConfig(file!);
+  if (level !== undefined) config.logLevel = level as typeof config.logLevel;
   // Loaded on demand: loadConfig's errors come first.
   const { runPod } = await import('../control/pod.js');
-  if (address === undefined) return await runPod(config, { stdout: io.stdout, entry });
+  const standby = values.standby === true;
+  if (address === undefined) return await runPod(config, { stdout: io.stdout, entry, standby });
   const { startPodMetrics } = await import('../metrics/start.js');
   const { createLogger } = await import('../log.js');
   let server: { close(): Promise<void> } | null = null;
@@ -71,6 +88,7 @@ async function pod(args: string[], io: PodIo, entry: PodEntry): Promise<number> 
     stdout: io.stdout,
     log,
     entry,
+    standby,
     onReady: (p) => {
       startPodMetrics(address, () => p.status(), version(), log).then(
         (s) => (server = s),

@@ -60,6 +60,8 @@ export interface RunPodOptions {
   onReady?: (pod: Pod) => void;
   /** Where the pod's code was loaded from (cli/pod-bundle.ts), logged in 'pod running'. */
   entry?: 'bundle' | 'dist';
+  /** Started as a standby and handed this pod (cli/standby.ts), logged in 'pod running'. */
+  standby?: boolean;
 }
 
 /** The DNS proxy's modules (dns/service.js, classify.js, misses.js and dns-packet behind them). */
@@ -615,7 +617,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     const settle = settleIdleMemory({ onSettled: (r) => log.info({ ms: Math.round(r.ms * 10) / 10, trimmed: r.trimmed, rssMiB: [r.rssBefore, r.rssAfter].map((b) => Math.round(b / 104857.6) / 10) }, 'idle memory settled') });
     uninit.push({ what: 'idle memory settle', run: () => settle.stop() });
 
-    log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort, v8: leanState(), entry: opts.entry ?? 'dist', codeCache: codeCacheState() }, 'pod running');
+    log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort, v8: leanState(), entry: opts.entry ?? 'dist', codeCache: codeCacheState(), standby: opts.standby === true }, 'pod running');
     started = true;
     opts.onReady?.(pod);
   } catch (e) {

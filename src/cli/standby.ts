@@ -1,0 +1,88 @@
+/**
+ * `tenc pod --standby`: the pod's side of the standby handoff (control/handoff.ts).
+ *
+ * The process loads everything a pod runs (the pod's modules, the DNS proxy's too),
+ * prints `standby ready`, and waits for one handoff line on stdin. Then it enters the
+ * pod's network namespace (native enterNetns: setns of the main thread, and of
+ * runProcess's workers before each child), checks that /proc/self/ns/net is that
+ * namespace, points stderr at the pod's log, and returns the config path: from there
+ * on it is `tenc pod --config CONFIG`, started in the pod's namespace.
+ *
+ * Nothing before the handoff touches a namespace, a file of the pod or a secret: the
+ * standby runs in the agent's namespace with nothing to protect or to leak. End of
+ * stdin before a handoff (the agent is gone) returns null: exit 0.
+ */
+import { statSync } from 'node:fs';
+import { HANDOFF_MAX_BYTES, HandoffError, STANDBY_READY_LINE, parseHandoff, type Handoff } from '../control/handoff.js';
+
+/** The first line of `input`, without its newline; null at end of input before any byte. */
+export function readHandoffLine(input: NodeJS.ReadableStream, max = HANDOFF_MAX_BYTES): Promise<string | null> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const done = (f: () => void) => {
+      input.off('data', onData);
+      input.off('end', onEnd);
+      input.off('error', onError);
+      input.pause();
+      f();
+    };
+    const onData = (d: Buffer | string) => {
+      buf += typeof d === 'string' ? d : d.toString('utf8');
+      const nl = buf.indexOf('\n');
+      if (nl >= 0 && nl <= max) done(() => resolve(buf.slice(0, nl)));
+      else if (buf.length > max) done(() => reject(new HandoffError(`standby handoff: no newline in the first ${max} bytes`)));
+    };
+    const onEnd = () => done(() => (buf === '' ? resolve(null) : reject(new HandoffError('standby handoff: input ended inside the line (no newline)'))));
+    const onError = (e: Error) => done(() => reject(new HandoffError(`standby handoff: reading stdin: ${e.message}`)));
+    input.on('data', onData);
+    input.once('end', onEnd);
+    input.once('error', onError);
+    input.resume();
+  });
+}
+
+/**
+ * Moves this process to the handed pod: checks that `h.netns` is a network namespace,
+ * enters it, checks /proc/self/ns/net, and points stderr at `h.log`. Throws
+ * HandoffError (naming the path) before anything is done in the new namespace.
+ */
+export async function enterHandoff(h: Handoff): Promise<void> {
+  const { enterNetns, redirectStderr } = await import('../native.js');
+  let target: { dev: number; ino: number };
+  try {
+    target = statSync(h.netns);
+  } catch (e) {
+    throw new HandoffError(`standby handoff: netns ${h.netns}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  // an nsfs file has the device of every namespace file (the agent checks the same)
+  if (target.dev !== statSync('/proc/self/ns/net').dev) throw new HandoffError(`standby handoff: netns ${h.netns} is not a network namespace`);
+  try {
+    enterNetns(h.netns);
+  } catch (e) {
+    throw new HandoffError(`standby handoff: ${(e as Error).message}`);
+  }
+  const now = statSync('/proc/self/ns/net');
+  if (now.ino !== target.ino || now.dev !== target.dev) throw new HandoffError(`standby handoff: after setns, /proc/self/ns/net is not ${h.netns}`);
+  if (h.log !== undefined) {
+    try {
+      redirectStderr(h.log);
+    } catch (e) {
+      throw new HandoffError(`standby handoff: log ${h.log}: ${(e as Error).message}`);
+    }
+  }
+}
+
+/**
+ * Stands by: `prepare` loads what a pod runs, then `standby ready` goes to stdout and
+ * the handoff is read from `input`. Returns the handoff once this process is in the
+ * pod's namespace, or null when input ended before one.
+ */
+export async function standBy(stdout: (t: string) => void, prepare: () => Promise<void>, input: NodeJS.ReadableStream = process.stdin): Promise<Handoff | null> {
+  await prepare();
+  stdout(STANDBY_READY_LINE);
+  const line = await readHandoffLine(input);
+  if (line === null) return null;
+  const h = parseHandoff(line);
+  await enterHandoff(h);
+  return h;
+}
