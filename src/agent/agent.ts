@@ -100,6 +100,8 @@ export class Agent {
       .finally(() => {
         this.o.hooks?.proxies([...this.proxies.values()].filter((p) => p.publicKey !== null).length, this.o.project);
         this.running = false;
+        // a standby for the next pod, started when no start runs (it would slow them)
+        if (!this.stopped && this.starting.size === 0) this.proxies.warmStandby();
         if (this.again) {
           this.again = false;
           setTimeout(() => this.kick(), 20);
@@ -398,6 +400,7 @@ export class Agent {
    */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.proxies.stopStandby();
     this.watch?.close();
     if (this.timer) clearInterval(this.timer);
     await this.current;

@@ -24,7 +24,8 @@ import type { AgentHooks } from '../metrics/agent.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
 import type { PodInfo, ProjectView, Registry } from '../registry/registry.js';
 import { desiredState, type DesiredPeer, type DesiredPod } from './desired.js';
-import { podSpawnArgs } from './pod-exec.js';
+import { podNodeFlags, podSpawnArgs } from './pod-exec.js';
+import { Standby, standbyEnabled } from './standby.js';
 import { cleanNetns, podResolvConf } from './netns.js';
 
 /** The port every pod proxy listens on. */
@@ -175,7 +176,12 @@ export interface ProxyOptions {
   hooks?: AgentHooks;
   /** Each of a start's two waits (key line, then control socket); default START_TIMEOUT_MS. */
   startTimeoutMs?: number;
+  /** Keep a standby proxy to hand the next pod (agent/standby.ts); default on unless TENC_POD_STANDBY=0. */
+  standby?: boolean;
 }
+
+/** Standbys that die before they are ready this many times in a row: no more are started (logged once). */
+export const STANDBY_MAX_FAILURES = 3;
 
 /** Nothing is known to be applied to the proxy (adopted, or lost): apply() sends everything again. */
 export function forgetApplied(px: Proxy): void {
@@ -195,6 +201,11 @@ function podFile(runDir: string, pod: string, ext: string): string {
 export class Proxies extends Map<string, Proxy> {
   private readonly log: Logger;
   private readonly main: string;
+  /** The standby proxy the next start is handed to (warmStandby); null: none. */
+  private standby: Standby | null = null;
+  private standbyFailures = 0;
+  private standbySeq = 0;
+  private standbyClosed = false;
 
   /** kick: reconcile soon (a lost proxy is started again by the next reconcile). */
   constructor(
@@ -250,6 +261,55 @@ export class Proxies extends Map<string, Proxy> {
     return { config, want: chosen, dns: resolvConf !== null };
   }
 
+  /**
+   * Starts a standby proxy if there is none (the agent calls it when no start is under
+   * way: a standby's own start would slow theirs). Does nothing when standbys are off,
+   * after stopStandby(), or after STANDBY_MAX_FAILURES standbys in a row died unready.
+   */
+  warmStandby(): void {
+    if (this.standbyClosed || this.standby !== null || !(this.o.standby ?? standbyEnabled())) return;
+    if (this.standbyFailures >= STANDBY_MAX_FAILURES) return;
+    const logFile = join(this.o.runDir, `standby-${process.pid}-${++this.standbySeq}.log`);
+    let sb: Standby;
+    try {
+      sb = new Standby({ main: this.main, flags: podNodeFlags(), logFile });
+    } catch (e) {
+      this.standbyFailed((e as Error).message);
+      return;
+    }
+    this.standby = sb;
+    void sb.ready.then((ok) => {
+      if (ok) this.standbyFailures = 0;
+    });
+    void sb.exited.then((how) => {
+      if (this.standby !== sb) return; // handed over: its exit is the pod's
+      this.standby = null;
+      if (!this.standbyClosed) this.standbyFailed(`exited (${how}) before a pod was handed to it${sb.logTail() ? `: ${sb.logTail()}` : ''}`);
+    });
+  }
+
+  private standbyFailed(why: string): void {
+    this.standbyFailures++;
+    if (this.standbyFailures < STANDBY_MAX_FAILURES) this.log.warn({ err: why }, 'standby proxy failed: pods start without one until the next is ready');
+    else this.log.error({ err: why, failures: this.standbyFailures }, 'standby proxies keep failing: none started any more (pods start as new processes)');
+  }
+
+  /** Stops the standby (the agent stops); none is started after this. */
+  stopStandby(): void {
+    this.standbyClosed = true;
+    const sb = this.standby;
+    this.standby = null;
+    sb?.kill();
+  }
+
+  /** The standby, taken for a pod's start, when one is ready; else null. */
+  private takeStandby(): Standby | null {
+    const sb = this.standby;
+    if (sb === null || !sb.usable()) return null;
+    this.standby = null;
+    return sb;
+  }
+
   /** Adopts a live proxy (agent restart) or starts one; the agent runs one per pod at a time, beside its reconciles. */
   async ensureProxy(px: Proxy, view: ProjectView): Promise<void> {
     px.starting = true;
@@ -302,14 +362,22 @@ export class Proxies extends Map<string, Proxy> {
     const config = podFile(this.o.runDir, pod.name, 'json');
     const { want, dns } = await this.writeConfig(pod, netns, px.socket, { ...view, pods: [...view.pods.filter((p) => p.name !== pod.name), pod] });
     px.dns = dns;
-    const logFd = openSync(podFile(this.o.runDir, pod.name, 'log'), 'a', 0o600);
-    // nsenter execs node: the child's pid is the proxy's
-    const child = spawn('nsenter', podSpawnArgs(netns, this.main, config), {
-      stdio: ['ignore', 'pipe', logFd],
-      detached: true, // its own process group: a signal to the agent's group does not reach it
-    });
-    closeSync(logFd);
-    child.unref();
+    const logFile = podFile(this.o.runDir, pod.name, 'log');
+    // a standby when one is ready (it enters the netns itself), else a new process
+    const sb = this.takeStandby();
+    let child: ChildProcess;
+    if (sb !== null) {
+      child = sb.handOff({ netns, config, log: logFile });
+    } else {
+      const logFd = openSync(logFile, 'a', 0o600);
+      // nsenter execs node: the child's pid is the proxy's
+      child = spawn('nsenter', podSpawnArgs(netns, this.main, config), {
+        stdio: ['ignore', 'pipe', logFd],
+        detached: true, // its own process group: a signal to the agent's group does not reach it
+      });
+      closeSync(logFd);
+      child.unref();
+    }
     px.child = child;
     // saved at once (nsenter execs node: pid and start time stay): an agent killed while
     // the proxy starts leaves a process the next agent can still stop at DEL
@@ -322,9 +390,11 @@ export class Proxies extends Map<string, Proxy> {
       if (px.child === child) this.lost(px, `exited (${signal ?? code})`);
     });
     if (key === null || child.exitCode !== null) {
-      await this.giveUp(px, child, 'did not start');
+      const tail = sb?.logTail();
+      await this.giveUp(px, child, `did not start${sb ? ` (standby handoff${tail ? `: ${tail}` : ''})` : ''}`);
       return;
     }
+    sb?.dropLog();
     // fail-closed once the control socket answers (the guards come before the data plane);
     // the steps between (ip, nft, the data plane, the DNS proxy) take seconds on a loaded node
     const deadline = Date.now() + (this.o.startTimeoutMs ?? START_TIMEOUT_MS);
@@ -340,7 +410,7 @@ export class Proxies extends Map<string, Proxy> {
     px.endpoints = want && dns ? JSON.stringify(want.endpoints) : null;
     px.members = want ? JSON.stringify(want.members) : null;
     px.policy = null;
-    this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid, peers: want?.peers.length ?? 0 }, 'proxy started');
+    this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid, peers: want?.peers.length ?? 0, standby: sb !== null }, 'proxy started');
     this.o.hooks?.proxyStarted('started');
   }
 

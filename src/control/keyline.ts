@@ -23,6 +23,7 @@ export function readPublicKeyLine(child: ChildProcess, ms: number): Promise<stri
         resolve(m[1]);
       }
     });
+    child.stdout!.resume(); // a standby's stdout was paused at its handoff (agent/standby.ts)
     const exited = () => {
       clearTimeout(timer);
       resolve(new Error(`exited ${child.signalCode ?? child.exitCode} before printing its public key`));

@@ -48,7 +48,7 @@ describe('agent: a start given up is stopped before the next', () => {
     cleanup.push(() => {
       if (started().length < 3) console.log(lines.join(''));
     });
-    const agent = new Agent({ registry, node: 'n1', project: 'alpha', registrations: () => [reg], runDir: join(dir, 'run'), tencMain: fake, startTimeoutMs: 300, dns: false, log });
+    const agent = new Agent({ registry, node: 'n1', project: 'alpha', registrations: () => [reg], runDir: join(dir, 'run'), tencMain: fake, startTimeoutMs: 300, dns: false, log, standby: false }); // the fake knows no --standby
     const started = () => readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number);
     cleanup.push(() => {
       for (const p of started()) if (processAlive(p)) process.kill(p, 'SIGKILL');
