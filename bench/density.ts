@@ -47,6 +47,7 @@ import { Children, stopChild } from './lib/procs.js';
 import { markdownTable } from './lib/table.js';
 import { percentile } from './lib/traffic.js';
 import { podNodeFlags, podSpawnArgs } from '../src/agent/pod-exec.js';
+import { Standby, standbyEnabled } from '../src/agent/standby.js';
 import { readPublicKeyLine } from '../src/control/keyline.js';
 import { loadConfig } from '../src/control/config.js';
 import { failClosedScripts } from '../src/control/failclosed.js';
@@ -167,12 +168,16 @@ export interface Variant {
   flags: string[];
   /** Extra environment of the pod process (--ab-env). */
   env?: Record<string, string>;
+  /** Started as a standby and handed the pod (agent/standby.ts), as the agent does unless TENC_POD_STANDBY=0. */
+  standby?: boolean;
 }
 
 /** The variants of a run: the agent's way first, then --ab flag lists and --ab-main. Exported for its unit test. */
-export function variantsOf(ab: string | undefined, abMain: string | undefined, main: string, agentFlags: string[], abEnv?: string): Variant[] {
+export function variantsOf(ab: string | undefined, abMain: string | undefined, main: string, agentFlags: string[], abEnv?: string, standby = false, abStandby = false): Variant[] {
   const label = (f: string[]) => (f.length ? f.join(' ') : 'no flags');
-  const out: Variant[] = [{ name: `agent (${label(agentFlags)})`, main, flags: agentFlags }];
+  const how = (sb: boolean) => (sb ? 'standby, ' : '');
+  const out: Variant[] = [{ name: `agent (${how(standby)}${label(agentFlags)})`, main, flags: agentFlags, standby }];
+  if (abStandby) out.push({ name: `${standby ? 'new process' : 'standby'} (${label(agentFlags)})`, main, flags: agentFlags, standby: !standby });
   for (const part of (ab ?? '').split(';').map((x) => x.trim()).filter((x) => x !== '')) {
     const flags = part === 'none' ? [] : part.split(/\s+/);
     const bad = flags.find((f) => !f.startsWith('--'));
@@ -186,11 +191,11 @@ export function variantsOf(ab: string | undefined, abMain: string | undefined, m
       if (!m) throw new Error(`--ab-env: "${kv}" is not NAME=VALUE (lists of NAME=VALUE separated by ',', variants by ';')`);
       env[m[1]] = m[2];
     }
-    out.push({ name: `${label(agentFlags)}, ${part}`, main, flags: agentFlags, env });
+    out.push({ name: `${how(standby)}${label(agentFlags)}, ${part}`, main, flags: agentFlags, env, standby });
   }
   if (abMain !== undefined) {
     if (!existsSync(abMain)) throw new Error(`--ab-main: ${abMain} does not exist`);
-    out.push({ name: `--ab-main (${label(agentFlags)})`, main: abMain, flags: agentFlags });
+    out.push({ name: `--ab-main (${how(standby)}${label(agentFlags)})`, main: abMain, flags: agentFlags, standby });
   }
   return out;
 }
@@ -217,8 +222,21 @@ function writePodConfig(dir: string, address: string, psk: string, tag: string, 
   return { config, socket, logFile: join(dir, `${tag}.log`) };
 }
 
-/** Starts `tenc pod` in `ns` as the agent does (agent/pod-exec.ts). */
-function startPod(v: Variant, ns: string, files: { config: string; socket: string; logFile: string }): Started {
+/**
+ * Starts `tenc pod` in `ns` as the agent does: a standby (agent/standby.ts) started
+ * and waited for untimed, t0 at its handoff; or a new process (agent/pod-exec.ts),
+ * t0 at its spawn.
+ */
+async function startPod(v: Variant, ns: string, files: { config: string; socket: string; logFile: string }): Promise<Started> {
+  if (v.standby) {
+    const sb = new Standby({ main: v.main, flags: v.flags, logFile: `${files.logFile}.standby`, env: v.env ? { ...process.env, ...v.env } : process.env });
+    if (!(await sb.ready)) throw new Error(`standby did not get ready (${await sb.exited}): ${sb.logTail()}`);
+    const t0 = Date.now();
+    const child = sb.handOff({ netns: `/run/netns/${ns}`, config: files.config, log: files.logFile });
+    const publicKey = readPublicKeyLine(child, 30_000);
+    void publicKey.then(() => sb.dropLog());
+    return { child, t0, logFile: files.logFile, socket: files.socket, publicKey };
+  }
   const args = podSpawnArgs(`/run/netns/${ns}`, v.main, files.config, v.flags);
   const fd = openSync(files.logFile, 'w', 0o600);
   const t0 = Date.now();
@@ -293,7 +311,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   const withPrepare = ctx.flags.get('prepare') !== '0';
   if (process.getuid?.() !== 0) throw new Error('density needs root (namespaces)');
   if (!existsSync(TENC_MAIN)) throw new Error(`${TENC_MAIN} not built (npm run build)`);
-  const variants = variantsOf(ctx.flags.get('ab'), ctx.flags.get('ab-main'), TENC_MAIN, podNodeFlags(), ctx.flags.get('ab-env'));
+  const variants = variantsOf(ctx.flags.get('ab'), ctx.flags.get('ab-main'), TENC_MAIN, podNodeFlags(), ctx.flags.get('ab-env'), standbyEnabled(), ctx.flags.has('ab-standby'));
   const wg = '/usr/bin/wireguard-go';
   if (!existsSync(wg)) throw new Error(`${wg} missing: run bash netns-scripts/deps.sh`);
   for (const ns of readdirSync('/run/netns').filter((n) => n.startsWith(`${PREFIX}-`))) throw new Error(`namespace ${ns} exists: a bench still running, or left over (ip netns del ${ns})`);
@@ -318,7 +336,7 @@ export async function run(ctx: BenchContext): Promise<void> {
     for (const [i, n] of nets.entries()) {
       const v = i % variants.length;
       owner.push(v);
-      pods.push(startPod(variants[v], n.ns, writePodConfig(dir, n.address, psk, `pod${i + 1}`, peers)));
+      pods.push(await startPod(variants[v], n.ns, writePodConfig(dir, n.address, psk, `pod${i + 1}`, peers)));
     }
     for (const p of pods) {
       const k = await p.publicKey;
@@ -376,7 +394,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       const n = nets[i % nets.length];
       const files = writePodConfig(dir, n.address, psk, `start${i}`, peers);
       const prep = withPrepare ? await prepare(n.ns, files.config) : 0;
-      const p = startPod(variants[vi], n.ns, files);
+      const p = await startPod(variants[vi], n.ns, files);
       const k = await p.publicKey;
       if (k instanceof Error) throw new Error(`start ${i}: pod did not start (${k.message}): ${readFileSync(p.logFile, 'utf8').slice(-400)}`);
       await until('control socket', () => existsSync(p.socket), 15_000);
@@ -404,10 +422,11 @@ export async function run(ctx: BenchContext): Promise<void> {
       const m = ms[vi];
       const r = (label: string, xs: number[]) => rows.push([v.name, label, q(xs, 50), q(xs, 99), String(xs.length)]);
       if (withPrepare) r('fail-closed by the agent (prepare: ip -batch x2 + nft -f, from its start)', m.prepare);
-      r('proxy: key ready (from its spawn)', m.key);
-      r('proxy: fail-closed in place (from its spawn)', m.failClosed);
-      r('proxy: control socket ready (from its spawn)', m.socket);
-      r('proxy: first set-peer answered (from its spawn)', m.handshake);
+      const from = v.standby ? 'from its handoff' : 'from its spawn';
+      r(`proxy: key ready (${from})`, m.key);
+      r(`proxy: fail-closed in place (${from})`, m.failClosed);
+      r(`proxy: control socket ready (${from})`, m.socket);
+      r(`proxy: first set-peer answered (${from})`, m.handshake);
       if (withPrepare) r('control socket ready from the start of prepare', m.addToSocket);
     }
     ctx.log(markdownTable(['variant', 'milestone', 'p50 ms', 'p99 ms', 'samples'], rows));

@@ -31,7 +31,7 @@ import { validateCluster, type ClusterConfig } from '../../src/agent/cluster-con
 import { ensureBuilt } from '../build.js';
 import { FakeApiServer, type Kind } from '../k8s/fake-apiserver.js';
 import { syncApiFromCluster, writeKubeconfig } from '../k8s/cluster-api.js';
-import { Netns, echoConnection, readCaptureBytes, requireRoot, requireTool, startCapture, until } from './lib.js';
+import { Netns, echoConnection, isPodProxyCmdline, readCaptureBytes, requireRoot, requireTool, startCapture, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -90,7 +90,7 @@ async function proxyPids(pod: string): Promise<string[]> {
   const pids = (await run('ip', ['netns', 'pids', ns(pod)])).stdout.split('\n').filter(Boolean);
   return pids.filter((p) => {
     try {
-      return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config');
+      return isPodProxyCmdline(readFileSync(`/proc/${p}/cmdline`, 'utf8'));
     } catch {
       return false;
     }

@@ -18,7 +18,7 @@
  *     spoofs an alpha pod's address is dropped and counted (plaintext_from_project)
  *  3. to beta's service and to the external host: works, in the clear (not tunnelled)
  *  4. churn: a pod removed and one added anywhere: peers updated within 5 s, an open
- *     TCP connection to another pod survives
+ *     TCP connection to another pod survives; the added pod's proxy was node2's standby
  *  5. kill -9 a pod proxy, then an agent: traffic back within 5 s
  *  6. (once) agents stopped: proxies keep running, pods stay fail-closed and published; CNI DEL
  *     (remove-pod) cleans a pod; cluster.sh down: the machine as before
@@ -29,7 +29,7 @@ import { ensureBuilt } from '../build.js';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, echoConnection, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
+import { Netns, echoConnection, isPodProxyCmdline, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -337,6 +337,12 @@ for (const F of FAMILIES) {
         expect(added.elapsed).toBeLessThan(5000);
         serve(p.name, 80);
         await until(`alpha-client-1 -> ${p.name} through tenc`, () => curl('alpha-client-1', F.url(a), 'x', 1, F.curl));
+        // node2's agent had seconds since its last start: its standby proxy took the pod (agent/standby.ts)
+        const started = readFileSync(join(STATE, 'agents', 'node2.log'), 'utf8')
+          .split('\n')
+          .filter((l) => l.includes('"msg":"proxy started"') && l.includes(`"pod":"${p.name}"`))
+          .map((l) => JSON.parse(l) as { standby?: boolean });
+        expect(started.at(-1)?.standby, `node2's agent started ${p.name} without its standby`).toBe(true);
       };
       const remove = async (pod: string) => {
         const gone = keyOf(pod);
@@ -360,7 +366,7 @@ for (const F of FAMILIES) {
 
     it('5. kill -9 of a pod proxy, then of an agent: traffic back within 5 s', async () => {
       const pids = sh('ip', ['netns', 'pids', ns('alpha-db-1')]).split('\n').filter(Boolean);
-      const tencPid = pids.find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config'));
+      const tencPid = pids.find((p) => isPodProxyCmdline(readFileSync(`/proc/${p}/cmdline`, 'utf8')));
       expect(tencPid).toBeDefined();
       const oldKey = status('alpha-db-1', 'node2').publicKey;
       process.kill(Number(tencPid), 'SIGKILL');
@@ -399,7 +405,7 @@ describe('local cluster with tenc agents: stop and teardown', () => {
         return ''; // gone meanwhile
       }
     };
-    const proxies = (pod: string) => sh('ip', ['netns', 'pids', ns(pod)]).split('\n').filter((p) => p && cmdline(p).includes('\0pod\0--config'));
+    const proxies = (pod: string) => sh('ip', ['netns', 'pids', ns(pod)]).split('\n').filter((p) => p && isPodProxyCmdline(cmdline(p)));
     expect(cluster('agent-stop').status).toBe(0);
     for (const pod of ['alpha-web-1', 'alpha-client-1', 'alpha-db-1', 'alpha-web-2']) {
       expect(proxies(pod), pod).toHaveLength(1);

@@ -18,10 +18,10 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
+import { Netns, isPodProxyCmdline, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -70,7 +70,7 @@ const proxies = (pod: string) =>
     .split('\n')
     .filter((p) => {
       try {
-        return p && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config');
+        return p && isPodProxyCmdline(readFileSync(`/proc/${p}/cmdline`, 'utf8'));
       } catch {
         return false; // gone meanwhile
       }
@@ -80,8 +80,23 @@ const agentPid = () => Number(readFileSync(join(STATE, 'agents', 'node1.pid'), '
 const agentLog = () => readFileSync(join(STATE, 'agents', 'node1.log'), 'utf8');
 /** Processes of this cluster: its agents and proxies (their command lines name the state dir). */
 const clusterProcesses = () => spawnSync('pgrep', ['-f', `${STATE}/`], { encoding: 'utf8' }).stdout.trim().split('\n').filter((x) => x !== '');
-/** The pod proxies of this cluster: every `tenc pod` whose config lies in its agents' run dir. */
-const clusterProxies = () => spawnSync('pgrep', ['-f', `pod --config ${STATE}/agents/`], { encoding: 'utf8' }).stdout.trim().split('\n').filter((x) => x !== '');
+/**
+ * The pod proxies of this cluster: every `tenc pod` (--config, or a standby handed its
+ * pod) whose stderr is a pod's log in its agents' run dir; a standby not yet handed a
+ * pod (its own standby-*.log) is not a pod's proxy.
+ */
+const clusterProxies = () =>
+  spawnSync('pgrep', ['-f', ' pod --(config|standby)'], { encoding: 'utf8' })
+    .stdout.trim()
+    .split('\n')
+    .filter((pid) => {
+      try {
+        const log = readlinkSync(`/proc/${pid}/fd/2`);
+        return pid !== '' && log.startsWith(`${STATE}/agents/`) && !basename(log).startsWith('standby-');
+      } catch {
+        return false; // gone meanwhile
+      }
+    });
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 
 beforeAll(() => {

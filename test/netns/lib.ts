@@ -632,3 +632,13 @@ export function control(ns: Netns, req: Record<string, unknown>): { ok: boolean;
     `c.write(${JSON.stringify(JSON.stringify(req))} + '\\n');`;
   return JSON.parse(ns.exec('node', '-e', js));
 }
+
+/**
+ * Whether /proc/PID/cmdline is a pod proxy's: `tenc pod --config FILE` (started as a new
+ * process), or `tenc pod --standby` (started ahead by the agent and handed its pod:
+ * agent/standby.ts). A standby not yet handed a pod lives in the agent's namespace, so
+ * `ip netns pids POD_NS` never lists one.
+ */
+export function isPodProxyCmdline(cmdline: string): boolean {
+  return cmdline.includes('\0pod\0--config') || cmdline.includes('\0pod\0--standby');
+}

@@ -32,7 +32,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { requireRoot, requireTool, sh } from './lib.js';
+import { isPodProxyCmdline, requireRoot, requireTool, sh } from './lib.js';
 import { freePortRun } from '../ports.js';
 import { ensureBuilt, root } from '../build.js';
 import { keyFingerprint } from '../../src/log.js';
@@ -259,7 +259,7 @@ describe('Prometheus scrapes the node agents of the local cluster', () => {
     const startBefore = await query('tenc_pod_start_time_seconds{pod="alpha-b"}');
     expect(startBefore).not.toBeNull();
     const pids = sh('ip', ['netns', 'pids', `${PREFIX}-alpha-b`]).split('\n').filter(Boolean);
-    const proxy = pids.find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('\0pod\0--config'));
+    const proxy = pids.find((p) => isPodProxyCmdline(readFileSync(`/proc/${p}/cmdline`, 'utf8')));
     expect(proxy).toBeDefined();
     process.kill(Number(proxy), 'SIGKILL');
     await waitFor('tenc_agent_proxies_restarted_total{node="node2"}', (v) => v >= 1);
