@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- density [--pods=N] [--starts=M] [--idle=S] [--peers=P] [--prepare=0]
- *  [--ab=FLAGS;FLAGS...] [--ab-env=K=V,K=V;...] [--ab-main=PATH]`: what a node pays per pod, and how fast a pod
+ *  [--ab=FLAGS;FLAGS...] [--ab-env=K=V,K=V;...] [--ab-main=PATH] [--ab-standby]`: what a node pays per pod, and how fast a pod
  * is protected.
  *
  *   1. Density: N idle `tenc pod` processes (default 10) per variant, each in a
@@ -30,7 +30,9 @@
  *   and
  *   --ab-main=PATH one with another build's dist/src/cli/main.js (e.g. a copy of the
  *   previous commit's dist). Memory: every variant's pods idle at the same time;
- *   starts: the variants take turns.
+ *   starts: the variants take turns. As the agent does, pods start as standby proxies
+ *   handed their pod (agent/standby.ts; milestones timed from the handoff) unless
+ *   TENC_POD_STANDBY=0; --ab-standby adds a variant started the other way.
  *
  * Figures are reported, never asserted; run it on an otherwise idle machine.
  */
