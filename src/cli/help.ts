@@ -48,9 +48,12 @@ rule, unreachable guards, nftables table in the pod's namespace), answers, and
 starts \`tenc pod\` (enforcement on, fail-closed on any stop) there, which takes
 that state over; publishes each pod's public key and endpoint, gives every pod its
 peers and services over its control socket and follows changes within seconds.
-A pod proxy that dies is started again. The registrations and the proxies' pid +
+A pod proxy that dies is started again. Each project keeps one \`tenc pod --standby\`
+ready, handed the next pod to start (it enters the pod's namespace itself: socket
+ready in about a third of the time; TENC_POD_STANDBY=0 in the agent's environment:
+off; README "Standby proxies"). The registrations and the proxies' pid +
 start time are saved (0600) under the run dir: a restarted agent adopts them.
-SIGINT/SIGTERM stop the agent only: the proxies keep running, fail-closed, with
+SIGINT/SIGTERM stop the agent only (and its standbys): the proxies keep running, fail-closed, with
 their keys published. Private keys never leave the pod proxies. Logs are JSON
 lines on stderr.
 
