@@ -1,20 +1,26 @@
 /* netns.c: a standby `tenc pod` handed its pod (src/cli/standby.ts).
  *
- *   enterNetns(path)     -> undefined   setns(CLONE_NEWNET) of the calling (main) thread
- *   redirectStderr(path) -> undefined   fd 2 becomes PATH (O_APPEND|O_CREAT, 0600)
+ *   enterNetns(path)        -> undefined   setns(CLONE_NEWNET) of the calling (main) thread
+ *   enterNetnsWorkers(n)    -> Promise<{ entered, timedOut }>   the same for n libuv workers
+ *   redirectStderr(path)    -> undefined   fd 2 becomes PATH (O_APPEND|O_CREAT, 0600)
  *
  * A network namespace belongs to a thread, not to a process: setns() moves only the
  * thread that calls it. Threads made later by that thread (the engine's TX and RX
  * threads, node's dgram sockets, the TUN device) are in the new namespace; threads
- * that already ran are not: libuv's worker threads, on which spawn.c starts ip and
- * nft, may have started while the process stood by. So the namespace's fd is kept
- * (tenc_netns_fd) and spawn.c's worker enters it before each child: an ip started
- * from an older worker never configures the namespace the standby started in.
+ * that already ran are not: libuv's worker threads (node starts them for its own file
+ * reads) ran while the process stood by. So enterNetnsWorkers(n) queues n works on
+ * libuv's pool of n threads, each of which enters the namespace and then waits until
+ * all n have: no thread can take two, so each thread takes one (a thread busy with
+ * other work joins later; 10 s at most, else timedOut). And the namespace's fd is kept
+ * (tenc_netns_fd): spawn.c's worker enters it again before each child, so an ip never
+ * configures the namespace the standby started in, whatever ran on the pool.
  * A second enterNetns is refused (EALREADY): a pod is handed over once. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "modules.h"
 #include "util.h"
@@ -30,9 +36,9 @@ static int get_path(napi_env env, napi_value v, char *buf, size_t cap, const cha
     tenc_throw_type(env, msg);
     return -1;
   }
-  if (len == 0 || len >= cap - 1) {
+  if (len == 0 || len >= cap - 1 || strlen(buf) != len) {
     char msg[96];
-    snprintf(msg, sizeof msg, "%s: path must be 1 to %zu bytes", what, cap - 2);
+    snprintf(msg, sizeof msg, "%s: path must be 1 to %zu bytes, without NUL", what, cap - 2);
     tenc_throw_type(env, msg);
     return -1;
   }
@@ -81,9 +87,126 @@ static napi_value redirect_stderr(napi_env env, napi_callback_info info) {
   return undef;
 }
 
+/* One enterNetnsWorkers call: n works that meet before any returns. */
+struct ns_group {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int need, arrived, done, entered, timed_out, err;
+  napi_deferred deferred;
+};
+
+struct ns_work {
+  napi_async_work work;
+  struct ns_group *g;
+};
+
+static void ns_execute(napi_env env, void *data) {
+  (void)env;
+  struct ns_group *g = ((struct ns_work *)data)->g;
+  int fd = __atomic_load_n(&tenc_netns_fd, __ATOMIC_ACQUIRE);
+  int rc = fd >= 0 ? setns(fd, CLONE_NEWNET) : -1;
+  int e = fd >= 0 ? errno : EBADF;
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += 10;
+  pthread_mutex_lock(&g->mu);
+  if (rc == 0) g->entered++;
+  else if (g->err == 0) g->err = e;
+  g->arrived++;
+  pthread_cond_broadcast(&g->cv);
+  while (g->arrived < g->need) {
+    if (pthread_cond_timedwait(&g->cv, &g->mu, &until) == ETIMEDOUT) {
+      g->timed_out = 1;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&g->mu);
+}
+
+static void ns_complete(napi_env env, napi_status status, void *data) {
+  struct ns_work *w = data;
+  struct ns_group *g = w->g;
+  napi_delete_async_work(env, w->work);
+  free(w);
+  if (status != napi_ok && g->err == 0) g->err = ECANCELED;
+  if (++g->done < g->need) return;
+  napi_value o, v;
+  if (g->err != 0) {
+    const char *name = strerrorname_np(g->err);
+    char msg[160];
+    snprintf(msg, sizeof msg, "enterNetnsWorkers: setns of a worker thread: %s (%s)", strerror(g->err), name ? name : "E?");
+    napi_value m, c;
+    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
+    napi_create_string_utf8(env, name ? name : "EUNKNOWN", NAPI_AUTO_LENGTH, &c);
+    napi_create_error(env, c, m, &o);
+    napi_reject_deferred(env, g->deferred, o);
+  } else {
+    napi_create_object(env, &o);
+    napi_create_int32(env, g->entered, &v);
+    napi_set_named_property(env, o, "entered", v);
+    napi_get_boolean(env, g->timed_out != 0, &v);
+    napi_set_named_property(env, o, "timedOut", v);
+    napi_resolve_deferred(env, g->deferred, o);
+  }
+  pthread_cond_destroy(&g->cv);
+  pthread_mutex_destroy(&g->mu);
+  free(g);
+}
+
+static napi_value enter_netns_workers(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t n = 0;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &n) != napi_ok || n < 1 || n > 1024) return tenc_throw_type(env, "enterNetnsWorkers(n): n must be 1..1024");
+  if (__atomic_load_n(&tenc_netns_fd, __ATOMIC_ACQUIRE) < 0) return tenc_throw_errno(env, EBADF, "enterNetnsWorkers: enterNetns first");
+  struct ns_group *g = calloc(1, sizeof *g);
+  if (g == NULL) return tenc_throw_errno(env, ENOMEM, "enterNetnsWorkers");
+  pthread_mutex_init(&g->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&g->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  g->need = n;
+  napi_value promise, name;
+  if (napi_create_promise(env, &g->deferred, &promise) != napi_ok) {
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+    return NULL;
+  }
+  TENC_CHECK(env, napi_create_string_utf8(env, "tenc.enterNetnsWorkers", NAPI_AUTO_LENGTH, &name));
+  for (int i = 0; i < n; i++) {
+    struct ns_work *w = calloc(1, sizeof *w);
+    /* a work that cannot be queued counts as arrived and done (and fails the call) */
+    if (w == NULL || (w->g = g, napi_create_async_work(env, NULL, name, ns_execute, ns_complete, w, &w->work)) != napi_ok ||
+        napi_queue_async_work(env, w->work) != napi_ok) {
+      pthread_mutex_lock(&g->mu);
+      if (g->err == 0) g->err = ENOMEM;
+      g->arrived++;
+      pthread_cond_broadcast(&g->cv);
+      pthread_mutex_unlock(&g->mu);
+      free(w);
+      g->done++;
+    }
+  }
+  if (g->done == n) { /* none queued: nothing will complete */
+    napi_value m, err;
+    napi_create_string_utf8(env, "enterNetnsWorkers: no work could be queued", NAPI_AUTO_LENGTH, &m);
+    napi_create_error(env, NULL, m, &err);
+    napi_reject_deferred(env, g->deferred, err);
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+  }
+  return promise;
+}
+
 napi_status tenc_init_netns(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"enterNetns", NULL, enter_netns, NULL, NULL, NULL, napi_default, NULL},
+      {"enterNetnsWorkers", NULL, enter_netns_workers, NULL, NULL, NULL, napi_default, NULL},
       {"redirectStderr", NULL, redirect_stderr, NULL, NULL, NULL, napi_default, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -172,6 +172,23 @@ export function enterNetns(path: string): void {
   addon.enterNetns(path);
 }
 
+/**
+ * After enterNetns: each of libuv's `n` worker threads enters the same namespace
+ * (native/netns.c: n works that wait for each other, so each thread takes one).
+ * `timedOut`: not all n met within 10 s (a pool smaller than n, or busy).
+ */
+export function enterNetnsWorkers(n: number): Promise<{ entered: number; timedOut: boolean }> {
+  return addon.enterNetnsWorkers(n) as Promise<{ entered: number; timedOut: boolean }>;
+}
+
+/** The size of libuv's thread pool as libuv reads it: UV_THREADPOOL_SIZE (atoi; 0 -> 1; at most 1024), default 4. */
+export function threadpoolSize(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.UV_THREADPOOL_SIZE;
+  if (v === undefined) return 4;
+  const n = parseInt(v, 10);
+  return Math.min(1024, Math.max(1, Number.isNaN(n) || n <= 0 ? 1 : n));
+}
+
 /** fd 2 becomes `path` (opened O_APPEND|O_CREAT|O_NOFOLLOW, mode 0600): a handed-over standby's log. */
 export function redirectStderr(path: string): void {
   addon.redirectStderr(path);

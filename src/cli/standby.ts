@@ -3,16 +3,18 @@
  *
  * The process loads everything a pod runs (the pod's modules, the DNS proxy's too),
  * prints `standby ready`, and waits for one handoff line on stdin. Then it enters the
- * pod's network namespace (native enterNetns: setns of the main thread, and of
- * runProcess's workers before each child), checks that /proc/self/ns/net is that
- * namespace, points stderr at the pod's log, and returns the config path: from there
- * on it is `tenc pod --config CONFIG`, started in the pod's namespace.
+ * pod's network namespace (native/netns.c: setns of the main thread, then of each of
+ * libuv's worker threads, and of runProcess's worker again before each child), checks
+ * /proc/self/ns/net and every worker's /proc/thread-self/ns/net, points stderr at the
+ * pod's log, and returns the config path: from there on it is `tenc pod --config
+ * CONFIG`, started in the pod's namespace.
  *
  * Nothing before the handoff touches a namespace, a file of the pod or a secret: the
  * standby runs in the agent's namespace with nothing to protect or to leak. End of
  * stdin before a handoff (the agent is gone) returns null: exit 0.
  */
 import { statSync } from 'node:fs';
+import { readlink } from 'node:fs/promises';
 import { HANDOFF_MAX_BYTES, HandoffError, STANDBY_READY_LINE, parseHandoff, type Handoff } from '../control/handoff.js';
 
 /** The first line of `input`, without its newline; null at end of input before any byte. */
@@ -47,7 +49,7 @@ export function readHandoffLine(input: NodeJS.ReadableStream, max = HANDOFF_MAX_
  * HandoffError (naming the path) before anything is done in the new namespace.
  */
 export async function enterHandoff(h: Handoff): Promise<void> {
-  const { enterNetns, redirectStderr } = await import('../native.js');
+  const { enterNetns, enterNetnsWorkers, redirectStderr, threadpoolSize } = await import('../native.js');
   let target: { dev: number; ino: number };
   try {
     target = statSync(h.netns);
@@ -63,6 +65,20 @@ export async function enterHandoff(h: Handoff): Promise<void> {
   }
   const now = statSync('/proc/self/ns/net');
   if (now.ino !== target.ino || now.dev !== target.dev) throw new HandoffError(`standby handoff: after setns, /proc/self/ns/net is not ${h.netns}`);
+  // libuv's workers ran in the old namespace: each enters the new one, then is checked
+  // (a file call runs on a worker: /proc/thread-self is that worker)
+  const n = threadpoolSize();
+  let w: { entered: number; timedOut: boolean };
+  try {
+    w = await enterNetnsWorkers(n);
+  } catch (e) {
+    throw new HandoffError(`standby handoff: ${(e as Error).message}`);
+  }
+  if (w.timedOut || w.entered !== n) throw new HandoffError(`standby handoff: ${w.entered} of ${n} worker threads entered ${h.netns}${w.timedOut ? ' (timed out)' : ''}`);
+  const want = `net:[${target.ino}]`;
+  const seen = await Promise.all(Array.from({ length: 4 * n }, () => readlink('/proc/thread-self/ns/net')));
+  const other = seen.find((x) => x !== want);
+  if (other !== undefined) throw new HandoffError(`standby handoff: a worker thread is still in ${other}, not ${h.netns}`);
   if (h.log !== undefined) {
     try {
       redirectStderr(h.log);

@@ -14,9 +14,10 @@
  *  3. bad handoffs (not JSON, an unknown field, a relative path, a netns path that is a
  *     plain file or missing, a config that does not load): exit 2 with a message naming the field or
  *     path, and "home" and a untouched; `--standby --config` is a usage error
- *  4. runProcess after enterNetns from a worker thread that started before it (libuv's
- *     pool starts all its threads at first use): the child is in the new namespace
- *     (native/spawn.c enters it before each child); a second enterNetns is EALREADY
+ *  4. after enterNetns, libuv's workers (started before it: the pool starts all its
+ *     threads at first use) are still in the old namespace, yet runProcess's children
+ *     are in the new one (native/spawn.c enters it before each child); after
+ *     enterNetnsWorkers every worker is in the new one; a second enterNetns is EALREADY
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -181,24 +182,35 @@ describe('tenc pod --standby', () => {
     expect(r.stderr).toMatch(/--standby takes no --config/);
   }, 120_000);
 
-  it('4. runProcess from a worker thread older than enterNetns runs its child in the new namespace', () => {
+  it('4. worker threads older than enterNetns: their children, then they themselves, in the new namespace', () => {
     const nativeJs = join(main, '..', '..', 'native.js');
     const script = `
-      const { addon, enterNetns } = await import(${JSON.stringify(nativeJs)});
-      const ns = async () => (await addon.runProcess('readlink', ['/proc/self/ns/net'], null, 5000)).stdout.trim();
-      const before = await Promise.all([ns(), ns(), ns(), ns()]);
+      const { addon, enterNetns, enterNetnsWorkers, threadpoolSize } = await import(${JSON.stringify(nativeJs)});
+      const { readlink } = await import('node:fs/promises');
+      const child = async () => (await addon.runProcess('readlink', ['/proc/self/ns/net'], null, 5000)).stdout.trim();
+      const worker = () => readlink('/proc/thread-self/ns/net');
+      const n = threadpoolSize();
+      const before = await Promise.all([...Array.from({ length: 4 }, child), ...Array.from({ length: 4 * n }, worker)]);
       enterNetns(process.argv[1]);
-      const after = await Promise.all(Array.from({ length: 8 }, ns));
+      const workersBefore = await Promise.all(Array.from({ length: 4 * n }, worker));
+      const children = await Promise.all(Array.from({ length: 8 }, child));
+      const w = await enterNetnsWorkers(n);
+      const workersAfter = await Promise.all(Array.from({ length: 4 * n }, worker));
       let again = '';
       try { enterNetns(process.argv[1]); } catch (e) { again = e.code; }
-      console.log(JSON.stringify({ before, after, again }));
+      console.log(JSON.stringify({ before, children, workersBefore, w, n, workersAfter, again }));
     `;
     const r = spawnSync('nsenter', [`--net=/run/netns/${home.name}`, '--', process.execPath, '--input-type=module', '-e', script, `/run/netns/${a.name}`], { encoding: 'utf8' });
     expect(r.status, r.stderr).toBe(0);
-    const o = JSON.parse(r.stdout) as { before: string[]; after: string[]; again: string };
+    const o = JSON.parse(r.stdout) as { before: string[]; children: string[]; workersBefore: string[]; w: { entered: number; timedOut: boolean }; n: number; workersAfter: string[]; again: string };
     const want = (n: Netns) => `net:[${nsInode(`/run/netns/${n.name}`)}]`;
     expect(new Set(o.before)).toEqual(new Set([want(home)]));
-    expect(new Set(o.after)).toEqual(new Set([want(a)]));
+    // the workers stay behind (what a DNS lookup on the pool would see) ...
+    expect(new Set(o.workersBefore)).toEqual(new Set([want(home)]));
+    // ... yet spawn.c enters the namespace before each child, whatever worker runs it
+    expect(new Set(o.children)).toEqual(new Set([want(a)]));
+    expect(o.w).toEqual({ entered: o.n, timedOut: false });
+    expect(new Set(o.workersAfter)).toEqual(new Set([want(a)]));
     expect(o.again).toBe('EALREADY');
     expect(readlinkSync(`/proc/self/ns/net`)).not.toBe(want(a));
   }, 30_000);
