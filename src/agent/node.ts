@@ -33,6 +33,7 @@ import { parseAddress } from '../net/address.js';
 import { silentLogger, type Logger } from '../log.js';
 import { Agent, type AgentOptions } from './agent.js';
 import type { ProxyId, Registration } from './proxies.js';
+import { isNamespaceFile } from '../io/nsfs.js';
 
 export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
 const MAX_LINE = 64 * 1024;
@@ -73,8 +74,7 @@ export function checkNetns(p: unknown): string {
   } catch {
     throw new RequestError('EINVAL', `netns: ${p} does not exist`);
   }
-  // an nsfs file (the device of every namespace file), not a file someone put there
-  if (st.dev !== statSync('/proc/self/ns/net').dev) throw new RequestError('EINVAL', `netns: ${p} is not a network namespace`);
+  if (!isNamespaceFile(st)) throw new RequestError('EINVAL', `netns: ${p} is not a network namespace`);
   return p;
 }
 

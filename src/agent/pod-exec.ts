@@ -1,8 +1,9 @@
 /**
  * How a pod's proxy is started: the command line of `tenc pod` in a pod's netns, the
- * one definition the node agent (proxies.ts) and bench/density.ts use.
+ * one definition the node agent (proxies.ts, standby.ts) and bench/density.ts use.
  *
  *   nsenter --net=NETNS -- NODE [node flags] MAIN pod --config FILE
+ *   NODE [node flags] MAIN pod --standby        (a standby, handed its pod later)
  *
  * Node flags go here because some V8 settings are fixed when the isolate is made
  * and cannot be set from inside (control/lean.ts sets the ones V8 reads at each
@@ -32,4 +33,9 @@ export function podNodeFlags(env: NodeJS.ProcessEnv = process.env): string[] {
 /** The argv of `nsenter` that starts `tenc pod --config CONFIG` in NETNS (a path) with node `execPath` and `flags`. */
 export function podSpawnArgs(netns: string, main: string, config: string, flags: readonly string[] = podNodeFlags(), execPath: string = process.execPath): string[] {
   return [`--net=${netns}`, '--', execPath, ...flags, main, 'pod', '--config', config];
+}
+
+/** The argv of node (after execPath) for a standby pod proxy (agent/standby.ts), in the agent's own netns. */
+export function standbyArgs(main: string, flags: readonly string[] = podNodeFlags()): string[] {
+  return [...flags, main, 'pod', '--standby'];
 }

@@ -1,7 +1,8 @@
 /**
  * The pod proxies of one project on this node, as the agent tracks them (agent.ts
  * reconciles them; the node agent saves their pids): starting `tenc pod` in a pod's
- * netns (nsenter --net=NETNS) with the config written from the registry's view,
+ * netns with the config written from the registry's view (the project's standby
+ * proxy handed the pod, standby.ts, or else nsenter --net=NETNS),
  * adopting a proxy found running (an agent restart) through its control socket, a
  * proxy lost (exited, socket dead) started again after RESTART_DELAY_MS, and
  * stopping one at CNI DEL.
@@ -13,7 +14,7 @@
  * Below agent.ts; uses desired.ts (the configs' peers) and netns.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync, renameSync, writeFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, openSync, closeSync, readFileSync, readdirSync, renameSync, writeFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, validateConfig, type PodConfig } from '../control/config.js';
@@ -25,7 +26,7 @@ import { keyFingerprint, silentLogger, type Logger } from '../log.js';
 import type { PodInfo, ProjectView, Registry } from '../registry/registry.js';
 import { desiredState, type DesiredPeer, type DesiredPod } from './desired.js';
 import { podNodeFlags, podSpawnArgs } from './pod-exec.js';
-import { Standby, standbyEnabled } from './standby.js';
+import { Standby, staleStandbyLogs, standbyEnabled, standbyLogName } from './standby.js';
 import { cleanNetns, podResolvConf } from './netns.js';
 
 /** The port every pod proxy listens on. */
@@ -269,7 +270,11 @@ export class Proxies extends Map<string, Proxy> {
   warmStandby(): void {
     if (this.standbyClosed || this.standby !== null || !(this.o.standby ?? standbyEnabled())) return;
     if (this.standbyFailures >= STANDBY_MAX_FAILURES) return;
-    const logFile = join(this.o.runDir, `standby-${process.pid}-${++this.standbySeq}.log`);
+    if (this.standbySeq === 0) {
+      // the logs of standbys an earlier agent process left (killed before it removed them)
+      for (const f of staleStandbyLogs(readdirSync(this.o.runDir), process.pid)) rmSync(join(this.o.runDir, f), { force: true });
+    }
+    const logFile = join(this.o.runDir, standbyLogName(process.pid, ++this.standbySeq));
     let sb: Standby;
     try {
       sb = new Standby({ main: this.main, flags: podNodeFlags(), logFile });
@@ -284,7 +289,8 @@ export class Proxies extends Map<string, Proxy> {
     void sb.exited.then((how) => {
       if (this.standby !== sb) return; // handed over: its exit is the pod's
       this.standby = null;
-      if (!this.standbyClosed) this.standbyFailed(`exited (${how}) before a pod was handed to it${sb.logTail() ? `: ${sb.logTail()}` : ''}`);
+      const tail = sb.logTail();
+      if (!this.standbyClosed) this.standbyFailed(`exited (${how}) before a pod was handed to it${tail ? `: ${tail}` : ''}`);
     });
   }
 
@@ -379,7 +385,7 @@ export class Proxies extends Map<string, Proxy> {
       child.unref();
     }
     px.child = child;
-    // saved at once (nsenter execs node: pid and start time stay): an agent killed while
+    // saved at once (nsenter execs node, a standby is node: pid and start time stay): an agent killed while
     // the proxy starts leaves a process the next agent can still stop at DEL
     const startTime = child.pid ? processStartTime(child.pid) : null;
     px.id = child.pid && startTime ? { pid: child.pid, startTime } : null;
@@ -390,8 +396,11 @@ export class Proxies extends Map<string, Proxy> {
       if (px.child === child) this.lost(px, `exited (${signal ?? code})`);
     });
     if (key === null || child.exitCode !== null) {
+      // a handoff that failed before the pod's log took over said why in the standby's own
+      // log; the reason stays 'did not start' (a failure is logged once per reason)
       const tail = sb?.logTail();
-      await this.giveUp(px, child, `did not start${sb ? ` (standby handoff${tail ? `: ${tail}` : ''})` : ''}`);
+      if (tail) this.log.warn({ pod: pod.name, err: tail }, 'standby handoff failed');
+      await this.giveUp(px, child, 'did not start');
       return;
     }
     sb?.dropLog();

@@ -16,15 +16,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { STANDBY_READY_LINE, formatHandoff, type Handoff } from '../control/handoff.js';
+import { standbyArgs } from './pod-exec.js';
 
 /** TENC_POD_STANDBY=0 turns standby proxies off. */
 export function standbyEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.TENC_POD_STANDBY !== '0';
-}
-
-/** The argv of node for a standby pod proxy (after the node flags). */
-export function standbyArgs(main: string, flags: readonly string[]): string[] {
-  return [...flags, main, 'pod', '--standby'];
 }
 
 export interface StandbyOptions {
@@ -37,6 +33,18 @@ export interface StandbyOptions {
   /** The standby's environment; default the agent's. */
   env?: NodeJS.ProcessEnv;
   execPath?: string;
+  /** A standby not ready within this many ms is killed (ready resolves false); default 15 s (0: no limit). */
+  readyTimeoutMs?: number;
+}
+
+/** The name of a standby's own log in the run dir: a pod's name cannot start with '.', so no pod's log is ever this file. */
+export function standbyLogName(agentPid: number, seq: number): string {
+  return `.standby-${agentPid}-${seq}.log`;
+}
+
+/** Standby logs of other agent processes in the run dir (left by a killed agent): the agent removes them. */
+export function staleStandbyLogs(names: readonly string[], agentPid: number): string[] {
+  return names.filter((n) => /^\.standby-\d+-\d+\.log$/.test(n) && !n.startsWith(`.standby-${agentPid}-`));
 }
 
 /** One standby pod proxy. */
@@ -68,25 +76,31 @@ export class Standby {
     let out = '';
     let markReady: (v: boolean) => void = () => undefined;
     this.ready = new Promise((r) => (markReady = r));
+    const limit = o.readyTimeoutMs ?? 15_000;
+    const timer = limit > 0 ? setTimeout(() => this.kill(), limit) : null;
+    timer?.unref();
     this.onData = (d: string) => {
+      if (this.isReady) return; // nothing more is expected before the handoff
       out += d;
-      if (!this.isReady && out.startsWith(STANDBY_READY_LINE)) {
+      if (out.startsWith(STANDBY_READY_LINE)) {
         this.isReady = true;
+        if (timer) clearTimeout(timer);
         markReady(true);
+      } else if (out.length >= STANDBY_READY_LINE.length) {
+        this.kill(); // not a standby's first line
       }
     };
     this.child.stdout!.setEncoding('utf8').on('data', this.onData);
     this.exited = new Promise((resolve) => {
-      this.child.once('exit', (code, signal) => {
+      const gone = (how: string) => {
+        if (timer) clearTimeout(timer);
         markReady(false);
         this.tail = this.logTail();
         this.dropLog();
-        resolve(String(signal ?? code));
-      });
-      this.child.once('error', (e) => {
-        markReady(false);
-        resolve(e.message);
-      });
+        resolve(how);
+      };
+      this.child.once('exit', (code, signal) => gone(String(signal ?? code)));
+      this.child.once('error', (e) => gone(e.message));
     });
   }
 
@@ -124,8 +138,11 @@ export class Standby {
     rmSync(this.o.logFile, { force: true });
   }
 
-  /** Stops a standby never handed a pod (SIGKILL: it holds nothing). */
+  /** Stops a standby never handed a pod (SIGKILL: it holds nothing) and removes its log at once (the agent may exit before the child's 'exit'). */
   kill(): void {
-    if (!this.handed && this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+    if (this.handed) return;
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+    if (this.tail === null) this.tail = this.logTail();
+    this.dropLog();
   }
 }

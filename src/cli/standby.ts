@@ -15,6 +15,7 @@
  */
 import { statSync } from 'node:fs';
 import { readlink } from 'node:fs/promises';
+import { isNamespaceFile } from '../io/nsfs.js';
 import { HANDOFF_MAX_BYTES, HandoffError, STANDBY_READY_LINE, parseHandoff, type Handoff } from '../control/handoff.js';
 
 /** The first line of `input`, without its newline; null at end of input before any byte. */
@@ -31,8 +32,9 @@ export function readHandoffLine(input: NodeJS.ReadableStream, max = HANDOFF_MAX_
     const onData = (d: Buffer | string) => {
       buf += typeof d === 'string' ? d : d.toString('utf8');
       const nl = buf.indexOf('\n');
-      if (nl >= 0 && nl <= max) done(() => resolve(buf.slice(0, nl)));
-      else if (buf.length > max) done(() => reject(new HandoffError(`standby handoff: no newline in the first ${max} bytes`)));
+      const line = nl >= 0 ? buf.slice(0, nl) : buf;
+      if (Buffer.byteLength(line) > max) done(() => reject(new HandoffError(`standby handoff: no newline in the first ${max} bytes`)));
+      else if (nl >= 0) done(() => resolve(line));
     };
     const onEnd = () => done(() => (buf === '' ? resolve(null) : reject(new HandoffError('standby handoff: input ended inside the line (no newline)'))));
     const onError = (e: Error) => done(() => reject(new HandoffError(`standby handoff: reading stdin: ${e.message}`)));
@@ -56,8 +58,7 @@ export async function enterHandoff(h: Handoff): Promise<void> {
   } catch (e) {
     throw new HandoffError(`standby handoff: netns ${h.netns}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  // an nsfs file has the device of every namespace file (the agent checks the same)
-  if (target.dev !== statSync('/proc/self/ns/net').dev) throw new HandoffError(`standby handoff: netns ${h.netns} is not a network namespace`);
+  if (!isNamespaceFile(target)) throw new HandoffError(`standby handoff: netns ${h.netns} is not a network namespace`);
   try {
     enterNetns(h.netns);
   } catch (e) {

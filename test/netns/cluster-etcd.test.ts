@@ -39,7 +39,7 @@ import { fileURLToPath } from 'node:url';
 import { controlRequest } from '../../src/control/socket.js';
 import { podSocket } from '../../src/agent/netns.js';
 import { keyFingerprint } from '../../src/noise/keys.js';
-import { Netns, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until, type Capture } from './lib.js';
+import { Netns, processesUnder, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until, type Capture } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -503,6 +503,6 @@ describe('local cluster on etcd', () => {
     expect(existsSync(STATE)).toBe(false);
     expect(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout).not.toContain(PREFIX);
     expect(spawnSync('pgrep', ['-f', `${STATE}/etcd`], { encoding: 'utf8' }).stdout).toBe('');
-    expect(spawnSync('pgrep', ['-f', `${STATE}/agents`], { encoding: 'utf8' }).stdout).toBe('');
+    expect(processesUnder(`${STATE}/agents`)).toEqual([]);
   });
 });

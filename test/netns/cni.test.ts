@@ -18,10 +18,10 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, isPodProxyCmdline, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
+import { Netns, describeProcess, isPodProxyCmdline, processesUnder, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -79,24 +79,9 @@ const registrations = () => JSON.parse(readFileSync(join(STATE, 'agents', 'node1
 const agentPid = () => Number(readFileSync(join(STATE, 'agents', 'node1.pid'), 'utf8'));
 const agentLog = () => readFileSync(join(STATE, 'agents', 'node1.log'), 'utf8');
 /** Processes of this cluster: its agents and proxies (their command lines name the state dir). */
-const clusterProcesses = () => spawnSync('pgrep', ['-f', `${STATE}/`], { encoding: 'utf8' }).stdout.trim().split('\n').filter((x) => x !== '');
-/**
- * The pod proxies of this cluster: every `tenc pod` (--config, or a standby handed its
- * pod) whose stderr is a pod's log in its agents' run dir; a standby not yet handed a
- * pod (its own standby-*.log) is not a pod's proxy.
- */
-const clusterProxies = () =>
-  spawnSync('pgrep', ['-f', ' pod --(config|standby)'], { encoding: 'utf8' })
-    .stdout.trim()
-    .split('\n')
-    .filter((pid) => {
-      try {
-        const log = readlinkSync(`/proc/${pid}/fd/2`);
-        return pid !== '' && log.startsWith(`${STATE}/agents/`) && !basename(log).startsWith('standby-');
-      } catch {
-        return false; // gone meanwhile
-      }
-    });
+const clusterProcesses = () => processesUnder(STATE);
+/** The pod proxies of this cluster (a standby not yet handed a pod is not one). */
+const clusterProxies = () => processesUnder(`${STATE}/agents`, { proxiesOnly: true });
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 
 beforeAll(() => {
@@ -285,7 +270,8 @@ describe('tenc cni (real chain)', () => {
     expect(proxies('alpha-e')).toEqual([]);
     removeNs('alpha-e');
     // nothing of this test left: one proxy (the cluster file's alpha-srv), no pod netns
-    expect(clusterProxies()).toHaveLength(1);
+    const left = clusterProxies();
+    expect(left, left.map((p) => `${p}: ${describeProcess(p)}`).join('; ')).toHaveLength(1);
     expect(sh('ip', ['netns', 'list']).split('\n').filter((l) => /^cq-alpha-[de]\b/.test(l))).toEqual([]);
   }, 60_000);
 
@@ -298,8 +284,9 @@ describe('tenc cni (real chain)', () => {
       nodeNft: sh('ip', ['netns', 'exec', NODE, 'nft', 'list', 'tables']),
       ipam: readdirSync(join(STATE, 'cni', 'ipam'), { recursive: true }).length,
       regs: registrations().length,
-      runFiles: readdirSync(join(STATE, 'agents', 'node1.run', 'alpha')).length,
-      proxies: spawnSync('pgrep', ['-fc', `${STATE}/agents/node1.run/`], { encoding: 'utf8' }).stdout.trim(),
+      // a standby's own log comes and goes with the standby (agent/standby.ts)
+      runFiles: readdirSync(join(STATE, 'agents', 'node1.run', 'alpha')).filter((f) => !f.startsWith('.standby-')).length,
+      proxies: processesUnder(`${STATE}/agents/node1.run`, { proxiesOnly: true }).length,
     });
     const round = async (from: number, n: number) => {
       const names = Array.from({ length: n }, (_, i) => [`l${from + i}`, `10.128.1.${100 + ((from + i) % 10)}`]);

@@ -19,9 +19,9 @@
 import { expect } from 'vitest';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Address6 } from 'ip-address';
 import { ensureBuilt } from '../build.js';
@@ -641,4 +641,40 @@ export function control(ns: Netns, req: Record<string, unknown>): { ok: boolean;
  */
 export function isPodProxyCmdline(cmdline: string): boolean {
   return cmdline.includes('\0pod\0--config') || cmdline.includes('\0pod\0--standby');
+}
+
+/**
+ * The processes of a cluster under `dir` (e.g. its state directory): those whose command
+ * line names a path under it, and the pod proxies whose stderr is a file under it (a
+ * standby's command line names no path: handed a pod, its stderr is the pod's log; not
+ * yet handed, its own `.standby-*.log`). `proxiesOnly`: only pod proxies (started with
+ * --config, or standbys handed a pod), not the agents or the standbys still waiting.
+ */
+export function processesUnder(dir: string, opts: { proxiesOnly?: boolean } = {}): string[] {
+  const out: string[] = [];
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (isPodProxyCmdline(cmdline)) {
+        const err = readlinkSync(`/proc/${pid}/fd/2`);
+        const idle = basename(err).startsWith('.standby-');
+        if ((err.startsWith(`${dir}/`) || cmdline.includes(`${dir}/`)) && !(opts.proxiesOnly && idle)) out.push(pid);
+      } else if (!opts.proxiesOnly && cmdline.includes(`${dir}/`)) out.push(pid);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+/** A process for a failure message: its command line, stderr and network namespace. */
+export function describeProcess(pid: string): string {
+  const read = (f: () => string): string => {
+    try {
+      return f();
+    } catch (e) {
+      return `(${(e as NodeJS.ErrnoException).code ?? 'gone'})`;
+    }
+  };
+  return `${read(() => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim())} stderr=${read(() => readlinkSync(`/proc/${pid}/fd/2`))} net=${read(() => readlinkSync(`/proc/${pid}/ns/net`))}`;
 }

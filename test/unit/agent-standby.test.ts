@@ -6,7 +6,9 @@
  *  1. a standby that printed `standby ready` is usable; handOff writes the handoff
  *     line to its stdin and closes it, and its next stdout line (the key) reaches
  *     readPublicKeyLine although the stream was paused at the handoff
- *  2. kill() stops a standby never handed a pod; its log file is removed
+ *  2. kill() stops a standby never handed a pod; its log file is removed at once; one
+ *     not ready within its time, or printing another first line, is killed; the logs
+ *     of another agent process's standbys are found (the agent removes them)
  *  3. standbys that die before they are ready: a warning each, and after
  *     STANDBY_MAX_FAILURES in a row an error and no more standbys
  */
@@ -15,7 +17,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { Standby } from '../../src/agent/standby.js';
+import { Standby, staleStandbyLogs, standbyLogName } from '../../src/agent/standby.js';
 import { Proxies, STANDBY_MAX_FAILURES } from '../../src/agent/proxies.js';
 import { formatHandoff } from '../../src/control/handoff.js';
 import { readPublicKeyLine } from '../../src/control/keyline.js';
@@ -72,14 +74,30 @@ describe('agent standby proxy', () => {
     expect(existsSync(join(dir, 'sb.log'))).toBe(false);
   });
 
-  it('2. kill(): a standby never handed a pod stops, its log file goes', async () => {
+  it('2. kill(): a standby never handed a pod stops, its log file goes at once', async () => {
     const dir = tmp();
     const sb = new Standby({ main: echoMain(dir), flags: [], logFile: join(dir, 'sb.log') });
     expect(await sb.ready).toBe(true);
     sb.kill();
+    expect(existsSync(join(dir, 'sb.log'))).toBe(false); // before its exit: an agent may exit first
     expect(await sb.exited).toBe('SIGKILL');
-    expect(existsSync(join(dir, 'sb.log'))).toBe(false);
     expect(sb.usable()).toBe(false);
+  });
+
+  it('2b. never ready in time, or another first line: killed, ready false; stale logs of other agents are found', async () => {
+    const dir = tmp();
+    const silent = join(dir, 'silent.cjs');
+    writeFileSync(silent, `setInterval(() => {}, 1000);`);
+    const slow = new Standby({ main: silent, flags: [], logFile: join(dir, 'slow.log'), readyTimeoutMs: 300 });
+    expect(await slow.ready).toBe(false);
+    expect(await slow.exited).toBe('SIGKILL');
+    const other = join(dir, 'other.cjs');
+    writeFileSync(other, `process.stdout.write('public-key ' + 'C'.repeat(43) + '=\\n'); setInterval(() => {}, 1000);`);
+    const wrong = new Standby({ main: other, flags: [], logFile: join(dir, 'wrong.log') });
+    expect(await wrong.ready).toBe(false);
+    expect(await wrong.exited).toBe('SIGKILL');
+    expect(standbyLogName(42, 3)).toBe('.standby-42-3.log');
+    expect(staleStandbyLogs(['.standby-42-3.log', '.standby-7-1.log', 'standby-7-1.log', 'pod-a.log', '.standby-7-x.log'], 42)).toEqual(['.standby-7-1.log']);
   });
 
   it('3. standbys dying unready: warned each, and none after STANDBY_MAX_FAILURES in a row', async () => {
