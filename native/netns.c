@@ -28,7 +28,17 @@
 /* -1 until enterNetns; read by spawn.c's worker threads. */
 int tenc_netns_fd = -1;
 
-static int get_path(napi_env env, napi_value v, char *buf, size_t cap, const char *what) {
+/* The call's one argument, a path, into buf; -1 with a TypeError thrown when it is not one. */
+static int get_path(napi_env env, napi_callback_info info, char *buf, size_t cap, const char *what) {
+  size_t argc = 1;
+  napi_value v;
+  if (napi_get_cb_info(env, info, &argc, &v, NULL, NULL) != napi_ok) return -1;
+  if (argc < 1) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s(path)", what);
+    tenc_throw_type(env, msg);
+    return -1;
+  }
   size_t len = 0;
   if (napi_get_value_string_utf8(env, v, buf, cap, &len) != napi_ok) {
     char msg[96];
@@ -46,12 +56,8 @@ static int get_path(napi_env env, napi_value v, char *buf, size_t cap, const cha
 }
 
 static napi_value enter_netns(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) return tenc_throw_type(env, "enterNetns(path)");
   char path[4096];
-  if (get_path(env, argv[0], path, sizeof path, "enterNetns") < 0) return NULL;
+  if (get_path(env, info, path, sizeof path, "enterNetns") < 0) return NULL;
   if (__atomic_load_n(&tenc_netns_fd, __ATOMIC_ACQUIRE) >= 0) return tenc_throw_errno(env, EALREADY, "enterNetns %s: this process already entered a namespace", path);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return tenc_throw_errno(env, errno, "enterNetns: open %s", path);
@@ -68,12 +74,8 @@ static napi_value enter_netns(napi_env env, napi_callback_info info) {
 }
 
 static napi_value redirect_stderr(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) return tenc_throw_type(env, "redirectStderr(path)");
   char path[4096];
-  if (get_path(env, argv[0], path, sizeof path, "redirectStderr") < 0) return NULL;
+  if (get_path(env, info, path, sizeof path, "redirectStderr") < 0) return NULL;
   int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return tenc_throw_errno(env, errno, "redirectStderr: open %s", path);
   if (dup2(fd, 2) < 0) {
@@ -123,6 +125,12 @@ static void ns_execute(napi_env env, void *data) {
   pthread_mutex_unlock(&g->mu);
 }
 
+static void ns_group_free(struct ns_group *g) {
+  pthread_cond_destroy(&g->cv);
+  pthread_mutex_destroy(&g->mu);
+  free(g);
+}
+
 static void ns_complete(napi_env env, napi_status status, void *data) {
   struct ns_work *w = data;
   struct ns_group *g = w->g;
@@ -132,14 +140,7 @@ static void ns_complete(napi_env env, napi_status status, void *data) {
   if (++g->done < g->need) return;
   napi_value o, v;
   if (g->err != 0) {
-    const char *name = strerrorname_np(g->err);
-    char msg[160];
-    snprintf(msg, sizeof msg, "enterNetnsWorkers: setns of a worker thread: %s (%s)", strerror(g->err), name ? name : "E?");
-    napi_value m, c;
-    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
-    napi_create_string_utf8(env, name ? name : "EUNKNOWN", NAPI_AUTO_LENGTH, &c);
-    napi_create_error(env, c, m, &o);
-    napi_reject_deferred(env, g->deferred, o);
+    napi_reject_deferred(env, g->deferred, tenc_errno_error(env, g->err, "enterNetnsWorkers: setns of a worker thread"));
   } else {
     napi_create_object(env, &o);
     napi_create_int32(env, g->entered, &v);
@@ -148,9 +149,7 @@ static void ns_complete(napi_env env, napi_status status, void *data) {
     napi_set_named_property(env, o, "timedOut", v);
     napi_resolve_deferred(env, g->deferred, o);
   }
-  pthread_cond_destroy(&g->cv);
-  pthread_mutex_destroy(&g->mu);
-  free(g);
+  ns_group_free(g);
 }
 
 static napi_value enter_netns_workers(napi_env env, napi_callback_info info) {
@@ -171,9 +170,7 @@ static napi_value enter_netns_workers(napi_env env, napi_callback_info info) {
   g->need = n;
   napi_value promise, name;
   if (napi_create_promise(env, &g->deferred, &promise) != napi_ok) {
-    pthread_cond_destroy(&g->cv);
-    pthread_mutex_destroy(&g->mu);
-    free(g);
+    ns_group_free(g);
     return NULL;
   }
   TENC_CHECK(env, napi_create_string_utf8(env, "tenc.enterNetnsWorkers", NAPI_AUTO_LENGTH, &name));
@@ -196,9 +193,7 @@ static napi_value enter_netns_workers(napi_env env, napi_callback_info info) {
     napi_create_string_utf8(env, "enterNetnsWorkers: no work could be queued", NAPI_AUTO_LENGTH, &m);
     napi_create_error(env, NULL, m, &err);
     napi_reject_deferred(env, g->deferred, err);
-    pthread_cond_destroy(&g->cv);
-    pthread_mutex_destroy(&g->mu);
-    free(g);
+    ns_group_free(g);
   }
   return promise;
 }

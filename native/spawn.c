@@ -272,14 +272,7 @@ static void run_complete(napi_env env, napi_status status, void *data) {
     reject = 1;
   } else if (j->spawn_errno || j->failed_errno) {
     int e = j->spawn_errno ? j->spawn_errno : j->failed_errno;
-    const char *name = strerrorname_np(e);
-    char text[600];
-    snprintf(text, sizeof text, "%s %s: %s (%s)", j->spawn_errno ? "cannot run" : "running", j->argv[0], strerror(e),
-             name ? name : "E?");
-    napi_value msg, code;
-    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
-    napi_create_string_utf8(env, name ? name : "EUNKNOWN", NAPI_AUTO_LENGTH, &code);
-    napi_create_error(env, code, msg, &result);
+    result = tenc_errno_error(env, e, "%s %s", j->spawn_errno ? "cannot run" : "running", j->argv[0]);
     reject = 1;
   } else {
     napi_value code, sig, flag;

@@ -19,18 +19,39 @@
     if ((call) != napi_ok) return NULL;                                           \
   } while (0)
 
-/* Throws an Error with code = errno name and message "<what>: <strerror>". */
+/* The text of an errno Error, "<what>: <strerror> (<errno name>)", and its code (the
+ * errno name); what = fmt, ... */
+static inline const char *tenc_errno_text(char *msg, size_t cap, int err, const char *fmt, va_list ap) {
+  char what[480];
+  vsnprintf(what, sizeof what, fmt, ap);
+  const char *name = strerrorname_np(err);
+  snprintf(msg, cap, "%s: %s (%s)", what, strerror(err), name ? name : "E?");
+  return name ? name : "EUNKNOWN";
+}
+
+/* Throws an Error with code = errno name and message "<what>: <strerror> (<name>)". */
 static inline napi_value tenc_throw_errno(napi_env env, int err, const char *fmt, ...) {
-  char what[200];
+  char msg[600];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(what, sizeof what, fmt, ap);
+  const char *code = tenc_errno_text(msg, sizeof msg, err, fmt, ap);
   va_end(ap);
-  const char *name = strerrorname_np(err);
-  char msg[320];
-  snprintf(msg, sizeof msg, "%s: %s (%s)", what, strerror(err), name ? name : "E?");
-  napi_throw_error(env, name ? name : "EUNKNOWN", msg);
+  napi_throw_error(env, code, msg);
   return NULL;
+}
+
+/* The same Error as a value (to reject a promise with); NULL if N-API failed. */
+static inline napi_value tenc_errno_error(napi_env env, int err, const char *fmt, ...) {
+  char msg[600];
+  va_list ap;
+  va_start(ap, fmt);
+  const char *code = tenc_errno_text(msg, sizeof msg, err, fmt, ap);
+  va_end(ap);
+  napi_value m, c, e;
+  if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) != napi_ok || napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c) != napi_ok ||
+      napi_create_error(env, c, m, &e) != napi_ok)
+    return NULL;
+  return e;
 }
 
 static inline napi_value tenc_throw_type(napi_env env, const char *msg) {
