@@ -219,7 +219,8 @@ export function snapshot(ns: Netns): NetSnapshot {
 
 export interface Capture {
   file: string;
-  stop(): Promise<void>;
+  /** Stops tcpdump; resolves with the packets it reported dropped by the kernel (null: no report). */
+  stop(): Promise<{ dropped: number | null }>;
   /** tcpdump -r output, one line per packet (-n -tt -v as given). */
   read(extraArgs?: string[]): string[];
   remove(): void;
@@ -231,8 +232,8 @@ export async function startCapture(ns: Netns, ifname: string, filter: string[] =
   const file = join(tmpdir(), `tenc-cap-${process.pid}-${counter++}.pcap`);
   // --immediate-mode: packets reach the file at once, not when a ring block fills or times out
   const child = ns.spawn('tcpdump', ['-i', ifname, '-n', '-U', '--immediate-mode', '-s', '0', '-w', file, ...filter]);
+  let err = '';
   await new Promise<void>((resolve, reject) => {
-    let err = '';
     const timer = setTimeout(() => reject(new Error(`tcpdump did not start: ${err}`)), 10_000);
     child.stderr!.setEncoding('utf8').on('data', (d: string) => {
       err += d;
@@ -250,9 +251,14 @@ export async function startCapture(ns: Netns, ifname: string, filter: string[] =
   return {
     file,
     stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', () => resolve());
+      new Promise((resolve) => {
+        const report = () => {
+          const m = /(\d+) packets? dropped by kernel/.exec(err);
+          resolve({ dropped: m ? Number(m[1]) : null });
+        };
+        if (child.exitCode !== null) return report();
+        // tcpdump prints its counts on stderr as it exits: 'close' comes after its streams end
+        child.once('close', report);
         child.kill('SIGINT');
       }),
     read: (extraArgs = []) => {

@@ -196,25 +196,34 @@ describe.each(runs)('tunnel: inject $inject, tun offload $tunOffload', (dataPlan
 
   it.each(families)('HTTP and UDP with a marker: plaintext in the pods, only ciphertext on the bridge (%s)', async (f) => {
     const mark = marker('TUNNEL');
-    const cap = await startCapture(br, 'veth-a', ['-B', '32768']); // a 32 MiB buffer: no capture drops
-    const server = await startServer(b, 'node', [tools, 'serve', B[f], '8080', join(dir, 'blob'), mark], '"listening":true');
-    try {
-      const got = join(dir, `got-${f}`);
-      a.exec('curl', '-gsS', '--fail', '--max-time', '20', '-o', got, url(B[f], 8080, '/blob'));
-      expect(sha256(readFileSync(got))).toBe(sha256(blob));
-      const body = Buffer.concat([Buffer.from(`${mark}\n`), randomBytes(20_000), Buffer.from(`\n${mark}`)]);
-      writeFileSync(join(dir, 'body'), body);
-      const echo = JSON.parse(a.exec('curl', '-gsS', '--fail', '--max-time', '20', '--data-binary', `@${join(dir, 'body')}`, url(B[f], 8080, '/echo')));
-      expect(echo).toEqual({ bytes: body.length, sha256: sha256(body), marker: true });
-      const u = runTool<{ sent: number; echoed: number; intact: number }>(a, ['udp', B[f], '8080', mark, '20']);
-      expect(u).toEqual({ sent: 20, echoed: 20, intact: 20 });
-    } finally {
-      await stop(server);
-      await cap.stop();
+    // a capture the kernel dropped packets from proves nothing either way: run the traffic again
+    // (a 2-core machine under load can starve tcpdump even with a 32 MiB buffer)
+    let raw = Buffer.alloc(0);
+    let lines: string[] = [];
+    let dropped: number | null = null;
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const cap = await startCapture(br, 'veth-a', ['-B', '32768']);
+      const server = await startServer(b, 'node', [tools, 'serve', B[f], '8080', join(dir, 'blob'), mark], '"listening":true');
+      try {
+        const got = join(dir, `got-${f}`);
+        a.exec('curl', '-gsS', '--fail', '--max-time', '20', '-o', got, url(B[f], 8080, '/blob'));
+        expect(sha256(readFileSync(got))).toBe(sha256(blob));
+        const body = Buffer.concat([Buffer.from(`${mark}\n`), randomBytes(20_000), Buffer.from(`\n${mark}`)]);
+        writeFileSync(join(dir, 'body'), body);
+        const echo = JSON.parse(a.exec('curl', '-gsS', '--fail', '--max-time', '20', '--data-binary', `@${join(dir, 'body')}`, url(B[f], 8080, '/echo')));
+        expect(echo).toEqual({ bytes: body.length, sha256: sha256(body), marker: true });
+        const u = runTool<{ sent: number; echoed: number; intact: number }>(a, ['udp', B[f], '8080', mark, '20']);
+        expect(u).toEqual({ sent: 20, echoed: 20, intact: 20 });
+      } finally {
+        await stop(server);
+        ({ dropped } = await cap.stop());
+      }
+      raw = readFileSync(cap.file);
+      lines = cap.read();
+      cap.remove();
+      if (dropped === 0) break;
     }
-    const raw = readFileSync(cap.file);
-    const lines = cap.read();
-    cap.remove();
+    expect(dropped, 'tcpdump dropped packets in all 3 captures').toBe(0);
     expect(raw.includes(Buffer.from(mark))).toBe(false);
     for (const off of [0, 1 << 19, (1 << 20) - 64]) expect(raw.includes(blob.subarray(off, off + 64))).toBe(false);
     // the capture really saw the traffic: tunnel datagrams both ways, carrying at least the file
@@ -222,7 +231,7 @@ describe.each(runs)('tunnel: inject $inject, tun offload $tunOffload', (dataPlan
     const toB = udp.filter((d) => d.src === A.v4 && d.dst === B.v4 && d.sport === PORT && d.dport === PORT);
     const toA = udp.filter((d) => d.src === B.v4 && d.dst === A.v4 && d.sport === PORT && d.dport === PORT);
     expect(toB.length).toBeGreaterThan(20);
-    expect(toA.reduce((n, d) => n + d.payload.length, 0)).toBeGreaterThan(blob.length);
+    expect(toA.reduce((n, d) => n + d.payload.length, 0), `${toA.length} datagrams to A`).toBeGreaterThan(blob.length);
     // nothing else between the pods: every IP line is tunnel UDP (or the underlay's neighbour discovery)
     const other = lines.filter(
       (l) => / IP6? /.test(l) && !/ICMP6, (neighbor|router) (solicitation|advertisement)/.test(l) && !/ 10\.77\.0\.[12]\.51820 > 10\.77\.0\.[12]\.51820: UDP/.test(l),
