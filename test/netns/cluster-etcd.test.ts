@@ -8,7 +8,8 @@
  *   node3: alpha-client-3  (+ alpha-extra-3, case 2)  etcd node3  10.200.0.3
  *
  *  1. traffic across nodes through tenc; etcd holds one peer key per pod, under the
- *     node's prefix; node2's agent certificate cannot write below node1's prefix
+ *     node's prefix; node2's agent certificate cannot write below node1's prefix; the
+ *     agents run with TENC_POD_STANDBY=0: every proxy a new process, no standby
  *  2. kill -9 a follower member, then the leader: traffic carries on; a pod added while
  *     quorum holds is known to every alpha pod within 5 s; one added without quorum
  *     (its write waits) within 5 s of the quorum's return; the follower restarted
@@ -39,7 +40,7 @@ import { fileURLToPath } from 'node:url';
 import { controlRequest } from '../../src/control/socket.js';
 import { podSocket } from '../../src/agent/netns.js';
 import { keyFingerprint } from '../../src/noise/keys.js';
-import { Netns, processesUnder, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until, type Capture } from './lib.js';
+import { Netns, describeProcess, processesUnder, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until, type Capture } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -48,7 +49,10 @@ const etcdScript = join(root, 'netns-scripts', 'etcd.sh');
 const example = join(root, 'netns-scripts', 'cluster-etcd-example.json');
 const PREFIX = `ce${process.pid % 100000}`;
 const STATE = `/run/tenc-cluster/${PREFIX}`;
-const env = { ...process.env, CLUSTER_PREFIX: PREFIX };
+// TENC_POD_STANDBY=0: this cluster's agents start each proxy as a new process (nsenter),
+// so the switch and the agent's path without a standby are covered in a real cluster
+// (the other cluster tests run with the standby, the default)
+const env = { ...process.env, CLUSTER_PREFIX: PREFIX, TENC_POD_STANDBY: '0' };
 const marker = `TENC-ETCD-MARKER-${process.pid}`;
 const TTL = 5;
 const NODES = ['node1', 'node2', 'node3'];
@@ -244,6 +248,22 @@ describe('local cluster on etcd', () => {
       expect(curl('alpha-client-1', 'http://db:5432/')).toBe(`alpha-db-1 got: ${marker}`); // node1 -> node2
     });
     expect(etcdPeerKeys()).toEqual(['node1/alpha-client-1', 'node1/alpha-web-1', 'node2/alpha-db-1', 'node3/alpha-client-3']);
+    // TENC_POD_STANDBY=0 (env above): the agents started no standby and every proxy by nsenter
+    for (const n of NODES) {
+      const agentLog = readFileSync(join(STATE, 'agents', `${n}.log`), 'utf8').split('\n');
+      const started = agentLog.filter((l) => l.includes('"msg":"proxy started"')).map((l) => JSON.parse(l) as { pod: string; standby?: boolean });
+      expect(started.length, `${n}'s agent started no proxy`).toBeGreaterThan(0);
+      expect(started.filter((x) => x.standby !== false).map((x) => x.pod), `${n}: proxies started from a standby`).toEqual([]);
+    }
+    const isStandby = (pid: string) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('\0pod\0--standby');
+      } catch {
+        return false; // gone meanwhile
+      }
+    };
+    const standbys = processesUnder(STATE).filter(isStandby);
+    expect(standbys.map(describeProcess), 'standby proxies of this cluster').toEqual([]);
     // node2's agent certificate (CN node-node2): its own prefix yes, node1's no
     const spec = readFileSync(join(STATE, 'etcd', 'spec-node2'), 'utf8');
     const q = new URLSearchParams(spec.slice(spec.indexOf('?') + 1));
