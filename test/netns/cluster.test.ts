@@ -161,7 +161,14 @@ beforeAll(async () => {
   }
 }, 180_000);
 
-/** What a failed setup wait shows: each alpha pod's peers and handshakes, the name lookups, the agents' and pods' logs. */
+/** The kernel's counters (nstat) a lost tunnel datagram would be in. */
+const KERNEL_COUNTERS = ['UdpInDatagrams', 'UdpOutDatagrams', 'UdpInErrors', 'UdpRcvbufErrors', 'UdpSndbufErrors', 'UdpNoPorts', 'UdpInCsumErrors', 'IpInDiscards', 'IpOutDiscards', 'IpInAddrErrors', 'IpOutNoRoutes'];
+
+/**
+ * What a failed setup wait shows: each alpha pod's peers and handshakes, the name lookups,
+ * the kernel's counters and neighbours of the pods and nodes on the cross-node path, the
+ * agents' and pods' logs.
+ */
 function diagnose(): string {
   const out: string[] = [];
   const names = new Map<string, string>();
@@ -179,6 +186,20 @@ function diagnose(): string {
   for (const name of ['web', 'db']) out.push(`getent hosts ${name}: ${inPod('alpha-client-1', 'getent', 'ahosts', name).stdout.split('\n')[0] ?? ''}`);
   out.push(`curl web: ${inPod('alpha-client-1', 'curl', '-s', '-m', '3', '-w', ' %{http_code} dns %{time_namelookup} connect %{time_connect} total %{time_total}', 'http://web/').stdout}`);
   out.push(`curl db: ${inPod('alpha-client-1', 'curl', '-s', '-m', '3', '-w', ' %{http_code} dns %{time_namelookup} connect %{time_connect} total %{time_total}', 'http://db:5432/').stdout}`);
+  // where a sealed packet the peer never counted was lost: the kernel's UDP counters and
+  // the links of both pods, and the nodes' neighbours and VXLAN forwarding entries
+  for (const pod of ['alpha-client-1', 'alpha-db-1']) {
+    out.push(`${pod} nstat: ${inPod(pod, 'nstat', '-asz', ...KERNEL_COUNTERS).stdout.replace(/\s+/g, ' ').trim()}`);
+    out.push(`${pod} eth0: ${inPod(pod, 'ip', '-s', '-s', 'link', 'show', 'eth0').stdout.replace(/\s+/g, ' ').trim()}`);
+    out.push(`${pod} neigh: ${inPod(pod, 'ip', 'neigh', 'show').stdout.replace(/\n/g, '; ')}`);
+  }
+  for (const node of ['node1', 'node2']) {
+    const nodeNs = `${PREFIX}-n-${node}`;
+    const inNode = (...a: string[]) => spawnSync('ip', ['netns', 'exec', nodeNs, ...a], { encoding: 'utf8', timeout: 20_000 }).stdout ?? '';
+    out.push(`${node} neigh: ${inNode('ip', 'neigh', 'show').replace(/\n/g, '; ')}`);
+    out.push(`${node} fdb vxlan0: ${inNode('bridge', 'fdb', 'show', 'dev', 'vxlan0').replace(/\n/g, '; ')}`);
+    out.push(`${node} nstat: ${inNode('nstat', '-asz', ...KERNEL_COUNTERS).replace(/\s+/g, ' ').trim()}`);
+  }
   const logs = (dir: string): string[] =>
     existsSync(dir) ? readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.log')).map((f) => join(dir, f)) : [];
   for (const f of logs(join(STATE, 'agents'))) out.push(`--- ${f}\n${readFileSync(f, 'utf8').split('\n').slice(-200).join('\n')}`);
