@@ -27,6 +27,8 @@ export interface FakeRequest {
   id: number;
   op: string;
   peer?: { publicKey: string };
+  /** rekey's key */
+  publicKey?: string;
 }
 
 /** A fake proxy at `path`: answers every control request ok (status names `publicKey`, no peers) and keeps the requests in `requests`. */
