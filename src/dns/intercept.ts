@@ -16,7 +16,7 @@
  * source back into the cluster DNS address. The table is tenc's alone: removal
  * deletes it whole, and a crashed run's table (same name) is removed before install.
  */
-import { runOk } from '../io/run.js';
+import { runNft } from '../io/nft.js';
 import type { Logger } from '../log.js';
 
 export interface InterceptOptions {
@@ -30,13 +30,6 @@ export interface InterceptOptions {
   nft?: string;
 }
 
-export class NftError extends Error {
-  readonly code = 'ERR_TENC_NFT';
-}
-
-function runNft(nft: string, args: string[], input?: string): Promise<string> {
-  return runOk(nft, args, { stdin: input }, (detail, r) => new NftError(r ? `${nft} ${args.join(' ')}: ${detail}` : detail));
-}
 
 /** The ruleset text `nft -f -` loads. */
 export function interceptRuleset(o: InterceptOptions): string {

@@ -54,7 +54,8 @@
  * transaction (the old table deleted and the new one made atomically: never a
  * moment without it, never two).
  */
-import { runOk, runProcess } from '../io/run.js';
+import { runProcess } from '../io/run.js';
+import { runNft } from '../io/nft.js';
 import { Address4, Address6 } from 'ip-address';
 
 /** Counter of plaintext from a project address dropped on input. */
@@ -62,13 +63,6 @@ export const DROP_REASON = 'plaintext_from_project';
 /** Counter of packets to a project destination dropped on output (not via tenc0, no fwmark). */
 export const EGRESS_DROP_REASON = 'plaintext_to_project';
 
-export class NftError extends Error {
-  readonly code = 'ERR_TENC_NFT';
-  constructor(message: string) {
-    super(message);
-    this.name = 'NftError';
-  }
-}
 
 export interface EnforcementOptions {
   ifname: string;
@@ -243,7 +237,7 @@ export class Enforcement {
   /** Runs `nft -f -` with the script as one transaction (all or nothing). */
   private async run(script: string): Promise<void> {
     const [cmd, args] = this.argv(['-f', '-']);
-    await runOk(cmd, args, { stdin: script }, (detail) => new NftError(`nft: ${detail}`));
+    await runNft(cmd, args, script);
   }
 
   /**
