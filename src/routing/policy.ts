@@ -72,6 +72,12 @@ export interface PolicyRoutingOptions {
   log?: Logger;
 }
 
+/** tenc0's MTU and state before install(): what stop() restores. */
+interface LinkBefore {
+  mtu: number;
+  wasUp: boolean;
+}
+
 type Undo =
   | { kind: 'link'; mtu: number; wasUp: boolean }
   | { kind: 'addr'; family: Family; cidr: string }
@@ -327,33 +333,8 @@ export class PolicyRouting {
   private async installNow(mtu: number, destinations: string[]): Promise<void> {
     if (this.installed) throw new Error('PolicyRouting.install called twice');
     this.installed = true;
-    const { ifname } = this.opts;
-    if (this.snap) {
-      await this.linkAndAddressesFromSnapshot(this.snap, mtu);
-    } else {
-      // both dumps at once (read-only; setting tenc0 up adds no address of ours)
-      const [links, addrs] = await Promise.all([this.ip.json(['link', 'show', 'dev', ifname]), this.ip.json(['addr', 'show'])]);
-      if (links.length === 0) throw new Error(`interface ${ifname} does not exist`);
-      const wasUp = Array.isArray(links[0].flags) && links[0].flags.includes('UP');
-      await this.ip.run(['link', 'set', 'dev', ifname, 'mtu', String(mtu), 'up']);
-      this.undo.push({ kind: 'link', mtu: links[0].mtu, wasUp });
-
-      // A route's preferred source must be a local address: use the pod's address where
-      // it already is (eth0 in a pod), or put it on tenc0.
-      const local = new Set<string>();
-      for (const l of addrs) for (const a of l.addr_info ?? []) local.add(a.local);
-      for (const fam of [4, 6] as const) {
-        const own = fam === 4 ? this.opts.addresses.v4 : this.opts.addresses.v6;
-        if (own === null) continue;
-        if (!local.has(own)) {
-          const cidr = `${own}/${fam === 4 ? 32 : 128}`;
-          await this.ip.run([`-${fam}`, 'addr', 'add', cidr, 'dev', ifname, ...(fam === 6 ? ['nodad'] : [])]);
-          this.undo.push({ kind: 'addr', family: fam, cidr });
-        }
-        this.srcFor[fam] = own;
-      }
-    }
-
+    const { before, local } = this.snap ? this.linkAndAddressesFromSnapshot(this.snap) : await this.linkAndAddressesNow();
+    await this.setLinkAndAddresses(before, local, mtu);
     await this.addRoutesNow(destinations);
     for (const fam of [4, 6] as const) {
       if (this.srcFor[fam] !== null) await this.ensureRule(fam);
@@ -363,17 +344,15 @@ export class PolicyRouting {
   }
 
   /**
-   * install()'s first step from the start's snapshot (removeResidue read it; nothing but
-   * the residue removal changed the namespace since): tenc0's state before (a TUN made
-   * since is new: down, MTU 1500, like every new TUN), the local addresses (the pod's own
-   * on tenc0 were residue, removed), then ONE `ip -batch` per family: tenc0 up with its
-   * MTU (in the IPv4 one) and the pod address where it is not local yet.
+   * tenc0 and the local addresses from the start's snapshot (removeResidue read it;
+   * nothing but the residue removal changed the namespace since): tenc0's state before
+   * (a TUN made since is new: down, MTU 1500, like every new TUN), and every local
+   * address but the pod's own /32 and /128 on tenc0 (residue: removed).
    */
-  private async linkAndAddressesFromSnapshot(snap: RoutingSnapshot, mtu: number): Promise<void> {
+  private linkAndAddressesFromSnapshot(snap: RoutingSnapshot): { before: LinkBefore; local: Set<string> } {
     const { ifname } = this.opts;
     const links = snapshotLinks(snap);
-    const before = links.find((l) => l.ifname === ifname);
-    // local now: every address but the pod's own /32 and /128 on tenc0 (residue: removed)
+    const link = links.find((l) => l.ifname === ifname);
     const own = new Set([this.opts.addresses.v4, this.opts.addresses.v6]);
     const local = new Set<string>();
     for (const l of links) {
@@ -381,6 +360,26 @@ export class PolicyRouting {
         if (!(l.ifname === ifname && own.has(a.local) && a.prefixlen === (a.family === 'inet6' ? 128 : 32))) local.add(a.local);
       }
     }
+    return { before: { mtu: link?.mtu ?? 1500, wasUp: Array.isArray(link?.flags) && link.flags.includes('UP') }, local };
+  }
+
+  /** The same read now (TENC_START_SNAPSHOT=0): both dumps at once. */
+  private async linkAndAddressesNow(): Promise<{ before: LinkBefore; local: Set<string> }> {
+    const { ifname } = this.opts;
+    const [links, addrs] = await Promise.all([this.ip.json(['link', 'show', 'dev', ifname]), this.ip.json(['addr', 'show'])]);
+    if (links.length === 0) throw new Error(`interface ${ifname} does not exist`);
+    const local = new Set<string>();
+    for (const l of addrs) for (const a of l.addr_info ?? []) local.add(a.local);
+    return { before: { mtu: links[0].mtu, wasUp: Array.isArray(links[0].flags) && links[0].flags.includes('UP') }, local };
+  }
+
+  /**
+   * install()'s first step: ONE `ip -batch` per family, tenc0 up with its MTU (in the
+   * IPv4 one) and the pod address where it is not local yet (a route's preferred source
+   * must be a local address: the pod's own where it is, eth0 in a pod, else on tenc0).
+   */
+  private async setLinkAndAddresses(before: LinkBefore, local: Set<string>, mtu: number): Promise<void> {
+    const { ifname } = this.opts;
     const lines: Record<Family, string[]> = { 4: [`link set dev ${ifname} mtu ${mtu} up`], 6: [] };
     const adds: Record<Family, string | null> = { 4: null, 6: null };
     for (const fam of [4, 6] as const) {
@@ -391,15 +390,14 @@ export class PolicyRouting {
         lines[fam].push(`addr add ${adds[fam]} dev ${ifname}${fam === 6 ? ' nodad' : ''}`);
       }
     }
-    const wasUp = Array.isArray(before?.flags) && before.flags.includes('UP');
     try {
       await this.ip.batch(4, lines[4]);
     } catch (e) {
       const done = e instanceof IpCommandError ? e.linesDone : 0;
-      if (done >= 1) this.undo.push({ kind: 'link', mtu: before?.mtu ?? 1500, wasUp });
+      if (done >= 1) this.undo.push({ kind: 'link', ...before });
       throw e;
     }
-    this.undo.push({ kind: 'link', mtu: before?.mtu ?? 1500, wasUp });
+    this.undo.push({ kind: 'link', ...before });
     if (adds[4]) this.undo.push({ kind: 'addr', family: 4, cidr: adds[4] });
     await this.ip.batch(6, lines[6]);
     if (adds[6]) this.undo.push({ kind: 'addr', family: 6, cidr: adds[6] });

@@ -237,6 +237,10 @@ function fakeKernel(lines: string[], failOnce: RegExp[] = []) {
           failOnce.splice(f, 1);
           throw err('Operation not permitted', n);
         }
+        if (!l.startsWith('route ')) {
+          lines.push(`-${fam} ${l}`); // install()'s link and address lines: not modelled
+          continue;
+        }
         const { op, r, protoGiven, devGiven } = parse(fam, l);
         const same = (x: KRoute) => x.fam === fam && x.dst === r.dst && x.metric === r.metric;
         if (op === 'replace') {
