@@ -45,12 +45,23 @@ export async function failClosedIn(netns: string, config: PodConfig): Promise<nu
 /** Removes tenc's rule, routes and nft table from a netns whose proxy is gone (defaults of config.ts). */
 export async function cleanNetns(netns: string): Promise<void> {
   // each step's failure is expected (nothing to delete) and ignored
-  const run = (args: string[]) => runProcess('nsenter', [`--net=${netns}`, '--', ...args]).then(() => undefined, () => undefined);
+  const via = ['nsenter', `--net=${netns}`, '--'];
+  const run = (args: string[], stdin?: string) => runProcess(via[0], [...via.slice(1), ...args], { stdin }).then((r) => (r.code === 0 ? r.stdout : ''), () => '');
   for (const fam of ['-4', '-6']) {
-    // every rule at tenc's priority (one per family, but be thorough: at most a few)
-    for (let i = 0; i < 4; i++) await run(['ip', fam, 'rule', 'del', 'pref', String(DEFAULT_RULE_PRIORITY)]);
-    // TencPolicy exempt rules (policy-rules.ts): one pref below tenc's rule
-    await run(['sh', '-c', `for i in $(seq 1 4096); do ip ${fam} rule del pref ${DEFAULT_RULE_PRIORITY - 1} 2>/dev/null || break; done`]);
+    // tenc's rule, and TencPolicy's exempt rules one pref below it (policy-rules.ts): as
+    // many `rule del` lines as rules listed at each priority, in one `ip -batch`
+    const dels: string[] = [];
+    for (const pref of [DEFAULT_RULE_PRIORITY, DEFAULT_RULE_PRIORITY - 1]) {
+      let n = 0;
+      try {
+        const rules: unknown = JSON.parse((await run(['ip', '-j', fam, 'rule', 'show', 'pref', String(pref)])) || '[]');
+        n = Array.isArray(rules) ? rules.length : 0;
+      } catch {
+        n = 0; // not JSON: nothing listed
+      }
+      for (let i = 0; i < n; i++) dels.push(`rule del pref ${pref}`);
+    }
+    if (dels.length > 0) await run(['ip', fam, '-force', '-batch', '-'], dels.join('\n') + '\n');
     await run(['ip', fam, 'route', 'flush', 'table', String(DEFAULT_TABLE)]);
   }
   await run(['nft', 'delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)]);

@@ -131,11 +131,16 @@ describe('tenc cni (real chain)', () => {
     const check = chain('CHECK', 'alpha-a', '10.128.1.30');
     expect(check.status, check.stderr).toBe(0);
     expect(proxies('alpha-a')).toHaveLength(1);
+    // what a proxy killed -9 would leave besides its own: TencPolicy exempt rules one pref
+    // below tenc's, and a second rule at tenc's; DEL cleans the namespace (agent/netns.ts cleanNetns)
+    for (const fam of ['-4', '-6']) for (const t of ['100', '101']) n.ip(fam, 'rule', 'add', 'pref', '5209', 'table', t);
+    n.ip('-4', 'rule', 'add', 'pref', '5210', 'table', '102');
     const del = chain('DEL', 'alpha-a', '10.128.1.30');
     expect(del.status, del.stderr).toBe(0);
     expect(proxies('alpha-a')).toEqual([]);
     expect(n.exec('nft', 'list', 'ruleset')).toBe('');
     expect(n.ip('rule', 'show')).not.toContain('52100');
+    for (const fam of ['-4', '-6']) expect(n.ip(fam, 'rule', 'show').split('\n').filter((l) => /^52(09|10):/.test(l))).toEqual([]);
     expect(chain('DEL', 'alpha-a', '10.128.1.30').status).toBe(0); // DEL again
     expect(registrations().map((r) => r.podName)).toEqual(['alpha-srv']); // the cluster file's pod only
 
