@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- density [--pods=N] [--starts=M] [--idle=S] [--peers=P] [--prepare=0]
- *  [--ab=FLAGS;FLAGS...] [--ab-env=K=V,K=V;...] [--ab-main=PATH] [--ab-standby]`: what a node pays per pod, and how fast a pod
+ *  [--ab=FLAGS;FLAGS...] [--ab-env=K=V,K=V;...] [--ab-main=PATH] [--ab-standby] [--standby-workers]`: what a node pays per pod, and how fast a pod
  * is protected.
  *
  *   1. Density: N idle `tenc pod` processes (default 10) per variant, each in a
@@ -33,6 +33,10 @@
  *   starts: the variants take turns. As the agent does, pods start as standby proxies
  *   handed their pod (agent/standby.ts; milestones timed from the handoff) unless
  *   TENC_POD_STANDBY=0; --ab-standby adds a variant started the other way.
+ *   --standby-workers adds two rows to the memory table, idle at the same time: N
+ *   standbys (`tenc pod --standby`, not handed a pod) as N processes, and N standbys as
+ *   N worker threads of one node process (its memory / N): whether several pods per
+ *   process could share by threads.
  *
  * Figures are reported, never asserted; run it on an otherwise idle machine.
  */
@@ -48,7 +52,8 @@ import { numberFlag } from './lib/bench.js';
 import { Children, stopChild } from './lib/procs.js';
 import { markdownTable } from './lib/table.js';
 import { percentile } from './lib/traffic.js';
-import { podNodeFlags, podSpawnArgs } from '../src/agent/pod-exec.js';
+import { podNodeFlags, podSpawnArgs, standbyArgs } from '../src/agent/pod-exec.js';
+import { STANDBY_READY_LINE } from '../src/control/handoff.js';
 import { Standby, standbyEnabled } from '../src/agent/standby.js';
 import { readPublicKeyLine } from '../src/control/keyline.js';
 import { loadConfig } from '../src/control/config.js';
@@ -305,6 +310,61 @@ async function controlOk(c: Children, socket: string, args: string[]): Promise<b
 
 const mib = (kib: number) => (kib / 1024).toFixed(1);
 
+/** Resolves once `child` printed `line` first on stdout; rejects on another first line, an exit or `ms`. */
+function firstLine(child: ChildProcess, line: string, what: string, ms = 20_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`${what}: no "${line.trim()}" within ${ms} ms`)), ms);
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      if (buf.includes('\n')) return;
+      buf += d;
+      if (!buf.includes('\n')) return;
+      clearTimeout(timer);
+      const first = buf.slice(0, buf.indexOf('\n') + 1);
+      if (first === line) resolve();
+      else reject(new Error(`${what}: first line ${JSON.stringify(first)}`));
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${what} exited (${code})`));
+    });
+  });
+}
+
+/**
+ * One node process (the pod's node flags) running n standbys as worker threads: each
+ * worker runs main.js `pod --standby` with a stdin of its own that stays open; the
+ * process prints "ready" once every worker printed STANDBY_READY_LINE.
+ */
+async function startWorkerHost(n: number): Promise<ChildProcess> {
+  const code = `
+const { Worker } = require('node:worker_threads');
+const [n, main, want] = [Number(process.argv[1]), process.argv[2], process.argv[3]];
+let ready = 0;
+for (let i = 0; i < n; i++) {
+  const w = new Worker("process.argv.splice(2, Infinity, 'pod', '--standby'); import(" + JSON.stringify(main) + ");", { eval: true, stdin: true, stdout: true });
+  let buf = '';
+  w.stdout.setEncoding('utf8').on('data', (d) => {
+    if (buf === null) return;
+    buf += d;
+    if (!buf.includes('\\n')) return;
+    const first = buf.slice(0, buf.indexOf('\\n') + 1);
+    buf = null;
+    if (first !== want) { console.log('worker ' + i + ' printed ' + JSON.stringify(first)); process.exit(1); }
+    if (++ready === n) console.log('ready');
+  });
+  w.on('error', (e) => { console.log('worker ' + i + ': ' + e.message); process.exit(1); });
+}`;
+  const host = spawn(process.execPath, [...podNodeFlags(), '-e', code, String(n), TENC_MAIN, STANDBY_READY_LINE], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await firstLine(host, 'ready\n', `${n} standby workers`, 60_000);
+  return host;
+}
+
+/** Smaps of one process split evenly over n (a worker's share). */
+function share(m: Smaps, n: number): Smaps {
+  return Object.fromEntries(Object.entries(m).map(([k, v]) => [k, (v as number) / n])) as unknown as Smaps;
+}
+
 export async function run(ctx: BenchContext): Promise<void> {
   const nPods = numberFlag(ctx, 'pods', 10);
   const nStarts = numberFlag(ctx, 'starts', 50);
@@ -353,6 +413,19 @@ export async function run(ctx: BenchContext): Promise<void> {
       bare.push(spawn('nsenter', [`--net=/run/netns/${n.ns}`, '--', process.execPath, '-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' }));
     }
     anchors.push(...wgs, ...bare);
+    // --standby-workers: n standbys as processes, and as worker threads of one process
+    const standbys: ChildProcess[] = [];
+    let workerHost: ChildProcess | null = null;
+    if (ctx.flags.has('standby-workers')) {
+      for (let i = 0; i < nPods; i++) {
+        const sb = spawn(process.execPath, standbyArgs(TENC_MAIN), { stdio: ['pipe', 'pipe', 'inherit'] });
+        standbys.push(sb);
+        anchors.push(sb);
+        await firstLine(sb, STANDBY_READY_LINE, `standby ${i}`);
+      }
+      workerHost = await startWorkerHost(nPods);
+      anchors.push(workerHost);
+    }
     await sleep(idle * 1000);
     const memOf = (kids: ChildProcess[], what: string) => {
       const m = kids.map((k) => smapsOf(k.pid!)).filter((x): x is Smaps => x !== undefined);
@@ -378,7 +451,17 @@ export async function run(ctx: BenchContext): Promise<void> {
     ctx.log(
       markdownTable(
         ['per process (MiB)', 'RSS', 'PSS', 'private dirty', 'V8 heap pages', 'malloc heap', 'other anon', 'PSS file', `total PSS (${nPods})`],
-        [...variants.map((v, vi) => row(`tenc pod, ${v.name}`, tencMem[vi])), row('bare node (idle event loop)', bareMem), row('wireguard-go (Debian)', wgMem)],
+        [
+          ...variants.map((v, vi) => row(`tenc pod, ${v.name}`, tencMem[vi])),
+          row('bare node (idle event loop)', bareMem),
+          row('wireguard-go (Debian)', wgMem),
+          ...(workerHost
+            ? [
+                row(`tenc pod --standby, not handed a pod: ${nPods} processes`, memOf(standbys, 'standbys')),
+                row(`tenc pod --standby, not handed a pod: ${nPods} worker threads of one node (its memory / ${nPods})`, Array<Smaps>(nPods).fill(share(memOf([workerHost], 'standby workers')[0]!, nPods))),
+              ]
+            : []),
+        ],
       ),
     );
     ctx.log(`\ntenc/wireguard-go PSS per pod: ${(avg(tencMem[0], 'pss') / avg(wgMem, 'pss')).toFixed(2)}x; tenc - bare node, private dirty: ${mib(avg(tencMem[0], 'privateDirty') - avg(bareMem, 'privateDirty'))} MiB\n`);
