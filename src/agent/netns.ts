@@ -4,7 +4,7 @@
  * closed before its proxy runs (CNI ADD), and removing what tenc left there once the
  * proxy is gone (CNI DEL). Below proxies.ts and agent.ts; uses control/ and routing/.
  */
-import { runOk, runProcess } from '../io/run.js';
+import { runNft } from '../io/nft.js';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_TABLE, type PodConfig } from '../control/config.js';
@@ -46,25 +46,18 @@ export async function failClosedIn(netns: string, config: PodConfig): Promise<nu
 export async function cleanNetns(netns: string): Promise<void> {
   // each step's failure is expected (nothing to delete) and ignored
   const via = ['nsenter', `--net=${netns}`, '--'];
-  const run = (args: string[], stdin?: string) => runProcess(via[0], [...via.slice(1), ...args], { stdin }).then((r) => (r.code === 0 ? r.stdout : ''), () => '');
-  for (const fam of ['-4', '-6']) {
-    // tenc's rule, and TencPolicy's exempt rules one pref below it (policy-rules.ts): as
-    // many `rule del` lines as rules listed at each priority, in one `ip -batch`
-    const dels: string[] = [];
+  const ip = new IpCommand({ via });
+  const ignore = () => undefined;
+  for (const fam of [4, 6] as const) {
+    // tenc's rule, and TencPolicy's exempt rules one pref below it (policy-rules.ts): a
+    // `rule del` line per rule listed at that priority, in one `ip -batch` per priority
     for (const pref of [DEFAULT_RULE_PRIORITY, DEFAULT_RULE_PRIORITY - 1]) {
-      let n = 0;
-      try {
-        const rules: unknown = JSON.parse((await run(['ip', '-j', fam, 'rule', 'show', 'pref', String(pref)])) || '[]');
-        n = Array.isArray(rules) ? rules.length : 0;
-      } catch {
-        n = 0; // not JSON: nothing listed
-      }
-      for (let i = 0; i < n; i++) dels.push(`rule del pref ${pref}`);
+      const rules = await ip.json([`-${fam}`, 'rule', 'show', 'pref', String(pref)]).catch(() => []);
+      await ip.batch(fam, rules.map(() => `rule del pref ${pref}`)).catch(ignore);
     }
-    if (dels.length > 0) await run(['ip', fam, '-force', '-batch', '-'], dels.join('\n') + '\n');
-    await run(['ip', fam, 'route', 'flush', 'table', String(DEFAULT_TABLE)]);
+    await ip.run([`-${fam}`, 'route', 'flush', 'table', String(DEFAULT_TABLE)]).catch(ignore);
   }
-  await run(['nft', 'delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)]);
+  await runNft(via[0], [...via.slice(1), 'nft', 'delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)]).catch(ignore);
 }
 
 /** Runs a guardBatch() family's lines; a rule that exists already (its last line: "File exists") is fine. */
@@ -79,5 +72,5 @@ async function guardBatchIn(ip: IpCommand, fam: 4 | 6, lines: string[]): Promise
 
 /** `nft -f -` in the netns (one transaction). */
 async function nftIn(via: string[], script: string): Promise<void> {
-  await runOk(via[0], [...via.slice(1), 'nft', '-f', '-'], { stdin: script }, (detail, r) => new Error(`${r ? "nft in the pod's netns" : 'nft'}: ${detail}`));
+  await runNft(via[0], [...via.slice(1), 'nft', '-f', '-'], script);
 }
