@@ -30,7 +30,6 @@ export interface InterceptOptions {
   nft?: string;
 }
 
-
 /** The ruleset text `nft -f -` loads. */
 export function interceptRuleset(o: InterceptOptions): string {
   if (!/^[A-Za-z][A-Za-z0-9_]{0,30}$/.test(o.table)) throw new RangeError(`intercept: bad table name ${o.table}`);

@@ -63,7 +63,6 @@ export const DROP_REASON = 'plaintext_from_project';
 /** Counter of packets to a project destination dropped on output (not via tenc0, no fwmark). */
 export const EGRESS_DROP_REASON = 'plaintext_to_project';
 
-
 export interface EnforcementOptions {
   ifname: string;
   listenPort: number;
