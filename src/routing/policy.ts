@@ -78,6 +78,11 @@ interface LinkBefore {
   wasUp: boolean;
 }
 
+/** A link of `ip -j link` as it was: its MTU, and whether it was up. */
+function linkBefore(link: { mtu: number; flags?: unknown }): LinkBefore {
+  return { mtu: link.mtu, wasUp: Array.isArray(link.flags) && link.flags.includes('UP') };
+}
+
 type Undo =
   | { kind: 'link'; mtu: number; wasUp: boolean }
   | { kind: 'addr'; family: Family; cidr: string }
@@ -360,7 +365,7 @@ export class PolicyRouting {
         if (!(l.ifname === ifname && own.has(a.local) && a.prefixlen === (a.family === 'inet6' ? 128 : 32))) local.add(a.local);
       }
     }
-    return { before: { mtu: link?.mtu ?? 1500, wasUp: Array.isArray(link?.flags) && link.flags.includes('UP') }, local };
+    return { before: linkBefore(link ?? { mtu: 1500 }), local };
   }
 
   /** The same read now (TENC_START_SNAPSHOT=0): both dumps at once. */
@@ -370,7 +375,7 @@ export class PolicyRouting {
     if (links.length === 0) throw new Error(`interface ${ifname} does not exist`);
     const local = new Set<string>();
     for (const l of addrs) for (const a of l.addr_info ?? []) local.add(a.local);
-    return { before: { mtu: links[0].mtu, wasUp: Array.isArray(links[0].flags) && links[0].flags.includes('UP') }, local };
+    return { before: linkBefore(links[0]), local };
   }
 
   /**
