@@ -52,7 +52,7 @@ import { numberFlag } from './lib/bench.js';
 import { Children, stopChild } from './lib/procs.js';
 import { markdownTable } from './lib/table.js';
 import { percentile } from './lib/traffic.js';
-import { podNodeFlags, podSpawnArgs, standbyArgs } from '../src/agent/pod-exec.js';
+import { podNodeFlags, podSpawnArgs } from '../src/agent/pod-exec.js';
 import { STANDBY_READY_LINE } from '../src/control/handoff.js';
 import { Standby, standbyEnabled } from '../src/agent/standby.js';
 import { readPublicKeyLine } from '../src/control/keyline.js';
@@ -418,10 +418,11 @@ export async function run(ctx: BenchContext): Promise<void> {
     let workerHost: ChildProcess | null = null;
     if (ctx.flags.has('standby-workers')) {
       for (let i = 0; i < nPods; i++) {
-        const sb = spawn(process.execPath, standbyArgs(TENC_MAIN), { stdio: ['pipe', 'pipe', 'inherit'] });
-        standbys.push(sb);
-        anchors.push(sb);
-        await firstLine(sb, STANDBY_READY_LINE, `standby ${i}`);
+        // as the agent starts them (agent/standby.ts), never handed a pod
+        const sb = new Standby({ main: TENC_MAIN, flags: podNodeFlags(), logFile: join(dir, `idle-standby-${i}.log`) });
+        standbys.push(sb.child);
+        anchors.push(sb.child);
+        if (!(await sb.ready)) throw new Error(`idle standby ${i} was not ready: ${sb.logTail()}`);
       }
       workerHost = await startWorkerHost(nPods);
       anchors.push(workerHost);
