@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- density [--pods=N] [--starts=M] [--idle=S] [--peers=P] [--prepare=0]
- *  [--ab=FLAGS;FLAGS...] [--ab-env=K=V,K=V;...] [--ab-main=PATH] [--ab-standby] [--standby-workers]`: what a node pays per pod, and how fast a pod
+ *  [--ab=FLAGS;FLAGS...] [--ab-env=K=V,K=V;...] [--ab-main=PATH] [--ab-standby] [--standby-workers] [--one-process]`: what a node pays per pod, and how fast a pod
  * is protected.
  *
  *   1. Density: N idle `tenc pod` processes (default 10) per variant, each in a
@@ -37,6 +37,11 @@
  *   standbys (`tenc pod --standby`, not handed a pod) as N processes, and N standbys as
  *   N worker threads of one node process (its memory / N): whether several pods per
  *   process could share by threads.
+ *   --one-process adds one more row, idle at the same time: N pods (the same config,
+ *   peers and enforcement) run by one node process (bench/lib/pod-host.ts, the pod's
+ *   node flags and bundle) in one namespace of their own, each with its own
+ *   interface, port, fwmark, table and rule priority; its memory / N: what one V8
+ *   isolate for several pods would cost per pod (no such host exists in tenc).
  *
  * Figures are reported, never asserted; run it on an otherwise idle machine.
  */
@@ -63,6 +68,7 @@ import { controlRequest } from '../src/control/socket.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const TENC_MAIN = join(REPO, 'dist', 'src', 'cli', 'main.js');
+const POD_HOST = join(REPO, 'dist', 'bench', 'lib', 'pod-host.js');
 const PREFIX = 'tdn';
 const HUB = `${PREFIX}-hub`;
 
@@ -207,11 +213,12 @@ export function variantsOf(ab: string | undefined, abMain: string | undefined, m
   return out;
 }
 
-/** The pod config the bench starts: enforce, `peers` peers (allowed IPs 10.79.x.y/32, endpoints on the bridge). */
-function podConfig(address: string, psk: string, socket: string, peers: string[]): Record<string, unknown> {
+/** The pod config the bench starts: enforce, `peers` peers (allowed IPs 10.79.x.y/32, endpoints on the bridge); `own` overrides (--one-process). */
+function podConfig(address: string, psk: string, socket: string, peers: string[], own: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     addresses: [address],
     listenPort: 51820,
+    ...own,
     pskFile: psk,
     controlSocket: socket,
     enforce: true,
@@ -222,10 +229,10 @@ function podConfig(address: string, psk: string, socket: string, peers: string[]
 }
 
 /** Writes the config of pod `tag` (0600); returns its path and socket. */
-function writePodConfig(dir: string, address: string, psk: string, tag: string, peers: string[]): { config: string; socket: string; logFile: string } {
+function writePodConfig(dir: string, address: string, psk: string, tag: string, peers: string[], own: Record<string, unknown> = {}): { config: string; socket: string; logFile: string } {
   const socket = join(dir, `${tag}.sock`);
   const config = join(dir, `${tag}.json`);
-  writeFileSync(config, JSON.stringify(podConfig(address, psk, socket, peers)), { mode: 0o600 });
+  writeFileSync(config, JSON.stringify(podConfig(address, psk, socket, peers, own)), { mode: 0o600 });
   return { config, socket, logFile: join(dir, `${tag}.log`) };
 }
 
@@ -365,6 +372,34 @@ function share(m: Smaps, n: number): Smaps {
   return Object.fromEntries(Object.entries(m).map(([k, v]) => [k, (v as number) / n])) as unknown as Smaps;
 }
 
+/**
+ * --one-process: n pods in one node process (bench/lib/pod-host.ts) in namespace
+ * `ns`, each with an interface, port, fwmark, table and rule priority of its own.
+ * Resolves once every pod printed its key; its stderr (every pod's log) goes to `log`.
+ */
+async function startPodHost(n: number, ns: string, address: string, dir: string, psk: string, peers: string[], anchors: ChildProcess[]): Promise<ChildProcess> {
+  const pods = Array.from({ length: n }, (_, i) =>
+    writePodConfig(dir, address, psk, `host-pod${i}`, peers, { interface: `tenc${i}`, listenPort: 52000 + i, fwmark: 0x10000 + i, table: 53000 + i, rulePriority: 6000 + 2 * i }),
+  );
+  const configs = pods.map((p) => p.config);
+  const fd = openSync(join(dir, 'pod-host.log'), 'w', 0o600);
+  const host = spawn('nsenter', [`--net=/run/netns/${ns}`, '--', process.execPath, ...podNodeFlags(), POD_HOST, ...configs], { stdio: ['ignore', 'pipe', fd] });
+  closeSync(fd);
+  anchors.push(host); // stopped with the anchors, also when it fails here
+  try {
+    await firstLine(host, 'ready\n', `${n} pods in one process`, 60_000);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}: ${readFileSync(join(dir, 'pod-host.log'), 'utf8').slice(-600)}`);
+  }
+  // each pod serves: its status names its own interface and all its peers
+  for (const [i, p] of pods.entries()) {
+    let s: { interface?: string; peers?: unknown[] } = {};
+    await until(`pod ${i} of the one process answering`, () => controlRequest(p.socket, { op: 'status' }).then((r) => ((s = r as typeof s), true), () => false), 15_000);
+    if (s.interface !== `tenc${i}` || s.peers?.length !== peers.length) throw new Error(`pod ${i} of the one process: status ${JSON.stringify(s).slice(0, 200)}`);
+  }
+  return host;
+}
+
 export async function run(ctx: BenchContext): Promise<void> {
   const nPods = numberFlag(ctx, 'pods', 10);
   const nStarts = numberFlag(ctx, 'starts', 50);
@@ -376,7 +411,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   const variants = variantsOf(ctx.flags.get('ab'), ctx.flags.get('ab-main'), TENC_MAIN, podNodeFlags(), ctx.flags.get('ab-env'), standbyEnabled(), ctx.flags.has('ab-standby'));
   const wg = '/usr/bin/wireguard-go';
   if (!existsSync(wg)) throw new Error(`${wg} missing: run bash netns-scripts/deps.sh`);
-  for (const ns of readdirSync('/run/netns').filter((n) => n.startsWith(`${PREFIX}-`))) throw new Error(`namespace ${ns} exists: a bench still running, or left over (ip netns del ${ns})`);
+  for (const ns of (existsSync('/run/netns') ? readdirSync('/run/netns') : []).filter((n) => n.startsWith(`${PREFIX}-`))) throw new Error(`namespace ${ns} exists: a bench still running, or left over (ip netns del ${ns})`);
 
   const c = new Children();
   const topo = new Topology(c);
@@ -427,6 +462,12 @@ export async function run(ctx: BenchContext): Promise<void> {
       workerHost = await startWorkerHost(nPods);
       anchors.push(workerHost);
     }
+    // --one-process: n pods in one node process, in a namespace of their own
+    let podHost: ChildProcess | null = null;
+    if (ctx.flags.has('one-process')) {
+      const n = await topo.pod(nets.length + 1);
+      podHost = await startPodHost(nPods, n.ns, n.address, dir, psk, peers, anchors);
+    }
     await sleep(idle * 1000);
     const memOf = (kids: ChildProcess[], what: string) => {
       const m = kids.map((k) => smapsOf(k.pid!)).filter((x): x is Smaps => x !== undefined);
@@ -462,11 +503,12 @@ export async function run(ctx: BenchContext): Promise<void> {
                 row(`tenc pod --standby, not handed a pod: ${nPods} worker threads of one node (its memory / ${nPods})`, Array<Smaps>(nPods).fill(share(memOf([workerHost], 'standby workers')[0]!, nPods))),
               ]
             : []),
+          ...(podHost ? [row(`tenc pod x ${nPods} in one node process, one namespace (its memory / ${nPods})`, Array<Smaps>(nPods).fill(share(memOf([podHost], 'pod host')[0]!, nPods)))] : []),
         ],
       ),
     );
     ctx.log(`\ntenc/wireguard-go PSS per pod: ${(avg(tencMem[0], 'pss') / avg(wgMem, 'pss')).toFixed(2)}x; tenc - bare node, private dirty: ${mib(avg(tencMem[0], 'privateDirty') - avg(bareMem, 'privateDirty'))} MiB\n`);
-    for (const a of anchors) await stopChild(a, 'SIGTERM', 3000);
+    for (const a of anchors) await stopChild(a, 'SIGTERM', a === podHost ? 10_000 : 3000);
     anchors.length = 0;
     for (const p of pods) await stopChild(p.child, 'SIGTERM', 5000);
     pods.length = 0;
