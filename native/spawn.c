@@ -1,7 +1,7 @@
 /* spawn.c: runs a short-lived child (ip, nft) without blocking node's thread.
  *
- *   runProcess(file, args, stdin, timeoutMs) -> Promise<{ code, signal, stdout, stderr,
- *                                                          timedOut }>
+ *   runProcess(file, args, stdin, timeoutMs[, netns]) -> Promise<{ code, signal, stdout,
+ *                                                          stderr, timedOut }>
  *
  * node's child_process.spawn() forks the whole node process: on this class of
  * machine (a paravirtualized guest) that blocks the event loop 5-7 ms per child, and a
@@ -18,7 +18,18 @@
  * the group is killed with SIGKILL (timedOut), and its pipes are read 1 s more at most.
  * Output beyond RUN_OUTPUT_MAX bytes per stream is dropped and the child killed, so a
  * runaway child cannot exhaust tenc's memory. A failed posix_spawnp (ENOENT, EACCES)
- * rejects with an Error whose code is the errno name. */
+ * rejects with an Error whose code is the errno name.
+ *
+ * netns (a path of a network namespace file, e.g. /proc/PID/ns/net or /run/netns/NAME)
+ * starts the child in that namespace, as `nsenter --net=PATH` would, without the
+ * nsenter process: the worker thread enters it, spawns the child (which inherits the
+ * thread's namespace), and enters its own namespace again before anything else; the
+ * namespace is entered by an fd opened for this one call. A path that cannot be
+ * opened or is not a network namespace rejects (code the errno name, ENOENT or
+ * EINVAL) and no child is started. Should the thread fail to go back (it holds the fd
+ * of its own namespace and the privilege it just used, so this is not expected) the
+ * process aborts: a pool thread left in a pod's namespace would start later children
+ * there. */
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
@@ -50,9 +61,11 @@ struct run_job {
   char *input;
   size_t input_len;
   int64_t timeout_ms;
+  char *netns; /* a namespace path for this child, or NULL */
   /* results, written by the worker thread */
   int spawn_errno;
   int failed_errno; /* pipe2/poll failure */
+  int netns_errno;  /* the netns path could not be opened or entered */
   int status;
   int reaped;
   int timed_out;
@@ -70,6 +83,7 @@ static void job_free(struct run_job *j) {
   free_strv(j->argv);
   free_strv(j->envp);
   free(j->input);
+  free(j->netns);
   free(j->out.data);
   free(j->err.data);
   free(j);
@@ -153,10 +167,35 @@ static void run_execute(napi_env env, void *data) {
   /* its own process group: a kill at the time limit reaches what it forked too */
   posix_spawnattr_setpgroup(&attr, 0);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+  /* this call's own namespace: entered for the spawn only (see the top) */
+  int back = -1;
+  if (j->netns) {
+    int target = -1;
+    back = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (back >= 0) target = open(j->netns, O_RDONLY | O_CLOEXEC);
+    if (back < 0 || target < 0 || setns(target, CLONE_NEWNET) < 0) {
+      j->netns_errno = errno;
+      if (target >= 0) close(target);
+      if (back >= 0) close(back);
+      posix_spawn_file_actions_destroy(&fa);
+      posix_spawnattr_destroy(&attr);
+      close_fd(&in[0]), close_fd(&in[1]), close_fd(&out[0]), close_fd(&out[1]), close_fd(&err[0]), close_fd(&err[1]);
+      return;
+    }
+    close(target);
+  }
   pid_t pid;
   int rc = posix_spawnp(&pid, j->argv[0], &fa, &attr, j->argv, j->envp);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
+  if (back >= 0) {
+    if (setns(back, CLONE_NEWNET) < 0) {
+      static const char msg[] = "tenc runProcess: a worker thread cannot return to its network namespace after a child's; aborting\n";
+      if (write(2, msg, sizeof msg - 1) < 0) { /* nothing more to do */ }
+      abort();
+    }
+    close(back);
+  }
   close_fd(&in[0]), close_fd(&out[1]), close_fd(&err[1]);
   if (rc != 0) {
     j->spawn_errno = rc;
@@ -270,6 +309,9 @@ static void run_complete(napi_env env, napi_status status, void *data) {
     napi_create_string_utf8(env, "runProcess: the work was cancelled", NAPI_AUTO_LENGTH, &msg);
     napi_create_error(env, NULL, msg, &result);
     reject = 1;
+  } else if (j->netns_errno) {
+    result = tenc_errno_error(env, j->netns_errno, "cannot run %s in network namespace %s", j->argv[0], j->netns);
+    reject = 1;
   } else if (j->spawn_errno || j->failed_errno) {
     int e = j->spawn_errno ? j->spawn_errno : j->failed_errno;
     result = tenc_errno_error(env, e, "%s %s", j->spawn_errno ? "cannot run" : "running", j->argv[0]);
@@ -323,8 +365,8 @@ static char *get_cstr(napi_env env, napi_value v, const char *what) {
 }
 
 static napi_value run_process(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   bool is_array;
   if (argc < 4 || napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array)
@@ -356,6 +398,19 @@ static napi_value run_process(napi_env env, napi_callback_info info) {
   } else if (t != napi_null && t != napi_undefined) {
     tenc_throw_type(env, "stdin must be a string or null");
     goto fail;
+  }
+  if (argc >= 5) {
+    TENC_CHECK(env, napi_typeof(env, argv[4], &t));
+    if (t == napi_string) {
+      if (!(j->netns = get_cstr(env, argv[4], "netns"))) goto fail;
+      if (j->netns[0] != '/') {
+        tenc_throw_type(env, "netns must be an absolute path");
+        goto fail;
+      }
+    } else if (t != napi_null && t != napi_undefined) {
+      tenc_throw_type(env, "netns must be a string or null");
+      goto fail;
+    }
   }
   size_t nenv = 0;
   while (environ && environ[nenv]) nenv++;

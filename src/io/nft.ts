@@ -15,8 +15,10 @@ export class NftError extends Error {
 
 /**
  * Runs `file args` (nft, or nft through `ip netns exec`) with `stdin` (e.g. a script for
- * `nft -f -`: one transaction); resolves its stdout, rejects with an NftError.
+ * `nft -f -`: one transaction), in network namespace `netns` (a path) when given;
+ * resolves its stdout, rejects with an NftError.
  */
-export function runNft(file: string, args: string[], stdin?: string): Promise<string> {
-  return runOk(file, args, { stdin }, (detail, r) => new NftError(r ? `${[file, ...args].join(' ')}: ${detail}` : `${file}: ${detail}`));
+export function runNft(file: string, args: string[], stdin?: string, netns?: string): Promise<string> {
+  const where = netns !== undefined ? ` (in ${netns})` : '';
+  return runOk(file, args, { stdin, netns }, (detail, r) => new NftError(r ? `${[file, ...args].join(' ')}${where}: ${detail}` : `${file}${where}: ${detail}`));
 }

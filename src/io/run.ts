@@ -1,5 +1,6 @@
 /**
- * Runs a short-lived helper process (ip, nft, nsenter) and collects what it printed:
+ * Runs a short-lived helper process (ip, nft), in this or a given network namespace,
+ * and collects what it printed:
  * per start and per configuration change, never per packet.
  *
  * By default through the addon's runProcess (native/spawn.c): posix_spawnp on a libuv
@@ -28,6 +29,12 @@ export interface RunOptions {
   stdin?: string;
   /** Kill the child (SIGKILL) after this long; 0 = never. Default RUN_TIMEOUT_MS. */
   timeoutMs?: number;
+  /**
+   * Start the child in this network namespace (a path: /proc/PID/ns/net,
+   * /run/netns/NAME), as `nsenter --net=PATH` would: by runProcess's worker thread
+   * (native/spawn.c) without an nsenter process; with TENC_FAST_SPAWN=0 through nsenter.
+   */
+  netns?: string;
 }
 
 /** A helper that runs longer than this is killed: ip and nft answer in milliseconds. */
@@ -54,14 +61,15 @@ export function fastSpawn(): boolean {
 /** Runs `file args...`; resolves whatever the exit code (the caller judges it), rejects with RunError if it cannot start. */
 export function runProcess(file: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
   const timeoutMs = opts.timeoutMs ?? RUN_TIMEOUT_MS;
-  if (fastSpawn()) return runNative(file, args, opts.stdin, timeoutMs);
+  if (fastSpawn()) return runNative(file, args, opts.stdin, timeoutMs, opts.netns);
+  if (opts.netns !== undefined) return runSpawn('nsenter', [`--net=${opts.netns}`, '--', file, ...args], opts.stdin, timeoutMs);
   return runSpawn(file, args, opts.stdin, timeoutMs);
 }
 
-async function runNative(file: string, args: string[], stdin: string | undefined, timeoutMs: number): Promise<RunResult> {
+async function runNative(file: string, args: string[], stdin: string | undefined, timeoutMs: number, netns: string | undefined): Promise<RunResult> {
   let r: { code: number | null; signal: number | null; stdout: string; stderr: string; timedOut: boolean; overflow: boolean };
   try {
-    r = await addon.runProcess(file, args, stdin ?? null, timeoutMs);
+    r = await addon.runProcess(file, args, stdin ?? null, timeoutMs, netns ?? null);
   } catch (e) {
     const err = e as Error & { code?: string };
     throw new RunError(err.message, err.code ?? 'EUNKNOWN');
