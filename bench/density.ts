@@ -13,7 +13,7 @@
  *      (an idle event loop, nothing loaded: what any node process costs).
  *   2. Start latency: M starts (default 50), one at a time, warm page cache, as the
  *      agent does at CNI ADD: first its prepare step (Agent.prepare: the config's
- *      failClosedScripts through `nsenter ip -batch -` per family and one `nft -f -`),
+ *      failClosedScripts through `ip -batch -` per family and one `nft -f -` in the pod's namespace),
  *      timed alone, then the proxy spawned at once, each milestone timed from its spawn
  *      by the pod's own log lines (pino `time`, ms):
  *        key ready       "public key"            (private key made, public key printed)
@@ -62,8 +62,7 @@ import { STANDBY_READY_LINE } from '../src/control/handoff.js';
 import { Standby, standbyEnabled } from '../src/agent/standby.js';
 import { readPublicKeyLine } from '../src/control/keyline.js';
 import { loadConfig } from '../src/control/config.js';
-import { failClosedScripts } from '../src/control/failclosed.js';
-import { IpCommand } from '../src/routing/ip.js';
+import { failClosedIn } from '../src/agent/netns.js';
 import { controlRequest } from '../src/control/socket.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
@@ -261,24 +260,14 @@ async function startPod(v: Variant, ns: string, files: { config: string; socket:
 }
 
 /**
- * The agent's prepare step (Agent.prepareNow in agent/agent.ts) for a config: its
- * failClosedScripts through `nsenter --net=NS ip -batch -` per family and one
- * `nft -f -`, all three at once. Resolves with the ms it took.
+ * The agent's prepare step (Agent.prepareNow in agent/agent.ts: agent/netns.ts
+ * failClosedIn) for a config: its failClosedScripts through `ip -batch -` per family
+ * and one `nft -f -`, all three at once, each started in the pod's namespace.
+ * Resolves with the ms it took.
  */
 async function prepare(ns: string, configFile: string): Promise<number> {
   const t = performance.now();
-  const s = failClosedScripts(loadConfig(configFile));
-  const via = ['nsenter', `--net=/run/netns/${ns}`, '--'];
-  const ip = new IpCommand({ via });
-  const nft = new Promise<void>((resolve, reject) => {
-    const c = spawn(via[0], [...via.slice(1), 'nft', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
-    let err = '';
-    c.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-    c.on('error', (e) => reject(new Error(`nft: ${e.message}`)));
-    c.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`nft in ${ns}: ${err.trim() || `exit code ${code}`}`))));
-    c.stdin!.end(s.nft);
-  });
-  await Promise.all([ip.batch(4, s.ip[4]), ip.batch(6, s.ip[6]), nft]);
+  await failClosedIn(`/run/netns/${ns}`, loadConfig(configFile));
   return performance.now() - t;
 }
 

@@ -162,7 +162,7 @@ export class Agent {
    * CNI ADD: makes the pod fail closed in its netns before its proxy runs: the pod's
    * config is written, and failClosedScripts(config) (the rule, the guards and the
    * nftables table the proxy itself would put in place first) applied through one
-   * `nsenter --net=NETNS ip -batch -` per family and one `nft -f -`. The proxy is
+   * `ip -batch -` per family and one `nft -f -`, started in NETNS (agent/netns.ts). The proxy is
    * started right after (the next reconcile) and takes that state over. Nothing is
    * done when the pod's proxy runs or starts already (it owns the state: an ADD retry,
    * or a proxy adopted after an agent restart).

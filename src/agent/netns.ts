@@ -1,6 +1,6 @@
 /**
- * What the node agent does in a pod's network namespace from outside it (nsenter
- * --net=NETNS): the pod's control socket and resolv.conf paths, making the netns fail
+ * What the node agent does in a pod's network namespace from outside it (its ip and nft
+ * children started in NETNS by runProcess, io/run.ts, as `nsenter --net=NETNS` would): the pod's control socket and resolv.conf paths, making the netns fail
  * closed before its proxy runs (CNI ADD), and removing what tenc left there once the
  * proxy is gone (CNI DEL). Below proxies.ts and agent.ts; uses control/ and routing/.
  */
@@ -31,22 +31,20 @@ export function podResolvConf(netns: string): string | null {
 /**
  * Makes a pod's netns fail closed before its proxy runs: failClosedScripts(config)
  * (the rule, the guards and the nftables table the proxy itself would put in place
- * first) applied through one `nsenter --net=NETNS ip -batch -` per family and one
- * `nft -f -`. Returns the number of guard lines.
+ * first) applied through one `ip -batch -` per family and one `nft -f -`, each started
+ * in NETNS. Returns the number of guard lines.
  */
 export async function failClosedIn(netns: string, config: PodConfig): Promise<number> {
   const s = failClosedScripts(config);
-  const via = ['nsenter', `--net=${netns}`, '--'];
-  const ip = new IpCommand({ via });
-  await Promise.all([guardBatchIn(ip, 4, s.ip[4]), guardBatchIn(ip, 6, s.ip[6]), nftIn(via, s.nft)]);
+  const ip = new IpCommand({ netnsPath: netns });
+  await Promise.all([guardBatchIn(ip, 4, s.ip[4]), guardBatchIn(ip, 6, s.ip[6]), runNft('nft', ['-f', '-'], s.nft, netns)]);
   return s.ip[4].length + s.ip[6].length;
 }
 
 /** Removes tenc's rule, routes and nft table from a netns whose proxy is gone (defaults of config.ts). */
 export async function cleanNetns(netns: string): Promise<void> {
   // each step's failure is expected (nothing to delete) and ignored
-  const via = ['nsenter', `--net=${netns}`, '--'];
-  const ip = new IpCommand({ via });
+  const ip = new IpCommand({ netnsPath: netns });
   const ignore = () => undefined;
   for (const fam of [4, 6] as const) {
     // tenc's rule, and TencPolicy's exempt rules one pref below it (policy-rules.ts): a
@@ -57,7 +55,7 @@ export async function cleanNetns(netns: string): Promise<void> {
     }
     await ip.run([`-${fam}`, 'route', 'flush', 'table', String(DEFAULT_TABLE)]).catch(ignore);
   }
-  await runNft(via[0], [...via.slice(1), 'nft', 'delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)]).catch(ignore);
+  await runNft('nft', ['delete', 'table', 'inet', tableName(DEFAULT_INTERFACE)], undefined, netns).catch(ignore);
 }
 
 /** Runs a guardBatch() family's lines; a rule that exists already (its last line: "File exists") is fine. */
@@ -68,9 +66,4 @@ async function guardBatchIn(ip: IpCommand, fam: 4 | 6, lines: string[]): Promise
     if (e instanceof IpCommandError && e.linesDone === lines.length - 1 && /File exists/i.test(e.stderr)) return;
     throw e;
   }
-}
-
-/** `nft -f -` in the netns (one transaction). */
-async function nftIn(via: string[], script: string): Promise<void> {
-  await runNft(via[0], [...via.slice(1), 'nft', '-f', '-'], script);
 }

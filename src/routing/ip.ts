@@ -27,28 +27,29 @@ export interface IpCommandOptions {
   /** Path of the ip binary; default "ip" from PATH. */
   binary?: string;
   /**
-   * Runs ip through this command, e.g. ["nsenter", "--net=/proc/PID/ns/net", "--"]:
-   * a namespace given by path (the node agent, for a pod's CNI_NETNS).
+   * Runs ip in the network namespace of this path (e.g. /proc/PID/ns/net: the node
+   * agent, for a pod's CNI_NETNS), as `nsenter --net=PATH ip` would (io/run.ts:
+   * runProcess's netns, no nsenter process).
    */
-  via?: string[];
+  netnsPath?: string;
 }
 
 export class IpCommand {
   private readonly prefix: string[];
   private readonly binary: string;
+  private readonly netnsPath: string | undefined;
 
   constructor(opts: IpCommandOptions = {}) {
-    const own = opts.netns ? ['-n', opts.netns] : [];
-    const via = opts.via ?? [];
-    this.binary = via.length > 0 ? via[0] : (opts.binary ?? 'ip');
-    this.prefix = via.length > 0 ? [...via.slice(1), opts.binary ?? 'ip', ...own] : own;
+    this.prefix = opts.netns ? ['-n', opts.netns] : [];
+    this.binary = opts.binary ?? 'ip';
+    this.netnsPath = opts.netnsPath;
   }
 
   /** Runs one command; resolves with stdout, rejects with IpCommandError. */
   run(args: string[], stdin?: string): Promise<string> {
     const full = [...this.prefix, ...args];
     // an exit code keeps ip's own stderr (batch() reads the failing line from it)
-    return runOk(this.binary, full, { stdin }, (detail, r) => new IpCommandError(full, r && r.code !== null ? r.stderr : detail, r?.code ?? null));
+    return runOk(this.binary, full, { stdin, netns: this.netnsPath }, (detail, r) => new IpCommandError(full, r && r.code !== null ? r.stderr : detail, r?.code ?? null));
   }
 
   /** `ip -j ARGS` parsed; an empty dump (or a table that does not exist) is []. */
@@ -95,7 +96,7 @@ export class IpCommand {
     const full = [...this.prefix, '-j', `-${family}`, '-force', '-batch', '-'];
     let r: RunResult;
     try {
-      r = await runProcess(this.binary, full, { stdin: lines.join('\n') + '\n' });
+      r = await runProcess(this.binary, full, { stdin: lines.join('\n') + '\n', netns: this.netnsPath });
     } catch (e) {
       throw new IpCommandError(full, (e as Error).message, null);
     }
