@@ -9,7 +9,8 @@
  * watches the prefix and says which keys to publish or withdraw.
  */
 import { readFileSync } from 'node:fs';
-import { Etcd3, EtcdLeaseInvalidError, type IOptions, type Lease } from 'etcd3';
+import { circuitBreaker, ConsecutiveBreaker, handleWhen } from 'cockatiel';
+import { Etcd3, EtcdLeaseInvalidError, isRecoverableError, type IOptions, type Lease } from 'etcd3';
 
 export const DEFAULT_PREFIX = '/tenc/';
 /** Seconds: the keys of a dead agent vanish this long after its last keep-alive. */
@@ -26,6 +27,14 @@ export const CALL_TIMEOUT_MS = 1500;
 export const SNAPSHOT_TIMEOUT_MS = 5000;
 /** How often a watch away from the first endpoint checks whether it can go back. */
 export const HOME_CHECK_MS = 2000;
+/**
+ * An endpoint whose calls failed 3 times in a row is skipped for this long (etcd3's
+ * circuit breaker per endpoint). Its default of 5 s held writes back for 4-5 s after
+ * a lost quorum returned: every member's breaker had opened on the failed tries while
+ * there was no leader (seen: the pod written meanwhile landed 4.3 s after the
+ * election, and 5.1 s in CI).
+ */
+export const ENDPOINT_BREAK_MS = 1000;
 
 
 export class EtcdSpecError extends Error {
@@ -116,6 +125,7 @@ export function etcdClient(c: EtcdConnection, callTimeoutMs = CALL_TIMEOUT_MS): 
     // HTTP/2 pings, so the watch moves to another endpoint (etcd allows one per 5 s)
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5000, 'grpc.keepalive_permit_without_calls': 1 },
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
+    faultHandling: { host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: ENDPOINT_BREAK_MS, breaker: new ConsecutiveBreaker(3) }) },
   };
   if (c.ca || c.cert) {
     o.credentials = {
