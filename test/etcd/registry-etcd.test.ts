@@ -12,6 +12,8 @@
  *     snapshot read again, and no change is missed
  *  7. auth on: node2's user cannot write below node1's prefix, can below its own
  *  8. endpoints in the order given (the node's own member first), the next on failure
+ *  9. a member back after its calls failed (its circuit breaker open) is used within
+ *     ENDPOINT_BREAK_MS, not etcd3's default 5 s
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn } from 'node:child_process';
@@ -20,7 +22,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EtcdRegistry, EtcdRegistryWriter } from '../../src/registry/etcd.js';
-import { CALL_TIMEOUT_MS, etcdClient, parseEtcdSpec, type EtcdConnection } from '../../src/registry/etcd-client.js';
+import { CALL_TIMEOUT_MS, ENDPOINT_BREAK_MS, etcdClient, parseEtcdSpec, type EtcdConnection } from '../../src/registry/etcd-client.js';
+import { isBrokenCircuitError } from 'cockatiel';
 import { openRegistry } from '../../src/registry/open.js';
 import { trustedPeers } from '../../src/registry/registry.js';
 import { EtcdServer, Relay } from './server.js';
@@ -350,4 +353,36 @@ describe('endpoint order (two separate members, each with its own value of one k
       if (!a.child) await a.start();
     }
   }, 40_000);
+});
+
+describe('a member back after calls to it failed', () => {
+  const m = new EtcdServer();
+  beforeAll(() => m.start(), 30_000);
+  afterAll(() => m.stop());
+
+  it(`its calls go through within ENDPOINT_BREAK_MS (${ENDPOINT_BREAK_MS} ms) of its return, not etcd3's 5 s`, async () => {
+    expect(m.ctl('put', '/back', 'yes').status).toBe(0);
+    await m.stop(true);
+    const c = etcdClient(parseEtcdSpec(m.endpoint));
+    try {
+      // while it is down: the calls fail, and after 3 failures in a row its breaker is open
+      // (a call then fails at once, without trying the member)
+      for (let i = 0; i < 4; i++) await expect(c.get('/back').string()).rejects.toThrow();
+      const broken = await c.get('/back').string().catch((e: Error) => e);
+      expect(isBrokenCircuitError(broken), String(broken)).toBe(true);
+      await m.start();
+      const up = Date.now();
+      let value: string | null = null;
+      while (value === null && Date.now() - up < 10_000) {
+        value = await c.get('/back').string().catch(() => null);
+        if (value === null) await new Promise((r) => setTimeout(r, 50));
+      }
+      const elapsed = Date.now() - up;
+      expect(value).toBe('yes');
+      // etcd3's default breaker (5 s) would hold the calls back 4-5 s after the member answered
+      expect(elapsed).toBeLessThan(ENDPOINT_BREAK_MS + 1000);
+    } finally {
+      c.close();
+    }
+  }, 30_000);
 });
