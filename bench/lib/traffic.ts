@@ -94,6 +94,12 @@ export function parsePingTimes(text: string): number[] {
   return out;
 }
 
+/** The echo requests ping says it sent ("N packets transmitted"); undefined when it did not say. */
+export function parsePingTransmitted(text: string): number | undefined {
+  const m = /^(\d+) packets transmitted/m.exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
 /** Nearest-rank percentile (p in 0..100) of unsorted values; undefined for none. */
 export function percentile(values: number[], p: number): number | undefined {
   if (values.length === 0) return undefined;
@@ -131,20 +137,26 @@ export class Traffic {
     private readonly portBase = 5201,
   ) {}
 
-  /** `count` pings every `interval` seconds; RTT percentiles over the replies. */
+  /**
+   * `count` pings every `interval` seconds; RTT percentiles over the replies, loss over
+   * the requests ping sent. ping's deadline is 3 intervals per ping (a 10 ms interval
+   * takes 16 ms here: the VM's timers); requests it did not send before the deadline
+   * are not losses (`sent` says how many went out).
+   */
   async ping(dst: string, count: number, interval = 0.01): Promise<PingResult> {
-    const deadline = Math.ceil(count * interval + 5);
+    const deadline = Math.ceil(count * interval * 3 + 5);
     const r = await this.children.run('ip', ['netns', 'exec', this.client, 'ping', '-n', '-c', String(count), '-i', String(interval), '-w', String(deadline), dst], {
       timeoutMs: (deadline + 5) * 1000,
     });
     const times = parsePingTimes(r.stdout);
     if (times.length === 0) throw new Error(`ping ${dst}: no reply (${describeFailure(r)})`);
+    const sent = parsePingTransmitted(r.stdout) ?? count;
     return {
-      sent: count,
+      sent,
       times,
       p50: percentile(times, 50),
       p99: percentile(times, 99),
-      lossPercent: (100 * (count - times.length)) / count,
+      lossPercent: (100 * Math.max(0, sent - times.length)) / sent,
     };
   }
 

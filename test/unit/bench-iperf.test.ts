@@ -4,7 +4,7 @@
  * (loopback and namespace runs on this machine), trimmed to the fields the bench reads.
  */
 import { describe, it, expect } from 'vitest';
-import { parseIperfTcp, parseIperfUdp, parsePingTimes, percentile, listeningPorts } from '../../bench/lib/traffic.js';
+import { parseIperfTcp, parseIperfUdp, parsePingTimes, parsePingTransmitted, percentile, listeningPorts } from '../../bench/lib/traffic.js';
 import { cpuSeconds, memory, parseProcStatusMemory, CpuMeter } from '../../bench/lib/procs.js';
 import { barChart, escapeXml } from '../../bench/lib/svg.js';
 
@@ -62,6 +62,9 @@ describe('ping and ss output', () => {
       'rtt min/avg/max/mdev = 0.337/17.702/52.394/24.530 ms',
     ].join('\n');
     expect(parsePingTimes(out)).toEqual([52.4, 0.377, 0.337]);
+    expect(parsePingTransmitted(out)).toBeUndefined();
+    // the loss is over the requests sent: a deadline that stops ping early is not loss
+    expect(parsePingTransmitted(`${out}\n961 packets transmitted, 958 received, 0.312175% packet loss, time 15008ms`)).toBe(961);
     const v = Array.from({ length: 200 }, (_, i) => 200 - i); // 200..1, unsorted
     expect(percentile(v, 50)).toBe(100);
     expect(percentile(v, 99)).toBe(198);
