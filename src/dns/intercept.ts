@@ -9,15 +9,38 @@
  *       ip  daddr { <cluster DNS v4> } udp/tcp dport 53 redirect to :<port>
  *       ip6 daddr { <cluster DNS v6> } udp/tcp dport 53 redirect to :<port>
  *     }
+ *     chain upstream_out {
+ *       type filter hook output priority -300; policy accept;
+ *       meta mark <fwmark> ip daddr { <cluster DNS v4> } udp/tcp dport 53 ct zone set 53   (and ip6)
+ *     }
+ *     chain upstream_in {
+ *       type filter hook prerouting priority -300; policy accept;
+ *       ip saddr { <cluster DNS v4> } udp/tcp sport 53 ct zone set 53                    (and ip6)
+ *     }
  *   }
  *
  * `redirect` in the output hook sends the packet to the loopback address of its
  * family (127.0.0.1 / ::1), where the proxy listens; conntrack turns the replies'
  * source back into the cluster DNS address. The table is tenc's alone: removal
  * deletes it whole, and a crashed run's table (same name) is removed before install.
+ *
+ * The proxy's own upstream flows are tracked in a conntrack zone of their own
+ * (UPSTREAM_CT_ZONE), set before conntrack sees the packet (priority raw): nat rules
+ * apply only to a connection's first packet, so in the pod's zone an entry of a
+ * proxy upstream port that the proxy has since closed (alive up to 120 s after its
+ * last answer) would match a query of the pod's that happens to leave from the same
+ * port, and send it to the cluster DNS unredirected, past the proxy (its answer not
+ * rewritten, its addresses not routed into tenc0: issue 19.1's protection lost).
+ * With the proxy rotating a port every 8 queries that was no rare event: ~5,000
+ * upstream queries made ~600 such entries, a 2% chance for each query of the pod's
+ * over the next two minutes (seen in CI). Every packet from a cluster DNS server's
+ * port 53 is an answer to the proxy (the pod's own queries never reach a server).
  */
 import { runNft } from '../io/nft.js';
 import type { Logger } from '../log.js';
+
+/** The conntrack zone of the proxy's upstream flows (the pod's own are in zone 0). */
+export const UPSTREAM_CT_ZONE = 53;
 
 export interface InterceptOptions {
   /** nftables table name (family inet). */
@@ -42,9 +65,19 @@ export function interceptRuleset(o: InterceptOptions): string {
     '    type nat hook output priority -100; policy accept;',
     `    meta mark 0x${o.fwmark.toString(16)} return`,
   ];
-  for (const [fam, list] of [['ip', v4], ['ip6', v6]] as const) {
-    if (list.length === 0) continue;
+  const families = ([['ip', v4], ['ip6', v6]] as const).filter(([, list]) => list.length > 0);
+  for (const [fam, list] of families) {
     for (const proto of ['udp', 'tcp']) lines.push(`    ${fam} daddr { ${list.join(', ')} } ${proto} dport 53 redirect to :${o.port}`);
+  }
+  lines.push('  }');
+  lines.push('  chain upstream_out {', '    type filter hook output priority -300; policy accept;');
+  for (const [fam, list] of families) {
+    for (const proto of ['udp', 'tcp']) lines.push(`    meta mark 0x${o.fwmark.toString(16)} ${fam} daddr { ${list.join(', ')} } ${proto} dport 53 ct zone set ${UPSTREAM_CT_ZONE}`);
+  }
+  lines.push('  }');
+  lines.push('  chain upstream_in {', '    type filter hook prerouting priority -300; policy accept;');
+  for (const [fam, list] of families) {
+    for (const proto of ['udp', 'tcp']) lines.push(`    ${fam} saddr { ${list.join(', ')} } ${proto} sport 53 ct zone set ${UPSTREAM_CT_ZONE}`);
   }
   lines.push('  }', '}');
   return lines.join('\n') + '\n';

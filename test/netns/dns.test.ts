@@ -323,6 +323,22 @@ describe('dns proxy in a pod of project alpha', () => {
     expect(dropped('short') + dropped('malformed')).toBeGreaterThanOrEqual(Math.floor(seen * 0.4)); // kinds 0 and 2 are half of what was sent
   });
 
+  it('a query of the pod\'s from a port the proxy\'s upstream used before is still redirected (the upstream flows have their own conntrack zone)', async () => {
+    const upstreamPorts = () =>
+      new Set([...a.exec('ss', '-Hnua').matchAll(/:(\d+)\s+10\.77\.0\.254:53\b/g)].map((m) => Number(m[1])));
+    const port = [...upstreamPorts()][0];
+    expect(port, 'an upstream socket of the proxy').toBeGreaterThan(0);
+    // names of the project domain the proxy has not seen: each goes upstream (dnsmasq: NXDOMAIN),
+    // so the proxy's pool rotates (a port every 8 queries) until that port is closed
+    const names = join(dir, 'rotate.txt');
+    writeFileSync(names, Array.from({ length: 400 }, (_, i) => `r${i}-${Date.now()}.alpha.svc.cluster.local`).join('\n') + '\n');
+    for (let i = 0; i < 5 && upstreamPorts().has(port); i++) a.tryExec('dig', '+tries=1', '+timeout=2', '+short', '-f', names);
+    expect(upstreamPorts().has(port), `port ${port} still open after the rotation`).toBe(false);
+    // its conntrack entry (upstream answers seen) outlives the socket; a query of the pod's from
+    // the same port must still be redirected to the proxy (rewritten), not reach dnsmasq (the VIP)
+    expect(dig(a, '-b', `10.77.0.1#${port}`, '+short', 'web.alpha.svc.cluster.local')).toBe('10.77.0.2\n');
+  });
+
   it('addresses not learned through DNS: member, PTR into the project domain, never-tunnel CIDR, other', () => {
     const verdict = (address: string) => control(a, { id: 1, op: 'classify-address', address }).result;
     expect(verdict('10.77.0.2')).toEqual({ verdict: 'project', reason: 'member' }); // peer b's allowed IP

@@ -3,7 +3,7 @@ import { describe, it, expect } from 'vitest';
 import { interceptRuleset, DnsIntercept } from '../../src/dns/intercept.js';
 
 describe('dns interception ruleset', () => {
-  it('marks skip, then redirect per family and protocol', () => {
+  it('marks skip, then redirect per family and protocol; the upstream flows in a conntrack zone of their own', () => {
     const text = interceptRuleset({ table: 'tenc_dns_tenc0', fwmark: 0xcb84, servers: ['10.96.0.10', 'fd00:96::a', '10.96.0.11'], port: 15353 });
     expect(text).toBe(
       [
@@ -15,6 +15,20 @@ describe('dns interception ruleset', () => {
         '    ip daddr { 10.96.0.10, 10.96.0.11 } tcp dport 53 redirect to :15353',
         '    ip6 daddr { fd00:96::a } udp dport 53 redirect to :15353',
         '    ip6 daddr { fd00:96::a } tcp dport 53 redirect to :15353',
+        '  }',
+        '  chain upstream_out {',
+        '    type filter hook output priority -300; policy accept;',
+        '    meta mark 0xcb84 ip daddr { 10.96.0.10, 10.96.0.11 } udp dport 53 ct zone set 53',
+        '    meta mark 0xcb84 ip daddr { 10.96.0.10, 10.96.0.11 } tcp dport 53 ct zone set 53',
+        '    meta mark 0xcb84 ip6 daddr { fd00:96::a } udp dport 53 ct zone set 53',
+        '    meta mark 0xcb84 ip6 daddr { fd00:96::a } tcp dport 53 ct zone set 53',
+        '  }',
+        '  chain upstream_in {',
+        '    type filter hook prerouting priority -300; policy accept;',
+        '    ip saddr { 10.96.0.10, 10.96.0.11 } udp sport 53 ct zone set 53',
+        '    ip saddr { 10.96.0.10, 10.96.0.11 } tcp sport 53 ct zone set 53',
+        '    ip6 saddr { fd00:96::a } udp sport 53 ct zone set 53',
+        '    ip6 saddr { fd00:96::a } tcp sport 53 ct zone set 53',
         '  }',
         '}',
         '',
