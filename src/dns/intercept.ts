@@ -59,28 +59,29 @@ export function interceptRuleset(o: InterceptOptions): string {
   if (!Number.isInteger(o.port) || o.port < 1 || o.port > 65535) throw new RangeError(`intercept: bad port ${o.port}`);
   const v4 = o.servers.filter((s) => !s.includes(':'));
   const v6 = o.servers.filter((s) => s.includes(':'));
-  const lines = [
+  const mark = `meta mark 0x${o.fwmark.toString(16)}`;
+  const families = ([['ip', v4], ['ip6', v6]] as const).filter(([, list]) => list.length > 0);
+  /** One rule per server family and protocol. */
+  const perServer = (rule: (fam: string, servers: string, proto: string) => string) =>
+    families.flatMap(([fam, list]) => ['udp', 'tcp'].map((proto) => `    ${rule(fam, `{ ${list.join(', ')} }`, proto)}`));
+  return [
     `table inet ${o.table} {`,
     '  chain output {',
     '    type nat hook output priority -100; policy accept;',
-    `    meta mark 0x${o.fwmark.toString(16)} return`,
-  ];
-  const families = ([['ip', v4], ['ip6', v6]] as const).filter(([, list]) => list.length > 0);
-  for (const [fam, list] of families) {
-    for (const proto of ['udp', 'tcp']) lines.push(`    ${fam} daddr { ${list.join(', ')} } ${proto} dport 53 redirect to :${o.port}`);
-  }
-  lines.push('  }');
-  lines.push('  chain upstream_out {', '    type filter hook output priority -300; policy accept;');
-  for (const [fam, list] of families) {
-    for (const proto of ['udp', 'tcp']) lines.push(`    meta mark 0x${o.fwmark.toString(16)} ${fam} daddr { ${list.join(', ')} } ${proto} dport 53 ct zone set ${UPSTREAM_CT_ZONE}`);
-  }
-  lines.push('  }');
-  lines.push('  chain upstream_in {', '    type filter hook prerouting priority -300; policy accept;');
-  for (const [fam, list] of families) {
-    for (const proto of ['udp', 'tcp']) lines.push(`    ${fam} saddr { ${list.join(', ')} } ${proto} sport 53 ct zone set ${UPSTREAM_CT_ZONE}`);
-  }
-  lines.push('  }', '}');
-  return lines.join('\n') + '\n';
+    `    ${mark} return`,
+    ...perServer((fam, servers, proto) => `${fam} daddr ${servers} ${proto} dport 53 redirect to :${o.port}`),
+    '  }',
+    '  chain upstream_out {',
+    '    type filter hook output priority -300; policy accept;',
+    ...perServer((fam, servers, proto) => `${mark} ${fam} daddr ${servers} ${proto} dport 53 ct zone set ${UPSTREAM_CT_ZONE}`),
+    '  }',
+    '  chain upstream_in {',
+    '    type filter hook prerouting priority -300; policy accept;',
+    ...perServer((fam, servers, proto) => `${fam} saddr ${servers} ${proto} sport 53 ct zone set ${UPSTREAM_CT_ZONE}`),
+    '  }',
+    '}',
+    '',
+  ].join('\n');
 }
 
 /**
