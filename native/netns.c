@@ -14,11 +14,23 @@
  * other work joins later; 10 s at most, else timedOut). And the namespace's fd is kept
  * (tenc_netns_fd): spawn.c's worker enters it again before each child, so an ip never
  * configures the namespace the standby started in, whatever ran on the pool.
- * A second enterNetns is refused (EALREADY): a pod is handed over once. */
+ * A second enterNetns is refused (EALREADY): a pod is handed over once.
+ *
+ *   inNetns(fd, fn)         -> fn()'s value   fn called with the main thread in the
+ *                                             namespace of fd, then back where it was
+ *
+ * For a pod host (src/control/host.ts): several pods in one process, each in its own
+ * namespace. Their sockets and TUN devices belong to the namespace of the thread that
+ * makes them, so each pod makes them inside inNetns (synchronously: fn must not wait
+ * for anything, and what it schedules runs later, back in the thread's namespace).
+ * Nested calls restore the enclosing call's namespace. A thread that cannot go back
+ * would make the next pod's sockets in a wrong namespace: the process aborts. */
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -87,6 +99,37 @@ static napi_value redirect_stderr(napi_env env, napi_callback_info info) {
   napi_value undef;
   TENC_CHECK(env, napi_get_undefined(env, &undef));
   return undef;
+}
+
+/* inNetns: the namespace the main thread is in outside any inNetns call (opened at
+ * the first call), and the fd of the call being run (-1: none). Main thread only. */
+static int ns_home_fd = -1;
+static int ns_current_fd = -1;
+
+static napi_value in_netns(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int64_t fd;
+  napi_valuetype t = napi_undefined;
+  if (argc < 2 || napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) return tenc_throw_type(env, "inNetns(fd, fn): fn must be a function");
+  if (tenc_get_int(env, argv[0], 0, 0x7fffffffLL, "fd", &fd) < 0) return NULL;
+  if (ns_home_fd < 0) {
+    ns_home_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (ns_home_fd < 0) return tenc_throw_errno(env, errno, "inNetns: open /proc/thread-self/ns/net");
+  }
+  if (setns((int)fd, CLONE_NEWNET) < 0) return tenc_throw_errno(env, errno, "inNetns: setns fd %d", (int)fd); /* EINVAL: not a network namespace */
+  int outer = ns_current_fd;
+  ns_current_fd = (int)fd;
+  napi_value global, result = NULL;
+  napi_status st = napi_get_global(env, &global);
+  if (st == napi_ok) st = napi_call_function(env, global, argv[1], 0, NULL, &result);
+  ns_current_fd = outer;
+  if (setns(outer >= 0 ? outer : ns_home_fd, CLONE_NEWNET) < 0) {
+    fprintf(stderr, "tenc: inNetns: cannot return to the thread's namespace (%s): aborting\n", strerror(errno));
+    abort();
+  }
+  return st == napi_ok ? result : NULL; /* a throw of fn's stays pending: it reaches the caller */
 }
 
 /* One enterNetnsWorkers call: n works that meet before any returns. */
@@ -203,6 +246,7 @@ napi_status tenc_init_netns(napi_env env, napi_value exports) {
       {"enterNetns", NULL, enter_netns, NULL, NULL, NULL, napi_default, NULL},
       {"enterNetnsWorkers", NULL, enter_netns_workers, NULL, NULL, NULL, napi_default, NULL},
       {"redirectStderr", NULL, redirect_stderr, NULL, NULL, NULL, napi_default, NULL},
+      {"inNetns", NULL, in_netns, NULL, NULL, NULL, napi_default, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

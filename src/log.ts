@@ -37,13 +37,15 @@ export interface LoggerOptions {
   level?: LogLevel;
   /** Where the JSON lines go; default stderr (fd 2). Tests pass a stream to read them. */
   destination?: NodeJS.WritableStream;
+  /** Without a destination: each line goes to this function (a pod host's pod: its own log), not to stderr. */
+  write?: (line: string) => void;
   /** Fixed fields on every record (e.g. the interface name). */
   base?: Record<string, unknown>;
 }
 
 export function createLogger(opts: LoggerOptions = {}): Logger {
   const level: LevelWithSilent = opts.level ?? 'info';
-  const destination = opts.destination ?? pino.destination({ fd: 2, sync: true });
+  const destination = opts.destination ?? (opts.write ? { write: opts.write } : pino.destination({ fd: 2, sync: true }));
   return pino(
     {
       level,

@@ -100,6 +100,7 @@ ${EXIT_CODES}
 `,
   pod: `Usage: tenc pod --config FILE [--log-level LEVEL] [--metrics-address HOST:PORT]
        tenc pod --standby [--log-level LEVEL] [--metrics-address HOST:PORT]
+       tenc pod --host [--log-level LEVEL]
 
 Runs the per-pod process: generates the private key in memory and prints
 \`public-key <base64>\` as the first line on stdout, reads the psk file, opens
@@ -113,9 +114,19 @@ loads everything, prints \`standby ready\` and waits for one line on stdin:
 network namespace, sends its stderr to the log file and runs as with --config.
 End of stdin before that line: exit 0, nothing done.
 
+With --host it runs several pods in this one process, each in its own network
+namespace (README "Pod host"): it prints \`host ready\`, then takes lines on
+stdin, {"netns":PATH,"config":FILE,"log":FILE} to start a pod and
+{"stop":FILE} to stop the pod of that config, and prints one JSON object per
+line: {"pod":FILE,"publicKey":KEY}, {"pod":FILE,"exited":CODE[,"error":TEXT]}
+(code 2: the line's config, netns or log at fault, nothing started) or
+{"error":TEXT} for a line that is no request. SIGINT/SIGTERM stop every pod;
+at the end of stdin it exits once its last pod has.
+
 Options:
   -c, --config FILE        the pod's JSON config (see README "Config file")
       --standby            wait for a handoff line on stdin instead of --config
+      --host               run the pods of the lines on stdin, each in its namespace
   -l, --log-level LEVEL    fatal|error|warn|info|debug|trace|silent (overrides the config)
       --metrics-address HOST:PORT
                            serve this pod's Prometheus /metrics there (where no agent

@@ -9,7 +9,7 @@
  */
 import { COMMAND_HELP } from './help.js';
 import { loadConfig } from '../control/config.js';
-import { isLogLevel, LOG_LEVELS } from '../log.js';
+import { isLogLevel, LOG_LEVELS, type LogLevel } from '../log.js';
 import { UsageError, metricsAddress, parseCommandArgs, reportFailure } from './usage.js';
 import { protectSecrets } from './protect.js';
 import { version } from './version.js';
@@ -40,10 +40,10 @@ export async function podMain(args: string[], io: PodIo = processIo, entry: PodE
 async function pod(args: string[], io: PodIo, entry: PodEntry): Promise<number> {
   const parsed = parseCommandArgs(
     args,
-    { config: { type: 'string', short: 'c' }, standby: { type: 'boolean' }, 'log-level': { type: 'string', short: 'l' }, 'metrics-address': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    { config: { type: 'string', short: 'c' }, standby: { type: 'boolean' }, host: { type: 'boolean' }, 'log-level': { type: 'string', short: 'l' }, 'metrics-address': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     'pod',
   );
-  const values = parsed.values as { config?: string; standby?: boolean; 'log-level'?: string; 'metrics-address'?: string; help?: boolean };
+  const values = parsed.values as { config?: string; standby?: boolean; host?: boolean; 'log-level'?: string; 'metrics-address'?: string; help?: boolean };
   const positionals = parsed.positionals;
   if (values.help) {
     io.stdout(COMMAND_HELP.pod);
@@ -51,14 +51,18 @@ async function pod(args: string[], io: PodIo, entry: PodEntry): Promise<number> 
   }
   if (positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`, 'pod');
   let file = values.config;
+  if (values.host && (file || values.standby || values['metrics-address'] !== undefined)) {
+    throw new UsageError('--host takes no --config, --standby or --metrics-address: each pod comes as a line on stdin', 'pod');
+  }
   if (values.standby && file) throw new UsageError('--standby takes no --config: the handoff names it', 'pod');
-  if (!file && !values.standby) throw new UsageError('--config FILE (or --standby) is required', 'pod');
+  if (!file && !values.standby && !values.host) throw new UsageError('--config FILE (or --standby, or --host) is required', 'pod');
   const level = values['log-level'];
   if (level !== undefined && !isLogLevel(level)) {
     throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, 'pod');
   }
   const address = metricsAddress(values['metrics-address'], 'pod');
   await protectSecrets(); // before the config (and its key files) is read
+  if (values.host) return await (await import('./host.js')).hostMain(io, entry, level as LogLevel | undefined);
   if (values.standby) {
     // everything a pod may run is loaded before the handoff: none of it after
     const { standBy } = await import('./standby.js');

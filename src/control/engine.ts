@@ -7,6 +7,7 @@ import type { Logger } from '../log.js';
 import type { PodConfig, PeerConfig } from './config.js';
 import { formatEndpoint } from '../net/address.js';
 import type { LocalService } from '../device/plane.js';
+import type { NetnsScope } from '../io/netns.js';
 
 export interface EnginePeerStatus {
   /** The current endpoint (it may have roamed), "ip:port" / "[v6]:port", or null. */
@@ -59,6 +60,8 @@ export interface EngineOptions {
   psk: Uint8Array;
   mtu: number;
   log: Logger;
+  /** The pod's namespace in a pod host (io/netns.ts): the TUN and sockets are made there. */
+  netns?: NetnsScope;
 }
 
 export type EngineOpener = (opts: EngineOptions) => Promise<PodEngine>;
@@ -74,7 +77,7 @@ type DeviceModule = typeof import('../device/device.js');
  * (handshakes, timers) driving it. Loaded on demand so a missing addon is reported
  * as "data plane not available" instead of breaking every command.
  */
-export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, log }) => {
+export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, log, netns }) => {
   let native: NativeModule;
   let deviceMod: DeviceModule;
   try {
@@ -87,30 +90,34 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
   const fds: number[] = [];
   let plane: InstanceType<NativeModule['NativePlane']>;
   try {
-    const tun = native.openTun(config.interface, { offloads: d.tunOffload });
-    fds.push(tun.fd);
-    const udp = native.openUdp(config.listenPort, { fwmark: config.fwmark, gro: d.udpGro });
-    fds.push(udp.fd);
-    let raw4: number | undefined;
-    let raw6: number | undefined;
-    if (d.inject === 'raw') {
-      // No fwmark on the inject sockets: a packet they carry must never be routed past
-      // tenc's rule into the main table (the engine delivers only to the pod's addresses).
-      raw4 = native.openRaw(4);
-      fds.push(raw4);
-      raw6 = native.openRaw(6);
-      fds.push(raw6);
-    }
-    plane = new native.NativePlane({
-      tun,
-      udp,
-      mode: d.inject,
-      raw4,
-      raw6,
-      udpGso: d.udpGso && udp.gso,
-      udpGro: d.udpGro && udp.gro,
-      mtu,
-    });
+    // one synchronous call in the pod's namespace (a pod host's): the TUN and sockets are made there
+    const make = () => {
+      const tun = native.openTun(config.interface, { offloads: d.tunOffload });
+      fds.push(tun.fd);
+      const udp = native.openUdp(config.listenPort, { fwmark: config.fwmark, gro: d.udpGro });
+      fds.push(udp.fd);
+      let raw4: number | undefined;
+      let raw6: number | undefined;
+      if (d.inject === 'raw') {
+        // No fwmark on the inject sockets: a packet they carry must never be routed past
+        // tenc's rule into the main table (the engine delivers only to the pod's addresses).
+        raw4 = native.openRaw(4);
+        fds.push(raw4);
+        raw6 = native.openRaw(6);
+        fds.push(raw6);
+      }
+      return new native.NativePlane({
+        tun,
+        udp,
+        mode: d.inject,
+        raw4,
+        raw6,
+        udpGso: d.udpGso && udp.gso,
+        udpGro: d.udpGro && udp.gro,
+        mtu,
+      });
+    };
+    plane = netns ? netns.run(make) : make();
   } catch (e) {
     for (const fd of fds) native.closeFd(fd);
     throw e;

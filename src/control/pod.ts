@@ -25,7 +25,7 @@
  *   9. V8 lean mode ends once the event loop is busy      uninit: stop watching
  *      (when src/cli/main.ts entered it: control/lean.ts)
  */
-import { writeSync } from 'node:fs';
+import { statSync, writeSync } from 'node:fs';
 import { codeCacheState, leanState, settleIdleMemory, watchLoad } from './lean.js';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
 import { readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
@@ -47,6 +47,7 @@ import { interceptTable, removeDnsResidue } from '../dns/intercept.js';
 import { PolicyRules, exemptOf } from '../routing/policy-rules.js';
 import { formatPort, type PodPolicy } from '../policy/policy.js';
 import { publicKeyLine } from './keyline.js';
+import type { NetnsScope } from '../io/netns.js';
 
 export interface RunPodOptions {
   /** Where the `public-key <base64>` line goes; default stdout. */
@@ -56,6 +57,14 @@ export interface RunPodOptions {
   ip?: IpCommand;
   /** Resolves when the pod should stop; default: the first SIGINT or SIGTERM. */
   stopSignal?: Promise<unknown>;
+  /**
+   * The pod's namespace when this process is a pod host (control/host.ts), not in it:
+   * its ip and nft run there, its TUN and sockets are made there (io/netns.ts), and its
+   * default control socket is named after that namespace's inode.
+   */
+  netns?: NetnsScope;
+  /** Where a start failure's one line goes; default stderr. */
+  stderr?: (text: string) => void;
   /** Called once the pod serves (tests). */
   onReady?: (pod: Pod) => void;
   /** Where the pod's code was loaded from (cli/pod-bundle.ts), logged in 'pod running'. */
@@ -381,7 +390,8 @@ function waitForSignal(): { promise: Promise<string>; dispose: () => void } {
 export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promise<number> {
   const log = opts.log ?? createLogger({ level: config.logLevel, base: { ifname: config.interface } });
   const stdout = opts.stdout ?? ((t: string) => void writeSync(1, t));
-  const ip = opts.ip ?? new IpCommand();
+  const ip = opts.ip ?? new IpCommand({ netnsPath: opts.netns?.path });
+  const netnsPath = opts.netns?.path;
   const open = opts.openEngine ?? openRealEngine;
   const uninit: { what: string; run: () => void | Promise<void> }[] = [];
   // Signals that arrive during start stop the pod right after start.
@@ -402,7 +412,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     return clean;
   };
 
-  const socketPath = config.controlSocket ?? defaultSocketPath(config.interface);
+  const socketPath = config.controlSocket ?? defaultSocketPath(config.interface, undefined, netnsPath !== undefined ? statSync(netnsPath).ino : undefined);
   let step = '';
   let guarded = false; // the routing guards are (being) installed
   let started = false; // start completed: a stop removes the guards unless failClosedOnStop
@@ -475,7 +485,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     // Without DNS, a crashed run's DNS interception table goes: with the snapshot, in the
     // enforcement's own transaction below (no `nft` process of its own); else a listing first.
     const dnsResidueInEnforcement = !config.dns.enabled && snapshotOn;
-    const dnsResidueStep = config.dns.enabled || dnsResidueInEnforcement ? null : early(() => removeDnsResidue(config.interface, log));
+    const dnsResidueStep = config.dns.enabled || dnsResidueInEnforcement ? null : early(() => removeDnsResidue(config.interface, log, netnsPath));
 
     step = 'mtu';
     const mtuChoice = await mtuStep();
@@ -496,7 +506,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     // ip -batch per family) and the table (one nft -f) go in at once: each only closes,
     // neither removes anything the other holds, and the routes into tenc0 come only
     // after both (TENC_START_CONCURRENT=0: one after the other, as before).
-    const enforcement = new Enforcement({ ifname: config.interface, listenPort: config.listenPort, fwmark: config.fwmark, input: config.enforce });
+    const enforcement = new Enforcement({ ifname: config.interface, listenPort: config.listenPort, fwmark: config.fwmark, input: config.enforce, netnsPath });
     uninit.push({
       what: 'enforcement',
       run: () => (started && !config.failClosedOnStop ? enforcement.teardown() : enforcement.abandon()),
@@ -521,7 +531,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     uninit.push({ what: 'policy rules', run: () => policyRules.teardown({ keepRules: !started || config.failClosedOnStop }) });
 
     step = 'data plane';
-    const engine = await open({ config, privateKey, psk, mtu: mtuChoice.mtu, log });
+    const engine = await open({ config, privateKey, psk, mtu: mtuChoice.mtu, log, netns: opts.netns });
     uninit.push({ what: 'data plane', run: () => engine.close() });
 
     step = 'peers';
@@ -550,6 +560,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         activity: (a) => pod.peerActivity(a),
         isMember: (a) => pod.isMember(a),
         log,
+        netns: opts.netns,
       });
       const dns = pod.dns;
       uninit.push({ what: 'dns proxy', run: () => dns.stop() });
@@ -627,7 +638,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         ` nftables table ${enforcementTable(config.interface)} stay, so project destinations are unreachable until tenc starts again)`
       : '';
     log.error({ step, err: message, failClosed: guarded }, 'pod start failed');
-    process.stderr.write(`tenc pod: ${step}: ${message}${closed}\n`);
+    (opts.stderr ?? ((t: string) => void process.stderr.write(t)))(`tenc pod: ${step}: ${message}${closed}\n`);
     await undoAll();
     signals?.dispose();
     return 1;

@@ -99,8 +99,9 @@ export function netnsInode(): number {
   return statSync('/proc/self/ns/net').ino;
 }
 
-export function defaultSocketPath(ifname: string, dir = DEFAULT_SOCKET_DIR): string {
-  return join(dir, `${ifname}-${netnsInode()}.sock`);
+/** The socket of the pod on `ifname` in the namespace with inode `ino` (default: this process's). */
+export function defaultSocketPath(ifname: string, dir = DEFAULT_SOCKET_DIR, ino = netnsInode()): string {
+  return join(dir, `${ifname}-${ino}.sock`);
 }
 
 class RequestError extends Error {

@@ -51,6 +51,8 @@ export interface InterceptOptions {
   port: number;
   /** The nft binary (tests). */
   nft?: string;
+  /** A namespace's path to run nft in (a pod host's pod); default the process's. */
+  netns?: string;
 }
 
 /** The ruleset text `nft -f -` loads. */
@@ -89,10 +91,10 @@ export function interceptRuleset(o: InterceptOptions): string {
  * run has it (a stale redirect would send the pod's DNS to a closed port). True if
  * there was one.
  */
-export async function removeInterceptResidue(table: string, nft = 'nft'): Promise<boolean> {
-  const list = await runNft(nft, ['list', 'tables']);
+export async function removeInterceptResidue(table: string, nft = 'nft', netns?: string): Promise<boolean> {
+  const list = await runNft(nft, ['list', 'tables'], undefined, netns);
   if (!list.split('\n').some((l) => l.trim() === `table inet ${table}`)) return false;
-  await runNft(nft, ['delete', 'table', 'inet', table]);
+  await runNft(nft, ['delete', 'table', 'inet', table], undefined, netns);
   return true;
 }
 
@@ -107,18 +109,18 @@ export class DnsIntercept {
 
   /** Removes a table of that name left by a crashed earlier run; true if there was one. */
   async removeResidue(): Promise<boolean> {
-    return removeInterceptResidue(this.o.table, this.nft);
+    return removeInterceptResidue(this.o.table, this.nft, this.o.netns);
   }
 
   async install(): Promise<void> {
     if (this.installed) throw new Error('DnsIntercept.install called twice');
-    await runNft(this.nft, ['-f', '-'], interceptRuleset(this.o));
+    await runNft(this.nft, ['-f', '-'], interceptRuleset(this.o), this.o.netns);
     this.installed = true;
   }
 
   async remove(): Promise<void> {
     if (!this.installed) return;
-    await runNft(this.nft, ['delete', 'table', 'inet', this.o.table]);
+    await runNft(this.nft, ['delete', 'table', 'inet', this.o.table], undefined, this.o.netns);
     this.installed = false;
   }
 }
@@ -132,10 +134,10 @@ export function interceptTable(ifname: string): string {
  * For a pod without the DNS proxy: removes a crashed earlier run's interception, if any
  * (no nft: nothing to do). Here, not in service.ts, so such a pod loads no DNS proxy code.
  */
-export async function removeDnsResidue(ifname: string, log: Logger): Promise<void> {
+export async function removeDnsResidue(ifname: string, log: Logger, netns?: string): Promise<void> {
   const table = interceptTable(ifname);
   try {
-    if (await removeInterceptResidue(table)) log.warn({ table }, 'dns: removed the nftables table of an earlier run');
+    if (await removeInterceptResidue(table, 'nft', netns)) log.warn({ table }, 'dns: removed the nftables table of an earlier run');
   } catch (e) {
     log.debug({ err: (e as Error).message }, 'dns: no nftables to check for residue');
   }

@@ -20,6 +20,8 @@
  * Never throws at run time: every failure is a counted reason.
  */
 import net from 'node:net';
+import { addon } from '../native.js';
+import { inScope, type NetnsScope } from '../io/netns.js';
 import { silentLogger, type Logger } from '../log.js';
 import dnsPacket from 'dns-packet';
 import { QR, RCODE, recordsWellFormed, clientUdpLimit, errorReply, opcodeOf, readHeader, readQuestion, type Question } from './message.js';
@@ -72,6 +74,8 @@ export interface DnsProxyOptions {
   tcpLimits?: { pauseBytes?: number; clientMaxBytes?: number; totalMaxBytes?: number };
   log?: Logger;
   now?: () => number;
+  /** The pod's namespace in a pod host (io/netns.ts): listeners and upstream sockets are made there. */
+  netns?: NetnsScope;
 }
 
 export interface DnsCounters {
@@ -189,13 +193,17 @@ export class DnsProxy {
 
   /** A UDP listener (bind errors throw, with the errno name as `code`); returns its port. */
   private listenUdp(addr: string, port: number): number {
-    const sock: UdpBatch = new UdpBatch({
-      address: addr,
-      port,
-      recvBufferBytes: UDP_RECV_BUFFER,
-      maxDatagram: MAX_QUERY_BYTES,
-      onBatch: (n) => this.onUdpBatch(sock, n),
-    });
+    const sock: UdpBatch = inScope(
+      this.o.netns,
+      () =>
+        new UdpBatch({
+          address: addr,
+          port,
+          recvBufferBytes: UDP_RECV_BUFFER,
+          maxDatagram: MAX_QUERY_BYTES,
+          onBatch: (n) => this.onUdpBatch(sock, n),
+        }),
+    );
     this.udp.push(sock);
     return sock.port;
   }
@@ -207,11 +215,14 @@ export class DnsProxy {
     this.tcp.push(server);
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, addr, () => {
+      const ready = () => {
         server.off('error', reject);
         server.on('error', () => this.drop('tcp_server_error'));
         resolve();
-      });
+      };
+      // in a pod host the socket is made and bound in the pod's namespace now (node's listen binds a tick later)
+      if (this.o.netns) server.listen({ fd: this.o.netns.run(() => addon.sockTcpListen(addr, port) as number) }, ready);
+      else server.listen(port, addr, ready);
     });
   }
 

@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import type { Endpoint } from '../net/address.js';
 import type { Logger } from '../log.js';
+import type { NetnsScope } from '../io/netns.js';
 import { AddressClassifier, CidrSet, canonicalAddress, type AddressVerdict } from './classify.js';
 import { DnsIntercept } from './intercept.js';
 import { DnsProxy, type DnsCounters, type RouteSink } from './proxy.js';
@@ -61,6 +62,8 @@ export interface DnsServiceDeps {
   /** Transmit counter of the peer carrying an address (route grace), or null. */
   activity: (address: string) => number | null;
   log: Logger;
+  /** The pod's namespace in a pod host (io/netns.ts): sockets and nftables go there. */
+  netns?: NetnsScope;
 }
 
 export interface DnsStatus {
@@ -105,7 +108,7 @@ export class DnsService {
     const proxy = await DnsProxy.start({
       listen: servers.some((s) => s.address.includes(':')) ? ['127.0.0.1', '::1'] : ['127.0.0.1'],
       port: c.listenPort,
-      upstream: { servers, mark: d.fwmark, timeoutMs: c.upstreamTimeout, maxInflight: 4096 },
+      upstream: { servers, mark: d.fwmark, timeoutMs: c.upstreamTimeout, maxInflight: 4096, netns: d.netns },
       policy: { domain, neverNames: c.neverTunnelNames },
       neverCidrs: new CidrSet(c.neverTunnelCidrs),
       maxTtl: c.maxTtl,
@@ -115,6 +118,7 @@ export class DnsService {
         learned: new LearnedRoutes({ graceMs: c.routeGrace * 1000, maxRoutes: 4096, activity: d.activity }),
       },
       log: d.log,
+      netns: d.netns,
     });
     // only servers on port 53 are what the pod's resolver talks to
     const intercept = new DnsIntercept({
@@ -122,6 +126,7 @@ export class DnsService {
       fwmark: d.fwmark,
       servers: servers.filter((s) => s.port === 53).map((s) => s.address),
       port: proxy.port,
+      netns: d.netns?.path,
     });
     try {
       if (await intercept.removeResidue()) d.log.warn({ table: d.table }, 'dns: removed the nftables table of an earlier run');

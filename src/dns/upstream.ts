@@ -24,10 +24,11 @@
  * that query() resolves 'busy' at once.
  */
 import net from 'node:net';
+import { inScope, type NetnsScope } from '../io/netns.js';
 import { randomFillSync } from 'node:crypto';
 import { addon } from '../native.js';
 import { readHeader, readQuestion, sameQuestion, setId, QR, type Question } from './message.js';
-import { UdpBatch } from './udpbatch.js';
+import { UdpBatch, type UdpBatchOptions } from './udpbatch.js';
 
 export interface UpstreamServer {
   address: string;
@@ -57,6 +58,8 @@ export interface UpstreamOptions {
   portPool?: number;
   /** Queries a UDP socket sends before a fresh one (a new port) replaces it (default 8; 1: a port per query). */
   queriesPerPort?: number;
+  /** The pod's namespace in a pod host (io/netns.ts): every upstream socket is made there. */
+  netns?: NetnsScope;
 }
 
 export type UpstreamResult = Buffer | null | 'busy';
@@ -235,7 +238,7 @@ export class UdpUpstream extends Base {
   private openPort(server: number): PortSocket {
     const s = this.o.servers[server];
     const ps: PortSocket = { sock: null as unknown as UdpBatch, server, used: 0, inflight: 0, retired: false, closed: false };
-    ps.sock = new UdpBatch({
+    const opts: UdpBatchOptions = {
       address: s.address.includes(':') ? '::' : '0.0.0.0',
       connect: s,
       mark: this.o.mark, // set before connect: the route is chosen with the mark
@@ -246,7 +249,8 @@ export class UdpUpstream extends Base {
       onBatch: (n) => {
         for (let i = 0; i < n && !ps.closed; i++) this.onAnswer(ps.sock.copy(i), ps);
       },
-    });
+    };
+    ps.sock = inScope(this.o.netns, () => new UdpBatch(opts));
     this.portsOpened++;
     return ps;
   }
@@ -343,7 +347,11 @@ export class TcpUpstream extends Base {
   private connect(server: number): net.Socket {
     const s = this.o.servers[server];
     const fam = s.address.includes(':') ? 6 : 4;
-    const sock = this.o.mark !== 0 ? new net.Socket({ fd: addon.sockTcpMarked(fam, this.o.mark), readable: true, writable: true }) : new net.Socket();
+    // a marked socket, or one made in a pod host's pod namespace, is made natively (node's would be unmarked, and in the host's namespace)
+    const sock =
+      this.o.mark !== 0 || this.o.netns
+        ? new net.Socket({ fd: inScope(this.o.netns, () => addon.sockTcpMarked(fam, this.o.mark) as number), readable: true, writable: true })
+        : new net.Socket();
     sock.setNoDelay(true);
     sock.connect(s.port, s.address);
     this.rx = Buffer.alloc(0);

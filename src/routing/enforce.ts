@@ -70,8 +70,10 @@ export interface EnforcementOptions {
   fwmark: number;
   /** Drop plaintext from project addresses on input (config "enforce"); output is always on. */
   input: boolean;
-  /** Named network namespace to act in (tests); default the current one. */
+  /** Named network namespace to act in (tests, through `ip netns exec`); default the current one. */
   netns?: string;
+  /** A namespace's path to run nft in (a pod host's pod: runProcess enters it, no ip process). */
+  netnsPath?: string;
 }
 
 export interface EnforcementSets {
@@ -236,7 +238,7 @@ export class Enforcement {
   /** Runs `nft -f -` with the script as one transaction (all or nothing). */
   private async run(script: string): Promise<void> {
     const [cmd, args] = this.argv(['-f', '-']);
-    await runNft(cmd, args, script);
+    await runNft(cmd, args, script, this.opts.netnsPath);
   }
 
   /**
@@ -307,7 +309,7 @@ export class Enforcement {
     const [cmd, args] = this.argv(['-j', 'list', 'counters', 'table', 'inet', this.table]);
     const packets = new Map<string, number>();
     try {
-      const r = await runProcess(cmd, args, { timeoutMs: 2000 });
+      const r = await runProcess(cmd, args, { timeoutMs: 2000, netns: this.opts.netnsPath });
       if (r.code !== 0) return none; // table removed from outside
       for (const item of JSON.parse(r.stdout).nftables ?? []) {
         if (item.counter && typeof item.counter.name === 'string') packets.set(item.counter.name, Number(item.counter.packets) || 0);

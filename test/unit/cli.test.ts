@@ -78,7 +78,7 @@ describe('help', () => {
     [['status', '--verbose'], "Unknown option '--verbose'", 'Usage: tenc status'],
     [['genkey', 'extra'], 'unexpected argument "extra"', 'Usage: tenc genkey'],
     [['check-config'], 'missing argument', 'Usage: tenc check-config'],
-    [['pod'], '--config FILE (or --standby) is required', 'Usage: tenc pod'],
+    [['pod'], '--config FILE (or --standby, or --host) is required', 'Usage: tenc pod'],
     [['pod', '--standby', '--config', 'x.json'], '--standby takes no --config', 'Usage: tenc pod'],
     [['pod', '--config', 'x.json', '--log-level', 'loud'], '--log-level: "loud" is not one of', 'Usage: tenc pod'],
     [['set-peer', BOB_PUB, '--persistent-keepalive', 'often'], 'is not a number of seconds', 'Usage: tenc set-peer'],

@@ -1,0 +1,194 @@
+/**
+ * A pod host: several pods run by one node process, each in a network namespace of
+ * its own (`tenc pod --host`). One V8 isolate and one node runtime for k pods instead
+ * of k: the memory a node process costs before any pod (README "density": about 7.7
+ * MiB PSS for a bare node) is paid once per host.
+ *
+ * The host itself stays in the namespace it was started in and makes each pod's
+ * TUN, sockets and child processes in the pod's namespace (io/netns.ts); a pod is
+ * what `tenc pod --config` runs (control/pod.ts runPod), with its own log, stop and
+ * exit code. Its input is a line protocol on stdin (parseHostLine), its output one
+ * JSON object per line on stdout (HostEvent).
+ *
+ * What it shares: the pods of one host share the process's memory, so a host serves
+ * one project's pods (the project's psk already binds all of them together), and a
+ * throw that escapes a pod's code ends the host: every pod of it then stays fail
+ * closed (its rule, guards and enforcement stay in its namespace, as after any crash)
+ * until it is started again.
+ */
+import { closeSync, constants, fstatSync, openSync, statSync, writeSync } from 'node:fs';
+import { createLogger, type Logger } from '../log.js';
+import { loadConfig } from './config.js';
+import { HandoffError, parseHandoff, type Handoff } from './handoff.js';
+import { openNetns, type OpenNetns } from '../io/netns.js';
+import type { RunPodOptions } from './pod.js';
+import type { PodConfig } from './config.js';
+
+/** What a host prints once it reads its input. */
+export const HOST_READY_LINE = 'host ready\n';
+
+/** A line of a host's input: a pod to start (a handoff) or one to stop (by its config path). */
+export type HostLine = { start: Handoff } | { stop: string };
+
+/** Parses a host's input line: a handoff (control/handoff.ts), or {"stop":"CONFIG"}. */
+export function parseHostLine(line: string): HostLine {
+  let v: unknown;
+  try {
+    v = JSON.parse(line);
+  } catch (e) {
+    throw new HandoffError(`pod host: not JSON (${(e as Error).message})`);
+  }
+  if (typeof v === 'object' && v !== null && !Array.isArray(v) && 'stop' in v) {
+    const o = v as Record<string, unknown>;
+    const extra = Object.keys(o).find((k) => k !== 'stop');
+    if (extra !== undefined) throw new HandoffError(`pod host: unknown field "${extra}" in a stop line (stop)`);
+    if (typeof o.stop !== 'string' || !o.stop.startsWith('/') || o.stop.includes('\0')) throw new HandoffError('pod host: "stop" must be the absolute path of a running pod\'s config');
+    return { stop: o.stop };
+  }
+  return { start: parseHandoff(line) };
+}
+
+/** One line of a host's output. */
+export type HostEvent =
+  | { pod: string; publicKey: string }
+  | { pod: string; exited: number; error?: string }
+  | { error: string };
+
+type RunPod = (config: PodConfig, opts: RunPodOptions) => Promise<number>;
+
+interface Hosted {
+  netns: OpenNetns;
+  nsKey: string;
+  logFd: number | null;
+  stop: (why: string) => void;
+  done: Promise<number>;
+}
+
+export class PodHost {
+  private readonly pods = new Map<string, Hosted>();
+  private readonly namespaces = new Set<string>();
+
+  constructor(
+    private readonly emit: (e: HostEvent) => void,
+    private readonly runPod: RunPod,
+    private readonly opts: { entry?: RunPodOptions['entry']; logLevel?: PodConfig['logLevel'] } = {},
+  ) {}
+
+  /** Pods started and not yet exited. */
+  get size(): number {
+    return this.pods.size;
+  }
+
+  /**
+   * Starts the pod of a handoff. A handoff that cannot be used (its config running
+   * already, its namespace in use by another pod of this host, a path that is no
+   * namespace, a config with errors) is answered with an exited event (code 2) naming
+   * what is at fault; nothing of it was started. Resolves when the pod has exited.
+   */
+  async start(h: Handoff): Promise<number> {
+    const refuse = (error: string): number => {
+      this.emit({ pod: h.config, exited: 2, error });
+      return 2;
+    };
+    if (this.pods.has(h.config)) return refuse(`pod host: a pod with config ${h.config} is running in this host`);
+    let netns: OpenNetns;
+    try {
+      netns = openNetns(h.netns);
+    } catch (e) {
+      return refuse(`pod host: ${(e as Error).message}`);
+    }
+    const st = statSync(h.netns);
+    const nsKey = `${st.dev}:${st.ino}`;
+    if (this.namespaces.has(nsKey)) {
+      netns.close();
+      return refuse(`pod host: netns ${h.netns} has a pod of this host already`);
+    }
+    let config: PodConfig;
+    let logFd: number | null = null;
+    try {
+      config = loadConfig(h.config);
+      if (this.opts.logLevel !== undefined) config.logLevel = this.opts.logLevel;
+      if (h.log !== undefined) {
+        logFd = openSync(h.log, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+        if (!fstatSync(logFd).isFile()) throw new Error(`log ${h.log}: not a regular file`);
+      }
+    } catch (e) {
+      netns.close();
+      if (logFd !== null) closeSync(logFd);
+      return refuse((e as Error).message);
+    }
+    let stop: (why: string) => void = () => {};
+    const stopSignal = new Promise<string>((resolve) => (stop = resolve));
+    let closed = false;
+    const writeLog = (t: string): void => {
+      if (logFd !== null) {
+        if (closed) return; // a late line of a pod that has exited (its fd may be another file's by now)
+        try {
+          writeAll(logFd, t); // the pod's start failure line goes to its own log
+        } catch {
+          /* a log that cannot be written loses the line, never the pod */
+        }
+      } else process.stderr.write(`pod ${h.config}: ${t}`);
+    };
+    const log: Logger = createLogger({
+      level: config.logLevel,
+      base: { ifname: config.interface, pod: h.config },
+      ...(logFd !== null ? { write: writeLog } : {}),
+    });
+    const hosted: Hosted = { netns, nsKey, logFd, stop, done: Promise.resolve(0) };
+    this.pods.set(h.config, hosted);
+    this.namespaces.add(nsKey);
+    hosted.done = (async () => {
+      let code: number;
+      let error: string | undefined;
+      try {
+        code = await this.runPod(config, {
+          netns,
+          log,
+          stopSignal,
+          stderr: writeLog,
+          entry: this.opts.entry,
+          standby: true,
+          stdout: (t) => {
+            const m = /^public-key (\S+)\n$/.exec(t);
+            if (m) this.emit({ pod: h.config, publicKey: m[1] });
+          },
+        });
+      } catch (e) {
+        code = 1;
+        error = (e as Error).message;
+      }
+      this.pods.delete(h.config);
+      this.namespaces.delete(nsKey);
+      netns.close();
+      closed = true;
+      if (logFd !== null) closeSync(logFd);
+      this.emit({ pod: h.config, exited: code, ...(error !== undefined ? { error } : {}) });
+      return code;
+    })();
+    return hosted.done;
+  }
+
+  /** Stops the pod whose config is `config`; false when no such pod runs here. */
+  stop(config: string, why = 'stop'): boolean {
+    const p = this.pods.get(config);
+    if (!p) return false;
+    p.stop(why);
+    return true;
+  }
+
+  /** Stops every pod; resolves when all have exited, with the worst exit code (0 when none). */
+  async stopAll(why: string): Promise<number> {
+    const all = [...this.pods.values()];
+    for (const p of all) p.stop(why);
+    const codes = await Promise.all(all.map((p) => p.done));
+    return codes.reduce((a, b) => Math.max(a, b), 0);
+  }
+}
+
+/** All of `t` to fd (a log opened O_APPEND): one line per call, as the logger's own writes. */
+function writeAll(fd: number, t: string): void {
+  const b = Buffer.from(t);
+  let off = 0;
+  while (off < b.length) off += writeSync(fd, b, off);
+}
