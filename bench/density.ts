@@ -37,11 +37,10 @@
  *   standbys (`tenc pod --standby`, not handed a pod) as N processes, and N standbys as
  *   N worker threads of one node process (its memory / N): whether several pods per
  *   process could share by threads.
- *   --one-process adds one more row, idle at the same time: N pods (the same config,
- *   peers and enforcement) run by one node process (bench/lib/pod-host.ts, the pod's
- *   node flags and bundle) in one namespace of their own, each with its own
- *   interface, port, fwmark, table and rule priority; its memory / N: what one V8
- *   isolate for several pods would cost per pod (no such host exists in tenc).
+ *   --one-process adds one more row, idle at the same time: a pod host (`tenc pod
+ *   --host`, started as the agent starts it: agent/host.ts) handed N pods (the same
+ *   config, peers and enforcement), each in a namespace of its own; its memory / N,
+ *   and each pod's handoff -> key and -> control socket answering (p50/p99).
  *
  * Figures are reported, never asserted; run it on an otherwise idle machine.
  */
@@ -60,6 +59,7 @@ import { percentile } from './lib/traffic.js';
 import { podNodeFlags, podSpawnArgs } from '../src/agent/pod-exec.js';
 import { STANDBY_READY_LINE } from '../src/control/handoff.js';
 import { Standby, standbyEnabled } from '../src/agent/standby.js';
+import { HostProcess } from '../src/agent/host.js';
 import { readPublicKeyLine } from '../src/control/keyline.js';
 import { loadConfig } from '../src/control/config.js';
 import { failClosedIn } from '../src/agent/netns.js';
@@ -67,7 +67,6 @@ import { controlRequest } from '../src/control/socket.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const TENC_MAIN = join(REPO, 'dist', 'src', 'cli', 'main.js');
-const POD_HOST = join(REPO, 'dist', 'bench', 'lib', 'pod-host.js');
 const PREFIX = 'tdn';
 const HUB = `${PREFIX}-hub`;
 
@@ -362,31 +361,38 @@ function share(m: Smaps, n: number): Smaps {
 }
 
 /**
- * --one-process: n pods in one node process (bench/lib/pod-host.ts) in namespace
- * `ns`, each with an interface, port, fwmark, table and rule priority of its own.
- * Resolves once every pod printed its key; its stderr (every pod's log) goes to `log`.
+ * --one-process: a pod host (`tenc pod --host`, agent/host.ts, as the agent starts
+ * it: in its own namespace, here the bench's) handed n pods one after another, each in
+ * a namespace of its own with the bench's pod config. Each pod's handoff -> key event
+ * and handoff -> control socket answering are timed (ms).
  */
-async function startPodHost(n: number, ns: string, address: string, dir: string, psk: string, peers: string[], anchors: ChildProcess[]): Promise<ChildProcess> {
-  const pods = Array.from({ length: n }, (_, i) =>
-    writePodConfig(dir, address, psk, `host-pod${i}`, peers, { interface: `tenc${i}`, listenPort: 52000 + i, fwmark: 0x10000 + i, table: 53000 + i, rulePriority: 6000 + 2 * i }),
-  );
-  const configs = pods.map((p) => p.config);
-  const fd = openSync(join(dir, 'pod-host.log'), 'w', 0o600);
-  const host = spawn('nsenter', [`--net=/run/netns/${ns}`, '--', process.execPath, ...podNodeFlags(), POD_HOST, ...configs], { stdio: ['ignore', 'pipe', fd] });
-  closeSync(fd);
-  anchors.push(host); // stopped with the anchors, also when it fails here
-  try {
-    await firstLine(host, 'ready\n', `${n} pods in one process`, 60_000);
-  } catch (e) {
-    throw new Error(`${(e as Error).message}: ${readFileSync(join(dir, 'pod-host.log'), 'utf8').slice(-600)}`);
+async function startPodHost(nets: { ns: string; address: string }[], dir: string, psk: string, peers: string[], anchors: ChildProcess[]): Promise<{ host: HostProcess; key: number[]; socket: number[] }> {
+  const host = new HostProcess({ main: TENC_MAIN, logFile: join(dir, 'pod-host.log') });
+  anchors.push(host.child); // stopped with the anchors, also when it fails here
+  if (!(await host.ready)) throw new Error(`pod host not ready: ${host.logTail()}`);
+  const key: number[] = [];
+  const socket: number[] = [];
+  for (const [i, n] of nets.entries()) {
+    const files = writePodConfig(dir, n.address, psk, `hosted${i}`, peers);
+    let exited = '';
+    const t0 = performance.now();
+    const k = new Promise<number>((resolve, reject) =>
+      host.start(
+        { netns: `/run/netns/${n.ns}`, config: files.config, log: files.logFile },
+        { key: () => resolve(performance.now() - t0), exit: (code, error) => ((exited = `exited ${code}: ${error ?? ''}`), reject(new Error(exited))) },
+      ),
+    );
+    try {
+      key.push(await k);
+    } catch (e) {
+      throw new Error(`hosted pod ${i}: ${(e as Error).message} ${existsSync(files.logFile) ? readFileSync(files.logFile, 'utf8').slice(-400) : ''}`);
+    }
+    let s: { peers?: unknown[] } = {};
+    await until(`hosted pod ${i} answering`, () => controlRequest(files.socket, { op: 'status' }).then((r) => ((s = r as typeof s), true), () => false), 15_000);
+    socket.push(performance.now() - t0);
+    if (s.peers?.length !== peers.length || exited !== '') throw new Error(`hosted pod ${i}: status ${JSON.stringify(s).slice(0, 200)} ${exited}`);
   }
-  // each pod serves: its status names its own interface and all its peers
-  for (const [i, p] of pods.entries()) {
-    let s: { interface?: string; peers?: unknown[] } = {};
-    await until(`pod ${i} of the one process answering`, () => controlRequest(p.socket, { op: 'status' }).then((r) => ((s = r as typeof s), true), () => false), 15_000);
-    if (s.interface !== `tenc${i}` || s.peers?.length !== peers.length) throw new Error(`pod ${i} of the one process: status ${JSON.stringify(s).slice(0, 200)}`);
-  }
-  return host;
+  return { host, key, socket };
 }
 
 export async function run(ctx: BenchContext): Promise<void> {
@@ -451,11 +457,15 @@ export async function run(ctx: BenchContext): Promise<void> {
       workerHost = await startWorkerHost(nPods);
       anchors.push(workerHost);
     }
-    // --one-process: n pods in one node process, in a namespace of their own
+    // --one-process: n pods in one pod host, each in a namespace of its own
     let podHost: ChildProcess | null = null;
+    let hostTimes: { key: number[]; socket: number[] } | null = null;
     if (ctx.flags.has('one-process')) {
-      const n = await topo.pod(nets.length + 1);
-      podHost = await startPodHost(nPods, n.ns, n.address, dir, psk, peers, anchors);
+      const hostNets: { ns: string; address: string }[] = [];
+      for (let i = 1; i <= nPods; i++) hostNets.push(await topo.pod(nets.length + i));
+      const h = await startPodHost(hostNets, dir, psk, peers, anchors);
+      podHost = h.host.child;
+      hostTimes = h;
     }
     await sleep(idle * 1000);
     const memOf = (kids: ChildProcess[], what: string) => {
@@ -492,10 +502,15 @@ export async function run(ctx: BenchContext): Promise<void> {
                 row(`tenc pod --standby, not handed a pod: ${nPods} worker threads of one node (its memory / ${nPods})`, Array<Smaps>(nPods).fill(share(memOf([workerHost], 'standby workers')[0]!, nPods))),
               ]
             : []),
-          ...(podHost ? [row(`tenc pod x ${nPods} in one node process, one namespace (its memory / ${nPods})`, Array<Smaps>(nPods).fill(share(memOf([podHost], 'pod host')[0]!, nPods)))] : []),
+          ...(podHost ? [row(`tenc pod --host: ${nPods} pods in one node process, a namespace each (its memory / ${nPods})`, Array<Smaps>(nPods).fill(share(memOf([podHost], 'pod host')[0]!, nPods)))] : []),
         ],
       ),
     );
+    if (hostTimes) {
+      const q = (xs: number[]) => `${(percentile(xs, 50) ?? NaN).toFixed(0)} / ${(percentile(xs, 99) ?? NaN).toFixed(0)}`;
+      ctx.log(`
+pod host, ${nPods} pods handed one after another (ms from the start line, p50 / p99): key ${q(hostTimes.key)}, control socket answering ${q(hostTimes.socket)}\n`);
+    }
     ctx.log(`\ntenc/wireguard-go PSS per pod: ${(avg(tencMem[0], 'pss') / avg(wgMem, 'pss')).toFixed(2)}x; tenc - bare node, private dirty: ${mib(avg(tencMem[0], 'privateDirty') - avg(bareMem, 'privateDirty'))} MiB\n`);
     for (const a of anchors) await stopChild(a, 'SIGTERM', a === podHost ? 10_000 : 3000);
     anchors.length = 0;

@@ -352,6 +352,8 @@ down() {
     done < <(tac "$STATE/pods")
   fi
   for f in "$STATE"/agents/*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
+  # the agents' pod hosts run on without them (their pods' proxies): stopped here
+  hosts_stop "$STATE/agents"
   stop_pidfile "$STATE/dnsmasq.pid"
   if [ -d "$STATE/etcd" ]; then QUIET=1 bash "$here/etcd.sh" stop || true; fi
   if [ -f "$STATE/namespaces" ]; then

@@ -44,6 +44,30 @@ ns_stop_pids() {
   sleep 0.2
 }
 
+# hosts_stop DIR: stops the pod hosts (`tenc pod --host`, src/agent/host.ts) whose stderr is
+# a file under DIR (an agent's run directory): they live in the agent's namespace, not in
+# a pod's, so ns_stop_pids never sees them, and an agent that stops leaves them running
+# their pods. TERM (each pod stops), up to 5 s, then KILL.
+hosts_stop() {
+  local dir=$1 p pids="" i alive
+  for p in /proc/[0-9]*; do
+    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q ' pod --host' || continue
+    case $(readlink "$p/fd/2" 2>/dev/null) in "$dir"/*) pids="$pids ${p#/proc/}" ;; esac
+  done
+  [ -n "$pids" ] || return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for i in $(seq 50); do
+    alive=""
+    for p in $pids; do [ -d "/proc/$p" ] && alive="$alive $p"; done
+    [ -n "$alive" ] || return 0
+    sleep 0.1
+  done
+  # shellcheck disable=SC2086
+  kill -KILL $alive 2>/dev/null || true
+  sleep 0.2
+}
+
 # ns_remove NS: stops what runs in NS, removes the control sockets a killed tenc pod left
 # for it (/run/tenc/<ifname>-<netns inode>.sock) and deletes it. Nothing if NS is absent.
 ns_remove() {

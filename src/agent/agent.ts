@@ -245,9 +245,12 @@ export class Agent {
       }
       px.pod = pod;
       px.reg = reg;
-      // an adopted proxy has no child to watch: look at its pid and start time
-      if (px.child === null && px.publicKey !== null && (px.id === null || !sameProcess(px.id.pid, px.id.startTime))) {
-        if (px.id !== null || !(await socketIsLive(px.socket))) this.proxies.lost(px, 'adopted proxy gone');
+      // an adopted proxy has no child to watch: look at its pid and start time, and at the
+      // socket of one without a pid or in a pod host (the host lives on after one pod's exit);
+      // a pod of a host this agent started is watched through the host's events
+      if (px.child === null && px.publicKey !== null && !px.hosted) {
+        const idGone = px.id !== null && !sameProcess(px.id.pid, px.id.startTime);
+        if (idGone || ((px.id === null || px.id.hosted === true) && !(await socketIsLive(px.socket)))) this.proxies.lost(px, 'adopted proxy gone');
       }
       if (px.publicKey === null && !px.starting && !this.starting.has(pod.name) && Date.now() >= px.restartAt) {
         // a proxy found running (an agent restart) is adopted in this reconcile: its key,

@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, validateConfig, type PodConfig } from '../control/config.js';
 import { readPublicKeyLine } from '../control/keyline.js';
+import type { Handoff } from '../control/handoff.js';
 import { controlRequest, socketIsLive } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import type { AgentHooks } from '../metrics/agent.js';
@@ -28,6 +29,7 @@ import { desiredState, type DesiredPeer, type DesiredPod } from './desired.js';
 import { podNodeFlags, podSpawnArgs } from './pod-exec.js';
 import { Standby, staleStandbyLogs, standbyEnabled, standbyLogName } from './standby.js';
 import { cleanNetns, podResolvConf } from './netns.js';
+import { HostProcess, hostLogName, podHostEnabled } from './host.js';
 
 /** The port every pod proxy listens on. */
 export const TENC_PORT = 51820;
@@ -83,6 +85,33 @@ export function inNetns(pid: number, netns: string): boolean {
   }
 }
 
+/**
+ * The process holds an fd of the namespace at `netns` (a pod host does for each pod it
+ * runs, from the pod's start to its exit): an adopted host's pod that is still starting.
+ */
+export function holdsNetns(pid: number, netns: string): boolean {
+  let want: { dev: number; ino: number };
+  try {
+    want = statSync(netns);
+  } catch {
+    return false;
+  }
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        // stat follows the fd to the namespace (its link text is the path it was opened by)
+        const st = statSync(`/proc/${pid}/fd/${fd}`);
+        if (st.ino === want.ino && st.dev === want.dev) return true;
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    // gone
+  }
+  return false;
+}
+
 /** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or null: with the pid it names one process for good. */
 export function processStartTime(pid: number): string | null {
   try {
@@ -104,6 +133,16 @@ export function sameProcess(pid: number, startTime: string): boolean {
 export interface ProxyId {
   pid: number;
   startTime: string;
+  /** The process is a pod host (agent/host.ts) running this pod among others: never signalled for one pod. */
+  hosted?: true;
+}
+
+/** A pod started in a pod host: the host and the pod's config path (its name there). */
+export interface HostedPod {
+  host: HostProcess;
+  config: string;
+  /** Resolves once the pod has exited (or its host). */
+  exited: Promise<void>;
 }
 
 /** A pod the CNI plugin registered on this node (the only source of a netns path). */
@@ -153,6 +192,8 @@ export interface Proxy {
   failure: string | null;
   /** Start failures since the proxy last ran. */
   failures: number;
+  /** The pod runs in a pod host this agent started (agent/host.ts); null or absent: not, or not known. */
+  hosted?: HostedPod | null;
 }
 
 /** The agent's options its proxies use (AgentOptions adds the registrations). */
@@ -179,7 +220,15 @@ export interface ProxyOptions {
   startTimeoutMs?: number;
   /** Keep a standby proxy to hand the next pod (agent/standby.ts); default on unless TENC_POD_STANDBY=0. */
   standby?: boolean;
+  /** Run the project's pods in one pod host process (agent/host.ts); default on unless TENC_POD_HOST=0. */
+  podHost?: boolean;
 }
+
+/** Pod hosts that fail to get ready this many times in a row: pods start as processes of their own (logged once). */
+export const HOST_MAX_FAILURES = 3;
+
+/** How long a pod asked to stop (host stop line, control socket stop op) may take before the agent goes on. */
+const STOP_WAIT_MS = 5000;
 
 /** Standbys that die before they are ready this many times in a row: no more are started (logged once). */
 export const STANDBY_MAX_FAILURES = 3;
@@ -207,6 +256,11 @@ export class Proxies extends Map<string, Proxy> {
   private standbyFailures = 0;
   private standbySeq = 0;
   private standbyClosed = false;
+  /** The project's pod host on this node (hosts on); null: none yet, or it exited. */
+  private host: HostProcess | null = null;
+  private hostStarting: Promise<HostProcess | null> | null = null;
+  private hostFailures = 0;
+  private hostSeq = 0;
 
   /** kick: reconcile soon (a lost proxy is started again by the next reconcile). */
   constructor(
@@ -265,10 +319,13 @@ export class Proxies extends Map<string, Proxy> {
   /**
    * Starts a standby proxy if there is none (the agent calls it when no start is under
    * way: a standby's own start would slow theirs). Does nothing when standbys are off,
-   * after stopStandby(), or after STANDBY_MAX_FAILURES standbys in a row died unready.
+   * while pod hosts are on and working (pods start there), after stopStandby(), or
+   * after STANDBY_MAX_FAILURES standbys in a row died unready.
    */
   warmStandby(): void {
     if (this.standbyClosed || this.standby !== null || !(this.o.standby ?? standbyEnabled())) return;
+    // pods go to the pod host while hosts work: a standby would idle for nothing (~12 MiB)
+    if ((this.o.podHost ?? podHostEnabled()) && this.hostFailures < HOST_MAX_FAILURES) return;
     if (this.standbyFailures >= STANDBY_MAX_FAILURES) return;
     if (this.standbySeq === 0) {
       // the logs of standbys an earlier agent process left (killed before it removed them)
@@ -306,6 +363,45 @@ export class Proxies extends Map<string, Proxy> {
     const sb = this.standby;
     this.standby = null;
     sb?.kill();
+    // the host's stdin ends: it runs its pods on (the next agent adopts them) and exits after the last
+    this.host?.close();
+    this.host = null;
+  }
+
+  /** The project's pod host, started when there is none (hosts on); null: hosts off or failing (a process per pod then). */
+  private async takeHost(): Promise<HostProcess | null> {
+    if (this.standbyClosed || !(this.o.podHost ?? podHostEnabled()) || this.hostFailures >= HOST_MAX_FAILURES) return null;
+    if (this.host?.usable()) return this.host;
+    if (this.hostStarting) return this.hostStarting;
+    this.hostStarting = (async () => {
+      const logFile = join(this.o.runDir, hostLogName(process.pid, ++this.hostSeq));
+      let h: HostProcess;
+      try {
+        h = new HostProcess({ main: this.main, logFile });
+      } catch (e) {
+        this.hostFailed((e as Error).message);
+        return null;
+      }
+      if (!(await h.ready)) {
+        this.hostFailed(`not ready: ${h.logTail() || 'no output'}`);
+        return null;
+      }
+      this.hostFailures = 0;
+      this.host = h;
+      void h.exited.then((how) => {
+        if (this.host === h) this.host = null;
+        if (how !== '0') this.log.warn({ how, err: h.logTail() }, 'pod host exited: its pods start again');
+      });
+      this.log.info({ pid: h.child.pid }, 'pod host started');
+      return h;
+    })().finally(() => (this.hostStarting = null));
+    return this.hostStarting;
+  }
+
+  private hostFailed(why: string): void {
+    this.hostFailures++;
+    if (this.hostFailures < HOST_MAX_FAILURES) this.log.warn({ err: why }, 'pod host failed: this pod starts as a process of its own');
+    else this.log.error({ err: why, failures: this.hostFailures }, 'pod hosts keep failing: none started any more (pods start as processes of their own)');
   }
 
   /** The standby, taken for a pod's start, when one is ready; else null. */
@@ -320,6 +416,8 @@ export class Proxies extends Map<string, Proxy> {
   async ensureProxy(px: Proxy, view: ProjectView): Promise<void> {
     px.starting = true;
     try {
+      // a pod an earlier agent's host was starting (killed meanwhile): waited for, never started twice
+      await this.awaitHostedStart(px);
       if (await socketIsLive(px.socket)) await this.adopt(px);
       else await this.startProxy(px, view);
     } catch (e) {
@@ -334,6 +432,20 @@ export class Proxies extends Map<string, Proxy> {
       px.failures = 0;
     }
     for (const f of px.ready.splice(0)) f();
+  }
+
+  /**
+   * A saved pod host id (an earlier agent's) whose host still holds the pod's namespace
+   * while its socket does not answer yet: the pod is starting there. Waits for its
+   * socket (the start timeout at most), so it is adopted, or stopped, not started again.
+   */
+  private async awaitHostedStart(px: Proxy): Promise<void> {
+    const id = px.id;
+    if (id === null || !id.hosted || px.hosted) return;
+    const end = Date.now() + (this.o.startTimeoutMs ?? START_TIMEOUT_MS);
+    while (Date.now() < end && sameProcess(id.pid, id.startTime) && holdsNetns(id.pid, px.reg.netns) && !(await socketIsLive(px.socket))) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 
   private async adopt(px: Proxy): Promise<void> {
@@ -369,6 +481,9 @@ export class Proxies extends Map<string, Proxy> {
     const { want, dns } = await this.writeConfig(pod, netns, px.socket, { ...view, pods: [...view.pods.filter((p) => p.name !== pod.name), pod] });
     px.dns = dns;
     const logFile = podFile(this.o.runDir, pod.name, 'log');
+    // the project's pod host (one process for the project's pods on this node) unless hosts are off or failing
+    const host = await this.takeHost();
+    if (host !== null) return this.startHosted(px, host, { netns, config, log: logFile }, want, dns);
     // a standby when one is ready (it enters the netns itself), else a new process
     const sb = this.takeStandby();
     let child: ChildProcess;
@@ -412,15 +527,96 @@ export class Proxies extends Map<string, Proxy> {
       await this.giveUp(px, child, 'control socket never answered');
       return;
     }
+    this.running(px, key, want, dns);
+    this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid, peers: want?.peers.length ?? 0, standby: sb !== null }, 'proxy started');
+    this.o.hooks?.proxyStarted('started');
+  }
+
+  /** A started proxy: its key, and what its config gave it counted as applied (the first apply() sends only the differences). */
+  private running(px: Proxy, key: string, want: DesiredPod | null, dns: boolean): void {
     px.publicKey = key;
-    // what the config gave it is applied; the first apply() sends only the differences
     px.applied = new Map((want?.peers ?? []).map((d) => [d.publicKey, JSON.stringify(d)]));
     px.services = want ? JSON.stringify(want.services) : null;
     px.endpoints = want && dns ? JSON.stringify(want.endpoints) : null;
     px.members = want ? JSON.stringify(want.members) : null;
     px.policy = null;
-    this.log.info({ pod: pod.name, publicKey: keyFingerprint(key), pid: child.pid, peers: want?.peers.length ?? 0, standby: sb !== null }, 'proxy started');
+  }
+
+  /**
+   * Starts the pod in the project's pod host: the start line, then its key event and
+   * its control socket, each within the start timeout. Its exit (a stop, a failure,
+   * the host's end) is the proxy lost. A start given up is stopped through the host
+   * first, as giveUp stops a process.
+   */
+  private async startHosted(px: Proxy, host: HostProcess, h: Handoff, want: DesiredPod | null, dns: boolean): Promise<void> {
+    const pod = px.pod;
+    let started = false;
+    let gone: string | null = null;
+    let onKey: (v: string | Error) => void = () => undefined;
+    const key = new Promise<string | Error>((r) => (onKey = r));
+    let markExited: () => void = () => undefined;
+    const ref: HostedPod = { host, config: h.config, exited: new Promise((r) => (markExited = r)) };
+    host.start(h, {
+      key: (k) => onKey(k),
+      exit: (code, error) => {
+        gone = code === -1 ? (error ?? 'pod host exited') : `exited (${code})${error ? `: ${error}` : ''}`;
+        onKey(new Error(gone));
+        markExited();
+        if (started && px.hosted === ref) {
+          px.hosted = null;
+          this.lost(px, gone);
+        }
+      },
+    });
+    px.hosted = ref;
+    const startTime = host.child.pid ? processStartTime(host.child.pid) : null;
+    px.id = host.child.pid && startTime ? { pid: host.child.pid, startTime, hosted: true } : null;
+    this.o.onProxyChange?.();
+    const limit = this.o.startTimeoutMs ?? START_TIMEOUT_MS;
+    let timer: NodeJS.Timeout | undefined;
+    const line = await Promise.race([key, new Promise<Error>((r) => (timer = setTimeout(() => r(new Error(`no public key within ${limit} ms`)), limit)))]);
+    clearTimeout(timer);
+    if (typeof line !== 'string') {
+      this.log.warn({ pod: pod.name, err: line.message }, 'pod host: pod did not start');
+      await this.giveUpHosted(px, ref, 'did not start');
+      return;
+    }
+    const deadline = Date.now() + limit;
+    while (gone === null && Date.now() < deadline && !(await socketIsLive(px.socket))) await new Promise((r) => setTimeout(r, 10));
+    if (gone !== null || !(await socketIsLive(px.socket))) {
+      await this.giveUpHosted(px, ref, 'control socket never answered');
+      return;
+    }
+    started = true;
+    this.running(px, line, want, dns);
+    this.log.info({ pod: pod.name, publicKey: keyFingerprint(line), pid: host.child.pid, peers: want?.peers.length ?? 0, host: true }, 'proxy started');
     this.o.hooks?.proxyStarted('started');
+  }
+
+  /** A hosted start given up on: the host stops the pod (it fails closed) before the next start. */
+  private async giveUpHosted(px: Proxy, ref: HostedPod, why: string): Promise<void> {
+    px.hosted = null;
+    await this.stopHosted(ref);
+    this.lost(px, why);
+  }
+
+  /** Stops a hosted pod through its host's stdin and waits for its exit (STOP_WAIT_MS at most). */
+  private async stopHosted(ref: HostedPod): Promise<void> {
+    ref.host.stop(ref.config);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([ref.exited, new Promise((r) => (timer = setTimeout(r, STOP_WAIT_MS)))]);
+    clearTimeout(timer);
+  }
+
+  /** Stops a pod through its control socket's stop op and waits until the socket is gone (STOP_WAIT_MS at most). */
+  private async stopBySocket(socket: string): Promise<void> {
+    try {
+      await controlRequest(socket, { op: 'stop' });
+    } catch {
+      return; // gone already, or a pod without the op: nothing more to do here
+    }
+    const end = Date.now() + STOP_WAIT_MS;
+    while (Date.now() < end && (await socketIsLive(socket))) await new Promise((r) => setTimeout(r, 20));
   }
 
   /**
@@ -457,6 +653,7 @@ export class Proxies extends Map<string, Proxy> {
     }
     this.o.hooks?.proxyLost();
     px.child = null;
+    px.hosted = null;
     px.id = null;
     px.publicKey = null;
     forgetApplied(px);
@@ -475,9 +672,21 @@ export class Proxies extends Map<string, Proxy> {
     if (px) {
       const child = px.child;
       px.child = null;
-      if (px.id !== null && sameProcess(px.id.pid, px.id.startTime)) await stopPid(px.id.pid, px.id.startTime);
+      const hosted = px.hosted ?? null;
+      px.hosted = null;
+      // a pod host runs other pods too: its pod is stopped through it (or, adopted, its socket), never by a signal
+      if (hosted !== null) await this.stopHosted(hosted);
+      else if (px.id !== null && !px.id.hosted && sameProcess(px.id.pid, px.id.startTime)) await stopPid(px.id.pid, px.id.startTime);
       else if (child && child.exitCode === null && child.pid) await stopPid(child.pid, processStartTime(child.pid) ?? '');
+      // an adopted pod of a host (still starting there: waited for), or one whose process is not known: its socket's stop op
+      await this.awaitHostedStart(px);
+      if (await socketIsLive(px.socket)) await this.stopBySocket(px.socket);
       rmSync(px.socket, { force: true });
+    }
+    // the project's last pod here: its host is closed (it exits once its pods have)
+    if (this.size === 0 && this.host !== null) {
+      this.host.close();
+      this.host = null;
     }
     // also a pod made fail closed (prepare) whose proxy never started
     const ns = px?.reg.netns ?? netns;

@@ -49,6 +49,8 @@ export function readLines(input: NodeJS.ReadableStream, onLine: (line: string) =
 export async function hostMain(io: PodIo, entry: PodEntry, logLevel: PodConfig['logLevel'] | undefined, input: NodeJS.ReadableStream = process.stdin): Promise<number> {
   const { runPod, loadDns } = await import('../control/pod.js');
   await loadDns(); // everything a pod may run is loaded before the first pod starts
+  // the agent that reads stdout may be gone (its pods run on): a write to the closed pipe is dropped, never a crash
+  process.stdout.on('error', () => undefined);
   const emit = (e: HostEvent) => io.stdout(JSON.stringify(e) + '\n');
   const host = new PodHost(emit, runPod, { entry, ...(logLevel !== undefined ? { logLevel } : {}) });
   let worst = 0;

@@ -177,7 +177,8 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
     releasePacket(packet) {
       if (closed) throw new Error('releasePacket: the engine is closed');
       const family = packet.length > 0 && packet[0] >> 4 === 6 ? 6 : 4;
-      releaseFds[family] ??= native.openRaw(family);
+      // made at first use, in the pod's namespace (a pod host's pod: not the host's)
+      releaseFds[family] ??= netns ? netns.run(() => native.openRaw(family)) : native.openRaw(family);
       native.sendRaw(releaseFds[family]!, packet);
     },
     rekey(publicKey) {

@@ -112,6 +112,8 @@ export class Pod implements ControlHandler {
   misses: RouteMisses | null = null;
   /** Unix time (ms) this pod was created (status startTime). */
   readonly startTime = Date.now();
+  /** The control socket's stop op (set by runPod). */
+  stop?: () => void;
   /** The kernel side of TencPolicy exemptions; null until installed. */
   policyRules: PolicyRules | null = null;
   /** The project's policies as they concern this pod (control op set-policy); null: none received. */
@@ -396,7 +398,10 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
   const uninit: { what: string; run: () => void | Promise<void> }[] = [];
   // Signals that arrive during start stop the pod right after start.
   const signals = opts.stopSignal ? null : waitForSignal();
-  const stop = opts.stopSignal ?? signals!.promise;
+  // the control socket's stop op (what the agent sends a pod of a pod host) stops it as a signal would
+  let stopOp: () => void = () => {};
+  const stopped = new Promise<string>((resolve) => (stopOp = () => resolve('stop op')));
+  const stop = Promise.race([opts.stopSignal ?? signals!.promise, stopped]);
 
   const undoAll = async (): Promise<boolean> => {
     let clean = true;
@@ -536,6 +541,8 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
 
     step = 'peers';
     const pod = new Pod(config, publicKey, mtuChoice.mtu, engine, routing, log);
+    // after the answer is written: the stop closes the control socket
+    pod.stop = () => void setTimeout(stopOp, 20);
     for (const p of config.peers) {
       await engine.setPeer(p);
       pod.peers.set(p.publicKey, p);

@@ -40,8 +40,8 @@ import { silentLogger, type Logger } from '../log.js';
 
 export const MAX_REQUEST_BYTES = 1 << 20;
 
-export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints' | 'set-members' | 'classify-address' | 'set-policy';
-export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey', 'set-endpoints', 'set-members', 'classify-address', 'set-policy'];
+export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints' | 'set-members' | 'classify-address' | 'set-policy' | 'stop';
+export const CONTROL_OPS: readonly ControlOp[] = ['status', 'set-peer', 'remove-peer', 'set-services', 'rekey', 'set-endpoints', 'set-members', 'classify-address', 'set-policy', 'stop'];
 
 /**
  * A set-peer request: the public key and the fields the request gave. For a new
@@ -84,6 +84,11 @@ export interface ControlHandler {
   classifyAddress?(address: string): Promise<{ verdict: string; reason: string }>;
   /** Replaces the project's TencPolicy set as it concerns this pod (all or nothing). Optional: without it, EIO. */
   setPolicy?(policies: PodPolicy[]): void | Promise<void>;
+  /**
+   * Stops the pod as SIGTERM would, after the answer is sent: how the agent stops a pod
+   * of a pod host (control/host.ts), whose process it must not signal. Optional: without it, EIO.
+   */
+  stop?(): void;
 }
 
 export interface ControlError {
@@ -214,6 +219,11 @@ export async function dispatch(
       await handler.setPolicy(r.policies);
       return null;
     }
+    case 'stop':
+      onlyFields(req, ['id', 'op']);
+      if (!handler.stop) throw new Error('this pod cannot be stopped over its socket');
+      handler.stop();
+      return null;
     default:
       throw new RequestError('EINVAL', `op: ${JSON.stringify(req.op)} is not one of ${CONTROL_OPS.join(', ')}`);
   }

@@ -9,7 +9,7 @@
  *
  *  1. traffic across nodes through tenc; etcd holds one peer key per pod, under the
  *     node's prefix; node2's agent certificate cannot write below node1's prefix; the
- *     agents run with TENC_POD_STANDBY=0: every proxy a new process, no standby
+ *     agents run with TENC_POD_HOST=0 and TENC_POD_STANDBY=0: every proxy a new process, no pod host, no standby
  *  2. kill -9 a follower member, then the leader: traffic carries on; a pod added while
  *     quorum holds is known to every alpha pod within 5 s; one added without quorum
  *     (its write waits) within 5 s of the quorum's return; the follower restarted
@@ -49,10 +49,11 @@ const etcdScript = join(root, 'netns-scripts', 'etcd.sh');
 const example = join(root, 'netns-scripts', 'cluster-etcd-example.json');
 const PREFIX = `ce${process.pid % 100000}`;
 const STATE = `/run/tenc-cluster/${PREFIX}`;
-// TENC_POD_STANDBY=0: this cluster's agents start each proxy as a new process (nsenter),
-// so the switch and the agent's path without a standby are covered in a real cluster
-// (the other cluster tests run with the standby, the default)
-const env = { ...process.env, CLUSTER_PREFIX: PREFIX, TENC_POD_STANDBY: '0' };
+// TENC_POD_HOST=0 and TENC_POD_STANDBY=0: this cluster's agents start each proxy as a
+// new process (nsenter), so the switches and the agent's path without a pod host or a
+// standby are covered in a real cluster (the other cluster tests run with the pod host,
+// the default; test/netns/pod-standby.test.ts covers the standby)
+const env = { ...process.env, CLUSTER_PREFIX: PREFIX, TENC_POD_STANDBY: '0', TENC_POD_HOST: '0' };
 const marker = `TENC-ETCD-MARKER-${process.pid}`;
 const TTL = 5;
 const NODES = ['node1', 'node2', 'node3'];
@@ -248,7 +249,7 @@ describe('local cluster on etcd', () => {
       expect(curl('alpha-client-1', 'http://db:5432/')).toBe(`alpha-db-1 got: ${marker}`); // node1 -> node2
     });
     expect(etcdPeerKeys()).toEqual(['node1/alpha-client-1', 'node1/alpha-web-1', 'node2/alpha-db-1', 'node3/alpha-client-3']);
-    // TENC_POD_STANDBY=0 (env above): the agents started no standby and every proxy by nsenter
+    // TENC_POD_HOST=0, TENC_POD_STANDBY=0 (env above): the agents started no pod host, no standby, and every proxy by nsenter
     for (const n of NODES) {
       const agentLog = readFileSync(join(STATE, 'agents', `${n}.log`), 'utf8').split('\n');
       const started = agentLog.filter((l) => l.includes('"msg":"proxy started"')).map((l) => JSON.parse(l) as { pod: string; standby?: boolean });

@@ -31,7 +31,7 @@ import { validateCluster, type ClusterConfig } from '../../src/agent/cluster-con
 import { ensureBuilt } from '../build.js';
 import { FakeApiServer, type Kind } from '../k8s/fake-apiserver.js';
 import { syncApiFromCluster, writeKubeconfig } from '../k8s/cluster-api.js';
-import { Netns, echoConnection, isPodProxyCmdline, readCaptureBytes, requireRoot, requireTool, startCapture, until } from './lib.js';
+import { Netns, echoConnection, podProxies, readCaptureBytes, requireRoot, requireTool, startCapture, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -86,15 +86,9 @@ function serve(pod: string, port: number): void {
 }
 const agentLog = (node: string) => readFileSync(join(STATE, 'agents', `${node}.log`), 'utf8');
 const count = (s: string, needle: string) => s.split(needle).length - 1;
+/** The process serving the pod: the project's pod host on its node (or a process of its own in its netns). */
 async function proxyPids(pod: string): Promise<string[]> {
-  const pids = (await run('ip', ['netns', 'pids', ns(pod)])).stdout.split('\n').filter(Boolean);
-  return pids.filter((p) => {
-    try {
-      return isPodProxyCmdline(readFileSync(`/proc/${p}/cmdline`, 'utf8'));
-    } catch {
-      return false;
-    }
-  });
+  return podProxies(`/run/netns/${ns(pod)}`);
 }
 
 beforeAll(async () => {

@@ -18,8 +18,9 @@
  *     spoofs an alpha pod's address is dropped and counted (plaintext_from_project)
  *  3. to beta's service and to the external host: works, in the clear (not tunnelled)
  *  4. churn: a pod removed and one added anywhere: peers updated within 5 s, an open
- *     TCP connection to another pod survives; the added pod's proxy was node2's standby
- *  5. kill -9 a pod proxy, then an agent: traffic back within 5 s
+ *     TCP connection to another pod survives; the added pod runs in node2's pod host
+ *  5. kill -9 a pod proxy (alpha's pod host on node2: all its pods), then an agent:
+ *     traffic back within 5 s
  *  6. (once) agents stopped: proxies keep running, pods stay fail-closed and published; CNI DEL
  *     (remove-pod) cleans a pod; cluster.sh down: the machine as before
  */
@@ -29,7 +30,7 @@ import { ensureBuilt } from '../build.js';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, echoConnection, isPodProxyCmdline, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
+import { Netns, echoConnection, podProxies, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -358,12 +359,13 @@ for (const F of FAMILIES) {
         expect(added.elapsed).toBeLessThan(5000);
         serve(p.name, 80);
         await until(`alpha-client-1 -> ${p.name} through tenc`, () => curl('alpha-client-1', F.url(a), 'x', 1, F.curl));
-        // node2's agent had seconds since its last start: its standby proxy took the pod (agent/standby.ts)
+        // node2's agent runs alpha's pods in its pod host (agent/host.ts): the new pod went there, not into a process of its own
         const started = readFileSync(join(STATE, 'agents', 'node2.log'), 'utf8')
           .split('\n')
           .filter((l) => l.includes('"msg":"proxy started"') && l.includes(`"pod":"${p.name}"`))
-          .map((l) => JSON.parse(l) as { standby?: boolean });
-        expect(started.at(-1)?.standby, `node2's agent started ${p.name} without its standby`).toBe(true);
+          .map((l) => JSON.parse(l) as { host?: boolean });
+        expect(started.at(-1)?.host, `node2's agent started ${p.name} outside its pod host`).toBe(true);
+        expect(podProxies(`/run/netns/${ns(p.name)}`)).toEqual(podProxies(`/run/netns/${ns('alpha-db-1')}`)); // the same process
       };
       const remove = async (pod: string) => {
         const gone = keyOf(pod);
@@ -385,10 +387,10 @@ for (const F of FAMILIES) {
       conn.child.kill('SIGKILL');
     });
 
-    it('5. kill -9 of a pod proxy, then of an agent: traffic back within 5 s', async () => {
-      const pids = sh('ip', ['netns', 'pids', ns('alpha-db-1')]).split('\n').filter(Boolean);
-      const tencPid = pids.find((p) => isPodProxyCmdline(readFileSync(`/proc/${p}/cmdline`, 'utf8')));
+    it('5. kill -9 of a pod proxy (the pod host of alpha on node2), then of an agent: traffic back within 5 s', async () => {
+      const [tencPid, ...more] = podProxies(`/run/netns/${ns('alpha-db-1')}`);
       expect(tencPid).toBeDefined();
+      expect(more).toEqual([]);
       const oldKey = status('alpha-db-1', 'node2').publicKey;
       process.kill(Number(tencPid), 'SIGKILL');
       const t0 = Date.now();
@@ -419,21 +421,15 @@ describe('local cluster with tenc agents: stop and teardown', () => {
   it('6. agents stopped: proxies run on, fail-closed and published; remove-pod (CNI DEL) cleans; down leaves the machine as it was', async () => {
     for (const c of children) c.kill('SIGKILL');
     const keysBefore = peerFiles().length;
-    const cmdline = (p: string) => {
-      try {
-        return readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      } catch {
-        return ''; // gone meanwhile
-      }
-    };
-    const proxies = (pod: string) => sh('ip', ['netns', 'pids', ns(pod)]).split('\n').filter((p) => p && isPodProxyCmdline(cmdline(p)));
+    // the process serving the pod: the project's pod host on its node (or a process of its own in its netns)
+    const proxies = (pod: string) => podProxies(`/run/netns/${ns(pod)}`);
     expect(cluster('agent-stop').status).toBe(0);
     for (const pod of ['alpha-web-1', 'alpha-client-1', 'alpha-db-1', 'alpha-web-2']) {
       expect(proxies(pod), pod).toHaveLength(1);
       expect(Netns.attach(ns(pod)).exec('nft', 'list', 'tables'), pod).toContain('tenc_tenc0');
     }
     expect(peerFiles().length).toBe(keysBefore);
-    // a proxy killed while no agent runs: its pod stays fail-closed (rule and guards kept)
+    // a proxy (alpha's pod host on node2) stopped while no agent runs: its pods stay fail-closed (rule and guards kept)
     process.kill(Number(proxies('alpha-db-1')[0]), 'SIGTERM');
     await until('db proxy gone', () => proxies('alpha-db-1').length === 0, 10_000);
     const db = Netns.attach(ns('alpha-db-1'));

@@ -21,7 +21,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Netns, describeProcess, isPodProxyCmdline, processesUnder, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
+import { Netns, describeProcess, podProxies, processesUnder, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -65,16 +65,8 @@ function plugin(cniEnv: Record<string, string>, stdin: string) {
   const r = spawnSync(launcher, [], { input: stdin, encoding: 'utf8', env: { PATH: process.env.PATH, CNI_PATH: join(STATE, 'cni', 'bin'), CNI_IFNAME: 'eth0', ...cniEnv } });
   return { status: r.status, out: r.stdout ? JSON.parse(r.stdout) : null };
 }
-const proxies = (pod: string) =>
-  sh('ip', ['netns', 'pids', nsName(pod)])
-    .split('\n')
-    .filter((p) => {
-      try {
-        return p && isPodProxyCmdline(readFileSync(`/proc/${p}/cmdline`, 'utf8'));
-      } catch {
-        return false; // gone meanwhile
-      }
-    });
+/** The proxies serving the pod: a process in its netns, or the pod host holding it. */
+const proxies = (pod: string) => podProxies(`/run/netns/${nsName(pod)}`);
 const registrations = () => JSON.parse(readFileSync(join(STATE, 'agents', 'node1.run', 'registrations.json'), 'utf8')).registrations as { podName: string }[];
 const agentPid = () => Number(readFileSync(join(STATE, 'agents', 'node1.pid'), 'utf8'));
 const agentLog = () => readFileSync(join(STATE, 'agents', 'node1.log'), 'utf8');
@@ -289,8 +281,8 @@ describe('tenc cni (real chain)', () => {
       nodeNft: sh('ip', ['netns', 'exec', NODE, 'nft', 'list', 'tables']),
       ipam: readdirSync(join(STATE, 'cni', 'ipam'), { recursive: true }).length,
       regs: registrations().length,
-      // a standby's own log comes and goes with the standby (agent/standby.ts)
-      runFiles: readdirSync(join(STATE, 'agents', 'node1.run', 'alpha')).filter((f) => !f.startsWith('.standby-')).length,
+      // a standby's and a pod host's own logs come and go with them (agent/standby.ts, agent/host.ts)
+      runFiles: readdirSync(join(STATE, 'agents', 'node1.run', 'alpha')).filter((f) => !f.startsWith('.standby-') && !f.startsWith('.host-')).length,
       proxies: processesUnder(`${STATE}/agents/node1.run`, { proxiesOnly: true }).length,
     });
     const round = async (from: number, n: number) => {

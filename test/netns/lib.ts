@@ -646,7 +646,49 @@ export function control(ns: Netns, req: Record<string, unknown>): { ok: boolean;
  * `ip netns pids POD_NS` never lists one.
  */
 export function isPodProxyCmdline(cmdline: string): boolean {
-  return cmdline.includes('\0pod\0--config') || cmdline.includes('\0pod\0--standby');
+  return cmdline.includes('\0pod\0--config') || cmdline.includes('\0pod\0--standby') || cmdline.includes('\0pod\0--host');
+}
+
+/**
+ * The network namespaces (as "dev:ino") a process holds an fd of, apart from its own: a
+ * pod host's pods. By stat, not by the link's text: an fd opened through /run/netns/NAME
+ * reads as that path.
+ */
+export function heldNamespaces(pid: string): string[] {
+  const key = (st: { dev: number; ino: number }) => `${st.dev}:${st.ino}`;
+  const nsfs = statSync('/proc/self/ns/net').dev;
+  const own = key(statSync(`/proc/${pid}/ns/net`));
+  const out: string[] = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const st = statSync(`/proc/${pid}/fd/${fd}`);
+      const k = key(st);
+      if (st.dev === nsfs && k !== own && !out.includes(k)) out.push(k);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return out;
+}
+
+/**
+ * The pod proxies serving the namespace at nsPath: a `tenc pod` in it, or a pod host
+ * (`tenc pod --host`, in the agent's namespace) holding it for one of its pods.
+ */
+export function podProxies(nsPath: string): string[] {
+  const st = statSync(nsPath);
+  const want = `${st.dev}:${st.ino}`;
+  const out: string[] = [];
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      if (!isPodProxyCmdline(readFileSync(`/proc/${pid}/cmdline`, 'utf8'))) continue;
+      const own = statSync(`/proc/${pid}/ns/net`);
+      if (`${own.dev}:${own.ino}` === want || heldNamespaces(pid).includes(want)) out.push(pid);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
 }
 
 /**
@@ -654,7 +696,8 @@ export function isPodProxyCmdline(cmdline: string): boolean {
  * line names a path under it, and the pod proxies whose stderr is a file under it (a
  * standby's command line names no path: handed a pod, its stderr is the pod's log; not
  * yet handed, its own `.standby-*.log`). `proxiesOnly`: only pod proxies (started with
- * --config, or standbys handed a pod), not the agents or the standbys still waiting.
+ * --config, standbys handed a pod, pod hosts running a pod), not the agents, the standbys
+ * still waiting or a host without pods.
  */
 export function processesUnder(dir: string, opts: { proxiesOnly?: boolean } = {}): string[] {
   const out: string[] = [];
@@ -663,7 +706,8 @@ export function processesUnder(dir: string, opts: { proxiesOnly?: boolean } = {}
       const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
       if (isPodProxyCmdline(cmdline)) {
         const err = readlinkSync(`/proc/${pid}/fd/2`);
-        const idle = basename(err).startsWith('.standby-');
+        // a standby not yet handed a pod, or a pod host running none, serves no pod
+        const idle = basename(err).startsWith('.standby-') || (cmdline.includes('\0pod\0--host') && heldNamespaces(pid).length === 0);
         if ((err.startsWith(`${dir}/`) || cmdline.includes(`${dir}/`)) && !(opts.proxiesOnly && idle)) out.push(pid);
       } else if (!opts.proxiesOnly && cmdline.includes(`${dir}/`)) out.push(pid);
     } catch {

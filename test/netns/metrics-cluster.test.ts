@@ -32,7 +32,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isPodProxyCmdline, requireRoot, requireTool, sh } from './lib.js';
+import { podProxies, requireRoot, requireTool, sh } from './lib.js';
 import { freePortRun } from '../ports.js';
 import { ensureBuilt, root } from '../build.js';
 import { keyFingerprint } from '../../src/log.js';
@@ -258,9 +258,10 @@ describe('Prometheus scrapes the node agents of the local cluster', () => {
     const oldKey = podStatus('alpha-b')!.publicKey;
     const startBefore = await query('tenc_pod_start_time_seconds{pod="alpha-b"}');
     expect(startBefore).not.toBeNull();
-    const pids = sh('ip', ['netns', 'pids', `${PREFIX}-alpha-b`]).split('\n').filter(Boolean);
-    const proxy = pids.find((p) => isPodProxyCmdline(readFileSync(`/proc/${p}/cmdline`, 'utf8')));
+    // the process serving alpha-b: alpha's pod host on node2 (alpha-b is its only pod there)
+    const [proxy, ...more] = podProxies(`/run/netns/${PREFIX}-alpha-b`);
     expect(proxy).toBeDefined();
+    expect(more).toEqual([]);
     process.kill(Number(proxy), 'SIGKILL');
     await waitFor('tenc_agent_proxies_restarted_total{node="node2"}', (v) => v >= 1);
     await waitFor('tenc_pod_start_time_seconds{pod="alpha-b"}', (v) => v > startBefore!);

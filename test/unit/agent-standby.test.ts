@@ -108,7 +108,7 @@ describe('agent standby proxy', () => {
     writeFileSync(dies, `require('fs').appendFileSync(${JSON.stringify(count)}, 'x'); process.stderr.write('boom: no addon\\n'); process.exit(1);`);
     const lines: Record<string, unknown>[] = [];
     const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) });
-    const proxies = new Proxies({ registry: stubRegistry(), node: 'n1', project: 'alpha', runDir: dir, tencMain: dies, standby: true, log }, () => undefined);
+    const proxies = new Proxies({ registry: stubRegistry(), node: 'n1', project: 'alpha', runDir: dir, tencMain: dies, standby: true, podHost: false, log }, () => undefined);
     cleanup.push(() => proxies.stopStandby());
     const spawned = (): number => (existsSync(count) ? readFileSync(count, 'utf8').length : 0);
     for (let i = 0; i < STANDBY_MAX_FAILURES + 2; i++) {
