@@ -183,11 +183,11 @@ export interface Variant {
   standby?: boolean;
 }
 
-/** The variants of a run: the agent's way first, then --ab flag lists and --ab-main. Exported for its unit test. */
+/** The variants of a run: a process per pod as the agent starts one with hosts off (TENC_POD_HOST=0) first, then --ab flag lists and --ab-main. Exported for its unit test. */
 export function variantsOf(ab: string | undefined, abMain: string | undefined, main: string, agentFlags: string[], abEnv?: string, standby = false, abStandby = false): Variant[] {
   const label = (f: string[]) => (f.length ? f.join(' ') : 'no flags');
   const how = (sb: boolean) => (sb ? 'standby, ' : '');
-  const out: Variant[] = [{ name: `agent (${how(standby)}${label(agentFlags)})`, main, flags: agentFlags, standby }];
+  const out: Variant[] = [{ name: `process per pod (${how(standby)}${label(agentFlags)})`, main, flags: agentFlags, standby }];
   if (abStandby) out.push({ name: `${standby ? 'new process' : 'standby'} (${label(agentFlags)})`, main, flags: agentFlags, standby: !standby });
   for (const part of (ab ?? '').split(';').map((x) => x.trim()).filter((x) => x !== '')) {
     const flags = part === 'none' ? [] : part.split(/\s+/);

@@ -29,14 +29,14 @@ describe('pod-exec: the proxy command line', () => {
   it('bench density variants: the agent first, --ab lists ("none"), --ab-env lists, a bad --ab or --ab-env and a missing --ab-main', () => {
     const v = variantsOf('none; --max-semi-space-size=1 --v8-pool-size=0', undefined, '/m.js', []);
     expect(v.map((x) => [x.name, x.flags])).toEqual([
-      ['agent (no flags)', []],
+      ['process per pod (no flags)', []],
       ['no flags', []],
       ['--max-semi-space-size=1 --v8-pool-size=0', ['--max-semi-space-size=1', '--v8-pool-size=0']],
     ]);
     expect(() => variantsOf('jitless', undefined, '/m.js', [])).toThrow(/--ab: "jitless" is not a node flag/);
     const e = variantsOf(undefined, undefined, '/m.js', [], 'TENC_IDLE_SETTLE=0; TENC_V8_LEAN=0,TENC_IDLE_SETTLE=0');
     expect(e.map((x) => [x.name, x.env])).toEqual([
-      ['agent (no flags)', undefined],
+      ['process per pod (no flags)', undefined],
       ['no flags, TENC_IDLE_SETTLE=0', { TENC_IDLE_SETTLE: '0' }],
       ['no flags, TENC_V8_LEAN=0,TENC_IDLE_SETTLE=0', { TENC_V8_LEAN: '0', TENC_IDLE_SETTLE: '0' }],
     ]);
