@@ -15,8 +15,8 @@
 #
 # Steps: build the cluster (cluster.sh up netns-scripts/cluster-example-dual.json), start
 # an HTTP server in alpha-web-1, alpha-db-1, beta-web-1 and outside the cluster, wait
-# for the agents (started by `up` before the pods; CNI ADD had them run `tenc pod` in
-# each alpha pod) to give every pod its peers and services, then send a secret marker between alpha pods by service name, within
+# for the agents (started by `up` before the pods; CNI ADD had them run each alpha pod's
+# proxy, in the node's pod host for alpha: README "Pod host") to give every pod its peers and services, then send a secret marker between alpha pods by service name, within
 # a node and across nodes, over IPv4 and over IPv6, while tcpdump records node1's bridge and the underlay;
 # send a public marker to beta's service and outside, which must stay untouched; show
 # enforcement dropping plaintext from a spoofed alpha address; tear everything down.
@@ -86,7 +86,7 @@ for _ in $(seq 150); do
   [ $n -eq 4 ] && { ready=1; break; }
   sleep 0.2
 done
-if [ $ready -eq 1 ]; then ok "tenc pod runs in each of alpha's 4 pods, each knows the other 3 (public keys through the registry)"
+if [ $ready -eq 1 ]; then ok "a tenc pod proxy serves each of alpha's 4 pods (one pod host per node), each knows the other 3 (public keys through the registry)"
 else bad "alpha's pods did not get their peers in 30 s"; fi
 echo "  registry: $(cd /run/tenc-cluster/$P/registry/peers/alpha && ls */ | tr '\n' ' ')"
 echo "  names: alpha-client-1's DNS proxy answers alpha's services with their endpoint pods, other names pass unchanged:"
