@@ -17,7 +17,7 @@
 import { HANDOFF_MAX_BYTES } from '../control/handoff.js';
 import { HOST_READY_LINE, PodHost, parseHostLine, type HostEvent } from '../control/host.js';
 import type { PodConfig } from '../control/config.js';
-import type { PodEntry, PodIo } from './pod-main.js';
+import type { RunPodOptions } from '../control/pod.js';
 
 /** Splits `input` into lines (without newlines); an overlong line is reported and skipped up to its newline. */
 export function readLines(input: NodeJS.ReadableStream, onLine: (line: string) => void, onOverlong: () => void, onEnd: () => void, max = HANDOFF_MAX_BYTES): void {
@@ -46,7 +46,8 @@ export function readLines(input: NodeJS.ReadableStream, onLine: (line: string) =
   input.resume();
 }
 
-export async function hostMain(io: PodIo, entry: PodEntry, logLevel: PodConfig['logLevel'] | undefined, input: NodeJS.ReadableStream = process.stdin): Promise<number> {
+/** Runs the host until its input ends and its last pod exits, or a signal stops it; `io.stdout` takes its lines. */
+export async function hostMain(io: { stdout(text: string): void }, entry: RunPodOptions['entry'], logLevel: PodConfig['logLevel'] | undefined, input: NodeJS.ReadableStream = process.stdin): Promise<number> {
   const { runPod, loadDns } = await import('../control/pod.js');
   await loadDns(); // everything a pod may run is loaded before the first pod starts
   // the agent that reads stdout may be gone (its pods run on): a write to the closed pipe is dropped, never a crash
