@@ -57,9 +57,6 @@ export type HostEvent =
 type RunPod = (config: PodConfig, opts: RunPodOptions) => Promise<number>;
 
 interface Hosted {
-  netns: OpenNetns;
-  nsKey: string;
-  logFd: number | null;
   stop: (why: string) => void;
   done: Promise<number>;
 }
@@ -135,7 +132,7 @@ export class PodHost {
       base: { ifname: config.interface, pod: h.config },
       ...(logFd !== null ? { write: writeLog } : {}),
     });
-    const hosted: Hosted = { netns, nsKey, logFd, stop, done: Promise.resolve(0) };
+    const hosted: Hosted = { stop, done: Promise.resolve(0) };
     this.pods.set(h.config, hosted);
     this.namespaces.add(nsKey);
     hosted.done = (async () => {
