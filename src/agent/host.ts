@@ -14,11 +14,11 @@
  * Switch: TENC_POD_HOST=0 in the agent's environment runs each pod in a process of
  * its own (a standby handed the pod, or nsenter), as before.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { formatHandoff, type Handoff } from '../control/handoff.js';
 import { HOST_READY_LINE, type HostEvent } from '../control/host.js';
-import { podNodeFlags } from './pod-exec.js';
+import { logFileTail, podNodeFlags, spawnWithLog } from './pod-exec.js';
 
 /** TENC_POD_HOST=0 turns pod hosts off. */
 export function podHostEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
@@ -64,18 +64,7 @@ export class HostProcess {
   private readonly pods = new Map<string, PodWaiter>();
 
   constructor(private readonly o: HostProcessOptions) {
-    const fd = openSync(o.logFile, 'w', 0o600);
-    try {
-      this.child = spawn(o.execPath ?? process.execPath, hostArgs(o.main, o.flags ?? podNodeFlags()), {
-        stdio: ['pipe', 'pipe', fd],
-        detached: true, // as a pod's proxy: a signal to the agent's group does not reach it
-        env: o.env ?? process.env,
-      });
-    } finally {
-      closeSync(fd);
-    }
-    this.child.unref();
-    this.child.stdin!.on('error', () => undefined); // EPIPE when it died: seen by 'exit'
+    this.child = spawnWithLog(o.execPath ?? process.execPath, hostArgs(o.main, o.flags ?? podNodeFlags()), o.logFile, o.env ?? process.env);
     let markReady: (v: boolean) => void = () => undefined;
     this.ready = new Promise((r) => (markReady = r));
     const limit = o.readyTimeoutMs ?? 15_000;
@@ -170,11 +159,6 @@ export class HostProcess {
 
   /** The last bytes of its own stderr (why it failed). */
   logTail(): string {
-    if (this.tail !== null) return this.tail;
-    try {
-      return readFileSync(this.o.logFile, 'utf8').slice(-400).trim();
-    } catch {
-      return '';
-    }
+    return this.tail ?? logFileTail(this.o.logFile);
   }
 }

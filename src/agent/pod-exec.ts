@@ -4,6 +4,7 @@
  *
  *   nsenter --net=NETNS -- NODE [node flags] MAIN pod --config FILE
  *   NODE [node flags] MAIN pod --standby        (a standby, handed its pod later)
+ *   NODE [node flags] MAIN pod --host           (a pod host: agent/host.ts)
  *
  * Node flags go here because some V8 settings are fixed when the isolate is made
  * and cannot be set from inside (control/lean.ts sets the ones V8 reads at each
@@ -14,6 +15,9 @@
  * Switch: TENC_POD_NODE_FLAGS in the agent's environment replaces the list: "" or "0"
  * for none (node's defaults), else flags separated by spaces (A/B runs).
  */
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 
 /** The node flags a pod's proxy is spawned with, unless TENC_POD_NODE_FLAGS says otherwise. */
 export const POD_NODE_FLAGS: readonly string[] = [];
@@ -38,4 +42,32 @@ export function podSpawnArgs(netns: string, main: string, config: string, flags:
 /** The argv of node (after execPath) for a standby pod proxy (agent/standby.ts), in the agent's own netns. */
 export function standbyArgs(main: string, flags: readonly string[] = podNodeFlags()): string[] {
   return [...flags, main, 'pod', '--standby'];
+}
+
+/**
+ * Spawns a process the agent talks to over its stdin and stdout (a standby, a pod
+ * host): detached (a signal to the agent's group does not reach it), unref'd, stderr
+ * to `logFile` (created 0600, truncated), EPIPE on its stdin ignored (its death is
+ * seen by 'exit').
+ */
+export function spawnWithLog(execPath: string, args: string[], logFile: string, env: NodeJS.ProcessEnv): ChildProcess {
+  const fd = openSync(logFile, 'w', 0o600);
+  let child: ChildProcess;
+  try {
+    child = spawn(execPath, args, { stdio: ['pipe', 'pipe', fd], detached: true, env });
+  } finally {
+    closeSync(fd);
+  }
+  child.unref();
+  child.stdin!.on('error', () => undefined);
+  return child;
+}
+
+/** The last 400 characters of a log file, trimmed ('' when it cannot be read): why a standby or a host failed. */
+export function logFileTail(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').slice(-400).trim();
+  } catch {
+    return '';
+  }
 }

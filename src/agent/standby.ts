@@ -13,10 +13,10 @@
  * Switch: TENC_POD_STANDBY=0 in the agent's environment starts every proxy the old
  * way (nsenter, a new node process per pod).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { STANDBY_READY_LINE, formatHandoff, type Handoff } from '../control/handoff.js';
-import { standbyArgs } from './pod-exec.js';
+import { logFileTail, spawnWithLog, standbyArgs } from './pod-exec.js';
 
 /** TENC_POD_STANDBY=0 turns standby proxies off. */
 export function standbyEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
@@ -61,18 +61,7 @@ export class Standby {
   private readonly onData: (d: string) => void;
 
   constructor(private readonly o: StandbyOptions) {
-    const fd = openSync(o.logFile, 'w', 0o600);
-    try {
-      this.child = spawn(o.execPath ?? process.execPath, standbyArgs(o.main, o.flags), {
-        stdio: ['pipe', 'pipe', fd],
-        detached: true, // as a pod's proxy: a signal to the agent's group does not reach it
-        env: o.env ?? process.env,
-      });
-    } finally {
-      closeSync(fd);
-    }
-    this.child.unref();
-    this.child.stdin!.on('error', () => undefined); // EPIPE when it died: seen by 'exit'
+    this.child = spawnWithLog(o.execPath ?? process.execPath, standbyArgs(o.main, o.flags), o.logFile, o.env ?? process.env);
     let out = '';
     let markReady: (v: boolean) => void = () => undefined;
     this.ready = new Promise((r) => (markReady = r));
@@ -111,12 +100,7 @@ export class Standby {
 
   /** The last bytes of what it wrote to its own log (why a standby or its handoff failed). */
   logTail(): string {
-    if (this.tail !== null) return this.tail;
-    try {
-      return readFileSync(this.o.logFile, 'utf8').slice(-400).trim();
-    } catch {
-      return '';
-    }
+    return this.tail ?? logFileTail(this.o.logFile);
   }
 
   /**

@@ -26,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { Address6 } from 'ip-address';
 import { ensureBuilt } from '../build.js';
 import { readPublicKeyLine } from '../../src/control/keyline.js';
+import { holdsNetns, inNetns } from '../../src/agent/proxies.js';
 
 /** Throws a clear error (fails the suite) when a tool is missing. */
 export function requireTool(name: string): void {
@@ -676,19 +677,15 @@ export function heldNamespaces(pid: string): string[] {
  * (`tenc pod --host`, in the agent's namespace) holding it for one of its pods.
  */
 export function podProxies(nsPath: string): string[] {
-  const st = statSync(nsPath);
-  const want = `${st.dev}:${st.ino}`;
-  const out: string[] = [];
-  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-    try {
-      if (!isPodProxyCmdline(readFileSync(`/proc/${pid}/cmdline`, 'utf8'))) continue;
-      const own = statSync(`/proc/${pid}/ns/net`);
-      if (`${own.dev}:${own.ino}` === want || heldNamespaces(pid).includes(want)) out.push(pid);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((pid) => {
+      try {
+        return isPodProxyCmdline(readFileSync(`/proc/${pid}/cmdline`, 'utf8')) && (inNetns(Number(pid), nsPath) || holdsNetns(Number(pid), nsPath));
+      } catch {
+        return false; // gone meanwhile
+      }
+    });
 }
 
 /**
