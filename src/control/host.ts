@@ -16,7 +16,7 @@
  * closed (its rule, guards and enforcement stay in its namespace, as after any crash)
  * until it is started again.
  */
-import { closeSync, constants, fstatSync, openSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, writeSync } from 'node:fs';
 import { createLogger, type Logger } from '../log.js';
 import { loadConfig } from './config.js';
 import { HandoffError, parseHandoff, type Handoff } from './handoff.js';
@@ -94,8 +94,8 @@ export class PodHost {
     } catch (e) {
       return refuse(`pod host: ${(e as Error).message}`);
     }
-    const st = statSync(h.netns);
-    const nsKey = `${st.dev}:${st.ino}`;
+    // the namespace the opened fd is (a stat of the path could find another by now)
+    const nsKey = `${netns.dev}:${netns.ino}`;
     if (this.namespaces.has(nsKey)) {
       netns.close();
       return refuse(`pod host: netns ${h.netns} has a pod of this host already`);

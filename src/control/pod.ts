@@ -25,7 +25,7 @@
  *   9. V8 lean mode ends once the event loop is busy      uninit: stop watching
  *      (when src/cli/main.ts entered it: control/lean.ts)
  */
-import { statSync, writeSync } from 'node:fs';
+import { writeSync } from 'node:fs';
 import { codeCacheState, leanState, settleIdleMemory, watchLoad } from './lean.js';
 import { createLogger, keyFingerprint, type Logger } from '../log.js';
 import { readPskFile, type PeerConfig, type PodConfig, type ServiceConfig } from './config.js';
@@ -417,7 +417,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     return clean;
   };
 
-  const socketPath = config.controlSocket ?? defaultSocketPath(config.interface, undefined, netnsPath !== undefined ? statSync(netnsPath).ino : undefined);
+  const socketPath = config.controlSocket ?? defaultSocketPath(config.interface, undefined, opts.netns?.ino);
   let step = '';
   let guarded = false; // the routing guards are (being) installed
   let started = false; // start completed: a stop removes the guards unless failClosedOnStop

@@ -16,8 +16,16 @@ import { addon } from '../native.js';
 import { isNamespaceFile } from './nsfs.js';
 
 export interface NetnsScope {
-  /** The namespace's nsfs path (/run/netns/NAME, /proc/PID/ns/net): children start there. */
+  /**
+   * Where children (ip, nft) enter the namespace: the scope's own open fd seen through
+   * /proc (/proc/PID/fd/N of this process), never the path it was opened by, which may
+   * name another namespace by then (a /proc/PID of a process that has exited, reused).
+   */
   readonly path: string;
+  /** The path it was opened by (/run/netns/NAME, /proc/PID/ns/net): for messages. */
+  readonly name: string;
+  /** The namespace's inode number (names it while it exists: the pod's default control socket). */
+  readonly ino: number;
   /** Calls fn, which must be synchronous, with the main thread in the namespace. */
   run<T>(fn: () => T): T;
 }
@@ -29,6 +37,8 @@ export function inScope<T>(scope: NetnsScope | undefined, fn: () => T): T {
 
 /** A scope over an open namespace file; close() gives its fd back. */
 export interface OpenNetns extends NetnsScope {
+  /** The nsfs device: with ino, names the namespace (two pods of one host never share one). */
+  readonly dev: number;
   close(): void;
 }
 
@@ -40,13 +50,23 @@ export function openNetns(path: string): OpenNetns {
   } catch (e) {
     throw new Error(`netns ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  if (!isNamespaceFile(fstatSync(fd))) {
+  let st;
+  try {
+    st = fstatSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    throw new Error(`netns ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  if (!isNamespaceFile(st)) {
     closeSync(fd);
     throw new Error(`netns ${path}: not a namespace file (nsfs)`);
   }
   let open = true;
   return {
-    path,
+    path: `/proc/${process.pid}/fd/${fd}`,
+    name: path,
+    ino: st.ino,
+    dev: st.dev,
     run<T>(fn: () => T): T {
       if (!open) throw new Error(`netns ${path}: closed`);
       return addon.inNetns(fd, fn) as T;

@@ -5,7 +5,7 @@
  * test/netns/pod-host.test.ts runs real pods in real namespaces.
  */
 import { describe, it, expect, beforeAll } from 'vitest';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -69,6 +69,19 @@ describe('readLines', () => {
     expect(overlong).toBe(1);
     expect(ended).toBe(true);
   });
+
+  it('a character split across two chunks is read whole (also in a last line without newline)', async () => {
+    const input = new PassThrough();
+    const lines: string[] = [];
+    readLines(input, (l) => lines.push(l), () => undefined, () => undefined);
+    const b = Buffer.from('{"config":"/run/tenc/é.json"}\nü');
+    const cut = b.indexOf(0xc3) + 1; // inside é's two bytes
+    input.write(b.subarray(0, cut));
+    input.write(b.subarray(cut, b.length - 1)); // and inside ü's
+    input.end(b.subarray(b.length - 1));
+    await tick();
+    expect(lines).toEqual(['{"config":"/run/tenc/é.json"}', 'ü']);
+  });
 });
 
 describe('PodHost', () => {
@@ -80,7 +93,12 @@ describe('PodHost', () => {
     const doneA = host.start({ netns: NS, config: configA, log: logA });
     await tick();
     expect(host.size).toBe(1);
-    expect(calls[0].opts.netns!.path).toBe(NS);
+    // children enter the namespace through the host's own fd of it, never by the path again
+    const scope = calls[0].opts.netns!;
+    expect(scope.name).toBe(NS);
+    expect(scope.path).toMatch(new RegExp(`^/proc/${process.pid}/fd/\\d+$`));
+    expect(statSync(scope.path).ino).toBe(statSync(NS).ino);
+    expect(scope.ino).toBe(statSync(NS).ino);
     expect(calls[0].opts.stopSignal).toBeInstanceOf(Promise);
     expect(events).toEqual([{ pod: configA, publicKey: 'A'.repeat(43) + '=' }]);
     const logged = readFileSync(logA, 'utf8');
