@@ -121,7 +121,8 @@ stdin, {"netns":PATH,"config":FILE,"log":FILE} to start a pod and
 line: {"pod":FILE,"publicKey":KEY}, {"pod":FILE,"exited":CODE[,"error":TEXT]}
 (code 2: the line's config, netns or log at fault, nothing started) or
 {"error":TEXT} for a line that is no request. SIGINT/SIGTERM stop every pod;
-at the end of stdin it exits once its last pod has.
+at the end of stdin it exits once its last pod has: 0 when every pod it ran
+exited 0 (a refused start ran nothing), else 1.
 
 Options:
   -c, --config FILE        the pod's JSON config (see README "Config file")

@@ -12,8 +12,10 @@
  * could not be started (code 2: the line's config, namespace or log at fault), and
  * {"error":TEXT} for a line that is not a request. A bad line never ends the host.
  * SIGTERM or SIGINT stops every pod; at the end of stdin the host runs on and exits
- * when its last pod has (at once with none). Exit code 0 when every pod exited 0.
+ * when its last pod has (at once with none). Exit code 0 when every pod it ran exited 0
+ * (a start it refused ran nothing).
  */
+import { StringDecoder } from 'node:string_decoder';
 import { HANDOFF_MAX_BYTES } from '../control/handoff.js';
 import { HOST_READY_LINE, PodHost, parseHostLine, type HostEvent } from '../control/host.js';
 import type { PodConfig } from '../control/config.js';
@@ -23,8 +25,10 @@ import type { RunPodOptions } from '../control/pod.js';
 export function readLines(input: NodeJS.ReadableStream, onLine: (line: string) => void, onOverlong: () => void, onEnd: () => void, max = HANDOFF_MAX_BYTES): void {
   let buf = '';
   let skipping = false;
+  // a character split across two chunks is decoded whole
+  const decoder = new StringDecoder('utf8');
   input.on('data', (d: Buffer | string) => {
-    buf += typeof d === 'string' ? d : d.toString('utf8');
+    buf += typeof d === 'string' ? d : decoder.write(d);
     for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
       const line = buf.slice(0, nl);
       buf = buf.slice(nl + 1);
@@ -39,6 +43,7 @@ export function readLines(input: NodeJS.ReadableStream, onLine: (line: string) =
     if (skipping) buf = '';
   });
   input.once('end', () => {
+    if (!skipping) buf += decoder.end();
     if (buf !== '' && !skipping) onLine(buf);
     onEnd();
   });
@@ -89,10 +94,19 @@ export async function hostMain(io: { stdout(text: string): void }, entry: RunPod
           emit({ pod: req.start.config, exited: 2, error: 'pod host: stopping' });
           return;
         }
-        void host.start(req.start).then((code) => {
-          worst = Math.max(worst, code);
-          if (ended && host.size === 0 && !stopping) finish();
-        });
+        const config = req.start.config;
+        void host
+          .start(req.start)
+          .catch((e: unknown) => {
+            // never expected (start answers what it refuses): the host and its other pods go on
+            emit({ pod: config, exited: 1, error: `pod host: ${(e as Error).message}` });
+            return 1;
+          })
+          .then((code) => {
+            // a start refused (code 2: the line at fault) started nothing: the host's own exit stays 0
+            if (code !== 2) worst = Math.max(worst, code);
+            if (ended && host.size === 0 && !stopping) finish();
+          });
       },
       () => emit({ error: `pod host: a line longer than ${HANDOFF_MAX_BYTES} bytes, skipped` }),
       () => {
