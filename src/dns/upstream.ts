@@ -387,11 +387,19 @@ export class TcpUpstream extends Base {
     return sock;
   }
 
-  protected send(_id: number, p: Pending): void {
+  protected send(id: number, p: Pending): void {
     if (this.conn === null || this.connServer !== p.server || this.conn.destroyed) {
       this.conn?.destroy();
       this.conn = null;
-      this.connect(p.server);
+      try {
+        this.connect(p.server);
+      } catch {
+        // no socket (out of descriptors, the pod's namespace closed): this query fails
+        // (counted); a throw here would end the proxy (in a pod host, every pod of it)
+        this.counters.errors++;
+        this.fail(id, p);
+        return;
+      }
     }
     const frame = Buffer.allocUnsafe(2 + p.msg.length);
     frame.writeUInt16BE(p.msg.length, 0);

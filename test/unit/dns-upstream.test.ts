@@ -6,7 +6,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import dgram from 'node:dgram';
 import dnsPacket from 'dns-packet';
-import { UdpUpstream } from '../../src/dns/upstream.js';
+import { TcpUpstream, UdpUpstream } from '../../src/dns/upstream.js';
 import { readQuestion } from '../../src/dns/message.js';
 
 let server: dgram.Socket | null = null;
@@ -63,5 +63,32 @@ describe('UdpUpstream source ports', () => {
     expect(sent).toBe(true);
     expect((dnsPacket.decode(r as Buffer).answers![0] as { data: string }).data).toBe('10.0.0.2');
     expect(up.snapshot().mismatched).toBeGreaterThanOrEqual(15);
+  });
+});
+
+describe('TcpUpstream without a socket', () => {
+  it('a connection that cannot be made fails the query (counted), never throws out of ask()', async () => {
+    // a pod host's pod whose namespace scope cannot make a socket (closed, or out of descriptors)
+    const netns = {
+      path: '/proc/self/ns/net',
+      name: '/proc/self/ns/net',
+      ino: 0,
+      run<T>(): T {
+        throw new Error('netns /proc/self/ns/net: closed');
+      },
+    };
+    const tcp = new TcpUpstream({ servers: [{ address: '127.0.0.1', port: 53 }], mark: 0, timeoutMs: 1000, maxInflight: 8, netns });
+    try {
+      const q = Buffer.from(query('a.example'));
+      const r = await tcp.query(q, readQuestion(q)!);
+      expect(r).toBeNull();
+      expect(tcp.snapshot().errors).toBe(1);
+      expect(tcp.inflight).toBe(0);
+      // and the next query too (no connection half made is kept)
+      expect(await tcp.query(q, readQuestion(q)!)).toBeNull();
+      expect(tcp.snapshot().errors).toBe(2);
+    } finally {
+      tcp.close();
+    }
   });
 });
