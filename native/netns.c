@@ -105,6 +105,9 @@ static napi_value redirect_stderr(napi_env env, napi_callback_info info) {
  * the first call), and the fd of the call being run (-1: none). Main thread only. */
 static int ns_home_fd = -1;
 static int ns_current_fd = -1;
+/* The thread of the first call: the home fd is its namespace, so no other thread may call. */
+static pthread_t ns_owner;
+static int ns_owner_set = 0;
 
 static napi_value in_netns(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -114,6 +117,12 @@ static napi_value in_netns(napi_env env, napi_callback_info info) {
   napi_valuetype t = napi_undefined;
   if (argc < 2 || napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) return tenc_throw_type(env, "inNetns(fd, fn): fn must be a function");
   if (tenc_get_int(env, argv[0], 0, 0x7fffffffLL, "fd", &fd) < 0) return NULL;
+  if (!ns_owner_set) {
+    ns_owner = pthread_self();
+    ns_owner_set = 1;
+  } else if (!pthread_equal(ns_owner, pthread_self())) {
+    return tenc_throw_type(env, "inNetns: only on the thread of its first call (node's main thread), never in a worker");
+  }
   if (ns_home_fd < 0) {
     ns_home_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (ns_home_fd < 0) return tenc_throw_errno(env, errno, "inNetns: open /proc/thread-self/ns/net");

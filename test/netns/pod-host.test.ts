@@ -302,6 +302,10 @@ describe('tenc pod --host', () => {
       try { addon.inNetns(fa, 5); } catch (e) { out.notFn = e.message; }
       const plain = openSync('/proc/self/status', 'r');
       try { addon.inNetns(plain, here); } catch (e) { out.notNs = e.code; }
+      const { Worker } = await import('node:worker_threads');
+      const w = new Worker("const { parentPort, workerData } = await import('node:worker_threads'); const { addon } = await import(workerData.js); const { openSync } = await import('node:fs'); try { addon.inNetns(openSync(workerData.ns, 'r'), () => 'entered'); parentPort.postMessage('entered'); } catch (e) { parentPort.postMessage(e.message); }", { eval: true, workerData: { js: ${JSON.stringify(nativeJs)}, ns: process.argv[1] } });
+      out.worker = await new Promise((r) => w.once('message', r));
+      await w.terminate();
       console.log(JSON.stringify(out));
     `;
     const child = spawnSync('nsenter', [`--net=${nsPath(home)}`, '--', process.execPath, '--input-type=module', '-e', script, nsPath(a), nsPath(b)], { encoding: 'utf8', timeout: 20_000 });
@@ -316,6 +320,7 @@ describe('tenc pod --host', () => {
     expect(o.afterThrow).toBe(want(home));
     expect(o.notFn).toMatch(/fn must be a function/);
     expect(o.notNs).toBe('EINVAL');
+    expect(o.worker).toMatch(/inNetns: only on the thread of its first call/);
   }, 30_000);
 
   it('4b. the listener made in a is reachable in a and not in home', async () => {
