@@ -15,7 +15,8 @@
  * its own (a standby handed the pod, or nsenter), as before.
  */
 import type { ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { readdirSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { formatHandoff, type Handoff } from '../control/handoff.js';
 import { HOST_READY_LINE, type HostEvent } from '../control/host.js';
 import { logFileTail, podNodeFlags, spawnWithLog } from './pod-exec.js';
@@ -33,6 +34,34 @@ export function hostArgs(main: string, flags: readonly string[] = podNodeFlags()
 /** The name of a host's own log in the run dir (a pod's name cannot start with '.'). */
 export function hostLogName(agentPid: number, seq: number): string {
   return `.host-${agentPid}-${seq}.log`;
+}
+
+/**
+ * Host logs of other agent processes in `dir` that no process writes any more (their
+ * host exited after the agent that started it: nobody removed them). A host an
+ * earlier agent left running keeps its log: it is its stderr (fd 2).
+ */
+export function staleHostLogs(dir: string, agentPid: number): string[] {
+  const names = readdirSync(dir).filter((n) => /^\.host-\d+-\d+\.log$/.test(n) && !n.startsWith(`.host-${agentPid}-`));
+  if (names.length === 0) return [];
+  const written = new Set<string>();
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const st = statSync(`/proc/${pid}/fd/2`);
+      written.add(`${st.dev}:${st.ino}`);
+    } catch {
+      // gone, or not ours to look at
+    }
+  }
+  return names.filter((n) => {
+    try {
+      const st = statSync(join(dir, n));
+      return !written.has(`${st.dev}:${st.ino}`);
+    } catch {
+      return false;
+    }
+  });
 }
 
 export interface HostProcessOptions {
@@ -143,6 +172,11 @@ export class HostProcess {
   /** Asks the host to stop the pod of that config (its exit comes as the pod's exit). */
   stop(config: string): void {
     if (this.pods.has(config) && this.usable()) this.child.stdin!.write(JSON.stringify({ stop: config }) + '\n');
+  }
+
+  /** Drops the waiter of a pod whose exit was not seen (agent/proxies.ts stopHosted): a later event of that config goes to its next start. */
+  forget(config: string): void {
+    this.pods.delete(config);
   }
 
   /** No more pods: stdin ends; the host exits once its last pod has (at once with none). */

@@ -29,7 +29,7 @@ import { desiredState, type DesiredPeer, type DesiredPod } from './desired.js';
 import { podNodeFlags, podSpawnArgs } from './pod-exec.js';
 import { Standby, staleStandbyLogs, standbyEnabled, standbyLogName } from './standby.js';
 import { cleanNetns, podResolvConf } from './netns.js';
-import { HostProcess, hostLogName, podHostEnabled } from './host.js';
+import { HostProcess, hostLogName, podHostEnabled, staleHostLogs } from './host.js';
 
 /** The port every pod proxy listens on. */
 export const TENC_PORT = 51820;
@@ -374,6 +374,8 @@ export class Proxies extends Map<string, Proxy> {
     if (this.host?.usable()) return this.host;
     if (this.hostStarting) return this.hostStarting;
     this.hostStarting = (async () => {
+      // the logs of hosts an earlier agent process left that no host writes any more
+      if (this.hostSeq === 0) for (const f of staleHostLogs(this.o.runDir, process.pid)) rmSync(join(this.o.runDir, f), { force: true });
       const logFile = join(this.o.runDir, hostLogName(process.pid, ++this.hostSeq));
       let h: HostProcess;
       try {
@@ -384,6 +386,10 @@ export class Proxies extends Map<string, Proxy> {
       }
       if (!(await h.ready)) {
         this.hostFailed(`not ready: ${h.logTail() || 'no output'}`);
+        return null;
+      }
+      if (this.standbyClosed) {
+        h.close(); // the agent stopped meanwhile: a host with no pods exits at once
         return null;
       }
       this.hostFailures = 0;
@@ -416,8 +422,9 @@ export class Proxies extends Map<string, Proxy> {
   async ensureProxy(px: Proxy, view: ProjectView): Promise<void> {
     px.starting = true;
     try {
-      // a pod an earlier agent's host was starting (killed meanwhile): waited for, never started twice
-      await this.awaitHostedStart(px);
+      // a pod an earlier agent's host was starting (killed meanwhile): waited for, never started twice;
+      // one a host is still tearing down: waited for, never started beside it
+      if (!(await this.awaitHostedStart(px))) throw new Error(`pod host ${px.id?.pid} still holds netns ${px.reg.netns} (its copy of the pod has not stopped)`);
       if (await socketIsLive(px.socket)) await this.adopt(px);
       else await this.startProxy(px, view);
     } catch (e) {
@@ -435,17 +442,34 @@ export class Proxies extends Map<string, Proxy> {
   }
 
   /**
-   * A saved pod host id (an earlier agent's) whose host still holds the pod's namespace
-   * while its socket does not answer yet: the pod is starting there. Waits for its
-   * socket (the start timeout at most), so it is adopted, or stopped, not started again.
+   * The pod's last known pod host (an earlier agent's, or this agent's after the pod was
+   * lost or given up) is the same process and still holds the pod's namespace: its copy
+   * of the pod is starting, running or tearing down there.
    */
-  private async awaitHostedStart(px: Proxy): Promise<void> {
+  private hostHolds(px: Proxy): boolean {
     const id = px.id;
-    if (id === null || !id.hosted || px.hosted) return;
+    return id !== null && id.hosted === true && sameProcess(id.pid, id.startTime) && holdsNetns(id.pid, px.reg.netns);
+  }
+
+  /**
+   * A pod whose last pod host still holds its namespace while its socket does not
+   * answer: it is starting there (waited for, then adopted or stopped, never started
+   * twice) or tearing down (waited for: a copy started now would have its routes,
+   * rules and tables, which have the same names, removed by that teardown). Waits the
+   * start timeout at most; false when the host holds the namespace still.
+   */
+  private async awaitHostedStart(px: Proxy): Promise<boolean> {
+    if (px.hosted) return true;
     const end = Date.now() + (this.o.startTimeoutMs ?? START_TIMEOUT_MS);
-    while (Date.now() < end && sameProcess(id.pid, id.startTime) && holdsNetns(id.pid, px.reg.netns) && !(await socketIsLive(px.socket))) {
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    while (Date.now() < end && this.hostHolds(px) && !(await socketIsLive(px.socket))) await new Promise((r) => setTimeout(r, 50));
+    return !this.hostHolds(px) || (await socketIsLive(px.socket));
+  }
+
+  /** Waits until the pod's last host no longer holds its namespace (its copy has torn down), STOP_WAIT_MS at most; false if it still does. */
+  private async awaitHostRelease(px: Proxy): Promise<boolean> {
+    const end = Date.now() + STOP_WAIT_MS;
+    while (Date.now() < end && this.hostHolds(px)) await new Promise((r) => setTimeout(r, 20));
+    return !this.hostHolds(px);
   }
 
   private async adopt(px: Proxy): Promise<void> {
@@ -604,19 +628,34 @@ export class Proxies extends Map<string, Proxy> {
   private async stopHosted(ref: HostedPod): Promise<void> {
     ref.host.stop(ref.config);
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([ref.exited, new Promise((r) => (timer = setTimeout(r, STOP_WAIT_MS)))]);
+    const exited = await Promise.race([ref.exited.then(() => true), new Promise<false>((r) => (timer = setTimeout(() => r(false), STOP_WAIT_MS)))]);
     clearTimeout(timer);
+    // no exit seen (a start line the host refused unread, or a pod slow to stop): its waiter
+    // is dropped, so the next start of the pod is not refused here; the host refuses it
+    // while its copy runs, and the next start waits until the host lets the namespace go
+    if (!exited) ref.host.forget(ref.config);
   }
 
-  /** Stops a pod through its control socket's stop op and waits until the socket is gone (STOP_WAIT_MS at most). */
-  private async stopBySocket(socket: string): Promise<void> {
-    try {
-      await controlRequest(socket, { op: 'stop' });
-    } catch {
-      return; // gone already, or a pod without the op: nothing more to do here
+  /**
+   * Stops a pod through its control socket's stop op (three tries while the socket is
+   * there) and waits until the socket is gone (STOP_WAIT_MS at most).
+   */
+  private async stopBySocket(px: Proxy): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await controlRequest(px.socket, { op: 'stop' });
+        break;
+      } catch (e) {
+        if (!(await socketIsLive(px.socket))) return; // gone already: nothing more to do here
+        if (attempt === 3) {
+          this.log.warn({ pod: px.pod.name, err: (e as Error).message }, 'pod did not take the stop op: its namespace is cleaned with it running');
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 100 * attempt));
+      }
     }
     const end = Date.now() + STOP_WAIT_MS;
-    while (Date.now() < end && (await socketIsLive(socket))) await new Promise((r) => setTimeout(r, 20));
+    while (Date.now() < end && (await socketIsLive(px.socket))) await new Promise((r) => setTimeout(r, 20));
   }
 
   /**
@@ -654,7 +693,8 @@ export class Proxies extends Map<string, Proxy> {
     this.o.hooks?.proxyLost();
     px.child = null;
     px.hosted = null;
-    px.id = null;
+    // a pod host's id is kept: the next start waits until that host has let the pod's namespace go
+    if (px.id?.hosted !== true) px.id = null;
     px.publicKey = null;
     forgetApplied(px);
     px.restartAt = Date.now() + RESTART_DELAY_MS;
@@ -680,7 +720,9 @@ export class Proxies extends Map<string, Proxy> {
       else if (child && child.exitCode === null && child.pid) await stopPid(child.pid, processStartTime(child.pid) ?? '');
       // an adopted pod of a host (still starting there: waited for), or one whose process is not known: its socket's stop op
       await this.awaitHostedStart(px);
-      if (await socketIsLive(px.socket)) await this.stopBySocket(px.socket);
+      if (await socketIsLive(px.socket)) await this.stopBySocket(px);
+      // a pod of a host has torn down once the host let its namespace go: only then is the namespace cleaned
+      if (!(await this.awaitHostRelease(px))) this.log.warn({ pod, pid: px.id?.pid }, 'pod host still holds the pod\'s namespace: cleaning it anyway');
       rmSync(px.socket, { force: true });
     }
     // the project's last pod here: its host is closed (it exits once its pods have)

@@ -1,0 +1,121 @@
+/**
+ * A pod host's copy of a pod and the agent's next start of it (review of the pod host):
+ *  - a pod whose last host still holds its namespace (starting or tearing down there,
+ *    its socket not answering) is not started again until the host lets the namespace
+ *    go, however long past the start timeout that is: a copy started beside the old
+ *    one's teardown would have its routes, rules and tables (same names) removed;
+ *  - a pod's waiter in HostProcess whose exit never came is dropped (forget), so the
+ *    next start of that pod is not refused by the agent's own bookkeeping;
+ *  - host logs of earlier agents are removed once no process writes them.
+ * The "host" holding the namespace is a node process holding an fd of the test's own
+ * namespace (/proc/self/ns/net); the "proxy" a script that notes when it started.
+ * nsenter enters the agent's own netns: no namespace is made, nothing is routed.
+ */
+import { describe, it, expect, afterEach, vi } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { Agent } from '../../src/agent/agent.js';
+import { HostProcess, staleHostLogs } from '../../src/agent/host.js';
+import { holdsNetns, processAlive, processStartTime } from '../../src/agent/proxies.js';
+import { stubRegistry } from './agent-fakes.js';
+import { requireRoot, requireTool } from '../netns/lib.js';
+
+const cleanup: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+});
+
+function tmp(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'tenc-host-release-'));
+  cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+function track(child: ChildProcess): ChildProcess {
+  cleanup.push(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  return child;
+}
+
+describe('agent: a pod its last host still holds', () => {
+  it('is started again only once the host has let its namespace go (past the start timeout too)', async () => {
+    requireRoot();
+    requireTool('nsenter');
+    const dir = tmp();
+    writeFileSync(join(dir, 'psk'), Buffer.alloc(32, 7).toString('base64') + '\n', { mode: 0o600 });
+    const starts = join(dir, 'starts');
+    const fake = join(dir, 'fake-pod.cjs');
+    writeFileSync(fake, `require('fs').appendFileSync(${JSON.stringify(starts)}, Date.now() + '\\n'); process.stdout.write('public-key ' + 'C'.repeat(43) + '=\\n'); setInterval(() => {}, 1000);`);
+    // the old host: holds the namespace for 2.5 s (ten start timeouts), its pod's socket never answers
+    const holdMs = 2500;
+    const holder = track(spawn(process.execPath, ['-e', `require('fs').openSync('/proc/self/ns/net', 'r'); process.stdout.write('held\\n'); setTimeout(() => {}, ${holdMs})`], { stdio: ['ignore', 'pipe', 'inherit'] }));
+    await new Promise((r) => holder.stdout!.once('data', r));
+    const released = new Promise<number>((r) => holder.once('exit', () => r(Date.now())));
+    expect(holdsNetns(holder.pid!, '/proc/self/ns/net')).toBe(true);
+    const startTime = processStartTime(holder.pid!)!;
+    const reg = { containerId: 'c1', netns: '/proc/self/ns/net', ifname: 'eth0', podNamespace: 'alpha', podName: 'held-1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: { pid: holder.pid!, startTime, hosted: true as const } };
+    const lines: string[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const agent = new Agent({ registry: stubRegistry({ pskFile: async () => join(dir, 'psk') }), node: 'n1', project: 'alpha', registrations: () => [reg], runDir: join(dir, 'run'), tencMain: fake, startTimeoutMs: 250, dns: false, log, standby: false, podHost: false });
+    const pids = () => lines.map((l) => JSON.parse(l) as { msg: string; pid?: number }).filter((l) => l.msg === 'proxy started' && typeof l.pid === 'number').map((l) => l.pid!);
+    cleanup.push(() => {
+      for (const p of pids()) if (processAlive(p)) process.kill(p, 'SIGKILL');
+    });
+    cleanup.push(() => agent.stop());
+    const t0 = Date.now();
+    await agent.start();
+    const releasedAt = await released;
+    await vi.waitFor(() => expect(existsSync(starts)).toBe(true), { timeout: 10_000, interval: 50 });
+    const first = Number(readFileSync(starts, 'utf8').split('\n')[0]);
+    console.log(`host held the netns ${releasedAt - t0} ms; first start ${first - t0} ms after the agent's`);
+    expect(first).toBeGreaterThanOrEqual(releasedAt);
+    // the wait was said, naming the host and the namespace
+    expect(lines.join('')).toContain(`pod host ${holder.pid} still holds netns /proc/self/ns/net`);
+  }, 30_000);
+});
+
+describe('HostProcess.forget', () => {
+  it("drops a pod's waiter whose exit never came: the pod can be started there again", async () => {
+    const dir = tmp();
+    // a host that gets ready and never answers a line (a start line it refused unread)
+    const main = join(dir, 'host.cjs');
+    writeFileSync(main, "process.stdout.write('host ready\\n'); process.stdin.resume(); process.stdin.on('end', () => process.exit(0));");
+    const h = new HostProcess({ main, flags: [], logFile: join(dir, '.host-1-1.log') });
+    track(h.child);
+    expect(await h.ready).toBe(true);
+    const exits: number[] = [];
+    const w = { key: () => undefined, exit: (code: number) => void exits.push(code) };
+    const line = { netns: '/proc/self/ns/net', config: join(dir, 'a.json') };
+    h.start(line, w);
+    expect(() => h.start(line, w)).toThrow(/is running here already/);
+    h.forget(line.config);
+    expect(h.size).toBe(0);
+    h.start(line, w);
+    expect(h.size).toBe(1);
+    h.close();
+    expect(await h.exited).toBe('0');
+    expect(exits).toEqual([-1]); // the one waiter left is told its host exited, once
+  });
+});
+
+describe('staleHostLogs', () => {
+  it("names other agents' host logs no process writes; keeps this agent's and a live host's", async () => {
+    const dir = tmp();
+    const run = join(dir, 'run');
+    mkdirSync(run);
+    for (const n of ['.host-1-1.log', `.host-${process.pid}-1.log`, '.host-2-1.log', '.standby-1-1.log', 'pod.log', '.host-x.log']) writeFileSync(join(run, n), '');
+    // an earlier agent's host still running: the log is its stderr
+    const fd = openSync(join(run, '.host-2-1.log'), 'a');
+    const live = track(spawn(process.execPath, ['-e', "process.stdout.write('up\\n'); setTimeout(() => {}, 20000)"], { stdio: ['ignore', 'pipe', fd] }));
+    closeSync(fd);
+    await new Promise((r) => live.stdout!.once('data', r));
+    expect(staleHostLogs(run, process.pid)).toEqual(['.host-1-1.log']);
+    live.kill('SIGKILL');
+    await new Promise((r) => live.once('exit', r));
+    expect(staleHostLogs(run, process.pid).sort()).toEqual(['.host-1-1.log', '.host-2-1.log']);
+  });
+});
