@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include "modules.h"
@@ -105,10 +106,6 @@ static napi_value redirect_stderr(napi_env env, napi_callback_info info) {
  * the first call), and the fd of the call being run (-1: none). Main thread only. */
 static int ns_home_fd = -1;
 static int ns_current_fd = -1;
-/* The thread of the first call: the home fd is its namespace, so no other thread may call. */
-static pthread_t ns_owner;
-static int ns_owner_set = 0;
-
 static napi_value in_netns(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
@@ -117,12 +114,9 @@ static napi_value in_netns(napi_env env, napi_callback_info info) {
   napi_valuetype t = napi_undefined;
   if (argc < 2 || napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) return tenc_throw_type(env, "inNetns(fd, fn): fn must be a function");
   if (tenc_get_int(env, argv[0], 0, 0x7fffffffLL, "fd", &fd) < 0) return NULL;
-  if (!ns_owner_set) {
-    ns_owner = pthread_self();
-    ns_owner_set = 1;
-  } else if (!pthread_equal(ns_owner, pthread_self())) {
-    return tenc_throw_type(env, "inNetns: only on the thread of its first call (node's main thread), never in a worker");
-  }
+  /* node's main thread only (its thread id is the process id): the home fd and the
+   * current fd are that thread's, and a worker's setns would move only the worker */
+  if ((pid_t)syscall(SYS_gettid) != getpid()) return tenc_throw_type(env, "inNetns: only on node's main thread, never in a worker");
   if (ns_home_fd < 0) {
     ns_home_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (ns_home_fd < 0) return tenc_throw_errno(env, errno, "inNetns: open /proc/thread-self/ns/net");

@@ -485,11 +485,13 @@ export class Proxies extends Map<string, Proxy> {
     // without a saved one (an agent killed before it saved), the pid the proxy's own
     // control socket reports (as trusted as the key it reports), if that process is in
     // the pod's netns
-    if (px.id !== null && !sameProcess(px.id.pid, px.id.startTime)) px.id = null;
-    if (px.id === null && typeof st.pid === 'number' && inNetns(st.pid, px.reg.netns)) {
+    if (px.id !== null && (!sameProcess(px.id.pid, px.id.startTime) || (px.id.hosted === true && !holdsNetns(px.id.pid, px.reg.netns)))) px.id = null;
+    if (px.id === null && typeof st.pid === 'number') {
+      // the pod's own process in its netns, or a pod host holding the netns (a hosted pod reports the host's pid)
+      const hosted = !inNetns(st.pid, px.reg.netns) && holdsNetns(st.pid, px.reg.netns);
       const startTime = processStartTime(st.pid);
-      if (startTime !== null) {
-        px.id = { pid: st.pid, startTime };
+      if (startTime !== null && (hosted || inNetns(st.pid, px.reg.netns))) {
+        px.id = hosted ? { pid: st.pid, startTime, hosted: true } : { pid: st.pid, startTime };
         this.o.onProxyChange?.();
       }
     }
@@ -692,6 +694,10 @@ export class Proxies extends Map<string, Proxy> {
     }
     this.o.hooks?.proxyLost();
     px.child = null;
+    // a pod of this agent's host lost while it still runs there (its socket dead): the host
+    // stops that copy; the next start waits until it has let the pod's namespace go
+    const hosted = px.hosted ?? null;
+    if (hosted !== null) hosted.host.stop(hosted.config);
     px.hosted = null;
     // a pod host's id is kept: the next start waits until that host has let the pod's namespace go
     if (px.id?.hosted !== true) px.id = null;
@@ -719,7 +725,8 @@ export class Proxies extends Map<string, Proxy> {
       else if (px.id !== null && !px.id.hosted && sameProcess(px.id.pid, px.id.startTime)) await stopPid(px.id.pid, px.id.startTime);
       else if (child && child.exitCode === null && child.pid) await stopPid(child.pid, processStartTime(child.pid) ?? '');
       // an adopted pod of a host (still starting there: waited for), or one whose process is not known: its socket's stop op
-      await this.awaitHostedStart(px);
+      // (a pod this agent's host was told to stop above is not waited for as a start)
+      if (hosted === null) await this.awaitHostedStart(px);
       if (await socketIsLive(px.socket)) await this.stopBySocket(px);
       // a pod of a host has torn down once the host let its namespace go: only then is the namespace cleaned
       if (!(await this.awaitHostRelease(px))) this.log.warn({ pod, pid: px.id?.pid }, 'pod host still holds the pod\'s namespace: cleaning it anyway');

@@ -127,11 +127,19 @@ export class PodHost {
         }
       } else process.stderr.write(`pod ${h.config}: ${t}`);
     };
-    const log: Logger = createLogger({
-      level: config.logLevel,
-      base: { ifname: config.interface, pod: h.config },
-      ...(logFd !== null ? { write: writeLog } : {}),
-    });
+    let log: Logger;
+    try {
+      log = createLogger({
+        level: config.logLevel,
+        base: { ifname: config.interface, pod: h.config },
+        ...(logFd !== null ? { write: writeLog } : {}),
+      });
+    } catch (e) {
+      // never expected: refused, and neither fd is kept (a held netns fd would keep the agent from starting the pod again)
+      netns.close();
+      if (logFd !== null) closeSync(logFd);
+      return refuse((e as Error).message);
+    }
     const hosted: Hosted = { stop, done: Promise.resolve(0) };
     this.pods.set(h.config, hosted);
     this.namespaces.add(nsKey);

@@ -392,8 +392,8 @@ function waitForSignal(): { promise: Promise<string>; dispose: () => void } {
 export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promise<number> {
   const log = opts.log ?? createLogger({ level: config.logLevel, base: { ifname: config.interface } });
   const stdout = opts.stdout ?? ((t: string) => void writeSync(1, t));
-  const ip = opts.ip ?? new IpCommand({ netnsPath: opts.netns?.path });
-  const netnsPath = opts.netns?.path;
+  const ip = opts.ip ?? new IpCommand({ netnsPath: opts.netns });
+  const netnsPath = opts.netns;
   const open = opts.openEngine ?? openRealEngine;
   const uninit: { what: string; run: () => void | Promise<void> }[] = [];
   // Signals that arrive during start stop the pod right after start.

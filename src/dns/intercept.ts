@@ -37,6 +37,7 @@
  * port 53 is an answer to the proxy (the pod's own queries never reach a server).
  */
 import { runNft } from '../io/nft.js';
+import type { NetnsScope } from '../io/netns.js';
 import type { Logger } from '../log.js';
 
 /** The conntrack zone of the proxy's upstream flows (the pod's own are in zone 0). */
@@ -51,8 +52,8 @@ export interface InterceptOptions {
   port: number;
   /** The nft binary (tests). */
   nft?: string;
-  /** A namespace's path to run nft in (a pod host's pod); default the process's. */
-  netns?: string;
+  /** A namespace to run nft in (a path, or a pod host's pod's scope); default the process's. */
+  netns?: string | NetnsScope;
 }
 
 /** The ruleset text `nft -f -` loads. */
@@ -91,7 +92,7 @@ export function interceptRuleset(o: InterceptOptions): string {
  * run has it (a stale redirect would send the pod's DNS to a closed port). True if
  * there was one.
  */
-export async function removeInterceptResidue(table: string, nft = 'nft', netns?: string): Promise<boolean> {
+export async function removeInterceptResidue(table: string, nft = 'nft', netns?: string | NetnsScope): Promise<boolean> {
   const list = await runNft(nft, ['list', 'tables'], undefined, netns);
   if (!list.split('\n').some((l) => l.trim() === `table inet ${table}`)) return false;
   await runNft(nft, ['delete', 'table', 'inet', table], undefined, netns);
@@ -134,7 +135,7 @@ export function interceptTable(ifname: string): string {
  * For a pod without the DNS proxy: removes a crashed earlier run's interception, if any
  * (no nft: nothing to do). Here, not in service.ts, so such a pod loads no DNS proxy code.
  */
-export async function removeDnsResidue(ifname: string, log: Logger, netns?: string): Promise<void> {
+export async function removeDnsResidue(ifname: string, log: Logger, netns?: string | NetnsScope): Promise<void> {
   const table = interceptTable(ifname);
   try {
     if (await removeInterceptResidue(table, 'nft', netns)) log.warn({ table }, 'dns: removed the nftables table of an earlier run');

@@ -126,7 +126,7 @@ export class DnsService {
       fwmark: d.fwmark,
       servers: servers.filter((s) => s.port === 53).map((s) => s.address),
       port: proxy.port,
-      netns: d.netns?.path,
+      netns: d.netns,
     });
     try {
       if (await intercept.removeResidue()) d.log.warn({ table: d.table }, 'dns: removed the nftables table of an earlier run');

@@ -28,6 +28,13 @@ export interface NetnsScope {
   readonly ino: number;
   /** Calls fn, which must be synchronous, with the main thread in the namespace. */
   run<T>(fn: () => T): T;
+  /**
+   * Keeps the scope's fd (and so its number, which `path` names) open until the
+   * returned release is called: a child started through `path` (io/run.ts) holds it
+   * while it runs, so a scope closed meanwhile cannot hand its fd number to another
+   * pod's namespace under it. Throws once the scope is closed (its pod has stopped).
+   */
+  hold(): () => void;
 }
 
 /** Runs fn in the scope's namespace, or where the thread is without one. */
@@ -62,6 +69,7 @@ export function openNetns(path: string): OpenNetns {
     throw new Error(`netns ${path}: not a namespace file (nsfs)`);
   }
   let open = true;
+  let holds = 0;
   return {
     path: `/proc/${process.pid}/fd/${fd}`,
     name: path,
@@ -71,10 +79,20 @@ export function openNetns(path: string): OpenNetns {
       if (!open) throw new Error(`netns ${path}: closed`);
       return addon.inNetns(fd, fn) as T;
     },
+    hold() {
+      if (!open) throw new Error(`netns ${path}: closed (its pod has stopped)`);
+      holds++;
+      let held = true;
+      return () => {
+        if (!held) return;
+        held = false;
+        if (--holds === 0 && !open) closeSync(fd);
+      };
+    },
     close() {
       if (!open) return;
       open = false;
-      closeSync(fd);
+      if (holds === 0) closeSync(fd); // else the last child's release closes it
     },
   };
 }

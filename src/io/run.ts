@@ -12,6 +12,7 @@
 import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
 import { addon } from '../native.js';
+import type { NetnsScope } from './netns.js';
 
 export interface RunResult {
   /** Exit code, or null when the child was ended by a signal. */
@@ -33,8 +34,15 @@ export interface RunOptions {
    * Start the child in this network namespace (a path: /proc/PID/ns/net,
    * /run/netns/NAME), as `nsenter --net=PATH` would: by runProcess's worker thread
    * (native/spawn.c) without an nsenter process; with TENC_FAST_SPAWN=0 through nsenter.
+   * A pod host's scope (io/netns.ts) is held while the child runs and refused once
+   * closed.
    */
-  netns?: string;
+  netns?: string | NetnsScope;
+}
+
+/** The namespace of a RunOptions.netns for messages: the path, or the path a scope was opened by. */
+export function netnsName(netns: string | NetnsScope | undefined): string | undefined {
+  return typeof netns === 'object' ? netns.name : netns;
 }
 
 /** A helper that runs longer than this is killed: ip and nft answer in milliseconds. */
@@ -61,9 +69,28 @@ export function fastSpawn(): boolean {
 /** Runs `file args...`; resolves whatever the exit code (the caller judges it), rejects with RunError if it cannot start. */
 export function runProcess(file: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
   const timeoutMs = opts.timeoutMs ?? RUN_TIMEOUT_MS;
-  if (fastSpawn()) return runNative(file, args, opts.stdin, timeoutMs, opts.netns);
-  if (opts.netns !== undefined) return runSpawn('nsenter', [`--net=${opts.netns}`, '--', file, ...args], opts.stdin, timeoutMs);
-  return runSpawn(file, args, opts.stdin, timeoutMs);
+  const ns = opts.netns;
+  if (typeof ns === 'object') {
+    let release: () => void;
+    try {
+      release = ns.hold();
+    } catch (e) {
+      return Promise.reject(new RunError(`cannot run ${file}: ${(e as Error).message}`, 'EBADF'));
+    }
+    return start(file, args, opts.stdin, timeoutMs, ns.path)
+      .catch((e: unknown) => {
+        // messages name the namespace as the pod knows it, not the host's fd of it
+        throw e instanceof RunError ? new RunError(e.message.split(ns.path).join(ns.name), e.code) : e;
+      })
+      .finally(release);
+  }
+  return start(file, args, opts.stdin, timeoutMs, ns);
+}
+
+function start(file: string, args: string[], stdin: string | undefined, timeoutMs: number, netns: string | undefined): Promise<RunResult> {
+  if (fastSpawn()) return runNative(file, args, stdin, timeoutMs, netns);
+  if (netns !== undefined) return runSpawn('nsenter', [`--net=${netns}`, '--', file, ...args], stdin, timeoutMs);
+  return runSpawn(file, args, stdin, timeoutMs);
 }
 
 async function runNative(file: string, args: string[], stdin: string | undefined, timeoutMs: number, netns: string | undefined): Promise<RunResult> {

@@ -56,6 +56,7 @@
  */
 import { runProcess } from '../io/run.js';
 import { runNft } from '../io/nft.js';
+import type { NetnsScope } from '../io/netns.js';
 import { Address4, Address6 } from 'ip-address';
 
 /** Counter of plaintext from a project address dropped on input. */
@@ -72,8 +73,8 @@ export interface EnforcementOptions {
   input: boolean;
   /** Named network namespace to act in (tests, through `ip netns exec`); default the current one. */
   netns?: string;
-  /** A namespace's path to run nft in (a pod host's pod: runProcess enters it, no ip process). */
-  netnsPath?: string;
+  /** A namespace to run nft in (a path, or a pod host's pod's scope: runProcess enters it, no ip process). */
+  netnsPath?: string | NetnsScope;
 }
 
 export interface EnforcementSets {

@@ -4,6 +4,7 @@
  * the pod itself runs inside its namespace and passes none.
  */
 import { howItEnded, runOk, runProcess, type RunResult } from '../io/run.js';
+import type { NetnsScope } from '../io/netns.js';
 
 export type Family = 4 | 6;
 
@@ -31,13 +32,13 @@ export interface IpCommandOptions {
    * agent, for a pod's CNI_NETNS), as `nsenter --net=PATH ip` would (io/run.ts:
    * runProcess's netns, no nsenter process).
    */
-  netnsPath?: string;
+  netnsPath?: string | NetnsScope;
 }
 
 export class IpCommand {
   private readonly prefix: string[];
   private readonly binary: string;
-  private readonly netnsPath: string | undefined;
+  private readonly netnsPath: string | NetnsScope | undefined;
 
   constructor(opts: IpCommandOptions = {}) {
     this.prefix = opts.netns ? ['-n', opts.netns] : [];

@@ -326,7 +326,7 @@ describe('tenc pod --host', () => {
     expect(o.afterThrow).toBe(want(home));
     expect(o.notFn).toMatch(/fn must be a function/);
     expect(o.notNs).toBe('EINVAL');
-    expect(o.worker).toMatch(/inNetns: only on the thread of its first call/);
+    expect(o.worker).toMatch(/inNetns: only on node's main thread/);
   }, 30_000);
 
   it('4b. the listener made in a is reachable in a and not in home', async () => {

@@ -119,3 +119,46 @@ describe('staleHostLogs', () => {
     expect(staleHostLogs(run, process.pid).sort()).toEqual(['.host-1-1.log', '.host-2-1.log']);
   });
 });
+
+describe('Proxies.lost of a pod of its own host', () => {
+  it('tells the host to stop that copy and keeps the host id (the next start waits for the namespace)', async () => {
+    const { Proxies } = await import('../../src/agent/proxies.js');
+    const dir = tmp();
+    const proxies = new Proxies({ registry: stubRegistry(), node: 'n1', project: 'alpha', runDir: dir, standby: false }, () => undefined);
+    const stops: string[] = [];
+    const host = { stop: (config: string) => void stops.push(config) } as unknown as HostProcess;
+    const id = { pid: process.pid, startTime: processStartTime(process.pid)!, hosted: true as const };
+    const reg = { containerId: 'c1', netns: '/proc/self/ns/net', ifname: 'eth0', podNamespace: 'alpha', podName: 'p1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: id };
+    const px = {
+      pod: { name: 'p1', namespace: 'alpha', node: 'n1', addresses: ['10.128.1.10'] },
+      reg,
+      socket: join(dir, 'p1.sock'),
+      child: null,
+      id,
+      publicKey: 'K'.repeat(43) + '=',
+      applied: new Map(),
+      services: null,
+      endpoints: null,
+      members: null,
+      dns: false,
+      starting: false,
+      restartAt: 0,
+      ready: [],
+      published: null,
+      failure: null,
+      failures: 0,
+      hosted: { host, config: join(dir, 'p1.json'), exited: new Promise<void>(() => undefined) },
+    } as unknown as Parameters<typeof proxies.lost>[0];
+    proxies.lost(px, 'control socket dead');
+    expect(stops).toEqual([join(dir, 'p1.json')]);
+    expect(px.hosted).toBeNull();
+    expect(px.id).toEqual(id);
+    expect(px.publicKey).toBeNull();
+    // a process's id (not a host's) is forgotten as before
+    const own = { ...id, hosted: undefined };
+    px.id = own;
+    proxies.lost(px, 'exited (1)');
+    expect(px.id).toBeNull();
+    expect(stops.length).toBe(1);
+  });
+});

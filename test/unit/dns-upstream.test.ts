@@ -76,6 +76,9 @@ describe('TcpUpstream without a socket', () => {
       run<T>(): T {
         throw new Error('netns /proc/self/ns/net: closed');
       },
+      hold(): () => void {
+        throw new Error('netns /proc/self/ns/net: closed');
+      },
     };
     const tcp = new TcpUpstream({ servers: [{ address: '127.0.0.1', port: 53 }], mark: 0, timeoutMs: 1000, maxInflight: 8, netns });
     try {

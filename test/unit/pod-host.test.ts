@@ -11,6 +11,9 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { PodHost, parseHostLine, type HostEvent } from '../../src/control/host.js';
 import { readLines } from '../../src/cli/host.js';
+import { openNetns } from '../../src/io/netns.js';
+import { runProcess } from '../../src/io/run.js';
+import { requireRoot } from '../netns/lib.js';
 import type { RunPodOptions } from '../../src/control/pod.js';
 import type { PodConfig } from '../../src/control/config.js';
 
@@ -150,5 +153,32 @@ describe('PodHost', () => {
     );
     expect(await throwing.start({ netns: NS, config: configA })).toBe(1);
     expect(events.at(-1)).toEqual({ pod: configA, exited: 1, error: 'engine exploded' });
+  });
+});
+
+describe('openNetns: a scope held by its children', () => {
+  it('a child holds the fd past close(); after the last release it is closed, and no child starts through it any more', async () => {
+    requireRoot(); // setns into the namespace
+    const s = openNetns(NS);
+    const want = statSync(NS).ino;
+    // a child started through the scope runs in its namespace
+    const r = await runProcess('readlink', ['/proc/self/ns/net'], { netns: s });
+    expect(r.stdout.trim()).toBe(`net:[${want}]`);
+    const release = s.hold();
+    s.close();
+    // held: the fd (and its number, which s.path names) stays this namespace's
+    expect(statSync(s.path).ino).toBe(want);
+    release();
+    release(); // twice: once counted
+    const after = (() => {
+      try {
+        return statSync(s.path).ino;
+      } catch {
+        return null;
+      }
+    })();
+    expect(after).not.toBe(want);
+    expect(() => s.hold()).toThrow(/closed \(its pod has stopped\)/);
+    await expect(runProcess('true', [], { netns: s })).rejects.toThrow(new RegExp(`cannot run true: netns ${NS}: closed`));
   });
 });
