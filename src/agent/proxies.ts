@@ -424,7 +424,11 @@ export class Proxies extends Map<string, Proxy> {
     try {
       // a pod an earlier agent's host was starting (killed meanwhile): waited for, never started twice;
       // one a host is still tearing down: waited for, never started beside it
-      if (!(await this.awaitHostedStart(px))) throw new Error(`pod host ${px.id?.pid} still holds netns ${px.reg.netns} (its copy of the pod has not stopped)`);
+      if (!(await this.awaitHostedStart(px))) {
+        // a copy in this agent's own host that never answers again: the host stops it (the next start waits for its teardown)
+        if (this.host !== null && px.id?.pid === this.host.child.pid) this.host.stop(podFile(this.o.runDir, px.pod.name, 'json'));
+        throw new Error(`pod host ${px.id?.pid} still holds netns ${px.reg.netns} (its copy of the pod has not stopped)`);
+      }
       if (await socketIsLive(px.socket)) await this.adopt(px);
       else await this.startProxy(px, view);
     } catch (e) {
@@ -465,9 +469,9 @@ export class Proxies extends Map<string, Proxy> {
     return !this.hostHolds(px) || (await socketIsLive(px.socket));
   }
 
-  /** Waits until the pod's last host no longer holds its namespace (its copy has torn down), STOP_WAIT_MS at most; false if it still does. */
-  private async awaitHostRelease(px: Proxy): Promise<boolean> {
-    const end = Date.now() + STOP_WAIT_MS;
+  /** Waits until the pod's last host no longer holds its namespace (its copy has torn down), `ms` at most; false if it still does. */
+  private async awaitHostRelease(px: Proxy, ms = STOP_WAIT_MS): Promise<boolean> {
+    const end = Date.now() + ms;
     while (Date.now() < end && this.hostHolds(px)) await new Promise((r) => setTimeout(r, 20));
     return !this.hostHolds(px);
   }
@@ -627,7 +631,7 @@ export class Proxies extends Map<string, Proxy> {
   }
 
   /** Stops a hosted pod through its host's stdin and waits for its exit (STOP_WAIT_MS at most). */
-  private async stopHosted(ref: HostedPod): Promise<void> {
+  private async stopHosted(ref: HostedPod): Promise<boolean> {
     ref.host.stop(ref.config);
     let timer: NodeJS.Timeout | undefined;
     const exited = await Promise.race([ref.exited.then(() => true), new Promise<false>((r) => (timer = setTimeout(() => r(false), STOP_WAIT_MS)))]);
@@ -636,6 +640,7 @@ export class Proxies extends Map<string, Proxy> {
     // is dropped, so the next start of the pod is not refused here; the host refuses it
     // while its copy runs, and the next start waits until the host lets the namespace go
     if (!exited) ref.host.forget(ref.config);
+    return exited;
   }
 
   /**
@@ -694,10 +699,8 @@ export class Proxies extends Map<string, Proxy> {
     }
     this.o.hooks?.proxyLost();
     px.child = null;
-    // a pod of this agent's host lost while it still runs there (its socket dead): the host
-    // stops that copy; the next start waits until it has let the pod's namespace go
-    const hosted = px.hosted ?? null;
-    if (hosted !== null) hosted.host.stop(hosted.config);
+    // a pod of this agent's host whose socket failed once may still run there: the next start
+    // waits for its socket (adopted again) or, past the start timeout, stops it (ensureProxy)
     px.hosted = null;
     // a pod host's id is kept: the next start waits until that host has let the pod's namespace go
     if (px.id?.hosted !== true) px.id = null;
@@ -721,15 +724,18 @@ export class Proxies extends Map<string, Proxy> {
       const hosted = px.hosted ?? null;
       px.hosted = null;
       // a pod host runs other pods too: its pod is stopped through it (or, adopted, its socket), never by a signal
-      if (hosted !== null) await this.stopHosted(hosted);
-      else if (px.id !== null && !px.id.hosted && sameProcess(px.id.pid, px.id.startTime)) await stopPid(px.id.pid, px.id.startTime);
+      // a pod told to stop while it starts finishes its start first: its release may take the start timeout
+      let releaseMs = STOP_WAIT_MS;
+      if (hosted !== null) {
+        if (!(await this.stopHosted(hosted))) releaseMs += this.o.startTimeoutMs ?? START_TIMEOUT_MS;
+      } else if (px.id !== null && !px.id.hosted && sameProcess(px.id.pid, px.id.startTime)) await stopPid(px.id.pid, px.id.startTime);
       else if (child && child.exitCode === null && child.pid) await stopPid(child.pid, processStartTime(child.pid) ?? '');
       // an adopted pod of a host (still starting there: waited for), or one whose process is not known: its socket's stop op
       // (a pod this agent's host was told to stop above is not waited for as a start)
       if (hosted === null) await this.awaitHostedStart(px);
       if (await socketIsLive(px.socket)) await this.stopBySocket(px);
       // a pod of a host has torn down once the host let its namespace go: only then is the namespace cleaned
-      if (!(await this.awaitHostRelease(px))) this.log.warn({ pod, pid: px.id?.pid }, 'pod host still holds the pod\'s namespace: cleaning it anyway');
+      if (!(await this.awaitHostRelease(px, releaseMs))) this.log.warn({ pod, pid: px.id?.pid }, 'pod host still holds the pod\'s namespace: cleaning it anyway');
       rmSync(px.socket, { force: true });
     }
     // the project's last pod here: its host is closed (it exits once its pods have)

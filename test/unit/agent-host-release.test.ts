@@ -120,14 +120,19 @@ describe('staleHostLogs', () => {
   });
 });
 
-describe('Proxies.lost of a pod of its own host', () => {
-  it('tells the host to stop that copy and keeps the host id (the next start waits for the namespace)', async () => {
+describe('a pod of its own host whose socket is dead', () => {
+  it('lost() keeps the host id and stops nothing (a socket that failed once may answer again: adopted then); a start that finds the host still holding the netns past the start timeout has the host stop that copy', async () => {
+    requireRoot(); // holdsNetns reads another process's fds
     const { Proxies } = await import('../../src/agent/proxies.js');
     const dir = tmp();
-    const proxies = new Proxies({ registry: stubRegistry(), node: 'n1', project: 'alpha', runDir: dir, standby: false }, () => undefined);
+    const proxies = new Proxies({ registry: stubRegistry(), node: 'n1', project: 'alpha', runDir: dir, standby: false, startTimeoutMs: 300 }, () => undefined);
+    // the host: holds the pod's namespace (this process's own), its pod's socket never answers
+    const holder = track(spawn(process.execPath, ['-e', "require('fs').openSync('/proc/self/ns/net', 'r'); process.stdout.write('held\\n'); setTimeout(() => {}, 20000)"], { stdio: ['ignore', 'pipe', 'inherit'] }));
+    await new Promise((r) => holder.stdout!.once('data', r));
     const stops: string[] = [];
-    const host = { stop: (config: string) => void stops.push(config) } as unknown as HostProcess;
-    const id = { pid: process.pid, startTime: processStartTime(process.pid)!, hosted: true as const };
+    const host = { stop: (config: string) => void stops.push(config), child: holder } as unknown as HostProcess;
+    (proxies as unknown as { host: HostProcess }).host = host;
+    const id = { pid: holder.pid!, startTime: processStartTime(holder.pid!)!, hosted: true as const };
     const reg = { containerId: 'c1', netns: '/proc/self/ns/net', ifname: 'eth0', podNamespace: 'alpha', podName: 'p1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: id };
     const px = {
       pod: { name: 'p1', namespace: 'alpha', node: 'n1', addresses: ['10.128.1.10'] },
@@ -149,16 +154,21 @@ describe('Proxies.lost of a pod of its own host', () => {
       failures: 0,
       hosted: { host, config: join(dir, 'p1.json'), exited: new Promise<void>(() => undefined) },
     } as unknown as Parameters<typeof proxies.lost>[0];
+    proxies.set('p1', px);
     proxies.lost(px, 'control socket dead');
-    expect(stops).toEqual([join(dir, 'p1.json')]);
+    expect(stops).toEqual([]);
     expect(px.hosted).toBeNull();
     expect(px.id).toEqual(id);
     expect(px.publicKey).toBeNull();
+    // the restart: the host holds the namespace, the socket stays dead past the start timeout
+    await proxies.ensureProxy(px, {} as Parameters<typeof proxies.ensureProxy>[1]);
+    expect(stops).toEqual([join(dir, 'p1.json')]);
+    expect(px.failure).toMatch(new RegExp(`pod host ${holder.pid} still holds netns /proc/self/ns/net`));
+    expect(px.id).toEqual(id); // and the next start waits again
     // a process's id (not a host's) is forgotten as before
-    const own = { ...id, hosted: undefined };
-    px.id = own;
+    px.id = { pid: holder.pid!, startTime: id.startTime };
     proxies.lost(px, 'exited (1)');
     expect(px.id).toBeNull();
-    expect(stops.length).toBe(1);
+    proxies.delete('p1');
   });
 });
