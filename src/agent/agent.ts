@@ -247,8 +247,12 @@ export class Agent {
       px.reg = reg;
       // an adopted proxy has no child to watch: look at its pid and start time, and at the
       // socket of one without a pid or in a pod host (the host lives on after one pod's exit);
-      // a pod of a host this agent started is watched through the host's events
-      if (px.child === null && px.publicKey !== null && !px.hosted) {
+      // a pod of a host this agent started is watched through the host's events for its exit,
+      // and through its socket for a control plane that stopped answering while it runs (the
+      // restart waits the start timeout for it to answer again, then has the host stop it)
+      if (px.child === null && px.publicKey !== null && px.hosted) {
+        if (!(await socketIsLive(px.socket))) this.proxies.lost(px, 'control socket dead');
+      } else if (px.child === null && px.publicKey !== null) {
         const idGone = px.id !== null && !sameProcess(px.id.pid, px.id.startTime);
         if (idGone || ((px.id === null || px.id.hosted === true) && !(await socketIsLive(px.socket)))) this.proxies.lost(px, 'adopted proxy gone');
       }

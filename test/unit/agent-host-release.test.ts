@@ -172,3 +172,79 @@ describe('a pod of its own host whose socket is dead', () => {
     proxies.delete('p1');
   });
 });
+
+describe('agent: a pod of its own host whose control socket stops answering', () => {
+  it('is waited for, then stopped in the host and started there again', async () => {
+    requireRoot(); // holdsNetns reads the host's fds
+    const dir = tmp();
+    writeFileSync(join(dir, 'psk'), Buffer.alloc(32, 7).toString('base64') + '\n', { mode: 0o600 });
+    const lines = join(dir, 'host-lines');
+    const dead = join(dir, 'dead');
+    // a fake pod host: each start line holds the pod's namespace and serves its control socket; a stop line ends that pod
+    const fake = join(dir, 'fake-host.cjs');
+    writeFileSync(
+      fake,
+      `const fs = require('fs'), net = require('net');
+       const KEY = 'H'.repeat(43) + '=';
+       const pods = new Map();
+       process.stdout.write('host ready\\n');
+       let buf = '';
+       process.stdin.setEncoding('utf8').on('data', (d) => {
+         buf += d;
+         for (let i = buf.indexOf('\\n'); i >= 0; i = buf.indexOf('\\n')) {
+           const line = buf.slice(0, i);
+           buf = buf.slice(i + 1);
+           fs.appendFileSync(${JSON.stringify(lines)}, line + '\\n');
+           const m = JSON.parse(line);
+           if (m.stop) {
+             const p = pods.get(m.stop);
+             if (!p) continue;
+             pods.delete(m.stop);
+             p.srv.close();
+             process.stdout.write(JSON.stringify({ pod: m.stop, exited: 0 }) + '\\n');
+             fs.closeSync(p.fd);
+             continue;
+           }
+           const cfg = JSON.parse(fs.readFileSync(m.config, 'utf8'));
+           const fd = fs.openSync(m.netns, 'r');
+           const srv = net.createServer((c) => {
+             let b = '';
+             c.setEncoding('utf8').on('data', (d) => {
+               b += d;
+               for (let j = b.indexOf('\\n'); j >= 0; j = b.indexOf('\\n')) {
+                 const req = JSON.parse(b.slice(0, j));
+                 b = b.slice(j + 1);
+                 c.write(JSON.stringify({ id: req.id, ok: true, result: req.op === 'status' ? { publicKey: KEY, peers: [] } : {} }) + '\\n');
+               }
+             });
+             c.on('error', () => {});
+           });
+           try { fs.unlinkSync(cfg.controlSocket); } catch {}
+           srv.listen(cfg.controlSocket, () => process.stdout.write(JSON.stringify({ pod: m.config, publicKey: KEY }) + '\\n'));
+           pods.set(m.config, { srv, fd });
+         }
+       });
+       // the test's marker: every pod's control socket stops answering, the pods run on
+       setInterval(() => { if (fs.existsSync(${JSON.stringify(dead)})) { fs.unlinkSync(${JSON.stringify(dead)}); for (const p of pods.values()) p.srv.close(); } }, 50);`,
+    );
+    const reg = { containerId: 'c1', netns: '/proc/self/ns/net', ifname: 'eth0', podNamespace: 'alpha', podName: 'h-1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: null };
+    const log: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void log.push(l) });
+    const agent = new Agent({ registry: stubRegistry({ pskFile: async () => join(dir, 'psk') }), node: 'n1', project: 'alpha', registrations: () => [reg], runDir: join(dir, 'run'), tencMain: fake, startTimeoutMs: 400, dns: false, log: logger, standby: false, podHost: true });
+    cleanup.push(() => agent.stop());
+    const hostPids = () => log.map((l) => JSON.parse(l) as { msg: string; pid?: number }).filter((l) => l.msg === 'pod host started').map((l) => l.pid!);
+    cleanup.push(() => {
+      for (const p of hostPids()) if (processAlive(p)) process.kill(p, 'SIGKILL');
+    });
+    const sent = () => (existsSync(lines) ? readFileSync(lines, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { stop?: string; config?: string }) : []);
+    await agent.start();
+    await vi.waitFor(() => expect(log.join('')).toContain('"msg":"proxy started"'), { timeout: 10_000, interval: 50 });
+    expect(sent().map((l) => (l.stop ? 'stop' : 'start'))).toEqual(['start']);
+    writeFileSync(dead, '');
+    // noticed at a reconcile, waited for the start timeout, stopped in the host, then started there again
+    await vi.waitFor(() => expect(sent().map((l) => (l.stop ? 'stop' : 'start'))).toEqual(['start', 'stop', 'start']), { timeout: 15_000, interval: 50 });
+    await vi.waitFor(() => expect(log.filter((l) => l.includes('"msg":"proxy started"')).length).toBe(2), { timeout: 10_000, interval: 50 });
+    expect(hostPids().length).toBe(1); // the same host throughout
+    expect(log.join('')).toContain('still holds netns /proc/self/ns/net');
+  }, 40_000);
+});
