@@ -194,6 +194,12 @@ export interface Proxy {
   failures: number;
   /** The pod runs in a pod host this agent started (agent/host.ts); null or absent: not, or not known. */
   hosted?: HostedPod | null;
+  /**
+   * A pod of this agent's host that was lost (its socket dead) while its copy may still
+   * run there: stopped through it at DEL or once the restart gives up waiting, and
+   * linked again when the copy answers and is adopted. Cleared by the copy's exit.
+   */
+  lostHosted?: HostedPod | null;
 }
 
 /** The agent's options its proxies use (AgentOptions adds the registrations). */
@@ -426,7 +432,8 @@ export class Proxies extends Map<string, Proxy> {
       // one a host is still tearing down: waited for, never started beside it
       if (!(await this.awaitHostedStart(px))) {
         // a copy in this agent's own host that never answers again: the host stops it (the next start waits for its teardown)
-        if (this.host !== null && px.id?.pid === this.host.child.pid) this.host.stop(podFile(this.o.runDir, px.pod.name, 'json'));
+        if (px.lostHosted) px.lostHosted.host.stop(px.lostHosted.config);
+        else if (this.host !== null && px.id?.pid === this.host.child.pid) this.host.stop(podFile(this.o.runDir, px.pod.name, 'json'));
         throw new Error(`pod host ${px.id?.pid} still holds netns ${px.reg.netns} (its copy of the pod has not stopped)`);
       }
       if (await socketIsLive(px.socket)) await this.adopt(px);
@@ -499,6 +506,9 @@ export class Proxies extends Map<string, Proxy> {
         this.o.onProxyChange?.();
       }
     }
+    // a pod lost in this agent's host that answers again: watched through that host's events again
+    if (px.lostHosted && px.id?.hosted === true && px.id.pid === px.lostHosted.host.child.pid) px.hosted = px.lostHosted;
+    px.lostHosted = null;
     px.dns = (st as unknown as { dns?: unknown }).dns !== undefined && (st as unknown as { dns?: unknown }).dns !== null;
     this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(st.publicKey), pid: px.id?.pid ?? null }, 'running proxy adopted');
     this.o.hooks?.proxyStarted('adopted');
@@ -592,6 +602,7 @@ export class Proxies extends Map<string, Proxy> {
         gone = code === -1 ? (error ?? 'pod host exited') : `exited (${code})${error ? `: ${error}` : ''}`;
         onKey(new Error(gone));
         markExited();
+        if (px.lostHosted === ref) px.lostHosted = null;
         if (started && px.hosted === ref) {
           px.hosted = null;
           this.lost(px, gone);
@@ -599,6 +610,7 @@ export class Proxies extends Map<string, Proxy> {
       },
     });
     px.hosted = ref;
+    px.lostHosted = null;
     const startTime = host.child.pid ? processStartTime(host.child.pid) : null;
     px.id = host.child.pid && startTime ? { pid: host.child.pid, startTime, hosted: true } : null;
     this.o.onProxyChange?.();
@@ -701,6 +713,7 @@ export class Proxies extends Map<string, Proxy> {
     px.child = null;
     // a pod of this agent's host whose socket failed once may still run there: the next start
     // waits for its socket (adopted again) or, past the start timeout, stops it (ensureProxy)
+    if (px.hosted) px.lostHosted = px.hosted;
     px.hosted = null;
     // a pod host's id is kept: the next start waits until that host has let the pod's namespace go
     if (px.id?.hosted !== true) px.id = null;
@@ -721,8 +734,10 @@ export class Proxies extends Map<string, Proxy> {
     if (px) {
       const child = px.child;
       px.child = null;
-      const hosted = px.hosted ?? null;
+      // also a copy of a pod lost in this agent's host (its socket dead) that may still run there
+      const hosted = px.hosted ?? px.lostHosted ?? null;
       px.hosted = null;
+      px.lostHosted = null;
       // a pod host runs other pods too: its pod is stopped through it (or, adopted, its socket), never by a signal
       // a pod told to stop while it starts finishes its start first: its release may take the start timeout
       let releaseMs = STOP_WAIT_MS;

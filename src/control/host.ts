@@ -169,8 +169,11 @@ export class PodHost {
       if (logFd !== null) closeSync(logFd);
       // the exit is told before the namespace is let go: an agent that sees the namespace
       // free has read the exit too (and its next start of the pod is not refused as running)
-      this.emit({ pod: h.config, exited: code, ...(error !== undefined ? { error } : {}) });
-      netns.close();
+      try {
+        this.emit({ pod: h.config, exited: code, ...(error !== undefined ? { error } : {}) });
+      } finally {
+        netns.close();
+      }
       return code;
     })();
     return hosted.done;

@@ -20,7 +20,7 @@ import { pino } from 'pino';
 import { Agent } from '../../src/agent/agent.js';
 import { HostProcess, staleHostLogs } from '../../src/agent/host.js';
 import { holdsNetns, processAlive, processStartTime } from '../../src/agent/proxies.js';
-import { stubRegistry } from './agent-fakes.js';
+import { fakeProxy, stubRegistry } from './agent-fakes.js';
 import { requireRoot, requireTool } from '../netns/lib.js';
 
 const cleanup: (() => void | Promise<void>)[] = [];
@@ -155,9 +155,11 @@ describe('a pod of its own host whose socket is dead', () => {
       hosted: { host, config: join(dir, 'p1.json'), exited: new Promise<void>(() => undefined) },
     } as unknown as Parameters<typeof proxies.lost>[0];
     proxies.set('p1', px);
+    const ref = px.hosted;
     proxies.lost(px, 'control socket dead');
     expect(stops).toEqual([]);
     expect(px.hosted).toBeNull();
+    expect(px.lostHosted).toBe(ref); // the copy may still run there
     expect(px.id).toEqual(id);
     expect(px.publicKey).toBeNull();
     // the restart: the host holds the namespace, the socket stays dead past the start timeout
@@ -230,7 +232,7 @@ describe('agent: a pod of its own host whose control socket stops answering', ()
     const reg = { containerId: 'c1', netns: '/proc/self/ns/net', ifname: 'eth0', podNamespace: 'alpha', podName: 'h-1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: null };
     const log: string[] = [];
     const logger = pino({ level: 'info' }, { write: (l: string) => void log.push(l) });
-    const agent = new Agent({ registry: stubRegistry({ pskFile: async () => join(dir, 'psk') }), node: 'n1', project: 'alpha', registrations: () => [reg], runDir: join(dir, 'run'), tencMain: fake, startTimeoutMs: 400, dns: false, log: logger, standby: false, podHost: true });
+    const agent = new Agent({ registry: stubRegistry({ pskFile: async () => join(dir, 'psk') }), node: 'n1', project: 'alpha', registrations: () => [reg], runDir: join(dir, 'run'), tencMain: fake, startTimeoutMs: 1000, dns: false, log: logger, standby: false, podHost: true });
     cleanup.push(() => agent.stop());
     const hostPids = () => log.map((l) => JSON.parse(l) as { msg: string; pid?: number }).filter((l) => l.msg === 'pod host started').map((l) => l.pid!);
     cleanup.push(() => {
@@ -247,4 +249,75 @@ describe('agent: a pod of its own host whose control socket stops answering', ()
     expect(hostPids().length).toBe(1); // the same host throughout
     expect(log.join('')).toContain('still holds netns /proc/self/ns/net');
   }, 40_000);
+});
+
+describe('a pod lost in its own host, then', () => {
+  /** A Proxies whose pod p1 ran in a "host" (a process holding the pod's namespace file) and was lost. */
+  async function lostPod(dir: string) {
+    const { Proxies } = await import('../../src/agent/proxies.js');
+    // a regular file stands for the namespace: holdsNetns compares inodes, and cleanNetns's ip/nft fail on it (ignored)
+    const netns = join(dir, 'netns');
+    writeFileSync(netns, '');
+    const proxies = new Proxies({ registry: stubRegistry(), node: 'n1', project: 'alpha', runDir: dir, standby: false, startTimeoutMs: 300 }, () => undefined);
+    const holder = track(spawn(process.execPath, ['-e', `require('fs').openSync(${JSON.stringify(netns)}, 'r'); process.stdout.write('held\\n'); setTimeout(() => {}, 20000)`], { stdio: ['ignore', 'pipe', 'inherit'] }));
+    await new Promise((r) => holder.stdout!.once('data', r));
+    const stops: string[] = [];
+    let markExited: () => void = () => undefined;
+    const host = {
+      child: holder,
+      stop: (config: string) => {
+        stops.push(config);
+        holder.kill('SIGKILL'); // the copy stops: the host lets the namespace go
+        holder.once('exit', () => markExited());
+      },
+      forget: () => undefined,
+    } as unknown as HostProcess;
+    const id = { pid: holder.pid!, startTime: processStartTime(holder.pid!)!, hosted: true as const };
+    const ref = { host, config: join(dir, 'p1.json'), exited: new Promise<void>((r) => (markExited = r)) };
+    const px = {
+      pod: { name: 'p1', namespace: 'alpha', node: 'n1', addresses: ['10.128.1.10'] },
+      reg: { containerId: 'c1', netns, ifname: 'eth0', podNamespace: 'alpha', podName: 'p1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: id },
+      socket: join(dir, 'p1.sock'),
+      child: null,
+      id,
+      publicKey: 'K'.repeat(43) + '=',
+      applied: new Map(),
+      services: null,
+      endpoints: null,
+      members: null,
+      dns: false,
+      starting: false,
+      restartAt: 0,
+      ready: [],
+      published: null,
+      failure: null,
+      failures: 0,
+      hosted: ref,
+    } as unknown as Parameters<typeof proxies.lost>[0];
+    proxies.set('p1', px);
+    proxies.lost(px, 'control socket dead');
+    return { proxies, px, ref, stops, holder };
+  }
+
+  it('deleted (CNI DEL) before its restart: the host is told to stop the copy before the namespace is cleaned', async () => {
+    const dir = tmp();
+    const { proxies, ref, stops, holder } = await lostPod(dir);
+    await proxies.releaseNow('p1');
+    expect(stops).toEqual([ref.config]);
+    expect(holder.exitCode !== null || holder.signalCode !== null).toBe(true);
+    expect(proxies.has('p1')).toBe(false);
+  });
+
+  it('answering again: adopted, and linked to its host again (watched through its events)', async () => {
+    const dir = tmp();
+    const { proxies, px, ref, stops } = await lostPod(dir);
+    const server = await fakeProxy(px.socket, 'K'.repeat(43) + '=');
+    cleanup.push(() => void server.close());
+    await proxies.ensureProxy(px, {} as Parameters<typeof proxies.ensureProxy>[1]);
+    expect(px.publicKey).toBe('K'.repeat(43) + '=');
+    expect(px.hosted).toBe(ref);
+    expect(px.lostHosted).toBeNull();
+    expect(stops).toEqual([]);
+    proxies.delete('p1');
+  });
 });
