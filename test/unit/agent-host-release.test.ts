@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { Agent } from '../../src/agent/agent.js';
 import { HostProcess, staleHostLogs } from '../../src/agent/host.js';
-import { holdsNetns, processAlive, processStartTime } from '../../src/agent/proxies.js';
+import { holdsNetns, processAlive, processStartTime, type HostedPod, type Proxy, type ProxyId } from '../../src/agent/proxies.js';
 import { fakeProxy, stubRegistry } from './agent-fakes.js';
 import { requireRoot, requireTool } from '../netns/lib.js';
 
@@ -41,6 +41,37 @@ function track(child: ChildProcess): ChildProcess {
   return child;
 }
 
+/** A process that holds `path` open for `ms` (a "host" holding a pod's namespace); resolves once it does. */
+async function holdOpen(path: string, ms = 20_000): Promise<ChildProcess> {
+  const holder = track(spawn(process.execPath, ['-e', `require('fs').openSync(${JSON.stringify(path)}, 'r'); process.stdout.write('held\\n'); setTimeout(() => {}, ${ms})`], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  await new Promise((r) => holder.stdout!.once('data', r));
+  return holder;
+}
+
+/** Pod p1 of project alpha as the agent knows it once its proxy ran in a pod host (`hosted`), with the host's id. */
+function hostedProxy(dir: string, netns: string, id: ProxyId, hosted: HostedPod): Proxy {
+  return {
+    pod: { name: 'p1', namespace: 'alpha', node: 'n1', addresses: ['10.128.1.10'] },
+    reg: { containerId: 'c1', netns, ifname: 'eth0', podNamespace: 'alpha', podName: 'p1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: id },
+    socket: join(dir, 'p1.sock'),
+    child: null,
+    id,
+    publicKey: 'K'.repeat(43) + '=',
+    applied: new Map(),
+    services: null,
+    endpoints: null,
+    members: null,
+    dns: false,
+    starting: false,
+    restartAt: 0,
+    ready: [],
+    published: null,
+    failure: null,
+    failures: 0,
+    hosted,
+  } as unknown as Proxy;
+}
+
 describe('agent: a pod its last host still holds', () => {
   it('is started again only once the host has let its namespace go (past the start timeout too)', async () => {
     requireRoot();
@@ -52,8 +83,7 @@ describe('agent: a pod its last host still holds', () => {
     writeFileSync(fake, `require('fs').appendFileSync(${JSON.stringify(starts)}, Date.now() + '\\n'); process.stdout.write('public-key ' + 'C'.repeat(43) + '=\\n'); setInterval(() => {}, 1000);`);
     // the old host: holds the namespace for 2.5 s (ten start timeouts), its pod's socket never answers
     const holdMs = 2500;
-    const holder = track(spawn(process.execPath, ['-e', `require('fs').openSync('/proc/self/ns/net', 'r'); process.stdout.write('held\\n'); setTimeout(() => {}, ${holdMs})`], { stdio: ['ignore', 'pipe', 'inherit'] }));
-    await new Promise((r) => holder.stdout!.once('data', r));
+    const holder = await holdOpen('/proc/self/ns/net', holdMs);
     const released = new Promise<number>((r) => holder.once('exit', () => r(Date.now())));
     expect(holdsNetns(holder.pid!, '/proc/self/ns/net')).toBe(true);
     const startTime = processStartTime(holder.pid!)!;
@@ -127,33 +157,11 @@ describe('a pod of its own host whose socket is dead', () => {
     const dir = tmp();
     const proxies = new Proxies({ registry: stubRegistry(), node: 'n1', project: 'alpha', runDir: dir, standby: false, startTimeoutMs: 300 }, () => undefined);
     // the host: holds the pod's namespace (this process's own), its pod's socket never answers
-    const holder = track(spawn(process.execPath, ['-e', "require('fs').openSync('/proc/self/ns/net', 'r'); process.stdout.write('held\\n'); setTimeout(() => {}, 20000)"], { stdio: ['ignore', 'pipe', 'inherit'] }));
-    await new Promise((r) => holder.stdout!.once('data', r));
+    const holder = await holdOpen('/proc/self/ns/net');
     const stops: string[] = [];
     const host = { stop: (config: string) => void stops.push(config), child: holder } as unknown as HostProcess;
-    (proxies as unknown as { host: HostProcess }).host = host;
     const id = { pid: holder.pid!, startTime: processStartTime(holder.pid!)!, hosted: true as const };
-    const reg = { containerId: 'c1', netns: '/proc/self/ns/net', ifname: 'eth0', podNamespace: 'alpha', podName: 'p1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: id };
-    const px = {
-      pod: { name: 'p1', namespace: 'alpha', node: 'n1', addresses: ['10.128.1.10'] },
-      reg,
-      socket: join(dir, 'p1.sock'),
-      child: null,
-      id,
-      publicKey: 'K'.repeat(43) + '=',
-      applied: new Map(),
-      services: null,
-      endpoints: null,
-      members: null,
-      dns: false,
-      starting: false,
-      restartAt: 0,
-      ready: [],
-      published: null,
-      failure: null,
-      failures: 0,
-      hosted: { host, config: join(dir, 'p1.json'), exited: new Promise<void>(() => undefined) },
-    } as unknown as Parameters<typeof proxies.lost>[0];
+    const px = hostedProxy(dir, '/proc/self/ns/net', id, { host, config: join(dir, 'p1.json'), exited: new Promise<void>(() => undefined) });
     proxies.set('p1', px);
     const ref = px.hosted;
     proxies.lost(px, 'control socket dead');
@@ -259,8 +267,7 @@ describe('a pod lost in its own host, then', () => {
     const netns = join(dir, 'netns');
     writeFileSync(netns, '');
     const proxies = new Proxies({ registry: stubRegistry(), node: 'n1', project: 'alpha', runDir: dir, standby: false, startTimeoutMs: 300 }, () => undefined);
-    const holder = track(spawn(process.execPath, ['-e', `require('fs').openSync(${JSON.stringify(netns)}, 'r'); process.stdout.write('held\\n'); setTimeout(() => {}, 20000)`], { stdio: ['ignore', 'pipe', 'inherit'] }));
-    await new Promise((r) => holder.stdout!.once('data', r));
+    const holder = await holdOpen(netns);
     const stops: string[] = [];
     let markExited: () => void = () => undefined;
     const host = {
@@ -274,26 +281,7 @@ describe('a pod lost in its own host, then', () => {
     } as unknown as HostProcess;
     const id = { pid: holder.pid!, startTime: processStartTime(holder.pid!)!, hosted: true as const };
     const ref = { host, config: join(dir, 'p1.json'), exited: new Promise<void>((r) => (markExited = r)) };
-    const px = {
-      pod: { name: 'p1', namespace: 'alpha', node: 'n1', addresses: ['10.128.1.10'] },
-      reg: { containerId: 'c1', netns, ifname: 'eth0', podNamespace: 'alpha', podName: 'p1', podUid: 'u1', addresses: ['10.128.1.10'], proxy: id },
-      socket: join(dir, 'p1.sock'),
-      child: null,
-      id,
-      publicKey: 'K'.repeat(43) + '=',
-      applied: new Map(),
-      services: null,
-      endpoints: null,
-      members: null,
-      dns: false,
-      starting: false,
-      restartAt: 0,
-      ready: [],
-      published: null,
-      failure: null,
-      failures: 0,
-      hosted: ref,
-    } as unknown as Parameters<typeof proxies.lost>[0];
+    const px = hostedProxy(dir, netns, id, ref);
     proxies.set('p1', px);
     proxies.lost(px, 'control socket dead');
     return { proxies, px, ref, stops, holder };
