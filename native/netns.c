@@ -106,6 +106,7 @@ static napi_value redirect_stderr(napi_env env, napi_callback_info info) {
  * the first call), and the fd of the call being run (-1: none). Main thread only. */
 static int ns_home_fd = -1;
 static int ns_current_fd = -1;
+
 static napi_value in_netns(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];

@@ -250,11 +250,13 @@ export class Agent {
       // a pod of a host this agent started is watched through the host's events for its exit,
       // and through its socket for a control plane that stopped answering while it runs (the
       // restart waits the start timeout for it to answer again, then has the host stop it)
-      if (px.child === null && px.publicKey !== null && px.hosted) {
-        if (!(await socketIsLive(px.socket))) this.proxies.lost(px, 'control socket dead');
-      } else if (px.child === null && px.publicKey !== null) {
-        const idGone = px.id !== null && !sameProcess(px.id.pid, px.id.startTime);
-        if (idGone || ((px.id === null || px.id.hosted === true) && !(await socketIsLive(px.socket)))) this.proxies.lost(px, 'adopted proxy gone');
+      if (px.child === null && px.publicKey !== null) {
+        if (px.hosted) {
+          if (!(await socketIsLive(px.socket))) this.proxies.lost(px, 'control socket dead');
+        } else {
+          const idGone = px.id !== null && !sameProcess(px.id.pid, px.id.startTime);
+          if (idGone || ((px.id === null || px.id.hosted === true) && !(await socketIsLive(px.socket)))) this.proxies.lost(px, 'adopted proxy gone');
+        }
       }
       if (px.publicKey === null && !px.starting && !this.starting.has(pod.name) && Date.now() >= px.restartAt) {
         // a proxy found running (an agent restart) is adopted in this reconcile: its key,

@@ -431,9 +431,8 @@ export class Proxies extends Map<string, Proxy> {
       // a pod an earlier agent's host was starting (killed meanwhile): waited for, never started twice;
       // one a host is still tearing down: waited for, never started beside it
       if (!(await this.awaitHostedStart(px))) {
-        // a copy in this agent's own host that never answers again: the host stops it (the next start waits for its teardown)
+        // a copy lost in this agent's own host that never answers again: the host stops it (the next start waits for its teardown)
         if (px.lostHosted) px.lostHosted.host.stop(px.lostHosted.config);
-        else if (this.host !== null && px.id?.pid === this.host.child.pid) this.host.stop(podFile(this.o.runDir, px.pod.name, 'json'));
         throw new Error(`pod host ${px.id?.pid} still holds netns ${px.reg.netns} (its copy of the pod has not stopped)`);
       }
       if (await socketIsLive(px.socket)) await this.adopt(px);
@@ -499,9 +498,10 @@ export class Proxies extends Map<string, Proxy> {
     if (px.id !== null && (!sameProcess(px.id.pid, px.id.startTime) || (px.id.hosted === true && !holdsNetns(px.id.pid, px.reg.netns)))) px.id = null;
     if (px.id === null && typeof st.pid === 'number') {
       // the pod's own process in its netns, or a pod host holding the netns (a hosted pod reports the host's pid)
-      const hosted = !inNetns(st.pid, px.reg.netns) && holdsNetns(st.pid, px.reg.netns);
+      const inside = inNetns(st.pid, px.reg.netns);
+      const hosted = !inside && holdsNetns(st.pid, px.reg.netns);
       const startTime = processStartTime(st.pid);
-      if (startTime !== null && (hosted || inNetns(st.pid, px.reg.netns))) {
+      if (startTime !== null && (inside || hosted)) {
         px.id = hosted ? { pid: st.pid, startTime, hosted: true } : { pid: st.pid, startTime };
         this.o.onProxyChange?.();
       }

@@ -102,20 +102,6 @@ export class PodHost {
     }
     let config: PodConfig;
     let logFd: number | null = null;
-    try {
-      config = loadConfig(h.config);
-      if (this.opts.logLevel !== undefined) config.logLevel = this.opts.logLevel;
-      if (h.log !== undefined) {
-        logFd = openSync(h.log, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
-        if (!fstatSync(logFd).isFile()) throw new Error(`log ${h.log}: not a regular file`);
-      }
-    } catch (e) {
-      netns.close();
-      if (logFd !== null) closeSync(logFd);
-      return refuse((e as Error).message);
-    }
-    let stop: (why: string) => void = () => {};
-    const stopSignal = new Promise<string>((resolve) => (stop = resolve));
     let closed = false;
     const writeLog = (t: string): void => {
       if (logFd !== null) {
@@ -129,17 +115,25 @@ export class PodHost {
     };
     let log: Logger;
     try {
+      config = loadConfig(h.config);
+      if (this.opts.logLevel !== undefined) config.logLevel = this.opts.logLevel;
+      if (h.log !== undefined) {
+        logFd = openSync(h.log, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+        if (!fstatSync(logFd).isFile()) throw new Error(`log ${h.log}: not a regular file`);
+      }
       log = createLogger({
         level: config.logLevel,
         base: { ifname: config.interface, pod: h.config },
         ...(logFd !== null ? { write: writeLog } : {}),
       });
     } catch (e) {
-      // never expected: refused, and neither fd is kept (a held netns fd would keep the agent from starting the pod again)
+      // refused, and neither fd is kept (a held netns fd would keep the agent from starting the pod again)
       netns.close();
       if (logFd !== null) closeSync(logFd);
       return refuse((e as Error).message);
     }
+    let stop: (why: string) => void = () => {};
+    const stopSignal = new Promise<string>((resolve) => (stop = resolve));
     const hosted: Hosted = { stop, done: Promise.resolve(0) };
     this.pods.set(h.config, hosted);
     this.namespaces.add(nsKey);

@@ -393,7 +393,6 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
   const log = opts.log ?? createLogger({ level: config.logLevel, base: { ifname: config.interface } });
   const stdout = opts.stdout ?? ((t: string) => void writeSync(1, t));
   const ip = opts.ip ?? new IpCommand({ netnsPath: opts.netns });
-  const netnsPath = opts.netns;
   const open = opts.openEngine ?? openRealEngine;
   const uninit: { what: string; run: () => void | Promise<void> }[] = [];
   // Signals that arrive during start stop the pod right after start.
@@ -490,7 +489,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     // Without DNS, a crashed run's DNS interception table goes: with the snapshot, in the
     // enforcement's own transaction below (no `nft` process of its own); else a listing first.
     const dnsResidueInEnforcement = !config.dns.enabled && snapshotOn;
-    const dnsResidueStep = config.dns.enabled || dnsResidueInEnforcement ? null : early(() => removeDnsResidue(config.interface, log, netnsPath));
+    const dnsResidueStep = config.dns.enabled || dnsResidueInEnforcement ? null : early(() => removeDnsResidue(config.interface, log, opts.netns));
 
     step = 'mtu';
     const mtuChoice = await mtuStep();
@@ -511,7 +510,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     // ip -batch per family) and the table (one nft -f) go in at once: each only closes,
     // neither removes anything the other holds, and the routes into tenc0 come only
     // after both (TENC_START_CONCURRENT=0: one after the other, as before).
-    const enforcement = new Enforcement({ ifname: config.interface, listenPort: config.listenPort, fwmark: config.fwmark, input: config.enforce, netnsPath });
+    const enforcement = new Enforcement({ ifname: config.interface, listenPort: config.listenPort, fwmark: config.fwmark, input: config.enforce, netnsPath: opts.netns });
     uninit.push({
       what: 'enforcement',
       run: () => (started && !config.failClosedOnStop ? enforcement.teardown() : enforcement.abandon()),

@@ -51,17 +51,13 @@ export interface OpenNetns extends NetnsScope {
 
 /** Opens `path` as a network namespace scope; throws naming the path when it is not a namespace file. */
 export function openNetns(path: string): OpenNetns {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (e) {
-    throw new Error(`netns ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
+  let fd = -1;
   let st;
   try {
+    fd = openSync(path, 'r');
     st = fstatSync(fd);
   } catch (e) {
-    closeSync(fd);
+    if (fd >= 0) closeSync(fd);
     throw new Error(`netns ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   if (!isNamespaceFile(st)) {
