@@ -27,6 +27,7 @@
  * --tenc-env=TENC_X=V,... (adds tenc-env: tenc with that environment, for A/B of a knob),
  * --policies=N (adds tenc-policies: tenc with N TencPolicy exempt policies installed on
  * ports the traffic does not use: protected throughput with and without policies),
+ * --pod-host (adds tenc-host: both pods in one `tenc pod --host`, as the agent runs them),
  * --topology=bridge|veth (default bridge: both pods on a bridge in a third namespace, as
  * on a node; veth: the two pods joined by one veth pair, no bridge).
  * Memory is per process (the larger of the two pods), CPU is both pods together.
@@ -78,7 +79,7 @@ const METRICS: MetricDef[] = [
   { key: 'mem.hwm', label: 'peak RSS (VmHWM), largest process (MiB)', digits: 1, better: 'lower' },
 ];
 
-const COLORS: Record<string, string> = { plain: '#9e9e9e', 'wg-deb': '#4e79a7', 'wg-bpo': '#59a14f', tenc: '#e15759', 'tenc-env': '#f28e2b', 'tenc-peers': '#b07aa1', 'tenc-policies': '#76b7b2' };
+const COLORS: Record<string, string> = { plain: '#9e9e9e', 'wg-deb': '#4e79a7', 'wg-bpo': '#59a14f', tenc: '#e15759', 'tenc-env': '#f28e2b', 'tenc-peers': '#b07aa1', 'tenc-policies': '#76b7b2', 'tenc-host': '#ff9da7' };
 
 export interface TunnelResult {
   id: string;
@@ -137,6 +138,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   const variants: TunnelVariants = {};
   if (ctx.flags.has('peers')) variants.peers = Math.floor(numberFlag(ctx, 'peers', 1000));
   if (ctx.flags.has('policies')) variants.policies = Math.floor(numberFlag(ctx, 'policies', 8));
+  if (ctx.flags.has('pod-host')) variants.podHost = true;
   const tencEnv = ctx.flags.get('tenc-env');
   if (tencEnv !== undefined) variants.tencEnv = parseEnvFlag(tencEnv);
   const tunnelList = (): Tunnel[] => allTunnels(variants);
@@ -148,7 +150,7 @@ export async function run(ctx: BenchContext): Promise<void> {
     if (unknown.length > 0) throw new RangeError(`--only: unknown tunnel ${unknown.join(', ')} (known: ${tunnels.map((t) => t.id).join(', ')})`);
     tunnels = tunnels.filter((t) => ids.includes(t.id));
     // A variant flag whose column --only leaves out would run nothing of what it asked for.
-    const dropped = [['tenc-env', variants.tencEnv], ['tenc-peers', variants.peers], ['tenc-policies', variants.policies]]
+    const dropped = [['tenc-env', variants.tencEnv], ['tenc-peers', variants.peers], ['tenc-policies', variants.policies], ['tenc-host', variants.podHost]]
       .filter(([id, v]) => v !== undefined && !ids.includes(id as string)).map(([id]) => id as string);
     if (dropped.length > 0) throw new RangeError(`--only leaves out ${dropped.join(', ')}, the column its flag adds (add it to --only)`);
   }

@@ -34,8 +34,8 @@ export class Children {
   private readonly live = new Set<ChildProcess>();
 
   /** Starts a long-running process; its stdio is piped (the caller reads or ignores it). */
-  spawn(cmd: string, args: string[], env?: Record<string, string>): ChildProcess {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ? { ...process.env, ...env } : undefined });
+  spawn(cmd: string, args: string[], env?: Record<string, string>, opts: { stdin?: boolean } = {}): ChildProcess {
+    const child = spawn(cmd, args, { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: env ? { ...process.env, ...env } : undefined });
     this.live.add(child);
     child.once('exit', () => this.live.delete(child));
     child.once('error', () => this.live.delete(child));

@@ -7,6 +7,8 @@
  *   wg-bpo  wireguard-go 0.0.20231211 with TUN/UDP offloads (bookworm-backports,
  *           fetched by netns-scripts/wggo-backports.sh)
  *   tenc    one `tenc pod` per namespace; keys exchanged with `tenc set-peer`
+ *   tenc-host (--pod-host) both pods in one `tenc pod --host` process, each in its
+ *           namespace: what the agent runs for a project's pods on one node
  *
  * wireguard-go runs in the foreground (-f) under `ip netns exec`, with an interface name
  * unique to the instance (its UAPI socket /var/run/wireguard/NAME.sock is shared by all
@@ -122,6 +124,54 @@ export interface TencOptions {
    * measured traffic stays protected and meets their ip rules and nft accepts.
    */
   policies?: number;
+  /** Both pods in one `tenc pod --host` process (as the agent runs a project's pods on a node) instead of a process each. */
+  podHost?: boolean;
+}
+
+/** The lines a child prints on stdout, each handed to the first waiter that takes it (or kept for the next). */
+export function stdoutLines(child: ChildProcess): (take: (line: string) => boolean, ms: number, what: string) => Promise<string> {
+  const kept: string[] = [];
+  const waiters: { take: (line: string) => boolean; done: (line: string) => void }[] = [];
+  let buf = '';
+  const offer = (line: string): void => {
+    const i = waiters.findIndex((w) => w.take(line));
+    if (i < 0) kept.push(line);
+    else waiters.splice(i, 1)[0]!.done(line);
+  };
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+      offer(buf.slice(0, nl));
+      buf = buf.slice(nl + 1);
+    }
+  });
+  return (take, ms, what) => {
+    const i = kept.findIndex(take);
+    if (i >= 0) return Promise.resolve(kept.splice(i, 1)[0]!);
+    return new Promise((resolve, reject) => {
+      const w = {
+        take,
+        done: (line: string) => {
+          clearTimeout(timer);
+          child.off('exit', onExit);
+          resolve(line);
+        },
+      };
+      const fail = (why: string): void => {
+        const j = waiters.indexOf(w);
+        if (j >= 0) waiters.splice(j, 1);
+        child.off('exit', onExit);
+        reject(new Error(`${what}: ${why}`));
+      };
+      const timer = setTimeout(() => fail(`nothing within ${ms} ms`), ms);
+      const onExit = (code: number | null, sig: string | null): void => {
+        clearTimeout(timer);
+        fail(`the pod host exited (${sig ?? code})`);
+      };
+      child.once('exit', onExit);
+      waiters.push(w);
+    });
+  };
 }
 
 /** `n` exempt policies on the peer's address, tcp 9100.. (never the iperf3 ports 5201..). */
@@ -164,10 +214,35 @@ export class TencTunnel implements Tunnel {
     const psk = join(env.dir, 'tenc-psk');
     writeFileSync(psk, await children.check(node, [TENC_MAIN, 'genpsk']), { mode: 0o600 });
     const port = 51820;
+    // --pod-host: one `tenc pod --host` runs both pods, each in its namespace (the agent's default on a node)
+    let hostLine: ReturnType<typeof stdoutLines> | undefined;
+    if (this.opts.podHost) {
+      const host = children.spawn(node, [TENC_MAIN, 'pod', '--host'], this.opts.env, { stdin: true });
+      const tail = tailOf(host);
+      this.pods.push({ child: host, tail, ns: 'the pod host' });
+      hostLine = stdoutLines(host);
+      await hostLine((l) => l === 'host ready', 15_000, 'tenc pod --host: its ready line').catch((err: Error) => {
+        throw new Error(`${err.message}${tail().length ? `: ${tail().slice(-3).join(' / ')}` : ''}`);
+      });
+    }
     const start = async (ns: string, addr: string, name: string): Promise<string> => {
       const config = join(env.dir, `tenc-${name}.json`);
       const peers = dummyPeers(this.opts.extraPeers ?? 0);
       writeFileSync(config, JSON.stringify({ addresses: [addr], pskFile: psk, listenPort: port, ...(peers.length ? { peers } : {}) }), { mode: 0o600 });
+      if (hostLine) {
+        const host = this.pods[0]!;
+        host.child.stdin!.write(JSON.stringify({ netns: `/run/netns/${ns}`, config }) + '\n');
+        const mine = (l: string): boolean => {
+          try {
+            return (JSON.parse(l) as { pod?: string }).pod === config;
+          } catch {
+            return false;
+          }
+        };
+        const line = JSON.parse(await hostLine(mine, 15_000, `tenc pod --host: pod ${ns}`)) as { publicKey?: string; exited?: number; error?: string };
+        if (typeof line.publicKey !== 'string') throw new Error(`tenc pod --host: pod ${ns} exited ${line.exited}${line.error ? `: ${line.error}` : ''}: ${host.tail().slice(-3).join(' / ')}`);
+        return line.publicKey;
+      }
       const child = children.spawn('ip', ['netns', 'exec', ns, node, TENC_MAIN, 'pod', '--config', config], this.opts.env);
       const tail = tailOf(child);
       this.pods.push({ child, tail, ns });
@@ -207,6 +282,7 @@ export class TencTunnel implements Tunnel {
     const st = await status(env.nsA);
     const version = await tencVersion(children);
     const extra = [
+      ...(this.opts.podHost ? ['both pods in one pod host'] : []),
       ...(this.opts.policies ? [`${this.opts.policies} exempt policies (${(st.policies as { rules?: number } | undefined)?.rules ?? '?'} ip rules in pod a)`] : []),
       ...(this.opts.extraPeers ? [`${this.opts.extraPeers} dummy peers (${(st.peers as unknown[] | undefined)?.length ?? '?'} peers in status)`] : []),
       ...Object.entries(this.opts.env ?? {}).map(([k, v]) => `${k}=${v}`),
@@ -216,7 +292,7 @@ export class TencTunnel implements Tunnel {
       pids: this.pods.map((p) => p.child.pid!).filter((p) => p !== undefined),
       version,
       description: `${st.dataPlane}, MTU ${st.mtu}${extra.length ? `, ${extra.join(', ')}` : ''}`,
-      server: { publicKey: keyB, port, pid: this.pods[1]!.child.pid! },
+      server: { publicKey: keyB, port, pid: this.pods[this.pods.length - 1]!.child.pid! },
     };
   }
 
@@ -368,6 +444,8 @@ export interface TunnelVariants {
   tencEnv?: Record<string, string>;
   /** Adds `tenc-policies`: tenc with this many TencPolicy exempt policies installed (ports the traffic does not use). */
   policies?: number;
+  /** Adds `tenc-host`: both pods in one pod host (`tenc pod --host`), as the agent runs them. */
+  podHost?: boolean;
 }
 
 /** Every tunnel, in report order (baselines first), then the tenc variants asked for. */
@@ -380,5 +458,6 @@ export function allTunnels(v: TunnelVariants = {}): Tunnel[] {
     ...(v.tencEnv ? [new TencTunnel({ id: 'tenc-env', label: 'tenc with extra environment', env: v.tencEnv })] : []),
     ...(v.peers && v.peers > 1 ? [new TencTunnel({ id: 'tenc-peers', label: `tenc with ${v.peers} peers`, extraPeers: v.peers - 1 })] : []),
     ...(v.policies && v.policies > 0 ? [new TencTunnel({ id: 'tenc-policies', label: `tenc with ${v.policies} exempt policies`, policies: v.policies })] : []),
+    ...(v.podHost ? [new TencTunnel({ id: 'tenc-host', label: 'tenc, both pods in one pod host', podHost: true })] : []),
   ];
 }

@@ -3,6 +3,8 @@
  * ss output, /proc figures, the SVG chart. iperf3 samples are iperf 3.12 output
  * (loopback and namespace runs on this machine), trimmed to the fields the bench reads.
  */
+import { EventEmitter } from 'node:events';
+import { PassThrough } from 'node:stream';
 import { describe, it, expect } from 'vitest';
 import { parseIperfTcp, parseIperfUdp, parsePingTimes, parsePingTransmitted, percentile, listeningPorts } from '../../bench/lib/traffic.js';
 import { cpuSeconds, memory, parseProcStatusMemory, CpuMeter } from '../../bench/lib/procs.js';
@@ -159,5 +161,50 @@ describe('flags', () => {
     const ctx = (f: [string, string][]) => ({ flags: new Map(f), log: (l: string) => lines.push(l) });
     await expect(run(ctx([['only', 'tenc'], ['tenc-env', 'TENC_INLINE_TX=0']]))).rejects.toThrow(/--only leaves out tenc-env/);
     await expect(run(ctx([['only', 'plain,tenc'], ['peers', '10']]))).rejects.toThrow(/--only leaves out tenc-peers\b/);
+    await expect(run(ctx([['only', 'tenc'], ['pod-host', 'true']]))).rejects.toThrow(/--only leaves out tenc-host\b/);
+  });
+
+  it('--pod-host adds the column tenc-host (both pods in one pod host), after tenc; without it there is none', async () => {
+    const { allTunnels } = await import('../../bench/lib/tunnels.js');
+    const ids = allTunnels({ podHost: true }).map((t) => t.id);
+    expect(ids).toContain('tenc-host');
+    expect(ids.indexOf('tenc-host')).toBeGreaterThan(ids.indexOf('tenc'));
+    expect(allTunnels().map((t) => t.id)).not.toContain('tenc-host');
+  });
+});
+
+describe("a pod host's stdout lines (tenc-host)", () => {
+  const fakeChild = () => {
+    const child = new EventEmitter() as EventEmitter & { stdout: PassThrough };
+    child.stdout = new PassThrough();
+    return child;
+  };
+
+  it('each line goes to the waiter that takes it, or is kept for a later one; a line split across chunks is whole', async () => {
+    const { stdoutLines } = await import('../../bench/lib/tunnels.js');
+    const child = fakeChild();
+    const next = stdoutLines(child as never);
+    const ready = next((l) => l === 'host ready', 1000, 'ready');
+    child.stdout.write('{"pod":"/b.json","publicKey":"KB"}\nhost re');
+    child.stdout.write('ady\n');
+    expect(await ready).toBe('host ready');
+    // the line for b came before anybody asked for it
+    expect(await next((l) => l.includes('/b.json'), 1000, 'b')).toBe('{"pod":"/b.json","publicKey":"KB"}');
+    const a = next((l) => l.includes('/a.json'), 1000, 'a');
+    child.stdout.write('{"pod":"/a.json","exited":2,"error":"bad netns"}\n');
+    expect(await a).toContain('"exited":2');
+  });
+
+  it('a wait ends with an error naming what was awaited when nothing comes in time or the host exits', async () => {
+    const { stdoutLines } = await import('../../bench/lib/tunnels.js');
+    const child = fakeChild();
+    const next = stdoutLines(child as never);
+    await expect(next((l) => l === 'host ready', 50, 'tenc pod --host: its ready line')).rejects.toThrow(/its ready line: nothing within 50 ms/);
+    const p = next((l) => l === 'host ready', 5000, 'tenc pod --host: its ready line');
+    child.emit('exit', 1, null);
+    await expect(p).rejects.toThrow(/the pod host exited \(1\)/);
+    // a line that comes after a waiter gave up is kept, not handed to the dead waiter
+    child.stdout.write('host ready\n');
+    expect(await next((l) => l === 'host ready', 1000, 'again')).toBe('host ready');
   });
 });
