@@ -219,6 +219,7 @@ export class TencTunnel implements Tunnel {
     if (this.opts.podHost) {
       const host = children.spawn(node, [TENC_MAIN, 'pod', '--host'], this.opts.env, { stdin: true });
       const tail = tailOf(host);
+      host.stdin!.on('error', () => undefined); // a host that died: its exit fails the wait for its line
       this.pods.push({ child: host, tail, ns: 'the pod host' });
       hostLine = stdoutLines(host);
       await hostLine((l) => l === 'host ready', 15_000, 'tenc pod --host: its ready line').catch((err: Error) => {
