@@ -28,6 +28,7 @@
  * --policies=N (adds tenc-policies: tenc with N TencPolicy exempt policies installed on
  * ports the traffic does not use: protected throughput with and without policies),
  * --pod-host (adds tenc-host: both pods in one `tenc pod --host`, as the agent runs them),
+ * --tenc-env-host (the tenc-env column's pods in one pod host too: an A/B against tenc-host),
  * --topology=bridge|veth (default bridge: both pods on a bridge in a third namespace, as
  * on a node; veth: the two pods joined by one veth pair, no bridge).
  * Memory is per process (the larger of the two pods), CPU is both pods together.
@@ -141,6 +142,10 @@ export async function run(ctx: BenchContext): Promise<void> {
   if (ctx.flags.has('pod-host')) variants.podHost = true;
   const tencEnv = ctx.flags.get('tenc-env');
   if (tencEnv !== undefined) variants.tencEnv = parseEnvFlag(tencEnv);
+  if (ctx.flags.has('tenc-env-host')) {
+    if (tencEnv === undefined) throw new RangeError('--tenc-env-host runs the column of --tenc-env in a pod host: give --tenc-env too');
+    variants.tencEnvHost = true;
+  }
   const tunnelList = (): Tunnel[] => allTunnels(variants);
   let tunnels = tunnelList();
   const only = ctx.flags.get('only');

@@ -113,9 +113,10 @@ enum {
   TENC_G_KEY_LOCKED,       /* bytes of session-key memory locked in RAM (mlock) */
   TENC_G_KEY_UNLOCKED,     /* bytes of session-key memory mlock refused (RLIMIT_MEMLOCK): still MADV_DONTDUMP */
   TENC_G_RATELIMIT_SOURCES, /* source addresses the handshake rate limiter tracks now */
+  TENC_G_SIBLING_RX,       /* receive batches of this engine run by a sibling engine's thread (TENC_SIBLING_POLL) */
   TENC_GLOBAL_SLOTS = 24
 };
-_Static_assert(TENC_G_RATELIMIT_SOURCES < TENC_GLOBAL_SLOTS, "global counter slots overflow");
+_Static_assert(TENC_G_SIBLING_RX < TENC_GLOBAL_SLOTS, "global counter slots overflow");
 enum {
   TENC_P_TX_BYTES,
   TENC_P_RX_BYTES,
@@ -194,6 +195,7 @@ typedef struct {
   int scatter_seal;   /* seal TSO/USO segments out of the super-packet (no copy first) */
   uint32_t busy_poll_us; /* 0 = off; else idle budget of the busy poll after a small batch */
   int inline_tx;      /* RX thread: after a small TUN write, read and send the answer itself */
+  int sibling_poll;   /* a small batch sent to another engine of this process: run its receive here */
   uint32_t tso_align;  /* TCP segments cut so their IP length is a multiple of this (0 = off) */
   uint32_t tso_max;    /* TCP segments at most this many bytes of IP packet (0 = as the kernel asks) */
   int gro_iov;        /* TUN GRO: writev of headers + payloads in place instead of a merged copy */
@@ -268,6 +270,14 @@ struct tenc_engine {
   uint32_t busy_poll_us;
   int inline_tx;
   int threads_started;
+  /* The threads wait in epoll sets (poll() if they could not be made): the TX thread's
+   * holds the TUN device, the RX thread's the UDP socket, both the stop eventfd. A
+   * thread about to do the other's work masks its fd there (a masked fd wakes nobody;
+   * unmasking wakes the waiter if the fd is ready). */
+  int tx_ep, rx_ep;
+  int rx_quiet, rx_quieted; /* under rx_mu: mask the TX thread before injecting a small batch / it is masked */
+  uint16_t udp_port;        /* the UDP socket's port (network order), for siblings */
+  int sibling;              /* in the process's list of siblings */
   atomic_int stopping;
   atomic_uint key_gen; /* bumped when a keypair is freed: threads then wipe their AEAD contexts' cached key */
   uint32_t tx_batch;   /* arena bytes read from the TUN device per batch (about; 0 = all) */

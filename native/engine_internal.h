@@ -101,6 +101,21 @@ void tenc_ev_push_handshake(tenc_engine *e, const uint8_t *data, uint32_t len, c
  * the packet. Bounded by TENC_MISS_QUEUE_MAX pending; beyond that it is not reported. */
 void tenc_ev_push_miss(tenc_engine *e, int v, const uint8_t *dst, const uint8_t *pkt, uint32_t len);
 
+/* A batch of at most this many records is small: the busy poll, the inline reply and
+ * the sibling poll follow it (engine_loop.c). */
+#define SPIN_SMALL 16
+
+/* Masks (masked = 1) or unmasks fd in the epoll set ep (engine.h, tx_ep/rx_ep). */
+void tenc_ep_mask(int ep, int fd, int masked);
+
+/* Sibling poll (engine_loop.c): the running engine of this process whose own UDP
+ * address is ep, its socket masked in its RX thread's set and the list's read lock
+ * held until tenc_sibling_run; or NULL. */
+tenc_engine *tenc_sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep);
+/* Runs sibling s's receive batch (and its inline reply) on this thread if its
+ * pipeline is free; then unmasks its socket and releases the list. */
+void tenc_sibling_run(tenc_engine *s);
+
 /* Once per batch: wakes the node thread if there is something new. */
 static inline void ev_flush(tenc_engine *e) {
   pthread_mutex_lock(&e->ev_mu);

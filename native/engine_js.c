@@ -275,6 +275,7 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
   o.scatter_seal = env_switch("TENC_SCATTER_SEAL", 1);
   o.busy_poll_us = env_uint("TENC_BUSY_POLL_US", 150, 2000);
   o.inline_tx = env_switch("TENC_INLINE_TX", 1);
+  o.sibling_poll = env_switch("TENC_SIBLING_POLL", 1);
   o.tx_batch_kb = env_uint("TENC_TX_BATCH_KB", 0, 4096);
   o.gro_iov = env_switch("TENC_GRO_IOV", 1);
   o.tso_align = env_uint("TENC_TSO_ALIGN", 64, 1024);
@@ -602,6 +603,7 @@ static napi_value engine_layout(napi_env env, napi_callback_info info) {
   tenc_set_int(env, o, "keyLocked", TENC_G_KEY_LOCKED);
   tenc_set_int(env, o, "keyUnlocked", TENC_G_KEY_UNLOCKED);
   tenc_set_int(env, o, "ratelimitSources", TENC_G_RATELIMIT_SOURCES);
+  tenc_set_int(env, o, "siblingRx", TENC_G_SIBLING_RX);
   tenc_set_int(env, o, "queueMax", TENC_QUEUE_MAX);
   tenc_set_int(env, o, "handshakeQueueMax", TENC_HS_QUEUE_MAX);
   return o;

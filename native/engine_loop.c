@@ -1,29 +1,177 @@
 /* engine_loop.c: the engine's life and its two threads. tenc_engine_new builds
  * the tables and both pipelines' batch state; tenc_engine_start spawns the TX
- * thread (poll the TUN device -> tenc_tx_cycle, engine_tx.c) and the RX thread
- * (poll the UDP socket -> tenc_rx_cycle, engine_rx.c). After a small batch each
- * thread may run the other pipeline instead of waking its thread: the TX thread's
- * busy poll, the RX thread's inline reply. tenc_engine_stop joins them,
- * tenc_engine_free wipes keys and frees everything. */
+ * thread (waits for the TUN device -> tenc_tx_cycle, engine_tx.c) and the RX thread
+ * (waits for the UDP socket -> tenc_rx_cycle, engine_rx.c), each in its epoll set.
+ * After a small batch each thread may run the other pipeline instead of waking its
+ * thread: the TX thread's busy poll, the RX thread's inline reply; and after a small
+ * batch sent to another engine of this process, a thread runs that engine's receive
+ * (the sibling poll).
+ * tenc_engine_stop joins them, tenc_engine_free wipes keys and frees everything. */
 #include "engine_internal.h"
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* ---- threads ------------------------------------------------------------------ */
 
 /* Busy poll (TENC_BUSY_POLL_US): after sending a small batch, instead of sleeping
- * in poll() at once, the TX thread keeps checking both the TUN device and the UDP
+ * at once, the TX thread keeps checking both the TUN device and the UDP
  * socket for up to busy_poll_us, and runs whichever pipeline has work (under its
  * mutex; when the other thread is running it, it is skipped). The answer to a
  * request just sent (a ping's reply) is then handled without the RX thread's
  * wake-up on the critical path. Activity restarts the budget; it is bounded by
  * busy_poll_us of idle time. (The RX side has the inline reply instead.) */
-#define SPIN_SMALL 16
+void tenc_ep_mask(int ep, int fd, int masked) {
+  struct epoll_event ev = {.events = masked ? 0 : EPOLLIN, .data.fd = fd};
+  (void)epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+}
+
+/* Waits for fd in the thread's epoll set ep (poll() without one): 1 = ready, 0 = again, -1 = stop. */
+static int wait_ready(tenc_engine *e, int ep, int fd) {
+  if (ep >= 0) {
+    struct epoll_event ev[2];
+    int r = epoll_wait(ep, ev, 2, -1);
+    if (r < 0) return errno == EINTR ? 0 : -1;
+    int ready = 0;
+    for (int i = 0; i < r; i++) {
+      if (ev[i].data.fd == e->stop_fd) return -1;
+      if (ev[i].data.fd == fd) ready = 1;
+    }
+    return ready;
+  }
+  struct pollfd pf[2] = {{.fd = fd, .events = POLLIN}, {.fd = e->stop_fd, .events = POLLIN}};
+  int r = poll(pf, 2, -1);
+  if (r < 0) return errno == EINTR ? 0 : -1;
+  if (pf[1].revents) return -1;
+  return r > 0 && (pf[0].revents & (POLLIN | POLLERR | POLLHUP)) != 0;
+}
+
+/* ---- sibling poll (TENC_SIBLING_POLL) ------------------------------------------ */
+
+/* The pods of a pod host are engines of one process. A small batch one of them sends
+ * to another (a ping, a request) crosses the namespaces' veths inside the sender's
+ * sendmmsg and lands in the receiver's socket before it returns; the receiver's RX
+ * thread would then be woken only to do what the sender's thread can do at once.
+ * So the sender masks the receiver's socket in its RX thread's set, sends, and runs
+ * the receiver's batch (under the receiver's rx_mu, tried, never waited for) with its
+ * inline reply, whose answer to the sender comes back the same way. Each pipeline
+ * still does all its own checks: only the thread differs. At most two levels deep
+ * on one thread (the request, then its answer). */
+#define SIB_MAX 1024
+static pthread_rwlock_t sib_lock; /* the list; writer first, so a stop is not starved by busy pods */
+static pthread_once_t sib_once = PTHREAD_ONCE_INIT;
+static tenc_engine *sibs[SIB_MAX];
+static uint32_t nsibs;
+static __thread int sib_depth; /* sibling batches this thread is running (nested: the answer) */
+static __thread int sib_held;  /* this thread's holds of the list's read lock (taken once, never twice) */
+
+static void sib_init(void) {
+  pthread_rwlockattr_t ra;
+  pthread_rwlockattr_init(&ra);
+  pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&sib_lock, &ra);
+  pthread_rwlockattr_destroy(&ra);
+}
+
+static void sib_hold(void) {
+  if (sib_held++ == 0) pthread_rwlock_rdlock(&sib_lock);
+}
+
+static void sib_release(void) {
+  if (--sib_held == 0) pthread_rwlock_unlock(&sib_lock);
+}
+
+static int sib_owns(const tenc_engine *s, const struct sockaddr_in6 *ep) {
+  if (s->udp_port != ep->sin6_port) return 0;
+  const uint8_t *a = ep->sin6_addr.s6_addr;
+  static const uint8_t v4map[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  int mapped = memcmp(a, v4map, 12) == 0;
+  for (uint32_t k = 0; k < s->nlocal; k++) {
+    if (s->local_family[k] == 4 && mapped && memcmp(a + 12, s->local_addr[k], 4) == 0) return 1;
+    if (s->local_family[k] == 6 && !mapped && memcmp(a, s->local_addr[k], 16) == 0) return 1;
+  }
+  return 0;
+}
+
+tenc_engine *tenc_sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep) {
+  if (sib_depth >= 2) return NULL;
+  pthread_once(&sib_once, sib_init);
+  sib_hold();
+  for (uint32_t i = 0; i < nsibs; i++) {
+    tenc_engine *s = sibs[i];
+    if (s == e || !s->o.mode_tun) continue;
+    /* local addresses are set under the engine's write lock */
+    pthread_rwlock_rdlock(&s->lock);
+    int own = sib_owns(s, ep);
+    pthread_rwlock_unlock(&s->lock);
+    if (own) {
+      tenc_ep_mask(s->rx_ep, s->o.udp_fd, 1);
+      return s;
+    }
+  }
+  sib_release();
+  return NULL;
+}
+
+void tenc_sibling_run(tenc_engine *s) {
+  if (!atomic_load(&s->stopping) && pthread_mutex_trylock(&s->rx_mu) == 0) {
+    sib_depth++;
+    int more = 0;
+    uint32_t injected = 0;
+    s->rx_quiet = s->inline_tx;
+    int n = tenc_rx_cycle(s, s->rx, &more, &injected);
+    int quieted = s->rx_quieted;
+    s->rx_quiet = s->rx_quieted = 0;
+    pthread_mutex_unlock(&s->rx_mu);
+    if (n > 0) cadd(&s->ctr[TENC_G_SIBLING_RX], 1);
+    if (injected && n <= SPIN_SMALL && !more && s->inline_tx && pthread_mutex_trylock(&s->tx_mu) == 0) {
+      int m;
+      tenc_tx_cycle(s, s->tx, &m);
+      pthread_mutex_unlock(&s->tx_mu);
+    }
+    if (quieted) tenc_ep_mask(s->tx_ep, s->o.tun_fd, 0);
+    sib_depth--;
+  }
+  tenc_ep_mask(s->rx_ep, s->o.udp_fd, 0); /* wakes its RX thread if anything is left */
+  sib_release();
+}
+
+static void sibling_add(tenc_engine *e) {
+  struct sockaddr_in6 a;
+  socklen_t l = sizeof a;
+  if (!e->o.sibling_poll || e->tx_ep < 0 || e->rx_ep < 0 || !e->o.mode_tun) return;
+  if (getsockname(e->o.udp_fd, (struct sockaddr *)&a, &l) != 0 || a.sin6_family != AF_INET6) return;
+  e->udp_port = a.sin6_port;
+  pthread_once(&sib_once, sib_init);
+  pthread_rwlock_wrlock(&sib_lock);
+  if (nsibs < SIB_MAX) {
+    sibs[nsibs++] = e;
+    e->sibling = 1;
+  }
+  pthread_rwlock_unlock(&sib_lock);
+}
+
+/* Waits for any thread running this engine's batch as a sibling. */
+static void sibling_del(tenc_engine *e) {
+  if (!e->sibling) return;
+  pthread_rwlock_wrlock(&sib_lock);
+  for (uint32_t i = 0; i < nsibs; i++)
+    if (sibs[i] == e) {
+      sibs[i] = sibs[--nsibs];
+      break;
+    }
+  e->sibling = 0;
+  pthread_rwlock_unlock(&sib_lock);
+}
+
+/* ---- the threads ----------------------------------------------------------------- */
 
 static int busy_poll(tenc_engine *e) {
   uint64_t budget = (uint64_t)e->busy_poll_us * 1000u, start = tenc_now_ns();
@@ -56,15 +204,13 @@ static int busy_poll(tenc_engine *e) {
 static void *tx_main(void *arg) {
   tenc_engine *e = arg;
   struct tenc_tx *t = e->tx;
-  struct pollfd pf[2] = {{.fd = e->o.tun_fd, .events = POLLIN}, {.fd = e->stop_fd, .events = POLLIN}};
   int more = 0;
   uint32_t spin_misses = 0, spin_skip = 0; /* busy polls in a row that caught nothing */
   while (!atomic_load(&e->stopping)) {
     if (!more) {
-      int r = poll(pf, 2, -1);
-      if (r < 0 && errno != EINTR) break;
-      if (pf[1].revents) break;
-      if (r <= 0 || !(pf[0].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+      int r = wait_ready(e, e->tx_ep, e->o.tun_fd);
+      if (r < 0) break;
+      if (r == 0) continue;
     }
     pthread_mutex_lock(&e->tx_mu);
     int n = tenc_tx_cycle(e, t, &more);
@@ -84,15 +230,13 @@ static void *tx_main(void *arg) {
 static void *rx_main(void *arg) {
   tenc_engine *e = arg;
   struct tenc_rx *x = e->rx;
-  struct pollfd pf[2] = {{.fd = e->o.udp_fd, .events = POLLIN}, {.fd = e->stop_fd, .events = POLLIN}};
   int more = 0;
   uint32_t inline_misses = 0, inline_skip = 0; /* inline reply attempts that found nothing, in a row */
   while (!atomic_load(&e->stopping)) {
     if (!more) {
-      int r = poll(pf, 2, -1);
-      if (r < 0 && errno != EINTR) break;
-      if (pf[1].revents) break;
-      if (r <= 0) continue;
+      int r = wait_ready(e, e->rx_ep, e->o.udp_fd);
+      if (r < 0) break;
+      if (r == 0) continue;
     }
     pthread_mutex_lock(&e->rx_mu);
     uint32_t injected;
@@ -119,6 +263,11 @@ static void *rx_main(void *arg) {
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
+static int ep_add(int ep, int fd) {
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+  return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0;
+}
+
 tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_event_signal sig, void *js) {
   tenc_engine *e = calloc(1, sizeof *e);
   if (!e) return NULL;
@@ -139,6 +288,14 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
   pthread_mutex_init(&e->rx_mu, NULL);
   e->busy_poll_us = o->busy_poll_us;
   e->inline_tx = o->inline_tx;
+  e->tx_ep = epoll_create1(EPOLL_CLOEXEC);
+  e->rx_ep = epoll_create1(EPOLL_CLOEXEC);
+  if (e->tx_ep < 0 || e->rx_ep < 0 || e->stop_fd < 0 || !ep_add(e->tx_ep, o->tun_fd) || !ep_add(e->tx_ep, e->stop_fd) ||
+      !ep_add(e->rx_ep, o->udp_fd) || !ep_add(e->rx_ep, e->stop_fd)) { /* the threads poll() instead, no sibling poll */
+    if (e->tx_ep >= 0) close(e->tx_ep);
+    if (e->rx_ep >= 0) close(e->rx_ep);
+    e->tx_ep = e->rx_ep = -1;
+  }
   e->tx_batch = o->tx_batch_kb << 10;
   e->peers = calloc(TENC_MAX_PEERS, sizeof *e->peers);
   e->kcap = 64;
@@ -177,10 +334,12 @@ int tenc_engine_start(tenc_engine *e) {
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (r != 0) return -r;
   e->threads_started = 1;
+  sibling_add(e);
   return 0;
 }
 
 void tenc_engine_stop(tenc_engine *e) {
+  sibling_del(e);
   if (e->threads_started) {
     atomic_store(&e->stopping, 1);
     uint64_t one = 1;
@@ -197,7 +356,7 @@ void tenc_engine_stop(tenc_engine *e) {
         e->peers[i] = NULL;
       }
   pthread_rwlock_unlock(&e->lock);
-  int *fds[] = {&e->o.tun_fd, &e->o.udp_fd, &e->o.raw4_fd, &e->o.raw6_fd, &e->stop_fd};
+  int *fds[] = {&e->o.tun_fd, &e->o.udp_fd, &e->o.raw4_fd, &e->o.raw6_fd, &e->stop_fd, &e->tx_ep, &e->rx_ep};
   for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
     if (*fds[i] >= 0) {
       close(*fds[i]);

@@ -357,6 +357,10 @@ int tenc_rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more, uint32_t *inject
   if (x->npend) rx_open_pending(e, x, now);
   pthread_rwlock_unlock(&e->lock);
   ev_flush(e);
+  if (e->rx_quiet && !*more && n <= SPIN_SMALL && x->ninj) { /* its answer is read inline: the TX thread sleeps on */
+    tenc_ep_mask(e->tx_ep, e->o.tun_fd, 1);
+    e->rx_quieted = 1;
+  }
   rx_inject(e, x);
   if (injected) *injected = x->ninj;
   return n;

@@ -456,7 +456,10 @@ int tenc_tx_cycle(tenc_engine *e, struct tenc_tx *t, int *more) {
   }
   if (!t->nrecs) return 0;
   tx_seal(e, t);
+  /* A small batch to a pod of this process: its receive runs here, after the send (TENC_SIBLING_POLL). */
+  tenc_engine *sib = t->nout && t->nout <= SPIN_SMALL && e->o.sibling_poll ? tenc_sibling_find(e, &t->out[0].ep) : NULL;
   if (t->nout) tx_send(e, t, e->o.udp_gso);
+  if (sib) tenc_sibling_run(sib);
   return (int)t->nrecs;
 }
 

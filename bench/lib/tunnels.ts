@@ -443,6 +443,8 @@ export interface TunnelVariants {
   peers?: number;
   /** Adds `tenc-env`: tenc with this extra environment (an A/B of a TENC_* knob). */
   tencEnv?: Record<string, string>;
+  /** `tenc-env` runs both pods in one pod host (an A/B against `tenc-host`). */
+  tencEnvHost?: boolean;
   /** Adds `tenc-policies`: tenc with this many TencPolicy exempt policies installed (ports the traffic does not use). */
   policies?: number;
   /** Adds `tenc-host`: both pods in one pod host (`tenc pod --host`), as the agent runs them. */
@@ -456,7 +458,7 @@ export function allTunnels(v: TunnelVariants = {}): Tunnel[] {
     new WgGoTunnel({ id: 'wg-deb', label: 'wireguard-go 0.0.20220316 (Debian)', binary: '/usr/bin/wireguard-go', ifname: 'wgbdeb', listenPort: 51830, subnet: 1 }),
     new WgGoTunnel({ id: 'wg-bpo', label: 'wireguard-go 0.0.20231211 (backports)', binary: backportsBinary, ifname: 'wgbbpo', listenPort: 51831, subnet: 2 }),
     new TencTunnel(),
-    ...(v.tencEnv ? [new TencTunnel({ id: 'tenc-env', label: 'tenc with extra environment', env: v.tencEnv })] : []),
+    ...(v.tencEnv ? [new TencTunnel({ id: 'tenc-env', label: 'tenc with extra environment', env: v.tencEnv, podHost: v.tencEnvHost })] : []),
     ...(v.peers && v.peers > 1 ? [new TencTunnel({ id: 'tenc-peers', label: `tenc with ${v.peers} peers`, extraPeers: v.peers - 1 })] : []),
     ...(v.policies && v.policies > 0 ? [new TencTunnel({ id: 'tenc-policies', label: `tenc with ${v.policies} exempt policies`, policies: v.policies })] : []),
     ...(v.podHost ? [new TencTunnel({ id: 'tenc-host', label: 'tenc, both pods in one pod host', podHost: true })] : []),

@@ -41,6 +41,8 @@ export interface PodEngine {
   drops(): Record<string, number>;
   /** Non-zero counts of handshake messages not used, by reason. */
   handshakeFailures(): Record<string, number>;
+  /** The data plane's own counts (native: handshakes and keepalives received, sibling batches, ...). Optional. */
+  planeStats?(): Record<string, number>;
   /**
    * Route misses (dns.classifyCidrs): with a handler, each outgoing packet no peer
    * claims is reported (once per destination per second, with a copy of the packet);
@@ -205,6 +207,9 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
     },
     handshakeFailures() {
       return device.status().handshakeFailures as Record<string, number>;
+    },
+    planeStats() {
+      return device.status().plane ?? {};
     },
     async close() {
       onMiss = null;

@@ -39,6 +39,8 @@ export interface StatusReport {
   drops: Record<string, number>;
   /** Handshake messages not used, by reason (non-zero only): e.g. decrypt_response for a psk mismatch. */
   handshakeFailures: Record<string, number>;
+  /** The data plane's counts (native engine: handshakesReceived, keepalivesReceived, underLoadEpisodes, siblingBatches, ...). */
+  plane?: Record<string, number>;
   /** The DNS proxy, when enabled (src/dns/service.ts DnsStatus has more counters). */
   dns?: DnsStatusReport;
   /** The pod process's pid (for `tenc agent status`); absent from older pods. */

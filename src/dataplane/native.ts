@@ -129,6 +129,7 @@ interface Layout {
   keyLocked: number;
   keyUnlocked: number;
   ratelimitSources: number;
+  siblingRx: number;
 }
 
 const layout: Layout = addon.engineLayout();
@@ -315,7 +316,9 @@ export class NativePlane implements DataPlane {
    * Global receive-side counts: handshake messages handed to the control plane, keepalives,
    * how often the handshake gate went under load, the source addresses its rate limiter
    * tracks, and the session-key memory locked in RAM or not (mlock refused by
-   * RLIMIT_MEMLOCK; either way excluded from core dumps).
+   * RLIMIT_MEMLOCK; either way excluded from core dumps), and the receive batches that
+   * another engine of this process ran after sending them (the sibling poll of a pod
+   * host's pods, TENC_SIBLING_POLL).
    */
   stats(): {
     handshakesReceived: number;
@@ -324,6 +327,7 @@ export class NativePlane implements DataPlane {
     ratelimitSources: number;
     keyBytesLocked: number;
     keyBytesUnlocked: number;
+    siblingBatches: number;
   } {
     return {
       handshakesReceived: Number(this.counters[layout.handshakeRx]),
@@ -332,6 +336,7 @@ export class NativePlane implements DataPlane {
       ratelimitSources: Number(this.counters[layout.ratelimitSources]),
       keyBytesLocked: Number(this.counters[layout.keyLocked]),
       keyBytesUnlocked: Number(this.counters[layout.keyUnlocked]),
+      siblingBatches: Number(this.counters[layout.siblingRx]),
     };
   }
 

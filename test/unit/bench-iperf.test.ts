@@ -162,6 +162,7 @@ describe('flags', () => {
     await expect(run(ctx([['only', 'tenc'], ['tenc-env', 'TENC_INLINE_TX=0']]))).rejects.toThrow(/--only leaves out tenc-env/);
     await expect(run(ctx([['only', 'plain,tenc'], ['peers', '10']]))).rejects.toThrow(/--only leaves out tenc-peers\b/);
     await expect(run(ctx([['only', 'tenc'], ['pod-host', 'true']]))).rejects.toThrow(/--only leaves out tenc-host\b/);
+    await expect(run(ctx([['only', 'tenc'], ['tenc-env-host', 'true']]))).rejects.toThrow(/--tenc-env-host .* give --tenc-env too/);
   });
 
   it('--pod-host adds the column tenc-host (both pods in one pod host), after tenc; without it there is none', async () => {
@@ -170,6 +171,9 @@ describe('flags', () => {
     expect(ids).toContain('tenc-host');
     expect(ids.indexOf('tenc-host')).toBeGreaterThan(ids.indexOf('tenc'));
     expect(allTunnels().map((t) => t.id)).not.toContain('tenc-host');
+    // --tenc-env-host: the tenc-env column in a pod host (its description says so once it runs)
+    const envHost = allTunnels({ tencEnv: { TENC_SIBLING_POLL: '0' }, tencEnvHost: true }).find((t) => t.id === 'tenc-env');
+    expect((envHost as unknown as { opts: { podHost?: boolean } }).opts.podHost).toBe(true);
   });
 });
 
