@@ -278,6 +278,11 @@ struct tenc_engine {
   int rx_quiet, rx_quieted; /* under rx_mu: mask the TX thread before injecting a small batch / it is masked */
   uint16_t udp_port;        /* the UDP socket's port (network order), for siblings */
   int sibling;              /* in the process's list of siblings */
+  /* the local addresses as siblings match them: a copy under the list's lock (engine_loop.c) */
+  uint8_t sib_family[TENC_MAX_LOCAL];
+  uint8_t sib_addr[TENC_MAX_LOCAL][16];
+  uint32_t sib_nlocal;
+  uint32_t sib_misses, sib_skip; /* under rx_mu: sibling inline replies that found nothing, in a row */
   atomic_int stopping;
   atomic_uint key_gen; /* bumped when a keypair is freed: threads then wipe their AEAD contexts' cached key */
   uint32_t tx_batch;   /* arena bytes read from the TUN device per batch (about; 0 = all) */

@@ -115,6 +115,10 @@ tenc_engine *tenc_sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep);
 /* Runs sibling s's receive batch (and its inline reply) on this thread if its
  * pipeline is free; then unmasks its socket and releases the list. */
 void tenc_sibling_run(tenc_engine *s);
+/* The sibling poll's copy of e's local addresses (node thread, after they change). */
+void tenc_sibling_set_local(tenc_engine *e);
+/* Sibling batches this thread is running: their sends never block. */
+extern __thread int tenc_sib_depth;
 
 /* Once per batch: wakes the node thread if there is something new. */
 static inline void ev_flush(tenc_engine *e) {

@@ -69,7 +69,7 @@ static pthread_rwlock_t sib_lock; /* the list; writer first, so a stop is not st
 static pthread_once_t sib_once = PTHREAD_ONCE_INIT;
 static tenc_engine *sibs[SIB_MAX];
 static uint32_t nsibs;
-static __thread int sib_depth; /* sibling batches this thread is running (nested: the answer) */
+__thread int tenc_sib_depth; /* sibling batches this thread is running (nested: the answer) */
 static __thread int sib_held;  /* this thread's holds of the list's read lock (taken once, never twice) */
 
 static void sib_init(void) {
@@ -88,30 +88,40 @@ static void sib_release(void) {
   if (--sib_held == 0) pthread_rwlock_unlock(&sib_lock);
 }
 
+/* Under the list's lock: no engine's own lock is taken for a match. */
 static int sib_owns(const tenc_engine *s, const struct sockaddr_in6 *ep) {
   if (s->udp_port != ep->sin6_port) return 0;
   const uint8_t *a = ep->sin6_addr.s6_addr;
   static const uint8_t v4map[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
   int mapped = memcmp(a, v4map, 12) == 0;
-  for (uint32_t k = 0; k < s->nlocal; k++) {
-    if (s->local_family[k] == 4 && mapped && memcmp(a + 12, s->local_addr[k], 4) == 0) return 1;
-    if (s->local_family[k] == 6 && !mapped && memcmp(a, s->local_addr[k], 16) == 0) return 1;
+  for (uint32_t k = 0; k < s->sib_nlocal; k++) {
+    if (s->sib_family[k] == 4 && mapped && memcmp(a + 12, s->sib_addr[k], 4) == 0) return 1;
+    if (s->sib_family[k] == 6 && !mapped && memcmp(a, s->sib_addr[k], 16) == 0) return 1;
   }
   return 0;
 }
 
+/* The node thread is the only writer of local_*: it reads them here without the engine's lock. */
+static void sib_copy_local(tenc_engine *e) {
+  memcpy(e->sib_family, e->local_family, sizeof e->sib_family);
+  memcpy(e->sib_addr, e->local_addr, sizeof e->sib_addr);
+  e->sib_nlocal = e->nlocal;
+}
+
+void tenc_sibling_set_local(tenc_engine *e) {
+  pthread_once(&sib_once, sib_init);
+  pthread_rwlock_wrlock(&sib_lock);
+  sib_copy_local(e);
+  pthread_rwlock_unlock(&sib_lock);
+}
+
 tenc_engine *tenc_sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep) {
-  if (sib_depth >= 2) return NULL;
+  if (tenc_sib_depth >= 2) return NULL;
   pthread_once(&sib_once, sib_init);
   sib_hold();
   for (uint32_t i = 0; i < nsibs; i++) {
     tenc_engine *s = sibs[i];
-    if (s == e || !s->o.mode_tun) continue;
-    /* local addresses are set under the engine's write lock */
-    pthread_rwlock_rdlock(&s->lock);
-    int own = sib_owns(s, ep);
-    pthread_rwlock_unlock(&s->lock);
-    if (own) {
+    if (s != e && sib_owns(s, ep)) {
       tenc_ep_mask(s->rx_ep, s->o.udp_fd, 1);
       return s;
     }
@@ -121,23 +131,28 @@ tenc_engine *tenc_sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep) {
 }
 
 void tenc_sibling_run(tenc_engine *s) {
-  if (!atomic_load(&s->stopping) && pthread_mutex_trylock(&s->rx_mu) == 0) {
-    sib_depth++;
+  if (pthread_mutex_trylock(&s->rx_mu) == 0) {
+    tenc_sib_depth++;
+    /* The inline reply: only with its TX pipeline in hand (this thread may hold it
+     * further up: the answer to its own request), and backing off on one-way traffic
+     * as the RX thread does. */
+    int reply = s->inline_tx && (s->sib_misses < 4 || ++s->sib_skip % 16 == 0) && pthread_mutex_trylock(&s->tx_mu) == 0;
     int more = 0;
     uint32_t injected = 0;
-    s->rx_quiet = s->inline_tx;
+    s->rx_quiet = reply;
     int n = tenc_rx_cycle(s, s->rx, &more, &injected);
     int quieted = s->rx_quieted;
     s->rx_quiet = s->rx_quieted = 0;
-    pthread_mutex_unlock(&s->rx_mu);
     if (n > 0) cadd(&s->ctr[TENC_G_SIBLING_RX], 1);
-    if (injected && n <= SPIN_SMALL && !more && s->inline_tx && pthread_mutex_trylock(&s->tx_mu) == 0) {
-      int m;
-      tenc_tx_cycle(s, s->tx, &m);
+    if (reply) {
+      int got = 0, m;
+      if (injected && n <= SPIN_SMALL && !more) got = tenc_tx_cycle(s, s->tx, &m);
+      s->sib_misses = got > 0 ? 0 : s->sib_misses + 1;
       pthread_mutex_unlock(&s->tx_mu);
     }
+    pthread_mutex_unlock(&s->rx_mu);
     if (quieted) tenc_ep_mask(s->tx_ep, s->o.tun_fd, 0);
-    sib_depth--;
+    tenc_sib_depth--;
   }
   tenc_ep_mask(s->rx_ep, s->o.udp_fd, 0); /* wakes its RX thread if anything is left */
   sib_release();
@@ -151,6 +166,7 @@ static void sibling_add(tenc_engine *e) {
   e->udp_port = a.sin6_port;
   pthread_once(&sib_once, sib_init);
   pthread_rwlock_wrlock(&sib_lock);
+  sib_copy_local(e);
   if (nsibs < SIB_MAX) {
     sibs[nsibs++] = e;
     e->sibling = 1;

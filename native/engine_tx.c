@@ -420,7 +420,7 @@ static void tx_send(tenc_engine *e, struct tenc_tx *t, int gso) {
     i = j;
   }
   for (uint32_t k = 0; k < nm;) {
-    int r = sendmmsg(e->o.udp_fd, &t->msgs[k], nm - k, 0);
+    int r = sendmmsg(e->o.udp_fd, &t->msgs[k], nm - k, tenc_sib_depth ? MSG_DONTWAIT : 0); /* a sibling's send never blocks */
     if (r > 0) {
       k += (uint32_t)r;
       continue;
