@@ -283,6 +283,13 @@ struct tenc_engine {
   uint8_t sib_addr[TENC_MAX_LOCAL][16];
   uint32_t sib_nlocal;
   uint32_t sib_misses, sib_skip; /* under rx_mu: sibling inline replies that found nothing, in a row */
+  /* The sibling poll's steps (engine_loop.c), called through these by the pipelines
+   * and the local-address setter: find the engine that owns an endpoint (its socket
+   * masked, the list held) or NULL; run its batch, unmask, release; copy e's local
+   * addresses for the matching. NULL when the engine takes no part. */
+  tenc_engine *(*sibling_find)(tenc_engine *e, const struct sockaddr_in6 *ep);
+  void (*sibling_run)(tenc_engine *s);
+  void (*sibling_local)(tenc_engine *e);
   atomic_int stopping;
   atomic_uint key_gen; /* bumped when a keypair is freed: threads then wipe their AEAD contexts' cached key */
   uint32_t tx_batch;   /* arena bytes read from the TUN device per batch (about; 0 = all) */

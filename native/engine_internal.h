@@ -18,6 +18,7 @@
  * translation unit inlines them as when the engine was one file. Calls between the
  * files are per batch (tenc_tx_cycle, tenc_rx_cycle) or per event (tenc_ev_*,
  * tenc_hs_gate for a handshake message), never per data packet. */
+#include <sys/epoll.h>
 #include "engine.h"
 #include <linux/virtio_net.h>
 #include <string.h>
@@ -105,19 +106,15 @@ void tenc_ev_push_miss(tenc_engine *e, int v, const uint8_t *dst, const uint8_t 
  * the sibling poll follow it (engine_loop.c). */
 #define SPIN_SMALL 16
 
-/* Masks (masked = 1) or unmasks fd in the epoll set ep (engine.h, tx_ep/rx_ep). */
-void tenc_ep_mask(int ep, int fd, int masked);
+/* Masks (masked = 1) or unmasks fd in the epoll set ep (engine.h, tx_ep/rx_ep): a
+ * masked fd wakes nobody; unmasking wakes the waiter if the fd is ready. */
+static inline void tenc_ep_mask(int ep, int fd, int masked) {
+  struct epoll_event ev = {.events = masked ? 0 : EPOLLIN, .data.fd = fd};
+  (void)epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+}
 
-/* Sibling poll (engine_loop.c): the running engine of this process whose own UDP
- * address is ep, its socket masked in its RX thread's set and the list's read lock
- * held until tenc_sibling_run; or NULL. */
-tenc_engine *tenc_sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep);
-/* Runs sibling s's receive batch (and its inline reply) on this thread if its
- * pipeline is free; then unmasks its socket and releases the list. */
-void tenc_sibling_run(tenc_engine *s);
-/* The sibling poll's copy of e's local addresses (node thread, after they change). */
-void tenc_sibling_set_local(tenc_engine *e);
-/* Sibling batches this thread is running: their sends never block. */
+/* Sibling batches this thread is running (engine_loop.c's sibling poll; defined in
+ * engine_tx.c): their sends never block. */
 extern __thread int tenc_sib_depth;
 
 /* Once per batch: wakes the node thread if there is something new. */

@@ -28,11 +28,6 @@
  * request just sent (a ping's reply) is then handled without the RX thread's
  * wake-up on the critical path. Activity restarts the budget; it is bounded by
  * busy_poll_us of idle time. (The RX side has the inline reply instead.) */
-void tenc_ep_mask(int ep, int fd, int masked) {
-  struct epoll_event ev = {.events = masked ? 0 : EPOLLIN, .data.fd = fd};
-  (void)epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
-}
-
 /* Waits for fd in the thread's epoll set ep (poll() without one): 1 = ready, 0 = again, -1 = stop. */
 static int wait_ready(tenc_engine *e, int ep, int fd) {
   if (ep >= 0) {
@@ -69,7 +64,6 @@ static pthread_rwlock_t sib_lock; /* the list; writer first, so a stop is not st
 static pthread_once_t sib_once = PTHREAD_ONCE_INIT;
 static tenc_engine *sibs[SIB_MAX];
 static uint32_t nsibs;
-__thread int tenc_sib_depth; /* sibling batches this thread is running (nested: the answer) */
 static __thread int sib_held;  /* this thread's holds of the list's read lock (taken once, never twice) */
 
 static void sib_init(void) {
@@ -108,14 +102,14 @@ static void sib_copy_local(tenc_engine *e) {
   e->sib_nlocal = e->nlocal;
 }
 
-void tenc_sibling_set_local(tenc_engine *e) {
+static void sibling_local(tenc_engine *e) {
   pthread_once(&sib_once, sib_init);
   pthread_rwlock_wrlock(&sib_lock);
   sib_copy_local(e);
   pthread_rwlock_unlock(&sib_lock);
 }
 
-tenc_engine *tenc_sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep) {
+static tenc_engine *sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep) {
   if (tenc_sib_depth >= 2) return NULL;
   pthread_once(&sib_once, sib_init);
   sib_hold();
@@ -130,7 +124,7 @@ tenc_engine *tenc_sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep) {
   return NULL;
 }
 
-void tenc_sibling_run(tenc_engine *s) {
+static void sibling_run(tenc_engine *s) {
   if (pthread_mutex_trylock(&s->rx_mu) == 0) {
     tenc_sib_depth++;
     /* The inline reply: only with its TX pipeline in hand (this thread may hold it
@@ -161,7 +155,7 @@ void tenc_sibling_run(tenc_engine *s) {
 static void sibling_add(tenc_engine *e) {
   struct sockaddr_in6 a;
   socklen_t l = sizeof a;
-  if (!e->o.sibling_poll || e->tx_ep < 0 || e->rx_ep < 0 || !e->o.mode_tun) return;
+  if (!e->sibling_find) return;
   if (getsockname(e->o.udp_fd, (struct sockaddr *)&a, &l) != 0 || a.sin6_family != AF_INET6) return;
   e->udp_port = a.sin6_port;
   pthread_once(&sib_once, sib_init);
@@ -311,6 +305,11 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
     if (e->tx_ep >= 0) close(e->tx_ep);
     if (e->rx_ep >= 0) close(e->rx_ep);
     e->tx_ep = e->rx_ep = -1;
+  }
+  if (o->sibling_poll && o->mode_tun && e->tx_ep >= 0) { /* before the threads: they read these unlocked */
+    e->sibling_find = sibling_find;
+    e->sibling_run = sibling_run;
+    e->sibling_local = sibling_local;
   }
   e->tx_batch = o->tx_batch_kb << 10;
   e->peers = calloc(TENC_MAX_PEERS, sizeof *e->peers);

@@ -299,7 +299,7 @@ void tenc_engine_set_local(tenc_engine *e, const uint8_t *family, const uint8_t 
   }
   e->nlocal = n;
   pthread_rwlock_unlock(&e->lock);
-  tenc_sibling_set_local(e);
+  if (e->sibling_local) e->sibling_local(e);
 }
 
 void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n) {

@@ -385,6 +385,8 @@ static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
   ev_flush(e);
 }
 
+__thread int tenc_sib_depth; /* engine_internal.h */
+
 /* Stage 5: sendmmsg, with runs of equal-size messages to one endpoint as GSO. */
 static void tx_send(tenc_engine *e, struct tenc_tx *t, int gso) {
   uint32_t nm = 0;
@@ -457,9 +459,9 @@ int tenc_tx_cycle(tenc_engine *e, struct tenc_tx *t, int *more) {
   if (!t->nrecs) return 0;
   tx_seal(e, t);
   /* A small batch to a pod of this process: its receive runs here, after the send (TENC_SIBLING_POLL). */
-  tenc_engine *sib = t->nout && t->nout <= SPIN_SMALL && e->o.sibling_poll ? tenc_sibling_find(e, &t->out[0].ep) : NULL;
+  tenc_engine *sib = t->nout && t->nout <= SPIN_SMALL && e->sibling_find ? e->sibling_find(e, &t->out[0].ep) : NULL;
   if (t->nout) tx_send(e, t, e->o.udp_gso);
-  if (sib) tenc_sibling_run(sib);
+  if (sib) sib->sibling_run(sib);
   return (int)t->nrecs;
 }
 
