@@ -82,6 +82,7 @@ class Proc {
   private waiters: (() => void)[] = [];
   stderr = '';
   exited: Promise<number | null>;
+  private closed = false;
 
   constructor(ns: string, argv: string[]) {
     this.p = spawn('ip', ['netns', 'exec', ns, ...argv], { cwd: root, stdio: ['pipe', 'pipe', 'pipe'] });
@@ -103,13 +104,18 @@ class Proc {
       this.waiters.splice(0).forEach((w) => w());
       res(code);
     }));
+    // 'exit' can come before the last stdout data: a child is done once its pipes have closed too
+    this.p.once('close', () => {
+      this.closed = true;
+      this.waiters.splice(0).forEach((w) => w());
+    });
   }
 
   /** Next stdout line parsed as JSON. */
   async next<T = Record<string, unknown>>(timeoutMs = 15_000): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     while (!this.lines.length) {
-      if (this.p.exitCode !== null) throw new Error(`child exited ${this.p.exitCode}: ${this.stderr}`);
+      if (this.closed) throw new Error(`child exited ${this.p.exitCode}: ${this.stderr}`);
       if (Date.now() > deadline) throw new Error(`child timed out; stderr: ${this.stderr}`);
       await new Promise<void>((res) => {
         this.waiters.push(res);
