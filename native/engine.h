@@ -46,7 +46,8 @@
  *      reply, ACK) itself, instead of a TX thread wake-up (TENC_INLINE_TX;
  *      engine_loop.c, as the TX thread's busy poll)
  * Each pipeline's batch state is guarded by its mutex (tx_mu, rx_mu): its own
- * thread, or the other one (inline reply, busy poll) with trylock.
+ * thread, or with trylock the other one (inline reply, busy poll) or a thread of
+ * another engine of this process (the sibling poll, engine_loop.c).
  *
  * Locking: one rwlock over peers, keypairs, allowed IPs and services. Each thread
  * holds it for reading per batch; control calls take it for writing. A peer's

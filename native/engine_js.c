@@ -28,6 +28,9 @@
  *   TENC_INLINE_TX=0|1 (default 1): after writing a small batch (at most 16
  *     datagrams) to the TUN device, the RX thread reads the device once and sends
  *     what it holds (usually the answer: echo reply, ACK) instead of a TX wake-up
+ *   TENC_SIBLING_POLL=0|1 (default 1): a small batch sent to another engine of this
+ *     process (a pod of the same pod host) has its receive and inline reply run by
+ *     the sending thread (engine_loop.c)
  *   TENC_GRO_IOV=0|1 (default 1): a merged TCP run is written to the TUN device
  *     with writev (its headers + each payload where it was decrypted) instead of
  *     being copied into one frame first

@@ -21,13 +21,6 @@
 
 /* ---- threads ------------------------------------------------------------------ */
 
-/* Busy poll (TENC_BUSY_POLL_US): after sending a small batch, instead of sleeping
- * at once, the TX thread keeps checking both the TUN device and the UDP
- * socket for up to busy_poll_us, and runs whichever pipeline has work (under its
- * mutex; when the other thread is running it, it is skipped). The answer to a
- * request just sent (a ping's reply) is then handled without the RX thread's
- * wake-up on the critical path. Activity restarts the budget; it is bounded by
- * busy_poll_us of idle time. (The RX side has the inline reply instead.) */
 /* Waits for fd in the thread's epoll set ep (poll() without one): 1 = ready, 0 = again, -1 = stop. */
 static int wait_ready(tenc_engine *e, int ep, int fd) {
   if (ep >= 0) {
@@ -183,6 +176,13 @@ static void sibling_del(tenc_engine *e) {
 
 /* ---- the threads ----------------------------------------------------------------- */
 
+/* Busy poll (TENC_BUSY_POLL_US): after sending a small batch, instead of sleeping
+ * at once, the TX thread keeps checking both the TUN device and the UDP
+ * socket for up to busy_poll_us, and runs whichever pipeline has work (under its
+ * mutex; when the other thread is running it, it is skipped). The answer to a
+ * request just sent (a ping's reply) is then handled without the RX thread's
+ * wake-up on the critical path. Activity restarts the budget; it is bounded by
+ * busy_poll_us of idle time. (The RX side has the inline reply instead.) */
 static int busy_poll(tenc_engine *e) {
   uint64_t budget = (uint64_t)e->busy_poll_us * 1000u, start = tenc_now_ns();
   int any = 0;

@@ -388,7 +388,10 @@ static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
 __thread int tenc_sib_depth; /* engine_internal.h */
 
 /* Stage 5: sendmmsg, with runs of equal-size messages to one endpoint as GSO. */
-static void tx_send(tenc_engine *e, struct tenc_tx *t, int gso) {
+static void tx_send(tenc_engine *e, struct tenc_tx *t, int gso, int nonblock) {
+  /* A send to a sibling (or by one) never blocks: the sibling list is held and the
+   * receiver's socket masked meanwhile. A full send buffer drops it (io). */
+  int flags = nonblock || tenc_sib_depth ? MSG_DONTWAIT : 0;
   uint32_t nm = 0;
   for (uint32_t i = 0; i < t->nout;) {
     txout *o = &t->out[i];
@@ -422,7 +425,7 @@ static void tx_send(tenc_engine *e, struct tenc_tx *t, int gso) {
     i = j;
   }
   for (uint32_t k = 0; k < nm;) {
-    int r = sendmmsg(e->o.udp_fd, &t->msgs[k], nm - k, tenc_sib_depth ? MSG_DONTWAIT : 0); /* a sibling's send never blocks */
+    int r = sendmmsg(e->o.udp_fd, &t->msgs[k], nm - k, flags);
     if (r > 0) {
       k += (uint32_t)r;
       continue;
@@ -433,7 +436,7 @@ static void tx_send(tenc_engine *e, struct tenc_tx *t, int gso) {
     if (c > 1 && (err == EINVAL || err == EMSGSIZE || err == EIO)) {
       /* GSO refused (e.g. segment above the path MTU): send them one by one. */
       for (uint32_t q = f; q < f + c; q++)
-        if (sendto(e->o.udp_fd, t->out[q].buf, t->out[q].len, 0, (struct sockaddr *)&t->out[q].ep,
+        if (sendto(e->o.udp_fd, t->out[q].buf, t->out[q].len, flags, (struct sockaddr *)&t->out[q].ep,
                    sizeof t->out[q].ep) < 0)
           drop(e, t->out[q].peer, TENC_D_IO, 1);
     } else {
@@ -460,7 +463,7 @@ int tenc_tx_cycle(tenc_engine *e, struct tenc_tx *t, int *more) {
   tx_seal(e, t);
   /* A small batch to a pod of this process: its receive runs here, after the send (TENC_SIBLING_POLL). */
   tenc_engine *sib = t->nout && t->nout <= SPIN_SMALL && e->sibling_find ? e->sibling_find(e, &t->out[0].ep) : NULL;
-  if (t->nout) tx_send(e, t, e->o.udp_gso);
+  if (t->nout) tx_send(e, t, e->o.udp_gso, sib != NULL);
   if (sib) sib->sibling_run(sib);
   return (int)t->nrecs;
 }

@@ -133,6 +133,9 @@ export function stdoutLines(child: ChildProcess): (take: (line: string) => boole
   const kept: string[] = [];
   const waiters: { take: (line: string) => boolean; done: (line: string) => void }[] = [];
   let buf = '';
+  // 'close', not 'exit': the exit can come before the last lines; a closed child's lines are all read
+  let closed = false;
+  child.once('close', () => (closed = true));
   const offer = (line: string): void => {
     const i = waiters.findIndex((w) => w.take(line));
     if (i < 0) kept.push(line);
@@ -148,27 +151,29 @@ export function stdoutLines(child: ChildProcess): (take: (line: string) => boole
   return (take, ms, what) => {
     const i = kept.findIndex(take);
     if (i >= 0) return Promise.resolve(kept.splice(i, 1)[0]!);
+    const gone = (): string => `${what}: the pod host exited (${child.signalCode ?? child.exitCode})`;
+    if (closed) return Promise.reject(new Error(gone()));
     return new Promise((resolve, reject) => {
       const w = {
         take,
         done: (line: string) => {
           clearTimeout(timer);
-          child.off('exit', onExit);
+          child.off('close', onClose);
           resolve(line);
         },
       };
-      const fail = (why: string): void => {
+      const fail = (message: string): void => {
         const j = waiters.indexOf(w);
         if (j >= 0) waiters.splice(j, 1);
-        child.off('exit', onExit);
-        reject(new Error(`${what}: ${why}`));
+        child.off('close', onClose);
+        reject(new Error(message));
       };
-      const timer = setTimeout(() => fail(`nothing within ${ms} ms`), ms);
-      const onExit = (code: number | null, sig: string | null): void => {
+      const timer = setTimeout(() => fail(`${what}: nothing within ${ms} ms`), ms);
+      const onClose = (): void => {
         clearTimeout(timer);
-        fail(`the pod host exited (${sig ?? code})`);
+        fail(gone());
       };
-      child.once('exit', onExit);
+      child.once('close', onClose);
       waiters.push(w);
     });
   };
@@ -216,11 +221,13 @@ export class TencTunnel implements Tunnel {
     const port = 51820;
     // --pod-host: one `tenc pod --host` runs both pods, each in its namespace (the agent's default on a node)
     let hostLine: ReturnType<typeof stdoutLines> | undefined;
+    let hostProc: Proc | undefined;
     if (this.opts.podHost) {
       const host = children.spawn(node, [TENC_MAIN, 'pod', '--host'], this.opts.env, { stdin: true });
       const tail = tailOf(host);
       host.stdin!.on('error', () => undefined); // a host that died: its exit fails the wait for its line
-      this.pods.push({ child: host, tail, ns: 'the pod host' });
+      hostProc = { child: host, tail, ns: 'the pod host' };
+      this.pods.push(hostProc);
       hostLine = stdoutLines(host);
       await hostLine((l) => l === 'host ready', 15_000, 'tenc pod --host: its ready line').catch((err: Error) => {
         throw new Error(`${err.message}${tail().length ? `: ${tail().slice(-3).join(' / ')}` : ''}`);
@@ -230,18 +237,20 @@ export class TencTunnel implements Tunnel {
       const config = join(env.dir, `tenc-${name}.json`);
       const peers = dummyPeers(this.opts.extraPeers ?? 0);
       writeFileSync(config, JSON.stringify({ addresses: [addr], pskFile: psk, listenPort: port, ...(peers.length ? { peers } : {}) }), { mode: 0o600 });
-      if (hostLine) {
-        const host = this.pods[0]!;
+      if (hostLine && hostProc) {
+        const host = hostProc;
         host.child.stdin!.write(JSON.stringify({ netns: `/run/netns/${ns}`, config }) + '\n');
+        // this pod's key or exit, or the host's answer to a line it could not take (no "pod")
         const mine = (l: string): boolean => {
           try {
-            return (JSON.parse(l) as { pod?: string }).pod === config;
+            const o = JSON.parse(l) as { pod?: string; error?: string } | null;
+            return o !== null && (o.pod === config || (o.pod === undefined && typeof o.error === 'string'));
           } catch {
             return false;
           }
         };
         const line = JSON.parse(await hostLine(mine, 15_000, `tenc pod --host: pod ${ns}`)) as { publicKey?: string; exited?: number; error?: string };
-        if (typeof line.publicKey !== 'string') throw new Error(`tenc pod --host: pod ${ns} exited ${line.exited}${line.error ? `: ${line.error}` : ''}: ${host.tail().slice(-3).join(' / ')}`);
+        if (typeof line.publicKey !== 'string') throw new Error(`tenc pod --host: pod ${ns} ${line.exited !== undefined ? `exited ${line.exited}` : 'refused'}${line.error ? `: ${line.error}` : ''}: ${host.tail().slice(-3).join(' / ')}`);
         return line.publicKey;
       }
       const child = children.spawn('ip', ['netns', 'exec', ns, node, TENC_MAIN, 'pod', '--config', config], this.opts.env);

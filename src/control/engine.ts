@@ -209,7 +209,7 @@ export const openEngine: EngineOpener = async ({ config, privateKey, psk, mtu, l
       return device.status().handshakeFailures as Record<string, number>;
     },
     planeStats() {
-      return device.status().plane ?? {};
+      return plane.stats();
     },
     async close() {
       onMiss = null;

@@ -6,8 +6,6 @@
  *   TENC_GRO_IOV=0       merged TCP runs copied into one frame before the TUN write
  *   TENC_BUSY_POLL_US=0  the TX thread sleeps at once after a small send
  *   TENC_INLINE_TX=0     the TX thread alone sends (no read after a TUN write)
- *   TENC_SIBLING_POLL=0  no engine runs another's receive (test/netns/pod-host.test.ts
- *                        case 6 has both sides with two pods in one process)
  *   TENC_TX_BATCH_KB=256 small send batches
  *   TENC_TSO_ALIGN=0     TCP segments as large as the kernel asked
  *   TENC_AEAD=evp        ChaCha20-Poly1305 through OpenSSL's EVP API, not its cores
@@ -18,7 +16,6 @@ process.env.TENC_SCATTER_SEAL = '0';
 process.env.TENC_GRO_IOV = '0';
 process.env.TENC_BUSY_POLL_US = '0';
 process.env.TENC_INLINE_TX = '0';
-process.env.TENC_SIBLING_POLL = '0';
 process.env.TENC_TX_BATCH_KB = '256';
 process.env.TENC_TSO_ALIGN = '0';
 process.env.TENC_AEAD = 'evp';

@@ -26,8 +26,8 @@
  *     load, while pod b of the same host, pinged by a pod c of its own all the while,
  *     answers c's new handshake without demanding a cookie (b not under load) and
  *     loses at most 3 of 30 pings (seen: 30/30; the same re-handshake without the
- *     flood took as long, ~3 s, as with it); none of b's batches came through the
- *     sibling poll (c is not in the host)
+ *     flood took as long, ~3 s, as with it); none of a's or b's batches came
+ *     through the sibling poll (c is not in the host, a never sent to b)
  *  6. the sibling poll (native/engine_loop.c): a ping from a to b in one host is
  *     received by b's pipeline on a's sending thread, and its echo reply by a's on
  *     the thread that sent it (each pod's status counts plane.siblingBatches); every
@@ -414,8 +414,11 @@ describe('tenc pod --host', () => {
     // and its traffic went on (a loaded machine may lose a ping or two, not the flood's 8 s)
     expect(m).not.toBeNull();
     expect(Number(m![2])).toBeGreaterThanOrEqual(Number(m![1]) - 3);
-    // c is a process of its own: what b received from it, b's own threads received (no sibling poll)
+    // c is a process of its own and a never sent to b: no batch of a or b came through the
+    // sibling poll (a match on the port alone, 51820 in every pod, would have had b's
+    // replies to c run a's receive)
     expect((sb as unknown as { plane: { siblingBatches: number } }).plane.siblingBatches).toBe(0);
+    expect((sa as unknown as { plane: { siblingBatches: number } }).plane.siblingBatches).toBe(0);
     h.child.kill('SIGTERM');
     expect(await h.exit).toBe(0);
     podC.child.kill('SIGTERM');

@@ -179,8 +179,10 @@ describe('flags', () => {
 
 describe("a pod host's stdout lines (tenc-host)", () => {
   const fakeChild = () => {
-    const child = new EventEmitter() as EventEmitter & { stdout: PassThrough };
+    const child = new EventEmitter() as EventEmitter & { stdout: PassThrough; exitCode: number | null; signalCode: string | null };
     child.stdout = new PassThrough();
+    child.exitCode = null;
+    child.signalCode = null;
     return child;
   };
 
@@ -205,10 +207,13 @@ describe("a pod host's stdout lines (tenc-host)", () => {
     const next = stdoutLines(child as never);
     await expect(next((l) => l === 'host ready', 50, 'tenc pod --host: its ready line')).rejects.toThrow(/its ready line: nothing within 50 ms/);
     const p = next((l) => l === 'host ready', 5000, 'tenc pod --host: its ready line');
-    child.emit('exit', 1, null);
-    await expect(p).rejects.toThrow(/the pod host exited \(1\)/);
-    // a line that comes after a waiter gave up is kept, not handed to the dead waiter
-    child.stdout.write('host ready\n');
-    expect(await next((l) => l === 'host ready', 1000, 'again')).toBe('host ready');
+    child.exitCode = 1;
+    child.emit('exit', 1, null); // its last lines may still come: not the end yet
+    child.stdout.write('{"pod":"/late.json","exited":1}\n');
+    child.emit('close', 1, null);
+    await expect(p).rejects.toThrow(/its ready line: the pod host exited \(1\)/);
+    // the line that came after the exit event was kept, and a wait after the close fails at once
+    expect(await next((l) => l.includes('/late.json'), 1000, 'late')).toContain('"exited":1');
+    await expect(next((l) => l === 'host ready', 5000, 'again')).rejects.toThrow(/again: the pod host exited \(1\)/);
   });
 });
