@@ -233,6 +233,11 @@ typedef struct {
   uint64_t tokens; /* ms of credit: each message costs 1000 / TENC_RL_PER_SECOND */
 } tenc_rl_slot;
 
+/* An optional try's misses in a row (engine_internal.h, tenc_backoff_try). */
+typedef struct {
+  uint32_t misses, skip;
+} tenc_backoff;
+
 typedef struct tenc_engine tenc_engine;
 typedef void (*tenc_event_signal)(tenc_engine *e); /* called once per batch with new events */
 
@@ -283,7 +288,7 @@ struct tenc_engine {
   uint8_t sib_family[TENC_MAX_LOCAL];
   uint8_t sib_addr[TENC_MAX_LOCAL][16];
   uint32_t sib_nlocal;
-  uint32_t sib_misses, sib_skip; /* under rx_mu: sibling inline replies that found nothing, in a row */
+  tenc_backoff sib_reply;   /* under rx_mu: the sibling inline reply's back-off */
   /* The sibling poll's steps (engine_loop.c), called through these by the pipelines
    * and the local-address setter: find the engine that owns an endpoint (its socket
    * masked, the list held) or NULL; run its batch, unmask, release; copy e's local

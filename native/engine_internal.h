@@ -106,6 +106,18 @@ void tenc_ev_push_miss(tenc_engine *e, int v, const uint8_t *dst, const uint8_t 
  * the sibling poll follow it (engine_loop.c). */
 #define SPIN_SMALL 16
 
+/* The back-off of an optional try after a small batch (the busy poll, the inline
+ * reply, the sibling's inline reply): once `limit` tries in a row caught nothing
+ * (one-way traffic), only every 16th chance tries, so a try that keeps finding
+ * nothing is not a wasted system call per batch. */
+static inline int tenc_backoff_try(tenc_backoff *b, uint32_t limit) {
+  return b->misses < limit || ++b->skip % 16 == 0;
+}
+
+static inline void tenc_backoff_caught(tenc_backoff *b, int caught) {
+  b->misses = caught ? 0 : b->misses + 1;
+}
+
 /* Masks (masked = 1) or unmasks fd in the epoll set ep (engine.h, tx_ep/rx_ep): a
  * masked fd wakes nobody; unmasking wakes the waiter if the fd is ready. */
 static inline void tenc_ep_mask(int ep, int fd, int masked) {

@@ -12,10 +12,14 @@
  *     TCP merge, copied or gathered from the writev's iovecs
  *   replayRun(counters: BigUint64Array) -> Uint8Array  a fresh replay window fed the
  *     counters in order (check, then commit, as the receive path does): 1 accepted
+ *   backoffRun(limit, caught: Uint8Array) -> Uint8Array  a fresh back-off of the
+ *     optional tries after a small batch (engine_internal.h) given one chance per
+ *     element: 1 where it tried; a try then catches (caught[i] != 0) or misses
  * Errors as in engine_js.c. */
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/uio.h>
+#include "engine_internal.h"
 #include "engine_js.h"
 #include "modules.h"
 #include "offload.h"
@@ -164,6 +168,33 @@ static napi_value replay_run(napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value backoff_run(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int64_t limit;
+  if (argc < 2) return tenc_throw_type(env, "backoffRun(limit, caught)");
+  if (tenc_get_int(env, argv[0], 0, 1 << 20, "limit", &limit) < 0) return NULL;
+  bool is = false;
+  napi_is_typedarray(env, argv[1], &is);
+  napi_typedarray_type tt = napi_int8_array;
+  size_t n = 0;
+  void *data = NULL;
+  if (is) napi_get_typedarray_info(env, argv[1], &tt, &n, &data, NULL, NULL);
+  if (!is || tt != napi_uint8_array) return tenc_throw_type(env, "caught must be a Uint8Array");
+  napi_value ab, out;
+  void *res;
+  napi_create_arraybuffer(env, n, &res, &ab);
+  napi_create_typedarray(env, napi_uint8_array, n, ab, 0, &out);
+  tenc_backoff b = {0, 0};
+  for (size_t i = 0; i < n; i++) {
+    int tried = tenc_backoff_try(&b, (uint32_t)limit);
+    if (tried) tenc_backoff_caught(&b, ((const uint8_t *)data)[i] != 0);
+    ((uint8_t *)res)[i] = (uint8_t)tried;
+  }
+  return out;
+}
+
 static napi_value engine_test_age_keypair(napi_env env, napi_callback_info info) {
   ARGS(3);
   uint32_t local;
@@ -178,6 +209,7 @@ napi_status tenc_init_engine_test(napi_env env, napi_value exports) {
       {"engineTestSetSendCounter", engine_test_set_send_counter},
       {"engineTestAgeKeypair", engine_test_age_keypair},
       {"replayRun", replay_run},
+      {"backoffRun", backoff_run},
       {"engineTestSeal", engine_test_seal},
       {"engineTestGro", engine_test_gro},
   };

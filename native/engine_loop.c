@@ -123,7 +123,7 @@ static void sibling_run(tenc_engine *s) {
     /* The inline reply: only with its TX pipeline in hand (this thread may hold it
      * further up: the answer to its own request), and backing off on one-way traffic
      * as the RX thread does. */
-    int reply = s->inline_tx && (s->sib_misses < 4 || ++s->sib_skip % 16 == 0) && pthread_mutex_trylock(&s->tx_mu) == 0;
+    int reply = s->inline_tx && tenc_backoff_try(&s->sib_reply, 4) && pthread_mutex_trylock(&s->tx_mu) == 0;
     int more = 0;
     uint32_t injected = 0;
     s->rx_quiet = reply;
@@ -134,7 +134,7 @@ static void sibling_run(tenc_engine *s) {
     if (reply) {
       int got = 0, m;
       if (injected && n <= SPIN_SMALL && !more) got = tenc_tx_cycle(s, s->tx, &m);
-      s->sib_misses = got > 0 ? 0 : s->sib_misses + 1;
+      tenc_backoff_caught(&s->sib_reply, got > 0);
       pthread_mutex_unlock(&s->tx_mu);
     }
     pthread_mutex_unlock(&s->rx_mu);
@@ -215,7 +215,7 @@ static void *tx_main(void *arg) {
   tenc_engine *e = arg;
   struct tenc_tx *t = e->tx;
   int more = 0;
-  uint32_t spin_misses = 0, spin_skip = 0; /* busy polls in a row that caught nothing */
+  tenc_backoff spin = {0, 0}; /* the busy poll's */
   while (!atomic_load(&e->stopping)) {
     if (!more) {
       int r = wait_ready(e, e->tx_ep, e->o.tun_fd);
@@ -229,10 +229,10 @@ static void *tx_main(void *arg) {
       usleep(1000);
       continue;
     }
-    /* Adaptive: after 8 spins in a row that caught nothing (nothing answers what
-     * this pod sends), only every 16th small batch spins. */
-    if (!more && n > 0 && n <= SPIN_SMALL && e->busy_poll_us && (spin_misses < 8 || ++spin_skip % 16 == 0))
-      spin_misses = busy_poll(e) ? 0 : spin_misses + 1;
+    /* Backing off after 8 spins in a row that caught nothing (nothing answers
+     * what this pod sends). */
+    if (!more && n > 0 && n <= SPIN_SMALL && e->busy_poll_us && tenc_backoff_try(&spin, 8))
+      tenc_backoff_caught(&spin, busy_poll(e));
   }
   return NULL;
 }
@@ -241,7 +241,7 @@ static void *rx_main(void *arg) {
   tenc_engine *e = arg;
   struct tenc_rx *x = e->rx;
   int more = 0;
-  uint32_t inline_misses = 0, inline_skip = 0; /* inline reply attempts that found nothing, in a row */
+  tenc_backoff inl = {0, 0}; /* the inline reply's */
   while (!atomic_load(&e->stopping)) {
     if (!more) {
       int r = wait_ready(e, e->rx_ep, e->o.udp_fd);
@@ -257,15 +257,14 @@ static void *rx_main(void *arg) {
      * is usually answered within that write (the kernel runs the local stack in
      * it: an echo reply, a TCP ACK, a request's response). Read and send it from
      * here instead of waking the TX thread for it. */
-    /* When the device had nothing the last few times (one-way traffic: a UDP
-     * stream), only every 16th batch tries, so the read is not a wasted system
-     * call per batch. */
-    if (e->inline_tx && e->o.mode_tun && injected && (inline_misses < 4 || ++inline_skip % 16 == 0) &&
+    /* Backing off when the device had nothing the last few times (one-way
+     * traffic: a UDP stream). */
+    if (e->inline_tx && e->o.mode_tun && injected && tenc_backoff_try(&inl, 4) &&
         pthread_mutex_trylock(&e->tx_mu) == 0) {
       int m;
       int got = tenc_tx_cycle(e, e->tx, &m);
       pthread_mutex_unlock(&e->tx_mu);
-      inline_misses = got > 0 ? 0 : inline_misses + 1;
+      tenc_backoff_caught(&inl, got > 0);
     }
   }
   return NULL;

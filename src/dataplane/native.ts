@@ -364,6 +364,15 @@ export function replayRun(counters: bigint[]): Uint8Array {
   return addon.replayRun(BigUint64Array.from(counters)) as Uint8Array;
 }
 
+/**
+ * Runs a fresh native back-off (native/engine_internal.h: the busy poll's, the inline
+ * reply's) through one chance per element of `caught`: 1 where it tried, and a try
+ * then catches something when `caught` has 1 there. For tests of the back-off in C.
+ */
+export function backoffRun(limit: number, caught: number[]): Uint8Array {
+  return addon.backoffRun(limit, Uint8Array.from(caught)) as Uint8Array;
+}
+
 export interface OpenNativePlaneOptions {
   /** TUN device name (default tenc0). */
   device?: string;

@@ -1,6 +1,7 @@
 /**
  * The native engine's tables, without namespaces or root: the replay window
  * (native/replay.h) against the shared numbered table of src/noise/replay.ts, the
+ * back-off of the optional tries after a small batch (native/engine_internal.h), the
  * allowed-IPs longest-prefix match (native/allowedips.c) at 2000 peers, and the
  * control calls' argument and lookup errors (native/engine_js.c).
  *
@@ -9,10 +10,43 @@
  * test/netns/engine.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeFd, NativePlane, openUdp, replayRun } from '../../src/dataplane/native.js';
+import { backoffRun, closeFd, NativePlane, openUdp, replayRun } from '../../src/dataplane/native.js';
 import { REPLAY_TABLE } from '../../src/noise/replay.js';
 import type { PlaneEvent } from '../../src/device/plane.js';
 import { REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, REPLAY_WINDOW_SIZE } from '../../src/wire/constants.js';
+
+describe('native back-off of the busy poll and the inline replies', () => {
+  const tried = (limit: number, caught: number[]): number[] => Array.from(backoffRun(limit, caught));
+
+  it('tries every chance while its tries catch something', () => {
+    expect(tried(4, Array(40).fill(1))).toEqual(Array(40).fill(1));
+  });
+
+  it('after `limit` misses in a row, tries only every 16th chance', () => {
+    const got = tried(4, Array(70).fill(0));
+    expect(got.slice(0, 4)).toEqual([1, 1, 1, 1]);
+    // chances 4.. count skip 1, 2, ...: the 16th of them (index 19), then every 16th
+    expect(got.flatMap((t, i) => (t && i >= 4 ? [i] : []))).toEqual([19, 35, 51, 67]);
+    expect(tried(8, Array(30).fill(0)).filter((t) => t === 1)).toHaveLength(9); // 8, then index 23
+  });
+
+  it('a catch after backing off tries every chance again', () => {
+    const caught = Array(40).fill(0);
+    caught[19] = 1; // the first try after backing off catches
+    const got = tried(4, caught);
+    expect(got.slice(19, 24)).toEqual([1, 1, 1, 1, 1]);
+    expect(got.slice(24, 30)).toEqual([0, 0, 0, 0, 0, 0]);
+  });
+
+  it('limit 0 tries only every 16th chance from the start', () => {
+    expect(tried(0, Array(32).fill(1)).flatMap((t, i) => (t ? [i] : []))).toEqual([15, 31]);
+  });
+
+  it('refuses arguments it cannot run', () => {
+    expect(() => backoffRun(-1, [1])).toThrow(/limit/);
+    expect(() => backoffRun(1.5, [1])).toThrow(/limit/);
+  });
+});
 
 describe('native replay window: the shared numbered table', () => {
   const got = replayRun(REPLAY_TABLE.map((s) => BigInt(s.counter)));
