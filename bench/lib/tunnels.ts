@@ -21,6 +21,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readLines } from '../../src/cli/host.js';
 import { readPublicKeyLine } from '../../src/control/keyline.js';
 import { stopChild, type Children } from './procs.js';
 
@@ -132,7 +133,6 @@ export interface TencOptions {
 export function stdoutLines(child: ChildProcess): (take: (line: string) => boolean, ms: number, what: string) => Promise<string> {
   const kept: string[] = [];
   const waiters: { take: (line: string) => boolean; done: (line: string) => void }[] = [];
-  let buf = '';
   // 'close', not 'exit': the exit can come before the last lines; a closed child's lines are all read
   let closed = false;
   child.once('close', () => (closed = true));
@@ -141,13 +141,8 @@ export function stdoutLines(child: ChildProcess): (take: (line: string) => boole
     if (i < 0) kept.push(line);
     else waiters.splice(i, 1)[0]!.done(line);
   };
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-      offer(buf.slice(0, nl));
-      buf = buf.slice(nl + 1);
-    }
-  });
+  // an overlong line is no line the bench waits for: a wait for it ends at its deadline
+  readLines(child.stdout!, offer, () => undefined, () => undefined);
   return (take, ms, what) => {
     const i = kept.findIndex(take);
     if (i >= 0) return Promise.resolve(kept.splice(i, 1)[0]!);

@@ -201,6 +201,19 @@ describe("a pod host's stdout lines (tenc-host)", () => {
     expect(await a).toContain('"exited":2');
   });
 
+  it('a character split across chunks is whole, and a last line without its newline counts at the end', async () => {
+    const { stdoutLines } = await import('../../bench/lib/tunnels.js');
+    const child = fakeChild();
+    const next = stdoutLines(child as never);
+    const euro = Buffer.from('{"error":"bad \u20ac"}\n');
+    child.stdout.write(euro.subarray(0, 15)); // inside the three bytes of the euro sign
+    child.stdout.write(euro.subarray(15));
+    expect(await next((l) => l.startsWith('{"error"'), 1000, 'error')).toBe('{"error":"bad \u20ac"}');
+    const last = next((l) => l === 'host ready', 1000, 'ready');
+    child.stdout.end('host ready');
+    expect(await last).toBe('host ready');
+  });
+
   it('a wait ends with an error naming what was awaited when nothing comes in time or the host exits', async () => {
     const { stdoutLines } = await import('../../bench/lib/tunnels.js');
     const child = fakeChild();
