@@ -78,7 +78,8 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
   genpsk: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
   k8s: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
   'k8s create-psk': { options: { help: { type: 'boolean', short: 'h' } }, positionals: [1, 1] },
-  help: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 1] },
+  cni: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 0] },
+  help: { options: { help: { type: 'boolean', short: 'h' } }, positionals: [0, 2] },
 };
 
 /** --metrics-address checked now (a usage error, exit 2), undefined when not given. */
@@ -143,12 +144,15 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
 
   switch (cmd) {
     case 'help': {
-      const topic = positionals[0];
+      const topic = positionals.length > 0 ? positionals.join(' ') : undefined;
       if (topic === undefined) io.stdout(USAGE);
       else if (COMMAND_HELP[topic]) io.stdout(COMMAND_HELP[topic]);
       else throw new UsageError(`unknown command ${JSON.stringify(topic)}`);
       return 0;
     }
+    case 'cni':
+      // `tenc cni` alone runs the plugin from main.ts without this file; here when called through runCli
+      return await (await import('../cni/main.js')).cniMain();
     case 'genkey': {
       const k = generatePrivateKey();
       io.stdout(formatKey(k) + '\n');

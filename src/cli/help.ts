@@ -38,7 +38,7 @@ ${EXIT_CODES}
 export const COMMAND_HELP: Record<string, string> = {
   agent: `Usage: tenc agent --registry SPEC --node NODE [--project LIST] [--socket PATH] [--run-dir DIR] [--classify-cidrs LIST]
                   [--cni-wait fail-closed|proxy] [--metrics-address HOST:PORT] [--log-level LEVEL]
-       tenc agent status [--json] [--node NODE [--project PROJECT] | --run-dir DIR]
+       tenc agent status [--json] [--node NODE | --run-dir DIR] [--project PROJECT]
 
 The node agent, one per node, for every protected project (the registry's
 projects, or only --project). Serves the node socket on which the CNI plugin
@@ -48,10 +48,12 @@ rule, unreachable guards, nftables table in the pod's namespace), answers, and
 starts \`tenc pod\` (enforcement on, fail-closed on any stop) there, which takes
 that state over; publishes each pod's public key and endpoint, gives every pod its
 peers and services over its control socket and follows changes within seconds.
-A pod proxy that dies is started again. Each project keeps one \`tenc pod --standby\`
-ready, handed the next pod to start (it enters the pod's namespace itself: socket
-ready in about a third of the time; TENC_POD_STANDBY=0 in the agent's environment:
-off; README "Standby proxies"). The registrations and the proxies' pid +
+A pod proxy that dies is started again. The pods of a project on the node run
+in one \`tenc pod --host\` process, each in its own namespace (README "Pod host";
+TENC_POD_HOST=0 in the agent's environment: a process per pod). Without pod hosts,
+or while they keep failing, each project keeps one \`tenc pod --standby\` ready,
+handed the next pod to start (README "Standby proxies"; TENC_POD_STANDBY=0: off).
+The registrations and the proxies' pid +
 start time are saved (0600) under the run dir: a restarted agent adopts them.
 SIGINT/SIGTERM stop the agent only (and its standbys): the proxies keep running, fail-closed, with
 their keys published. Private keys never leave the pod proxies. Logs are JSON
@@ -265,6 +267,36 @@ Example:
 
 ${EXIT_CODES}
 `,
+  cni: `Usage: tenc cni     (run by the container runtime: CNI_COMMAND and the others in the
+                 environment, the network configuration on stdin)
+
+The chained CNI plugin: put it after the plugin that gives the pod its interface
+and address. ADD registers the pod's network namespace with the node agent over
+the agent's node socket and prints prevResult unchanged once the agent has made
+the pod fail-closed (or says its namespace is not protected); DEL unregisters it
+(an unknown container or a second DEL is success); CHECK: the pod's proxy runs and
+answers; STATUS: the agent answers; VERSION: 0.4.0, 1.0.0, 1.1.0. When the agent
+does not answer within timeoutMs: error code 11 (try again later), so the runtime
+retries and the pod's containers never start unprotected. Errors are the spec's
+JSON {cniVersion, code, msg, details} on stdout, exit 1. On a node, CNI_PATH gets
+the static C plugin built by cni/build.sh, which speaks the same protocol
+(deploy/cni-install.sh chains it into the node's conflist; README "How a node's
+runtime calls tenc").
+
+Conflist entry (both fields optional; these are the defaults; any other field is
+error code 7):
+  {"type": "tenc", "agentSocket": "/run/tenc/agent.sock", "timeoutMs": 5000}
+  agentSocket   the node agent's socket (\`tenc agent --socket\`), an absolute path
+  timeoutMs     100..120000: how long ADD waits for the agent
+
+Options:
+  -h, --help   show this help
+
+Example:
+  CNI_COMMAND=VERSION tenc cni < /dev/null
+
+${EXIT_CODES}
+`,
   k8s: `Usage: tenc k8s create-psk NAMESPACE
 
 Helpers for tenc on a Kubernetes cluster (README "Install on a cluster").
@@ -302,9 +334,10 @@ Example:
 
 ${EXIT_CODES}
 `,
-  help: `Usage: tenc help [COMMAND]
+  help: `Usage: tenc help [COMMAND [SUBCOMMAND]]
 
-Shows the overview, or the help of one command.
+Shows the overview, or the help of one command (\`tenc help agent status\`,
+\`tenc help k8s create-psk\`).
 
 Options:
   -h, --help   show this help
@@ -315,7 +348,7 @@ Example:
 ${EXIT_CODES}
 `,
 };
-COMMAND_HELP['agent status'] = `Usage: tenc agent status [--json] [--project PROJECT --node NODE | --run-dir DIR]
+COMMAND_HELP['agent status'] = `Usage: tenc agent status [--json] [--node NODE | --run-dir DIR] [--project PROJECT]
 
 One row per pod of the node's agents (like \`cilium encrypt status\`): namespace,
 pod, proxy pid, public key fingerprint, peers and those with a live session
@@ -327,9 +360,9 @@ while the agent is down. Exit 1 when a pod does not answer.
 
 Options:
   -j, --json               print the rows as JSON ({"pods": [...]})
-  -p, --project PROJECT    only this project's agent (with --node)
-  -n, --node NODE          with --project
-      --run-dir DIR        only this run directory
+  -n, --node NODE          only this node's agent (/run/tenc/agent-NODE)
+      --run-dir DIR        only this run directory (instead of --node)
+  -p, --project PROJECT    only this project's pods
   -h, --help               show this help
 
 Example:

@@ -58,6 +58,10 @@ describe('help', () => {
     for (const c of ['pod', 'status', 'set-peer', 'remove-peer', 'check-config', 'genkey', 'pubkey', 'genpsk']) {
       expect(r.stdout).toMatch(new RegExp(`^  ${c} `, 'm'));
     }
+    // every command the overview lists has a help of its own (`tenc help <command>`, `<command> --help`)
+    const listed = [...r.stdout.split('\nCommands:\n')[1]!.split('\n\n')[0]!.matchAll(/^ {2}(\S+) /gm)].map((m) => m[1]!);
+    expect(listed).toContain('cni');
+    for (const c of listed) expect(COMMAND_HELP[c], c).toBeDefined();
     expect(r.stdout).toContain('Exit codes:');
     expect(r.stderr).toBe('');
   });
@@ -73,6 +77,16 @@ describe('help', () => {
   });
 
   it.each([
+    [['agent', 'status'], 'Usage: tenc agent status'],
+    [['k8s', 'create-psk'], 'Usage: tenc k8s create-psk'],
+  ])("tenc help %j: a subcommand's help, named in two words", async (words, usage) => {
+    const r = await cli(['help', ...words]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.startsWith(usage)).toBe(true);
+    expect(r).toEqual(await cli([...words, '--help']));
+  });
+
+  it.each([
     [[], 'no command given', 'Usage: tenc <command>'],
     [['frobnicate'], 'unknown command "frobnicate"', 'Usage: tenc <command>'],
     [['status', '--verbose'], "Unknown option '--verbose'", 'Usage: tenc status'],
@@ -83,6 +97,9 @@ describe('help', () => {
     [['pod', '--config', 'x.json', '--log-level', 'loud'], '--log-level: "loud" is not one of', 'Usage: tenc pod'],
     [['set-peer', BOB_PUB, '--persistent-keepalive', 'often'], 'is not a number of seconds', 'Usage: tenc set-peer'],
     [['help', 'nope'], 'unknown command "nope"', 'Usage: tenc <command>'],
+    [['help', 'agent', 'nope'], 'unknown command "agent nope"', 'Usage: tenc <command>'],
+    [['help', 'agent', 'status', 'more'], 'unexpected argument "more"', 'Usage: tenc help'],
+    [['cni', 'extra'], 'unexpected argument "extra"', 'Usage: tenc cni'],
   ])('tenc %j: message and usage on stderr, exit 2', async (args, message, usage) => {
     const r = await cli(args as string[]);
     expect(r.code).toBe(2);
@@ -316,6 +333,13 @@ describe('the built executable (node dist/src/cli/main.js)', () => {
     const h = spawnSync('node', [main, 'pod', '--help'], { encoding: 'utf8' });
     expect(h.status).toBe(0);
     expect(h.stdout).toContain('Usage: tenc pod --config FILE');
+    // `tenc cni` alone is the plugin; with --help it is the help, not a plugin run
+    const c = spawnSync('node', [main, 'cni', '--help'], { encoding: 'utf8', env: { ...process.env, CNI_COMMAND: 'ADD' } });
+    expect(c.status).toBe(0);
+    expect(c.stdout).toContain('Usage: tenc cni');
+    const v = spawnSync('node', [main, 'cni'], { encoding: 'utf8', input: '', env: { ...process.env, CNI_COMMAND: 'VERSION' } });
+    expect(v.status).toBe(0);
+    expect(JSON.parse(v.stdout).supportedVersions).toContain('1.0.0');
   });
 
   it('--version prints the package version', () => {
