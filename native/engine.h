@@ -197,6 +197,7 @@ typedef struct {
   uint32_t busy_poll_us; /* 0 = off; else idle budget of the busy poll after a small batch */
   int inline_tx;      /* RX thread: after a small TUN write, read and send the answer itself */
   int sibling_poll;   /* a small batch sent to another engine of this process: run its receive here */
+  int data_epoll;     /* the data threads wait in epoll sets (0: in poll(), the fallback; no sibling poll) */
   uint32_t tso_align;  /* TCP segments cut so their IP length is a multiple of this (0 = off) */
   uint32_t tso_max;    /* TCP segments at most this many bytes of IP packet (0 = as the kernel asks) */
   int gro_iov;        /* TUN GRO: writev of headers + payloads in place instead of a merged copy */

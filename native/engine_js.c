@@ -31,6 +31,9 @@
  *   TENC_SIBLING_POLL=0|1 (default 1): a small batch sent to another engine of this
  *     process (a pod of the same pod host) has its receive and inline reply run by
  *     the sending thread (engine_loop.c)
+ *   TENC_DATA_EPOLL=0|1 (default 1): the two data threads wait in epoll sets, in
+ *     which a thread about to do the other's work masks its fd; 0 = they wait in
+ *     poll(), as when the sets cannot be made (then no masking and no sibling poll)
  *   TENC_GRO_IOV=0|1 (default 1): a merged TCP run is written to the TUN device
  *     with writev (its headers + each payload where it was decrypted) instead of
  *     being copied into one frame first
@@ -279,6 +282,7 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
   o.busy_poll_us = env_uint("TENC_BUSY_POLL_US", 150, 2000);
   o.inline_tx = env_switch("TENC_INLINE_TX", 1);
   o.sibling_poll = env_switch("TENC_SIBLING_POLL", 1);
+  o.data_epoll = env_switch("TENC_DATA_EPOLL", 1);
   o.tx_batch_kb = env_uint("TENC_TX_BATCH_KB", 0, 4096);
   o.gro_iov = env_switch("TENC_GRO_IOV", 1);
   o.tso_align = env_uint("TENC_TSO_ALIGN", 64, 1024);

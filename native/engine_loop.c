@@ -297,13 +297,16 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
   pthread_mutex_init(&e->rx_mu, NULL);
   e->busy_poll_us = o->busy_poll_us;
   e->inline_tx = o->inline_tx;
-  e->tx_ep = epoll_create1(EPOLL_CLOEXEC);
-  e->rx_ep = epoll_create1(EPOLL_CLOEXEC);
-  if (e->tx_ep < 0 || e->rx_ep < 0 || e->stop_fd < 0 || !ep_add(e->tx_ep, o->tun_fd) || !ep_add(e->tx_ep, e->stop_fd) ||
-      !ep_add(e->rx_ep, o->udp_fd) || !ep_add(e->rx_ep, e->stop_fd)) { /* the threads poll() instead, no sibling poll */
-    if (e->tx_ep >= 0) close(e->tx_ep);
-    if (e->rx_ep >= 0) close(e->rx_ep);
-    e->tx_ep = e->rx_ep = -1;
+  e->tx_ep = e->rx_ep = -1; /* without the sets the threads poll() instead: no masking, no sibling poll */
+  if (o->data_epoll) {
+    e->tx_ep = epoll_create1(EPOLL_CLOEXEC);
+    e->rx_ep = epoll_create1(EPOLL_CLOEXEC);
+    if (e->tx_ep < 0 || e->rx_ep < 0 || e->stop_fd < 0 || !ep_add(e->tx_ep, o->tun_fd) || !ep_add(e->tx_ep, e->stop_fd) ||
+        !ep_add(e->rx_ep, o->udp_fd) || !ep_add(e->rx_ep, e->stop_fd)) {
+      if (e->tx_ep >= 0) close(e->tx_ep);
+      if (e->rx_ep >= 0) close(e->rx_ep);
+      e->tx_ep = e->rx_ep = -1;
+    }
   }
   if (o->sibling_poll && o->mode_tun && e->tx_ep >= 0) { /* before the threads: they read these unlocked */
     e->sibling_find = sibling_find;

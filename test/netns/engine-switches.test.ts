@@ -10,6 +10,8 @@
  *   TENC_TSO_ALIGN=0     TCP segments as large as the kernel asked
  *   TENC_AEAD=evp        ChaCha20-Poly1305 through OpenSSL's EVP API, not its cores
  *   TENC_CSUM=scalar     the portable checksum loop for TSO/USO segments
+ *   TENC_DATA_EPOLL=0    the data threads wait in poll() (the fallback when the
+ *                        epoll sets cannot be made), not in their epoll sets
  * The engine children inherit this environment (engineCreate reads it).
  */
 process.env.TENC_SCATTER_SEAL = '0';
@@ -20,4 +22,5 @@ process.env.TENC_TX_BATCH_KB = '256';
 process.env.TENC_TSO_ALIGN = '0';
 process.env.TENC_AEAD = 'evp';
 process.env.TENC_CSUM = 'scalar';
+process.env.TENC_DATA_EPOLL = '0';
 await import('./engine.test.js');

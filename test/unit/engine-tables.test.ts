@@ -9,6 +9,7 @@
  * readable, so the send thread just waits). Traffic is tested in
  * test/netns/engine.test.ts.
  */
+import { readdirSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backoffRun, closeFd, NativePlane, openUdp, replayRun } from '../../src/dataplane/native.js';
 import { REPLAY_TABLE } from '../../src/noise/replay.js';
@@ -70,6 +71,42 @@ describe('native replay window: the shared numbered table', () => {
 
   it('a jump far ahead clears the whole window', () => {
     expect(Array.from(replayRun([1n, 2n, 1_000_000n, 2n, 999_999n, 1_000_000n]))).toEqual([1, 1, 1, 0, 1, 0]);
+  });
+});
+
+describe('TENC_DATA_EPOLL: where the data threads wait', () => {
+  const epollFds = (): number =>
+    readdirSync('/proc/self/fd').filter((f) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${f}`) === 'anon_inode:[eventpoll]';
+      } catch {
+        return false; // the directory's own fd, closed by now
+      }
+    }).length;
+  const planeWith = async (value: string | undefined): Promise<number> => {
+    const before = epollFds();
+    const saved = process.env.TENC_DATA_EPOLL;
+    if (value === undefined) delete process.env.TENC_DATA_EPOLL;
+    else process.env.TENC_DATA_EPOLL = value;
+    const fake = openUdp(0, { gro: false });
+    const udp = openUdp(0, { gro: false });
+    let plane: NativePlane;
+    try {
+      plane = new NativePlane({ tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr: false, offloads: 0 }, udp, mode: 'tun' });
+    } finally {
+      if (saved === undefined) delete process.env.TENC_DATA_EPOLL;
+      else process.env.TENC_DATA_EPOLL = saved;
+    }
+    const added = epollFds() - before;
+    await plane.close();
+    expect(epollFds()).toBe(before); // the sets are closed with the engine
+    return added;
+  };
+
+  it('by default in two epoll sets (TX and RX); with TENC_DATA_EPOLL=0 in poll(), no set made', async () => {
+    expect(await planeWith(undefined)).toBe(2);
+    expect(await planeWith('0')).toBe(0);
+    expect(await planeWith('1')).toBe(2);
   });
 });
 
