@@ -130,7 +130,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     if (rest[0] !== 'create-psk') throw new UsageError(`unknown k8s command ${JSON.stringify(rest[0])}`, 'k8s');
     return await dispatch(['k8s create-psk', ...rest.slice(1)], io);
   }
-  const spec = COMMAND_OPTIONS[cmd];
+  const spec = Object.hasOwn(COMMAND_OPTIONS, cmd) ? COMMAND_OPTIONS[cmd] : undefined;
   if (!spec) throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
 
   const { values, positionals } = parseCommandArgs(rest, spec.options, cmd);
@@ -146,7 +146,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     case 'help': {
       const topic = positionals.length > 0 ? positionals.join(' ') : undefined;
       if (topic === undefined) io.stdout(USAGE);
-      else if (COMMAND_HELP[topic]) io.stdout(COMMAND_HELP[topic]);
+      else if (Object.hasOwn(COMMAND_HELP, topic)) io.stdout(COMMAND_HELP[topic]!);
       else throw new UsageError(`unknown command ${JSON.stringify(topic)}`);
       return 0;
     }
@@ -234,6 +234,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       const { agentStatus, formatAgentStatus } = await import('../metrics/agent-status.js');
       const { agentRunDirs } = await import('../metrics/gather.js');
       // the node agent's run dir (/run/tenc/agent-NODE, one subdirectory per project); --project picks one project
+      if (v['run-dir'] !== undefined && v.node !== undefined) throw new UsageError('--node and --run-dir name the same thing: give one', cmd);
       const dirs = v['run-dir'] ? [v['run-dir']] : v.node ? [join(DEFAULT_SOCKET_DIR, `agent-${v.node}`)] : agentRunDirs(DEFAULT_SOCKET_DIR);
       const { rows, problems } = await agentStatus(dirs, v.project ?? null);
       for (const p of problems) io.stderr(`tenc agent status: ${p}\n`);

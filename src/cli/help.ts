@@ -275,19 +275,21 @@ and address. ADD registers the pod's network namespace with the node agent over
 the agent's node socket and prints prevResult unchanged once the agent has made
 the pod fail-closed (or says its namespace is not protected); DEL unregisters it
 (an unknown container or a second DEL is success); CHECK: the pod's proxy runs and
-answers; STATUS: the agent answers; VERSION: 0.4.0, 1.0.0, 1.1.0. When the agent
-does not answer within timeoutMs: error code 11 (try again later), so the runtime
-retries and the pod's containers never start unprotected. Errors are the spec's
+answers; STATUS: the agent answers (else error code 50); VERSION: 0.4.0, 1.0.0,
+1.1.0. When the agent is not reachable, or has not made the pod fail-closed within
+timeoutMs, ADD, DEL and CHECK fail with error code 11 (try again later), so the
+runtime retries and the pod's containers never start unprotected. Errors are the spec's
 JSON {cniVersion, code, msg, details} on stdout, exit 1. On a node, CNI_PATH gets
 the static C plugin built by cni/build.sh, which speaks the same protocol
 (deploy/cni-install.sh chains it into the node's conflist; README "How a node's
 runtime calls tenc").
 
-Conflist entry (both fields optional; these are the defaults; any other field is
-error code 7):
+Conflist entry (both fields optional; these are the defaults; a field that is
+neither these nor one of the spec's own is error code 7):
   {"type": "tenc", "agentSocket": "/run/tenc/agent.sock", "timeoutMs": 5000}
   agentSocket   the node agent's socket (\`tenc agent --socket\`), an absolute path
-  timeoutMs     100..120000: how long ADD waits for the agent
+  timeoutMs     100..120000: the time the agent has to make the pod fail-closed
+                (the plugin waits one second more for its answer)
 
 Options:
   -h, --help   show this help

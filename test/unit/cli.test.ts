@@ -100,6 +100,9 @@ describe('help', () => {
     [['help', 'agent', 'nope'], 'unknown command "agent nope"', 'Usage: tenc <command>'],
     [['help', 'agent', 'status', 'more'], 'unexpected argument "more"', 'Usage: tenc help'],
     [['cni', 'extra'], 'unexpected argument "extra"', 'Usage: tenc cni'],
+    [['help', 'constructor'], 'unknown command "constructor"', 'Usage: tenc <command>'],
+    [['toString'], 'unknown command "toString"', 'Usage: tenc <command>'],
+    [['agent', 'status', '--node', 'n1', '--run-dir', '/tmp/x'], '--node and --run-dir name the same thing', 'Usage: tenc agent status'],
   ])('tenc %j: message and usage on stderr, exit 2', async (args, message, usage) => {
     const r = await cli(args as string[]);
     expect(r.code).toBe(2);
