@@ -32,8 +32,9 @@
  *     process (a pod of the same pod host) has its receive and inline reply run by
  *     the sending thread (engine_loop.c)
  *   TENC_DATA_EPOLL=0|1 (default 1): the two data threads wait in epoll sets, in
- *     which a thread about to do the other's work masks its fd; 0 = they wait in
- *     poll(), as when the sets cannot be made (then no masking and no sibling poll)
+ *     which the sibling poll masks the receiving engine's fds while it runs that
+ *     engine's receive; 0 = they wait in poll(), as when the sets cannot be made
+ *     (then no sibling poll)
  *   TENC_GRO_IOV=0|1 (default 1): a merged TCP run is written to the TUN device
  *     with writev (its headers + each payload where it was decrypted) instead of
  *     being copied into one frame first
@@ -252,7 +253,7 @@ static int env_switch(const char *name, int dflt) {
 static uint32_t env_uint(const char *name, uint32_t dflt, uint32_t max) {
   const char *v = getenv(name);
   char *end;
-  if (!v || !*v) return dflt;
+  if (!v || *v < '0' || *v > '9') return dflt; /* strtoul would take " 5", "+5" and "-1" (= ULONG_MAX) */
   unsigned long n = strtoul(v, &end, 10);
   if (*end) return dflt;
   return n > max ? max : (uint32_t)n;
