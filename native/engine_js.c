@@ -15,6 +15,8 @@
  *   engineSendHandshake(h, address, port, data)     engineSendKeepalive(h, peer) -> bool
  *   engineFlushQueue(h, peer)                       engineSetLocalServices(h, services)
  *   engineRoute(h, address) -> peer | -1             (allowed-IPs lookup, for tests/debugging)
+ *   engineSwitches(h) -> { scatterSeal, groIov, inlineTx, siblingPoll, dataEpoll,
+ *     busyPollUs, tsoAlign, tsoMax, txBatchKb }   the switches below as the engine runs them
  *   engineSetPublicKey(h, publicKey)   our static public key: handshake messages
  *     without a mac1 made with it are dropped in C (bad_mac1)
  *   processProtect() -> { dumpable }   prctl(PR_SET_DUMPABLE, 0), read back
@@ -597,6 +599,26 @@ static napi_value process_protect(napi_env env, napi_callback_info info) {
   return o;
 }
 
+/* engineSwitches(h) -> the data-path switches as this engine runs them (the
+ * environment's values after their checks; siblingPoll and dataEpoll as in effect:
+ * off when the epoll sets could not be made), 0/1 or a number. */
+static napi_value engine_switches(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  const tenc_engine *e = j->e;
+  napi_value o;
+  napi_create_object(env, &o);
+  tenc_set_int(env, o, "scatterSeal", e->o.scatter_seal != 0);
+  tenc_set_int(env, o, "groIov", e->o.gro_iov != 0);
+  tenc_set_int(env, o, "inlineTx", e->o.inline_tx != 0);
+  tenc_set_int(env, o, "siblingPoll", e->sibling_find != NULL);
+  tenc_set_int(env, o, "dataEpoll", e->tx_ep >= 0);
+  tenc_set_int(env, o, "busyPollUs", e->o.busy_poll_us);
+  tenc_set_int(env, o, "tsoAlign", e->o.tso_align);
+  tenc_set_int(env, o, "tsoMax", e->o.tso_max);
+  tenc_set_int(env, o, "txBatchKb", e->o.tx_batch_kb);
+  return o;
+}
+
 static napi_value engine_layout(napi_env env, napi_callback_info info) {
   napi_value o;
   napi_create_object(env, &o);
@@ -656,6 +678,7 @@ napi_status tenc_init_engine(napi_env env, napi_value exports) {
       {"engineSetLocalAddresses", engine_set_local_addresses},
       {"engineClose", engine_close},
       {"engineLayout", engine_layout},
+      {"engineSwitches", engine_switches},
       {"engineRoute", engine_route},
       {"engineSetPublicKey", engine_set_public_key},
       {"processProtect", process_protect},

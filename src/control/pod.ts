@@ -171,6 +171,7 @@ export class Pod implements ControlHandler {
       drops: this.withEnforcementDrops(this.engine.drops(), enforcementDrops),
       handshakeFailures: this.engine.handshakeFailures(),
       ...(this.engine.planeStats ? { plane: this.engine.planeStats() } : {}),
+      ...(this.engine.planeSwitches ? { switches: this.engine.planeSwitches() } : {}),
       ...(this.dns ? { dns: { ...this.dns.status(), ...(this.misses ? { routeMisses: this.missStatus(this.misses) } : {}) } } : {}),
       pid: process.pid,
       startTime: this.startTime,

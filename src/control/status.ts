@@ -41,6 +41,8 @@ export interface StatusReport {
   handshakeFailures: Record<string, number>;
   /** The data plane's counts (native engine: handshakesReceived, keepalivesReceived, underLoadEpisodes, siblingBatches, ...). */
   plane?: Record<string, number>;
+  /** The native data plane's switches as it runs them (README switch table: TENC_BUSY_POLL_US -> busyPollUs, ...; 1/0 on/off). */
+  switches?: Record<string, number>;
   /** The DNS proxy, when enabled (src/dns/service.ts DnsStatus has more counters). */
   dns?: DnsStatusReport;
   /** The pod process's pid (for `tenc agent status`); absent from older pods. */

@@ -340,6 +340,16 @@ export class NativePlane implements DataPlane {
     };
   }
 
+  /**
+   * The data-path switches (README's switch table, read from the environment when the
+   * engine was made) as this engine runs them: the environment's values after their
+   * checks (a number above its maximum is the maximum, anything else the default), and
+   * siblingPoll and dataEpoll as in effect. 1/0 for on/off.
+   */
+  switches(): Record<string, number> {
+    return addon.engineSwitches(this.handle) as Record<string, number>;
+  }
+
   onEvents(handler: (events: PlaneEvent[]) => void): void {
     this.handlers.push(handler);
   }

@@ -443,6 +443,8 @@ describe('tenc pod --host', () => {
       const after = { a: siblingBatches(a), b: siblingBatches(b) };
       console.log(`sibling poll ${JSON.stringify(env)}: pings ${m?.[2]}/${m?.[1]}, sibling batches a ${before.a}->${after.a}, b ${before.b}->${after.b}`);
       expect(m?.[2]).toBe('20');
+      // each pod's status says how its engine runs (a switch in the host's environment reaches every pod's engine)
+      for (const ns of [a, b]) expect((status(ns) as unknown as { switches: { siblingPoll: number } }).switches.siblingPoll).toBe('TENC_SIBLING_POLL' in env ? 0 : 1);
       if ('TENC_SIBLING_POLL' in env) {
         expect(after).toEqual({ a: 0, b: 0 });
       } else {

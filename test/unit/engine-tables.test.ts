@@ -103,6 +103,40 @@ describe('TENC_DATA_EPOLL: where the data threads wait', () => {
     return added;
   };
 
+  /** A plane made with `env` set (and restored after), its switches, closed. */
+  const switchesWith = async (env: Record<string, string>): Promise<Record<string, number>> => {
+    const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, env);
+    const fake = openUdp(0, { gro: false });
+    const udp = openUdp(0, { gro: false });
+    let plane: NativePlane;
+    try {
+      plane = new NativePlane({ tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr: false, offloads: 0 }, udp, mode: 'tun' });
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+    const sw = plane.switches();
+    await plane.close();
+    return sw;
+  };
+
+  it('the engine reports its switches as it runs them: defaults, values, maximums, refused values', async () => {
+    expect(await switchesWith({})).toEqual({
+      scatterSeal: 1, groIov: 1, inlineTx: 1, siblingPoll: 1, dataEpoll: 1, busyPollUs: 150, tsoAlign: 64, tsoMax: 0, txBatchKb: 0,
+    });
+    const off = await switchesWith({ TENC_SCATTER_SEAL: '0', TENC_GRO_IOV: '0', TENC_INLINE_TX: '0', TENC_DATA_EPOLL: '0', TENC_BUSY_POLL_US: '300', TENC_TSO_ALIGN: '0', TENC_TSO_MAX: '9000', TENC_TX_BATCH_KB: '256' });
+    expect(off).toEqual({ scatterSeal: 0, groIov: 0, inlineTx: 0, siblingPoll: 0, dataEpoll: 0, busyPollUs: 300, tsoAlign: 0, tsoMax: 9000, txBatchKb: 256 });
+    expect((await switchesWith({ TENC_SIBLING_POLL: '0' })).siblingPoll).toBe(0);
+    // above the maximum: the maximum
+    expect((await switchesWith({ TENC_BUSY_POLL_US: '5000', TENC_TX_BATCH_KB: '99999999999999999999' })).busyPollUs).toBe(2000);
+    expect((await switchesWith({ TENC_TX_BATCH_KB: '99999999999999999999' })).txBatchKb).toBe(4096);
+    // not a decimal number (strtoul would take a sign or a leading space): the default
+    for (const v of ['-1', '+300', ' 300', '300us', 'abc', '']) expect((await switchesWith({ TENC_BUSY_POLL_US: v })).busyPollUs, v).toBe(150);
+  });
+
   it('by default in two epoll sets (TX and RX); with TENC_DATA_EPOLL=0 in poll(), no set made', async () => {
     expect(await planeWith(undefined)).toBe(2);
     expect(await planeWith('0')).toBe(0);
