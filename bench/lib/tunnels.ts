@@ -129,6 +129,20 @@ export interface TencOptions {
   podHost?: boolean;
 }
 
+/** The key of a data-path switch in a pod's status `switches` (TENC_BUSY_POLL_US -> busyPollUs). */
+export function engineSwitchKey(name: string): string {
+  return name
+    .replace(/^TENC_/, '')
+    .toLowerCase()
+    .replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** `NAME=VALUE` of a column's environment, with the value pod a's engine runs when it is a data-path switch. */
+export function envNote(name: string, value: string, switches: Record<string, number> | undefined): string {
+  const key = engineSwitchKey(name);
+  return switches && key in switches ? `${name}=${value} (engine: ${key} ${switches[key]})` : `${name}=${value}`;
+}
+
 /** The lines a child prints on stdout, each handed to the first waiter that takes it (or kept for the next). */
 export function stdoutLines(child: ChildProcess): (take: (line: string) => boolean, ms: number, what: string) => Promise<string> {
   const kept: string[] = [];
@@ -290,7 +304,7 @@ export class TencTunnel implements Tunnel {
       ...(this.opts.podHost ? ['both pods in one pod host'] : []),
       ...(this.opts.policies ? [`${this.opts.policies} exempt policies (${(st.policies as { rules?: number } | undefined)?.rules ?? '?'} ip rules in pod a)`] : []),
       ...(this.opts.extraPeers ? [`${this.opts.extraPeers} dummy peers (${(st.peers as unknown[] | undefined)?.length ?? '?'} peers in status)`] : []),
-      ...Object.entries(this.opts.env ?? {}).map(([k, v]) => `${k}=${v}`),
+      ...Object.entries(this.opts.env ?? {}).map(([k, v]) => envNote(k, v, st.switches as Record<string, number> | undefined)),
     ];
     return {
       dst: env.addrB,

@@ -177,6 +177,21 @@ describe('flags', () => {
   });
 });
 
+describe('the tenc-env column names the switch values its engine runs', () => {
+  it('maps each switch to its status key and notes the engine value', async () => {
+    const { engineSwitchKey, envNote } = await import('../../bench/lib/tunnels.js');
+    expect(['TENC_BUSY_POLL_US', 'TENC_SIBLING_POLL', 'TENC_TX_BATCH_KB', 'TENC_DATA_EPOLL', 'TENC_GRO_IOV'].map(engineSwitchKey)).toEqual([
+      'busyPollUs', 'siblingPoll', 'txBatchKb', 'dataEpoll', 'groIov',
+    ]);
+    const sw = { busyPollUs: 2000, siblingPoll: 0 };
+    expect(envNote('TENC_BUSY_POLL_US', '5000', sw)).toBe('TENC_BUSY_POLL_US=5000 (engine: busyPollUs 2000)');
+    expect(envNote('TENC_SIBLING_POLL', '0', sw)).toBe('TENC_SIBLING_POLL=0 (engine: siblingPoll 0)');
+    // not an engine switch (TENC_AEAD is read elsewhere), or an older pod without `switches`: as given
+    expect(envNote('TENC_AEAD', 'evp', sw)).toBe('TENC_AEAD=evp');
+    expect(envNote('TENC_BUSY_POLL_US', '0', undefined)).toBe('TENC_BUSY_POLL_US=0');
+  });
+});
+
 describe("a pod host's stdout lines (tenc-host)", () => {
   const fakeChild = () => {
     const child = new EventEmitter() as EventEmitter & { stdout: PassThrough; exitCode: number | null; signalCode: string | null };
