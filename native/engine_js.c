@@ -46,7 +46,7 @@
  *     partial last keystream block (OpenSSL makes a separate keystream call for
  *     it: a 1408-byte record seals ~15% faster than a 1424-byte one);
  *     TENC_TSO_MAX=N caps their IP length (default 0 = as the kernel asks)
- *   TENC_TX_BATCH_KB=N (64..4096, default 0 = the whole 4 MiB arena): a send batch
+ *   TENC_TX_BATCH_KB=N (0..4096, default 0 = the whole 4 MiB arena): a send batch
  *     stops reading the TUN device once N KiB of its arena are used (smaller,
  *     more cache-friendly batches and UDP bursts)
  *   engineClose(h)                                  engineLayout()  engineNow()
@@ -600,16 +600,17 @@ static napi_value process_protect(napi_env env, napi_callback_info info) {
 }
 
 /* engineSwitches(h) -> the data-path switches as this engine runs them (the
- * environment's values after their checks; siblingPoll and dataEpoll as in effect:
- * off when the epoll sets could not be made), 0/1 or a number. */
+ * environment's values after their checks; as in effect where the engine's mode
+ * decides: inlineTx and siblingPoll need TUN injection, groIov TUN offloads too,
+ * and siblingPoll the epoll sets), 0/1 or a number. */
 static napi_value engine_switches(napi_env env, napi_callback_info info) {
   ARGS(1);
   const tenc_engine *e = j->e;
   napi_value o;
   napi_create_object(env, &o);
   tenc_set_int(env, o, "scatterSeal", e->o.scatter_seal != 0);
-  tenc_set_int(env, o, "groIov", e->o.gro_iov != 0);
-  tenc_set_int(env, o, "inlineTx", e->o.inline_tx != 0);
+  tenc_set_int(env, o, "groIov", e->o.gro_iov && e->o.mode_tun && e->o.vnet_hdr); /* merged runs only with TUN offloads */
+  tenc_set_int(env, o, "inlineTx", e->o.inline_tx && e->o.mode_tun);
   tenc_set_int(env, o, "siblingPoll", e->sibling_find != NULL);
   tenc_set_int(env, o, "dataEpoll", e->tx_ep >= 0);
   tenc_set_int(env, o, "busyPollUs", e->o.busy_poll_us);

@@ -137,10 +137,10 @@ export function engineSwitchKey(name: string): string {
     .replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 }
 
-/** `NAME=VALUE` of a column's environment, with the value pod a's engine runs when it is a data-path switch. */
+/** `NAME=VALUE` of a column's environment, with the value pod a's engine runs when it is a switch the engine reports (engine_js.c's; not TENC_AEAD or TENC_CSUM). */
 export function envNote(name: string, value: string, switches: Record<string, number> | undefined): string {
   const key = engineSwitchKey(name);
-  return switches && key in switches ? `${name}=${value} (engine: ${key} ${switches[key]})` : `${name}=${value}`;
+  return switches && Object.hasOwn(switches, key) ? `${name}=${value} (engine: ${key} ${switches[key]})` : `${name}=${value}`;
 }
 
 /** The lines a child prints on stdout, each handed to the first waiter that takes it (or kept for the next). */

@@ -43,8 +43,8 @@ export interface PodEngine {
   handshakeFailures(): Record<string, number>;
   /** The data plane's own counts (native: handshakes and keepalives received, sibling batches, ...). Optional. */
   planeStats?(): Record<string, number>;
-  /** The native data plane's switches as it runs them (NativePlane.switches). */
-  planeSwitches?(): Record<string, number>;
+  /** The native data plane's switches as it runs them (NativePlane.switches); undefined when the addon does not report them. */
+  planeSwitches?(): Record<string, number> | undefined;
   /**
    * Route misses (dns.classifyCidrs): with a handler, each outgoing packet no peer
    * claims is reported (once per destination per second, with a copy of the packet);

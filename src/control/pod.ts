@@ -142,6 +142,7 @@ export class Pod implements ControlHandler {
     const c = this.config;
     const enforcementDrops = this.enforcement ? await this.enforcement.dropped() : null;
     const live = this.engine.peerStatuses();
+    const switches = this.engine.planeSwitches?.();
     return {
       interface: c.interface,
       publicKey: this.publicKey,
@@ -171,7 +172,7 @@ export class Pod implements ControlHandler {
       drops: this.withEnforcementDrops(this.engine.drops(), enforcementDrops),
       handshakeFailures: this.engine.handshakeFailures(),
       ...(this.engine.planeStats ? { plane: this.engine.planeStats() } : {}),
-      ...(this.engine.planeSwitches ? { switches: this.engine.planeSwitches() } : {}),
+      ...(switches ? { switches } : {}),
       ...(this.dns ? { dns: { ...this.dns.status(), ...(this.misses ? { routeMisses: this.missStatus(this.misses) } : {}) } } : {}),
       pid: process.pid,
       startTime: this.startTime,

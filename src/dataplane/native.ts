@@ -153,6 +153,8 @@ export class NativePlane implements DataPlane {
   readonly counters: BigUint64Array;
   readonly layout: Layout = layout;
   private handle: unknown;
+  /** The engine's switches, read once at create (they never change); undefined from an addon without engineSwitches. */
+  private readonly switchValues: Readonly<Record<string, number>> | undefined;
   private handlers: ((events: PlaneEvent[]) => void)[] = [];
   private readonly offset = clockOffset();
   private closed = false;
@@ -181,6 +183,8 @@ export class NativePlane implements DataPlane {
     );
     this.handle = r.handle;
     this.counters = new BigUint64Array(r.counters as ArrayBuffer);
+    // an older build (TENC_ADDON=/old/tenc.node in an A/B run) has no engineSwitches: its status just lacks them
+    this.switchValues = typeof addon.engineSwitches === 'function' ? Object.freeze(addon.engineSwitches(this.handle) as Record<string, number>) : undefined;
   }
 
   private dispatch(events: PlaneEvent[]): void {
@@ -344,10 +348,13 @@ export class NativePlane implements DataPlane {
    * The data-path switches (README's switch table, read from the environment when the
    * engine was made) as this engine runs them: the environment's values after their
    * checks (a number above its maximum is the maximum, anything else the default), and
-   * siblingPoll and dataEpoll as in effect. 1/0 for on/off.
+   * as in effect where the engine's mode decides (inlineTx and siblingPoll: TUN
+   * injection; groIov: TUN injection with offloads; dataEpoll). 1/0 for on/off. Read
+   * once when the engine was made, so also after close(); undefined from an addon
+   * built before it reported them.
    */
-  switches(): Record<string, number> {
-    return addon.engineSwitches(this.handle) as Record<string, number>;
+  switches(): Record<string, number> | undefined {
+    return this.switchValues === undefined ? undefined : { ...this.switchValues };
   }
 
   onEvents(handler: (events: PlaneEvent[]) => void): void {

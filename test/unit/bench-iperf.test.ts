@@ -189,6 +189,8 @@ describe('the tenc-env column names the switch values its engine runs', () => {
     // not an engine switch (TENC_AEAD is read elsewhere), or an older pod without `switches`: as given
     expect(envNote('TENC_AEAD', 'evp', sw)).toBe('TENC_AEAD=evp');
     expect(envNote('TENC_BUSY_POLL_US', '0', undefined)).toBe('TENC_BUSY_POLL_US=0');
+    // a name that maps to an inherited key (valueOf) is no switch
+    expect(envNote('TENC_VALUE_OF', '1', sw)).toBe('TENC_VALUE_OF=1');
   });
 });
 
