@@ -174,14 +174,10 @@ static napi_value backoff_run(napi_env env, napi_callback_info info) {
   TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int64_t limit;
   if (argc < 2) return tenc_throw_type(env, "backoffRun(limit, caught)");
-  if (tenc_get_int(env, argv[0], 0, 1 << 20, "limit", &limit) < 0) return NULL;
-  bool is = false;
-  napi_is_typedarray(env, argv[1], &is);
-  napi_typedarray_type tt = napi_int8_array;
-  size_t n = 0;
-  void *data = NULL;
-  if (is) napi_get_typedarray_info(env, argv[1], &tt, &n, &data, NULL, NULL);
-  if (!is || tt != napi_uint8_array) return tenc_throw_type(env, "caught must be a Uint8Array");
+  uint8_t *caught;
+  size_t n;
+  if (tenc_get_int(env, argv[0], 0, 1 << 20, "limit", &limit) < 0 || tenc_get_bytes(env, argv[1], "caught", &caught, &n) < 0)
+    return NULL;
   napi_value ab, out;
   void *res;
   napi_create_arraybuffer(env, n, &res, &ab);
@@ -189,7 +185,7 @@ static napi_value backoff_run(napi_env env, napi_callback_info info) {
   tenc_backoff b = {0, 0};
   for (size_t i = 0; i < n; i++) {
     int tried = tenc_backoff_try(&b, (uint32_t)limit);
-    if (tried) tenc_backoff_caught(&b, ((const uint8_t *)data)[i] != 0);
+    if (tried) tenc_backoff_caught(&b, caught[i] != 0);
     ((uint8_t *)res)[i] = (uint8_t)tried;
   }
   return out;

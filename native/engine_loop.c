@@ -59,12 +59,17 @@ static tenc_engine *sibs[SIB_MAX];
 static uint32_t nsibs;
 static __thread int sib_held;  /* this thread's holds of the list's read lock (taken once, never twice) */
 
-static void sib_init(void) {
+/* A rwlock whose waiting writer goes before new readers (the engine's lock, the list's). */
+static void rwlock_init_writer_first(pthread_rwlock_t *l) {
   pthread_rwlockattr_t ra;
   pthread_rwlockattr_init(&ra);
   pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-  pthread_rwlock_init(&sib_lock, &ra);
+  pthread_rwlock_init(l, &ra);
   pthread_rwlockattr_destroy(&ra);
+}
+
+static void sib_init(void) {
+  rwlock_init_writer_first(&sib_lock);
 }
 
 static void sib_hold(void) {
@@ -96,7 +101,6 @@ static void sib_copy_local(tenc_engine *e) {
 }
 
 static void sibling_local(tenc_engine *e) {
-  pthread_once(&sib_once, sib_init);
   pthread_rwlock_wrlock(&sib_lock);
   sib_copy_local(e);
   pthread_rwlock_unlock(&sib_lock);
@@ -104,7 +108,6 @@ static void sibling_local(tenc_engine *e) {
 
 static tenc_engine *sibling_find(tenc_engine *e, const struct sockaddr_in6 *ep) {
   if (tenc_sib_depth >= 2) return NULL;
-  pthread_once(&sib_once, sib_init);
   sib_hold();
   for (uint32_t i = 0; i < nsibs; i++) {
     tenc_engine *s = sibs[i];
@@ -151,7 +154,6 @@ static void sibling_add(tenc_engine *e) {
   if (!e->sibling_find) return;
   if (getsockname(e->o.udp_fd, (struct sockaddr *)&a, &l) != 0 || a.sin6_family != AF_INET6) return;
   e->udp_port = a.sin6_port;
-  pthread_once(&sib_once, sib_init);
   pthread_rwlock_wrlock(&sib_lock);
   sib_copy_local(e);
   if (nsibs < SIB_MAX) {
@@ -287,11 +289,7 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
   e->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   /* Writer preference: two data threads holding read locks back to back must not
    * starve the control calls. */
-  pthread_rwlockattr_t ra;
-  pthread_rwlockattr_init(&ra);
-  pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-  pthread_rwlock_init(&e->lock, &ra);
-  pthread_rwlockattr_destroy(&ra);
+  rwlock_init_writer_first(&e->lock);
   pthread_mutex_init(&e->ev_mu, NULL);
   pthread_mutex_init(&e->tx_mu, NULL);
   pthread_mutex_init(&e->rx_mu, NULL);
@@ -309,6 +307,7 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
     }
   }
   if (o->sibling_poll && o->mode_tun && e->tx_ep >= 0) { /* before the threads: they read these unlocked */
+    pthread_once(&sib_once, sib_init); /* the list's lock, before any of the steps below can run */
     e->sibling_find = sibling_find;
     e->sibling_run = sibling_run;
     e->sibling_local = sibling_local;
