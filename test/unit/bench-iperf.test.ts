@@ -202,11 +202,15 @@ describe("a pod host's stdout lines (tenc-host)", () => {
     child.signalCode = null;
     return child;
   };
-
-  it('each line goes to the waiter that takes it, or is kept for a later one; a line split across chunks is whole', async () => {
+  /** A fake pod host and the bench's reader of its stdout lines. */
+  const host = async () => {
     const { stdoutLines } = await import('../../bench/lib/tunnels.js');
     const child = fakeChild();
-    const next = stdoutLines(child as never);
+    return { child, next: stdoutLines(child as never) };
+  };
+
+  it('each line goes to the waiter that takes it, or is kept for a later one; a line split across chunks is whole', async () => {
+    const { child, next } = await host();
     const ready = next((l) => l === 'host ready', 1000, 'ready');
     child.stdout.write('{"pod":"/b.json","publicKey":"KB"}\nhost re');
     child.stdout.write('ady\n');
@@ -219,9 +223,7 @@ describe("a pod host's stdout lines (tenc-host)", () => {
   });
 
   it('a character split across chunks is whole, and a last line without its newline counts at the end', async () => {
-    const { stdoutLines } = await import('../../bench/lib/tunnels.js');
-    const child = fakeChild();
-    const next = stdoutLines(child as never);
+    const { child, next } = await host();
     const euro = Buffer.from('{"error":"bad \u20ac"}\n');
     child.stdout.write(euro.subarray(0, 15)); // inside the three bytes of the euro sign
     child.stdout.write(euro.subarray(15));
@@ -232,9 +234,7 @@ describe("a pod host's stdout lines (tenc-host)", () => {
   });
 
   it('a wait ends with an error naming what was awaited when nothing comes in time or the host exits', async () => {
-    const { stdoutLines } = await import('../../bench/lib/tunnels.js');
-    const child = fakeChild();
-    const next = stdoutLines(child as never);
+    const { child, next } = await host();
     await expect(next((l) => l === 'host ready', 50, 'tenc pod --host: its ready line')).rejects.toThrow(/its ready line: nothing within 50 ms/);
     const p = next((l) => l === 'host ready', 5000, 'tenc pod --host: its ready line');
     child.exitCode = 1;

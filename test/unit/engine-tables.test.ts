@@ -74,6 +74,30 @@ describe('native replay window: the shared numbered table', () => {
   });
 });
 
+/** The data-path switches engine_js.c reads from the environment when an engine is made. */
+const SWITCHES = ['TENC_SCATTER_SEAL', 'TENC_GRO_IOV', 'TENC_INLINE_TX', 'TENC_SIBLING_POLL', 'TENC_DATA_EPOLL', 'TENC_BUSY_POLL_US', 'TENC_TSO_ALIGN', 'TENC_TSO_MAX', 'TENC_TX_BATCH_KB'];
+
+/**
+ * An engine with a second UDP socket standing in for its TUN device (never readable),
+ * made with only `env` of the switches set: the runner's own values are put back
+ * right after.
+ */
+function planeWith(env: Record<string, string> = {}, vnetHdr = false): NativePlane {
+  const saved = Object.fromEntries(SWITCHES.map((k) => [k, process.env[k]]));
+  for (const k of SWITCHES) delete process.env[k];
+  Object.assign(process.env, env);
+  try {
+    const fake = openUdp(0, { gro: false });
+    const udp = openUdp(0, { gro: false });
+    return new NativePlane({ tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr, offloads: 0 }, udp, mode: 'tun' });
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
 describe('TENC_DATA_EPOLL: where the data threads wait', () => {
   const epollFds = (): number =>
     readdirSync('/proc/self/fd').filter((f) => {
@@ -83,44 +107,19 @@ describe('TENC_DATA_EPOLL: where the data threads wait', () => {
         return false; // the directory's own fd, closed by now
       }
     }).length;
-  const planeWith = async (value: string | undefined): Promise<number> => {
+  /** The epoll sets an engine made with TENC_DATA_EPOLL=value (unset: undefined) added, all closed with it. */
+  const epollSetsWith = async (value: string | undefined): Promise<number> => {
     const before = epollFds();
-    const saved = process.env.TENC_DATA_EPOLL;
-    if (value === undefined) delete process.env.TENC_DATA_EPOLL;
-    else process.env.TENC_DATA_EPOLL = value;
-    const fake = openUdp(0, { gro: false });
-    const udp = openUdp(0, { gro: false });
-    let plane: NativePlane;
-    try {
-      plane = new NativePlane({ tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr: false, offloads: 0 }, udp, mode: 'tun' });
-    } finally {
-      if (saved === undefined) delete process.env.TENC_DATA_EPOLL;
-      else process.env.TENC_DATA_EPOLL = saved;
-    }
+    const plane = planeWith(value === undefined ? {} : { TENC_DATA_EPOLL: value });
     const added = epollFds() - before;
     await plane.close();
     expect(epollFds()).toBe(before); // the sets are closed with the engine
     return added;
   };
 
-  /** A plane made with `env` set (and restored after), its switches, closed. */
-  const SWITCHES = ['TENC_SCATTER_SEAL', 'TENC_GRO_IOV', 'TENC_INLINE_TX', 'TENC_SIBLING_POLL', 'TENC_DATA_EPOLL', 'TENC_BUSY_POLL_US', 'TENC_TSO_ALIGN', 'TENC_TSO_MAX', 'TENC_TX_BATCH_KB'];
-  /** A plane made with only `env` of the switches set (the runner's own values put back after), its switches, closed. */
+  /** The switches of an engine made with only `env` of them set, read after it closed. */
   const switchesWith = async (env: Record<string, string>, vnetHdr = true): Promise<Record<string, number>> => {
-    const saved = Object.fromEntries(SWITCHES.map((k) => [k, process.env[k]]));
-    for (const k of SWITCHES) delete process.env[k];
-    Object.assign(process.env, env);
-    const fake = openUdp(0, { gro: false });
-    const udp = openUdp(0, { gro: false });
-    let plane: NativePlane;
-    try {
-      plane = new NativePlane({ tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr, offloads: 0 }, udp, mode: 'tun' });
-    } finally {
-      for (const [k, v] of Object.entries(saved)) {
-        if (v === undefined) delete process.env[k];
-        else process.env[k] = v;
-      }
-    }
+    const plane = planeWith(env, vnetHdr);
     await plane.close();
     const sw = plane.switches(); // read at create: still there after close
     expect(sw).toBeDefined();
@@ -144,9 +143,9 @@ describe('TENC_DATA_EPOLL: where the data threads wait', () => {
   });
 
   it('by default in two epoll sets (TX and RX); with TENC_DATA_EPOLL=0 in poll(), no set made', async () => {
-    expect(await planeWith(undefined)).toBe(2);
-    expect(await planeWith('0')).toBe(0);
-    expect(await planeWith('1')).toBe(2);
+    expect(await epollSetsWith(undefined)).toBe(2);
+    expect(await epollSetsWith('0')).toBe(0);
+    expect(await epollSetsWith('1')).toBe(2);
   });
 });
 
@@ -154,13 +153,7 @@ describe('native engine control plane calls', () => {
   let plane: NativePlane;
 
   beforeAll(() => {
-    const fake = openUdp(0, { gro: false });
-    const udp = openUdp(0, { gro: false });
-    plane = new NativePlane({
-      tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr: false, offloads: 0 },
-      udp,
-      mode: 'tun',
-    });
+    plane = planeWith();
   });
 
   afterAll(async () => {
@@ -304,9 +297,7 @@ describe('native engine control plane calls', () => {
   });
 
   it('calls after close throw', async () => {
-    const fake = openUdp(0, { gro: false });
-    const udp = openUdp(0, { gro: false });
-    const p = new NativePlane({ tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr: false, offloads: 0 }, udp, mode: 'tun' });
+    const p = planeWith();
     await p.close();
     await p.close(); // idempotent
     expect(() => p.addPeer(1, null)).toThrow(/closed/);
