@@ -144,7 +144,13 @@ def main(out):
         run = tcp_run(False, 10, 1000)
         put('rx', n, bytes([eng]) + b''.join(sealed(p, gso=i > 0) for i, p in enumerate(run))); n += 1
         put('rx', n, bytes([eng]) + sealed(b'') + sealed(inner[1], kp=1) + sealed(inner[1], step=0) + raw(hs1) + raw(b'\x04\0\0\0' + bytes(28))); n += 1
-    put('rx', n, b'\0' + b''.join(sealed(p, gso=i > 0) for i, p in enumerate(tcp_run(True, 6, 1100))))
+    put('rx', n, b'\0' + b''.join(sealed(p, gso=i > 0) for i, p in enumerate(tcp_run(True, 6, 1100)))); n += 1
+    # more messages in one receive batch than its list holds (RX_BATCH * 64): 34
+    # datagrams of 128 small segments each (a local sender's UDP GSO), every one
+    # opened and injected, none lost
+    echo = icmp4_echo(S4, D4, 8)
+    for eng in (0, 2):
+        put('rx', n, bytes([eng]) + b''.join(sealed(echo, gso=i % 128 > 0) for i in range(128 * 34))); n += 1
     # replaywin (the replay window): in order, reordered, replays, jumps past the window
     put('replaywin', 0, b''.join(bytes([0]) + struct.pack('<Q', 1) for _ in range(50)))
     put('replaywin', 1, b''.join(bytes([k]) + struct.pack('<Q', v) for k, v in [(0, 8200), (1, 8128), (1, 8129), (1, 8127), (0, 64), (1, 3), (1, 3), (3, 0), (3, 1), (2, 2**64 - 8193)]))

@@ -331,6 +331,7 @@ int tenc_rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more, uint32_t *inject
   }
   *more = n == RX_BATCH;
   uint64_t now = tenc_now_ms();
+  uint32_t flushed = 0; /* injected early, when the list was full */
   x->ninj = 0;
   pthread_rwlock_rdlock(&e->lock);
   for (int i = 0; i < n; i++) {
@@ -350,7 +351,15 @@ int tenc_rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more, uint32_t *inject
     }
     for (uint32_t off = 0; off < len; off += seg) {
       uint32_t l = len - off < seg ? len - off : seg;
-      if (x->ninj + x->npend >= x->inj_cap) break;
+      if (x->ninj + x->npend >= x->inj_cap) {
+        /* Full: more messages than RX_BATCH * 64 (a local sender's UDP GSO datagrams
+         * carry up to 128 segments since Linux 6.9/5.15.y). Open what waits, write out
+         * what is open, and go on with an empty list: no message is lost. */
+        if (x->npend) rx_open_pending(e, x, now);
+        flushed += x->ninj;
+        rx_inject(e, x);
+        x->ninj = 0;
+      }
       if (rx_message(e, x, d + off, l, &x->from[i], now) && x->npend == TENC_AEAD_PREP_MAX) rx_open_pending(e, x, now);
     }
   }
@@ -362,7 +371,7 @@ int tenc_rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more, uint32_t *inject
     e->rx_quieted = 1;
   }
   rx_inject(e, x);
-  if (injected) *injected = x->ninj;
+  if (injected) *injected = x->ninj + flushed;
   return n;
 }
 
