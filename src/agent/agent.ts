@@ -169,7 +169,13 @@ export class Agent {
    */
   prepare(reg: Registration): Promise<void> {
     const name = reg.podName;
-    if (this.proxies.has(name)) return Promise.resolve();
+    const px = this.proxies.get(name);
+    if (px) {
+      if (px.reg.containerId === reg.containerId) return Promise.resolve();
+      // the proxy of the pod's last sandbox: its state is not this namespace's, and
+      // nothing here would be fail-closed (the node agent refuses such an ADD first)
+      return Promise.reject(new Error(`the proxy of its container ${px.reg.containerId} still runs: try again once it is released`));
+    }
     const busy = this.preparing.get(name);
     if (busy) return busy;
     const p = this.prepareNow(reg).finally(() => {

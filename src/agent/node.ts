@@ -38,6 +38,7 @@ import { isNamespaceFile } from '../io/nsfs.js';
 export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
 const MAX_LINE = 64 * 1024;
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const NAMESPACE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
 
 /** The reconcilers' options the node agent passes on to each project's Agent, and its own. */
@@ -52,7 +53,12 @@ export interface NodeAgentOptions extends Pick<AgentOptions, 'registry' | 'node'
    * itself, the proxy starting in the background; "proxy" once the proxy answers.
    */
   cniWait?: 'fail-closed' | 'proxy';
+  /** Makes a project's reconciler (default: an Agent); for the node socket's unit tests. */
+  makeAgent?: (o: AgentOptions) => ProjectAgent;
 }
+
+/** What the node socket asks of a project's reconciler (Agent). */
+export type ProjectAgent = Pick<Agent, 'start' | 'stop' | 'prepare' | 'release' | 'whenReady' | 'check' | 'proxyIds'>;
 
 class RequestError extends Error {
   constructor(
@@ -78,14 +84,20 @@ export function checkNetns(p: unknown): string {
   return p;
 }
 
-function str(v: unknown, field: string, re: RegExp): string {
-  if (typeof v !== 'string' || !re.test(v)) throw new RequestError('EINVAL', `${field}: ${JSON.stringify(v)} is not valid`);
+function str(v: unknown, field: string, re: RegExp, rule = 'is not valid'): string {
+  if (typeof v !== 'string' || !re.test(v)) throw new RequestError('EINVAL', `${field}: ${JSON.stringify(v)} ${rule}`);
   return v;
 }
 
+const LABEL_RULE = 'is not a DNS label (lowercase letters, digits, "-", at most 63)';
+/** The pod's namespace: asked first, so a pod of an unprotected namespace is passed through whatever else it has. */
+const podNamespaceOf = (m: Record<string, unknown>) => str(m.podNamespace, 'podNamespace', NAMESPACE, LABEL_RULE);
+
 export class NodeAgent {
   private readonly regs = new Map<string, Registration>();
-  private readonly agents = new Map<string, Agent>();
+  private readonly agents = new Map<string, ProjectAgent>();
+  /** DELs whose release still runs, by container: a retried DEL waits for it, an ADD of the pod's next sandbox is refused meanwhile. */
+  private readonly releasing = new Map<string, { podNamespace: string; podName: string; done: Promise<void> }>();
   private server: Server | null = null;
   private readonly log: Logger;
   private readonly socket: string;
@@ -132,10 +144,11 @@ export class NodeAgent {
     renameSync(tmp, this.stateFile);
   }
 
-  private async agentFor(project: string): Promise<Agent> {
+  private async agentFor(project: string): Promise<ProjectAgent> {
     let a = this.agents.get(project);
     if (a) return a;
-    a = new Agent({
+    const make = this.o.makeAgent ?? ((o: AgentOptions) => new Agent(o));
+    a = make({
       registry: this.o.registry,
       node: this.o.node,
       project,
@@ -163,8 +176,12 @@ export class NodeAgent {
     const containerId = str(m.containerId, 'containerId', CONTAINER_ID);
     const netns = checkNs ? checkNetns(m.netns) : str(m.netns, 'netns', /^\//);
     const ifname = str(m.ifname, 'ifname', /^[^/:\s]{1,15}$/);
-    const podNamespace = str(m.podNamespace, 'podNamespace', NAME);
-    const podName = str(m.podName, 'podName', NAME);
+    const podNamespace = podNamespaceOf(m);
+    // a protected pod's name names its TencPeer, its registry entries and its files: a
+    // DNS label, as every pod a Deployment, StatefulSet or Job makes (a name with dots,
+    // which Kubernetes allows, is refused here and only in a protected namespace)
+    const podName = str(m.podName, 'podName', NAME, `${LABEL_RULE}: tenc protects only pods named so`);
+    if (podName.length > 63) throw new RequestError('EINVAL', `podName: ${JSON.stringify(podName)} ${LABEL_RULE}: tenc protects only pods named so`);
     const podUid = typeof m.podUid === 'string' && m.podUid.length <= 64 ? m.podUid : '';
     if (!Array.isArray(m.addresses) || m.addresses.length === 0 || m.addresses.length > 2) throw new RequestError('EINVAL', 'addresses: one or two pod addresses expected');
     const addresses = m.addresses.map((a, i) => {
@@ -181,13 +198,24 @@ export class NodeAgent {
         return { projects: [...this.agents.keys()] };
       case 'cni-add': {
         const timeoutMs = typeof m.timeoutMs === 'number' && m.timeoutMs >= 100 && m.timeoutMs <= 120_000 ? m.timeoutMs : 5000;
-        const reg = this.validate(m, null);
-        if (!(await this.protectedProject(reg.podNamespace))) {
-          this.log.info({ pod: `${reg.podNamespace}/${reg.podName}` }, 'ADD: namespace not protected, passed through');
+        // an unprotected namespace's pod is passed through before anything else of it is
+        // checked: tenc's rules for a pod (its name, its addresses) are not that pod's
+        const ns = podNamespaceOf(m);
+        if (!(await this.protectedProject(ns))) {
+          this.log.info({ pod: `${ns}/${typeof m.podName === 'string' ? m.podName.slice(0, 253) : '?'}` }, 'ADD: namespace not protected, passed through');
           return { protected: false };
         }
+        const reg = this.validate(m, null);
+        // the pod's last sandbox is still being released (its DEL timed out in the
+        // plugin and was answered by a retry): its proxy and namespace are not gone yet
+        for (const [id, r] of this.releasing) {
+          if (r.podNamespace === reg.podNamespace && r.podName === reg.podName && id !== reg.containerId) {
+            throw new RequestError('EEXIST', `pod ${reg.podNamespace}/${reg.podName}: its container ${id} is still being released: try again`);
+          }
+        }
         const old = this.regs.get(reg.containerId);
-        // one sandbox per pod name: a new sandbox of the pod replaces the old registration
+        // one sandbox per pod name: a new sandbox of the pod waits (EEXIST, code 11: the runtime
+        // retries) until the old one is DELeted
         for (const r of this.regs.values()) {
           if (r.podNamespace === reg.podNamespace && r.podName === reg.podName && r.containerId !== reg.containerId) {
             throw new RequestError('EEXIST', `pod ${reg.podNamespace}/${reg.podName} is registered with container ${r.containerId}: DEL it first`);
@@ -218,12 +246,21 @@ export class NodeAgent {
       }
       case 'cni-del': {
         const containerId = str(m.containerId, 'containerId', CONTAINER_ID);
+        // a DEL retried while the first one still releases (the plugin gave up waiting)
+        // waits for that same release: answered only once the pod is really gone
+        const busy = this.releasing.get(containerId);
+        if (busy) {
+          await busy.done;
+          return {};
+        }
         const reg = this.regs.get(containerId);
         if (!reg) return {};
         const agent = await this.agentFor(reg.podNamespace);
         this.regs.delete(containerId);
         this.save();
-        await agent.release(reg.podName, reg.netns);
+        const done = agent.release(reg.podName, reg.netns).finally(() => this.releasing.delete(containerId));
+        this.releasing.set(containerId, { podNamespace: reg.podNamespace, podName: reg.podName, done });
+        await done;
         this.save();
         this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, containerId }, 'DEL: pod released');
         return {};
