@@ -36,7 +36,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { controlRequest, socketIsLive } from '../control/socket.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
-import { readProjectView, type PodInfo, type ProjectView, type Watch } from '../registry/registry.js';
+import { readProjectView, type PeerInfo, type PodInfo, type ProjectView, type Watch } from '../registry/registry.js';
 import { desiredState, peerChanges, type DesiredPeer, type DesiredPod } from './desired.js';
 import { failClosedIn, podSocket } from './netns.js';
 import { ProjectPolicies } from './policies.js';
@@ -66,6 +66,23 @@ export class Agent {
   private readonly preparing = new Map<string, Promise<void>>();
   /** Proxies being started (not adopted), by pod: the reconciles go on meanwhile (release and stop wait for them). */
   private readonly starting = new Map<string, Promise<void>>();
+  /** Rejected published keys already reported (pod, node, reason): each logged and counted once. */
+  private readonly rejectedSeen = new Set<string>();
+  /** A published key not believed (a node publishing for another node's pod: threat T7): logged and counted once. */
+  private readonly rejected = (k: PeerInfo, why: string): void => {
+    const id = `${k.pod} ${k.node} ${why}`;
+    if (this.rejectedSeen.has(id)) return;
+    if (this.rejectedSeen.size >= 1024) this.rejectedSeen.clear(); // bounded: a flood is reported again, never kept
+    this.rejectedSeen.add(id);
+    let publicKey: string;
+    try {
+      publicKey = keyFingerprint(k.publicKey);
+    } catch {
+      publicKey = '(not a key)';
+    }
+    this.log.warn({ pod: k.pod, node: k.node, publicKey, why }, 'published key not believed');
+    this.o.hooks?.peerRejected?.();
+  };
   /** The project's TencPolicy set in force. */
   readonly policies: ProjectPolicies;
 
@@ -189,7 +206,7 @@ export class Agent {
   private async prepareNow(reg: Registration): Promise<void> {
     const socket = podSocket(reg.netns);
     if (await socketIsLive(socket)) return; // a proxy answers there: it owns the state
-    const base = this.view ?? this.localView(await readProjectView(this.o.registry, this.o.project));
+    const base = this.view ?? this.localView(await readProjectView(this.o.registry, this.o.project, this.rejected));
     const known = base.pods.find((p) => p.name === reg.podName);
     const pod = this.podInfo(reg, known);
     const view = { ...base, pods: [...base.pods.filter((p) => p.name !== pod.name), pod] };
@@ -232,7 +249,7 @@ export class Agent {
   }
 
   private async reconcile(): Promise<void> {
-    const view = await readProjectView(this.o.registry, this.o.project);
+    const view = await readProjectView(this.o.registry, this.o.project, this.rejected);
     const local = this.localPods(view);
     // pods no longer registered: release() did the work; anything left over is stopped here
     for (const name of [...this.proxies.keys()]) {
@@ -283,8 +300,21 @@ export class Agent {
       // altered its entry; a pod the registry does not list yet is not retried in a loop
       const known = view.pods.some((p) => p.name === px.pod.name);
       if (px.published !== mine || (known && (!k || k.publicKey !== px.publicKey || k.endpoint !== endpoint || k.node !== this.o.node))) {
+        if (px.publishFailed && Date.now() < px.publishFailed.retryAt) continue;
+        // one pod's refused publish (a 403 on a TencPeer another node holds, the registry
+        // down) holds up neither the other pods' publishes nor the peers, services and
+        // policies below (the registry's errors are counted: tenc_agent_registry_errors_total)
+        try {
+          await this.o.registry.publishPeer({ project: this.o.project, pod: px.pod.name, node: this.o.node, publicKey: px.publicKey, endpoint });
+        } catch (e) {
+          const message = (e as Error).message;
+          const delayMs = Math.min(60_000, (px.publishFailed?.delayMs ?? 500) * 2);
+          if (px.publishFailed?.message !== message) this.log.warn({ pod: px.pod.name, err: message }, 'cannot publish the pod\'s public key: tried again with back-off');
+          px.publishFailed = { message, retryAt: Date.now() + delayMs, delayMs };
+          continue;
+        }
         px.published = mine;
-        await this.o.registry.publishPeer({ project: this.o.project, pod: px.pod.name, node: this.o.node, publicKey: px.publicKey, endpoint });
+        px.publishFailed = undefined;
         this.log.info({ pod: px.pod.name, publicKey: keyFingerprint(px.publicKey) }, 'public key published');
         // the view is stale now: the next run sees the new key
         this.again = true;

@@ -30,6 +30,8 @@ export interface AgentHooks {
    * EEXIST, ETIMEDOUT, EIO, ...) and how long it took.
    */
   cniRequest?(command: string, result: string, seconds: number): void;
+  /** A published key the agent does not believe (registry.ts trustedPeers), once per pod, node and reason. */
+  peerRejected?(): void;
 }
 
 /** CNI commands with series of their own; anything else is command="other". */
@@ -59,6 +61,7 @@ export class AgentMetrics implements AgentHooks {
       proxiesStarted: new Counter({ name: A.proxiesStarted.name, help: A.proxiesStarted.help, labelNames: A.proxiesStarted.labels, registers: r }),
       proxiesRestarted: new Counter({ name: A.proxiesRestarted.name, help: A.proxiesRestarted.help, registers: r }),
       proxies: new Gauge({ name: A.proxies.name, help: A.proxies.help, labelNames: A.proxies.labels, registers: r }),
+      peersRejected: new Counter({ name: A.peersRejected.name, help: A.peersRejected.help, registers: r }),
       cniRequests: new Counter({ name: A.cniRequests.name, help: A.cniRequests.help, labelNames: A.cniRequests.labels, registers: r }),
       cniDuration: new Histogram({ name: H.cniDuration.name, help: H.cniDuration.help, labelNames: H.cniDuration.labels, buckets: [...H.cniDuration.buckets], registers: r }),
     };
@@ -66,6 +69,7 @@ export class AgentMetrics implements AgentHooks {
     for (const result of ['ok', 'error']) this.c.reconciles.inc({ result }, 0);
     for (const how of ['started', 'adopted']) this.c.proxiesStarted.inc({ how }, 0);
     this.c.proxiesRestarted.inc(0);
+    this.c.peersRejected.inc(0);
     if (o.processMetrics !== false) addProcessMetrics(this.registry);
   }
 
@@ -78,6 +82,9 @@ export class AgentMetrics implements AgentHooks {
   }
   proxyLost(): void {
     this.c.proxiesRestarted.inc();
+  }
+  peerRejected(): void {
+    this.c.peersRejected.inc();
   }
   /**
    * Each project's reconciler reports its own count; the gauge has one series per
