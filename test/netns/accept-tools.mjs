@@ -4,7 +4,8 @@
 //
 //   serve ADDR PORT FILE MARKER   HTTP on ADDR:PORT (GET /blob -> FILE; POST /echo -> {bytes, sha256, marker})
 //                                 and a UDP echo on ADDR:PORT; prints {"listening":true}, runs until killed
-//   udp ADDR PORT MARKER COUNT    sends COUNT datagrams "MARKER <i>" to the echo, prints {sent, echoed, intact}
+//   udp ADDR PORT MARKER COUNT    sends COUNT datagrams "MARKER <i>" to the echo, prints {sent, echoed, intact,
+//                                 missing: the indices not echoed}
 //   send HOST PORT                stdin: JSON array of hex datagrams; sends them 20 ms apart from one socket
 //   flood HOST PORT COUNT SECONDS SEED
 //                                 stdin: JSON {seeds: [hex...]} (captured genuine messages); sends COUNT
@@ -78,7 +79,9 @@ async function udpClient([addr, port, marker, count]) {
   const deadline = Date.now() + 3000;
   while (seen.size < n && Date.now() < deadline) await sleep(50);
   sock.close();
-  out({ sent: n, echoed: seen.size, intact });
+  const missing = [];
+  for (let i = 0; i < n; i++) if (!seen.has(String(i))) missing.push(i);
+  out({ sent: n, echoed: seen.size, intact, missing });
 }
 
 async function send([host, port]) {

@@ -42,6 +42,7 @@ import {
   sha256,
   startCapture,
   startPod,
+  status,
   stopAllPods,
   stopPod,
   tearDown,
@@ -124,6 +125,17 @@ interface IperfUdpEnd {
 }
 
 let iperfPort = 5201;
+
+/** A pod's non-zero drop counters, its own and its peers', for a failure's message. */
+function dropsOf(ns: Netns): string {
+  try {
+    const s = status(ns);
+    const nz = (d: Record<string, number>) => Object.entries(d).filter(([, v]) => v > 0);
+    return JSON.stringify({ pod: Object.fromEntries(nz(s.drops)), peers: s.peers.map((p) => Object.fromEntries(nz(p.drops))) });
+  } catch (e) {
+    return `(status failed: ${(e as Error).message})`;
+  }
+}
 
 /** iperf3 client in `from` against a one-off server in `to` (bound to the pod addresses). */
 async function iperf(from: Netns, src: string, to: Netns, dst: string, extra: string[]): Promise<IperfEnd> {
@@ -212,8 +224,11 @@ describe.each(runs)('tunnel: inject $inject, tun offload $tunOffload', (dataPlan
         writeFileSync(join(dir, 'body'), body);
         const echo = JSON.parse(a.exec('curl', '-gsS', '--fail', '--max-time', '20', '--data-binary', `@${join(dir, 'body')}`, url(B[f], 8080, '/echo')));
         expect(echo).toEqual({ bytes: body.length, sha256: sha256(body), marker: true });
-        const u = runTool<{ sent: number; echoed: number; intact: number }>(a, ['udp', B[f], '8080', mark, '20']);
-        expect(u).toEqual({ sent: 20, echoed: 20, intact: 20 });
+        const u = runTool<{ sent: number; echoed: number; intact: number; missing: number[] }>(a, ['udp', B[f], '8080', mark, '20']);
+        // on a loss, name the datagrams and both pods' drop counters: a drop in the pipeline
+        // is told apart from a loss outside it (a loaded machine)
+        const why = u.missing.length ? `missing ${u.missing.join(',')}; drops a ${dropsOf(a)}; drops b ${dropsOf(b)}` : '';
+        expect(u, why).toEqual({ sent: 20, echoed: 20, intact: 20, missing: [] });
       } finally {
         await stop(server);
         ({ dropped } = await cap.stop());
