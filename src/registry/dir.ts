@@ -24,12 +24,20 @@
  * directory is writable by its owner alone (so with one uid per node agent,
  * Unix permissions keep one node from publishing for another's pods; the local
  * cluster runs every agent as root, where the path is still checked against
- * the pod's node by trustedPeers()).
+ * the pod's node by trustedPeers()). That ties a node's name to a uid only when
+ * no agent can make a node's directory: peers/ and peers/<project>/ must be owned
+ * by root (or the reader's own uid) and writable by their owner alone, or the
+ * project's peers are refused (peers() throws, naming the directory). With one
+ * uid per node agent the administrator creates each node's directory for its
+ * agent; publishPeer creates missing ones (mode 755) only where it may (root).
+ *
+ * A pod or service file whose metadata.name is not its file name is skipped and
+ * reported (two files naming one pod would make its node a matter of read order).
  */
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch as fsWatch, writeFileSync, type FSWatcher } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch as fsWatch, writeFileSync, type FSWatcher, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
-import { endpointsFromObject, peerFromObject, podFromObject, policyFromObject, serviceFromObject } from './objects.js';
+import { endpointsFromObject, peerFromObject, podFromObject, policyFromObject, quote, serviceFromObject } from './objects.js';
 
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const RESCAN_MS = 1000;
@@ -46,23 +54,40 @@ export function writeJsonAtomic(file: string, data: unknown): void {
   renameSync(tmp, file);
 }
 
-function readJsonDir(dir: string, onProblem: (file: string, why: string) => void): unknown[] {
+/** Each `.json` file of `dir` that parses, with its name (without `.json`) and path. */
+function readJsonDir(dir: string, onProblem: (file: string, why: string) => void): { name: string; file: string; o: unknown }[] {
   let names: string[];
   try {
     names = readdirSync(dir).filter((n) => n.endsWith('.json'));
   } catch {
     return [];
   }
-  const out: unknown[] = [];
+  const out: { name: string; file: string; o: unknown }[] = [];
   for (const n of names.sort()) {
+    const file = join(dir, n);
     try {
-      out.push(JSON.parse(readFileSync(join(dir, n), 'utf8')));
+      out.push({ name: n.slice(0, -'.json'.length), file, o: JSON.parse(readFileSync(file, 'utf8')) });
     } catch (e) {
       // deleted between readdir and read, or not JSON: skip it
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') onProblem(join(dir, n), (e as Error).message);
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') onProblem(file, (e as Error).message);
     }
   }
   return out;
+}
+
+/**
+ * Why a directory above the node directories (peers/, peers/<project>/) cannot be
+ * trusted, or null. Whoever may create entries there may create the directory of a
+ * node that has not published yet (its own uid then owns it, and every reader would
+ * take its files as that node's keys), or replace a node's directory: so only root
+ * and this reader's own uid may own it, and only its owner may write it.
+ */
+export function unsafeAbove(st: Stats, self = process.getuid?.() ?? 0): string | null {
+  const mode = (st.mode & 0o7777).toString(8).padStart(3, '0');
+  if (!st.isDirectory()) return 'is not a directory';
+  if (st.uid !== 0 && st.uid !== self) return `is owned by uid ${st.uid}, not by root or this agent's uid ${self} (any other uid could create a node's directory there)`;
+  if ((st.mode & 0o022) !== 0) return `is writable by group or others (mode ${mode}; it must be writable by its owner only, e.g. 755: anyone who may write it could create a node's directory there)`;
+  return null;
 }
 
 type Obj = Record<string, any>;
@@ -121,21 +146,32 @@ export class DirectoryRegistry implements Registry {
       .sort();
   }
 
-  private parsed<T>(kind: string, project: string, parse: (project: string, o: Obj) => T | null): T[] {
+  /**
+   * The objects of one kind and project. With `nameOf`, an object whose name
+   * (metadata.name) is not its file's is refused, as etcd.ts refuses one whose name is
+   * not its key's: two files naming one pod would otherwise both be read, and which
+   * node the pod is on would depend on which of them a reader kept.
+   */
+  private parsed<T>(kind: string, project: string, parse: (project: string, o: Obj) => T | null, nameOf?: (v: T) => string): T[] {
     const out: T[] = [];
-    for (const o of readJsonDir(this.sub(kind, project), this.onProblem) as Obj[]) {
-      const v = parse(project, o);
-      if (v !== null) out.push(v);
+    for (const { name, file, o } of readJsonDir(this.sub(kind, project), this.onProblem)) {
+      const v = parse(project, o as Obj);
+      if (v === null) continue;
+      if (nameOf && nameOf(v) !== name) {
+        this.onProblem(file, `metadata.name ${quote(nameOf(v))} differs from its file name ${name}: ignored`);
+        continue;
+      }
+      out.push(v);
     }
     return out;
   }
 
   async pods(project: string): Promise<PodInfo[]> {
-    return this.parsed('pods', project, podFromObject);
+    return this.parsed('pods', project, podFromObject, (p) => p.name);
   }
 
   async services(project: string): Promise<ServiceInfo[]> {
-    return this.parsed('services', project, serviceFromObject);
+    return this.parsed('services', project, serviceFromObject, (s) => s.name);
   }
 
   async endpoints(project: string): Promise<EndpointsInfo[]> {
@@ -166,6 +202,17 @@ export class DirectoryRegistry implements Registry {
   async peers(project: string): Promise<PeerInfo[]> {
     const out: PeerInfo[] = [];
     const root = this.sub('peers', project);
+    for (const d of [join(this.dir, 'peers'), root]) {
+      let st: Stats;
+      try {
+        st = statSync(d);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return []; // nothing published yet
+        throw new Error(`registry: peers of project ${project} refused: cannot read ${d} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      }
+      const why = unsafeAbove(st);
+      if (why) throw new Error(`registry: peers of project ${project} refused: ${d} ${why}`);
+    }
     let nodes: string[];
     try {
       nodes = readdirSync(root, { withFileTypes: true })
@@ -227,7 +274,14 @@ export class DirectoryRegistry implements Registry {
     checkName('pod', peer.pod);
     checkName('node', peer.node);
     const dir = join(this.sub('peers', peer.project), peer.node);
-    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    // 0755 for each directory made (peers/, peers/<project>/, the node's): what readers require
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o755 });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EACCES' && code !== 'EPERM') throw e;
+      throw new Error(`registry: cannot create ${dir} (${code}): with one uid per node agent, the administrator creates each node's directory, owned by that agent's uid, mode 755`);
+    }
     writeJsonAtomic(join(dir, `${peer.pod}.json`), { pod: peer.pod, publicKey: peer.publicKey, endpoint: peer.endpoint });
   }
 
@@ -254,7 +308,7 @@ export class DirectoryRegistry implements Registry {
       for (const d of [...base, ...nodeDirs]) {
         if (watchers.some((w) => (w as FSWatcher & { dir?: string }).dir === d)) continue;
         try {
-          mkdirSync(d, { recursive: true });
+          mkdirSync(d, { recursive: true, mode: 0o755 }); // peers/ and peers/<project>/: as peers() requires
           const w = fsWatch(d, () => {
             if (d === peersDir) arm(); // a node directory may have appeared
             onChange();

@@ -283,7 +283,9 @@ export class EtcdRegistry implements Registry {
     try {
       o = JSON.parse(value);
     } catch (e) {
-      this.onProblem(key, `not JSON: ${(e as Error).message}`);
+      // JSON.parse's message quotes the input (Node 20: ten characters of it): never
+      // for a Secret, where that is part of the psk (a raw `wg genpsk` line put there)
+      this.onProblem(key, at.kind === 'secrets' ? 'not JSON' : `not JSON: ${(e as Error).message}`);
       // a policy that cannot be read refuses the project's whole set (never half of it)
       if (at.kind === 'policies') this.project(at.project).policies.set(at.name, { project: at.project, name: at.name, object: null, problem: `${key}: not JSON` });
       this.touch(at.project);

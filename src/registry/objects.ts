@@ -15,6 +15,29 @@ const str = (v: unknown): v is string => typeof v === 'string';
 export const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const isName = (v: unknown): v is string => str(v) && v.length <= 63 && NAME.test(v);
 
+/** At most this much of a value is quoted in a problem (every agent logs each problem). */
+export const QUOTE_MAX = 64;
+
+/**
+ * A value as a problem quotes it, cut to QUOTE_MAX characters with its full length
+ * (one 1.5 MB bad value must not become a 1.5 MB line in every agent's log).
+ */
+export function quote(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  if (s.length <= QUOTE_MAX) return s;
+  const size = typeof v === 'string' ? `${v.length} characters` : `${s.length} characters of JSON`;
+  return `${s.slice(0, QUOTE_MAX)}... (${size})`;
+}
+
+/**
+ * A shared parser's problem (parseKey32, parseEndpoint: they quote the whole value
+ * through show()) with that quote cut as quote() cuts it.
+ */
+function clipped(problem: string, v: unknown): string {
+  const whole = JSON.stringify(v) ?? String(v);
+  return whole.length <= QUOTE_MAX ? problem : problem.replace(whole, () => quote(v));
+}
+
 /**
  * A Pod: spec.nodeName, status.podIP (and podIPs), labels. Never a netns: a pod's
  * network namespace comes only from the CNI registration on the node (a registry
@@ -82,13 +105,13 @@ export function endpointsFromObject(project: string, o: Obj): EndpointsInfo | nu
 export function peerFromObject(project: string, node: string, pod: string, o: Obj): PeerInfo | string {
   if (o === null || typeof o !== 'object' || Array.isArray(o)) return 'not a JSON object';
   if (!str(o.pod)) return 'pod: missing or not a string';
-  if (o.pod !== pod) return `pod: ${JSON.stringify(o.pod)} differs from its place's name ${pod}`;
+  if (o.pod !== pod) return `pod: ${quote(o.pod)} differs from its place's name ${pod}`;
   const k = parseKey32(o.publicKey);
-  if (!k.ok) return `publicKey: ${k.problem}`;
+  if (!k.ok) return `publicKey: ${clipped(k.problem, o.publicKey)}`;
   if (k.value.every((b) => b === 0)) return 'publicKey: is the all-zero key';
   if (Buffer.from(k.value).toString('base64') !== o.publicKey) return 'publicKey: has characters around the key';
   const e = parseEndpoint(o.endpoint);
-  if (!e.ok) return `endpoint: ${e.problem}`;
+  if (!e.ok) return `endpoint: ${clipped(e.problem, o.endpoint)}`;
   return { project, pod, node, publicKey: o.publicKey, endpoint: o.endpoint };
 }
 
@@ -98,6 +121,6 @@ export function peerFromObject(project: string, node: string, pod: string, o: Ob
  */
 export function policyFromObject(project: string, name: string, o: Obj): PolicyObject {
   const n = o?.metadata?.name;
-  if (n !== undefined && n !== name) return { project, name, object: o, problem: `metadata.name ${JSON.stringify(n)} differs from its place's name ${name}` };
+  if (n !== undefined && n !== name) return { project, name, object: o, problem: `metadata.name ${quote(n)} differs from its place's name ${name}` };
   return { project, name, object: o };
 }

@@ -24,8 +24,9 @@
  * Trust: a published key is believed only when it comes from the agent of the
  * pod's own node. Each backend makes the `node` of a PeerInfo the publisher's
  * identity as the store authenticated it (dir.ts: the owner of the node's
- * directory), and trustedPeers() drops every entry whose node is not the pod's
- * node. So one compromised node can only lie about its own pods.
+ * directory, below directories only root may write), and trustedPeers() drops
+ * every entry whose node is not the pod's node, and every entry for a pod listed
+ * on two nodes. So one compromised node can only lie about its own pods.
  *
  * Backends: DirectoryRegistry (dir.ts, the embedded default); open.ts picks one
  * from `tenc agent --registry SPEC`.
@@ -125,16 +126,27 @@ export interface ProjectView {
  * The published peers an agent may believe: the pod exists and the entry was
  * published by the agent of the pod's node. Anything else (a key for a pod of
  * another node, a pod that does not exist, a second entry for one pod) is
- * dropped and reported through onRejected.
+ * dropped and reported through onRejected. A pod name listed on two nodes (two
+ * records of one pod that disagree) leaves its node unknown: no key for it is
+ * believed, from either node.
  */
 export function trustedPeers(pods: PodInfo[], peers: PeerInfo[], onRejected: (p: PeerInfo, why: string) => void = () => {}): PeerInfo[] {
-  const nodeOf = new Map(pods.map((p) => [p.name, p.node]));
+  const nodesOf = new Map<string, string[]>();
+  for (const p of pods) {
+    const nodes = nodesOf.get(p.name);
+    if (!nodes) nodesOf.set(p.name, [p.node]);
+    else if (!nodes.includes(p.node)) nodes.push(p.node);
+  }
   const out = new Map<string, PeerInfo>();
   for (const k of peers) {
-    const node = nodeOf.get(k.pod);
-    if (node === undefined) continue; // a pod being deleted, or not created yet
-    if (k.node !== node) {
-      onRejected(k, `published by node ${k.node}, but the pod runs on ${node}`);
+    const nodes = nodesOf.get(k.pod);
+    if (nodes === undefined) continue; // a pod being deleted, or not created yet
+    if (nodes.length > 1) {
+      onRejected(k, `the pod is listed on more than one node (${nodes.join(', ')}): no key for it is believed`);
+      continue;
+    }
+    if (k.node !== nodes[0]) {
+      onRejected(k, `published by node ${k.node}, but the pod runs on ${nodes[0]}`);
       continue;
     }
     if (out.has(k.pod)) {
