@@ -12,9 +12,12 @@
  *   CHECK   {"op":"cni-check",...}
  *   STATUS  {"op":"cni-status"}
  *   VERSION answered here
+ *   GC      accepted (cniVersion 1.1.0) and done: nothing asked
  *
- * Agent not reachable, or no answer in time: code 11 (try again later), so the
- * runtime retries the sandbox; the pod's containers never start unprotected.
+ * Agent not reachable, or no answer in time (connect() included): code 11 (try again
+ * later), so the runtime retries the sandbox; the pod's containers never start
+ * unprotected. The agent's own refusals keep their meaning: EINVAL is the
+ * configuration's fault (7), ENOENT a container it has not registered (3).
  * Build: cni/build.sh (static, no libraries beyond libc). Exit 0 ok, 1 error.
  *
  * One file above the 700-line mark, on purpose: it is installed and built as one
@@ -42,6 +45,7 @@
 #define DEFAULT_SOCKET "/run/tenc/agent.sock"
 #define DEFAULT_TIMEOUT_MS 5000
 #define MAX_TIMEOUT_MS 120000
+#define CONNECT_RETRY_MS 10
 
 static const char *const VERSIONS[] = {"0.4.0", "1.0.0", "1.1.0"};
 #define NVERSIONS (sizeof VERSIONS / sizeof VERSIONS[0])
@@ -401,7 +405,7 @@ static void failf(int code, const char *details, const char *fmt, ...) {
   fail(code, m, details);
 }
 
-enum { E_VERSION = 1, E_ENV = 4, E_IO = 5, E_DECODE = 6, E_CONFIG = 7, E_AGAIN = 11, E_UNAVAILABLE = 50 };
+enum { E_VERSION = 1, E_UNKNOWN = 3, E_ENV = 4, E_IO = 5, E_DECODE = 6, E_CONFIG = 7, E_AGAIN = 11, E_UNAVAILABLE = 50 };
 
 static const char *need(const char *name) {
   const char *v = getenv(name);
@@ -426,36 +430,90 @@ typedef struct {
   long timeout_ms;
 } cfg_t;
 
+/* ask()'s results: the agent answered ok; something failed on our side of the socket
+ * (connect, send, no answer in time, a broken answer); the agent answered an error */
+enum { ASK_OK = 0, ASK_FAILED = -1, ASK_REFUSED = -2 };
+
+static int timed_out(const cfg_t *c, long timeout_ms, char *code, size_t codesz, char *msg, size_t msgsz) {
+  snprintf(code, codesz, "ETIMEDOUT");
+  snprintf(msg, msgsz, "no answer from %s within %ld ms", c->socket, timeout_ms);
+  return ASK_FAILED;
+}
+
+/* poll() one fd for ev until the deadline: 1 ready, 0 the deadline passed */
+static int wait_fd(int fd, short ev, int64_t deadline) {
+  for (;;) {
+    int64_t left = deadline - now_ms();
+    if (left <= 0) return 0;
+    struct pollfd pf = {.fd = fd, .events = ev};
+    int r = poll(&pf, 1, (int)(left > 1000000 ? 1000000 : left));
+    if (r > 0) return 1;
+    if (r < 0 && errno != EINTR) return 1; /* let the caller's syscall report it */
+  }
+}
+
 /*
- * Sends one request line, reads one answer line. On an error answer or a failure,
- * fills *code (the agent's error code, or an errno name) and *msg, and returns -1.
+ * Sends one request line, reads one answer line, all of it (connect() included) before
+ * the deadline. The socket is non-blocking: a frozen agent whose listen backlog is full
+ * would block a plain connect() forever. On Linux a unix socket's connect() then fails
+ * with EAGAIN at once (never EINPROGRESS): it is tried again every CONNECT_RETRY_MS until
+ * the deadline. On an error answer (ASK_REFUSED: *code is the agent's error code) or a
+ * failure (ASK_FAILED: *code is an errno name), fills *code and *msg.
  */
 static int ask(const cfg_t *c, const char *req, long timeout_ms, jv **result, char *code, size_t codesz, char *msg, size_t msgsz) {
   int64_t deadline = now_ms() + timeout_ms;
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
     snprintf(code, codesz, "EIO");
     snprintf(msg, msgsz, "socket: %s", strerror(errno));
-    return -1;
+    return ASK_FAILED;
   }
   struct sockaddr_un a = {.sun_family = AF_UNIX};
   snprintf(a.sun_path, sizeof a.sun_path, "%s", c->socket);
-  if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+  for (;;) {
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) break;
     int e = errno;
+    if (e == EAGAIN) {
+      /* the backlog is full: wait a little, within the deadline, and try again */
+      int64_t left = deadline - now_ms();
+      if (left <= 0) {
+        close(fd);
+        return timed_out(c, timeout_ms, code, codesz, msg, msgsz);
+      }
+      poll(NULL, 0, (int)(left < CONNECT_RETRY_MS ? left : CONNECT_RETRY_MS));
+      continue;
+    }
+    if (e == EINPROGRESS) {
+      /* not what a unix socket does on Linux, but the portable way: writable = done */
+      socklen_t l = sizeof e;
+      if (!wait_fd(fd, POLLOUT, deadline)) {
+        close(fd);
+        return timed_out(c, timeout_ms, code, codesz, msg, msgsz);
+      }
+      if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) < 0) e = errno;
+      if (e == 0) break;
+    }
     close(fd);
     snprintf(code, codesz, "%s", e == ENOENT ? "ENOENT" : e == ECONNREFUSED ? "ECONNREFUSED" : e == EACCES ? "EACCES" : "EIO");
     snprintf(msg, msgsz, "%s: %s", c->socket, strerror(e));
-    return -1;
+    return ASK_FAILED;
   }
   size_t len = strlen(req), off = 0;
   while (off < len) {
     ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && errno == EAGAIN) {
+      if (!wait_fd(fd, POLLOUT, deadline)) {
+        close(fd);
+        return timed_out(c, timeout_ms, code, codesz, msg, msgsz);
+      }
+      continue;
+    }
     if (w <= 0) {
       snprintf(code, codesz, "EIO");
       snprintf(msg, msgsz, "%s: %s", c->socket, strerror(errno));
       close(fd);
-      return -1;
+      return ASK_FAILED;
     }
     off += (size_t)w;
   }
@@ -466,9 +524,7 @@ static int ask(const cfg_t *c, const char *req, long timeout_ms, jv **result, ch
     if (left <= 0) {
       close(fd);
       free(in.p);
-      snprintf(code, codesz, "ETIMEDOUT");
-      snprintf(msg, msgsz, "no answer from %s within %ld ms", c->socket, timeout_ms);
-      return -1;
+      return timed_out(c, timeout_ms, code, codesz, msg, msgsz);
     }
     struct pollfd pf = {.fd = fd, .events = POLLIN};
     int r = poll(&pf, 1, (int)(left > 1000000 ? 1000000 : left));
@@ -476,13 +532,13 @@ static int ask(const cfg_t *c, const char *req, long timeout_ms, jv **result, ch
     if (r <= 0) continue;
     char tmp[4096];
     ssize_t n = recv(fd, tmp, sizeof tmp, 0);
-    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n <= 0 || in.n + (size_t)n > MAX_ANSWER) {
       close(fd);
       free(in.p);
       snprintf(code, codesz, "EPROTO");
       snprintf(msg, msgsz, n <= 0 ? "%s closed without an answer" : "answer from %s too long", c->socket);
-      return -1;
+      return ASK_FAILED;
     }
     put(&in, tmp, (size_t)n);
     nl = memchr(in.p, '\n', in.n);
@@ -494,26 +550,35 @@ static int ask(const cfg_t *c, const char *req, long timeout_ms, jv **result, ch
   if (!ans || ans->t != J_OBJ || !ok || ok->t != J_BOOL) {
     snprintf(code, codesz, "EPROTO");
     snprintf(msg, msgsz, "bad answer from %s", c->socket);
-    return -1;
+    return ASK_FAILED;
   }
   if (ok->boolean) {
     if (result) *result = jget(ans, "result");
-    return 0;
+    return ASK_OK;
   }
   jv *e = jget(ans, "error");
   jv *ec = jget(e, "code"), *em = jget(e, "message");
   snprintf(code, codesz, "%s", ec && ec->t == J_STR ? ec->str : "EIO");
   snprintf(msg, msgsz, "%s", em && em->t == J_STR ? em->str : "error without a message");
-  return -1;
+  return ASK_REFUSED;
 }
 
-/* As plugin.ts ask(): the agent's refusal of the request is the config's fault (7); the rest: try again (11). */
+/*
+ * As plugin.ts ask(): the agent's EINVAL is the config's fault (7), its ENOENT a container
+ * it has not registered (3); no agent on the socket (connect: ENOENT, ECONNREFUSED) and
+ * everything else: try again (11). The same errno name means one thing from connect()
+ * and another in the agent's answer: ask()'s result tells which.
+ */
 static jv *ask_or_fail(const cfg_t *c, const char *req, long timeout_ms) {
   char code[32], msg[1024];
   jv *res = NULL;
-  if (ask(c, req, timeout_ms, &res, code, sizeof code, msg, sizeof msg) == 0) return res;
-  if (!strcmp(code, "EINVAL")) failf(E_CONFIG, "", "tenc agent: %s", msg);
-  if (!strcmp(code, "ENOENT") || !strcmp(code, "ECONNREFUSED")) failf(E_AGAIN, "the node agent is down: retry once it runs", "tenc agent not reachable at %s", c->socket);
+  int r = ask(c, req, timeout_ms, &res, code, sizeof code, msg, sizeof msg);
+  if (r == ASK_OK) return res;
+  if (r == ASK_REFUSED) {
+    if (!strcmp(code, "EINVAL")) failf(E_CONFIG, "", "tenc agent: %s", msg);
+    if (!strcmp(code, "ENOENT")) failf(E_UNKNOWN, "the agent has no registration for this container: no ADD of it reached the agent, or a DEL removed it", "tenc agent: %s", msg);
+  } else if (!strcmp(code, "ENOENT") || !strcmp(code, "ECONNREFUSED"))
+    failf(E_AGAIN, "the node agent is down: retry once it runs", "tenc agent not reachable at %s", c->socket);
   failf(E_AGAIN, "the pod could not be protected in time: retry", "tenc agent: %s", msg);
   return NULL;
 }
@@ -636,11 +701,13 @@ static void need_pod(const podargs_t *a) {
 
 /* ---- main ------------------------------------------------------------------------------ */
 
-static int supported(const char *v) {
+/* v's place in VERSIONS (in order, oldest first), or -1 */
+static int version_index(const char *v) {
   for (size_t i = 0; i < NVERSIONS; i++)
-    if (!strcmp(v, VERSIONS[i])) return 1;
-  return 0;
+    if (!strcmp(v, VERSIONS[i])) return (int)i;
+  return -1;
 }
+static int supported(const char *v) { return version_index(v) >= 0; }
 
 static void field(buf_t *b, const char *k, const char *v) {
   puts_(b, ",");
@@ -651,11 +718,11 @@ static void field(buf_t *b, const char *k, const char *v) {
 
 int main(void) {
   const char *cmd = need("CNI_COMMAND");
-  if (strcmp(cmd, "ADD") && strcmp(cmd, "DEL") && strcmp(cmd, "CHECK") && strcmp(cmd, "VERSION") && strcmp(cmd, "STATUS")) {
+  if (strcmp(cmd, "ADD") && strcmp(cmd, "DEL") && strcmp(cmd, "CHECK") && strcmp(cmd, "VERSION") && strcmp(cmd, "STATUS") && strcmp(cmd, "GC")) {
     buf_t b = {0};
     puts_(&b, "CNI_COMMAND: ");
     put_json_str(&b, cmd);
-    puts_(&b, " is not one of ADD, DEL, CHECK, VERSION, STATUS");
+    puts_(&b, " is not one of ADD, DEL, CHECK, VERSION, STATUS, GC");
     fail(E_ENV, b.p, "");
   }
   buf_t in = {0};
@@ -691,6 +758,15 @@ int main(void) {
     return 0;
   }
   if (!supported(cv->str)) failf(E_VERSION, "supported: 0.4.0, 1.0.0, 1.1.0", "cniVersion: %s is not supported", cv->str);
+
+  if (!strcmp(cmd, "GC")) {
+    /* A 1.1.0 command (libcni sends it only for such a network). Nothing to collect:
+     * tenc keeps no state on the host, and the agent drops a container's registration
+     * (stops its proxy, cleans its netns) at its DEL. Accepted so the runtime's GC of the
+     * network list does not fail on tenc; cni.dev/valid-attachments is not read. */
+    if (version_index(cv->str) < version_index("1.1.0")) failf(E_VERSION, "GC needs cniVersion 1.1.0 or later", "cniVersion: %s does not allow GC", cv->str);
+    return 0;
+  }
 
   if (!strcmp(cmd, "STATUS")) {
     cfg_t cfg = parse_config(c);

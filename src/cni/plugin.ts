@@ -12,11 +12,15 @@
  *   CHECK  {op: "cni-check", ...} the pod's proxy runs and answers (a start in progress
  *                                 is waited for, up to timeoutMs)
  *   STATUS {op: "cni-status"}     the agent answers
+ *   GC     nothing asked: accepted (cniVersion 1.1.0) and done
  *
  * Agent not reachable, or no answer within timeoutMs: error code 11 (try again later),
  * so the runtime retries the sandbox; the pod's containers never start unprotected.
+ * The agent's own refusals keep their meaning: EINVAL is the configuration's fault (7),
+ * ENOENT is a container the agent has not registered (3, "unknown container": a CHECK
+ * before any ADD reached it, or after its DEL), the rest is code 11.
  */
-import { controlRequest, ControlClientError } from '../control/socket.js';
+import { controlRequest, ControlClientError } from '../control/client.js';
 import { CniCode, CniError, type CniPlugin, type CniRequest } from './skeleton.js';
 
 export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
@@ -78,18 +82,23 @@ function podArgs(req: CniRequest): PodArgs {
   return { podNamespace, podName, podUid: req.args.K8S_POD_UID ?? '' };
 }
 
+/** strerror's words for the errors of a connect() to a unix socket (the C plugin prints those). */
+const STRERROR: Record<string, string> = { ENOENT: 'No such file or directory', ECONNREFUSED: 'Connection refused', EACCES: 'Permission denied' };
+
 async function ask(cfg: TencCniConfig, req: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
   try {
     return await controlRequest(cfg.agentSocket, req, timeoutMs);
   } catch (e) {
-    if (e instanceof ControlClientError) {
+    if (!(e instanceof ControlClientError)) throw e;
+    if (e.answered) {
       if (e.code === 'EINVAL') throw new CniError(CniCode.invalidNetworkConfig, `tenc agent: ${e.message}`);
-      if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') {
-        throw new CniError(CniCode.tryAgainLater, `tenc agent not reachable at ${cfg.agentSocket}`, 'the node agent is down: retry once it runs');
+      if (e.code === 'ENOENT') {
+        throw new CniError(CniCode.unknownContainer, `tenc agent: ${e.message}`, 'the agent has no registration for this container: no ADD of it reached the agent, or a DEL removed it');
       }
-      throw new CniError(CniCode.tryAgainLater, `tenc agent: ${e.message}`, 'the pod could not be protected in time: retry');
+    } else if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') {
+      throw new CniError(CniCode.tryAgainLater, `tenc agent not reachable at ${cfg.agentSocket}`, 'the node agent is down: retry once it runs');
     }
-    throw e;
+    throw new CniError(CniCode.tryAgainLater, `tenc agent: ${e.message}`, 'the pod could not be protected in time: retry');
   }
 }
 
@@ -116,7 +125,16 @@ export const tencPlugin: CniPlugin = {
     try {
       await controlRequest(cfg.agentSocket, { op: 'cni-status' }, cfg.timeoutMs);
     } catch (e) {
-      throw new CniError(CniCode.pluginNotAvailable, `tenc agent not reachable at ${cfg.agentSocket}: ${(e as Error).message}`);
+      const c = e instanceof ControlClientError && !e.answered ? STRERROR[e.code] : undefined;
+      const why = c ? `${cfg.agentSocket}: ${c}` : (e as Error).message;
+      throw new CniError(CniCode.pluginNotAvailable, `tenc agent not reachable at ${cfg.agentSocket}: ${why}`);
     }
+  },
+  async gc() {
+    // Nothing to collect here: tenc keeps no state on the host, and the agent drops a
+    // container's registration (and stops its proxy, cleans its netns) at that
+    // container's DEL. Accepting GC keeps libcni's GC of the network list from failing
+    // on tenc. The runtime's cni.dev/valid-attachments are not read: an attachment whose
+    // DEL never came is not collected by this call.
   },
 };

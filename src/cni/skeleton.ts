@@ -1,14 +1,20 @@
 /**
- * The CNI plugin skeleton (CNI spec 1.0.0, STATUS of 1.1.0): reads CNI_* from the
- * environment and the network configuration from stdin, validates both, dispatches
- * ADD/DEL/CHECK/VERSION/STATUS to a plugin, and writes the plugin's result or the
+ * The CNI plugin skeleton (CNI spec 1.0.0, STATUS and GC of 1.1.0): reads CNI_* from
+ * the environment and the network configuration from stdin, validates both, dispatches
+ * ADD/DEL/CHECK/VERSION/STATUS/GC to a plugin, and writes the plugin's result or the
  * spec's error JSON ({cniVersion, code, msg, details}) to stdout. The plugin code
  * never reads CNI_* itself: it gets a checked CniRequest.
+ *
+ * GC needs a network configuration of cniVersion 1.1.0 or later (libcni sends it only
+ * then); an older one is refused with code 1, as the spec's skeleton (pkg/skel) does.
  *
  * Exit code: 0 on success, 1 with the error JSON on stdout otherwise.
  */
 
 export const SUPPORTED_VERSIONS = ['0.4.0', '1.0.0', '1.1.0'] as const;
+
+/** Largest network configuration read from stdin, in bytes (as cni/tenc-cni.c's MAX_STDIN). */
+export const MAX_STDIN = 1 << 20;
 
 /** Error codes of the CNI spec (section "Error"). */
 export const CniCode = {
@@ -35,12 +41,13 @@ export class CniError extends Error {
   }
 }
 
-export type CniCommand = 'ADD' | 'DEL' | 'CHECK' | 'VERSION' | 'STATUS';
+export type CniCommand = 'ADD' | 'DEL' | 'CHECK' | 'VERSION' | 'STATUS' | 'GC';
+const COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'VERSION', 'STATUS', 'GC'];
 
 export interface CniRequest {
   command: Exclude<CniCommand, 'VERSION'>;
   containerId: string;
-  /** Empty for DEL (the spec lets the runtime leave it out), and for STATUS. */
+  /** Empty for DEL (the spec lets the runtime leave it out), and for STATUS and GC. */
   netns: string;
   ifname: string;
   /** CNI_ARGS as key/value pairs (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, IP, ...). */
@@ -57,6 +64,7 @@ export interface CniPlugin {
   del(req: CniRequest): Promise<void>;
   check(req: CniRequest): Promise<void>;
   status?(req: CniRequest): Promise<void>;
+  gc?(req: CniRequest): Promise<void>;
 }
 
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
@@ -84,8 +92,8 @@ export function parseCniArgs(s: string | undefined): Record<string, string> {
 /** The checked request (everything but VERSION), or a CniError. */
 export function parseRequest(env: NodeJS.ProcessEnv, stdin: string): CniRequest | { command: 'VERSION'; cniVersion: string | null } {
   const command = need(env, 'CNI_COMMAND');
-  if (!['ADD', 'DEL', 'CHECK', 'VERSION', 'STATUS'].includes(command)) {
-    throw new CniError(CniCode.invalidEnv, `CNI_COMMAND: ${JSON.stringify(command)} is not one of ADD, DEL, CHECK, VERSION, STATUS`);
+  if (!(COMMANDS as readonly string[]).includes(command)) {
+    throw new CniError(CniCode.invalidEnv, `CNI_COMMAND: ${JSON.stringify(command)} is not one of ${COMMANDS.join(', ')}`);
   }
   let config: unknown;
   try {
@@ -106,6 +114,13 @@ export function parseRequest(env: NodeJS.ProcessEnv, stdin: string): CniRequest 
   }
   const path = (env.CNI_PATH ?? '').split(':').filter((x) => x !== '');
   if (command === 'STATUS') return { command, containerId: '', netns: '', ifname: '', args: {}, path, config: c, cniVersion };
+  if (command === 'GC') {
+    // a 1.1.0 command: an older configuration cannot ask for it (SUPPORTED_VERSIONS is in order)
+    if (SUPPORTED_VERSIONS.indexOf(cniVersion as (typeof SUPPORTED_VERSIONS)[number]) < SUPPORTED_VERSIONS.indexOf('1.1.0')) {
+      throw new CniError(CniCode.incompatibleVersion, `cniVersion: ${cniVersion} does not allow GC`, 'GC needs cniVersion 1.1.0 or later');
+    }
+    return { command, containerId: '', netns: '', ifname: '', args: {}, path, config: c, cniVersion };
+  }
   const containerId = need(env, 'CNI_CONTAINERID');
   if (!CONTAINER_ID.test(containerId) || containerId.length > 256) throw new CniError(CniCode.invalidEnv, `CNI_CONTAINERID: ${JSON.stringify(containerId)} is not a container id`);
   const ifname = need(env, 'CNI_IFNAME');
@@ -148,6 +163,10 @@ export async function runPlugin(plugin: CniPlugin, io: CniIo): Promise<number> {
         if (!plugin.status) throw new CniError(CniCode.incompatibleVersion, 'STATUS is not supported');
         await plugin.status(req);
         return 0;
+      case 'GC':
+        if (!plugin.gc) throw new CniError(CniCode.incompatibleVersion, 'GC is not supported');
+        await plugin.gc(req);
+        return 0;
     }
   } catch (e) {
     const err = e instanceof CniError ? e : new CniError(CniCode.ioFailure, (e as Error).message);
@@ -156,15 +175,30 @@ export async function runPlugin(plugin: CniPlugin, io: CniIo): Promise<number> {
   }
 }
 
-export function readStdin(): Promise<string> {
+/**
+ * The network configuration from stdin (or `input`), as UTF-8. Over MAX_STDIN bytes it
+ * is refused (code 6) and reading stops there: the stream is destroyed, so a runtime
+ * that never closes stdin neither grows our memory nor keeps the process waiting.
+ */
+export function readStdin(input: NodeJS.ReadableStream & { destroy(): void } = process.stdin): Promise<string> {
   return new Promise((resolve, reject) => {
-    let s = '';
-    process.stdin.setEncoding('utf8');
-    process.stdin.on('data', (d: string) => {
-      s += d;
-      if (s.length > 1 << 20) reject(new CniError(CniCode.decodeFailure, 'stdin: more than 1 MiB'));
-    });
-    process.stdin.on('end', () => resolve(s));
-    process.stdin.on('error', reject);
+    const chunks: Buffer[] = [];
+    let n = 0;
+    const onData = (d: Buffer | string) => {
+      const b = typeof d === 'string' ? Buffer.from(d, 'utf8') : d;
+      n += b.length; // bytes, as the C plugin counts: a multi-byte character is not one
+      if (n > MAX_STDIN) {
+        input.off('data', onData);
+        input.off('end', onEnd);
+        input.destroy();
+        reject(new CniError(CniCode.decodeFailure, 'stdin: more than 1 MiB'));
+        return;
+      }
+      chunks.push(b);
+    };
+    const onEnd = () => resolve(Buffer.concat(chunks).toString('utf8'));
+    input.on('data', onData);
+    input.on('end', onEnd);
+    input.on('error', reject);
   });
 }

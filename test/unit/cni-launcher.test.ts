@@ -3,10 +3,12 @@
 // and node-socket answers, both send the agent the same request and print the same
 // result or the same error (code, msg, details) with the same exit code. The agent
 // here is a fake node socket that records requests and answers as told; the real
-// agent is test/netns/cluster-k8s.test.ts.
-import { spawn, spawnSync } from 'node:child_process';
+// agent is test/netns/cluster-k8s.test.ts. Where the process itself matters (stdin), the
+// TypeScript plugin runs as a process too: src/cni/main.ts bundled by esbuild.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { buildSync } from 'esbuild';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,6 +18,8 @@ import { runPlugin } from '../../src/cni/skeleton.js';
 const root = join(__dirname, '../..');
 let dir: string;
 let bin: string;
+/** `tenc cni` as one file (src/cni/main.ts bundled), run by node. */
+let tsBin: string;
 let sock: string;
 let server: Server;
 /** How the fake agent answers the next request: a JSON answer line, 'silent' (never), 'close' (hang up). */
@@ -27,6 +31,16 @@ beforeAll(async () => {
   bin = join(dir, 'tenc-cni');
   const b = spawnSync('sh', [join(root, 'cni/build.sh'), bin], { encoding: 'utf8' });
   if (b.status !== 0) throw new Error(`cni/build.sh failed: ${b.stderr}`);
+  tsBin = join(dir, 'tenc-cni.mjs');
+  buildSync({
+    stdin: { contents: "import { cniMain } from './src/cni/main.ts';\nprocess.exitCode = await cniMain();\n", resolveDir: root, loader: 'ts' },
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    outfile: tsBin,
+    logLevel: 'silent',
+  });
   sock = join(dir, 'agent.sock');
   server = createServer((c) => {
     let buf = '';
@@ -58,17 +72,33 @@ interface Out {
   requests: Record<string, unknown>[];
 }
 
-function runC(env: Record<string, string>, stdin: string): Promise<Out> {
+interface ProcOpts {
+  /** Leave stdin open after writing (a runtime that never closes it). */
+  keepStdinOpen?: boolean;
+  /** SIGKILL after this long (then code is null): a hang fails the test instead of stalling it. */
+  killAfterMs?: number;
+}
+
+function runProc(file: string, args: string[], env: Record<string, string>, stdin: string, o: ProcOpts = {}): Promise<Out & { ms: number }> {
   seen.length = 0;
+  const t0 = Date.now();
   return new Promise((resolve) => {
-    const c = spawn(bin, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const c: ChildProcess = spawn(file, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const kill = setTimeout(() => c.kill('SIGKILL'), o.killAfterMs ?? 20_000);
     let stdout = '';
-    c.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
-    c.on('close', (code) => resolve({ code, stdout, requests: [...seen] }));
-    c.stdin.on('error', () => {}); // it may exit before reading stdin (a bad CNI_COMMAND)
-    c.stdin.end(stdin);
+    c.stdout!.setEncoding('utf8').on('data', (d) => (stdout += d));
+    c.on('close', (code) => {
+      clearTimeout(kill);
+      resolve({ code, stdout, requests: [...seen], ms: Date.now() - t0 });
+    });
+    c.stdin!.on('error', () => {}); // it may exit before reading stdin (a bad CNI_COMMAND)
+    if (o.keepStdinOpen) c.stdin!.write(stdin);
+    else c.stdin!.end(stdin);
   });
 }
+
+const runC = (env: Record<string, string>, stdin: string, o?: ProcOpts) => runProc(bin, [], env, stdin, o);
+const runTsProc = (env: Record<string, string>, stdin: string, o?: ProcOpts) => runProc(process.execPath, [tsBin], env, stdin, o);
 
 async function runTs(env: Record<string, string>, stdin: string): Promise<Out> {
   seen.length = 0;
@@ -158,12 +188,71 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
     expect(JSON.parse((await same(env('ADD'), JSON.stringify(conf()))).stdout)).toMatchObject({ code: 11 });
     answer = () => ({ ok: false, error: { code: 'EIO', message: 'no running proxy for the pod' } });
     await same(env('CHECK'), JSON.stringify(conf()));
-    // STATUS with the agent down: code 50 from both (the TS message adds the pod socket's
-    // hint "is `tenc pod` running", which does not fit the agent: the C one says the errno)
-    const stIn = JSON.stringify(conf({ agentSocket: join(dir, 'nobody.sock') }));
-    const [stC, stTs] = [await runC(env('STATUS'), stIn), await runTs(env('STATUS'), stIn)];
-    expect([stC.code, JSON.parse(stC.stdout).code]).toEqual([stTs.code, JSON.parse(stTs.stdout).code]);
-    expect(JSON.parse(stC.stdout)).toMatchObject({ code: 50, msg: `tenc agent not reachable at ${join(dir, 'nobody.sock')}: ${join(dir, 'nobody.sock')}: No such file or directory` });
+    // STATUS with the agent down: code 50, the errno's words, from both
+    const st = await same(env('STATUS'), JSON.stringify(conf({ agentSocket: join(dir, 'nobody.sock') })));
+    expect(JSON.parse(st.stdout)).toMatchObject({ code: 50, msg: `tenc agent not reachable at ${join(dir, 'nobody.sock')}: ${join(dir, 'nobody.sock')}: No such file or directory` });
+  });
+
+  it('regression: the agent answering ENOENT (CHECK of an unregistered container) is code 3, not "agent not reachable"', async () => {
+    // node.ts cni-check answers this for a container of a protected namespace it has no registration for
+    answer = () => ({ ok: false, error: { code: 'ENOENT', message: 'container abc123 is not registered' } });
+    const check = await same(env('CHECK'), JSON.stringify(conf()));
+    expect(check.requests).toHaveLength(1);
+    expect(check.code).toBe(1);
+    expect(JSON.parse(check.stdout)).toMatchObject({ code: 3, msg: 'tenc agent: container abc123 is not registered' });
+    // a connect() that finds no socket (ENOENT too) is still the agent down: 11
+    const gone = await same(env('CHECK'), JSON.stringify(conf({ agentSocket: join(dir, 'nobody.sock') })));
+    expect(JSON.parse(gone.stdout)).toMatchObject({ code: 11, msg: `tenc agent not reachable at ${join(dir, 'nobody.sock')}` });
+  });
+
+  it('regression: GC (CNI 1.1.0) is accepted and does nothing; an older cniVersion is refused with code 1', async () => {
+    answer = () => ({ ok: true, result: {} });
+    // what libcni sends: CNI_COMMAND and CNI_PATH only, the network's config with the valid attachments
+    const gcEnv = { CNI_COMMAND: 'GC', CNI_PATH: '/opt/cni/bin' };
+    const gcConf = (v: string) => JSON.stringify({ cniVersion: v, name: 'k8s-pod-network', type: 'tenc', agentSocket: sock, 'cni.dev/valid-attachments': [{ containerID: 'abc123', ifname: 'eth0' }] });
+    const gc = await same(gcEnv, gcConf('1.1.0'));
+    expect([gc.code, gc.stdout, gc.requests]).toEqual([0, '', []]);
+    const old = await same(gcEnv, gcConf('1.0.0'));
+    expect(old.code).toBe(1);
+    expect(JSON.parse(old.stdout)).toEqual({ cniVersion: '1.0.0', code: 1, msg: 'cniVersion: 1.0.0 does not allow GC', details: 'GC needs cniVersion 1.1.0 or later' });
+    expect(old.requests).toEqual([]);
+  });
+
+  it('regression: an agent that accepts nothing (its listen backlog full) is code 11 within the timeout, not a hang in connect()', async () => {
+    // a listener that never accepts: a child that listens with backlog 1, then blocks its own event loop
+    const frozen = join(dir, 'frozen.sock');
+    const child = spawn(
+      process.execPath,
+      ['-e', "require('net').createServer().listen({ path: process.argv[1], backlog: 1 }, () => { console.log('ready'); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); })", frozen],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const held: Socket[] = [];
+    try {
+      await new Promise<void>((r, j) => {
+        child.stdout!.once('data', () => r());
+        child.once('exit', (c) => j(new Error(`the frozen listener exited (${c})`)));
+      });
+      // fill the backlog: connect until the kernel says EAGAIN (a non-blocking unix connect)
+      let last = '';
+      for (let i = 0; i < 1000 && last !== 'EAGAIN'; i++) {
+        last = await new Promise<string>((r) => {
+          const s = createConnection(frozen);
+          s.once('connect', () => (held.push(s), r('connected')));
+          s.once('error', (e: NodeJS.ErrnoException) => r(e.code ?? 'error'));
+        });
+      }
+      expect(last, 'the listen backlog could not be filled').toBe('EAGAIN');
+      const input = JSON.stringify(conf({ agentSocket: frozen, timeoutMs: 100 }));
+      const c = await runC(env('ADD'), input, { killAfterMs: 15_000 });
+      expect(c.code, `C plugin stdout: ${c.stdout}`).toBe(1);
+      expect(c.ms).toBeLessThan(10_000); // 1100 ms asked; generous
+      expect(JSON.parse(c.stdout)).toMatchObject({ code: 11, msg: `tenc agent: no answer from ${frozen} within 1100 ms` });
+      const t = await runTs(env('ADD'), input); // `tenc cni` the same
+      expect([t.code, JSON.parse(t.stdout)]).toEqual([c.code, JSON.parse(c.stdout)]);
+    } finally {
+      for (const s of held) s.destroy();
+      child.kill('SIGKILL');
+    }
   });
 
   it('bad environment or configuration: refused before the agent is asked, with the same field named', async () => {
@@ -207,6 +296,19 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
   it('stdin over 1 MiB and deeply nested JSON are refused, not crashed on', async () => {
     const big = await runC(env('ADD'), JSON.stringify(conf({ runtimeConfig: { pad: 'x'.repeat(1 << 20) } })));
     expect(JSON.parse(big.stdout)).toMatchObject({ code: 6, msg: 'stdin: more than 1 MiB' });
+    // regression: both stop reading there and exit, even when the runtime never closes stdin
+    // (`tenc cni` used to keep reading until EOF), and both count bytes, not characters
+    answer = () => ({ ok: true, result: { protected: true } });
+    const open = JSON.stringify(conf({ runtimeConfig: { pad: 'x'.repeat(1 << 20) } }));
+    const wide = JSON.stringify(conf({ runtimeConfig: { pad: '\u00e9'.repeat(600_000) } })); // 1.2 MB, 0.6 M characters
+    for (const run of [runC, runTsProc]) {
+      const o = await run(env('ADD'), open, { keepStdinOpen: true, killAfterMs: 15_000 });
+      expect(o.code, `${run === runC ? 'C' : 'TS'}: exit (null: still reading stdin, killed)`).toBe(1);
+      expect(JSON.parse(o.stdout)).toEqual({ cniVersion: '1.0.0', code: 6, msg: 'stdin: more than 1 MiB', details: '' });
+      const w = await run(env('ADD'), wide);
+      expect(w.requests, 'refused before the agent is asked').toEqual([]);
+      expect(JSON.parse(w.stdout)).toMatchObject({ code: 6, msg: 'stdin: more than 1 MiB' });
+    }
     const deep = await runC(env('ADD'), `{"cniVersion":"1.0.0","args":${'['.repeat(100000)}`);
     expect(deep.code).toBe(1);
     expect(JSON.parse(deep.stdout)).toMatchObject({ code: 6 });

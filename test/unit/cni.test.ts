@@ -6,7 +6,8 @@
  */
 import { describe, it, expect } from 'vitest';
 import { spawn } from 'node:child_process';
-import { runPlugin, parseCniArgs, CniCode } from '../../src/cni/skeleton.js';
+import { PassThrough } from 'node:stream';
+import { runPlugin, parseCniArgs, readStdin, CniCode, CniError } from '../../src/cni/skeleton.js';
 import { tencPlugin, prevResultAddresses, parseTencConfig } from '../../src/cni/plugin.js';
 import { desiredState } from '../../src/agent/desired.js';
 import { processStartTime, sameProcess } from '../../src/agent/proxies.js';
@@ -48,12 +49,37 @@ describe('tenc cni skeleton', () => {
     ['agent down on ADD', { CNI_COMMAND: 'ADD' }, conf(), CniCode.tryAgainLater, /not reachable/],
     ['agent down on DEL', { CNI_COMMAND: 'DEL' }, conf(), CniCode.tryAgainLater, /not reachable/],
     ['agent down on STATUS', { CNI_COMMAND: 'STATUS' }, conf({ cniVersion: '1.1.0' }), CniCode.pluginNotAvailable, /not reachable/],
+    ['GC with a cniVersion before 1.1.0', { CNI_COMMAND: 'GC' }, conf(), CniCode.incompatibleVersion, /^cniVersion: 1\.0\.0 does not allow GC$/],
   ])('%s: error JSON with code %#', async (_n, e, stdin, code, msg) => {
     const r = await run(env(e as Record<string, string>), stdin as string);
     expect(r.code).toBe(1);
     expect(r.out.code).toBe(code);
     expect(r.out.msg).toMatch(msg);
     expect(Object.keys(r.out).sort()).toEqual(['cniVersion', 'code', 'details', 'msg']);
+  });
+  it('GC of a cniVersion 1.1.0 network: exit 0, nothing printed, no agent needed', async () => {
+    const r = await run({ CNI_COMMAND: 'GC', CNI_PATH: '/opt/cni/bin' }, conf({ cniVersion: '1.1.0', prevResult: undefined, 'cni.dev/valid-attachments': [] }));
+    expect(r).toEqual({ code: 0, out: null });
+  });
+  it('readStdin: over 1 MiB (bytes) it rejects with code 6 and stops reading a stdin never closed', async () => {
+    const bounded = <T>(p: Promise<T>) => Promise.race([p, new Promise<never>((_, j) => setTimeout(() => j(new Error('readStdin still waiting')), 5000))]);
+    const never = new PassThrough();
+    const p = readStdin(never);
+    never.write(Buffer.alloc(1 << 20, 0x20));
+    never.write('{}'); // 1 MiB + 2, and no end
+    const e = await bounded(p).catch((x) => x);
+    expect(e).toBeInstanceOf(CniError);
+    expect([e.code, e.message]).toEqual([CniCode.decodeFailure, 'stdin: more than 1 MiB']);
+    expect(never.destroyed).toBe(true);
+    // 600 000 two-byte characters: under 1 MiB of characters, over 1 MiB of bytes
+    const wide = new PassThrough();
+    const q = readStdin(wide);
+    wide.end('\u00e9'.repeat(600_000));
+    await expect(bounded(q)).rejects.toThrow('stdin: more than 1 MiB');
+    const ok = new PassThrough();
+    const r = readStdin(ok);
+    ok.end(Buffer.from('{"name":"n\u00e9t"}'));
+    expect(await bounded(r)).toBe('{"name":"n\u00e9t"}');
   });
   it('CNI_ARGS and prevResult in 0.4.0 and 1.0.0 form', () => {
     expect(parseCniArgs('IgnoreUnknown=1;K8S_POD_NAME=a;IP=10.0.0.1')).toEqual({ IgnoreUnknown: '1', K8S_POD_NAME: 'a', IP: '10.0.0.1' });
