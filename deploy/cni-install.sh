@@ -9,6 +9,14 @@
 #   cni-install.sh install     wait up to CNI_WAIT s (default 300) for the primary
 #                              CNI's config, then install
 #   cni-install.sh uninstall   remove the entry from every conflist and the binary
+#   cni-install.sh keep        install, then keep it so: every CNI_RECHECK s (default 1)
+#                              look at the active config (a cheap stat) and, when it
+#                              changed, chain the entry again. The cluster's network
+#                              plugin rewrites its conflist when it restarts (kindnetd,
+#                              Calico's installer, an upgrade): without this the tenc entry
+#                              would be gone and new pods would start without tenc.
+#                              A config it cannot edit is reported and tried again; exits
+#                              0 on SIGTERM.
 #
 # Environment: CNI_BIN_DIR (/opt/cni/bin), CNI_CONF_DIR (/etc/cni/net.d),
 # TENC_CNI_SRC (/opt/tenc/cni/tenc in the image: the static executable cni/build.sh
@@ -23,6 +31,7 @@ CNI_CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
 TENC_CNI_SRC=${TENC_CNI_SRC:-/opt/tenc/cni/tenc}
 TENC_CNI_ENTRY=${TENC_CNI_ENTRY:-'{"type":"tenc"}'}
 CNI_WAIT=${CNI_WAIT:-300}
+CNI_RECHECK=${CNI_RECHECK:-1}
 
 say() { echo "tenc cni-install: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -101,8 +110,55 @@ uninstall() {
   return 0
 }
 
+# What the runtime reads, as a cheap signature: the active config's name, inode, size
+# and mtime, and the launcher's (a rename by the primary CNI changes the inode).
+signature() {
+  local conf
+  conf=$(active_conf) || { echo none; return 0; }
+  stat -c '%n %i %s %.9Y' "$conf" "$CNI_BIN_DIR/tenc" 2>/dev/null || echo "gone $conf"
+}
+
+keep() {
+  [[ "$CNI_RECHECK" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [ "$CNI_RECHECK" != 0 ] || die "CNI_RECHECK: '$CNI_RECHECK' is not a number of seconds above 0"
+  install
+  trap 'say "stopped"; exit 0' TERM INT
+  # the signature is taken before each look, so a change made during one (or between
+  # the install and the first look) is seen the next time; our own edit costs one more
+  # look, which finds the entry in place
+  local last='' now conf r
+  while :; do
+    now=$(signature)
+    if [ "$now" = "$last" ]; then
+      sleep "$CNI_RECHECK" &
+      wait $! || true
+      continue
+    fi
+    last=$now
+    if conf=$(active_conf); then
+      # the launcher first (a node's image cleanup, an upgrade), then the entry
+      if ! cmp -s "$TENC_CNI_SRC" "$CNI_BIN_DIR/tenc"; then
+        if cp "$TENC_CNI_SRC" "$CNI_BIN_DIR/.tenc.tmp" && chmod 0755 "$CNI_BIN_DIR/.tenc.tmp" && mv -f "$CNI_BIN_DIR/.tenc.tmp" "$CNI_BIN_DIR/tenc"; then
+          say "installed $CNI_BIN_DIR/tenc again"
+        fi
+      fi
+      case "$conf" in
+        *.conflist | *.json)
+          if r=$(edit_conf "$conf" add); then
+            [ "$r" = changed ] && say "$conf: the tenc entry was gone (the network plugin rewrote its config): chained again"
+          else
+            say "$conf: cannot chain the tenc entry now: tried again when it changes"
+          fi ;;
+        *) say "$conf: the active CNI config is a single-plugin .conf; tenc chains itself into a .conflist only" ;;
+      esac
+    else
+      say "no CNI config in $CNI_CONF_DIR: waiting for one"
+    fi
+  done
+}
+
 case "${1:-}" in
   install) install ;;
+  keep) keep ;;
   uninstall) uninstall ;;
-  *) echo "usage: $0 install|uninstall" >&2; exit 2 ;;
+  *) echo "usage: $0 install|uninstall|keep" >&2; exit 2 ;;
 esac

@@ -7,8 +7,8 @@
 // too old to trust for this), so the test renders the kustomization itself: it is a
 // list of plain resources plus one `images` rewrite, which is all render() supports
 // (anything else in kustomization.yaml fails the test).
-import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Ajv from 'ajv';
@@ -155,6 +155,14 @@ describe('deploy/ manifests', () => {
     expect(agent.args.slice(0, 3)).toEqual(['agent', '--registry', 'kubernetes']);
     for (const c of [agent, spec.initContainers[0]]) expect(c.resources.limits.memory).toBeDefined();
     expect(spec.initContainers[0].command).toEqual(['/opt/tenc/deploy/cni-install.sh', 'install']);
+    // the entry is kept chained while the agent runs (a network plugin's restart rewrites its conflist)
+    const keeper = spec.containers.find((c: Obj) => c.name === 'cni-keeper');
+    expect(keeper.command).toEqual(['/opt/tenc/deploy/cni-install.sh', 'keep']);
+    expect(keeper.image).toBe('localhost/tenc:dev');
+    expect(keeper.env).toEqual(spec.initContainers[0].env);
+    expect(keeper.volumeMounts).toEqual(spec.initContainers[0].volumeMounts);
+    expect(keeper.securityContext.capabilities).toEqual(spec.initContainers[0].securityContext.capabilities);
+    expect(keeper.resources.limits.memory).toBeDefined();
   });
 
   it("the TencPolicy CRD's schema (strict field validation and its CEL rules) and the agent's parser agree case by case", () => {
@@ -313,6 +321,46 @@ describe('deploy/cni-install.sh', () => {
     expect(JSON.parse(readFileSync(conf(), 'utf8'))).toEqual(conflist);
     expect(existsSync(join(dir, 'bin', 'tenc'))).toBe(false);
     expect(run('uninstall').status).toBe(0); // idempotent
+  });
+
+  it('keep: chains the entry again when the network plugin rewrites its config, rides out a broken one, exits 0 on SIGTERM', async () => {
+    const child = spawn('bash', [script, 'keep'], { env: { ...process.env, ...env, CNI_RECHECK: '0.1' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      const types = () => {
+        try {
+          return JSON.parse(readFileSync(conf(), 'utf8')).plugins.map((p: Obj) => p.type);
+        } catch {
+          return null;
+        }
+      };
+      await expect.poll(types, { timeout: 10_000 }).toEqual(['ptp', 'portmap', 'tenc']);
+      // kindnetd restarts and writes its conflist again (a new file renamed over it)
+      writeFileSync(conf() + '.new', JSON.stringify(conflist, null, 2), { mode: 0o644 });
+      renameSync(conf() + '.new', conf());
+      await expect.poll(types, { timeout: 10_000 }).toEqual(['ptp', 'portmap', 'tenc']);
+      await expect.poll(() => err, { timeout: 10_000 }).toContain('the tenc entry was gone (the network plugin rewrote its config): chained again');
+      // a config caught half written: reported, tried again once it changes
+      writeFileSync(conf(), '{"plugins": [');
+      await expect.poll(() => err, { timeout: 10_000 }).toContain('cannot chain the tenc entry now');
+      writeFileSync(conf(), JSON.stringify(conflist));
+      await expect.poll(types, { timeout: 10_000 }).toEqual(['ptp', 'portmap', 'tenc']);
+      // the launcher removed from the host: installed again
+      rmSync(join(dir, 'bin', 'tenc'));
+      await expect.poll(() => existsSync(join(dir, 'bin', 'tenc')), { timeout: 10_000 }).toBe(true);
+      expect(child.exitCode).toBe(null);
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\ncni-install.sh keep said:\n${err}`);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+    expect(err).toContain('stopped');
+    // a recheck that is not a number: refused before anything is installed
+    const bad = spawnSync('bash', [script, 'keep'], { env: { ...process.env, ...env, CNI_RECHECK: '0' }, encoding: 'utf8' });
+    expect([bad.status, bad.stderr]).toEqual([1, expect.stringContaining("CNI_RECHECK: '0'")]);
   });
 
   it('refuses clearly: no launcher, no config, a .conf, broken JSON, bad entry, usage', () => {
