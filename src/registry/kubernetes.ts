@@ -30,7 +30,8 @@
  * learns them from the CNI registration. Tests may pass netnsOf.
  *
  * Bad objects (a malformed TencPeer, a Service without selector, a pod, cluster or
- * endpoint address that is not an IP, a short psk...) are logged once and left out; a psk that is missing or malformed keeps
+ * endpoint address that is not an IP, a short psk...) are logged once and left out (a TencPeer once
+ * per problem, not once per revision); a psk that is missing or malformed keeps
  * its namespace's pods fail-closed (pskFile rejects), never plaintext.
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
@@ -52,7 +53,7 @@ import {
 } from '@kubernetes/client-node';
 import { parseKey32, type ServicePort } from '../control/config.js';
 import { parseEndpoint } from '../net/address.js';
-import { Informer, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
+import { Informer, describeError as describe, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
 import { clusterIps } from './objects.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 
@@ -110,6 +111,20 @@ export function isKey32(v: unknown): v is string {
 /** "ip:port" or "[ip6]:port" with a port 1-65535, as the pod's parser (parseEndpoint) takes it. */
 export function isEndpoint(v: unknown): v is string {
   return parseEndpoint(v).ok;
+}
+
+/** What is wrong with a TencPeer's spec, field by field (no values: the line is logged once per problem); null when nothing. */
+export function peerProblem(t: TencPeer): string | null {
+  const s = t.spec;
+  if (!s || typeof s !== 'object') return 'spec is missing';
+  const out: string[] = [];
+  if (!str(s.nodeName)) out.push('spec.nodeName is missing or empty');
+  if (!isKey32(s.publicKey)) {
+    const zero = typeof s.publicKey === 'string' && KEY.test(s.publicKey) && Buffer.from(s.publicKey, 'base64').equals(Buffer.alloc(32));
+    out.push(zero ? 'spec.publicKey is all zeros' : 'spec.publicKey is not a 32-byte key in base64');
+  }
+  if (!isEndpoint(s.endpoint)) out.push('spec.endpoint is not ip:port');
+  return out.length > 0 ? out.join('; ') : null;
 }
 
 export class PskError extends Error {
@@ -181,6 +196,8 @@ export class KubernetesRegistry implements Registry {
   private readonly all: Informer<any>[];
   private readonly listeners = new Map<string, Set<() => void>>();
   private readonly seen = new Set<string>();
+  /** The TencPeers of a project found malformed at its last read, and why (warned once per problem). */
+  private readonly badPeers = new Map<string, Map<string, string>>();
   private readonly psk = new Map<string, { value: string } | { error: string }>();
   private readonly pskDir: string;
   private pskTimer: NodeJS.Timeout | undefined;
@@ -268,6 +285,8 @@ export class KubernetesRegistry implements Registry {
   /** Logs once per key. */
   private once(key: string, fields: Record<string, unknown>, msg: string): void {
     if (this.seen.has(key)) return;
+    // keys name objects, and objects come and go: bounded, at the cost of a repeated line
+    if (this.seen.size >= 1000) this.seen.clear();
     this.seen.add(key);
     this.log.warn(fields, `${msg} (logged once)`);
   }
@@ -313,9 +332,9 @@ export class KubernetesRegistry implements Registry {
     await Promise.all(infs.map((i) => i.waitSynced(ms)));
   }
 
-  /** Informer counters (lists, 410s, errors), for tests and status. */
-  stats(): Record<string, { lists: number; expired: number; errors: number; resourceVersion: string }> {
-    return Object.fromEntries(this.all.map((i) => [i.what, { lists: i.lists, expired: i.expired, errors: i.errors, resourceVersion: i.resourceVersion() }]));
+  /** Informer counters (lists, 410s, errors, malformed events dropped), for tests and status. */
+  stats(): Record<string, { lists: number; expired: number; errors: number; dropped: number; resourceVersion: string }> {
+    return Object.fromEntries(this.all.map((i) => [i.what, { lists: i.lists, expired: i.expired, errors: i.errors, dropped: i.dropped, resourceVersion: i.resourceVersion() }]));
   }
 
   async projects(): Promise<string[]> {
@@ -417,23 +436,42 @@ export class KubernetesRegistry implements Registry {
   async peers(project: string): Promise<PeerInfo[]> {
     await this.synced(this.peerInf, this.podInf);
     const out: PeerInfo[] = [];
+    // warned once per TencPeer and problem, not per revision: a node rewriting its own
+    // entry with a bad key would otherwise add a line (and a remembered key) each time;
+    // what is no longer bad (fixed, deleted) is forgotten, so this stays as small as the
+    // set of bad objects
+    const wasBad = this.badPeers.get(project);
+    const bad = new Map<string, string>();
     for (const t of this.peerInf.list(project)) {
       const name = t.metadata!.name!;
-      const s = t.spec;
-      if (!s || !str(s.nodeName) || !isKey32(s.publicKey) || !isEndpoint(s.endpoint)) {
-        this.once(`badpeer/${project}/${name}/${t.metadata?.resourceVersion}`, { project, tencpeer: name }, `kubernetes TencPeer ${project}/${name}: spec.nodeName, spec.publicKey (32-byte base64) or spec.endpoint (ip:port) missing or malformed: ignored`);
+      const problem = peerProblem(t);
+      if (problem !== null) {
+        bad.set(name, problem);
+        if (wasBad?.get(name) !== problem) this.log.warn({ project, tencpeer: name, problem }, `kubernetes TencPeer ${project}/${name}: ${problem}: ignored (logged once per problem)`);
         continue;
       }
+      const s = t.spec as { nodeName: string; publicKey: string; endpoint: string }; // checked by peerProblem
       const pod = this.podInf.get(name, project);
       const owner = (t.metadata?.ownerReferences ?? []).find((r) => r?.kind === 'Pod' && r?.name === name);
       if (pod && (!owner || owner.uid !== pod.metadata?.uid)) continue; // left from an earlier pod of that name
       out.push({ project, pod: name, node: s.nodeName, publicKey: s.publicKey, endpoint: s.endpoint });
     }
+    if (bad.size > 0) this.badPeers.set(project, bad);
+    else this.badPeers.delete(project);
     return out;
   }
 
   async policies(project: string): Promise<PolicyObject[]> {
-    await this.synced(this.policyInf);
+    // fails at once while the list fails (the agent keeps the policy set in force and
+    // goes on with peers and services): with no TencPolicy CRD every list answers 404,
+    // and waiting out syncTimeoutMs would delay every reconcile by that much
+    try {
+      await this.policyInf.waitSynced(this.o.syncTimeoutMs ?? 10_000, { failFast: true });
+    } catch (e) {
+      const cause = (e as { cause?: { code?: number; statusCode?: number } }).cause;
+      if (cause?.code === 404 || cause?.statusCode === 404) throw new Error(`${(e as Error).message} (is the TencPolicy CRD, deploy/crd-tencpolicy.yaml, installed?)`, { cause });
+      throw e;
+    }
     return this.policyInf
       .list(project)
       .map((o) => ({ project, name: o.metadata!.name!, object: JSON.parse(JSON.stringify(o)) as unknown }))
@@ -604,19 +642,4 @@ export class KubernetesRegistry implements Registry {
     this.listeners.clear();
     await this.pskRound;
   }
-}
-
-function describe(e: unknown): string {
-  const o = e as { code?: number; body?: unknown; message?: string };
-  if (typeof o?.code === 'number') {
-    let msg = '';
-    try {
-      const b = typeof o.body === 'string' ? JSON.parse(o.body) : o.body;
-      msg = (b as { message?: string })?.message ?? '';
-    } catch {
-      /* not JSON */
-    }
-    return `HTTP ${o.code}${msg ? `: ${msg}` : ''}`;
-  }
-  return o?.message ?? String(e);
 }
