@@ -7,6 +7,7 @@
 import { isIP } from 'node:net';
 import { parseKey32, type ServicePort } from '../control/config.js';
 import { parseEndpoint } from '../net/address.js';
+import { show } from '../net/parsed.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, ServiceInfo } from './registry.js';
 
 type Obj = Record<string, any>;
@@ -18,25 +19,8 @@ export const isName = (v: unknown): v is string => str(v) && v.length <= 63 && N
 /** At most this much of a value is quoted in a problem (every agent logs each problem). */
 export const QUOTE_MAX = 64;
 
-/**
- * A value as a problem quotes it, cut to QUOTE_MAX characters with its full length
- * (one 1.5 MB bad value must not become a 1.5 MB line in every agent's log).
- */
-export function quote(v: unknown): string {
-  const s = JSON.stringify(v) ?? String(v);
-  if (s.length <= QUOTE_MAX) return s;
-  const size = typeof v === 'string' ? `${v.length} characters` : `${s.length} characters of JSON`;
-  return `${s.slice(0, QUOTE_MAX)}... (${size})`;
-}
-
-/**
- * A shared parser's problem (parseKey32, parseEndpoint: they quote the whole value
- * through show()) with that quote cut as quote() cuts it.
- */
-function clipped(problem: string, v: unknown): string {
-  const whole = JSON.stringify(v) ?? String(v);
-  return whole.length <= QUOTE_MAX ? problem : problem.replace(whole, () => quote(v));
-}
+/** A value as a problem quotes it, cut to QUOTE_MAX characters with its full length (net/parsed.ts show). */
+export const quote = (v: unknown): string => show(v, QUOTE_MAX);
 
 /**
  * A Pod: spec.nodeName, status.podIP (and podIPs), labels. Never a netns: a pod's
@@ -107,11 +91,11 @@ export function peerFromObject(project: string, node: string, pod: string, o: Ob
   if (!str(o.pod)) return 'pod: missing or not a string';
   if (o.pod !== pod) return `pod: ${quote(o.pod)} differs from its place's name ${pod}`;
   const k = parseKey32(o.publicKey);
-  if (!k.ok) return `publicKey: ${clipped(k.problem, o.publicKey)}`;
+  if (!k.ok) return `publicKey: ${k.problem}`;
   if (k.value.every((b) => b === 0)) return 'publicKey: is the all-zero key';
   if (Buffer.from(k.value).toString('base64') !== o.publicKey) return 'publicKey: has characters around the key';
   const e = parseEndpoint(o.endpoint);
-  if (!e.ok) return `endpoint: ${clipped(e.problem, o.endpoint)}`;
+  if (!e.ok) return `endpoint: ${e.problem}`;
   return { project, pod, node, publicKey: o.publicKey, endpoint: o.endpoint };
 }
 

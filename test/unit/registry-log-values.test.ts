@@ -10,6 +10,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { EtcdRegistry } from '../../src/registry/etcd.js';
 import { parseEtcdSpec } from '../../src/registry/etcd-client.js';
 import { peerFromObject, quote, QUOTE_MAX } from '../../src/registry/objects.js';
+import { show, SHOW_MAX } from '../../src/net/parsed.js';
 
 const KEY = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
 
@@ -62,6 +63,10 @@ describe('registry problems never carry a secret, nor a whole long value', () =>
     expect(quote(long)).toBe(`"${'x'.repeat(QUOTE_MAX - 1)}... (1500000 characters)`);
     expect(quote(Array(1000).fill(1))).toMatch(/^\[1,1,.*\.\.\. \(2001 characters of JSON\)$/);
     expect(quote(undefined)).toBe('undefined');
+    // every parser's message (net/parsed.ts show): cut at SHOW_MAX, a path still whole
+    expect(show('x'.repeat(1000))).toBe(`"${'x'.repeat(SHOW_MAX - 1)}... (1000 characters)`);
+    const path = `/var/lib/tenc/${'p'.repeat(150)}/psk`;
+    expect(show(path)).toBe(JSON.stringify(path));
   });
 
   it('a 1.5 MB bad peer value is cut in the problem (peerFromObject, and through the etcd gate)', () => {
@@ -69,21 +74,21 @@ describe('registry problems never carry a secret, nor a whole long value', () =>
     const bad: [Record<string, unknown>, RegExp][] = [
       [{ pod: huge, publicKey: KEY, endpoint: '10.0.0.1:1' }, /^pod: "1{63}\.\.\. \(1500000 characters\) differs/],
       [{ pod: 'web', publicKey: Array(500_000).fill(7), endpoint: '10.0.0.1:1' }, /^publicKey: \[7,7,.*\.\.\. \(1000001 characters of JSON\) is not a string$/],
-      [{ pod: 'web', publicKey: KEY, endpoint: huge }, /^endpoint: "1{63}\.\.\. \(1500000 characters\) has no port/],
-      [{ pod: 'web', publicKey: KEY, endpoint: `10.0.0.1:${huge}` }, /^endpoint: "10\.0\.0\.1:1{54}\.\.\. \(1500009 characters\) has no valid port$/],
-      [{ pod: 'web', publicKey: KEY, endpoint: { huge } }, /^endpoint: \{"huge":"1{55}\.\.\. \(1500011 characters of JSON\) is not a string$/],
+      [{ pod: 'web', publicKey: KEY, endpoint: huge }, /^endpoint: "1{199}\.\.\. \(1500000 characters\) has no port/],
+      [{ pod: 'web', publicKey: KEY, endpoint: `10.0.0.1:${huge}` }, /^endpoint: "10\.0\.0\.1:1{190}\.\.\. \(1500009 characters\) has no valid port$/],
+      [{ pod: 'web', publicKey: KEY, endpoint: { huge } }, /^endpoint: \{"huge":"1{191}\.\.\. \(1500011 characters of JSON\) is not a string$/],
     ];
     for (const [o, re] of bad) {
       const why = peerFromObject('alpha', 'node1', 'web', o);
       expect(why).toMatch(re);
-      expect((why as string).length).toBeLessThan(200);
+      expect((why as string).length).toBeLessThan(300); // a pod name cut at QUOTE_MAX, a parser's quote at SHOW_MAX
     }
     // short values are quoted whole, as before
     expect(peerFromObject('alpha', 'node1', 'web', { pod: 'web', publicKey: KEY, endpoint: 'node1:51820' })).toBe('endpoint: "node1:51820" is not an IPv4/IPv6 address');
     const { put, problems } = etcdRegistry();
     put('/tenc/nodes/node1/peers/alpha/web', JSON.stringify({ pod: 'web', publicKey: KEY, endpoint: huge }));
     expect(problems).toHaveLength(1);
-    expect(problems[0].length).toBeLessThan(300);
+    expect(problems[0].length).toBeLessThan(400);
     expect(problems[0]).toMatch(/^\/tenc\/nodes\/node1\/peers\/alpha\/web: not a valid peer: endpoint: "1+\.\.\. \(1500000 characters\)/);
   });
 });
