@@ -227,6 +227,8 @@ export class NodeAgent {
           this.save();
         }
         const agent = await this.agentFor(reg.podNamespace);
+        // one deadline for the whole ADD (the plugin waits timeoutMs and a second more)
+        const deadline = Date.now() + timeoutMs;
         const late = new Promise<false>((r) => setTimeout(() => r(false), timeoutMs).unref());
         // the agent makes the pod fail closed itself; an error leaves the registration (the runtime's DEL cleans)
         let failed: Error | null = null;
@@ -238,7 +240,7 @@ export class NodeAgent {
           throw new RequestError('ETIMEDOUT', `pod ${reg.podNamespace}/${reg.podName} not fail-closed within ${timeoutMs} ms`);
         }
         if (failed !== null) throw new RequestError('EIO', `pod ${reg.podNamespace}/${reg.podName}: cannot make it fail-closed: ${(failed as Error).message}`);
-        if (this.o.cniWait === 'proxy' && !(await agent.whenReady(reg.podName, timeoutMs))) {
+        if (this.o.cniWait === 'proxy' && !(await agent.whenReady(reg.podName, Math.max(0, deadline - Date.now())))) {
           throw new RequestError('ETIMEDOUT', `pod ${reg.podNamespace}/${reg.podName}: proxy not running within ${timeoutMs} ms`);
         }
         this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, containerId: reg.containerId }, 'ADD: pod fail-closed');

@@ -31,9 +31,9 @@ interface Answer {
 }
 
 /** One request line on the node socket; the answer line, parsed. */
-function request(m: Record<string, unknown>): Promise<Answer> {
+function request(m: Record<string, unknown>, socket = join(dir, 'agent.sock')): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const c = connect(join(dir, 'agent.sock'));
+    const c = connect(socket);
     let buf = '';
     c.setEncoding('utf8');
     c.on('data', (d: string) => {
@@ -155,5 +155,39 @@ describe('node socket: a DEL whose release is slow', () => {
     expect(prepared).toEqual(['web-1/old', 'web-2/other', 'web-1/new']);
     // a DEL after that: nothing registered under the old id, answered at once
     expect(await request({ op: 'cni-del', containerId: 'old' })).toEqual({ id: 1, ok: true, result: {} });
+  });
+});
+
+describe('node socket: --cni-wait proxy', () => {
+  it('the proxy wait gets what is left of timeoutMs after the fail-closed step, not timeoutMs again', async () => {
+    const waits: number[] = [];
+    const sock = join(dir, 'proxy-wait.sock');
+    const n = new NodeAgent({
+      registry: stubRegistry(),
+      node: 'n1',
+      socket: sock,
+      runDir: join(dir, 'run2'),
+      cniWait: 'proxy',
+      makeAgent: () => ({
+        start: async () => {},
+        stop: async () => {},
+        prepare: () => new Promise<void>((r) => setTimeout(r, 600)), // fail-closed took 0.6 s
+        release: async () => {},
+        whenReady: async (_pod: string, ms: number) => (waits.push(ms), false),
+        check: async () => null,
+        proxyIds: () => new Map(),
+      }),
+    });
+    await n.start();
+    try {
+      const r = await request(pod('c1'), sock);
+      expect(r.error?.code).toBe('ETIMEDOUT');
+      expect(r.error?.message).toBe('pod alpha/web-1: proxy not running within 1000 ms');
+      expect(waits).toHaveLength(1);
+      // at most 1000 - 600 ms were left for it (before: the whole 1000 again)
+      expect(waits[0]).toBeLessThanOrEqual(400);
+    } finally {
+      await n.stop();
+    }
   });
 });
