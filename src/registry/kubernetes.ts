@@ -358,6 +358,8 @@ export class KubernetesRegistry implements Registry {
       const node = p.spec?.nodeName;
       if (!str(name) || !str(node)) continue; // not scheduled yet
       if (p.metadata?.deletionTimestamp || p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed') continue;
+      // a hostNetwork pod has the node's network and address (objects.ts podFromObject)
+      if (p.spec?.hostNetwork === true) continue;
       const raw = [p.status?.podIP, ...(Array.isArray(p.status?.podIPs) ? p.status!.podIPs!.map((x) => x?.ip) : [])].filter(str);
       const ips = raw.filter((ip) => isIP(ip) !== 0);
       if (ips.length < raw.length) this.once(`badip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: status.podIP(s) ${JSON.stringify(raw.filter((ip) => isIP(ip) === 0).slice(0, 2))} not an IP address: ignored`);

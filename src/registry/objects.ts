@@ -30,6 +30,10 @@ export const quote = (v: unknown): string => show(v, QUOTE_MAX);
 export function podFromObject(project: string, o: Obj): PodInfo | null {
   const m = o?.metadata;
   if (!str(m?.name) || !str(o?.spec?.nodeName) || !str(o?.status?.podIP)) return null;
+  // a hostNetwork pod has the node's network, not a namespace of its own: tenc cannot
+  // protect it, and its address is the node's (as a member, every pod of the project
+  // would route the node's address into tenc0 and refuse plaintext to it)
+  if (o.spec.hostNetwork === true) return null;
   const ips: string[] = Array.isArray(o.status.podIPs) ? o.status.podIPs.map((x: Obj) => x?.ip).filter(str) : [];
   return {
     project,

@@ -108,6 +108,12 @@ describe('kubernetes registry: reads', () => {
     api.putPod('alpha', 'alpha-ds-1', 'node1', '10.128.1.40', {}, { status: { phase: 'Running', podIP: '10.128.1.40', podIPs: [{ ip: '10.128.1.40' }, { ip: 'fd00::40' }] } });
     await until('dual-stack pod', async () => (await r.pods('alpha')).find((p) => p.name === 'alpha-ds-1'));
     expect((await r.pods('alpha')).find((p) => p.name === 'alpha-ds-1')!.addresses).toEqual(['10.128.1.40', 'fd00::40']);
+    // a hostNetwork pod (its IP is the node's): not a member of the project
+    api.putPod('alpha', 'alpha-hostnet-1', 'node1', '10.200.0.2', {}, { spec: { nodeName: 'node1', hostNetwork: true, containers: [{ name: 'app', image: 'busybox' }] } });
+    api.putPod('alpha', 'alpha-after-1', 'node1', '10.128.1.41');
+    await until('the pod after it', async () => (await r.pods('alpha')).some((p) => p.name === 'alpha-after-1'));
+    expect((await r.pods('alpha')).map((p) => p.name)).not.toContain('alpha-hostnet-1');
+    expect((await r.pods('alpha')).map((p) => p.address)).not.toContain('10.200.0.2');
   });
 
   it('TencPolicy objects: listed per namespace as stored (the cluster file\'s too), watched (a change reaches the agent)', async () => {

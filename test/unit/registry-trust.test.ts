@@ -13,6 +13,7 @@ import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, statSync } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DirectoryRegistry, writeJsonAtomic } from '../../src/registry/dir.js';
+import { podFromObject } from '../../src/registry/objects.js';
 import { readProjectView, trustedPeers, type PeerInfo, type PodInfo } from '../../src/registry/registry.js';
 
 const KEY1 = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
@@ -128,5 +129,14 @@ describe('directory: peers/ and peers/<project>/ must be root\'s (or the reader\
   it('nothing published yet (no peers/): no peers, no error', async () => {
     rmSync(join(dir, 'peers'), { recursive: true });
     expect(await reg.peers('alpha')).toEqual([]);
+  });
+});
+
+describe('a hostNetwork pod is not a member of its project', () => {
+  it('podFromObject (etcd, directory) leaves it out: its address is its node\'s', () => {
+    const pod = (hostNetwork?: boolean) => ({ metadata: { name: 'agent-x' }, spec: { nodeName: 'node1', ...(hostNetwork === undefined ? {} : { hostNetwork }) }, status: { podIP: '10.200.0.2' } });
+    expect(podFromObject('alpha', pod(true))).toBeNull();
+    expect(podFromObject('alpha', pod(false))?.address).toBe('10.200.0.2');
+    expect(podFromObject('alpha', pod())?.name).toBe('agent-x');
   });
 });
