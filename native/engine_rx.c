@@ -357,8 +357,17 @@ int tenc_rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more, uint32_t *inject
          * what is open, and go on with an empty list: no message is lost. */
         if (x->npend) rx_open_pending(e, x, now);
         flushed += x->ninj;
+        /* written without the lock, as at the batch's end: a control call waiting to
+         * write it (writer first) would otherwise wait for all of them */
+        pthread_rwlock_unlock(&e->lock);
         rx_inject(e, x);
         x->ninj = 0;
+        pthread_rwlock_rdlock(&e->lock);
+        unsigned g2 = atomic_load(&e->key_gen);
+        if (g2 != x->key_gen) { /* a keypair was freed meanwhile: as at the batch's start */
+          x->key_gen = g2;
+          tenc_aead_clear(x->aead);
+        }
       }
       if (rx_message(e, x, d + off, l, &x->from[i], now) && x->npend == TENC_AEAD_PREP_MAX) rx_open_pending(e, x, now);
     }
