@@ -89,9 +89,8 @@ function str(v: unknown, field: string, re: RegExp, rule = 'is not valid'): stri
   return v;
 }
 
-const LABEL_RULE = 'is not a DNS label (lowercase letters, digits, "-", at most 63)';
 /** The pod's namespace: asked first, so a pod of an unprotected namespace is passed through whatever else it has. */
-const podNamespaceOf = (m: Record<string, unknown>) => str(m.podNamespace, 'podNamespace', NAMESPACE, LABEL_RULE);
+const podNamespaceOf = (m: Record<string, unknown>) => str(m.podNamespace, 'podNamespace', NAMESPACE, 'is not a namespace name (lowercase letters, digits, "-", at most 63)');
 
 export class NodeAgent {
   private readonly regs = new Map<string, Registration>();
@@ -177,11 +176,11 @@ export class NodeAgent {
     const netns = checkNs ? checkNetns(m.netns) : str(m.netns, 'netns', /^\//);
     const ifname = str(m.ifname, 'ifname', /^[^/:\s]{1,15}$/);
     const podNamespace = podNamespaceOf(m);
-    // a protected pod's name names its TencPeer, its registry entries and its files: a
-    // DNS label, as every pod a Deployment, StatefulSet or Job makes (a name with dots,
-    // which Kubernetes allows, is refused here and only in a protected namespace)
-    const podName = str(m.podName, 'podName', NAME, `${LABEL_RULE}: tenc protects only pods named so`);
-    if (podName.length > 63) throw new RequestError('EINVAL', `podName: ${JSON.stringify(podName)} ${LABEL_RULE}: tenc protects only pods named so`);
+    // a protected pod's name names its TencPeer, its registry entries and its files:
+    // lowercase letters, digits and "-", as every pod a Deployment, StatefulSet or Job
+    // makes (a name with dots, which Kubernetes allows, is refused here and only in a
+    // protected namespace)
+    const podName = str(m.podName, 'podName', NAME, 'has characters other than lowercase letters, digits and "-": tenc protects only pods named so');
     const podUid = typeof m.podUid === 'string' && m.podUid.length <= 64 ? m.podUid : '';
     if (!Array.isArray(m.addresses) || m.addresses.length === 0 || m.addresses.length > 2) throw new RequestError('EINVAL', 'addresses: one or two pod addresses expected');
     const addresses = m.addresses.map((a, i) => {
@@ -208,8 +207,10 @@ export class NodeAgent {
         const reg = this.validate(m, null);
         // the pod's last sandbox is still being released (its DEL timed out in the
         // plugin and was answered by a retry): its proxy and namespace are not gone yet
+        // (also the same container ADDed again after its DEL: the release would clean what
+        // this ADD puts in place)
         for (const [id, r] of this.releasing) {
-          if (r.podNamespace === reg.podNamespace && r.podName === reg.podName && id !== reg.containerId) {
+          if (r.podNamespace === reg.podNamespace && r.podName === reg.podName) {
             throw new RequestError('EEXIST', `pod ${reg.podNamespace}/${reg.podName}: its container ${id} is still being released: try again`);
           }
         }
