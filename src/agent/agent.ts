@@ -300,7 +300,8 @@ export class Agent {
       // altered its entry; a pod the registry does not list yet is not retried in a loop
       const known = view.pods.some((p) => p.name === px.pod.name);
       if (px.published !== mine || (known && (!k || k.publicKey !== px.publicKey || k.endpoint !== endpoint || k.node !== this.o.node))) {
-        if (px.publishFailed && Date.now() < px.publishFailed.retryAt) continue;
+        // the back-off is for this key and endpoint: a new key (a restarted proxy) goes at once
+        if (px.publishFailed?.mine === mine && Date.now() < px.publishFailed.retryAt) continue;
         // one pod's refused publish (a 403 on a TencPeer another node holds, the registry
         // down) holds up neither the other pods' publishes nor the peers, services and
         // policies below (the registry's errors are counted: tenc_agent_registry_errors_total)
@@ -308,9 +309,9 @@ export class Agent {
           await this.o.registry.publishPeer({ project: this.o.project, pod: px.pod.name, node: this.o.node, publicKey: px.publicKey, endpoint });
         } catch (e) {
           const message = (e as Error).message;
-          const delayMs = Math.min(60_000, (px.publishFailed?.delayMs ?? 500) * 2);
+          const delayMs = px.publishFailed?.mine === mine ? Math.min(60_000, px.publishFailed.delayMs * 2) : 1000;
           if (px.publishFailed?.message !== message) this.log.warn({ pod: px.pod.name, err: message }, 'cannot publish the pod\'s public key: tried again with back-off');
-          px.publishFailed = { message, retryAt: Date.now() + delayMs, delayMs };
+          px.publishFailed = { mine, message, retryAt: Date.now() + delayMs, delayMs };
           continue;
         }
         px.published = mine;

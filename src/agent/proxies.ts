@@ -183,10 +183,11 @@ export interface Proxy {
   /** "key endpoint" last published for the pod; null: not yet. */
   published: string | null;
   /**
-   * The last publish that failed (its message, logged once) and when it is tried
-   * again (back-off 1 s doubling to 60 s); absent: none since the last success.
+   * The last publish that failed: its "key endpoint", its message (logged once) and
+   * when it is tried again (back-off 1 s doubling to 60 s, for that key and endpoint
+   * only); absent: none since the last success.
    */
-  publishFailed?: { message: string; retryAt: number; delayMs: number };
+  publishFailed?: { mine: string; message: string; retryAt: number; delayMs: number };
   /** JSON of the policies given to the pod (set-policy); null: not yet. */
   policy?: string | null;
   /**
