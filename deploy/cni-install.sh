@@ -120,8 +120,9 @@ signature() {
 
 keep() {
   [[ "$CNI_RECHECK" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [ "$CNI_RECHECK" != 0 ] || die "CNI_RECHECK: '$CNI_RECHECK' is not a number of seconds above 0"
-  install
+  # first: as a container's PID 1, bash ignores a SIGTERM it has no trap for
   trap 'say "stopped"; exit 0' TERM INT
+  install
   # the signature is taken before each look, so a change made during one (or between
   # the install and the first look) is seen the next time; our own edit costs one more
   # look, which finds the entry in place
