@@ -32,6 +32,8 @@ export interface AgentHooks {
   cniRequest?(command: string, result: string, seconds: number): void;
   /** A published key the agent does not believe (registry.ts trustedPeers), once per pod, node and reason. */
   peerRejected?(): void;
+  /** Pods of a project on this node running without a CNI registration (past the grace), as its reconciler last saw them. */
+  unregistered?(n: number, project: string): void;
 }
 
 /** CNI commands with series of their own; anything else is command="other". */
@@ -47,6 +49,8 @@ export class AgentMetrics implements AgentHooks {
   private readonly c;
   /** Proxies per project, as the projects' reconcilers last reported them. */
   private readonly proxyCounts = new Map<string, number>();
+  /** Unregistered pods per project (unregistered()). */
+  private readonly unregisteredCounts = new Map<string, number>();
 
   constructor(o: { processMetrics?: boolean } = {}) {
     const A = AGENT_METRICS;
@@ -62,6 +66,7 @@ export class AgentMetrics implements AgentHooks {
       proxiesRestarted: new Counter({ name: A.proxiesRestarted.name, help: A.proxiesRestarted.help, registers: r }),
       proxies: new Gauge({ name: A.proxies.name, help: A.proxies.help, labelNames: A.proxies.labels, registers: r }),
       peersRejected: new Counter({ name: A.peersRejected.name, help: A.peersRejected.help, registers: r }),
+      podsUnregistered: new Gauge({ name: A.podsUnregistered.name, help: A.podsUnregistered.help, registers: r }),
       cniRequests: new Counter({ name: A.cniRequests.name, help: A.cniRequests.help, labelNames: A.cniRequests.labels, registers: r }),
       cniDuration: new Histogram({ name: H.cniDuration.name, help: H.cniDuration.help, labelNames: H.cniDuration.labels, buckets: [...H.cniDuration.buckets], registers: r }),
     };
@@ -70,6 +75,7 @@ export class AgentMetrics implements AgentHooks {
     for (const how of ['started', 'adopted']) this.c.proxiesStarted.inc({ how }, 0);
     this.c.proxiesRestarted.inc(0);
     this.c.peersRejected.inc(0);
+    this.c.podsUnregistered.set(0);
     if (o.processMetrics !== false) addProcessMetrics(this.registry);
   }
 
@@ -85,6 +91,14 @@ export class AgentMetrics implements AgentHooks {
   }
   peerRejected(): void {
     this.c.peersRejected.inc();
+  }
+  /** One gauge for the node: the sum of the projects' counts (each reconciler reports its own). */
+  unregistered(n: number, project: string): void {
+    if (n === 0) this.unregisteredCounts.delete(project);
+    else this.unregisteredCounts.set(project, n);
+    let sum = 0;
+    for (const k of this.unregisteredCounts.values()) sum += k;
+    this.c.podsUnregistered.set(sum);
   }
   /**
    * Each project's reconciler reports its own count; the gauge has one series per

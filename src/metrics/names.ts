@@ -91,6 +91,7 @@ export const AGENT_METRICS = {
   proxiesStarted: def('tenc_agent_proxies_started_total', 'counter', ['how'], 'Pod proxies started (how="started") or adopted from a previous agent (how="adopted").'),
   proxiesRestarted: def('tenc_agent_proxies_restarted_total', 'counter', [], 'Pod proxies lost (exited, dead socket, failed start) and so started again.'),
   proxies: def('tenc_agent_proxies', 'gauge', ['namespace'], 'Pod proxies the agent runs now, by project.'),
+  podsUnregistered: def('tenc_agent_pods_unregistered', 'gauge', [], 'Pods of protected namespaces on this node running without tenc: their CNI ADD never reached the agent (past a 30 s grace).'),
   peersRejected: def('tenc_agent_peers_rejected_total', 'counter', [], 'Published keys not believed (for a pod another node runs, or a second entry for one pod), each pod, node and reason counted once.'),
   cniRequests: def('tenc_cni_requests_total', 'counter', ['command', 'result'], 'CNI requests the agent served, by command (ADD, DEL, CHECK, STATUS) and result (ok or the error code).'),
 } as const satisfies Record<string, MetricDef>;
