@@ -9,6 +9,7 @@
  * tenc_engine_stop joins them, tenc_engine_free wipes keys and frees everything. */
 #include "engine_internal.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -279,11 +280,22 @@ static int ep_add(int ep, int fd) {
   return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0;
 }
 
+static void set_nonblock(int fd) {
+  if (fd < 0) return;
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
 tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_event_signal sig, void *js) {
   tenc_engine *e = calloc(1, sizeof *e);
   if (!e) return NULL;
   e->o = *o;
   e->ctr = ctr;
+  /* The TX thread reads the device until EAGAIN: a blocking fd handed in would keep it
+   * in read() past close. tun.c opens it non-blocking; this makes any other so. (The
+   * UDP socket stays as it is: its sends block on a full buffer on purpose, and its
+   * receives ask MSG_DONTWAIT.) */
+  set_nonblock(o->tun_fd);
   e->signal = sig;
   e->js = js;
   e->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

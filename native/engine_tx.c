@@ -211,7 +211,10 @@ static void tx_gather(txrec *r) {
 /* One frame read with IFF_VNET_HDR: the virtio header is the VNET_LEN bytes before
  * `pkt`, which sits at t->arena + t->used + TENC_HEADROOM; n counts both. */
 static void tx_frame(tenc_engine *e, struct tenc_tx *t, uint8_t *pkt, uint32_t n) {
-  if (n <= VNET_LEN) return;
+  if (n <= VNET_LEN) { /* a header without a packet: the kernel never sends one */
+    drop(e, -1, TENC_D_BAD_INNER, 1);
+    return;
+  }
   struct virtio_net_hdr h;
   memcpy(&h, pkt - VNET_LEN, VNET_LEN);
   uint32_t len = n - VNET_LEN;

@@ -9,6 +9,7 @@
  * readable, so the send thread just waits). Traffic is tested in
  * test/netns/engine.test.ts.
  */
+import { createSocket } from 'node:dgram';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backoffRun, closeFd, NativePlane, openUdp, replayRun } from '../../src/dataplane/native.js';
@@ -146,6 +147,25 @@ describe('TENC_DATA_EPOLL: where the data threads wait', () => {
     expect(await epollSetsWith(undefined)).toBe(2);
     expect(await epollSetsWith('0')).toBe(0);
     expect(await epollSetsWith('1')).toBe(2);
+  });
+});
+
+describe('native engine: a TUN frame too short for its virtio header', () => {
+  it('is counted as bad_inner (regression: it was skipped uncounted); a blocking device fd handed in does not hang close', async () => {
+    // the stand-in TUN is a UDP socket (a blocking one: the engine makes it non-blocking,
+    // before which its TX thread stayed in read() and close() never returned): each
+    // datagram is one frame the TX thread reads
+    const fake = openUdp(0, { gro: false });
+    const plane = new NativePlane({ tun: { fd: fake.fd, name: 'none', ifindex: 0, vnetHdr: true, offloads: 0 }, udp: openUdp(0, { gro: false }), mode: 'tun' });
+    const s = createSocket('udp6');
+    try {
+      for (const n of [1, 5, 10]) await new Promise<void>((r, j) => s.send(Buffer.alloc(n), fake.port, '::1', (e) => (e ? j(e) : r())));
+      for (let i = 0; i < 200 && plane.drops().bad_inner < 3; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(plane.drops().bad_inner).toBe(3);
+    } finally {
+      s.close();
+      await plane.close();
+    }
   });
 });
 
