@@ -58,6 +58,19 @@ export interface AgentOptions extends ProxyOptions {
 
 export const UNREGISTERED_GRACE_MS = 30_000;
 
+type PublishFailed = NonNullable<Proxy['publishFailed']>;
+
+/** Whether a publish of `mine` ("key endpoint") waits out the back-off of the last failure: only one of the same key and endpoint does. */
+export function publishWaits(failed: PublishFailed | undefined, mine: string, now: number): boolean {
+  return failed !== undefined && failed.mine === mine && now < failed.retryAt;
+}
+
+/** The back-off after a failed publish of `mine`: 1 s, doubling to 60 s while the same key and endpoint keep failing. */
+export function publishFailure(prev: PublishFailed | undefined, mine: string, message: string, now: number): PublishFailed {
+  const delayMs = prev?.mine === mine ? Math.min(60_000, prev.delayMs * 2) : 1000;
+  return { mine, message, retryAt: now + delayMs, delayMs };
+}
+
 export class Agent {
   private readonly proxies: Proxies;
   private watch: Watch | null = null;
@@ -340,7 +353,7 @@ export class Agent {
       const known = view.pods.some((p) => p.name === px.pod.name);
       if (px.published !== mine || (known && (!k || k.publicKey !== px.publicKey || k.endpoint !== endpoint || k.node !== this.o.node))) {
         // the back-off is for this key and endpoint: a new key (a restarted proxy) goes at once
-        if (px.publishFailed?.mine === mine && Date.now() < px.publishFailed.retryAt) continue;
+        if (publishWaits(px.publishFailed, mine, Date.now())) continue;
         // one pod's refused publish (a 403 on a TencPeer another node holds, the registry
         // down) holds up neither the other pods' publishes nor the peers, services and
         // policies below (the registry's errors are counted: tenc_agent_registry_errors_total)
@@ -348,9 +361,8 @@ export class Agent {
           await this.o.registry.publishPeer({ project: this.o.project, pod: px.pod.name, node: this.o.node, publicKey: px.publicKey, endpoint });
         } catch (e) {
           const message = (e as Error).message;
-          const delayMs = px.publishFailed?.mine === mine ? Math.min(60_000, px.publishFailed.delayMs * 2) : 1000;
           if (px.publishFailed?.message !== message) this.log.warn({ pod: px.pod.name, err: message }, 'cannot publish the pod\'s public key: tried again with back-off');
-          px.publishFailed = { mine, message, retryAt: Date.now() + delayMs, delayMs };
+          px.publishFailed = publishFailure(px.publishFailed, mine, message, Date.now());
           continue;
         }
         px.published = mine;

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { Agent } from '../../src/agent/agent.js';
+import { Agent, publishFailure, publishWaits } from '../../src/agent/agent.js';
 import { podSocket } from '../../src/agent/netns.js';
 import type { Registration } from '../../src/agent/proxies.js';
 import type { PeerInfo, PodInfo } from '../../src/registry/registry.js';
@@ -89,5 +89,23 @@ describe('agent: a refused publish', () => {
     expect(warn).toHaveLength(1);
     expect(warn[0]).toMatchObject({ pod: 'web-1', node: 'n2', why: 'published by node n2, but the pod runs on n1' });
     expect(requests['web-2']!.some((r) => r.op === 'set-peer' && r.peer?.publicKey === KEY('E'))).toBe(false);
+  });
+});
+
+describe('agent: the publish back-off', () => {
+  it('doubles from 1 s to 60 s for one key and endpoint; a new key (a restarted proxy) does not wait', () => {
+    const A = 'keyA 10.0.0.1:51820';
+    const B = 'keyB 10.0.0.1:51820';
+    let f = publishFailure(undefined, A, 'HTTP 403', 0);
+    expect(f).toEqual({ mine: A, message: 'HTTP 403', retryAt: 1000, delayMs: 1000 });
+    const delays = [f.delayMs];
+    for (let i = 0; i < 8; i++) delays.push((f = publishFailure(f, A, 'HTTP 403', 0)).delayMs);
+    expect(delays).toEqual([1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]);
+    expect(publishWaits(f, A, 59_999)).toBe(true);
+    expect(publishWaits(f, A, 60_000)).toBe(false);
+    // the proxy restarted with a new key: published at once, its own back-off from 1 s
+    expect(publishWaits(f, B, 1)).toBe(false);
+    expect(publishFailure(f, B, 'HTTP 403', 5).delayMs).toBe(1000);
+    expect(publishWaits(undefined, A, 0)).toBe(false);
   });
 });
