@@ -357,17 +357,21 @@ export class DnsProxy {
     }
     // wait for earlier route changes too: the route of a repeated answer may still be in flight
     const op = this.routeOps.then(async () => {
-      if (fresh.length === 0) return true;
-      try {
-        await routes.sink.add(fresh);
-        this.c.routesAdded += fresh.length;
-        return true;
-      } catch (e) {
-        this.c.routeFailures++;
-        for (const cidr of fresh) routes.learned.forget(cidr); // nothing to remove later
-        this.log.error({ err: (e as Error).message, routes: fresh.length }, 'dns: adding learned routes failed');
-        return false;
+      if (fresh.length > 0) {
+        try {
+          await routes.sink.add(fresh);
+          this.c.routesAdded += fresh.length;
+        } catch (e) {
+          this.c.routeFailures++;
+          for (const cidr of fresh) routes.learned.forget(cidr); // nothing to remove later
+          this.log.error({ err: (e as Error).message, routes: fresh.length }, 'dns: adding learned routes failed');
+          return false;
+        }
       }
+      // every address of the answer routed, or no answer: one not learned because the table
+      // is full, or held by another answer whose route add failed meanwhile, would go out
+      // in plaintext
+      return learned.every((l) => routes.learned.has(l.address));
     });
     this.routeOps = op;
     return op;

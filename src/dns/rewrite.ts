@@ -127,7 +127,10 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
     msg = encode(build(per));
     if (per === 0) rewritten = 0;
   }
-  if (msg.length > o.limit) return unchanged; // even the capped original does not fit re-encoded
+  // even the capped original does not fit re-encoded (dns-packet does not compress): not
+  // the original either (its addresses unrouted, its TTLs long), but "truncated", so the
+  // client asks again over TCP, where it fits
+  if (msg.length > o.limit) return { verdict, message: truncated(response, q), learned: [], rewritten: 0 };
   const final = build(per);
   return { verdict, message: msg, learned: learnedOf([...final, ...extra], o), rewritten };
 }
@@ -136,6 +139,13 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
 function questionOnly(response: Buffer, q: Question): Buffer {
   const out = Buffer.from(response.subarray(0, q.end));
   out.fill(0, 6, 12); // ancount, nscount, arcount
+  return out;
+}
+
+/** questionOnly with TC set: "ask again over TCP". */
+function truncated(response: Buffer, q: Question): Buffer {
+  const out = questionOnly(response, q);
+  out.writeUInt16BE(out.readUInt16BE(2) | TC, 2);
   return out;
 }
 
@@ -154,12 +164,25 @@ function learnedOf(answers: Answer[], o: RewriteOptions): Learned[] {
   for (const a of answers) {
     if ((a.type !== 'A' && a.type !== 'AAAA') || typeof a.data !== 'string' || typeof a.name !== 'string') continue;
     if (never.has(lower(a.name))) continue;
-    const address = canonicalAddress(a.data);
+    const address = unmapped(canonicalAddress(a.data));
     if (address === null || o.neverCidrs.has(address)) continue;
     if (out.some((l) => l.address === address)) continue;
     out.push({ address, ttl: Math.min(o.maxTtl, typeof a.ttl === 'number' ? a.ttl : 0) });
   }
   return out;
+}
+
+/**
+ * An IPv4-mapped IPv6 address (::ffff:a.b.c.d, in an AAAA record) as the IPv4 address
+ * it is: a dual-stack socket (or Go, which converts it) sends IPv4 to it, so its route
+ * belongs in the IPv4 table; a /128 in the IPv6 table would leave it in plaintext.
+ */
+function unmapped(address: string | null): string | null {
+  const m = address === null ? null : /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(address);
+  if (m === null) return address;
+  const hi = parseInt(m[1]!, 16);
+  const lo = parseInt(m[2]!, 16);
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
 function lower(name: string): string {

@@ -488,6 +488,27 @@ describe('dns proxy sockets', () => {
     expect(removed).toEqual([]);
   });
 
+  it('an answer whose address is not routed (the learned-route table full): SERVFAIL, never the answer in the clear', async () => {
+    const added: string[] = [];
+    await setup({
+      routes: { sink: { add: async (c) => void added.push(...c), remove: async () => {} }, learned: new LearnedRoutes({ graceMs: 0, maxRoutes: 1 }) },
+    });
+    const c = await client();
+    const [a] = await exchange(c, [query('api.alpha.svc.cluster.local', 8)], 1);
+    expect(a.rcode).toBe('NOERROR');
+    expect(added).toHaveLength(1);
+    // regression: the second answer's address found the table full, was not learned, and
+    // the client got the answer anyway
+    const [b] = await exchange(c, [query('db.alpha.svc.cluster.local', 9)], 1);
+    expect(b.rcode).toBe('SERVFAIL');
+    expect(b.answers).toEqual([]);
+    expect(added).toHaveLength(1);
+    // the first name again: its address is held, answered
+    const [a2] = await exchange(c, [query('api.alpha.svc.cluster.local', 10)], 1);
+    expect(a2.rcode).toBe('NOERROR');
+    await proxy.stop();
+  });
+
   it('TCP: queries a closing upstream connection left unanswered are resent once on a new one', async () => {
     await setup();
     up.mode = { tcpDropFirst: true };

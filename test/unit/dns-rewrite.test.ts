@@ -246,8 +246,35 @@ describe('rewriteAnswer', () => {
     expect(n).toBeGreaterThan(1);
     expect(n).toBeLessThan(60);
     expect(r.learned).toHaveLength(n);
+    // nothing fits re-encoded (dns-packet does not compress): not the original, whose
+    // addresses would go unrouted (regression: it passed, learning nothing), but TC, so
+    // the client asks again over TCP
     const tiny = rewriteAnswer(r0, readQuestion(r0)!, opts({ endpoints: () => many, limit: 40 }));
-    expect(tiny.message).toBeNull(); // nothing fits: the original passes
+    expect(tiny.learned).toEqual([]);
+    const t = dnsPacket.decode(tiny.message!);
+    expect([t.flag_tc, t.id, t.answers, t.questions![0]!.name]).toEqual([true, 7, [], 'web.alpha.svc.cluster.local']);
+    // the same with only TTLs to cap (a CNAME to an outside name and its addresses)
+    const far = Array.from({ length: 12 }, (_, i) => ({ name: 'far.example.com', type: 'A', ttl: 3600, data: `203.0.113.${i + 1}` }) as dnsPacket.Answer);
+    const r1 = answer('ext.alpha.svc.cluster.local', [{ name: 'ext.alpha.svc.cluster.local', type: 'CNAME', ttl: 3600, data: 'far.example.com' }, ...far]);
+    const cut = rewriteAnswer(r1, readQuestion(r1)!, opts({ limit: r1.length - 1 }));
+    expect([dnsPacket.decode(cut.message!).flag_tc, cut.learned]).toEqual([true, []]);
+    const fits = rewriteAnswer(r1, readQuestion(r1)!, opts({ limit: 4096 }));
+    expect(fits.learned.map((l) => l.address)).toEqual(far.map((a) => (a as { data: string }).data));
+  });
+
+  it('an IPv4-mapped AAAA address is learned as the IPv4 address a dual-stack socket sends to', () => {
+    const q = (ttl: number) =>
+      dnsPacket.encode({
+        type: 'response',
+        id: 9,
+        flags: dnsPacket.RECURSION_AVAILABLE,
+        questions: [{ name: 'cache.alpha.svc.cluster.local', type: 'AAAA', class: 'IN' }],
+        answers: [{ name: 'cache.alpha.svc.cluster.local', type: 'AAAA', ttl, data: '::ffff:203.0.113.5' }, { name: 'cache.alpha.svc.cluster.local', type: 'AAAA', ttl, data: 'fd00:77::9' }],
+      });
+    for (const ttl of [5, 3600]) {
+      const b = q(ttl);
+      expect(rewriteAnswer(b, readQuestion(b)!, opts()).learned.map((l) => l.address), `ttl ${ttl}`).toEqual(['203.0.113.5', 'fd00:77::9']);
+    }
   });
 
   it('an answer that passes the gate but does not decode is a typed error', () => {
