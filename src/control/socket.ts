@@ -38,6 +38,8 @@ import type { StatusReport } from './status.js';
 import { validatePodPolicies, type PodPolicy } from '../policy/policy.js';
 import { silentLogger, type Logger } from '../log.js';
 
+/** Requests of one connection waiting for their turn (the agent sends one at a time). */
+const MAX_QUEUED = 256;
 export const MAX_REQUEST_BYTES = 1 << 20;
 
 export type ControlOp = 'status' | 'set-peer' | 'remove-peer' | 'set-services' | 'rekey' | 'set-endpoints' | 'set-members' | 'classify-address' | 'set-policy' | 'stop';
@@ -284,21 +286,31 @@ export class ControlServer {
     sock.setEncoding('utf8');
     let buf = '';
     let chain = Promise.resolve();
+    let queued = 0;
+    const tooLong = () => {
+      sock.removeAllListeners('data');
+      sock.end(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: `request longer than ${MAX_REQUEST_BYTES} bytes` } }) + '\n');
+      buf = '';
+    };
     sock.on('data', (d: string) => {
       buf += d;
-      if (buf.length > MAX_REQUEST_BYTES && !buf.includes('\n')) {
-        sock.removeAllListeners('data');
-        sock.end(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: `request longer than ${MAX_REQUEST_BYTES} bytes` } }) + '\n');
-        buf = '';
-        return;
-      }
+      if (buf.length > MAX_REQUEST_BYTES && !buf.includes('\n')) return tooLong();
       let nl: number;
       while ((nl = buf.indexOf('\n')) >= 0) {
+        if (nl > MAX_REQUEST_BYTES) return tooLong(); // each line, also one that came with its newline
         const line = buf.slice(0, nl).trim();
         buf = buf.slice(nl + 1);
         if (line === '') continue;
-        // one at a time, in order
-        chain = chain.then(() => this.answer(sock, line));
+        // a client that sends without reading the answers: its requests are not queued without end
+        if (++queued > MAX_QUEUED) {
+          sock.destroy();
+          return;
+        }
+        // one at a time, in order; a failure to answer ends this connection, never the process
+        chain = chain
+          .then(() => this.answer(sock, line))
+          .catch(() => void sock.destroy())
+          .finally(() => queued--);
       }
     });
   }
@@ -313,7 +325,14 @@ export class ControlServer {
       } catch {
         throw new RequestError('EINVAL', 'request is not valid JSON');
       }
-      if (isObject(req)) id = req.id;
+      if (isObject(req)) {
+        // echoed back: a plain value only (a deeply nested one parses but cannot be written back)
+        const v = req.id;
+        if (v !== undefined && v !== null && typeof v !== 'number' && !(typeof v === 'string' && v.length <= 256)) {
+          throw new RequestError('EINVAL', 'id: must be a number, a string (at most 256 characters) or null');
+        }
+        id = v;
+      }
       const result = await dispatch(this.opts.handler, this.opts.addresses, req);
       resp = { id, ok: true, result };
       this.log.debug({ op: (req as { op: string }).op }, 'control request');

@@ -133,6 +133,31 @@ describe('control socket', () => {
     expect(((await controlRequest(path, { op: 'status' })) as StatusReport).interface).toBe('tenc0');
   });
 
+  it('an oversized line that came with its newline is refused too', async () => {
+    const rs = await rawExchange(path, `{"op":"status","pad":"${'x'.repeat(1 << 20)}"}\n`, 1);
+    expect(rs[0]).toMatchObject({ ok: false, error: { code: 'EINVAL', message: 'request longer than 1048576 bytes' } });
+  });
+
+  it('an id that is not a plain value is refused, and the pod lives on (regression: a deeply nested id parsed, then threw writing the answer: an unhandled rejection ended the process)', async () => {
+    const deep = '['.repeat(200_000) + ']'.repeat(200_000);
+    const rs = await rawExchange(path, `{"op":"status","id":${deep}}\n{"op":"status","id":{"a":1}}\n{"op":"status","id":"x"}\n`, 3);
+    expect(rs[0]).toEqual({ ok: false, error: { code: 'EINVAL', message: 'id: must be a number, a string (at most 256 characters) or null' } });
+    expect(rs[1]).toMatchObject({ ok: false, error: { code: 'EINVAL' } });
+    expect(rs[2]).toMatchObject({ id: 'x', ok: true });
+    expect(((await controlRequest(path, { op: 'status' })) as StatusReport).interface).toBe('tenc0');
+  });
+
+  it('a client that pipelines without reading past 256 requests is cut off; the socket serves the next', async () => {
+    const s = createConnection(path);
+    await new Promise<void>((r) => s.on('connect', () => r()));
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    s.on('error', () => {});
+    s.pause(); // never reads
+    s.write(`${JSON.stringify({ op: 'status' })}\n`.repeat(2000));
+    await closed;
+    expect(((await controlRequest(path, { op: 'status' })) as StatusReport).interface).toBe('tenc0');
+  });
+
   it.each([
     [{ op: 'set-peer', peer: { publicKey: KEY_A, privateKey: KEY_A } }, 'EINVAL', 'peer.privateKey: unknown field'],
     [{ op: 'set-peer', peer: { publicKey: KEY_A, endpoint: '10.0.0.300:1' } }, 'EINVAL', 'peer.endpoint: "10.0.0.300:1" is not an IPv4/IPv6 address'],
