@@ -92,7 +92,9 @@ export function readName(buf: Uint8Array, off: number): { name: string; end: num
       if (pos + 1 >= buf.length) return null;
       const target = ((len & 0x3f) << 8) | buf[pos + 1];
       if (end < 0) end = pos + 2;
-      if (target >= pos || ++hops > MAX_POINTERS) return null; // backwards only: no loops
+      // backwards only (no loops), and never into the header: the ID there changes on the
+      // way upstream, and the upstream's own question would then be read another way
+      if (target >= pos || target < HEADER_LEN || ++hops > MAX_POINTERS) return null;
       pos = target;
       continue;
     }

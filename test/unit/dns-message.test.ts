@@ -28,6 +28,11 @@ describe('dns message gate', () => {
     expect(readName(loop, 12)).toBeNull(); // points at itself
     const fwd = Buffer.from([0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 14, 0, 0, 1, 0, 1]);
     expect(readName(fwd, 12)).toBeNull();
+    // a question "a" that ends in a pointer to offset 4 of the header (qdcount 0x00 0x01
+    // read as labels) instead of its root byte: refused (the ID and counts change upstream)
+    const intoHeader = Buffer.from([0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0x61, 0xc0, 4, 0, 1, 0, 1]);
+    expect(readName(intoHeader, 12)).toBeNull();
+    expect(readQuestion(intoHeader)).toBeNull();
   });
 
   const bad: [string, Buffer][] = [
