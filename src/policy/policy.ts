@@ -293,6 +293,12 @@ export function podPolicies(resolved: ResolvedPolicy[], pod: string): PodPolicy[
 
 /** At most this many addresses in one policy as sent to a pod. */
 export const MAX_POLICY_ADDRESSES = 4096;
+/**
+ * At most this many address x port-range pairs in a pod's whole set: each is a policy
+ * routing rule, added one by one and walked by every packet (4096 addresses x 64 ports
+ * would be 262,144 of them).
+ */
+export const MAX_POLICY_PAIRS = 4096;
 
 /**
  * Checks a set-policy request's `policies` (the control socket's gate): an array of
@@ -327,5 +333,7 @@ export function validatePodPolicies(v: unknown, isHostCidr: (c: string) => boole
     }
     out.push({ name: p.name, mode: p.mode as PolicyMode, target: p.target, addresses: [...(p.addresses as string[])], ports, local: p.local });
   }
+  const pairs = out.reduce((n, p) => n + p.addresses.length * p.ports.length, 0);
+  if (pairs > MAX_POLICY_PAIRS) return { field: 'policies', problem: `${pairs} address x port pairs, at most ${MAX_POLICY_PAIRS} (each is a routing rule)` };
   return { policies: out };
 }

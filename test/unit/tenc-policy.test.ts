@@ -268,6 +268,11 @@ describe('TencPolicy: control op set-policy and status', () => {
     for (const [policies, re] of bad) await expect(dispatch(handler(got), addrs, { op: 'set-policy', policies })).rejects.toThrow(re);
     expect(got).toHaveLength(1);
     expect(validatePodPolicies([good], () => true)).toEqual({ policies: [good] });
+    // a set whose address x port pairs (one routing rule each) pass 4096: refused whole
+    const addresses = Array.from({ length: 4096 }, (_, i) => `10.96.${i >> 8}.${i & 255}/32`);
+    const ports = [{ protocol: 'tcp', port: 1, endPort: 1 }, { protocol: 'udp', port: 2, endPort: 2 }];
+    expect(validatePodPolicies([{ ...good, addresses, ports }], () => true)).toEqual({ field: 'policies', problem: '8192 address x port pairs, at most 4096 (each is a routing rule)' });
+    expect(validatePodPolicies([{ ...good, addresses, ports: ports.slice(0, 1) }], () => true)).toHaveProperty('policies');
   });
 
   it('tenc status shows which policy each destination/port follows, and the default', () => {
