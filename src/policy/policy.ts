@@ -272,6 +272,8 @@ export function resolvePolicies(
       });
     }
   }
+  const pairs = exemptPairs(out);
+  if (pairs > MAX_POLICY_PAIRS) problems.push({ policy: `project ${project}`, field: '(policies)', problem: `${pairs} exempt address x port pairs: at most ${MAX_POLICY_PAIRS} (each is a routing rule in every pod)` });
   if (problems.length > 0) return { problems };
   return { policies: out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)) };
 }
@@ -299,6 +301,11 @@ export const MAX_POLICY_ADDRESSES = 4096;
  * would be 262,144 of them).
  */
 export const MAX_POLICY_PAIRS = 4096;
+
+/** The routing rules a set asks for at most: an exempt policy's addresses x port ranges (encrypt ones add none). */
+function exemptPairs(set: readonly { mode: PolicyMode; addresses: readonly string[]; ports: readonly unknown[] }[]): number {
+  return set.reduce((n, p) => n + (p.mode === 'exempt' ? p.addresses.length * p.ports.length : 0), 0);
+}
 
 /**
  * Checks a set-policy request's `policies` (the control socket's gate): an array of
@@ -333,7 +340,7 @@ export function validatePodPolicies(v: unknown, isHostCidr: (c: string) => boole
     }
     out.push({ name: p.name, mode: p.mode as PolicyMode, target: p.target, addresses: [...(p.addresses as string[])], ports, local: p.local });
   }
-  const pairs = out.reduce((n, p) => n + p.addresses.length * p.ports.length, 0);
-  if (pairs > MAX_POLICY_PAIRS) return { field: 'policies', problem: `${pairs} address x port pairs, at most ${MAX_POLICY_PAIRS} (each is a routing rule)` };
+  const pairs = exemptPairs(out);
+  if (pairs > MAX_POLICY_PAIRS) return { field: 'policies', problem: `${pairs} exempt address x port pairs, at most ${MAX_POLICY_PAIRS} (each is a routing rule)` };
   return { policies: out };
 }

@@ -173,6 +173,14 @@ describe('TencPolicy: the agent keeps a set all or nothing', () => {
     // fixed: replaced
     expect(p.update([obj(good2, 'dns')], v).map((x) => x.name)).toEqual(['dns']);
     expect(p.forPod('db-1')[0]).toMatchObject({ name: 'dns', local: true, addresses: ['10.128.2.20/32'] });
+    // an exempt policy over 4096 address x port pairs (one routing rule each in every pod):
+    // refused as a whole like a bad one, the previous set in force
+    const many = { ...v, pods: [...v.pods, ...Array.from({ length: 2100 }, (_, i) => ({ ...v.pods[0]!, name: `big-${i}`, labels: { app: 'big' }, address: `10.130.${i >> 8}.${i & 255}`, addresses: [`10.130.${i >> 8}.${i & 255}`] }))] };
+    const big = pol('big', { podSelector: { matchLabels: { app: 'big' } }, ports: [{ protocol: 'TCP', port: 80 }, { protocol: 'TCP', port: 443 }], mode: 'exempt' });
+    expect(p.update([obj(big, 'big'), obj(good2, 'dns')], many).map((x) => x.name)).toEqual(['dns']);
+    expect(String(logs.filter((l) => l.level === 'warn').at(-1)!.f.problems)).toContain('4201 exempt address x port pairs: at most 4096') // 2100 x 2, and dns's 1;
+    const bigEnc = pol('big', { podSelector: { matchLabels: { app: 'big' } }, ports: [{ protocol: 'TCP', port: 80 }, { protocol: 'TCP', port: 443 }], mode: 'encrypt' });
+    expect(p.update([obj(bigEnc, 'big'), obj(good2, 'dns')], many).map((x) => x.name)).toEqual(['big', 'dns']); // encrypt: no rules
   });
 });
 
@@ -271,8 +279,10 @@ describe('TencPolicy: control op set-policy and status', () => {
     // a set whose address x port pairs (one routing rule each) pass 4096: refused whole
     const addresses = Array.from({ length: 4096 }, (_, i) => `10.96.${i >> 8}.${i & 255}/32`);
     const ports = [{ protocol: 'tcp', port: 1, endPort: 1 }, { protocol: 'udp', port: 2, endPort: 2 }];
-    expect(validatePodPolicies([{ ...good, addresses, ports }], () => true)).toEqual({ field: 'policies', problem: '8192 address x port pairs, at most 4096 (each is a routing rule)' });
-    expect(validatePodPolicies([{ ...good, addresses, ports: ports.slice(0, 1) }], () => true)).toHaveProperty('policies');
+    expect(validatePodPolicies([{ ...good, mode: 'exempt', addresses, ports }], () => true)).toEqual({ field: 'policies', problem: '8192 exempt address x port pairs, at most 4096 (each is a routing rule)' });
+    expect(validatePodPolicies([{ ...good, mode: 'exempt', addresses, ports: ports.slice(0, 1) }], () => true)).toHaveProperty('policies');
+    // an encrypt policy makes no rule: not counted
+    expect(validatePodPolicies([{ ...good, mode: 'encrypt', addresses, ports }], () => true)).toHaveProperty('policies');
   });
 
   it('tenc status shows which policy each destination/port follows, and the default', () => {
