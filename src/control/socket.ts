@@ -287,7 +287,9 @@ export class ControlServer {
     let buf = '';
     let chain = Promise.resolve();
     let queued = 0;
+    let cut = false; // this side ended the connection: what is still queued is not run
     const tooLong = () => {
+      cut = true;
       sock.removeAllListeners('data');
       sock.end(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: `request longer than ${MAX_REQUEST_BYTES} bytes` } }) + '\n');
       buf = '';
@@ -303,12 +305,13 @@ export class ControlServer {
         if (line === '') continue;
         // a client that sends without reading the answers: its requests are not queued without end
         if (++queued > MAX_QUEUED) {
+          cut = true;
           sock.destroy();
           return;
         }
         // one at a time, in order; a failure to answer ends this connection, never the process
         chain = chain
-          .then(() => this.answer(sock, line))
+          .then(() => (cut ? undefined : this.answer(sock, line)))
           .catch(() => void sock.destroy())
           .finally(() => queued--);
       }

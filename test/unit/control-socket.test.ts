@@ -153,9 +153,13 @@ describe('control socket', () => {
     const closed = new Promise<void>((r) => s.on('close', () => r()));
     s.on('error', () => {});
     s.pause(); // never reads
-    s.write(`${JSON.stringify({ op: 'status' })}\n`.repeat(2000));
+    const before = handler.changes.length;
+    s.write(`${JSON.stringify({ op: 'set-peer', peer: { publicKey: KEY_A, persistentKeepalive: 7 } })}\n`.repeat(2000));
     await closed;
     expect(((await controlRequest(path, { op: 'status' })) as StatusReport).interface).toBe('tenc0');
+    // what was still queued when it was cut off did not run (at most the 256 before the cut)
+    await new Promise((r) => setTimeout(r, 200));
+    expect(handler.changes.length - before).toBeLessThan(256); // (without the cut: all 256 queued ones ran)
   });
 
   it.each([
