@@ -48,15 +48,7 @@ export const RECONCILE_MS = 1000;
 export interface AgentOptions extends ProxyOptions {
   /** The pods the CNI plugin registered on this node for this project. */
   registrations: () => Registration[];
-  /**
-   * How long a pod the registry places on this node (it has an IP: its sandbox exists)
-   * may go without a CNI registration before it is reported as running without tenc
-   * (default 30 s: a sandbox's ADD comes within seconds of its IP).
-   */
-  unregisteredGraceMs?: number;
 }
-
-export const UNREGISTERED_GRACE_MS = 30_000;
 
 type PublishFailed = NonNullable<Proxy['publishFailed']>;
 
@@ -87,8 +79,6 @@ export class Agent {
   private readonly preparing = new Map<string, Promise<void>>();
   /** Proxies being started (not adopted), by pod: the reconciles go on meanwhile (release and stop wait for them). */
   private readonly starting = new Map<string, Promise<void>>();
-  /** Pods of this node without a registration: when each was first seen so (the warning is once per pod). */
-  private readonly unregistered = new Map<string, { since: number; warned: boolean }>();
   /** Rejected published keys already reported (pod, node, reason): each logged and counted once. */
   private readonly rejectedSeen = new Set<string>();
   /** A published key not believed (a node publishing for another node's pod: threat T7): logged and counted once. */
@@ -271,38 +261,9 @@ export class Agent {
     return out;
   }
 
-  /**
-   * Pods the registry places on this node that never registered (a CNI ADD that did not
-   * reach tenc: the tenc entry dropped from the node's conflist by the network plugin,
-   * a node without the plugin): their traffic is not protected. Logged once per pod
-   * and counted (tenc_agent_pods_unregistered) once past the grace.
-   */
-  private unregisteredPods(view: ProjectView, local: { pod: PodInfo }[]): number {
-    const now = Date.now();
-    const grace = this.o.unregisteredGraceMs ?? UNREGISTERED_GRACE_MS;
-    const seen = new Set<string>();
-    const registered = new Set([...this.o.registrations().map((r) => r.podName), ...local.map((l) => l.pod.name)]);
-    let n = 0;
-    for (const p of view.pods) {
-      if (p.node !== this.o.node || registered.has(p.name) || this.preparing.has(p.name)) continue;
-      seen.add(p.name);
-      let u = this.unregistered.get(p.name);
-      if (!u) this.unregistered.set(p.name, (u = { since: now, warned: false }));
-      if (now - u.since < grace) continue;
-      n++;
-      if (!u.warned) {
-        u.warned = true;
-        this.log.warn({ pod: p.name, address: p.address, seconds: Math.round((now - u.since) / 1000) }, 'pod runs on this node without tenc: its CNI ADD never reached the agent (is the tenc entry in the node\'s CNI config?); its traffic is not protected');
-      }
-    }
-    for (const name of [...this.unregistered.keys()]) if (!seen.has(name)) this.unregistered.delete(name);
-    return n;
-  }
-
   private async reconcile(): Promise<void> {
     const view = await readProjectView(this.o.registry, this.o.project, this.rejected);
     const local = this.localPods(view);
-    this.o.hooks?.unregistered?.(this.unregisteredPods(view, local), this.o.project);
     // pods no longer registered: release() did the work; anything left over is stopped here
     for (const name of [...this.proxies.keys()]) {
       if (local.some((l) => l.pod.name === name)) continue;

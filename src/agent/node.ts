@@ -55,7 +55,16 @@ export interface NodeAgentOptions extends Pick<AgentOptions, 'registry' | 'node'
   cniWait?: 'fail-closed' | 'proxy';
   /** Makes a project's reconciler (default: an Agent); for the node socket's unit tests. */
   makeAgent?: (o: AgentOptions) => ProjectAgent;
+  /**
+   * How long a pod of a protected namespace that the registry places on this node (it
+   * has an IP: its sandbox exists) may go without a registration before it is reported
+   * as running without tenc (default 30 s), and how often that is looked at (10 s).
+   */
+  unregisteredGraceMs?: number;
+  unregisteredEveryMs?: number;
 }
+
+export const UNREGISTERED_GRACE_MS = 30_000;
 
 /** What the node socket asks of a project's reconciler (Agent). */
 export type ProjectAgent = Pick<Agent, 'start' | 'stop' | 'prepare' | 'release' | 'whenReady' | 'check' | 'proxyIds'>;
@@ -98,6 +107,10 @@ export class NodeAgent {
   /** DELs whose release still runs, by container: a retried DEL waits for it, an ADD of the pod's next sandbox is refused meanwhile. */
   private readonly releasing = new Map<string, { podNamespace: string; podName: string; done: Promise<void> }>();
   private server: Server | null = null;
+  /** Pods of protected namespaces on this node without a registration: since when, and whether said. */
+  private readonly unregistered = new Map<string, { since: number; warned: boolean }>();
+  private unregisteredTimer: NodeJS.Timeout | null = null;
+  private unregisteredProblem = '';
   private readonly log: Logger;
   private readonly socket: string;
   private readonly stateFile: string;
@@ -115,6 +128,52 @@ export class NodeAgent {
     // reconcilers for the projects of adopted pods first, then the server
     for (const r of this.regs.values()) await this.agentFor(r.podNamespace);
     await this.listen();
+    this.unregisteredTimer = setInterval(() => void this.checkUnregistered(), this.o.unregisteredEveryMs ?? 10_000);
+    this.unregisteredTimer.unref();
+  }
+
+  /**
+   * Pods of every protected namespace that the registry places on this node and that
+   * never registered (their CNI ADD did not reach tenc: the tenc entry dropped from the
+   * node's conflist by the network plugin, a pod that ran before its namespace was
+   * protected, a node without the plugin): their traffic is not protected. Each is
+   * logged once past the grace, and counted (tenc_agent_pods_unregistered). Every
+   * protected project is looked at, also one with no reconciler on this node.
+   */
+  async checkUnregistered(): Promise<number> {
+    const now = Date.now();
+    const grace = this.o.unregisteredGraceMs ?? UNREGISTERED_GRACE_MS;
+    const seen = new Set<string>();
+    let n = 0;
+    try {
+      for (const project of await this.o.registry.projects()) {
+        if (this.o.projects && !this.o.projects.includes(project)) continue;
+        for (const p of await this.o.registry.pods(project)) {
+          if (p.node !== this.o.node) continue;
+          if ([...this.regs.values()].some((r) => r.podNamespace === project && r.podName === p.name)) continue;
+          const id = `${project}/${p.name}`;
+          seen.add(id);
+          let u = this.unregistered.get(id);
+          if (!u) this.unregistered.set(id, (u = { since: now, warned: false }));
+          if (now - u.since < grace) continue;
+          n++;
+          if (!u.warned) {
+            u.warned = true;
+            this.log.warn({ pod: id, address: p.address, seconds: Math.round((now - u.since) / 1000) }, 'pod runs on this node without tenc: its CNI ADD never reached the agent (is the tenc entry in the node\'s CNI config? was the pod started before its namespace was protected?); its traffic is not protected');
+          }
+        }
+      }
+      this.unregisteredProblem = '';
+    } catch (e) {
+      // the registry unreachable: looked at again next time, the count as it was
+      const msg = (e as Error).message;
+      if (msg !== this.unregisteredProblem) this.log.warn({ err: msg }, 'cannot look for pods running without tenc: tried again');
+      this.unregisteredProblem = msg;
+      return -1;
+    }
+    for (const id of [...this.unregistered.keys()]) if (!seen.has(id)) this.unregistered.delete(id);
+    this.o.hooks?.unregistered?.(n);
+    return n;
   }
 
   private load(): void {
@@ -331,6 +390,11 @@ export class NodeAgent {
           c.write(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: 'request is not a JSON object' } }) + '\n');
           continue;
         }
+        // echoed back: a plain value only (a deeply nested one parses, then cannot be written)
+        if (m.id !== undefined && m.id !== null && typeof m.id !== 'number' && !(typeof m.id === 'string' && m.id.length <= 256)) {
+          c.write(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: 'id: must be a number, a string (at most 256 characters) or null' } }) + '\n');
+          continue;
+        }
         const t0 = performance.now();
         const op = typeof m.op === 'string' && m.op.startsWith('cni-') ? m.op.slice(4).toUpperCase() : null;
         const done = (result: string) => op !== null && this.o.hooks?.cniRequest?.(op, result, (performance.now() - t0) / 1000);
@@ -345,13 +409,14 @@ export class NodeAgent {
             if (!(e instanceof RequestError)) this.log.error({ err: (e as Error).message }, 'node socket request failed');
             if (c.writable) c.write(JSON.stringify({ id: m.id, ok: false, error: { code, message: (e as Error).message } }) + '\n');
           },
-        );
+        ).catch(() => c.destroy()); // an answer that cannot be written ends the connection, never the agent
       }
     });
   }
 
   /** Stops serving; the proxies stay (fail-closed, published) for the next agent to adopt. */
   async stop(): Promise<void> {
+    if (this.unregisteredTimer) clearInterval(this.unregisteredTimer);
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     this.server = null;
     for (const a of this.agents.values()) await a.stop();

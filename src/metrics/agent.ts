@@ -32,8 +32,8 @@ export interface AgentHooks {
   cniRequest?(command: string, result: string, seconds: number): void;
   /** A published key the agent does not believe (registry.ts trustedPeers), once per pod, node and reason. */
   peerRejected?(): void;
-  /** Pods of a project on this node running without a CNI registration (past the grace), as its reconciler last saw them. */
-  unregistered?(n: number, project: string): void;
+  /** Pods of protected namespaces on this node running without a CNI registration (past the grace), as last looked at. */
+  unregistered?(n: number): void;
 }
 
 /** CNI commands with series of their own; anything else is command="other". */
@@ -49,8 +49,6 @@ export class AgentMetrics implements AgentHooks {
   private readonly c;
   /** Proxies per project, as the projects' reconcilers last reported them. */
   private readonly proxyCounts = new Map<string, number>();
-  /** Unregistered pods per project (unregistered()). */
-  private readonly unregisteredCounts = new Map<string, number>();
 
   constructor(o: { processMetrics?: boolean } = {}) {
     const A = AGENT_METRICS;
@@ -92,13 +90,8 @@ export class AgentMetrics implements AgentHooks {
   peerRejected(): void {
     this.c.peersRejected.inc();
   }
-  /** One gauge for the node: the sum of the projects' counts (each reconciler reports its own). */
-  unregistered(n: number, project: string): void {
-    if (n === 0) this.unregisteredCounts.delete(project);
-    else this.unregisteredCounts.set(project, n);
-    let sum = 0;
-    for (const k of this.unregisteredCounts.values()) sum += k;
-    this.c.podsUnregistered.set(sum);
+  unregistered(n: number): void {
+    this.c.podsUnregistered.set(n);
   }
   /**
    * Each project's reconciler reports its own count; the gauge has one series per

@@ -193,3 +193,26 @@ describe('node socket: --cni-wait proxy', () => {
     }
   });
 });
+
+describe('node socket: bad request lines', () => {
+  it('an id that is not a plain value is refused, and the agent lives on (a deeply nested one parsed, then threw writing the answer)', async () => {
+    const deep = '['.repeat(200_000) + ']'.repeat(200_000);
+    const r = await new Promise<Answer>((resolve, reject) => {
+      const c = connect(join(dir, 'agent.sock'));
+      let buf = '';
+      c.setEncoding('utf8');
+      c.on('data', (d: string) => {
+        buf += d;
+        if (buf.includes('\n')) {
+          c.destroy();
+          resolve(JSON.parse(buf.slice(0, buf.indexOf('\n'))) as Answer);
+        }
+      });
+      c.on('error', reject);
+      // under the line limit: 64 KiB
+      c.write(`{"op":"cni-status","id":${deep.slice(0, 30_000)}${deep.slice(-30_000)}}\n`);
+    });
+    expect(r).toEqual({ ok: false, error: { code: 'EINVAL', message: 'id: must be a number, a string (at most 256 characters) or null' } });
+    expect((await request({ op: 'cni-status', id: 'x' })).ok).toBe(true);
+  });
+});

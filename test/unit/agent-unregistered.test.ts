@@ -1,70 +1,89 @@
 /**
- * A pod the registry places on this node that never registered (its CNI ADD did not
- * reach tenc: the tenc entry dropped from the node's conflist, a pod that ran before
- * its namespace was protected) runs without tenc: after the grace it is logged once
- * and counted in tenc_agent_pods_unregistered; a registered pod, another node's pod
- * and one still within the grace are not; once it is gone the gauge goes back to 0.
- * One Agent over a fake registry; web-1 runs (a fake control socket, adopted).
+ * A pod of a protected namespace that the registry places on this node and that never
+ * registered (its CNI ADD did not reach tenc: the tenc entry dropped from the node's
+ * conflist, a pod that ran before its namespace was protected) runs without tenc:
+ * past the grace it is logged once and counted in tenc_agent_pods_unregistered. A
+ * registered pod, another node's pod, a pod of a namespace tenc does not protect and
+ * one still within the grace are not; a project with no reconciler on this node is
+ * looked at too; once the pod is gone the gauge is back at 0. A real NodeAgent (its
+ * socket in a temp directory) over a fake registry, with fake reconcilers.
  */
-import { describe, it, expect, afterEach, vi } from 'vitest';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { describe, it, expect, afterEach } from 'vitest';
+import { connect } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { Agent } from '../../src/agent/agent.js';
-import { podSocket } from '../../src/agent/netns.js';
-import type { Registration } from '../../src/agent/proxies.js';
+import { NodeAgent } from '../../src/agent/node.js';
 import { AgentMetrics } from '../../src/metrics/agent.js';
 import type { PodInfo } from '../../src/registry/registry.js';
-import { fakeProxy, stubRegistry } from './agent-fakes.js';
+import { stubRegistry } from './agent-fakes.js';
 
-describe('agent: pods of this node that never registered', () => {
+describe('node agent: pods of this node that never registered', () => {
   const cleanup: (() => void | Promise<void>)[] = [];
   afterEach(async () => {
     for (const f of cleanup.splice(0).reverse()) await f();
   });
 
-  it('are logged once and counted after the grace; registered, other nodes\' and gone pods are not', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'tenc-agent-unreg-'));
+  it('are logged once and counted past the grace, in every protected project; registered, other nodes\', unprotected and gone pods are not', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tenc-node-unreg-'));
     cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
-    const pod = (name: string, node: string, address: string): PodInfo => ({ project: 'alpha', name, node, address, addresses: [address], labels: {}, netns: null });
-    let pods = [pod('web-1', 'n1', '10.128.1.10'), pod('stray-1', 'n1', '10.128.1.11'), pod('db-1', 'n2', '10.128.2.10')];
-    const netns = join(dir, 'netns-web');
-    writeFileSync(netns, '');
-    const socket = podSocket(netns);
-    mkdirSync(join(socket, '..'), { recursive: true });
-    rmSync(socket, { force: true });
-    const server = await fakeProxy(socket, 'A'.repeat(43) + '=');
-    cleanup.push(() => new Promise<void>((r) => server.close(() => r())));
-    cleanup.push(() => rmSync(socket, { force: true }));
-    const registrations: Registration[] = [{ containerId: 'c-web', netns, ifname: 'eth0', podNamespace: 'alpha', podName: 'web-1', podUid: 'u', addresses: ['10.128.1.10'], proxy: null }];
+    const pod = (project: string, name: string, node: string, address: string): PodInfo => ({ project, name, node, address, addresses: [address], labels: {}, netns: null });
+    let pods: PodInfo[] = [
+      pod('alpha', 'web-1', 'n1', '10.128.1.10'), // registered below
+      pod('alpha', 'stray-1', 'n1', '10.128.1.11'),
+      pod('alpha', 'db-1', 'n2', '10.128.2.10'), // another node
+      pod('beta', 'old-1', 'n1', '10.128.1.20'), // beta: protected, no reconciler here (no pod of it registered)
+      pod('plain', 'free-1', 'n1', '10.128.1.30'), // not protected
+    ];
     const lines: { msg: string; pod?: string }[] = [];
     const log = pino({ level: 'info' }, new Writable({ write: (c, _e, cb) => (lines.push(JSON.parse(String(c))), cb()) }));
     const metrics = new AgentMetrics({ processMetrics: false });
     const gauge = async () => Number((await metrics.registry.metrics()).split('\n').find((l) => l.startsWith('tenc_agent_pods_unregistered '))?.split(' ')[1]);
-    const agent = new Agent({
-      registry: stubRegistry({ pods: async () => pods }),
+    let now = 0;
+    const node = new NodeAgent({
+      registry: stubRegistry({ projects: async () => ['alpha', 'beta'], pods: async (project) => pods.filter((p) => p.project === project) }),
       node: 'n1',
-      project: 'alpha',
-      registrations: () => registrations,
+      socket: join(dir, 'agent.sock'),
       runDir: join(dir, 'run'),
       log,
       hooks: metrics,
-      unregisteredGraceMs: 1500,
+      unregisteredGraceMs: 1000,
+      unregisteredEveryMs: 3_600_000, // looked at by the test
+      makeAgent: () => ({ start: async () => {}, stop: async () => {}, prepare: async () => {}, release: async () => {}, whenReady: async () => true, check: async () => null, proxyIds: () => new Map() }),
     });
-    cleanup.push(() => agent.stop());
-    await agent.start();
-    expect(await gauge()).toBe(0); // within the grace
-    const warned = () => lines.filter((l) => l.msg.startsWith('pod runs on this node without tenc'));
-    await vi.waitFor(async () => expect(await gauge()).toBe(1), { timeout: 10_000, interval: 100 });
-    expect(warned().map((l) => l.pod)).toEqual(['stray-1']);
-    // more reconciles: still one warning
-    await new Promise((r) => setTimeout(r, 2500));
-    expect(warned()).toHaveLength(1);
-    expect(await gauge()).toBe(1);
-    // the pod is gone: the gauge goes back to 0
-    pods = pods.filter((p) => p.name !== 'stray-1');
-    await vi.waitFor(async () => expect(await gauge()).toBe(0), { timeout: 10_000, interval: 100 });
+    await node.start();
+    cleanup.push(() => node.stop());
+    // web-1's ADD
+    const added = await new Promise<string>((resolve, reject) => {
+      const c = connect(join(dir, 'agent.sock'));
+      let buf = '';
+      c.setEncoding('utf8').on('data', (d: string) => {
+        buf += d;
+        if (buf.includes('\n')) (c.destroy(), resolve(buf));
+      });
+      c.on('error', reject);
+      c.write(JSON.stringify({ op: 'cni-add', containerId: 'c-web', netns: `/proc/${process.pid}/ns/net`, ifname: 'eth0', podNamespace: 'alpha', podName: 'web-1', addresses: ['10.128.1.10'] }) + '\n');
+    });
+    expect(JSON.parse(added)).toMatchObject({ ok: true, result: { protected: true } });
+    const warned = () => lines.filter((l) => l.msg.startsWith('pod runs on this node without tenc')).map((l) => l.pod);
+    const realNow = Date.now;
+    Date.now = () => realNow() + now;
+    cleanup.push(() => void (Date.now = realNow));
+    // first look: within the grace
+    expect(await node.checkUnregistered()).toBe(0);
+    expect(await gauge()).toBe(0);
+    now = 1500;
+    expect(await node.checkUnregistered()).toBe(2);
+    expect(await gauge()).toBe(2);
+    expect(warned().sort()).toEqual(['alpha/stray-1', 'beta/old-1']);
+    // looked at again: still two, still one warning each
+    expect(await node.checkUnregistered()).toBe(2);
+    expect(warned()).toHaveLength(2);
+    // the pods are gone (or restarted through tenc): back at 0
+    pods = pods.filter((p) => p.name !== 'stray-1' && p.name !== 'old-1');
+    expect(await node.checkUnregistered()).toBe(0);
+    expect(await gauge()).toBe(0);
   });
 });
