@@ -21,7 +21,10 @@
  * without a route (musl uses the records of a truncated answer). Error answers
  * (non-zero RCODE) that carry addresses are learned like any other. When the
  * rewritten message would not fit the client's UDP limit, fewer endpoints are
- * used; if even one does not fit, the original answer passes (the VIP stays).
+ * used, then none (the VIP stays); if even that does not fit re-encoded, the client
+ * gets the question only with TC set and asks again over TCP (where, at 65535 bytes,
+ * it fits; an answer near 64 KiB that grows re-encoded gets TC there too and fails
+ * closed).
  */
 import dnsPacket from 'dns-packet';
 import type { Question } from './message.js';
