@@ -304,15 +304,6 @@ export class Pod implements ControlHandler {
   /** destinations() + members as one set, built on first use after a change. */
   private memberSet: CidrSet | null = null;
 
-  /** destinations() as one set, built on first use after a change. */
-  private routedSet: CidrSet | null = null;
-
-  /** Is the address routed into tenc0 by the pod's own routes (destinations(): a peer's allowed IPs, a service VIP)? */
-  isRouted(address: string): boolean {
-    this.routedSet ??= new (dnsLoaded().classify.CidrSet)(this.destinations());
-    return this.routedSet.has(address);
-  }
-
   /** Is the address a project member: a peer's allowed IPs, a service VIP, a member (DNS address classification)? */
   isMember(address: string): boolean {
     this.memberSet ??= new (dnsLoaded().classify.CidrSet)([...this.destinations(), ...this.members]);
@@ -322,7 +313,6 @@ export class Pod implements ControlHandler {
   /** Peers, services or members changed: the member set and cached verdicts are stale. */
   private membershipChanged(): void {
     this.memberSet = null;
-    this.routedSet = null;
     this.dns?.membershipChanged();
   }
 
@@ -578,7 +568,6 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         routes: { add: (c) => pod.addDestinations(c), remove: (c) => pod.removeDestination(c) },
         activity: (a) => pod.peerActivity(a),
         isMember: (a) => pod.isMember(a),
-        isRouted: (a) => pod.isRouted(a),
         log,
         netns: opts.netns,
       });

@@ -69,12 +69,7 @@ export interface DnsProxyOptions {
   maxTtl: number;
   endpoints: (vip: string) => readonly string[] | undefined;
   /** Routes for learned project addresses; none: nothing is routed (bench, tests). */
-  /**
-   * Learned routes. `routed`: is the address routed into the tunnel anyway (a peer's
-   * allowed IPs, a service VIP: the pod's own routes)? Such an address is answered even
-   * when the table of learned routes is full.
-   */
-  routes?: { sink: RouteSink; learned: LearnedRoutes; expireEveryMs?: number; routed?: (address: string) => boolean };
+  routes?: { sink: RouteSink; learned: LearnedRoutes; expireEveryMs?: number };
   /** Backpressure caps of DNS over TCP (bytes; defaults TCP_PAUSE_BYTES, TCP_CLIENT_MAX_BYTES, TCP_TOTAL_MAX_BYTES). */
   tcpLimits?: { pauseBytes?: number; clientMaxBytes?: number; totalMaxBytes?: number };
   log?: Logger;
@@ -376,7 +371,7 @@ export class DnsProxy {
       // every address of the answer routed, or no answer: one not learned because the table
       // is full, or held by another answer whose route add failed meanwhile, would go out
       // in plaintext
-      return learned.every((l) => routes.learned.has(l.address) || routes.routed?.(l.address) === true);
+      return learned.every((l) => routes.learned.has(l.address));
     });
     this.routeOps = op;
     return op;

@@ -59,8 +59,6 @@ export interface DnsServiceDeps {
   routes: RouteSink;
   /** Is the address a known project member (a peer's allowed IPs, a service VIP)? */
   isMember: (address: string) => boolean;
-  /** Is the address routed into tenc0 by the pod's own routes (a peer's allowed IPs, a service VIP)? */
-  isRouted?: (address: string) => boolean;
   /** Transmit counter of the peer carrying an address (route grace), or null. */
   activity: (address: string) => number | null;
   log: Logger;
@@ -118,7 +116,6 @@ export class DnsService {
       routes: {
         sink: d.routes,
         learned: new LearnedRoutes({ graceMs: c.routeGrace * 1000, maxRoutes: 4096, activity: d.activity }),
-        routed: d.isRouted,
       },
       log: d.log,
       netns: d.netns,
