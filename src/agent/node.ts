@@ -150,7 +150,9 @@ export class NodeAgent {
         if (this.o.projects && !this.o.projects.includes(project)) continue;
         for (const p of await this.o.registry.pods(project)) {
           if (p.node !== this.o.node) continue;
-          if ([...this.regs.values()].some((r) => r.podNamespace === project && r.podName === p.name)) continue;
+          // a registration of this pod counts while its sandbox is there (a stale one, whose
+          // DEL never reached tenc, must not hide the pod's next, unprotected sandbox)
+          if ([...this.regs.values()].some((r) => r.podNamespace === project && r.podName === p.name && existsSync(r.netns))) continue;
           const id = `${project}/${p.name}`;
           seen.add(id);
           let u = this.unregistered.get(id);

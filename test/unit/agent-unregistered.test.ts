@@ -9,6 +9,7 @@
  * socket in a temp directory) over a fake registry, with fake reconcilers.
  */
 import { describe, it, expect, afterEach } from 'vitest';
+import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -55,18 +56,27 @@ describe('node agent: pods of this node that never registered', () => {
     });
     await node.start();
     cleanup.push(() => node.stop());
-    // web-1's ADD
-    const added = await new Promise<string>((resolve, reject) => {
-      const c = connect(join(dir, 'agent.sock'));
-      let buf = '';
-      c.setEncoding('utf8').on('data', (d: string) => {
-        buf += d;
-        if (buf.includes('\n')) (c.destroy(), resolve(buf));
+    const add = (containerId: string, podName: string, netns: string) =>
+      new Promise<string>((resolve, reject) => {
+        const c = connect(join(dir, 'agent.sock'));
+        let buf = '';
+        c.setEncoding('utf8').on('data', (d: string) => {
+          buf += d;
+          if (buf.includes('\n')) (c.destroy(), resolve(buf));
+        });
+        c.on('error', reject);
+        c.write(JSON.stringify({ op: 'cni-add', containerId, netns, ifname: 'eth0', podNamespace: 'alpha', podName, addresses: ['10.128.1.12'] }) + '\n');
       });
-      c.on('error', reject);
-      c.write(JSON.stringify({ op: 'cni-add', containerId: 'c-web', netns: `/proc/${process.pid}/ns/net`, ifname: 'eth0', podNamespace: 'alpha', podName: 'web-1', addresses: ['10.128.1.10'] }) + '\n');
-    });
-    expect(JSON.parse(added)).toMatchObject({ ok: true, result: { protected: true } });
+    // web-1's ADD
+    expect(JSON.parse(await add('c-web', 'web-1', `/proc/${process.pid}/ns/net`))).toMatchObject({ ok: true, result: { protected: true } });
+    // gone-1: registered with a sandbox that is then gone (its DEL never reached tenc); the
+    // pod's next sandbox runs without tenc: its stale registration must not hide it
+    const sandbox = spawn('sleep', ['60']);
+    cleanup.push(() => void sandbox.kill('SIGKILL'));
+    expect(JSON.parse(await add('c-gone', 'gone-1', `/proc/${sandbox.pid}/ns/net`))).toMatchObject({ ok: true, result: { protected: true } });
+    pods.push(pod('alpha', 'gone-1', 'n1', '10.128.1.12'));
+    sandbox.kill('SIGKILL');
+    await new Promise((r) => sandbox.once('exit', r));
     const warned = () => lines.filter((l) => l.msg.startsWith('pod runs on this node without tenc')).map((l) => l.pod);
     const realNow = Date.now;
     Date.now = () => realNow() + now;
@@ -75,14 +85,14 @@ describe('node agent: pods of this node that never registered', () => {
     expect(await node.checkUnregistered()).toBe(0);
     expect(await gauge()).toBe(0);
     now = 1500;
-    expect(await node.checkUnregistered()).toBe(2);
-    expect(await gauge()).toBe(2);
-    expect(warned().sort()).toEqual(['alpha/stray-1', 'beta/old-1']);
-    // looked at again: still two, still one warning each
-    expect(await node.checkUnregistered()).toBe(2);
-    expect(warned()).toHaveLength(2);
+    expect(await node.checkUnregistered()).toBe(3);
+    expect(await gauge()).toBe(3);
+    expect(warned().sort()).toEqual(['alpha/gone-1', 'alpha/stray-1', 'beta/old-1']);
+    // looked at again: still three, still one warning each
+    expect(await node.checkUnregistered()).toBe(3);
+    expect(warned()).toHaveLength(3);
     // the pods are gone (or restarted through tenc): back at 0
-    pods = pods.filter((p) => p.name !== 'stray-1' && p.name !== 'old-1');
+    pods = pods.filter((p) => p.name !== 'stray-1' && p.name !== 'old-1' && p.name !== 'gone-1');
     expect(await node.checkUnregistered()).toBe(0);
     expect(await gauge()).toBe(0);
   });
