@@ -272,8 +272,15 @@ export function resolvePolicies(
       });
     }
   }
+  // what a pod's set-policy would refuse, refused here (the previous set stays in force)
+  // rather than by every pod at every reconcile
+  for (const p of out) {
+    if (p.addresses.length > MAX_POLICY_ADDRESSES) problems.push({ policy: `${POLICY_KIND} ${project}/${p.name}`, field: 'spec', problem: `selects ${p.addresses.length} addresses: at most ${MAX_POLICY_ADDRESSES}` });
+  }
   const pairs = exemptPairs(out);
   if (pairs > MAX_POLICY_PAIRS) problems.push({ policy: `project ${project}`, field: '(policies)', problem: `${pairs} exempt address x port pairs: at most ${MAX_POLICY_PAIRS} (each is a routing rule in every pod)` });
+  const bytes = JSON.stringify(out).length;
+  if (bytes > MAX_POLICY_SET_BYTES) problems.push({ policy: `project ${project}`, field: '(policies)', problem: `${bytes} bytes as sent to a pod: at most ${MAX_POLICY_SET_BYTES} (one control request)` });
   if (problems.length > 0) return { problems };
   return { policies: out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)) };
 }
@@ -301,6 +308,8 @@ export const MAX_POLICY_ADDRESSES = 4096;
  * would be 262,144 of them).
  */
 export const MAX_POLICY_PAIRS = 4096;
+/** At most this much of a set as one pod's set-policy carries it (the control socket takes lines up to 1 MiB). */
+export const MAX_POLICY_SET_BYTES = 900_000;
 
 /** The routing rules a set asks for at most: an exempt policy's addresses x port ranges (encrypt ones add none). */
 function exemptPairs(set: readonly { mode: PolicyMode; addresses: readonly string[]; ports: readonly unknown[] }[]): number {

@@ -181,6 +181,16 @@ describe('TencPolicy: the agent keeps a set all or nothing', () => {
     expect(String(logs.filter((l) => l.level === 'warn').at(-1)!.f.problems)).toContain('4201 exempt address x port pairs: at most 4096') // 2100 x 2, and dns's 1;
     const bigEnc = pol('big', { podSelector: { matchLabels: { app: 'big' } }, ports: [{ protocol: 'TCP', port: 80 }, { protocol: 'TCP', port: 443 }], mode: 'encrypt' });
     expect(p.update([obj(bigEnc, 'big'), obj(good2, 'dns')], many).map((x) => x.name)).toEqual(['big', 'dns']); // encrypt: no rules
+    // but no policy may select more addresses than a pod takes (4096): refused here, not by every pod
+    const huge = { ...v, pods: [...v.pods, ...Array.from({ length: 4100 }, (_, i) => ({ ...v.pods[0]!, name: `h-${i}`, labels: { app: 'huge' }, address: `10.131.${i >> 8}.${i & 255}`, addresses: [`10.131.${i >> 8}.${i & 255}`] }))] };
+    const hugeEnc = pol('huge', { podSelector: { matchLabels: { app: 'huge' } }, ports: [{ protocol: 'TCP', port: 80 }], mode: 'encrypt' });
+    expect(p.update([obj(hugeEnc, 'huge')], huge).map((x) => x.name)).toEqual(['big', 'dns']);
+    expect(String(logs.filter((l) => l.level === 'warn').at(-1)!.f.problems)).toContain('TencPolicy alpha/huge: spec: selects 4100 addresses: at most 4096');
+    // nor a set larger than one control request carries
+    const wide = Array.from({ length: 16 }, (_, k) => obj(pol(`w${k}`, { podSelector: { matchLabels: { app: 'huge' } }, ports: [{ protocol: 'TCP', port: 1000 + k }], mode: 'encrypt' }), `w${k}`));
+    const fewer = { ...huge, pods: huge.pods.filter((x) => !/^h-(409[0-9]|4[01]\d\d)$/.test(x.name)) };
+    expect(p.update(wide, fewer).map((x) => x.name)).toEqual(['big', 'dns']);
+    expect(String(logs.filter((l) => l.level === 'warn').at(-1)!.f.problems)).toMatch(/project alpha: \(policies\): \d+ bytes as sent to a pod: at most 900000/);
   });
 });
 
