@@ -28,7 +28,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { socketIsLive } from '../control/socket.js';
+import { idProblem, socketIsLive } from '../control/socket.js';
 import { parseAddress } from '../net/address.js';
 import { silentLogger, type Logger } from '../log.js';
 import { Agent, type AgentOptions } from './agent.js';
@@ -148,11 +148,13 @@ export class NodeAgent {
     try {
       for (const project of await this.o.registry.projects()) {
         if (this.o.projects && !this.o.projects.includes(project)) continue;
-        for (const p of await this.o.registry.pods(project)) {
-          if (p.node !== this.o.node) continue;
-          // a registration of this pod counts while its sandbox is there (a stale one, whose
-          // DEL never reached tenc, must not hide the pod's next, unprotected sandbox)
-          if ([...this.regs.values()].some((r) => r.podNamespace === project && r.podName === p.name && existsSync(r.netns))) continue;
+        const pods = await this.o.registry.pods(project);
+        // the project's registrations as they are now (after the read), each counted while
+        // its sandbox is there (a stale one, whose DEL never reached tenc, must not hide
+        // the pod's next, unprotected sandbox)
+        const registered = new Set([...this.regs.values()].filter((r) => r.podNamespace === project && existsSync(r.netns)).map((r) => r.podName));
+        for (const p of pods) {
+          if (p.node !== this.o.node || registered.has(p.name)) continue;
           const id = `${project}/${p.name}`;
           seen.add(id);
           let u = this.unregistered.get(id);
@@ -392,9 +394,9 @@ export class NodeAgent {
           c.write(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: 'request is not a JSON object' } }) + '\n');
           continue;
         }
-        // echoed back: a plain value only (a deeply nested one parses, then cannot be written)
-        if (m.id !== undefined && m.id !== null && typeof m.id !== 'number' && !(typeof m.id === 'string' && m.id.length <= 256)) {
-          c.write(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: 'id: must be a number, a string (at most 256 characters) or null' } }) + '\n');
+        const badId = idProblem(m.id);
+        if (badId) {
+          c.write(JSON.stringify({ ok: false, error: { code: 'EINVAL', message: badId } }) + '\n');
           continue;
         }
         const t0 = performance.now();

@@ -38,6 +38,16 @@ import type { StatusReport } from './status.js';
 import { validatePodPolicies, type PodPolicy } from '../policy/policy.js';
 import { silentLogger, type Logger } from '../log.js';
 
+/**
+ * Why a request's `id` cannot be echoed back, or null. A plain value only: a deeply
+ * nested one parses, then cannot be written (JSON.stringify runs out of stack). The
+ * node agent's socket uses it too.
+ */
+export function idProblem(v: unknown): string | null {
+  if (v === undefined || v === null || typeof v === 'number' || (typeof v === 'string' && v.length <= 256)) return null;
+  return 'id: must be a number, a string (at most 256 characters) or null';
+}
+
 /** Requests of one connection waiting for their turn (the agent sends one at a time). */
 const MAX_QUEUED = 256;
 export const MAX_REQUEST_BYTES = 1 << 20;
@@ -329,12 +339,9 @@ export class ControlServer {
         throw new RequestError('EINVAL', 'request is not valid JSON');
       }
       if (isObject(req)) {
-        // echoed back: a plain value only (a deeply nested one parses but cannot be written back)
-        const v = req.id;
-        if (v !== undefined && v !== null && typeof v !== 'number' && !(typeof v === 'string' && v.length <= 256)) {
-          throw new RequestError('EINVAL', 'id: must be a number, a string (at most 256 characters) or null');
-        }
-        id = v;
+        const bad = idProblem(req.id);
+        if (bad) throw new RequestError('EINVAL', bad);
+        id = req.id;
       }
       const result = await dispatch(this.opts.handler, this.opts.addresses, req);
       resp = { id, ok: true, result };
