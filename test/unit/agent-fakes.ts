@@ -2,7 +2,7 @@
  * Fakes for the agent's unit tests: a registry with nothing in it but what a test
  * gives, and a pod proxy's control socket that answers every request ok.
  */
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import type { Registry } from '../../src/registry/registry.js';
 
 /** A registry of project alpha with no objects; `over` replaces any method. */
@@ -49,3 +49,33 @@ export function fakeProxy(path: string, publicKey: string, requests: FakeRequest
   });
   return new Promise((resolve) => server.listen(path, () => resolve(server)));
 }
+
+/** An answer line of the node agent's socket. */
+export interface NodeAnswer {
+  id?: unknown;
+  ok: boolean;
+  result?: Record<string, unknown>;
+  error?: { code: string; message: string };
+}
+
+/** One raw request line on the node agent's socket at `path` (newline added); the first answer line, parsed. */
+export function nodeLine(path: string, line: string): Promise<NodeAnswer> {
+  return new Promise((resolve, reject) => {
+    const c = connect(path);
+    let buf = '';
+    c.setEncoding('utf8');
+    c.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) {
+        c.destroy();
+        resolve(JSON.parse(buf.slice(0, nl)) as NodeAnswer);
+      }
+    });
+    c.on('error', reject);
+    c.write(line + '\n');
+  });
+}
+
+/** One request on the node agent's socket, as the CNI plugin sends it (id 1). */
+export const nodeRequest = (path: string, m: Record<string, unknown>): Promise<NodeAnswer> => nodeLine(path, JSON.stringify({ id: 1, ...m }));

@@ -11,12 +11,11 @@
  *    "protected" by a proxy being stopped.
  */
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { connect } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NodeAgent, type ProjectAgent } from '../../src/agent/node.js';
-import { stubRegistry } from './agent-fakes.js';
+import { nodeLine, nodeRequest, stubRegistry, type NodeAnswer } from './agent-fakes.js';
 
 let dir: string;
 let node: NodeAgent;
@@ -24,30 +23,10 @@ let made: string[];
 let prepared: string[];
 let releases: { pod: string; done: () => void }[];
 
-interface Answer {
-  ok: boolean;
-  result?: Record<string, unknown>;
-  error?: { code: string; message: string };
-}
+type Answer = NodeAnswer;
 
 /** One request line on the node socket; the answer line, parsed. */
-function request(m: Record<string, unknown>, socket = join(dir, 'agent.sock')): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const c = connect(socket);
-    let buf = '';
-    c.setEncoding('utf8');
-    c.on('data', (d: string) => {
-      buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) {
-        c.destroy();
-        resolve(JSON.parse(buf.slice(0, nl)) as Answer);
-      }
-    });
-    c.on('error', reject);
-    c.write(JSON.stringify({ id: 1, ...m }) + '\n');
-  });
-}
+const request = (m: Record<string, unknown>, socket = join(dir, 'agent.sock')): Promise<Answer> => nodeRequest(socket, m);
 
 /** Whether the promise settles within ms. */
 const settles = (p: Promise<unknown>, ms: number) => Promise.race([p.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
@@ -197,21 +176,8 @@ describe('node socket: --cni-wait proxy', () => {
 describe('node socket: bad request lines', () => {
   it('an id that is not a plain value is refused, and the agent lives on (a deeply nested one parsed, then threw writing the answer)', async () => {
     const deep = '['.repeat(200_000) + ']'.repeat(200_000);
-    const r = await new Promise<Answer>((resolve, reject) => {
-      const c = connect(join(dir, 'agent.sock'));
-      let buf = '';
-      c.setEncoding('utf8');
-      c.on('data', (d: string) => {
-        buf += d;
-        if (buf.includes('\n')) {
-          c.destroy();
-          resolve(JSON.parse(buf.slice(0, buf.indexOf('\n'))) as Answer);
-        }
-      });
-      c.on('error', reject);
-      // under the line limit: 64 KiB
-      c.write(`{"op":"cni-status","id":${deep.slice(0, 30_000)}${deep.slice(-30_000)}}\n`);
-    });
+    // under the line limit: 64 KiB
+    const r = await nodeLine(join(dir, 'agent.sock'), `{"op":"cni-status","id":${deep.slice(0, 30_000)}${deep.slice(-30_000)}}`);
     expect(r).toEqual({ ok: false, error: { code: 'EINVAL', message: 'id: must be a number, a string (at most 256 characters) or null' } });
     expect((await request({ op: 'cni-status', id: 'x' })).ok).toBe(true);
   });

@@ -10,7 +10,6 @@
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { spawn } from 'node:child_process';
-import { connect } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,7 +18,7 @@ import pino from 'pino';
 import { NodeAgent } from '../../src/agent/node.js';
 import { AgentMetrics } from '../../src/metrics/agent.js';
 import type { PodInfo } from '../../src/registry/registry.js';
-import { stubRegistry } from './agent-fakes.js';
+import { nodeRequest, stubRegistry } from './agent-fakes.js';
 
 describe('node agent: pods of this node that never registered', () => {
   const cleanup: (() => void | Promise<void>)[] = [];
@@ -57,23 +56,14 @@ describe('node agent: pods of this node that never registered', () => {
     await node.start();
     cleanup.push(() => node.stop());
     const add = (containerId: string, podName: string, netns: string) =>
-      new Promise<string>((resolve, reject) => {
-        const c = connect(join(dir, 'agent.sock'));
-        let buf = '';
-        c.setEncoding('utf8').on('data', (d: string) => {
-          buf += d;
-          if (buf.includes('\n')) (c.destroy(), resolve(buf));
-        });
-        c.on('error', reject);
-        c.write(JSON.stringify({ op: 'cni-add', containerId, netns, ifname: 'eth0', podNamespace: 'alpha', podName, addresses: ['10.128.1.12'] }) + '\n');
-      });
+      nodeRequest(join(dir, 'agent.sock'), { op: 'cni-add', containerId, netns, ifname: 'eth0', podNamespace: 'alpha', podName, addresses: ['10.128.1.12'] });
     // web-1's ADD
-    expect(JSON.parse(await add('c-web', 'web-1', `/proc/${process.pid}/ns/net`))).toMatchObject({ ok: true, result: { protected: true } });
+    expect(await add('c-web', 'web-1', `/proc/${process.pid}/ns/net`)).toMatchObject({ ok: true, result: { protected: true } });
     // gone-1: registered with a sandbox that is then gone (its DEL never reached tenc); the
     // pod's next sandbox runs without tenc: its stale registration must not hide it
     const sandbox = spawn('sleep', ['60']);
     cleanup.push(() => void sandbox.kill('SIGKILL'));
-    expect(JSON.parse(await add('c-gone', 'gone-1', `/proc/${sandbox.pid}/ns/net`))).toMatchObject({ ok: true, result: { protected: true } });
+    expect(await add('c-gone', 'gone-1', `/proc/${sandbox.pid}/ns/net`)).toMatchObject({ ok: true, result: { protected: true } });
     pods.push(pod('alpha', 'gone-1', 'n1', '10.128.1.12'));
     sandbox.kill('SIGKILL');
     await new Promise((r) => sandbox.once('exit', r));

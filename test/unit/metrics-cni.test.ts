@@ -6,37 +6,20 @@
  * and timed in the latency histogram. Also the per-project proxies gauge.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { connect } from 'node:net';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NodeAgent } from '../../src/agent/node.js';
 import { DirectoryRegistry } from '../../src/registry/dir.js';
 import { AgentMetrics, MAX_PROJECTS } from '../../src/metrics/agent.js';
+import { nodeRequest } from './agent-fakes.js';
 
 let dir: string;
 let agent: NodeAgent;
 const metrics = new AgentMetrics({ processMetrics: false });
 const socket = () => join(dir, 'agent.sock');
 
-/** One request line on the node socket; the answer line, parsed. */
-function request(m: Record<string, unknown>): Promise<{ ok: boolean; error?: { code: string } }> {
-  return new Promise((resolve, reject) => {
-    const c = connect(socket());
-    let buf = '';
-    c.setEncoding('utf8');
-    c.on('data', (d: string) => {
-      buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) {
-        c.destroy();
-        resolve(JSON.parse(buf.slice(0, nl)));
-      }
-    });
-    c.on('error', reject);
-    c.write(JSON.stringify({ id: 1, ...m }) + '\n');
-  });
-}
+const request = (m: Record<string, unknown>) => nodeRequest(socket(), m);
 
 function value(text: string, series: string): number | undefined {
   const line = text.split('\n').find((l) => l.startsWith(series + ' '));
