@@ -264,11 +264,15 @@ export class Agent {
   private async reconcile(): Promise<void> {
     const view = await readProjectView(this.o.registry, this.o.project, this.rejected);
     const local = this.localPods(view);
+    // a pod still registered here (its namespace exists) that the registry places on another
+    // node (e.g. force-deleted while its containers still run here): its proxy stops, but its
+    // namespace stays fail closed, never cleaned while the pod may still send
+    const displaced = new Set(this.o.registrations().filter((r) => existsSync(r.netns)).map((r) => r.podName));
     // pods no longer registered: release() did the work; anything left over is stopped here
     for (const name of [...this.proxies.keys()]) {
       if (local.some((l) => l.pod.name === name)) continue;
       await this.starting.get(name);
-      await this.proxies.releaseNow(name);
+      await this.proxies.releaseNow(name, undefined, displaced.has(name));
     }
     const adoptions: Promise<void>[] = [];
     for (const { pod, reg } of local) {

@@ -733,8 +733,11 @@ export class Proxies extends Map<string, Proxy> {
   /**
    * Stops the pod's proxy (only the process the agent started), removes what tenc left
    * in its netns, its config and log, and withdraws its key (Agent.release: CNI DEL).
+   * keepFailClosed: the pod still runs here (its namespace is registered) although the
+   * registry now places it on another node: its proxy stops (fail closed, as every stop
+   * of the agent's proxies) and its namespace keeps the guards and the enforcement table.
    */
-  async releaseNow(pod: string, netns?: string): Promise<void> {
+  async releaseNow(pod: string, netns?: string, keepFailClosed = false): Promise<void> {
     const px = this.get(pod);
     this.delete(pod);
     if (px) {
@@ -766,11 +769,12 @@ export class Proxies extends Map<string, Proxy> {
     }
     // also a pod made fail closed (prepare) whose proxy never started
     const ns = px?.reg.netns ?? netns;
-    if (ns !== undefined && existsSync(ns)) await cleanNetns(ns);
+    if (!keepFailClosed && ns !== undefined && existsSync(ns)) await cleanNetns(ns);
     rmSync(podFile(this.o.runDir, pod, 'json'), { force: true });
     rmSync(podFile(this.o.runDir, pod, 'log'), { force: true });
     await this.o.registry.withdrawPeer(this.o.project, this.o.node, pod);
     this.o.onProxyChange?.();
-    this.log.info({ pod }, 'pod released: proxy stopped, namespace cleaned');
+    if (keepFailClosed) this.log.warn({ pod }, 'proxy stopped: the pod runs here but the registry places it on another node; its namespace stays fail closed');
+    else this.log.info({ pod }, 'pod released: proxy stopped, namespace cleaned');
   }
 }
