@@ -55,9 +55,11 @@ export interface IdleSettle {
  * header, 3). `settle` is the addon's idleMemorySettle (loaded on first use, when the
  * pod's modules have long loaded it); tests pass their own. Does nothing when
  * TENC_IDLE_SETTLE=0. The timer does not keep the process alive; stop() cancels it.
+ * A failure (the addon's call, its import) goes to onError, never to an unhandled
+ * rejection: in a pod host that would end every pod of the host.
  */
 export function settleIdleMemory(
-  opts: { delayMs?: number; onSettled?: (r: IdleSettle) => void; settle?: () => { ms: number; trimmed: boolean }; env?: NodeJS.ProcessEnv } = {},
+  opts: { delayMs?: number; onSettled?: (r: IdleSettle) => void; onError?: (e: unknown) => void; settle?: () => { ms: number; trimmed: boolean }; env?: NodeJS.ProcessEnv } = {},
 ): { stop(): void } {
   const delayMs = opts.delayMs ?? 2000;
   if (typeof delayMs !== 'number' || !(delayMs >= 0 && delayMs <= 600_000)) throw new RangeError(`settleIdleMemory: delayMs must be 0..600000, got ${delayMs}`);
@@ -70,7 +72,7 @@ export function settleIdleMemory(
       const rssBefore = process.memoryUsage.rss();
       const r = settle();
       opts.onSettled?.({ ms: r.ms, trimmed: r.trimmed, rssBefore, rssAfter: process.memoryUsage.rss() });
-    })();
+    })().catch((e: unknown) => opts.onError?.(e));
   }, delayMs);
   timer.unref();
   return {

@@ -634,7 +634,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     step = 'load watch';
     const load = watchLoad({ onBusy: (u) => log.info({ eventLoopUtilization: Math.round(u * 100) / 100 }, 'busy: V8 lean mode ends (TurboFan on)') });
     uninit.push({ what: 'load watch', run: () => load.stop() });
-    const settle = settleIdleMemory({ onSettled: (r) => log.info({ ms: Math.round(r.ms * 10) / 10, trimmed: r.trimmed, rssMiB: [r.rssBefore, r.rssAfter].map((b) => Math.round(b / 104857.6) / 10) }, 'idle memory settled') });
+    const settle = settleIdleMemory({ onSettled: (r) => log.info({ ms: Math.round(r.ms * 10) / 10, trimmed: r.trimmed, rssMiB: [r.rssBefore, r.rssAfter].map((b) => Math.round(b / 104857.6) / 10) }, 'idle memory settled'), onError: (e) => log.warn({ err: String(e) }, 'idle memory not settled') });
     uninit.push({ what: 'idle memory settle', run: () => settle.stop() });
 
     log.info({ peers: config.peers.length, services: config.services.length, listenPort: config.listenPort, v8: leanState(), entry: opts.entry ?? 'dist', codeCache: codeCacheState(), standby: opts.standby === true }, 'pod running');

@@ -11,6 +11,7 @@
  *   5. settleIdleMemory (the addon's idleMemorySettle, native/idlemem.cc): after 16 MiB
  *      of old-space garbage, the one settle leaves V8's committed heap smaller than a
  *      plain full gc() does; TENC_IDLE_SETTLE=0 and stop() mean it never runs
+ *   6. a settle that fails reaches onError, never an unhandled rejection
  */
 import { describe, it, expect, beforeAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
@@ -138,5 +139,21 @@ describe('lean mode flags', () => {
     console.log(`committed V8 heap: ${(afterGc / 2 ** 20).toFixed(1)} MiB after gc(), ${(afterSettle / 2 ** 20).toFixed(1)} MiB after the settle`);
     expect(afterSettle).toBeLessThan(afterGc);
     expect(() => settleIdleMemory({ delayMs: -1 })).toThrow(RangeError);
+  });
+
+  it('6. a settle that throws goes to onError, not to an unhandled rejection (which would end a pod host and all its pods)', () => {
+    const out = child(
+      `
+      process.on('unhandledRejection', () => console.log('UNHANDLED'));
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      let err;
+      settleIdleMemory({ delayMs: 0, settle: () => { throw new Error('no addon'); }, onError: (e) => (err = e) });
+      for (let i = 0; i < 100 && !err; i++) await sleep(10);
+      await sleep(20);
+      console.log('ERR', String(err));`,
+      [],
+    );
+    expect(out).not.toContain('UNHANDLED');
+    expect(out).toContain('ERR Error: no addon');
   });
 });
