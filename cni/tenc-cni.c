@@ -9,7 +9,7 @@
  *
  *   ADD     {"op":"cni-add",...}    the agent answers once the pod is fail-closed
  *   DEL     {"op":"cni-del",...}
- *   CHECK   {"op":"cni-check",...}
+ *   CHECK   {"op":"cni-check",...}  (cniVersion 0.4.0 or later: older ones have no CHECK)
  *   STATUS  {"op":"cni-status"}
  *   VERSION answered here
  *   GC      accepted (cniVersion 1.1.0) and done: nothing asked
@@ -47,8 +47,13 @@
 #define MAX_TIMEOUT_MS 120000
 #define CONNECT_RETRY_MS 10
 
-static const char *const VERSIONS[] = {"0.4.0", "1.0.0", "1.1.0"};
+/* oldest first, as src/cni/skeleton.ts SUPPORTED_VERSIONS (and deploy/cni-install.sh's
+ * list). 0.3.x: the results' ips[] carry "version", there is no CHECK, DEL gets no
+ * prevResult; 0.1.0 and 0.2.0 (ip4/ip6 results) have no chaining, so no prevResult. */
+static const char *const VERSIONS[] = {"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
 #define NVERSIONS (sizeof VERSIONS / sizeof VERSIONS[0])
+/* the details' tail for 0.1.0 and 0.2.0 (as skeleton.ts PRE_CHAINING) */
+#define PRE_CHAINING "; 0.1.0 and 0.2.0 have no chained plugins (no prevResult), and tenc runs only chained"
 
 /* ---- growable string ----------------------------------------------------- */
 
@@ -627,7 +632,8 @@ static cfg_t parse_config(const jv *c) {
   return out;
 }
 
-/* prevResult.ips[].address "A/LEN": the pod's addresses, as a JSON array into *out */
+/* prevResult.ips[].address "A/LEN": the pod's addresses, as a JSON array into *out
+ * (the 0.3.x and 0.4.0 forms, whose ips[] also carry "version", and the 1.x form) */
 static void prev_addresses(const jv *c, buf_t *out) {
   jv *pr = jget(c, "prevResult");
   if (!pr) fail(E_CONFIG, "prevResult: missing (tenc is a chained plugin: put it after the plugin that gives the pod its address)", "");
@@ -757,7 +763,20 @@ int main(void) {
     fwrite(b.p, 1, b.n, stdout);
     return 0;
   }
-  if (!supported(cv->str)) failf(E_VERSION, "supported: 0.4.0, 1.0.0, 1.1.0", "cniVersion: %s is not supported", cv->str);
+  if (!supported(cv->str)) {
+    buf_t d = {0};
+    puts_(&d, "supported: ");
+    for (size_t i = 0; i < NVERSIONS; i++) {
+      if (i) puts_(&d, ", ");
+      puts_(&d, VERSIONS[i]);
+    }
+    if (!strcmp(cv->str, "0.1.0") || !strcmp(cv->str, "0.2.0")) puts_(&d, PRE_CHAINING);
+    failf(E_VERSION, d.p, "cniVersion: %s is not supported", cv->str);
+  }
+
+  if (!strcmp(cmd, "CHECK") && version_index(cv->str) < version_index("0.4.0"))
+    /* CHECK came with 0.4.0: refused as libcni's skel does (the runtime does not send it) */
+    failf(E_VERSION, "CHECK needs cniVersion 0.4.0 or later", "cniVersion: %s does not allow CHECK", cv->str);
 
   if (!strcmp(cmd, "GC")) {
     /* A 1.1.0 command (libcni sends it only for such a network). Nothing to collect:

@@ -23,8 +23,16 @@
 # makes from cni/tenc-cni.c; it needs nothing on the host but the agent's node socket
 # /run/tenc/agent.sock, the default agentSocket of the entry),
 # TENC_CNI_ENTRY (the JSON object chained in; default {"type":"tenc"}).
+# A conflist whose cniVersion (or any of its cniVersions) the plugin does not speak is
+# refused, named, and left as it is: chained into it, tenc would fail every pod's ADD
+# on the node, in every namespace.
 # Exit: 0 done, 1 failure (named), 2 usage.
 set -euo pipefail
+
+# The cniVersions the plugin speaks, oldest first: cni/tenc-cni.c VERSIONS and
+# src/cni/skeleton.ts SUPPORTED_VERSIONS (test/unit/cni-versions.test.ts holds the
+# three equal). Not a setting: the plugin refuses any other.
+readonly PLUGIN_VERSIONS='0.3.0 0.3.1 0.4.0 1.0.0 1.1.0'
 
 CNI_BIN_DIR=${CNI_BIN_DIR:-/opt/cni/bin}
 CNI_CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
@@ -47,10 +55,10 @@ active_conf() {
 
 # edit_conf FILE add|remove: rewrites FILE's plugins list; prints "changed" or "unchanged".
 edit_conf() {
-  node - "$1" "$2" "$TENC_CNI_ENTRY" <<'JS'
+  node - "$1" "$2" "$TENC_CNI_ENTRY" "$PLUGIN_VERSIONS" <<'JS'
 const fs = require('node:fs');
 const path = require('node:path');
-const [file, op, entryJson] = process.argv.slice(2);
+const [file, op, entryJson, pluginVersions] = process.argv.slice(2);
 const fail = (m) => { process.stderr.write(`tenc cni-install: ${file}: ${m}\n`); process.exit(1); };
 let conf;
 try { conf = JSON.parse(fs.readFileSync(file, 'utf8')); } catch (e) { fail(`not JSON: ${e.message}`); }
@@ -61,6 +69,21 @@ if (!conf || typeof conf !== 'object' || !Array.isArray(conf.plugins)) {
 let entry;
 try { entry = JSON.parse(entryJson); } catch (e) { fail(`TENC_CNI_ENTRY is not JSON: ${e.message}`); }
 if (!entry || entry.type !== 'tenc') fail('TENC_CNI_ENTRY must be an object with "type": "tenc"');
+if (op === 'add') {
+  // the runtime gives every plugin of the list the list's cniVersion (libcni 1.2 and
+  // later: the highest of cniVersion and cniVersions it knows): each must be one the
+  // plugin speaks, or every pod ADD on the node fails
+  const supported = pluginVersions.split(' ');
+  const why = `: not chaining tenc into it, the plugin would fail every pod ADD on the node (supported: ${supported.join(', ')})` +
+    (conf.plugins.some((p) => p && p.type === 'tenc') ? '; it already holds a tenc entry, which fails them now: remove that entry' : '');
+  const v = conf.cniVersion;
+  if (v === undefined) fail(`cniVersion: missing${why}`);
+  if (typeof v !== 'string' || !supported.includes(v)) fail(`cniVersion ${JSON.stringify(v)} is not supported by the tenc plugin${why}`);
+  if (conf.cniVersions !== undefined) {
+    const bad = Array.isArray(conf.cniVersions) ? conf.cniVersions.filter((x) => !supported.includes(x)) : [conf.cniVersions];
+    if (bad.length) fail(`cniVersions: ${bad.map((x) => JSON.stringify(x)).join(', ')} not supported by the tenc plugin${why}`);
+  }
+}
 const before = JSON.stringify(conf.plugins);
 const others = conf.plugins.filter((p) => !(p && p.type === 'tenc'));
 conf.plugins = op === 'add' ? [...others, entry] : others;

@@ -275,9 +275,10 @@ and address. ADD registers the pod's network namespace with the node agent over
 the agent's node socket and prints prevResult unchanged once the agent has made
 the pod fail-closed (or says its namespace is not protected); DEL unregisters it
 (an unknown container or a second DEL is success); CHECK: the pod's proxy runs and
-answers (a container the agent has not registered: error code 3); STATUS: the
-agent answers (else error code 50); VERSION: 0.4.0, 1.0.0, 1.1.0; GC (1.1.0):
-accepted, nothing to do (the agent drops a container at its DEL). When the agent
+answers (a container the agent has not registered: error code 3; cniVersion
+0.4.0 or later, else error code 1); STATUS: the agent answers (else error code
+50); VERSION: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0; GC (1.1.0): accepted, nothing to
+do (the agent drops a container at its DEL). When the agent
 is not reachable, or has not made the pod fail-closed within
 timeoutMs, ADD, DEL and CHECK fail with error code 11 (try again later), so the
 runtime retries and the pod's containers never start unprotected. Errors are the spec's

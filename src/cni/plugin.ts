@@ -49,7 +49,7 @@ export function parseTencConfig(c: Record<string, unknown>): TencCniConfig {
   return { agentSocket, timeoutMs };
 }
 
-/** The pod's addresses from prevResult (0.4.0 and 1.0.0 forms: ips[].address "A/LEN"). */
+/** The pod's addresses from prevResult (0.3.x and 0.4.0 form, whose ips[] also carry "version", and 1.x form: ips[].address "A/LEN"). */
 export function prevResultAddresses(c: Record<string, unknown>): string[] {
   const pr = c.prevResult;
   if (pr === undefined) throw new CniError(CniCode.invalidNetworkConfig, 'prevResult: missing (tenc is a chained plugin: put it after the plugin that gives the pod its address)');

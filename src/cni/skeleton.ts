@@ -5,13 +5,27 @@
  * spec's error JSON ({cniVersion, code, msg, details}) to stdout. The plugin code
  * never reads CNI_* itself: it gets a checked CniRequest.
  *
- * GC needs a network configuration of cniVersion 1.1.0 or later (libcni sends it only
- * then); an older one is refused with code 1, as the spec's skeleton (pkg/skel) does.
+ * cniVersion 0.3.0 and 0.3.1 (what kindnet, flannel and Calico write), 0.4.0, 1.0.0 and
+ * 1.1.0. What the versions change for tenc: CHECK came with 0.4.0 (an older
+ * configuration asking for it is refused with code 1, as the spec's skeleton pkg/skel
+ * does; libcni never sends it); GC with 1.1.0 (likewise refused before it); before
+ * 0.4.0 DEL gets no prevResult (tenc's DEL reads none); a 0.3.x or 0.4.0 prevResult's
+ * ips[] carry "version" (tenc reads ips[].address only). 0.1.0 and 0.2.0 are refused:
+ * they have no chained plugins (no prevResult, ip4/ip6 results), and tenc runs only
+ * chained. Results and errors carry the request's cniVersion (1.0.0 for a request
+ * whose version is not supported).
  *
  * Exit code: 0 on success, 1 with the error JSON on stdout otherwise.
  */
 
-export const SUPPORTED_VERSIONS = ['0.4.0', '1.0.0', '1.1.0'] as const;
+/** Oldest first, as cni/tenc-cni.c VERSIONS (and deploy/cni-install.sh's list). */
+export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
+type Version = (typeof SUPPORTED_VERSIONS)[number];
+/** v (supported) is older than w. */
+const before = (v: string, w: Version): boolean => SUPPORTED_VERSIONS.indexOf(v as Version) < SUPPORTED_VERSIONS.indexOf(w);
+
+/** The unsupported-version error's details tail for 0.1.0 and 0.2.0 (as the C plugin's PRE_CHAINING). */
+const PRE_CHAINING = '; 0.1.0 and 0.2.0 have no chained plugins (no prevResult), and tenc runs only chained';
 
 /** Largest network configuration read from stdin, in bytes (as cni/tenc-cni.c's MAX_STDIN). */
 export const MAX_STDIN = 1 << 20;
@@ -89,8 +103,13 @@ export function parseCniArgs(s: string | undefined): Record<string, string> {
   return out;
 }
 
-/** The checked request (everything but VERSION), or a CniError. */
-export function parseRequest(env: NodeJS.ProcessEnv, stdin: string): CniRequest | { command: 'VERSION'; cniVersion: string | null } {
+/**
+ * The checked request (everything but VERSION), or a CniError. `onVersion` gets the
+ * configuration's cniVersion as soon as it is known to be a supported one, before the
+ * rest is checked: the errors of the checks after it are printed in that version (as
+ * the C plugin does).
+ */
+export function parseRequest(env: NodeJS.ProcessEnv, stdin: string, onVersion: (v: string) => void = () => {}): CniRequest | { command: 'VERSION'; cniVersion: string | null } {
   const command = need(env, 'CNI_COMMAND');
   if (!(COMMANDS as readonly string[]).includes(command)) {
     throw new CniError(CniCode.invalidEnv, `CNI_COMMAND: ${JSON.stringify(command)} is not one of ${COMMANDS.join(', ')}`);
@@ -108,15 +127,21 @@ export function parseRequest(env: NodeJS.ProcessEnv, stdin: string): CniRequest 
   const c = config as Record<string, unknown>;
   const cniVersion = c.cniVersion;
   if (typeof cniVersion !== 'string') throw new CniError(CniCode.invalidNetworkConfig, 'cniVersion: missing or not a string');
+  if ((SUPPORTED_VERSIONS as readonly string[]).includes(cniVersion)) onVersion(cniVersion);
   if (command === 'VERSION') return { command, cniVersion };
   if (!(SUPPORTED_VERSIONS as readonly string[]).includes(cniVersion)) {
-    throw new CniError(CniCode.incompatibleVersion, `cniVersion: ${cniVersion} is not supported`, `supported: ${SUPPORTED_VERSIONS.join(', ')}`);
+    const why = cniVersion === '0.1.0' || cniVersion === '0.2.0' ? PRE_CHAINING : '';
+    throw new CniError(CniCode.incompatibleVersion, `cniVersion: ${cniVersion} is not supported`, `supported: ${SUPPORTED_VERSIONS.join(', ')}${why}`);
+  }
+  if (command === 'CHECK' && before(cniVersion, '0.4.0')) {
+    // CHECK came with 0.4.0: refused as pkg/skel does (libcni does not send it for such a network)
+    throw new CniError(CniCode.incompatibleVersion, `cniVersion: ${cniVersion} does not allow CHECK`, 'CHECK needs cniVersion 0.4.0 or later');
   }
   const path = (env.CNI_PATH ?? '').split(':').filter((x) => x !== '');
   if (command === 'STATUS') return { command, containerId: '', netns: '', ifname: '', args: {}, path, config: c, cniVersion };
   if (command === 'GC') {
     // a 1.1.0 command: an older configuration cannot ask for it (SUPPORTED_VERSIONS is in order)
-    if (SUPPORTED_VERSIONS.indexOf(cniVersion as (typeof SUPPORTED_VERSIONS)[number]) < SUPPORTED_VERSIONS.indexOf('1.1.0')) {
+    if (before(cniVersion, '1.1.0')) {
       throw new CniError(CniCode.incompatibleVersion, `cniVersion: ${cniVersion} does not allow GC`, 'GC needs cniVersion 1.1.0 or later');
     }
     return { command, containerId: '', netns: '', ifname: '', args: {}, path, config: c, cniVersion };
@@ -143,8 +168,8 @@ export async function runPlugin(plugin: CniPlugin, io: CniIo): Promise<number> {
   let version = '1.0.0';
   try {
     const stdin = await io.stdin();
-    const req = parseRequest(io.env, stdin);
-    if (req.cniVersion && (SUPPORTED_VERSIONS as readonly string[]).includes(req.cniVersion)) version = req.cniVersion;
+    // the request's version for the result and for every error after the version's check
+    const req = parseRequest(io.env, stdin, (v) => (version = v));
     if (req.command === 'VERSION') {
       io.stdout(JSON.stringify({ cniVersion: version, supportedVersions: SUPPORTED_VERSIONS }) + '\n');
       return 0;

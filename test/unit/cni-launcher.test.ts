@@ -166,7 +166,7 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
 
   it('VERSION needs no agent and no valid stdin', async () => {
     const v = await same(env('VERSION'), JSON.stringify({ cniVersion: '1.1.0' }));
-    expect(JSON.parse(v.stdout)).toEqual({ cniVersion: '1.1.0', supportedVersions: ['0.4.0', '1.0.0', '1.1.0'] });
+    expect(JSON.parse(v.stdout)).toEqual({ cniVersion: '1.1.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });
     expect(v.requests).toEqual([]);
     await same(env('VERSION'), 'not json');
   });

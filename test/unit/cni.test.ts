@@ -35,7 +35,7 @@ describe('tenc cni skeleton', () => {
   it('VERSION lists the supported versions', async () => {
     const r = await run({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}');
     expect(r.code).toBe(0);
-    expect(r.out.supportedVersions).toEqual(['0.4.0', '1.0.0', '1.1.0']);
+    expect(r.out.supportedVersions).toEqual(['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']);
   });
   it.each([
     ['stdin not JSON', { CNI_COMMAND: 'ADD' }, 'not json', CniCode.decodeFailure, /not JSON/],
