@@ -84,7 +84,10 @@ int tenc_hs_gate(tenc_engine *e, const uint8_t *m, uint32_t len, const struct so
     e->hs_window_ms = now;
     e->hs_window_n = 0;
   }
-  e->hs_window_n++;
+  /* load is what costs the control plane: initiations and responses (mac1 checked
+   * above), not cookie replies, which anyone can send (and src/device/device.ts
+   * does not count either) */
+  if (m[0] != 3) e->hs_window_n++;
   pthread_mutex_lock(&e->ev_mu);
   uint32_t waiting = e->ev_hs;
   pthread_mutex_unlock(&e->ev_mu);

@@ -92,6 +92,22 @@ describe('native handshake gate and key lifetime', () => {
     expect(plane.stats().handshakesReceived).toBe(2);
   });
 
+  // from a review: cookie replies carry no mac1, so anyone can send them; counted, they put the device under load
+  it('a flood of cookie replies (type 3) does not put the engine under load', async () => {
+    events.length = 0;
+    const flood = 100; // over the 64 a second that make load, under the 128 waiting that do too
+    for (let i = 0; i < flood; i++) {
+      const m = new Uint8Array(64);
+      m[0] = 3;
+      m[4] = i & 0xff;
+      await send(a, plane.udp.port, m);
+    }
+    await settle(() => handshakes().length + plane.drops().handshake_ratelimited >= flood);
+    expect(plane.stats().underLoadEpisodes).toBe(0);
+    expect(plane.drops().handshake_ratelimited).toBe(0);
+    expect(handshakes().length).toBe(flood);
+  });
+
   it('under load one source gets its burst and 20/s, another source is still served; the table stays bounded', async () => {
     events.length = 0;
     const flood = 300;
