@@ -57,6 +57,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       s += (uint16_t)(pkt[h.csum_start + h.csum_offset] | pkt[h.csum_start + h.csum_offset + 1] << 8);
       uint16_t f = sum_of(s);
       FZ_CHECK(f == 0xffff || f == 0);
+      /* never 0: "no checksum" to IPv4 UDP, invalid to IPv6 (CSUM_MANGLED_0) */
+      FZ_CHECK((copy[h.csum_start + h.csum_offset] | copy[h.csum_start + h.csum_offset + 1]) != 0);
     }
     free(copy);
   }
@@ -66,6 +68,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int n = tenc_gso_split(&h, pkt, len, fz_alloc, &c, &lost, c.copy_body, align, tmax);
     if (n >= 0) {
       FZ_CHECK((uint32_t)n == c.n);
+      /* only a packet whose IP length is the frame's is split */
+      FZ_CHECK(((pkt[0] >> 4) == 6 ? 40u + ((uint32_t)pkt[4] << 8 | pkt[5]) : (uint32_t)pkt[2] << 8 | pkt[3]) == len);
       uint32_t hlen = c.n ? c.hlen[0] : 0, off = 0;
       for (uint32_t i = 0; i < c.n; i++) {
         uint8_t *s = c.seg[i];
@@ -73,6 +77,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FZ_CHECK(c.hlen[i] == hlen);
         FZ_CHECK(c.body[i] == pkt + hlen + off); /* payloads in order, none skipped */
         off += sl - hlen;
+        /* the alignment cuts a segment by an eighth at most, never to a few bytes */
+        if (!tmax && i + 1 < c.n) FZ_CHECK(sl - hlen + 63 >= h.gso_size);
         int v6 = (s[0] >> 4) == 6;
         if (v6) {
           FZ_CHECK(40u + ((uint32_t)s[4] << 8 | s[5]) == sl);

@@ -343,8 +343,8 @@ int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr);
 /* Turns route_miss events on or off. */
 void tenc_engine_report_misses(tenc_engine *e, int on);
 /* Test hook: stage 1 + seal of one TUN frame, see engine_tx.c. */
-int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint32_t tcp_align, const uint8_t *key,
-                          uint32_t remote, uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used);
+int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint32_t tcp_align, uint32_t mtu,
+                          const uint8_t *key, uint32_t remote, uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used);
 /* Fuzzing hook: one receive batch on the calling thread (threads not started), see engine_rx.c. */
 int tenc_engine_test_rx(tenc_engine *e);
 /* Takes the pending events (caller frees each data and the array). */

@@ -57,6 +57,17 @@ static inline void put_le32(uint8_t *p, uint32_t v) {
 }
 static inline uint32_t pad16(uint32_t n) { return (n + 15u) & ~15u; }
 
+/* A plaintext's length once padded (whitepaper §5.4.6, as Linux and paddingSize in
+ * src/noise/transport.ts do it): to a multiple of 16, but never past the tunnel MTU
+ * (0: no MTU), so a full-size packet's message fits the path the MTU was made for. */
+static inline uint32_t padded_len(uint32_t len, uint32_t mtu) {
+  if (!mtu) return pad16(len);
+  uint32_t last = len > mtu ? len % mtu : len;
+  uint32_t p = pad16(last);
+  if (p > mtu) p = mtu;
+  return len + (p - last);
+}
+
 /* Room a plaintext of `len` bytes needs for sealing in place. */
 static inline uint32_t sealed_room(uint32_t len) { return TENC_HEADROOM + pad16(len) + TENC_AEAD_TAG_LEN; }
 

@@ -5,7 +5,7 @@
  *     send counter (REKEY/REJECT_AFTER_MESSAGES tests)
  *   engineTestAgeKeypair(h, localIndex, ms)   the keypair is `ms` older
  *     (REJECT_AFTER_TIME tests)
- *   engineTestSeal(frame, key, scatter, remoteIndex, counter: bigint, tcpAlign = 0) -> Buffer
+ *   engineTestSeal(frame, key, scatter, remoteIndex, counter: bigint, tcpAlign = 0, mtu = 0) -> Buffer
  *     the send path's split and seal of one TUN frame (virtio_net_hdr + packet)
  *     with scatter seal on or off: messages as [u32 LE length][message]...
  *   engineTestGro(packets, iov) -> Buffer[]   the TUN frames of the receive path's
@@ -36,11 +36,11 @@ static napi_value engine_test_set_send_counter(napi_env env, napi_callback_info 
 }
 
 static napi_value engine_test_seal(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
+  size_t argc = 7;
+  napi_value argv[7];
   TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   uint8_t *frame, *key;
-  int64_t align = 0;
+  int64_t align = 0, mtu = 0;
   size_t flen, klen;
   int scatter;
   uint32_t remote;
@@ -53,13 +53,14 @@ static napi_value engine_test_seal(napi_env env, napi_callback_info info) {
   if (napi_get_value_bigint_uint64(env, argv[4], &ctr0, &lossless) != napi_ok || !lossless)
     return tenc_throw_type(env, "counter must be a bigint in u64 range");
   if (argc >= 6 && tenc_get_int(env, argv[5], 0, 1024, "tcpAlign", &align) < 0) return NULL;
+  if (argc >= 7 && tenc_get_int(env, argv[6], 0, 65535, "mtu", &mtu) < 0) return NULL;
   if (klen != 32) return tenc_throw_range(env, "key must be 32 bytes");
   if (flen > 65535 + 10) return tenc_throw_range(env, "frame too long");
   size_t cap = 8u << 20; /* above any split of a 64 KiB frame (TX_MAX_RECS records) */
   uint8_t *out = malloc(cap);
   if (!out) return tenc_throw_errno(env, ENOMEM, "engineTestSeal");
   uint32_t used = 0;
-  int n = tenc_engine_test_seal(frame, (uint32_t)flen, scatter, (uint32_t)align, key, remote, ctr0, out,
+  int n = tenc_engine_test_seal(frame, (uint32_t)flen, scatter, (uint32_t)align, (uint32_t)mtu, key, remote, ctr0, out,
                                 (uint32_t)cap, &used);
   napi_value res;
   if (n < 0) {

@@ -83,8 +83,8 @@ static void seal_header(const tenc_keypair *kp, uint64_t ctr, uint8_t *buf) {
   put_le32(buf + 12, (uint32_t)(ctr >> 32));
 }
 
-static uint32_t seal(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t *buf, uint32_t len) {
-  uint32_t plen = pad16(len);
+static uint32_t seal(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t *buf, uint32_t len, uint32_t mtu) {
+  uint32_t plen = padded_len(len, mtu);
   memset(buf + TENC_HEADROOM + len, 0, plen - len);
   seal_header(kp, ctr, buf);
   uint8_t nonce[TENC_AEAD_NONCE_LEN];
@@ -102,8 +102,8 @@ static uint32_t seal(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t
  * previous segment's payload, already sealed: records are sealed in order), so the
  * cipher sees one contiguous input: one keystream run, as for a copied segment. */
 static uint32_t seal_scatter(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr, uint8_t *buf, uint32_t hlen,
-                             const uint8_t *body, uint32_t len) {
-  uint32_t plen = pad16(len);
+                             const uint8_t *body, uint32_t len, uint32_t mtu) {
+  uint32_t plen = padded_len(len, mtu);
   uint8_t *src = (uint8_t *)body - hlen;
   memcpy(src, buf + TENC_HEADROOM, hlen);
   seal_header(kp, ctr, buf);
@@ -220,7 +220,7 @@ static void tx_frame(tenc_engine *e, struct tenc_tx *t, uint8_t *pkt, uint32_t n
   uint32_t len = n - VNET_LEN;
   if (h.gso_type == VIRTIO_NET_HDR_GSO_NONE) {
     if ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && tenc_offload_csum(&h, pkt, len) < 0) {
-      drop(e, -1, TENC_D_TOO_BIG, 1);
+      drop(e, -1, TENC_D_BAD_INNER, 1); /* checksum offsets outside the packet */
       return;
     }
     tx_reserve(t, len);
@@ -230,7 +230,7 @@ static void tx_frame(tenc_engine *e, struct tenc_tx *t, uint8_t *pkt, uint32_t n
   t->used += (len + TENC_HEADROOM + 15u) & ~15u;
   uint32_t lost;
   int nseg = tenc_gso_split(&h, pkt, len, tx_seg_alloc, t, &lost, !t->scatter, t->tcp_align, t->tcp_max);
-  if (nseg < 0) drop(e, -1, TENC_D_TOO_BIG, 1);
+  if (nseg < 0) drop(e, -1, TENC_D_BAD_INNER, 1); /* not a super-packet its header describes */
   else if (lost) drop(e, -1, TENC_D_TOO_BIG, lost); /* out of room: the rest is counted, not silently lost */
 }
 
@@ -301,14 +301,14 @@ static void seal_outs(tenc_engine *e, struct tenc_tx *t, uint64_t now) {
     for (uint32_t j = 0; j < m; j++) {
       keys[j] = t->out[i + j].kp->send_key;
       tenc_aead_wg_nonce(t->out[i + j].ctr, nonces[j]);
-      lens[j] = pad16(t->out[i + j].rec->len); /* what seal and seal_scatter encrypt */
+      lens[j] = padded_len(t->out[i + j].rec->len, e->o.mtu); /* what seal and seal_scatter encrypt */
     }
     tenc_aead_prepare(t->aead, m, keys, (const uint8_t(*)[TENC_AEAD_NONCE_LEN])nonces, lens);
     for (uint32_t j = 0; j < m; j++) {
       txout *o = &t->out[i + j];
       txrec *r = o->rec;
-      uint32_t mlen = r->body ? seal_scatter(t->aead, o->kp, o->ctr, r->buf, r->hlen, r->body, r->len)
-                              : seal(t->aead, o->kp, o->ctr, r->buf, r->len);
+      uint32_t mlen = r->body ? seal_scatter(t->aead, o->kp, o->ctr, r->buf, r->hlen, r->body, r->len, e->o.mtu)
+                              : seal(t->aead, o->kp, o->ctr, r->buf, r->len, e->o.mtu);
       if (!mlen) {
         drop(e, o->peer, TENC_D_IO, 1);
         continue;
@@ -521,7 +521,7 @@ void tenc_queue_flush_through(tenc_engine *e, tenc_peer *p) {
     if (kp_expired(p->send, now))
       drop(e, p->id, TENC_D_KEYPAIR_EXPIRED, 1);
     else if (next_counter(e, p->send, &ctr) == 0) {
-      uint32_t mlen = seal(e->ctl_aead, p->send, ctr, q->buf, q->len);
+      uint32_t mlen = seal(e->ctl_aead, p->send, ctr, q->buf, q->len, e->o.mtu);
       if (mlen && sendto(e->o.udp_fd, q->buf, mlen, MSG_DONTWAIT, (struct sockaddr *)&p->ep, sizeof p->ep) >= 0)
         count_tx(e, p->id, mlen, 1, now);
       else
@@ -561,7 +561,7 @@ int tenc_engine_send_keepalive(tenc_engine *e, uint32_t id) {
     if (p->send && has_ep && kp_expired(p->send, tenc_now_ms()))
       drop(e, id, TENC_D_KEYPAIR_EXPIRED, 1);
     else if (p->send && has_ep && next_counter(e, p->send, &ctr) == 0)
-      mlen = seal(e->ctl_aead, p->send, ctr, buf, 0);
+      mlen = seal(e->ctl_aead, p->send, ctr, buf, 0, e->o.mtu);
   }
   pthread_rwlock_unlock(&e->lock);
   ev_flush(e);
@@ -594,13 +594,14 @@ int tenc_engine_flush_queue(tenc_engine *e, uint32_t id) {
  * tx_read would, then each record sealed with `key`, receiver index `remote` and
  * counters from ctr0, as tx_seal would. Messages are written to out as
  * [u32 length, native order][message]... Returns the number of messages, or -1. */
-int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint32_t tcp_align, const uint8_t *key,
-                          uint32_t remote, uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used) {
+int tenc_engine_test_seal(const uint8_t *frame, uint32_t flen, int scatter, uint32_t tcp_align, uint32_t mtu,
+                          const uint8_t *key, uint32_t remote, uint64_t ctr0, uint8_t *out, uint32_t cap, uint32_t *used) {
   uint64_t *ctr = calloc(tenc_engine_counters_len(), sizeof *ctr);
   tenc_engine e;
   memset(&e, 0, sizeof e);
   e.ctr = ctr;
   e.o.vnet_hdr = 1;
+  e.o.mtu = mtu;
   struct tenc_tx t;
   memset(&t, 0, sizeof t);
   t.scatter = scatter;

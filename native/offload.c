@@ -7,8 +7,11 @@ int tenc_offload_csum(const struct virtio_net_hdr *h, uint8_t *pkt, uint32_t len
   uint32_t start = h->csum_start, off = h->csum_offset;
   if (start >= len || start + off + 2 > len) return -1;
   uint8_t *field = pkt + start + off;
-  /* The field holds the (uncomplemented) pseudo-header sum: include it, then store. */
+  /* The field holds the (uncomplemented) pseudo-header sum: include it, then store.
+   * A sum of 0 is written as 0xffff, as the kernel does (CSUM_MANGLED_0): to UDP, 0
+   * means "no checksum" (IPv4) or is invalid (IPv6); to TCP both mean the same. */
   uint16_t c = tenc_csum_finish(tenc_csum_add(0, pkt + start, len - start));
+  if (c == 0) c = 0xffff;
   memcpy(field, &c, 2);
   return 0;
 }
@@ -46,6 +49,9 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
     if (ihl < 20 || len < ihl) return -1;
     proto = pkt[9];
   }
+  /* The IP header's length is the frame's: a frame cut short by the read (or one
+   * whose header lies) is not split into segments with fresh, valid checksums. */
+  if ((v6 ? 40u + ((uint32_t)pkt[4] << 8 | pkt[5]) : (uint32_t)pkt[2] << 8 | pkt[3]) != len) return -1;
   uint32_t l4h;
   if (gt == VIRTIO_NET_HDR_GSO_TCPV4 || gt == VIRTIO_NET_HDR_GSO_TCPV6) {
     if (proto != 6 || len < ihl + 20) return -1;
@@ -63,7 +69,9 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
     /* TCP only (UDP segments are the application's datagrams): smaller segments
      * than the kernel asked for are still valid TCP. */
     if (tcp_max > hlen && hlen + gso > tcp_max) gso = tcp_max - hlen;
-    if (tcp_align && (hlen + gso) / tcp_align * tcp_align > hlen) gso = (hlen + gso) / tcp_align * tcp_align - hlen;
+    /* aligned only where the cut is at most an eighth of the segment: a small MSS
+     * (the peer's SYN chooses it) is left as it is, never cut to a few bytes */
+    if (tcp_align && hlen + gso >= 8 * tcp_align) gso = (hlen + gso) / tcp_align * tcp_align - hlen;
   }
   uint32_t payload = len - hlen;
   uint32_t seq = proto == 6 ? get32(pkt + ihl + 4) : 0;

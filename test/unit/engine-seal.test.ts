@@ -15,6 +15,7 @@ import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
 import { addon } from '../../src/native.js';
+import { sealTransport } from '../../src/noise/transport.js';
 
 const VNET_LEN = 10;
 const GSO_TCPV4 = 1;
@@ -110,8 +111,8 @@ function superPacket(kind: 'tcp4' | 'tcp6' | 'udp4', payloadLen: number, gso: nu
   return { frame, hlen, payload, v6, proto };
 }
 
-function testSeal(frame: Uint8Array, key: Uint8Array, scatter: boolean, remote: number, ctr: bigint, align = 0): Uint8Array[] {
-  const out = addon.engineTestSeal(frame, key, scatter, remote, ctr, align) as Uint8Array;
+function testSeal(frame: Uint8Array, key: Uint8Array, scatter: boolean, remote: number, ctr: bigint, align = 0, mtu = 0): Uint8Array[] {
+  const out = addon.engineTestSeal(frame, key, scatter, remote, ctr, align, mtu) as Uint8Array;
   const msgs: Uint8Array[] = [];
   const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
   for (let o = 0; o < out.length; ) {
@@ -234,6 +235,75 @@ describe('send path split + seal: scatter seal against the copy path', () => {
     f.frame[VNET_LEN] = 0x75; // IP version 7
     expect(testSeal(f.frame, key, false, 1, 0n)).toHaveLength(0);
     expect(testSeal(f.frame, key, true, 1, 0n)).toHaveLength(0);
+  });
+
+  // from a review of the C send path
+  it('padding stops at the tunnel MTU, byte for byte as sealTransport (Linux) pads: a full-size packet fits the path', () => {
+    const key = new Uint8Array(randomBytes(32));
+    for (const [mtu, len] of [[1390, 1390], [1420, 1420], [1420, 1410], [1400, 1400], [1390, 100], [0, 1390]] as const) {
+      const f = superPacket('udp4', len - 28, 1392);
+      f.frame[1] = 0; // GSO_NONE
+      f.frame[0] = 0; // checksum already done: the packet as it is
+      for (const scatter of [false, true]) {
+        const m = testSeal(f.frame, key, scatter, 0x11223344, 5n, 0, mtu);
+        expect(m).toHaveLength(1);
+        const want = sealTransport(key, 0x11223344, 5n, f.frame.subarray(VNET_LEN), mtu);
+        expect(m[0]!.length).toBe(want.length);
+        expect(Buffer.from(m[0]!).equals(Buffer.from(want))).toBe(true);
+        if (mtu) expect(m[0]!.length - 32).toBeLessThanOrEqual(mtu);
+      }
+    }
+  });
+
+  it('a UDP checksum that computes to 0 is sent as 0xffff (0 is "none" to IPv4 and invalid to IPv6)', () => {
+    const key = new Uint8Array(randomBytes(32));
+    // one IPv6 UDP datagram, NEEDS_CSUM, its last payload word chosen so the sum folds to 0xffff
+    const f = superPacket('tcp6', 0, 1000);
+    const pkt = new Uint8Array(40 + 8 + 64);
+    pkt.set(f.frame.subarray(VNET_LEN, VNET_LEN + 40));
+    const dv = new DataView(pkt.buffer);
+    dv.setUint16(4, 8 + 64);
+    pkt[6] = 17;
+    dv.setUint16(40, 5353);
+    dv.setUint16(42, 53);
+    dv.setUint16(44, 8 + 64);
+    pkt.set(randomBytes(62), 48);
+    const ps = fold(sum16(pkt.subarray(8, 24)) + sum16(pkt.subarray(24, 40)) + 17 + 8 + 64);
+    dv.setUint16(46, ps); // the pseudo-header sum, as the kernel leaves it
+    dv.setUint16(40 + 8 + 62, 0);
+    const r = fold(sum16(pkt.subarray(40)));
+    dv.setUint16(40 + 8 + 62, 0xffff - r); // the whole sum is now 0xffff: its complement 0
+    expect(fold(sum16(pkt.subarray(40)))).toBe(0xffff);
+    const frame = new Uint8Array(VNET_LEN + pkt.length);
+    const hv = new DataView(frame.buffer);
+    frame[0] = NEEDS_CSUM;
+    hv.setUint16(6, 40, true);
+    hv.setUint16(8, 6, true);
+    frame.set(pkt, VNET_LEN);
+    const m = testSeal(frame, key, false, 1, 0n);
+    expect(m).toHaveLength(1);
+    const pt = chacha20poly1305(key, nonce(0n)).decrypt(m[0]!.subarray(16));
+    expect(new DataView(pt.buffer, pt.byteOffset).getUint16(46)).toBe(0xffff);
+    expect(l4Valid(true, pt, pt.subarray(40, 40 + 8 + 64), 17)).toBe(true);
+  });
+
+  it('TENC_TSO_ALIGN leaves a small MSS alone (a peer\'s SYN chooses it): no segment cut to a few bytes', () => {
+    const key = new Uint8Array(randomBytes(32));
+    const f = superPacket('tcp4', 3600, 36); // MSS 36 with timestamps: 88-byte segments
+    const m = testSeal(f.frame, key, false, 9, 0n, 64);
+    expect(m).toHaveLength(100); // aligned to 64 it was 300 segments of 12 bytes
+  });
+
+  it('a super-packet whose IP length is not the frame\'s (cut short by the read, or lying) yields no message', () => {
+    const key = new Uint8Array(randomBytes(32));
+    for (const kind of ['udp4', 'tcp4', 'tcp6'] as const) {
+      const f = superPacket(kind, 9000, 1392);
+      const dv = new DataView(f.frame.buffer, VNET_LEN);
+      if (kind === 'tcp6') dv.setUint16(4, dv.getUint16(4) + 13);
+      else dv.setUint16(2, dv.getUint16(2) + 13);
+      expect(testSeal(f.frame, key, false, 1, 0n)).toHaveLength(0);
+      expect(testSeal(f.frame, key, true, 1, 0n)).toHaveLength(0);
+    }
   });
 
   it('argument errors are typed', () => {
