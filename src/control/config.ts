@@ -166,7 +166,7 @@ class Checker {
   }
 }
 
-const TOP_FIELDS = [
+export const TOP_FIELDS = [
   'interface',
   'addresses',
   'listenPort',

@@ -2,12 +2,14 @@
  * The README's command line and switch tables against the code, so the two do not
  * drift apart again (an audit found flags, commands and switches the README lacked):
  * every command of `tenc --help`, every flag of each command's synopsis, and every
- * data-path switch native/engine_js.c reads are named in the README.
+ * data-path switch native/engine_js.c reads are named in the README, and every field
+ * of the pod config has a row in the Config file table.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { COMMAND_HELP, USAGE } from '../../src/cli/help.js';
+import { TOP_FIELDS } from '../../src/control/config.js';
 
 const root = join(import.meta.dirname, '..', '..');
 const readme = readFileSync(join(root, 'README.md'), 'utf8');
@@ -69,6 +71,13 @@ describe('README matches the code', () => {
     const read = [...src.matchAll(/env_(?:switch|uint)\("(TENC_[A-Z0-9_]+)"/g)].map((m) => m[1]!);
     expect(read.length).toBeGreaterThan(5);
     const missing = read.filter((n) => !readme.includes(`\n| \`${n}\` |`));
+    expect(missing).toEqual([]);
+  });
+
+  it('every field of the pod config has a row in the Config file table (the dns field had none)', () => {
+    const table = section('Config file');
+    const missing = TOP_FIELDS.filter((f) => !new RegExp(`\\n\\| \`${f}(\\.|\\[\\]|\`)`).test(table));
+    expect(TOP_FIELDS.length).toBeGreaterThan(10);
     expect(missing).toEqual([]);
   });
 });
