@@ -3,14 +3,14 @@
 // objects (and against the in-test API server's emulation of it); RBAC and admission
 // against what the code does; deploy/cni-install.sh against a temporary CNI directory.
 //
-// `kubectl kustomize` is not installed here (Debian's kubernetes-client is kubectl 1.20,
-// too old to trust for this), so the test renders the kustomization itself: it is a
-// list of plain resources plus one `images` rewrite, which is all render() supports
-// (anything else in kustomization.yaml fails the test).
+// The test renders the kustomizations itself (it needs no kubectl): each is a list of
+// plain resources plus the `images` rewrite of the deploy/image component, which is
+// all render() supports (anything else in a kustomization.yaml fails the test).
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { chmodSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, existsSync, mkdirSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import Ajv from 'ajv';
 import yaml from 'js-yaml';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -21,6 +21,9 @@ import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authoriz
 import { Namespace, ServiceAccount } from 'kubernetes-models/v1';
 import { AGENT_USER, FakeApiServer, NODE_EXTRA } from '../k8s/fake-apiserver.js';
 import { parsePolicy } from '../../src/policy/policy.js';
+import { DEFAULT_SOCKET_DIR } from '../../src/control/config.js';
+import { agentRunDirs } from '../../src/metrics/gather.js';
+import { parseListenAddress } from '../../src/metrics/address.js';
 
 const root = join(__dirname, '../..');
 const deploy = join(root, 'deploy');
@@ -41,16 +44,23 @@ function loadDocs(file: string): Obj[] {
   return yaml.loadAll(readFileSync(file, 'utf8')).filter((d): d is Obj => !!d);
 }
 
-/** kustomize build for a kustomization of plain resources and `images` (and nothing else). */
+/** kustomize build for a kustomization of plain resources, `images` and components of `images` (and nothing else). */
 function render(dir: string): Obj[] {
   const k = yaml.load(readFileSync(join(dir, 'kustomization.yaml'), 'utf8')) as Obj;
-  const extra = Object.keys(k).filter((f) => !['apiVersion', 'kind', 'resources', 'images'].includes(f));
+  const extra = Object.keys(k).filter((f) => !['apiVersion', 'kind', 'resources', 'images', 'components'].includes(f));
   if (extra.length) throw new Error(`render(): kustomization fields not supported here: ${extra.join(', ')}`);
+  const images: Obj[] = [...(k.images ?? [])];
+  for (const c of (k.components ?? []) as string[]) {
+    const ck = yaml.load(readFileSync(join(dir, c, 'kustomization.yaml'), 'utf8')) as Obj;
+    const cextra = Object.keys(ck).filter((f) => !['apiVersion', 'kind', 'images'].includes(f));
+    if (ck.kind !== 'Component' || cextra.length) throw new Error(`render(): component ${c}: only a Component of images is supported here`);
+    images.push(...(ck.images ?? []));
+  }
   const objs = (k.resources as string[]).flatMap((r) => loadDocs(join(dir, r)));
   for (const o of objs) {
     const pod = o.spec?.template?.spec;
     for (const c of [...(pod?.containers ?? []), ...(pod?.initContainers ?? [])]) {
-      const img = (k.images ?? []).find((i: Obj) => i.name === c.image);
+      const img = images.find((i: Obj) => i.name === c.image);
       if (img) c.image = `${img.newName ?? img.name}:${img.newTag ?? 'latest'}`;
     }
   }
@@ -81,6 +91,11 @@ function strict(schema: Obj): Obj {
 const CEL: Record<string, (self: Obj) => boolean> = {
   'has(self.service) != has(self.podSelector)': (self) => ('service' in self) !== ('podSelector' in self),
   '!has(self.endPort) || self.endPort >= self.port': (self) => !('endPort' in self) || self.endPort >= self.port,
+};
+
+/** The admission policy's match condition (CEL), emulated: is this user the agent? */
+const MATCH: Record<string, (username: string) => boolean> = {
+  "request.userInfo.username.matches('^system:serviceaccount:[^:]+:tenc-agent$')": (u) => /^system:serviceaccount:[^:]+:tenc-agent$/.test(u),
 };
 
 function celRules(schema: Obj): { path: string; rule: string }[] {
@@ -118,7 +133,7 @@ describe('deploy/ manifests', () => {
       'ValidatingAdmissionPolicy/tenc-peer-node',
       'ValidatingAdmissionPolicyBinding/tenc-peer-node',
     ]);
-    for (const o of [...objs, ...loadDocs(join(deploy, 'uninstall/cni-uninstall.yaml'))]) {
+    for (const o of [...objs, ...render(join(deploy, 'uninstall'))]) {
       const M = MODELS[`${o.apiVersion}/${o.kind}`];
       expect(M, `${o.apiVersion}/${o.kind} has a model`).toBeDefined();
       expect(() => new M(o).validate(), `${o.kind}/${o.metadata.name}`).not.toThrow();
@@ -225,7 +240,8 @@ describe('deploy/ manifests', () => {
     const vap = find('ValidatingAdmissionPolicy');
     const sa = find('ServiceAccount');
     expect(AGENT_USER).toBe(`system:serviceaccount:${sa.metadata.namespace}:${sa.metadata.name}`);
-    expect(vap.spec.matchConditions[0].expression).toContain(`'${AGENT_USER}'`);
+    expect(MATCH[vap.spec.matchConditions[0].expression], 'the match condition is emulated here').toBeDefined();
+    expect(MATCH[vap.spec.matchConditions[0].expression](AGENT_USER)).toBe(true);
     expect(vap.spec.variables[0].expression).toContain(`'${NODE_EXTRA}'`);
     expect(vap.spec.matchConstraints.resourceRules[0].operations.sort()).toEqual(['CREATE', 'DELETE', 'UPDATE']);
     const exprs = vap.spec.validations.map((v: Obj) => v.expression).join('\n');
@@ -269,6 +285,200 @@ describe('deploy/ manifests', () => {
       expect(FakeApiServer.validateTencPeer(b), JSON.stringify(b.spec)).not.toBeNull();
     }
     expect(check({ ...good, spec: { ...good.spec, endpoint: 'web:80' } })).toBe(false);
+  });
+});
+
+describe('deploy/: uninstall, run directory, probes, admission, metrics address', () => {
+  const spec = () => find('DaemonSet').spec.template.spec;
+  const agent = () => spec().containers.find((c: Obj) => c.name === 'agent');
+  /** $(VAR) in command and args, as the kubelet expands it from the container's env. */
+  const expand = (s: string, env: Record<string, string>) => s.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, v) => env[v] ?? m);
+  /** The agent's run directory as `tenc agent` makes it from the DaemonSet's args: --run-dir, else DIR/agent-NODE (src/cli/cli.ts). */
+  const agentRunDirOf = (node: string) => {
+    const args = (agent().args as string[]).map((a) => expand(a, { NODE_NAME: node }));
+    const i = args.indexOf('--run-dir');
+    return i >= 0 ? args[i + 1] : join(DEFAULT_SOCKET_DIR, `agent-${args[args.indexOf('--node') + 1]}`);
+  };
+  let dir: string;
+  const servers: Server[] = [];
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'tenc-deploy-'));
+  });
+  afterEach(async () => {
+    for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
+    rmSync(dir, { recursive: true, force: true });
+  });
+  /** A unix socket someone listens on (closing it removes it). */
+  const liveSocket = async (path: string) => {
+    const s = createServer((c) => c.end());
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(path, r));
+    return s;
+  };
+  /** A unix socket nobody listens on any more: its process exited. */
+  const staleSocket = (path: string) => {
+    const r = spawnSync(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(path)}, () => process.exit(0))`]);
+    expect([r.status, statSync(path).isSocket()]).toEqual([0, true]);
+  };
+  const sh = (script: string, env: Record<string, string> = {}) => {
+    const child = spawn('/bin/sh', ['-c', script], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (out += d));
+    const code = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    return { out: () => out, code };
+  };
+
+  it('the uninstall DaemonSet needs no pod networking (no CNI ADD, which fails once the agent is gone), runs on every node first, from the agent image', () => {
+    const un = render(join(deploy, 'uninstall'));
+    expect(un.map((o) => `${o.kind}/${o.metadata.namespace}/${o.metadata.name}`)).toEqual(['DaemonSet/kube-system/tenc-cni-uninstall']);
+    const s = un[0].spec.template.spec;
+    expect(s.hostNetwork).toBe(true);
+    expect(s.priorityClassName).toBe('system-node-critical');
+    expect(s.tolerations).toEqual([{ operator: 'Exists' }]);
+    expect(s.tolerations).toEqual(spec().tolerations); // wherever the agent ran
+    // the image: what deploy/ installed, set in one place (deploy/image, a component of both)
+    for (const c of [...s.initContainers, ...s.containers]) expect(c.image, c.name).toBe(agent().image);
+    for (const d of [deploy, join(deploy, 'uninstall')]) {
+      const k = yaml.load(readFileSync(join(d, 'kustomization.yaml'), 'utf8')) as Obj;
+      expect([k.images, k.components.map((c: string) => join(d, c))], d).toEqual([undefined, [join(deploy, 'image')]]);
+    }
+    for (const c of [...spec().initContainers, ...spec().containers]) expect(c.image).toBe('localhost/tenc:dev');
+    // no kustomize (kubectl apply -f) would leave an image named "tenc": the file is applied with -k
+    expect(readFileSync(join(deploy, 'uninstall/cni-uninstall.yaml'), 'utf8')).toContain('kubectl apply -k deploy/uninstall/');
+    // the agent's state is removed (after no agent answers) before the CNI entry is taken out
+    expect(s.initContainers.map((c: Obj) => c.name)).toEqual(['remove-state', 'uninstall-cni']);
+    expect(s.initContainers[1].command).toEqual(['/opt/tenc/deploy/cni-install.sh', 'uninstall']);
+    const runTenc = (p: Obj) => p.volumes.find((v: Obj) => v.name === 'run-tenc').hostPath.path;
+    expect(runTenc(s)).toBe(runTenc(spec()));
+    expect(s.initContainers[0].volumeMounts).toEqual([{ name: 'run-tenc', mountPath: '/host/run/tenc' }]);
+  });
+
+  it("the uninstall removes the agent's state from the node's /run/tenc (its psk files above all), keeps others', and waits while an agent answers", async () => {
+    const c = render(join(deploy, 'uninstall'))[0].spec.template.spec.initContainers.find((i: Obj) => i.name === 'remove-state');
+    expect(c.command.slice(0, 2)).toEqual(['/bin/sh', '-c']);
+    const d = join(dir, 'run-tenc');
+    mkdirSync(d);
+    const script = (c.command[2] as string).replaceAll('/host/run/tenc', d).replace(/sleep 5$/m, 'sleep 0.1');
+    expect(script).toContain(d);
+    // /run/tenc as the agent leaves it: its run directory (the DaemonSet's), psk files, pod configs and logs
+    const runDir = join(d, relative(DEFAULT_SOCKET_DIR, agentRunDirOf('node1')));
+    for (const f of ['registrations.json', 'psk/alpha.psk', 'alpha/web-1.json', 'alpha/web-1.log', 'standby-1.log']) {
+      mkdirSync(join(runDir, f, '..'), { recursive: true });
+      writeFileSync(join(runDir, f), 'x');
+    }
+    // an older manifest's --run-dir /run/tenc/agent, the registry's psk default, the health file
+    for (const f of ['agent/registrations.json', 'agent/psk/alpha.psk', 'psk/beta.psk', 'k8s-health', 'not-tenc.txt']) {
+      mkdirSync(join(d, f, '..'), { recursive: true });
+      writeFileSync(join(d, f), 'x');
+    }
+    staleSocket(join(d, 'tenc0-4026532301.sock')); // a pod's control socket: its proxy stopped with the agent
+    await liveSocket(join(d, 'tenc0-4026532999.sock')); // a tenc pod someone runs by hand on the node
+    // an agent still answers on the node socket: nothing is removed, the script waits
+    const agentSocket = await liveSocket(join(d, 'agent.sock'));
+    const run = sh(script);
+    await expect.poll(run.out, { timeout: 10_000 }).toContain('an agent still answers');
+    expect(existsSync(join(runDir, 'psk/alpha.psk'))).toBe(true);
+    await new Promise((r) => agentSocket.close(r)); // the agent stopped (its socket removed)
+    expect(await run.code, run.out()).toBe(0);
+    expect(readdirSync(d).sort()).toEqual(['not-tenc.txt', 'tenc0-4026532999.sock']);
+    // again, with the node socket left behind by an agent killed: removed, not waited for
+    staleSocket(join(d, 'agent.sock'));
+    const again = sh(script);
+    expect(await again.code, again.out()).toBe(0);
+    expect(readdirSync(d).sort()).toEqual(['not-tenc.txt', 'tenc0-4026532999.sock']);
+  });
+
+  it('`tenc agent status` (and its --node) finds the run directory the DaemonSet gives the agent', () => {
+    for (const node of ['node1', 'ip-10-0-1-2.ec2.internal']) {
+      const runDir = agentRunDirOf(node);
+      // under /run/tenc, the agent container's hostPath mount that `tenc agent status` lists
+      const rel = relative(DEFAULT_SOCKET_DIR, runDir);
+      expect(rel.startsWith('..') || rel.includes('/'), runDir).toBe(false);
+      expect(agent().volumeMounts.find((m: Obj) => m.mountPath === DEFAULT_SOCKET_DIR)?.name).toBe('run-tenc');
+      const fake = join(dir, node);
+      mkdirSync(join(fake, rel), { recursive: true });
+      mkdirSync(join(fake, 'psk'));
+      expect(agentRunDirs(fake), `tenc agent status lists ${runDir}`).toEqual([join(fake, rel)]);
+      expect(runDir, '--node NODE').toBe(join(DEFAULT_SOCKET_DIR, `agent-${node}`));
+    }
+    // the node socket the CNI plugin uses stays the default
+    const args = agent().args as string[];
+    expect(args[args.indexOf('--socket') + 1]).toBe('/run/tenc/agent.sock');
+  });
+
+  it('readiness: never from a stale health file (a hung agent; a restarted container, the file being on the hostPath)', () => {
+    const a = agent();
+    const health = a.env.find((e: Obj) => e.name === 'TENC_HEALTH_FILE').value;
+    expect(health.startsWith(DEFAULT_SOCKET_DIR + '/')).toBe(true); // on the hostPath: outlives the container
+    const file = join(dir, 'k8s-health');
+    const probe = (p: Obj) => {
+      expect(p.exec.command.slice(0, 2)).toEqual(['/bin/sh', '-c']);
+      return spawnSync('/bin/sh', ['-c', p.exec.command[2].replaceAll(health, file)]).status;
+    };
+    const write = (synced: boolean, ageS = 0) => {
+      writeFileSync(file, JSON.stringify({ synced, time: new Date().toISOString(), informers: {} }) + '\n');
+      const t = Date.now() / 1000 - ageS;
+      utimesSync(file, t, t);
+    };
+    write(true);
+    expect([probe(a.readinessProbe), probe(a.livenessProbe)]).toEqual([0, 0]);
+    write(false);
+    expect([probe(a.readinessProbe), probe(a.livenessProbe)]).toEqual([1, 0]);
+    write(true, 300); // the agent stopped rewriting it 5 min ago
+    expect([probe(a.readinessProbe), probe(a.livenessProbe)]).toEqual([1, 1]);
+    rmSync(file);
+    expect([probe(a.readinessProbe), probe(a.livenessProbe)]).toEqual([1, 1]);
+    // a restarted container: the file the last run left (synced, fresh) is gone before the
+    // agent starts, which is the image's entrypoint with the DaemonSet's args
+    write(true);
+    expect(a.command, 'the agent container removes the health file first').toBeDefined();
+    const bin = join(dir, 'bin');
+    mkdirSync(bin);
+    writeFileSync(join(bin, 'node'), '#!/bin/sh\nif [ -e "$TENC_HEALTH_FILE" ]; then echo present; else echo absent; fi\necho "$@"\n', { mode: 0o755 });
+    const args = (a.args as string[]).map((x) => expand(x, { NODE_NAME: 'node1', HOST_IP: '10.0.0.5' }));
+    const r = spawnSync(a.command[0], [...a.command.slice(1), ...args], { env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, TENC_HEALTH_FILE: file }, encoding: 'utf8' });
+    const entrypoint = JSON.parse(/^ENTRYPOINT (\[.*\])$/m.exec(readFileSync(join(root, 'Containerfile'), 'utf8'))![1]) as string[];
+    expect(entrypoint[0]).toBe('node');
+    expect([r.status, r.stdout]).toEqual([0, `absent\n${[...entrypoint.slice(1), ...args].join(' ')}\n`]);
+  });
+
+  it("the admission policy holds the agent to its node in whatever namespace a kustomize `namespace:` puts it", () => {
+    const isAgent = MATCH[find('ValidatingAdmissionPolicy').spec.matchConditions[0].expression];
+    expect(isAgent, 'the match condition is emulated here').toBeDefined();
+    const sa = find('ServiceAccount');
+    // the account the agent runs as, bound to its ClusterRole (kustomize moves both)
+    expect(spec().serviceAccountName).toBe(sa.metadata.name);
+    expect(find('ClusterRoleBinding').subjects).toEqual([{ kind: 'ServiceAccount', name: sa.metadata.name, namespace: sa.metadata.namespace }]);
+    for (const ns of [sa.metadata.namespace, 'tenc-prod', 'kube-system', 'a.b']) expect(isAgent(`system:serviceaccount:${ns}:${sa.metadata.name}`), ns).toBe(true);
+    for (const u of [
+      'kubernetes-admin',
+      'system:serviceaccount:kube-system:generic-garbage-collector',
+      'system:serviceaccount:kube-system:namespace-controller',
+      `system:serviceaccount:${sa.metadata.namespace}:default`,
+      `system:serviceaccount:${sa.metadata.namespace}:${sa.metadata.name}-x`,
+      `system:serviceaccount:${sa.metadata.namespace}:x-${sa.metadata.name}`,
+      'system:node:node1',
+    ]) {
+      expect(isAgent(u), u).toBe(false);
+    }
+  });
+
+  it("metrics: on the node's own address only (IPv4 and IPv6 nodes), the port the PodMonitor and the scrape annotations name", () => {
+    const a = agent();
+    expect(a.env.find((e: Obj) => e.name === 'HOST_IP')?.valueFrom).toEqual({ fieldRef: { fieldPath: 'status.hostIP' } });
+    const args = a.args as string[];
+    const port = a.ports.find((p: Obj) => p.name === 'metrics').containerPort;
+    for (const ip of ['10.0.0.5', 'fd00:10::5']) {
+      const addr = parseListenAddress(expand(args[args.indexOf('--metrics-address') + 1], { HOST_IP: ip, NODE_NAME: 'node1' }));
+      expect(addr).toEqual({ host: ip, port });
+    }
+    // scraped at the pod's IP, which with hostNetwork is the node's (status.hostIP)
+    expect(spec().hostNetwork).toBe(true);
+    const pm = loadDocs(join(deploy, 'monitoring/podmonitor.yaml'))[0];
+    expect(pm.spec.podMetricsEndpoints.map((e: Obj) => e.port)).toEqual(['metrics']);
+    const ann = loadDocs(join(deploy, 'monitoring/scrape-annotations.yaml'))[0].spec.template.metadata.annotations;
+    expect(Number(ann['prometheus.io/port'])).toBe(port);
   });
 });
 
