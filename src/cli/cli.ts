@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { USAGE, COMMAND_HELP } from './help.js';
 import { loadConfig, DEFAULT_SOCKET_DIR } from '../control/config.js';
 import { parseCidr } from '../net/address.js';
+import { parseNodeName } from '../net/names.js';
 import { controlRequest, defaultSocketPath, netnsInode, ControlClientError, type RekeyResult } from '../control/socket.js';
 import { formatStatus, type StatusReport } from '../control/status.js';
 import { isLogLevel, LOG_LEVELS } from '../log.js';
@@ -200,8 +201,10 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       const v = values as Record<string, string | undefined>;
       for (const k of ['registry', 'node']) if (!v[k]) throw new UsageError(`--${k} is required`, cmd);
       const projects = v.project === undefined ? undefined : v.project.split(',');
-      for (const [k, x] of [['node', v.node!], ...(projects ?? []).map((p) => ['project', p])]) {
-        if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(x)) throw new UsageError(`--${k}: ${JSON.stringify(x)} is not a name (lowercase letters, digits, "-")`, cmd);
+      const node = parseNodeName(v.node);
+      if (!node.ok) throw new UsageError(`--node: ${node.problem}`, cmd);
+      for (const x of projects ?? []) {
+        if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(x)) throw new UsageError(`--project: ${JSON.stringify(x)} is not a name (lowercase letters, digits, "-")`, cmd);
       }
       if (v.socket !== undefined && (!v.socket.startsWith('/') || v.socket.length > 107)) throw new UsageError(`--socket: ${JSON.stringify(v.socket)} is not an absolute path of at most 107 bytes`, cmd);
       const level = v['log-level'] ?? 'info';
@@ -216,12 +219,13 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       if (cniWait !== 'fail-closed' && cniWait !== 'proxy') throw new UsageError(`--cni-wait: ${JSON.stringify(cniWait)} is not fail-closed or proxy`, cmd);
       await protectSecrets();
       const { runAgent } = await import('../agent/run.js');
+      const { agentRunDir } = await import('../metrics/gather.js');
       return await runAgent({
         registry: v.registry!,
-        node: v.node!,
+        node: node.value,
         projects,
         socket: v.socket,
-        runDir: v['run-dir'] ?? join(DEFAULT_SOCKET_DIR, `agent-${v.node}`),
+        runDir: v['run-dir'] ?? agentRunDir(node.value),
         logLevel: level,
         classifyCidrs,
         cniWait,
@@ -232,10 +236,12 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     case 'agent status': {
       const v = values as Record<string, string | undefined>;
       const { agentStatus, formatAgentStatus } = await import('../metrics/agent-status.js');
-      const { agentRunDirs } = await import('../metrics/gather.js');
+      const { agentRunDir, agentRunDirs } = await import('../metrics/gather.js');
       // the node agent's run dir (/run/tenc/agent-NODE, one subdirectory per project); --project picks one project
       if (v['run-dir'] !== undefined && v.node !== undefined) throw new UsageError('--node and --run-dir name the same thing: give one', cmd);
-      const dirs = v['run-dir'] ? [v['run-dir']] : v.node ? [join(DEFAULT_SOCKET_DIR, `agent-${v.node}`)] : agentRunDirs(DEFAULT_SOCKET_DIR);
+      const node = v.node === undefined ? null : parseNodeName(v.node);
+      if (node && !node.ok) throw new UsageError(`--node: ${node.problem}`, cmd);
+      const dirs = v['run-dir'] ? [v['run-dir']] : node ? [agentRunDir(node.value)] : agentRunDirs(DEFAULT_SOCKET_DIR);
       const { rows, problems } = await agentStatus(dirs, v.project ?? null);
       for (const p of problems) io.stderr(`tenc agent status: ${p}\n`);
       io.stdout(values.json ? JSON.stringify({ pods: rows }, null, 2) + '\n' : formatAgentStatus(rows));

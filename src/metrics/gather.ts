@@ -8,8 +8,10 @@
  * controlSocket); `tenc agent status` and the agent's /metrics both use it, so
  * both keep working while the agent is down.
  */
+import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { DEFAULT_SOCKET_DIR } from '../control/config.js';
 import { controlRequest } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import type { PodSample } from './render.js';
@@ -80,6 +82,22 @@ export function discoverNodePods(runDir: string, project: string | null = null, 
     // reported by discoverPods
   }
   return [...flat, ...dirs.flatMap((d) => discoverPods(join(runDir, d), d, problems))];
+}
+
+/** The longest name a directory entry may have (NAME_MAX). */
+const NAME_MAX = 255;
+
+/**
+ * A node agent's default run directory: DIR/agent-NODE (NODE a checked node name,
+ * net/names.ts). A node's name may be 253 characters, six more than a directory
+ * entry holds with "agent-" before it: a name too long keeps its first characters
+ * and ends in 16 hex digits of its SHA-256, so each node still has its own directory.
+ */
+export function agentRunDir(node: string, dir = DEFAULT_SOCKET_DIR): string {
+  const name = `agent-${node}`;
+  if (name.length <= NAME_MAX) return join(dir, name);
+  const hash = createHash('sha256').update(node).digest('hex').slice(0, 16);
+  return join(dir, `${name.slice(0, NAME_MAX - hash.length - 1)}-${hash}`);
 }
 
 /** Every agent run directory under dir (agent-*), for a node-wide view. */

@@ -9,7 +9,8 @@
  *   DIR/services/<project>/<service>.json        Service (spec.clusterIP, ports, selector)
  *   DIR/endpointslices/<project>/<service>.json  EndpointSlice of the service
  *   DIR/peers/<project>/<node>/<pod>.json        what the agent of <node> published for its
- *                                                pod: public key, endpoint
+ *                                                pod: public key, endpoint (<node>: the node's
+ *                                                name, dots allowed: net/names.ts)
  *   DIR/policies/<project>/<name>.json           TencPolicy (src/policy/policy.ts); a file that
  *                                                does not parse is returned as a problem (the
  *                                                agent then refuses the whole set)
@@ -38,6 +39,7 @@ import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, wat
 import { join } from 'node:path';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 import { endpointsFromObject, peerFromObject, podFromObject, policyFromObject, quote, serviceFromObject } from './objects.js';
+import { isNodeName, parseNodeName } from '../net/names.js';
 
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const RESCAN_MS = 1000;
@@ -45,6 +47,13 @@ export const RESCAN_MS = 1000;
 function checkName(what: string, v: string): void {
   if (typeof v !== 'string') throw new TypeError(`${what} must be a string`);
   if (!NAME.test(v) || v.length > 63) throw new RangeError(`${what}: ${JSON.stringify(v)} is not a name (lowercase letters, digits, "-")`);
+}
+
+/** A node's name (net/names.ts): one directory of its own below peers/<project>/, never "..". */
+function checkNode(v: string): void {
+  if (typeof v !== 'string') throw new TypeError('node must be a string');
+  const n = parseNodeName(v);
+  if (!n.ok) throw new RangeError(`node: ${n.problem}`);
 }
 
 /** Writes `data` as JSON to `file` atomically: a temp file in the same directory, then rename. */
@@ -216,7 +225,7 @@ export class DirectoryRegistry implements Registry {
     let nodes: string[];
     try {
       nodes = readdirSync(root, { withFileTypes: true })
-        .filter((d) => d.isDirectory() && NAME.test(d.name))
+        .filter((d) => d.isDirectory() && isNodeName(d.name))
         .map((d) => d.name)
         .sort();
     } catch {
@@ -272,7 +281,7 @@ export class DirectoryRegistry implements Registry {
 
   async publishPeer(peer: PeerInfo): Promise<void> {
     checkName('pod', peer.pod);
-    checkName('node', peer.node);
+    checkNode(peer.node);
     const dir = join(this.sub('peers', peer.project), peer.node);
     // 0755 for each directory made (peers/, peers/<project>/, the node's): what readers require
     try {
@@ -287,7 +296,7 @@ export class DirectoryRegistry implements Registry {
 
   async withdrawPeer(project: string, node: string, pod: string): Promise<void> {
     checkName('pod', pod);
-    checkName('node', node);
+    checkNode(node);
     rmSync(join(this.sub('peers', project), node, `${pod}.json`), { force: true });
   }
 

@@ -18,7 +18,9 @@
  * The publisher of a peer is the <node> of its key, never a field: with etcd auth on,
  * each node's agent has a role that may write below /tenc/nodes/<node>/ only, so one
  * node cannot publish for another's pods (trustedPeers() then drops keys for pods of
- * other nodes).
+ * other nodes). <node> is the node's name (net/names.ts: dots allowed, never "/"); the
+ * role's prefix is nodePrefix(), ending in "/": node a's role then does not cover the
+ * keys of node a.b or a-b.
  *
  * Reading: one consistent snapshot of the whole prefix (a range read at one
  * revision), then one watch from that revision + 1 that keeps an in-memory copy
@@ -51,6 +53,7 @@ import { join } from 'node:path';
 import type { Etcd3, Watcher } from 'etcd3';
 import { CALL_TIMEOUT_MS, HOME_CHECK_MS, LeasedKeys, RETRY_MAX_MS, RETRY_MIN_MS, SNAPSHOT_TIMEOUT_MS, endpointOrder, etcdClient, type EndpointOrder, type EtcdConnection, type Host } from './etcd-client.js';
 import { endpointsFromObject, isName, peerFromObject, podFromObject, policyFromObject, serviceFromObject } from './objects.js';
+import { isNodeName, parseNodeName } from '../net/names.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 
 
@@ -78,10 +81,21 @@ export function placeOf(rel: string): Place | null | 'bad' {
     case 'policies':
       return s.length === 3 ? (names(s[1], s[2]) ? { kind: s[0], project: s[1], name: s[2] } : 'bad') : null;
     case 'nodes':
-      return s.length === 5 && s[2] === 'peers' ? (names(s[1], s[3], s[4]) ? { kind: 'peers', node: s[1], project: s[3], name: s[4] } : 'bad') : null;
+      return s.length === 5 && s[2] === 'peers' ? (isNodeName(s[1]) && names(s[3], s[4]) ? { kind: 'peers', node: s[1], project: s[3], name: s[4] } : 'bad') : null;
     default:
       return null;
   }
+}
+
+/**
+ * Where the agent of `node` writes (PREFIX/nodes/NODE/), and what its etcd role may
+ * write (`role grant-permission --prefix=true readwrite`): ending in "/", so no other
+ * node's keys start with it (node a's prefix is not one of a.b's or a-b's keys).
+ */
+export function nodePrefix(prefix: string, node: string): string {
+  const n = parseNodeName(node);
+  if (!n.ok) throw new RangeError(`node: ${n.problem}`);
+  return `${prefix}nodes/${node}/`;
 }
 
 /** The project's objects as read from etcd, parsed. */
@@ -274,7 +288,7 @@ export class EtcdRegistry implements Registry {
     const at = placeOf(rel);
     if (at === null) return;
     if (at === 'bad') {
-      this.onProblem(key, 'a name in the key is not a valid name (lowercase letters, digits, "-"): ignored');
+      this.onProblem(key, 'a name in the key is not a valid name (lowercase letters, digits, "-"; a node\'s name also "." between its parts): ignored');
       return;
     }
     // the value replaces what was there: a bad one removes the object
@@ -450,10 +464,10 @@ export class EtcdRegistry implements Registry {
   }
 
   private peerKey(project: string, node: string, pod: string): string {
-    for (const [w, v] of [['project', project], ['node', node], ['pod', pod]]) {
+    for (const [w, v] of [['project', project], ['pod', pod]]) {
       if (!isName(v)) throw new RangeError(`${w}: ${JSON.stringify(v)} is not a name (lowercase letters, digits, "-")`);
     }
-    return `${this.prefix}nodes/${node}/peers/${project}/${pod}`;
+    return `${nodePrefix(this.prefix, node)}peers/${project}/${pod}`;
   }
 
   async publishPeer(peer: PeerInfo): Promise<void> {

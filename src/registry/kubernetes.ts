@@ -53,6 +53,7 @@ import {
 } from '@kubernetes/client-node';
 import { parseKey32, type ServicePort } from '../control/config.js';
 import { parseEndpoint } from '../net/address.js';
+import { isNodeName, parseNodeName } from '../net/names.js';
 import { Informer, describeError as describe, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
 import { clusterIps } from './objects.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
@@ -119,6 +120,7 @@ export function peerProblem(t: TencPeer): string | null {
   if (!s || typeof s !== 'object') return 'spec is missing';
   const out: string[] = [];
   if (!str(s.nodeName)) out.push('spec.nodeName is missing or empty');
+  else if (!isNodeName(s.nodeName)) out.push('spec.nodeName is not a node name');
   if (!isKey32(s.publicKey)) {
     const zero = typeof s.publicKey === 'string' && KEY.test(s.publicKey) && Buffer.from(s.publicKey, 'base64').equals(Buffer.alloc(32));
     out.push(zero ? 'spec.publicKey is all zeros' : 'spec.publicKey is not a 32-byte key in base64');
@@ -488,6 +490,8 @@ export class KubernetesRegistry implements Registry {
     await this.synced(this.podInf, this.peerInf);
     if (!isKey32(peer.publicKey)) throw new RangeError('publishPeer: publicKey is not a 32-byte base64 key');
     if (!isEndpoint(peer.endpoint)) throw new RangeError(`publishPeer: endpoint ${JSON.stringify(peer.endpoint)} is not ip:port`);
+    const node = parseNodeName(peer.node);
+    if (!node.ok) throw new RangeError(`publishPeer: node: ${node.problem}`);
     const pod = this.podInf.get(peer.pod, peer.project);
     const uid = pod?.metadata?.uid;
     if (!pod || !uid) throw new Error(`publishPeer: pod ${peer.project}/${peer.pod} is not known to the API (yet)`);
@@ -499,7 +503,8 @@ export class KubernetesRegistry implements Registry {
         name: peer.pod,
         namespace: peer.project,
         ...(resourceVersion ? { resourceVersion } : {}),
-        labels: { 'tenc.io/node': peer.node },
+        // no label naming the node: a label value holds 63 characters, a node's name 253;
+        // the node is spec.nodeName, the field admission checks (kubectl get tp: column Node)
         // no blockOwnerDeletion: setting it would need update on pods/finalizers
         ownerReferences: [{ apiVersion: 'v1', kind: 'Pod', name: peer.pod, uid }],
       },

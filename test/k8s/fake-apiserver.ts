@@ -19,8 +19,9 @@
  * to users; a user with a node (node-bound service-account token) carries
  * extra['authentication.kubernetes.io/node-name'], and TencPeer writes go
  * through an emulation of deploy/'s ValidatingAdmissionPolicy (the node of the
- * token must be spec.nodeName of the new and of the old object) and of the
- * CRD's schema. Deleting a Pod deletes the TencPeers it owns (the garbage
+ * token must be spec.nodeName of the new and of the old object), of the
+ * CRD's schema and of the API server's limits on labels (63 characters a
+ * value). Deleting a Pod deletes the TencPeers it owns (the garbage
  * collector). Test handles: dropWatches(), expire(), delayMs (a slow server),
  * failNext (errors), counters.
  */
@@ -262,7 +263,7 @@ export class FakeApiServer {
 
   /** null when allowed, else the reason. The rule of ValidatingAdmissionPolicy tenc-peer-node. */
   static admitTencPeer(op: 'CREATE' | 'UPDATE' | 'DELETE', user: User, obj: Obj | null, old: Obj | null): string | null {
-    if (user.username !== AGENT_USER) return null; // the policy matches the agent's service account only
+    if (!/^system:serviceaccount:[^:]+:tenc-agent$/.test(user.username)) return null; // the policy matches the agent's service account (tenc-agent, any namespace) only
     const node = user.extra?.[NODE_EXTRA]?.[0];
     if (!node) return 'the agent must use a node-bound service-account token';
     if (op !== 'DELETE' && obj?.spec?.nodeName !== node) return `spec.nodeName must be the node of the agent (${node})`;
@@ -270,12 +271,34 @@ export class FakeApiServer {
     return null;
   }
 
-  /** The CRD's openAPIV3Schema, emulated: null when valid. */
+  /** The CRD's openAPIV3Schema and the API server's ObjectMeta checks (labels), emulated: null when valid. */
   static validateTencPeer(o: Obj): string | null {
+    const labels = FakeApiServer.validateLabels(o?.metadata?.labels);
+    if (labels) return labels;
     const s = o?.spec;
     if (!s || typeof s !== 'object') return 'spec: Required value';
     for (const f of ['nodeName', 'publicKey', 'endpoint']) if (typeof s[f] !== 'string' || s[f] === '') return `spec.${f}: Required value`;
+    if (s.nodeName.length > 253) return `spec.nodeName: Too long: may not be longer than 253`;
     if (!/^[A-Za-z0-9+/]{43}=$/.test(s.publicKey)) return 'spec.publicKey: should match base64 of 32 bytes';
+    return null;
+  }
+
+  /**
+   * metadata.labels as the API server validates every object's (apimachinery
+   * ValidateLabels): a key's name part and every value at most 63 characters of
+   * letters, digits, "-", "_" and ".", starting and ending with a letter or digit.
+   */
+  static validateLabels(labels: unknown): string | null {
+    if (labels === undefined || labels === null) return null;
+    if (typeof labels !== 'object') return 'metadata.labels: Invalid value';
+    const part = /^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
+    for (const [k, v] of Object.entries(labels as Record<string, unknown>)) {
+      const name = k.slice(k.lastIndexOf('/') + 1);
+      if (name.length > 63 || !part.test(name)) return `metadata.labels: Invalid value: ${JSON.stringify(k)}: name part must be no more than 63 characters`;
+      if (typeof v !== 'string') return `metadata.labels: Invalid value: ${JSON.stringify(k)}: not a string`;
+      if (v.length > 63) return `metadata.labels: Invalid value: ${JSON.stringify(v)}: must be no more than 63 characters`;
+      if (v !== '' && !part.test(v)) return `metadata.labels: Invalid value: ${JSON.stringify(v)}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'`;
+    }
     return null;
   }
 

@@ -112,6 +112,41 @@ describe('help', () => {
   });
 });
 
+describe('agent --node: a node name as Kubernetes allows it (DNS-1123 subdomain)', () => {
+  /** 253 characters, the most a node's name may have: four parts between dots. */
+  const LONG = `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}`;
+
+  it.each([
+    ['capitals', 'A'],
+    ['an empty part', 'a..b'],
+    ['a leading "-"', '-a'],
+    ['a "/"', 'a/b'],
+    ['254 characters', `${LONG}x`],
+    ['254 characters, no dots', 'a'.repeat(254)],
+  ])('refuses %s with a usage error naming --node, exit 2', async (_what, node) => {
+    for (const args of [['agent', '--registry', join(dir, 'none'), `--node=${node}`], ['agent', 'status', `--node=${node}`]]) {
+      const r = await cli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(/^tenc: --node: ".+ is not a node name/);
+      expect(r.stderr).toContain(`Usage: tenc ${args[1] === 'status' ? 'agent status' : 'agent'}`);
+    }
+  });
+
+  it("the default run dir: /run/tenc/agent-NODE, a name too long for a directory entry cut and ended by its hash", async () => {
+    const { agentRunDir } = await import('../../src/metrics/gather.js');
+    expect(agentRunDir('ip-10-0-1-2.ec2.internal')).toBe('/run/tenc/agent-ip-10-0-1-2.ec2.internal');
+    expect(agentRunDir('a'.repeat(249), dir)).toBe(join(dir, `agent-${'a'.repeat(249)}`));
+    const long = agentRunDir(LONG, dir);
+    const other = agentRunDir(`${LONG.slice(0, -1)}e`, dir);
+    for (const d of [long, other]) {
+      expect(d.slice(dir.length + 1).length).toBeLessThanOrEqual(255);
+      expect(d).toMatch(new RegExp(`/agent-${LONG.slice(0, 200)}.*-[0-9a-f]{16}$`));
+      mkdirSync(d);
+    }
+    expect(long).not.toBe(other);
+  });
+});
+
 describe('keys', () => {
   it('pubkey of the RFC 7748 §6.1 private key is the RFC public key', async () => {
     const r = await cli(['pubkey'], ALICE_PRIV + '\n');
@@ -343,6 +378,17 @@ describe('the built executable (node dist/src/cli/main.js)', () => {
     const v = spawnSync('node', [main, 'cni'], { encoding: 'utf8', input: '', env: { ...process.env, CNI_COMMAND: 'VERSION' } });
     expect(v.status).toBe(0);
     expect(JSON.parse(v.stdout).supportedVersions).toContain('1.0.0');
+  });
+
+  it.each([
+    ['EKS', 'ip-10-0-1-2.ec2.internal'],
+    ['253 characters', `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}`],
+  ])('agent --node: a node named as on %s is taken (the run goes on to the registry)', (_what, node) => {
+    const none = join(dir, 'no-registry');
+    const r = spawnSync('node', [main, 'agent', '--registry', none, '--node', node], { encoding: 'utf8' });
+    expect(r.stderr).not.toContain('Usage:');
+    expect(r.stderr).toContain(`registry directory ${none} does not exist`);
+    expect(r.status).toBe(1);
   });
 
   it('--version prints the package version', () => {

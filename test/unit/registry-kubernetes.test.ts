@@ -264,6 +264,73 @@ describe('kubernetes registry: TencPeers, admission and trust', () => {
   });
 });
 
+describe('kubernetes registry: node names as Kubernetes allows them (DNS-1123 subdomains)', () => {
+  /** 253 characters, the most a node's name may have: four parts between dots. */
+  const LONG = `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}`;
+
+  it.each([['EKS', 'ip-10-0-1-2.ec2.internal'], ['253 characters', LONG]])(
+    "a node named as on %s: its TencPeer is published, read back and believed, then withdrawn; it carries no label the name would overflow",
+    async (_what, node) => {
+      expect(node.length).toBeLessThanOrEqual(253);
+      api.putPod('alpha', 'alpha-dotted-1', node, '10.128.1.50', { app: 'web' });
+      const mine = open(node);
+      const other = open('node2');
+      await until('the pod', async () => (await mine.pods('alpha')).find((p) => p.name === 'alpha-dotted-1'));
+      const k = key();
+      await mine.publishPeer({ project: 'alpha', pod: 'alpha-dotted-1', node, publicKey: k, endpoint: '10.128.1.50:51820' });
+      const t = api.get('tencpeers', 'alpha', 'alpha-dotted-1')!;
+      expect(t.spec.nodeName).toBe(node);
+      // a label value holds at most 63 characters (the fake refuses more, as the API server does)
+      for (const v of Object.values((t.metadata.labels ?? {}) as Record<string, string>)) expect(v.length).toBeLessThanOrEqual(63);
+      const seen = await until('node2 reads it', async () => (await other.peers('alpha')).find((p) => p.pod === 'alpha-dotted-1'));
+      expect(seen).toEqual({ project: 'alpha', pod: 'alpha-dotted-1', node, publicKey: k, endpoint: '10.128.1.50:51820' });
+      const rejected: string[] = [];
+      expect(trustedPeers(await other.pods('alpha'), await other.peers('alpha'), (p, why) => rejected.push(`${p.pod}: ${why}`))).toEqual([seen]);
+      expect(rejected).toEqual([]);
+      await mine.withdrawPeer('alpha', node, 'alpha-dotted-1');
+      expect(api.get('tencpeers', 'alpha', 'alpha-dotted-1')).toBeUndefined();
+    },
+  );
+
+  it('node a is not node a.b (nor a-b): admission refuses a writing as a.b, and what a publishes for a pod of a.b is not believed', async () => {
+    api.putPod('alpha', 'alpha-ab-1', 'a.b', '10.128.1.51', { app: 'web' });
+    const a = open('a');
+    const ab = open('a.b');
+    const aDashB = open('a-b');
+    await until('the pod', async () => (await a.pods('alpha')).find((p) => p.name === 'alpha-ab-1'));
+    for (const r of [a, aDashB]) await expect(r.publishPeer({ project: 'alpha', pod: 'alpha-ab-1', node: 'a.b', publicKey: key(), endpoint: '10.128.1.51:51820' })).rejects.toThrow(/HTTP 403.*tenc-peer-node/);
+    // under its own name: admitted, but not believed for a pod of a.b
+    await a.publishPeer({ project: 'alpha', pod: 'alpha-ab-1', node: 'a', publicKey: key(), endpoint: '10.128.1.51:51820' });
+    const peers = await until('seen', async () => {
+      const p = await ab.peers('alpha');
+      return p.length ? p : null;
+    });
+    const rejected: string[] = [];
+    expect(trustedPeers(await ab.pods('alpha'), peers, (p, why) => rejected.push(`${p.pod}: ${why}`))).toEqual([]);
+    expect(rejected).toEqual(['alpha-ab-1: published by node a, but the pod runs on a.b']);
+    // nor may a.b's agent change or delete it (its old object is a's)
+    await expect(ab.publishPeer({ project: 'alpha', pod: 'alpha-ab-1', node: 'a.b', publicKey: key(), endpoint: '10.128.1.51:51820' })).rejects.toThrow(/HTTP 403/);
+    await a.withdrawPeer('alpha', 'a', 'alpha-ab-1');
+    const k = key();
+    await ab.publishPeer({ project: 'alpha', pod: 'alpha-ab-1', node: 'a.b', publicKey: k, endpoint: '10.128.1.51:51820' });
+    const own = await until('a.b\'s own', async () => (await a.peers('alpha')).find((p) => p.publicKey === k));
+    expect(trustedPeers(await a.pods('alpha'), [own])).toEqual([own]);
+  });
+
+  it("a TencPeer whose spec.nodeName is not a node's name is left out, logged once; publishing under such a name is refused before the API is asked", async () => {
+    const r = open('node1');
+    api.put('tencpeers', { metadata: { name: 'alpha-web-1', namespace: 'alpha' }, spec: { nodeName: 'node1..x', publicKey: key(), endpoint: '10.128.1.10:51820' } });
+    await until('listed', async () => (await r.pods('alpha')).length > 0);
+    for (let i = 0; i < 2; i++) expect(await r.peers('alpha')).toEqual([]);
+    expect(warnings.filter((w) => w.includes('TencPeer alpha/alpha-web-1') && w.includes('spec.nodeName is not a node name'))).toHaveLength(1);
+    const writes = api.counts.denied;
+    for (const node of ['Node1', 'a..b', '-a', 'a/b', `${LONG}x`]) {
+      await expect(r.publishPeer({ project: 'alpha', pod: 'alpha-web-1', node, publicKey: key(), endpoint: '10.128.1.10:51820' })).rejects.toThrow(/^publishPeer: node: .* is not a node name/);
+    }
+    expect(api.counts.denied).toBe(writes);
+  });
+});
+
 describe('--registry kubernetes[:KUBECONFIG]', () => {
   it('opens the backend from a kubeconfig file; a missing or empty one is named', async () => {
     await expect(openRegistry(`kubernetes:${join(dir, 'nope')}`)).rejects.toThrow(`--registry kubernetes:${join(dir, 'nope')}: kubeconfig ${join(dir, 'nope')} does not exist`);
