@@ -14,7 +14,10 @@
  *
  * Under load (more than `underLoadThreshold` handshake messages in a second, and for
  * UNDER_LOAD_AFTER_TIME after), initiations and responses need a valid mac2 and get a cookie
- * reply otherwise (whitepaper §5.3).
+ * reply otherwise (whitepaper §5.3). Only initiations and responses of the right size whose
+ * mac1 is made with our public key count toward that load: cookie replies never, nor
+ * messages refused before (bad length/type/reserved bytes, bad mac1, each a counted failure),
+ * so junk from spoofed sources that knows nothing of us cannot make real peers wait.
  *
  * Logs carry fixed keys and key fingerprints, never keys. What it takes and reports (options,
  * peer config, status) and the checks of a caller's arguments are in api.ts; the DataPlane
@@ -57,6 +60,7 @@ import {
   makeIdentity,
   type HandshakeReason,
 } from '../noise/handshake.js';
+import { verifyMac1 } from '../noise/cookie.js';
 import { Keypair, type SlotChange } from '../noise/keypairs.js';
 import type { TimerAction } from '../noise/timers.js';
 import { systemClock, type Clock, type LocalIdentity } from '../noise/types.js';
@@ -165,7 +169,7 @@ export class Device {
       const e = checkEndpoint(upd.endpoint);
       peer.endpoint = e;
       if (e) this.plane.setEndpoint(peer.id, e);
-      if (e && peer.initiationBlocked) peer.timers.needHandshake();
+      if (e && peer.initiationBlocked) peer.timers.requestHandshake();
     }
     if (upd.allowedIps !== undefined) {
       const want = new Set(upd.allowedIps.map((c) => canonicalCidr(c)));
@@ -223,7 +227,7 @@ export class Device {
   /** Starts a handshake with the peer now (subject to the one-per-REKEY_TIMEOUT limit). */
   initiate(publicKey: Uint8Array | string): void {
     const peer = this.mustFind(publicKey);
-    peer.timers.needHandshake();
+    peer.timers.requestHandshake();
     this.service(peer);
   }
 
@@ -375,15 +379,35 @@ export class Device {
     }
   }
 
-  /** Mirrors a slot change into the data plane (dropped keypairs are already zeroed). */
+  /**
+   * Mirrors a slot change into the data plane (dropped keypairs are already zeroed). The new
+   * send keypair is set before the dropped ones are removed: removing the send keypair first
+   * would leave the plane without one for a moment, queueing packets and raising a
+   * need_handshake that arrives after the handshake completed.
+   */
   private applySlots(peer: Peer, ch: SlotChange): void {
+    if (ch.sendChanged) {
+      const cur = peer.keypairs.sendKeypair(this.clock.now());
+      this.plane.setSendKeypair(peer.id, cur ? cur.localIndex : null);
+    }
     for (const kp of ch.dropped) {
       this.plane.removeKeypair(kp.localIndex);
       this.registry.releaseIndex(kp.localIndex);
     }
-    if (ch.sendChanged) {
-      const cur = peer.keypairs.sendKeypair(this.clock.now());
-      this.plane.setSendKeypair(peer.id, cur ? cur.localIndex : null);
+  }
+
+  /**
+   * Gives a fresh keypair's keys to the plane, which keeps its own copy (the native engine in
+   * its key vault, the reference plane in its keypair), and zeroes every copy on this side:
+   * the handshake's SessionKeys and the Keypair's (which from then on only keeps the slots).
+   */
+  private handKeysToPlane(peer: Peer, kp: Keypair, keys: { sendKey: Uint8Array; recvKey: Uint8Array }): void {
+    keys.sendKey.fill(0);
+    keys.recvKey.fill(0);
+    try {
+      this.plane.addKeypair(peer.id, { localIndex: kp.localIndex, remoteIndex: kp.remoteIndex, sendKey: kp.sendKey, recvKey: kp.recvKey });
+    } finally {
+      kp.releaseKeys();
     }
   }
 
@@ -494,7 +518,10 @@ export class Device {
     this.log.debug({ event: 'handshake_failed', reason, peer: peer?.fingerprint, from: `${from.address}:${from.port}` }, 'handshake message refused');
   }
 
-  /** Counts handshake messages per second; returns whether we are under load. */
+  /**
+   * Counts a handshake message toward load (per one-second window); returns whether we are
+   * under load. Called only for initiations and responses with a valid mac1.
+   */
   private noteHandshakeLoad(now: number): boolean {
     if (now - this.loadWindowStart >= 1000) {
       this.loadWindowStart = now;
@@ -507,10 +534,17 @@ export class Device {
 
   private receiveHandshake(data: Uint8Array, from: Endpoint): void {
     const now = this.clock.now();
-    const underLoad = this.noteHandshakeLoad(now);
     const dec = decodeMessage(data);
     if (!dec.ok) return this.fail(dec.reason, from);
     const msg = dec.message;
+    let underLoad = false;
+    if (msg.type === MESSAGE_INITIATION || msg.type === MESSAGE_RESPONSE) {
+      // mac1 before the load count: only a message made for our public key counts.
+      if (!verifyMac1(this.local, msg.bytes)) {
+        return this.fail('bad_mac1', from, msg.type === MESSAGE_RESPONSE ? this.registry.byReceiverIndex(msg.receiverIndex) : undefined);
+      }
+      underLoad = this.noteHandshakeLoad(now);
+    }
     const ctx = { nowMs: now, underLoad, source: endpointBytes(from.address, from.port) };
     const byIndex = (i: number) => this.registry.byReceiverIndex(i)?.handshake;
     switch (msg.type) {
@@ -526,9 +560,7 @@ export class Device {
         const index = this.registry.allocateIndex(peer);
         const { message, keys } = createResponse(this.local, peer.handshake, index, now);
         const kp = new Keypair(keys, now);
-        keys.sendKey.fill(0);
-        keys.recvKey.fill(0);
-        this.plane.addKeypair(peer.id, { localIndex: kp.localIndex, remoteIndex: kp.remoteIndex, sendKey: kp.sendKey, recvKey: kp.recvKey });
+        this.handKeysToPlane(peer, kp, keys);
         this.applySlots(peer, peer.keypairs.install(kp));
         // Our own initiation in flight (if any) lost the race; its index is no longer needed.
         if (peer.handshakeIndex !== null) this.registry.releaseIndex(peer.handshakeIndex);
@@ -554,9 +586,7 @@ export class Device {
         peer.handshakeIndex = null; // the index now names the keypair
         this.authenticatedFrom(peer, from, now);
         const kp = new Keypair(res.keys, now);
-        res.keys.sendKey.fill(0);
-        res.keys.recvKey.fill(0);
-        this.plane.addKeypair(peer.id, { localIndex: kp.localIndex, remoteIndex: kp.remoteIndex, sendKey: kp.sendKey, recvKey: kp.recvKey });
+        this.handKeysToPlane(peer, kp, res.keys);
         this.applySlots(peer, peer.keypairs.install(kp));
         peer.timers.sessionDerived(now);
         this.handshakeDone(peer, 'initiator');

@@ -113,6 +113,11 @@ const INITIAL_CHAINING_KEY = hash(textEncoder.encode(CONSTRUCTION));
 const INITIAL_HASH = hash(INITIAL_CHAINING_KEY, textEncoder.encode(IDENTIFIER));
 const ZERO_PSK = new Uint8Array(KEY_SIZE);
 
+/** Zeroes intermediate secrets (chaining keys, AEAD keys, DH results) no longer needed. */
+function wipe(...parts: (Uint8Array | null | undefined)[]): void {
+  for (const p of parts) p?.fill(0);
+}
+
 // ---- argument checks (caller bugs throw) ------------------------------------------------
 
 function assertBytes(v: unknown, len: number, name: string): asserts v is Uint8Array {
@@ -235,19 +240,23 @@ export function createInitiation(
   const ephemeralPublic = dhPublic(ephemeralPrivate);
 
   let h = hash(INITIAL_HASH, peer.remoteStatic);
-  let ck = kdf1(INITIAL_CHAINING_KEY, ephemeralPublic);
+  const ck0 = kdf1(INITIAL_CHAINING_KEY, ephemeralPublic);
   h = hash(h, ephemeralPublic);
   const es = dh(ephemeralPrivate, peer.remoteStatic);
-  if (es === null) throw new Error('unreachable: peer static key is low-order');
-  let k: Uint8Array;
-  [ck, k] = kdf2(ck, es);
-  const encryptedStatic = aeadSeal(k, 0n, local.publicKey, h);
+  if (es === null) {
+    wipe(ck0, ephemeralPrivate);
+    throw new Error('unreachable: peer static key is low-order');
+  }
+  const [ck1, k1] = kdf2(ck0, es);
+  wipe(ck0, es);
+  const encryptedStatic = aeadSeal(k1, 0n, local.publicKey, h);
+  wipe(k1);
   h = hash(h, encryptedStatic);
-  [ck, k] = kdf2(ck, peer.staticStatic);
-  const encryptedTimestamp = aeadSeal(k, 0n, timestamp, h);
+  const [ck, k2] = kdf2(ck1, peer.staticStatic);
+  wipe(ck1);
+  const encryptedTimestamp = aeadSeal(k2, 0n, timestamp, h);
+  wipe(k2);
   h = hash(h, encryptedTimestamp);
-  k.fill(0);
-  es.fill(0);
 
   const msg = new Uint8Array(MESSAGE_INITIATION_SIZE);
   const o = INITIATION_OFFSET;
@@ -302,49 +311,61 @@ export function consumeInitiation(
 
   const e = Uint8Array.from(msg.ephemeral);
   let h = hash(INITIAL_HASH, local.publicKey);
-  let ck = kdf1(INITIAL_CHAINING_KEY, e);
-  h = hash(h, e);
-  const es = dh(local.privateKey, e);
-  if (es === null) return { ok: false, reason: 'low_order' };
-  let k: Uint8Array;
-  [ck, k] = kdf2(ck, es);
-  es.fill(0);
-  const remoteStatic = aeadOpen(k, 0n, msg.encryptedStatic, h);
-  if (remoteStatic === null) return { ok: false, reason: 'decrypt_static' };
-  h = hash(h, msg.encryptedStatic);
+  // Every chaining key and key derived here is zeroed on the way out, whatever the outcome,
+  // except the final chaining key and hash that a success keeps in the peer's state.
+  let ck0: Uint8Array | null = null;
+  let ck1: Uint8Array | null = null;
+  let ck: Uint8Array | null = null;
+  let k1: Uint8Array | null = null;
+  let k2: Uint8Array | null = null;
+  let committed = false;
+  try {
+    ck0 = kdf1(INITIAL_CHAINING_KEY, e);
+    h = hash(h, e);
+    const es = dh(local.privateKey, e);
+    if (es === null) return { ok: false, reason: 'low_order' };
+    [ck1, k1] = kdf2(ck0, es);
+    es.fill(0);
+    const remoteStatic = aeadOpen(k1, 0n, msg.encryptedStatic, h);
+    if (remoteStatic === null) return { ok: false, reason: 'decrypt_static' };
+    h = hash(h, msg.encryptedStatic);
 
-  const peer = lookupPeerByStaticKey(remoteStatic);
-  if (peer === undefined || !equalBytes(peer.remoteStatic, remoteStatic)) return { ok: false, reason: 'unknown_peer' };
+    const peer = lookupPeerByStaticKey(remoteStatic);
+    if (peer === undefined || !equalBytes(peer.remoteStatic, remoteStatic)) return { ok: false, reason: 'unknown_peer' };
 
-  [ck, k] = kdf2(ck, peer.staticStatic);
-  const timestamp = aeadOpen(k, 0n, msg.encryptedTimestamp, h);
-  k.fill(0);
-  if (timestamp === null) return { ok: false, reason: 'decrypt_timestamp' };
-  h = hash(h, msg.encryptedTimestamp);
+    [ck, k2] = kdf2(ck1, peer.staticStatic);
+    const timestamp = aeadOpen(k2, 0n, msg.encryptedTimestamp, h);
+    if (timestamp === null) return { ok: false, reason: 'decrypt_timestamp' };
+    h = hash(h, msg.encryptedTimestamp);
 
-  if (peer.latestTimestamp !== null) {
-    const cmp = compareTai64n(timestamp, peer.latestTimestamp);
-    if (cmp === 0) return { ok: false, reason: 'replayed_timestamp' };
-    if (cmp < 0) return { ok: false, reason: 'stale_timestamp' };
+    if (peer.latestTimestamp !== null) {
+      const cmp = compareTai64n(timestamp, peer.latestTimestamp);
+      if (cmp === 0) return { ok: false, reason: 'replayed_timestamp' };
+      if (cmp < 0) return { ok: false, reason: 'stale_timestamp' };
+    }
+    if (peer.lastInitiationConsumedMs !== null && ctx.nowMs - peer.lastInitiationConsumedMs < HANDSHAKE_INITIATION_RATE) {
+      return { ok: false, reason: 'flood' };
+    }
+
+    // Authentic and fresh: commit.
+    peer.latestTimestamp = timestamp;
+    if (peer.lastInitiationConsumedMs === null || ctx.nowMs > peer.lastInitiationConsumedMs) {
+      peer.lastInitiationConsumedMs = ctx.nowMs;
+    }
+    clearHandshake(peer);
+    peer.state = {
+      kind: 'initiation_consumed',
+      remoteIndex: msg.senderIndex,
+      remoteEphemeral: e,
+      hash: h,
+      chainingKey: ck,
+    };
+    committed = true;
+    return { ok: true, peer, remoteIndex: msg.senderIndex, timestamp: Uint8Array.from(timestamp) };
+  } finally {
+    wipe(ck0, ck1, k1, k2);
+    if (!committed) wipe(ck, h);
   }
-  if (peer.lastInitiationConsumedMs !== null && ctx.nowMs - peer.lastInitiationConsumedMs < HANDSHAKE_INITIATION_RATE) {
-    return { ok: false, reason: 'flood' };
-  }
-
-  // Authentic and fresh: commit.
-  peer.latestTimestamp = timestamp;
-  if (peer.lastInitiationConsumedMs === null || ctx.nowMs > peer.lastInitiationConsumedMs) {
-    peer.lastInitiationConsumedMs = ctx.nowMs;
-  }
-  clearHandshake(peer);
-  peer.state = {
-    kind: 'initiation_consumed',
-    remoteIndex: msg.senderIndex,
-    remoteEphemeral: e,
-    hash: h,
-    chainingKey: ck,
-  };
-  return { ok: true, peer, remoteIndex: msg.senderIndex, timestamp: Uint8Array.from(timestamp) };
 }
 
 // ---- message 2: response (whitepaper §5.4.3) -----------------------------------------------
@@ -372,24 +393,23 @@ export function createResponse(
     : generatePrivateKey(local.random);
   const ephemeralPublic = dhPublic(ephemeralPrivate);
 
-  let ck = kdf1(s.chainingKey, ephemeralPublic);
+  const ck0 = kdf1(s.chainingKey, ephemeralPublic);
   let h = hash(s.hash, ephemeralPublic);
   const ee = dh(ephemeralPrivate, s.remoteEphemeral);
   const se = dh(ephemeralPrivate, peer.remoteStatic);
-  if (ee === null || se === null) throw new Error('unreachable: low-order key passed consumeInitiation');
-  ck = kdf1(ck, ee);
-  ck = kdf1(ck, se);
-  ee.fill(0);
-  se.fill(0);
   ephemeralPrivate.fill(0);
-  let tau: Uint8Array;
-  let k: Uint8Array;
-  [ck, tau, k] = kdf3(ck, peer.psk);
+  if (ee === null || se === null) {
+    wipe(ck0, ee, se, h);
+    throw new Error('unreachable: low-order key passed consumeInitiation');
+  }
+  const ck1 = kdf1(ck0, ee);
+  const ck2 = kdf1(ck1, se);
+  const [ck, tau, k] = kdf3(ck2, peer.psk);
+  wipe(ck0, ck1, ck2, ee, se);
   h = hash(h, tau);
   const encryptedNothing = aeadSeal(k, 0n, EMPTY, h);
   h = hash(h, encryptedNothing);
-  tau.fill(0);
-  k.fill(0);
+  wipe(tau, k);
 
   const msg = new Uint8Array(MESSAGE_RESPONSE_SIZE);
   const o = RESPONSE_OFFSET;
@@ -439,38 +459,43 @@ export function consumeResponse(
     return { ok: false, reason: 'unexpected_response' };
   }
 
+  // The peer's state (s) stays as it is on failure; what is derived here is zeroed on the way out.
   const e = msg.ephemeral;
-  let ck = kdf1(s.chainingKey, e);
   let h = hash(s.hash, e);
-  const ee = dh(s.ephemeralPrivate, e);
-  if (ee === null) return { ok: false, reason: 'low_order' };
-  const se = dh(local.privateKey, e);
-  if (se === null) return { ok: false, reason: 'low_order' };
-  ck = kdf1(ck, ee);
-  ck = kdf1(ck, se);
-  ee.fill(0);
-  se.fill(0);
-  let tau: Uint8Array;
-  let k: Uint8Array;
-  [ck, tau, k] = kdf3(ck, peer.psk);
-  h = hash(h, tau);
-  tau.fill(0);
-  const nothing = aeadOpen(k, 0n, msg.encryptedNothing, h);
-  k.fill(0);
-  if (nothing === null) return { ok: false, reason: 'decrypt_response' };
+  let ck0: Uint8Array | null = null;
+  let ck1: Uint8Array | null = null;
+  let ck2: Uint8Array | null = null;
+  let ck: Uint8Array | null = null;
+  let tau: Uint8Array | null = null;
+  let k: Uint8Array | null = null;
+  let ee: Uint8Array | null = null;
+  let se: Uint8Array | null = null;
+  try {
+    ck0 = kdf1(s.chainingKey, e);
+    ee = dh(s.ephemeralPrivate, e);
+    if (ee === null) return { ok: false, reason: 'low_order' };
+    se = dh(local.privateKey, e);
+    if (se === null) return { ok: false, reason: 'low_order' };
+    ck1 = kdf1(ck0, ee);
+    ck2 = kdf1(ck1, se);
+    [ck, tau, k] = kdf3(ck2, peer.psk);
+    h = hash(h, tau);
+    const nothing = aeadOpen(k, 0n, msg.encryptedNothing, h);
+    if (nothing === null) return { ok: false, reason: 'decrypt_response' };
 
-  const [sendKey, recvKey] = kdf2(ck, EMPTY);
-  const keys: SessionKeys = {
-    sendKey,
-    recvKey,
-    localIndex: s.localIndex,
-    remoteIndex: msg.senderIndex,
-    isInitiator: true,
-  };
-  ck.fill(0);
-  h.fill(0);
-  clearHandshake(peer);
-  return { ok: true, peer, keys };
+    const [sendKey, recvKey] = kdf2(ck, EMPTY);
+    const keys: SessionKeys = {
+      sendKey,
+      recvKey,
+      localIndex: s.localIndex,
+      remoteIndex: msg.senderIndex,
+      isInitiator: true,
+    };
+    clearHandshake(peer);
+    return { ok: true, peer, keys };
+  } finally {
+    wipe(ck0, ck1, ck2, ck, tau, k, ee, se, h);
+  }
 }
 
 // ---- message 3: cookie reply (whitepaper §5.4.7) ---------------------------------------------

@@ -46,7 +46,10 @@ export class Keypair {
   readonly isInitiator: boolean;
   /** Clock ms when the handshake derived it. */
   readonly createdMs: number;
-  /** Own copies of the keys (the caller's arrays are not kept). */
+  /**
+   * Own copies of the keys (the caller's arrays are not kept), until releaseKeys(): the
+   * device hands them to the data plane, which keeps its own, and zeroes these at once.
+   */
   readonly sendKey: Uint8Array;
   readonly recvKey: Uint8Array;
   /** Receive-side replay window. */
@@ -118,6 +121,15 @@ export class Keypair {
   /** For tests and the counter-limit edge: jump the send counter. */
   setSendCounterForTest(n: bigint): void {
     this.sendCounter = n;
+  }
+
+  /**
+   * Zeroes both keys because the data plane now holds them; the keypair keeps its place in
+   * the slots (indices, age, send limits) and stays usable as far as this side's bookkeeping goes.
+   */
+  releaseKeys(): void {
+    this.sendKey.fill(0);
+    this.recvKey.fill(0);
   }
 
   /** Zeroes both keys; the keypair can no longer be used. */

@@ -24,7 +24,9 @@
  *   KEEPALIVE_TIMEOUT - REKEY_TIMEOUT old -> initiate once ("last minute");
  *   keypairs REJECT_AFTER_TIME old are dropped and zeroed.
  * Initiations that are not retries are at most one per REKEY_TIMEOUT (counting responses
- * we sent); a request made too early is kept and served when allowed.
+ * we sent); a request made too early is kept and served when allowed. An on-demand request
+ * (needHandshake) is dropped instead when, by then, the current keypair can send and is not
+ * past a rekey threshold.
  *
  * Hooks take an optional time (clock ms) so a poller can report when something happened.
  * A `keepalive` action is taken as sent when tick() returns it: the owner sends it and does
@@ -60,7 +62,8 @@ export class ManualClock implements Clock {
 }
 
 export type InitiateReason =
-  | 'on_demand' // a packet is waiting and there is no keypair to send it with
+  | 'on_demand' // a packet is waiting and there is no keypair to send it with (dropped if one is usable by then)
+  | 'requested' // asked for by the owner (a forced rekey), with or without a usable keypair
   | 'retransmit' // no response to our initiation within REKEY_TIMEOUT
   | 'rekey_time' // sending with a keypair we initiated REKEY_AFTER_TIME ago
   | 'rekey_messages' // the data plane reported REKEY_AFTER_MESSAGES
@@ -183,9 +186,18 @@ export class PeerTimers {
     this.arm('zeroKeys', at + REJECT_AFTER_TIME * 3);
   }
 
-  /** A packet waits for a keypair (the data plane's need_handshake). */
+  /**
+   * A packet waits for a keypair (the data plane's need_handshake). Served only if, when
+   * the initiation may go out, there is still no usable send keypair (see usableSendKeypair):
+   * a request the plane raised in the instant between two keypairs is dropped.
+   */
   needHandshake(): void {
     this.want('on_demand');
+  }
+
+  /** The owner asks for a new handshake whatever the keypairs (a forced rekey). */
+  requestHandshake(): void {
+    this.want('requested');
   }
 
   /** The data plane reported REKEY_AFTER_MESSAGES on the send keypair. */
@@ -258,7 +270,8 @@ export class PeerTimers {
       if (this.handshaking || out.some((a) => a.type === 'initiate')) {
         this.wanted = null; // the retransmit series will deliver it
       } else if (this.lastHandshakeSentMs === null || now - this.lastHandshakeSentMs >= REKEY_TIMEOUT) {
-        out.push({ type: 'initiate', reason: this.wanted, retry: false });
+        // An on-demand request is dropped when a usable keypair came after it: nothing waits.
+        if (this.wanted !== 'on_demand' || !this.usableSendKeypair(now)) out.push({ type: 'initiate', reason: this.wanted, retry: false });
         this.wanted = null;
       }
     }
@@ -311,8 +324,18 @@ export class PeerTimers {
     this.anyAuthenticatedPacketTraversal(now);
   }
 
+  /** The first reason is kept, except that any other reason replaces on_demand (which may be dropped). */
   private want(reason: InitiateReason): void {
-    if (this.wanted === null) this.wanted = reason;
+    if (this.wanted === null || this.wanted === 'on_demand') this.wanted = reason;
+  }
+
+  /**
+   * The current keypair can send (not expired, counter below REJECT_AFTER_MESSAGES) and is
+   * not past a rekey threshold (REKEY_AFTER_MESSAGES; REKEY_AFTER_TIME for one we initiated).
+   */
+  private usableSendKeypair(now: number): boolean {
+    const cur = this.keypairs.sendKeypair(now);
+    return cur !== null && !cur.wantsRekey(now) && !cur.rekeyByMessages();
   }
 
   private arm(name: TimerName, at: number): void {

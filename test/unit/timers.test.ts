@@ -9,6 +9,7 @@ import { ManualClock, PeerTimers, type TimerAction } from '../../src/noise/timer
 import {
   KEEPALIVE_TIMEOUT,
   REJECT_AFTER_TIME,
+  REKEY_AFTER_MESSAGES,
   REKEY_AFTER_TIME,
   REKEY_ATTEMPT_TIME,
   REKEY_TIMEOUT,
@@ -273,5 +274,57 @@ describe('one initiation at a time', () => {
     h.timers.needHandshake(); // more packets queued meanwhile
     const actions = h.timers.tick();
     expect(actions).toEqual([{ type: 'initiate', reason: 'retransmit', retry: true }]);
+  });
+});
+
+describe('on-demand requests and usable keypairs', () => {
+  it('an on-demand request is dropped when, by the time it may go out, the current keypair can send', () => {
+    const h = setup();
+    h.clock.set(1_000);
+    h.timers.handshakeResponseSent();
+    h.timers.needHandshake(); // raised while the plane had no send keypair for an instant
+    h.keypairs.install(keypair(true, 1_000));
+    h.run(REKEY_TIMEOUT * 3);
+    expect(h.times('initiate')).toEqual([]);
+  });
+
+  it('it is served when there is none, or the keypair is past REKEY_AFTER_TIME (ours) or REKEY_AFTER_MESSAGES', () => {
+    const none = setup();
+    none.timers.needHandshake();
+    none.tick();
+    expect(none.times('initiate')).toEqual([0]);
+
+    const old = setup();
+    old.keypairs.install(keypair(true, 0));
+    old.clock.set(REKEY_AFTER_TIME);
+    old.timers.needHandshake();
+    old.tick();
+    expect(old.times('initiate')).toEqual([REKEY_AFTER_TIME]);
+
+    const used = setup();
+    const k = keypair(false, 0);
+    used.keypairs.install(k);
+    used.keypairs.received(k.localIndex);
+    k.setSendCounterForTest(REKEY_AFTER_MESSAGES);
+    used.timers.needHandshake();
+    used.tick();
+    expect(used.times('initiate')).toEqual([0]);
+  });
+
+  it('a later rekey reason replaces a pending on-demand request; a requested handshake goes out with a usable keypair', () => {
+    const h = setup();
+    h.keypairs.install(keypair(true, 0));
+    h.clock.set(1_000);
+    h.timers.handshakeResponseSent();
+    h.timers.needHandshake();
+    h.timers.rekeyNeeded();
+    h.run(REKEY_TIMEOUT);
+    expect(h.log.filter((e) => e.a.type === 'initiate').map((e) => e.a)).toEqual([{ type: 'initiate', reason: 'rekey_messages', retry: false }]);
+
+    const r = setup();
+    r.keypairs.install(keypair(true, 0));
+    r.timers.requestHandshake();
+    r.tick();
+    expect(r.log.map((e) => e.a)).toEqual([{ type: 'initiate', reason: 'requested', retry: false }]);
   });
 });
