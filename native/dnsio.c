@@ -269,14 +269,14 @@ static int make_addr(napi_env env, int family, napi_value v, int port, struct so
   return -1;
 }
 
+static const napi_type_tag DNSIO_TAG = {0x74656e63646e7331ull, 0x4c0e7a91d3b6f258ull};
+
 static int get_handle(napi_env env, napi_value v, dnsio **out) {
-  napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external) {
+  void *p = NULL;
+  if (!tenc_has_tag(env, v, &DNSIO_TAG) || napi_get_value_external(env, v, &p) != napi_ok || !p) {
     tenc_throw_type(env, "handle must be a dnsio handle");
     return -1;
   }
-  void *p;
-  napi_get_value_external(env, v, &p);
   *out = p;
   return 0;
 }
@@ -421,6 +421,10 @@ static napi_value dnsio_open(napi_env env, napi_callback_info info) {
     s->finalized = 1;
     start_close(s);
     return NULL;
+  }
+  if (tenc_tag_handle(env, handle, &DNSIO_TAG) < 0) { /* closed now; the external's finalizer frees it */
+    start_close(s);
+    return tenc_throw_errno(env, ENOMEM, "dnsioOpen: handle");
   }
   uv_poll_start(&s->poll, UV_READABLE, on_poll);
   napi_create_object(env, &res);

@@ -200,11 +200,11 @@ static int get_endpoint(napi_env env, napi_value addr, napi_value port, struct s
   return 0;
 }
 
+static const napi_type_tag ENGINE_TAG = {0x74656e63656e6731ull, 0x9b1d3c7e55a2f041ull};
+
 js_engine *tenc_js_handle(napi_env env, napi_value v) {
   void *p = NULL;
-  napi_valuetype t;
-  napi_typeof(env, v, &t);
-  if (t != napi_external || napi_get_value_external(env, v, &p) != napi_ok || !p) {
+  if (!tenc_has_tag(env, v, &ENGINE_TAG) || napi_get_value_external(env, v, &p) != napi_ok || !p) {
     tenc_throw_type(env, "handle must be an engine handle");
     return NULL;
   }
@@ -327,7 +327,15 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
     js_unref(j);
     return tenc_throw_errno(env, err, "engineCreate (tun fd %d, udp fd %d)", o.tun_fd, o.udp_fd);
   }
-  napi_create_external(env, j, handle_finalize, NULL, &handle);
+  if (napi_create_external(env, j, handle_finalize, NULL, &handle) != napi_ok) {
+    js_close(env, j); /* no handle, no finalizer: closed and released here */
+    js_unref(j);
+    return tenc_throw_errno(env, ENOMEM, "engineCreate: handle");
+  }
+  if (tenc_tag_handle(env, handle, &ENGINE_TAG) < 0) {
+    js_close(env, j); /* released by the handle's finalizer */
+    return tenc_throw_errno(env, ENOMEM, "engineCreate: handle");
+  }
   napi_value res;
   napi_create_object(env, &res);
   napi_set_named_property(env, res, "handle", handle);
@@ -559,9 +567,7 @@ static napi_value engine_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   TENC_CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *p = NULL;
-  napi_valuetype t = napi_undefined;
-  if (argc >= 1) napi_typeof(env, argv[0], &t);
-  if (t != napi_external || napi_get_value_external(env, argv[0], &p) != napi_ok || !p)
+  if (argc < 1 || !tenc_has_tag(env, argv[0], &ENGINE_TAG) || napi_get_value_external(env, argv[0], &p) != napi_ok || !p)
     return tenc_throw_type(env, "handle must be an engine handle");
   js_close(env, p);
   return NULL;

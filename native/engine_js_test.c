@@ -32,7 +32,9 @@ static napi_value engine_test_set_send_counter(napi_env env, napi_callback_info 
   bool lossless;
   if (napi_get_value_bigint_uint64(env, argv[2], &c, &lossless) != napi_ok || !lossless)
     return tenc_throw_type(env, "counter must be a bigint in u64 range");
-  return tenc_js_result(env, tenc_engine_set_send_counter(j->e, local, c), "setSendCounter: no keypair", local);
+  int r = tenc_engine_set_send_counter(j->e, local, c);
+  if (r == -EINVAL) return tenc_throw_errno(env, EINVAL, "setSendCounter: keypair %u's counter only moves forward", local);
+  return tenc_js_result(env, r, "setSendCounter: no keypair", local);
 }
 
 static napi_value engine_test_seal(napi_env env, napi_callback_info info) {
@@ -198,7 +200,9 @@ static napi_value engine_test_age_keypair(napi_env env, napi_callback_info info)
   int64_t ms;
   if (tenc_js_u32(env, argv[1], "localIndex", &local) < 0 || tenc_get_int(env, argv[2], 0, 1ll << 40, "ms", &ms) < 0)
     return NULL;
-  return tenc_js_result(env, tenc_engine_test_age_keypair(j->e, local, (uint64_t)ms), "testAgeKeypair: no keypair", local);
+  int r = tenc_engine_test_age_keypair(j->e, local, (uint64_t)ms);
+  if (r == -EINVAL) return tenc_throw_errno(env, EINVAL, "testAgeKeypair: keypair %u would be older than the clock", local);
+  return tenc_js_result(env, r, "testAgeKeypair: no keypair", local);
 }
 
 napi_status tenc_init_engine_test(napi_env env, napi_value exports) {

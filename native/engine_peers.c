@@ -270,17 +270,22 @@ int tenc_engine_remove_keypair(tenc_engine *e, uint32_t local) {
 int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counter) {
   pthread_rwlock_wrlock(&e->lock);
   tenc_keypair *kp = kmap_get(e, local);
-  if (kp) atomic_store(&kp->send_counter, counter);
+  int r = kp ? 0 : -ENOENT;
+  /* only forward: a counter set back would seal again under nonces already used */
+  if (kp && counter < atomic_load(&kp->send_counter)) r = -EINVAL;
+  else if (kp) atomic_store(&kp->send_counter, counter);
   pthread_rwlock_unlock(&e->lock);
-  return kp ? 0 : -ENOENT;
+  return r;
 }
 
 int tenc_engine_test_age_keypair(tenc_engine *e, uint32_t local, uint64_t ms) {
   pthread_rwlock_wrlock(&e->lock);
   tenc_keypair *kp = kmap_get(e, local);
-  if (kp) kp->birth_ms -= ms;
+  int r = kp ? 0 : -ENOENT;
+  if (kp && ms > kp->birth_ms) r = -EINVAL; /* before the clock's start: wrapped, it would never expire */
+  else if (kp) kp->birth_ms -= ms;
   pthread_rwlock_unlock(&e->lock);
-  return kp ? 0 : -ENOENT;
+  return r;
 }
 
 int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr) {

@@ -30,6 +30,18 @@ static inline const char *tenc_errno_text(char *msg, size_t cap, int err, const 
 }
 
 /* Throws an Error with code = errno name and message "<what>: <strerror> (<name>)". */
+/* Handles (napi externals) carry a type tag, so one kind is never taken for another
+ * (an engine handle passed where a dnsio handle is expected would be freed as one). */
+static inline int tenc_tag_handle(napi_env env, napi_value handle, const napi_type_tag *tag) {
+  return napi_type_tag_object(env, handle, tag) == napi_ok ? 0 : -1;
+}
+static inline int tenc_has_tag(napi_env env, napi_value v, const napi_type_tag *tag) {
+  napi_valuetype t;
+  bool ok = false;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external) return 0;
+  return napi_check_object_type_tag(env, v, tag, &ok) == napi_ok && ok;
+}
+
 static inline napi_value tenc_throw_errno(napi_env env, int err, const char *fmt, ...) {
   char msg[600];
   va_list ap;

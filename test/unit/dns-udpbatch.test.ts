@@ -315,6 +315,9 @@ describe('UdpBatch', () => {
       expect(() => addon.dnsioSend(r.handle, 1)).toThrow(RangeError);
       base.txMeta.set([0, 10, 4, 9]);
       expect(addon.dnsioSend(r.handle, 1)).toBe(1);
+      // a dnsio handle is never taken for an engine's (it was freed as one; from a review)
+      expect(() => addon.engineClose(r.handle)).toThrow(TypeError);
+      expect(() => addon.engineRoute(r.handle, '10.0.0.1')).toThrow(TypeError);
     } finally {
       addon.dnsioClose(r.handle);
     }

@@ -13,6 +13,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeFd, NativePlane, openUdp } from '../../src/dataplane/native.js';
+import { addon } from '../../src/native.js';
 import type { PlaneEvent } from '../../src/device/plane.js';
 import { computeMac1, mac1KeyFor } from '../../src/noise/cookie.js';
 import { aeadSeal } from '../../src/noise/kdf.js';
@@ -169,6 +170,12 @@ describe('native handshake gate and key lifetime', () => {
     expect(plane.stats().keepalivesReceived).toBe(k0 + 2);
     expect(plane.peerDrops(70).keypair_expired).toBe(2);
     expect(plane.peerCounters(70).txPackets).toBe(2);
+    // older than the clock: refused (wrapped, the keypair never expired; from a review)
+    expect(() => plane.testAgeKeypair(700, 2 ** 40)).toThrow(/older than the clock/);
+    // nor an engine handle for a dnsio one
+    const handle = (plane as unknown as { handle: unknown }).handle;
+    expect(() => addon.dnsioSend(handle, 1)).toThrow(TypeError);
+    expect(() => addon.dnsioClose(handle)).toThrow(TypeError);
     closeFd(sink.fd);
   });
 

@@ -292,9 +292,12 @@ describe('native engine control plane calls', () => {
     expect(plane.sendKeepalive(50)).toBe(true); // the last usable counter
     expect(plane.sendKeepalive(50)).toBe(false); // exhausted
     expect(plane.sendKeepalive(50)).toBe(false);
+    // the hook never sets a counter back (a nonce used again under the same key; from a review)
+    expect(() => plane.testSetSendCounter(500, 0n)).toThrow(/only moves forward/);
+    expect(plane.sendKeepalive(50)).toBe(false);
     expect(plane.peerCounters(50).txPackets).toBe(5);
-    expect(plane.peerDrops(50).counter_exhausted).toBe(2);
-    expect(plane.drops().counter_exhausted).toBe(2);
+    expect(plane.peerDrops(50).counter_exhausted).toBe(3);
+    expect(plane.drops().counter_exhausted).toBe(3);
     for (let i = 0; i < 50 && !events.some((e) => e.type === 'rekey_needed'); i++) await new Promise((r) => setTimeout(r, 10));
     expect(events.filter((e) => e.type === 'rekey_needed')).toEqual([{ type: 'rekey_needed', peer: 50, localIndex: 500 }]);
     closeFd(sink.fd);
