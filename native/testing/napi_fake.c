@@ -25,6 +25,7 @@ struct napi_value__ {
   void *ctx;
   napi_finalize fin;
   int finalized;
+  const napi_type_tag *tag; /* napi_type_tag_object */
   struct napi_value__ *all_next;
 };
 struct napi_ref__ {
@@ -250,6 +251,15 @@ napi_status napi_create_external(napi_env e, void *data, napi_finalize fin, void
 }
 napi_status napi_get_value_external(napi_env e, napi_value v, void **data) {
   *data = v->data;
+  return napi_ok;
+}
+napi_status napi_type_tag_object(napi_env e, napi_value v, const napi_type_tag *tag) {
+  if (v->tag) return napi_invalid_arg; /* once, as node */
+  v->tag = tag;
+  return napi_ok;
+}
+napi_status napi_check_object_type_tag(napi_env e, napi_value v, const napi_type_tag *tag, bool *result) {
+  *result = v->tag && v->tag->lower == tag->lower && v->tag->upper == tag->upper;
   return napi_ok;
 }
 napi_status napi_create_int32(napi_env e, int32_t x, napi_value *out) {
