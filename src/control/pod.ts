@@ -101,6 +101,13 @@ function dnsLoaded(): DnsModules {
   return dnsModules;
 }
 
+/** The owner of a peer's route references (Pod.held). */
+const peerOwner = (publicKey: string): string => `peer ${publicKey}`;
+/** The owner of the service VIPs' route references (Pod.held). */
+const SERVICES = 'services';
+/** A service VIP's route: the host prefix of its address. */
+const vipCidr = (s: ServiceConfig): string => `${s.vip}/${s.vip.includes(':') ? 128 : 32}`;
+
 /** The running pod: the control handler over the engine and the routing. */
 export class Pod implements ControlHandler {
   readonly peers = new Map<string, PeerConfig>();
@@ -119,6 +126,17 @@ export class Pod implements ControlHandler {
   /** The project's policies as they concern this pod (control op set-policy); null: none received. */
   policies: PodPolicy[] | null = null;
 
+  /**
+   * The route references this pod holds in the routing, per owner (a peer's key, the
+   * services): exactly those routing took for it (PolicyRouting addRoutes onRef,
+   * removeRoute onRelease), also from a change that failed part way. A change diffs
+   * against these, not against the peer or service list it recorded, so the agent's
+   * retry of a failed change adds what is missing and takes no reference twice.
+   */
+  private readonly held = new Map<string, Set<string>>();
+  /** Per owner, its changes one after the other: a diff against held is read and applied before the next. */
+  private readonly ownerChains = new Map<string, Promise<unknown>>();
+
   constructor(
     readonly config: PodConfig,
     readonly publicKey: string,
@@ -134,8 +152,60 @@ export class Pod implements ControlHandler {
   destinations(): string[] {
     const out: string[] = [];
     for (const p of this.peers.values()) out.push(...p.allowedIps);
-    for (const s of this.services) out.push(`${s.vip}/${s.vip.includes(':') ? 128 : 32}`);
+    for (const s of this.services) out.push(vipCidr(s));
     return out;
+  }
+
+  /**
+   * Start: the routing's install with the routes of the peers and services recorded so
+   * far (the engine has them) and `extra` (dns.classifyCidrs, held by no owner); from
+   * then on this pod holds the peers' and services' references.
+   */
+  async installRoutes(mtu: number, extra: string[]): Promise<void> {
+    const claims = new Map<string, string[]>();
+    for (const p of this.peers.values()) claims.set(peerOwner(p.publicKey), [...new Set(p.allowedIps)]);
+    claims.set(SERVICES, [...new Set(this.services.map(vipCidr))]);
+    await this.routing.install(mtu, [...[...claims.values()].flat(), ...extra]);
+    for (const [owner, cidrs] of claims) if (cidrs.length > 0) this.held.set(owner, new Set(cidrs));
+  }
+
+  /** Runs fn after the owner's earlier changes have settled. */
+  private serialFor<T>(owner: string, fn: () => Promise<T>): Promise<T> {
+    const run = (this.ownerChains.get(owner) ?? Promise.resolve()).then(fn, fn);
+    const tail = run.catch(() => undefined);
+    this.ownerChains.set(owner, tail);
+    void tail.then(() => {
+      if (this.ownerChains.get(owner) === tail) this.ownerChains.delete(owner);
+    });
+    return run;
+  }
+
+  /** What the owner must add and drop to hold exactly `want`. */
+  private routeDiff(owner: string, want: readonly string[]): { add: string[]; drop: string[] } {
+    const held = this.held.get(owner) ?? new Set<string>();
+    const wanted = new Set(want);
+    return { add: [...wanted].filter((c) => !held.has(c)), drop: [...held].filter((c) => !wanted.has(c)) };
+  }
+
+  /** Routes (and their guards) in for the owner; what a failed call took is held all the same. */
+  private async holdRoutes(owner: string, cidrs: string[]): Promise<void> {
+    if (cidrs.length === 0) return;
+    let held = this.held.get(owner);
+    if (!held) this.held.set(owner, (held = new Set()));
+    const h = held;
+    await this.routing.addRoutes(cidrs, { onRef: (c) => void h.add(c) });
+    for (const c of cidrs) h.add(c); // routing that does not tell (a test's): a call that resolved took them all
+  }
+
+  /** One of the owner's routes out (its reference dropped), told also by a call that failed after dropping it. */
+  private async releaseRoute(owner: string, cidr: string): Promise<void> {
+    const drop = () => {
+      const held = this.held.get(owner);
+      held?.delete(cidr);
+      if (held?.size === 0) this.held.delete(owner);
+    };
+    await this.routing.removeRoute(cidr, { onRelease: drop });
+    drop();
   }
 
   async status(): Promise<StatusReport> {
@@ -207,8 +277,16 @@ export class Pod implements ControlHandler {
     return { ranges: this.config.dns.classifyCidrs, bypasses: m.list().length, ...m.counters };
   }
 
-  /** Engine first, then routes in: no packet is routed to tenc0 for a peer the engine does not know. */
-  async setPeer(change: PeerChange): Promise<void> {
+  /**
+   * Engine first, then routes in: no packet is routed to tenc0 for a peer the engine
+   * does not know. A change whose route step failed is recorded (the engine has it)
+   * and answered with the error; its retry adds what the peer does not hold yet.
+   */
+  setPeer(change: PeerChange): Promise<void> {
+    return this.serialFor(peerOwner(change.publicKey), () => this.setPeerNow(change));
+  }
+
+  private async setPeerNow(change: PeerChange): Promise<void> {
     const old = this.peers.get(change.publicKey);
     const peer: PeerConfig = {
       publicKey: change.publicKey,
@@ -226,16 +304,17 @@ export class Pod implements ControlHandler {
     await this.engine.setPeer(peer);
     this.peers.set(peer.publicKey, peer);
     this.membershipChanged();
-    const before = old?.allowedIps ?? [];
-    const added = peer.allowedIps.filter((ip) => !before.includes(ip));
-    const removed = before.filter((x) => !peer.allowedIps.includes(x));
-    if (removed.length === 0) {
+    const owner = peerOwner(peer.publicKey);
+    const { add, drop } = this.routeDiff(owner, peer.allowedIps);
+    if (drop.length === 0) {
       // only additions: the routes (guard then route, one ip -batch) and the enforcement's
       // project set (one nft -f) both close, so they go in at once; neither opens anything
-      await Promise.all([this.routing.addRoutes(added), this.enforcement?.setProject(this.projectSources())]);
+      // (both settled before the answer: a retry never runs beside this one's leftovers)
+      const results = await Promise.allSettled([this.holdRoutes(owner, add), this.enforcement?.setProject(this.projectSources())]);
+      for (const r of results) if (r.status === 'rejected') throw r.reason;
     } else {
-      await this.routing.addRoutes(added);
-      for (const ip of removed) await this.routing.removeRoute(ip);
+      await this.holdRoutes(owner, add);
+      for (const c of drop) await this.releaseRoute(owner, c);
       await this.enforcement?.setProject(this.projectSources());
     }
     this.log.info({ peer: keyFingerprint(peer.publicKey), allowedIps: peer.allowedIps.length, update: old !== undefined }, 'peer set');
@@ -254,11 +333,17 @@ export class Pod implements ControlHandler {
     return out;
   }
 
-  /** Routes out first, then the engine forgets the peer. */
-  async removePeer(publicKey: string): Promise<boolean> {
+  /** Routes out first (every one the peer holds), then the engine forgets the peer. */
+  removePeer(publicKey: string): Promise<boolean> {
+    return this.serialFor(peerOwner(publicKey), () => this.removePeerNow(publicKey));
+  }
+
+  private async removePeerNow(publicKey: string): Promise<boolean> {
     const old = this.peers.get(publicKey);
     if (!old) return false;
-    for (const ip of old.allowedIps) await this.routing.removeRoute(ip);
+    const owner = peerOwner(publicKey);
+    for (const c of [...(this.held.get(owner) ?? [])]) await this.releaseRoute(owner, c);
+    this.held.delete(owner);
     this.peers.delete(publicKey);
     this.membershipChanged();
     await this.enforcement?.setProject(this.projectSources());
@@ -356,15 +441,18 @@ export class Pod implements ControlHandler {
     return null;
   }
 
-  async setServices(services: ServiceConfig[]): Promise<void> {
-    const vipCidr = (s: ServiceConfig) => `${s.vip}/${s.vip.includes(':') ? 128 : 32}`;
-    const before = this.services.map(vipCidr);
-    const after = services.map(vipCidr);
+  /** The engine first, then the new VIPs' routes in, then the old ones' out; a retry after a failure adds and drops what is still to do. */
+  setServices(services: ServiceConfig[]): Promise<void> {
+    return this.serialFor(SERVICES, () => this.setServicesNow(services));
+  }
+
+  private async setServicesNow(services: ServiceConfig[]): Promise<void> {
     const leak = this.upstreamLeak([], services);
     if (leak) throw new Error(`services: ${leak}`);
     this.engine.setServices(services);
-    await this.routing.addRoutes(after.filter((c) => !before.includes(c)));
-    for (const c of before.filter((x) => !after.includes(x))) await this.routing.removeRoute(c);
+    const { add, drop } = this.routeDiff(SERVICES, services.map(vipCidr));
+    await this.holdRoutes(SERVICES, add);
+    for (const c of drop) await this.releaseRoute(SERVICES, c);
     this.services = services;
     this.membershipChanged();
     await this.enforcement?.setProject(this.projectSources());
@@ -421,6 +509,9 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
 
   const socketPath = config.controlSocket ?? defaultSocketPath(config.interface, undefined, opts.netns?.ino);
   let step = '';
+  // the start's concurrent steps (early() below): a failed start waits for them before it
+  // undoes anything and returns, so none of its ip/nft runs in the namespace after that
+  const pending: Promise<unknown>[] = [];
   let guarded = false; // the routing guards are (being) installed
   let started = false; // start completed: a stop removes the guards unless failClosedOnStop
   try {
@@ -451,6 +542,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       if (!concurrent) return run;
       const p = run();
       p.catch(() => {}); // handled where awaited; never an unhandled rejection meanwhile
+      pending.push(p);
       return () => p;
     };
     // One read of the routing state (two `ip` processes: snapshot.ts) for the MTU, both
@@ -556,7 +648,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
     pod.policyRules = policyRules;
 
     step = 'routing';
-    await routing.install(mtuChoice.mtu, [...pod.destinations(), ...classifyRanges]);
+    await pod.installRoutes(mtuChoice.mtu, classifyRanges);
 
     if (config.dns.enabled) {
       step = 'dns proxy';
@@ -648,6 +740,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
       : '';
     log.error({ step, err: message, failClosed: guarded }, 'pod start failed');
     (opts.stderr ?? ((t: string) => void process.stderr.write(t)))(`tenc pod: ${step}: ${message}${closed}\n`);
+    await Promise.allSettled(pending); // the steps still running (a residue removal, a dump) end first
     await undoAll();
     signals?.dispose();
     return 1;

@@ -26,7 +26,11 @@
  *
  * Exactness: every change that succeeded is recorded as an undo entry; teardown
  * runs the undo entries in reverse order, and nothing else. Routes carry a
- * reference count so two sources (a peer, a DNS answer) can share one route.
+ * reference count so two sources (a peer, a DNS answer) can share one route. A
+ * caller that keeps its own account of the references it holds (the pod, per peer
+ * and for the services) is told each reference a call took or dropped, also by a
+ * call that failed part way (addRoutes onRef, removeRoute onRelease): its retry then
+ * asks for exactly what is still missing.
  * Every change (install, add, remove, residue, teardown) runs through one promise
  * chain, one after the other, so concurrent callers (the control socket, DNS
  * answers, TTL expiry) never read a count another change is about to update.
@@ -111,6 +115,21 @@ export interface RemoveRouteOptions {
    * it). At most MAX_KEPT_GUARDS are kept, the oldest deleted first.
    */
   keepGuard?: boolean;
+  /**
+   * Called once the reference is dropped, also when the call fails after that (the
+   * route deleted, its guard not): the caller no longer holds it. A call that fails
+   * without calling it dropped nothing.
+   */
+  onRelease?: () => void;
+}
+
+export interface AddRoutesOptions {
+  /**
+   * Called for each reference as it is taken (a cidr listed twice: twice), also by a
+   * call that fails later: the references a failed call took are exactly these (a
+   * cidr not told took none, though its guard may be in place).
+   */
+  onRef?: (cidr: string) => void;
 }
 
 /** Guards kept by removeRoute({ keepGuard }) at most. */
@@ -528,17 +547,19 @@ export class PolicyRouting {
   }
 
   /** Adds routes (reference counted) and their guards, `ip -batch` per family. Serialized with every other change. */
-  addRoutes(cidrs: string[]): Promise<void> {
-    return this.serial(() => this.addRoutesNow(cidrs));
+  addRoutes(cidrs: string[], opts: AddRoutesOptions = {}): Promise<void> {
+    return this.serial(() => this.addRoutesNow(cidrs, opts.onRef));
   }
 
-  private async addRoutesNow(cidrs: string[]): Promise<void> {
+  private async addRoutesNow(cidrs: string[], onRef?: (cidr: string) => void): Promise<void> {
     const fresh: Record<Family, string[]> = { 4: [], 6: [] };
     const extra = new Map<string, number>(); // further references to a route added by this call
     for (const cidr of cidrs) {
       const n = this.refs.get(cidr);
-      if (n !== undefined) this.refs.set(cidr, n + 1);
-      else if (fresh[familyOf(cidr)].includes(cidr)) extra.set(cidr, (extra.get(cidr) ?? 0) + 1);
+      if (n !== undefined) {
+        this.refs.set(cidr, n + 1);
+        onRef?.(cidr);
+      } else if (fresh[familyOf(cidr)].includes(cidr)) extra.set(cidr, (extra.get(cidr) ?? 0) + 1);
       else fresh[familyOf(cidr)].push(cidr);
     }
     // bypasses these routes cover go first: their packets meet the range's tenc0 route, never the main table
@@ -564,17 +585,18 @@ export class PolicyRouting {
       } catch (e) {
         const done = e instanceof IpCommandError ? e.linesDone : 0;
         list.slice(0, Math.min(done, list.length)).forEach((cidr) => this.recordGuard(fam, cidr));
-        list.slice(0, Math.max(0, done - list.length)).forEach((c) => this.recordRoute(fam, c, extra.get(c) ?? 0));
+        list.slice(0, Math.max(0, done - list.length)).forEach((c) => this.recordRoute(fam, c, extra.get(c) ?? 0, onRef));
         throw e;
       }
       list.forEach((cidr) => this.recordGuard(fam, cidr));
-      list.forEach((c) => this.recordRoute(fam, c, extra.get(c) ?? 0));
+      list.forEach((c) => this.recordRoute(fam, c, extra.get(c) ?? 0, onRef));
     }
   }
 
-  private recordRoute(fam: Family, cidr: string, extraRefs: number): void {
+  private recordRoute(fam: Family, cidr: string, extraRefs: number, onRef?: (cidr: string) => void): void {
     this.refs.set(cidr, 1 + extraRefs);
     this.undo.push({ kind: 'route', family: fam, cidr });
+    for (let i = 0; i <= extraRefs; i++) onRef?.(cidr);
   }
 
   async addRoute(cidr: string): Promise<void> {
@@ -583,20 +605,22 @@ export class PolicyRouting {
 
   /** Drops one reference; the route goes when the last reference does. Unknown routes are ignored. */
   removeRoute(cidr: string, opts: RemoveRouteOptions = {}): Promise<void> {
-    return this.serial(() => this.removeRouteNow(cidr, opts.keepGuard === true));
+    return this.serial(() => this.removeRouteNow(cidr, opts.keepGuard === true, opts.onRelease));
   }
 
-  private async removeRouteNow(cidr: string, keepGuard = false): Promise<void> {
+  private async removeRouteNow(cidr: string, keepGuard = false, onRelease?: () => void): Promise<void> {
     const n = this.refs.get(cidr);
-    if (n === undefined) return;
-    if (n > 1) {
-      this.refs.set(cidr, n - 1);
+    if (n === undefined || n > 1) {
+      // none held: nothing to drop; else one of several
+      if (n !== undefined) this.refs.set(cidr, n - 1);
+      onRelease?.();
       return;
     }
     const fam = familyOf(cidr);
     if (keepGuard && ![...this.refs.keys()].some((r) => r !== cidr && cidrCovers(r, cidr))) {
       await this.ip.batch(fam, [this.routeLine(fam, cidr, 'del')]);
       this.refs.delete(cidr);
+      onRelease?.();
       const i = this.undo.findIndex((u) => u.kind === 'route' && u.cidr === cidr);
       if (i >= 0) this.undo.splice(i, 1);
       this.kept.add(cidr);
@@ -614,12 +638,14 @@ export class PolicyRouting {
       if (e instanceof IpCommandError && e.linesDone === 1) {
         this.refs.delete(cidr);
         forget('route');
+        onRelease?.();
       }
       throw e;
     }
     this.refs.delete(cidr);
     forget('route');
     forget('guard');
+    onRelease?.();
   }
 
   /** The guards kept without a route (removeRoute keepGuard). */
