@@ -8,8 +8,10 @@
  * line per pod stopped. An agent that goes away closes it: the host runs its pods on
  * and exits after its last one (the next agent adopts them through their control
  * sockets and stops them with the socket's stop op). Its stdout is one JSON event per
- * line, dispatched here by the pod's config path; its stderr goes to a file of its
- * own under the run directory (removed when it exits).
+ * line, dispatched here by the pod's config path and the start's number (seq, which
+ * each start line carries and the pod's events echo: a late event of a copy whose
+ * waiter was dropped, forget, never reaches the next start of that config); its
+ * stderr goes to a file of its own under the run directory (removed when it exits).
  *
  * Switch: TENC_POD_HOST=0 in the agent's environment runs each pod in a process of
  * its own (a standby handed the pod, or nsenter), as before.
@@ -17,8 +19,8 @@
 import type { ChildProcess } from 'node:child_process';
 import { readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { formatHandoff, type Handoff } from '../control/handoff.js';
-import { HOST_READY_LINE, type HostEvent } from '../control/host.js';
+import type { Handoff } from '../control/handoff.js';
+import { HOST_READY_LINE, formatHostStart, type HostEvent } from '../control/host.js';
 import { logFileTail, podNodeFlags, spawnWithLog } from './pod-exec.js';
 
 /** TENC_POD_HOST=0 turns pod hosts off. */
@@ -73,6 +75,8 @@ export interface HostProcessOptions {
   execPath?: string;
   /** Not ready within this many ms: killed (ready resolves false); default 15 s. */
   readyTimeoutMs?: number;
+  /** Starts the process (tests: a fake child); default spawnWithLog. */
+  spawn?: typeof spawnWithLog;
 }
 
 interface PodWaiter {
@@ -90,10 +94,13 @@ export class HostProcess {
   private isReady = false;
   private closed = false;
   private tail: string | null = null;
-  private readonly pods = new Map<string, PodWaiter>();
+  /** Waiters by config, each with the seq of its start line. */
+  private readonly pods = new Map<string, PodWaiter & { seq: number }>();
+  /** The last start's seq. */
+  private seq = 0;
 
   constructor(private readonly o: HostProcessOptions) {
-    this.child = spawnWithLog(o.execPath ?? process.execPath, hostArgs(o.main, o.flags ?? podNodeFlags()), o.logFile, o.env ?? process.env);
+    this.child = (o.spawn ?? spawnWithLog)(o.execPath ?? process.execPath, hostArgs(o.main, o.flags ?? podNodeFlags()), o.logFile, o.env ?? process.env);
     let markReady: (v: boolean) => void = () => undefined;
     this.ready = new Promise((r) => (markReady = r));
     const limit = o.readyTimeoutMs ?? 15_000;
@@ -141,6 +148,9 @@ export class HostProcess {
     if (!('pod' in e) || typeof e.pod !== 'string') return;
     const w = this.pods.get(e.pod);
     if (!w) return;
+    // an event of another start of this config (a copy forgotten); one without seq (the
+    // host's own refusal of a start line, cli/host.ts) goes by the config as before
+    if (e.seq !== undefined && e.seq !== w.seq) return;
     if ('publicKey' in e) w.key(e.publicKey);
     else if ('exited' in e) {
       this.pods.delete(e.pod);
@@ -165,8 +175,9 @@ export class HostProcess {
   start(h: Handoff, w: PodWaiter): void {
     if (!this.usable()) throw new Error('pod host is not ready');
     if (this.pods.has(h.config)) throw new Error(`pod host: ${h.config} is running here already`);
-    this.pods.set(h.config, w);
-    this.child.stdin!.write(formatHandoff(h));
+    const seq = ++this.seq;
+    this.pods.set(h.config, { ...w, seq });
+    this.child.stdin!.write(formatHostStart(h, seq));
   }
 
   /** Asks the host to stop the pod of that config (its exit comes as the pod's exit). */
@@ -174,7 +185,10 @@ export class HostProcess {
     if (this.pods.has(config) && this.usable()) this.child.stdin!.write(JSON.stringify({ stop: config }) + '\n');
   }
 
-  /** Drops the waiter of a pod whose exit was not seen (agent/proxies.ts stopHosted): a later event of that config goes to its next start. */
+  /**
+   * Drops the waiter of a pod whose exit was not seen (agent/proxies.ts stopHosted): the
+   * config can be started here again; a late event of the dropped start (its seq) is ignored.
+   */
   forget(config: string): void {
     this.pods.delete(config);
   }

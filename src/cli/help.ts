@@ -118,10 +118,11 @@ End of stdin before that line: exit 0, nothing done.
 
 With --host it runs several pods in this one process, each in its own network
 namespace (README "Pod host"): it prints \`host ready\`, then takes lines on
-stdin, {"netns":PATH,"config":FILE,"log":FILE} to start a pod and
+stdin, {"netns":PATH,"config":FILE,"log":FILE[,"seq":N]} to start a pod and
 {"stop":FILE} to stop the pod of that config, and prints one JSON object per
 line: {"pod":FILE,"publicKey":KEY}, {"pod":FILE,"exited":CODE[,"error":TEXT]}
-(code 2: the line's config, netns or log at fault, nothing started) or
+(code 2: the line's config, netns or log at fault, nothing started), each with
+the "seq" of its start line when that had one, or
 {"error":TEXT} for a line that is no request. SIGINT/SIGTERM stop every pod;
 at the end of stdin it exits once its last pod has: 0 when every pod it ran
 exited 0 (a refused start ran nothing), else 1.

@@ -17,7 +17,7 @@
  */
 import { StringDecoder } from 'node:string_decoder';
 import { HANDOFF_MAX_BYTES } from '../control/handoff.js';
-import { HOST_READY_LINE, PodHost, parseHostLine, type HostEvent } from '../control/host.js';
+import { HOST_READY_LINE, PodHost, parseHostLine, podEvent, type HostEvent } from '../control/host.js';
 import type { PodConfig } from '../control/config.js';
 import type { RunPodOptions } from '../control/pod.js';
 
@@ -91,15 +91,15 @@ export async function hostMain(io: { stdout(text: string): void }, entry: RunPod
           return;
         }
         if (stopping) {
-          emit({ pod: req.start.config, exited: 2, error: 'pod host: stopping' });
+          emit(podEvent(req.start, { exited: 2, error: 'pod host: stopping' }));
           return;
         }
-        const config = req.start.config;
+        const start = req.start;
         void host
           .start(req.start)
           .catch((e: unknown) => {
             // never expected (start answers what it refuses): the host and its other pods go on
-            emit({ pod: config, exited: 1, error: `pod host: ${(e as Error).message}` });
+            emit(podEvent(start, { exited: 1, error: `pod host: ${(e as Error).message}` }));
             return 1;
           })
           .then((code) => {

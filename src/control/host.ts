@@ -15,6 +15,10 @@
  * throw that escapes a pod's code ends the host: every pod of it then stays fail
  * closed (its rule, guards and enforcement stay in its namespace, as after any crash)
  * until it is started again.
+ *
+ * A start line may carry "seq" (the agent numbers its starts, agent/host.ts): the
+ * pod's events echo it, so an event of an earlier copy of the same config (one the
+ * agent stopped waiting for) is never taken for the new copy's.
  */
 import { closeSync, constants, fstatSync, openSync, writeSync } from 'node:fs';
 import { createLogger, type Logger } from '../log.js';
@@ -27,10 +31,18 @@ import type { PodConfig } from './config.js';
 /** What a host prints once it reads its input. */
 export const HOST_READY_LINE = 'host ready\n';
 
-/** A line of a host's input: a pod to start (a handoff) or one to stop (by its config path). */
-export type HostLine = { start: Handoff } | { stop: string };
+/** A pod to start: a handoff, and the agent's number of this start (echoed in the pod's events). */
+export type HostStart = Handoff & { seq?: number };
 
-/** Parses a host's input line: a handoff (control/handoff.ts), or {"stop":"CONFIG"}. */
+/** A line of a host's input: a pod to start (a handoff) or one to stop (by its config path). */
+export type HostLine = { start: HostStart } | { stop: string };
+
+/** The start line the agent writes (newline included): the handoff with its "seq". */
+export function formatHostStart(h: Handoff, seq: number): string {
+  return JSON.stringify({ netns: h.netns, config: h.config, ...(h.log !== undefined ? { log: h.log } : {}), seq }) + '\n';
+}
+
+/** Parses a host's input line: a handoff (control/handoff.ts) with an optional "seq", or {"stop":"CONFIG"}. */
 export function parseHostLine(line: string): HostLine {
   let v: unknown;
   try {
@@ -45,14 +57,24 @@ export function parseHostLine(line: string): HostLine {
     if (typeof o.stop !== 'string' || !o.stop.startsWith('/') || o.stop.includes('\0')) throw new HandoffError('pod host: "stop" must be the absolute path of a running pod\'s config');
     return { stop: o.stop };
   }
+  if (typeof v === 'object' && v !== null && !Array.isArray(v) && 'seq' in v) {
+    const { seq, ...handoff } = v as Record<string, unknown>;
+    if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0) throw new HandoffError('pod host: "seq" must be a non-negative integer');
+    return { start: { ...parseHandoff(JSON.stringify(handoff)), seq } };
+  }
   return { start: parseHandoff(line) };
 }
 
-/** One line of a host's output. */
+/** One line of a host's output; a pod's events carry its start's seq when the start line had one. */
 export type HostEvent =
-  | { pod: string; publicKey: string }
-  | { pod: string; exited: number; error?: string }
+  | { pod: string; seq?: number; publicKey: string }
+  | { pod: string; seq?: number; exited: number; error?: string }
   | { error: string };
+
+/** An event of the pod of start line `h`: its config and, when the line had one, its seq. */
+export function podEvent(h: HostStart, e: { publicKey: string } | { exited: number; error?: string }): HostEvent {
+  return { pod: h.config, ...(h.seq !== undefined ? { seq: h.seq } : {}), ...e };
+}
 
 type RunPod = (config: PodConfig, opts: RunPodOptions) => Promise<number>;
 
@@ -82,9 +104,9 @@ export class PodHost {
    * namespace, a config with errors) is answered with an exited event (code 2) naming
    * what is at fault; nothing of it was started. Resolves when the pod has exited.
    */
-  async start(h: Handoff): Promise<number> {
+  async start(h: HostStart): Promise<number> {
     const refuse = (error: string): number => {
-      this.emit({ pod: h.config, exited: 2, error });
+      this.emit(podEvent(h, { exited: 2, error }));
       return 2;
     };
     if (this.pods.has(h.config)) return refuse(`pod host: a pod with config ${h.config} is running in this host`);
@@ -150,7 +172,7 @@ export class PodHost {
           standby: true,
           stdout: (t) => {
             const m = /^public-key (\S+)\n$/.exec(t);
-            if (m) this.emit({ pod: h.config, publicKey: m[1] });
+            if (m) this.emit(podEvent(h, { publicKey: m[1] }));
           },
         });
       } catch (e) {
@@ -164,7 +186,7 @@ export class PodHost {
       // the exit is told before the namespace is let go: an agent that sees the namespace
       // free has read the exit too (and its next start of the pod is not refused as running)
       try {
-        this.emit({ pod: h.config, exited: code, ...(error !== undefined ? { error } : {}) });
+        this.emit(podEvent(h, { exited: code, ...(error !== undefined ? { error } : {}) }));
       } finally {
         netns.close();
       }
