@@ -12,13 +12,22 @@
  *                                                               of the pod's own exempt ports
  *   nft (table inet tenc_<ifname>, chains jumped to before the project drops):
  *     chain policy_out {
- *       ip daddr { dsts } meta l4proto tcp th dport 9100-9102 accept
- *       ip saddr <own> meta l4proto tcp th sport 9100-9102 accept
+ *       ip daddr { dsts } meta l4proto tcp th dport 9100-9102 ct direction original accept
+ *       ip saddr <own> meta l4proto tcp th sport 9100-9102 ct direction reply accept
  *     }
  *     chain policy_in {
- *       ip saddr { dsts } meta l4proto tcp th sport 9100-9102 accept   replies of exempt servers
- *       ip daddr <own> meta l4proto tcp th dport 9100-9102 accept      the pod's own exempt ports
+ *       ip saddr { dsts } meta l4proto tcp th sport 9100-9102 ct direction reply accept   replies of exempt servers
+ *       ip daddr <own> meta l4proto tcp th dport 9100-9102 ct direction original accept   the pod's own exempt ports
  *     }
+ *
+ *   The accepts follow the connection (conntrack), not the port alone: a flow that
+ *   STARTS from an exempt port (a socket bound to 9100 connecting to a peer's 7000, or
+ *   a packet spoofed from an exempt server's address and port) is not exempt. Ports
+ *   alone let it through both ways: the peer accepted it as an exempt server's reply,
+ *   and its answer, to destination port 9100, as a request to an exempt server. The
+ *   routing cannot see conntrack: such a flow is routed past tenc0 and then dropped
+ *   by the enforcement table (fail closed). Conntrack runs in the pod's namespace while
+ *   any exemption is in force (nft's ct expression turns it on there).
  *
  * Order of a change (never a moment where plaintext is routed out but dropped, and
  * removals send traffic back into the tunnel before its plaintext is refused):
@@ -98,8 +107,8 @@ export function chainRules(table: string, set: ExemptSet, own: { v4: string | nu
   for (const { f, q, cidrs } of groups.values()) {
     const ip = f === 4 ? 'ip' : 'ip6';
     const addrs = `{ ${cidrs.join(', ')} }`;
-    lines.push(`add rule inet ${table} policy_out ${ip} daddr ${addrs} meta l4proto ${q.protocol} th dport ${range(q)} accept`);
-    lines.push(`add rule inet ${table} policy_in ${ip} saddr ${addrs} meta l4proto ${q.protocol} th sport ${range(q)} accept`);
+    lines.push(`add rule inet ${table} policy_out ${ip} daddr ${addrs} meta l4proto ${q.protocol} th dport ${range(q)} ct direction original accept`);
+    lines.push(`add rule inet ${table} policy_in ${ip} saddr ${addrs} meta l4proto ${q.protocol} th sport ${range(q)} ct direction reply accept`);
   }
   for (const q of set.local) {
     for (const [ip, a] of [
@@ -107,8 +116,8 @@ export function chainRules(table: string, set: ExemptSet, own: { v4: string | nu
       ['ip6', own.v6],
     ] as const) {
       if (!a) continue;
-      lines.push(`add rule inet ${table} policy_out ${ip} saddr ${a} meta l4proto ${q.protocol} th sport ${range(q)} accept`);
-      lines.push(`add rule inet ${table} policy_in ${ip} daddr ${a} meta l4proto ${q.protocol} th dport ${range(q)} accept`);
+      lines.push(`add rule inet ${table} policy_out ${ip} saddr ${a} meta l4proto ${q.protocol} th sport ${range(q)} ct direction reply accept`);
+      lines.push(`add rule inet ${table} policy_in ${ip} daddr ${a} meta l4proto ${q.protocol} th dport ${range(q)} ct direction original accept`);
     }
   }
   return lines;

@@ -12,7 +12,9 @@
  *     node1 and from node2), the protected port (policy encrypt) and a port no policy
  *     names (the default) are tenc UDP only; `tenc status` names the policy of each
  *  2. enforcement: plaintext from a (spoofed) alpha address to the exempt port is let
- *     in, to a protected port dropped and counted
+ *     in, to a protected port dropped and counted; 2b. a flow that starts from the
+ *     exempt port (spoofed from the exempt server's address and port) is dropped and
+ *     counted, not taken for an exempt server's reply
  *  3. live: a policy added with cluster.sh policy-apply makes tcp/8080 plaintext within
  *     5 s, deleting it makes it encrypted again within 5 s; an open TCP connection on a
  *     protected port survives both; a bad policy (unknown service) is refused by
@@ -175,6 +177,23 @@ describe('TencPolicy in the local cluster', () => {
       // alpha-client-1's address: forget it, or web-1's tunnel packets to client-1 go to the
       // spoofer until the entry is probed again (test 3's connect timed out so in CI)
       for (const pod of ['alpha-web-1', 'alpha-client-1']) inPod(pod, 'ip', 'neigh', 'flush', 'to', '10.128.1.11');
+    }
+  });
+
+  it('2b. a flow that starts FROM the exempt port (spoofed from the exempt server, port 9100) is no exempt reply: dropped and counted', async () => {
+    // from a review: the accepts went by port alone, so alpha-client-1 took a SYN from
+    // 10.128.1.10:9100 for a reply of the exempt server, and its SYN-ACK (to port 9100) left in plaintext
+    const drops = () => status('alpha-client-1').drops.plaintext_from_project ?? 0;
+    inPod('beta-spoof-1', 'ip', 'addr', 'add', '10.128.1.10/32', 'dev', 'eth0');
+    try {
+      const before = drops();
+      expect(curl('beta-spoof-1', 'http://10.128.1.11:7000/', marker, '--interface', '10.128.1.10', '--local-port', '9100', '-m', '1')).toBeNull();
+      expect(drops()).toBeGreaterThan(before);
+    } finally {
+      inPod('beta-spoof-1', 'ip', 'addr', 'del', '10.128.1.10/32', 'dev', 'eth0');
+      // the spoofer's ARP taught its MAC for 10.128.1.10 to the pods and the node (the
+      // VIP's DNAT there): forget it everywhere, or web-1 is unreachable until re-probed
+      for (const pod of ['alpha-web-1', 'alpha-client-1', 'n-node1']) inPod(pod, 'ip', 'neigh', 'flush', 'to', '10.128.1.10');
     }
   });
 

@@ -214,14 +214,14 @@ describe('TencPolicy: kernel rules of a pod', () => {
 
   it('nft: accepts in the policy chains, one rule per family and port range', () => {
     expect(chainRules('tenc_tenc0', set, own)).toEqual([
-      'add rule inet tenc_tenc0 policy_out ip daddr { 10.96.1.10/32, 10.128.1.10/32 } meta l4proto tcp th dport 9100 accept',
-      'add rule inet tenc_tenc0 policy_in ip saddr { 10.96.1.10/32, 10.128.1.10/32 } meta l4proto tcp th sport 9100 accept',
-      'add rule inet tenc_tenc0 policy_out ip6 daddr { fd00:2::10/128 } meta l4proto tcp th dport 9100 accept',
-      'add rule inet tenc_tenc0 policy_in ip6 saddr { fd00:2::10/128 } meta l4proto tcp th sport 9100 accept',
-      'add rule inet tenc_tenc0 policy_out ip saddr 10.128.1.11 meta l4proto udp th sport 7000-7010 accept',
-      'add rule inet tenc_tenc0 policy_in ip daddr 10.128.1.11 meta l4proto udp th dport 7000-7010 accept',
-      'add rule inet tenc_tenc0 policy_out ip6 saddr fd00:1::11 meta l4proto udp th sport 7000-7010 accept',
-      'add rule inet tenc_tenc0 policy_in ip6 daddr fd00:1::11 meta l4proto udp th dport 7000-7010 accept',
+      'add rule inet tenc_tenc0 policy_out ip daddr { 10.96.1.10/32, 10.128.1.10/32 } meta l4proto tcp th dport 9100 ct direction original accept',
+      'add rule inet tenc_tenc0 policy_in ip saddr { 10.96.1.10/32, 10.128.1.10/32 } meta l4proto tcp th sport 9100 ct direction reply accept',
+      'add rule inet tenc_tenc0 policy_out ip6 daddr { fd00:2::10/128 } meta l4proto tcp th dport 9100 ct direction original accept',
+      'add rule inet tenc_tenc0 policy_in ip6 saddr { fd00:2::10/128 } meta l4proto tcp th sport 9100 ct direction reply accept',
+      'add rule inet tenc_tenc0 policy_out ip saddr 10.128.1.11 meta l4proto udp th sport 7000-7010 ct direction reply accept',
+      'add rule inet tenc_tenc0 policy_in ip daddr 10.128.1.11 meta l4proto udp th dport 7000-7010 ct direction original accept',
+      'add rule inet tenc_tenc0 policy_out ip6 saddr fd00:1::11 meta l4proto udp th sport 7000-7010 ct direction reply accept',
+      'add rule inet tenc_tenc0 policy_in ip6 daddr fd00:1::11 meta l4proto udp th dport 7000-7010 ct direction original accept',
     ]);
   });
 
