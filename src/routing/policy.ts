@@ -568,10 +568,13 @@ export class PolicyRouting {
     for (const b of [...this.bypassed]) {
       if (tunnel.some((c) => cidrCovers(c, b))) await this.removeBypassNow(b);
     }
-    // a kept guard under a new wider route would shadow it (longest prefix): the route takes over
+    // a kept guard under a new wider route would shadow it (longest prefix): the route takes
+    // over, but only once it is in (below): deleted first, the guard's address would meet
+    // neither for a moment and leave through the main table
+    const shadowed: string[] = [];
     for (const g of [...this.kept]) {
       if (fresh[familyOf(g)].includes(g)) this.kept.delete(g);
-      else if ([...fresh[4], ...fresh[6]].some((c) => cidrCovers(c, g))) await this.dropKeptGuard(g);
+      else if ([...fresh[4], ...fresh[6]].some((c) => cidrCovers(c, g))) shadowed.push(g);
     }
     for (const fam of [4, 6] as const) {
       const list = fresh[fam];
@@ -591,6 +594,7 @@ export class PolicyRouting {
       list.forEach((cidr) => this.recordGuard(fam, cidr));
       list.forEach((c) => this.recordRoute(fam, c, extra.get(c) ?? 0, onRef));
     }
+    for (const g of shadowed) await this.dropKeptGuard(g);
   }
 
   private recordRoute(fam: Family, cidr: string, extraRefs: number, onRef?: (cidr: string) => void): void {
