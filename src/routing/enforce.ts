@@ -143,6 +143,12 @@ function tableScript(o: EnforcementOptions): string[] {
         '    type filter hook input priority filter - 10; policy accept;',
         `    iifname { ${dev}, "lo" } accept`,
         `    udp dport ${o.listenPort} accept`,
+        // an IPv6 fragment after the first has no transport header to match: without
+        // conntrack (whose defrag runs before this hook) it meets this chain alone, and
+        // IPv6 reassembles only after it. Let it by: the first fragment decides (a
+        // datagram whose first fragment is dropped is never reassembled), as for IPv4,
+        // which reassembles before this hook.
+        '    frag frag-off != 0 accept',
         `    ${ND}`,
         '    jump policy_in',
         `    ip saddr @project4 counter name ${DROP_REASON} drop`,

@@ -183,6 +183,18 @@ describe('enforcement', () => {
       expect(send(a, 'bindtodevice', '10.77.0.3', 7777, 'm').errno).toBe('EPERM');
       expect(control(a, { op: 'set-members', members: [] }).ok).toBe(true);
       expect(send(a, 'bindtodevice', '10.77.0.3', 7777, 'm').sent).toBe(true);
+      // an IPv6 datagram to tenc's own port, fragmented (3000 bytes on a 1500 link), from the
+      // peer: its fragments after the first carry no UDP header; they are not plaintext from
+      // the project (from a review: they were dropped and counted, so a tunnel over a path
+      // whose MTU is below the link's lost every fragmented datagram)
+      const dropsFrag0 = status(a).drops.plaintext_from_project ?? 0;
+      b.exec('python3', '-c', 'import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\ns.bind(("fd00:77::2",0))\ns.sendto(b"x"*3000,("fd00:77::1",51820))');
+      await new Promise((r) => setTimeout(r, 300));
+      expect((status(a).drops.plaintext_from_project ?? 0) - dropsFrag0).toBe(0);
+      // and a fragmented plaintext datagram from the peer to another port is still dropped (its first fragment)
+      b.exec('python3', '-c', 'import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\ns.bind(("fd00:77::2",0))\ns.sendto(b"x"*3000,("fd00:77::1",7778))');
+      await new Promise((r) => setTimeout(r, 300));
+      expect((status(a).drops.plaintext_from_project ?? 0) - dropsFrag0).toBe(1);
     } finally {
       expect(await stopPod(pod)).toBe(0);
     }
