@@ -369,8 +369,9 @@ export class Pod implements ControlHandler {
    * lasts). Reference counted with the peers' and services' routes: removing one
    * never removes a route another source still needs.
    */
-  async addDestinations(cidrs: string[]): Promise<void> {
-    await this.routing.addRoutes(cidrs);
+  /** A DNS answer's routes in; onRef: each route whose reference was taken, also by a call that then failed. */
+  async addDestinations(cidrs: string[], onRef?: (cidr: string) => void): Promise<void> {
+    await this.routing.addRoutes(cidrs, { onRef });
   }
 
   async removeDestination(cidr: string): Promise<void> {
@@ -657,7 +658,7 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
         config: config.dns,
         fwmark: config.fwmark,
         table: interceptTable(config.interface),
-        routes: { add: (c) => pod.addDestinations(c), remove: (c) => pod.removeDestination(c) },
+        routes: { add: (c, onRef) => pod.addDestinations(c, onRef), remove: (c) => pod.removeDestination(c) },
         activity: (a) => pod.peerActivity(a),
         isMember: (a) => pod.isMember(a),
         log,

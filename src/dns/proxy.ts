@@ -53,7 +53,8 @@ const REWRITE_CACHE_ENTRIES = 1024;
 const UDP_RECV_BUFFER = 1 << 20;
 
 export interface RouteSink {
-  add(cidrs: string[]): Promise<void>;
+  /** onRef: each cidr whose route reference was taken, also by a call that then fails part way. */
+  add(cidrs: string[], onRef?: (cidr: string) => void): Promise<void>;
   remove(cidr: string): Promise<void>;
 }
 
@@ -358,14 +359,17 @@ export class DnsProxy {
     // wait for earlier route changes too: the route of a repeated answer may still be in flight
     const op = this.routeOps.then(async () => {
       if (fresh.length > 0) {
+        const took = new Set<string>();
         try {
-          await routes.sink.add(fresh);
+          await routes.sink.add(fresh, (c) => void took.add(c));
           this.c.routesAdded += fresh.length;
         } catch (e) {
           this.c.routeFailures++;
-          for (const cidr of fresh) routes.learned.forget(cidr); // nothing to remove later
-          this.log.error({ err: (e as Error).message, routes: fresh.length }, 'dns: adding learned routes failed');
-          return false;
+          this.c.routesAdded += took.size;
+          // a route whose reference was taken before the failure stays learned (its expiry
+          // removes it); the others are forgotten, nothing to remove later
+          for (const cidr of fresh) if (!took.has(cidr)) routes.learned.forget(cidr);
+          this.log.error({ err: (e as Error).message, routes: fresh.length, held: took.size }, 'dns: adding learned routes failed');
         }
       }
       // every address of the answer routed, or no answer: one not learned because the table

@@ -488,6 +488,30 @@ describe('dns proxy sockets', () => {
     expect(removed).toEqual([]);
   });
 
+  it('a route add that fails after taking its reference: the route stays learned and is removed at its expiry, never leaked', async () => {
+    // from a review: a failed add forgot every route of the answer, also one whose reference
+    // it had taken (an ip batch that failed in its second family), which then stayed until teardown
+    const removed: string[] = [];
+    await setup({
+      routes: {
+        sink: {
+          add: async (c, onRef) => {
+            onRef?.(c[0]!);
+            throw new Error('ip: the IPv6 batch failed');
+          },
+          remove: async (c) => void removed.push(c),
+        },
+        learned: new LearnedRoutes({ graceMs: 0, maxRoutes: 10 }),
+      },
+    });
+    const [p] = await exchange(await client(), [query('api.alpha.svc.cluster.local', 8)], 1);
+    expect(p.rcode).toBe('NOERROR'); // its address is routed: the answer is safe to give
+    expect(proxy.counters().routeFailures).toBe(1);
+    expect(proxy.counters().routesHeld).toBe(1);
+    await proxy.stop();
+    expect(removed).toEqual([`${(p.answers![0] as { data: string }).data}/32`]);
+  });
+
   it('an answer whose address is not routed (the learned-route table full): SERVFAIL, never the answer in the clear', async () => {
     const added: string[] = [];
     await setup({
