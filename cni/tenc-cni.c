@@ -1,11 +1,14 @@
 /*
- * tenc-cni: the chained CNI plugin as a small static executable, for nodes where
+ * tenc-cni: the CNI plugin as a small static executable, for nodes where
  * tenc lives only in the agent's container (no Node.js on the host). The container
  * runtime execs /opt/cni/bin/tenc on the host; this program does what `tenc cni`
  * (src/cni/skeleton.ts + plugin.ts) does, with the same checks and the same error
  * codes and messages: it reads CNI_* and the network configuration, asks the node
  * agent over its node socket (newline-delimited JSON, node.ts) and prints the
- * result (ADD: prevResult unchanged) or the spec's error object.
+ * result (ADD: prevResult unchanged) or the spec's error object. With "unchained": true
+ * (called alone, as Multus calls a NetworkAttachmentDefinition's plugin, no prevResult)
+ * the ADD asks without addresses (the agent reads them from the pod's netns) and prints
+ * an empty result of the request's cniVersion; CHECK then reads no prevResult.
  *
  *   ADD     {"op":"cni-add",...}    the agent answers once the pod is fail-closed
  *   DEL     {"op":"cni-del",...}
@@ -53,7 +56,7 @@
 static const char *const VERSIONS[] = {"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
 #define NVERSIONS (sizeof VERSIONS / sizeof VERSIONS[0])
 /* the details' tail for 0.1.0 and 0.2.0 (as skeleton.ts PRE_CHAINING) */
-#define PRE_CHAINING "; 0.1.0 and 0.2.0 have no chained plugins (no prevResult), and tenc runs only chained"
+#define PRE_CHAINING "; 0.1.0 and 0.2.0 have no chained plugins (no prevResult) and results of another form (ip4, ip6)"
 
 /* ---- growable string ----------------------------------------------------- */
 
@@ -433,6 +436,7 @@ static int64_t now_ms(void) {
 typedef struct {
   const char *socket;
   long timeout_ms;
+  int unchained; /* called alone (Multus' additional attachment): no prevResult needed */
 } cfg_t;
 
 /* ask()'s results: the agent answered ok; something failed on our side of the socket
@@ -590,10 +594,10 @@ static jv *ask_or_fail(const cfg_t *c, const char *req, long timeout_ms) {
 
 /* ---- the tenc entry's configuration (plugin.ts parseTencConfig) ------------------------ */
 
-static const char *const KNOWN[] = {"cniVersion", "name", "type", "agentSocket", "timeoutMs", "prevResult", "runtimeConfig", "capabilities", "args", "disableCheck", "disableGC"};
+static const char *const KNOWN[] = {"cniVersion", "name", "type", "agentSocket", "timeoutMs", "unchained", "prevResult", "runtimeConfig", "capabilities", "args", "disableCheck", "disableGC"};
 
 static cfg_t parse_config(const jv *c) {
-  cfg_t out = {DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS};
+  cfg_t out = {DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS, 0};
   for (size_t i = 0; i < c->n; i++) {
     int known = 0;
     for (size_t k = 0; k < sizeof KNOWN / sizeof KNOWN[0]; k++) known |= !strcmp(c->keys[i], KNOWN[k]);
@@ -629,14 +633,36 @@ static cfg_t parse_config(const jv *c) {
     }
     out.timeout_ms = (long)t->num;
   }
+  jv *u = jget(c, "unchained");
+  if (u) {
+    if (u->t != J_BOOL) {
+      buf_t b = {0};
+      puts_(&b, "unchained: ");
+      put_shown(&b, u);
+      puts_(&b, " is not true or false");
+      fail(E_CONFIG, b.p, "");
+    }
+    out.unchained = u->boolean;
+  }
   return out;
+}
+
+/* an unchained request's prevResult: none (NULL), or an object (printed unchanged, not read) */
+static jv *unchained_prev(const jv *c) {
+  jv *pr = jget(c, "prevResult");
+  if (pr && pr->t != J_OBJ) fail(E_CONFIG, "prevResult: not an object", "");
+  return pr;
 }
 
 /* prevResult.ips[].address "A/LEN": the pod's addresses, as a JSON array into *out
  * (the 0.3.x and 0.4.0 forms, whose ips[] also carry "version", and the 1.x form) */
 static void prev_addresses(const jv *c, buf_t *out) {
   jv *pr = jget(c, "prevResult");
-  if (!pr) fail(E_CONFIG, "prevResult: missing (tenc is a chained plugin: put it after the plugin that gives the pod its address)", "");
+  if (!pr)
+    fail(E_CONFIG,
+         "prevResult: missing (tenc runs chained: put it after the plugin that gives the pod its address; called alone, as Multus calls the plugin of a "
+         "NetworkAttachmentDefinition, it needs \"unchained\": true in its configuration)",
+         "");
   if (pr->t != J_OBJ) fail(E_CONFIG, "prevResult: not an object", "");
   jv *ips = jget(pr, "ips");
   if (!ips || ips->t != J_ARR || ips->n == 0) fail(E_CONFIG, "prevResult.ips: missing or empty (the previous plugin gave the pod no address)", "");
@@ -827,7 +853,10 @@ int main(void) {
   puts_(&req, "{\"id\":1");
   if (!strcmp(cmd, "ADD")) {
     buf_t addrs = {0};
-    prev_addresses(c, &addrs);
+    jv *prev = NULL;
+    /* unchained: no addresses asked, the agent reads them from the pod's netns */
+    if (cfg.unchained) prev = unchained_prev(c);
+    else prev_addresses(c, &addrs);
     need_pod(&pa);
     field(&req, "op", "cni-add");
     field(&req, "containerId", cid);
@@ -836,14 +865,26 @@ int main(void) {
     field(&req, "podNamespace", pa.ns);
     field(&req, "podName", pa.name);
     field(&req, "podUid", pa.uid ? pa.uid : "");
-    puts_(&req, ",\"addresses\":");
-    puts_(&req, addrs.p);
+    if (!cfg.unchained) {
+      puts_(&req, ",\"addresses\":");
+      puts_(&req, addrs.p);
+    }
     printf_(&req, ",\"timeoutMs\":%ld}\n", cfg.timeout_ms);
     ask_or_fail(&cfg, req.p, cfg.timeout_ms + 1000);
-    /* prevResult unchanged: its text as the runtime gave it */
-    jv *pr = jget(c, "prevResult");
-    fwrite(pr->raw, 1, pr->rawlen, stdout);
-    fputs("\n", stdout);
+    jv *pr = cfg.unchained ? prev : jget(c, "prevResult");
+    if (pr) {
+      /* prevResult unchanged: its text as the runtime gave it */
+      fwrite(pr->raw, 1, pr->rawlen, stdout);
+      fputs("\n", stdout);
+    } else {
+      /* unchained, nothing before tenc: an empty result (plugin.ts emptyResult), every
+       * key a version requires (0.3.x, 0.4.0: interfaces and ips; 1.x: all five) */
+      buf_t r = {0};
+      puts_(&r, "{\"cniVersion\":");
+      put_json_str(&r, version);
+      puts_(&r, ",\"interfaces\":[],\"ips\":[],\"routes\":[],\"dns\":{}}\n");
+      fwrite(r.p, 1, r.n, stdout);
+    }
     return fflush(stdout) == 0 ? 0 : 1;
   }
   if (del) {
@@ -853,9 +894,10 @@ int main(void) {
     ask_or_fail(&cfg, req.p, cfg.timeout_ms + 1000);
     return 0;
   }
-  /* CHECK */
+  /* CHECK (unchained: prevResult is the empty result of ADD, or none: not read) */
   buf_t addrs = {0};
-  prev_addresses(c, &addrs);
+  if (cfg.unchained) unchained_prev(c);
+  else prev_addresses(c, &addrs);
   need_pod(&pa);
   field(&req, "op", "cni-check");
   field(&req, "containerId", cid);

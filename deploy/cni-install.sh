@@ -18,6 +18,12 @@
 #                              A config it cannot edit is reported and tried again; exits
 #                              0 on SIGTERM.
 #
+# TENC_CNI_MODE=unchained (OpenShift: the network operator owns the CNI config, Multus
+# calls tenc through a NetworkAttachmentDefinition, deploy/openshift/): the same three
+# commands for the plugin binary only; no CNI config is read, waited for or edited
+# (nothing is chained into Multus' 00-multus.conf), and keep watches the binary alone.
+# Default: chained.
+#
 # Environment: CNI_BIN_DIR (/opt/cni/bin), CNI_CONF_DIR (/etc/cni/net.d),
 # TENC_CNI_SRC (/opt/tenc/cni/tenc in the image: the static executable cni/build.sh
 # makes from cni/tenc-cni.c; it needs nothing on the host but the agent's node socket
@@ -40,9 +46,15 @@ TENC_CNI_SRC=${TENC_CNI_SRC:-/opt/tenc/cni/tenc}
 TENC_CNI_ENTRY=${TENC_CNI_ENTRY:-'{"type":"tenc"}'}
 CNI_WAIT=${CNI_WAIT:-300}
 CNI_RECHECK=${CNI_RECHECK:-1}
+TENC_CNI_MODE=${TENC_CNI_MODE:-chained}
 
 say() { echo "tenc cni-install: $*" >&2; }
 die() { say "$*"; exit 1; }
+
+case "$TENC_CNI_MODE" in
+  chained | unchained) ;;
+  *) die "TENC_CNI_MODE: '$TENC_CNI_MODE' is not chained or unchained" ;;
+esac
 
 # The config the runtime uses: the first *.conf, *.conflist or *.json by name.
 active_conf() {
@@ -95,16 +107,7 @@ console.log('changed');
 JS
 }
 
-install() {
-  [ -f "$TENC_CNI_SRC" ] || die "the plugin launcher $TENC_CNI_SRC does not exist"
-  [ -d "$CNI_BIN_DIR" ] || die "CNI_BIN_DIR $CNI_BIN_DIR is not a directory"
-  local conf waited=0
-  until conf=$(active_conf); do
-    [ "$waited" -ge "$CNI_WAIT" ] && die "no CNI config in $CNI_CONF_DIR after ${CNI_WAIT}s (is the cluster's network plugin installed?)"
-    [ "$waited" -eq 0 ] && say "waiting for the primary CNI config in $CNI_CONF_DIR"
-    sleep 1
-    waited=$((waited + 1))
-  done
+install_binary() {
   if cmp -s "$TENC_CNI_SRC" "$CNI_BIN_DIR/tenc"; then
     say "$CNI_BIN_DIR/tenc is current"
   else
@@ -113,6 +116,24 @@ install() {
     mv -f "$CNI_BIN_DIR/.tenc.tmp" "$CNI_BIN_DIR/tenc"
     say "installed $CNI_BIN_DIR/tenc"
   fi
+}
+
+install() {
+  [ -f "$TENC_CNI_SRC" ] || die "the plugin launcher $TENC_CNI_SRC does not exist"
+  [ -d "$CNI_BIN_DIR" ] || die "CNI_BIN_DIR $CNI_BIN_DIR is not a directory"
+  if [ "$TENC_CNI_MODE" = unchained ]; then
+    install_binary
+    say "unchained: no CNI config edited (a NetworkAttachmentDefinition of type tenc, \"unchained\": true, has Multus call it)"
+    return 0
+  fi
+  local conf waited=0
+  until conf=$(active_conf); do
+    [ "$waited" -ge "$CNI_WAIT" ] && die "no CNI config in $CNI_CONF_DIR after ${CNI_WAIT}s (is the cluster's network plugin installed?)"
+    [ "$waited" -eq 0 ] && say "waiting for the primary CNI config in $CNI_CONF_DIR"
+    sleep 1
+    waited=$((waited + 1))
+  done
+  install_binary
   case "$conf" in *.conflist | *.json) ;; *) die "$conf: the active CNI config is a single-plugin .conf; tenc chains itself into a .conflist only" ;; esac
   local r
   r=$(edit_conf "$conf" add)
@@ -121,11 +142,14 @@ install() {
 
 uninstall() {
   local f r
-  for f in "$CNI_CONF_DIR"/*.conflist "$CNI_CONF_DIR"/*.json; do
-    [ -f "$f" ] || continue
-    r=$(edit_conf "$f" remove)
-    [ "$r" = changed ] && say "$f: tenc entry removed"
-  done
+  # unchained: no config was edited, none is touched now
+  if [ "$TENC_CNI_MODE" = chained ]; then
+    for f in "$CNI_CONF_DIR"/*.conflist "$CNI_CONF_DIR"/*.json; do
+      [ -f "$f" ] || continue
+      r=$(edit_conf "$f" remove)
+      [ "$r" = changed ] && say "$f: tenc entry removed"
+    done
+  fi
   if [ -e "$CNI_BIN_DIR/tenc" ]; then
     rm -f "$CNI_BIN_DIR/tenc"
     say "removed $CNI_BIN_DIR/tenc"
@@ -137,6 +161,10 @@ uninstall() {
 # and mtime, and the launcher's (a rename by the primary CNI changes the inode).
 signature() {
   local conf
+  if [ "$TENC_CNI_MODE" = unchained ]; then
+    stat -c '%n %i %s %.9Y' "$CNI_BIN_DIR/tenc" 2>/dev/null || echo gone
+    return 0
+  fi
   conf=$(active_conf) || { echo none; return 0; }
   stat -c '%n %i %s %.9Y' "$conf" "$CNI_BIN_DIR/tenc" 2>/dev/null || echo "gone $conf"
 }
@@ -158,7 +186,13 @@ keep() {
       continue
     fi
     last=$now
-    if conf=$(active_conf); then
+    if [ "$TENC_CNI_MODE" = unchained ]; then
+      if ! cmp -s "$TENC_CNI_SRC" "$CNI_BIN_DIR/tenc"; then
+        if cp "$TENC_CNI_SRC" "$CNI_BIN_DIR/.tenc.tmp" && chmod 0755 "$CNI_BIN_DIR/.tenc.tmp" && mv -f "$CNI_BIN_DIR/.tenc.tmp" "$CNI_BIN_DIR/tenc"; then
+          say "installed $CNI_BIN_DIR/tenc again"
+        fi
+      fi
+    elif conf=$(active_conf); then
       # the launcher first (a node's image cleanup, an upgrade), then the entry
       if ! cmp -s "$TENC_CNI_SRC" "$CNI_BIN_DIR/tenc"; then
         if cp "$TENC_CNI_SRC" "$CNI_BIN_DIR/.tenc.tmp" && chmod 0755 "$CNI_BIN_DIR/.tenc.tmp" && mv -f "$CNI_BIN_DIR/.tenc.tmp" "$CNI_BIN_DIR/tenc"; then

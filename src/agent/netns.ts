@@ -2,7 +2,8 @@
  * What the node agent does in a pod's network namespace from outside it (its ip and nft
  * children started in NETNS by runProcess, io/run.ts, as `nsenter --net=NETNS` would): the pod's control socket and resolv.conf paths, making the netns fail
  * closed before its proxy runs (CNI ADD), and removing what tenc left there once the
- * proxy is gone (CNI DEL). Below proxies.ts and agent.ts; uses control/ and routing/.
+ * proxy is gone (CNI DEL); the pod's own addresses, for an unchained CNI ADD (no
+ * prevResult to take them from). Below proxies.ts and agent.ts; uses control/ and routing/.
  */
 import { runNft } from '../io/nft.js';
 import { existsSync, statSync } from 'node:fs';
@@ -11,6 +12,7 @@ import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_SOCKET_DIR, DEFAULT_T
 import { failClosedScripts } from '../control/failclosed.js';
 import { tableName } from '../routing/enforce.js';
 import { IpCommand, IpCommandError } from '../routing/ip.js';
+import { parseAddress } from '../net/address.js';
 
 /**
  * The pod's default control socket (/run/tenc/tenc0-<netns inode>.sock), so that
@@ -66,4 +68,86 @@ async function guardBatchIn(ip: IpCommand, fam: 4 | 6, lines: string[]): Promise
     if (e instanceof IpCommandError && e.linesDone === lines.length - 1 && /File exists/i.test(e.stderr)) return;
     throw e;
   }
+}
+
+/** Why a netns gave no pod address (an unchained ADD before the default network is up, a netns without one). */
+export class PodAddressError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PodAddressError';
+  }
+}
+
+/**
+ * The pod's addresses as `ip -j` dumps show them in its netns: per family (IPv4 first,
+ * as the pod's primary address), the first global-scope address of the interface that
+ * holds that family's default route of the lowest metric (main table; a blackhole,
+ * unreachable or prohibit default has no interface and is skipped; a multipath one
+ * counts by its first hop's interface). A family without a default route, or whose
+ * interface has no global address (a DAD-failed one does not count), gives none.
+ * Throws PodAddressError naming `netns` when no family gives one.
+ */
+export function podAddressesFrom(netns: string, routes: { 4: unknown[]; 6: unknown[] }, links: unknown[]): string[] {
+  const out: string[] = [];
+  const why: string[] = [];
+  for (const fam of [4, 6] as const) {
+    // the route the kernel takes: the lowest metric (no metric: 0), the dump's order among equals
+    const usable = routes[fam].map((r) => ({ dev: defaultRouteDev(r), metric: routeMetric(r) })).filter((r) => r.dev !== null);
+    const dev = usable.length > 0 ? usable.reduce((a, b) => (b.metric < a.metric ? b : a)).dev : null;
+    if (dev === null) {
+      why.push(`no IPv${fam} default route`);
+      continue;
+    }
+    const link = links.find((l) => (l as { ifname?: unknown } | null)?.ifname === dev) as { addr_info?: unknown } | undefined;
+    const info = Array.isArray(link?.addr_info) ? (link.addr_info as Record<string, unknown>[]) : [];
+    const a = info.find((x) => x !== null && typeof x === 'object' && x.family === (fam === 4 ? 'inet' : 'inet6') && x.scope === 'global' && x.dadfailed !== true && typeof x.local === 'string');
+    const parsed = a ? parseAddress(a.local) : null;
+    if (!parsed?.ok) {
+      why.push(`no global IPv${fam} address on ${dev}, the interface of its default route`);
+      continue;
+    }
+    out.push(parsed.value);
+  }
+  if (out.length === 0) throw new PodAddressError(`netns ${netns}: no pod address (${why.join('; ')}): is the pod's network set up?`);
+  return out;
+}
+
+/** A route's metric as `ip -j` shows it (none: 0). */
+function routeMetric(r: unknown): number {
+  const m = (r as { metric?: unknown }).metric;
+  return typeof m === 'number' ? m : 0;
+}
+
+/** The interface of a default route as `ip -j route show default` lists it, or null (not a unicast route through one). */
+function defaultRouteDev(r: unknown): string | null {
+  if (r === null || typeof r !== 'object') return null;
+  const route = r as { dst?: unknown; type?: unknown; dev?: unknown; nexthops?: unknown };
+  if (route.dst !== 'default' || (route.type !== undefined && route.type !== 'unicast')) return null;
+  if (typeof route.dev === 'string') return route.dev;
+  const hop = Array.isArray(route.nexthops) ? (route.nexthops as { dev?: unknown }[]).find((h) => typeof h?.dev === 'string') : undefined;
+  return hop ? (hop.dev as string) : null;
+}
+
+/**
+ * The pod's addresses read in its netns (podAddressesFrom): its default routes of both
+ * families and its global addresses, three `ip -j` runs in NETNS at once. A family whose
+ * route dump fails (IPv6 off in the kernel) has no default route; `ip` failing for both
+ * is an error naming the netns.
+ */
+export async function podAddressesIn(netns: string, ip: IpCommand = new IpCommand({ netnsPath: netns })): Promise<string[]> {
+  // ip.run, not ip.json: a dump that fails (the netns gone) is an error here, not an empty list
+  const dump = (args: string[]) =>
+    ip.run(['-j', ...args]).then(
+      (out) => {
+        const v: unknown = out.trim() === '' ? [] : JSON.parse(out);
+        return { v: Array.isArray(v) ? (v as unknown[]) : [v], err: null };
+      },
+      (e: Error) => ({ v: [] as unknown[], err: e.message }),
+    );
+  const [r4, r6, links] = await Promise.all([dump(['-4', 'route', 'show', 'default']), dump(['-6', 'route', 'show', 'default']), dump(['address', 'show', 'scope', 'global'])]);
+  if (links.err !== null || (r4.err !== null && r6.err !== null)) {
+    const errs = [r4.err, r6.err, links.err].filter((e) => e !== null);
+    throw new PodAddressError(`netns ${netns}: cannot read the pod's addresses: ${errs.join('; ')}`);
+  }
+  return podAddressesFrom(netns, { 4: r4.v, 6: r6.v }, links.v);
 }

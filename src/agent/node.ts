@@ -9,6 +9,10 @@
  * framing ({id, op, ...} -> {id, ok, result} | {id, ok: false, error: {code, message}}):
  *
  *   cni-add    {containerId, netns, ifname, podNamespace, podName, podUid, addresses, timeoutMs}
+ *              (no addresses: an unchained plugin, called alone by Multus without prevResult;
+ *              the agent reads them in the pod's netns, agent/netns.ts podAddressesIn: the
+ *              global address of the default route's interface, one per family, IPv4 first;
+ *              none there yet is EADDRNOTAVAIL, code 11 in the plugin: the runtime retries)
  *              -> {protected: false} at once for a namespace that is not protected; else
  *              -> {protected: true} once the pod is fail-closed: the agent itself puts the
  *                 rule, the guards and the nftables table in its netns (Agent.prepare,
@@ -34,6 +38,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { Agent, type AgentOptions } from './agent.js';
 import type { ProxyId, Registration } from './proxies.js';
 import { isNamespaceFile } from '../io/nsfs.js';
+import { podAddressesIn } from './netns.js';
 
 export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
 const MAX_LINE = 64 * 1024;
@@ -62,6 +67,8 @@ export interface NodeAgentOptions extends Pick<AgentOptions, 'registry' | 'node'
    */
   unregisteredGraceMs?: number;
   unregisteredEveryMs?: number;
+  /** Reads a pod's addresses in its netns for an unchained cni-add (default podAddressesIn); for unit tests. */
+  podAddresses?: (netns: string) => Promise<string[]>;
 }
 
 export const UNREGISTERED_GRACE_MS = 30_000;
@@ -96,6 +103,16 @@ export function checkNetns(p: unknown): string {
 function str(v: unknown, field: string, re: RegExp, rule = 'is not valid'): string {
   if (typeof v !== 'string' || !re.test(v)) throw new RequestError('EINVAL', `${field}: ${JSON.stringify(v)} ${rule}`);
   return v;
+}
+
+/** A registration's addresses: one or two pod addresses, canonical. */
+function checkAddresses(v: unknown): string[] {
+  if (!Array.isArray(v) || v.length === 0 || v.length > 2) throw new RequestError('EINVAL', 'addresses: one or two pod addresses expected');
+  return v.map((a, i) => {
+    const r = parseAddress(String(a));
+    if (!r.ok) throw new RequestError('EINVAL', `addresses[${i}]: ${r.problem}`);
+    return r.value;
+  });
 }
 
 /** The pod's namespace: asked first, so a pod of an unprotected namespace is passed through whatever else it has. */
@@ -163,7 +180,7 @@ export class NodeAgent {
           n++;
           if (!u.warned) {
             u.warned = true;
-            this.log.warn({ pod: id, address: p.address, seconds: Math.round((now - u.since) / 1000) }, 'pod runs on this node without tenc: its CNI ADD never reached the agent (is the tenc entry in the node\'s CNI config? was the pod started before its namespace was protected?); its traffic is not protected');
+            this.log.warn({ pod: id, address: p.address, seconds: Math.round((now - u.since) / 1000) }, 'pod runs on this node without tenc: its CNI ADD never reached the agent (is the tenc entry in the node\'s CNI config? on OpenShift, does the pod\'s k8s.v1.cni.cncf.io/networks annotation name tenc\'s NetworkAttachmentDefinition? was the pod started before its namespace was protected?); its traffic is not protected');
           }
         }
       }
@@ -234,7 +251,26 @@ export class NodeAgent {
     return (await this.o.registry.projects()).includes(ns);
   }
 
-  private validate(m: Record<string, unknown>, proxy: ProxyId | null, checkNs = true): Registration {
+  /**
+   * The registration of a cni-add: validate(), and for an unchained one (no addresses in
+   * the request) the addresses read in the pod's netns once everything else is valid,
+   * checked as a chained ADD's.
+   */
+  private async registrationOf(m: Record<string, unknown>): Promise<Registration> {
+    if (m.addresses !== undefined) return this.validate(m, null);
+    const reg = this.validate(m, null, true, false);
+    let found: string[];
+    try {
+      found = await (this.o.podAddresses ?? podAddressesIn)(reg.netns);
+    } catch (e) {
+      throw new RequestError('EADDRNOTAVAIL', (e as Error).message);
+    }
+    const addresses = checkAddresses(found);
+    this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, netns: reg.netns, addresses }, 'ADD without addresses (unchained): read in the pod\'s netns');
+    return { ...reg, addresses };
+  }
+
+  private validate(m: Record<string, unknown>, proxy: ProxyId | null, checkNs = true, withAddresses = true): Registration {
     const containerId = str(m.containerId, 'containerId', CONTAINER_ID);
     const netns = checkNs ? checkNetns(m.netns) : str(m.netns, 'netns', /^\//);
     const ifname = str(m.ifname, 'ifname', /^[^/:\s]{1,15}$/);
@@ -245,12 +281,7 @@ export class NodeAgent {
     // protected namespace)
     const podName = str(m.podName, 'podName', NAME, 'has characters other than lowercase letters, digits and "-": tenc protects only pods named so');
     const podUid = typeof m.podUid === 'string' && m.podUid.length <= 64 ? m.podUid : '';
-    if (!Array.isArray(m.addresses) || m.addresses.length === 0 || m.addresses.length > 2) throw new RequestError('EINVAL', 'addresses: one or two pod addresses expected');
-    const addresses = m.addresses.map((a, i) => {
-      const r = parseAddress(String(a));
-      if (!r.ok) throw new RequestError('EINVAL', `addresses[${i}]: ${r.problem}`);
-      return r.value;
-    });
+    const addresses = withAddresses ? checkAddresses(m.addresses) : [];
     return { containerId, netns, ifname, podNamespace, podName, podUid, addresses, proxy };
   }
 
@@ -267,7 +298,7 @@ export class NodeAgent {
           this.log.info({ pod: `${ns}/${typeof m.podName === 'string' ? m.podName.slice(0, 253) : '?'}` }, 'ADD: namespace not protected, passed through');
           return { protected: false };
         }
-        const reg = this.validate(m, null);
+        const reg = await this.registrationOf(m);
         // the pod's last sandbox is still being released (its DEL timed out in the
         // plugin and was answered by a retry): its proxy and namespace are not gone yet
         // (also the same container ADDed again after its DEL: the release would clean what

@@ -1,16 +1,29 @@
 /**
- * `tenc cni`: the chained CNI plugin. Runs after the plugin that gives the pod its
- * interface and address (bridge + host-local, ...): it registers the pod with the node
- * agent over the agent's node socket and returns prevResult unchanged once the agent
- * says the pod is fail-closed (or that the pod's namespace is not protected).
+ * `tenc cni`: the CNI plugin. It registers the pod with the node agent over the agent's
+ * node socket and answers once the agent says the pod is fail-closed (or that the pod's
+ * namespace is not protected). Two ways to be called:
  *
- * Conflist entry: {"type": "tenc", "agentSocket": "/run/tenc/agent.sock", "timeoutMs": 5000}
- * (both optional; every other field is an error naming it).
+ *  - chained (the default): after the plugin that gives the pod its interface and address
+ *    (bridge + host-local, ...) in the node's conflist; the pod's addresses are
+ *    prevResult's, and prevResult is printed unchanged;
+ *  - unchained ("unchained": true): alone, as Multus calls the plugin of a
+ *    NetworkAttachmentDefinition named in the pod's k8s.v1.cni.cncf.io/networks
+ *    annotation (OpenShift), after the pod's default network is set up, with that
+ *    attachment's CNI_IFNAME (net1) and no prevResult. The request carries no addresses:
+ *    the agent reads them from the pod's netns (the default route's interface). The result
+ *    is an empty one of the request's cniVersion (no interface, no address: tenc makes
+ *    none); a prevResult, if some plugin ran before tenc in that attachment, is printed
+ *    unchanged but its addresses are not the pod's and are not read.
+ *    Without the opt-in a missing prevResult stays an error (code 7) naming the option:
+ *    a chained entry that lost its place in the conflist fails loudly.
  *
- *   ADD    {op: "cni-add", ...}   answer {protected}: prevResult is printed
+ * Configuration: {"type": "tenc", "agentSocket": "/run/tenc/agent.sock", "timeoutMs": 5000,
+ * "unchained": false} (all optional; every other field is an error naming it).
+ *
+ *   ADD    {op: "cni-add", ...}   answer {protected}: prevResult (or the empty result) is printed
  *   DEL    {op: "cni-del", ...}   idempotent on the agent's side
  *   CHECK  {op: "cni-check", ...} the pod's proxy runs and answers (a start in progress
- *                                 is waited for, up to timeoutMs)
+ *                                 is waited for, up to timeoutMs); unchained, prevResult is not read
  *   STATUS {op: "cni-status"}     the agent answers
  *   GC     nothing asked: accepted (cniVersion 1.1.0) and done
  *
@@ -18,7 +31,8 @@
  * so the runtime retries the sandbox; the pod's containers never start unprotected.
  * The agent's own refusals keep their meaning: EINVAL is the configuration's fault (7),
  * ENOENT is a container the agent has not registered (3, "unknown container": a CHECK
- * before any ADD reached it, or after its DEL), the rest is code 11.
+ * before any ADD reached it, or after its DEL), the rest is code 11 (an unchained ADD
+ * whose netns has no default route or no global address yet among them).
  */
 import { controlRequest, ControlClientError } from '../control/client.js';
 import { CniCode, CniError, type CniPlugin, type CniRequest } from './skeleton.js';
@@ -28,11 +42,13 @@ export const DEFAULT_TIMEOUT_MS = 5000;
 export const MAX_TIMEOUT_MS = 120_000;
 
 /** Fields the spec or the runtime puts in a plugin's configuration. */
-const KNOWN = new Set(['cniVersion', 'name', 'type', 'agentSocket', 'timeoutMs', 'prevResult', 'runtimeConfig', 'capabilities', 'args', 'disableCheck', 'disableGC']);
+const KNOWN = new Set(['cniVersion', 'name', 'type', 'agentSocket', 'timeoutMs', 'unchained', 'prevResult', 'runtimeConfig', 'capabilities', 'args', 'disableCheck', 'disableGC']);
 
 export interface TencCniConfig {
   agentSocket: string;
   timeoutMs: number;
+  /** Called alone (Multus' additional attachment): no prevResult needed, the agent reads the pod's addresses. */
+  unchained: boolean;
 }
 
 export function parseTencConfig(c: Record<string, unknown>): TencCniConfig {
@@ -46,13 +62,35 @@ export function parseTencConfig(c: Record<string, unknown>): TencCniConfig {
   if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs) || timeoutMs < 100 || timeoutMs > MAX_TIMEOUT_MS) {
     throw new CniError(CniCode.invalidNetworkConfig, `timeoutMs: ${JSON.stringify(timeoutMs)} is not an integer from 100 to ${MAX_TIMEOUT_MS}`);
   }
-  return { agentSocket, timeoutMs };
+  const unchained = c.unchained === undefined ? false : c.unchained; // null is not false (as in the C plugin)
+  if (typeof unchained !== 'boolean') throw new CniError(CniCode.invalidNetworkConfig, `unchained: ${JSON.stringify(unchained)} is not true or false`);
+  return { agentSocket, timeoutMs, unchained };
+}
+
+/** What a missing prevResult is told (the C plugin's words too). */
+export const MISSING_PREV_RESULT =
+  'prevResult: missing (tenc runs chained: put it after the plugin that gives the pod its address; called alone, as Multus calls the plugin of a NetworkAttachmentDefinition, it needs "unchained": true in its configuration)';
+
+/**
+ * An unchained ADD's result: no interface, no address (tenc makes none), in the form every
+ * supported cniVersion accepts: 0.3.x and 0.4.0 require "interfaces" and "ips" (routes and
+ * dns optional), 1.0.0 and 1.1.0 list all five keys.
+ */
+export function emptyResult(cniVersion: string): Record<string, unknown> {
+  return { cniVersion, interfaces: [], ips: [], routes: [], dns: {} };
+}
+
+/** An unchained request's prevResult: none, or an object (printed unchanged, not read). */
+function unchainedPrevResult(c: Record<string, unknown>): unknown {
+  const pr = c.prevResult;
+  if (pr !== undefined && (typeof pr !== 'object' || pr === null || Array.isArray(pr))) throw new CniError(CniCode.invalidNetworkConfig, 'prevResult: not an object');
+  return pr;
 }
 
 /** The pod's addresses from prevResult (0.3.x and 0.4.0 form, whose ips[] also carry "version", and 1.x form: ips[].address "A/LEN"). */
 export function prevResultAddresses(c: Record<string, unknown>): string[] {
   const pr = c.prevResult;
-  if (pr === undefined) throw new CniError(CniCode.invalidNetworkConfig, 'prevResult: missing (tenc is a chained plugin: put it after the plugin that gives the pod its address)');
+  if (pr === undefined) throw new CniError(CniCode.invalidNetworkConfig, MISSING_PREV_RESULT);
   if (typeof pr !== 'object' || pr === null || Array.isArray(pr)) throw new CniError(CniCode.invalidNetworkConfig, 'prevResult: not an object');
   const ips = (pr as Record<string, unknown>).ips;
   if (!Array.isArray(ips) || ips.length === 0) throw new CniError(CniCode.invalidNetworkConfig, 'prevResult.ips: missing or empty (the previous plugin gave the pod no address)');
@@ -105,6 +143,13 @@ async function ask(cfg: TencCniConfig, req: Record<string, unknown>, timeoutMs: 
 export const tencPlugin: CniPlugin = {
   async add(req) {
     const cfg = parseTencConfig(req.config);
+    if (cfg.unchained) {
+      // no addresses asked: the agent reads them from the pod's netns
+      const prev = unchainedPrevResult(req.config);
+      const pod = podArgs(req);
+      await ask(cfg, { op: 'cni-add', containerId: req.containerId, netns: req.netns, ifname: req.ifname, ...pod, timeoutMs: cfg.timeoutMs }, cfg.timeoutMs + 1000);
+      return prev ?? emptyResult(req.cniVersion);
+    }
     const addresses = prevResultAddresses(req.config);
     const pod = podArgs(req);
     await ask(cfg, { op: 'cni-add', containerId: req.containerId, netns: req.netns, ifname: req.ifname, ...pod, addresses, timeoutMs: cfg.timeoutMs }, cfg.timeoutMs + 1000);
@@ -116,7 +161,9 @@ export const tencPlugin: CniPlugin = {
   },
   async check(req) {
     const cfg = parseTencConfig(req.config);
-    prevResultAddresses(req.config);
+    // unchained, prevResult is the empty result of ADD (or none): not read
+    if (cfg.unchained) unchainedPrevResult(req.config);
+    else prevResultAddresses(req.config);
     const pod = podArgs(req);
     await ask(cfg, { op: 'cni-check', containerId: req.containerId, netns: req.netns, ...pod, timeoutMs: cfg.timeoutMs }, cfg.timeoutMs + 1000);
   },

@@ -11,9 +11,9 @@
  * does; libcni never sends it); GC with 1.1.0 (likewise refused before it); before
  * 0.4.0 DEL gets no prevResult (tenc's DEL reads none); a 0.3.x or 0.4.0 prevResult's
  * ips[] carry "version" (tenc reads ips[].address only). 0.1.0 and 0.2.0 are refused:
- * they have no chained plugins (no prevResult, ip4/ip6 results), and tenc runs only
- * chained. Results and errors carry the request's cniVersion (1.0.0 for a request
- * whose version is not supported).
+ * they have no chained plugins (no prevResult) and their results have another form
+ * (ip4/ip6), also the empty one an unchained ADD prints (plugin.ts). Results and errors
+ * carry the request's cniVersion (1.0.0 for a request whose version is not supported).
  *
  * Exit code: 0 on success, 1 with the error JSON on stdout otherwise.
  */
@@ -25,7 +25,7 @@ type Version = (typeof SUPPORTED_VERSIONS)[number];
 const before = (v: string, w: Version): boolean => SUPPORTED_VERSIONS.indexOf(v as Version) < SUPPORTED_VERSIONS.indexOf(w);
 
 /** The unsupported-version error's details tail for 0.1.0 and 0.2.0 (as the C plugin's PRE_CHAINING). */
-const PRE_CHAINING = '; 0.1.0 and 0.2.0 have no chained plugins (no prevResult), and tenc runs only chained';
+const PRE_CHAINING = '; 0.1.0 and 0.2.0 have no chained plugins (no prevResult) and results of another form (ip4, ip6)';
 
 /** Largest network configuration read from stdin, in bytes (as cni/tenc-cni.c's MAX_STDIN). */
 export const MAX_STDIN = 1 << 20;

@@ -10,6 +10,15 @@
  *     table in place itself (before the proxy runs; the proxy adopts them); an app
  *     started right after ADD sends to a project peer at once: no plaintext on the node
  *     bridge, and it reaches the peer (encrypted) once known
+ *  2b. unchained, as Multus calls tenc on OpenShift: the pod's default network first
+ *     (the conflist without tenc: bridge + host-local, loopback), then tenc's launcher
+ *     alone with a NetworkAttachmentDefinition's config ("unchained": true, 0.4.0),
+ *     CNI_IFNAME net1, no prevResult: the empty result; the agent registers the pod with
+ *     the address the bridge gave it, read in its netns, and the pod is fail-closed and
+ *     protected as in 2 (the same checks); CHECK, DEL (tenc first, then the default
+ *     network); a netns with no network yet: code 11 naming it, nothing registered
+ *  2c. the agent's reading of a pod's addresses (podAddressesIn) with the real `ip` on a
+ *     dual-stack netns: the default route's interface, one address per family
  *  3. agent down during ADD: code 11; the runtime's DEL + ADD after the agent is back works;
  *     agent killed between ADD and DEL: DEL still cleans up
  *  4. 50 pods added and deleted in a loop (5 at a time): nothing leaks, the agent's RSS
@@ -22,6 +31,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync, rmSync
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Netns, describeProcess, podProxies, processesUnder, requireRoot, requireTool, sh, startCapture, readCaptureBytes, until } from './lib.js';
+import { podAddressesIn, PodAddressError } from '../../src/agent/netns.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const main = join(root, 'dist', 'src', 'cli', 'main.js');
@@ -67,7 +77,7 @@ function plugin(cniEnv: Record<string, string>, stdin: string) {
 }
 /** The proxies serving the pod: a process in its netns, or the pod host holding it. */
 const proxies = (pod: string) => podProxies(`/run/netns/${nsName(pod)}`);
-const registrations = () => JSON.parse(readFileSync(join(STATE, 'agents', 'node1.run', 'registrations.json'), 'utf8')).registrations as { podName: string }[];
+const registrations = () => JSON.parse(readFileSync(join(STATE, 'agents', 'node1.run', 'registrations.json'), 'utf8')).registrations as { podName: string; containerId: string; ifname: string; addresses: string[] }[];
 const agentPid = () => Number(readFileSync(join(STATE, 'agents', 'node1.pid'), 'utf8'));
 const agentLog = () => readFileSync(join(STATE, 'agents', 'node1.log'), 'utf8');
 /** Processes of this cluster: its agents and proxies (their command lines name the state dir). */
@@ -107,6 +117,59 @@ afterAll(() => {
   rmSync(clusterFile, { force: true });
   for (const n of sh('ip', ['netns', 'list']).split('\n')) if (n.startsWith(`${PREFIX}-`)) spawnSync('ip', ['netns', 'del', n.split(' ')[0]]);
 });
+
+/**
+ * Test 2's checks for a pod `name` of alpha at `address` whose sandbox `add` makes (the
+ * runtime's CNI ADD into the empty netns made here) and `del` takes down: the registry
+ * knows the pod first; when add returns the pod is fail-closed (the agent's rule, the
+ * peer's guard, the nft table, before its proxy starts); an app started at once sends to
+ * the project peer alpha-srv, reaches it, and no plaintext of it crosses the node bridge;
+ * the proxy adopted the agent's state.
+ */
+async function firstPacket(name: string, address: string, add: () => void, del: () => void): Promise<void> {
+  const marker = `TENC-FIRST-PACKET-${process.pid}-${name}`;
+  const srv = spawn('ip', ['netns', 'exec', nsName('alpha-srv'), 'node', '-e', `
+    const s = require('dgram').createSocket('udp4'); s.bind(7000);
+    s.on('message', (m) => { if (String(m).includes('${marker}')) { console.log('got'); process.exit(0); } });`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const got = new Promise<boolean>((r) => srv.on('exit', (c) => r(c === 0)));
+  // the API server knows the pod before its sandbox is made: only then do peers trust its key
+  const pod = { name, project: 'alpha', node: 'node1', address, labels: { app: 'cli' } };
+  expect(spawnSync('node', [tool, 'add-pod', STATE, PREFIX, JSON.stringify(pod)]).status).toBe(0);
+  expect(spawnSync('node', [tool, 'sync', STATE, PREFIX]).status).toBe(0);
+  const cap = await startCapture(Netns.attach(NODE), 'br0');
+  makeNs(name);
+  add();
+  // fail-closed when ADD returns: the agent made the rule, the peer's guard and the nft
+  // table itself (the proxy is still starting: its TUN comes later)
+  const n = Netns.attach(nsName(name));
+  const tun = n.ip('-o', 'link').includes('tenc0');
+  expect(n.ip('rule', 'show')).toMatch(/not from all fwmark 0xcb84 lookup 52100/);
+  expect(n.ip('route', 'show', 'table', '52100')).toMatch(/unreachable 10\.128\.1\.10 .*metric 4294967295/);
+  expect(n.exec('nft', 'list', 'set', 'inet', 'tenc_tenc0', 'project4')).toContain('10.128.1.10');
+  expect(agentLog()).toMatch(new RegExp(`"pod":"${name}".*before its proxy starts`));
+  console.log(`${name}: tenc0 ${tun ? 'already there' : 'not there yet'} when ADD returned`);
+  const app = spawn('ip', ['netns', 'exec', nsName(name), 'node', '-e', `
+    const s = require('dgram').createSocket('udp4');
+    setInterval(() => s.send('${marker}', 7000, '10.128.1.10', () => {}), 20);`], { stdio: 'ignore' });
+  const ok = await Promise.race([got, new Promise<boolean>((r) => setTimeout(() => r(false), 15_000))]);
+  app.kill('SIGKILL');
+  srv.kill('SIGKILL');
+  await new Promise((r) => setTimeout(r, 200));
+  await cap.stop();
+  const bytes = readCaptureBytes(cap);
+  cap.remove();
+  expect(ok).toBe(true); // reached the peer (through tenc: the plaintext never crossed the bridge)
+  expect(bytes.length).toBeGreaterThan(100); // the capture saw traffic (tenc's)
+  expect(bytes.includes(Buffer.from(marker))).toBe(false);
+  // the proxy took the agent's state over: it adopted the rule and the guards
+  const podLog = readFileSync(join(STATE, 'agents', 'node1.run', 'alpha', `${name}.log`), 'utf8');
+  expect(podLog).toMatch(/"residue":\{"rules":1,"guards":[1-9]/);
+  expect(podLog).not.toMatch(/File exists/);
+  del();
+  removeNs(name);
+  spawnSync('node', [tool, 'remove-pod', STATE, PREFIX, name]);
+  spawnSync('node', [tool, 'sync', STATE, PREFIX]);
+}
 
 describe('tenc cni (real chain)', () => {
   it('1. spec: ADD, CHECK, DEL, DEL again; a 0.4.0 chain; bad stdin changes nothing; unprotected passes', async () => {
@@ -157,7 +220,7 @@ describe('tenc cni (real chain)', () => {
     const cases: [Record<string, string>, string, number, RegExp][] = [
       [base, 'not json', 6, /not JSON/],
       [base, JSON.stringify({ ...good, colour: 'red' }), 7, /colour/],
-      [base, JSON.stringify({ ...good, prevResult: undefined }), 7, /prevResult/],
+      [base, JSON.stringify({ ...good, prevResult: undefined }), 7, /^prevResult: missing .*"unchained": true/],
       [{ ...base, CNI_NETNS: '' }, JSON.stringify(good), 4, /CNI_NETNS/],
       [{ ...base, CNI_NETNS: '/etc/passwd' }, JSON.stringify(good), 7, /netns/],
     ];
@@ -183,50 +246,107 @@ describe('tenc cni (real chain)', () => {
   }, 60_000);
 
   it('2. first packet: an app started right after ADD never sends plaintext to a project pod, and reaches it once the peer is known', async () => {
-    const marker = `TENC-FIRST-PACKET-${process.pid}`;
-    const srv = spawn('ip', ['netns', 'exec', nsName('alpha-srv'), 'node', '-e', `
-      const s = require('dgram').createSocket('udp4'); s.bind(7000);
-      s.on('message', (m) => { if (String(m).includes('${marker}')) { console.log('got'); process.exit(0); } });`], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const got = new Promise<boolean>((r) => srv.on('exit', (c) => r(c === 0)));
-    // the API server knows the pod before its sandbox is made: only then do peers trust its key
-    const pod = { name: 'alpha-c', project: 'alpha', node: 'node1', address: '10.128.1.50', labels: { app: 'cli' } };
-    expect(spawnSync('node', [tool, 'add-pod', STATE, PREFIX, JSON.stringify(pod)]).status).toBe(0);
-    expect(spawnSync('node', [tool, 'sync', STATE, PREFIX]).status).toBe(0);
-    const cap = await startCapture(Netns.attach(NODE), 'br0');
-    makeNs('alpha-c');
-    const add = chain('ADD', 'alpha-c', '10.128.1.50');
-    expect(add.status, add.stderr).toBe(0);
-    // fail-closed when ADD returns: the agent made the rule, the peer's guard and the nft
-    // table itself (the proxy is still starting: its TUN comes later)
-    const n = Netns.attach(nsName('alpha-c'));
-    const tun = n.ip('-o', 'link').includes('tenc0');
-    expect(n.ip('rule', 'show')).toMatch(/not from all fwmark 0xcb84 lookup 52100/);
-    expect(n.ip('route', 'show', 'table', '52100')).toMatch(/unreachable 10\.128\.1\.10 .*metric 4294967295/);
-    expect(n.exec('nft', 'list', 'set', 'inet', 'tenc_tenc0', 'project4')).toContain('10.128.1.10');
-    expect(agentLog()).toMatch(/"pod":"alpha-c".*before its proxy starts/);
-    console.log(`tenc0 ${tun ? 'already there' : 'not there yet'} when ADD returned`);
-    const app = spawn('ip', ['netns', 'exec', nsName('alpha-c'), 'node', '-e', `
-      const s = require('dgram').createSocket('udp4');
-      setInterval(() => s.send('${marker}', 7000, '10.128.1.10', () => {}), 20);`], { stdio: 'ignore' });
-    const ok = await Promise.race([got, new Promise<boolean>((r) => setTimeout(() => r(false), 15_000))]);
-    app.kill('SIGKILL');
-    srv.kill('SIGKILL');
-    await new Promise((r) => setTimeout(r, 200));
-    await cap.stop();
-    const bytes = readCaptureBytes(cap);
-    cap.remove();
-    expect(ok).toBe(true); // reached the peer (through tenc: the plaintext never crossed the bridge)
-    expect(bytes.length).toBeGreaterThan(100); // the capture saw traffic (tenc's)
-    expect(bytes.includes(Buffer.from(marker))).toBe(false);
-    // the proxy took the agent's state over: it adopted the rule and the guards
-    const podLog = readFileSync(join(STATE, 'agents', 'node1.run', 'alpha', 'alpha-c.log'), 'utf8');
-    expect(podLog).toMatch(/"residue":\{"rules":1,"guards":[1-9]/);
-    expect(podLog).not.toMatch(/File exists/);
-    expect(chain('DEL', 'alpha-c', '10.128.1.50').status).toBe(0);
-    removeNs('alpha-c');
-    spawnSync('node', [tool, 'remove-pod', STATE, PREFIX, 'alpha-c']);
-    spawnSync('node', [tool, 'sync', STATE, PREFIX]);
+    await firstPacket(
+      'alpha-c',
+      '10.128.1.50',
+      () => {
+        const add = chain('ADD', 'alpha-c', '10.128.1.50');
+        expect(add.status, add.stderr).toBe(0);
+      },
+      () => expect(chain('DEL', 'alpha-c', '10.128.1.50').status).toBe(0),
+    );
   }, 60_000);
+
+  it('2b. unchained (Multus: the default network first, then tenc alone, net1, no prevResult): registered with the address found in the netns, fail-closed and protected as in 2', async () => {
+    const conf = join(STATE, 'cni', 'node1.conflist');
+    const orig = readFileSync(conf, 'utf8');
+    // the pod's default network (OpenShift: OVN-Kubernetes through Multus' 00-multus.conf): the node's chain without tenc
+    const list = JSON.parse(orig);
+    writeFileSync(conf, JSON.stringify({ ...list, plugins: list.plugins.filter((p: { type: string }) => p.type !== 'tenc') }));
+    // deploy/openshift/nad.yaml's config, as Multus hands it to the plugin (the agent's socket and a test's timeout added)
+    const nad = JSON.stringify({ cniVersion: '0.4.0', name: 'tenc', type: 'tenc', unchained: true, agentSocket: agentSock, timeoutMs: 15_000 });
+    const multus = (cmd: string, pod: string) => ({
+      CNI_COMMAND: cmd,
+      CNI_CONTAINERID: `${PREFIX}-${pod}`,
+      CNI_NETNS: `/run/netns/${nsName(pod)}`,
+      CNI_IFNAME: 'net1',
+      CNI_ARGS: `IgnoreUnknown=true;K8S_POD_NAMESPACE=alpha;K8S_POD_NAME=${pod};K8S_POD_UID=${PREFIX}-${pod}`,
+    });
+    const empty = { cniVersion: '0.4.0', interfaces: [], ips: [], routes: [], dns: {} };
+    try {
+      // a netns whose default network is not there (yet): code 11 (the runtime retries) naming it, nothing registered
+      makeNs('alpha-v');
+      const early = plugin(multus('ADD', 'alpha-v'), nad);
+      expect(early.status).toBe(1);
+      expect(early.out).toMatchObject({ cniVersion: '0.4.0', code: 11 });
+      expect(early.out.msg).toBe(`tenc agent: netns /run/netns/${nsName('alpha-v')}: no pod address (no IPv4 default route; no IPv6 default route): is the pod's network set up?`);
+      expect(registrations().map((r) => r.podName)).toEqual(['alpha-srv']);
+      expect(proxies('alpha-v')).toEqual([]);
+      expect(plugin(multus('DEL', 'alpha-v'), nad).status).toBe(0); // the runtime's DEL of the failed sandbox
+      removeNs('alpha-v');
+
+      await firstPacket(
+        'alpha-u',
+        '10.128.1.51',
+        () => {
+          const def = chain('ADD', 'alpha-u', '10.128.1.51');
+          expect(def.status, def.stderr).toBe(0);
+          expect(JSON.parse(def.stdout).ips[0].address).toBe('10.128.1.51/24');
+          const add = plugin(multus('ADD', 'alpha-u'), nad);
+          expect(add.status, JSON.stringify(add.out)).toBe(0);
+          expect(add.out).toEqual(empty);
+          expect(registrations().find((r) => r.podName === 'alpha-u')).toMatchObject({ containerId: `${PREFIX}-alpha-u`, ifname: 'net1', addresses: ['10.128.1.51'] });
+          expect(agentLog()).toMatch(/"pod":"alpha\/alpha-u".*"addresses":\["10\.128\.1\.51"\].*ADD without addresses \(unchained\)/);
+        },
+        () => {
+          // CHECK with what libcni cached of the ADD (the empty result)
+          const check = plugin(multus('CHECK', 'alpha-u'), JSON.stringify({ ...JSON.parse(nad), prevResult: empty }));
+          expect([check.status, check.out]).toEqual([0, null]);
+          expect(proxies('alpha-u')).toHaveLength(1);
+          // DEL: Multus' extra attachments first, then the default network
+          expect(plugin(multus('DEL', 'alpha-u'), nad).status).toBe(0);
+          expect(proxies('alpha-u')).toEqual([]);
+          const n = Netns.attach(nsName('alpha-u'));
+          expect(n.exec('nft', 'list', 'ruleset')).toBe('');
+          expect(n.ip('rule', 'show')).not.toContain('52100');
+          expect(chain('DEL', 'alpha-u', '10.128.1.51').status).toBe(0);
+          expect(registrations().map((r) => r.podName)).toEqual(['alpha-srv']);
+        },
+      );
+    } finally {
+      writeFileSync(conf, orig);
+      removeNs('alpha-v');
+    }
+  }, 60_000);
+
+  it('2c. podAddressesIn with the real ip: the global addresses of the default routes\' interface, one per family, IPv4 first', async () => {
+    const ns = Netns.create('addrs');
+    try {
+      const path = `/run/netns/${ns.name}`;
+      // two interfaces with a carrier: veth pairs inside the namespace
+      for (const d of ['d0', 'd1']) {
+        ns.ip('link', 'add', d, 'type', 'veth', 'peer', 'name', `${d}p`);
+        for (const l of [d, `${d}p`]) ns.ip('link', 'set', l, 'up');
+      }
+      ns.addAddresses('d1', ['192.0.2.9/24', 'fd00:99::9/64']); // global, but no default route through it
+      ns.addAddresses('d0', ['10.9.0.5/24', '10.9.0.6/24', 'fd00:9::5/64']);
+      await expect(podAddressesIn(path)).rejects.toThrow(new PodAddressError(`netns ${path}: no pod address (no IPv4 default route; no IPv6 default route): is the pod's network set up?`));
+      ns.ip('-6', 'route', 'add', 'default', 'via', 'fd00:9::1', 'dev', 'd0');
+      expect(await podAddressesIn(path)).toEqual(['fd00:9::5']);
+      ns.ip('route', 'add', 'default', 'via', '10.9.0.1', 'dev', 'd0');
+      expect(await podAddressesIn(path)).toEqual(['10.9.0.5', 'fd00:9::5']);
+      // two IPv4 defaults: the one the kernel takes (the lower metric) names the interface
+      ns.ip('route', 'add', 'default', 'via', '192.0.2.1', 'dev', 'd1', 'metric', '10');
+      expect(await podAddressesIn(path)).toEqual(['10.9.0.5', 'fd00:9::5']);
+      ns.ip('route', 'del', 'default', 'via', '10.9.0.1', 'dev', 'd0');
+      ns.ip('route', 'add', 'default', 'via', '10.9.0.1', 'dev', 'd0', 'metric', '20');
+      expect(await podAddressesIn(path)).toEqual(['192.0.2.9', 'fd00:9::5']);
+      expect(ns.ip('route', 'get', '10.200.0.1')).toContain('dev d1');
+      await expect(podAddressesIn('/run/netns/tenc-no-such-netns')).rejects.toThrow(/^netns \/run\/netns\/tenc-no-such-netns: cannot read the pod's addresses: /);
+    } finally {
+      ns.destroy();
+    }
+  });
 
   it('3. agent down during ADD: code 11, retry after it is back works; agent killed between ADD and DEL: DEL cleans up', async () => {
     expect(cluster('agent-stop').status).toBe(0);

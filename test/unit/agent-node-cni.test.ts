@@ -8,13 +8,19 @@
  *  - a DEL retried while the first DEL's release still runs waits for that release,
  *    and an ADD of the pod's next sandbox is refused (EEXIST: the runtime retries)
  *    until it is done: before, the retry answered at once and the new sandbox was
- *    "protected" by a proxy being stopped.
+ *    "protected" by a proxy being stopped;
+ *  - an unchained ADD (no addresses: Multus calls the plugin alone, without prevResult)
+ *    is registered with the addresses read in the pod's netns, then goes the chained
+ *    ADD's way; none there is EADDRNOTAVAIL (code 11: the runtime retries), nothing
+ *    registered. podAddressesFrom, the reading of `ip -j` dumps, on their real forms.
  */
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NodeAgent, type ProjectAgent } from '../../src/agent/node.js';
+import { podAddressesFrom, PodAddressError } from '../../src/agent/netns.js';
+import type { Registration } from '../../src/agent/proxies.js';
 import { nodeLine, nodeRequest, stubRegistry, type NodeAnswer } from './agent-fakes.js';
 
 let dir: string;
@@ -22,6 +28,11 @@ let node: NodeAgent;
 let made: string[];
 let prepared: string[];
 let releases: { pod: string; done: () => void }[];
+/** The registrations prepare() got. */
+let preparedRegs: Registration[];
+/** What the agent finds in a pod's netns for an unchained ADD (the netns paths it was asked about in `read`). */
+let inNetns: (netns: string) => Promise<string[]>;
+let read: string[];
 
 type Answer = NodeAnswer;
 
@@ -48,11 +59,17 @@ beforeEach(async () => {
   made = [];
   prepared = [];
   releases = [];
+  preparedRegs = [];
+  read = [];
+  inNetns = async () => {
+    throw new Error('not asked in this test');
+  };
   const fake = (project: string): ProjectAgent => ({
     start: async () => {},
     stop: async () => {},
     prepare: async (reg) => {
       prepared.push(`${reg.podName}/${reg.containerId}`);
+      preparedRegs.push(reg);
     },
     // a release that ends when the test says so (a proxy slow to stop)
     release: (p: string) => new Promise<void>((done) => releases.push({ pod: p, done })),
@@ -66,6 +83,7 @@ beforeEach(async () => {
     node: 'n1',
     socket: join(dir, 'agent.sock'),
     runDir: join(dir, 'run'),
+    podAddresses: (netns) => (read.push(netns), inNetns(netns)),
     makeAgent: (o) => {
       made.push(o.project);
       return fake(o.project);
@@ -180,5 +198,102 @@ describe('node socket: bad request lines', () => {
     const r = await nodeLine(join(dir, 'agent.sock'), `{"op":"cni-status","id":${deep.slice(0, 30_000)}${deep.slice(-30_000)}}`);
     expect(r).toEqual({ ok: false, error: { code: 'EINVAL', message: 'id: must be a number, a string (at most 256 characters) or null' } });
     expect((await request({ op: 'cni-status', id: 'x' })).ok).toBe(true);
+  });
+});
+
+describe('node socket: an unchained ADD (no addresses: Multus, no prevResult)', () => {
+  const netns = `/proc/${process.pid}/ns/net`;
+  const unchained = (containerId: string, over: Record<string, unknown> = {}) => pod(containerId, { addresses: undefined, ifname: 'net1', ...over });
+  /** The state file's registrations (none before the first one is saved). */
+  const saved = () => (existsSync(join(dir, 'run', 'registrations.json')) ? (JSON.parse(readFileSync(join(dir, 'run', 'registrations.json'), 'utf8')).registrations as Registration[]) : []);
+
+  it('is registered with the addresses found in the pod\'s netns (canonical, IPv4 first) and made fail-closed as a chained ADD', async () => {
+    inNetns = async () => ['10.128.1.10', 'FD00:0:0:0::A'];
+    expect(await request(unchained('c1'))).toEqual({ id: 1, ok: true, result: { protected: true } });
+    expect(read).toEqual([netns]);
+    expect(prepared).toEqual(['web-1/c1']);
+    expect(preparedRegs[0]).toMatchObject({ containerId: 'c1', netns, ifname: 'net1', podNamespace: 'alpha', podName: 'web-1', addresses: ['10.128.1.10', 'fd00::a'] });
+    expect(saved().map((r) => [r.containerId, r.addresses])).toEqual([['c1', ['10.128.1.10', 'fd00::a']]]);
+    // the same ADD again (the runtime's retry): the same registration, as a chained one
+    expect((await request(unchained('c1'))).result).toEqual({ protected: true });
+    expect(saved()).toHaveLength(1);
+    // a second sandbox of the pod: refused as for a chained ADD (EEXIST: the runtime retries)
+    expect((await request(unchained('c2'))).error?.code).toBe('EEXIST');
+    // CHECK and DEL as ever
+    expect((await request({ op: 'cni-check', containerId: 'c1', podNamespace: 'alpha', timeoutMs: 500 })).ok).toBe(true);
+    const del = request({ op: 'cni-del', containerId: 'c1' });
+    await expect.poll(() => releases.length).toBe(1);
+    releases[0]!.done();
+    expect((await del).ok).toBe(true);
+    expect(saved()).toEqual([]);
+  });
+
+  it('no address in the netns yet: EADDRNOTAVAIL naming the netns, nothing registered or prepared; the retry once it has one works', async () => {
+    inNetns = async (ns) => {
+      throw new PodAddressError(`netns ${ns}: no pod address (no IPv4 default route; no IPv6 default route): is the pod's network set up?`);
+    };
+    const r = await request(unchained('c1'));
+    expect(r.error).toEqual({ code: 'EADDRNOTAVAIL', message: `netns ${netns}: no pod address (no IPv4 default route; no IPv6 default route): is the pod's network set up?` });
+    expect([prepared, saved()]).toEqual([[], []]);
+    inNetns = async () => ['10.128.1.10'];
+    expect((await request(unchained('c1'))).result).toEqual({ protected: true });
+    expect(preparedRegs.map((x) => x.addresses)).toEqual([['10.128.1.10']]);
+  });
+
+  it('the found addresses are checked as a chained ADD\'s; everything else is checked before the netns is read; an unprotected namespace is not read', async () => {
+    inNetns = async () => ['10.128.1.10', 'fd00::a', '10.128.1.11'];
+    expect((await request(unchained('c1'))).error).toEqual({ code: 'EINVAL', message: 'addresses: one or two pod addresses expected' });
+    inNetns = async () => ['10.128.1.300'];
+    expect((await request(unchained('c1'))).error?.message).toMatch(/^addresses\[0\]: /);
+    expect(prepared).toEqual([]);
+    read.length = 0;
+    expect((await request(unchained('c1', { netns: '/etc/passwd' }))).error?.code).toBe('EINVAL');
+    expect((await request(unchained('c1', { podName: 'web.v2' }))).error?.code).toBe('EINVAL');
+    expect((await request(unchained('c1', { podNamespace: 'plain' }))).result).toEqual({ protected: false });
+    expect(read).toEqual([]);
+    // a chained ADD's empty or missing list is still refused: only an absent one is read
+    expect((await request(pod('c1', { addresses: [] }))).error?.code).toBe('EINVAL');
+    expect((await request(pod('c1', { addresses: null }))).error?.code).toBe('EINVAL');
+    expect(read).toEqual([]);
+  });
+});
+
+describe('podAddressesFrom: the pod\'s addresses in `ip -j` dumps of its netns', () => {
+  const ns = '/proc/4242/ns/net';
+  /** `ip -j address show scope global` as iproute2 prints it (the trailing {} included). */
+  const link = (ifname: string, ...addrs: Record<string, unknown>[]) => ({ ifindex: 3, ifname, flags: ['UP'], addr_info: [...addrs, {}] });
+  const v4 = (local: string, o: Record<string, unknown> = {}) => ({ family: 'inet', local, prefixlen: 23, scope: 'global', label: 'eth0', ...o });
+  const v6 = (local: string, o: Record<string, unknown> = {}) => ({ family: 'inet6', local, prefixlen: 64, scope: 'global', ...o });
+  const def = (dev: string, o: Record<string, unknown> = {}) => ({ dst: 'default', gateway: '10.128.0.1', dev, flags: [], ...o });
+
+  it('the global address of the default route\'s interface, per family, IPv4 first; other interfaces and families do not count', () => {
+    const links = [link('net9', v4('192.168.7.7'), v6('fd99::7')), link('eth0', v4('10.128.1.10'), v4('10.128.1.99'), v6('FD00:10:128:1::A'))];
+    expect(podAddressesFrom(ns, { 4: [def('eth0')], 6: [def('eth0', { gateway: 'fd00:10:128:1::1', metric: 1024, pref: 'medium' })] }, links)).toEqual(['10.128.1.10', 'fd00:10:128:1::a']);
+    // IPv4 only, IPv6 only
+    expect(podAddressesFrom(ns, { 4: [def('eth0')], 6: [] }, links)).toEqual(['10.128.1.10']);
+    expect(podAddressesFrom(ns, { 4: [], 6: [def('eth0')] }, links)).toEqual(['fd00:10:128:1::a']);
+    // each family its own interface
+    expect(podAddressesFrom(ns, { 4: [def('net9')], 6: [def('eth0')] }, links)).toEqual(['192.168.7.7', 'fd00:10:128:1::a']);
+    // two defaults: the lowest metric's (no metric is 0), whatever the dump's order
+    expect(podAddressesFrom(ns, { 4: [def('eth0', { metric: 20 }), def('net9', { metric: 10 })], 6: [] }, links)).toEqual(['192.168.7.7']);
+    expect(podAddressesFrom(ns, { 4: [def('net9', { metric: 10 }), def('eth0')], 6: [] }, links)).toEqual(['10.128.1.10']);
+  });
+
+  it('a blackhole or unreachable default is passed over; a multipath one counts by its first hop; a DAD-failed address does not count', () => {
+    const links = [link('eth0', v6('fd00::bad', { dadfailed: true, tentative: true }), v6('fd00::a')), link('eth1', v4('10.1.0.5'))];
+    const r4 = [{ type: 'blackhole', dst: 'default', flags: [] }, { dst: 'default', flags: [], nexthops: [{ gateway: '10.1.0.1', dev: 'eth1', weight: 1, flags: [] }] }];
+    const r6 = [{ type: 'unreachable', dst: 'default', dev: 'lo', metric: 1024, flags: [] }, def('eth0')];
+    expect(podAddressesFrom(ns, { 4: r4, 6: r6 }, links)).toEqual(['10.1.0.5', 'fd00::a']);
+  });
+
+  it('no default route, or no global address on its interface: a PodAddressError naming the netns and why, per family', () => {
+    expect(() => podAddressesFrom(ns, { 4: [], 6: [] }, [link('eth0', v4('10.128.1.10'))])).toThrow(
+      new PodAddressError(`netns ${ns}: no pod address (no IPv4 default route; no IPv6 default route): is the pod's network set up?`),
+    );
+    // link-local only (scope link is not dumped by "scope global", nor counted if it were)
+    expect(() => podAddressesFrom(ns, { 4: [def('eth0')], 6: [def('eth0')] }, [link('eth0', v6('fe80::1', { scope: 'link' }))])).toThrow(
+      `netns ${ns}: no pod address (no global IPv4 address on eth0, the interface of its default route; no global IPv6 address on eth0, the interface of its default route): is the pod's network set up?`,
+    );
+    expect(() => podAddressesFrom(ns, { 4: [def('eth0')], 6: [] }, [])).toThrow(PodAddressError);
   });
 });

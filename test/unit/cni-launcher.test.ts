@@ -164,6 +164,74 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
     expect(odd.requests[0]).toMatchObject({ podUid: '' });
   });
 
+  it('unchained ("unchained": true; Multus calls it alone, no prevResult): ADD asks without addresses and prints the empty result of the request\'s cniVersion', async () => {
+    answer = () => ({ ok: true, result: { protected: true } });
+    // what Multus sends for a NetworkAttachmentDefinition {"type":"tenc","unchained":true}: its
+    // own CNI_IFNAME, the pod's sandbox and CNI_ARGS, no prevResult (the default network ran before)
+    const unchained = (extra: Record<string, unknown> = {}) => JSON.stringify(conf({ name: 'tenc', unchained: true, prevResult: undefined, ...extra }));
+    for (const v of ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']) {
+      const add = await same(env('ADD', { CNI_IFNAME: 'net1' }), unchained({ cniVersion: v }));
+      expect(add.code, add.stdout).toBe(0);
+      // every key the version's result requires, nothing in them: tenc makes no interface and gives no address
+      expect(JSON.parse(add.stdout)).toEqual({ cniVersion: v, interfaces: [], ips: [], routes: [], dns: {} });
+      // the agent reads the pod's addresses itself: none in the request
+      expect(add.requests).toEqual([{ id: 1, op: 'cni-add', containerId: 'abc123', netns: '/run/netns/cni-1234', ifname: 'net1', podNamespace: 'alpha', podName: 'web-1', podUid: 'u-1', timeoutMs: 300 }]);
+    }
+    // a namespace that is not protected: the same empty result
+    answer = () => ({ ok: true, result: { protected: false } });
+    expect(JSON.parse((await same(env('ADD', { CNI_IFNAME: 'net1' }), unchained({ cniVersion: '0.4.0' }))).stdout)).toEqual({ cniVersion: '0.4.0', interfaces: [], ips: [], routes: [], dns: {} });
+    // a plugin before tenc in the attachment: its result passed on unchanged, its addresses
+    // (the attachment's, not the pod's) not read
+    answer = () => ({ ok: true, result: { protected: true } });
+    const after = await same(env('ADD', { CNI_IFNAME: 'net1' }), unchained({ prevResult: prev }));
+    expect(JSON.parse(after.stdout)).toEqual(prev);
+    expect(after.requests[0]).not.toHaveProperty('addresses');
+    // CHECK: libcni gives back the cached empty result (or nothing): not read; DEL as ever
+    const check = await same(env('CHECK', { CNI_IFNAME: 'net1' }), unchained({ prevResult: { cniVersion: '1.0.0', interfaces: [], ips: [], routes: [], dns: {} } }));
+    expect([check.code, check.stdout, check.requests]).toEqual([0, '', [{ id: 1, op: 'cni-check', containerId: 'abc123', netns: '/run/netns/cni-1234', podNamespace: 'alpha', podName: 'web-1', podUid: 'u-1', timeoutMs: 300 }]]);
+    expect((await same(env('CHECK', { CNI_IFNAME: 'net1' }), unchained())).requests[0]).toMatchObject({ op: 'cni-check' });
+    const del = await same(env('DEL', { CNI_IFNAME: 'net1', CNI_NETNS: '' }), unchained());
+    expect([del.code, del.stdout, del.requests]).toEqual([0, '', [{ id: 1, op: 'cni-del', containerId: 'abc123' }]]);
+    // the agent finding no address in the netns yet (the default network not up): code 11, the runtime retries
+    answer = () => ({ ok: false, error: { code: 'EADDRNOTAVAIL', message: 'netns /run/netns/cni-1234: no pod address (no IPv4 default route; no IPv6 default route): is the pod\'s network set up?' } });
+    const none = await same(env('ADD', { CNI_IFNAME: 'net1' }), unchained());
+    expect(JSON.parse(none.stdout)).toMatchObject({ code: 11, msg: expect.stringMatching(/^tenc agent: netns \/run\/netns\/cni-1234: no pod address/) });
+    // a bad opt-in or prevResult: refused before the agent is asked, the same words from both
+    answer = () => ({ ok: true, result: { protected: true } });
+    for (const [extra, msg] of [
+      [{ unchained: 'yes' }, 'unchained: "yes" is not true or false'],
+      [{ unchained: null }, 'unchained: null is not true or false'],
+      [{ unchained: 1 }, 'unchained: 1 is not true or false'],
+      [{ prevResult: [] }, 'prevResult: not an object'],
+    ] as [Record<string, unknown>, string][]) {
+      for (const cmd of ['ADD', 'CHECK']) {
+        const bad = await same(env(cmd), unchained(extra));
+        expect([bad.code, JSON.parse(bad.stdout).code, JSON.parse(bad.stdout).msg, bad.requests]).toEqual([1, 7, msg, []]);
+      }
+    }
+  });
+
+  it('without the opt-in a missing prevResult is still code 7 (a chained entry that lost its place fails loudly), and the message names "unchained"', async () => {
+    answer = () => ({ ok: true, result: { protected: true } });
+    for (const extra of [{}, { unchained: false }]) {
+      for (const cmd of ['ADD', 'CHECK']) {
+        const o = await same(env(cmd), JSON.stringify(conf({ prevResult: undefined, ...extra })));
+        expect(o.code).toBe(1);
+        expect(o.requests).toEqual([]);
+        expect(JSON.parse(o.stdout)).toEqual({
+          cniVersion: '1.0.0',
+          code: 7,
+          msg: 'prevResult: missing (tenc runs chained: put it after the plugin that gives the pod its address; called alone, as Multus calls the plugin of a NetworkAttachmentDefinition, it needs "unchained": true in its configuration)',
+          details: '',
+        });
+      }
+    }
+    // chained with "unchained": false and a prevResult: exactly as without the field
+    const add = await same(env('ADD'), JSON.stringify(conf({ unchained: false })));
+    expect(JSON.parse(add.stdout)).toEqual(prev);
+    expect(add.requests[0]).toMatchObject({ addresses: ['10.128.1.10', 'fd00::a'] });
+  });
+
   it('VERSION needs no agent and no valid stdin', async () => {
     const v = await same(env('VERSION'), JSON.stringify({ cniVersion: '1.1.0' }));
     expect(JSON.parse(v.stdout)).toEqual({ cniVersion: '1.1.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });

@@ -233,7 +233,7 @@ describe('cniVersion 0.3.0 and 0.3.1 (kindnet, flannel, Calico): both plugins', 
         cniVersion: '1.0.0',
         code: 1,
         msg: `cniVersion: ${v} is not supported`,
-        details: 'supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0; 0.1.0 and 0.2.0 have no chained plugins (no prevResult), and tenc runs only chained',
+        details: 'supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0; 0.1.0 and 0.2.0 have no chained plugins (no prevResult) and results of another form (ip4, ip6)',
       });
       expect(r.requests).toEqual([]);
     }

@@ -41,7 +41,9 @@ describe('tenc cni skeleton', () => {
     ['stdin not JSON', { CNI_COMMAND: 'ADD' }, 'not json', CniCode.decodeFailure, /not JSON/],
     ['unknown field', { CNI_COMMAND: 'ADD' }, conf({ bogus: 1 }), CniCode.invalidNetworkConfig, /bogus/],
     ['bad timeoutMs', { CNI_COMMAND: 'ADD' }, conf({ timeoutMs: 'x' }), CniCode.invalidNetworkConfig, /timeoutMs/],
-    ['missing prevResult', { CNI_COMMAND: 'ADD' }, conf({ prevResult: undefined }), CniCode.invalidNetworkConfig, /prevResult/],
+    ['missing prevResult', { CNI_COMMAND: 'ADD' }, conf({ prevResult: undefined }), CniCode.invalidNetworkConfig, /^prevResult: missing .*"unchained": true/],
+    ['unchained not a boolean', { CNI_COMMAND: 'ADD' }, conf({ prevResult: undefined, unchained: 'true' }), CniCode.invalidNetworkConfig, /^unchained: "true" is not true or false$/],
+    ['agent down on an unchained ADD', { CNI_COMMAND: 'ADD' }, conf({ prevResult: undefined, unchained: true }), CniCode.tryAgainLater, /not reachable/],
     ['missing CNI_NETNS', { CNI_COMMAND: 'ADD', CNI_NETNS: '' }, conf(), CniCode.invalidEnv, /CNI_NETNS/],
     ['bad CNI_COMMAND', { CNI_COMMAND: 'FOO' }, conf(), CniCode.invalidEnv, /CNI_COMMAND/],
     ['unsupported version', { CNI_COMMAND: 'ADD' }, conf({ cniVersion: '0.2.0' }), CniCode.incompatibleVersion, /0\.2\.0/],
@@ -86,7 +88,9 @@ describe('tenc cni skeleton', () => {
     expect(prevResultAddresses({ prevResult: prev100 })).toEqual(['10.128.1.10']);
     expect(prevResultAddresses({ prevResult: prev040 })).toEqual(['10.128.1.10', 'fd00::a']);
     expect(() => prevResultAddresses({ prevResult: { ips: [{ address: '10.1.1.1' }] } })).toThrow(/ips\[0\]\.address/);
-    expect(parseTencConfig({ type: 'tenc' })).toEqual({ agentSocket: '/run/tenc/agent.sock', timeoutMs: 5000 });
+    expect(parseTencConfig({ type: 'tenc' })).toEqual({ agentSocket: '/run/tenc/agent.sock', timeoutMs: 5000, unchained: false });
+    expect(parseTencConfig({ type: 'tenc', unchained: true }).unchained).toBe(true);
+    expect(() => parseTencConfig({ type: 'tenc', unchained: null })).toThrow(/^unchained: null is not true or false$/);
     expect(() => parseTencConfig({ type: 'tenc', agentSocket: 'rel.sock' })).toThrow(/agentSocket/);
   });
 });
