@@ -1,7 +1,7 @@
 /* offload.c: libFuzzer harness of the send path's offload code (native/offload.c,
  * native/csum.c): tenc_offload_csum (NEEDS_CSUM) and tenc_gso_split (TSO/USO) on a
  * virtio_net_hdr + packet as the TUN device hands them over.
- * Input: 10-byte virtio_net_hdr, 1 byte mode (copy_body, tcp_align 0/64, tcp_max),
+ * Input: 10-byte virtio_net_hdr, 1 byte mode (copy_body, tcp_align 0/64/4..19, tcp_max),
  * then the packet. Each segment place is malloc'd with exactly the bytes the split
  * may write (ASan catches one more); the split must hand out `body` inside the
  * packet, and every segment must carry a valid IPv4 header checksum, its own
@@ -64,7 +64,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   if ((h.gso_type & ~VIRTIO_NET_HDR_GSO_ECN) != VIRTIO_NET_HDR_GSO_NONE) {
     ctx c = {.pkt = pkt, .len = len, .copy_body = mode & 1};
-    uint32_t lost = 0, align = (mode & 2) ? 64 : 0, tmax = (mode & 4) ? 1280 + (mode >> 3) * 8 : 0;
+    /* align: 64 (the default), or a small one (4..19) with bit 3: a cut must never reach 0 or wrap */
+    uint32_t lost = 0, align = (mode & 2) ? ((mode & 8) ? 4 + (mode >> 4) : 64) : 0, tmax = (mode & 4) ? 1280 + (mode >> 3) * 8 : 0;
     int n = tenc_gso_split(&h, pkt, len, fz_alloc, &c, &lost, c.copy_body, align, tmax);
     if (n >= 0) {
       FZ_CHECK((uint32_t)n == c.n);

@@ -327,12 +327,15 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
     js_unref(j);
     return tenc_throw_errno(env, err, "engineCreate (tun fd %d, udp fd %d)", o.tun_fd, o.udp_fd);
   }
+  /* on a failure below the fds stay with the caller (it closes them), as for a failed create */
   if (napi_create_external(env, j, handle_finalize, NULL, &handle) != napi_ok) {
+    j->e->o.tun_fd = j->e->o.udp_fd = j->e->o.raw4_fd = j->e->o.raw6_fd = -1;
     js_close(env, j); /* no handle, no finalizer: closed and released here */
     js_unref(j);
     return tenc_throw_errno(env, ENOMEM, "engineCreate: handle");
   }
   if (tenc_tag_handle(env, handle, &ENGINE_TAG) < 0) {
+    j->e->o.tun_fd = j->e->o.udp_fd = j->e->o.raw4_fd = j->e->o.raw6_fd = -1;
     js_close(env, j); /* released by the handle's finalizer */
     return tenc_throw_errno(env, ENOMEM, "engineCreate: handle");
   }

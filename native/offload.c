@@ -71,7 +71,8 @@ int tenc_gso_split(const struct virtio_net_hdr *h, const uint8_t *pkt, uint32_t 
     if (tcp_max > hlen && hlen + gso > tcp_max) gso = tcp_max - hlen;
     /* aligned only where the cut is at most an eighth of the segment: a small MSS
      * (the peer's SYN chooses it) is left as it is, never cut to a few bytes */
-    if (tcp_align && hlen + gso >= 8 * tcp_align) gso = (hlen + gso) / tcp_align * tcp_align - hlen;
+    if (tcp_align && hlen + gso >= 8 * tcp_align && (hlen + gso) / tcp_align * tcp_align > hlen)
+      gso = (hlen + gso) / tcp_align * tcp_align - hlen; /* >= 1: never 0, never wrapped */
   }
   uint32_t payload = len - hlen;
   uint32_t seq = proto == 6 ? get32(pkt + ihl + 4) : 0;

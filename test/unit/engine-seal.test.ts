@@ -287,6 +287,25 @@ describe('send path split + seal: scatter seal against the copy path', () => {
     expect(l4Valid(true, pt, pt.subarray(40, 40 + 8 + 64), 17)).toBe(true);
   });
 
+  it('TENC_TSO_ALIGN never cuts a segment to 0 bytes or wraps it (small alignments, a tiny MSS): the split goes on', () => {
+    // from a review of this session's change: without the old guard, align 4 made a 2-byte
+    // MSS 0 (the split never advanced: a division by zero ended the process) and align 5 wrapped it
+    const key = new Uint8Array(randomBytes(32));
+    for (const align of [4, 5, 7]) {
+      const f = superPacket('tcp4', 200, 2);
+      expect(testSeal(f.frame, key, false, 9, 0n, align)).toHaveLength(100);
+    }
+  });
+
+  it('a packet over the MTU yields no message from the test hook (as the send path drops it), never one padded past its room', () => {
+    const key = new Uint8Array(randomBytes(32));
+    const f = superPacket('udp4', 1421 - 28, 1392);
+    f.frame[1] = 0;
+    f.frame[0] = 0;
+    expect(testSeal(f.frame, key, false, 1, 0n, 0, 1420)).toHaveLength(0);
+    expect(testSeal(f.frame, key, false, 1, 0n, 0, 1421)).toHaveLength(1);
+  });
+
   it('TENC_TSO_ALIGN leaves a small MSS alone (a peer\'s SYN chooses it): no segment cut to a few bytes', () => {
     const key = new Uint8Array(randomBytes(32));
     const f = superPacket('tcp4', 3600, 36); // MSS 36 with timestamps: 88-byte segments
