@@ -15,8 +15,8 @@
 #                              plugin rewrites its conflist when it restarts (kindnetd,
 #                              Calico's installer, an upgrade): without this the tenc entry
 #                              would be gone and new pods would start without tenc.
-#                              A config it cannot edit is reported and tried again; exits
-#                              0 on SIGTERM.
+#                              A config it cannot edit (or refuses, below) is reported and
+#                              tried again when it changes; exits 0 on SIGTERM.
 #
 # TENC_CNI_MODE=unchained (OpenShift: the network operator owns the CNI config, Multus
 # calls tenc through a NetworkAttachmentDefinition, deploy/openshift/): the same three
@@ -28,11 +28,17 @@
 # TENC_CNI_SRC (/opt/tenc/cni/tenc in the image: the static executable cni/build.sh
 # makes from cni/tenc-cni.c; it needs nothing on the host but the agent's node socket
 # /run/tenc/agent.sock, the default agentSocket of the entry),
-# TENC_CNI_ENTRY (the JSON object chained in; default {"type":"tenc"}).
+# TENC_CNI_ENTRY (the JSON object chained in; default {"type":"tenc"}),
+# TENC_CNI_STATUS (a file of one line: "ready: ..." while the tenc entry is chained, or
+# in unchained mode; "not ready: REASON" otherwise; default: none written. The
+# DaemonSet's cni-keeper readinessProbe reads it).
 # A conflist whose cniVersion (or any of its cniVersions) the plugin does not speak is
 # refused, named, and left as it is: chained into it, tenc would fail every pod's ADD
-# on the node, in every namespace.
-# Exit: 0 done, 1 failure (named), 2 usage.
+# on the node, in every namespace (kube-system included). That refusal does not fail
+# install (exit 0: the agent must run on the node, to report the protected pods that
+# start there without tenc), but TENC_CNI_STATUS says "not ready" and keep tries again
+# each time the config changes.
+# Exit: 0 done (or that refusal), 1 failure (named), 2 usage.
 set -euo pipefail
 
 # The cniVersions the plugin speaks, oldest first: cni/tenc-cni.c VERSIONS and
@@ -47,9 +53,18 @@ TENC_CNI_ENTRY=${TENC_CNI_ENTRY:-'{"type":"tenc"}'}
 CNI_WAIT=${CNI_WAIT:-300}
 CNI_RECHECK=${CNI_RECHECK:-1}
 TENC_CNI_MODE=${TENC_CNI_MODE:-chained}
+TENC_CNI_STATUS=${TENC_CNI_STATUS:-}
 
 say() { echo "tenc cni-install: $*" >&2; }
-die() { say "$*"; exit 1; }
+
+# status ready|'not ready' TEXT: TENC_CNI_STATUS replaced (renamed over: a probe never
+# reads half a line)
+status() {
+  [ -n "$TENC_CNI_STATUS" ] || return 0
+  { printf '%s: %s\n' "$1" "$2" >"$TENC_CNI_STATUS.tmp" && mv -f "$TENC_CNI_STATUS.tmp" "$TENC_CNI_STATUS"; } ||
+    say "cannot write the status file $TENC_CNI_STATUS"
+}
+die() { say "$*"; status 'not ready' "$*"; exit 1; }
 
 case "$TENC_CNI_MODE" in
   chained | unchained) ;;
@@ -66,12 +81,19 @@ active_conf() {
 }
 
 # edit_conf FILE add|remove: rewrites FILE's plugins list; prints "changed" or "unchanged".
+# A failure is said on stderr and printed (FILE: why) on stdout; exit 3 for a conflist
+# of a cniVersion the plugin does not speak (refused, untouched), 1 for the others.
 edit_conf() {
   node - "$1" "$2" "$TENC_CNI_ENTRY" "$PLUGIN_VERSIONS" <<'JS'
 const fs = require('node:fs');
 const path = require('node:path');
 const [file, op, entryJson, pluginVersions] = process.argv.slice(2);
-const fail = (m) => { process.stderr.write(`tenc cni-install: ${file}: ${m}\n`); process.exit(1); };
+const fail = (m, code = 1) => {
+  process.stderr.write(`tenc cni-install: ${file}: ${m}\n`);
+  process.stdout.write(`${file}: ${m}\n`);
+  process.exit(code);
+};
+const refuse = (m) => fail(m, 3);
 let conf;
 try { conf = JSON.parse(fs.readFileSync(file, 'utf8')); } catch (e) { fail(`not JSON: ${e.message}`); }
 if (!conf || typeof conf !== 'object' || !Array.isArray(conf.plugins)) {
@@ -89,11 +111,11 @@ if (op === 'add') {
   const why = `: not chaining tenc into it, the plugin would fail every pod ADD on the node (supported: ${supported.join(', ')})` +
     (conf.plugins.some((p) => p && p.type === 'tenc') ? '; it already holds a tenc entry, which fails them now: remove that entry' : '');
   const v = conf.cniVersion;
-  if (v === undefined) fail(`cniVersion: missing${why}`);
-  if (typeof v !== 'string' || !supported.includes(v)) fail(`cniVersion ${JSON.stringify(v)} is not supported by the tenc plugin${why}`);
+  if (v === undefined) refuse(`cniVersion: missing${why}`);
+  if (typeof v !== 'string' || !supported.includes(v)) refuse(`cniVersion ${JSON.stringify(v)} is not supported by the tenc plugin${why}`);
   if (conf.cniVersions !== undefined) {
     const bad = Array.isArray(conf.cniVersions) ? conf.cniVersions.filter((x) => !supported.includes(x)) : [conf.cniVersions];
-    if (bad.length) fail(`cniVersions: ${bad.map((x) => JSON.stringify(x)).join(', ')} not supported by the tenc plugin${why}`);
+    if (bad.length) refuse(`cniVersions: ${bad.map((x) => JSON.stringify(x)).join(', ')} not supported by the tenc plugin${why}`);
   }
 }
 const before = JSON.stringify(conf.plugins);
@@ -124,20 +146,41 @@ install() {
   if [ "$TENC_CNI_MODE" = unchained ]; then
     install_binary
     say "unchained: no CNI config edited (a NetworkAttachmentDefinition of type tenc, \"unchained\": true, has Multus call it)"
+    status ready "unchained: $CNI_BIN_DIR/tenc installed, no CNI config edited"
     return 0
   fi
   local conf waited=0
   until conf=$(active_conf); do
     [ "$waited" -ge "$CNI_WAIT" ] && die "no CNI config in $CNI_CONF_DIR after ${CNI_WAIT}s (is the cluster's network plugin installed?)"
-    [ "$waited" -eq 0 ] && say "waiting for the primary CNI config in $CNI_CONF_DIR"
+    if [ "$waited" -eq 0 ]; then
+      say "waiting for the primary CNI config in $CNI_CONF_DIR"
+      status 'not ready' "tenc not chained yet: waiting for the primary CNI config in $CNI_CONF_DIR"
+    fi
     sleep 1
     waited=$((waited + 1))
   done
   install_binary
   case "$conf" in *.conflist | *.json) ;; *) die "$conf: the active CNI config is a single-plugin .conf; tenc chains itself into a .conflist only" ;; esac
-  local r
-  r=$(edit_conf "$conf" add)
-  say "$conf: tenc entry $r"
+  chain "$conf" || {
+    local rc=$?
+    [ "$rc" -eq 3 ] || exit "$rc"
+    say "$conf: tenc NOT chained: pods that start on this node run without tenc (the agent reports the protected ones) until the config is of a cniVersion the plugin speaks"
+  }
+  return 0
+}
+
+# chain CONF: the tenc entry into CONF, said and written to the status file; returns
+# edit_conf's code (0 chained, 3 refused for its cniVersion, 1 another failure)
+chain() {
+  local r rc=0
+  r=$(edit_conf "$1" add) || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    say "$1: tenc entry $r"
+    status ready "chained into $1"
+  else
+    status 'not ready' "tenc not chained: ${r:-$1: cannot edit it}"
+  fi
+  return "$rc"
 }
 
 uninstall() {
@@ -176,7 +219,9 @@ keep() {
   install
   # the signature is taken before each look, so a change made during one (or between
   # the install and the first look) is seen the next time; our own edit costs one more
-  # look, which finds the entry in place
+  # look, which finds the entry in place. A conflist refused for its cniVersion is no
+  # exit: looked at again (and refused again) when it changes; the status file says
+  # "not ready" until tenc is chained
   local last='' now conf r
   while :; do
     now=$(signature)
@@ -201,15 +246,20 @@ keep() {
       fi
       case "$conf" in
         *.conflist | *.json)
-          if r=$(edit_conf "$conf" add); then
-            [ "$r" = changed ] && say "$conf: the tenc entry was gone (the network plugin rewrote its config): chained again"
+          # chain's own "tenc entry unchanged" is not said on every look
+          if r=$(chain "$conf" 2>&1); then
+            [ "${r% changed}" != "$r" ] && say "$conf: the tenc entry was gone (the network plugin rewrote its config): chained again"
           else
+            echo "$r" >&2
             say "$conf: cannot chain the tenc entry now: tried again when it changes"
           fi ;;
-        *) say "$conf: the active CNI config is a single-plugin .conf; tenc chains itself into a .conflist only" ;;
+        *)
+          say "$conf: the active CNI config is a single-plugin .conf; tenc chains itself into a .conflist only"
+          status 'not ready' "tenc not chained: $conf is a single-plugin .conf; tenc chains itself into a .conflist only" ;;
       esac
     else
       say "no CNI config in $CNI_CONF_DIR: waiting for one"
+      status 'not ready' "tenc not chained: no CNI config in $CNI_CONF_DIR"
     fi
   done
 }

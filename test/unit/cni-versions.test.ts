@@ -249,10 +249,11 @@ describe('cniVersion 0.3.0 and 0.3.1 (kindnet, flannel, Calico): both plugins', 
   });
 });
 
-describe('deploy/cni-install.sh: no chain into a conflist of a cniVersion the plugin does not speak', () => {
+describe('deploy/cni-install.sh: no chain into a conflist of a cniVersion the plugin does not speak (and no stop of the agent)', () => {
   let d: string;
   let e: Record<string, string>;
   const file = () => join(d, 'net.d', '10-old.conflist');
+  const status = () => readFileSync(join(d, 'status'), 'utf8');
   const run = (...args: string[]) => spawnSync('bash', [script, ...args], { env: { ...process.env, ...e }, encoding: 'utf8' });
   const list = (o: Obj) => JSON.stringify({ name: 'old', plugins: [{ type: 'bridge', bridge: 'cni0', ipam: { type: 'host-local', subnet: '10.22.0.0/16' } }], ...o }, null, 2);
 
@@ -261,18 +262,25 @@ describe('deploy/cni-install.sh: no chain into a conflist of a cniVersion the pl
     mkdirSync(join(d, 'bin'));
     mkdirSync(join(d, 'net.d'));
     writeFileSync(join(d, 'launcher'), '#!/bin/sh\n');
-    e = { CNI_BIN_DIR: join(d, 'bin'), CNI_CONF_DIR: join(d, 'net.d'), TENC_CNI_SRC: join(d, 'launcher'), CNI_WAIT: '0' };
+    e = { CNI_BIN_DIR: join(d, 'bin'), CNI_CONF_DIR: join(d, 'net.d'), TENC_CNI_SRC: join(d, 'launcher'), CNI_WAIT: '0', TENC_CNI_STATUS: join(d, 'status') };
   });
   afterEach(() => rmSync(d, { recursive: true, force: true }));
 
-  /** install fails naming the file and `said`; the file keeps its bytes and mode. */
+  /**
+   * install refuses naming the file and `said`, and exits 0 (install-cni is the
+   * DaemonSet's init container: a failure would keep the agent from running on the
+   * node); the file keeps its bytes and mode; the status file says not ready, why.
+   */
   function refused(text: string, said: string): string {
     writeFileSync(file(), text, { mode: 0o640 });
     const before = statSync(file());
     const r = run('install');
-    expect(r.status, r.stderr).toBe(1);
+    expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain(`tenc cni-install: ${file()}: ${said}`);
     expect(r.stderr).toContain('not chaining tenc into it, the plugin would fail every pod ADD on the node (supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0)');
+    expect(r.stderr).toContain(`tenc cni-install: ${file()}: tenc NOT chained: pods that start on this node run without tenc`);
+    expect(status()).toBe(`not ready: tenc not chained: ${file()}: ${r.stderr.split(`tenc cni-install: ${file()}: `)[1].split('\n')[0]}\n`);
+    expect(status()).toMatch(new RegExp(`^not ready: tenc not chained: ${file().replace(/[.]/g, '\\.')}: ${said.replace(/[.()"]/g, '\\$&')}`));
     expect(readFileSync(file(), 'utf8')).toBe(text);
     const after = statSync(file());
     expect([after.ino, after.mode & 0o777, after.mtimeMs]).toEqual([before.ino, 0o640, before.mtimeMs]);
@@ -298,14 +306,62 @@ describe('deploy/cni-install.sh: no chain into a conflist of a cniVersion the pl
     expect(JSON.parse(readFileSync(file(), 'utf8')).plugins).toEqual([{ type: 'bridge' }]);
   });
 
-  it('the versions the plugin speaks are chained as before', () => {
+  it('the versions the plugin speaks are chained as before, the status file saying so', () => {
     for (const v of ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']) {
       writeFileSync(file(), list({ cniVersion: v }));
       const r = run('install');
       expect(r.status, `${v}: ${r.stderr}`).toBe(0);
       expect(JSON.parse(readFileSync(file(), 'utf8')).plugins.map((p: Obj) => p.type)).toEqual(['bridge', 'tenc']);
+      expect(status()).toBe(`ready: chained into ${file()}\n`);
     }
     writeFileSync(file(), list({ cniVersion: '1.0.0', cniVersions: ['0.3.1', '1.0.0', '1.1.0'] }));
     expect(run('install').status).toBe(0);
+  });
+
+  it('other failures keep exit 1 (a broken JSON file): not ready, why', () => {
+    writeFileSync(file(), '{"plugins": [');
+    const r = run('install');
+    expect([r.status, r.stderr]).toEqual([1, expect.stringContaining(`${file()}: not JSON`)]);
+    expect(status()).toMatch(new RegExp(`^not ready: tenc not chained: ${file().replace(/[.]/g, '\\.')}: not JSON`));
+    rmSync(file());
+    const none = run('install');
+    expect([none.status, status()]).toEqual([1, `not ready: no CNI config in ${join(d, 'net.d')} after 0s (is the cluster's network plugin installed?)\n`]);
+  });
+
+  it('keep, started on such a conflist: keeps running, not ready; chains once the conflist is rewritten in a version the plugin speaks', async () => {
+    const text = list({ cniVersion: '0.2.0' });
+    writeFileSync(file(), text);
+    const child = spawn('bash', [script, 'keep'], { env: { ...process.env, ...e, CNI_RECHECK: '0.1' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (x) => (err += x));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    const types = () => {
+      try {
+        return (JSON.parse(readFileSync(file(), 'utf8')).plugins as Obj[]).map((p) => p.type);
+      } catch {
+        return null;
+      }
+    };
+    try {
+      await expect.poll(() => err, { timeout: 10_000 }).toContain('tenc NOT chained');
+      await new Promise((r) => setTimeout(r, 500)); // a few looks
+      expect(child.exitCode).toBe(null);
+      expect(readFileSync(file(), 'utf8')).toBe(text);
+      expect(status()).toMatch(/^not ready: tenc not chained: .*cniVersion "0\.2\.0" is not supported/);
+      // the network plugin's config upgraded to one the plugin speaks: chained, ready
+      writeFileSync(file(), list({ cniVersion: '0.3.1' }));
+      await expect.poll(types, { timeout: 10_000 }).toEqual(['bridge', 'tenc']);
+      await expect.poll(status, { timeout: 10_000 }).toBe(`ready: chained into ${file()}\n`);
+      // and back to one it does not: refused again, said, not ready (the entry stays: uninstall removes it)
+      writeFileSync(file(), list({ cniVersion: '1.2.0' }));
+      await expect.poll(status, { timeout: 10_000 }).toMatch(/^not ready: tenc not chained: .*cniVersion "1\.2\.0" is not supported/);
+      expect(err).toContain('cannot chain the tenc entry now: tried again when it changes');
+      expect(child.exitCode).toBe(null);
+    } catch (x) {
+      throw new Error(`${(x as Error).message}\ncni-install.sh keep said:\n${err}`);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
   });
 });

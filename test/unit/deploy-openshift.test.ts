@@ -1,5 +1,6 @@
 // deploy/openshift: the component that gives the agent's DaemonSet OpenShift's CNI hook
-// (README "OpenShift"), rendered by `kubectl kustomize` as the README has it applied
+// (README "OpenShift"), rendered as `kubectl kustomize` does (./kustomize-lite.ts: no
+// kubectl needed; it refuses what it does not implement) as the README has it applied
 // (deploy/ with `- openshift` added to its components), against deploy/ rendered alone:
 // only the CNI containers' mode and SELinux type and the plugin directory differ. The
 // NetworkAttachmentDefinition template is a configuration the plugin takes as unchained.
@@ -15,19 +16,11 @@ import { DaemonSet } from 'kubernetes-models/apps/v1';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseTencConfig, tencPlugin } from '../../src/cni/plugin.js';
 import { runPlugin } from '../../src/cni/skeleton.js';
+import { render, type Obj } from './kustomize-lite.js';
 
-type Obj = Record<string, any>;
 const root = join(__dirname, '../..');
 const deploy = join(root, 'deploy');
 const script = join(deploy, 'cni-install.sh');
-
-/** `kubectl kustomize DIR`, parsed. */
-function kustomize(dir: string): Obj[] {
-  const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' });
-  if (r.error) throw new Error(`kubectl kustomize: ${r.error.message} (this test needs kubectl)`);
-  if (r.status !== 0) throw new Error(`kubectl kustomize ${dir}: ${r.stderr}`);
-  return yaml.loadAll(r.stdout).filter((d): d is Obj => !!d);
-}
 
 /** deploy/ as the README has it applied on OpenShift: a copy with `- openshift` added to its components. */
 function renderOpenShift(): Obj[] {
@@ -38,7 +31,7 @@ function renderOpenShift(): Obj[] {
     const text = readFileSync(k, 'utf8');
     expect(text).toMatch(/^components:\n {2}- image\n/m);
     writeFileSync(k, text.replace(/^components:\n {2}- image\n/m, 'components:\n  - image\n  - openshift\n'));
-    return kustomize(join(d, 'deploy'));
+    return render(join(d, 'deploy'));
   } finally {
     rmSync(d, { recursive: true, force: true });
   }
@@ -55,8 +48,8 @@ const byName = (ds: Obj): Obj => {
 };
 const env = (c: Obj) => Object.fromEntries((c.env ?? []).map((e: Obj) => [e.name, e.value]));
 
-describe('deploy/openshift (kubectl kustomize)', () => {
-  const base = kustomize(deploy);
+describe('deploy/openshift (rendered as kustomize does: ./kustomize-lite.ts)', () => {
+  const base = render(deploy);
   const os = renderOpenShift();
   const ds = agentDs(os);
 
@@ -67,7 +60,13 @@ describe('deploy/openshift (kubectl kustomize)', () => {
     ]) {
       const c = container(ds, name);
       expect(c.command).toEqual(['/opt/tenc/deploy/cni-install.sh', cmd]);
-      expect(env(c)).toEqual({ TENC_CNI_MODE: 'unchained', CNI_BIN_DIR: '/host/opt/cni/bin', CNI_CONF_DIR: '/host/etc/cni/net.d' });
+      expect(env(c)).toEqual({
+        TENC_CNI_MODE: 'unchained',
+        CNI_BIN_DIR: '/host/opt/cni/bin',
+        CNI_CONF_DIR: '/host/etc/cni/net.d',
+        // the keeper's status file (its readinessProbe): in unchained mode "ready" once the binary is in place
+        ...(name === 'cni-keeper' ? { TENC_CNI_STATUS: '/tmp/tenc-cni-status' } : {}),
+      });
       expect(c.securityContext.seLinuxOptions).toEqual({ type: 'spc_t' });
       // no more than before: no privilege, the same three capabilities
       expect(c.securityContext).toMatchObject({ runAsUser: 0, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'], add: ['DAC_OVERRIDE', 'CHOWN', 'FOWNER'] } });
@@ -105,6 +104,40 @@ describe('deploy/openshift (kubectl kustomize)', () => {
     expect(parseTencConfig(config)).toEqual({ agentSocket: '/run/tenc/agent.sock', timeoutMs: 5000, unchained: true });
     // the component is not an object of its own and holds no NAD: the NAD is per namespace
     expect(os.some((o) => o.kind === 'NetworkAttachmentDefinition')).toBe(false);
+  });
+});
+
+describe('kustomize-lite refuses what it does not implement (never renders something else)', () => {
+  /** deploy/ with the openshift component, its kustomization or patch rewritten by `edit`. */
+  const renderWith = (edit: (k: string, patch: string) => [string, string]) => {
+    const d = mkdtempSync(join(tmpdir(), 'tenc-os-lite-'));
+    try {
+      cpSync(deploy, join(d, 'deploy'), { recursive: true });
+      const k = join(d, 'deploy', 'kustomization.yaml');
+      writeFileSync(k, readFileSync(k, 'utf8').replace(/^components:\n {2}- image\n/m, 'components:\n  - image\n  - openshift\n'));
+      const ck = join(d, 'deploy', 'openshift', 'kustomization.yaml');
+      const p = join(d, 'deploy', 'openshift', 'daemonset-patch.yaml');
+      const [a, b] = edit(readFileSync(ck, 'utf8'), readFileSync(p, 'utf8'));
+      writeFileSync(ck, a);
+      writeFileSync(p, b);
+      return render(join(d, 'deploy'));
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  };
+
+  it('the component as it is renders; a target, an inline patch, another field, a directive, a list without a merge key, a null: thrown', () => {
+    expect(agentDs(renderWith((k, p) => [k, p]))).toEqual(agentDs(renderOpenShift()));
+    const cases: [string, (k: string, p: string) => [string, string], RegExp][] = [
+      ['a patch target', (k, p) => [k.replace('  - path: daemonset-patch.yaml', '  - path: daemonset-patch.yaml\n    target: {kind: DaemonSet}'), p], /patches entry: field\(s\) not supported here: target/],
+      ['an inline patch', (k, p) => [k.replace('  - path: daemonset-patch.yaml', '  - patch: "{}"'), p], /field\(s\) not supported here: patch/],
+      ['namePrefix', (k, p) => [k + 'namePrefix: x-\n', p], /not supported here: namePrefix/],
+      ['$patch: replace', (k, p) => [k, p.replace('        - name: cni-bin\n', '        - name: cni-bin\n          $patch: replace\n')], /directive .*\$patch not supported/],
+      ['a list without a merge key here', (k, p) => [k, p.replace('      volumes:\n', '      tolerations:\n        - operator: Exists\n      volumes:\n')], /spec\.template\.spec\.tolerations: a list this renderer has no merge key for/],
+      ['a null', (k, p) => [k, p.replace('seLinuxOptions: { type: spc_t }', 'seLinuxOptions: null')], /null \(delete\) not supported/],
+      ['another resource', (k, p) => [k, p.replace('name: tenc-agent', 'name: tenc-other')], /0 resources match/],
+    ];
+    for (const [what, edit, err] of cases) expect(() => renderWith(edit), what).toThrow(err);
   });
 });
 
@@ -162,7 +195,7 @@ describe('deploy/cni-install.sh TENC_CNI_MODE=unchained (what the component sets
     writeFileSync(multus(), JSON.stringify({ cniVersion: '0.3.1', name: 'multus-cni-network', type: 'multus', delegates: [{ cniVersion: '0.4.0', name: 'ovn-kubernetes', type: 'ovn-k8s-cni-overlay' }] }));
     writeFileSync(other(), JSON.stringify({ cniVersion: '1.0.0', name: 'x', plugins: [{ type: 'bridge' }, { type: 'tenc' }] }));
     // CNI_WAIT is left at its default (300 s): unchained, nothing waits for a config
-    e = { CNI_BIN_DIR: join(dir, 'bin'), CNI_CONF_DIR: join(dir, 'net.d'), TENC_CNI_SRC: join(dir, 'launcher'), TENC_CNI_MODE: 'unchained' };
+    e = { CNI_BIN_DIR: join(dir, 'bin'), CNI_CONF_DIR: join(dir, 'net.d'), TENC_CNI_SRC: join(dir, 'launcher'), TENC_CNI_MODE: 'unchained', TENC_CNI_STATUS: join(dir, 'status') };
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -172,6 +205,8 @@ describe('deploy/cni-install.sh TENC_CNI_MODE=unchained (what the component sets
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain(`installed ${bin()}`);
     expect(r.stderr).toContain('unchained: no CNI config edited');
+    // nothing to chain: ready (the cni-keeper's readinessProbe)
+    expect(readFileSync(join(dir, 'status'), 'utf8')).toBe(`ready: unchained: ${bin()} installed, no CNI config edited\n`);
     expect(statSync(bin()).mode & 0o777).toBe(0o755);
     expect(readFileSync(bin(), 'utf8')).toBe('#!/bin/sh\necho tenc\n');
     expect(configs()).toEqual(before);

@@ -3,9 +3,9 @@
 // objects (and against the in-test API server's emulation of it); RBAC and admission
 // against what the code does; deploy/cni-install.sh against a temporary CNI directory.
 //
-// The test renders the kustomizations itself (it needs no kubectl): each is a list of
-// plain resources plus the `images` rewrite of the deploy/image component, which is
-// all render() supports (anything else in a kustomization.yaml fails the test).
+// The test renders the kustomizations itself (it needs no kubectl): ./kustomize-lite.ts,
+// plain resources, `images` and components of images and strategic merge patches (what
+// deploy/ uses; anything else in a kustomization.yaml fails the test).
 import { spawn, spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { chmodSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, existsSync, mkdirSync, utimesSync } from 'node:fs';
@@ -24,10 +24,10 @@ import { parsePolicy } from '../../src/policy/policy.js';
 import { DEFAULT_SOCKET_DIR } from '../../src/control/config.js';
 import { agentRunDirs } from '../../src/metrics/gather.js';
 import { parseListenAddress } from '../../src/metrics/address.js';
+import { loadDocs, render, type Obj } from './kustomize-lite.js';
 
 const root = join(__dirname, '../..');
 const deploy = join(root, 'deploy');
-type Obj = Record<string, any>;
 
 const MODELS: Record<string, new (o: any) => { validate(): void }> = {
   'v1/Namespace': Namespace,
@@ -39,33 +39,6 @@ const MODELS: Record<string, new (o: any) => { validate(): void }> = {
   'admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy': ValidatingAdmissionPolicy,
   'admissionregistration.k8s.io/v1/ValidatingAdmissionPolicyBinding': ValidatingAdmissionPolicyBinding,
 };
-
-function loadDocs(file: string): Obj[] {
-  return yaml.loadAll(readFileSync(file, 'utf8')).filter((d): d is Obj => !!d);
-}
-
-/** kustomize build for a kustomization of plain resources, `images` and components of `images` (and nothing else). */
-function render(dir: string): Obj[] {
-  const k = yaml.load(readFileSync(join(dir, 'kustomization.yaml'), 'utf8')) as Obj;
-  const extra = Object.keys(k).filter((f) => !['apiVersion', 'kind', 'resources', 'images', 'components'].includes(f));
-  if (extra.length) throw new Error(`render(): kustomization fields not supported here: ${extra.join(', ')}`);
-  const images: Obj[] = [...(k.images ?? [])];
-  for (const c of (k.components ?? []) as string[]) {
-    const ck = yaml.load(readFileSync(join(dir, c, 'kustomization.yaml'), 'utf8')) as Obj;
-    const cextra = Object.keys(ck).filter((f) => !['apiVersion', 'kind', 'images'].includes(f));
-    if (ck.kind !== 'Component' || cextra.length) throw new Error(`render(): component ${c}: only a Component of images is supported here`);
-    images.push(...(ck.images ?? []));
-  }
-  const objs = (k.resources as string[]).flatMap((r) => loadDocs(join(dir, r)));
-  for (const o of objs) {
-    const pod = o.spec?.template?.spec;
-    for (const c of [...(pod?.containers ?? []), ...(pod?.initContainers ?? [])]) {
-      const img = images.find((i: Obj) => i.name === c.image);
-      if (img) c.image = `${img.newName ?? img.name}:${img.newTag ?? 'latest'}`;
-    }
-  }
-  return objs;
-}
 
 const objs = render(deploy);
 const find = (kind: string, name?: string) => objs.find((o) => o.kind === kind && (!name || o.metadata.name === name))!;
@@ -174,7 +147,8 @@ describe('deploy/ manifests', () => {
     const keeper = spec.containers.find((c: Obj) => c.name === 'cni-keeper');
     expect(keeper.command).toEqual(['/opt/tenc/deploy/cni-install.sh', 'keep']);
     expect(keeper.image).toBe('localhost/tenc:dev');
-    expect(keeper.env).toEqual(spec.initContainers[0].env);
+    // and its status file, which its readinessProbe reads (the deploy/cni-install.sh tests below)
+    expect(keeper.env).toEqual([...spec.initContainers[0].env, { name: 'TENC_CNI_STATUS', value: '/tmp/tenc-cni-status' }]);
     expect(keeper.volumeMounts).toEqual(spec.initContainers[0].volumeMounts);
     expect(keeper.securityContext.capabilities).toEqual(spec.initContainers[0].securityContext.capabilities);
     expect(keeper.resources.limits.memory).toBeDefined();
@@ -571,6 +545,52 @@ describe('deploy/cni-install.sh', () => {
     // a recheck that is not a number: refused before anything is installed
     const bad = spawnSync('bash', [script, 'keep'], { env: { ...process.env, ...env, CNI_RECHECK: '0' }, encoding: 'utf8' });
     expect([bad.status, bad.stderr]).toEqual([1, expect.stringContaining("CNI_RECHECK: '0'")]);
+  });
+
+  it("the cni-keeper's readinessProbe reads keep's status: not Ready while a conflist of a cniVersion the plugin does not speak is refused (the reason in the probe's output), Ready once chained", async () => {
+    const keeper = find('DaemonSet').spec.template.spec.containers.find((c: Obj) => c.name === 'cni-keeper');
+    const statusFile = keeper.env.find((e: Obj) => e.name === 'TENC_CNI_STATUS').value as string;
+    const p = keeper.readinessProbe;
+    expect(p.exec.command.slice(0, 2)).toEqual(['/bin/sh', '-c']);
+    expect(p.exec.command[2]).toContain(statusFile);
+    const mine = join(dir, 'status');
+    const probe = () => {
+      const r = spawnSync('/bin/sh', ['-c', p.exec.command[2].replaceAll(statusFile, mine)], { encoding: 'utf8' });
+      return [r.status, r.stdout.trim()];
+    };
+    expect(probe()[0], 'no status yet: not ready').toBe(1);
+    const old = { ...conflist, cniVersion: '0.2.0' };
+    writeFileSync(conf(), JSON.stringify(old));
+    // keep as the container runs it: its command, its env (the paths here)
+    const kenv = Object.fromEntries(keeper.env.map((e: Obj) => [e.name, e.value]));
+    expect(keeper.command).toEqual(['/opt/tenc/deploy/cni-install.sh', 'keep']);
+    const child = spawn('bash', [script, 'keep'], { env: { ...process.env, ...kenv, ...env, TENC_CNI_STATUS: mine, CNI_RECHECK: '0.1' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      await expect.poll(probe, { timeout: 10_000 }).toEqual([1, expect.stringContaining(`not ready: tenc not chained: ${conf()}: cniVersion "0.2.0" is not supported by the tenc plugin`)]);
+      expect(JSON.parse(readFileSync(conf(), 'utf8'))).toEqual(old);
+      writeFileSync(conf(), JSON.stringify(conflist));
+      await expect.poll(probe, { timeout: 10_000 }).toEqual([0, '']);
+      expect(JSON.parse(readFileSync(conf(), 'utf8')).plugins.map((x: Obj) => x.type)).toEqual(['ptp', 'portmap', 'tenc']);
+      // the config gone, then a half-written one: not ready either
+      rmSync(conf());
+      await expect.poll(probe, { timeout: 10_000 }).toEqual([1, `not ready: tenc not chained: no CNI config in ${env.CNI_CONF_DIR}`]);
+      writeFileSync(conf(), '{"plugins": [');
+      await expect.poll(probe, { timeout: 10_000 }).toEqual([1, expect.stringContaining(`${conf()}: not JSON`)]);
+      expect(child.exitCode).toBe(null);
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\ncni-install.sh keep said:\n${err}`);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+    // unchained (OpenShift: no config is chained): ready
+    rmSync(mine);
+    const u = spawnSync('bash', [script, 'install'], { env: { ...process.env, ...env, TENC_CNI_STATUS: mine, TENC_CNI_MODE: 'unchained' }, encoding: 'utf8' });
+    expect(u.status, u.stderr).toBe(0);
+    expect(probe()).toEqual([0, '']);
   });
 
   it('refuses clearly: no launcher, no config, a .conf, broken JSON, bad entry, usage', () => {
