@@ -593,6 +593,16 @@ static jv *ask_or_fail(const cfg_t *c, const char *req, long timeout_ms) {
 }
 
 /* ---- the tenc entry's configuration (plugin.ts parseTencConfig) ------------------------ */
+/* A bad configuration value (code 7): "FIELD: <the value, shown> WHY". */
+static void fail_value(const char *field, const jv *v, const char *why) {
+  buf_t b = {0};
+  puts_(&b, field);
+  puts_(&b, ": ");
+  put_shown(&b, v);
+  puts_(&b, why);
+  fail(E_CONFIG, b.p, "");
+}
+
 
 static const char *const KNOWN[] = {"cniVersion", "name", "type", "agentSocket", "timeoutMs", "unchained", "prevResult", "runtimeConfig", "capabilities", "args", "disableCheck", "disableGC"};
 
@@ -605,42 +615,28 @@ static cfg_t parse_config(const jv *c) {
   }
   jv *type = jget(c, "type");
   if (!type || type->t != J_STR || strcmp(type->str, "tenc")) {
-    buf_t b = {0};
-    puts_(&b, "type: ");
-    put_shown(&b, type);
-    puts_(&b, ", expected \"tenc\"");
-    fail(E_CONFIG, b.p, "");
+    fail_value("type", type, ", expected \"tenc\"");
   }
   jv *s = jget(c, "agentSocket");
   if (s) {
     if (s->t != J_STR || s->str[0] != '/' || strlen(s->str) != s->strlen_ || s->strlen_ > 107) {
-      buf_t b = {0};
-      puts_(&b, "agentSocket: ");
-      put_shown(&b, s);
-      puts_(&b, " is not an absolute socket path (at most 107 bytes)");
-      fail(E_CONFIG, b.p, "");
+      fail_value("agentSocket", s, " is not an absolute socket path (at most 107 bytes)");
     }
     out.socket = s->str;
   }
   jv *t = jget(c, "timeoutMs");
   if (t) {
     if (t->t != J_NUM || !isfinite(t->num) || t->num != floor(t->num) || t->num < 100 || t->num > MAX_TIMEOUT_MS) {
-      buf_t b = {0};
-      puts_(&b, "timeoutMs: ");
-      put_shown(&b, t);
-      printf_(&b, " is not an integer from 100 to %d", MAX_TIMEOUT_MS);
-      fail(E_CONFIG, b.p, "");
+      char why[64];
+      snprintf(why, sizeof why, " is not an integer from 100 to %d", MAX_TIMEOUT_MS);
+      fail_value("timeoutMs", t, why);
     }
     out.timeout_ms = (long)t->num;
   }
   jv *u = jget(c, "unchained");
   if (u) {
     if (u->t != J_BOOL) {
-      buf_t b = {0};
-      puts_(&b, "unchained: ");
-      put_shown(&b, u);
-      puts_(&b, " is not true or false");
-      fail(E_CONFIG, b.p, "");
+      fail_value("unchained", u, " is not true or false");
     }
     out.unchained = u->boolean;
   }
@@ -679,11 +675,9 @@ static void prev_addresses(const jv *c, buf_t *out) {
       ok = (v4 || v6) && ll >= 1 && ll <= 3 && strspn(slash + 1, "0123456789") == ll;
     }
     if (!ok) {
-      buf_t b = {0};
-      printf_(&b, "prevResult.ips[%zu].address: ", i);
-      put_shown(&b, a);
-      puts_(&b, " is not ADDRESS/LEN");
-      fail(E_CONFIG, b.p, "");
+      char field[48];
+      snprintf(field, sizeof field, "prevResult.ips[%zu].address", i);
+      fail_value(field, a, " is not ADDRESS/LEN");
     }
     char host[128];
     size_t hl = (size_t)(slash - a->str);
