@@ -66,6 +66,11 @@ static void js_unref(js_engine *j) {
   if (--j->refs == 0) free(j);
 }
 
+/* A create that fails leaves the fds with the caller (which closes them): the engine's free must not. */
+static void give_fds_back(js_engine *j) {
+  if (j->e) j->e->o.tun_fd = j->e->o.udp_fd = j->e->o.raw4_fd = j->e->o.raw6_fd = -1;
+}
+
 static void js_close(napi_env env, js_engine *j) {
   if (j->closed) return;
   j->closed = 1;
@@ -320,22 +325,20 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
   j->e = tenc_engine_new(&o, ctr, signal_js, j);
   int err = j->e ? -tenc_engine_start(j->e) : errno;
   if (err) {
-    if (j->e) { /* the fds stay with the caller when creation fails */
-      j->e->o.tun_fd = j->e->o.udp_fd = j->e->o.raw4_fd = j->e->o.raw6_fd = -1;
-    }
+    give_fds_back(j);
     js_close(env, j);
     js_unref(j);
     return tenc_throw_errno(env, err, "engineCreate (tun fd %d, udp fd %d)", o.tun_fd, o.udp_fd);
   }
   /* on a failure below the fds stay with the caller (it closes them), as for a failed create */
   if (napi_create_external(env, j, handle_finalize, NULL, &handle) != napi_ok) {
-    j->e->o.tun_fd = j->e->o.udp_fd = j->e->o.raw4_fd = j->e->o.raw6_fd = -1;
+    give_fds_back(j);
     js_close(env, j); /* no handle, no finalizer: closed and released here */
     js_unref(j);
     return tenc_throw_errno(env, ENOMEM, "engineCreate: handle");
   }
   if (tenc_tag_handle(env, handle, &ENGINE_TAG) < 0) {
-    j->e->o.tun_fd = j->e->o.udp_fd = j->e->o.raw4_fd = j->e->o.raw6_fd = -1;
+    give_fds_back(j);
     js_close(env, j); /* released by the handle's finalizer */
     return tenc_throw_errno(env, ENOMEM, "engineCreate: handle");
   }
