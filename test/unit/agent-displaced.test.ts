@@ -9,7 +9,7 @@
  * sockets, adopted); cleanNetns is recorded, not run.
  */
 import { describe, it, expect, afterEach, vi } from 'vitest';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -22,10 +22,9 @@ vi.mock('../../src/agent/netns.js', async (orig) => ({
 }));
 
 const { Agent } = await import('../../src/agent/agent.js');
-const { podSocket } = await import('../../src/agent/netns.js');
 import type { Registration } from '../../src/agent/proxies.js';
 import type { PodInfo } from '../../src/registry/registry.js';
-import { fakeProxy, stubRegistry, type FakeRequest } from './agent-fakes.js';
+import { fakePodProxy, stubRegistry, type FakeRequest } from './agent-fakes.js';
 
 const KEY = (c: string) => c.repeat(43) + '=';
 
@@ -50,13 +49,8 @@ describe('agent: a registered pod the registry places on another node', () => {
       const netns = join(dir, `netns-${name}`);
       netnsOf[name] = netns;
       writeFileSync(netns, '');
-      const socket = podSocket(netns);
-      mkdirSync(join(socket, '..'), { recursive: true });
-      rmSync(socket, { force: true });
       requests[name] = [];
-      const server = await fakeProxy(socket, key, requests[name]);
-      cleanup.push(() => new Promise<void>((r) => server.close(() => r())));
-      cleanup.push(() => rmSync(socket, { force: true }));
+      await fakePodProxy(netns, key, requests[name], cleanup);
       registrations.push({ containerId: `c-${name}`, netns, ifname: 'eth0', podNamespace: 'alpha', podName: name, podUid: `u-${name}`, addresses: [pods.find((p) => p.name === name)!.address], proxy: null });
     }
     const agent = new Agent({

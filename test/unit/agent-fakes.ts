@@ -2,7 +2,10 @@
  * Fakes for the agent's unit tests: a registry with nothing in it but what a test
  * gives, and a pod proxy's control socket that answers every request ok.
  */
+import { mkdirSync, rmSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
+import { dirname } from 'node:path';
+import { podSocket } from '../../src/agent/netns.js';
 import type { Registry } from '../../src/registry/registry.js';
 
 /** A registry of project alpha with no objects; `over` replaces any method. */
@@ -48,6 +51,20 @@ export function fakeProxy(path: string, publicKey: string, requests: FakeRequest
     c.on('error', () => {});
   });
   return new Promise((resolve) => server.listen(path, () => resolve(server)));
+}
+
+/**
+ * A fakeProxy on the control socket of the pod whose network namespace is `netns`, where
+ * the agent looks for it (podSocket): adopted as that pod's running proxy. Its close and
+ * the socket's removal go on `cleanup`.
+ */
+export async function fakePodProxy(netns: string, publicKey: string, requests: FakeRequest[], cleanup: (() => void | Promise<void>)[]): Promise<void> {
+  const socket = podSocket(netns);
+  mkdirSync(dirname(socket), { recursive: true });
+  rmSync(socket, { force: true });
+  const server = await fakeProxy(socket, publicKey, requests);
+  cleanup.push(() => new Promise<void>((r) => server.close(() => r())));
+  cleanup.push(() => rmSync(socket, { force: true }));
 }
 
 /** An answer line of the node agent's socket. */

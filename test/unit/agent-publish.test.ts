@@ -10,16 +10,15 @@
  *    once and counted once (peerRejected), however many reconciles see it.
  */
 import { describe, it, expect, afterEach, vi } from 'vitest';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { Agent, publishFailure, publishWaits } from '../../src/agent/agent.js';
-import { podSocket } from '../../src/agent/netns.js';
 import type { Registration } from '../../src/agent/proxies.js';
 import type { PeerInfo, PodInfo } from '../../src/registry/registry.js';
-import { fakeProxy, stubRegistry, type FakeRequest } from './agent-fakes.js';
+import { fakePodProxy, stubRegistry, type FakeRequest } from './agent-fakes.js';
 
 const KEY = (c: string) => c.repeat(43) + '=';
 
@@ -56,13 +55,8 @@ describe('agent: a refused publish', () => {
     for (const [name, key] of [['web-1', KEY('A')], ['web-2', KEY('B')]] as const) {
       const netns = join(dir, `netns-${name}`);
       writeFileSync(netns, '');
-      const socket = podSocket(netns);
-      mkdirSync(join(socket, '..'), { recursive: true });
-      rmSync(socket, { force: true });
       requests[name] = [];
-      const server = await fakeProxy(socket, key, requests[name]);
-      cleanup.push(() => new Promise<void>((r) => server.close(() => r())));
-      cleanup.push(() => rmSync(socket, { force: true }));
+      await fakePodProxy(netns, key, requests[name], cleanup);
       registrations.push({ containerId: `c-${name}`, netns, ifname: 'eth0', podNamespace: 'alpha', podName: name, podUid: `u-${name}`, addresses: [pods.find((p) => p.name === name)!.address], proxy: null });
     }
     const agent = new Agent({

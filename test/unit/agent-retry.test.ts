@@ -7,14 +7,13 @@
  * recovery is an adoption through a fake control socket at the pod's socket path.
  */
 import { describe, it, expect, afterEach, vi } from 'vitest';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { Agent } from '../../src/agent/agent.js';
-import { podSocket } from '../../src/agent/netns.js';
 import type { AgentHooks } from '../../src/metrics/agent.js';
-import { fakeProxy, stubRegistry } from './agent-fakes.js';
+import { fakePodProxy, stubRegistry } from './agent-fakes.js';
 
 interface Line {
   msg: string;
@@ -68,12 +67,7 @@ describe('agent: a proxy that cannot start (missing psk) is logged once, not eve
     expect(agent.isReady('web-1')).toBe(false);
 
     // a proxy answers on the pod's socket: adopted, and the recovery said once
-    const socket = podSocket(netns);
-    mkdirSync(join(socket, '..'), { recursive: true });
-    rmSync(socket, { force: true });
-    const server = await fakeProxy(socket, 'A'.repeat(43) + '=');
-    cleanup.push(() => new Promise<void>((r) => server.close(() => r())));
-    cleanup.push(() => rmSync(socket, { force: true }));
+    await fakePodProxy(netns, 'A'.repeat(43) + '=', [], cleanup);
     expect(await agent.whenReady('web-1', 15_000)).toBe(true);
     await until(() => count('proxy start recovered') === 1);
     const recovered = lines.find((l) => l.msg === 'proxy start recovered')!;
