@@ -5,15 +5,14 @@
 // here is a fake node socket that records requests and answers as told; the real
 // agent is test/netns/cluster-k8s.test.ts. Where the process itself matters (stdin), the
 // TypeScript plugin runs as a process too: src/cni/main.ts bundled by esbuild.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 import { buildSync } from 'esbuild';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tencPlugin } from '../../src/cni/plugin.js';
-import { runPlugin } from '../../src/cni/skeleton.js';
+import { buildCPlugin, FakeNodeAgent, runProc, runTs as runTsIn, type PluginOut as Out, type ProcOpts } from './cni-fakes.js';
 
 const root = join(__dirname, '../..');
 let dir: string;
@@ -21,16 +20,12 @@ let bin: string;
 /** `tenc cni` as one file (src/cni/main.ts bundled), run by node. */
 let tsBin: string;
 let sock: string;
-let server: Server;
-/** How the fake agent answers the next request: a JSON answer line, 'silent' (never), 'close' (hang up). */
-let answer: (req: Record<string, unknown>) => unknown = () => ({ ok: true, result: {} });
-const seen: Record<string, unknown>[] = [];
+/** The fake node agent: its `answer` is how it answers the next request (a JSON answer line, 'silent' (never), 'close' (hang up)). */
+let agent: FakeNodeAgent;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'tenc-cnil-'));
-  bin = join(dir, 'tenc-cni');
-  const b = spawnSync('sh', [join(root, 'cni/build.sh'), bin], { encoding: 'utf8' });
-  if (b.status !== 0) throw new Error(`cni/build.sh failed: ${b.stderr}`);
+  bin = buildCPlugin(join(dir, 'tenc-cni'));
   tsBin = join(dir, 'tenc-cni.mjs');
   buildSync({
     stdin: { contents: "import { cniMain } from './src/cni/main.ts';\nprocess.exitCode = await cniMain();\n", resolveDir: root, loader: 'ts' },
@@ -42,70 +37,17 @@ beforeAll(async () => {
     logLevel: 'silent',
   });
   sock = join(dir, 'agent.sock');
-  server = createServer((c) => {
-    let buf = '';
-    c.setEncoding('utf8');
-    c.on('error', () => {});
-    c.on('data', (d: string) => {
-      buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl < 0) return;
-      const req = JSON.parse(buf.slice(0, nl));
-      seen.push(req);
-      const a = answer(req);
-      if (a === 'silent') return;
-      if (a === 'close') return void c.end();
-      c.write((typeof a === 'string' ? a : JSON.stringify({ id: req.id, ...(a as object) })) + '\n');
-    });
-  });
-  await new Promise<void>((r) => server.listen(sock, r));
+  agent = await FakeNodeAgent.listen(sock);
 });
 
 afterAll(async () => {
-  await new Promise<void>((r) => server.close(() => r()));
+  await agent.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
-interface Out {
-  code: number | null;
-  stdout: string;
-  requests: Record<string, unknown>[];
-}
-
-interface ProcOpts {
-  /** Leave stdin open after writing (a runtime that never closes it). */
-  keepStdinOpen?: boolean;
-  /** SIGKILL after this long (then code is null): a hang fails the test instead of stalling it. */
-  killAfterMs?: number;
-}
-
-function runProc(file: string, args: string[], env: Record<string, string>, stdin: string, o: ProcOpts = {}): Promise<Out & { ms: number }> {
-  seen.length = 0;
-  const t0 = Date.now();
-  return new Promise((resolve) => {
-    const c: ChildProcess = spawn(file, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    const kill = setTimeout(() => c.kill('SIGKILL'), o.killAfterMs ?? 20_000);
-    let stdout = '';
-    c.stdout!.setEncoding('utf8').on('data', (d) => (stdout += d));
-    c.on('close', (code) => {
-      clearTimeout(kill);
-      resolve({ code, stdout, requests: [...seen], ms: Date.now() - t0 });
-    });
-    c.stdin!.on('error', () => {}); // it may exit before reading stdin (a bad CNI_COMMAND)
-    if (o.keepStdinOpen) c.stdin!.write(stdin);
-    else c.stdin!.end(stdin);
-  });
-}
-
-const runC = (env: Record<string, string>, stdin: string, o?: ProcOpts) => runProc(bin, [], env, stdin, o);
-const runTsProc = (env: Record<string, string>, stdin: string, o?: ProcOpts) => runProc(process.execPath, [tsBin], env, stdin, o);
-
-async function runTs(env: Record<string, string>, stdin: string): Promise<Out> {
-  seen.length = 0;
-  let stdout = '';
-  const code = await runPlugin(tencPlugin, { env, stdin: async () => stdin, stdout: (s) => (stdout += s) });
-  return { code, stdout, requests: [...seen] };
-}
+const runC = (env: Record<string, string>, stdin: string, o?: ProcOpts) => runProc(agent, bin, [], env, stdin, o);
+const runTsProc = (env: Record<string, string>, stdin: string, o?: ProcOpts) => runProc(agent, process.execPath, [tsBin], env, stdin, o);
+const runTs = (env: Record<string, string>, stdin: string) => runTsIn(agent, env, stdin);
 
 const prev = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/x' }], ips: [{ address: '10.128.1.10/24', gateway: '10.128.1.1', interface: 0 }, { address: 'FD00::A/64' }], routes: [{ dst: '0.0.0.0/0' }], dns: {} };
 const conf = (extra: Record<string, unknown> = {}) => ({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'tenc', agentSocket: sock, timeoutMs: 300, prevResult: prev, ...extra });
@@ -144,7 +86,7 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
   });
 
   it('ADD, DEL, CHECK, STATUS: the same requests; ADD prints prevResult unchanged', async () => {
-    answer = () => ({ ok: true, result: { protected: true } });
+    agent.answer = () => ({ ok: true, result: { protected: true } });
     const add = await same(env('ADD'), JSON.stringify(conf()));
     expect(add.code).toBe(0);
     expect(JSON.parse(add.stdout)).toEqual(prev);
@@ -165,7 +107,7 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
   });
 
   it('unchained ("unchained": true; Multus calls it alone, no prevResult): ADD asks without addresses and prints the empty result of the request\'s cniVersion', async () => {
-    answer = () => ({ ok: true, result: { protected: true } });
+    agent.answer = () => ({ ok: true, result: { protected: true } });
     // what Multus sends for a NetworkAttachmentDefinition {"type":"tenc","unchained":true}: its
     // own CNI_IFNAME, the pod's sandbox and CNI_ARGS, no prevResult (the default network ran before)
     const unchained = (extra: Record<string, unknown> = {}) => JSON.stringify(conf({ name: 'tenc', unchained: true, prevResult: undefined, ...extra }));
@@ -178,11 +120,11 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
       expect(add.requests).toEqual([{ id: 1, op: 'cni-add', containerId: 'abc123', netns: '/run/netns/cni-1234', ifname: 'net1', podNamespace: 'alpha', podName: 'web-1', podUid: 'u-1', timeoutMs: 300 }]);
     }
     // a namespace that is not protected: the same empty result
-    answer = () => ({ ok: true, result: { protected: false } });
+    agent.answer = () => ({ ok: true, result: { protected: false } });
     expect(JSON.parse((await same(env('ADD', { CNI_IFNAME: 'net1' }), unchained({ cniVersion: '0.4.0' }))).stdout)).toEqual({ cniVersion: '0.4.0', interfaces: [], ips: [], routes: [], dns: {} });
     // a plugin before tenc in the attachment: its result passed on unchanged, its addresses
     // (the attachment's, not the pod's) not read
-    answer = () => ({ ok: true, result: { protected: true } });
+    agent.answer = () => ({ ok: true, result: { protected: true } });
     const after = await same(env('ADD', { CNI_IFNAME: 'net1' }), unchained({ prevResult: prev }));
     expect(JSON.parse(after.stdout)).toEqual(prev);
     expect(after.requests[0]).not.toHaveProperty('addresses');
@@ -193,11 +135,11 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
     const del = await same(env('DEL', { CNI_IFNAME: 'net1', CNI_NETNS: '' }), unchained());
     expect([del.code, del.stdout, del.requests]).toEqual([0, '', [{ id: 1, op: 'cni-del', containerId: 'abc123' }]]);
     // the agent finding no address in the netns yet (the default network not up): code 11, the runtime retries
-    answer = () => ({ ok: false, error: { code: 'EADDRNOTAVAIL', message: 'netns /run/netns/cni-1234: no pod address (no IPv4 default route; no IPv6 default route): is the pod\'s network set up?' } });
+    agent.answer = () => ({ ok: false, error: { code: 'EADDRNOTAVAIL', message: 'netns /run/netns/cni-1234: no pod address (no IPv4 default route; no IPv6 default route): is the pod\'s network set up?' } });
     const none = await same(env('ADD', { CNI_IFNAME: 'net1' }), unchained());
     expect(JSON.parse(none.stdout)).toMatchObject({ code: 11, msg: expect.stringMatching(/^tenc agent: netns \/run\/netns\/cni-1234: no pod address/) });
     // a bad opt-in or prevResult: refused before the agent is asked, the same words from both
-    answer = () => ({ ok: true, result: { protected: true } });
+    agent.answer = () => ({ ok: true, result: { protected: true } });
     for (const [extra, msg] of [
       [{ unchained: 'yes' }, 'unchained: "yes" is not true or false'],
       [{ unchained: null }, 'unchained: null is not true or false'],
@@ -212,7 +154,7 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
   });
 
   it('without the opt-in a missing prevResult is still code 7 (a chained entry that lost its place fails loudly), and the message names "unchained"', async () => {
-    answer = () => ({ ok: true, result: { protected: true } });
+    agent.answer = () => ({ ok: true, result: { protected: true } });
     for (const extra of [{}, { unchained: false }]) {
       for (const cmd of ['ADD', 'CHECK']) {
         const o = await same(env(cmd), JSON.stringify(conf({ prevResult: undefined, ...extra })));
@@ -242,19 +184,19 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
   it('the agent down, silent, hanging up, refusing or failing: the same CNI errors (11 = retry, 7 = bad config)', async () => {
     const gone = await same(env('ADD'), JSON.stringify(conf({ agentSocket: join(dir, 'nobody.sock') })));
     expect(JSON.parse(gone.stdout)).toMatchObject({ code: 11, msg: `tenc agent not reachable at ${join(dir, 'nobody.sock')}` });
-    answer = () => 'silent';
+    agent.answer = () => 'silent';
     const slow = await runC(env('ADD'), JSON.stringify(conf({ timeoutMs: 100 })));
     expect(JSON.parse(slow.stdout)).toMatchObject({ code: 11, msg: `tenc agent: no answer from ${sock} within 1100 ms` });
-    answer = () => 'close';
+    agent.answer = () => 'close';
     await same(env('DEL'), JSON.stringify(conf()));
-    answer = () => 'this is not json';
+    agent.answer = () => 'this is not json';
     await same(env('DEL'), JSON.stringify(conf()));
-    answer = () => ({ ok: false, error: { code: 'EINVAL', message: 'netns: "/run/netns/cni-1234" does not exist' } });
+    agent.answer = () => ({ ok: false, error: { code: 'EINVAL', message: 'netns: "/run/netns/cni-1234" does not exist' } });
     const inval = await same(env('ADD'), JSON.stringify(conf()));
     expect(JSON.parse(inval.stdout)).toMatchObject({ code: 7, msg: 'tenc agent: netns: "/run/netns/cni-1234" does not exist' });
-    answer = () => ({ ok: false, error: { code: 'ETIMEDOUT', message: 'pod alpha/web-1 not fail-closed within 300 ms' } });
+    agent.answer = () => ({ ok: false, error: { code: 'ETIMEDOUT', message: 'pod alpha/web-1 not fail-closed within 300 ms' } });
     expect(JSON.parse((await same(env('ADD'), JSON.stringify(conf()))).stdout)).toMatchObject({ code: 11 });
-    answer = () => ({ ok: false, error: { code: 'EIO', message: 'no running proxy for the pod' } });
+    agent.answer = () => ({ ok: false, error: { code: 'EIO', message: 'no running proxy for the pod' } });
     await same(env('CHECK'), JSON.stringify(conf()));
     // STATUS with the agent down: code 50, the errno's words, from both
     const st = await same(env('STATUS'), JSON.stringify(conf({ agentSocket: join(dir, 'nobody.sock') })));
@@ -263,7 +205,7 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
 
   it('regression: the agent answering ENOENT (CHECK of an unregistered container) is code 3, not "agent not reachable"', async () => {
     // node.ts cni-check answers this for a container of a protected namespace it has no registration for
-    answer = () => ({ ok: false, error: { code: 'ENOENT', message: 'container abc123 is not registered' } });
+    agent.answer = () => ({ ok: false, error: { code: 'ENOENT', message: 'container abc123 is not registered' } });
     const check = await same(env('CHECK'), JSON.stringify(conf()));
     expect(check.requests).toHaveLength(1);
     expect(check.code).toBe(1);
@@ -274,7 +216,7 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
   });
 
   it('regression: GC (CNI 1.1.0) is accepted and does nothing; an older cniVersion is refused with code 1', async () => {
-    answer = () => ({ ok: true, result: {} });
+    agent.answer = () => ({ ok: true, result: {} });
     // what libcni sends: CNI_COMMAND and CNI_PATH only, the network's config with the valid attachments
     const gcEnv = { CNI_COMMAND: 'GC', CNI_PATH: '/opt/cni/bin' };
     const gcConf = (v: string) => JSON.stringify({ cniVersion: v, name: 'k8s-pod-network', type: 'tenc', agentSocket: sock, 'cni.dev/valid-attachments': [{ containerID: 'abc123', ifname: 'eth0' }] });
@@ -324,7 +266,7 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
   });
 
   it('bad environment or configuration: refused before the agent is asked, with the same field named', async () => {
-    answer = () => ({ ok: true, result: {} });
+    agent.answer = () => ({ ok: true, result: {} });
     const cases: [Record<string, string>, string][] = [
       [env('FROB'), JSON.stringify(conf())],
       [{ ...env('ADD'), CNI_COMMAND: '' }, JSON.stringify(conf())],
@@ -366,7 +308,7 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
     expect(JSON.parse(big.stdout)).toMatchObject({ code: 6, msg: 'stdin: more than 1 MiB' });
     // regression: both stop reading there and exit, even when the runtime never closes stdin
     // (`tenc cni` used to keep reading until EOF), and both count bytes, not characters
-    answer = () => ({ ok: true, result: { protected: true } });
+    agent.answer = () => ({ ok: true, result: { protected: true } });
     const open = JSON.stringify(conf({ runtimeConfig: { pad: 'x'.repeat(1 << 20) } }));
     const wide = JSON.stringify(conf({ runtimeConfig: { pad: '\u00e9'.repeat(600_000) } })); // 1.2 MB, 0.6 M characters
     for (const run of [runC, runTsProc]) {

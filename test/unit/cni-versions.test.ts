@@ -7,12 +7,11 @@
 // itself is the one cni-install.sh makes of kindnet's conflist.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { tencPlugin } from '../../src/cni/plugin.js';
-import { runPlugin, SUPPORTED_VERSIONS } from '../../src/cni/skeleton.js';
+import { SUPPORTED_VERSIONS } from '../../src/cni/skeleton.js';
+import { buildCPlugin, FakeNodeAgent, runProc, runTs as runTsIn, type PluginOut as Out } from './cni-fakes.js';
 
 type Obj = Record<string, unknown>;
 
@@ -21,66 +20,24 @@ const script = join(root, 'deploy/cni-install.sh');
 let dir: string;
 let bin: string;
 let sock: string;
-let server: Server;
-/** The fake agent's answer to the next request. */
-let answer: (req: Obj) => Obj = () => ({ ok: true, result: { protected: true } });
-const seen: Obj[] = [];
+/** The fake node agent: its `answer` is its answer to the next request. */
+let agent: FakeNodeAgent;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'tenc-cniv-'));
-  bin = join(dir, 'tenc-cni');
-  const b = spawnSync('sh', [join(root, 'cni/build.sh'), bin], { encoding: 'utf8' });
-  if (b.status !== 0) throw new Error(`cni/build.sh failed: ${b.stderr}`);
+  bin = buildCPlugin(join(dir, 'tenc-cni'));
   sock = join(dir, 'agent.sock');
-  server = createServer((c) => {
-    let buf = '';
-    c.setEncoding('utf8');
-    c.on('error', () => {});
-    c.on('data', (d: string) => {
-      buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl < 0) return;
-      const req = JSON.parse(buf.slice(0, nl)) as Obj;
-      seen.push(req);
-      c.write(JSON.stringify({ id: req.id, ...answer(req) }) + '\n');
-    });
-  });
-  await new Promise<void>((r) => server.listen(sock, r));
+  agent = await FakeNodeAgent.listen(sock);
+  agent.answer = () => ({ ok: true, result: { protected: true } });
 });
 
 afterAll(async () => {
-  await new Promise<void>((r) => server.close(() => r()));
+  await agent.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
-interface Out {
-  code: number | null;
-  stdout: string;
-  requests: Obj[];
-}
-
-function runC(env: Record<string, string>, stdin: string): Promise<Out> {
-  seen.length = 0;
-  return new Promise((resolve) => {
-    const c = spawn(bin, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    const kill = setTimeout(() => c.kill('SIGKILL'), 20_000);
-    let stdout = '';
-    c.stdout!.setEncoding('utf8').on('data', (d) => (stdout += d));
-    c.on('close', (code) => {
-      clearTimeout(kill);
-      resolve({ code, stdout, requests: [...seen] });
-    });
-    c.stdin!.on('error', () => {});
-    c.stdin!.end(stdin);
-  });
-}
-
-async function runTs(env: Record<string, string>, stdin: string): Promise<Out> {
-  seen.length = 0;
-  let stdout = '';
-  const code = await runPlugin(tencPlugin, { env, stdin: async () => stdin, stdout: (s) => (stdout += s) });
-  return { code, stdout, requests: [...seen] };
-}
+const runC = (env: Record<string, string>, stdin: string) => runProc(agent, bin, [], env, stdin);
+const runTs = (env: Record<string, string>, stdin: string) => runTsIn(agent, env, stdin);
 
 /** Both plugins, same input: the same exit code, output and requests; the C one's. */
 async function both(env: Record<string, string>, stdin: string): Promise<Out> {
@@ -164,7 +121,7 @@ describe('cniVersion 0.3.0 and 0.3.1 (kindnet, flannel, Calico): both plugins', 
   it('a kindnet chain (0.3.1): ADD passes the 0.3.1 prevResult on unchanged, DEL (no prevResult before 0.4.0) unregisters', async () => {
     const list = chained(kindnet);
     expect((list.plugins as Obj[]).map((p) => p.type)).toEqual(['ptp', 'portmap', 'tenc']);
-    answer = () => ({ ok: true, result: { protected: true } });
+    agent.answer = () => ({ ok: true, result: { protected: true } });
     const add = await both(env('ADD'), pluginConf(list, 2, prev031));
     expect(add.code, add.stdout).toBe(0);
     expect(JSON.parse(add.stdout)).toEqual(prev031);
@@ -202,14 +159,14 @@ describe('cniVersion 0.3.0 and 0.3.1 (kindnet, flannel, Calico): both plugins', 
     const gc = await both({ CNI_COMMAND: 'GC', CNI_PATH: '/opt/cni/bin' }, pluginConf(list, 2));
     expect(JSON.parse(gc.stdout)).toEqual({ cniVersion: '0.3.1', code: 1, msg: 'cniVersion: 0.3.1 does not allow GC', details: 'GC needs cniVersion 1.1.0 or later' });
     // a 0.4.0 CHECK still reaches the agent
-    answer = () => ({ ok: true, result: {} });
+    agent.answer = () => ({ ok: true, result: {} });
     const c040 = await both(env('CHECK'), pluginConf({ ...list, cniVersion: '0.4.0' }, 2, { ...prev031, cniVersion: '0.4.0' }));
     expect([c040.code, c040.requests[0]?.op]).toEqual([0, 'cni-check']);
   });
 
   it('errors of a 0.3.1 request carry cniVersion 0.3.1', async () => {
     const list = chained(kindnet);
-    answer = () => ({ ok: false, error: { code: 'EINVAL', message: 'netns: "/var/run/netns/cni-8f4c1d2e" does not exist' } });
+    agent.answer = () => ({ ok: false, error: { code: 'EINVAL', message: 'netns: "/var/run/netns/cni-8f4c1d2e" does not exist' } });
     const inval = await both(env('ADD'), pluginConf(list, 2, prev031));
     expect(JSON.parse(inval.stdout)).toMatchObject({ cniVersion: '0.3.1', code: 7 });
     const gone = await both(env('ADD'), JSON.stringify({ ...JSON.parse(pluginConf(list, 2, prev031)), agentSocket: join(dir, 'nobody.sock') }));
@@ -225,7 +182,7 @@ describe('cniVersion 0.3.0 and 0.3.1 (kindnet, flannel, Calico): both plugins', 
   });
 
   it('0.1.0 and 0.2.0 (no chained plugins, ip4/ip6 results) are refused with code 1 naming the version and why', async () => {
-    answer = () => ({ ok: true, result: { protected: true } });
+    agent.answer = () => ({ ok: true, result: { protected: true } });
     for (const v of ['0.1.0', '0.2.0']) {
       const r = await both(env('ADD'), JSON.stringify({ cniVersion: v, name: 'old', type: 'tenc', agentSocket: sock, prevResult: { cniVersion: v, ip4: { ip: '10.244.1.5/24' } } }));
       expect(r.code).toBe(1);
