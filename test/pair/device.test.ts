@@ -5,73 +5,12 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Device } from '../../src/device/device.js';
-import { DROP_REASONS, type DataPlane, type DropReason, type Endpoint, type PeerCounters, type PeerId, type PlaneEvent, type PlaneKeypair } from '../../src/device/plane.js';
+import type { DataPlane, Endpoint, PeerId } from '../../src/device/plane.js';
+import { StubPlane } from './stub-plane.js';
 import { generatePrivateKey, publicKeyFromPrivate } from '../../src/noise/keys.js';
 import { ManualClock } from '../../src/noise/timers.js';
 import { captureLogger, type LogRecord } from './harness.js';
 import { KEEPALIVE_TIMEOUT, MESSAGE_INITIATION_SIZE, REKEY_TIMEOUT } from '../../src/wire/constants.js';
-
-type Call = [string, ...unknown[]];
-
-class StubPlane implements DataPlane {
-  calls: Call[] = [];
-  counters = new Map<PeerId, PeerCounters>();
-  handler: ((e: PlaneEvent[]) => void) | null = null;
-  private rec(...c: Call): void {
-    this.calls.push(c);
-  }
-  addPeer(peer: PeerId, endpoint: Endpoint | null): void {
-    this.rec('addPeer', peer, endpoint);
-    this.counters.set(peer, { txBytes: 0, rxBytes: 0, txPackets: 0, rxPackets: 0, lastTxMs: 0, lastRxMs: 0, lastTxDataMs: 0, lastRxDataMs: 0 });
-  }
-  removePeer(peer: PeerId): void {
-    this.rec('removePeer', peer);
-  }
-  setEndpoint(peer: PeerId, e: Endpoint): void {
-    this.rec('setEndpoint', peer, e);
-  }
-  addAllowedIp(peer: PeerId, cidr: string): void {
-    this.rec('addAllowedIp', peer, cidr);
-  }
-  removeAllowedIp(peer: PeerId, cidr: string): void {
-    this.rec('removeAllowedIp', peer, cidr);
-  }
-  addKeypair(peer: PeerId, kp: PlaneKeypair): void {
-    this.rec('addKeypair', peer, kp.localIndex);
-  }
-  setSendKeypair(peer: PeerId, i: number | null): void {
-    this.rec('setSendKeypair', peer, i);
-  }
-  removeKeypair(i: number): void {
-    this.rec('removeKeypair', i);
-  }
-  sent: Uint8Array[] = [];
-  sendHandshake(to: Endpoint, data: Uint8Array): void {
-    this.rec('sendHandshake', to, data.length);
-    this.sent.push(Uint8Array.from(data));
-  }
-  sendKeepalive(peer: PeerId): void {
-    this.rec('sendKeepalive', peer);
-  }
-  flushQueue(peer: PeerId): void {
-    this.rec('flushQueue', peer);
-  }
-  setLocalServices(): void {}
-  setLocalAddresses(): void {}
-  peerCounters(peer: PeerId): PeerCounters {
-    return { ...this.counters.get(peer)! };
-  }
-  drops(): Record<DropReason, number> {
-    return Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
-  }
-  peerDrops(): Record<DropReason, number> {
-    return this.drops();
-  }
-  onEvents(h: (e: PlaneEvent[]) => void): void {
-    this.handler = h;
-  }
-  async close(): Promise<void> {}
-}
 
 function setup() {
   const clock = new ManualClock(10_000);

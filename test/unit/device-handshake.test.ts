@@ -9,21 +9,13 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Device } from '../../src/device/device.js';
-import {
-  DROP_REASONS,
-  type DataPlane,
-  type DropReason,
-  type Endpoint,
-  type PeerCounters,
-  type PeerId,
-  type PlaneEvent,
-  type PlaneKeypair,
-} from '../../src/device/plane.js';
+import type { Endpoint, PeerId, PlaneKeypair } from '../../src/device/plane.js';
 import { computeMac1, mac1KeyFor } from '../../src/noise/cookie.js';
 import { generatePrivateKey, publicKeyFromPrivate } from '../../src/noise/keys.js';
 import { ManualClock } from '../../src/noise/timers.js';
 import type { Peer } from '../../src/peer/peer.js';
 import type { PeerRegistry } from '../../src/peer/registry.js';
+import { StubPlane } from '../pair/stub-plane.js';
 import {
   MESSAGE_COOKIE_REPLY,
   MESSAGE_INITIATION,
@@ -34,39 +26,26 @@ import {
 } from '../../src/wire/constants.js';
 
 /** A data plane that keeps its own copy of every key, as the native engine's key vault does. */
-class NativeLikePlane implements DataPlane {
-  calls: [string, ...unknown[]][] = [];
-  sent: { to: Endpoint; data: Uint8Array }[] = [];
-  handler: ((e: PlaneEvent[]) => void) | null = null;
+class NativeLikePlane extends StubPlane {
   readonly keys = new Map<number, { peer: PeerId; sendKey: Uint8Array; recvKey: Uint8Array }>();
   readonly send = new Map<PeerId, number | null>();
   /** Times removeKeypair took away the send keypair of a peer (the engine then queues and raises need_handshake). */
   sendGaps = 0;
-  private readonly counters = new Map<PeerId, PeerCounters>();
 
-  addPeer(peer: PeerId, endpoint: Endpoint | null): void {
-    this.calls.push(['addPeer', peer, endpoint]);
-    this.counters.set(peer, { txBytes: 0, rxBytes: 0, txPackets: 0, rxPackets: 0, lastTxMs: 0, lastRxMs: 0, lastTxDataMs: 0, lastRxDataMs: 0 });
+  override addPeer(peer: PeerId, endpoint: Endpoint | null): void {
+    super.addPeer(peer, endpoint);
     this.send.set(peer, null);
   }
-  removePeer(peer: PeerId): void {
-    this.calls.push(['removePeer', peer]);
-  }
-  setEndpoint(peer: PeerId, e: Endpoint): void {
-    this.calls.push(['setEndpoint', peer, e]);
-  }
-  addAllowedIp(): void {}
-  removeAllowedIp(): void {}
-  addKeypair(peer: PeerId, kp: PlaneKeypair): void {
-    this.calls.push(['addKeypair', peer, kp.localIndex]);
+  override addKeypair(peer: PeerId, kp: PlaneKeypair): void {
+    super.addKeypair(peer, kp);
     this.keys.set(kp.localIndex, { peer, sendKey: Uint8Array.from(kp.sendKey), recvKey: Uint8Array.from(kp.recvKey) });
   }
-  setSendKeypair(peer: PeerId, i: number | null): void {
-    this.calls.push(['setSendKeypair', peer, i]);
+  override setSendKeypair(peer: PeerId, i: number | null): void {
+    super.setSendKeypair(peer, i);
     this.send.set(peer, i);
   }
-  removeKeypair(i: number): void {
-    this.calls.push(['removeKeypair', i]);
+  override removeKeypair(i: number): void {
+    super.removeKeypair(i);
     const k = this.keys.get(i);
     if (!k) return;
     if (this.send.get(k.peer) === i) {
@@ -75,37 +54,13 @@ class NativeLikePlane implements DataPlane {
     }
     this.keys.delete(i);
   }
-  sendHandshake(to: Endpoint, data: Uint8Array): void {
-    this.sent.push({ to, data: Uint8Array.from(data) });
-  }
-  sendKeepalive(peer: PeerId): void {
-    this.calls.push(['sendKeepalive', peer]);
-  }
-  flushQueue(peer: PeerId): void {
-    this.calls.push(['flushQueue', peer]);
-  }
-  setLocalServices(): void {}
-  setLocalAddresses(): void {}
-  peerCounters(peer: PeerId): PeerCounters {
-    return { ...this.counters.get(peer)! };
-  }
-  drops(): Record<DropReason, number> {
-    return Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
-  }
-  peerDrops(): Record<DropReason, number> {
-    return this.drops();
-  }
-  onEvents(h: (e: PlaneEvent[]) => void): void {
-    this.handler = h;
-  }
-  async close(): Promise<void> {}
 
   /** Handshake messages of `type` sent so far. */
   sentOfType(type: number): Uint8Array[] {
-    return this.sent.filter((s) => s.data[0] === type).map((s) => s.data);
+    return this.sent.filter((d) => d[0] === type);
   }
   last(): Uint8Array {
-    return this.sent[this.sent.length - 1].data;
+    return this.sent[this.sent.length - 1];
   }
 }
 
@@ -213,7 +168,7 @@ describe('device: handshake load counts only initiations and responses with a va
     expect(a.status().underLoad).toBe(true);
     toA(init);
     expect(pa.sent.length).toBe(2);
-    expect(pa.sent[1].to).toEqual(epB);
+    expect(pa.sentTo[1]).toEqual(epB);
     expect(pa.last()[0]).toBe(MESSAGE_COOKIE_REPLY);
     expect(a.handshakeFailures().bad_mac2).toBe(2);
   });
