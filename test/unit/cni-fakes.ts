@@ -99,3 +99,29 @@ export async function runTs(agent: FakeNodeAgent, env: Record<string, string>, s
   const code = await runPlugin(tencPlugin, { env, stdin: async () => stdin, stdout: (s) => (stdout += s) });
   return { code, stdout, requests: [...agent.seen] };
 }
+
+/** What a running `cni-install.sh keep` has said (stderr) so far, and its exit code (null while it runs). */
+export interface Keeper {
+  err(): string;
+  exitCode(): number | null;
+}
+
+/**
+ * deploy/cni-install.sh keep, with `env` over this process's and a recheck every 0.1 s,
+ * while `body` runs: a failure of body carries what keep said; then SIGTERM. Returns
+ * keep's exit code and all it said.
+ */
+export async function whileKeeping(env: Record<string, string | undefined>, body: (k: Keeper) => Promise<void>): Promise<{ code: number | null; err: string }> {
+  const child = spawn('bash', [join(root, 'deploy/cni-install.sh'), 'keep'], { env: { ...process.env, ...env, CNI_RECHECK: '0.1' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  try {
+    await body({ err: () => err, exitCode: () => child.exitCode });
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\ncni-install.sh keep said:\n${err}`);
+  } finally {
+    child.kill('SIGTERM');
+  }
+  return { code: await exited, err };
+}

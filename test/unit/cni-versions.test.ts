@@ -5,13 +5,13 @@
 // cni/build.sh: what nodes run) and `tenc cni` (src/cni/) run the commands a runtime
 // sends for such a chain, against a fake node socket that records requests; the chain
 // itself is the one cni-install.sh makes of kindnet's conflist.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { SUPPORTED_VERSIONS } from '../../src/cni/skeleton.js';
-import { buildCPlugin, FakeNodeAgent, runProc, runTs as runTsIn, type PluginOut as Out } from './cni-fakes.js';
+import { buildCPlugin, FakeNodeAgent, runProc, runTs as runTsIn, whileKeeping, type PluginOut as Out } from './cni-fakes.js';
 
 type Obj = Record<string, unknown>;
 
@@ -288,10 +288,6 @@ describe('deploy/cni-install.sh: no chain into a conflist of a cniVersion the pl
   it('keep, started on such a conflist: keeps running, not ready; chains once the conflist is rewritten in a version the plugin speaks', async () => {
     const text = list({ cniVersion: '0.2.0' });
     writeFileSync(file(), text);
-    const child = spawn('bash', [script, 'keep'], { env: { ...process.env, ...e, CNI_RECHECK: '0.1' }, stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr!.on('data', (x) => (err += x));
-    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
     const types = () => {
       try {
         return (JSON.parse(readFileSync(file(), 'utf8')).plugins as Obj[]).map((p) => p.type);
@@ -299,10 +295,10 @@ describe('deploy/cni-install.sh: no chain into a conflist of a cniVersion the pl
         return null;
       }
     };
-    try {
-      await expect.poll(() => err, { timeout: 10_000 }).toContain('tenc NOT chained');
+    const kept = await whileKeeping(e, async (k) => {
+      await expect.poll(() => k.err(), { timeout: 10_000 }).toContain('tenc NOT chained');
       await new Promise((r) => setTimeout(r, 500)); // a few looks
-      expect(child.exitCode).toBe(null);
+      expect(k.exitCode()).toBe(null);
       expect(readFileSync(file(), 'utf8')).toBe(text);
       expect(status()).toMatch(/^not ready: tenc not chained: .*cniVersion "0\.2\.0" is not supported/);
       // the network plugin's config upgraded to one the plugin speaks: chained, ready
@@ -312,13 +308,9 @@ describe('deploy/cni-install.sh: no chain into a conflist of a cniVersion the pl
       // and back to one it does not: refused again, said, not ready (the entry stays: uninstall removes it)
       writeFileSync(file(), list({ cniVersion: '1.2.0' }));
       await expect.poll(status, { timeout: 10_000 }).toMatch(/^not ready: tenc not chained: .*cniVersion "1\.2\.0" is not supported/);
-      expect(err).toContain('cannot chain the tenc entry now: tried again when it changes');
-      expect(child.exitCode).toBe(null);
-    } catch (x) {
-      throw new Error(`${(x as Error).message}\ncni-install.sh keep said:\n${err}`);
-    } finally {
-      child.kill('SIGTERM');
-    }
-    expect(await exited).toBe(0);
+      expect(k.err()).toContain('cannot chain the tenc entry now: tried again when it changes');
+      expect(k.exitCode()).toBe(null);
+    });
+    expect(kept.code).toBe(0);
   });
 });

@@ -6,7 +6,7 @@
 // NetworkAttachmentDefinition template is a configuration the plugin takes as unchained.
 // deploy/cni-install.sh's unchained mode (TENC_CNI_MODE=unchained, what the component
 // sets) installs, keeps and removes the binary and never touches a CNI config.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -16,6 +16,7 @@ import { DaemonSet } from 'kubernetes-models/apps/v1';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseTencConfig, tencPlugin } from '../../src/cni/plugin.js';
 import { runPlugin } from '../../src/cni/skeleton.js';
+import { whileKeeping } from './cni-fakes.js';
 import { render, type Obj } from './kustomize-lite.js';
 
 const root = join(__dirname, '../..');
@@ -225,27 +226,19 @@ describe('deploy/cni-install.sh TENC_CNI_MODE=unchained (what the component sets
 
   it('keep: the binary installed again when it goes, no config touched; exits 0 on SIGTERM; a mode that is not one is refused', async () => {
     const before = configs();
-    const child = spawn('bash', [script, 'keep'], { env: { ...process.env, ...e, CNI_RECHECK: '0.1' }, stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr!.on('data', (d) => (err += d));
-    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-    try {
+    const kept = await whileKeeping(e, async (k) => {
       await expect.poll(() => existsSync(bin()), { timeout: 10_000 }).toBe(true);
       rmSync(bin());
-      await expect.poll(() => err, { timeout: 10_000 }).toContain(`installed ${bin()} again`);
+      await expect.poll(() => k.err(), { timeout: 10_000 }).toContain(`installed ${bin()} again`);
       expect(existsSync(bin())).toBe(true);
       // Multus' config rewritten by the network operator: nothing to do for tenc
       writeFileSync(multus(), readFileSync(multus(), 'utf8'));
       await new Promise((r) => setTimeout(r, 500));
       expect(readFileSync(other(), 'utf8')).toBe(before[1][0]);
       expect(readFileSync(multus(), 'utf8')).toBe(before[0][0]);
-      expect(err).not.toMatch(/\bchain|tenc entry/);
-    } catch (x) {
-      throw new Error(`${(x as Error).message}\ncni-install.sh keep said:\n${err}`);
-    } finally {
-      child.kill('SIGTERM');
-    }
-    expect(await exited).toBe(0);
+      expect(k.err()).not.toMatch(/\bchain|tenc entry/);
+    });
+    expect(kept.code).toBe(0);
     e.TENC_CNI_MODE = 'multus';
     const bad = run('install');
     expect([bad.status, bad.stderr]).toEqual([1, expect.stringContaining("TENC_CNI_MODE: 'multus' is not chained or unchained")]);

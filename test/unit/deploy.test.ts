@@ -24,6 +24,7 @@ import { parsePolicy } from '../../src/policy/policy.js';
 import { DEFAULT_SOCKET_DIR } from '../../src/control/config.js';
 import { agentRunDirs } from '../../src/metrics/gather.js';
 import { parseListenAddress } from '../../src/metrics/address.js';
+import { whileKeeping } from './cni-fakes.js';
 import { loadDocs, render, type Obj } from './kustomize-lite.js';
 
 const root = join(__dirname, '../..');
@@ -508,11 +509,7 @@ describe('deploy/cni-install.sh', () => {
   });
 
   it('keep: chains the entry again when the network plugin rewrites its config, rides out a broken one, exits 0 on SIGTERM', async () => {
-    const child = spawn('bash', [script, 'keep'], { env: { ...process.env, ...env, CNI_RECHECK: '0.1' }, stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr!.on('data', (d) => (err += d));
-    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-    try {
+    const kept = await whileKeeping({ ...env }, async (k) => {
       const types = () => {
         try {
           return JSON.parse(readFileSync(conf(), 'utf8')).plugins.map((p: Obj) => p.type);
@@ -525,23 +522,19 @@ describe('deploy/cni-install.sh', () => {
       writeFileSync(conf() + '.new', JSON.stringify(conflist, null, 2), { mode: 0o644 });
       renameSync(conf() + '.new', conf());
       await expect.poll(types, { timeout: 10_000 }).toEqual(['ptp', 'portmap', 'tenc']);
-      await expect.poll(() => err, { timeout: 10_000 }).toContain('the tenc entry was gone (the network plugin rewrote its config): chained again');
+      await expect.poll(() => k.err(), { timeout: 10_000 }).toContain('the tenc entry was gone (the network plugin rewrote its config): chained again');
       // a config caught half written: reported, tried again once it changes
       writeFileSync(conf(), '{"plugins": [');
-      await expect.poll(() => err, { timeout: 10_000 }).toContain('cannot chain the tenc entry now');
+      await expect.poll(() => k.err(), { timeout: 10_000 }).toContain('cannot chain the tenc entry now');
       writeFileSync(conf(), JSON.stringify(conflist));
       await expect.poll(types, { timeout: 10_000 }).toEqual(['ptp', 'portmap', 'tenc']);
       // the launcher removed from the host: installed again
       rmSync(join(dir, 'bin', 'tenc'));
       await expect.poll(() => existsSync(join(dir, 'bin', 'tenc')), { timeout: 10_000 }).toBe(true);
-      expect(child.exitCode).toBe(null);
-    } catch (e) {
-      throw new Error(`${(e as Error).message}\ncni-install.sh keep said:\n${err}`);
-    } finally {
-      child.kill('SIGTERM');
-    }
-    expect(await exited).toBe(0);
-    expect(err).toContain('stopped');
+      expect(k.exitCode()).toBe(null);
+    });
+    expect(kept.code).toBe(0);
+    expect(kept.err).toContain('stopped');
     // a recheck that is not a number: refused before anything is installed
     const bad = spawnSync('bash', [script, 'keep'], { env: { ...process.env, ...env, CNI_RECHECK: '0' }, encoding: 'utf8' });
     expect([bad.status, bad.stderr]).toEqual([1, expect.stringContaining("CNI_RECHECK: '0'")]);
@@ -564,11 +557,7 @@ describe('deploy/cni-install.sh', () => {
     // keep as the container runs it: its command, its env (the paths here)
     const kenv = Object.fromEntries(keeper.env.map((e: Obj) => [e.name, e.value]));
     expect(keeper.command).toEqual(['/opt/tenc/deploy/cni-install.sh', 'keep']);
-    const child = spawn('bash', [script, 'keep'], { env: { ...process.env, ...kenv, ...env, TENC_CNI_STATUS: mine, CNI_RECHECK: '0.1' }, stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr!.on('data', (d) => (err += d));
-    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-    try {
+    const kept = await whileKeeping({ ...kenv, ...env, TENC_CNI_STATUS: mine }, async (k) => {
       await expect.poll(probe, { timeout: 10_000 }).toEqual([1, expect.stringContaining(`not ready: tenc not chained: ${conf()}: cniVersion "0.2.0" is not supported by the tenc plugin`)]);
       expect(JSON.parse(readFileSync(conf(), 'utf8'))).toEqual(old);
       writeFileSync(conf(), JSON.stringify(conflist));
@@ -579,13 +568,9 @@ describe('deploy/cni-install.sh', () => {
       await expect.poll(probe, { timeout: 10_000 }).toEqual([1, `not ready: tenc not chained: no CNI config in ${env.CNI_CONF_DIR}`]);
       writeFileSync(conf(), '{"plugins": [');
       await expect.poll(probe, { timeout: 10_000 }).toEqual([1, expect.stringContaining(`${conf()}: not JSON`)]);
-      expect(child.exitCode).toBe(null);
-    } catch (e) {
-      throw new Error(`${(e as Error).message}\ncni-install.sh keep said:\n${err}`);
-    } finally {
-      child.kill('SIGTERM');
-    }
-    expect(await exited).toBe(0);
+      expect(k.exitCode()).toBe(null);
+    });
+    expect(kept.code).toBe(0);
     // unchained (OpenShift: no config is chained): ready
     rmSync(mine);
     const u = spawnSync('bash', [script, 'install'], { env: { ...process.env, ...env, TENC_CNI_STATUS: mine, TENC_CNI_MODE: 'unchained' }, encoding: 'utf8' });
