@@ -246,28 +246,33 @@ export class Agent {
     return { project: this.o.project, name: reg.podName, node: this.o.node, address: reg.addresses[0], addresses: reg.addresses, labels: known?.labels ?? {}, netns: reg.netns };
   }
 
-  private localPods(view: ProjectView): { pod: PodInfo; reg: Registration }[] {
-    const out: { pod: PodInfo; reg: Registration }[] = [];
+  /**
+   * The pods registered here whose namespace exists, and of those the ones the registry
+   * places on another node (displaced: left out of local).
+   */
+  private localPods(view: ProjectView): { local: { pod: PodInfo; reg: Registration }[]; displaced: Set<string> } {
+    const local: { pod: PodInfo; reg: Registration }[] = [];
+    const displaced = new Set<string>();
     for (const reg of this.o.registrations()) {
       // a pod whose namespace is gone (being deleted) counts as gone
       if (!existsSync(reg.netns)) continue;
       const known = view.pods.find((p) => p.name === reg.podName);
       if (known && known.node !== this.o.node) {
         this.log.warn({ pod: reg.podName, node: known.node }, 'registered here but the registry places the pod on another node: ignored');
+        displaced.add(reg.podName);
         continue;
       }
-      out.push({ reg, pod: this.podInfo(reg, known) });
+      local.push({ reg, pod: this.podInfo(reg, known) });
     }
-    return out;
+    return { local, displaced };
   }
 
   private async reconcile(): Promise<void> {
     const view = await readProjectView(this.o.registry, this.o.project, this.rejected);
-    const local = this.localPods(view);
-    // a pod still registered here (its namespace exists) that the registry places on another
-    // node (e.g. force-deleted while its containers still run here): its proxy stops, but its
-    // namespace stays fail closed, never cleaned while the pod may still send
-    const displaced = new Set(this.o.registrations().filter((r) => existsSync(r.netns)).map((r) => r.podName));
+    // a displaced pod, still registered here (its namespace exists) but placed on another node
+    // by the registry (e.g. force-deleted while its containers still run here): its proxy
+    // stops, but its namespace stays fail closed, never cleaned while the pod may still send
+    const { local, displaced } = this.localPods(view);
     // pods no longer registered: release() did the work; anything left over is stopped here
     for (const name of [...this.proxies.keys()]) {
       if (local.some((l) => l.pod.name === name)) continue;
