@@ -34,6 +34,7 @@
 import type { ServicePort } from '../control/config.js';
 import { validateClusterPolicies, type ClusterPolicy } from './cluster-policies.js';
 import { FD00, bigToIp6, ip6ToBig, parseCidr6, podDnsLabel } from './cluster-ip6.js';
+import { DNS_LABEL as NAME } from '../net/names.js';
 
 export interface ClusterNode {
   name: string;
@@ -178,7 +179,6 @@ const netsOverlap = (a: Net, b: Net) => a.fam === b.fam && a.net < b.net + b.siz
 
 // --- validation ---------------------------------------------------------------
 
-const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const LABEL_KEY = /^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$/;
 const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
 /** Pod names become namespace names (with a prefix) and /etc/netns directories. */

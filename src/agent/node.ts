@@ -39,11 +39,10 @@ import { Agent, type AgentOptions } from './agent.js';
 import type { ProxyId, Registration } from './proxies.js';
 import { isNamespaceFile } from '../io/nsfs.js';
 import { podAddressesIn } from './netns.js';
+import { DNS_LABEL as NAME, NAMESPACE_NAME as NAMESPACE } from '../net/names.js';
 
 export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
 const MAX_LINE = 64 * 1024;
-const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const NAMESPACE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
 
 /** The reconcilers' options the node agent passes on to each project's Agent, and its own. */

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { USAGE, COMMAND_HELP } from './help.js';
 import { loadConfig, DEFAULT_SOCKET_DIR } from '../control/config.js';
 import { parseCidr } from '../net/address.js';
-import { parseNodeName } from '../net/names.js';
+import { DNS_LABEL, NAMESPACE_NAME, parseNodeName } from '../net/names.js';
 import { controlRequest, defaultSocketPath, netnsInode, ControlClientError, type RekeyResult } from '../control/socket.js';
 import { formatStatus, type StatusReport } from '../control/status.js';
 import { isLogLevel, LOG_LEVELS } from '../log.js';
@@ -169,7 +169,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
     case 'k8s':
       throw new UsageError('missing k8s command', cmd);
     case 'k8s create-psk': {
-      const { NAMESPACE_NAME, pskSecretManifest } = await import('../registry/kubernetes.js');
+      const { pskSecretManifest } = await import('../registry/kubernetes.js');
       const ns = positionals[0];
       if (!NAMESPACE_NAME.test(ns)) throw new UsageError(`${JSON.stringify(ns)} is not a namespace name (lowercase letters, digits, "-", at most 63)`, cmd);
       const k = generatePsk();
@@ -204,7 +204,7 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
       const node = parseNodeName(v.node);
       if (!node.ok) throw new UsageError(`--node: ${node.problem}`, cmd);
       for (const x of projects ?? []) {
-        if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(x)) throw new UsageError(`--project: ${JSON.stringify(x)} is not a name (lowercase letters, digits, "-")`, cmd);
+        if (!DNS_LABEL.test(x)) throw new UsageError(`--project: ${JSON.stringify(x)} is not a name (lowercase letters, digits, "-")`, cmd);
       }
       if (v.socket !== undefined && (!v.socket.startsWith('/') || v.socket.length > 107)) throw new UsageError(`--socket: ${JSON.stringify(v.socket)} is not an absolute path of at most 107 bytes`, cmd);
       const level = v['log-level'] ?? 'info';

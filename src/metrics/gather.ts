@@ -15,6 +15,7 @@ import { DEFAULT_SOCKET_DIR } from '../control/config.js';
 import { controlRequest } from '../control/socket.js';
 import type { StatusReport } from '../control/status.js';
 import type { PodSample } from './render.js';
+import { DNS_LABEL } from '../net/names.js';
 
 export interface PodTarget {
   namespace: string;
@@ -75,7 +76,7 @@ export function discoverNodePods(runDir: string, project: string | null = null, 
   let dirs: string[] = [];
   try {
     dirs = readdirSync(runDir, { withFileTypes: true })
-      .filter((d) => d.isDirectory() && /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(d.name) && (project === null || d.name === project))
+      .filter((d) => d.isDirectory() && DNS_LABEL.test(d.name) && (project === null || d.name === project))
       .map((d) => d.name)
       .sort();
   } catch {

@@ -13,6 +13,16 @@ import { bad, ok, show, type Parsed } from './parsed.js';
 
 export const NODE_NAME_MAX = 253;
 
+/**
+ * A DNS-1123 label's characters (a namespace's, a project's, a pod's, a policy's name):
+ * lowercase letters, digits and "-", starting and ending with a letter or digit. Length
+ * limits are the caller's.
+ */
+export const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+/** A Kubernetes namespace's name: a DNS-1123 label of at most 63 characters. */
+export const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
 const SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 /** The name as given, or why it is not a node's name. */

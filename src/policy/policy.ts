@@ -23,6 +23,7 @@
  * A policy set is all or nothing: one bad policy refuses the whole update and the
  * previous set stays in force (the agent logs that).
  */
+import { DNS_LABEL as NAME } from '../net/names.js';
 
 export const POLICY_API_VERSION = 'tenc.io/v1alpha1';
 export const POLICY_KIND = 'TencPolicy';
@@ -70,7 +71,6 @@ export class PolicyError extends Error {
 type Obj = Record<string, unknown>;
 const isObject = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 const show = (v: unknown) => JSON.stringify(v) ?? String(v);
-const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
 /** The fields of metadata a Kubernetes object may carry (all but name and namespace ignored). */

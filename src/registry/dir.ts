@@ -39,9 +39,8 @@ import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, wat
 import { join } from 'node:path';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 import { endpointsFromObject, peerFromObject, podFromObject, policyFromObject, quote, serviceFromObject } from './objects.js';
-import { isNodeName, parseNodeName } from '../net/names.js';
+import { DNS_LABEL as NAME, isNodeName, parseNodeName } from '../net/names.js';
 
-const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const RESCAN_MS = 1000;
 
 function checkName(what: string, v: string): void {

@@ -53,7 +53,7 @@ import {
 } from '@kubernetes/client-node';
 import { parseKey32, type ServicePort } from '../control/config.js';
 import { parseEndpoint } from '../net/address.js';
-import { isNodeName, parseNodeName } from '../net/names.js';
+import { isNodeName, NAMESPACE_NAME, parseNodeName } from '../net/names.js';
 import { Informer, describeError as describe, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
 import { clusterIps } from './objects.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
@@ -144,7 +144,6 @@ export function parsePsk(data: Record<string, string> | undefined, ns: string): 
 }
 
 /** A namespace name (DNS-1123 label), as the API server checks it. */
-export const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
 /**
  * The psk Secret of namespace NS as YAML (`tenc k8s create-psk NS`): key PSK_KEY holds

@@ -7,13 +7,14 @@
 import { isIP } from 'node:net';
 import { parseKey32, type ServicePort } from '../control/config.js';
 import { parseEndpoint } from '../net/address.js';
+import { DNS_LABEL } from '../net/names.js';
 import { show } from '../net/parsed.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, ServiceInfo } from './registry.js';
 
 type Obj = Record<string, any>;
 const str = (v: unknown): v is string => typeof v === 'string';
 
-export const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+export const NAME = DNS_LABEL;
 export const isName = (v: unknown): v is string => str(v) && v.length <= 63 && NAME.test(v);
 
 /** At most this much of a value is quoted in a problem (every agent logs each problem). */
