@@ -5,16 +5,22 @@
  *   classifyName(name)      project | never | other
  *     - never:   the name is, or is under, a never-tunnel name (wins over all)
  *     - project: the name is under the project domain (<project>.svc.cluster.local)
+ *                or the project's pod domain (<project>.pod.<cluster domain>, the
+ *                names Kubernetes gives pod addresses)
  *     - other:   everything else (other projects, external names): passed untouched
  *
  *   AddressClassifier       for addresses not learned through DNS (a raw IP):
  *     never-tunnel CIDR -> never; a known member (peer allowed IPs, service VIPs,
  *     endpoints) -> project; else a PTR lookup whose names fall in the project
- *     domain or the project's pod domain (<project>.pod.<cluster domain>, the
- *     names Kubernetes gives pod addresses) -> project; no PTR -> other; a lookup
- *     that got no answer -> other with reason lookup-failed (cached briefly: callers
- *     that would act on "other", like a bypass route, must not). Verdicts are
- *     cached for their TTL.
+ *     domain or the project's pod domain (<project>.pod.<cluster domain>, the names
+ *     Kubernetes gives pod addresses) -> project; no PTR -> other; a lookup that got
+ *     no answer -> other with reason lookup-failed (cached briefly: callers that
+ *     would act on "other", like a bypass route, must not). Any verdict but project
+ *     (cached ones too) becomes project with reason learned when a project answer
+ *     named the address (its learned route held, or expired not long ago: routes.ts
+ *     known): an expired DNS route must not turn into a bypass. Verdicts are cached for their TTL;
+ *     clear() forgets them, and a lookup that was under way when clear() ran is
+ *     not cached (its answer may be stale: membership changed meanwhile).
  */
 import { Address4, Address6 } from 'ip-address';
 import { ptrName } from './message.js';
@@ -42,7 +48,16 @@ export interface NamePolicy {
 export function classifyName(name: string, policy: NamePolicy): NameVerdict {
   const n = normalizeName(name);
   for (const never of policy.neverNames) if (inDomain(n, never)) return 'never';
-  return inDomain(n, policy.domain) ? 'project' : 'other';
+  if (inDomain(n, policy.domain)) return 'project';
+  const pod = podDomainFor(policy.domain);
+  return pod !== null && inDomain(n, pod) ? 'project' : 'other';
+}
+
+/** podDomainOf, remembered for the last domain asked (one policy per process: no regex per name). */
+let podMemo: { domain: string; pod: string | null } = { domain: '', pod: null };
+function podDomainFor(domain: string): string | null {
+  if (podMemo.domain !== domain) podMemo = { domain, pod: podDomainOf(domain) };
+  return podMemo.pod;
 }
 
 /** An address as a bigint with its family (null if not an address). */
@@ -96,7 +111,7 @@ export class CidrSet {
   }
 }
 
-export type AddressVerdict = { verdict: 'project' | 'never' | 'other'; reason: 'never-cidr' | 'member' | 'reverse' | 'none' | 'lookup-failed' };
+export type AddressVerdict = { verdict: 'project' | 'never' | 'other'; reason: 'never-cidr' | 'learned' | 'member' | 'reverse' | 'none' | 'lookup-failed' };
 
 /** The pod domain of a project domain: "alpha.svc.cluster.local" -> "alpha.pod.cluster.local" (null if not that shape). */
 export function podDomainOf(domain: string): string | null {
@@ -112,6 +127,12 @@ export interface AddressClassifierOptions {
   neverCidrs: CidrSet;
   /** Known project members: peers' allowed IPs, service VIPs and endpoints. */
   isMember: (address: string) => boolean;
+  /**
+   * Did a project answer name this address (canonical; its learned route held or
+   * recently expired)? Then it is project whatever the PTR says: an expired DNS
+   * route inside classifyCidrs must not turn into a bypass.
+   */
+  learned?: (address: string) => boolean;
   /** PTR names for the reverse name of an address ([] when it has none: NXDOMAIN or no PTR); null (or a rejection) when no answer came. */
   reverse: (ptr: string) => Promise<{ names: string[]; ttl: number } | null>;
   now: () => number;
@@ -124,49 +145,50 @@ export interface AddressClassifierOptions {
 export class AddressClassifier {
   private readonly cache = new Map<string, { v: AddressVerdict; until: number }>();
   private readonly max: number;
-  private readonly podDomain: string | null;
+  /** Bumped by clear(): a lookup that began before it caches nothing. */
+  private epoch = 0;
 
   constructor(private readonly o: AddressClassifierOptions) {
     this.max = o.maxEntries ?? 4096;
-    this.podDomain = podDomainOf(o.policy.domain);
-  }
-
-  private nameVerdict(name: string): NameVerdict {
-    const v = classifyName(name, this.o.policy);
-    if (v === 'other' && this.podDomain !== null && inDomain(normalizeName(name), this.podDomain)) return 'project';
-    return v;
   }
 
   async classify(address: string): Promise<AddressVerdict> {
     const a = addressBits(address);
     if (a === null) throw new TypeError(`AddressClassifier.classify: not an address: ${address}`);
     const key = a.expanded;
+    if (this.o.neverCidrs.has(address)) return { verdict: 'never', reason: 'never-cidr' };
+    if (this.o.isMember(address)) return { verdict: 'project', reason: 'member' };
+    // a project answer named it: project, also over a verdict cached before that answer
+    const canonical = a.family === 4 ? key : new Address6(address).correctForm();
+    const learned = (v: AddressVerdict): AddressVerdict => (v.verdict !== 'project' && this.o.learned?.(canonical) ? { verdict: 'project', reason: 'learned' } : v);
     const hit = this.cache.get(key);
     const now = this.o.now();
-    if (hit && hit.until > now) return hit.v;
-    let v: AddressVerdict;
+    if (hit && hit.until > now) return learned(hit.v);
     let ttl = this.o.cacheSeconds;
-    if (this.o.neverCidrs.has(address)) v = { verdict: 'never', reason: 'never-cidr' };
-    else if (this.o.isMember(address)) v = { verdict: 'project', reason: 'member' };
-    else {
-      const r = await this.o.reverse(ptrName(a.family === 4 ? key : address, a.family === 6 ? key : undefined)).catch(() => null);
-      const names = r?.names ?? [];
-      const verdicts = names.map((n) => this.nameVerdict(n));
-      if (verdicts.includes('never')) v = { verdict: 'never', reason: 'reverse' };
-      else if (verdicts.includes('project')) v = { verdict: 'project', reason: 'reverse' };
-      else if (r === null) v = { verdict: 'other', reason: 'lookup-failed' };
-      else v = { verdict: 'other', reason: 'none' };
-      if (r === null) ttl = Math.min(ttl, FAILED_LOOKUP_SECONDS);
-      else if (names.length > 0) ttl = Math.min(ttl, r.ttl);
+    const epoch = this.epoch;
+    const r = await this.o.reverse(ptrName(a.family === 4 ? key : address, a.family === 6 ? key : undefined)).catch(() => null);
+    const names = r?.names ?? [];
+    const verdicts = names.map((n) => classifyName(n, this.o.policy));
+    let v: AddressVerdict;
+    if (verdicts.includes('never')) v = { verdict: 'never', reason: 'reverse' };
+    else if (verdicts.includes('project')) v = { verdict: 'project', reason: 'reverse' };
+    else if (r === null) v = { verdict: 'other', reason: 'lookup-failed' };
+    else v = { verdict: 'other', reason: 'none' };
+    if (r === null) ttl = Math.min(ttl, FAILED_LOOKUP_SECONDS);
+    else if (names.length > 0) ttl = Math.min(ttl, r.ttl);
+    if (epoch !== this.epoch) {
+      // clear() ran during the lookup (membership changed): not cached, and a new member wins
+      return this.o.isMember(address) ? { verdict: 'project', reason: 'member' } : learned(v);
     }
     if (this.cache.size >= this.max) this.cache.delete(this.cache.keys().next().value!);
     this.cache.delete(key);
     this.cache.set(key, { v, until: now + ttl * 1000 });
-    return v;
+    return learned(v);
   }
 
   /** Forget cached verdicts (membership changed). */
   clear(): void {
     this.cache.clear();
+    this.epoch++;
   }
 }

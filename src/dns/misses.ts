@@ -22,7 +22,8 @@
  * project. At most maxBypasses are held; beyond that the oldest is removed (its next
  * packet is reported again). When membership changes (revoke), the bypasses of
  * addresses that are now project members go at once, and classifications under way
- * add no bypass (their verdict may be stale): the next packet is tunnelled or dropped.
+ * add no bypass (their verdict may be stale), and a bypass whose route was going in
+ * while revoke() ran is removed again: the next packet is tunnelled or dropped.
  * At most maxPerSecond misses are taken up per second (a scan of the ranges by the
  * pod's app); the rest are counted (rateLimited) and their packets dropped: the
  * address stays in tenc0 (fail closed) and is reported again. Pure bookkeeping over injected parts; no timers of its
@@ -149,6 +150,15 @@ export class RouteMisses {
     );
   }
 
+  /** Removes a bypass added while revoke() ran (the stale verdict's); on failure it stays tracked (expiry checks it again). */
+  private async dropRevoked(cidr: string): Promise<void> {
+    const b = this.bypasses.get(cidr);
+    if (b) b.until = -Infinity; // due at the next expire() should the removal fail
+    await this.o.removeBypass(cidr);
+    if (this.bypasses.get(cidr) === b) this.bypasses.delete(cidr);
+    this.counters.revoked++;
+  }
+
   /** The addresses currently bypassed (host CIDRs). */
   list(): string[] {
     return [...this.bypasses.keys()];
@@ -197,7 +207,14 @@ export class RouteMisses {
       const v = await this.o.classify(destination);
       if (v.verdict === 'project') this.counters.projectUnrouted++;
       else if (v.reason === 'lookup-failed') this.counters.undecided++;
-      else if (!this.stopped && generation === this.generation) bypassed = await this.add(cidr);
+      else if (!this.stopped && generation === this.generation) {
+        bypassed = await this.add(cidr);
+        // revoke() ran while the route went in: it could not see this bypass yet, so it goes now
+        if (bypassed && generation !== this.generation) {
+          bypassed = false;
+          await this.dropRevoked(cidr);
+        }
+      }
     } catch (e) {
       this.fail('miss', e);
     } finally {

@@ -113,12 +113,13 @@ export function rewriteAnswer(response: Buffer, q: Question, o: RewriteOptions):
   if (!changed) return { verdict, message: null, learned: learnedOf([...answers, ...extra], o), rewritten: 0 };
 
   // Endpoint records, as many per VIP as fit the client's limit (at least one, else the VIP stays).
+  const epsAt = new Map(expanded.map((e) => [e.vipIndex, e.eps]));
   const build = (perVip: number): Answer[] => {
     const out: Answer[] = [];
     fixed.forEach((a, i) => {
-      const x = expanded.find((e) => e.vipIndex === i);
-      if (!x || perVip === 0) out.push(a);
-      else for (const ep of x.eps.slice(0, perVip)) out.push({ ...a, data: ep } as Answer);
+      const eps = epsAt.get(i);
+      if (!eps || perVip === 0) out.push(a);
+      else for (const ep of eps.slice(0, perVip)) out.push({ ...a, data: ep } as Answer);
     });
     return out;
   };
@@ -164,12 +165,13 @@ function ownedByProject(a: Answer, o: RewriteOptions): boolean {
 function learnedOf(answers: Answer[], o: RewriteOptions): Learned[] {
   const never = neverOwners(answers, o);
   const out: Learned[] = [];
+  const seen = new Set<string>();
   for (const a of answers) {
     if ((a.type !== 'A' && a.type !== 'AAAA') || typeof a.data !== 'string' || typeof a.name !== 'string') continue;
     if (never.has(lower(a.name))) continue;
     const address = unmapped(canonicalAddress(a.data));
-    if (address === null || o.neverCidrs.has(address)) continue;
-    if (out.some((l) => l.address === address)) continue;
+    if (address === null || seen.has(address) || o.neverCidrs.has(address)) continue;
+    seen.add(address);
     out.push({ address, ttl: Math.min(o.maxTtl, typeof a.ttl === 'number' ? a.ttl : 0) });
   }
   return out;
@@ -192,21 +194,32 @@ function lower(name: string): string {
   return name.toLowerCase().replace(/\.$/, '');
 }
 
-/** Owner names that are never-tunnel names, or that one leads to through CNAMEs (bounded: one pass per record). */
+/**
+ * Owner names that are never-tunnel names, or that one leads to through CNAMEs, in
+ * any order of the records: the CNAMEs are indexed by owner and walked from each
+ * never-tunnel name once (linear: a 64 KiB answer of CNAMEs in reverse order costs
+ * one pass, not one per record).
+ */
 function neverOwners(answers: Answer[], o: RewriteOptions): Set<string> {
   const never = new Set<string>();
-  for (const a of answers) if (typeof a.name === 'string' && classifyName(a.name, o.policy) === 'never') never.add(lower(a.name));
-  const cnames = answers.filter((a) => a.type === 'CNAME' && typeof a.name === 'string' && typeof a.data === 'string');
-  for (let i = 0; i <= cnames.length; i++) {
-    let grew = false;
-    for (const c of cnames) {
-      const target = lower(c.data as string);
-      if (never.has(lower(c.name)) && !never.has(target)) {
-        never.add(target);
-        grew = true;
-      }
+  const targets = new Map<string, string[]>(); // CNAME owner -> its targets
+  for (const a of answers) {
+    if (typeof a.name !== 'string') continue;
+    const owner = lower(a.name);
+    if (classifyName(a.name, o.policy) === 'never') never.add(owner);
+    if (a.type === 'CNAME' && typeof a.data === 'string') {
+      const list = targets.get(owner);
+      if (list) list.push(lower(a.data));
+      else targets.set(owner, [lower(a.data)]);
     }
-    if (!grew) break;
+  }
+  const todo = [...never];
+  while (todo.length > 0) {
+    for (const t of targets.get(todo.pop()!) ?? []) {
+      if (never.has(t)) continue;
+      never.add(t);
+      todo.push(t);
+    }
   }
   return never;
 }

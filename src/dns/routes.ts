@@ -8,8 +8,14 @@
  * sending is never cut, and an idle address leaves the table TTL + grace after the
  * last answer. Leaving the table never means plaintext: the pod removes the tenc0
  * route but keeps its unreachable guard (PolicyRouting removeRoute keepGuard), so a
- * client that still uses the cached address fails closed until it asks again. Pure bookkeeping on an injected clock; the caller applies the
- * add/remove lists (in order) and calls expire() periodically.
+ * client that still uses the cached address fails closed until it asks again.
+ * Inside dns.classifyCidrs no guard stays (the range's tenc0 route covers the
+ * address), and the address meets first-use classification: so an expired address
+ * is remembered (rememberMs, at most maxRoutes of them, oldest out first) and
+ * known() counts it as named by a project answer, which makes it project whatever
+ * its PTR says (classify.ts), never a bypass. Pure bookkeeping on an injected
+ * clock; the caller applies the add/remove lists (in order) and calls expire()
+ * periodically.
  */
 
 export interface LearnedRoutesOptions {
@@ -19,7 +25,12 @@ export interface LearnedRoutesOptions {
   maxRoutes: number;
   /** An activity counter for an address (null: unknown = idle). */
   activity?: (address: string) => number | null;
+  /** Milliseconds an expired address is still known() (default REMEMBER_EXPIRED_MS). */
+  rememberMs?: number;
 }
+
+/** How long an expired learned address still counts as named by a project answer. */
+export const REMEMBER_EXPIRED_MS = 15 * 60_000;
 
 interface Entry {
   cidr: string;
@@ -37,12 +48,17 @@ export function hostCidr(address: string): string {
 
 export class LearnedRoutes {
   private readonly entries = new Map<string, Entry>();
+  /** Expired CIDRs -> until when they are remembered (insertion order = expiry order). */
+  private readonly expired = new Map<string, number>();
+  private readonly rememberMs: number;
   /** Learned addresses not routed because the table was full. */
   overflow = 0;
 
   constructor(private readonly o: LearnedRoutesOptions) {
     if (!Number.isFinite(o.graceMs) || o.graceMs < 0) throw new RangeError('LearnedRoutes: graceMs must be >= 0');
     if (!Number.isInteger(o.maxRoutes) || o.maxRoutes < 1) throw new RangeError('LearnedRoutes: maxRoutes must be >= 1');
+    this.rememberMs = o.rememberMs ?? REMEMBER_EXPIRED_MS;
+    if (!Number.isFinite(this.rememberMs) || this.rememberMs < 0) throw new RangeError('LearnedRoutes: rememberMs must be >= 0');
   }
 
   /**
@@ -64,6 +80,7 @@ export class LearnedRoutes {
       return null;
     }
     this.entries.set(cidr, { cidr, expires, lastActivity: this.o.activity?.(address) ?? null, removeAt: expires + this.o.graceMs });
+    this.expired.delete(cidr);
     return cidr;
   }
 
@@ -81,6 +98,11 @@ export class LearnedRoutes {
       }
       this.entries.delete(e.cidr);
       out.push(e.cidr);
+      this.expired.set(e.cidr, now + this.rememberMs);
+    }
+    for (const [cidr, until] of this.expired) {
+      if (this.expired.size <= this.o.maxRoutes && until > now) break;
+      this.expired.delete(cidr);
     }
     return out;
   }
@@ -103,5 +125,11 @@ export class LearnedRoutes {
 
   has(address: string): boolean {
     return this.entries.has(hostCidr(address));
+  }
+
+  /** Did a project answer name the address (canonical): held now, or expired less than rememberMs before `now`? */
+  known(address: string, now: number): boolean {
+    const cidr = hostCidr(address);
+    return this.entries.has(cidr) || (this.expired.get(cidr) ?? -Infinity) > now;
   }
 }

@@ -105,6 +105,7 @@ export class DnsService {
 
     let svc: DnsService | null = null;
     const endpoints = (vip: string) => svc?.endpointMap.get(canonical(vip));
+    const learned = new LearnedRoutes({ graceMs: c.routeGrace * 1000, maxRoutes: 4096, activity: d.activity });
     const proxy = await DnsProxy.start({
       listen: servers.some((s) => s.address.includes(':')) ? ['127.0.0.1', '::1'] : ['127.0.0.1'],
       port: c.listenPort,
@@ -115,7 +116,7 @@ export class DnsService {
       endpoints,
       routes: {
         sink: d.routes,
-        learned: new LearnedRoutes({ graceMs: c.routeGrace * 1000, maxRoutes: 4096, activity: d.activity }),
+        learned,
       },
       log: d.log,
       netns: d.netns,
@@ -143,6 +144,8 @@ export class DnsService {
       policy: { domain, neverNames: c.neverTunnelNames },
       neverCidrs: new CidrSet(c.neverTunnelCidrs),
       isMember: (a) => d.isMember(a) || s.isEndpointOrVip(a),
+      // a project answer named it (route held or recently expired): never a bypass
+      learned: (a) => learned.known(a, Date.now()),
       reverse: (ptr) => proxy.lookupPtr(ptr),
       now: Date.now,
       cacheSeconds: c.maxTtl,
