@@ -9,9 +9,12 @@
  *   3. rewrite   project answers: VIP -> ready endpoints, TTL cap (rewrite.ts)
  *   4. routes    learned project addresses get their tenc0 route BEFORE the client
  *                sees the answer (a route that cannot be added -> SERVFAIL, so no
- *                first packet leaves in the clear); expiry runs on a timer (routes.ts)
+ *                first packet leaves in the clear); an answer whose addresses are all
+ *                routed already waits only for their adds still in flight, not behind
+ *                other route changes; expiry runs on a timer (routes.ts)
  *   5. reply     the client's ID restored; a truncated project answer goes without
- *                its records (rewrite.ts), so the client retries over TCP
+ *                its records (rewrite.ts), so the client retries over TCP; a TCP
+ *                client that half-closes gets its replies, then the proxy's FIN
  *
  * UDP goes through UdpBatch (udpbatch.ts, native/dnsio.c) on both sides: queries
  * arrive in batches (one recvmmsg, one JS call), and the replies and upstream
@@ -27,7 +30,7 @@ import dnsPacket from 'dns-packet';
 import { QR, RCODE, recordsWellFormed, clientUdpLimit, errorReply, opcodeOf, readHeader, readQuestion, type Question } from './message.js';
 import { rewriteAnswer, MalformedAnswerError, type Learned, type RewriteResult } from './rewrite.js';
 import { classifyName, type CidrSet, type NamePolicy } from './classify.js';
-import { LearnedRoutes } from './routes.js';
+import { LearnedRoutes, hostCidr } from './routes.js';
 import { TcpUpstream, UdpUpstream, type UpstreamOptions, type UpstreamCounters } from './upstream.js';
 import { UdpBatch, type UdpPeer } from './udpbatch.js';
 
@@ -109,6 +112,8 @@ export class DnsProxy {
   private upTcp!: TcpUpstream;
   private expireTimer: NodeJS.Timeout | null = null;
   private routeOps: Promise<unknown> = Promise.resolve();
+  /** Learned CIDRs whose route add is in flight -> that add (an answer for them waits for it, and only for it). */
+  private readonly adding = new Map<string, Promise<boolean>>();
   private readonly rewriteCache = new Map<string, RewriteResult>();
   private stopped = false;
   private tcpPeak = 0;
@@ -210,7 +215,8 @@ export class DnsProxy {
   }
 
   private listenTcp(addr: string, port: number): Promise<void> {
-    const server = net.createServer((s) => this.onTcpClient(s));
+    // half-open: a client that sends its queries and then its FIN still gets the answers (ended after the last one)
+    const server = net.createServer({ allowHalfOpen: true }, (s) => this.onTcpClient(s));
     server.maxConnections = MAX_TCP_CLIENTS;
     server.on('drop', () => this.drop('tcp_clients'));
     this.tcp.push(server);
@@ -356,28 +362,41 @@ export class DnsProxy {
       const cidr = routes.learned.learn(l.address, l.ttl, now);
       if (cidr !== null) fresh.push(cidr);
     }
-    // wait for earlier route changes too: the route of a repeated answer may still be in flight
-    const op = this.routeOps.then(async () => {
-      if (fresh.length > 0) {
-        const took = new Set<string>();
-        try {
-          await routes.sink.add(fresh, (c) => void took.add(c));
-          this.c.routesAdded += fresh.length;
-        } catch (e) {
-          this.c.routeFailures++;
-          this.c.routesAdded += took.size;
-          // a route whose reference was taken before the failure stays learned (its expiry
-          // removes it); the others are forgotten, nothing to remove later
-          for (const cidr of fresh) if (!took.has(cidr)) routes.learned.forget(cidr);
-          this.log.error({ err: (e as Error).message, routes: fresh.length, held: took.size }, 'dns: adding learned routes failed');
-        }
+    // every address of the answer routed, or no answer: one not learned because the table
+    // is full, or held by another answer whose route add failed meanwhile, would go out
+    // in plaintext
+    const allHeld = () => learned.every((l) => routes.learned.has(l.address));
+    if (fresh.length === 0) {
+      // nothing to add: wait only for the adds of these addresses still in flight (another
+      // answer's), not behind unrelated route changes such as a burst of expiries
+      const waits = new Set<Promise<boolean>>();
+      for (const l of learned) {
+        const w = this.adding.get(hostCidr(l.address));
+        if (w) waits.add(w);
       }
-      // every address of the answer routed, or no answer: one not learned because the table
-      // is full, or held by another answer whose route add failed meanwhile, would go out
-      // in plaintext
-      return learned.every((l) => routes.learned.has(l.address));
+      return waits.size === 0 ? Promise.resolve(allHeld()) : Promise.all(waits).then(allHeld);
+    }
+    // after earlier route changes: a new address's route may be going out (expired) just now
+    const op = this.routeOps.then(async () => {
+      const took = new Set<string>();
+      try {
+        await routes.sink.add(fresh, (c) => void took.add(c));
+        this.c.routesAdded += fresh.length;
+      } catch (e) {
+        this.c.routeFailures++;
+        this.c.routesAdded += took.size;
+        // a route whose reference was taken before the failure stays learned (its expiry
+        // removes it); the others are forgotten, nothing to remove later
+        for (const cidr of fresh) if (!took.has(cidr)) routes.learned.forget(cidr);
+        this.log.error({ err: (e as Error).message, routes: fresh.length, held: took.size }, 'dns: adding learned routes failed');
+      }
+      return allHeld();
     });
     this.routeOps = op;
+    for (const cidr of fresh) this.adding.set(cidr, op);
+    void op.finally(() => {
+      for (const cidr of fresh) if (this.adding.get(cidr) === op) this.adding.delete(cidr);
+    });
     return op;
   }
 
@@ -428,9 +447,14 @@ export class DnsProxy {
     s.setTimeout(TCP_IDLE_MS, () => s.destroy());
     let rx: Buffer = Buffer.alloc(0);
     let inflight = 0;
+    let ended = false; // the client sent its FIN: our side ends once its queries are answered
     s.on('error', () => this.drop('tcp_client_error'));
     s.on('close', () => this.clients.delete(s));
     s.on('drain', () => s.resume());
+    s.on('end', () => {
+      ended = true;
+      if (inflight === 0) s.end();
+    });
     s.on('data', (d: Buffer) => {
       rx = rx.length === 0 ? d : Buffer.concat([rx, d]);
       while (rx.length >= 2) {
@@ -451,8 +475,10 @@ export class DnsProxy {
         this.c.queriesTcp++;
         let once = false;
         this.onTcpQuery(s, m, () => {
-          if (!once) inflight--;
+          if (once) return;
           once = true;
+          inflight--;
+          if (ended && inflight === 0 && !s.destroyed) s.end();
         });
       }
     });
@@ -485,12 +511,13 @@ export class DnsProxy {
 
   private onTcpQuery(s: net.Socket, m: Buffer, finished: () => void): void {
     const send = (reply: Buffer | null) => {
-      finished();
-      if (reply === null || s.destroyed) return;
-      const frame = Buffer.allocUnsafe(2 + reply.length);
-      frame.writeUInt16BE(reply.length, 0);
-      reply.copy(frame, 2);
-      this.tcpWrite(s, frame);
+      if (reply !== null && !s.destroyed && s.writable) {
+        const frame = Buffer.allocUnsafe(2 + reply.length);
+        frame.writeUInt16BE(reply.length, 0);
+        reply.copy(frame, 2);
+        this.tcpWrite(s, frame);
+      }
+      finished(); // after the write: a half-closed client's side ends behind its last reply
     };
     try {
       const g = this.gate(m);

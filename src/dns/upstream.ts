@@ -16,7 +16,11 @@
  *                query's (else counted)
  *   TcpUpstream  one connection per server, reused: queries are pipelined with the
  *                same ID remapping, answers may arrive in any order (RFC 7766 6.2.1);
- *                reconnects on demand and resends what was unanswered once
+ *                reconnects on demand and resends what was unanswered once. A
+ *                connection on which nothing arrived since a query that timed out
+ *                was sent is taken for dead (a path that drops everything, no FIN
+ *                or RST) and closed, so the next query opens a new one; a connect
+ *                that does not finish within timeoutMs is given up; keepalive on
  *
  * A query not answered within timeoutMs resolves null (the proxy answers
  * SERVFAIL); a server that timed out is skipped for the next queries while
@@ -74,6 +78,9 @@ interface Pending {
   resent?: boolean;
   /** The UDP socket the query left from (only its answers count). */
   sock?: PortSocket;
+  /** The TCP connection the query was written to, and how many messages had arrived on it then. */
+  conn?: net.Socket;
+  rxAtSend?: number;
 }
 
 interface PortSocket {
@@ -182,6 +189,9 @@ abstract class Base {
   /** A query left the pending set (answered or failed). */
   protected settled(_p: Pending): void {}
 
+  /** A query got no answer in time (already failed). */
+  protected timedOut(_p: Pending): void {}
+
   private sweep(now: number): void {
     // insertion order = deadline order (one timeout for all)
     for (const [id, p] of this.pending) {
@@ -189,6 +199,7 @@ abstract class Base {
       this.counters.timeouts++;
       if (p.server === this.current && this.o.servers.length > 1) this.current = (this.current + 1) % this.o.servers.length;
       this.fail(id, p);
+      this.timedOut(p);
     }
   }
 
@@ -335,10 +346,17 @@ function randomIndex(n: number): number {
 /** Most bytes buffered from the upstream TCP stream before a message completes. */
 const TCP_MAX_BUFFER = 65537 * 2;
 
+/** Idle time (ms) before TCP keepalive probes start on an upstream connection. */
+const TCP_KEEPALIVE_MS = 15_000;
+
 export class TcpUpstream extends Base {
   private conn: net.Socket | null = null;
   private connServer = -1;
   private rx: Buffer = Buffer.alloc(0);
+  /** Messages received on the current connection. */
+  private rxCount = 0;
+  /** Connections closed because a query timed out with nothing received (tests). */
+  deadConnections = 0;
 
   constructor(o: UpstreamOptions) {
     super(o);
@@ -353,11 +371,17 @@ export class TcpUpstream extends Base {
         ? new net.Socket({ fd: inScope(this.o.netns, () => addon.sockTcpMarked(fam, this.o.mark) as number), readable: true, writable: true })
         : new net.Socket();
     sock.setNoDelay(true);
+    sock.setKeepAlive(true, TCP_KEEPALIVE_MS);
+    // a connect that never completes (SYNs dropped) is given up; the queries on it are resent once
+    sock.setTimeout(Math.max(1, this.o.timeoutMs), () => sock.destroy());
+    sock.once('connect', () => sock.setTimeout(0));
     sock.connect(s.port, s.address);
     this.rx = Buffer.alloc(0);
+    this.rxCount = 0;
     sock.on('data', (d: Buffer) => {
       if (this.conn !== sock) return;
       this.rx = this.rx.length === 0 ? d : Buffer.concat([this.rx, d]);
+      this.rxCount++;
       while (this.rx.length >= 2) {
         const len = this.rx.readUInt16BE(0);
         if (this.rx.length < 2 + len) break;
@@ -369,12 +393,13 @@ export class TcpUpstream extends Base {
     });
     sock.on('error', () => void this.counters.errors++);
     sock.on('close', () => {
-      if (this.conn !== sock) return;
-      this.conn = null;
+      if (this.conn === sock) this.conn = null;
       // resend once what this connection left unanswered; fail what was already resent
+      // (not when a live connection to another server replaced it: a resend would close that one)
+      const displaced = this.conn !== null && !this.conn.destroyed && this.connServer !== server;
       for (const [id, p] of this.pending) {
-        if (p.server !== server) continue;
-        if (p.resent || this.closed) this.fail(id, p);
+        if (p.conn !== sock) continue;
+        if (p.resent || this.closed || displaced) this.fail(id, p);
         else {
           p.resent = true;
           this.counters.reconnects++;
@@ -404,7 +429,20 @@ export class TcpUpstream extends Base {
     const frame = Buffer.allocUnsafe(2 + p.msg.length);
     frame.writeUInt16BE(p.msg.length, 0);
     p.msg.copy(frame, 2);
+    p.conn = this.conn!;
+    p.rxAtSend = this.rxCount;
     this.conn!.write(frame);
+  }
+
+  /**
+   * Nothing arrived on the connection since this query was sent: a dead path (no FIN
+   * or RST; the kernel would retransmit for ~15 min). Closed, so the next query opens
+   * a new connection; the queries still on it are resent there once.
+   */
+  protected override timedOut(p: Pending): void {
+    if (p.conn === undefined || p.conn !== this.conn || p.conn.destroyed || this.rxCount !== p.rxAtSend) return;
+    this.deadConnections++;
+    this.conn.destroy();
   }
 
   override close(): void {
