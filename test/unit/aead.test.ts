@@ -377,7 +377,8 @@ describe('batch against noble', () => {
     aeadSealBatch(batch, key);
     pts.forEach((pt, i) => {
       const sealed = packet(batch, i);
-      if (pt.length > 0) expect(hex(sealed.subarray(0, pt.length))).not.toBe(hex(pt));
+      // a short record may encrypt to itself by chance (1 byte: 1 in 256): only from 8 bytes on
+      if (pt.length >= 8) expect(hex(sealed.subarray(0, pt.length))).not.toBe(hex(pt));
       expect(hex(chacha20poly1305(key, wgNonce(counters[i])).decrypt(sealed))).toBe(hex(pt));
     });
     expect(outside(batch).every((b) => b === 0xa5)).toBe(true);
