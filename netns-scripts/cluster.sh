@@ -9,7 +9,8 @@
 #   cluster.sh down               stop agents and processes, remove everything `up` made
 #   cluster.sh status             namespaces, pods, services, agents
 #   cluster.sh add-pod JSON       one more pod, e.g. '{"name":"alpha-web-2","project":"alpha",
-#                                 "node":"node2","address":"10.128.2.30","labels":{"app":"web"}}'
+#                                 "node":"node2","address":"10.128.2.30","labels":{"app":"web"}}';
+#                                 one that fails (its CNI ADD refused: agent down) leaves nothing
 #   cluster.sh remove-pod NAME    delete a pod (CNI DEL through the chain, then its namespace)
 #   cluster.sh policy-apply JSON  create or replace a TencPolicy (kubectl apply; README "Policies"),
 #                                 checked with the whole file: a bad one changes nothing
@@ -392,12 +393,40 @@ status() {
 }
 
 add_pod() {
-  local line ns
+  local line
   [ -d "$STATE" ] || die "no cluster with prefix $PREFIX"
   line=$(node "$tool" add-pod "$STATE" "$PREFIX" "$1") || exit 2
+  # the pod is in cluster.json now: any failure from here on (its CNI ADD refused while the
+  # agent is down, ...) takes back everything add-pod did
+  # shellcheck disable=SC2086
+  trap "add_pod_undo $(printf '%q ' $line)" EXIT
   sync_cluster
   # shellcheck disable=SC2086
   run_plan_line $line
+  trap - EXIT
+}
+
+# add_pod_undo pod NAME NS NODE_NS ...: the EXIT trap of a failed add-pod (its plan line);
+# undoes, newest first: the runtime's DEL through the node's chain (UNDO: every plugin even
+# when tenc's fails, its agent down, so the bridge releases the pod's address), the
+# namespace and /etc/netns/NS, the pod's lines in STATE/pods and STATE/namespaces, its entry
+# in cluster.json and, by a sync, its registry objects, kube-proxy rules and DNS records.
+# Keeps the failure's exit code.
+add_pod_undo() {
+  local name=$2 ns=$3 node_ns=$4
+  trap - EXIT
+  echo "cluster.sh: add-pod of $name failed: removing what it made" >&2
+  if [ -e "/run/netns/$ns" ]; then
+    ip netns exec "$node_ns" node "$tool" cni UNDO "$STATE" "$PREFIX" "$name" >/dev/null 2>&1 || echo "cluster.sh: CNI DEL of $name failed (its namespace is removed anyway)" >&2
+  fi
+  remove_ns "$ns" || true
+  if grep -qx -- "$ns" "$STATE/namespaces"; then
+    grep -vx -- "$ns" "$STATE/namespaces" >"$STATE/namespaces.new" || true
+    mv "$STATE/namespaces.new" "$STATE/namespaces"
+  fi
+  awk -v p="$name" '$1 != p' "$STATE/pods" >"$STATE/pods.new" && mv "$STATE/pods.new" "$STATE/pods" || true
+  node "$tool" remove-pod "$STATE" "$PREFIX" "$name" >/dev/null || echo "cluster.sh: $name is still in $STATE/cluster.json" >&2
+  sync_cluster || echo "cluster.sh: the registry, kube-proxy rules or DNS records may still hold $name: run add-pod or remove-pod again" >&2
 }
 
 policy_apply() {

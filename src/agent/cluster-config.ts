@@ -247,21 +247,22 @@ export function validateCluster(raw: unknown, file: string): ClusterConfig {
     ranges.push([field, c]);
     return true;
   };
+  // a field left out takes its default; any other value (null too) is checked, and named when wrong
   const underlay = typeof raw.underlay === 'string' ? raw.underlay : raw.underlay === undefined ? '10.200.0.0/24' : '';
   const overlay = typeof raw.overlay === 'string' ? raw.overlay : raw.overlay === undefined ? '10.201.0.0/24' : '';
   // the nodes' own network and VXLAN stay IPv4 in every cluster (IPv6 pod traffic rides the IPv4 VXLAN)
-  const ul = cidrOf('underlay', raw.underlay ?? underlay, 4);
-  const ol = cidrOf('overlay', raw.overlay ?? overlay, 4);
+  const ul = cidrOf('underlay', raw.underlay === undefined ? underlay : raw.underlay, 4);
+  const ol = cidrOf('overlay', raw.overlay === undefined ? overlay : raw.overlay, 4);
   range('underlay', ul);
   range('overlay', ol);
   const serviceCidr = typeof raw.serviceCidr === 'string' ? raw.serviceCidr : DEFAULTS.serviceCidr[primary];
-  const sc = cidrOf('serviceCidr', raw.serviceCidr ?? serviceCidr, primary);
+  const sc = cidrOf('serviceCidr', raw.serviceCidr === undefined ? serviceCidr : raw.serviceCidr, primary);
   range('serviceCidr', sc);
   let serviceCidr6: string | undefined;
   let sc6: Net | null = null;
   if (dual) {
     serviceCidr6 = typeof raw.serviceCidr6 === 'string' ? raw.serviceCidr6 : DEFAULTS.serviceCidr[6];
-    sc6 = cidrOf('serviceCidr6', raw.serviceCidr6 ?? serviceCidr6, 6);
+    sc6 = cidrOf('serviceCidr6', raw.serviceCidr6 === undefined ? serviceCidr6 : raw.serviceCidr6, 6);
     range('serviceCidr6', sc6);
   }
 

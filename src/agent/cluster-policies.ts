@@ -1,11 +1,13 @@
 /**
  * The local cluster file's "policies": TencPolicy objects in their Kubernetes shape
  * (src/policy/policy.ts), each with metadata.namespace naming a project of the file.
- * Checked at the file's gate like everything else in it (cluster-config.ts): shape,
- * project, the service it names, overlapping encrypt/exempt; a problem is reported as
- * `policies[i].FIELD: problem` and nothing is built or synced.
+ * Checked at the file's gate like everything else in it (cluster-config.ts), as the
+ * agents check them: shape, project, the service it names, overlapping encrypt/exempt,
+ * tenc's own port exempt; a problem is reported as `policies[i].FIELD: problem` and
+ * nothing is built or synced.
  */
 import { resolvePolicies, type PolicyView } from '../policy/policy.js';
+import { DEFAULT_LISTEN_PORT } from '../control/config.js';
 
 export interface ClusterPolicy {
   project: string;
@@ -55,7 +57,8 @@ export function validateClusterPolicies(raw: unknown, c: ClusterLike, add: (fiel
   for (const pr of c.projects) {
     const mine = out.filter((p) => p.project === pr.name);
     if (mine.length === 0) continue;
-    const r = resolvePolicies(pr.name, mine.map((p) => p.object), projectPolicyView(c, pr.name));
+    // with the port every agent gives its pods (proxies.ts TENC_PORT): what they refuse, the file refuses
+    const r = resolvePolicies(pr.name, mine.map((p) => p.object), projectPolicyView(c, pr.name), { listenPort: DEFAULT_LISTEN_PORT });
     if ('problems' in r) {
       for (const p of r.problems) {
         const name = p.policy.slice(p.policy.lastIndexOf('/') + 1);

@@ -4,22 +4,29 @@
  * reads), and writes the derived files into the state directory: the registry
  * objects, the kube-proxy rules and the DNS records.
  *
- *   cluster-tool.js plan FILE STATE PREFIX         validate, save STATE/cluster.json, print the plan
- *   cluster-tool.js sync STATE                     registry, STATE/kube.nft, STATE/dns.hosts (the registry:
+ *   cluster-tool.js plan FILE STATE PREFIX         validate, save STATE/cluster.json (STATE "": validate only),
+ *                                                  print the plan
+ *   cluster-tool.js sync STATE PREFIX              registry, STATE/kube.nft, STATE/dns.hosts (the registry:
  *                                                  STATE/registry, or etcd when STATE/etcd/spec-controller exists)
  *   cluster-tool.js add-pod STATE PREFIX JSON      validate the cluster with one more pod; print its plan line
  *   cluster-tool.js remove-pod STATE PREFIX NAME   the same with one pod less; print its namespace
+ *   cluster-tool.js apply-policy STATE JSON        create or replace a TencPolicy, the whole cluster checked again
+ *   cluster-tool.js delete-policy STATE PROJECT NAME   delete a TencPolicy
  *   cluster-tool.js classify-cidrs STATE           the cluster's ranges (pod and service CIDRs, both families), comma-separated,
  *                                                  for `tenc agent --classify-cidrs`
  *   cluster-tool.js conflists STATE                STATE/cni/<node>.conflist (bridge + host-local with a range per
  *                                                  family, loopback, tenc)
  *                                                  (the plugin STATE/cni/bin/tenc is cni/tenc-cni.c, which
  *                                                  cluster.sh up builds there with cni/build.sh)
- *   cluster-tool.js cni CMD STATE PREFIX POD [X]   the container runtime's part: runs the node's conflist chain for
- *                                                  the pod (ADD in order with prevResult, DEL in reverse, CHECK);
- *                                                  run it inside the node's namespace (the plugins' host side)
+ *   cluster-tool.js cni ADD|DEL|CHECK|UNDO STATE PREFIX POD [X]
+ *                                                  the container runtime's part: runs the node's conflist chain for
+ *                                                  the pod (ADD in order with prevResult, DEL in reverse, CHECK;
+ *                                                  UNDO: a DEL that goes on past a plugin that fails, after a
+ *                                                  failed ADD); run it inside the node's namespace (the plugins'
+ *                                                  host side)
  *
- * Exit codes: 0 ok, 2 invalid file (one `FILE: field: problem` line each on stderr), 1 other.
+ * The usage line (COMMANDS) lists the same. Exit codes: 0 ok, 2 invalid file (one
+ * `FILE: field: problem` line each on stderr) or usage, 1 other.
  * Plan lines (DNS, EXTERNAL, POD_CIDR, GATEWAY, ADDR are of the cluster's primary family;
  * "-" marks a field that does not apply):
  *   underlay NS
@@ -225,24 +232,40 @@ export function conflist(c: ClusterConfig, state: string, node: string): unknown
 
 /**
  * Runs the chain like libcni: ADD in order (each gets the previous result), DEL in
- * reverse, CHECK in order. runtimeConfig goes to each plugin that declares the
- * capability (e.g. "ips": the addresses requested for the pod).
+ * reverse, CHECK in order; each stops at the first plugin that fails (DEL with keepGoing
+ * runs the others too). runtimeConfig goes to each plugin that declares the capability
+ * (e.g. "ips": the addresses requested for the pod).
  */
-export function runChain(cmd: 'ADD' | 'DEL' | 'CHECK', list: { cniVersion: string; name: string; plugins: Record<string, unknown>[] }, env: Record<string, string>, cniPath: string[], prevResult?: unknown, runtimeConfig: Record<string, unknown> = {}): { ok: true; result: unknown } | { ok: false; plugin: string; out: string } {
+export function runChain(
+  cmd: 'ADD' | 'DEL' | 'CHECK',
+  list: { cniVersion: string; name: string; plugins: Record<string, unknown>[] },
+  env: Record<string, string>,
+  cniPath: string[],
+  prevResult?: unknown,
+  runtimeConfig: Record<string, unknown> = {},
+  /** DEL only: go on past a plugin that failed (the first failure is returned). */
+  keepGoing = false,
+): { ok: true; result: unknown } | { ok: false; plugin: string; out: string } {
   const plugins = cmd === 'DEL' ? [...list.plugins].reverse() : list.plugins;
   let prev: unknown = prevResult;
+  let failed: { ok: false; plugin: string; out: string } | null = null;
   for (const pl of plugins) {
     const type = String(pl.type);
     const caps = (pl.capabilities ?? {}) as Record<string, unknown>;
     const rc = Object.fromEntries(Object.entries(runtimeConfig).filter(([k]) => caps[k] === true));
     const stdin = JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...pl, ...(Object.keys(rc).length > 0 ? { runtimeConfig: rc } : {}), ...(prev !== undefined ? { prevResult: prev } : {}) });
     const bin = cniPath.map((d) => join(d, type)).find((f) => spawnSync('test', ['-x', f]).status === 0);
-    if (!bin) return { ok: false, plugin: type, out: `plugin ${type} not found in ${cniPath.join(':')}` };
-    const r = spawnSync(bin, [], { input: stdin, env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env, CNI_COMMAND: cmd, CNI_PATH: cniPath.join(':') }, encoding: 'utf8', timeout: CNI_TIMEOUT_MS + 5000 });
-    if (r.status !== 0) return { ok: false, plugin: type, out: (r.stdout || '') + (r.stderr || '') };
+    const r = bin ? spawnSync(bin, [], { input: stdin, env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env, CNI_COMMAND: cmd, CNI_PATH: cniPath.join(':') }, encoding: 'utf8', timeout: CNI_TIMEOUT_MS + 5000 }) : null;
+    if (!r || r.status !== 0) {
+      const failure = { ok: false as const, plugin: type, out: r ? (r.stdout || '') + (r.stderr || '') : `plugin ${type} not found in ${cniPath.join(':')}` };
+      // keepGoing: the plugins after it in the list still release what they hold
+      if (!keepGoing || cmd !== 'DEL') return failure;
+      failed ??= failure;
+      continue;
+    }
     if (cmd === 'ADD') prev = JSON.parse(r.stdout);
   }
-  return { ok: true, result: prev ?? {} };
+  return failed ?? { ok: true, result: prev ?? {} };
 }
 
 function saveState(state: string, c: ClusterConfig): void {
@@ -257,8 +280,27 @@ function etcdWriter(state: string): EtcdRegistryWriter | null {
   return new EtcdRegistryWriter(parseEtcdSpec(spec.replace(/^etcd:/, '')));
 }
 
+/** Each command's arguments, as the header lists them: the usage line, and the count main() requires ([X] optional). */
+export const COMMANDS: Record<string, string> = {
+  plan: 'FILE STATE PREFIX',
+  sync: 'STATE PREFIX',
+  'add-pod': 'STATE PREFIX JSON',
+  'remove-pod': 'STATE PREFIX NAME',
+  'apply-policy': 'STATE JSON',
+  'delete-policy': 'STATE PROJECT NAME',
+  'classify-cidrs': 'STATE',
+  conflists: 'STATE',
+  cni: 'ADD|DEL|CHECK|UNDO STATE PREFIX POD [X]',
+};
+
 export function main(argv: string[]): number | Promise<number> {
   const [cmd, ...args] = argv;
+  const want = cmd !== undefined && Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
+  if (want === undefined || args.length < want.split(' ').filter((w) => !w.startsWith('[')).length) {
+    const what = cmd === undefined ? 'no command' : want === undefined ? `unknown command ${JSON.stringify(cmd)}` : `${cmd}: missing argument (${want})`;
+    process.stderr.write(`cluster-tool: ${what}\nusage: cluster-tool.js ${Object.entries(COMMANDS).map(([c, a]) => `${c} ${a}`).join(' | ')}\n`);
+    return 2;
+  }
   try {
     switch (cmd) {
       case 'plan': {
@@ -274,7 +316,7 @@ export function main(argv: string[]): number | Promise<number> {
           mkdirSync(state, { recursive: true, mode: 0o700 });
           saveState(state, c);
         }
-        process.stdout.write(plan(c, prefix ?? 'tc').join('\n') + '\n');
+        process.stdout.write(plan(c, prefix).join('\n') + '\n');
         return 0;
       }
       case 'sync': {
@@ -361,8 +403,10 @@ export function main(argv: string[]): number | Promise<number> {
         return 0;
       }
       case 'cni': {
-        const [command, state, prefix, name, extra] = args;
-        if (command !== 'ADD' && command !== 'DEL' && command !== 'CHECK') throw new Error(`cni: ${command} is not ADD, DEL or CHECK`);
+        const [verb, state, prefix, name, extra] = args;
+        if (verb !== 'ADD' && verb !== 'DEL' && verb !== 'CHECK' && verb !== 'UNDO') throw new Error(`cni: ${verb} is not ADD, DEL, CHECK or UNDO`);
+        // UNDO: a DEL through every plugin, also past one that fails (cluster.sh after a failed add-pod)
+        const command = verb === 'UNDO' ? 'DEL' : verb;
         const c = loadState(state);
         // DEL of a pod already gone from the file: the saved result names its node
         const resultFile = join(state, 'cni', `${name}.result.json`);
@@ -388,9 +432,10 @@ export function main(argv: string[]): number | Promise<number> {
         const layout = nodeLayouts(c).find((x) => x.name === node);
         const want = pod && command === 'ADD' ? [pod.address, ...(pod.address6 ? [pod.address6] : [])] : [];
         const ips = want.map((a) => `${a}/${((familyOf(a) === familyOf(layout?.gateway ?? '') ? layout?.gateway : layout?.gateway6) ?? (familyOf(a) === 4 ? '/32' : '/128')).split('/')[1]}`);
-        const r = runChain(command, list, env, [join(state, 'cni', 'bin'), SYSTEM_CNI_PATH], command === 'CHECK' ? saved?.result : undefined, ips.length > 0 ? { ips } : {});
+        const r = runChain(command, list, env, [join(state, 'cni', 'bin'), SYSTEM_CNI_PATH], command === 'CHECK' ? saved?.result : undefined, ips.length > 0 ? { ips } : {}, verb === 'UNDO');
+        if (verb === 'UNDO') spawnSync('rm', ['-f', resultFile]);
         if (!r.ok) {
-          process.stderr.write(`cni ${command} ${name}: plugin ${r.plugin} failed: ${r.out.trim()}\n`);
+          process.stderr.write(`cni ${verb} ${name}: plugin ${r.plugin} failed: ${r.out.trim()}\n`);
           return 1;
         }
         if (command === 'ADD') writeFileSync(resultFile, JSON.stringify({ node, project, result: r.result }) + '\n', { mode: 0o600 });
@@ -398,10 +443,8 @@ export function main(argv: string[]): number | Promise<number> {
         if (command === 'ADD') process.stdout.write(JSON.stringify(r.result) + '\n');
         return 0;
       }
-      default:
-        process.stderr.write('usage: cluster-tool.js plan FILE STATE PREFIX | sync STATE PREFIX | add-pod STATE PREFIX JSON | remove-pod STATE PREFIX NAME | classify-cidrs STATE | conflists STATE | cni ADD|DEL|CHECK STATE PREFIX POD\n');
-        return 2;
     }
+    throw new Error(`internal: command ${cmd} in COMMANDS but not run`);
   } catch (e) {
     if (e instanceof ClusterConfigError) {
       process.stderr.write(e.message + '\n');

@@ -117,6 +117,35 @@ function checkAddresses(v: unknown): string[] {
 /** The pod's namespace: asked first, so a pod of an unprotected namespace is passed through whatever else it has. */
 const podNamespaceOf = (m: Record<string, unknown>) => str(m.podNamespace, 'podNamespace', NAMESPACE, 'is not a namespace name (lowercase letters, digits, "-", at most 63)');
 
+/**
+ * The agent's run directory (registrations, the pods' configs and logs, psk files):
+ * made 0700 when missing. One that exists keeps its mode (never changed: --run-dir
+ * /tmp must not take /tmp's sticky and world bits away) and is used only when it is a
+ * directory of root or this user that neither group nor others may write in; else
+ * another user could swap the files the agent starts pods with. Throws naming the
+ * directory, its owner or mode.
+ */
+export function checkRunDir(dir: string): void {
+  let made: string | undefined;
+  try {
+    made = mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e; // a file there: said below
+  }
+  if (made !== undefined) {
+    chmodSync(dir, 0o700); // made here: the umask may have taken the owner's bits
+    return;
+  }
+  const st = statSync(dir);
+  const uid = process.getuid?.() ?? 0;
+  if (!st.isDirectory()) throw new Error(`run directory ${dir}: not a directory`);
+  if (st.uid !== 0 && st.uid !== uid) throw new Error(`run directory ${dir}: owned by uid ${st.uid}, not by root or this user (uid ${uid}): use a directory of your own (--run-dir)`);
+  const mode = st.mode & 0o7777;
+  if ((mode & 0o022) !== 0) {
+    throw new Error(`run directory ${dir}: mode ${mode.toString(8).padStart(4, '0')} lets group or others write in it (they could swap the agent's state and the pods' configs): use a directory only its owner may write in (--run-dir; tenc does not change the mode of a directory it did not make)`);
+  }
+}
+
 export class NodeAgent {
   private readonly regs = new Map<string, Registration>();
   private readonly agents = new Map<string, ProjectAgent>();
@@ -130,6 +159,8 @@ export class NodeAgent {
   private readonly log: Logger;
   private readonly socket: string;
   private readonly stateFile: string;
+  /** start() took the run directory (checkRunDir). */
+  private runDirChecked = false;
 
   constructor(private readonly o: NodeAgentOptions) {
     this.log = o.log ?? silentLogger;
@@ -138,8 +169,8 @@ export class NodeAgent {
   }
 
   async start(): Promise<void> {
-    mkdirSync(this.o.runDir, { recursive: true, mode: 0o700 });
-    chmodSync(this.o.runDir, 0o700);
+    checkRunDir(this.o.runDir);
+    this.runDirChecked = true;
     this.load();
     // reconcilers for the projects of adopted pods first, then the server
     for (const r of this.regs.values()) await this.agentFor(r.podNamespace);
@@ -454,7 +485,8 @@ export class NodeAgent {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
     this.server = null;
     for (const a of this.agents.values()) await a.stop();
-    if (existsSync(this.o.runDir)) this.save();
+    // a run dir start() refused is not written in
+    if (this.runDirChecked && existsSync(this.o.runDir)) this.save();
     this.log.info({ pods: this.regs.size }, 'agent stopped; proxies left running');
   }
 }

@@ -17,7 +17,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, renameSync, writeFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, validateConfig, type PodConfig } from '../control/config.js';
+import { ConfigError, DEFAULT_LISTEN_PORT, validateConfig, type PodConfig } from '../control/config.js';
 import { readPublicKeyLine } from '../control/keyline.js';
 import type { Handoff } from '../control/handoff.js';
 import { controlRequest, socketIsLive } from '../control/socket.js';
@@ -31,8 +31,8 @@ import { Standby, staleStandbyLogs, standbyEnabled, standbyLogName } from './sta
 import { cleanNetns, podResolvConf } from './netns.js';
 import { HostProcess, hostLogName, podHostEnabled, staleHostLogs } from './host.js';
 
-/** The port every pod proxy listens on. */
-export const TENC_PORT = 51820;
+/** The port every pod proxy listens on: the pods' default (the cluster file's policy check assumes it). */
+export const TENC_PORT = DEFAULT_LISTEN_PORT;
 export const RESTART_DELAY_MS = 200;
 /**
  * How long a starting proxy may take to print its public key, and then to answer on

@@ -5,7 +5,8 @@
  */
 import { createLogger, type LogLevel } from '../log.js';
 import { NodeAgent } from './node.js';
-import { openRegistry } from '../registry/open.js';
+import { openRegistry, REGISTRY_SCHEMES } from '../registry/open.js';
+import { EtcdSpecError, parseEtcdSpec, redactCredentials } from '../registry/etcd-client.js';
 import type { Registry } from '../registry/registry.js';
 import { startAgentMetrics } from '../metrics/start.js';
 import { instrumentRegistry } from '../metrics/agent.js';
@@ -27,6 +28,29 @@ export interface RunAgentOptions {
   version?: string;
 }
 
+/**
+ * What is wrong with the form of a --registry SPEC (a usage error: exit 2), or null.
+ * What a well-formed SPEC names (a directory, files, a server) is openRegistry's to find
+ * when the agent starts (exit 1). The problem shows no credential the SPEC may carry.
+ */
+export function registrySpecProblem(spec: string): string | null {
+  // as openRegistry reads SPEC: `kubernetes`, SCHEME:REST, else a directory's path
+  const m = spec === 'kubernetes' ? null : /^([a-z]+):(.*)$/s.exec(spec);
+  if (!m) return null;
+  const [, scheme, rest] = m;
+  if (!(REGISTRY_SCHEMES as readonly string[]).includes(scheme)) return `unknown backend "${scheme}" (known: ${REGISTRY_SCHEMES.join(', ')})`;
+  if (scheme === 'dir' && rest === '') return 'dir: needs a directory';
+  if (scheme === 'etcd') {
+    try {
+      parseEtcdSpec(rest);
+    } catch (e) {
+      if (e instanceof EtcdSpecError) return e.message;
+      throw e;
+    }
+  }
+  return null;
+}
+
 export async function runAgent(o: RunAgentOptions): Promise<number> {
   const log = createLogger({ level: o.logLevel, base: { agent: o.node } });
   let registry: Registry;
@@ -37,7 +61,8 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
       runDir: o.runDir,
     });
   } catch (e) {
-    process.stderr.write(`tenc agent: ${(e as Error).message}\n`);
+    // the message names the spec: its credentials masked
+    process.stderr.write(`tenc agent: ${redactCredentials((e as Error).message)}\n`);
     return 1;
   }
   const metrics = o.metricsAddress ? await startAgentMetrics(o.metricsAddress, o.runDir, o.projects?.length === 1 ? o.projects[0] : null, o.version, log, registry) : null;
@@ -72,7 +97,7 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     await registry.close?.();
     return 1;
   }
-  log.info({ registry: o.registry, runDir: o.runDir, socket: o.socket }, 'agent running');
+  log.info({ registry: redactCredentials(o.registry), runDir: o.runDir, socket: o.socket }, 'agent running');
   const why = await stopped;
   log.info({ signal: why }, 'stopping');
   await agent.stop();

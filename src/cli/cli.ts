@@ -7,10 +7,9 @@ import { readdirSync } from 'node:fs';
 import { version } from './version.js';
 import { protectSecrets } from './protect.js';
 import { UsageError, metricsAddress, parseCommandArgs, reportFailure } from './usage.js';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { USAGE, COMMAND_HELP } from './help.js';
-import { loadConfig, DEFAULT_SOCKET_DIR } from '../control/config.js';
-import { parseCidr } from '../net/address.js';
+import { loadConfig, parseClassifyCidr, DEFAULT_SOCKET_DIR, MAX_CLASSIFY_CIDRS } from '../control/config.js';
 import { DNS_LABEL, NAMESPACE_NAME, parseNodeName } from '../net/names.js';
 import { controlRequest, defaultSocketPath, netnsInode, ControlClientError, type RekeyResult } from '../control/socket.js';
 import { formatStatus, type StatusReport } from '../control/status.js';
@@ -207,18 +206,24 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         if (!DNS_LABEL.test(x)) throw new UsageError(`--project: ${JSON.stringify(x)} is not a name (lowercase letters, digits, "-")`, cmd);
       }
       if (v.socket !== undefined && (!v.socket.startsWith('/') || v.socket.length > 107)) throw new UsageError(`--socket: ${JSON.stringify(v.socket)} is not an absolute path of at most 107 bytes`, cmd);
+      if (v['run-dir'] !== undefined && !isAbsolute(v['run-dir'])) throw new UsageError(`--run-dir: ${JSON.stringify(v['run-dir'])} is not an absolute path`, cmd);
       const level = v['log-level'] ?? 'info';
       if (!isLogLevel(level)) throw new UsageError(`--log-level: ${JSON.stringify(level)} is not one of ${LOG_LEVELS.join(', ')}`, cmd);
+      // the pods' dns.classifyCidrs: what their configs would refuse is refused here, not at every pod's start
       const classifyCidrs: string[] = [];
       for (const item of (v['classify-cidrs'] ?? '').split(',').filter((x) => x !== '')) {
-        const r = parseCidr(item.trim());
+        const r = parseClassifyCidr(item.trim());
         if (!r.ok) throw new UsageError(`--classify-cidrs: ${r.problem}`, cmd);
-        classifyCidrs.push(r.value);
+        if (!classifyCidrs.includes(r.value)) classifyCidrs.push(r.value);
       }
+      if (classifyCidrs.length > MAX_CLASSIFY_CIDRS) throw new UsageError(`--classify-cidrs: ${classifyCidrs.length} ranges: at most ${MAX_CLASSIFY_CIDRS}`, cmd);
       const cniWait = v['cni-wait'] ?? 'fail-closed';
       if (cniWait !== 'fail-closed' && cniWait !== 'proxy') throw new UsageError(`--cni-wait: ${JSON.stringify(cniWait)} is not fail-closed or proxy`, cmd);
+      const { runAgent, registrySpecProblem } = await import('../agent/run.js');
+      // a malformed SPEC is a usage error (exit 2); what a well-formed one names is looked for at the start (exit 1)
+      const specProblem = registrySpecProblem(v.registry!);
+      if (specProblem !== null) throw new UsageError(`--registry: ${specProblem}`, cmd);
       await protectSecrets();
-      const { runAgent } = await import('../agent/run.js');
       const { agentRunDir } = await import('../metrics/gather.js');
       return await runAgent({
         registry: v.registry!,

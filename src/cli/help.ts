@@ -30,7 +30,7 @@ Options:
   -V, --version  print the version
 
 Example:
-  tenc genpsk > psk && tenc check-config pod-a.json && tenc pod --config pod-a.json
+  (umask 077; tenc genpsk > psk) && tenc check-config pod-a.json && tenc pod --config pod-a.json
 
 ${EXIT_CODES}
 `;
@@ -64,20 +64,23 @@ Options:
                            registry (netns-scripts/cluster.sh: <state>/registry)
                            or etcd:https://HOST:2379,...[?ca=F&cert=F&key=F&prefix=/tenc/
                            &user=U&password-file=F&ttl=S], the etcd registry (the psk is
-                           written to <run-dir>/psk/, mode 0600), or
+                           written to <run-dir>/psk/, mode 0600; no user or password in an
+                           endpoint's URL: user= and password-file=), or
                            kubernetes[:KUBECONFIG], the Kubernetes API (no path: $KUBECONFIG,
                            ~/.kube/config, or the pod's service account)
   -n, --node NODE          this node's name (pods with spec.nodeName NODE)
   -p, --project LIST       only these projects (comma-separated; default every protected one)
   -s, --socket PATH        the node socket for the CNI plugin (default /run/tenc/agent.sock,
                            mode 0600)
-      --run-dir DIR        state file, pod configs and logs (default /run/tenc/agent-NODE)
+      --run-dir DIR        state file, pod configs and logs (default /run/tenc/agent-NODE); an
+                           absolute path, made 0700 when missing; an existing one must be root's
+                           or the agent user's and writable by its owner only (its mode is kept)
       --classify-cidrs LIST
                            comma-separated cluster ranges (pod CIDRs, service CIDR) for the
                            pods' dns.classifyCidrs: guarded (fail closed) from the pod's
                            start; an address in them no peer claims is classified on first
                            use (bypassed when not the project's, dropped when it is but has
-                           no peer); default none
+                           no peer); each at most /4 wide (IPv6: /8), at most 64; default none
       --cni-wait fail-closed|proxy
                            when ADD answers: once the agent made the pod fail-closed, its
                            proxy starting in the background (fail-closed, the default), or
@@ -288,12 +291,16 @@ the static C plugin built by cni/build.sh, which speaks the same protocol
 (deploy/cni-install.sh chains it into the node's conflist; README "How a node's
 runtime calls tenc").
 
-Conflist entry (both fields optional; these are the defaults; a field that is
+Conflist entry (every field optional; these are the defaults; a field that is
 neither these nor one of the spec's own is error code 7):
-  {"type": "tenc", "agentSocket": "/run/tenc/agent.sock", "timeoutMs": 5000}
+  {"type": "tenc", "agentSocket": "/run/tenc/agent.sock", "timeoutMs": 5000, "unchained": false}
   agentSocket   the node agent's socket (\`tenc agent --socket\`), an absolute path
   timeoutMs     100..120000: the time the agent has to make the pod fail-closed
                 (the plugin waits one second more for its answer)
+  unchained     true or false: true opts in to running alone, as Multus calls the plugin
+                of a NetworkAttachmentDefinition (OpenShift), with no prevResult: the
+                agent reads the pod's addresses in its netns, ADD prints an empty result;
+                false (chained): a missing prevResult is error code 7
 
 Options:
   -h, --help   show this help

@@ -272,6 +272,22 @@ export function validateEndpoints(v: unknown): { endpoints: ServiceEndpoints[] }
   return c.problems.length > 0 ? { problems: c.problems } : { endpoints };
 }
 
+/** At most this many dns.classifyCidrs ranges (after duplicates are dropped). */
+export const MAX_CLASSIFY_CIDRS = 64;
+
+/**
+ * One dns.classifyCidrs range, canonical: a CIDR no wider than /4 (IPv4) or /8
+ * (IPv6). Also `tenc agent --classify-cidrs` (the agent writes it into every pod's
+ * config), so a value the pods would refuse is refused when the agent starts.
+ */
+export function parseClassifyCidr(v: unknown): Parsed<string> {
+  const r = parseCidr(v);
+  if (!r.ok) return r;
+  const len = Number(r.value.split('/')[1]);
+  if (len < (r.value.includes(':') ? 8 : 4)) return bad(`${r.value} is too wide: it would route (nearly) every address into the tunnel`);
+  return r;
+}
+
 function checkDns(c: Checker, v: unknown, file: string): DnsConfig {
   const d: DnsConfig = {
     enabled: false,
@@ -314,13 +330,10 @@ function checkDns(c: Checker, v: unknown, file: string): DnsConfig {
     if (r && !d.neverTunnelCidrs.includes(r)) d.neverTunnelCidrs.push(r);
   });
   list('classifyCidrs', v.classifyCidrs, (y, f) => {
-    const r = c.take(f, parseCidr(y), '');
-    if (!r) return;
-    const len = Number(r.split('/')[1]);
-    if (len < (r.includes(':') ? 8 : 4)) c.add(f, `${r} is too wide: it would route (nearly) every address into the tunnel`);
-    else if (!d.classifyCidrs.includes(r)) d.classifyCidrs.push(r);
+    const r = c.take(f, parseClassifyCidr(y), '');
+    if (r && !d.classifyCidrs.includes(r)) d.classifyCidrs.push(r);
   });
-  if (d.classifyCidrs.length > 64) c.add('dns.classifyCidrs', 'at most 64 ranges');
+  if (d.classifyCidrs.length > MAX_CLASSIFY_CIDRS) c.add('dns.classifyCidrs', `at most ${MAX_CLASSIFY_CIDRS} ranges`);
   if (v.maxTtl !== undefined) d.maxTtl = c.take('dns.maxTtl', parseInteger(v.maxTtl, 0, 86400), 0);
   if (v.routeGrace !== undefined) d.routeGrace = c.take('dns.routeGrace', parseInteger(v.routeGrace, 0, 86400), 0);
   if (v.upstreamTimeout !== undefined) d.upstreamTimeout = c.take('dns.upstreamTimeout', parseInteger(v.upstreamTimeout, 50, 30000), 0);

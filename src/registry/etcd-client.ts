@@ -60,13 +60,31 @@ export interface EtcdConnection {
 const SPEC_OPTIONS = ['ca', 'cert', 'key', 'prefix', 'user', 'password-file', 'ttl'];
 
 /**
+ * TEXT (a registry spec, or a message that holds one) with the credentials a spec must
+ * not carry masked: a URL's user info (`https://user:password@host` -> `https://***@host`;
+ * with several endpoints, all up to the last such host) and the value of a password
+ * option (`password=...`). For every log line and message that shows a spec: such a spec
+ * is refused, but not before it was shown.
+ */
+export function redactCredentials(text: string): string {
+  // up to the last "@" before a query, fragment or blank: a password may hold "@", "," and "/"
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/)[^?#\s]*@/gi, '$1***@').replace(/([?&]password=)[^&\s]*/gi, '$1***');
+}
+
+/**
  * Parses the part after `etcd:`: ENDPOINTS[?ca=FILE&cert=FILE&key=FILE&prefix=/tenc/&user=NAME&password-file=FILE&ttl=S]
  * with ENDPOINTS comma-separated URLs. Errors name the part that is wrong.
  */
 export function parseEtcdSpec(rest: string): EtcdConnection {
   const q = rest.indexOf('?');
-  const hosts = (q < 0 ? rest : rest.slice(0, q)).split(',').filter((h) => h !== '');
+  const list = q < 0 ? rest : rest.slice(0, q);
+  const hosts = list.split(',').filter((h) => h !== '');
   const params = new URLSearchParams(q < 0 ? '' : rest.slice(q + 1));
+  // user info (https://USER:PASSWORD@HOST): refused without showing any endpoint, as a
+  // password in it may hold ",", "/" or "?" (it would reach logs, messages and ps)
+  if (list.includes('@') || [...params.keys()].some((k) => k.includes('@'))) {
+    throw new EtcdSpecError('etcd: an endpoint has a user or password in its URL (not shown): give the user as user=NAME and the password in a file, password-file=FILE');
+  }
   if (hosts.length === 0) throw new EtcdSpecError('etcd: needs at least one endpoint (etcd:https://HOST:2379,...)');
   for (const k of params.keys()) if (!SPEC_OPTIONS.includes(k)) throw new EtcdSpecError(`etcd: unknown option "${k}" (known: ${SPEC_OPTIONS.join(', ')})`);
   const endpoints = hosts.map((h) => {
@@ -76,7 +94,7 @@ export function parseEtcdSpec(rest: string): EtcdConnection {
     } catch {
       throw new EtcdSpecError(`etcd: endpoint "${h}" is not a URL (http://HOST:PORT or https://HOST:PORT)`);
     }
-    if ((u.protocol !== 'http:' && u.protocol !== 'https:') || u.port === '' || (u.pathname !== '/' && u.pathname !== '') || u.search || u.username) {
+    if ((u.protocol !== 'http:' && u.protocol !== 'https:') || u.port === '' || (u.pathname !== '/' && u.pathname !== '') || u.search) {
       throw new EtcdSpecError(`etcd: endpoint "${h}" must be http(s)://HOST:PORT`);
     }
     return `${u.protocol}//${u.host}`;

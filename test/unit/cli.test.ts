@@ -4,18 +4,19 @@
  * shebang, exit codes and stdin handling.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync, execFileSync } from 'node:child_process';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runCli, resolveSocket, type CliIo } from '../../src/cli/cli.js';
 import { statSync, mkdirSync } from 'node:fs';
-import { COMMAND_HELP } from '../../src/cli/help.js';
+import { COMMAND_HELP, USAGE } from '../../src/cli/help.js';
 import { ControlServer, type ControlHandler } from '../../src/control/socket.js';
 import type { PeerConfig } from '../../src/control/config.js';
 import { formatStatus, formatAgo, formatBytes, type StatusReport } from '../../src/control/status.js';
 import { ensureBuilt } from '../build.js';
+import { until } from '../until.js';
 
 // RFC 7748 §6.1: Alice's private key and the public key X25519 derives from it.
 const ALICE_PRIV = Buffer.from('77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a', 'hex').toString('base64');
@@ -103,6 +104,14 @@ describe('help', () => {
     [['help', 'constructor'], 'unknown command "constructor"', 'Usage: tenc <command>'],
     [['toString'], 'unknown command "toString"', 'Usage: tenc <command>'],
     [['agent', 'status', '--node', 'n1', '--run-dir', '/tmp/x'], '--node and --run-dir name the same thing', 'Usage: tenc agent status'],
+    [['agent', '--registry', '/nonexistent', '--node', 'n1', '--run-dir', ''], '--run-dir: "" is not an absolute path', 'Usage: tenc agent'],
+    // a malformed --registry SPEC is a usage error (it was exit 1); a missing directory stays exit 1 (below)
+    [['agent', '--registry', 'bogus:x', '--node', 'n1'], '--registry: unknown backend "bogus" (known: dir, etcd, kubernetes)', 'Usage: tenc agent'],
+    [['agent', '--registry', 'dir:', '--node', 'n1'], '--registry: dir: needs a directory', 'Usage: tenc agent'],
+    [['agent', '--registry', 'etcd:https://h:2379?colour=red', '--node', 'n1'], '--registry: etcd: unknown option "colour"', 'Usage: tenc agent'],
+    [['agent', '--registry', 'etcd:https://h:2379?ttl=1', '--node', 'n1'], '--registry: etcd: ttl "1" must be 2..600 seconds', 'Usage: tenc agent'],
+    [['agent', '--registry', 'etcd:h:2379', '--node', 'n1'], '--registry: etcd: endpoint "h:2379"', 'Usage: tenc agent'],
+    [['agent', '--registry', '/nonexistent', '--node', 'n1', '--run-dir', 'run/n1'], '--run-dir: "run/n1" is not an absolute path', 'Usage: tenc agent'],
   ])('tenc %j: message and usage on stderr, exit 2', async (args, message, usage) => {
     const r = await cli(args as string[]);
     expect(r.code).toBe(2);
@@ -144,6 +153,28 @@ describe('agent --node: a node name as Kubernetes allows it (DNS-1123 subdomain)
       mkdirSync(d);
     }
     expect(long).not.toBe(other);
+  });
+});
+
+describe('agent --classify-cidrs: the pods\' dns.classifyCidrs rules, checked before the agent starts', () => {
+  // the agent writes the list into every pod's config: a range the config refuses made every pod's start fail
+  it.each([
+    ['an IPv4 range wider than /4', '10.96.0.0/12,0.0.0.0/2', '--classify-cidrs: 0.0.0.0/2 is too wide'],
+    ['an IPv6 range wider than /8', 'fd00::/8,f000::/4', '--classify-cidrs: f000::/4 is too wide'],
+    ['65 ranges', Array.from({ length: 65 }, (_, i) => `10.${i}.0.0/16`).join(','), '--classify-cidrs: 65 ranges: at most 64'],
+    ['host bits', '10.96.0.1/12', '--classify-cidrs: "10.96.0.1/12" has host bits set'],
+  ])('refuses %s: a usage error naming --classify-cidrs, exit 2', async (_what, list, message) => {
+    const r = await cli(['agent', '--registry', join(dir, 'none'), '--node', 'n1', '--classify-cidrs', list]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(message);
+    expect(r.stderr).toContain('Usage: tenc agent');
+  });
+
+  it('takes the widest ranges a pod takes, and 64 (duplicates counted once): the run goes on to the registry', async () => {
+    const list = ['16.0.0.0/4', 'fd00::/8', ...Array.from({ length: 62 }, (_, i) => `10.${i}.0.0/16`), '10.0.0.0/16'].join(',');
+    const r = await cli(['agent', '--registry', join(dir, 'none'), '--node', 'n1', '--classify-cidrs', list]);
+    expect(r.stderr).not.toContain('Usage:');
+    expect(r.code).toBe(1); // no registry directory
   });
 });
 
@@ -389,6 +420,54 @@ describe('the built executable (node dist/src/cli/main.js)', () => {
     expect(r.stderr).not.toContain('Usage:');
     expect(r.stderr).toContain(`registry directory ${none} does not exist`);
     expect(r.status).toBe(1);
+  });
+
+  it('agent --registry: a spec with credentials in a URL is refused without showing them (exit 2); a spec in a message or log line has them masked', async () => {
+    for (const spec of ['etcd:https://:s3cret@h:2379', 'etcd:https://u:s3cret@h:2379', 'etcd:https://g:2379,https://u:s3,cret@h:2379', 'etcd:https://u:s3cret@h:2379?ca=/c', 'etcd:https://h:2379?password=s3cret']) {
+      // (a spec taken would run the agent: the timeout ends it)
+      const r = spawnSync('node', [main, 'agent', '--registry', spec, '--node', 'n1', '--socket', join(dir, 'cred.sock'), '--run-dir', join(dir, 'cred-run')], { encoding: 'utf8', timeout: 15_000 });
+      expect(r.status, spec).toBe(2);
+      expect(r.stderr, spec).toMatch(/^tenc: --registry: etcd: (an endpoint has a user or password in its URL \(not shown\): give the user as user=NAME and the password in a file, password-file=FILE|unknown option "password")/);
+      expect(r.stderr, spec).not.toMatch(/s3/);
+    }
+    // a spec that is shown (here a directory's path that holds a URL with user info): masked in the
+    // start's error message and in the "agent running" line
+    const d = mkdtempSync(join(dir, 'cred-'));
+    const reg = `dir:${d}/https://u:s3cret@h`;
+    const missing = spawnSync('node', [main, 'agent', '--registry', reg, '--node', 'n1'], { encoding: 'utf8', timeout: 15_000 });
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toContain(`tenc agent: --registry dir:${d}/https://***@h: registry directory`);
+    expect(missing.stderr).not.toContain('s3cret');
+    mkdirSync(`${d}/https://u:s3cret@h`, { recursive: true });
+    const agent = spawn('node', [main, 'agent', '--registry', reg, '--node', 'n1', '--socket', join(d, 'agent.sock'), '--run-dir', join(d, 'run')], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    agent.stderr!.on('data', (b) => (stderr += b));
+    try {
+      await until('the agent running', () => stderr.includes('agent running'), 10_000);
+    } finally {
+      agent.kill('SIGTERM');
+      await new Promise((r) => agent.once('exit', r));
+    }
+    const line = JSON.parse(stderr.split('\n').find((l) => l.includes('agent running'))!);
+    expect(line.registry).toBe(`dir:${d}/https://***@h`);
+    expect(stderr).not.toContain('s3cret');
+  });
+
+  it("tenc --help's example makes a psk file the pod takes, under umask 022 too (a 0644 psk is refused)", () => {
+    const example = USAGE.split('\nExample:\n')[1]!.split('\n')[0]!.trim();
+    // up to check-config: the pod itself needs root and a network namespace
+    const checked = example.replace(/ && tenc pod --config \S+$/, '');
+    expect(checked).not.toBe(example);
+    const d = mkdtempSync(join(dir, 'example-'));
+    const bin = join(d, 'bin');
+    mkdirSync(bin);
+    writeFileSync(join(bin, 'tenc'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(main)} "$@"\n`, { mode: 0o755 });
+    writeFileSync(join(d, 'pod-a.json'), JSON.stringify({ addresses: ['10.77.0.1'], pskFile: 'psk' }));
+    const r = spawnSync('sh', ['-c', `umask 022; ${checked}`], { cwd: d, env: { ...process.env, PATH: `${bin}:${process.env.PATH}` }, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe('pod-a.json: ok\n');
+    expect(r.status).toBe(0);
+    expect(statSync(join(d, 'psk')).mode & 0o777).toBe(0o600);
   });
 
   it('--version prints the package version', () => {

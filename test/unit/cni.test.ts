@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { PassThrough } from 'node:stream';
 import { runPlugin, parseCniArgs, readStdin, CniCode, CniError } from '../../src/cni/skeleton.js';
 import { tencPlugin, prevResultAddresses, parseTencConfig } from '../../src/cni/plugin.js';
+import { COMMAND_HELP } from '../../src/cli/help.js';
 import { desiredState } from '../../src/agent/desired.js';
 import { processStartTime, sameProcess } from '../../src/agent/proxies.js';
 import type { PodInfo, ProjectView } from '../../src/registry/registry.js';
@@ -92,6 +93,15 @@ describe('tenc cni skeleton', () => {
     expect(parseTencConfig({ type: 'tenc', unchained: true }).unchained).toBe(true);
     expect(() => parseTencConfig({ type: 'tenc', unchained: null })).toThrow(/^unchained: null is not true or false$/);
     expect(() => parseTencConfig({ type: 'tenc', agentSocket: 'rel.sock' })).toThrow(/agentSocket/);
+  });
+  it("tenc cni --help: its conflist entry is the plugin's defaults, and every field of the plugin's own has a line (unchained had none)", () => {
+    const help = COMMAND_HELP.cni!;
+    const entry = JSON.parse(/^ {2}(\{"type": "tenc".*\})$/m.exec(help)![1]!) as Record<string, unknown>;
+    const fields = Object.keys(parseTencConfig({ type: 'tenc' }));
+    expect(fields.length).toBeGreaterThanOrEqual(3);
+    expect(Object.keys(entry).sort()).toEqual(['type', ...fields].sort());
+    expect(parseTencConfig(entry)).toEqual(parseTencConfig({ type: 'tenc' }));
+    for (const f of fields) expect(help, f).toMatch(new RegExp(`^ {2}${f} {2,}\\S`, 'm'));
   });
 });
 

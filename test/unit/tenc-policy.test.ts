@@ -335,6 +335,12 @@ describe('TencPolicy: cluster file and directory registry', () => {
     expect(err([metrics, pol('y', { service: 'web', ports: [{ port: 0 }] })])).toContain('f.json: policies[1].spec.ports[0].port: 0 is not a port');
     expect(err([{ ...metrics, metadata: { name: 'm', namespace: 'zeta' } }])).toContain('policies[0].metadata.namespace: "zeta" is not a project');
     expect(err('x')).toContain('policies: must be an array');
+    // tenc's own port exempt: refused by the file as by every agent (the file used to take it)
+    const udp = (ports: unknown[]) => pol('tencport', { podSelector: { matchLabels: { app: 'web' } }, ports, mode: 'exempt' });
+    expect(() => validateCluster({ ...file, policies: [udp([{ protocol: 'UDP', port: 51820 }])] }, 'f.json')).toThrow(ClusterConfigError);
+    expect(err([udp([{ protocol: 'UDP', port: 51820 }])])).toContain("f.json: policies[0].spec.ports[0]: udp/51820 holds udp/51820, tenc's own port: it cannot be exempt");
+    expect(err([udp([{ protocol: 'UDP', port: 53 }, { protocol: 'UDP', port: 51800, endPort: 51900 }])])).toContain("f.json: policies[0].spec.ports[1]: udp/51800-51900 holds udp/51820");
+    expect(err([udp([{ protocol: 'TCP', port: 51820 }])])).toBe('');
     const dir = mkdtempSync(join(tmpdir(), 'tenc-pol-'));
     dirs.push(dir);
     const reg = new DirectoryRegistry(dir);
