@@ -207,10 +207,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (int p = 0; p < 2; p++) {
     uint64_t *pc = c + TENC_GLOBAL_SLOTS + p * TENC_PEER_SLOTS;
     uint64_t *pb = before + TENC_GLOBAL_SLOTS + p * TENC_PEER_SLOTS;
-    /* an opened packet counts as received, and may then still drop (bad_inner...) */
+    /* an opened packet counts as received, and may then still drop (bad_inner, a
+     * refused NAT flow...) */
     uint64_t opened = pc[TENC_P_RX_PACKETS] - pb[TENC_P_RX_PACKETS], late = 0;
     for (int r = TENC_D_SPOOFED_SOURCE; r <= TENC_D_BAD_INNER; r++) late += pc[TENC_P_DROPS + r] - pb[TENC_P_DROPS + r];
     late += pc[TENC_P_DROPS + TENC_D_BAD_DESTINATION] - pb[TENC_P_DROPS + TENC_D_BAD_DESTINATION];
+    for (int r = TENC_D_NAT_TABLE_FULL; r <= TENC_D_NAT_CLASH; r++) late += pc[TENC_P_DROPS + r] - pb[TENC_P_DROPS + r];
     counted += opened - late;
   }
   counted -= c[TENC_D_IO] - before[TENC_D_IO]; /* inject failures count packets already counted */

@@ -114,8 +114,12 @@ def main(out):
     # nat: one packet per seed and some sequences (request then reply)
     for i, p in enumerate(inner):
         put('nat', i, rec(p))
-    put('nat', 100, rec(tcp4(S4, VIP4, 40001, 80, 5, b'x' * 9)) + rec(tcp4(L4, S4, 80, 40001, 9, b'y' * 10)))
-    put('nat', 101, rec(tcp6(S6, VIP6, 40003, 80, 5, b'x' * 9)) + rec(tcp6(D6, S6, 80, 40003, 9, b'y' * 10)))
+    # (a record's length parity is its direction: even = receive/dnat, odd = send/unsnat)
+    put('nat', 100, rec(tcp4(S4, VIP4, 40001, 80, 5, b'x' * 8)) + rec(tcp4(L4, S4, 80, 40001, 9, b'y' * 9)))
+    put('nat', 101, rec(tcp6(S6, VIP6, 40003, 80, 5, b'x' * 8)) + rec(tcp6(D6, S6, 80, 40003, 9, b'y' * 9)))
+    # a clash: the same client socket to a second VIP of the same local address (refused), then the reply
+    put('nat', 102, rec(tcp4(S4, VIP4, 40007, 80, 5, b'x' * 8)) + rec(tcp4(S4, a4('10.96.0.11'), 40007, 80, 5, b'x' * 8)) +
+        rec(tcp4(L4, S4, 80, 40007, 9, b'y' * 9)))
     # gro: runs of segments (v4, v6, with the odd one out)
     runs = [tcp_run(False, 8, 1000), tcp_run(True, 5, 1200), tcp_run(False, 64, 100), tcp_run(False, 3, 1448)[:2] + [inner[0]]]
     for i, r in enumerate(runs):

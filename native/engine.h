@@ -84,6 +84,8 @@
 #define TENC_MISS_QUEUE_MAX 64
 #define TENC_MISS_COPY_MAX 2048
 #define TENC_MISS_SLOTS 256
+/* Events waiting for the control plane, all kinds together (engine_events.c). */
+#define TENC_EV_QUEUE_MAX 65536
 #define TENC_HEADROOM 16
 
 enum tenc_drop {
@@ -104,6 +106,8 @@ enum tenc_drop {
   TENC_D_BAD_MAC1,        /* handshake message whose mac1 is not made with our public key */
   TENC_D_HANDSHAKE_RATELIMITED, /* under load: its source address is over its handshake rate */
   TENC_D_KEYPAIR_EXPIRED, /* keypair older than REJECT_AFTER_TIME (sent nothing / opened nothing) */
+  TENC_D_NAT_TABLE_FULL,  /* a new flow to a service VIP whose bucket holds only live flows (nat.h) */
+  TENC_D_NAT_CLASH,       /* a new flow to a service VIP with the reply tuple of a live flow of another VIP */
   TENC_D_COUNT
 };
 
@@ -115,9 +119,10 @@ enum {
   TENC_G_KEY_UNLOCKED,     /* bytes of session-key memory mlock refused (RLIMIT_MEMLOCK): still MADV_DONTDUMP */
   TENC_G_RATELIMIT_SOURCES, /* source addresses the handshake rate limiter tracks now */
   TENC_G_SIBLING_RX,       /* receive batches of this engine run by a sibling engine's thread (TENC_SIBLING_POLL) */
-  TENC_GLOBAL_SLOTS = 24
+  TENC_G_EVENTS_LOST,      /* events the full event queue refused (engine_events.c; one made again counts each try) */
+  TENC_GLOBAL_SLOTS = 32
 };
-_Static_assert(TENC_G_SIBLING_RX < TENC_GLOBAL_SLOTS, "global counter slots overflow");
+_Static_assert(TENC_G_EVENTS_LOST < TENC_GLOBAL_SLOTS, "global counter slots overflow");
 enum {
   TENC_P_TX_BYTES,
   TENC_P_RX_BYTES,
@@ -180,6 +185,9 @@ typedef struct tenc_peer {
   tenc_qpkt q[TENC_QUEUE_MAX];
   uint32_t qhead, qlen;
   int need_hs_signaled;
+  int ep_unreported;        /* RX pipeline: the endpoint moved, but the full queue refused its event */
+  uint64_t ep_ev_gen; /* ev_mu: while it is the engine's ev_gen, e->ev[ep_ev] is this peer's pending */
+  uint32_t ep_ev;     /* endpoint event (one per peer: a later address updates it) */
 } tenc_peer;
 
 typedef struct {
@@ -267,6 +275,8 @@ struct tenc_engine {
   pthread_mutex_t ev_mu;
   tenc_event *ev;
   uint32_t ev_len, ev_cap, ev_hs, ev_miss;
+  uint32_t ev_max; /* TENC_EV_QUEUE_MAX (a test hook lowers it) */
+  uint64_t ev_gen; /* bumped by every take: tells a peer's pending endpoint event from a taken one */
   atomic_int report_misses; /* route_miss events on (set by the control plane) */
   int ev_signaled;
   tenc_event_signal signal;
@@ -338,6 +348,12 @@ void tenc_engine_set_public_key(tenc_engine *e, const uint8_t pub[32]);
 int tenc_engine_test_age_keypair(tenc_engine *e, uint32_t local, uint64_t ms);
 /* Test hook: moves a keypair's next send counter (REKEY/REJECT_AFTER_MESSAGES tests). */
 int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counter);
+/* Test hooks of the NAT flow table (nat.h): `buckets` buckets (flows forgotten);
+ * every flow `ms` older. 0, or -EINVAL for a bad argument. */
+int tenc_engine_test_nat_buckets(tenc_engine *e, uint32_t buckets);
+int tenc_engine_test_age_flows(tenc_engine *e, uint64_t ms);
+/* Test hook: at most `max` events wait for the control plane (TENC_EV_QUEUE_MAX). */
+void tenc_engine_test_event_cap(tenc_engine *e, uint32_t max);
 /* The peer the allowed-IPs table sends `addr` to, or -1. */
 int32_t tenc_engine_route(tenc_engine *e, int family, const uint8_t *addr);
 /* Turns route_miss events on or off. */

@@ -106,7 +106,13 @@ static inline tenc_keypair *kmap_get(const tenc_engine *e, uint32_t key) {
 
 /* ---- events (engine_events.c) ---------------------------------------------- */
 
-void tenc_ev_push(tenc_engine *e, uint8_t type, uint32_t peer, uint32_t local_index, const struct sockaddr_in6 *ep);
+/* An event of a peer or keypair: 0, or -1 when the queue is full (counted in
+ * TENC_G_EVENTS_LOST; the caller sets its "signaled" flag only on 0, so the next
+ * packet tries again). */
+int tenc_ev_push(tenc_engine *e, uint8_t type, uint32_t peer, uint32_t local_index, const struct sockaddr_in6 *ep);
+/* The peer's endpoint moved to `ep` (RX pipeline, read lock): one pending event per
+ * peer, a later address replaces the one it carries. 0, or -1 (full, counted). */
+int tenc_ev_push_endpoint(tenc_engine *e, tenc_peer *p, const struct sockaddr_in6 *ep);
 /* Handshake message: bounded by TENC_HS_QUEUE_MAX pending. */
 void tenc_ev_push_handshake(tenc_engine *e, const uint8_t *data, uint32_t len, const struct sockaddr_in6 *from);
 /* A route miss: the destination (in ep, IPv4 mapped) and, when it fits, a copy of

@@ -89,7 +89,9 @@ static void handle_finalize(napi_env env, void *data, void *hint) {
 
 static void tsfn_finalize(napi_env env, void *data, void *hint) { js_unref(hint); }
 
-static void signal_js(tenc_engine *e) {
+/* The engine's event signal (engine.h tenc_event_signal): call_js runs on the node
+ * thread and takes the events. */
+void tenc_js_signal(tenc_engine *e) {
   js_engine *j = e->js;
   napi_call_threadsafe_function(j->tsfn, NULL, napi_tsfn_nonblocking);
 }
@@ -110,7 +112,7 @@ static napi_value ep_object(napi_env env, const struct sockaddr_in6 *sa) {
 
 static void call_js(napi_env env, napi_value cb, void *context, void *data) {
   js_engine *j = context;
-  if (!env || j->closed) return;
+  if (!env || j->closed || j->hold_events) return; /* held: released by engineTestHoldEvents, which signals */
   uint32_t n;
   tenc_event *ev = tenc_engine_take_events(j->e, &n);
   if (!n) {
@@ -322,7 +324,7 @@ static napi_value engine_create(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->refs = 2;
-  j->e = tenc_engine_new(&o, ctr, signal_js, j);
+  j->e = tenc_engine_new(&o, ctr, tenc_js_signal, j);
   int err = j->e ? -tenc_engine_start(j->e) : errno;
   if (err) {
     give_fds_back(j);
@@ -647,6 +649,8 @@ static napi_value engine_layout(napi_env env, napi_callback_info info) {
   tenc_set_int(env, o, "keyUnlocked", TENC_G_KEY_UNLOCKED);
   tenc_set_int(env, o, "ratelimitSources", TENC_G_RATELIMIT_SOURCES);
   tenc_set_int(env, o, "siblingRx", TENC_G_SIBLING_RX);
+  tenc_set_int(env, o, "eventsLost", TENC_G_EVENTS_LOST);
+  tenc_set_int(env, o, "eventQueueMax", TENC_EV_QUEUE_MAX);
   tenc_set_int(env, o, "queueMax", TENC_QUEUE_MAX);
   tenc_set_int(env, o, "handshakeQueueMax", TENC_HS_QUEUE_MAX);
   return o;

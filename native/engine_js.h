@@ -12,6 +12,7 @@ typedef struct {
   napi_threadsafe_function tsfn;
   napi_ref ctr_ref;
   int closed;
+  int hold_events; /* test hook: the events stay queued in C until released */
   int refs; /* the external handle and the tsfn each hold one */
 } js_engine;
 
@@ -21,6 +22,8 @@ js_engine *tenc_js_handle(napi_env env, napi_value v);
 int tenc_js_ip(napi_env env, napi_value v, const char *name, uint8_t out[16]);
 int tenc_js_peer(napi_env env, napi_value v, uint32_t *out);
 int tenc_js_u32(napi_env env, napi_value v, const char *name, uint32_t *out);
+/* Wakes the node thread to take the engine's events (its event signal). */
+void tenc_js_signal(tenc_engine *e);
 /* A control call's result: r < 0 throws the errno -r naming `what` and `id`. */
 napi_value tenc_js_result(napi_env env, int r, const char *what, uint32_t id);
 

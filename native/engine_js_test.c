@@ -5,6 +5,13 @@
  *     send counter (REKEY/REJECT_AFTER_MESSAGES tests)
  *   engineTestAgeKeypair(h, localIndex, ms)   the keypair is `ms` older
  *     (REJECT_AFTER_TIME tests)
+ *   engineTestNatBuckets(h, buckets)   the NAT flow table as `buckets` buckets of 4
+ *     ways (a power of two; its flows forgotten), so a test can fill one
+ *   engineTestAgeFlows(h, ms)   every NAT flow `ms` older (idle timeout tests)
+ *   engineTestEventCap(h, max)   at most `max` events wait for the control plane
+ *     (0..65536; full-queue tests)
+ *   engineTestHoldEvents(h, hold)   while held, the events stay queued in C (as
+ *     when the node thread is busy); released, they are delivered
  *   engineTestSeal(frame, key, scatter, remoteIndex, counter: bigint, tcpAlign = 0, mtu = 0) -> Buffer
  *     the send path's split and seal of one TUN frame (virtio_net_hdr + packet)
  *     with scatter seal on or off: messages as [u32 LE length][message]...
@@ -205,10 +212,51 @@ static napi_value engine_test_age_keypair(napi_env env, napi_callback_info info)
   return tenc_js_result(env, r, "testAgeKeypair: no keypair", local);
 }
 
+static napi_value engine_test_nat_buckets(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int64_t b;
+  if (tenc_get_int(env, argv[1], 1, TENC_NAT_SLOTS / TENC_NAT_WAYS, "buckets", &b) < 0) return NULL;
+  if (tenc_engine_test_nat_buckets(j->e, (uint32_t)b) < 0) return tenc_throw_range(env, "buckets must be a power of two");
+  return NULL;
+}
+
+static napi_value engine_test_age_flows(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int64_t ms;
+  if (tenc_get_int(env, argv[1], 0, 1ll << 40, "ms", &ms) < 0) return NULL;
+  if (tenc_engine_test_age_flows(j->e, (uint64_t)ms) < 0)
+    return tenc_throw_errno(env, EINVAL, "testAgeFlows: a flow would be older than the clock");
+  return NULL;
+}
+
+static napi_value engine_test_event_cap(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int64_t max;
+  if (tenc_get_int(env, argv[1], 0, TENC_EV_QUEUE_MAX, "max", &max) < 0) return NULL;
+  tenc_engine_test_event_cap(j->e, (uint32_t)max);
+  return NULL;
+}
+
+/* Held: call_js leaves the events queued (engine_js.c). Released: the node thread
+ * is woken to take what piled up meanwhile. */
+static napi_value engine_test_hold_events(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int hold;
+  if (tenc_get_bool(env, argv[1], "hold", &hold) < 0) return NULL;
+  int was = j->hold_events;
+  j->hold_events = hold;
+  if (was && !hold) tenc_js_signal(j->e);
+  return NULL;
+}
+
 napi_status tenc_init_engine_test(napi_env env, napi_value exports) {
   static const tenc_js_fn fns[] = {
       {"engineTestSetSendCounter", engine_test_set_send_counter},
       {"engineTestAgeKeypair", engine_test_age_keypair},
+      {"engineTestNatBuckets", engine_test_nat_buckets},
+      {"engineTestAgeFlows", engine_test_age_flows},
+      {"engineTestEventCap", engine_test_event_cap},
+      {"engineTestHoldEvents", engine_test_hold_events},
       {"replayRun", replay_run},
       {"backoffRun", backoff_run},
       {"engineTestSeal", engine_test_seal},

@@ -303,6 +303,8 @@ tenc_engine *tenc_engine_new(const tenc_engine_opts *o, uint64_t *ctr, tenc_even
    * starve the control calls. */
   rwlock_init_writer_first(&e->lock);
   pthread_mutex_init(&e->ev_mu, NULL);
+  e->ev_max = TENC_EV_QUEUE_MAX;
+  e->ev_gen = 1; /* a new peer's ep_ev_gen (0) names no pending event */
   pthread_mutex_init(&e->tx_mu, NULL);
   pthread_mutex_init(&e->rx_mu, NULL);
   e->busy_poll_us = o->busy_poll_us;

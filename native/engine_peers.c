@@ -309,7 +309,21 @@ void tenc_engine_set_local(tenc_engine *e, const uint8_t *family, const uint8_t 
 
 void tenc_engine_set_services(tenc_engine *e, tenc_nat_service *s, uint32_t n) {
   pthread_rwlock_wrlock(&e->lock);
-  tenc_nat_set_services(&e->nat, s, n);
+  tenc_nat_set_services(&e->nat, s, n); /* keeps the flows of the services that stay */
   pthread_rwlock_unlock(&e->lock);
+}
+
+/* Test hook (engine.h): the NAT table as `buckets` buckets. The write lock, since
+ * both pipelines read the bucket mask before they take the table's mutex. */
+int tenc_engine_test_nat_buckets(tenc_engine *e, uint32_t buckets) {
+  pthread_rwlock_wrlock(&e->lock);
+  int r = tenc_nat_test_buckets(&e->nat, buckets);
+  pthread_rwlock_unlock(&e->lock);
+  return r ? -EINVAL : 0;
+}
+
+/* Test hook (engine.h): every NAT flow `ms` older (idle timeout tests without the wait). */
+int tenc_engine_test_age_flows(tenc_engine *e, uint64_t ms) {
+  return tenc_nat_test_age(&e->nat, ms) ? -EINVAL : 0;
 }
 

@@ -135,16 +135,16 @@ static void rx_open(tenc_engine *e, struct tenc_rx *x, const rxpend *q, uint64_t
     drop(e, p->id, TENC_D_REPLAY, 1);
     return;
   }
-  if (!kp->confirmed) {
-    kp->confirmed = 1;
-    tenc_ev_push(e, TENC_EV_KEYPAIR_CONFIRMED, p->id, kp->local_index, NULL);
-  }
-  if (!p->has_ep || !same_ep(&p->ep, from)) {
+  /* Confirmed only once its event is queued: the control plane promotes the next
+   * keypair on it, so one refused by a full queue is made again by the next message. */
+  if (!kp->confirmed) kp->confirmed = tenc_ev_push(e, TENC_EV_KEYPAIR_CONFIRMED, p->id, kp->local_index, NULL) == 0;
+  if (!p->has_ep || !same_ep(&p->ep, from) || p->ep_unreported) {
     pthread_spin_lock(&p->ep_lock);
     p->ep = *from;
     p->has_ep = 1;
     pthread_spin_unlock(&p->ep_lock);
-    tenc_ev_push(e, TENC_EV_ENDPOINT, p->id, 0, from);
+    /* one pending event per peer (engine_events.c); refused: reported by the next message */
+    p->ep_unreported = tenc_ev_push_endpoint(e, p, from) != 0;
   }
   uint64_t *c = pctr(e, p->id);
   cadd(&c[TENC_P_RX_BYTES], len);
@@ -165,7 +165,13 @@ static void rx_open(tenc_engine *e, struct tenc_rx *x, const rxpend *q, uint64_t
     return;
   }
   cset(&c[TENC_P_LAST_RX_DATA_MS], now);
-  if (e->nat.nservices) tenc_nat_dnat(&e->nat, pt, iplen, now);
+  if (e->nat.nservices) {
+    int r = tenc_nat_dnat(&e->nat, pt, iplen, now);
+    if (r < 0) { /* a new flow to a VIP that would break a live one (nat.h): refused */
+      drop(e, p->id, r == TENC_NAT_CLASH ? TENC_D_NAT_CLASH : TENC_D_NAT_TABLE_FULL, 1);
+      return;
+    }
+  }
   if (e->nlocal && !dst_is_local(e, pt, v)) {
     drop(e, p->id, TENC_D_BAD_DESTINATION, 1);
     return;
@@ -347,6 +353,10 @@ int tenc_rx_cycle(tenc_engine *e, struct tenc_rx *x, int *more, uint32_t *inject
     uint8_t *d = x->iovs[i].iov_base;
     if (len == 0) { /* an empty datagram is a message too short for any header */
       drop(e, -1, TENC_D_BAD_HEADER, 1);
+      continue;
+    }
+    if (m->msg_flags & MSG_TRUNC) { /* larger than its slot: cut, so it cannot be split or opened */
+      drop(e, -1, TENC_D_TOO_BIG, 1);
       continue;
     }
     for (uint32_t off = 0; off < len; off += seg) {

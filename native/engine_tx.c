@@ -118,8 +118,9 @@ static uint32_t seal_scatter(tenc_aead *a, const tenc_keypair *kp, uint64_t ctr,
  * Returns 0 and the counter, or -1 when exhausted. */
 static int next_counter(tenc_engine *e, tenc_keypair *kp, uint64_t *ctr) {
   uint64_t c = atomic_fetch_add_explicit(&kp->send_counter, 1, memory_order_relaxed);
-  if (c >= TENC_REKEY_AFTER_MESSAGES && !atomic_exchange(&kp->rekey_signaled, 1))
-    tenc_ev_push(e, TENC_EV_REKEY_NEEDED, kp->peer->id, kp->local_index, NULL);
+  if (c >= TENC_REKEY_AFTER_MESSAGES && !atomic_exchange(&kp->rekey_signaled, 1) &&
+      tenc_ev_push(e, TENC_EV_REKEY_NEEDED, kp->peer->id, kp->local_index, NULL) != 0)
+    atomic_store(&kp->rekey_signaled, 0); /* the queue was full: the next message tries again */
   if (c >= TENC_REJECT_AFTER_MESSAGES) {
     atomic_store(&kp->send_counter, TENC_REJECT_AFTER_MESSAGES); /* never wraps */
     drop(e, kp->peer->id, TENC_D_COUNTER_EXHAUSTED, 1);
@@ -158,10 +159,8 @@ void tenc_queue_free_all(tenc_engine *e, tenc_peer *p, int count) {
 
 /* TX thread (read lock): keeps a copy of a packet until the peer has a session. */
 static void queue_packet(tenc_engine *e, tenc_peer *p, const uint8_t *pkt, uint32_t len) {
-  if (!p->need_hs_signaled) {
-    p->need_hs_signaled = 1;
-    tenc_ev_push(e, TENC_EV_NEED_HANDSHAKE, p->id, 0, NULL);
-  }
+  if (!p->need_hs_signaled) /* set once the event is queued: after a full queue, the next packet asks again */
+    p->need_hs_signaled = tenc_ev_push(e, TENC_EV_NEED_HANDSHAKE, p->id, 0, NULL) == 0;
   if (p->qlen == TENC_QUEUE_MAX) {
     drop(e, p->id, TENC_D_QUEUE_FULL, 1);
     return;
@@ -345,7 +344,7 @@ static void tx_seal(tenc_engine *e, struct tenc_tx *t) {
       drop(e, -1, TENC_D_TOO_BIG, 1);
       continue;
     }
-    if (nat) tenc_nat_unsnat(&e->nat, pkt, iplen);
+    if (nat) tenc_nat_unsnat(&e->nat, pkt, iplen, now);
     const uint8_t *dst = v == 4 ? pkt + 16 : pkt + 24;
     size_t alen = v == 4 ? 4 : 16;
     int32_t pid;

@@ -78,8 +78,9 @@ static uint32_t flow_hash(uint64_t seed, int family, uint8_t proto, const uint8_
 int tenc_nat_init(tenc_nat *n) {
   memset(n, 0, sizeof *n);
   pthread_mutex_init(&n->mu, NULL);
+  n->mask = TENC_NAT_SLOTS / TENC_NAT_WAYS - 1;
   /* 4 MiB of slots as anonymous mmap: zero pages that count in RSS only once
-   * flows land in them, and that MADV_DONTNEED empties again (set_services). */
+   * flows land in them, and that MADV_DONTNEED empties again (forget_all). */
   void *f = mmap(NULL, FLOWS_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   n->flows = f == MAP_FAILED ? NULL : f;
   if (getrandom(&n->seed, sizeof n->seed, 0) != (ssize_t)sizeof n->seed) n->seed = (uint64_t)(uintptr_t)f ^ 0x9e3779b97f4a7c15ull;
@@ -93,14 +94,92 @@ void tenc_nat_destroy(tenc_nat *n) {
   memset(n, 0, sizeof *n);
 }
 
+/* Forgets every flow (mu held): fresh zero pages (no RSS) instead of writing 4 MiB
+ * of zeros. */
+static void forget_all(tenc_nat *n) {
+  if (madvise(n->flows, FLOWS_BYTES, MADV_DONTNEED) != 0) memset(n->flows, 0, FLOWS_BYTES);
+  n->nflows = 0;
+}
+
+/* Does one of the services `s` still DNAT this flow: same family, VIP and local
+ * address, and its protocol and port among the service's ports (or all of them)? */
+static int flow_kept(const tenc_nat_service *s, uint32_t count, const tenc_nat_flow *f) {
+  size_t alen = f->family == 4 ? 4 : 16;
+  uint16_t port = (uint16_t)((f->lport >> 8) | (f->lport << 8));
+  for (uint32_t i = 0; i < count; i++) {
+    if (s[i].family != f->family || memcmp(s[i].vip, f->vip, alen) != 0 || memcmp(s[i].local, f->local, alen) != 0)
+      continue;
+    if (s[i].nports == 0) return 1;
+    for (uint16_t k = 0; k < s[i].nports; k++)
+      if (s[i].ports[k].proto == f->proto && s[i].ports[k].port == port) return 1;
+  }
+  return 0;
+}
+
+/* Is every service of `old` in `s` as it was (family, VIP, local address, ports in
+ * order)? Then no flow needs forgetting: each flow is of a service of the old list
+ * (set_services forgot the others). The common updates (the same list again, a
+ * service added) skip the walk over the table this way. */
+static int all_kept(const tenc_nat_service *old, uint32_t nold, const tenc_nat_service *s, uint32_t count) {
+  for (uint32_t i = 0; i < nold; i++) {
+    const tenc_nat_service *o = &old[i];
+    size_t alen = o->family == 4 ? 4 : 16;
+    int same = 0;
+    for (uint32_t j = 0; j < count && !same; j++) {
+      same = s[j].family == o->family && !memcmp(s[j].vip, o->vip, alen) && !memcmp(s[j].local, o->local, alen) &&
+             s[j].nports == o->nports;
+      for (uint16_t k = 0; same && k < o->nports; k++)
+        same = s[j].ports[k].proto == o->ports[k].proto && s[j].ports[k].port == o->ports[k].port;
+    }
+    if (!same) return 0;
+  }
+  return 1;
+}
+
 void tenc_nat_set_services(tenc_nat *n, tenc_nat_service *s, uint32_t count) {
+  int keep_all = all_kept(n->services, n->nservices, s, count);
   free(n->services);
   n->services = s;
   n->nservices = count;
   pthread_mutex_lock(&n->mu);
-  /* Forget every flow: fresh zero pages (no RSS) instead of writing 4 MiB of zeros. */
-  if (madvise(n->flows, FLOWS_BYTES, MADV_DONTNEED) != 0) memset(n->flows, 0, FLOWS_BYTES);
+  /* The agent sends the whole list whenever any service of the pod changes:
+   * forgetting every flow then would break the connections of all the others
+   * (their next reply leaves un-SNATed and the client resets). So only the flows
+   * no service DNATs any more are forgotten; with no service left, all of them.
+   * The walk runs under the engine's write lock: about a millisecond over a full
+   * table of a few services (4 MiB read), more with hundreds of them. */
+  if (!count) {
+    forget_all(n);
+  } else if (n->nflows && !keep_all) {
+    for (uint32_t i = 0; i < TENC_NAT_SLOTS; i++) {
+      tenc_nat_flow *f = &n->flows[i];
+      if (f->used && !flow_kept(s, count, f)) {
+        memset(f, 0, sizeof *f);
+        n->nflows--;
+      }
+    }
+    if (!n->nflows) forget_all(n); /* give the pages back */
+  }
   pthread_mutex_unlock(&n->mu);
+}
+
+/* TCP flags of the packet (0 for UDP): FIN, SYN and RST decide a flow's timeout. */
+enum { TCP_FIN = 0x01, TCP_SYN = 0x02, TCP_RST = 0x04 };
+static uint8_t tcp_flags(const view *v) { return v->proto == P_TCP ? v->l4[13] : 0; }
+
+/* A packet of the flow went by at `now`: it is live again, and a TCP FIN or RST
+ * shortens its timeout until a SYN starts a connection on the tuple again. */
+static void flow_touch(tenc_nat_flow *f, uint8_t flags, uint64_t now) {
+  if (now > f->last_ms) f->last_ms = now;
+  if (flags & (TCP_FIN | TCP_RST)) f->closing = 1;
+  else if (flags & TCP_SYN) f->closing = 0;
+}
+
+/* Was a packet of the flow seen within its idle timeout (nat.h)? `now` may be a
+ * little behind last_ms (the other thread's batch started later): live. */
+static int flow_live(const tenc_nat_flow *f, uint64_t now) {
+  uint64_t idle = f->proto == P_UDP ? TENC_NAT_UDP_IDLE_MS : f->closing ? TENC_NAT_TCP_CLOSING_MS : TENC_NAT_TCP_IDLE_MS;
+  return now <= f->last_ms || now - f->last_ms < idle;
 }
 
 int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
@@ -120,28 +199,41 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
       ok = s->ports[k].proto == v.proto && s->ports[k].port == dport;
     if (!ok) continue;
     /* Remember the flow keyed by what the reply will carry. */
-    uint32_t b = (flow_hash(n->seed, v.family, (uint8_t)v.proto, v.src, sport_n, s->local, dport_n) %
-                  (TENC_NAT_SLOTS / TENC_NAT_WAYS)) * TENC_NAT_WAYS;
+    uint32_t b = (flow_hash(n->seed, v.family, (uint8_t)v.proto, v.src, sport_n, s->local, dport_n) & n->mask) *
+                 TENC_NAT_WAYS;
     pthread_mutex_lock(&n->mu);
-    tenc_nat_flow *victim = NULL;
+    tenc_nat_flow *hit = NULL, *unused = NULL, *expired = NULL;
     for (int w = 0; w < TENC_NAT_WAYS; w++) {
       tenc_nat_flow *f = &n->flows[b + w];
-      if (f->used && f->family == v.family && f->proto == v.proto && f->cport == sport_n &&
-          f->lport == dport_n && memcmp(f->client, v.src, alen) == 0 && memcmp(f->local, s->local, alen) == 0) {
-        victim = f;
+      if (!f->used) {
+        if (!unused) unused = f;
+      } else if (f->family == v.family && f->proto == v.proto && f->cport == sport_n && f->lport == dport_n &&
+                 memcmp(f->client, v.src, alen) == 0 && memcmp(f->local, s->local, alen) == 0) {
+        hit = f;
         break;
+      } else if (!flow_live(f, now_ms) && (!expired || f->last_ms < expired->last_ms)) {
+        expired = f;
       }
-      if (!victim || !f->used || (victim->used && f->last_ms < victim->last_ms)) victim = f;
     }
-    victim->used = 1;
-    victim->family = (uint8_t)v.family;
-    victim->proto = (uint8_t)v.proto;
-    memcpy(victim->client, v.src, alen);
-    memcpy(victim->local, s->local, alen);
-    memcpy(victim->vip, s->vip, alen);
-    victim->cport = sport_n;
-    victim->lport = dport_n;
-    victim->last_ms = now_ms;
+    tenc_nat_flow *to = hit ? hit : unused ? unused : expired;
+    int refused = !to ? TENC_NAT_FULL : hit && memcmp(hit->vip, s->vip, alen) != 0 && flow_live(hit, now_ms) ? TENC_NAT_CLASH : 0;
+    if (refused) {
+      pthread_mutex_unlock(&n->mu);
+      return refused;
+    }
+    if (to != hit) { /* a new flow (an expired one's way, or an unused one) */
+      if (to == unused) n->nflows++;
+      memset(to, 0, sizeof *to);
+      to->used = 1;
+      to->family = (uint8_t)v.family;
+      to->proto = (uint8_t)v.proto;
+      memcpy(to->client, v.src, alen);
+      memcpy(to->local, s->local, alen);
+      to->cport = sport_n;
+      to->lport = dport_n;
+    }
+    memcpy(to->vip, s->vip, alen); /* an expired flow of another VIP may be taken over */
+    flow_touch(to, tcp_flags(&v), now_ms);
     pthread_mutex_unlock(&n->mu);
     rewrite(pkt, &v, v.dst, s->local);
     return 1;
@@ -149,7 +241,7 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
   return 0;
 }
 
-int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len) {
+int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
   if (!n->nservices) return 0;
   view v;
   if (parse(pkt, len, &v) < 0) return 0;
@@ -161,8 +253,7 @@ int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len) {
   uint16_t sport_n, dport_n;
   memcpy(&sport_n, v.l4, 2);
   memcpy(&dport_n, v.l4 + 2, 2);
-  uint32_t b = (flow_hash(n->seed, v.family, (uint8_t)v.proto, v.dst, dport_n, v.src, sport_n) %
-                (TENC_NAT_SLOTS / TENC_NAT_WAYS)) * TENC_NAT_WAYS;
+  uint32_t b = (flow_hash(n->seed, v.family, (uint8_t)v.proto, v.dst, dport_n, v.src, sport_n) & n->mask) * TENC_NAT_WAYS;
   uint8_t vip[16];
   int found = 0;
   pthread_mutex_lock(&n->mu);
@@ -171,6 +262,7 @@ int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len) {
     if (f->used && f->family == v.family && f->proto == v.proto && f->cport == dport_n &&
         f->lport == sport_n && memcmp(f->client, v.dst, alen) == 0 && memcmp(f->local, v.src, alen) == 0) {
       memcpy(vip, f->vip, alen);
+      flow_touch(f, tcp_flags(&v), now_ms); /* replies keep a flow live too (a server that pushes) */
       found = 1;
       break;
     }
@@ -179,4 +271,26 @@ int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len) {
   if (!found) return 0;
   rewrite(pkt, &v, v.src, vip);
   return 1;
+}
+
+/* ---- test hooks (nat.h) ------------------------------------------------------ */
+
+int tenc_nat_test_buckets(tenc_nat *n, uint32_t buckets) {
+  if (!buckets || buckets > TENC_NAT_SLOTS / TENC_NAT_WAYS || (buckets & (buckets - 1))) return -1;
+  pthread_mutex_lock(&n->mu);
+  forget_all(n); /* the flows' buckets move with the mask */
+  n->mask = buckets - 1;
+  pthread_mutex_unlock(&n->mu);
+  return 0;
+}
+
+int tenc_nat_test_age(tenc_nat *n, uint64_t ms) {
+  int r = 0;
+  pthread_mutex_lock(&n->mu);
+  for (uint32_t i = 0; i < TENC_NAT_SLOTS && n->nflows; i++)
+    if (n->flows[i].used && n->flows[i].last_ms < ms) r = -1; /* older than the clock: it would wrap */
+  for (uint32_t i = 0; i < TENC_NAT_SLOTS && n->nflows && !r; i++)
+    if (n->flows[i].used) n->flows[i].last_ms -= ms;
+  pthread_mutex_unlock(&n->mu);
+  return r;
 }

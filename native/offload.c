@@ -152,7 +152,9 @@ static int gro_parse(const uint8_t *p, uint32_t len, tcpseg *s) {
 }
 
 /* Same flow and same header fields, except IPv4 length/ID/checksum and TCP
- * sequence/flags/checksum. */
+ * sequence/flags/checksum. The TCP flags (byte 13) may differ only in PSH
+ * (gro_parse lets ACK or ACK|PSH through); byte 12 (data offset, the reserved bits
+ * and AE) must be equal, as Linux's tcp_gro_receive compares the whole flag word. */
 static int gro_same(const uint8_t *a, const tcpseg *sa, const uint8_t *b, const tcpseg *sb) {
   if (sa->v6 != sb->v6 || sa->hlen != sb->hlen) return 0;
   if (sa->v6) {
@@ -161,7 +163,7 @@ static int gro_same(const uint8_t *a, const tcpseg *sa, const uint8_t *b, const 
     if (a[1] != b[1] || memcmp(a + 6, b + 6, 4) || memcmp(a + 12, b + 12, 8)) return 0;
   }
   const uint8_t *ta = a + sa->ihl, *tb = b + sb->ihl;
-  return !memcmp(ta, tb, 4) && !memcmp(ta + 8, tb + 8, 4) && !memcmp(ta + 14, tb + 14, 2) &&
+  return !memcmp(ta, tb, 4) && !memcmp(ta + 8, tb + 8, 4) && ta[12] == tb[12] && !memcmp(ta + 14, tb + 14, 2) &&
          !memcmp(ta + 18, tb + 18, 2) && !memcmp(ta + 20, tb + 20, sa->hlen - sa->ihl - 20);
 }
 

@@ -39,7 +39,7 @@ export interface StatusReport {
   drops: Record<string, number>;
   /** Handshake messages not used, by reason (non-zero only): e.g. decrypt_response for a psk mismatch. */
   handshakeFailures: Record<string, number>;
-  /** The data plane's counts (native engine: handshakesReceived, keepalivesReceived, underLoadEpisodes, siblingBatches, ...). */
+  /** The data plane's counts (native engine: handshakesReceived, keepalivesReceived, underLoadEpisodes, siblingBatches, eventsLost, ...). */
   plane?: Record<string, number>;
   /** The native data plane's switches as it runs them (README switch table: TENC_BUSY_POLL_US -> busyPollUs, ...; 1/0 on/off). */
   switches?: Record<string, number>;

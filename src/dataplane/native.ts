@@ -130,6 +130,8 @@ interface Layout {
   keyUnlocked: number;
   ratelimitSources: number;
   siblingRx: number;
+  eventsLost: number;
+  eventQueueMax: number;
 }
 
 const layout: Layout = addon.engineLayout();
@@ -311,6 +313,26 @@ export class NativePlane implements DataPlane {
     addon.engineTestAgeKeypair(this.handle, localIndex, ms);
   }
 
+  /** Test hook: the NAT flow table as `buckets` buckets of 4 ways (a power of two; flows forgotten), so a test can fill one. */
+  testNatBuckets(buckets: number): void {
+    addon.engineTestNatBuckets(this.handle, buckets);
+  }
+
+  /** Test hook: makes every NAT flow `ms` older (idle timeout tests without the wait). */
+  testAgeFlows(ms: number): void {
+    addon.engineTestAgeFlows(this.handle, ms);
+  }
+
+  /** Test hook: at most `max` events wait in C for the control plane (full-queue tests; the default is layout.eventQueueMax). */
+  testEventCap(max: number): void {
+    addon.engineTestEventCap(this.handle, max);
+  }
+
+  /** Test hook: while held, events stay queued in C (as while the node thread is busy); released, what piled up is delivered. */
+  testHoldEvents(hold: boolean): void {
+    addon.engineTestHoldEvents(this.handle, hold);
+  }
+
   setPublicKey(publicKey: Uint8Array): void {
     if (!(publicKey instanceof Uint8Array) || publicKey.length !== 32) throw new TypeError('setPublicKey: 32-byte public key required');
     addon.engineSetPublicKey(this.handle, publicKey);
@@ -320,9 +342,12 @@ export class NativePlane implements DataPlane {
    * Global receive-side counts: handshake messages handed to the control plane, keepalives,
    * how often the handshake gate went under load, the source addresses its rate limiter
    * tracks, and the session-key memory locked in RAM or not (mlock refused by
-   * RLIMIT_MEMLOCK; either way excluded from core dumps), and the receive batches that
+   * RLIMIT_MEMLOCK; either way excluded from core dumps), the receive batches that
    * another engine of this process ran after sending them (the sibling poll of a pod
-   * host's pods, TENC_SIBLING_POLL).
+   * host's pods, TENC_SIBLING_POLL), and the events a full event queue refused
+   * (keypair_confirmed, need_handshake, rekey_needed and endpoint are made again by the
+   * next packet, each try counted; route misses are not; 0 unless the control plane
+   * fell behind by 65536 events).
    */
   stats(): {
     handshakesReceived: number;
@@ -332,6 +357,7 @@ export class NativePlane implements DataPlane {
     keyBytesLocked: number;
     keyBytesUnlocked: number;
     siblingBatches: number;
+    eventsLost: number;
   } {
     return {
       handshakesReceived: Number(this.counters[layout.handshakeRx]),
@@ -341,6 +367,7 @@ export class NativePlane implements DataPlane {
       keyBytesLocked: Number(this.counters[layout.keyLocked]),
       keyBytesUnlocked: Number(this.counters[layout.keyUnlocked]),
       siblingBatches: Number(this.counters[layout.siblingRx]),
+      eventsLost: Number(this.counters[layout.eventsLost]),
     };
   }
 

@@ -32,11 +32,18 @@
  *   9. inner header invalid -> drop bad_inner; inner source not routed to this peer by the
  *      allowed IPs -> drop spoofed_source (same)
  *  10. strip padding; TCP/UDP to a local service's VIP[:port] is DNATed to its local
- *      address (flow remembered for the replies) (same); write to the TUN
+ *      address (flow remembered for the replies) (same); a new flow the flow table
+ *      refuses -> drop nat_table_full or nat_clash (same); write to the TUN
  *
  * DNAT (as native/nat.c): unfragmented TCP/UDP only; IPv4 header and TCP/UDP checksums
  * updated incrementally (RFC 1624); an IPv4 UDP checksum of 0 stays 0; flows are kept in
- * a bounded table (oldest forgotten first) and forgotten when the services change.
+ * a bounded table and stay live while a packet went either way within their idle
+ * timeout (TCP 5 min, 10 s after a FIN or RST; UDP 30 s) (same). A live flow is never
+ * replaced: a new flow finding the table full takes the least recently used expired
+ * flow's place, or is refused when all are live (nat_table_full; native: the same
+ * within the 4 ways of its bucket), and one with the reply tuple of a live flow of
+ * another VIP is refused too (nat_clash) (same). New services keep the
+ * flows they still DNAT (same VIP, local address, protocol and port) (same).
  */
 import {
   DROP_REASONS,
@@ -67,6 +74,8 @@ export interface ReferencePlaneOptions {
   queueLimit?: number;
   /** Handshake messages passed up per received batch. */
   handshakeQueueLimit?: number;
+  /** Flows the DNAT table holds (default 65536, native/nat.h TENC_NAT_SLOTS); tests make it small to fill it. */
+  natMaxFlows?: number;
 }
 
 interface RefKeypair {
@@ -124,7 +133,7 @@ export class ReferencePlane implements DataPlane {
   private localAddrs: Uint8Array[] = [];
   /** The services' local addresses, parsed once per setLocalServices (not per packet). */
   private serviceLocals: Uint8Array[] = [];
-  private readonly nat = new ReferenceNat();
+  private readonly nat: ReferenceNat;
   private closed = false;
 
   constructor(opts: ReferencePlaneOptions) {
@@ -132,6 +141,7 @@ export class ReferencePlane implements DataPlane {
     this.bind = opts.bind;
     this.clock = opts.clock;
     this.queueLimit = opts.queueLimit ?? 128;
+    this.nat = new ReferenceNat(opts.natMaxFlows ?? NAT_MAX_FLOWS);
     this.handshakeQueueLimit = opts.handshakeQueueLimit ?? 1024;
     this.tun.onPackets((p) => this.sendPackets(p));
     this.bind.onDatagrams((d) => this.receiveDatagrams(d));
@@ -319,7 +329,7 @@ export class ReferencePlane implements DataPlane {
         this.unattributed.too_big++;
         continue;
       }
-      this.nat.unsnat(pkt, h.totalLength);
+      this.nat.unsnat(pkt, h.totalLength, this.clock.now());
       const id = this.allowed.lookup(h.dst);
       const p = id === undefined ? undefined : this.peers.get(id);
       if (!p) {
@@ -436,7 +446,11 @@ export class ReferencePlane implements DataPlane {
       }
       p.counters.lastRxDataMs = now;
       const inner = plain.subarray(0, h.totalLength);
-      this.nat.dnat(inner);
+      const nat = this.nat.dnat(inner, now);
+      if (nat === NAT_FULL || nat === NAT_CLASH) {
+        p.drops[nat === NAT_FULL ? 'nat_table_full' : 'nat_clash']++;
+        continue;
+      }
       // h.dst views the packet's bytes, so it already shows the destination DNAT wrote
       if (this.localAddrs.length > 0 && !this.isLocal(h.dst)) {
         p.drops.bad_destination++;
@@ -467,6 +481,16 @@ export class ReferencePlane implements DataPlane {
 const TCP = 6;
 const UDP = 17;
 const NAT_MAX_FLOWS = 65536;
+/** Idle timeouts of a flow (native/nat.h TENC_NAT_*_MS). */
+const NAT_TCP_IDLE_MS = 300_000;
+const NAT_TCP_CLOSING_MS = 10_000;
+const NAT_UDP_IDLE_MS = 30_000;
+/** dnat's refusals (native/nat.h TENC_NAT_FULL, TENC_NAT_CLASH). */
+const NAT_FULL = -1;
+const NAT_CLASH = -2;
+const TCP_FIN = 0x01;
+const TCP_SYN = 0x02;
+const TCP_RST = 0x04;
 
 interface NatService {
   vip: Uint8Array;
@@ -480,8 +504,35 @@ interface L4View {
   dst: Uint8Array;
   sport: number;
   dport: number;
+  /** TCP flags (byte 13 of the TCP header); 0 for UDP. */
+  flags: number;
   /** Offset of the TCP/UDP checksum field. */
   sumAt: number;
+}
+
+/** A remembered flow: the VIP its replies get back, and what decides whether it is live. */
+interface NatFlow {
+  vip: Uint8Array;
+  local: Uint8Array;
+  proto: number;
+  lport: number;
+  /** TCP: a FIN or RST went either way since the last SYN. */
+  closing: boolean;
+  /** The last packet either way. */
+  lastMs: number;
+}
+
+/** Was a packet of the flow seen within its idle timeout (as native/nat.c flow_live)? */
+function flowLive(f: NatFlow, now: number): boolean {
+  const idle = f.proto === UDP ? NAT_UDP_IDLE_MS : f.closing ? NAT_TCP_CLOSING_MS : NAT_TCP_IDLE_MS;
+  return now <= f.lastMs || now - f.lastMs < idle;
+}
+
+/** A packet of the flow went by: live again; a FIN or RST shortens its timeout until a SYN (as flow_touch). */
+function flowTouch(f: NatFlow, flags: number, now: number): void {
+  if (now > f.lastMs) f.lastMs = now;
+  if (flags & (TCP_FIN | TCP_RST)) f.closing = true;
+  else if (flags & TCP_SYN) f.closing = false;
 }
 
 /** Unfragmented TCP/UDP over an already validated inner header, or null. */
@@ -506,7 +557,8 @@ function l4View(p: Uint8Array, len: number): L4View | null {
   if (proto === TCP && len >= ihl + 20) sumAt = ihl + 16;
   else if (proto === UDP && len >= ihl + 8) sumAt = ihl + 6;
   else return null;
-  return { proto, src, dst, sport: (p[ihl] << 8) | p[ihl + 1], dport: (p[ihl + 2] << 8) | p[ihl + 3], sumAt };
+  const flags = proto === TCP ? p[ihl + 13] : 0;
+  return { proto, src, dst, sport: (p[ihl] << 8) | p[ihl + 1], dport: (p[ihl + 2] << 8) | p[ihl + 3], flags, sumAt };
 }
 
 /** RFC 1624 eqn. 3: the checksum at `at` after 16-bit words `from` became `to`. */
@@ -539,8 +591,10 @@ const hexOf = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
 class ReferenceNat {
   private services: NatService[] = [];
-  /** flow key (what a reply carries) -> VIP; Map order is age order. */
-  private readonly flows = new Map<string, Uint8Array>();
+  /** flow key (what a reply carries) -> flow; Map order is least recently used first. */
+  private readonly flows = new Map<string, NatFlow>();
+
+  constructor(private readonly maxFlows: number) {}
 
   setServices(list: LocalService[]): void {
     const out: NatService[] = [];
@@ -558,40 +612,71 @@ class ReferenceNat {
       out.push({ vip, local, ports });
     }
     this.services = out;
-    this.flows.clear();
+    // Only the flows no service DNATs any more are forgotten: the agent sends the whole
+    // list whenever any service changes, and the others' connections must survive that.
+    const same = (a: Uint8Array, b: Uint8Array) => hexOf(a) === hexOf(b);
+    for (const [key, f] of this.flows) {
+      const kept = out.some(
+        (s) => same(s.vip, f.vip) && same(s.local, f.local) && (s.ports.length === 0 || s.ports.some((x) => x.proto === f.proto && x.port === f.lport)),
+      );
+      if (!kept) this.flows.delete(key);
+    }
   }
 
   private static key(proto: number, client: Uint8Array, cport: number, local: Uint8Array, lport: number): string {
     return `${proto}|${hexOf(client)}|${cport}|${hexOf(local)}|${lport}`;
   }
 
-  /** Receive side: to a VIP[:port] -> to the local address. Returns true if rewritten. */
-  dnat(p: Uint8Array): boolean {
-    if (this.services.length === 0) return false;
+  /**
+   * Receive side: to a VIP[:port] -> to the local address. Returns 1 if rewritten, 0 if
+   * not to a service, NAT_FULL or NAT_CLASH when the new flow is refused (left alone).
+   */
+  dnat(p: Uint8Array, now: number): number {
+    if (this.services.length === 0) return 0;
     const v = l4View(p, p.length);
-    if (!v) return false;
+    if (!v) return 0;
     for (const s of this.services) {
       if (s.vip.length !== v.dst.length || hexOf(s.vip) !== hexOf(v.dst)) continue;
       if (s.ports.length > 0 && !s.ports.some((x) => x.proto === v.proto && x.port === v.dport)) continue;
       const key = ReferenceNat.key(v.proto, v.src, v.sport, s.local, v.dport);
+      const old = this.flows.get(key);
+      if (old && hexOf(old.vip) !== hexOf(s.vip) && flowLive(old, now)) return NAT_CLASH;
+      if (!old && this.flows.size >= this.maxFlows) {
+        // the least recently used expired flow gives way (native: within the bucket's 4 ways)
+        let expired: string | undefined;
+        for (const [k, f] of this.flows) {
+          if (!flowLive(f, now)) {
+            expired = k;
+            break;
+          }
+        }
+        if (expired === undefined) return NAT_FULL;
+        this.flows.delete(expired);
+      }
+      const f: NatFlow = old ?? { vip: s.vip, local: s.local, proto: v.proto, lport: v.dport, closing: false, lastMs: now };
+      f.vip = s.vip; // an expired flow of another VIP may be taken over
+      flowTouch(f, v.flags, now);
       this.flows.delete(key);
-      this.flows.set(key, s.vip);
-      if (this.flows.size > NAT_MAX_FLOWS) this.flows.delete(this.flows.keys().next().value as string);
+      this.flows.set(key, f);
       rewriteAddress(p, v, v.dst, s.local);
-      return true;
+      return 1;
     }
-    return false;
+    return 0;
   }
 
-  /** Send side: a reply of a known flow gets the VIP back as its source. */
-  unsnat(p: Uint8Array, len: number): boolean {
+  /** Send side: a reply of a known flow gets the VIP back as its source (and keeps the flow live). */
+  unsnat(p: Uint8Array, len: number, now: number): boolean {
     if (this.services.length === 0) return false;
     const v = l4View(p, len);
     if (!v) return false;
     if (!this.services.some((s) => s.local.length === v.src.length && hexOf(s.local) === hexOf(v.src))) return false;
-    const vip = this.flows.get(ReferenceNat.key(v.proto, v.dst, v.dport, v.src, v.sport));
-    if (!vip) return false;
-    rewriteAddress(p, v, v.src, vip);
+    const key = ReferenceNat.key(v.proto, v.dst, v.dport, v.src, v.sport);
+    const f = this.flows.get(key);
+    if (!f) return false;
+    flowTouch(f, v.flags, now);
+    this.flows.delete(key);
+    this.flows.set(key, f);
+    rewriteAddress(p, v, v.src, f.vip);
     return true;
   }
 }

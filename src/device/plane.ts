@@ -43,6 +43,8 @@ export const DROP_REASONS = [
   'bad_mac1', // handshake message whose mac1 is not made with our public key (checked before the control plane)
   'handshake_ratelimited', // under handshake load: its source address was over its rate (20/s, burst 5)
   'keypair_expired', // keypair older than REJECT_AFTER_TIME: nothing sealed or opened with it
+  'nat_table_full', // authentic, a new flow to a service VIP, but its NAT bucket holds only live flows (never evicted: their replies would lose the VIP)
+  'nat_clash', // authentic, a new flow to a service VIP whose reply tuple is a live flow's of another VIP (its replies could not be told apart)
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 

@@ -17,7 +17,7 @@ const REMOTE = { address: '10.0.0.2', port: 51820 };
 const K_OUT = new Uint8Array(32).fill(0x11); // we send with it
 const K_IN = new Uint8Array(32).fill(0x22); // the peer sends with it
 
-function setup(queueLimit = 4) {
+function setup(queueLimit = 4, natMaxFlows?: number) {
   const clock = new ManualClock(5_000);
   const net = new FakeNetwork();
   const tun = new FakeTun(1420);
@@ -25,7 +25,7 @@ function setup(queueLimit = 4) {
   const remote = net.bind(REMOTE);
   const got: Uint8Array[] = [];
   remote.onDatagrams((ds) => ds.forEach((d) => got.push(d.data)));
-  const plane = new ReferencePlane({ tun, bind, clock, queueLimit });
+  const plane = new ReferencePlane({ tun, bind, clock, queueLimit, natMaxFlows });
   const events: PlaneEvent[] = [];
   plane.onEvents((e) => events.push(...e));
   plane.addPeer(7, REMOTE);
@@ -281,8 +281,8 @@ const addrOf = (pkt: Uint8Array, which: 'src' | 'dst'): string => {
 
 describe('reference plane: local services (DNAT, as native/nat.c)', () => {
   const payload = new TextEncoder().encode('GET / HTTP/1.0\r\n\r\n!');
-  function natSetup() {
-    const s = setup();
+  function natSetup(natMaxFlows?: number) {
+    const s = setup(4, natMaxFlows);
     s.plane.setLocalServices([
       { vip: '10.96.0.10', localAddress: '10.1.0.1', ports: [{ protocol: 'tcp', port: 80 }] },
       { vip: '10.96.0.11', localAddress: '10.1.0.1', ports: [] },
@@ -296,6 +296,11 @@ describe('reference plane: local services (DNAT, as native/nat.c)', () => {
       expect(got.length).toBe(1);
       return got[0];
     };
+    /** An inner packet the plane must refuse (nothing written to the TUN). */
+    const refused = (inner: Uint8Array): void => {
+      s.recv(s.fromPeer(ctr++, inner));
+      expect(s.tun.take()).toEqual([]);
+    };
     const reply = (inner: Uint8Array): Uint8Array => {
       s.got.length = 0;
       s.tun.inject([inner]);
@@ -305,7 +310,7 @@ describe('reference plane: local services (DNAT, as native/nat.c)', () => {
       if (!o.ok) throw new Error('reply did not open');
       return o.plaintext.subarray(0, inner.length);
     };
-    return { s, deliver, reply };
+    return { s, deliver, refused, reply };
   }
 
   it('TCP to VIP:port goes to the local address; the reply comes back from the VIP; checksums stay valid', () => {
@@ -341,15 +346,71 @@ describe('reference plane: local services (DNAT, as native/nat.c)', () => {
     expect(checksumsOk(v6)).toBe(true);
   });
 
-  it('fragments are left alone; replies of unknown flows are not rewritten; new services forget flows', () => {
+  it('fragments are left alone; replies of unknown flows are not rewritten; new services forget the flows they no longer DNAT', () => {
     const { s, deliver, reply } = natSetup();
     const frag = l4Packet(6, '10.1.0.2', '10.96.0.10', 40000, 80, payload);
     frag[6] = 0x20; // MF
     expect(addrOf(deliver(frag), 'dst')).toBe('10.96.0.10');
     expect(addrOf(reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 40001, payload)), 'src')).toBe('10.1.0.1');
     deliver(l4Packet(6, '10.1.0.2', '10.96.0.10', 40002, 80, payload));
-    s.plane.setLocalServices([{ vip: '10.96.0.10', localAddress: '10.1.0.1', ports: [] }]);
+    s.plane.setLocalServices([{ vip: '10.96.0.10', localAddress: '10.1.0.1', ports: [{ protocol: 'tcp', port: 81 }] }]); // its port gone
     expect(addrOf(reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 40002, payload)), 'src')).toBe('10.1.0.1');
     expect(() => s.plane.setLocalServices([{ vip: '10.96.0.10', localAddress: 'fd00::1', ports: [] }])).toThrow(RangeError);
+  });
+
+  it('a service update keeps the flows of the services that stay (as native: regression, every update reset all); a removed service\'s are gone', () => {
+    const { s, deliver, reply } = natSetup();
+    const list = [
+      { vip: '10.96.0.10', localAddress: '10.1.0.1', ports: [{ protocol: 'tcp' as const, port: 80 }] },
+      { vip: '10.96.0.11', localAddress: '10.1.0.1', ports: [] },
+    ];
+    s.plane.setLocalServices(list);
+    deliver(l4Packet(6, '10.1.0.2', '10.96.0.10', 40000, 80, payload));
+    const back = () => addrOf(reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 40000, payload)), 'src');
+    s.plane.setLocalServices(list); // the same list again
+    expect(back()).toBe('10.96.0.10');
+    s.plane.setLocalServices([...list, { vip: '10.96.0.12', localAddress: '10.1.0.1', ports: [] }]);
+    expect(back()).toBe('10.96.0.10');
+    s.plane.setLocalServices([list[1]!]); // removed
+    expect(back()).toBe('10.1.0.1');
+  });
+
+  it('one client socket to two VIPs of one local address: the second flow is refused (nat_clash) until the first is idle past its timeout (as native)', () => {
+    const { s, deliver, refused, reply } = natSetup();
+    const back = () => addrOf(reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 40001, payload)), 'src');
+    deliver(l4Packet(6, '10.1.0.2', '10.96.0.10', 40001, 80, payload));
+    refused(l4Packet(6, '10.1.0.2', '10.96.0.11', 40001, 80, payload));
+    expect(s.plane.peerDrops(7).nat_clash).toBe(1);
+    expect(back()).toBe('10.96.0.10');
+    s.clock.advance(300_000);
+    expect(addrOf(deliver(l4Packet(6, '10.1.0.2', '10.96.0.11', 40001, 80, payload)), 'dst')).toBe('10.1.0.1');
+    expect(back()).toBe('10.96.0.11');
+    expect(only(s.plane.drops())).toEqual({ nat_clash: 1 });
+  });
+
+  it('a full table never drops a live flow: the new one is refused (nat_table_full); expired flows make room: UDP 30 s, TCP 10 s after FIN/RST, TCP 5 min (as native)', () => {
+    const { s, deliver, refused, reply } = natSetup(4);
+    s.plane.addAllowedIp(7, '10.1.0.6/32'); // another client behind the peer
+    const backF = () => addrOf(reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 40002, payload)), 'src');
+    const flow = (port: number, proto: 6 | 17 = 6) => l4Packet(proto, '10.1.0.6', proto === 6 ? '10.96.0.10' : '10.96.0.11', port, proto === 6 ? 80 : 5353, payload);
+    deliver(l4Packet(6, '10.1.0.2', '10.96.0.10', 40002, 80, payload)); // F
+    s.clock.advance(1000);
+    deliver(flow(50001));
+    deliver(flow(50002, 17));
+    const fin = flow(50003);
+    fin[33] = 0x11; // FIN|ACK (the checksum is not checked on this path)
+    deliver(fin);
+    refused(flow(50004));
+    expect(s.plane.peerDrops(7).nat_table_full).toBe(1);
+    expect(backF()).toBe('10.96.0.10');
+    s.clock.advance(11_000);
+    deliver(flow(50004)); // the closing flow made room
+    refused(flow(50005));
+    s.clock.advance(20_000);
+    deliver(flow(50005)); // the UDP flow made room
+    expect(backF()).toBe('10.96.0.10');
+    s.clock.advance(300_000);
+    deliver(flow(50006));
+    expect(only(s.plane.drops())).toEqual({ nat_table_full: 2 });
   });
 });

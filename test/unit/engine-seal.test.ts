@@ -415,4 +415,19 @@ describe('receive path TCP merge: writev of headers + payloads in place against 
       expect(gathered[2]!.equals(Buffer.from(pkts[71]!))).toBe(true);
     });
   }
+
+  it('segments that differ only in TCP byte 12 (the reserved and AE bits) are not merged, as Linux compares the whole flag word (from a review)', () => {
+    for (const v6 of [false, true]) {
+      const ihl = v6 ? 40 : 20;
+      const a = tcpSegment(v6, 40000, 1000, new Uint8Array(randomBytes(1000)));
+      const b = tcpSegment(v6, 40000, 2000, new Uint8Array(randomBytes(1000)));
+      expect(addon.engineTestGro([a, b], false)).toHaveLength(1); // as they are: one run
+      b[ihl + 12] |= 0x01; // AE (RFC 9768; formerly NS), data offset unchanged
+      for (const iov of [false, true]) {
+        const frames = addon.engineTestGro([a, b], iov) as Buffer[];
+        expect(frames).toHaveLength(2);
+        expect(frames[1]!.equals(Buffer.from(b))).toBe(true);
+      }
+    }
+  });
 });
