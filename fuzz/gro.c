@@ -25,7 +25,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (uint32_t i = 0; i < n;) {
     uint32_t olen = 0, rlen = 0, ilen = 0, niov = 0;
     uint32_t k = tenc_gro_tcp(pkts + i, lens + i, n - i, out, cap, 1, &olen);
-    uint32_t k0 = tenc_gro_tcp(pkts + i, lens + i, n - i, raw, cap, 0, &rlen);
+    /* the same room for the packet: vnet = 1 spends 10 bytes of cap on its header */
+    uint32_t k0 = tenc_gro_tcp(pkts + i, lens + i, n - i, raw, cap - 10, 0, &rlen);
     FZ_CHECK(k >= 1 && k <= n - i && k <= TENC_GRO_MAX_SEGS);
     if (k > 1) {
       FZ_CHECK(olen <= cap);
