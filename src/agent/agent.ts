@@ -34,7 +34,7 @@
  * it), policies.ts (the project's TencPolicy set).
  */
 import { existsSync, mkdirSync } from 'node:fs';
-import { controlRequest, socketIsLive } from '../control/socket.js';
+import { ControlClientError, controlRequest, socketIsLive } from '../control/socket.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
 import { readProjectView, type PeerInfo, type PodInfo, type ProjectView, type Watch } from '../registry/registry.js';
 import { desiredState, peerChanges, type DesiredPeer, type DesiredPod } from './desired.js';
@@ -96,6 +96,8 @@ export class Agent {
     this.log.warn({ pod: k.pod, node: k.node, publicKey, why }, 'published key not believed');
     this.o.hooks?.peerRejected?.();
   };
+  /** Requests a pod refused, already logged (pod, op, peer, message): each logged once. */
+  private readonly refusedSeen = new Set<string>();
   /** The project's TencPolicy set in force. */
   readonly policies: ProjectPolicies;
 
@@ -381,13 +383,42 @@ export class Agent {
     this.starting.set(name, p);
   }
 
+  /**
+   * Sends the pod what changed. A request the pod refuses (it answered with an error: a
+   * value it does not take) holds up nothing else: it is logged once and left unapplied
+   * (tried again at the next reconcile), and the other peers, the services, endpoints and
+   * members still go. A socket that fails (the proxy gone or silent) ends apply() as before.
+   */
   private async apply(px: Proxy, want: DesiredPod): Promise<void> {
     const { remove, set } = peerChanges(px.applied, want.peers);
+    /** A request the pod answered with an error: logged once; anything else (the socket failed) is thrown. */
+    const refused = (e: unknown, op: string, peer?: string): void => {
+      if (!(e instanceof ControlClientError) || !e.answered) throw e;
+      const id = `${px.pod.name} ${op} ${peer ?? ''} ${e.code} ${e.message}`;
+      if (this.refusedSeen.has(id)) return;
+      if (this.refusedSeen.size >= 1024) this.refusedSeen.clear(); // bounded: logged again, never kept
+      this.refusedSeen.add(id);
+      this.log.warn({ pod: px.pod.name, op, ...(peer ? { peer: keyFingerprint(peer) } : {}), code: e.code, err: e.message }, 'pod refused a request: the others still go (logged once)');
+    };
+    /** Sends a request; false when the pod refused it. */
+    const send = async (req: { op: string } & Record<string, unknown>, peer?: string): Promise<boolean> => {
+      try {
+        await controlRequest(px.socket, req);
+        return true;
+      } catch (e) {
+        refused(e, req.op, peer);
+        return false;
+      }
+    };
     for (const key of remove) {
       try {
         await controlRequest(px.socket, { op: 'remove-peer', publicKey: key });
       } catch (e) {
-        if ((e as { code?: string }).code !== 'ENOENT') throw e;
+        // ENOENT: the pod has no such peer (gone already)
+        if ((e as { code?: string }).code !== 'ENOENT') {
+          refused(e, 'remove-peer', key);
+          continue;
+        }
       }
       px.applied.delete(key);
       this.log.info({ pod: px.pod.name, peer: keyFingerprint(key) }, 'peer removed');
@@ -399,15 +430,14 @@ export class Agent {
       if (!before) continue;
       const old = (JSON.parse(before) as DesiredPeer).allowedIps;
       const kept = old.filter((ip) => d.allowedIps.includes(ip));
-      if (kept.length < old.length) {
-        await controlRequest(px.socket, { op: 'set-peer', peer: { publicKey: d.publicKey, allowedIps: kept } });
+      if (kept.length < old.length && (await send({ op: 'set-peer', peer: { publicKey: d.publicKey, allowedIps: kept } }, d.publicKey))) {
         px.applied.set(d.publicKey, JSON.stringify({ ...d, allowedIps: kept }));
       }
     }
     const rekeys: Promise<unknown>[] = [];
     for (const d of set) {
       const fresh = !px.applied.has(d.publicKey);
-      await controlRequest(px.socket, { op: 'set-peer', peer: { publicKey: d.publicKey, endpoint: d.endpoint, allowedIps: d.allowedIps } });
+      if (!(await send({ op: 'set-peer', peer: { publicKey: d.publicKey, endpoint: d.endpoint, allowedIps: d.allowedIps } }, d.publicKey))) continue;
       px.applied.set(d.publicKey, JSON.stringify(d));
       this.log.info({ pod: px.pod.name, peer: keyFingerprint(d.publicKey), allowedIps: d.allowedIps }, 'peer set');
       // A key new to this pod is usually a pod that just started with its peers in its
@@ -419,20 +449,17 @@ export class Agent {
     }
     await Promise.all(rekeys);
     const services = JSON.stringify(want.services);
-    if (services !== px.services) {
-      await controlRequest(px.socket, { op: 'set-services', services: want.services });
+    if (services !== px.services && (await send({ op: 'set-services', services: want.services }))) {
       px.services = services;
       this.log.info({ pod: px.pod.name, services: want.services.map((s) => s.vip) }, 'services set');
     }
     const endpoints = JSON.stringify(want.endpoints);
-    if (px.dns && endpoints !== px.endpoints) {
-      await controlRequest(px.socket, { op: 'set-endpoints', endpoints: want.endpoints });
+    if (px.dns && endpoints !== px.endpoints && (await send({ op: 'set-endpoints', endpoints: want.endpoints }))) {
       px.endpoints = endpoints;
       this.log.info({ pod: px.pod.name, vips: want.endpoints.length }, 'endpoints set');
     }
     const members = JSON.stringify(want.members);
-    if (members !== px.members) {
-      await controlRequest(px.socket, { op: 'set-members', members: want.members });
+    if (members !== px.members && (await send({ op: 'set-members', members: want.members }))) {
       px.members = members;
       this.log.info({ pod: px.pod.name, members: want.members.length }, 'members set');
     }

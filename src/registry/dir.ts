@@ -160,11 +160,15 @@ export class DirectoryRegistry implements Registry {
    * not its key's: two files naming one pod would otherwise both be read, and which
    * node the pod is on would depend on which of them a reader kept.
    */
-  private parsed<T>(kind: string, project: string, parse: (project: string, o: Obj) => T | null, nameOf?: (v: T) => string): T[] {
+  private parsed<T>(kind: string, project: string, parse: (project: string, o: Obj, report: (why: string) => void) => T | string | null, nameOf?: (v: T) => string): T[] {
     const out: T[] = [];
     for (const { name, file, o } of readJsonDir(this.sub(kind, project), this.onProblem)) {
-      const v = parse(project, o as Obj);
-      if (v === null) continue;
+      const v = parse(project, o as Obj, (why) => this.onProblem(file, why));
+      if (v === null) continue; // left out in the ordinary course (a finished pod, a headless Service)
+      if (typeof v === 'string') {
+        this.onProblem(file, `${v}: ignored`);
+        continue;
+      }
       if (nameOf && nameOf(v) !== name) {
         this.onProblem(file, `metadata.name ${quote(nameOf(v))} differs from its file name ${name}: ignored`);
         continue;
@@ -243,7 +247,17 @@ export class DirectoryRegistry implements Registry {
       } catch {
         continue;
       }
-      for (const n of readdirSync(dir).filter((f) => f.endsWith('.json')).sort()) {
+      // one node's directory that cannot be read (EACCES, removed meanwhile) leaves out
+      // that node's entries, never the project's other peers
+      let files: string[];
+      try {
+        files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT') this.onProblem(dir, `cannot read the directory (${code ?? (e as Error).message}): its entries ignored`);
+        continue;
+      }
+      for (const n of files) {
         const file = join(dir, n);
         let o: Obj;
         try {

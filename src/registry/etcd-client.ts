@@ -35,6 +35,8 @@ export const HOME_CHECK_MS = 2000;
  * election, and 5.1 s in CI).
  */
 export const ENDPOINT_BREAK_MS = 1000;
+/** Largest gRPC message accepted from etcd (a snapshot, a watch catch-up): clientv3's default, 2 GiB - 1. */
+export const MAX_RECEIVE_BYTES = 2 ** 31 - 1;
 
 
 export class EtcdSpecError extends Error {
@@ -141,7 +143,16 @@ export function etcdClient(c: EtcdConnection, callTimeoutMs = CALL_TIMEOUT_MS): 
     dialTimeout: CALL_TIMEOUT_MS,
     // a member that vanished without a reset (host down, partition) is noticed by
     // HTTP/2 pings, so the watch moves to another endpoint (etcd allows one per 5 s)
-    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5000, 'grpc.keepalive_permit_without_calls': 1 },
+    // and no 4 MiB cap on what etcd sends (gRPC's default): the snapshot is one range of
+    // the whole prefix and a watch catch-up sends up to 1000 revisions at once, so a
+    // cluster of a few thousand pods was refused (RESOURCE_EXHAUSTED) and the agent
+    // learnt nothing; etcd's own client (clientv3) allows math.MaxInt32 too
+    grpcOptions: {
+      'grpc.keepalive_time_ms': 10_000,
+      'grpc.keepalive_timeout_ms': 5000,
+      'grpc.keepalive_permit_without_calls': 1,
+      'grpc.max_receive_message_length': MAX_RECEIVE_BYTES,
+    },
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
     faultHandling: { host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: ENDPOINT_BREAK_MS, breaker: new ConsecutiveBreaker(3) }) },
   };
@@ -360,16 +371,19 @@ export class LeasedKeys {
     );
   }
 
-  /** Revokes the lease (its keys go at once); nothing is written after. */
+  /**
+   * Stops keeping the lease alive, never revokes it: the keys stay published until the
+   * lease's TTL runs out (an agent that stops leaves its proxies running with their keys
+   * published; the next agent adopts them and publishes again under a lease of its own),
+   * and vanish by themselves if no agent comes back. Nothing is written after.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const lease = this.lease;
     this.lease = null;
-    if (lease) {
-      await lease
-        .then((l) => l.revoke({ deadline: Date.now() + 2000 }))
-        .catch(() => {});
-    }
+    // release() only stops etcd3's side (no call to etcd); the keep-alive timer ends at its
+    // next tick (closed)
+    if (lease) await lease.then((l) => l.release()).catch(() => {});
   }
 }

@@ -28,14 +28,18 @@
  * ends in an error (etcd3 says only "Watcher canceled" when a compaction removed the
  * revision it needed) is dropped and the snapshot is read again, with backoff; a lost
  * connection is retried over the other endpoints in order (inOrder(): own member first),
- * and the watch resumes from its last revision. While etcd is unreachable the copy
+ * and the watch resumes after the last event it delivered (never after a response
+ * header's revision: a catch-up's headers are ahead of its events). A watch create
+ * that etcd refuses (e.g. an expired auth token) or leaves unanswered gets a new watch
+ * stream, as etcd3 sends no later create on that one. While etcd is unreachable the copy
  * stays as it was: the agent keeps its pods running with what they have, and learns
  * nothing new (new destinations stay fail-closed).
  *
  * Publishing: peers are written under a lease of this agent (TTL a few seconds, kept
  * alive), so the keys of a dead agent vanish by themselves. A lease that is lost
  * (expired while etcd was unreachable) is replaced and everything this agent
- * published is written again under the new one.
+ * published is written again under the new one. close() never revokes the lease: the
+ * keys of an agent that stops stay until its TTL runs out (the pods keep running).
  *
  * The client layer (the spec, TLS and auth, call deadlines, the endpoint order and
  * its failover, the lease keeper) is etcd-client.ts; this file is the key layout,
@@ -52,7 +56,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync, chmodSync } from 'n
 import { join } from 'node:path';
 import type { Etcd3, Watcher } from 'etcd3';
 import { CALL_TIMEOUT_MS, HOME_CHECK_MS, LeasedKeys, RETRY_MAX_MS, RETRY_MIN_MS, SNAPSHOT_TIMEOUT_MS, endpointOrder, etcdClient, type EndpointOrder, type EtcdConnection, type Host } from './etcd-client.js';
-import { endpointsFromObject, isName, peerFromObject, podFromObject, policyFromObject, serviceFromObject } from './objects.js';
+import { endpointsFromObject, isKey32, isName, peerFromObject, podFromObject, policyFromObject, serviceFromObject } from './objects.js';
 import { isNodeName, parseNodeName } from '../net/names.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 
@@ -118,7 +122,21 @@ export interface EtcdRegistryOptions {
   onEvent?: (what: string, detail: Record<string, unknown>) => void;
   /** Directory (created 0700) for the psk files pskFile() writes (mode 0600). */
   secretDir?: string;
+  /** A watch whose create is not answered this long on an open stream gets a new stream (default WATCH_CREATE_MS; tests). */
+  watchCreateMs?: number;
 }
+
+/**
+ * Cancels a watch, waiting at most 2 s: etcd3's cancel of a watch whose create is not
+ * answered yet waits for that answer (or the stream's end), which may never come.
+ */
+function cancelWatcher(w: Watcher): Promise<void> {
+  let t: NodeJS.Timeout | undefined;
+  return Promise.race([w.cancel().catch(() => {}), new Promise<void>((r) => (t = setTimeout(r, 2000)))]).finally(() => clearTimeout(t));
+}
+
+/** How long a watch create may go unanswered on an open stream (etcd answers at once). */
+export const WATCH_CREATE_MS = 10_000;
 
 /** Counters for tests and benchmarks. */
 export interface EtcdRegistryStats {
@@ -126,10 +144,11 @@ export interface EtcdRegistryStats {
   events: number;
   watchErrors: number;
   leasesLost: number;
+  /** The revision the copy is at: of the last event delivered (or the snapshot). */
   revision: number;
+  /** etcd3 watch streams given up and opened again (a refused or unanswered create). */
+  watchStreamResets: number;
 }
-
-const PSK = /^[A-Za-z0-9+/]{43}=$/;
 
 export class EtcdRegistry implements Registry {
   readonly client: Etcd3;
@@ -153,7 +172,10 @@ export class EtcdRegistry implements Registry {
   private watchOn: Host | null = null;
   private homeTimer: NodeJS.Timeout | null = null;
   private homeProbing = false;
-  readonly stats: EtcdRegistryStats = { snapshots: 0, events: 0, watchErrors: 0, leasesLost: 0, revision: 0 };
+  /** Since when the watch waits for its create's answer (null: created). */
+  private watchPendingSince: number | null = null;
+  private readonly watchCreateMs: number;
+  readonly stats: EtcdRegistryStats = { snapshots: 0, events: 0, watchErrors: 0, leasesLost: 0, revision: 0, watchStreamResets: 0 };
 
   constructor(
     readonly connection: EtcdConnection,
@@ -165,6 +187,7 @@ export class EtcdRegistry implements Registry {
     this.onProblem = opts.onProblem ?? (() => {});
     this.onEvent = opts.onEvent ?? (() => {});
     this.secretDir = opts.secretDir ?? null;
+    this.watchCreateMs = opts.watchCreateMs ?? WATCH_CREATE_MS;
     this.keys = new LeasedKeys(this.client, connection.ttl, this.onEvent, () => this.stats.leasesLost++);
   }
 
@@ -198,17 +221,39 @@ export class EtcdRegistry implements Registry {
     this.startWatch(rev + 1, gen);
   }
 
+  /**
+   * Watches the prefix from revision `from`. The copy is at stats.revision: the highest
+   * revision of an event delivered (or the snapshot's, or a progress notification's),
+   * never a response header's: a watch catching up gets etcd's current revision in the
+   * header of each batch (at most 1000 revisions of events), so resuming after a header
+   * skipped the batches not delivered yet. etcd3 resumes from the header (and from the
+   * create response's, etcd's current revision): every (re)create is sent from the
+   * copy's revision + 1 instead.
+   */
   private startWatch(from: number, gen: number): void {
     this.watcher?.cancel().catch(() => {});
     this.watchOn = this.order.current();
     const w = this.client.watch().prefix(this.prefix).startRevision(String(from)).watcher();
     this.watcher = w;
-    // (re)connected: on the endpoint calls go to now (the order is deterministic)
+    this.watchPendingSince = Date.now();
+    // (re)connected: on the endpoint calls go to now (the order is deterministic); the
+    // create request is written after this event, so its revision can be set here
     w.on('connecting', () => {
-      if (gen === this.generation && this.watcher === w) this.watchOn = this.order.current();
+      if (gen !== this.generation || this.watcher !== w) return;
+      this.watchOn = this.order.current();
+      w.request.start_revision = String(this.stats.revision + 1);
+    });
+    w.on('connected', () => {
+      if (this.watcher === w) this.watchPendingSince = null;
+    });
+    w.on('disconnected', () => {
+      if (this.watcher === w) this.watchPendingSince = Date.now();
     });
     if (!this.homeTimer) {
-      this.homeTimer = setInterval(() => this.homeCheck(), HOME_CHECK_MS);
+      this.homeTimer = setInterval(() => {
+        this.createCheck();
+        this.homeCheck();
+      }, HOME_CHECK_MS);
       this.homeTimer.unref();
     }
     w.on('put', (kv) => {
@@ -222,15 +267,60 @@ export class EtcdRegistry implements Registry {
       this.remove(kv.key.toString('utf8'));
     });
     w.on('data', (res) => {
-      if (gen === this.generation && res.header) this.stats.revision = Math.max(this.stats.revision, Number(res.header.revision));
+      if (gen !== this.generation) return;
+      let rev = this.stats.revision;
+      for (const ev of res.events ?? []) rev = Math.max(rev, Number(ev.kv?.mod_revision ?? 0));
+      // no events, not a create or cancel: a progress notification, which etcd sends only
+      // to a watch that has caught up (its header is then the copy's revision)
+      if ((res.events ?? []).length === 0 && !res.created && !res.canceled && res.header) rev = Math.max(rev, Number(res.header.revision));
+      this.stats.revision = rev;
     });
     // compaction ("Watcher canceled"), auth, anything: read everything again
     w.on('error', (e) => {
       if (gen !== this.generation || this.closed) return;
       this.stats.watchErrors++;
+      // refused at its create (etcd answers created + canceled, e.g. permission denied
+      // after the auth token expired): etcd3 then waits on that stream for ever for the
+      // create's answer and sends no create for a later watch: the copy would freeze
+      if (w.id === null) this.resetWatchStream('watch refused at its create: opening a new watch stream', (e as Error).message);
       this.onEvent('watch error: reading the snapshot again', { err: (e as Error).message });
       this.resync(gen);
     });
+  }
+
+  /**
+   * A watch not created within WATCH_CREATE_MS while its stream is up (etcd answers a
+   * create at once, before any catch-up): the stream is given up and opened again.
+   * The backstop for a stream on which etcd3 sends no more creates (see the 'error'
+   * handler above) however it got there.
+   */
+  private createCheck(): void {
+    const since = this.watchPendingSince;
+    const w = this.watcher as unknown as { manager?: { state?: number } } | null;
+    if (this.closed || since === null || !w || Date.now() - since < this.watchCreateMs) return;
+    if (w.manager?.state !== 2 /* etcd3 WatchManager: State.Connected */) return; // still connecting: etcd3 retries
+    this.watchPendingSince = Date.now();
+    this.resetWatchStream(`watch not created within ${this.watchCreateMs} ms: opening a new watch stream`);
+  }
+
+  /**
+   * Ends etcd3's watch stream as a stream error would (its watches are created again on
+   * a new stream, from the copy's revision: see 'connecting'), after dropping the cached
+   * auth token (a refused create is most often an expired one). Reaches into etcd3
+   * (WatchManager.handleError, the pool's authenticator): checked, so an upgrade that
+   * changes them is reported, not silently ignored.
+   */
+  private resetWatchStream(what: string, err?: string): void {
+    const auth = (this.client as unknown as { pool?: { authenticator?: { invalidateMetadata?: () => void } } }).pool?.authenticator;
+    const manager = (this.watcher as unknown as { manager?: { handleError?: (e: Error) => void } } | null)?.manager;
+    if (typeof auth?.invalidateMetadata !== 'function' || typeof manager?.handleError !== 'function') {
+      this.onEvent('etcd3 not as expected (upgraded?): cannot open a new watch stream', {});
+      return;
+    }
+    this.stats.watchStreamResets++;
+    this.onEvent(what, err === undefined ? {} : { err });
+    auth.invalidateMetadata();
+    manager.handleError(new Error(what));
   }
 
   /**
@@ -252,7 +342,7 @@ export class EtcdRegistry implements Registry {
           if (this.closed || gen !== this.generation || this.watcher !== w || this.order.failed(this.order.primary)) return;
           this.onEvent('watch back on the first endpoint', { fromRevision: this.stats.revision + 1 });
           this.watcher = null;
-          await w.cancel().catch(() => {});
+          await cancelWatcher(w);
           if (!this.closed && gen === this.generation && this.watcher === null) this.startWatch(this.stats.revision + 1, gen);
         },
         () => {},
@@ -314,27 +404,31 @@ export class EtcdRegistry implements Registry {
       case 'secrets': {
         const b64 = o?.data?.psk;
         const psk = typeof b64 === 'string' ? Buffer.from(b64, 'base64').toString('utf8').trim() : '';
-        // never say what the value was
-        if (PSK.test(psk)) p.psk = psk;
+        // never say what the value was; canonical and not all zeros, as the pods take it
+        if (isKey32(psk)) p.psk = psk;
         else ok = false;
         break;
       }
-      case 'pods': {
-        const v = podFromObject(at.project, o);
-        if (v && v.name === at.name) p.pods.set(at.name, v);
-        else ok = false;
-        break;
-      }
-      case 'services': {
-        const v = serviceFromObject(at.project, o);
-        if (v && v.name === at.name) p.services.set(at.name, v);
-        else ok = false;
-        break;
-      }
+      case 'pods':
+      case 'services':
       case 'endpointslices': {
-        const v = endpointsFromObject(at.project, o);
-        if (v) p.endpoints.set(at.name, v);
-        else ok = false;
+        // the endpoints' problems (an address that is not an IP) are said, the rest kept
+        const v =
+          at.kind === 'pods'
+            ? podFromObject(at.project, o)
+            : at.kind === 'services'
+              ? serviceFromObject(at.project, o)
+              : endpointsFromObject(at.project, o, (why) => this.onProblem(key, why));
+        if (v === null) break; // left out in the ordinary course (a finished pod, a headless Service)
+        if (typeof v === 'string') {
+          this.onProblem(key, `not a valid ${at.kind.replace(/s$/, '')} object: ${v}: ignored`);
+          this.touch(at.project);
+          return;
+        }
+        if ('service' in v) p.endpoints.set(at.name, v);
+        else if (v.name !== at.name) ok = false;
+        else if ('vip' in v) p.services.set(at.name, v);
+        else p.pods.set(at.name, v);
         break;
       }
       case 'peers': {
@@ -495,16 +589,20 @@ export class EtcdRegistry implements Registry {
     return { close: () => set!.delete(fn) };
   }
 
-  /** Stops watching; revokes the lease (its keys go at once), closes the connections. */
+  /**
+   * Stops watching, closes the connections. The lease is not revoked: the keys stay
+   * published until its TTL runs out (LeasedKeys.close), as the agent leaves its proxies
+   * running when it stops.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.generation++;
     this.listeners.clear();
     if (this.homeTimer) clearInterval(this.homeTimer);
-    const revoked = this.keys.close();
-    await this.watcher?.cancel().catch(() => {});
-    await revoked;
+    const released = this.keys.close();
+    if (this.watcher) await cancelWatcher(this.watcher);
+    await released;
     this.client.close();
   }
 }

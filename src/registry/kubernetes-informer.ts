@@ -49,8 +49,17 @@ export interface InformerLog {
 export interface InformerOptions {
   /** Server-side limit of one watch request (the API server closes it after this); default 240 s, jittered. */
   timeoutSeconds?: number;
-  /** Abort a watch that has sent nothing for this long (default timeoutSeconds + 30 s). */
+  /**
+   * Abort a watch that has sent nothing for this long (default IDLE_MS, 90 s, or
+   * timeoutSeconds + 30 s if shorter): with allowWatchBookmarks the API server sends a
+   * BOOKMARK about once a minute, so a watch silent for longer is on a dead connection.
+   */
   idleMs?: number;
+  /**
+   * An informer whose lists or watches have kept failing this long is no longer current
+   * (default STALE_AFTER_MS, 120 s): the health file then says synced: false.
+   */
+  staleAfterMs?: number;
   /** First back-off after an error (default 250 ms), doubling up to backoffMaxMs (default 30 s), full jitter. */
   backoffMs?: number;
   backoffMaxMs?: number;
@@ -71,6 +80,10 @@ export function errorKind(e: unknown): string {
 
 /** A watch that lasted this long before it ended counts as healthy (back-off reset). */
 const HEALTHY_WATCH_MS = 1000;
+/** Default idle limit of a watch: the API server sends a BOOKMARK about every minute (bookmarkFrequency). */
+export const IDLE_MS = 90_000;
+/** Default time the list or watch may keep failing before the informer is not current. */
+export const STALE_AFTER_MS = 120_000;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
 
@@ -173,6 +186,7 @@ class GuardedWatch {
         return;
       }
       gotData = true;
+      if (phase !== 'ERROR') this.inf.alive();
       // ListWatch's handler is async: what throws in it (or in a listener it calls) comes
       // back as a rejected promise; the watch then ends as failed and is retried
       const fail = (e: unknown) => {
@@ -209,6 +223,7 @@ class GuardedWatch {
       return c;
     }
     this.current = c;
+    this.inf.alive(); // the API server answered the watch (200)
     return c;
   }
 }
@@ -225,6 +240,9 @@ export class Informer<T extends KubernetesObject> {
   private retry: NodeJS.Timeout | undefined;
   private stopped = false;
   private syncedOnce = false;
+  /** Since when the lists or watches fail without one that worked (null: working). */
+  private failingSince: number | null = null;
+  private readonly staleAfterMs: number;
   /** Why the last list failed, while the informer has never listed (else null). */
   private listFailure: unknown = null;
   private readonly syncWaiters = new Set<{ failFast: boolean; ok: () => void; fail: (e: Error) => void }>();
@@ -248,13 +266,15 @@ export class Informer<T extends KubernetesObject> {
     const timeoutSeconds = o.timeoutSeconds ?? 240;
     this.gw = new GuardedWatch(kc, this as Informer<KubernetesObject>, {
       timeoutSeconds,
-      idleMs: o.idleMs ?? (timeoutSeconds + 30) * 1000,
+      idleMs: o.idleMs ?? Math.min((timeoutSeconds + 30) * 1000, IDLE_MS),
       minWatchGapMs: o.minWatchGapMs ?? 200,
     });
+    this.staleAfterMs = o.staleAfterMs ?? STALE_AFTER_MS;
     const counted = async () => {
       const l = await listFn();
       this.lists++;
       this.failures = 0;
+      this.alive();
       return l;
     };
     this.lw = new ListWatch<T>(path, this.gw as unknown as Watch, counted, false, o.labelSelector);
@@ -277,6 +297,11 @@ export class Informer<T extends KubernetesObject> {
     this.syncedOnce = true;
     this.listFailure = null;
     for (const w of [...this.syncWaiters]) w.ok();
+  }
+
+  /** A list or a watch answered: the informer is working (current again). */
+  alive(): void {
+    this.failingSince = null;
   }
 
   /** A watch worked (carried data or lived a while): the next error backs off from the start again. */
@@ -302,6 +327,7 @@ export class Informer<T extends KubernetesObject> {
   failed(err: unknown): void {
     if (this.stopped) return;
     this.errors++;
+    this.failingSince ??= Date.now();
     const kind = errorKind(err);
     const msg = (err as Error)?.message ?? String(err);
     this.lastError = `${kind}: ${msg}`;
@@ -325,6 +351,15 @@ export class Informer<T extends KubernetesObject> {
 
   get synced(): boolean {
     return this.syncedOnce;
+  }
+
+  /**
+   * Listed once, and its lists or watches have not kept failing for staleAfterMs: the
+   * cache follows the API server (a cache whose watch fails for hours is not current,
+   * though every read still serves it).
+   */
+  get current(): boolean {
+    return this.syncedOnce && (this.failingSince === null || Date.now() - this.failingSince < this.staleAfterMs);
   }
 
   /** Sync waiters pending (tests: a timed-out or failed one is not kept). */

@@ -51,11 +51,11 @@ import {
   type V1Pod,
   type V1Service,
 } from '@kubernetes/client-node';
-import { parseKey32, type ServicePort } from '../control/config.js';
+import { type ServicePort } from '../control/config.js';
 import { parseEndpoint } from '../net/address.js';
 import { isNodeName, NAMESPACE_NAME, parseNodeName } from '../net/names.js';
 import { Informer, describeError as describe, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
-import { clusterIps } from './objects.js';
+import { clusterIps, isKey32, podAddresses, podGone, servicePorts } from './objects.js';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
 
 export const PROTECT_LABEL = 'tenc.io/protect';
@@ -84,8 +84,10 @@ export interface KubernetesRegistryOptions {
   informer?: InformerOptions;
   /**
    * A file rewritten every healthMs (default 10 s) while the event loop runs:
-   * {"synced":true|false,...}; the DaemonSet's probes read it (liveness: fresh;
-   * readiness: synced, i.e. every informer listed at least once).
+   * {"synced":true|false,"stale":[...],...}; the DaemonSet's probes read it (liveness:
+   * fresh; readiness: synced, i.e. every informer listed at least once and none whose
+   * lists or watches have kept failing for informer.staleAfterMs, default 120 s: those
+   * are named in "stale").
    */
   healthFile?: string;
   healthMs?: number;
@@ -98,16 +100,7 @@ export interface KubernetesRegistryOptions {
 const KEY = /^[A-Za-z0-9+/]{43}=$/;
 const str = (v: unknown): v is string => typeof v === 'string' && v !== '';
 
-/**
- * A base64 32-byte key (`wg genkey`/`wg genpsk` form), not all zeros, canonical as
- * the pod's parser wants it (parseKey32: a lenient decoder would take other last
- * characters for the same bytes, and the pod would refuse the key later).
- */
-export function isKey32(v: unknown): v is string {
-  if (typeof v !== 'string' || !KEY.test(v)) return false;
-  const k = parseKey32(v);
-  return k.ok && !k.value.every((b) => b === 0);
-}
+export { isKey32 };
 
 /** "ip:port" or "[ip6]:port" with a port 1-65535, as the pod's parser (parseEndpoint) takes it. */
 export function isEndpoint(v: unknown): v is string {
@@ -140,6 +133,9 @@ export function parsePsk(data: Record<string, string> | undefined, ns: string): 
   const v = Buffer.from(raw, 'base64').toString('utf8').replace(/\r?\n$/, '');
   if (!KEY.test(v)) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is not a 32-byte key in base64 (wg genpsk form; ${v.length} characters)`);
   if (Buffer.from(v, 'base64').equals(Buffer.alloc(32))) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is all zeros`);
+  // canonical, as the pods' parser takes it (a last character with stray low bits decodes
+  // to the same bytes leniently, and every pod would then refuse the psk file)
+  if (!isKey32(v)) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is not a canonical base64 key (wg genpsk form)`);
   return v;
 }
 
@@ -272,8 +268,9 @@ export class KubernetesRegistry implements Registry {
   }
 
   private writeHealth(file: string): void {
-    const synced = this.all.every((i) => i.synced);
-    const body = JSON.stringify({ synced, time: new Date().toISOString(), informers: this.stats() }) + '\n';
+    const stale = this.all.filter((i) => i.synced && !i.current).map((i) => i.what);
+    const synced = this.all.every((i) => i.current);
+    const body = JSON.stringify({ synced, ...(stale.length > 0 ? { stale } : {}), time: new Date().toISOString(), informers: this.stats() }) + '\n';
     try {
       const tmp = `${file}.tmp-${process.pid}`;
       writeFileSync(tmp, body, { mode: 0o644 });
@@ -358,17 +355,15 @@ export class KubernetesRegistry implements Registry {
       const name = p.metadata?.name;
       const node = p.spec?.nodeName;
       if (!str(name) || !str(node)) continue; // not scheduled yet
-      if (p.metadata?.deletionTimestamp || p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed') continue;
+      if (podGone(p)) continue; // objects.ts: the same rules for the etcd and directory backends
       // a hostNetwork pod has the node's network and address (objects.ts podFromObject)
       if (p.spec?.hostNetwork === true) continue;
-      const raw = [p.status?.podIP, ...(Array.isArray(p.status?.podIPs) ? p.status!.podIPs!.map((x) => x?.ip) : [])].filter(str);
-      const ips = raw.filter((ip) => isIP(ip) !== 0);
-      if (ips.length < raw.length) this.once(`badip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: status.podIP(s) ${JSON.stringify(raw.filter((ip) => isIP(ip) === 0).slice(0, 2))} not an IP address: ignored`);
-      if (ips.length === 0) {
+      const { addresses, bad } = podAddresses(p.status?.podIP, p.status?.podIPs);
+      if (bad.length > 0) this.once(`badip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: status.podIP(s) ${JSON.stringify(bad.slice(0, 2))} not an IP address: ignored`);
+      if (addresses.length === 0) {
         if (p.status?.phase === 'Running') this.once(`noip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: Running without status.podIP: left out`);
         continue;
       }
-      const addresses = [...new Set(ips)];
       const labels: Record<string, string> = {};
       for (const [k, v] of Object.entries(p.metadata?.labels ?? {})) if (typeof v === 'string') labels[k] = v;
       out.push({
@@ -401,11 +396,7 @@ export class KubernetesRegistry implements Registry {
         this.once(`nosel/${project}/${name}`, { project, service: name }, `kubernetes service ${project}/${name}: no selector: left out (tenc routes only services that select pods)`);
         continue;
       }
-      const ports: ServicePort[] = [];
-      for (const p of Array.isArray(s.spec?.ports) ? s.spec!.ports! : []) {
-        const proto = p?.protocol ?? 'TCP';
-        if ((proto === 'TCP' || proto === 'UDP') && Number.isInteger(p.port) && p.port >= 1 && p.port <= 65535) ports.push({ protocol: proto.toLowerCase() as 'tcp' | 'udp', port: p.port });
-      }
+      const ports: ServicePort[] = servicePorts(s.spec?.ports);
       const vips = clusterIps(vip, s.spec?.clusterIPs);
       out.push({ project, name, vip, ...(vips.length > 1 ? { vips } : {}), ports, selector: { ...sel } });
     }

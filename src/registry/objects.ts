@@ -1,8 +1,16 @@
 /**
  * The registry objects in their Kubernetes shapes (trimmed), read into the
  * registry interface's types. Pure: a backend that stores the objects as JSON
- * (etcd.ts) parses each once, when it arrives; null means "not an object of
- * that kind" and the backend reports it as a problem.
+ * (etcd.ts) parses each once, when it arrives. Each reader returns the object, null
+ * when it is left out as the Kubernetes backend leaves it out in the ordinary course
+ * (a pod not scheduled yet, without an IP yet, finished or being deleted, on the host
+ * network; a headless or ExternalName Service; an FQDN EndpointSlice), or a string
+ * saying why it is refused (the backend reports it with its place and leaves it out).
+ *
+ * The checks are the Kubernetes backend's (kubernetes.ts) and the pod's own: a value
+ * the pod would refuse (a cluster IP "None", a pod or endpoint address that is not an
+ * IP, a port out of 1-65535 or listed twice) would make the agent tell every client
+ * pod a set-peer or set-services the pod refuses, at every reconcile.
  */
 import { isIP } from 'node:net';
 import { parseKey32, type ServicePort } from '../control/config.js';
@@ -23,39 +31,83 @@ export const QUOTE_MAX = 64;
 /** A value as a problem quotes it, cut to QUOTE_MAX characters with its full length (net/parsed.ts show). */
 export const quote = (v: unknown): string => show(v, QUOTE_MAX);
 
+const nonEmpty = (v: unknown): v is string => typeof v === 'string' && v !== '';
+
+/**
+ * A base64 32-byte key (`wg genkey`/`wg genpsk` form), not all zeros, canonical as
+ * the pod's parser wants it (parseKey32: a lenient decoder would take other last
+ * characters for the same bytes, and the pod would refuse the key later). For the
+ * psk Secrets of the etcd and Kubernetes backends and the Kubernetes TencPeers.
+ */
+export function isKey32(v: unknown): v is string {
+  if (typeof v !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(v)) return false;
+  const k = parseKey32(v);
+  return k.ok && !k.value.every((b) => b === 0);
+}
+
+/** Is the pod left out as finished or going: being deleted, or phase Succeeded or Failed (its IP may be another pod's by now). */
+export function podGone(o: Obj): boolean {
+  return !!o?.metadata?.deletionTimestamp || o?.status?.phase === 'Succeeded' || o?.status?.phase === 'Failed';
+}
+
+/**
+ * A pod's IP addresses, primary first (status.podIP, then status.podIPs), each once:
+ * `bad` lists the entries that are not IP addresses (left out). Empty strings are no
+ * address yet.
+ */
+export function podAddresses(podIP: unknown, podIPs: unknown): { addresses: string[]; bad: string[] } {
+  const raw = [podIP, ...(Array.isArray(podIPs) ? podIPs.map((x: Obj) => x?.ip) : [])].filter(nonEmpty);
+  return { addresses: [...new Set(raw.filter((ip) => isIP(ip) !== 0))], bad: raw.filter((ip) => isIP(ip) === 0) };
+}
+
+/**
+ * A Service's ports as the pod takes them (set-services): TCP or UDP (absent: TCP, the
+ * API's default), 1-65535, each protocol and port once; others left out.
+ */
+export function servicePorts(list: unknown): ServicePort[] {
+  const out: ServicePort[] = [];
+  for (const p of Array.isArray(list) ? (list as Obj[]) : []) {
+    const proto = p?.protocol ?? 'TCP';
+    if ((proto !== 'TCP' && proto !== 'UDP') || !Number.isInteger(p.port) || p.port < 1 || p.port > 65535) continue;
+    const port: ServicePort = { protocol: proto === 'TCP' ? 'tcp' : 'udp', port: p.port };
+    if (!out.some((x) => x.protocol === port.protocol && x.port === port.port)) out.push(port);
+  }
+  return out;
+}
+
 /**
  * A Pod: spec.nodeName, status.podIP (and podIPs), labels. Never a netns: a pod's
  * network namespace comes only from the CNI registration on the node (a registry
- * object, e.g. an annotation, is something a tenant may write).
+ * object, e.g. an annotation, is something a tenant may write). Left out (null): not
+ * scheduled yet, no IP yet, finished or being deleted, on the host network.
  */
-export function podFromObject(project: string, o: Obj): PodInfo | null {
+export function podFromObject(project: string, o: Obj): PodInfo | string | null {
   const m = o?.metadata;
-  if (!str(m?.name) || !str(o?.spec?.nodeName) || !str(o?.status?.podIP)) return null;
+  if (!str(m?.name)) return 'metadata.name: missing or not a string';
+  if (!nonEmpty(o?.spec?.nodeName)) return null; // not scheduled yet
+  if (podGone(o)) return null;
   // a hostNetwork pod has the node's network, not a namespace of its own: tenc cannot
   // protect it, and its address is the node's (as a member, every pod of the project
   // would route the node's address into tenc0 and refuse plaintext to it)
   if (o.spec.hostNetwork === true) return null;
-  const ips: string[] = Array.isArray(o.status.podIPs) ? o.status.podIPs.map((x: Obj) => x?.ip).filter(str) : [];
-  return {
-    project,
-    name: m.name,
-    node: o.spec.nodeName,
-    address: o.status.podIP,
-    addresses: [o.status.podIP, ...ips.filter((ip) => ip !== o.status.podIP)],
-    labels: { ...(m.labels ?? {}) },
-    netns: null,
-  };
+  const { addresses, bad } = podAddresses(o?.status?.podIP, o?.status?.podIPs);
+  if (bad.length > 0) return `status.podIP(s): ${bad.slice(0, 2).map(quote).join(', ')} not an IP address`;
+  if (addresses.length === 0) return o?.status?.phase === 'Running' ? 'Running without status.podIP' : null;
+  return { project, name: m.name, node: o.spec.nodeName, address: addresses[0], addresses, labels: { ...(m.labels ?? {}) }, netns: null };
 }
 
-/** A Service: spec.clusterIP (and clusterIPs: dual-stack), spec.ports (TCP/UDP), spec.selector. */
-export function serviceFromObject(project: string, o: Obj): ServiceInfo | null {
-  if (!str(o?.metadata?.name) || !str(o?.spec?.clusterIP) || !Array.isArray(o.spec.ports)) return null;
-  const ports: ServicePort[] = o.spec.ports
-    .filter((p: Obj) => (p?.protocol === 'TCP' || p?.protocol === 'UDP') && Number.isInteger(p.port))
-    .map((p: Obj) => ({ protocol: p.protocol.toLowerCase(), port: p.port }));
-  const vip: string = o.spec.clusterIP;
+/**
+ * A Service: spec.clusterIP (and clusterIPs: dual-stack), spec.ports (TCP/UDP), spec.selector.
+ * Left out (null): headless (clusterIP "None") or ExternalName (none): no virtual IP to route.
+ */
+export function serviceFromObject(project: string, o: Obj): ServiceInfo | string | null {
+  if (!str(o?.metadata?.name)) return 'metadata.name: missing or not a string';
+  const vip = o?.spec?.clusterIP;
+  if (!nonEmpty(vip) || vip === 'None') return null;
+  if (isIP(vip) === 0) return `spec.clusterIP: ${quote(vip)} is not an IP address`;
+  if (!Array.isArray(o.spec.ports)) return 'spec.ports: missing or not a list';
   const vips = clusterIps(vip, o.spec.clusterIPs);
-  return { project, name: o.metadata.name, vip, ...(vips.length > 1 ? { vips } : {}), ports, selector: { ...(o.spec.selector ?? {}) } };
+  return { project, name: o.metadata.name, vip, ...(vips.length > 1 ? { vips } : {}), ports: servicePorts(o.spec.ports), selector: { ...(o.spec.selector ?? {}) } };
 }
 
 /**
@@ -71,13 +123,28 @@ export function clusterIps(primary: string, list: unknown): string[] {
   return out;
 }
 
-/** An EndpointSlice (label kubernetes.io/service-name): its ready endpoints. */
-export function endpointsFromObject(project: string, o: Obj): EndpointsInfo | null {
+/**
+ * An EndpointSlice (label kubernetes.io/service-name): its ready endpoints (a pod once).
+ * Left out (null): an FQDN slice. An endpoint whose address is not an IP is left out and
+ * named through `report`.
+ */
+export function endpointsFromObject(project: string, o: Obj, report: (why: string) => void = () => {}): EndpointsInfo | string | null {
   const service = o?.metadata?.labels?.['kubernetes.io/service-name'];
-  if (!str(service) || !Array.isArray(o.endpoints)) return null;
-  const pods = (o.endpoints as Obj[])
-    .filter((e) => str(e?.addresses?.[0]) && str(e?.targetRef?.name) && e?.conditions?.ready !== false)
-    .map((e) => ({ name: e.targetRef.name as string, address: e.addresses[0] as string, node: str(e.nodeName) ? e.nodeName : '' }));
+  if (!str(service)) return 'metadata.labels: no kubernetes.io/service-name';
+  if (o.addressType !== undefined && o.addressType !== 'IPv4' && o.addressType !== 'IPv6') return null; // FQDN: not pods
+  if (!Array.isArray(o.endpoints)) return 'endpoints: missing or not a list';
+  const pods: EndpointsInfo['pods'] = [];
+  for (const e of o.endpoints as Obj[]) {
+    if (e?.conditions?.ready === false) continue; // unknown counts as ready (API reference)
+    const address = e?.addresses?.[0];
+    const name = e?.targetRef?.kind === 'Pod' || e?.targetRef?.kind === undefined ? e?.targetRef?.name : undefined;
+    if (!nonEmpty(address) || !nonEmpty(name)) continue;
+    if (isIP(address) === 0) {
+      report(`endpoint address ${quote(address)} is not an IP address: that endpoint ignored`);
+      continue;
+    }
+    if (!pods.some((p) => p.name === name)) pods.push({ name, address, node: nonEmpty(e.nodeName) ? e.nodeName : '' });
+  }
   return { project, service, pods };
 }
 

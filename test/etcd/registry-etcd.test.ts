@@ -7,7 +7,9 @@
  *  3. peers: the publisher is the node of the key, never a field of the value
  *  4. the psk Secret handed out as a 0600 file (never in an error message)
  *  5. lease: the keys of an agent killed with SIGKILL (built dist/ needed) vanish within
- *     TTL + 5 s; a lease revoked under a live agent is replaced and its keys come back
+ *     TTL + 5 s; a lease revoked under a live agent is replaced and its keys come back;
+ *     close() leaves the keys published until the lease's TTL runs out (never revoked)
+ *  5b. more than 4 MiB below the prefix (gRPC's default receive limit) is read
  *  6. connection lost while the history is compacted: the watch is cancelled, the
  *     snapshot read again, and no change is missed
  *  7. auth on: node2's user cannot write below node1's prefix, can below its own
@@ -192,7 +194,7 @@ describe('etcd registry (real etcd)', () => {
     await expect(r2.pskFile('gamma')).rejects.toThrow(/no valid psk Secret/);
   });
 
-  it('lease: a dead agent\'s keys vanish within TTL + 5 s; a revoked lease is replaced and the keys return', async () => {
+  it('lease: a dead agent\'s keys vanish within TTL + 5 s; a revoked lease is replaced and the keys return; close() does not revoke', async () => {
     const watcher = reg();
     // an agent in a process of its own publishes, then is killed with SIGKILL
     const agent = spawn(process.execPath, ['--input-type=module', '-e', `
@@ -220,9 +222,29 @@ describe('etcd registry (real etcd)', () => {
     await until('the agent to publish again under a new lease', async () => (await watcher.peers('alpha')).length === 1, 10_000);
     expect(live.stats.leasesLost).toBe(1);
     await live.close();
-    // closing revokes the lease: the key goes at once
-    await until('close to remove the key', async () => (await watcher.peers('alpha')).length === 0, 2000);
+    // a clean stop leaves the key published (the agent's proxies keep running): read back
+    // from a second client, it is still there; it goes only when the lease's TTL runs out
+    const reader = etcdClient(conn);
+    expect(await reader.get('/tenc/nodes/node2/peers/alpha/db').string()).toContain(KEY_B);
+    reader.close();
+    expect((await watcher.peers('alpha')).length).toBe(1);
+    await until('the closed agent\'s key to expire with its lease', async () => (await watcher.peers('alpha')).length === 0, 2000 + 5000);
   });
+
+  it('more than 4 MiB of objects (gRPC\'s default receive limit): the snapshot is read', async () => {
+    const big = { ...conn, prefix: '/big/' };
+    const pad = 'x'.repeat(1000);
+    const pods = (n: number, from = 0) => new Map(Array.from({ length: n }, (_, i) => [`p${from + i}`, { ...pod(`p${from + i}`, 'node1', `10.129.${(from + i) >> 8}.${(from + i) & 255}`), metadata: { name: `p${from + i}`, labels: { pad } } }]));
+    const w = new EtcdRegistryWriter(big);
+    w.putProject('alpha', join(tmp, 'psk'));
+    w.replaceObjects('pods', 'alpha', pods(5500));
+    await w.flush(60_000);
+    const r = reg({ prefix: '/big/' });
+    expect(await r.projects()).toEqual(['alpha']);
+    expect((await r.pods('alpha')).length).toBe(5500);
+    await r.close();
+    w.close();
+  }, 120_000);
 
   it('connection lost while the history is compacted: snapshot read again, nothing missed', async () => {
     const relay = new Relay(etcd.clientPort);

@@ -34,8 +34,12 @@ export interface FakeRequest {
   publicKey?: string;
 }
 
-/** A fake proxy at `path`: answers every control request ok (status names `publicKey`, no peers) and keeps the requests in `requests`. */
-export function fakeProxy(path: string, publicKey: string, requests: FakeRequest[] = []): Promise<Server> {
+/**
+ * A fake proxy at `path`: answers every control request ok (status names `publicKey`, no
+ * peers) and keeps the requests in `requests`; a request `refuse` returns a message for
+ * is answered with that error instead (EINVAL, as the pod refuses a value).
+ */
+export function fakeProxy(path: string, publicKey: string, requests: FakeRequest[] = [], refuse: (req: FakeRequest) => string | null = () => null): Promise<Server> {
   const server = createServer((c) => {
     let buf = '';
     c.setEncoding('utf8').on('data', (d: string) => {
@@ -44,6 +48,11 @@ export function fakeProxy(path: string, publicKey: string, requests: FakeRequest
         const req = JSON.parse(buf.slice(0, nl)) as FakeRequest;
         buf = buf.slice(nl + 1);
         requests.push(req);
+        const no = refuse(req);
+        if (no !== null) {
+          c.write(JSON.stringify({ id: req.id, ok: false, error: { code: 'EINVAL', message: no } }) + '\n');
+          continue;
+        }
         const result = req.op === 'status' ? { publicKey, peers: [] } : req.op === 'rekey' ? { peers: [] } : {};
         c.write(JSON.stringify({ id: req.id, ok: true, result }) + '\n');
       }
@@ -58,11 +67,11 @@ export function fakeProxy(path: string, publicKey: string, requests: FakeRequest
  * the agent looks for it (podSocket): adopted as that pod's running proxy. Its close and
  * the socket's removal go on `cleanup`.
  */
-export async function fakePodProxy(netns: string, publicKey: string, requests: FakeRequest[], cleanup: (() => void | Promise<void>)[]): Promise<void> {
+export async function fakePodProxy(netns: string, publicKey: string, requests: FakeRequest[], cleanup: (() => void | Promise<void>)[], refuse?: (req: FakeRequest) => string | null): Promise<void> {
   const socket = podSocket(netns);
   mkdirSync(dirname(socket), { recursive: true });
   rmSync(socket, { force: true });
-  const server = await fakeProxy(socket, publicKey, requests);
+  const server = await fakeProxy(socket, publicKey, requests, refuse);
   cleanup.push(() => new Promise<void>((r) => server.close(() => r())));
   cleanup.push(() => rmSync(socket, { force: true }));
 }

@@ -15,7 +15,7 @@ import { bigToIp6, ip6ToBig } from '../../src/agent/cluster-ip6.js';
 import { classifyCidrs, conflist, plan, runChain, syncRegistry } from '../../src/agent/cluster-tool.js';
 import { desiredState } from '../../src/agent/desired.js';
 import { DirectoryRegistry } from '../../src/registry/dir.js';
-import { readProjectView, type PodInfo } from '../../src/registry/registry.js';
+import { readProjectView, type PodInfo, type ServiceInfo } from '../../src/registry/registry.js';
 import { serviceFromObject } from '../../src/registry/objects.js';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -206,9 +206,9 @@ describe('registry objects of a dual-stack cluster', () => {
 
   it('serviceFromObject: clusterIPs after clusterIP, one per family, junk ignored', () => {
     const o = (clusterIPs: unknown) => ({ metadata: { name: 's' }, spec: { clusterIP: 'fd00:96::1', clusterIPs, ports: [] } });
-    expect(serviceFromObject('a', o(['fd00:96::1', '10.96.0.1']))!.vips).toEqual(['fd00:96::1', '10.96.0.1']);
-    expect(serviceFromObject('a', o(['fd00:96::1', 'fd00:96::2', 'x', 7]))!.vips).toBeUndefined();
-    expect(serviceFromObject('a', o(undefined))!.vip).toBe('fd00:96::1');
+    expect((serviceFromObject('a', o(['fd00:96::1', '10.96.0.1'])) as ServiceInfo).vips).toEqual(['fd00:96::1', '10.96.0.1']);
+    expect((serviceFromObject('a', o(['fd00:96::1', 'fd00:96::2', 'x', 7])) as ServiceInfo).vips).toBeUndefined();
+    expect((serviceFromObject('a', o(undefined)) as ServiceInfo).vip).toBe('fd00:96::1');
   });
 });
 

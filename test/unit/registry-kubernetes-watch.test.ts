@@ -323,3 +323,34 @@ describe('kubernetes registry: a bad TencPeer', () => {
     expect(lines()[2]).toContain('spec.publicKey is all zeros');
   });
 });
+
+describe('kubernetes registry: a watch that keeps failing after the first list', () => {
+  it('the health file says synced: false once it has failed for staleAfterMs, and true again when it works', async () => {
+    const file = join(dir, 'health');
+    const r = new KubernetesRegistry(front.kubeConfig(api.agentToken('node1')), {
+      pskDir: join(dir, 'psk'),
+      node: 'node1',
+      log: { warn: (_f, m) => warnings.push(m), info: () => {} },
+      healthFile: file,
+      healthMs: 50,
+      informer: { backoffMs: 20, backoffMaxMs: 100, minWatchGapMs: 10, staleAfterMs: 400 },
+    });
+    regs.push(r);
+    const health = () => JSON.parse(readFileSync(file, 'utf8')) as { synced: boolean; stale?: string[] };
+    await until('synced', () => health().synced === true);
+    // the pods watch ends and every list and watch of pods is refused from now on
+    front.notFound.add(PODS);
+    api.dropWatches();
+    await until('not synced', () => health().synced === false, 5000);
+    expect(health().stale).toEqual(['pods']);
+    front.notFound.delete(PODS);
+    await until('synced again', () => health().synced === true, 5000);
+    expect(health().stale).toBeUndefined();
+  });
+
+  it('a watch silent for 90 s is given up by default (bookmarks come about every minute), not after timeoutSeconds + 30 s', () => {
+    const inf = new Informer('pods', front.kubeConfig('t'), PODS, async () => ({ items: [], metadata: {} }) as never, () => {}, { warn() {}, info() {} });
+    expect((inf as unknown as { gw: { o: { idleMs: number } } }).gw.o.idleMs).toBe(90_000);
+  });
+});
+

@@ -136,7 +136,7 @@ describe('a hostNetwork pod is not a member of its project', () => {
   it('podFromObject (etcd, directory) leaves it out: its address is its node\'s', () => {
     const pod = (hostNetwork?: boolean) => ({ metadata: { name: 'agent-x' }, spec: { nodeName: 'node1', ...(hostNetwork === undefined ? {} : { hostNetwork }) }, status: { podIP: '10.200.0.2' } });
     expect(podFromObject('alpha', pod(true))).toBeNull();
-    expect(podFromObject('alpha', pod(false))?.address).toBe('10.200.0.2');
-    expect(podFromObject('alpha', pod())?.name).toBe('agent-x');
+    expect((podFromObject('alpha', pod(false)) as PodInfo).address).toBe('10.200.0.2');
+    expect((podFromObject('alpha', pod()) as PodInfo).name).toBe('agent-x');
   });
 });

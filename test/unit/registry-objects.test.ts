@@ -1,0 +1,111 @@
+/**
+ * The directory and etcd backends take the objects the Kubernetes backend takes, with
+ * its rules (objects.ts), so the agent never tells a pod a value it refuses:
+ *  - a headless Service (clusterIP "None") is left out, not routed as VIP "None" (the
+ *    pod refused the set-peer with "None/32" in its allowed IPs, and apply() stopped
+ *    there for every client pod); a clusterIP that is not an IP is refused, reported;
+ *  - a pod finished (Succeeded, Failed) or being deleted is left out; an address that
+ *    is not an IP is refused, reported; "" is no address yet;
+ *  - an endpoint whose address is not an IP is left out, reported; ports outside
+ *    1-65535 or listed twice are dropped;
+ *  - the etcd backend's psk Secret must be canonical base64 and not all zeros.
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DirectoryRegistry } from '../../src/registry/dir.js';
+import { EtcdRegistry } from '../../src/registry/etcd.js';
+import { parseEtcdSpec } from '../../src/registry/etcd-client.js';
+import { FakeEtcd } from './etcd-fake.js';
+
+const cleanup: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+});
+
+function dirWith(objects: Record<string, unknown>): { reg: DirectoryRegistry; problems: string[] } {
+  const dir = mkdtempSync(join(tmpdir(), 'tenc-objects-'));
+  cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+  for (const [rel, o] of Object.entries(objects)) {
+    mkdirSync(join(dir, rel, '..'), { recursive: true });
+    writeFileSync(join(dir, rel), JSON.stringify(o));
+  }
+  const problems: string[] = [];
+  return { reg: new DirectoryRegistry(dir, { onProblem: (f, why) => problems.push(`${f.slice(dir.length + 1)}: ${why}`) }), problems };
+}
+
+const svc = (name: string, clusterIP: unknown, ports: unknown[] = [{ protocol: 'TCP', port: 80 }]) => ({ metadata: { name }, spec: { clusterIP, ports, selector: { app: name } } });
+const pod = (name: string, status: Record<string, unknown>, meta: Record<string, unknown> = {}) => ({ metadata: { name, ...meta }, spec: { nodeName: 'n1' }, status });
+
+describe('directory backend: the Kubernetes backend\'s rules', () => {
+  it('a headless Service (clusterIP "None") is left out, not given VIP "None"; a clusterIP that is not an IP is reported', async () => {
+    const { reg, problems } = dirWith({
+      'services/alpha/web.json': svc('web', '10.96.0.10'),
+      'services/alpha/db.json': svc('db', 'None'),
+      'services/alpha/ext.json': { metadata: { name: 'ext' }, spec: { type: 'ExternalName', ports: [] } },
+      'services/alpha/bad.json': svc('bad', 'ten.96.0.1'),
+    });
+    expect((await reg.services('alpha')).map((s) => [s.name, s.vip])).toEqual([['web', '10.96.0.10']]);
+    expect(problems).toEqual(['services/alpha/bad.json: spec.clusterIP: "ten.96.0.1" is not an IP address: ignored']);
+  });
+
+  it('ports outside 1-65535 or listed twice are dropped (the pod refuses them in set-services)', async () => {
+    const { reg } = dirWith({
+      'services/alpha/web.json': svc('web', '10.96.0.10', [{ protocol: 'TCP', port: 80 }, { protocol: 'TCP', port: 80 }, { protocol: 'UDP', port: 0 }, { protocol: 'UDP', port: 70000 }, { port: 443 }, { protocol: 'SCTP', port: 9 }]),
+    });
+    expect((await reg.services('alpha'))[0]!.ports).toEqual([{ protocol: 'tcp', port: 80 }, { protocol: 'tcp', port: 443 }]);
+  });
+
+  it('pods: finished or being deleted left out; an address that is not an IP reported; "" is no address yet', async () => {
+    const { reg, problems } = dirWith({
+      'pods/alpha/web.json': pod('web', { phase: 'Running', podIP: '10.128.1.10', podIPs: [{ ip: '10.128.1.10' }, { ip: 'fd00::a' }, { ip: 'fd00::a' }] }),
+      'pods/alpha/done.json': pod('done', { phase: 'Succeeded', podIP: '10.128.1.11' }),
+      'pods/alpha/failed.json': pod('failed', { phase: 'Failed', podIP: '10.128.1.12' }),
+      'pods/alpha/going.json': pod('going', { phase: 'Running', podIP: '10.128.1.13' }, { deletionTimestamp: '2025-01-01T00:00:00Z' }),
+      'pods/alpha/pending.json': pod('pending', { phase: 'Pending', podIP: '' }),
+      'pods/alpha/junk.json': pod('junk', { phase: 'Running', podIP: 'not-an-ip' }),
+    });
+    expect((await reg.pods('alpha')).map((p) => [p.name, p.addresses])).toEqual([['web', ['10.128.1.10', 'fd00::a']]]);
+    expect(problems).toEqual(['pods/alpha/junk.json: status.podIP(s): "not-an-ip" not an IP address: ignored']);
+  });
+
+  it('an endpoint whose address is not an IP is left out and reported; the others kept', async () => {
+    const { reg, problems } = dirWith({
+      'endpointslices/alpha/web.json': {
+        metadata: { name: 'web', labels: { 'kubernetes.io/service-name': 'web' } },
+        addressType: 'IPv4',
+        endpoints: [
+          { addresses: ['10.128.1.10'], targetRef: { kind: 'Pod', name: 'web-1' }, nodeName: 'n1' },
+          { addresses: ['web-2.example'], targetRef: { kind: 'Pod', name: 'web-2' }, nodeName: 'n1' },
+        ],
+      },
+      'endpointslices/alpha/fqdn.json': { metadata: { name: 'fqdn', labels: { 'kubernetes.io/service-name': 'x' } }, addressType: 'FQDN', endpoints: [{ addresses: ['a.example'], targetRef: { name: 'a' } }] },
+    });
+    expect(await reg.endpoints('alpha')).toEqual([{ project: 'alpha', service: 'web', pods: [{ name: 'web-1', address: '10.128.1.10', node: 'n1' }] }]);
+    expect(problems).toEqual(['endpointslices/alpha/web.json: endpoint address "web-2.example" is not an IP address: that endpoint ignored']);
+  });
+});
+
+describe('etcd backend: the psk Secret', () => {
+  it('is refused when all zeros or not canonical base64 (as the pods parse it), taken when canonical', async () => {
+    const etcd = new FakeEtcd();
+    await etcd.start();
+    cleanup.push(() => etcd.stop());
+    const secretDir = mkdtempSync(join(tmpdir(), 'tenc-objects-psk-'));
+    cleanup.push(() => rmSync(secretDir, { recursive: true, force: true }));
+    const psk = (v: string) => JSON.stringify({ data: { psk: Buffer.from(`${v}\n`).toString('base64') } });
+    for (const p of ['zero', 'loose', 'good']) etcd.put(`/tenc/projects/${p}`, '{}');
+    etcd.put('/tenc/secrets/zero/psk', psk(Buffer.alloc(32).toString('base64')));
+    // "...B=": the last character carries bits a canonical key has as zero (decodes leniently to the bytes of "...A=")
+    etcd.put('/tenc/secrets/loose/psk', psk('A'.repeat(42) + 'B='));
+    etcd.put('/tenc/secrets/good/psk', psk('A'.repeat(42) + 'E='));
+    const problems: string[] = [];
+    const r = new EtcdRegistry(parseEtcdSpec(etcd.endpoint), { secretDir, onProblem: (k, why) => problems.push(`${k}: ${why}`) });
+    cleanup.push(() => r.close());
+    await expect(r.pskFile('zero')).rejects.toThrow(/no valid psk Secret/);
+    await expect(r.pskFile('loose')).rejects.toThrow(/no valid psk Secret/);
+    expect(await r.pskFile('good')).toBe(join(secretDir, 'good.psk'));
+    expect(problems.filter((p) => /secrets\/(zero|loose)\/psk: not a valid psk Secret/.test(p))).toHaveLength(2);
+  });
+});
