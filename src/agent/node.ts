@@ -46,7 +46,7 @@ const MAX_LINE = 64 * 1024;
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
 
 /** The reconcilers' options the node agent passes on to each project's Agent, and its own. */
-export interface NodeAgentOptions extends Pick<AgentOptions, 'registry' | 'node' | 'log' | 'tencMain' | 'podLogLevel' | 'dns' | 'classifyCidrs' | 'hooks'> {
+export interface NodeAgentOptions extends Pick<AgentOptions, 'registry' | 'node' | 'log' | 'tencMain' | 'podLogLevel' | 'dns' | 'classifyCidrs' | 'clusterDns' | 'clusterDomain' | 'hooks'> {
   /** Only these projects (default: every project registry.projects() lists). */
   projects?: string[];
   socket?: string;
@@ -269,6 +269,8 @@ export class NodeAgent {
       podLogLevel: this.o.podLogLevel,
       dns: this.o.dns,
       classifyCidrs: this.o.classifyCidrs,
+      clusterDns: this.o.clusterDns,
+      clusterDomain: this.o.clusterDomain,
       hooks: this.o.hooks,
     });
     this.agents.set(project, a);

@@ -222,10 +222,20 @@ export interface ProxyOptions {
   tencMain?: string;
   /** Log level of the pod proxies. */
   podLogLevel?: string;
-  /** Run the pods' DNS proxy (when /etc/netns/<netns name>/resolv.conf exists); default true. */
+  /** Run the pods' DNS proxy (when /etc/netns/<netns name>/resolv.conf exists, or clusterDns is given); default true. */
   dns?: boolean;
   /** The pods' dns.classifyCidrs (cluster ranges classified on first use); default none. */
   classifyCidrs?: string[];
+  /**
+   * The cluster DNS service's addresses (kubelet's clusterDNS, e.g. 10.96.0.10): the DNS
+   * proxy's upstreams (and the addresses it intercepts) for a pod without
+   * /etc/netns/<name>/resolv.conf, which is every pod on Kubernetes (the runtime's netns is
+   * /var/run/netns/cni-...). Without them such pods run without the DNS proxy and without
+   * classifyCidrs. Default none.
+   */
+  clusterDns?: string[];
+  /** The cluster domain; a project's DNS domain is <project>.svc.<clusterDomain>. Default cluster.local. */
+  clusterDomain?: string;
   /** Metrics hooks (src/metrics/agent.ts); default none. */
   hooks?: AgentHooks;
   /** Each of a start's two waits (key line, then control socket); default START_TIMEOUT_MS. */
@@ -297,6 +307,10 @@ export class Proxies extends Map<string, Proxy> {
     // the DNS proxy, when the pod has a resolv.conf of its own (ip netns exec mounts
     // /etc/netns/NAME/resolv.conf; nsenter --net does not, so the path is given)
     const resolvConf = this.o.dns === false ? null : podResolvConf(netns);
+    // else (Kubernetes) the cluster DNS given to the agent: the pod's resolv.conf names it
+    const upstreams = this.o.dns === false || resolvConf !== null ? [] : (this.o.clusterDns ?? []);
+    const dns = resolvConf !== null || upstreams.length > 0;
+    const domain = `${this.o.project}.svc.${this.o.clusterDomain ?? 'cluster.local'}`;
     const want = desiredState(view, pod);
     const raw = (w: DesiredPod | null) => ({
       addresses: pod.addresses.slice(0, 2),
@@ -307,8 +321,15 @@ export class Proxies extends Map<string, Proxy> {
       // any stop (agent gone, crash, SIGTERM) leaves the rule, guards and enforcement
       failClosedOnStop: true,
       logLevel: this.o.podLogLevel ?? 'info',
-      ...(resolvConf
-        ? { dns: { domain: `${this.o.project}.svc.cluster.local`, resolvConf, classifyCidrs: this.o.classifyCidrs ?? [], ...(w ? { endpoints: w.endpoints } : {}) } }
+      ...(dns
+        ? {
+            dns: {
+              domain,
+              ...(resolvConf !== null ? { resolvConf } : { upstreams }),
+              classifyCidrs: this.o.classifyCidrs ?? [],
+              ...(w ? { endpoints: w.endpoints } : {}),
+            },
+          }
         : {}),
       ...(w ? { peers: w.peers, services: w.services, members: w.members } : {}),
     });
@@ -325,7 +346,7 @@ export class Proxies extends Map<string, Proxy> {
     const tmp = `${file}.tmp-${process.pid}`;
     writeFileSync(tmp, JSON.stringify(raw(chosen)), { mode: 0o600 });
     renameSync(tmp, file);
-    return { config, want: chosen, dns: resolvConf !== null };
+    return { config, want: chosen, dns };
   }
 
   /**

@@ -21,6 +21,10 @@ export interface RunAgentOptions {
   logLevel: LogLevel;
   /** dns.classifyCidrs of the pods' configs (canonical CIDRs). */
   classifyCidrs?: string[];
+  /** The cluster DNS service's addresses: DNS upstreams of pods without a resolv.conf of their own (Kubernetes). */
+  clusterDns?: string[];
+  /** The cluster domain (default cluster.local): projects' DNS domains are <project>.svc.<it>. */
+  clusterDomain?: string;
   /** --cni-wait: when ADD answers (NodeAgentOptions.cniWait). */
   cniWait?: 'fail-closed' | 'proxy';
   /** --metrics-address: serve /metrics there (src/metrics/). */
@@ -80,6 +84,8 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     runDir: o.runDir,
     log,
     classifyCidrs: o.classifyCidrs,
+    clusterDns: o.clusterDns,
+    clusterDomain: o.clusterDomain,
     cniWait: o.cniWait,
     podLogLevel: o.logLevel === 'debug' || o.logLevel === 'trace' ? o.logLevel : 'info',
     hooks: metrics?.agent,
@@ -97,7 +103,10 @@ export async function runAgent(o: RunAgentOptions): Promise<number> {
     await registry.close?.();
     return 1;
   }
-  log.info({ registry: redactCredentials(o.registry), runDir: o.runDir, socket: o.socket }, 'agent running');
+  log.info({ registry: redactCredentials(o.registry), runDir: o.runDir, socket: o.socket, clusterDns: o.clusterDns ?? [] }, 'agent running');
+  if ((o.classifyCidrs ?? []).length > 0 && (o.clusterDns ?? []).length === 0)
+    // on Kubernetes no pod has /etc/netns/<name>/resolv.conf: the ranges would reach none of them
+    log.warn('--classify-cidrs without --cluster-dns: only pods with /etc/netns/<netns>/resolv.conf (the local cluster) get the DNS proxy and the ranges; on Kubernetes give --cluster-dns (the cluster DNS service address, e.g. 10.96.0.10)');
   const why = await stopped;
   log.info({ signal: why }, 'stopping');
   await agent.stop();

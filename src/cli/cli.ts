@@ -11,6 +11,7 @@ import { isAbsolute, join } from 'node:path';
 import { USAGE, COMMAND_HELP } from './help.js';
 import { loadConfig, parseClassifyCidr, DEFAULT_SOCKET_DIR, MAX_CLASSIFY_CIDRS } from '../control/config.js';
 import { DNS_LABEL, NAMESPACE_NAME, parseNodeName } from '../net/names.js';
+import { parseAddress } from '../net/address.js';
 import { controlRequest, defaultSocketPath, netnsInode, ControlClientError, type RekeyResult } from '../control/socket.js';
 import { formatStatus, type StatusReport } from '../control/status.js';
 import { isLogLevel, LOG_LEVELS } from '../log.js';
@@ -62,6 +63,8 @@ const COMMAND_OPTIONS: Record<string, { options: Options; positionals: [number, 
       socket: { type: 'string', short: 's' },
       'run-dir': { type: 'string' },
       'classify-cidrs': { type: 'string' },
+      'cluster-dns': { type: 'string' },
+      'cluster-domain': { type: 'string' },
       'cni-wait': { type: 'string' },
       'log-level': { type: 'string', short: 'l' },
       'metrics-address': { type: 'string' },
@@ -217,6 +220,16 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         if (!classifyCidrs.includes(r.value)) classifyCidrs.push(r.value);
       }
       if (classifyCidrs.length > MAX_CLASSIFY_CIDRS) throw new UsageError(`--classify-cidrs: ${classifyCidrs.length} ranges: at most ${MAX_CLASSIFY_CIDRS}`, cmd);
+      // the cluster DNS service's addresses: the pods' DNS upstreams where no resolv.conf of their own names them
+      const clusterDns: string[] = [];
+      for (const item of (v['cluster-dns'] ?? '').split(',').filter((x) => x.trim() !== '')) {
+        const r = parseAddress(item.trim());
+        if (!r.ok) throw new UsageError(`--cluster-dns: ${r.problem}`, cmd);
+        if (!clusterDns.includes(r.value)) clusterDns.push(r.value);
+      }
+      if (clusterDns.length > 3) throw new UsageError(`--cluster-dns: ${clusterDns.length} addresses: at most 3 (as resolv.conf)`, cmd);
+      const clusterDomain = (v['cluster-domain'] ?? 'cluster.local').replace(/\.$/, '').toLowerCase();
+      if (!parseNodeName(clusterDomain).ok) throw new UsageError(`--cluster-domain: ${JSON.stringify(v['cluster-domain'])} is not a domain name (DNS-1123 labels joined by dots)`, cmd);
       const cniWait = v['cni-wait'] ?? 'fail-closed';
       if (cniWait !== 'fail-closed' && cniWait !== 'proxy') throw new UsageError(`--cni-wait: ${JSON.stringify(cniWait)} is not fail-closed or proxy`, cmd);
       const { runAgent, registrySpecProblem } = await import('../agent/run.js');
@@ -233,6 +246,8 @@ async function dispatch(argv: string[], io: CliIo): Promise<number> {
         runDir: v['run-dir'] ?? agentRunDir(node.value),
         logLevel: level,
         classifyCidrs,
+        clusterDns,
+        clusterDomain,
         cniWait,
         metricsAddress: metricsAddress(v['metrics-address'], cmd),
         version: version(),

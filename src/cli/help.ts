@@ -37,7 +37,7 @@ ${EXIT_CODES}
 
 export const COMMAND_HELP: Record<string, string> = {
   agent: `Usage: tenc agent --registry SPEC --node NODE [--project LIST] [--socket PATH] [--run-dir DIR] [--classify-cidrs LIST]
-                  [--cni-wait fail-closed|proxy] [--metrics-address HOST:PORT] [--log-level LEVEL]
+                  [--cluster-dns LIST] [--cluster-domain DOMAIN] [--cni-wait fail-closed|proxy] [--metrics-address HOST:PORT] [--log-level LEVEL]
        tenc agent status [--json] [--node NODE | --run-dir DIR] [--project PROJECT]
 
 The node agent, one per node, for every protected project (the registry's
@@ -80,7 +80,16 @@ Options:
                            pods' dns.classifyCidrs: guarded (fail closed) from the pod's
                            start; an address in them no peer claims is classified on first
                            use (bypassed when not the project's, dropped when it is but has
-                           no peer); each at most /4 wide (IPv6: /8), at most 64; default none
+                           no peer); each at most /4 wide (IPv6: /8), at most 64; default none.
+                           They need the pods' DNS proxy: on Kubernetes give --cluster-dns too
+      --cluster-dns LIST   the cluster DNS service's addresses (kubelet's clusterDNS, e.g.
+                           10.96.0.10; at most 3): the DNS proxy's upstreams, and the queries
+                           it intercepts, for pods without /etc/netns/<netns>/resolv.conf
+                           (every pod on Kubernetes); without it those pods get no DNS proxy
+                           and no classify ranges; default none
+      --cluster-domain DOMAIN
+                           the cluster domain: a project's names are <project>.svc.DOMAIN
+                           (default cluster.local)
       --cni-wait fail-closed|proxy
                            when ADD answers: once the agent made the pod fail-closed, its
                            proxy starting in the background (fail-closed, the default), or

@@ -178,6 +178,25 @@ describe('agent --classify-cidrs: the pods\' dns.classifyCidrs rules, checked be
   });
 });
 
+describe('agent --cluster-dns / --cluster-domain: checked before the agent starts', () => {
+  it.each([
+    ['a range', ['--cluster-dns', '10.96.0.0/16'], '--cluster-dns: "10.96.0.0/16" is an address'],
+    ['a name', ['--cluster-dns', 'kube-dns'], '--cluster-dns: "kube-dns" is not an IPv4/IPv6 address'],
+    ['four addresses', ['--cluster-dns', '10.96.0.10,10.96.0.11,10.96.0.12,10.96.0.13'], '--cluster-dns: 4 addresses: at most 3'],
+    ['a domain with an underscore', ['--cluster-domain', 'my_cluster.local'], '--cluster-domain: "my_cluster.local" is not a domain name'],
+  ])('refuses %s: a usage error naming the option, exit 2', async (_what, opts, message) => {
+    const r = await cli(['agent', '--registry', join(dir, 'none'), '--node', 'n1', ...opts]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(message);
+  });
+
+  it('takes 3 addresses of both families and a domain with a trailing dot: the run goes on to the registry', async () => {
+    const r = await cli(['agent', '--registry', join(dir, 'none'), '--node', 'n1', '--cluster-dns', '10.96.0.10,fd00:96::a,10.96.0.10,172.30.0.10', '--cluster-domain', 'Cluster.Local.']);
+    expect(r.stderr).not.toContain('Usage:');
+    expect(r.code).toBe(1); // no registry directory
+  });
+});
+
 describe('keys', () => {
   it('pubkey of the RFC 7748 §6.1 private key is the RFC public key', async () => {
     const r = await cli(['pubkey'], ALICE_PRIV + '\n');
