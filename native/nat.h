@@ -64,6 +64,7 @@ typedef struct {
   uint32_t nflows; /* used entries (mu) */
   uint32_t mask;   /* buckets - 1 (TENC_NAT_SLOTS / TENC_NAT_WAYS - 1; a test hook makes the table smaller) */
   uint64_t seed; /* random per engine: a peer cannot aim its flows at one bucket to fill it */
+  uint64_t skew_ms; /* added to the clock (mu): tenc_nat_test_age only, 0 otherwise */
 } tenc_nat;
 
 int tenc_nat_init(tenc_nat *n);
