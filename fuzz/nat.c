@@ -12,8 +12,8 @@
  * non-TCP/UDP packets (ICMP errors too) are left alone, byte for byte; a refused
  * packet (bucket full, or a clash) too. A shadow model of the input's flows: at the
  * end every flow DNATed earlier in the input still gets its own VIP back on its
- * reply (no flow is taken by another while live: the clock moves 1 ms a record, so
- * none expires), and a clash is refused only where the shadow holds a flow of the
+ * reply (each is answered and acknowledged, so assured, and no flow is taken by
+ * another while live: the clock moves 1 ms a record, so none expires), and a clash is refused only where the shadow holds a flow of the
  * same reply tuple to another VIP. */
 #include "fz.h"
 #include "csum.h"
@@ -145,6 +145,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
           FZ_CHECK(memcmp(rep + so, before + dof, alen) == 0); /* source = the VIP it was sent to */
           if (v == 4 && had4) FZ_CHECK(ip4_ok(rep));
           free(rep);
+          /* the client's next packet (no SYN: not a new connection): answered and then
+           * acknowledged, the flow is assured, and no new flow may take its way */
+          uint8_t *again = malloc(len);
+          memcpy(again, before, len);
+          if ((v == 4 ? again[9] : again[6]) == 6 && len >= ihl + 14) again[ihl + 13] &= (uint8_t)~0x02;
+          FZ_CHECK(tenc_nat_dnat(&nat, again, len, now) == 1);
+          free(again);
         }
       }
       free(before);

@@ -167,12 +167,22 @@ void tenc_nat_set_services(tenc_nat *n, tenc_nat_service *s, uint32_t count) {
 enum { TCP_FIN = 0x01, TCP_SYN = 0x02, TCP_RST = 0x04 };
 static uint8_t tcp_flags(const view *v) { return v->proto == P_TCP ? v->l4[13] : 0; }
 
-/* A packet of the flow went by at `now`: it is live again, and a TCP FIN or RST
- * shortens its timeout until a SYN starts a connection on the tuple again. */
-static void flow_touch(tenc_nat_flow *f, uint8_t flags, uint64_t now) {
+/* A packet of the flow went by at `now` (`reply`: from the local side): it is live
+ * again, and a TCP FIN or RST shortens its timeout until a SYN starts a connection on
+ * the tuple again. A flow is assured once it is answered (UDP: a reply; TCP: a client
+ * packet after a reply, the handshake's ACK); a client's SYN starts over. Only assured
+ * flows are safe from a new flow (conntrack's early drop): a peer's unanswered SYNs or
+ * datagrams cannot fill the table against everyone else. */
+static void flow_touch(tenc_nat_flow *f, uint8_t flags, uint64_t now, int reply) {
   if (now > f->last_ms) f->last_ms = now;
   if (flags & (TCP_FIN | TCP_RST)) f->closing = 1;
-  else if (flags & TCP_SYN) f->closing = 0;
+  else if ((flags & TCP_SYN) && !reply) f->closing = f->replied = f->assured = 0;
+  if (reply) {
+    f->replied = 1;
+    if (f->proto == P_UDP) f->assured = 1;
+  } else if (f->replied) {
+    f->assured = 1;
+  }
 }
 
 /* Was a packet of the flow seen within its idle timeout (nat.h)? `now` may be a
@@ -203,7 +213,7 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
                  TENC_NAT_WAYS;
     pthread_mutex_lock(&n->mu);
     now_ms += n->skew_ms;
-    tenc_nat_flow *hit = NULL, *unused = NULL, *expired = NULL;
+    tenc_nat_flow *hit = NULL, *unused = NULL, *expired = NULL, *early = NULL;
     for (int w = 0; w < TENC_NAT_WAYS; w++) {
       tenc_nat_flow *f = &n->flows[b + w];
       if (!f->used) {
@@ -212,17 +222,19 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
                  memcmp(f->client, v.src, alen) == 0 && memcmp(f->local, s->local, alen) == 0) {
         hit = f;
         break;
-      } else if (!flow_live(f, now_ms) && (!expired || f->last_ms < expired->last_ms)) {
-        expired = f;
+      } else if (!flow_live(f, now_ms)) {
+        if (!expired || f->last_ms < expired->last_ms) expired = f;
+      } else if (!f->assured && (!early || f->last_ms < early->last_ms)) {
+        early = f; /* live but never answered: the least recently used gives way when nothing else does */
       }
     }
-    tenc_nat_flow *to = hit ? hit : unused ? unused : expired;
+    tenc_nat_flow *to = hit ? hit : unused ? unused : expired ? expired : early;
     int refused = !to ? TENC_NAT_FULL : hit && memcmp(hit->vip, s->vip, alen) != 0 && flow_live(hit, now_ms) ? TENC_NAT_CLASH : 0;
     if (refused) {
       pthread_mutex_unlock(&n->mu);
       return refused;
     }
-    if (to != hit) { /* a new flow (an expired one's way, or an unused one) */
+    if (to != hit) { /* a new flow (an unused way, an expired flow's, or an unassured one's) */
       if (to == unused) n->nflows++;
       memset(to, 0, sizeof *to);
       to->used = 1;
@@ -234,7 +246,7 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
       to->lport = dport_n;
     }
     memcpy(to->vip, s->vip, alen); /* an expired flow of another VIP may be taken over */
-    flow_touch(to, tcp_flags(&v), now_ms);
+    flow_touch(to, tcp_flags(&v), now_ms, 0);
     pthread_mutex_unlock(&n->mu);
     rewrite(pkt, &v, v.dst, s->local);
     return 1;
@@ -264,7 +276,7 @@ int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
     if (f->used && f->family == v.family && f->proto == v.proto && f->cport == dport_n &&
         f->lport == sport_n && memcmp(f->client, v.dst, alen) == 0 && memcmp(f->local, v.src, alen) == 0) {
       memcpy(vip, f->vip, alen);
-      flow_touch(f, tcp_flags(&v), now_ms); /* replies keep a flow live too (a server that pushes) */
+      flow_touch(f, tcp_flags(&v), now_ms, 1); /* replies keep a flow live too (a server that pushes) */
       found = 1;
       break;
     }

@@ -9,11 +9,14 @@
  * source rewritten back to the VIP. IPv4 fragments and non-TCP/UDP packets are
  * left alone.
  * The table has TENC_NAT_SLOTS entries in 4-way buckets. A flow is live while a
- * packet went either way within its idle timeout (below); a live flow's entry is
- * never taken by another flow, since its next reply would then leave with the
- * local address as its source and the client would reset the connection. A new
- * flow takes a free way, else the least recently used expired one; when all four
- * are live it is refused (TENC_NAT_FULL, the engine's nat_table_full drop). A
+ * packet went either way within its idle timeout (below); a live assured flow's
+ * entry (answered; TCP: and acknowledged after) is never taken by another flow,
+ * since its next reply would then leave with the local address as its source and
+ * the client would reset the connection. A new flow takes a free way, else the least
+ * recently used expired one, else the least recently used unassured one (never
+ * answered: conntrack's early drop, so one peer's unanswered SYNs cannot fill a
+ * bucket); when all four are live and assured it is refused (TENC_NAT_FULL, the
+ * engine's nat_table_full drop). A
  * new flow whose reply tuple (client, local address, ports, protocol) is that of
  * a live flow of another VIP is refused too (TENC_NAT_CLASH, nat_clash, as
  * conntrack refuses a clash): its replies could not be told apart. New services
@@ -38,7 +41,7 @@
 #define TENC_NAT_TCP_CLOSING_MS 10000u
 #define TENC_NAT_UDP_IDLE_MS 30000u
 /* tenc_nat_dnat's refusals (the packet is left as it was and must be dropped) */
-#define TENC_NAT_FULL (-1)  /* every way of the flow's bucket holds a live flow */
+#define TENC_NAT_FULL (-1)  /* every way of the flow's bucket holds a live assured flow */
 #define TENC_NAT_CLASH (-2) /* a live flow with the same reply tuple is another VIP's */
 
 typedef struct {
@@ -51,6 +54,8 @@ typedef struct {
 typedef struct {
   uint8_t used, family, proto;
   uint8_t closing; /* TCP: a FIN or RST went either way since the last SYN */
+  uint8_t replied; /* a reply went back since the last SYN */
+  uint8_t assured; /* UDP: replied; TCP: a client packet after a reply (the handshake done) */
   uint8_t client[16], local[16], vip[16];
   uint16_t cport, lport; /* network order */
   uint64_t last_ms; /* the last packet either way */

@@ -38,10 +38,11 @@
  * DNAT (as native/nat.c): unfragmented TCP/UDP only; IPv4 header and TCP/UDP checksums
  * updated incrementally (RFC 1624); an IPv4 UDP checksum of 0 stays 0; flows are kept in
  * a bounded table and stay live while a packet went either way within their idle
- * timeout (TCP 5 min, 10 s after a FIN or RST; UDP 30 s) (same). A live flow is never
- * replaced: a new flow finding the table full takes the least recently used expired
- * flow's place, or is refused when all are live (nat_table_full; native: the same
- * within the 4 ways of its bucket), and one with the reply tuple of a live flow of
+ * timeout (TCP 5 min, 10 s after a FIN or RST; UDP 30 s) (same). A live assured flow
+ * (answered; TCP: and acknowledged after) is never replaced: a new flow finding the
+ * table full takes the least recently used expired flow's place, else the least
+ * recently used unassured one's, or is refused when all are live and assured
+ * (nat_table_full; native: the same within the 4 ways of its bucket), and one with the reply tuple of a live flow of
  * another VIP is refused too (nat_clash) (same). New services keep the
  * flows they still DNAT (same VIP, local address, protocol and port) (same).
  */
@@ -518,6 +519,10 @@ interface NatFlow {
   lport: number;
   /** TCP: a FIN or RST went either way since the last SYN. */
   closing: boolean;
+  /** A reply went back since the last SYN. */
+  replied: boolean;
+  /** UDP: replied; TCP: a client packet after a reply. Only assured flows are safe from a new flow. */
+  assured: boolean;
   /** The last packet either way. */
   lastMs: number;
 }
@@ -528,11 +533,17 @@ function flowLive(f: NatFlow, now: number): boolean {
   return now <= f.lastMs || now - f.lastMs < idle;
 }
 
-/** A packet of the flow went by: live again; a FIN or RST shortens its timeout until a SYN (as flow_touch). */
-function flowTouch(f: NatFlow, flags: number, now: number): void {
+/** A packet of the flow went by (reply: from the local side): live again; a FIN or RST shortens its timeout until a client's SYN, which also starts assurance over (as flow_touch). */
+function flowTouch(f: NatFlow, flags: number, now: number, reply: boolean): void {
   if (now > f.lastMs) f.lastMs = now;
   if (flags & (TCP_FIN | TCP_RST)) f.closing = true;
-  else if (flags & TCP_SYN) f.closing = false;
+  else if (flags & TCP_SYN && !reply) f.closing = f.replied = f.assured = false;
+  if (reply) {
+    f.replied = true;
+    if (f.proto === UDP) f.assured = true;
+  } else if (f.replied) {
+    f.assured = true;
+  }
 }
 
 /** Unfragmented TCP/UDP over an already validated inner header, or null. */
@@ -642,20 +653,24 @@ class ReferenceNat {
       const old = this.flows.get(key);
       if (old && hexOf(old.vip) !== hexOf(s.vip) && flowLive(old, now)) return NAT_CLASH;
       if (!old && this.flows.size >= this.maxFlows) {
-        // the least recently used expired flow gives way (native: within the bucket's 4 ways)
+        // the least recently used expired flow gives way, else the least recently used
+        // unassured one (native: within the bucket's 4 ways)
         let expired: string | undefined;
+        let early: string | undefined;
         for (const [k, f] of this.flows) {
           if (!flowLive(f, now)) {
             expired = k;
             break;
           }
+          if (!f.assured && early === undefined) early = k;
         }
-        if (expired === undefined) return NAT_FULL;
-        this.flows.delete(expired);
+        const give = expired ?? early;
+        if (give === undefined) return NAT_FULL;
+        this.flows.delete(give);
       }
-      const f: NatFlow = old ?? { vip: s.vip, local: s.local, proto: v.proto, lport: v.dport, closing: false, lastMs: now };
+      const f: NatFlow = old ?? { vip: s.vip, local: s.local, proto: v.proto, lport: v.dport, closing: false, replied: false, assured: false, lastMs: now };
       f.vip = s.vip; // an expired flow of another VIP may be taken over
-      flowTouch(f, v.flags, now);
+      flowTouch(f, v.flags, now, false);
       this.flows.delete(key);
       this.flows.set(key, f);
       rewriteAddress(p, v, v.dst, s.local);
@@ -673,7 +688,7 @@ class ReferenceNat {
     const key = ReferenceNat.key(v.proto, v.dst, v.dport, v.src, v.sport);
     const f = this.flows.get(key);
     if (!f) return false;
-    flowTouch(f, v.flags, now);
+    flowTouch(f, v.flags, now, true);
     this.flows.delete(key);
     this.flows.set(key, f);
     rewriteAddress(p, v, v.src, f.vip);

@@ -388,29 +388,57 @@ describe('reference plane: local services (DNAT, as native/nat.c)', () => {
     expect(only(s.plane.drops())).toEqual({ nat_clash: 1 });
   });
 
-  it('a full table never drops a live flow: the new one is refused (nat_table_full); expired flows make room: UDP 30 s, TCP 10 s after FIN/RST, TCP 5 min (as native)', () => {
+  it('a full table never drops a live assured flow: the new one is refused (nat_table_full); expired flows, then unassured ones, make room: UDP 30 s, TCP 10 s after FIN/RST, TCP 5 min (as native)', () => {
     const { s, deliver, refused, reply } = natSetup(4);
     s.plane.addAllowedIp(7, '10.1.0.6/32'); // another client behind the peer
     const backF = () => addrOf(reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 40002, payload)), 'src');
-    const flow = (port: number, proto: 6 | 17 = 6) => l4Packet(proto, '10.1.0.6', proto === 6 ? '10.96.0.10' : '10.96.0.11', port, proto === 6 ? 80 : 5353, payload);
+    const flow = (port: number, proto: 6 | 17 = 6, flags = 0x10) => {
+      const p = l4Packet(proto, '10.1.0.6', proto === 6 ? '10.96.0.10' : '10.96.0.11', port, proto === 6 ? 80 : 5353, payload);
+      if (proto === 6) p[33] = flags; // the checksum is not checked on this path
+      return p;
+    };
+    const back = (port: number, proto: 6 | 17 = 6) => addrOf(reply(l4Packet(proto, '10.1.0.1', '10.1.0.6', proto === 6 ? 80 : 5353, port, payload)), 'src');
+    // F and three more flows, each answered (and for TCP acknowledged after): assured
     deliver(l4Packet(6, '10.1.0.2', '10.96.0.10', 40002, 80, payload)); // F
+    expect(backF()).toBe('10.96.0.10');
+    deliver(l4Packet(6, '10.1.0.2', '10.96.0.10', 40002, 80, payload));
     s.clock.advance(1000);
     deliver(flow(50001));
+    expect(back(50001)).toBe('10.96.0.10');
+    deliver(flow(50001));
     deliver(flow(50002, 17));
-    const fin = flow(50003);
-    fin[33] = 0x11; // FIN|ACK (the checksum is not checked on this path)
-    deliver(fin);
-    refused(flow(50004));
+    expect(back(50002, 17)).toBe('10.96.0.11');
+    deliver(flow(50003, 6, 0x02));
+    expect(back(50003)).toBe('10.96.0.10');
+    deliver(flow(50003, 6, 0x11)); // FIN|ACK: closing
+    refused(flow(50004, 6, 0x02));
     expect(s.plane.peerDrops(7).nat_table_full).toBe(1);
     expect(backF()).toBe('10.96.0.10');
     s.clock.advance(11_000);
-    deliver(flow(50004)); // the closing flow made room
-    refused(flow(50005));
+    deliver(flow(50004, 6, 0x02)); // the closing flow made room
+    deliver(flow(50005, 6, 0x02)); // 50004, never answered, gives way
+    expect(back(50004)).toBe('10.1.0.1'); // its flow is gone
+    expect(back(50005)).toBe('10.96.0.10');
+    deliver(flow(50005)); // assured
+    refused(flow(50006, 6, 0x02));
     s.clock.advance(20_000);
-    deliver(flow(50005)); // the UDP flow made room
+    deliver(flow(50006, 6, 0x02)); // the UDP flow made room
     expect(backF()).toBe('10.96.0.10');
     s.clock.advance(300_000);
-    deliver(flow(50006));
+    deliver(flow(50007, 6, 0x02));
     expect(only(s.plane.drops())).toEqual({ nat_table_full: 2 });
+  });
+
+  it("one client's unanswered SYNs cannot fill the table against another: unassured flows give way (as native)", () => {
+    const { s, deliver, reply } = natSetup(4);
+    s.plane.addAllowedIp(7, '10.1.0.6/32');
+    for (let port = 51001; port <= 51008; port++) {
+      const p = l4Packet(6, '10.1.0.6', '10.96.0.10', port, 80, payload);
+      p[33] = 0x02;
+      deliver(p);
+    }
+    deliver(l4Packet(6, '10.1.0.2', '10.96.0.10', 41000, 80, payload));
+    expect(addrOf(reply(l4Packet(6, '10.1.0.1', '10.1.0.2', 80, 41000, payload)), 'src')).toBe('10.96.0.10');
+    expect(only(s.plane.drops())).toEqual({});
   });
 });

@@ -9,9 +9,11 @@
  *     flow: the next reply of each live connection through any VIP left with the
  *     local address as its source, and the client reset the connection); the flows of
  *     a removed service, or of a port it no longer has, are gone;
- *   - a live flow is never evicted by a new one: a new flow whose bucket holds only
- *     live flows is refused and counted (nat_table_full), through a test hook that
- *     makes the table one bucket of 4 ways; flows expire after their idle timeouts
+ *   - a live assured flow (answered; TCP: and acknowledged after) is never evicted by
+ *     a new one: a new flow whose bucket holds only live assured flows is refused and
+ *     counted (nat_table_full), through a test hook that makes the table one bucket of
+ *     4 ways; an unassured one (a peer's unanswered SYNs) gives way instead, so one
+ *     peer cannot fill a bucket against everyone (from a review of the first version); flows expire after their idle timeouts
  *     (UDP 30 s, TCP 5 min, TCP 10 s after a FIN or RST), through a hook that ages
  *     them instead of the wait;
  *   - a client socket that sends to two VIPs of one local address keeps its first
@@ -216,35 +218,60 @@ describe('native DNAT of local services: flows survive service updates, are neve
     expect(await reply()).toBe('10.96.0.11');
   });
 
-  it('a full bucket never evicts a live flow: the new flow is refused (nat_table_full); expired flows make room (UDP 30 s, TCP FIN/RST 10 s, TCP 5 min)', async () => {
+  it('a full bucket never evicts a live assured flow: the new flow is refused (nat_table_full); expired flows, then unassured ones, make room (UDP 30 s, TCP FIN/RST 10 s, TCP 5 min)', async () => {
     const [c1, c2] = clients;
     plane.testNatBuckets(1); // one bucket of 4 ways: every flow competes for them
     const replyF = () => replySource(c1!, packet(6, '10.0.0.1', 80, '10.1.0.5', 40002));
     const flow = (port: number, proto: 6 | 17 = 6, flags = 0x10) => packet(proto, '10.1.0.6', port, proto === 6 ? '10.96.0.10' : '10.96.0.11', proto === 6 ? 80 : 5353, flags);
-    // F: a client's idle keep-alive connection
+    const reply = (port: number, proto: 6 | 17 = 6, flags = 0x10) => packet(proto, '10.0.0.1', proto === 6 ? 80 : 5353, '10.1.0.6', port, flags);
+    // F: a client's idle keep-alive connection (SYN, SYN-ACK, ACK: assured)
+    await send(c1!, packet(6, '10.1.0.5', 40002, '10.96.0.10', 80, 0x02));
+    expect(await replyF()).toBe('10.96.0.10');
     await send(c1!, packet(6, '10.1.0.5', 40002, '10.96.0.10', 80));
-    // another client (another peer) opens flows: three fill the bucket
+    // another client (another peer) fills the bucket with three answered flows
+    await send(c2!, flow(50001, 6, 0x02));
+    expect(await replySource(c2!, reply(50001, 6, 0x12))).toBe('10.96.0.10');
     await send(c2!, flow(50001));
     await send(c2!, flow(50002, 17));
+    expect(await replySource(c2!, reply(50002, 17))).toBe('10.96.0.11');
+    await send(c2!, flow(50003, 6, 0x02));
+    expect(await replySource(c2!, reply(50003, 6, 0x12))).toBe('10.96.0.10');
     await send(c2!, flow(50003, 6, 0x11)); // FIN|ACK: closing
-    await send(c2!, flow(50004)); // the fifth: refused
+    await send(c2!, flow(50004, 6, 0x02)); // the fifth: every way is live and assured: refused
     expect(plane.drops().nat_table_full).toBe(1);
     expect(plane.peerDrops(2).nat_table_full).toBe(1);
     expect(plane.peerDrops(1).nat_table_full).toBe(0);
     expect(await replyF()).toBe('10.96.0.10'); // F still gets its VIP back
     plane.testAgeFlows(11_000); // the closing TCP flow expires
-    await send(c2!, flow(50004));
+    await send(c2!, flow(50004, 6, 0x02)); // takes its way (unassured: never answered)
     expect(plane.drops().nat_table_full).toBe(1);
-    await send(c2!, flow(50005)); // F, 50001, the UDP flow and 50004 are live
+    await send(c2!, flow(50005, 6, 0x02)); // F, 50001 and the UDP flow are assured; 50004 gives way
+    expect(plane.drops().nat_table_full).toBe(1);
+    expect(await replySource(c2!, reply(50004, 6, 0x12))).toBe('10.0.0.1'); // its flow is gone
+    expect(await replySource(c2!, reply(50005, 6, 0x12))).toBe('10.96.0.10');
+    await send(c2!, flow(50005)); // assured now
+    await send(c2!, flow(50006, 6, 0x02)); // four assured, live: refused
     expect(plane.drops().nat_table_full).toBe(2);
     plane.testAgeFlows(20_000); // the UDP flow (31 s idle) expires, the TCP ones (31 s, 20 s) do not
-    await send(c2!, flow(50005));
+    await send(c2!, flow(50006, 6, 0x02));
     expect(plane.drops().nat_table_full).toBe(2);
     expect(await replyF()).toBe('10.96.0.10');
     plane.testAgeFlows(300_500); // now every flow has been idle past 5 min
-    await send(c2!, flow(50006));
+    await send(c2!, flow(50007, 6, 0x02));
     expect(plane.drops().nat_table_full).toBe(2);
     expect(plane.peerDrops(2).nat_table_full).toBe(2);
+  });
+
+  it("one peer's unanswered SYNs cannot fill a bucket against another client: unassured flows give way (conntrack's early drop)", async () => {
+    const [c1, c2] = clients;
+    plane.testNatBuckets(1);
+    plane.testAgeFlows(400_000); // whatever the tests before left: expired
+    const before = plane.drops().nat_table_full;
+    for (let port = 51001; port <= 51008; port++) await send(c2!, packet(6, '10.1.0.6', port, '10.96.0.10', 80, 0x02));
+    expect(plane.drops().nat_table_full).toBe(before); // each took an unassured one's way
+    await send(c1!, packet(6, '10.1.0.5', 41000, '10.96.0.10', 80, 0x02));
+    expect(plane.drops().nat_table_full).toBe(before);
+    expect(await replySource(c1!, packet(6, '10.0.0.1', 80, '10.1.0.5', 41000, 0x12))).toBe('10.96.0.10');
     plane.testNatBuckets(16384);
     expect(() => plane.testNatBuckets(3)).toThrow(RangeError);
     expect(() => plane.testNatBuckets(32768)).toThrow(RangeError);
