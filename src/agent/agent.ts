@@ -96,7 +96,11 @@ export class Agent {
     this.log.warn({ pod: k.pod, node: k.node, publicKey, why }, 'published key not believed');
     this.o.hooks?.peerRejected?.();
   };
-  /** Requests a pod refused, already logged (pod, op, peer, message): each logged once. */
+  /**
+   * Requests a pod refused, already logged (pod, op, peer, message): each logged once,
+   * until that pod's op (for that peer) succeeds: a refusal coming back after that is
+   * logged again.
+   */
   private readonly refusedSeen = new Set<string>();
   /** The project's TencPolicy set in force. */
   readonly policies: ProjectPolicies;
@@ -391,10 +395,18 @@ export class Agent {
    */
   private async apply(px: Proxy, want: DesiredPod): Promise<void> {
     const { remove, set } = peerChanges(px.applied, want.peers);
+    /** What a refusal's id starts with: the pod, the op, the peer. */
+    const refusedAt = (op: string, peer?: string): string => `${px.pod.name} ${op} ${peer ?? ''} `;
+    /** The op succeeded: its refusals (for that peer) are forgotten, logged again if they return. */
+    const accepted = (op: string, peer?: string): void => {
+      if (this.refusedSeen.size === 0) return;
+      const at = refusedAt(op, peer);
+      for (const id of this.refusedSeen) if (id.startsWith(at)) this.refusedSeen.delete(id);
+    };
     /** A request the pod answered with an error: logged once; anything else (the socket failed) is thrown. */
     const refused = (e: unknown, op: string, peer?: string): void => {
       if (!(e instanceof ControlClientError) || !e.answered) throw e;
-      const id = `${px.pod.name} ${op} ${peer ?? ''} ${e.code} ${e.message}`;
+      const id = `${refusedAt(op, peer)}${e.code} ${e.message}`;
       if (this.refusedSeen.has(id)) return;
       if (this.refusedSeen.size >= 1024) this.refusedSeen.clear(); // bounded: logged again, never kept
       this.refusedSeen.add(id);
@@ -404,6 +416,7 @@ export class Agent {
     const send = async (req: { op: string } & Record<string, unknown>, peer?: string): Promise<boolean> => {
       try {
         await controlRequest(px.socket, req);
+        accepted(req.op, peer);
         return true;
       } catch (e) {
         refused(e, req.op, peer);
@@ -413,6 +426,7 @@ export class Agent {
     for (const key of remove) {
       try {
         await controlRequest(px.socket, { op: 'remove-peer', publicKey: key });
+        accepted('remove-peer', key);
       } catch (e) {
         // ENOENT: the pod has no such peer (gone already)
         if ((e as { code?: string }).code !== 'ENOENT') {

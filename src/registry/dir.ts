@@ -163,7 +163,14 @@ export class DirectoryRegistry implements Registry {
   private parsed<T>(kind: string, project: string, parse: (project: string, o: Obj, report: (why: string) => void) => T | string | null, nameOf?: (v: T) => string): T[] {
     const out: T[] = [];
     for (const { name, file, o } of readJsonDir(this.sub(kind, project), this.onProblem)) {
-      const v = parse(project, o as Obj, (why) => this.onProblem(file, why));
+      let v: T | string | null;
+      try {
+        v = parse(project, o as Obj, (why) => this.onProblem(file, why));
+      } catch (e) {
+        // a shape the reader did not expect: that object is skipped, never the project's reads
+        this.onProblem(file, `cannot be read (${e instanceof Error ? e.message : String(e)}): ignored`);
+        continue;
+      }
       if (v === null) continue; // left out in the ordinary course (a finished pod, a headless Service)
       if (typeof v === 'string') {
         this.onProblem(file, `${v}: ignored`);

@@ -237,9 +237,12 @@ export class EtcdRegistry implements Registry {
     this.watcher = w;
     this.watchPendingSince = Date.now();
     // (re)connected: on the endpoint calls go to now (the order is deterministic); the
-    // create request is written after this event, so its revision can be set here
+    // create request is written right after this event, so its revision can be set here,
+    // and the create watchdog counts from here (not from 'disconnected': after an outage
+    // longer than watchCreateMs it would reset a healthy stream before etcd could answer)
     w.on('connecting', () => {
       if (gen !== this.generation || this.watcher !== w) return;
+      this.watchPendingSince = Date.now();
       this.watchOn = this.order.current();
       w.request.start_revision = String(this.stats.revision + 1);
     });
@@ -373,7 +376,26 @@ export class EtcdRegistry implements Registry {
     return p;
   }
 
+  /**
+   * Takes a key's value into the copy. Never throws: it runs in the snapshot and in
+   * etcd3's watch handler, which rethrows outside any catch (an uncaught exception:
+   * one bad object would stop the agent, and again at every restart's snapshot). A
+   * value the readers did not expect is reported and leaves its object out.
+   */
   private put(key: string, value: string): void {
+    try {
+      this.putValue(key, value);
+    } catch (e) {
+      const at = placeOf(key.slice(this.prefix.length));
+      // never a Secret's message (it may quote part of the psk)
+      this.onProblem(key, at !== null && at !== 'bad' && at.kind === 'secrets' ? 'cannot be read: ignored' : `cannot be read (${e instanceof Error ? e.message : String(e)}): ignored`);
+      if (at === null || at === 'bad') return;
+      this.removePlace(at);
+      this.touch(at.project);
+    }
+  }
+
+  private putValue(key: string, value: string): void {
     const rel = key.slice(this.prefix.length);
     const at = placeOf(rel);
     if (at === null) return;
@@ -412,12 +434,13 @@ export class EtcdRegistry implements Registry {
       case 'pods':
       case 'services':
       case 'endpointslices': {
-        // the endpoints' problems (an address that is not an IP) are said, the rest kept
+        // the parts' problems (an endpoint's or a pod's address that is not an IP, a port
+        // that is not an object) are said, the rest kept
         const v =
           at.kind === 'pods'
-            ? podFromObject(at.project, o)
+            ? podFromObject(at.project, o, (why) => this.onProblem(key, why))
             : at.kind === 'services'
-              ? serviceFromObject(at.project, o)
+              ? serviceFromObject(at.project, o, (why) => this.onProblem(key, why))
               : endpointsFromObject(at.project, o, (why) => this.onProblem(key, why));
         if (v === null) break; // left out in the ordinary course (a finished pod, a headless Service)
         if (typeof v === 'string') {

@@ -4,8 +4,9 @@
  * (etcd.ts) parses each once, when it arrives. Each reader returns the object, null
  * when it is left out as the Kubernetes backend leaves it out in the ordinary course
  * (a pod not scheduled yet, without an IP yet, finished or being deleted, on the host
- * network; a headless or ExternalName Service; an FQDN EndpointSlice), or a string
- * saying why it is refused (the backend reports it with its place and leaves it out).
+ * network; a headless or ExternalName Service; a Service without a selector, reported;
+ * an FQDN EndpointSlice), or a string saying why it is refused (the backend reports it
+ * with its place and leaves it out).
  *
  * The checks are the Kubernetes backend's (kubernetes.ts) and the pod's own: a value
  * the pod would refuse (a cluster IP "None", a pod or endpoint address that is not an
@@ -62,14 +63,20 @@ export function podAddresses(podIP: unknown, podIPs: unknown): { addresses: stri
 
 /**
  * A Service's ports as the pod takes them (set-services): TCP or UDP (absent: TCP, the
- * API's default), 1-65535, each protocol and port once; others left out.
+ * API's default), 1-65535, each protocol and port once; others left out. An entry that
+ * is not an object (null, a number, a string) is left out and named through `report`.
  */
-export function servicePorts(list: unknown): ServicePort[] {
+export function servicePorts(list: unknown, report: (why: string) => void = () => {}): ServicePort[] {
   const out: ServicePort[] = [];
-  for (const p of Array.isArray(list) ? (list as Obj[]) : []) {
-    const proto = p?.protocol ?? 'TCP';
-    if ((proto !== 'TCP' && proto !== 'UDP') || !Number.isInteger(p.port) || p.port < 1 || p.port > 65535) continue;
-    const port: ServicePort = { protocol: proto === 'TCP' ? 'tcp' : 'udp', port: p.port };
+  for (const p of Array.isArray(list) ? (list as unknown[]) : []) {
+    if (p === null || typeof p !== 'object' || Array.isArray(p)) {
+      report(`spec.ports: entry ${quote(p)} is not an object: that port ignored`);
+      continue;
+    }
+    const proto = (p as Obj).protocol ?? 'TCP';
+    const n = (p as Obj).port;
+    if ((proto !== 'TCP' && proto !== 'UDP') || !Number.isInteger(n) || n < 1 || n > 65535) continue;
+    const port: ServicePort = { protocol: proto === 'TCP' ? 'tcp' : 'udp', port: n };
     if (!out.some((x) => x.protocol === port.protocol && x.port === port.port)) out.push(port);
   }
   return out;
@@ -79,9 +86,11 @@ export function servicePorts(list: unknown): ServicePort[] {
  * A Pod: spec.nodeName, status.podIP (and podIPs), labels. Never a netns: a pod's
  * network namespace comes only from the CNI registration on the node (a registry
  * object, e.g. an annotation, is something a tenant may write). Left out (null): not
- * scheduled yet, no IP yet, finished or being deleted, on the host network.
+ * scheduled yet, no IP yet, finished or being deleted, on the host network. As the
+ * Kubernetes backend: an address that is not an IP is left out and named through
+ * `report`, the pod kept with its other addresses (refused when it has none).
  */
-export function podFromObject(project: string, o: Obj): PodInfo | string | null {
+export function podFromObject(project: string, o: Obj, report: (why: string) => void = () => {}): PodInfo | string | null {
   const m = o?.metadata;
   if (!str(m?.name)) return 'metadata.name: missing or not a string';
   if (!nonEmpty(o?.spec?.nodeName)) return null; // not scheduled yet
@@ -91,23 +100,35 @@ export function podFromObject(project: string, o: Obj): PodInfo | string | null 
   // would route the node's address into tenc0 and refuse plaintext to it)
   if (o.spec.hostNetwork === true) return null;
   const { addresses, bad } = podAddresses(o?.status?.podIP, o?.status?.podIPs);
-  if (bad.length > 0) return `status.podIP(s): ${bad.slice(0, 2).map(quote).join(', ')} not an IP address`;
+  if (bad.length > 0) {
+    const why = `status.podIP(s): ${bad.slice(0, 2).map(quote).join(', ')} not an IP address`;
+    if (addresses.length === 0) return why;
+    report(`${why}: those addresses ignored`);
+  }
   if (addresses.length === 0) return o?.status?.phase === 'Running' ? 'Running without status.podIP' : null;
   return { project, name: m.name, node: o.spec.nodeName, address: addresses[0], addresses, labels: { ...(m.labels ?? {}) }, netns: null };
 }
 
 /**
  * A Service: spec.clusterIP (and clusterIPs: dual-stack), spec.ports (TCP/UDP), spec.selector.
- * Left out (null): headless (clusterIP "None") or ExternalName (none): no virtual IP to route.
+ * Left out (null): headless (clusterIP "None") or ExternalName (none): no virtual IP to route;
+ * without a selector (as the Kubernetes backend: tenc routes only services that select
+ * pods), named through `report`. A port entry that is not an object is named through
+ * `report` and left out.
  */
-export function serviceFromObject(project: string, o: Obj): ServiceInfo | string | null {
+export function serviceFromObject(project: string, o: Obj, report: (why: string) => void = () => {}): ServiceInfo | string | null {
   if (!str(o?.metadata?.name)) return 'metadata.name: missing or not a string';
   const vip = o?.spec?.clusterIP;
   if (!nonEmpty(vip) || vip === 'None') return null;
   if (isIP(vip) === 0) return `spec.clusterIP: ${quote(vip)} is not an IP address`;
+  const sel = o.spec.selector;
+  if (!sel || typeof sel !== 'object' || Object.keys(sel).length === 0) {
+    report('no selector: left out (tenc routes only services that select pods)');
+    return null;
+  }
   if (!Array.isArray(o.spec.ports)) return 'spec.ports: missing or not a list';
   const vips = clusterIps(vip, o.spec.clusterIPs);
-  return { project, name: o.metadata.name, vip, ...(vips.length > 1 ? { vips } : {}), ports: servicePorts(o.spec.ports), selector: { ...(o.spec.selector ?? {}) } };
+  return { project, name: o.metadata.name, vip, ...(vips.length > 1 ? { vips } : {}), ports: servicePorts(o.spec.ports, report), selector: { ...sel } };
 }
 
 /**

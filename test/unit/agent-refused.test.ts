@@ -67,4 +67,41 @@ describe('agent: a request the pod refuses', () => {
     expect(lines.filter((l) => l.msg.startsWith('pod refused a request'))).toHaveLength(1);
     expect(lines.filter((l) => l.msg === 'cannot configure pod proxy')).toHaveLength(0);
   });
+
+  it('a refusal is logged again when it returns after that request succeeded', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tenc-agent-refused-'));
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+    const pod = (name: string, node: string, address: string): PodInfo => ({ project: 'alpha', name, node, address, addresses: [address], labels: {}, netns: null });
+    const pods = [pod('a-bad', 'n2', '10.128.2.9'), pod('web-1', 'n1', '10.128.1.10')];
+    let peers: PeerInfo[] = [{ project: 'alpha', pod: 'a-bad', node: 'n2', publicKey: KEY('E'), endpoint: '10.128.2.9:51820' }];
+    const registry = stubRegistry({ pods: async () => pods, peers: async () => peers });
+    const lines: { msg: string }[] = [];
+    const log = pino({ level: 'info' }, new Writable({ write: (c, _e, cb) => (lines.push(JSON.parse(String(c))), cb()) }));
+    const netns = join(dir, 'netns-web-1');
+    writeFileSync(netns, '');
+    const requests: FakeRequest[] = [];
+    let refusing = true;
+    await fakePodProxy(netns, KEY('A'), requests, cleanup, (r) => (refusing && r.op === 'set-peer' && r.peer?.publicKey === KEY('E') ? 'peer.endpoint: refused for this test' : null));
+    const agent = new Agent({
+      registry,
+      node: 'n1',
+      project: 'alpha',
+      registrations: () => [{ containerId: 'c-web-1', netns, ifname: 'eth0', podNamespace: 'alpha', podName: 'web-1', podUid: 'u-web-1', addresses: ['10.128.1.10'], proxy: null }],
+      runDir: join(dir, 'run'),
+      log,
+      hooks: { reconciled() {}, proxyStarted() {}, proxyLost() {}, proxies() {} },
+    });
+    cleanup.push(() => agent.stop());
+    await agent.start();
+    const refusals = () => lines.filter((l) => l.msg.startsWith('pod refused a request')).length;
+    await vi.waitFor(() => expect(refusals()).toBe(1), { timeout: 10_000, interval: 20 });
+    // the pod takes it now: set, and the refusal forgotten
+    refusing = false;
+    await vi.waitFor(() => expect(lines.some((l) => l.msg === 'peer set')).toBe(true), { timeout: 10_000, interval: 20 });
+    // the same refusal again (the peer changed, so set-peer is sent again): logged again
+    refusing = true;
+    peers = [{ ...peers[0]!, endpoint: '10.128.2.9:51821' }];
+    agent.kick();
+    await vi.waitFor(() => expect(refusals()).toBe(2), { timeout: 10_000, interval: 20 });
+  });
 });

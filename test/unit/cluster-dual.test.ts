@@ -205,7 +205,7 @@ describe('registry objects of a dual-stack cluster', () => {
   });
 
   it('serviceFromObject: clusterIPs after clusterIP, one per family, junk ignored', () => {
-    const o = (clusterIPs: unknown) => ({ metadata: { name: 's' }, spec: { clusterIP: 'fd00:96::1', clusterIPs, ports: [] } });
+    const o = (clusterIPs: unknown) => ({ metadata: { name: 's' }, spec: { clusterIP: 'fd00:96::1', clusterIPs, ports: [], selector: { app: 's' } } });
     expect((serviceFromObject('a', o(['fd00:96::1', '10.96.0.1'])) as ServiceInfo).vips).toEqual(['fd00:96::1', '10.96.0.1']);
     expect((serviceFromObject('a', o(['fd00:96::1', 'fd00:96::2', 'x', 7])) as ServiceInfo).vips).toBeUndefined();
     expect((serviceFromObject('a', o(undefined)) as ServiceInfo).vip).toBe('fd00:96::1');

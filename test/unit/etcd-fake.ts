@@ -41,6 +41,8 @@ export class FakeEtcd {
   refuseCreates = 0;
   /** The next this many watch creates get no answer at all. */
   ignoreCreates = 0;
+  /** Watch creates are answered this late (ms; 0: at once). */
+  delayCreatesMs = 0;
   private nextLease = 100;
   private nextWatch = 1;
   private readonly watches = new Map<Stream, Set<{ id: string; key: Buffer; end: Buffer }>>();
@@ -159,12 +161,17 @@ export class FakeEtcd {
               s.write({ header: this.header(), watch_id: '-1', created: true, canceled: true, cancel_reason: 'etcdserver: permission denied' });
               return;
             }
-            const w = { id: String(this.nextWatch++), key: c.key as Buffer, end: c.range_end as Buffer };
-            s.write({ header: this.header(), watch_id: w.id, created: true });
-            const from = Number(c.start_revision);
-            const past = [...this.kvs.values()].filter((kv) => from > 0 && Number(kv.mod_revision) >= from && this.inRange(kv.key, w.key, w.end));
-            if (past.length > 0) s.write({ header: this.header(), watch_id: w.id, events: past.map((kv) => ({ type: 'PUT', kv })) });
-            ws.add(w);
+            const answer = () => {
+              if (!this.watches.has(s)) return; // the stream ended meanwhile
+              const w = { id: String(this.nextWatch++), key: c.key as Buffer, end: c.range_end as Buffer };
+              s.write({ header: this.header(), watch_id: w.id, created: true });
+              const from = Number(c.start_revision);
+              const past = [...this.kvs.values()].filter((kv) => from > 0 && Number(kv.mod_revision) >= from && this.inRange(kv.key, w.key, w.end));
+              if (past.length > 0) s.write({ header: this.header(), watch_id: w.id, events: past.map((kv) => ({ type: 'PUT', kv })) });
+              ws.add(w);
+            };
+            if (this.delayCreatesMs > 0) setTimeout(answer, this.delayCreatesMs);
+            else answer();
           } else if (req.cancel_request) {
             const id = String(req.cancel_request.watch_id);
             for (const w of ws) if (w.id === id) ws.delete(w);

@@ -12,7 +12,12 @@
  *  4. a watch create that etcd refuses (created + canceled, e.g. an auth token that
  *     expired) does not freeze the copy: etcd3 never sends a later create on that
  *     stream, so the registry opens a new stream (auth token dropped first); a create
- *     that gets no answer at all on an open stream gets a new stream too (watchdog).
+ *     that gets no answer at all on an open stream gets a new stream too (watchdog),
+ *     counted from the create's request, not from the stream's loss (after an outage
+ *     longer than watchCreateMs a healthy stream was reset before etcd could answer);
+ *  5. an object the readers did not expect (a Service's port entry null) is reported
+ *     and skipped: it threw in etcd3's watch handler (an uncaught exception: the agent
+ *     died, and again at each restart's snapshot).
  */
 import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
 import { EtcdRegistry } from '../../src/registry/etcd.js';
@@ -105,5 +110,75 @@ describe('etcd registry (fake etcd)', () => {
     expect(etcd.creates.length).toBe(2);
     etcd.put('/tenc/pods/alpha/late', podJson('late', 7));
     await vi.waitFor(async () => expect((await r.pods('alpha')).map((p) => p.name)).toEqual(['late']), { timeout: 5000, interval: 20 });
+  });
+
+  it('the create watchdog counts from the create request: a long outage, then a slow answer, keeps the stream', async () => {
+    const r = new EtcdRegistry(parseEtcdSpec(etcd.endpoint), { watchCreateMs: 500 });
+    open.push(r);
+    expect(await r.pods('alpha')).toEqual([]);
+    await vi.waitFor(() => expect(etcd.openWatches).toBe(1), { timeout: 5000, interval: 10 });
+    // the stream breaks and etcd3 opens the next one 800 ms later (its backoff: an
+    // outage longer than watchCreateMs); etcd answers that create 200 ms after it
+    const manager = (r as unknown as { watcher: { manager: { backoff: unknown } } }).watcher.manager;
+    manager.backoff = { duration: 800, next() { return this; } };
+    etcd.delayCreatesMs = 200;
+    const creates = etcd.creates.length;
+    etcd.breakWatches();
+    await vi.waitFor(() => expect(etcd.creates.length).toBe(creates + 1), { timeout: 5000, interval: 5 });
+    // the create is written, its answer not there yet: the watchdog's tick (every HOME_CHECK_MS) comes now
+    (r as unknown as { createCheck: () => void }).createCheck();
+    await vi.waitFor(() => expect(etcd.openWatches).toBe(1), { timeout: 5000, interval: 10 });
+    expect(r.stats.watchStreamResets).toBe(0);
+    expect(etcd.creates.length).toBe(creates + 1);
+    etcd.put('/tenc/pods/alpha/late', podJson('late', 7));
+    await vi.waitFor(async () => expect((await r.pods('alpha')).map((p) => p.name)).toEqual(['late']), { timeout: 5000, interval: 20 });
+  });
+
+  it('a Service whose ports hold null (or a number, a string) is reported and read without it: the watch goes on, a restart reads the snapshot', async () => {
+    const service = (name: string, ports: unknown[]) => JSON.stringify({ metadata: { name }, spec: { clusterIP: '10.96.0.9', ports, selector: { app: name } } });
+    const problems: string[] = [];
+    const r = new EtcdRegistry(parseEtcdSpec(etcd.endpoint), { onProblem: (k, why) => problems.push(`${k}: ${why}`) });
+    open.push(r);
+    expect(await r.pods('alpha')).toEqual([]);
+    await vi.waitFor(() => expect(etcd.openWatches).toBe(1), { timeout: 5000, interval: 10 });
+    etcd.put('/tenc/services/alpha/bad', service('bad', [null, { port: 80 }]));
+    etcd.put('/tenc/services/alpha/worse', service('worse', [7, 'x']));
+    etcd.put('/tenc/pods/alpha/late', podJson('late', 7));
+    await vi.waitFor(async () => expect((await r.pods('alpha')).map((p) => p.name)).toEqual(['late']), { timeout: 5000, interval: 20 });
+    expect((await r.services('alpha')).map((s) => [s.name, s.ports])).toEqual([
+      ['bad', [{ protocol: 'tcp', port: 80 }]],
+      ['worse', []],
+    ]);
+    expect(problems).toEqual([
+      '/tenc/services/alpha/bad: spec.ports: entry null is not an object: that port ignored',
+      '/tenc/services/alpha/worse: spec.ports: entry 7 is not an object: that port ignored',
+      '/tenc/services/alpha/worse: spec.ports: entry "x" is not an object: that port ignored',
+    ]);
+    expect(r.stats.watchErrors).toBe(0);
+    // an agent starting now: its snapshot holds the bad Service
+    const again = reg();
+    expect((await again.services('alpha')).map((s) => s.name)).toEqual(['bad', 'worse']);
+    expect((await again.pods('alpha')).map((p) => p.name)).toEqual(['late']);
+  });
+
+  it('a value whose reading throws (any shape not foreseen) is reported and left out, in the snapshot and in the watch', async () => {
+    etcd.put('/tenc/pods/alpha/first', podJson('first', 1));
+    etcd.put('/tenc/pods/alpha/second', podJson('second', 2));
+    const problems: string[] = [];
+    const r = new EtcdRegistry(parseEtcdSpec(etcd.endpoint), { onProblem: (k, why) => problems.push(`${k}: ${why}`) });
+    open.push(r);
+    const reading = r as unknown as { putValue: (key: string, value: string) => void };
+    const real = reading.putValue.bind(r);
+    const boom = (key: string, value: string) => {
+      if (key.endsWith('/first') || key.endsWith('/third')) throw new Error('not foreseen');
+      real(key, value);
+    };
+    reading.putValue = boom;
+    expect((await r.pods('alpha')).map((p) => p.name)).toEqual(['second']);
+    await vi.waitFor(() => expect(etcd.openWatches).toBe(1), { timeout: 5000, interval: 10 });
+    etcd.put('/tenc/pods/alpha/third', podJson('third', 3));
+    etcd.put('/tenc/pods/alpha/fourth', podJson('fourth', 4));
+    await vi.waitFor(async () => expect((await r.pods('alpha')).map((p) => p.name)).toEqual(['second', 'fourth']), { timeout: 5000, interval: 20 });
+    expect(problems).toEqual(['/tenc/pods/alpha/first: cannot be read (not foreseen): ignored', '/tenc/pods/alpha/third: cannot be read (not foreseen): ignored']);
   });
 });

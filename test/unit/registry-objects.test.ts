@@ -18,6 +18,8 @@ import { DirectoryRegistry } from '../../src/registry/dir.js';
 import { EtcdRegistry } from '../../src/registry/etcd.js';
 import { parseEtcdSpec } from '../../src/registry/etcd-client.js';
 import { FakeEtcd } from './etcd-fake.js';
+import { podFromObject, serviceFromObject } from '../../src/registry/objects.js';
+import type { PodInfo, ServiceInfo } from '../../src/registry/registry.js';
 
 const cleanup: (() => void | Promise<void>)[] = [];
 afterEach(async () => {
@@ -84,6 +86,61 @@ describe('directory backend: the Kubernetes backend\'s rules', () => {
     });
     expect(await reg.endpoints('alpha')).toEqual([{ project: 'alpha', service: 'web', pods: [{ name: 'web-1', address: '10.128.1.10', node: 'n1' }] }]);
     expect(problems).toEqual(['endpointslices/alpha/web.json: endpoint address "web-2.example" is not an IP address: that endpoint ignored']);
+  });
+});
+
+describe('objects: a bad part is left out and reported, never thrown or the whole object', () => {
+  it('serviceFromObject: a port entry that is not an object (null, a number, a string) is dropped and reported, not thrown', () => {
+    const problems: string[] = [];
+    const s = serviceFromObject('alpha', svc('web', '10.96.0.10', [null, 7, 'x', { protocol: 'TCP', port: 80 }]), (why) => problems.push(why));
+    expect((s as ServiceInfo).ports).toEqual([{ protocol: 'tcp', port: 80 }]);
+    expect(problems).toEqual(['spec.ports: entry null is not an object: that port ignored', 'spec.ports: entry 7 is not an object: that port ignored', 'spec.ports: entry "x" is not an object: that port ignored']);
+    expect((serviceFromObject('alpha', svc('web', '10.96.0.10', [null])) as ServiceInfo).ports).toEqual([]);
+  });
+
+  it('a directory Service file with ports [null]: the project\'s services are still read, the entry reported', async () => {
+    const { reg, problems } = dirWith({
+      'services/alpha/web.json': svc('web', '10.96.0.10', [null, { protocol: 'UDP', port: 53 }]),
+      'services/alpha/db.json': svc('db', '10.96.0.20'),
+    });
+    expect((await reg.services('alpha')).map((s) => [s.name, s.ports])).toEqual([
+      ['db', [{ protocol: 'tcp', port: 80 }]],
+      ['web', [{ protocol: 'udp', port: 53 }]],
+    ]);
+    expect(problems).toEqual(['services/alpha/web.json: spec.ports: entry null is not an object: that port ignored']);
+  });
+
+  it('a directory object whose reading throws (any shape not foreseen) is reported and skipped, the others read', async () => {
+    const { reg, problems } = dirWith({ 'services/alpha/a.json': svc('a', '10.96.0.10'), 'services/alpha/b.json': svc('b', '10.96.0.11') });
+    const parsed = (reg as unknown as { parsed: (kind: string, project: string, parse: (p: string, o: { metadata: { name: string } }) => unknown) => unknown[] }).parsed.bind(reg);
+    const out = parsed('services', 'alpha', (_p, o) => {
+      if (o.metadata.name === 'a') throw new Error('not foreseen');
+      return { name: o.metadata.name };
+    });
+    expect(out).toEqual([{ name: 'b' }]);
+    expect(problems).toEqual(['services/alpha/a.json: cannot be read (not foreseen): ignored']);
+  });
+
+  it('a pod with one bad podIPs entry is kept with its good addresses, the bad one reported (as the Kubernetes backend)', async () => {
+    const status = { phase: 'Running', podIP: '10.128.1.10', podIPs: [{ ip: '10.128.1.10' }, { ip: 'fd00::zz' }, { ip: 'fd00::a' }] };
+    const problems: string[] = [];
+    expect((podFromObject('alpha', pod('web', status), (why) => problems.push(why)) as PodInfo).addresses).toEqual(['10.128.1.10', 'fd00::a']);
+    expect(problems).toEqual(['status.podIP(s): "fd00::zz" not an IP address: those addresses ignored']);
+    const d = dirWith({ 'pods/alpha/web.json': pod('web', status) });
+    expect((await d.reg.pods('alpha')).map((p) => [p.name, p.address, p.addresses])).toEqual([['web', '10.128.1.10', ['10.128.1.10', 'fd00::a']]]);
+    expect(d.problems).toEqual(['pods/alpha/web.json: status.podIP(s): "fd00::zz" not an IP address: those addresses ignored']);
+  });
+
+  it('a Service without a selector is left out and reported (as the Kubernetes backend)', async () => {
+    const noSel = (name: string, selector: unknown) => ({ metadata: { name }, spec: { clusterIP: '10.96.0.30', ports: [{ port: 80 }], ...(selector === undefined ? {} : { selector }) } });
+    for (const sel of [undefined, null, {}]) {
+      const problems: string[] = [];
+      expect(serviceFromObject('alpha', noSel('ext', sel), (why) => problems.push(why))).toBeNull();
+      expect(problems).toEqual(['no selector: left out (tenc routes only services that select pods)']);
+    }
+    const { reg, problems } = dirWith({ 'services/alpha/ext.json': noSel('ext', undefined), 'services/alpha/web.json': svc('web', '10.96.0.10') });
+    expect((await reg.services('alpha')).map((s) => s.name)).toEqual(['web']);
+    expect(problems).toEqual(['services/alpha/ext.json: no selector: left out (tenc routes only services that select pods)']);
   });
 });
 
