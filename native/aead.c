@@ -222,26 +222,27 @@ typedef int32_t v16i __attribute__((vector_size(64)));
                   4 & s ? 16 + 4 : 4 + s, 5 & s ? 16 + 5 : 5 + s, 6 & s ? 16 + 6 : 6 + s, 7 & s ? 16 + 7 : 7 + s, \
                   8 & s ? 16 + 8 : 8 + s, 9 & s ? 16 + 9 : 9 + s, 10 & s ? 16 + 10 : 10 + s, 11 & s ? 16 + 11 : 11 + s, \
                   12 & s ? 16 + 12 : 12 + s, 13 & s ? 16 + 13 : 13 + s, 14 & s ? 16 + 14 : 14 + s, 15 & s ? 16 + 15 : 15 + s
-#define TM_LO(s) {TM_LO_L(s)}
-#define TM_HI(s) {TM_HI_L(s)}
-/* gcc: __builtin_shuffle with mask vectors; clang (the fuzz harnesses, fuzz/build.sh):
- * __builtin_shufflevector with the same indices as constants. */
+/* Swaps the off-diagonal s x s blocks of rows x and y (vectors of type VU; VI the
+ * matching signed index vector; LO and HI the index-list macros of that width).
+ * gcc: __builtin_shuffle with mask vectors; clang (the fuzz harnesses,
+ * fuzz/build.sh): __builtin_shufflevector with the same indices as constants. */
 #ifdef __clang__
-#define TSW(x, y, s)                                   \
-  {                                                    \
-    v16u a_ = x, b_ = y;                               \
-    x = __builtin_shufflevector(a_, b_, TM_LO_L(s));   \
-    y = __builtin_shufflevector(a_, b_, TM_HI_L(s));   \
+#define TSWAP(VU, VI, LO, HI, x, y, s)          \
+  {                                             \
+    VU a_ = x, b_ = y;                          \
+    x = __builtin_shufflevector(a_, b_, LO(s)); \
+    y = __builtin_shufflevector(a_, b_, HI(s)); \
   }
 #else
-#define TSW(x, y, s)                                   \
-  {                                                    \
-    const v16i lo = TM_LO(s), hi = TM_HI(s);           \
-    v16u a_ = x, b_ = y;                               \
-    x = __builtin_shuffle(a_, b_, lo);                 \
-    y = __builtin_shuffle(a_, b_, hi);                 \
+#define TSWAP(VU, VI, LO, HI, x, y, s)    \
+  {                                       \
+    const VI lo = {LO(s)}, hi = {HI(s)};  \
+    VU a_ = x, b_ = y;                    \
+    x = __builtin_shuffle(a_, b_, lo);    \
+    y = __builtin_shuffle(a_, b_, hi);    \
   }
 #endif
+#define TSW(x, y, s) TSWAP(v16u, v16i, TM_LO_L, TM_HI_L, x, y, s)
 #define TRANSPOSE16(r)                                                                                          \
   TSW(r##0, r##8, 8) TSW(r##1, r##9, 8) TSW(r##2, r##10, 8) TSW(r##3, r##11, 8) TSW(r##4, r##12, 8)          \
   TSW(r##5, r##13, 8) TSW(r##6, r##14, 8) TSW(r##7, r##15, 8)                                                \
@@ -251,6 +252,18 @@ typedef int32_t v16i __attribute__((vector_size(64)));
   TSW(r##9, r##11, 2) TSW(r##12, r##14, 2) TSW(r##13, r##15, 2)                                              \
   TSW(r##0, r##1, 1) TSW(r##2, r##3, 1) TSW(r##4, r##5, 1) TSW(r##6, r##7, 1) TSW(r##8, r##9, 1)             \
   TSW(r##10, r##11, 1) TSW(r##12, r##13, 1) TSW(r##14, r##15, 1)
+
+/* The block function on state words x0..x15 (vectors of type V, one state per
+ * lane): 20 rounds (10 column + diagonal double rounds), then the input added. */
+#define LANE_BLOCK(V)                                                                                   \
+  V i0 = x0, i1 = x1, i2 = x2, i3 = x3, i4 = x4, i5 = x5, i6 = x6, i7 = x7, i8 = x8, i9 = x9, i10 = x10, \
+    i11 = x11, i12 = x12, i13 = x13, i14 = x14, i15 = x15;                                              \
+  for (int r = 0; r < 10; r++) {                                                                        \
+    LANE_QR(x0, x4, x8, x12) LANE_QR(x1, x5, x9, x13) LANE_QR(x2, x6, x10, x14) LANE_QR(x3, x7, x11, x15) \
+    LANE_QR(x0, x5, x10, x15) LANE_QR(x1, x6, x11, x12) LANE_QR(x2, x7, x8, x13) LANE_QR(x3, x4, x9, x14) \
+  }                                                                                                     \
+  x0 += i0, x1 += i1, x2 += i2, x3 += i3, x4 += i4, x5 += i5, x6 += i6, x7 += i7;                       \
+  x8 += i8, x9 += i9, x10 += i10, x11 += i11, x12 += i12, x13 += i13, x14 += i14, x15 += i15;
 
 /* A 64-byte block, or its first 32 bytes; fixed sizes, so each is one store. */
 #define LANE_OUT(p, v, n)                \
@@ -268,14 +281,7 @@ typedef int32_t v16i __attribute__((vector_size(64)));
     memcpy(&x8, in[8], 64), memcpy(&x9, in[9], 64), memcpy(&x10, in[10], 64), memcpy(&x11, in[11], 64); \
     memcpy(&x12, in[12], 64), memcpy(&x13, in[13], 64), memcpy(&x14, in[14], 64), memcpy(&x15, in[15], 64); \
     TRANSPOSE16(x)                                                                            \
-    v16u i0 = x0, i1 = x1, i2 = x2, i3 = x3, i4 = x4, i5 = x5, i6 = x6, i7 = x7, i8 = x8, i9 = x9, i10 = x10, \
-         i11 = x11, i12 = x12, i13 = x13, i14 = x14, i15 = x15;                              \
-    for (int r = 0; r < 10; r++) {                                                            \
-      LANE_QR(x0, x4, x8, x12) LANE_QR(x1, x5, x9, x13) LANE_QR(x2, x6, x10, x14) LANE_QR(x3, x7, x11, x15) \
-      LANE_QR(x0, x5, x10, x15) LANE_QR(x1, x6, x11, x12) LANE_QR(x2, x7, x8, x13) LANE_QR(x3, x4, x9, x14) \
-    }                                                                                         \
-    x0 += i0, x1 += i1, x2 += i2, x3 += i3, x4 += i4, x5 += i5, x6 += i6, x7 += i7;           \
-    x8 += i8, x9 += i9, x10 += i10, x11 += i11, x12 += i12, x13 += i13, x14 += i14, x15 += i15; \
+    LANE_BLOCK(v16u)                                                                          \
     TRANSPOSE16(x)                                                                            \
     LANE_OUT(out[0], x0, bytes[0]);                                                        \
     LANE_OUT(out[1], x1, bytes[1]);                                                        \
@@ -307,22 +313,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
                    4 & s ? 8 + 4 - s : 4, 5 & s ? 8 + 5 - s : 5, 6 & s ? 8 + 6 - s : 6, 7 & s ? 8 + 7 - s : 7
 #define T8_HI_L(s) 0 & s ? 8 + 0 : 0 + s, 1 & s ? 8 + 1 : 1 + s, 2 & s ? 8 + 2 : 2 + s, 3 & s ? 8 + 3 : 3 + s, \
                    4 & s ? 8 + 4 : 4 + s, 5 & s ? 8 + 5 : 5 + s, 6 & s ? 8 + 6 : 6 + s, 7 & s ? 8 + 7 : 7 + s
-#ifdef __clang__
-#define TSW8(x, y, s)                                  \
-  {                                                    \
-    v8u a_ = x, b_ = y;                                \
-    x = __builtin_shufflevector(a_, b_, T8_LO_L(s));   \
-    y = __builtin_shufflevector(a_, b_, T8_HI_L(s));   \
-  }
-#else
-#define TSW8(x, y, s)                                  \
-  {                                                    \
-    const v8i lo = {T8_LO_L(s)}, hi = {T8_HI_L(s)};    \
-    v8u a_ = x, b_ = y;                                \
-    x = __builtin_shuffle(a_, b_, lo);                 \
-    y = __builtin_shuffle(a_, b_, hi);                 \
-  }
-#endif
+#define TSW8(x, y, s) TSWAP(v8u, v8i, T8_LO_L, T8_HI_L, x, y, s)
 #define TRANSPOSE8(a, b, c, d, e, f, g, h)                                                              \
   TSW8(a, e, 4) TSW8(b, f, 4) TSW8(c, g, 4) TSW8(d, h, 4) TSW8(a, c, 2) TSW8(b, d, 2) TSW8(e, g, 2)      \
   TSW8(f, h, 2) TSW8(a, b, 1) TSW8(c, d, 1) TSW8(e, f, 1) TSW8(g, h, 1)
@@ -338,14 +329,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
     memcpy(&x14, in[6] + 8, 32), memcpy(&x15, in[7] + 8, 32);                                           \
     TRANSPOSE8(x0, x1, x2, x3, x4, x5, x6, x7)                                                          \
     TRANSPOSE8(x8, x9, x10, x11, x12, x13, x14, x15)                                                    \
-    v8u i0 = x0, i1 = x1, i2 = x2, i3 = x3, i4 = x4, i5 = x5, i6 = x6, i7 = x7, i8 = x8, i9 = x9,        \
-        i10 = x10, i11 = x11, i12 = x12, i13 = x13, i14 = x14, i15 = x15;                               \
-    for (int r = 0; r < 10; r++) {                                                                      \
-      LANE_QR(x0, x4, x8, x12) LANE_QR(x1, x5, x9, x13) LANE_QR(x2, x6, x10, x14) LANE_QR(x3, x7, x11, x15) \
-      LANE_QR(x0, x5, x10, x15) LANE_QR(x1, x6, x11, x12) LANE_QR(x2, x7, x8, x13) LANE_QR(x3, x4, x9, x14) \
-    }                                                                                                   \
-    x0 += i0, x1 += i1, x2 += i2, x3 += i3, x4 += i4, x5 += i5, x6 += i6, x7 += i7;                     \
-    x8 += i8, x9 += i9, x10 += i10, x11 += i11, x12 += i12, x13 += i13, x14 += i14, x15 += i15;         \
+    LANE_BLOCK(v8u)                                                                                     \
     TRANSPOSE8(x0, x1, x2, x3, x4, x5, x6, x7)                                                          \
     TRANSPOSE8(x8, x9, x10, x11, x12, x13, x14, x15)                                                    \
     const v8u lo[8] = {x0, x1, x2, x3, x4, x5, x6, x7}, hi[8] = {x8, x9, x10, x11, x12, x13, x14, x15};  \
