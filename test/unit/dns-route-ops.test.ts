@@ -56,6 +56,27 @@ async function client(proxy: DnsProxy): Promise<(name: string) => Promise<dnsPac
     });
 }
 
+/** A proxy for alpha.svc.cluster.local over `sink`, asking a scripted upstream; `onStop` runs before it stops (opens a gate). */
+async function startProxy(sink: RouteSink, onStop: () => void, extra: { expireEveryMs?: number; now?: () => number } = {}): Promise<DnsProxy> {
+  const port = await upstream();
+  const proxy = await DnsProxy.start({
+    listen: ['127.0.0.1'],
+    port: 0,
+    upstream: { servers: [{ address: '127.0.0.1', port }], mark: 0, timeoutMs: 5000, maxInflight: 64 },
+    policy: { domain: 'alpha.svc.cluster.local', neverNames: [] },
+    neverCidrs: new CidrSet([]),
+    maxTtl: 30,
+    endpoints: () => undefined,
+    routes: { sink, learned: new LearnedRoutes({ graceMs: 0, maxRoutes: 64 }), ...(extra.expireEveryMs !== undefined ? { expireEveryMs: extra.expireEveryMs } : {}) },
+    ...(extra.now ? { now: extra.now } : {}),
+  });
+  closers.push(async () => {
+    onStop();
+    await proxy.stop();
+  });
+  return proxy;
+}
+
 describe('learned routes: answers wait only for their own route changes', () => {
   it('a query for an already routed name is answered while 20 slow route removals are still running', async () => {
     const events: string[] = [];
@@ -72,22 +93,7 @@ describe('learned routes: answers wait only for their own route changes', () => 
       },
     };
     let now = 0;
-    const port = await upstream();
-    const proxy = await DnsProxy.start({
-      listen: ['127.0.0.1'],
-      port: 0,
-      upstream: { servers: [{ address: '127.0.0.1', port }], mark: 0, timeoutMs: 5000, maxInflight: 64 },
-      policy: { domain: 'alpha.svc.cluster.local', neverNames: [] },
-      neverCidrs: new CidrSet([]),
-      maxTtl: 30,
-      endpoints: () => undefined,
-      routes: { sink, learned: new LearnedRoutes({ graceMs: 0, maxRoutes: 64 }), expireEveryMs: 5 },
-      now: () => now,
-    });
-    closers.push(async () => {
-      removals.open();
-      await proxy.stop();
-    });
+    const proxy = await startProxy(sink, removals.open, { expireEveryMs: 5, now: () => now });
     const ask = await client(proxy);
     for (let i = 0; i < 20; i++) await ask(`a${i}.alpha.svc.cluster.local`); // routed until 30 s
     now = 20_000;
@@ -125,21 +131,7 @@ describe('learned routes: answers wait only for their own route changes', () => 
       },
       remove: async () => {},
     };
-    const port = await upstream();
-    const proxy = await DnsProxy.start({
-      listen: ['127.0.0.1'],
-      port: 0,
-      upstream: { servers: [{ address: '127.0.0.1', port }], mark: 0, timeoutMs: 5000, maxInflight: 64 },
-      policy: { domain: 'alpha.svc.cluster.local', neverNames: [] },
-      neverCidrs: new CidrSet([]),
-      maxTtl: 30,
-      endpoints: () => undefined,
-      routes: { sink, learned: new LearnedRoutes({ graceMs: 0, maxRoutes: 64 }) },
-    });
-    closers.push(async () => {
-      adds.open();
-      await proxy.stop();
-    });
+    const proxy = await startProxy(sink, adds.open);
     const ask = await client(proxy);
     const first = ask('held.alpha.svc.cluster.local').then(() => events.push('reply 1'));
     while (!events.includes('add 10.50.1.1/32')) await new Promise((r) => setTimeout(r, 5));
