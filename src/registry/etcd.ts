@@ -249,9 +249,6 @@ export class EtcdRegistry implements Registry {
     w.on('connected', () => {
       if (this.watcher === w) this.watchPendingSince = null;
     });
-    w.on('disconnected', () => {
-      if (this.watcher === w) this.watchPendingSince = Date.now();
-    });
     if (!this.homeTimer) {
       this.homeTimer = setInterval(() => {
         this.createCheck();
