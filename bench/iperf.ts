@@ -13,7 +13,8 @@
  *   4. iperf3 UDP, 64-byte payloads, unlimited rate (-u -l 64 -b 0): sent and
  *      received packets/s, loss
  * and the CPU time (utime+stime from /proc/PID/stat, % of one core, pods a+b) of the
- * tunnel's processes during each test, and their VmRSS/VmHWM after the tests. Then stop
+ * tunnel's processes during each test (and, for the TCP tests, the whole machine's CPU
+ * from /proc/stat and that per Gbit/s), and their VmRSS/VmHWM after the tests. Then stop
  * the tunnel and remove the pods. A failing tunnel (or test) is reported as
  * "failed: reason"; the others still run. Everything is removed at the end, on Ctrl-C too.
  *
@@ -38,7 +39,7 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { numberFlag, type BenchContext } from './lib/bench.js';
-import { CpuMeter, Children, memory, describeFailure } from './lib/procs.js';
+import { CpuMeter, Children, MachineCpuMeter, memory, describeFailure } from './lib/procs.js';
 import { barChart } from './lib/svg.js';
 import { markdownTable } from './lib/table.js';
 import { parseIperfTcp, parseIperfUdp, Traffic } from './lib/traffic.js';
@@ -63,9 +64,13 @@ const METRICS: MetricDef[] = [
   { key: 'tcp1.gbps', label: 'TCP 1 stream (Gbit/s)', digits: 2, better: 'higher', chart: true },
   { key: 'tcp1.retr', label: 'TCP 1 stream retransmits', digits: 0, better: 'lower' },
   { key: 'tcp1.cpu', label: 'TCP 1 stream: tunnel CPU (%)', digits: 0, better: 'lower', chart: true },
+  { key: 'tcp1.mcpu', label: 'TCP 1 stream: machine CPU (%)', digits: 0, better: 'lower' },
+  { key: 'tcp1.cpg', label: 'TCP 1 stream: machine CPU per Gbit/s (%)', digits: 1, better: 'lower' },
   { key: 'tcp4.gbps', label: 'TCP 4 streams (Gbit/s)', digits: 2, better: 'higher', chart: true },
   { key: 'tcp4.retr', label: 'TCP 4 streams retransmits', digits: 0, better: 'lower' },
   { key: 'tcp4.cpu', label: 'TCP 4 streams: tunnel CPU (%)', digits: 0, better: 'lower' },
+  { key: 'tcp4.mcpu', label: 'TCP 4 streams: machine CPU (%)', digits: 0, better: 'lower' },
+  { key: 'tcp4.cpg', label: 'TCP 4 streams: machine CPU per Gbit/s (%)', digits: 1, better: 'lower' },
   ...CLIENT_COUNTS.flatMap((n): MetricDef[] => [
     { key: `c${n}.mb`, label: `${n} client${n > 1 ? 's' : ''}: transmitted MB`, digits: 0, better: 'higher' },
     { key: `c${n}.server`, label: `${n} client${n > 1 ? 's' : ''}: server MB/s`, digits: 1, better: 'higher', chart: n === 20 },
@@ -306,10 +311,14 @@ async function measureTunnel(
     for (const [prefix, args] of [['tcp1', []], ['tcp4', ['-P', '4']]] as const) {
       await test(prefix, async () => {
         const cpu = new CpuMeter(up.pids);
+        const machine = new MachineCpuMeter();
         const [json] = await traffic.iperf(up.dst, 1, opts.seconds, [...args], died);
         put(`${prefix}.cpu`, cpu.percent());
+        const busy = machine.percent();
+        put(`${prefix}.mcpu`, busy);
         const r = parseIperfTcp(json);
         put(`${prefix}.gbps`, r.receiverBps / 1e9);
+        if (busy !== undefined && r.receiverBps > 0) put(`${prefix}.cpg`, busy / (r.receiverBps / 1e9));
         put(`${prefix}.retr`, r.retransmits);
       });
     }
@@ -443,7 +452,9 @@ function report(ctx: BenchContext, results: TunnelResult[], opts: Options, start
   const rows = [statusRow, ...METRICS.map((d) => [d.label, d.better, ...results.map((r) => cell(r, d))])];
   const load = (l: number[]): string => l.map((x) => x.toFixed(2)).join(' ');
   ctx.log(`\nPod a -> pod b, ${opts.seconds} s per iperf3 test${opts.rounds > 1 ? `, medians of ${opts.rounds} rounds` : ''}, load average ${load(loadStart)} at the start, ${load(loadavg())} at the end.`);
-  ctx.log(`CPU: % of one core, the tunnel's processes in both pods together; memory: the larger of the two pods' processes.`);
+  ctx.log(
+    `CPU: % of one core, the tunnel's processes in both pods together (machine CPU: every process and the kernel, ${cpus().length * 100} = all CPUs busy; per Gbit/s: the whole path's work per unit of rate, which bounds the rate on a saturated machine); memory: the larger of the two pods' processes.`,
+  );
   ctx.log(`MB = 10^6 bytes; N clients = N iperf3 client processes at once, each to its own server port.\n`);
   ctx.log(markdownTable(header, rows));
 

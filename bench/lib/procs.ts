@@ -5,6 +5,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 
 export interface RunResult {
   code: number | null;
@@ -173,6 +174,42 @@ export function parseProcStatusMemory(status: string): Memory | undefined {
   const rss = kb('VmRSS');
   const hwm = kb('VmHWM');
   return rss === undefined || hwm === undefined ? undefined : { rss, hwm };
+}
+
+/** Busy and total jiffies of all CPUs together, from the first ("cpu ") line of /proc/stat. */
+export function parseProcStatCpu(stat: string): { busy: number; total: number } | undefined {
+  const m = /^cpu\s+(.*)$/m.exec(stat);
+  if (!m) return undefined;
+  const f = m[1]!.trim().split(/\s+/).map(Number);
+  // user nice system idle iowait irq softirq steal (guest and guest_nice are inside user and nice)
+  if (f.length < 8 || f.slice(0, 8).some((v) => !Number.isFinite(v) || v < 0)) return undefined;
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = f as [number, number, number, number, number, number, number, number];
+  const busy = user + nice + system + irq + softirq + steal;
+  return { busy, total: busy + idle + iowait };
+}
+
+function machineCpu(): { busy: number; total: number } | undefined {
+  try {
+    return parseProcStatCpu(readFileSync('/proc/stat', 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The whole machine's CPU between construction and percent(), as % of one core (200 =
+ * both of two CPUs busy): every process and the kernel's own work (softirq), not only
+ * the tunnel's. On a machine the test saturates, throughput follows the work per byte
+ * of the whole path (application, kernel, tunnel), which this divided by the rate shows.
+ */
+export class MachineCpuMeter {
+  private readonly start = machineCpu();
+
+  percent(): number | undefined {
+    const now = machineCpu();
+    if (!now || !this.start || now.total <= this.start.total) return undefined;
+    return ((now.busy - this.start.busy) / (now.total - this.start.total)) * cpus().length * 100;
+  }
 }
 
 /** CPU seconds used by a set of processes between two points in time, as % of one core. */

@@ -5,9 +5,10 @@
  */
 import { EventEmitter } from 'node:events';
 import { PassThrough } from 'node:stream';
+import { cpus } from 'node:os';
 import { describe, it, expect } from 'vitest';
 import { parseIperfTcp, parseIperfUdp, parsePingTimes, parsePingTransmitted, percentile, listeningPorts } from '../../bench/lib/traffic.js';
-import { cpuSeconds, memory, parseProcStatusMemory, CpuMeter } from '../../bench/lib/procs.js';
+import { cpuSeconds, memory, parseProcStatusMemory, parseProcStatCpu, CpuMeter, MachineCpuMeter } from '../../bench/lib/procs.js';
 import { barChart, escapeXml } from '../../bench/lib/svg.js';
 
 const TCP = JSON.stringify({
@@ -100,6 +101,24 @@ describe('/proc figures', () => {
     expect(new CpuMeter([]).percent()).toBeUndefined();
     expect(cpuSeconds(2 ** 22 + 12345)).toBeUndefined();
     expect(memory(process.pid)!.rss).toBeGreaterThan(1 << 20);
+  });
+
+  it('machine CPU: busy and total jiffies of the first /proc/stat line; malformed lines are undefined', () => {
+    const stat = 'cpu  100 5 50 800 10 2 3 1 7 0\ncpu0 50 2 25 400 5 1 2 0 0 0\nintr 1 2\n';
+    // busy = user + nice + system + irq + softirq + steal; total adds idle and iowait
+    expect(parseProcStatCpu(stat)).toEqual({ busy: 161, total: 971 });
+    expect(parseProcStatCpu('cpu0 1 2 3 4 5 6 7 8\n')).toBeUndefined(); // no aggregate line
+    expect(parseProcStatCpu('cpu  1 2 3\n')).toBeUndefined();
+    expect(parseProcStatCpu('cpu  1 2 3 4 5 6 x 8\n')).toBeUndefined();
+    // burn 100 ms: the machine was busy for at least part of it
+    const meter = new MachineCpuMeter();
+    const c0 = process.cpuUsage();
+    let x = 0;
+    while (process.cpuUsage(c0).user + process.cpuUsage(c0).system < 100_000) x += Math.sqrt(x + 1);
+    expect(x).toBeGreaterThan(0);
+    const pct = meter.percent()!;
+    expect(pct).toBeGreaterThan(0);
+    expect(pct).toBeLessThanOrEqual(cpus().length * 100 + 1e-9);
   });
 });
 
