@@ -125,7 +125,8 @@ export function parseKey32(v: unknown): Parsed<Uint8Array> {
 export function parseInterfaceName(v: unknown): Parsed<string> {
   if (typeof v !== 'string') return bad(`${show(v)} is not a string`);
   if (v.length === 0 || v.length > 15) return bad(`${show(v)} must be 1..15 characters`);
-  if (v === '.' || v === '..' || /[\s/:%]/.test(v)) return bad(`${show(v)} is not a valid interface name`);
+  // also no quote or backslash: the name is quoted in the nft rule text, which has no escapes
+  if (v === '.' || v === '..' || /[\s/:%"'\\]/.test(v)) return bad(`${show(v)} is not a valid interface name`);
   return ok(v);
 }
 
@@ -516,8 +517,10 @@ export function validateConfig(raw: unknown, file: string): PodConfig {
     if ([253, 254, 255].includes(table)) c.add('table', `${table} is a reserved table (default/main/local)`);
   }
 
+  // 2 at least: the exempt policy rules sit at rulePriority - 1, and pref 0 is the
+  // kernel's `lookup local` rule
   const rulePriority =
-    raw.rulePriority === undefined ? DEFAULT_RULE_PRIORITY : c.take('rulePriority', parseInteger(raw.rulePriority, 1, 32765), 0);
+    raw.rulePriority === undefined ? DEFAULT_RULE_PRIORITY : c.take('rulePriority', parseInteger(raw.rulePriority, 2, 32765), 0);
 
   let pskFile = '';
   if (raw.pskFile === undefined) c.add('pskFile', 'is required (a file holding `wg genpsk` output)');

@@ -132,6 +132,38 @@ function union(a: ExemptSet, b: ExemptSet): ExemptSet {
   return { to: [...to.values()], local: [...local.values()] };
 }
 
+/**
+ * The spec (for `ip rule del`) of a dumped rule (`ip -j rule show`) if it has the shape
+ * ruleSpecs writes at `priority`: lookup main, an ipproto, a source or destination port
+ * (range); null for any other rule.
+ */
+export function residueSpec(r: unknown, priority: number): string | null {
+  if (typeof r !== 'object' || r === null) return null;
+  const o = r as Record<string, unknown>;
+  if (o.priority !== priority || o.table !== 'main' || (o.ipproto !== 'tcp' && o.ipproto !== 'udp')) return null;
+  const port = (k: 'sport' | 'dport'): string | null => {
+    const one = o[k];
+    const a = o[`${k}_start`];
+    const b = o[`${k}_end`];
+    if (Number.isInteger(one)) return `${k} ${one as number}`;
+    if (Number.isInteger(a) && Number.isInteger(b)) return `${k} ${a as number}-${b as number}`;
+    return null;
+  };
+  const ports = [port('sport'), port('dport')].filter((x): x is string => x !== null);
+  if (ports.length === 0) return null;
+  const addr = (k: 'src' | 'dst', word: 'from' | 'to'): string | null => {
+    const a = o[k];
+    if (a === undefined || a === 'all') return '';
+    if (typeof a !== 'string' || !/^[0-9a-fA-F.:]+$/.test(a)) return null;
+    const len = o[`${k}len`];
+    return ` ${word} ${a}${Number.isInteger(len) ? `/${len as number}` : ''}`;
+  };
+  const from = addr('src', 'from');
+  const to = addr('dst', 'to');
+  if (from === null || to === null) return null;
+  return `pref ${priority}${from}${to} ipproto ${o.ipproto} ${ports.join(' ')} lookup main`;
+}
+
 export interface PolicyRulesOptions {
   /** The pref of the exempt rules: tenc's rule priority - 1. */
   priority: number;
@@ -170,7 +202,13 @@ export class PolicyRules {
     return this.applied[4].size + this.applied[6].size;
   }
 
-  /** Deletes every rule at the exempt pref (a crashed or fail-closed earlier run's). Returns how many. */
+  /**
+   * Deletes the exempt rules at the exempt pref that a crashed or fail-closed earlier
+   * run left (residue). Returns how many. Only rules of the shape this class writes
+   * (`lookup main` with an ipproto and a port) are touched, each deleted by its own
+   * selectors: another rule at that pref (an administrator's, or the kernel's `lookup
+   * local` were the pref ever 0) stays.
+   */
   removeResidue(snap: RoutingSnapshot | null = null): Promise<number> {
     return this.serial(async () => {
       let n = 0;
@@ -179,14 +217,14 @@ export class PolicyRules {
         ? ([4, 6] as const).map((f) => snap.rules[f].filter((r) => r.priority === this.o.priority))
         : await Promise.all(([4, 6] as const).map((f) => this.ip.json([`-${f}`, 'rule', 'show', 'pref', String(this.o.priority)])));
       for (const f of [4, 6] as const) {
-        const rules = dumps[f === 4 ? 0 : 1];
-        if (rules.length === 0) continue;
+        const specs = (dumps[f === 4 ? 0 : 1] as unknown[]).map((r) => residueSpec(r, this.o.priority)).filter((r): r is string => r !== null);
+        if (specs.length === 0) continue;
         try {
-          await this.ip.batch(f, rules.map(() => `rule del pref ${this.o.priority}`));
+          await this.ip.batch(f, specs.map((r) => `rule del ${r}`));
         } catch (e) {
           if (!(e instanceof IpCommandError)) throw e;
         }
-        n += rules.length;
+        n += specs.length;
       }
       return n;
     });

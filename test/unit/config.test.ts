@@ -121,6 +121,10 @@ const BAD: [string, unknown, string, string][] = [
   ['interface', 'a-very-long-interface', 'interface', '1..15 characters'],
   ['interface', 'ten c0', 'interface', 'not a valid interface name'],
   ['interface', 'a/b', 'interface', 'not a valid interface name'],
+  // quoted in nft rule text, which has no escapes
+  ['interface', 'a"b', 'interface', 'not a valid interface name'],
+  ['interface', 'a\\b', 'interface', 'not a valid interface name'],
+  ["interface", "a'b", 'interface', 'not a valid interface name'],
   ['interface', 7, 'interface', 'not a string'],
   ['addresses', undefined, 'addresses', 'is required'],
   ['addresses', [], 'addresses', 'one IPv4 and/or one IPv6'],
@@ -139,8 +143,10 @@ const BAD: [string, unknown, string, string][] = [
   ['fwmark', 2 ** 32, 'fwmark', 'out of range'],
   ['table', 254, 'table', 'reserved table'],
   ['table', 0, 'table', 'out of range'],
-  ['rulePriority', 0, 'rulePriority', 'out of range 1..32765'],
-  ['rulePriority', 32766, 'rulePriority', 'out of range 1..32765'],
+  ['rulePriority', 0, 'rulePriority', 'out of range 2..32765'],
+  // the exempt rules sit at rulePriority - 1: at 0 their residue removal took the kernel's `lookup local` rule
+  ['rulePriority', 1, 'rulePriority', 'out of range 2..32765'],
+  ['rulePriority', 32766, 'rulePriority', 'out of range 2..32765'],
   ['pskFile', undefined, 'pskFile', 'is required'],
   ['pskFile', 42, 'pskFile', 'not a file path'],
   ['pskFile', '/nonexistent/tenc/psk', 'pskFile', 'psk file /nonexistent/tenc/psk: cannot read (ENOENT)'],
