@@ -243,10 +243,20 @@ function inOrder(client: Etcd3): EndpointOrder {
  * seconds, kept alive), so they vanish by themselves when the agent dies. A lease
  * that is lost (expired while etcd was unreachable) is replaced and every key is
  * written again under the new one.
+ *
+ * A lease is lost once: counted (onLost) and logged when a granted lease is found
+ * expired. A grant that fails is no lost lease, though etcd3 emits 'lost' for it too
+ * (Lease's constructor: a failed LeaseGrant calls emitLoss): a first grant's error goes
+ * to put()'s caller, and the round that writes the keys again after a loss retries
+ * with backoff, logging its first failure and, once it worked, how long it took.
  */
 export class LeasedKeys {
   private lease: Promise<Lease> | null = null;
   private republishing = false;
+  /** The round of writing every key again after a loss: since when, attempts, next backoff. */
+  private round: { since: number; attempts: number; delay: number } | null = null;
+  /** The round's next attempt (backoff after a failed one). */
+  private retry: NodeJS.Timeout | null = null;
   private closed = false;
   /** What this agent published (full key -> value), written again under a new lease. */
   private readonly owned = new Map<string, string>();
@@ -301,8 +311,10 @@ export class LeasedKeys {
       // kept alive here, one short stream per keep-alive (keepLease), not by etcd3's one
       // long stream: a long stream stays on the endpoint it was opened on
       const l = this.client.lease(this.ttl, { autoKeepAlive: false });
+      let granted = false;
       const p: Promise<Lease> = l.grant().then(
         () => {
+          granted = true;
           this.keepLease(l, p);
           return l;
         },
@@ -314,7 +326,9 @@ export class LeasedKeys {
       );
       this.lease = p;
       l.on('lost', (e) => {
-        if (this.lease !== p || this.closed) return;
+        // a failed grant emits 'lost' too (before grant() rejects): no lease was lost,
+        // its error goes to the caller (put(), or the republish round that retries)
+        if (!granted || this.lease !== p || this.closed) return;
         this.lease = null;
         this.onLost();
         this.onEvent('lease lost: publishing again under a new one', { err: (e as Error).message, keys: this.owned.size });
@@ -348,10 +362,20 @@ export class LeasedKeys {
     setTimeout(tick, (this.ttl * 1000) / 3).unref();
   }
 
-  /** Writes every owned key under a (new) lease, retrying with backoff until it works. */
-  private republish(delay = RETRY_MIN_MS): void {
+  /**
+   * Writes every owned key under a (new) lease, retrying with backoff (RETRY_MIN_MS
+   * doubling up to RETRY_MAX_MS) until it works. One round from the loss to success:
+   * its first failure is logged, the others not (etcd still unreachable: one a
+   * second), and a success after failures says how many attempts it took. A lease
+   * lost during the backoff starts the next attempt at once.
+   */
+  private republish(): void {
     if (this.republishing || this.closed) return;
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = null;
     this.republishing = true;
+    const round = (this.round ??= { since: Date.now(), attempts: 0, delay: RETRY_MIN_MS });
+    round.attempts++;
     const run = async () => {
       const lease = await this.getLease();
       // all at once: one after the other, each a raft round trip, took 0.35 s a key under load
@@ -359,14 +383,24 @@ export class LeasedKeys {
       await Promise.all(keys.map(([k, v]) => lease.put(k).value(v).exec()));
       // withdrawn meanwhile: its delete may have landed before the put
       for (const [k] of keys) if (!this.owned.has(k)) void this.delete(k);
+      return keys.length;
     };
     run().then(
-      () => {
+      (keys) => {
         this.republishing = false;
+        this.round = null;
+        if (round.attempts > 1) this.onEvent('published again under a new lease', { keys, attempts: round.attempts, ms: Date.now() - round.since });
       },
-      () => {
+      (e) => {
         this.republishing = false;
-        setTimeout(() => this.republish(Math.min(delay * 2, RETRY_MAX_MS)), delay).unref();
+        if (this.closed) return;
+        if (round.attempts === 1) this.onEvent('publishing again failed: retrying', { err: (e as Error).message });
+        const delay = round.delay;
+        round.delay = Math.min(delay * 2, RETRY_MAX_MS);
+        this.retry = setTimeout(() => {
+          this.retry = null;
+          this.republish();
+        }, delay).unref();
       },
     );
   }
@@ -380,6 +414,8 @@ export class LeasedKeys {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = null;
     const lease = this.lease;
     this.lease = null;
     // release() only stops etcd3's side (no call to etcd); the keep-alive timer ends at its

@@ -1,11 +1,12 @@
 /**
  * A fake etcd member for unit tests of the etcd registry: a gRPC server (etcd3's own
  * rpc.proto) holding keys in memory, with what the registry uses: KV Range/Put/
- * DeleteRange, Lease Grant/Revoke/KeepAlive (no expiry: a test revokes), Maintenance
- * Status and Watch. A test sees every watch create request and can answer a create
- * with a refusal (created + canceled, as etcd does for "permission denied") or send a
- * raw response on the open watch streams. No real etcd, no lock, no network beyond
- * loopback.
+ * DeleteRange, Lease Grant/Revoke/KeepAlive (no expiry by time: a test revokes or
+ * expires a lease; a put under a lease gone is refused as etcd does), Maintenance
+ * Status and Watch. A test can have lease grants refused (a member without quorum),
+ * sees every watch create request and can answer a create with a refusal (created +
+ * canceled, as etcd does for "permission denied") or send a raw response on the open
+ * watch streams. No real etcd, no lock, no network beyond loopback.
  */
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
@@ -35,8 +36,10 @@ export class FakeEtcd {
   readonly leases = new Set<string>();
   /** Every watch create request, in order (start_revision as etcd3 sent it). */
   readonly creates: { start_revision: string }[] = [];
-  /** Lease RPCs seen: "grant ID", "revoke ID". */
+  /** Lease RPCs seen: "grant ID", "grant refused", "revoke ID". */
   readonly leaseCalls: string[] = [];
+  /** Lease grants are refused (UNAVAILABLE "etcdserver: no leader", as a member without quorum answers). */
+  refuseGrants = false;
   /** The next this many watch creates are refused (created + canceled). */
   refuseCreates = 0;
   /** The next this many watch creates get no answer at all. */
@@ -80,6 +83,12 @@ export class FakeEtcd {
     for (const [s, ws] of this.watches) for (const w of ws) if (this.inRange(ev.kv.key, w.key, w.end)) s.write({ header: this.header(), watch_id: w.id, events: [ev] });
   }
 
+  /** The lease expires (its TTL ran out): its keys are deleted, its keep-alives answer TTL 0. */
+  expire(id: string): void {
+    this.leases.delete(id);
+    for (const kv of [...this.kvs.values()]) if (kv.lease === id) this.delete(kv.key.toString());
+  }
+
   /** Sends `res` (watch_id filled in) on every open watch of every stream. */
   sendRaw(res: Record<string, unknown>): void {
     for (const [s, ws] of this.watches) for (const w of ws) s.write({ ...res, watch_id: w.id });
@@ -113,6 +122,7 @@ export class FakeEtcd {
         return { header: this.header(), kvs, more: false, count: String(kvs.length) };
       }),
       Put: unary((req) => {
+        if (req.lease !== '0' && !this.leases.has(req.lease)) throw Object.assign(new Error('etcdserver: requested lease not found'), { code: grpc.status.NOT_FOUND });
         this.put(req.key.toString(), req.value.toString(), req.lease);
         return { header: this.header() };
       }),
@@ -124,6 +134,10 @@ export class FakeEtcd {
     });
     this.server.addService(pb.Lease.service, {
       LeaseGrant: unary((req) => {
+        if (this.refuseGrants) {
+          this.leaseCalls.push('grant refused');
+          throw Object.assign(new Error('etcdserver: no leader'), { code: grpc.status.UNAVAILABLE });
+        }
         const id = String(this.nextLease++);
         this.leases.add(id);
         this.leaseCalls.push(`grant ${id}`);
@@ -131,8 +145,7 @@ export class FakeEtcd {
       }),
       LeaseRevoke: unary((req) => {
         this.leaseCalls.push(`revoke ${req.ID}`);
-        this.leases.delete(req.ID);
-        for (const kv of [...this.kvs.values()]) if (kv.lease === req.ID) this.delete(kv.key.toString());
+        this.expire(req.ID);
         return { header: this.header() };
       }),
       LeaseKeepAlive: (s: Stream) => {

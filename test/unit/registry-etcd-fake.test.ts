@@ -17,7 +17,11 @@
  *     longer than watchCreateMs a healthy stream was reset before etcd could answer);
  *  5. an object the readers did not expect (a Service's port entry null) is reported
  *     and skipped: it threw in etcd3's watch handler (an uncaught exception: the agent
- *     died, and again at each restart's snapshot).
+ *     died, and again at each restart's snapshot);
+ *  6. a lease lost while etcd refuses grants is lost once: counted and logged once, the
+ *     failed re-grants logged once, the success after them once (etcd3 emits 'lost'
+ *     for a failed grant too: every re-grant, one a second, was a lease lost); a first
+ *     grant that fails is no lost lease either.
  */
 import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
 import { EtcdRegistry } from '../../src/registry/etcd.js';
@@ -25,6 +29,8 @@ import { parseEtcdSpec } from '../../src/registry/etcd-client.js';
 import { FakeEtcd } from './etcd-fake.js';
 
 const KEY_A = 'A'.repeat(42) + 'E=';
+const KEY_B = 'B'.repeat(42) + 'E=';
+const KEY_C = 'C'.repeat(42) + 'E=';
 
 const podJson = (name: string, i: number, pad = '') =>
   JSON.stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: 'alpha', labels: { app: name, pad } }, spec: { nodeName: 'n1' }, status: { podIP: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}` } });
@@ -180,5 +186,64 @@ describe('etcd registry (fake etcd)', () => {
     etcd.put('/tenc/pods/alpha/fourth', podJson('fourth', 4));
     await vi.waitFor(async () => expect((await r.pods('alpha')).map((p) => p.name)).toEqual(['second', 'fourth']), { timeout: 5000, interval: 20 });
     expect(problems).toEqual(['/tenc/pods/alpha/first: cannot be read (not foreseen): ignored', '/tenc/pods/alpha/third: cannot be read (not foreseen): ignored']);
+  });
+
+  it('a lease lost while grants are refused is lost once: one "lease lost", one failure logged, one "published again"', async () => {
+    const events: { what: string; detail: Record<string, unknown> }[] = [];
+    const r = new EtcdRegistry(parseEtcdSpec(`${etcd.endpoint}?ttl=2`), { onEvent: (what, detail) => events.push({ what, detail }) });
+    open.push(r);
+    for (const [pod, publicKey] of [['web', KEY_A], ['db', KEY_B], ['cache', KEY_C]]) {
+      await r.publishPeer({ project: 'alpha', pod, node: 'n1', publicKey, endpoint: '10.128.1.10:51820' });
+    }
+    const peers = () => [...etcd.kvs.keys()].filter((k) => k.startsWith('/tenc/nodes/n1/peers/')).sort();
+    expect(peers()).toHaveLength(3);
+    const lease = etcd.kvs.get('/tenc/nodes/n1/peers/alpha/web')!.lease;
+    // the lease expires while etcd has no leader: its keys go, every grant is refused
+    etcd.refuseGrants = true;
+    etcd.expire(lease);
+    const named = (what: string) => events.filter((e) => e.what === what);
+    // found at the next keep-alive (every TTL/3), then re-grants with backoff (100 ms doubling to 1 s)
+    await vi.waitFor(() => expect(named('lease lost: publishing again under a new one')).toHaveLength(1), { timeout: 5000, interval: 10 });
+    await r.withdrawPeer('alpha', 'n1', 'cache');
+    await new Promise((resolve) => setTimeout(resolve, 1600));
+    expect(etcd.leaseCalls.filter((c) => c === 'grant refused').length).toBeGreaterThanOrEqual(3);
+    expect(r.stats.leasesLost).toBe(1);
+    expect(named('lease lost: publishing again under a new one')).toHaveLength(1);
+    expect(named('lease lost: publishing again under a new one')[0].detail).toMatchObject({ keys: 3 });
+    expect(named('publishing again failed: retrying')).toHaveLength(1);
+    expect(named('publishing again failed: retrying')[0].detail.err).toMatch(/no leader/);
+    expect(named('published again under a new lease')).toEqual([]);
+    expect(peers()).toEqual([]);
+    // a leader again: the keys still owned are written under a new lease, once
+    etcd.refuseGrants = false;
+    await vi.waitFor(() => expect(named('published again under a new lease')).toHaveLength(1), { timeout: 5000, interval: 10 });
+    expect(peers()).toEqual(['/tenc/nodes/n1/peers/alpha/db', '/tenc/nodes/n1/peers/alpha/web']);
+    expect(etcd.kvs.get('/tenc/nodes/n1/peers/alpha/web')!.lease).not.toBe(lease);
+    const done = named('published again under a new lease')[0].detail;
+    expect(done).toMatchObject({ keys: 2 });
+    expect(done.attempts).toBeGreaterThanOrEqual(3);
+    expect(done.ms).toBeGreaterThanOrEqual(1600);
+    expect(r.stats.leasesLost).toBe(1);
+    expect(named('lease lost: publishing again under a new one')).toHaveLength(1);
+    expect(named('publishing again failed: retrying')).toHaveLength(1);
+  });
+
+  it('a first grant that fails is no lost lease: put() fails, nothing counted or logged, the next put works', async () => {
+    const events: string[] = [];
+    const r = new EtcdRegistry(parseEtcdSpec(`${etcd.endpoint}?ttl=2`), { onEvent: (what) => events.push(what) });
+    open.push(r);
+    etcd.refuseGrants = true;
+    const peer = { project: 'alpha', pod: 'web', node: 'n1', publicKey: KEY_A, endpoint: '10.128.1.10:51820' };
+    // "no leader", or the endpoint's circuit breaker open after etcd3's retries of the grant
+    await expect(r.publishPeer(peer)).rejects.toThrow(/no leader|circuit breaker/);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(r.stats.leasesLost).toBe(0);
+    expect(events.filter((e) => /lease|publish/.test(e))).toEqual([]);
+    etcd.refuseGrants = false;
+    // the endpoint's circuit breaker (3 failures in a row) lets a call through after ENDPOINT_BREAK_MS
+    await vi.waitFor(() => r.publishPeer(peer), { timeout: 5000, interval: 100 });
+    expect(etcd.kvs.has('/tenc/nodes/n1/peers/alpha/web')).toBe(true);
+    expect(r.stats.leasesLost).toBe(0);
+    expect(events.filter((e) => /lease|publish/.test(e))).toEqual([]);
   });
 });
