@@ -7,6 +7,8 @@
  *   services()   Services with a selector and a cluster IP (headless: left out)
  *   endpoints()  EndpointSlices (discovery.k8s.io/v1, label kubernetes.io/service-name),
  *                ready endpoints only, the slices of one Service merged
+ *                (these three are read by objects.ts, as the etcd and directory backends
+ *                read theirs: the same objects taken, the same problems said)
  *   peers()      TencPeer custom resources (tenc.io/v1alpha1), one per pod, named after
  *                the pod, in its namespace, owned by the Pod (garbage-collected with it):
  *                spec.nodeName, spec.publicKey, spec.endpoint
@@ -30,12 +32,12 @@
  * learns them from the CNI registration. Tests may pass netnsOf.
  *
  * Bad objects (a malformed TencPeer, a Service without selector, a pod, cluster or
- * endpoint address that is not an IP, a short psk...) are logged once and left out (a TencPeer once
- * per problem, not once per revision); a psk that is missing or malformed keeps
- * its namespace's pods fail-closed (pskFile rejects), never plaintext.
+ * endpoint address that is not an IP, a short psk...) are logged once per object and
+ * problem and left out (a TencPeer once per problem, not once per revision); a psk
+ * that is missing or malformed keeps its namespace's pods fail-closed (pskFile
+ * rejects), never plaintext.
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -51,12 +53,11 @@ import {
   type V1Pod,
   type V1Service,
 } from '@kubernetes/client-node';
-import { type ServicePort } from '../control/config.js';
 import { parseEndpoint } from '../net/address.js';
 import { isNodeName, NAMESPACE_NAME, parseNodeName } from '../net/names.js';
 import { Informer, describeError as describe, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
-import { clusterIps, isKey32, podAddresses, podGone, servicePorts } from './objects.js';
-import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
+import { endpointsFromObject, isKey32, podFromObject, serviceFromObject } from './objects.js';
+import { mergeEndpoints, type EndpointsInfo, type PeerInfo, type PodInfo, type PolicyObject, type Registry, type ServiceInfo, type Watch } from './registry.js';
 
 export const PROTECT_LABEL = 'tenc.io/protect';
 export const PSK_SECRET = 'tenc-psk';
@@ -348,83 +349,50 @@ export class KubernetesRegistry implements Registry {
     return this.podInf.list(project);
   }
 
-  async pods(project: string): Promise<PodInfo[]> {
-    await this.synced(this.podInf);
-    const out: PodInfo[] = [];
-    for (const p of this.podsRaw(project)) {
-      const name = p.metadata?.name;
-      const node = p.spec?.nodeName;
-      if (!str(name) || !str(node)) continue; // not scheduled yet
-      if (podGone(p)) continue; // objects.ts: the same rules for the etcd and directory backends
-      // a hostNetwork pod has the node's network and address (objects.ts podFromObject)
-      if (p.spec?.hostNetwork === true) continue;
-      const { addresses, bad } = podAddresses(p.status?.podIP, p.status?.podIPs);
-      if (bad.length > 0) this.once(`badip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: status.podIP(s) ${JSON.stringify(bad.slice(0, 2))} not an IP address: ignored`);
-      if (addresses.length === 0) {
-        if (p.status?.phase === 'Running') this.once(`noip/${project}/${name}`, { project, pod: name }, `kubernetes pod ${project}/${name}: Running without status.podIP: left out`);
+  /**
+   * The objects of one informer and project, read by objects.ts's rules (the etcd and
+   * directory backends' too). What is left out in the ordinary course is left out
+   * silently; a refused object, or a refused part of one, is logged once per problem;
+   * an object whose reading throws is skipped, never the project's other objects.
+   */
+  private read<K extends KubernetesObject, T>(kind: 'pod' | 'service' | 'EndpointSlice', project: string, list: readonly K[], parse: (project: string, o: K, report: (why: string) => void) => T | string | null): { o: K; v: T }[] {
+    const out: { o: K; v: T }[] = [];
+    for (const o of list) {
+      const name = o.metadata?.name;
+      const say = (why: string) => this.once(`${kind}/${project}/${name}/${why}`, { project, [kind.toLowerCase()]: name }, `kubernetes ${kind} ${project}/${name}: ${why}`);
+      let v: T | string | null;
+      try {
+        v = parse(project, o, say);
+      } catch (e) {
+        say(`cannot be read (${e instanceof Error ? e.message : String(e)}): ignored`);
         continue;
       }
-      const labels: Record<string, string> = {};
-      for (const [k, v] of Object.entries(p.metadata?.labels ?? {})) if (typeof v === 'string') labels[k] = v;
-      out.push({
-        project,
-        name,
-        node,
-        address: addresses[0],
-        addresses,
-        labels,
-        netns: this.o.netnsOf?.({ project, name, node, uid: p.metadata?.uid ?? '' }) ?? null,
-      });
+      if (v === null) continue; // not scheduled yet, finished, headless, an FQDN slice...
+      if (typeof v === 'string') say(`${v}: ignored`);
+      else out.push({ o, v });
     }
-    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return out;
+  }
+
+  async pods(project: string): Promise<PodInfo[]> {
+    await this.synced(this.podInf);
+    return this.read('pod', project, this.podsRaw(project), podFromObject)
+      .map(({ o, v }) => ({ ...v, netns: this.o.netnsOf?.({ project, name: v.name, node: v.node, uid: o.metadata?.uid ?? '' }) ?? null }))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   async services(project: string): Promise<ServiceInfo[]> {
     await this.synced(this.svcInf);
-    const out: ServiceInfo[] = [];
-    for (const s of this.svcInf.list(project)) {
-      const name = s.metadata?.name;
-      if (!str(name)) continue;
-      const vip = s.spec?.clusterIP;
-      if (!str(vip) || vip === 'None') continue; // headless or ExternalName: no virtual IP to route
-      if (isIP(vip) === 0) {
-        this.once(`badvip/${project}/${name}`, { project, service: name }, `kubernetes service ${project}/${name}: spec.clusterIP ${JSON.stringify(vip.slice(0, 64))} is not an IP address: left out`);
-        continue;
-      }
-      const sel = s.spec?.selector;
-      if (!sel || typeof sel !== 'object' || Object.keys(sel).length === 0) {
-        this.once(`nosel/${project}/${name}`, { project, service: name }, `kubernetes service ${project}/${name}: no selector: left out (tenc routes only services that select pods)`);
-        continue;
-      }
-      const ports: ServicePort[] = servicePorts(s.spec?.ports);
-      const vips = clusterIps(vip, s.spec?.clusterIPs);
-      out.push({ project, name, vip, ...(vips.length > 1 ? { vips } : {}), ports, selector: { ...sel } });
-    }
-    return out.sort((a, b) => (a.name < b.name ? -1 : 1));
+    return this.read('service', project, this.svcInf.list(project), serviceFromObject)
+      .map(({ v }) => v)
+      .sort((a, b) => (a.name < b.name ? -1 : 1));
   }
 
+  /** The slices of one Service merged (the controller splits at 100 endpoints, and lists one slice per family). */
   async endpoints(project: string): Promise<EndpointsInfo[]> {
     await this.synced(this.epsInf);
-    const by = new Map<string, Map<string, { name: string; address: string; node: string }>>();
-    for (const e of this.epsInf.list(project)) {
-      const service = e.metadata?.labels?.['kubernetes.io/service-name'];
-      if (!str(service)) continue;
-      if (e.addressType !== 'IPv4' && e.addressType !== 'IPv6') continue; // FQDN slices: not pods
-      const pods = by.get(service) ?? new Map();
-      by.set(service, pods);
-      for (const ep of Array.isArray(e.endpoints) ? e.endpoints : []) {
-        if (ep?.conditions?.ready === false) continue; // unknown counts as ready (API reference)
-        const address = ep?.addresses?.[0];
-        const pod = ep?.targetRef?.kind === 'Pod' || ep?.targetRef?.kind === undefined ? ep?.targetRef?.name : undefined;
-        if (!str(address) || !str(pod)) continue;
-        if (isIP(address) === 0) {
-          this.once(`badep/${project}/${e.metadata?.name}`, { project, endpointslice: e.metadata?.name }, `kubernetes EndpointSlice ${project}/${e.metadata?.name}: endpoint address ${JSON.stringify(address.slice(0, 64))} is not an IP address: ignored`);
-          continue;
-        }
-        if (!pods.has(pod)) pods.set(pod, { name: pod, address, node: str(ep.nodeName) ? ep.nodeName : '' });
-      }
-    }
-    return [...by.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([service, pods]) => ({ project, service, pods: [...pods.values()] }));
+    const slices = this.read('EndpointSlice', project, this.epsInf.list(project), endpointsFromObject).map(({ v }) => v);
+    return mergeEndpoints(slices).sort((a, b) => (a.service < b.service ? -1 : 1));
   }
 
   async peers(project: string): Promise<PeerInfo[]> {

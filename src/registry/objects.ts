@@ -8,7 +8,11 @@
  * an FQDN EndpointSlice), or a string saying why it is refused (the backend reports it
  * with its place and leaves it out).
  *
- * The checks are the Kubernetes backend's (kubernetes.ts) and the pod's own: a value
+ * All three backends read their pods, Services and EndpointSlices with these functions
+ * (kubernetes.ts too), so they take the same objects and say the same about a bad one,
+ * each naming the object its own way (a file, a key, namespace/name).
+ *
+ * The checks are the Kubernetes API's and the pod's own: a value
  * the pod would refuse (a cluster IP "None", a pod or endpoint address that is not an
  * IP, a port out of 1-65535 or listed twice) would make the agent tell every client
  * pod a set-peer or set-services the pod refuses, at every reconcile.
@@ -68,6 +72,7 @@ export function podAddresses(podIP: unknown, podIPs: unknown): { addresses: stri
  */
 export function servicePorts(list: unknown, report: (why: string) => void = () => {}): ServicePort[] {
   const out: ServicePort[] = [];
+  const seen = new Set<string>(); // "tcp/80": a long list is read in one pass, not one per entry
   for (const p of Array.isArray(list) ? (list as unknown[]) : []) {
     if (p === null || typeof p !== 'object' || Array.isArray(p)) {
       report(`spec.ports: entry ${quote(p)} is not an object: that port ignored`);
@@ -77,9 +82,29 @@ export function servicePorts(list: unknown, report: (why: string) => void = () =
     const n = (p as Obj).port;
     if ((proto !== 'TCP' && proto !== 'UDP') || !Number.isInteger(n) || n < 1 || n > 65535) continue;
     const port: ServicePort = { protocol: proto === 'TCP' ? 'tcp' : 'udp', port: n };
-    if (!out.some((x) => x.protocol === port.protocol && x.port === port.port)) out.push(port);
+    if (seen.has(`${port.protocol}/${n}`)) continue;
+    seen.add(`${port.protocol}/${n}`);
+    out.push(port);
   }
   return out;
+}
+
+/**
+ * A pod's labels as the API holds them, a map of strings: an entry whose value is not a
+ * string is left out (selectors compare strings), labels that are not an object are
+ * none; both named through `report`.
+ */
+export function podLabels(v: unknown, report: (why: string) => void = () => {}): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) {
+    report(`metadata.labels: ${quote(v)} is not an object: ignored`);
+    return {};
+  }
+  const entries = Object.entries(v as Obj);
+  const bad = entries.filter(([, x]) => !str(x)).map(([k]) => k);
+  if (bad.length > 0) report(`metadata.labels: the value of ${bad.slice(0, 2).map(quote).join(', ')}${bad.length > 2 ? ` (and ${bad.length - 2} more)` : ''} is not a string: ignored`);
+  // fromEntries, not assignment: a key "__proto__" stays a key
+  return Object.fromEntries(entries.filter(([, x]) => str(x)));
 }
 
 /**
@@ -106,15 +131,16 @@ export function podFromObject(project: string, o: Obj, report: (why: string) => 
     report(`${why}: those addresses ignored`);
   }
   if (addresses.length === 0) return o?.status?.phase === 'Running' ? 'Running without status.podIP' : null;
-  return { project, name: m.name, node: o.spec.nodeName, address: addresses[0], addresses, labels: { ...(m.labels ?? {}) }, netns: null };
+  return { project, name: m.name, node: o.spec.nodeName, address: addresses[0], addresses, labels: podLabels(m.labels, report), netns: null };
 }
 
 /**
  * A Service: spec.clusterIP (and clusterIPs: dual-stack), spec.ports (TCP/UDP), spec.selector.
  * Left out (null): headless (clusterIP "None") or ExternalName (none): no virtual IP to route;
  * without a selector (as the Kubernetes backend: tenc routes only services that select
- * pods), named through `report`. A port entry that is not an object is named through
- * `report` and left out.
+ * pods), named through `report`. Refused: spec.ports missing or not a list (the API
+ * requires ports on a Service with a cluster IP, and an empty list would tell the pod
+ * every port). A port entry that is not an object is named through `report` and left out.
  */
 export function serviceFromObject(project: string, o: Obj, report: (why: string) => void = () => {}): ServiceInfo | string | null {
   if (!str(o?.metadata?.name)) return 'metadata.name: missing or not a string';
@@ -146,16 +172,19 @@ export function clusterIps(primary: string, list: unknown): string[] {
 
 /**
  * An EndpointSlice (label kubernetes.io/service-name): its ready endpoints (a pod once).
- * Left out (null): an FQDN slice. An endpoint whose address is not an IP is left out and
- * named through `report`.
+ * Left out (null): an FQDN slice. endpoints null or absent is none (the API sends a slice
+ * without endpoints as "endpoints": null, kubernetes/kubernetes#135968); another value
+ * is refused. An endpoint whose address is not an IP is left out and named through `report`.
  */
 export function endpointsFromObject(project: string, o: Obj, report: (why: string) => void = () => {}): EndpointsInfo | string | null {
   const service = o?.metadata?.labels?.['kubernetes.io/service-name'];
   if (!str(service)) return 'metadata.labels: no kubernetes.io/service-name';
   if (o.addressType !== undefined && o.addressType !== 'IPv4' && o.addressType !== 'IPv6') return null; // FQDN: not pods
-  if (!Array.isArray(o.endpoints)) return 'endpoints: missing or not a list';
+  const list: unknown = o.endpoints ?? [];
+  if (!Array.isArray(list)) return `endpoints: ${quote(list)} is not a list`;
   const pods: EndpointsInfo['pods'] = [];
-  for (const e of o.endpoints as Obj[]) {
+  const names = new Set<string>(); // a long list is read in one pass, not one per entry
+  for (const e of list as Obj[]) {
     if (e?.conditions?.ready === false) continue; // unknown counts as ready (API reference)
     const address = e?.addresses?.[0];
     const name = e?.targetRef?.kind === 'Pod' || e?.targetRef?.kind === undefined ? e?.targetRef?.name : undefined;
@@ -164,7 +193,9 @@ export function endpointsFromObject(project: string, o: Obj, report: (why: strin
       report(`endpoint address ${quote(address)} is not an IP address: that endpoint ignored`);
       continue;
     }
-    if (!pods.some((p) => p.name === name)) pods.push({ name, address, node: nonEmpty(e.nodeName) ? e.nodeName : '' });
+    if (names.has(name)) continue;
+    names.add(name);
+    pods.push({ name, address, node: nonEmpty(e.nodeName) ? e.nodeName : '' });
   }
   return { project, service, pods };
 }

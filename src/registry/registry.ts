@@ -160,13 +160,17 @@ export function trustedPeers(pods: PodInfo[], peers: PeerInfo[], onRejected: (p:
 
 /** One entry per service: the pods of every EndpointsInfo of that service, each pod once (first address kept). */
 export function mergeEndpoints(list: EndpointsInfo[]): EndpointsInfo[] {
-  const by = new Map<string, EndpointsInfo>();
+  const by = new Map<string, { e: EndpointsInfo; names: Set<string> }>();
   for (const e of list) {
-    const m = by.get(e.service);
-    if (!m) by.set(e.service, { ...e, pods: [...e.pods] });
-    else for (const p of e.pods) if (!m.pods.some((x) => x.name === p.name)) m.pods.push(p);
+    let m = by.get(e.service);
+    if (!m) by.set(e.service, (m = { e: { ...e, pods: [] }, names: new Set() }));
+    for (const p of e.pods) {
+      if (m.names.has(p.name)) continue;
+      m.names.add(p.name);
+      m.e.pods.push(p);
+    }
   }
-  return [...by.values()];
+  return [...by.values()].map((m) => m.e);
 }
 
 export async function readProjectView(r: Registry, project: string, onRejected?: (p: PeerInfo, why: string) => void): Promise<ProjectView> {
