@@ -693,6 +693,11 @@ export async function runPod(config: PodConfig, opts: RunPodOptions = {}): Promi
             await enforcement.removeBypass(c);
           },
           hasBypass: (c) => routing.hasBypass(c),
+          // a tunnel route took the bypass over: its accept in the output chain goes too
+          // (unless a new bypass of the address went in meanwhile)
+          forgetBypass: async (c) => {
+            if (!routing.hasBypass(c)) await enforcement.removeBypass(c);
+          },
           release,
           now: Date.now,
           holdMs: Math.max(config.dns.maxTtl, 5) * 1000,

@@ -41,6 +41,12 @@ export interface RouteMissOptions {
   removeBypass: (cidr: string) => Promise<void>;
   /** Is the bypass still installed? The routing deletes one a new tunnel route covers. */
   hasBypass: (cidr: string) => boolean;
+  /**
+   * A bypass the routing deleted itself (a new tunnel route covers it): what else let
+   * it out goes too (the enforcement table's bypass element, which accepts its
+   * plaintext ahead of the classify drop). Called by expire().
+   */
+  forgetBypass?: (cidr: string) => Promise<void>;
   /** Sends the reported packet again through the kernel's routing (after the bypass). */
   release: (packet: Uint8Array) => void;
   now: () => number;
@@ -274,7 +280,19 @@ export class RouteMisses {
   async expire(): Promise<void> {
     if (this.stopped) return;
     const now = this.o.now();
-    for (const [cidr] of this.bypasses) if (!this.o.hasBypass(cidr)) this.bypasses.delete(cidr); // taken over by a tunnel route
+    const taken: string[] = [];
+    for (const [cidr] of this.bypasses)
+      if (!this.o.hasBypass(cidr)) {
+        this.bypasses.delete(cidr); // taken over by a tunnel route
+        taken.push(cidr);
+      }
+    for (const cidr of taken) {
+      try {
+        await this.o.forgetBypass?.(cidr);
+      } catch (e) {
+        this.fail('expire', e);
+      }
+    }
     const due = [...this.bypasses].filter(([, b]) => b.until <= now && !b.checking).slice(0, EXPIRE_BATCH);
     await Promise.all(
       due.map(async ([cidr, b]) => {

@@ -45,7 +45,7 @@ import {
 const PREFIX = `tcls${process.pid % 100000}`;
 const TABLE = 52100; // the config default
 let topo: Topology;
-let a: Netns, b: Netns, c: Netns, d: Netns, br: Netns;
+let a: Netns, b: Netns, c: Netns, d: Netns, e: Netns, br: Netns;
 let dir: string;
 let podA: PodProc, podB: PodProc;
 let beforeA: NetSnapshot;
@@ -59,13 +59,14 @@ function podStatus(): any {
 }
 
 beforeAll(async () => {
-  prepare(['nft', 'dnsmasq', 'curl']);
+  prepare(['nft', 'dnsmasq', 'curl', 'dig']);
   topo = Topology.up(PREFIX);
   a = topo.ns('a');
   b = topo.ns('b');
   br = topo.ns('br');
   c = topo.addPod('c', 3);
   d = topo.addPod('d', 4);
+  e = topo.addPod('e', 5);
   mkdirSync(`/etc/netns/${a.name}`, { recursive: true });
   writeFileSync(`/etc/netns/${a.name}/resolv.conf`, 'nameserver 10.77.0.254\nsearch alpha.svc.cluster.local svc.cluster.local cluster.local\n');
   spawnHelper(br, 'dnsmasq', [
@@ -83,6 +84,9 @@ beforeAll(async () => {
     '--ptr-record=3.0.77.10.in-addr.arpa,web.beta.svc.cluster.local',
     `--ptr-record=3.${'0.'.repeat(23)}7.7.0.0.0.0.d.f.ip6.arpa,web.beta.svc.cluster.local`,
     '--ptr-record=4.0.77.10.in-addr.arpa,db.alpha.svc.cluster.local',
+    // e: a beta pod by its PTR, whose address an alpha name comes to carry (a reused IP)
+    '--ptr-record=5.0.77.10.in-addr.arpa,api.beta.svc.cluster.local',
+    '--host-record=reused.alpha.svc.cluster.local,10.77.0.5',
   ]);
   httpServer(b, 'alpha-b-6d1e');
   httpServer(c, 'beta-c-90f2');
@@ -215,11 +219,18 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
   it('a peer whose wider allowed IPs cover a bypassed address takes it into the tunnel; after remove-peer it is bypassed again', async () => {
     const key = spawnSync('node', [main, 'genkey'], { encoding: 'utf8' }).stdout;
     const pub = spawnSync('node', [main, 'pubkey'], { input: key, encoding: 'utf8' }).stdout.trim();
+    const bypass4 = () => a.exec('nft', 'list', 'set', 'inet', 'tenc_tenc0', 'bypass4');
+    expect(bypass4()).toMatch(/10\.77\.0\.3\b/);
     tenc(a, 'set-peer', pub, '--allowed-ips', '10.77.0.0/29'); // no endpoint: its packets wait for a handshake
     expect(a.exec('ip', 'route', 'get', '10.77.0.3')).toContain('dev tenc0');
     expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).not.toMatch(/throw 10\.77\.0\.3 /);
+    // the output chain's accept of the bypass goes with its route (it accepted the
+    // address's plaintext, ahead of the classify drop, for anything the routing sends
+    // past tenc0: a socket bound to eth0)
+    expect(await waitFor(() => !/10\.77\.0\.3\b/.test(bypass4()), 3000)).toBe(true);
     const cap = await startCapture(c, 'eth0', ['tcp', 'port', '80']);
     expect(curl(a, 'http://10.77.0.3/', 2).ok).toBe(false);
+    expect(a.tryExec('curl', '-sS', '--interface', 'eth0', '--max-time', '2', 'http://10.77.0.3/').status).not.toBe(0);
     await cap.stop();
     const lines = cap.read();
     cap.remove();
@@ -227,6 +238,26 @@ describe('raw IPs classified on first use (dns.classifyCidrs)', () => {
     tenc(a, 'remove-peer', pub);
     expect(a.tryExec('ping', '-c', '1', '-W', '3', '10.77.0.3').status).toBe(0); // classified afresh, bypassed, released
     expect(a.exec('ip', 'route', 'show', 'table', String(TABLE))).toMatch(/^throw 10\.77\.0\.3 /m);
+  });
+
+  it('a bypassed address a project answer comes to name: the route of the answer takes over, and the accept of the bypass in the output chain goes too (nothing of it in plaintext)', async () => {
+    const bypass4 = () => a.exec('nft', 'list', 'set', 'inet', 'tenc_tenc0', 'bypass4');
+    const table = () => a.exec('ip', 'route', 'show', 'table', String(TABLE));
+    expect(a.tryExec('ping', '-c', '1', '-W', '3', '10.77.0.5').status).toBe(0); // beta by PTR: bypassed
+    expect(table()).toMatch(/^throw 10\.77\.0\.5 /m);
+    expect(bypass4()).toMatch(/10\.77\.0\.5\b/);
+    expect(a.tryExec('dig', '+tries=1', '+timeout=3', '+short', 'reused.alpha.svc.cluster.local').stdout.trim()).toBe('10.77.0.5');
+    expect(a.exec('ip', 'route', 'get', '10.77.0.5')).toContain('dev tenc0');
+    expect(table()).not.toMatch(/^throw 10\.77\.0\.5 /m);
+    // the accept ahead of the classify drop let its plaintext out for anything the
+    // routing sends past tenc0 (a socket bound to eth0): it goes with the throw route
+    expect(await waitFor(() => !/10\.77\.0\.5\b/.test(bypass4()), 3000)).toBe(true);
+    const cap = await startCapture(e, 'eth0', ['icmp']);
+    expect(a.tryExec('ping', '-c', '1', '-W', '1', '-I', 'eth0', '10.77.0.5').status).not.toBe(0);
+    await cap.stop();
+    const lines = cap.read();
+    cap.remove();
+    expect(lines).toEqual([]);
   });
 
   it('kill -9 leaves the bypasses behind the guards; the next start deletes them; a stop leaves the namespace as it was', async () => {

@@ -395,12 +395,30 @@ describe('RouteMisses over PolicyRouting', () => {
       addBypass: (c) => r.addBypass(c),
       removeBypass: (c) => r.removeBypass(c),
       hasBypass: (c) => r.hasBypass(c),
+      forgetBypass: async (c) => void forgotten.push(c),
       release: (p) => released.push(p[4]),
       now: () => now,
       holdMs: 30_000,
     });
-    return { r, m, released, advance: (ms: number) => (now += ms) };
+    const forgotten: string[] = [];
+    return { r, m, released, forgotten, advance: (ms: number) => (now += ms) };
   }
+
+  it('a bypass a tunnel route took over is forgotten by what else let it out (the enforcement element), once', async () => {
+    const k = fakeKernel([]);
+    const w = wire(k, { '10.96.0.3': 'other', '10.96.0.4': 'other' });
+    await w.r.install(1420, ['10.96.0.0/12']);
+    await w.m.miss('10.96.0.3', pkt(1));
+    await w.m.miss('10.96.0.4', pkt(2));
+    await w.m.expire();
+    expect(w.forgotten).toEqual([]); // both still bypassed
+    await w.r.addRoutes(['10.96.0.3/32']); // a project route over one of them (a set-peer, a DNS answer)
+    await w.m.expire();
+    expect(w.forgotten).toEqual(['10.96.0.3/32']);
+    expect(w.m.list()).toEqual(['10.96.0.4/32']);
+    await w.m.expire();
+    expect(w.forgotten).toEqual(['10.96.0.3/32']);
+  });
 
   it('a peer added over a bypass, then removed: the address is classified afresh and bypassed again (no stale record)', async () => {
     const k = fakeKernel([]);
