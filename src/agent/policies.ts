@@ -14,6 +14,8 @@ export class ProjectPolicies {
   private current: ResolvedPolicy[] = [];
   private currentKey = '[]';
   private lastRefusal = '';
+  /** The addresses left out at the last resolve (logged when they change). */
+  private lastLeftOut = '';
   /** Accepted and refused updates (tests, status). */
   accepted = 0;
   refused = 0;
@@ -51,7 +53,18 @@ export class ProjectPolicies {
     const unreadable: PolicyProblem[] = objects
       .filter((o) => o.problem !== undefined)
       .map((o) => ({ policy: `TencPolicy ${this.project}/${o.name}`, field: '(object)', problem: o.problem! }));
-    const r = unreadable.length > 0 ? { problems: unreadable } : resolvePolicies(this.project, objects.map((o) => o.object), view, { listenPort: this.listenPort });
+    const leftOut: PolicyProblem[] = [];
+    const r =
+      unreadable.length > 0
+        ? { problems: unreadable }
+        : resolvePolicies(this.project, objects.map((o) => o.object), view, { listenPort: this.listenPort, report: (p) => leftOut.push(p) });
+    // a registry address no pod can take (a zone id, a mapped IPv4) is left out of its
+    // policy, never the set; said once, and again when what is left out changes
+    const leftKey = JSON.stringify(leftOut);
+    if (leftKey !== this.lastLeftOut) {
+      this.lastLeftOut = leftKey;
+      if (leftOut.length > 0) this.log.warn({ project: this.project, problems: leftOut.map((p) => `${p.policy}: ${p.field}: ${p.problem}`) }, 'policy addresses left out');
+    }
     if ('problems' in r) {
       const key = JSON.stringify(r.problems);
       if (key !== this.lastRefusal) {

@@ -21,9 +21,13 @@
  * and they make an overlapping `exempt` an error (refused, both named).
  *
  * A policy set is all or nothing: one bad policy refuses the whole update and the
- * previous set stays in force (the agent logs that).
+ * previous set stays in force (the agent logs that). An address of the registry's view
+ * is not a policy's fault: one a pod could not take (a zone, an IPv4-mapped form) is
+ * left out of the set and reported, so it never holds the previous set in force.
  */
+import { parseAddress } from '../net/address.js';
 import { DNS_LABEL as NAME } from '../net/names.js';
+import { bad, ok, type Parsed } from '../net/parsed.js';
 
 export const POLICY_API_VERSION = 'tenc.io/v1alpha1';
 export const POLICY_KIND = 'TencPolicy';
@@ -196,93 +200,222 @@ export interface ResolvedPolicy {
   ports: PolicyPort[];
 }
 
-const host = (a: string) => `${a}/${a.includes(':') ? 128 : 32}`;
+/**
+ * A registry address as the host CIDR a pod's set-policy takes (its gate: parseCidr's
+ * canonical "a.b.c.d/32" or "x::y/128", lower case, compressed), or why it cannot be one.
+ * The registry checks addresses with node's isIP, which also takes a zone
+ * ("fe80::1%eth0", no address of a pod's project) and an IPv4-mapped form
+ * ("::ffff:10.0.0.5": a pod's address never is; the IPv4 address is not read into it,
+ * so no exemption reaches an address the registry did not give as such).
+ */
+export function hostCidr(address: string): Parsed<string> {
+  if (address.includes('%')) return bad('has a zone');
+  const a = parseAddress(address);
+  if (!a.ok) return bad('is not an IPv4/IPv6 address');
+  if (/^::ffff:[0-9a-f]{1,4}:[0-9a-f]{1,4}$/.test(a.value)) return bad('is IPv4-mapped');
+  return ok(`${a.value}/${a.value.includes(':') ? 128 : 32}`);
+}
+
 const selects = (sel: Record<string, string>, labels: Record<string, string>) => Object.entries(sel).every(([k, v]) => labels[k] === v);
+
+/** At most this many left-out addresses a report quotes (a message, not a list). */
+const LEFT_OUT_SHOWN = 3;
 
 /**
  * Resolves a project's policy objects against its view, all or nothing: every
- * object parsed, every service known, each service policy's ports among the
- * service's, no exempt port of tenc's own listen port, no address + port both
- * encrypt and exempt. Returns the set sorted by name, or every problem found.
+ * object parsed, every service known, each service policy's port ranges within the
+ * service's ports, no exempt port of tenc's own listen port, the limits a pod takes,
+ * no address + port both encrypt and exempt. Returns the set sorted by name, or every
+ * problem found. The view's addresses become canonical host CIDRs (hostCidr); one
+ * that cannot is left out of its policy and named through `report` (a problem of the
+ * registry's, not of the set). Work is linear in the view and the set (Maps and Sets,
+ * the limits checked before the overlap): it runs on the agent's event loop.
  */
 export function resolvePolicies(
   project: string,
   objects: unknown[],
   view: PolicyView,
-  opts: { listenPort?: number } = {},
+  opts: { listenPort?: number; report?: (p: PolicyProblem) => void } = {},
 ): { policies: ResolvedPolicy[] } | { problems: PolicyProblem[] } {
   const problems: PolicyProblem[] = [];
-  const parsed: TencPolicy[] = [];
+  const parsed = new Map<string, TencPolicy>();
   if (objects.length > MAX_POLICIES) return { problems: [{ policy: `project ${project}`, field: '(policies)', problem: `${objects.length} policies: at most ${MAX_POLICIES}` }] };
   for (const o of objects) {
     const r = parsePolicy(project, o);
     if ('problems' in r) problems.push(...r.problems);
-    else if (parsed.some((p) => p.name === r.policy.name)) problems.push({ policy: `${POLICY_KIND} ${project}/${r.policy.name}`, field: 'metadata.name', problem: 'listed twice' });
-    else parsed.push(r.policy);
+    else if (parsed.has(r.policy.name)) problems.push({ policy: `${POLICY_KIND} ${project}/${r.policy.name}`, field: 'metadata.name', problem: 'listed twice' });
+    else parsed.set(r.policy.name, r.policy);
   }
+  const hosts = new Map<string, Parsed<string>>(); // each address parsed once, however many policies name it
+  const hostOf = (a: string) => hosts.get(a) ?? hosts.set(a, hostCidr(a)).get(a)!;
+  const services = firstByKey(view.services, (s) => s.name);
+  const endpoints = firstByKey(view.endpoints, (e) => e.service);
+  // what a target selects, worked out once however many policies name it: [address,
+  // whose] as the view gives them become host CIDRs, or are left out (why, whose)
+  const targets = new Map<string, { pods: string[]; addresses: string[]; leftOut: string[] }>();
+  const select = (target: string, given: () => { pods: string[]; given: [string, string][] }) => {
+    const known = targets.get(target);
+    if (known) return known;
+    const g = given();
+    const addresses = new Set<string>();
+    const leftOut = new Map<string, string>();
+    for (const [a, whose] of g.given) {
+      const h = hostOf(a);
+      if (h.ok) addresses.add(h.value);
+      else if (!leftOut.has(a)) leftOut.set(a, `${JSON.stringify(a)} (${whose}) ${h.problem}`);
+    }
+    const t = { pods: [...new Set(g.pods)].sort(), addresses: [...addresses].sort(), leftOut: [...leftOut.values()] };
+    targets.set(target, t);
+    return t;
+  };
   const out: ResolvedPolicy[] = [];
-  for (const p of parsed) {
+  for (const p of parsed.values()) {
     const who = `${POLICY_KIND} ${project}/${p.name}`;
     const add = (field: string, problem: string) => void problems.push({ policy: who, field, problem });
-    let addresses: string[] = [];
-    let pods: string[] = [];
     let target: string;
+    let chosen: { pods: string[]; addresses: string[]; leftOut: string[] };
     if (p.service !== null) {
       target = `service ${p.service}`;
-      const s = view.services.find((x) => x.name === p.service);
+      const s = services.get(p.service);
       if (!s) {
         add('spec.service', `${p.service}: no such Service in project ${project} (known: ${view.services.map((x) => x.name).join(', ') || 'none'})`);
         continue;
       }
-      let bad = false;
-      p.ports.forEach((q, i) => {
-        if (!s.ports.some((sp) => sp.protocol === q.protocol && sp.port >= q.port && sp.port <= q.endPort)) {
-          add(`spec.ports[${i}]`, `${formatPort(q)} is not a port of service ${s.name} (${s.ports.map((sp) => `${sp.protocol}/${sp.port}`).join(', ') || 'none'})`);
-          bad = true;
-        }
+      const refused = servicePortProblems(p, s);
+      for (const [field, problem] of refused) add(field, problem);
+      if (refused.length > 0) continue;
+      chosen = select(target, () => {
+        const eps = endpoints.get(s.name)?.pods ?? [];
+        const named = new Set(eps.map((e) => e.name));
+        const given: [string, string][] = [[s.vip, `service ${s.name}`], ...eps.map((e): [string, string] => [e.address, `endpoint ${e.name}`])];
+        for (const x of view.pods) if (named.has(x.name)) for (const a of x.addresses ?? [x.address]) given.push([a, `pod ${x.name}`]);
+        return { pods: [...named], given };
       });
-      if (bad) continue;
-      const eps = view.endpoints.find((e) => e.service === s.name)?.pods ?? [];
-      pods = eps.map((e) => e.name);
-      const podAddrs = view.pods.filter((x) => pods.includes(x.name)).flatMap((x) => x.addresses ?? [x.address]);
-      addresses = [s.vip, ...eps.map((e) => e.address), ...podAddrs].map(host);
     } else {
       const sel = p.podSelector!;
       target = `pods ${Object.entries(sel).map(([k, v]) => `${k}=${v}`).join(',')}`;
-      const chosen = view.pods.filter((x) => selects(sel, x.labels));
-      pods = chosen.map((x) => x.name);
-      addresses = chosen.flatMap((x) => x.addresses ?? [x.address]).map(host);
+      chosen = select(target, () => {
+        const list = view.pods.filter((x) => selects(sel, x.labels));
+        return { pods: list.map((x) => x.name), given: list.flatMap((x) => (x.addresses ?? [x.address]).map((a): [string, string] => [a, `pod ${x.name}`])) };
+      });
+    }
+    const n = chosen.leftOut.length;
+    if (n > 0 && opts.report) {
+      const more = n > LEFT_OUT_SHOWN ? ` (and ${n - LEFT_OUT_SHOWN} more)` : '';
+      opts.report({ policy: who, field: '(addresses)', problem: `left out ${n} address(es) a pod cannot take as a host CIDR: ${chosen.leftOut.slice(0, LEFT_OUT_SHOWN).join(', ')}${more}` });
     }
     if (p.mode === 'exempt' && opts.listenPort !== undefined) {
       p.ports.forEach((q, i) => {
         if (q.protocol === 'udp' && q.port <= opts.listenPort! && opts.listenPort! <= q.endPort) add(`spec.ports[${i}]`, `${formatPort(q)} holds udp/${opts.listenPort}, tenc's own port: it cannot be exempt`);
       });
     }
-    out.push({ name: p.name, mode: p.mode, target, addresses: [...new Set(addresses)].sort(), pods: [...new Set(pods)].sort(), ports: p.ports });
+    out.push({ name: p.name, mode: p.mode, target, addresses: [...chosen.addresses], pods: [...chosen.pods], ports: p.ports });
   }
-  // overlapping encrypt/exempt: a shared address and a shared port of one protocol
-  const encrypts = out.filter((p) => p.mode === 'encrypt');
-  for (const x of out.filter((p) => p.mode === 'exempt')) {
-    for (const e of encrypts) {
-      const shared = x.addresses.find((a) => e.addresses.includes(a)) ?? (x.pods.find((n) => e.pods.includes(n)) ? '(a shared pod)' : undefined);
-      if (shared === undefined) continue;
+  // what a pod's set-policy would refuse, refused here (the previous set stays in force)
+  // rather than by every pod at every reconcile; first, as they bound the overlap's work
+  const limits: PolicyProblem[] = [];
+  for (const p of out) {
+    if (p.addresses.length > MAX_POLICY_ADDRESSES) limits.push({ policy: `${POLICY_KIND} ${project}/${p.name}`, field: 'spec', problem: `selects ${p.addresses.length} addresses: at most ${MAX_POLICY_ADDRESSES}` });
+  }
+  const pairs = exemptPairs(out);
+  if (pairs > MAX_POLICY_PAIRS) limits.push({ policy: `project ${project}`, field: '(policies)', problem: `${pairs} exempt address x port pairs: at most ${MAX_POLICY_PAIRS} (each is a routing rule in every pod)` });
+  const bytes = JSON.stringify(out).length;
+  if (bytes > MAX_POLICY_SET_BYTES) limits.push({ policy: `project ${project}`, field: '(policies)', problem: `${bytes} bytes as sent to a pod: at most ${MAX_POLICY_SET_BYTES} (one control request)` });
+  if (limits.length > 0) return { problems: [...problems, ...limits] };
+  problems.push(...overlaps(project, out));
+  if (problems.length > 0) return { problems };
+  return { policies: out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)) };
+}
+
+/** The first item of each key (as Array.find would give it), by key. */
+function firstByKey<T>(list: readonly T[], key: (x: T) => string): Map<string, T> {
+  const m = new Map<string, T>();
+  for (const x of list) if (!m.has(key(x))) m.set(key(x), x);
+  return m;
+}
+
+/**
+ * A service policy's ports: each range within the service's ports (every port of it
+ * one of theirs), else [field, problem]. Refused rather than cut down to the service's
+ * ports: a range wider than the service is a podSelector policy's business (it exempts
+ * every port of the endpoint pods, their own outgoing connections' included), and the
+ * set in force stays what the object says.
+ */
+function servicePortProblems(p: TencPolicy, s: PolicyView['services'][number]): [string, string][] {
+  const have = new Set(s.ports.map((sp) => `${sp.protocol}/${sp.port}`));
+  const list = s.ports.map((sp) => `${sp.protocol}/${sp.port}`).join(', ') || 'none';
+  const out: [string, string][] = [];
+  p.ports.forEach((q, i) => {
+    // the first port of the range the service lacks (at most |s.ports| + 1 steps)
+    let missing = q.port;
+    while (missing <= q.endPort && have.has(`${q.protocol}/${missing}`)) missing++;
+    if (missing > q.endPort) return;
+    const some = s.ports.some((sp) => sp.protocol === q.protocol && sp.port >= q.port && sp.port <= q.endPort);
+    out.push([
+      `spec.ports[${i}]`,
+      some
+        ? `${formatPort(q)} reaches beyond the ports of service ${s.name} (${list}): ${q.protocol}/${missing} is not one of them (name the service's ports; a podSelector policy covers other ports of its pods)`
+        : `${formatPort(q)} is not a port of service ${s.name} (${list})`,
+    ]);
+  });
+  return out;
+}
+
+/**
+ * Overlapping encrypt/exempt: a shared address (or pod) and a shared port of one
+ * protocol, one problem per exempt port range and encrypt policy, naming the first
+ * shared address in the exempt policy's order. Indexed: the encrypt policies by
+ * address and by pod, each one's ranges of a protocol sorted for a binary search
+ * (a policy's ranges never overlap each other, parsePolicy).
+ */
+function overlaps(project: string, set: readonly ResolvedPolicy[]): PolicyProblem[] {
+  const encrypts = set.filter((p) => p.mode === 'encrypt');
+  if (encrypts.length === 0) return [];
+  const byAddress = new Map<string, number[]>();
+  const byPod = new Map<string, number[]>();
+  const index = (m: Map<string, number[]>, key: string, k: number) => {
+    const l = m.get(key);
+    if (l) l.push(k);
+    else m.set(key, [k]);
+  };
+  const ranges = encrypts.map((e, k) => {
+    for (const a of e.addresses) index(byAddress, a, k);
+    for (const n of e.pods) index(byPod, n, k);
+    const of = (proto: PolicyProtocol) => e.ports.filter((r) => r.protocol === proto).sort((a, b) => a.port - b.port);
+    return { tcp: of('tcp'), udp: of('udp') };
+  });
+  const out: PolicyProblem[] = [];
+  for (const x of set) {
+    if (x.mode !== 'exempt') continue;
+    const shared = new Map<number, string>(); // encrypt policy -> what x shares with it
+    for (const a of x.addresses) for (const k of byAddress.get(a) ?? []) if (!shared.has(k)) shared.set(k, a);
+    for (const n of x.pods) {
+      if (shared.size === encrypts.length) break;
+      for (const k of byPod.get(n) ?? []) if (!shared.has(k)) shared.set(k, '(a shared pod)');
+    }
+    for (const [k, e] of encrypts.entries()) {
+      const on = shared.get(k);
+      if (on === undefined) continue;
       x.ports.forEach((q, i) => {
-        const o = e.ports.find((r) => r.protocol === q.protocol && r.port <= q.endPort && q.port <= r.endPort);
-        if (o) problems.push({ policy: `${POLICY_KIND} ${project}/${x.name}`, field: `spec.ports[${i}]`, problem: `${formatPort(q)} overlaps ${formatPort(o)} of encrypt policy ${e.name} on ${shared}: a port is either encrypted or exempt` });
+        const o = firstOverlap(ranges[k][q.protocol], q);
+        if (o) out.push({ policy: `${POLICY_KIND} ${project}/${x.name}`, field: `spec.ports[${i}]`, problem: `${formatPort(q)} overlaps ${formatPort(o)} of encrypt policy ${e.name} on ${on}: a port is either encrypted or exempt` });
       });
     }
   }
-  // what a pod's set-policy would refuse, refused here (the previous set stays in force)
-  // rather than by every pod at every reconcile
-  for (const p of out) {
-    if (p.addresses.length > MAX_POLICY_ADDRESSES) problems.push({ policy: `${POLICY_KIND} ${project}/${p.name}`, field: 'spec', problem: `selects ${p.addresses.length} addresses: at most ${MAX_POLICY_ADDRESSES}` });
+  return out;
+}
+
+/** The lowest range of `sorted` (disjoint, by port) that overlaps q, or undefined. */
+function firstOverlap(sorted: readonly PolicyPort[], q: PolicyPort): PolicyPort | undefined {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sorted[mid].endPort < q.port) lo = mid + 1;
+    else hi = mid;
   }
-  const pairs = exemptPairs(out);
-  if (pairs > MAX_POLICY_PAIRS) problems.push({ policy: `project ${project}`, field: '(policies)', problem: `${pairs} exempt address x port pairs: at most ${MAX_POLICY_PAIRS} (each is a routing rule in every pod)` });
-  const bytes = JSON.stringify(out).length;
-  if (bytes > MAX_POLICY_SET_BYTES) problems.push({ policy: `project ${project}`, field: '(policies)', problem: `${bytes} bytes as sent to a pod: at most ${MAX_POLICY_SET_BYTES} (one control request)` });
-  if (problems.length > 0) return { problems };
-  return { policies: out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)) };
+  const r = sorted[lo];
+  return r !== undefined && r.port <= q.endPort ? r : undefined;
 }
 
 /** What one pod is told (control op set-policy): each policy, and whether this pod serves its ports. */

@@ -10,7 +10,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parsePolicy, resolvePolicies, podPolicies, formatPort, validatePodPolicies, type PolicyView, type ResolvedPolicy } from '../../src/policy/policy.js';
+import { parsePolicy, resolvePolicies, podPolicies, formatPort, validatePodPolicies, hostCidr, type PolicyView, type ResolvedPolicy } from '../../src/policy/policy.js';
 import { ProjectPolicies } from '../../src/agent/policies.js';
 import { exemptOf, ruleSpecs, chainRules, PolicyRules } from '../../src/routing/policy-rules.js';
 import { dispatch, type ControlHandler } from '../../src/control/socket.js';
@@ -144,6 +144,27 @@ describe('TencPolicy: resolve (the semantics table)', () => {
 });
 
 describe('TencPolicy: the agent keeps a set all or nothing', () => {
+  it('addresses no pod can take are left out of their policy and said once, and again when they change', () => {
+    const logs: { level: string; msg: string; f: Record<string, unknown> }[] = [];
+    const log = { info: () => {}, warn: (f: Record<string, unknown>, msg: string) => logs.push({ level: 'warn', msg, f }), error: () => {}, debug: () => {} } as any;
+    const p = new ProjectPolicies('alpha', 51820, log);
+    const mk = (addr: string) => ({
+      pods: [{ project: 'alpha', name: 'web-1', node: 'n', address: addr, addresses: [addr], labels: { app: 'web' }, netns: null }],
+      services: [],
+      endpoints: [],
+    });
+    const all = { project: 'alpha', name: 'all', object: pol('all', { podSelector: { matchLabels: { app: 'web' } }, ports: [{ protocol: 'UDP', port: 53 }], mode: 'exempt' }) };
+    expect(p.update([all], mk('fe80::1%eth0')).map((x) => x.name)).toEqual(['all']);
+    expect(p.update([all], mk('fe80::1%eth0')).map((x) => x.name)).toEqual(['all']);
+    expect(logs.map((l) => l.msg)).toEqual(['policy addresses left out']);
+    expect(String(logs[0]!.f.problems)).toContain('"fe80::1%eth0" (pod web-1) has a zone');
+    p.update([all], mk('::ffff:10.0.0.5'));
+    expect(logs).toHaveLength(2);
+    expect(String(logs[1]!.f.problems)).toContain('IPv4-mapped');
+    p.update([all], mk('10.128.1.10')); // nothing left out: nothing said
+    expect(logs).toHaveLength(2);
+  });
+
   it('a bad update leaves the previous set in force and says so once; a good one replaces it', () => {
     const logs: { level: string; msg: string; f: Record<string, unknown> }[] = [];
     const log = {
@@ -379,5 +400,112 @@ describe('TencPolicy: a registry that cannot read policies', () => {
     expect((await p.refresh(fail, v)).map((x) => x.name)).toEqual(['metrics']);
     expect(warns).toEqual(['cannot read policies: the previous policy set stays in force']);
     expect(await p.refresh(undefined, v)).toEqual([]); // a backend without policies: none
+  });
+});
+
+describe('TencPolicy: review findings (regressions)', () => {
+  const pod = (name: string, address: string, labels: Record<string, string>, addresses?: string[]) => ({ name, address, ...(addresses ? { addresses } : {}), labels });
+  const many = (prefix: string, n: number, app: string, net: number) => Array.from({ length: n }, (_, i) => pod(`${prefix}-${i}`, `10.${net}.${i >> 8}.${i & 255}`, { app }));
+  const setPolicy = (policies: unknown) =>
+    dispatch({ status: () => ({}) as StatusReport, setPeer: () => {}, removePeer: () => true, setServices: () => {}, setPolicy: () => {} }, { v4: '10.128.1.11', v6: null }, { op: 'set-policy', policies });
+
+  // what node's isIP takes, as a pod's set-policy gate takes it (or why not)
+  const hosts: [string, string][] = [
+    ['10.0.0.5', '10.0.0.5/32'],
+    ['FD00::0A', 'fd00::a/128'],
+    ['fd00:0:0:0:0:0:0:1', 'fd00::1/128'],
+    ['FD00:0:0:0:1:0:0:0', 'fd00::1:0:0:0/128'],
+    ['fd00::1.2.3.4', 'fd00::102:304/128'],
+    ['fe80::1%eth0', 'has a zone'],
+    ['::ffff:10.0.0.5', 'is IPv4-mapped'],
+    ['0:0:0:0:0:ffff:a00:5', 'is IPv4-mapped'],
+    ['10.0.0.5/32', 'is not an IPv4/IPv6 address'],
+  ];
+  it.each(hosts)('host CIDR of %s: %s', async (a, want) => {
+    const h = hostCidr(a);
+    expect(h.ok ? h.value : h.problem).toBe(want);
+    if (h.ok) await expect(setPolicy([{ name: 'm', mode: 'exempt', target: 't', addresses: [h.value], ports: [{ protocol: 'tcp', port: 1, endPort: 1 }], local: false }])).resolves.toBeNull();
+  });
+
+  // node's isIP (the registry's only check) takes all of these; a pod's set-policy gate takes
+  // only canonical host CIDRs and refuses a whole set for one, so the previous set stayed in
+  // force in every pod (a deleted exempt policy kept plaintext going)
+  it('registry addresses the gate would refuse: canonicalised, or left out and reported; the set is taken by every pod', async () => {
+    const odd: PolicyView = {
+      pods: [
+        pod('web-1', 'FD00::0A', { app: 'web' }),
+        pod('web-2', '10.128.2.10', { app: 'web' }, ['10.128.2.10', 'fd00:0:0:0:0:0:0:1']),
+        pod('web-3', 'fe80::1%eth0', { app: 'web' }),
+        pod('web-4', '::ffff:10.0.0.5', { app: 'web' }),
+      ],
+      services: [{ name: 'web', vip: 'FD00:96::A', ports: [{ protocol: 'tcp', port: 9100 }], selector: { app: 'web' } }],
+      endpoints: [{ service: 'web', pods: [{ name: 'web-1', address: 'fd00::a' }, { name: 'web-3', address: 'fe80::1%eth0' }, { name: 'web-4', address: '::ffff:10.0.0.5' }] }],
+    };
+    const reported: string[] = [];
+    const r = resolvePolicies('alpha', [metrics, pol('all', { podSelector: { matchLabels: { app: 'web' } }, ports: [{ protocol: 'UDP', port: 53 }], mode: 'exempt' })], odd, {
+      listenPort: 51820,
+      report: (p) => void reported.push(`${p.policy}: ${p.field}: ${p.problem}`),
+    });
+    expect(r).toHaveProperty('policies');
+    const set = (r as { policies: ResolvedPolicy[] }).policies;
+    // what matters: every pod's gate takes the set (it refused the whole set before)
+    for (const name of ['web-1', 'web-3', 'cli-1']) await expect(setPolicy(podPolicies(set, name))).resolves.toBeNull();
+    expect(set.map((p) => [p.name, p.addresses])).toEqual([
+      ['all', ['10.128.2.10/32', 'fd00::1/128', 'fd00::a/128']],
+      ['metrics', ['fd00:96::a/128', 'fd00::a/128']],
+    ]);
+    // the pods stay selected (their server side), only the addresses are left out
+    expect(set.find((p) => p.name === 'all')!.pods).toEqual(['web-1', 'web-2', 'web-3', 'web-4']);
+    expect(reported).toEqual([
+      'TencPolicy alpha/metrics: (addresses): left out 2 address(es) a pod cannot take as a host CIDR: "fe80::1%eth0" (endpoint web-3) has a zone, "::ffff:10.0.0.5" (endpoint web-4) is IPv4-mapped',
+      'TencPolicy alpha/all: (addresses): left out 2 address(es) a pod cannot take as a host CIDR: "fe80::1%eth0" (pod web-3) has a zone, "::ffff:10.0.0.5" (pod web-4) is IPv4-mapped',
+    ]);
+  });
+
+  // the overlap check was find/includes over arrays (|addresses|^2 per policy pair) and ran before
+  // the limits; a service policy's endpoint pods were found with includes over the view (pods x
+  // endpoints per policy): seconds to minutes of the agent's event loop per reconcile (measured
+  // when it was fixed: 128+128 policies over 250 pods each 19 s -> 44 ms; no time is asserted here)
+  it('large inputs: the limits are reported, and within them the encrypt/exempt overlap is still found', () => {
+    const big: PolicyView = { pods: [...many('x', 250, 'x', 140), ...many('e', 250, 'e', 141)], services: [], endpoints: [] };
+    const objs = [
+      ...Array.from({ length: 128 }, (_, k) => pol(`x${k}`, { podSelector: { matchLabels: { app: 'x' } }, ports: [{ port: 1000 + k }], mode: 'exempt' })),
+      ...Array.from({ length: 128 }, (_, k) => pol(`e${k}`, { podSelector: { matchLabels: { app: 'e' } }, ports: [{ port: 1000 + k }] })),
+    ];
+    const r = resolvePolicies('alpha', objs, big, { listenPort: 51820 });
+    expect('problems' in r && r.problems.map((p) => p.problem)).toEqual(['32000 exempt address x port pairs: at most 4096 (each is a routing rule in every pod)', expect.stringMatching(/bytes as sent to a pod/)]);
+    // within the limits the overlap is still found, naming the first shared address, per
+    // exempt range and encrypt policy
+    const enc = (name: string, ports: unknown[]) => pol(name, { podSelector: { matchLabels: { app: 'web' } }, ports });
+    expect(problems([metrics, enc('e1', [{ port: 80 }, { port: 9000, endPort: 9200 }, { protocol: 'UDP', port: 9100 }]), enc('e2', [{ port: 9100 }]), enc('e3', [{ port: 9101 }])])).toEqual([
+      'TencPolicy alpha/metrics: spec.ports[0]: tcp/9100 overlaps tcp/9000-9200 of encrypt policy e1 on 10.128.1.10/32: a port is either encrypted or exempt',
+      'TencPolicy alpha/metrics: spec.ports[0]: tcp/9100 overlaps tcp/9100 of encrypt policy e2 on 10.128.1.10/32: a port is either encrypted or exempt',
+    ]);
+  });
+
+  it('large inputs: 200 policies on a service of 4,000 endpoints among 10,000 pods resolve to the size limit', () => {
+    // 10,000 pods, a service with 4,000 endpoints, 200 policies on it
+    const pods = many('p', 10_000, 'p', 150);
+    const svc: PolicyView = { pods, services: [{ name: 'web', vip: '10.96.9.9', ports: [{ protocol: 'tcp', port: 80 }], selector: { app: 'p' } }], endpoints: [{ service: 'web', pods: pods.slice(0, 4000).map((p) => ({ name: p.name, address: p.address })) }] };
+    const s = resolvePolicies('alpha', Array.from({ length: 200 }, (_, k) => pol(`s${k}`, { service: 'web', ports: [{ port: 80 }] })), svc, { listenPort: 51820 });
+    expect('problems' in s && s.problems.map((p) => p.problem)).toEqual([expect.stringMatching(/bytes as sent to a pod: at most 900000/)]);
+  });
+
+  // only "some port of the service in the range" was checked: {1-65535} on a Service of port 80
+  // exempted every port the endpoint pods serve (their own outgoing connections then left by the
+  // main table and were dropped; replies to encrypted connections left in plaintext)
+  it('a service policy\'s port range lies within the service\'s ports, or is refused naming policy and range', () => {
+    expect(problems([pol('wide', { service: 'web', ports: [{ port: 1, endPort: 65535 }], mode: 'exempt' })])).toEqual([
+      expect.stringMatching(/^TencPolicy alpha\/wide: spec.ports\[0\]: tcp\/1-65535 reaches beyond the ports of service web \(tcp\/80, tcp\/9100\): tcp\/1 is not one of them/),
+    ]);
+    expect(problems([pol('wide', { service: 'web', ports: [{ port: 80 }, { port: 9100, endPort: 9101 }], mode: 'exempt' })])).toEqual([
+      expect.stringMatching(/^TencPolicy alpha\/wide: spec.ports\[1\]: tcp\/9100-9101 reaches beyond the ports of service web \(tcp\/80, tcp\/9100\): tcp\/9101 is not one of them/),
+    ]);
+    // a range the service's ports fill is taken
+    const v = { ...view, services: [{ name: 'mx', vip: '10.96.1.30', ports: [{ protocol: 'tcp', port: 9101 }, { protocol: 'tcp', port: 9100 }, { protocol: 'tcp', port: 9102 }, { protocol: 'udp', port: 9103 }], selector: { app: 'web' } }] };
+    const ok = resolvePolicies('alpha', [pol('mx', { service: 'mx', ports: [{ port: 9100, endPort: 9102 }], mode: 'exempt' })], v, { listenPort: 51820 });
+    expect(ok).toHaveProperty('policies');
+    const no = resolvePolicies('alpha', [pol('mx', { service: 'mx', ports: [{ port: 9100, endPort: 9103 }], mode: 'exempt' })], v, { listenPort: 51820 });
+    expect('problems' in no && no.problems[0].problem).toMatch(/tcp\/9100-9103 reaches beyond the ports of service mx \(tcp\/9101, tcp\/9100, tcp\/9102, udp\/9103\): tcp\/9103 is not one of them/);
   });
 });
