@@ -200,18 +200,20 @@ export class Agent {
    * nftables table the proxy itself would put in place first) applied through one
    * `ip -batch -` per family and one `nft -f -`, started in NETNS (agent/netns.ts). The proxy is
    * started right after (the next reconcile) and takes that state over. Nothing is
-   * done when the pod's proxy runs or starts already (it owns the state: an ADD retry,
-   * or a proxy adopted after an agent restart).
+   * done when the pod's proxy runs (it owns the state: an ADD retry, or a proxy adopted
+   * after an agent restart). A proxy entry without a running proxy proves nothing (a
+   * start that failed, waiting to be retried, may never have put anything in place):
+   * a start under way is waited for, then the pod is made fail closed as at a first ADD.
    */
   prepare(reg: Registration): Promise<void> {
     const name = reg.podName;
     const px = this.proxies.get(name);
-    if (px) {
-      if (px.reg.containerId === reg.containerId) return Promise.resolve();
+    if (px && px.reg.containerId !== reg.containerId) {
       // the proxy of the pod's last sandbox: its state is not this namespace's, and
       // nothing here would be fail-closed (the node agent refuses such an ADD first)
       return Promise.reject(new Error(`the proxy of its container ${px.reg.containerId} still runs: try again once it is released`));
     }
+    if (this.isReady(name)) return Promise.resolve();
     const busy = this.preparing.get(name);
     if (busy) return busy;
     const p = this.prepareNow(reg).finally(() => {
@@ -223,6 +225,9 @@ export class Agent {
   }
 
   private async prepareNow(reg: Registration): Promise<void> {
+    // a start under way writes the config and puts its own state in place: not done beside it
+    await this.starting.get(reg.podName);
+    if (this.isReady(reg.podName)) return;
     const socket = podSocket(reg.netns);
     if (await socketIsLive(socket)) return; // a proxy answers there: it owns the state
     const base = this.view ?? this.localView(await readProjectView(this.o.registry, this.o.project, this.rejected));

@@ -19,7 +19,14 @@
  *                 the same state `tenc pod` makes first) and starts the proxy in the
  *                 background (CHECK tells when it runs); with cniWait "proxy", only once
  *                 the proxy answers on its control socket; ETIMEDOUT after timeoutMs
- *   cni-del    {containerId} -> {}: the proxy stopped, the netns cleaned (unknown: {} too)
+ *              (timeoutMs counts from the request's arrival: a registry or netns slow to
+ *              answer before the pod is registered is ETIMEDOUT, nothing registered; a pod
+ *              whose earlier sandbox is still registered is EEXIST until that one is DELeted,
+ *              unless that sandbox's netns is gone: then it is released here, as a DEL would)
+ *   cni-del    {containerId} -> {}: the proxy stopped, the netns cleaned (unknown: {} too);
+ *              the registration is kept until that succeeded (a failed release is done
+ *              again by the retried DEL, or by the next agent); an ADD of the container
+ *              still before its registration gives up (ECANCELED), never registering after
  *   cni-check  {containerId, netns, podNamespace, podName, timeoutMs} -> {} or an error; a
  *              proxy still starting (ADD answers before it runs) is waited for up to timeoutMs
  *   cni-status -> {projects}
@@ -82,6 +89,15 @@ class RequestError extends Error {
   ) {
     super(message);
   }
+}
+
+/** p, or `late()` thrown once the deadline (ms since the epoch) passed; p is then left to settle unheeded. */
+function byDeadline<T>(p: Promise<T>, deadline: number, late: () => RequestError): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    t = setTimeout(() => reject(late()), Math.max(0, deadline - Date.now()));
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }
 
 /** netns paths the runtime makes: /run/netns/NAME, /var/run/netns/NAME, /proc/PID/ns/net; a real nsfs file. */
@@ -149,8 +165,15 @@ export function checkRunDir(dir: string): void {
 export class NodeAgent {
   private readonly regs = new Map<string, Registration>();
   private readonly agents = new Map<string, ProjectAgent>();
-  /** DELs whose release still runs, by container: a retried DEL waits for it, an ADD of the pod's next sandbox is refused meanwhile. */
-  private readonly releasing = new Map<string, { podNamespace: string; podName: string; done: Promise<void> }>();
+  /**
+   * Containers whose DEL came, still registered until their release succeeded: left out
+   * of the reconcilers' pods (their proxy is stopped, never started again), and an ADD
+   * of the pod's next sandbox is refused meanwhile. `done` while the release runs (a
+   * retried DEL waits for it); null after it failed (a retried DEL releases again).
+   */
+  private readonly releasing = new Map<string, { done: Promise<void> | null }>();
+  /** ADDs not answered yet, by container: a DEL of the container marks them deleted, and one not registered yet gives up. */
+  private readonly adding = new Map<string, Set<{ deleted: boolean }>>();
   private server: Server | null = null;
   /** Pods of protected namespaces on this node without a registration: since when, and whether said. */
   private readonly unregistered = new Map<string, { since: number; warned: boolean }>();
@@ -261,7 +284,7 @@ export class NodeAgent {
       registry: this.o.registry,
       node: this.o.node,
       project,
-      registrations: () => [...this.regs.values()].filter((r) => r.podNamespace === project),
+      registrations: () => [...this.regs.values()].filter((r) => r.podNamespace === project && !this.releasing.has(r.containerId)),
       onProxyChange: () => this.save(),
       runDir: join(this.o.runDir, project),
       log: this.log.child({ project }),
@@ -322,76 +345,26 @@ export class NodeAgent {
       case 'cni-status':
         return { projects: [...this.agents.keys()] };
       case 'cni-add': {
-        const timeoutMs = typeof m.timeoutMs === 'number' && m.timeoutMs >= 100 && m.timeoutMs <= 120_000 ? m.timeoutMs : 5000;
-        // an unprotected namespace's pod is passed through before anything else of it is
-        // checked: tenc's rules for a pod (its name, its addresses) are not that pod's
-        const ns = podNamespaceOf(m);
-        if (!(await this.protectedProject(ns))) {
-          this.log.info({ pod: `${ns}/${typeof m.podName === 'string' ? m.podName.slice(0, 253) : '?'}` }, 'ADD: namespace not protected, passed through');
-          return { protected: false };
+        // marked deleted by a DEL of the container arriving before this ADD registered it
+        const ticket = { deleted: false };
+        const id = typeof m.containerId === 'string' ? m.containerId : '';
+        let tickets = this.adding.get(id);
+        if (!tickets) this.adding.set(id, (tickets = new Set()));
+        tickets.add(ticket);
+        try {
+          return await this.add(m, ticket);
+        } finally {
+          tickets.delete(ticket);
+          if (tickets.size === 0 && this.adding.get(id) === tickets) this.adding.delete(id);
         }
-        const reg = await this.registrationOf(m);
-        // the pod's last sandbox is still being released (its DEL timed out in the
-        // plugin and was answered by a retry): its proxy and namespace are not gone yet
-        // (also the same container ADDed again after its DEL: the release would clean what
-        // this ADD puts in place)
-        for (const [id, r] of this.releasing) {
-          if (r.podNamespace === reg.podNamespace && r.podName === reg.podName) {
-            throw new RequestError('EEXIST', `pod ${reg.podNamespace}/${reg.podName}: its container ${id} is still being released: try again`);
-          }
-        }
-        const old = this.regs.get(reg.containerId);
-        // one sandbox per pod name: a new sandbox of the pod waits (EEXIST, code 11: the runtime
-        // retries) until the old one is DELeted
-        for (const r of this.regs.values()) {
-          if (r.podNamespace === reg.podNamespace && r.podName === reg.podName && r.containerId !== reg.containerId) {
-            throw new RequestError('EEXIST', `pod ${reg.podNamespace}/${reg.podName} is registered with container ${r.containerId}: DEL it first`);
-          }
-        }
-        if (old && old.netns !== reg.netns) throw new RequestError('EEXIST', `container ${reg.containerId} is registered with netns ${old.netns}`);
-        if (!old) {
-          this.regs.set(reg.containerId, reg);
-          this.save();
-        }
-        const agent = await this.agentFor(reg.podNamespace);
-        // one deadline for the whole ADD (the plugin waits timeoutMs and a second more)
-        const deadline = Date.now() + timeoutMs;
-        const late = new Promise<false>((r) => setTimeout(() => r(false), timeoutMs).unref());
-        // the agent makes the pod fail closed itself; an error leaves the registration (the runtime's DEL cleans)
-        let failed: Error | null = null;
-        const prepared = agent.prepare(reg).then(
-          () => true as const,
-          (e: Error) => ((failed = e), true as const),
-        );
-        if (!(await Promise.race([prepared, late]))) {
-          throw new RequestError('ETIMEDOUT', `pod ${reg.podNamespace}/${reg.podName} not fail-closed within ${timeoutMs} ms`);
-        }
-        if (failed !== null) throw new RequestError('EIO', `pod ${reg.podNamespace}/${reg.podName}: cannot make it fail-closed: ${(failed as Error).message}`);
-        if (this.o.cniWait === 'proxy' && !(await agent.whenReady(reg.podName, Math.max(0, deadline - Date.now())))) {
-          throw new RequestError('ETIMEDOUT', `pod ${reg.podNamespace}/${reg.podName}: proxy not running within ${timeoutMs} ms`);
-        }
-        this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, containerId: reg.containerId }, 'ADD: pod fail-closed');
-        return { protected: true };
       }
       case 'cni-del': {
         const containerId = str(m.containerId, 'containerId', CONTAINER_ID);
-        // a DEL retried while the first one still releases (the plugin gave up waiting)
-        // waits for that same release: answered only once the pod is really gone
-        const busy = this.releasing.get(containerId);
-        if (busy) {
-          await busy.done;
-          return {};
-        }
-        const reg = this.regs.get(containerId);
-        if (!reg) return {};
-        const agent = await this.agentFor(reg.podNamespace);
-        this.regs.delete(containerId);
-        this.save();
-        const done = agent.release(reg.podName, reg.netns).finally(() => this.releasing.delete(containerId));
-        this.releasing.set(containerId, { podNamespace: reg.podNamespace, podName: reg.podName, done });
-        await done;
-        this.save();
-        this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, containerId }, 'DEL: pod released');
+        // an ADD of the container still reading the registry or its netns: it gives up
+        // rather than register after this DEL (the plugin gave up on it, the runtime DELs)
+        for (const t of this.adding.get(containerId) ?? []) t.deleted = true;
+        const reg = await this.release(containerId);
+        if (reg) this.log.info({ pod: `${reg.podNamespace}/${reg.podName}`, containerId }, 'DEL: pod released');
         return {};
       }
       case 'cni-check': {
@@ -411,6 +384,110 @@ export class NodeAgent {
       default:
         throw new RequestError('EINVAL', `op: ${JSON.stringify(m.op)} is not one of cni-add, cni-del, cni-check, cni-status`);
     }
+  }
+
+  /**
+   * cni-add. One deadline, timeoutMs from the request's arrival, for all of it: the
+   * registry and the netns read before the registration (the plugin gives up a second
+   * after it, and the runtime's DEL then finds nothing to release), and making the pod
+   * fail closed after it. Nothing is registered after the deadline or after a DEL of
+   * the container (ticket.deleted): such a registration would outlive its sandbox.
+   */
+  private async add(m: Record<string, unknown>, ticket: { deleted: boolean }): Promise<unknown> {
+    const timeoutMs = typeof m.timeoutMs === 'number' && m.timeoutMs >= 100 && m.timeoutMs <= 120_000 ? m.timeoutMs : 5000;
+    const deadline = Date.now() + timeoutMs;
+    // an unprotected namespace's pod is passed through before anything else of it is
+    // checked: tenc's rules for a pod (its name, its addresses) are not that pod's
+    const ns = podNamespaceOf(m);
+    const shown = `${ns}/${typeof m.podName === 'string' ? m.podName.slice(0, 253) : '?'}`;
+    const late = () => new RequestError('ETIMEDOUT', `pod ${shown} not registered within ${timeoutMs} ms (the registry or the pod's netns slow to answer): nothing registered`);
+    if (!(await byDeadline(this.protectedProject(ns), deadline, late))) {
+      this.log.info({ pod: shown }, 'ADD: namespace not protected, passed through');
+      return { protected: false };
+    }
+    const reg = await byDeadline(this.registrationOf(m), deadline, late);
+    const pod = `${reg.podNamespace}/${reg.podName}`;
+    const agent = await byDeadline(this.agentFor(reg.podNamespace), deadline, late);
+    // the pod's earlier sandbox whose netns is gone (its DEL never reached tenc, or this
+    // agent kept it from before a restart): released here as a DEL would, or else it
+    // would refuse every later sandbox of the pod
+    for (;;) {
+      const stale = [...this.regs.values()].find(
+        (r) => r.podNamespace === reg.podNamespace && r.podName === reg.podName && r.containerId !== reg.containerId && !this.releasing.get(r.containerId)?.done && !existsSync(r.netns),
+      );
+      if (!stale) break;
+      this.log.warn({ pod, containerId: stale.containerId, netns: stale.netns }, 'ADD: the pod\'s earlier sandbox is still registered but its netns is gone: released');
+      const busy = () => new RequestError('EEXIST', `pod ${pod}: its container ${stale.containerId} (netns ${stale.netns} gone) is still being released: try again`);
+      try {
+        await byDeadline(this.release(stale.containerId), deadline, busy);
+      } catch (e) {
+        throw e instanceof RequestError ? e : new RequestError('EEXIST', `pod ${pod}: its container ${stale.containerId} (netns ${stale.netns} gone) could not be released: ${(e as Error).message}: try again`);
+      }
+    }
+    if (ticket.deleted) throw new RequestError('ECANCELED', `container ${reg.containerId}: DELeted before its ADD registered it: not registered`);
+    const old = this.regs.get(reg.containerId);
+    for (const r of this.regs.values()) {
+      if (r.podNamespace !== reg.podNamespace || r.podName !== reg.podName) continue;
+      // the pod's last sandbox is still being released (its DEL timed out in the plugin
+      // and was answered by a retry, or its release failed): its proxy and namespace
+      // are not gone yet (also the same container ADDed again after its DEL: the release
+      // would clean what this ADD puts in place)
+      if (this.releasing.has(r.containerId)) throw new RequestError('EEXIST', `pod ${pod}: its container ${r.containerId} is still being released: try again`);
+      // one sandbox per pod name: a new sandbox of the pod waits (EEXIST, code 11: the
+      // runtime retries) until the old one is DELeted
+      if (r.containerId !== reg.containerId) throw new RequestError('EEXIST', `pod ${pod} is registered with container ${r.containerId}: DEL it first`);
+    }
+    if (old && old.netns !== reg.netns) throw new RequestError('EEXIST', `container ${reg.containerId} is registered with netns ${old.netns}`);
+    if (!old) {
+      this.regs.set(reg.containerId, reg);
+      this.save();
+    }
+    // the agent makes the pod fail closed itself; an error leaves the registration (the runtime's DEL cleans)
+    const prepared = agent.prepare(reg).catch((e: Error) => {
+      throw new RequestError('EIO', `pod ${pod}: cannot make it fail-closed: ${e.message}`);
+    });
+    await byDeadline(prepared, deadline, () => new RequestError('ETIMEDOUT', `pod ${pod} not fail-closed within ${timeoutMs} ms`));
+    if (this.o.cniWait === 'proxy' && !(await agent.whenReady(reg.podName, Math.max(0, deadline - Date.now())))) {
+      throw new RequestError('ETIMEDOUT', `pod ${pod}: proxy not running within ${timeoutMs} ms`);
+    }
+    this.log.info({ pod, containerId: reg.containerId }, 'ADD: pod fail-closed');
+    return { protected: true };
+  }
+
+  /**
+   * Releases a registered container (CNI DEL, or an ADD finding the pod's earlier sandbox
+   * gone): its proxy stopped, its netns cleaned, its key withdrawn. The registration is
+   * forgotten only once that succeeded: a release that failed, or that the agent did not
+   * live to finish, is done again by the next DEL. A release already running is waited
+   * for. The registration released; null when the container is not registered.
+   */
+  private async release(containerId: string): Promise<Registration | null> {
+    const reg = this.regs.get(containerId);
+    if (!reg) return null;
+    const running = this.releasing.get(containerId)?.done;
+    if (running) {
+      await running;
+      return reg;
+    }
+    const entry: { done: Promise<void> | null } = { done: null };
+    this.releasing.set(containerId, entry);
+    const done = this.agentFor(reg.podNamespace)
+      .then((a) => a.release(reg.podName, reg.netns))
+      .then(
+        () => {
+          this.regs.delete(containerId);
+          this.releasing.delete(containerId);
+          this.save();
+        },
+        (e: Error) => {
+          entry.done = null;
+          this.log.warn({ pod: `${reg.podNamespace}/${reg.podName}`, containerId, err: e.message }, 'release failed: the pod stays registered, released again by the next DEL');
+          throw e;
+        },
+      );
+    entry.done = done;
+    await done;
+    return reg;
   }
 
   private async listen(): Promise<void> {
@@ -436,13 +513,19 @@ export class NodeAgent {
 
   private serve(c: Socket): void {
     let buf = '';
+    let refused = false;
     c.setEncoding('utf8');
     c.on('error', () => {});
     c.on('data', (d: string) => {
+      if (refused) return; // the rest of an over-long line: read and dropped, so the client's write ends and it reads the answer
       buf += d;
       if (buf.length > MAX_LINE) {
+        refused = true;
+        buf = '';
         c.end(JSON.stringify({ ok: false, error: { code: 'E2BIG', message: `request over ${MAX_LINE} bytes` } }) + '\n');
-        c.destroy();
+        // closed once the client has closed its end (it read the answer), a second at most
+        const t = setTimeout(() => c.destroy(), 1000).unref();
+        c.once('close', () => clearTimeout(t));
         return;
       }
       let nl: number;

@@ -12,22 +12,39 @@
  *  - an unchained ADD (no addresses: Multus calls the plugin alone, without prevResult)
  *    is registered with the addresses read in the pod's netns, then goes the chained
  *    ADD's way; none there is EADDRNOTAVAIL (code 11: the runtime retries), nothing
- *    registered. podAddressesFrom, the reading of `ip -j` dumps, on their real forms.
+ *    registered. podAddressesFrom, the reading of `ip -j` dumps, on their real forms;
+ *  - a leftover registration blocked the pod's name for good: the ADD's deadline began
+ *    only after the registry answered, so an ADD the plugin gave up on (its DEL found
+ *    nothing) registered late, and every later sandbox was refused (EEXIST) even once
+ *    the old netns was gone. Now one deadline from the ADD's arrival, a DEL makes an ADD
+ *    not registered yet give up, and an earlier sandbox whose netns is gone is released;
+ *  - a DEL whose release failed forgot the pod first: its retry answered {} and nothing
+ *    was released again. Now the registration stays until the release succeeded;
+ *  - an over-long request line's E2BIG answer was lost (the socket destroyed at once).
  */
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { NodeAgent, type ProjectAgent } from '../../src/agent/node.js';
 import { podAddressesFrom, PodAddressError } from '../../src/agent/netns.js';
 import type { Registration } from '../../src/agent/proxies.js';
+import { ControlClientError, controlRequest } from '../../src/control/client.js';
 import { nodeLine, nodeRequest, stubRegistry, type NodeAnswer } from './agent-fakes.js';
 
 let dir: string;
 let node: NodeAgent;
 let made: string[];
 let prepared: string[];
-let releases: { pod: string; done: () => void }[];
+let releases: { pod: string; netns?: string; done: () => void; fail: (e: Error) => void }[];
+/** What registry.projects() answers (the ADD asks it first); `asked` counts the calls. */
+let projects: () => Promise<string[]>;
+let asked: number;
+/** The registrations the project's reconciler is given (AgentOptions.registrations). */
+let reconciled: () => Registration[];
 /** The registrations prepare() got. */
 let preparedRegs: Registration[];
 /** What the agent finds in a pod's netns for an unchained ADD (the netns paths it was asked about in `read`). */
@@ -38,6 +55,16 @@ type Answer = NodeAnswer;
 
 /** One request line on the node socket; the answer line, parsed. */
 const request = (m: Record<string, unknown>, socket = join(dir, 'agent.sock')): Promise<Answer> => nodeRequest(socket, m);
+
+/** The state file's registrations (none before the first one is saved). */
+const saved = () => (existsSync(join(dir, 'run', 'registrations.json')) ? (JSON.parse(readFileSync(join(dir, 'run', 'registrations.json'), 'utf8')).registrations as Registration[]) : []);
+
+/** A promise and its resolve. */
+function gate<T>(): { promise: Promise<T>; open: (v: T) => void } {
+  let open!: (v: T) => void;
+  const promise = new Promise<T>((r) => (open = r));
+  return { promise, open };
+}
 
 /** Whether the promise settles within ms. */
 const settles = (p: Promise<unknown>, ms: number) => Promise.race([p.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
@@ -61,6 +88,8 @@ beforeEach(async () => {
   releases = [];
   preparedRegs = [];
   read = [];
+  projects = async () => ['alpha'];
+  asked = 0;
   inNetns = async () => {
     throw new Error('not asked in this test');
   };
@@ -71,21 +100,22 @@ beforeEach(async () => {
       prepared.push(`${reg.podName}/${reg.containerId}`);
       preparedRegs.push(reg);
     },
-    // a release that ends when the test says so (a proxy slow to stop)
-    release: (p: string) => new Promise<void>((done) => releases.push({ pod: p, done })),
+    // a release that ends (or fails) when the test says so (a proxy slow to stop)
+    release: (p: string, netns?: string) => new Promise<void>((done, fail) => releases.push({ pod: p, netns, done, fail })),
     whenReady: async () => true,
     check: async () => null,
     proxyIds: () => new Map(),
     ...{ project },
   });
   node = new NodeAgent({
-    registry: stubRegistry(),
+    registry: stubRegistry({ projects: () => (asked++, projects()) }),
     node: 'n1',
     socket: join(dir, 'agent.sock'),
     runDir: join(dir, 'run'),
     podAddresses: (netns) => (read.push(netns), inNetns(netns)),
     makeAgent: (o) => {
       made.push(o.project);
+      reconciled = o.registrations;
       return fake(o.project);
     },
   });
@@ -157,6 +187,103 @@ describe('node socket: a DEL whose release is slow', () => {
   });
 });
 
+describe('node socket: an ADD late from the registry leaves no registration behind (the pod\'s name blocked for good)', () => {
+  it('the deadline counts from the ADD\'s arrival: a registry slow to answer is ETIMEDOUT within timeoutMs, nothing registered when it answers', async () => {
+    // the Kubernetes registry waits up to 10 s for its first sync; it answers after 1.5 s here
+    const slow = gate<string[]>();
+    projects = () => slow.promise;
+    setTimeout(() => slow.open(['alpha']), 1500);
+    const t0 = Date.now();
+    const r = await request(pod('c1')); // timeoutMs 1000
+    expect(r.error?.code).toBe('ETIMEDOUT');
+    expect(r.error?.message).toBe('pod alpha/web-1 not registered within 1000 ms (the registry or the pod\'s netns slow to answer): nothing registered');
+    expect(Date.now() - t0).toBeLessThan(1400);
+    // the registry answers: the ADD that gave up registers nothing
+    projects = async () => ['alpha'];
+    await slow.promise;
+    await new Promise((r) => setTimeout(r, 100));
+    expect([prepared, saved()]).toEqual([[], []]);
+    // the runtime's DEL, then the pod's next sandbox: protected
+    expect(await request({ op: 'cni-del', containerId: 'c1' })).toEqual({ id: 1, ok: true, result: {} });
+    expect((await request(pod('c2'))).result).toEqual({ protected: true });
+  });
+
+  it('a DEL of a container whose ADD still waits for the registry makes that ADD give up (ECANCELED): the next sandbox is not refused', async () => {
+    const slow = gate<string[]>();
+    projects = () => slow.promise;
+    const add = request(pod('c1', { timeoutMs: 10_000 }));
+    await expect.poll(() => asked).toBe(1);
+    // the plugin gave up (code 11); the runtime DELs the sandbox: nothing registered yet
+    expect(await request({ op: 'cni-del', containerId: 'c1' })).toEqual({ id: 1, ok: true, result: {} });
+    expect(releases).toEqual([]);
+    // the registry answers: the ADD does not register after its DEL
+    slow.open(['alpha']);
+    projects = async () => ['alpha'];
+    const r = await add;
+    expect(r.error?.code).toBe('ECANCELED');
+    expect(r.error?.message).toBe('container c1: DELeted before its ADD registered it: not registered');
+    expect([prepared, saved()]).toEqual([[], []]);
+    // the pod's next sandbox: protected (before: EEXIST, "registered with container c1", for good)
+    expect((await request(pod('c2'))).result).toEqual({ protected: true });
+    expect(prepared).toEqual(['web-1/c2']);
+  });
+
+  it('an earlier sandbox still registered whose netns is gone is released as a DEL would, and the new sandbox protected; one whose netns exists still refuses it', async () => {
+    // the earlier sandbox's netns: a process's, gone when it exits
+    const sandbox = spawn('sleep', ['30'], { stdio: 'ignore' });
+    const oldNetns = `/proc/${sandbox.pid}/ns/net`;
+    try {
+      expect((await request(pod('old', { netns: oldNetns }))).result).toEqual({ protected: true });
+      // its netns exists: the new sandbox waits for the old one's DEL
+      expect((await request(pod('new'))).error).toEqual({ code: 'EEXIST', message: 'pod alpha/web-1 is registered with container old: DEL it first' });
+    } finally {
+      sandbox.kill('SIGKILL');
+    }
+    if (sandbox.exitCode === null && sandbox.signalCode === null) await once(sandbox, 'exit');
+    expect(existsSync(oldNetns)).toBe(false);
+    // its DEL never came: the ADD of the new sandbox releases the old one first
+    const add = request(pod('new'));
+    await expect.poll(() => releases.length).toBe(1);
+    expect(releases[0]).toMatchObject({ pod: 'web-1', netns: oldNetns });
+    releases[0]!.done();
+    expect((await add).result).toEqual({ protected: true });
+    expect(saved().map((r) => r.containerId)).toEqual(['new']);
+    expect(prepared).toEqual(['web-1/old', 'web-1/new']);
+    // the old container's DEL, if it comes after all: nothing registered, nothing released
+    expect(await request({ op: 'cni-del', containerId: 'old' })).toEqual({ id: 1, ok: true, result: {} });
+    expect(releases).toHaveLength(1);
+  });
+});
+
+describe('node socket: a DEL whose release fails', () => {
+  it('keeps the registration (saved, out of the reconciler\'s pods) until a retried DEL released it', async () => {
+    expect((await request(pod('c1'))).result).toEqual({ protected: true });
+    expect(reconciled().map((r) => r.containerId)).toEqual(['c1']);
+    const first = request({ op: 'cni-del', containerId: 'c1' });
+    await expect.poll(() => releases.length).toBe(1);
+    // being released: no longer the reconciler's (it would start its proxy again), still saved
+    expect(reconciled()).toEqual([]);
+    expect(saved().map((r) => r.containerId)).toEqual(['c1']);
+    // the release fails (the registry down while withdrawing the key): the DEL says so (code 11)
+    releases[0]!.fail(new Error('registry down'));
+    const r = await first;
+    expect(r.error).toEqual({ code: 'EIO', message: 'registry down' });
+    // still registered (a restarted agent would adopt the proxy), still not the reconciler's
+    expect(saved().map((x) => x.containerId)).toEqual(['c1']);
+    expect(reconciled()).toEqual([]);
+    // the pod's next sandbox waits for it
+    expect((await request(pod('c2'))).error?.code).toBe('EEXIST');
+    // the runtime's retried DEL releases again (before: answered {} at once, nothing released)
+    const retry = request({ op: 'cni-del', containerId: 'c1' });
+    await expect.poll(() => releases.length).toBe(2);
+    releases[1]!.done();
+    expect(await retry).toEqual({ id: 1, ok: true, result: {} });
+    expect(saved()).toEqual([]);
+    expect((await request(pod('c2'))).result).toEqual({ protected: true });
+    expect(reconciled().map((x) => x.containerId)).toEqual(['c2']);
+  });
+});
+
 describe('node socket: --cni-wait proxy', () => {
   it('the proxy wait gets what is left of timeoutMs after the fail-closed step, not timeoutMs again', async () => {
     const waits: number[] = [];
@@ -199,13 +326,38 @@ describe('node socket: bad request lines', () => {
     expect(r).toEqual({ ok: false, error: { code: 'EINVAL', message: 'id: must be a number, a string (at most 256 characters) or null' } });
     expect((await request({ op: 'cni-status', id: 'x' })).ok).toBe(true);
   });
+
+  it('a request line over 64 KiB is answered E2BIG, also to a client whose earlier answers are still queued (before: destroyed with them)', async () => {
+    const sock = join(dir, 'agent.sock');
+    // one request a connection, as the plugin sends: the answer is read
+    const e = await controlRequest(sock, { op: 'cni-status', pad: 'x'.repeat(200_000) }, 3000).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(ControlClientError);
+    expect(e).toMatchObject({ code: 'E2BIG', message: 'request over 65536 bytes', answered: true });
+    // a client that sent many requests and has not read their answers yet (they fill the
+    // socket's buffers and queue in the agent), then an over-long line
+    const c = connect(sock);
+    c.on('error', () => {});
+    await once(c, 'connect');
+    c.pause();
+    c.write(Array.from({ length: 10_000 }, (_, i) => JSON.stringify({ id: i, op: 'cni-status' }) + '\n').join(''));
+    await new Promise((r) => setTimeout(r, 300));
+    c.write('x'.repeat(70_000));
+    await new Promise((r) => setTimeout(r, 100));
+    let answers = '';
+    c.setEncoding('utf8').on('data', (d: string) => (answers += d));
+    const closed = once(c, 'close');
+    c.resume();
+    // closed by the agent once the answers are read (it gives a client a second for that)
+    expect(await settles(closed, 3000)).toBe(true);
+    const last = answers.trimEnd().split('\n').at(-1)!;
+    expect(JSON.parse(last)).toEqual({ ok: false, error: { code: 'E2BIG', message: 'request over 65536 bytes' } });
+    expect((await request({ op: 'cni-status' })).ok).toBe(true);
+  });
 });
 
 describe('node socket: an unchained ADD (no addresses: Multus, no prevResult)', () => {
   const netns = `/proc/${process.pid}/ns/net`;
   const unchained = (containerId: string, over: Record<string, unknown> = {}) => pod(containerId, { addresses: undefined, ifname: 'net1', ...over });
-  /** The state file's registrations (none before the first one is saved). */
-  const saved = () => (existsSync(join(dir, 'run', 'registrations.json')) ? (JSON.parse(readFileSync(join(dir, 'run', 'registrations.json'), 'utf8')).registrations as Registration[]) : []);
 
   it('is registered with the addresses found in the pod\'s netns (canonical, IPv4 first) and made fail-closed as a chained ADD', async () => {
     inNetns = async () => ['10.128.1.10', 'FD00:0:0:0::A'];
