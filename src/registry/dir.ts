@@ -141,12 +141,19 @@ export class DirectoryRegistry implements Registry {
     return join(this.dir, kind, project);
   }
 
+  /**
+   * The projects listed. No projects directory: none. Any other failure to read it
+   * throws: "none protected" would let a protected pod's ADD through unprotected
+   * (the agent answers a CNI ADD with try-again instead).
+   */
   async projects(): Promise<string[]> {
     let names: string[];
     try {
       names = readdirSync(join(this.dir, 'projects'));
-    } catch {
-      return [];
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return [];
+      throw new Error(`registry ${join(this.dir, 'projects')}: cannot list the projects (${code ?? (e as Error).message})`);
     }
     return names
       .filter((n) => n.endsWith('.json') && NAME.test(n.slice(0, -5)))

@@ -336,11 +336,16 @@ export class KubernetesRegistry implements Registry {
     return Object.fromEntries(this.all.map((i) => [i.what, { lists: i.lists, expired: i.expired, errors: i.errors, dropped: i.dropped, resourceVersion: i.resourceVersion() }]));
   }
 
+  /**
+   * Namespaces labelled for protection, also while they terminate: a pod sandbox
+   * (re)started then must still be protected (a stalled finalizer keeps a namespace
+   * terminating for as long as it likes), never passed through as unprotected.
+   */
   async projects(): Promise<string[]> {
     await this.synced(this.ns);
     return this.ns
       .list()
-      .filter((n) => n.metadata?.labels?.[PROTECT_LABEL] === 'true' && !n.metadata?.deletionTimestamp)
+      .filter((n) => n.metadata?.labels?.[PROTECT_LABEL] === 'true')
       .map((n) => n.metadata!.name!)
       .sort();
   }

@@ -73,6 +73,20 @@ describe('kubernetes registry: reads', () => {
     expect(eps.find((e) => e.service === 'web')!.pods).toEqual([{ name: 'alpha-web-1', address: '10.128.1.10', node: 'node1' }]);
   });
 
+  it('a protected namespace that terminates stays protected until it is gone', async () => {
+    // a finalizer may hold a namespace terminating for long: a pod sandbox (re)started
+    // meanwhile must be protected, never passed through unprotected (it was left out)
+    const r = open('node1');
+    api.put('namespaces', { metadata: { name: 'delta', labels: { 'tenc.io/protect': 'true' } } });
+    await until('delta listed', async () => (await r.projects()).includes('delta'));
+    const rv = r.stats().namespaces!.resourceVersion;
+    api.put('namespaces', { metadata: { name: 'delta', labels: { 'tenc.io/protect': 'true' }, deletionTimestamp: '2026-12-06T10:00:00Z' } });
+    await until('delta terminating seen', async () => r.stats().namespaces!.resourceVersion !== rv);
+    expect(await r.projects()).toContain('delta');
+    api.put('namespaces', { metadata: { name: 'delta', labels: {} } });
+    await until('delta gone', async () => !(await r.projects()).includes('delta'));
+  });
+
   it('a namespace opts in and out with its label; only ready endpoints count; dual-stack pods keep every IP', async () => {
     const r = open('node1');
     let changes = 0;

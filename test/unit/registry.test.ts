@@ -66,6 +66,18 @@ describe('directory registry', () => {
     expect(await reg.pskFile('alpha')).toBe('/run/psk/alpha');
   });
 
+  it('projects: no projects directory is none; one that cannot be read is an error, never "none protected"', async () => {
+    // "none" let a protected pod's CNI ADD through unprotected; an error makes the agent answer try-again
+    const empty = mkdtempSync(join(tmpdir(), 'tenc-reg-empty-'));
+    try {
+      expect(await new DirectoryRegistry(empty).projects()).toEqual([]);
+      writeFileSync(join(empty, 'projects'), 'not a directory');
+      await expect(new DirectoryRegistry(empty).projects()).rejects.toThrow(/projects: cannot list the projects \(ENOTDIR\)/);
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
   it('a removed pod disappears from pods and endpoints; no temp files are left', async () => {
     const c = validateCluster({ ...example, pods: example.pods.filter((p) => p.name !== 'a-web-2') }, 'x.json');
     syncRegistry(c, reg, '/run/psk', 'tc');
