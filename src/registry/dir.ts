@@ -117,9 +117,11 @@ export class DirectoryRegistry implements Registry {
     if (typeof dir !== 'string' || dir === '') throw new TypeError('registry directory must be a non-empty string');
     const report = opts.onProblem ?? (() => {});
     // Each read of a kind rereads every file (the watch and the rescan call them
-    // often): a bad file is reported once, and again only when it or its problem
-    // changes (its mtime: fixed and broken again counts as a change).
-    const reported = new Map<string, string>();
+    // often): each problem of a bad file is reported once, and again only when the
+    // file changes (its mtime: fixed and broken again counts as a change). A file
+    // with several problems (a Service with two bad ports) is said once per problem,
+    // not again at every read.
+    const reported = new Map<string, { mtime: number; whys: Set<string> }>();
     this.onProblem = (file, why) => {
       let mtime = 0;
       try {
@@ -127,10 +129,13 @@ export class DirectoryRegistry implements Registry {
       } catch {
         // gone meanwhile: report it by its problem alone
       }
-      const seen = `${mtime}\0${why}`;
-      if (reported.get(file) === seen) return;
-      if (reported.size >= 1000) reported.clear(); // deleted files' entries are never read again
-      reported.set(file, seen);
+      let r = reported.get(file);
+      if (r && r.mtime === mtime && r.whys.has(why)) return;
+      if (!r || r.mtime !== mtime) {
+        if (!r && reported.size >= 1000) reported.clear(); // deleted files' entries are never read again
+        reported.set(file, (r = { mtime, whys: new Set() }));
+      }
+      if (r.whys.size < 64) r.whys.add(why); // beyond: said again at each read, never lost
       report(file, why);
     };
     this.rescanMs = opts.rescanMs ?? RESCAN_MS;

@@ -124,6 +124,17 @@ describe('directory registry', () => {
     expect(problems[1]).toMatch(/bad\.json: not a valid peer: publicKey/);
   });
 
+  it('a file with several problems: each said once, not again at every read', async () => {
+    const problems: string[] = [];
+    const r = new DirectoryRegistry(dir, { onProblem: (f, why) => problems.push(`${f}: ${why}`) });
+    const file = join(dir, 'services', 'alpha', 'multi.json');
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, JSON.stringify({ metadata: { name: 'multi' }, spec: { clusterIP: '10.96.1.99', selector: { app: 'web' }, ports: [null, { protocol: 'TCP', port: 80 }, 7] } }));
+    for (let i = 0; i < 3; i++) expect((await r.services('alpha')).map((x) => x.name)).toContain('multi');
+    expect(problems).toHaveLength(2);
+    expect(problems.join('\n')).toMatch(/multi\.json: .*null/);
+  });
+
   it('a peer whose key the pod would refuse (non-canonical base64, wrong length, all zeros) is skipped where it is read, with the file and field named', async () => {
     const key = 'hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=';
     const nonCanonical = key.slice(0, 42) + 'p='; // same 32 bytes to a lenient decoder, refused by the pod's parseKey
