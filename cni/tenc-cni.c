@@ -11,7 +11,8 @@
  * an empty result of the request's cniVersion; CHECK then reads no prevResult.
  *
  *   ADD     {"op":"cni-add",...}    the agent answers once the pod is fail-closed
- *   DEL     {"op":"cni-del",...}
+ *   DEL     {"op":"cni-del",...}    best effort: needs CNI_CONTAINERID and a configuration
+ *                                   of type "tenc"; the rest of it is read leniently
  *   CHECK   {"op":"cni-check",...}  (cniVersion 0.4.0 or later: older ones have no CHECK)
  *   STATUS  {"op":"cni-status"}
  *   VERSION answered here
@@ -47,7 +48,12 @@
 #define MAX_DEPTH 64
 #define DEFAULT_SOCKET "/run/tenc/agent.sock"
 #define DEFAULT_TIMEOUT_MS 5000
-#define MAX_TIMEOUT_MS 120000
+/* the plugin waits up to timeout + 1 s for the agent, and must be done before the runtime
+ * stops waiting: kubelet's CRI calls time out after --runtime-request-timeout, 2 minutes by
+ * default (StopPodSandbox, which runs every DEL of the chain, gets exactly that), and
+ * libcni then kills the plugin, its error lost. 120 s + 1 s did not fit; 100 s + 1 s leaves
+ * the chain's other plugins and the runtime 19 s (as plugin.ts MAX_TIMEOUT_MS) */
+#define MAX_TIMEOUT_MS 100000
 #define CONNECT_RETRY_MS 10
 
 /* oldest first, as src/cni/skeleton.ts SUPPORTED_VERSIONS (and deploy/cni-install.sh's
@@ -606,9 +612,16 @@ static void fail_value(const char *field, const jv *v, const char *why) {
 
 static const char *const KNOWN[] = {"cniVersion", "name", "type", "agentSocket", "timeoutMs", "unchained", "prevResult", "runtimeConfig", "capabilities", "args", "disableCheck", "disableGC"};
 
-static cfg_t parse_config(const jv *c) {
+/*
+ * strict (ADD, CHECK, STATUS): an unknown field or an invalid value is code 7 naming it.
+ * Not strict (DEL, best effort, as plugin.ts parseTencConfigForDel): a configuration ADD
+ * refuses (a field an upgrade added, an admin's edit, a timeoutMs out of range) must not
+ * fail every DEL on the node, or no pod sandbox there is ever removed; "type" must still
+ * be "tenc", other fields are ignored and an invalid value is its field's default.
+ */
+static cfg_t parse_config(const jv *c, int strict) {
   cfg_t out = {DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS, 0};
-  for (size_t i = 0; i < c->n; i++) {
+  for (size_t i = 0; strict && i < c->n; i++) {
     int known = 0;
     for (size_t k = 0; k < sizeof KNOWN / sizeof KNOWN[0]; k++) known |= !strcmp(c->keys[i], KNOWN[k]);
     if (!known) failf(E_CONFIG, "", "%s: unknown field in the tenc plugin's configuration", c->keys[i]);
@@ -619,26 +632,22 @@ static cfg_t parse_config(const jv *c) {
   }
   jv *s = jget(c, "agentSocket");
   if (s) {
-    if (s->t != J_STR || s->str[0] != '/' || strlen(s->str) != s->strlen_ || s->strlen_ > 107) {
-      fail_value("agentSocket", s, " is not an absolute socket path (at most 107 bytes)");
-    }
-    out.socket = s->str;
+    if (s->t == J_STR && s->str[0] == '/' && strlen(s->str) == s->strlen_ && s->strlen_ <= 107) out.socket = s->str;
+    else if (strict) fail_value("agentSocket", s, " is not an absolute socket path (at most 107 bytes)");
   }
   jv *t = jget(c, "timeoutMs");
   if (t) {
-    if (t->t != J_NUM || !isfinite(t->num) || t->num != floor(t->num) || t->num < 100 || t->num > MAX_TIMEOUT_MS) {
+    if (t->t == J_NUM && isfinite(t->num) && t->num == floor(t->num) && t->num >= 100 && t->num <= MAX_TIMEOUT_MS) out.timeout_ms = (long)t->num;
+    else if (strict) {
       char why[64];
       snprintf(why, sizeof why, " is not an integer from 100 to %d", MAX_TIMEOUT_MS);
       fail_value("timeoutMs", t, why);
     }
-    out.timeout_ms = (long)t->num;
   }
   jv *u = jget(c, "unchained");
   if (u) {
-    if (u->t != J_BOOL) {
-      fail_value("unchained", u, " is not true or false");
-    }
-    out.unchained = u->boolean;
+    if (u->t == J_BOOL) out.unchained = u->boolean;
+    else if (strict) fail_value("unchained", u, " is not true or false");
   }
   return out;
 }
@@ -808,7 +817,7 @@ int main(void) {
   }
 
   if (!strcmp(cmd, "STATUS")) {
-    cfg_t cfg = parse_config(c);
+    cfg_t cfg = parse_config(c, 1);
     char code[32], msg[1024];
     if (ask(&cfg, "{\"id\":1,\"op\":\"cni-status\"}\n", cfg.timeout_ms, NULL, code, sizeof code, msg, sizeof msg) != 0) failf(E_UNAVAILABLE, "", "tenc agent not reachable at %s: %s", cfg.socket, msg);
     return 0;
@@ -823,6 +832,21 @@ int main(void) {
     puts_(&b, " is not a container id");
     fail(E_ENV, b.p, "");
   }
+  buf_t req = {0};
+  puts_(&req, "{\"id\":1");
+  if (!strcmp(cmd, "DEL")) {
+    /* DEL, best effort (CNI spec, DEL): the container id is all it needs of the
+     * environment. An ADD refused for a bad CNI_IFNAME, CNI_NETNS or CNI_ARGS is followed by
+     * the runtime's DEL with the same environment: were it refused too, the sandbox would
+     * never be removed. So none of them is read here (skeleton.ts passes them on leniently,
+     * and plugin.ts's DEL reads none of them). */
+    cfg_t cfg = parse_config(c, 0);
+    field(&req, "op", "cni-del");
+    field(&req, "containerId", cid);
+    puts_(&req, "}\n");
+    ask_or_fail(&cfg, req.p, cfg.timeout_ms + 1000);
+    return 0;
+  }
   const char *ifname = need("CNI_IFNAME");
   if (strlen(ifname) > 15 || strpbrk(ifname, "/: \t\n\r\v\f")) {
     buf_t b = {0};
@@ -831,9 +855,8 @@ int main(void) {
     puts_(&b, " is not an interface name");
     fail(E_ENV, b.p, "");
   }
-  int del = !strcmp(cmd, "DEL");
-  const char *netns = del ? (getenv("CNI_NETNS") ? getenv("CNI_NETNS") : "") : need("CNI_NETNS");
-  if (*netns && *netns != '/') {
+  const char *netns = need("CNI_NETNS");
+  if (*netns != '/') {
     buf_t b = {0};
     puts_(&b, "CNI_NETNS: ");
     put_json_str(&b, netns);
@@ -841,10 +864,8 @@ int main(void) {
     fail(E_ENV, b.p, "");
   }
   podargs_t pa = parse_args(getenv("CNI_ARGS"));
-  cfg_t cfg = parse_config(c);
+  cfg_t cfg = parse_config(c, 1);
 
-  buf_t req = {0};
-  puts_(&req, "{\"id\":1");
   if (!strcmp(cmd, "ADD")) {
     buf_t addrs = {0};
     jv *prev = NULL;
@@ -880,13 +901,6 @@ int main(void) {
       fwrite(r.p, 1, r.n, stdout);
     }
     return fflush(stdout) == 0 ? 0 : 1;
-  }
-  if (del) {
-    field(&req, "op", "cni-del");
-    field(&req, "containerId", cid);
-    puts_(&req, "}\n");
-    ask_or_fail(&cfg, req.p, cfg.timeout_ms + 1000);
-    return 0;
   }
   /* CHECK (unchained: prevResult is the empty result of ADD, or none: not read) */
   buf_t addrs = {0};

@@ -300,12 +300,15 @@ the static C plugin built by cni/build.sh, which speaks the same protocol
 (deploy/cni-install.sh chains it into the node's conflist; README "How a node's
 runtime calls tenc").
 
-Conflist entry (every field optional; these are the defaults; a field that is
-neither these nor one of the spec's own is error code 7):
+Conflist entry (every field optional; these are the defaults; for ADD and CHECK a
+field that is neither these nor one of the spec's own, or a value out of range, is
+error code 7; DEL ignores unknown fields and takes the default for a bad value, so
+a pod can always be deleted):
   {"type": "tenc", "agentSocket": "/run/tenc/agent.sock", "timeoutMs": 5000, "unchained": false}
   agentSocket   the node agent's socket (\`tenc agent --socket\`), an absolute path
-  timeoutMs     100..120000: the time the agent has to make the pod fail-closed
-                (the plugin waits one second more for its answer)
+  timeoutMs     100..100000: the time the agent has to make the pod fail-closed
+                (the plugin waits one second more for its answer; kubelet gives the
+                whole CNI chain 2 minutes)
   unchained     true or false: true opts in to running alone, as Multus calls the plugin
                 of a NetworkAttachmentDefinition (OpenShift), with no prevResult: the
                 agent reads the pod's addresses in its netns, ADD prints an empty result;

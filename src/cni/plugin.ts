@@ -18,10 +18,11 @@
  *    a chained entry that lost its place in the conflist fails loudly.
  *
  * Configuration: {"type": "tenc", "agentSocket": "/run/tenc/agent.sock", "timeoutMs": 5000,
- * "unchained": false} (all optional; every other field is an error naming it).
+ * "unchained": false} (all optional; for ADD, CHECK and STATUS every other field is an
+ * error naming it; DEL reads it best effort: parseTencConfigForDel).
  *
  *   ADD    {op: "cni-add", ...}   answer {protected}: prevResult (or the empty result) is printed
- *   DEL    {op: "cni-del", ...}   idempotent on the agent's side
+ *   DEL    {op: "cni-del", ...}   idempotent on the agent's side; needs only the container id
  *   CHECK  {op: "cni-check", ...} the pod's proxy runs and answers (a start in progress
  *                                 is waited for, up to timeoutMs); unchained, prevResult is not read
  *   STATUS {op: "cni-status"}     the agent answers
@@ -39,7 +40,15 @@ import { CniCode, CniError, type CniPlugin, type CniRequest } from './skeleton.j
 
 export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
 export const DEFAULT_TIMEOUT_MS = 5000;
-export const MAX_TIMEOUT_MS = 120_000;
+/**
+ * The largest timeoutMs. The plugin waits up to timeoutMs + 1 s for the agent, and that
+ * wait must end before the runtime stops waiting for the plugin: kubelet's CRI calls time
+ * out after --runtime-request-timeout, 2 minutes by default (StopPodSandbox, whose network
+ * teardown runs every DEL of the chain, gets exactly that; RunPodSandbox twice that), and
+ * libcni kills a plugin whose call's deadline passed, its error lost. 120 s + 1 s did not
+ * fit; 100 s + 1 s leaves the chain's other plugins and the runtime 19 s. As cni/tenc-cni.c.
+ */
+export const MAX_TIMEOUT_MS = 100_000;
 
 /** Fields the spec or the runtime puts in a plugin's configuration. */
 const KNOWN = new Set(['cniVersion', 'name', 'type', 'agentSocket', 'timeoutMs', 'unchained', 'prevResult', 'runtimeConfig', 'capabilities', 'args', 'disableCheck', 'disableGC']);
@@ -51,20 +60,44 @@ export interface TencCniConfig {
   unchained: boolean;
 }
 
+/** The configuration as ADD, CHECK and STATUS read it: an unknown field or an invalid value is code 7 naming the field. */
 export function parseTencConfig(c: Record<string, unknown>): TencCniConfig {
-  for (const k of Object.keys(c)) if (!KNOWN.has(k)) throw new CniError(CniCode.invalidNetworkConfig, `${k}: unknown field in the tenc plugin's configuration`);
+  return readConfig(c, true);
+}
+
+/**
+ * The configuration as DEL reads it, best effort (CNI spec, DEL: "plugins should generally
+ * complete a DEL action without error even if some resources are missing"): a configuration
+ * ADD refuses (a field an upgrade added, an admin's edit, a timeoutMs out of range) must not
+ * fail every DEL on the node, or no pod sandbox there is ever removed (the runtime retries
+ * the DEL for ever). "type" must still be "tenc"; other fields are ignored, and an invalid
+ * agentSocket, timeoutMs or unchained is its default. ADD and CHECK still refuse it, naming
+ * the field.
+ */
+export function parseTencConfigForDel(c: Record<string, unknown>): TencCniConfig {
+  return readConfig(c, false);
+}
+
+function readConfig(c: Record<string, unknown>, strict: boolean): TencCniConfig {
+  if (strict) for (const k of Object.keys(c)) if (!KNOWN.has(k)) throw new CniError(CniCode.invalidNetworkConfig, `${k}: unknown field in the tenc plugin's configuration`);
   if (c.type !== 'tenc') throw new CniError(CniCode.invalidNetworkConfig, `type: ${JSON.stringify(c.type)}, expected "tenc"`);
-  const agentSocket = c.agentSocket ?? DEFAULT_AGENT_SOCKET;
-  if (typeof agentSocket !== 'string' || !agentSocket.startsWith('/') || agentSocket.length > 107) {
-    throw new CniError(CniCode.invalidNetworkConfig, `agentSocket: ${JSON.stringify(agentSocket)} is not an absolute socket path (at most 107 bytes)`);
-  }
-  const timeoutMs = c.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs) || timeoutMs < 100 || timeoutMs > MAX_TIMEOUT_MS) {
-    throw new CniError(CniCode.invalidNetworkConfig, `timeoutMs: ${JSON.stringify(timeoutMs)} is not an integer from 100 to ${MAX_TIMEOUT_MS}`);
-  }
-  const unchained = c.unchained === undefined ? false : c.unchained; // null is not false (as in the C plugin)
-  if (typeof unchained !== 'boolean') throw new CniError(CniCode.invalidNetworkConfig, `unchained: ${JSON.stringify(unchained)} is not true or false`);
-  return { agentSocket, timeoutMs, unchained };
+  // null is a value, not the field left out (as in the C plugin): invalid for each of them
+  const socketOk = (v: unknown): v is string => typeof v === 'string' && v.startsWith('/') && !v.includes('\0') && Buffer.byteLength(v) <= 107;
+  const timeoutOk = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 100 && v <= MAX_TIMEOUT_MS;
+  return {
+    agentSocket: optional(c, 'agentSocket', DEFAULT_AGENT_SOCKET, socketOk, 'is not an absolute socket path (at most 107 bytes)', strict),
+    timeoutMs: optional(c, 'timeoutMs', DEFAULT_TIMEOUT_MS, timeoutOk, `is not an integer from 100 to ${MAX_TIMEOUT_MS}`, strict),
+    unchained: optional(c, 'unchained', false, (v): v is boolean => typeof v === 'boolean', 'is not true or false', strict),
+  };
+}
+
+/** Field `name` of `c`: `def` when left out; an invalid value is code 7 "NAME: VALUE WHY" (strict) or `def`. */
+function optional<T>(c: Record<string, unknown>, name: string, def: T, valid: (v: unknown) => v is T, why: string, strict: boolean): T {
+  const v = c[name];
+  if (v === undefined) return def;
+  if (valid(v)) return v;
+  if (strict) throw new CniError(CniCode.invalidNetworkConfig, `${name}: ${JSON.stringify(v)} ${why}`);
+  return def;
 }
 
 /** What a missing prevResult is told (the C plugin's words too). */
@@ -156,7 +189,7 @@ export const tencPlugin: CniPlugin = {
     return req.config.prevResult;
   },
   async del(req) {
-    const cfg = parseTencConfig(req.config);
+    const cfg = parseTencConfigForDel(req.config);
     await ask(cfg, { op: 'cni-del', containerId: req.containerId }, cfg.timeoutMs + 1000);
   },
   async check(req) {

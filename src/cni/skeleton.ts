@@ -61,10 +61,11 @@ const COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'VERSION', 'STAT
 export interface CniRequest {
   command: Exclude<CniCommand, 'VERSION'>;
   containerId: string;
-  /** Empty for DEL (the spec lets the runtime leave it out), and for STATUS and GC. */
+  /** Empty for DEL when missing or not an absolute path (the spec lets the runtime leave it out), and for STATUS and GC. */
   netns: string;
+  /** Empty for DEL when missing or not an interface name (DEL reads it best effort), and for STATUS and GC. */
   ifname: string;
-  /** CNI_ARGS as key/value pairs (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, IP, ...). */
+  /** CNI_ARGS as key/value pairs (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, IP, ...); for DEL, its parts that are not KEY=VALUE left out. */
   args: Record<string, string>;
   path: string[];
   /** The parsed network configuration (stdin). */
@@ -90,13 +91,14 @@ function need(env: NodeJS.ProcessEnv, name: string): string {
   return v;
 }
 
-/** CNI_ARGS: "K1=V1;K2=V2". */
-export function parseCniArgs(s: string | undefined): Record<string, string> {
+/** CNI_ARGS: "K1=V1;K2=V2". A part that is not KEY=VALUE is code 4 naming it (strict) or skipped. */
+export function parseCniArgs(s: string | undefined, strict = true): Record<string, string> {
   const out: Record<string, string> = {};
   if (!s) return out;
   for (const part of s.split(';')) {
     if (part === '') continue;
     const i = part.indexOf('=');
+    if (i <= 0 && !strict) continue;
     if (i <= 0) throw new CniError(CniCode.invalidEnv, `CNI_ARGS: ${JSON.stringify(part)} is not KEY=VALUE`);
     out[part.slice(0, i)] = part.slice(i + 1);
   }
@@ -148,11 +150,23 @@ export function parseRequest(env: NodeJS.ProcessEnv, stdin: string, onVersion: (
   }
   const containerId = need(env, 'CNI_CONTAINERID');
   if (!CONTAINER_ID.test(containerId) || containerId.length > 256) throw new CniError(CniCode.invalidEnv, `CNI_CONTAINERID: ${JSON.stringify(containerId)} is not a container id`);
+  const ifnameOk = (v: string) => Buffer.byteLength(v) <= 15 && !IFNAME_BAD.test(v); // bytes, as the kernel (IFNAMSIZ) and the C plugin count
+  const netnsOk = (v: string) => v === '' || v.startsWith('/');
+  if (command === 'DEL') {
+    // DEL, best effort (CNI spec, DEL): it needs the container id and nothing else of the
+    // environment. An ADD refused for a bad CNI_IFNAME, CNI_NETNS or CNI_ARGS is followed by
+    // the runtime's DEL with the same environment: were it refused too, the sandbox would
+    // never be removed. So CNI_IFNAME and CNI_NETNS may be missing or bad ('' then: tenc's DEL
+    // reads neither; the netns is gone already, often) and CNI_ARGS' bad parts are skipped.
+    const ifname = env.CNI_IFNAME ?? '';
+    const netns = env.CNI_NETNS ?? '';
+    const args = parseCniArgs(env.CNI_ARGS, false);
+    return { command, containerId, netns: netnsOk(netns) ? netns : '', ifname: ifnameOk(ifname) ? ifname : '', args, path, config: c, cniVersion };
+  }
   const ifname = need(env, 'CNI_IFNAME');
-  if (ifname.length > 15 || IFNAME_BAD.test(ifname)) throw new CniError(CniCode.invalidEnv, `CNI_IFNAME: ${JSON.stringify(ifname)} is not an interface name`);
-  // DEL may come without a netns (the sandbox is gone already)
-  const netns = command === 'DEL' ? (env.CNI_NETNS ?? '') : need(env, 'CNI_NETNS');
-  if (netns !== '' && !netns.startsWith('/')) throw new CniError(CniCode.invalidEnv, `CNI_NETNS: ${JSON.stringify(netns)} is not an absolute path`);
+  if (!ifnameOk(ifname)) throw new CniError(CniCode.invalidEnv, `CNI_IFNAME: ${JSON.stringify(ifname)} is not an interface name`);
+  const netns = need(env, 'CNI_NETNS');
+  if (!netnsOk(netns)) throw new CniError(CniCode.invalidEnv, `CNI_NETNS: ${JSON.stringify(netns)} is not an absolute path`);
   const args = parseCniArgs(env.CNI_ARGS);
   return { command: command as CniRequest['command'], containerId, netns, ifname, args, path, config: c, cniVersion };
 }

@@ -6,12 +6,13 @@
 // agent is test/netns/cluster-k8s.test.ts. Where the process itself matters (stdin), the
 // TypeScript plugin runs as a process too: src/cni/main.ts bundled by esbuild.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { buildSync } from 'esbuild';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_AGENT_SOCKET } from '../../src/cni/plugin.js';
 import { buildCPlugin, FakeNodeAgent, runProc, runTs as runTsIn, type PluginOut as Out, type ProcOpts } from './cni-fakes.js';
 
 const root = join(__dirname, '../..');
@@ -276,6 +277,7 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
       [env('ADD'), JSON.stringify(conf({ cniVersion: '9.9.9' }))],
       [env('ADD', { CNI_CONTAINERID: '-bad id' }), JSON.stringify(conf())],
       [env('ADD', { CNI_IFNAME: 'eth0:1' }), JSON.stringify(conf())],
+      [env('ADD', { CNI_IFNAME: '\u00e9'.repeat(8) }), JSON.stringify(conf())], // 16 bytes in 8 characters: `tenc cni` counted characters
       [env('ADD', { CNI_NETNS: 'relative/ns' }), JSON.stringify(conf())],
       [env('ADD', { CNI_NETNS: '' }), JSON.stringify(conf())],
       [env('ADD', { CNI_ARGS: 'K8S_POD_NAME' }), JSON.stringify(conf())],
@@ -300,6 +302,69 @@ describe('the static CNI launcher does what `tenc cni` does', () => {
       expect(o.code, stdin).toBe(1);
       expect(o.requests, stdin).toEqual([]);
       expect(JSON.parse(o.stdout).code).toBeGreaterThan(0);
+    }
+  });
+
+  it('regression: DEL reads its configuration and environment best effort (a field ADD refuses made every DEL on the node fail with code 7, so no pod sandbox there was ever removed); ADD and CHECK still refuse it, naming the field', async () => {
+    agent.answer = () => ({ ok: true, result: {} });
+    const delOk = [{ id: 1, op: 'cni-del', containerId: 'abc123' }];
+    // [configuration fields, the message ADD and CHECK refuse it with]
+    const configs: [Record<string, unknown>, string][] = [
+      [{ frobnicate: true }, "frobnicate: unknown field in the tenc plugin's configuration"], // a field an upgrade added
+      [{ timeoutMs: 0 }, 'timeoutMs: 0 is not an integer from 100 to 100000'],
+      [{ timeoutMs: 999999 }, 'timeoutMs: 999999 is not an integer from 100 to 100000'],
+      [{ timeoutMs: 100001 }, 'timeoutMs: 100001 is not an integer from 100 to 100000'], // the maximum lowered: below kubelet's 2 minutes
+      [{ timeoutMs: '300' }, 'timeoutMs: "300" is not an integer from 100 to 100000'],
+      [{ timeoutMs: null }, 'timeoutMs: null is not an integer from 100 to 100000'], // `tenc cni` took null for "left out"
+      [{ unchained: 'yes' }, 'unchained: "yes" is not true or false'],
+    ];
+    for (const [extra, msg] of configs) {
+      const del = await same(env('DEL', { CNI_NETNS: '' }), JSON.stringify(conf({ prevResult: undefined, ...extra })));
+      expect([del.code, del.stdout, del.requests], `DEL ${JSON.stringify(extra)}`).toEqual([0, '', delOk]);
+      for (const cmd of ['ADD', 'CHECK']) {
+        const o = await same(env(cmd), JSON.stringify(conf(extra)));
+        expect([o.code, JSON.parse(o.stdout), o.requests], `${cmd} ${JSON.stringify(extra)}`).toEqual([1, { cniVersion: '1.0.0', code: 7, msg, details: '' }, []]);
+      }
+    }
+    // DEL: the environment it does not need, bad or missing (an ADD refused for it is followed by a DEL with the same)
+    const { CNI_IFNAME: _ifname, ...noIfname } = env('DEL');
+    for (const e of [env('DEL', { CNI_ARGS: 'K8S_POD_NAME;=x;;garbage' }), env('DEL', { CNI_IFNAME: 'eth0:1' }), env('DEL', { CNI_IFNAME: 'x'.repeat(16) }), noIfname, env('DEL', { CNI_NETNS: 'relative/ns' })]) {
+      const del = await same(e, JSON.stringify(conf()));
+      expect([del.code, del.stdout, del.requests], JSON.stringify(e)).toEqual([0, '', delOk]);
+    }
+    const add = await same(env('ADD', { CNI_ARGS: 'K8S_POD_NAME;=x;;garbage' }), JSON.stringify(conf()));
+    expect([add.code, JSON.parse(add.stdout).code, JSON.parse(add.stdout).msg, add.requests]).toEqual([1, 4, 'CNI_ARGS: "K8S_POD_NAME" is not KEY=VALUE', []]);
+    // the largest timeoutMs still asked for as it is
+    const max = await same(env('ADD'), JSON.stringify(conf({ timeoutMs: 100000 })));
+    expect([max.code, max.requests[0]?.timeoutMs]).toEqual([0, 100000]);
+    // a bad agentSocket: ADD and CHECK refuse it (code 7), DEL asks the default socket instead
+    const sockets: [unknown, string][] = [
+      ['relative.sock', 'agentSocket: "relative.sock" is not an absolute socket path (at most 107 bytes)'],
+      [null, 'agentSocket: null is not an absolute socket path (at most 107 bytes)'], // `tenc cni` took null for "left out"
+      [`/${'\u00e9'.repeat(60)}`, `agentSocket: "/${'\u00e9'.repeat(60)}" is not an absolute socket path (at most 107 bytes)`], // 121 bytes in 61 characters: `tenc cni` counted characters
+    ];
+    for (const [agentSocket, msg] of sockets) {
+      for (const cmd of ['ADD', 'CHECK']) {
+        const o = await same(env(cmd), JSON.stringify(conf({ agentSocket })));
+        expect([o.code, JSON.parse(o.stdout)], `${cmd} ${JSON.stringify(agentSocket)}`).toEqual([1, { cniVersion: '1.0.0', code: 7, msg, details: '' }]);
+      }
+      const del = await same(env('DEL'), JSON.stringify(conf({ agentSocket })));
+      if (!existsSync(DEFAULT_AGENT_SOCKET)) expect(JSON.parse(del.stdout), `DEL ${JSON.stringify(agentSocket)}`).toMatchObject({ code: 11, msg: `tenc agent not reachable at ${DEFAULT_AGENT_SOCKET}` });
+      else expect(del.stdout === '' ? 0 : JSON.parse(del.stdout).code).not.toBe(7); // a real agent there: whatever it answers, not the configuration's fault
+    }
+    // what DEL does need stays required, named: the container id, JSON, cniVersion, "type": "tenc"
+    const { CNI_CONTAINERID: _cid, ...noCid } = env('DEL');
+    const needed: [Record<string, string>, string, number, string][] = [
+      [noCid, JSON.stringify(conf()), 4, 'CNI_CONTAINERID is not set'],
+      [env('DEL', { CNI_CONTAINERID: '-bad id' }), JSON.stringify(conf()), 4, 'CNI_CONTAINERID: "-bad id" is not a container id'],
+      [env('DEL'), '{"cniVersion": "1.0.0", ', 6, 'stdin: the network configuration is not JSON'],
+      [env('DEL'), JSON.stringify({ ...conf(), cniVersion: undefined }), 7, 'cniVersion: missing or not a string'],
+      [env('DEL'), JSON.stringify({ ...conf(), type: undefined }), 7, 'type: undefined, expected "tenc"'],
+      [env('DEL'), JSON.stringify(conf({ type: 'bridge', frobnicate: 1 })), 7, 'type: "bridge", expected "tenc"'],
+    ];
+    for (const [e, stdin, code, msg] of needed) {
+      const o = await same(e, stdin);
+      expect([o.code, JSON.parse(o.stdout).code, JSON.parse(o.stdout).msg, o.requests], stdin).toEqual([1, code, msg, []]);
     }
   });
 

@@ -8,7 +8,7 @@ import { describe, it, expect } from 'vitest';
 import { spawn } from 'node:child_process';
 import { PassThrough } from 'node:stream';
 import { runPlugin, parseCniArgs, readStdin, CniCode, CniError } from '../../src/cni/skeleton.js';
-import { tencPlugin, prevResultAddresses, parseTencConfig } from '../../src/cni/plugin.js';
+import { tencPlugin, prevResultAddresses, parseTencConfig, parseTencConfigForDel } from '../../src/cni/plugin.js';
 import { COMMAND_HELP } from '../../src/cli/help.js';
 import { desiredState } from '../../src/agent/desired.js';
 import { processStartTime, sameProcess } from '../../src/agent/proxies.js';
@@ -93,6 +93,23 @@ describe('tenc cni skeleton', () => {
     expect(parseTencConfig({ type: 'tenc', unchained: true }).unchained).toBe(true);
     expect(() => parseTencConfig({ type: 'tenc', unchained: null })).toThrow(/^unchained: null is not true or false$/);
     expect(() => parseTencConfig({ type: 'tenc', agentSocket: 'rel.sock' })).toThrow(/agentSocket/);
+  });
+  it('DEL reads the configuration and CNI_ARGS best effort: unknown fields ignored, an invalid value its default, bad CNI_ARGS parts skipped; "type" still required', async () => {
+    const defaults = parseTencConfig({ type: 'tenc' });
+    for (const bad of [{ frobnicate: 1 }, { timeoutMs: 0 }, { timeoutMs: 999999 }, { timeoutMs: null }, { agentSocket: 'rel.sock' }, { agentSocket: null }, { unchained: 'yes' }]) {
+      expect(() => parseTencConfig({ type: 'tenc', ...bad }), JSON.stringify(bad)).toThrow(new RegExp(`^${Object.keys(bad)[0]}: `));
+      expect(parseTencConfigForDel({ type: 'tenc', ...bad }), JSON.stringify(bad)).toEqual(defaults);
+    }
+    // the valid fields are read as ADD reads them
+    const good = { type: 'tenc', agentSocket: '/run/x.sock', timeoutMs: 700, unchained: true, frobnicate: 1 };
+    expect(parseTencConfigForDel(good)).toEqual({ agentSocket: '/run/x.sock', timeoutMs: 700, unchained: true });
+    expect(() => parseTencConfigForDel({ type: 'bridge' })).toThrow(/^type: "bridge", expected "tenc"$/);
+    expect(() => parseTencConfigForDel({})).toThrow(/^type: undefined, expected "tenc"$/);
+    expect(() => parseCniArgs('K8S_POD_NAME;=x;A=1')).toThrow(/^CNI_ARGS: "K8S_POD_NAME" is not KEY=VALUE$/);
+    expect(parseCniArgs('K8S_POD_NAME;=x;;A=1', false)).toEqual({ A: '1' });
+    // through the skeleton: a DEL with all of that gets as far as the agent (down here: code 11, not 7 or 4)
+    const r = await run(env({ CNI_COMMAND: 'DEL', CNI_ARGS: 'garbage', CNI_IFNAME: 'eth0:1', CNI_NETNS: 'rel' }), conf({ frobnicate: 1, timeoutMs: 0 }));
+    expect([r.code, r.out.code, r.out.msg]).toEqual([1, CniCode.tryAgainLater, 'tenc agent not reachable at /nonexistent/tenc-agent.sock']);
   });
   it("tenc cni --help: its conflist entry is the plugin's defaults, and every field of the plugin's own has a line (unchained had none)", () => {
     const help = COMMAND_HELP.cni!;
