@@ -8,9 +8,10 @@
  *      nft table of failClosedScripts, from the config the pod will start with), then
  *      starts `tenc pod` in the network namespace of each pod the CNI plugin
  *      registered on this node (nsenter --net=NETNS; the netns comes only from the
- *      registration, never from the registry), with enforcement on and
- *      failClosedOnStop; a proxy that dies is started again (its new public key is
- *      published again);
+ *      registration, never from the registry, and is entered only while the namespace
+ *      at that path is the one registered: proxies.ts registeredNetns), with
+ *      enforcement on and failClosedOnStop; a proxy that dies is started again (its new
+ *      public key is published again);
  *   3. publishes each pod's public key and endpoint (never a private key: the pod
  *      proxies generate theirs in memory and print only the public key);
  *   4. gives every local pod its peers (every other project pod with a published
@@ -33,14 +34,14 @@
  * tracked by pid and start time), netns.ts (fail closed before a proxy, clean after
  * it), policies.ts (the project's TencPolicy set).
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { ControlClientError, controlRequest, socketIsLive } from '../control/socket.js';
 import { keyFingerprint, silentLogger, type Logger } from '../log.js';
 import { readProjectView, type PeerInfo, type PodInfo, type ProjectView, type Watch } from '../registry/registry.js';
 import { desiredState, peerChanges, type DesiredPeer, type DesiredPod } from './desired.js';
 import { failClosedIn, podSocket } from './netns.js';
 import { ProjectPolicies } from './policies.js';
-import { Proxies, TENC_PORT, sameProcess, tencEndpoint, type Proxy, type ProxyId, type ProxyOptions, type Registration } from './proxies.js';
+import { Proxies, TENC_PORT, registeredNetns, sameProcess, tencEndpoint, type Proxy, type ProxyId, type ProxyOptions, type Registration } from './proxies.js';
 
 export const RECONCILE_MS = 1000;
 
@@ -235,6 +236,8 @@ export class Agent {
     const pod = this.podInfo(reg, known);
     const view = { ...base, pods: [...base.pods.filter((p) => p.name !== pod.name), pod] };
     const { config } = await this.proxies.writeConfig(pod, reg.netns, socket, view);
+    // after the waits, before anything is put in the namespace: still the one registered
+    if (!registeredNetns(reg)) throw new Error(`netns ${reg.netns} is gone or names another namespace than the pod's`);
     const guards = await failClosedIn(reg.netns, config);
     this.log.info({ pod: pod.name, guards, netns: reg.netns }, 'pod fail-closed (rule, guards, nftables) before its proxy starts');
   }
@@ -258,15 +261,17 @@ export class Agent {
   }
 
   /**
-   * The pods registered here whose namespace exists, and of those the ones the registry
-   * places on another node (displaced: left out of local).
+   * The pods registered here whose namespace is there (the registered one: registeredNetns),
+   * and of those the ones the registry places on another node (displaced: left out of local).
    */
   private localPods(view: ProjectView): { local: { pod: PodInfo; reg: Registration }[]; displaced: Set<string> } {
     const local: { pod: PodInfo; reg: Registration }[] = [];
     const displaced = new Set<string>();
     for (const reg of this.o.registrations()) {
-      // a pod whose namespace is gone (being deleted) counts as gone
-      if (!existsSync(reg.netns)) continue;
+      // a pod whose namespace is gone (being deleted) counts as gone, and so does one whose
+      // path names another namespace now (its pause process gone and the PID reused, its
+      // netns name made again): no proxy is started or kept there
+      if (!registeredNetns(reg)) continue;
       const known = view.pods.find((p) => p.name === reg.podName);
       if (known && known.node !== this.o.node) {
         this.log.warn({ pod: reg.podName, node: known.node }, 'registered here but the registry places the pod on another node: ignored');
@@ -497,14 +502,15 @@ export class Agent {
   /**
    * CNI DEL: stops the pod's proxy (SIGTERM, up to 5 s, then SIGKILL; only the process
    * the agent started), withdraws its key and removes what tenc left in the netns (the
-   * proxy fails closed on stop, so its rule, guards and nft table stay until here).
+   * proxy fails closed on stop, so its rule, guards and nft table stay until here), if
+   * the netns at the registration's path is still the registered one.
    */
-  async release(pod: string, netns?: string): Promise<void> {
+  async release(pod: string, reg?: Pick<Registration, 'netns' | 'netnsId'>): Promise<void> {
     // let a prepare() or a reconcile that may be starting the proxy finish first
     await this.preparing.get(pod)?.catch(() => undefined);
     while (this.running) await this.current;
     await this.starting.get(pod);
-    await this.proxies.releaseNow(pod, netns);
+    await this.proxies.releaseNow(pod, reg);
   }
 
   /**

@@ -23,6 +23,10 @@
  *              answer before the pod is registered is ETIMEDOUT, nothing registered; a pod
  *              whose earlier sandbox is still registered is EEXIST until that one is DELeted,
  *              unless that sandbox's netns is gone: then it is released here, as a DEL would)
+ *              The registration keeps the netns's identity (proxies.ts netnsIdentity): a
+ *              namespace found at the path later that is not the registered one (a PID
+ *              reused after the pause process died, a netns name made again) counts as
+ *              gone: no proxy is started there, nothing cleaned there.
  *   cni-del    {containerId} -> {}: the proxy stopped, the netns cleaned (unknown: {} too);
  *              the registration is kept until that succeeded (a failed release is done
  *              again by the retried DEL, or by the next agent); an ADD of the container
@@ -33,7 +37,9 @@
  *
  * The registrations (and the pid + start time of each pod's proxy) are kept in
  * RUNDIR/registrations.json (0600, written atomically), so a restarted agent adopts
- * the running proxies and serves DEL for pods registered before it stopped.
+ * the running proxies and serves DEL for pods registered before it stopped. An entry an
+ * older agent saved without the netns's identity keeps the namespace at its path only if
+ * that namespace has one of the pod's addresses (proveNetns); else it counts as gone.
  * Stopping the agent leaves every proxy running (fail-closed, keys published).
  */
 import { createServer, type Server, type Socket } from 'node:net';
@@ -43,7 +49,7 @@ import { idProblem, socketIsLive } from '../control/socket.js';
 import { parseAddress } from '../net/address.js';
 import { silentLogger, type Logger } from '../log.js';
 import { Agent, type AgentOptions } from './agent.js';
-import type { ProxyId, Registration } from './proxies.js';
+import { netnsIdentity, registeredNetns, type ProxyId, type Registration } from './proxies.js';
 import { isNamespaceFile } from '../io/nsfs.js';
 import { podAddressesIn } from './netns.js';
 import { DNS_LABEL as NAME, NAMESPACE_NAME as NAMESPACE } from '../net/names.js';
@@ -51,6 +57,8 @@ import { DNS_LABEL as NAME, NAMESPACE_NAME as NAMESPACE } from '../net/names.js'
 export const DEFAULT_AGENT_SOCKET = '/run/tenc/agent.sock';
 const MAX_LINE = 64 * 1024;
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
+/** A saved Registration.netnsId (proxies.ts netnsIdentity). */
+const NETNS_ID = /^\d+:\d+:[cp]\d+$/;
 
 /** The reconcilers' options the node agent passes on to each project's Agent, and its own. */
 export interface NodeAgentOptions extends Pick<AgentOptions, 'registry' | 'node' | 'log' | 'tencMain' | 'podLogLevel' | 'dns' | 'classifyCidrs' | 'clusterDns' | 'clusterDomain' | 'hooks'> {
@@ -194,7 +202,7 @@ export class NodeAgent {
   async start(): Promise<void> {
     checkRunDir(this.o.runDir);
     this.runDirChecked = true;
-    this.load();
+    await this.load();
     // reconcilers for the projects of adopted pods first, then the server
     for (const r of this.regs.values()) await this.agentFor(r.podNamespace);
     await this.listen();
@@ -222,7 +230,7 @@ export class NodeAgent {
         // the project's registrations as they are now (after the read), each counted while
         // its sandbox is there (a stale one, whose DEL never reached tenc, must not hide
         // the pod's next, unprotected sandbox)
-        const registered = new Set([...this.regs.values()].filter((r) => r.podNamespace === project && existsSync(r.netns)).map((r) => r.podName));
+        const registered = new Set([...this.regs.values()].filter((r) => r.podNamespace === project && registeredNetns(r)).map((r) => r.podName));
         for (const p of pods) {
           if (p.node !== this.o.node || registered.has(p.name)) continue;
           const id = `${project}/${p.name}`;
@@ -250,21 +258,55 @@ export class NodeAgent {
     return n;
   }
 
-  private load(): void {
+  private async load(): Promise<void> {
     if (!existsSync(this.stateFile)) return;
     const st = lstatSync(this.stateFile);
     if (!st.isFile() || (st.mode & 0o077) !== 0 || st.uid !== process.getuid!()) {
       throw new Error(`${this.stateFile}: not a regular file of this user with mode 0600 (mode ${(st.mode & 0o777).toString(8)}): refusing it`);
     }
     const data = JSON.parse(readFileSync(this.stateFile, 'utf8')) as { registrations?: Registration[] };
+    const loaded: Registration[] = [];
     for (const r of data.registrations ?? []) {
       try {
-        this.regs.set(r.containerId, this.validate({ ...r, timeoutMs: 1000 }, r.proxy ?? null, false));
+        loaded.push(this.validate({ ...r, timeoutMs: 1000 }, r.proxy ?? null, false));
       } catch (e) {
         this.log.warn({ containerId: r.containerId, err: (e as Error).message }, 'saved registration dropped');
       }
     }
+    await Promise.all(
+      loaded.map(async (reg) => {
+        if (reg.netnsId === undefined) reg.netnsId = await this.proveNetns(reg);
+      }),
+    );
+    for (const reg of loaded) this.regs.set(reg.containerId, reg);
     this.log.info({ pods: this.regs.size }, 'registrations loaded');
+  }
+
+  /**
+   * The netns identity of a registration an older agent saved without one: that of the
+   * namespace now at its path if that namespace has one of the pod's addresses (read as
+   * for an unchained ADD; no other live pod has them), else null: unknown, the pod counts
+   * as gone (no proxy started, nothing cleaned there; its next sandbox's ADD or its DEL
+   * releases it). Not the path's identity as found: a PID reused or a netns name made
+   * again while no agent ran would give the pod another pod's namespace, or the node's,
+   * to start its proxy in and to clean at its DEL.
+   */
+  private async proveNetns(reg: Registration): Promise<string | null> {
+    const id = netnsIdentity(reg.netns);
+    let found: string[] = [];
+    if (id !== null) {
+      try {
+        found = await (this.o.podAddresses ?? podAddressesIn)(reg.netns);
+      } catch {
+        // no address there: not proved
+      }
+    }
+    // the same namespace all along the read
+    if (id !== null && found.some((a) => reg.addresses.includes(a)) && netnsIdentity(reg.netns) === id) return id;
+    if (id !== null) {
+      this.log.warn({ pod: `${reg.podNamespace}/${reg.podName}`, containerId: reg.containerId, netns: reg.netns, found }, 'saved registration without a netns identity: the namespace at its path has none of the pod\'s addresses: counted as gone');
+    }
+    return null;
   }
 
   private save(): void {
@@ -328,6 +370,9 @@ export class NodeAgent {
   private validate(m: Record<string, unknown>, proxy: ProxyId | null, checkNs = true, withAddresses = true): Registration {
     const containerId = str(m.containerId, 'containerId', CONTAINER_ID);
     const netns = checkNs ? checkNetns(m.netns) : str(m.netns, 'netns', /^\//);
+    // taken at ADD (the namespace checkNetns just found); a saved one as saved (load proves a missing one)
+    const netnsId = checkNs ? netnsIdentity(netns) : typeof m.netnsId === 'string' && NETNS_ID.test(m.netnsId) ? m.netnsId : undefined;
+    if (netnsId === null) throw new RequestError('EINVAL', `netns: ${netns} does not exist`);
     const ifname = str(m.ifname, 'ifname', /^[^/:\s]{1,15}$/);
     const podNamespace = podNamespaceOf(m);
     // a protected pod's name names its TencPeer, its registry entries and its files:
@@ -337,7 +382,7 @@ export class NodeAgent {
     const podName = str(m.podName, 'podName', NAME, 'has characters other than lowercase letters, digits and "-": tenc protects only pods named so');
     const podUid = typeof m.podUid === 'string' && m.podUid.length <= 64 ? m.podUid : '';
     const addresses = withAddresses ? checkAddresses(m.addresses) : [];
-    return { containerId, netns, ifname, podNamespace, podName, podUid, addresses, proxy };
+    return { containerId, netns, netnsId, ifname, podNamespace, podName, podUid, addresses, proxy };
   }
 
   private async handle(m: Record<string, unknown>): Promise<unknown> {
@@ -410,13 +455,15 @@ export class NodeAgent {
     const agent = await byDeadline(this.agentFor(reg.podNamespace), deadline, late);
     // the pod's earlier sandbox whose netns is gone (its DEL never reached tenc, or this
     // agent kept it from before a restart): released here as a DEL would, or else it
-    // would refuse every later sandbox of the pod
+    // would refuse every later sandbox of the pod. Gone also when its path names another
+    // namespace now (registeredNetns), and so also the same container's registration
+    // with a namespace since gone: released, then registered with the one it has now
     for (;;) {
       const stale = [...this.regs.values()].find(
-        (r) => r.podNamespace === reg.podNamespace && r.podName === reg.podName && r.containerId !== reg.containerId && !this.releasing.get(r.containerId)?.done && !existsSync(r.netns),
+        (r) => r.podNamespace === reg.podNamespace && r.podName === reg.podName && !this.releasing.get(r.containerId)?.done && !registeredNetns(r),
       );
       if (!stale) break;
-      this.log.warn({ pod, containerId: stale.containerId, netns: stale.netns }, 'ADD: the pod\'s earlier sandbox is still registered but its netns is gone: released');
+      this.log.warn({ pod, containerId: stale.containerId, netns: stale.netns }, 'ADD: the pod\'s earlier sandbox is still registered but its netns is gone (or its path names another namespace now): released');
       const busy = () => new RequestError('EEXIST', `pod ${pod}: its container ${stale.containerId} (netns ${stale.netns} gone) is still being released: try again`);
       try {
         await byDeadline(this.release(stale.containerId), deadline, busy);
@@ -472,7 +519,7 @@ export class NodeAgent {
     const entry: { done: Promise<void> | null } = { done: null };
     this.releasing.set(containerId, entry);
     const done = this.agentFor(reg.podNamespace)
-      .then((a) => a.release(reg.podName, reg.netns))
+      .then((a) => a.release(reg.podName, reg))
       .then(
         () => {
           this.regs.delete(containerId);

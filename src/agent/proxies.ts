@@ -112,6 +112,52 @@ export function holdsNetns(pid: number, netns: string): boolean {
   return false;
 }
 
+/**
+ * The identity of the network namespace at a netns path, so that a namespace found at a
+ * registration's path later is told from the one the pod was registered with
+ * (Registration.netnsId); null when nothing is there. The nsfs file's device and inode
+ * number (io/nsfs.ts) do not suffice: the kernel gives a new namespace the lowest free
+ * inode number, often that of a namespace just gone (`ip netns del NAME; ip netns add
+ * NAME` mostly gives the same one once the old one is freed). So also:
+ *  - /proc/PID/ns/net: the start time of PID (processStartTime): a PID reused after the
+ *    pod's pause process died names another process, and its namespace;
+ *  - any other path (a bind mount: /run/netns/NAME, /var/run/netns/NAME): the change
+ *    time of the nsfs inode, set when the kernel made it and kept while the mount holds
+ *    it (nsfs refuses chmod and touch); a namespace mounted at the name anew has an
+ *    inode made anew.
+ * "DEV:INO:pSTART" or "DEV:INO:cCTIME_NS".
+ */
+export function netnsIdentity(netns: string): string | null {
+  const proc = /^\/proc\/(\d+|self)\/ns\/net$/.exec(netns);
+  const pid = proc === null ? 0 : proc[1] === 'self' ? process.pid : Number(proc[1]);
+  const before = proc === null ? null : processStartTime(pid);
+  if (proc !== null && before === null) return null;
+  let st;
+  try {
+    st = statSync(netns, { bigint: true, throwIfNoEntry: false });
+  } catch {
+    return null;
+  }
+  if (st === undefined) return null;
+  if (proc === null) return `${st.dev}:${st.ino}:c${st.ctimeNs}`;
+  // the same process before and after the stat: the namespace is that process's
+  return processStartTime(pid) === before ? `${st.dev}:${st.ino}:p${before}` : null;
+}
+
+/**
+ * The namespace at the registration's path is the one it was registered with: false
+ * when the path is gone or names another namespace now (the pod's pause process gone
+ * and its PID reused, a netns name made again), or when the identity is unknown (null:
+ * an entry of an older state file nothing proved, node.ts). Nothing is done in a pod's
+ * namespace unless this holds. A registration without an identity (netnsId absent: an
+ * Agent given its registrations directly, in tests and benchmarks) needs its path to
+ * exist only.
+ */
+export function registeredNetns(reg: Pick<Registration, 'netns' | 'netnsId'>): boolean {
+  if (reg.netnsId === undefined) return existsSync(reg.netns);
+  return reg.netnsId !== null && netnsIdentity(reg.netns) === reg.netnsId;
+}
+
 /** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or null: with the pid it names one process for good. */
 export function processStartTime(pid: number): string | null {
   try {
@@ -149,6 +195,14 @@ export interface HostedPod {
 export interface Registration {
   containerId: string;
   netns: string;
+  /**
+   * The identity of the namespace at `netns` when the pod was registered (netnsIdentity):
+   * a namespace found there later that is not this one counts as gone (registeredNetns):
+   * no proxy is started in it and it is not cleaned. null: unknown (an entry of an older
+   * state file whose namespace nothing proved, node.ts): the pod counts as gone. Absent:
+   * not taken (registrations given to an Agent directly: tests, benchmarks).
+   */
+  netnsId?: string | null;
   ifname: string;
   podNamespace: string;
   podName: string;
@@ -550,6 +604,9 @@ export class Proxies extends Map<string, Proxy> {
     const logFile = podFile(this.o.runDir, pod.name, 'log');
     // the project's pod host (one process for the project's pods on this node) unless hosts are off or failing
     const host = await this.takeHost();
+    // after the last wait, before the namespace is entered: still the pod's (one made at its
+    // path since the pod's went is another pod's, or the node's own)
+    if (!registeredNetns(px.reg)) throw new Error(`netns ${netns} is gone or names another namespace than the pod's`);
     if (host !== null) return this.startHosted(px, host, { netns, config, log: logFile }, want, dns);
     // a standby when one is ready (it enters the netns itself), else a new process
     const sb = this.takeStandby();
@@ -757,8 +814,12 @@ export class Proxies extends Map<string, Proxy> {
    * keepFailClosed: the pod still runs here (its namespace is registered) although the
    * registry now places it on another node: its proxy stops (fail closed, as every stop
    * of the agent's proxies) and its namespace keeps the guards and the enforcement table.
+   * reg: the registration released (a pod made fail closed whose proxy never started has
+   * no proxy entry). The namespace is cleaned only while it is the registered one
+   * (registeredNetns): one found at the path since the pod's went is not tenc's to clean
+   * (the pod's went with its state; the other may be a protected pod's).
    */
-  async releaseNow(pod: string, netns?: string, keepFailClosed = false): Promise<void> {
+  async releaseNow(pod: string, reg?: Pick<Registration, 'netns' | 'netnsId'>, keepFailClosed = false): Promise<void> {
     const px = this.get(pod);
     this.delete(pod);
     if (px) {
@@ -789,8 +850,11 @@ export class Proxies extends Map<string, Proxy> {
       this.host = null;
     }
     // also a pod made fail closed (prepare) whose proxy never started
-    const ns = px?.reg.netns ?? netns;
-    if (!keepFailClosed && ns !== undefined && existsSync(ns)) await cleanNetns(ns);
+    const ns = px?.reg ?? reg;
+    if (!keepFailClosed && ns !== undefined) {
+      if (registeredNetns(ns)) await cleanNetns(ns.netns);
+      else if (existsSync(ns.netns)) this.log.warn({ pod, netns: ns.netns }, 'the pod\'s netns path does not name the namespace it was registered with (or that is not known): not cleaned');
+    }
     rmSync(podFile(this.o.runDir, pod, 'json'), { force: true });
     rmSync(podFile(this.o.runDir, pod, 'log'), { force: true });
     await this.o.registry.withdrawPeer(this.o.project, this.o.node, pod);

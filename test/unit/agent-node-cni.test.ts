@@ -101,7 +101,7 @@ beforeEach(async () => {
       preparedRegs.push(reg);
     },
     // a release that ends (or fails) when the test says so (a proxy slow to stop)
-    release: (p: string, netns?: string) => new Promise<void>((done, fail) => releases.push({ pod: p, netns, done, fail })),
+    release: (p: string, reg?: { netns: string }) => new Promise<void>((done, fail) => releases.push({ pod: p, netns: reg?.netns, done, fail })),
     whenReady: async () => true,
     check: async () => null,
     proxyIds: () => new Map(),
