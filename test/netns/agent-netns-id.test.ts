@@ -36,7 +36,7 @@ import { processAlive, processStartTime, sameProcess, type Registration } from '
 import { DEFAULT_INTERFACE, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE } from '../../src/control/config.js';
 import { tableName } from '../../src/routing/enforce.js';
 import type { PodInfo } from '../../src/registry/registry.js';
-import { nodeRequest, stubRegistry, type NodeAnswer } from './agent-fakes.js';
+import { nodeRequest, stubRegistry, type NodeAnswer } from '../unit/agent-fakes.js';
 import { requireRoot, requireTool, sh } from '../netns/lib.js';
 
 const cleanup: (() => void | Promise<void>)[] = [];
