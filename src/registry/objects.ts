@@ -80,7 +80,14 @@ export function servicePorts(list: unknown, report: (why: string) => void = () =
     }
     const proto = (p as Obj).protocol ?? 'TCP';
     const n = (p as Obj).port;
-    if ((proto !== 'TCP' && proto !== 'UDP') || !Number.isInteger(n) || n < 1 || n > 65535) continue;
+    if (proto !== 'TCP' && proto !== 'UDP') {
+      report(`spec.ports: protocol ${quote(proto)} of port ${quote(n)} is not TCP or UDP: that port ignored`);
+      continue;
+    }
+    if (!Number.isInteger(n) || n < 1 || n > 65535) {
+      report(`spec.ports: port ${quote(n)} is not a port 1..65535: ignored`);
+      continue;
+    }
     const port: ServicePort = { protocol: proto === 'TCP' ? 'tcp' : 'udp', port: n };
     if (seen.has(`${port.protocol}/${n}`)) continue;
     seen.add(`${port.protocol}/${n}`);
@@ -153,8 +160,12 @@ export function serviceFromObject(project: string, o: Obj, report: (why: string)
     return null;
   }
   if (!Array.isArray(o.spec.ports)) return 'spec.ports: missing or not a list';
+  const ports = servicePorts(o.spec.ports, report);
+  // a pod reads no ports as every TCP and UDP port of the VIP: a Service whose ports are
+  // all left out (SCTP only, bad entries) is not that Service
+  if (ports.length === 0 && o.spec.ports.length > 0) return 'spec.ports: no TCP or UDP port 1..65535';
   const vips = clusterIps(vip, o.spec.clusterIPs);
-  return { project, name: o.metadata.name, vip, ...(vips.length > 1 ? { vips } : {}), ports: servicePorts(o.spec.ports, report), selector: { ...sel } };
+  return { project, name: o.metadata.name, vip, ...(vips.length > 1 ? { vips } : {}), ports, selector: { ...sel } };
 }
 
 /**

@@ -95,7 +95,15 @@ describe('objects: a bad part is left out and reported, never thrown or the whol
     const s = serviceFromObject('alpha', svc('web', '10.96.0.10', [null, 7, 'x', { protocol: 'TCP', port: 80 }]), (why) => problems.push(why));
     expect((s as ServiceInfo).ports).toEqual([{ protocol: 'tcp', port: 80 }]);
     expect(problems).toEqual(['spec.ports: entry null is not an object: that port ignored', 'spec.ports: entry 7 is not an object: that port ignored', 'spec.ports: entry "x" is not an object: that port ignored']);
-    expect((serviceFromObject('alpha', svc('web', '10.96.0.10', [null])) as ServiceInfo).ports).toEqual([]);
+    // nothing usable left (every entry bad, or SCTP only): refused, never "no ports", which a
+    // pod reads as every TCP and UDP port of the VIP
+    expect(serviceFromObject('alpha', svc('web', '10.96.0.10', [null]))).toBe('spec.ports: no TCP or UDP port 1..65535');
+    const sctp: string[] = [];
+    expect(serviceFromObject('alpha', svc('diameter', '10.96.0.11', [{ protocol: 'SCTP', port: 3868 }]), (why) => sctp.push(why))).toBe('spec.ports: no TCP or UDP port 1..65535');
+    expect(sctp).toEqual(['spec.ports: protocol "SCTP" of port 3868 is not TCP or UDP: that port ignored']);
+    const mixed: string[] = [];
+    expect((serviceFromObject('alpha', svc('m', '10.96.0.12', [{ protocol: 'SCTP', port: 1 }, { port: 70000 }, { protocol: 'UDP', port: 53 }]), (why) => mixed.push(why)) as ServiceInfo).ports).toEqual([{ protocol: 'udp', port: 53 }]);
+    expect(mixed).toEqual(['spec.ports: protocol "SCTP" of port 1 is not TCP or UDP: that port ignored', 'spec.ports: port 70000 is not a port 1..65535: ignored']);
   });
 
   it('a directory Service file with ports [null]: the project\'s services are still read, the entry reported', async () => {

@@ -47,7 +47,7 @@ const slice = (name: string, service: string | null, more: Obj) => ({
 });
 
 /** [kind, object, what every backend says about it (objects.ts's words), or nothing]. */
-const TABLE: [Kind, Obj, string?][] = [
+const TABLE: [Kind, Obj, (string | string[])?][] = [
   // pods
   ['pods', pod('web', running('10.128.0.1', [{ ip: '10.128.0.1' }, { ip: 'fd00::1' }]), undefined, { labels: { app: 'web' } })],
   ['pods', pod('odd-labels', running('10.128.0.2'), undefined, { labels: { app: 'web', n: 5, b: true } }), 'metadata.labels: the value of "n", "b" is not a string: ignored'],
@@ -69,7 +69,15 @@ const TABLE: [Kind, Obj, string?][] = [
   // Services
   ['services', svc('web', {})],
   ['services', svc('dual', { clusterIP: '10.96.0.11', clusterIPs: ['10.96.0.11', 'fd00:96::11', 'x', 7] })],
-  ['services', svc('odd-ports', { ports: [{ port: 'x' }, { port: 70000, protocol: 'TCP' }, { port: 8080 }, { port: 8080, protocol: 'TCP' }, { port: 53, protocol: 'UDP' }] })],
+  ['services', svc('odd-ports', { ports: [{ port: 'x' }, { port: 70000, protocol: 'TCP' }, { port: 8080 }, { port: 8080, protocol: 'TCP' }, { port: 53, protocol: 'UDP' }] }), [
+    'spec.ports: port "x" is not a port 1..65535: ignored',
+    'spec.ports: port 70000 is not a port 1..65535: ignored',
+  ]],
+  // no port left: refused (no ports is every port to a pod)
+  ['services', svc('sctp-only', { ports: [{ port: 3868, protocol: 'SCTP' }] }), [
+    'spec.ports: protocol "SCTP" of port 3868 is not TCP or UDP: that port ignored',
+    'spec.ports: no TCP or UDP port 1..65535: ignored',
+  ]],
   ['services', svc('null-port', { ports: [null, { protocol: 'UDP', port: 53 }] }), 'spec.ports: entry null is not an object: that port ignored'],
   ['services', svc('no-ports', { ports: undefined }), 'spec.ports: missing or not a list: ignored'],
   ['services', svc('null-ports', { ports: null }), 'spec.ports: missing or not a list: ignored'],
@@ -124,9 +132,7 @@ const ENDPOINTS = [
   ['web', [['odd-labels', '10.128.0.2'], ['web', '10.128.0.1']]],
   ['zz-last', []],
 ];
-const PROBLEMS = TABLE.filter(([, , why]) => why !== undefined)
-  .map(([kind, o, why]) => `${kind} ${(o.metadata as Obj).name}: ${why}`)
-  .sort();
+const PROBLEMS = TABLE.flatMap(([kind, o, why]) => (why === undefined ? [] : [why].flat()).map((w) => `${kind} ${(o.metadata as Obj).name}: ${w}`)).sort();
 
 /** The agent's view of one backend's reads, in one shape for comparing. */
 async function view(r: DirectoryRegistry | KubernetesRegistry) {
