@@ -348,10 +348,10 @@ void tenc_engine_set_public_key(tenc_engine *e, const uint8_t pub[32]);
 int tenc_engine_test_age_keypair(tenc_engine *e, uint32_t local, uint64_t ms);
 /* Test hook: moves a keypair's next send counter (REKEY/REJECT_AFTER_MESSAGES tests). */
 int tenc_engine_set_send_counter(tenc_engine *e, uint32_t local, uint64_t counter);
-/* Test hooks of the NAT flow table (nat.h): `buckets` buckets (flows forgotten);
- * every flow `ms` older. 0, or -EINVAL for a bad argument. */
+/* Test hooks of the NAT flow table (nat.h): `buckets` buckets (flows forgotten; 0,
+ * or -EINVAL for a bad argument); every flow `ms` older. */
 int tenc_engine_test_nat_buckets(tenc_engine *e, uint32_t buckets);
-int tenc_engine_test_age_flows(tenc_engine *e, uint64_t ms);
+void tenc_engine_test_age_flows(tenc_engine *e, uint64_t ms);
 /* Test hook: at most `max` events wait for the control plane (TENC_EV_QUEUE_MAX). */
 void tenc_engine_test_event_cap(tenc_engine *e, uint32_t max);
 /* The peer the allowed-IPs table sends `addr` to, or -1. */

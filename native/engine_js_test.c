@@ -224,8 +224,7 @@ static napi_value engine_test_age_flows(napi_env env, napi_callback_info info) {
   ARGS(2);
   int64_t ms;
   if (tenc_get_int(env, argv[1], 0, 1ll << 40, "ms", &ms) < 0) return NULL;
-  if (tenc_engine_test_age_flows(j->e, (uint64_t)ms) < 0)
-    return tenc_throw_errno(env, EINVAL, "testAgeFlows: a flow would be older than the clock");
+  tenc_engine_test_age_flows(j->e, (uint64_t)ms);
   return NULL;
 }
 

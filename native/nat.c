@@ -101,6 +101,15 @@ static void forget_all(tenc_nat *n) {
   n->nflows = 0;
 }
 
+/* Does the service DNAT this protocol and port (host order): among its ports, or it
+ * has none (all of them)? */
+static int service_has_port(const tenc_nat_service *s, uint8_t proto, uint16_t port) {
+  if (s->nports == 0) return 1;
+  for (uint16_t k = 0; k < s->nports; k++)
+    if (s->ports[k].proto == proto && s->ports[k].port == port) return 1;
+  return 0;
+}
+
 /* Does one of the services `s` still DNAT this flow: same family, VIP and local
  * address, and its protocol and port among the service's ports (or all of them)? */
 static int flow_kept(const tenc_nat_service *s, uint32_t count, const tenc_nat_flow *f) {
@@ -109,9 +118,7 @@ static int flow_kept(const tenc_nat_service *s, uint32_t count, const tenc_nat_f
   for (uint32_t i = 0; i < count; i++) {
     if (s[i].family != f->family || memcmp(s[i].vip, f->vip, alen) != 0 || memcmp(s[i].local, f->local, alen) != 0)
       continue;
-    if (s[i].nports == 0) return 1;
-    for (uint16_t k = 0; k < s[i].nports; k++)
-      if (s[i].ports[k].proto == f->proto && s[i].ports[k].port == port) return 1;
+    if (service_has_port(&s[i], f->proto, port)) return 1;
   }
   return 0;
 }
@@ -203,11 +210,7 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms) {
   uint16_t dport = (uint16_t)((dport_n >> 8) | (dport_n << 8));
   for (uint32_t i = 0; i < n->nservices; i++) {
     tenc_nat_service *s = &n->services[i];
-    if (s->family != v.family || memcmp(s->vip, v.dst, alen) != 0) continue;
-    int ok = s->nports == 0;
-    for (uint16_t k = 0; !ok && k < s->nports; k++)
-      ok = s->ports[k].proto == v.proto && s->ports[k].port == dport;
-    if (!ok) continue;
+    if (s->family != v.family || memcmp(s->vip, v.dst, alen) != 0 || !service_has_port(s, (uint8_t)v.proto, dport)) continue;
     /* Remember the flow keyed by what the reply will carry. */
     uint32_t b = (flow_hash(n->seed, v.family, (uint8_t)v.proto, v.src, sport_n, s->local, dport_n) & n->mask) *
                  TENC_NAT_WAYS;
@@ -298,12 +301,11 @@ int tenc_nat_test_buckets(tenc_nat *n, uint32_t buckets) {
   return 0;
 }
 
-int tenc_nat_test_age(tenc_nat *n, uint64_t ms) {
+void tenc_nat_test_age(tenc_nat *n, uint64_t ms) {
   /* The table's clock runs ms ahead rather than every flow going back: a flow older
    * than the machine's uptime would wrap (the tests age by 5 min and more, and CI may
    * run them minutes after boot). */
   pthread_mutex_lock(&n->mu);
   n->skew_ms += ms;
   pthread_mutex_unlock(&n->mu);
-  return 0;
 }

@@ -86,10 +86,11 @@ int tenc_nat_dnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms);
  * Returns 1 rewritten. */
 int tenc_nat_unsnat(tenc_nat *n, uint8_t *pkt, uint32_t len, uint64_t now_ms);
 /* Test hooks: the table as `buckets` buckets (a power of two, at most
- * TENC_NAT_SLOTS / TENC_NAT_WAYS; its flows forgotten), so a test can fill one;
- * every flow `ms` older (idle timeout tests). -1 for a bad argument. */
+ * TENC_NAT_SLOTS / TENC_NAT_WAYS; its flows forgotten), so a test can fill one
+ * (-1 for a bad argument); every flow `ms` older (idle timeout tests: the table's
+ * clock runs ahead, so it cannot fail). */
 int tenc_nat_test_buckets(tenc_nat *n, uint32_t buckets);
-int tenc_nat_test_age(tenc_nat *n, uint64_t ms);
+void tenc_nat_test_age(tenc_nat *n, uint64_t ms);
 
 /* The receive and send paths' gate for an inner packet (engine_rx.c, engine_tx.c;
  * the NAT functions rely on it): returns the IP version and sets *iplen to the
