@@ -61,6 +61,7 @@ import type { Tun } from '../io/tun.js';
 import { sameEndpoint, type Bind, type Datagram } from '../io/bind.js';
 import { readInnerHeader } from '../io/ippacket.js';
 import { AllowedIps, parseCidr, parseIp } from '../peer/allowedips.js';
+import { equalBytes } from '../noise/kdf.js';
 import { ReplayWindow } from '../noise/replay.js';
 import { openTransport, sealTransport } from '../noise/transport.js';
 import type { Clock } from '../noise/types.js';
@@ -499,6 +500,9 @@ interface NatService {
   ports: { proto: number; port: number }[];
 }
 
+/** Does the service DNAT this protocol and port: among its ports, or it has none (all of them)? */
+const servesPort = (s: NatService, proto: number, port: number): boolean => s.ports.length === 0 || s.ports.some((x) => x.proto === proto && x.port === port);
+
 interface L4View {
   proto: number;
   src: Uint8Array;
@@ -625,13 +629,16 @@ class ReferenceNat {
     this.services = out;
     // Only the flows no service DNATs any more are forgotten: the agent sends the whole
     // list whenever any service changes, and the others' connections must survive that.
-    const same = (a: Uint8Array, b: Uint8Array) => hexOf(a) === hexOf(b);
     for (const [key, f] of this.flows) {
-      const kept = out.some(
-        (s) => same(s.vip, f.vip) && same(s.local, f.local) && (s.ports.length === 0 || s.ports.some((x) => x.proto === f.proto && x.port === f.lport)),
-      );
+      const kept = out.some((s) => equalBytes(s.vip, f.vip) && equalBytes(s.local, f.local) && servesPort(s, f.proto, f.lport));
       if (!kept) this.flows.delete(key);
     }
+  }
+
+  /** The flow goes to the back of the map's order, which is least recently used first. */
+  private lastUsed(key: string, f: NatFlow): void {
+    this.flows.delete(key);
+    this.flows.set(key, f);
   }
 
   private static key(proto: number, client: Uint8Array, cport: number, local: Uint8Array, lport: number): string {
@@ -647,11 +654,10 @@ class ReferenceNat {
     const v = l4View(p, p.length);
     if (!v) return 0;
     for (const s of this.services) {
-      if (s.vip.length !== v.dst.length || hexOf(s.vip) !== hexOf(v.dst)) continue;
-      if (s.ports.length > 0 && !s.ports.some((x) => x.proto === v.proto && x.port === v.dport)) continue;
+      if (!equalBytes(s.vip, v.dst) || !servesPort(s, v.proto, v.dport)) continue;
       const key = ReferenceNat.key(v.proto, v.src, v.sport, s.local, v.dport);
       const old = this.flows.get(key);
-      if (old && hexOf(old.vip) !== hexOf(s.vip) && flowLive(old, now)) return NAT_CLASH;
+      if (old && !equalBytes(old.vip, s.vip) && flowLive(old, now)) return NAT_CLASH;
       if (!old && this.flows.size >= this.maxFlows) {
         // the least recently used expired flow gives way, else the least recently used
         // unassured one (native: within the bucket's 4 ways)
@@ -671,8 +677,7 @@ class ReferenceNat {
       const f: NatFlow = old ?? { vip: s.vip, local: s.local, proto: v.proto, lport: v.dport, closing: false, replied: false, assured: false, lastMs: now };
       f.vip = s.vip; // an expired flow of another VIP may be taken over
       flowTouch(f, v.flags, now, false);
-      this.flows.delete(key);
-      this.flows.set(key, f);
+      this.lastUsed(key, f);
       rewriteAddress(p, v, v.dst, s.local);
       return 1;
     }
@@ -684,13 +689,12 @@ class ReferenceNat {
     if (this.services.length === 0) return false;
     const v = l4View(p, len);
     if (!v) return false;
-    if (!this.services.some((s) => s.local.length === v.src.length && hexOf(s.local) === hexOf(v.src))) return false;
+    if (!this.services.some((s) => equalBytes(s.local, v.src))) return false;
     const key = ReferenceNat.key(v.proto, v.dst, v.dport, v.src, v.sport);
     const f = this.flows.get(key);
     if (!f) return false;
     flowTouch(f, v.flags, now, true);
-    this.flows.delete(key);
-    this.flows.set(key, f);
+    this.lastUsed(key, f);
     rewriteAddress(p, v, v.src, f.vip);
     return true;
   }
