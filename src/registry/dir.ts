@@ -38,7 +38,7 @@
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, watch as fsWatch, writeFileSync, type FSWatcher, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import type { EndpointsInfo, PeerInfo, PodInfo, PolicyObject, Registry, ServiceInfo, Watch } from './registry.js';
-import { endpointsFromObject, peerFromObject, podFromObject, policyFromObject, quote, serviceFromObject } from './objects.js';
+import { endpointsFromObject, peerFromObject, podFromObject, policyFromObject, quote, readObject, serviceFromObject } from './objects.js';
 import { DNS_LABEL as NAME, isNodeName, parseNodeName } from '../net/names.js';
 
 export const RESCAN_MS = 1000;
@@ -175,19 +175,8 @@ export class DirectoryRegistry implements Registry {
   private parsed<T>(kind: string, project: string, parse: (project: string, o: Obj, report: (why: string) => void) => T | string | null, nameOf?: (v: T) => string): T[] {
     const out: T[] = [];
     for (const { name, file, o } of readJsonDir(this.sub(kind, project), this.onProblem)) {
-      let v: T | string | null;
-      try {
-        v = parse(project, o as Obj, (why) => this.onProblem(file, why));
-      } catch (e) {
-        // a shape the reader did not expect: that object is skipped, never the project's reads
-        this.onProblem(file, `cannot be read (${e instanceof Error ? e.message : String(e)}): ignored`);
-        continue;
-      }
-      if (v === null) continue; // left out in the ordinary course (a finished pod, a headless Service)
-      if (typeof v === 'string') {
-        this.onProblem(file, `${v}: ignored`);
-        continue;
-      }
+      const v = readObject(project, o as Obj, parse, (why) => this.onProblem(file, why));
+      if (v === null) continue; // left out, or refused (reported)
       if (nameOf && nameOf(v) !== name) {
         this.onProblem(file, `metadata.name ${quote(nameOf(v))} differs from its file name ${name}: ignored`);
         continue;

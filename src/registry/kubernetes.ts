@@ -56,7 +56,7 @@ import {
 import { parseEndpoint } from '../net/address.js';
 import { isNodeName, NAMESPACE_NAME, parseNodeName } from '../net/names.js';
 import { Informer, describeError as describe, errorKind, type InformerLog, type InformerOptions } from './kubernetes-informer.js';
-import { endpointsFromObject, isKey32, podFromObject, serviceFromObject } from './objects.js';
+import { endpointsFromObject, isKey32, KEY32_SHAPE, nonEmpty, podFromObject, readObject, serviceFromObject } from './objects.js';
 import { mergeEndpoints, type EndpointsInfo, type PeerInfo, type PodInfo, type PolicyObject, type Registry, type ServiceInfo, type Watch } from './registry.js';
 
 export const PROTECT_LABEL = 'tenc.io/protect';
@@ -98,8 +98,7 @@ export interface KubernetesRegistryOptions {
   netnsOf?: (pod: { project: string; name: string; node: string; uid: string }) => string | null;
 }
 
-const KEY = /^[A-Za-z0-9+/]{43}=$/;
-const str = (v: unknown): v is string => typeof v === 'string' && v !== '';
+const str = nonEmpty;
 
 export { isKey32 };
 
@@ -116,7 +115,7 @@ export function peerProblem(t: TencPeer): string | null {
   if (!str(s.nodeName)) out.push('spec.nodeName is missing or empty');
   else if (!isNodeName(s.nodeName)) out.push('spec.nodeName is not a node name');
   if (!isKey32(s.publicKey)) {
-    const zero = typeof s.publicKey === 'string' && KEY.test(s.publicKey) && Buffer.from(s.publicKey, 'base64').equals(Buffer.alloc(32));
+    const zero = typeof s.publicKey === 'string' && KEY32_SHAPE.test(s.publicKey) && Buffer.from(s.publicKey, 'base64').equals(Buffer.alloc(32));
     out.push(zero ? 'spec.publicKey is all zeros' : 'spec.publicKey is not a 32-byte key in base64');
   }
   if (!isEndpoint(s.endpoint)) out.push('spec.endpoint is not ip:port');
@@ -132,7 +131,7 @@ export function parsePsk(data: Record<string, string> | undefined, ns: string): 
   const raw = data?.[PSK_KEY];
   if (raw === undefined) throw new PskError(`Secret ${ns}/${PSK_SECRET} has no key "${PSK_KEY}"`);
   const v = Buffer.from(raw, 'base64').toString('utf8').replace(/\r?\n$/, '');
-  if (!KEY.test(v)) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is not a 32-byte key in base64 (wg genpsk form; ${v.length} characters)`);
+  if (!KEY32_SHAPE.test(v)) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is not a 32-byte key in base64 (wg genpsk form; ${v.length} characters)`);
   if (Buffer.from(v, 'base64').equals(Buffer.alloc(32))) throw new PskError(`Secret ${ns}/${PSK_SECRET} key "${PSK_KEY}" is all zeros`);
   // canonical, as the pods' parser takes it (a last character with stray low bits decodes
   // to the same bytes leniently, and every pod would then refuse the psk file)
@@ -365,16 +364,8 @@ export class KubernetesRegistry implements Registry {
     for (const o of list) {
       const name = o.metadata?.name;
       const say = (why: string) => this.once(`${kind}/${project}/${name}/${why}`, { project, [kind.toLowerCase()]: name }, `kubernetes ${kind} ${project}/${name}: ${why}`);
-      let v: T | string | null;
-      try {
-        v = parse(project, o, say);
-      } catch (e) {
-        say(`cannot be read (${e instanceof Error ? e.message : String(e)}): ignored`);
-        continue;
-      }
-      if (v === null) continue; // not scheduled yet, finished, headless, an FQDN slice...
-      if (typeof v === 'string') say(`${v}: ignored`);
-      else out.push({ o, v });
+      const v = readObject(project, o, parse, say); // null: not scheduled yet, finished, headless, an FQDN slice, refused...
+      if (v !== null) out.push({ o, v });
     }
     return out;
   }

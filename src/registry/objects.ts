@@ -36,7 +36,32 @@ export const QUOTE_MAX = 64;
 /** A value as a problem quotes it, cut to QUOTE_MAX characters with its full length (net/parsed.ts show). */
 export const quote = (v: unknown): string => show(v, QUOTE_MAX);
 
-const nonEmpty = (v: unknown): v is string => typeof v === 'string' && v !== '';
+export const nonEmpty = (v: unknown): v is string => typeof v === 'string' && v !== '';
+
+/** The shape of a base64 32-byte key (`wg genkey`/`wg genpsk`): 43 characters and "=". */
+export const KEY32_SHAPE = /^[A-Za-z0-9+/]{43}=$/;
+
+/**
+ * One object read by a reader of this file (podFromObject, serviceFromObject, ...), as
+ * every backend reads it: the value; or null, when it is left out in the ordinary course
+ * (a finished pod, a headless Service), or refused (`report` says why, "...: ignored"),
+ * also when its reading threw (a shape no rule foresaw: that object is skipped, never
+ * the project's other objects).
+ */
+export function readObject<O, T>(project: string, o: O, parse: (project: string, o: O, report: (why: string) => void) => T | string | null, report: (why: string) => void): T | null {
+  let v: T | string | null;
+  try {
+    v = parse(project, o, report);
+  } catch (e) {
+    report(`cannot be read (${e instanceof Error ? e.message : String(e)}): ignored`);
+    return null;
+  }
+  if (typeof v === 'string') {
+    report(`${v}: ignored`);
+    return null;
+  }
+  return v;
+}
 
 /**
  * A base64 32-byte key (`wg genkey`/`wg genpsk` form), not all zeros, canonical as
@@ -45,7 +70,7 @@ const nonEmpty = (v: unknown): v is string => typeof v === 'string' && v !== '';
  * psk Secrets of the etcd and Kubernetes backends and the Kubernetes TencPeers.
  */
 export function isKey32(v: unknown): v is string {
-  if (typeof v !== 'string' || !/^[A-Za-z0-9+/]{43}=$/.test(v)) return false;
+  if (typeof v !== 'string' || !KEY32_SHAPE.test(v)) return false;
   const k = parseKey32(v);
   return k.ok && !k.value.every((b) => b === 0);
 }
