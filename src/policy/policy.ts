@@ -250,6 +250,15 @@ export function resolvePolicies(
   const hostOf = (a: string) => hosts.get(a) ?? hosts.set(a, hostCidr(a)).get(a)!;
   const services = firstByKey(view.services, (s) => s.name);
   const endpoints = firstByKey(view.endpoints, (e) => e.service);
+  // the view's pods by name (their places in view.pods, in order), made on first use
+  let podPlaces: Map<string, number[]> | null = null;
+  const placesOf = (name: string): number[] => {
+    if (podPlaces === null) {
+      podPlaces = new Map();
+      view.pods.forEach((x, i) => void (podPlaces!.get(x.name) ?? podPlaces!.set(x.name, []).get(x.name)!).push(i));
+    }
+    return podPlaces.get(name) ?? [];
+  };
   // what a target selects, worked out once however many policies name it: [address,
   // whose] as the view gives them become host CIDRs, or are left out (why, whose)
   const targets = new Map<string, { pods: string[]; addresses: string[]; leftOut: string[] }>();
@@ -288,7 +297,9 @@ export function resolvePolicies(
         const eps = endpoints.get(s.name)?.pods ?? [];
         const named = new Set(eps.map((e) => e.name));
         const given: [string, string][] = [[s.vip, `service ${s.name}`], ...eps.map((e): [string, string] => [e.address, `endpoint ${e.name}`])];
-        for (const x of view.pods) if (named.has(x.name)) for (const a of x.addresses ?? [x.address]) given.push([a, `pod ${x.name}`]);
+        // the endpoints' pods in the view's order, found by name (not a scan of the view per service)
+        const places = [...named].flatMap(placesOf).sort((a, b) => a - b);
+        for (const i of places) for (const a of view.pods[i]!.addresses ?? [view.pods[i]!.address]) given.push([a, `pod ${view.pods[i]!.name}`]);
         return { pods: [...named], given };
       });
     } else {
@@ -342,8 +353,9 @@ function firstByKey<T>(list: readonly T[], key: (x: T) => string): Map<string, T
  * set in force stays what the object says.
  */
 function servicePortProblems(p: TencPolicy, s: PolicyView['services'][number]): [string, string][] {
-  const have = new Set(s.ports.map((sp) => `${sp.protocol}/${sp.port}`));
-  const list = s.ports.map((sp) => `${sp.protocol}/${sp.port}`).join(', ') || 'none';
+  const ports = s.ports.map((sp) => `${sp.protocol}/${sp.port}`);
+  const have = new Set(ports);
+  const list = ports.join(', ') || 'none';
   const out: [string, string][] = [];
   p.ports.forEach((q, i) => {
     // the first port of the range the service lacks (at most |s.ports| + 1 steps)
