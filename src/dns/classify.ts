@@ -73,11 +73,13 @@ export function addressBits(address: string): { family: 4 | 6; bits: bigint; exp
   return null;
 }
 
+/** The canonical text of an address whose bits `a` are (addressBits). */
+const canonicalOf = (address: string, a: NonNullable<ReturnType<typeof addressBits>>): string => (a.family === 4 ? a.expanded : new Address6(address).correctForm());
+
 /** The canonical text of an address (ip-address correctForm, as the config and routes use), or null. */
 export function canonicalAddress(address: string): string | null {
   const a = addressBits(address);
-  if (a === null) return null;
-  return a.family === 4 ? a.expanded : new Address6(address).correctForm();
+  return a === null ? null : canonicalOf(address, a);
 }
 
 /** A set of CIDRs with a membership test (linear: the lists are short). */
@@ -159,8 +161,8 @@ export class AddressClassifier {
     if (this.o.neverCidrs.has(address)) return { verdict: 'never', reason: 'never-cidr' };
     if (this.o.isMember(address)) return { verdict: 'project', reason: 'member' };
     // a project answer named it: project, also over a verdict cached before that answer
-    const canonical = a.family === 4 ? key : new Address6(address).correctForm();
-    const learned = (v: AddressVerdict): AddressVerdict => (v.verdict !== 'project' && this.o.learned?.(canonical) ? { verdict: 'project', reason: 'learned' } : v);
+    // (the canonical text only when there is something to ask: not for a project verdict)
+    const learned = (v: AddressVerdict): AddressVerdict => (v.verdict !== 'project' && this.o.learned?.(canonicalOf(address, a)) ? { verdict: 'project', reason: 'learned' } : v);
     const hit = this.cache.get(key);
     const now = this.o.now();
     if (hit && hit.until > now) return learned(hit.v);
